@@ -1,0 +1,1 @@
+"""Trainyard's shared service library: settings, broker and streams, job store, logging, tracing."""

@@ -1,0 +1,36 @@
+"""Commands the scheduler sends on an executor's command subject."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from trainyard_contracts._time import utcnow
+from trainyard_contracts.spec import JobSpec
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    job_id: str
+    attempt: int = Field(ge=1)
+    executor_id: str
+    issued_at: datetime = Field(default_factory=utcnow)
+    traceparent: str | None = None
+
+
+class StartAttempt(_Command):
+    type: Literal["start"] = "start"
+    spec: JobSpec
+
+
+class CancelAttempt(_Command):
+    type: Literal["cancel"] = "cancel"
+    reason: str = "cancelled by request"
+    grace_seconds: float = Field(10.0, ge=0, le=3600)
+
+
+ExecutorCommand = Annotated[StartAttempt | CancelAttempt, Field(discriminator="type")]
+EXECUTOR_COMMAND_ADAPTER: TypeAdapter[ExecutorCommand] = TypeAdapter(ExecutorCommand)

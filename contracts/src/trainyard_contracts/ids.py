@@ -1,0 +1,29 @@
+"""Identifiers: job ids that sort by time and are safe in NATS subjects and KV keys."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+JOB_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{5,63}$"
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+def _base36(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, rest = divmod(number, 36)
+        digits.append(_ALPHABET[rest])
+    return "".join(reversed(digits))
+
+
+def new_job_id(now: float | None = None) -> str:
+    """16 characters: 9 of milliseconds (sortable until the year 5188), 7 random."""
+    millis = int((time.time() if now is None else now) * 1000)
+    return _base36(millis, 9) + _base36(int.from_bytes(os.urandom(5), "big"), 7)
+
+
+def is_job_id(value: str) -> bool:
+    return bool(_JOB_ID.match(value))

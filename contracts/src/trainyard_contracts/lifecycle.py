@@ -1,0 +1,114 @@
+"""Pure decisions about a job record: every state change goes through :func:`advance`.
+
+No I/O here; services load the record, call these, then compare-and-set the result.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from trainyard_contracts.records import AttemptInfo, JobRecord
+from trainyard_contracts.spec import JobSpec
+from trainyard_contracts.states import JobState, check_transition
+
+
+def new_record(job_id: str, spec: JobSpec, now: datetime, submitted_by: str | None) -> JobRecord:
+    return JobRecord(
+        job_id=job_id,
+        spec=spec,
+        state=JobState.SUBMITTED,
+        submitted_at=now,
+        updated_at=now,
+        submitted_by=submitted_by,
+        state_times={JobState.SUBMITTED.value: now},
+    )
+
+
+def advance(record: JobRecord, target: JobState, now: datetime, **changes: Any) -> JobRecord:
+    """The record after moving to ``target``; raises IllegalTransition if the table forbids it."""
+    check_transition(record.state, target)
+    times = dict(record.state_times)
+    times[target.value] = now
+    return record.model_copy(
+        update={"state": target, "updated_at": now, "state_times": times, **changes}
+    )
+
+
+def _with_attempt(record: JobRecord, **changes: Any) -> list[AttemptInfo]:
+    attempts = list(record.attempts)
+    for index, info in enumerate(attempts):
+        if info.number == record.attempt:
+            attempts[index] = info.model_copy(update=changes)
+            return attempts
+    attempts.append(AttemptInfo(number=record.attempt, **changes))
+    return attempts
+
+
+def schedule(record: JobRecord, executor_id: str, now: datetime) -> JobRecord:
+    return advance(
+        record,
+        JobState.SCHEDULED,
+        now,
+        executor_id=executor_id,
+        not_before=None,
+        attempts=_with_attempt(record, executor_id=executor_id, scheduled_at=now),
+    )
+
+
+def start(record: JobRecord, now: datetime) -> JobRecord:
+    return advance(record, JobState.RUNNING, now, attempts=_with_attempt(record, started_at=now))
+
+
+def finish(
+    record: JobRecord, target: JobState, now: datetime, *, exit_code: int | None, reason: str | None,
+    outputs_uri: str | None = None,
+) -> JobRecord:
+    """End the current attempt in a terminal state."""
+    return advance(
+        record,
+        target,
+        now,
+        exit_code=exit_code,
+        reason=reason,
+        outputs_uri=outputs_uri,
+        attempts=_with_attempt(
+            record, ended_at=now, state=target, exit_code=exit_code, reason=reason
+        ),
+    )
+
+
+def retry_backoff(spec: JobSpec, retries_used: int) -> float:
+    """Exponential: backoff, 2x backoff, 4x backoff ... capped at one hour."""
+    return float(min(spec.retries.backoff * (2**retries_used), 3600.0))
+
+
+def requeue(
+    record: JobRecord, now: datetime, *, reason: str, counts_as_retry: bool,
+    exit_code: int | None = None, detail: str | None = None,
+) -> JobRecord:
+    """End the current attempt and queue a new one; executor loss doesn't count as a retry."""
+    not_before = (
+        now + timedelta(seconds=retry_backoff(record.spec, record.retries_used))
+        if counts_as_retry
+        else None
+    )
+    ended = _with_attempt(
+        record, ended_at=now, state=JobState.REQUEUED, exit_code=exit_code, reason=detail or reason
+    )
+    return advance(
+        record,
+        JobState.REQUEUED,
+        now,
+        attempt=record.attempt + 1,
+        executor_id=None,
+        not_before=not_before,
+        retries_used=record.retries_used + (1 if counts_as_retry else 0),
+        reason=detail or reason,
+        exit_code=exit_code,
+        attempts=ended,
+    )
+
+
+def retries_left(record: JobRecord) -> bool:
+    return record.retries_used < record.spec.retries.limit

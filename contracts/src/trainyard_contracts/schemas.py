@@ -1,0 +1,55 @@
+"""Generate the JSON Schema files under contracts/schemas/ (``python -m trainyard_contracts.schemas``).
+
+A test regenerates them in memory and fails when the checked-in files are stale.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from trainyard_contracts.commands import ExecutorCommand
+from trainyard_contracts.events import IntakeReply, JobEvent, LogChunk
+from trainyard_contracts.records import ExecutorHeartbeat, JobRecord
+from trainyard_contracts.spec import JobSpec
+
+SCHEMAS: dict[str, Any] = {
+    "job-spec": JobSpec,
+    "job-event": JobEvent,
+    "job-record": JobRecord,
+    "executor-command": ExecutorCommand,
+    "executor-heartbeat": ExecutorHeartbeat,
+    "log-chunk": LogChunk,
+    "intake-reply": IntakeReply,
+}
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def render() -> dict[str, str]:
+    files = {}
+    for name, model in SCHEMAS.items():
+        schema = TypeAdapter(model).json_schema(mode="validation")
+        schema["$id"] = f"https://trainyard.dev/schemas/{name}.json"
+        files[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return files
+
+
+def write(directory: Path = DEFAULT_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, text in render().items():
+        path = directory / filename
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIR
+    for path in write(target):
+        print(path)

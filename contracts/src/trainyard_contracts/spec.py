@@ -1,0 +1,235 @@
+"""The job spec: what to run, with which code, resources and outputs.
+
+Validated strictly: an unknown field is an error, and every error names the field and what was
+expected (see :func:`parse_spec` and :class:`SpecError`).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from trainyard_contracts.units import parse_duration, parse_memory_mb
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+QUEUE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
+MAX_COMMAND_BYTES = 128 * 1024
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+QueueName = Annotated[str, StringConstraints(pattern=QUEUE_PATTERN)]
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN)]
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")]
+ParamValue = str | int | float | bool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class Resources(_Strict):
+    """What one replica needs. Memory in MiB; accepts "512Mi", "4Gi", "2G" or a number of MiB."""
+
+    cpu: float = Field(1.0, gt=0, le=4096, description="CPU cores (fractions allowed)")
+    memory: int = Field(512, ge=1, le=64 * 1024 * 1024, description="memory in MiB")
+    gpu: int = Field(0, ge=0, le=64, description="whole GPUs")
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: object) -> int:
+        return parse_memory_mb(value)
+
+
+class Retries(_Strict):
+    limit: int = Field(0, ge=0, le=100, description="how many times a failed attempt is retried")
+    backoff: float = Field(
+        10.0, ge=0, le=86400, description="seconds before the first retry; doubles each retry"
+    )
+
+    @field_validator("backoff", mode="before")
+    @classmethod
+    def _backoff(cls, value: object) -> float:
+        return parse_duration(value)
+
+
+class Source(_Strict):
+    repo: str = Field(min_length=1, max_length=4096, description="git URL or path")
+    ref: str = Field("HEAD", min_length=1, max_length=256, description="branch, tag or commit")
+    commit: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$",
+        description="the full commit; resolved from ref at submission when absent",
+    )
+
+
+class Outputs(_Strict):
+    model: ModelName | None = Field(None, description="registered-model name in MLflow")
+    path: str = Field(
+        "outputs", min_length=1, max_length=1024, description="directory, relative to the job's"
+        " working directory, where the job writes its model (TRAINYARD_OUTPUT_DIR)"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        normal = posixpath.normpath(value)
+        if value.startswith("/") or normal == ".." or normal.startswith("../") or "\x00" in value:
+            raise ValueError("must be a relative path inside the job's working directory")
+        return normal
+
+
+class RuntimeEnv(_Strict):
+    """Local backend only: Python requirements installed into a cached venv keyed by their hash."""
+
+    pip: list[Annotated[str, StringConstraints(min_length=1, max_length=512)]] = Field(
+        default_factory=list, max_length=256
+    )
+
+
+class JobSpec(_Strict):
+    name: Name
+    queue: QueueName = "default"
+    priority: int = Field(0, ge=-1000, le=1000)
+    command: list[str] = Field(
+        min_length=1, description="argv list; run without a shell unless shell is true"
+    )
+    shell: bool = Field(
+        False, description="run command[0] with /bin/sh -c; command must then be one string"
+    )
+    image: str | None = Field(None, min_length=1, max_length=512)
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    replicas: int = Field(1, ge=1, le=1024)
+    timeout: float | None = Field(None, gt=0, le=30 * 86400, description="seconds")
+    retries: Retries = Field(default_factory=Retries)  # type: ignore[arg-type]
+    source: Source | None = None
+    params: dict[Annotated[str, StringConstraints(min_length=1, max_length=250)], ParamValue] = (
+        Field(default_factory=dict)
+    )
+    outputs: Outputs | None = None
+    labels: dict[LabelKey, Annotated[str, StringConstraints(max_length=256)]] = Field(
+        default_factory=dict
+    )
+    preemptible: bool = False
+    runtime_env: RuntimeEnv | None = None
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _argv(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError(
+                "must be an argv list such as [\"python\", \"train.py\"], not a shell string; "
+                "to run a shell command say shell: true and give [\"the command\"]"
+            )
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _argv_items(cls, value: list[str]) -> list[str]:
+        if not value[0]:
+            raise ValueError("the program (first item) cannot be empty")
+        if any("\x00" in arg for arg in value):
+            raise ValueError("arguments cannot contain NUL bytes")
+        if sum(len(arg.encode()) for arg in value) > MAX_COMMAND_BYTES:
+            raise ValueError(f"is larger than {MAX_COMMAND_BYTES // 1024} KiB")
+        return value
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: object) -> object:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("env")
+    @classmethod
+    def _no_reserved_env(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(k for k in value if k.startswith("TRAINYARD_"))
+        if reserved:
+            raise ValueError(f"names starting with TRAINYARD_ are set by Trainyard: {reserved}")
+        return value
+
+    @model_validator(mode="after")
+    def _shell_form(self) -> JobSpec:
+        if self.shell and len(self.command) != 1:
+            raise ValueError("with shell: true, command must be a list of exactly one string")
+        return self
+
+    def argv(self) -> list[str]:
+        """The argv the executor runs: the command itself, or /bin/sh -c when asked for."""
+        return ["/bin/sh", "-c", self.command[0]] if self.shell else list(self.command)
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    field: str
+    message: str
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be accepted; ``errors`` says which field and what was expected."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in err["loc"]) or "(spec)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; see the job spec reference)"
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        elif message.startswith("String should match pattern"):
+            message = f"{message} (got {err.get('input')!r})"
+        errors.append(FieldError(field=loc, message=message))
+    return errors
+
+
+def parse_spec_document(text: str | bytes) -> dict[str, Any]:
+    """YAML or JSON text to a mapping, with a clear error for anything else."""
+    try:
+        data = yaml.safe_load(text) if text else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError([FieldError(field="(document)", message=f"not valid YAML or JSON{where}")]) from exc
+    if not isinstance(data, dict):
+        raise SpecError(
+            [FieldError(field="(document)", message="expected a mapping of job spec fields")]
+        )
+    return data
+
+
+def validate_spec(data: Any) -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(field_errors(exc)) from exc
+
+
+def parse_spec(text: str | bytes) -> JobSpec:
+    """Parse a YAML or JSON job spec; raises :class:`SpecError` naming each bad field."""
+    return validate_spec(parse_spec_document(text))
+
+
+def spec_to_json(spec: JobSpec) -> str:
+    return json.dumps(spec.model_dump(mode="json", exclude_defaults=True))

@@ -1,0 +1,116 @@
+"""Subject, stream and bucket names, all derived from one configurable prefix.
+
+Two installations can share one NATS by choosing different prefixes. Events about a job live under
+``<prefix>.job.<job_id>.<event>`` so one job is watched with ``<prefix>.job.<job_id>.>`` and one kind
+of event across jobs with ``<prefix>.job.*.<event>``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PREFIX_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+_PREFIX = re.compile(PREFIX_PATTERN)
+
+
+@dataclass(frozen=True)
+class StreamNames:
+    jobs: str
+    logs: str
+    exec: str
+    intake: str
+    models: str
+    dlq: str
+
+
+@dataclass(frozen=True)
+class BucketNames:
+    jobs: str
+    executors: str
+    leases: str
+    queues: str
+    idempotency: str
+    models: str
+
+
+@dataclass(frozen=True)
+class Subjects:
+    prefix: str = "trainyard"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.match(self.prefix):
+            raise ValueError(
+                f"subject prefix {self.prefix!r} must match {PREFIX_PATTERN} "
+                "(lowercase letters, digits, '-' or '_', starting with a letter)"
+            )
+
+    # job events
+    def job(self, job_id: str, event: str) -> str:
+        return f"{self.prefix}.job.{job_id}.{event}"
+
+    def job_events(self, job_id: str = "*") -> str:
+        return f"{self.prefix}.job.{job_id}.>" if job_id != "*" else f"{self.prefix}.job.>"
+
+    def job_event_kind(self, event: str) -> str:
+        return f"{self.prefix}.job.*.{event}"
+
+    @property
+    def all_job_events(self) -> str:
+        return f"{self.prefix}.job.>"
+
+    # intake (other systems submit here, request/reply)
+    @property
+    def intake_submit(self) -> str:
+        return f"{self.prefix}.intake.submit"
+
+    # logs
+    def log(self, job_id: str, attempt: int | str) -> str:
+        return f"{self.prefix}.log.{job_id}.{attempt}"
+
+    def logs_of(self, job_id: str) -> str:
+        return f"{self.prefix}.log.{job_id}.*"
+
+    # executor commands
+    def exec_command(self, executor_id: str, kind: str) -> str:
+        return f"{self.prefix}.exec.{executor_id}.{kind}"
+
+    def exec_commands_of(self, executor_id: str) -> str:
+        return f"{self.prefix}.exec.{executor_id}.*"
+
+    # models
+    def model_registered(self, model_name: str) -> str:
+        return f"{self.prefix}.model.{model_name}.registered"
+
+    # dead letters
+    def dlq(self, service: str) -> str:
+        return f"{self.prefix}.dlq.{service}"
+
+    @property
+    def streams(self) -> StreamNames:
+        base = self.prefix.upper().replace("-", "_")
+        return StreamNames(
+            jobs=f"{base}_JOBS",
+            logs=f"{base}_LOGS",
+            exec=f"{base}_EXEC",
+            intake=f"{base}_INTAKE",
+            models=f"{base}_MODELS",
+            dlq=f"{base}_DLQ",
+        )
+
+    @property
+    def buckets(self) -> BucketNames:
+        base = self.prefix.replace("-", "_")
+        return BucketNames(
+            jobs=f"{base}_jobs",
+            executors=f"{base}_executors",
+            leases=f"{base}_leases",
+            queues=f"{base}_queues",
+            idempotency=f"{base}_idempotency",
+            models=f"{base}_models",
+        )
+
+
+def msg_id(job_id: str, attempt: int, state: str) -> str:
+    """The deterministic Nats-Msg-Id of a state change: a retry after a crash never doubles it."""
+    return f"{job_id}:{attempt}:{state}"

@@ -1,0 +1,56 @@
+"""The broker every service uses: NATS with tracing, Prometheus and dead-letter middlewares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from faststream.nats import NatsBroker
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from faststream.security import SASLPlaintext
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from trainyard_contracts import Subjects
+from trainyard_shared.deadletter import DEFAULT_MAX_DELIVER, make_dead_letter_middleware
+from trainyard_shared.settings import CommonSettings
+
+
+@dataclass
+class ServiceBroker:
+    broker: NatsBroker
+    registry: CollectorRegistry
+    subjects: Subjects
+
+
+def make_broker(
+    settings: CommonSettings,
+    service: str,
+    *,
+    tracer_provider: TracerProvider | None = None,
+    registry: CollectorRegistry | None = None,
+    max_deliver: int = DEFAULT_MAX_DELIVER,
+) -> ServiceBroker:
+    registry = registry or CollectorRegistry()
+    subjects = settings.subjects
+    security = None
+    if settings.nats_user:
+        password = settings.nats_password.get_secret_value() if settings.nats_password else ""
+        security = SASLPlaintext(username=settings.nats_user, password=password)
+    extra = {}
+    if settings.nats_creds:
+        extra["user_credentials"] = str(settings.nats_creds)
+    broker = NatsBroker(
+        [url.strip() for url in settings.nats_url.split(",")],
+        name=f"trainyard-{service}",
+        security=security,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        middlewares=(
+            NatsTelemetryMiddleware(tracer_provider=tracer_provider),
+            NatsPrometheusMiddleware(registry=registry, app_name=f"trainyard-{service}"),
+            make_dead_letter_middleware(subjects, service, max_deliver),
+        ),
+        **extra,
+    )
+    return ServiceBroker(broker=broker, registry=registry, subjects=subjects)

@@ -1,0 +1,90 @@
+"""Dead letters: a message that cannot be parsed, or keeps failing, is parked with its reason.
+
+``DeadLetterMiddleware`` wraps every handler of a broker. A message whose body does not validate
+goes to ``<prefix>.dlq.<service>`` at once (redelivering it cannot help); a handler that raises is
+nacked for redelivery until ``max_deliver``, and on the last delivery the message is dead-lettered
+and acked, so the consumer moves on and the service keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faststream import BaseMiddleware
+from faststream.exceptions import AckMessage
+from fast_depends.exceptions import ValidationError as DependsValidationError
+from pydantic import ValidationError
+
+from trainyard_contracts import Subjects
+
+log = logging.getLogger("trainyard.deadletter")
+
+DEFAULT_MAX_DELIVER = 5
+
+
+def delivery_count(msg: Any) -> int:
+    raw = getattr(msg, "raw_message", None)
+    try:
+        return int(raw.metadata.num_delivered)  # type: ignore[union-attr]
+    except Exception:  # core NATS or in-memory test broker: no metadata
+        return 1
+
+
+def make_dead_letter_middleware(
+    subjects: Subjects, service: str, max_deliver: int = DEFAULT_MAX_DELIVER
+) -> type[BaseMiddleware]:
+    subject = subjects.dlq(service)
+    stream = subjects.streams.dlq
+
+    class DeadLetterMiddleware(BaseMiddleware):
+        async def consume_scope(
+            self, call_next: Callable[[Any], Awaitable[Any]], msg: Any
+        ) -> Any:
+            try:
+                return await call_next(msg)
+            except (ValidationError, DependsValidationError, UnicodeDecodeError, ValueError) as exc:
+                await self._park(msg, f"invalid message: {_short(exc)}")
+                raise AckMessage() from exc
+            except AckMessage:
+                raise
+            except Exception as exc:
+                delivered = delivery_count(msg)
+                if delivered < max_deliver or not _is_jetstream(msg):
+                    raise
+                await self._park(msg, f"failed {delivered} times, last: {_short(exc)}")
+                raise AckMessage() from exc
+
+        async def _park(self, msg: Any, reason: str) -> None:
+            broker = self.context.get("broker")
+            headers = {
+                "Trainyard-Reason": reason[:4000],
+                "Trainyard-Service": service,
+                "Trainyard-Original-Subject": getattr(msg.raw_message, "subject", "") or "",
+                "Trainyard-Deliveries": str(delivery_count(msg)),
+            }
+            original_id = (msg.headers or {}).get("Nats-Msg-Id")
+            if original_id:
+                headers["Trainyard-Original-Msg-Id"] = original_id
+            log.warning(
+                "dead-lettered a message",
+                extra={"service": service, "reason": reason, "subject": headers[
+                    "Trainyard-Original-Subject"]},
+            )
+            await broker.publish(msg.body, subject, headers=headers, stream=stream)
+
+    return DeadLetterMiddleware
+
+
+def _is_jetstream(msg: Any) -> bool:
+    raw = getattr(msg, "raw_message", None)
+    try:
+        return raw is not None and raw.metadata is not None
+    except Exception:
+        return False
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).replace("\n", " ")
+    return f"{type(exc).__name__}: {text[:1500]}"

@@ -1,0 +1,34 @@
+"""Publishing job events: deterministic Nats-Msg-Id, into the jobs stream, acked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faststream.nats import NatsBroker
+from opentelemetry import propagate
+
+from trainyard_contracts import Envelope, Subjects
+
+MSG_ID = "Nats-Msg-Id"
+
+
+def trace_headers() -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+class EventPublisher:
+    def __init__(self, broker: NatsBroker, subjects: Subjects) -> None:
+        self.broker = broker
+        self.subjects = subjects
+        self.stream = subjects.streams.jobs
+
+    async def emit(self, event: Envelope, **headers: str) -> Any:
+        """Publish and wait for the stream's ack; a duplicate (same msg id) is acked, not stored."""
+        return await self.broker.publish(
+            event.model_dump_json().encode(),
+            event.subject(self.subjects),
+            headers={MSG_ID: event.msg_id(), "content-type": "application/json", **headers},
+            stream=self.stream,
+        )

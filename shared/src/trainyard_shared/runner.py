@@ -1,0 +1,48 @@
+"""Build and run a service's ASGI app: the broker plus /metrics and /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from faststream.asgi import AsgiFastStream, make_ping_asgi
+from prometheus_client import make_asgi_app
+
+from trainyard_shared.broker import ServiceBroker
+from trainyard_shared.settings import HttpSettings
+
+log = logging.getLogger("trainyard.runner")
+
+
+def build_app(
+    sb: ServiceBroker,
+    *,
+    title: str,
+    description: str,
+    version: str = "0.1.0",
+    on_startup: Sequence[Callable[..., Any]] = (),
+    after_startup: Sequence[Callable[..., Any]] = (),
+    on_shutdown: Sequence[Callable[..., Any]] = (),
+) -> AsgiFastStream:
+    from faststream.specification import AsyncAPI
+
+    return AsgiFastStream(
+        sb.broker,
+        asgi_routes=[
+            ("/metrics", make_asgi_app(registry=sb.registry)),
+            ("/healthz", make_ping_asgi(sb.broker, timeout=5.0)),
+        ],
+        specification=AsyncAPI(title=title, description=description, version=version),
+        on_startup=on_startup,
+        after_startup=after_startup,
+        on_shutdown=on_shutdown,
+    )
+
+
+def serve(app: AsgiFastStream, http: HttpSettings) -> None:
+    """Run until SIGINT/SIGTERM; HTTP on host:port (port 0 picks a free one)."""
+    asyncio.run(app.run(log_level=logging.WARNING, run_extra_options={
+        "host": http.host, "port": http.port, "lifespan": "on", "access_log": False,
+    }))

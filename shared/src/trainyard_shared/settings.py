@@ -1,0 +1,46 @@
+"""Settings from the environment (pydantic-settings).
+
+``CommonSettings`` (prefix ``TRAINYARD_``) is what every service shares; each service adds its own
+class with its own prefix (``TRAINYARD_SCHEDULER_`` ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trainyard_contracts import Subjects
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
+
+    nats_url: str = Field("nats://127.0.0.1:4222", description="comma-separated NATS servers")
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_creds: Path | None = Field(None, description="a NATS .creds file (JWT auth)")
+    prefix: str = Field("trainyard", description="subject prefix; two installs can share a NATS")
+    data_dir: Path = Field(Path(".trainyard"), description="embedded state: tokens, work dirs")
+    log_level: str = "INFO"
+    log_format: str = Field("json", description="json or text")
+    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas (3 in a cluster)")
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.prefix)
+
+    def resolved_data_dir(self) -> Path:
+        path = self.data_dir.expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class HttpSettings(BaseSettings):
+    """Where a service serves /metrics and /healthz (and, for submission, the API)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0: no HTTP server")

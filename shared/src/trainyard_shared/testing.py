@@ -1,0 +1,44 @@
+"""Pytest fixtures: a real nats-server on a free loopback port, and a unique subject prefix.
+
+Enable with ``pytest_plugins = ["trainyard_shared.testing"]`` in a conftest. One server serves the
+whole session; every test gets its own prefix, so streams, buckets and subjects never collide.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from trainyard_shared.natsserver import NatsServer
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    store: Path = tmp_path_factory.mktemp("nats-store")
+    with NatsServer(store, log_file=store / "nats.log") as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A server of this test's own, for tests that stop or kill it."""
+    server = NatsServer(tmp_path / "nats-store", log_file=tmp_path / "nats.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def nats_client(nats_server: NatsServer) -> AsyncIterator[object]:
+    import nats
+
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.drain()
