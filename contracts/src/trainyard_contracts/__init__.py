@@ -39,6 +39,7 @@ from trainyard_contracts.records import (
     ExecutorHeartbeat,
     JobRecord,
     ModelRef,
+    ModelVersionRecord,
 )
 from trainyard_contracts.spec import (
     FieldError,
@@ -97,6 +98,7 @@ __all__ = [
     "LogLine",
     "ModelRef",
     "ModelRegistered",
+    "ModelVersionRecord",
     "Outputs",
     "Resources",
     "Retries",

@@ -91,3 +91,24 @@ class ExecutorHeartbeat(_Model):
 
     def expired(self, now: datetime) -> bool:
         return (now - self.time).total_seconds() > self.lease_seconds
+
+
+class ModelVersionRecord(_Model):
+    """A registered model version as the registry publishes it (models bucket, key name.version)."""
+
+    name: str
+    version: int
+    job_id: str
+    attempt: int = 1
+    run_id: str | None = None
+    model_id: str | None = None
+    source: str | None = None
+    git_repo: str | None = None
+    git_commit: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    params: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}.{self.version}"

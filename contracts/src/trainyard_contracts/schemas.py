@@ -14,13 +14,14 @@ from pydantic import TypeAdapter
 
 from trainyard_contracts.commands import ExecutorCommand
 from trainyard_contracts.events import IntakeReply, JobEvent, LogChunk
-from trainyard_contracts.records import ExecutorHeartbeat, JobRecord
+from trainyard_contracts.records import ExecutorHeartbeat, JobRecord, ModelVersionRecord
 from trainyard_contracts.spec import JobSpec
 
 SCHEMAS: dict[str, Any] = {
     "job-spec": JobSpec,
     "job-event": JobEvent,
     "job-record": JobRecord,
+    "model-version": ModelVersionRecord,
     "executor-command": ExecutorCommand,
     "executor-heartbeat": ExecutorHeartbeat,
     "log-chunk": LogChunk,
