@@ -23,12 +23,23 @@ class CasConflict(Exception):
 class JobStore:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
+        self._written: list[Callable[[JobRecord, int], None]] = []
+
+    def on_written(self, callback: Callable[[JobRecord, int], None]) -> None:
+        """Tell ``callback(record, revision)`` about every successful write (a view stays current)."""
+        self._written.append(callback)
+
+    def _notify(self, record: JobRecord, revision: int) -> None:
+        for callback in self._written:
+            callback(record, revision)
 
     async def create(self, record: JobRecord) -> int:
         try:
-            return await self.kv.create(record.job_id, record.model_dump_json().encode())
+            revision = await self.kv.create(record.job_id, record.model_dump_json().encode())
         except KeyWrongLastSequenceError as exc:
             raise RecordExists(record.job_id) from exc
+        self._notify(record, revision)
+        return revision
 
     async def get(self, job_id: str) -> tuple[JobRecord, int] | None:
         try:
@@ -55,14 +66,14 @@ class JobStore:
             if after is None:
                 return None
             try:
-                await self.kv.update(job_id, after.model_dump_json().encode(), last=revision)
+                new_revision = await self.kv.update(
+                    job_id, after.model_dump_json().encode(), last=revision
+                )
             except KeyWrongLastSequenceError:
                 continue
+            self._notify(after, new_revision)
             return before, after
         raise CasConflict(f"job {job_id}: record changed {tries} times while updating")
-
-    async def put_if_revision(self, record: JobRecord, revision: int) -> int:
-        return await self.kv.update(record.job_id, record.model_dump_json().encode(), last=revision)
 
     async def job_ids(self) -> list[str]:
         try:

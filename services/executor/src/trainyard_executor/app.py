@@ -1,0 +1,120 @@
+"""The executor service: its command subject, a heartbeat lease, and the attempts it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from faststream import AckPolicy
+from faststream.asgi import AsgiFastStream
+from faststream.nats import ConsumerConfig, PullSub
+
+from trainyard_contracts import ExecutorCommand
+from trainyard_executor.backends.local import LocalBackend
+from trainyard_executor.backends.runtime_env import RuntimeEnvCache
+from trainyard_executor.core import ExecutorCore
+from trainyard_executor.logship import LogShipper
+from trainyard_executor.settings import ExecutorSettings
+from trainyard_shared.broker import make_broker
+from trainyard_shared.bus import ensure_streams, open_buckets, streams
+from trainyard_shared.events import EventPublisher
+from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobstore import JobStore
+from trainyard_shared.runner import build_app
+from trainyard_shared.settings import CommonSettings
+from trainyard_shared.tracing import setup_tracing
+
+log = logging.getLogger("trainyard.executor")
+
+
+def create_app(
+    common: CommonSettings | None = None, settings: ExecutorSettings | None = None
+) -> AsgiFastStream:
+    common = common or CommonSettings()
+    settings = settings or ExecutorSettings()
+    sb = make_broker(common, "executor", tracer_provider=setup_tracing("executor"))
+    broker, subjects = sb.broker, sb.subjects
+    state: dict[str, object] = {}
+
+    def core() -> ExecutorCore:
+        return state["core"]  # type: ignore[return-value]
+
+    @broker.subscriber(
+        subjects.exec_commands_of(settings.id),
+        stream=streams(subjects).exec,
+        durable=f"executor-{settings.id}",
+        pull_sub=PullSub(batch_size=32, timeout=0.5),
+        config=ConsumerConfig(max_deliver=5, ack_wait=60),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title="executor/commands",
+        description="start and cancel attempts on this executor's backend",
+    )
+    async def on_command(command: ExecutorCommand) -> None:
+        if command.type == "start":
+            await core().start(command)
+        else:
+            await core().cancel(command)
+
+    async def connect() -> None:
+        await broker.connect()
+        await ensure_streams(broker, subjects, common.stream_replicas)
+        data = common.resolved_data_dir()
+        buckets = await open_buckets(broker, subjects, common.stream_replicas)
+        store = JobStore(buckets.jobs)
+        backend = LocalBackend(
+            root=data / "executor" / settings.id,
+            runtime_env_cache=RuntimeEnvCache(data / "runtime-envs"),
+        )
+        executor = ExecutorCore(
+            store=store,
+            events=EventPublisher(broker, subjects),
+            directory=ExecutorDirectory(buckets.executors),
+            backend=backend,
+            shippers=lambda job_id, attempt: LogShipper(
+                broker, subjects, job_id, attempt, settings.log_flush_seconds,
+                settings.log_batch_lines,
+            ),
+            settings=settings,
+            work_root=data / "executor" / settings.id / "work",
+        )
+        state["core"] = executor
+        state["store"] = store
+
+    async def start_executor() -> None:
+        executor, store = core(), state["store"]
+        assert isinstance(store, JobStore)
+        recovered = await executor.recover([record for record, _ in await store.all()])
+        if recovered:
+            log.warning("requeued attempts left over from before a restart",
+                        extra={"count": recovered})
+        await executor.beat()
+        state["heartbeat"] = asyncio.create_task(heartbeat_loop(), name="heartbeat")
+        log.info("executor online", extra={"executor_id": settings.id,
+                                           "capacity": executor.capacity().model_dump()})
+
+    async def heartbeat_loop() -> None:
+        while True:
+            await asyncio.sleep(settings.heartbeat_seconds)  # the lease's renewal period
+            try:
+                await core().beat()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def stop_executor() -> None:
+        task = state.get("heartbeat")
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if "core" in state:
+            await core().shutdown()
+
+    return build_app(
+        sb,
+        title="trainyard-executor",
+        description="Trainyard executor: runs attempts on its backend (local processes)",
+        on_startup=[connect],
+        after_startup=[start_executor],
+        on_shutdown=[stop_executor],
+    )

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import socket
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from trainyard_shared.settings import HttpSettings
+
+DEFAULT_PASSTHROUGH = (
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME",
+    # numerical libraries on some CPUs need these to compute correctly
+    "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+    # so a runtime env's pip works behind a TLS-inspecting proxy
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL",
+    "PIP_CERT", "PIP_TRUSTED_HOST", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+)
+
+
+class ExecutorSettings(HttpSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_EXECUTOR_", extra="ignore")
+
+    port: int = 8702
+    id: str = Field(
+        default_factory=lambda: "local-" + socket.gethostname().split(".")[0].lower()[:40],
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="unique per executor; its command subject and lease key",
+    )
+    pool: str = "default"
+    backend: str = Field("local", pattern="^(local)$")
+    cpu: float | None = Field(None, gt=0, description="advertised CPUs (default: detected)")
+    memory: int | None = Field(None, gt=0, description="advertised MiB (default: detected)")
+    gpu: int | None = Field(None, ge=0, description="advertised GPUs (default: detected)")
+    heartbeat_seconds: float = Field(2.0, gt=0)
+    lease_seconds: float = Field(15.0, gt=0)
+    grace_seconds: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL on cancel")
+    log_flush_seconds: float = Field(0.2, gt=0)
+    log_batch_lines: int = Field(200, ge=1)
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        validation_alias=AliasChoices("TRAINYARD_EXECUTOR_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="given to every job as MLFLOW_TRACKING_URI",
+    )
+    passthrough_env: tuple[str, ...] = Field(
+        DEFAULT_PASSTHROUGH, description="executor variables a job inherits; nothing else leaks"
+    )

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from trainyard_registry.app import create_app
+from trainyard_registry.settings import RegistrySettings
+from trainyard_shared.logs import setup_logging
+from trainyard_shared.runner import serve
+from trainyard_shared.settings import CommonSettings
+
+
+def main() -> None:
+    common = CommonSettings()
+    settings = RegistrySettings()
+    setup_logging("registry", common.log_level, common.log_format)
+    serve(create_app(common, settings), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The registry service: succeeded jobs with a model output become MLflow model versions."""
+
+from __future__ import annotations
+
+from faststream import AckPolicy
+from faststream.asgi import AsgiFastStream
+from faststream.nats import ConsumerConfig, PullSub
+
+from trainyard_contracts import JobSucceeded
+from trainyard_registry.core import RegistryCore
+from trainyard_registry.settings import RegistrySettings
+from trainyard_shared.broker import make_broker
+from trainyard_shared.bus import ensure_streams, open_buckets, streams
+from trainyard_shared.events import EventPublisher
+from trainyard_shared.jobstore import JobStore
+from trainyard_shared.runner import build_app
+from trainyard_shared.settings import CommonSettings
+from trainyard_shared.tracing import setup_tracing
+
+
+def default_tracking_uri(common: CommonSettings) -> str:
+    folder = common.resolved_data_dir() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def create_app(
+    common: CommonSettings | None = None, settings: RegistrySettings | None = None
+) -> AsgiFastStream:
+    common = common or CommonSettings()
+    settings = settings or RegistrySettings()
+    sb = make_broker(common, "registry", tracer_provider=setup_tracing("registry"))
+    broker, subjects = sb.broker, sb.subjects
+    state: dict[str, RegistryCore] = {}
+
+    @broker.subscriber(
+        subjects.job_event_kind("succeeded"),
+        stream=streams(subjects).jobs,
+        durable="registry-succeeded",
+        pull_sub=PullSub(batch_size=8, timeout=0.5),
+        config=ConsumerConfig(max_deliver=5, ack_wait=300),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title="registry/succeeded",
+        description="registers the model version of a succeeded job that declared outputs.model",
+    )
+    async def on_succeeded(event: JobSucceeded) -> None:
+        await state["core"].on_succeeded(event)
+
+    async def connect() -> None:
+        await broker.connect()
+        await ensure_streams(broker, subjects, common.stream_replicas)
+        from trainyard_registry.mlflow_store import MlflowModelStore
+
+        buckets = await open_buckets(broker, subjects, common.stream_replicas)
+        tracking = settings.tracking_uri or default_tracking_uri(common)
+        state["core"] = RegistryCore(
+            store=JobStore(buckets.jobs),
+            models_kv=buckets.models,
+            events=EventPublisher(broker, subjects),
+            broker=broker,
+            subjects=subjects,
+            mlflow=MlflowModelStore(tracking, settings.registry_uri),
+            experiment=settings.experiment,
+        )
+
+    return build_app(
+        sb,
+        title="trainyard-registry",
+        description="Trainyard registry: model versions in MLflow with git provenance",
+        on_startup=[connect],
+    )

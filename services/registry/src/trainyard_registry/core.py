@@ -1,0 +1,128 @@
+"""Registering a succeeded job's model: MLflow first, then the models bucket, the record, events.
+
+Each step is idempotent, so a redelivered "succeeded" event finishes what a crash interrupted and
+never makes a second model version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from faststream.nats import NatsBroker
+from nats.js.kv import KeyValue
+
+from trainyard_contracts import (
+    JobRecord,
+    JobSucceeded,
+    ModelRef,
+    ModelRegistered,
+    ModelVersionRecord,
+    Subjects,
+)
+from trainyard_registry.mlflow_store import MlflowModelStore, ModelRequest, RegisteredModel
+from trainyard_shared.events import MSG_ID, EventPublisher
+from trainyard_shared.jobstore import JobStore
+
+log = logging.getLogger("trainyard.registry")
+
+
+def path_from_uri(uri: str) -> Path:
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("file", ""):
+        raise ValueError(f"outputs at {uri!r}: only file:// outputs are readable by this registry")
+    return Path(unquote(parsed.path))
+
+
+def version_record(record: JobRecord, model: RegisteredModel) -> ModelVersionRecord:
+    source = record.spec.source
+    return ModelVersionRecord(
+        name=model.name,
+        version=model.version,
+        job_id=record.job_id,
+        attempt=record.attempt,
+        run_id=model.run_id,
+        model_id=model.model_id,
+        source=model.source,
+        git_repo=source.repo if source else None,
+        git_commit=model.git_commit,
+        metrics=model.metrics,
+        params={k: str(v) for k, v in record.spec.params.items()},
+    )
+
+
+class RegistryCore:
+    def __init__(
+        self,
+        store: JobStore,
+        models_kv: KeyValue,
+        events: EventPublisher,
+        broker: NatsBroker,
+        subjects: Subjects,
+        mlflow: MlflowModelStore,
+        experiment: str,
+    ) -> None:
+        self.store = store
+        self.models_kv = models_kv
+        self.events = events
+        self.broker = broker
+        self.subjects = subjects
+        self.mlflow = mlflow
+        self.experiment = experiment
+
+    async def on_succeeded(self, event: JobSucceeded) -> ModelVersionRecord | None:
+        found = await self.store.get(event.job_id)
+        if found is None:
+            return None
+        record, _ = found
+        outputs = record.spec.outputs
+        if outputs is None or outputs.model is None:
+            return None
+        uri = event.outputs_uri or record.outputs_uri
+        if not uri:
+            raise ValueError(f"job {record.job_id} succeeded without an outputs location")
+        source = record.spec.source
+        request = ModelRequest(
+            job_id=record.job_id,
+            attempt=event.attempt,
+            queue=record.spec.queue,
+            job_name=record.spec.name,
+            model_name=outputs.model,
+            outputs_dir=path_from_uri(uri),
+            params=dict(record.spec.params),
+            git_repo=source.repo if source else None,
+            git_commit=source.commit if source else None,
+            experiment=self.experiment,
+        )
+        # MLflow's client is synchronous: keep it off the event loop
+        registered = await asyncio.to_thread(self.mlflow.register, request)
+        version = version_record(record, registered)
+        await self.models_kv.put(version.key, version.model_dump_json().encode())
+        ref = ModelRef(
+            name=version.name, version=version.version, run_id=version.run_id,
+            metrics=version.metrics, git_commit=version.git_commit,
+        )
+        await self.store.update(
+            record.job_id, lambda r: r.model_copy(update={"model": ref}) if r.model != ref else None
+        )
+        registered_event = ModelRegistered(
+            job_id=record.job_id,
+            attempt=event.attempt,
+            model_name=version.name,
+            version=version.version,
+            run_id=version.run_id,
+            metrics=version.metrics,
+            git_commit=version.git_commit,
+        )
+        await self.events.emit(registered_event)
+        await self.broker.publish(
+            version.model_dump_json().encode(),
+            self.subjects.model_registered(version.name),
+            headers={MSG_ID: f"{version.name}:{version.version}:registered"},
+            stream=self.subjects.streams.models,
+        )
+        log.info("model registered", extra={"job_id": record.job_id, "model": version.name,
+                                            "version": version.version})
+        return version

@@ -1,0 +1,247 @@
+"""The scheduler's use cases: queue what is submitted, place what is pending, cancel, recover.
+
+Collaborators come in as arguments (store, view, publishers, executor directory, clock), so tests
+run this against a real NATS without the faststream app around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+
+from trainyard_contracts import (
+    CancelAttempt,
+    Capacity,
+    JobCancelled,
+    JobQueued,
+    JobRecord,
+    JobRequeued,
+    JobScheduled,
+    JobState,
+    StartAttempt,
+    lifecycle,
+)
+from trainyard_contracts._time import utcnow
+from trainyard_scheduler.placement import (
+    Demand,
+    ExecutorFree,
+    PendingJob,
+    Plan,
+    Snapshot,
+    plan,
+)
+from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_shared.commands import CommandSender
+from trainyard_shared.events import EventPublisher
+from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobstore import JobStore
+from trainyard_shared.jobview import JobView
+
+log = logging.getLogger("trainyard.scheduler")
+
+
+def demand_of(record: JobRecord) -> Demand:
+    r = record.spec.resources
+    return Demand(cpu=r.cpu, memory=r.memory, gpu=r.gpu)
+
+
+class SchedulerCore:
+    def __init__(
+        self,
+        store: JobStore,
+        view: JobView,
+        events: EventPublisher,
+        commands: CommandSender,
+        executors: ExecutorDirectory,
+        settings: SchedulerSettings,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.events = events
+        self.commands = commands
+        self.executors = executors
+        self.settings = settings
+        self.clock = clock
+        self.waiting: dict[str, str] = {}
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def queue(self, job_id: str) -> None:
+        """submitted -> queued (idempotent: a redelivery re-emits the same event, deduplicated)."""
+        now = self.clock()
+        result = await self.store.update(
+            job_id,
+            lambda r: lifecycle.advance(r, JobState.QUEUED, now)
+            if r.state == JobState.SUBMITTED
+            else None,
+        )
+        record = result[1] if result else self.view.get(job_id)
+        if record is None:
+            found = await self.store.get(job_id)
+            record = found[0] if found else None
+        if record is not None and (result or record.state == JobState.QUEUED):
+            await self.events.emit(
+                JobQueued(job_id=job_id, attempt=record.attempt, queue=record.spec.queue)
+            )
+
+    async def cancel(self, job_id: str, by: str | None = None) -> None:
+        """A pending job is cancelled here; an active one gets a cancel command to its executor."""
+        now = self.clock()
+
+        def cancel_pending(r: JobRecord) -> JobRecord | None:
+            if r.state in (JobState.SUBMITTED, JobState.QUEUED, JobState.REQUEUED):
+                return lifecycle.finish(
+                    r, JobState.CANCELLED, now, exit_code=None, reason="cancelled before it ran"
+                )
+            return None
+
+        result = await self.store.update(job_id, cancel_pending)
+        if result is not None:
+            _, after = result
+            await self.events.emit(
+                JobCancelled(job_id=job_id, attempt=after.attempt, reason=after.reason or "", by=by)
+            )
+            return
+        found = await self.store.get(job_id)
+        if found is None:
+            return
+        record, _ = found
+        if record.state == JobState.CANCELLED:
+            await self.events.emit(
+                JobCancelled(job_id=job_id, attempt=record.attempt, reason=record.reason or "", by=by)
+            )
+        elif record.state.active and record.executor_id:
+            await self.commands.send(
+                CancelAttempt(job_id=job_id, attempt=record.attempt, executor_id=record.executor_id)
+            )
+
+    # -- planning -----------------------------------------------------------------------------
+
+    async def snapshot(self, now: datetime) -> Snapshot:
+        online = await self.executors.online(now)
+        used: dict[str, Demand] = defaultdict(lambda: Demand(0.0, 0, 0))
+        pending: list[PendingJob] = []
+        for record in self.view.all():
+            if record.state.active and record.executor_id in online:
+                u = used[record.executor_id]
+                d = demand_of(record).times(record.spec.replicas)
+                used[record.executor_id] = Demand(u.cpu + d.cpu, u.memory + d.memory, u.gpu + d.gpu)
+            elif record.state.pending and not record.cancel_requested:
+                pending.append(
+                    PendingJob(
+                        job_id=record.job_id,
+                        attempt=record.attempt,
+                        priority=record.spec.priority,
+                        submitted_at=record.submitted_at.timestamp(),
+                        demand=demand_of(record),
+                        replicas=record.spec.replicas,
+                        not_before=record.not_before.timestamp() if record.not_before else None,
+                    )
+                )
+        executors = []
+        for eid, beat in sorted(online.items()):
+            cap: Capacity = beat.capacity
+            u = used[eid]
+            executors.append(
+                ExecutorFree(eid, Demand(cap.cpu - u.cpu, cap.memory - u.memory, cap.gpu - u.gpu))
+            )
+        return Snapshot(pending=tuple(pending), executors=tuple(executors))
+
+    async def plan_pass(self) -> Plan:
+        now = self.clock()
+        decisions = plan(await self.snapshot(now), now.timestamp())
+        self.waiting = {w.job_id: w.reason for w in decisions.waiting}
+        for assignment in decisions.assignments:
+            await self._assign(assignment.job_id, assignment.attempt, assignment.executor_id, now)
+        return decisions
+
+    async def _assign(self, job_id: str, attempt: int, executor_id: str, now: datetime) -> None:
+        result = await self.store.update(
+            job_id,
+            lambda r: lifecycle.schedule(r, executor_id, now)
+            if r.state.pending and r.attempt == attempt and not r.cancel_requested
+            else None,
+        )
+        if result is None:
+            return  # someone else moved it first (cancel, another scheduler): nothing to do
+        _, record = result
+        await self._announce_scheduled(record)
+
+    async def _announce_scheduled(self, record: JobRecord) -> None:
+        assert record.executor_id is not None
+        r = record.spec.resources
+        await self.events.emit(
+            JobScheduled(
+                job_id=record.job_id,
+                attempt=record.attempt,
+                executor_id=record.executor_id,
+                resources=Capacity(cpu=r.cpu, memory=r.memory, gpu=r.gpu),
+            )
+        )
+        await self.commands.send(
+            StartAttempt(
+                job_id=record.job_id,
+                attempt=record.attempt,
+                executor_id=record.executor_id,
+                spec=record.spec,
+            )
+        )
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Close the gaps a crash can leave, and requeue the attempts of lost executors."""
+        now = self.clock()
+        online = await self.executors.online(now)
+        for record in self.view.all():
+            age = (now - record.updated_at).total_seconds()
+            if record.state == JobState.SUBMITTED and age > self.settings.submitted_grace_seconds:
+                await self.queue(record.job_id)
+            elif record.state.pending and record.cancel_requested:
+                await self.cancel(record.job_id)
+            elif record.state.active and record.executor_id not in online:
+                await self._requeue_lost(record, now)
+            elif record.state == JobState.SCHEDULED and age > self.settings.start_resend_seconds:
+                # the start command may never have been published (crash after the CAS): the
+                # exec stream deduplicates on the same message id if it was
+                await self._announce_scheduled(record)
+
+    async def _requeue_lost(self, record: JobRecord, now: datetime) -> None:
+        lost = record.executor_id
+        attempt = record.attempt
+        result = await self.store.update(
+            record.job_id,
+            lambda r: lifecycle.requeue(
+                r, now, reason="executor_lost", counts_as_retry=False,
+                detail=f"executor {lost} stopped sending heartbeats",
+            )
+            if r.state.active and r.executor_id == lost and r.attempt == attempt
+            else None,
+        )
+        if result is None:
+            return
+        _, after = result
+        log.warning(
+            "requeued the attempt of a lost executor",
+            extra={"job_id": record.job_id, "attempt": attempt, "executor_id": lost},
+        )
+        await self.events.emit(
+            JobRequeued(
+                job_id=record.job_id,
+                attempt=attempt,
+                reason="executor_lost",
+                next_attempt=after.attempt,
+                detail=after.reason,
+            )
+        )
+        if lost:
+            # if it comes back it must not keep running the old attempt
+            await self.commands.send(
+                CancelAttempt(
+                    job_id=record.job_id, attempt=attempt, executor_id=lost,
+                    reason="attempt superseded after executor loss", grace_seconds=0,
+                )
+            )

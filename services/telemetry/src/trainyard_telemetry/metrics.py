@@ -1,0 +1,97 @@
+"""Job metrics for Prometheus: event counters and latency histograms from the event stream, and
+gauges (jobs by state, queue depth) computed at scrape time from the job records.
+
+Observations are idempotent: an event redelivered after a crash is counted once (per event id).
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from trainyard_contracts import TERMINAL_EVENT_TYPES, JobEvent, JobRecord, JobState
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+RUN_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 48 * 3600)
+
+
+class _Seen:
+    """A bounded memory of event ids already counted."""
+
+    def __init__(self, size: int = 200_000) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, event_id: str) -> bool:
+        if event_id in self._ids:
+            return False
+        self._ids[event_id] = None
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+        return True
+
+
+class JobMetrics:
+    def __init__(self, registry: CollectorRegistry, records: Callable[[], Iterable[JobRecord]]):
+        self.events = Counter(
+            "trainyard_job_events", "job events seen, by type", ["type"], registry=registry
+        )
+        self.submit_to_start = Histogram(
+            "trainyard_job_submit_to_start_seconds",
+            "from submitted to running, per attempt",
+            ["queue"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.run_time = Histogram(
+            "trainyard_job_run_seconds",
+            "run time of attempts that ended, by outcome",
+            ["queue", "outcome"],
+            buckets=RUN_BUCKETS,
+            registry=registry,
+        )
+        self._seen = _Seen()
+        self._records = records
+        registry.register(_StateCollector(records))
+
+    def observe(self, event: JobEvent, record: JobRecord | None) -> bool:
+        if not self._seen.first_time(event.event_id):
+            return False
+        self.events.labels(event.type).inc()
+        queue = record.spec.queue if record else "unknown"
+        if event.type == "running" and record is not None:
+            waited = (event.time - record.submitted_at).total_seconds()
+            self.submit_to_start.labels(queue).observe(max(waited, 0.0))
+        elif event.type in TERMINAL_EVENT_TYPES and event.type != "rejected":
+            duration = getattr(event, "duration_seconds", None)
+            if duration is not None:
+                self.run_time.labels(queue, event.type).observe(duration)
+        return True
+
+
+class _StateCollector(Collector):
+    def __init__(self, records: Callable[[], Iterable[JobRecord]]) -> None:
+        self._records = records
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        by_state: Tally[str] = Tally()
+        depth: Tally[str] = Tally()
+        for record in self._records():
+            by_state[record.state.value] += 1
+            if record.state.pending:
+                depth[record.spec.queue] += 1
+        jobs = GaugeMetricFamily("trainyard_jobs", "jobs by state", labels=["state"])
+        for state in JobState:
+            jobs.add_metric([state.value], by_state.get(state.value, 0))
+        yield jobs
+        queue = GaugeMetricFamily(
+            "trainyard_queue_depth", "jobs waiting to be placed, by queue", labels=["queue"]
+        )
+        for name, count in sorted(depth.items()):
+            queue.add_metric([name], count)
+        yield queue

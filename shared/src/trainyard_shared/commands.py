@@ -1,0 +1,25 @@
+"""Sending commands to an executor: its command subject, in the exec stream, deduplicated."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsBroker
+
+from trainyard_contracts import CancelAttempt, StartAttempt, Subjects, msg_id
+from trainyard_shared.events import MSG_ID
+
+
+class CommandSender:
+    def __init__(self, broker: NatsBroker, subjects: Subjects) -> None:
+        self.broker = broker
+        self.subjects = subjects
+
+    async def send(self, command: StartAttempt | CancelAttempt) -> None:
+        await self.broker.publish(
+            command.model_dump_json().encode(),
+            self.subjects.exec_command(command.executor_id, command.type),
+            headers={
+                MSG_ID: msg_id(command.job_id, command.attempt, command.type),
+                "content-type": "application/json",
+            },
+            stream=self.subjects.streams.exec,
+        )

@@ -1,0 +1,95 @@
+"""An in-memory view of every job record, kept current by watching the jobs KV bucket.
+
+Services read from the view and write with compare-and-set through :class:`JobStore`; a stale view
+only costs a failed CAS and a retry, never a wrong write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import ValidationError
+
+from trainyard_contracts import JobRecord
+
+log = logging.getLogger("trainyard.jobview")
+
+Listener = Callable[[JobRecord | None, JobRecord], None]
+
+
+class JobView:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.records: dict[str, JobRecord] = {}
+        self.revisions: dict[str, int] = {}
+        self.ready = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._task: asyncio.Task[None] | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
+
+    def on_change(self, listener: Listener) -> None:
+        """``listener(before, after)`` runs for every record update (before is None when new)."""
+        self._listeners.append(listener)
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self._watcher = await self.kv.watchall()
+        self._task = asyncio.create_task(self._run(), name="jobview")
+        await asyncio.wait_for(self.ready.wait(), timeout)
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        assert self._watcher is not None
+        async for entry in self._watcher:
+            if entry is None:
+                self.ready.set()
+                continue
+            key = entry.key
+            if entry.operation in (KV_DEL, KV_PURGE):
+                self.records.pop(key, None)
+                self.revisions.pop(key, None)
+                continue
+            revision = entry.revision or 0
+            if revision <= self.revisions.get(key, 0):
+                continue
+            try:
+                record = JobRecord.model_validate_json(entry.value or b"")
+            except ValidationError as exc:
+                log.error("unreadable job record", extra={"job_id": key, "error": str(exc)[:500]})
+                continue
+            self.apply(record, revision)
+
+    def apply(self, record: JobRecord, revision: int) -> None:
+        """Take a record at ``revision`` unless the view already holds a newer one.
+
+        Also fed by this process's own writes (``JobStore.on_written``), so a decision made a
+        moment ago is never planned again on a stale view.
+        """
+        key = record.job_id
+        if revision <= self.revisions.get(key, 0):
+            return
+        before = self.records.get(key)
+        self.records[key] = record
+        self.revisions[key] = revision
+        for listener in self._listeners:
+            try:
+                listener(before, record)
+            except Exception:
+                log.exception("job view listener failed")
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self.records.get(job_id)
+
+    def all(self) -> list[JobRecord]:
+        return list(self.records.values())
