@@ -1,0 +1,147 @@
+"""A job's whole path through scheduler and executor (and telemetry), on a real nats-server.
+
+The services run in this process (each with its own broker connection); jobs run as real local
+processes. Submission is done the way the submission service does it (record, then event).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from trainyard_contracts import (
+    Capacity,
+    ExecutorHeartbeat,
+    JobCancelRequested,
+    JobSpec,
+    JobState,
+)
+from trainyard_contracts._time import utcnow
+from trainyard_executor.app import create_app as executor_app
+from trainyard_executor.settings import ExecutorSettings
+from trainyard_scheduler.app import create_app as scheduler_app
+from trainyard_scheduler.settings import SchedulerSettings
+
+from .harness import Bus, common_settings, eventually, running
+
+pytestmark = [pytest.mark.service, pytest.mark.local]
+PY = sys.executable
+
+
+def scheduler(common):
+    return scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+
+
+def executor(common, name="exec-a", **kw):
+    settings = ExecutorSettings(
+        id=name, cpu=4, memory=8192, gpu=0, heartbeat_seconds=0.5, lease_seconds=3,
+        grace_seconds=2, **kw,
+    )
+    return executor_app(common, settings)
+
+
+@pytest.fixture
+def common(nats_server, prefix, tmp_path):
+    return common_settings(nats_server.url, prefix, tmp_path / "data")
+
+
+@pytest.fixture
+async def bus(nats_server, prefix):
+    async with Bus(nats_server.url, prefix) as b:
+        yield b
+
+
+async def test_a_job_runs_and_succeeds_with_its_logs_and_outputs(common, bus):
+    code = (
+        "import os,sys; print('hello from', os.environ['TRAINYARD_JOB_ID']);"
+        "print('to stderr', file=sys.stderr);"
+        "open(os.path.join(os.environ['TRAINYARD_OUTPUT_DIR'], 'model.txt'), 'w').write('w')"
+    )
+    async with running(scheduler(common)), running(executor(common)):
+        job_id = await bus.submit(JobSpec(name="hello", command=[PY, "-c", code],
+                                          outputs={"model": "m", "path": "out"}))
+        record = await bus.wait_state(job_id, "succeeded")
+    assert record.attempt == 1 and record.exit_code == 0
+    assert record.attempts[0].executor_id == "exec-a"
+    assert record.outputs_uri and record.outputs_uri.endswith("/out")
+    assert (await bus.event_types(job_id)) == [
+        "submitted", "queued", "scheduled", "running", "succeeded",
+    ]
+    lines = await bus.log_text(job_id)
+    assert f"hello from {job_id}" in lines and "to stderr" in lines
+
+
+async def test_a_failure_is_retried_then_fails_with_its_exit_code(common, bus):
+    async with running(scheduler(common)), running(executor(common)):
+        job_id = await bus.submit(JobSpec(
+            name="flaky", command=[PY, "-c", "import sys; sys.exit(3)"],
+            retries={"limit": 1, "backoff": 0},
+        ))
+        record = await bus.wait_state(job_id, "failed")
+    assert record.attempt == 2 and record.retries_used == 1 and record.exit_code == 3
+    types = await bus.event_types(job_id)
+    assert types.count("requeued") == 1 and types.count("running") == 2 and types[-1] == "failed"
+
+
+async def test_timeout_and_cancel(common, bus):
+    async with running(scheduler(common)), running(executor(common)):
+        slow = await bus.submit(JobSpec(name="slow", command=["sleep", "60"], timeout=1))
+        long = await bus.submit(JobSpec(name="long", command=["sleep", "60"]))
+        await bus.wait_state(long, "running")
+        # what the submission service does on POST /cancel
+        kv = await bus.js.key_value(bus.subjects.buckets.jobs)
+        entry = await kv.get(long)
+        record = (await bus.record(long)).model_copy(update={"cancel_requested": True})
+        await kv.update(long, record.model_dump_json().encode(), last=entry.revision)
+        event = JobCancelRequested(job_id=long, attempt=record.attempt, by="test")
+        await bus.js.publish(event.subject(bus.subjects), event.model_dump_json().encode())
+        cancelled = await bus.wait_state(long, "cancelled", timeout=20)
+        timed_out = await bus.wait_state(slow, "timed_out", timeout=20)
+    assert cancelled.state == JobState.CANCELLED
+    assert "timed out" in (timed_out.reason or "")
+
+
+async def test_a_lost_executor_s_attempt_is_requeued_with_a_new_attempt(common, bus):
+    """A 'ghost' executor holds a lease and never renews it; its job must move on."""
+    kv = await bus.js.key_value(bus.subjects.buckets.executors)
+    ghost = ExecutorHeartbeat(
+        executor_id="ghost", backend="none", capacity=Capacity(cpu=8, memory=16384),
+        time=utcnow(), lease_seconds=2,
+    )
+    async with running(scheduler(common)):
+        await kv.put("ghost", ghost.model_dump_json().encode())
+        job_id = await bus.submit(JobSpec(name="orphan", command=["true"]))
+        first = await bus.wait_state(job_id, "scheduled")
+        assert first.executor_id == "ghost" and first.attempt == 1
+        requeued = await bus.wait_state(job_id, "requeued", "queued", timeout=20)
+        assert requeued.attempt == 2 and requeued.retries_used == 0
+        async with running(executor(common, name="exec-b")):
+            done = await bus.wait_state(job_id, "succeeded")
+    assert done.attempt == 2 and done.executor_id == "exec-b"
+    assert "requeued" in await bus.event_types(job_id)
+
+
+async def test_a_malformed_event_is_dead_lettered_and_service_keeps_serving(common, bus):
+    async with running(scheduler(common)), running(executor(common)):
+        await bus.js.publish(bus.subjects.job("junk", "submitted"), b"{this is not json")
+        await bus.js.publish(bus.subjects.job("junk2", "submitted"), b'{"type": "submitted"}')
+
+        async def parked():
+            msgs = await bus.messages(bus.subjects.dlq("scheduler"), bus.subjects.streams.dlq)
+            return msgs if len(msgs) >= 2 else None
+
+        letters = await parked_or_fail(parked)
+        job_id = await bus.submit(JobSpec(name="after-junk", command=["true"]))
+        await bus.wait_state(job_id, "succeeded")
+    reasons = [m.headers["Trainyard-Reason"] for m in letters]
+    assert all(r.startswith("invalid message") for r in reasons)
+    assert {m.headers["Trainyard-Original-Subject"] for m in letters} == {
+        bus.subjects.job("junk", "submitted"), bus.subjects.job("junk2", "submitted"),
+    }
+
+
+async def parked_or_fail(probe):
+    return await eventually(probe, 20, "dead letters")
+
+
