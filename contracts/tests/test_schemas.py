@@ -12,7 +12,8 @@ pytestmark = pytest.mark.unit
 def test_schema_files_are_fresh():
     expected = render()
     stale = [
-        name for name, text in expected.items()
+        name
+        for name, text in expected.items()
         if not (DEFAULT_DIR / name).exists() or (DEFAULT_DIR / name).read_text() != text
     ]
     assert not stale, f"stale schemas {stale}: run `make schemas` and commit contracts/schemas/"

@@ -56,9 +56,7 @@ def test_every_bad_field_is_named_with_what_was_expected():
         "name: x\ncommand: python train.py\nresources: {memory: lots, gpus: 1}\n"
         "timeout: 5 minutes\npriority: high\n"
     )
-    assert set(errors) == {
-        "command", "resources.memory", "resources.gpus", "timeout", "priority"
-    }
+    assert set(errors) == {"command", "resources.memory", "resources.gpus", "timeout", "priority"}
     assert "argv list" in errors["command"]
     assert "unknown field" in errors["resources.gpus"]
     assert "512Mi" in errors["resources.memory"]
@@ -89,9 +87,7 @@ def test_outputs_path_stays_inside_the_workdir(path, ok):
 
 
 def test_reserved_env_and_bad_names():
-    errors = errors_of(
-        "name: 'bad name!'\ncommand: ['true']\nenv: {TRAINYARD_JOB_ID: x}\nqueue: Upper\n"
-    )
+    errors = errors_of("name: 'bad name!'\ncommand: ['true']\nenv: {TRAINYARD_JOB_ID: x}\nqueue: Upper\n")
     assert set(errors) == {"name", "env", "queue"}
 
 

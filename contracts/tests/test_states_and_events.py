@@ -45,8 +45,14 @@ def test_lifecycle_happy_path_and_illegal_moves():
 
 def test_requeue_bumps_the_attempt_and_backs_off_only_for_retries():
     spec = JobSpec(name="x", command=["true"], retries={"limit": 2, "backoff": 10})
-    r = lifecycle.start(lifecycle.schedule(lifecycle.advance(
-        lifecycle.new_record("j1abcdef", spec, NOW, None), JobState.QUEUED, NOW), "e", NOW), NOW)
+    r = lifecycle.start(
+        lifecycle.schedule(
+            lifecycle.advance(lifecycle.new_record("j1abcdef", spec, NOW, None), JobState.QUEUED, NOW),
+            "e",
+            NOW,
+        ),
+        NOW,
+    )
     retried = lifecycle.requeue(r, NOW, reason="retry", counts_as_retry=True)
     assert retried.attempt == 2 and retried.retries_used == 1
     assert retried.not_before == NOW + timedelta(seconds=10)

@@ -47,8 +47,11 @@ async def test_job_store_compare_and_set(nats_server, prefix):
             store.update("job000001", lambda r: lifecycle.advance(r, JobState.QUEUED, now)),
             store.update(
                 "job000001",
-                lambda r: lifecycle.advance(r, JobState.QUEUED, now) if r.state.pending is False
-                and r.state == JobState.SUBMITTED else None,
+                lambda r: (
+                    lifecycle.advance(r, JobState.QUEUED, now)
+                    if r.state.pending is False and r.state == JobState.SUBMITTED
+                    else None
+                ),
             ),
         )
         changed = [r for r in results if r is not None]

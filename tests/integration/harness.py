@@ -73,7 +73,8 @@ class Bus:
         await kv.create(job_id, record.model_dump_json().encode())
         event = JobSubmitted(job_id=job_id, spec=spec, submitted_by="test")
         await self.js.publish(
-            event.subject(self.subjects), event.model_dump_json().encode(),
+            event.subject(self.subjects),
+            event.model_dump_json().encode(),
             headers={"Nats-Msg-Id": event.msg_id()},
         )
         return job_id
@@ -90,8 +91,9 @@ class Bus:
         info = await self.js.stream_info(stream)
         if info.state.messages == 0:
             return []
-        sub = await self.js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
-                                      stream=stream)
+        sub = await self.js.subscribe(
+            subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, stream=stream
+        )
         out = []
         try:
             while True:

@@ -35,8 +35,14 @@ def scheduler(common):
 
 def executor(common, name="exec-a", **kw):
     settings = ExecutorSettings(
-        id=name, cpu=4, memory=8192, gpu=0, heartbeat_seconds=0.5, lease_seconds=3,
-        grace_seconds=2, **kw,
+        id=name,
+        cpu=4,
+        memory=8192,
+        gpu=0,
+        heartbeat_seconds=0.5,
+        lease_seconds=3,
+        grace_seconds=2,
+        **kw,
     )
     return executor_app(common, settings)
 
@@ -59,14 +65,19 @@ async def test_a_job_runs_and_succeeds_with_its_logs_and_outputs(common, bus):
         "open(os.path.join(os.environ['TRAINYARD_OUTPUT_DIR'], 'model.txt'), 'w').write('w')"
     )
     async with running(scheduler(common)), running(executor(common)):
-        job_id = await bus.submit(JobSpec(name="hello", command=[PY, "-c", code],
-                                          outputs={"model": "m", "path": "out"}))
+        job_id = await bus.submit(
+            JobSpec(name="hello", command=[PY, "-c", code], outputs={"model": "m", "path": "out"})
+        )
         record = await bus.wait_state(job_id, "succeeded")
     assert record.attempt == 1 and record.exit_code == 0
     assert record.attempts[0].executor_id == "exec-a"
     assert record.outputs_uri and record.outputs_uri.endswith("/out")
     assert (await bus.event_types(job_id)) == [
-        "submitted", "queued", "scheduled", "running", "succeeded",
+        "submitted",
+        "queued",
+        "scheduled",
+        "running",
+        "succeeded",
     ]
     lines = await bus.log_text(job_id)
     assert f"hello from {job_id}" in lines and "to stderr" in lines
@@ -74,10 +85,13 @@ async def test_a_job_runs_and_succeeds_with_its_logs_and_outputs(common, bus):
 
 async def test_a_failure_is_retried_then_fails_with_its_exit_code(common, bus):
     async with running(scheduler(common)), running(executor(common)):
-        job_id = await bus.submit(JobSpec(
-            name="flaky", command=[PY, "-c", "import sys; sys.exit(3)"],
-            retries={"limit": 1, "backoff": 0},
-        ))
+        job_id = await bus.submit(
+            JobSpec(
+                name="flaky",
+                command=[PY, "-c", "import sys; sys.exit(3)"],
+                retries={"limit": 1, "backoff": 0},
+            )
+        )
         record = await bus.wait_state(job_id, "failed")
     assert record.attempt == 2 and record.retries_used == 1 and record.exit_code == 3
     types = await bus.event_types(job_id)
@@ -106,8 +120,11 @@ async def test_a_lost_executor_s_attempt_is_requeued_with_a_new_attempt(common, 
     """A 'ghost' executor holds a lease and never renews it; its job must move on."""
     kv = await bus.js.key_value(bus.subjects.buckets.executors)
     ghost = ExecutorHeartbeat(
-        executor_id="ghost", backend="none", capacity=Capacity(cpu=8, memory=16384),
-        time=utcnow(), lease_seconds=2,
+        executor_id="ghost",
+        backend="none",
+        capacity=Capacity(cpu=8, memory=16384),
+        time=utcnow(),
+        lease_seconds=2,
     )
     async with running(scheduler(common)):
         await kv.put("ghost", ghost.model_dump_json().encode())
@@ -137,11 +154,10 @@ async def test_a_malformed_event_is_dead_lettered_and_service_keeps_serving(comm
     reasons = [m.headers["Trainyard-Reason"] for m in letters]
     assert all(r.startswith("invalid message") for r in reasons)
     assert {m.headers["Trainyard-Original-Subject"] for m in letters} == {
-        bus.subjects.job("junk", "submitted"), bus.subjects.job("junk2", "submitted"),
+        bus.subjects.job("junk", "submitted"),
+        bus.subjects.job("junk2", "submitted"),
     }
 
 
 async def parked_or_fail(probe):
     return await eventually(probe, 20, "dead letters")
-
-

@@ -30,9 +30,7 @@ def advance(record: JobRecord, target: JobState, now: datetime, **changes: Any) 
     check_transition(record.state, target)
     times = dict(record.state_times)
     times[target.value] = now
-    return record.model_copy(
-        update={"state": target, "updated_at": now, "state_times": times, **changes}
-    )
+    return record.model_copy(update={"state": target, "updated_at": now, "state_times": times, **changes})
 
 
 def _with_attempt(record: JobRecord, **changes: Any) -> list[AttemptInfo]:
@@ -61,7 +59,12 @@ def start(record: JobRecord, now: datetime) -> JobRecord:
 
 
 def finish(
-    record: JobRecord, target: JobState, now: datetime, *, exit_code: int | None, reason: str | None,
+    record: JobRecord,
+    target: JobState,
+    now: datetime,
+    *,
+    exit_code: int | None,
+    reason: str | None,
     outputs_uri: str | None = None,
 ) -> JobRecord:
     """End the current attempt in a terminal state."""
@@ -72,9 +75,7 @@ def finish(
         exit_code=exit_code,
         reason=reason,
         outputs_uri=outputs_uri,
-        attempts=_with_attempt(
-            record, ended_at=now, state=target, exit_code=exit_code, reason=reason
-        ),
+        attempts=_with_attempt(record, ended_at=now, state=target, exit_code=exit_code, reason=reason),
     )
 
 
@@ -84,14 +85,17 @@ def retry_backoff(spec: JobSpec, retries_used: int) -> float:
 
 
 def requeue(
-    record: JobRecord, now: datetime, *, reason: str, counts_as_retry: bool,
-    exit_code: int | None = None, detail: str | None = None,
+    record: JobRecord,
+    now: datetime,
+    *,
+    reason: str,
+    counts_as_retry: bool,
+    exit_code: int | None = None,
+    detail: str | None = None,
 ) -> JobRecord:
     """End the current attempt and queue a new one; executor loss doesn't count as a retry."""
     not_before = (
-        now + timedelta(seconds=retry_backoff(record.spec, record.retries_used))
-        if counts_as_retry
-        else None
+        now + timedelta(seconds=retry_backoff(record.spec, record.retries_used)) if counts_as_retry else None
     )
     ended = _with_attempt(
         record, ended_at=now, state=JobState.REQUEUED, exit_code=exit_code, reason=detail or reason

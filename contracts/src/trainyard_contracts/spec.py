@@ -79,8 +79,11 @@ class Source(_Strict):
 class Outputs(_Strict):
     model: ModelName | None = Field(None, description="registered-model name in MLflow")
     path: str = Field(
-        "outputs", min_length=1, max_length=1024, description="directory, relative to the job's"
-        " working directory, where the job writes its model (TRAINYARD_OUTPUT_DIR)"
+        "outputs",
+        min_length=1,
+        max_length=1024,
+        description="directory, relative to the job's"
+        " working directory, where the job writes its model (TRAINYARD_OUTPUT_DIR)",
     )
 
     @field_validator("path")
@@ -107,9 +110,7 @@ class JobSpec(_Strict):
     command: list[str] = Field(
         min_length=1, description="argv list; run without a shell unless shell is true"
     )
-    shell: bool = Field(
-        False, description="run command[0] with /bin/sh -c; command must then be one string"
-    )
+    shell: bool = Field(False, description="run command[0] with /bin/sh -c; command must then be one string")
     image: str | None = Field(None, min_length=1, max_length=512)
     env: dict[EnvName, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
@@ -117,13 +118,11 @@ class JobSpec(_Strict):
     timeout: float | None = Field(None, gt=0, le=30 * 86400, description="seconds")
     retries: Retries = Field(default_factory=Retries)  # type: ignore[arg-type]
     source: Source | None = None
-    params: dict[Annotated[str, StringConstraints(min_length=1, max_length=250)], ParamValue] = (
-        Field(default_factory=dict)
-    )
-    outputs: Outputs | None = None
-    labels: dict[LabelKey, Annotated[str, StringConstraints(max_length=256)]] = Field(
+    params: dict[Annotated[str, StringConstraints(min_length=1, max_length=250)], ParamValue] = Field(
         default_factory=dict
     )
+    outputs: Outputs | None = None
+    labels: dict[LabelKey, Annotated[str, StringConstraints(max_length=256)]] = Field(default_factory=dict)
     preemptible: bool = False
     runtime_env: RuntimeEnv | None = None
 
@@ -132,8 +131,8 @@ class JobSpec(_Strict):
     def _argv(cls, value: object) -> object:
         if isinstance(value, str):
             raise ValueError(
-                "must be an argv list such as [\"python\", \"train.py\"], not a shell string; "
-                "to run a shell command say shell: true and give [\"the command\"]"
+                'must be an argv list such as ["python", "train.py"], not a shell string; '
+                'to run a shell command say shell: true and give ["the command"]'
             )
         return value
 
@@ -213,9 +212,7 @@ def parse_spec_document(text: str | bytes) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SpecError([FieldError(field="(document)", message=f"not valid YAML or JSON{where}")]) from exc
     if not isinstance(data, dict):
-        raise SpecError(
-            [FieldError(field="(document)", message="expected a mapping of job spec fields")]
-        )
+        raise SpecError([FieldError(field="(document)", message="expected a mapping of job spec fields")])
     return data
 
 

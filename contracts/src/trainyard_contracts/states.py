@@ -43,9 +43,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.SCHEDULED, JobState.CANCELLED, JobState.REJECTED}),
     JobState.REQUEUED: frozenset({JobState.SCHEDULED, JobState.CANCELLED}),
     # scheduled -> failed: the attempt could not start (bad source, runtime env build failed)
-    JobState.SCHEDULED: frozenset(
-        {JobState.RUNNING, JobState.REQUEUED, JobState.CANCELLED, JobState.FAILED}
-    ),
+    JobState.SCHEDULED: frozenset({JobState.RUNNING, JobState.REQUEUED, JobState.CANCELLED, JobState.FAILED}),
     JobState.RUNNING: frozenset(
         {
             JobState.SUCCEEDED,

@@ -34,8 +34,10 @@ def test_failure_with_retries_left_is_requeued_then_final():
 
 def test_timeout_is_final_even_with_retries_and_success_keeps_outputs():
     r = running(retries=3)
-    assert conclude(r, "timed_out", exit_code=None, reason="t", outputs_uri=None,
-                    now=NOW).state == JobState.TIMED_OUT
+    assert (
+        conclude(r, "timed_out", exit_code=None, reason="t", outputs_uri=None, now=NOW).state
+        == JobState.TIMED_OUT
+    )
     ok = conclude(r, "succeeded", exit_code=0, reason="ok", outputs_uri="file:///o", now=NOW)
     assert ok.outputs_uri == "file:///o"
     assert isinstance(event_for(r, ok, 2.0), JobSucceeded)
@@ -52,8 +54,13 @@ def test_fence_on_executor_and_attempt():
 
 def test_job_env_passes_only_the_allow_list_and_trainyard_vars():
     r = running(env={"OMP_NUM_THREADS": "1"}, source={"repo": "/r", "commit": "a" * 40})
-    env = job_env(r, 1, {"PATH": "/bin", "TRAINYARD_SUBMISSION_TOKEN": "secret", "HOME": "/h"},
-                  ("PATH", "HOME"), "sqlite:////tmp/m.db")
+    env = job_env(
+        r,
+        1,
+        {"PATH": "/bin", "TRAINYARD_SUBMISSION_TOKEN": "secret", "HOME": "/h"},
+        ("PATH", "HOME"),
+        "sqlite:////tmp/m.db",
+    )
     assert "TRAINYARD_SUBMISSION_TOKEN" not in env
     assert env["PATH"] == "/bin" and env["OMP_NUM_THREADS"] == "1"
     assert env["TRAINYARD_JOB_ID"] == "jobabcdef" and env["TRAINYARD_ATTEMPT"] == "1"

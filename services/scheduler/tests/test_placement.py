@@ -37,8 +37,10 @@ def test_priority_then_submit_time():
 def test_best_fit_keeps_the_big_hole_for_the_big_job():
     snap = Snapshot(
         pending=(job("small", cpu=1, at=1), job("big", cpu=8, at=2)),
-        executors=(ExecutorFree("big-box", Demand(8, 10_000, 0)),
-                   ExecutorFree("small-box", Demand(2, 10_000, 0))),
+        executors=(
+            ExecutorFree("big-box", Demand(8, 10_000, 0)),
+            ExecutorFree("small-box", Demand(2, 10_000, 0)),
+        ),
     )
     decisions = {a.job_id: a.executor_id for a in plan(snap, now=0).assignments}
     assert decisions == {"small": "small-box", "big": "big-box"}
@@ -94,8 +96,7 @@ executors = st.lists(
     st.builds(
         ExecutorFree,
         executor_id=st.uuids().map(lambda u: "e" + u.hex[:6]),
-        free=st.builds(Demand, cpu=st.floats(0, 16), memory=st.integers(0, 32768),
-                       gpu=st.integers(0, 4)),
+        free=st.builds(Demand, cpu=st.floats(0, 16), memory=st.integers(0, 32768), gpu=st.integers(0, 4)),
     ),
     max_size=6,
     unique_by=lambda e: e.executor_id,

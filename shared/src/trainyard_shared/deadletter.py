@@ -12,9 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fast_depends.exceptions import ValidationError as DependsValidationError
 from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage
-from fast_depends.exceptions import ValidationError as DependsValidationError
 from pydantic import ValidationError
 
 from trainyard_contracts import Subjects
@@ -39,9 +39,7 @@ def make_dead_letter_middleware(
     stream = subjects.streams.dlq
 
     class DeadLetterMiddleware(BaseMiddleware):
-        async def consume_scope(
-            self, call_next: Callable[[Any], Awaitable[Any]], msg: Any
-        ) -> Any:
+        async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
             try:
                 return await call_next(msg)
             except (ValidationError, DependsValidationError, UnicodeDecodeError, ValueError) as exc:
@@ -69,8 +67,11 @@ def make_dead_letter_middleware(
                 headers["Trainyard-Original-Msg-Id"] = original_id
             log.warning(
                 "dead-lettered a message",
-                extra={"service": service, "reason": reason, "subject": headers[
-                    "Trainyard-Original-Subject"]},
+                extra={
+                    "service": service,
+                    "reason": reason,
+                    "subject": headers["Trainyard-Original-Subject"],
+                },
             )
             await broker.publish(msg.body, subject, headers=headers, stream=stream)
 

@@ -66,9 +66,7 @@ class JobStore:
             if after is None:
                 return None
             try:
-                new_revision = await self.kv.update(
-                    job_id, after.model_dump_json().encode(), last=revision
-                )
+                new_revision = await self.kv.update(job_id, after.model_dump_json().encode(), last=revision)
             except KeyWrongLastSequenceError:
                 continue
             self._notify(after, new_revision)

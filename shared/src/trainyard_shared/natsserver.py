@@ -55,13 +55,21 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         argv = [
-            nats_server_binary(), "-js", "-a", self.host, "-p", str(self.port),
-            "-m", str(self.monitor_port), "-sd", str(self.store_dir),
+            nats_server_binary(),
+            "-js",
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.monitor_port),
+            "-sd",
+            str(self.store_dir),
         ]
         if self.config_file:
             argv += ["-c", str(self.config_file)]
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

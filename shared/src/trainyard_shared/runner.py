@@ -43,6 +43,14 @@ def build_app(
 
 def serve(app: AsgiFastStream, http: HttpSettings) -> None:
     """Run until SIGINT/SIGTERM; HTTP on host:port (port 0 picks a free one)."""
-    asyncio.run(app.run(log_level=logging.WARNING, run_extra_options={
-        "host": http.host, "port": http.port, "lifespan": "on", "access_log": False,
-    }))
+    asyncio.run(
+        app.run(
+            log_level=logging.WARNING,
+            run_extra_options={
+                "host": http.host,
+                "port": http.port,
+                "lifespan": "on",
+                "access_log": False,
+            },
+        )
+    )

@@ -72,7 +72,11 @@ def create_app(
             directory=ExecutorDirectory(buckets.executors),
             backend=backend,
             shippers=lambda job_id, attempt: LogShipper(
-                broker, subjects, job_id, attempt, settings.log_flush_seconds,
+                broker,
+                subjects,
+                job_id,
+                attempt,
+                settings.log_flush_seconds,
                 settings.log_batch_lines,
             ),
             settings=settings,
@@ -86,12 +90,13 @@ def create_app(
         assert isinstance(store, JobStore)
         recovered = await executor.recover([record for record, _ in await store.all()])
         if recovered:
-            log.warning("requeued attempts left over from before a restart",
-                        extra={"count": recovered})
+            log.warning("requeued attempts left over from before a restart", extra={"count": recovered})
         await executor.beat()
         state["heartbeat"] = asyncio.create_task(heartbeat_loop(), name="heartbeat")
-        log.info("executor online", extra={"executor_id": settings.id,
-                                           "capacity": executor.capacity().model_dump()})
+        log.info(
+            "executor online",
+            extra={"executor_id": settings.id, "capacity": executor.capacity().model_dump()},
+        )
 
     async def heartbeat_loop() -> None:
         while True:

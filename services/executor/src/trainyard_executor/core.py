@@ -134,9 +134,7 @@ class ExecutorCore:
             return
         workdir = self.work_root / record.job_id / f"attempt-{cmd.attempt}"
         await self.events.emit(
-            JobRunning(
-                job_id=record.job_id, attempt=cmd.attempt, executor_id=self.me, workdir=str(workdir)
-            )
+            JobRunning(job_id=record.job_id, attempt=cmd.attempt, executor_id=self.me, workdir=str(workdir))
         )
         attempt = LocalAttempt(job_id=record.job_id, attempt=cmd.attempt)
         self.running[record.job_id] = attempt
@@ -155,16 +153,14 @@ class ExecutorCore:
         now = self.clock()
         result = await self.store.update(
             cmd.job_id,
-            lambda r: lifecycle.finish(
-                r, JobState.CANCELLED, now, exit_code=None, reason=cmd.reason
-            )
-            if owns(r, self.me, cmd.attempt) and r.state == JobState.SCHEDULED
-            else None,
+            lambda r: (
+                lifecycle.finish(r, JobState.CANCELLED, now, exit_code=None, reason=cmd.reason)
+                if owns(r, self.me, cmd.attempt) and r.state == JobState.SCHEDULED
+                else None
+            ),
         )
         if result is not None:
-            await self.events.emit(
-                JobCancelled(job_id=cmd.job_id, attempt=cmd.attempt, reason=cmd.reason)
-            )
+            await self.events.emit(JobCancelled(job_id=cmd.job_id, attempt=cmd.attempt, reason=cmd.reason))
 
     # -- one attempt --------------------------------------------------------------------------
 
@@ -177,7 +173,10 @@ class ExecutorCore:
                 attempt=attempt,
                 argv=spec.argv(),
                 env=job_env(
-                    record, attempt, os.environ, self.settings.passthrough_env,
+                    record,
+                    attempt,
+                    os.environ,
+                    self.settings.passthrough_env,
                     self.settings.mlflow_tracking_uri,
                 ),
                 workdir=workdir,
@@ -201,35 +200,58 @@ class ExecutorCore:
             if local.shutting_down:
                 await self._requeue(record, "executor shut down while the attempt ran")
                 return
-            await self._finish(record.job_id, attempt, kind, outcome.exit_code, reason, outputs_uri,
-                               time.monotonic() - local.started)
+            await self._finish(
+                record.job_id,
+                attempt,
+                kind,
+                outcome.exit_code,
+                reason,
+                outputs_uri,
+                time.monotonic() - local.started,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("attempt could not run", extra={"job_id": record.job_id})
             await shipper.system(f"attempt {attempt} could not run: {exc}")
-            await self._finish(record.job_id, attempt, "failed", None, f"could not run: {exc}", None,
-                               time.monotonic() - local.started)
+            await self._finish(
+                record.job_id,
+                attempt,
+                "failed",
+                None,
+                f"could not run: {exc}",
+                None,
+                time.monotonic() - local.started,
+            )
         finally:
             await shipper.close()
             if self.running.get(record.job_id) is local:
                 del self.running[record.job_id]
 
     async def _finish(
-        self, job_id: str, attempt: int, kind: str, exit_code: int | None, reason: str,
-        outputs_uri: str | None, duration: float,
+        self,
+        job_id: str,
+        attempt: int,
+        kind: str,
+        exit_code: int | None,
+        reason: str,
+        outputs_uri: str | None,
+        duration: float,
     ) -> None:
         now = self.clock()
         result = await self.store.update(
             job_id,
-            lambda r: conclude(r, kind, exit_code=exit_code, reason=reason, outputs_uri=outputs_uri,
-                               now=now)
-            if owns(r, self.me, attempt)
-            else None,
+            lambda r: (
+                conclude(r, kind, exit_code=exit_code, reason=reason, outputs_uri=outputs_uri, now=now)
+                if owns(r, self.me, attempt)
+                else None
+            ),
         )
         if result is None:
-            log.warning("attempt ended after it was superseded; not recorded",
-                        extra={"job_id": job_id, "attempt": attempt})
+            log.warning(
+                "attempt ended after it was superseded; not recorded",
+                extra={"job_id": job_id, "attempt": attempt},
+            )
             return
         before, after = result
         await self.events.emit(event_for(before, after, duration))
@@ -266,17 +288,20 @@ class ExecutorCore:
         attempt = record.attempt
         result = await self.store.update(
             record.job_id,
-            lambda r: lifecycle.requeue(
-                r, now, reason="executor_lost", counts_as_retry=False, detail=detail
-            )
-            if owns(r, self.me, attempt)
-            else None,
+            lambda r: (
+                lifecycle.requeue(r, now, reason="executor_lost", counts_as_retry=False, detail=detail)
+                if owns(r, self.me, attempt)
+                else None
+            ),
         )
         if result is not None:
             _, after = result
             await self.events.emit(
                 JobRequeued(
-                    job_id=record.job_id, attempt=attempt, reason="executor_lost",
-                    next_attempt=after.attempt, detail=detail,
+                    job_id=record.job_id,
+                    attempt=attempt,
+                    reason="executor_lost",
+                    next_attempt=after.attempt,
+                    detail=detail,
                 )
             )

@@ -17,8 +17,13 @@ MAX_LINE = 64 * 1024
 
 class LogShipper:
     def __init__(
-        self, broker: NatsBroker, subjects: Subjects, job_id: str, attempt: int,
-        flush_seconds: float, batch_lines: int,
+        self,
+        broker: NatsBroker,
+        subjects: Subjects,
+        job_id: str,
+        attempt: int,
+        flush_seconds: float,
+        batch_lines: int,
     ) -> None:
         self.broker = broker
         self.subject = subjects.log(job_id, attempt)

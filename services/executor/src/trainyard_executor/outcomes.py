@@ -63,24 +63,35 @@ def event_for(before: JobRecord, after: JobRecord, duration: float | None) -> En
     match after.state:
         case JobState.SUCCEEDED:
             return JobSucceeded(
-                **common, executor_id=executor_id, exit_code=after.exit_code or 0,
-                outputs_uri=after.outputs_uri, duration_seconds=duration,
+                **common,
+                executor_id=executor_id,
+                exit_code=after.exit_code or 0,
+                outputs_uri=after.outputs_uri,
+                duration_seconds=duration,
             )
         case JobState.FAILED:
             return JobFailed(
-                **common, executor_id=executor_id, exit_code=after.exit_code,
-                reason=after.reason or "failed", duration_seconds=duration,
+                **common,
+                executor_id=executor_id,
+                exit_code=after.exit_code,
+                reason=after.reason or "failed",
+                duration_seconds=duration,
             )
         case JobState.TIMED_OUT:
             return JobTimedOut(
-                **common, executor_id=executor_id, reason=after.reason or "timed out",
+                **common,
+                executor_id=executor_id,
+                reason=after.reason or "timed out",
                 duration_seconds=duration,
             )
         case JobState.CANCELLED:
             return JobCancelled(**common, reason=after.reason or "cancelled")
         case JobState.REQUEUED:
             return JobRequeued(
-                **common, reason="retry", next_attempt=after.attempt,
-                not_before=after.not_before, detail=after.reason,
+                **common,
+                reason="retry",
+                next_attempt=after.attempt,
+                not_before=after.not_before,
+                detail=after.reason,
             )
     raise ValueError(f"no event for an attempt that ended in {after.state}")

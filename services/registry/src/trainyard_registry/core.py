@@ -101,8 +101,11 @@ class RegistryCore:
         version = version_record(record, registered)
         await self.models_kv.put(version.key, version.model_dump_json().encode())
         ref = ModelRef(
-            name=version.name, version=version.version, run_id=version.run_id,
-            metrics=version.metrics, git_commit=version.git_commit,
+            name=version.name,
+            version=version.version,
+            run_id=version.run_id,
+            metrics=version.metrics,
+            git_commit=version.git_commit,
         )
         await self.store.update(
             record.job_id, lambda r: r.model_copy(update={"model": ref}) if r.model != ref else None
@@ -123,6 +126,8 @@ class RegistryCore:
             headers={MSG_ID: f"{version.name}:{version.version}:registered"},
             stream=self.subjects.streams.models,
         )
-        log.info("model registered", extra={"job_id": record.job_id, "model": version.name,
-                                            "version": version.version})
+        log.info(
+            "model registered",
+            extra={"job_id": record.job_id, "model": version.name, "version": version.version},
+        )
         return version

@@ -69,8 +69,12 @@ def create_app(
         view.on_change(lambda before, after: wake.set() if after.state.pending else None)
         state["view"] = view
         state["core"] = SchedulerCore(
-            store, view, EventPublisher(broker, subjects), CommandSender(broker, subjects),
-            ExecutorDirectory(buckets.executors), settings,
+            store,
+            view,
+            EventPublisher(broker, subjects),
+            CommandSender(broker, subjects),
+            ExecutorDirectory(buckets.executors),
+            settings,
         )
 
     async def start_loop() -> None:

@@ -74,18 +74,14 @@ class SchedulerCore:
         now = self.clock()
         result = await self.store.update(
             job_id,
-            lambda r: lifecycle.advance(r, JobState.QUEUED, now)
-            if r.state == JobState.SUBMITTED
-            else None,
+            lambda r: lifecycle.advance(r, JobState.QUEUED, now) if r.state == JobState.SUBMITTED else None,
         )
         record = result[1] if result else self.view.get(job_id)
         if record is None:
             found = await self.store.get(job_id)
             record = found[0] if found else None
         if record is not None and (result or record.state == JobState.QUEUED):
-            await self.events.emit(
-                JobQueued(job_id=job_id, attempt=record.attempt, queue=record.spec.queue)
-            )
+            await self.events.emit(JobQueued(job_id=job_id, attempt=record.attempt, queue=record.spec.queue))
 
     async def cancel(self, job_id: str, by: str | None = None) -> None:
         """A pending job is cancelled here; an active one gets a cancel command to its executor."""
@@ -161,9 +157,11 @@ class SchedulerCore:
     async def _assign(self, job_id: str, attempt: int, executor_id: str, now: datetime) -> None:
         result = await self.store.update(
             job_id,
-            lambda r: lifecycle.schedule(r, executor_id, now)
-            if r.state.pending and r.attempt == attempt and not r.cancel_requested
-            else None,
+            lambda r: (
+                lifecycle.schedule(r, executor_id, now)
+                if r.state.pending and r.attempt == attempt and not r.cancel_requested
+                else None
+            ),
         )
         if result is None:
             return  # someone else moved it first (cancel, another scheduler): nothing to do
@@ -214,12 +212,17 @@ class SchedulerCore:
         attempt = record.attempt
         result = await self.store.update(
             record.job_id,
-            lambda r: lifecycle.requeue(
-                r, now, reason="executor_lost", counts_as_retry=False,
-                detail=f"executor {lost} stopped sending heartbeats",
-            )
-            if r.state.active and r.executor_id == lost and r.attempt == attempt
-            else None,
+            lambda r: (
+                lifecycle.requeue(
+                    r,
+                    now,
+                    reason="executor_lost",
+                    counts_as_retry=False,
+                    detail=f"executor {lost} stopped sending heartbeats",
+                )
+                if r.state.active and r.executor_id == lost and r.attempt == attempt
+                else None
+            ),
         )
         if result is None:
             return
@@ -241,7 +244,10 @@ class SchedulerCore:
             # if it comes back it must not keep running the old attempt
             await self.commands.send(
                 CancelAttempt(
-                    job_id=record.job_id, attempt=attempt, executor_id=lost,
-                    reason="attempt superseded after executor loss", grace_seconds=0,
+                    job_id=record.job_id,
+                    attempt=attempt,
+                    executor_id=lost,
+                    reason="attempt superseded after executor loss",
+                    grace_seconds=0,
                 )
             )

@@ -24,9 +24,7 @@ class Demand:
         return Demand(self.cpu * n, self.memory * n, self.gpu * n)
 
     def fits_in(self, free: Demand) -> bool:
-        return (
-            self.cpu <= free.cpu + 1e-9 and self.memory <= free.memory and self.gpu <= free.gpu
-        )
+        return self.cpu <= free.cpu + 1e-9 and self.memory <= free.memory and self.gpu <= free.gpu
 
     def minus(self, other: Demand) -> Demand:
         return Demand(self.cpu - other.cpu, self.memory - other.memory, self.gpu - other.gpu)

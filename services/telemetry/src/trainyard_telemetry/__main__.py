@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from trainyard_telemetry.app import create_app
-from trainyard_telemetry.settings import TelemetrySettings
 from trainyard_shared.logs import setup_logging
 from trainyard_shared.runner import serve
 from trainyard_shared.settings import CommonSettings
+from trainyard_telemetry.app import create_app
+from trainyard_telemetry.settings import TelemetrySettings
 
 
 def main() -> None:

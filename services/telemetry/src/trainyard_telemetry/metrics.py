@@ -38,9 +38,7 @@ class _Seen:
 
 class JobMetrics:
     def __init__(self, registry: CollectorRegistry, records: Callable[[], Iterable[JobRecord]]):
-        self.events = Counter(
-            "trainyard_job_events", "job events seen, by type", ["type"], registry=registry
-        )
+        self.events = Counter("trainyard_job_events", "job events seen, by type", ["type"], registry=registry)
         self.submit_to_start = Histogram(
             "trainyard_job_submit_to_start_seconds",
             "from submitted to running, per attempt",
