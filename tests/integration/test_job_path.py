@@ -118,7 +118,6 @@ async def test_timeout_and_cancel(common, bus):
 
 async def test_a_lost_executor_s_attempt_is_requeued_with_a_new_attempt(common, bus):
     """A 'ghost' executor holds a lease and never renews it; its job must move on."""
-    kv = await bus.js.key_value(bus.subjects.buckets.executors)
     ghost = ExecutorHeartbeat(
         executor_id="ghost",
         backend="none",
@@ -127,6 +126,7 @@ async def test_a_lost_executor_s_attempt_is_requeued_with_a_new_attempt(common, 
         lease_seconds=2,
     )
     async with running(scheduler(common)):
+        kv = await bus.js.key_value(bus.subjects.buckets.executors)
         await kv.put("ghost", ghost.model_dump_json().encode())
         job_id = await bus.submit(JobSpec(name="orphan", command=["true"]))
         first = await bus.wait_state(job_id, "scheduled")
