@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import uvicorn
+
+from trainyard_shared.logs import setup_logging
+from trainyard_shared.settings import CommonSettings
+from trainyard_submission.app import create_app
+from trainyard_submission.settings import SubmissionSettings
+
+
+def main() -> None:
+    common = CommonSettings()
+    settings = SubmissionSettings()
+    setup_logging("submission", common.log_level, common.log_format)
+    uvicorn.run(
+        create_app(common, settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

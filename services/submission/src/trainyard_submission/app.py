@@ -1,0 +1,112 @@
+"""The submission service: a FastAPI app whose lifespan runs the NATS broker and the bus intake."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from faststream import AckPolicy, FastStream
+from faststream.nats import ConsumerConfig, NatsMessage, PullSub
+from faststream.specification import AsyncAPI
+from prometheus_client import make_asgi_app
+
+from trainyard_shared.broker import ServiceBroker, make_broker
+from trainyard_shared.bus import ensure_streams, open_buckets, streams
+from trainyard_shared.events import EventPublisher
+from trainyard_shared.jobstore import JobStore
+from trainyard_shared.jobview import JobView
+from trainyard_shared.settings import CommonSettings
+from trainyard_shared.tracing import setup_tracing
+from trainyard_submission.api import build_router, install_error_handlers
+from trainyard_submission.auth import load_or_create_token
+from trainyard_submission.intake import handle_intake
+from trainyard_submission.service import SubmissionService
+from trainyard_submission.settings import SubmissionSettings
+
+
+def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker:
+    sb = make_broker(common, "submission", tracer_provider=setup_tracing("submission"))
+
+    @sb.broker.subscriber(
+        sb.subjects.intake_submit,
+        stream=streams(sb.subjects).intake,
+        durable="submission-intake",
+        pull_sub=PullSub(batch_size=32, timeout=0.5),
+        config=ConsumerConfig(max_deliver=5, ack_wait=60),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title="submission/intake",
+        description="a job spec (YAML or JSON) from another system; answers IntakeReply on the "
+        "subject in the Trainyard-Reply-To header",
+    )
+    async def intake(body: Any, msg: NatsMessage) -> None:
+        await handle_intake(state["service"], sb.broker, msg.body, dict(msg.headers or {}))
+
+    return sb
+
+
+def build_asyncapi() -> dict[str, Any]:
+    sb = build_broker(CommonSettings(), {})
+    app = FastStream(
+        sb.broker,
+        specification=AsyncAPI(
+            title="trainyard-submission",
+            description="Trainyard submission: bus intake of job specs",
+            version="0.1.0",
+        ),
+    )
+    return app.schema.to_specification().to_jsonable()  # type: ignore[no-any-return]
+
+
+def create_app(common: CommonSettings | None = None, settings: SubmissionSettings | None = None) -> FastAPI:
+    common = common or CommonSettings()
+    settings = settings or SubmissionSettings()
+    state: dict[str, Any] = {"settings": settings, "subjects": common.subjects}
+    sb = build_broker(common, state)
+    state["broker"] = sb.broker
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        data = common.resolved_data_dir()
+        configured = settings.token.get_secret_value() if settings.token else None
+        state["token"] = load_or_create_token(data, configured)
+        await sb.broker.connect()
+        await ensure_streams(sb.broker, sb.subjects, common.stream_replicas)
+        buckets = await open_buckets(sb.broker, sb.subjects, common.stream_replicas)
+        store = JobStore(buckets.jobs)
+        view = JobView(buckets.jobs)
+        store.on_written(view.apply)
+        await view.start()
+        state["js"] = sb.broker.config.connection_state.stream
+        state["service"] = SubmissionService(
+            store=store,
+            view=view,
+            idempotency=buckets.idempotency,
+            models=buckets.models,
+            events=EventPublisher(sb.broker, sb.subjects),
+            git_timeout=settings.git_timeout_seconds,
+        )
+        await sb.broker.start()
+        try:
+            yield
+        finally:
+            await sb.broker.stop()
+            await view.stop()
+
+    app = FastAPI(
+        title="Trainyard",
+        version="0.1.0",
+        description="Submit, follow and cancel training jobs; read registered models.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(build_router(state))
+    app.mount("/metrics", make_asgi_app(registry=sb.registry))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.state.trainyard = state
+    return app

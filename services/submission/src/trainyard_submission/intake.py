@@ -1,0 +1,39 @@
+"""Bus intake: another system publishes a job spec on ``<prefix>.intake.submit``.
+
+From a bare nats-py script::
+
+    inbox = nc.new_inbox(); replies = await nc.subscribe(inbox)
+    await js.publish("trainyard.intake.submit", spec_yaml_bytes,
+                     headers={"Nats-Msg-Id": "my-id-1", "Trainyard-Reply-To": inbox})
+    reply = json.loads((await replies.next_msg(timeout=10)).data)  # IntakeReply
+
+The intake stream deduplicates on ``Nats-Msg-Id`` within its window, and the idempotency bucket
+maps the id to its job for good, so the same id always answers with the same job. A spec that does
+not validate is answered ``accepted: false`` with field errors and announced as ``rejected``.
+"""
+
+from __future__ import annotations
+
+from faststream.nats import NatsBroker
+
+from trainyard_contracts import IntakeReply, SpecError
+from trainyard_submission.service import SubmissionService, idempotency_slot
+
+REPLY_HEADER = "Trainyard-Reply-To"
+
+
+async def handle_intake(
+    service: SubmissionService, broker: NatsBroker, body: bytes, headers: dict[str, str]
+) -> IntakeReply:
+    msg_id = headers.get("Nats-Msg-Id")
+    slot = idempotency_slot("intake", msg_id) if msg_id else None
+    try:
+        result = await service.submit(body, submitted_by="bus", idempotency_slot=slot)
+        reply = IntakeReply(accepted=True, job_id=result.job_id, duplicate=result.duplicate)
+    except SpecError as exc:
+        job_id = await service.reject(exc.errors, msg_id)
+        reply = IntakeReply(accepted=False, job_id=job_id, errors=exc.errors)
+    reply_to = headers.get(REPLY_HEADER)
+    if reply_to:
+        await broker.publish(reply.model_dump_json().encode(), reply_to)
+    return reply

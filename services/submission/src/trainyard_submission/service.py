@@ -1,0 +1,153 @@
+"""The submission use cases: submit, cancel, read. Collaborators come in; no HTTP, no handlers."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from trainyard_contracts import (
+    FieldError,
+    JobCancelRequested,
+    JobRecord,
+    JobRejected,
+    JobSubmitted,
+    ModelVersionRecord,
+    lifecycle,
+    new_job_id,
+    parse_spec,
+)
+from trainyard_contracts._time import utcnow
+from trainyard_shared.events import EventPublisher
+from trainyard_shared.jobstore import JobStore, RecordExists
+from trainyard_shared.jobview import JobView
+from trainyard_submission.sources import with_resolved_source
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobAlreadyFinished(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    record: JobRecord
+    duplicate: bool
+
+
+def idempotency_slot(namespace: str, key: str) -> str:
+    return f"{namespace}.{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+
+
+class SubmissionService:
+    def __init__(
+        self,
+        store: JobStore,
+        view: JobView,
+        idempotency: KeyValue,
+        models: KeyValue,
+        events: EventPublisher,
+        git_timeout: float,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.idempotency = idempotency
+        self.models_kv = models
+        self.events = events
+        self.git_timeout = git_timeout
+        self.clock = clock
+
+    async def submit(
+        self, document: str | bytes, submitted_by: str | None, idempotency_slot: str | None = None
+    ) -> Submitted:
+        """Validate, resolve the source, create the record, announce it. Raises SpecError."""
+        spec = parse_spec(document)
+        job_id = new_job_id()
+        if idempotency_slot is not None:
+            try:
+                await self.idempotency.create(idempotency_slot, job_id.encode())
+            except KeyWrongLastSequenceError:
+                entry = await self.idempotency.get(idempotency_slot)
+                job_id = (entry.value or b"").decode()
+                found = await self.store.get(job_id)
+                if found is not None:
+                    return Submitted(job_id, found[0], duplicate=True)
+                # claimed by a request that died before creating the record: finish its work
+        spec = await with_resolved_source(spec, self.git_timeout)
+        record = lifecycle.new_record(job_id, spec, self.clock(), submitted_by)
+        try:
+            await self.store.create(record)
+        except RecordExists:
+            found = await self.store.get(job_id)
+            assert found is not None
+            return Submitted(job_id, found[0], duplicate=True)
+        await self.events.emit(JobSubmitted(job_id=job_id, spec=spec, submitted_by=submitted_by))
+        return Submitted(job_id, record, duplicate=False)
+
+    async def reject(self, errors: list[FieldError], intake_id: str | None) -> str:
+        job_id = new_job_id()
+        await self.events.emit(JobRejected(job_id=job_id, errors=errors, intake_id=intake_id))
+        return job_id
+
+    async def cancel(self, job_id: str, by: str | None) -> JobRecord:
+        result = await self.store.update(
+            job_id,
+            lambda r: (
+                None
+                if r.state.terminal or r.cancel_requested
+                else r.model_copy(update={"cancel_requested": True, "updated_at": self.clock()})
+            ),
+        )
+        if result is not None:
+            record = result[1]
+        else:
+            found = await self.store.get(job_id)
+            if found is None:
+                raise JobNotFound(job_id)
+            record = found[0]
+            if record.state.terminal:
+                raise JobAlreadyFinished(f"job {job_id} already ended: {record.state.value}")
+        await self.events.emit(JobCancelRequested(job_id=job_id, attempt=record.attempt, by=by))
+        return record
+
+    async def get(self, job_id: str) -> JobRecord:
+        found = await self.store.get(job_id)
+        if found is None:
+            raise JobNotFound(job_id)
+        return found[0]
+
+    def list(self, state: str | None, queue: str | None, limit: int) -> list[JobRecord]:
+        # the view holds every record in memory (fine to ~10^5 jobs; an index comes with scale)
+        rows = [
+            r
+            for r in self.view.all()
+            if (state is None or r.state.value == state) and (queue is None or r.spec.queue == queue)
+        ]
+        rows.sort(key=lambda r: (r.submitted_at, r.job_id), reverse=True)
+        return rows[:limit]
+
+    async def models(self, name: str | None) -> list[ModelVersionRecord]:
+        try:
+            keys = await self.models_kv.keys()
+        except NoKeysError:
+            return []
+        versions = []
+        for key in keys:
+            if name is not None and not key.startswith(f"{name}."):
+                continue
+            try:
+                entry = await self.models_kv.get(key)
+            except KeyNotFoundError:
+                continue
+            versions.append(ModelVersionRecord.model_validate_json(entry.value or b""))
+        versions.sort(key=lambda v: (v.created_at, v.name, v.version), reverse=True)
+        return versions
