@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -178,6 +179,7 @@ class ExecutorCore:
                     os.environ,
                     self.settings.passthrough_env,
                     self.settings.mlflow_tracking_uri,
+                    str(Path(sys.executable).parent) if self.settings.python_on_path else None,
                 ),
                 workdir=workdir,
                 timeout_s=spec.timeout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 
 from trainyard_contracts import JobRecord
@@ -14,9 +15,13 @@ def job_env(
     executor_env: Mapping[str, str],
     passthrough: tuple[str, ...],
     mlflow_tracking_uri: str | None,
+    python_bin: str | None = None,
 ) -> dict[str, str]:
     spec = record.spec
     env = {k: executor_env[k] for k in passthrough if k in executor_env}
+    if python_bin:
+        # `python` in a job's argv means the executor's environment (a runtime env layers on it)
+        env["PATH"] = os.pathsep.join(p for p in (python_bin, env.get("PATH")) if p)
     env.update(spec.env)
     env.update(
         {

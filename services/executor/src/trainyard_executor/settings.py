@@ -58,6 +58,9 @@ class ExecutorSettings(HttpSettings):
         validation_alias=AliasChoices("TRAINYARD_EXECUTOR_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
         description="given to every job as MLFLOW_TRACKING_URI",
     )
+    python_on_path: bool = Field(
+        True, description="put the executor's own Python environment first on a job's PATH"
+    )
     passthrough_env: tuple[str, ...] = Field(
         DEFAULT_PASSTHROUGH, description="executor variables a job inherits; nothing else leaks"
     )

@@ -1,0 +1,89 @@
+"""The embedded stack as real processes (nats-server + the five services), end to end.
+
+The digits example runs for real (scikit-learn on the bundled data), logs to the MLflow store in
+the data dir, and its model version is registered with the job's git commit. A job submitted by a
+bare NATS publish runs like one from the API, and a malformed event is dead-lettered while every
+service keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import nats
+import pytest
+import yaml
+
+from trainyard_client.bus import submit_over_nats
+from trainyard_client.stack import EmbeddedStack
+
+pytestmark = pytest.mark.stack
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def digits_spec() -> dict:
+    spec = yaml.safe_load((ROOT / "examples/digits/job.yaml").read_text())
+    spec["source"]["repo"] = str(ROOT)  # what the CLI does with the relative path
+    return spec
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    data = tmp_path_factory.mktemp("stack")
+    with EmbeddedStack(data, api_port=None, nats_port=None, ready_timeout=120) as running:
+        yield running
+
+
+def test_digits_example_runs_and_registers_its_model(stack):
+    client = stack.client()
+    result = client.submit(digits_spec())
+    record = client.wait(result.job_id, timeout=300)
+    assert record.state.value == "succeeded", client.logs(result.job_id)
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert record.spec.source and record.spec.source.commit == head
+    model = client.wait_for_model(result.job_id, timeout=120)
+    assert model is not None, "no model version was registered"
+    assert model.name == "digits-classifier" and model.metrics["accuracy"] > 0.9
+    assert model.git_commit == head
+    versions = client.models("digits-classifier")
+    assert any(v.job_id == result.job_id for v in versions)
+    assert "accuracy" in client.logs(result.job_id)
+
+
+def test_a_bare_nats_submission_runs_like_one_from_the_api(stack):
+    spec = {"name": "from-the-bus", "command": ["python", "-c", "print('bus job ran')"]}
+    reply = asyncio.run(submit_over_nats(stack.nats_url, json.dumps(spec), prefix=stack.prefix))
+    assert reply["accepted"], reply
+    client = stack.client()
+    record = client.wait(reply["job_id"], timeout=120)
+    assert record.state.value == "succeeded" and record.submitted_by == "bus"
+    assert "bus job ran" in client.logs(reply["job_id"])
+
+
+def test_a_malformed_event_is_dead_lettered_and_services_keep_serving(stack):
+    async def poison_and_read() -> list[str]:
+        nc = await nats.connect(stack.nats_url)
+        js = nc.jetstream()
+        await js.publish(f"{stack.prefix}.job.poison0001.succeeded", b"\x00 not an event")
+        sub = await js.subscribe(f"{stack.prefix}.dlq.>", ordered_consumer=True)
+        services = set()
+        try:
+            # the scheduler, registry and telemetry each consume succeeded events
+            while len(services) < 3:
+                msg = await sub.next_msg(timeout=30)
+                if msg.headers.get("Trainyard-Original-Subject", "").endswith("poison0001.succeeded"):
+                    services.add(msg.headers["Trainyard-Service"])
+        finally:
+            await nc.drain()
+        return sorted(services)
+
+    assert asyncio.run(poison_and_read()) == ["registry", "scheduler", "telemetry"]
+    client = stack.client()
+    job = client.submit({"name": "after-poison", "command": ["true"]})
+    assert client.wait(job.job_id, timeout=120).state.value == "succeeded"
+    assert all(stack.healthy().values())
