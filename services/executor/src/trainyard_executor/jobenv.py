@@ -31,6 +31,8 @@ def job_env(
             "TRAINYARD_QUEUE": spec.queue,
             "TRAINYARD_PARAMS": json.dumps(spec.params),
             "PYTHONUNBUFFERED": env.get("PYTHONUNBUFFERED", "1"),
+            # no usage telemetry from jobs to the outside (a job may still turn it on)
+            "MLFLOW_DISABLE_TELEMETRY": spec.env.get("MLFLOW_DISABLE_TELEMETRY", "true"),
         }
     )
     if spec.source is not None:
