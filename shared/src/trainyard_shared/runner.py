@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,15 +41,10 @@ def build_app(
 
 
 def serve(app: AsgiFastStream, http: HttpSettings) -> None:
-    """Run until SIGINT/SIGTERM; HTTP on host:port (port 0 picks a free one)."""
-    asyncio.run(
-        app.run(
-            log_level=logging.WARNING,
-            run_extra_options={
-                "host": http.host,
-                "port": http.port,
-                "lifespan": "on",
-                "access_log": False,
-            },
-        )
+    """Run until SIGINT/SIGTERM: uvicorn serves /metrics and /healthz, and its ASGI lifespan starts
+    and stops the broker and the service's hooks."""
+    import uvicorn
+
+    uvicorn.run(
+        app, host=http.host, port=http.port, lifespan="on", log_level="warning", access_log=False
     )

@@ -199,6 +199,7 @@ class ExecutorCore:
                 reason = local.cancel_reason
             outputs_uri = outcome.output_dir.resolve().as_uri() if outcome.output_dir else None
             await shipper.system(f"attempt {attempt} ended: {kind} ({reason})")
+            await shipper.close()  # every line is stored before the terminal event announces it
             if local.shutting_down:
                 await self._requeue(record, "executor shut down while the attempt ran")
                 return
@@ -216,6 +217,7 @@ class ExecutorCore:
         except Exception as exc:
             log.exception("attempt could not run", extra={"job_id": record.job_id})
             await shipper.system(f"attempt {attempt} could not run: {exc}")
+            await shipper.close()
             await self._finish(
                 record.job_id,
                 attempt,
