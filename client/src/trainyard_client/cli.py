@@ -1,0 +1,635 @@
+"""The ``trainyard`` command line: submit, status, logs, cancel, models, and ``up`` (embedded stack).
+
+Exit codes: 0 success; 1 the job ended failed / timed_out / cancelled / rejected (or the stack
+stopped because a service died); 2 invalid spec or usage; 3 cannot reach the server; 4 the server
+refused the request (401, 404, 409, 5xx ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from trainyard_client.sdk import (
+    LogEvent,
+    TrainyardClient,
+    TrainyardError,
+    TrainyardUnavailable,
+    default_url,
+)
+from trainyard_contracts import FieldError, JobRecord, JobState, SpecError, parse_spec_document, validate_spec
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 2, 3, 4
+POLL_SECONDS = 0.5
+MODEL_WAIT_SECONDS = 60.0
+
+app = typer.Typer(
+    name="trainyard",
+    help="Trainyard: submit and follow training jobs, see registered models, run the embedded stack.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+STATE_STYLE = {
+    "submitted": "cyan",
+    "queued": "cyan",
+    "requeued": "yellow",
+    "scheduled": "blue",
+    "running": "bold blue",
+    "succeeded": "bold green",
+    "failed": "bold red",
+    "timed_out": "bold red",
+    "cancelled": "yellow",
+    "rejected": "bold red",
+}
+
+
+@dataclass
+class Settings:
+    url: str
+    token: str | None
+
+    def client(self) -> TrainyardClient:
+        return TrainyardClient(self.url, self.token)
+
+
+def styled(state: str | JobState) -> str:
+    value = state.value if isinstance(state, JobState) else str(state)
+    return f"[{STATE_STYLE.get(value, 'white')}]{value}[/]"
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(message)
+    raise typer.Exit(code)
+
+
+def print_field_errors(errors: list[FieldError], title: str = "invalid job spec") -> None:
+    table = Table(title=title, title_style="bold red", title_justify="left", show_lines=False)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("problem", overflow="fold")
+    for error in errors:
+        table.add_row(escape(error.field), escape(error.message))
+    err.print(table)
+
+
+@contextlib.contextmanager
+def api_errors(url: str) -> Iterator[None]:
+    """Turn SDK errors into a clear message and the CLI's exit codes."""
+    try:
+        yield
+    except TrainyardUnavailable as exc:
+        fail(
+            f"[bold red]cannot reach Trainyard at {escape(url)}[/] — is `trainyard up` running?"
+            f"\n[dim]{escape(exc.detail)}[/]",
+            EXIT_UNREACHABLE,
+        )
+    except TrainyardError as exc:
+        if exc.status == 422 and exc.errors:
+            print_field_errors(exc.errors, f"the server rejected the spec: {exc.title}")
+            raise typer.Exit(EXIT_INVALID) from None
+        detail = f": {escape(exc.detail)}" if exc.detail else ""
+        fail(f"[bold red]{exc.status} {escape(exc.title)}[/]{detail}", EXIT_REFUSED)
+
+
+def settings(ctx: typer.Context) -> Settings:
+    obj = ctx.obj
+    if not isinstance(obj, Settings):  # a command invoked without the callback (tests)
+        obj = Settings(default_url(), None)
+    return obj
+
+
+# formatting helpers
+
+
+def age(when: datetime | None, now: datetime | None = None) -> str:
+    if when is None:
+        return "-"
+    seconds = max(0, int(((now or datetime.now(UTC)) - when).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def clock(when: datetime | None, compact: bool = False) -> str:
+    """Local time; ``compact`` drops the date when it is today."""
+    if when is None:
+        return "-"
+    local = when.astimezone()
+    if compact and local.date() == datetime.now().astimezone().date():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def metrics_text(metrics: dict[str, float], sep: str = ", ") -> str:
+    return sep.join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())) or "-"
+
+
+def short(commit: str | None) -> str:
+    return commit[:10] if commit else "-"
+
+
+# submit
+
+
+def _is_local_path(repo: str) -> bool:
+    """A path rather than a URL: no scheme, not scp-like ``[user@]host:path``."""
+    if "://" in repo or repo.startswith("file:"):
+        return False
+    head, colon, _ = repo.partition(":")
+    return not (colon and "/" not in head and len(head) > 1)
+
+
+def resolve_source(data: dict[str, Any], spec_dir: Path) -> bool:
+    """Make a relative local ``source.repo`` absolute against the spec file's folder."""
+    source = data.get("source")
+    if not isinstance(source, dict):
+        return False
+    repo = source.get("repo")
+    if not isinstance(repo, str) or not repo or not _is_local_path(repo):
+        return False
+    path = Path(repo).expanduser()
+    if path.is_absolute() and path == Path(repo):
+        return False
+    source["repo"] = str((spec_dir / path).resolve())
+    return True
+
+
+def _state_lines(record: JobRecord, shown: set[tuple[str, str]]) -> list[str]:
+    lines = []
+    for state, when in sorted(record.state_times.items(), key=lambda item: item[1]):
+        key = (state, when.isoformat())
+        if key in shown:
+            continue
+        shown.add(key)
+        extra = ""
+        if state == JobState.SCHEDULED and record.executor_id:
+            extra = f" on {escape(record.executor_id)}"
+        if state in (JobState.SCHEDULED, JobState.RUNNING, JobState.REQUEUED) and record.attempt > 1:
+            extra += f" (attempt {record.attempt})"
+        lines.append(f"[dim]{clock(when)}[/]  {styled(state)}{extra}")
+    return lines
+
+
+def _print_log(event: LogEvent, attempt: int | None) -> int | None:
+    if event.attempt is not None and event.attempt != attempt:
+        if attempt is not None or event.attempt > 1:
+            out.rule(f"attempt {event.attempt}", style="dim")
+        attempt = event.attempt
+    if event.stream == "system":
+        out.print(f"[dim italic]{escape(event.text)}[/]", soft_wrap=True)
+    else:
+        out.print(event.text, markup=False, highlight=False, soft_wrap=True)
+    return attempt
+
+
+def _wait(client: TrainyardClient, job_id: str, wants_model: str | None) -> int:
+    shown: set[tuple[str, str]] = set()
+    record = client.get(job_id)
+
+    def show(rec: JobRecord) -> None:
+        for line in _state_lines(rec, shown):
+            out.print(line)
+
+    show(record)
+    with out.status(f"{job_id}: {record.state.value}", spinner="dots") as status:
+        while record.state != JobState.RUNNING and not record.state.terminal:
+            time.sleep(POLL_SECONDS)
+            record = client.get(job_id)
+            show(record)
+            status.update(f"{job_id}: {record.state.value}")
+    if record.attempts:  # it ran (or tried to): its output, live until it ends
+        out.rule("logs", style="dim")
+        attempt = None
+        try:
+            for event in client.follow_logs(job_id):
+                if event.event == "log":
+                    attempt = _print_log(event, attempt)
+                elif event.event == "end":
+                    break
+        except TrainyardUnavailable as exc:
+            err.print(f"[yellow]the log stream broke ({escape(exc.detail)}); waiting for the job[/]")
+        out.rule(style="dim")
+    with out.status(f"{job_id}: waiting for the end", spinner="dots"):
+        record = client.wait(job_id, poll=POLL_SECONDS, on_change=show)
+    show(record)
+    summary = f"job {job_id} {styled(record.state)}"
+    if record.exit_code is not None:
+        summary += f", exit code {record.exit_code}"
+    if record.reason and record.state != JobState.SUCCEEDED:
+        summary += f": {escape(record.reason)}"
+    out.print(summary)
+    if record.state != JobState.SUCCEEDED:
+        return EXIT_JOB_FAILED
+    if wants_model:
+        with out.status(f"waiting for model {wants_model} to be registered", spinner="dots"):
+            model = record.model or client.wait_for_model(job_id, MODEL_WAIT_SECONDS, POLL_SECONDS)
+        if model is None:
+            err.print(
+                f"[yellow]model {escape(wants_model)} not registered within {MODEL_WAIT_SECONDS:.0f}s;"
+                f" see `trainyard models {escape(wants_model)}` later[/]"
+            )
+        else:
+            out.print(
+                f"model [bold]{escape(model.name)}[/] version [bold]{model.version}[/]"
+                f"  commit {short(model.git_commit)}  run {model.run_id or '-'}",
+                soft_wrap=True,
+            )
+            if model.metrics:
+                table = Table("metric", "value", title_justify="left")
+                for key, value in sorted(model.metrics.items()):
+                    table.add_row(escape(key), f"{value:.6g}")
+                out.print(table)
+    return EXIT_OK
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="job spec, YAML or JSON ('-' reads stdin)")],
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="follow the job to its end (and its model)")
+    ] = False,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="the same key always returns the same job")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the job id")] = False,
+) -> None:
+    """Validate a job spec locally, submit it, and print its job id."""
+    if str(file) == "-":
+        text, spec_dir = sys.stdin.read(), Path.cwd()
+    else:
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            fail(f"[bold red]cannot read {escape(str(file))}[/]: {escape(exc.strerror or str(exc))}", 2)
+        spec_dir = file.resolve().parent
+    try:
+        data = parse_spec_document(text)
+        changed = resolve_source(data, spec_dir)
+        spec = validate_spec(data)
+    except SpecError as exc:
+        print_field_errors(exc.errors, f"invalid job spec: {file}")
+        raise typer.Exit(EXIT_INVALID) from None
+    body = yaml.safe_dump(data, sort_keys=False) if changed else text
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        result = client.submit(body, idempotency_key=idempotency_key)
+        if quiet:
+            out.print(result.job_id)
+        else:
+            note = " (duplicate: the job this key already submitted)" if result.duplicate else ""
+            out.print(f"job [bold]{result.job_id}[/] {styled(result.state)}{note}")
+        if not wait:
+            return
+        try:
+            code = _wait(client, result.job_id, spec.outputs.model if spec.outputs else None)
+        except KeyboardInterrupt:
+            err.print(
+                f"stopped waiting; the job keeps going. `trainyard logs -f {result.job_id}` or"
+                f" `trainyard cancel {result.job_id}`"
+            )
+            raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+# status, logs, cancel, models
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    job_id: Annotated[str | None, typer.Argument(metavar="[JOB]", help="one job's details")] = None,
+    state: Annotated[str | None, typer.Option("--state", help="only jobs in this state")] = None,
+    queue: Annotated[str | None, typer.Option("--queue", help="only jobs of this queue")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many")] = 50,
+) -> None:
+    """The list of jobs, newest first, or one job's record."""
+    if state is not None and state not in {s.value for s in JobState}:
+        fail(f"--state must be one of {', '.join(s.value for s in JobState)}", 2)
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        if job_id:
+            show_record(client.get(job_id))
+            return
+        jobs = client.list(state=state, queue=queue, limit=limit)
+    if not jobs:
+        out.print("no jobs" + (" matching" if state or queue else " yet"))
+        return
+    now = datetime.now(UTC)
+    table = Table()
+    table.add_column("job", no_wrap=True, min_width=16)
+    table.add_column("name", overflow="fold")
+    table.add_column("queue", overflow="fold")
+    for column in ("state", "attempt", "age", "exit"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("model", overflow="fold")
+    for job in jobs:
+        table.add_row(
+            job.job_id,
+            escape(job.name),
+            escape(job.queue),
+            styled(job.state),
+            str(job.attempt),
+            age(job.submitted_at, now),
+            "-" if job.exit_code is None else str(job.exit_code),
+            f"{escape(job.model.name)} v{job.model.version}" if job.model else "",
+        )
+    out.print(table)
+
+
+def show_record(record: JobRecord) -> None:
+    spec = record.spec
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    rows: list[tuple[str, str]] = [
+        ("job", record.job_id),
+        ("name", escape(spec.name)),
+        ("state", styled(record.state) + (" (cancel requested)" if record.cancel_requested else "")),
+        ("queue", f"{escape(spec.queue)} (priority {spec.priority})"),
+        ("command", escape(" ".join(spec.argv()))),
+        (
+            "resources",
+            f"cpu {spec.resources.cpu:g}, memory {spec.resources.memory} MiB, "
+            f"gpu {spec.resources.gpu}, replicas {spec.replicas}",
+        ),
+        ("attempt", f"{record.attempt} (retries used {record.retries_used} of {spec.retries.limit})"),
+        ("executor", escape(record.executor_id or "-")),
+        ("submitted", f"{clock(record.submitted_at)} by {escape(record.submitted_by or '-')}"),
+        ("updated", clock(record.updated_at)),
+    ]
+    if spec.source:
+        rows.append(
+            (
+                "source",
+                f"{escape(spec.source.repo)} @ {escape(spec.source.ref)} ({short(spec.source.commit)})",
+            )
+        )
+    if record.not_before:
+        rows.append(("not before", clock(record.not_before)))
+    if record.exit_code is not None:
+        rows.append(("exit code", str(record.exit_code)))
+    if record.reason:
+        rows.append(("reason", escape(record.reason)))
+    if record.outputs_uri:
+        rows.append(("outputs", escape(record.outputs_uri)))
+    if record.model:
+        model = record.model
+        rows.append(
+            (
+                "model",
+                f"{escape(model.name)} version {model.version}, commit "
+                f"{short(model.git_commit)}, run {model.run_id or '-'}",
+            )
+        )
+        rows.append(("metrics", escape(metrics_text(model.metrics))))
+    elif spec.outputs and spec.outputs.model:
+        rows.append(("model", f"{escape(spec.outputs.model)} (not registered yet)"))
+    for key, value in rows:
+        grid.add_row(key, value)
+    out.print(grid)
+    if record.attempts:
+        table = Table(title="attempts", title_justify="left")
+        for column in ("attempt", "executor", "scheduled", "started", "ended", "state", "exit"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("reason", overflow="fold")
+        for info in record.attempts:
+            table.add_row(
+                str(info.number),
+                escape(info.executor_id or "-"),
+                clock(info.scheduled_at, compact=True),
+                clock(info.started_at, compact=True),
+                clock(info.ended_at, compact=True),
+                styled(info.state) if info.state else "-",
+                "-" if info.exit_code is None else str(info.exit_code),
+                escape(info.reason or ""),
+            )
+        out.print(table)
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
+    attempt: Annotated[int | None, typer.Option("--attempt", min=1, help="one attempt only")] = None,
+) -> None:
+    """A job's output (stdout, stderr and Trainyard's own notes)."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        if not follow:
+            sys.stdout.write(client.logs(job_id, attempt=attempt))
+            sys.stdout.flush()
+            return
+        current = None
+        try:
+            for event in client.follow_logs(job_id, attempt=attempt):
+                if event.event == "log":
+                    current = _print_log(event, current)
+                elif event.event == "end":
+                    err.print(f"[dim]job {job_id} ended: {styled(event.state or 'unknown')}[/]")
+                    break
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
+@app.command()
+def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="JOB")]) -> None:
+    """Ask for a job to stop (queued: at once; running: SIGTERM, then SIGKILL after a grace)."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        record = client.cancel(job_id)
+    out.print(f"cancel requested for [bold]{record.job_id}[/] (now {styled(record.state)})")
+
+
+@app.command()
+def models(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="one registered model")] = None,
+) -> None:
+    """Registered model versions with their job, git commit and metrics."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        versions = client.models(name)
+    if not versions:
+        out.print(f"no registered versions of {escape(name)}" if name else "no registered models yet")
+        return
+    table = Table()
+    for column in ("name", "version", "job", "git commit"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("metrics", overflow="fold")
+    for version in versions:
+        table.add_row(
+            escape(version.name),
+            str(version.version),
+            version.job_id,
+            short(version.git_commit),
+            escape(metrics_text(version.metrics, "\n")),
+        )
+    out.print(table)
+
+
+# up
+
+
+def _memory(value: str | None) -> int | None:
+    if value is None:
+        return None
+    from trainyard_contracts.units import parse_memory_mb
+
+    try:
+        return int(parse_memory_mb(int(value) if re.fullmatch(r"\d+", value) else value))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--executor-memory") from None
+
+
+@app.command()
+def up(
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", envvar="TRAINYARD_DATA_DIR", help="all state and logs")
+    ] = Path(".trainyard"),
+    api_port: Annotated[int, typer.Option("--api-port", help="HTTP API; services use the next 4")] = 8700,
+    nats_port: Annotated[int, typer.Option("--nats-port")] = 4250,
+    nats_monitor_port: Annotated[
+        int | None, typer.Option("--nats-monitor-port", help="default: a free port")
+    ] = None,
+    prefix: Annotated[str, typer.Option("--prefix", envvar="TRAINYARD_PREFIX")] = "trainyard",
+    executor_cpu: Annotated[
+        float | None, typer.Option("--executor-cpu", help="CPUs the executor offers (default: all)")
+    ] = None,
+    executor_memory: Annotated[
+        str | None, typer.Option("--executor-memory", help="memory it offers, e.g. 8Gi (default: all)")
+    ] = None,
+    executor_gpu: Annotated[int | None, typer.Option("--executor-gpu", help="GPUs it offers")] = None,
+) -> None:
+    """Run the whole stack on this machine (nats-server and the five services) until Ctrl-C."""
+    from trainyard_client import stack as stack_module
+
+    missing = stack_module.missing_packages()
+    if missing:
+        needs = ", ".join(missing)
+        fail(f"[bold red]`trainyard up` needs {needs}[/]: {escape(stack_module.INSTALL_HINT)}", 1)
+    try:
+        from trainyard_contracts import Subjects
+
+        Subjects(prefix)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--prefix") from None
+    stack = stack_module.EmbeddedStack(
+        data_dir,
+        api_port=api_port,
+        nats_port=nats_port,
+        nats_monitor_port=nats_monitor_port,
+        prefix=prefix,
+        executor_cpu=executor_cpu,
+        executor_memory=_memory(executor_memory),
+        executor_gpu=executor_gpu,
+    )
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    code = EXIT_OK
+    started = False
+    try:
+        with out.status(f"starting nats-server and the services (data in {stack.data_dir})"):
+            stack.start()
+        started = True
+        _print_up(stack)
+        while True:
+            stack.raise_if_dead()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except stack_module.ServiceDied as exc:
+        for service in exc.dead:
+            returncode = service.process.returncode if service.process else "?"
+            err.print(
+                f"[bold red]the {service.name} service exited (code {returncode})[/];"
+                f" last lines of {escape(str(service.log_path))}:",
+                soft_wrap=True,
+            )
+            err.print(escape(exc.tails.get(service.name, "")), soft_wrap=True)
+        code = EXIT_JOB_FAILED
+    except stack_module.StackError as exc:
+        err.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
+        code = EXIT_JOB_FAILED
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            with out.status("stopping the services and nats-server"):
+                stack.stop()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
+    if started:
+        out.print("Trainyard stopped" + ("" if code == EXIT_OK else " (a service failed)"))
+    elif code != EXIT_OK:
+        err.print("Trainyard did not start")
+    raise typer.Exit(code)
+
+
+def _print_up(stack: Any) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row("API", stack.api_url)
+    grid.add_row("token file", str(stack.token_file))
+    grid.add_row("NATS", f"{stack.nats_url}  (monitor {stack.nats_monitor_url}, prefix {stack.prefix})")
+    for name, url in stack.metrics_urls.items():
+        grid.add_row(f"{name} metrics", url)
+    grid.add_row("MLflow", stack.mlflow_tracking_uri)
+    grid.add_row("logs", str(stack.log_dir))
+    out.print("[bold green]Trainyard is up[/]")
+    out.print(grid)
+    hints = []
+    if stack.api_url != default_url():
+        hints.append(f"export TRAINYARD_URL={stack.api_url}")
+    if stack.token_file.resolve() != Path(".trainyard/api-token").resolve():
+        hints.append(f"export TRAINYARD_DATA_DIR={stack.data_dir}")
+    if hints:
+        out.print("[dim]in another shell: " + "; ".join(hints) + "[/]", soft_wrap=True)
+    out.print("[dim]Ctrl-C stops everything; jobs and models stay in the data dir.[/]")
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", envvar="TRAINYARD_URL", help="the API (default http://127.0.0.1:8700)"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="TRAINYARD_TOKEN", help="API token (default: <data dir>/api-token)"),
+    ] = None,
+) -> None:
+    ctx.obj = Settings(url or default_url(), token)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

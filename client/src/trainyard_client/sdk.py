@@ -1,0 +1,358 @@
+"""The Python SDK: a small synchronous client for the submission service's HTTP API.
+
+    from trainyard_client import TrainyardClient
+
+    with TrainyardClient() as client:                    # TRAINYARD_URL / TRAINYARD_TOKEN
+        result = client.submit(open("job.yaml").read())
+        record = client.wait(result.job_id, timeout=600)
+        print(record.state, record.model)
+
+Connection settings, first match wins: the constructor's arguments; ``TRAINYARD_URL`` (default
+``http://127.0.0.1:8700``) and ``TRAINYARD_TOKEN``; else the token file that the submission
+service writes on first start, ``<TRAINYARD_DATA_DIR or ./.trainyard>/api-token``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from trainyard_contracts import FieldError, JobRecord, JobSpec, JobState, ModelRef, ModelVersionRecord
+
+DEFAULT_URL = "http://127.0.0.1:8700"
+TOKEN_FILE = "api-token"
+
+
+def default_url() -> str:
+    return os.environ.get("TRAINYARD_URL") or DEFAULT_URL
+
+
+def token_file() -> Path:
+    """Where the embedded stack's submission service keeps its generated API token."""
+    return Path(os.environ.get("TRAINYARD_DATA_DIR") or ".trainyard").expanduser() / TOKEN_FILE
+
+
+def default_token() -> str | None:
+    token = os.environ.get("TRAINYARD_TOKEN")
+    if token:
+        return token
+    try:
+        return token_file().read_text().strip() or None
+    except OSError:
+        return None
+
+
+class TrainyardError(Exception):
+    """The API refused a request: an RFC 9457 problem (status, title, detail, field errors)."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str = "",
+        errors: list[FieldError] | None = None,
+    ) -> None:
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = list(errors or [])
+        text = f"{status} {title}" if status else title
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+
+class TrainyardUnavailable(TrainyardError):
+    """The server could not be reached (nothing listening, DNS, connection reset, read timeout)."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        self.url = url
+        super().__init__(0, f"cannot reach Trainyard at {url}", detail)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job_id: str
+    state: JobState
+    duplicate: bool
+    job: JobRecord
+
+
+class JobSummary(BaseModel):
+    """One row of ``GET /v1/jobs``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    job_id: str
+    name: str
+    queue: str
+    state: JobState
+    attempt: int = 1
+    executor_id: str | None = None
+    submitted_at: datetime
+    updated_at: datetime
+    exit_code: int | None = None
+    reason: str | None = None
+    model: ModelRef | None = None
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """One server-sent event of a followed log: ``log`` (one line) or ``end`` (the final state)."""
+
+    event: str
+    attempt: int | None = None
+    stream: str | None = None
+    text: str = ""
+    time: datetime | None = None
+    state: str | None = None
+    data: Any = field(default=None, compare=False)
+
+
+def _problem(response: httpx.Response) -> TrainyardError:
+    title = response.reason_phrase or "error"
+    detail = ""
+    errors: list[FieldError] = []
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        title = str(body.get("title") or title)
+        detail = str(body.get("detail") or "")
+        for item in body.get("errors") or []:
+            if isinstance(item, dict):
+                errors.append(
+                    FieldError(field=str(item.get("field", "?")), message=str(item.get("message", "")))
+                )
+    else:
+        detail = response.text[:500].strip()
+    return TrainyardError(response.status_code, title, detail, errors)
+
+
+def _spec_body(spec: str | bytes | Mapping[str, Any] | JobSpec) -> tuple[bytes, str]:
+    if isinstance(spec, JobSpec):
+        return json.dumps(spec.model_dump(mode="json", exclude_defaults=True)).encode(), "application/json"
+    if isinstance(spec, Mapping):
+        return json.dumps(dict(spec)).encode(), "application/json"
+    raw = spec.encode() if isinstance(spec, str) else bytes(spec)
+    kind = "application/json" if raw.lstrip().startswith(b"{") else "application/yaml"
+    return raw, kind
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs from server-sent-event lines (comments and ids ignored)."""
+    event, data = "", list[str]()
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line:
+            if data or event:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+    if data:
+        yield event or "message", "\n".join(data)
+
+
+def _log_event(event: str, data: str) -> LogEvent:
+    if event == "log":
+        try:
+            item = json.loads(data)
+        except ValueError:
+            return LogEvent(event="log", text=data, data=data)
+        when = item.get("time")
+        return LogEvent(
+            event="log",
+            attempt=item.get("attempt"),
+            stream=item.get("stream"),
+            text=str(item.get("text", "")),
+            time=datetime.fromisoformat(when) if isinstance(when, str) else None,
+            data=item,
+        )
+    if event == "end":
+        state = data.strip()
+        if state.startswith("{"):
+            try:
+                state = str(json.loads(state).get("state", state))
+            except ValueError:
+                pass
+        return LogEvent(event="end", state=state.strip('"'), data=data)
+    return LogEvent(event=event, text=data, data=data)
+
+
+class TrainyardClient:
+    """A synchronous client of the submission service's HTTP API (``/v1``)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 30,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = (url or default_url()).rstrip("/")
+        self.token = token if token is not None else default_token()
+        self.timeout = timeout
+        headers = {"Accept": "application/json", "User-Agent": "trainyard-client/0.1"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    # plumbing
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> TrainyardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        if response.is_success:
+            return
+        error = _problem(response)
+        if error.status == 401 and not self.token:
+            error.detail += (
+                f" (no token: set TRAINYARD_TOKEN, pass --token, or point TRAINYARD_DATA_DIR at the"
+                f" stack's data dir; looked for {token_file()})"
+            )
+        raise error
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise TrainyardUnavailable(self.url, str(exc) or type(exc).__name__) from exc
+        self._raise_for(response)
+        return response
+
+    # the API
+
+    def health(self) -> bool:
+        """True when the API answers ``/healthz``."""
+        try:
+            return self._http.get("/healthz", timeout=min(self.timeout, 5)).is_success
+        except httpx.TransportError:
+            return False
+
+    def submit(
+        self,
+        spec: str | bytes | Mapping[str, Any] | JobSpec,
+        idempotency_key: str | None = None,
+    ) -> SubmitResult:
+        """Submit a spec (YAML/JSON text, a mapping or a JobSpec); 422 raises with field errors."""
+        body, content_type = _spec_body(spec)
+        headers = {"Content-Type": content_type}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        data = self._request("POST", "/v1/jobs", content=body, headers=headers).json()
+        return SubmitResult(
+            job_id=data["job_id"],
+            state=JobState(data["state"]),
+            duplicate=bool(data.get("duplicate", False)),
+            job=JobRecord.model_validate(data["job"]),
+        )
+
+    def get(self, job_id: str) -> JobRecord:
+        return JobRecord.model_validate(self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def list(
+        self, state: str | JobState | None = None, queue: str | None = None, limit: int | None = None
+    ) -> list[JobSummary]:
+        params: dict[str, Any] = {}
+        if state:
+            params["state"] = JobState(state).value
+        if queue:
+            params["queue"] = queue
+        if limit:
+            params["limit"] = limit
+        rows = self._request("GET", "/v1/jobs", params=params).json().get("jobs", [])
+        return [JobSummary.model_validate(row) for row in rows]
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Request cancellation; a finished job raises TrainyardError with status 409."""
+        return JobRecord.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def logs(self, job_id: str, attempt: int | None = None) -> str:
+        params: dict[str, Any] = {"follow": "false"}
+        if attempt is not None:
+            params["attempt"] = attempt
+        return self._request("GET", f"/v1/jobs/{job_id}/logs", params=params).text
+
+    def follow_logs(self, job_id: str, attempt: int | None = None) -> Iterator[LogEvent]:
+        """The job's log lines as they are written, then one ``end`` event with the final state."""
+        params: dict[str, Any] = {"follow": "true"}
+        if attempt is not None:
+            params["attempt"] = attempt
+        timeout = httpx.Timeout(self.timeout, read=None)
+        headers = {"Accept": "text/event-stream"}
+        try:
+            with self._http.stream(
+                "GET", f"/v1/jobs/{job_id}/logs", params=params, headers=headers, timeout=timeout
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    self._raise_for(response)
+                for event, data in parse_sse(response.iter_lines()):
+                    yield _log_event(event, data)
+        except httpx.TransportError as exc:
+            raise TrainyardUnavailable(self.url, str(exc) or type(exc).__name__) from exc
+
+    def models(self, name: str | None = None) -> builtins.list[ModelVersionRecord]:
+        params = {"name": name} if name else {}
+        rows = self._request("GET", "/v1/models", params=params).json().get("models", [])
+        return [ModelVersionRecord.model_validate(row) for row in rows]
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_change: Callable[[JobRecord], None] | None = None,
+    ) -> JobRecord:
+        """Poll until the job is terminal; ``on_change`` sees each new state or attempt.
+
+        Raises TimeoutError when ``timeout`` seconds pass first (the job keeps running).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: tuple[JobState, int] | None = None
+        while True:
+            record = self.get(job_id)
+            if on_change and (record.state, record.attempt) != seen:
+                on_change(record)
+            seen = (record.state, record.attempt)
+            if record.state.terminal:
+                return record
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {record.state.value} after {timeout}s")
+            time.sleep(poll)
+
+    def wait_for_model(self, job_id: str, timeout: float = 60, poll: float = 0.5) -> ModelRef | None:
+        """The model version registered from the job's outputs, or None if none came in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.get(job_id)
+            if record.model is not None:
+                return record.model
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(poll)

@@ -1,0 +1,381 @@
+"""The embedded stack: a nats-server and the five services as child processes on this machine.
+
+    from trainyard_client.stack import EmbeddedStack
+
+    with EmbeddedStack(".trainyard", api_port=None, nats_port=None) as stack:  # None: free ports
+        client = stack.client()
+        ...
+
+Everything lives in the data dir: the JetStream store (``nats/``, so a restart keeps every job), the
+API token (``api-token``, written by the submission service on first start), the MLflow store
+(``mlflow/mlflow.db``), the executor's work dirs, and one log file per process (``logs/``).
+
+The services come with the ``stack`` extra (``pip install 'trainyard-client[stack]'``); this
+module imports them (and ``trainyard_shared``) only when a stack starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from trainyard_client.sdk import TOKEN_FILE, TrainyardClient
+
+SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry")
+INSTALL_HINT = "install trainyard-client[stack]  (pip install 'trainyard-client[stack]')"
+
+
+class StackError(RuntimeError):
+    """The stack could not start or keep running."""
+
+
+class StackNotInstalled(StackError):
+    def __init__(self, missing: list[str]) -> None:
+        self.missing = missing
+        super().__init__(f"the embedded stack needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+class ServiceDied(StackError):
+    """One or more processes of the stack exited; ``tails`` holds the last lines of each log."""
+
+    def __init__(self, dead: list[ServiceProcess], tails: dict[str, str]) -> None:
+        self.dead = dead
+        self.tails = tails
+        self.name = dead[0].name
+        parts = [
+            f"{s.name} (exit code {s.process.returncode if s.process else '?'}, log {s.log_path})"
+            for s in dead
+        ]
+        super().__init__("exited: " + "; ".join(parts))
+
+
+def missing_packages() -> list[str]:
+    """The stack's modules that cannot be imported here (empty when the stack extra is installed)."""
+    wanted = ["trainyard_shared.natsserver", *(f"trainyard_{name}.__main__" for name in SERVICES)]
+    missing = []
+    for module in wanted:
+        try:
+            found = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            found = None
+        if found is None:
+            missing.append(module.split(".")[0])
+    return missing
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_file: IO[bytes] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class EmbeddedStack:
+    """nats-server + submission, scheduler, executor, registry, telemetry as child processes.
+
+    ``api_port`` is the submission service's HTTP port; the scheduler, executor, registry and
+    telemetry serve ``/metrics`` and ``/healthz`` on ``api_port + 1`` .. ``api_port + 4``.
+    ``api_port=None`` (or 0) picks five free ports instead, ``nats_port=None`` a free NATS port.
+    ``env`` adds variables for every service (e.g. ``TRAINYARD_LOG_LEVEL``).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path = ".trainyard",
+        *,
+        api_port: int | None = 8700,
+        nats_port: int | None = 4250,
+        nats_monitor_port: int | None = None,
+        prefix: str = "trainyard",
+        host: str = "127.0.0.1",
+        executor_cpu: float | None = None,
+        executor_memory: int | None = None,
+        executor_gpu: int | None = None,
+        env: Mapping[str, str] | None = None,
+        ready_timeout: float = 90.0,
+        stop_timeout: float = 10.0,
+        python: str = sys.executable,
+    ) -> None:
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.host = host
+        self.prefix = prefix
+        self.nats_port = nats_port or _free_port(host)
+        self.nats_monitor_port = nats_monitor_port or _free_port(host)
+        if api_port:
+            ports = [api_port + offset for offset in range(len(SERVICES))]
+        else:
+            ports = [_free_port(host) for _ in SERVICES]
+        self.ports: dict[str, int] = dict(zip(SERVICES, ports, strict=True))
+        self.executor_cpu = executor_cpu
+        self.executor_memory = executor_memory
+        self.executor_gpu = executor_gpu
+        self.extra_env = dict(env or {})
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.python = python
+        self.services = {
+            name: ServiceProcess(name, self.ports[name], self.log_dir / f"{name}.log") for name in SERVICES
+        }
+        self.nats: Any = None
+        self._lock: IO[str] | None = None
+
+    # where things are
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / TOKEN_FILE
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.ports['submission']}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{self.host}:{self.nats_port}"
+
+    @property
+    def nats_monitor_url(self) -> str:
+        return f"http://{self.host}:{self.nats_monitor_port}"
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {name: f"http://{self.host}:{port}/metrics" for name, port in self.ports.items()}
+
+    @property
+    def health_urls(self) -> dict[str, str]:
+        return {name: f"http://{self.host}:{port}/healthz" for name, port in self.ports.items()}
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.service_env()["MLFLOW_TRACKING_URI"]
+
+    def token(self) -> str:
+        """The API token: ``TRAINYARD_SUBMISSION_TOKEN`` if given, else the generated token file."""
+        configured = self.extra_env.get("TRAINYARD_SUBMISSION_TOKEN") or os.environ.get(
+            "TRAINYARD_SUBMISSION_TOKEN"
+        )
+        if configured:
+            return configured
+        return self.token_file.read_text().strip()
+
+    def client(self, timeout: float = 30) -> TrainyardClient:
+        return TrainyardClient(self.api_url, self.token(), timeout=timeout)
+
+    def service_env(self) -> dict[str, str]:
+        """The environment every service process gets."""
+        env = {**os.environ, **self.extra_env}
+        env.update(
+            {
+                "TRAINYARD_NATS_URL": self.nats_url,
+                "TRAINYARD_PREFIX": self.prefix,
+                "TRAINYARD_DATA_DIR": str(self.data_dir),
+                "TRAINYARD_LOG_FORMAT": "json",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if not env.get("MLFLOW_TRACKING_URI"):
+            env["MLFLOW_TRACKING_URI"] = f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
+        for name, port in self.ports.items():
+            env[f"TRAINYARD_{name.upper()}_HOST"] = self.host
+            env[f"TRAINYARD_{name.upper()}_PORT"] = str(port)
+        for key, value in (
+            ("CPU", self.executor_cpu),
+            ("MEMORY", self.executor_memory),
+            ("GPU", self.executor_gpu),
+        ):
+            if value is not None:
+                env[f"TRAINYARD_EXECUTOR_{key}"] = str(value)
+        return env
+
+    # lifecycle
+
+    def start(self) -> EmbeddedStack:
+        """Start nats-server and the services; return once every /healthz answers 2xx."""
+        missing = missing_packages()
+        if missing:
+            raise StackNotInstalled(missing)
+        from trainyard_shared.natsserver import NatsServer
+
+        self._check_ports()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        try:
+            self.nats = NatsServer(
+                store_dir=self.data_dir / "nats",
+                port=self.nats_port,
+                monitor_port=self.nats_monitor_port,
+                host=self.host,
+                log_file=self.log_dir / "nats.log",
+            )
+            self.nats.start()
+            env = self.service_env()
+            for service in self.services.values():
+                self._spawn(service, env)
+            self.wait_ready(self.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _acquire_lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        handle = open(self.data_dir / "stack.lock", "a+")  # held for the stack's life
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.close()
+            raise StackError(
+                f"another `trainyard up` is using {self.data_dir}; stop it first or choose another --data-dir"
+            ) from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def _check_ports(self) -> None:
+        wanted = {"nats": self.nats_port, "nats monitor": self.nats_monitor_port, **self.ports}
+        busy = [f"{port} ({name})" for name, port in wanted.items() if _port_in_use(self.host, port)]
+        if busy:
+            raise StackError(
+                f"port(s) {', '.join(busy)} on {self.host} already in use: is another Trainyard"
+                " running? Choose others with --api-port / --nats-port"
+            )
+
+    def _spawn(self, service: ServiceProcess, env: dict[str, str]) -> None:
+        log = open(service.log_path, "ab")  # closed in stop()
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        log.write(f"--- trainyard up: starting {service.name} at {stamp} ---\n".encode())
+        log.flush()
+        service.log_file = log
+        service.process = subprocess.Popen(
+            [self.python, "-m", f"trainyard_{service.name}"],
+            env=env,
+            cwd=self.data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: Ctrl-C reaches only `trainyard up`
+        )
+
+    def healthy(self) -> dict[str, bool]:
+        """Each service's /healthz: True when it answers 2xx."""
+        result = {}
+        with httpx.Client(timeout=2.0) as http:
+            for name, url in self.health_urls.items():
+                try:
+                    result[name] = http.get(url).is_success
+                except httpx.HTTPError:
+                    result[name] = False
+        return result
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.raise_if_dead()
+            health = self.healthy()
+            if all(health.values()):
+                return
+            if time.monotonic() >= deadline:
+                waiting = ", ".join(name for name, ok in health.items() if not ok)
+                raise StackError(f"not healthy after {timeout:.0f}s: {waiting} (logs in {self.log_dir})")
+            time.sleep(0.2)
+
+    def dead(self) -> list[ServiceProcess]:
+        """Services whose process has exited (nats-server counts as one, named ``nats``)."""
+        gone = [s for s in self.services.values() if s.process is not None and s.process.poll() is not None]
+        process = getattr(self.nats, "process", None)
+        if process is not None and process.poll() is not None:
+            nats = ServiceProcess("nats", self.nats_port, self.log_dir / "nats.log", process)
+            gone.append(nats)
+        return gone
+
+    def raise_if_dead(self) -> None:
+        dead = self.dead()
+        if dead:
+            raise ServiceDied(dead, {s.name: self.log_tail(s.name) for s in dead})
+
+    def log_tail(self, name: str, lines: int = 25) -> str:
+        path = self.log_dir / f"{name}.log"
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 64 * 1024))
+                text = handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM every service, SIGKILL what is left after ``stop_timeout``, then stop nats."""
+        running = [s for s in self.services.values() if s.alive]
+        for service in running:
+            with contextlib.suppress(ProcessLookupError):
+                service.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + self.stop_timeout
+        for service in running:
+            assert service.process is not None
+            try:
+                service.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(service.process.pid, signal.SIGKILL)
+                service.process.wait()
+        for service in self.services.values():
+            if service.log_file is not None:
+                service.log_file.close()
+                service.log_file = None
+        if self.nats is not None:
+            self.nats.stop()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> EmbeddedStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
