@@ -1,0 +1,100 @@
+"""Telemetry: idempotent observations, state gauges, and catch-up from the stream after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import httpx
+import nats
+import pytest
+from prometheus_client import CollectorRegistry
+
+from trainyard_contracts import (
+    JobRunning,
+    JobSpec,
+    JobState,
+    JobSubmitted,
+    JobSucceeded,
+    Subjects,
+    lifecycle,
+)
+from trainyard_contracts._time import utcnow
+from trainyard_shared.settings import CommonSettings
+from trainyard_telemetry.app import create_app
+from trainyard_telemetry.metrics import JobMetrics
+
+NOW = utcnow()
+
+
+def record(state=JobState.QUEUED, queue="default"):
+    r = lifecycle.new_record(
+        "job0000001", JobSpec(name="x", command=["true"], queue=queue), NOW - timedelta(seconds=3), None
+    )
+    return lifecycle.advance(r, state, NOW) if state != JobState.SUBMITTED else r
+
+
+def sample(registry, name, **labels):
+    return registry.get_sample_value(name, labels)
+
+
+@pytest.mark.unit
+def test_each_event_is_counted_once_and_waits_are_observed():
+    registry = CollectorRegistry()
+    rec = record()
+    metrics = JobMetrics(registry, lambda: [rec])
+    running = JobRunning(job_id=rec.job_id, executor_id="e", time=NOW)
+    assert metrics.observe(running, rec) is True
+    assert metrics.observe(running, rec) is False  # redelivered: not counted again
+    assert sample(registry, "trainyard_job_events_total", type="running") == 1
+    assert sample(registry, "trainyard_job_submit_to_start_seconds_count", queue="default") == 1
+    assert sample(registry, "trainyard_job_submit_to_start_seconds_sum", queue="default") == 3
+    done = JobSucceeded(job_id=rec.job_id, duration_seconds=12.5)
+    metrics.observe(done, rec)
+    assert sample(registry, "trainyard_job_run_seconds_sum", queue="default", outcome="succeeded") == 12.5
+    assert sample(registry, "trainyard_jobs", state="queued") == 1
+    assert sample(registry, "trainyard_queue_depth", queue="default") == 1
+
+
+@pytest.mark.service
+async def test_catches_up_from_the_stream_and_serves_metrics(nats_server, prefix, tmp_path):
+    subjects = Subjects(prefix)
+    common = CommonSettings(nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path)
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+
+    async def publish_one(i: int) -> None:
+        event = JobSubmitted(job_id=f"job{i:07d}", spec=JobSpec(name="x", command=["true"]))
+        await js.publish(
+            event.subject(subjects), event.model_dump_json().encode(), headers={"Nats-Msg-Id": event.msg_id()}
+        )
+
+    app = create_app(common)
+    async with app.start_lifespan_context():
+        for i in range(3):
+            await publish_one(i)
+        metrics = app.context.get("telemetry_metrics")
+        await _until(lambda: metrics.events.labels("submitted")._value.get() == 3)
+
+    # while telemetry is down, more events happen; after a restart it catches up from the stream
+    for i in range(3, 5):
+        await publish_one(i)
+    app = create_app(common)
+    async with app.start_lifespan_context():
+        metrics = app.context.get("telemetry_metrics")
+        await _until(lambda: metrics.events.labels("submitted")._value.get() == 2)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            text = (await client.get("/metrics")).text
+    await nc.drain()
+    assert 'trainyard_job_events_total{type="submitted"} 2.0' in text
+    assert "faststream_received_processed_messages_total" in text
+
+
+async def _until(predicate, timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.05)
