@@ -113,10 +113,10 @@ class JobSpec(_Strict):
     shell: bool = Field(False, description="run command[0] with /bin/sh -c; command must then be one string")
     image: str | None = Field(None, min_length=1, max_length=512)
     env: dict[EnvName, str] = Field(default_factory=dict)
-    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    resources: Resources = Field(default_factory=Resources)
     replicas: int = Field(1, ge=1, le=1024)
     timeout: float | None = Field(None, gt=0, le=30 * 86400, description="seconds")
-    retries: Retries = Field(default_factory=Retries)  # type: ignore[arg-type]
+    retries: Retries = Field(default_factory=Retries)
     source: Source | None = None
     params: dict[Annotated[str, StringConstraints(min_length=1, max_length=250)], ParamValue] = Field(
         default_factory=dict

@@ -45,6 +45,4 @@ def serve(app: AsgiFastStream, http: HttpSettings) -> None:
     and stops the broker and the service's hooks."""
     import uvicorn
 
-    uvicorn.run(
-        app, host=http.host, port=http.port, lifespan="on", log_level="warning", access_log=False
-    )
+    uvicorn.run(app, host=http.host, port=http.port, lifespan="on", log_level="warning", access_log=False)
