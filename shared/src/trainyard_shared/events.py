@@ -25,7 +25,13 @@ class EventPublisher:
         self.stream = subjects.streams.jobs
 
     async def emit(self, event: Envelope, **headers: str) -> Any:
-        """Publish and wait for the stream's ack; a duplicate (same msg id) is acked, not stored."""
+        """Publish and wait for the stream's ack; a duplicate (same msg id) is acked, not stored.
+
+        The envelope carries the job's trace context too, for readers that drop headers."""
+        if event.traceparent is None:
+            traceparent = trace_headers().get("traceparent")
+            if traceparent:
+                event = event.model_copy(update={"traceparent": traceparent})
         return await self.broker.publish(
             event.model_dump_json().encode(),
             event.subject(self.subjects),
