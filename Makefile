@@ -51,3 +51,6 @@ asyncapi: install
 
 clean:
 	rm -rf .trainyard-demo .pytest_cache .mypy_cache .ruff_cache
+
+bench: install
+	$(RUN) python tests/bench/bench_e2e.py $(BENCH_ARGS)
