@@ -14,8 +14,10 @@ from trainyard_contracts import (
     Capacity,
     ExecutorHeartbeat,
     JobCancelRequested,
+    JobRecord,
     JobSpec,
     JobState,
+    lifecycle,
 )
 from trainyard_contracts._time import utcnow
 from trainyard_executor.app import create_app as executor_app
@@ -161,3 +163,39 @@ async def test_a_malformed_event_is_dead_lettered_and_service_keeps_serving(comm
 
 async def parked_or_fail(probe):
     return await eventually(probe, 20, "dead letters")
+
+
+SECOND_ATTEMPT_ONLY = (
+    "import os, sys, time; sys.exit(0) if os.environ['TRAINYARD_ATTEMPT'] == '2' else time.sleep(120)"
+)
+
+
+async def test_stopping_an_executor_hands_its_attempt_back_to_the_queue(common, bus):
+    async with running(scheduler(common)):
+        async with running(executor(common)):
+            job_id = await bus.submit(JobSpec(name="handback", command=[PY, "-c", SECOND_ATTEMPT_ONLY]))
+            await bus.wait_state(job_id, "running")
+        handed_back = await bus.record(job_id)
+        assert handed_back.state == JobState.REQUEUED and handed_back.attempt == 2
+        assert handed_back.retries_used == 0  # not the job's fault
+        async with running(executor(common)):
+            done = await bus.wait_state(job_id, "succeeded")
+    assert done.attempt == 2
+    assert [a.state for a in done.attempts] == [JobState.REQUEUED, JobState.SUCCEEDED]
+
+
+async def test_an_executor_restarted_after_a_crash_requeues_what_it_no_longer_runs(common, bus):
+    """The record says attempt 1 runs on exec-a, but exec-a has just started: it cannot be."""
+    async with running(scheduler(common)):
+        job_id = await bus.submit(JobSpec(name="crashed", command=[PY, "-c", SECOND_ATTEMPT_ONLY]))
+        await bus.wait_state(job_id, "queued")
+        kv = await bus.js.key_value(bus.subjects.buckets.jobs)
+        entry = await kv.get(job_id)
+        record = JobRecord.model_validate_json(entry.value)
+        now = utcnow()
+        orphan = lifecycle.start(lifecycle.schedule(record, "exec-a", now), now)
+        await kv.update(job_id, orphan.model_dump_json().encode(), last=entry.revision)
+        async with running(executor(common)):
+            done = await bus.wait_state(job_id, "succeeded")
+    assert done.attempt == 2 and done.attempts[0].state == JobState.REQUEUED
+    assert "executor restarted" in (done.attempts[0].reason or "")

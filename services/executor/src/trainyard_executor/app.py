@@ -21,6 +21,7 @@ from trainyard_shared.bus import ensure_streams, open_buckets, streams
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.jobview import JobView
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing
@@ -88,7 +89,13 @@ def create_app(
     async def start_executor() -> None:
         executor, store = core(), state["store"]
         assert isinstance(store, JobStore)
-        recovered = await executor.recover([record for record, _ in await store.all()])
+        # one ordered read of the bucket, not a get per key
+        view = JobView(store.kv)
+        await view.start()
+        try:
+            recovered = await executor.recover(view.all())
+        finally:
+            await view.stop()
         if recovered:
             log.warning("requeued attempts left over from before a restart", extra={"count": recovered})
         await executor.beat()
