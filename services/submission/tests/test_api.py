@@ -22,27 +22,9 @@ from trainyard_submission.intake import handle_intake
 from trainyard_submission.settings import SubmissionSettings
 
 pytestmark = pytest.mark.service
-TOKEN = "test-token-123"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from .conftest import AUTH
+
 SPEC = "name: hello\ncommand: ['python', 'train.py']\nresources: {cpu: 1, memory: 256Mi}\n"
-
-
-@pytest.fixture
-async def api(nats_server, prefix, tmp_path):
-    common = CommonSettings(nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path / "d")
-    app = create_app(common, SubmissionSettings(token=TOKEN, max_body_bytes=64 * 1024))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
-
-
-@pytest.fixture
-async def js(nats_server):
-    nc = await nats.connect(nats_server.url)
-    yield nc.jetstream()
-    await nc.drain()
 
 
 def subjects_of(api):
