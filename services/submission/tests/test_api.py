@@ -16,13 +16,11 @@ from trainyard_contracts import LogChunk, LogLine, ModelVersionRecord, lifecycle
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.states import JobState
 from trainyard_shared.natsserver import free_port
-from trainyard_shared.settings import CommonSettings
-from trainyard_submission.app import create_app
 from trainyard_submission.intake import handle_intake
-from trainyard_submission.settings import SubmissionSettings
+
+from .conftest import AUTH
 
 pytestmark = pytest.mark.service
-from .conftest import AUTH
 
 SPEC = "name: hello\ncommand: ['python', 'train.py']\nresources: {cpu: 1, memory: 256Mi}\n"
 
