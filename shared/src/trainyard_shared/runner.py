@@ -10,7 +10,7 @@ from faststream.asgi import AsgiFastStream, make_ping_asgi
 from prometheus_client import make_asgi_app
 
 from trainyard_shared.broker import ServiceBroker
-from trainyard_shared.settings import HttpSettings
+from trainyard_shared.settings import CommonSettings, HttpSettings
 
 log = logging.getLogger("trainyard.runner")
 
@@ -46,3 +46,17 @@ def serve(app: AsgiFastStream, http: HttpSettings) -> None:
     import uvicorn
 
     uvicorn.run(app, host=http.host, port=http.port, lifespan="on", log_level="warning", access_log=False)
+
+
+def run_service(
+    service: str,
+    create_app: Callable[[CommonSettings, Any], AsgiFastStream],
+    settings_class: type[HttpSettings],
+) -> None:
+    """The body of every service's ``main()``: settings from the environment, logs, serve."""
+    from trainyard_shared.logs import setup_logging
+
+    common = CommonSettings()
+    settings = settings_class()
+    setup_logging(service, common.log_level, common.log_format)
+    serve(create_app(common, settings), settings)

@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
-from faststream.nats import ConsumerConfig, PullSub
 
 from trainyard_contracts import ExecutorCommand
 from trainyard_executor.backends.local import LocalBackend
@@ -17,7 +15,8 @@ from trainyard_executor.core import ExecutorCore
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_shared.broker import make_broker
-from trainyard_shared.bus import ensure_streams, open_buckets, streams
+from trainyard_shared.bus import streams
+from trainyard_shared.consumers import connect_and_declare, durable_consumer
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
@@ -41,13 +40,13 @@ def create_app(
     def core() -> ExecutorCore:
         return state["core"]  # type: ignore[return-value]
 
-    @broker.subscriber(
+    @durable_consumer(
+        sb,
         subjects.exec_commands_of(settings.id),
         stream=streams(subjects).exec,
         durable=f"executor-{settings.id}",
-        pull_sub=PullSub(batch_size=32, timeout=0.5),
-        config=ConsumerConfig(max_deliver=5, ack_wait=60),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        batch=32,
+        ack_wait=60,
         title="executor/commands",
         description="start and cancel attempts on this executor's backend",
     )
@@ -58,10 +57,8 @@ def create_app(
             await core().cancel(command)
 
     async def connect() -> None:
-        await broker.connect()
-        await ensure_streams(broker, subjects, common.stream_replicas)
+        buckets = await connect_and_declare(sb, common)
         data = common.resolved_data_dir()
-        buckets = await open_buckets(broker, subjects, common.stream_replicas)
         store = JobStore(buckets.jobs)
         backend = LocalBackend(
             root=data / "executor" / settings.id,

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
-from faststream.nats import ConsumerConfig, PullSub
 
 from trainyard_contracts import JobSucceeded
 from trainyard_registry.core import RegistryCore
 from trainyard_registry.settings import RegistrySettings
 from trainyard_shared.broker import make_broker
-from trainyard_shared.bus import ensure_streams, open_buckets, streams
+from trainyard_shared.bus import streams
+from trainyard_shared.consumers import connect_and_declare, durable_consumer
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.runner import build_app
@@ -33,13 +32,13 @@ def create_app(
     broker, subjects = sb.broker, sb.subjects
     state: dict[str, RegistryCore] = {}
 
-    @broker.subscriber(
+    @durable_consumer(
+        sb,
         subjects.job_event_kind("succeeded"),
         stream=streams(subjects).jobs,
         durable="registry-succeeded",
-        pull_sub=PullSub(batch_size=8, timeout=0.5),
-        config=ConsumerConfig(max_deliver=5, ack_wait=300),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        batch=8,
+        ack_wait=300,
         title="registry/succeeded",
         description="registers the model version of a succeeded job that declared outputs.model",
     )
@@ -47,11 +46,9 @@ def create_app(
         await state["core"].on_succeeded(event)
 
     async def connect() -> None:
-        await broker.connect()
-        await ensure_streams(broker, subjects, common.stream_replicas)
+        buckets = await connect_and_declare(sb, common)
         from trainyard_registry.mlflow_store import MlflowModelStore
 
-        buckets = await open_buckets(broker, subjects, common.stream_replicas)
         tracking = settings.tracking_uri or default_tracking_uri(common)
         state["core"] = RegistryCore(
             store=JobStore(buckets.jobs),

@@ -5,13 +5,12 @@ Its consumer is durable, so after a restart it catches up from where it stopped.
 
 from __future__ import annotations
 
-from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
-from faststream.nats import ConsumerConfig, PullSub
 
 from trainyard_contracts import JobEvent
 from trainyard_shared.broker import make_broker
-from trainyard_shared.bus import ensure_streams, open_buckets, streams
+from trainyard_shared.bus import streams
+from trainyard_shared.consumers import connect_and_declare, durable_consumer
 from trainyard_shared.jobview import JobView
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
@@ -26,17 +25,16 @@ def create_app(
     common = common or CommonSettings()
     settings = settings or TelemetrySettings()
     sb = make_broker(common, "telemetry", tracer_provider=setup_tracing("telemetry"))
-    broker, subjects = sb.broker, sb.subjects
+    subjects = sb.subjects
     state: dict[str, JobView] = {}
     metrics = JobMetrics(sb.registry, lambda: state["view"].all() if "view" in state else [])
 
-    @broker.subscriber(
+    @durable_consumer(
+        sb,
         subjects.all_job_events,
         stream=streams(subjects).jobs,
         durable="telemetry-events",
-        pull_sub=PullSub(batch_size=256, timeout=0.5),
-        config=ConsumerConfig(max_deliver=5, ack_wait=30),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        batch=256,
         title="telemetry/job-events",
         description="counts events and observes wait and run times",
     )
@@ -45,9 +43,7 @@ def create_app(
         metrics.observe(event, view.get(event.job_id) if view else None)
 
     async def connect() -> None:
-        await broker.connect()
-        await ensure_streams(broker, subjects, common.stream_replicas)
-        buckets = await open_buckets(broker, subjects, common.stream_replicas)
+        buckets = await connect_and_declare(sb, common)
         view = JobView(buckets.jobs)
         await view.start()
         state["view"] = view
