@@ -61,6 +61,7 @@ class JobRecord(_Model):
     outputs_uri: str | None = None
     model: ModelRef | None = None
     submitted_by: str | None = None
+    traceparent: str | None = Field(None, description="W3C trace context: one job, one trace")
     attempts: list[AttemptInfo] = Field(default_factory=list)
     state_times: dict[str, datetime] = Field(default_factory=dict)
 

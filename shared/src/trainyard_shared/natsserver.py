@@ -40,6 +40,7 @@ class NatsServer:
         host: str = "127.0.0.1",
         config_file: Path | None = None,
         log_file: Path | None = None,
+        max_file_store: str | None = None,
     ) -> None:
         self.store_dir = store_dir
         self.host = host
@@ -47,6 +48,7 @@ class NatsServer:
         self.monitor_port = monitor_port or free_port()
         self.config_file = config_file
         self.log_file = log_file
+        self.max_file_store = max_file_store
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,9 +68,13 @@ class NatsServer:
             "-sd",
             str(self.store_dir),
         ]
-        if self.config_file:
-            argv += ["-c", str(self.config_file)]
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        config = self.config_file
+        if config is None and self.max_file_store:
+            config = self.store_dir / "limits.conf"
+            config.write_text(f"jetstream {{\n  max_file_store: {self.max_file_store}\n}}\n")
+        if config:
+            argv += ["-c", str(config)]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -14,18 +14,25 @@ import pytest
 
 from trainyard_shared.natsserver import NatsServer
 
+# Every test has its own prefix, so its own streams, and JetStream reserves each logs stream's
+# max_bytes up front: raise the accounting limit so a long session does not run out of it (the
+# reservation is bookkeeping, not disk actually written).
+TEST_MAX_FILE_STORE = "100TB"
+
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     store: Path = tmp_path_factory.mktemp("nats-store")
-    with NatsServer(store, log_file=store / "nats.log") as server:
+    with NatsServer(store, log_file=store / "nats.log", max_file_store=TEST_MAX_FILE_STORE) as server:
         yield server
 
 
 @pytest.fixture
 def fresh_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A server of this test's own, for tests that stop or kill it."""
-    server = NatsServer(tmp_path / "nats-store", log_file=tmp_path / "nats.log").start()
+    server = NatsServer(
+        tmp_path / "nats-store", log_file=tmp_path / "nats.log", max_file_store=TEST_MAX_FILE_STORE
+    ).start()
     yield server
     server.stop()
 

@@ -38,6 +38,7 @@ from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
+from trainyard_shared.tracing import job_trace
 
 log = logging.getLogger("trainyard.scheduler")
 
@@ -171,22 +172,23 @@ class SchedulerCore:
     async def _announce_scheduled(self, record: JobRecord) -> None:
         assert record.executor_id is not None
         r = record.spec.resources
-        await self.events.emit(
-            JobScheduled(
-                job_id=record.job_id,
-                attempt=record.attempt,
-                executor_id=record.executor_id,
-                resources=Capacity(cpu=r.cpu, memory=r.memory, gpu=r.gpu),
+        with job_trace(record.traceparent):
+            await self.events.emit(
+                JobScheduled(
+                    job_id=record.job_id,
+                    attempt=record.attempt,
+                    executor_id=record.executor_id,
+                    resources=Capacity(cpu=r.cpu, memory=r.memory, gpu=r.gpu),
+                )
             )
-        )
-        await self.commands.send(
-            StartAttempt(
-                job_id=record.job_id,
-                attempt=record.attempt,
-                executor_id=record.executor_id,
-                spec=record.spec,
+            await self.commands.send(
+                StartAttempt(
+                    job_id=record.job_id,
+                    attempt=record.attempt,
+                    executor_id=record.executor_id,
+                    spec=record.spec,
+                )
             )
-        )
 
     # -- recovery -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
+from opentelemetry import trace
 
 from trainyard_contracts import (
     FieldError,
@@ -25,7 +26,10 @@ from trainyard_contracts._time import utcnow
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore, RecordExists
 from trainyard_shared.jobview import JobView
+from trainyard_shared.tracing import current_traceparent
 from trainyard_submission.sources import with_resolved_source
+
+TRACER = trace.get_tracer("trainyard.submission")
 
 
 class JobNotFound(LookupError):
@@ -83,14 +87,17 @@ class SubmissionService:
                     return Submitted(job_id, found[0], duplicate=True)
                 # claimed by a request that died before creating the record: finish its work
         spec = await with_resolved_source(spec, self.git_timeout)
-        record = lifecycle.new_record(job_id, spec, self.clock(), submitted_by)
-        try:
-            await self.store.create(record)
-        except RecordExists:
-            found = await self.store.get(job_id)
-            assert found is not None
-            return Submitted(job_id, found[0], duplicate=True)
-        await self.events.emit(JobSubmitted(job_id=job_id, spec=spec, submitted_by=submitted_by))
+        with TRACER.start_as_current_span("trainyard.job", attributes={"trainyard.job_id": job_id}):
+            record = lifecycle.new_record(job_id, spec, self.clock(), submitted_by).model_copy(
+                update={"traceparent": current_traceparent()}
+            )
+            try:
+                await self.store.create(record)
+            except RecordExists:
+                found = await self.store.get(job_id)
+                assert found is not None
+                return Submitted(job_id, found[0], duplicate=True)
+            await self.events.emit(JobSubmitted(job_id=job_id, spec=spec, submitted_by=submitted_by))
         return Submitted(job_id, record, duplicate=False)
 
     async def reject(self, errors: list[FieldError], intake_id: str | None) -> str:
