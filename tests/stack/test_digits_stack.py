@@ -84,6 +84,9 @@ def test_a_malformed_event_is_dead_lettered_and_services_keep_serving(stack):
 
     assert asyncio.run(poison_and_read()) == ["registry", "scheduler", "telemetry"]
     client = stack.client()
+    letters = [x for x in client.dead_letters() if x["subject"].endswith("poison0001.succeeded")]
+    assert sorted(x["service"] for x in letters) == ["registry", "scheduler", "telemetry"]
+    assert all(x["reason"].startswith("invalid message") for x in letters)
     job = client.submit({"name": "after-poison", "command": ["true"]})
     assert client.wait(job.job_id, timeout=120).state.value == "succeeded"
     assert all(stack.healthy().values())

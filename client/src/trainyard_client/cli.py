@@ -487,6 +487,47 @@ def models(
     out.print(table)
 
 
+dlq = typer.Typer(help="Dead letters: messages a service could not handle, and why.", no_args_is_help=True)
+app.add_typer(dlq, name="dlq")
+
+
+@dlq.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Option(help="only this service's letters")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+) -> None:
+    """List dead letters with their reason."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        letters = client.dead_letters(service, limit)
+    if not letters:
+        out.print("no dead letters")
+        return
+    table = Table()
+    for column in ("seq", "service", "subject", "deliveries"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    for letter in letters:
+        table.add_row(
+            str(letter["seq"]),
+            escape(letter["service"]),
+            escape(letter["subject"]),
+            str(letter["deliveries"]),
+            escape(letter["reason"]),
+        )
+    out.print(table)
+
+
+@dlq.command("replay")
+def dlq_replay(ctx: typer.Context, seq: Annotated[int, typer.Argument(metavar="SEQ", min=1)]) -> None:
+    """Publish a dead letter again on its original subject (after the cause is fixed)."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        letter = client.replay_dead_letter(seq)
+    out.print(f"replayed {seq} onto {escape(letter['subject'])}")
+
+
 # up
 
 

@@ -317,6 +317,18 @@ class TrainyardClient:
         except httpx.TransportError as exc:
             raise TrainyardUnavailable(self.url, str(exc) or type(exc).__name__) from exc
 
+    def dead_letters(self, service: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        """Messages a service could not handle: seq, service, reason, subject, body."""
+        params: dict[str, Any] = {"limit": limit}
+        if service:
+            params["service"] = service
+        letters = self._request("GET", "/v1/dlq", params=params).json().get("letters", [])
+        return list(letters)
+
+    def replay_dead_letter(self, seq: int) -> dict[str, Any]:
+        """Publish a dead letter again on its original subject, and remove it."""
+        return dict(self._request("POST", f"/v1/dlq/{seq}/replay").json()["replayed"])
+
     def models(self, name: str | None = None) -> builtins.list[ModelVersionRecord]:
         params = {"name": name} if name else {}
         rows = self._request("GET", "/v1/models", params=params).json().get("models", [])

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from trainyard_contracts import JobRecord, JobState, SpecError
 from trainyard_submission.auth import token_matches
+from trainyard_submission.deadletters import DeadLetters, LetterNotFound
 from trainyard_submission.logs import read_chunks
 from trainyard_submission.service import (
     JobAlreadyFinished,
@@ -179,6 +180,21 @@ def build_router(state: dict[str, Any]) -> APIRouter:
             yield {"event": "end", "data": record.state.value if record else "unknown"}
 
         return EventSourceResponse(events(), ping=15)
+
+    @router.get("/dlq", summary="dead letters: messages a service could not handle, and why")
+    async def dead_letters(
+        service: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> dict[str, Any]:
+        letters = await DeadLetters(state["js"], state["subjects"]).list(service, limit)
+        return {"letters": [letter.as_json() for letter in letters]}
+
+    @router.post("/dlq/{seq}/replay", summary="publish a dead letter again on its subject")
+    async def replay_dead_letter(seq: int) -> dict[str, Any]:
+        try:
+            letter = await DeadLetters(state["js"], state["subjects"]).replay(seq)
+        except LetterNotFound as exc:
+            raise Problem(404, "no such dead letter", str(seq)) from exc
+        return {"replayed": letter.as_json()}
 
     @router.get("/models", summary="registered model versions, newest first")
     async def models(name: str | None = None) -> dict[str, Any]:

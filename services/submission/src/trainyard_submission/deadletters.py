@@ -1,0 +1,113 @@
+"""The dead-letter stream, read and replayed: what a service could not handle, and why.
+
+Replay publishes the original body again on its original subject (with a new message id, so the
+stream's dedup window does not swallow it) and then removes the letter. Every consumer of that
+subject sees it again; they are idempotent, so only the one that failed does new work.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from trainyard_contracts import Subjects
+
+
+class LetterNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    seq: int
+    service: str
+    reason: str
+    subject: str
+    deliveries: int
+    time: datetime | None
+    body: bytes
+
+    def as_json(self) -> dict[str, Any]:
+        try:
+            text: str | None = self.body.decode()
+        except UnicodeDecodeError:
+            text = None
+        return {
+            "seq": self.seq,
+            "service": self.service,
+            "reason": self.reason,
+            "subject": self.subject,
+            "deliveries": self.deliveries,
+            "time": self.time.isoformat() if self.time else None,
+            "body": text[:4096] if text is not None else None,
+            "body_base64": None if text is not None else base64.b64encode(self.body[:4096]).decode(),
+        }
+
+
+def _letter(seq: int, headers: dict[str, str] | None, body: bytes, when: datetime | None) -> DeadLetter:
+    h = headers or {}
+    return DeadLetter(
+        seq=seq,
+        service=h.get("Trainyard-Service", "?"),
+        reason=h.get("Trainyard-Reason", ""),
+        subject=h.get("Trainyard-Original-Subject", ""),
+        deliveries=int(h.get("Trainyard-Deliveries", "0") or 0),
+        time=when,
+        body=body,
+    )
+
+
+class DeadLetters:
+    def __init__(self, js: JetStreamContext, subjects: Subjects) -> None:
+        self.js = js
+        self.subjects = subjects
+        self.stream = subjects.streams.dlq
+
+    async def list(self, service: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        subject = self.subjects.dlq(service) if service else f"{self.subjects.prefix}.dlq.>"
+        sub = await self.js.pull_subscribe(
+            subject,
+            stream=self.stream,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0
+            ),
+        )
+        letters: list[DeadLetter] = []
+        try:
+            pending = (await sub.consumer_info()).num_pending
+            while pending > 0 and len(letters) < limit:
+                try:
+                    msgs = await sub.fetch(min(pending, 256, limit - len(letters)), timeout=2)
+                except NatsTimeout:
+                    break
+                for msg in msgs:
+                    meta = msg.metadata
+                    letters.append(_letter(meta.sequence.stream, msg.headers, msg.data, meta.timestamp))
+                pending -= len(msgs)
+        finally:
+            await sub.unsubscribe()
+        return letters
+
+    async def replay(self, seq: int) -> DeadLetter:
+        try:
+            raw = await self.js.get_msg(self.stream, seq)
+        except NotFoundError as exc:
+            raise LetterNotFound(seq) from exc
+        letter = _letter(seq, raw.headers, raw.data or b"", None)
+        if not letter.subject:
+            raise LetterNotFound(seq)
+        original_id = (raw.headers or {}).get("Trainyard-Original-Msg-Id", "")
+        await self.js.publish(
+            letter.subject,
+            letter.body,
+            headers={"Nats-Msg-Id": f"replay:{seq}:{original_id}", "Trainyard-Replayed-From": str(seq)},
+        )
+        await self.js.delete_msg(self.stream, seq)
+        return letter
