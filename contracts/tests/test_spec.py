@@ -58,7 +58,7 @@ def test_every_bad_field_is_named_with_what_was_expected():
     )
     assert set(errors) == {"command", "resources.memory", "resources.gpus", "timeout", "priority"}
     assert "argv list" in errors["command"]
-    assert "unknown field" in errors["resources.gpus"]
+    assert errors["resources.gpus"] == "unknown field (did you mean gpu?)"
     assert "512Mi" in errors["resources.memory"]
     assert "10m" in errors["timeout"]
 

@@ -6,6 +6,7 @@ expected (see :func:`parse_spec` and :class:`SpecError`).
 
 from __future__ import annotations
 
+import difflib
 import json
 import posixpath
 from typing import Annotated, Any
@@ -192,7 +193,7 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
         loc = ".".join(str(part) for part in err["loc"]) or "(spec)"
         message = err["msg"]
         if err["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling; see the job spec reference)"
+            message = "unknown field" + _did_you_mean(err["loc"])
         elif err["type"] == "missing":
             message = "required field is missing"
         elif message.startswith("Value error, "):
@@ -201,6 +202,24 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
             message = f"{message} (got {err.get('input')!r})"
         errors.append(FieldError(field=loc, message=message))
     return errors
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """' (did you mean gpu?)' for a misspelt field, from the fields known at that place."""
+    model: Any = JobSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        candidates = [
+            a
+            for a in (annotation, *getattr(annotation, "__args__", ()))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        if not candidates:
+            return " (see the job spec reference)"
+        model = candidates[0]
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else " (see the job spec reference)"
 
 
 def parse_spec_document(text: str | bytes) -> dict[str, Any]:
