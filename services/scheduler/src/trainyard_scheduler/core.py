@@ -6,6 +6,7 @@ run this against a real NATS without the faststream app around it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from trainyard_contracts import (
 )
 from trainyard_contracts._time import utcnow
 from trainyard_scheduler.placement import (
+    Assignment,
     Demand,
     ExecutorFree,
     PendingJob,
@@ -41,6 +43,7 @@ from trainyard_shared.jobview import JobView
 from trainyard_shared.tracing import job_trace
 
 log = logging.getLogger("trainyard.scheduler")
+ASSIGNMENTS_IN_FLIGHT = 64
 
 
 def demand_of(record: JobRecord) -> Demand:
@@ -151,8 +154,15 @@ class SchedulerCore:
         now = self.clock()
         decisions = plan(await self.snapshot(now), now.timestamp())
         self.waiting = {w.job_id: w.reason for w in decisions.waiting}
-        for assignment in decisions.assignments:
-            await self._assign(assignment.job_id, assignment.attempt, assignment.executor_id, now)
+        # each assignment is its own compare-and-set, so they can be in flight together: a
+        # chain of awaited round trips per job would cap the scheduler near 100 jobs/s
+        limit = asyncio.Semaphore(ASSIGNMENTS_IN_FLIGHT)
+
+        async def assign(a: Assignment) -> None:
+            async with limit:
+                await self._assign(a.job_id, a.attempt, a.executor_id, now)
+
+        await asyncio.gather(*(assign(a) for a in decisions.assignments))
         return decisions
 
     async def _assign(self, job_id: str, attempt: int, executor_id: str, now: datetime) -> None:

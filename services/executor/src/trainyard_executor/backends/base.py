@@ -1,4 +1,9 @@
-"""One protocol for every backend: start an attempt, stream its lines, wait, cancel with grace."""
+"""Backend-neutral types for running one attempt of a job.
+
+Pure data and protocols: no I/O here, no NATS. A backend turns an :class:`AttemptLaunch` into a
+:class:`RunningAttempt`, streams the attempt's output lines to a :data:`LineSink` and eventually
+reports an :class:`AttemptOutcome`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,62 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+__all__ = [
+    "AttemptLaunch",
+    "AttemptOutcome",
+    "Backend",
+    "LineSink",
+    "OutcomeKind",
+    "Resources",
+    "RunningAttempt",
+]
+
 OutcomeKind = Literal["succeeded", "failed", "timed_out", "cancelled"]
-LineSink = Callable[[str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class AttemptLaunch:
+    job_id: str
+    attempt: int
+    argv: list[str]
+    """Never a shell string; run as given (``argv[0]`` looked up on the PATH of the child's env)."""
+    env: dict[str, str]
+    """Job env + TRAINYARD_* vars, already merged by the caller."""
+    workdir: Path
+    """Per-attempt directory, created by the backend if missing."""
+    timeout_s: float | None
+    """Wall-clock limit of the job process (not of the source checkout / runtime env build)."""
+    source_repo: str | None = None
+    """Git repo (local path or URL) to check out; None = run in ``workdir``."""
+    source_commit: str | None = None
+    """Commit (or any rev git understands) to check out; None = the repo's HEAD."""
+    runtime_pip: tuple[str, ...] = ()
+    """Pip requirements for a cached venv (Ray runtime_env style)."""
+    output_subdir: str = "outputs"
+    """Relative dir (under the job's cwd) where the job writes its model."""
+    grace_s: float = 10.0
+    """SIGTERM -> SIGKILL grace on cancel/timeout."""
+    # -- used by the container backends; the local backend ignores them --------------------------
+    image: str | None = None
+    """Container image; None = the backend's default."""
+    cpu: float = 0.0
+    """CPU limit (0 = none)."""
+    memory_mb: int = 0
+    """Memory limit in MiB (0 = none)."""
+    gpu: int = 0
+    """GPUs to attach."""
+    inherited_env: tuple[str, ...] = ()
+    """Keys of ``env`` that came from the executor's own environment rather than the job spec."""
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    kind: OutcomeKind
+    exit_code: int | None
+    """Exit code of the job process; negative for a signal; None if it never started."""
+    reason: str
+    """Human readable, e.g. "exit code 3", "timed out after 5s", "cancelled"."""
+    output_dir: Path
 
 
 @dataclass(frozen=True)
@@ -18,35 +77,20 @@ class Resources:
     gpu: int
 
 
-@dataclass(frozen=True)
-class AttemptLaunch:
-    job_id: str
-    attempt: int
-    argv: list[str]
-    env: dict[str, str]
-    workdir: Path
-    timeout_s: float | None
-    source_repo: str | None = None
-    source_commit: str | None = None
-    runtime_pip: tuple[str, ...] = ()
-    output_subdir: str = "outputs"
-    grace_s: float = 10.0
-
-
-@dataclass(frozen=True)
-class AttemptOutcome:
-    kind: OutcomeKind
-    exit_code: int | None
-    reason: str
-    output_dir: Path
+LineSink = Callable[[str, str], Awaitable[None]]
+"""``(stream, line)``: stream is "stdout" or "stderr", line has no trailing newline."""
 
 
 class RunningAttempt(Protocol):
     pid: int | None
 
-    async def wait(self) -> AttemptOutcome: ...
+    async def wait(self) -> AttemptOutcome:
+        """Wait for the attempt to end; honours ``timeout_s`` (-> ``timed_out``)."""
+        ...
 
-    async def cancel(self, grace_s: float | None = None) -> None: ...
+    async def cancel(self, grace_s: float | None = None) -> None:
+        """SIGTERM the process group, SIGKILL after grace; ``wait()`` then returns ``cancelled``."""
+        ...
 
 
 class Backend(Protocol):
