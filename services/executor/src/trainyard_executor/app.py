@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 from faststream.asgi import AsgiFastStream
 
 from trainyard_contracts import ExecutorCommand
+from trainyard_executor.backends.base import Backend
 from trainyard_executor.backends.local import LocalBackend
 from trainyard_executor.backends.runtime_env import RuntimeEnvCache
 from trainyard_executor.core import ExecutorCore
@@ -26,6 +28,26 @@ from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing
 
 log = logging.getLogger("trainyard.executor")
+
+
+def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
+    """The one backend of this executor (TRAINYARD_EXECUTOR_BACKEND=local|docker|podman)."""
+    if settings.backend == "local":
+        return LocalBackend(
+            root=data / "executor" / settings.id,
+            runtime_env_cache=RuntimeEnvCache(data / "runtime-envs"),
+        )
+    from trainyard_executor.backends.docker import DockerBackend
+
+    return DockerBackend(
+        base_url=settings.docker_host if settings.backend == "docker" else settings.podman_socket,
+        name=settings.backend,
+        executor_id=settings.id,
+        default_image=settings.default_image,
+        keep_failed=settings.keep_failed_containers,
+        init=settings.container_init,
+        gpus=settings.gpu or 0,
+    )
 
 
 def create_app(
@@ -60,10 +82,7 @@ def create_app(
         buckets = await connect_and_declare(sb, common)
         data = common.resolved_data_dir()
         store = JobStore(buckets.jobs)
-        backend = LocalBackend(
-            root=data / "executor" / settings.id,
-            runtime_env_cache=RuntimeEnvCache(data / "runtime-envs"),
-        )
+        backend = make_backend(settings, data)
         executor = ExecutorCore(
             store=store,
             events=EventPublisher(broker, subjects),
@@ -86,6 +105,11 @@ def create_app(
     async def start_executor() -> None:
         executor, store = core(), state["store"]
         assert isinstance(store, JobStore)
+        reap = getattr(executor.backend, "reap_orphans", None)
+        if reap is not None:  # containers left from before a restart: their attempts are requeued
+            reaped = await reap(settings.grace_seconds)
+            if reaped:
+                log.warning("stopped containers left from before a restart", extra={"count": len(reaped)})
         # one ordered read of the bucket, not a get per key
         view = JobView(store.kv)
         await view.start()

@@ -188,6 +188,11 @@ class ExecutorCore:
                 runtime_pip=tuple(spec.runtime_env.pip) if spec.runtime_env else (),
                 output_subdir=spec.outputs.path if spec.outputs else "outputs",
                 grace_s=self.settings.grace_seconds,
+                image=spec.image,
+                cpu=spec.resources.cpu,
+                memory_mb=spec.resources.memory,
+                gpu=spec.resources.gpu,
+                inherited_env=tuple(k for k in (*self.settings.passthrough_env, "PATH") if k not in spec.env),
             )
             await shipper.system(f"attempt {attempt} starting on {self.me}: {launch.argv}")
             local.handle = await self.backend.start(launch, shipper.line)

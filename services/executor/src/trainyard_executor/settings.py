@@ -44,7 +44,23 @@ class ExecutorSettings(HttpSettings):
         description="unique per executor; its command subject and lease key",
     )
     pool: str = "default"
-    backend: str = Field("local", pattern="^(local)$")
+    backend: str = Field("local", pattern="^(local|docker|podman)$")
+    docker_host: str | None = Field(
+        None, description="the docker backend's engine URL (default: DOCKER_HOST or the local socket)"
+    )
+    podman_socket: str = Field(
+        "unix:///run/podman/podman.sock",
+        description="Podman's Docker-compatible API (podman system service) for the podman backend",
+    )
+    default_image: str | None = Field(
+        None, description="container backends: the image of a job spec that names none"
+    )
+    keep_failed_containers: bool = Field(
+        False, description="container backends, for debugging: keep a failed or timed-out container"
+    )
+    container_init: bool = Field(
+        True, description="container backends: an init as PID 1 (docker-init, catatonit) passes signals on"
+    )
     cpu: float | None = Field(None, gt=0, description="advertised CPUs (default: detected)")
     memory: int | None = Field(None, gt=0, description="advertised MiB (default: detected)")
     gpu: int | None = Field(None, ge=0, description="advertised GPUs (default: detected)")

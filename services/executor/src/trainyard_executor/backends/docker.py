@@ -1,0 +1,518 @@
+"""Container backends: one container per attempt, through the Docker Engine API.
+
+The same class serves Docker and Podman (``podman system service`` speaks the Docker API); the one
+difference that matters is that every Podman container needs explicit nofile/nproc ulimits.
+
+The docker client is synchronous. Every call that can block runs in a thread of its own (not the
+loop's default executor, which a few long log streams and waits would exhaust) and hands its
+result back to the event loop; log chunks are fed into an ``asyncio.StreamReader`` so lines are
+split exactly as the local backend splits them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import DeviceRequest, Ulimit
+
+from trainyard_executor.backends.base import AttemptLaunch, AttemptOutcome, LineSink, Resources
+from trainyard_executor.backends.local import _pump
+from trainyard_executor.backends.source import checkout
+
+log = logging.getLogger("trainyard.executor.docker")
+
+T = TypeVar("T")
+
+LABEL_JOB = "trainyard.job_id"
+LABEL_ATTEMPT = "trainyard.attempt"
+LABEL_EXECUTOR = "trainyard.executor"
+WORK_MOUNT = "/trainyard/work"
+OUTPUTS_MOUNT = "/trainyard/outputs"
+# without these every Podman container fails with "error setting rlimit type 7"
+PODMAN_ULIMITS: tuple[tuple[str, int, int], ...] = (("nofile", 20000, 20000), ("nproc", 32768, 32768))
+# executor variables that name things on the executor's host: an image has its own
+HOST_ONLY_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TMPDIR",
+        "VIRTUAL_ENV",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "PIP_CERT",
+    }
+)
+MIN_MEMORY_MB = 6  # the engine refuses smaller limits
+LOG_DRAIN_S = 30.0  # after the exit, how long the log streams may take to deliver their tail
+CAPACITY_RETRY_S = 10.0
+POOL_SIZE = 64  # each running attempt keeps three connections open (two log streams, one wait)
+
+
+@dataclass(frozen=True)
+class RunningContainer:
+    """A container this backend started, found by its labels."""
+
+    job_id: str
+    attempt: int
+    container_id: str
+    executor_id: str
+    state: str
+
+
+def _in_thread(fn: Callable[..., T], *args: Any, name: str = "docker", **kwargs: Any) -> asyncio.Future[T]:
+    """Run a blocking call in a daemon thread of its own; its result arrives as a future."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def run() -> None:
+        try:
+            result: Any = fn(*args, **kwargs)
+            ok = True
+        except BaseException as exc:
+            result, ok = exc, False
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+def _explain(exc: BaseException) -> str:
+    if isinstance(exc, APIError) and exc.explanation:
+        return str(exc.explanation)
+    return str(exc) or type(exc).__name__
+
+
+def image_missing_reason(image: str) -> str:
+    return f"image not found: {image} — build or pull it first"
+
+
+class FinishedAttempt:
+    """An attempt that ended before a container ran (no image, refused by the engine, ...)."""
+
+    pid: int | None = None
+    container_id: str | None = None
+
+    def __init__(self, reason: str, output_dir: Path, exit_code: int | None = None) -> None:
+        self.outcome = AttemptOutcome("failed", exit_code, reason, output_dir)
+
+    async def wait(self) -> AttemptOutcome:
+        return self.outcome
+
+    async def cancel(self, grace_s: float | None = None) -> None:
+        return None
+
+
+class ContainerAttempt:
+    def __init__(
+        self,
+        backend: DockerBackend,
+        container: Any,
+        launch: AttemptLaunch,
+        output_dir: Path,
+        on_line: LineSink,
+    ) -> None:
+        self.backend = backend
+        self.container = container
+        self.container_id: str = container.id
+        self.pid: int | None = (container.attrs.get("State") or {}).get("Pid") or None
+        self.launch = launch
+        self.output_dir = output_dir
+        self._cancelled = False
+        self._timed_out = False
+        self._stopping: asyncio.Future[Any] | None = None
+        self._streams: list[Any] = []
+        self._exit = _in_thread(self._wait_blocking, name=f"wait-{launch.job_id}")
+        self._pumps = [
+            asyncio.create_task(_pump(self._follow(name), name, on_line)) for name in ("stdout", "stderr")
+        ]
+
+    # -- blocking parts (threads) -------------------------------------------------------------
+
+    def _wait_blocking(self) -> tuple[int, str | None, bool]:
+        result = self.container.wait()
+        oom = False
+        with contextlib.suppress(DockerException):
+            self.container.reload()
+            oom = bool((self.container.attrs.get("State") or {}).get("OOMKilled"))
+        error = (result.get("Error") or {}).get("Message") if isinstance(result.get("Error"), dict) else None
+        return int(result.get("StatusCode", -1)), error, oom
+
+    def _follow(self, name: str) -> asyncio.StreamReader:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+
+        def stream() -> None:
+            try:
+                chunks = self.container.logs(
+                    stream=True, follow=True, stdout=name == "stdout", stderr=name == "stderr"
+                )
+                self._streams.append(chunks)
+                for chunk in chunks:
+                    loop.call_soon_threadsafe(reader.feed_data, chunk)
+            except Exception as exc:  # the engine went away: the wait reports it
+                log.debug("log stream ended", extra={"job_id": self.launch.job_id, "error": str(exc)})
+            finally:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(reader.feed_eof)
+
+        threading.Thread(target=stream, name=f"logs-{name}-{self.launch.job_id}", daemon=True).start()
+        return reader
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    async def wait(self) -> AttemptOutcome:
+        try:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exit), self.launch.timeout_s)
+            except TimeoutError:
+                self._timed_out = True
+                self._stop(self.launch.grace_s)
+            code, error, oom = await self._exit
+        except Exception as exc:
+            await self._drain()
+            return AttemptOutcome("failed", None, f"lost the container: {_explain(exc)}", self.output_dir)
+        await self._drain()
+        if self._stopping is not None:
+            with contextlib.suppress(Exception):
+                await self._stopping
+        outcome = self._outcome(code, error, oom)
+        if outcome.kind in ("succeeded", "cancelled") or not self.backend.keep_failed:
+            await self.backend._remove(self.container_id)
+        return outcome
+
+    async def cancel(self, grace_s: float | None = None) -> None:
+        self._cancelled = True
+        self._stop(self.launch.grace_s if grace_s is None else grace_s)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _stop(self, grace_s: float) -> None:
+        """The engine's own stop: its stop signal (SIGTERM), then SIGKILL after the grace."""
+        if self._stopping is None and not self._exit.done():
+            self._stopping = _in_thread(
+                self.container.stop, timeout=max(0, math.ceil(grace_s)), name=f"stop-{self.launch.job_id}"
+            )
+
+    async def _drain(self) -> None:
+        """Every line up to the exit; a stream that does not end by itself is closed."""
+        _, pending = await asyncio.wait(self._pumps, timeout=LOG_DRAIN_S)
+        if pending:
+            for stream in list(self._streams):
+                with contextlib.suppress(Exception):
+                    stream.close()
+            await asyncio.wait(pending, timeout=5)
+            for task in pending:
+                task.cancel()
+
+    def _outcome(self, code: int, error: str | None, oom: bool) -> AttemptOutcome:
+        out = self.output_dir
+        if self._timed_out:
+            return AttemptOutcome("timed_out", code, f"timed out after {self.launch.timeout_s:g}s", out)
+        if self._cancelled:
+            return AttemptOutcome("cancelled", code, "cancelled", out)
+        if code == 0:
+            return AttemptOutcome("succeeded", 0, "exit code 0", out)
+        if oom:
+            limit = f" (limit {self.launch.memory_mb} MiB)" if self.launch.memory_mb else ""
+            return AttemptOutcome("failed", code, f"killed: out of memory{limit}, exit code {code}", out)
+        reason = f"exit code {code}"
+        if code in (126, 127):  # what an init or a shell says when it cannot run the program
+            what = "not found" if code == 127 else "not executable"
+            reason += f" (command {what}? argv[0] is {self.launch.argv[0]!r})"
+        if 128 < code <= 128 + 64 and (code - 128) in signal.Signals._value2member_map_:
+            reason += f" (killed by signal {signal.Signals(code - 128).name})"
+        if error:
+            reason += f": {error}"
+        return AttemptOutcome("failed", code, reason, out)
+
+
+class DockerBackend:
+    """Attempts as containers on a Docker (or Podman, ``name="podman"``) engine."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any] | None = None,
+        *,
+        base_url: str | None = None,
+        name: str = "docker",
+        executor_id: str = "",
+        default_image: str | None = None,
+        keep_failed: bool = False,
+        init: bool = True,
+        gpus: int = 0,
+        ulimits: tuple[tuple[str, int, int], ...] | None = None,
+    ) -> None:
+        if client_factory is None:
+
+            def client_factory() -> Any:
+                if base_url:
+                    return docker.DockerClient(base_url=base_url, max_pool_size=POOL_SIZE)
+                return docker.from_env(max_pool_size=POOL_SIZE)
+
+        self._factory = client_factory
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self.base_url = base_url
+        self.name = name
+        self.executor_id = executor_id
+        self.default_image = default_image
+        self.keep_failed = keep_failed
+        self.init = init
+        self.gpus = gpus
+        self.ulimits = ulimits if ulimits is not None else (PODMAN_ULIMITS if name == "podman" else ())
+        self._capacity: Resources | None = None
+        self._capacity_tried = 0.0
+
+    @property
+    def client(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._factory()
+            return self._client
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except DockerException as exc:
+            log.debug("engine not reachable", extra={"backend": self.name, "error": str(exc)})
+            return False
+
+    # -- capacity -----------------------------------------------------------------------------
+
+    def capacity(self) -> Resources:
+        """The engine's CPUs and memory (``docker info``); GPUs only as configured.
+
+        Asked once and kept (the heartbeat calls this every period); while the engine cannot be
+        reached the capacity is zero, so nothing is placed here, and it is asked again later.
+        """
+        if self._capacity is not None:
+            return self._capacity
+        now = time.monotonic()
+        if now - self._capacity_tried < CAPACITY_RETRY_S and self._capacity_tried:
+            return Resources(cpu=0.0, memory_mb=0, gpu=0)
+        self._capacity_tried = now
+        try:
+            info = self.client.info()
+        except DockerException as exc:
+            log.warning("container engine not reachable", extra={"backend": self.name, "error": str(exc)})
+            return Resources(cpu=0.0, memory_mb=0, gpu=0)
+        self._capacity = Resources(
+            cpu=float(info.get("NCPU") or 0),
+            memory_mb=int(info.get("MemTotal") or 0) // (1024 * 1024),
+            gpu=self.gpus,
+        )
+        return self._capacity
+
+    # -- starting -----------------------------------------------------------------------------
+
+    def container_name(self, launch: AttemptLaunch) -> str:
+        return f"trainyard-{launch.job_id}-{launch.attempt}"
+
+    def labels(self, launch: AttemptLaunch) -> dict[str, str]:
+        return {
+            LABEL_JOB: launch.job_id,
+            LABEL_ATTEMPT: str(launch.attempt),
+            LABEL_EXECUTOR: self.executor_id,
+        }
+
+    def container_env(self, launch: AttemptLaunch, workdir: str) -> dict[str, str]:
+        env = {k: v for k, v in launch.env.items() if not (k in HOST_ONLY_ENV and k in launch.inherited_env)}
+        env["TRAINYARD_OUTPUT_DIR"] = OUTPUTS_MOUNT
+        env["TRAINYARD_WORKDIR"] = workdir
+        return env
+
+    def container_config(
+        self, launch: AttemptLaunch, image: str, output_dir: Path, source_dir: Path | None
+    ) -> dict[str, Any]:
+        """The keyword arguments of ``containers.create`` for one attempt (pure; no engine call).
+
+        argv is the whole command line (it replaces the image's entrypoint, as a Kubernetes
+        ``command`` does); without a git source the image's own working dir applies.
+        """
+        workdir = WORK_MOUNT
+        if source_dir is not None:
+            workdir = f"{WORK_MOUNT}/{source_dir.relative_to(launch.workdir).as_posix()}"
+        config: dict[str, Any] = {
+            "image": image,
+            "entrypoint": launch.argv[:1],
+            "command": launch.argv[1:],
+            "environment": self.container_env(launch, workdir),
+            "labels": self.labels(launch),
+            "name": self.container_name(launch),
+            "detach": True,
+            "stdin_open": False,
+            "tty": False,
+            "init": self.init,
+            "volumes": {
+                str(launch.workdir.resolve()): {"bind": WORK_MOUNT, "mode": "rw"},
+                str(output_dir.resolve()): {"bind": OUTPUTS_MOUNT, "mode": "rw"},
+            },
+        }
+        if source_dir is not None:
+            config["working_dir"] = workdir
+        if launch.cpu:
+            cpu = launch.cpu
+            engine_cpus = self._capacity.cpu if self._capacity is not None else 0
+            if engine_cpus:
+                cpu = min(cpu, engine_cpus)  # the engine refuses more than it has
+            config["nano_cpus"] = int(cpu * 1e9)
+        if launch.memory_mb:
+            config["mem_limit"] = f"{max(launch.memory_mb, MIN_MEMORY_MB)}m"
+        if launch.gpu > 0:
+            config["device_requests"] = [DeviceRequest(count=launch.gpu, capabilities=[["gpu"]])]
+        if self.ulimits:
+            config["ulimits"] = [Ulimit(name=n, soft=s, hard=h) for n, s, h in self.ulimits]
+        return config
+
+    async def start(self, launch: AttemptLaunch, on_line: LineSink) -> ContainerAttempt | FinishedAttempt:
+        launch.workdir.mkdir(parents=True, exist_ok=True)
+        source_dir = None
+        if launch.source_repo and launch.source_commit:
+            source_dir = launch.workdir / "src"
+            if not (source_dir / ".git").exists():
+                await checkout(launch.source_repo, launch.source_commit, source_dir)
+        output_dir = (source_dir or launch.workdir) / launch.output_subdir
+        output_dir.mkdir(parents=True, exist_ok=True)
+        output_dir.chmod(0o777)  # the image's user may not be the executor's
+        image = launch.image or self.default_image
+        if not image:
+            return FinishedAttempt(
+                f"no image: the job spec names none and this {self.name} executor has no default image",
+                output_dir,
+            )
+        if launch.runtime_pip:
+            return FinishedAttempt(
+                f"runtime_env.pip is not supported by the {self.name} backend: "
+                "install the packages in the image",
+                output_dir,
+            )
+        if self._capacity is None:
+            await _in_thread(self.capacity, name="docker-info")
+        config = self.container_config(launch, image, output_dir, source_dir)
+        try:
+            container = await _in_thread(self._create_and_start, config, name=f"start-{launch.job_id}")
+        except ImageNotFound:
+            return FinishedAttempt(image_missing_reason(image), output_dir)
+        except _AlreadyRunning as exc:
+            return FinishedAttempt(str(exc), output_dir)
+        except DockerException as exc:
+            return FinishedAttempt(f"could not start the container: {_explain(exc)}", output_dir)
+        return ContainerAttempt(self, container, launch, output_dir, on_line)
+
+    def _create_and_start(self, config: Mapping[str, Any]) -> Any:
+        client = self.client
+        client.images.get(config["image"])  # ImageNotFound before anything is created
+        try:
+            container = client.containers.create(**config)
+        except APIError as exc:
+            if exc.status_code != 409:
+                raise
+            # a container of this very attempt exists: never run an attempt twice at once
+            old = client.containers.get(config["name"])
+            if old.status in ("running", "restarting", "paused"):
+                raise _AlreadyRunning(
+                    f"attempt already runs in container {old.short_id} ({config['name']})"
+                ) from exc
+            old.remove(force=True)
+            container = client.containers.create(**config)
+        try:
+            container.start()
+            container.reload()
+        except BaseException:
+            with contextlib.suppress(DockerException):
+                container.remove(force=True)
+            raise
+        return container
+
+    async def _remove(self, container_id: str) -> None:
+        try:
+            await _in_thread(self._remove_blocking, container_id, name="remove")
+        except DockerException as exc:
+            log.warning("could not remove a container", extra={"container": container_id, "error": str(exc)})
+
+    def _remove_blocking(self, container_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            self.client.api.remove_container(container_id, force=True, v=True)
+
+    # -- after a restart ----------------------------------------------------------------------
+
+    def list_running(
+        self, all_executors: bool = False, include_stopped: bool = False
+    ) -> list[RunningContainer]:
+        """(job id, attempt, container id) of the attempts running on the engine, from labels.
+
+        Only this executor's unless ``all_executors``; blocking (call it through a thread from
+        async code).
+        """
+        labels = [LABEL_JOB] if all_executors else [f"{LABEL_EXECUTOR}={self.executor_id}"]
+        found = []
+        for c in self.client.containers.list(all=include_stopped, sparse=True, filters={"label": labels}):
+            attrs = c.attrs
+            tags = attrs.get("Labels") or {}
+            if LABEL_JOB not in tags:
+                continue
+            state = attrs.get("State")
+            found.append(
+                RunningContainer(
+                    job_id=tags[LABEL_JOB],
+                    attempt=int(tags.get(LABEL_ATTEMPT) or 0),
+                    container_id=c.id,
+                    executor_id=tags.get(LABEL_EXECUTOR, ""),
+                    state=state if isinstance(state, str) else str((state or {}).get("Status", "")),
+                )
+            )
+        return found
+
+    async def reap_orphans(self, grace_s: float) -> list[RunningContainer]:
+        """At start-up nothing runs here yet: every container of this executor is left over.
+
+        Running ones are stopped with the grace period and removed (their attempts are requeued
+        by the executor's recovery), so an attempt never runs twice at once; stopped ones are
+        removed too unless failed containers are kept for debugging.
+        """
+        found = await _in_thread(self.list_running, include_stopped=True, name="list")
+        running = [c for c in found if c.state == "running"]
+
+        async def reap(c: RunningContainer) -> None:
+            with contextlib.suppress(NotFound):
+                await _in_thread(
+                    self.client.api.stop, c.container_id, timeout=max(0, math.ceil(grace_s)), name="stop"
+                )
+            await self._remove(c.container_id)
+
+        victims = running if self.keep_failed else found
+        await asyncio.gather(*(reap(c) for c in victims), return_exceptions=True)
+        return victims
+
+
+class _AlreadyRunning(DockerException):
+    pass
+
+
+def podman_backend(socket: str = "unix:///run/podman/podman.sock", **kwargs: Any) -> DockerBackend:
+    """The docker backend pointed at ``podman system service`` (with Podman's ulimits)."""
+    return DockerBackend(base_url=socket, name="podman", **kwargs)

@@ -1,0 +1,447 @@
+"""The docker and podman backends against real engines, and a job through the services on Docker.
+
+Every engine test runs once per engine (markers ``docker`` / ``podman``) and is skipped only when
+that engine cannot be reached: ``.ci/run`` installs and starts both (dockerd; ``podman system
+service`` on /run/podman/podman.sock). The test image is a 2 MB busybox built here from Debian's
+busybox-static (``tests/images/build_busybox.sh``); a fixture builds it when it is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from docker.errors import ImageNotFound, NotFound
+
+from trainyard_executor.backends.base import AttemptLaunch, Resources
+from trainyard_executor.backends.docker import (
+    LABEL_ATTEMPT,
+    LABEL_EXECUTOR,
+    LABEL_JOB,
+    OUTPUTS_MOUNT,
+    DockerBackend,
+    image_missing_reason,
+)
+
+T = TypeVar("T")
+IMAGE = "trainyard-test/busybox:1"
+BUILD_SCRIPT = Path(__file__).parent / "images" / "build_busybox.sh"
+ENGINE_URLS = {
+    "docker": os.environ.get("TRAINYARD_TEST_DOCKER_HOST"),  # None: DOCKER_HOST or the local socket
+    "podman": os.environ.get("TRAINYARD_TEST_PODMAN_SOCKET", "unix:///run/podman/podman.sock"),
+}
+# CI may insist (TRAINYARD_TEST_REQUIRE_ENGINES=docker,podman): then an unreachable engine fails
+REQUIRED = set(filter(None, os.environ.get("TRAINYARD_TEST_REQUIRE_ENGINES", "").split(",")))
+_ready: dict[str, str] = {}  # engine -> "" when usable, else why it is skipped
+
+
+def _engine_ready(engine: str) -> str:
+    """'' when the engine answers and has the test image (built here if missing), else a reason."""
+    if engine in _ready:
+        return _ready[engine]
+    url = ENGINE_URLS[engine]
+    backend = DockerBackend(base_url=url, name=engine)
+    try:
+        backend.client.ping()
+    except Exception as exc:
+        _ready[engine] = f"{engine} engine not reachable at {url or 'DOCKER_HOST/default socket'}: {exc}"
+        return _ready[engine]
+    try:
+        backend.client.images.get(IMAGE)
+    except ImageNotFound:
+        env = dict(os.environ, IMAGE=IMAGE)
+        if engine == "docker" and url:
+            env["DOCKER_HOST"] = url
+        # (podman: the CLI imports into the same local storage the API service serves)
+        built = subprocess.run(
+            ["bash", str(BUILD_SCRIPT), engine], capture_output=True, text=True, env=env, check=False
+        )
+        if built.returncode != 0:
+            pytest.fail(f"could not build {IMAGE} for {engine}: {built.stderr or built.stdout}")
+    _ready[engine] = ""
+    return ""
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("docker", marks=pytest.mark.docker),
+        pytest.param("podman", marks=pytest.mark.podman),
+    ]
+)
+def engine(request: pytest.FixtureRequest) -> str:
+    reason = _engine_ready(request.param)
+    if reason and request.param in REQUIRED:
+        pytest.fail(f"{reason} (required by TRAINYARD_TEST_REQUIRE_ENGINES)")
+    if reason:
+        pytest.skip(reason)
+    return request.param
+
+
+@pytest.fixture
+def backend(engine: str) -> DockerBackend:
+    return DockerBackend(
+        base_url=ENGINE_URLS[engine], name=engine, executor_id=f"test-{uuid.uuid4().hex[:8]}"
+    )
+
+
+def make_launch(tmp_path: Path, argv: list[str], **kw: Any) -> AttemptLaunch:
+    job_id = kw.pop("job_id", "job" + uuid.uuid4().hex[:12])
+    defaults: dict[str, Any] = {
+        "job_id": job_id,
+        "attempt": 1,
+        "argv": argv,
+        "env": {"TRAINYARD_JOB_ID": job_id, "TRAINYARD_ATTEMPT": "1"},
+        "workdir": tmp_path / "work" / job_id / "attempt-1",
+        "timeout_s": None,
+        "grace_s": 5.0,
+        "image": IMAGE,
+        "cpu": 1.0,
+        "memory_mb": 64,
+    }
+    defaults.update(kw)
+    return AttemptLaunch(**defaults)
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, str]] = []
+
+    async def __call__(self, stream: str, text: str) -> None:
+        self.got.append((stream, text))
+
+    def of(self, stream: str) -> list[str]:
+        return [text for s, text in self.got if s == stream]
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while loop.time() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+def gone(backend: DockerBackend, container_id: str) -> bool:
+    try:
+        backend.client.containers.get(container_id)
+    except NotFound:
+        return True
+    return False
+
+
+# -- the backend against each engine -------------------------------------------------------------
+
+
+async def test_success_with_env_and_an_output_file_seen_on_the_host(backend, tmp_path):
+    script = (
+        'echo "hello $GREETING from $TRAINYARD_JOB_ID";'
+        'echo "path=$PATH home=${HOME:-unset}";'
+        'echo weights > "$TRAINYARD_OUTPUT_DIR/model.txt"'
+    )
+    launch = make_launch(
+        tmp_path,
+        ["sh", "-c", script],
+        env={"GREETING": "world", "TRAINYARD_JOB_ID": "j1", "PATH": "/host/venv/bin:/usr/bin"},
+        inherited_env=("PATH", "HOME"),  # the executor's own PATH means nothing in the image
+    )
+    lines = Lines()
+    attempt = await backend.start(launch, lines)
+    outcome = await attempt.wait()
+    assert (outcome.kind, outcome.exit_code, outcome.reason) == ("succeeded", 0, "exit code 0"), lines.got
+    assert outcome.output_dir == launch.workdir / "outputs"  # the host path, for the registry
+    assert (outcome.output_dir / "model.txt").read_text() == "weights\n"
+    assert lines.of("stdout")[0] == "hello world from j1"
+    assert lines.of("stdout")[1] == "path=/bin home=/root"  # the image's PATH, not the host's
+    assert gone(backend, attempt.container_id)
+
+
+async def test_stdout_and_stderr_lines_arrive_in_order(backend, tmp_path):
+    script = "i=1; while [ $i -le 200 ]; do echo out $i; echo err $i >&2; i=$((i+1)); done; printf tail"
+    lines = Lines()
+    outcome = await (await backend.start(make_launch(tmp_path, ["sh", "-c", script]), lines)).wait()
+    assert outcome.kind == "succeeded"
+    assert lines.of("stdout") == [f"out {i}" for i in range(1, 201)] + ["tail"]
+    assert lines.of("stderr") == [f"err {i}" for i in range(1, 201)]
+
+
+async def test_a_non_zero_exit_code_fails_the_attempt(backend, tmp_path):
+    lines = Lines()
+    attempt = await backend.start(make_launch(tmp_path, ["sh", "-c", "echo hi; exit 3"]), lines)
+    outcome = await attempt.wait()
+    assert (outcome.kind, outcome.exit_code, outcome.reason) == ("failed", 3, "exit code 3")
+    assert lines.of("stdout") == ["hi"]
+    assert gone(backend, attempt.container_id)
+
+
+async def test_a_timeout_stops_the_container_and_removes_it(backend, tmp_path):
+    launch = make_launch(tmp_path, ["sh", "-c", "echo started; sleep 60"], timeout_s=1.0, grace_s=1.0)
+    lines = Lines()
+    attempt = await backend.start(launch, lines)
+    outcome = await attempt.wait()
+    assert outcome.kind == "timed_out" and outcome.reason == "timed out after 1s"
+    assert lines.of("stdout") == ["started"]
+    assert gone(backend, attempt.container_id)
+
+
+async def test_cancel_sends_term_and_waits_out_the_grace_period(backend, tmp_path):
+    # sh's trap runs on TERM (the init passes it on) and proves the job got its grace period
+    script = (
+        f"trap 'echo got-term > {OUTPUTS_MOUNT}/marker; echo cleaning up; exit 0' TERM;"
+        "echo ready; sleep 60 & wait"
+    )
+    lines = Lines()
+    attempt = await backend.start(make_launch(tmp_path, ["sh", "-c", script], grace_s=30.0), lines)
+
+    async def ready() -> bool:
+        return "ready" in lines.of("stdout")
+
+    await eventually(ready, 30, "the job's ready line")
+    await attempt.cancel(20.0)
+    outcome = await attempt.wait()
+    assert outcome.kind == "cancelled" and outcome.exit_code == 0  # it ended by itself, in time
+    assert (outcome.output_dir / "marker").read_text() == "got-term\n"
+    assert lines.of("stdout") == ["ready", "cleaning up"]
+    assert gone(backend, attempt.container_id)
+
+
+async def test_a_missing_image_fails_with_a_reason_and_no_exception(backend, tmp_path):
+    launch = make_launch(tmp_path, ["true"], image="trainyard-test/no-such-image:0")
+    attempt = await backend.start(launch, Lines())
+    outcome = await attempt.wait()
+    assert outcome.kind == "failed" and outcome.exit_code is None
+    assert outcome.reason == image_missing_reason("trainyard-test/no-such-image:0")
+    assert "build or pull it first" in outcome.reason
+
+
+async def test_a_command_missing_from_the_image_fails_with_the_init_s_complaint(backend, engine, tmp_path):
+    lines = Lines()
+    attempt = await backend.start(make_launch(tmp_path, ["no-such-program", "x"]), lines)
+    outcome = await attempt.wait()
+    assert outcome.kind == "failed"
+    # the init as PID 1 fails to exec it: docker-init (tini) exits 127, podman's catatonit 1
+    if engine == "docker":
+        assert outcome.reason == "exit code 127 (command not found? argv[0] is 'no-such-program')"
+    else:
+        assert outcome.exit_code != 0
+    assert any("exec" in line and "No such file" in line for line in lines.of("stderr")), lines.got
+    assert gone(backend, attempt.container_id)
+    assert not backend.list_running(include_stopped=True)  # nothing left behind
+
+
+async def test_labels_limits_and_list_running_of_a_running_attempt(backend, engine, tmp_path):
+    launch = make_launch(
+        tmp_path, ["sh", "-c", "echo up; sleep 60"], attempt=2, cpu=0.5, memory_mb=96, grace_s=0
+    )
+    lines = Lines()
+    attempt = await backend.start(launch, lines)
+    try:
+        attrs = backend.client.api.inspect_container(attempt.container_id)
+        labels = attrs["Config"]["Labels"]
+        assert labels[LABEL_JOB] == launch.job_id and labels[LABEL_ATTEMPT] == "2"
+        assert labels[LABEL_EXECUTOR] == backend.executor_id
+        host = attrs["HostConfig"]
+        assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 96 * 1024 * 1024
+        assert attrs["Config"]["Env"].count(f"TRAINYARD_OUTPUT_DIR={OUTPUTS_MOUNT}") == 1
+        if engine == "podman":
+            limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in host["Ulimits"]}
+            assert limits["RLIMIT_NOFILE" if "RLIMIT_NOFILE" in limits else "nofile"] == (20000, 20000)
+        running = backend.list_running()
+        assert [(r.job_id, r.attempt, r.container_id) for r in running] == [
+            (launch.job_id, 2, attempt.container_id)
+        ]
+        other = DockerBackend(base_url=backend.base_url, name=engine, executor_id="someone-else")
+        assert launch.job_id not in {r.job_id for r in other.list_running()}
+        assert launch.job_id in {r.job_id for r in other.list_running(all_executors=True)}
+    finally:
+        await attempt.cancel(0)
+        outcome = await attempt.wait()
+    assert outcome.kind == "cancelled"
+    assert backend.list_running() == []
+
+
+async def test_a_restarted_executor_reaps_the_containers_it_left(backend, engine, tmp_path):
+    lines = Lines()
+    attempt = await backend.start(make_launch(tmp_path, ["sh", "-c", "echo up; sleep 60"]), lines)
+    assert [r.container_id for r in backend.list_running()] == [attempt.container_id]
+    # the executor "restarts": a new backend object with the same executor id
+    again = DockerBackend(base_url=backend.base_url, name=engine, executor_id=backend.executor_id)
+    reaped = await again.reap_orphans(grace_s=0)
+    assert [r.container_id for r in reaped] == [attempt.container_id]
+    assert again.list_running(include_stopped=True) == []
+    outcome = await attempt.wait()  # the old handle sees its container stopped under it
+    assert outcome.kind == "failed"
+
+
+async def test_capacity_comes_from_the_engine(backend):
+    cap = backend.capacity()
+    info = backend.client.info()
+    assert cap == Resources(cpu=float(info["NCPU"]), memory_mb=info["MemTotal"] // 2**20, gpu=0)
+    assert cap.cpu >= 1 and cap.memory_mb > 100
+
+
+# -- the create request itself (no engine) ---------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_container_config_carries_limits_gpus_labels_and_no_host_paths(tmp_path):
+    podman = DockerBackend(client_factory=lambda: None, name="podman", executor_id="exec-p")
+    podman._capacity = Resources(cpu=2.0, memory_mb=4096, gpu=0)
+    launch = make_launch(
+        tmp_path,
+        ["python", "train.py", "--lr", "0.1"],
+        job_id="jobx",
+        env={"PATH": "/host/bin", "HOME": "/root", "LANG": "C.UTF-8", "TZ": "UTC", "A": "1"},
+        inherited_env=("PATH", "LANG"),  # HOME came from the spec: it stays
+        cpu=8.0,
+        memory_mb=2,
+        gpu=2,
+    )
+    out = launch.workdir / "outputs"
+    config = podman.container_config(launch, "img:1", out, None)
+    assert config["entrypoint"] == ["python"] and config["command"] == ["train.py", "--lr", "0.1"]
+    assert config["environment"] == {
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "TZ": "UTC",
+        "A": "1",
+        "TRAINYARD_OUTPUT_DIR": "/trainyard/outputs",
+        "TRAINYARD_WORKDIR": "/trainyard/work",
+    }
+    assert config["nano_cpus"] == 2_000_000_000  # no more than the engine has
+    assert config["mem_limit"] == "6m"  # the engine's minimum
+    [gpus] = config["device_requests"]
+    assert gpus["Count"] == 2 and gpus["Capabilities"] == [["gpu"]]
+    assert {(u["Name"], u["Soft"], u["Hard"]) for u in config["ulimits"]} == {
+        ("nofile", 20000, 20000),
+        ("nproc", 32768, 32768),
+    }
+    assert config["labels"] == {LABEL_JOB: "jobx", LABEL_ATTEMPT: "1", LABEL_EXECUTOR: "exec-p"}
+    assert config["volumes"][str(out.resolve())] == {"bind": "/trainyard/outputs", "mode": "rw"}
+    assert "working_dir" not in config  # the image's own
+    with_source = podman.container_config(launch, "img:1", out, launch.workdir / "src")
+    assert with_source["working_dir"] == "/trainyard/work/src"
+    docker_config = DockerBackend(client_factory=lambda: None).container_config(launch, "i", out, None)
+    assert "ulimits" not in docker_config and "nano_cpus" in docker_config
+
+
+@pytest.mark.unit
+async def test_no_image_anywhere_fails_with_a_reason(tmp_path):
+    backend = DockerBackend(client_factory=lambda: None, executor_id="e")
+    outcome = await (await backend.start(make_launch(tmp_path, ["true"], image=None), Lines())).wait()
+    assert outcome.kind == "failed" and outcome.reason.startswith("no image")
+
+
+# -- a job through scheduler and executor on a container engine ------------------------------------
+
+
+async def _submit(js: Any, subjects: Any, spec: Any) -> str:
+    from trainyard_contracts import JobSubmitted, lifecycle, new_job_id
+    from trainyard_contracts._time import utcnow
+
+    job_id = new_job_id()
+    kv = await js.key_value(subjects.buckets.jobs)
+    record = lifecycle.new_record(job_id, spec, utcnow(), "test")
+    await kv.create(job_id, record.model_dump_json().encode())
+    event = JobSubmitted(job_id=job_id, spec=spec, submitted_by="test")
+    await js.publish(
+        event.subject(subjects), event.model_dump_json().encode(), headers={"Nats-Msg-Id": event.msg_id()}
+    )
+    return job_id
+
+
+async def _stored(js: Any, subject: str, stream: str) -> list[Any]:
+    import nats
+    from nats.js.api import DeliverPolicy
+
+    if (await js.stream_info(stream)).state.messages == 0:
+        return []
+    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, stream=stream)
+    out = []
+    try:
+        while True:
+            out.append(await sub.next_msg(timeout=0.5))
+    except nats.errors.TimeoutError:
+        pass
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+@pytest.fixture
+async def nats_js(nats_server) -> AsyncIterator[Any]:
+    import nats
+
+    nc = await nats.connect(nats_server.url)
+    yield nc.jetstream()
+    await nc.drain()
+
+
+@pytest.mark.service
+async def test_a_job_with_an_image_runs_through_the_services(
+    engine, nats_server, prefix, nats_js, tmp_path, monkeypatch
+):
+    from trainyard_contracts import JobRecord, JobSpec, Subjects
+    from trainyard_executor.app import create_app as executor_app
+    from trainyard_executor.settings import ExecutorSettings
+    from trainyard_scheduler.app import create_app as scheduler_app
+    from trainyard_scheduler.settings import SchedulerSettings
+    from trainyard_shared.settings import CommonSettings
+
+    common = CommonSettings(
+        nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path / "data", log_format="text"
+    )
+    monkeypatch.setenv("TRAINYARD_EXECUTOR_BACKEND", engine)  # as a deployment selects it
+    settings = ExecutorSettings(
+        id=f"exec-{engine}-{uuid.uuid4().hex[:6]}",
+        cpu=2,
+        memory=2048,
+        gpu=0,
+        heartbeat_seconds=0.5,
+        lease_seconds=3,
+        grace_seconds=2,
+        docker_host=ENGINE_URLS["docker"],
+        podman_socket=ENGINE_URLS["podman"],
+    )
+    assert settings.backend == engine
+    subjects = Subjects(prefix)
+    script = 'echo "hello from $TRAINYARD_JOB_ID"; echo to-stderr >&2; echo w > "$TRAINYARD_OUTPUT_DIR/m.txt"'
+    spec = JobSpec(name="boxed", image=IMAGE, command=["sh", "-c", script], resources={"memory": 64})
+    sched = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    execu = executor_app(common, settings)
+    async with sched.start_lifespan_context(), execu.start_lifespan_context():
+        job_id = await _submit(nats_js, subjects, spec)
+        kv = await nats_js.key_value(subjects.buckets.jobs)
+
+        async def finished() -> JobRecord | None:
+            record = JobRecord.model_validate_json((await kv.get(job_id)).value)
+            return record if record.state.terminal else None
+
+        record = await eventually(finished, 60, f"job {job_id} finished")
+    assert record.state.value == "succeeded", record.reason
+    assert record.exit_code == 0 and record.attempts[0].executor_id == settings.id
+    assert record.outputs_uri
+    assert Path(record.outputs_uri.removeprefix("file://"), "m.txt").read_text() == "w\n"
+    events = await _stored(nats_js, subjects.job_events(job_id), subjects.streams.jobs)
+    assert [json.loads(m.data)["type"] for m in events] == [
+        "submitted",
+        "queued",
+        "scheduled",
+        "running",
+        "succeeded",
+    ]
+    chunks = await _stored(nats_js, subjects.logs_of(job_id), subjects.streams.logs)
+    lines = [(line["stream"], line["text"]) for m in chunks for line in json.loads(m.data)["lines"]]
+    assert ("stdout", f"hello from {job_id}") in lines and ("stderr", "to-stderr") in lines
+    leftover = DockerBackend(base_url=ENGINE_URLS[engine], name=engine, executor_id=settings.id)
+    assert leftover.list_running(include_stopped=True) == []
