@@ -7,6 +7,7 @@ from trainyard_contracts.commands import (
     EXECUTOR_COMMAND_ADAPTER,
     CancelAttempt,
     ExecutorCommand,
+    Rendezvous,
     StartAttempt,
 )
 from trainyard_contracts.events import (
@@ -32,6 +33,7 @@ from trainyard_contracts.events import (
     parse_job_event,
 )
 from trainyard_contracts.ids import is_job_id, new_job_id
+from trainyard_contracts.queues import DEFAULT_QUEUE, QueueConfig, Quota
 from trainyard_contracts.records import (
     AttemptInfo,
     AttemptRef,
@@ -64,6 +66,7 @@ from trainyard_contracts.states import (
 from trainyard_contracts.subjects import Subjects, msg_id
 
 __all__ = [
+    "DEFAULT_QUEUE",
     "EXECUTOR_COMMAND_ADAPTER",
     "JOB_EVENT_ADAPTER",
     "TERMINAL_EVENT_TYPES",
@@ -100,6 +103,9 @@ __all__ = [
     "ModelRegistered",
     "ModelVersionRecord",
     "Outputs",
+    "QueueConfig",
+    "Quota",
+    "Rendezvous",
     "Resources",
     "Retries",
     "RuntimeEnv",

@@ -21,9 +21,29 @@ class _Command(BaseModel):
     traceparent: str | None = None
 
 
+class Rendezvous(BaseModel):
+    """Where the ranks of a gang (``replicas > 1``) meet: torchrun's variables, set per rank.
+
+    The scheduler sends one ``StartAttempt`` per executor of the gang, each naming the global
+    ranks that executor runs; rank 0's host is the master.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    master_addr: str
+    master_port: int = Field(ge=1, le=65535)
+    world_size: int = Field(ge=1)
+    ranks: list[int] = Field(min_length=1, description="the global ranks this executor runs")
+
+
 class StartAttempt(_Command):
     type: Literal["start"] = "start"
     spec: JobSpec
+    rendezvous: Rendezvous | None = Field(
+        None,
+        description="a gang split across executors; None: this executor runs every replica itself "
+        "with a loopback rendezvous",
+    )
 
 
 class CancelAttempt(_Command):

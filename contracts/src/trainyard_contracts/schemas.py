@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 
 from trainyard_contracts.commands import ExecutorCommand
 from trainyard_contracts.events import IntakeReply, JobEvent, LogChunk
+from trainyard_contracts.queues import QueueConfig
 from trainyard_contracts.records import ExecutorHeartbeat, JobRecord, ModelVersionRecord
 from trainyard_contracts.spec import JobSpec
 
@@ -26,6 +27,7 @@ SCHEMAS: dict[str, Any] = {
     "executor-heartbeat": ExecutorHeartbeat,
     "log-chunk": LogChunk,
     "intake-reply": IntakeReply,
+    "queue-config": QueueConfig,
 }
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "schemas"

@@ -1,4 +1,9 @@
-"""The scheduler service: one durable consumer of job events, and a planning loop."""
+"""The scheduler service: one durable consumer of job events, and a planning loop.
+
+Several replicas may run. Each consumes job events (one shared durable consumer, so each event is
+handled once, by whichever replica pulls it; the handlers are compare-and-set idempotent). Only the
+replica holding the leader lease (leader.py) runs the planning loop and the reconciler.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,11 @@ import logging
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
 from faststream.nats import ConsumerConfig, PullSub
+from prometheus_client import Gauge
 
 from trainyard_contracts import TERMINAL_EVENT_TYPES, JobEvent
 from trainyard_scheduler.core import SchedulerCore
+from trainyard_scheduler.leader import LeaderLease
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import ensure_streams, open_buckets, streams
@@ -35,7 +42,7 @@ def create_app(
     sb = make_broker(common, "scheduler", tracer_provider=setup_tracing("scheduler"))
     broker, subjects = sb.broker, sb.subjects
     wake = asyncio.Event()
-    state: dict[str, object] = {}
+    state: dict[str, object] = {"registry": sb.registry}
 
     def core() -> SchedulerCore:
         return state["core"]  # type: ignore[return-value]
@@ -58,6 +65,28 @@ def create_app(
         if event.type in TERMINAL_EVENT_TYPES or event.type in ("submitted", "requeued"):
             wake.set()
 
+    leader_gauge = Gauge(
+        "trainyard_scheduler_leader",
+        "1 while this replica holds the scheduler lease (runs planning and reconciling), else 0",
+        ["replica"],
+        registry=sb.registry,
+    )
+    term_gauge = Gauge(
+        "trainyard_scheduler_leader_term",
+        "the term of the scheduler lease this replica holds or last held",
+        ["replica"],
+        registry=sb.registry,
+    )
+    leader_gauge.labels(replica=settings.replica_id).set(0)
+
+    def lease() -> LeaderLease:
+        return state["lease"]  # type: ignore[return-value]
+
+    def on_leadership(leader: bool, term: int) -> None:
+        leader_gauge.labels(replica=settings.replica_id).set(1 if leader else 0)
+        term_gauge.labels(replica=settings.replica_id).set(term)
+        wake.set()  # a new leader plans at once
+
     async def connect() -> None:
         await broker.connect()
         await ensure_streams(broker, subjects, common.stream_replicas)
@@ -68,6 +97,14 @@ def create_app(
         await view.start()
         view.on_change(lambda before, after: wake.set() if after.state.pending else None)
         state["view"] = view
+        leader = LeaderLease(
+            buckets.leases,
+            settings.replica_id,
+            lease_seconds=settings.lease_seconds,
+            renew_seconds=settings.renew_seconds,
+        )
+        leader.on_change(on_leadership)
+        state["lease"] = leader
         state["core"] = SchedulerCore(
             store,
             view,
@@ -75,31 +112,49 @@ def create_app(
             CommandSender(broker, subjects),
             ExecutorDirectory(buckets.executors),
             settings,
+            may_assign=lambda: leader.is_leader,
         )
 
     async def start_loop() -> None:
         state["task"] = asyncio.create_task(planning_loop(), name="planning-loop")
+        lease().start()
 
     async def planning_loop() -> None:
+        """Every replica runs this loop; only the leader's passes do anything."""
+        term = 0
         passes = 0
-        while True:
+        while not state.get("stopping"):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), settings.tick_seconds)
             wake.clear()
+            if state.get("stopping") or not lease().is_leader:
+                continue
             try:
+                takeover = lease().term != term
+                if takeover:  # a new term: see the last leader's writes before planning on them
+                    if not await core().catch_up(settings.lease_seconds):
+                        log.warning("job view not confirmed current after taking over; planning anyway")
+                    term, passes = lease().term, 0
                 await core().plan_pass()
+                if passes % 5 == 0:
+                    await core().reconcile(resend_scheduled=takeover)
                 passes += 1
-                if passes % 5 == 1:
-                    await core().reconcile()
             except Exception:
                 log.exception("planning pass failed; retrying on the next tick")
 
     async def stop_loop() -> None:
+        # let a pass in flight finish its announcements, then hand the lease to a standby
+        state["stopping"] = True
+        wake.set()
         task = state.get("task")
         if isinstance(task, asyncio.Task):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            try:
+                await asyncio.wait_for(task, settings.lease_seconds)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+        leader = state.get("lease")
+        if isinstance(leader, LeaderLease):
+            await leader.stop(release=True)
         view = state.get("view")
         if isinstance(view, JobView):
             await view.stop()

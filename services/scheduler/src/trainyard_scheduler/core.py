@@ -61,6 +61,7 @@ class SchedulerCore:
         executors: ExecutorDirectory,
         settings: SchedulerSettings,
         clock: Callable[[], datetime] = utcnow,
+        may_assign: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
         self.view = view
@@ -69,6 +70,10 @@ class SchedulerCore:
         self.executors = executors
         self.settings = settings
         self.clock = clock
+        # leadership: asked before every assignment or requeue, so a replica that lost (or never
+        # had) the lease stops acting at once. Safety does not depend on it: each decision is a
+        # compare-and-set on the job record, so two replicas cannot both make the same one.
+        self.may_assign = may_assign
         self.waiting: dict[str, str] = {}
 
     # -- events -----------------------------------------------------------------------------
@@ -76,14 +81,16 @@ class SchedulerCore:
     async def queue(self, job_id: str) -> None:
         """submitted -> queued (idempotent: a redelivery re-emits the same event, deduplicated)."""
         now = self.clock()
-        result = await self.store.update(
-            job_id,
-            lambda r: lifecycle.advance(r, JobState.QUEUED, now) if r.state == JobState.SUBMITTED else None,
-        )
-        record = result[1] if result else self.view.get(job_id)
-        if record is None:
-            found = await self.store.get(job_id)
-            record = found[0] if found else None
+        seen: list[JobRecord] = []
+
+        def to_queued(r: JobRecord) -> JobRecord | None:
+            seen.append(r)
+            return lifecycle.advance(r, JobState.QUEUED, now) if r.state == JobState.SUBMITTED else None
+
+        result = await self.store.update(job_id, to_queued)
+        # not the view: with several replicas another one may have queued it a moment ago and
+        # our view may not show that yet, so trust the record the compare-and-set just read
+        record = result[1] if result else (seen[-1] if seen else None)
         if record is not None and (result or record.state == JobState.QUEUED):
             await self.events.emit(JobQueued(job_id=job_id, attempt=record.attempt, queue=record.spec.queue))
 
@@ -150,10 +157,42 @@ class SchedulerCore:
             )
         return Snapshot(pending=tuple(pending), executors=tuple(executors))
 
+    async def catch_up(self, timeout: float) -> bool:
+        """Wait until the view holds every write made to the jobs bucket so far (bounded).
+
+        A replica that has just become leader plans from its view; writes the previous leader
+        made just before it stopped may still be on their way through the watch, and planning
+        without them would count capacity as free that is already taken.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        status = await self.view.kv.status()
+        target = status.stream_info.state.last_seq
+        while max(self.view.revisions.values(), default=0) < target:
+            if loop.time() >= deadline:  # e.g. the last write was a delete: nothing to wait for
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
     async def plan_pass(self) -> Plan:
+        """One planning pass: decide from a snapshot, then apply the decisions."""
         now = self.clock()
+        if not self.may_assign():
+            return Plan((), ())
+        return await self.apply(await self.decide(now), now)
+
+    async def decide(self, now: datetime) -> Plan:
         decisions = plan(await self.snapshot(now), now.timestamp())
         self.waiting = {w.job_id: w.reason for w in decisions.waiting}
+        return decisions
+
+    async def apply(self, decisions: Plan, now: datetime) -> Plan:
+        """Make each assignment by compare-and-set; one whose job moved on meanwhile is dropped.
+
+        ``decisions`` may be stale (a replica paused between deciding and applying): the CAS
+        only moves a job that is still pending at the same attempt, so a stale plan can never
+        assign an attempt that another replica has assigned since.
+        """
         # each assignment is its own compare-and-set, so they can be in flight together: a
         # chain of awaited round trips per job would cap the scheduler near 100 jobs/s
         limit = asyncio.Semaphore(ASSIGNMENTS_IN_FLIGHT)
@@ -166,6 +205,8 @@ class SchedulerCore:
         return decisions
 
     async def _assign(self, job_id: str, attempt: int, executor_id: str, now: datetime) -> None:
+        if not self.may_assign():
+            return  # lost the lease during this pass: the new leader plans from here
         result = await self.store.update(
             job_id,
             lambda r: (
@@ -202,8 +243,17 @@ class SchedulerCore:
 
     # -- recovery -----------------------------------------------------------------------------
 
-    async def reconcile(self) -> None:
-        """Close the gaps a crash can leave, and requeue the attempts of lost executors."""
+    async def reconcile(self, *, resend_scheduled: bool = False) -> None:
+        """Close the gaps a crash can leave, and requeue the attempts of lost executors.
+
+        ``resend_scheduled`` (a new leader's first pass): re-send the start command of every
+        scheduled attempt at once, not only of those stuck for ``start_resend_seconds``: the
+        previous leader may have died between its compare-and-set and the command. A duplicate
+        is harmless: the exec stream drops the same message id, and the executor starts an
+        attempt only by compare-and-set from scheduled to running.
+        """
+        if not self.may_assign():
+            return
         now = self.clock()
         online = await self.executors.online(now)
         for record in self.view.all():
@@ -214,12 +264,16 @@ class SchedulerCore:
                 await self.cancel(record.job_id)
             elif record.state.active and record.executor_id not in online:
                 await self._requeue_lost(record, now)
-            elif record.state == JobState.SCHEDULED and age > self.settings.start_resend_seconds:
+            elif record.state == JobState.SCHEDULED and (
+                resend_scheduled or age > self.settings.start_resend_seconds
+            ):
                 # the start command may never have been published (crash after the CAS): the
                 # exec stream deduplicates on the same message id if it was
                 await self._announce_scheduled(record)
 
     async def _requeue_lost(self, record: JobRecord, now: datetime) -> None:
+        if not self.may_assign():
+            return
         lost = record.executor_id
         attempt = record.attempt
         result = await self.store.update(

@@ -1,9 +1,16 @@
 from __future__ import annotations
 
-from pydantic import Field
+import os
+import socket
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from trainyard_shared.settings import HttpSettings
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class SchedulerSettings(HttpSettings):
@@ -17,3 +24,25 @@ class SchedulerSettings(HttpSettings):
     submitted_grace_seconds: float = Field(
         5.0, gt=0, description="a record left in submitted this long is queued by the reconciler"
     )
+    replica_id: str = Field(
+        default_factory=default_replica_id,
+        min_length=1,
+        description="this replica's name in the leader lease (default hostname-pid)",
+    )
+    lease_seconds: float = Field(
+        3.0, gt=0, description="the leader lease lasts this long; a standby takes over after it"
+    )
+    renew_seconds: float | None = Field(
+        None, gt=0, description="the leader renews its lease this often (default lease_seconds / 3)"
+    )
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> SchedulerSettings:
+        if self.renew_seconds is None:
+            self.renew_seconds = self.lease_seconds / 3
+        if self.renew_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"renew_seconds ({self.renew_seconds}) must be shorter than lease_seconds "
+                f"({self.lease_seconds}), a third of it is usual"
+            )
+        return self

@@ -1,0 +1,40 @@
+"""Queue configuration, kept in the ``queues`` KV bucket (key: the queue's name).
+
+The model is Kueue's ClusterQueue and cohort: a queue has a nominal quota per resource, may borrow
+what other queues of its cohort leave unused up to a borrowing limit, and shares the cluster with
+the other queues in proportion to its weight (dominant-resource fair share).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainyard_contracts.spec import QueueName
+
+
+class Quota(BaseModel):
+    """Resource amounts; ``None`` means unlimited."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu: float | None = Field(None, ge=0, description="cores")
+    memory: int | None = Field(None, ge=0, description="MiB")
+    gpu: int | None = Field(None, ge=0)
+
+
+class QueueConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: QueueName
+    weight: float = Field(1.0, gt=0, le=1e6, description="share of the cluster relative to other queues")
+    quota: Quota = Field(default_factory=Quota, description="nominal quota; unset resources are unlimited")
+    cohort: str | None = Field(None, description="queues of one cohort lend each other unused quota")
+    borrowing_limit: Quota = Field(
+        default_factory=lambda: Quota(cpu=0, memory=0, gpu=0),
+        description="how much above its nominal quota the queue may borrow from its cohort",
+    )
+    allow_shell: bool = Field(False, description="accept specs with shell: true")
+    preemptible_by_default: bool = False
+
+
+DEFAULT_QUEUE = QueueConfig(name="default", borrowing_limit=Quota(), allow_shell=True)
