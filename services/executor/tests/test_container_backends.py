@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,10 +85,13 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def backend(engine: str) -> DockerBackend:
-    return DockerBackend(
+def backend(engine: str) -> Iterator[DockerBackend]:
+    backend = DockerBackend(
         base_url=ENGINE_URLS[engine], name=engine, executor_id=f"test-{uuid.uuid4().hex[:8]}"
     )
+    yield backend
+    for left in backend.list_running(include_stopped=True):  # only after a failed test
+        backend.client.api.remove_container(left.container_id, force=True)
 
 
 def make_launch(tmp_path: Path, argv: list[str], **kw: Any) -> AttemptLaunch:
@@ -166,6 +169,25 @@ async def test_success_with_env_and_an_output_file_seen_on_the_host(backend, tmp
     assert gone(backend, attempt.container_id)
 
 
+async def test_a_git_source_is_checked_out_on_the_host_and_is_the_working_dir(backend, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "train.sh").write_text('echo "from source in $(pwd)"; echo m > "$TRAINYARD_OUTPUT_DIR/m.txt"\n')
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "x"]):
+        subprocess.run([*git, *args], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
+    launch = make_launch(
+        tmp_path, ["sh", "train.sh"], source_repo=str(repo), source_commit=commit.stdout.strip()
+    )
+    lines = Lines()
+    outcome = await (await backend.start(launch, lines)).wait()
+    assert outcome.kind == "succeeded", lines.got
+    assert lines.of("stdout") == ["from source in /trainyard/work/src"]
+    assert outcome.output_dir == launch.workdir / "src" / "outputs"
+    assert (outcome.output_dir / "m.txt").read_text() == "m\n"
+
+
 async def test_stdout_and_stderr_lines_arrive_in_order(backend, tmp_path):
     script = "i=1; while [ $i -le 200 ]; do echo out $i; echo err $i >&2; i=$((i+1)); done; printf tail"
     lines = Lines()
@@ -176,12 +198,25 @@ async def test_stdout_and_stderr_lines_arrive_in_order(backend, tmp_path):
 
 
 async def test_a_non_zero_exit_code_fails_the_attempt(backend, tmp_path):
+    backend.default_image = IMAGE  # (and a spec without an image runs in the executor's default)
     lines = Lines()
-    attempt = await backend.start(make_launch(tmp_path, ["sh", "-c", "echo hi; exit 3"]), lines)
+    attempt = await backend.start(make_launch(tmp_path, ["sh", "-c", "echo hi; exit 3"], image=None), lines)
     outcome = await attempt.wait()
     assert (outcome.kind, outcome.exit_code, outcome.reason) == ("failed", 3, "exit code 3")
     assert lines.of("stdout") == ["hi"]
     assert gone(backend, attempt.container_id)
+
+
+async def test_the_memory_limit_is_enforced_and_an_oom_kill_says_so(backend, engine, tmp_path):
+    hog = 'x=$(head -c 200000000 /dev/zero | tr "\\000" a); echo survived'
+    launch = make_launch(tmp_path, ["sh", "-c", hog], memory_mb=16)
+    lines = Lines()
+    outcome = await (await backend.start(launch, lines)).wait()
+    assert outcome.kind == "failed" and "survived" not in lines.of("stdout")
+    if engine == "docker":
+        assert outcome.reason == "killed: out of memory (limit 16 MiB), exit code 137"
+    else:  # Podman's compatible inspect does not say OOMKilled: the reason guesses
+        assert outcome.reason == "exit code 137 (killed by signal SIGKILL; out of memory? limit 16 MiB)"
 
 
 async def test_a_timeout_stops_the_container_and_removes_it(backend, tmp_path):
@@ -272,8 +307,11 @@ async def test_labels_limits_and_list_running_of_a_running_attempt(backend, engi
 
 async def test_a_restarted_executor_reaps_the_containers_it_left(backend, engine, tmp_path):
     lines = Lines()
-    attempt = await backend.start(make_launch(tmp_path, ["sh", "-c", "echo up; sleep 60"]), lines)
+    launch = make_launch(tmp_path, ["sh", "-c", "echo up; sleep 60"])
+    attempt = await backend.start(launch, lines)
     assert [r.container_id for r in backend.list_running()] == [attempt.container_id]
+    twice = await (await backend.start(launch, Lines())).wait()  # the container name is the fence
+    assert twice.kind == "failed" and twice.reason.startswith("attempt already runs in container")
     # the executor "restarts": a new backend object with the same executor id
     again = DockerBackend(base_url=backend.base_url, name=engine, executor_id=backend.executor_id)
     reaped = await again.reap_orphans(grace_s=0)
@@ -342,6 +380,44 @@ async def test_no_image_anywhere_fails_with_a_reason(tmp_path):
     assert outcome.kind == "failed" and outcome.reason.startswith("no image")
 
 
+class _ShortFollowContainer:
+    """A container whose follow streams end early, as the engines' now and then do."""
+
+    id = "c0ffee"
+    attrs: dict[str, Any] = {"State": {"Pid": 42}}
+    stored = {"stdout": [b"one\ntw", b"o\nthree\n", b"tail"], "stderr": [b"e1\n", b"e2\n"]}
+
+    def logs(self, stream: bool, follow: bool, stdout: bool, stderr: bool) -> Any:
+        chunks = self.stored["stdout" if stdout else "stderr"]
+        return iter(chunks[:1] if follow else chunks)
+
+    def wait(self) -> dict[str, Any]:
+        return {"StatusCode": 0}
+
+    def reload(self) -> None:
+        return None
+
+
+@pytest.mark.unit
+async def test_what_a_follow_stream_missed_is_read_back_after_the_exit(tmp_path):
+    from trainyard_executor.backends.docker import ContainerAttempt
+
+    backend = DockerBackend(client_factory=lambda: None, executor_id="e")
+    removed: list[str] = []
+
+    async def remove(container_id: str) -> None:
+        removed.append(container_id)
+
+    backend._remove = remove  # type: ignore[method-assign]
+    lines = Lines()
+    launch = make_launch(tmp_path, ["x"])
+    attempt = ContainerAttempt(backend, _ShortFollowContainer(), launch, tmp_path, lines)
+    outcome = await attempt.wait()
+    assert outcome.kind == "succeeded" and removed == ["c0ffee"]
+    assert lines.of("stdout") == ["one", "two", "three", "tail"]
+    assert lines.of("stderr") == ["e1", "e2"]
+
+
 # -- a job through scheduler and executor on a container engine ------------------------------------
 
 
@@ -387,23 +463,12 @@ async def nats_js(nats_server) -> AsyncIterator[Any]:
     await nc.drain()
 
 
-@pytest.mark.service
-async def test_a_job_with_an_image_runs_through_the_services(
-    engine, nats_server, prefix, nats_js, tmp_path, monkeypatch
-):
-    from trainyard_contracts import JobRecord, JobSpec, Subjects
-    from trainyard_executor.app import create_app as executor_app
+def _settings(engine: str, monkeypatch: pytest.MonkeyPatch, executor_id: str | None = None) -> Any:
     from trainyard_executor.settings import ExecutorSettings
-    from trainyard_scheduler.app import create_app as scheduler_app
-    from trainyard_scheduler.settings import SchedulerSettings
-    from trainyard_shared.settings import CommonSettings
 
-    common = CommonSettings(
-        nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path / "data", log_format="text"
-    )
     monkeypatch.setenv("TRAINYARD_EXECUTOR_BACKEND", engine)  # as a deployment selects it
     settings = ExecutorSettings(
-        id=f"exec-{engine}-{uuid.uuid4().hex[:6]}",
+        id=executor_id or f"exec-{engine}-{uuid.uuid4().hex[:6]}",
         cpu=2,
         memory=2048,
         gpu=0,
@@ -414,20 +479,52 @@ async def test_a_job_with_an_image_runs_through_the_services(
         podman_socket=ENGINE_URLS["podman"],
     )
     assert settings.backend == engine
+    return settings
+
+
+def _apps(common: Any, settings: Any) -> tuple[Any, Any]:
+    from trainyard_executor.app import create_app as executor_app
+    from trainyard_scheduler.app import create_app as scheduler_app
+    from trainyard_scheduler.settings import SchedulerSettings
+
+    sched = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    return sched, executor_app(common, settings)
+
+
+def _common(nats_server: Any, prefix: str, tmp_path: Path) -> Any:
+    from trainyard_shared.settings import CommonSettings
+
+    return CommonSettings(
+        nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path / "data", log_format="text"
+    )
+
+
+async def _finished(js: Any, subjects: Any, job_id: str, timeout: float = 60) -> Any:
+    from trainyard_contracts import JobRecord
+
+    kv = await js.key_value(subjects.buckets.jobs)
+
+    async def probe() -> JobRecord | None:
+        record = JobRecord.model_validate_json((await kv.get(job_id)).value)
+        return record if record.state.terminal else None
+
+    return await eventually(probe, timeout, f"job {job_id} finished")
+
+
+@pytest.mark.service
+async def test_a_job_with_an_image_runs_through_the_services(
+    engine, nats_server, prefix, nats_js, tmp_path, monkeypatch
+):
+    from trainyard_contracts import JobSpec, Subjects
+
+    settings = _settings(engine, monkeypatch)
     subjects = Subjects(prefix)
     script = 'echo "hello from $TRAINYARD_JOB_ID"; echo to-stderr >&2; echo w > "$TRAINYARD_OUTPUT_DIR/m.txt"'
     spec = JobSpec(name="boxed", image=IMAGE, command=["sh", "-c", script], resources={"memory": 64})
-    sched = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
-    execu = executor_app(common, settings)
+    sched, execu = _apps(_common(nats_server, prefix, tmp_path), settings)
     async with sched.start_lifespan_context(), execu.start_lifespan_context():
         job_id = await _submit(nats_js, subjects, spec)
-        kv = await nats_js.key_value(subjects.buckets.jobs)
-
-        async def finished() -> JobRecord | None:
-            record = JobRecord.model_validate_json((await kv.get(job_id)).value)
-            return record if record.state.terminal else None
-
-        record = await eventually(finished, 60, f"job {job_id} finished")
+        record = await _finished(nats_js, subjects, job_id)
     assert record.state.value == "succeeded", record.reason
     assert record.exit_code == 0 and record.attempts[0].executor_id == settings.id
     assert record.outputs_uri
@@ -445,3 +542,54 @@ async def test_a_job_with_an_image_runs_through_the_services(
     assert ("stdout", f"hello from {job_id}") in lines and ("stderr", "to-stderr") in lines
     leftover = DockerBackend(base_url=ENGINE_URLS[engine], name=engine, executor_id=settings.id)
     assert leftover.list_running(include_stopped=True) == []
+
+
+@pytest.mark.service
+async def test_a_restarted_executor_stops_its_old_container_and_the_job_runs_once_more(
+    engine, nats_server, prefix, nats_js, tmp_path, monkeypatch
+):
+    """The executor crashed while attempt 1 ran: its container is still running on the engine.
+
+    On start it must stop that container (the attempt is no longer current) before recovery
+    requeues the job, so the job's attempts never run at the same time.
+    """
+    from trainyard_contracts import JobRecord, JobSpec, JobState, Subjects, lifecycle
+    from trainyard_contracts._time import utcnow
+
+    settings = _settings(engine, monkeypatch)
+    subjects = Subjects(prefix)
+    script = '[ "$TRAINYARD_ATTEMPT" = 2 ] && exit 0; echo first; sleep 120'
+    spec = JobSpec(name="crashed", image=IMAGE, command=["sh", "-c", script], resources={"memory": 64})
+    sched, execu = _apps(_common(nats_server, prefix, tmp_path), settings)
+    async with sched.start_lifespan_context():
+        job_id = await _submit(nats_js, subjects, spec)
+        kv = await nats_js.key_value(subjects.buckets.jobs)
+
+        async def queued() -> Any:
+            entry = await kv.get(job_id)
+            record = JobRecord.model_validate_json(entry.value)
+            return (entry, record) if record.state == JobState.QUEUED else None
+
+        entry, record = await eventually(queued, 30, "queued")
+        now = utcnow()
+        orphan = lifecycle.start(lifecycle.schedule(record, settings.id, now), now)
+        await kv.update(job_id, orphan.model_dump_json().encode(), last=entry.revision)
+        # what the crashed executor left: attempt 1's container, running with its labels
+        before = DockerBackend(base_url=ENGINE_URLS[engine], name=engine, executor_id=settings.id)
+        lines = Lines()
+        env = {"TRAINYARD_JOB_ID": job_id, "TRAINYARD_ATTEMPT": "1"}
+        old = await before.start(make_launch(tmp_path, ["sh", "-c", script], job_id=job_id, env=env), lines)
+        await eventually(lambda: _true("first" in lines.of("stdout")), 30, "attempt 1 running")
+        async with execu.start_lifespan_context():
+            done = await _finished(nats_js, subjects, job_id)
+    assert gone(before, old.container_id)
+    assert (await old.wait()).kind == "failed"  # stopped under it (it would have slept 120 s)
+    assert done.state == JobState.SUCCEEDED and done.attempt == 2
+    # requeued by the executor's recovery, or by the scheduler when the dead lease ran out first;
+    # either way attempt 2 cannot be placed here before the first heartbeat, sent after the reaping
+    assert done.attempts[0].state == JobState.REQUEUED and done.retries_used == 0
+    assert before.list_running(include_stopped=True) == []
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -29,7 +29,7 @@ from docker.types import DeviceRequest, Ulimit
 
 from trainyard_executor.backends.base import AttemptLaunch, AttemptOutcome, LineSink, Resources
 from trainyard_executor.backends.local import _pump
-from trainyard_executor.backends.source import checkout
+from trainyard_executor.backends.source import SourceError, checkout
 
 log = logging.getLogger("trainyard.executor.docker")
 
@@ -58,7 +58,10 @@ HOST_ONLY_ENV = frozenset(
     }
 )
 MIN_MEMORY_MB = 6  # the engine refuses smaller limits
-LOG_DRAIN_S = 30.0  # after the exit, how long the log streams may take to deliver their tail
+# after the exit: how long a follow stream may take to end by itself before it is closed (what it
+# had not delivered is then read back from the stored log), and how long that read may take
+LOG_DRAIN_S = 5.0
+LOG_CATCH_UP_S = 60.0
 CAPACITY_RETRY_S = 10.0
 POOL_SIZE = 64  # each running attempt keeps three connections open (two log streams, one wait)
 
@@ -165,14 +168,22 @@ class ContainerAttempt:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
 
+        def feed(data: bytes) -> None:
+            loop.call_soon_threadsafe(reader.feed_data, data)
+
         def stream() -> None:
             try:
                 chunks = self.container.logs(
                     stream=True, follow=True, stdout=name == "stdout", stderr=name == "stderr"
                 )
                 self._streams.append(chunks)
+                delivered = 0
                 for chunk in chunks:
-                    loop.call_soon_threadsafe(reader.feed_data, chunk)
+                    delivered += len(chunk)
+                    feed(chunk)
+                # ended (or closed by _drain): the log is whole once the job has exited
+                self.container.wait()
+                self._catch_up(name, delivered, feed)
             except Exception as exc:  # the engine went away: the wait reports it
                 log.debug("log stream ended", extra={"job_id": self.launch.job_id, "error": str(exc)})
             finally:
@@ -181,6 +192,29 @@ class ContainerAttempt:
 
         threading.Thread(target=stream, name=f"logs-{name}-{self.launch.job_id}", daemon=True).start()
         return reader
+
+    def _catch_up(self, name: str, delivered: int, feed: Callable[[bytes], Any]) -> None:
+        """What a follow stream missed, read back once the job has ended.
+
+        The engines' follow mode now and then ends early: Docker 20.10 drops a last line without a
+        newline (1 run in 3 here), and a stream that ended after its first line was seen once.
+        The stored log is the reference; everything past the bytes already delivered is sent.
+        """
+        seen = 0
+        missed = 0
+        for chunk in self.container.logs(
+            stream=True, follow=False, stdout=name == "stdout", stderr=name == "stderr"
+        ):
+            if seen + len(chunk) > delivered:
+                part = chunk[max(0, delivered - seen) :]
+                missed += len(part)
+                feed(part)
+            seen += len(chunk)
+        if missed:
+            log.info(
+                "log stream caught up after the exit",
+                extra={"job_id": self.launch.job_id, "stream": name, "bytes": missed},
+            )
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -218,13 +252,13 @@ class ContainerAttempt:
             )
 
     async def _drain(self) -> None:
-        """Every line up to the exit; a stream that does not end by itself is closed."""
+        """Every line up to the exit; a stream that does not end by itself is closed (and caught up)."""
         _, pending = await asyncio.wait(self._pumps, timeout=LOG_DRAIN_S)
         if pending:
             for stream in list(self._streams):
                 with contextlib.suppress(Exception):
                     stream.close()
-            await asyncio.wait(pending, timeout=5)
+            await asyncio.wait(pending, timeout=LOG_CATCH_UP_S)
             for task in pending:
                 task.cancel()
 
@@ -244,7 +278,11 @@ class ContainerAttempt:
             what = "not found" if code == 127 else "not executable"
             reason += f" (command {what}? argv[0] is {self.launch.argv[0]!r})"
         if 128 < code <= 128 + 64 and (code - 128) in signal.Signals._value2member_map_:
-            reason += f" (killed by signal {signal.Signals(code - 128).name})"
+            # what an init (or a shell) reports for a child killed by a signal
+            hint = ""
+            if code == 128 + signal.SIGKILL and self.launch.memory_mb:
+                hint = f"; out of memory? limit {self.launch.memory_mb} MiB"
+            reason += f" (killed by signal {signal.Signals(code - 128).name}{hint})"
         if error:
             reason += f": {error}"
         return AttemptOutcome("failed", code, reason, out)
@@ -389,15 +427,17 @@ class DockerBackend:
         return config
 
     async def start(self, launch: AttemptLaunch, on_line: LineSink) -> ContainerAttempt | FinishedAttempt:
-        launch.workdir.mkdir(parents=True, exist_ok=True)
-        source_dir = None
-        if launch.source_repo and launch.source_commit:
-            source_dir = launch.workdir / "src"
-            if not (source_dir / ".git").exists():
-                await checkout(launch.source_repo, launch.source_commit, source_dir)
+        source_dir = launch.workdir / "src" if launch.source_repo else None
         output_dir = (source_dir or launch.workdir) / launch.output_subdir
-        output_dir.mkdir(parents=True, exist_ok=True)
-        output_dir.chmod(0o777)  # the image's user may not be the executor's
+        try:
+            launch.workdir.mkdir(parents=True, exist_ok=True)
+            if source_dir is not None and launch.source_repo and not (source_dir / ".git").exists():
+                # checked out on the executor's host, mounted with the work dir
+                await checkout(launch.source_repo, launch.source_commit, source_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            output_dir.chmod(0o777)  # the image's user may not be the executor's
+        except (SourceError, OSError) as exc:
+            return FinishedAttempt(f"could not prepare the work dir: {exc}", output_dir)
         image = launch.image or self.default_image
         if not image:
             return FinishedAttempt(
@@ -429,7 +469,8 @@ class DockerBackend:
         try:
             container = client.containers.create(**config)
         except APIError as exc:
-            if exc.status_code != 409:
+            # Docker answers a name in use with 409, Podman with 500 "... already in use"
+            if exc.status_code != 409 and "already in use" not in str(exc.explanation or ""):
                 raise
             # a container of this very attempt exists: never run an attempt twice at once
             old = client.containers.get(config["name"])
@@ -509,7 +550,7 @@ class DockerBackend:
         return victims
 
 
-class _AlreadyRunning(DockerException):
+class _AlreadyRunning(RuntimeError):
     pass
 
 
