@@ -19,7 +19,9 @@ need=()
 command -v busybox >/dev/null && ! ldd "$(command -v busybox)" >/dev/null 2>&1 || need+=(busybox-static)
 [[ " $ENGINES " == *" docker "* ]] && ! command -v dockerd >/dev/null && need+=(docker.io)
 [[ " $ENGINES " == *" podman "* ]] && ! command -v podman >/dev/null && need+=(podman)
-command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v debootstrap >/dev/null || need+=(debootstrap)  # base images without a registry
+command -v docker-compose >/dev/null || need+=(docker-compose)  # `config -q` checks the compose file
+command -v kubectl >/dev/null || need+=(kubernetes-client)  # `kubectl kustomize` renders deploy/k8s
 if [ ${#need[@]} -gt 0 ]; then
     echo "== apt-get install ${need[*]}"
     apt-get update -qq
