@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -29,6 +30,7 @@ QUEUE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
 MAX_COMMAND_BYTES = 128 * 1024
+SECRET_MASK = "***"
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 QueueName = Annotated[str, StringConstraints(pattern=QUEUE_PATTERN)]
@@ -114,6 +116,11 @@ class JobSpec(_Strict):
     shell: bool = Field(False, description="run command[0] with /bin/sh -c; command must then be one string")
     image: str | None = Field(None, min_length=1, max_length=512)
     env: dict[EnvName, str] = Field(default_factory=dict)
+    secret_env: list[EnvName] = Field(
+        default_factory=list,
+        max_length=256,
+        description="names in env whose values are secret: masked in events, API output and logs",
+    )
     resources: Resources = Field(default_factory=Resources)
     replicas: int = Field(1, ge=1, le=1024)
     timeout: float | None = Field(None, gt=0, le=30 * 86400, description="seconds")
@@ -166,6 +173,25 @@ class JobSpec(_Strict):
         if self.shell and len(self.command) != 1:
             raise ValueError("with shell: true, command must be a list of exactly one string")
         return self
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secrets_are_in_env(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        missing = sorted(set(value) - set(info.data.get("env") or {}))
+        if missing:
+            raise ValueError(f"names variables that are not in env: {missing}")
+        return value
+
+    def secret_values(self) -> list[str]:
+        """The values of the secret env variables (what must never be shown)."""
+        return [self.env[name] for name in self.secret_env if self.env.get(name)]
+
+    def redacted(self) -> JobSpec:
+        """This spec with every secret env value replaced by ``***`` (for events and API output)."""
+        if not self.secret_env:
+            return self
+        env = {k: (SECRET_MASK if k in self.secret_env else v) for k, v in self.env.items()}
+        return self.model_copy(update={"env": env})
 
     def argv(self) -> list[str]:
         """The argv the executor runs: the command itself, or /bin/sh -c when asked for."""
