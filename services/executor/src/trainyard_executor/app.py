@@ -35,7 +35,7 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
     if settings.backend == "local":
         return LocalBackend(
             root=data / "executor" / settings.id,
-            runtime_env_cache=RuntimeEnvCache(data / "runtime-envs"),
+            runtime_env_cache=RuntimeEnvCache(settings.runtime_env_dir or data / "runtime-envs"),
         )
     from trainyard_executor.backends.docker import DockerBackend
 
@@ -98,6 +98,7 @@ def create_app(
             ),
             settings=settings,
             work_root=data / "executor" / settings.id / "work",
+            checkpoint_root=settings.checkpoint_dir or data / "checkpoints",
         )
         state["core"] = executor
         state["store"] = store
@@ -105,12 +106,8 @@ def create_app(
     async def start_executor() -> None:
         executor, store = core(), state["store"]
         assert isinstance(store, JobStore)
-        reap = getattr(executor.backend, "reap_orphans", None)
-        if reap is not None:  # containers left from before a restart: their attempts are requeued
-            reaped = await reap(settings.grace_seconds)
-            if reaped:
-                log.warning("stopped containers left from before a restart", extra={"count": len(reaped)})
-        # one ordered read of the bucket, not a get per key
+        # one ordered read of the bucket, not a get per key; recover() adopts the attempts left
+        # running on the backend that are still current and stops the others
         view = JobView(store.kv)
         await view.start()
         try:

@@ -7,8 +7,11 @@ back, can never overwrite a newer attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -26,12 +29,13 @@ from trainyard_contracts import (
     JobRequeued,
     JobRunning,
     JobState,
+    Rendezvous,
     StartAttempt,
     lifecycle,
 )
 from trainyard_contracts._time import utcnow
-from trainyard_executor.backends.base import AttemptLaunch, Backend, RunningAttempt
-from trainyard_executor.jobenv import job_env
+from trainyard_executor.backends.base import AttemptLaunch, Backend, FoundAttempt, RunningAttempt
+from trainyard_executor.jobenv import job_env, plan_gang
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.outcomes import conclude, event_for, owns
 from trainyard_executor.settings import ExecutorSettings
@@ -43,6 +47,18 @@ log = logging.getLogger("trainyard.executor")
 
 ShipperFactory = Callable[[str, int], LogShipper]
 
+LOG_SEQ_PER_GENERATION = 1_000_000
+"""An adopted attempt's log chunks continue at ``generation * this``: the message ids of the
+chunks a previous run of the executor shipped (``job:attempt:log:seq``) are never reused, so the
+stream's deduplication cannot drop new output, and seq still orders the chunks."""
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on loopback right now, for a gang's rendezvous on this machine."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 @dataclass
 class LocalAttempt:
@@ -53,6 +69,9 @@ class LocalAttempt:
     cancel_reason: str | None = None
     shutting_down: bool = False
     started: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
 
 class ExecutorCore:
@@ -66,6 +85,8 @@ class ExecutorCore:
         settings: ExecutorSettings,
         work_root: Path,
         clock: Callable[[], datetime] = utcnow,
+        checkpoint_root: Path | None = None,
+        free_port: Callable[[], int] = free_loopback_port,
     ) -> None:
         self.store = store
         self.events = events
@@ -76,8 +97,21 @@ class ExecutorCore:
         self.work_root = work_root
         self.clock = clock
         self.me = settings.id
+        self.checkpoint_root = checkpoint_root or work_root.parent / "checkpoints"
+        self.free_port = free_port
         self.running: dict[str, LocalAttempt] = {}
         self.started_at = clock()
+        # commands wait for recover(): an attempt is adopted or stopped before any start or
+        # cancel about the same job is handled
+        self.recovered = asyncio.Event()
+
+    def workdir(self, job_id: str, attempt: int) -> Path:
+        return self.work_root / job_id / f"attempt-{attempt}"
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        """TRAINYARD_CHECKPOINT_DIR: one per job, kept across its attempts (a resumed attempt
+        finds what the one before saved), removed when the job ends."""
+        return self.checkpoint_root / job_id
 
     # -- lease --------------------------------------------------------------------------------
 
@@ -110,9 +144,14 @@ class ExecutorCore:
     async def start(self, cmd: StartAttempt) -> None:
         if cmd.executor_id != self.me:
             return
+        await self.recovered.wait()
         local = self.running.get(cmd.job_id)
         if local is not None and local.attempt >= cmd.attempt:
             return  # a redelivered start of what already runs here
+        if local is not None:
+            # an older attempt of this job still runs here: it was superseded, and a job never
+            # runs twice at once
+            await self._stop_superseded(local, f"superseded by attempt {cmd.attempt}")
         now = self.clock()
 
         def to_running(r: JobRecord) -> JobRecord | None:
@@ -133,17 +172,25 @@ class ExecutorCore:
                 JobCancelled(job_id=record.job_id, attempt=cmd.attempt, reason=record.reason or "")
             )
             return
-        workdir = self.work_root / record.job_id / f"attempt-{cmd.attempt}"
+        workdir = self.workdir(record.job_id, cmd.attempt)
         await self.events.emit(
             JobRunning(job_id=record.job_id, attempt=cmd.attempt, executor_id=self.me, workdir=str(workdir))
         )
         attempt = LocalAttempt(job_id=record.job_id, attempt=cmd.attempt)
         self.running[record.job_id] = attempt
         attempt.task = asyncio.create_task(
-            self._run(record, cmd.attempt, workdir, attempt), name=f"attempt-{record.job_id}"
+            self._run(record, cmd.attempt, workdir, attempt, cmd.rendezvous), name=f"attempt-{record.job_id}"
         )
 
+    async def _stop_superseded(self, local: LocalAttempt, reason: str) -> None:
+        local.cancel_reason = reason
+        if local.handle is not None:
+            await local.handle.cancel(0)
+        if local.task is not None:
+            await asyncio.wait({local.task}, timeout=self.settings.grace_seconds + 10)
+
     async def cancel(self, cmd: CancelAttempt) -> None:
+        await self.recovered.wait()
         local = self.running.get(cmd.job_id)
         if local is not None and local.attempt == cmd.attempt:
             local.cancel_reason = cmd.reason
@@ -165,10 +212,18 @@ class ExecutorCore:
 
     # -- one attempt --------------------------------------------------------------------------
 
-    async def _run(self, record: JobRecord, attempt: int, workdir: Path, local: LocalAttempt) -> None:
+    async def _run(
+        self,
+        record: JobRecord,
+        attempt: int,
+        workdir: Path,
+        local: LocalAttempt,
+        rendezvous: Rendezvous | None = None,
+    ) -> None:
         spec = record.spec
         shipper = self.shippers(record.job_id, attempt)
         try:
+            checkpoints = self.checkpoint_dir(record.job_id)
             launch = AttemptLaunch(
                 job_id=record.job_id,
                 attempt=attempt,
@@ -180,6 +235,7 @@ class ExecutorCore:
                     self.settings.passthrough_env,
                     self.settings.mlflow_tracking_uri,
                     str(Path(sys.executable).parent) if self.settings.python_on_path else None,
+                    checkpoint_dir=checkpoints,
                 ),
                 workdir=workdir,
                 timeout_s=spec.timeout,
@@ -193,49 +249,65 @@ class ExecutorCore:
                 memory_mb=spec.resources.memory,
                 gpu=spec.resources.gpu,
                 inherited_env=tuple(k for k in (*self.settings.passthrough_env, "PATH") if k not in spec.env),
+                gang=plan_gang(spec.replicas, rendezvous, self.free_port),
+                checkpoint_dir=checkpoints,
             )
-            await shipper.system(f"attempt {attempt} starting on {self.me}: {launch.argv}")
+            ranks = f", ranks {list(launch.gang.ranks)} of {launch.gang.world_size}" if launch.gang else ""
+            await shipper.system(f"attempt {attempt} starting on {self.me}{ranks}: {launch.argv}")
             local.handle = await self.backend.start(launch, shipper.line)
             if local.cancel_reason is not None:
                 await local.handle.cancel(self.settings.grace_seconds)
-            outcome = await local.handle.wait()
-            kind, reason = outcome.kind, outcome.reason
-            if kind == "cancelled" and local.cancel_reason:
-                reason = local.cancel_reason
-            outputs_uri = outcome.output_dir.resolve().as_uri() if outcome.output_dir else None
-            await shipper.system(f"attempt {attempt} ended: {kind} ({reason})")
-            await shipper.close()  # every line is stored before the terminal event announces it
-            if local.shutting_down:
-                await self._requeue(record, "executor shut down while the attempt ran")
-                return
-            await self._finish(
-                record.job_id,
-                attempt,
-                kind,
-                outcome.exit_code,
-                reason,
-                outputs_uri,
-                time.monotonic() - local.started,
-            )
+            await self._follow(record, attempt, local, shipper)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("attempt could not run", extra={"job_id": record.job_id})
-            await shipper.system(f"attempt {attempt} could not run: {exc}")
-            await shipper.close()
-            await self._finish(
-                record.job_id,
-                attempt,
-                "failed",
-                None,
-                f"could not run: {exc}",
-                None,
-                time.monotonic() - local.started,
-            )
+            await self._could_not_run(record, attempt, local, shipper, exc)
         finally:
             await shipper.close()
             if self.running.get(record.job_id) is local:
                 del self.running[record.job_id]
+
+    async def _follow(
+        self, record: JobRecord, attempt: int, local: LocalAttempt, shipper: LogShipper
+    ) -> None:
+        """Wait for the attempt's end, then record it (or hand the job back on shutdown)."""
+        assert local.handle is not None
+        outcome = await local.handle.wait()
+        kind, reason = outcome.kind, outcome.reason
+        if kind == "cancelled" and local.cancel_reason:
+            reason = local.cancel_reason
+        outputs_uri = outcome.output_dir.resolve().as_uri() if outcome.output_dir else None
+        await shipper.system(f"attempt {attempt} ended: {kind} ({reason})")
+        await shipper.close()  # every line is stored before the terminal event announces it
+        if local.shutting_down:
+            await self._requeue(record, "executor shut down while the attempt ran")
+        else:
+            after = await self._finish(
+                record.job_id, attempt, kind, outcome.exit_code, reason, outputs_uri, local.elapsed()
+            )
+            if after is not None and after.state.terminal:
+                await asyncio.to_thread(shutil.rmtree, self.checkpoint_dir(record.job_id), True)
+        await self._release(local)
+
+    async def _could_not_run(
+        self, record: JobRecord, attempt: int, local: LocalAttempt, shipper: LogShipper, exc: Exception
+    ) -> None:
+        log.exception("attempt could not run", extra={"job_id": record.job_id})
+        await shipper.system(f"attempt {attempt} could not run: {exc}")
+        await shipper.close()
+        await self._finish(
+            record.job_id, attempt, "failed", None, f"could not run: {exc}", None, local.elapsed()
+        )
+        await self._release(local)
+
+    async def _release(self, local: LocalAttempt) -> None:
+        """The outcome is recorded: a restart must not find the attempt on the backend again."""
+        release = getattr(local.handle, "release", None)
+        if release is not None:
+            try:
+                await release()
+            except Exception:
+                log.exception("could not release an attempt", extra={"job_id": local.job_id})
 
     async def _finish(
         self,
@@ -246,7 +318,7 @@ class ExecutorCore:
         reason: str,
         outputs_uri: str | None,
         duration: float,
-    ) -> None:
+    ) -> JobRecord | None:
         now = self.clock()
         result = await self.store.update(
             job_id,
@@ -261,23 +333,106 @@ class ExecutorCore:
                 "attempt ended after it was superseded; not recorded",
                 extra={"job_id": job_id, "attempt": attempt},
             )
-            return
+            return None
         before, after = result
         await self.events.emit(event_for(before, after, duration))
+        return after
 
     # -- recovery -----------------------------------------------------------------------------
 
     async def recover(self, records: list[JobRecord]) -> int:
-        """After a restart: attempts the record says run here, but don't, are requeued."""
-        count = 0
-        for record in records:
-            if record.executor_id != self.me or not record.state.active:
-                continue
-            if record.job_id in self.running:
-                continue
-            await self._requeue(record, "executor restarted; the attempt's process is gone")
-            count += 1
-        return count
+        """After a restart: adopt what still runs on the backend and is current, stop what is not,
+        requeue what the records say runs here but does not. Returns how many were requeued."""
+        try:
+            by_id = {r.job_id: r for r in records}
+            finder = getattr(self.backend, "find_attempts", None)
+            found: list[FoundAttempt] = await finder() if finder is not None else []
+            stale: list[FoundAttempt] = []
+            for item in found:
+                record = by_id.get(item.job_id)
+                current = record is not None and owns(record, self.me, item.attempt)
+                if not current or item.job_id in self.running or not await self._adopt(record, item):
+                    stale.append(item)
+            if stale:
+                log.warning(
+                    "stopping attempts left from before a restart that are no longer current",
+                    extra={"attempts": [f"{f.job_id}/{f.attempt} ({f.detail})" for f in stale]},
+                )
+                discard = getattr(self.backend, "discard")  # noqa: B009 - found implies it
+                await asyncio.gather(*(discard(f, self.settings.grace_seconds) for f in stale))
+            count = 0
+            for record in records:
+                if record.executor_id != self.me or not record.state.active:
+                    continue
+                if record.job_id in self.running:
+                    continue
+                await self._requeue(record, "executor restarted; the attempt's process is gone")
+                count += 1
+            return count
+        finally:
+            self.recovered.set()
+
+    async def _adopt(self, record: JobRecord | None, found: FoundAttempt) -> bool:
+        """Watch an attempt a previous run of this executor started; False if it cannot be."""
+        assert record is not None
+        if record.state == JobState.SCHEDULED:  # crashed between spawning and recording it
+            now = self.clock()
+            moved = await self.store.update(
+                record.job_id,
+                lambda r: (
+                    lifecycle.start(r, now)
+                    if owns(r, self.me, found.attempt) and r.state == JobState.SCHEDULED
+                    else None
+                ),
+            )
+            if moved is None:
+                return False
+            record = moved[1]
+        local = LocalAttempt(job_id=record.job_id, attempt=found.attempt)
+        info = record.current_attempt()
+        if info is not None and info.started_at is not None:
+            local.started -= max(0.0, (self.clock() - info.started_at).total_seconds())
+        if record.cancel_requested:
+            local.cancel_reason = "cancelled by request"
+        self.running[record.job_id] = local
+        log.warning(
+            "adopted an attempt left from before a restart",
+            extra={"job_id": record.job_id, "attempt": found.attempt, "detail": found.detail},
+        )
+        local.task = asyncio.create_task(
+            self._run_adopted(record, found, local), name=f"adopted-{record.job_id}"
+        )
+        return True
+
+    async def _run_adopted(self, record: JobRecord, found: FoundAttempt, local: LocalAttempt) -> None:
+        attempt = found.attempt
+        shipper = self.shippers(record.job_id, attempt)
+        try:
+            shipper.seq = self._next_log_generation(record.job_id, attempt) * LOG_SEQ_PER_GENERATION
+            await shipper.system(f"attempt {attempt} adopted by {self.me} after a restart ({found.detail})")
+            local.handle = await getattr(self.backend, "adopt")(found, shipper.line)  # noqa: B009
+            if local.cancel_reason is not None:
+                await local.handle.cancel(self.settings.grace_seconds)
+            await self._follow(record, attempt, local, shipper)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._could_not_run(record, attempt, local, shipper, exc)
+        finally:
+            await shipper.close()
+            if self.running.get(record.job_id) is local:
+                del self.running[record.job_id]
+
+    def _next_log_generation(self, job_id: str, attempt: int) -> int:
+        """1 for the first adoption of an attempt, 2 for the next ... (kept in its work dir)."""
+        path = self.workdir(job_id, attempt) / ".trainyard" / "log-generation"
+        generation = 1
+        with contextlib.suppress(OSError, ValueError):
+            generation = int(path.read_text()) + 1
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(generation))
+        return generation
 
     async def shutdown(self) -> None:
         """Stop every attempt and hand it back to the queue (it doesn't count as a retry)."""

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
-from trainyard_contracts import JobRecord
+from trainyard_contracts import JobRecord, Rendezvous
+from trainyard_executor.backends.base import Gang
+
+LOOPBACK = "127.0.0.1"
 
 
 def job_env(
@@ -16,6 +20,7 @@ def job_env(
     passthrough: tuple[str, ...],
     mlflow_tracking_uri: str | None,
     python_bin: str | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, str]:
     spec = record.spec
     env = {k: executor_env[k] for k in passthrough if k in executor_env}
@@ -41,4 +46,24 @@ def job_env(
             env["TRAINYARD_GIT_COMMIT"] = spec.source.commit
     if mlflow_tracking_uri and "MLFLOW_TRACKING_URI" not in spec.env:
         env["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    if checkpoint_dir is not None:
+        env["TRAINYARD_CHECKPOINT_DIR"] = str(checkpoint_dir)
     return env
+
+
+def plan_gang(replicas: int, rendezvous: Rendezvous | None, free_port: Callable[[], int]) -> Gang | None:
+    """The ranks this executor runs. A rendezvous from the scheduler names them (a gang split
+    across executors); without one every replica runs here and meets on loopback, on a port picked
+    now (``free_port``). One replica without a rendezvous is a plain process: no gang."""
+    if rendezvous is not None:
+        return Gang(
+            master_addr=rendezvous.master_addr,
+            master_port=rendezvous.master_port,
+            world_size=rendezvous.world_size,
+            ranks=tuple(rendezvous.ranks),
+        )
+    if replicas <= 1:
+        return None
+    return Gang(
+        master_addr=LOOPBACK, master_port=free_port(), world_size=replicas, ranks=tuple(range(replicas))
+    )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
@@ -67,6 +68,12 @@ class ExecutorSettings(HttpSettings):
     heartbeat_seconds: float = Field(2.0, gt=0)
     lease_seconds: float = Field(15.0, gt=0)
     grace_seconds: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL on cancel")
+    checkpoint_dir: Path | None = Field(
+        None, description="TRAINYARD_CHECKPOINT_DIR roots, one dir per job (default: <data>/checkpoints)"
+    )
+    runtime_env_dir: Path | None = Field(
+        None, description="cache of runtime-env venvs, shareable (default: <data>/runtime-envs)"
+    )
     log_flush_seconds: float = Field(0.2, gt=0)
     log_batch_lines: int = Field(200, ge=1)
     mlflow_tracking_uri: str | None = Field(

@@ -55,3 +55,70 @@ async def run_captured(argv: Sequence[str], *, env: Mapping[str, str] | None = N
         out.decode("utf-8", errors="replace"),
         err.decode("utf-8", errors="replace"),
     )
+
+
+# -- processes by /proc (Linux): identity across an executor restart, process-group membership --------
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields of /proc/<pid>/stat after "(comm)": [state, ppid, pgrp, ...]; None if no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp ..." — comm may contain spaces and parentheses
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (stat field 22): with the pid it names one
+    process for good, since a pid can be reused but not at the same start time."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 20:
+        return None
+    return int(fields[19])
+
+
+def same_process(pid: int, ticks: int | None) -> bool:
+    """Whether ``pid`` is still the (living, non-zombie) process that started at ``ticks``."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in (b"Z", b"X"):
+        return False
+    return ticks is None or (len(fields) >= 20 and int(fields[19]) == ticks)
+
+
+def group_members(pgid: int) -> list[tuple[int, int]]:
+    """(pid, start ticks) of the living processes in process group ``pgid`` (empty without /proc)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    members = []
+    for name in entries:
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if fields is None or len(fields) < 20 or fields[0] in (b"Z", b"X"):
+            continue
+        if int(fields[2]) == pgid:
+            members.append((int(name), int(fields[19])))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is still in process group ``pgid``."""
+    if not os.path.isdir("/proc"):  # no procfs: signal 0 (counts zombies as alive)
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return bool(group_members(pgid))
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 __all__ = [
+    "Adopting",
     "AttemptLaunch",
     "AttemptOutcome",
     "Backend",
+    "FoundAttempt",
+    "Gang",
     "LineSink",
     "OutcomeKind",
     "Resources",
@@ -23,6 +26,41 @@ __all__ = [
 ]
 
 OutcomeKind = Literal["succeeded", "failed", "timed_out", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Gang:
+    """The ranks of a distributed attempt that one backend runs, and where all ranks meet.
+
+    Each rank is a process (local) or a container of its own, with torchrun's variables (see
+    :func:`trainyard_executor.jobenv.rank_env`). ``ranks`` are global ranks; the position of a
+    rank in that tuple is its ``LOCAL_RANK``.
+    """
+
+    master_addr: str
+    master_port: int
+    world_size: int
+    ranks: tuple[int, ...]
+
+    def env(self, local_rank: int) -> dict[str, str]:
+        """What torchrun sets for a worker: enough for ``init_process_group("env://")`` and for
+        code that reads LOCAL_RANK to pick its device. This backend is one torchrun "node": its
+        ranks are the node's local ranks, GROUP_RANK the node's index (ranks split evenly)."""
+        local_world = len(self.ranks)
+        rank = self.ranks[local_rank]
+        return {
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": str(self.master_port),
+            "WORLD_SIZE": str(self.world_size),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(local_world),
+            "GROUP_RANK": str(min(self.ranks) // local_world),
+            "GROUP_WORLD_SIZE": str(-(-self.world_size // local_world)),
+            "ROLE_RANK": str(rank),
+            "ROLE_WORLD_SIZE": str(self.world_size),
+            "TRAINYARD_RANK": str(rank),
+        }
 
 
 @dataclass(frozen=True)
@@ -58,6 +96,10 @@ class AttemptLaunch:
     """GPUs to attach."""
     inherited_env: tuple[str, ...] = ()
     """Keys of ``env`` that came from the executor's own environment rather than the job spec."""
+    gang: Gang | None = None
+    """Several ranks (``replicas > 1``); None: one process, no rendezvous variables."""
+    checkpoint_dir: Path | None = None
+    """Kept across the attempts of one job (TRAINYARD_CHECKPOINT_DIR); container backends mount it."""
 
 
 @dataclass(frozen=True)
@@ -99,3 +141,33 @@ class Backend(Protocol):
     async def start(self, launch: AttemptLaunch, on_line: LineSink) -> RunningAttempt: ...
 
     def capacity(self) -> Resources: ...
+
+
+@dataclass(frozen=True)
+class FoundAttempt:
+    """An attempt a previous run of this executor left on the backend (found after a restart)."""
+
+    job_id: str
+    attempt: int
+    ref: str
+    """The backend's own handle (a pid file, container ids)."""
+    detail: str
+    """For logs: pids, container names."""
+
+
+class Adopting(Protocol):
+    """A backend whose attempts survive a restart of the executor (local, docker, podman).
+
+    After a restart the executor lists what it left (:meth:`find_attempts`), adopts the attempts
+    its job records still call current (their output keeps streaming, their end is reported) and
+    discards the rest (stopped, so a job never runs twice at once). An attempt handle may have
+    ``release()``: the executor calls it once the outcome is recorded, after which a restart no
+    longer finds the attempt; and ``detach()``: stop watching, leave it running for the next
+    executor to adopt.
+    """
+
+    async def find_attempts(self) -> list[FoundAttempt]: ...
+
+    async def adopt(self, found: FoundAttempt, on_line: LineSink) -> RunningAttempt: ...
+
+    async def discard(self, found: FoundAttempt, grace_s: float) -> None: ...

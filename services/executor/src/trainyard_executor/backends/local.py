@@ -1,54 +1,59 @@
-"""Run attempts as local processes (pure asyncio, one process group per attempt)."""
+"""Run attempts as local processes: one process group per rank, restart-safe.
+
+Every rank runs under a tiny supervisor (``supervise.py``) that records the exit status in a file,
+with its stdout and stderr going to files in the attempt's ``.trainyard/`` dir, tailed to the line
+sink. A pid file per attempt (``<root>/attempts/<job>.<attempt>.json``: pids with their start
+times, paths, timeout, start time) lets an executor that restarted find its attempts, check that
+each pid still names the process it started, and adopt them: their output keeps streaming from
+where it had been shipped, and their exit status is reported as if it had never been away.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Coroutine
+import sys
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
-from .base import AttemptLaunch, AttemptOutcome, LineSink, OutcomeKind, Resources
+from ._proc import group_alive, group_members, same_process, signal_group, start_ticks
+from .base import AttemptLaunch, AttemptOutcome, FoundAttempt, LineSink, OutcomeKind, Resources
 from .runtime_env import RuntimeEnvCache, RuntimeEnvError
 from .source import SourceError, checkout
 
-__all__ = ["MAX_LINE", "LocalAttempt", "LocalBackend", "detect_capacity", "pump_lines"]
+__all__ = ["MAX_LINE", "LineSplitter", "LocalAttempt", "LocalBackend", "detect_capacity", "pump_lines"]
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
 """A longer output line is delivered as several pieces of at most this many bytes."""
 READ_CHUNK = 64 * 1024
-_STREAM_LIMIT = 1024 * 1024
+SUPERVISOR = Path(__file__).resolve().parent.parent / "supervise.py"
+META_DIR = ".trainyard"
+"""In the attempt's work dir: rank-N.stdout/.stderr/.exit and the log cursor."""
+CURSOR_NAME = "log-cursor.json"
 _GROUP_POLL_S = 0.05
+_TAIL_POLL_S = 0.05
+"""How often a log file that has reached its end is looked at again (regular files never block)."""
+_ADOPTED_POLL_S = 0.1
+_CURSOR_EVERY_S = 1.0
 _DRAIN_TIMEOUT_S = 5.0
-"""After the process group is gone, how long to wait for the pipes to reach EOF before closing them
-(only matters if a process escaped the group with setsid() and still holds stdout/stderr)."""
+"""After the ranks are gone, how long the tails may take to deliver what is left in the files."""
 
 T = TypeVar("T")
 
 
 class _Cancelled(Exception):
     """Internal: the attempt was cancelled while preparing."""
-
-
-class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """Resolves ``exited`` as soon as the child exits. ``Process.wait()`` only returns once the
-    pipes are closed too, which a grandchild still holding stdout can postpone indefinitely."""
-
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
-        self.exited: asyncio.Future[None] = loop.create_future()
-
-    def process_exited(self) -> None:
-        super().process_exited()
-        if not self.exited.done():
-            self.exited.set_result(None)
 
 
 def _fmt_s(seconds: float) -> str:
@@ -62,52 +67,95 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _exit_reason(rc: int) -> str:
+def _exit_reason(rc: int | None) -> str:
+    if rc is None:
+        return "exit status unknown"
     if rc < 0:
         return f"killed by signal {_signal_name(-rc)}"
     return f"exit code {rc}"
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is still in process group ``pgid``."""
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        entries = None
-    if entries is None:  # no procfs: fall back to signal 0 (counts zombies as alive)
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ..." — comm may contain spaces and parentheses
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
+@dataclass
+class _Rank:
+    """One rank's process group: its supervisor (the group leader) and the job's argv under it."""
 
+    rank: int
+    local_rank: int
+    stdout: Path
+    stderr: Path
+    exit_file: Path
+    pid: int | None = None
+    start_ticks: int | None = None
+    exited: asyncio.Future[Any] | None = field(default=None, repr=False)
+    proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    killed: bool = False
+    """We SIGKILLed its group while the supervisor lived: it could write no exit file."""
 
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "local_rank": self.local_rank,
+            "stdout": str(self.stdout),
+            "stderr": str(self.stderr),
+            "exit_file": str(self.exit_file),
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _Rank:
+        return cls(
+            rank=int(data["rank"]),
+            local_rank=int(data["local_rank"]),
+            stdout=Path(data["stdout"]),
+            stderr=Path(data["stderr"]),
+            exit_file=Path(data["exit_file"]),
+            pid=data.get("pid"),
+            start_ticks=data.get("start_ticks"),
+        )
+
+    def status(self) -> tuple[int | None, str | None]:
+        """(exit code, error) once the rank has ended: from its supervisor's exit file, else
+        from what we saw (our own child's status, our SIGKILL), else unknown."""
+        try:
+            data = json.loads(self.exit_file.read_text())
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict):
+            if data.get("error"):
+                return None, str(data["error"])
+            if isinstance(data.get("returncode"), int):
+                return int(data["returncode"]), None
+        if self.proc is not None and self.proc.returncode is not None:
+            return self.proc.returncode, None
+        if self.killed:
+            return -signal.SIGKILL, None
+        return None, "ended while the executor was away; its exit status is unknown"
+
+    def failed(self) -> bool:
+        rc, error = self.status()
+        return error is not None or rc != 0
 
 
 class LocalAttempt:
-    """A running attempt. Created by :meth:`LocalBackend.start`; preparation (source checkout,
-    runtime env) and the process itself run in a background task, so ``start()`` returns at once,
-    ``pid`` is None until the process has been spawned, and ``cancel()`` works in every phase."""
+    """A running attempt: one process group per rank. Created by :meth:`LocalBackend.start` (or
+    :meth:`LocalBackend.adopt` after an executor restart). Preparation (source checkout, runtime
+    env) and the processes run in a background task, so ``start()`` returns at once, ``pid`` is
+    None until the first rank has been spawned, and ``cancel()`` works in every phase.
 
-    def __init__(self, backend: LocalBackend, launch: AttemptLaunch, on_line: LineSink) -> None:
+    Each rank runs under ``supervise.py`` with its output going to files in the attempt's
+    ``.trainyard/`` dir; those files are tailed to the line sink, so an executor that restarts can
+    pick up the output (from the offsets it had shipped) and the exit status of processes it did
+    not spawn.
+    """
+
+    def __init__(
+        self,
+        backend: LocalBackend,
+        launch: AttemptLaunch,
+        on_line: LineSink,
+        adopted: Mapping[str, Any] | None = None,
+    ) -> None:
         self.pid: int | None = None
         self._backend = backend
         self._launch = launch
@@ -115,16 +163,37 @@ class LocalAttempt:
         self._sink_lock = asyncio.Lock()
         self._cancel_event = asyncio.Event()
         self._cancel_grace: float | None = None
-        self._workdir = backend.resolve_workdir(launch.workdir)
-        self._cwd = self._workdir / "src" if launch.source_repo else self._workdir
-        self._output_dir = self._cwd / launch.output_subdir
+        self._detached = False
+        self._ranks: list[_Rank] = []
+        self._offsets: dict[str, int] = {}
+        self._started_at = time.time()
+        if adopted is None:
+            self._workdir = backend.resolve_workdir(launch.workdir)
+            self._cwd = self._workdir / "src" if launch.source_repo else self._workdir
+            self._output_dir = self._cwd / launch.output_subdir
+            runner = self._run()
+        else:
+            self._workdir = Path(adopted["workdir"])
+            self._cwd = Path(adopted["cwd"])
+            self._output_dir = Path(adopted["output_dir"])
+            self._started_at = float(adopted["started_at"])
+            self._ranks = [_Rank.from_json(r) for r in adopted["ranks"]]
+            self.pid = self._ranks[0].pid if self._ranks else None
+            self._offsets = self._read_cursor()
+            runner = self._run_adopted()
+        self._state_file = backend.state_file(launch.job_id, launch.attempt)
         self._task: asyncio.Task[AttemptOutcome] = asyncio.create_task(
-            self._run(), name=f"attempt:{launch.job_id}:{launch.attempt}"
+            runner, name=f"attempt:{launch.job_id}:{launch.attempt}"
         )
 
     @property
     def output_dir(self) -> Path:
         return self._output_dir
+
+    @property
+    def meta_dir(self) -> Path:
+        """The attempt's bookkeeping: rank logs, exit files, the shipped-log cursor."""
+        return self._workdir / META_DIR
 
     def done(self) -> bool:
         return self._task.done()
@@ -136,7 +205,8 @@ class LocalAttempt:
     async def cancel(self, grace_s: float | None = None) -> None:
         """Request cancellation and wait until the attempt has ended (at most ~grace later).
 
-        A no-op once the attempt has ended; the first call's grace wins."""
+        Every rank gets SIGTERM, then SIGKILL after the grace. A no-op once the attempt has ended;
+        the first call's grace wins."""
         if self._task.done():
             return
         if not self._cancel_event.is_set():
@@ -145,6 +215,19 @@ class LocalAttempt:
         with contextlib.suppress(Exception):
             await asyncio.shield(self._task)
 
+    async def release(self) -> None:
+        """The outcome is recorded: a restarted executor must not find this attempt any more."""
+        with contextlib.suppress(FileNotFoundError):
+            self._state_file.unlink()
+
+    async def detach(self) -> None:
+        """Stop watching and leave the processes running, for the next executor to adopt (what an
+        executor that is killed does; also how tests stand in for that kill)."""
+        self._detached = True
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
     # ------------------------------------------------------------------------------- internals
 
     def _outcome(self, kind: OutcomeKind, exit_code: int | None, reason: str) -> AttemptOutcome:
@@ -152,7 +235,6 @@ class LocalAttempt:
 
     async def _emit(self, stream: str, line: str) -> None:
         # serialised, so the sink is never re-entered; a failing sink is logged, never fatal
-        # (the pipes must keep draining or the child would block on a full pipe)
         async with self._sink_lock:
             try:
                 await self._on_line(stream, line)
@@ -186,6 +268,11 @@ class LocalAttempt:
             return prepared
         return await self._execute(prepared)
 
+    async def _run_adopted(self) -> AttemptOutcome:
+        for rank in self._ranks:
+            rank.exited = asyncio.ensure_future(self._poll_exit(rank))
+        return await self._watch()
+
     async def _prepare(self) -> dict[str, str] | AttemptOutcome:
         launch = self._launch
         if not launch.argv:
@@ -197,6 +284,8 @@ class LocalAttempt:
             return self._outcome("failed", None, "source_commit given without source_repo")
         if launch.runtime_pip and self._backend.runtime_envs is None:
             return self._outcome("failed", None, "runtime_pip requested but no runtime env cache configured")
+        if launch.gang is not None and not launch.gang.ranks:
+            return self._outcome("failed", None, "a gang without ranks")
         try:
             self._workdir.mkdir(parents=True, exist_ok=True)
             if launch.source_repo:
@@ -209,6 +298,8 @@ class LocalAttempt:
                 except SourceError as e:
                     return self._outcome("failed", None, f"source checkout failed: {e}")
             self._output_dir.mkdir(parents=True, exist_ok=True)
+            if launch.checkpoint_dir is not None:
+                launch.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             return self._outcome("failed", None, f"cannot prepare workdir {self._workdir}: {e}")
 
@@ -232,106 +323,291 @@ class LocalAttempt:
         env["TRAINYARD_WORKDIR"] = str(self._cwd)  # the job's cwd: the checkout when there is one
         return env
 
-    async def _spawn(self, env: dict[str, str]) -> tuple[asyncio.SubprocessTransport, _ExitAwareProtocol]:
-        loop = asyncio.get_running_loop()
-        transport, protocol = await loop.subprocess_exec(
-            lambda: _ExitAwareProtocol(limit=_STREAM_LIMIT, loop=loop),
-            *self._launch.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=self._cwd,
-            env=env,
-            start_new_session=True,
-        )
-        return transport, protocol
+    def _plan_ranks(self) -> list[_Rank]:
+        meta = self.meta_dir
+        gang = self._launch.gang
+        globals_ = gang.ranks if gang is not None else (0,)
+        return [
+            _Rank(
+                rank=rank,
+                local_rank=local,
+                stdout=meta / f"rank-{rank}.stdout",
+                stderr=meta / f"rank-{rank}.stderr",
+                exit_file=meta / f"rank-{rank}.exit",
+            )
+            for local, rank in enumerate(globals_)
+        ]
+
+    def _write_state(self) -> None:
+        """The attempt's pid file: what a restarted executor needs to find and adopt it."""
+        launch = self._launch
+        state = {
+            "version": 1,
+            "job_id": launch.job_id,
+            "attempt": launch.attempt,
+            "argv": launch.argv,
+            "workdir": str(self._workdir),
+            "cwd": str(self._cwd),
+            "output_dir": str(self._output_dir),
+            "timeout_s": launch.timeout_s,
+            "grace_s": launch.grace_s,
+            "started_at": self._started_at,
+            "gang": launch.gang is not None,
+            "ranks": [r.to_json() for r in self._ranks],
+        }
+        _write_json(self._state_file, state)
+
+    def _read_cursor(self) -> dict[str, int]:
+        try:
+            data = json.loads((self.meta_dir / CURSOR_NAME).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    async def _spawn(self, rank: _Rank, env: dict[str, str]) -> None:
+        # local files, opened without blocking to speak of; handed to the child, closed right after
+        out = open(rank.stdout, "wb")  # noqa: ASYNC230
+        err = open(rank.stderr, "wb")  # noqa: ASYNC230
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",
+                "-S",
+                str(SUPERVISOR),
+                str(rank.exit_file),
+                "--",
+                *self._launch.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=self._cwd,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            out.close()
+            err.close()
+        rank.proc = proc
+        rank.pid = proc.pid
+        rank.start_ticks = start_ticks(proc.pid)
+        rank.exited = asyncio.ensure_future(proc.wait())
 
     async def _execute(self, env: dict[str, str]) -> AttemptOutcome:
         launch = self._launch
-        argv0 = launch.argv[0]
         if self._cancel_event.is_set():
             return self._outcome("cancelled", None, "cancelled")
+        self._ranks = self._plan_ranks()
         try:
-            transport, protocol = await self._spawn(env)
-        except FileNotFoundError:
-            return self._outcome("failed", None, f"command not found: {argv0}")
-        except PermissionError:
-            return self._outcome("failed", None, f"command not executable: {argv0}")
+            self.meta_dir.mkdir(parents=True, exist_ok=True)
+            for rank in self._ranks:  # a re-run of the same attempt dir: nothing from before counts
+                rank.exit_file.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                (self.meta_dir / CURSOR_NAME).unlink()
+            self._started_at = time.time()
+            self._write_state()  # before anything runs: a restart finds the attempt even mid-spawn
         except OSError as e:
-            return self._outcome("failed", None, f"cannot start {argv0}: {e}")
+            return self._outcome("failed", None, f"cannot prepare workdir {self._workdir}: {e}")
+        for rank in self._ranks:
+            rank_env = env if launch.gang is None else {**env, **launch.gang.env(rank.local_rank)}
+            try:
+                await self._spawn(rank, rank_env)
+            except BaseException as e:
+                for started in self._ranks:
+                    if started.pid is not None:
+                        signal_group(started.pid, signal.SIGKILL)
+                self._state_file.unlink(missing_ok=True)
+                if not isinstance(e, OSError):
+                    raise
+                return self._outcome("failed", None, f"cannot start rank {rank.rank}: {e}")
+            if self.pid is None:
+                self.pid = rank.pid
+            self._write_state()
+        return await self._watch()
 
-        pgid = transport.get_pid()
-        self.pid = pgid
-        readers = [
-            asyncio.create_task(pump_lines(reader, name, self._emit))
-            for name, reader in (("stdout", protocol.stdout), ("stderr", protocol.stderr))
-            if reader is not None
+    async def _poll_exit(self, rank: _Rank) -> None:
+        """An adopted rank is not our child: nothing tells us when it ends, so look."""
+        if rank.pid is None:
+            return
+        while same_process(rank.pid, rank.start_ticks):  # noqa: ASYNC110
+            await asyncio.sleep(_ADOPTED_POLL_S)
+
+    async def _watch(self) -> AttemptOutcome:
+        """Stream every rank's output, wait for the end (all ranks, the first failure, timeout or
+        cancel), stop what is left, and say how it went."""
+        finished = asyncio.Event()
+        gang = self._launch.gang is not None or len(self._ranks) > 1
+        tails = [
+            asyncio.create_task(self._tail(rank, stream, finished, gang))
+            for rank in self._ranks
+            for stream in ("stdout", "stderr")
         ]
+        cursor = asyncio.create_task(self._keep_cursor())
         try:
-            kind, reason, grace = await self._supervise(protocol.exited)
-            if kind is not None:
-                await self._terminate_group(pgid, protocol.exited, grace)
-            elif _group_alive(pgid):
-                # the main process is done: stragglers it left in its group go too
-                await self._terminate_group(pgid, protocol.exited, launch.grace_s)
-            await self._drain(readers, transport)
+            kind, reason, grace, failed = await self._supervise()
+            stop = [r for r in self._ranks if kind is not None or failed is not None or _lingers(r)]
+            await asyncio.gather(
+                *(self._terminate(r, grace if kind is not None else self._launch.grace_s) for r in stop)
+            )
+            finished.set()
+            _, pending = await asyncio.wait(tails, timeout=_DRAIN_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
+            cursor.cancel()
+            self._write_cursor(self._offsets)
         except BaseException:
-            # the supervising task itself was cancelled (e.g. executor shutdown): leave nothing behind
-            _signal_group(pgid, signal.SIGKILL)
-            for r in readers:
-                r.cancel()
-            transport.close()
+            cursor.cancel()
+            for task in tails:
+                task.cancel()
+            if not self._detached:
+                # the supervising task itself was cancelled (e.g. executor shutdown): leave nothing
+                for rank in self._ranks:
+                    if rank.pid is not None and _ours(rank):
+                        signal_group(rank.pid, signal.SIGKILL)
             raise
-        rc = transport.get_returncode()
-        assert rc is not None
-        if kind is None:
-            return self._outcome("succeeded" if rc == 0 else "failed", rc, _exit_reason(rc))
-        return self._outcome(kind, rc, reason)
+        first = self._ranks[0]
+        if kind is not None:
+            rc, _ = first.status()
+            return self._outcome(kind, rc, reason)
+        if failed is not None:
+            rc, error = failed.status()
+            why = error or _exit_reason(rc)
+            return self._outcome("failed", rc, f"rank {failed.rank}: {why}" if gang else why)
+        return self._outcome("succeeded", 0, "exit code 0")
 
-    async def _supervise(self, exited: asyncio.Future[None]) -> tuple[OutcomeKind | None, str, float]:
-        """Wait for exit, timeout or cancel. Returns (kind or None for a natural exit, reason, grace)."""
+    async def _supervise(self) -> tuple[OutcomeKind | None, str, float, _Rank | None]:
+        """Wait for every rank to end, the first to fail, the timeout or a cancel.
+
+        Returns (kind for timeout/cancel else None, reason, grace, the rank that failed)."""
         launch = self._launch
         cancel_wait: asyncio.Future[Any] = asyncio.ensure_future(self._cancel_event.wait())
         try:
-            await asyncio.wait(
-                {exited, cancel_wait},
-                timeout=launch.timeout_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            while True:
+                for rank in self._ranks:
+                    assert rank.exited is not None
+                    if rank.exited.done() and rank.failed():
+                        return None, "", launch.grace_s, rank
+                running = [r.exited for r in self._ranks if r.exited is not None and not r.exited.done()]
+                if not running:
+                    return None, "", 0.0, None
+                if self._cancel_event.is_set():
+                    grace = self._cancel_grace if self._cancel_grace is not None else launch.grace_s
+                    return "cancelled", "cancelled", grace, None
+                remaining = None
+                if launch.timeout_s is not None:
+                    remaining = self._started_at + launch.timeout_s - time.time()
+                    if remaining <= 0:
+                        why = f"timed out after {_fmt_s(launch.timeout_s)}"
+                        return "timed_out", why, launch.grace_s, None
+                await asyncio.wait(
+                    {*running, cancel_wait}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
         finally:
             cancel_wait.cancel()
-        if exited.done():
-            return None, "", 0.0
-        if self._cancel_event.is_set():
-            grace = self._cancel_grace if self._cancel_grace is not None else launch.grace_s
-            return "cancelled", "cancelled", grace
-        assert launch.timeout_s is not None
-        return "timed_out", f"timed out after {_fmt_s(launch.timeout_s)}", launch.grace_s
 
-    async def _terminate_group(self, pgid: int, exited: asyncio.Future[None], grace: float) -> None:
-        """SIGTERM the group; SIGKILL it once ``grace`` has passed with anything still alive."""
+    async def _terminate(self, rank: _Rank, grace: float) -> None:
+        """SIGTERM the rank's group; SIGKILL it once ``grace`` has passed with anything still alive."""
+        pgid = rank.pid
+        if pgid is None or not _ours(rank):
+            return
+        exited = rank.exited
+        assert exited is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(grace, 0.0)
-        _signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         if not exited.done():
             await asyncio.wait({exited}, timeout=max(grace, 0.0))
         # the kernel offers no notification for "process group became empty": poll /proc
-        while _group_alive(pgid) and loop.time() < deadline:  # noqa: ASYNC110
+        while group_alive(pgid) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_GROUP_POLL_S)
-        if not exited.done() or _group_alive(pgid):
-            _signal_group(pgid, signal.SIGKILL)
+        if not exited.done() or group_alive(pgid):
+            rank.killed = rank.killed or not exited.done()
+            signal_group(pgid, signal.SIGKILL)
         await exited
 
-    async def _drain(self, readers: list[asyncio.Task[None]], transport: asyncio.BaseTransport) -> None:
-        _, pending = await asyncio.wait(readers, timeout=_DRAIN_TIMEOUT_S)
-        if pending:
-            # someone outside the group still holds the pipes: close our ends; the readers then see
-            # EOF after delivering what was already read
-            log.warning(
-                "attempt %s/%s: output pipes still open, closing", self._launch.job_id, self._launch.attempt
-            )
-            transport.close()
-            await asyncio.wait(pending)
+    async def _tail(self, rank: _Rank, stream: str, finished: asyncio.Event, tagged: bool) -> None:
+        """Follow one of a rank's output files from the shipped offset to its end."""
+        path = rank.stdout if stream == "stdout" else rank.stderr
+        key = path.name
+        prefix = f"[rank {rank.rank}] "
+
+        async def deliver(name: str, line: str) -> None:
+            await self._emit(name, prefix + line if tagged else line)
+
+        splitter = LineSplitter(stream, deliver)
+        offset = self._offsets.get(key, 0)
+        f: BinaryIO | None = None
+        try:
+            while True:
+                final = finished.is_set()  # read first: what was written before the end is read below
+                if f is None:
+                    try:
+                        f = open(path, "rb")  # noqa: ASYNC230 - a local file, kept open while tailing
+                        f.seek(offset)
+                    except FileNotFoundError:
+                        if final:
+                            break
+                        await _nap(finished)
+                        continue
+                chunk = f.read(READ_CHUNK)
+                if chunk:
+                    offset += len(chunk)
+                    await splitter.feed(chunk)
+                    self._offsets[key] = offset - splitter.pending
+                    continue
+                if final:
+                    break
+                await _nap(finished)
+            await splitter.end()
+            self._offsets[key] = offset
+        finally:
+            if f is not None:
+                f.close()
+
+    async def _keep_cursor(self) -> None:
+        """Persist how far each log file has been shipped, one period behind: the lines delivered
+        in the last period may still sit in the shipper's batch, and after a crash they are sent
+        again rather than lost (at least once)."""
+        shipped = dict(self._offsets)
+        while True:
+            await asyncio.sleep(_CURSOR_EVERY_S)
+            self._write_cursor(shipped)
+            shipped = dict(self._offsets)
+
+    def _write_cursor(self, offsets: Mapping[str, int]) -> None:
+        try:
+            _write_json(self.meta_dir / CURSOR_NAME, dict(offsets))
+        except OSError as e:
+            log.warning("cannot write the log cursor of %s: %s", self._launch.job_id, e)
+
+
+def _ours(rank: _Rank) -> bool:
+    """Whether the rank's group is still the one we started (a pid is only reused once the group
+    is empty; then it may name a stranger's group, which must not be signalled)."""
+    if rank.pid is None:
+        return False
+    if rank.proc is not None and rank.proc.returncode is None:
+        return True  # our child, not reaped yet: its pid cannot have been reused
+    if same_process(rank.pid, rank.start_ticks):
+        return True
+    # the leader is gone; stragglers it left started after it, a stranger's group only later
+    members = group_members(rank.pid)
+    return bool(members) and rank.start_ticks is not None and all(t >= rank.start_ticks for _, t in members)
+
+
+def _lingers(rank: _Rank) -> bool:
+    """The rank ended but left processes in its group."""
+    return rank.pid is not None and group_alive(rank.pid) and _ours(rank)
+
+
+async def _nap(finished: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(finished.wait(), _TAIL_POLL_S)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def _safe_cut(data: bytes | bytearray, limit: int) -> int:
@@ -354,15 +630,45 @@ async def _deliver(line: bytes | bytearray, name: str, on_line: LineSink) -> Non
     await on_line(name, line.decode("utf-8", errors="replace"))
 
 
-async def pump_lines(stream: asyncio.StreamReader, name: str, on_line: LineSink) -> None:
-    """Deliver the lines of ``stream`` to ``on_line(name, line)`` as they arrive, until EOF.
+class LineSplitter:
+    """Bytes in, lines out to ``on_line(name, line)``: UTF-8 (invalid bytes replaced), without the
+    "\n" (or "\r\n"). A line longer than :data:`MAX_LINE` bytes is delivered as several pieces of
+    at most MAX_LINE bytes, never splitting a character; memory stays bounded whatever the line
+    length. :meth:`end` delivers a last line without a newline."""
 
-    Lines are decoded as UTF-8 (invalid bytes replaced) without their "\n" (or "\r\n"). A line
-    longer than :data:`MAX_LINE` bytes is delivered as several pieces of at most MAX_LINE bytes,
-    never splitting a character; memory stays bounded whatever the line length. A last line without
-    a newline is delivered at EOF.
-    """
-    buf = bytearray()
+    def __init__(self, name: str, on_line: LineSink) -> None:
+        self.name = name
+        self.on_line = on_line
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes fed but not delivered yet (an unfinished line)."""
+        return len(self._buf)
+
+    async def feed(self, chunk: bytes) -> None:
+        buf = self._buf
+        buf += chunk
+        start = 0
+        while (nl := buf.find(b"\n", start)) >= 0:
+            await _deliver(buf[start:nl], self.name, self.on_line)
+            start = nl + 1
+        del buf[:start]
+        while len(buf) > MAX_LINE:
+            cut = _safe_cut(buf, MAX_LINE)
+            await self.on_line(self.name, buf[:cut].decode("utf-8", errors="replace"))
+            del buf[:cut]
+
+    async def end(self) -> None:
+        if self._buf:
+            await _deliver(self._buf, self.name, self.on_line)
+            self._buf = bytearray()
+
+
+async def pump_lines(stream: asyncio.StreamReader, name: str, on_line: LineSink) -> None:
+    """Deliver the lines of ``stream`` to ``on_line(name, line)`` as they arrive, until EOF
+    (split as :class:`LineSplitter` does)."""
+    splitter = LineSplitter(name, on_line)
     while True:
         try:
             chunk = await stream.read(READ_CHUNK)
@@ -370,18 +676,8 @@ async def pump_lines(stream: asyncio.StreamReader, name: str, on_line: LineSink)
             break
         if not chunk:
             break
-        buf += chunk
-        start = 0
-        while (nl := buf.find(b"\n", start)) >= 0:
-            await _deliver(buf[start:nl], name, on_line)
-            start = nl + 1
-        del buf[:start]
-        while len(buf) > MAX_LINE:
-            cut = _safe_cut(buf, MAX_LINE)
-            await on_line(name, buf[:cut].decode("utf-8", errors="replace"))
-            del buf[:cut]
-    if buf:
-        await _deliver(buf, name, on_line)
+        await splitter.feed(chunk)
+    await splitter.end()
 
 
 _pump = pump_lines  # the name the container backends import
@@ -409,6 +705,79 @@ class LocalBackend:
 
     async def start(self, launch: AttemptLaunch, on_line: LineSink) -> LocalAttempt:
         return LocalAttempt(self, launch, on_line)
+
+    # -- after a restart ----------------------------------------------------------------------
+
+    @property
+    def attempts_dir(self) -> Path:
+        return self.root / "attempts"
+
+    def state_file(self, job_id: str, attempt: int) -> Path:
+        """The attempt's pid file (written once its first rank is about to start)."""
+        self.attempts_dir.mkdir(parents=True, exist_ok=True)
+        return self.attempts_dir / f"{job_id}.{attempt}.json"
+
+    def _load(self, ref: str) -> dict[str, Any]:
+        data = json.loads(Path(ref).read_text())
+        if not isinstance(data, dict) or data.get("version") != 1:
+            raise ValueError("not a pid file of this executor version")
+        return data
+
+    async def find_attempts(self) -> list[FoundAttempt]:
+        """The attempts a previous run of this executor left, running or ended but not recorded."""
+        found = []
+        for path in sorted(self.attempts_dir.glob("*.json")) if self.attempts_dir.is_dir() else []:
+            try:
+                data = self._load(str(path))
+                pids = [r.get("pid") for r in data["ranks"]]
+                found.append(
+                    FoundAttempt(
+                        job_id=str(data["job_id"]),
+                        attempt=int(data["attempt"]),
+                        ref=str(path),
+                        detail=f"pids {pids}",
+                    )
+                )
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("unreadable pid file %s (%s): removed", path, e)
+                path.unlink(missing_ok=True)
+        return found
+
+    async def adopt(self, found: FoundAttempt, on_line: LineSink) -> LocalAttempt:
+        """Watch an attempt a previous run of this executor started (see :meth:`find_attempts`)."""
+        data = self._load(found.ref)
+        launch = AttemptLaunch(
+            job_id=found.job_id,
+            attempt=found.attempt,
+            argv=list(data.get("argv") or []),
+            env={},
+            workdir=Path(data["workdir"]),
+            timeout_s=data.get("timeout_s"),
+            grace_s=float(data.get("grace_s", 10.0)),
+        )
+        return LocalAttempt(self, launch, on_line, adopted=data)
+
+    async def discard(self, found: FoundAttempt, grace_s: float) -> None:
+        """Stop an attempt that is no longer current (SIGTERM, SIGKILL after the grace) and forget it."""
+        try:
+            data = self._load(found.ref)
+        except (OSError, ValueError):
+            Path(found.ref).unlink(missing_ok=True)
+            return
+        ranks = [_Rank.from_json(r) for r in data.get("ranks", [])]
+        live = [r for r in ranks if _ours(r)]
+        for rank in live:
+            assert rank.pid is not None
+            signal_group(rank.pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(grace_s, 0.0)
+        while any(_ours(r) for r in live) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_GROUP_POLL_S)
+        for rank in live:
+            if _ours(rank):
+                assert rank.pid is not None
+                signal_group(rank.pid, signal.SIGKILL)
+        Path(found.ref).unlink(missing_ok=True)
 
     def capacity(self) -> Resources:
         if self._capacity_override is not None:
