@@ -25,6 +25,9 @@ class JobView:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
         self.records: dict[str, JobRecord] = {}
+        # the jobs not yet terminal: what planning and reconciling look at, so a pass costs the
+        # live jobs, not every job the installation ever ran
+        self.live: dict[str, JobRecord] = {}
         self.revisions: dict[str, int] = {}
         self.ready = asyncio.Event()
         self._listeners: list[Listener] = []
@@ -58,6 +61,7 @@ class JobView:
             key = entry.key
             if entry.operation in (KV_DEL, KV_PURGE):
                 self.records.pop(key, None)
+                self.live.pop(key, None)
                 self.revisions.pop(key, None)
                 continue
             revision = entry.revision or 0
@@ -81,6 +85,10 @@ class JobView:
             return
         before = self.records.get(key)
         self.records[key] = record
+        if record.state.terminal:
+            self.live.pop(key, None)
+        else:
+            self.live[key] = record
         self.revisions[key] = revision
         for listener in self._listeners:
             try:
@@ -93,3 +101,7 @@ class JobView:
 
     def all(self) -> list[JobRecord]:
         return list(self.records.values())
+
+    def unfinished(self) -> list[JobRecord]:
+        """The records not in a terminal state."""
+        return list(self.live.values())

@@ -131,7 +131,7 @@ class SchedulerCore:
         online = await self.executors.online(now)
         used: dict[str, Demand] = defaultdict(lambda: Demand(0.0, 0, 0))
         pending: list[PendingJob] = []
-        for record in self.view.all():
+        for record in self.view.unfinished():
             if record.state.active and record.executor_id in online:
                 u = used[record.executor_id]
                 d = demand_of(record).times(record.spec.replicas)
@@ -256,7 +256,7 @@ class SchedulerCore:
             return
         now = self.clock()
         online = await self.executors.online(now)
-        for record in self.view.all():
+        for record in self.view.unfinished():
             age = (now - record.updated_at).total_seconds()
             if record.state == JobState.SUBMITTED and age > self.settings.submitted_grace_seconds:
                 await self.queue(record.job_id)
