@@ -25,6 +25,7 @@ from trainyard_executor.backends.docker import (
     LABEL_ATTEMPT,
     LABEL_EXECUTOR,
     LABEL_JOB,
+    LABEL_RANK,
     OUTPUTS_MOUNT,
     DockerBackend,
     image_missing_reason,
@@ -166,6 +167,7 @@ async def test_success_with_env_and_an_output_file_seen_on_the_host(backend, tmp
     assert (outcome.output_dir / "model.txt").read_text() == "weights\n"
     assert lines.of("stdout")[0] == "hello world from j1"
     assert lines.of("stdout")[1] == "path=/bin home=/root"  # the image's PATH, not the host's
+    await attempt.release()  # what the executor does once the outcome is recorded
     assert gone(backend, attempt.container_id)
 
 
@@ -204,6 +206,7 @@ async def test_a_non_zero_exit_code_fails_the_attempt(backend, tmp_path):
     outcome = await attempt.wait()
     assert (outcome.kind, outcome.exit_code, outcome.reason) == ("failed", 3, "exit code 3")
     assert lines.of("stdout") == ["hi"]
+    await attempt.release()  # what the executor does once the outcome is recorded
     assert gone(backend, attempt.container_id)
 
 
@@ -226,6 +229,7 @@ async def test_a_timeout_stops_the_container_and_removes_it(backend, tmp_path):
     outcome = await attempt.wait()
     assert outcome.kind == "timed_out" and outcome.reason == "timed out after 1s"
     assert lines.of("stdout") == ["started"]
+    await attempt.release()  # what the executor does once the outcome is recorded
     assert gone(backend, attempt.container_id)
 
 
@@ -247,6 +251,7 @@ async def test_cancel_sends_term_and_waits_out_the_grace_period(backend, tmp_pat
     assert outcome.kind == "cancelled" and outcome.exit_code == 0  # it ended by itself, in time
     assert (outcome.output_dir / "marker").read_text() == "got-term\n"
     assert lines.of("stdout") == ["ready", "cleaning up"]
+    await attempt.release()  # what the executor does once the outcome is recorded
     assert gone(backend, attempt.container_id)
 
 
@@ -270,6 +275,7 @@ async def test_a_command_missing_from_the_image_fails_with_the_init_s_complaint(
     else:
         assert outcome.exit_code != 0
     assert any("exec" in line and "No such file" in line for line in lines.of("stderr")), lines.got
+    await attempt.release()  # what the executor does once the outcome is recorded
     assert gone(backend, attempt.container_id)
     assert not backend.list_running(include_stopped=True)  # nothing left behind
 
@@ -364,7 +370,17 @@ def test_container_config_carries_limits_gpus_labels_and_no_host_paths(tmp_path)
         ("nofile", 20000, 20000),
         ("nproc", 32768, 32768),
     }
-    assert config["labels"] == {LABEL_JOB: "jobx", LABEL_ATTEMPT: "1", LABEL_EXECUTOR: "exec-p"}
+    labels = config["labels"]
+    assert {k: labels[k] for k in (LABEL_JOB, LABEL_ATTEMPT, LABEL_EXECUTOR, LABEL_RANK)} == {
+        LABEL_JOB: "jobx",
+        LABEL_ATTEMPT: "1",
+        LABEL_EXECUTOR: "exec-p",
+        LABEL_RANK: "0",
+    }
+    # what an executor that restarted needs to adopt the container (host paths only in labels)
+    assert labels["trainyard.workdir"] == str(launch.workdir.resolve())
+    assert labels["trainyard.output_dir"] == str(out.resolve()) and "trainyard.gang" not in labels
+    assert "network_mode" not in config  # one rank: the engine's default network
     assert config["volumes"][str(out.resolve())] == {"bind": "/trainyard/outputs", "mode": "rw"}
     assert "working_dir" not in config  # the image's own
     with_source = podman.container_config(launch, "img:1", out, launch.workdir / "src")
@@ -413,7 +429,9 @@ async def test_what_a_follow_stream_missed_is_read_back_after_the_exit(tmp_path)
     launch = make_launch(tmp_path, ["x"])
     attempt = ContainerAttempt(backend, _ShortFollowContainer(), launch, tmp_path, lines)
     outcome = await attempt.wait()
-    assert outcome.kind == "succeeded" and removed == ["c0ffee"]
+    assert outcome.kind == "succeeded" and removed == []  # kept until the outcome is recorded
+    await attempt.release()
+    assert removed == ["c0ffee"]
     assert lines.of("stdout") == ["one", "two", "three", "tail"]
     assert lines.of("stderr") == ["e1", "e2"]
 
@@ -544,17 +562,99 @@ async def test_a_job_with_an_image_runs_through_the_services(
     assert leftover.list_running(include_stopped=True) == []
 
 
+async def _orphaned(nats_js: Any, subjects: Any, job_id: str, executor_id: str, *, superseded: bool) -> Any:
+    """What a crashed executor leaves in the record: attempt 1 running on it (or, when the
+    scheduler noticed the lost lease first, requeued as attempt 2)."""
+    from trainyard_contracts import (
+        AttemptRef,
+        Capacity,
+        ExecutorHeartbeat,
+        JobRecord,
+        JobState,
+        lifecycle,
+    )
+    from trainyard_contracts._time import utcnow
+
+    kv = await nats_js.key_value(subjects.buckets.jobs)
+
+    async def queued() -> Any:
+        entry = await kv.get(job_id)
+        record = JobRecord.model_validate_json(entry.value)
+        return (entry, record) if record.state == JobState.QUEUED else None
+
+    entry, record = await eventually(queued, 30, "queued")
+    now = utcnow()
+    orphan = lifecycle.start(lifecycle.schedule(record, executor_id, now), now)
+    if superseded:
+        orphan = lifecycle.requeue(orphan, now, reason="executor_lost", counts_as_retry=False)
+    else:
+        # the crashed executor's lease has not run out yet (else the scheduler requeues the job)
+        beat = ExecutorHeartbeat(
+            executor_id=executor_id,
+            backend="docker",
+            capacity=Capacity(cpu=2, memory=2048),
+            running=[AttemptRef(job_id=job_id, attempt=1)],
+            time=now,
+            lease_seconds=60,
+        )
+        executors = await nats_js.key_value(subjects.buckets.executors)
+        await executors.put(executor_id, beat.model_dump_json().encode())
+    await kv.update(job_id, orphan.model_dump_json().encode(), last=entry.revision)
+    return orphan
+
+
 @pytest.mark.service
-async def test_a_restarted_executor_stops_its_old_container_and_the_job_runs_once_more(
+async def test_a_restarted_executor_adopts_the_container_of_the_current_attempt(
     engine, nats_server, prefix, nats_js, tmp_path, monkeypatch
 ):
-    """The executor crashed while attempt 1 ran: its container is still running on the engine.
+    """The executor died while attempt 1 ran; its container kept running. The new executor
+    follows it to its end (logs included) instead of running the job again."""
+    from trainyard_contracts import JobSpec, JobState, Subjects
 
-    On start it must stop that container (the attempt is no longer current) before recovery
-    requeues the job, so the job's attempts never run at the same time.
-    """
-    from trainyard_contracts import JobRecord, JobSpec, JobState, Subjects, lifecycle
-    from trainyard_contracts._time import utcnow
+    settings = _settings(engine, monkeypatch)
+    subjects = Subjects(prefix)
+    script = f"echo first; while [ ! -f {OUTPUTS_MOUNT}/go ]; do sleep 0.1; done; echo second; exit 0"
+    spec = JobSpec(name="adopted", image=IMAGE, command=["sh", "-c", script], resources={"memory": 64})
+    sched, execu = _apps(_common(nats_server, prefix, tmp_path), settings)
+    async with sched.start_lifespan_context():
+        job_id = await _submit(nats_js, subjects, spec)
+        await _orphaned(nats_js, subjects, job_id, settings.id, superseded=False)
+        before = DockerBackend(base_url=ENGINE_URLS[engine], name=engine, executor_id=settings.id)
+        lines = Lines()
+        env = {"TRAINYARD_JOB_ID": job_id, "TRAINYARD_ATTEMPT": "1"}
+        old = await before.start(make_launch(tmp_path, ["sh", "-c", script], job_id=job_id, env=env), lines)
+        await eventually(lambda: _true("first" in lines.of("stdout")), 30, "attempt 1 running")
+        await old.detach()  # the executor that started it is gone
+        async with execu.start_lifespan_context():
+            kv = await nats_js.key_value(subjects.buckets.executors)
+
+            async def listed() -> bool:
+                try:
+                    beat = json.loads((await kv.get(settings.id)).value)
+                except Exception:
+                    return False
+                return any(r["job_id"] == job_id for r in beat["running"])
+
+            await eventually(listed, 30, "the adopted attempt in the heartbeat")
+            (old.output_dir / "go").write_text("")
+            done = await _finished(nats_js, subjects, job_id)
+    assert done.state == JobState.SUCCEEDED and done.attempt == 1 and done.exit_code == 0
+    assert gone(before, old.container_id)
+    events = await _stored(nats_js, subjects.job_events(job_id), subjects.streams.jobs)
+    assert "requeued" not in [json.loads(m.data)["type"] for m in events]
+    chunks = await _stored(nats_js, subjects.logs_of(job_id), subjects.streams.logs)
+    text = [line["text"] for m in chunks for line in json.loads(m.data)["lines"]]
+    assert "second" in text and any("adopted by" in t for t in text)
+
+
+@pytest.mark.service
+async def test_a_restarted_executor_stops_a_superseded_container_and_the_job_runs_once_more(
+    engine, nats_server, prefix, nats_js, tmp_path, monkeypatch
+):
+    """The executor crashed while attempt 1 ran and the scheduler has requeued the job since:
+    on start the executor stops that container before it takes any new work, so the job's
+    attempts never run at the same time."""
+    from trainyard_contracts import JobSpec, JobState, Subjects
 
     settings = _settings(engine, monkeypatch)
     subjects = Subjects(prefix)
@@ -563,18 +663,7 @@ async def test_a_restarted_executor_stops_its_old_container_and_the_job_runs_onc
     sched, execu = _apps(_common(nats_server, prefix, tmp_path), settings)
     async with sched.start_lifespan_context():
         job_id = await _submit(nats_js, subjects, spec)
-        kv = await nats_js.key_value(subjects.buckets.jobs)
-
-        async def queued() -> Any:
-            entry = await kv.get(job_id)
-            record = JobRecord.model_validate_json(entry.value)
-            return (entry, record) if record.state == JobState.QUEUED else None
-
-        entry, record = await eventually(queued, 30, "queued")
-        now = utcnow()
-        orphan = lifecycle.start(lifecycle.schedule(record, settings.id, now), now)
-        await kv.update(job_id, orphan.model_dump_json().encode(), last=entry.revision)
-        # what the crashed executor left: attempt 1's container, running with its labels
+        await _orphaned(nats_js, subjects, job_id, settings.id, superseded=True)
         before = DockerBackend(base_url=ENGINE_URLS[engine], name=engine, executor_id=settings.id)
         lines = Lines()
         env = {"TRAINYARD_JOB_ID": job_id, "TRAINYARD_ATTEMPT": "1"}
@@ -585,8 +674,6 @@ async def test_a_restarted_executor_stops_its_old_container_and_the_job_runs_onc
     assert gone(before, old.container_id)
     assert (await old.wait()).kind == "failed"  # stopped under it (it would have slept 120 s)
     assert done.state == JobState.SUCCEEDED and done.attempt == 2
-    # requeued by the executor's recovery, or by the scheduler when the dead lease ran out first;
-    # either way attempt 2 cannot be placed here before the first heartbeat, sent after the reaping
     assert done.attempts[0].state == JobState.REQUEUED and done.retries_used == 0
     assert before.list_running(include_stopped=True) == []
 

@@ -3,6 +3,16 @@
 The same class serves Docker and Podman (``podman system service`` speaks the Docker API); the one
 difference that matters is that every Podman container needs explicit nofile/nproc ulimits.
 
+A job with several replicas runs one container per rank (named ``...-r<rank>``, labelled with
+the rank), each with the spec's per-replica limits and torchrun's variables, on the host's network
+(``network_mode: host``): the ranks meet at MASTER_ADDR:MASTER_PORT on the host, which also works
+for a gang split across executors, and needs no user-defined network (Podman's DNS plugin for those
+is not always installed).
+
+After an executor restart its containers are found by their labels; the current attempts are
+adopted (logs followed again from the bytes already shipped, their exit reported), the others
+stopped. A container is removed by ``release()`` once the executor has recorded its outcome.
+
 The docker client is synchronous. Every call that can block runs in a thread of its own (not the
 loop's default executor, which a few long log streams and waits would exhaust) and hands its
 result back to the event loop; log chunks are fed into an ``asyncio.StreamReader`` so lines are
@@ -13,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -27,7 +39,13 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, Ulimit
 
-from trainyard_executor.backends.base import AttemptLaunch, AttemptOutcome, LineSink, Resources
+from trainyard_executor.backends.base import (
+    AttemptLaunch,
+    AttemptOutcome,
+    FoundAttempt,
+    LineSink,
+    Resources,
+)
 from trainyard_executor.backends.local import _pump
 from trainyard_executor.backends.source import SourceError, checkout
 
@@ -38,8 +56,20 @@ T = TypeVar("T")
 LABEL_JOB = "trainyard.job_id"
 LABEL_ATTEMPT = "trainyard.attempt"
 LABEL_EXECUTOR = "trainyard.executor"
+LABEL_RANK = "trainyard.rank"
+LABEL_GANG = "trainyard.gang"
+"""A container of a gang: its log lines carry the rank."""
+LABEL_STARTED = "trainyard.started"
+"""Wall-clock time the attempt started: an adopted attempt keeps its timeout."""
+LABEL_TIMEOUT = "trainyard.timeout"
+LABEL_GRACE = "trainyard.grace"
+LABEL_WORKDIR = "trainyard.workdir"
+LABEL_OUTPUT_DIR = "trainyard.output_dir"
 WORK_MOUNT = "/trainyard/work"
 OUTPUTS_MOUNT = "/trainyard/outputs"
+CHECKPOINTS_MOUNT = "/trainyard/checkpoints"
+META_DIR = ".trainyard"
+CURSOR_EVERY_S = 1.0
 # without these every Podman container fails with "error setting rlimit type 7"
 PODMAN_ULIMITS: tuple[tuple[str, int, int], ...] = (("nofile", 20000, 20000), ("nproc", 32768, 32768))
 # executor variables that name things on the executor's host: an image has its own
@@ -75,6 +105,7 @@ class RunningContainer:
     container_id: str
     executor_id: str
     state: str
+    rank: int = 0
 
 
 def _in_thread(fn: Callable[..., T], *args: Any, name: str = "docker", **kwargs: Any) -> asyncio.Future[T]:
@@ -128,8 +159,13 @@ class FinishedAttempt:
     async def cancel(self, grace_s: float | None = None) -> None:
         return None
 
+    async def release(self) -> None:
+        return None
+
 
 class ContainerAttempt:
+    """One container: one attempt, or one rank of a gang (``rank`` set: lines are tagged)."""
+
     def __init__(
         self,
         backend: DockerBackend,
@@ -137,6 +173,10 @@ class ContainerAttempt:
         launch: AttemptLaunch,
         output_dir: Path,
         on_line: LineSink,
+        *,
+        rank: int | None = None,
+        started_at: float | None = None,
+        skip: dict[str, int] | None = None,
     ) -> None:
         self.backend = backend
         self.container = container
@@ -144,14 +184,28 @@ class ContainerAttempt:
         self.pid: int | None = (container.attrs.get("State") or {}).get("Pid") or None
         self.launch = launch
         self.output_dir = output_dir
+        self.rank = rank
+        self.started_at = started_at if started_at is not None else time.time()
         self._cancelled = False
         self._timed_out = False
+        self._outcome_kind: str | None = None
         self._stopping: asyncio.Future[Any] | None = None
         self._streams: list[Any] = []
+        self._skip = dict(skip or {})
+        self._consumed: dict[str, int] = dict(self._skip)
+        self._cursor_path = launch.workdir / META_DIR / f"container-{rank or 0}-cursor.json"
         self._exit = _in_thread(self._wait_blocking, name=f"wait-{launch.job_id}")
+        sink = on_line
+        if rank is not None:
+            prefix = f"[rank {rank}] "
+
+            async def sink(stream: str, line: str) -> None:
+                await on_line(stream, prefix + line)
+
         self._pumps = [
-            asyncio.create_task(_pump(self._follow(name), name, on_line)) for name in ("stdout", "stderr")
+            asyncio.create_task(_pump(self._follow(name), name, sink)) for name in ("stdout", "stderr")
         ]
+        self._cursor_task = asyncio.create_task(self._keep_cursor())
 
     # -- blocking parts (threads) -------------------------------------------------------------
 
@@ -177,13 +231,17 @@ class ContainerAttempt:
                     stream=True, follow=True, stdout=name == "stdout", stderr=name == "stderr"
                 )
                 self._streams.append(chunks)
+                skip = self._skip.get(name, 0)  # already shipped by the executor before a restart
                 delivered = 0
                 for chunk in chunks:
+                    if delivered + len(chunk) > skip:
+                        feed(chunk[max(0, skip - delivered) :])
                     delivered += len(chunk)
-                    feed(chunk)
+                    self._consumed[name] = max(delivered, skip)
                 # ended (or closed by _drain): the log is whole once the job has exited
                 self.container.wait()
-                self._catch_up(name, delivered, feed)
+                self._catch_up(name, max(delivered, skip), feed)
+                self._consumed[name] = max(delivered, skip, self._consumed.get(name, 0))
             except Exception as exc:  # the engine went away: the wait reports it
                 log.debug("log stream ended", extra={"job_id": self.launch.job_id, "error": str(exc)})
             finally:
@@ -210,6 +268,7 @@ class ContainerAttempt:
                 missed += len(part)
                 feed(part)
             seen += len(chunk)
+        self._consumed[name] = max(seen, delivered)
         if missed:
             log.info(
                 "log stream caught up after the exit",
@@ -219,9 +278,48 @@ class ContainerAttempt:
     # -- the protocol -------------------------------------------------------------------------
 
     async def wait(self) -> AttemptOutcome:
+        outcome = await self._wait()
+        self._outcome_kind = outcome.kind
+        return outcome
+
+    async def release(self) -> None:
+        """The outcome is recorded: remove the container (a failed one stays if so configured)."""
+        if self._outcome_kind in ("succeeded", "cancelled") or not self.backend.keep_failed:
+            await self.backend._remove(self.container_id)
+
+    async def detach(self) -> None:
+        """Stop following; leave the container running for the next executor to adopt."""
+        self._cursor_task.cancel()
+        for stream in list(self._streams):
+            with contextlib.suppress(Exception):
+                stream.close()
+        for task in self._pumps:
+            task.cancel()
+        await asyncio.gather(self._cursor_task, *self._pumps, return_exceptions=True)
+
+    async def _keep_cursor(self) -> None:
+        """How far each stream has been shipped, one period behind (the last period's lines may
+        still sit in the shipper's batch: after a crash they are sent again rather than lost)."""
+        shipped = dict(self._consumed)
+        while True:
+            await asyncio.sleep(CURSOR_EVERY_S)
+            self._write_cursor(shipped)
+            shipped = dict(self._consumed)
+
+    def _write_cursor(self, consumed: Mapping[str, int]) -> None:
+        with contextlib.suppress(OSError):
+            self._cursor_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._cursor_path.with_name(self._cursor_path.name + ".tmp")
+            tmp.write_text(json.dumps(dict(consumed)))
+            os.replace(tmp, self._cursor_path)
+
+    async def _wait(self) -> AttemptOutcome:
+        timeout = self.launch.timeout_s
+        if timeout is not None:
+            timeout = max(0.0, self.started_at + timeout - time.time())
         try:
             try:
-                await asyncio.wait_for(asyncio.shield(self._exit), self.launch.timeout_s)
+                await asyncio.wait_for(asyncio.shield(self._exit), timeout)
             except TimeoutError:
                 self._timed_out = True
                 self._stop(self.launch.grace_s)
@@ -233,10 +331,7 @@ class ContainerAttempt:
         if self._stopping is not None:
             with contextlib.suppress(Exception):
                 await self._stopping
-        outcome = self._outcome(code, error, oom)
-        if outcome.kind in ("succeeded", "cancelled") or not self.backend.keep_failed:
-            await self.backend._remove(self.container_id)
-        return outcome
+        return self._outcome(code, error, oom)
 
     async def cancel(self, grace_s: float | None = None) -> None:
         self._cancelled = True
@@ -261,6 +356,8 @@ class ContainerAttempt:
             await asyncio.wait(pending, timeout=LOG_CATCH_UP_S)
             for task in pending:
                 task.cancel()
+        self._cursor_task.cancel()
+        self._write_cursor(self._consumed)
 
     def _outcome(self, code: int, error: str | None, oom: bool) -> AttemptOutcome:
         out = self.output_dir
@@ -367,49 +464,80 @@ class DockerBackend:
 
     # -- starting -----------------------------------------------------------------------------
 
-    def container_name(self, launch: AttemptLaunch) -> str:
-        return f"trainyard-{launch.job_id}-{launch.attempt}"
+    def container_name(self, launch: AttemptLaunch, local_rank: int = 0) -> str:
+        name = f"trainyard-{launch.job_id}-{launch.attempt}"
+        return name if launch.gang is None else f"{name}-r{launch.gang.ranks[local_rank]}"
 
-    def labels(self, launch: AttemptLaunch) -> dict[str, str]:
-        return {
+    def labels(
+        self, launch: AttemptLaunch, local_rank: int = 0, output_dir: Path | None = None
+    ) -> dict[str, str]:
+        labels = {
             LABEL_JOB: launch.job_id,
             LABEL_ATTEMPT: str(launch.attempt),
             LABEL_EXECUTOR: self.executor_id,
+            LABEL_RANK: str(launch.gang.ranks[local_rank] if launch.gang else 0),
+            LABEL_STARTED: f"{time.time():.3f}",
+            LABEL_GRACE: f"{launch.grace_s:g}",
+            LABEL_WORKDIR: str(launch.workdir.resolve()),
         }
+        if launch.gang is not None:
+            labels[LABEL_GANG] = "1"
+        if launch.timeout_s is not None:
+            labels[LABEL_TIMEOUT] = f"{launch.timeout_s:g}"
+        if output_dir is not None:
+            labels[LABEL_OUTPUT_DIR] = str(output_dir.resolve())
+        return labels
 
-    def container_env(self, launch: AttemptLaunch, workdir: str) -> dict[str, str]:
+    def container_env(self, launch: AttemptLaunch, workdir: str, local_rank: int = 0) -> dict[str, str]:
         env = {k: v for k, v in launch.env.items() if not (k in HOST_ONLY_ENV and k in launch.inherited_env)}
         env["TRAINYARD_OUTPUT_DIR"] = OUTPUTS_MOUNT
         env["TRAINYARD_WORKDIR"] = workdir
+        if launch.checkpoint_dir is not None:
+            env["TRAINYARD_CHECKPOINT_DIR"] = CHECKPOINTS_MOUNT
+        if launch.gang is not None:
+            env.update(launch.gang.env(local_rank))
         return env
 
     def container_config(
-        self, launch: AttemptLaunch, image: str, output_dir: Path, source_dir: Path | None
+        self,
+        launch: AttemptLaunch,
+        image: str,
+        output_dir: Path,
+        source_dir: Path | None,
+        local_rank: int = 0,
     ) -> dict[str, Any]:
-        """The keyword arguments of ``containers.create`` for one attempt (pure; no engine call).
+        """The keyword arguments of ``containers.create`` for one attempt, or one rank of a gang
+        (pure; no engine call).
 
         argv is the whole command line (it replaces the image's entrypoint, as a Kubernetes
-        ``command`` does); without a git source the image's own working dir applies.
+        ``command`` does); without a git source the image's own working dir applies. Every rank
+        gets the spec's resources (they are per replica).
         """
         workdir = WORK_MOUNT
         if source_dir is not None:
             workdir = f"{WORK_MOUNT}/{source_dir.relative_to(launch.workdir).as_posix()}"
+        volumes = {
+            str(launch.workdir.resolve()): {"bind": WORK_MOUNT, "mode": "rw"},
+            str(output_dir.resolve()): {"bind": OUTPUTS_MOUNT, "mode": "rw"},
+        }
+        if launch.checkpoint_dir is not None:
+            volumes[str(launch.checkpoint_dir.resolve())] = {"bind": CHECKPOINTS_MOUNT, "mode": "rw"}
         config: dict[str, Any] = {
             "image": image,
             "entrypoint": launch.argv[:1],
             "command": launch.argv[1:],
-            "environment": self.container_env(launch, workdir),
-            "labels": self.labels(launch),
-            "name": self.container_name(launch),
+            "environment": self.container_env(launch, workdir, local_rank),
+            "labels": self.labels(launch, local_rank, output_dir),
+            "name": self.container_name(launch, local_rank),
             "detach": True,
             "stdin_open": False,
             "tty": False,
             "init": self.init,
-            "volumes": {
-                str(launch.workdir.resolve()): {"bind": WORK_MOUNT, "mode": "rw"},
-                str(output_dir.resolve()): {"bind": OUTPUTS_MOUNT, "mode": "rw"},
-            },
+            "volumes": volumes,
         }
+        if launch.gang is not None:
+            # the ranks meet at MASTER_ADDR:MASTER_PORT, an address of the host
+            config["network_mode"] = "host"
         if source_dir is not None:
             config["working_dir"] = workdir
         if launch.cpu:
@@ -426,7 +554,9 @@ class DockerBackend:
             config["ulimits"] = [Ulimit(name=n, soft=s, hard=h) for n, s, h in self.ulimits]
         return config
 
-    async def start(self, launch: AttemptLaunch, on_line: LineSink) -> ContainerAttempt | FinishedAttempt:
+    async def start(
+        self, launch: AttemptLaunch, on_line: LineSink
+    ) -> ContainerAttempt | GangAttempt | FinishedAttempt:
         source_dir = launch.workdir / "src" if launch.source_repo else None
         output_dir = (source_dir or launch.workdir) / launch.output_subdir
         try:
@@ -436,6 +566,9 @@ class DockerBackend:
                 await checkout(launch.source_repo, launch.source_commit, source_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
             output_dir.chmod(0o777)  # the image's user may not be the executor's
+            if launch.checkpoint_dir is not None:
+                launch.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                launch.checkpoint_dir.chmod(0o777)
         except (SourceError, OSError) as exc:
             return FinishedAttempt(f"could not prepare the work dir: {exc}", output_dir)
         image = launch.image or self.default_image
@@ -452,16 +585,28 @@ class DockerBackend:
             )
         if self._capacity is None:
             await _in_thread(self.capacity, name="docker-info")
-        config = self.container_config(launch, image, output_dir, source_dir)
-        try:
-            container = await _in_thread(self._create_and_start, config, name=f"start-{launch.job_id}")
-        except ImageNotFound:
-            return FinishedAttempt(image_missing_reason(image), output_dir)
-        except _AlreadyRunning as exc:
-            return FinishedAttempt(str(exc), output_dir)
-        except DockerException as exc:
-            return FinishedAttempt(f"could not start the container: {_explain(exc)}", output_dir)
-        return ContainerAttempt(self, container, launch, output_dir, on_line)
+        if launch.gang is not None and not launch.gang.ranks:
+            return FinishedAttempt("a gang without ranks", output_dir)
+        members: list[ContainerAttempt] = []
+        for local_rank in range(len(launch.gang.ranks) if launch.gang else 1):
+            config = self.container_config(launch, image, output_dir, source_dir, local_rank)
+            try:
+                container = await _in_thread(self._create_and_start, config, name=f"start-{launch.job_id}")
+            except (ImageNotFound, _AlreadyRunning, DockerException) as exc:
+                # a gang starts whole or not at all
+                await asyncio.gather(*(self._remove(m.container_id) for m in members))
+                for m in members:
+                    await m.detach()
+                if isinstance(exc, ImageNotFound):
+                    return FinishedAttempt(image_missing_reason(image), output_dir)
+                if isinstance(exc, _AlreadyRunning):
+                    return FinishedAttempt(str(exc), output_dir)
+                return FinishedAttempt(f"could not start the container: {_explain(exc)}", output_dir)
+            rank = launch.gang.ranks[local_rank] if launch.gang else None
+            members.append(ContainerAttempt(self, container, launch, output_dir, on_line, rank=rank))
+        if launch.gang is None:
+            return members[0]
+        return GangAttempt(launch, output_dir, members)
 
     def _create_and_start(self, config: Mapping[str, Any]) -> Any:
         client = self.client
@@ -501,6 +646,79 @@ class DockerBackend:
 
     # -- after a restart ----------------------------------------------------------------------
 
+    async def find_attempts(self) -> list[FoundAttempt]:
+        """This executor's containers on the engine (running or ended), one entry per attempt."""
+        found = await _in_thread(self.list_running, include_stopped=True, name="list")
+        attempts: dict[tuple[str, int], list[RunningContainer]] = {}
+        for c in found:
+            attempts.setdefault((c.job_id, c.attempt), []).append(c)
+        return [
+            FoundAttempt(
+                job_id=job_id,
+                attempt=attempt,
+                ref=",".join(c.container_id for c in sorted(cs, key=lambda c: c.rank)),
+                detail=", ".join(f"{c.container_id[:12]} {c.state}" for c in cs),
+            )
+            for (job_id, attempt), cs in sorted(attempts.items())
+        ]
+
+    async def adopt(self, found: FoundAttempt, on_line: LineSink) -> ContainerAttempt | GangAttempt:
+        """Follow the containers of an attempt a previous run of this executor started."""
+        containers = [
+            await _in_thread(self.client.containers.get, cid, name="get") for cid in found.ref.split(",")
+        ]
+        labels = containers[0].attrs["Config"].get("Labels") or {}
+        workdir = Path(labels.get(LABEL_WORKDIR) or ".")
+        output_dir = Path(labels.get(LABEL_OUTPUT_DIR) or workdir / "outputs")
+        timeout = labels.get(LABEL_TIMEOUT)
+        launch = AttemptLaunch(
+            job_id=found.job_id,
+            attempt=found.attempt,
+            argv=[],
+            env={},
+            workdir=workdir,
+            timeout_s=float(timeout) if timeout else None,
+            grace_s=float(labels.get(LABEL_GRACE) or 10.0),
+        )
+        gang = bool(labels.get(LABEL_GANG))
+        members = []
+        for container in containers:
+            tags = container.attrs["Config"].get("Labels") or {}
+            rank = int(tags.get(LABEL_RANK) or 0)
+            cursor = workdir / META_DIR / f"container-{rank if gang else 0}-cursor.json"
+            try:
+                skip = {str(k): int(v) for k, v in json.loads(cursor.read_text()).items()}
+            except (OSError, ValueError, AttributeError):
+                skip = {}
+            started = tags.get(LABEL_STARTED)
+            members.append(
+                ContainerAttempt(
+                    self,
+                    container,
+                    launch,
+                    output_dir,
+                    on_line,
+                    rank=rank if gang else None,
+                    started_at=float(started) if started else None,
+                    skip=skip,
+                )
+            )
+        if not gang:
+            return members[0]
+        return GangAttempt(launch, output_dir, members)
+
+    async def discard(self, found: FoundAttempt, grace_s: float) -> None:
+        """Stop and remove the containers of an attempt that is no longer current."""
+
+        async def stop(container_id: str) -> None:
+            with contextlib.suppress(NotFound):
+                await _in_thread(
+                    self.client.api.stop, container_id, timeout=max(0, math.ceil(grace_s)), name="stop"
+                )
+            await self._remove(container_id)
+
+        await asyncio.gather(*(stop(cid) for cid in found.ref.split(",")), return_exceptions=True)
+
     def list_running(
         self, all_executors: bool = False, include_stopped: bool = False
     ) -> list[RunningContainer]:
@@ -524,6 +742,7 @@ class DockerBackend:
                     container_id=c.id,
                     executor_id=tags.get(LABEL_EXECUTOR, ""),
                     state=state if isinstance(state, str) else str((state or {}).get("Status", "")),
+                    rank=int(tags.get(LABEL_RANK) or 0),
                 )
             )
         return found
@@ -548,6 +767,65 @@ class DockerBackend:
         victims = running if self.keep_failed else found
         await asyncio.gather(*(reap(c) for c in victims), return_exceptions=True)
         return victims
+
+
+class GangAttempt:
+    """The containers of one attempt's ranks, as one attempt: it succeeds when every rank exits
+    0 and fails with the first rank that fails (the others are stopped); timeout and cancel stop
+    every rank."""
+
+    def __init__(self, launch: AttemptLaunch, output_dir: Path, members: list[ContainerAttempt]) -> None:
+        self.launch = launch
+        self.output_dir = output_dir
+        self.members = members
+        self.pid: int | None = members[0].pid
+        self.container_ids = [m.container_id for m in members]
+        self.container_id = self.container_ids[0]
+        self._cancelled = False
+        self._task = asyncio.create_task(self._run(), name=f"gang-{launch.job_id}-{launch.attempt}")
+
+    async def _run(self) -> AttemptOutcome:
+        waits = {asyncio.ensure_future(m.wait()): m for m in self.members}
+        outcomes: dict[int, AttemptOutcome] = {}
+        first_failure: tuple[ContainerAttempt, AttemptOutcome] | None = None
+        pending = set(waits)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                member, outcome = waits[task], task.result()
+                outcomes[id(member)] = outcome
+                if outcome.kind != "succeeded" and first_failure is None and not self._cancelled:
+                    first_failure = (member, outcome)
+                    for other in self.members:
+                        if id(other) not in outcomes:
+                            await other.cancel(self.launch.grace_s)
+        out = self.output_dir
+        first = outcomes[id(self.members[0])]
+        if self._cancelled:
+            return AttemptOutcome("cancelled", first.exit_code, "cancelled", out)
+        if first_failure is not None:
+            member, outcome = first_failure
+            if outcome.kind == "timed_out":
+                return AttemptOutcome("timed_out", outcome.exit_code, outcome.reason, out)
+            return AttemptOutcome("failed", outcome.exit_code, f"rank {member.rank}: {outcome.reason}", out)
+        return AttemptOutcome("succeeded", 0, "exit code 0", out)
+
+    async def wait(self) -> AttemptOutcome:
+        return await asyncio.shield(self._task)
+
+    async def cancel(self, grace_s: float | None = None) -> None:
+        self._cancelled = True
+        for member in self.members:
+            await member.cancel(grace_s)
+
+    async def release(self) -> None:
+        await asyncio.gather(*(m.release() for m in self.members))
+
+    async def detach(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(*(m.detach() for m in self.members))
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 class _AlreadyRunning(RuntimeError):
