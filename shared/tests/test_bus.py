@@ -44,7 +44,12 @@ async def test_job_store_compare_and_set(nats_server, prefix):
 
         # two writers race from the same revision: exactly one wins, the other re-reads
         results = await asyncio.gather(
-            store.update("job000001", lambda r: lifecycle.advance(r, JobState.QUEUED, now)),
+            store.update(
+                "job000001",
+                lambda r: (
+                    lifecycle.advance(r, JobState.QUEUED, now) if r.state == JobState.SUBMITTED else None
+                ),
+            ),
             store.update(
                 "job000001",
                 lambda r: (

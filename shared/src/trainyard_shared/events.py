@@ -8,6 +8,7 @@ from faststream.nats import NatsBroker
 from opentelemetry import propagate
 
 from trainyard_contracts import Envelope, Subjects
+from trainyard_shared.tracing import tracing_enabled
 
 MSG_ID = "Nats-Msg-Id"
 
@@ -23,12 +24,13 @@ class EventPublisher:
         self.broker = broker
         self.subjects = subjects
         self.stream = subjects.streams.jobs
+        self.tracing = tracing_enabled()
 
     async def emit(self, event: Envelope, **headers: str) -> Any:
         """Publish and wait for the stream's ack; a duplicate (same msg id) is acked, not stored.
 
         The envelope carries the job's trace context too, for readers that drop headers."""
-        if event.traceparent is None:
+        if event.traceparent is None and self.tracing:
             traceparent = trace_headers().get("traceparent")
             if traceparent:
                 event = event.model_copy(update={"traceparent": traceparent})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -24,6 +25,7 @@ class JobStore:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
         self._written: list[Callable[[JobRecord, int], None]] = []
+        self._view: Any = None
 
     def on_written(self, callback: Callable[[JobRecord, int], None]) -> None:
         """Tell ``callback(record, revision)`` about every successful write (a view stays current)."""
@@ -50,20 +52,44 @@ class JobStore:
             return None
         return JobRecord.model_validate_json(entry.value), entry.revision or 0
 
+    def read_through(self, view: Any) -> None:
+        """Try each compare-and-set first on the record ``view`` holds (a :class:`JobView`).
+
+        Saves the read before every write: a view that is behind costs one failed CAS, after
+        which the record is read from the bucket as usual. The answer is the same either way.
+        """
+        self._view = view
+
+    def _cached(self, job_id: str) -> tuple[JobRecord, int] | None:
+        if self._view is None:
+            return None
+        record = self._view.records.get(job_id)
+        revision = self._view.revisions.get(job_id)
+        return (record, revision) if record is not None and revision else None
+
     async def update(
         self, job_id: str, change: Change, *, tries: int = 20
     ) -> tuple[JobRecord, JobRecord] | None:
         """Apply a pure ``change`` by compare-and-set, re-reading on conflict.
 
         Returns (before, after), or None when the record is missing or ``change`` said no (None).
+        A "no" from ``change`` on a cached record is checked against the bucket before it stands.
         """
+        cached = self._cached(job_id)
         for _ in range(tries):
-            current = await self.get(job_id)
+            from_cache = cached is not None
+            current = cached if cached is not None else await self.get(job_id)
+            cached = None
             if current is None:
                 return None
             before, revision = current
             after = change(before)
             if after is None:
+                if from_cache:  # the view may be behind: the stored record decides
+                    fresh = await self.get(job_id)
+                    if fresh is not None and fresh[1] != revision:
+                        cached = fresh
+                        continue
                 return None
             try:
                 new_revision = await self.kv.update(job_id, after.model_dump_json().encode(), last=revision)

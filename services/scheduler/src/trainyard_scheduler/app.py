@@ -16,7 +16,7 @@ from faststream.asgi import AsgiFastStream
 from faststream.nats import ConsumerConfig, PullSub
 from prometheus_client import Gauge
 
-from trainyard_contracts import TERMINAL_EVENT_TYPES, JobEvent
+from trainyard_contracts import JobEvent
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.leader import LeaderLease
 from trainyard_scheduler.settings import SchedulerSettings
@@ -48,22 +48,30 @@ def create_app(
         return state["core"]  # type: ignore[return-value]
 
     @broker.subscriber(
-        subjects.all_job_events,
+        "",
         stream=streams(subjects).jobs,
-        durable="scheduler-events",
+        durable="scheduler-job-requests",
         pull_sub=PullSub(batch_size=64, timeout=0.5),
-        config=ConsumerConfig(max_deliver=5, ack_wait=30),
+        # only the two events that ask the scheduler for something: every other change (a job
+        # ended, was requeued, capacity freed) reaches it through the job view's KV watch, so
+        # it does not pay for parsing four more events per job
+        config=ConsumerConfig(
+            filter_subjects=[
+                subjects.job_event_kind("submitted"),
+                subjects.job_event_kind("cancel_requested"),
+            ],
+            max_deliver=5,
+            ack_wait=30,
+        ),
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        title="scheduler/job-events",
-        description="queues submitted jobs, cancels on request, re-plans when capacity frees up",
+        title="scheduler/job-requests",
+        description="queues submitted jobs and cancels on request",
     )
     async def on_job_event(event: JobEvent) -> None:
         if event.type == "submitted":
             await core().queue(event.job_id)
         elif event.type == "cancel_requested":
             await core().cancel(event.job_id, event.by)
-        if event.type in TERMINAL_EVENT_TYPES or event.type in ("submitted", "requeued"):
-            wake.set()
 
     leader_gauge = Gauge(
         "trainyard_scheduler_leader",
@@ -95,7 +103,11 @@ def create_app(
         view = JobView(buckets.jobs)
         store.on_written(view.apply)
         await view.start()
-        view.on_change(lambda before, after: wake.set() if after.state.pending else None)
+        # plan again when a job becomes pending, or one ends and frees its capacity
+        view.on_change(
+            lambda before, after: wake.set() if after.state.pending or after.state.terminal else None
+        )
+        store.read_through(view)
         state["view"] = view
         leader = LeaderLease(
             buckets.leases,

@@ -1,0 +1,70 @@
+"""JobStore reading through a job view: the same answers as reading the bucket, fewer reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from faststream.nats import NatsBroker
+
+from trainyard_contracts import JobSpec, JobState, Subjects, lifecycle
+from trainyard_shared.bus import open_buckets
+from trainyard_shared.jobstore import JobStore
+
+pytestmark = pytest.mark.service
+
+
+class FrozenView:
+    """A view that stopped following the bucket: it holds what it was given, nothing newer."""
+
+    def __init__(self) -> None:
+        self.records: dict = {}
+        self.revisions: dict = {}
+
+    def hold(self, record, revision: int) -> None:
+        self.records[record.job_id] = record
+        self.revisions[record.job_id] = revision
+
+
+@pytest.fixture
+async def stores(nats_server, prefix):
+    broker = NatsBroker(nats_server.url)
+    async with broker:
+        await broker.start()
+        buckets = await open_buckets(broker, Subjects(prefix))
+        yield JobStore(buckets.jobs), JobStore(buckets.jobs)
+
+
+async def test_a_stale_view_costs_a_failed_cas_and_the_write_lands_on_the_stored_record(stores):
+    writer, reader = stores
+    view = FrozenView()
+    reader.read_through(view)
+    now = datetime.now(UTC)
+    record = lifecycle.new_record("jobrt0001", JobSpec(name="a", command=["true"]), now, None)
+    view.hold(record, await writer.create(record))
+    await writer.update("jobrt0001", lambda r: lifecycle.advance(r, JobState.QUEUED, now))  # view now stale
+
+    result = await reader.update(
+        "jobrt0001", lambda r: r.model_copy(update={"reason": f"seen {r.state.value}"})
+    )
+
+    assert result is not None and result[0].state == JobState.QUEUED  # decided on the stored record
+    stored, _ = await writer.get("jobrt0001")
+    assert (stored.state, stored.reason) == (JobState.QUEUED, "seen queued")
+
+
+async def test_a_no_decided_on_a_stale_view_is_checked_against_the_stored_record(stores):
+    writer, reader = stores
+    view = FrozenView()
+    reader.read_through(view)
+    now = datetime.now(UTC)
+    record = lifecycle.new_record("jobrt0002", JobSpec(name="a", command=["true"]), now, None)
+    view.hold(record, await writer.create(record))
+    await writer.update("jobrt0002", lambda r: lifecycle.advance(r, JobState.QUEUED, now))
+
+    # "only a queued job": the stale view says submitted (no), the bucket says queued (yes)
+    result = await reader.update(
+        "jobrt0002", lambda r: r.model_copy(update={"reason": "ok"}) if r.state == JobState.QUEUED else None
+    )
+
+    assert result is not None and result[1].reason == "ok"
