@@ -46,6 +46,7 @@ _TAIL_POLL_S = 0.05
 """How often a log file that has reached its end is looked at again (regular files never block)."""
 _ADOPTED_POLL_S = 0.1
 _CURSOR_EVERY_S = 1.0
+_KILL_WAIT_S = 5.0
 _DRAIN_TIMEOUT_S = 5.0
 """After the ranks are gone, how long the tails may take to deliver what is left in the files."""
 
@@ -777,6 +778,9 @@ class LocalBackend:
             if _ours(rank):
                 assert rank.pid is not None
                 signal_group(rank.pid, signal.SIGKILL)
+        deadline = loop.time() + _KILL_WAIT_S  # SIGKILL is delivered asynchronously: see it done
+        while any(_ours(r) for r in live) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_GROUP_POLL_S)
         Path(found.ref).unlink(missing_ok=True)
 
     def capacity(self) -> Resources:
