@@ -15,10 +15,14 @@ async def test_list_and_replay_a_dead_letter(api, nats_server):
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     ack = await js.publish(
-        subjects.dlq("scheduler"), b'{"broken": true}',
-        headers={"Trainyard-Reason": "invalid message: nope", "Trainyard-Service": "scheduler",
-                 "Trainyard-Original-Subject": subjects.job("j0000001", "queued"),
-                 "Trainyard-Deliveries": "1"},
+        subjects.dlq("scheduler"),
+        b'{"broken": true}',
+        headers={
+            "Trainyard-Reason": "invalid message: nope",
+            "Trainyard-Service": "scheduler",
+            "Trainyard-Original-Subject": subjects.job("j0000001", "queued"),
+            "Trainyard-Deliveries": "1",
+        },
     )
     letters = (await api.get("/v1/dlq", headers=AUTH)).json()["letters"]
     assert [(x["seq"], x["service"], x["reason"]) for x in letters] == [

@@ -1,6 +1,7 @@
 """The HTTP API: thin routes that translate a request into a SubmissionService call.
 
-Every error is an RFC 9457 problem document; every /v1 route needs the bearer token.
+Every error is an RFC 9457 problem document; every /v1 route needs a bearer token (see tokens.py
+for the token model and access.py for who may do what).
 """
 
 from __future__ import annotations
@@ -9,22 +10,35 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
-from trainyard_contracts import JobRecord, JobState, SpecError
-from trainyard_submission.auth import token_matches
+from trainyard_contracts import JobRecord, JobSpec, JobState, QueueConfig, SpecError
+from trainyard_contracts.spec import QUEUE_PATTERN, QueueName, field_errors
+from trainyard_submission.access import (
+    Forbidden,
+    ShellRefused,
+    check_admin,
+    check_job,
+    check_list,
+    mask_values,
+    public_record,
+)
 from trainyard_submission.deadletters import DeadLetters, LetterNotFound
 from trainyard_submission.logs import read_chunks
+from trainyard_submission.queues import QueueNotFound, QueueStore, RevisionMismatch
 from trainyard_submission.service import (
     JobAlreadyFinished,
     JobNotFound,
     SubmissionService,
     idempotency_slot,
 )
+from trainyard_submission.tokens import Principal, TokenNotFound, TokenStore
 
 PROBLEM = "application/problem+json"
 
@@ -56,10 +70,69 @@ def summary(record: JobRecord) -> dict[str, Any]:
     }
 
 
+def forbidden(exc: Forbidden) -> Problem:
+    extra: dict[str, Any] = {"queue": exc.queue} if exc.queue else {}
+    if exc.errors:
+        extra["errors"] = [e.model_dump() for e in exc.errors]
+    return Problem(403, "forbidden", exc.detail, **extra)
+
+
+class QueueBody(QueueConfig):
+    """A queue's configuration as PUT: ``name`` may be left out (the path names the queue)."""
+
+    name: QueueName | None = None  # type: ignore[assignment]
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    team: QueueName | None = Field(None, description="the queue this token may act on")
+    admin: bool = Field(False, description="an admin token: every queue, queue and token management")
+    description: str = Field("", max_length=256)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TokenRequest:
+        if self.admin == (self.team is not None):
+            raise ValueError("give either team (a team token) or admin: true, not both")
+        return self
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Describe POST /v1/jobs' body (read raw, as YAML or JSON) and the bearer scheme."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {}).update(spec_schema.pop("$defs", {}))
+        components["schemas"]["JobSpec"] = spec_schema
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+        post = schema["paths"]["/v1/jobs"]["post"]
+        ref = {"$ref": "#/components/schemas/JobSpec"}
+        post["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref}, "application/yaml": {"schema": ref}},
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
         return problem_response(exc.status, exc.title, exc.detail, **exc.extra)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
+        p = forbidden(exc)
+        return problem_response(p.status, p.title, p.detail, **p.extra)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
@@ -71,16 +144,48 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(422, "invalid request", "see errors", errors=errors)
 
 
+async def authorised(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    tokens: TokenStore = request.app.state.trainyard["tokens"]
+    principal = await tokens.authenticate(authorization)
+    if principal is None:
+        raise Problem(401, "unauthorised", "send a valid API token as 'Authorization: Bearer ...'")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(authorised)]
+
+
+async def admin(caller: Caller, request: Request) -> Principal:
+    check_admin(caller, f"{request.method} {request.url.path}")
+    return caller
+
+
+Admin = Annotated[Principal, Depends(admin)]
+QueuePath = Annotated[str, Path(pattern=QUEUE_PATTERN, description="the queue's name")]
+IfMatch = Annotated[
+    int | None, Header(alias="If-Match", ge=0, description="the revision to replace (0: must not exist)")
+]
+
+
 def build_router(state: dict[str, Any]) -> APIRouter:
     """``state`` holds the service, settings and token once the app has started."""
 
     def service() -> SubmissionService:
         return state["service"]  # type: ignore[no-any-return]
 
-    async def authorised(authorization: Annotated[str | None, Header()] = None) -> str:
-        if not token_matches(state["token"], authorization):
-            raise Problem(401, "unauthorised", "send the API token as 'Authorization: Bearer ...'")
-        return "api"
+    def queues() -> QueueStore:
+        return state["queues"]  # type: ignore[no-any-return]
+
+    def tokens() -> TokenStore:
+        return state["tokens"]  # type: ignore[no-any-return]
+
+    async def job_for(caller: Principal, job_id: str, action: str) -> JobRecord:
+        try:
+            record = await service().get(job_id)
+        except JobNotFound as exc:
+            raise Problem(404, "no such job", job_id) from exc
+        check_job(caller, record, action)
+        return record
 
     router = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
 
@@ -99,12 +204,20 @@ def build_router(state: dict[str, Any]) -> APIRouter:
     @router.post("/jobs", status_code=201, summary="submit a job spec (JSON or YAML)")
     async def submit(
         request: Request,
+        caller: Caller,
         idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
     ) -> JSONResponse:
         body = await read_body(request)
-        slot = idempotency_slot("http", idempotency_key) if idempotency_key else None
+        # idempotency keys are per principal: one team cannot learn another's job through a key
+        slot = idempotency_slot(f"http.{caller.token_id}", idempotency_key) if idempotency_key else None
         try:
-            result = await service().submit(body, submitted_by="api", idempotency_slot=slot)
+            result = await service().submit(
+                body, submitted_by=caller.name, idempotency_slot=slot, principal=caller
+            )
+        except ShellRefused as exc:
+            errors = [e.model_dump() for e in exc.errors]
+            detail = f"queue {exc.queue!r} does not allow shell: true"
+            raise Problem(403, "forbidden", detail, queue=exc.queue, errors=errors) from exc
         except SpecError as exc:
             errors = [e.model_dump() for e in exc.errors]
             raise Problem(422, "invalid job spec", str(exc), errors=errors) from exc
@@ -113,48 +226,48 @@ def build_router(state: dict[str, Any]) -> APIRouter:
                 "job_id": result.job_id,
                 "state": result.record.state.value,
                 "duplicate": result.duplicate,
-                "job": result.record.model_dump(mode="json"),
+                "job": public_record(result.record),
             },
             status_code=200 if result.duplicate else 201,
         )
 
     @router.get("/jobs", summary="list jobs, newest first")
     async def list_jobs(
+        caller: Caller,
         state_: Annotated[JobState | None, Query(alias="state")] = None,
-        queue: str | None = None,
+        queue: Annotated[str | None, Query(max_length=63)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> dict[str, Any]:
+        queue = check_list(caller, queue)
         rows = service().list(state_.value if state_ else None, queue, limit)
         return {"jobs": [summary(r) for r in rows]}
 
     @router.get("/jobs/{job_id}", summary="one job's record")
-    async def get_job(job_id: str) -> JSONResponse:
-        try:
-            record = await service().get(job_id)
-        except JobNotFound as exc:
-            raise Problem(404, "no such job", job_id) from exc
-        return JSONResponse(record.model_dump(mode="json"))
+    async def get_job(job_id: str, caller: Caller) -> JSONResponse:
+        record = await job_for(caller, job_id, "read")
+        return JSONResponse(public_record(record))
 
     @router.post("/jobs/{job_id}/cancel", status_code=202, summary="request cancellation")
-    async def cancel_job(job_id: str) -> JSONResponse:
+    async def cancel_job(job_id: str, caller: Caller) -> JSONResponse:
+        await job_for(caller, job_id, "cancel")
         try:
-            record = await service().cancel(job_id, by="api")
+            record = await service().cancel(job_id, by=caller.name)
         except JobNotFound as exc:
             raise Problem(404, "no such job", job_id) from exc
         except JobAlreadyFinished as exc:
             raise Problem(409, "job already finished", str(exc)) from exc
-        return JSONResponse(record.model_dump(mode="json"), status_code=202)
+        return JSONResponse(public_record(record), status_code=202)
 
     @router.get("/jobs/{job_id}/logs", summary="the job's output; follow=true streams SSE")
     async def job_logs(
         job_id: str,
+        caller: Caller,
         attempt: Annotated[int | None, Query(ge=1)] = None,
         follow: bool = False,
     ) -> Any:
-        try:
-            await service().get(job_id)
-        except JobNotFound as exc:
-            raise Problem(404, "no such job", job_id) from exc
+        record = await job_for(caller, job_id, "read the logs of")
+        # a job that prints its own secret: the API does not pass the value on
+        secrets = record.spec.secret_values()
         js, subjects = state["js"], state["subjects"]
 
         def finished() -> bool:
@@ -163,7 +276,7 @@ def build_router(state: dict[str, Any]) -> APIRouter:
 
         chunks = read_chunks(js, subjects, job_id, attempt, follow, finished)
         if not follow:
-            lines = [line.text async for chunk in chunks for line in chunk.lines]
+            lines = [mask_values(line.text, secrets) async for chunk in chunks for line in chunk.lines]
             return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""))
 
         async def events() -> AsyncIterator[dict[str, str]]:
@@ -172,7 +285,7 @@ def build_router(state: dict[str, Any]) -> APIRouter:
                     data = {
                         "attempt": chunk.attempt,
                         "stream": line.stream,
-                        "text": line.text,
+                        "text": mask_values(line.text, secrets),
                         "time": line.time.isoformat(),
                     }
                     yield {"event": "log", "data": json.dumps(data)}
@@ -183,13 +296,15 @@ def build_router(state: dict[str, Any]) -> APIRouter:
 
     @router.get("/dlq", summary="dead letters: messages a service could not handle, and why")
     async def dead_letters(
-        service: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+        _: Admin,
+        service: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_-]{0,62}$")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         letters = await DeadLetters(state["js"], state["subjects"]).list(service, limit)
         return {"letters": [letter.as_json() for letter in letters]}
 
     @router.post("/dlq/{seq}/replay", summary="publish a dead letter again on its subject")
-    async def replay_dead_letter(seq: int) -> dict[str, Any]:
+    async def replay_dead_letter(_: Admin, seq: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> dict[str, Any]:
         try:
             letter = await DeadLetters(state["js"], state["subjects"]).replay(seq)
         except LetterNotFound as exc:
@@ -197,8 +312,67 @@ def build_router(state: dict[str, Any]) -> APIRouter:
         return {"replayed": letter.as_json()}
 
     @router.get("/models", summary="registered model versions, newest first")
-    async def models(name: str | None = None) -> dict[str, Any]:
+    async def models(name: Annotated[str | None, Query(max_length=128)] = None) -> dict[str, Any]:
         versions = await service().models(name)
         return {"models": [v.model_dump(mode="json") for v in versions]}
+
+    @router.get("/queues", summary="every queue's configuration (built-in default included)")
+    async def list_queues() -> dict[str, Any]:
+        return {"queues": [q.as_json() for q in await queues().list()]}
+
+    @router.get("/queues/{name}", summary="one queue's configuration")
+    async def get_queue(name: QueuePath) -> dict[str, Any]:
+        stored = await queues().get(name)
+        if stored is None:
+            detail = f"queue {name!r} has no configuration (built-in defaults apply)"
+            raise Problem(404, "no such queue", detail)
+        return stored.as_json()
+
+    @router.put("/queues/{name}", summary="create or replace a queue's configuration (admin)")
+    async def put_queue(name: QueuePath, body: QueueBody, _: Admin, if_match: IfMatch = None) -> JSONResponse:
+        if body.name is not None and body.name != name:
+            raise Problem(
+                422,
+                "invalid queue configuration",
+                "the body names another queue than the path",
+                errors=[{"field": "name", "message": f"must be {name!r} (the path's queue) or left out"}],
+            )
+        try:
+            config = QueueConfig.model_validate({**body.model_dump(exclude={"name"}), "name": name})
+        except ValidationError as exc:  # pragma: no cover - QueueBody validated the same fields
+            errors = [e.model_dump() for e in field_errors(exc)]
+            raise Problem(422, "invalid queue configuration", "see errors", errors=errors) from exc
+        try:
+            stored, created = await queues().put(config, if_match)
+        except RevisionMismatch as exc:
+            raise Problem(412, "queue changed", str(exc), revision=exc.actual) from exc
+        return JSONResponse(stored.as_json(), status_code=201 if created else 200)
+
+    @router.delete("/queues/{name}", status_code=204, summary="remove a queue's configuration (admin)")
+    async def delete_queue(name: QueuePath, _: Admin, if_match: IfMatch = None) -> Response:
+        try:
+            await queues().delete(name, if_match)
+        except QueueNotFound as exc:
+            raise Problem(404, "no such queue", f"queue {name!r} has no configuration") from exc
+        except RevisionMismatch as exc:
+            raise Problem(412, "queue changed", str(exc), revision=exc.actual) from exc
+        return Response(status_code=204)
+
+    @router.post("/tokens", status_code=201, summary="create a team or admin token (admin); shown once")
+    async def create_token(body: TokenRequest, _: Admin) -> JSONResponse:
+        record, token = await tokens().create(body.team, body.admin, body.description)
+        return JSONResponse({**record.public(), "token": token}, status_code=201)
+
+    @router.get("/tokens", summary="every token's id, team and description (never the token) (admin)")
+    async def list_tokens(_: Admin) -> dict[str, Any]:
+        return {"tokens": [r.public() for r in await tokens().list()]}
+
+    @router.delete("/tokens/{token_id}", status_code=204, summary="revoke a token (admin)")
+    async def revoke_token(token_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")], _: Admin) -> Response:
+        try:
+            await tokens().revoke(token_id)
+        except TokenNotFound as exc:
+            raise Problem(404, "no such token", token_id) from exc
+        return Response(status_code=204)
 
     return router

@@ -19,11 +19,14 @@ from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing
-from trainyard_submission.api import build_router, install_error_handlers
+from trainyard_submission.api import build_router, install_error_handlers, install_openapi
 from trainyard_submission.auth import load_or_create_token
 from trainyard_submission.intake import handle_intake
+from trainyard_submission.limits import BodyLimit
+from trainyard_submission.queues import QueueStore
 from trainyard_submission.service import SubmissionService
 from trainyard_submission.settings import SubmissionSettings
+from trainyard_submission.tokens import TokenStore, bucket_name
 
 
 def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker:
@@ -70,10 +73,15 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         data = common.resolved_data_dir()
         configured = settings.token.get_secret_value() if settings.token else None
-        state["token"] = load_or_create_token(data, configured)
+        bootstrap = load_or_create_token(data, configured)
         await sb.broker.connect()
         await ensure_streams(sb.broker, sb.subjects, common.stream_replicas)
         buckets = await open_buckets(sb.broker, sb.subjects, common.stream_replicas)
+        tokens_kv = await sb.broker.key_value(
+            bucket_name(sb.subjects.prefix), history=1, replicas=common.stream_replicas
+        )
+        state["tokens"] = TokenStore(tokens_kv, bootstrap)
+        state["queues"] = QueueStore(buckets.queues)
         store = JobStore(buckets.jobs)
         view = JobView(buckets.jobs)
         store.on_written(view.apply)
@@ -86,6 +94,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             models=buckets.models,
             events=EventPublisher(sb.broker, sb.subjects),
             git_timeout=settings.git_timeout_seconds,
+            queues=state["queues"],
         )
         await sb.broker.start()
         try:
@@ -102,6 +111,8 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     )
     install_error_handlers(app)
     app.include_router(build_router(state))
+    install_openapi(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.mount("/metrics", make_asgi_app(registry=sb.registry))
 
     @app.get("/healthz", include_in_schema=False)

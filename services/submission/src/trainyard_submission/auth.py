@@ -1,4 +1,7 @@
-"""Bearer-token auth: one token, from the settings or generated once into the data dir."""
+"""The bootstrap (admin) token: from the settings, or generated once into the data dir (mode 0600).
+
+Team tokens and the checks live in tokens.py.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +25,3 @@ def load_or_create_token(data_dir: Path, configured: str | None) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     return token
-
-
-def token_matches(expected: str, authorization: str | None) -> bool:
-    if not authorization or not authorization.lower().startswith("bearer "):
-        return False
-    return secrets.compare_digest(authorization[7:].strip().encode(), expected.encode())

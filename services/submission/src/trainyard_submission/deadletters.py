@@ -8,6 +8,7 @@ subject sees it again; they are idempotent, so only the one that failed does new
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,9 +47,32 @@ class DeadLetter:
             "subject": self.subject,
             "deliveries": self.deliveries,
             "time": self.time.isoformat() if self.time else None,
-            "body": text[:4096] if text is not None else None,
+            "body": masked(text)[:4096] if text is not None else None,
             "body_base64": None if text is not None else base64.b64encode(self.body[:4096]).decode(),
         }
+
+
+def masked(text: str) -> str:
+    """A dead letter's body with the secret env values of any spec in it masked."""
+    if "secret_env" not in text:
+        return text
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "(a body that names secret_env but is not JSON: not shown)"
+    return json.dumps(_mask(data))
+
+
+def _mask(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_mask(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _mask(value) for key, value in node.items()}
+    env, secret = out.get("env"), out.get("secret_env")
+    if isinstance(env, dict) and isinstance(secret, list):
+        out["env"] = {k: ("***" if k in secret else v) for k, v in env.items()}
+    return out
 
 
 def _letter(seq: int, headers: dict[str, str] | None, body: bytes, when: datetime | None) -> DeadLetter:

@@ -27,7 +27,10 @@ from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore, RecordExists
 from trainyard_shared.jobview import JobView
 from trainyard_shared.tracing import current_traceparent
+from trainyard_submission.access import check_submit, place_spec
+from trainyard_submission.queues import QueueStore, builtin
 from trainyard_submission.sources import with_resolved_source
+from trainyard_submission.tokens import Principal
 
 TRACER = trace.get_tracer("trainyard.submission")
 
@@ -61,6 +64,7 @@ class SubmissionService:
         events: EventPublisher,
         git_timeout: float,
         clock: Callable[[], datetime] = utcnow,
+        queues: QueueStore | None = None,
     ) -> None:
         self.store = store
         self.view = view
@@ -69,12 +73,22 @@ class SubmissionService:
         self.events = events
         self.git_timeout = git_timeout
         self.clock = clock
+        self.queues = queues
 
     async def submit(
-        self, document: str | bytes, submitted_by: str | None, idempotency_slot: str | None = None
+        self,
+        document: str | bytes,
+        submitted_by: str | None,
+        idempotency_slot: str | None = None,
+        principal: Principal | None = None,
     ) -> Submitted:
-        """Validate, resolve the source, create the record, announce it. Raises SpecError."""
-        spec = parse_spec(document)
+        """Validate, admit into the queue, resolve the source, create the record, announce it.
+
+        Raises SpecError (ShellRefused when the queue does not take ``shell: true``) or Forbidden.
+        """
+        spec = place_spec(principal, parse_spec(document))
+        queue = await self.queues.effective(spec.queue) if self.queues else builtin(spec.queue)
+        check_submit(principal, spec, queue)
         job_id = new_job_id()
         if idempotency_slot is not None:
             try:
@@ -97,7 +111,10 @@ class SubmissionService:
                 found = await self.store.get(job_id)
                 assert found is not None
                 return Submitted(job_id, found[0], duplicate=True)
-            await self.events.emit(JobSubmitted(job_id=job_id, spec=spec, submitted_by=submitted_by))
+            # the record keeps the secret values (the executor needs them); the event never does
+            await self.events.emit(
+                JobSubmitted(job_id=job_id, spec=spec.redacted(), submitted_by=submitted_by)
+            )
         return Submitted(job_id, record, duplicate=False)
 
     async def reject(self, errors: list[FieldError], intake_id: str | None) -> str:

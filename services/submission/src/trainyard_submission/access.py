@@ -1,0 +1,89 @@
+"""Who may do what: pure rules over a principal, a spec or record, and a queue's configuration.
+
+- The admin acts on every queue; a team token only on its own queue (team = queue).
+- ``shell: true`` is accepted only by a queue whose configuration allows it, whoever submits.
+"""
+
+from __future__ import annotations
+
+from trainyard_contracts import FieldError, JobRecord, JobSpec, QueueConfig, SpecError
+from trainyard_submission.tokens import Principal
+
+
+class Forbidden(Exception):
+    """A refusal: ``detail`` names what was refused and why (HTTP 403)."""
+
+    def __init__(self, detail: str, queue: str | None = None, errors: list[FieldError] | None = None):
+        self.detail, self.queue, self.errors = detail, queue, errors or []
+        super().__init__(detail)
+
+
+class ShellRefused(SpecError):
+    """The spec is valid, but its queue does not accept ``shell: true`` (bus: rejected; HTTP: 403)."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        super().__init__(
+            [
+                FieldError(
+                    field="shell",
+                    message=f"queue {queue!r} does not allow shell: true; give command as an argv list "
+                    "(or ask an admin to set allow_shell on the queue)",
+                )
+            ]
+        )
+
+
+def place_spec(principal: Principal | None, spec: JobSpec) -> JobSpec:
+    """The spec in the queue it goes to: a team token's spec without a queue goes to the team's."""
+    if principal is None or principal.admin or "queue" in spec.model_fields_set:
+        return spec
+    return spec.model_copy(update={"queue": principal.team})
+
+
+def check_submit(principal: Principal | None, spec: JobSpec, queue: QueueConfig) -> None:
+    """Raise Forbidden or ShellRefused; ``principal`` is None on the bus (NATS access is the gate)."""
+    if principal is not None and not principal.may_act_on(spec.queue):
+        raise Forbidden(
+            f"a token of team {principal.team!r} may not submit into queue {spec.queue!r}",
+            queue=spec.queue,
+            errors=[FieldError(field="queue", message=f"must be {principal.team!r} for this token")],
+        )
+    if spec.shell and not queue.allow_shell:
+        raise ShellRefused(spec.queue)
+
+
+def check_job(principal: Principal, record: JobRecord, action: str) -> None:
+    if not principal.may_act_on(record.spec.queue):
+        raise Forbidden(
+            f"a token of team {principal.team!r} may not {action} job {record.job_id} "
+            f"of queue {record.spec.queue!r}",
+            queue=record.spec.queue,
+        )
+
+
+def check_list(principal: Principal, queue: str | None) -> str | None:
+    """The queue a listing is restricted to: the team's own; another team's is refused."""
+    if principal.admin:
+        return queue
+    if queue is not None and queue != principal.team:
+        raise Forbidden(f"a token of team {principal.team!r} may not list queue {queue!r}", queue=queue)
+    return principal.team
+
+
+def check_admin(principal: Principal, action: str) -> None:
+    if not principal.admin:
+        raise Forbidden(f"only an admin token may {action} (this token is team {principal.team!r}'s)")
+
+
+def public_record(record: JobRecord) -> dict[str, object]:
+    """A record as the API shows it: secret env values masked."""
+    return record.model_copy(update={"spec": record.spec.redacted()}).model_dump(mode="json")
+
+
+def mask_values(text: str, secrets: list[str]) -> str:
+    """``text`` with every occurrence of a secret value replaced (job output, dead-letter bodies)."""
+    for value in sorted(secrets, key=len, reverse=True):
+        if len(value) >= 3:  # masking "1" or "" would shred the text and hide nothing
+            text = text.replace(value, "***")
+    return text

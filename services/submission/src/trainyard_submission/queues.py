@@ -1,0 +1,119 @@
+"""Queue configuration in the ``<prefix>_queues`` bucket: key = queue name, value = QueueConfig JSON.
+
+Every write is a compare-and-set on the entry's revision (``If-Match`` carries it over HTTP). A
+queue with no entry behaves as ``QueueConfig(name=...)``, except ``default``, which behaves as
+``DEFAULT_QUEUE`` (it allows ``shell: true``) until an admin writes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from trainyard_contracts import DEFAULT_QUEUE, QueueConfig
+
+
+@dataclass(frozen=True)
+class StoredQueue:
+    config: QueueConfig
+    revision: int  # 0: not in the bucket (the built-in default)
+
+    def as_json(self) -> dict[str, object]:
+        return {**self.config.model_dump(mode="json"), "revision": self.revision}
+
+
+class QueueNotFound(LookupError):
+    pass
+
+
+class RevisionMismatch(RuntimeError):
+    def __init__(self, name: str, expected: int, actual: int) -> None:
+        self.expected, self.actual = expected, actual
+        super().__init__(f"queue {name!r} is at revision {actual}, not {expected}")
+
+
+def builtin(name: str) -> QueueConfig:
+    return DEFAULT_QUEUE if name == DEFAULT_QUEUE.name else QueueConfig(name=name)
+
+
+class QueueStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def get(self, name: str) -> StoredQueue | None:
+        try:
+            entry = await self.kv.get(name)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        try:
+            return StoredQueue(QueueConfig.model_validate_json(entry.value), entry.revision or 0)
+        except ValidationError:  # written by hand and broken: treat as the built-in, say so on read
+            return None
+
+    async def effective(self, name: str) -> QueueConfig:
+        """The configuration that applies to a queue right now."""
+        stored = await self.get(name)
+        return stored.config if stored else builtin(name)
+
+    async def list(self) -> list[StoredQueue]:
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            keys = []
+        found = {}
+        for key in keys:
+            stored = await self.get(key)
+            if stored is not None:
+                found[key] = stored
+        if DEFAULT_QUEUE.name not in found:
+            found[DEFAULT_QUEUE.name] = StoredQueue(DEFAULT_QUEUE, 0)
+        return [found[k] for k in sorted(found)]
+
+    async def put(self, config: QueueConfig, if_revision: int | None = None) -> tuple[StoredQueue, bool]:
+        """Create or replace by compare-and-set; returns the stored entry and whether it was new.
+
+        With ``if_revision`` (0 = must not exist) a concurrent change raises RevisionMismatch;
+        without it the write is retried on the revision just read (last writer wins, never a lost
+        half-write).
+        """
+        payload = config.model_dump_json().encode()
+        for _ in range(10):
+            current = await self._revision(config.name)
+            if if_revision is not None and current != if_revision:
+                raise RevisionMismatch(config.name, if_revision, current)
+            try:
+                if current == 0:
+                    revision = await self.kv.create(config.name, payload)
+                else:
+                    revision = await self.kv.update(config.name, payload, last=current)
+            except KeyWrongLastSequenceError:
+                if if_revision is not None:
+                    actual = await self._revision(config.name)
+                    raise RevisionMismatch(config.name, if_revision, actual) from None
+                continue
+            return StoredQueue(config, revision), current == 0
+        raise RevisionMismatch(config.name, current, await self._revision(config.name))
+
+    async def delete(self, name: str, if_revision: int | None = None) -> None:
+        current = await self._revision(name)
+        if current == 0:
+            raise QueueNotFound(name)
+        if if_revision is not None and if_revision != current:
+            raise RevisionMismatch(name, if_revision, current)
+        try:
+            await self.kv.delete(name, last=current)
+        except KeyWrongLastSequenceError:
+            raise RevisionMismatch(name, current, await self._revision(name)) from None
+
+    async def _revision(self, name: str) -> int:
+        """The live entry's revision, 0 when there is none (never written, deleted or purged)."""
+        try:
+            entry = await self.kv.get(name)
+        except KeyNotFoundError:
+            return 0
+        return (entry.revision or 0) if entry.value else 0
