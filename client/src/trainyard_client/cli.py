@@ -528,6 +528,199 @@ def dlq_replay(ctx: typer.Context, seq: Annotated[int, typer.Argument(metavar="S
     out.print(f"replayed {seq} onto {escape(letter['subject'])}")
 
 
+queues = typer.Typer(
+    help="Queue configuration: weight, quota, cohort, shell (writes need an admin token).",
+    no_args_is_help=True,
+)
+app.add_typer(queues, name="queues")
+UNLIMITED = ("unlimited", "none", "-")
+
+
+def _amount(value: str | None, what: str, memory: bool = False) -> tuple[bool, float | int | None]:
+    """(given?, amount) for a quota option: a number, memory like 16Gi, or 'unlimited'."""
+    if value is None:
+        return False, None
+    if value.lower() in UNLIMITED:
+        return True, None
+    try:
+        if memory:
+            from trainyard_contracts.units import parse_memory_mb
+
+            return True, int(parse_memory_mb(int(value) if re.fullmatch(r"\d+", value) else value))
+        number = float(value)
+        return True, int(number) if what.endswith("gpu") else number
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r}: a number or 'unlimited' ({exc})", param_hint=what) from None
+
+
+@queues.command("set")
+def queues_set(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="the queue (= the team)")],
+    weight: Annotated[float | None, typer.Option(help="share of the cluster vs other queues")] = None,
+    cpu: Annotated[str | None, typer.Option(help="nominal CPU quota, or 'unlimited'")] = None,
+    memory: Annotated[str | None, typer.Option(help="nominal memory, e.g. 64Gi, or 'unlimited'")] = None,
+    gpu: Annotated[str | None, typer.Option(help="nominal GPU quota, or 'unlimited'")] = None,
+    cohort: Annotated[str | None, typer.Option(help="queues of a cohort lend each other quota")] = None,
+    borrow_cpu: Annotated[str | None, typer.Option(help="CPUs it may borrow from its cohort")] = None,
+    borrow_memory: Annotated[str | None, typer.Option(help="memory it may borrow from its cohort")] = None,
+    borrow_gpu: Annotated[str | None, typer.Option(help="GPUs it may borrow from its cohort")] = None,
+    allow_shell: Annotated[
+        bool | None, typer.Option("--allow-shell/--no-allow-shell", help="accept specs with shell: true")
+    ] = None,
+    preemptible: Annotated[
+        bool | None,
+        typer.Option("--preemptible-by-default/--not-preemptible-by-default", help="jobs preemptible"),
+    ] = None,
+) -> None:
+    """Create a queue or change the options given (the rest keep their values; compare-and-set)."""
+    from pydantic import ValidationError
+
+    from trainyard_contracts import DEFAULT_QUEUE, QueueConfig
+    from trainyard_contracts.spec import field_errors
+
+    conf = settings(ctx)
+    quota = {
+        k: _amount(v, f"--{k}", k == "memory") for k, v in (("cpu", cpu), ("memory", memory), ("gpu", gpu))
+    }
+    borrow = {
+        k: _amount(v, f"--borrow-{k}", k == "memory")
+        for k, v in (("cpu", borrow_cpu), ("memory", borrow_memory), ("gpu", borrow_gpu))
+    }
+    with api_errors(conf.url), conf.client() as client:
+        for _ in range(5):  # another admin may write the same queue between our read and write
+            current = client.get_queue(name)
+            base = current.config if current else (DEFAULT_QUEUE if name == "default" else None)
+            data = base.model_dump(mode="json") if base else {"name": name}
+            if weight is not None:
+                data["weight"] = weight
+            if cohort is not None:
+                data["cohort"] = cohort or None
+            if allow_shell is not None:
+                data["allow_shell"] = allow_shell
+            if preemptible is not None:
+                data["preemptible_by_default"] = preemptible
+            for key, changes in (("quota", quota), ("borrowing_limit", borrow)):
+                section = dict(data.get(key) or {})
+                section.update({k: v for k, (given, v) in changes.items() if given})
+                data[key] = section
+            try:
+                config = QueueConfig.model_validate(data)
+            except ValidationError as exc:
+                print_field_errors(field_errors(exc), f"invalid configuration for queue {name}")
+                raise typer.Exit(EXIT_INVALID) from None
+            try:
+                stored = client.set_queue(config, if_revision=current.revision if current else 0)
+                break
+            except TrainyardError as exc:
+                if exc.status != 412:
+                    raise
+        else:
+            fail(f"[bold red]queue {escape(name)} kept changing; try again[/]", EXIT_REFUSED)
+    out.print(f"queue {escape(name)} set (revision {stored.revision})")
+    _print_queues([stored])
+
+
+def _quota_text(value: float | int | None, memory: bool = False) -> str:
+    if value is None:
+        return "∞"
+    if memory:
+        return f"{value / 1024:g}Gi" if value >= 1024 else f"{value}Mi"
+    return f"{value:g}"
+
+
+def _print_queues(entries: list[Any]) -> None:
+    table = Table()
+    columns = ("queue", "weight", "cpu", "memory", "gpu", "cohort", "borrow cpu/mem/gpu", "shell", "revision")
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for entry in entries:
+        q, b = entry.config.quota, entry.config.borrowing_limit
+        table.add_row(
+            escape(entry.config.name),
+            f"{entry.config.weight:g}",
+            _quota_text(q.cpu),
+            _quota_text(q.memory, memory=True),
+            _quota_text(q.gpu),
+            escape(entry.config.cohort or "-"),
+            f"{_quota_text(b.cpu)}/{_quota_text(b.memory, memory=True)}/{_quota_text(b.gpu)}",
+            "yes" if entry.config.allow_shell else "no",
+            str(entry.revision) if entry.revision else "built-in",
+        )
+    out.print(table)
+
+
+@queues.command("list")
+def queues_list(ctx: typer.Context) -> None:
+    """Every queue's configuration (∞: unlimited)."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        entries = client.queues()
+    _print_queues(entries)
+
+
+@queues.command("delete")
+def queues_delete(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME")]) -> None:
+    """Remove a queue's configuration (its jobs stay; built-in defaults apply again)."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        client.delete_queue(name)
+    out.print(f"queue {escape(name)} deleted")
+
+
+tokens = typer.Typer(
+    help="API tokens: one per team (its queue), or admin (needs an admin token).", no_args_is_help=True
+)
+app.add_typer(tokens, name="tokens")
+
+
+@tokens.command("create")
+def tokens_create(
+    ctx: typer.Context,
+    team: Annotated[str | None, typer.Option(help="the team's queue: the one queue it acts on")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="an admin token instead")] = False,
+    description: Annotated[str, typer.Option(help="who or what uses it")] = "",
+) -> None:
+    """Create a token and print it once (only its digest is kept)."""
+    if (team is None) == (not admin):
+        raise typer.BadParameter("give --team NAME or --admin", param_hint="--team/--admin")
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        created = client.create_token(team=team, admin=admin, description=description)
+    err.print(
+        f"token {created.token_id} for {'admin' if created.admin else 'team ' + escape(team or '')}"
+        " — shown once, store it now:"
+    )
+    print(created.token)  # plain stdout, so `TOKEN=$(trainyard tokens create ...)` works
+
+
+@tokens.command("list")
+def tokens_list(ctx: typer.Context) -> None:
+    """Every token's id, team and description (never the token)."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        rows = client.tokens()
+    if not rows:
+        out.print("no tokens (the bootstrap admin token is not listed)")
+        return
+    table = Table()
+    for column in ("id", "team", "created", "description"):
+        table.add_column(column, no_wrap=column != "description")
+    for row in rows:
+        who = "admin" if row.admin else escape(row.team or "")
+        table.add_row(row.token_id, who, clock(row.created_at), escape(row.description))
+    out.print(table)
+
+
+@tokens.command("revoke")
+def tokens_revoke(ctx: typer.Context, token_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Revoke a token at once (every replica checks the bucket on each request)."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        client.revoke_token(token_id)
+    out.print(f"token {escape(token_id)} revoked")
+
+
 # up
 
 
