@@ -1,15 +1,24 @@
 """End-to-end benchmark of the job path on the embedded stack (`make bench`, JSON out).
 
-Real path: nats-server with file storage, the five services as processes, and every job a real
-local process (`true`) — no shortcut backend. The executor advertises 512 CPUs so placement never
-waits (each job asks for 0.01 CPU); that override is the one shortcut, and it is named in the JSON.
+Real path: nats-server with JetStream file storage and the five services as processes, one replica
+each, on loopback. Two executor backends, each figure labelled with the one it used:
 
-Open loop: jobs are offered at a fixed rate for a fixed time through the bus intake (and through
-the HTTP API at the lowest rate), whether or not the system keeps up. Per job, the stage times come
-from the job record's state times (submitted, scheduled, running, succeeded), all taken on this
-machine's clock. Closed loop: N jobs submitted at once, time until all are terminal.
+- ``noop``: the executor's no-op backend completes an attempt at once without spawning a process
+  (the whole job path: intake, records, events, commands, heartbeats — only the fork is skipped);
+- ``local``: every job a real local process (``true``).
 
-Usage: python tests/bench/bench_e2e.py [--rates 50,200,500] [--seconds 10] [--drain 1000]
+In both, the executor advertises 4096 CPUs and each job asks for 0.01, so placement never waits
+(that override is named in the JSON).
+
+Open loop: jobs are offered at fixed rates for a fixed time through the bus intake and through the
+HTTP API, whether or not the system keeps up. Per job, the stage times come from the job record's
+state times (submitted, scheduled, running, succeeded), all taken on this machine's clock.
+Closed loop (drain): N jobs submitted at once, time from the first submit to all terminal.
+Every run audits lost jobs (offered but never terminal) and duplicated runs (more than one started
+attempt for a job that nothing requeued).
+
+Usage: python tests/bench/bench_e2e.py [--backends noop,local] [--rates 50,200,500,1000]
+       [--channels bus,http] [--seconds 10] [--drain 1000,10000]
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from trainyard_contracts import JobRecord
 
 NOOP = {"name": "noop", "command": ["true"], "resources": {"cpu": 0.01, "memory": 1}}
 OUT = Path(__file__).parent / "results" / "e2e.json"
+EXECUTOR_CPUS = 4096
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -46,13 +56,63 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
+class Outcomes:
+    """Every job record as it changes, from one watch of the jobs bucket (no polling)."""
+
+    def __init__(self, stack: EmbeddedStack) -> None:
+        self.stack = stack
+        self.terminal: dict[str, JobRecord] = {}
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> Outcomes:
+        self.nc = await nats.connect(self.stack.nats_url)
+        kv = await self.nc.jetstream().key_value(f"{self.stack.prefix}_jobs")
+        self.watcher = await kv.watchall(include_history=False)
+        self.task = asyncio.create_task(self._follow())
+        return self
+
+    async def _follow(self) -> None:
+        async for entry in self.watcher:
+            if entry is None or not entry.value:
+                continue
+            record = JobRecord.model_validate_json(entry.value)
+            if record.state.terminal:
+                self.terminal[record.job_id] = record
+                self._changed.set()
+
+    async def wait_for(self, job_ids: list[str], timeout: float) -> list[JobRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        wanted = set(job_ids)
+        while not wanted <= self.terminal.keys() and loop.time() < deadline:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                break
+        return [self.terminal[j] for j in job_ids if j in self.terminal]
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.task.cancel()
+        await self.watcher.stop()
+        await self.nc.drain()
+
+
 async def offer_over_bus(stack: EmbeddedStack, rate: float, seconds: float) -> list[str]:
+    """Publish to the intake at ``rate``; the accepted job ids come back on a reply subject."""
     nc = await nats.connect(stack.nats_url)
     js = nc.jetstream()
     inbox = nc.new_inbox()
-    job_ids: list[str] = []
-    sub = await nc.subscribe(inbox, cb=None)
-    total = int(rate * seconds)
+    replies: list[dict[str, Any]] = []
+    total = max(1, int(rate * seconds))
+    all_replied = asyncio.Event()
+
+    async def on_reply(msg: Any) -> None:
+        replies.append(json.loads(msg.data))
+        if len(replies) >= total:
+            all_replied.set()
+
+    await nc.subscribe(inbox, cb=on_reply)
     body = json.dumps(NOOP).encode()
     start = time.perf_counter()
     pending: list[asyncio.Future[Any]] = []
@@ -70,24 +130,24 @@ async def offer_over_bus(stack: EmbeddedStack, rate: float, seconds: float) -> l
             )
         )
     await asyncio.gather(*pending)
-    deadline = time.perf_counter() + 120
-    while len(job_ids) < total and time.perf_counter() < deadline:
-        try:
-            msg = await sub.next_msg(timeout=5)
-        except nats.errors.TimeoutError:
-            continue
-        reply = json.loads(msg.data)
-        if reply.get("accepted"):
-            job_ids.append(reply["job_id"])
+    try:
+        await asyncio.wait_for(all_replied.wait(), 300)
+    except TimeoutError:
+        pass
     await nc.drain()
-    return job_ids
+    return [r["job_id"] for r in replies if r.get("accepted")]
 
 
 async def offer_over_http(stack: EmbeddedStack, rate: float, seconds: float) -> list[str]:
     headers = {"Authorization": f"Bearer {stack.token()}", "Content-Type": "application/json"}
     body = json.dumps(NOOP)
-    total = int(rate * seconds)
-    async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60) as client:
+    total = max(1, int(rate * seconds))
+    # an open loop: as many connections as requests in flight, none waits for a free one
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    timeout = httpx.Timeout(120, pool=None)
+    async with httpx.AsyncClient(
+        base_url=stack.api_url, headers=headers, timeout=timeout, limits=limits
+    ) as client:
         start = time.perf_counter()
         tasks = []
         for i in range(total):
@@ -95,27 +155,8 @@ async def offer_over_http(stack: EmbeddedStack, rate: float, seconds: float) -> 
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.ensure_future(client.post("/v1/jobs", content=body)))
-        responses = await asyncio.gather(*tasks)
-    return [r.json()["job_id"] for r in responses if r.status_code == 201]
-
-
-async def records(stack: EmbeddedStack, job_ids: list[str], timeout: float) -> list[JobRecord]:
-    nc = await nats.connect(stack.nats_url)
-    kv = await nc.jetstream().key_value(f"{stack.prefix}_jobs")
-    deadline = time.perf_counter() + timeout
-    done: dict[str, JobRecord] = {}
-    while time.perf_counter() < deadline and len(done) < len(job_ids):
-        for job_id in job_ids:
-            if job_id in done:
-                continue
-            entry = await kv.get(job_id)
-            record = JobRecord.model_validate_json(entry.value)
-            if record.state.terminal:
-                done[job_id] = record
-        if len(done) < len(job_ids):
-            await asyncio.sleep(1.0)  # polling the records for completion, with a deadline
-    await nc.drain()
-    return list(done.values())
+        responses = await asyncio.gather(*tasks, return_exceptions=True)
+    return [r.json()["job_id"] for r in responses if isinstance(r, httpx.Response) and r.status_code == 201]
 
 
 def stage_stats(recs: list[JobRecord]) -> dict[str, Any]:
@@ -126,6 +167,7 @@ def stage_stats(recs: list[JobRecord]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, a, b in [
         ("submitted_to_scheduled", "submitted", "scheduled"),
+        ("scheduled_to_running", "scheduled", "running"),
         ("submitted_to_running", "submitted", "running"),
         ("running_to_succeeded", "running", "succeeded"),
         ("submitted_to_succeeded", "submitted", "succeeded"),
@@ -141,14 +183,16 @@ def stage_stats(recs: list[JobRecord]) -> dict[str, Any]:
 
 
 def cpu_seconds(stack: EmbeddedStack) -> dict[str, float]:
-    """User + system CPU seconds of each service process (from /proc; jobs are not included)."""
+    """User + system CPU seconds of each service process (from /proc; the jobs are not included)."""
     tick = os.sysconf("SC_CLK_TCK")
     usage = {}
-    for name, service in stack.services.items():
-        if service.process is None:
+    processes = {name: s.process for name, s in stack.services.items()}
+    processes["nats-server"] = getattr(stack, "nats_process", None)
+    for name, process in processes.items():
+        if process is None:
             continue
         try:
-            fields = Path(f"/proc/{service.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         usage[name] = (int(fields[11]) + int(fields[12])) / tick
@@ -156,32 +200,39 @@ def cpu_seconds(stack: EmbeddedStack) -> dict[str, float]:
 
 
 def audit(recs: list[JobRecord], offered: int) -> dict[str, int]:
+    """Lost: offered, never terminal. Duplicated: started more than once (a no-op job has no
+    reason to: nothing fails and no executor is lost during the benchmark)."""
     duplicated = sum(1 for r in recs if len([a for a in r.attempts if a.started_at]) > 1)
     succeeded = sum(1 for r in recs if r.state.value == "succeeded")
     return {"offered": offered, "succeeded": succeeded, "lost": offered - len(recs), "duplicated": duplicated}
 
 
-async def run_rate(stack: EmbeddedStack, rate: float, seconds: float, via: str) -> dict[str, Any]:
+async def run_rate(
+    stack: EmbeddedStack, outcomes: Outcomes, rate: float, seconds: float, via: str
+) -> dict[str, Any]:
     before = cpu_seconds(stack)
     t0 = time.perf_counter()
     offer = offer_over_bus if via == "bus" else offer_over_http
     job_ids = await offer(stack, rate, seconds)
-    recs = await records(stack, job_ids, timeout=300)
+    recs = await outcomes.wait_for(job_ids, timeout=300)
     wall = time.perf_counter() - t0
     after = cpu_seconds(stack)
     ends = [r.state_times["succeeded"] for r in recs if "succeeded" in r.state_times]
     starts = [r.state_times["submitted"] for r in recs]
-    achieved = (len(ends) / (max(ends) - min(starts)).total_seconds()) if ends else 0.0
+    achieved = (len(ends) / (max(ends) - min(starts)).total_seconds()) if len(ends) > 1 else 0.0
     stats = stage_stats(recs)
+    offered = max(1, int(rate * seconds))
     return {
         "via": via,
         "offered_rate": rate,
         "seconds": seconds,
         "achieved_rate": round(achieved, 1),
         "p50_ms": stats["submitted_to_running"]["p50_ms"],
+        "p90_ms": stats["submitted_to_running"]["p90_ms"],
         "p99_ms": stats["submitted_to_running"]["p99_ms"],
         "stages": stats,
-        **audit(recs, int(rate * seconds)),
+        **audit(recs, offered),
+        "accepted": len(job_ids),
         "wall_seconds": round(wall, 1),
         "cpu_ms_per_job": {
             k: round((after.get(k, 0) - before.get(k, 0)) * 1000 / max(len(recs), 1), 3) for k in after
@@ -189,67 +240,114 @@ async def run_rate(stack: EmbeddedStack, rate: float, seconds: float, via: str) 
     }
 
 
-async def run_drain(stack: EmbeddedStack, n: int) -> dict[str, Any]:
+async def run_drain(stack: EmbeddedStack, outcomes: Outcomes, n: int) -> dict[str, Any]:
+    before = cpu_seconds(stack)
     t0 = time.perf_counter()
     job_ids = await offer_over_bus(stack, rate=1e9, seconds=n / 1e9)
-    recs = await records(stack, job_ids, timeout=600)
+    recs = await outcomes.wait_for(job_ids, timeout=900)
+    after = cpu_seconds(stack)
     ends = [r.state_times.get("succeeded") or r.updated_at for r in recs]
     starts = [r.state_times["submitted"] for r in recs]
     seconds = (max(ends) - min(starts)).total_seconds() if recs else None
     return {
         "drain_jobs": n,
         "drain_seconds": round(seconds, 2) if seconds else None,
+        "drain_rate": round(len(recs) / seconds, 1) if seconds else None,
         "drain_wall_seconds": round(time.perf_counter() - t0, 2),
         **{k: v for k, v in audit(recs, n).items() if k in ("lost", "duplicated", "succeeded")},
+        "cpu_ms_per_job": {
+            k: round((after.get(k, 0) - before.get(k, 0)) * 1000 / max(len(recs), 1), 3) for k in after
+        },
     }
+
+
+async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    data = Path(tempfile.mkdtemp(prefix=f"trainyard-bench-{backend}-"))
+    env = {
+        "TRAINYARD_LOG_LEVEL": "WARNING",
+        "TRAINYARD_EXECUTOR_BACKEND": backend,
+        "TRAINYARD_EXECUTOR_CPU": str(EXECUTOR_CPUS),
+        "TRAINYARD_EXECUTOR_MEMORY": str(1024 * 1024 * 16),
+    }
+    out: dict[str, Any] = {"backend": backend, "rates": [], "drains": []}
+    with EmbeddedStack(data, api_port=None, nats_port=None, env=env, ready_timeout=180) as stack:
+        async with Outcomes(stack) as outcomes:
+            await run_rate(stack, outcomes, 5, 1, "bus")  # warm-up: imports, consumers, connections
+            for rate in args.rates:
+                for via in args.channels:
+                    result = await run_rate(stack, outcomes, rate, args.seconds, via)
+                    out["rates"].append(result)
+                    print(
+                        json.dumps(
+                            {"backend": backend, **{k: v for k, v in result.items() if k != "stages"}}
+                        ),
+                        flush=True,
+                    )
+            for n in args.drain:
+                result = await run_drain(stack, outcomes, n)
+                out["drains"].append(result)
+                print(json.dumps({"backend": backend, **result}), flush=True)
+    return out
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    data = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
-    env = {
-        "TRAINYARD_LOG_LEVEL": "WARNING",
-        "TRAINYARD_EXECUTOR_CPU": "512",
-        "TRAINYARD_EXECUTOR_MEMORY": str(1024 * 1024),
-    }
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "path": "embedded stack, JetStream file storage, one replica per service, local-process "
-        "`true` jobs; shortcut: executor advertises 512 CPUs so placement never waits",
-        "rates": [],
+        "path": "embedded stack, JetStream file storage, one replica per service, loopback; "
+        f"shortcut: the executor advertises {EXECUTOR_CPUS} CPUs so placement never waits",
+        "backends": {
+            "noop": "the executor's no-op backend: an attempt completes at once, no process is spawned",
+            "local": "a real local process per job (`true`)",
+        },
+        "runs": [],
     }
-    with EmbeddedStack(data, api_port=None, nats_port=None, env=env, ready_timeout=180) as stack:
-        # warm-up: first job pays for imports and consumer creation
-        await run_rate(stack, 5, 1, "bus")
-        for rate in args.rates:
-            results["rates"].append(await run_rate(stack, rate, args.seconds, "bus"))
-            print(json.dumps(results["rates"][-1]), flush=True)
-        results["rates"].append(await run_rate(stack, min(args.rates), args.seconds, "http"))
-        print(json.dumps(results["rates"][-1]), flush=True)
-        results.update(await run_drain(stack, args.drain))
+    for backend in args.backends:
+        results["runs"].append(await run_backend(backend, args))
+    # the headline fields (issue 6) from the first backend measured
+    headline = results["runs"][0]
+    results["rates"] = [
+        {k: r[k] for k in ("via", "offered_rate", "achieved_rate", "p50_ms", "p99_ms", "lost", "duplicated")}
+        | {"backend": headline["backend"]}
+        for r in headline["rates"]
+    ]
+    if headline["drains"]:
+        last = headline["drains"][-1]
+        results.update({k: last[k] for k in ("drain_jobs", "drain_seconds", "lost", "duplicated")})
+        results["drain_backend"] = headline["backend"]
     return results
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = ["via   offered  achieved  p50_ms  p99_ms  lost  dup"]
-    for r in results["rates"]:
-        rows.append(
-            f"{r['via']:<5} {r['offered_rate']:>7} {r['achieved_rate']:>9} "
-            f"{r['p50_ms']!s:>7} {r['p99_ms']!s:>7} {r['lost']:>5} {r['duplicated']:>4}"
-        )
-    rows.append(
-        f"drain {results['drain_jobs']} jobs: {results['drain_seconds']} s, "
-        f"lost {results['lost']}, duplicated {results['duplicated']}"
-    )
+    rows = []
+    for run in results["runs"]:
+        rows.append(f"backend {run['backend']}")
+        rows.append("  via   offered  achieved  p50_ms  p90_ms  p99_ms  lost  dup   cpu ms/job (sched, exec)")
+        for r in run["rates"]:
+            cpu = r["cpu_ms_per_job"]
+            rows.append(
+                f"  {r['via']:<5} {r['offered_rate']:>7g} {r['achieved_rate']:>9} {r['p50_ms']!s:>7} "
+                f"{r['p90_ms']!s:>7} {r['p99_ms']!s:>7} {r['lost']:>5} {r['duplicated']:>4}"
+                f"   {cpu.get('scheduler', 0):.2f}, {cpu.get('executor', 0):.2f}"
+            )
+        for d in run["drains"]:
+            rows.append(
+                f"  drain {d['drain_jobs']} jobs: {d['drain_seconds']} s ({d['drain_rate']} jobs/s), "
+                f"lost {d['lost']}, duplicated {d['duplicated']}"
+            )
     return "\n".join(rows)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--rates", type=lambda s: [float(x) for x in s.split(",")], default=[50.0, 200.0, 500.0]
-    )
+    parser.add_argument("--backends", type=lambda s: s.split(","), default=["noop", "local"])
+    parser.add_argument("--rates", type=_floats, default=[50.0, 200.0, 500.0, 1000.0])
+    parser.add_argument("--channels", type=lambda s: s.split(","), default=["bus", "http"])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--drain", type=int, default=1000)
+    parser.add_argument("--drain", type=lambda s: [int(x) for x in s.split(",") if x], default=[1000, 10000])
     parser.add_argument("--out", type=Path, default=OUT)
     arguments = parser.parse_args()
     outcome = asyncio.run(main(arguments))

@@ -16,6 +16,7 @@ from trainyard_contracts.commands import ExecutorCommand
 from trainyard_contracts.events import IntakeReply, JobEvent, LogChunk
 from trainyard_contracts.queues import QueueConfig
 from trainyard_contracts.records import ExecutorHeartbeat, JobRecord, ModelVersionRecord
+from trainyard_contracts.scheduling import CycleDecisions, DryRunAnswer, WhyAnswer
 from trainyard_contracts.spec import JobSpec
 
 SCHEMAS: dict[str, Any] = {
@@ -28,6 +29,9 @@ SCHEMAS: dict[str, Any] = {
     "log-chunk": LogChunk,
     "intake-reply": IntakeReply,
     "queue-config": QueueConfig,
+    "scheduler-cycle": CycleDecisions,
+    "scheduler-why": WhyAnswer,
+    "scheduler-dry-run": DryRunAnswer,
 }
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "schemas"

@@ -22,6 +22,7 @@ class StreamNames:
     intake: str
     models: str
     dlq: str
+    scheduler: str
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,19 @@ class Subjects:
     def model_registered(self, model_name: str) -> str:
         return f"{self.prefix}.model.{model_name}.registered"
 
+    # the scheduler: decisions per planning pass (a stream), questions to the leader (request/reply)
+    @property
+    def scheduler_decisions(self) -> str:
+        return f"{self.prefix}.scheduler.decisions"
+
+    @property
+    def scheduler_why(self) -> str:
+        return f"{self.prefix}.scheduler.why"
+
+    @property
+    def scheduler_dry_run(self) -> str:
+        return f"{self.prefix}.scheduler.dry-run"
+
     # dead letters
     def dlq(self, service: str) -> str:
         return f"{self.prefix}.dlq.{service}"
@@ -96,6 +110,7 @@ class Subjects:
             intake=f"{base}_INTAKE",
             models=f"{base}_MODELS",
             dlq=f"{base}_DLQ",
+            scheduler=f"{base}_SCHEDULER",
         )
 
     @property

@@ -28,6 +28,7 @@ class Streams:
     intake: JStream
     models: JStream
     dlq: JStream
+    scheduler: JStream
 
 
 def streams(subjects: Subjects) -> Streams:
@@ -83,6 +84,15 @@ def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
             description="model versions registered",
             max_age=365 * DAY,
             duplicate_window=120.0,
+            **common,
+        ),
+        StreamConfig(
+            name=names.scheduler,
+            subjects=[subjects.scheduler_decisions],
+            description="the scheduler leader's decisions, one message per planning pass that decided",
+            max_age=DAY,
+            max_bytes=256 * 1024**2,
+            discard=DiscardPolicy.OLD,
             **common,
         ),
         StreamConfig(

@@ -14,11 +14,13 @@ import logging
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
 from faststream.nats import ConsumerConfig, PullSub
+from faststream.nats.annotations import NatsMessage
 from prometheus_client import Gauge
 
-from trainyard_contracts import JobEvent
+from trainyard_contracts import DryRunRequest, JobEvent, WhyRequest
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.leader import LeaderLease
+from trainyard_scheduler.placement import Plan
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import ensure_streams, open_buckets, streams
@@ -131,8 +133,36 @@ def create_app(
         state["task"] = asyncio.create_task(planning_loop(), name="planning-loop")
         lease().start()
 
+    async def publish_cycle(decided: Plan, cycle: int, seconds: float) -> None:
+        event = core().cycle_decisions(
+            decided, cycle=cycle, replica=settings.replica_id, term=lease().term, seconds=seconds
+        )
+        await broker.publish(
+            event.model_dump_json().encode(),
+            subjects.scheduler_decisions,
+            stream=subjects.streams.scheduler,
+            headers={"Nats-Msg-Id": f"cycle:{settings.replica_id}:{lease().term}:{cycle}"},
+        )
+
+    # questions for the leader: every replica listens (no queue group), only the leader answers,
+    # so a request never lands on a standby that would leave it unanswered
+    @broker.subscriber(subjects.scheduler_why, title="scheduler/why", description="why a job waits")
+    async def on_why(request: WhyRequest, message: NatsMessage) -> None:
+        if lease().is_leader and message.reply_to:
+            answer = core().why(request.job_id, leader=settings.replica_id)
+            await broker.publish(answer.model_dump_json().encode(), message.reply_to)
+
+    @broker.subscriber(
+        subjects.scheduler_dry_run, title="scheduler/dry-run", description="what would happen to a spec now"
+    )
+    async def on_dry_run(request: DryRunRequest, message: NatsMessage) -> None:
+        if lease().is_leader and message.reply_to:
+            answer = await core().dry_run(request.spec, leader=settings.replica_id)
+            await broker.publish(answer.model_dump_json().encode(), message.reply_to)
+
     async def planning_loop() -> None:
         """Every replica runs this loop; only the leader's passes do anything."""
+        loop = asyncio.get_running_loop()
         term = 0
         passes = 0
         while not state.get("stopping"):
@@ -147,7 +177,11 @@ def create_app(
                     if not await core().catch_up(settings.lease_seconds):
                         log.warning("job view not confirmed current after taking over; planning anyway")
                     term, passes = lease().term, 0
-                await core().plan_pass()
+                started = loop.time()
+                decided = await core().plan_pass()
+                if decided.assignments:  # a pass that changed nothing is not an event
+                    cycle = state["cycle"] = int(state.get("cycle", 0)) + 1  # type: ignore[call-overload]
+                    await publish_cycle(decided, cycle, loop.time() - started)
                 if passes % 5 == 0:
                     await core().reconcile(resend_scheduled=takeover)
                 passes += 1

@@ -7,24 +7,33 @@ run this against a real NATS without the faststream app around it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 
 from trainyard_contracts import (
+    AssignmentDecision,
     CancelAttempt,
     Capacity,
+    CycleDecisions,
+    DryRunAnswer,
     JobCancelled,
     JobQueued,
     JobRecord,
     JobRequeued,
     JobScheduled,
+    JobSpec,
     JobState,
     StartAttempt,
+    WaitReason,
+    WhyAnswer,
     lifecycle,
+    new_job_id,
 )
 from trainyard_contracts._time import utcnow
+from trainyard_scheduler.explain import QueuedJob, count_by_kind, wait_reasons
 from trainyard_scheduler.placement import (
     Assignment,
     Demand,
@@ -75,6 +84,8 @@ class SchedulerCore:
         # compare-and-set on the job record, so two replicas cannot both make the same one.
         self.may_assign = may_assign
         self.waiting: dict[str, str] = {}
+        self.reasons: dict[str, WaitReason] = {}  # from the last pass: what `why` answers
+        self.decided_at: datetime | None = None
 
     # -- events -----------------------------------------------------------------------------
 
@@ -184,7 +195,87 @@ class SchedulerCore:
     async def decide(self, now: datetime) -> Plan:
         decisions = plan(await self.snapshot(now), now.timestamp())
         self.waiting = {w.job_id: w.reason for w in decisions.waiting}
+        self.reasons = wait_reasons(decisions.waiting, self._queued())
+        self.decided_at = now
         return decisions
+
+    def _queued(self) -> list[QueuedJob]:
+        return [
+            QueuedJob(r.job_id, r.spec.queue, r.spec.priority, r.submitted_at.timestamp())
+            for r in self.view.unfinished()
+            if r.state.pending and not r.cancel_requested
+        ]
+
+    def _queue_of(self, job_id: str) -> str:
+        record = self.view.get(job_id)
+        return record.spec.queue if record is not None else "default"
+
+    # -- explaining ---------------------------------------------------------------------------
+
+    def why(self, job_id: str, leader: str | None = None) -> WhyAnswer:
+        """Why ``job_id`` is where it is, from the last planning pass (the leader's answer)."""
+        record = self.view.get(job_id)
+        if record is None:
+            return WhyAnswer(job_id=job_id, found=False, leader=leader)
+        pending = record.state.pending
+        reason = self.reasons.get(job_id) if pending else None
+        if pending and reason is None:
+            reason = WaitReason(kind="other", message="not planned yet: it is placed on the next pass")
+        elif not pending:
+            where = f" on {record.executor_id}" if record.executor_id else ""
+            reason = WaitReason(kind="other", message=f"not pending: {record.state.value}{where}")
+        return WhyAnswer(
+            job_id=job_id,
+            state=record.state.value,
+            pending=pending,
+            reason=reason,
+            decided_at=self.decided_at,
+            leader=leader,
+        )
+
+    async def dry_run(self, spec: JobSpec, leader: str | None = None) -> DryRunAnswer:
+        """What the policy would decide now if ``spec`` were submitted; nothing is queued."""
+        now = self.clock()
+        snapshot = await self.snapshot(now)
+        probe_id = "dry-run-" + new_job_id()
+        r = spec.resources
+        probe = PendingJob(
+            job_id=probe_id,
+            attempt=1,
+            priority=spec.priority,
+            submitted_at=now.timestamp(),
+            demand=Demand(cpu=r.cpu, memory=r.memory, gpu=r.gpu),
+            replicas=spec.replicas,
+        )
+        decisions = plan(dataclasses.replace(snapshot, pending=(*snapshot.pending, probe)), now.timestamp())
+        executors = sorted({a.executor_id for a in decisions.assignments if a.job_id == probe_id})
+        if executors:
+            return DryRunAnswer(would_start=True, executors=executors, leader=leader, decided_at=now)
+        queued = [*self._queued(), QueuedJob(probe_id, spec.queue, spec.priority, now.timestamp())]
+        reason = wait_reasons([w for w in decisions.waiting if w.job_id == probe_id], queued).get(probe_id)
+        return DryRunAnswer(would_start=False, reason=reason, leader=leader, decided_at=now)
+
+    def cycle_decisions(
+        self, decisions: Plan, *, cycle: int, replica: str, term: int, seconds: float
+    ) -> CycleDecisions:
+        queue_of = {j.job_id: j.queue for j in self._queued()}
+        return CycleDecisions(
+            cycle=cycle,
+            replica=replica,
+            term=term,
+            duration_ms=round(seconds * 1000, 3),
+            pending=len(decisions.waiting) + len(decisions.assignments),
+            assignments=[
+                AssignmentDecision(
+                    job_id=a.job_id,
+                    attempt=a.attempt,
+                    executors=[a.executor_id],
+                    queue=queue_of.get(a.job_id, "default"),
+                )
+                for a in decisions.assignments
+            ],
+            waiting_by_kind=count_by_kind(self.reasons),
+        )
 
     async def apply(self, decisions: Plan, now: datetime) -> Plan:
         """Make each assignment by compare-and-set; one whose job moved on meanwhile is dropped.
