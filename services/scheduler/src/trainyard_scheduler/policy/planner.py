@@ -1,0 +1,585 @@
+"""One planning pass: order, quotas, gang placement, one reservation with backfill, preemption.
+
+Order: priority first (higher first); within a priority, the queue with the lowest weighted
+dominant share goes next (weighted DRF, re-evaluated after every start); within a queue, submit
+time. Each job in turn:
+
+1. in retry backoff -> waits;
+2. over its queue's quota (borrowing included) -> may preempt (see 5), else waits;
+3. fits now (all replicas at once, across executors if needed) -> starts, unless a reservation
+   exists and it could still be running at the reserved start: then it must also fit in the room
+   the reservation leaves (backfill that cannot delay the reserved job);
+4. else, before any reservation exists in this pass, it may preempt: running jobs that are
+   preemptible and of lower priority, or (same priority, another queue) of a queue over its fair
+   share while this job's queue is under it and stays at or below the victim's share afterwards.
+   Victims: on one executor for a single replica (the executor needing the fewest, then the
+   least work lost), greedy then pruned for a gang; youngest first. Only when the job fits once
+   they are gone. The job then waits ("preempting") with its room claimed.
+5. else the first such job gets the pass's reservation: the earliest time, from the running jobs'
+   expected ends (start + timeout), at which it fits, and where. Nobody behind it preempts in this
+   pass, and every later job is a backfill candidate (3).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+from operator import attrgetter
+
+from trainyard_scheduler.policy.cluster import EPS, Cluster, Slots, replicas_in
+from trainyard_scheduler.policy.model import (
+    Assignment,
+    PendingJob,
+    Plan,
+    RankPlacement,
+    Reservation,
+    Snapshot,
+    Victim,
+    Waiting,
+    WaitKind,
+)
+from trainyard_scheduler.policy.queues import INF, QueueBook
+
+# preemption looks at many running jobs; a pass tries it for at most this many distinct blocked jobs
+MAX_PREEMPTION_ATTEMPTS = 16
+Release = tuple[float, int, float, float, float]
+WaitRecord = tuple[PendingJob, int, WaitKind, int, float | None, str]
+
+
+def queue_order(job: PendingJob) -> tuple[int, float, str]:
+    """Priority, then submit time (the order within one queue)."""
+    return (-job.priority, job.submitted_at, job.job_id)
+
+
+@dataclass(slots=True)
+class _Running:
+    """A running job as a victim candidate: every row it holds, by executor index."""
+
+    job_id: str
+    attempt: int
+    queue: int
+    priority: int
+    preemptible: bool
+    started_at: float
+    end: float
+    ending: bool
+    rows: list[tuple[int, float, float, float]] = field(default_factory=list)
+    gone: bool = False
+
+
+def plan(snapshot: Snapshot, now: float) -> Plan:
+    return _Pass(snapshot, now).run()
+
+
+class _Pass:
+    def __init__(self, snapshot: Snapshot, now: float) -> None:
+        self.now = now
+        self.snapshot = snapshot
+        cluster = self.cluster = Cluster(snapshot.executors)
+        totals = [sum(cluster.cpu), sum(cluster.mem), sum(cluster.gpu)]
+        index = cluster.index
+        self.groups: dict[str, _Running] = {}
+        rows_online = [r for r in snapshot.running if r.executor_id in index]
+        for r in rows_online:
+            totals[0] += r.used.cpu
+            totals[1] += r.used.memory
+            totals[2] += r.used.gpu
+        book = self.book = QueueBook(snapshot.queues, (totals[0], totals[1], totals[2]))
+        for r in rows_online:
+            g = self.groups.get(r.job_id)
+            if g is None:
+                q = book.of(r.queue)
+                end = r.expected_end
+                g = self.groups[r.job_id] = _Running(
+                    r.job_id,
+                    r.attempt,
+                    q,
+                    r.priority,
+                    r.preemptible or book.preemptible_default[q],
+                    r.started_at,
+                    INF if end is None else max(end, now),
+                    r.ending,
+                )
+            g.ending = g.ending or r.ending
+            g.rows.append((index[r.executor_id], float(r.used.cpu), float(r.used.memory), float(r.used.gpu)))
+        for g in self.groups.values():
+            if not g.ending:
+                for _, c, m, gp in g.rows:
+                    book.add(g.queue, c, m, gp)
+        active = {g.queue for g in self.groups.values() if not g.ending}
+        active.update(book.of(j.queue) for j in snapshot.pending)
+        weights = sum(book.weight[q] for q in active) or 1.0
+        self.fair = [w / weights for w in book.weight]
+        # preemption candidates, least important first: lowest priority, then youngest
+        self.candidates = sorted(
+            (g for g in self.groups.values() if g.preemptible and not g.ending),
+            key=lambda g: (g.priority, -g.started_at, g.job_id),
+        )
+        self.ending_groups = [g for g in self.groups.values() if g.ending]
+        self.min_victim_priority = min((g.priority for g in self.candidates), default=None)
+        self.failed_preemptions: set[tuple[int, int, float, float, float, int]] = set()
+        self.preemption_attempts = 0
+        self.releases: list[Release] = []  # of this pass's starts and claims, until the reservation
+        self.reservation: Reservation | None = None
+        self.reserved_at: float | None = None
+        self.assignments: list[Assignment] = []
+        self.claims: list[Assignment] = []
+        self.victims: list[Victim] = []
+        self.waits: list[WaitRecord] = []
+        self.position = [0] * len(book.names)
+        self.never_fits: set[tuple[float, float, float, int]] = set()
+        self._capacities: Counter[tuple[float, float, float]] | None = None
+
+    # -- the pass ---------------------------------------------------------------------------
+
+    def run(self) -> Plan:
+        book = self.book
+        classes: dict[int, dict[int, list[PendingJob]]] = {}
+        for job in self.snapshot.pending:
+            classes.setdefault(job.priority, {}).setdefault(book.of(job.queue), []).append(job)
+        by_submit = attrgetter("submitted_at", "job_id")
+        if len(book.names) > len(self.position):
+            self.position.extend([0] * (len(book.names) - len(self.position)))
+        for priority in sorted(classes, reverse=True):
+            queues = classes[priority]
+            for jobs in queues.values():
+                jobs.sort(key=by_submit)
+            heap = [(book.weighted_share(q), book.names[q], q) for q in queues]
+            heapq.heapify(heap)
+            next_of = dict.fromkeys(queues, 0)
+            while heap:
+                _, name, q = heapq.heappop(heap)
+                jobs = queues[q]
+                i = next_of[q]
+                # while a queue's jobs wait its share does not move, so it stays the lowest
+                while i < len(jobs):
+                    job = jobs[i]
+                    i += 1
+                    if self._decide(job, q):
+                        break
+                next_of[q] = i
+                if i < len(jobs):
+                    heapq.heappush(heap, (book.weighted_share(q), name, q))
+        return Plan(
+            tuple(self.assignments),
+            tuple(self._waiting()),
+            tuple(self.victims),
+            tuple(self.claims),
+            self.reservation,
+        )
+
+    def _wait(self, job: PendingJob, q: int, kind: WaitKind, at: float | None, detail: str = "") -> None:
+        self.position[q] += 1
+        self.waits.append((job, q, kind, self.position[q], at, detail))
+
+    def _decide(self, job: PendingJob, q: int) -> bool:
+        """Place, reserve for, or park one job; True when queue usage changed."""
+        now = self.now
+        if job.not_before is not None and job.not_before > now:
+            self._wait(job, q, "backoff", job.not_before)
+            return False
+        cluster = self.cluster
+        if not cluster.ids:
+            self._wait(job, q, "no_executor", None)
+            return False
+        d = job.demand
+        dc, dm, dg, n = float(d.cpu), float(d.memory), float(d.gpu), job.replicas
+        short = self.book.short(q, dc * n, dm * n, dg * n)
+        if short:
+            if self.reservation is None and self._preempt(job, q, dc, dm, dg, n):
+                return True
+            self._wait(job, q, "quota", None, short)
+            return False
+        end = INF if job.timeout is None else now + job.timeout
+        reserved_at = self.reserved_at
+        long = reserved_at is not None and (end > reserved_at or reserved_at == INF)
+        slots = cluster.find(dc, dm, dg, n, long)
+        if slots is not None:
+            cluster.take(slots, dc, dm, dg, long)
+            self.book.add(q, dc * n, dm * n, dg * n)
+            self.assignments.append(self._assignment(job, slots))
+            if reserved_at is None:
+                self.releases.extend((end, i, dc * k, dm * k, dg * k) for i, k in slots)
+            return True
+        if self.reservation is None:
+            if self._preempt(job, q, dc, dm, dg, n):
+                return True
+            self._reserve(job, q, dc, dm, dg, n)
+            return False
+        if long and cluster.find(dc, dm, dg, n, False) is not None:
+            self._wait(job, q, "backfill", None)
+        elif n > 1 and cluster.find(dc, dm, dg, 1, False) is not None:
+            self._wait(job, q, "gang", None)
+        else:
+            self._wait(job, q, "capacity", None)
+        return False
+
+    def _assignment(self, job: PendingJob, slots: Slots) -> Assignment:
+        ids = self.cluster.ids
+        ranks: list[RankPlacement] = []
+        rank = 0
+        for i, k in slots:
+            ranks.append(RankPlacement(ids[i], tuple(range(rank, rank + k))))
+            rank += k
+        return Assignment(job.job_id, job.attempt, ranks[0].executor_id, tuple(ranks))
+
+    # -- reservation ------------------------------------------------------------------------
+
+    def _reserve(self, job: PendingJob, q: int, dc: float, dm: float, dg: float, n: int) -> None:
+        if (dc, dm, dg, n) in self.never_fits:
+            self._wait(job, q, "too_large", None)
+            return
+        now = self.now
+        releases = list(self.releases)
+        for g in self.groups.values():
+            if not g.gone:
+                end = now if g.ending else g.end
+                releases.extend((end, i, c, m, gp) for i, c, m, gp in g.rows)
+        releases.sort(key=lambda r: r[0])
+        found = self.cluster.earliest(dc, dm, dg, n, releases)
+        if found is None:
+            self.never_fits.add((dc, dm, dg, n))
+            self._wait(job, q, "too_large", None)
+            return
+        at, slots = found
+        start = max(at, now)
+        self.reserved_at = start
+        ids = self.cluster.ids
+        estimate = None if start == INF else start
+        self.reservation = Reservation(job.job_id, estimate, tuple(ids[i] for i, _ in slots))
+        self._wait(job, q, "reserved", estimate)
+
+    # -- preemption -------------------------------------------------------------------------
+
+    def _may_evict(self, g: _Running, job: PendingJob, q: int, need: tuple[float, float, float]) -> str:
+        """Why g may be stopped for job ('' if it may not)."""
+        if g.ending:
+            return "already stopping"
+        if g.priority < job.priority:
+            return f"preempted by {job.job_id}: priority {job.priority} > {g.priority}"
+        if g.priority > job.priority or g.queue == q:
+            return ""
+        book, p = self.book, g.queue
+        if book.dominant(q) >= self.fair[q] or book.dominant(p) <= self.fair[p]:
+            return ""
+        back = [0.0, 0.0, 0.0]
+        for _, c, m, gp in g.rows:
+            back[0] -= c
+            back[1] -= m
+            back[2] -= gp
+        if book.share_after(q, *need) > book.share_after(p, back[0], back[1], back[2]) + EPS:
+            return ""
+        return (
+            f"preempted by {job.job_id}: queue {book.names[p]} is over its fair share, "
+            f"queue {book.names[q]} under it"
+        )
+
+    def _quota_ok(self, q: int, need: tuple[float, float, float], picked: list[_Running]) -> bool:
+        book = self.book
+        if not book.limited[q]:
+            return True
+        back = [g for g in picked if not g.ending]
+        for g in back:
+            for _, c, m, gp in g.rows:
+                book.add(g.queue, -c, -m, -gp)
+        ok = not book.short(q, *need)
+        for g in back:
+            for _, c, m, gp in g.rows:
+                book.add(g.queue, c, m, gp)
+        return ok
+
+    def _preempt(self, job: PendingJob, q: int, dc: float, dm: float, dg: float, n: int) -> bool:
+        if not self.ending_groups and (
+            self.min_victim_priority is None
+            or (self.min_victim_priority >= job.priority and self.book.dominant(q) >= self.fair[q])
+        ):
+            return False
+        key = (q, job.priority, dc, dm, dg, n)
+        if key in self.failed_preemptions or self.preemption_attempts >= MAX_PREEMPTION_ATTEMPTS:
+            return False
+        self.preemption_attempts += 1
+        need = (dc * n, dm * n, dg * n)
+        eligible: list[tuple[_Running, str]] = [(g, "") for g in self.ending_groups if not g.gone]
+        for g in self.candidates:
+            if not g.gone:
+                reason = self._may_evict(g, job, q, need)
+                if reason:
+                    eligible.append((g, reason))
+        picked = (
+            self._pick_single(q, dc, dm, dg, need, eligible)
+            if n == 1
+            else self._pick_gang(q, dc, dm, dg, n, need, eligible)
+        )
+        if picked is None or not self._apply_preemption(job, q, dc, dm, dg, n, picked):
+            self.failed_preemptions.add(key)
+            return False
+        return True
+
+    def _pick_single(
+        self,
+        q: int,
+        dc: float,
+        dm: float,
+        dg: float,
+        need: tuple[float, float, float],
+        eligible: list[tuple[_Running, str]],
+    ) -> list[tuple[_Running, str]] | None:
+        """The executor where the fewest victims (then the least work lost) make room."""
+        by_executor: dict[int, list[tuple[_Running, str, tuple[float, float, float]]]] = {}
+        for g, reason in eligible:
+            for i, c, m, gp in g.rows:
+                by_executor.setdefault(i, []).append((g, reason, (c, m, gp)))
+        cluster = self.cluster
+        best: tuple[tuple[int, float, int], list[tuple[_Running, str]]] | None = None
+        for i, options in by_executor.items():
+            c, m, gp = cluster.cpu[i], cluster.mem[i], cluster.gpu[i]
+            picked: list[tuple[_Running, str]] = []
+            for g, reason, used in options:
+                picked.append((g, reason))
+                c, m, gp = c + used[0], m + used[1], gp + used[2]
+                if c + EPS >= dc and m >= dm and gp >= dg and self._quota_ok(q, need, [p for p, _ in picked]):
+                    cost = (
+                        sum(1 for p, _ in picked if not p.ending),
+                        sum(self.now - p.started_at for p, _ in picked if not p.ending),
+                        i,
+                    )
+                    if best is None or cost < best[0]:
+                        best = (cost, picked)
+                    break
+        return None if best is None else best[1]
+
+    def _released(self, picked: list[tuple[_Running, str]]) -> dict[int, list[float]]:
+        out: dict[int, list[float]] = {}
+        for g, _ in picked:
+            for i, c, m, gp in g.rows:
+                r = out.setdefault(i, [0.0, 0.0, 0.0])
+                r[0] += c
+                r[1] += m
+                r[2] += gp
+        return out
+
+    def _gain(self, released: dict[int, list[float]], dc: float, dm: float, dg: float, n: int) -> int:
+        cl = self.cluster
+        gain = 0
+        for i, r in released.items():
+            before = replicas_in(cl.cpu[i], cl.mem[i], cl.gpu[i], dc, dm, dg, n)
+            after = replicas_in(cl.cpu[i] + r[0], cl.mem[i] + r[1], cl.gpu[i] + r[2], dc, dm, dg, n)
+            gain += after - before
+        return gain
+
+    def _pick_gang(
+        self,
+        q: int,
+        dc: float,
+        dm: float,
+        dg: float,
+        n: int,
+        need: tuple[float, float, float],
+        eligible: list[tuple[_Running, str]],
+    ) -> list[tuple[_Running, str]] | None:
+        """Least important first until the gang fits, then drop every victim not needed."""
+        base = self.cluster.count(dc, dm, dg, n)
+
+        def enough(chosen: list[tuple[_Running, str]]) -> bool:
+            return base + self._gain(self._released(chosen), dc, dm, dg, n) >= n and self._quota_ok(
+                q, need, [g for g, _ in chosen]
+            )
+
+        picked: list[tuple[_Running, str]] = []
+        for option in eligible:
+            picked.append(option)
+            if enough(picked):
+                break
+        else:
+            return None
+        for option in list(reversed(picked[:-1])):
+            without = [p for p in picked if p is not option]
+            if enough(without):
+                picked = without
+        return picked
+
+    def _apply_preemption(
+        self,
+        job: PendingJob,
+        q: int,
+        dc: float,
+        dm: float,
+        dg: float,
+        n: int,
+        picked: list[tuple[_Running, str]],
+    ) -> bool:
+        cl, now = self.cluster, self.now
+        released = self._released(picked)
+        slots: Slots = []
+        got = 0
+        for i in sorted(released):
+            r = released[i]
+            k = replicas_in(cl.cpu[i] + r[0], cl.mem[i] + r[1], cl.gpu[i] + r[2], dc, dm, dg, n - got)
+            if k:
+                slots.append((i, k))
+                got += k
+                if got >= n:
+                    break
+        extra: Slots = []
+        if got < n:
+            found = cl.find(dc, dm, dg, n - got, False)
+            if found is None:
+                return False  # never preempt for a job that would still not fit
+            extra = found
+        end = INF if job.timeout is None else now + job.timeout
+        on_touched = dict(slots)
+        for i, r in released.items():
+            k = on_touched.get(i, 0)
+            a = (dc * k, dm * k, dg * k)
+            # what the job takes beyond what its victims give back comes out of the free room now;
+            # what they give back beyond what it takes is free again once they have gone
+            cl.cpu[i] -= max(0.0, a[0] - r[0])
+            cl.mem[i] -= max(0.0, a[1] - r[1])
+            cl.gpu[i] -= max(0.0, a[2] - r[2])
+            self.releases.append(
+                (now, i, max(0.0, r[0] - a[0]), max(0.0, r[1] - a[1]), max(0.0, r[2] - a[2]))
+            )
+            if k:
+                self.releases.append((end, i, a[0], a[1], a[2]))
+        cl.take(extra, dc, dm, dg, False)
+        self.releases.extend((end, i, dc * k, dm * k, dg * k) for i, k in extra)
+        ids = cl.ids
+        for g, reason in picked:
+            g.gone = True
+            if not g.ending:
+                for i, c, m, gp in g.rows:
+                    self.book.add(g.queue, -c, -m, -gp)
+                    self.victims.append(Victim(g.job_id, g.attempt, ids[i], reason, job.job_id))
+        self.book.add(q, dc * n, dm * n, dg * n)
+        self.claims.append(self._assignment(job, slots + extra))
+        self._wait(job, q, "preempting", now)
+        return True
+
+    # -- reasons ----------------------------------------------------------------------------
+
+    def _waiting(self) -> list[Waiting]:
+        messages: dict[tuple[object, ...], str] = {}
+        out: list[Waiting] = []
+        append = out.append
+        for job, q, kind, position, at, detail in self.waits:
+            d = job.demand
+            key = (kind, q, d.cpu, d.memory, d.gpu, job.replicas, detail)
+            message = messages.get(key)
+            if message is None:
+                if kind == "capacity" or kind == "gang":
+                    if self._too_large(job):
+                        kind = "too_large"
+                        key = (kind, q, d.cpu, d.memory, d.gpu, job.replicas, detail)
+                message = messages[key] = self._message(job, q, kind, detail)
+            elif kind == "capacity" or kind == "gang":
+                # the cached message says whether this shape can ever fit
+                if message.startswith("too large"):
+                    kind = "too_large"
+            append(Waiting(job.job_id, message, kind, position, at))
+        return out
+
+    def _too_large(self, job: PendingJob) -> bool:
+        """Would not fit even if every running job (and this pass's starts) had ended."""
+        if self._capacities is None:
+            cl = self.cluster
+            cap = [[0.0, 0.0, 0.0] for _ in cl.ids]
+            for e in self.snapshot.executors:
+                i = cl.index[e.executor_id]
+                cap[i] = [float(e.free.cpu), float(e.free.memory), float(e.free.gpu)]
+            for g in self.groups.values():
+                for i, c, m, gp in g.rows:
+                    cap[i][0] += c
+                    cap[i][1] += m
+                    cap[i][2] += gp
+            # executors of one type are one entry: the check is per type, not per executor
+            self._capacities = Counter((c, m, gp) for c, m, gp in cap)
+        d, n = job.demand, job.replicas
+        total = 0
+        for (c, m, gp), count in self._capacities.items():
+            total += count * replicas_in(c, m, gp, d.cpu, d.memory, d.gpu, n)
+            if total >= n:
+                return False
+        return True
+
+    def _message(self, job: PendingJob, q: int, kind: WaitKind, detail: str) -> str:
+        d, n = job.demand, job.replicas
+        shape = _shape(d.cpu, d.memory, d.gpu)
+        if kind == "backoff":
+            return "retry backoff"
+        if kind == "no_executor":
+            return "no executor is online"
+        if kind == "quota":
+            return self._quota_message(q, job, detail)
+        if kind == "reserved":
+            r = self.reservation
+            assert r is not None
+            when = "when jobs without a timeout end" if r.start is None else f"at {r.start:.0f}"
+            return f"next in line: room reserved on {', '.join(r.executors)} {when}"
+        if kind == "preempting":
+            return "stopping preemptible jobs to make room"
+        if kind == "backfill":
+            r = self.reservation
+            assert r is not None
+            return f"room now, but it could still run when {r.job_id} is due to start, and would delay it"
+        if kind == "too_large":
+            what = f"{n} x ({shape})" if n > 1 else shape
+            return f"too large: {what} does not fit on the online executors even when they are idle"
+        if kind == "gang":
+            fit = self.cluster.count(d.cpu, d.memory, d.gpu, n)
+            return f"gang of {n} starts all at once: {fit} of {n} replicas of ({shape}) fit now" + (
+                self._short_total(d.cpu * n, d.memory * n, d.gpu * n)
+            )
+        return "no executor has room: " + self._short_single(d.cpu, d.memory, d.gpu)
+
+    def _quota_message(self, q: int, job: PendingJob, resource: str) -> str:
+        book = self.book
+        name = book.names[q]
+        r = resource.removeprefix("cohort ")
+        ri = ("cpu", "memory", "gpu").index(r)
+        need = (job.demand.cpu, job.demand.memory, job.demand.gpu)[ri] * job.replicas
+        if resource.startswith("cohort "):
+            k = book.cohort_of[q]
+            return (
+                f"queue {name}: its cohort has no unused {r} quota to lend "
+                f"({_amount(ri, book.cohort_use[k][ri])} of {_amount(ri, book.cohort_cap[k][ri])} used, "
+                f"needs {_amount(ri, need)})"
+            )
+        nominal, limit = book.nominal[q][ri], book.limit[q][ri]
+        quota = _amount(ri, nominal) + (
+            f" + borrowing {_amount(ri, limit - nominal)}" if limit > nominal else ""
+        )
+        return (
+            f"queue {name}: {r} quota {quota} reached "
+            f"({_amount(ri, book.use[q][ri])} in use, needs {_amount(ri, need)})"
+        )
+
+    def _short_single(self, dc: float, dm: float, dg: float) -> str:
+        cl = self.cluster
+        best = (max(cl.cpu, default=0.0), max(cl.mem, default=0.0), max(cl.gpu, default=0.0))
+        short = [
+            f"{name} {_amount(r, need)} > {_amount(r, best[r])} free"
+            for r, (name, need) in enumerate((("cpu", dc), ("memory", dm), ("gpu", dg)))
+            if need > best[r] + EPS
+        ]
+        return ", ".join(short) or "no single executor has every resource free at once"
+
+    def _short_total(self, dc: float, dm: float, dg: float) -> str:
+        cl = self.cluster
+        total = (sum(cl.cpu), sum(cl.mem), sum(cl.gpu))
+        short = [
+            f"{name} {_amount(r, need)} > {_amount(r, total[r])} free"
+            for r, (name, need) in enumerate((("cpu", dc), ("memory", dm), ("gpu", dg)))
+            if need > total[r] + EPS
+        ]
+        return ": " + ", ".join(short) if short else ""
+
+
+def _amount(resource: int, value: float) -> str:
+    if value == INF:
+        return "unlimited"
+    return f"{value:g}" if resource != 1 else f"{value:g}Mi"
+
+
+def _shape(cpu: float, memory: int, gpu: int) -> str:
+    return f"cpu {cpu:g}, memory {memory}Mi" + (f", gpu {gpu}" if gpu else "")
