@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import posixpath
+import re
 from typing import Annotated, Any
 
 import yaml
@@ -183,19 +184,51 @@ class JobSpec(_Strict):
         return value
 
     def secret_values(self) -> list[str]:
-        """The values of the secret env variables (what must never be shown)."""
-        return [self.env[name] for name in self.secret_env if self.env.get(name)]
+        """What must never be shown: secret env values, credentials in the source URL."""
+        values = [self.env[name] for name in self.secret_env if self.env.get(name)]
+        credentials = url_credentials(self.source.repo) if self.source else None
+        return [*values, credentials] if credentials else values
 
     def redacted(self) -> JobSpec:
-        """This spec with every secret env value replaced by ``***`` (for events and API output)."""
-        if not self.secret_env:
-            return self
-        env = {k: (SECRET_MASK if k in self.secret_env else v) for k, v in self.env.items()}
-        return self.model_copy(update={"env": env})
+        """This spec with secret env values and source-URL credentials replaced by ``***``."""
+        update: dict[str, Any] = {}
+        if self.secret_env:
+            update["env"] = {k: (SECRET_MASK if k in self.secret_env else v) for k, v in self.env.items()}
+        if self.source and url_credentials(self.source.repo):
+            update["source"] = self.source.model_copy(update={"repo": redact_url(self.source.repo)})
+        return self.model_copy(update=update) if update else self
 
     def argv(self) -> list[str]:
         """The argv the executor runs: the command itself, or /bin/sh -c when asked for."""
         return ["/bin/sh", "-c", self.command[0]] if self.shell else list(self.command)
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@]*)@")
+
+
+def url_credentials(url: str) -> str | None:
+    """The secret part of a URL's userinfo: all of it for http(s) (a token is often the user
+    name), the password otherwise (``ssh://git@host`` names a user, not a secret)."""
+    match = _USERINFO.match(url)
+    if not match:
+        return None
+    scheme, userinfo = match.group(1).lower(), match.group(2)
+    if scheme.startswith(("http", "ftp")):
+        return userinfo or None
+    _, colon, password = userinfo.partition(":")
+    return password if colon and password else None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its credentials (see :func:`url_credentials`) replaced by ``***``."""
+    secret = url_credentials(url)
+    if secret is None:
+        return url
+    match = _USERINFO.match(url)
+    assert match is not None
+    userinfo = match.group(2)
+    masked = SECRET_MASK if userinfo == secret else userinfo[: len(userinfo) - len(secret)] + SECRET_MASK
+    return match.group(1) + masked + "@" + url[match.end() :]
 
 
 class FieldError(BaseModel):

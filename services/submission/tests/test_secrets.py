@@ -125,3 +125,20 @@ def test_secret_env_must_name_env_variables():
     with pytest.raises(SpecError) as info:
         parse_spec(json.dumps({"name": "x", "command": ["true"], "secret_env": ["MISSING"]}))
     assert info.value.errors[0].field == "secret_env" and "MISSING" in info.value.errors[0].message
+
+
+async def test_credentials_in_the_source_url_are_masked(api, js):
+    subjects = api.app.state.trainyard["subjects"]
+    repo = "https://ghp_tok3nvalue@git.example.org/team/model.git"
+    spec = {"name": "cred", "command": ["true"], "source": {"repo": repo, "commit": "a" * 40}}
+    resp = await api.post("/v1/jobs", json=spec, headers=AUTH)
+    assert resp.status_code == 201, resp.text
+    shown = (await api.get(f"/v1/jobs/{resp.json()['job_id']}", headers=AUTH)).json()
+    assert shown["spec"]["source"]["repo"] == "https://***@git.example.org/team/model.git"
+    events = b"".join(await all_job_events(js, subjects))
+    assert b"ghp_tok3nvalue" not in events and "ghp_tok3nvalue" not in resp.text
+    # a ref that cannot be resolved: the error names the repo without its credentials
+    unresolvable = {"repo": "https://user:pa55word@127.0.0.1:9/r.git", "ref": "main"}
+    refused = await api.post("/v1/jobs", json={**spec, "source": unresolvable}, headers=AUTH)
+    assert refused.status_code == 422 and "pa55word" not in refused.text
+    assert "https://***@127.0.0.1:9/r.git" in refused.text

@@ -1,4 +1,10 @@
-"""Resolve a spec's git ref to a commit at submission, so every attempt runs the same code."""
+"""Resolve a spec's git ref to a commit at submission, so every attempt runs the same code.
+
+The repo and ref come from whoever submits, so git runs with no shell, no terminal prompt, the
+``ext::`` transport (which runs a command) disabled, ``--end-of-options``/``--`` before anything the
+user wrote, and a timeout; a ref that starts with ``-`` is refused. Credentials in the URL never
+appear in an error message.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import re
 from pathlib import Path
 
 from trainyard_contracts import FieldError, JobSpec, SpecError
+from trainyard_contracts.spec import redact_url
 
 FULL_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
@@ -14,6 +21,8 @@ FULL_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 async def _git(*args: str, timeout: float) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         "git",
+        "-c",
+        "protocol.ext.allow=never",
         *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -29,32 +38,28 @@ async def _git(*args: str, timeout: float) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
+def _refused(ref: str, repo: str, why: str) -> SpecError:
+    shown = redact_url(repo)
+    why = why.replace(repo, shown)
+    return SpecError([FieldError(field="source.ref", message=f"cannot resolve {ref!r} in {shown}: {why}")])
+
+
 async def resolve_commit(repo: str, ref: str, timeout: float) -> str:
     if FULL_SHA.match(ref):
         return ref
+    if ref.startswith("-") or any(ord(c) < 32 for c in ref):
+        raise SpecError([FieldError(field="source.ref", message="must be a branch, tag or commit name")])
     if Path(repo).is_dir():
-        code, out, err = await _git("-C", repo, "rev-parse", "--verify", f"{ref}^{{commit}}", timeout=timeout)
+        code, out, err = await _git(
+            "-C", repo, "rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}", timeout=timeout
+        )
         if code == 0:
             return out.strip()
-        raise SpecError(
-            [
-                FieldError(
-                    field="source.ref",
-                    message=f"cannot resolve {ref!r} in {repo}: {err.strip() or 'unknown ref'}",
-                )
-            ]
-        )
+        raise _refused(ref, repo, err.strip() or "unknown ref")
     code, out, err = await _git("ls-remote", "--", repo, ref, timeout=timeout)
     lines = [line.split("\t") for line in out.splitlines() if "\t" in line]
     if code != 0 or not lines:
-        raise SpecError(
-            [
-                FieldError(
-                    field="source.ref",
-                    message=f"cannot resolve {ref!r} in {repo}: {err.strip() or 'no such ref'}",
-                )
-            ]
-        )
+        raise _refused(ref, repo, err.strip() or "no such ref")
     # prefer an exact branch, then a tag's peeled commit, then whatever matched first
     by_name = {name: sha for sha, name in lines}
     for name in (f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", ref):
