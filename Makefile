@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
 
-.PHONY: help install demo up test test-unit test-service test-stack test-e2e test-chaos lint schemas asyncapi bench clean
+.PHONY: help install demo up test test-unit test-service test-stack test-e2e test-chaos lint schemas asyncapi bench clean images
 
 help:
 	@echo "make demo     start the embedded stack, run the digits example, show its registered model"
@@ -48,6 +48,9 @@ schemas: install
 
 asyncapi: install
 	$(RUN) python scripts/asyncapi.py docs/asyncapi
+
+images: install
+	@bash scripts/images.sh $(IMAGES)
 
 clean:
 	rm -rf .trainyard-demo .pytest_cache .mypy_cache .ruff_cache
