@@ -194,3 +194,20 @@ async def test_an_adopted_attempt_keeps_its_timeout(tmp_path: Path) -> None:
     outcome = await (await again.adopt(found, Lines())).wait()
     assert (outcome.kind, outcome.reason) == ("timed_out", "timed out after 3s")
     assert old.pid is not None and not pid_alive(old.pid)
+
+
+async def test_a_rank_spawned_just_before_the_executor_died_is_found_by_its_own_pid_file(
+    tmp_path: Path,
+) -> None:
+    """Killed between spawning a rank and writing its pid into the attempt's pid file: the
+    rank's supervisor has recorded itself, so the attempt is still adopted, not run twice."""
+    root = tmp_path / "root"
+    old, _ = await started_then_left(root, launch_of(tmp_path, WAIT_FOR_GO))
+    [found] = await LocalBackend(root=root).find_attempts()
+    state = json.loads(Path(found.ref).read_text())
+    state["ranks"][0]["pid"] = state["ranks"][0]["start_ticks"] = None  # as written before the spawn
+    Path(found.ref).write_text(json.dumps(state))
+    adopted = await LocalBackend(root=root).adopt(found, Lines())
+    assert adopted.pid == old.pid
+    (tmp_path / "go").write_text("")
+    assert (await adopted.wait()).kind == "succeeded"

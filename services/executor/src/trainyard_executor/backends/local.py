@@ -105,7 +105,7 @@ class _Rank:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> _Rank:
-        return cls(
+        rank = cls(
             rank=int(data["rank"]),
             local_rank=int(data["local_rank"]),
             stdout=Path(data["stdout"]),
@@ -114,6 +114,15 @@ class _Rank:
             pid=data.get("pid"),
             start_ticks=data.get("start_ticks"),
         )
+        if rank.pid is None:
+            # the executor died between spawning the rank and recording it: the supervisor
+            # recorded itself
+            try:
+                own = json.loads(rank.exit_file.with_suffix(".pid").read_text())
+                rank.pid, rank.start_ticks = int(own["pid"]), int(own["start_ticks"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return rank
 
     def status(self) -> tuple[int | None, str | None]:
         """(exit code, error) once the rank has ended: from its supervisor's exit file, else
@@ -402,6 +411,7 @@ class LocalAttempt:
             self.meta_dir.mkdir(parents=True, exist_ok=True)
             for rank in self._ranks:  # a re-run of the same attempt dir: nothing from before counts
                 rank.exit_file.unlink(missing_ok=True)
+                rank.exit_file.with_suffix(".pid").unlink(missing_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 (self.meta_dir / CURSOR_NAME).unlink()
             self._started_at = time.time()
