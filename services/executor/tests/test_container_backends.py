@@ -28,8 +28,11 @@ from trainyard_executor.backends.docker import (
     LABEL_RANK,
     OUTPUTS_MOUNT,
     DockerBackend,
+    GangAttempt,
     image_missing_reason,
 )
+from trainyard_executor.core import free_loopback_port
+from trainyard_executor.jobenv import plan_gang
 
 T = TypeVar("T")
 IMAGE = "trainyard-test/busybox:1"
@@ -325,6 +328,115 @@ async def test_a_restarted_executor_reaps_the_containers_it_left(backend, engine
     assert again.list_running(include_stopped=True) == []
     outcome = await attempt.wait()  # the old handle sees its container stopped under it
     assert outcome.kind == "failed"
+
+
+GANG_RENDEZVOUS = (
+    'echo "env $RANK $LOCAL_RANK $WORLD_SIZE $MASTER_ADDR";'
+    'if [ "$RANK" = 0 ]; then nc -l -p "$MASTER_PORT" > /tmp/got; echo "master heard: $(cat /tmp/got)";'
+    'else i=0; until echo "hello from $RANK" | nc -w 1 "$MASTER_ADDR" "$MASTER_PORT" 2>/dev/null; do'
+    " i=$((i+1)); [ $i -gt 300 ] && exit 9; sleep 0.1; done; echo sent; fi"
+)
+
+
+@pytest.mark.distributed
+async def test_a_gang_runs_one_container_per_rank_that_meet_on_the_host_network(backend, tmp_path):
+    launch = make_launch(
+        tmp_path, ["sh", "-c", GANG_RENDEZVOUS], gang=plan_gang(2, None, free_loopback_port), memory_mb=64
+    )
+    lines = Lines()
+    attempt = await backend.start(launch, lines)
+    assert isinstance(attempt, GangAttempt) and len(attempt.container_ids) == 2
+    outcome = await attempt.wait()
+    assert (outcome.kind, outcome.exit_code, outcome.reason) == ("succeeded", 0, "exit code 0"), lines.got
+    stdout = lines.of("stdout")
+    assert "[rank 0] env 0 0 2 127.0.0.1" in stdout and "[rank 1] env 1 1 2 127.0.0.1" in stdout
+    assert "[rank 0] master heard: hello from 1" in stdout and "[rank 1] sent" in stdout
+    for rank, container_id in enumerate(attempt.container_ids):
+        attrs = backend.client.api.inspect_container(container_id)
+        assert attrs["Config"]["Labels"][LABEL_RANK] == str(rank)
+        assert attrs["Name"].lstrip("/") == f"trainyard-{launch.job_id}-1-r{rank}"
+        assert attrs["HostConfig"]["NetworkMode"] == "host"
+        assert attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024  # the spec's resources, per rank
+    await attempt.release()
+    assert all(gone(backend, c) for c in attempt.container_ids)
+
+
+@pytest.mark.distributed
+async def test_a_failing_rank_fails_the_gang_and_stops_the_other_containers(backend, tmp_path):
+    script = 'echo "rank $RANK up"; [ "$RANK" = 1 ] && exit 3; sleep 60'
+    launch = make_launch(
+        tmp_path, ["sh", "-c", script], gang=plan_gang(2, None, free_loopback_port), grace_s=1
+    )
+    attempt = await backend.start(launch, Lines())
+    outcome = await attempt.wait()
+    assert (outcome.kind, outcome.exit_code, outcome.reason) == ("failed", 3, "rank 1: exit code 3")
+    assert {backend.client.api.inspect_container(c)["State"]["Running"] for c in attempt.container_ids} == {
+        False
+    }  # rank 0 did not sleep its 60 s
+    await attempt.release()
+    assert all(gone(backend, c) for c in attempt.container_ids)
+
+
+@pytest.mark.distributed
+async def test_a_timeout_and_a_cancel_end_every_rank(backend, tmp_path):
+    gang = plan_gang(2, None, free_loopback_port)
+    timed = make_launch(tmp_path, ["sh", "-c", "sleep 60"], gang=gang, timeout_s=1.0, grace_s=1.0)
+    attempt = await backend.start(timed, Lines())
+    outcome = await attempt.wait()
+    assert (outcome.kind, outcome.reason) == ("timed_out", "timed out after 1s")
+    await attempt.release()
+    assert all(gone(backend, c) for c in attempt.container_ids)
+    lines = Lines()
+    script = "trap 'echo stopping; exit 0' TERM; echo ready; sleep 60 & wait"
+    cancelled = await backend.start(make_launch(tmp_path, ["sh", "-c", script], gang=gang), lines)
+
+    async def both_ready() -> bool:
+        return len([t for t in lines.of("stdout") if t.endswith("ready")]) == 2
+
+    await eventually(both_ready, 30, "both ranks ready")
+    await cancelled.cancel(10)
+    outcome = await cancelled.wait()
+    assert (outcome.kind, outcome.exit_code) == ("cancelled", 0)
+    assert sorted(t for t in lines.of("stdout") if "stopping" in t) == [
+        "[rank 0] stopping",
+        "[rank 1] stopping",
+    ]
+    await cancelled.release()
+
+
+async def test_the_checkpoint_dir_is_mounted_and_outlives_the_attempt(backend, tmp_path):
+    """Attempt 1 saves a checkpoint when it is told to stop (SIGTERM, with a grace period);
+    attempt 2 of the same job finds it at the same TRAINYARD_CHECKPOINT_DIR."""
+    checkpoints = tmp_path / "checkpoints" / "job-ckpt"
+    first = (
+        "trap 'echo step=42 > \"$TRAINYARD_CHECKPOINT_DIR/ckpt\"; echo saved; exit 0' TERM;"
+        'echo "ready in $TRAINYARD_CHECKPOINT_DIR"; sleep 60 & wait'
+    )
+    lines = Lines()
+    launch = make_launch(tmp_path, ["sh", "-c", first], job_id="job-ckpt", checkpoint_dir=checkpoints)
+    attempt = await backend.start(launch, lines)
+
+    async def ready() -> bool:
+        return "ready in /trainyard/checkpoints" in lines.of("stdout")
+
+    await eventually(ready, 30, "attempt 1 ready")
+    await attempt.cancel(10)
+    assert (await attempt.wait()).kind == "cancelled" and "saved" in lines.of("stdout")
+    await attempt.release()
+    assert (checkpoints / "ckpt").read_text() == "step=42\n"  # on the host, kept
+    again = Lines()
+    second = make_launch(
+        tmp_path,
+        ["sh", "-c", 'echo "resumed from $(cat "$TRAINYARD_CHECKPOINT_DIR/ckpt")"'],
+        job_id="job-ckpt",
+        attempt=2,
+        workdir=tmp_path / "work" / "job-ckpt" / "attempt-2",
+        checkpoint_dir=checkpoints,
+    )
+    resumed = await backend.start(second, again)
+    assert (await resumed.wait()).kind == "succeeded"
+    await resumed.release()
+    assert again.of("stdout") == ["resumed from step=42"]
 
 
 async def test_capacity_comes_from_the_engine(backend):
