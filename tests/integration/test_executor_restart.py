@@ -201,3 +201,57 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+CHECKPOINTING = """
+import os, pathlib, signal, sys, time
+ckpt = pathlib.Path(os.environ["TRAINYARD_CHECKPOINT_DIR"]) / "state"
+if ckpt.exists():
+    print("resumed from", ckpt.read_text(), "in attempt", os.environ["TRAINYARD_ATTEMPT"], flush=True)
+    sys.exit(0)
+def on_term(signum, frame):  # the preemption notice: save and leave within the grace period
+    ckpt.write_text("step=42")
+    print("checkpoint saved", flush=True)
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+print("training", flush=True)
+time.sleep(300)
+"""
+
+
+async def test_a_stopped_attempt_checkpoints_in_its_grace_period_and_the_next_attempt_resumes(common, bus):
+    """SIGTERM with a grace period (here: the executor is stopped and hands the job back; the
+    same path as any cancel with ``grace_seconds``), TRAINYARD_CHECKPOINT_DIR kept per job."""
+    from trainyard_executor.app import create_app
+    from trainyard_executor.settings import ExecutorSettings
+
+    def executor():
+        settings = ExecutorSettings(
+            id="exec-ckpt",
+            cpu=4,
+            memory=8192,
+            gpu=0,
+            heartbeat_seconds=0.5,
+            lease_seconds=5,
+            grace_seconds=10,
+        )
+        return create_app(common, settings)
+
+    async with running(scheduler(common)):
+        async with running(executor()):
+            job_id = await bus.submit(JobSpec(name="preempted", command=[PY, "-c", CHECKPOINTING]))
+
+            async def training() -> bool:
+                return "training" in await bus.log_text(job_id)
+
+            await eventually(training, 30, "attempt 1 training")
+        handed_back = await bus.record(job_id)
+        assert handed_back is not None and handed_back.state == JobState.REQUEUED
+        ckpt_dir = Path(common.data_dir) / "checkpoints" / job_id
+        assert (ckpt_dir / "state").read_text() == "step=42"
+        async with running(executor()):
+            done = await bus.wait_state(job_id, "succeeded", "failed", timeout=60)
+        texts = await bus.log_text(job_id)
+    assert done.state == JobState.SUCCEEDED and done.attempt == 2, (done.reason, texts)
+    assert "checkpoint saved" in texts and "resumed from step=42 in attempt 2" in texts
+    assert not ckpt_dir.exists()  # the job ended: its checkpoints go with it
