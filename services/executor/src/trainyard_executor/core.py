@@ -183,11 +183,14 @@ class ExecutorCore:
         )
 
     async def _stop_superseded(self, local: LocalAttempt, reason: str) -> None:
-        local.cancel_reason = reason
-        if local.handle is not None:
-            await local.handle.cancel(0)
+        """End an older attempt before a newer one of the same job starts here. One already told
+        to stop (a preemption's cancel, with its grace period) keeps its grace to checkpoint."""
+        if local.cancel_reason is None:
+            local.cancel_reason = reason
+            if local.handle is not None:
+                await local.handle.cancel(self.settings.grace_seconds)
         if local.task is not None:
-            await asyncio.wait({local.task}, timeout=self.settings.grace_seconds + 10)
+            await asyncio.wait({local.task}, timeout=self.settings.grace_seconds + 3600 + 10)
 
     async def cancel(self, cmd: CancelAttempt) -> None:
         await self.recovered.wait()
