@@ -7,6 +7,7 @@ for the token model and access.py for who may do what).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -41,6 +42,7 @@ from trainyard_submission.service import (
 from trainyard_submission.tokens import Principal, TokenNotFound, TokenStore
 
 PROBLEM = "application/problem+json"
+log = logging.getLogger("trainyard.submission.api")
 
 
 class Problem(Exception):
@@ -137,6 +139,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return problem_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # still one format; the details go to the log, never to the caller
+        log.exception("unhandled error in a request", exc_info=exc)
+        return problem_response(
+            500, "internal error", "the error is logged; the request changed nothing or may be retried"
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

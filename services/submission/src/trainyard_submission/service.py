@@ -18,6 +18,7 @@ from trainyard_contracts import (
     JobRejected,
     JobSubmitted,
     ModelVersionRecord,
+    is_job_id,
     lifecycle,
     new_job_id,
     parse_spec,
@@ -123,6 +124,8 @@ class SubmissionService:
         return job_id
 
     async def cancel(self, job_id: str, by: str | None) -> JobRecord:
+        if not is_job_id(job_id):
+            raise JobNotFound(job_id)
         result = await self.store.update(
             job_id,
             lambda r: (
@@ -144,6 +147,8 @@ class SubmissionService:
         return record
 
     async def get(self, job_id: str) -> JobRecord:
+        if not is_job_id(job_id):  # not a key the bucket could hold (the bucket would refuse it)
+            raise JobNotFound(job_id)
         found = await self.store.get(job_id)
         if found is None:
             raise JobNotFound(job_id)
