@@ -327,3 +327,29 @@ def test_an_event_relabelled_as_another_type_is_rejected_or_reinterpreted_safely
 def test_submitted_event_of_a_spec_with_secrets_carries_them_masked():
     event = JobSubmitted(job_id="j1", spec=SPEC.redacted())
     assert "s3cr3t-value" not in event.model_dump_json() and event.spec.env["S"] == "***"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000,
+        '{"a":' * 50_000,
+        "a: " + "[" * 5000 + "]" * 5000,
+        "name: x\ncommand: [" + "[" * 3000 + "]" * 3000 + "]",
+        "name: x\ncommand: ['true']\nparams:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 3000)),
+    ],
+    ids=["deep-list", "deep-json-object", "deep-flow", "deep-in-a-field", "deep-block"],
+)
+def test_deeply_nested_documents_are_refused_not_crashed(text):
+    with pytest.raises(SpecError) as info:
+        parse_spec(text)
+    assert info.value.errors[0].field
+
+
+@pytest.mark.parametrize(
+    "parse", [parse_job_event, EXECUTOR_COMMAND_ADAPTER.validate_json, LogChunk.model_validate_json]
+)
+def test_deeply_nested_messages_are_validation_errors(parse):
+    for raw in ["[" * 100_000, '{"type": "submitted", "job_id": "j", "spec": ' + '{"a":' * 50_000]:
+        with pytest.raises(ValidationError):
+            parse(raw)

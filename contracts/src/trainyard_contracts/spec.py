@@ -289,6 +289,8 @@ def parse_spec_document(text: str | bytes) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SpecError([FieldError(field="(document)", message=f"not valid YAML or JSON{where}")]) from exc
+    except RecursionError as exc:  # PyYAML's composer recurses once per level of nesting
+        raise SpecError([FieldError(field="(document)", message="nested too deeply")]) from exc
     if not isinstance(data, dict):
         raise SpecError([FieldError(field="(document)", message="expected a mapping of job spec fields")])
     return data
