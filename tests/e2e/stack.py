@@ -1,0 +1,228 @@
+"""The whole installation from the built images on one Docker network, for the end-to-end tests.
+
+NATS (JetStream), an MLflow server and the five services run as containers started with
+testcontainers; the test process reaches the API, MLflow and NATS through ports published on
+127.0.0.1 only. The executor (local backend: jobs run as processes in its container) and the
+registry share one named volume at the executor's work root, so the registry reads a job's
+``outputs_uri`` (a file:// path) exactly where the executor wrote it — as in docker-compose.
+Git sources come from a bare clone of this repository mounted read-only into submission (which
+resolves refs) and executor (which checks commits out).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import httpx
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = "0.1.0"
+SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry")
+SERVICE_PORTS = {"submission": 8700, "scheduler": 8701, "executor": 8702, "registry": 8703, "telemetry": 8704}
+NATS_IMAGE = "trainyard/nats:2.15"
+MLFLOW_IMAGE = "trainyard/mlflow:3"
+IMAGES = (NATS_IMAGE, MLFLOW_IMAGE, *(f"trainyard/{svc}:{VERSION}" for svc in SERVICES))
+REPO_MOUNT = "/repos/trainyard.git"
+WORK_ROOT = "/var/lib/trainyard/executor"  # the executor's work dirs: <data_dir>/executor/<id>/work
+EXECUTOR_ID = "e2e-executor"
+
+
+def wait_until(
+    what: str, check: Callable[[], object], timeout: float, explain: Callable[[], str] = str
+) -> object:
+    """Poll ``check`` until it returns something truthy; fail with ``explain()`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+        except Exception as exc:  # not up yet: connection refused, 503 ...
+            result, last = None, exc
+        else:
+            last = None
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g}s (last error: {last!r})\n{explain()}")
+        time.sleep(0.25)
+
+
+class LoopbackContainer(DockerContainer):
+    """A container whose published ports listen on 127.0.0.1 only (random host ports)."""
+
+    def with_loopback_port(self, port: int) -> LoopbackContainer:
+        # docker-py takes (host_ip, host_port); testcontainers' with_bind_ports takes only a port
+        self.ports[f"{port}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
+        return self
+
+
+@dataclass
+class ImageStack:
+    """Start with :meth:`start`, always :meth:`close` (containers, network, volume, clone)."""
+
+    workdir: Path
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    prefix: str = "trainyard"
+    containers: dict[str, LoopbackContainer] = field(default_factory=dict)
+    network: Network | None = None
+    volume: str | None = None
+    api_url: str = ""
+    mlflow_url: str = ""
+    nats_url: str = ""
+
+    def __post_init__(self) -> None:
+        self.client = docker.from_env()
+        self.run_id = uuid.uuid4().hex[:8]
+
+    # lifecycle
+
+    def start(self) -> ImageStack:
+        repo = self.workdir / "trainyard.git"
+        subprocess.run(
+            ["git", "clone", "--quiet", "--bare", "--", str(ROOT), str(repo)], check=True, capture_output=True
+        )
+        self.network = Network(docker_network_kw={"labels": {"trainyard.e2e": self.run_id}}).create()
+        self.volume = self.client.volumes.create(name=f"trainyard-e2e-work-{self.run_id}").name
+
+        nats = self._container("nats", NATS_IMAGE).with_command(["-js", "-m", "8222"])
+        nats.with_loopback_port(4222).with_loopback_port(8222).start()
+        monitor = f"http://127.0.0.1:{self.port('nats', 8222)}"
+        wait_until(
+            "NATS JetStream healthy",
+            lambda: httpx.get(f"{monitor}/healthz?js-enabled-only=true", timeout=2).is_success,
+            30,
+            lambda: self.logs("nats"),
+        )
+        self.nats_url = f"nats://127.0.0.1:{self.port('nats', 4222)}"
+
+        # MLflow takes longest (~10-30 s): start it first and the services meanwhile
+        self._container("mlflow", MLFLOW_IMAGE).with_loopback_port(5000).start()
+
+        common = {
+            "TRAINYARD_NATS_URL": "nats://nats:4222",
+            "TRAINYARD_PREFIX": self.prefix,
+            "TRAINYARD_LOG_LEVEL": "INFO",
+        }
+        submission = self._service("submission", common)
+        submission.with_env("TRAINYARD_SUBMISSION_TOKEN", self.token)
+        submission.with_volume_mapping(str(repo), REPO_MOUNT, "ro").with_loopback_port(8700)
+        self._service("scheduler", common)
+        executor = self._service("executor", common)
+        executor.with_envs(
+            TRAINYARD_EXECUTOR_ID=EXECUTOR_ID,
+            # advertised capacity: fixed, so the tests do not depend on the machine's CPU count
+            TRAINYARD_EXECUTOR_CPU="2",
+            TRAINYARD_EXECUTOR_MEMORY="4096",
+            TRAINYARD_EXECUTOR_MLFLOW_TRACKING_URI="http://mlflow:5000",
+        )
+        executor.with_volume_mapping(str(repo), REPO_MOUNT, "ro")
+        executor.with_volume_mapping(self.volume, WORK_ROOT, "rw")
+        registry = self._service("registry", common)
+        registry.with_env("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+        registry.with_volume_mapping(self.volume, WORK_ROOT, "rw")
+        self._service("telemetry", common).with_loopback_port(8704)
+        for svc in SERVICES:
+            self.containers[svc].start()
+
+        self.api_url = f"http://127.0.0.1:{self.port('submission', 8700)}"
+        self.mlflow_url = f"http://127.0.0.1:{self.port('mlflow', 5000)}"
+        for name in (*SERVICES, "mlflow"):
+            self.wait_healthy(name, timeout=180)
+        return self
+
+    def close(self) -> None:
+        for name, container in reversed(list(self.containers.items())):
+            try:
+                container.stop(force=True, delete_volume=True)
+            except Exception as exc:  # keep cleaning up the rest
+                print(f"e2e cleanup: could not remove container {name}: {exc}")
+        self.containers.clear()
+        if self.network is not None:
+            try:
+                self.network.remove()
+            except Exception as exc:
+                print(f"e2e cleanup: could not remove network {self.network.name}: {exc}")
+            self.network = None
+        if self.volume is not None:
+            try:
+                self.client.volumes.get(self.volume).remove(force=True)
+            except Exception as exc:
+                print(f"e2e cleanup: could not remove volume {self.volume}: {exc}")
+            self.volume = None
+        self.client.close()
+
+    # containers
+
+    def _container(self, name: str, image: str) -> LoopbackContainer:
+        assert self.network is not None
+        container = LoopbackContainer(image)
+        container.with_name(f"trainyard-e2e-{self.run_id}-{name}")
+        container.with_network(self.network).with_network_aliases(name)
+        container.with_kwargs(labels={"trainyard.e2e": self.run_id})
+        self.containers[name] = container
+        return container
+
+    def _service(self, svc: str, env: dict[str, str]) -> LoopbackContainer:
+        return self._container(svc, f"trainyard/{svc}:{VERSION}").with_envs(**env)
+
+    def port(self, name: str, port: int) -> int:
+        return self.containers[name].get_exposed_port(port)
+
+    def docker_container(self, name: str):  # docker.models.containers.Container
+        return self.client.containers.get(self.containers[name].get_container_id())
+
+    def health(self, name: str) -> str:
+        state = self.docker_container(name).attrs["State"]
+        if not state.get("Running"):
+            code = state.get("ExitCode")
+            raise AssertionError(f"{name} is not running (exit code {code}):\n{self.logs(name)}")
+        return state.get("Health", {}).get("Status", "none")
+
+    def wait_healthy(self, name: str, timeout: float) -> None:
+        """The image's own HEALTHCHECK says healthy (a dead container fails at once)."""
+        deadline = time.monotonic() + timeout
+        while (status := self.health(name)) != "healthy":
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{name} not healthy within {timeout:g}s ({status}):\n{self.logs(name)}")
+            time.sleep(0.5)
+
+    def restart(self, name: str, stopped: Callable[[], None] = lambda: None) -> None:
+        """Stop ``name`` gracefully (SIGTERM through tini), run ``stopped()``, start it again."""
+        container = self.docker_container(name)
+        container.stop(timeout=30)
+        stopped()
+        container.start()
+        self.wait_healthy(name, timeout=120)
+
+    def logs(self, name: str, tail: int = 60) -> str:
+        try:
+            out = self.docker_container(name).logs(tail=tail).decode(errors="replace")
+        except Exception as exc:
+            return f"(no logs of {name}: {exc})"
+        return f"--- last {tail} log lines of {name} ---\n{out}"
+
+    def save_logs(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in self.containers:
+            try:
+                data = self.docker_container(name).logs()
+            except Exception as exc:
+                data = f"(no logs: {exc})".encode()
+            (folder / f"{name}.log").write_bytes(data)
+        return folder
+
+    # MLflow's REST API, from the test
+
+    def mlflow_get(self, path: str, **params: str) -> dict:
+        response = httpx.get(f"{self.mlflow_url}/api/2.0/mlflow/{path}", params=params, timeout=10)
+        response.raise_for_status()
+        return json.loads(response.text)
