@@ -61,7 +61,7 @@ async def test_why_names_the_short_resource_and_the_queue_position(common, bus):
 
         answer = await eventually(explained, 15, "a why answer with a position")
         assert answer.pending and answer.state == "queued" and answer.leader
-        assert answer.reason.kind == "resources" and "cpu" in answer.reason.message
+        assert answer.reason.kind == "capacity" and "cpu" in answer.reason.message
         assert (answer.reason.position, answer.reason.queue_length) == (2, 2)  # `big` is ahead of it
 
         running_answer = await ask(bus, bus.subjects.scheduler_why, WhyRequest(job_id=blocker), WhyAnswer)
@@ -93,7 +93,7 @@ async def test_a_dry_run_says_what_would_happen_and_queues_nothing(common, bus):
             DryRunRequest(spec=JobSpec(name="b", command=["true"], resources={"cpu": 64})),
             DryRunAnswer,
         )
-        assert not too_big.would_start and too_big.reason.kind == "resources"
+        assert not too_big.would_start and too_big.reason.kind in ("capacity", "too_large")
         assert "cpu 64" in too_big.reason.message
 
         kv = await bus.js.key_value(bus.subjects.buckets.jobs)

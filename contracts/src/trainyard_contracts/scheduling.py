@@ -18,11 +18,13 @@ class _Model(BaseModel):
 
 WaitKind = Literal[
     "backoff",  # a retry waits for its backoff
-    "resources",  # no executor (or no set of executors, for a gang) has room now
-    "quota",  # the queue is at its quota and may not borrow more
-    "gang",  # a gang cannot be placed all at once
-    "reservation",  # room exists but is held for a job ahead of it (backfill would delay it)
-    "priority",  # jobs ahead of it in its queue or of higher priority take the room first
+    "quota",  # the queue's quota (borrowing included) would be exceeded
+    "reserved",  # holds the reservation: starts when the room it waits for frees up
+    "preempting",  # running jobs are being stopped to make room for it
+    "backfill",  # there is room now, but taking it would delay the reserved job
+    "capacity",  # no executor has room now
+    "gang",  # not all replicas of the gang fit at once
+    "too_large",  # does not fit even when every running job has ended
     "no_executor",  # no executor is online
     "other",
 ]

@@ -21,6 +21,7 @@ from trainyard_contracts import DryRunRequest, JobEvent, WhyRequest
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.leader import LeaderLease
 from trainyard_scheduler.placement import Plan
+from trainyard_scheduler.queueview import QueueView
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import ensure_streams, open_buckets, streams
@@ -111,6 +112,9 @@ def create_app(
         )
         store.read_through(view)
         state["view"] = view
+        queue_view = QueueView(buckets.queues)
+        await queue_view.start()
+        state["queue_view"] = queue_view
         leader = LeaderLease(
             buckets.leases,
             settings.replica_id,
@@ -127,6 +131,7 @@ def create_app(
             ExecutorDirectory(buckets.executors),
             settings,
             may_assign=lambda: leader.is_leader,
+            queue_configs=queue_view.configs,
         )
 
     async def start_loop() -> None:
@@ -204,6 +209,9 @@ def create_app(
         view = state.get("view")
         if isinstance(view, JobView):
             await view.stop()
+        queue_view = state.get("queue_view")
+        if isinstance(queue_view, QueueView):
+            await queue_view.stop()
 
     app = build_app(
         sb,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 
@@ -26,6 +25,7 @@ from trainyard_contracts import (
     JobScheduled,
     JobSpec,
     JobState,
+    QueueConfig,
     StartAttempt,
     WaitReason,
     WhyAnswer,
@@ -40,7 +40,9 @@ from trainyard_scheduler.placement import (
     ExecutorFree,
     PendingJob,
     Plan,
+    RunningJob,
     Snapshot,
+    Victim,
     plan,
 )
 from trainyard_scheduler.settings import SchedulerSettings
@@ -71,7 +73,9 @@ class SchedulerCore:
         settings: SchedulerSettings,
         clock: Callable[[], datetime] = utcnow,
         may_assign: Callable[[], bool] = lambda: True,
+        queue_configs: Callable[[], tuple[QueueConfig, ...]] = tuple,
     ) -> None:
+        self.queue_configs = queue_configs
         self.store = store
         self.view = view
         self.events = events
@@ -139,24 +143,76 @@ class SchedulerCore:
     # -- planning -----------------------------------------------------------------------------
 
     async def snapshot(self, now: datetime) -> Snapshot:
+        """What the policy decides on: pending jobs, what runs where, free room, the queues.
+
+        An attempt an executor still runs although its record moved on (a preempted or
+        superseded attempt inside its grace period) still holds its room: it is counted from the
+        executor's heartbeat as an ``ending`` job until the executor reports it gone.
+        """
         online = await self.executors.online(now)
-        used: dict[str, Demand] = defaultdict(lambda: Demand(0.0, 0, 0))
+        used: dict[str, list[float]] = {eid: [0.0, 0, 0] for eid in online}
         pending: list[PendingJob] = []
+        running: list[RunningJob] = []
+        current: set[tuple[str, int, str]] = set()
         for record in self.view.unfinished():
+            spec = record.spec
             if record.state.active and record.executor_id in online:
+                d = demand_of(record).times(spec.replicas)
                 u = used[record.executor_id]
-                d = demand_of(record).times(record.spec.replicas)
-                used[record.executor_id] = Demand(u.cpu + d.cpu, u.memory + d.memory, u.gpu + d.gpu)
+                u[0] += d.cpu
+                u[1] += d.memory
+                u[2] += d.gpu
+                current.add((record.job_id, record.attempt, record.executor_id))
+                since = record.state_times.get("running") or record.state_times.get("scheduled") or now
+                running.append(
+                    RunningJob(
+                        job_id=record.job_id,
+                        attempt=record.attempt,
+                        executor_id=record.executor_id,
+                        used=d,
+                        queue=spec.queue,
+                        priority=spec.priority,
+                        preemptible=spec.preemptible,
+                        started_at=since.timestamp(),
+                        timeout=spec.timeout,
+                        ending=record.cancel_requested,
+                    )
+                )
             elif record.state.pending and not record.cancel_requested:
                 pending.append(
                     PendingJob(
                         job_id=record.job_id,
                         attempt=record.attempt,
-                        priority=record.spec.priority,
+                        priority=spec.priority,
                         submitted_at=record.submitted_at.timestamp(),
                         demand=demand_of(record),
-                        replicas=record.spec.replicas,
+                        replicas=spec.replicas,
                         not_before=record.not_before.timestamp() if record.not_before else None,
+                        queue=spec.queue,
+                        timeout=spec.timeout,
+                    )
+                )
+        for eid, beat in online.items():
+            for ref in beat.running:
+                if (ref.job_id, ref.attempt, eid) in current:
+                    continue
+                record = self.view.get(ref.job_id)
+                if record is None:
+                    continue
+                d = demand_of(record).times(record.spec.replicas)
+                u = used[eid]
+                u[0] += d.cpu
+                u[1] += d.memory
+                u[2] += d.gpu
+                running.append(
+                    RunningJob(
+                        job_id=ref.job_id,
+                        attempt=ref.attempt,
+                        executor_id=eid,
+                        used=d,
+                        queue=record.spec.queue,
+                        priority=record.spec.priority,
+                        ending=True,
                     )
                 )
         executors = []
@@ -164,9 +220,14 @@ class SchedulerCore:
             cap: Capacity = beat.capacity
             u = used[eid]
             executors.append(
-                ExecutorFree(eid, Demand(cap.cpu - u.cpu, cap.memory - u.memory, cap.gpu - u.gpu))
+                ExecutorFree(eid, Demand(cap.cpu - u[0], cap.memory - int(u[1]), cap.gpu - int(u[2])))
             )
-        return Snapshot(pending=tuple(pending), executors=tuple(executors))
+        return Snapshot(
+            pending=tuple(pending),
+            executors=tuple(executors),
+            running=tuple(running),
+            queues=self.queue_configs(),
+        )
 
     async def catch_up(self, timeout: float) -> bool:
         """Wait until the view holds every write made to the jobs bucket so far (bounded).
@@ -292,8 +353,64 @@ class SchedulerCore:
             async with limit:
                 await self._assign(a.job_id, a.attempt, a.executor_id, now)
 
-        await asyncio.gather(*(assign(a) for a in decisions.assignments))
+        async def preempt(v: Victim) -> None:
+            async with limit:
+                await self._preempt(v, now)
+
+        runnable = [a for a in decisions.assignments if len({p.executor_id for p in a.ranks}) <= 1]
+        for split in set(decisions.assignments) - set(runnable):
+            # the policy can place a gang across executors; executors run a gang on one host
+            # for now (docs/scheduling.md), so such a gang waits for one executor with room
+            self.reasons[split.job_id] = WaitReason(
+                kind="gang",
+                message=f"the gang needs {split.world_size} ranks on {len(split.ranks)} executors; "
+                "a gang runs on one executor for now",
+            )
+        await asyncio.gather(*(preempt(v) for v in decisions.victims))
+        await asyncio.gather(*(assign(a) for a in runnable))
         return decisions
+
+    async def _preempt(self, victim: Victim, now: datetime) -> None:
+        """Requeue the victim's attempt (a new attempt, not a retry), then tell its executor to
+        stop the old one with a grace period; its room stays counted until the executor drops it."""
+        if not self.may_assign():
+            return
+        grace = self.settings.preemption_grace_seconds
+        result = await self.store.update(
+            victim.job_id,
+            lambda r: (
+                lifecycle.requeue(
+                    r, now, reason="preempted", counts_as_retry=False, detail=f"preempted: {victim.reason}"
+                )
+                if r.state.active and r.attempt == victim.attempt and r.executor_id == victim.executor_id
+                else None
+            ),
+        )
+        if result is None:
+            return
+        _, after = result
+        log.info(
+            "preempted a running attempt",
+            extra={"job_id": victim.job_id, "attempt": victim.attempt, "for_job": victim.for_job},
+        )
+        await self.events.emit(
+            JobRequeued(
+                job_id=victim.job_id,
+                attempt=victim.attempt,
+                reason="preempted",
+                next_attempt=after.attempt,
+                detail=after.reason,
+            )
+        )
+        await self.commands.send(
+            CancelAttempt(
+                job_id=victim.job_id,
+                attempt=victim.attempt,
+                executor_id=victim.executor_id,
+                reason=f"preempted: {victim.reason}",
+                grace_seconds=grace,
+            )
+        )
 
     async def _assign(self, job_id: str, attempt: int, executor_id: str, now: datetime) -> None:
         if not self.may_assign():

@@ -23,10 +23,9 @@ _KIND_BY_WORDING = (
     ("no executor is online", "no_executor"),
     ("quota", "quota"),
     ("gang", "gang"),
-    ("reserv", "reservation"),
-    ("priority", "priority"),
-    ("room", "resources"),
-    ("fit", "resources"),
+    ("reserv", "reserved"),
+    ("room", "capacity"),
+    ("fit", "capacity"),
 )
 
 
@@ -76,6 +75,7 @@ def wait_reasons(
         kind = getattr(detail, "kind", None) or getattr(entry, "kind", None) or kind_of(message)
         start = getattr(detail, "estimated_start", None) or getattr(entry, "estimated_start", None)
         position, length = where.get(job_id, (None, None))
+        position = getattr(entry, "position", None) or position
         out[job_id] = WaitReason(
             kind=kind if kind in KINDS else "other",
             message=message,

@@ -24,6 +24,9 @@ class SchedulerSettings(HttpSettings):
     submitted_grace_seconds: float = Field(
         5.0, gt=0, description="a record left in submitted this long is queued by the reconciler"
     )
+    preemption_grace_seconds: float = Field(
+        30.0, ge=0, le=3600, description="a preempted attempt gets SIGTERM and this long to checkpoint"
+    )
     replica_id: str = Field(
         default_factory=default_replica_id,
         min_length=1,
