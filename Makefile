@@ -47,6 +47,10 @@ test-service: install
 test-stack: install
 	$(RUN) pytest -m stack $(PYTEST_ARGS)
 
+# gangs on every backend and the torch all-reduce example (builds its venv once, ~/.cache/trainyard)
+test-distributed: install
+	$(RUN) pytest -m distributed $(PYTEST_ARGS)
+
 lint: install
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .

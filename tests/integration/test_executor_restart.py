@@ -23,7 +23,7 @@ from trainyard_contracts import JobSpec, JobState
 
 from .harness import Bus, common_settings, eventually, running
 
-pytestmark = [pytest.mark.service, pytest.mark.local, pytest.mark.chaos]
+pytestmark = [pytest.mark.service, pytest.mark.local]
 PY = sys.executable
 
 JOB = """

@@ -9,9 +9,11 @@ machine installs torch (~30 s here from the local CPU wheel; see docs/executors.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,6 +28,18 @@ pytestmark = [pytest.mark.distributed, pytest.mark.local, pytest.mark.timeout(12
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "distributed"
 SCRIPT = EXAMPLE / "allreduce.py"
+
+
+def load_harness() -> Any:
+    """tests/integration/harness.py by its path: the name ``tests`` may be another package's in a
+    whole-repository run (services/submission/tests is one)."""
+    spec = importlib.util.spec_from_file_location(
+        "trainyard_it_harness", REPO / "tests/integration/harness.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def stable_env_dir() -> Path:
@@ -86,10 +100,10 @@ async def test_two_ranks_all_reduce_through_the_local_backend(tmp_path: Path) ->
 
 @pytest.mark.service
 async def test_the_example_job_runs_through_scheduler_and_executor(
-    nats_server, prefix, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nats_server, prefix, tmp_path: Path
 ) -> None:
-    monkeypatch.syspath_prepend(str(REPO))  # tests/integration/harness.py
-    from tests.integration.harness import Bus, common_settings, running
+    harness = load_harness()
+    Bus, common_settings, running = harness.Bus, harness.common_settings, harness.running
     from trainyard_executor.app import create_app as executor_app
     from trainyard_executor.settings import ExecutorSettings
     from trainyard_scheduler.app import create_app as scheduler_app
