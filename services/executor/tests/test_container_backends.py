@@ -404,6 +404,34 @@ async def test_a_timeout_and_a_cancel_end_every_rank(backend, tmp_path):
     await cancelled.release()
 
 
+@pytest.mark.distributed
+async def test_a_gang_left_by_a_dead_executor_is_adopted_whole(backend, engine, tmp_path):
+    """Found by its labels after a restart: one attempt with a container per rank, followed to
+    its end (lines still tagged by rank), exit codes reported."""
+    script = f'echo "up $RANK"; while [ ! -f {OUTPUTS_MOUNT}/go ]; do sleep 0.1; done; echo "done $RANK"'
+    launch = make_launch(tmp_path, ["sh", "-c", script], gang=plan_gang(2, None, free_loopback_port))
+    lines = Lines()
+    attempt = await backend.start(launch, lines)
+
+    async def both_up() -> bool:
+        return len([t for t in lines.of("stdout") if " up " in t]) == 2
+
+    await eventually(both_up, 30, "both ranks up")
+    await attempt.detach()
+    again = DockerBackend(base_url=backend.base_url, name=engine, executor_id=backend.executor_id)
+    [found] = await again.find_attempts()
+    assert (found.job_id, found.attempt) == (launch.job_id, 1)
+    assert found.ref.split(",") == attempt.container_ids  # in rank order
+    adopted_lines = Lines()
+    adopted = await again.adopt(found, adopted_lines)
+    (attempt.output_dir / "go").write_text("")
+    outcome = await adopted.wait()
+    assert (outcome.kind, outcome.exit_code) == ("succeeded", 0)
+    assert {"[rank 0] done 0", "[rank 1] done 1"} <= set(adopted_lines.of("stdout"))
+    await adopted.release()
+    assert await again.find_attempts() == []
+
+
 async def test_the_checkpoint_dir_is_mounted_and_outlives_the_attempt(backend, tmp_path):
     """Attempt 1 saves a checkpoint when it is told to stop (SIGTERM, with a grace period);
     attempt 2 of the same job finds it at the same TRAINYARD_CHECKPOINT_DIR."""
