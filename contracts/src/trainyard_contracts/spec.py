@@ -21,7 +21,6 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from trainyard_contracts.units import parse_duration, parse_memory_mb
@@ -169,11 +168,13 @@ class JobSpec(_Strict):
             raise ValueError(f"names starting with TRAINYARD_ are set by Trainyard: {reserved}")
         return value
 
-    @model_validator(mode="after")
-    def _shell_form(self) -> JobSpec:
-        if self.shell and len(self.command) != 1:
+    @field_validator("shell")
+    @classmethod
+    def _shell_form(cls, value: bool, info: ValidationInfo) -> bool:
+        command = info.data.get("command")  # absent when command itself was invalid
+        if value and command is not None and len(command) != 1:
             raise ValueError("with shell: true, command must be a list of exactly one string")
-        return self
+        return value
 
     @field_validator("secret_env")
     @classmethod
@@ -282,9 +283,15 @@ def _did_you_mean(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_spec_document(text: str | bytes) -> dict[str, Any]:
-    """YAML or JSON text to a mapping, with a clear error for anything else."""
+    """YAML or JSON text to a mapping, with a clear error for anything else.
+
+    A JSON object is read by the JSON parser first: YAML reads JSON too, but leaves an escaped
+    surrogate pair (``"\\ud83d\\ude80"``, how ``json.dumps`` writes an emoji) as two broken halves.
+    """
     try:
-        data = yaml.safe_load(text) if text else None
+        data = _json_object(text)
+        if data is None:
+            data = yaml.safe_load(text) if text else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -294,6 +301,17 @@ def parse_spec_document(text: str | bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError([FieldError(field="(document)", message="expected a mapping of job spec fields")])
     return data
+
+
+def _json_object(text: str | bytes) -> Any:
+    """The document parsed as JSON when it is a JSON object, else None (then YAML reads it)."""
+    head = text.lstrip()[:1]
+    if head not in ("{", b"{"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:  # not JSON after all (a YAML flow mapping, or broken): YAML says why
+        return None
 
 
 def validate_spec(data: Any) -> JobSpec:

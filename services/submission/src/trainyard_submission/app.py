@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from faststream import AckPolicy, FastStream
+from faststream.message import StreamMessage
 from faststream.nats import ConsumerConfig, NatsMessage, PullSub
 from faststream.specification import AsyncAPI
 from prometheus_client import make_asgi_app
@@ -29,6 +30,10 @@ from trainyard_submission.settings import SubmissionSettings
 from trainyard_submission.tokens import TokenStore, bucket_name
 
 
+async def raw_body(msg: StreamMessage[Any]) -> bytes:
+    return msg.body
+
+
 def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker:
     sb = make_broker(common, "submission", tracer_provider=setup_tracing("submission"))
 
@@ -39,6 +44,9 @@ def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker
         pull_sub=PullSub(batch_size=32, timeout=0.5),
         config=ConsumerConfig(max_deliver=5, ack_wait=60),
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        # the body is a spec for parse_spec, never decoded by faststream: its JSON decoder would
+        # raise RecursionError on a deeply nested body before the handler could reject it
+        decoder=raw_body,
         title="submission/intake",
         description="a job spec (YAML or JSON) from another system; answers IntakeReply on the "
         "subject in the Trainyard-Reply-To header",
