@@ -10,7 +10,7 @@ from pathlib import Path
 from faststream.asgi import AsgiFastStream
 
 from trainyard_contracts import ExecutorCommand
-from trainyard_executor.backends.base import Backend
+from trainyard_executor.backends.base import Backend, Resources
 from trainyard_executor.backends.local import LocalBackend
 from trainyard_executor.backends.runtime_env import RuntimeEnvCache
 from trainyard_executor.core import ExecutorCore
@@ -31,7 +31,13 @@ log = logging.getLogger("trainyard.executor")
 
 
 def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
-    """The one backend of this executor (TRAINYARD_EXECUTOR_BACKEND=local|docker|podman)."""
+    """The one backend of this executor (TRAINYARD_EXECUTOR_BACKEND=local|docker|podman|noop)."""
+    if settings.backend == "noop":
+        from trainyard_executor.backends.noop import NoopBackend
+
+        return NoopBackend(
+            Resources(cpu=float(settings.cpu or 64), memory_mb=settings.memory or 65536, gpu=0)
+        )
     if settings.backend == "local":
         return LocalBackend(
             root=data / "executor" / settings.id,

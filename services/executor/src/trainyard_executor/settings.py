@@ -45,7 +45,7 @@ class ExecutorSettings(HttpSettings):
         description="unique per executor; its command subject and lease key",
     )
     pool: str = "default"
-    backend: str = Field("local", pattern="^(local|docker|podman)$")
+    backend: str = Field("local", pattern="^(local|docker|podman|kubernetes|noop)$")
     docker_host: str | None = Field(
         None, description="the docker backend's engine URL (default: DOCKER_HOST or the local socket)"
     )
