@@ -326,16 +326,19 @@ class _Pass:
         eligible: list[tuple[_Running, str]],
     ) -> list[tuple[_Running, str]] | None:
         """The executor where the fewest victims (then the least work lost) make room."""
-        by_executor: dict[int, list[tuple[_Running, str, tuple[float, float, float]]]] = {}
+        by_executor: dict[int, dict[str, tuple[_Running, str, list[float]]]] = {}
         for g, reason in eligible:
             for i, c, m, gp in g.rows:
-                by_executor.setdefault(i, []).append((g, reason, (c, m, gp)))
+                held = by_executor.setdefault(i, {}).setdefault(g.job_id, (g, reason, [0.0, 0.0, 0.0]))[2]
+                held[0] += c
+                held[1] += m
+                held[2] += gp
         cluster = self.cluster
         best: tuple[tuple[int, float, int], list[tuple[_Running, str]]] | None = None
         for i, options in by_executor.items():
             c, m, gp = cluster.cpu[i], cluster.mem[i], cluster.gpu[i]
             picked: list[tuple[_Running, str]] = []
-            for g, reason, used in options:
+            for g, reason, used in options.values():
                 picked.append((g, reason))
                 c, m, gp = c + used[0], m + used[1], gp + used[2]
                 if c + EPS >= dc and m >= dm and gp >= dg and self._quota_ok(q, need, [p for p, _ in picked]):
@@ -421,22 +424,33 @@ class _Pass:
                 got += k
                 if got >= n:
                     break
-        extra: Slots = []
-        if got < n:
-            found = cl.find(dc, dm, dg, n - got, False)
-            if found is None:
-                return False  # never preempt for a job that would still not fit
-            extra = found
         end = INF if job.timeout is None else now + job.timeout
         on_touched = dict(slots)
+        # what the job takes beyond what its victims give back comes out of the free room now;
+        # what they give back beyond what it takes is free again once they have gone
+        taken: list[tuple[int, float, float, float]] = []
         for i, r in released.items():
             k = on_touched.get(i, 0)
             a = (dc * k, dm * k, dg * k)
-            # what the job takes beyond what its victims give back comes out of the free room now;
-            # what they give back beyond what it takes is free again once they have gone
-            cl.cpu[i] -= max(0.0, a[0] - r[0])
-            cl.mem[i] -= max(0.0, a[1] - r[1])
-            cl.gpu[i] -= max(0.0, a[2] - r[2])
+            taken.append((i, max(0.0, a[0] - r[0]), max(0.0, a[1] - r[1]), max(0.0, a[2] - r[2])))
+        for i, c, m, gp in taken:
+            cl.cpu[i] -= c
+            cl.mem[i] -= m
+            cl.gpu[i] -= gp
+        extra: Slots = []
+        if got < n:
+            found = cl.find(dc, dm, dg, n - got, False)
+            if found is None:  # never preempt for a job that would still not fit (unreachable:
+                # the victims were chosen by an exact count of the replicas that fit)
+                for i, c, m, gp in taken:
+                    cl.cpu[i] += c
+                    cl.mem[i] += m
+                    cl.gpu[i] += gp
+                return False
+            extra = found
+        for i, r in released.items():
+            k = on_touched.get(i, 0)
+            a = (dc * k, dm * k, dg * k)
             self.releases.append(
                 (now, i, max(0.0, r[0] - a[0]), max(0.0, r[1] - a[1]), max(0.0, r[2] - a[2]))
             )
@@ -448,8 +462,9 @@ class _Pass:
         for g, reason in picked:
             g.gone = True
             if not g.ending:
-                for i, c, m, gp in g.rows:
+                for _, c, m, gp in g.rows:
                     self.book.add(g.queue, -c, -m, -gp)
+                for i in dict.fromkeys(row[0] for row in g.rows):
                     self.victims.append(Victim(g.job_id, g.attempt, ids[i], reason, job.job_id))
         self.book.add(q, dc * n, dm * n, dg * n)
         self.claims.append(self._assignment(job, slots + extra))
