@@ -591,7 +591,7 @@ def queues_set(
         for _ in range(5):  # another admin may write the same queue between our read and write
             current = client.get_queue(name)
             base = current.config if current else (DEFAULT_QUEUE if name == "default" else None)
-            data = base.model_dump(mode="json") if base else {"name": name}
+            data: dict[str, Any] = base.model_dump(mode="json") if base else {"name": name}
             if weight is not None:
                 data["weight"] = weight
             if cohort is not None:
