@@ -199,12 +199,19 @@ def cpu_seconds(stack: EmbeddedStack) -> dict[str, float]:
     return usage
 
 
-def audit(recs: list[JobRecord], offered: int) -> dict[str, int]:
-    """Lost: offered, never terminal. Duplicated: started more than once (a no-op job has no
+def audit(recs: list[JobRecord], offered: int, accepted: int) -> dict[str, int]:
+    """Refused: offered but not accepted (an HTTP error or a rejected reply: the caller knows).
+    Lost: accepted, never terminal. Duplicated: started more than once (a no-op job has no
     reason to: nothing fails and no executor is lost during the benchmark)."""
     duplicated = sum(1 for r in recs if len([a for a in r.attempts if a.started_at]) > 1)
     succeeded = sum(1 for r in recs if r.state.value == "succeeded")
-    return {"offered": offered, "succeeded": succeeded, "lost": offered - len(recs), "duplicated": duplicated}
+    return {
+        "offered": offered,
+        "refused": offered - accepted,
+        "succeeded": succeeded,
+        "lost": accepted - len(recs),
+        "duplicated": duplicated,
+    }
 
 
 async def run_rate(
@@ -231,7 +238,7 @@ async def run_rate(
         "p90_ms": stats["submitted_to_running"]["p90_ms"],
         "p99_ms": stats["submitted_to_running"]["p99_ms"],
         "stages": stats,
-        **audit(recs, offered),
+        **audit(recs, offered, len(job_ids)),
         "accepted": len(job_ids),
         "wall_seconds": round(wall, 1),
         "cpu_ms_per_job": {
@@ -254,7 +261,11 @@ async def run_drain(stack: EmbeddedStack, outcomes: Outcomes, n: int) -> dict[st
         "drain_seconds": round(seconds, 2) if seconds else None,
         "drain_rate": round(len(recs) / seconds, 1) if seconds else None,
         "drain_wall_seconds": round(time.perf_counter() - t0, 2),
-        **{k: v for k, v in audit(recs, n).items() if k in ("lost", "duplicated", "succeeded")},
+        **{
+            k: v
+            for k, v in audit(recs, n, len(job_ids)).items()
+            if k in ("refused", "lost", "duplicated", "succeeded")
+        },
         "cpu_ms_per_job": {
             k: round((after.get(k, 0) - before.get(k, 0)) * 1000 / max(len(recs), 1), 3) for k in after
         },
@@ -321,12 +332,14 @@ def table(results: dict[str, Any]) -> str:
     rows = []
     for run in results["runs"]:
         rows.append(f"backend {run['backend']}")
-        rows.append("  via   offered  achieved  p50_ms  p90_ms  p99_ms  lost  dup   cpu ms/job (sched, exec)")
+        rows.append(
+            "  via   offered  achieved  p50_ms  p90_ms  p99_ms  refused  lost  dup   cpu ms/job (sched, exec)"
+        )
         for r in run["rates"]:
             cpu = r["cpu_ms_per_job"]
             rows.append(
                 f"  {r['via']:<5} {r['offered_rate']:>7g} {r['achieved_rate']:>9} {r['p50_ms']!s:>7} "
-                f"{r['p90_ms']!s:>7} {r['p99_ms']!s:>7} {r['lost']:>5} {r['duplicated']:>4}"
+                f"{r['p90_ms']!s:>7} {r['p99_ms']!s:>7} {r['refused']:>8} {r['lost']:>5} {r['duplicated']:>4}"
                 f"   {cpu.get('scheduler', 0):.2f}, {cpu.get('executor', 0):.2f}"
             )
         for d in run["drains"]:
