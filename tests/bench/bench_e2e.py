@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,13 @@ async def offer_over_http(stack: EmbeddedStack, rate: float, seconds: float) -> 
                 await asyncio.sleep(delay)
             tasks.append(asyncio.ensure_future(client.post("/v1/jobs", content=body)))
         responses = await asyncio.gather(*tasks, return_exceptions=True)
+    refusals = Counter(
+        str(r.status_code) if isinstance(r, httpx.Response) else type(r).__name__
+        for r in responses
+        if not (isinstance(r, httpx.Response) and r.status_code == 201)
+    )
+    if refusals:
+        print(f"HTTP refusals at {rate}/s: {dict(refusals)}", file=sys.stderr, flush=True)
     return [r.json()["job_id"] for r in responses if isinstance(r, httpx.Response) and r.status_code == 201]
 
 
