@@ -66,27 +66,61 @@ def test_a_bare_nats_submission_runs_like_one_from_the_api(stack):
 
 
 def test_a_malformed_event_is_dead_lettered_and_services_keep_serving(stack):
-    async def poison_and_read() -> list[str]:
+    # who consumes what: registry and telemetry read succeeded events, the scheduler and
+    # telemetry read submitted ones; each consumer dead-letters the poison on its own
+    expected = {
+        "poison0001.succeeded": {"registry", "telemetry"},
+        "poison0002.submitted": {"scheduler", "telemetry"},
+    }
+
+    async def poison_and_read() -> dict[str, set[str]]:
         nc = await nats.connect(stack.nats_url)
         js = nc.jetstream()
-        await js.publish(f"{stack.prefix}.job.poison0001.succeeded", b"\x00 not an event")
+        for subject in expected:
+            await js.publish(f"{stack.prefix}.job.{subject}", b"\x00 not an event")
         sub = await js.subscribe(f"{stack.prefix}.dlq.>", ordered_consumer=True)
-        services = set()
+        seen: dict[str, set[str]] = {subject: set() for subject in expected}
         try:
-            # the scheduler, registry and telemetry each consume succeeded events
-            while len(services) < 3:
+            while seen != expected:
                 msg = await sub.next_msg(timeout=30)
-                if msg.headers.get("Trainyard-Original-Subject", "").endswith("poison0001.succeeded"):
-                    services.add(msg.headers["Trainyard-Service"])
+                original = msg.headers.get("Trainyard-Original-Subject", "")
+                for subject in expected:
+                    if original.endswith(subject):
+                        seen[subject].add(msg.headers["Trainyard-Service"])
         finally:
             await nc.drain()
-        return sorted(services)
+        return seen
 
-    assert asyncio.run(poison_and_read()) == ["registry", "scheduler", "telemetry"]
+    assert asyncio.run(poison_and_read()) == expected
     client = stack.client()
-    letters = [x for x in client.dead_letters() if x["subject"].endswith("poison0001.succeeded")]
-    assert sorted(x["service"] for x in letters) == ["registry", "scheduler", "telemetry"]
+    letters = [x for x in client.dead_letters() if "poison000" in x["subject"]]
+    assert sorted(x["service"] for x in letters) == ["registry", "scheduler", "telemetry", "telemetry"]
     assert all(x["reason"].startswith("invalid message") for x in letters)
     job = client.submit({"name": "after-poison", "command": ["true"]})
     assert client.wait(job.job_id, timeout=120).state.value == "succeeded"
     assert all(stack.healthy().values())
+
+
+def test_why_and_dry_run_from_the_cli(stack):
+    from typer.testing import CliRunner
+
+    from trainyard_client.cli import app
+
+    runner = CliRunner()
+    base = ["--url", stack.api_url, "--token", stack.token()]
+    spec = stack.data_dir / "probe.yaml"
+    spec.write_text('name: probe\ncommand: ["true"]\nresources: {cpu: 4000}\n')
+    try:
+        dry = runner.invoke(app, [*base, "submit", "--dry-run", str(spec)])
+    finally:
+        spec.unlink()
+    assert dry.exit_code == 0, dry.output
+    assert "would wait (nothing was queued)" in dry.output and "too_large" in dry.output
+    client = stack.client()
+    assert not [j for j in client.list() if j.name == "probe"]  # nothing was queued
+
+    job = client.submit({"name": "explained", "command": ["true"]})
+    client.wait(job.job_id, timeout=120)
+    why = runner.invoke(app, [*base, "why", job.job_id])
+    assert why.exit_code == 0, why.output
+    assert "not pending: succeeded" in why.output

@@ -31,7 +31,16 @@ from trainyard_client.sdk import (
     TrainyardUnavailable,
     default_url,
 )
-from trainyard_contracts import FieldError, JobRecord, JobState, SpecError, parse_spec_document, validate_spec
+from trainyard_contracts import (
+    DryRunAnswer,
+    FieldError,
+    JobRecord,
+    JobState,
+    SpecError,
+    WaitReason,
+    parse_spec_document,
+    validate_spec,
+)
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 2, 3, 4
 POLL_SECONDS = 0.5
@@ -271,6 +280,9 @@ def submit(
         str | None, typer.Option("--idempotency-key", help="the same key always returns the same job")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the job id")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="ask what the scheduler would decide now; queue nothing")
+    ] = False,
 ) -> None:
     """Validate a job spec locally, submit it, and print its job id."""
     if str(file) == "-":
@@ -290,6 +302,10 @@ def submit(
         raise typer.Exit(EXIT_INVALID) from None
     body = yaml.safe_dump(data, sort_keys=False) if changed else text
     conf = settings(ctx)
+    if dry_run:
+        with api_errors(conf.url), conf.client() as client:
+            print_dry_run(client.dry_run(body))
+        return
     with api_errors(conf.url), conf.client() as client:
         result = client.submit(body, idempotency_key=idempotency_key)
         if quiet:
@@ -308,6 +324,45 @@ def submit(
             )
             raise typer.Exit(130) from None
     raise typer.Exit(code)
+
+
+def _reason_lines(reason: WaitReason | None) -> list[str]:
+    if reason is None:
+        return []
+    lines = [f"[bold]{escape(reason.kind)}[/]: {escape(reason.message)}"]
+    if reason.position is not None:
+        of = f" of {reason.queue_length}" if reason.queue_length else ""
+        lines.append(f"position in its queue: {reason.position}{of}")
+    if reason.estimated_start is not None:
+        lines.append(f"estimated start: {clock(reason.estimated_start)} ({age(reason.estimated_start)})")
+    return lines
+
+
+def print_dry_run(answer: DryRunAnswer) -> None:
+    if answer.would_start:
+        out.print(f"would start now on {', '.join(answer.executors)} (nothing was queued)")
+    else:
+        out.print("would wait (nothing was queued)")
+        for line in _reason_lines(answer.reason):
+            out.print(f"  {line}")
+
+
+@app.command()
+def why(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="JOB")]) -> None:
+    """Why a job is still pending: the resource, quota or gang constraint, its place in its queue
+    and an estimated start, as the scheduler leader saw it on its last pass."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        answer = client.why(job_id)
+    if not answer.found:
+        fail(f"no such job: {escape(job_id)}", 1)
+    out.print(f"job [bold]{escape(job_id)}[/] {styled(answer.state or 'unknown')}")
+    for line in _reason_lines(answer.reason):
+        out.print(f"  {line}")
+    if answer.decided_at is not None:
+        out.print(
+            f"  [dim]as of the scheduler's pass at {clock(answer.decided_at)} (leader {answer.leader})[/]"
+        )
 
 
 # status, logs, cancel, models

@@ -28,6 +28,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from trainyard_contracts import (
+    DryRunAnswer,
     FieldError,
     JobRecord,
     JobSpec,
@@ -35,6 +36,7 @@ from trainyard_contracts import (
     ModelRef,
     ModelVersionRecord,
     QueueConfig,
+    WhyAnswer,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8700"
@@ -305,6 +307,18 @@ class TrainyardClient:
             duplicate=bool(data.get("duplicate", False)),
             job=JobRecord.model_validate(data["job"]),
         )
+
+    def dry_run(self, spec: str | bytes | Mapping[str, Any] | JobSpec) -> DryRunAnswer:
+        """What the scheduler would decide now for ``spec``; nothing is queued."""
+        body, content_type = _spec_body(spec)
+        response = self._request(
+            "POST", "/v1/jobs/dry-run", content=body, headers={"Content-Type": content_type}
+        )
+        return DryRunAnswer.model_validate(response.json())
+
+    def why(self, job_id: str) -> WhyAnswer:
+        """Why the job is (still) where it is: the scheduler leader's answer from its last pass."""
+        return WhyAnswer.model_validate(self._request("GET", f"/v1/jobs/{job_id}/why").json())
 
     def get(self, job_id: str) -> JobRecord:
         return JobRecord.model_validate(self._request("GET", f"/v1/jobs/{job_id}").json())

@@ -42,7 +42,13 @@ def make_dead_letter_middleware(
         async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
             try:
                 return await call_next(msg)
-            except (ValidationError, DependsValidationError, UnicodeDecodeError, ValueError) as exc:
+            except (
+                ValidationError,
+                DependsValidationError,
+                UnicodeDecodeError,
+                ValueError,
+                RecursionError,
+            ) as exc:
                 await self._park(msg, f"invalid message: {_short(exc)}")
                 raise AckMessage() from exc
             except AckMessage:

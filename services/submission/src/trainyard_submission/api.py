@@ -19,7 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
-from trainyard_contracts import JobRecord, JobSpec, JobState, QueueConfig, SpecError
+from trainyard_contracts import (
+    DryRunAnswer,
+    DryRunRequest,
+    JobRecord,
+    JobSpec,
+    JobState,
+    QueueConfig,
+    SpecError,
+    WhyAnswer,
+    WhyRequest,
+    parse_spec,
+)
 from trainyard_contracts.spec import QUEUE_PATTERN, QueueName, field_errors
 from trainyard_submission.access import (
     Forbidden,
@@ -27,7 +38,9 @@ from trainyard_submission.access import (
     check_admin,
     check_job,
     check_list,
+    check_submit,
     mask_values,
+    place_spec,
     public_record,
 )
 from trainyard_submission.deadletters import DeadLetters, LetterNotFound
@@ -240,6 +253,41 @@ def build_router(state: dict[str, Any]) -> APIRouter:
             },
             status_code=200 if result.duplicate else 201,
         )
+
+    async def ask_scheduler(subject: str, request: BaseModel) -> bytes:
+        """A question for the scheduler leader (request/reply); 503 when no leader answers."""
+        try:
+            reply = await state["broker"].request(
+                request.model_dump_json().encode(),
+                subject,
+                timeout=state["settings"].scheduler_timeout_seconds,
+            )
+        except Exception as exc:  # no responder / timeout: no scheduler leader right now
+            raise Problem(
+                503, "scheduler unavailable", f"no scheduler leader answered: {type(exc).__name__}"
+            ) from exc
+        return bytes(reply.body)
+
+    @router.post("/jobs/dry-run", summary="what the scheduler would decide now for a spec; nothing is queued")
+    async def dry_run(request: Request, caller: Caller) -> JSONResponse:
+        body = await read_body(request)
+        try:
+            spec = place_spec(caller, parse_spec(body))
+            check_submit(caller, spec, await queues().effective(spec.queue))
+        except ShellRefused as exc:
+            detail = f"queue {exc.queue!r} does not allow shell: true"
+            raise Problem(403, "forbidden", detail, queue=exc.queue) from exc
+        except SpecError as exc:
+            errors = [e.model_dump() for e in exc.errors]
+            raise Problem(422, "invalid job spec", str(exc), errors=errors) from exc
+        answer = await ask_scheduler(state["subjects"].scheduler_dry_run, DryRunRequest(spec=spec))
+        return JSONResponse(DryRunAnswer.model_validate_json(answer).model_dump(mode="json"))
+
+    @router.get("/jobs/{job_id}/why", summary="why a job is still pending (the scheduler leader's answer)")
+    async def why(job_id: str, caller: Caller) -> JSONResponse:
+        await job_for(caller, job_id, "read")
+        answer = await ask_scheduler(state["subjects"].scheduler_why, WhyRequest(job_id=job_id))
+        return JSONResponse(WhyAnswer.model_validate_json(answer).model_dump(mode="json"))
 
     @router.get("/jobs", summary="list jobs, newest first")
     async def list_jobs(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
@@ -34,6 +36,7 @@ from trainyard_submission.sources import with_resolved_source
 from trainyard_submission.tokens import Principal
 
 TRACER = trace.get_tracer("trainyard.submission")
+log = logging.getLogger("trainyard.submission")
 
 
 class JobNotFound(LookupError):
@@ -113,9 +116,18 @@ class SubmissionService:
                 assert found is not None
                 return Submitted(job_id, found[0], duplicate=True)
             # the record keeps the secret values (the executor needs them); the event never does
-            await self.events.emit(
-                JobSubmitted(job_id=job_id, spec=spec.redacted(), submitted_by=submitted_by)
-            )
+            try:
+                await self.events.emit(
+                    JobSubmitted(job_id=job_id, spec=spec.redacted(), submitted_by=submitted_by)
+                )
+            except (TimeoutError, NatsError) as exc:
+                # the job exists: the scheduler's reconciler queues a record left in submitted
+                # (submitted_grace_seconds), so the caller is told it was accepted, not an error
+                # that would make it submit the same job again
+                log.warning(
+                    "submitted event not confirmed; the reconciler will queue the job",
+                    extra={"job_id": job_id, "error": type(exc).__name__},
+                )
         return Submitted(job_id, record, duplicate=False)
 
     async def reject(self, errors: list[FieldError], intake_id: str | None) -> str:

@@ -15,3 +15,6 @@ class SubmissionSettings(HttpSettings):
     )
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     git_timeout_seconds: float = Field(20.0, gt=0)
+    scheduler_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="how long `why` and dry runs wait for the scheduler leader"
+    )
