@@ -107,14 +107,20 @@ def group_members(pgid: int) -> list[tuple[int, int]]:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is still in process group ``pgid``."""
-    if not os.path.isdir("/proc"):  # no procfs: signal 0 (counts zombies as alive)
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+    """Whether any non-zombie process is still in process group ``pgid``.
+
+    Signal 0 first: an empty group (the usual case once a job has ended) answers ESRCH at the cost
+    of one system call, where scanning /proc costs a read per process on the machine (a quarter
+    of the executor's CPU at a hundred short jobs a second). Signal 0 counts zombies, so a group
+    that answers is confirmed from /proc.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not os.path.isdir("/proc"):  # no procfs: trust signal 0
         return True
     return bool(group_members(pgid))
 
