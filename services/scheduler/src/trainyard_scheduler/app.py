@@ -151,14 +151,21 @@ def create_app(
 
     # questions for the leader: every replica listens (no queue group), only the leader answers,
     # so a request never lands on a standby that would leave it unanswered
-    @broker.subscriber(subjects.scheduler_why, title="scheduler/why", description="why a job waits")
+    # no_reply: the leader answers itself; faststream would also publish the handler's None as a
+    # second, empty answer (a standby's could arrive first, and NATS' allow_responses refuses it)
+    @broker.subscriber(
+        subjects.scheduler_why, no_reply=True, title="scheduler/why", description="why a job waits"
+    )
     async def on_why(request: WhyRequest, message: NatsMessage) -> None:
         if lease().is_leader and message.reply_to:
             answer = core().why(request.job_id, leader=settings.replica_id)
             await broker.publish(answer.model_dump_json().encode(), message.reply_to)
 
     @broker.subscriber(
-        subjects.scheduler_dry_run, title="scheduler/dry-run", description="what would happen to a spec now"
+        subjects.scheduler_dry_run,
+        no_reply=True,
+        title="scheduler/dry-run",
+        description="what would happen to a spec now",
     )
     async def on_dry_run(request: DryRunRequest, message: NatsMessage) -> None:
         if lease().is_leader and message.reply_to:

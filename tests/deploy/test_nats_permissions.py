@@ -1,0 +1,264 @@
+"""Each service's NATS user may publish and subscribe only where that service's code does.
+
+A real nats-server runs deploy/nats/nats.conf (the file docker-compose mounts; the Kubernetes config
+includes the same generated auth.conf). Each case connects as one user and publishes or subscribes on
+one subject: refused cases must be refused by the server (its ``Permissions Violation`` error), and
+allowed ones must reach the stream (the JetStream ack proves it was stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.errors import NoServersError
+
+from trainyard_contracts import JobEvent, Subjects
+from trainyard_shared.bus import stream_configs
+
+from .natsconf import NATS_DIR, ROOT, natsauth, password_for, secured_server
+
+pytestmark = pytest.mark.nats_auth
+
+S = Subjects("trainyard")
+JOB = "j-perm-0001"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    with secured_server(tmp_path_factory.mktemp("nats-auth") / "store") as srv:
+        yield srv
+
+
+class Connection:
+    """One user's connection, remembering the permission errors the server sent it."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.refused = asyncio.Event()
+        self.nc: typing.Any = None
+
+    async def on_error(self, exc: Exception) -> None:
+        self.errors.append(str(exc).lower())  # nats-py lower-cases the server's error text
+        if "permissions violation" in self.errors[-1]:
+            self.refused.set()
+
+    async def refused_on(self, subject: str, timeout: float = 10.0) -> bool:
+        """True once the server has refused ``subject``; False if it has not within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if self._names(subject):
+                return True
+            self.refused.clear()
+            try:
+                await asyncio.wait_for(self.refused.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
+        return self._names(subject)
+
+    def _names(self, subject: str) -> bool:
+        return any(f'"{subject.lower()}"' in e and "permissions violation" in e for e in self.errors)
+
+
+async def connect(server, user: str, password: str | None = None) -> Connection:
+    conn = Connection()
+    conn.nc = await nats.connect(
+        server.url,
+        user=user,
+        password=password or password_for(user),
+        error_cb=conn.on_error,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+    )
+    return conn
+
+
+@pytest.fixture
+async def streams_declared(server) -> AsyncIterator[None]:
+    admin = await connect(server, "admin")
+    js = admin.nc.jetstream()
+    for config in stream_configs(S):
+        try:
+            await js.add_stream(config=config)
+        except Exception:
+            await js.update_stream(config=config)
+    yield
+    await admin.nc.close()
+
+
+# ---------------------------------------------------------------- the generated files are fresh
+
+
+@pytest.mark.unit
+def test_auth_conf_is_generated_from_the_current_subjects():
+    auth = natsauth()
+    expected = auth.render()
+    for path in auth.OUTPUTS:
+        assert path.read_text() == expected, (
+            f"{path} is stale: uv run --frozen python deploy/nats/natsauth.py"
+        )
+
+
+@pytest.mark.unit
+def test_every_job_event_has_a_writer_and_only_known_writers():
+    auth = natsauth()
+    union = typing.get_args(typing.get_args(JobEvent)[0])
+    types = {model.model_fields["type"].default for model in union}
+    written = {e for events in auth.EVENTS_BY_SERVICE.values() for e in events}
+    assert written == types
+    assert auth.EVENTS_BY_SERVICE["telemetry"] == ()  # nothing on the job path
+
+
+@pytest.mark.unit
+def test_no_user_may_delete_or_purge_a_stream_and_only_admin_is_unlimited():
+    auth = natsauth()
+    users = auth.users(S)
+    assert [name for name, perms in users.items() if perms is None] == ["admin"]
+    for name, perms in users.items():
+        if perms is None:
+            continue
+        for subject in perms.publish:
+            assert ".DELETE." not in subject or subject.startswith(
+                ("$JS.API.CONSUMER.DELETE.", "$JS.API.STREAM.MSG.DELETE.TRAINYARD_DLQ")
+            ), (name, subject)
+            assert ".PURGE." not in subject and subject not in (">", "$JS.>", "$JS.API.>"), (name, subject)
+
+
+@pytest.mark.unit
+def test_the_compose_config_includes_the_generated_users():
+    text = (NATS_DIR / "nats.conf").read_text()
+    assert "include ./auth.conf" in text and "jetstream" in text
+    k8s = (ROOT / "deploy" / "k8s" / "base" / "nats" / "nats.conf").read_text()
+    assert "include ./auth.conf" in k8s
+
+
+# ---------------------------------------------------------------- the server enforces them
+
+REFUSED_PUBLISH = [
+    ("executor", S.job(JOB, "submitted")),  # only submission submits
+    ("executor", S.job(JOB, "model_registered")),
+    ("telemetry", S.job(JOB, "queued")),  # telemetry publishes nothing on the job path
+    ("telemetry", S.job(JOB, "succeeded")),
+    ("telemetry", S.exec_command("exec-a", "start")),
+    ("telemetry", S.log(JOB, 1)),
+    ("telemetry", "$KV.trainyard_jobs." + JOB),  # reads the job records, never writes them
+    ("telemetry", S.dlq("scheduler")),  # its own dead letters only
+    ("submission", S.exec_command("exec-a", "start")),  # only the scheduler commands executors
+    ("submission", S.exec_command("exec-a", "cancel")),
+    ("submission", S.job(JOB, "running")),
+    ("scheduler", S.job(JOB, "succeeded")),  # only an executor reports an outcome
+    ("scheduler", S.job(JOB, "submitted")),
+    ("registry", S.job(JOB, "succeeded")),
+    ("registry", S.exec_command("exec-a", "start")),
+    ("executor", S.exec_command("exec-b", "start")),
+    ("executor", "$KV.trainyard_leases.scheduler"),  # cannot take the scheduler's lease
+    ("client", S.job(JOB, "submitted")),  # another system submits through the intake only
+    ("client", "$KV.trainyard_jobs." + JOB),
+    ("telemetry", "$JS.API.STREAM.DELETE.TRAINYARD_JOBS"),
+    ("submission", "$JS.API.STREAM.PURGE.TRAINYARD_JOBS"),
+]
+
+ALLOWED_PUBLISH = [
+    ("submission", S.job(JOB, "submitted")),
+    ("submission", S.intake_submit),
+    ("scheduler", S.job(JOB, "queued")),
+    ("scheduler", S.exec_command("exec-a", "start")),
+    ("executor", S.job(JOB, "succeeded")),
+    ("executor", S.log(JOB, 1)),
+    ("registry", S.job(JOB, "model_registered")),
+    ("registry", S.model_registered("digits")),
+    ("telemetry", S.dlq("telemetry")),
+    ("client", S.intake_submit),
+]
+
+
+@pytest.mark.parametrize(("user", "subject"), REFUSED_PUBLISH, ids=lambda v: str(v))
+async def test_a_user_is_refused_on_a_subject_its_service_does_not_own(
+    server, streams_declared, user, subject
+):
+    conn = await connect(server, user)
+    try:
+        await conn.nc.publish(subject, b"{}")
+        await conn.nc.flush()
+        assert await conn.refused_on(subject), f"{user} was allowed to publish on {subject}: {conn.errors}"
+    finally:
+        await conn.nc.close()
+
+
+@pytest.mark.parametrize(("user", "subject"), ALLOWED_PUBLISH, ids=lambda v: str(v))
+async def test_a_user_is_allowed_on_a_subject_its_service_owns(server, streams_declared, user, subject):
+    conn = await connect(server, user)
+    try:
+        ack = await conn.nc.jetstream().publish(subject, b"{}", timeout=10)
+        assert ack.seq >= 1 and ack.stream.startswith("TRAINYARD_")
+        assert not conn.errors
+    finally:
+        await conn.nc.close()
+
+
+REFUSED_SUBSCRIBE = [
+    ("telemetry", "trainyard.exec.>"),  # cannot read commands off the wire
+    ("executor", S.intake_submit),
+    ("submission", S.scheduler_why),  # asks the scheduler; only the scheduler answers
+    ("client", "trainyard.>"),
+]
+
+
+@pytest.mark.parametrize(("user", "subject"), REFUSED_SUBSCRIBE, ids=lambda v: str(v))
+async def test_a_user_may_not_subscribe_outside_its_inbox_and_its_own_subjects(server, user, subject):
+    conn = await connect(server, user)
+    try:
+        await conn.nc.subscribe(subject)
+        await conn.nc.flush()
+        assert await conn.refused_on(subject), f"{user} could subscribe to {subject}"
+    finally:
+        await conn.nc.close()
+
+
+async def test_the_scheduler_answers_a_why_on_the_askers_inbox(server):
+    """allow_responses: the scheduler may publish to a reply subject only when asked."""
+    scheduler = await connect(server, "scheduler")
+    submission = await connect(server, "submission")
+
+    async def answer(msg):
+        await msg.respond(b'{"pending": false}')
+
+    try:
+        await scheduler.nc.subscribe(S.scheduler_why, cb=answer)
+        await scheduler.nc.flush()
+        reply = await submission.nc.request(S.scheduler_why, b'{"job_id": "j"}', timeout=10)
+        assert reply.data == b'{"pending": false}'
+        assert not scheduler.errors and not submission.errors
+    finally:
+        await scheduler.nc.close()
+        await submission.nc.close()
+
+
+@pytest.mark.parametrize(("user", "password"), [("telemetry", "wrong"), ("nobody", "x")])
+async def test_a_wrong_password_or_unknown_user_cannot_connect(server, user, password):
+    with pytest.raises((NoServersError, nats.errors.Error, OSError)):
+        await connect(server, user, password)
+
+
+def test_the_server_refuses_to_start_without_the_passwords(tmp_path: Path):
+    """No default password hides in the config: an unset variable stops the server at once."""
+    import os
+    import subprocess
+
+    from trainyard_shared.natsserver import nats_server_binary
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_NATS_PASSWORD_")}
+    done = subprocess.run(
+        [nats_server_binary(), "-c", str(NATS_DIR / "nats.conf"), "-t"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "TRAINYARD_NATS_PASSWORD_" in done.stdout + done.stderr
