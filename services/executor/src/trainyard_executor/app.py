@@ -43,6 +43,10 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
             root=data / "executor" / settings.id,
             runtime_env_cache=RuntimeEnvCache(settings.runtime_env_dir or data / "runtime-envs"),
         )
+    if settings.backend == "kubernetes":
+        from trainyard_executor.backends.kubernetes import kubernetes_backend
+
+        return kubernetes_backend(settings, data)
     from trainyard_executor.backends.docker import DockerBackend
 
     return DockerBackend(

@@ -62,6 +62,24 @@ class ExecutorSettings(HttpSettings):
     container_init: bool = Field(
         True, description="container backends: an init as PID 1 (docker-init, catatonit) passes signals on"
     )
+    kube_namespace: str = Field("default", description="kubernetes backend: the namespace of its Jobs")
+    kube_context: str | None = Field(
+        None, description="kubernetes backend: kubeconfig context (default: in-cluster or current)"
+    )
+    kube_outputs_claim: str | None = Field(
+        None,
+        description="kubernetes backend: PVC for outputs and checkpoints (default: emptyDir, outputs lost)",
+    )
+    kube_outputs_mount: Path | None = Field(
+        None,
+        description="kubernetes backend: where this executor mounts kube_outputs_claim (outputs read back)",
+    )
+    kube_ttl_seconds: int | None = Field(
+        3600, ge=0, description="kubernetes backend: ttlSecondsAfterFinished"
+    )
+    kube_run_as_user: int = Field(
+        1000, ge=0, description="kubernetes backend: pods' non-root uid; 0: the image's user"
+    )
     cpu: float | None = Field(None, gt=0, description="advertised CPUs (default: detected)")
     memory: int | None = Field(None, gt=0, description="advertised MiB (default: detected)")
     gpu: int | None = Field(None, ge=0, description="advertised GPUs (default: detected)")
