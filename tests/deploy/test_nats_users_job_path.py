@@ -1,6 +1,6 @@
 """The per-service NATS users are enough: a job's whole path with every service as its own user.
 
-The five services run in this process (tests/integration/harness.py patterns) against a real
+The five services run in this process (trainyard_shared.testkit) against a real
 nats-server started with deploy/nats/nats.conf, each connected as its own user
 (``CommonSettings(nats_user=..., nats_password=...)``, what TRAINYARD_NATS_USER/PASSWORD set in the
 deployments). Another system submits on the bus intake as the ``client`` user and follows the job's
@@ -23,7 +23,6 @@ import httpx
 import nats
 import pytest
 
-from tests.integration.harness import eventually, running
 from trainyard_contracts import IntakeReply, Subjects
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
@@ -32,6 +31,7 @@ from trainyard_registry.settings import RegistrySettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.settings import CommonSettings
+from trainyard_shared.testkit import eventually, running
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_telemetry.app import create_app as telemetry_app

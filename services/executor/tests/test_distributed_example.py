@@ -9,7 +9,6 @@ machine installs torch (~30 s here from the local CPU wheel; see docs/executors.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -31,15 +30,10 @@ SCRIPT = EXAMPLE / "allreduce.py"
 
 
 def load_harness() -> Any:
-    """tests/integration/harness.py by its path: the name ``tests`` may be another package's in a
-    whole-repository run (services/submission/tests is one)."""
-    spec = importlib.util.spec_from_file_location(
-        "trainyard_it_harness", REPO / "tests/integration/harness.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The shared test kit (an installed module: no dependence on how pytest names `tests`)."""
+    from trainyard_shared import testkit
+
+    return testkit
 
 
 def stable_env_dir() -> Path:

@@ -16,16 +16,7 @@ pytestmark = pytest.mark.service
 
 
 async def test_a_job_succeeds_on_the_noop_backend_without_running_anything(nats_server, prefix, tmp_path):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    # the integration harness, loaded by path (a `tests` package name is shared by several roots)
-    path = Path(__file__).parents[3] / "tests" / "integration" / "harness.py"
-    spec = importlib.util.spec_from_file_location("noop_harness", path)
-    harness = importlib.util.module_from_spec(spec)
-    sys.modules["noop_harness"] = harness
-    spec.loader.exec_module(harness)
+    from trainyard_shared import testkit as harness
 
     common = CommonSettings(nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path, log_format="text")
     marker = tmp_path / "ran"

@@ -1,0 +1,121 @@
+"""Run services in this process against a real nats-server, and watch what they do (test kit).
+
+Imported by the integration, hostile-input and chaos tests as `trainyard_shared.testkit`: an
+installed module, so no test depends on how pytest names the several `tests` folders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+from nats.js.api import DeliverPolicy
+
+from trainyard_contracts import JobRecord, JobSpec, JobSubmitted, Subjects, lifecycle, new_job_id
+from trainyard_contracts._time import utcnow
+from trainyard_shared.settings import CommonSettings
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], timeout: float = 30.0, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while loop.time() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any) -> AsyncIterator[Any]:
+    async with app.start_lifespan_context():
+        yield app
+
+
+class Bus:
+    """A plain nats-py client for the test's own reads and writes."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.subjects = Subjects(prefix)
+        self.nc: Any = None
+        self.js: Any = None
+
+    async def __aenter__(self) -> Bus:
+        self.nc = await nats.connect(self.url)
+        self.js = self.nc.jetstream()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.drain()
+
+    async def record(self, job_id: str) -> JobRecord | None:
+        kv = await self.js.key_value(self.subjects.buckets.jobs)
+        try:
+            entry = await kv.get(job_id)
+        except Exception:
+            return None
+        return JobRecord.model_validate_json(entry.value)
+
+    async def submit(self, spec: JobSpec) -> str:
+        """What the submission service does: create the record, then the submitted event."""
+        job_id = new_job_id()
+        kv = await self.js.key_value(self.subjects.buckets.jobs)
+        record = lifecycle.new_record(job_id, spec, utcnow(), "test")
+        await kv.create(job_id, record.model_dump_json().encode())
+        event = JobSubmitted(job_id=job_id, spec=spec, submitted_by="test")
+        await self.js.publish(
+            event.subject(self.subjects),
+            event.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": event.msg_id()},
+        )
+        return job_id
+
+    async def wait_state(self, job_id: str, *states: str, timeout: float = 30.0) -> JobRecord:
+        async def probe() -> JobRecord | None:
+            record = await self.record(job_id)
+            return record if record and record.state.value in states else None
+
+        return await eventually(probe, timeout, f"job {job_id} in {states}")
+
+    async def messages(self, subject: str, stream: str) -> list[Any]:
+        """Every message stored so far on ``subject`` (an ephemeral ordered read)."""
+        info = await self.js.stream_info(stream)
+        if info.state.messages == 0:
+            return []
+        sub = await self.js.subscribe(
+            subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, stream=stream
+        )
+        out = []
+        try:
+            while True:
+                out.append(await sub.next_msg(timeout=0.5))
+        except nats.errors.TimeoutError:
+            pass
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    async def event_types(self, job_id: str) -> list[str]:
+        msgs = await self.messages(self.subjects.job_events(job_id), self.subjects.streams.jobs)
+        return [json.loads(m.data)["type"] for m in msgs]
+
+    async def log_text(self, job_id: str) -> list[str]:
+        msgs = await self.messages(self.subjects.logs_of(job_id), self.subjects.streams.logs)
+        return [line["text"] for m in msgs for line in json.loads(m.data)["lines"]]
+
+
+def common_settings(nats_url: str, prefix: str, data_dir: Path) -> CommonSettings:
+    return CommonSettings(nats_url=nats_url, prefix=prefix, data_dir=data_dir, log_format="text")
