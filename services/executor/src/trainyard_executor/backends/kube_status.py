@@ -64,7 +64,7 @@ def pod_rank(pod: Mapping[str, Any]) -> int:
 def _job_container(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for status in (pod.get("status") or {}).get("containerStatuses") or ():
         if status.get("name") == CONTAINER:
-            return status
+            return status  # type: ignore[no-any-return]
     return None
 
 

@@ -129,9 +129,9 @@ def api_client_from_config(context: str | None = None, config_file: str | None =
 
     configuration = k8s.Configuration()
     try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config(
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=config_file, context=context, client_configuration=configuration
         )
     configuration.connection_pool_maxsize = POOL_SIZE
@@ -174,7 +174,7 @@ class _Watch:
     def _run(self) -> None:
         selector = ",".join(f"{k}={v}" for k, v in self.labels.items())
         while not self._stopped.is_set():
-            self._watch = k8s_watch.Watch()
+            self._watch = k8s_watch.Watch()  # type: ignore[no-untyped-call]
             try:
                 for event in self._watch.stream(
                     self.list_fn,
@@ -552,7 +552,7 @@ class KubernetesBackend:
         return self._capacity
 
     def _raw(self, model: Any) -> dict[str, Any]:
-        return self.api.sanitize_for_serialization(model)  # type: ignore[no-any-return]
+        return self.api.sanitize_for_serialization(model)  # type: ignore[no-any-return,no-untyped-call]
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -606,7 +606,7 @@ class KubernetesBackend:
         ns = self.options.namespace
         name = manifest["metadata"]["name"]
         try:
-            job = self._raw(self.batch.create_namespaced_job(ns, manifest))
+            job = self._raw(self.batch.create_namespaced_job(ns, manifest))  # type: ignore[arg-type]
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -618,7 +618,7 @@ class KubernetesBackend:
         if manifest["spec"].get("completionMode") == "Indexed":
             service = service_manifest(manifest, self.options, (job.get("metadata") or {}).get("uid"))
             try:
-                self.core.create_namespaced_service(ns, service)
+                self.core.create_namespaced_service(ns, service)  # type: ignore[arg-type]
             except ApiException as exc:
                 if exc.status != 409:
                     with contextlib.suppress(ApiException):
