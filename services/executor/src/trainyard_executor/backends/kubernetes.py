@@ -132,7 +132,10 @@ def api_client_from_config(context: str | None = None, config_file: str | None =
         k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=config_file, context=context, client_configuration=configuration
+            # KUBECONFIG as it is now (the client reads it once, when first imported)
+            config_file=config_file or os.environ.get("KUBECONFIG"),
+            context=context,
+            client_configuration=configuration,
         )
     configuration.connection_pool_maxsize = POOL_SIZE
     return k8s.ApiClient(configuration)
