@@ -47,9 +47,16 @@ test-service: install
 test-stack: install
 	$(RUN) pytest -m stack $(PYTEST_ARGS)
 
+test-chaos: install
+	$(RUN) pytest -m chaos $(PYTEST_ARGS)
+
 # gangs on every backend and the torch all-reduce example (builds its venv once, ~/.cache/trainyard)
 test-distributed: install
 	$(RUN) pytest -m distributed $(PYTEST_ARGS)
+
+# the kubernetes backend: manifests validated offline, the client side against kmock (no cluster)
+test-kubernetes: install
+	$(RUN) pytest -m kubernetes $(PYTEST_ARGS)
 
 lint: install
 	$(RUN) ruff check .

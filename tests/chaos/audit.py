@@ -1,0 +1,250 @@
+"""The chaos audit, pure: marker lines, job events, job records and model versions in, findings out.
+
+Nothing here touches NATS or a process, so every rule is unit-tested on hand-written inputs
+(``test_audit.py``) and the chaos run only gathers the inputs.
+
+The marker file: every run of a chaos job (one process of one attempt) appends lines
+``<kind> <job_id> <attempt> <pid> <unix time>`` with kind ``start``, ``tick`` (every
+``TICK_SECONDS`` while it works) and ``end`` (it finished its work). A run's *execution* is the
+time between its lines; a gap much longer than a tick means the process was frozen (SIGSTOP), so
+it is split there: a frozen process does not execute.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+TICK_SECONDS = 0.2
+FROZEN_GAP_SECONDS = 1.5
+"""Two lines of one run further apart than this: the process did not run in between."""
+
+TERMINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled", "rejected"})
+STATE_CHANGES = frozenset({"queued", "scheduled", "running", "requeued", *TERMINAL})
+"""Events that announce a compare-and-set on the record: one per (job, attempt, type), ever.
+(``model_registered`` is left out: the registry announces it again, same version, when a
+"succeeded" is delivered again after the deduplication window.)"""
+
+
+@dataclass
+class Run:
+    job_id: str
+    attempt: int
+    pid: int
+    times: list[float] = field(default_factory=list)
+    ended: bool = False
+
+    @property
+    def start(self) -> float:
+        return min(self.times)
+
+    def intervals(self, gap: float = FROZEN_GAP_SECONDS) -> list[tuple[float, float]]:
+        """When the process executed: its lines, split where it was frozen."""
+        out: list[tuple[float, float]] = []
+        ordered = sorted(self.times)
+        begin = prev = ordered[0]
+        for t in ordered[1:]:
+            if t - prev > gap:
+                out.append((begin, prev))
+                begin = t
+            prev = t
+        out.append((begin, prev))
+        return out
+
+
+def parse_markers(lines: Iterable[str]) -> list[Run]:
+    runs: dict[tuple[str, int, int], Run] = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 5 or parts[0] not in ("start", "tick", "end"):
+            continue  # a torn line cannot happen with O_APPEND writes this small; skip, don't guess
+        kind, job_id, attempt, pid, when = parts
+        key = (job_id, int(attempt), int(pid))
+        run = runs.setdefault(key, Run(job_id, int(attempt), int(pid)))
+        run.times.append(float(when))
+        run.ended = run.ended or kind == "end"
+    return list(runs.values())
+
+
+def attempts_run_twice(runs: Iterable[Run]) -> list[tuple[str, int]]:
+    """(job, attempt) pairs that more than one process ran."""
+    pids: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for run in runs:
+        pids[(run.job_id, run.attempt)].add(run.pid)
+    return sorted(key for key, found in pids.items() if len(found) > 1)
+
+
+def overlapping_runs(runs: Iterable[Run], slack: float = 0.0) -> list[tuple[Run, Run]]:
+    """Pairs of runs of one job that executed at the same time."""
+    by_job: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_job[run.job_id].append(run)
+    found = []
+    for job_runs in by_job.values():
+        for a, b in itertools.combinations(sorted(job_runs, key=lambda r: r.start), 2):
+            if any(
+                x0 < y1 - slack and y0 < x1 - slack for x0, x1 in a.intervals() for y0, y1 in b.intervals()
+            ):
+                found.append((a, b))
+    return found
+
+
+@dataclass
+class EventAudit:
+    terminal_ids: dict[str, set[str]]
+    """job -> the distinct event ids of its terminal events"""
+    terminal_types: dict[str, set[str]]
+    duplicated_state_changes: list[tuple[str, int, str]]
+    """(job, attempt, type) announced by more than one distinct event"""
+    types_by_job: dict[str, list[str]]
+    terminal_attempts: dict[str, set[int]]
+    """job -> the attempts a terminal event was announced for"""
+
+
+def audit_events(events: Iterable[Mapping[str, Any]]) -> EventAudit:
+    """Events as read from the jobs stream (decoded bodies); a repeat of one event id is one event."""
+    seen: set[str] = set()
+    terminal_ids: dict[str, set[str]] = defaultdict(set)
+    terminal_types: dict[str, set[str]] = defaultdict(set)
+    ids_by_change: dict[tuple[str, int, str], set[str]] = defaultdict(set)
+    types_by_job: dict[str, list[str]] = defaultdict(list)
+    terminal_attempts: dict[str, set[int]] = defaultdict(set)
+    for event in events:
+        event_id, job_id, kind = event.get("event_id"), event.get("job_id"), event.get("type")
+        if not (event_id and job_id and kind):
+            continue
+        ids_by_change[(job_id, int(event.get("attempt", 0)), kind)].add(event_id)
+        if event_id in seen:
+            continue
+        seen.add(event_id)
+        types_by_job[job_id].append(kind)
+        if kind in TERMINAL:
+            terminal_ids[job_id].add(event_id)
+            terminal_types[job_id].add(kind)
+            terminal_attempts[job_id].add(int(event.get("attempt", 0)))
+    duplicated = sorted(k for k, ids in ids_by_change.items() if k[2] in STATE_CHANGES and len(ids) > 1)
+    return EventAudit(
+        dict(terminal_ids), dict(terminal_types), duplicated, dict(types_by_job), dict(terminal_attempts)
+    )
+
+
+@dataclass
+class Findings:
+    offered: int
+    accepted: int
+    jobs: int
+    succeeded: int
+    runs: int
+    lost: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "offered": self.offered,
+            "accepted": self.accepted,
+            "jobs": self.jobs,
+            "succeeded": self.succeeded,
+            "runs": self.runs,
+            "lost": len(self.lost),
+            "duplicated": len(self.duplicated),
+            "lost_detail": self.lost[:50],
+            "duplicated_detail": self.duplicated[:50],
+            "notes": self.notes[:50],
+        }
+
+
+def audit(
+    *,
+    offered: Mapping[int, str | None],
+    records: Mapping[str, Mapping[str, Any]],
+    events: EventAudit,
+    runs: list[Run],
+    model_versions: Mapping[str, int],
+    model_jobs: Iterable[int],
+    fenced: Mapping[str, int] | None = None,
+) -> Findings:
+    """Everything the run must show: each offered job exists once and ended once, ran as the record
+    says, never twice at once, and a succeeded job with a model output has exactly one version.
+
+    ``offered``: load sequence number -> the job id the API answered (None: never accepted).
+    ``records``: job id -> the record (JSON dict) from the jobs bucket.
+    ``model_versions``: job id -> how many model versions in the registry's store carry it.
+    ``fenced``: job id -> the attempt a frozen executor ran and must not have recorded.
+    """
+    f = Findings(
+        offered=len(offered),
+        accepted=sum(1 for j in offered.values() if j),
+        jobs=len(records),
+        succeeded=sum(1 for r in records.values() if r.get("state") == "succeeded"),
+        runs=len(runs),
+    )
+    by_seq: dict[int, list[str]] = defaultdict(list)
+    for job_id, record in records.items():
+        seq = (record.get("spec", {}).get("labels") or {}).get("chaos-seq")
+        if seq is not None:
+            by_seq[int(seq)].append(job_id)
+    for seq, job_id in sorted(offered.items()):
+        if job_id is None:
+            f.lost.append(f"offer {seq}: never accepted by the API or the bus intake")
+        elif job_id not in records:
+            f.lost.append(f"offer {seq}: accepted as {job_id}, but no job record")
+        if len(by_seq.get(seq, [])) > 1:
+            f.duplicated.append(f"offer {seq}: {len(by_seq[seq])} job records {sorted(by_seq[seq])}")
+    runs_by_job: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        runs_by_job[run.job_id].append(run)
+    for job_id, record in sorted(records.items()):
+        state = record.get("state")
+        if state not in TERMINAL:
+            f.lost.append(f"job {job_id}: still {state}")
+            continue
+        ids = events.terminal_ids.get(job_id, set())
+        if len(ids) == 0:
+            f.lost.append(f"job {job_id}: {state} in its record, but no terminal event")
+        elif len(ids) > 1:
+            f.duplicated.append(
+                f"job {job_id}: {len(ids)} terminal events {sorted(events.terminal_types[job_id])}"
+            )
+        elif events.terminal_types[job_id] != {state}:
+            f.duplicated.append(
+                f"job {job_id}: record {state}, event {sorted(events.terminal_types[job_id])}"
+            )
+        if state == "succeeded":
+            final = int(record.get("attempt", 1))
+            if not any(r.attempt == final and r.ended for r in runs_by_job.get(job_id, [])):
+                f.lost.append(f"job {job_id}: succeeded as attempt {final}, which never ran to its end")
+    for job_id, attempt, kind in events.duplicated_state_changes:
+        f.duplicated.append(f"job {job_id}: attempt {attempt} announced {kind} more than once")
+    for job_id, attempt in attempts_run_twice(runs):
+        f.duplicated.append(f"job {job_id}: attempt {attempt} ran in more than one process")
+    for a, b in overlapping_runs(runs):
+        f.duplicated.append(
+            f"job {a.job_id}: attempt {a.attempt} (pid {a.pid}) and attempt {b.attempt} (pid {b.pid})"
+            " executed at the same time"
+        )
+    model_seqs = set(model_jobs)
+    for seq in sorted(model_seqs):
+        job_id = offered.get(seq)
+        if not job_id or records.get(job_id, {}).get("state") != "succeeded":
+            continue
+        count = model_versions.get(job_id, 0)
+        if count == 0:
+            f.lost.append(f"job {job_id}: succeeded with a model output, but no model version")
+        elif count > 1:
+            f.duplicated.append(f"job {job_id}: {count} model versions")
+        if not records[job_id].get("model"):
+            f.lost.append(f"job {job_id}: model version not recorded on the job")
+    for job_id, attempt in sorted((fenced or {}).items()):
+        record = records.get(job_id, {})
+        for info in record.get("attempts", []):
+            if info.get("number") == attempt and info.get("state") not in (None, "requeued"):
+                f.duplicated.append(f"job {job_id}: fenced attempt {attempt} recorded as {info.get('state')}")
+        if attempt in events.terminal_attempts.get(job_id, set()):
+            f.duplicated.append(f"job {job_id}: fenced attempt {attempt} announced a terminal event")
+        if int(record.get("attempt", 0)) <= attempt:
+            f.lost.append(f"job {job_id}: the fenced attempt {attempt} was never superseded")
+    return f

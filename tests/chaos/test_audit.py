@@ -1,0 +1,141 @@
+"""The chaos audit's rules on hand-written inputs (no stack): what counts as lost or duplicated."""
+
+from __future__ import annotations
+
+import pytest
+
+from .audit import Run, audit, audit_events, overlapping_runs, parse_markers
+
+pytestmark = pytest.mark.unit
+
+
+def lines(*rows: tuple[str, str, int, int, float]) -> list[str]:
+    return [f"{k} {j} {a} {p} {t:.6f}" for k, j, a, p, t in rows]
+
+
+def ticks(job: str, attempt: int, pid: int, t0: float, t1: float, end: bool = True) -> list[str]:
+    out = [("start", job, attempt, pid, t0)]
+    t = t0
+    while t + 0.2 <= t1 + 1e-9:
+        t += 0.2
+        out.append(("tick", job, attempt, pid, t))
+    if end:
+        out.append(("end", job, attempt, pid, t))
+    return lines(*out)
+
+
+def event(job: str, kind: str, attempt: int = 1, event_id: str | None = None) -> dict:
+    return {
+        "job_id": job,
+        "type": kind,
+        "attempt": attempt,
+        "event_id": event_id or f"{job}-{attempt}-{kind}",
+    }
+
+
+def good_record(job: str, seq: int, attempt: int = 1, model: bool = False) -> dict:
+    return {
+        "job_id": job,
+        "state": "succeeded",
+        "attempt": attempt,
+        "spec": {"labels": {"chaos-seq": str(seq)}},
+        "model": {"name": "m", "version": 1} if model else None,
+        "attempts": [
+            {"number": n, "state": "requeued" if n < attempt else "succeeded"} for n in range(1, attempt + 1)
+        ],
+    }
+
+
+def test_markers_parse_into_runs_and_a_frozen_gap_splits_execution():
+    rows = ticks("j1", 1, 10, 100.0, 101.0) + ticks("j1", 1, 10, 110.0, 110.4)
+    (run,) = parse_markers([*rows, "garbage line", "start j1 1"])
+    assert run.ended and run.attempt == 1
+    assert [round(a) for a, _ in run.intervals()] == [100, 110]
+
+
+def test_runs_of_one_job_at_the_same_time_overlap_but_a_frozen_one_does_not():
+    first = parse_markers(ticks("j1", 1, 10, 100.0, 101.0, end=False))
+    second = parse_markers(ticks("j1", 2, 11, 100.5, 101.5))
+    assert len(overlapping_runs(first + second)) == 1
+    # attempt 1 froze at 100.2 and came back at 110: attempt 2 ran while it was frozen
+    frozen = parse_markers(
+        ticks("j1", 1, 10, 100.0, 100.2, end=False) + ticks("j1", 1, 10, 110.0, 110.2, end=False)
+    )
+    assert overlapping_runs(frozen + second) == []
+
+
+def test_a_clean_run_has_no_findings():
+    runs = parse_markers(ticks("j1", 1, 10, 100.0, 100.6) + ticks("j2", 1, 11, 100.0, 100.6))
+    events = audit_events(
+        [
+            event("j1", "submitted"),
+            event("j1", "succeeded"),
+            event("j2", "succeeded"),
+            event("j2", "succeeded"),
+        ]
+    )  # the same event read twice (same id) is one event
+    found = audit(
+        offered={1: "j1", 2: "j2"},
+        records={"j1": good_record("j1", 1), "j2": good_record("j2", 2, model=True)},
+        events=events,
+        runs=runs,
+        model_versions={"j2": 1},
+        model_jobs=[2],
+    )
+    assert found.lost == [] and found.duplicated == []
+    assert found.summary()["succeeded"] == 2
+
+
+def test_lost_and_duplicated_are_each_found():
+    runs = parse_markers(
+        ticks("j1", 1, 10, 100.0, 100.6)
+        + ticks("j1", 1, 12, 105.0, 105.6)  # the same attempt in a second process
+        + ticks("j2", 1, 11, 100.0, 100.6)
+    )
+    records = {
+        "j1": good_record("j1", 1),
+        "j2": good_record("j2", 2, model=True),
+        "j3": {**good_record("j3", 3), "state": "running"},
+        "j4": good_record("j4", 1),  # a second record for offer 1
+    }
+    events = audit_events(
+        [
+            event("j1", "succeeded"),
+            event("j1", "succeeded", event_id="other"),  # a second terminal event
+            event("j2", "succeeded"),
+            event("j4", "succeeded"),
+        ]
+    )
+    found = audit(
+        offered={1: "j1", 2: "j2", 3: "j3", 5: None, 6: "j6"},
+        records=records,
+        events=events,
+        runs=runs,
+        model_versions={"j2": 2},
+        model_jobs=[2],
+    )
+    lost = " | ".join(found.lost)
+    dup = " | ".join(found.duplicated)
+    assert "offer 5: never accepted" in lost and "offer 6: accepted as j6, but no job record" in lost
+    assert "job j3: still running" in lost and "job j4: succeeded as attempt 1, which never ran" in lost
+    assert "offer 1: 2 job records" in dup and "job j1: 2 terminal events" in dup
+    assert "announced succeeded more than once" in dup and "attempt 1 ran in more than one process" in dup
+    assert "job j2: 2 model versions" in dup
+
+
+def test_a_fenced_attempt_that_announced_its_end_is_a_finding():
+    runs = parse_markers(ticks("j1", 2, 11, 100.0, 100.6))
+    found = audit(
+        offered={1: "j1"},
+        records={"j1": good_record("j1", 1, attempt=2)},
+        events=audit_events([event("j1", "succeeded", attempt=1), event("j1", "succeeded", attempt=2)]),
+        runs=runs,
+        model_versions={},
+        model_jobs=[],
+        fenced={"j1": 1},
+    )
+    assert any("fenced attempt 1 announced a terminal event" in d for d in found.duplicated)
+
+
+def test_run_start_is_its_first_line():
+    assert Run("j", 1, 1, [3.0, 1.0, 2.0]).start == 1.0
