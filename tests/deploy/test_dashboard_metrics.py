@@ -15,12 +15,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import Bus, common_settings, running
 from trainyard_contracts import JobSpec
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_shared.testkit import Bus, common_settings, running
 from trainyard_telemetry.app import create_app as telemetry_app
 
 from .natsconf import ROOT
