@@ -228,7 +228,6 @@ def test_higher_priority_preempts_the_fewest_youngest_lower_priority_jobs():
         running("young", "e1", 2, preemptible=True, at=5),
         running("small1", "e2", 1, preemptible=True, at=8),
         running("small2", "e2", 1, preemptible=True, at=9),
-        running("small3", "e2", 2, preemptible=True, at=9),
     )
     snap = Snapshot(
         pending=(job("urgent", cpu=2, prio=5),), executors=(box("e1", 0), box("e2", 0)), running=run

@@ -22,8 +22,10 @@ time. Each job in turn:
 
 from __future__ import annotations
 
+import gc
 import heapq
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -42,9 +44,14 @@ from trainyard_scheduler.policy.model import (
 from trainyard_scheduler.policy.queues import INF, QueueBook
 
 # preemption looks at many running jobs; a pass tries it for at most this many distinct blocked jobs
-MAX_PREEMPTION_ATTEMPTS = 16
+MAX_PREEMPTION_ATTEMPTS = 8
+# and considers at most this many of the least important running jobs as victims for one job
+MAX_VICTIM_CANDIDATES = 256
 Release = tuple[float, int, float, float, float]
-WaitRecord = tuple[PendingJob, int, WaitKind, int, float | None, str]
+
+
+def _make_waiting(fields: tuple[str, str, WaitKind, int, float | None]) -> Waiting:
+    return tuple.__new__(Waiting, fields)
 
 
 def queue_order(job: PendingJob) -> tuple[int, float, str]:
@@ -66,10 +73,20 @@ class _Running:
     ending: bool
     rows: list[tuple[int, float, float, float]] = field(default_factory=list)
     gone: bool = False
+    total: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def plan(snapshot: Snapshot, now: float) -> Plan:
-    return _Pass(snapshot, now).run()
+    # a pass allocates one small object per waiting job and frees nothing until it ends: the
+    # cyclic garbage collector would rescan the whole snapshot again and again for no garbage
+    # (measured: half the time of a 100k-job pass), so it is paused for the pass
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _Pass(snapshot, now).run()
+    finally:
+        if paused:
+            gc.enable()
 
 
 class _Pass:
@@ -104,11 +121,12 @@ class _Pass:
             g.ending = g.ending or r.ending
             g.rows.append((index[r.executor_id], float(r.used.cpu), float(r.used.memory), float(r.used.gpu)))
         for g in self.groups.values():
+            g.total = (sum(r[1] for r in g.rows), sum(r[2] for r in g.rows), sum(r[3] for r in g.rows))
             if not g.ending:
                 for _, c, m, gp in g.rows:
                     book.add(g.queue, c, m, gp)
         active = {g.queue for g in self.groups.values() if not g.ending}
-        active.update(book.of(j.queue) for j in snapshot.pending)
+        active.update(book.of(name) for name in {j.queue for j in snapshot.pending})
         weights = sum(book.weight[q] for q in active) or 1.0
         self.fair = [w / weights for w in book.weight]
         # preemption candidates, least important first: lowest priority, then youngest
@@ -126,7 +144,9 @@ class _Pass:
         self.assignments: list[Assignment] = []
         self.claims: list[Assignment] = []
         self.victims: list[Victim] = []
-        self.waits: list[WaitRecord] = []
+        self.waiting: list[Waiting] = []
+        self.messages: dict[tuple[object, ...], tuple[WaitKind, str]] = {}
+        self.dead: dict[tuple[int, float, float, float, int, bool], tuple[WaitKind, str]] = {}
         self.position = [0] * len(book.names)
         self.never_fits: set[tuple[float, float, float, int]] = set()
         self._capacities: Counter[tuple[float, float, float]] | None = None
@@ -135,12 +155,25 @@ class _Pass:
 
     def run(self) -> Plan:
         book = self.book
+        pending = self.snapshot.pending
+        for name in {job.queue for job in pending}:
+            book.of(name)
+        index = book.index
         classes: dict[int, dict[int, list[PendingJob]]] = {}
-        for job in self.snapshot.pending:
-            classes.setdefault(job.priority, {}).setdefault(book.of(job.queue), []).append(job)
-        by_submit = attrgetter("submitted_at", "job_id")
-        if len(book.names) > len(self.position):
-            self.position.extend([0] * (len(book.names) - len(self.position)))
+        for job in pending:
+            queues = classes.get(job.priority)
+            if queues is None:
+                queues = classes[job.priority] = {}
+            q = index[job.queue]
+            jobs = queues.get(q)
+            if jobs is None:
+                queues[q] = [job]
+            else:
+                jobs.append(job)
+        # a stable sort on submit time alone: equal times keep the snapshot's order
+        by_submit = attrgetter("submitted_at")
+        self.position.extend([0] * (len(book.names) - len(self.position)))
+        decide = self._decide
         for priority in sorted(classes, reverse=True):
             queues = classes[priority]
             for jobs in queues.values():
@@ -152,54 +185,79 @@ class _Pass:
                 _, name, q = heapq.heappop(heap)
                 jobs = queues[q]
                 i = next_of[q]
+                size = len(jobs)
                 # while a queue's jobs wait its share does not move, so it stays the lowest
-                while i < len(jobs):
+                while i < size:
                     job = jobs[i]
                     i += 1
-                    if self._decide(job, q):
+                    if decide(job, q):
                         break
                 next_of[q] = i
-                if i < len(jobs):
+                if i < size:
                     heapq.heappush(heap, (book.weighted_share(q), name, q))
         return Plan(
             tuple(self.assignments),
-            tuple(self._waiting()),
+            tuple(self.waiting),
             tuple(self.victims),
             tuple(self.claims),
             self.reservation,
         )
 
     def _wait(self, job: PendingJob, q: int, kind: WaitKind, at: float | None, detail: str = "") -> None:
-        self.position[q] += 1
-        self.waits.append((job, q, kind, self.position[q], at, detail))
+        d = job.demand
+        key = (kind, q, d.cpu, d.memory, d.gpu, job.replicas, detail)
+        said = self.messages.get(key)
+        if said is None:
+            if (kind == "capacity" or kind == "gang") and self._too_large(job):
+                kind = "too_large"
+            said = self.messages[key] = (kind, self._message(job, q, kind, detail))
+        position = self.position[q] = self.position[q] + 1
+        self.waiting.append(_make_waiting((job.job_id, said[1], said[0], position, at)))
 
     def _decide(self, job: PendingJob, q: int) -> bool:
         """Place, reserve for, or park one job; True when queue usage changed."""
         now = self.now
         if job.not_before is not None and job.not_before > now:
-            self._wait(job, q, "backoff", job.not_before)
+            position = self.position[q] = self.position[q] + 1
+            self.waiting.append(
+                tuple.__new__(Waiting, (job.job_id, "retry backoff", "backoff", position, job.not_before))
+            )
             return False
         cluster = self.cluster
         if not cluster.ids:
             self._wait(job, q, "no_executor", None)
             return False
         d = job.demand
-        dc, dm, dg, n = float(d.cpu), float(d.memory), float(d.gpu), job.replicas
-        short = self.book.short(q, dc * n, dm * n, dg * n)
-        if short:
-            if self.reservation is None and self._preempt(job, q, dc, dm, dg, n):
-                return True
-            self._wait(job, q, "quota", None, short)
-            return False
-        end = INF if job.timeout is None else now + job.timeout
+        dc, dm, dg, n = d.cpu, d.memory, d.gpu, job.replicas
         reserved_at = self.reserved_at
-        long = reserved_at is not None and (end > reserved_at or reserved_at == INF)
+        timeout = job.timeout
+        long = reserved_at is not None and (
+            timeout is None or now + timeout > reserved_at or reserved_at == INF
+        )
+        if reserved_at is not None:
+            # once the reservation is made nothing is preempted any more, so queue usage only
+            # grows and free room only shrinks: a job like one that had to wait waits too
+            known = self.dead.get((q, dc, dm, dg, n, long))
+            if known is not None:
+                position = self.position[q] = self.position[q] + 1
+                self.waiting.append(tuple.__new__(Waiting, (job.job_id, known[1], known[0], position, None)))
+                return False
+        if self.book.limited[q]:
+            short = self.book.short(q, dc * n, dm * n, dg * n)
+            if short:
+                if self.reservation is None and self._preempt(job, q, dc, dm, dg, n):
+                    return True
+                self._wait(job, q, "quota", None, short)
+                if reserved_at is not None:
+                    self.dead[(q, dc, dm, dg, n, long)] = (self.waiting[-1].kind, self.waiting[-1].reason)
+                return False
         slots = cluster.find(dc, dm, dg, n, long)
         if slots is not None:
             cluster.take(slots, dc, dm, dg, long)
             self.book.add(q, dc * n, dm * n, dg * n)
             self.assignments.append(self._assignment(job, slots))
             if reserved_at is None:
+                end = INF if timeout is None else now + timeout
                 self.releases.extend((end, i, dc * k, dm * k, dg * k) for i, k in slots)
             return True
         if self.reservation is None:
@@ -207,12 +265,16 @@ class _Pass:
                 return True
             self._reserve(job, q, dc, dm, dg, n)
             return False
+        kind: WaitKind
         if long and cluster.find(dc, dm, dg, n, False) is not None:
-            self._wait(job, q, "backfill", None)
+            kind = "backfill"
         elif n > 1 and cluster.find(dc, dm, dg, 1, False) is not None:
-            self._wait(job, q, "gang", None)
+            kind = "gang"
         else:
-            self._wait(job, q, "capacity", None)
+            kind = "capacity"
+        self._wait(job, q, kind, None)
+        # the label stays that of the first job of this shape (room now may go later in the pass)
+        self.dead[(q, dc, dm, dg, n, long)] = (self.waiting[-1].kind, self.waiting[-1].reason)
         return False
 
     def _assignment(self, job: PendingJob, slots: Slots) -> Assignment:
@@ -252,42 +314,40 @@ class _Pass:
 
     # -- preemption -------------------------------------------------------------------------
 
-    def _may_evict(self, g: _Running, job: PendingJob, q: int, need: tuple[float, float, float]) -> str:
-        """Why g may be stopped for job ('' if it may not)."""
-        if g.ending:
-            return "already stopping"
-        if g.priority < job.priority:
-            return f"preempted by {job.job_id}: priority {job.priority} > {g.priority}"
-        if g.priority > job.priority or g.queue == q:
-            return ""
-        book, p = self.book, g.queue
-        if book.dominant(q) >= self.fair[q] or book.dominant(p) <= self.fair[p]:
-            return ""
-        back = [0.0, 0.0, 0.0]
-        for _, c, m, gp in g.rows:
-            back[0] -= c
-            back[1] -= m
-            back[2] -= gp
-        if book.share_after(q, *need) > book.share_after(p, back[0], back[1], back[2]) + EPS:
-            return ""
-        return (
-            f"preempted by {job.job_id}: queue {book.names[p]} is over its fair share, "
-            f"queue {book.names[q]} under it"
-        )
-
-    def _quota_ok(self, q: int, need: tuple[float, float, float], picked: list[_Running]) -> bool:
+    def _eligible(
+        self, job: PendingJob, q: int, need: tuple[float, float, float]
+    ) -> list[tuple[_Running, str]]:
+        """Who may be stopped for job, least important first, with why: first the jobs already
+        stopping (their room costs nothing), then preemptible jobs of lower priority, or of the
+        same priority in a queue over its fair share while job's queue is under its own and
+        stays at or below the victim queue's share afterwards (no ping-pong)."""
         book = self.book
-        if not book.limited[q]:
-            return True
-        back = [g for g in picked if not g.ending]
-        for g in back:
-            for _, c, m, gp in g.rows:
-                book.add(g.queue, -c, -m, -gp)
-        ok = not book.short(q, *need)
-        for g in back:
-            for _, c, m, gp in g.rows:
-                book.add(g.queue, c, m, gp)
-        return ok
+        for g in self.ending_groups:
+            if not g.gone:
+                yield g, "already stopping"
+        under = book.dominant(q) < self.fair[q]
+        over = [book.dominant(p) > self.fair[p] for p in range(len(book.names))]
+        share_after = book.share_after(q, *need)
+        priority = job.priority
+        offered = 0
+        for g in self.candidates:
+            if g.gone:
+                continue
+            offered += 1
+            if offered > MAX_VICTIM_CANDIDATES:
+                return
+            if g.priority < priority:
+                yield g, f"preempted by {job.job_id}: priority {priority} > {g.priority}"
+            elif g.priority > priority:
+                break  # candidates are sorted by priority: none further is eligible
+            elif under and g.queue != q and over[g.queue]:
+                t = g.total
+                if share_after <= book.share_after(g.queue, -t[0], -t[1], -t[2]) + EPS:
+                    yield (
+                        g,
+                        f"preempted by {job.job_id}: queue {book.names[g.queue]} is over its fair "
+                        f"share, queue {book.names[q]} under it",
+                    )
 
     def _preempt(self, job: PendingJob, q: int, dc: float, dm: float, dg: float, n: int) -> bool:
         if not self.ending_groups and (
@@ -300,57 +360,13 @@ class _Pass:
             return False
         self.preemption_attempts += 1
         need = (dc * n, dm * n, dg * n)
-        eligible: list[tuple[_Running, str]] = [(g, "") for g in self.ending_groups if not g.gone]
-        for g in self.candidates:
-            if not g.gone:
-                reason = self._may_evict(g, job, q, need)
-                if reason:
-                    eligible.append((g, reason))
-        picked = (
-            self._pick_single(q, dc, dm, dg, need, eligible)
-            if n == 1
-            else self._pick_gang(q, dc, dm, dg, n, need, eligible)
-        )
+        eligible = self._eligible(job, q, need)
+        search = _VictimSearch(self, q, dc, dm, dg, n, need)
+        picked = search.single(eligible) if n == 1 else search.gang(eligible)
         if picked is None or not self._apply_preemption(job, q, dc, dm, dg, n, picked):
             self.failed_preemptions.add(key)
             return False
         return True
-
-    def _pick_single(
-        self,
-        q: int,
-        dc: float,
-        dm: float,
-        dg: float,
-        need: tuple[float, float, float],
-        eligible: list[tuple[_Running, str]],
-    ) -> list[tuple[_Running, str]] | None:
-        """The executor where the fewest victims (then the least work lost) make room."""
-        by_executor: dict[int, dict[str, tuple[_Running, str, list[float]]]] = {}
-        for g, reason in eligible:
-            for i, c, m, gp in g.rows:
-                held = by_executor.setdefault(i, {}).setdefault(g.job_id, (g, reason, [0.0, 0.0, 0.0]))[2]
-                held[0] += c
-                held[1] += m
-                held[2] += gp
-        cluster = self.cluster
-        best: tuple[tuple[int, float, int], list[tuple[_Running, str]]] | None = None
-        for i, options in by_executor.items():
-            c, m, gp = cluster.cpu[i], cluster.mem[i], cluster.gpu[i]
-            picked: list[tuple[_Running, str]] = []
-            for g, reason, used in options.values():
-                picked.append((g, reason))
-                c, m, gp = c + used[0], m + used[1], gp + used[2]
-                if c + EPS >= dc and m >= dm and gp >= dg and self._quota_ok(q, need, [p for p, _ in picked]):
-                    cost = (
-                        sum(1 for p, _ in picked if not p.ending),
-                        sum(self.now - p.started_at for p, _ in picked if not p.ending),
-                        i,
-                    )
-                    if best is None or cost < best[0]:
-                        best = (cost, picked)
-                    break
-        return None if best is None else best[1]
 
     def _released(self, picked: list[tuple[_Running, str]]) -> dict[int, list[float]]:
         out: dict[int, list[float]] = {}
@@ -361,46 +377,6 @@ class _Pass:
                 r[1] += m
                 r[2] += gp
         return out
-
-    def _gain(self, released: dict[int, list[float]], dc: float, dm: float, dg: float, n: int) -> int:
-        cl = self.cluster
-        gain = 0
-        for i, r in released.items():
-            before = replicas_in(cl.cpu[i], cl.mem[i], cl.gpu[i], dc, dm, dg, n)
-            after = replicas_in(cl.cpu[i] + r[0], cl.mem[i] + r[1], cl.gpu[i] + r[2], dc, dm, dg, n)
-            gain += after - before
-        return gain
-
-    def _pick_gang(
-        self,
-        q: int,
-        dc: float,
-        dm: float,
-        dg: float,
-        n: int,
-        need: tuple[float, float, float],
-        eligible: list[tuple[_Running, str]],
-    ) -> list[tuple[_Running, str]] | None:
-        """Least important first until the gang fits, then drop every victim not needed."""
-        base = self.cluster.count(dc, dm, dg, n)
-
-        def enough(chosen: list[tuple[_Running, str]]) -> bool:
-            return base + self._gain(self._released(chosen), dc, dm, dg, n) >= n and self._quota_ok(
-                q, need, [g for g, _ in chosen]
-            )
-
-        picked: list[tuple[_Running, str]] = []
-        for option in eligible:
-            picked.append(option)
-            if enough(picked):
-                break
-        else:
-            return None
-        for option in list(reversed(picked[:-1])):
-            without = [p for p in picked if p is not option]
-            if enough(without):
-                picked = without
-        return picked
 
     def _apply_preemption(
         self,
@@ -472,27 +448,6 @@ class _Pass:
         return True
 
     # -- reasons ----------------------------------------------------------------------------
-
-    def _waiting(self) -> list[Waiting]:
-        messages: dict[tuple[object, ...], str] = {}
-        out: list[Waiting] = []
-        append = out.append
-        for job, q, kind, position, at, detail in self.waits:
-            d = job.demand
-            key = (kind, q, d.cpu, d.memory, d.gpu, job.replicas, detail)
-            message = messages.get(key)
-            if message is None:
-                if kind == "capacity" or kind == "gang":
-                    if self._too_large(job):
-                        kind = "too_large"
-                        key = (kind, q, d.cpu, d.memory, d.gpu, job.replicas, detail)
-                message = messages[key] = self._message(job, q, kind, detail)
-            elif kind == "capacity" or kind == "gang":
-                # the cached message says whether this shape can ever fit
-                if message.startswith("too large"):
-                    kind = "too_large"
-            append(Waiting(job.job_id, message, kind, position, at))
-        return out
 
     def _too_large(self, job: PendingJob) -> bool:
         """Would not fit even if every running job (and this pass's starts) had ended."""
@@ -598,3 +553,182 @@ def _amount(resource: int, value: float) -> str:
 
 def _shape(cpu: float, memory: int, gpu: int) -> str:
     return f"cpu {cpu:g}, memory {memory}Mi" + (f", gpu {gpu}" if gpu else "")
+
+
+class _VictimSearch:
+    """Chooses victims for one blocked job; every step is incremental (running totals of what
+    the victims give back, per executor and per queue), so a search costs about one look at
+    each eligible job."""
+
+    def __init__(
+        self, p: _Pass, q: int, dc: float, dm: float, dg: float, n: int, need: tuple[float, float, float]
+    ) -> None:
+        self.p, self.q, self.dc, self.dm, self.dg, self.n, self.need = p, q, dc, dm, dg, n, need
+        self.cohort = p.book.cohort_of[q]
+
+    def _quota_back(self, g: _Running, back: list[float], cohort_back: list[float], sign: float) -> None:
+        """Victims of the job's own queue (or cohort) give back quota; jobs already stopping
+        are not counted in usage any more."""
+        if g.ending:
+            return
+        t = g.total
+        book = self.p.book
+        if g.queue == self.q:
+            for r in range(3):
+                back[r] += sign * t[r]
+        if self.cohort >= 0 and book.cohort_of[g.queue] == self.cohort:
+            for r in range(3):
+                cohort_back[r] += sign * t[r]
+
+    def _quota_ok(self, back: list[float], cohort_back: list[float]) -> bool:
+        b = (back[0], back[1], back[2])
+        cb = (cohort_back[0], cohort_back[1], cohort_back[2])
+        return not self.p.book.short(self.q, *self.need, b, cb)
+
+    def single(self, eligible: Iterator[tuple[_Running, str]]) -> list[tuple[_Running, str]] | None:
+        """One victim if one is enough (the first, least important, that is); otherwise the
+        executor where the fewest victims (then the least work lost) make room."""
+        cl = self.p.cluster
+        dc, dm, dg = self.dc, self.dm, self.dg
+        seen: list[tuple[_Running, str]] = []
+        for option in eligible:
+            seen.append(option)
+            g = option[0]
+            held: dict[int, list[float]] = {}
+            for i, c, m, gp in g.rows:
+                h = held.setdefault(i, [cl.cpu[i], cl.mem[i], cl.gpu[i]])
+                h[0] += c
+                h[1] += m
+                h[2] += gp
+            if any(h[0] + EPS >= dc and h[1] >= dm and h[2] >= dg for h in held.values()):
+                back, cohort_back = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+                self._quota_back(g, back, cohort_back, 1.0)
+                if self._quota_ok(back, cohort_back):
+                    return [option]
+        return self._fewest(seen)
+
+    def _fewest(self, eligible: list[tuple[_Running, str]]) -> list[tuple[_Running, str]] | None:
+        by_executor: dict[int, dict[str, tuple[_Running, str, list[float]]]] = {}
+        for g, reason in eligible:
+            for i, c, m, gp in g.rows:
+                held = by_executor.setdefault(i, {}).setdefault(g.job_id, (g, reason, [0.0, 0.0, 0.0]))[2]
+                held[0] += c
+                held[1] += m
+                held[2] += gp
+        cl, now = self.p.cluster, self.p.now
+        dc, dm, dg = self.dc, self.dm, self.dg
+        best: tuple[tuple[int, float, int], list[tuple[_Running, str]]] | None = None
+        for i, options in by_executor.items():
+            c, m, gp = cl.cpu[i], cl.mem[i], cl.gpu[i]
+            picked: list[tuple[_Running, str]] = []
+            back, cohort_back = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+            victims, lost = 0, 0.0
+            for g, reason, used in options.values():
+                picked.append((g, reason))
+                self._quota_back(g, back, cohort_back, 1.0)
+                if not g.ending:
+                    victims += 1
+                    lost += now - g.started_at
+                if best is not None and (victims, lost) > best[0][:2]:
+                    break  # already worse than the best executor so far
+                c, m, gp = c + used[0], m + used[1], gp + used[2]
+                if c + EPS >= dc and m >= dm and gp >= dg and self._quota_ok(back, cohort_back):
+                    cost = (victims, lost, i)
+                    if best is None or cost < best[0]:
+                        best = (cost, list(picked))
+                    break
+        return None if best is None else best[1]
+
+    def gang(self, eligible: Iterator[tuple[_Running, str]]) -> list[tuple[_Running, str]] | None:
+        """Executors first where stopping few jobs frees room for many replicas, until the gang
+        fits; then drop every victim that turned out not to be needed."""
+        cl = self.p.cluster
+        dc, dm, dg, n = self.dc, self.dm, self.dg, self.n
+        options = list(eligible)
+        by_executor: dict[int, dict[str, tuple[tuple[_Running, str], list[float]]]] = {}
+        for option in options:
+            for i, c, m, gp in option[0].rows:
+                held = by_executor.setdefault(i, {}).setdefault(option[0].job_id, (option, [0.0, 0.0, 0.0]))[
+                    1
+                ]
+                held[0] += c
+                held[1] += m
+                held[2] += gp
+        # per executor: the prefix of its victims (least important first) with the most replicas
+        # gained per job stopped
+        steps: list[tuple[float, int, list[tuple[_Running, str]]]] = []
+        for i, held_here in by_executor.items():
+            c, m, gp = cl.cpu[i], cl.mem[i], cl.gpu[i]
+            k0 = replicas_in(c, m, gp, dc, dm, dg, n)
+            prefix: list[tuple[_Running, str]] = []
+            stopped = 0
+            best: tuple[float, list[tuple[_Running, str]]] | None = None
+            for option, used in held_here.values():
+                prefix.append(option)
+                stopped += 0 if option[0].ending else 1
+                c, m, gp = c + used[0], m + used[1], gp + used[2]
+                gained = replicas_in(c, m, gp, dc, dm, dg, n) - k0
+                if gained > 0:
+                    ratio = gained / stopped if stopped else float(n + 1)
+                    if best is None or ratio > best[0]:
+                        best = (ratio, list(prefix))
+            if best is not None:
+                steps.append((-best[0], i, best[1]))
+        steps.sort(key=lambda s: (s[0], s[1]))
+        base = cl.count(dc, dm, dg, n)
+        released: dict[int, list[float]] = {}
+        back, cohort_back = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+
+        def fits_at(i: int) -> int:
+            r = released.get(i)
+            if r is None:
+                return 0
+            return replicas_in(cl.cpu[i] + r[0], cl.mem[i] + r[1], cl.gpu[i] + r[2], dc, dm, dg, n) - (
+                replicas_in(cl.cpu[i], cl.mem[i], cl.gpu[i], dc, dm, dg, n)
+            )
+
+        def move(g: _Running, sign: float) -> int:
+            """Add (1) or remove (-1) a victim; returns the change in replicas that fit."""
+            touched = dict.fromkeys(row[0] for row in g.rows)
+            before = sum(fits_at(i) for i in touched)
+            for i, c, m, gp in g.rows:
+                r = released.setdefault(i, [0.0, 0.0, 0.0])
+                r[0] += sign * c
+                r[1] += sign * m
+                r[2] += sign * gp
+            self._quota_back(g, back, cohort_back, sign)
+            return sum(fits_at(i) for i in touched) - before
+
+        picked: dict[str, tuple[_Running, str]] = {}
+        gain = 0
+
+        def done() -> bool:
+            return base + gain >= n and self._quota_ok(back, cohort_back)
+
+        # room first, executor by executor; then (quota) the queue's own jobs in preference order
+        for _, _, prefix in steps:
+            for option in prefix:
+                if option[0].job_id not in picked:
+                    picked[option[0].job_id] = option
+                    gain += move(option[0], 1.0)
+            if done():
+                break
+        if not done():
+            for option in options:
+                if option[0].job_id not in picked:
+                    picked[option[0].job_id] = option
+                    gain += move(option[0], 1.0)
+                    if done():
+                        break
+            else:
+                return None
+        for job_id in reversed(list(picked)):
+            option = picked[job_id]
+            change = move(option[0], -1.0)
+            gain += change
+            if done():
+                del picked[job_id]
+            else:
+                gain -= change
+                move(option[0], 1.0)
+        return list(picked.values())

@@ -87,20 +87,32 @@ class QueueBook:
             c[1] += memory
             c[2] += gpu
 
-    def short(self, q: int, cpu: float, memory: float, gpu: float) -> str:
-        """'' when the queue may take this much more; otherwise what stops it, for the reason."""
+    def short(
+        self,
+        q: int,
+        cpu: float,
+        memory: float,
+        gpu: float,
+        back: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        cohort_back: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    ) -> str:
+        """'' when the queue may take this much more; otherwise what stops it, for the reason.
+
+        ``back`` / ``cohort_back``: usage of the queue / its cohort that is about to be given
+        back (preemption victims), counted as already gone.
+        """
         if not self.limited[q]:
             return ""
         u, lim = self.use[q], self.limit[q]
         need = (cpu, memory, gpu)
         for r in range(3):
-            if need[r] > 0 and u[r] + need[r] > lim[r] + EPS:
+            if need[r] > 0 and u[r] - back[r] + need[r] > lim[r] + EPS:
                 return RESOURCE_NAMES[r]
         k = self.cohort_of[q]
         if k >= 0:
             cu, cap = self.cohort_use[k], self.cohort_cap[k]
             for r in range(3):
-                if need[r] > 0 and cu[r] + need[r] > cap[r] + EPS:
+                if need[r] > 0 and cu[r] - cohort_back[r] + need[r] > cap[r] + EPS:
                     return "cohort " + RESOURCE_NAMES[r]
         return ""
 
