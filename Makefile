@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
 
-.PHONY: help install demo up test test-unit test-service test-stack test-e2e test-chaos lint schemas asyncapi bench clean images
+.PHONY: help install demo up test test-unit test-service test-stack test-e2e test-chaos lint schemas asyncapi bench clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
 
 help:
 	@echo "make demo     start the embedded stack, run the digits example, show its registered model"
@@ -71,6 +71,40 @@ asyncapi: install
 
 images: install
 	@bash scripts/images.sh $(IMAGES)
+
+# Kubernetes (docs/deploy.md, "Kubernetes"): base first (namespace, settings, NATS), the Secrets,
+# then any part alone: make deploy-scheduler. deploy-all: everything but Secrets; deploy-dev: with
+# placeholder Secrets (throwaway clusters only).
+KUBECTL ?= kubectl
+K8S := deploy/k8s
+K8S_SERVICES := submission scheduler executor registry telemetry
+
+deploy-base:
+	$(KUBECTL) apply -k $(K8S)/base
+
+deploy-nats:
+	$(KUBECTL) apply -k $(K8S)/base/nats
+
+deploy-secrets:
+	KUBECTL="$(KUBECTL)" bash $(K8S)/secrets/create.sh
+
+deploy-monitoring:
+	$(KUBECTL) apply -k $(K8S)/monitoring
+
+deploy-all:
+	$(KUBECTL) apply -k $(K8S)/overlays/production
+
+deploy-dev:
+	$(KUBECTL) apply -k $(K8S)/overlays/dev
+
+deploy-%:
+	@test -f $(K8S)/services/$*/kustomization.yaml || { echo "make deploy-$*: no such part; one of:" \
+		"$(K8S_SERVICES) base nats secrets monitoring all dev" >&2; exit 2; }
+	$(KUBECTL) apply -k $(K8S)/services/$*
+
+# compose file, k8s manifests, NATS users (a real nats-server), dashboards, contract fixtures
+validate-deploy: install
+	$(RUN) pytest -q -p no:cacheprovider tests/deploy contracts/tests/test_compat.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf .trainyard-demo .pytest_cache .mypy_cache .ruff_cache

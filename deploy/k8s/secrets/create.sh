@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# `make deploy-secrets`: the Secrets Trainyard needs, each created with a random value when it is
+# missing; an existing Secret is never overwritten (rotate one by deleting it, then restart NATS and
+# the service that uses it). Values never reach the terminal or a file.
+#   trainyard-nats-user-<user>  key "password"  (NATS reads all of them; each service its own)
+#   trainyard-api-token         key "token"     (the submission API's admin bearer token)
+set -euo pipefail
+KUBECTL="${KUBECTL:-kubectl}"
+NAMESPACE="${K8S_NAMESPACE:-trainyard}"
+USERS=(submission scheduler executor registry telemetry client admin)
+
+random_value() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+
+ensure() {  # name key
+    if $KUBECTL -n "$NAMESPACE" get secret "$1" >/dev/null 2>&1; then
+        echo "secret/$1 exists (kept)"
+        return
+    fi
+    $KUBECTL -n "$NAMESPACE" create secret generic "$1" --from-literal="$2=$(random_value)" >/dev/null
+    $KUBECTL -n "$NAMESPACE" label secret "$1" app.kubernetes.io/part-of=trainyard >/dev/null
+    echo "secret/$1 created"
+}
+
+$KUBECTL get namespace "$NAMESPACE" >/dev/null 2>&1 || $KUBECTL apply -f "$(dirname "$0")/../base/namespace.yaml"
+for user in "${USERS[@]}"; do
+    ensure "trainyard-nats-user-$user" password
+done
+ensure trainyard-api-token token
+echo "the admin API token: kubectl -n $NAMESPACE get secret trainyard-api-token -o jsonpath='{.data.token}' | base64 -d"
