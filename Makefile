@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
 
-.PHONY: help install demo up test test-unit test-service test-stack test-e2e test-chaos lint schemas asyncapi bench clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
+.PHONY: help install demo up test test-unit test-service test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
 
 help:
 	@echo "make demo     start the embedded stack, run the digits example, show its registered model"
@@ -111,3 +111,7 @@ clean:
 
 bench: install
 	$(RUN) python tests/bench/bench_e2e.py $(BENCH_ARGS)
+
+# decision time of one planning pass, pending x nodes in {1k,10k,100k} x {10,1k,5k}
+bench-scheduler: install
+	$(RUN) python tests/bench/bench_scheduler.py --out tests/bench/results/scheduler.json $(BENCH_ARGS)
