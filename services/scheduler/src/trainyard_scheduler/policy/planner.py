@@ -205,7 +205,8 @@ class _Pass:
 
     def _wait(self, job: PendingJob, q: int, kind: WaitKind, at: float | None, detail: str = "") -> None:
         d = job.demand
-        key = (kind, q, d.cpu, d.memory, d.gpu, job.replicas, detail)
+        # only quota messages name the queue
+        key = (kind, q if kind == "quota" else -1, d.cpu, d.memory, d.gpu, job.replicas, detail)
         said = self.messages.get(key)
         if said is None:
             if (kind == "capacity" or kind == "gang") and self._too_large(job):
