@@ -97,34 +97,43 @@ class _Pass:
         totals = [sum(cluster.cpu), sum(cluster.mem), sum(cluster.gpu)]
         index = cluster.index
         self.groups: dict[str, _Running] = {}
-        rows_online = [r for r in snapshot.running if r.executor_id in index]
-        for r in rows_online:
-            totals[0] += r.used.cpu
-            totals[1] += r.used.memory
-            totals[2] += r.used.gpu
-        book = self.book = QueueBook(snapshot.queues, (totals[0], totals[1], totals[2]))
-        for r in rows_online:
-            g = self.groups.get(r.job_id)
+        book = self.book = QueueBook(snapshot.queues, (0.0, 0.0, 0.0))
+        groups = self.groups
+        for r in snapshot.running:
+            i = index.get(r.executor_id)
+            if i is None:
+                continue
+            u = r.used
+            c, m, gp = u.cpu, u.memory, u.gpu
+            totals[0] += c
+            totals[1] += m
+            totals[2] += gp
+            g = groups.get(r.job_id)
             if g is None:
                 q = book.of(r.queue)
-                end = r.expected_end
-                g = self.groups[r.job_id] = _Running(
+                end = INF if r.timeout is None else max(r.started_at + r.timeout, now)
+                g = groups[r.job_id] = _Running(
                     r.job_id,
                     r.attempt,
                     q,
                     r.priority,
                     r.preemptible or book.preemptible_default[q],
                     r.started_at,
-                    INF if end is None else max(end, now),
+                    end,
                     r.ending,
+                    [(i, c, m, gp)],
+                    False,
+                    (c, m, gp),
                 )
-            g.ending = g.ending or r.ending
-            g.rows.append((index[r.executor_id], float(r.used.cpu), float(r.used.memory), float(r.used.gpu)))
-        for g in self.groups.values():
-            g.total = (sum(r[1] for r in g.rows), sum(r[2] for r in g.rows), sum(r[3] for r in g.rows))
+            else:
+                g.ending = g.ending or r.ending
+                g.rows.append((i, c, m, gp))
+                t = g.total
+                g.total = (t[0] + c, t[1] + m, t[2] + gp)
+        book.set_totals((totals[0], totals[1], totals[2]))
+        for g in groups.values():
             if not g.ending:
-                for _, c, m, gp in g.rows:
-                    book.add(g.queue, c, m, gp)
+                book.add(g.queue, *g.total)
         active = {g.queue for g in self.groups.values() if not g.ending}
         active.update(book.of(name) for name in {j.queue for j in snapshot.pending})
         weights = sum(book.weight[q] for q in active) or 1.0
@@ -295,11 +304,13 @@ class _Pass:
             return
         now = self.now
         releases = list(self.releases)
-        for g in self.groups.values():
-            if not g.gone:
-                end = now if g.ending else g.end
-                releases.extend((end, i, c, m, gp) for i, c, m, gp in g.rows)
-        releases.sort(key=lambda r: r[0])
+        releases += [
+            (now if g.ending else g.end, i, c, m, gp)
+            for g in self.groups.values()
+            if not g.gone
+            for i, c, m, gp in g.rows
+        ]
+        releases.sort()
         found = self.cluster.earliest(dc, dm, dg, n, releases)
         if found is None:
             self.never_fits.add((dc, dm, dg, n))

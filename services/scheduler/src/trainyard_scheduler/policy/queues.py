@@ -39,9 +39,13 @@ class QueueBook:
         self.cohorts: dict[str, int] = {}
         self.cohort_cap: list[list[float]] = []
         self.cohort_use: list[list[float]] = []
-        self.inverse_total = [1.0 / t if t > 0 else 0.0 for t in totals]
+        self.set_totals(totals)
         for config in configs:
             self._add(config)
+
+    def set_totals(self, totals: tuple[float, float, float]) -> None:
+        """The cluster's capacity per resource, which shares are fractions of."""
+        self.inverse_total = [1.0 / t if t > 0 else 0.0 for t in totals]
 
     def _add(self, config: QueueConfig) -> int:
         q = len(self.names)
