@@ -41,6 +41,8 @@ OPERATIONS = [
     ("GET", "/v1/jobs/{job_id}"),
     ("POST", "/v1/jobs/{job_id}/cancel"),
     ("GET", "/v1/jobs/{job_id}/logs"),
+    ("GET", "/v1/jobs/{job_id}/why"),
+    ("POST", "/v1/jobs/dry-run"),
     ("GET", "/v1/dlq"),
     ("POST", "/v1/dlq/{seq}/replay"),
     ("GET", "/v1/models"),
@@ -93,9 +95,14 @@ def live(nats_server, tmp_path_factory) -> Iterator[Live]:
         thread.join(timeout=15)
 
 
-def assert_one_problem_format(response: Any, label: str) -> None:
+# no scheduler runs beside the fuzzed API: the questions for its leader are answered 503 (a
+# problem document, checked like every other error) and nothing else may be a 5xx
+NEEDS_SCHEDULER = {("GET", "/v1/jobs/{job_id}/why"), ("POST", "/v1/jobs/dry-run")}
+
+
+def assert_one_problem_format(response: Any, label: str, allowed_5xx: frozenset[int] = frozenset()) -> None:
     status = response.status_code
-    assert status < 500, f"{label}: {status} {response.text[:500]}"
+    assert status < 500 or status in allowed_5xx, f"{label}: {status} {response.text[:500]}"
     if status < 400:
         return
     ctype = response.headers.get("content-type") or [""]  # schemathesis: a list per header
@@ -141,7 +148,8 @@ def test_fuzzed_requests_get_an_answer_in_time_and_errors_are_problems(live, met
             headers["Authorization"] = f"Bearer {token}"
         case.headers = headers
         response = case.call(base_url=live.url, timeout=REQUEST_TIMEOUT)
-        assert_one_problem_format(response, f"{method} {path} as {who} ({mode})")
+        allowed = frozenset({503}) if (method, path) in NEEDS_SCHEDULER else frozenset()
+        assert_one_problem_format(response, f"{method} {path} as {who} ({mode})", allowed)
         seen.append(response.status_code)
 
     run()
