@@ -4,6 +4,7 @@ retry) — against a real nats-server with a real executor running real processe
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -94,3 +95,9 @@ async def test_a_higher_priority_job_preempts_a_preemptible_one_which_comes_back
     assert back.attempts[0].state.value == "requeued" and "preempted" in (back.attempts[0].reason or "")
     types = await bus.event_types(low)
     assert "requeued" in types and types.count("succeeded") == 1
+    cycles = [
+        json.loads(m.data)
+        for m in await bus.messages(bus.subjects.scheduler_decisions, bus.subjects.streams.scheduler)
+    ]
+    preempted = [p for c in cycles for p in c["preemptions"]]
+    assert [(p["job_id"], p["attempt"], p["executor_id"]) for p in preempted] == [(low, 1, "exec-p")]

@@ -191,7 +191,7 @@ def create_app(
                     term, passes = lease().term, 0
                 started = loop.time()
                 decided = await core().plan_pass()
-                if decided.assignments:  # a pass that changed nothing is not an event
+                if decided.assignments or decided.victims:  # a pass that changed nothing is no event
                     cycle = state["cycle"] = int(state.get("cycle", 0)) + 1  # type: ignore[call-overload]
                     await publish_cycle(decided, cycle, loop.time() - started)
                 if passes % 5 == 0:

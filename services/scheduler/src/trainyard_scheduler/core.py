@@ -25,6 +25,7 @@ from trainyard_contracts import (
     JobScheduled,
     JobSpec,
     JobState,
+    PreemptionDecision,
     QueueConfig,
     StartAttempt,
     WaitReason,
@@ -334,6 +335,12 @@ class SchedulerCore:
                     queue=queue_of.get(a.job_id, "default"),
                 )
                 for a in decisions.assignments
+            ],
+            preemptions=[
+                PreemptionDecision(
+                    job_id=v.job_id, attempt=v.attempt, executor_id=v.executor_id, reason=v.reason
+                )
+                for v in decisions.victims
             ],
             waiting_by_kind=count_by_kind(self.reasons),
         )
