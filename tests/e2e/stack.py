@@ -2,11 +2,13 @@
 
 NATS (JetStream), an MLflow server and the five services run as containers started with
 testcontainers; the test process reaches the API, MLflow and NATS through ports published on
-127.0.0.1 only. The executor (local backend: jobs run as processes in its container) and the
-registry share one named volume at the executor's work root, so the registry reads a job's
-``outputs_uri`` (a file:// path) exactly where the executor wrote it — as in docker-compose.
-Git sources come from a bare clone of this repository mounted read-only into submission (which
-resolves refs) and executor (which checks commits out).
+127.0.0.1 only. The executor uses its image's default backend (local: jobs run as processes in its
+container); it and the registry share one named volume at the executor's work root, so the
+registry reads a job's ``outputs_uri`` (a file:// path) exactly where the executor wrote it.
+NATS runs with the deployed config (deploy/nats/nats.conf: JetStream, one user per service) and
+random passwords; every service connects as its own user. Git sources come from a bare clone of
+this repository mounted read-only into submission (which resolves refs) and the executor (which
+checks commits out).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ IMAGES = (NATS_IMAGE, MLFLOW_IMAGE, *(f"trainyard/{svc}:{VERSION}" for svc in SE
 REPO_MOUNT = "/repos/trainyard.git"
 WORK_ROOT = "/var/lib/trainyard/executor"  # the executor's work dirs: <data_dir>/executor/<id>/work
 EXECUTOR_ID = "e2e-executor"
+NATS_CONFIG = ROOT / "deploy" / "nats" / "nats.conf"  # includes auth.conf: one user per service
+NATS_USERS = (*SERVICES, "client", "admin")
 
 
 def wait_until(
@@ -77,11 +81,15 @@ class ImageStack:
     volume: str | None = None
     api_url: str = ""
     mlflow_url: str = ""
+    repo_head: str = ""  # the commit HEAD of the mounted clone resolves to
     nats_url: str = ""
 
     def __post_init__(self) -> None:
         self.client = docker.from_env()
         self.run_id = uuid.uuid4().hex[:8]
+        # per-service NATS users when the deployed config exists (deploy/nats), else no auth
+        self.nats_auth = NATS_CONFIG.exists()
+        self.passwords = {user: secrets.token_urlsafe(16) for user in NATS_USERS}
 
     # lifecycle
 
@@ -90,10 +98,20 @@ class ImageStack:
         subprocess.run(
             ["git", "clone", "--quiet", "--bare", "--", str(ROOT), str(repo)], check=True, capture_output=True
         )
+        self.repo_head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+        ).stdout.strip()
         self.network = Network(docker_network_kw={"labels": {"trainyard.e2e": self.run_id}}).create()
         self.volume = self.client.volumes.create(name=f"trainyard-e2e-work-{self.run_id}").name
 
-        nats = self._container("nats", NATS_IMAGE).with_command(["-js", "-m", "8222"])
+        nats = self._container("nats", NATS_IMAGE)
+        if self.nats_auth:
+            # the deployed config: one user per service (deploy/nats/auth.conf), random passwords
+            nats.with_volume_mapping(str(NATS_CONFIG.parent), "/etc/nats", "ro")
+            nats.with_command(["-c", "/etc/nats/nats.conf", "-sd", "/data/jetstream"])
+            nats.with_envs(**{f"TRAINYARD_NATS_PASSWORD_{u.upper()}": pw for u, pw in self.passwords.items()})
+        else:
+            nats.with_command(["-js", "-m", "8222", "-sd", "/data/jetstream"])
         nats.with_loopback_port(4222).with_loopback_port(8222).start()
         monitor = f"http://127.0.0.1:{self.port('nats', 8222)}"
         wait_until(
@@ -103,6 +121,8 @@ class ImageStack:
             lambda: self.logs("nats"),
         )
         self.nats_url = f"nats://127.0.0.1:{self.port('nats', 4222)}"
+        if self.nats_auth:  # the tests read job events as another system would: the client user
+            self.nats_url = f"nats://client:{self.passwords['client']}@127.0.0.1:{self.port('nats', 4222)}"
 
         # MLflow takes longest (~10-30 s): start it first and the services meanwhile
         self._container("mlflow", MLFLOW_IMAGE).with_loopback_port(5000).start()
@@ -172,7 +192,15 @@ class ImageStack:
         return container
 
     def _service(self, svc: str, env: dict[str, str]) -> LoopbackContainer:
-        return self._container(svc, f"trainyard/{svc}:{VERSION}").with_envs(**env)
+        container = self._container(svc, f"trainyard/{svc}:{VERSION}").with_envs(**env)
+        if self.nats_auth:
+            container.with_envs(TRAINYARD_NATS_USER=svc, TRAINYARD_NATS_PASSWORD=self.passwords[svc])
+        return container
+
+    def nats_permission_violations(self) -> list[str]:
+        """The NATS server's log lines about refused publishes or subscriptions."""
+        log = self.docker_container("nats").logs().decode(errors="replace")
+        return [line for line in log.splitlines() if "Permissions Violation" in line]
 
     def port(self, name: str, port: int) -> int:
         return self.containers[name].get_exposed_port(port)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections import Counter, defaultdict
 
 import nats
@@ -102,9 +101,7 @@ def test_each_image_is_labelled_non_root_healthchecked_and_holds_only_its_own_de
 def test_digits_example_runs_in_the_executor_image_and_its_model_version_is_in_mlflow(
     image_stack: ImageStack, client: TrainyardClient
 ):
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    head = image_stack.repo_head
     result = client.submit(digits_spec())
     record = client.wait(result.job_id, timeout=600)
     logs = client.logs(result.job_id)
@@ -173,3 +170,11 @@ def test_restarting_the_scheduler_mid_run_loses_no_job_and_runs_none_twice(
         terminal = [k for k in kinds if k in TERMINAL]
         assert terminal == ["succeeded"], f"{job}: terminal events {terminal} ({kinds})"
         assert records[job].attempt == 1, f"{job}: attempt {records[job].attempt} ({kinds})"
+
+
+def test_no_service_was_refused_by_nats(image_stack: ImageStack, client: TrainyardClient):
+    """Last in this module: the services' NATS users allowed everything the tests above did."""
+    if not image_stack.nats_auth:
+        pytest.skip("deploy/nats/nats.conf is absent: NATS ran without users")
+    assert client.health()
+    assert image_stack.nats_permission_violations() == []
