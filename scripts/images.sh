@@ -13,7 +13,8 @@
 # Each service image holds only its own locked dependencies: `uv export --package trainyard-<svc>`
 # gives the hashed third-party requirements, and the workspace members it needs are built here as
 # wheels. The build machine's uv installs them inside the build stage (it is not in the final image).
-# Variables: DOCKER (docker), BASE_IMAGE, UV.
+# Variables: DOCKER (docker), BASE_IMAGE, UV, EXECUTOR_JOB_REQUIREMENTS (what jobs get in the
+# executor image; default "scikit-learn mlflow-skinny typer rich httpx", empty for a lean executor).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -129,7 +130,7 @@ build_service() {
             # digits example uses: scikit-learn, an MLflow client, and trainyard-client's run-context
             # plugin (its own dependencies: typer, rich, httpx) so a job's MLflow run is tagged
             apt="git"
-            extra="scikit-learn mlflow-skinny typer rich httpx"
+            extra="${EXECUTOR_JOB_REQUIREMENTS-scikit-learn mlflow-skinny typer rich httpx}"
             members+=$'\n'"./client"
             ;;
     esac
