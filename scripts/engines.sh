@@ -21,7 +21,6 @@ command -v busybox >/dev/null && ! ldd "$(command -v busybox)" >/dev/null 2>&1 |
 [[ " $ENGINES " == *" podman "* ]] && ! command -v podman >/dev/null && need+=(podman)
 command -v debootstrap >/dev/null || need+=(debootstrap)  # base images without a registry
 command -v docker-compose >/dev/null || need+=(docker-compose)  # `config -q` checks the compose file
-command -v kubectl >/dev/null || need+=(kubernetes-client)  # `kubectl kustomize` renders deploy/k8s
 if [ ${#need[@]} -gt 0 ]; then
     echo "== apt-get install ${need[*]}"
     apt-get update -qq
