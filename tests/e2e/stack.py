@@ -89,7 +89,9 @@ class ImageStack:
         self.run_id = uuid.uuid4().hex[:8]
         # per-service NATS users when the deployed config exists (deploy/nats), else no auth
         self.nats_auth = NATS_CONFIG.exists()
-        self.passwords = {user: secrets.token_urlsafe(16) for user in NATS_USERS}
+        # nats-server parses a variable's value like config text: "3E5..." would be a number, so a
+        # password starts with letters and holds no punctuation
+        self.passwords = {user: f"pw{secrets.token_hex(16)}" for user in NATS_USERS}
 
     # lifecycle
 
