@@ -11,6 +11,7 @@ help:
 	@echo "make test     unit, service and stack tests against a real nats-server (what CI runs)"
 	@echo "make up       start the embedded stack and leave it running (Ctrl-C stops it)"
 	@echo "make lint     ruff + mypy"
+	@echo "make images   the Docker images, no registry needed; make test-e2e: tests on them"
 	@echo "make schemas  regenerate contracts/schemas/*.json; make asyncapi: docs/asyncapi/*.json"
 
 install: .venv/.installed
