@@ -136,7 +136,7 @@ build_service() {
     esac
     for m in $members; do
         if [[ " ${member_wheels[*]} " != *" $m "* ]]; then
-            uv_ build --quiet --wheel --out-dir "$stage/wheels/${m//\//_}" "$m" 2>/dev/null
+            uv_ build --quiet --wheel --out-dir "$stage/wheels/${m//\//_}" "$m"
             member_wheels+=("$m")
         fi
         cp "$stage/wheels/${m//\//_}"/*.whl "$ctx/wheels/"
