@@ -9,7 +9,9 @@ KUBECTL="${KUBECTL:-kubectl}"
 NAMESPACE="${K8S_NAMESPACE:-trainyard}"
 USERS=(submission scheduler executor registry telemetry client admin)
 
-random_value() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+# letters and digits, a letter first: nats-server reads a password from the environment as config
+# text, where a leading digit makes a number and punctuation may end the token
+random_value() { python3 -c 'import secrets, string; a = string.ascii_letters; print(secrets.choice(a) + "".join(secrets.choice(a + string.digits) for _ in range(39)))'; }
 
 ensure() {  # name key
     if $KUBECTL -n "$NAMESPACE" get secret "$1" >/dev/null 2>&1; then
