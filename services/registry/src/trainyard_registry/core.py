@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -118,6 +119,11 @@ class RegistryCore:
             run_id=version.run_id,
             metrics=version.metrics,
             git_commit=version.git_commit,
+            # the same announcement on every delivery: a redelivered or replayed succeeded event
+            # repeats it with the same id, so readers that deduplicate by id count it once
+            event_id=uuid.uuid5(
+                uuid.NAMESPACE_URL, f"trainyard:{record.job_id}:{event.attempt}:model_registered"
+            ).hex,
         )
         await self.events.emit(registered_event)
         await self.broker.publish(
