@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from faststream.asgi import AsgiFastStream
+from faststream.nats.annotations import NatsMessage
 
 from trainyard_contracts import JobSucceeded
 from trainyard_registry.core import RegistryCore
@@ -23,6 +27,16 @@ def default_tracking_uri(common: CommonSettings) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+ACK_WAIT_SECONDS = 30.0
+
+
+async def _keep_in_progress(message: NatsMessage) -> None:
+    while True:
+        await asyncio.sleep(ACK_WAIT_SECONDS / 3)
+        with contextlib.suppress(Exception):
+            await message.in_progress()
+
+
 def create_app(
     common: CommonSettings | None = None, settings: RegistrySettings | None = None
 ) -> AsgiFastStream:
@@ -38,12 +52,19 @@ def create_app(
         stream=streams(subjects).jobs,
         durable="registry-succeeded",
         batch=8,
-        ack_wait=300,
+        ack_wait=ACK_WAIT_SECONDS,
         title="registry/succeeded",
         description="registers the model version of a succeeded job that declared outputs.model",
     )
-    async def on_succeeded(event: JobSucceeded) -> None:
-        await state["core"].on_succeeded(event)
+    async def on_succeeded(event: JobSucceeded, message: NatsMessage) -> None:
+        # a registration can take longer than ack_wait (MLflow, artifact upload): "in progress"
+        # keeps the delivery ours meanwhile, and a registry killed mid-way has its event
+        # redelivered within ack_wait instead of minutes later
+        keep = asyncio.create_task(_keep_in_progress(message))
+        try:
+            await state["core"].on_succeeded(event)
+        finally:
+            keep.cancel()
 
     async def connect() -> None:
         buckets = await connect_and_declare(sb, common)
