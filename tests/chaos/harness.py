@@ -431,7 +431,7 @@ class Load:
     def offer(self, spec_for: Callable[[int], dict[str, Any]] | None = None, *, model: bool = False) -> int:
         seq = self.next_seq
         self.next_seq += 1
-        model = model or (self.model_every > 0 and seq % self.model_every == 0)
+        model = model or (spec_for is None and self.model_every > 0 and seq % self.model_every == 0)
         seconds = 0.3 + (seq % 5) * 0.2  # 0.3 .. 1.1 s of work
         spec = spec_for(seq) if spec_for else job_spec(seq, self.marker, seconds, model=model)
         if model:

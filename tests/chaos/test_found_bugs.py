@@ -1,8 +1,9 @@
 """Bugs the chaos run found, each as the smallest test that shows it (xfail, strict: when the bug is
 fixed the test passes and the xfail marker must go). The diagnosis is in each ``reason``.
 
-Services run in this process (as in tests/integration) against a real nats-server, except the
-executor of the orphan test, which must be a real process to be killed with SIGKILL.
+Services run in this process (as in tests/integration) against a real nats-server, except where a
+real process is needed (SIGKILL of the executor, the submission service's own /healthz). One test
+here is a regression test, not a bug: see its docstring.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable
 
 import pytest
 
@@ -25,8 +27,8 @@ from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_shared.testkit import Bus, common_settings, running
 
-from ..integration.harness import Bus, common_settings, running
 from .harness import process_alive, until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.local, pytest.mark.timeout(300)]
@@ -91,17 +93,6 @@ async def test_an_attempt_that_ends_while_the_broker_is_away_still_succeeds(
     assert record.state == JobState.SUCCEEDED, f"{record.state.value}: {record.reason}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "registry: a 'succeeded' event held by a registry process that dies before its ack is"
-        " redelivered only after ack_wait=300 s (services/registry/src/trainyard_registry/app.py,"
-        " durable_consumer(..., ack_wait=300)): a kill -9 during a registration delays that job's model"
-        " by five minutes although the registry is back in seconds (chaos run: model registered"
-        " ~300 s after the kill). A short ack_wait with in-progress acks (msg.in_progress()) while"
-        " MLflow works would bound the delay by the short ack_wait."
-    ),
-)
 async def test_a_succeeded_event_held_by_a_registry_that_died_is_registered_soon(
     nats_server, prefix, tmp_path
 ):
@@ -161,25 +152,16 @@ ORPHAN_JOB = (
     "import os, sys, time\n"
     "attempt = os.environ['TRAINYARD_ATTEMPT']\n"
     "open(os.path.join(sys.argv[1], f'attempt-{attempt}'), 'w').write(str(os.getpid()))\n"
-    "time.sleep(30 if attempt == '1' else 0)\n"
+    "time.sleep(8 if attempt == '1' else 0)\n"
+    "open(os.path.join(sys.argv[1], f'attempt-{attempt}.end'), 'w').close()\n"
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "executor (local backend): after kill -9 of the executor its attempts' processes live on"
-        " (each runs in its own session: backends/local.py LocalAttempt._spawn start_new_session=True,"
-        " and nothing ties them to the executor's life), the restarted executor's ExecutorCore.recover"
-        " (core.py) requeues them as 'the attempt's process is gone' without stopping them, and the"
-        " next attempt then runs beside the orphan: two runs of one job at once. The local backend has"
-        " no reap_orphans (the docker backend does): it should record each attempt's process group"
-        " (e.g. a pid file in the attempt's work dir) and kill it on recovery before requeueing."
-    ),
-)
-async def test_a_restarted_executor_stops_the_orphans_of_its_killed_predecessor(
-    nats_server, prefix, tmp_path
-):
+async def test_after_kill_9_of_the_executor_no_two_runs_of_a_job_overlap(nats_server, prefix, tmp_path):
+    """Not a bug any more: the chaos run first found the killed executor's attempt living on beside
+    its requeued successor; the local backend now supervises attempts with pid files and the
+    restarted executor adopts them. Either outcome is fine (attempt 1 adopted and finished, or
+    stopped before attempt 2 starts); two at once is not."""
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
     env = {
         **os.environ,
@@ -211,10 +193,19 @@ async def test_a_restarted_executor_stops_the_orphans_of_its_killed_predecessor(
             os.kill(first.pid, signal.SIGKILL)
             first.wait()
             second = spawn()
-            await until((pids / "attempt-2").exists, 60, "attempt 2 started")
-            attempt_1_still_runs = process_alive(orphan)
-            await bus.wait_state(job_id, "succeeded", timeout=30)
-        assert not attempt_1_still_runs, "attempt 1's process still ran when attempt 2 started"
+
+            async def next_step() -> str | None:
+                if (pids / "attempt-2").exists():
+                    return "attempt 2 started"
+                record = await bus.record(job_id)
+                return "ended" if record and record.state.terminal else None
+
+            step = await until(next_step, 90, "attempt 2 started, or the job ended", poll=0.02)
+            attempt_1_alive_at_attempt_2 = step == "attempt 2 started" and process_alive(orphan)
+            record = await bus.wait_state(job_id, "succeeded", "failed", timeout=60)
+        assert not attempt_1_alive_at_attempt_2, "attempt 2 started while attempt 1's process still ran"
+        assert record.state == JobState.SUCCEEDED, record.reason
+        assert (pids / f"attempt-{record.attempt}.end").exists()
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
@@ -229,21 +220,6 @@ async def test_a_restarted_executor_stops_the_orphans_of_its_killed_predecessor(
         await asyncio.sleep(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "registry: every delivery of a job's 'succeeded' event announces its model again with a new"
-        " event id: RegistryCore.on_succeeded (services/registry/src/trainyard_registry/core.py) emits"
-        " ModelRegistered(...) whose envelope event_id is a fresh uuid4, under Nats-Msg-Id"
-        " <job>:<attempt>:model_registered. Within the jobs stream's 120 s duplicate window the stream"
-        " drops the repeat; after it (a redelivery after ack_wait=300 s, a replayed event) a second"
-        " model_registered event is stored, and readers that deduplicate by event id (telemetry's"
-        " trainyard_job_events_total) count it twice: the chaos run's replay of 12 jobs' events raised"
-        " model_registered by 4. The model version itself stays single (MLflow lookup by job tag). A"
-        " deterministic event id (e.g. derived from the msg id), or no re-announcement when the record"
-        " already holds the same model ref and its event exists, would make the repeat invisible."
-    ),
-)
 async def test_a_succeeded_event_delivered_twice_announces_its_model_once(nats_server, prefix, tmp_path):
     from trainyard_registry.app import create_app as registry_app
     from trainyard_registry.settings import RegistrySettings
@@ -283,3 +259,65 @@ async def test_a_succeeded_event_delivered_twice_announces_its_model_once(nats_s
             msg = await announced.next_msg(timeout=60)
             ids.append(json.loads(msg.data)["event_id"])
     assert ids[0] == ids[1], "the same model version was announced as two different events"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "submission: GET /healthz answers 200 while nats-server is gone"
+        " (services/submission/src/trainyard_submission/app.py, healthz() returns {'status': 'ok'}"
+        " unconditionally), whereas the four other services' /healthz ping the broker"
+        " (trainyard_shared.runner: make_ping_asgi) and answer 500. Seen in the chaos run: after kill -9"
+        " of nats-server every /healthz but the submission service's failed. A readiness probe on it"
+        " keeps sending requests that cannot be served (a submission needs the broker)."
+    ),
+)
+async def test_the_submission_service_is_unhealthy_while_the_broker_is_gone(fresh_nats_server, tmp_path):
+    import httpx
+
+    port = _free_port("127.0.0.1")
+    env = {
+        **os.environ,
+        "TRAINYARD_NATS_URL": fresh_nats_server.url,
+        "TRAINYARD_DATA_DIR": str(tmp_path),
+        "TRAINYARD_SUBMISSION_PORT": str(port),
+    }
+    log = open(tmp_path / "submission.log", "ab")
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [PY, "-m", "trainyard_submission"], env=env, stdout=log, stderr=log, start_new_session=True
+        )
+
+    proc = spawn()
+    url = f"http://127.0.0.1:{port}/healthz"
+
+    async def status() -> int:
+        async with httpx.AsyncClient(timeout=6) as http:
+            try:
+                return (await http.get(url)).status_code
+            except httpx.HTTPError:
+                return 0
+
+    try:
+        await until(lambda: _is(status(), 200), 60, "the submission service healthy")
+        fresh_nats_server.stop(kill=True)
+        with contextlib.suppress(AssertionError):
+            await until(lambda: _is_not(status(), 200), 20, "/healthz reports the lost broker", poll=0.5)
+        assert await status() != 200, "/healthz still answers 200 with the broker gone"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+async def _is(code: Awaitable[int], wanted: int) -> bool:
+    return await code == wanted
+
+
+async def _is_not(code: Awaitable[int], unwanted: int) -> bool:
+    return await code not in (unwanted, 0)
