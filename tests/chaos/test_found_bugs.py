@@ -261,17 +261,6 @@ async def test_a_succeeded_event_delivered_twice_announces_its_model_once(nats_s
     assert ids[0] == ids[1], "the same model version was announced as two different events"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "submission: GET /healthz answers 200 while nats-server is gone"
-        " (services/submission/src/trainyard_submission/app.py, healthz() returns {'status': 'ok'}"
-        " unconditionally), whereas the four other services' /healthz ping the broker"
-        " (trainyard_shared.runner: make_ping_asgi) and answer 500. Seen in the chaos run: after kill -9"
-        " of nats-server every /healthz but the submission service's failed. A readiness probe on it"
-        " keeps sending requests that cannot be served (a submission needs the broker)."
-    ),
-)
 async def test_the_submission_service_is_unhealthy_while_the_broker_is_gone(fresh_nats_server, tmp_path):
     import httpx
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from faststream import AckPolicy, FastStream
 from faststream.message import StreamMessage
 from faststream.nats import ConsumerConfig, NatsMessage, PullSub
@@ -124,8 +125,16 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     app.mount("/metrics", make_asgi_app(registry=sb.registry))
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> JSONResponse:
+        # healthy means able to serve: a submission needs the broker, so ask it (as the other
+        # services' /healthz do); a probe then stops sending requests while NATS is gone
+        try:
+            alive = await sb.broker.ping(timeout=5.0)
+        except Exception:
+            alive = False
+        if alive:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unavailable", "detail": "no answer from NATS"}, status_code=503)
 
     app.state.trainyard = state
     return app
