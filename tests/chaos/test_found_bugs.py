@@ -46,22 +46,6 @@ def executor(common, name="exec-a"):
     return executor_app(common, settings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "executor: an attempt that ends while the broker is away is recorded FAILED ('could not run:"
-        " nats: timeout') although its process exited 0. services/executor/src/trainyard_executor/"
-        "core.py: ExecutorCore._run (via _follow) awaits shipper.close() -> LogShipper.flush()"
-        " (logship.py) -> a JetStream publish that times out while nats-server is down; the"
-        " TimeoutError falls into _run's `except Exception`, which calls _finish(..., 'failed',"
-        " 'could not run: ...'): when that CAS lands after the reconnect the job is FAILED (chaos run:"
-        " the one job that ended in the broker outage failed, retries 0); when it times out too, the"
-        " attempt task dies with the TimeoutError and the record stays RUNNING on a live executor,"
-        " which nothing reconciles (the job never ends; seen in this test). A"
-        " broker blip must not change an attempt's outcome: log shipping failures should not fail the"
-        " attempt, and the final compare-and-set should be retried until the broker is back."
-    ),
-)
 async def test_an_attempt_that_ends_while_the_broker_is_away_still_succeeds(
     fresh_nats_server, prefix, tmp_path, caplog
 ):

@@ -14,10 +14,13 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
+
+from nats.errors import Error as NatsError
 
 from trainyard_contracts import (
     AttemptRef,
@@ -44,6 +47,10 @@ from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
 
 log = logging.getLogger("trainyard.executor")
+T = TypeVar("T")
+# what NATS raises while the server restarts or the network blips (nats.errors.Error covers the
+# client's own timeouts, no-responders and closed-connection errors)
+BROKER_ERRORS = (TimeoutError, NatsError, ConnectionError)
 
 ShipperFactory = Callable[[str, int], LogShipper]
 
@@ -263,10 +270,19 @@ class ExecutorCore:
             await self._follow(record, attempt, local, shipper)
         except asyncio.CancelledError:
             raise
+        except BROKER_ERRORS as exc:
+            if local.handle is None:
+                await self._could_not_run(record, attempt, local, shipper, exc)
+            else:  # it ran; only recording its end failed, for longer than broker_outage_seconds
+                log.error(
+                    "the attempt's outcome could not be recorded: NATS stayed away",
+                    extra={"job_id": record.job_id, "attempt": attempt, "error": type(exc).__name__},
+                )
         except Exception as exc:
             await self._could_not_run(record, attempt, local, shipper, exc)
         finally:
-            await shipper.close()
+            with contextlib.suppress(*BROKER_ERRORS):
+                await shipper.close()
             if self.running.get(record.job_id) is local:
                 del self.running[record.job_id]
 
@@ -280,8 +296,9 @@ class ExecutorCore:
         if kind == "cancelled" and local.cancel_reason:
             reason = local.cancel_reason
         outputs_uri = outcome.output_dir.resolve().as_uri() if outcome.output_dir else None
-        await shipper.system(f"attempt {attempt} ended: {kind} ({reason})")
-        await shipper.close()  # every line is stored before the terminal event announces it
+        # every line is stored before the terminal event announces it; a broker away at this
+        # moment must not change how the attempt ended, so shipping is retried, then given up
+        await self._ship_outcome_lines(shipper, f"attempt {attempt} ended: {kind} ({reason})", record.job_id)
         if local.shutting_down:
             await self._requeue(record, "executor shut down while the attempt ran")
         else:
@@ -323,13 +340,16 @@ class ExecutorCore:
         duration: float,
     ) -> JobRecord | None:
         now = self.clock()
-        result = await self.store.update(
-            job_id,
-            lambda r: (
-                conclude(r, kind, exit_code=exit_code, reason=reason, outputs_uri=outputs_uri, now=now)
-                if owns(r, self.me, attempt)
-                else None
+        result = await self._while_the_broker_is_away(
+            lambda: self.store.update(
+                job_id,
+                lambda r: (
+                    conclude(r, kind, exit_code=exit_code, reason=reason, outputs_uri=outputs_uri, now=now)
+                    if owns(r, self.me, attempt)
+                    else None
+                ),
             ),
+            job_id,
         )
         if result is None:
             log.warning(
@@ -338,8 +358,35 @@ class ExecutorCore:
             )
             return None
         before, after = result
-        await self.events.emit(event_for(before, after, duration))
+        event = event_for(before, after, duration)
+        # the same message id on every try: the stream keeps one
+        await self._while_the_broker_is_away(lambda: self.events.emit(event), job_id)
         return after
+
+    async def _ship_outcome_lines(self, shipper: LogShipper, line: str, job_id: str) -> None:
+        try:
+            await self._while_the_broker_is_away(lambda: shipper.system(line), job_id)
+            await self._while_the_broker_is_away(shipper.close, job_id)
+        except BROKER_ERRORS:
+            log.warning("the attempt's last log lines could not be stored", extra={"job_id": job_id})
+
+    async def _while_the_broker_is_away(self, call: Callable[[], Awaitable[T]], job_id: str) -> T:
+        """``call()``, tried again while NATS does not answer (a restart, a network blip), for up
+        to ``broker_outage_seconds``: a broker outage delays recording an outcome, never changes it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.broker_outage_seconds
+        pause = 0.2
+        while True:
+            try:
+                return await call()
+            except BROKER_ERRORS as exc:
+                if loop.time() + pause > deadline:
+                    raise
+                log.warning(
+                    "NATS did not answer; trying again", extra={"job_id": job_id, "error": type(exc).__name__}
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -419,10 +466,19 @@ class ExecutorCore:
             await self._follow(record, attempt, local, shipper)
         except asyncio.CancelledError:
             raise
+        except BROKER_ERRORS as exc:
+            if local.handle is None:
+                await self._could_not_run(record, attempt, local, shipper, exc)
+            else:  # it ran; only recording its end failed, for longer than broker_outage_seconds
+                log.error(
+                    "the attempt's outcome could not be recorded: NATS stayed away",
+                    extra={"job_id": record.job_id, "attempt": attempt, "error": type(exc).__name__},
+                )
         except Exception as exc:
             await self._could_not_run(record, attempt, local, shipper, exc)
         finally:
-            await shipper.close()
+            with contextlib.suppress(*BROKER_ERRORS):
+                await shipper.close()
             if self.running.get(record.job_id) is local:
                 del self.running[record.job_id]
 

@@ -86,6 +86,9 @@ class ExecutorSettings(HttpSettings):
     heartbeat_seconds: float = Field(2.0, gt=0)
     lease_seconds: float = Field(15.0, gt=0)
     grace_seconds: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL on cancel")
+    broker_outage_seconds: float = Field(
+        300.0, gt=0, description="how long an attempt's end is retried while NATS does not answer"
+    )
     checkpoint_dir: Path | None = Field(
         None, description="TRAINYARD_CHECKPOINT_DIR roots, one dir per job (default: <data>/checkpoints)"
     )
