@@ -23,10 +23,9 @@ FROZEN_GAP_SECONDS = 1.5
 """Two lines of one run further apart than this: the process did not run in between."""
 
 TERMINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled", "rejected"})
-STATE_CHANGES = frozenset({"queued", "scheduled", "running", "requeued", *TERMINAL})
-"""Events that announce a compare-and-set on the record: one per (job, attempt, type), ever.
-(``model_registered`` is left out: the registry announces it again, same version, when a
-"succeeded" is delivered again after the deduplication window.)"""
+STATE_CHANGES = frozenset({"queued", "scheduled", "running", "requeued", "model_registered", *TERMINAL})
+"""Events that announce a change: one event (one event id) per (job, attempt, type), ever. A repeat
+with the same event id (a redelivery, a replay) is the same event."""
 
 
 @dataclass

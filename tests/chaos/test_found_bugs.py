@@ -1,10 +1,9 @@
-"""Bugs the chaos run found, each as the smallest test that shows it (xfail, strict: when the bug is
-fixed the test passes and the xfail marker must go). The diagnosis is in each ``reason``.
+"""Bugs the chaos run found, each as the smallest test that shows it. Each was a strict xfail with
+its diagnosis until the fix landed (see git log of this file); now they are regression tests.
 
 Services run in this process (as in tests/integration) against a real nats-server, except where a
 real process is needed (SIGKILL of the executor, the submission service's own /healthz). One test
-here is a regression test, not a bug: see its docstring.
-"""
+here never was a bug: see its docstring."""
 
 from __future__ import annotations
 
