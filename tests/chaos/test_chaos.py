@@ -173,7 +173,8 @@ async def kill_broker(chaos: ChaosStack, mirror: Mirror) -> Recovery:
 
     with contextlib.suppress(AssertionError):  # a service that never notices is no reason to stop
         await until(noticed, 10, "every service noticed the broker is gone", poll=0.2)
-    still_healthy = [name for name in SERVICES if await chaos.healthy(name)]
+    health = await asyncio.gather(*(chaos.healthy(name) for name in SERVICES))
+    still_healthy = [name for name, ok in zip(SERVICES, health, strict=True) if ok]
     restarted = chaos.restart_nats()
     rec = Recovery(fault="kill -9 + restart (store kept)", target="nats-server", fault_at=killed)
     await until(chaos.all_healthy, RECOVERY_TIMEOUT, "every service healthy after the broker came back")
