@@ -232,7 +232,8 @@ class ExecutorCore:
     ) -> None:
         spec = record.spec
         shipper = self.shippers(record.job_id, attempt)
-        try:
+
+        async def start() -> None:
             checkpoints = self.checkpoint_dir(record.job_id)
             launch = AttemptLaunch(
                 job_id=record.job_id,
@@ -267,6 +268,21 @@ class ExecutorCore:
             local.handle = await self.backend.start(launch, shipper.line)
             if local.cancel_reason is not None:
                 await local.handle.cancel(self.settings.grace_seconds)
+
+        await self._attend(record, attempt, local, shipper, start)
+
+    async def _attend(
+        self,
+        record: JobRecord,
+        attempt: int,
+        local: LocalAttempt,
+        shipper: LogShipper,
+        start: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Start (or adopt) an attempt, follow it to its end and record it; an attempt that could
+        not start is recorded as such, one that ran is never turned into "could not run"."""
+        try:
+            await start()
             await self._follow(record, attempt, local, shipper)
         except asyncio.CancelledError:
             raise
@@ -457,30 +473,15 @@ class ExecutorCore:
     async def _run_adopted(self, record: JobRecord, found: FoundAttempt, local: LocalAttempt) -> None:
         attempt = found.attempt
         shipper = self.shippers(record.job_id, attempt)
-        try:
+
+        async def start() -> None:
             shipper.seq = self._next_log_generation(record.job_id, attempt) * LOG_SEQ_PER_GENERATION
             await shipper.system(f"attempt {attempt} adopted by {self.me} after a restart ({found.detail})")
             local.handle = await getattr(self.backend, "adopt")(found, shipper.line)  # noqa: B009
             if local.cancel_reason is not None:
                 await local.handle.cancel(self.settings.grace_seconds)
-            await self._follow(record, attempt, local, shipper)
-        except asyncio.CancelledError:
-            raise
-        except BROKER_ERRORS as exc:
-            if local.handle is None:
-                await self._could_not_run(record, attempt, local, shipper, exc)
-            else:  # it ran; only recording its end failed, for longer than broker_outage_seconds
-                log.error(
-                    "the attempt's outcome could not be recorded: NATS stayed away",
-                    extra={"job_id": record.job_id, "attempt": attempt, "error": type(exc).__name__},
-                )
-        except Exception as exc:
-            await self._could_not_run(record, attempt, local, shipper, exc)
-        finally:
-            with contextlib.suppress(*BROKER_ERRORS):
-                await shipper.close()
-            if self.running.get(record.job_id) is local:
-                del self.running[record.job_id]
+
+        await self._attend(record, attempt, local, shipper, start)
 
     def _next_log_generation(self, job_id: str, attempt: int) -> int:
         """1 for the first adoption of an attempt, 2 for the next ... (kept in its work dir)."""
