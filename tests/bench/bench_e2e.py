@@ -195,7 +195,7 @@ def cpu_seconds(stack: EmbeddedStack) -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
     usage = {}
     processes = {name: s.process for name, s in stack.services.items()}
-    processes["nats-server"] = getattr(stack, "nats_process", None)
+    processes["nats-server"] = getattr(stack.nats, "process", None)
     for name, process in processes.items():
         if process is None:
             continue
@@ -205,6 +205,13 @@ def cpu_seconds(stack: EmbeddedStack) -> dict[str, float]:
             continue
         usage[name] = (int(fields[11]) + int(fields[12])) / tick
     return usage
+
+
+def cpu_ms_per_job(before: dict[str, float], after: dict[str, float], jobs: int) -> dict[str, float]:
+    """CPU milliseconds per job of each process, and their sum as ``total``."""
+    per = {k: round((after[k] - before.get(k, 0)) * 1000 / max(jobs, 1), 3) for k in after}
+    per["total"] = round(sum(per.values()), 3)
+    return per
 
 
 def audit(recs: list[JobRecord], offered: int, accepted: int) -> dict[str, int]:
@@ -249,9 +256,7 @@ async def run_rate(
         **audit(recs, offered, len(job_ids)),
         "accepted": len(job_ids),
         "wall_seconds": round(wall, 1),
-        "cpu_ms_per_job": {
-            k: round((after.get(k, 0) - before.get(k, 0)) * 1000 / max(len(recs), 1), 3) for k in after
-        },
+        "cpu_ms_per_job": cpu_ms_per_job(before, after, len(recs)),
     }
 
 
@@ -274,9 +279,7 @@ async def run_drain(stack: EmbeddedStack, outcomes: Outcomes, n: int) -> dict[st
             for k, v in audit(recs, n, len(job_ids)).items()
             if k in ("refused", "lost", "duplicated", "succeeded")
         },
-        "cpu_ms_per_job": {
-            k: round((after.get(k, 0) - before.get(k, 0)) * 1000 / max(len(recs), 1), 3) for k in after
-        },
+        "cpu_ms_per_job": cpu_ms_per_job(before, after, len(recs)),
     }
 
 
@@ -341,21 +344,26 @@ def table(results: dict[str, Any]) -> str:
     for run in results["runs"]:
         rows.append(f"backend {run['backend']}")
         rows.append(
-            "  via   offered  achieved  p50_ms  p90_ms  p99_ms  refused  lost  dup   cpu ms/job (sched, exec)"
+            "  via   offered  achieved  p50_ms  p90_ms  p99_ms  refused  lost  dup   "
+            "cpu ms/job: sub sched exec reg tel nats = total"
         )
         for r in run["rates"]:
-            cpu = r["cpu_ms_per_job"]
             rows.append(
                 f"  {r['via']:<5} {r['offered_rate']:>7g} {r['achieved_rate']:>9} {r['p50_ms']!s:>7} "
                 f"{r['p90_ms']!s:>7} {r['p99_ms']!s:>7} {r['refused']:>8} {r['lost']:>5} {r['duplicated']:>4}"
-                f"   {cpu.get('scheduler', 0):.2f}, {cpu.get('executor', 0):.2f}"
+                f"   {cpu_row(r['cpu_ms_per_job'])}"
             )
         for d in run["drains"]:
             rows.append(
                 f"  drain {d['drain_jobs']} jobs: {d['drain_seconds']} s ({d['drain_rate']} jobs/s), "
-                f"lost {d['lost']}, duplicated {d['duplicated']}"
+                f"lost {d['lost']}, duplicated {d['duplicated']}; cpu ms/job {cpu_row(d['cpu_ms_per_job'])}"
             )
     return "\n".join(rows)
+
+
+def cpu_row(cpu: dict[str, float]) -> str:
+    names = ("submission", "scheduler", "executor", "registry", "telemetry", "nats-server")
+    return " ".join(f"{cpu.get(n, 0):.2f}" for n in names) + f" = {cpu.get('total', 0):.2f}"
 
 
 def _floats(text: str) -> list[float]:
