@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.spec import JobSpec
@@ -32,6 +32,53 @@ class AttemptInfo(_Model):
     state: JobState | None = None
     exit_code: int | None = None
     reason: str | None = None
+
+
+class GangMember(_Model):
+    """One executor of a gang split across executors: the global ranks it runs, and how they went.
+
+    Each member writes its own entry by compare-and-set: ``started_at`` once its ranks are
+    launched (a redelivered start finds it set and launches nothing), the rest when they end.
+    """
+
+    executor_id: str
+    ranks: list[int] = Field(min_length=1, description="the global ranks this executor runs")
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    state: JobState | None = Field(
+        None, description="how its ranks ended: succeeded, failed, timed_out or cancelled; None: not yet"
+    )
+    exit_code: int | None = None
+    reason: str | None = None
+    outputs_uri: str | None = None
+
+
+class GangPlacement(_Model):
+    """Where the ranks of one attempt of a gang split across executors run and meet.
+
+    ``executor_id`` of the record is rank 0's executor (the rendezvous master); the scheduler picks
+    ``master_addr``/``master_port`` once, in the compare-and-set that schedules the attempt, so a
+    re-sent start command is the same command.
+    """
+
+    attempt: int = Field(ge=1, description="the attempt this placement belongs to")
+    master_addr: str
+    master_port: int = Field(ge=1, le=65535)
+    members: list[GangMember] = Field(min_length=2)
+
+    @property
+    def world_size(self) -> int:
+        return sum(len(m.ranks) for m in self.members)
+
+    def member(self, executor_id: str) -> GangMember | None:
+        for m in self.members:
+            if m.executor_id == executor_id:
+                return m
+        return None
+
+    def with_member(self, executor_id: str, **changes: object) -> GangPlacement:
+        members = [m.model_copy(update=changes) if m.executor_id == executor_id else m for m in self.members]
+        return self.model_copy(update={"members": members})
 
 
 class ModelRef(_Model):
@@ -64,6 +111,31 @@ class JobRecord(_Model):
     traceparent: str | None = Field(None, description="W3C trace context: one job, one trace")
     attempts: list[AttemptInfo] = Field(default_factory=list)
     state_times: dict[str, datetime] = Field(default_factory=dict)
+    gang: GangPlacement | None = Field(
+        None,
+        description="a gang split across executors: every executor of the attempt it names and its "
+        "ranks (None: the job runs on executor_id alone)",
+    )
+
+    def split_gang(self) -> GangPlacement | None:
+        """The current attempt's split gang, if it has one (a placement of an older attempt is
+        history, never a fence)."""
+        gang = self.gang
+        return gang if gang is not None and gang.attempt == self.attempt else None
+
+    def runs_on(self, executor_id: str) -> bool:
+        """Is ``executor_id`` an executor of the current attempt (rank 0's or a gang member)?"""
+        if self.executor_id == executor_id:
+            return True
+        gang = self.split_gang()
+        return gang is not None and gang.member(executor_id) is not None
+
+    def executors(self) -> list[str]:
+        """Every executor of the current attempt: rank 0's first."""
+        gang = self.split_gang()
+        if gang is not None:
+            return [m.executor_id for m in gang.members]
+        return [self.executor_id] if self.executor_id else []
 
     def current_attempt(self) -> AttemptInfo | None:
         for info in reversed(self.attempts):
@@ -75,6 +147,19 @@ class JobRecord(_Model):
 class AttemptRef(_Model):
     job_id: str
     attempt: int
+
+
+class PortRange(_Model):
+    """Ports ``first`` to ``last``, both included."""
+
+    first: int = Field(ge=1, le=65535)
+    last: int = Field(ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PortRange:
+        if self.last < self.first:
+            raise ValueError(f"port range {self.first}-{self.last}: last is below first")
+        return self
 
 
 class ExecutorHeartbeat(_Model):
@@ -89,6 +174,14 @@ class ExecutorHeartbeat(_Model):
     started_at: datetime = Field(default_factory=utcnow)
     lease_seconds: float = 15.0
     version: str = "0.1.0"
+    advertise_host: str | None = Field(
+        None,
+        description="the address other executors' ranks reach this one at when it hosts rank 0 of a "
+        "split gang (None: an older executor; it gets no split gang)",
+    )
+    rendezvous_ports: PortRange | None = Field(
+        None, description="the ports a split gang's master may listen on here"
+    )
 
     def expired(self, now: datetime) -> bool:
         return (now - self.time).total_seconds() > self.lease_seconds

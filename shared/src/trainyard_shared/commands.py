@@ -18,7 +18,8 @@ class CommandSender:
             command.model_dump_json().encode(),
             self.subjects.exec_command(command.executor_id, command.type),
             headers={
-                MSG_ID: msg_id(command.job_id, command.attempt, command.type),
+                # per executor: a gang split across executors gets one start (or cancel) each
+                MSG_ID: msg_id(command.job_id, command.attempt, f"{command.type}@{command.executor_id}"),
                 "content-type": "application/json",
             },
             stream=self.subjects.streams.exec,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from trainyard_contracts import (
     AttemptRef,
@@ -37,7 +38,17 @@ from trainyard_contracts import (
     lifecycle,
 )
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.records import PortRange
 from trainyard_executor.backends.base import AttemptLaunch, Backend, FoundAttempt, RunningAttempt
+from trainyard_executor.gang import (
+    conclude_member,
+    ended_by_a_member,
+    leave_member,
+    log_seq_base,
+    member_of,
+    rendezvous_of,
+    start_member,
+)
 from trainyard_executor.jobenv import job_env, plan_gang
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.outcomes import conclude, event_for, owns
@@ -111,6 +122,7 @@ class ExecutorCore:
         # commands wait for recover(): an attempt is adopted or stopped before any start or
         # cancel about the same job is handled
         self.recovered = asyncio.Event()
+        self._ports = PortRange(first=settings.rendezvous_port_first, last=settings.rendezvous_port_last)
 
     def workdir(self, job_id: str, attempt: int) -> Path:
         return self.work_root / job_id / f"attempt-{attempt}"
@@ -141,6 +153,8 @@ class ExecutorCore:
             time=self.clock(),
             started_at=self.started_at,
             lease_seconds=self.settings.lease_seconds,
+            advertise_host=self.settings.advertise_host,
+            rendezvous_ports=self._ports,
         )
 
     async def beat(self) -> None:
@@ -162,31 +176,43 @@ class ExecutorCore:
         now = self.clock()
 
         def to_running(r: JobRecord) -> JobRecord | None:
-            if not (owns(r, self.me, cmd.attempt) and r.state == JobState.SCHEDULED):
+            if not owns(r, self.me, cmd.attempt):
+                return None
+            # a member of a split gang starts its ranks once, also after another member started
+            member = member_of(r, self.me, cmd.attempt) if r.gang is not None else None
+            if member is None and r.state != JobState.SCHEDULED:
+                return None
+            if member is not None and (member.started_at is not None or member.state is not None):
                 return None
             if r.cancel_requested:
                 return lifecycle.finish(
                     r, JobState.CANCELLED, now, exit_code=None, reason="cancelled before it ran"
                 )
-            return lifecycle.start(r, now)
+            return lifecycle.start(r, now) if member is None else start_member(r, self.me, now)
 
         result = await self.store.update(cmd.job_id, to_running)
         if result is None:
             return  # fenced: not ours any more, or already started
-        _, record = result
+        before, record = result
         if record.state == JobState.CANCELLED:
             await self.events.emit(
                 JobCancelled(job_id=record.job_id, attempt=cmd.attempt, reason=record.reason or "")
             )
             return
         workdir = self.workdir(record.job_id, cmd.attempt)
-        await self.events.emit(
-            JobRunning(job_id=record.job_id, attempt=cmd.attempt, executor_id=self.me, workdir=str(workdir))
-        )
+        if before.state == JobState.SCHEDULED:  # only the start that made the job running says so
+            await self.events.emit(
+                JobRunning(
+                    job_id=record.job_id, attempt=cmd.attempt, executor_id=self.me, workdir=str(workdir)
+                )
+            )
+        rendezvous = (
+            rendezvous_of(record, self.me, cmd.attempt) if record.gang is not None else None
+        ) or cmd.rendezvous
         attempt = LocalAttempt(job_id=record.job_id, attempt=cmd.attempt)
         self.running[record.job_id] = attempt
         attempt.task = asyncio.create_task(
-            self._run(record, cmd.attempt, workdir, attempt, cmd.rendezvous), name=f"attempt-{record.job_id}"
+            self._run(record, cmd.attempt, workdir, attempt, rendezvous), name=f"attempt-{record.job_id}"
         )
 
     async def _stop_superseded(self, local: LocalAttempt, reason: str) -> None:
@@ -232,6 +258,8 @@ class ExecutorCore:
     ) -> None:
         spec = record.spec
         shipper = self.shippers(record.job_id, attempt)
+        if record.gang is not None:
+            shipper.seq = log_seq_base(record, self.me, attempt)
 
         async def start() -> None:
             checkpoints = self.checkpoint_dir(record.job_id)
@@ -280,9 +308,16 @@ class ExecutorCore:
         start: Callable[[], Awaitable[None]],
     ) -> None:
         """Start (or adopt) an attempt, follow it to its end and record it; an attempt that could
-        not start is recorded as such, one that ran is never turned into "could not run"."""
+        not start is recorded as such, one that ran is never turned into "could not run".
+        A member of a split gang also watches the record, to stop its ranks when the attempt ends
+        elsewhere."""
+        watch: asyncio.Task[None] | None = None
         try:
             await start()
+            if record.gang is not None and member_of(record, self.me, attempt) is not None:
+                watch = asyncio.create_task(
+                    self._watch_gang(record.job_id, attempt, local), name=f"gang-watch-{record.job_id}"
+                )
             await self._follow(record, attempt, local, shipper)
         except asyncio.CancelledError:
             raise
@@ -297,6 +332,10 @@ class ExecutorCore:
         except Exception as exc:
             await self._could_not_run(record, attempt, local, shipper, exc)
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             with contextlib.suppress(*BROKER_ERRORS):
                 await shipper.close()
             if self.running.get(record.job_id) is local:
@@ -336,6 +375,64 @@ class ExecutorCore:
         )
         await self._release(local)
 
+    async def _watch_gang(self, job_id: str, attempt: int, local: LocalAttempt) -> None:
+        """Stop this member's ranks once the gang's attempt has ended elsewhere.
+
+        Watches the job's key (and re-reads it every ``gang_check_seconds`` in case the watch
+        stalled). When a member ended the attempt (its ranks failed, timed out or were given up, or
+        the job is terminal) the ranks stop at once with this executor's grace. When the scheduler
+        requeued it (preempted, executor lost) its cancel command normally arrives first with its
+        own grace; if none came, the ranks stop ``gang_check_seconds`` later."""
+        check = self.settings.gang_check_seconds
+        loop = asyncio.get_running_loop()
+        requeued_seen: float | None = None
+        while True:
+            watcher = None
+            try:
+                watcher = await self.store.kv.watch(job_id)
+                while True:
+                    try:
+                        entry = await watcher.updates(timeout=check)
+                    except NatsTimeoutError:
+                        found = await self.store.get(job_id)
+                        record = found[0] if found is not None else None
+                    else:
+                        if entry is None:
+                            continue  # the watch's "caught up" marker
+                        record = JobRecord.model_validate_json(entry.value) if entry.value else None
+                    if record is not None and owns(record, self.me, attempt):
+                        continue
+                    if record is None or ended_by_a_member(record, attempt, self.me):
+                        reason = "the gang's attempt ended on another executor"
+                        if record is not None and record.reason:
+                            reason += f": {record.reason}"
+                        await self._stop_ranks(local, reason)
+                        return
+                    if requeued_seen is None:
+                        requeued_seen = loop.time()
+                    elif loop.time() - requeued_seen >= check:
+                        await self._stop_ranks(local, "the gang's attempt was requeued; no cancel came")
+                        return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker away: watch again after a pause
+                log.warning(
+                    "watching a split gang's record failed; watching again",
+                    extra={"job_id": job_id, "error": type(exc).__name__},
+                )
+                await asyncio.sleep(min(check, 2.0))
+            finally:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+
+    async def _stop_ranks(self, local: LocalAttempt, reason: str) -> None:
+        if local.cancel_reason is None:
+            local.cancel_reason = reason
+        log.info("stopping a split gang's ranks", extra={"job_id": local.job_id, "reason": reason})
+        if local.handle is not None:
+            await local.handle.cancel(self.settings.grace_seconds)
+
     async def _release(self, local: LocalAttempt) -> None:
         """The outcome is recorded: a restart must not find the attempt on the backend again."""
         release = getattr(local.handle, "release", None)
@@ -356,17 +453,17 @@ class ExecutorCore:
         duration: float,
     ) -> JobRecord | None:
         now = self.clock()
-        result = await self._while_the_broker_is_away(
-            lambda: self.store.update(
-                job_id,
-                lambda r: (
-                    conclude(r, kind, exit_code=exit_code, reason=reason, outputs_uri=outputs_uri, now=now)
-                    if owns(r, self.me, attempt)
-                    else None
-                ),
-            ),
-            job_id,
-        )
+
+        def change(r: JobRecord) -> JobRecord | None:
+            if not owns(r, self.me, attempt):
+                return None
+            if r.gang is not None and member_of(r, self.me, attempt) is not None:
+                return conclude_member(
+                    r, self.me, kind, exit_code=exit_code, reason=reason, outputs_uri=outputs_uri, now=now
+                )
+            return conclude(r, kind, exit_code=exit_code, reason=reason, outputs_uri=outputs_uri, now=now)
+
+        result = await self._while_the_broker_is_away(lambda: self.store.update(job_id, change), job_id)
         if result is None:
             log.warning(
                 "attempt ended after it was superseded; not recorded",
@@ -374,7 +471,11 @@ class ExecutorCore:
             )
             return None
         before, after = result
+        if after.state == before.state:
+            return after  # a member of a split gang recorded its ranks; the others still run
         event = event_for(before, after, duration)
+        if before.gang is not None and after.state != JobState.SUCCEEDED and hasattr(event, "executor_id"):
+            event = event.model_copy(update={"executor_id": self.me})  # the member that ended it
         # the same message id on every try: the stream keeps one
         await self._while_the_broker_is_away(lambda: self.events.emit(event), job_id)
         return after
@@ -428,10 +529,13 @@ class ExecutorCore:
                 await asyncio.gather(*(discard(f, self.settings.grace_seconds) for f in stale))
             count = 0
             for record in records:
-                if record.executor_id != self.me or not record.state.active:
+                if not record.state.active or not record.runs_on(self.me):
                     continue
                 if record.job_id in self.running:
                     continue
+                member = member_of(record, self.me, record.attempt) if record.gang is not None else None
+                if member is not None and member.state is not None:
+                    continue  # its ranks ended and are recorded; the other members decide the rest
                 await self._requeue(record, "executor restarted; the attempt's process is gone")
                 count += 1
             return count
@@ -476,6 +580,8 @@ class ExecutorCore:
 
         async def start() -> None:
             shipper.seq = self._next_log_generation(record.job_id, attempt) * LOG_SEQ_PER_GENERATION
+            if record.gang is not None:
+                shipper.seq += log_seq_base(record, self.me, attempt)
             await shipper.system(f"attempt {attempt} adopted by {self.me} after a restart ({found.detail})")
             local.handle = await getattr(self.backend, "adopt")(found, shipper.line)  # noqa: B009
             if local.cancel_reason is not None:
@@ -513,7 +619,14 @@ class ExecutorCore:
         result = await self.store.update(
             record.job_id,
             lambda r: (
-                lifecycle.requeue(r, now, reason="executor_lost", counts_as_retry=False, detail=detail)
+                # a member of a split gang says it gave its ranks up: the others stop theirs
+                lifecycle.requeue(
+                    leave_member(r, self.me, now, detail) if r.gang is not None else r,
+                    now,
+                    reason="executor_lost",
+                    counts_as_retry=False,
+                    detail=detail,
+                )
                 if owns(r, self.me, attempt)
                 else None
             ),

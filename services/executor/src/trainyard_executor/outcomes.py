@@ -25,8 +25,9 @@ _KIND_TO_STATE = {
 
 
 def owns(record: JobRecord, executor_id: str, attempt: int) -> bool:
-    """The fence: only the executor of the current attempt may change the record."""
-    return record.executor_id == executor_id and record.attempt == attempt and record.state.active
+    """The fence: only an executor of the current attempt (rank 0's, or a member of its split gang)
+    may change the record."""
+    return record.attempt == attempt and record.state.active and record.runs_on(executor_id)
 
 
 def conclude(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from trainyard_shared.settings import HttpSettings
@@ -105,6 +105,28 @@ class ExecutorSettings(HttpSettings):
     python_on_path: bool = Field(
         True, description="put the executor's own Python environment first on a job's PATH"
     )
+    advertise_host: str = Field(
+        "127.0.0.1",
+        description="the address the ranks of a split gang on other executors reach this host at when "
+        "it runs rank 0 (MASTER_ADDR); on a cluster set this host's routable address",
+    )
+    rendezvous_port_first: int = Field(29500, ge=1, le=65535, description="split gangs' MASTER_PORT range")
+    rendezvous_port_last: int = Field(29999, ge=1, le=65535, description="(inclusive; open it between hosts)")
+    gang_check_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="a member of a split gang re-reads the job record this often besides watching it, and "
+        "stops its ranks this long after the scheduler requeued the attempt if no cancel came",
+    )
     passthrough_env: tuple[str, ...] = Field(
         DEFAULT_PASSTHROUGH, description="executor variables a job inherits; nothing else leaks"
     )
+
+    @model_validator(mode="after")
+    def _port_range_ordered(self) -> ExecutorSettings:
+        if self.rendezvous_port_last < self.rendezvous_port_first:
+            raise ValueError(
+                f"rendezvous_port_last ({self.rendezvous_port_last}) is below rendezvous_port_first "
+                f"({self.rendezvous_port_first})"
+            )
+        return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import zlib
 from collections.abc import Callable
 from datetime import datetime
 
@@ -34,6 +35,8 @@ from trainyard_contracts import (
     new_job_id,
 )
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.commands import Rendezvous
+from trainyard_contracts.records import ExecutorHeartbeat, GangMember, GangPlacement, PortRange
 from trainyard_scheduler.explain import QueuedJob, count_by_kind, wait_reasons
 from trainyard_scheduler.placement import (
     Assignment,
@@ -61,6 +64,52 @@ ASSIGNMENTS_IN_FLIGHT = 64
 def demand_of(record: JobRecord) -> Demand:
     r = record.spec.resources
     return Demand(cpu=r.cpu, memory=r.memory, gpu=r.gpu)
+
+
+def rendezvous_port(job_id: str, attempt: int, ports: PortRange, taken: set[int]) -> int | None:
+    """A split gang's MASTER_PORT: from a hash of job and attempt into the master executor's range,
+    the next one up (wrapping) when another split gang on the same host has it. Deterministic, so
+    two replicas deciding the same placement pick the same port; it is kept in the record."""
+    span = ports.last - ports.first + 1
+    start = zlib.crc32(f"{job_id}:{attempt}".encode()) % span
+    for step in range(span):
+        port = ports.first + (start + step) % span
+        if port not in taken:
+            return port
+    return None
+
+
+def split_placement(
+    assignment: Assignment, online: dict[str, ExecutorHeartbeat], taken: dict[str, set[int]]
+) -> GangPlacement | str:
+    """The placement of a gang the policy split across executors, or why it cannot run split."""
+    members = [p for p in assignment.ranks if p.ranks]
+    master = next((p for p in members if 0 in p.ranks), None)
+    if master is None:
+        return "the gang's placement has no rank 0"
+    for p in members:
+        beat = online.get(p.executor_id)
+        if beat is None:
+            return f"executor {p.executor_id} is gone"
+        if beat.backend == "kubernetes":
+            # a Kubernetes executor runs a gang as one Indexed Job: all ranks or none
+            return f"the gang needs {assignment.world_size} ranks on one executor; {p.executor_id} runs "
+            "gangs whole (kubernetes)"
+    beat = online[master.executor_id]
+    if beat.advertise_host is None or beat.rendezvous_ports is None:
+        return f"executor {master.executor_id} advertises no rendezvous address (an older version)"
+    used = taken.setdefault(beat.advertise_host, set())
+    port = rendezvous_port(assignment.job_id, assignment.attempt, beat.rendezvous_ports, used)
+    if port is None:
+        return f"every rendezvous port of {master.executor_id} is taken"
+    used.add(port)
+    ordered = [master, *(p for p in members if p is not master)]
+    return GangPlacement(
+        attempt=assignment.attempt,
+        master_addr=beat.advertise_host,
+        master_port=port,
+        members=[GangMember(executor_id=p.executor_id, ranks=sorted(p.ranks)) for p in ordered],
+    )
 
 
 class SchedulerCore:
@@ -91,6 +140,7 @@ class SchedulerCore:
         self.waiting: dict[str, str] = {}
         self.reasons: dict[str, WaitReason] = {}  # from the last pass: what `why` answers
         self.decided_at: datetime | None = None
+        self.online: dict[str, ExecutorHeartbeat] = {}  # from the last snapshot
 
     # -- events -----------------------------------------------------------------------------
 
@@ -137,9 +187,10 @@ class SchedulerCore:
                 JobCancelled(job_id=job_id, attempt=record.attempt, reason=record.reason or "", by=by)
             )
         elif record.state.active and record.executor_id:
-            await self.commands.send(
-                CancelAttempt(job_id=job_id, attempt=record.attempt, executor_id=record.executor_id)
-            )
+            for executor_id in record.executors():  # every member of a split gang
+                await self.commands.send(
+                    CancelAttempt(job_id=job_id, attempt=record.attempt, executor_id=executor_id)
+                )
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -151,34 +202,49 @@ class SchedulerCore:
         executor's heartbeat as an ``ending`` job until the executor reports it gone.
         """
         online = await self.executors.online(now)
+        self.online = online
         used: dict[str, list[float]] = {eid: [0.0, 0, 0] for eid in online}
         pending: list[PendingJob] = []
         running: list[RunningJob] = []
         current: set[tuple[str, int, str]] = set()
+
+        def holds(record: JobRecord, executor_id: str, replicas: int) -> None:
+            spec = record.spec
+            d = demand_of(record).times(replicas)
+            u = used[executor_id]
+            u[0] += d.cpu
+            u[1] += d.memory
+            u[2] += d.gpu
+            current.add((record.job_id, record.attempt, executor_id))
+            since = record.state_times.get("running") or record.state_times.get("scheduled") or now
+            running.append(
+                RunningJob(
+                    job_id=record.job_id,
+                    attempt=record.attempt,
+                    executor_id=executor_id,
+                    used=d,
+                    queue=spec.queue,
+                    priority=spec.priority,
+                    preemptible=spec.preemptible,
+                    started_at=since.timestamp(),
+                    timeout=spec.timeout,
+                    ending=record.cancel_requested,
+                )
+            )
+
         for record in self.view.unfinished():
             spec = record.spec
-            if record.state.active and record.executor_id in online:
-                d = demand_of(record).times(spec.replicas)
-                u = used[record.executor_id]
-                u[0] += d.cpu
-                u[1] += d.memory
-                u[2] += d.gpu
-                current.add((record.job_id, record.attempt, record.executor_id))
-                since = record.state_times.get("running") or record.state_times.get("scheduled") or now
-                running.append(
-                    RunningJob(
-                        job_id=record.job_id,
-                        attempt=record.attempt,
-                        executor_id=record.executor_id,
-                        used=d,
-                        queue=spec.queue,
-                        priority=spec.priority,
-                        preemptible=spec.preemptible,
-                        started_at=since.timestamp(),
-                        timeout=spec.timeout,
-                        ending=record.cancel_requested,
-                    )
-                )
+            gang = record.split_gang() if record.gang is not None else None
+            if record.state.active and gang is not None:
+                # one row per member executor, with its ranks' room, until its ranks have ended
+                for member in gang.members:
+                    if member.executor_id in online:
+                        if member.state is None:
+                            holds(record, member.executor_id, len(member.ranks))
+                        else:
+                            current.add((record.job_id, record.attempt, member.executor_id))
+            elif record.state.active and record.executor_id in online:
+                holds(record, record.executor_id, spec.replicas)
             elif record.state.pending and not record.cancel_requested:
                 pending.append(
                     PendingJob(
@@ -200,7 +266,11 @@ class SchedulerCore:
                 record = self.view.get(ref.job_id)
                 if record is None:
                     continue
-                d = demand_of(record).times(record.spec.replicas)
+                # a member of a split gang holds its ranks' room; otherwise (the placement of that
+                # attempt replaced already) the whole gang's, which over-counts for a moment only
+                gang = record.gang
+                member = gang.member(eid) if gang is not None and gang.attempt == ref.attempt else None
+                d = demand_of(record).times(len(member.ranks) if member else record.spec.replicas)
                 u = used[eid]
                 u[0] += d.cpu
                 u[1] += d.memory
@@ -310,7 +380,10 @@ class SchedulerCore:
             replicas=spec.replicas,
         )
         decisions = plan(dataclasses.replace(snapshot, pending=(*snapshot.pending, probe)), now.timestamp())
-        executors = sorted({a.executor_id for a in decisions.assignments if a.job_id == probe_id})
+        executors = sorted(
+            {p.executor_id for a in decisions.assignments if a.job_id == probe_id for p in a.ranks}
+            | {a.executor_id for a in decisions.assignments if a.job_id == probe_id}
+        )
         if executors:
             return DryRunAnswer(would_start=True, executors=executors, leader=leader, decided_at=now)
         queued = [*self._queued(), QueuedJob(probe_id, spec.queue, spec.priority, now.timestamp())]
@@ -331,7 +404,8 @@ class SchedulerCore:
                 AssignmentDecision(
                     job_id=a.job_id,
                     attempt=a.attempt,
-                    executors=[a.executor_id],
+                    executors=[a.executor_id]
+                    + [p.executor_id for p in a.ranks if p.executor_id != a.executor_id],
                     queue=queue_of.get(a.job_id, "default"),
                 )
                 for a in decisions.assignments
@@ -356,26 +430,39 @@ class SchedulerCore:
         # chain of awaited round trips per job would cap the scheduler near 100 jobs/s
         limit = asyncio.Semaphore(ASSIGNMENTS_IN_FLIGHT)
 
-        async def assign(a: Assignment) -> None:
+        async def assign(a: Assignment, gang: GangPlacement | None) -> None:
             async with limit:
-                await self._assign(a.job_id, a.attempt, a.executor_id, now)
+                await self._assign(a.job_id, a.attempt, a.executor_id, now, gang)
 
         async def preempt(v: Victim) -> None:
             async with limit:
                 await self._preempt(v, now)
 
-        runnable = [a for a in decisions.assignments if len({p.executor_id for p in a.ranks}) <= 1]
-        for split in set(decisions.assignments) - set(runnable):
-            # the policy can place a gang across executors; executors run a gang on one host
-            # for now (docs/scheduling.md), so such a gang waits for one executor with room
-            self.reasons[split.job_id] = WaitReason(
-                kind="gang",
-                message=f"the gang needs {split.world_size} ranks on {len(split.ranks)} executors; "
-                "a gang runs on one executor for now",
-            )
+        runnable: list[tuple[Assignment, GangPlacement | None]] = []
+        taken: dict[str, set[int]] | None = None
+        for a in decisions.assignments:
+            if len(a.ranks) <= 1 or len({p.executor_id for p in a.ranks}) <= 1:
+                runnable.append((a, None))
+                continue
+            if taken is None:
+                taken = self._rendezvous_ports_taken()
+            placed = split_placement(a, self.online, taken)
+            if isinstance(placed, str):
+                self.reasons[a.job_id] = WaitReason(kind="gang", message=placed)
+                continue
+            runnable.append((a, placed))
         await asyncio.gather(*(preempt(v) for v in decisions.victims))
-        await asyncio.gather(*(assign(a) for a in runnable))
+        await asyncio.gather(*(assign(a, gang) for a, gang in runnable))
         return decisions
+
+    def _rendezvous_ports_taken(self) -> dict[str, set[int]]:
+        """The master ports of the split gangs that are placed now, by master host."""
+        taken: dict[str, set[int]] = {}
+        for record in self.view.unfinished():
+            gang = record.split_gang() if record.gang is not None else None
+            if gang is not None and record.state.active:
+                taken.setdefault(gang.master_addr, set()).add(gang.master_port)
+        return taken
 
     async def _preempt(self, victim: Victim, now: datetime) -> None:
         """Requeue the victim's attempt (a new attempt, not a retry), then tell its executor to
@@ -389,13 +476,13 @@ class SchedulerCore:
                 lifecycle.requeue(
                     r, now, reason="preempted", counts_as_retry=False, detail=f"preempted: {victim.reason}"
                 )
-                if r.state.active and r.attempt == victim.attempt and r.executor_id == victim.executor_id
+                if r.state.active and r.attempt == victim.attempt and r.runs_on(victim.executor_id)
                 else None
             ),
         )
         if result is None:
-            return
-        _, after = result
+            return  # already requeued (a split gang is one victim per member executor)
+        before, after = result
         log.info(
             "preempted a running attempt",
             extra={"job_id": victim.job_id, "attempt": victim.attempt, "for_job": victim.for_job},
@@ -409,52 +496,80 @@ class SchedulerCore:
                 detail=after.reason,
             )
         )
-        await self.commands.send(
-            CancelAttempt(
-                job_id=victim.job_id,
-                attempt=victim.attempt,
-                executor_id=victim.executor_id,
-                reason=f"preempted: {victim.reason}",
-                grace_seconds=grace,
+        for executor_id in before.executors():  # every member of a split gang
+            await self.commands.send(
+                CancelAttempt(
+                    job_id=victim.job_id,
+                    attempt=victim.attempt,
+                    executor_id=executor_id,
+                    reason=f"preempted: {victim.reason}",
+                    grace_seconds=grace,
+                )
             )
-        )
 
-    async def _assign(self, job_id: str, attempt: int, executor_id: str, now: datetime) -> None:
+    async def _assign(
+        self, job_id: str, attempt: int, executor_id: str, now: datetime, gang: GangPlacement | None = None
+    ) -> None:
         if not self.may_assign():
             return  # lost the lease during this pass: the new leader plans from here
-        result = await self.store.update(
-            job_id,
-            lambda r: (
-                lifecycle.schedule(r, executor_id, now)
-                if r.state.pending and r.attempt == attempt and not r.cancel_requested
-                else None
-            ),
-        )
+
+        def to_scheduled(r: JobRecord) -> JobRecord | None:
+            if not (r.state.pending and r.attempt == attempt and not r.cancel_requested):
+                return None
+            after = lifecycle.schedule(r, executor_id, now)
+            # one compare-and-set places every member of a split gang (and drops an older placement)
+            return after if gang is None and r.gang is None else after.model_copy(update={"gang": gang})
+
+        result = await self.store.update(job_id, to_scheduled)
         if result is None:
             return  # someone else moved it first (cancel, another scheduler): nothing to do
         _, record = result
         await self._announce_scheduled(record)
 
     async def _announce_scheduled(self, record: JobRecord) -> None:
+        """The scheduled event and the start command(s): one per member of a split gang, each with
+        its ranks and the rendezvous from the record, so a re-send is the same command (the exec
+        stream drops the same message id; the executor starts its ranks once by compare-and-set)."""
         assert record.executor_id is not None
         r = record.spec.resources
+        gang = record.split_gang() if record.gang is not None else None
         with job_trace(record.traceparent):
-            await self.events.emit(
-                JobScheduled(
-                    job_id=record.job_id,
-                    attempt=record.attempt,
-                    executor_id=record.executor_id,
-                    resources=Capacity(cpu=r.cpu, memory=r.memory, gpu=r.gpu),
+            if record.state == JobState.SCHEDULED:
+                await self.events.emit(
+                    JobScheduled(
+                        job_id=record.job_id,
+                        attempt=record.attempt,
+                        executor_id=record.executor_id,
+                        resources=Capacity(cpu=r.cpu, memory=r.memory, gpu=r.gpu),
+                    )
                 )
-            )
-            await self.commands.send(
-                StartAttempt(
-                    job_id=record.job_id,
-                    attempt=record.attempt,
-                    executor_id=record.executor_id,
-                    spec=record.spec,
+            if gang is None:
+                await self.commands.send(
+                    StartAttempt(
+                        job_id=record.job_id,
+                        attempt=record.attempt,
+                        executor_id=record.executor_id,
+                        spec=record.spec,
+                    )
                 )
-            )
+                return
+            for member in gang.members:
+                if member.started_at is not None or member.state is not None:
+                    continue
+                await self.commands.send(
+                    StartAttempt(
+                        job_id=record.job_id,
+                        attempt=record.attempt,
+                        executor_id=member.executor_id,
+                        spec=record.spec,
+                        rendezvous=Rendezvous(
+                            master_addr=gang.master_addr,
+                            master_port=gang.master_port,
+                            world_size=gang.world_size,
+                            ranks=member.ranks,
+                        ),
+                    )
+                )
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -477,19 +592,40 @@ class SchedulerCore:
                 await self.queue(record.job_id)
             elif record.state.pending and record.cancel_requested:
                 await self.cancel(record.job_id)
-            elif record.state.active and record.executor_id not in online:
-                await self._requeue_lost(record, now)
+            elif record.state.active and (lost := self._lost_executor(record, online))[0]:
+                await self._requeue_lost(record, now, lost[1])
             elif record.state == JobState.SCHEDULED and (
                 resend_scheduled or age > self.settings.start_resend_seconds
             ):
                 # the start command may never have been published (crash after the CAS): the
                 # exec stream deduplicates on the same message id if it was
                 await self._announce_scheduled(record)
+            elif (
+                record.state == JobState.RUNNING
+                and record.gang is not None
+                and (resend_scheduled or age > self.settings.start_resend_seconds)
+                and (gang := record.split_gang()) is not None
+                and any(m.started_at is None and m.state is None for m in gang.members)
+            ):
+                # a split gang runs, but a member never started (a crash between its start
+                # commands): the ranks that run wait for it at the rendezvous
+                await self._announce_scheduled(record)
 
-    async def _requeue_lost(self, record: JobRecord, now: datetime) -> None:
+    @staticmethod
+    def _lost_executor(record: JobRecord, online: dict[str, ExecutorHeartbeat]) -> tuple[bool, str | None]:
+        """(True, which) when an executor of the active attempt has no lease any more: its own, or
+        any member of a split gang whose ranks have not ended."""
+        gang = record.split_gang() if record.gang is not None else None
+        if gang is None:
+            return (record.executor_id not in online, record.executor_id)
+        for member in gang.members:
+            if member.state is None and member.executor_id not in online:
+                return (True, member.executor_id)
+        return (False, None)
+
+    async def _requeue_lost(self, record: JobRecord, now: datetime, lost: str | None) -> None:
         if not self.may_assign():
             return
-        lost = record.executor_id
         attempt = record.attempt
         result = await self.store.update(
             record.job_id,
@@ -501,13 +637,13 @@ class SchedulerCore:
                     counts_as_retry=False,
                     detail=f"executor {lost} stopped sending heartbeats",
                 )
-                if r.state.active and r.executor_id == lost and r.attempt == attempt
+                if r.state.active and r.attempt == attempt and (r.executor_id == lost or r.runs_on(str(lost)))
                 else None
             ),
         )
         if result is None:
             return
-        _, after = result
+        before, after = result
         log.warning(
             "requeued the attempt of a lost executor",
             extra={"job_id": record.job_id, "attempt": attempt, "executor_id": lost},
@@ -521,14 +657,17 @@ class SchedulerCore:
                 detail=after.reason,
             )
         )
-        if lost:
-            # if it comes back it must not keep running the old attempt
+        # the lost one must not keep running the old attempt if it comes back; the other members
+        # of a split gang stop their ranks now (they could not finish without the lost ones)
+        for executor_id in before.executors() or ([lost] if lost else []):
             await self.commands.send(
                 CancelAttempt(
                     job_id=record.job_id,
                     attempt=attempt,
-                    executor_id=lost,
-                    reason="attempt superseded after executor loss",
+                    executor_id=executor_id,
+                    reason="attempt superseded after executor loss"
+                    if executor_id == lost
+                    else f"the gang lost executor {lost}",
                     grace_seconds=0,
                 )
             )
