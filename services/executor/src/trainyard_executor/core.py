@@ -463,7 +463,9 @@ class ExecutorCore:
                 )
             return conclude(r, kind, exit_code=exit_code, reason=reason, outputs_uri=outputs_uri, now=now)
 
-        result = await self._while_the_broker_is_away(lambda: self.store.update(job_id, change), job_id)
+        result: tuple[JobRecord, JobRecord] | None = await self._while_the_broker_is_away(
+            lambda: self.store.update(job_id, change), job_id
+        )
         if result is None:
             log.warning(
                 "attempt ended after it was superseded; not recorded",

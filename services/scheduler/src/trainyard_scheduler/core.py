@@ -93,8 +93,10 @@ def split_placement(
             return f"executor {p.executor_id} is gone"
         if beat.backend == "kubernetes":
             # a Kubernetes executor runs a gang as one Indexed Job: all ranks or none
-            return f"the gang needs {assignment.world_size} ranks on one executor; {p.executor_id} runs "
-            "gangs whole (kubernetes)"
+            return (
+                f"the gang needs {assignment.world_size} ranks on one executor; {p.executor_id} runs "
+                "gangs whole (kubernetes)"
+            )
     beat = online[master.executor_id]
     if beat.advertise_host is None or beat.rendezvous_ports is None:
         return f"executor {master.executor_id} advertises no rendezvous address (an older version)"

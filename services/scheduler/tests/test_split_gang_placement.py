@@ -1,0 +1,90 @@
+"""A gang the policy split across executors, as the service places it: rendezvous and members.
+
+Pure functions of the scheduler's core (no broker): the master port, the placement it writes in
+the one compare-and-set, and which executor's loss ends the attempt.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from trainyard_contracts import Capacity, ExecutorHeartbeat, JobSpec, JobState, lifecycle
+from trainyard_contracts._time import utcnow
+from trainyard_contracts.records import GangMember, GangPlacement, PortRange
+from trainyard_scheduler.core import SchedulerCore, rendezvous_port, split_placement
+from trainyard_scheduler.placement import Assignment, RankPlacement
+
+pytestmark = pytest.mark.unit
+NOW = utcnow()
+
+
+def beat(eid: str, backend: str = "local", host: str | None = "10.0.0.1", ports=(29500, 29502)):
+    return ExecutorHeartbeat(
+        executor_id=eid,
+        backend=backend,
+        capacity=Capacity(cpu=1, memory=1024),
+        advertise_host=host,
+        rendezvous_ports=PortRange(first=ports[0], last=ports[1]) if ports else None,
+    )
+
+
+def split(job_id: str = "j1") -> Assignment:
+    # the policy lists placements in its own order; rank 0's executor is the assignment's
+    return Assignment(job_id, 1, "b", (RankPlacement("a", (2, 1)), RankPlacement("b", (0,))))
+
+
+def test_the_master_port_is_the_same_for_the_same_attempt_and_skips_taken_ones() -> None:
+    ports = PortRange(first=29500, last=29502)
+    port = rendezvous_port("j1", 1, ports, set())
+    assert port is not None and 29500 <= port <= 29502
+    assert rendezvous_port("j1", 1, ports, set()) == port  # two replicas, one answer
+    other = rendezvous_port("j1", 1, ports, {port})
+    assert other is not None and other != port
+    assert rendezvous_port("j1", 1, ports, {29500, 29501, 29502}) is None
+
+
+def test_the_placement_puts_rank_0_s_executor_first_with_its_address() -> None:
+    taken: dict[str, set[int]] = {}
+    placed = split_placement(split(), {"a": beat("a", host="10.0.0.2"), "b": beat("b")}, taken)
+    assert isinstance(placed, GangPlacement)
+    assert placed.master_addr == "10.0.0.1" and placed.attempt == 1 and placed.world_size == 3
+    assert [(m.executor_id, m.ranks) for m in placed.members] == [("b", [0]), ("a", [1, 2])]
+    assert taken == {"10.0.0.1": {placed.master_port}}
+    # a second gang mastered on the same host in the same pass gets another port
+    again = split_placement(split("j2"), {"a": beat("a"), "b": beat("b")}, taken)
+    assert isinstance(again, GangPlacement) and again.master_port != placed.master_port
+
+
+def test_a_split_it_cannot_run_says_why() -> None:
+    kube = split_placement(split(), {"a": beat("a", backend="kubernetes"), "b": beat("b")}, {})
+    assert isinstance(kube, str) and "kubernetes" in kube
+    old = split_placement(split(), {"a": beat("a"), "b": beat("b", host=None)}, {})
+    assert isinstance(old, str) and "no rendezvous address" in old
+    full = split_placement(split(), {"a": beat("a"), "b": beat("b")}, {"10.0.0.1": {29500, 29501, 29502}})
+    assert isinstance(full, str) and "taken" in full
+    gone = split_placement(split(), {"b": beat("b")}, {})
+    assert isinstance(gone, str) and "gone" in gone
+
+
+def test_any_running_member_s_lost_lease_ends_the_attempt() -> None:
+    spec = JobSpec(name="g", command=["true"], replicas=2)
+    record = lifecycle.schedule(
+        lifecycle.advance(lifecycle.new_record("j1", spec, NOW, None), JobState.QUEUED, NOW), "a", NOW
+    )
+    gang = GangPlacement(
+        attempt=1,
+        master_addr="10.0.0.1",
+        master_port=29500,
+        members=[GangMember(executor_id="a", ranks=[0]), GangMember(executor_id="b", ranks=[1])],
+    )
+    record = record.model_copy(update={"gang": gang})
+    both = {"a": beat("a"), "b": beat("b")}
+    assert SchedulerCore._lost_executor(record, both) == (False, None)
+    assert SchedulerCore._lost_executor(record, {"a": beat("a")}) == (True, "b")  # not rank 0's
+    # a member whose ranks have already succeeded may go away: the others finish the attempt
+    done_b = record.model_copy(update={"gang": gang.with_member("b", state=JobState.SUCCEEDED)})
+    assert SchedulerCore._lost_executor(done_b, {"a": beat("a")}) == (False, None)
+    assert record.executors() == ["a", "b"] and record.runs_on("b") and not record.runs_on("c")
+    plain = record.model_copy(update={"gang": None})
+    assert SchedulerCore._lost_executor(plain, {"b": beat("b")}) == (True, "a")
+    assert plain.executors() == ["a"]
