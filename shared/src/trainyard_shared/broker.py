@@ -23,6 +23,7 @@ class ServiceBroker:
     broker: NatsBroker
     registry: CollectorRegistry
     subjects: Subjects
+    service: str = "service"
 
 
 def make_broker(
@@ -60,4 +61,4 @@ def make_broker(
         ),
         **extra,
     )
-    return ServiceBroker(broker=broker, registry=registry, subjects=subjects)
+    return ServiceBroker(broker=broker, registry=registry, subjects=subjects, service=service)

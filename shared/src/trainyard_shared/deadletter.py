@@ -24,10 +24,12 @@ log = logging.getLogger("trainyard.deadletter")
 DEFAULT_MAX_DELIVER = 5
 
 
-def delivery_count(msg: Any) -> int:
-    raw = getattr(msg, "raw_message", None)
+def delivery_count(msg: Any, *, raw: bool = False) -> int:
+    """How often JetStream has delivered ``msg`` (a faststream message, or with ``raw`` a nats-py one)."""
+    if not raw:
+        msg = getattr(msg, "raw_message", None)
     try:
-        return int(raw.metadata.num_delivered)  # type: ignore[union-attr]
+        return int(msg.metadata.num_delivered)  # type: ignore[union-attr]
     except Exception:  # core NATS or in-memory test broker: no metadata
         return 1
 
@@ -35,9 +37,6 @@ def delivery_count(msg: Any) -> int:
 def make_dead_letter_middleware(
     subjects: Subjects, service: str, max_deliver: int = DEFAULT_MAX_DELIVER
 ) -> type[BaseMiddleware]:
-    subject = subjects.dlq(service)
-    stream = subjects.streams.dlq
-
     class DeadLetterMiddleware(BaseMiddleware):
         async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
             try:
@@ -61,27 +60,31 @@ def make_dead_letter_middleware(
                 raise AckMessage() from exc
 
         async def _park(self, msg: Any, reason: str) -> None:
-            broker = self.context.get("broker")
-            headers = {
-                "Trainyard-Reason": reason[:4000],
-                "Trainyard-Service": service,
-                "Trainyard-Original-Subject": getattr(msg.raw_message, "subject", "") or "",
-                "Trainyard-Deliveries": str(delivery_count(msg)),
-            }
-            original_id = (msg.headers or {}).get("Nats-Msg-Id")
-            if original_id:
-                headers["Trainyard-Original-Msg-Id"] = original_id
-            log.warning(
-                "dead-lettered a message",
-                extra={
-                    "service": service,
-                    "reason": reason,
-                    "subject": headers["Trainyard-Original-Subject"],
-                },
-            )
-            await broker.publish(msg.body, subject, headers=headers, stream=stream)
+            await park(self.context.get("broker"), subjects, service, msg.raw_message, reason, body=msg.body)
 
     return DeadLetterMiddleware
+
+
+async def park(
+    broker: Any, subjects: Subjects, service: str, raw: Any, reason: str, *, body: bytes | None = None
+) -> None:
+    """Put a message on ``<prefix>.dlq.<service>`` with why, where it came from and how often it
+    was delivered (``raw``: the nats-py message)."""
+    headers = {
+        "Trainyard-Reason": reason[:4000],
+        "Trainyard-Service": service,
+        "Trainyard-Original-Subject": getattr(raw, "subject", "") or "",
+        "Trainyard-Deliveries": str(delivery_count(raw, raw=True)),
+    }
+    original_id = (getattr(raw, "headers", None) or {}).get("Nats-Msg-Id")
+    if original_id:
+        headers["Trainyard-Original-Msg-Id"] = original_id
+    log.warning(
+        "dead-lettered a message",
+        extra={"service": service, "reason": reason, "subject": headers["Trainyard-Original-Subject"]},
+    )
+    data = body if body is not None else raw.data
+    await broker.publish(data, subjects.dlq(service), headers=headers, stream=subjects.streams.dlq)
 
 
 def _is_jetstream(msg: Any) -> bool:

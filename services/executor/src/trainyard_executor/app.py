@@ -9,16 +9,17 @@ from pathlib import Path
 
 from faststream.asgi import AsgiFastStream
 
-from trainyard_contracts import ExecutorCommand
+from trainyard_contracts import EXECUTOR_COMMAND_ADAPTER, ExecutorCommand
 from trainyard_executor.backends.base import Backend, Resources
 from trainyard_executor.backends.local import LocalBackend
 from trainyard_executor.backends.runtime_env import RuntimeEnvCache
 from trainyard_executor.core import ExecutorCore
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_declare, durable_consumer
+from trainyard_shared.consumers import connect_and_declare
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
@@ -72,12 +73,16 @@ def create_app(
     def core() -> ExecutorCore:
         return state["core"]  # type: ignore[return-value]
 
-    @durable_consumer(
+    @batch_consumer(
         sb,
         subjects.exec_commands_of(settings.id),
         stream=streams(subjects).exec,
         durable=f"executor-{settings.id}",
-        batch=32,
+        parse=EXECUTOR_COMMAND_ADAPTER.validate_json,
+        batch=64,
+        # attempts start side by side; one job's start and cancel stay in order
+        concurrency=32,
+        key=lambda command: command.job_id,
         ack_wait=60,
         title="executor/commands",
         description="start and cancel attempts on this executor's backend",

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 from faststream.asgi import AsgiFastStream
-from faststream.nats.annotations import NatsMessage
 
 from trainyard_contracts import JobSucceeded
 from trainyard_registry.core import RegistryCore
 from trainyard_registry.settings import RegistrySettings
+from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_declare, durable_consumer
+from trainyard_shared.consumers import connect_and_declare
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.runner import build_app
@@ -30,13 +27,6 @@ def default_tracking_uri(common: CommonSettings) -> str:
 ACK_WAIT_SECONDS = 30.0
 
 
-async def _keep_in_progress(message: NatsMessage) -> None:
-    while True:
-        await asyncio.sleep(ACK_WAIT_SECONDS / 3)
-        with contextlib.suppress(Exception):
-            await message.in_progress()
-
-
 def create_app(
     common: CommonSettings | None = None, settings: RegistrySettings | None = None
 ) -> AsgiFastStream:
@@ -46,25 +36,22 @@ def create_app(
     broker, subjects = sb.broker, sb.subjects
     state: dict[str, RegistryCore] = {}
 
-    @durable_consumer(
+    # a registration can take longer than ack_wait (MLflow, artifact upload): the batch consumer
+    # marks unfinished messages "in progress" meanwhile, and a registry killed mid-way has its
+    # event redelivered within ack_wait instead of minutes later
+    @batch_consumer(
         sb,
         subjects.job_event_kind("succeeded"),
         stream=streams(subjects).jobs,
         durable="registry-succeeded",
-        batch=8,
+        parse=JobSucceeded.model_validate_json,
+        batch=64,
         ack_wait=ACK_WAIT_SECONDS,
         title="registry/succeeded",
         description="registers the model version of a succeeded job that declared outputs.model",
     )
-    async def on_succeeded(event: JobSucceeded, message: NatsMessage) -> None:
-        # a registration can take longer than ack_wait (MLflow, artifact upload): "in progress"
-        # keeps the delivery ours meanwhile, and a registry killed mid-way has its event
-        # redelivered within ack_wait instead of minutes later
-        keep = asyncio.create_task(_keep_in_progress(message))
-        try:
-            await state["core"].on_succeeded(event)
-        finally:
-            keep.cancel()
+    async def on_succeeded(event: JobSucceeded) -> None:
+        await state["core"].on_succeeded(event)
 
     async def connect() -> None:
         buckets = await connect_and_declare(sb, common)

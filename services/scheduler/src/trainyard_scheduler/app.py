@@ -11,18 +11,17 @@ import asyncio
 import contextlib
 import logging
 
-from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
-from faststream.nats import ConsumerConfig, PullSub
 from faststream.nats.annotations import NatsMessage
 from prometheus_client import Gauge
 
-from trainyard_contracts import DryRunRequest, JobEvent, WhyRequest
+from trainyard_contracts import DryRunRequest, JobEvent, WhyRequest, parse_job_event
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.leader import LeaderLease
 from trainyard_scheduler.placement import Plan
 from trainyard_scheduler.queueview import QueueView
 from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import ensure_streams, open_buckets, streams
 from trainyard_shared.commands import CommandSender
@@ -50,23 +49,21 @@ def create_app(
     def core() -> SchedulerCore:
         return state["core"]  # type: ignore[return-value]
 
-    @broker.subscriber(
+    @batch_consumer(
+        sb,
         "",
         stream=streams(subjects).jobs,
         durable="scheduler-job-requests",
-        pull_sub=PullSub(batch_size=64, timeout=0.5),
+        parse=parse_job_event,
+        batch=256,
+        # a batch of submissions is queued side by side (their compare-and-sets and events in
+        # flight together); one job's submitted and cancel_requested stay in order
+        concurrency=64,
+        key=lambda event: event.job_id,
         # only the two events that ask the scheduler for something: every other change (a job
         # ended, was requeued, capacity freed) reaches it through the job view's KV watch, so
         # it does not pay for parsing four more events per job
-        config=ConsumerConfig(
-            filter_subjects=[
-                subjects.job_event_kind("submitted"),
-                subjects.job_event_kind("cancel_requested"),
-            ],
-            max_deliver=5,
-            ack_wait=30,
-        ),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        filter_subjects=[subjects.job_event_kind("submitted"), subjects.job_event_kind("cancel_requested")],
         title="scheduler/job-requests",
         description="queues submitted jobs and cancels on request",
     )
