@@ -1,0 +1,103 @@
+"""The batch consumer keeps every per-message guarantee of a durable consumer (real nats-server).
+
+One batch holds good events, bodies that do not parse and an event whose handler always fails:
+the good ones are handled once and acked, the bad bodies are dead-lettered at once with their
+reason, the failing one is retried up to ``max_deliver`` and then dead-lettered, and the consumer
+ends with nothing pending. One job's events stay in order while different jobs run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from trainyard_contracts import JobQueued, parse_job_event
+from trainyard_shared.batches import batch_consumer
+from trainyard_shared.broker import make_broker
+from trainyard_shared.bus import streams
+from trainyard_shared.consumers import connect_and_declare
+from trainyard_shared.testkit import Bus, common_settings, eventually
+
+pytestmark = [pytest.mark.service]
+
+MAX_DELIVER = 3
+
+
+@pytest.fixture
+async def bus(nats_server, prefix):
+    async with Bus(nats_server.url, prefix) as b:
+        yield b
+
+
+async def test_each_message_of_a_batch_is_acked_retried_or_parked_on_its_own(
+    nats_server, prefix, tmp_path, bus
+):
+    common = common_settings(nats_server.url, prefix, tmp_path / "data")
+    sb = make_broker(common, "batchtest", max_deliver=MAX_DELIVER)
+    seen: list[tuple[str, int]] = []
+    calls: dict[str, int] = {}
+    in_flight = 0
+    most_in_flight = 0
+
+    @batch_consumer(
+        sb,
+        sb.subjects.job_event_kind("queued"),
+        stream=streams(sb.subjects).jobs,
+        durable="batch-test",
+        parse=parse_job_event,
+        batch=64,
+        concurrency=8,
+        key=lambda e: e.job_id,
+        max_deliver=MAX_DELIVER,
+        title="test",
+        description="test",
+    )
+    async def handle(event: JobQueued) -> None:
+        nonlocal in_flight, most_in_flight
+        calls[event.job_id] = calls.get(event.job_id, 0) + 1
+        if event.job_id == "always-fails":
+            raise RuntimeError("this handler never works")
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        await asyncio.sleep(0)  # let the other lanes in: they run side by side
+        seen.append((event.job_id, event.attempt))
+        in_flight -= 1
+
+    await connect_and_declare(sb, common)
+    # everything is in the stream before the consumer starts, so it arrives as one batch
+    for job in ("a", "b", "c"):
+        for attempt in (1, 2, 3):
+            body = JobQueued(job_id=job, attempt=attempt, queue="default").model_dump_json().encode()
+            await bus.js.publish(sb.subjects.job(job, "queued"), body)
+    await bus.js.publish(sb.subjects.job("junk", "queued"), b"{not json")
+    await bus.js.publish(sb.subjects.job("junk", "queued"), b'{"type": "queued", "job_id": ""}')
+    failing = JobQueued(job_id="always-fails", attempt=1, queue="default").model_dump_json().encode()
+    await bus.js.publish(sb.subjects.job("always-fails", "queued"), failing)
+    await sb.broker.start()
+    try:
+
+        async def letters():
+            msgs = await bus.messages(sb.subjects.dlq("batchtest"), sb.subjects.streams.dlq)
+            return msgs if len(msgs) >= 3 else None
+
+        parked = await eventually(letters, 30, "three dead letters")
+
+        async def drained():
+            info = await bus.js.consumer_info(sb.subjects.streams.jobs, "batch-test")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await eventually(drained, 30, "nothing left pending")
+    finally:
+        await sb.broker.stop()
+
+    assert sorted(seen) == [(j, a) for j in "abc" for a in (1, 2, 3)]  # each good one once
+    for job in "abc":
+        assert [a for j, a in seen if j == job] == [1, 2, 3]  # a job's events in their order
+    assert most_in_flight > 1  # different jobs side by side
+    assert calls["always-fails"] == MAX_DELIVER
+    reasons = sorted(m.headers["Trainyard-Reason"] for m in parked)
+    assert len(parked) == 3
+    assert reasons[0].startswith("failed 3 times, last: RuntimeError: this handler never works")
+    assert all(r.startswith("invalid message:") for r in reasons[1:])
+    assert all(m.headers["Trainyard-Service"] == "batchtest" for m in parked)
