@@ -12,14 +12,21 @@ over the pass instead of per job.
 
 ``shadow`` is the backfill constraint: for the executors a reservation will use, the room left at
 the reserved start after the reserved job is given its share. A job that may still be running at
-that start ("long") must fit in both the free room now and the shadow.
+that start ("long") must fit in both the free room now and the shadow. Once a shadow exists the
+room of a long job, min(free, shadow) per resource, is kept in arrays of its own (``lcpu``...),
+updated by ``take``, so the scan for a long job is the same tight loop as for a short one.
+
+``best()``: the most free of each resource on one executor (for the reasons), kept as (value,
+index) and recomputed only when that executor's room went down: free room only shrinks in a
+pass, so the cached maximum stays the maximum while its executor still has it.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 
-from trainyard_scheduler.policy.model import ExecutorFree
+from trainyard_scheduler.policy.model import ExecutorFree, RankPlacement
 
 EPS = 1e-9
 Shape = tuple[float, float, float, bool]
@@ -47,44 +54,35 @@ class Cluster:
         self.mem = [float(e.free.memory) for e in order]
         self.gpu = [float(e.free.gpu) for e in order]
         self.shadow: dict[int, list[float]] = {}
+        # room for a long job: the free arrays themselves until a reservation casts a shadow
+        self.lcpu, self.lmem, self.lgpu = self.cpu, self.mem, self.gpu
         self._cursor: dict[Shape, int] = {}
         self._cap: dict[Shape, int] = {}
+        self._best: list[tuple[float, int]] | None = None
+        self._placements: dict[tuple[int, int], tuple[RankPlacement, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
 
     # -- placing ------------------------------------------------------------------------------
 
-    def _fits(self, i: int, dc: float, dm: float, dg: float, long: bool) -> bool:
-        if self.cpu[i] + EPS < dc or self.mem[i] < dm or self.gpu[i] < dg:
-            return False
-        if long:
-            sh = self.shadow.get(i)
-            if sh is not None and (sh[0] + EPS < dc or sh[1] < dm or sh[2] < dg):
-                return False
-        return True
-
     def _first(self, dc: float, dm: float, dg: float, long: bool) -> int:
         key = (dc, dm, dg, long)
         i = self._cursor.get(key, 0)
         n = len(self.ids)
-        cpu, mem, gpu = self.cpu, self.mem, self.gpu
-        if long and self.shadow:
-            while i < n and not self._fits(i, dc, dm, dg, True):
-                i += 1
+        if long:
+            cpu, mem, gpu = self.lcpu, self.lmem, self.lgpu
         else:
-            while i < n and (cpu[i] + EPS < dc or mem[i] < dm or gpu[i] < dg):
-                i += 1
+            cpu, mem, gpu = self.cpu, self.mem, self.gpu
+        while i < n and (cpu[i] + EPS < dc or mem[i] < dm or gpu[i] < dg):
+            i += 1
         self._cursor[key] = i
         return i if i < n else -1
 
     def room(self, i: int, long: bool) -> tuple[float, float, float]:
-        c, m, g = self.cpu[i], self.mem[i], self.gpu[i]
         if long:
-            sh = self.shadow.get(i)
-            if sh is not None:
-                c, m, g = min(c, sh[0]), min(m, sh[1]), min(g, sh[2])
-        return c, m, g
+            return self.lcpu[i], self.lmem[i], self.lgpu[i]
+        return self.cpu[i], self.mem[i], self.gpu[i]
 
     def find(self, dc: float, dm: float, dg: float, n: int, long: bool) -> Slots | None:
         """Where n replicas would go now (all-or-nothing), without taking anything."""
@@ -118,16 +116,68 @@ class Cluster:
         return None
 
     def take(self, slots: Slots, dc: float, dm: float, dg: float, long: bool) -> None:
+        cpu, mem, gpu, shadow = self.cpu, self.mem, self.gpu, self.shadow
         for i, k in slots:
-            self.cpu[i] -= dc * k
-            self.mem[i] -= dm * k
-            self.gpu[i] -= dg * k
-            if long:
-                sh = self.shadow.get(i)
-                if sh is not None:
-                    sh[0] -= dc * k
-                    sh[1] -= dm * k
-                    sh[2] -= dg * k
+            cpu[i] -= dc * k
+            mem[i] -= dm * k
+            gpu[i] -= dg * k
+            if shadow:
+                sh = shadow.get(i)
+                if sh is None:
+                    self.lcpu[i], self.lmem[i], self.lgpu[i] = cpu[i], mem[i], gpu[i]
+                else:
+                    if long:
+                        sh[0] -= dc * k
+                        sh[1] -= dm * k
+                        sh[2] -= dg * k
+                    self._shade(i)
+
+    def _shade(self, i: int) -> None:
+        """The room of a long job on a shadowed executor (min, not arithmetic: exact values)."""
+        sh = self.shadow[i]
+        self.lcpu[i] = min(self.cpu[i], sh[0])
+        self.lmem[i] = min(self.mem[i], sh[1])
+        self.lgpu[i] = min(self.gpu[i], sh[2])
+
+    def reduce(self, i: int, cpu: float, memory: float, gpu: float) -> None:
+        """Free room taken outside ``take`` (a preempting job's claim, before any reservation);
+        negative amounts give it back."""
+        self.cpu[i] -= cpu
+        self.mem[i] -= memory
+        self.gpu[i] -= gpu
+        if cpu < 0 or memory < 0 or gpu < 0:
+            self._best = None  # room grew: the cached maxima may be stale
+
+    def best(self) -> tuple[float, float, float]:
+        """The most free cpu, memory and gpu on any one executor (each on its own)."""
+        cached = self._best
+        arrays = (self.cpu, self.mem, self.gpu)
+        if cached is not None and all(arrays[r][i] == v for r, (v, i) in enumerate(cached)):
+            return cached[0][0], cached[1][0], cached[2][0]
+        if not self.ids:
+            return 0.0, 0.0, 0.0
+        fresh = []
+        for a in arrays:
+            top = max(a)
+            fresh.append((top, a.index(top)))
+        self._best = fresh
+        return fresh[0][0], fresh[1][0], fresh[2][0]
+
+    def placements(self, slots: Slots) -> tuple[RankPlacement, ...]:
+        """Ranks 0..n-1 in slot order; a job on one executor shares one immutable tuple with
+        every other job of its size there."""
+        if len(slots) == 1:
+            key = slots[0]
+            one = self._placements.get(key)
+            if one is None:
+                one = self._placements[key] = (RankPlacement(self.ids[key[0]], tuple(range(key[1]))),)
+            return one
+        ranks: list[RankPlacement] = []
+        rank = 0
+        for i, k in slots:
+            ranks.append(RankPlacement(self.ids[i], tuple(range(rank, rank + k))))
+            rank += k
+        return tuple(ranks)
 
     def count(self, dc: float, dm: float, dg: float, most: int) -> int:
         """Replicas of a shape that fit now in total (ignoring the shadow), at most ``most``."""
@@ -152,26 +202,26 @@ class Cluster:
     ) -> tuple[float, Slots] | None:
         """The earliest release time after which n replicas fit, and where they would go then.
 
-        ``releases`` are (time, executor index, cpu, memory, gpu) sorted by time; a time of
-        infinity is a job without a timeout. None: it does not fit even when all have ended.
+        ``releases`` are (time, executor index, cpu, memory, gpu) as a heap (heapq): popped in
+        sorted order, only as far as needed; it is consumed. A time of infinity is a job without a
+        timeout. None: it does not fit even when all have ended.
         """
         cpu, mem, gpu = list(self.cpu), list(self.mem), list(self.gpu)
         size = len(cpu)
         k = [replicas_in(cpu[i], mem[i], gpu[i], dc, dm, dg, n) for i in range(size)]
         total = sum(k)
         at = float("-inf")
-        j = 0
-        while total < n and j < len(releases):
-            at = releases[j][0]
-            while j < len(releases) and releases[j][0] == at:
-                _, i, c, m, g = releases[j]
+        pop = heapq.heappop
+        while total < n and releases:
+            at = releases[0][0]
+            while releases and releases[0][0] == at:
+                _, i, c, m, g = pop(releases)
                 cpu[i] += c
                 mem[i] += m
                 gpu[i] += g
                 new = replicas_in(cpu[i], mem[i], gpu[i], dc, dm, dg, n)
                 total += new - k[i]
                 k[i] = new
-                j += 1
         if total < n:
             return None
         slots: Slots = []
@@ -187,6 +237,9 @@ class Cluster:
                     got += take
                     if got >= n:
                         break
+        if not self.shadow:
+            self.lcpu, self.lmem, self.lgpu = list(self.cpu), list(self.mem), list(self.gpu)
         for i, r in slots:
             self.shadow[i] = [cpu[i] - dc * r, mem[i] - dm * r, gpu[i] - dg * r]
+            self._shade(i)
         return at, slots

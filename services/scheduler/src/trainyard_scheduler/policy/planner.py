@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gc
 import heapq
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -34,7 +33,6 @@ from trainyard_scheduler.policy.model import (
     Assignment,
     PendingJob,
     Plan,
-    RankPlacement,
     Reservation,
     Snapshot,
     Victim,
@@ -158,7 +156,10 @@ class _Pass:
         self.dead: dict[tuple[int, float, float, float, int, bool], tuple[WaitKind, str]] = {}
         self.position = [0] * len(book.names)
         self.never_fits: set[tuple[float, float, float, int]] = set()
-        self._capacities: Counter[tuple[float, float, float]] | None = None
+        # every executor's capacity (free + running), and, as it does not change in a pass, one
+        # answer per shape
+        self._capacity: tuple[list[float], list[float], list[float]] | None = None
+        self._too_large_of: dict[tuple[float, float, float, int], bool] = {}
 
     # -- the pass ---------------------------------------------------------------------------
 
@@ -288,13 +289,8 @@ class _Pass:
         return False
 
     def _assignment(self, job: PendingJob, slots: Slots) -> Assignment:
-        ids = self.cluster.ids
-        ranks: list[RankPlacement] = []
-        rank = 0
-        for i, k in slots:
-            ranks.append(RankPlacement(ids[i], tuple(range(rank, rank + k))))
-            rank += k
-        return Assignment(job.job_id, job.attempt, ranks[0].executor_id, tuple(ranks))
+        ranks = self.cluster.placements(slots)
+        return Assignment(job.job_id, job.attempt, ranks[0].executor_id, ranks)
 
     # -- reservation ------------------------------------------------------------------------
 
@@ -303,14 +299,13 @@ class _Pass:
             self._wait(job, q, "too_large", None)
             return
         now = self.now
-        releases = list(self.releases)
-        releases += [
+        releases = self.releases + [
             (now if g.ending else g.end, i, c, m, gp)
             for g in self.groups.values()
             if not g.gone
             for i, c, m, gp in g.rows
         ]
-        releases.sort()
+        heapq.heapify(releases)  # earliest pops only as many as it needs, in sorted order
         found = self.cluster.earliest(dc, dm, dg, n, releases)
         if found is None:
             self.never_fits.add((dc, dm, dg, n))
@@ -328,7 +323,7 @@ class _Pass:
 
     def _eligible(
         self, job: PendingJob, q: int, need: tuple[float, float, float]
-    ) -> list[tuple[_Running, str]]:
+    ) -> Iterator[tuple[_Running, str]]:
         """Who may be stopped for job, least important first, with why: first the jobs already
         stopping (their room costs nothing), then preemptible jobs of lower priority, or of the
         same priority in a queue over its fair share while job's queue is under its own and
@@ -422,18 +417,14 @@ class _Pass:
             a = (dc * k, dm * k, dg * k)
             taken.append((i, max(0.0, a[0] - r[0]), max(0.0, a[1] - r[1]), max(0.0, a[2] - r[2])))
         for i, c, m, gp in taken:
-            cl.cpu[i] -= c
-            cl.mem[i] -= m
-            cl.gpu[i] -= gp
+            cl.reduce(i, c, m, gp)
         extra: Slots = []
         if got < n:
             found = cl.find(dc, dm, dg, n - got, False)
             if found is None:  # never preempt for a job that would still not fit (unreachable:
                 # the victims were chosen by an exact count of the replicas that fit)
                 for i, c, m, gp in taken:
-                    cl.cpu[i] += c
-                    cl.mem[i] += m
-                    cl.gpu[i] += gp
+                    cl.reduce(i, -c, -m, -gp)
                 return False
             extra = found
         for i, r in released.items():
@@ -463,26 +454,33 @@ class _Pass:
 
     def _too_large(self, job: PendingJob) -> bool:
         """Would not fit even if every running job (and this pass's starts) had ended."""
-        if self._capacities is None:
+        if self._capacity is None:
             cl = self.cluster
-            cap = [[0.0, 0.0, 0.0] for _ in cl.ids]
+            cpu, mem, gpu = [0.0] * len(cl.ids), [0.0] * len(cl.ids), [0.0] * len(cl.ids)
             for e in self.snapshot.executors:
                 i = cl.index[e.executor_id]
-                cap[i] = [float(e.free.cpu), float(e.free.memory), float(e.free.gpu)]
+                cpu[i], mem[i], gpu[i] = float(e.free.cpu), float(e.free.memory), float(e.free.gpu)
             for g in self.groups.values():
                 for i, c, m, gp in g.rows:
-                    cap[i][0] += c
-                    cap[i][1] += m
-                    cap[i][2] += gp
-            # executors of one type are one entry: the check is per type, not per executor
-            self._capacities = Counter((c, m, gp) for c, m, gp in cap)
+                    cpu[i] += c
+                    mem[i] += m
+                    gpu[i] += gp
+            self._capacity = (cpu, mem, gpu)
         d, n = job.demand, job.replicas
+        key = (d.cpu, d.memory, d.gpu, n)
+        known = self._too_large_of.get(key)
+        if known is not None:
+            return known
         total = 0
-        for (c, m, gp), count in self._capacities.items():
-            total += count * replicas_in(c, m, gp, d.cpu, d.memory, d.gpu, n)
+        answer = True
+        dc, dm, dg = d.cpu, d.memory, d.gpu
+        for c, m, gp in zip(*self._capacity, strict=True):
+            total += replicas_in(c, m, gp, dc, dm, dg, n)
             if total >= n:
-                return False
-        return True
+                answer = False
+                break
+        self._too_large_of[key] = answer
+        return answer
 
     def _message(self, job: PendingJob, q: int, kind: WaitKind, detail: str) -> str:
         d, n = job.demand, job.replicas
@@ -537,8 +535,7 @@ class _Pass:
         )
 
     def _short_single(self, dc: float, dm: float, dg: float) -> str:
-        cl = self.cluster
-        best = (max(cl.cpu, default=0.0), max(cl.mem, default=0.0), max(cl.gpu, default=0.0))
+        best = self.cluster.best()
         short = [
             f"{name} {_amount(r, need)} > {_amount(r, best[r])} free"
             for r, (name, need) in enumerate((("cpu", dc), ("memory", dm), ("gpu", dg)))
