@@ -68,3 +68,33 @@ async def test_a_no_decided_on_a_stale_view_is_checked_against_the_stored_record
     )
 
     assert result is not None and result[1].reason == "ok"
+
+
+async def test_a_store_writes_on_what_it_remembers_and_a_stale_memory_costs_one_failed_cas(stores):
+    executor, other = stores
+    now = datetime.now(UTC)
+    record = lifecycle.new_record("jobrt0003", JobSpec(name="c", command=["true"]), now, None)
+    await executor.create(record)
+    reads = 0
+    real_get = executor.kv.get
+
+    async def counting_get(key, *args, **kwargs):
+        nonlocal reads
+        reads += 1
+        return await real_get(key, *args, **kwargs)
+
+    executor.kv.get = counting_get
+    await executor.update("jobrt0003", lambda r: lifecycle.advance(r, JobState.QUEUED, now))
+    assert reads == 0  # its own create was remembered: no read before the write
+
+    # another process writes in between: the remembered record is stale now
+    await other.update("jobrt0003", lambda r: r.model_copy(update={"cancel_requested": True}))
+    reads = 0  # (both stores share one bucket handle here: count the executor's reads only)
+    result = await executor.update(
+        "jobrt0003", lambda r: r.model_copy(update={"reason": f"cancel_requested={r.cancel_requested}"})
+    )
+    assert result is not None
+    assert result[1].reason == "cancel_requested=True"  # the write landed on the stored record
+    assert reads == 1  # the failed CAS cost one read
+    stored, _ = await other.get("jobrt0003")
+    assert stored.reason == "cancel_requested=True" and stored.state == JobState.QUEUED

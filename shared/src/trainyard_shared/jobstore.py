@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -22,16 +23,34 @@ class CasConflict(Exception):
 
 
 class JobStore:
-    def __init__(self, kv: KeyValue) -> None:
+    """``remember``: how many records this store keeps from its own reads and writes, to try the
+    next compare-and-set of the same job on them instead of reading the bucket first (an executor
+    writes running, then the outcome: the second write needs no read). Like a view read through
+    (:meth:`read_through`), a remembered record that is out of date costs one failed CAS, never a
+    wrong write."""
+
+    def __init__(self, kv: KeyValue, remember: int = 4096) -> None:
         self.kv = kv
         self._written: list[Callable[[JobRecord, int], None]] = []
         self._view: Any = None
+        self._remember = remember
+        self._memory: OrderedDict[str, tuple[JobRecord, int]] = OrderedDict()
 
     def on_written(self, callback: Callable[[JobRecord, int], None]) -> None:
         """Tell ``callback(record, revision)`` about every successful write (a view stays current)."""
         self._written.append(callback)
 
+    def _keep(self, record: JobRecord, revision: int) -> None:
+        if self._remember <= 0:
+            return
+        memory = self._memory
+        memory[record.job_id] = (record, revision)
+        memory.move_to_end(record.job_id)
+        if len(memory) > self._remember:
+            memory.popitem(last=False)
+
     def _notify(self, record: JobRecord, revision: int) -> None:
+        self._keep(record, revision)
         for callback in self._written:
             callback(record, revision)
 
@@ -50,7 +69,9 @@ class JobStore:
             return None
         if entry.value is None:
             return None
-        return JobRecord.model_validate_json(entry.value), entry.revision or 0
+        record, revision = JobRecord.model_validate_json(entry.value), entry.revision or 0
+        self._keep(record, revision)
+        return record, revision
 
     def read_through(self, view: Any) -> None:
         """Try each compare-and-set first on the record ``view`` holds (a :class:`JobView`).
@@ -61,11 +82,13 @@ class JobStore:
         self._view = view
 
     def _cached(self, job_id: str) -> tuple[JobRecord, int] | None:
-        if self._view is None:
-            return None
-        record = self._view.records.get(job_id)
-        revision = self._view.revisions.get(job_id)
-        return (record, revision) if record is not None and revision else None
+        remembered = self._memory.get(job_id)
+        if self._view is not None:
+            record = self._view.records.get(job_id)
+            revision = self._view.revisions.get(job_id)
+            if record is not None and revision and (remembered is None or revision >= remembered[1]):
+                return record, revision
+        return remembered
 
     async def update(
         self, job_id: str, change: Change, *, tries: int = 20

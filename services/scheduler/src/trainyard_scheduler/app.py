@@ -19,7 +19,6 @@ from trainyard_contracts import DryRunRequest, JobEvent, WhyRequest, parse_job_e
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.leader import LeaderLease
 from trainyard_scheduler.placement import Plan
-from trainyard_scheduler.queueview import QueueView
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import make_broker
@@ -29,6 +28,7 @@ from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
+from trainyard_shared.queueview import QueueView
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing

@@ -8,17 +8,18 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from faststream import AckPolicy, FastStream
-from faststream.message import StreamMessage
-from faststream.nats import ConsumerConfig, NatsMessage, PullSub
+from faststream import FastStream
 from faststream.specification import AsyncAPI
+from nats.aio.msg import Msg
 from prometheus_client import make_asgi_app
 
+from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import ensure_streams, open_buckets, streams
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
+from trainyard_shared.queueview import QueueView
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing
 from trainyard_submission.api import build_router, install_error_handlers, install_openapi
@@ -31,29 +32,27 @@ from trainyard_submission.settings import SubmissionSettings
 from trainyard_submission.tokens import TokenStore, bucket_name
 
 
-async def raw_body(msg: StreamMessage[Any]) -> bytes:
-    return msg.body
-
-
 def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker:
     sb = make_broker(common, "submission", tracer_provider=setup_tracing("submission"))
 
-    @sb.broker.subscriber(
+    # the body is a spec for parse_spec (a bad one is answered with a rejection, not dead-lettered);
+    # submissions are independent, so a batch of them is admitted side by side
+    @batch_consumer(
+        sb,
         sb.subjects.intake_submit,
         stream=streams(sb.subjects).intake,
         durable="submission-intake",
-        pull_sub=PullSub(batch_size=32, timeout=0.5),
-        config=ConsumerConfig(max_deliver=5, ack_wait=60),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        # the body is a spec for parse_spec, never decoded by faststream: its JSON decoder would
-        # raise RecursionError on a deeply nested body before the handler could reject it
-        decoder=raw_body,
+        parse=bytes,
+        batch=128,
+        concurrency=64,
+        ack_wait=60,
+        with_message=True,
         title="submission/intake",
         description="a job spec (YAML or JSON) from another system; answers IntakeReply on the "
         "subject in the Trainyard-Reply-To header",
     )
-    async def intake(body: Any, msg: NatsMessage) -> None:
-        await handle_intake(state["service"], sb.broker, msg.body, dict(msg.headers or {}))
+    async def intake(body: bytes, msg: Msg) -> None:
+        await handle_intake(state["service"], sb.broker, body, dict(msg.headers or {}))
 
     return sb
 
@@ -90,7 +89,9 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             bucket_name(sb.subjects.prefix), history=1, replicas=common.stream_replicas
         )
         state["tokens"] = TokenStore(tokens_kv, bootstrap)
-        state["queues"] = QueueStore(buckets.queues)
+        queue_view = QueueView(buckets.queues)
+        await queue_view.start()
+        state["queues"] = QueueStore(buckets.queues, queue_view)
         store = JobStore(buckets.jobs)
         view = JobView(buckets.jobs)
         store.on_written(view.apply)
@@ -111,6 +112,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         finally:
             await sb.broker.stop()
             await view.stop()
+            await queue_view.stop()
 
     app = FastAPI(
         title="Trainyard",
