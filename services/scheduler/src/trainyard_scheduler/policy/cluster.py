@@ -8,7 +8,9 @@ executors per job.
 Free capacity only shrinks during a pass, so an executor that cannot hold a shape now never will
 later in the pass: each shape keeps a cursor past the executors known too small, and a failed
 gang leaves an upper bound of how many replicas of its shape fit. Both make the scan amortised
-over the pass instead of per job.
+over the pass instead of per job. A shape that asks for more of one resource than any executor
+had free at the start of the pass (a whole gang on one executor, a GPU shape on a busy cluster)
+starts with its cursor past the end instead of scanning every executor once.
 
 ``shadow`` is the backfill constraint: for the executors a reservation will use, the room left at
 the reserved start after the reserved job is given its share. A job that may still be running at
@@ -57,6 +59,13 @@ class Cluster:
         # room for a long job: the free arrays themselves until a reservation casts a shadow
         self.lcpu, self.lmem, self.lgpu = self.cpu, self.mem, self.gpu
         self._cursor: dict[Shape, int] = {}
+        # free room only shrinks: a shape larger than the most any executor had free at the
+        # start of the pass (in one resource) never fits, and its cursor starts past the end
+        self._start_best = (
+            max(self.cpu, default=0.0),
+            max(self.mem, default=0.0),
+            max(self.gpu, default=0.0),
+        )
         self._cap: dict[Shape, int] = {}
         self._best: list[tuple[float, int]] | None = None
         self._placements: dict[tuple[int, int], tuple[RankPlacement, ...]] = {}
@@ -68,8 +77,11 @@ class Cluster:
 
     def _first(self, dc: float, dm: float, dg: float, long: bool) -> int:
         key = (dc, dm, dg, long)
-        i = self._cursor.get(key, 0)
         n = len(self.ids)
+        i = self._cursor.get(key, -1)
+        if i < 0:
+            top = self._start_best
+            i = n if dc > top[0] + EPS or dm > top[1] or dg > top[2] else 0
         if long:
             cpu, mem, gpu = self.lcpu, self.lmem, self.lgpu
         else:
@@ -114,6 +126,32 @@ class Cluster:
             i += 1
         self._cap[key] = total  # exact now, and an upper bound for the rest of the pass
         return None
+
+    def place_one(self, dc: float, dm: float, dg: float, long: bool) -> int:
+        """find(n=1) and take in one step: the executor index taken, or -1 (nothing taken)."""
+        key = (dc, dm, dg, long)
+        n = len(self.ids)
+        i = self._cursor.get(key, -1)
+        if i < 0:
+            top = self._start_best
+            i = n if dc > top[0] + EPS or dm > top[1] or dg > top[2] else 0
+        if long:
+            cpu, mem, gpu = self.lcpu, self.lmem, self.lgpu
+        else:
+            cpu, mem, gpu = self.cpu, self.mem, self.gpu
+        while i < n and (cpu[i] + EPS < dc or mem[i] < dm or gpu[i] < dg):
+            i += 1
+        self._cursor[key] = i
+        if i >= n:
+            self._cap[key] = 0
+            return -1
+        if self.shadow:
+            self.take([(i, 1)], dc, dm, dg, long)
+        else:
+            cpu[i] -= dc
+            mem[i] -= dm
+            gpu[i] -= dg
+        return i
 
     def take(self, slots: Slots, dc: float, dm: float, dg: float, long: bool) -> None:
         cpu, mem, gpu, shadow = self.cpu, self.mem, self.gpu, self.shadow
@@ -162,6 +200,13 @@ class Cluster:
             fresh.append((top, a.index(top)))
         self._best = fresh
         return fresh[0][0], fresh[1][0], fresh[2][0]
+
+    def single(self, i: int) -> tuple[RankPlacement, ...]:
+        """The placement of a one-replica job on executor i (shared, immutable)."""
+        one = self._placements.get((i, 1))
+        if one is None:
+            one = self._placements[(i, 1)] = (RankPlacement(self.ids[i], (0,)),)
+        return one
 
     def placements(self, slots: Slots) -> tuple[RankPlacement, ...]:
         """Ranks 0..n-1 in slot order; a job on one executor shares one immutable tuple with

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -132,17 +133,22 @@ class _Pass:
         for g in groups.values():
             if not g.ending:
                 book.add(g.queue, *g.total)
-        active = {g.queue for g in self.groups.values() if not g.ending}
-        active.update(book.of(name) for name in {j.queue for j in snapshot.pending})
-        weights = sum(book.weight[q] for q in active) or 1.0
-        self.fair = [w / weights for w in book.weight]
-        # preemption candidates, least important first: lowest priority, then youngest
-        self.candidates = sorted(
-            (g for g in self.groups.values() if g.preemptible and not g.ending),
-            key=lambda g: (g.priority, -g.started_at, g.job_id),
-        )
+        # the fair shares need the pending jobs' queues too: run() finishes them (one look at
+        # the pending jobs for everything)
+        self.active = {g.queue for g in self.groups.values() if not g.ending}
+        self.fair: list[float] = []
+        # preemption candidates, least important first: lowest priority, then youngest. A search
+        # looks at the first few hundred at most, so they are kept as a heap and put in order
+        # only as far as a search reads (job ids are unique: the key decides, never the group)
+        self._candidate_heap = [
+            (g.priority, -g.started_at, g.job_id, g)
+            for g in self.groups.values()
+            if g.preemptible and not g.ending
+        ]
+        self._candidates_in_order: list[_Running] = []
+        self._heapified = False
         self.ending_groups = [g for g in self.groups.values() if g.ending]
-        self.min_victim_priority = min((g.priority for g in self.candidates), default=None)
+        self.min_victim_priority = min((c[0] for c in self._candidate_heap), default=None)
         self.failed_preemptions: set[tuple[int, int, float, float, float, int]] = set()
         self.preemption_attempts = 0
         self.releases: list[Release] = []  # of this pass's starts and claims, until the reservation
@@ -158,7 +164,7 @@ class _Pass:
         self.never_fits: set[tuple[float, float, float, int]] = set()
         # every executor's capacity (free + running), and, as it does not change in a pass, one
         # answer per shape
-        self._capacity: tuple[list[float], list[float], list[float]] | None = None
+        self._capacities: list[tuple[tuple[float, float, float], int]] | None = None
         self._too_large_of: dict[tuple[float, float, float, int], bool] = {}
 
     # -- the pass ---------------------------------------------------------------------------
@@ -166,24 +172,34 @@ class _Pass:
     def run(self) -> Plan:
         book = self.book
         pending = self.snapshot.pending
-        for name in {job.queue for job in pending}:
-            book.of(name)
         index = book.index
         classes: dict[int, dict[int, list[PendingJob]]] = {}
         for job in pending:
             queues = classes.get(job.priority)
             if queues is None:
                 queues = classes[job.priority] = {}
-            q = index[job.queue]
+            q = index.get(job.queue)
+            if q is None:
+                q = book.of(job.queue)
             jobs = queues.get(q)
             if jobs is None:
                 queues[q] = [job]
             else:
                 jobs.append(job)
+        active = self.active
+        active.update(q for queues in classes.values() for q in queues)
+        weights = sum(book.weight[q] for q in active) or 1.0
+        self.fair = [w / weights for w in book.weight]
         # a stable sort on submit time alone: equal times keep the snapshot's order
         by_submit = attrgetter("submitted_at")
-        self.position.extend([0] * (len(book.names) - len(self.position)))
+        position = self.position
+        position.extend([0] * (len(book.names) - len(position)))
         decide = self._decide
+        dead = self.dead
+        append = self.waiting.append
+        now = self.now
+        new = tuple.__new__
+        heappop, heappush = heapq.heappop, heapq.heappush
         for priority in sorted(classes, reverse=True):
             queues = classes[priority]
             for jobs in queues.values():
@@ -192,19 +208,42 @@ class _Pass:
             heapq.heapify(heap)
             next_of = dict.fromkeys(queues, 0)
             while heap:
-                _, name, q = heapq.heappop(heap)
+                _, name, q = heappop(heap)
                 jobs = queues[q]
                 i = next_of[q]
                 size = len(jobs)
+                reserved_at = self.reserved_at
                 # while a queue's jobs wait its share does not move, so it stays the lowest
                 while i < size:
                     job = jobs[i]
                     i += 1
+                    if reserved_at is not None:
+                        # the common case of a busy cluster, inline: once the reservation is
+                        # made, a job in backoff or like one that had to wait waits too (see
+                        # _decide); no call, no attribute of self
+                        nb = job.not_before
+                        if nb is not None and nb > now:
+                            at = position[q] = position[q] + 1
+                            append(new(Waiting, (job.job_id, "retry backoff", "backoff", at, nb)))
+                            continue
+                        d = job.demand
+                        t = job.timeout
+                        long = t is None or now + t > reserved_at or reserved_at == INF
+                        known = dead.get((q, d.cpu, d.memory, d.gpu, job.replicas, long))
+                        if known is not None:
+                            at = position[q] = position[q] + 1
+                            append(new(Waiting, (job.job_id, known[1], known[0], at, None)))
+                            continue
                     if decide(job, q):
-                        break
+                        # its share grew: it goes on only if it is still the lowest, which is
+                        # what pushing it back and popping the heap's smallest would decide
+                        if i < size:
+                            entry = (book.weighted_share(q), name, q)
+                            if heap and heap[0] < entry:
+                                heappush(heap, entry)
+                                break
+                    reserved_at = self.reserved_at
                 next_of[q] = i
-                if i < size:
-                    heapq.heappush(heap, (book.weighted_share(q), name, q))
         return Plan(
             tuple(self.assignments),
             tuple(self.waiting),
@@ -245,14 +284,9 @@ class _Pass:
         long = reserved_at is not None and (
             timeout is None or now + timeout > reserved_at or reserved_at == INF
         )
-        if reserved_at is not None:
-            # once the reservation is made nothing is preempted any more, so queue usage only
-            # grows and free room only shrinks: a job like one that had to wait waits too
-            known = self.dead.get((q, dc, dm, dg, n, long))
-            if known is not None:
-                position = self.position[q] = self.position[q] + 1
-                self.waiting.append(tuple.__new__(Waiting, (job.job_id, known[1], known[0], position, None)))
-                return False
+        # once the reservation is made nothing is preempted any more, so queue usage only grows
+        # and free room only shrinks: a job like one that had to wait (same queue, shape and
+        # "long") waits too. run() looks that up in ``dead`` before it calls _decide.
         if self.book.limited[q]:
             short = self.book.short(q, dc * n, dm * n, dg * n)
             if short:
@@ -262,7 +296,18 @@ class _Pass:
                 if reserved_at is not None:
                     self.dead[(q, dc, dm, dg, n, long)] = (self.waiting[-1].kind, self.waiting[-1].reason)
                 return False
-        slots = cluster.find(dc, dm, dg, n, long)
+        if n == 1:
+            i = cluster.place_one(dc, dm, dg, long)
+            if i >= 0:
+                self.book.add(q, dc, dm, dg)
+                ranks = cluster.single(i)
+                self.assignments.append(Assignment(job.job_id, job.attempt, ranks[0].executor_id, ranks))
+                if reserved_at is None:
+                    self.releases.append((INF if timeout is None else now + timeout, i, dc, dm, dg))
+                return True
+            slots = None
+        else:
+            slots = cluster.find(dc, dm, dg, n, long)
         if slots is not None:
             cluster.take(slots, dc, dm, dg, long)
             self.book.add(q, dc * n, dm * n, dg * n)
@@ -321,6 +366,23 @@ class _Pass:
 
     # -- preemption -------------------------------------------------------------------------
 
+    def _candidates(self) -> Iterator[_Running]:
+        """The preemption candidates in order (lowest priority, then youngest, then job id)."""
+        in_order = self._candidates_in_order
+        heap = self._candidate_heap
+        i = 0
+        while True:
+            if i < len(in_order):
+                yield in_order[i]
+                i += 1
+            elif heap:
+                if not self._heapified:
+                    heapq.heapify(heap)
+                    self._heapified = True
+                in_order.append(heapq.heappop(heap)[3])
+            else:
+                return
+
     def _eligible(
         self, job: PendingJob, q: int, need: tuple[float, float, float]
     ) -> Iterator[tuple[_Running, str]]:
@@ -337,7 +399,7 @@ class _Pass:
         share_after = book.share_after(q, *need)
         priority = job.priority
         offered = 0
-        for g in self.candidates:
+        for g in self._candidates():
             if g.gone:
                 continue
             offered += 1
@@ -454,28 +516,29 @@ class _Pass:
 
     def _too_large(self, job: PendingJob) -> bool:
         """Would not fit even if every running job (and this pass's starts) had ended."""
-        if self._capacity is None:
-            cl = self.cluster
-            cpu, mem, gpu = [0.0] * len(cl.ids), [0.0] * len(cl.ids), [0.0] * len(cl.ids)
-            for e in self.snapshot.executors:
-                i = cl.index[e.executor_id]
-                cpu[i], mem[i], gpu[i] = float(e.free.cpu), float(e.free.memory), float(e.free.gpu)
-            for g in self.groups.values():
-                for i, c, m, gp in g.rows:
-                    cpu[i] += c
-                    mem[i] += m
-                    gpu[i] += gp
-            self._capacity = (cpu, mem, gpu)
         d, n = job.demand, job.replicas
         key = (d.cpu, d.memory, d.gpu, n)
         known = self._too_large_of.get(key)
         if known is not None:
             return known
+        if self._capacities is None:
+            cl = self.cluster
+            cap = [[0.0, 0.0, 0.0] for _ in cl.ids]
+            for e in self.snapshot.executors:
+                i = cl.index[e.executor_id]
+                cap[i] = [float(e.free.cpu), float(e.free.memory), float(e.free.gpu)]
+            for g in self.groups.values():
+                for i, c, m, gp in g.rows:
+                    cap[i][0] += c
+                    cap[i][1] += m
+                    cap[i][2] += gp
+            # executors of one type are one entry: the check is per type, not per executor
+            self._capacities = list(Counter((c, m, gp) for c, m, gp in cap).items())
         total = 0
         answer = True
         dc, dm, dg = d.cpu, d.memory, d.gpu
-        for c, m, gp in zip(*self._capacity, strict=True):
-            total += replicas_in(c, m, gp, dc, dm, dg, n)
+        for (c, m, gp), count in self._capacities:
+            total += count * replicas_in(c, m, gp, dc, dm, dg, n)
             if total >= n:
                 answer = False
                 break
