@@ -92,13 +92,112 @@ class _Pass:
     def __init__(self, snapshot: Snapshot, now: float) -> None:
         self.now = now
         self.snapshot = snapshot
-        cluster = self.cluster = Cluster(snapshot.executors)
-        totals = [sum(cluster.cpu), sum(cluster.mem), sum(cluster.gpu)]
+        self.cluster = Cluster(snapshot.executors)
+        self._simple = self._load_one_row_jobs() or self._load_groups()
+        # preemption candidates, least important first: lowest priority, then youngest. A search
+        # looks at the first few hundred at most, so they are kept as a heap and put in order
+        # only as far as a search reads (job ids are unique: the key decides, never the group)
+        self._candidates_in_order: list[_Running] = []
+        self._heapified = False
+        self.min_victim_priority = min((c[0] for c in self._candidate_heap), default=None)
+        # the fair shares need the pending jobs' queues too: run() finishes them (one look at
+        # the pending jobs for everything)
+        self.fair: list[float] = []
+        book = self.book
+        self.failed_preemptions: set[tuple[int, int, float, float, float, int]] = set()
+        self.preemption_attempts = 0
+        self.releases: list[Release] = []  # of this pass's starts and claims, until the reservation
+        self.reservation: Reservation | None = None
+        self.reserved_at: float | None = None
+        self.assignments: list[Assignment] = []
+        self.claims: list[Assignment] = []
+        self.victims: list[Victim] = []
+        self.waiting: list[Waiting] = []
+        self.messages: dict[tuple[object, ...], tuple[WaitKind, str]] = {}
+        self.dead: dict[tuple[int, float, float, float, int, bool], tuple[WaitKind, str]] = {}
+        self.position = [0] * len(book.names)
+        self.never_fits: set[tuple[float, float, float, int]] = set()
+        # every executor's capacity (free + running), and, as it does not change in a pass, one
+        # answer per shape
+        self._capacities: list[tuple[tuple[float, float, float], int]] | None = None
+        self._too_large_of: dict[tuple[float, float, float, int], bool] = {}
+
+    # -- the running jobs ---------------------------------------------------------------------
+
+    def _load_one_row_jobs(self) -> bool:
+        """The common case, in one look at each row: every running job holds one row (on an
+        online executor) and executor ids are unique. Only jobs that can be stopped (preemptible
+        or already stopping) become _Running objects; the others are needed only as usage, a
+        release time (the reservation) and capacity (the "too large" label), all taken here in
+        the order the general case would take them. False (nothing kept) when a job holds two
+        rows or an executor id repeats: then _load_groups does it all."""
+        cluster, now = self.cluster, self.now
         index = cluster.index
-        self.groups: dict[str, _Running] = {}
-        book = self.book = QueueBook(snapshot.queues, (0.0, 0.0, 0.0))
-        groups = self.groups
-        for r in snapshot.running:
+        running = self.snapshot.running
+        if len(index) != len(cluster.ids) or len({r.job_id for r in running}) != len(running):
+            return False
+        book = QueueBook(self.snapshot.queues, (0.0, 0.0, 0.0))
+        totals = [sum(cluster.cpu), sum(cluster.mem), sum(cluster.gpu)]
+        cap_cpu, cap_mem, cap_gpu = list(cluster.cpu), list(cluster.mem), list(cluster.gpu)
+        static: list[Release] = []
+        movable: list[_Running] = []
+        candidates: list[tuple[int, float, str, _Running]] = []
+        ending: list[_Running] = []
+        active: set[int] = set()
+        default = book.preemptible_default
+        queue_of = book.index
+        for r in running:
+            i = index.get(r.executor_id)
+            if i is None:
+                continue
+            u = r.used
+            c, m, gp = u.cpu, u.memory, u.gpu
+            totals[0] += c
+            totals[1] += m
+            totals[2] += gp
+            cap_cpu[i] += c
+            cap_mem[i] += m
+            cap_gpu[i] += gp
+            q = queue_of.get(r.queue)
+            if q is None:
+                q = book.of(r.queue)
+            end = INF if r.timeout is None else max(r.started_at + r.timeout, now)
+            preemptible = r.preemptible or default[q]
+            if not r.ending:
+                book.add(q, c, m, gp)
+                active.add(q)
+                if not preemptible:
+                    static.append((end, i, c, m, gp))
+                    continue
+            g = _Running(
+                r.job_id, r.attempt, q, r.priority, preemptible, r.started_at, end, r.ending, [(i, c, m, gp)]
+            )
+            g.total = (c, m, gp)
+            movable.append(g)
+            if r.ending:
+                ending.append(g)
+            else:
+                candidates.append((r.priority, -r.started_at, r.job_id, g))
+        book.set_totals((totals[0], totals[1], totals[2]))
+        self.book = book
+        self.groups: dict[str, _Running] = {}  # only _load_groups fills it
+        self._static_releases = static
+        self._movable = movable
+        self._capacity = (cap_cpu, cap_mem, cap_gpu)
+        self.active = active
+        self._candidate_heap = candidates
+        self.ending_groups = ending
+        return True
+
+    def _load_groups(self) -> bool:
+        """The general case: a job may hold rows on several executors (a gang); it is one group,
+        stopped or released as a whole."""
+        cluster, now = self.cluster, self.now
+        index = cluster.index
+        book = self.book = QueueBook(self.snapshot.queues, (0.0, 0.0, 0.0))
+        totals = [sum(cluster.cpu), sum(cluster.mem), sum(cluster.gpu)]
+        groups: dict[str, _Running] = {}
+        for r in self.snapshot.running:
             i = index.get(r.executor_id)
             if i is None:
                 continue
@@ -133,39 +232,18 @@ class _Pass:
         for g in groups.values():
             if not g.ending:
                 book.add(g.queue, *g.total)
-        # the fair shares need the pending jobs' queues too: run() finishes them (one look at
-        # the pending jobs for everything)
-        self.active = {g.queue for g in self.groups.values() if not g.ending}
-        self.fair: list[float] = []
-        # preemption candidates, least important first: lowest priority, then youngest. A search
-        # looks at the first few hundred at most, so they are kept as a heap and put in order
-        # only as far as a search reads (job ids are unique: the key decides, never the group)
+        self.groups = groups
+        self.active = {g.queue for g in groups.values() if not g.ending}
         self._candidate_heap = [
             (g.priority, -g.started_at, g.job_id, g)
-            for g in self.groups.values()
+            for g in groups.values()
             if g.preemptible and not g.ending
         ]
-        self._candidates_in_order: list[_Running] = []
-        self._heapified = False
-        self.ending_groups = [g for g in self.groups.values() if g.ending]
-        self.min_victim_priority = min((c[0] for c in self._candidate_heap), default=None)
-        self.failed_preemptions: set[tuple[int, int, float, float, float, int]] = set()
-        self.preemption_attempts = 0
-        self.releases: list[Release] = []  # of this pass's starts and claims, until the reservation
-        self.reservation: Reservation | None = None
-        self.reserved_at: float | None = None
-        self.assignments: list[Assignment] = []
-        self.claims: list[Assignment] = []
-        self.victims: list[Victim] = []
-        self.waiting: list[Waiting] = []
-        self.messages: dict[tuple[object, ...], tuple[WaitKind, str]] = {}
-        self.dead: dict[tuple[int, float, float, float, int, bool], tuple[WaitKind, str]] = {}
-        self.position = [0] * len(book.names)
-        self.never_fits: set[tuple[float, float, float, int]] = set()
-        # every executor's capacity (free + running), and, as it does not change in a pass, one
-        # answer per shape
-        self._capacities: list[tuple[tuple[float, float, float], int]] | None = None
-        self._too_large_of: dict[tuple[float, float, float, int], bool] = {}
+        self.ending_groups = [g for g in groups.values() if g.ending]
+        self._static_releases = []
+        self._movable = []
+        self._capacity = ([], [], [])
+        return False
 
     # -- the pass ---------------------------------------------------------------------------
 
@@ -344,12 +422,21 @@ class _Pass:
             self._wait(job, q, "too_large", None)
             return
         now = self.now
-        releases = self.releases + [
-            (now if g.ending else g.end, i, c, m, gp)
-            for g in self.groups.values()
-            if not g.gone
-            for i, c, m, gp in g.rows
-        ]
+        if self._simple:
+            releases = self.releases + self._static_releases
+            releases += [
+                (now if g.ending else g.end, i, c, m, gp)
+                for g in self._movable
+                if not g.gone
+                for i, c, m, gp in g.rows
+            ]
+        else:
+            releases = self.releases + [
+                (now if g.ending else g.end, i, c, m, gp)
+                for g in self.groups.values()
+                if not g.gone
+                for i, c, m, gp in g.rows
+            ]
         heapq.heapify(releases)  # earliest pops only as many as it needs, in sorted order
         found = self.cluster.earliest(dc, dm, dg, n, releases)
         if found is None:
@@ -521,7 +608,9 @@ class _Pass:
         known = self._too_large_of.get(key)
         if known is not None:
             return known
-        if self._capacities is None:
+        if self._capacities is None and self._simple:
+            self._capacities = list(Counter(zip(*self._capacity, strict=True)).items())
+        elif self._capacities is None:
             cl = self.cluster
             cap = [[0.0, 0.0, 0.0] for _ in cl.ids]
             for e in self.snapshot.executors:
