@@ -47,6 +47,11 @@ def replicas_in(cpu: float, memory: float, gpu: float, dc: float, dm: float, dg:
     return k if k > 0 else 0
 
 
+# replicas_in(...) is 0 exactly when this holds (most >= 1): the same expressions, without a call;
+# scans test it first because most executors they pass hold no replica at all
+#     (dc > 0 and (cpu + EPS) / dc < 1) or (dm > 0 and memory // dm < 1) or (dg > 0 and gpu // dg < 1)
+
+
 class Cluster:
     def __init__(self, executors: Sequence[ExecutorFree]) -> None:
         order = sorted(executors, key=lambda e: (e.free.gpu, e.free.cpu, e.free.memory, e.executor_id))
@@ -67,8 +72,9 @@ class Cluster:
             max(self.gpu, default=0.0),
         )
         self._cap: dict[Shape, int] = {}
-        self._best: list[tuple[float, int]] | None = None
+        self._best: list[tuple[float, int]] | None = None  # (value, executor) per resource
         self._placements: dict[tuple[int, int], tuple[RankPlacement, ...]] = {}
+        self.singles: list[tuple[RankPlacement, ...] | None] = [None] * len(self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -115,8 +121,13 @@ class Cluster:
         slots: Slots = []
         total = 0
         size = len(self.ids)
+        cpu, mem, gpu = (self.lcpu, self.lmem, self.lgpu) if long else (self.cpu, self.mem, self.gpu)
+        hc, hm, hg = dc > 0, dm > 0, dg > 0
         while i < size:
-            c, m, g = self.room(i, long)
+            c, m, g = cpu[i], mem[i], gpu[i]
+            if (hc and (c + EPS) / dc < 1) or (hm and m // dm < 1) or (hg and g // dg < 1):
+                i += 1
+                continue
             k = replicas_in(c, m, g, dc, dm, dg, n - total)
             if k:
                 slots.append((i, k))
@@ -188,24 +199,26 @@ class Cluster:
 
     def best(self) -> tuple[float, float, float]:
         """The most free cpu, memory and gpu on any one executor (each on its own)."""
-        cached = self._best
-        arrays = (self.cpu, self.mem, self.gpu)
-        if cached is not None and all(arrays[r][i] == v for r, (v, i) in enumerate(cached)):
-            return cached[0][0], cached[1][0], cached[2][0]
         if not self.ids:
             return 0.0, 0.0, 0.0
-        fresh = []
-        for a in arrays:
-            top = max(a)
-            fresh.append((top, a.index(top)))
-        self._best = fresh
-        return fresh[0][0], fresh[1][0], fresh[2][0]
+        cached = self._best
+        if cached is None:
+            cached = self._best = [(0.0, -1)] * 3
+        out = []
+        for r, a in enumerate((self.cpu, self.mem, self.gpu)):
+            v, i = cached[r]
+            if i < 0 or a[i] != v:  # its executor's room went down: recompute this one
+                v = max(a)
+                cached[r] = (v, a.index(v))
+            out.append(v)
+        return out[0], out[1], out[2]
 
     def single(self, i: int) -> tuple[RankPlacement, ...]:
-        """The placement of a one-replica job on executor i (shared, immutable)."""
-        one = self._placements.get((i, 1))
+        """The placement of a one-replica job on executor i (shared, immutable; callers in a
+        hurry read ``singles[i]`` first)."""
+        one = self.singles[i]
         if one is None:
-            one = self._placements[(i, 1)] = (RankPlacement(self.ids[i], (0,)),)
+            one = self.singles[i] = self._placements[(i, 1)] = (RankPlacement(self.ids[i], (0,)),)
         return one
 
     def placements(self, slots: Slots) -> tuple[RankPlacement, ...]:
@@ -213,6 +226,8 @@ class Cluster:
         every other job of its size there."""
         if len(slots) == 1:
             key = slots[0]
+            if key[1] == 1:
+                return self.single(key[0])
             one = self._placements.get(key)
             if one is None:
                 one = self._placements[key] = (RankPlacement(self.ids[key[0]], tuple(range(key[1]))),)
@@ -253,7 +268,13 @@ class Cluster:
         """
         cpu, mem, gpu = list(self.cpu), list(self.mem), list(self.gpu)
         size = len(cpu)
-        k = [replicas_in(cpu[i], mem[i], gpu[i], dc, dm, dg, n) for i in range(size)]
+        hc, hm, hg = dc > 0, dm > 0, dg > 0
+        k = [
+            0
+            if (hc and (cpu[i] + EPS) / dc < 1) or (hm and mem[i] // dm < 1) or (hg and gpu[i] // dg < 1)
+            else replicas_in(cpu[i], mem[i], gpu[i], dc, dm, dg, n)
+            for i in range(size)
+        ]
         total = sum(k)
         at = float("-inf")
         pop = heapq.heappop
@@ -261,10 +282,13 @@ class Cluster:
             at = releases[0][0]
             while releases and releases[0][0] == at:
                 _, i, c, m, g = pop(releases)
-                cpu[i] += c
-                mem[i] += m
-                gpu[i] += g
-                new = replicas_in(cpu[i], mem[i], gpu[i], dc, dm, dg, n)
+                c = cpu[i] = cpu[i] + c
+                m = mem[i] = mem[i] + m
+                g = gpu[i] = gpu[i] + g
+                if (hc and (c + EPS) / dc < 1) or (hm and m // dm < 1) or (hg and g // dg < 1):
+                    new = 0
+                else:
+                    new = replicas_in(c, m, g, dc, dm, dg, n)
                 total += new - k[i]
                 k[i] = new
         if total < n:

@@ -278,6 +278,7 @@ class _Pass:
         now = self.now
         new = tuple.__new__
         heappop, heappush = heapq.heappop, heapq.heappush
+        use, inverse, weight = book.use, book.inverse_total, book.weight
         for priority in sorted(classes, reverse=True):
             queues = classes[priority]
             for jobs in queues.values():
@@ -316,7 +317,9 @@ class _Pass:
                         # its share grew: it goes on only if it is still the lowest, which is
                         # what pushing it back and popping the heap's smallest would decide
                         if i < size:
-                            entry = (book.weighted_share(q), name, q)
+                            u = use[q]  # book.weighted_share(q), inline
+                            share = max(u[0] * inverse[0], u[1] * inverse[1], u[2] * inverse[2]) / weight[q]
+                            entry = (share, name, q)
                             if heap and heap[0] < entry:
                                 heappush(heap, entry)
                                 break
@@ -378,7 +381,7 @@ class _Pass:
             i = cluster.place_one(dc, dm, dg, long)
             if i >= 0:
                 self.book.add(q, dc, dm, dg)
-                ranks = cluster.single(i)
+                ranks = cluster.singles[i] or cluster.single(i)
                 self.assignments.append(Assignment(job.job_id, job.attempt, ranks[0].executor_id, ranks))
                 if reserved_at is None:
                     self.releases.append((INF if timeout is None else now + timeout, i, dc, dm, dg))
