@@ -191,8 +191,9 @@ async def test_a_failing_rank_fails_the_gang_stops_the_other_member_and_is_retri
         second_rank0 = await eventually(lambda: ready(seen(out, 2, 0)), 10, "attempt 2's rank 0")
         await eventually(lambda: ready(not alive(second_rank0["pid"])), 30, "attempt 2's rank 0 stopped")
         events = await bus.event_types(job_id)
+        texts = await bus.log_text(job_id)
     assert done.state == JobState.FAILED and done.attempt == 2 and done.retries_used == 1, done.reason
-    assert done.exit_code == 3 and "ranks [1]" in (done.reason or ""), done.reason
+    assert done.exit_code == 3 and "ranks [1]" in (done.reason or ""), (done.reason, texts)
     assert [a.state for a in done.attempts] == [JobState.REQUEUED, JobState.FAILED]
     assert events.count("running") == 2 and events.count("requeued") == 1, events
     assert events.count("failed") == 1 and events[-1] == "failed", events
@@ -261,8 +262,16 @@ async def test_a_lost_member_executor_requeues_the_attempt_and_stops_the_other_m
         async with running(scheduler(common)), running(executor_app(common, kept)):
             lost.start()
             job_id = await bus.submit(gang_spec(out, "hold"))
-            await bus.wait_state(job_id, "running", timeout=60)
-            ranks = [await eventually(lambda r=r: ready(seen(out, 1, r)), 30, f"rank {r}") for r in (0, 1)]
+            try:
+                await bus.wait_state(job_id, "running", timeout=60)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; {await diagnosis(bus, job_id)}") from exc
+            try:
+                ranks = [
+                    await eventually(lambda r=r: ready(seen(out, 1, r)), 30, f"rank {r}") for r in (0, 1)
+                ]
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; {await diagnosis(bus, job_id)}") from exc
             pids = [env["pid"] for env in ranks]
             placed = await bus.record(job_id)
             assert placed is not None and placed.gang is not None
@@ -288,6 +297,18 @@ async def test_a_lost_member_executor_requeues_the_attempt_and_stops_the_other_m
     assert requeued.attempts[0].state == JobState.REQUEUED
     assert "exec-lost" in (requeued.attempts[0].reason or ""), requeued.attempts[0].reason
     assert events.count("requeued") == 1 and events.count("running") == 1, events
+
+
+async def diagnosis(bus: Bus, job_id: str) -> str:
+    """The record and the commands sent, for a failure message."""
+    record = await bus.record(job_id)
+    stream = bus.subjects.streams.exec
+    waiting = (await bus.js.stream_info(stream)).state.messages
+    consumers = [
+        (c.name, c.num_pending, c.num_ack_pending, c.num_redelivered)
+        for c in await bus.js.consumers_info(stream)
+    ]
+    return f"record: {record.model_dump_json() if record else None}; commands: {waiting} {consumers}"
 
 
 async def _requeued(bus: Bus, job_id: str) -> Any:
