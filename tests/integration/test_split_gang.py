@@ -15,8 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -30,6 +31,7 @@ from .harness import Bus, common_settings, eventually, running
 
 pytestmark = [pytest.mark.service, pytest.mark.local, pytest.mark.distributed]
 PY = sys.executable
+T = TypeVar("T")
 
 # each rank writes what it saw to <dir>/attempt-<A>-rank-<R>.json, then meets the other rank:
 # rank 0 accepts one connection on MASTER_ADDR:MASTER_PORT and reads rank 1's greeting.
@@ -154,7 +156,9 @@ async def test_a_gang_split_across_two_executors_runs_and_succeeds(common, bus, 
     a, b = executor_settings("exec-a", port), executor_settings("exec-b", port)
     async with running(scheduler(common)), running(executor_app(common, a)), running(executor_app(common, b)):
         job_id = await bus.submit(gang_spec(out, "ok"))
-        done = await bus.wait_state(job_id, "succeeded", "failed", "timed_out", timeout=60)
+        done = await explained(
+            bus.wait_state(job_id, "succeeded", "failed", "timed_out", timeout=60), bus, job_id
+        )
         texts = await bus.log_text(job_id)
         events = await bus.event_types(job_id)
     assert done.state == JobState.SUCCEEDED, (done.reason, texts)
@@ -184,7 +188,9 @@ async def test_a_failing_rank_fails_the_gang_stops_the_other_member_and_is_retri
     a, b = executor_settings("exec-a", port), executor_settings("exec-b", port)
     async with running(scheduler(common)), running(executor_app(common, a)), running(executor_app(common, b)):
         job_id = await bus.submit(gang_spec(out, "fail1", retries={"limit": 1, "backoff": 0}))
-        done = await bus.wait_state(job_id, "failed", "succeeded", "timed_out", timeout=90)
+        done = await explained(
+            bus.wait_state(job_id, "failed", "succeeded", "timed_out", timeout=90), bus, job_id
+        )
         # rank 0 of each attempt waited for a "go" that never came: the failure stopped it
         first_rank0 = await eventually(lambda: ready(seen(out, 1, 0)), 10, "attempt 1's rank 0")
         await eventually(lambda: ready(not alive(first_rank0["pid"])), 30, "attempt 1's rank 0 stopped")
@@ -262,10 +268,7 @@ async def test_a_lost_member_executor_requeues_the_attempt_and_stops_the_other_m
         async with running(scheduler(common)), running(executor_app(common, kept)):
             lost.start()
             job_id = await bus.submit(gang_spec(out, "hold"))
-            try:
-                await bus.wait_state(job_id, "running", timeout=60)
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}; {await diagnosis(bus, job_id)}") from exc
+            await explained(bus.wait_state(job_id, "running", timeout=60), bus, job_id)
             try:
                 ranks = [
                     await eventually(lambda r=r: ready(seen(out, 1, r)), 30, f"rank {r}") for r in (0, 1)
@@ -297,6 +300,13 @@ async def test_a_lost_member_executor_requeues_the_attempt_and_stops_the_other_m
     assert requeued.attempts[0].state == JobState.REQUEUED
     assert "exec-lost" in (requeued.attempts[0].reason or ""), requeued.attempts[0].reason
     assert events.count("requeued") == 1 and events.count("running") == 1, events
+
+
+async def explained(wait: Awaitable[T], bus: Bus, job_id: str) -> T:
+    try:
+        return await wait
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {await diagnosis(bus, job_id)}") from exc
 
 
 async def diagnosis(bus: Bus, job_id: str) -> str:
