@@ -75,6 +75,7 @@ async def test_each_message_of_a_batch_is_acked_retried_or_parked_on_its_own(
     failing = JobQueued(job_id="always-fails", attempt=1, queue="default").model_dump_json().encode()
     await bus.js.publish(sb.subjects.job("always-fails", "queued"), failing)
     await sb.broker.start()
+    await sb.start_pullers()
     try:
 
         async def letters():
@@ -89,6 +90,7 @@ async def test_each_message_of_a_batch_is_acked_retried_or_parked_on_its_own(
 
         await eventually(drained, 30, "nothing left pending")
     finally:
+        await sb.stop_pullers()
         await sb.broker.stop()
 
     assert sorted(seen) == [(j, a) for j in "abc" for a in (1, 2, 3)]  # each good one once

@@ -1,8 +1,8 @@
-"""A durable consumer that handles messages one by one but pays faststream's cost once per batch.
+"""A durable consumer for the job path: messages pulled in batches, each handled on its own.
 
 faststream runs its middleware chain (acknowledgement, logging, Prometheus, dead letters,
 dependency injection) for every message: measured at roughly half of a consumer's CPU on the job
-path. ``batch_consumer`` pulls up to ``batch`` messages in one fetch, goes through that chain once,
+path. ``batch_consumer`` pulls up to ``batch`` messages in one fetch with nats-py (see ``Puller``)
 and gives each message the same guarantees ``durable_consumer`` gives it, per message:
 
 - a body that does not parse is dead-lettered at once with its reason and acked;
@@ -23,12 +23,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
-from faststream import AckPolicy, Context
-from faststream.nats import ConsumerConfig, JStream, PullSub
+from faststream.nats import ConsumerConfig, JStream
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, Counter
@@ -84,7 +84,10 @@ def batch_consumer(
     service = sb.service
     outcomes = _outcomes(sb.registry)
     handled, retried, parked = (outcomes.labels(durable, o) for o in ("handled", "retried", "dead_lettered"))
-    tracer = trace.get_tracer("trainyard.batches") if tracing_enabled() else None
+    tracer = None
+    if tracing_enabled():
+        provider = sb.tracer_provider or trace.get_tracer_provider()
+        tracer = provider.get_tracer("trainyard.batches")
     config = ConsumerConfig(max_deliver=max_deliver, ack_wait=ack_wait)
     if filter_subjects:
         config.filter_subjects = list(filter_subjects)
@@ -116,8 +119,7 @@ def batch_consumer(
             for raw, item in pairs:
                 await handle(raw, item)
 
-        async def on_batch(message: Annotated[Any, Context("message")]) -> None:
-            raws: list[Msg] = list(message.raw_message)
+        async def on_batch(raws: list[Msg]) -> None:
             keep = asyncio.create_task(_keep_in_progress(raws, ack_wait / 3))
             try:
                 lanes: dict[object, list[tuple[Msg, Any]]] = {}
@@ -146,27 +148,87 @@ def batch_consumer(
             finally:
                 keep.cancel()
 
-        sb.broker.subscriber(
-            subject,
-            stream=stream,
-            durable=durable,
-            pull_sub=PullSub(batch_size=batch, timeout=0.5, batch=True),
-            # each body is parsed above, on its own: faststream's decoder would parse the whole
-            # batch at once, and one bad body would fail (and dead-letter) every message with it
-            decoder=_undecoded,
-            config=config,
-            # every message is acked, nacked or parked above; faststream acks what is left (none)
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-            title=title,
-            description=description,
-        )(on_batch)
+        sb.pullers.append(
+            Puller(sb, subject, stream.name, durable, config, batch, on_batch, title, description)
+        )
         return handler
 
     return decorate
 
 
-async def _undecoded(message: Any) -> None:
-    return None
+class Puller:
+    """The fetch loop of one durable pull consumer: one fetch at a time, which answers as soon as
+    any message is there (up to ``batch``), then the whole batch is handled before the next.
+
+    Not faststream's batch subscriber: that one keeps fetching until the batch is full or its
+    timeout has passed, so a lone message waited up to the timeout, and its many short fetches
+    left messages delivered but unhandled until ``ack_wait`` (seen in tests). Started after the
+    broker, stopped before it (``runner.build_app`` and the submission app's lifespan do both).
+    """
+
+    LONG_POLL = 1.0  # seconds a fetch waits when nothing is there: an idle consumer asks once a second
+
+    def __init__(
+        self,
+        sb: ServiceBroker,
+        subject: str,
+        stream: str,
+        durable: str,
+        config: ConsumerConfig,
+        batch: int,
+        on_batch: Callable[[list[Msg]], Awaitable[None]],
+        title: str,
+        description: str,
+    ) -> None:
+        self.sb, self.subject, self.stream, self.durable = sb, subject, stream, durable
+        self.config, self.batch, self.on_batch = config, batch, on_batch
+        self.title, self.description = title, description
+        self._task: asyncio.Task[None] | None = None
+        self._fetching = False
+        self._stopping = False
+
+    async def start(self) -> None:
+        js = self.sb.broker.config.connection_state.stream
+        self._sub = await js.pull_subscribe(
+            self.subject, durable=self.durable, stream=self.stream, config=self.config
+        )
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=f"pull-{self.durable}")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop fetching; a batch being handled is finished first (within ``timeout``)."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if self._fetching:
+            task.cancel()  # what a cancelled fetch held is redelivered after ack_wait
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, timeout)
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._fetching = True
+            try:
+                raws = await self._sub.fetch(self.batch, timeout=self.LONG_POLL)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnecting, or the consumer is being recreated
+                log.warning(
+                    "fetch failed; trying again", extra={"consumer": self.durable, "error": _short(exc)}
+                )
+                await asyncio.sleep(1.0)
+                continue
+            finally:
+                self._fetching = False
+            try:
+                await self.on_batch(raws)
+            except Exception:  # on_batch handles each message; this is a bug, not a bad message
+                log.exception("batch handling failed", extra={"consumer": self.durable})
 
 
 async def _keep_in_progress(raws: list[Msg], every: float) -> None:

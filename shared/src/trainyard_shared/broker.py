@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
@@ -24,6 +25,17 @@ class ServiceBroker:
     registry: CollectorRegistry
     subjects: Subjects
     service: str = "service"
+    tracer_provider: TracerProvider | None = None
+    # batch consumers' fetch loops (trainyard_shared.batches.Puller), run beside the broker
+    pullers: list[Any] = field(default_factory=list)
+
+    async def start_pullers(self) -> None:
+        for puller in self.pullers:
+            await puller.start()
+
+    async def stop_pullers(self) -> None:
+        for puller in self.pullers:
+            await puller.stop()
 
 
 def make_broker(
@@ -61,4 +73,6 @@ def make_broker(
         ),
         **extra,
     )
-    return ServiceBroker(broker=broker, registry=registry, subjects=subjects, service=service)
+    return ServiceBroker(
+        broker=broker, registry=registry, subjects=subjects, service=service, tracer_provider=tracer_provider
+    )

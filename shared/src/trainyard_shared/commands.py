@@ -5,7 +5,7 @@ from __future__ import annotations
 from faststream.nats import NatsBroker
 
 from trainyard_contracts import CancelAttempt, StartAttempt, Subjects, msg_id
-from trainyard_shared.events import MSG_ID
+from trainyard_shared.events import MSG_ID, publish_acked
 
 
 class CommandSender:
@@ -14,13 +14,14 @@ class CommandSender:
         self.subjects = subjects
 
     async def send(self, command: StartAttempt | CancelAttempt) -> None:
-        await self.broker.publish(
-            command.model_dump_json().encode(),
+        await publish_acked(
+            self.broker,
             self.subjects.exec_command(command.executor_id, command.type),
-            headers={
+            command.model_dump_json().encode(),
+            {
                 # per executor: a gang split across executors gets one start (or cancel) each
                 MSG_ID: msg_id(command.job_id, command.attempt, f"{command.type}@{command.executor_id}"),
                 "content-type": "application/json",
             },
-            stream=self.subjects.streams.exec,
+            self.subjects.streams.exec,
         )

@@ -35,8 +35,9 @@ def build_app(
         ],
         specification=AsyncAPI(title=title, description=description, version=version),
         on_startup=on_startup,
-        after_startup=after_startup,
-        on_shutdown=on_shutdown,
+        # the batch consumers pull once the service's own start-up has connected and declared
+        after_startup=[sb.start_pullers, *after_startup],
+        on_shutdown=[sb.stop_pullers, *on_shutdown],
     )
 
 

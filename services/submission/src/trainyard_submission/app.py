@@ -107,9 +107,11 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             queues=state["queues"],
         )
         await sb.broker.start()
+        await sb.start_pullers()
         try:
             yield
         finally:
+            await sb.stop_pullers()
             await sb.broker.stop()
             await view.stop()
             await queue_view.stop()
