@@ -89,11 +89,13 @@ def plan(snapshot: Snapshot, now: float) -> Plan:
 
 
 class _Pass:
-    def __init__(self, snapshot: Snapshot, now: float) -> None:
+    def __init__(self, snapshot: Snapshot, now: float, *, grouped: bool = False) -> None:
+        """``grouped``: read the running jobs the general way even when each holds one row (the
+        tests compare both ways)."""
         self.now = now
         self.snapshot = snapshot
         self.cluster = Cluster(snapshot.executors)
-        self._simple = self._load_one_row_jobs() or self._load_groups()
+        self._simple = (not grouped and self._load_one_row_jobs()) or self._load_groups()
         # preemption candidates, least important first: lowest priority, then youngest. A search
         # looks at the first few hundred at most, so they are kept as a heap and put in order
         # only as far as a search reads (job ids are unique: the key decides, never the group)
