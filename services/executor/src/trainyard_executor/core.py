@@ -361,7 +361,9 @@ class ExecutorCore:
                 record.job_id, attempt, kind, outcome.exit_code, reason, outputs_uri, local.elapsed()
             )
             if after is not None and after.state.terminal:
-                await asyncio.to_thread(shutil.rmtree, self.checkpoint_dir(record.job_id), True)
+                checkpoints = self.checkpoint_dir(record.job_id)
+                if checkpoints.exists():  # most jobs never write one: no thread hop for nothing
+                    await asyncio.to_thread(shutil.rmtree, checkpoints, True)
         await self._release(local)
 
     async def _could_not_run(
