@@ -12,7 +12,9 @@ look like a busy cluster, not a best case:
 
 Output: a JSON list of {"pending", "nodes", "seconds" (wall clock), "cpu_seconds" (this process's
 CPU time: on a shared machine the wall clock also counts other processes), "passes", "assigned",
-"waiting", "victims"} to tests/bench/results/scheduler.json (or --out).
+"waiting", "victims", "load_average" (the machine's 1-minute load average when the cell ended: on
+this 2-core machine anything above ~1 means other processes competed for the CPU and its caches,
+which slows even the CPU seconds)} to tests/bench/results/scheduler.json (or --out).
 
 Usage: python tests/bench/bench_scheduler.py [--pending 1000,10000,100000] [--nodes 10,1000,5000]
        [--passes 5] [--out PATH]
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -137,6 +140,7 @@ def measure(pending: int, nodes: int, passes: int) -> dict[str, object]:
         "assigned": len(result.assignments),
         "waiting": len(result.waiting),
         "victims": len(result.victims),
+        "load_average": round(os.getloadavg()[0], 2),
     }
 
 

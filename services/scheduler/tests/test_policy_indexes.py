@@ -1,12 +1,12 @@
 """The policy's indexes and caches against the straightforward computation they replace.
 
 A pass keeps, for speed: a cursor per shape over the executors (plus a start-of-pass bound that
-skips shapes larger than any executor's room), the room of a job that could delay the reservation
-(min of free room and shadow) in arrays of its own, cached per-resource maxima, shared rank
-placements, a reservation sweep that skips executors holding no replica without computing it, and
-a one-look reader for running jobs that each hold one row. Each is checked here against a plain
-scan / recomputation on random cases (hypothesis); the planner-level guarantees are in
-test_policy_properties.py.
+skips shapes larger than any executor's room, and per-block bounds that skip blocks of
+executors), the room of a job that could delay the reservation (min of free room and shadow) in
+arrays of its own, cached per-resource maxima, shared rank placements, a reservation sweep that
+skips executors holding no replica without computing it, and a one-look reader for running jobs
+that each hold one row. Each is checked here against a plain scan / recomputation on random cases
+(hypothesis); the planner-level guarantees are in test_policy_properties.py.
 """
 
 from __future__ import annotations
@@ -28,20 +28,19 @@ pytestmark = pytest.mark.unit
 shapes = st.tuples(
     st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0]), st.sampled_from([0, 256, 1024, 4096]), st.integers(0, 2)
 )
-executors = st.lists(
-    st.builds(
-        ExecutorFree,
-        executor_id=st.integers(0, 40).map(lambda i: f"e{i}"),
-        free=st.builds(
-            Demand,
-            cpu=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5, 4.0, 8.0]),
-            memory=st.integers(0, 9000),
-            gpu=st.integers(0, 4),
-        ),
+executor = st.builds(
+    ExecutorFree,
+    executor_id=st.integers(0, 400).map(lambda i: f"e{i}"),
+    free=st.builds(
+        Demand,
+        cpu=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5, 4.0, 8.0]),
+        memory=st.sampled_from([0, 256, 1000, 1024, 4096, 5000]) | st.integers(0, 9000),
+        gpu=st.integers(0, 4),
     ),
-    min_size=1,
-    max_size=12,
-    unique_by=lambda e: e.executor_id,
+)
+# few executors, or enough for the scan to skip whole blocks of them (BLOCK = 32)
+executors = st.lists(executor, min_size=1, max_size=12, unique_by=lambda e: e.executor_id) | st.lists(
+    executor, min_size=40, max_size=110, unique_by=lambda e: e.executor_id
 )
 operations = st.lists(
     st.tuples(
@@ -146,8 +145,9 @@ releases = st.lists(
     st.one_of(st.none(), st.tuples(st.integers(0, 6), shapes, st.integers(1, 4), releases)),
 )
 def test_placing_agrees_with_a_plain_first_fit_scan(execs, ops, reservation):
-    """Cursors, the start-of-pass bound, the gang bound and the long-job room arrays never change
-    where a job goes: every answer equals a scan of every executor from the first."""
+    """Cursors, the start-of-pass bound, skipped blocks, the gang bound and the long-job room
+    arrays never change where a job goes: every answer equals a scan of every executor from the
+    first."""
     cl = Cluster(execs)
     shadow: dict[int, list[float]] = {}
     for step, (op, (dc, dm, dg), n, long) in enumerate(ops):

@@ -31,6 +31,9 @@ from collections.abc import Sequence
 from trainyard_scheduler.policy.model import ExecutorFree, RankPlacement
 
 EPS = 1e-9
+INF = float("inf")
+BLOCK_SHIFT = 5
+BLOCK = 1 << BLOCK_SHIFT  # executors per block of the scan's skip list
 Shape = tuple[float, float, float, bool]
 Slots = list[tuple[int, int]]  # (executor index, replicas there)
 
@@ -75,11 +78,56 @@ class Cluster:
         self._best: list[tuple[float, int]] | None = None  # (value, executor) per resource
         self._placements: dict[tuple[int, int], tuple[RankPlacement, ...]] = {}
         self.singles: list[tuple[RankPlacement, ...] | None] = [None] * len(self.ids)
+        # per block of BLOCK executors, an upper bound of each resource's free room (long rooms
+        # are never larger): a scan skips a block whose bound is too small in one resource.
+        # Free room only shrinks, so a bound stays a bound; it is made exact again when a scan
+        # finds nothing in its block
+        self._bounds = [self._bound(b) for b in range(0, len(self.ids), BLOCK)]
 
     def __len__(self) -> int:
         return len(self.ids)
 
     # -- placing ------------------------------------------------------------------------------
+
+    def _bound(self, start: int) -> tuple[float, float, float]:
+        end = start + BLOCK
+        out = []
+        for a in (self.cpu, self.mem, self.gpu):
+            part = a[start:end]
+            top = max(part)
+            total = sum(part)
+            # NaN anywhere (a NaN fits every comparison's "else"): no bound, never skipped
+            out.append(top if top == top and total == total else INF)
+        return out[0], out[1], out[2]
+
+    def _scan(self, i: int, dc: float, dm: float, dg: float, long: bool) -> int:
+        """The first executor from i on where the shape fits; len(ids) when none. Exactly the
+        plain scan, with blocks skipped whose bound says none of them fits."""
+        n = len(self.ids)
+        if long:
+            cpu, mem, gpu = self.lcpu, self.lmem, self.lgpu
+        else:
+            cpu, mem, gpu = self.cpu, self.mem, self.gpu
+        # up to the end of i's block, one by one
+        while i < n and (cpu[i] + EPS < dc or mem[i] < dm or gpu[i] < dg):
+            i += 1
+            if not i & (BLOCK - 1):
+                break
+        else:
+            return i
+        bounds = self._bounds
+        while i < n:
+            bc, bm, bg = bounds[i >> BLOCK_SHIFT]
+            end = i + BLOCK if i + BLOCK < n else n
+            if bc + EPS < dc or bm < dm or bg < dg:
+                i = end
+                continue
+            for j in range(i, end):
+                if not (cpu[j] + EPS < dc or mem[j] < dm or gpu[j] < dg):
+                    return j
+            bounds[i >> BLOCK_SHIFT] = self._bound(i)
+            i = end
+        return n
 
     def _first(self, dc: float, dm: float, dg: float, long: bool) -> int:
         key = (dc, dm, dg, long)
@@ -92,8 +140,8 @@ class Cluster:
             cpu, mem, gpu = self.lcpu, self.lmem, self.lgpu
         else:
             cpu, mem, gpu = self.cpu, self.mem, self.gpu
-        while i < n and (cpu[i] + EPS < dc or mem[i] < dm or gpu[i] < dg):
-            i += 1
+        if i < n and (cpu[i] + EPS < dc or mem[i] < dm or gpu[i] < dg):
+            i = self._scan(i, dc, dm, dg, long)
         self._cursor[key] = i
         return i if i < n else -1
 
@@ -150,8 +198,8 @@ class Cluster:
             cpu, mem, gpu = self.lcpu, self.lmem, self.lgpu
         else:
             cpu, mem, gpu = self.cpu, self.mem, self.gpu
-        while i < n and (cpu[i] + EPS < dc or mem[i] < dm or gpu[i] < dg):
-            i += 1
+        if i < n and (cpu[i] + EPS < dc or mem[i] < dm or gpu[i] < dg):
+            i = self._scan(i, dc, dm, dg, long)
         self._cursor[key] = i
         if i >= n:
             self._cap[key] = 0
@@ -195,7 +243,8 @@ class Cluster:
         self.mem[i] -= memory
         self.gpu[i] -= gpu
         if cpu < 0 or memory < 0 or gpu < 0:
-            self._best = None  # room grew: the cached maxima may be stale
+            self._best = None  # room grew: the cached maxima may be stale, and the block's bound
+            self._bounds[i >> BLOCK_SHIFT] = self._bound(i >> BLOCK_SHIFT << BLOCK_SHIFT)
 
     def best(self) -> tuple[float, float, float]:
         """The most free cpu, memory and gpu on any one executor (each on its own)."""
