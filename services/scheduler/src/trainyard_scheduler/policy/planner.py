@@ -805,12 +805,52 @@ class _VictimSearch:
                     break
         return None if best is None else best[1]
 
+    def _hopeless(self, options: list[tuple[_Running, str]]) -> bool:
+        """True when even stopping every eligible job would not make room (or quota) for the
+        gang: then the search below cannot succeed, and is not run. Exact, not a heuristic: the
+        search adds victims one by one, the replicas that fit and the quota given back only grow
+        as it does (usage is never negative), so it succeeds only if all of them together do.
+        Their sums here are taken in another order than the search's, hence the slack (a
+        millionth) on the side of "not hopeless"."""
+        cl = self.p.cluster
+        released: dict[int, list[float]] = {}
+        back, cohort_back = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        for g, _ in options:
+            for i, c, m, gp in g.rows:
+                if c < 0 or m < 0 or gp < 0:
+                    return False
+                r = released.get(i)
+                if r is None:
+                    released[i] = [c, m, gp]
+                else:
+                    r[0] += c
+                    r[1] += m
+                    r[2] += gp
+            self._quota_back(g, back, cohort_back, 1.0)
+
+        def more(x: float) -> float:
+            return x + 1e-6 * (1.0 + abs(x))
+
+        dc, dm, dg, n = self.dc, self.dm, self.dg, self.n
+        gain = 0
+        for i, (c, m, gp) in released.items():
+            now = replicas_in(cl.cpu[i], cl.mem[i], cl.gpu[i], dc, dm, dg, n)
+            gain += (
+                replicas_in(more(cl.cpu[i] + c), more(cl.mem[i] + m), more(cl.gpu[i] + gp), dc, dm, dg, n)
+                - now
+            )
+        if cl.count(dc, dm, dg, n) + gain < n:
+            return True
+        return not self._quota_ok([more(b) for b in back], [more(b) for b in cohort_back])
+
     def gang(self, eligible: Iterator[tuple[_Running, str]]) -> list[tuple[_Running, str]] | None:
         """Executors first where stopping few jobs frees room for many replicas, until the gang
         fits; then drop every victim that turned out not to be needed."""
         cl = self.p.cluster
         dc, dm, dg, n = self.dc, self.dm, self.dg, self.n
         options = list(eligible)
+        if self._hopeless(options):
+            return None
         by_executor: dict[int, dict[str, tuple[tuple[_Running, str], list[float]]]] = {}
         for option in options:
             for i, c, m, gp in option[0].rows:
