@@ -72,6 +72,11 @@ class JobSucceeded(Envelope):
     exit_code: int = 0
     outputs_uri: str | None = None
     duration_seconds: float | None = None
+    declares_model: bool | None = Field(
+        None,
+        description="whether the job's spec names a model to register (outputs.model); None: not "
+        "said (an older executor), so the registry reads the record to know",
+    )
 
 
 class JobFailed(Envelope):

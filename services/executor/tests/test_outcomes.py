@@ -43,6 +43,16 @@ def test_timeout_is_final_even_with_retries_and_success_keeps_outputs():
     assert isinstance(event_for(r, ok, 2.0), JobSucceeded)
 
 
+def test_a_success_says_whether_there_is_a_model_to_register():
+    """The registry skips reading the record of a job that declared no model (most jobs)."""
+    plain = running()
+    with_model = running(outputs={"model": "digits"})
+    for record, declared in ((plain, False), (with_model, True)):
+        ok = conclude(record, "succeeded", exit_code=0, reason="ok", outputs_uri="file:///o", now=NOW)
+        event = event_for(record, ok, 1.0)
+        assert isinstance(event, JobSucceeded) and event.declares_model is declared
+
+
 def test_fence_on_executor_and_attempt():
     r = running()
     assert owns(r, "exec-a", 1)

@@ -69,6 +69,7 @@ def event_for(before: JobRecord, after: JobRecord, duration: float | None) -> En
                 exit_code=after.exit_code or 0,
                 outputs_uri=after.outputs_uri,
                 duration_seconds=duration,
+                declares_model=bool(after.spec.outputs and after.spec.outputs.model),
             )
         case JobState.FAILED:
             return JobFailed(

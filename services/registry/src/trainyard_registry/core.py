@@ -74,6 +74,8 @@ class RegistryCore:
         self.experiment = experiment
 
     async def on_succeeded(self, event: JobSucceeded) -> ModelVersionRecord | None:
+        if event.declares_model is False:
+            return None  # most jobs: nothing to register, and no record to read to know it
         found = await self.store.get(event.job_id)
         if found is None:
             return None

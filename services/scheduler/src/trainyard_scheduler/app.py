@@ -15,7 +15,7 @@ from faststream.asgi import AsgiFastStream
 from faststream.nats.annotations import NatsMessage
 from prometheus_client import Gauge
 
-from trainyard_contracts import DryRunRequest, JobEvent, WhyRequest, parse_job_event
+from trainyard_contracts import DryRunRequest, JobEvent, JobState, WhyRequest, parse_job_event
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.leader import LeaderLease
 from trainyard_scheduler.placement import Plan
@@ -69,7 +69,9 @@ def create_app(
     )
     async def on_job_event(event: JobEvent) -> None:
         if event.type == "submitted":
-            await core().queue(event.job_id)
+            # the leader's next pass queues it (or queues and schedules it in one write); the job
+            # view's watch wakes it too, this only makes sure
+            wake.set()
         elif event.type == "cancel_requested":
             await core().cancel(event.job_id, event.by)
 
@@ -105,7 +107,11 @@ def create_app(
         await view.start()
         # plan again when a job becomes pending, or one ends and frees its capacity
         view.on_change(
-            lambda before, after: wake.set() if after.state.pending or after.state.terminal else None
+            lambda before, after: (
+                wake.set()
+                if after.state.pending or after.state.terminal or after.state == JobState.SUBMITTED
+                else None
+            )
         )
         store.read_through(view)
         state["view"] = view

@@ -61,6 +61,12 @@ log = logging.getLogger("trainyard.scheduler")
 ASSIGNMENTS_IN_FLIGHT = 64
 
 
+def awaits_placement(record: JobRecord) -> bool:
+    """Pending for the planner: queued or requeued, or just submitted (the pass that first sees a
+    submitted job queues it, or queues and schedules it in one write)."""
+    return (record.state.pending or record.state == JobState.SUBMITTED) and not record.cancel_requested
+
+
 def demand_of(record: JobRecord) -> Demand:
     r = record.spec.resources
     return Demand(cpu=r.cpu, memory=r.memory, gpu=r.gpu)
@@ -247,7 +253,7 @@ class SchedulerCore:
                             current.add((record.job_id, record.attempt, member.executor_id))
             elif record.state.active and record.executor_id in online:
                 holds(record, record.executor_id, spec.replicas)
-            elif record.state.pending and not record.cancel_requested:
+            elif awaits_placement(record):
                 pending.append(
                     PendingJob(
                         job_id=record.job_id,
@@ -337,7 +343,7 @@ class SchedulerCore:
         return [
             QueuedJob(r.job_id, r.spec.queue, r.spec.priority, r.submitted_at.timestamp())
             for r in self.view.unfinished()
-            if r.state.pending and not r.cancel_requested
+            if awaits_placement(r)
         ]
 
     def _queue_of(self, job_id: str) -> str:
@@ -455,7 +461,21 @@ class SchedulerCore:
             runnable.append((a, placed))
         await asyncio.gather(*(preempt(v) for v in decisions.victims))
         await asyncio.gather(*(assign(a, gang) for a, gang in runnable))
+        # a job just submitted that this pass did not start enters the queue now (one that did
+        # start went through queued in its scheduling write)
+        newcomers = [w.job_id for w in decisions.waiting if self._is_submitted(w.job_id)]
+        if newcomers:
+
+            async def enqueue(job_id: str) -> None:
+                async with limit:
+                    await self.queue(job_id)
+
+            await asyncio.gather(*(enqueue(j) for j in newcomers))
         return decisions
+
+    def _is_submitted(self, job_id: str) -> bool:
+        record = self.view.get(job_id)
+        return record is not None and record.state == JobState.SUBMITTED
 
     def _rendezvous_ports_taken(self) -> dict[str, set[int]]:
         """The master ports of the split gangs that are placed now, by master host."""
@@ -516,8 +536,10 @@ class SchedulerCore:
             return  # lost the lease during this pass: the new leader plans from here
 
         def to_scheduled(r: JobRecord) -> JobRecord | None:
-            if not (r.state.pending and r.attempt == attempt and not r.cancel_requested):
+            if not (awaits_placement(r) and r.attempt == attempt):
                 return None
+            if r.state == JobState.SUBMITTED:  # queued and scheduled in one write; both are announced
+                r = lifecycle.advance(r, JobState.QUEUED, now)
             after = lifecycle.schedule(r, executor_id, now)
             # one compare-and-set places every member of a split gang (and drops an older placement)
             return after if gang is None and r.gang is None else after.model_copy(update={"gang": gang})
@@ -525,7 +547,12 @@ class SchedulerCore:
         result = await self.store.update(job_id, to_scheduled)
         if result is None:
             return  # someone else moved it first (cancel, another scheduler): nothing to do
-        _, record = result
+        before, record = result
+        if before.state == JobState.SUBMITTED:
+            with job_trace(record.traceparent):
+                await self.events.emit(
+                    JobQueued(job_id=job_id, attempt=record.attempt, queue=record.spec.queue)
+                )
         await self._announce_scheduled(record)
 
     async def _announce_scheduled(self, record: JobRecord) -> None:
