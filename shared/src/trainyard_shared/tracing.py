@@ -29,7 +29,9 @@ def setup_tracing(service: str) -> TracerProvider:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+        # global only when spans go somewhere: otherwise every library that asks the global
+        # provider (FastAPI's request spans, our job span) would record spans nobody reads
+        trace.set_tracer_provider(provider)
     return provider
 
 

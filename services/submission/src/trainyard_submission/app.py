@@ -21,7 +21,7 @@ from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
 from trainyard_shared.queueview import QueueView
 from trainyard_shared.settings import CommonSettings
-from trainyard_shared.tracing import setup_tracing
+from trainyard_shared.tracing import setup_tracing, tracing_enabled
 from trainyard_submission.api import build_router, install_error_handlers, install_openapi
 from trainyard_submission.auth import load_or_create_token
 from trainyard_submission.intake import handle_intake
@@ -121,6 +121,9 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         version="0.1.0",
         description="Submit, follow and cancel training jobs; read registered models.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry: request spans only when spans are exported (see tracing.py);
+        # metrics are Prometheus' (/metrics) and logs go through our logging set-up
+        telemetry={"tracing": tracing_enabled(), "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.include_router(build_router(state))
