@@ -44,3 +44,27 @@ async def test_reads_see_every_live_heartbeat_and_leave_no_consumer_behind(nats_
             return (await js.stream_info(stream)).state.consumer_count == 0
 
         await eventually(no_consumers_left, 30, "the reads' consumers gone from the server")
+
+
+async def test_a_started_directory_follows_heartbeats_and_departures(nats_server, prefix):
+    broker = NatsBroker(nats_server.url)
+    async with broker:
+        await broker.start()
+        buckets = await open_buckets(broker, Subjects(prefix))
+        writer, follower = ExecutorDirectory(buckets.executors), ExecutorDirectory(buckets.executors)
+        await follower.start()
+        try:
+            beat = ExecutorHeartbeat(
+                executor_id="exec-a", backend="local", capacity=Capacity(cpu=1, memory=64)
+            )
+            await writer.put(beat)
+
+            async def sees(names):
+                return sorted(await follower.online(datetime.now(UTC))) == names
+
+            await eventually(lambda: sees(["exec-a"]), 10, "the heartbeat followed")
+            await writer.remove("exec-a")
+            await eventually(lambda: sees([]), 10, "the departure followed")
+            assert await follower.online(datetime.now(UTC), fresh=True) == {}
+        finally:
+            await follower.stop()

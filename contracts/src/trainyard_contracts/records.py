@@ -174,6 +174,11 @@ class ExecutorHeartbeat(_Model):
     started_at: datetime = Field(default_factory=utcnow)
     lease_seconds: float = 15.0
     version: str = "0.1.0"
+    draining: bool = Field(
+        False,
+        description="shutting down: it hands its attempts back and takes no new ones; its lease "
+        "still holds them until they have stopped",
+    )
     advertise_host: str | None = Field(
         None,
         description="the address other executors' ranks reach this one at when it hosts rank 0 of a "

@@ -119,6 +119,7 @@ class ExecutorCore:
         self.free_port = free_port
         self.running: dict[str, LocalAttempt] = {}
         self.started_at = clock()
+        self.draining = False  # set at shutdown; the lease says so (see shutdown)
         # commands wait for recover(): an attempt is adopted or stopped before any start or
         # cancel about the same job is handled
         self.recovered = asyncio.Event()
@@ -145,6 +146,7 @@ class ExecutorCore:
 
     def heartbeat(self) -> ExecutorHeartbeat:
         return ExecutorHeartbeat(
+            draining=self.draining,
             executor_id=self.me,
             backend=self.backend.name,
             pool=self.settings.pool,
@@ -605,7 +607,13 @@ class ExecutorCore:
         return generation
 
     async def shutdown(self) -> None:
-        """Stop every attempt and hand it back to the queue (it doesn't count as a retry)."""
+        """Stop every attempt and hand it back to the queue (it doesn't count as a retry).
+
+        The lease says "draining" first: the scheduler gives this executor nothing new from then
+        on, so a job handed back is not placed here again while the lease is still there."""
+        self.draining = True
+        with contextlib.suppress(*BROKER_ERRORS):
+            await self.beat()
         attempts = list(self.running.values())
         for local in attempts:
             local.shutting_down = True

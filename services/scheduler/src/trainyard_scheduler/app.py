@@ -126,12 +126,15 @@ def create_app(
         )
         leader.on_change(on_leadership)
         state["lease"] = leader
+        directory = ExecutorDirectory(buckets.executors)
+        await directory.start()
+        state["directory"] = directory
         state["core"] = SchedulerCore(
             store,
             view,
             EventPublisher(broker, subjects),
             CommandSender(broker, subjects),
-            ExecutorDirectory(buckets.executors),
+            directory,
             settings,
             may_assign=lambda: leader.is_leader,
             queue_configs=queue_view.configs,
@@ -222,6 +225,9 @@ def create_app(
         queue_view = state.get("queue_view")
         if isinstance(queue_view, QueueView):
             await queue_view.stop()
+        directory = state.get("directory")
+        if isinstance(directory, ExecutorDirectory):
+            await directory.stop()
 
     app = build_app(
         sb,

@@ -296,6 +296,9 @@ class SchedulerCore:
                 )
         executors = []
         for eid, beat in sorted(online.items()):
+            if beat.draining:  # shutting down: its running rows stay, it gets no room to fill
+                executors.append(ExecutorFree(eid, Demand(0.0, 0, 0)))
+                continue
             cap: Capacity = beat.capacity
             u = used[eid]
             executors.append(
@@ -615,6 +618,7 @@ class SchedulerCore:
             return
         now = self.clock()
         online = await self.executors.online(now)
+        confirmed_online: dict[str, ExecutorHeartbeat] | None = None
         for record in self.view.unfinished():
             age = (now - record.updated_at).total_seconds()
             if record.state == JobState.SUBMITTED and age > self.settings.submitted_grace_seconds:
@@ -622,7 +626,11 @@ class SchedulerCore:
             elif record.state.pending and record.cancel_requested:
                 await self.cancel(record.job_id)
             elif record.state.active and (lost := self._lost_executor(record, online))[0]:
-                await self._requeue_lost(record, now, lost[1])
+                # the directory may follow a watch: the bucket itself confirms a loss first
+                if confirmed_online is None:
+                    confirmed_online = await self.executors.online(now, fresh=True)
+                if (lost := self._lost_executor(record, confirmed_online))[0]:
+                    await self._requeue_lost(record, now, lost[1])
             elif record.state == JobState.SCHEDULED and (
                 resend_scheduled or age > self.settings.start_resend_seconds
             ):
