@@ -153,6 +153,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return problem_response(exc.status_code, str(exc.detail))
 
+    @app.exception_handler(TimeoutError)  # nats-py's timeouts are TimeoutErrors too
+    async def _broker_slow(_: Request, exc: TimeoutError) -> JSONResponse:
+        # overload or a broker away: say so, and how to retry safely (the write may have landed)
+        log.warning("a request timed out waiting for NATS", extra={"error": type(exc).__name__})
+        response = problem_response(
+            503,
+            "broker did not answer in time",
+            "retry in a moment; send the same Idempotency-Key so a job that was created is not created twice",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # still one format; the details go to the log, never to the caller
