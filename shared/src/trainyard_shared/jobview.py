@@ -6,8 +6,6 @@ only costs a failed CAS and a retry, never a wrong write.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -15,6 +13,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
 from trainyard_contracts import JobRecord
+from trainyard_shared.kvwatch import KvWatch
 
 log = logging.getLogger("trainyard.jobview")
 
@@ -29,50 +28,36 @@ class JobView:
         # live jobs, not every job the installation ever ran
         self.live: dict[str, JobRecord] = {}
         self.revisions: dict[str, int] = {}
-        self.ready = asyncio.Event()
         self._listeners: list[Listener] = []
-        self._task: asyncio.Task[None] | None = None
-        self._watcher: KeyValue.KeyWatcher | None = None
+        self._watch = KvWatch(kv, self._on_entry, "jobview")
+        self.ready = self._watch.ready
 
     def on_change(self, listener: Listener) -> None:
         """``listener(before, after)`` runs for every record update (before is None when new)."""
         self._listeners.append(listener)
 
     async def start(self, timeout: float = 30.0) -> None:
-        self._watcher = await self.kv.watchall()
-        self._task = asyncio.create_task(self._run(), name="jobview")
-        await asyncio.wait_for(self.ready.wait(), timeout)
+        await self._watch.start(timeout)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self._watch.stop()
 
-    async def _run(self) -> None:
-        assert self._watcher is not None
-        async for entry in self._watcher:
-            if entry is None:
-                self.ready.set()
-                continue
-            key = entry.key
-            if entry.operation in (KV_DEL, KV_PURGE):
-                self.records.pop(key, None)
-                self.live.pop(key, None)
-                self.revisions.pop(key, None)
-                continue
-            revision = entry.revision or 0
-            if revision <= self.revisions.get(key, 0):
-                continue
-            try:
-                record = JobRecord.model_validate_json(entry.value or b"")
-            except ValidationError as exc:
-                log.error("unreadable job record", extra={"job_id": key, "error": str(exc)[:500]})
-                continue
-            self.apply(record, revision)
+    def _on_entry(self, entry: KeyValue.Entry) -> None:
+        key = entry.key
+        if entry.operation in (KV_DEL, KV_PURGE):
+            self.records.pop(key, None)
+            self.live.pop(key, None)
+            self.revisions.pop(key, None)
+            return
+        revision = entry.revision or 0
+        if revision <= self.revisions.get(key, 0):
+            return
+        try:
+            record = JobRecord.model_validate_json(entry.value or b"")
+        except ValidationError as exc:
+            log.error("unreadable job record", extra={"job_id": key, "error": str(exc)[:500]})
+            return
+        self.apply(record, revision)
 
     def apply(self, record: JobRecord, revision: int) -> None:
         """Take a record at ``revision`` unless the view already holds a newer one.

@@ -10,14 +10,13 @@ behaves as an unconfigured one (weight 1, no quota).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
 from trainyard_contracts import QueueConfig
+from trainyard_shared.kvwatch import KvWatch
 
 log = logging.getLogger("trainyard.queues")
 
@@ -27,43 +26,27 @@ class QueueView:
         self.kv = kv
         self.queues: dict[str, QueueConfig] = {}
         self.revisions: dict[str, int] = {}
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._watcher: KeyValue.KeyWatcher | None = None
+        self._watch = KvWatch(kv, self._on_entry, "queueview")
+        self.ready = self._watch.ready
 
     async def start(self, timeout: float = 30.0) -> None:
-        self._watcher = await self.kv.watchall()
-        self._task = asyncio.create_task(self._run(), name="queueview")
-        await asyncio.wait_for(self.ready.wait(), timeout)
+        await self._watch.start(timeout)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self._watch.stop()
 
-    async def _run(self) -> None:
-        assert self._watcher is not None
-        async for entry in self._watcher:
-            if entry is None:
-                self.ready.set()
-                continue
-            revision = entry.revision or 0
-            if revision < self.revisions.get(entry.key, 0):
-                continue  # older than what this replica wrote itself a moment ago
-            if entry.operation in (KV_DEL, KV_PURGE):
-                self.forget(entry.key, revision)
-                continue
-            try:
-                self.note(QueueConfig.model_validate_json(entry.value or b""), revision)
-            except ValidationError as exc:
-                self.forget(entry.key, revision)
-                log.error(
-                    "unreadable queue configuration", extra={"queue": entry.key, "error": str(exc)[:500]}
-                )
+    def _on_entry(self, entry: KeyValue.Entry) -> None:
+        revision = entry.revision or 0
+        if revision < self.revisions.get(entry.key, 0):
+            return  # older than what this replica wrote itself a moment ago
+        if entry.operation in (KV_DEL, KV_PURGE):
+            self.forget(entry.key, revision)
+            return
+        try:
+            self.note(QueueConfig.model_validate_json(entry.value or b""), revision)
+        except ValidationError as exc:
+            self.forget(entry.key, revision)
+            log.error("unreadable queue configuration", extra={"queue": entry.key, "error": str(exc)[:500]})
 
     def note(self, config: QueueConfig, revision: int) -> None:
         """A configuration stored at ``revision`` (from the watch, or this replica's own write)."""
