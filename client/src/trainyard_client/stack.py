@@ -77,9 +77,13 @@ def missing_packages() -> list[str]:
 
 
 def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    try:  # below the ephemeral range, so no outgoing connection takes it before we listen
+        from trainyard_shared.natsserver import free_port
+    except ImportError:  # the services are not installed: the stack cannot start anyway
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+    return free_port(host)
 
 
 def _port_in_use(host: str, port: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -12,10 +13,32 @@ import urllib.request
 from pathlib import Path
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free to listen on, chosen below the kernel's ephemeral range.
+
+    Binding port 0 returns an ephemeral port, and between that answer and the server's own bind
+    any outgoing connection on the machine may take it as its source port: a busy test run saw a
+    service die with "address already in use". Below the range only another listener can."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randint(10_000, low - 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return low if low > 11_000 else 32768
 
 
 def nats_server_binary() -> str:
