@@ -19,6 +19,7 @@ from nats.errors import NoServersError
 
 from trainyard_contracts import JobEvent, Subjects
 from trainyard_shared.bus import stream_configs
+from trainyard_shared.testkit import eventually
 
 from .natsconf import NATS_DIR, ROOT, natsauth, password_for, secured_server
 
@@ -228,10 +229,18 @@ async def test_the_scheduler_answers_a_why_on_the_askers_inbox(server):
     async def answer(msg):
         await msg.respond(b'{"pending": false}')
 
+    async def ask():
+        # the server may answer "no responders" if the subscription has not reached it yet (seen
+        # once in CI on a loaded machine): ask again until the scheduler's interest is there
+        try:
+            return await submission.nc.request(S.scheduler_why, b'{"job_id": "j"}', timeout=10)
+        except nats.errors.NoRespondersError:
+            return None
+
     try:
         await scheduler.nc.subscribe(S.scheduler_why, cb=answer)
         await scheduler.nc.flush()
-        reply = await submission.nc.request(S.scheduler_why, b'{"job_id": "j"}', timeout=10)
+        reply = await eventually(ask, 10, "an answer from the scheduler")
         assert reply.data == b'{"pending": false}'
         assert not scheduler.errors and not submission.errors
     finally:
