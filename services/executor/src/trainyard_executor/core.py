@@ -63,6 +63,12 @@ T = TypeVar("T")
 # client's own timeouts, no-responders and closed-connection errors)
 BROKER_ERRORS = (TimeoutError, NatsError, ConnectionError)
 
+
+def _ended_here(record: JobRecord, executor_id: str, attempt: int) -> bool:
+    """The record shows ``attempt`` ended, on ``executor_id``, in a terminal state."""
+    return record.attempt == attempt and record.state.terminal and record.runs_on(executor_id)
+
+
 ShipperFactory = Callable[[str, int], LogShipper]
 
 LOG_SEQ_PER_GENERATION = 1_000_000
@@ -471,6 +477,15 @@ class ExecutorCore:
             lambda: self.store.update(job_id, change), job_id
         )
         if result is None:
+            # our write may have landed and only its ack been lost (NATS restarted in between):
+            # the record then already shows this attempt ended here; announce it (same message id
+            # as the first try, so the stream keeps one) instead of leaving it without an event
+            found = await self._while_the_broker_is_away(lambda: self.store.get(job_id), job_id)
+            if found is not None and _ended_here(found[0], self.me, attempt):
+                await self._while_the_broker_is_away(
+                    lambda: self.events.emit(event_for(found[0], found[0], duration)), job_id
+                )
+                return found[0]
             log.warning(
                 "attempt ended after it was superseded; not recorded",
                 extra={"job_id": job_id, "attempt": attempt},
