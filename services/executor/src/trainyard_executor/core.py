@@ -69,6 +69,23 @@ def _ended_here(record: JobRecord, executor_id: str, attempt: int) -> bool:
     return record.attempt == attempt and record.state.terminal and record.runs_on(executor_id)
 
 
+def _requeued_here(found: JobRecord, written: JobRecord, attempt: int) -> bool:
+    """The record shows ``attempt`` requeued for a retry by ``written``, the very write this
+    executor made: the attempt's history entry (its end time, state, exit code and reason) is the
+    one that write put there, and only a requeue of the attempt moves the record past it. A requeue
+    by anyone else (the scheduler: executor lost, preempted) wrote its own time and reason there."""
+    if written.state != JobState.REQUEUED or written.attempt != attempt + 1 or found.attempt <= attempt:
+        return False
+    mine = next((info for info in written.attempts if info.number == attempt), None)
+    there = next((info for info in found.attempts if info.number == attempt), None)
+    return (
+        mine is not None
+        and there is not None
+        and there.state == JobState.REQUEUED
+        and there.model_dump() == mine.model_dump()
+    )
+
+
 ShipperFactory = Callable[[str, int], LogShipper]
 
 LOG_SEQ_PER_GENERATION = 1_000_000
@@ -463,15 +480,21 @@ class ExecutorCore:
         duration: float,
     ) -> JobRecord | None:
         now = self.clock()
+        tried: list[tuple[JobRecord, JobRecord]] = []  # (before, after) of each write we attempted
 
         def change(r: JobRecord) -> JobRecord | None:
             if not owns(r, self.me, attempt):
                 return None
             if r.gang is not None and member_of(r, self.me, attempt) is not None:
-                return conclude_member(
+                after = conclude_member(
                     r, self.me, kind, exit_code=exit_code, reason=reason, outputs_uri=outputs_uri, now=now
                 )
-            return conclude(r, kind, exit_code=exit_code, reason=reason, outputs_uri=outputs_uri, now=now)
+            else:
+                after = conclude(
+                    r, kind, exit_code=exit_code, reason=reason, outputs_uri=outputs_uri, now=now
+                )
+            tried.append((r, after))
+            return after
 
         result: tuple[JobRecord, JobRecord] | None = await self._while_the_broker_is_away(
             lambda: self.store.update(job_id, change), job_id
@@ -486,11 +509,18 @@ class ExecutorCore:
                     lambda: self.events.emit(event_for(found[0], found[0], duration)), job_id
                 )
                 return found[0]
-            log.warning(
-                "attempt ended after it was superseded; not recorded",
-                extra={"job_id": job_id, "attempt": attempt},
-            )
-            return None
+            # the same for a retry: the landed write requeued the attempt (state requeued, attempt
+            # + 1), and the requeued event it owes is the one that write would have announced
+            landed = None
+            if found is not None:
+                landed = next((w for w in reversed(tried) if _requeued_here(found[0], w[1], attempt)), None)
+            if landed is None:
+                log.warning(
+                    "attempt ended after it was superseded; not recorded",
+                    extra={"job_id": job_id, "attempt": attempt},
+                )
+                return None
+            result = landed
         before, after = result
         if after.state == before.state:
             return after  # a member of a split gang recorded its ranks; the others still run
