@@ -103,3 +103,109 @@ async def test_each_message_of_a_batch_is_acked_retried_or_parked_on_its_own(
     assert reasons[0].startswith("failed 3 times, last: RuntimeError: this handler never works")
     assert all(r.startswith("invalid message:") for r in reasons[1:])
     assert all(m.headers["Trainyard-Service"] == "batchtest" for m in parked)
+
+
+async def test_no_more_than_batch_messages_are_ours_and_a_keys_order_holds_across_pulls(
+    nats_server, prefix, tmp_path, bus
+):
+    """Flow control: with ``batch=4`` and two handlers stuck, the server has handed over exactly
+    four messages (two handled, two waiting in their lanes) and keeps the other sixteen until
+    there is room. One job's messages, spread over many pulls, are still handled in order."""
+    common = common_settings(nats_server.url, prefix, tmp_path / "data")
+    sb = make_broker(common, "flowtest")
+    gate = asyncio.Event()
+    stuck = 0
+    seen: list[tuple[str, int]] = []
+
+    @batch_consumer(
+        sb,
+        sb.subjects.job_event_kind("queued"),
+        stream=streams(sb.subjects).jobs,
+        durable="flow-test",
+        parse=parse_job_event,
+        batch=4,
+        concurrency=2,
+        key=lambda e: e.job_id,
+        title="test",
+        description="test",
+    )
+    async def handle(event: JobQueued) -> None:
+        nonlocal stuck
+        stuck += 1
+        await gate.wait()
+        seen.append((event.job_id, event.attempt))
+
+    await connect_and_declare(sb, common)
+    for attempt in range(1, 11):
+        for job in ("a", "b"):
+            body = JobQueued(job_id=job, attempt=attempt, queue="default").model_dump_json().encode()
+            await bus.js.publish(sb.subjects.job(job, "queued"), body)
+    await sb.broker.start()
+    await sb.start_pullers()
+    try:
+        await eventually(lambda: _true(stuck == 2), 30, "two handlers stuck")
+
+        async def four_handed_over():
+            info = await bus.js.consumer_info(sb.subjects.streams.jobs, "flow-test")
+            return info if info.num_ack_pending == 4 and info.num_pending == 16 else None
+
+        await eventually(four_handed_over, 30, "four messages ours, sixteen left on the server")
+        gate.set()
+
+        async def drained():
+            info = await bus.js.consumer_info(sb.subjects.streams.jobs, "flow-test")
+            return info.num_ack_pending == 0 and info.num_pending == 0 and len(seen) == 20
+
+        await eventually(drained, 30, "all twenty handled and acked")
+    finally:
+        gate.set()
+        await sb.stop_pullers()
+        await sb.broker.stop()
+    for job in "ab":
+        assert [a for j, a in seen if j == job] == list(range(1, 11))
+
+
+async def test_the_consumer_pulls_again_after_the_server_restarts(fresh_nats_server, prefix, tmp_path):
+    """The waiting pull request dies with the server; the missing heartbeats tell the puller,
+    which asks again once the client has reconnected, and a message stored after the restart
+    is handled."""
+    server = fresh_nats_server
+    common = common_settings(server.url, prefix, tmp_path / "data")
+    sb = make_broker(common, "restarttest")
+    seen: list[str] = []
+
+    @batch_consumer(
+        sb,
+        sb.subjects.job_event_kind("queued"),
+        stream=streams(sb.subjects).jobs,
+        durable="restart-test",
+        parse=parse_job_event,
+        batch=8,
+        title="test",
+        description="test",
+    )
+    async def handle(event: JobQueued) -> None:
+        seen.append(event.job_id)
+
+    await connect_and_declare(sb, common)
+    await sb.broker.start()
+    await sb.start_pullers()
+    try:
+        async with Bus(server.url, prefix) as bus:
+            body = JobQueued(job_id="before", attempt=1, queue="default").model_dump_json().encode()
+            await bus.js.publish(sb.subjects.job("before", "queued"), body)
+        await eventually(lambda: _true("before" in seen), 30, "the first message handled")
+        server.stop()
+        server.start()
+        async with Bus(server.url, prefix) as bus:
+            body = JobQueued(job_id="after", attempt=1, queue="default").model_dump_json().encode()
+            await bus.js.publish(sb.subjects.job("after", "queued"), body)
+        await eventually(lambda: _true("after" in seen), 60, "the message stored after the restart handled")
+    finally:
+        await sb.stop_pullers()
+        await sb.broker.stop()
+    assert seen == ["before", "after"]
+
+
+async def _true(value: bool) -> bool | None:
+    return True if value else None

@@ -149,9 +149,11 @@ class JobSpec(_Strict):
     def _argv_items(cls, value: list[str]) -> list[str]:
         if not value[0]:
             raise ValueError("the program (first item) cannot be empty")
-        if any("\x00" in arg for arg in value):
+        # checked on every parse of every record: one join, not a generator per argument
+        joined = "".join(value)
+        if "\x00" in joined:
             raise ValueError("arguments cannot contain NUL bytes")
-        if sum(len(arg.encode()) for arg in value) > MAX_COMMAND_BYTES:
+        if len(joined) * 4 > MAX_COMMAND_BYTES and len(joined.encode()) > MAX_COMMAND_BYTES:
             raise ValueError(f"is larger than {MAX_COMMAND_BYTES // 1024} KiB")
         return value
 

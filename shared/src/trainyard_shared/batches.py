@@ -1,34 +1,38 @@
-"""A durable consumer for the job path: messages pulled in batches, each handled on its own.
+"""A durable consumer for the job path: messages pulled as they come, each handled on its own.
 
 faststream runs its middleware chain (acknowledgement, logging, Prometheus, dead letters,
 dependency injection) for every message: measured at roughly half of a consumer's CPU on the job
-path. ``batch_consumer`` pulls up to ``batch`` messages in one fetch with nats-py (see ``Puller``)
-and gives each message the same guarantees ``durable_consumer`` gives it, per message:
+path. ``batch_consumer`` pulls with nats-py (see ``Puller``) and gives each message the same
+guarantees ``durable_consumer`` gives it, per message:
 
 - a body that does not parse is dead-lettered at once with its reason and acked;
 - a handler that raises is nacked for redelivery, until ``max_deliver``: then it is dead-lettered
   and acked, so the consumer moves on;
 - a handled message is acked on its own (a slow or failing neighbour does not hold it back);
-- while handlers run, unfinished messages are kept ours with "in progress" every third of
-  ``ack_wait``, so a long batch is not redelivered behind our back.
+- while a message waits or is handled it is kept ours with "in progress" every third of
+  ``ack_wait``, so a long wait behind busy neighbours is not redelivered behind our back.
 
 Up to ``concurrency`` handlers run at once (1: in order; with ``key``, one key's messages stay
-in order). Handlers must be idempotent, as for any
-consumer here: a batch interrupted by a crash is redelivered whole, minus what was acked.
+in the order they were delivered, across everything pulled). Handlers must be idempotent, as for
+any consumer here: what was delivered but not acked when a process dies is delivered again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
+import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from faststream.nats import ConsumerConfig, JStream
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NotFoundError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, Counter
@@ -78,8 +82,10 @@ def batch_consumer(
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Decorate ``async def handler(item)`` (or ``handler(item, raw_msg)`` with ``with_message``).
 
-    ``key``: with ``concurrency`` > 1, messages with the same key (a job id) are handled one after
-    the other, in the order they were delivered; without it every message is its own lane.
+    ``batch``: how many messages may be ours at once (delivered, not yet acked); also the largest
+    pull request. ``key``: with ``concurrency`` > 1, messages with the same key (a job id) are
+    handled one after the other, in the order they were delivered; without it every message is
+    its own lane.
     """
     service = sb.service
     outcomes = _outcomes(sb.registry)
@@ -115,58 +121,106 @@ def batch_consumer(
             await raw.ack()
             handled.inc()
 
-        async def in_order(pairs: list[tuple[Msg, Any]]) -> None:
-            for raw, item in pairs:
-                await handle(raw, item)
+        async def reject(raw: Msg, exc: BaseException) -> None:
+            await park(sb.broker, sb.subjects, service, raw, f"invalid message: {_short(exc)}")
+            await raw.ack()
+            parked.inc()
 
-        async def on_batch(raws: list[Msg]) -> None:
-            keep = asyncio.create_task(_keep_in_progress(raws, ack_wait / 3))
+        lanes = Lanes(handle, concurrency)
+        unique = itertools.count()
+
+        def lane_of(item: Any) -> object:
+            # one lane per key: a key's messages in their order, lanes side by side
+            if concurrency <= 1:
+                return 0
+            return key(item) if key else next(unique)
+
+        def dispatch(raw: Msg, done: Callable[[], None]) -> None:
             try:
-                lanes: dict[object, list[tuple[Msg, Any]]] = {}
-                for n, raw in enumerate(raws):
-                    try:
-                        item = parse(raw.data)
-                    except INVALID as exc:
-                        await park(sb.broker, sb.subjects, service, raw, f"invalid message: {_short(exc)}")
-                        await raw.ack()
-                        parked.inc()
-                        continue
-                    # one lane per key: a key's messages in their order, lanes side by side
-                    lane = 0 if concurrency <= 1 else (key(item) if key else n)
-                    lanes.setdefault(lane, []).append((raw, item))
-                if len(lanes) <= 1:
-                    for pairs in lanes.values():
-                        await in_order(pairs)
-                else:
-                    limit = asyncio.Semaphore(concurrency)
-
-                    async def bounded(pairs: list[tuple[Msg, Any]]) -> None:
-                        async with limit:
-                            await in_order(pairs)
-
-                    await asyncio.gather(*(bounded(pairs) for pairs in lanes.values()))
-            finally:
-                keep.cancel()
+                item = parse(raw.data)
+            except INVALID as exc:
+                lanes.put(("invalid", next(unique)), raw, exc, done, reject)
+                return
+            lanes.put(lane_of(item), raw, item, done)
 
         sb.pullers.append(
-            Puller(sb, subject, stream.name, durable, config, batch, on_batch, title, description)
+            Puller(sb, subject, stream.name, durable, config, batch, dispatch, lanes, title, description)
         )
         return handler
 
     return decorate
 
 
-class Puller:
-    """The fetch loop of one durable pull consumer: one fetch at a time, which answers as soon as
-    any message is there (up to ``batch``), then the whole batch is handled before the next.
+Handle = Callable[[Msg, Any], Awaitable[None]]
 
-    Not faststream's batch subscriber: that one keeps fetching until the batch is full or its
-    timeout has passed, so a lone message waited up to the timeout, and its many short fetches
-    left messages delivered but unhandled until ``ack_wait`` (seen in tests). Started after the
-    broker, stopped before it (``runner.build_app`` and the submission app's lifespan do both).
+
+class Lanes:
+    """Messages handed over in delivery order, handled side by side up to ``concurrency``, one
+    lane per key in order. One task per busy lane, not one per message."""
+
+    def __init__(self, handle: Handle, concurrency: int) -> None:
+        self._handle = handle
+        self._limit = asyncio.Semaphore(max(1, concurrency))
+        self._lanes: dict[object, deque[tuple[Msg, Any, Callable[[], None], Handle]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def put(
+        self, lane: object, raw: Msg, item: Any, done: Callable[[], None], handle: Handle | None = None
+    ) -> None:
+        queued = self._lanes.get(lane)
+        entry = (raw, item, done, handle or self._handle)
+        if queued is not None:
+            queued.append(entry)
+            return
+        self._lanes[lane] = deque((entry,))
+        task = asyncio.create_task(self._run(lane))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, lane: object) -> None:
+        queued = self._lanes[lane]
+        try:
+            while queued:
+                raw, item, done, handle = queued[0]
+                try:
+                    async with self._limit:
+                        await handle(raw, item)
+                except Exception:  # handle() deals with each message; this is a bug, not a bad message
+                    log.exception("message handling failed", extra={"subject": raw.subject})
+                finally:
+                    queued.popleft()
+                    done()
+        finally:
+            del self._lanes[lane]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._tasks)
+
+    async def wait(self, timeout: float) -> None:
+        """Until every message handed over so far is handled (or ``timeout``)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+class Puller:
+    """One durable pull consumer, pulled continuously: a pull request waits on the server and
+    each message comes as soon as it is stored, with no round trip per message or per batch.
+
+    At most ``batch`` messages are ours at once (delivered, not yet finished); a new request asks
+    for the room that is left, once at least a quarter of ``batch`` is free (or nothing is ours).
+    The server's idle heartbeat on the waiting request tells a live request from one lost with a
+    server restart: after ``LOST_AFTER`` without a message or a heartbeat, a new request is sent.
+
+    Not faststream's batch subscriber (it kept fetching until the batch was full or 0.5 s had
+    passed) nor nats-py's ``fetch`` (a request, and often a second one, per batch: at low rates,
+    per message). Started after the broker, stopped before it (``runner.build_app`` and the
+    submission app's lifespan do both).
     """
 
-    LONG_POLL = 1.0  # seconds a fetch waits when nothing is there: an idle consumer asks once a second
+    HEARTBEAT = 1.0  # seconds between the server's heartbeats while a request waits
+    EXPIRES = 15.0  # a waiting request's life; then the server answers 408 and another is sent
+    LOST_AFTER = 3.5  # seconds without a message or a heartbeat: the request died with a server
 
     def __init__(
         self,
@@ -176,68 +230,161 @@ class Puller:
         durable: str,
         config: ConsumerConfig,
         batch: int,
-        on_batch: Callable[[list[Msg]], Awaitable[None]],
+        dispatch: Callable[[Msg, Callable[[], None]], None],
+        lanes: Lanes,
         title: str,
         description: str,
     ) -> None:
         self.sb, self.subject, self.stream, self.durable = sb, subject, stream, durable
-        self.config, self.batch, self.on_batch = config, batch, on_batch
-        self.title, self.description = title, description
+        self.config, self.batch, self.title, self.description = config, max(1, batch), title, description
+        self._dispatch, self._lanes = dispatch, lanes
+        self._min_request = max(1, self.batch // 4)
         self._task: asyncio.Task[None] | None = None
-        self._fetching = False
+        self._keeper: asyncio.Task[None] | None = None
+        self._sub: Any = None
         self._stopping = False
+        self._wake = asyncio.Event()
+        self._requested = 0  # asked for by the waiting request and not yet delivered
+        self._last_heard = 0.0
+        self._ours: dict[int, Msg] = {}  # delivered, not finished
+
+    # -- life ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        js = self.sb.broker.config.connection_state.stream
-        self._sub = await js.pull_subscribe(
-            self.subject, durable=self.durable, stream=self.stream, config=self.config
-        )
+        nc = self.sb.broker.config.connection_state.connection
+        await self._ensure_consumer()
         self._stopping = False
+        self._inbox = nc.new_inbox()
+        self._sub = await nc.subscribe(self._inbox, cb=self._on_message)
         self._task = asyncio.create_task(self._run(), name=f"pull-{self.durable}")
+        ack_wait = float(self.config.ack_wait or 30)
+        self._keeper = asyncio.create_task(self._keep_in_progress(ack_wait / 3), name=f"keep-{self.durable}")
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Stop fetching; a batch being handled is finished first (within ``timeout``)."""
+        """Ask for nothing more and stop listening, then finish what was delivered (within
+        ``timeout``). A message already on its way when we stop listening is delivered again
+        after ``ack_wait``: a waiting pull request cannot be withdrawn."""
         self._stopping = True
+        self._wake.set()
         task, self._task = self._task, None
-        if task is None:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        await self._lanes.wait(timeout)
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _ensure_consumer(self) -> None:
+        """Create the durable consumer unless it exists (an existing one keeps its config, as
+        nats-py's ``pull_subscribe`` does)."""
+        js = self.sb.broker.config.connection_state.stream
+        try:
+            await js.consumer_info(self.stream, self.durable)
             return
-        if self._fetching:
-            task.cancel()  # what a cancelled fetch held is redelivered after ack_wait
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(task, timeout)
-        with contextlib.suppress(Exception):
-            await self._sub.unsubscribe()
+        except NotFoundError:
+            pass
+        config = dataclasses.replace(self.config, durable_name=self.durable, name=self.durable)
+        if not config.filter_subjects:
+            config.filter_subject = self.subject
+        await js.add_consumer(self.stream, config=config)
+
+    # -- pulling -----------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        pause = 0.0
         while not self._stopping:
-            self._fetching = True
-            try:
-                raws = await self._sub.fetch(self.batch, timeout=self.LONG_POLL)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # reconnecting, or the consumer is being recreated
-                log.warning(
-                    "fetch failed; trying again", extra={"consumer": self.durable, "error": _short(exc)}
-                )
-                await asyncio.sleep(1.0)
-                continue
-            finally:
-                self._fetching = False
-            try:
-                await self.on_batch(raws)
-            except Exception:  # on_batch handles each message; this is a bug, not a bad message
-                log.exception("batch handling failed", extra={"consumer": self.durable})
-
-
-async def _keep_in_progress(raws: list[Msg], every: float) -> None:
-    while True:
-        await asyncio.sleep(every)
-        for raw in raws:
-            if not raw._ackd:  # nats-py's own flag: acked, nacked or terminated
+            if pause:
+                await asyncio.sleep(pause)
+                pause = 0.0
+            room = self.batch - len(self._ours)
+            if self._requested == 0 and room > 0 and (room >= self._min_request or not self._ours):
+                try:
+                    await self._request(room)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # reconnecting: ask again shortly
+                    log.warning("pull request failed; asking again", extra=self._extra(exc))
+                    pause = 1.0
+                    continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.HEARTBEAT)
+            if self._requested and loop.time() - self._last_heard > self.LOST_AFTER:
+                # no message and no heartbeat: the request was lost (a server restart); the
+                # consumer may have gone with the server's state too
+                self._requested = 0
                 with contextlib.suppress(Exception):
-                    await raw.in_progress()
+                    await self._ensure_consumer()
+
+    async def _request(self, count: int) -> None:
+        nc = self.sb.broker.config.connection_state.connection
+        body = {
+            "batch": count,
+            "expires": int(self.EXPIRES * 1e9),
+            "idle_heartbeat": int(self.HEARTBEAT * 1e9),
+        }
+        self._requested = count
+        self._last_heard = asyncio.get_running_loop().time()
+        await nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}",
+            json.dumps(body).encode(),
+            reply=self._inbox,
+        )
+
+    async def _on_message(self, raw: Msg) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
+        status = raw.headers.get("Status") if raw.headers else None
+        if status is not None:
+            if status == "100":
+                return  # the waiting request is alive
+            # 408: the request expired; 409: the server ended it (max waiting, consumer deleted,
+            # leadership change); 503: no consumer: in every case, the request is over
+            if status != "408":
+                log.info(
+                    "pull request ended by the server",
+                    extra={
+                        "consumer": self.durable,
+                        "status": status,
+                        "detail": raw.headers.get("Description"),
+                    },
+                )
+            self._requested = 0
+            self._wake.set()
+            return
+        if self._stopping:
+            return  # not ours to start any more: delivered again after ack_wait
+        self._requested = max(0, self._requested - 1)
+        key = id(raw)
+        self._ours[key] = raw
+
+        def done() -> None:
+            self._ours.pop(key, None)
+            if self._requested == 0:
+                self._wake.set()
+
+        self._dispatch(raw, done)
+        if self._requested == 0:
+            self._wake.set()
+
+    async def _keep_in_progress(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            for raw in list(self._ours.values()):
+                if not raw._ackd:  # nats-py's own flag: acked, nacked or terminated
+                    with contextlib.suppress(Exception):
+                        await raw.in_progress()
+
+    def _extra(self, exc: BaseException) -> dict[str, str]:
+        return {"consumer": self.durable, "error": _short(exc)}
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from faststream.nats import NatsBroker
@@ -60,3 +62,15 @@ async def publish_acked(
     span_name = f"{subject_shape(subject)} publish"
     with trace.get_tracer("trainyard.publish").start_as_current_span(span_name, kind=SpanKind.PRODUCER):
         return await js.publish(subject, payload, stream=stream, headers={**trace_headers(), **headers})
+
+
+async def publish_in_order(publishes: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Several publishes of one decision (a job's queued and scheduled events and its start
+    command), in flight together: one write to the socket and one wait for all the acks instead
+    of a round trip each.
+
+    The order holds: each publish is buffered by nats-py before its first real wait and the tasks
+    start in the order given, so one connection writes them, and the server stores them, in that
+    order. If one fails the others still complete; the first error is raised (the caller's retry
+    publishes all again under the same message ids, which the streams drop as duplicates)."""
+    return await asyncio.gather(*publishes)

@@ -10,7 +10,7 @@ from faststream.nats import NatsBroker
 
 from trainyard_contracts import LogChunk, LogLine, Subjects
 from trainyard_contracts._time import utcnow
-from trainyard_shared.events import MSG_ID
+from trainyard_shared.events import MSG_ID, publish_acked
 
 MAX_LINE = 64 * 1024
 
@@ -63,11 +63,12 @@ class LogShipper:
             lines, self._buffer = self._buffer, []
             chunk = LogChunk(job_id=self.job_id, attempt=self.attempt, seq=self.seq, lines=lines)
             self.seq += 1
-            await self.broker.publish(
-                chunk.model_dump_json().encode(),
+            await publish_acked(
+                self.broker,
                 self.subject,
-                headers={MSG_ID: f"{self.job_id}:{self.attempt}:log:{chunk.seq}"},
-                stream=self.stream,
+                chunk.model_dump_json().encode(),
+                {MSG_ID: f"{self.job_id}:{self.attempt}:log:{chunk.seq}"},
+                self.stream,
             )
 
     async def close(self) -> None:

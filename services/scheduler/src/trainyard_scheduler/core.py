@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from trainyard_contracts import (
@@ -51,7 +51,7 @@ from trainyard_scheduler.placement import (
 )
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.commands import CommandSender
-from trainyard_shared.events import EventPublisher
+from trainyard_shared.events import EventPublisher, publish_in_order
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
@@ -338,7 +338,8 @@ class SchedulerCore:
     async def decide(self, now: datetime) -> Plan:
         decisions = plan(await self.snapshot(now), now.timestamp())
         self.waiting = {w.job_id: w.reason for w in decisions.waiting}
-        self.reasons = wait_reasons(decisions.waiting, self._queued())
+        # positions in queue matter only for what waits (most passes, under load: nothing)
+        self.reasons = wait_reasons(decisions.waiting, self._queued()) if decisions.waiting else {}
         self.decided_at = now
         return decisions
 
@@ -404,7 +405,7 @@ class SchedulerCore:
     def cycle_decisions(
         self, decisions: Plan, *, cycle: int, replica: str, term: int, seconds: float
     ) -> CycleDecisions:
-        queue_of = {j.job_id: j.queue for j in self._queued()}
+        queue_of = self._queue_of  # the assigned jobs only: a pass costs its decisions, not the backlog
         return CycleDecisions(
             cycle=cycle,
             replica=replica,
@@ -417,7 +418,7 @@ class SchedulerCore:
                     attempt=a.attempt,
                     executors=[a.executor_id]
                     + [p.executor_id for p in a.ranks if p.executor_id != a.executor_id],
-                    queue=queue_of.get(a.job_id, "default"),
+                    queue=queue_of(a.job_id),
                 )
                 for a in decisions.assignments
             ],
@@ -551,57 +552,70 @@ class SchedulerCore:
         if result is None:
             return  # someone else moved it first (cancel, another scheduler): nothing to do
         before, record = result
-        if before.state == JobState.SUBMITTED:
-            with job_trace(record.traceparent):
-                await self.events.emit(
-                    JobQueued(job_id=job_id, attempt=record.attempt, queue=record.spec.queue)
-                )
-        await self._announce_scheduled(record)
+        await self._announce_scheduled(record, queued=before.state == JobState.SUBMITTED)
 
-    async def _announce_scheduled(self, record: JobRecord) -> None:
-        """The scheduled event and the start command(s): one per member of a split gang, each with
-        its ranks and the rendezvous from the record, so a re-send is the same command (the exec
-        stream drops the same message id; the executor starts its ranks once by compare-and-set)."""
+    async def _announce_scheduled(self, record: JobRecord, *, queued: bool = False) -> None:
+        """The scheduled event (after the queued one, when this write also queued the job) and the
+        start command(s): one per member of a split gang, each with its ranks and the rendezvous
+        from the record, so a re-send is the same command (the exec stream drops the same message
+        id; the executor starts its ranks once by compare-and-set).
+
+        All are published together and their acks awaited together (``publish_in_order``)."""
         assert record.executor_id is not None
         r = record.spec.resources
         gang = record.split_gang() if record.gang is not None else None
+        sends: list[Awaitable[object]] = []
         with job_trace(record.traceparent):
+            if queued:
+                sends.append(
+                    self.events.emit(
+                        JobQueued(job_id=record.job_id, attempt=record.attempt, queue=record.spec.queue)
+                    )
+                )
             if record.state == JobState.SCHEDULED:
-                await self.events.emit(
-                    JobScheduled(
-                        job_id=record.job_id,
-                        attempt=record.attempt,
-                        executor_id=record.executor_id,
-                        resources=Capacity(cpu=r.cpu, memory=r.memory, gpu=r.gpu),
+                sends.append(
+                    self.events.emit(
+                        JobScheduled(
+                            job_id=record.job_id,
+                            attempt=record.attempt,
+                            executor_id=record.executor_id,
+                            resources=Capacity(cpu=r.cpu, memory=r.memory, gpu=r.gpu),
+                        )
                     )
                 )
             if gang is None:
-                await self.commands.send(
-                    StartAttempt(
-                        job_id=record.job_id,
-                        attempt=record.attempt,
-                        executor_id=record.executor_id,
-                        spec=record.spec,
+                sends.append(
+                    self.commands.send(
+                        StartAttempt(
+                            job_id=record.job_id,
+                            attempt=record.attempt,
+                            executor_id=record.executor_id,
+                            spec=record.spec,
+                        )
                     )
                 )
+                await publish_in_order(sends)
                 return
             for member in gang.members:
                 if member.started_at is not None or member.state is not None:
                     continue
-                await self.commands.send(
-                    StartAttempt(
-                        job_id=record.job_id,
-                        attempt=record.attempt,
-                        executor_id=member.executor_id,
-                        spec=record.spec,
-                        rendezvous=Rendezvous(
-                            master_addr=gang.master_addr,
-                            master_port=gang.master_port,
-                            world_size=gang.world_size,
-                            ranks=member.ranks,
-                        ),
+                sends.append(
+                    self.commands.send(
+                        StartAttempt(
+                            job_id=record.job_id,
+                            attempt=record.attempt,
+                            executor_id=member.executor_id,
+                            spec=record.spec,
+                            rendezvous=Rendezvous(
+                                master_addr=gang.master_addr,
+                                master_port=gang.master_port,
+                                world_size=gang.world_size,
+                                ranks=member.ranks,
+                            ),
+                        )
                     )
                 )
+            await publish_in_order(sends)
 
     # -- recovery -----------------------------------------------------------------------------
 
