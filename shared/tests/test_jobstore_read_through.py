@@ -98,3 +98,33 @@ async def test_a_store_writes_on_what_it_remembers_and_a_stale_memory_costs_one_
     assert reads == 1  # the failed CAS cost one read
     stored, _ = await other.get("jobrt0003")
     assert stored.reason == "cancel_requested=True" and stored.state == JobState.QUEUED
+
+
+async def test_a_record_known_from_a_command_is_written_on_without_a_read(stores):
+    """The scheduler's start command carries the record and its revision: the executor's store,
+    told of it, writes on it without reading; an older copy never replaces a newer one."""
+    scheduler, executor = stores
+    now = datetime.now(UTC)
+    record = lifecycle.new_record("jobrt0004", JobSpec(name="d", command=["true"]), now, None)
+    await scheduler.create(record)
+    result = await scheduler.update("jobrt0004", lambda r: lifecycle.advance(r, JobState.QUEUED, now))
+    assert result is not None
+    carried = scheduler.remembered("jobrt0004")
+    assert carried is not None and carried[0] is result[1]
+
+    stale = (record, carried[1] - 1)
+    executor.remember(*carried)
+    executor.remember(*stale)  # a redelivered older command: ignored
+    assert executor.remembered("jobrt0004") == carried
+    reads = 0
+    real_get = executor.kv.get
+
+    async def counting_get(key, *args, **kwargs):
+        nonlocal reads
+        reads += 1
+        return await real_get(key, *args, **kwargs)
+
+    executor.kv.get = counting_get
+    written = await executor.update("jobrt0004", lambda r: r.model_copy(update={"reason": "started"}))
+    assert written is not None and written[0].state == JobState.QUEUED
+    assert reads == 0

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.records import JobRecord
 from trainyard_contracts.spec import JobSpec
 
 
@@ -44,6 +45,13 @@ class StartAttempt(_Command):
         description="a gang split across executors; None: this executor runs every replica itself "
         "with a loopback rendezvous",
     )
+    record: JobRecord | None = Field(
+        None,
+        description="the job's record as the scheduling write left it; with record_revision the "
+        "executor's first compare-and-set needs no read (a record changed since costs one failed "
+        "compare-and-set, then a read). None from older schedulers: the executor reads the record",
+    )
+    record_revision: int | None = Field(None, ge=1, description="the KV revision of record")
 
 
 class CancelAttempt(_Command):

@@ -49,6 +49,17 @@ class JobStore:
         if len(memory) > self._remember:
             memory.popitem(last=False)
 
+    def remember(self, record: JobRecord, revision: int) -> None:
+        """A copy of the record known from elsewhere (the scheduler's start command carries it):
+        the next compare-and-set tries it first. An older copy than the one remembered is ignored."""
+        known = self._memory.get(record.job_id)
+        if known is None or known[1] < revision:
+            self._keep(record, revision)
+
+    def remembered(self, job_id: str) -> tuple[JobRecord, int] | None:
+        """The record and revision this store last read or wrote, if it still remembers them."""
+        return self._memory.get(job_id)
+
     def _notify(self, record: JobRecord, revision: int) -> None:
         self._keep(record, revision)
         for callback in self._written:

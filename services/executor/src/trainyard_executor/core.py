@@ -198,6 +198,8 @@ class ExecutorCore:
             # an older attempt of this job still runs here: it was superseded, and a job never
             # runs twice at once
             await self._stop_superseded(local, f"superseded by attempt {cmd.attempt}")
+        if cmd.record is not None and cmd.record_revision and cmd.record.job_id == cmd.job_id:
+            self.store.remember(cmd.record, cmd.record_revision)  # the CAS tries it: no read first
         now = self.clock()
 
         def to_running(r: JobRecord) -> JobRecord | None:

@@ -565,6 +565,9 @@ class SchedulerCore:
         r = record.spec.resources
         gang = record.split_gang() if record.gang is not None else None
         sends: list[Awaitable[object]] = []
+        # the record travels with its start command: the executor's first write needs no read
+        revision = self._revision_of(record)
+        carried = {"record": record, "record_revision": revision} if revision else {}
         with job_trace(record.traceparent):
             if queued:
                 sends.append(
@@ -591,6 +594,7 @@ class SchedulerCore:
                             attempt=record.attempt,
                             executor_id=record.executor_id,
                             spec=record.spec,
+                            **carried,
                         )
                     )
                 )
@@ -606,6 +610,7 @@ class SchedulerCore:
                             attempt=record.attempt,
                             executor_id=member.executor_id,
                             spec=record.spec,
+                            **carried,
                             rendezvous=Rendezvous(
                                 master_addr=gang.master_addr,
                                 master_port=gang.master_port,
@@ -616,6 +621,15 @@ class SchedulerCore:
                     )
                 )
             await publish_in_order(sends)
+
+    def _revision_of(self, record: JobRecord) -> int | None:
+        """The KV revision of exactly this record object, if this scheduler wrote or saw it."""
+        known = self.store.remembered(record.job_id)
+        if known is not None and known[0] is record:
+            return known[1]
+        if self.view.get(record.job_id) is record:
+            return self.view.revisions.get(record.job_id)
+        return None
 
     # -- recovery -----------------------------------------------------------------------------
 
