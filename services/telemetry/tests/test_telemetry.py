@@ -22,6 +22,7 @@ from trainyard_contracts import (
 from trainyard_contracts._time import utcnow
 from trainyard_shared.settings import CommonSettings
 from trainyard_telemetry.app import create_app
+from trainyard_telemetry.jobstates import JobStates
 from trainyard_telemetry.metrics import JobMetrics
 
 NOW = utcnow()
@@ -41,19 +42,22 @@ def sample(registry, name, **labels):
 @pytest.mark.unit
 def test_each_event_is_counted_once_and_waits_are_observed():
     registry = CollectorRegistry()
-    rec = record()
-    metrics = JobMetrics(registry, lambda: [rec])
+    rec = record().model_copy(update={"state": JobState.SCHEDULED})
+    states = JobStates()
+    states.seed([rec])  # what the start-up read of the bucket found
+    metrics = JobMetrics(registry, states)
     running = JobRunning(job_id=rec.job_id, executor_id="e", time=NOW)
-    assert metrics.observe(running, rec) is True
-    assert metrics.observe(running, rec) is False  # redelivered: not counted again
+    assert metrics.observe(running) is True
+    assert metrics.observe(running) is False  # redelivered: not counted again
     assert sample(registry, "trainyard_job_events_total", type="running") == 1
     assert sample(registry, "trainyard_job_submit_to_start_seconds_count", queue="default") == 1
     assert sample(registry, "trainyard_job_submit_to_start_seconds_sum", queue="default") == 3
+    assert sample(registry, "trainyard_jobs", state="running") == 1
     done = JobSucceeded(job_id=rec.job_id, duration_seconds=12.5)
-    metrics.observe(done, rec)
+    metrics.observe(done)
     assert sample(registry, "trainyard_job_run_seconds_sum", queue="default", outcome="succeeded") == 12.5
-    assert sample(registry, "trainyard_jobs", state="queued") == 1
-    assert sample(registry, "trainyard_queue_depth", queue="default") == 1
+    assert sample(registry, "trainyard_jobs", state="succeeded") == 1
+    assert sample(registry, "trainyard_jobs", state="running") == 0
 
 
 @pytest.mark.service

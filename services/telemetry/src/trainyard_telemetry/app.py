@@ -27,8 +27,7 @@ def create_app(
     settings = settings or TelemetrySettings()
     sb = make_broker(common, "telemetry", tracer_provider=setup_tracing("telemetry"))
     subjects = sb.subjects
-    state: dict[str, JobView] = {}
-    metrics = JobMetrics(sb.registry, lambda: state["view"].all() if "view" in state else [])
+    metrics = JobMetrics(sb.registry)
 
     # five events per job: counting one is cheap, faststream's per-message chain was not
     @batch_consumer(
@@ -42,25 +41,23 @@ def create_app(
         description="counts events and observes wait and run times",
     )
     async def on_job_event(event: JobEvent) -> None:
-        view = state.get("view")
-        metrics.observe(event, view.get(event.job_id) if view else None)
+        metrics.observe(event)
 
     async def connect() -> None:
         buckets = await connect_and_declare(sb, common)
+        # one ordered read of the records, then the events keep the facts current (jobstates.py)
         view = JobView(buckets.jobs)
         await view.start()
-        state["view"] = view
-
-    async def stop() -> None:
-        if "view" in state:
-            await state["view"].stop()
+        try:
+            metrics.states.seed(view.all())
+        finally:
+            await view.stop()
 
     app = build_app(
         sb,
         title="trainyard-telemetry",
         description="Trainyard telemetry: job metrics for Prometheus, catch-up from the stream",
         on_startup=[connect],
-        on_shutdown=[stop],
     )
     app.context.set_global("telemetry_metrics", metrics)
     return app

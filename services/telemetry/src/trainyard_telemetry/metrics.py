@@ -1,20 +1,21 @@
 """Job metrics for Prometheus: event counters and latency histograms from the event stream, and
-gauges (jobs by state, queue depth) computed at scrape time from the job records.
+gauges (jobs by state, queue depth) computed at scrape time from where the events left each job
+(``jobstates.JobStates``, seeded from the job records at start-up).
 
 Observations are idempotent: an event redelivered after a crash is counted once (per event id).
 """
 
 from __future__ import annotations
 
-from collections import Counter as Tally
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from trainyard_contracts import TERMINAL_EVENT_TYPES, JobEvent, JobRecord, JobState
+from trainyard_contracts import TERMINAL_EVENT_TYPES, JobEvent, JobState
+from trainyard_telemetry.jobstates import JobStates
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 RUN_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 48 * 3600)
@@ -37,7 +38,7 @@ class _Seen:
 
 
 class JobMetrics:
-    def __init__(self, registry: CollectorRegistry, records: Callable[[], Iterable[JobRecord]]):
+    def __init__(self, registry: CollectorRegistry, states: JobStates | None = None):
         self.events = Counter("trainyard_job_events", "job events seen, by type", ["type"], registry=registry)
         self.submit_to_start = Histogram(
             "trainyard_job_submit_to_start_seconds",
@@ -54,16 +55,17 @@ class JobMetrics:
             registry=registry,
         )
         self._seen = _Seen()
-        self._records = records
-        registry.register(_StateCollector(records))
+        self.states = states if states is not None else JobStates()
+        registry.register(_StateCollector(self.states))
 
-    def observe(self, event: JobEvent, record: JobRecord | None) -> bool:
+    def observe(self, event: JobEvent) -> bool:
+        facts = self.states.apply(event)  # idempotent: only what moves a job forward is taken
         if not self._seen.first_time(event.event_id):
             return False
         self.events.labels(event.type).inc()
-        queue = record.spec.queue if record else "unknown"
-        if event.type == "running" and record is not None:
-            waited = (event.time - record.submitted_at).total_seconds()
+        queue = facts.queue if facts else "unknown"
+        if event.type == "running" and facts is not None and facts.submitted_at is not None:
+            waited = (event.time - facts.submitted_at).total_seconds()
             self.submit_to_start.labels(queue).observe(max(waited, 0.0))
         elif event.type in TERMINAL_EVENT_TYPES and event.type != "rejected":
             duration = getattr(event, "duration_seconds", None)
@@ -73,16 +75,11 @@ class JobMetrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, records: Callable[[], Iterable[JobRecord]]) -> None:
-        self._records = records
+    def __init__(self, states: JobStates) -> None:
+        self._states = states
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        by_state: Tally[str] = Tally()
-        depth: Tally[str] = Tally()
-        for record in self._records():
-            by_state[record.state.value] += 1
-            if record.state.pending:
-                depth[record.spec.queue] += 1
+        by_state, depth = self._states.tally()
         jobs = GaugeMetricFamily("trainyard_jobs", "jobs by state", labels=["state"])
         for state in JobState:
             jobs.add_metric([state.value], by_state.get(state.value, 0))

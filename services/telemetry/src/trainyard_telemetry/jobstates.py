@@ -1,0 +1,106 @@
+"""Where every job is, kept from the job events themselves (no watch on the jobs bucket).
+
+Telemetry needs three facts per job: its state (for the jobs-by-state and queue-depth gauges),
+its queue and its submission time (for the wait histogram). Following the jobs bucket cost four
+record deliveries and parses per job on top of the five events telemetry consumes anyway, so
+the facts come from the events, and from one ordered read of the bucket at start-up.
+
+Events and the start-up read can overlap (a consumer resumes from its last ack, so events older
+than the read are delivered again): a fact is taken only when it moves the job forward, by
+(attempt, step of the attempt). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from trainyard_contracts import JobEvent, JobRecord, JobState
+
+# how far an attempt has come; a requeue starts the next attempt at "pending"
+STEP: dict[JobState, int] = {
+    JobState.SUBMITTED: 0,
+    JobState.QUEUED: 1,
+    JobState.REQUEUED: 1,
+    JobState.SCHEDULED: 2,
+    JobState.RUNNING: 3,
+    JobState.SUCCEEDED: 9,
+    JobState.FAILED: 9,
+    JobState.TIMED_OUT: 9,
+    JobState.CANCELLED: 9,
+    JobState.REJECTED: 9,
+}
+STATE_OF_EVENT: dict[str, JobState] = {
+    "submitted": JobState.SUBMITTED,
+    "queued": JobState.QUEUED,
+    "scheduled": JobState.SCHEDULED,
+    "running": JobState.RUNNING,
+    "succeeded": JobState.SUCCEEDED,
+    "failed": JobState.FAILED,
+    "timed_out": JobState.TIMED_OUT,
+    "cancelled": JobState.CANCELLED,
+    "requeued": JobState.REQUEUED,
+}
+
+
+@dataclass(slots=True)
+class JobFacts:
+    attempt: int
+    state: JobState
+    queue: str
+    submitted_at: datetime | None
+
+    def behind(self, attempt: int, state: JobState) -> bool:
+        """(attempt, state) is further on than what is known."""
+        if self.state.terminal:
+            return False
+        return (attempt, STEP[state]) > (self.attempt, STEP[self.state])
+
+
+class JobStates:
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobFacts] = {}
+
+    def seed(self, records: Iterable[JobRecord]) -> None:
+        for r in records:
+            known = self.jobs.get(r.job_id)
+            if known is None or known.behind(r.attempt, r.state):
+                self.jobs[r.job_id] = JobFacts(r.attempt, r.state, r.spec.queue, r.submitted_at)
+
+    def get(self, job_id: str) -> JobFacts | None:
+        return self.jobs.get(job_id)
+
+    def apply(self, event: JobEvent) -> JobFacts | None:
+        """Take what ``event`` says about its job; returns the job's facts (None: not a job
+        telemetry tracks, e.g. a spec rejected before any record existed)."""
+        state = STATE_OF_EVENT.get(event.type)
+        known = self.jobs.get(event.job_id)
+        if state is None:
+            return known
+        attempt = event.next_attempt if event.type == "requeued" else event.attempt  # type: ignore[union-attr]
+        if known is None:
+            queue = getattr(event, "queue", None) or (
+                event.spec.queue if event.type == "submitted" else "unknown"  # type: ignore[union-attr]
+            )
+            submitted = event.time if event.type == "submitted" else None
+            known = self.jobs[event.job_id] = JobFacts(attempt, state, queue, submitted)
+            return known
+        if event.type == "submitted" and known.submitted_at is None:
+            known.submitted_at = event.time
+        if known.queue == "unknown" and getattr(event, "queue", None):
+            known.queue = event.queue  # type: ignore[union-attr]
+        if known.behind(attempt, state):
+            known.attempt, known.state = attempt, state
+        return known
+
+    def tally(self) -> tuple[Counter[str], Counter[str]]:
+        """(jobs by state, pending jobs by queue)."""
+        by_state: Counter[str] = Counter()
+        depth: Counter[str] = Counter()
+        for facts in self.jobs.values():
+            by_state[facts.state.value] += 1
+            if facts.state.pending:
+                depth[facts.queue] += 1
+        return by_state, depth
