@@ -309,7 +309,7 @@ def build_router(state: dict[str, Any]) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> dict[str, Any]:
         queue = check_list(caller, queue)
-        rows = service().list(state_.value if state_ else None, queue, limit)
+        rows = await service().list(state_.value if state_ else None, queue, limit)
         return {"jobs": [summary(r) for r in rows]}
 
     @router.get("/jobs/{job_id}", summary="one job's record")
@@ -340,9 +340,18 @@ def build_router(state: dict[str, Any]) -> APIRouter:
         secrets = record.spec.secret_values()
         js, subjects = state["js"], state["subjects"]
 
-        def finished() -> bool:
-            record = service().view.get(job_id)
-            return record is not None and record.state.terminal
+        # the record as last read: read from the bucket only when the log stream has gone quiet
+        # (read_chunks asks at most once per fetch wait), and the end event names its state
+        latest: list[JobRecord | None] = [record]
+
+        async def finished() -> bool:
+            try:
+                now = await service().get(job_id)
+            except JobNotFound:
+                latest[0] = None
+                return True  # removed while followed: nothing more will be written for it
+            latest[0] = now
+            return bool(now.state.terminal)
 
         chunks = read_chunks(js, subjects, job_id, attempt, follow, finished)
         if not follow:
@@ -359,8 +368,8 @@ def build_router(state: dict[str, Any]) -> APIRouter:
                         "time": line.time.isoformat(),
                     }
                     yield {"event": "log", "data": json.dumps(data)}
-            record = service().view.get(job_id)
-            yield {"event": "end", "data": record.state.value if record else "unknown"}
+            last = latest[0]
+            yield {"event": "end", "data": last.state.value if last else "unknown"}
 
         return EventSourceResponse(events(), ping=15)
 

@@ -18,13 +18,13 @@ from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import ensure_streams, open_buckets, streams
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
-from trainyard_shared.jobview import JobView
 from trainyard_shared.queueview import QueueView
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing, tracing_enabled
 from trainyard_submission.api import build_router, install_error_handlers, install_openapi
 from trainyard_submission.auth import load_or_create_token
 from trainyard_submission.intake import handle_intake
+from trainyard_submission.joblist import BucketReader
 from trainyard_submission.limits import BodyLimit
 from trainyard_submission.queues import QueueStore
 from trainyard_submission.service import SubmissionService
@@ -92,14 +92,13 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         queue_view = QueueView(buckets.queues)
         await queue_view.start()
         state["queues"] = QueueStore(buckets.queues, queue_view)
+        # no view of the jobs bucket: listing reads it when asked (joblist.py), so the job path
+        # costs this service no watch delivery per record update
         store = JobStore(buckets.jobs)
-        view = JobView(buckets.jobs)
-        store.on_written(view.apply)
-        await view.start()
         state["js"] = sb.broker.config.connection_state.stream
         state["service"] = SubmissionService(
             store=store,
-            view=view,
+            jobs_reader=BucketReader(state["js"], sb.subjects.buckets.jobs),
             idempotency=buckets.idempotency,
             models=buckets.models,
             events=EventPublisher(sb.broker, sb.subjects),
@@ -113,7 +112,6 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         finally:
             await sb.stop_pullers()
             await sb.broker.stop()
-            await view.stop()
             await queue_view.stop()
 
     app = FastAPI(

@@ -35,5 +35,8 @@ async def handle_intake(
         reply = IntakeReply(accepted=False, job_id=job_id, errors=exc.errors)
     reply_to = headers.get(REPLY_HEADER)
     if reply_to:
-        await broker.publish(reply.model_dump_json().encode(), reply_to)
+        # a core NATS publish straight through nats-py: the reply is stored in no stream, and
+        # faststream's publish chain (middlewares, serialisation) cost more than the reply itself
+        connection = broker.config.connection_state.connection
+        await connection.publish(reply_to, reply.model_dump_json().encode())
     return reply

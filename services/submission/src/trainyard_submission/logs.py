@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -18,10 +18,11 @@ async def read_chunks(
     job_id: str,
     attempt: int | None,
     follow: bool,
-    finished: Callable[[], bool],
+    finished: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[LogChunk]:
     """Chunks in order. Without ``follow``: what is stored now. With it: until ``finished()`` is
-    true and nothing more is stored (the executor flushes its last chunk before the end event)."""
+    true and nothing more is stored (the executor flushes its last chunk before the end event).
+    ``finished`` is asked only when nothing is pending, at most once per fetch wait."""
     subject = subjects.log(job_id, attempt) if attempt is not None else subjects.logs_of(job_id)
     sub = await js.pull_subscribe(
         subject,
@@ -37,7 +38,7 @@ async def read_chunks(
             if pending == 0:
                 if not follow:
                     return
-                if finished():
+                if await finished():
                     # one last look: the final chunk may have landed with the end event
                     if (await sub.consumer_info()).num_pending == 0:
                         return

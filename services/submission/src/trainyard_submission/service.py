@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 from collections.abc import Callable
@@ -28,9 +29,9 @@ from trainyard_contracts import (
 from trainyard_contracts._time import utcnow
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore, RecordExists
-from trainyard_shared.jobview import JobView
 from trainyard_shared.tracing import current_traceparent
 from trainyard_submission.access import check_submit, place_spec
+from trainyard_submission.joblist import BucketReader, NewestMatches
 from trainyard_submission.queues import QueueStore, builtin
 from trainyard_submission.sources import with_resolved_source
 from trainyard_submission.tokens import Principal
@@ -62,7 +63,7 @@ class SubmissionService:
     def __init__(
         self,
         store: JobStore,
-        view: JobView,
+        jobs_reader: BucketReader,
         idempotency: KeyValue,
         models: KeyValue,
         events: EventPublisher,
@@ -71,7 +72,7 @@ class SubmissionService:
         queues: QueueStore | None = None,
     ) -> None:
         self.store = store
-        self.view = view
+        self.jobs_reader = jobs_reader
         self.idempotency = idempotency
         self.models_kv = models
         self.events = events
@@ -166,17 +167,18 @@ class SubmissionService:
             raise JobNotFound(job_id)
         return found[0]
 
-    def list(self, state: str | None, queue: str | None, limit: int) -> list[JobRecord]:
-        # the view holds every record in memory (fine to ~10^5 jobs; an index comes with scale)
-        rows = [
-            r
-            for r in self.view.all()
-            if (state is None or r.state.value == state) and (queue is None or r.spec.queue == queue)
-        ]
-        rows.sort(key=lambda r: (r.submitted_at, r.job_id), reverse=True)
-        return rows[:limit]
+    async def list(
+        self, state: str | None, queue: str | None, limit: int, timeout: float = 30.0
+    ) -> list[JobRecord]:
+        """The newest ``limit`` records in ``state`` and ``queue`` (None: any), newest first.
 
-    async def models(self, name: str | None) -> list[ModelVersionRecord]:
+        Reads the bucket on demand (no view follows it: that cost every job four deliveries);
+        the cost grows with the number of records stored, see joblist.py.
+        """
+        matches = await self.jobs_reader.read(NewestMatches(state, queue, limit), timeout)
+        return matches.records()
+
+    async def models(self, name: str | None) -> builtins.list[ModelVersionRecord]:
         try:
             keys = await self.models_kv.keys()
         except NoKeysError:

@@ -1,0 +1,152 @@
+"""``GET /jobs``: the newest matching job records, read from the jobs bucket when asked.
+
+The submission service keeps no copy of the bucket: following every record update cost four
+deliveries and parses per job on the job path, only to answer a listing now and then. A listing
+instead reads the bucket once, through an ordered consumer that delivers each key's latest value,
+and stops when it has reached what the bucket held when the listing started.
+
+Memory stays bounded by ``limit``: each value is first read for the few fields a filter and the
+order need (:class:`RecordHead`); only the newest ``limit`` matches are kept, as bytes, and only
+those are validated as full :class:`JobRecord` documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+from datetime import datetime
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from trainyard_contracts import JobRecord
+
+log = logging.getLogger("trainyard.submission.joblist")
+
+# a KV value's operation header; a delete or purge marker, or a server's expiry marker, is no record
+KV_OPERATION = "KV-Operation"
+MARKER_REASON = "Nats-Marker-Reason"
+
+
+class _SpecHead(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    queue: str = "default"
+
+
+class RecordHead(BaseModel):
+    """The fields of a stored job record that filtering and ordering need; the rest is skipped."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: str
+    state: str
+    submitted_at: datetime
+    spec: _SpecHead
+
+
+class NewestMatches:
+    """The newest ``limit`` records matching ``state`` and ``queue`` (None: any), fed raw values.
+
+    Newest means the latest ``submitted_at``, then the greatest job id (the order ``GET /jobs``
+    has always answered in). A min-heap of at most ``limit`` entries holds the kept values.
+    """
+
+    def __init__(self, state: str | None, queue: str | None, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.state, self.queue, self.limit = state, queue, limit
+        self._heap: list[tuple[datetime, str, bytes]] = []
+        self.seen = 0
+
+    def offer(self, key: str, value: bytes) -> None:
+        self.seen += 1
+        try:
+            head = RecordHead.model_validate_json(value)
+        except ValidationError as exc:
+            log.error("unreadable job record", extra={"job_id": key, "error": str(exc)[:500]})
+            return
+        if self.state is not None and head.state != self.state:
+            return
+        if self.queue is not None and head.spec.queue != self.queue:
+            return
+        entry = (head.submitted_at, head.job_id, value)
+        if len(self._heap) < self.limit:
+            heapq.heappush(self._heap, entry)
+        elif entry[:2] > self._heap[0][:2]:
+            heapq.heapreplace(self._heap, entry)
+
+    def records(self) -> list[JobRecord]:
+        """The kept records, newest first (a value that is not a valid record is left out)."""
+        rows = []
+        for _, job_id, value in sorted(self._heap, key=lambda e: e[:2], reverse=True):
+            try:
+                rows.append(JobRecord.model_validate_json(value))
+            except ValidationError as exc:
+                log.error("unreadable job record", extra={"job_id": job_id, "error": str(exc)[:500]})
+        return rows
+
+
+class BucketReader:
+    """Reads every key's latest value of one KV bucket, once, and is gone afterwards.
+
+    ``inactive_seconds``: the server removes a consumer this reader could not delete itself (the
+    connection dropped mid-read, or the ordered consumer was recreated after a gap) this long after
+    nobody listens to it.
+    """
+
+    def __init__(self, js: JetStreamContext, bucket: str, inactive_seconds: float = 10.0) -> None:
+        self.js = js
+        self.bucket = bucket
+        self.stream = f"KV_{bucket}"
+        self.prefix = f"$KV.{bucket}."
+        self.inactive_seconds = inactive_seconds
+
+    async def read(self, matches: NewestMatches, timeout: float = 30.0) -> NewestMatches:
+        """Offer each key's latest value to ``matches`` up to what the bucket held at the start.
+
+        Raises TimeoutError when the read does not finish in ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            last = (await self.js.stream_info(self.stream)).state
+            if last.messages == 0:
+                return matches
+            target = last.last_seq
+            caught_up = asyncio.Event()
+            consumers: set[str] = set()
+            prefix_len = len(self.prefix)
+
+            async def on_message(msg: Msg) -> None:
+                if caught_up.is_set():
+                    return
+                meta = msg.metadata
+                consumers.add(meta.consumer)
+                headers = msg.headers
+                if not headers or (KV_OPERATION not in headers and MARKER_REASON not in headers):
+                    matches.offer(msg.subject[prefix_len:], msg.data)
+                # num_pending 0: nothing left; the target: what was stored when the listing began
+                # (a listing during a burst of writes is not chased by the writes that follow)
+                if meta.num_pending == 0 or meta.sequence.stream >= target:
+                    caught_up.set()
+
+            sub = await self.js.subscribe(
+                f"{self.prefix}>",
+                stream=self.stream,
+                cb=on_message,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                inactive_threshold=self.inactive_seconds,
+            )
+            try:
+                await caught_up.wait()
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+                for name in consumers:
+                    with contextlib.suppress(Exception):
+                        await self.js.delete_consumer(self.stream, name)
+        return matches

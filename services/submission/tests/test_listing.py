@@ -1,0 +1,129 @@
+"""``GET /v1/jobs`` reads the jobs bucket when asked; the service follows no bucket on the job path.
+
+Against the session's real nats-server: records are written straight into the bucket (as the
+scheduler and the executors would), then listed with filters and limits smaller than what is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+import httpx
+import nats.js.errors
+import pytest
+
+from trainyard_contracts import JobSpec, lifecycle
+from trainyard_contracts._time import utcnow
+from trainyard_contracts.states import JobState
+from trainyard_shared.settings import CommonSettings
+from trainyard_submission.app import create_app
+from trainyard_submission.joblist import NewestMatches
+from trainyard_submission.settings import SubmissionSettings
+
+from .conftest import AUTH, TOKEN
+
+STATES = [JobState.SUBMITTED, JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED]
+QUEUES = ["default", "alpha", "beta"]
+
+
+def record(i: int, start, state: JobState, queue: str):
+    spec = JobSpec.model_validate({"name": f"job-{i}", "command": ["true"], "queue": queue})
+    job_id = f"list{i:06d}"
+    # every third pair shares its submission time: the job id breaks the tie
+    submitted = start + timedelta(seconds=i // 2 * 2 if i % 3 == 0 else i)
+    return lifecycle.new_record(job_id, spec, submitted, "test").model_copy(update={"state": state})
+
+
+def expected(records, state=None, queue=None, limit=100) -> list[str]:
+    rows = [
+        r
+        for r in records
+        if (state is None or r.state.value == state) and (queue is None or r.spec.queue == queue)
+    ]
+    rows.sort(key=lambda r: (r.submitted_at, r.job_id), reverse=True)
+    return [r.job_id for r in rows[:limit]]
+
+
+async def listed(api, **params) -> list[str]:
+    resp = await api.get("/v1/jobs", params=params, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    return [row["job_id"] for row in resp.json()["jobs"]]
+
+
+@pytest.mark.service
+async def test_list_filters_orders_and_limits_over_the_bucket(api):
+    store = api.app.state.trainyard["service"].store
+    start = utcnow() - timedelta(days=1)
+    records = [record(i, start, STATES[i % len(STATES)], QUEUES[i % len(QUEUES)]) for i in range(120)]
+    for r in records:
+        await store.create(r)
+    # a later write of a record counts, not its first one
+    moved = records[7].model_copy(update={"state": JobState.CANCELLED})
+    await store.update(moved.job_id, lambda _: moved)
+    records[7] = moved
+    # a removed record and a value that is no record are not listed
+    await store.kv.delete(records[8].job_id)
+    del records[8]
+    await store.kv.put("list999999", b"{not a record")
+
+    assert await listed(api) == expected(records)  # the default limit, 100 of 120
+    assert await listed(api, limit=7) == expected(records, limit=7)
+    assert await listed(api, state="running", limit=5) == expected(records, state="running", limit=5)
+    assert await listed(api, queue="alpha", limit=9) == expected(records, queue="alpha", limit=9)
+    both = await listed(api, state="failed", queue="beta", limit=3)
+    assert both == expected(records, state="failed", queue="beta", limit=3) and len(both) == 3
+    assert await listed(api, state="cancelled") == [moved.job_id]
+    assert await listed(api, queue="gamma") == []
+    assert len(await listed(api, limit=10_000)) == len(records)
+
+
+async def consumers_on(js, stream: str) -> int:
+    try:
+        return (await js.stream_info(stream)).state.consumer_count
+    except nats.js.errors.NotFoundError:
+        return 0
+
+
+async def count_becomes(js, stream: str, want: int, deadline: float = 10.0) -> int:
+    end = time.monotonic() + deadline
+    # a server-side count: nothing to wait on but the server, asked again until the deadline
+    while (count := await consumers_on(js, stream)) != want and time.monotonic() < end:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    return count
+
+
+@pytest.mark.service
+async def test_no_consumer_follows_the_jobs_bucket(nats_server, prefix, tmp_path, js):
+    """Started, with jobs submitted and listed, the service leaves the jobs bucket unwatched."""
+    common = CommonSettings(nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path / "d")
+    stream = f"KV_{common.subjects.buckets.jobs}"
+    assert await consumers_on(js, stream) == 0
+    app = create_app(common, SubmissionSettings(token=TOKEN))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            # a job view would have created its consumer before the app started serving
+            assert await consumers_on(js, stream) == 0
+            spec = '{"name": "t", "command": ["true"]}'
+            job_id = (await client.post("/v1/jobs", content=spec, headers=AUTH)).json()["job_id"]
+            assert await consumers_on(js, stream) == 0
+            # a listing reads through a consumer of its own and removes it when done
+            rows = (await client.get("/v1/jobs", headers=AUTH)).json()["jobs"]
+            assert [row["job_id"] for row in rows] == [job_id]
+            assert await count_becomes(js, stream, 0) == 0
+
+
+@pytest.mark.unit
+def test_newest_matches_keeps_only_the_newest_limit():
+    start = utcnow()
+    records = [record(i, start, STATES[i % len(STATES)], QUEUES[i % len(QUEUES)]) for i in range(50)]
+    matches = NewestMatches(None, "beta", 4)
+    for r in records:
+        matches.offer(r.job_id, r.model_dump_json().encode())
+    matches.offer("broken", b"[]")
+    assert [r.job_id for r in matches.records()] == expected(records, queue="beta", limit=4)
+    assert len(matches._heap) == 4 and matches.seen == 51
+    with pytest.raises(ValueError):
+        NewestMatches(None, None, 0)
