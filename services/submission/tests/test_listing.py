@@ -19,7 +19,7 @@ from trainyard_contracts._time import utcnow
 from trainyard_contracts.states import JobState
 from trainyard_shared.settings import CommonSettings
 from trainyard_submission.app import create_app
-from trainyard_submission.joblist import NewestMatches
+from trainyard_submission.joblist import BucketReader, NewestMatches
 from trainyard_submission.settings import SubmissionSettings
 
 from .conftest import AUTH, TOKEN
@@ -127,3 +127,39 @@ def test_newest_matches_keeps_only_the_newest_limit():
     assert len(matches._heap) == 4 and matches.seen == 51
     with pytest.raises(ValueError):
         NewestMatches(None, None, 0)
+
+
+class WritesAfterStreamInfo:
+    """The real JetStream context, except that two records are rewritten just after the reader
+    learns the stream's last sequence: a listing racing the scheduler's writes, made deterministic."""
+
+    def __init__(self, js, write) -> None:
+        self._js, self._write = js, write
+
+    def __getattr__(self, name):
+        return getattr(self._js, name)
+
+    async def stream_info(self, name, *args, **kwargs):
+        info = await self._js.stream_info(name, *args, **kwargs)
+        await self._write()
+        return info
+
+
+@pytest.mark.service
+async def test_a_listing_racing_writes_still_lists_every_record(api):
+    trainyard = api.app.state.trainyard
+    store, bucket = trainyard["service"].store, trainyard["subjects"].buckets.jobs
+    start = utcnow()
+    records = [record(i, start, JobState.QUEUED, "default") for i in range(6)]
+    for r in records:
+        await store.create(r)
+
+    async def rewrite_first_and_last() -> None:
+        for r in (records[0], records[-1]):
+            running = r.model_copy(update={"state": JobState.RUNNING})
+            await store.kv.put(r.job_id, running.model_dump_json().encode())
+
+    reader = BucketReader(WritesAfterStreamInfo(trainyard["js"], rewrite_first_and_last), bucket)
+    rows = (await reader.read(NewestMatches(None, None, 100))).records()
+    assert sorted(r.job_id for r in rows) == sorted(r.job_id for r in records)
+    assert await consumers_on(trainyard["js"], f"KV_{bucket}") == 0

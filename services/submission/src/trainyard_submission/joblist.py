@@ -107,20 +107,19 @@ class BucketReader:
         self.inactive_seconds = inactive_seconds
 
     async def read(self, matches: NewestMatches, timeout: float = 30.0) -> NewestMatches:
-        """Offer each key's latest value to ``matches`` up to what the bucket held at the start.
+        """Offer each key's latest value to ``matches``, at least as new as when the read began.
 
         Raises TimeoutError when the read does not finish in ``timeout`` seconds.
         """
         async with asyncio.timeout(timeout):
-            last = (await self.js.stream_info(self.stream)).state
-            if last.messages == 0:
-                return matches
-            target = last.last_seq
             caught_up = asyncio.Event()
             consumers: set[str] = set()
             prefix_len = len(self.prefix)
+            target: int | None = None  # the stream's last sequence once the consumer exists
+            highest = 0
 
             async def on_message(msg: Msg) -> None:
+                nonlocal highest
                 if caught_up.is_set():
                     return
                 meta = msg.metadata
@@ -128,9 +127,10 @@ class BucketReader:
                 headers = msg.headers
                 if not headers or (KV_OPERATION not in headers and MARKER_REASON not in headers):
                     matches.offer(msg.subject[prefix_len:], msg.data)
-                # num_pending 0: nothing left; the target: what was stored when the listing began
-                # (a listing during a burst of writes is not chased by the writes that follow)
-                if meta.num_pending == 0 or meta.sequence.stream >= target:
+                highest = max(highest, meta.sequence.stream)
+                # num_pending 0: nothing left; the target: what was stored when the consumer
+                # existed (a listing during a burst of writes is not chased by the writes after)
+                if meta.num_pending == 0 or (target is not None and highest >= target):
                     caught_up.set()
 
             sub = await self.js.subscribe(
@@ -142,6 +142,18 @@ class BucketReader:
                 inactive_threshold=self.inactive_seconds,
             )
             try:
+                # asked after the consumer was created, never before: the consumer delivers each
+                # key's last value as of its creation, in sequence order, then every later write,
+                # so the first delivery at or past this sequence comes after every key that
+                # existed at its creation (a target taken earlier could stop the read at a key
+                # rewritten in between, before a key whose newer value comes later)
+                stored = (await self.js.stream_info(self.stream)).state
+                target = stored.last_seq
+                if stored.messages == 0 and not consumers:
+                    # nothing will be delivered to name the consumer: ask its name to remove it
+                    consumers.add((await sub.consumer_info()).name)
+                if stored.messages == 0 or highest >= target:
+                    caught_up.set()
                 await caught_up.wait()
             finally:
                 with contextlib.suppress(Exception):
