@@ -111,3 +111,41 @@ async def test_invalid_and_failing_messages_are_dead_lettered(nats_server, prefi
         assert reasons[1].startswith("invalid message")
         assert seen.count(13) == 3  # bounded redelivery, then parked
         assert 1 in seen  # the service kept serving
+
+
+async def test_publishes_in_flight_together_are_stored_in_their_order_once(nats_server, prefix):
+    """``publish_in_order``: a job's queued and scheduled events and its start command leave
+    together; the stream stores the events in the order given, a second send under the same
+    message ids is acked as duplicates (nothing stored twice), and a publish no stream takes
+    raises instead of being dropped."""
+    from nats.js.errors import NoStreamResponseError
+
+    from trainyard_contracts import JobQueued, JobScheduled, StartAttempt
+    from trainyard_shared.commands import CommandSender
+    from trainyard_shared.events import EventPublisher, Outgoing, publish_in_order
+    from trainyard_shared.testkit import Bus
+
+    subjects = Subjects(prefix)
+    broker = NatsBroker(nats_server.url)
+    async with broker, Bus(nats_server.url, prefix) as bus:
+        await broker.start()
+        await ensure_streams(broker, subjects)
+        events, commands = EventPublisher(broker, subjects), CommandSender(broker, subjects)
+        spec = JobSpec(name="a", command=["true"])
+        batch = [
+            events.outgoing(JobQueued(job_id="jobpio001", queue="default")),
+            events.outgoing(
+                JobScheduled(
+                    job_id="jobpio001", executor_id="e1", resources={"cpu": 1, "memory": 1, "gpu": 0}
+                )
+            ),
+            commands.outgoing(StartAttempt(job_id="jobpio001", attempt=1, executor_id="e1", spec=spec)),
+        ]
+        first = await publish_in_order(broker, batch)
+        again = await publish_in_order(broker, batch)
+        stored = await bus.messages(subjects.job("jobpio001", "*"), subjects.streams.jobs)
+        with pytest.raises(NoStreamResponseError):
+            await publish_in_order(broker, [batch[0], Outgoing("nowhere.at.all", b"{}", {}, "nostream")])
+    assert [m.subject.rsplit(".", 1)[-1] for m in stored] == ["queued", "scheduled"]
+    assert not any(ack.duplicate for ack in first)
+    assert all(ack.duplicate for ack in again)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from faststream.nats import NatsBroker
 
 from trainyard_contracts import CancelAttempt, StartAttempt, Subjects, msg_id
-from trainyard_shared.events import MSG_ID, publish_acked
+from trainyard_shared.events import MSG_ID, Outgoing, publish_acked
 
 
 class CommandSender:
@@ -14,8 +14,11 @@ class CommandSender:
         self.subjects = subjects
 
     async def send(self, command: StartAttempt | CancelAttempt) -> None:
-        await publish_acked(
-            self.broker,
+        await publish_acked(self.broker, *self.outgoing(command))
+
+    def outgoing(self, command: StartAttempt | CancelAttempt) -> Outgoing:
+        """The command as a publish (for ``publish_in_order``)."""
+        return Outgoing(
             self.subjects.exec_command(command.executor_id, command.type),
             command.model_dump_json().encode(),
             {

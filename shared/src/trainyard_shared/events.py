@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
+import nats.errors
 from faststream.nats import NatsBroker
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
@@ -23,6 +24,15 @@ def trace_headers() -> dict[str, str]:
     return carrier
 
 
+class Outgoing(NamedTuple):
+    """One publish into a stream: what ``publish_acked`` takes."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    stream: str
+
+
 class EventPublisher:
     def __init__(self, broker: NatsBroker, subjects: Subjects) -> None:
         self.broker = broker
@@ -31,15 +41,17 @@ class EventPublisher:
         self.tracing = tracing_enabled()
 
     async def emit(self, event: Envelope, **headers: str) -> Any:
-        """Publish and wait for the stream's ack; a duplicate (same msg id) is acked, not stored.
+        """Publish and wait for the stream's ack; a duplicate (same msg id) is acked, not stored."""
+        return await publish_acked(self.broker, *self.outgoing(event, **headers))
 
-        The envelope carries the job's trace context too, for readers that drop headers."""
+    def outgoing(self, event: Envelope, **headers: str) -> Outgoing:
+        """The event as a publish (for ``publish_in_order``). The envelope carries the job's trace
+        context too, for readers that drop headers."""
         if event.traceparent is None and self.tracing:
             traceparent = trace_headers().get("traceparent")
             if traceparent:
                 event = event.model_copy(update={"traceparent": traceparent})
-        return await publish_acked(
-            self.broker,
+        return Outgoing(
             event.subject(self.subjects),
             event.model_dump_json().encode(),
             {MSG_ID: event.msg_id(), "content-type": "application/json", **headers},
@@ -64,13 +76,28 @@ async def publish_acked(
         return await js.publish(subject, payload, stream=stream, headers={**trace_headers(), **headers})
 
 
-async def publish_in_order(publishes: Iterable[Awaitable[Any]]) -> list[Any]:
+async def publish_in_order(
+    broker: NatsBroker, publishes: Sequence[Outgoing], timeout: float = 5.0
+) -> list[Any]:
     """Several publishes of one decision (a job's queued and scheduled events and its start
-    command), in flight together: one write to the socket and one wait for all the acks instead
-    of a round trip each.
+    command), in flight together: written to the socket at once, their acks awaited together
+    (nats-py's ``publish_async``: no request, timer and task per publish), instead of a round
+    trip each.
 
-    The order holds: each publish is buffered by nats-py before its first real wait and the tasks
-    start in the order given, so one connection writes them, and the server stores them, in that
-    order. If one fails the others still complete; the first error is raised (the caller's retry
-    publishes all again under the same message ids, which the streams drop as duplicates)."""
-    return await asyncio.gather(*publishes)
+    The order holds: one connection writes them, and the server stores them, in the order given.
+    Raises the first error in that order, or ``nats.errors.TimeoutError`` if an ack is missing
+    after ``timeout``; the caller's retry publishes all again under the same message ids, which
+    the streams drop as duplicates."""
+    if tracing_enabled():  # one publish span each, as publish_acked records them
+        return list(await asyncio.gather(*(publish_acked(broker, *p) for p in publishes)))
+    js = broker.config.connection_state.stream
+    acks = [
+        await js.publish_async(p.subject, p.payload, stream=p.stream, headers=dict(p.headers))
+        for p in publishes
+    ]
+    _, missing = await asyncio.wait(acks, timeout=timeout)
+    for ack in missing:
+        ack.cancel()  # nats-py forgets it (its done callback)
+    if missing:
+        raise nats.errors.TimeoutError
+    return [ack.result() for ack in acks]

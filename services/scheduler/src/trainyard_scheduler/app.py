@@ -24,7 +24,7 @@ from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import ensure_streams, open_buckets, streams
 from trainyard_shared.commands import CommandSender
-from trainyard_shared.events import EventPublisher
+from trainyard_shared.events import EventPublisher, publish_acked
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
@@ -148,11 +148,12 @@ def create_app(
         event = core().cycle_decisions(
             decided, cycle=cycle, replica=settings.replica_id, term=lease().term, seconds=seconds
         )
-        await broker.publish(
-            event.model_dump_json().encode(),
+        await publish_acked(
+            broker,
             subjects.scheduler_decisions,
-            stream=subjects.streams.scheduler,
-            headers={"Nats-Msg-Id": f"cycle:{settings.replica_id}:{lease().term}:{cycle}"},
+            event.model_dump_json().encode(),
+            {"Nats-Msg-Id": f"cycle:{settings.replica_id}:{lease().term}:{cycle}"},
+            subjects.streams.scheduler,
         )
 
     # questions for the leader: every replica listens (no queue group), only the leader answers,
@@ -182,7 +183,7 @@ def create_app(
         """Every replica runs this loop; only the leader's passes do anything."""
         loop = asyncio.get_running_loop()
         term = 0
-        passes = 0
+        next_reconcile = 0.0
         while not state.get("stopping"):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), settings.tick_seconds)
@@ -194,15 +195,17 @@ def create_app(
                 if takeover:  # a new term: see the last leader's writes before planning on them
                     if not await core().catch_up(settings.lease_seconds):
                         log.warning("job view not confirmed current after taking over; planning anyway")
-                    term, passes = lease().term, 0
+                    term = lease().term
                 started = loop.time()
                 decided = await core().plan_pass()
                 if decided.assignments or decided.victims:  # a pass that changed nothing is no event
                     cycle = state["cycle"] = int(state.get("cycle", 0)) + 1  # type: ignore[call-overload]
                     await publish_cycle(decided, cycle, loop.time() - started)
-                if passes % 5 == 0:
+                # every fifth tick's worth of time, not every fifth pass: under load a pass runs
+                # per few jobs, and a reconcile looks at every live job
+                if takeover or loop.time() >= next_reconcile:
                     await core().reconcile(resend_scheduled=takeover)
-                passes += 1
+                    next_reconcile = loop.time() + 5 * settings.tick_seconds
             except Exception:
                 log.exception("planning pass failed; retrying on the next tick")
 

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 
 from trainyard_contracts import (
@@ -51,7 +51,7 @@ from trainyard_scheduler.placement import (
 )
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.commands import CommandSender
-from trainyard_shared.events import EventPublisher, publish_in_order
+from trainyard_shared.events import EventPublisher, Outgoing, publish_in_order
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
@@ -564,20 +564,20 @@ class SchedulerCore:
         assert record.executor_id is not None
         r = record.spec.resources
         gang = record.split_gang() if record.gang is not None else None
-        sends: list[Awaitable[object]] = []
+        sends: list[Outgoing] = []
         # the record travels with its start command: the executor's first write needs no read
         revision = self._revision_of(record)
         carried = {"record": record, "record_revision": revision} if revision else {}
         with job_trace(record.traceparent):
             if queued:
                 sends.append(
-                    self.events.emit(
+                    self.events.outgoing(
                         JobQueued(job_id=record.job_id, attempt=record.attempt, queue=record.spec.queue)
                     )
                 )
             if record.state == JobState.SCHEDULED:
                 sends.append(
-                    self.events.emit(
+                    self.events.outgoing(
                         JobScheduled(
                             job_id=record.job_id,
                             attempt=record.attempt,
@@ -588,7 +588,7 @@ class SchedulerCore:
                 )
             if gang is None:
                 sends.append(
-                    self.commands.send(
+                    self.commands.outgoing(
                         StartAttempt(
                             job_id=record.job_id,
                             attempt=record.attempt,
@@ -598,13 +598,13 @@ class SchedulerCore:
                         )
                     )
                 )
-                await publish_in_order(sends)
+                await publish_in_order(self.events.broker, sends)
                 return
             for member in gang.members:
                 if member.started_at is not None or member.state is not None:
                     continue
                 sends.append(
-                    self.commands.send(
+                    self.commands.outgoing(
                         StartAttempt(
                             job_id=record.job_id,
                             attempt=record.attempt,
@@ -620,7 +620,7 @@ class SchedulerCore:
                         )
                     )
                 )
-            await publish_in_order(sends)
+            await publish_in_order(self.events.broker, sends)
 
     def _revision_of(self, record: JobRecord) -> int | None:
         """The KV revision of exactly this record object, if this scheduler wrote or saw it."""
