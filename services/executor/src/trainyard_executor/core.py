@@ -27,6 +27,7 @@ from trainyard_contracts import (
     AttemptRef,
     CancelAttempt,
     Capacity,
+    Envelope,
     ExecutorHeartbeat,
     JobCancelled,
     JobRecord,
@@ -377,20 +378,36 @@ class ExecutorCore:
         kind, reason = outcome.kind, outcome.reason
         if kind == "cancelled" and local.cancel_reason:
             reason = local.cancel_reason
-        outputs_uri = outcome.output_dir.resolve().as_uri() if outcome.output_dir else None
+        # abspath, not resolve(): no filesystem calls per attempt (the work root is absolute already)
+        outputs_uri = Path(os.path.abspath(outcome.output_dir)).as_uri() if outcome.output_dir else None
         # every line is stored before the terminal event announces it; a broker away at this
-        # moment must not change how the attempt ended, so shipping is retried, then given up
-        await self._ship_outcome_lines(shipper, f"attempt {attempt} ended: {kind} ({reason})", record.job_id)
-        if local.shutting_down:
-            await self._requeue(record, "executor shut down while the attempt ran")
-        else:
-            after = await self._finish(
-                record.job_id, attempt, kind, outcome.exit_code, reason, outputs_uri, local.elapsed()
-            )
-            if after is not None and after.state.terminal:
-                checkpoints = self.checkpoint_dir(record.job_id)
-                if checkpoints.exists():  # most jobs never write one: no thread hop for nothing
-                    await asyncio.to_thread(shutil.rmtree, checkpoints, True)
+        # moment must not change how the attempt ended, so shipping is retried, then given up.
+        # The lines and the outcome's write go out together; the event waits for both.
+        lines_stored = asyncio.ensure_future(
+            self._ship_outcome_lines(shipper, f"attempt {attempt} ended: {kind} ({reason})", record.job_id)
+        )
+        try:
+            if local.shutting_down:
+                await lines_stored
+                await self._requeue(record, "executor shut down while the attempt ran")
+                after = None
+            else:
+                after = await self._finish(
+                    record.job_id,
+                    attempt,
+                    kind,
+                    outcome.exit_code,
+                    reason,
+                    outputs_uri,
+                    local.elapsed(),
+                    lines_stored=lines_stored,
+                )
+        finally:
+            await lines_stored
+        if after is not None and after.state.terminal:
+            checkpoints = self.checkpoint_dir(record.job_id)
+            if checkpoints.exists():  # most jobs never write one: no thread hop for nothing
+                await asyncio.to_thread(shutil.rmtree, checkpoints, True)
         await self._release(local)
 
     async def _could_not_run(
@@ -480,9 +497,18 @@ class ExecutorCore:
         reason: str,
         outputs_uri: str | None,
         duration: float,
+        lines_stored: Awaitable[object] | None = None,
     ) -> JobRecord | None:
+        """Record how the attempt ended and announce it; ``lines_stored``: the attempt's last log
+        lines on their way, awaited before the event (a reader of the event finds every line)."""
         now = self.clock()
         tried: list[tuple[JobRecord, JobRecord]] = []  # (before, after) of each write we attempted
+
+        async def announce(event: Envelope) -> None:
+            if lines_stored is not None:
+                await lines_stored
+            # the same message id on every try: the stream keeps one
+            await self._while_the_broker_is_away(lambda: self.events.emit(event), job_id)
 
         def change(r: JobRecord) -> JobRecord | None:
             if not owns(r, self.me, attempt):
@@ -507,9 +533,7 @@ class ExecutorCore:
             # as the first try, so the stream keeps one) instead of leaving it without an event
             found = await self._while_the_broker_is_away(lambda: self.store.get(job_id), job_id)
             if found is not None and _ended_here(found[0], self.me, attempt):
-                await self._while_the_broker_is_away(
-                    lambda: self.events.emit(event_for(found[0], found[0], duration)), job_id
-                )
+                await announce(event_for(found[0], found[0], duration))
                 return found[0]
             # the same for a retry: the landed write requeued the attempt (state requeued, attempt
             # + 1), and the requeued event it owes is the one that write would have announced
@@ -529,8 +553,7 @@ class ExecutorCore:
         event = event_for(before, after, duration)
         if before.gang is not None and after.state != JobState.SUCCEEDED and hasattr(event, "executor_id"):
             event = event.model_copy(update={"executor_id": self.me})  # the member that ended it
-        # the same message id on every try: the stream keeps one
-        await self._while_the_broker_is_away(lambda: self.events.emit(event), job_id)
+        await announce(event)
         return after
 
     async def _ship_outcome_lines(self, shipper: LogShipper, line: str, job_id: str) -> None:
