@@ -22,15 +22,15 @@ SERVICES = ("scheduler", "executor", "registry", "telemetry")
 
 
 def _payloads() -> dict[str, Any]:
-    from trainyard_contracts import ExecutorCommand, JobCancelRequested, JobEvent, JobSubmitted, JobSucceeded
+    from trainyard_contracts import ExecutorCommand, JobCancelRequested, JobEvent, JobSucceeded
 
     return {
         # what each batch consumer's parse reads, by its durable (a pattern); None: raw bytes; a
         # dict: per filter subject, by the subject's last token
         "executor-*": ExecutorCommand,
         "registry-succeeded": JobSucceeded,
-        # parse_job_event reads any job event; the consumer's filter subjects deliver these two
-        "scheduler-job-requests": {"submitted": JobSubmitted, "cancel_requested": JobCancelRequested},
+        # parse_job_event reads any job event; the consumer's filter subjects deliver this one
+        "scheduler-job-requests": {"cancel_requested": JobCancelRequested},
         "telemetry-events": JobEvent,
         "submission-intake": None,  # a job spec as YAML or JSON, parsed by the intake itself
     }

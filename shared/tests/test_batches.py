@@ -209,3 +209,57 @@ async def test_the_consumer_pulls_again_after_the_server_restarts(fresh_nats_ser
 
 async def _true(value: bool) -> bool | None:
     return True if value else None
+
+
+async def test_a_consumer_made_with_other_subjects_is_updated_and_keeps_its_place(
+    nats_server, prefix, tmp_path, bus
+):
+    """A release narrows a durable consumer's subjects (the scheduler stopped taking submitted
+    events): on start the existing consumer is updated, not recreated, so what it had acked stays
+    acked and what it now takes is still delivered."""
+    from nats.js.api import ConsumerConfig as JsConsumerConfig
+
+    common = common_settings(nats_server.url, prefix, tmp_path / "data")
+    sb = make_broker(common, "narrowtest")
+    await connect_and_declare(sb, common)
+    stream = sb.subjects.streams.jobs
+    queued, running = sb.subjects.job_event_kind("queued"), sb.subjects.job_event_kind("running")
+    await bus.js.add_consumer(
+        stream,
+        config=JsConsumerConfig(
+            name="narrow-test", durable_name="narrow-test", filter_subjects=[queued, running], ack_wait=30
+        ),
+    )
+    old = JobQueued(job_id="old", attempt=1, queue="default").model_dump_json().encode()
+    await bus.js.publish(sb.subjects.job("old", "queued"), old)
+    sub = await bus.js.pull_subscribe_bind("narrow-test", stream=stream)
+    (held,) = await sub.fetch(1, timeout=10)
+    await held.ack()  # handled by the release before
+    await sub.unsubscribe()
+    new = JobQueued(job_id="new", attempt=1, queue="default").model_dump_json().encode()
+    await bus.js.publish(sb.subjects.job("new", "queued"), new)
+    seen: list[str] = []
+
+    @batch_consumer(
+        sb,
+        queued,
+        stream=streams(sb.subjects).jobs,
+        durable="narrow-test",
+        parse=parse_job_event,
+        filter_subjects=[queued],
+        title="test",
+        description="test",
+    )
+    async def handle(event: JobQueued) -> None:
+        seen.append(event.job_id)
+
+    await sb.broker.start()
+    await sb.start_pullers()
+    try:
+        await eventually(lambda: _true(seen == ["new"]), 30, "the new message handled, the old one not again")
+        info = await bus.js.consumer_info(stream, "narrow-test")
+    finally:
+        await sb.stop_pullers()
+        await sb.broker.stop()
+    assert info.config.filter_subjects == [queued]
+    assert seen == ["new"]

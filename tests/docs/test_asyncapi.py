@@ -58,7 +58,6 @@ BATCH_CONSUMERS = [
         {"StartAttempt", "CancelAttempt"},
     ),
     ("registry", "registry/succeeded", "trainyard.job.*.succeeded", "JobSucceeded", None),
-    ("scheduler", "scheduler/job-requests/submitted", "trainyard.job.*.submitted", "JobSubmitted", None),
     (
         "scheduler",
         "scheduler/job-requests/cancel_requested",

@@ -143,8 +143,9 @@ async def test_a_lost_executor_s_attempt_is_requeued_with_a_new_attempt(common, 
 
 async def test_a_malformed_event_is_dead_lettered_and_service_keeps_serving(common, bus):
     async with running(scheduler(common)), running(executor(common)):
-        await bus.js.publish(bus.subjects.job("junk", "submitted"), b"{this is not json")
-        await bus.js.publish(bus.subjects.job("junk2", "submitted"), b'{"type": "submitted"}')
+        # the scheduler consumes cancel requests (submitted jobs reach it through the KV watch)
+        await bus.js.publish(bus.subjects.job("junk", "cancel_requested"), b"{this is not json")
+        await bus.js.publish(bus.subjects.job("junk2", "cancel_requested"), b'{"type": "cancel_requested"}')
 
         async def parked():
             msgs = await bus.messages(bus.subjects.dlq("scheduler"), bus.subjects.streams.dlq)
@@ -156,8 +157,8 @@ async def test_a_malformed_event_is_dead_lettered_and_service_keeps_serving(comm
     reasons = [m.headers["Trainyard-Reason"] for m in letters]
     assert all(r.startswith("invalid message") for r in reasons)
     assert {m.headers["Trainyard-Original-Subject"] for m in letters} == {
-        bus.subjects.job("junk", "submitted"),
-        bus.subjects.job("junk2", "submitted"),
+        bus.subjects.job("junk", "cancel_requested"),
+        bus.subjects.job("junk2", "cancel_requested"),
     }
 
 

@@ -283,18 +283,27 @@ class Puller:
                 await keeper
 
     async def _ensure_consumer(self) -> None:
-        """Create the durable consumer unless it exists (an existing one keeps its config, as
-        nats-py's ``pull_subscribe`` does)."""
+        """Create the durable consumer unless it exists. An existing one keeps its config (as
+        nats-py's ``pull_subscribe`` does), except the subjects it takes: a release that narrows
+        or widens them updates the consumer, which keeps its place in the stream."""
         js = self.sb.broker.config.connection_state.stream
-        try:
-            await js.consumer_info(self.stream, self.durable)
-            return
-        except NotFoundError:
-            pass
         config = dataclasses.replace(self.config, durable_name=self.durable, name=self.durable)
         if not config.filter_subjects:
             config.filter_subject = self.subject
-        await js.add_consumer(self.stream, config=config)
+        try:
+            info = await js.consumer_info(self.stream, self.durable)
+        except NotFoundError:
+            await js.add_consumer(self.stream, config=config)
+            return
+        if _subjects_of(info.config) != _subjects_of(config):
+            current = dataclasses.replace(
+                info.config, filter_subject=config.filter_subject, filter_subjects=config.filter_subjects
+            )
+            await js.add_consumer(self.stream, config=current)  # the same name: an update
+            log.warning(
+                "consumer's subjects updated",
+                extra={"consumer": self.durable, "subjects": sorted(_subjects_of(config))},
+            )
 
     # -- pulling -----------------------------------------------------------------------------------
 
@@ -385,6 +394,10 @@ class Puller:
 
     def _extra(self, exc: BaseException) -> dict[str, str]:
         return {"consumer": self.durable, "error": _short(exc)}
+
+
+def _subjects_of(config: ConsumerConfig) -> frozenset[str]:
+    return frozenset(config.filter_subjects or ([config.filter_subject] if config.filter_subject else []))
 
 
 @contextlib.contextmanager

@@ -56,21 +56,19 @@ def create_app(
         durable="scheduler-job-requests",
         parse=parse_job_event,
         batch=256,
-        # a batch of submissions is queued side by side (their compare-and-sets and events in
-        # flight together); one job's submitted and cancel_requested stay in order
+        # cancels side by side; one job's requests stay in order
         concurrency=64,
         key=lambda event: event.job_id,
-        # only the two events that ask the scheduler for something: every other change (a job
-        # ended, was requeued, capacity freed) reaches it through the job view's KV watch, so
-        # it does not pay for parsing four more events per job
-        filter_subjects=[subjects.job_event_kind("submitted"), subjects.job_event_kind("cancel_requested")],
+        # only what asks the scheduler for something: a cancel. Everything else reaches it
+        # through the job view's KV watch, which it needs anyway: a new record (submitted) or a
+        # job that became pending or ended wakes the planner there, so the submitted event is
+        # not consumed (a delivery, a parse of the spec and an ack fewer per job)
+        filter_subjects=[subjects.job_event_kind("cancel_requested")],
         title="scheduler/job-requests",
-        description="queues submitted jobs and cancels on request",
+        description="cancels on request",
     )
     async def on_job_event(event: JobEvent) -> None:
-        if event.type == "submitted":
-            # the leader's next pass queues it (or queues and schedules it in one write); the job
-            # view's watch wakes it too, this only makes sure
+        if event.type == "submitted":  # from a consumer made before its filter was narrowed
             wake.set()
         elif event.type == "cancel_requested":
             await core().cancel(event.job_id, event.by)
