@@ -263,3 +263,52 @@ async def test_a_consumer_made_with_other_subjects_is_updated_and_keeps_its_plac
         await sb.broker.stop()
     assert info.config.filter_subjects == [queued]
     assert seen == ["new"]
+
+
+async def test_a_lingering_consumer_takes_what_gathered_and_still_handles_each_once(
+    nats_server, prefix, tmp_path, bus
+):
+    """``linger``: the first message at once, then what gathered in each linger, in order; every
+    message handled and acked once, messages that come later still arrive (the consumer goes
+    back to waiting when an answer comes back empty)."""
+    common = common_settings(nats_server.url, prefix, tmp_path / "data")
+    sb = make_broker(common, "lingertest")
+    seen: list[tuple[str, int]] = []
+
+    @batch_consumer(
+        sb,
+        sb.subjects.job_event_kind("queued"),
+        stream=streams(sb.subjects).jobs,
+        durable="linger-test",
+        parse=parse_job_event,
+        batch=8,
+        linger=0.05,
+        title="test",
+        description="test",
+    )
+    async def handle(event: JobQueued) -> None:
+        seen.append((event.job_id, event.attempt))
+
+    async def publish(job: str, attempts: range) -> None:
+        for attempt in attempts:
+            body = JobQueued(job_id=job, attempt=attempt, queue="default").model_dump_json().encode()
+            await bus.js.publish(sb.subjects.job(job, "queued"), body)
+
+    await connect_and_declare(sb, common)
+    await sb.broker.start()
+    await sb.start_pullers()
+    try:
+        await publish("a", range(1, 21))  # more than one answer's worth (batch 8)
+        await eventually(lambda: _true(len(seen) == 20), 30, "the first twenty handled")
+        await publish("b", range(1, 4))  # after the consumer went back to waiting
+        await eventually(lambda: _true(len(seen) == 23), 30, "the later three handled")
+
+        async def drained():
+            info = await bus.js.consumer_info(sb.subjects.streams.jobs, "linger-test")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await eventually(drained, 30, "all acked")
+    finally:
+        await sb.stop_pullers()
+        await sb.broker.stop()
+    assert seen == [("a", n) for n in range(1, 21)] + [("b", n) for n in range(1, 4)]

@@ -79,13 +79,16 @@ def batch_consumer(
     filter_subjects: Sequence[str] | None = None,
     with_message: bool = False,
     key: Callable[[Any], object] | None = None,
+    linger: float = 0.0,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Decorate ``async def handler(item)`` (or ``handler(item, raw_msg)`` with ``with_message``).
 
     ``batch``: how many messages may be ours at once (delivered, not yet acked); also the largest
     pull request. ``key``: with ``concurrency`` > 1, messages with the same key (a job id) are
     handled one after the other, in the order they were delivered; without it every message is
-    its own lane.
+    its own lane. ``linger`` (seconds): for consumers off the job path (telemetry, the registry),
+    messages are taken in gathered batches instead of one by one: the first one at once, then what
+    came in each ``linger``, which costs both sides far less CPU per message at moderate rates.
     """
     service = sb.service
     outcomes = _outcomes(sb.registry)
@@ -144,7 +147,9 @@ def batch_consumer(
             lanes.put(lane_of(item), raw, item, done)
 
         sb.pullers.append(
-            Puller(sb, subject, stream.name, durable, config, batch, dispatch, lanes, title, description)
+            Puller(
+                sb, subject, stream.name, durable, config, batch, dispatch, lanes, title, description, linger
+            )
         )
         return handler
 
@@ -234,6 +239,7 @@ class Puller:
         lanes: Lanes,
         title: str,
         description: str,
+        linger: float = 0.0,
     ) -> None:
         self.sb, self.subject, self.stream, self.durable = sb, subject, stream, durable
         self.config, self.batch, self.title, self.description = config, max(1, batch), title, description
@@ -245,6 +251,9 @@ class Puller:
         self._stopping = False
         self._wake = asyncio.Event()
         self._requested = 0  # asked for by the waiting request and not yet delivered
+        self._asked = self._got = 0  # the last request: how many it asked for and brought
+        self._waited = False  # the last request waited for messages (not "no wait")
+        self.linger = linger
         self._last_heard = 0.0
         self._ours: dict[int, Msg] = {}  # delivered, not finished
 
@@ -317,7 +326,7 @@ class Puller:
             room = self.batch - len(self._ours)
             if self._requested == 0 and room > 0 and (room >= self._min_request or not self._ours):
                 try:
-                    await self._request(room)
+                    await self._next_request(room)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # reconnecting: ask again shortly
@@ -334,14 +343,35 @@ class Puller:
                 with contextlib.suppress(Exception):
                     await self._ensure_consumer()
 
-    async def _request(self, count: int) -> None:
+    async def _next_request(self, room: int) -> None:
+        """Without ``linger``: a waiting request for the room left (each message comes as soon as
+        it is stored). With ``linger``: wait for one message, then every ``linger`` seconds take
+        what has gathered in one answer (no wait), as long as messages keep coming; a full answer
+        is followed at once, an empty one goes back to waiting."""
+        if not self.linger:
+            await self._request(room)
+            return
+        asked, got, waited = self._asked, self._got, self._waited
+        if asked == 0 or (not waited and got == 0):
+            await self._request(1)  # nothing gathering: wait for the next message
+            return
+        if waited or got < asked:
+            await asyncio.sleep(self.linger)  # let the next ones gather (telemetry, registry)
+            if self._stopping:
+                return
+            room = self.batch - len(self._ours)
+        await self._request(room, wait=False)
+
+    async def _request(self, count: int, *, wait: bool = True) -> None:
         nc = self.sb.broker.config.connection_state.connection
-        body = {
-            "batch": count,
-            "expires": int(self.EXPIRES * 1e9),
-            "idle_heartbeat": int(self.HEARTBEAT * 1e9),
-        }
-        self._requested = count
+        body: dict[str, object] = {"batch": count}
+        if wait:
+            body["expires"] = int(self.EXPIRES * 1e9)
+            body["idle_heartbeat"] = int(self.HEARTBEAT * 1e9)
+        else:
+            body["no_wait"] = True  # (the server would wait after all if expires were given)
+        self._requested = self._asked = count
+        self._got, self._waited = 0, wait
         self._last_heard = asyncio.get_running_loop().time()
         await nc.publish(
             f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}",
@@ -372,6 +402,7 @@ class Puller:
         if self._stopping:
             return  # not ours to start any more: delivered again after ack_wait
         self._requested = max(0, self._requested - 1)
+        self._got += 1
         key = id(raw)
         self._ours[key] = raw
 

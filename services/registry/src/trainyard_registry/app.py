@@ -46,6 +46,8 @@ def create_app(
         durable="registry-succeeded",
         parse=JobSucceeded.model_validate_json,
         batch=64,
+        # off the job path: messages taken in gathered batches, far less CPU per message
+        linger=0.1,
         ack_wait=ACK_WAIT_SECONDS,
         title="registry/succeeded",
         description="registers the model version of a succeeded job that declared outputs.model",

@@ -37,6 +37,8 @@ def create_app(
         durable="telemetry-events",
         parse=parse_job_event,
         batch=256,
+        # off the job path: messages taken in gathered batches, far less CPU per message
+        linger=0.1,
         title="telemetry/job-events",
         description="counts events and observes wait and run times",
     )
