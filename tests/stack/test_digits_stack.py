@@ -67,10 +67,10 @@ def test_a_bare_nats_submission_runs_like_one_from_the_api(stack):
 
 def test_a_malformed_event_is_dead_lettered_and_services_keep_serving(stack):
     # who consumes what: registry and telemetry read succeeded events, the scheduler and
-    # telemetry read submitted ones; each consumer dead-letters the poison on its own
+    # telemetry read cancel requests; each consumer dead-letters the poison on its own
     expected = {
         "poison0001.succeeded": {"registry", "telemetry"},
-        "poison0002.submitted": {"scheduler", "telemetry"},
+        "poison0002.cancel_requested": {"scheduler", "telemetry"},
     }
 
     async def poison_and_read() -> dict[str, set[str]]:
