@@ -586,40 +586,35 @@ class SchedulerCore:
                         )
                     )
                 )
-            if gang is None:
-                sends.append(
-                    self.commands.outgoing(
-                        StartAttempt(
-                            job_id=record.job_id,
-                            attempt=record.attempt,
-                            executor_id=record.executor_id,
-                            spec=record.spec,
-                            **carried,
-                        )
+            # one start per executor: the whole job on one, or each member of a split gang with
+            # its ranks (a member that started or ended already gets none)
+            starts: list[tuple[str, Rendezvous | None]] = (
+                [(record.executor_id, None)]
+                if gang is None
+                else [
+                    (
+                        member.executor_id,
+                        Rendezvous(
+                            master_addr=gang.master_addr,
+                            master_port=gang.master_port,
+                            world_size=gang.world_size,
+                            ranks=member.ranks,
+                        ),
                     )
+                    for member in gang.members
+                    if member.started_at is None and member.state is None
+                ]
+            )
+            for executor_id, rendezvous in starts:
+                start = StartAttempt(
+                    job_id=record.job_id,
+                    attempt=record.attempt,
+                    executor_id=executor_id,
+                    spec=record.spec,
+                    rendezvous=rendezvous,
+                    **carried,
                 )
-                await publish_in_order(self.events.broker, sends)
-                return
-            for member in gang.members:
-                if member.started_at is not None or member.state is not None:
-                    continue
-                sends.append(
-                    self.commands.outgoing(
-                        StartAttempt(
-                            job_id=record.job_id,
-                            attempt=record.attempt,
-                            executor_id=member.executor_id,
-                            spec=record.spec,
-                            **carried,
-                            rendezvous=Rendezvous(
-                                master_addr=gang.master_addr,
-                                master_port=gang.master_port,
-                                world_size=gang.world_size,
-                                ranks=member.ranks,
-                            ),
-                        )
-                    )
-                )
+                sends.append(self.commands.outgoing(start))
             await publish_in_order(self.events.broker, sends)
 
     def _revision_of(self, record: JobRecord) -> int | None:
