@@ -312,3 +312,48 @@ async def test_a_lingering_consumer_takes_what_gathered_and_still_handles_each_o
         await sb.stop_pullers()
         await sb.broker.stop()
     assert seen == [("a", n) for n in range(1, 21)] + [("b", n) for n in range(1, 4)]
+
+
+async def test_what_is_stored_after_a_stop_goes_to_the_next_consumer_at_once(
+    nats_server, prefix, tmp_path, bus
+):
+    """A stopped puller's waiting request dies with its inbox: a message stored after the stop is
+    not held for ``ack_wait`` (an hour here) but handled by the consumer started next."""
+    common = common_settings(nats_server.url, prefix, tmp_path / "data")
+    seen: list[str] = []
+
+    def consumer(name: str):
+        sb = make_broker(common, name)
+
+        @batch_consumer(
+            sb,
+            sb.subjects.job_event_kind("queued"),
+            stream=streams(sb.subjects).jobs,
+            durable="handover-test",
+            parse=parse_job_event,
+            batch=16,
+            ack_wait=3600,
+            title="test",
+            description="test",
+        )
+        async def handle(event: JobQueued) -> None:
+            seen.append(f"{name}:{event.job_id}")
+
+        return sb
+
+    first = consumer("first")
+    await connect_and_declare(first, common)
+    await first.broker.start()
+    await first.start_pullers()
+    await first.stop_pullers()
+    await first.broker.stop()
+    body = JobQueued(job_id="after-stop", attempt=1, queue="default").model_dump_json().encode()
+    await bus.js.publish(first.subjects.job("after-stop", "queued"), body)
+    second = consumer("second")
+    await second.broker.start()
+    await second.start_pullers()
+    try:
+        await eventually(lambda: _true(seen == ["second:after-stop"]), 30, "handled by the next consumer")
+    finally:
+        await second.stop_pullers()
+        await second.broker.stop()

@@ -271,8 +271,9 @@ class Puller:
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Ask for nothing more and stop listening, then finish what was delivered (within
-        ``timeout``). A message already on its way when we stop listening is delivered again
-        after ``ack_wait``: a waiting pull request cannot be withdrawn."""
+        ``timeout``). The server drops a waiting pull request once its inbox has no listener, so
+        what is stored after the stop stays for the next consumer (``test_batches.py``); only a
+        message already on the wire at that moment is delivered again after ``ack_wait``."""
         self._stopping = True
         self._wake.set()
         task, self._task = self._task, None
