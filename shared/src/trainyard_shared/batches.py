@@ -198,10 +198,6 @@ class Lanes:
         finally:
             del self._lanes[lane]
 
-    @property
-    def busy(self) -> bool:
-        return bool(self._tasks)
-
     async def wait(self, timeout: float) -> None:
         """Until every message handed over so far is handled (or ``timeout``)."""
         if self._tasks:
