@@ -91,7 +91,8 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         state["tokens"] = TokenStore(tokens_kv, bootstrap)
         queue_view = QueueView(buckets.queues)
         await queue_view.start()
-        state["queues"] = QueueStore(buckets.queues, queue_view)
+        js = sb.broker.config.connection_state.stream
+        state["queues"] = QueueStore(buckets.queues, queue_view, BucketReader(js, sb.subjects.buckets.queues))
         # no view of the jobs bucket: listing reads it when asked (joblist.py), so the job path
         # costs this service no watch delivery per record update
         store = JobStore(buckets.jobs)
@@ -104,6 +105,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             events=EventPublisher(sb.broker, sb.subjects),
             git_timeout=settings.git_timeout_seconds,
             queues=state["queues"],
+            models_reader=BucketReader(state["js"], sb.subjects.buckets.models),
         )
         await sb.broker.start()
         await sb.start_pullers()

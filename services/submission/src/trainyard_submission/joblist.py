@@ -17,6 +17,7 @@ import contextlib
 import heapq
 import logging
 from datetime import datetime
+from typing import Protocol, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -63,7 +64,7 @@ class NewestMatches:
         self._heap: list[tuple[datetime, str, bytes]] = []
         self.seen = 0
 
-    def offer(self, key: str, value: bytes) -> None:
+    def offer(self, key: str, value: bytes, revision: int = 0) -> None:
         self.seen += 1
         try:
             head = RecordHead.model_validate_json(value)
@@ -91,6 +92,23 @@ class NewestMatches:
         return rows
 
 
+class Sink(Protocol):
+    def offer(self, key: str, value: bytes, revision: int) -> None: ...
+
+
+S = TypeVar("S", bound=Sink)
+
+
+class LatestValues:
+    """Every key's latest value and its revision, as read (a small bucket: queues, models)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, tuple[bytes, int]] = {}
+
+    def offer(self, key: str, value: bytes, revision: int) -> None:
+        self.values[key] = (value, revision)
+
+
 class BucketReader:
     """Reads every key's latest value of one KV bucket, once, and is gone afterwards.
 
@@ -106,7 +124,7 @@ class BucketReader:
         self.prefix = f"$KV.{bucket}."
         self.inactive_seconds = inactive_seconds
 
-    async def read(self, matches: NewestMatches, timeout: float = 30.0) -> NewestMatches:
+    async def read(self, matches: S, timeout: float = 30.0) -> S:
         """Offer each key's latest value to ``matches``, at least as new as when the read began.
 
         Raises TimeoutError when the read does not finish in ``timeout`` seconds.
@@ -126,7 +144,7 @@ class BucketReader:
                 consumers.add(meta.consumer)
                 headers = msg.headers
                 if not headers or (KV_OPERATION not in headers and MARKER_REASON not in headers):
-                    matches.offer(msg.subject[prefix_len:], msg.data)
+                    matches.offer(msg.subject[prefix_len:], msg.data, meta.sequence.stream)
                 highest = max(highest, meta.sequence.stream)
                 # num_pending 0: nothing left; the target: what was stored when the consumer
                 # existed (a listing during a burst of writes is not chased by the writes after)

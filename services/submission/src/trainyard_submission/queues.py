@@ -7,6 +7,7 @@ queue with no entry behaves as ``QueueConfig(name=...)``, except ``default``, wh
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from trainyard_contracts import DEFAULT_QUEUE, QueueConfig
 from trainyard_shared.queueview import QueueView
+from trainyard_submission.joblist import BucketReader, LatestValues
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,12 @@ class QueueStore:
     """``view``: the watched configurations, read on every submission instead of the bucket (one
     round trip less per job); this replica's own writes go into it at once."""
 
-    def __init__(self, kv: KeyValue, view: QueueView | None = None) -> None:
+    def __init__(
+        self, kv: KeyValue, view: QueueView | None = None, reader: BucketReader | None = None
+    ) -> None:
         self.kv = kv
         self.view = view
+        self.reader = reader
 
     async def get(self, name: str) -> StoredQueue | None:
         try:
@@ -68,15 +73,22 @@ class QueueStore:
         return stored.config if stored else builtin(name)
 
     async def list(self) -> list[StoredQueue]:
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            keys = []
         found = {}
-        for key in keys:
-            stored = await self.get(key)
-            if stored is not None:
-                found[key] = stored
+        if self.reader is not None:
+            # one ordered read to what was stored when it began; nats-py's kv.keys() can answer
+            # "no keys" when its consumer delivered faster than it counted (seen in CI)
+            for key, (value, revision) in (await self.reader.read(LatestValues())).values.items():
+                with contextlib.suppress(ValidationError):  # written by hand and broken: built-in
+                    found[key] = StoredQueue(QueueConfig.model_validate_json(value), revision)
+        else:
+            try:
+                keys = await self.kv.keys()
+            except NoKeysError:
+                keys = []
+            for key in keys:
+                stored = await self.get(key)
+                if stored is not None:
+                    found[key] = stored
         if DEFAULT_QUEUE.name not in found:
             found[DEFAULT_QUEUE.name] = StoredQueue(DEFAULT_QUEUE, 0)
         return [found[k] for k in sorted(found)]

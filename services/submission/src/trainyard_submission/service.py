@@ -31,7 +31,7 @@ from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore, RecordExists
 from trainyard_shared.tracing import current_traceparent
 from trainyard_submission.access import check_submit, place_spec
-from trainyard_submission.joblist import BucketReader, NewestMatches
+from trainyard_submission.joblist import BucketReader, LatestValues, NewestMatches
 from trainyard_submission.queues import QueueStore, builtin
 from trainyard_submission.sources import with_resolved_source
 from trainyard_submission.tokens import Principal
@@ -70,9 +70,11 @@ class SubmissionService:
         git_timeout: float,
         clock: Callable[[], datetime] = utcnow,
         queues: QueueStore | None = None,
+        models_reader: BucketReader | None = None,
     ) -> None:
         self.store = store
         self.jobs_reader = jobs_reader
+        self.models_reader = models_reader
         self.idempotency = idempotency
         self.models_kv = models
         self.events = events
@@ -179,11 +181,20 @@ class SubmissionService:
         return matches.records()
 
     async def models(self, name: str | None) -> builtins.list[ModelVersionRecord]:
+        versions = []
+        if self.models_reader is not None:
+            # one ordered read; nats-py's kv.keys() can answer "no keys" when its consumer
+            # delivered faster than it counted (seen in CI with the queues bucket)
+            latest = await self.models_reader.read(LatestValues())
+            for key, (value, _) in latest.values.items():
+                if name is None or key.startswith(f"{name}."):
+                    versions.append(ModelVersionRecord.model_validate_json(value))
+            versions.sort(key=lambda v: (v.created_at, v.name, v.version), reverse=True)
+            return versions
         try:
             keys = await self.models_kv.keys()
         except NoKeysError:
             return []
-        versions = []
         for key in keys:
             if name is not None and not key.startswith(f"{name}."):
                 continue
