@@ -88,7 +88,10 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         tokens_kv = await sb.broker.key_value(
             bucket_name(sb.subjects.prefix), history=1, replicas=common.stream_replicas
         )
-        state["tokens"] = TokenStore(tokens_kv, bootstrap)
+        tokens_reader = BucketReader(
+            sb.broker.config.connection_state.stream, bucket_name(sb.subjects.prefix)
+        )
+        state["tokens"] = TokenStore(tokens_kv, bootstrap, tokens_reader)
         queue_view = QueueView(buckets.queues)
         await queue_view.start()
         js = sb.broker.config.connection_state.stream

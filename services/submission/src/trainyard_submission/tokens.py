@@ -12,6 +12,7 @@ The bootstrap token (``TRAINYARD_SUBMISSION_TOKEN`` or ``<data_dir>/api-token``)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import secrets
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.spec import QueueName
+from trainyard_submission.joblist import BucketReader, LatestValues
 
 TOKEN_PREFIX = "ty_"
 _TOKEN = re.compile(r"^ty_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})$")
@@ -93,9 +95,10 @@ def bearer(authorization: str | None) -> str | None:
 
 
 class TokenStore:
-    def __init__(self, kv: KeyValue, bootstrap: str) -> None:
+    def __init__(self, kv: KeyValue, bootstrap: str, reader: BucketReader | None = None) -> None:
         self.kv = kv
         self._bootstrap = bootstrap.encode()
+        self.reader = reader
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
         """The principal of a bearer header, or None for a missing, malformed or unknown token."""
@@ -136,11 +139,19 @@ class TokenStore:
         raise RuntimeError("could not allocate a token id")
 
     async def list(self) -> list[TokenRecord]:
+        records = []
+        if self.reader is not None:
+            # one ordered read (revoked tokens are purged: the reader skips the markers); nats-py's
+            # kv.keys() can answer "no keys" when its consumer delivered before it counted
+            for value, _ in (await self.reader.read(LatestValues())).values.values():
+                with contextlib.suppress(ValidationError):  # a hand-written entry: not a token
+                    records.append(TokenRecord.model_validate_json(value))
+            records.sort(key=lambda r: (r.created_at, r.token_id))
+            return records
         try:
             keys = await self.kv.keys()
         except NoKeysError:
             return []
-        records = []
         for key in keys:
             try:
                 records.append(await self._get(key))
