@@ -272,21 +272,20 @@ class Puller:
         message already on the wire at that moment is delivered again after ``ack_wait``."""
         self._stopping = True
         self._wake.set()
+        # every wait here is bounded: a service's shutdown must never hang on its consumers
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=5)
         if self._sub is not None:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await asyncio.wait_for(self._sub.unsubscribe(), 5)
             self._sub = None
         await self._lanes.wait(timeout)
         keeper, self._keeper = self._keeper, None
         if keeper is not None:
             keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await asyncio.wait({keeper}, timeout=5)
 
     async def _ensure_consumer(self) -> None:
         """Create the durable consumer unless it exists. An existing one keeps its config (as
