@@ -132,26 +132,35 @@ def create_app(
         if recovered:
             log.warning("requeued attempts left over from before a restart", extra={"count": recovered})
         await executor.beat()
+        stopping.clear()
         state["heartbeat"] = asyncio.create_task(heartbeat_loop(), name="heartbeat")
         log.info(
             "executor online",
             extra={"executor_id": settings.id, "capacity": executor.capacity().model_dump()},
         )
 
+    stopping = asyncio.Event()
+
     async def heartbeat_loop() -> None:
-        while True:
-            await asyncio.sleep(settings.heartbeat_seconds)  # the lease's renewal period
+        # ends on ``stopping``, not only on cancel: Python 3.11's wait_for (inside nats-py's
+        # request) returns the answer and drops a cancel that lands as the answer arrives, and
+        # "heartbeat failed" handling would then beat on forever (a shutdown hung in CI this way)
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), settings.heartbeat_seconds)  # renewal period
+            if stopping.is_set():
+                return
             try:
                 await core().beat()
             except Exception:
                 log.exception("heartbeat failed")
 
     async def stop_executor() -> None:
+        stopping.set()
         task = state.get("heartbeat")
         if isinstance(task, asyncio.Task):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=10)
         if "core" in state:
             await core().shutdown()
 
