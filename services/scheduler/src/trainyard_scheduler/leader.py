@@ -253,7 +253,9 @@ class LeaderLease:
     async def run(self) -> None:
         watcher = await self._watch()
         try:
-            while True:
+            # ends on _stopping too: a cancel can be dropped by Python 3.11's wait_for when it
+            # lands as a renewal's answer arrives, and the loop would then hold the lease on
+            while not self._stopping:
                 if self._leader:
                     await self._hold()
                 else:
