@@ -26,6 +26,20 @@ class FrozenView:
         self.revisions[record.job_id] = revision
 
 
+class Reads:
+    """Counts the reads of the bucket a store makes (its ``kv.get``)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.count = 0
+        real_get = store.kv.get
+
+        async def counting_get(key, *args, **kwargs):
+            self.count += 1
+            return await real_get(key, *args, **kwargs)
+
+        store.kv.get = counting_get
+
+
 @pytest.fixture
 async def stores(nats_server, prefix):
     broker = NatsBroker(nats_server.url)
@@ -75,27 +89,19 @@ async def test_a_store_writes_on_what_it_remembers_and_a_stale_memory_costs_one_
     now = datetime.now(UTC)
     record = lifecycle.new_record("jobrt0003", JobSpec(name="c", command=["true"]), now, None)
     await executor.create(record)
-    reads = 0
-    real_get = executor.kv.get
-
-    async def counting_get(key, *args, **kwargs):
-        nonlocal reads
-        reads += 1
-        return await real_get(key, *args, **kwargs)
-
-    executor.kv.get = counting_get
+    reads = Reads(executor)
     await executor.update("jobrt0003", lambda r: lifecycle.advance(r, JobState.QUEUED, now))
-    assert reads == 0  # its own create was remembered: no read before the write
+    assert reads.count == 0  # its own create was remembered: no read before the write
 
     # another process writes in between: the remembered record is stale now
     await other.update("jobrt0003", lambda r: r.model_copy(update={"cancel_requested": True}))
-    reads = 0  # (both stores share one bucket handle here: count the executor's reads only)
+    reads.count = 0  # (both stores share one bucket handle here: count the executor's reads only)
     result = await executor.update(
         "jobrt0003", lambda r: r.model_copy(update={"reason": f"cancel_requested={r.cancel_requested}"})
     )
     assert result is not None
     assert result[1].reason == "cancel_requested=True"  # the write landed on the stored record
-    assert reads == 1  # the failed CAS cost one read
+    assert reads.count == 1  # the failed CAS cost one read
     stored, _ = await other.get("jobrt0003")
     assert stored.reason == "cancel_requested=True" and stored.state == JobState.QUEUED
 
@@ -116,15 +122,7 @@ async def test_a_record_known_from_a_command_is_written_on_without_a_read(stores
     executor.remember(*carried)
     executor.remember(*stale)  # a redelivered older command: ignored
     assert executor.remembered("jobrt0004") == carried
-    reads = 0
-    real_get = executor.kv.get
-
-    async def counting_get(key, *args, **kwargs):
-        nonlocal reads
-        reads += 1
-        return await real_get(key, *args, **kwargs)
-
-    executor.kv.get = counting_get
+    reads = Reads(executor)
     written = await executor.update("jobrt0004", lambda r: r.model_copy(update={"reason": "started"}))
     assert written is not None and written[0].state == JobState.QUEUED
-    assert reads == 0
+    assert reads.count == 0
