@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -74,21 +74,11 @@ class QueueStore:
 
     async def list(self) -> list[StoredQueue]:
         found = {}
-        if self.reader is not None:
-            # one ordered read to what was stored when it began; nats-py's kv.keys() can answer
-            # "no keys" when its consumer delivered faster than it counted (seen in CI)
-            for key, (value, revision) in (await self.reader.read(LatestValues())).values.items():
-                with contextlib.suppress(ValidationError):  # written by hand and broken: built-in
-                    found[key] = StoredQueue(QueueConfig.model_validate_json(value), revision)
-        else:
-            try:
-                keys = await self.kv.keys()
-            except NoKeysError:
-                keys = []
-            for key in keys:
-                stored = await self.get(key)
-                if stored is not None:
-                    found[key] = stored
+        # one ordered read to what was stored when it began; nats-py's kv.keys() can answer
+        # "no keys" when its consumer delivered faster than it counted (seen in CI)
+        for key, (value, revision) in (await self.reader.read(LatestValues())).values.items():
+            with contextlib.suppress(ValidationError):  # written by hand and broken: built-in
+                found[key] = StoredQueue(QueueConfig.model_validate_json(value), revision)
         if DEFAULT_QUEUE.name not in found:
             found[DEFAULT_QUEUE.name] = StoredQueue(DEFAULT_QUEUE, 0)
         return [found[k] for k in sorted(found)]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from nats.errors import Error as NatsError
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
 
@@ -64,13 +64,13 @@ class SubmissionService:
         self,
         store: JobStore,
         jobs_reader: BucketReader,
+        models_reader: BucketReader,
         idempotency: KeyValue,
         models: KeyValue,
         events: EventPublisher,
         git_timeout: float,
         clock: Callable[[], datetime] = utcnow,
         queues: QueueStore | None = None,
-        models_reader: BucketReader | None = None,
     ) -> None:
         self.store = store
         self.jobs_reader = jobs_reader
@@ -181,27 +181,11 @@ class SubmissionService:
         return matches.records()
 
     async def models(self, name: str | None) -> builtins.list[ModelVersionRecord]:
+        # one ordered read; nats-py's kv.keys() can answer "no keys" when its consumer
+        # delivered before it counted (seen in CI with the queues bucket)
         versions = []
-        if self.models_reader is not None:
-            # one ordered read; nats-py's kv.keys() can answer "no keys" when its consumer
-            # delivered faster than it counted (seen in CI with the queues bucket)
-            latest = await self.models_reader.read(LatestValues())
-            for key, (value, _) in latest.values.items():
-                if name is None or key.startswith(f"{name}."):
-                    versions.append(ModelVersionRecord.model_validate_json(value))
-            versions.sort(key=lambda v: (v.created_at, v.name, v.version), reverse=True)
-            return versions
-        try:
-            keys = await self.models_kv.keys()
-        except NoKeysError:
-            return []
-        for key in keys:
-            if name is not None and not key.startswith(f"{name}."):
-                continue
-            try:
-                entry = await self.models_kv.get(key)
-            except KeyNotFoundError:
-                continue
-            versions.append(ModelVersionRecord.model_validate_json(entry.value or b""))
+        for key, (value, _) in (await self.models_reader.read(LatestValues())).values.items():
+            if name is None or key.startswith(f"{name}."):
+                versions.append(ModelVersionRecord.model_validate_json(value))
         versions.sort(key=lambda v: (v.created_at, v.name, v.version), reverse=True)
         return versions

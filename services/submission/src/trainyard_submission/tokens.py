@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -95,7 +95,7 @@ def bearer(authorization: str | None) -> str | None:
 
 
 class TokenStore:
-    def __init__(self, kv: KeyValue, bootstrap: str, reader: BucketReader | None = None) -> None:
+    def __init__(self, kv: KeyValue, bootstrap: str, reader: BucketReader) -> None:
         self.kv = kv
         self._bootstrap = bootstrap.encode()
         self.reader = reader
@@ -139,24 +139,12 @@ class TokenStore:
         raise RuntimeError("could not allocate a token id")
 
     async def list(self) -> list[TokenRecord]:
+        # one ordered read (revoked tokens are purged: the reader skips the markers); nats-py's
+        # kv.keys() can answer "no keys" when its consumer delivered before it counted
         records = []
-        if self.reader is not None:
-            # one ordered read (revoked tokens are purged: the reader skips the markers); nats-py's
-            # kv.keys() can answer "no keys" when its consumer delivered before it counted
-            for value, _ in (await self.reader.read(LatestValues())).values.values():
-                with contextlib.suppress(ValidationError):  # a hand-written entry: not a token
-                    records.append(TokenRecord.model_validate_json(value))
-            records.sort(key=lambda r: (r.created_at, r.token_id))
-            return records
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
-        for key in keys:
-            try:
-                records.append(await self._get(key))
-            except TokenNotFound:
-                continue
+        for value, _ in (await self.reader.read(LatestValues())).values.values():
+            with contextlib.suppress(ValidationError):  # a hand-written entry: not a token
+                records.append(TokenRecord.model_validate_json(value))
         records.sort(key=lambda r: (r.created_at, r.token_id))
         return records
 
