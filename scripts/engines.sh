@@ -19,6 +19,8 @@ need=()
 command -v busybox >/dev/null && ! ldd "$(command -v busybox)" >/dev/null 2>&1 || need+=(busybox-static)
 [[ " $ENGINES " == *" docker "* ]] && ! command -v dockerd >/dev/null && need+=(docker.io)
 [[ " $ENGINES " == *" podman "* ]] && ! command -v podman >/dev/null && need+=(podman)
+# podman's --init (the backend runs every job under an init) needs catatonit, only a Recommends
+[[ " $ENGINES " == *" podman "* ]] && [ ! -x /usr/libexec/podman/catatonit ] && need+=(catatonit)
 command -v debootstrap >/dev/null || need+=(debootstrap)  # base images without a registry
 command -v docker-compose >/dev/null || need+=(docker-compose)  # `config -q` checks the compose file
 if [ ${#need[@]} -gt 0 ]; then

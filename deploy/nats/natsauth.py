@@ -26,7 +26,8 @@ OUTPUTS = (HERE / "auth.conf", HERE.parent / "k8s" / "base" / "nats" / "auth.con
 # "requeued" have two writers: the scheduler for a job not yet running, the executor for its attempt
 EVENTS_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "submission": ("submitted", "rejected", "cancel_requested"),
-    "scheduler": ("queued", "scheduled", "requeued", "cancelled"),
+    # submitted: a copy under the same message id, ahead of queued (the stream keeps one)
+    "scheduler": ("submitted", "queued", "scheduled", "requeued", "cancelled"),
     "executor": ("running", "succeeded", "failed", "timed_out", "cancelled", "requeued"),
     "registry": ("model_registered",),
     "telemetry": (),

@@ -141,7 +141,7 @@ def test_the_compose_config_includes_the_generated_users():
 # ---------------------------------------------------------------- the server enforces them
 
 REFUSED_PUBLISH = [
-    ("executor", S.job(JOB, "submitted")),  # only submission submits
+    ("executor", S.job(JOB, "submitted")),  # submission, and the scheduler's copy ahead of queued
     ("executor", S.job(JOB, "model_registered")),
     ("telemetry", S.job(JOB, "queued")),  # telemetry publishes nothing on the job path
     ("telemetry", S.job(JOB, "succeeded")),
@@ -153,7 +153,7 @@ REFUSED_PUBLISH = [
     ("submission", S.exec_command("exec-a", "cancel")),
     ("submission", S.job(JOB, "running")),
     ("scheduler", S.job(JOB, "succeeded")),  # only an executor reports an outcome
-    ("scheduler", S.job(JOB, "submitted")),
+    ("scheduler", S.job(JOB, "running")),
     ("registry", S.job(JOB, "succeeded")),
     ("registry", S.exec_command("exec-a", "start")),
     ("executor", S.exec_command("exec-b", "start")),
@@ -167,6 +167,7 @@ REFUSED_PUBLISH = [
 ALLOWED_PUBLISH = [
     ("submission", S.job(JOB, "submitted")),
     ("submission", S.intake_submit),
+    ("scheduler", S.job(JOB, "submitted")),  # its copy ahead of queued, same message id
     ("scheduler", S.job(JOB, "queued")),
     ("scheduler", S.exec_command("exec-a", "start")),
     ("executor", S.job(JOB, "succeeded")),

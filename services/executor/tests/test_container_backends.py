@@ -33,6 +33,7 @@ from trainyard_executor.backends.docker import (
 )
 from trainyard_executor.core import free_loopback_port
 from trainyard_executor.jobenv import plan_gang
+from trainyard_shared.testkit import running
 
 T = TypeVar("T")
 IMAGE = "trainyard-test/busybox:1"
@@ -165,7 +166,10 @@ async def test_success_with_env_and_an_output_file_seen_on_the_host(backend, tmp
     lines = Lines()
     attempt = await backend.start(launch, lines)
     outcome = await attempt.wait()
-    assert (outcome.kind, outcome.exit_code, outcome.reason) == ("succeeded", 0, "exit code 0"), lines.got
+    assert (outcome.kind, outcome.exit_code, outcome.reason) == ("succeeded", 0, "exit code 0"), (
+        outcome.reason,
+        lines.got,
+    )
     assert outcome.output_dir == launch.workdir / "outputs"  # the host path, for the registry
     assert (outcome.output_dir / "model.txt").read_text() == "weights\n"
     assert lines.of("stdout")[0] == "hello world from j1"
@@ -680,7 +684,7 @@ async def test_a_job_with_an_image_runs_through_the_services(
     script = 'echo "hello from $TRAINYARD_JOB_ID"; echo to-stderr >&2; echo w > "$TRAINYARD_OUTPUT_DIR/m.txt"'
     spec = JobSpec(name="boxed", image=IMAGE, command=["sh", "-c", script], resources={"memory": 64})
     sched, execu = _apps(_common(nats_server, prefix, tmp_path), settings)
-    async with sched.start_lifespan_context(), execu.start_lifespan_context():
+    async with running(sched), running(execu):
         job_id = await _submit(nats_js, subjects, spec)
         record = await _finished(nats_js, subjects, job_id)
     assert record.state.value == "succeeded", record.reason
@@ -756,7 +760,7 @@ async def test_a_restarted_executor_adopts_the_container_of_the_current_attempt(
     script = f"echo first; while [ ! -f {OUTPUTS_MOUNT}/go ]; do sleep 0.1; done; echo second; exit 0"
     spec = JobSpec(name="adopted", image=IMAGE, command=["sh", "-c", script], resources={"memory": 64})
     sched, execu = _apps(_common(nats_server, prefix, tmp_path), settings)
-    async with sched.start_lifespan_context():
+    async with running(sched):
         job_id = await _submit(nats_js, subjects, spec)
         await _orphaned(nats_js, subjects, job_id, settings.id, superseded=False)
         before = DockerBackend(base_url=ENGINE_URLS[engine], name=engine, executor_id=settings.id)
@@ -765,7 +769,7 @@ async def test_a_restarted_executor_adopts_the_container_of_the_current_attempt(
         old = await before.start(make_launch(tmp_path, ["sh", "-c", script], job_id=job_id, env=env), lines)
         await eventually(lambda: _true("first" in lines.of("stdout")), 30, "attempt 1 running")
         await old.detach()  # the executor that started it is gone
-        async with execu.start_lifespan_context():
+        async with running(execu):
             kv = await nats_js.key_value(subjects.buckets.executors)
 
             async def listed() -> bool:
@@ -801,7 +805,7 @@ async def test_a_restarted_executor_stops_a_superseded_container_and_the_job_run
     script = '[ "$TRAINYARD_ATTEMPT" = 2 ] && exit 0; echo first; sleep 120'
     spec = JobSpec(name="crashed", image=IMAGE, command=["sh", "-c", script], resources={"memory": 64})
     sched, execu = _apps(_common(nats_server, prefix, tmp_path), settings)
-    async with sched.start_lifespan_context():
+    async with running(sched):
         job_id = await _submit(nats_js, subjects, spec)
         await _orphaned(nats_js, subjects, job_id, settings.id, superseded=True)
         before = DockerBackend(base_url=ENGINE_URLS[engine], name=engine, executor_id=settings.id)
@@ -809,7 +813,7 @@ async def test_a_restarted_executor_stops_a_superseded_container_and_the_job_run
         env = {"TRAINYARD_JOB_ID": job_id, "TRAINYARD_ATTEMPT": "1"}
         old = await before.start(make_launch(tmp_path, ["sh", "-c", script], job_id=job_id, env=env), lines)
         await eventually(lambda: _true("first" in lines.of("stdout")), 30, "attempt 1 running")
-        async with execu.start_lifespan_context():
+        async with running(execu):
             done = await _finished(nats_js, subjects, job_id)
     assert gone(before, old.container_id)
     assert (await old.wait()).kind == "failed"  # stopped under it (it would have slept 120 s)

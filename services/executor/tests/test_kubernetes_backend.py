@@ -583,7 +583,7 @@ async def test_a_job_runs_through_the_services_on_the_kubernetes_backend(
     from trainyard_executor.app import create_app as executor_app
     from trainyard_scheduler.app import create_app as scheduler_app
     from trainyard_scheduler.settings import SchedulerSettings
-    from trainyard_shared.testkit import Bus, common_settings
+    from trainyard_shared.testkit import Bus, common_settings, running
 
     monkeypatch.setenv(
         "KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", str(cluster.mock.url).rstrip("/")))
@@ -597,8 +597,8 @@ async def test_a_job_runs_through_the_services_on_the_kubernetes_backend(
     spec = JobSpec(
         name="on-kube", image=IMAGE, command=["python", "train.py"], timeout=600, resources={"cpu": 2}
     )
-    async with Bus(nats_server.url, prefix) as bus, sched.start_lifespan_context():
-        async with executor_app(common, settings).start_lifespan_context():
+    async with Bus(nats_server.url, prefix) as bus, running(sched):
+        async with running(executor_app(common, settings)):
             job_id = await bus.submit(spec)
             job = await cluster.until(lambda: next(iter(cluster.jobs().values()), None), deadline_s=30)
             assert job["metadata"]["labels"][LABEL_JOB] == job_id

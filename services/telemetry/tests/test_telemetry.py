@@ -21,6 +21,7 @@ from trainyard_contracts import (
 )
 from trainyard_contracts._time import utcnow
 from trainyard_shared.settings import CommonSettings
+from trainyard_shared.testkit import running
 from trainyard_telemetry.app import create_app
 from trainyard_telemetry.jobstates import JobStates
 from trainyard_telemetry.metrics import JobMetrics
@@ -74,7 +75,7 @@ async def test_catches_up_from_the_stream_and_serves_metrics(nats_server, prefix
         )
 
     app = create_app(common)
-    async with app.start_lifespan_context():
+    async with running(app):
         for i in range(3):
             await publish_one(i)
         metrics = app.context.get("telemetry_metrics")
@@ -84,7 +85,7 @@ async def test_catches_up_from_the_stream_and_serves_metrics(nats_server, prefix
     for i in range(3, 5):
         await publish_one(i)
     app = create_app(common)
-    async with app.start_lifespan_context():
+    async with running(app):
         metrics = app.context.get("telemetry_metrics")
         await _until(lambda: metrics.events.labels("submitted")._value.get() == 2)
         transport = httpx.ASGITransport(app=app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from trainyard_shared.broker import ServiceBroker
 from trainyard_shared.settings import CommonSettings, HttpSettings
 
 log = logging.getLogger("trainyard.runner")
+STARTED = "trainyard_started"
 
 
 def build_app(
@@ -27,7 +29,14 @@ def build_app(
 ) -> AsgiFastStream:
     from faststream.specification import AsyncAPI
 
-    return AsgiFastStream(
+    # faststream's lifespan context hands over before the broker has started and the
+    # after-startup hooks have run; this event says when they have (STARTED in the app's context)
+    started = asyncio.Event()
+
+    async def mark_started() -> None:
+        started.set()
+
+    app = AsgiFastStream(
         sb.broker,
         asgi_routes=[
             ("/metrics", make_asgi_app(registry=sb.registry)),
@@ -36,9 +45,11 @@ def build_app(
         specification=AsyncAPI(title=title, description=description, version=version),
         on_startup=on_startup,
         # the batch consumers pull once the service's own start-up has connected and declared
-        after_startup=[sb.start_pullers, *after_startup],
+        after_startup=[sb.start_pullers, *after_startup, mark_started],
         on_shutdown=[sb.stop_pullers, *on_shutdown],
     )
+    app.context.set_global(STARTED, started)
+    return app
 
 
 def serve(app: AsgiFastStream, http: HttpSettings) -> None:

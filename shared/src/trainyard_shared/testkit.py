@@ -39,8 +39,15 @@ async def eventually(
 
 
 @contextlib.asynccontextmanager
-async def running(app: Any) -> AsyncIterator[Any]:
+async def running(app: Any, timeout: float = 60.0) -> AsyncIterator[Any]:
+    """The app started: broker connected, subscribers and batch consumers up, start-up hooks
+    done (faststream's lifespan context alone hands over before all of that)."""
+    from trainyard_shared.runner import STARTED
+
     async with app.start_lifespan_context():
+        started = app.context.get(STARTED)
+        if started is not None:
+            await asyncio.wait_for(started.wait(), timeout)
         yield app
 
 

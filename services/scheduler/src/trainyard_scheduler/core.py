@@ -13,6 +13,8 @@ import zlib
 from collections.abc import Callable
 from datetime import datetime
 
+from nats.js.errors import NotFoundError
+
 from trainyard_contracts import (
     AssignmentDecision,
     CancelAttempt,
@@ -26,6 +28,7 @@ from trainyard_contracts import (
     JobScheduled,
     JobSpec,
     JobState,
+    JobSubmitted,
     PreemptionDecision,
     QueueConfig,
     StartAttempt,
@@ -59,6 +62,9 @@ from trainyard_shared.tracing import job_trace
 
 log = logging.getLogger("trainyard.scheduler")
 ASSIGNMENTS_IN_FLIGHT = 64
+# well inside the jobs stream's duplicate window (120 s): a younger submitted-event copy is
+# dropped by the stream if the submission service's one is there already
+SUBMITTED_COPY_UNCHECKED_SECONDS = 60.0
 
 
 def awaits_placement(record: JobRecord) -> bool:
@@ -166,7 +172,39 @@ class SchedulerCore:
         # our view may not show that yet, so trust the record the compare-and-set just read
         record = result[1] if result else (seen[-1] if seen else None)
         if record is not None and (result or record.state == JobState.QUEUED):
-            await self.events.emit(JobQueued(job_id=job_id, attempt=record.attempt, queue=record.spec.queue))
+            queued = JobQueued(job_id=job_id, attempt=record.attempt, queue=record.spec.queue)
+            sends = [*await self._submitted_first(record), self.events.outgoing(queued)]
+            await publish_in_order(self.events.broker, sends)
+
+    async def _submitted_first(self, record: JobRecord) -> list[Outgoing]:
+        """The job's submitted event, to publish just before its queued one.
+
+        The planner follows the jobs bucket, so it can queue a job before the submission service
+        has published that job's submitted event (it writes the record first): followers would see
+        queued before submitted. So the scheduler publishes the same event itself, rebuilt from the
+        record under the same message id; the stream keeps whichever copy comes first and drops
+        the other. This also gives a job whose submitted event was never confirmed (submission
+        timed out after writing the record) its event. Past the stream's duplicate window the
+        copy would no longer be dropped: an old record is checked against the stream first."""
+        submitted = JobSubmitted(
+            job_id=record.job_id,
+            spec=record.spec.redacted(),
+            submitted_by=record.submitted_by,
+            time=record.submitted_at,
+            traceparent=record.traceparent,
+        )
+        age = (self.clock() - record.submitted_at).total_seconds()
+        if age > SUBMITTED_COPY_UNCHECKED_SECONDS and await self._has_event(submitted):
+            return []
+        return [self.events.outgoing(submitted)]
+
+    async def _has_event(self, event: JobSubmitted) -> bool:
+        js = self.events.broker.config.connection_state.stream
+        try:
+            await js.get_last_msg(self.events.stream, event.subject(self.events.subjects))
+        except NotFoundError:
+            return False
+        return True
 
     async def cancel(self, job_id: str, by: str | None = None) -> None:
         """A pending job is cancelled here; an active one gets a cancel command to its executor."""
@@ -570,6 +608,7 @@ class SchedulerCore:
         carried = {"record": record, "record_revision": revision} if revision else {}
         with job_trace(record.traceparent):
             if queued:
+                sends.extend(await self._submitted_first(record))
                 sends.append(
                     self.events.outgoing(
                         JobQueued(job_id=record.job_id, attempt=record.attempt, queue=record.spec.queue)
