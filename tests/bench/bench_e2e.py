@@ -57,52 +57,68 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
-TERMINAL_NAMES = tuple(f'"{s.value}"'.encode() for s in JobState if s.terminal)
+TERMINAL_TYPES = tuple(s.value for s in JobState if s.terminal)
 
 
 class Outcomes:
-    """Every job record as it changes, from one watch of the jobs bucket (no polling)."""
+    """Which jobs ended, from their terminal events; their records once all have ended.
+
+    The load generator shares the 2 cores with what it measures, so it follows one message per
+    job (a core subscription to the terminal events, no JetStream consumer) rather than every
+    record update, and reads the records (for their state times) after the measured window: one
+    ordered read of the bucket's newest values, parsing only the jobs asked for. An executor
+    writes the outcome before it publishes the event, so the record read after it is terminal."""
 
     def __init__(self, stack: EmbeddedStack) -> None:
         self.stack = stack
-        self.terminal: dict[str, JobRecord] = {}
+        self.ended: set[str] = set()
         self._changed = asyncio.Event()
 
     async def __aenter__(self) -> Outcomes:
-        self.nc = await nats.connect(self.stack.nats_url)
-        kv = await self.nc.jetstream().key_value(f"{self.stack.prefix}_jobs")
-        self.watcher = await kv.watchall(include_history=False)
-        self.task = asyncio.create_task(self._follow())
+        self.nc = await nats.connect(self.stack.nats_url, pending_size=512 * 1024 * 1024)
+        self.subs = [
+            await self.nc.subscribe(
+                f"{self.stack.prefix}.job.*.{kind}", cb=self._on_event, pending_msgs_limit=1_000_000
+            )
+            for kind in TERMINAL_TYPES
+        ]
         return self
 
-    async def _follow(self) -> None:
-        async for entry in self.watcher:
-            if entry is None or not entry.value:
-                continue
-            # the load generator shares the 2 cores with what it measures: parse only what may be
-            # terminal (a cheap look for a terminal state's name first)
-            if not any(name in entry.value for name in TERMINAL_NAMES):
-                continue
-            record = JobRecord.model_validate_json(entry.value)
-            if record.state.terminal:
-                self.terminal[record.job_id] = record
-                self._changed.set()
+    async def _on_event(self, msg: Any) -> None:
+        self.ended.add(msg.subject.split(".")[-2])
+        self._changed.set()
 
-    async def wait_for(self, job_ids: list[str], timeout: float) -> list[JobRecord]:
+    async def wait_for(self, job_ids: list[str], timeout: float) -> None:
+        """Until every one of ``job_ids`` has ended, or ``timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         wanted = set(job_ids)
-        while not wanted <= self.terminal.keys() and loop.time() < deadline:
+        while not wanted <= self.ended and loop.time() < deadline:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 break
-        return [self.terminal[j] for j in job_ids if j in self.terminal]
+
+    async def records(self, job_ids: list[str]) -> list[JobRecord]:
+        """The terminal records of ``job_ids`` (a job not ended is missing: lost)."""
+        wanted = set(job_ids)
+        kv = await self.nc.jetstream().key_value(f"{self.stack.prefix}_jobs")
+        found: dict[str, JobRecord] = {}
+        watcher = await kv.watchall(include_history=False)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the bucket's newest values are all delivered
+                    break
+                if entry.key in wanted and entry.value:
+                    record = JobRecord.model_validate_json(entry.value)
+                    if record.state.terminal:
+                        found[record.job_id] = record
+        finally:
+            await watcher.stop()
+        return [found[j] for j in job_ids if j in found]
 
     async def __aexit__(self, *exc: object) -> None:
-        self.task.cancel()
-        await self.watcher.stop()
         await self.nc.drain()
 
 
@@ -251,10 +267,11 @@ async def run_rate(
     t0 = time.perf_counter()
     offer = offer_over_bus if via == "bus" else offer_over_http
     job_ids = await offer(stack, rate, seconds)
-    recs = await outcomes.wait_for(job_ids, timeout=300)
+    await outcomes.wait_for(job_ids, timeout=300)
     wall = time.perf_counter() - t0
     after = cpu_seconds(stack)
     generator = time.process_time() - generator_before
+    recs = await outcomes.records(job_ids)  # after the measured window
     ends = [r.state_times["succeeded"] for r in recs if "succeeded" in r.state_times]
     starts = [r.state_times["submitted"] for r in recs]
     achieved = (len(ends) / (max(ends) - min(starts)).total_seconds()) if len(ends) > 1 else 0.0
@@ -282,8 +299,9 @@ async def run_drain(stack: EmbeddedStack, outcomes: Outcomes, n: int) -> dict[st
     before = cpu_seconds(stack)
     t0 = time.perf_counter()
     job_ids = await offer_over_bus(stack, rate=1e9, seconds=n / 1e9)
-    recs = await outcomes.wait_for(job_ids, timeout=900)
+    await outcomes.wait_for(job_ids, timeout=900)
     after = cpu_seconds(stack)
+    recs = await outcomes.records(job_ids)
     ends = [r.state_times.get("succeeded") or r.updated_at for r in recs]
     starts = [r.state_times["submitted"] for r in recs]
     seconds = (max(ends) - min(starts)).total_seconds() if recs else None
