@@ -66,9 +66,12 @@ def run_service(
     settings_class: type[HttpSettings],
 ) -> None:
     """The body of every service's ``main()``: settings from the environment, logs, serve."""
+    from trainyard_shared.gctune import tune_gc
     from trainyard_shared.logs import setup_logging
 
     common = CommonSettings()
     settings = settings_class()
     setup_logging(service, common.log_level, common.log_format)
-    serve(create_app(common, settings), settings)
+    app = create_app(common, settings)
+    tune_gc(common.gc_young_threshold)
+    serve(app, settings)

@@ -26,6 +26,12 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field("json", description="json or text")
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas (3 in a cluster)")
+    gc_young_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="Python's youngest-generation GC threshold for a service process (0: Python's "
+        "default, 700); see docs/performance.md, garbage collection",
+    )
 
     @property
     def subjects(self) -> Subjects:

@@ -2,16 +2,11 @@ from __future__ import annotations
 
 from trainyard_scheduler.app import create_app
 from trainyard_scheduler.settings import SchedulerSettings
-from trainyard_shared.logs import setup_logging
-from trainyard_shared.runner import serve
-from trainyard_shared.settings import CommonSettings
+from trainyard_shared.runner import run_service
 
 
 def main() -> None:
-    common = CommonSettings()
-    settings = SchedulerSettings()
-    setup_logging("scheduler", common.log_level, common.log_format)
-    serve(create_app(common, settings), settings)
+    run_service("scheduler", create_app, SchedulerSettings)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from trainyard_shared.gctune import tune_gc
 from trainyard_shared.logs import setup_logging
 from trainyard_shared.settings import CommonSettings
 from trainyard_submission.app import create_app
@@ -12,8 +13,10 @@ def main() -> None:
     common = CommonSettings()
     settings = SubmissionSettings()
     setup_logging("submission", common.log_level, common.log_format)
+    app = create_app(common, settings)
+    tune_gc(common.gc_young_threshold)
     uvicorn.run(
-        create_app(common, settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level="warning",
