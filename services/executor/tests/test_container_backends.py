@@ -334,11 +334,17 @@ async def test_a_restarted_executor_reaps_the_containers_it_left(backend, engine
     assert outcome.kind == "failed"
 
 
+# rank 0 listens until a connection brings data (CI once saw an accepted connection with none,
+# with podman); rank 1 sends until its send fails after one that worked (rank 0 has heard it and
+# stopped listening)
 GANG_RENDEZVOUS = (
     'echo "env $RANK $LOCAL_RANK $WORLD_SIZE $MASTER_ADDR";'
-    'if [ "$RANK" = 0 ]; then nc -l -p "$MASTER_PORT" > /tmp/got; echo "master heard: $(cat /tmp/got)";'
-    'else i=0; until echo "hello from $RANK" | nc -w 1 "$MASTER_ADDR" "$MASTER_PORT" 2>/dev/null; do'
-    " i=$((i+1)); [ $i -gt 300 ] && exit 9; sleep 0.1; done; echo sent; fi"
+    'if [ "$RANK" = 0 ]; then until [ -s /tmp/got ]; do nc -l -p "$MASTER_PORT" > /tmp/got; done;'
+    ' echo "master heard: $(cat /tmp/got)";'
+    "else i=0; sent=0; while [ $i -le 300 ]; do"
+    ' if echo "hello from $RANK" | nc -w 1 "$MASTER_ADDR" "$MASTER_PORT" 2>/dev/null; then sent=1;'
+    " elif [ $sent = 1 ]; then break; fi; i=$((i+1)); sleep 0.1; done;"
+    " [ $sent = 1 ] || exit 9; echo sent; fi"
 )
 
 
