@@ -71,6 +71,25 @@ async def test_why_names_the_short_resource_and_the_queue_position(common, bus):
         assert (await bus.record(big)).state.value == "queued"
 
 
+async def test_why_reads_a_finished_job_the_scheduler_no_longer_keeps_in_memory(common, bus):
+    scheduler = scheduler_app(
+        common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1, keep_finished_records=0)
+    )
+    _, executor = apps(common)
+    async with running(scheduler), running(executor):
+        done = await bus.submit(JobSpec(name="done", command=["true"]))
+        await bus.wait_state(done, "succeeded")
+        view = scheduler.context.get("scheduler_state")["view"]
+
+        async def dropped():
+            return view.get(done) is None and done in view.revisions
+
+        await eventually(dropped, 10, "the finished record dropped from the view")
+        answer = await ask(bus, bus.subjects.scheduler_why, WhyRequest(job_id=done), WhyAnswer)
+        assert answer.found and not answer.pending and answer.state == "succeeded"
+        assert "not pending: succeeded on exec-x" in answer.reason.message
+
+
 async def test_a_dry_run_says_what_would_happen_and_queues_nothing(common, bus):
     scheduler, executor = apps(common)
     async with running(scheduler), running(executor):

@@ -7,6 +7,7 @@ only costs a failed CAS and a retry, never a wrong write.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
@@ -21,13 +22,22 @@ Listener = Callable[[JobRecord | None, JobRecord], None]
 
 
 class JobView:
-    def __init__(self, kv: KeyValue) -> None:
+    """``keep_finished``: how many finished (terminal) records stay in memory, the most recently
+    finished ones; None keeps every record. A long-lived installation's bucket holds every job it
+    ever ran, and a view that kept them all grew without bound (~6 KB per record). A finished job
+    dropped from memory keeps its revision (so a late, older entry of it is still ignored), and
+    :meth:`get` answers None for it: callers that need it read the bucket."""
+
+    def __init__(self, kv: KeyValue, keep_finished: int | None = None) -> None:
         self.kv = kv
         self.records: dict[str, JobRecord] = {}
         # the jobs not yet terminal: what planning and reconciling look at, so a pass costs the
         # live jobs, not every job the installation ever ran
         self.live: dict[str, JobRecord] = {}
         self.revisions: dict[str, int] = {}
+        self.newest_revision = 0
+        self.keep_finished = keep_finished
+        self._finished: OrderedDict[str, None] = OrderedDict()  # in the order they finished
         self._listeners: list[Listener] = []
         self._watch = KvWatch(kv, self._on_entry, "jobview")
         self.ready = self._watch.ready
@@ -44,10 +54,13 @@ class JobView:
 
     def _on_entry(self, entry: KeyValue.Entry) -> None:
         key = entry.key
+        if (entry.revision or 0) > self.newest_revision:  # seen, whatever it was (a delete too)
+            self.newest_revision = entry.revision or 0
         if entry.operation in (KV_DEL, KV_PURGE):
             self.records.pop(key, None)
             self.live.pop(key, None)
             self.revisions.pop(key, None)
+            self._finished.pop(key, None)
             return
         revision = entry.revision or 0
         if revision <= self.revisions.get(key, 0):
@@ -72,9 +85,18 @@ class JobView:
         self.records[key] = record
         if record.state.terminal:
             self.live.pop(key, None)
+            if self.keep_finished is not None:
+                self._finished[key] = None
+                self._finished.move_to_end(key)
+                while len(self._finished) > self.keep_finished:
+                    oldest, _ = self._finished.popitem(last=False)
+                    self.records.pop(oldest, None)
         else:
             self.live[key] = record
+            self._finished.pop(key, None)
         self.revisions[key] = revision
+        if revision > self.newest_revision:
+            self.newest_revision = revision
         for listener in self._listeners:
             try:
                 listener(before, record)
@@ -85,6 +107,7 @@ class JobView:
         return self.records.get(job_id)
 
     def all(self) -> list[JobRecord]:
+        """Every record in memory (with ``keep_finished``, not the finished ones dropped)."""
         return list(self.records.values())
 
     def unfinished(self) -> list[JobRecord]:

@@ -100,7 +100,9 @@ def create_app(
         await ensure_streams(broker, subjects, common.stream_replicas)
         buckets = await open_buckets(broker, subjects, common.stream_replicas)
         store = JobStore(buckets.jobs)
-        view = JobView(buckets.jobs)
+        # finished jobs beyond the most recent ones are not kept: the bucket holds every job the
+        # installation ever ran (docs/scheduling.md, "Memory")
+        view = JobView(buckets.jobs, keep_finished=settings.keep_finished_records)
         store.on_written(view.apply)
         await view.start()
         # plan again when a job becomes pending, or one ends and frees its capacity
@@ -163,7 +165,7 @@ def create_app(
     )
     async def on_why(request: WhyRequest, message: NatsMessage) -> None:
         if lease().is_leader and message.reply_to:
-            answer = core().why(request.job_id, leader=settings.replica_id)
+            answer = await core().why(request.job_id, leader=settings.replica_id)
             await broker.publish(answer.model_dump_json().encode(), message.reply_to)
 
     @broker.subscriber(

@@ -310,6 +310,11 @@ class SchedulerCore:
                 if (ref.job_id, ref.attempt, eid) in current:
                     continue
                 record = self.view.get(ref.job_id)
+                if record is None and ref.job_id in self.view.revisions:
+                    # finished long enough ago to be out of the view's memory, still held by the
+                    # executor (a slow clean-up): its room counts until the executor lets go
+                    found = await self.store.get(ref.job_id)
+                    record = found[0] if found is not None else None
                 if record is None:
                     continue
                 # a member of a split gang holds its ranks' room; otherwise (the placement of that
@@ -360,8 +365,8 @@ class SchedulerCore:
         deadline = loop.time() + timeout
         status = await self.view.kv.status()
         target = status.stream_info.state.last_seq
-        while max(self.view.revisions.values(), default=0) < target:
-            if loop.time() >= deadline:  # e.g. the last write was a delete: nothing to wait for
+        while self.view.newest_revision < target:
+            if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.02)
         return True
@@ -394,11 +399,15 @@ class SchedulerCore:
 
     # -- explaining ---------------------------------------------------------------------------
 
-    def why(self, job_id: str, leader: str | None = None) -> WhyAnswer:
-        """Why ``job_id`` is where it is, from the last planning pass (the leader's answer)."""
+    async def why(self, job_id: str, leader: str | None = None) -> WhyAnswer:
+        """Why ``job_id`` is where it is, from the last planning pass (the leader's answer). A job
+        the view does not hold (finished long ago, or written a moment ago) is read from the bucket."""
         record = self.view.get(job_id)
         if record is None:
-            return WhyAnswer(job_id=job_id, found=False, leader=leader)
+            found = await self.store.get(job_id)
+            if found is None:
+                return WhyAnswer(job_id=job_id, found=False, leader=leader)
+            record = found[0]
         pending = record.state.pending
         reason = self.reasons.get(job_id) if pending else None
         if pending and reason is None:

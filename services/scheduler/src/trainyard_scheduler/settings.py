@@ -18,6 +18,12 @@ class SchedulerSettings(HttpSettings):
 
     port: int = 8701
     tick_seconds: float = Field(1.0, gt=0, description="planning pass at least this often")
+    keep_finished_records: int = Field(
+        10_000,
+        ge=0,
+        description="finished jobs' records kept in memory (the most recently finished); older ones "
+        "are read from the jobs bucket when asked about",
+    )
     start_resend_seconds: float = Field(
         20.0, gt=0, description="re-send a start command when a scheduled job has not started"
     )

@@ -1,0 +1,85 @@
+"""The job view keeps the live jobs and only the most recently finished ones (``keep_finished``),
+against a real nats-server: a long-lived installation's bucket holds every job it ever ran."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainyard_contracts import JobSpec, JobState, lifecycle
+from trainyard_contracts._time import utcnow
+from trainyard_contracts.ids import new_job_id
+from trainyard_shared.jobstore import JobStore
+from trainyard_shared.jobview import JobView
+from trainyard_shared.testkit import Bus, eventually
+
+pytestmark = pytest.mark.service
+SPEC = JobSpec(name="v", command=["true"])
+
+
+@pytest.fixture
+async def jobs(nats_server, prefix):
+    async with Bus(nats_server.url, prefix) as bus:
+        yield await bus.js.create_key_value(bucket=f"{prefix}_viewtest", history=5)
+
+
+async def new_job(store: JobStore) -> str:
+    job_id = new_job_id()
+    await store.create(lifecycle.new_record(job_id, SPEC, utcnow(), "t"))
+    return job_id
+
+
+async def finish(store: JobStore, job_id: str) -> None:
+    now = utcnow()
+    await store.update(
+        job_id, lambda r: lifecycle.finish(r, JobState.CANCELLED, now, exit_code=None, reason="test")
+    )
+
+
+async def test_only_the_most_recently_finished_records_stay_in_memory(jobs):
+    store = JobStore(jobs, remember=0)
+    view = JobView(jobs, keep_finished=2)
+    await view.start()
+    try:
+        ids = [await new_job(store) for _ in range(5)]
+        for job_id in ids[:4]:
+            await finish(store, job_id)
+        last = (await jobs.status()).stream_info.state.last_seq
+
+        async def caught_up():
+            return view.newest_revision >= last
+
+        await eventually(caught_up, 10, "the view seeing every write")
+        assert set(view.records) == {ids[2], ids[3], ids[4]}  # two finished, one live
+        assert set(view.live) == {ids[4]}
+        assert len(view.all()) == 3
+        # a dropped job keeps its revision: an older entry of it arriving late changes nothing
+        stale = lifecycle.new_record(ids[0], SPEC, utcnow(), "t")
+        view.apply(stale, 1)
+        assert ids[0] not in view.live and view.get(ids[0]) is None
+        # a newer write of a dropped finished job brings it back as finished, still bounded
+        found = await store.get(ids[0])
+        assert found is not None
+        view.apply(found[0].model_copy(update={"reason": "again"}), found[1] + 1000)
+        assert view.get(ids[0]) is not None and ids[0] not in view.live
+        assert len([r for r in view.all() if r.state.terminal]) == 2
+    finally:
+        await view.stop()
+
+
+async def test_without_a_bound_every_record_stays(jobs):
+    store = JobStore(jobs, remember=0)
+    view = JobView(jobs)
+    await view.start()
+    try:
+        ids = [await new_job(store) for _ in range(3)]
+        for job_id in ids:
+            await finish(store, job_id)
+        last = (await jobs.status()).stream_info.state.last_seq
+
+        async def caught_up():
+            return view.newest_revision >= last
+
+        await eventually(caught_up, 10, "the view seeing every write")
+        assert set(view.records) == set(ids) and not view.live
+    finally:
+        await view.stop()
