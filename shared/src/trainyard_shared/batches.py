@@ -412,7 +412,8 @@ class Puller:
             self._wake.set()
 
     async def _keep_in_progress(self, every: float) -> None:
-        while True:
+        # ends on the stop flag too: a cancel alone can be lost on Python 3.11 (see stop())
+        while not self._stopping:
             await asyncio.sleep(every)
             for raw in list(self._ours.values()):
                 if not raw._ackd:  # nats-py's own flag: acked, nacked or terminated

@@ -110,6 +110,10 @@ class LocalAttempt:
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None
     shutting_down: bool = False
+    # set when the attempt is over here: the gang watch ends on it even if its cancel is lost
+    # (Python 3.11's wait_for, inside nats-py's watch, can drop a cancel that lands as an update
+    # arrives; the heartbeat loop had that hang in CI)
+    over: bool = False
     started: float = field(default_factory=time.monotonic)
 
     def elapsed(self) -> float:
@@ -363,10 +367,11 @@ class ExecutorCore:
         except Exception as exc:
             await self._could_not_run(record, attempt, local, shipper, exc)
         finally:
+            local.over = True
             if watch is not None:
                 watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
+                # bounded: a lost cancel ends the watch at its next update or check instead
+                await asyncio.wait({watch}, timeout=self.settings.gang_check_seconds + 5)
             with contextlib.suppress(*BROKER_ERRORS):
                 await shipper.close()
             if self.running.get(record.job_id) is local:
@@ -435,11 +440,11 @@ class ExecutorCore:
         check = self.settings.gang_check_seconds
         loop = asyncio.get_running_loop()
         requeued_seen: float | None = None
-        while True:
+        while not local.over:
             watcher = None
             try:
                 watcher = await self.store.kv.watch(job_id)
-                while True:
+                while not local.over:
                     try:
                         entry = await watcher.updates(timeout=check)
                     except NatsTimeoutError:
