@@ -132,19 +132,3 @@ class JobStore:
             self._notify(after, new_revision)
             return before, after
         raise CasConflict(f"job {job_id}: record changed {tries} times while updating")
-
-    async def job_ids(self) -> list[str]:
-        try:
-            return [key for key in await self.kv.keys()]
-        except Exception as exc:  # nats-py raises NoKeysError on an empty bucket
-            if type(exc).__name__ == "NoKeysError":
-                return []
-            raise
-
-    async def all(self) -> list[tuple[JobRecord, int]]:
-        records = []
-        for job_id in await self.job_ids():
-            found = await self.get(job_id)
-            if found is not None:
-                records.append(found)
-        return records
