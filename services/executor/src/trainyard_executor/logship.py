@@ -36,7 +36,10 @@ class LogShipper:
         self.lines = 0
         self._buffer: list[LogLine] = []
         self._lock = asyncio.Lock()
-        self._timer: asyncio.Task[None] | None = None
+        # a timer, not a task per attempt: most attempts (short ones) end before it fires
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_flush: asyncio.Future[None] | None = None
+        self._unsent: LogChunk | None = None  # a chunk whose publish failed: sent again as is
 
     async def line(self, stream: str, text: str) -> None:
         kind: Literal["stdout", "stderr", "system"] = (
@@ -46,34 +49,48 @@ class LogShipper:
         self.lines += 1
         if len(self._buffer) >= self.batch_lines:
             await self.flush()
-        elif self._timer is None or self._timer.done():
-            self._timer = asyncio.create_task(self._flush_later())
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.flush_seconds, self._flush_due)
 
     async def system(self, text: str) -> None:
         await self.line("system", text)
 
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self.flush_seconds)  # batching window, not synchronisation
-        await self.flush()
+    def _flush_due(self) -> None:
+        self._timer = None
+        self._timed_flush = asyncio.ensure_future(self._flush_in_background())
+
+    async def _flush_in_background(self) -> None:
+        # a failed publish keeps its chunk (flush), so the next flush or close() sends it again
+        with contextlib.suppress(Exception):
+            await self.flush()
 
     async def flush(self) -> None:
+        """Publish what is buffered, in chunks under stable message ids. A chunk whose publish
+        failed stays and is published again, as the same chunk, by the next flush: a retry after
+        a lost ack is dropped by the stream, never stored twice or with lines missing."""
         async with self._lock:
-            if not self._buffer:
-                return
-            lines, self._buffer = self._buffer, []
-            chunk = LogChunk(job_id=self.job_id, attempt=self.attempt, seq=self.seq, lines=lines)
-            self.seq += 1
-            await publish_acked(
-                self.broker,
-                self.subject,
-                chunk.model_dump_json().encode(),
-                {MSG_ID: f"{self.job_id}:{self.attempt}:log:{chunk.seq}"},
-                self.stream,
-            )
+            while self._unsent is not None or self._buffer:
+                if self._unsent is None:
+                    lines, self._buffer = self._buffer, []
+                    self._unsent = LogChunk(
+                        job_id=self.job_id, attempt=self.attempt, seq=self.seq, lines=lines
+                    )
+                    self.seq += 1
+                chunk = self._unsent
+                await publish_acked(
+                    self.broker,
+                    self.subject,
+                    chunk.model_dump_json().encode(),
+                    {MSG_ID: f"{self.job_id}:{self.attempt}:log:{chunk.seq}"},
+                    self.stream,
+                )
+                self._unsent = None
 
     async def close(self) -> None:
-        if self._timer is not None and not self._timer.done():
+        """Everything buffered published (raises if the broker does not take it; call again)."""
+        if self._timer is not None:
             self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+            self._timer = None
+        if self._timed_flush is not None and not self._timed_flush.done():
+            await asyncio.wait({self._timed_flush})  # its lines are on their way: let it finish
         await self.flush()
