@@ -712,6 +712,52 @@ async def test_a_job_with_an_image_runs_through_the_services(
     assert leftover.list_running(include_stopped=True) == []
 
 
+@pytest.mark.service
+@pytest.mark.distributed
+async def test_a_gang_split_across_two_container_executors_meets_and_succeeds(
+    engine, nats_server, prefix, nats_js, tmp_path, monkeypatch
+):
+    """Two executors on one engine, each with room for one rank: the scheduler splits the gang,
+    each member runs its rank in a container on the host network, and rank 1 reaches rank 0 at
+    the MASTER_ADDR:MASTER_PORT the scheduler chose (from the executors' rendezvous range)."""
+    from trainyard_contracts import JobSpec, Subjects
+
+    port = free_loopback_port()
+    members = []
+    for name in ("a", "b"):
+        settings = _settings(engine, monkeypatch, f"exec-{engine}-split{name}-{uuid.uuid4().hex[:4]}")
+        members.append(
+            settings.model_copy(update={"rendezvous_port_first": port, "rendezvous_port_last": port})
+        )
+    subjects = Subjects(prefix)
+    spec = JobSpec(
+        name="split-boxed",
+        image=IMAGE,
+        command=["sh", "-c", GANG_RENDEZVOUS],
+        replicas=2,
+        resources={"cpu": 2, "memory": 64},  # each executor (2 cpu) has room for one rank only
+    )
+    common = _common(nats_server, prefix, tmp_path)
+    sched, first = _apps(common, members[0])
+    from trainyard_executor.app import create_app as executor_app
+
+    async with running(sched), running(first), running(executor_app(common, members[1])):
+        job_id = await _submit(nats_js, subjects, spec)
+        record = await _finished(nats_js, subjects, job_id, timeout=90)
+    chunks = await _stored(nats_js, subjects.logs_of(job_id), subjects.streams.logs)
+    texts = [line["text"] for m in chunks for line in json.loads(m.data)["lines"]]
+    assert record.state.value == "succeeded", (record.reason, texts)
+    gang = record.gang
+    assert gang is not None and gang.master_port == port and gang.world_size == 2
+    assert {m.executor_id for m in gang.members} == {m.id for m in members}
+    assert all(m.state is not None and m.state.value == "succeeded" for m in gang.members)
+    assert any("master heard: hello from 1" in t for t in texts), texts
+    assert any(t.endswith("sent") for t in texts), texts
+    for settings in members:
+        leftover = DockerBackend(base_url=ENGINE_URLS[engine], name=engine, executor_id=settings.id)
+        assert leftover.list_running(include_stopped=True) == []
+
+
 async def _orphaned(nats_js: Any, subjects: Any, job_id: str, executor_id: str, *, superseded: bool) -> Any:
     """What a crashed executor leaves in the record: attempt 1 running on it (or, when the
     scheduler noticed the lost lease first, requeued as attempt 2)."""
