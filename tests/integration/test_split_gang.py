@@ -161,9 +161,14 @@ async def test_a_gang_split_across_two_executors_runs_and_succeeds(common, bus, 
         )
         texts = await bus.log_text(job_id)
         events = await bus.event_types(job_id)
+        stored = await bus.messages(bus.subjects.job_events(job_id), bus.subjects.streams.jobs)
     assert done.state == JobState.SUCCEEDED, (done.reason, texts)
     gang = done.gang
     assert gang is not None and gang.attempt == 1 and gang.master_port == port
+    scheduled = next(json.loads(m.data) for m in stored if json.loads(m.data)["type"] == "scheduled")
+    # the event names every member, rank 0's first (executor_id alone names only rank 0's)
+    assert scheduled["executors"] == [m.executor_id for m in gang.members]
+    assert scheduled["executor_id"] == gang.members[0].executor_id
     assert gang.master_addr == "127.0.0.1" and gang.world_size == 2
     assert {m.executor_id for m in gang.members} == {"exec-a", "exec-b"}
     assert all(m.state == JobState.SUCCEEDED and m.started_at is not None for m in gang.members)

@@ -56,8 +56,12 @@ class JobQueued(Envelope):
 
 class JobScheduled(Envelope):
     type: Literal["scheduled"] = "scheduled"
-    executor_id: str
+    executor_id: str = Field(description="the executor of rank 0 (the only one, unless split)")
     resources: Capacity
+    executors: list[str] = Field(
+        default_factory=list,
+        description="a gang split across executors: every member, rank 0's first; empty otherwise",
+    )
 
 
 class JobRunning(Envelope):

@@ -631,6 +631,7 @@ class SchedulerCore:
                             attempt=record.attempt,
                             executor_id=record.executor_id,
                             resources=Capacity(cpu=r.cpu, memory=r.memory, gpu=r.gpu),
+                            executors=[m.executor_id for m in gang.members] if gang is not None else [],
                         )
                     )
                 )
