@@ -45,7 +45,8 @@ async def running(app: Any, timeout: float = 60.0) -> AsyncIterator[Any]:
     from trainyard_shared.runner import STARTED
 
     async with app.start_lifespan_context():
-        started = app.context.get(STARTED)
+        context = getattr(app, "context", None)  # a faststream app built by runner.build_app
+        started = context.get(STARTED) if context is not None else None
         if started is not None:
             await asyncio.wait_for(started.wait(), timeout)
         yield app
