@@ -34,6 +34,7 @@ from trainyard_contracts import (
     StartAttempt,
     WaitReason,
     WhyAnswer,
+    is_job_id,
     lifecycle,
     new_job_id,
 )
@@ -404,7 +405,8 @@ class SchedulerCore:
         the view does not hold (finished long ago, or written a moment ago) is read from the bucket."""
         record = self.view.get(job_id)
         if record is None:
-            found = await self.store.get(job_id)
+            # only a well-formed id is looked up: anything else is no key the bucket could hold
+            found = await self.store.get(job_id) if is_job_id(job_id) else None
             if found is None:
                 return WhyAnswer(job_id=job_id, found=False, leader=leader)
             record = found[0]
