@@ -212,9 +212,16 @@ class ContainerAttempt:
     def _wait_blocking(self) -> tuple[int, str | None, bool]:
         result = self.container.wait()
         oom = False
-        with contextlib.suppress(DockerException):
+        try:
             self.container.reload()
             oom = bool((self.container.attrs.get("State") or {}).get("OOMKilled"))
+        except NotFound as exc:
+            # removed under us (only this attempt's release() removes it, after the outcome is
+            # recorded: this is another executor's reaper or an operator); podman's wait then
+            # may answer exit code 0 (seen in CI), so its status is not the job's
+            raise ContainerGone("the container was removed before its exit status was read") from exc
+        except DockerException:
+            pass
         error = (result.get("Error") or {}).get("Message") if isinstance(result.get("Error"), dict) else None
         return int(result.get("StatusCode", -1)), error, oom
 
@@ -830,6 +837,10 @@ class GangAttempt:
 
 class _AlreadyRunning(RuntimeError):
     pass
+
+
+class ContainerGone(RuntimeError):
+    """The attempt's container was removed by someone else before its exit was read."""
 
 
 def podman_backend(socket: str = "unix:///run/podman/podman.sock", **kwargs: Any) -> DockerBackend:
