@@ -2,6 +2,13 @@
 
 The job view, the queue configurations and the executor directory each keep an in-memory copy of a
 bucket this way. ``ready`` is set once the watch has delivered what the bucket held at start.
+
+nats-py's own "caught up" marker (a None from the watcher) can come before entries the server had
+already sent: it is queued when the consumer reports nothing pending, while the callbacks of
+messages already received still wait for the watch's set-up to finish. An executor recovering
+from such a view missed a record and stopped an attempt it should have adopted (CI). So ``ready``
+also waits until an entry at the bucket's last sequence, read after the marker, has been handed
+over: with one value per key delivered, the newest revision is the stream's last message.
 """
 
 from __future__ import annotations
@@ -20,13 +27,27 @@ class KvWatch:
         self.on_entry = on_entry
         self.name = name
         self.ready = asyncio.Event()
+        self.newest_revision = 0  # of anything handed over, a delete too
+        self._marker = asyncio.Event()
+        self._seen = asyncio.Event()  # set whenever newest_revision moves
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
         self._watcher = await self.kv.watchall()
         self._task = asyncio.create_task(self._run(), name=self.name)
-        await asyncio.wait_for(self.ready.wait(), timeout)
+        await asyncio.wait_for(self._caught_up(), timeout)
+        self.ready.set()
+
+    async def _caught_up(self) -> None:
+        await self._marker.wait()
+        status = await self.kv.status()
+        state = status.stream_info.state
+        if state.messages == 0:
+            return  # empty (or every value expired): nothing more will come for the start
+        while self.newest_revision < state.last_seq:
+            self._seen.clear()
+            await self._seen.wait()
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -37,11 +58,16 @@ class KvWatch:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         self.ready.clear()
+        self._marker.clear()
 
     async def _run(self) -> None:
         assert self._watcher is not None
         async for entry in self._watcher:
-            if entry is None:  # everything the bucket held at start has been delivered
-                self.ready.set()
+            if entry is None:  # nats-py: what the bucket held at start has been sent (see above)
+                self._marker.set()
                 continue
+            revision = entry.revision or 0
+            if revision > self.newest_revision:
+                self.newest_revision = revision
+                self._seen.set()
             self.on_entry(entry)
