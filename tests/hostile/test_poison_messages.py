@@ -22,23 +22,12 @@ from trainyard_registry.app import create_app as registry_app
 from trainyard_registry.settings import RegistrySettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
-from trainyard_shared.testkit import Bus, common_settings, eventually, running
+from trainyard_shared.testkit import Bus, eventually, running
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_telemetry.app import create_app as telemetry_app
 
 pytestmark = [pytest.mark.service, pytest.mark.local]
-
-
-@pytest.fixture
-def common(nats_server, prefix, tmp_path):
-    return common_settings(nats_server.url, prefix, tmp_path / "data")
-
-
-@pytest.fixture
-async def bus(nats_server, prefix):
-    async with Bus(nats_server.url, prefix) as b:
-        yield b
 
 
 async def dead_letters(bus: Bus, service: str, at_least: int) -> list:

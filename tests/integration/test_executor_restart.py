@@ -21,7 +21,7 @@ import pytest
 
 from trainyard_contracts import JobSpec, JobState
 
-from .harness import Bus, common_settings, eventually, running
+from .harness import Bus, eventually, running
 
 pytestmark = [pytest.mark.service, pytest.mark.local]
 PY = sys.executable
@@ -91,17 +91,6 @@ class ExecutorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def common(nats_server, prefix, tmp_path):
-    return common_settings(nats_server.url, prefix, tmp_path / "data")
-
-
-@pytest.fixture
-async def bus(nats_server, prefix):
-    async with Bus(nats_server.url, prefix) as b:
-        yield b
 
 
 @pytest.fixture

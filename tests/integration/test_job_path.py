@@ -25,7 +25,7 @@ from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
 
-from .harness import Bus, common_settings, eventually, running
+from .harness import eventually, running
 
 pytestmark = [pytest.mark.service, pytest.mark.local]
 PY = sys.executable
@@ -47,17 +47,6 @@ def executor(common, name="exec-a", **kw):
         **kw,
     )
     return executor_app(common, settings)
-
-
-@pytest.fixture
-def common(nats_server, prefix, tmp_path):
-    return common_settings(nats_server.url, prefix, tmp_path / "data")
-
-
-@pytest.fixture
-async def bus(nats_server, prefix):
-    async with Bus(nats_server.url, prefix) as b:
-        yield b
 
 
 async def test_a_job_runs_and_succeeds_with_its_logs_and_outputs(common, bus):

@@ -14,21 +14,10 @@ from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
 
-from .harness import Bus, common_settings, eventually, running
+from .harness import Bus, eventually, running
 
 pytestmark = [pytest.mark.service, pytest.mark.local]
 PY = sys.executable
-
-
-@pytest.fixture
-def common(nats_server, prefix, tmp_path):
-    return common_settings(nats_server.url, prefix, tmp_path / "data")
-
-
-@pytest.fixture
-async def bus(nats_server, prefix):
-    async with Bus(nats_server.url, prefix) as b:
-        yield b
 
 
 def apps(common):

@@ -22,7 +22,7 @@ from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.leader import LEASE_KEY, LeaderLease, Lease
 from trainyard_scheduler.settings import SchedulerSettings
 
-from .harness import Bus, common_settings, eventually, running
+from .harness import Bus, eventually, running
 
 pytestmark = [pytest.mark.service, pytest.mark.local]
 
@@ -62,17 +62,6 @@ class Replica:
 
     async def leads(self) -> bool:
         return self.gauge() == 1.0 and self.lease.is_leader
-
-
-@pytest.fixture
-def common(nats_server, prefix, tmp_path):
-    return common_settings(nats_server.url, prefix, tmp_path / "data")
-
-
-@pytest.fixture
-async def bus(nats_server, prefix):
-    async with Bus(nats_server.url, prefix) as b:
-        yield b
 
 
 def executor(common):

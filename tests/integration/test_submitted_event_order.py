@@ -19,20 +19,9 @@ from trainyard_contracts.ids import new_job_id
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
 
-from .harness import Bus, common_settings, running
+from .harness import Bus, running
 
 pytestmark = [pytest.mark.service]
-
-
-@pytest.fixture
-def common(nats_server, prefix, tmp_path):
-    return common_settings(nats_server.url, prefix, tmp_path / "data")
-
-
-@pytest.fixture
-async def bus(nats_server, prefix):
-    async with Bus(nats_server.url, prefix) as b:
-        yield b
 
 
 def scheduler(common):
