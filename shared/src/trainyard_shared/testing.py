@@ -49,3 +49,20 @@ async def nats_client(nats_server: NatsServer) -> AsyncIterator[object]:
     client = await nats.connect(nats_server.url)
     yield client
     await client.drain()
+
+
+@pytest.fixture
+def common(nats_server: NatsServer, prefix: str, tmp_path: Path) -> object:
+    """The services' common settings for this test's server, prefix and data dir."""
+    from trainyard_shared.testkit import common_settings
+
+    return common_settings(nats_server.url, prefix, tmp_path / "data")
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer, prefix: str) -> AsyncIterator[object]:
+    """A plain nats-py client for the test's own reads and writes (``testkit.Bus``)."""
+    from trainyard_shared.testkit import Bus
+
+    async with Bus(nats_server.url, prefix) as b:
+        yield b
