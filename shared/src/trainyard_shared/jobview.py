@@ -35,7 +35,6 @@ class JobView:
         # live jobs, not every job the installation ever ran
         self.live: dict[str, JobRecord] = {}
         self.revisions: dict[str, int] = {}
-        self.newest_revision = 0
         self.keep_finished = keep_finished
         self._finished: OrderedDict[str, None] = OrderedDict()  # in the order they finished
         self._listeners: list[Listener] = []
@@ -46,6 +45,11 @@ class JobView:
         """``listener(before, after)`` runs for every record update (before is None when new)."""
         self._listeners.append(listener)
 
+    @property
+    def newest_revision(self) -> int:
+        """The newest bucket revision the watch has handed over (a delete too)."""
+        return self._watch.newest_revision
+
     async def start(self, timeout: float = 30.0) -> None:
         await self._watch.start(timeout)
 
@@ -54,8 +58,6 @@ class JobView:
 
     def _on_entry(self, entry: KeyValue.Entry) -> None:
         key = entry.key
-        if (entry.revision or 0) > self.newest_revision:  # seen, whatever it was (a delete too)
-            self.newest_revision = entry.revision or 0
         if entry.operation in (KV_DEL, KV_PURGE):
             self.records.pop(key, None)
             self.live.pop(key, None)
@@ -95,8 +97,6 @@ class JobView:
             self.live[key] = record
             self._finished.pop(key, None)
         self.revisions[key] = revision
-        if revision > self.newest_revision:
-            self.newest_revision = revision
         for listener in self._listeners:
             try:
                 listener(before, record)
