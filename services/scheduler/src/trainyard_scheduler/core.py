@@ -173,9 +173,12 @@ class SchedulerCore:
         # our view may not show that yet, so trust the record the compare-and-set just read
         record = result[1] if result else (seen[-1] if seen else None)
         if record is not None and (result or record.state == JobState.QUEUED):
-            queued = JobQueued(job_id=job_id, attempt=record.attempt, queue=record.spec.queue)
-            sends = [*await self._submitted_first(record), self.events.outgoing(queued)]
-            await publish_in_order(self.events.broker, sends)
+            await publish_in_order(self.events.broker, await self._queued_events(record))
+
+    async def _queued_events(self, record: JobRecord) -> list[Outgoing]:
+        """The job's queued event, its submitted event first (see ``_submitted_first``)."""
+        queued = JobQueued(job_id=record.job_id, attempt=record.attempt, queue=record.spec.queue)
+        return [*await self._submitted_first(record), self.events.outgoing(queued)]
 
     async def _submitted_first(self, record: JobRecord) -> list[Outgoing]:
         """The job's submitted event, to publish just before its queued one.
@@ -619,12 +622,7 @@ class SchedulerCore:
         carried = {"record": record, "record_revision": revision} if revision else {}
         with job_trace(record.traceparent):
             if queued:
-                sends.extend(await self._submitted_first(record))
-                sends.append(
-                    self.events.outgoing(
-                        JobQueued(job_id=record.job_id, attempt=record.attempt, queue=record.spec.queue)
-                    )
-                )
+                sends.extend(await self._queued_events(record))
             if record.state == JobState.SCHEDULED:
                 sends.append(
                     self.events.outgoing(
