@@ -1,10 +1,12 @@
 # Trainyard — the two commands a newcomer needs: `make demo` and `make test`.
 SHELL := /bin/bash
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv on PATH, else the one `pip install uv` put beside python3 (run as a module: where pip put its
+# script need not be on PATH, so no path is guessed here)
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
 
-.PHONY: help install demo up test test-unit test-service test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
+.PHONY: help install demo up test test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
 
 help:
 	@echo "make demo     start the embedded stack, run the digits example, show its registered model"
@@ -17,12 +19,13 @@ help:
 install: .venv/.installed
 
 .venv/.installed: uv.lock pyproject.toml */pyproject.toml services/*/pyproject.toml
-	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv || \
+		python3 -m pip install --quiet --break-system-packages uv
 	$(UV) sync --all-packages --frozen
 	@touch $@
 
 demo: install
-	@bash scripts/demo.sh
+	@UV="$(UV)" bash scripts/demo.sh
 
 up: install
 	$(RUN) trainyard up
@@ -44,6 +47,10 @@ test-unit: install
 
 test-service: install
 	$(RUN) pytest -m service $(PYTEST_ARGS)
+
+# least privilege and bounds (docs/security.md, the threat table); also part of `make test`
+test-security: install
+	$(RUN) pytest -m security $(PYTEST_ARGS)
 
 test-stack: install
 	$(RUN) pytest -m stack $(PYTEST_ARGS)

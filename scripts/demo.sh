@@ -6,7 +6,7 @@ DATA=${TRAINYARD_DEMO_DIR:-.trainyard-demo}
 API_PORT=${TRAINYARD_DEMO_API_PORT:-8700}
 NATS_PORT=${TRAINYARD_DEMO_NATS_PORT:-4250}
 export TRAINYARD_URL="http://127.0.0.1:${API_PORT}" TRAINYARD_DATA_DIR="$PWD/$DATA"
-RUN="uv run --frozen"
+RUN="${UV:-uv} run --frozen"
 start=$(date +%s)
 
 mkdir -p "$DATA"
