@@ -20,6 +20,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NoStreamResponseError
 
 REPLY_HEADER = "Trainyard-Reply-To"
+TOKEN_HEADER = "Trainyard-Token"
 
 
 class IntakeUnavailable(RuntimeError):
@@ -39,11 +40,14 @@ async def submit_over_nats(
     prefix: str = "trainyard",
     msg_id: str | None = None,
     timeout: float = 10,
+    token: str | None = None,
     **connect_options: Any,
 ) -> dict[str, Any]:
     """Publish a spec to the intake stream and return the intake's reply.
 
-    ``msg_id`` is the idempotency key (a fresh UUID when absent). ``connect_options`` go to
+    ``msg_id`` is the idempotency key (a fresh UUID when absent). ``token`` (an API token) names
+    who submits: its queue and the queue's limits apply; without one only a queue that allows
+    anonymous bus submissions takes the spec. ``connect_options`` go to
     ``nats.connect`` (``user_credentials=...``, ``user=...``, ``tls=...``). Raises
     :class:`IntakeUnavailable` when no stream takes the message and ``TimeoutError`` when no reply
     comes within ``timeout`` seconds.
@@ -55,6 +59,8 @@ async def submit_over_nats(
         inbox = nc.new_inbox()
         replies = await nc.subscribe(inbox, max_msgs=1)
         headers = {"Nats-Msg-Id": msg_id or uuid.uuid4().hex, REPLY_HEADER: inbox}
+        if token is not None:
+            headers[TOKEN_HEADER] = token
         try:
             await js.publish(subject, _spec_bytes(spec_text), headers=headers)
         except (NoRespondersError, NoStreamResponseError) as exc:
