@@ -13,6 +13,7 @@ from trainyard_contracts import Subjects
 from trainyard_shared.streamlimits import StreamLimits
 
 DAY = 86400.0
+INTAKE_DUPLICATE_WINDOW = 0.1  # seconds; nats-server refuses less
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,12 @@ def stream_configs(
         StreamConfig(
             name=names.intake,
             subjects=[subjects.intake_submit],
-            description="job specs submitted over the bus (dedup on Nats-Msg-Id)",
+            description="job specs submitted over the bus (the submission service dedups on Nats-Msg-Id)",
             retention=RetentionPolicy.WORK_QUEUE,
             max_age=DAY,
-            duplicate_window=600.0,
+            # the service answers a repeated id with its job; the stream would drop the repeat
+            # unanswered, so its window is the server's minimum (submission/intake.py)
+            duplicate_window=INTAKE_DUPLICATE_WINDOW,
             **common,
         ),
         StreamConfig(
