@@ -10,9 +10,15 @@ From a bare nats-py script::
 A publisher names its identity with an API token in the ``Trainyard-Token`` header; without one
 the spec is accepted only into a queue that allows anonymous bus submissions (busidentity.py).
 
-The intake stream deduplicates on ``Nats-Msg-Id`` within its window, and the idempotency bucket
-maps the id to its job for good, so the same id always answers with the same job. A spec that does
-not validate is answered ``accepted: false`` with field errors and announced as ``rejected``.
+Deduplication is this service's, not the stream's: the idempotency bucket maps the id to its job
+for good, so the same id published again (a publisher retrying after a timeout) is delivered here
+and answered with the same job and ``duplicate: true``, as HTTP answers a repeated Idempotency-Key.
+The stream's own dedup would drop the repeat before the service and leave the publisher without an
+answer, so its window is the server's minimum (100 ms; shared/bus.py): a publish acknowledged
+``duplicate`` within it is published again after it (``trainyard_client.bus``). A replayed dead
+letter carries its first id in ``Trainyard-Original-Msg-Id`` (its own ``Nats-Msg-Id`` is new), and
+that is its key. A spec that does not validate is answered ``accepted: false`` with field errors and
+announced as ``rejected``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from trainyard_submission.service import SubmissionService, idempotency_slot
 from trainyard_submission.tokens import TokenStore
 
 REPLY_HEADER = "Trainyard-Reply-To"
+ORIGINAL_ID_HEADER = "Trainyard-Original-Msg-Id"  # a replayed dead letter's first Nats-Msg-Id
 
 
 async def handle_intake(
@@ -35,7 +42,7 @@ async def handle_intake(
     headers: dict[str, str],
     tokens: TokenStore | None = None,
 ) -> IntakeReply:
-    msg_id = headers.get("Nats-Msg-Id")
+    msg_id = headers.get(ORIGINAL_ID_HEADER) or headers.get("Nats-Msg-Id")
     slot = idempotency_slot("intake", msg_id) if msg_id else None
     try:
         principal = await bus_principal(tokens, headers)
