@@ -136,6 +136,7 @@ def create_app(
                 attempt,
                 settings.log_flush_seconds,
                 settings.log_batch_lines,
+                settings.log_limits(),
             ),
             settings=settings,
             work_root=data / "executor" / settings.id / "work",
