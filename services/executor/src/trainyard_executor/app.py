@@ -23,7 +23,7 @@ from trainyard_executor.settings import ExecutorSettings
 from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_declare
+from trainyard_shared.consumers import connect_and_bind
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
@@ -120,7 +120,7 @@ def create_app(
             await core().cancel(command)
 
     async def connect() -> None:
-        buckets = await connect_and_declare(sb, common)
+        buckets = await connect_and_bind(sb, common)
         data = common.resolved_data_dir()
         store = JobStore(buckets.jobs)
         backend = make_backend(settings, data)
