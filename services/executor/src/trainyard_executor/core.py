@@ -41,6 +41,7 @@ from trainyard_contracts import (
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import PortRange
 from trainyard_executor.backends.base import AttemptLaunch, Backend, FoundAttempt, RunningAttempt
+from trainyard_executor.backends.hostpaths import read_in, write_in
 from trainyard_executor.gang import (
     conclude_member,
     ended_by_a_member,
@@ -675,13 +676,13 @@ class ExecutorCore:
 
     def _next_log_generation(self, job_id: str, attempt: int) -> int:
         """1 for the first adoption of an attempt, 2 for the next ... (kept in its work dir)."""
-        path = self.workdir(job_id, attempt) / ".trainyard" / "log-generation"
+        # a container's work dir is the job's: no link it planted is followed
+        workdir = self.workdir(job_id, attempt)
         generation = 1
         with contextlib.suppress(OSError, ValueError):
-            generation = int(path.read_text()) + 1
+            generation = int(read_in(workdir, ".trainyard", "log-generation", limit=64)) + 1
         with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(str(generation))
+            write_in(workdir, ".trainyard", "log-generation", str(generation).encode())
         return generation
 
     async def shutdown(self) -> None:
