@@ -326,6 +326,7 @@ class ExecutorCore:
                 inherited_env=tuple(k for k in (*self.settings.passthrough_env, "PATH") if k not in spec.env),
                 gang=plan_gang(spec.replicas, rendezvous, self.free_port),
                 checkpoint_dir=checkpoints,
+                run_as_root=spec.run_as_root,
             )
             ranks = f", ranks {list(launch.gang.ranks)} of {launch.gang.world_size}" if launch.gang else ""
             await shipper.system(f"attempt {attempt} starting on {self.me}{ranks}: {launch.argv}")
