@@ -36,6 +36,9 @@ pytestmark = pytest.mark.unit
 K8S = ROOT / "deploy" / "k8s"
 KUBE_VERSION = "1.30.0"
 NAMESPACE = "trainyard"
+JOBS_NAMESPACE = "trainyard-jobs"
+# what lives in the jobs' namespace: its default deny, and what the executor may do there
+IN_JOBS_NAMESPACE = {"NetworkPolicy", "Role", "RoleBinding"}
 SERVICES = {
     "submission": SubmissionSettings,
     "scheduler": SchedulerSettings,
@@ -62,8 +65,14 @@ def of_kind(objects: list[Object], kind: str) -> list[Object]:
     return [o for o in objects if o["kind"] == kind]
 
 
-def named(objects: list[Object], kind: str, name: str) -> Object:
-    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+def named(objects: list[Object], kind: str, name: str, namespace: str = NAMESPACE) -> Object:
+    (found,) = [
+        o
+        for o in objects
+        if o["kind"] == kind
+        and o["metadata"]["name"] == name
+        and o["metadata"].get("namespace", namespace) == namespace
+    ]
     return found
 
 
@@ -90,7 +99,8 @@ def test_every_kustomization_renders(root: Path):
     assert objects, f"{rel(root)} renders nothing"
     for obj in objects:
         if obj["kind"] != "Namespace":
-            assert obj["metadata"].get("namespace") == NAMESPACE, key_of(obj)
+            allowed = {NAMESPACE, JOBS_NAMESPACE} if obj["kind"] in IN_JOBS_NAMESPACE else {NAMESPACE}
+            assert obj["metadata"].get("namespace") in allowed, key_of(obj)
 
 
 @pytest.mark.skipif(not kubectl(), reason="kubectl not installed (apt-get install -y kubernetes-client)")
@@ -147,10 +157,10 @@ def test_the_validation_catches_a_mistake():
 # ---------------------------------------------------------------- what the design needs
 
 
-def test_the_executor_may_touch_only_jobs_pods_logs_and_services_in_its_namespace(everything):
+def test_the_executor_may_touch_only_jobs_pods_logs_services_and_policies_in_the_jobs_namespace(everything):
     assert not of_kind(everything, "ClusterRole") and not of_kind(everything, "ClusterRoleBinding")
     (role,) = of_kind(everything, "Role")
-    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["metadata"]["namespace"] == JOBS_NAMESPACE
     granted = {
         (g, r, v)
         for rule in role["rules"]
@@ -158,7 +168,13 @@ def test_the_executor_may_touch_only_jobs_pods_logs_and_services_in_its_namespac
         for r in rule["resources"]
         for v in rule["verbs"]
     }
-    allowed_resources = {("batch", "jobs"), ("", "pods"), ("", "pods/log"), ("", "services")}
+    allowed_resources = {
+        ("batch", "jobs"),
+        ("", "pods"),
+        ("", "pods/log"),
+        ("", "services"),
+        ("networking.k8s.io", "networkpolicies"),
+    }
     assert {(g, r) for g, r, _ in granted} == allowed_resources
     assert not any("*" in item for triple in granted for item in triple)
     assert {v for g, r, v in granted if r == "pods/log"} == {"get"}
@@ -252,9 +268,7 @@ def test_every_trainyard_variable_is_a_real_setting(everything):
         named(everything, "Deployment", "executor")["spec"]["template"]["spec"]["containers"][0]
     )
     assert executor["TRAINYARD_EXECUTOR_BACKEND"]["value"] == "kubernetes"
-    assert executor["TRAINYARD_EXECUTOR_KUBE_NAMESPACE"]["valueFrom"] == {
-        "fieldRef": {"fieldPath": "metadata.namespace"}
-    }
+    assert executor["TRAINYARD_EXECUTOR_KUBE_NAMESPACE"]["value"] == JOBS_NAMESPACE
     ExecutorSettings(id=executor["TRAINYARD_EXECUTOR_ID"]["value"], backend="kubernetes")
 
 

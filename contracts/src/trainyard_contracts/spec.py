@@ -7,9 +7,11 @@ expected (see :func:`parse_spec` and :class:`SpecError`).
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import posixpath
 import re
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
 import yaml
@@ -239,24 +241,71 @@ def redact_url(url: str) -> str:
     return match.group(1) + masked + "@" + url[match.end() :]
 
 
+# what one refusal reports, whatever the input (as Kubernetes does): the first errors, then a count;
+# every field and message clipped, so a rejection always fits in one NATS message and a small answer
+MAX_REPORTED_ERRORS = 100
+MAX_ERROR_FIELD_CHARS = 256
+MAX_ERROR_MESSAGE_CHARS = 1024
+MORE_ERRORS_FIELD = "(more)"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class FieldError(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     field: str
     message: str
 
+    @field_validator("field")
+    @classmethod
+    def _short_field(cls, value: str) -> str:
+        return _clip(value, MAX_ERROR_FIELD_CHARS)
+
+    @field_validator("message")
+    @classmethod
+    def _short_message(cls, value: str) -> str:
+        return _clip(value, MAX_ERROR_MESSAGE_CHARS)
+
+
+def capped_errors(errors: Iterable[FieldError], total: int | None = None) -> list[FieldError]:
+    """The first :data:`MAX_REPORTED_ERRORS` of ``errors`` and, past them, one entry with the count
+    of the rest (``total``: how many there are, when ``errors`` is not all of them)."""
+    rest = iter(errors)
+    shown = list(itertools.islice(rest, MAX_REPORTED_ERRORS + 1))
+    if total is None and len(shown) > MAX_REPORTED_ERRORS:
+        total = len(shown) + sum(1 for _ in rest)
+    if total is None or total <= MAX_REPORTED_ERRORS:
+        return shown
+    more = total - MAX_REPORTED_ERRORS
+    return [
+        *shown[:MAX_REPORTED_ERRORS],
+        FieldError(
+            field=MORE_ERRORS_FIELD,
+            message=f"{more} more errors not shown (the first {MAX_REPORTED_ERRORS} are)",
+        ),
+    ]
+
 
 class SpecError(ValueError):
     """A job spec that cannot be accepted; ``errors`` says which field and what was expected."""
 
     def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        already_capped = len(errors) == MAX_REPORTED_ERRORS + 1 and errors[-1].field == MORE_ERRORS_FIELD
+        self.errors = errors if already_capped else capped_errors(errors)
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in self.errors))
 
 
 def field_errors(exc: ValidationError) -> list[FieldError]:
-    errors = []
-    for err in exc.errors(include_url=False):
+    """pydantic's errors as field errors, capped (:func:`capped_errors`) before any is formatted."""
+    shown = itertools.islice(exc.errors(include_url=False), MAX_REPORTED_ERRORS)
+    return capped_errors(_field_errors(shown), total=exc.error_count())
+
+
+def _field_errors(raw: Iterable[Any]) -> Iterator[FieldError]:
+    for err in raw:
         loc = ".".join(str(part) for part in err["loc"]) or "(spec)"
         message = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -266,9 +315,8 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         elif message.startswith("String should match pattern"):
-            message = f"{message} (got {err.get('input')!r})"
-        errors.append(FieldError(field=loc, message=message))
-    return errors
+            message = f"{message} (got {_clip(repr(err.get('input')), 200)})"
+        yield FieldError(field=loc, message=message)
 
 
 def _did_you_mean(loc: tuple[int | str, ...]) -> str:

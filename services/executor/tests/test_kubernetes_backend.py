@@ -287,6 +287,13 @@ class Cluster:
             if r.plural == "services" and not o.deleted
         ]
 
+    def network_policies(self) -> dict[str, dict[str, Any]]:
+        return {
+            n: o.raw
+            for (r, _ns, n), o in list(self.mock.objects.items())
+            if r.plural == "networkpolicies" and not o.deleted
+        }
+
     def requests(self, method: str, fragment: str) -> list[Any]:
         return [r for r in list(self.mock) if r.method.value == method and fragment in str(r.url)]
 
@@ -321,7 +328,7 @@ class Cluster:
 async def cluster() -> AsyncIterator[Cluster]:
     async with kmock.KubernetesEmulator() as mock, kmock.Server(mock):
         # a real API lists an empty kind as []; the emulator only knows kinds declared or seen
-        for resource in ("batch/v1/jobs", "v1/pods", "v1/services"):
+        for resource in ("batch/v1/jobs", "v1/pods", "v1/services", "networking.k8s.io/v1/networkpolicies"):
             mock.resources[resource] = {}
         yield Cluster(mock)
 
@@ -462,6 +469,30 @@ async def test_gang_creates_indexed_job_and_service_and_tags_each_rank(
     assert sorted(lines.lines) == ["[rank 0] hello from 0", "[rank 1] hello from 1"]
     await attempt.release()
     assert cluster.jobs() == {} and cluster.services() == []
+
+
+@pytest.mark.security
+async def test_a_gangs_ranks_are_reachable_from_their_own_gang_only(cluster: Cluster, tmp_path: Path) -> None:
+    """Client side only, against kmock (no controller enforces NetworkPolicy there): a gang's Job
+    comes with a NetworkPolicy that selects this attempt's pods and admits ingress from them alone,
+    and it is deleted with the attempt. Before, one namespace-wide policy let every job pod reach
+    every other (another team's ranks included)."""
+    backend = cluster.backend()
+    attempt = await backend.start(_launch(tmp_path, gang=_gang(2)), Lines())
+    assert isinstance(attempt, KubeAttempt)
+    job = await cluster.job_created(attempt.name)
+    policy = (await cluster.until(cluster.network_policies))[attempt.name]
+    selector = {LABEL_JOB: "0abc123def456xyz", LABEL_ATTEMPT: "1"}
+    assert policy["spec"] == {
+        "podSelector": {"matchLabels": selector},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}]}],
+    }
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    await attempt.cancel(0)
+    await _wait(attempt)
+    await attempt.release()
+    assert cluster.network_policies() == {}
 
 
 async def test_a_gang_split_across_executors_fails_without_creating_anything(

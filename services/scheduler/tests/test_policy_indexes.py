@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from trainyard_contracts.queues import QueueConfig, Quota
 from trainyard_scheduler.placement import Demand, ExecutorFree, PendingJob, RunningJob, Snapshot
 from trainyard_scheduler.policy.cluster import EPS, Cluster, replicas_in
-from trainyard_scheduler.policy.planner import _Pass
+from trainyard_scheduler.policy.planner import Pass
 
 pytestmark = pytest.mark.unit
 
@@ -296,6 +296,6 @@ def test_one_look_reader_plans_like_the_grouping_reader(case):
     """Usage, releases, capacities and candidates taken in one look at the running rows give the
     very plan that grouping the rows by job gives (same starts, reasons, victims, reservation)."""
     snap, now = case
-    fast = _Pass(snap, now).run()
-    grouped = _Pass(snap, now, grouped=True).run()
+    fast = Pass(snap, now).run()
+    grouped = Pass(snap, now, grouped=True).run()
     assert fast == grouped

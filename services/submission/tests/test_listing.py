@@ -7,6 +7,7 @@ scheduler and the executors would), then listed with filters and limits smaller 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from datetime import timedelta
 
@@ -163,3 +164,64 @@ async def test_a_listing_racing_writes_still_lists_every_record(api):
     rows = (await reader.read(NewestMatches(None, None, 100))).records()
     assert sorted(r.job_id for r in rows) == sorted(r.job_id for r in records)
     assert await consumers_on(trainyard["js"], f"KV_{bucket}") == 0
+
+
+@pytest.mark.unit
+def test_newest_matches_lists_each_key_once_with_its_latest_value():
+    start = utcnow()
+    records = [record(i, start, JobState.QUEUED, "default") for i in range(5)]
+    matches = NewestMatches(None, None, 3)
+    queued_only = NewestMatches("queued", None, 10)
+    for revision, r in enumerate(records, start=1):
+        for sink in (matches, queued_only):
+            sink.offer(r.job_id, r.model_dump_json().encode(), revision)
+    # the newest job moves on twice while the listing reads, the oldest once
+    newest, oldest = records[-1], records[0]
+    for revision, state in ((6, JobState.SCHEDULED), (7, JobState.RUNNING)):
+        moved = newest.model_copy(update={"state": state}).model_dump_json().encode()
+        for sink in (matches, queued_only):
+            sink.offer(newest.job_id, moved, revision)
+    old_moved = oldest.model_copy(update={"state": JobState.RUNNING}).model_dump_json().encode()
+    for sink in (matches, queued_only):
+        sink.offer(oldest.job_id, old_moved, 8)
+    # a replayed older value does not replace the newer one
+    matches.offer(newest.job_id, newest.model_dump_json().encode(), 5)
+
+    rows = matches.records()
+    assert [r.job_id for r in rows] == expected(records, limit=3)
+    assert rows[0].state == JobState.RUNNING
+    # a record that left the state during the read is not listed under it
+    assert [r.job_id for r in queued_only.records()] == [r.job_id for r in reversed(records[1:4])]
+    # a key deleted during the read is no row
+    matches.discard(records[3].job_id)
+    assert records[3].job_id not in [r.job_id for r in matches.records()]
+
+
+@pytest.mark.service
+async def test_a_listing_while_records_change_lists_each_job_once(api):
+    """The scheduler and executors rewrite records while a listing reads: one row per job."""
+    trainyard = api.app.state.trainyard
+    store = trainyard["service"].store
+    start = utcnow()
+    records = [record(i, start, JobState.QUEUED, "default") for i in range(300)]
+    for r in records:
+        await store.create(r)
+    states = [JobState.SCHEDULED, JobState.RUNNING, JobState.SUCCEEDED]
+    listings: list[list[str]] = []
+
+    async def rewrite_until_listed() -> None:
+        for turn in itertools.count():
+            if len(listings) == 5:
+                return
+            r = records[turn % len(records)]
+            moved = r.model_copy(update={"state": states[turn % len(states)]})
+            await store.kv.put(r.job_id, moved.model_dump_json().encode())
+
+    writer = asyncio.create_task(rewrite_until_listed())
+    try:
+        for _ in range(5):
+            listings.append(await listed(api, limit=1000))
+    finally:
+        await writer
+    for rows in listings:
+        assert len(rows) == len(set(rows)) == len(records)

@@ -103,3 +103,18 @@ async def _until(predicate, timeout: float = 15.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met before the deadline")
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.unit
+def test_queue_depth_reads_zero_once_a_queue_has_drained():
+    """A queue whose last waiting job started keeps its series at 0 (no stale last value), and the
+    default queue has a series before any job was seen."""
+    registry = CollectorRegistry()
+    metrics = JobMetrics(registry, JobStates())
+    assert sample(registry, "trainyard_queue_depth", queue="default") == 0
+    queued = record(JobState.QUEUED, queue="gpu")
+    metrics.states.seed([queued])
+    assert sample(registry, "trainyard_queue_depth", queue="gpu") == 1
+    metrics.observe(JobRunning(job_id=queued.job_id, executor_id="e", time=NOW))
+    assert sample(registry, "trainyard_queue_depth", queue="gpu") == 0
+    assert sample(registry, "trainyard_queue_depth", queue="default") == 0

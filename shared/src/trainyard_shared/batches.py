@@ -32,6 +32,7 @@ from weakref import WeakKeyDictionary
 
 from faststream.nats import ConsumerConfig, JStream
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy, RetentionPolicy
 from nats.js.errors import NotFoundError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -222,6 +223,8 @@ class Puller:
     HEARTBEAT = 1.0  # seconds between the server's heartbeats while a request waits
     EXPIRES = 15.0  # a waiting request's life; then the server answers 408 and another is sent
     LOST_AFTER = 3.5  # seconds without a message or a heartbeat: the request died with a server
+    FIRST_PAUSE = 0.1  # after a request the server ended abnormally (409, 503): then doubled
+    MOST_PAUSE = 5.0
 
     def __init__(
         self,
@@ -252,6 +255,10 @@ class Puller:
         self.linger = linger
         self._last_heard = 0.0
         self._ours: dict[int, Msg] = {}  # delivered, not finished
+        self._abnormal_streak = 0  # requests in a row the server ended with 409/503
+        self._abnormal_end = False  # the last request so ended: pause before the next one
+        self._consumer_gone = False  # the server said the consumer does not exist
+        self._last_msg: Msg | None = None  # the last delivered: where a re-created consumer resumes
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -287,10 +294,11 @@ class Puller:
             keeper.cancel()
             await asyncio.wait({keeper}, timeout=5)
 
-    async def _ensure_consumer(self) -> None:
+    async def _ensure_consumer(self, resume_at: int | None = None) -> None:
         """Create the durable consumer unless it exists. An existing one keeps its config (as
         nats-py's ``pull_subscribe`` does), except the subjects it takes: a release that narrows
-        or widens them updates the consumer, which keeps its place in the stream."""
+        or widens them updates the consumer, which keeps its place in the stream. ``resume_at``:
+        a consumer created again starts at that stream sequence, not at the stream's start."""
         js = self.sb.broker.config.connection_state.stream
         config = dataclasses.replace(self.config, durable_name=self.durable, name=self.durable)
         if not config.filter_subjects:
@@ -298,6 +306,9 @@ class Puller:
         try:
             info = await js.consumer_info(self.stream, self.durable)
         except NotFoundError:
+            if resume_at is not None and not await _is_work_queue(js, self.stream):
+                # (a work queue holds only what no consumer acked: it is delivered from its start)
+                config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, resume_at
             await js.add_consumer(self.stream, config=config)
             return
         if _subjects_of(info.config) != _subjects_of(config):
@@ -319,6 +330,9 @@ class Puller:
             if pause:
                 await asyncio.sleep(pause)
                 pause = 0.0
+            if self._abnormal_end and self._requested == 0:
+                await self._after_abnormal_end()
+                continue
             room = self.batch - len(self._ours)
             if self._requested == 0 and room > 0 and (room >= self._min_request or not self._ours):
                 try:
@@ -337,7 +351,7 @@ class Puller:
                 # consumer may have gone with the server's state too
                 self._requested = 0
                 with contextlib.suppress(Exception):
-                    await self._ensure_consumer()
+                    await self._ensure_consumer(self._resume_at())
 
     async def _next_request(self, room: int) -> None:
         """Without ``linger``: a waiting request for the room left (each message comes as soon as
@@ -380,18 +394,12 @@ class Puller:
         status = raw.headers.get("Status") if raw.headers else None
         if status is not None:
             if status == "100":
+                self._abnormal_streak = 0
                 return  # the waiting request is alive
             # 408: the request expired; 409: the server ended it (max waiting, consumer deleted,
             # leadership change); 503: no consumer: in every case, the request is over
             if status != "408":
-                log.info(
-                    "pull request ended by the server",
-                    extra={
-                        "consumer": self.durable,
-                        "status": status,
-                        "detail": raw.headers.get("Description"),
-                    },
-                )
+                self._note_abnormal_end(status, raw.headers.get("Description"))
             self._requested = 0
             self._wake.set()
             return
@@ -399,6 +407,8 @@ class Puller:
             return  # not ours to start any more: delivered again after ack_wait
         self._requested = max(0, self._requested - 1)
         self._got += 1
+        self._abnormal_streak = 0
+        self._last_msg = raw
         key = id(raw)
         self._ours[key] = raw
 
@@ -410,6 +420,57 @@ class Puller:
         self._dispatch(raw, done)
         if self._requested == 0:
             self._wake.set()
+
+    # -- a request the server ended: back off, and re-create a consumer that is gone --------------
+
+    def _note_abnormal_end(self, status: str, detail: str | None) -> None:
+        """409 (consumer deleted, too many waiting requests, leadership change) or 503 (no
+        consumer answers): asking again at once would spin, so :meth:`_after_abnormal_end` waits
+        first; a consumer deleted under us (by anyone allowed to) is created again."""
+        self._abnormal_streak += 1
+        self._abnormal_end = True
+        gone = status == "503" or "consumer deleted" in (detail or "").lower()
+        self._consumer_gone = self._consumer_gone or gone
+        if self._abnormal_streak == 1:  # once per run of them, not once per request
+            log.warning(
+                "pull request ended by the server",
+                extra={"consumer": self.durable, "status": status, "detail": detail},
+            )
+
+    async def _after_abnormal_end(self) -> None:
+        """Wait (doubling from ``FIRST_PAUSE`` to ``MOST_PAUSE`` while the ends keep coming), then
+        create the consumer again if the server said it is gone; the next request goes out after."""
+        loop = asyncio.get_running_loop()
+        pause = min(self.MOST_PAUSE, self.FIRST_PAUSE * 2 ** min(max(0, self._abnormal_streak - 1), 16))
+        deadline = loop.time() + pause
+        while not self._stopping and (left := deadline - loop.time()) > 0:
+            self._wake.clear()  # set by stop(), and by handlers finishing (then wait on)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+        if self._stopping:
+            return
+        if self._consumer_gone:
+            try:
+                await self._ensure_consumer(self._resume_at())
+            except Exception as exc:  # the server may be restarting: tried again after a pause
+                log.warning("could not create the consumer again", extra=self._extra(exc))
+                self._abnormal_streak += 1
+                return
+            self._consumer_gone = False
+            log.warning("consumer created again", extra={"consumer": self.durable, "stream": self.stream})
+        self._abnormal_end = False
+
+    def _resume_at(self) -> int | None:
+        """Where a consumer created again starts: at the oldest message still ours (its ack went
+        to the deleted consumer, so it comes again; handlers are idempotent), else just after the
+        last one delivered; None (the stream's start) when nothing was ever delivered. A message
+        the deleted consumer held for a later redelivery (nacked, not yet delivered again) is lost
+        with it: the server kept that state in the consumer alone."""
+        sequences = [_stream_seq(m) for m in self._ours.values()]
+        if sequences and None not in sequences:
+            return min(s for s in sequences if s is not None)
+        last = _stream_seq(self._last_msg) if self._last_msg is not None else None
+        return None if last is None else last + 1
 
     async def _keep_in_progress(self, every: float) -> None:
         # ends on the stop flag too: a cancel alone can be lost on Python 3.11 (see stop())
@@ -440,6 +501,18 @@ def _traced(tracer: trace.Tracer | None, raw: Msg) -> Any:
             yield
     finally:
         otel_context.detach(token)
+
+
+async def _is_work_queue(js: Any, stream: str) -> bool:
+    info = await js.stream_info(stream)
+    return bool(info.config.retention == RetentionPolicy.WORK_QUEUE)
+
+
+def _stream_seq(raw: Msg) -> int | None:
+    try:
+        return int(raw.metadata.sequence.stream)
+    except Exception:
+        return None
 
 
 def _delivered(raw: Msg) -> int:

@@ -69,7 +69,15 @@ class ExecutorSettings(HttpSettings):
     container_pids_limit: int = Field(
         4096, ge=16, description="container backends: most processes and threads a container may have"
     )
-    kube_namespace: str = Field("default", description="kubernetes backend: the namespace of its Jobs")
+    kube_namespace: str = Field(
+        "default",
+        description="kubernetes backend: the namespace of its Jobs (give jobs their own, without Secrets)",
+    )
+    kube_automount_token: bool = Field(
+        False,
+        description="kubernetes backend: mount a service account token into job pods (off: jobs get no "
+        "API credentials)",
+    )
     kube_context: str | None = Field(
         None, description="kubernetes backend: kubeconfig context (default: in-cluster or current)"
     )

@@ -6,6 +6,7 @@ from faststream.asgi import AsgiFastStream
 
 from trainyard_contracts import JobSucceeded
 from trainyard_registry.core import RegistryCore
+from trainyard_registry.outputs import OutputLimits
 from trainyard_registry.settings import RegistrySettings
 from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import make_broker
@@ -66,7 +67,15 @@ def create_app(
             events=EventPublisher(broker, subjects),
             broker=broker,
             subjects=subjects,
-            mlflow=MlflowModelStore(tracking, settings.registry_uri),
+            mlflow=MlflowModelStore(
+                tracking,
+                settings.registry_uri,
+                OutputLimits(
+                    max_file_bytes=settings.max_output_file_bytes,
+                    max_total_bytes=settings.max_outputs_bytes,
+                    max_entries=settings.max_output_entries,
+                ),
+            ),
             experiment=settings.experiment,
         )
 

@@ -98,6 +98,7 @@ class RegistryCore:
             git_repo=source.repo if source else None,
             git_commit=source.commit if source else None,
             experiment=self.experiment,
+            outputs_path=outputs.path,
         )
         # MLflow's client is synchronous: keep it off the event loop
         registered = await asyncio.to_thread(self.mlflow.register, request)

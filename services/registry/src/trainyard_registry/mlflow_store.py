@@ -25,11 +25,12 @@ import logging
 import math
 import os
 import re
+import tempfile
 import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -58,6 +59,14 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.tracking import MlflowClient
 
+from trainyard_registry.outputs import (
+    OutputLimits,
+    StagedOutputs,
+    open_outputs_dir,
+    skipped_summary,
+    stage_outputs,
+)
+
 log = logging.getLogger("trainyard.registry.mlflow")
 
 JOB_ID_TAG = "trainyard.job_id"
@@ -71,6 +80,7 @@ GIT_COMMIT_RUN_TAG = "mlflow.source.git.commit"
 GIT_REPO_RUN_TAG = "mlflow.source.git.repoURL"
 GIT_COMMIT_VERSION_TAG = "git_commit"
 GIT_REPO_VERSION_TAG = "git_repo"
+OUTPUTS_SKIPPED_TAG = "trainyard.outputs_skipped"  # what of the outputs was not uploaded, and why
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # the logged model's link to its versions (as MLflow does)
 METRICS_FILE = "metrics.json"
 
@@ -79,6 +89,9 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _FILTER_SAFE = re.compile(r"^[A-Za-z0-9._:-]+$")
 _EXPERIMENT_BATCH = 100  # experiment ids per search_runs call
 _LOCK_STRIPES = 64
+DEFAULT_OUTPUT_LIMITS = OutputLimits(
+    max_file_bytes=2 * 1024**3, max_total_bytes=10 * 1024**3, max_entries=10_000
+)
 
 
 class MlflowStoreError(RuntimeError):
@@ -97,6 +110,9 @@ class ModelRequest:
     git_repo: str | None
     git_commit: str | None
     experiment: str = "trainyard"
+    # the trailing part of outputs_dir that the job controls (the spec's outputs.path): no symlink
+    # is followed there; "" = only outputs_dir's own last component
+    outputs_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -161,8 +177,11 @@ def _check_filter_value(what: str, value: str) -> str:
 class MlflowModelStore:
     """Model versions of succeeded jobs in an MLflow tracking store and model registry."""
 
-    def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str, registry_uri: str | None = None, limits: OutputLimits | None = None
+    ) -> None:
         self.tracking_uri = tracking_uri
+        self.limits = limits or DEFAULT_OUTPUT_LIMITS
         self.registry_uri = registry_uri or tracking_uri
         self.artifact_dir = sqlite_artifact_dir(tracking_uri)
         self.artifact_root = self.artifact_dir.as_uri() if self.artifact_dir is not None else None
@@ -203,7 +222,9 @@ class MlflowModelStore:
                         "job %s already registered as %s v%s", req.job_id, existing.name, existing.version
                     )
                     return self._registered(existing)
-                return self._register_new(req)
+                with tempfile.TemporaryDirectory(prefix="trainyard-outputs-") as staging:
+                    staged = self._stage(req, Path(staging))
+                    return self._register_new(replace(req, outputs_dir=Path(staging)), staged)
             except MlflowException as exc:
                 raise MlflowStoreError(
                     f"registering job {req.job_id} as model {req.model_name!r} in {self.tracking_uri}: "
@@ -234,7 +255,23 @@ class MlflowModelStore:
 
     # ------------------------------------------------------------------ steps
 
-    def _register_new(self, req: ModelRequest) -> RegisteredModel:
+    def _stage(self, req: ModelRequest, staging: Path) -> StagedOutputs:
+        """The job's outputs copied into ``staging``: regular files only, capped (outputs.py)."""
+        outputs_fd = open_outputs_dir(req.outputs_dir, req.outputs_path)
+        try:
+            staged = stage_outputs(outputs_fd, staging, self.limits)
+        finally:
+            os.close(outputs_fd)
+        if staged.skipped:
+            log.warning(
+                "job %s: %d output entries not uploaded: %s",
+                req.job_id,
+                len(staged.skipped),
+                skipped_summary(staged.skipped, 1000).replace("\n", "; "),
+            )
+        return staged
+
+    def _register_new(self, req: ModelRequest, staged: StagedOutputs) -> RegisteredModel:
         started = time.monotonic()
         run = self._adopt_run(req)
         if run is None:
@@ -256,6 +293,8 @@ class MlflowModelStore:
             version_tags[GIT_COMMIT_VERSION_TAG] = git_commit
         if git_repo:
             version_tags[GIT_REPO_VERSION_TAG] = git_repo
+        if staged.skipped:
+            version_tags[OUTPUTS_SKIPPED_TAG] = skipped_summary(staged.skipped)
         mv = self.client.create_model_version(
             name=req.model_name,
             # not "models:/<model_id>": MLflow's SQL registry store resolves that through a
@@ -460,10 +499,6 @@ class MlflowModelStore:
         _check_filter_value("job id", req.job_id)
         if not _MODEL_NAME.match(req.model_name):
             raise ValueError(f"model name {req.model_name!r} must match [A-Za-z0-9_-]+")
-        if not req.outputs_dir.is_dir():
-            raise FileNotFoundError(
-                f"job {req.job_id}: outputs directory {req.outputs_dir} does not exist (or is not a folder)"
-            )
 
     def _job_lock(self, job_id: str) -> threading.Lock:
         # two deliveries of one event handled at once in this process must not both register; other

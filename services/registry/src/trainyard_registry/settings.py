@@ -19,3 +19,12 @@ class RegistrySettings(HttpSettings):
         None, validation_alias=AliasChoices("TRAINYARD_REGISTRY_REGISTRY_URI", "MLFLOW_REGISTRY_URI")
     )
     experiment: str = "trainyard"
+    max_output_file_bytes: int = Field(
+        2 * 1024**3, ge=1, description="a larger file of a job's outputs is not uploaded (a tag says so)"
+    )
+    max_outputs_bytes: int = Field(
+        10 * 1024**3, ge=1, description="what a job's outputs may hold in total; files past it are skipped"
+    )
+    max_output_entries: int = Field(
+        10_000, ge=1, description="files and folders of a job's outputs read at most"
+    )

@@ -185,10 +185,21 @@ def create_app(
         term = 0
         next_reconcile = 0.0
         while not state.get("stopping"):
+            # an announcement owed after a failed publish is retried when due, not at the next tick
+            owed = core().unconfirmed.next_due()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), settings.tick_seconds)
+                await asyncio.wait_for(
+                    wake.wait(), min(settings.tick_seconds, owed if owed is not None else 1e9)
+                )
             wake.clear()
-            if state.get("stopping") or not lease().is_leader:
+            if state.get("stopping"):
+                continue
+            if owed is not None:  # the writes stand whoever leads now: what they owe follows them
+                try:
+                    await core().retry_unconfirmed()
+                except Exception:
+                    log.exception("retrying unconfirmed announcements failed")
+            if not lease().is_leader:
                 continue
             try:
                 takeover = lease().term != term

@@ -54,6 +54,7 @@ from trainyard_scheduler.placement import (
     plan,
 )
 from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.unconfirmed import PUBLISH_ERRORS, Unconfirmed
 from trainyard_shared.commands import CommandSender
 from trainyard_shared.events import EventPublisher, Outgoing, publish_in_order
 from trainyard_shared.executors import ExecutorDirectory
@@ -66,6 +67,8 @@ ASSIGNMENTS_IN_FLIGHT = 64
 # well inside the jobs stream's duplicate window (120 s): a younger submitted-event copy is
 # dropped by the stream if the submission service's one is there already
 SUBMITTED_COPY_UNCHECKED_SECONDS = 60.0
+# a message's headers count against the server's max_payload too (nats-py checks the body only)
+HEADERS_ROOM = 4096
 
 
 def awaits_placement(record: JobRecord) -> bool:
@@ -127,6 +130,18 @@ def split_placement(
     )
 
 
+def _log_failures(doing: str, job_ids: list[str], results: list[object]) -> None:
+    for job_id, result in zip(job_ids, results, strict=True):
+        if isinstance(result, Exception):
+            log.error(
+                f"{doing} a job failed; it is tried again on a later pass",
+                extra={"job_id": job_id},
+                exc_info=result,
+            )
+        elif isinstance(result, BaseException):
+            raise result
+
+
 class SchedulerCore:
     def __init__(
         self,
@@ -156,6 +171,26 @@ class SchedulerCore:
         self.reasons: dict[str, WaitReason] = {}  # from the last pass: what `why` answers
         self.decided_at: datetime | None = None
         self.online: dict[str, ExecutorHeartbeat] = {}  # from the last snapshot
+        # what a written change still owes its followers (unconfirmed.py): retried with backoff
+        self.unconfirmed = Unconfirmed()
+
+    async def _publish(self, job_id: str, sends: list[Outgoing]) -> bool:
+        """Publish one change's events and commands in order. A failure is the job's own: the
+        batch is owed and retried promptly (``retry_unconfirmed``), the caller goes on."""
+        try:
+            await publish_in_order(self.events.broker, sends)
+        except PUBLISH_ERRORS as exc:
+            log.warning(
+                "could not announce a job's change; retrying with backoff",
+                extra={"job_id": job_id, "error": type(exc).__name__},
+            )
+            self.unconfirmed.owe(job_id, sends)
+            return False
+        return True
+
+    async def retry_unconfirmed(self) -> int:
+        """Publish again what earlier changes still owe (due ones only); how many were confirmed."""
+        return await self.unconfirmed.retry(lambda sends: publish_in_order(self.events.broker, sends))
 
     # -- events -----------------------------------------------------------------------------
 
@@ -173,7 +208,7 @@ class SchedulerCore:
         # our view may not show that yet, so trust the record the compare-and-set just read
         record = result[1] if result else (seen[-1] if seen else None)
         if record is not None and (result or record.state == JobState.QUEUED):
-            await publish_in_order(self.events.broker, await self._queued_events(record))
+            await self._publish(job_id, await self._queued_events(record))
 
     async def _queued_events(self, record: JobRecord) -> list[Outgoing]:
         """The job's queued event, its submitted event first (see ``_submitted_first``)."""
@@ -224,23 +259,24 @@ class SchedulerCore:
         result = await self.store.update(job_id, cancel_pending)
         if result is not None:
             _, after = result
-            await self.events.emit(
-                JobCancelled(job_id=job_id, attempt=after.attempt, reason=after.reason or "", by=by)
-            )
+            cancelled = JobCancelled(job_id=job_id, attempt=after.attempt, reason=after.reason or "", by=by)
+            await self._publish(job_id, [self.events.outgoing(cancelled)])
             return
         found = await self.store.get(job_id)
         if found is None:
             return
         record, _ = found
         if record.state == JobState.CANCELLED:
-            await self.events.emit(
-                JobCancelled(job_id=job_id, attempt=record.attempt, reason=record.reason or "", by=by)
-            )
+            cancelled = JobCancelled(job_id=job_id, attempt=record.attempt, reason=record.reason or "", by=by)
+            await self._publish(job_id, [self.events.outgoing(cancelled)])
         elif record.state.active and record.executor_id:
-            for executor_id in record.executors():  # every member of a split gang
-                await self.commands.send(
+            commands = [  # every member of a split gang
+                self.commands.outgoing(
                     CancelAttempt(job_id=job_id, attempt=record.attempt, executor_id=executor_id)
                 )
+                for executor_id in record.executors()
+            ]
+            await self._publish(job_id, commands)
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -515,8 +551,17 @@ class SchedulerCore:
                 self.reasons[a.job_id] = WaitReason(kind="gang", message=placed)
                 continue
             runnable.append((a, placed))
-        await asyncio.gather(*(preempt(v) for v in decisions.victims))
-        await asyncio.gather(*(assign(a, gang) for a, gang in runnable))
+        # each job's failure is its own (logged): the others' decisions are still applied
+        _log_failures(
+            "preempting",
+            [v.job_id for v in decisions.victims],
+            await asyncio.gather(*(preempt(v) for v in decisions.victims), return_exceptions=True),
+        )
+        _log_failures(
+            "assigning",
+            [a.job_id for a, _ in runnable],
+            await asyncio.gather(*(assign(a, gang) for a, gang in runnable), return_exceptions=True),
+        )
         # a job just submitted that this pass did not start enters the queue now (one that did
         # start went through queued in its scheduling write)
         newcomers = [w.job_id for w in decisions.waiting if self._is_submitted(w.job_id)]
@@ -526,7 +571,11 @@ class SchedulerCore:
                 async with limit:
                     await self.queue(job_id)
 
-            await asyncio.gather(*(enqueue(j) for j in newcomers))
+            _log_failures(
+                "queueing",
+                newcomers,
+                await asyncio.gather(*(enqueue(j) for j in newcomers), return_exceptions=True),
+            )
         return decisions
 
     def _is_submitted(self, job_id: str) -> bool:
@@ -565,17 +614,15 @@ class SchedulerCore:
             "preempted a running attempt",
             extra={"job_id": victim.job_id, "attempt": victim.attempt, "for_job": victim.for_job},
         )
-        await self.events.emit(
-            JobRequeued(
-                job_id=victim.job_id,
-                attempt=victim.attempt,
-                reason="preempted",
-                next_attempt=after.attempt,
-                detail=after.reason,
-            )
+        requeued = JobRequeued(
+            job_id=victim.job_id,
+            attempt=victim.attempt,
+            reason="preempted",
+            next_attempt=after.attempt,
+            detail=after.reason,
         )
-        for executor_id in before.executors():  # every member of a split gang
-            await self.commands.send(
+        cancels = [  # every member of a split gang
+            self.commands.outgoing(
                 CancelAttempt(
                     job_id=victim.job_id,
                     attempt=victim.attempt,
@@ -584,6 +631,9 @@ class SchedulerCore:
                     grace_seconds=grace,
                 )
             )
+            for executor_id in before.executors()
+        ]
+        await self._publish(victim.job_id, [self.events.outgoing(requeued), *cancels])
 
     async def _assign(
         self, job_id: str, attempt: int, executor_id: str, now: datetime, gang: GangPlacement | None = None
@@ -654,17 +704,22 @@ class SchedulerCore:
                     if member.started_at is None and member.state is None
                 ]
             )
+            limit = self.events.broker.config.connection_state.connection.max_payload
             for executor_id, rendezvous in starts:
-                start = StartAttempt(
+                fields = dict(
                     job_id=record.job_id,
                     attempt=record.attempt,
                     executor_id=executor_id,
                     spec=record.spec,
                     rendezvous=rendezvous,
-                    **carried,
                 )
-                sends.append(self.commands.outgoing(start))
-            await publish_in_order(self.events.broker, sends)
+                start = self.commands.outgoing(StartAttempt(**fields, **carried))  # type: ignore[arg-type]
+                if len(start.payload) > limit - HEADERS_ROOM and carried:
+                    # the record carried along only saves the executor a read; without it the
+                    # command is about half the size (a large spec is in both)
+                    start = self.commands.outgoing(StartAttempt(**fields))  # type: ignore[arg-type]
+                sends.append(start)
+            await self._publish(record.job_id, sends)
 
     def _revision_of(self, record: JobRecord) -> int | None:
         """The KV revision of exactly this record object, if this scheduler wrote or saw it."""
@@ -692,33 +747,53 @@ class SchedulerCore:
         online = await self.executors.online(now)
         confirmed_online: dict[str, ExecutorHeartbeat] | None = None
         for record in self.view.unfinished():
-            age = (now - record.updated_at).total_seconds()
-            if record.state == JobState.SUBMITTED and age > self.settings.submitted_grace_seconds:
-                await self.queue(record.job_id)
-            elif record.state.pending and record.cancel_requested:
-                await self.cancel(record.job_id)
-            elif record.state.active and (lost := self._lost_executor(record, online))[0]:
-                # the directory may follow a watch: the bucket itself confirms a loss first
-                if confirmed_online is None:
-                    confirmed_online = await self.executors.online(now, fresh=True)
-                if (lost := self._lost_executor(record, confirmed_online))[0]:
-                    await self._requeue_lost(record, now, lost[1])
-            elif record.state == JobState.SCHEDULED and (
-                resend_scheduled or age > self.settings.start_resend_seconds
-            ):
-                # the start command may never have been published (crash after the CAS): the
-                # exec stream deduplicates on the same message id if it was
-                await self._announce_scheduled(record)
-            elif (
-                record.state == JobState.RUNNING
-                and record.gang is not None
-                and (resend_scheduled or age > self.settings.start_resend_seconds)
-                and (gang := record.split_gang()) is not None
-                and any(m.started_at is None and m.state is None for m in gang.members)
-            ):
-                # a split gang runs, but a member never started (a crash between its start
-                # commands): the ranks that run wait for it at the rendezvous
-                await self._announce_scheduled(record)
+            try:
+                confirmed_online = await self._reconcile_one(
+                    record, now, online, confirmed_online, resend_scheduled
+                )
+            except Exception:
+                # one record's failure is its own: the others are still reconciled
+                log.exception(
+                    "reconciling a job failed; going on with the others", extra={"job_id": record.job_id}
+                )
+
+    async def _reconcile_one(
+        self,
+        record: JobRecord,
+        now: datetime,
+        online: dict[str, ExecutorHeartbeat],
+        confirmed_online: dict[str, ExecutorHeartbeat] | None,
+        resend_scheduled: bool,
+    ) -> dict[str, ExecutorHeartbeat] | None:
+        """Reconcile one record; returns the bucket's own read of the executors if it made one."""
+        age = (now - record.updated_at).total_seconds()
+        if record.state == JobState.SUBMITTED and age > self.settings.submitted_grace_seconds:
+            await self.queue(record.job_id)
+        elif record.state.pending and record.cancel_requested:
+            await self.cancel(record.job_id)
+        elif record.state.active and (lost := self._lost_executor(record, online))[0]:
+            # the directory may follow a watch: the bucket itself confirms a loss first
+            if confirmed_online is None:
+                confirmed_online = await self.executors.online(now, fresh=True)
+            if (lost := self._lost_executor(record, confirmed_online))[0]:
+                await self._requeue_lost(record, now, lost[1])
+        elif record.state == JobState.SCHEDULED and (
+            resend_scheduled or age > self.settings.start_resend_seconds
+        ):
+            # the start command may never have been published (crash after the CAS): the
+            # exec stream deduplicates on the same message id if it was
+            await self._announce_scheduled(record)
+        elif (
+            record.state == JobState.RUNNING
+            and record.gang is not None
+            and (resend_scheduled or age > self.settings.start_resend_seconds)
+            and (gang := record.split_gang()) is not None
+            and any(m.started_at is None and m.state is None for m in gang.members)
+        ):
+            # a split gang runs, but a member never started (a crash between its start
+            # commands): the ranks that run wait for it at the rendezvous
+            await self._announce_scheduled(record)
+        return confirmed_online
 
     @staticmethod
     def _lost_executor(record: JobRecord, online: dict[str, ExecutorHeartbeat]) -> tuple[bool, str | None]:
@@ -757,19 +832,17 @@ class SchedulerCore:
             "requeued the attempt of a lost executor",
             extra={"job_id": record.job_id, "attempt": attempt, "executor_id": lost},
         )
-        await self.events.emit(
-            JobRequeued(
-                job_id=record.job_id,
-                attempt=attempt,
-                reason="executor_lost",
-                next_attempt=after.attempt,
-                detail=after.reason,
-            )
+        requeued = JobRequeued(
+            job_id=record.job_id,
+            attempt=attempt,
+            reason="executor_lost",
+            next_attempt=after.attempt,
+            detail=after.reason,
         )
         # the lost one must not keep running the old attempt if it comes back; the other members
         # of a split gang stop their ranks now (they could not finish without the lost ones)
-        for executor_id in before.executors() or ([lost] if lost else []):
-            await self.commands.send(
+        cancels = [
+            self.commands.outgoing(
                 CancelAttempt(
                     job_id=record.job_id,
                     attempt=attempt,
@@ -780,3 +853,6 @@ class SchedulerCore:
                     grace_seconds=0,
                 )
             )
+            for executor_id in before.executors() or ([lost] if lost else [])
+        ]
+        await self._publish(record.job_id, [self.events.outgoing(requeued), *cancels])

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from trainyard_contracts import (
     DryRunAnswer,
     DryRunRequest,
+    FieldError,
     JobRecord,
     JobSpec,
     JobState,
@@ -31,7 +32,7 @@ from trainyard_contracts import (
     WhyRequest,
     parse_spec,
 )
-from trainyard_contracts.spec import QUEUE_PATTERN, QueueName, field_errors
+from trainyard_contracts.spec import QUEUE_PATTERN, QueueName, capped_errors, field_errors
 from trainyard_submission.access import (
     Forbidden,
     QueueRefused,
@@ -175,7 +176,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        raw = exc.errors()
+        shown = (FieldError(field=".".join(str(p) for p in e["loc"]), message=e["msg"]) for e in raw)
+        errors = [e.model_dump() for e in capped_errors(shown, total=len(raw))]
         return problem_response(422, "invalid request", "see errors", errors=errors)
 
 

@@ -8,6 +8,11 @@ and stops when it has reached what the bucket held when the listing started.
 Memory stays bounded by ``limit``: each value is first read for the few fields a filter and the
 order need (:class:`RecordHead`); only the newest ``limit`` matches are kept, as bytes, and only
 those are validated as full :class:`JobRecord` documents.
+
+A key can be delivered more than once: its value when the read began, then the writes stored
+before the read's end point. Each key is one row, its latest value read (a later value replaces
+the kept one; a record that leaves the filtered state during the read leaves the answer, which may
+then hold fewer than ``limit`` rows).
 """
 
 from __future__ import annotations
@@ -61,11 +66,17 @@ class NewestMatches:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.state, self.queue, self.limit = state, queue, limit
-        self._heap: list[tuple[datetime, str, bytes]] = []
+        self._heap: list[tuple[datetime, str, str, bytes]] = []  # (submitted_at, job_id, key, value)
+        self._revisions: dict[str, int] = {}  # the revision of each key whose value is kept
         self.seen = 0
 
     def offer(self, key: str, value: bytes, revision: int = 0) -> None:
         self.seen += 1
+        kept = self._revisions.get(key)
+        if kept is not None:
+            if revision and revision <= kept:
+                return  # not newer than the value kept (an ordered consumer's replay)
+            self.discard(key)
         try:
             head = RecordHead.model_validate_json(value)
         except ValidationError as exc:
@@ -75,16 +86,26 @@ class NewestMatches:
             return
         if self.queue is not None and head.spec.queue != self.queue:
             return
-        entry = (head.submitted_at, head.job_id, value)
+        entry = (head.submitted_at, head.job_id, key, value)
         if len(self._heap) < self.limit:
             heapq.heappush(self._heap, entry)
         elif entry[:2] > self._heap[0][:2]:
-            heapq.heapreplace(self._heap, entry)
+            evicted = heapq.heapreplace(self._heap, entry)
+            self._revisions.pop(evicted[2], None)
+        else:
+            return
+        self._revisions[key] = revision
+
+    def discard(self, key: str) -> None:
+        """Forget ``key``'s kept value (a newer value replaces it, or the key was deleted)."""
+        if self._revisions.pop(key, None) is not None:
+            self._heap = [entry for entry in self._heap if entry[2] != key]
+            heapq.heapify(self._heap)
 
     def records(self) -> list[JobRecord]:
         """The kept records, newest first (a value that is not a valid record is left out)."""
         rows = []
-        for _, job_id, value in sorted(self._heap, key=lambda e: e[:2], reverse=True):
+        for _, job_id, _, value in sorted(self._heap, key=lambda e: e[:2], reverse=True):
             try:
                 rows.append(JobRecord.model_validate_json(value))
             except ValidationError as exc:
@@ -94,6 +115,8 @@ class NewestMatches:
 
 class Sink(Protocol):
     def offer(self, key: str, value: bytes, revision: int) -> None: ...
+
+    def discard(self, key: str) -> None: ...
 
 
 S = TypeVar("S", bound=Sink)
@@ -107,6 +130,9 @@ class LatestValues:
 
     def offer(self, key: str, value: bytes, revision: int) -> None:
         self.values[key] = (value, revision)
+
+    def discard(self, key: str) -> None:
+        self.values.pop(key, None)
 
 
 class BucketReader:
@@ -145,6 +171,8 @@ class BucketReader:
                 headers = msg.headers
                 if not headers or (KV_OPERATION not in headers and MARKER_REASON not in headers):
                     matches.offer(msg.subject[prefix_len:], msg.data, meta.sequence.stream)
+                else:  # deleted or purged after its value was read: no row
+                    matches.discard(msg.subject[prefix_len:])
                 highest = max(highest, meta.sequence.stream)
                 # num_pending 0: nothing left; the target: what was stored when the consumer
                 # existed (a listing during a burst of writes is not chased by the writes after)

@@ -19,6 +19,9 @@ from datetime import datetime
 
 from trainyard_contracts import JobEvent, JobRecord, JobState
 
+DEFAULT_QUEUE = "default"
+UNKNOWN_QUEUE = "unknown"  # a job first seen through an event that does not name its queue
+
 # how far an attempt has come; a requeue starts the next attempt at "pending"
 STEP: dict[JobState, int] = {
     JobState.SUBMITTED: 0,
@@ -82,25 +85,29 @@ class JobStates:
         attempt = event.next_attempt if event.type == "requeued" else event.attempt  # type: ignore[union-attr]
         if known is None:
             queue = getattr(event, "queue", None) or (
-                event.spec.queue if event.type == "submitted" else "unknown"  # type: ignore[union-attr]
+                event.spec.queue if event.type == "submitted" else UNKNOWN_QUEUE  # type: ignore[union-attr]
             )
             submitted = event.time if event.type == "submitted" else None
             known = self.jobs[event.job_id] = JobFacts(attempt, state, queue, submitted)
             return known
         if event.type == "submitted" and known.submitted_at is None:
             known.submitted_at = event.time
-        if known.queue == "unknown" and getattr(event, "queue", None):
+        if known.queue == UNKNOWN_QUEUE and getattr(event, "queue", None):
             known.queue = event.queue  # type: ignore[union-attr]
         if known.behind(attempt, state):
             known.attempt, known.state = attempt, state
         return known
 
     def tally(self) -> tuple[Counter[str], Counter[str]]:
-        """(jobs by state, pending jobs by queue)."""
+        """(jobs by state, pending jobs by queue). Every queue a known job belongs to has an entry,
+        0 when nothing waits in it (and ``default`` always): a queue that drained reads 0 instead
+        of losing its series, which a dashboard or an alert would show as stale."""
         by_state: Counter[str] = Counter()
-        depth: Counter[str] = Counter()
+        depth: Counter[str] = Counter({DEFAULT_QUEUE: 0})
         for facts in self.jobs.values():
             by_state[facts.state.value] += 1
             if facts.state.pending:
                 depth[facts.queue] += 1
+            elif facts.queue not in depth and facts.queue != UNKNOWN_QUEUE:
+                depth[facts.queue] = 0
         return by_state, depth

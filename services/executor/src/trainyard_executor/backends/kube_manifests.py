@@ -63,6 +63,8 @@ class KubeOptions:
     git_image: str = "alpine/git:2.45.2"
     """Image of the init container that checks out a job's git source."""
     service_account: str | None = None
+    automount_token: bool = False
+    """Mount the pod's service account token. Off: a job is hostile and gets no API credentials."""
     master_port: int = DEFAULT_MASTER_PORT
     image_pull_secret: str | None = None
 
@@ -251,6 +253,7 @@ def job_manifest(
         "containers": [container],
         "volumes": volumes,
         "enableServiceLinks": False,
+        "automountServiceAccountToken": opts.automount_token,
     }
     if launch.source_repo:
         pod_spec["initContainers"] = [
@@ -324,13 +327,14 @@ def checkout_init_container(
     }
 
 
-def service_manifest(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str | None) -> dict[str, Any]:
-    """The headless Service of a gang: DNS for ``<job>-<index>.<job>``, ready or not (ranks
-    rendezvous before anything is ready)."""
+def _gang_metadata(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str | None) -> dict[str, Any]:
+    """Metadata of an object that lives and dies with a gang's Job (same name and labels)."""
     meta = job["metadata"]
-    labels = dict(meta["labels"])
-    selector = {LABEL_JOB: labels[LABEL_JOB], LABEL_ATTEMPT: labels[LABEL_ATTEMPT]}
-    metadata: dict[str, Any] = {"name": meta["name"], "namespace": opts.namespace, "labels": labels}
+    metadata: dict[str, Any] = {
+        "name": meta["name"],
+        "namespace": opts.namespace,
+        "labels": dict(meta["labels"]),
+    }
     if owner_uid:  # deleted with its Job by the garbage collector
         metadata["ownerReferences"] = [
             {
@@ -341,6 +345,20 @@ def service_manifest(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str |
                 "blockOwnerDeletion": False,
             }
         ]
+    return metadata
+
+
+def gang_selector(job: Mapping[str, Any]) -> dict[str, str]:
+    """The pods of one gang attempt, and no other."""
+    labels = job["metadata"]["labels"]
+    return {LABEL_JOB: labels[LABEL_JOB], LABEL_ATTEMPT: labels[LABEL_ATTEMPT]}
+
+
+def service_manifest(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str | None) -> dict[str, Any]:
+    """The headless Service of a gang: DNS for ``<job>-<index>.<job>``, ready or not (ranks
+    rendezvous before anything is ready)."""
+    metadata = _gang_metadata(job, opts, owner_uid)
+    selector = gang_selector(job)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -350,5 +368,22 @@ def service_manifest(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str |
             "selector": selector,
             "publishNotReadyAddresses": True,
             "ports": [{"name": "rendezvous", "port": opts.master_port, "targetPort": opts.master_port}],
+        },
+    }
+
+
+def gang_network_policy(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str | None) -> dict[str, Any]:
+    """Ingress to a gang's pods from the same gang attempt only. With the jobs namespace's default
+    deny, no other job (another team's included) can reach a rank; NetworkPolicy cannot say "pods
+    with my own label value", so each gang gets its own policy, removed with its Job."""
+    selector = gang_selector(job)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _gang_metadata(job, opts, owner_uid),
+        "spec": {
+            "podSelector": {"matchLabels": dict(selector)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": dict(selector)}}]}],
         },
     }

@@ -57,6 +57,7 @@ from trainyard_executor.backends.kube_manifests import (
     KubeOptions,
     attempt_selector,
     executor_selector,
+    gang_network_policy,
     job_manifest,
     job_name,
     label_value,
@@ -550,6 +551,10 @@ class KubernetesBackend:
     def core(self) -> k8s.CoreV1Api:
         return k8s.CoreV1Api(self.api)
 
+    @property
+    def networking(self) -> k8s.NetworkingV1Api:
+        return k8s.NetworkingV1Api(self.api)
+
     def capacity(self) -> Resources:
         """The pool's quota as configured: the cluster's nodes are shared, not this executor's."""
         return self._capacity
@@ -619,15 +624,29 @@ class KubernetesBackend:
                 raise _NotOurs(f"a Job named {name} exists and belongs to executor {owner!r}") from exc
             log.warning("attached to the existing Job of this attempt", extra={"job": name})
         if manifest["spec"].get("completionMode") == "Indexed":
-            service = service_manifest(manifest, self.options, (job.get("metadata") or {}).get("uid"))
+            owner = (job.get("metadata") or {}).get("uid")
             try:
-                self.core.create_namespaced_service(ns, service)  # type: ignore[arg-type]
-            except ApiException as exc:
-                if exc.status != 409:
-                    with contextlib.suppress(ApiException):
-                        self.batch.delete_namespaced_job(name, ns, propagation_policy="Background")
-                    raise
+                self._create_gang_object(
+                    self.networking.create_namespaced_network_policy,
+                    gang_network_policy(manifest, self.options, owner),
+                )
+                self._create_gang_object(
+                    self.core.create_namespaced_service, service_manifest(manifest, self.options, owner)
+                )
+            except ApiException:
+                with contextlib.suppress(ApiException):
+                    self.batch.delete_namespaced_job(name, ns, propagation_policy="Background")
+                raise
         return job
+
+    def _create_gang_object(self, create: Callable[..., Any], body: dict[str, Any]) -> None:
+        """One of a gang's companions (its Service, its NetworkPolicy); one that exists is this
+        attempt's own (same name), from an earlier start."""
+        try:
+            create(self.options.namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
 
     # -- blocking helpers (threads) -----------------------------------------------------------
 
@@ -644,6 +663,8 @@ class KubernetesBackend:
         grace = max(0, math.ceil(grace_s))
         with contextlib.suppress(ApiException):
             self.core.delete_namespaced_service(name, ns)
+        with contextlib.suppress(ApiException):
+            self.networking.delete_namespaced_network_policy(name, ns)
         try:
             self.batch.delete_namespaced_job(
                 name, ns, propagation_policy=propagation, grace_period_seconds=grace
@@ -743,6 +764,7 @@ def kubernetes_backend(settings: Any, data: Path) -> KubernetesBackend:
         ttl_seconds=settings.kube_ttl_seconds,
         run_as_user=settings.kube_run_as_user or None,
         outputs_claim=settings.kube_outputs_claim,
+        automount_token=settings.kube_automount_token,
     )
     return KubernetesBackend(
         lambda: api_client_from_config(settings.kube_context),

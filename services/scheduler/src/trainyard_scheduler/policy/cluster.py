@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from trainyard_scheduler.policy.model import ExecutorFree, RankPlacement
 
@@ -36,6 +37,17 @@ BLOCK_SHIFT = 5
 BLOCK = 1 << BLOCK_SHIFT  # executors per block of the scan's skip list
 Shape = tuple[float, float, float, bool]
 Slots = list[tuple[int, int]]  # (executor index, replicas there)
+
+
+class Release(NamedTuple):
+    """Room that comes back at ``at`` on executor ``executor`` (an index of the pass's cluster);
+    the reservation pops these from a heap, earliest first."""
+
+    at: float
+    executor: int
+    cpu: float
+    memory: float
+    gpu: float
 
 
 def replicas_in(cpu: float, memory: float, gpu: float, dc: float, dm: float, dg: float, most: int) -> int:
@@ -307,11 +319,11 @@ class Cluster:
         dm: float,
         dg: float,
         n: int,
-        releases: list[tuple[float, int, float, float, float]],
+        releases: list[Release],
     ) -> tuple[float, Slots] | None:
         """The earliest release time after which n replicas fit, and where they would go then.
 
-        ``releases`` are (time, executor index, cpu, memory, gpu) as a heap (heapq): popped in
+        ``releases`` are a heap (heapq): popped in
         sorted order, only as far as needed; it is consumed. A time of infinity is a job without a
         timeout. None: it does not fit even when all have ended.
         """

@@ -1,0 +1,96 @@
+"""The front door (HTTP and the bus intake) holds the line: bounded refusals, the same rules at both
+doors, and what one team may see of another's models.
+
+The real submission service runs in this process against the session's real nats-server.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from trainyard_shared.settings import CommonSettings
+from trainyard_submission.app import create_app
+from trainyard_submission.settings import SubmissionSettings
+
+pytestmark = [pytest.mark.security, pytest.mark.service]
+
+ADMIN = "front-door-admin-token"
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def doors(nats_server, prefix, tmp_path):
+    """(http client, nats connection, subjects) of one real submission service."""
+    common = CommonSettings(nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path / "d")
+    app = create_app(common, SubmissionSettings(token=ADMIN))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", timeout=60) as client:
+            nc = await nats.connect(nats_server.url)
+            yield client, nc, app.state.trainyard["subjects"]
+            await nc.drain()
+
+
+async def over_the_bus(nc, subjects, body: bytes, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    inbox = nc.new_inbox()
+    replies = await nc.subscribe(inbox)
+    await nc.jetstream().publish(
+        subjects.intake_submit,
+        body,
+        headers={"Nats-Msg-Id": uuid.uuid4().hex, "Trainyard-Reply-To": inbox, **(headers or {})},
+    )
+    reply: dict[str, Any] = json.loads((await replies.next_msg(timeout=30)).data)
+    await replies.unsubscribe()
+    return reply
+
+
+async def first_event(nc, subjects, job_id: str) -> dict[str, Any]:
+    events = await nc.jetstream().subscribe(subjects.job_events(job_id), ordered_consumer=True)
+    event: dict[str, Any] = json.loads((await events.next_msg(timeout=10)).data)
+    await events.unsubscribe()
+    return event
+
+
+# ------------------------------------------------------------------ errors are capped
+
+
+async def test_250000_bad_items_get_the_first_100_errors_and_a_count_at_both_doors(doors):
+    client, nc, subjects = doors
+    body = json.dumps({"name": "many", "command": [0] * 250_000}).encode()
+    assert len(body) < 1024 * 1024
+
+    resp = await client.post(
+        "/v1/jobs", content=body, headers={**auth(ADMIN), "content-type": "application/json"}
+    )
+    assert resp.status_code == 422
+    assert len(resp.content) < 64 * 1024, len(resp.content)
+    errors = resp.json()["errors"]
+    assert len(errors) == 101
+    assert errors[0]["field"] == "command.0"
+    assert errors[-1] == {"field": "(more)", "message": "249900 more errors not shown (the first 100 are)"}
+
+    reply = await over_the_bus(nc, subjects, body)
+    assert reply["accepted"] is False and reply["errors"] == errors
+    rejected = await first_event(nc, subjects, reply["job_id"])
+    assert rejected["type"] == "rejected" and rejected["errors"] == errors
+
+
+async def test_a_huge_field_name_or_value_is_clipped_in_the_refusal(doors):
+    client, nc, subjects = doors
+    body = json.dumps({"name": "n" * 600_000, "command": ["true"], "x" * 300_000: 1}).encode()
+    resp = await client.post(
+        "/v1/jobs", content=body, headers={**auth(ADMIN), "content-type": "application/json"}
+    )
+    assert resp.status_code == 422
+    assert len(resp.content) < 16 * 1024, len(resp.content)
+    reply = await over_the_bus(nc, subjects, body)
+    assert reply["accepted"] is False and {e["field"][:5] for e in reply["errors"]} == {"name", "xxxxx"}
