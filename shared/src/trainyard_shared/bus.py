@@ -10,8 +10,10 @@ from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from trainyard_contracts import Subjects
+from trainyard_shared.streamlimits import StreamLimits
 
 DAY = 86400.0
+INTAKE_DUPLICATE_WINDOW = 0.1  # seconds; nats-server refuses less
 
 
 @dataclass(frozen=True)
@@ -38,16 +40,22 @@ def streams(subjects: Subjects) -> Streams:
     )
 
 
-def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
+def stream_configs(
+    subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+) -> list[StreamConfig]:
+    """Every stream's config; ``limits``: what they keep (default: from the environment)."""
     names = subjects.streams
     p = subjects.prefix
+    limits = limits or StreamLimits()
     common = {"storage": StorageType.FILE, "num_replicas": replicas}
     return [
         StreamConfig(
             name=names.jobs,
             subjects=[subjects.all_job_events],
             description="every job's lifecycle events",
-            max_age=30 * DAY,
+            max_age=limits.jobs_max_age_days * DAY,
+            max_bytes=limits.jobs_max_bytes,
+            discard=DiscardPolicy.OLD,
             duplicate_window=120.0,
             **common,
         ),
@@ -55,8 +63,10 @@ def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
             name=names.logs,
             subjects=[f"{p}.log.>"],
             description="job output, in chunks (limits retention, bounded size)",
-            max_age=7 * DAY,
-            max_bytes=2 * 1024**3,
+            max_age=limits.logs_max_age_days * DAY,
+            max_bytes=limits.logs_max_bytes,
+            max_msgs_per_subject=limits.logs_max_msgs_per_subject,
+            max_msg_size=limits.logs_max_msg_bytes,
             discard=DiscardPolicy.OLD,
             **common,
         ),
@@ -72,10 +82,12 @@ def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
         StreamConfig(
             name=names.intake,
             subjects=[subjects.intake_submit],
-            description="job specs submitted over the bus (dedup on Nats-Msg-Id)",
+            description="job specs submitted over the bus (the submission service dedups on Nats-Msg-Id)",
             retention=RetentionPolicy.WORK_QUEUE,
             max_age=DAY,
-            duplicate_window=600.0,
+            # the service answers a repeated id with its job; the stream would drop the repeat
+            # unanswered, so its window is the server's minimum (submission/intake.py)
+            duplicate_window=INTAKE_DUPLICATE_WINDOW,
             **common,
         ),
         StreamConfig(
@@ -99,7 +111,9 @@ def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
             name=names.dlq,
             subjects=[f"{p}.dlq.>"],
             description="messages a service could not handle, with the reason",
-            max_age=30 * DAY,
+            max_age=limits.dlq_max_age_days * DAY,
+            max_bytes=limits.dlq_max_bytes,
+            discard=DiscardPolicy.OLD,
             **common,
         ),
     ]
@@ -129,10 +143,12 @@ async def open_buckets(broker: object, subjects: Subjects, replicas: int = 1) ->
     )
 
 
-async def ensure_streams(broker: object, subjects: Subjects, replicas: int = 1) -> None:
+async def ensure_streams(
+    broker: object, subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+) -> None:
     """Create or update every stream; call before the broker starts its subscribers."""
     js = broker.config.connection_state.stream  # type: ignore[attr-defined]
-    for config in stream_configs(subjects, replicas):
+    for config in stream_configs(subjects, replicas, limits):
         try:
             await js.add_stream(config=config)
         except BadRequestError:  # exists with another config: bring it to ours

@@ -63,6 +63,12 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
     )
 
 
+def describe_isolation(backend: Backend) -> str:
+    """What keeps a job's processes together and away from the stack, as the backend says it."""
+    describe = getattr(backend, "describe_isolation", None)
+    return describe() if callable(describe) else backend.name
+
+
 def create_app(
     common: CommonSettings | None = None, settings: ExecutorSettings | None = None
 ) -> AsgiFastStream:
@@ -112,6 +118,7 @@ def create_app(
                 attempt,
                 settings.log_flush_seconds,
                 settings.log_batch_lines,
+                settings.log_limits(),
             ),
             settings=settings,
             work_root=data / "executor" / settings.id / "work",
@@ -138,7 +145,11 @@ def create_app(
         state["heartbeat"] = asyncio.create_task(heartbeat_loop(), name="heartbeat")
         log.info(
             "executor online",
-            extra={"executor_id": settings.id, "capacity": executor.capacity().model_dump()},
+            extra={
+                "executor_id": settings.id,
+                "capacity": executor.capacity().model_dump(),
+                "isolation": describe_isolation(executor.backend),
+            },
         )
 
     stopping = asyncio.Event()

@@ -6,6 +6,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from trainyard_executor.logbudget import LogLimits
 from trainyard_shared.settings import HttpSettings
 
 DEFAULT_PASSTHROUGH = (
@@ -112,6 +113,31 @@ class ExecutorSettings(HttpSettings):
     )
     log_flush_seconds: float = Field(0.2, gt=0)
     log_batch_lines: int = Field(200, ge=1)
+    log_max_chunk_bytes: int = Field(
+        256 * 1024,
+        ge=4096,
+        description="largest log chunk (JSON bytes); the server's max_payload less 4 KiB when smaller",
+    )
+    log_max_bytes_per_attempt: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="an attempt's output stored at most; past it one truncation marker line, the rest "
+        "dropped and counted",
+    )
+    log_max_buffered_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="output held in memory while the logs stream does not take chunks; past it dropped "
+        "and counted",
+    )
+
+    def log_limits(self) -> LogLimits:
+        return LogLimits(
+            max_chunk_bytes=self.log_max_chunk_bytes,
+            max_bytes=self.log_max_bytes_per_attempt,
+            max_buffered=self.log_max_buffered_bytes,
+        )
+
     mlflow_tracking_uri: str | None = Field(
         None,
         validation_alias=AliasChoices("TRAINYARD_EXECUTOR_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),

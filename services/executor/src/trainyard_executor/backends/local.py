@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from ._proc import group_alive, group_members, same_process, signal_group, start_ticks
 from .base import AttemptLaunch, AttemptOutcome, FoundAttempt, LineSink, OutcomeKind, Resources
+from .cgroups import AttemptCgroup, Containment, detect_containment
 from .runtime_env import RuntimeEnvCache, RuntimeEnvError
 from .source import SourceError, checkout
 
@@ -181,6 +182,7 @@ class LocalAttempt:
             self._workdir = backend.resolve_workdir(launch.workdir)
             self._cwd = self._workdir / "src" if launch.source_repo else self._workdir
             self._output_dir = self._cwd / launch.output_subdir
+            self._cgroup = backend.containment.attempt(launch.job_id, launch.attempt)
             runner = self._run()
         else:
             self._workdir = Path(adopted["workdir"])
@@ -190,6 +192,7 @@ class LocalAttempt:
             self._ranks = [_Rank.from_json(r) for r in adopted["ranks"]]
             self.pid = self._ranks[0].pid if self._ranks else None
             self._offsets = self._read_cursor()
+            self._cgroup = AttemptCgroup(Path(adopted["cgroup"])) if adopted.get("cgroup") else None
             runner = self._run_adopted()
         self._state_file = backend.state_file(launch.job_id, launch.attempt)
         self._task: asyncio.Task[AttemptOutcome] = asyncio.create_task(
@@ -363,6 +366,7 @@ class LocalAttempt:
             "grace_s": launch.grace_s,
             "started_at": self._started_at,
             "gang": launch.gang is not None,
+            "cgroup": str(self._cgroup.path) if self._cgroup is not None else None,
             "ranks": [r.to_json() for r in self._ranks],
         }
         _write_json(self._state_file, state)
@@ -385,6 +389,7 @@ class LocalAttempt:
                 "-S",
                 str(SUPERVISOR),
                 str(rank.exit_file),
+                *(("--cgroup", str(self._cgroup.path)) if self._cgroup is not None else ()),
                 "--",
                 *self._launch.argv,
                 stdin=subprocess.DEVNULL,
@@ -414,6 +419,8 @@ class LocalAttempt:
                 rank.exit_file.with_suffix(".pid").unlink(missing_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 (self.meta_dir / CURSOR_NAME).unlink()
+            if self._cgroup is not None:
+                self._cgroup.create()
             self._started_at = time.time()
             self._write_state()  # before anything runs: a restart finds the attempt even mid-spawn
         except OSError as e:
@@ -426,6 +433,8 @@ class LocalAttempt:
                 for started in self._ranks:
                     if started.pid is not None:
                         signal_group(started.pid, signal.SIGKILL)
+                if self._cgroup is not None:
+                    await self._cgroup.kill_and_remove(_KILL_WAIT_S)
                 self._state_file.unlink(missing_ok=True)
                 if not isinstance(e, OSError):
                     raise
@@ -459,6 +468,9 @@ class LocalAttempt:
             await asyncio.gather(
                 *(self._terminate(r, grace if kind is not None else self._launch.grace_s) for r in stop)
             )
+            if self._cgroup is not None:
+                # what left the ranks' process groups (a setsid() child) is still in the cgroup
+                await self._cgroup.kill_and_remove(_KILL_WAIT_S)
             finished.set()
             _, pending = await asyncio.wait(tails, timeout=_DRAIN_TIMEOUT_S)
             for task in pending:
@@ -474,6 +486,8 @@ class LocalAttempt:
                 for rank in self._ranks:
                     if rank.pid is not None and _ours(rank):
                         signal_group(rank.pid, signal.SIGKILL)
+                if self._cgroup is not None:
+                    self._cgroup.kill()
             raise
         first = self._ranks[0]
         if kind is not None:
@@ -704,11 +718,17 @@ class LocalBackend:
         root: Path,
         runtime_env_cache: RuntimeEnvCache | None = None,
         capacity_override: Resources | None = None,
+        containment: Containment | None = None,
     ) -> None:
         self.root = Path(os.path.abspath(root))
+        self.containment = containment or detect_containment(str(self.root))
         self.runtime_envs = runtime_env_cache
         self._capacity_override = capacity_override
         self._capacity: Resources | None = None
+
+    def describe_isolation(self) -> str:
+        """What keeps a job's processes together (said once when the executor starts)."""
+        return self.containment.describe()
 
     def resolve_workdir(self, workdir: Path) -> Path:
         """Absolute workdirs are used as given; relative ones live under ``root``."""
@@ -791,6 +811,8 @@ class LocalBackend:
         deadline = loop.time() + _KILL_WAIT_S  # SIGKILL is delivered asynchronously: see it done
         while any(_ours(r) for r in live) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_GROUP_POLL_S)
+        if data.get("cgroup"):
+            await AttemptCgroup(Path(data["cgroup"])).kill_and_remove(_KILL_WAIT_S)
         Path(found.ref).unlink(missing_ok=True)
 
     def capacity(self) -> Resources:
