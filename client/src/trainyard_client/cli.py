@@ -627,6 +627,16 @@ def queues_set(
         bool | None,
         typer.Option("--preemptible-by-default/--not-preemptible-by-default", help="jobs preemptible"),
     ] = None,
+    max_priority: Annotated[
+        int | None, typer.Option(help="the highest priority a spec may ask for in this queue")
+    ] = None,
+    allow_anonymous_bus: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-anonymous-bus/--no-allow-anonymous-bus",
+            help="accept bus submissions without a Trainyard-Token",
+        ),
+    ] = None,
 ) -> None:
     """Create a queue or change the options given (the rest keep their values; compare-and-set)."""
     from pydantic import ValidationError
@@ -655,6 +665,10 @@ def queues_set(
                 data["allow_shell"] = allow_shell
             if preemptible is not None:
                 data["preemptible_by_default"] = preemptible
+            if max_priority is not None:
+                data["max_priority"] = max_priority
+            if allow_anonymous_bus is not None:
+                data["allow_anonymous_bus"] = allow_anonymous_bus
             for key, changes in (("quota", quota), ("borrowing_limit", borrow)):
                 section = dict(data.get(key) or {})
                 section.update({k: v for k, (given, v) in changes.items() if given})
@@ -686,7 +700,19 @@ def _quota_text(value: float | int | None, memory: bool = False) -> str:
 
 def _print_queues(entries: list[Any]) -> None:
     table = Table()
-    columns = ("queue", "weight", "cpu", "memory", "gpu", "cohort", "borrow cpu/mem/gpu", "shell", "revision")
+    columns = (
+        "queue",
+        "weight",
+        "cpu",
+        "memory",
+        "gpu",
+        "cohort",
+        "borrow cpu/mem/gpu",
+        "shell",
+        "max priority",
+        "anonymous bus",
+        "revision",
+    )
     for column in columns:
         table.add_column(column, no_wrap=True)
     for entry in entries:
@@ -700,6 +726,8 @@ def _print_queues(entries: list[Any]) -> None:
             escape(entry.config.cohort or "-"),
             f"{_quota_text(b.cpu)}/{_quota_text(b.memory, memory=True)}/{_quota_text(b.gpu)}",
             "yes" if entry.config.allow_shell else "no",
+            str(entry.config.max_priority),
+            "yes" if entry.config.allow_anonymous_bus else "no",
             str(entry.revision) if entry.revision else "built-in",
         )
     out.print(table)

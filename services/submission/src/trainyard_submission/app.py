@@ -52,7 +52,7 @@ def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker
         "subject in the Trainyard-Reply-To header",
     )
     async def intake(body: bytes, msg: Msg) -> None:
-        await handle_intake(state["service"], sb.broker, body, dict(msg.headers or {}))
+        await handle_intake(state["service"], sb.broker, body, dict(msg.headers or {}), state["tokens"])
 
     return sb
 
