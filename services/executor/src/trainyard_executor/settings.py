@@ -159,6 +159,19 @@ class ExecutorSettings(HttpSettings):
         description="a member of a split gang re-reads the job record this often besides watching it, and "
         "stops its ranks this long after the scheduler requeued the attempt if no cancel came",
     )
+    run_as: str = Field(
+        "auto",
+        description="local backend: the user jobs run as. auto: a uid per attempt when the executor is "
+        "root and jobs can reach their directories, else the executor's user; per-attempt; UID[:GID] or a "
+        "user name (every job); root (unsafe: jobs read what the executor can)",
+    )
+    job_uid_base: int | None = Field(
+        None,
+        ge=1000,
+        le=2**31 - 65536,
+        description="local backend: first of the 65536 uids given to attempts (default: a block between "
+        "2^30 and 2^31 chosen by the executor's directory); give executors on one host disjoint blocks",
+    )
     passthrough_env: tuple[str, ...] = Field(
         DEFAULT_PASSTHROUGH, description="executor variables a job inherits; nothing else leaks"
     )
