@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 REPLY_HEADER = "Trainyard-Reply-To"
+TOKEN_HEADER = "Trainyard-Token"
 # the intake stream's duplicate window (shared/bus.py): a duplicate acknowledgement means "again
 # after this long"
 DUPLICATE_WINDOW = 0.1
@@ -58,13 +59,16 @@ async def submit_over_nats(
     prefix: str = "trainyard",
     msg_id: str | None = None,
     timeout: float = 10,
+    token: str | None = None,
     **connect_options: Any,
 ) -> dict[str, Any]:
     """Publish a spec to the intake stream and return the intake's reply.
 
     ``nats_url``: one server or a comma-separated list (a cluster; the connection moves to another
     server when one goes away). ``msg_id`` is the idempotency key (a fresh UUID when absent): call
-    again with the same one after a ``TimeoutError`` to learn the job's id. ``connect_options`` go to
+    again with the same one after a ``TimeoutError`` to learn the job's id. ``token`` (an API token)
+    names who submits: its queue and the queue's limits apply; without one only a queue that allows
+    anonymous bus submissions takes the spec. ``connect_options`` go to
     ``nats.connect`` (``user_credentials=...``, ``user=...``, ``tls=...``). Raises
     :class:`IntakeUnavailable` when no stream takes the subject and ``TimeoutError`` when no reply
     comes within ``timeout`` seconds.
@@ -84,6 +88,8 @@ async def submit_over_nats(
             inbox = nc.new_inbox()
             replies = await nc.subscribe(inbox, max_msgs=1)
             headers = {"Nats-Msg-Id": msg_id or uuid.uuid4().hex, REPLY_HEADER: inbox}
+            if token is not None:
+                headers[TOKEN_HEADER] = token
             await _publish_stored(js, subject, _spec_bytes(spec_text), headers, nats_url, prefix)
             msg = await replies.next_msg(timeout=None)
     except TimeoutError as exc:
