@@ -71,5 +71,6 @@ async def resolve_commit(repo: str, ref: str, timeout: float) -> str:
 async def with_resolved_source(spec: JobSpec, timeout: float) -> JobSpec:
     if spec.source is None or spec.source.commit:
         return spec
-    commit = await resolve_commit(spec.source.repo, spec.source.ref, timeout)
+    # the credential (split out of the URL when the spec was read) is needed to reach the repo
+    commit = await resolve_commit(spec.source.clone_url(), spec.source.ref, timeout)
     return spec.model_copy(update={"source": spec.source.model_copy(update={"commit": commit})})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from trainyard_contracts.spec import strip_url_credentials
+
 from ._proc import run_captured, tail
 
 __all__ = ["SourceError", "checkout"]
@@ -49,4 +51,7 @@ async def checkout(repo: str, commit: str | None, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     # "--" so that a repo string starting with "-" cannot be read as an option
     await _git("clone", "clone", "--quiet", "--no-checkout", "--", repo, str(dest))
+    clean = strip_url_credentials(repo)
+    if clean != repo:  # the checkout (which the job reads) keeps no credential in its remote
+        await _git("remote set-url", "-C", str(dest), "remote", "set-url", "origin", clean)
     await _git("checkout", "-C", str(dest), "checkout", "--quiet", "--detach", rev)
