@@ -836,9 +836,24 @@ def up(
         str | None, typer.Option("--executor-memory", help="memory it offers, e.g. 8Gi (default: all)")
     ] = None,
     executor_gpu: Annotated[int | None, typer.Option("--executor-gpu", help="GPUs it offers")] = None,
+    max_restarts: Annotated[
+        int,
+        typer.Option(
+            "--max-restarts",
+            min=0,
+            help="restarts of a process that exits, within 60 s, before the stack stops (0: stop at once)",
+        ),
+    ] = 5,
+    ready_timeout: Annotated[
+        float, typer.Option("--ready-timeout", min=1, help="seconds the services may take to start")
+    ] = 90.0,
 ) -> None:
-    """Run the whole stack on this machine (nats-server and the five services) until Ctrl-C."""
+    """Run the whole stack on this machine (nats-server and the five services) until Ctrl-C.
+
+    A service (or nats-server) that exits is restarted after 1, 2, 4, 8 s; one that exits again
+    after --max-restarts restarts within 60 s stops the stack."""
     from trainyard_client import stack as stack_module
+    from trainyard_client.supervision import RestartPolicy
 
     missing = stack_module.missing_packages()
     if missing:
@@ -859,6 +874,9 @@ def up(
         executor_cpu=executor_cpu,
         executor_memory=_memory(executor_memory),
         executor_gpu=executor_gpu,
+        ready_timeout=ready_timeout,
+        restart_policy=RestartPolicy(limit=max_restarts),
+        on_restart=_say_restart,
     )
 
     def on_term(signum: int, frame: Any) -> None:
@@ -873,7 +891,7 @@ def up(
         started = True
         _print_up(stack)
         while True:
-            stack.raise_if_dead()
+            stack.raise_if_failed()
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
@@ -886,6 +904,11 @@ def up(
                 soft_wrap=True,
             )
             err.print(escape(exc.tails.get(service.name, "")), soft_wrap=True)
+        if max_restarts:
+            err.print(
+                f"[bold red]it exited again after {max_restarts} restart(s) within 60s: stopping[/]",
+                soft_wrap=True,
+            )
         code = EXIT_JOB_FAILED
     except stack_module.StackError as exc:
         err.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
@@ -896,6 +919,7 @@ def up(
         try:
             with out.status("stopping the services and nats-server"):
                 stack.stop()
+            _say_what_was_killed(stack)
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, previous)
@@ -904,6 +928,36 @@ def up(
     elif code != EXIT_OK:
         err.print("Trainyard did not start")
     raise typer.Exit(code)
+
+
+def _say_restart(restart: Any, tail: str) -> None:
+    """Told by the stack's supervisor (a thread) of each exit it answers with a restart."""
+    if restart.given_up:
+        return  # `up` says so when it stops
+    code = "?" if restart.exit_code is None else restart.exit_code
+    err.print(
+        f"[bold yellow]the {restart.service} service exited (code {code})[/]; restarting it in"
+        f" {restart.delay_seconds:g}s (restart {restart.number} of {restart.limit} within 60s);"
+        " last lines of its log:",
+        soft_wrap=True,
+    )
+    err.print(escape(tail), soft_wrap=True)
+
+
+def _say_what_was_killed(stack: Any) -> None:
+    for name in stack.killed_services:
+        err.print(
+            f"[bold yellow]the {name} service did not stop within {stack.stop_timeout:g}s: killed it[/]",
+            soft_wrap=True,
+        )
+    if stack.leftovers:
+        err.print(
+            f"[bold yellow]killed {len(stack.leftovers)} process(es) still running after the services"
+            " stopped:[/]",
+            soft_wrap=True,
+        )
+        for leftover in stack.leftovers:
+            err.print(f"  {leftover.pid} {escape(leftover.command[:200])}", soft_wrap=True)
 
 
 def _print_up(stack: Any) -> None:

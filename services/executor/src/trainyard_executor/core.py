@@ -41,6 +41,7 @@ from trainyard_contracts import (
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import PortRange
 from trainyard_executor.backends.base import AttemptLaunch, Backend, FoundAttempt, RunningAttempt
+from trainyard_executor.backends.hostpaths import read_in, write_in
 from trainyard_executor.gang import (
     conclude_member,
     ended_by_a_member,
@@ -88,6 +89,10 @@ def _requeued_here(found: JobRecord, written: JobRecord, attempt: int) -> bool:
 
 
 ShipperFactory = Callable[[str, int], LogShipper]
+
+SHUTDOWN_HANDBACK_SECONDS = 5.0
+"""At shutdown, how long past the jobs' grace the executor waits for its attempts to be killed,
+their last log lines stored and each handed back, before it exits anyway."""
 
 LOG_SEQ_PER_GENERATION = 1_000_000
 """An adopted attempt's log chunks continue at ``generation * this``: the message ids of the
@@ -325,6 +330,7 @@ class ExecutorCore:
                 inherited_env=tuple(k for k in (*self.settings.passthrough_env, "PATH") if k not in spec.env),
                 gang=plan_gang(spec.replicas, rendezvous, self.free_port),
                 checkpoint_dir=checkpoints,
+                run_as_root=spec.run_as_root,
             )
             ranks = f", ranks {list(launch.gang.ranks)} of {launch.gang.world_size}" if launch.gang else ""
             await shipper.system(f"attempt {attempt} starting on {self.me}{ranks}: {launch.argv}")
@@ -395,7 +401,9 @@ class ExecutorCore:
             self._ship_outcome_lines(shipper, f"attempt {attempt} ended: {kind} ({reason})", record.job_id)
         )
         try:
-            if local.shutting_down:
+            if local.shutting_down and kind == "cancelled":
+                # stopped by the shutdown: handed back. One that ended on its own meanwhile is
+                # recorded as it ended, so work that completed is never run again
                 await lines_stored
                 await self._requeue(record, "executor shut down while the attempt ran")
                 after = None
@@ -675,13 +683,13 @@ class ExecutorCore:
 
     def _next_log_generation(self, job_id: str, attempt: int) -> int:
         """1 for the first adoption of an attempt, 2 for the next ... (kept in its work dir)."""
-        path = self.workdir(job_id, attempt) / ".trainyard" / "log-generation"
+        # a container's work dir is the job's: no link it planted is followed
+        workdir = self.workdir(job_id, attempt)
         generation = 1
         with contextlib.suppress(OSError, ValueError):
-            generation = int(path.read_text()) + 1
+            generation = int(read_in(workdir, ".trainyard", "log-generation", limit=64)) + 1
         with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(str(generation))
+            write_in(workdir, ".trainyard", "log-generation", str(generation).encode())
         return generation
 
     async def shutdown(self) -> None:
@@ -692,16 +700,37 @@ class ExecutorCore:
         self.draining = True
         with contextlib.suppress(*BROKER_ERRORS):
             await self.beat()
-        attempts = list(self.running.values())
-        for local in attempts:
-            local.shutting_down = True
-            local.cancel_reason = "executor shutting down"
-            if local.handle is not None:
-                await local.handle.cancel(self.settings.grace_seconds)
-        tasks = [a.task for a in attempts if a.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.settings.grace_seconds + 10)
+        await self._hand_back_all()
         await self.directory.remove(self.me)
+
+    async def _hand_back_all(self) -> None:
+        """Every attempt is told to stop at once, so their grace periods run side by side and the
+        whole shutdown takes one grace (plus ``SHUTDOWN_HANDBACK_SECONDS``), not one per attempt:
+        whoever stops the executor (``trainyard up``, systemd, Kubernetes) waits that long and no
+        longer. An attempt whose start was under way is stopped too once it shows up."""
+        loop = asyncio.get_running_loop()
+        grace = self.settings.grace_seconds
+        deadline = loop.time() + grace + SHUTDOWN_HANDBACK_SECONDS
+        told: set[int] = set()
+        while loop.time() < deadline:
+            fresh = [a for a in self.running.values() if id(a) not in told]
+            if not fresh:
+                return
+            for local in fresh:
+                told.add(id(local))
+                local.shutting_down = True
+                local.cancel_reason = "executor shutting down"
+            stops = [
+                asyncio.ensure_future(local.handle.cancel(grace))
+                for local in fresh
+                if local.handle is not None
+            ]
+            ends = [local.task for local in fresh if local.task is not None]
+            if stops or ends:
+                await asyncio.wait([*stops, *ends], timeout=max(0.0, deadline - loop.time()))
+        left = [f"{a.job_id}/{a.attempt}" for a in self.running.values()]
+        if left:
+            log.error("attempts not handed back before the shutdown deadline", extra={"attempts": left})
 
     async def _requeue(self, record: JobRecord, detail: str) -> None:
         now = self.clock()

@@ -63,6 +63,13 @@ class ExecutorSettings(HttpSettings):
     container_init: bool = Field(
         True, description="container backends: an init as PID 1 (docker-init, catatonit) passes signals on"
     )
+    container_uid: int = Field(
+        10001, ge=1, description="container backends: the uid a job runs as unless its spec says run_as_root"
+    )
+    container_gid: int = Field(10001, ge=1, description="container backends: the gid a job runs as")
+    container_pids_limit: int = Field(
+        4096, ge=16, description="container backends: most processes and threads a container may have"
+    )
     kube_namespace: str = Field(
         "default",
         description="kubernetes backend: the namespace of its Jobs (give jobs their own, without Secrets)",
@@ -151,6 +158,19 @@ class ExecutorSettings(HttpSettings):
         gt=0,
         description="a member of a split gang re-reads the job record this often besides watching it, and "
         "stops its ranks this long after the scheduler requeued the attempt if no cancel came",
+    )
+    run_as: str = Field(
+        "auto",
+        description="local backend: the user jobs run as. auto: a uid per attempt when the executor is "
+        "root and jobs can reach their directories, else the executor's user; per-attempt; UID[:GID] or a "
+        "user name (every job); root (unsafe: jobs read what the executor can)",
+    )
+    job_uid_base: int | None = Field(
+        None,
+        ge=1000,
+        le=2**31 - 65536,
+        description="local backend: first of the 65536 uids given to attempts (default: a block between "
+        "2^30 and 2^31 chosen by the executor's directory); give executors on one host disjoint blocks",
     )
     passthrough_env: tuple[str, ...] = Field(
         DEFAULT_PASSTHROUGH, description="executor variables a job inherits; nothing else leaks"
