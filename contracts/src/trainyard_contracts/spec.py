@@ -116,6 +116,11 @@ class JobSpec(_Strict):
         min_length=1, description="argv list; run without a shell unless shell is true"
     )
     shell: bool = Field(False, description="run command[0] with /bin/sh -c; command must then be one string")
+    run_as_root: bool = Field(
+        False,
+        description="container backends: run as the image's own user (root) instead of a non-root uid; "
+        "only a queue with allow_root accepts it",
+    )
     image: str | None = Field(None, min_length=1, max_length=512)
     env: dict[EnvName, str] = Field(default_factory=dict)
     secret_env: list[EnvName] = Field(

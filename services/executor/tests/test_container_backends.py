@@ -8,144 +8,31 @@ busybox-static (``tests/images/build_busybox.sh``); a fixture builds it when it 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from docker.errors import ImageNotFound, NotFound
 
-from trainyard_executor.backends.base import AttemptLaunch, Resources
+from trainyard_executor.backends.base import Resources
 from trainyard_executor.backends.docker import (
     LABEL_ATTEMPT,
     LABEL_EXECUTOR,
     LABEL_JOB,
     LABEL_RANK,
-    OUTPUTS_MOUNT,
     DockerBackend,
     GangAttempt,
     image_missing_reason,
 )
 from trainyard_executor.core import free_loopback_port
 from trainyard_executor.jobenv import plan_gang
-from trainyard_shared.testkit import running
+from trainyard_executor.testengines import ENGINE_URLS, IMAGE, Lines, gone, make_launch
+from trainyard_shared.testkit import eventually, running
 
-T = TypeVar("T")
-IMAGE = "trainyard-test/busybox:1"
-BUILD_SCRIPT = Path(__file__).parent / "images" / "build_busybox.sh"
-ENGINE_URLS = {
-    "docker": os.environ.get("TRAINYARD_TEST_DOCKER_HOST"),  # None: DOCKER_HOST or the local socket
-    "podman": os.environ.get("TRAINYARD_TEST_PODMAN_SOCKET", "unix:///run/podman/podman.sock"),
-}
-# CI may insist (TRAINYARD_TEST_REQUIRE_ENGINES=docker,podman): then an unreachable engine fails
-REQUIRED = set(filter(None, os.environ.get("TRAINYARD_TEST_REQUIRE_ENGINES", "").split(",")))
-_ready: dict[str, str] = {}  # engine -> "" when usable, else why it is skipped
-
-
-def _engine_ready(engine: str) -> str:
-    """'' when the engine answers and has the test image (built here if missing), else a reason."""
-    if engine in _ready:
-        return _ready[engine]
-    url = ENGINE_URLS[engine]
-    backend = DockerBackend(base_url=url, name=engine)
-    try:
-        backend.client.ping()
-    except Exception as exc:
-        _ready[engine] = f"{engine} engine not reachable at {url or 'DOCKER_HOST/default socket'}: {exc}"
-        return _ready[engine]
-    try:
-        backend.client.images.get(IMAGE)
-    except ImageNotFound:
-        env = dict(os.environ, IMAGE=IMAGE)
-        if engine == "docker" and url:
-            env["DOCKER_HOST"] = url
-        # (podman: the CLI imports into the same local storage the API service serves)
-        built = subprocess.run(
-            ["bash", str(BUILD_SCRIPT), engine], capture_output=True, text=True, env=env, check=False
-        )
-        if built.returncode != 0:
-            pytest.fail(f"could not build {IMAGE} for {engine}: {built.stderr or built.stdout}")
-    _ready[engine] = ""
-    return ""
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("docker", marks=pytest.mark.docker),
-        pytest.param("podman", marks=pytest.mark.podman),
-    ]
-)
-def engine(request: pytest.FixtureRequest) -> str:
-    reason = _engine_ready(request.param)
-    if reason and request.param in REQUIRED:
-        pytest.fail(f"{reason} (required by TRAINYARD_TEST_REQUIRE_ENGINES)")
-    if reason:
-        pytest.skip(reason)
-    return request.param
-
-
-@pytest.fixture
-def backend(engine: str) -> Iterator[DockerBackend]:
-    backend = DockerBackend(
-        base_url=ENGINE_URLS[engine], name=engine, executor_id=f"test-{uuid.uuid4().hex[:8]}"
-    )
-    yield backend
-    for left in backend.list_running(include_stopped=True):  # only after a failed test
-        backend.client.api.remove_container(left.container_id, force=True)
-
-
-def make_launch(tmp_path: Path, argv: list[str], **kw: Any) -> AttemptLaunch:
-    job_id = kw.pop("job_id", "job" + uuid.uuid4().hex[:12])
-    defaults: dict[str, Any] = {
-        "job_id": job_id,
-        "attempt": 1,
-        "argv": argv,
-        "env": {"TRAINYARD_JOB_ID": job_id, "TRAINYARD_ATTEMPT": "1"},
-        "workdir": tmp_path / "work" / job_id / "attempt-1",
-        "timeout_s": None,
-        "grace_s": 5.0,
-        "image": IMAGE,
-        "cpu": 1.0,
-        "memory_mb": 64,
-    }
-    defaults.update(kw)
-    return AttemptLaunch(**defaults)
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.got: list[tuple[str, str]] = []
-
-    async def __call__(self, stream: str, text: str) -> None:
-        self.got.append((stream, text))
-
-    def of(self, stream: str) -> list[str]:
-        return [text for s, text in self.got if s == stream]
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while loop.time() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
-
-
-def gone(backend: DockerBackend, container_id: str) -> bool:
-    try:
-        backend.client.containers.get(container_id)
-    except NotFound:
-        return True
-    return False
+pytest_plugins = ["trainyard_executor.testengines"]  # the engine and backend fixtures
 
 
 # -- the backend against each engine -------------------------------------------------------------
@@ -173,7 +60,8 @@ async def test_success_with_env_and_an_output_file_seen_on_the_host(backend, tmp
     assert outcome.output_dir == launch.workdir / "outputs"  # the host path, for the registry
     assert (outcome.output_dir / "model.txt").read_text() == "weights\n"
     assert lines.of("stdout")[0] == "hello world from j1"
-    assert lines.of("stdout")[1] == "path=/bin home=/root"  # the image's PATH, not the host's
+    # the image's PATH, not the host's; HOME: the engine's for a uid the image has no account of
+    assert lines.of("stdout")[1] == "path=/bin home=/"
     await attempt.release()  # what the executor does once the outcome is recorded
     assert gone(backend, attempt.container_id)
 
@@ -243,7 +131,7 @@ async def test_a_timeout_stops_the_container_and_removes_it(backend, tmp_path):
 async def test_cancel_sends_term_and_waits_out_the_grace_period(backend, tmp_path):
     # sh's trap runs on TERM (the init passes it on) and proves the job got its grace period
     script = (
-        f"trap 'echo got-term > {OUTPUTS_MOUNT}/marker; echo cleaning up; exit 0' TERM;"
+        "trap 'echo got-term > \"$TRAINYARD_OUTPUT_DIR/marker\"; echo cleaning up; exit 0' TERM;"
         "echo ready; sleep 60 & wait"
     )
     lines = Lines()
@@ -300,7 +188,7 @@ async def test_labels_limits_and_list_running_of_a_running_attempt(backend, engi
         assert labels[LABEL_EXECUTOR] == backend.executor_id
         host = attrs["HostConfig"]
         assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 96 * 1024 * 1024
-        assert attrs["Config"]["Env"].count(f"TRAINYARD_OUTPUT_DIR={OUTPUTS_MOUNT}") == 1
+        assert attrs["Config"]["Env"].count("TRAINYARD_OUTPUT_DIR=/trainyard/work/outputs") == 1
         if engine == "podman":
             limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in host["Ulimits"]}
             assert limits["RLIMIT_NOFILE" if "RLIMIT_NOFILE" in limits else "nofile"] == (20000, 20000)
@@ -418,7 +306,9 @@ async def test_a_timeout_and_a_cancel_end_every_rank(backend, tmp_path):
 async def test_a_gang_left_by_a_dead_executor_is_adopted_whole(backend, engine, tmp_path):
     """Found by its labels after a restart: one attempt with a container per rank, followed to
     its end (lines still tagged by rank), exit codes reported."""
-    script = f'echo "up $RANK"; while [ ! -f {OUTPUTS_MOUNT}/go ]; do sleep 0.1; done; echo "done $RANK"'
+    script = (
+        'echo "up $RANK"; while [ ! -f "$TRAINYARD_OUTPUT_DIR/go" ]; do sleep 0.1; done; echo "done $RANK"'
+    )
     launch = make_launch(tmp_path, ["sh", "-c", script], gang=plan_gang(2, None, free_loopback_port))
     lines = Lines()
     attempt = await backend.start(launch, lines)
@@ -509,7 +399,7 @@ def test_container_config_carries_limits_gpus_labels_and_no_host_paths(tmp_path)
         "LANG": "C.UTF-8",
         "TZ": "UTC",
         "A": "1",
-        "TRAINYARD_OUTPUT_DIR": "/trainyard/outputs",
+        "TRAINYARD_OUTPUT_DIR": "/trainyard/work/outputs",
         "TRAINYARD_WORKDIR": "/trainyard/work",
     }
     assert config["nano_cpus"] == 2_000_000_000  # no more than the engine has
@@ -531,7 +421,11 @@ def test_container_config_carries_limits_gpus_labels_and_no_host_paths(tmp_path)
     assert labels["trainyard.workdir"] == str(launch.workdir.resolve())
     assert labels["trainyard.output_dir"] == str(out.resolve()) and "trainyard.gang" not in labels
     assert "network_mode" not in config  # one rank: the engine's default network
-    assert config["volumes"][str(out.resolve())] == {"bind": "/trainyard/outputs", "mode": "rw"}
+    # one mount: the outputs are reached through the work dir (a second mount of a path inside
+    # it would be resolved by the engine after a rank of the attempt could have replaced it)
+    assert config["volumes"] == {
+        str(launch.workdir.resolve()): {"bind": "/trainyard/work", "mode": "rw,nosuid,nodev"}
+    }
     assert "working_dir" not in config  # the image's own
     with_source = podman.container_config(launch, "img:1", out, launch.workdir / "src")
     assert with_source["working_dir"] == "/trainyard/work/src"
@@ -809,7 +703,7 @@ async def test_a_restarted_executor_adopts_the_container_of_the_current_attempt(
 
     settings = _settings(engine, monkeypatch)
     subjects = Subjects(prefix)
-    script = f"echo first; while [ ! -f {OUTPUTS_MOUNT}/go ]; do sleep 0.1; done; echo second; exit 0"
+    script = 'echo first; while [ ! -f "$TRAINYARD_OUTPUT_DIR/go" ]; do sleep 0.1; done; echo second; exit 0'
     spec = JobSpec(name="adopted", image=IMAGE, command=["sh", "-c", script], resources={"memory": 64})
     sched, execu = _apps(_common(nats_server, prefix, tmp_path), settings)
     async with running(sched):

@@ -68,6 +68,8 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
         keep_failed=settings.keep_failed_containers,
         init=settings.container_init,
         gpus=settings.gpu or 0,
+        user=(settings.container_uid, settings.container_gid),
+        pids_limit=settings.container_pids_limit,
     )
 
 

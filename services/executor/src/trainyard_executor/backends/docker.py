@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import docker
@@ -46,8 +46,17 @@ from trainyard_executor.backends.base import (
     LineSink,
     Resources,
 )
+from trainyard_executor.backends.container_dirs import META_DIR, prepare_dirs, prepare_source
+from trainyard_executor.backends.container_security import (
+    DEFAULT_PIDS_LIMIT,
+    DEFAULT_UID,
+    hardening,
+    identity,
+    work_mount_mode,
+)
+from trainyard_executor.backends.hostpaths import read_in, write_in
 from trainyard_executor.backends.local import _pump
-from trainyard_executor.backends.source import SourceError, checkout
+from trainyard_executor.backends.source import SourceError
 
 log = logging.getLogger("trainyard.executor.docker")
 
@@ -66,9 +75,7 @@ LABEL_GRACE = "trainyard.grace"
 LABEL_WORKDIR = "trainyard.workdir"
 LABEL_OUTPUT_DIR = "trainyard.output_dir"
 WORK_MOUNT = "/trainyard/work"
-OUTPUTS_MOUNT = "/trainyard/outputs"
 CHECKPOINTS_MOUNT = "/trainyard/checkpoints"
-META_DIR = ".trainyard"
 CURSOR_EVERY_S = 1.0
 # without these every Podman container fails with "error setting rlimit type 7"
 PODMAN_ULIMITS: tuple[tuple[str, int, int], ...] = (("nofile", 20000, 20000), ("nproc", 32768, 32768))
@@ -163,6 +170,10 @@ class FinishedAttempt:
         return None
 
 
+def cursor_name(rank: int | None) -> str:
+    return f"container-{rank or 0}-cursor.json"
+
+
 class ContainerAttempt:
     """One container: one attempt, or one rank of a gang (``rank`` set: lines are tagged)."""
 
@@ -193,7 +204,7 @@ class ContainerAttempt:
         self._streams: list[Any] = []
         self._skip = dict(skip or {})
         self._consumed: dict[str, int] = dict(self._skip)
-        self._cursor_path = launch.workdir / META_DIR / f"container-{rank or 0}-cursor.json"
+        self._cursor_name = cursor_name(rank)
         self._exit = _in_thread(self._wait_blocking, name=f"wait-{launch.job_id}")
         sink = on_line
         if rank is not None:
@@ -314,11 +325,11 @@ class ContainerAttempt:
             shipped = dict(self._consumed)
 
     def _write_cursor(self, consumed: Mapping[str, int]) -> None:
-        with contextlib.suppress(OSError):
-            self._cursor_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._cursor_path.with_name(self._cursor_path.name + ".tmp")
-            tmp.write_text(json.dumps(dict(consumed)))
-            os.replace(tmp, self._cursor_path)
+        # the work dir is the container's: a link planted there is replaced, never written through
+        try:
+            write_in(self.launch.workdir, META_DIR, self._cursor_name, json.dumps(dict(consumed)).encode())
+        except OSError as exc:
+            log.debug("log cursor not written", extra={"job_id": self.launch.job_id, "error": str(exc)})
 
     async def _wait(self) -> AttemptOutcome:
         timeout = self.launch.timeout_s
@@ -407,6 +418,8 @@ class DockerBackend:
         init: bool = True,
         gpus: int = 0,
         ulimits: tuple[tuple[str, int, int], ...] | None = None,
+        user: tuple[int, int] = (DEFAULT_UID, DEFAULT_UID),
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
     ) -> None:
         if client_factory is None:
 
@@ -426,6 +439,8 @@ class DockerBackend:
         self.init = init
         self.gpus = gpus
         self.ulimits = ulimits if ulimits is not None else (PODMAN_ULIMITS if name == "podman" else ())
+        self.user = user
+        self.pids_limit = pids_limit
         self._capacity: Resources | None = None
         self._capacity_tried = 0.0
 
@@ -492,12 +507,14 @@ class DockerBackend:
         if launch.timeout_s is not None:
             labels[LABEL_TIMEOUT] = f"{launch.timeout_s:g}"
         if output_dir is not None:
-            labels[LABEL_OUTPUT_DIR] = str(output_dir.resolve())
+            labels[LABEL_OUTPUT_DIR] = os.path.abspath(output_dir)  # the job's: never resolved
         return labels
 
-    def container_env(self, launch: AttemptLaunch, workdir: str, local_rank: int = 0) -> dict[str, str]:
+    def container_env(
+        self, launch: AttemptLaunch, workdir: str, local_rank: int = 0, output_dir: str = WORK_MOUNT
+    ) -> dict[str, str]:
         env = {k: v for k, v in launch.env.items() if not (k in HOST_ONLY_ENV and k in launch.inherited_env)}
-        env["TRAINYARD_OUTPUT_DIR"] = OUTPUTS_MOUNT
+        env["TRAINYARD_OUTPUT_DIR"] = output_dir
         env["TRAINYARD_WORKDIR"] = workdir
         if launch.checkpoint_dir is not None:
             env["TRAINYARD_CHECKPOINT_DIR"] = CHECKPOINTS_MOUNT
@@ -518,22 +535,25 @@ class DockerBackend:
 
         argv is the whole command line (it replaces the image's entrypoint, as a Kubernetes
         ``command`` does); without a git source the image's own working dir applies. Every rank
-        gets the spec's resources (they are per replica).
+        gets the spec's resources (they are per replica). Only the work dir and the checkpoint
+        dir are mounted (see :mod:`.container_dirs`); the container is hardened as
+        :mod:`.container_security` says.
         """
         workdir = WORK_MOUNT
         if source_dir is not None:
             workdir = f"{WORK_MOUNT}/{source_dir.relative_to(launch.workdir).as_posix()}"
-        volumes = {
-            str(launch.workdir.resolve()): {"bind": WORK_MOUNT, "mode": "rw"},
-            str(output_dir.resolve()): {"bind": OUTPUTS_MOUNT, "mode": "rw"},
-        }
+        outputs = PurePosixPath(WORK_MOUNT, output_dir.relative_to(launch.workdir).as_posix())
+        mode = work_mount_mode(self.name)
+        # executor-owned paths (the job only ever sees their insides): resolved as given
+        volumes = {str(launch.workdir.resolve()): {"bind": WORK_MOUNT, "mode": mode}}
         if launch.checkpoint_dir is not None:
-            volumes[str(launch.checkpoint_dir.resolve())] = {"bind": CHECKPOINTS_MOUNT, "mode": "rw"}
+            volumes[str(launch.checkpoint_dir.resolve())] = {"bind": CHECKPOINTS_MOUNT, "mode": mode}
+        who = identity(launch.run_as_root, self.user, (os.geteuid(), os.getegid()))
         config: dict[str, Any] = {
             "image": image,
             "entrypoint": launch.argv[:1],
             "command": launch.argv[1:],
-            "environment": self.container_env(launch, workdir, local_rank),
+            "environment": self.container_env(launch, workdir, local_rank, str(outputs)),
             "labels": self.labels(launch, local_rank, output_dir),
             "name": self.container_name(launch, local_rank),
             "detach": True,
@@ -541,7 +561,10 @@ class DockerBackend:
             "tty": False,
             "init": self.init,
             "volumes": volumes,
+            **hardening(launch.run_as_root, self.pids_limit),
         }
+        if who.user is not None:
+            config["user"] = who.user
         if launch.gang is not None:
             # the ranks meet at MASTER_ADDR:MASTER_PORT, an address of the host
             config["network_mode"] = "host"
@@ -564,20 +587,15 @@ class DockerBackend:
     async def start(
         self, launch: AttemptLaunch, on_line: LineSink
     ) -> ContainerAttempt | GangAttempt | FinishedAttempt:
-        source_dir = launch.workdir / "src" if launch.source_repo else None
-        output_dir = (source_dir or launch.workdir) / launch.output_subdir
+        output_dir = launch.workdir / launch.output_subdir
         try:
-            launch.workdir.mkdir(parents=True, exist_ok=True)
-            if source_dir is not None and launch.source_repo and not (source_dir / ".git").exists():
-                # checked out on the executor's host, mounted with the work dir
-                await checkout(launch.source_repo, launch.source_commit, source_dir)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            output_dir.chmod(0o777)  # the image's user may not be the executor's
-            if launch.checkpoint_dir is not None:
-                launch.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                launch.checkpoint_dir.chmod(0o777)
+            # checked out on the executor's host, mounted with the work dir
+            source_dir = await prepare_source(launch)
+            owner = identity(launch.run_as_root, self.user, (os.geteuid(), os.getegid())).owner
+            dirs = await _in_thread(prepare_dirs, launch, source_dir, owner, name="prepare")
         except (SourceError, OSError) as exc:
             return FinishedAttempt(f"could not prepare the work dir: {exc}", output_dir)
+        output_dir = dirs.output_dir
         image = launch.image or self.default_image
         if not image:
             return FinishedAttempt(
@@ -692,10 +710,10 @@ class DockerBackend:
         for container in containers:
             tags = container.attrs["Config"].get("Labels") or {}
             rank = int(tags.get(LABEL_RANK) or 0)
-            cursor = workdir / META_DIR / f"container-{rank if gang else 0}-cursor.json"
             try:
-                skip = {str(k): int(v) for k, v in json.loads(cursor.read_text()).items()}
-            except (OSError, ValueError, AttributeError):
+                cursor = read_in(workdir, META_DIR, cursor_name(rank if gang else None), limit=4096)
+                skip = {str(k): int(v) for k, v in json.loads(cursor).items()}
+            except (OSError, ValueError, AttributeError, TypeError):
                 skip = {}
             started = tags.get(LABEL_STARTED)
             members.append(
