@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import nats
@@ -69,3 +70,53 @@ async def test_no_intake_stream_is_a_clear_error(nats_server, prefix):
 async def test_no_reply_times_out(nats_server, prefix, intake):
     with pytest.raises(TimeoutError, match="no reply"):
         await submit_over_nats(nats_server.url, SPEC, prefix=prefix, timeout=0.2)
+
+
+async def test_a_server_list_is_split_and_the_connection_survives_a_restart(fresh_nats_server, prefix):
+    """``nats_url`` as services take it (comma-separated): the helper connects, and a server
+    restart between the publish and the reply does not lose the answer (it reconnects)."""
+    server = fresh_nats_server
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    subject = f"{prefix}.intake.submit"
+    await js.add_stream(StreamConfig(name=f"{prefix.upper()}_INTAKE", subjects=[subject]))
+    sub = await js.pull_subscribe(subject, durable="test-intake")
+    task = asyncio.create_task(
+        submit_over_nats(f"{server.url}, {server.url}", SPEC, prefix=prefix, msg_id="ext-7", timeout=30)
+    )
+    (msg,) = await sub.fetch(1, timeout=10)
+    await msg.ack()
+    server.stop()
+    server.start()
+    reply = {"accepted": True, "job_id": "job000001abcdef", "duplicate": False, "errors": []}
+    # the reply is core NATS: sent again until the reconnected helper, listening again, takes it
+    while not task.done():
+        with contextlib.suppress(nats.errors.Error):
+            await nc.publish(msg.headers["Trainyard-Reply-To"], json.dumps(reply).encode())
+        await asyncio.wait({task}, timeout=0.2)
+    assert await task == reply
+    await nc.drain()
+
+
+async def test_a_duplicate_acknowledgement_is_published_again_after_the_window(nats_server, prefix):
+    """A stream that dropped the publish as a duplicate stored nothing to answer: the helper
+    publishes again once the intake's 100 ms window has passed."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    subject = f"{prefix}.intake.submit"
+    await js.add_stream(
+        StreamConfig(name=f"{prefix.upper()}_INTAKE", subjects=[subject], duplicate_window=0.1)
+    )
+    sub = await js.pull_subscribe(subject, durable="test-intake")
+    await js.publish(subject, b"earlier", headers={"Nats-Msg-Id": "ext-9"})
+    task = asyncio.create_task(submit_over_nats(nats_server.url, SPEC, prefix=prefix, msg_id="ext-9"))
+    bodies = []
+    while len(bodies) < 2:
+        (msg,) = await sub.fetch(1, timeout=10)
+        await msg.ack()
+        bodies.append(msg.data)
+    assert bodies == [b"earlier", SPEC.encode()]
+    reply = {"accepted": True, "job_id": "job000001abcdef", "duplicate": True, "errors": []}
+    await nc.publish(msg.headers["Trainyard-Reply-To"], json.dumps(reply).encode())
+    assert await task == reply
+    await nc.drain()

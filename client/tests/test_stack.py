@@ -92,11 +92,13 @@ def _children(pid: int) -> dict[int, str]:
     return found
 
 
-def _start_up(data: Path, api_port: int, nats_port: int) -> tuple[subprocess.Popen[str], list[str]]:
+def _start_up(
+    data: Path, api_port: int, nats_port: int, *args: str
+) -> tuple[subprocess.Popen[str], list[str]]:
     env = {**os.environ, "COLUMNS": "200", "TRAINYARD_DATA_DIR": str(data)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainyard_client.cli", "up", "--data-dir", str(data),
-         "--api-port", str(api_port), "--nats-port", str(nats_port)],
+         "--api-port", str(api_port), "--nats-port", str(nats_port), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     lines: list[str] = []
@@ -110,6 +112,7 @@ def _start_up(data: Path, api_port: int, nats_port: int) -> tuple[subprocess.Pop
 
 
 def test_trainyard_up_serves_stops_on_sigterm_and_stops_everything_when_a_service_dies(tmp_path):
+    """With --max-restarts 0, as every crash did before `up` restarted its services."""
     data = tmp_path / "data"
     base = _free_block(6)
     api_port, nats_port = base, base + 5
@@ -130,7 +133,9 @@ def test_trainyard_up_serves_stops_on_sigterm_and_stops_everything_when_a_servic
     assert "Trainyard stopped" in rest
     assert all(_gone(pid) for pid in children)
 
-    proc, _ = _start_up(data, api_port, nats_port)  # same data dir: the job is still there
+    # same data dir: the job is still there. --max-restarts 0: the first exit stops the stack
+    # (by default a crashed service is restarted: tests/stack/test_up_stop_and_restart.py)
+    proc, _ = _start_up(data, api_port, nats_port, "--max-restarts", "0")
     try:
         with TrainyardClient(f"http://127.0.0.1:{api_port}", (data / "api-token").read_text().strip()) as c:
             assert c.get(job_id).job_id == job_id

@@ -16,7 +16,7 @@ from trainyard_contracts import JobQueued, parse_job_event
 from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_declare
+from trainyard_shared.consumers import connect_and_bind
 from trainyard_shared.testkit import Bus, common_settings, eventually
 
 pytestmark = [pytest.mark.service]
@@ -64,7 +64,7 @@ async def test_each_message_of_a_batch_is_acked_retried_or_parked_on_its_own(
         seen.append((event.job_id, event.attempt))
         in_flight -= 1
 
-    await connect_and_declare(sb, common)
+    await connect_and_bind(sb, common)
     # everything is in the stream before the consumer starts, so it arrives as one batch
     for job in ("a", "b", "c"):
         for attempt in (1, 2, 3):
@@ -135,7 +135,7 @@ async def test_no_more_than_batch_messages_are_ours_and_a_keys_order_holds_acros
         await gate.wait()
         seen.append((event.job_id, event.attempt))
 
-    await connect_and_declare(sb, common)
+    await connect_and_bind(sb, common)
     for attempt in range(1, 11):
         for job in ("a", "b"):
             body = JobQueued(job_id=job, attempt=attempt, queue="default").model_dump_json().encode()
@@ -187,7 +187,7 @@ async def test_the_consumer_pulls_again_after_the_server_restarts(fresh_nats_ser
     async def handle(event: JobQueued) -> None:
         seen.append(event.job_id)
 
-    await connect_and_declare(sb, common)
+    await connect_and_bind(sb, common)
     await sb.broker.start()
     await sb.start_pullers()
     try:
@@ -221,7 +221,7 @@ async def test_a_consumer_made_with_other_subjects_is_updated_and_keeps_its_plac
 
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
     sb = make_broker(common, "narrowtest")
-    await connect_and_declare(sb, common)
+    await connect_and_bind(sb, common)
     stream = sb.subjects.streams.jobs
     queued, running = sb.subjects.job_event_kind("queued"), sb.subjects.job_event_kind("running")
     await bus.js.add_consumer(
@@ -294,7 +294,7 @@ async def test_a_lingering_consumer_takes_what_gathered_and_still_handles_each_o
             body = JobQueued(job_id=job, attempt=attempt, queue="default").model_dump_json().encode()
             await bus.js.publish(sb.subjects.job(job, "queued"), body)
 
-    await connect_and_declare(sb, common)
+    await connect_and_bind(sb, common)
     await sb.broker.start()
     await sb.start_pullers()
     try:
@@ -342,7 +342,7 @@ async def test_what_is_stored_after_a_stop_goes_to_the_next_consumer_at_once(
         return sb
 
     first = consumer("first")
-    await connect_and_declare(first, common)
+    await connect_and_bind(first, common)
     await first.broker.start()
     await first.start_pullers()
     await first.stop_pullers()

@@ -1,6 +1,8 @@
 """A real nats-server started with deploy/nats/nats.conf (the compose config) and its users.
 
-The passwords here are for tests only; deployments set their own (docs/deploy.md, "NATS users").
+The users are deploy/nats/natsauth.py's, rendered with the test's executor ids (one user per
+executor id). The passwords here are for tests only; deployments set their own (docs/deploy.md,
+"NATS users").
 """
 
 from __future__ import annotations
@@ -31,19 +33,40 @@ def natsauth() -> ModuleType:
     return module
 
 
+# the executors of these tests; each is its own NATS user, executor-<id>
+EXECUTOR_IDS = ("exec-a", "exec-b", "exec-auth")
+
+
 def password_for(user: str) -> str:
     return f"test-only-{user}-password"
+
+
+def inbox_of(user: str) -> str:
+    """The inbox prefix a user's permissions let it read (admin: any)."""
+    from trainyard_shared.natsusers import inbox_prefix
+
+    return "_INBOX" if user == "admin" else inbox_prefix(user)
+
+
+def deployed_config(directory: Path) -> Path:
+    """deploy/nats/nats.conf beside an auth.conf with this module's executor users."""
+    auth = natsauth()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "nats.conf").write_text((NATS_DIR / "nats.conf").read_text())
+    (directory / "auth.conf").write_text(auth.render(auth.Subjects(), EXECUTOR_IDS))
+    return directory / "nats.conf"
 
 
 @contextlib.contextmanager
 def secured_server(store: Path) -> Iterator[NatsServer]:
     auth = natsauth()
-    names = list(auth.users(auth.Subjects()))
+    names = list(auth.users(auth.Subjects(), EXECUTOR_IDS))
     passwords = {auth.password_variable(user): password_for(user) for user in names}
     # nats-server reads the passwords from its environment (auth.conf names the variables)
     saved = {name: os.environ.get(name) for name in passwords}
     os.environ.update(passwords)
-    server = NatsServer(store, config_file=NATS_DIR / "nats.conf", log_file=store.parent / "nats.log")
+    config = deployed_config(store.parent / "conf")
+    server = NatsServer(store, config_file=config, log_file=store.parent / "nats.log")
     try:
         server.start()
     finally:
@@ -64,3 +87,15 @@ def violations(server: NatsServer) -> list[str]:
     if not log or not log.exists():
         return []
     return [line for line in log.read_text().splitlines() if "Violation" in line]
+
+
+async def provisioned(server: NatsServer, prefix: str = "trainyard") -> None:
+    """The provision step, as the operator (admin), on ``server``."""
+    from trainyard_shared.provision import provision_with
+    from trainyard_shared.settings import CommonSettings
+
+    await provision_with(
+        CommonSettings(
+            nats_url=server.url, nats_user="admin", nats_password=password_for("admin"), prefix=prefix
+        )
+    )

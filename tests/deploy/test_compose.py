@@ -107,12 +107,27 @@ def test_each_service_is_its_own_nats_user_with_the_password_nats_expects(compos
     auth = natsauth()
     for name in SERVICES:
         env = compose["services"][name]["environment"]
-        assert env["TRAINYARD_NATS_USER"] == name
-        variable = auth.password_variable(name)
+        # one user per executor id: the compose executor's
+        user = auth.executor_user(env["TRAINYARD_EXECUTOR_ID"]) if name == "executor" else name
+        assert env["TRAINYARD_NATS_USER"] == user
+        variable = auth.password_variable(user)
         # the service's password is the same expression as the server's variable (same default)
         assert env["TRAINYARD_NATS_PASSWORD"] == nats_env[variable], name
         assert env["TRAINYARD_NATS_URL"] == "nats://nats:4222"
     assert set(nats_env) == {auth.password_variable(user) for user in auth.users(auth.Subjects())}
+
+
+def test_the_provision_step_declares_the_streams_as_the_operator(compose):
+    """Services bind only; the one-shot provision service declares, as admin (trainyard_shared.provision)."""
+    provision = compose["services"]["provision"]
+    assert provision["entrypoint"][-3:] == ["python", "-m", "trainyard_shared.provision"]
+    env = provision["environment"]
+    assert env["TRAINYARD_NATS_USER"] == "admin"
+    assert (
+        env["TRAINYARD_NATS_PASSWORD"]
+        == compose["services"]["nats"]["environment"]["TRAINYARD_NATS_PASSWORD_ADMIN"]
+    )
+    assert provision["restart"] == "on-failure" and "nats" in provision["depends_on"]
 
 
 def test_the_nats_server_runs_the_deploy_config_with_jetstream(compose):

@@ -29,7 +29,7 @@ from trainyard_submission.settings import SubmissionSettings
 from trainyard_telemetry.settings import TelemetrySettings
 
 from .kustomize import Object, key_of, kubectl, render_kubectl, render_python
-from .natsconf import NATS_DIR, ROOT, natsauth
+from .natsconf import ROOT, natsauth
 
 pytestmark = pytest.mark.unit
 
@@ -85,6 +85,24 @@ def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- rendering
+
+
+def test_the_provision_job_declares_the_streams_as_the_operator(everything):
+    """Services bind only; the Job runs trainyard_shared.provision as admin, from admin's Secret."""
+    job = named(everything, "Job", "trainyard-provision")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][-3:] == ["python", "-m", "trainyard_shared.provision"]
+    env = env_of(container)
+    assert env["TRAINYARD_NATS_USER"]["value"] == "admin"
+    assert env["TRAINYARD_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "trainyard-nats-user-admin",
+        "key": "password",
+    }
+    assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # NATS admits it: its clients are the pods part of trainyard
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"] == "trainyard"
 
 
 def test_there_is_a_kustomization_per_service_and_for_the_whole():
@@ -274,12 +292,15 @@ def test_every_trainyard_variable_is_a_real_setting(everything):
 
 def test_each_service_connects_as_its_own_nats_user_from_its_own_secret(everything):
     secrets = {s["metadata"]["name"] for s in of_kind(everything, "Secret")}
+    auth = natsauth()
     for name in SERVICES:
         (container,) = named(everything, "Deployment", name)["spec"]["template"]["spec"]["containers"]
         env = env_of(container)
-        assert env["TRAINYARD_NATS_USER"]["value"] == name
+        # one user per executor id
+        user = auth.executor_user(env["TRAINYARD_EXECUTOR_ID"]["value"]) if name == "executor" else name
+        assert env["TRAINYARD_NATS_USER"]["value"] == user
         ref = env["TRAINYARD_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": f"trainyard-nats-user-{name}", "key": "password"} and ref["name"] in secrets
+        assert ref == {"name": f"trainyard-nats-user-{user}", "key": "password"} and ref["name"] in secrets
     for secret in of_kind(everything, "Secret"):
         assert all("change-me" in value for value in secret["stringData"].values()), "placeholders only"
 
@@ -289,13 +310,13 @@ def test_the_nats_cluster_has_three_routed_nodes_and_the_generated_users(everyth
     headless = named(everything, "Service", nats["spec"]["serviceName"])
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
     config = named(everything, "ConfigMap", "nats-config")["data"]
-    assert config["auth.conf"] == (NATS_DIR / "auth.conf").read_text()
+    auth = natsauth()
+    assert config["auth.conf"] == auth.render(auth.Subjects(), auth.K8S_EXECUTORS)
     routes = re.findall(r"nats://([a-z0-9-]+)\.([a-z0-9-]+):6222", config["nats.conf"])
     assert routes == [(f"nats-{i}", headless["metadata"]["name"]) for i in range(3)]
     (server,) = [c for c in nats["spec"]["template"]["spec"]["containers"] if c["name"] == "nats"]
     env = env_of(server)
-    auth = natsauth()
-    for user in auth.users(auth.Subjects()):
+    for user in auth.users(auth.Subjects(), auth.K8S_EXECUTORS):
         ref = env[auth.password_variable(user)]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": f"trainyard-nats-user-{user}", "key": "password"}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
@@ -315,7 +336,7 @@ def test_nats_server_accepts_the_cluster_config(tmp_path: Path, everything):
         (tmp_path / name).write_text(text)
     auth = natsauth()
     env = {**os.environ, "POD_NAME": "nats-0"}
-    env.update({auth.password_variable(u): "x" for u in auth.users(auth.Subjects())})
+    env.update({auth.password_variable(u): "x" for u in auth.users(auth.Subjects(), auth.K8S_EXECUTORS)})
     done = subprocess.run(
         [nats_server_binary(), "-c", str(tmp_path / "nats.conf"), "-t"],
         env=env,

@@ -18,10 +18,9 @@ import pytest
 from nats.errors import NoServersError
 
 from trainyard_contracts import JobEvent, Subjects
-from trainyard_shared.bus import stream_configs
 from trainyard_shared.testkit import eventually
 
-from .natsconf import NATS_DIR, ROOT, natsauth, password_for, secured_server
+from .natsconf import NATS_DIR, ROOT, inbox_of, natsauth, password_for, provisioned, secured_server
 
 pytestmark = pytest.mark.nats_auth
 
@@ -73,6 +72,7 @@ async def connect(server, user: str, password: str | None = None) -> Connection:
         user=user,
         password=password or password_for(user),
         error_cb=conn.on_error,
+        inbox_prefix=inbox_of(user),
         allow_reconnect=False,
         max_reconnect_attempts=0,
     )
@@ -81,15 +81,8 @@ async def connect(server, user: str, password: str | None = None) -> Connection:
 
 @pytest.fixture
 async def streams_declared(server) -> AsyncIterator[None]:
-    admin = await connect(server, "admin")
-    js = admin.nc.jetstream()
-    for config in stream_configs(S):
-        try:
-            await js.add_stream(config=config)
-        except Exception:
-            await js.update_stream(config=config)
+    await provisioned(server)  # the operator declares; services only bind
     yield
-    await admin.nc.close()
 
 
 # ---------------------------------------------------------------- the generated files are fresh
@@ -98,9 +91,8 @@ async def streams_declared(server) -> AsyncIterator[None]:
 @pytest.mark.unit
 def test_auth_conf_is_generated_from_the_current_subjects():
     auth = natsauth()
-    expected = auth.render()
-    for path in auth.OUTPUTS:
-        assert path.read_text() == expected, (
+    for path, executor_ids in auth.OUTPUTS.items():
+        assert path.read_text() == auth.render(auth.Subjects(), executor_ids), (
             f"{path} is stale: uv run --frozen python deploy/nats/natsauth.py"
         )
 
@@ -116,7 +108,10 @@ def test_every_job_event_has_a_writer_and_only_known_writers():
 
 
 @pytest.mark.unit
-def test_no_user_may_delete_or_purge_a_stream_and_only_admin_is_unlimited():
+def test_no_user_may_declare_delete_or_purge_a_stream_and_only_admin_is_unlimited():
+    """Only the operator declares (the provision step); the one consumer delete left is the
+    submission's removal of the ordered consumers it read buckets with (joblist.BucketReader), on
+    buckets' streams, where no durable consumer lives."""
     auth = natsauth()
     users = auth.users(S)
     assert [name for name, perms in users.items() if perms is None] == ["admin"]
@@ -124,9 +119,16 @@ def test_no_user_may_delete_or_purge_a_stream_and_only_admin_is_unlimited():
         if perms is None:
             continue
         for subject in perms.publish:
-            assert ".DELETE." not in subject or subject.startswith(
-                ("$JS.API.CONSUMER.DELETE.", "$JS.API.STREAM.MSG.DELETE.TRAINYARD_DLQ")
+            assert (
+                ".DELETE." not in subject
+                or subject == "$JS.API.STREAM.MSG.DELETE.TRAINYARD_DLQ"
+                or (name == "submission" and subject.startswith("$JS.API.CONSUMER.DELETE.KV_trainyard_"))
             ), (name, subject)
+            assert not subject.startswith(("$JS.API.STREAM.CREATE.", "$JS.API.STREAM.UPDATE.")), (
+                name,
+                subject,
+            )
+            assert "DURABLE.CREATE" not in subject, (name, subject)
             assert ".PURGE." not in subject and subject not in (">", "$JS.>", "$JS.API.>"), (name, subject)
 
 
@@ -141,8 +143,8 @@ def test_the_compose_config_includes_the_generated_users():
 # ---------------------------------------------------------------- the server enforces them
 
 REFUSED_PUBLISH = [
-    ("executor", S.job(JOB, "submitted")),  # submission, and the scheduler's copy ahead of queued
-    ("executor", S.job(JOB, "model_registered")),
+    ("executor-exec-a", S.job(JOB, "submitted")),  # submission, and the scheduler's copy ahead of queued
+    ("executor-exec-a", S.job(JOB, "model_registered")),
     ("telemetry", S.job(JOB, "queued")),  # telemetry publishes nothing on the job path
     ("telemetry", S.job(JOB, "succeeded")),
     ("telemetry", S.exec_command("exec-a", "start")),
@@ -156,8 +158,9 @@ REFUSED_PUBLISH = [
     ("scheduler", S.job(JOB, "running")),
     ("registry", S.job(JOB, "succeeded")),
     ("registry", S.exec_command("exec-a", "start")),
-    ("executor", S.exec_command("exec-b", "start")),
-    ("executor", "$KV.trainyard_leases.scheduler"),  # cannot take the scheduler's lease
+    ("executor-exec-a", S.exec_command("exec-b", "start")),
+    ("executor-exec-a", "$KV.trainyard_leases.scheduler"),  # cannot take the scheduler's lease
+    ("executor-exec-a", "$KV.trainyard_executors.exec-b"),  # nor another executor's heartbeat
     ("client", S.job(JOB, "submitted")),  # another system submits through the intake only
     ("client", "$KV.trainyard_jobs." + JOB),
     ("telemetry", "$JS.API.STREAM.DELETE.TRAINYARD_JOBS"),
@@ -170,8 +173,9 @@ ALLOWED_PUBLISH = [
     ("scheduler", S.job(JOB, "submitted")),  # its copy ahead of queued, same message id
     ("scheduler", S.job(JOB, "queued")),
     ("scheduler", S.exec_command("exec-a", "start")),
-    ("executor", S.job(JOB, "succeeded")),
-    ("executor", S.log(JOB, 1)),
+    ("executor-exec-a", S.job(JOB, "succeeded")),
+    ("executor-exec-a", S.log(JOB, 1)),
+    ("executor-exec-a", "$KV.trainyard_executors.exec-a"),  # its own heartbeat
     ("registry", S.job(JOB, "model_registered")),
     ("registry", S.model_registered("digits")),
     ("telemetry", S.dlq("telemetry")),
@@ -197,7 +201,7 @@ async def test_a_user_is_allowed_on_a_subject_its_service_owns(server, streams_d
     conn = await connect(server, user)
     try:
         ack = await conn.nc.jetstream().publish(subject, b"{}", timeout=10)
-        assert ack.seq >= 1 and ack.stream.startswith("TRAINYARD_")
+        assert ack.seq >= 1 and ack.stream.startswith(("TRAINYARD_", "KV_trainyard_"))
         assert not conn.errors
     finally:
         await conn.nc.close()
@@ -205,7 +209,10 @@ async def test_a_user_is_allowed_on_a_subject_its_service_owns(server, streams_d
 
 REFUSED_SUBSCRIBE = [
     ("telemetry", "trainyard.exec.>"),  # cannot read commands off the wire
-    ("executor", S.intake_submit),
+    ("executor-exec-a", S.intake_submit),
+    ("executor-exec-a", "trainyard.exec.exec-b.>"),
+    ("executor-exec-a", "_INBOX.executor-exec-b.>"),  # another executor's deliveries
+    ("telemetry", "_INBOX.>"),  # every user's replies: job records, tokens, commands
     ("submission", S.scheduler_why),  # asks the scheduler; only the scheduler answers
     ("client", "trainyard.>"),
 ]

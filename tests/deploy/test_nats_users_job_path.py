@@ -1,7 +1,8 @@
 """The per-service NATS users are enough: a job's whole path with every service as its own user.
 
 The five services run in this process (trainyard_shared.testkit) against a real
-nats-server started with deploy/nats/nats.conf, each connected as its own user
+nats-server started with deploy/nats/nats.conf, after the provision step (as admin), each connected
+as its own user (the executor as executor-<id>)
 (``CommonSettings(nats_user=..., nats_password=...)``, what TRAINYARD_NATS_USER/PASSWORD set in the
 deployments). Another system submits on the bus intake as the ``client`` user and follows the job's
 events; the API reads the record, the logs, the dead letters and the models, asks the scheduler why,
@@ -36,7 +37,7 @@ from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_telemetry.app import create_app as telemetry_app
 
-from .natsconf import password_for, secured_server, violations
+from .natsconf import inbox_of, password_for, provisioned, secured_server, violations
 
 pytestmark = [pytest.mark.nats_auth, pytest.mark.service, pytest.mark.local]
 
@@ -65,7 +66,7 @@ async def stack(server_url: str, tmp_path: Path) -> AsyncIterator[tuple[httpx.As
         as_user(server_url, "scheduler", data), SchedulerSettings(tick_seconds=0.2, replica_id="scheduler-0")
     )
     executor = executor_app(
-        as_user(server_url, "executor", data),
+        as_user(server_url, "executor-exec-auth", data),
         ExecutorSettings(id="exec-auth", cpu=2, memory=4096, gpu=0, heartbeat_seconds=0.5, grace_seconds=2),
     )
     registry = registry_app(
@@ -140,8 +141,11 @@ async def test_a_job_succeeds_with_every_service_as_its_own_nats_user(tmp_path):
         "outputs": {"model": "perm-model", "path": "out"},
     }
     with secured_server(tmp_path / "store") as server:
+        await provisioned(server)  # the operator declares the streams and buckets; services bind
         async with stack(server.url, tmp_path) as (http, telemetry):
-            client = await nats.connect(server.url, user="client", password=password_for("client"))
+            client = await nats.connect(
+                server.url, user="client", password=password_for("client"), inbox_prefix=inbox_of("client")
+            )
             try:
                 js = client.jetstream()
                 reply = await submit_over_the_bus(js, client, spec, "perm-intake-1")

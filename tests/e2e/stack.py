@@ -13,6 +13,7 @@ checks commits out).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import subprocess
@@ -27,6 +28,10 @@ import httpx
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
+from trainyard_shared.natsusers import inbox_prefix, password_variable
+from trainyard_shared.provision import provision_with
+from trainyard_shared.settings import CommonSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = "0.1.0"
 SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry")
@@ -36,9 +41,16 @@ MLFLOW_IMAGE = "trainyard/mlflow:3"
 IMAGES = (NATS_IMAGE, MLFLOW_IMAGE, *(f"trainyard/{svc}:{VERSION}" for svc in SERVICES))
 REPO_MOUNT = "/repos/trainyard.git"
 WORK_ROOT = "/var/lib/trainyard/executor"  # the executor's work dirs: <data_dir>/executor/<id>/work
-EXECUTOR_ID = "e2e-executor"
+# the deployed config has one NATS user per executor id: the compose executor's (executor-docker-compose)
+EXECUTOR_ID = "docker-compose"
 NATS_CONFIG = ROOT / "deploy" / "nats" / "nats.conf"  # includes auth.conf: one user per service
-NATS_USERS = (*SERVICES, "client", "admin")
+NATS_USERS = tuple(
+    f"executor-{EXECUTOR_ID}" if s == "executor" else s for s in (*SERVICES, "client", "admin")
+)
+
+
+def nats_user(service: str) -> str:
+    return f"executor-{EXECUTOR_ID}" if service == "executor" else service
 
 
 def wait_until(
@@ -83,6 +95,7 @@ class ImageStack:
     mlflow_url: str = ""
     repo_head: str = ""  # the commit HEAD of the mounted clone resolves to
     nats_url: str = ""
+    nats_inbox_prefix: str = "_INBOX"
 
     def __post_init__(self) -> None:
         self.client = docker.from_env()
@@ -111,7 +124,7 @@ class ImageStack:
             # the deployed config: one user per service (deploy/nats/auth.conf), random passwords
             nats.with_volume_mapping(str(NATS_CONFIG.parent), "/etc/nats", "ro")
             nats.with_command(["-c", "/etc/nats/nats.conf", "-sd", "/data/jetstream"])
-            nats.with_envs(**{f"TRAINYARD_NATS_PASSWORD_{u.upper()}": pw for u, pw in self.passwords.items()})
+            nats.with_envs(**{password_variable(u): pw for u, pw in self.passwords.items()})
         else:
             nats.with_command(["-js", "-m", "8222", "-sd", "/data/jetstream"])
         nats.with_loopback_port(4222).with_loopback_port(8222).start()
@@ -123,8 +136,22 @@ class ImageStack:
             lambda: self.logs("nats"),
         )
         self.nats_url = f"nats://127.0.0.1:{self.port('nats', 4222)}"
-        if self.nats_auth:  # the tests read job events as another system would: the client user
+        if self.nats_auth:
+            # the provision step as the operator (what compose's one-shot provision service runs);
+            # the services only bind
+            asyncio.run(
+                provision_with(
+                    CommonSettings(
+                        nats_url=self.nats_url,
+                        nats_user="admin",
+                        nats_password=self.passwords["admin"],
+                        prefix=self.prefix,
+                    )
+                )
+            )
+            # the tests read job events as another system would: the client user, on its inbox
             self.nats_url = f"nats://client:{self.passwords['client']}@127.0.0.1:{self.port('nats', 4222)}"
+            self.nats_inbox_prefix = inbox_prefix("client")
 
         # MLflow takes longest (~10-30 s): start it first and the services meanwhile
         self._container("mlflow", MLFLOW_IMAGE).with_loopback_port(5000).start()
@@ -196,7 +223,8 @@ class ImageStack:
     def _service(self, svc: str, env: dict[str, str]) -> LoopbackContainer:
         container = self._container(svc, f"trainyard/{svc}:{VERSION}").with_envs(**env)
         if self.nats_auth:
-            container.with_envs(TRAINYARD_NATS_USER=svc, TRAINYARD_NATS_PASSWORD=self.passwords[svc])
+            user = nats_user(svc)
+            container.with_envs(TRAINYARD_NATS_USER=user, TRAINYARD_NATS_PASSWORD=self.passwords[user])
         return container
 
     def nats_permission_violations(self) -> list[str]:

@@ -41,9 +41,9 @@ def digits_spec() -> dict:
     return spec
 
 
-async def _job_events(nats_url: str, prefix: str) -> dict[str, list[dict]]:
+async def _job_events(nats_url: str, prefix: str, inbox_prefix: str) -> dict[str, list[dict]]:
     """Every event on the job stream, by job id (an ordered consumer from the first message)."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, inbox_prefix=inbox_prefix)
     try:
         js = nc.jetstream()
         sub = await js.subscribe(f"{prefix}.job.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
@@ -59,7 +59,7 @@ async def _job_events(nats_url: str, prefix: str) -> dict[str, list[dict]]:
 
 
 def job_events(stack: ImageStack) -> dict[str, list[dict]]:
-    return asyncio.run(_job_events(stack.nats_url, stack.prefix))
+    return asyncio.run(_job_events(stack.nats_url, stack.prefix, stack.nats_inbox_prefix))
 
 
 def test_each_image_is_labelled_non_root_healthchecked_and_holds_only_its_own_dependencies(images_ready):

@@ -94,3 +94,67 @@ async def test_a_huge_field_name_or_value_is_clipped_in_the_refusal(doors):
     assert len(resp.content) < 16 * 1024, len(resp.content)
     reply = await over_the_bus(nc, subjects, body)
     assert reply["accepted"] is False and {e["field"][:5] for e in reply["errors"]} == {"name", "xxxxx"}
+
+
+# ------------------------------------------------------------------ priority and bus identity
+
+
+async def team_token(client, team: str) -> str:
+    resp = await client.post("/v1/tokens", json={"team": team}, headers=auth(ADMIN))
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["token"])
+
+
+def spec(**fields: Any) -> bytes:
+    return json.dumps({"name": "p", "command": ["true"], **fields}).encode()
+
+
+async def test_a_team_cannot_raise_its_priority_over_its_queues_maximum(doors):
+    client, _, _ = doors
+    alpha = await team_token(client, "alpha")
+    resp = await client.post("/v1/jobs", content=spec(priority=1000), headers=auth(alpha))
+    assert resp.status_code == 403, resp.text
+    problem = resp.json()
+    assert problem["queue"] == "alpha" and [e["field"] for e in problem["errors"]] == ["priority"]
+    assert "up to 0" in problem["detail"]
+    # lowering its own priority is always fine, and so is the queue's maximum
+    assert (await client.post("/v1/jobs", content=spec(priority=-5), headers=auth(alpha))).status_code == 201
+    put = await client.put("/v1/queues/alpha", json={"max_priority": 10}, headers=auth(ADMIN))
+    assert put.status_code == 201, put.text
+    assert (await client.post("/v1/jobs", content=spec(priority=10), headers=auth(alpha))).status_code == 201
+    over = await client.post("/v1/jobs", content=spec(priority=11), headers=auth(alpha))
+    assert over.status_code == 403 and over.json()["errors"][0]["field"] == "priority"
+    # the cap is the queue's: the admin submitting into it is held to it too
+    admin_over = await client.post("/v1/jobs", content=spec(queue="alpha", priority=11), headers=auth(ADMIN))
+    assert admin_over.status_code == 403
+
+
+async def test_the_bus_intake_applies_the_publishers_identity_and_its_queues_limits(doors):
+    client, nc, subjects = doors
+    alpha = await team_token(client, "alpha")
+
+    def refused(reply: dict[str, Any], field: str) -> bool:
+        return reply["accepted"] is False and [e["field"] for e in reply["errors"]] == [field]
+
+    # no identity: only a queue that allows anonymous bus submissions (the built-in default does)
+    anonymous = await over_the_bus(nc, subjects, spec(queue="alpha"))
+    assert refused(anonymous, "queue"), anonymous
+    rejected = await first_event(nc, subjects, anonymous["job_id"])
+    assert rejected["type"] == "rejected" and rejected["errors"] == anonymous["errors"]
+    assert (await over_the_bus(nc, subjects, spec()))["accepted"] is True
+    assert refused(await over_the_bus(nc, subjects, spec(priority=1000)), "priority")
+
+    # a team's token: its queue only, and its queue's priority cap
+    token = {"Trainyard-Token": alpha}
+    own = await over_the_bus(nc, subjects, spec(), token)  # no queue given: the team's
+    assert own["accepted"] is True, own
+    record = (await client.get(f"/v1/jobs/{own['job_id']}", headers=auth(ADMIN))).json()
+    assert record["spec"]["queue"] == "alpha" and record["submitted_by"].startswith("bus:alpha:")
+    assert refused(await over_the_bus(nc, subjects, spec(queue="beta"), token), "queue")
+    assert refused(await over_the_bus(nc, subjects, spec(priority=1000), token), "priority")
+
+    # a token that is named but not known is refused, not taken as anonymous
+    for bad in ("not-a-token", alpha + "x", ADMIN + "x"):
+        assert refused(await over_the_bus(nc, subjects, spec(), {"Trainyard-Token": bad}), "Trainyard-Token")
+    listed = (await client.get("/v1/jobs?limit=100", headers=auth(ADMIN))).json()["jobs"]
+    assert len(listed) == 2  # the two accepted ones; nothing else was created

@@ -627,6 +627,16 @@ def queues_set(
         bool | None,
         typer.Option("--preemptible-by-default/--not-preemptible-by-default", help="jobs preemptible"),
     ] = None,
+    max_priority: Annotated[
+        int | None, typer.Option(help="the highest priority a spec may ask for in this queue")
+    ] = None,
+    allow_anonymous_bus: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-anonymous-bus/--no-allow-anonymous-bus",
+            help="accept bus submissions without a Trainyard-Token",
+        ),
+    ] = None,
 ) -> None:
     """Create a queue or change the options given (the rest keep their values; compare-and-set)."""
     from pydantic import ValidationError
@@ -655,6 +665,10 @@ def queues_set(
                 data["allow_shell"] = allow_shell
             if preemptible is not None:
                 data["preemptible_by_default"] = preemptible
+            if max_priority is not None:
+                data["max_priority"] = max_priority
+            if allow_anonymous_bus is not None:
+                data["allow_anonymous_bus"] = allow_anonymous_bus
             for key, changes in (("quota", quota), ("borrowing_limit", borrow)):
                 section = dict(data.get(key) or {})
                 section.update({k: v for k, (given, v) in changes.items() if given})
@@ -686,7 +700,19 @@ def _quota_text(value: float | int | None, memory: bool = False) -> str:
 
 def _print_queues(entries: list[Any]) -> None:
     table = Table()
-    columns = ("queue", "weight", "cpu", "memory", "gpu", "cohort", "borrow cpu/mem/gpu", "shell", "revision")
+    columns = (
+        "queue",
+        "weight",
+        "cpu",
+        "memory",
+        "gpu",
+        "cohort",
+        "borrow cpu/mem/gpu",
+        "shell",
+        "max priority",
+        "anonymous bus",
+        "revision",
+    )
     for column in columns:
         table.add_column(column, no_wrap=True)
     for entry in entries:
@@ -700,6 +726,8 @@ def _print_queues(entries: list[Any]) -> None:
             escape(entry.config.cohort or "-"),
             f"{_quota_text(b.cpu)}/{_quota_text(b.memory, memory=True)}/{_quota_text(b.gpu)}",
             "yes" if entry.config.allow_shell else "no",
+            str(entry.config.max_priority),
+            "yes" if entry.config.allow_anonymous_bus else "no",
             str(entry.revision) if entry.revision else "built-in",
         )
     out.print(table)
@@ -808,9 +836,24 @@ def up(
         str | None, typer.Option("--executor-memory", help="memory it offers, e.g. 8Gi (default: all)")
     ] = None,
     executor_gpu: Annotated[int | None, typer.Option("--executor-gpu", help="GPUs it offers")] = None,
+    max_restarts: Annotated[
+        int,
+        typer.Option(
+            "--max-restarts",
+            min=0,
+            help="restarts of a process that exits, within 60 s, before the stack stops (0: stop at once)",
+        ),
+    ] = 5,
+    ready_timeout: Annotated[
+        float, typer.Option("--ready-timeout", min=1, help="seconds the services may take to start")
+    ] = 90.0,
 ) -> None:
-    """Run the whole stack on this machine (nats-server and the five services) until Ctrl-C."""
+    """Run the whole stack on this machine (nats-server and the five services) until Ctrl-C.
+
+    A service (or nats-server) that exits is restarted after 1, 2, 4, 8 s; one that exits again
+    after --max-restarts restarts within 60 s stops the stack."""
     from trainyard_client import stack as stack_module
+    from trainyard_client.supervision import RestartPolicy
 
     missing = stack_module.missing_packages()
     if missing:
@@ -831,6 +874,9 @@ def up(
         executor_cpu=executor_cpu,
         executor_memory=_memory(executor_memory),
         executor_gpu=executor_gpu,
+        ready_timeout=ready_timeout,
+        restart_policy=RestartPolicy(limit=max_restarts),
+        on_restart=_say_restart,
     )
 
     def on_term(signum: int, frame: Any) -> None:
@@ -845,7 +891,7 @@ def up(
         started = True
         _print_up(stack)
         while True:
-            stack.raise_if_dead()
+            stack.raise_if_failed()
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
@@ -858,6 +904,11 @@ def up(
                 soft_wrap=True,
             )
             err.print(escape(exc.tails.get(service.name, "")), soft_wrap=True)
+        if max_restarts:
+            err.print(
+                f"[bold red]it exited again after {max_restarts} restart(s) within 60s: stopping[/]",
+                soft_wrap=True,
+            )
         code = EXIT_JOB_FAILED
     except stack_module.StackError as exc:
         err.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
@@ -868,6 +919,7 @@ def up(
         try:
             with out.status("stopping the services and nats-server"):
                 stack.stop()
+            _say_what_was_killed(stack)
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, previous)
@@ -876,6 +928,36 @@ def up(
     elif code != EXIT_OK:
         err.print("Trainyard did not start")
     raise typer.Exit(code)
+
+
+def _say_restart(restart: Any, tail: str) -> None:
+    """Told by the stack's supervisor (a thread) of each exit it answers with a restart."""
+    if restart.given_up:
+        return  # `up` says so when it stops
+    code = "?" if restart.exit_code is None else restart.exit_code
+    err.print(
+        f"[bold yellow]the {restart.service} service exited (code {code})[/]; restarting it in"
+        f" {restart.delay_seconds:g}s (restart {restart.number} of {restart.limit} within 60s);"
+        " last lines of its log:",
+        soft_wrap=True,
+    )
+    err.print(escape(tail), soft_wrap=True)
+
+
+def _say_what_was_killed(stack: Any) -> None:
+    for name in stack.killed_services:
+        err.print(
+            f"[bold yellow]the {name} service did not stop within {stack.stop_timeout:g}s: killed it[/]",
+            soft_wrap=True,
+        )
+    if stack.leftovers:
+        err.print(
+            f"[bold yellow]killed {len(stack.leftovers)} process(es) still running after the services"
+            " stopped:[/]",
+            soft_wrap=True,
+        )
+        for leftover in stack.leftovers:
+            err.print(f"  {leftover.pid} {escape(leftover.command[:200])}", soft_wrap=True)
 
 
 def _print_up(stack: Any) -> None:

@@ -23,19 +23,34 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 
 from trainyard_client.sdk import TOKEN_FILE, TrainyardClient
+from trainyard_client.supervision import Restart, RestartBook, RestartPolicy
+
+if TYPE_CHECKING:
+    from trainyard_client.leftovers import Descendants, Leftover
 
 SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry")
 INSTALL_HINT = "install trainyard-client[stack]  (pip install 'trainyard-client[stack]')"
+EXECUTOR_HANDBACK_SECONDS = 10.0
+"""What the executor needs past its jobs' grace to stop them for good and hand them back (the
+SIGKILL after the grace, the last log lines, the record and its event): the stack's stop timeout
+must leave it that much, else the executor is killed before its jobs are handed back."""
+DEFAULT_EXECUTOR_GRACE_SECONDS = 10.0
+SUPERVISE_POLL_SECONDS = 0.25
+SCAN_EVERY_SECONDS = 2.0
+"""How often a supervised stack notes the processes below its services (see leftovers.py)."""
+RestartListener = Callable[[Restart, str], None]
+"""Told of each exit the stack answers (a restart, or giving up), with the end of that log."""
 
 
 class StackError(RuntimeError):
@@ -116,6 +131,16 @@ class EmbeddedStack:
     telemetry serve ``/metrics`` and ``/healthz`` on ``api_port + 1`` .. ``api_port + 4``.
     ``api_port=None`` (or 0) picks five free ports instead, ``nats_port=None`` a free NATS port.
     ``env`` adds variables for every service (e.g. ``TRAINYARD_LOG_LEVEL``).
+
+    ``stop_timeout``: how long each service may take to stop (they stop side by side); the
+    executor's job grace (``TRAINYARD_EXECUTOR_GRACE_SECONDS``, default 10 s) must leave it
+    ``EXECUTOR_HANDBACK_SECONDS`` to hand its attempts back. What still runs after that is killed
+    (``killed_services``, ``leftovers``).
+
+    ``restart_policy``: restart a process that exits once the stack is up (``restarts`` lists
+    them, ``on_restart`` hears of each) and stop only when one keeps exiting (``failure``);
+    ``None`` (the default; ``trainyard up`` passes one): no restarts, ``raise_if_failed`` raises
+    at the first exit.
     """
 
     def __init__(
@@ -132,8 +157,10 @@ class EmbeddedStack:
         executor_gpu: int | None = None,
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 90.0,
-        stop_timeout: float = 10.0,
+        stop_timeout: float = 20.0,
         python: str = sys.executable,
+        restart_policy: RestartPolicy | None = None,
+        on_restart: RestartListener | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.host = host
@@ -152,6 +179,16 @@ class EmbeddedStack:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.python = python
+        self.restart_policy = restart_policy
+        self.on_restart = on_restart
+        self.restarts: list[Restart] = []
+        self.failure: ServiceDied | None = None
+        self.killed_services: list[str] = []
+        self.leftovers: list[Leftover] = []
+        self._descendants: Descendants | None = None
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._due: dict[str, float] = {}
         self.services = {
             name: ServiceProcess(name, self.ports[name], self.log_dir / f"{name}.log") for name in SERVICES
         }
@@ -207,6 +244,7 @@ class EmbeddedStack:
     def service_env(self) -> dict[str, str]:
         """The environment every service process gets."""
         env = {**os.environ, **self.extra_env}
+        env.setdefault("TRAINYARD_EXECUTOR_GRACE_SECONDS", str(DEFAULT_EXECUTOR_GRACE_SECONDS))
         env.update(
             {
                 "TRAINYARD_NATS_URL": self.nats_url,
@@ -237,9 +275,13 @@ class EmbeddedStack:
         missing = missing_packages()
         if missing:
             raise StackNotInstalled(missing)
+        from trainyard_client.leftovers import Descendants
         from trainyard_shared.natsserver import NatsServer
 
+        self._check_deadlines()
         self._check_ports()
+        self._descendants = Descendants()
+        self._stopping.clear()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "mlflow").mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
@@ -259,7 +301,29 @@ class EmbeddedStack:
         except BaseException:
             self.stop()
             raise
+        if self.restart_policy is not None:
+            # a service that dies during start-up is a configuration error, shown at once; from
+            # here on an exit is a crash, answered with a restart
+            self._supervisor = threading.Thread(
+                target=self._supervise, args=(RestartBook(self.restart_policy),), name="stack-supervisor"
+            )
+            self._supervisor.start()
         return self
+
+    def _check_deadlines(self) -> None:
+        raw = self.service_env()["TRAINYARD_EXECUTOR_GRACE_SECONDS"]
+        try:
+            grace = float(raw)
+        except ValueError:
+            raise StackError(
+                f"TRAINYARD_EXECUTOR_GRACE_SECONDS must be a number of seconds, got {raw!r}"
+            ) from None
+        if grace + EXECUTOR_HANDBACK_SECONDS > self.stop_timeout:
+            raise StackError(
+                f"the executor's job grace ({grace:g}s, TRAINYARD_EXECUTOR_GRACE_SECONDS) plus"
+                f" {EXECUTOR_HANDBACK_SECONDS:g}s to hand its attempts back must fit in the stack's"
+                f" stop timeout ({self.stop_timeout:g}s): lower the grace or raise the stop timeout"
+            )
 
     def _acquire_lock(self) -> None:
         try:
@@ -353,30 +417,115 @@ class EmbeddedStack:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def raise_if_failed(self) -> None:
+        """Raise ``ServiceDied`` once the stack cannot go on: with a restart policy, when a process
+        kept exiting past its limit; without one, at the first exit."""
+        if self.restart_policy is None:
+            self.raise_if_dead()
+        elif self.failure is not None:
+            raise self.failure
+
+    # supervision (a thread, once the stack is up)
+
+    def _supervise(self, book: RestartBook) -> None:
+        scanned = 0.0
+        while not self._stopping.wait(SUPERVISE_POLL_SECONDS):
+            now = time.monotonic()
+            if now - scanned >= SCAN_EVERY_SECONDS and self._descendants is not None:
+                self._descendants.scan(self._service_pids())
+                scanned = now
+            if not self._answer_exits(book, now):
+                return
+            for name, due in sorted(self._due.items(), key=lambda item: item[1]):
+                if now >= due and not self._stopping.is_set():
+                    del self._due[name]
+                    self._restart(name)
+
+    def _answer_exits(self, book: RestartBook, now: float) -> bool:
+        """Schedule a restart of each newly exited process; False once one is given up on."""
+        for gone in self.dead():
+            if gone.name in self._due:
+                continue
+            code = gone.process.returncode if gone.process is not None else None
+            restart = book.exited(gone.name, code, now)
+            self.restarts.append(restart)
+            tail = self.log_tail(gone.name)
+            if restart.given_up:
+                self.failure = ServiceDied([gone], {gone.name: tail})
+            else:
+                self._due[gone.name] = now + restart.delay_seconds
+            if self.on_restart is not None:
+                self.on_restart(restart, tail)
+            if restart.given_up:
+                return False
+        return True
+
+    def _restart(self, name: str) -> None:
+        if name == "nats":
+            try:
+                self.nats.start()
+            except RuntimeError:
+                pass  # it exited again at once: the next pass counts that exit
+            return
+        service = self.services[name]
+        if service.log_file is not None:
+            service.log_file.close()
+            service.log_file = None
+        self._spawn(service, self.service_env())
+
+    def _service_pids(self) -> list[int]:
+        return [s.process.pid for s in self.services.values() if s.process is not None and s.alive]
+
+    # stopping
+
     def stop(self) -> None:
-        """SIGTERM every service, SIGKILL what is left after ``stop_timeout``, then stop nats."""
+        """Stop the services side by side, wait for them (the executor hands its attempts back
+        first) up to ``stop_timeout``, kill what is left, then stop nats.
+
+        ``killed_services`` names the services that had to be killed, ``leftovers`` the processes
+        they had started that were still running after them (killed too, with their groups)."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
+        self._due.clear()
         running = [s for s in self.services.values() if s.alive]
+        self._scan()
         for service in running:
             with contextlib.suppress(ProcessLookupError):
                 service.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        deadline = time.monotonic() + self.stop_timeout
-        for service in running:
-            assert service.process is not None
-            try:
-                service.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(service.process.pid, signal.SIGKILL)
-                service.process.wait()
+        self.killed_services = self._wait_or_kill(running, time.monotonic() + self.stop_timeout)
         for service in self.services.values():
             if service.log_file is not None:
                 service.log_file.close()
                 service.log_file = None
+        self.leftovers = self._descendants.kill_living() if self._descendants is not None else []
         if self.nats is not None:
             self.nats.stop()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    def _scan(self) -> None:
+        if self._descendants is not None:
+            self._descendants.scan(self._service_pids())
+
+    def _wait_or_kill(self, running: list[ServiceProcess], deadline: float) -> list[str]:
+        """Wait for ``running`` to exit, noting what they started meanwhile; kill the ones still
+        there at ``deadline``. Returns their names."""
+        waiting = list(running)
+        while waiting and time.monotonic() < deadline:
+            self._scan()  # before a service is gone, its orphans are no longer below it
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                waiting[0].process.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))  # type: ignore[union-attr]
+            waiting = [s for s in waiting if s.alive]
+        self._scan()
+        for service in waiting:
+            assert service.process is not None
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait()
+        return [s.name for s in waiting]
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()

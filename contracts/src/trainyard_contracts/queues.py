@@ -34,7 +34,21 @@ class QueueConfig(BaseModel):
         description="how much above its nominal quota the queue may borrow from its cohort",
     )
     allow_shell: bool = Field(False, description="accept specs with shell: true")
+    max_priority: int = Field(
+        0,
+        ge=-1000,
+        le=1000,
+        description="the highest priority a spec may ask for in this queue (priority orders and "
+        "preempts across queues, so raising it is an admin's decision)",
+    )
+    allow_anonymous_bus: bool = Field(
+        False,
+        description="accept bus-intake submissions that carry no Trainyard-Token (identified ones "
+        "follow the token's rights)",
+    )
     preemptible_by_default: bool = False
 
 
-DEFAULT_QUEUE = QueueConfig(name="default", borrowing_limit=Quota(), allow_shell=True)
+DEFAULT_QUEUE = QueueConfig(
+    name="default", borrowing_limit=Quota(), allow_shell=True, allow_anonymous_bus=True
+)

@@ -5,8 +5,10 @@ timeout. Real processes and, where the machine has one, a real cgroup v2 hierarc
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+import textwrap
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -74,3 +76,64 @@ async def test_a_cancel_before_the_job_is_spawned_reaches_it_as_sigterm(tmp_path
 
     assert outcome.kind == "cancelled"
     assert outcome.exit_code == -signal.SIGTERM, outcome
+
+
+def setsid_script(pid_file: Path) -> list[str]:
+    """A job whose child leaves the job's process group and session, says so, and sleeps."""
+    child = (
+        f"import os, time; os.setsid(); open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    )
+    script = f"""
+        import subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", {child!r}])
+        time.sleep(120)
+    """
+    return [sys.executable, "-c", textwrap.dedent(script)]
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_a_child_that_calls_setsid_is_stopped_with_the_job(tmp_path: Path, how: str) -> None:
+    """The grandchild is in no process group the executor signals; before the fix it outlived
+    both a cancel and a timeout. The attempt's cgroup (or, without one, the fallback the backend
+    reports) takes it down."""
+    backend = LocalBackend(root=tmp_path / "root")
+    if backend.containment.kind != "cgroup":
+        pytest.skip(f"no cgroup here: {backend.containment.reason}")
+    pid_file = tmp_path / f"grandchild-{how}.pid"
+    launch = launch_of(tmp_path, setsid_script(pid_file), timeout_s=3.0 if how == "timeout" else None)
+    attempt = await backend.start(launch, noop_sink)
+    await eventually(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the grandchild")
+    grandchild = int(pid_file.read_text())
+    assert pid_alive(grandchild)
+    try:
+        if how == "cancel":
+            await attempt.cancel(1.0)
+        outcome = await attempt.wait()
+        assert outcome.kind == ("cancelled" if how == "cancel" else "timed_out")
+        await eventually(lambda: not pid_alive(grandchild), "the setsid grandchild to be gone", 10.0)
+        cgroup = backend.containment.attempt(launch.job_id, launch.attempt)
+        assert cgroup is not None and not cgroup.path.exists()  # removed once empty
+    finally:
+        if pid_alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+
+
+async def test_a_restarted_executor_that_discards_an_attempt_stops_its_setsid_child(tmp_path: Path) -> None:
+    """An executor that went away (``detach``) and came back finds an attempt that is no longer
+    current and discards it: the cgroup named in its pid file is killed, escapees included."""
+    backend = LocalBackend(root=tmp_path / "root")
+    if backend.containment.kind != "cgroup":
+        pytest.skip(f"no cgroup here: {backend.containment.reason}")
+    pid_file = tmp_path / "grandchild.pid"
+    attempt = await backend.start(launch_of(tmp_path, setsid_script(pid_file)), noop_sink)
+    await eventually(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the grandchild")
+    grandchild = int(pid_file.read_text())
+    await attempt.detach()
+    try:
+        restarted = LocalBackend(root=tmp_path / "root")
+        (found,) = await restarted.find_attempts()
+        await restarted.discard(found, grace_s=1.0)
+        await eventually(lambda: not pid_alive(grandchild), "the setsid grandchild to be gone", 10.0)
+    finally:
+        if pid_alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)

@@ -30,7 +30,7 @@ from trainyard_executor.core import ExecutorCore, _requeued_here
 from trainyard_executor.outcomes import conclude, event_for
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_shared.broker import make_broker
-from trainyard_shared.consumers import connect_and_declare
+from trainyard_shared.consumers import connect_and_bind
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
@@ -128,7 +128,7 @@ async def finish_with_lost_ack(
     return what ``_finish`` returned, the job's events and the stored record."""
     sb = make_broker(CommonSettings(nats_url=url, prefix=prefix), "executor")
     common = CommonSettings(nats_url=url, prefix=prefix, data_dir=work)
-    buckets = await connect_and_declare(sb, common)
+    buckets = await connect_and_bind(sb, common)
     try:
         await buckets.jobs.create(record.job_id, record.model_dump_json().encode())
         kv = AckLostOnce(buckets.jobs, before_first_update)

@@ -203,7 +203,8 @@ async def test_shell_is_refused_by_a_queue_that_does_not_allow_it_on_http_and_on
     await js.publish(
         subjects.intake_submit,
         json.dumps({**shell_spec, "queue": "locked"}).encode(),
-        headers={"Nats-Msg-Id": uuid.uuid4().hex, "Trainyard-Reply-To": inbox},
+        # an identified publisher (the admin): the queue's shell rule still holds on the bus
+        headers={"Nats-Msg-Id": uuid.uuid4().hex, "Trainyard-Reply-To": inbox, "Trainyard-Token": TOKEN},
     )
     reply = json.loads((await replies.next_msg(timeout=10)).data)
     assert reply["accepted"] is False

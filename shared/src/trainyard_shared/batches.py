@@ -8,6 +8,8 @@ guarantees ``durable_consumer`` gives it, per message:
 - a body that does not parse is dead-lettered at once with its reason and acked;
 - a handler that raises is nacked for redelivery, until ``max_deliver``: then it is dead-lettered
   and acked, so the consumer moves on;
+- a handler that raises because the bus could not answer for a moment (a leader election) is
+  redelivered after a growing delay, not counted against ``max_deliver`` (redelivery.py);
 - a handled message is acked on its own (a slow or failing neighbour does not hold it back);
 - while a message waits or is handled it is kept ours with "in progress" every third of
   ``ack_wait``, so a long wait behind busy neighbours is not redelivered behind our back.
@@ -42,6 +44,7 @@ from pydantic import ValidationError
 from trainyard_shared.broker import ServiceBroker
 from trainyard_shared.deadletter import DEFAULT_MAX_DELIVER, park
 from trainyard_shared.metrics_labels import subject_shape
+from trainyard_shared.redelivery import FailureBudget
 from trainyard_shared.tracing import tracing_enabled
 
 log = logging.getLogger("trainyard.batches")
@@ -98,7 +101,9 @@ def batch_consumer(
     if tracing_enabled():
         provider = sb.tracer_provider or trace.get_tracer_provider()
         tracer = provider.get_tracer("trainyard.batches")
-    config = ConsumerConfig(max_deliver=max_deliver, ack_wait=ack_wait)
+    # the server's bound covers transient failures too; max_deliver bounds a message's own
+    budget = FailureBudget(max_deliver)
+    config = ConsumerConfig(max_deliver=budget.server_max_deliver, ack_wait=ack_wait)
     if filter_subjects:
         config.filter_subjects = list(filter_subjects)
 
@@ -108,22 +113,32 @@ def batch_consumer(
                 with _traced(tracer, raw):
                     await (handler(item, raw) if with_message else handler(item))
             except Exception as exc:
-                delivered = _delivered(raw)
-                if delivered < max_deliver:
-                    log.warning(
-                        "handler failed; the message will be redelivered",
-                        extra={"consumer": durable, "deliveries": delivered, "error": _short(exc)},
-                    )
-                    await raw.nak()
-                    retried.inc()
-                    return
-                reason = f"failed {delivered} times, last: {_short(exc)}"
-                await park(sb.broker, sb.subjects, service, raw, reason)
+                await failed(raw, exc)
+                return
+            budget.forget(_sequence(raw))
+            await raw.ack()
+            handled.inc()
+
+        async def failed(raw: Msg, exc: Exception) -> None:
+            delivered = _delivered(raw)
+            verdict = budget.judge(_sequence(raw), delivered, exc, _short(exc))
+            if verdict.park:
+                await park(sb.broker, sb.subjects, service, raw, verdict.reason)
                 await raw.ack()
                 parked.inc()
                 return
-            await raw.ack()
-            handled.inc()
+            log.warning(
+                "handler failed; the message will be redelivered",
+                extra={
+                    "consumer": durable,
+                    "deliveries": delivered,
+                    "error": _short(exc),
+                    "transient": verdict.transient,
+                    "delay": verdict.delay,
+                },
+            )
+            await (raw.nak() if verdict.delay is None else raw.nak(delay=verdict.delay))
+            retried.inc()
 
         async def reject(raw: Msg, exc: BaseException) -> None:
             await park(sb.broker, sb.subjects, service, raw, f"invalid message: {_short(exc)}")
@@ -320,6 +335,22 @@ class Puller:
                 "consumer's subjects updated",
                 extra={"consumer": self.durable, "subjects": sorted(_subjects_of(config))},
             )
+            info.config = current
+        await self._bound_deliveries(info.config)
+
+    async def _bound_deliveries(self, current: ConsumerConfig) -> None:
+        """A consumer made by an earlier release with a lower bound on deliveries gets ours: the
+        server would stop delivering a message still waiting out an election (redelivery.py)."""
+        if current.max_deliver == self.config.max_deliver:
+            return
+        js = self.sb.broker.config.connection_state.stream
+        await js.add_consumer(
+            self.stream, config=dataclasses.replace(current, max_deliver=self.config.max_deliver)
+        )
+        log.warning(
+            "consumer's bound on deliveries updated",
+            extra={"consumer": self.durable, "max_deliver": self.config.max_deliver},
+        )
 
     # -- pulling -----------------------------------------------------------------------------------
 
@@ -509,6 +540,13 @@ async def _is_work_queue(js: Any, stream: str) -> bool:
 
 
 def _stream_seq(raw: Msg) -> int | None:
+    try:
+        return int(raw.metadata.sequence.stream)
+    except Exception:
+        return None
+
+
+def _sequence(raw: Msg) -> int | None:
     try:
         return int(raw.metadata.sequence.stream)
     except Exception:

@@ -59,6 +59,8 @@ def make_broker(
         [url.strip() for url in settings.nats_url.split(",")],
         name=f"trainyard-{service}",
         security=security,
+        # the only inbox this user's NATS permissions let it subscribe to (natsusers.inbox_prefix)
+        inbox_prefix=settings.inbox_prefix,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         # faststream's per-message access log ("Received"/"Processed") at DEBUG: at INFO it is two

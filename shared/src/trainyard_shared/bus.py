@@ -5,13 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from faststream.nats import JStream
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from trainyard_contracts import Subjects
+from trainyard_shared.natsusers import tokens_bucket
+from trainyard_shared.streamlimits import StreamLimits
 
 DAY = 86400.0
+INTAKE_DUPLICATE_WINDOW = 0.1  # seconds; nats-server refuses less
 
 
 @dataclass(frozen=True)
@@ -38,16 +42,22 @@ def streams(subjects: Subjects) -> Streams:
     )
 
 
-def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
+def stream_configs(
+    subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+) -> list[StreamConfig]:
+    """Every stream's config; ``limits``: what they keep (default: from the environment)."""
     names = subjects.streams
     p = subjects.prefix
+    limits = limits or StreamLimits()
     common = {"storage": StorageType.FILE, "num_replicas": replicas}
     return [
         StreamConfig(
             name=names.jobs,
             subjects=[subjects.all_job_events],
             description="every job's lifecycle events",
-            max_age=30 * DAY,
+            max_age=limits.jobs_max_age_days * DAY,
+            max_bytes=limits.jobs_max_bytes,
+            discard=DiscardPolicy.OLD,
             duplicate_window=120.0,
             **common,
         ),
@@ -55,8 +65,10 @@ def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
             name=names.logs,
             subjects=[f"{p}.log.>"],
             description="job output, in chunks (limits retention, bounded size)",
-            max_age=7 * DAY,
-            max_bytes=2 * 1024**3,
+            max_age=limits.logs_max_age_days * DAY,
+            max_bytes=limits.logs_max_bytes,
+            max_msgs_per_subject=limits.logs_max_msgs_per_subject,
+            max_msg_size=limits.logs_max_msg_bytes,
             discard=DiscardPolicy.OLD,
             **common,
         ),
@@ -72,10 +84,12 @@ def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
         StreamConfig(
             name=names.intake,
             subjects=[subjects.intake_submit],
-            description="job specs submitted over the bus (dedup on Nats-Msg-Id)",
+            description="job specs submitted over the bus (the submission service dedups on Nats-Msg-Id)",
             retention=RetentionPolicy.WORK_QUEUE,
             max_age=DAY,
-            duplicate_window=600.0,
+            # the service answers a repeated id with its job; the stream would drop the repeat
+            # unanswered, so its window is the server's minimum (submission/intake.py)
+            duplicate_window=INTAKE_DUPLICATE_WINDOW,
             **common,
         ),
         StreamConfig(
@@ -99,10 +113,70 @@ def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
             name=names.dlq,
             subjects=[f"{p}.dlq.>"],
             description="messages a service could not handle, with the reason",
-            max_age=30 * DAY,
+            max_age=limits.dlq_max_age_days * DAY,
+            max_bytes=limits.dlq_max_bytes,
+            discard=DiscardPolicy.OLD,
             **common,
         ),
     ]
+
+
+def bucket_configs(subjects: Subjects, replicas: int = 1) -> list[KeyValueConfig]:
+    """Every KV bucket, the submission's tokens included; declared by the provision step."""
+    names = subjects.buckets
+    return [
+        KeyValueConfig(bucket=names.jobs, history=5, storage=StorageType.FILE, replicas=replicas),
+        KeyValueConfig(bucket=names.executors, history=1, ttl=3600.0, replicas=replicas),
+        KeyValueConfig(bucket=names.leases, history=1, replicas=replicas),
+        KeyValueConfig(bucket=names.queues, history=5, replicas=replicas),
+        KeyValueConfig(bucket=names.idempotency, history=1, ttl=7 * DAY, replicas=replicas),
+        KeyValueConfig(bucket=names.models, history=1, replicas=replicas),
+        KeyValueConfig(bucket=tokens_bucket(subjects), history=1, replicas=replicas),
+    ]
+
+
+def kv_stream_config(config: KeyValueConfig) -> StreamConfig:
+    """The stream nats-py's ``create_key_value`` declares for ``config`` (nats/js/client.py), so
+    that the provision step can also bring a bucket whose stream was changed back to it
+    (``create_key_value`` only creates, and fails on a stream with another config)."""
+    duplicate_window = min(120.0, config.ttl) if config.ttl else 120.0
+    return StreamConfig(
+        name=f"KV_{config.bucket}",
+        description=config.description,
+        subjects=[f"$KV.{config.bucket}.>"],
+        allow_direct=config.direct,
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=duplicate_window,
+        max_age=config.ttl,
+        max_bytes=config.max_bytes,
+        max_consumers=-1,
+        max_msg_size=config.max_value_size,
+        max_msgs=-1,
+        max_msgs_per_subject=config.history,
+        num_replicas=config.replicas,
+        storage=config.storage,
+        republish=config.republish,
+    )
+
+
+def all_stream_configs(
+    subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+) -> list[StreamConfig]:
+    """Every stream of the installation, the buckets' streams included."""
+    buckets = [kv_stream_config(config) for config in bucket_configs(subjects, replicas)]
+    return [*stream_configs(subjects, replicas, limits), *buckets]
+
+
+async def declare(js: JetStreamContext, configs: list[StreamConfig]) -> None:
+    """Create each stream, or bring an existing one to its config (the operator's step only)."""
+    for config in configs:
+        try:
+            await js.add_stream(config=config)
+        except BadRequestError:  # exists with another config: bring it to ours
+            await js.update_stream(config=config)
 
 
 @dataclass(frozen=True)
@@ -115,25 +189,24 @@ class Buckets:
     models: KeyValue
 
 
-async def open_buckets(broker: object, subjects: Subjects, replicas: int = 1) -> Buckets:
-    """Create (or bind to) every KV bucket; safe to call from every service at start-up."""
+async def open_buckets(
+    broker: object, subjects: Subjects, replicas: int = 1, *, declare_them: bool = True
+) -> Buckets:
+    """Bind to every KV bucket; with ``declare_them`` create (or correct) them first, which only
+    the operator identity may do on a server with users (trainyard_shared.provision)."""
+    if declare_them:
+        js = broker.config.connection_state.stream  # type: ignore[attr-defined]
+        await declare(js, [kv_stream_config(c) for c in bucket_configs(subjects, replicas)])
     names = subjects.buckets
     kv = broker.key_value  # type: ignore[attr-defined]
     return Buckets(
-        jobs=await kv(names.jobs, history=5, storage=StorageType.FILE, replicas=replicas),
-        executors=await kv(names.executors, history=1, ttl=3600.0, replicas=replicas),
-        leases=await kv(names.leases, history=1, replicas=replicas),
-        queues=await kv(names.queues, history=5, replicas=replicas),
-        idempotency=await kv(names.idempotency, history=1, ttl=7 * DAY, replicas=replicas),
-        models=await kv(names.models, history=1, replicas=replicas),
+        **{name: await kv(getattr(names, name), declare=False) for name in Buckets.__dataclass_fields__}
     )
 
 
-async def ensure_streams(broker: object, subjects: Subjects, replicas: int = 1) -> None:
-    """Create or update every stream; call before the broker starts its subscribers."""
+async def ensure_streams(
+    broker: object, subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+) -> None:
+    """Create or update every stream (not the buckets): the operator's step, and tests'."""
     js = broker.config.connection_state.stream  # type: ignore[attr-defined]
-    for config in stream_configs(subjects, replicas):
-        try:
-            await js.add_stream(config=config)
-        except BadRequestError:  # exists with another config: bring it to ours
-            await js.update_stream(config=config)
+    await declare(js, stream_configs(subjects, replicas, limits))

@@ -12,8 +12,9 @@ from typing import Any
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, PullSub
 
+from trainyard_shared.binding import bind_bus
 from trainyard_shared.broker import ServiceBroker
-from trainyard_shared.bus import Buckets, ensure_streams, open_buckets
+from trainyard_shared.bus import Buckets
 from trainyard_shared.deadletter import DEFAULT_MAX_DELIVER
 from trainyard_shared.settings import CommonSettings
 
@@ -42,8 +43,7 @@ def durable_consumer(
     )
 
 
-async def connect_and_declare(sb: ServiceBroker, common: CommonSettings) -> Buckets:
-    """Connect, then declare streams and buckets before any subscriber binds to them."""
+async def connect_and_bind(sb: ServiceBroker, common: CommonSettings) -> Buckets:
+    """Connect, then bind to the streams and buckets (binding.py) before any subscriber does."""
     await sb.broker.connect()
-    await ensure_streams(sb.broker, sb.subjects, common.stream_replicas)
-    return await open_buckets(sb.broker, sb.subjects, common.stream_replicas)
+    return await bind_bus(sb.broker, common)

@@ -69,14 +69,19 @@ async def park(
     broker: Any, subjects: Subjects, service: str, raw: Any, reason: str, *, body: bytes | None = None
 ) -> None:
     """Put a message on ``<prefix>.dlq.<service>`` with why, where it came from and how often it
-    was delivered (``raw``: the nats-py message)."""
-    headers = {
+    was delivered (``raw``: the nats-py message). The original's own headers (a reply subject,
+    the trace context) stay with it, so a replay is the message it was."""
+    headers = kept_headers(getattr(raw, "headers", None))
+    headers |= {
         "Trainyard-Reason": reason[:4000],
         "Trainyard-Service": service,
         "Trainyard-Original-Subject": getattr(raw, "subject", "") or "",
         "Trainyard-Deliveries": str(delivery_count(raw, raw=True)),
     }
-    original_id = (getattr(raw, "headers", None) or {}).get("Nats-Msg-Id")
+    # a replayed letter that fails again keeps the id it was first published with
+    original_id = headers.get("Trainyard-Original-Msg-Id") or (getattr(raw, "headers", None) or {}).get(
+        "Nats-Msg-Id"
+    )
     if original_id:
         headers["Trainyard-Original-Msg-Id"] = original_id
     log.warning(
@@ -85,6 +90,28 @@ async def park(
     )
     data = body if body is not None else raw.data
     await broker.publish(data, subjects.dlq(service), headers=headers, stream=subjects.streams.dlq)
+
+
+# what a dead letter says about itself; the rest of its headers are the original message's
+LETTER_HEADERS = frozenset(
+    {
+        "Trainyard-Reason",
+        "Trainyard-Service",
+        "Trainyard-Original-Subject",
+        "Trainyard-Deliveries",
+        "Trainyard-Replayed-From",
+    }
+)
+
+
+def kept_headers(headers: dict[str, str] | None) -> dict[str, str]:
+    """The headers of a message worth keeping across a dead letter and its replay: not the
+    server's own (``Nats-*``: message id, expectations, TTL), not a letter's description."""
+    return {
+        name: value
+        for name, value in (headers or {}).items()
+        if not name.lower().startswith("nats-") and name not in LETTER_HEADERS
+    }
 
 
 def _is_jetstream(msg: Any) -> bool:

@@ -21,6 +21,19 @@ class CommonSettings(BaseSettings):
     nats_user: str | None = None
     nats_password: SecretStr | None = None
     nats_creds: Path | None = Field(None, description="a NATS .creds file (JWT auth)")
+    nats_inbox_prefix: str | None = Field(
+        None,
+        description="where replies and deliveries arrive; default _INBOX.<nats_user> with a user "
+        "(the only inbox its NATS permissions let it read), else _INBOX",
+    )
+    declare_streams: bool | None = Field(
+        None,
+        description="declare streams and buckets at start-up; default: only without a NATS user or "
+        "credentials (with one, the provision step declares them and the service binds)",
+    )
+    provision_wait_seconds: float = Field(
+        120.0, gt=0, description="how long a binding service waits for the provision step"
+    )
     prefix: str = Field("trainyard", description="subject prefix; two installs can share a NATS")
     data_dir: Path = Field(Path(".trainyard"), description="embedded state: tokens, work dirs")
     log_level: str = "INFO"
@@ -36,6 +49,18 @@ class CommonSettings(BaseSettings):
     @property
     def subjects(self) -> Subjects:
         return Subjects(self.prefix)
+
+    @property
+    def inbox_prefix(self) -> str:
+        if self.nats_inbox_prefix:
+            return self.nats_inbox_prefix
+        return f"_INBOX.{self.nats_user}" if self.nats_user else "_INBOX"
+
+    @property
+    def declares_streams(self) -> bool:
+        if self.declare_streams is not None:
+            return self.declare_streams
+        return not (self.nats_user or self.nats_creds)
 
     def resolved_data_dir(self) -> Path:
         path = self.data_dir.expanduser().resolve()

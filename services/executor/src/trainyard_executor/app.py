@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
+import sysconfig
 from pathlib import Path
 
 from faststream.asgi import AsgiFastStream
 
 from trainyard_contracts import EXECUTOR_COMMAND_ADAPTER, ExecutorCommand
 from trainyard_executor.backends.base import Backend, Resources
+from trainyard_executor.backends.jobusers import job_users
 from trainyard_executor.backends.local import LocalBackend
 from trainyard_executor.backends.runtime_env import RuntimeEnvCache
 from trainyard_executor.core import ExecutorCore
@@ -19,7 +23,7 @@ from trainyard_executor.settings import ExecutorSettings
 from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_declare
+from trainyard_shared.consumers import connect_and_bind
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
@@ -40,10 +44,16 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
             Resources(cpu=float(settings.cpu or 64), memory_mb=settings.memory or 65536, gpu=0)
         )
     if settings.backend == "local":
-        return LocalBackend(
-            root=data / "executor" / settings.id,
-            runtime_env_cache=RuntimeEnvCache(settings.runtime_env_dir or data / "runtime-envs"),
+        root = data / "executor" / settings.id
+        runtime_envs = settings.runtime_env_dir or data / "runtime-envs"
+        users, note, warn = job_users(
+            settings.run_as,
+            tag=str(root.absolute()),
+            uid_base=settings.job_uid_base,
+            needs=job_needs(settings, data, root, runtime_envs),
         )
+        (log.warning if warn else log.info)(note, extra={"executor_id": settings.id})
+        return LocalBackend(root=root, runtime_env_cache=RuntimeEnvCache(runtime_envs), job_users=users)
     if settings.backend == "kubernetes":
         from trainyard_executor.backends.kubernetes import kubernetes_backend
 
@@ -59,6 +69,22 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
         init=settings.container_init,
         gpus=settings.gpu or 0,
     )
+
+
+def job_needs(settings: ExecutorSettings, data: Path, root: Path, runtime_envs: Path) -> list[Path]:
+    """The directories a local job must be able to pass through to run: its work and checkpoint
+    dirs, the runtime-env cache and, when it gets the executor's Python, that installation."""
+    needs = [root / "work", settings.checkpoint_dir or data / "checkpoints", runtime_envs]
+    if settings.python_on_path:
+        needs += [Path(sys.executable).parent, Path(os.path.realpath(sys.executable)).parent]
+        needs += [Path(p) for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}]
+    return [Path(os.path.abspath(p)) for p in needs]
+
+
+def describe_isolation(backend: Backend) -> str:
+    """What keeps a job's processes together and away from the stack, as the backend says it."""
+    describe = getattr(backend, "describe_isolation", None)
+    return describe() if callable(describe) else backend.name
 
 
 def create_app(
@@ -94,7 +120,7 @@ def create_app(
             await core().cancel(command)
 
     async def connect() -> None:
-        buckets = await connect_and_declare(sb, common)
+        buckets = await connect_and_bind(sb, common)
         data = common.resolved_data_dir()
         store = JobStore(buckets.jobs)
         backend = make_backend(settings, data)
@@ -110,6 +136,7 @@ def create_app(
                 attempt,
                 settings.log_flush_seconds,
                 settings.log_batch_lines,
+                settings.log_limits(),
             ),
             settings=settings,
             work_root=data / "executor" / settings.id / "work",
@@ -136,7 +163,11 @@ def create_app(
         state["heartbeat"] = asyncio.create_task(heartbeat_loop(), name="heartbeat")
         log.info(
             "executor online",
-            extra={"executor_id": settings.id, "capacity": executor.capacity().model_dump()},
+            extra={
+                "executor_id": settings.id,
+                "capacity": executor.capacity().model_dump(),
+                "isolation": describe_isolation(executor.backend),
+            },
         )
 
     stopping = asyncio.Event()

@@ -89,6 +89,10 @@ def _requeued_here(found: JobRecord, written: JobRecord, attempt: int) -> bool:
 
 ShipperFactory = Callable[[str, int], LogShipper]
 
+SHUTDOWN_HANDBACK_SECONDS = 5.0
+"""At shutdown, how long past the jobs' grace the executor waits for its attempts to be killed,
+their last log lines stored and each handed back, before it exits anyway."""
+
 LOG_SEQ_PER_GENERATION = 1_000_000
 """An adopted attempt's log chunks continue at ``generation * this``: the message ids of the
 chunks a previous run of the executor shipped (``job:attempt:log:seq``) are never reused, so the
@@ -395,7 +399,9 @@ class ExecutorCore:
             self._ship_outcome_lines(shipper, f"attempt {attempt} ended: {kind} ({reason})", record.job_id)
         )
         try:
-            if local.shutting_down:
+            if local.shutting_down and kind == "cancelled":
+                # stopped by the shutdown: handed back. One that ended on its own meanwhile is
+                # recorded as it ended, so work that completed is never run again
                 await lines_stored
                 await self._requeue(record, "executor shut down while the attempt ran")
                 after = None
@@ -711,16 +717,37 @@ class ExecutorCore:
         self.draining = True
         with contextlib.suppress(*BROKER_ERRORS):
             await self.beat()
-        attempts = list(self.running.values())
-        for local in attempts:
-            local.shutting_down = True
-            local.cancel_reason = "executor shutting down"
-            if local.handle is not None:
-                await local.handle.cancel(self.settings.grace_seconds)
-        tasks = [a.task for a in attempts if a.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.settings.grace_seconds + 10)
+        await self._hand_back_all()
         await self.directory.remove(self.me)
+
+    async def _hand_back_all(self) -> None:
+        """Every attempt is told to stop at once, so their grace periods run side by side and the
+        whole shutdown takes one grace (plus ``SHUTDOWN_HANDBACK_SECONDS``), not one per attempt:
+        whoever stops the executor (``trainyard up``, systemd, Kubernetes) waits that long and no
+        longer. An attempt whose start was under way is stopped too once it shows up."""
+        loop = asyncio.get_running_loop()
+        grace = self.settings.grace_seconds
+        deadline = loop.time() + grace + SHUTDOWN_HANDBACK_SECONDS
+        told: set[int] = set()
+        while loop.time() < deadline:
+            fresh = [a for a in self.running.values() if id(a) not in told]
+            if not fresh:
+                return
+            for local in fresh:
+                told.add(id(local))
+                local.shutting_down = True
+                local.cancel_reason = "executor shutting down"
+            stops = [
+                asyncio.ensure_future(local.handle.cancel(grace))
+                for local in fresh
+                if local.handle is not None
+            ]
+            ends = [local.task for local in fresh if local.task is not None]
+            if stops or ends:
+                await asyncio.wait([*stops, *ends], timeout=max(0.0, deadline - loop.time()))
+        left = [f"{a.job_id}/{a.attempt}" for a in self.running.values()]
+        if left:
+            log.error("attempts not handed back before the shutdown deadline", extra={"attempts": left})
 
     async def _requeue(self, record: JobRecord, detail: str) -> None:
         now = self.clock()

@@ -6,6 +6,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from trainyard_executor.logbudget import LogLimits
 from trainyard_shared.settings import HttpSettings
 
 DEFAULT_PASSTHROUGH = (
@@ -105,6 +106,31 @@ class ExecutorSettings(HttpSettings):
     )
     log_flush_seconds: float = Field(0.2, gt=0)
     log_batch_lines: int = Field(200, ge=1)
+    log_max_chunk_bytes: int = Field(
+        256 * 1024,
+        ge=4096,
+        description="largest log chunk (JSON bytes); the server's max_payload less 4 KiB when smaller",
+    )
+    log_max_bytes_per_attempt: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="an attempt's output stored at most; past it one truncation marker line, the rest "
+        "dropped and counted",
+    )
+    log_max_buffered_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="output held in memory while the logs stream does not take chunks; past it dropped "
+        "and counted",
+    )
+
+    def log_limits(self) -> LogLimits:
+        return LogLimits(
+            max_chunk_bytes=self.log_max_chunk_bytes,
+            max_bytes=self.log_max_bytes_per_attempt,
+            max_buffered=self.log_max_buffered_bytes,
+        )
+
     mlflow_tracking_uri: str | None = Field(
         None,
         validation_alias=AliasChoices("TRAINYARD_EXECUTOR_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
@@ -125,6 +151,19 @@ class ExecutorSettings(HttpSettings):
         gt=0,
         description="a member of a split gang re-reads the job record this often besides watching it, and "
         "stops its ranks this long after the scheduler requeued the attempt if no cancel came",
+    )
+    run_as: str = Field(
+        "auto",
+        description="local backend: the user jobs run as. auto: a uid per attempt when the executor is "
+        "root and jobs can reach their directories, else the executor's user; per-attempt; UID[:GID] or a "
+        "user name (every job); root (unsafe: jobs read what the executor can)",
+    )
+    job_uid_base: int | None = Field(
+        None,
+        ge=1000,
+        le=2**31 - 65536,
+        description="local backend: first of the 65536 uids given to attempts (default: a block between "
+        "2^30 and 2^31 chosen by the executor's directory); give executors on one host disjoint blocks",
     )
     passthrough_env: tuple[str, ...] = Field(
         DEFAULT_PASSTHROUGH, description="executor variables a job inherits; nothing else leaks"

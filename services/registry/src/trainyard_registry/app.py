@@ -11,7 +11,7 @@ from trainyard_registry.settings import RegistrySettings
 from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_declare
+from trainyard_shared.consumers import connect_and_bind
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.runner import build_app
@@ -57,7 +57,7 @@ def create_app(
         await state["core"].on_succeeded(event)
 
     async def connect() -> None:
-        buckets = await connect_and_declare(sb, common)
+        buckets = await connect_and_bind(sb, common)
         from trainyard_registry.mlflow_store import MlflowModelStore
 
         tracking = settings.tracking_uri or default_tracking_uri(common)

@@ -22,8 +22,9 @@ from trainyard_scheduler.placement import Plan
 from trainyard_scheduler.room import frees_room
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.batches import batch_consumer
+from trainyard_shared.binding import bind_bus
 from trainyard_shared.broker import make_broker
-from trainyard_shared.bus import ensure_streams, open_buckets, streams
+from trainyard_shared.bus import streams
 from trainyard_shared.commands import CommandSender
 from trainyard_shared.events import EventPublisher, publish_acked
 from trainyard_shared.executors import ExecutorDirectory
@@ -98,8 +99,7 @@ def create_app(
 
     async def connect() -> None:
         await broker.connect()
-        await ensure_streams(broker, subjects, common.stream_replicas)
-        buckets = await open_buckets(broker, subjects, common.stream_replicas)
+        buckets = await bind_bus(broker, common)
         store = JobStore(buckets.jobs)
         # finished jobs beyond the most recent ones are not kept: the bucket holds every job the
         # installation ever ran (docs/scheduling.md, "Memory")

@@ -42,12 +42,37 @@ def place_spec(principal: Principal | None, spec: JobSpec) -> JobSpec:
 
 
 def check_submit(principal: Principal | None, spec: JobSpec, queue: QueueConfig) -> None:
-    """Raise Forbidden or ShellRefused; ``principal`` is None on the bus (NATS access is the gate)."""
+    """Raise Forbidden or ShellRefused; ``principal`` is None for a bus publisher that named no
+    identity (accepted only into a queue that allows anonymous bus submissions)."""
+    if principal is None and not queue.allow_anonymous_bus:
+        raise Forbidden(
+            f"queue {spec.queue!r} does not accept bus submissions without a Trainyard-Token",
+            queue=spec.queue,
+            errors=[
+                FieldError(
+                    field="queue",
+                    message=f"queue {spec.queue!r} needs an identity: send an API token in the "
+                    "Trainyard-Token header (or ask an admin to set allow_anonymous_bus on the queue)",
+                )
+            ],
+        )
     if principal is not None and not principal.may_act_on(spec.queue):
         raise Forbidden(
             f"a token of team {principal.team!r} may not submit into queue {spec.queue!r}",
             queue=spec.queue,
             errors=[FieldError(field="queue", message=f"must be {principal.team!r} for this token")],
+        )
+    if spec.priority > queue.max_priority:
+        raise Forbidden(
+            f"queue {spec.queue!r} allows priority up to {queue.max_priority}, not {spec.priority}",
+            queue=spec.queue,
+            errors=[
+                FieldError(
+                    field="priority",
+                    message=f"at most {queue.max_priority} in queue {spec.queue!r} (an admin sets "
+                    "the queue's max_priority)",
+                )
+            ],
         )
     if spec.shell and not queue.allow_shell:
         raise ShellRefused(spec.queue)

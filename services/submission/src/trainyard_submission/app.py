@@ -14,8 +14,9 @@ from nats.aio.msg import Msg
 from prometheus_client import make_asgi_app
 
 from trainyard_shared.batches import batch_consumer
+from trainyard_shared.binding import bind_bus
 from trainyard_shared.broker import ServiceBroker, make_broker
-from trainyard_shared.bus import ensure_streams, open_buckets, streams
+from trainyard_shared.bus import streams
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.queueview import QueueView
@@ -52,7 +53,7 @@ def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker
         "subject in the Trainyard-Reply-To header",
     )
     async def intake(body: bytes, msg: Msg) -> None:
-        await handle_intake(state["service"], sb.broker, body, dict(msg.headers or {}))
+        await handle_intake(state["service"], sb.broker, body, dict(msg.headers or {}), state["tokens"])
 
     return sb
 
@@ -83,11 +84,8 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         configured = settings.token.get_secret_value() if settings.token else None
         bootstrap = load_or_create_token(data, configured)
         await sb.broker.connect()
-        await ensure_streams(sb.broker, sb.subjects, common.stream_replicas)
-        buckets = await open_buckets(sb.broker, sb.subjects, common.stream_replicas)
-        tokens_kv = await sb.broker.key_value(
-            bucket_name(sb.subjects.prefix), history=1, replicas=common.stream_replicas
-        )
+        buckets = await bind_bus(sb.broker, common)  # the tokens bucket too (bus.bucket_configs)
+        tokens_kv = await sb.broker.key_value(bucket_name(sb.subjects.prefix), declare=False)
         tokens_reader = BucketReader(
             sb.broker.config.connection_state.stream, bucket_name(sb.subjects.prefix)
         )

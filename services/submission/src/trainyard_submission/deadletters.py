@@ -1,7 +1,9 @@
 """The dead-letter stream, read and replayed: what a service could not handle, and why.
 
-Replay publishes the original body again on its original subject (with a new message id, so the
-stream's dedup window does not swallow it) and then removes the letter. Every consumer of that
+Replay publishes the original body again on its original subject, with the original's headers
+(its reply subject, its trace context) and a new message id, so the stream's dedup window does not
+swallow it; the first id travels in ``Trainyard-Original-Msg-Id`` (the intake's idempotency key).
+Then it removes the letter. Every consumer of that
 subject sees it again; they are idempotent, so only the one that failed does new work.
 """
 
@@ -19,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from trainyard_contracts import Subjects
+from trainyard_shared.deadletter import kept_headers
 
 
 class LetterNotFound(LookupError):
@@ -127,11 +130,9 @@ class DeadLetters:
         letter = _letter(seq, raw.headers, raw.data or b"", None)
         if not letter.subject:
             raise LetterNotFound(seq)
-        original_id = (raw.headers or {}).get("Trainyard-Original-Msg-Id", "")
-        await self.js.publish(
-            letter.subject,
-            letter.body,
-            headers={"Nats-Msg-Id": f"replay:{seq}:{original_id}", "Trainyard-Replayed-From": str(seq)},
-        )
+        headers = kept_headers(raw.headers)
+        original_id = headers.get("Trainyard-Original-Msg-Id", "")
+        headers |= {"Nats-Msg-Id": f"replay:{seq}:{original_id}", "Trainyard-Replayed-From": str(seq)}
+        await self.js.publish(letter.subject, letter.body, headers=headers)
         await self.js.delete_msg(self.stream, seq)
         return letter

@@ -11,7 +11,7 @@ from trainyard_contracts import JobEvent, parse_job_event
 from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_declare
+from trainyard_shared.consumers import connect_and_bind
 from trainyard_shared.jobview import JobView
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
@@ -46,7 +46,7 @@ def create_app(
         metrics.observe(event)
 
     async def connect() -> None:
-        buckets = await connect_and_declare(sb, common)
+        buckets = await connect_and_bind(sb, common)
         # one ordered read of the records, then the events keep the facts current (jobstates.py)
         view = JobView(buckets.jobs)
         await view.start()

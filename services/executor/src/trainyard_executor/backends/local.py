@@ -27,6 +27,9 @@ from typing import Any, BinaryIO, TypeVar
 
 from ._proc import group_alive, group_members, same_process, signal_group, start_ticks
 from .base import AttemptLaunch, AttemptOutcome, FoundAttempt, LineSink, OutcomeKind, Resources
+from .cgroups import AttemptCgroup, Containment, detect_containment
+from .jobfiles import PRIVATE_DIR, hand_over, kill_user, open_private, private_dir, take_back
+from .jobusers import JobUsers, RunAsError
 from .runtime_env import RuntimeEnvCache, RuntimeEnvError
 from .source import SourceError, checkout
 
@@ -177,10 +180,13 @@ class LocalAttempt:
         self._ranks: list[_Rank] = []
         self._offsets: dict[str, int] = {}
         self._started_at = time.time()
+        self._owner = f"{launch.job_id}.{launch.attempt}"
+        self._user: tuple[int, int] | None = None
         if adopted is None:
             self._workdir = backend.resolve_workdir(launch.workdir)
             self._cwd = self._workdir / "src" if launch.source_repo else self._workdir
             self._output_dir = self._cwd / launch.output_subdir
+            self._cgroup = backend.containment.attempt(launch.job_id, launch.attempt)
             runner = self._run()
         else:
             self._workdir = Path(adopted["workdir"])
@@ -190,6 +196,10 @@ class LocalAttempt:
             self._ranks = [_Rank.from_json(r) for r in adopted["ranks"]]
             self.pid = self._ranks[0].pid if self._ranks else None
             self._offsets = self._read_cursor()
+            self._cgroup = AttemptCgroup(Path(adopted["cgroup"])) if adopted.get("cgroup") else None
+            self._user = _user_of(adopted)
+            if self._user is not None and backend.job_users is not None:
+                backend.job_users.hold(self._user[0], self._owner)
             runner = self._run_adopted()
         self._state_file = backend.state_file(launch.job_id, launch.attempt)
         self._task: asyncio.Task[AttemptOutcome] = asyncio.create_task(
@@ -229,6 +239,8 @@ class LocalAttempt:
         """The outcome is recorded: a restarted executor must not find this attempt any more."""
         with contextlib.suppress(FileNotFoundError):
             self._state_file.unlink()
+        if self._user is not None and self._backend.job_users is not None:
+            self._backend.job_users.release(self._user[0], self._owner)
 
     async def detach(self) -> None:
         """Stop watching and leave the processes running, for the next executor to adopt (what an
@@ -296,8 +308,13 @@ class LocalAttempt:
             return self._outcome("failed", None, "runtime_pip requested but no runtime env cache configured")
         if launch.gang is not None and not launch.gang.ranks:
             return self._outcome("failed", None, "a gang without ranks")
+        if self._backend.job_users is not None:
+            try:
+                self._user = self._backend.job_users.allocate(self._owner)
+            except RunAsError as e:
+                return self._outcome("failed", None, str(e))
         try:
-            self._workdir.mkdir(parents=True, exist_ok=True)
+            self._workdir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
             if launch.source_repo:
                 if self._cwd.exists():  # a re-run of the same attempt dir starts from a fresh checkout
                     await asyncio.to_thread(shutil.rmtree, self._cwd)
@@ -309,7 +326,10 @@ class LocalAttempt:
                     return self._outcome("failed", None, f"source checkout failed: {e}")
             self._output_dir.mkdir(parents=True, exist_ok=True)
             if launch.checkpoint_dir is not None:
-                launch.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                launch.checkpoint_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+            tmp = await asyncio.to_thread(
+                hand_over, self._backend.root, self._workdir, launch.checkpoint_dir, self._user, META_DIR
+            )
         except OSError as e:
             return self._outcome("failed", None, f"cannot prepare workdir {self._workdir}: {e}")
 
@@ -331,6 +351,8 @@ class LocalAttempt:
         env["PATH"] = path
         env["TRAINYARD_OUTPUT_DIR"] = str(self._output_dir)
         env["TRAINYARD_WORKDIR"] = str(self._cwd)  # the job's cwd: the checkout when there is one
+        if tmp is not None and ("TMPDIR" not in env or "TMPDIR" in launch.inherited_env):
+            env["TMPDIR"] = str(tmp)  # /tmp is shared by every user: a file there is easily read
         return env
 
     def _plan_ranks(self) -> list[_Rank]:
@@ -363,6 +385,9 @@ class LocalAttempt:
             "grace_s": launch.grace_s,
             "started_at": self._started_at,
             "gang": launch.gang is not None,
+            "cgroup": str(self._cgroup.path) if self._cgroup is not None else None,
+            "user": list(self._user) if self._user is not None else None,
+            "checkpoint_dir": str(launch.checkpoint_dir) if launch.checkpoint_dir is not None else None,
             "ranks": [r.to_json() for r in self._ranks],
         }
         _write_json(self._state_file, state)
@@ -376,8 +401,8 @@ class LocalAttempt:
 
     async def _spawn(self, rank: _Rank, env: dict[str, str]) -> None:
         # local files, opened without blocking to speak of; handed to the child, closed right after
-        out = open(rank.stdout, "wb")  # noqa: ASYNC230
-        err = open(rank.stderr, "wb")  # noqa: ASYNC230
+        out = open_private(rank.stdout)
+        err = open_private(rank.stderr)
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -385,6 +410,8 @@ class LocalAttempt:
                 "-S",
                 str(SUPERVISOR),
                 str(rank.exit_file),
+                *(("--cgroup", str(self._cgroup.path)) if self._cgroup is not None else ()),
+                *(("--user", f"{self._user[0]}:{self._user[1]}") if self._user is not None else ()),
                 "--",
                 *self._launch.argv,
                 stdin=subprocess.DEVNULL,
@@ -395,8 +422,8 @@ class LocalAttempt:
                 start_new_session=True,
             )
         finally:
-            out.close()
-            err.close()
+            os.close(out)
+            os.close(err)
         rank.proc = proc
         rank.pid = proc.pid
         rank.start_ticks = start_ticks(proc.pid)
@@ -408,12 +435,14 @@ class LocalAttempt:
             return self._outcome("cancelled", None, "cancelled")
         self._ranks = self._plan_ranks()
         try:
-            self.meta_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.meta_dir)
             for rank in self._ranks:  # a re-run of the same attempt dir: nothing from before counts
                 rank.exit_file.unlink(missing_ok=True)
                 rank.exit_file.with_suffix(".pid").unlink(missing_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 (self.meta_dir / CURSOR_NAME).unlink()
+            if self._cgroup is not None:
+                self._cgroup.create()
             self._started_at = time.time()
             self._write_state()  # before anything runs: a restart finds the attempt even mid-spawn
         except OSError as e:
@@ -426,6 +455,8 @@ class LocalAttempt:
                 for started in self._ranks:
                     if started.pid is not None:
                         signal_group(started.pid, signal.SIGKILL)
+                if self._cgroup is not None:
+                    await self._cgroup.kill_and_remove(_KILL_WAIT_S)
                 self._state_file.unlink(missing_ok=True)
                 if not isinstance(e, OSError):
                     raise
@@ -434,6 +465,17 @@ class LocalAttempt:
                 self.pid = rank.pid
             self._write_state()
         return await self._watch()
+
+    def _take_back(self) -> None:
+        """The attempt's processes are stopped: none of its uid may live on (inside its cgroup or
+        not), and the next attempt given the same uid must not read what this one left."""
+        assert self._user is not None
+        users = self._backend.job_users
+        if users is None or users.per_attempt:  # a shared uid is other jobs' too
+            kill_user(self._user[0])
+        take_back(self._workdir)
+        if self._launch.checkpoint_dir is not None:
+            take_back(self._launch.checkpoint_dir)
 
     async def _poll_exit(self, rank: _Rank) -> None:
         """An adopted rank is not our child: nothing tells us when it ends, so look."""
@@ -459,6 +501,11 @@ class LocalAttempt:
             await asyncio.gather(
                 *(self._terminate(r, grace if kind is not None else self._launch.grace_s) for r in stop)
             )
+            if self._cgroup is not None:
+                # what left the ranks' process groups (a setsid() child) is still in the cgroup
+                await self._cgroup.kill_and_remove(_KILL_WAIT_S)
+            if self._user is not None:
+                await asyncio.to_thread(self._take_back)
             finished.set()
             _, pending = await asyncio.wait(tails, timeout=_DRAIN_TIMEOUT_S)
             for task in pending:
@@ -474,6 +521,10 @@ class LocalAttempt:
                 for rank in self._ranks:
                     if rank.pid is not None and _ours(rank):
                         signal_group(rank.pid, signal.SIGKILL)
+                if self._cgroup is not None:
+                    self._cgroup.kill()
+                if self._user is not None:
+                    self._take_back()
             raise
         first = self._ranks[0]
         if kind is not None:
@@ -617,8 +668,15 @@ async def _nap(finished: asyncio.Event) -> None:
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
+    fd = open_private(tmp)
+    with open(fd, "w") as f:
+        f.write(json.dumps(data))
     os.replace(tmp, path)
+
+
+def _user_of(state: Mapping[str, Any]) -> tuple[int, int] | None:
+    user = state.get("user")
+    return (int(user[0]), int(user[1])) if isinstance(user, list) and len(user) == 2 else None
 
 
 def _safe_cut(data: bytes | bytearray, limit: int) -> int:
@@ -704,11 +762,20 @@ class LocalBackend:
         root: Path,
         runtime_env_cache: RuntimeEnvCache | None = None,
         capacity_override: Resources | None = None,
+        containment: Containment | None = None,
+        job_users: JobUsers | None = None,
     ) -> None:
         self.root = Path(os.path.abspath(root))
+        self.containment = containment or detect_containment(str(self.root))
+        self.job_users = job_users
         self.runtime_envs = runtime_env_cache
         self._capacity_override = capacity_override
         self._capacity: Resources | None = None
+
+    def describe_isolation(self) -> str:
+        """What keeps a job's processes together (said once when the executor starts)."""
+        users = self.job_users.describe() if self.job_users is not None else "the executor's user"
+        return f"{self.containment.describe()}; jobs run as {users}"
 
     def resolve_workdir(self, workdir: Path) -> Path:
         """Absolute workdirs are used as given; relative ones live under ``root``."""
@@ -725,7 +792,7 @@ class LocalBackend:
 
     def state_file(self, job_id: str, attempt: int) -> Path:
         """The attempt's pid file (written once its first rank is about to start)."""
-        self.attempts_dir.mkdir(parents=True, exist_ok=True)
+        self.attempts_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         return self.attempts_dir / f"{job_id}.{attempt}.json"
 
     def _load(self, ref: str) -> dict[str, Any]:
@@ -765,6 +832,7 @@ class LocalBackend:
             workdir=Path(data["workdir"]),
             timeout_s=data.get("timeout_s"),
             grace_s=float(data.get("grace_s", 10.0)),
+            checkpoint_dir=Path(data["checkpoint_dir"]) if data.get("checkpoint_dir") else None,
         )
         return LocalAttempt(self, launch, on_line, adopted=data)
 
@@ -791,6 +859,13 @@ class LocalBackend:
         deadline = loop.time() + _KILL_WAIT_S  # SIGKILL is delivered asynchronously: see it done
         while any(_ours(r) for r in live) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_GROUP_POLL_S)
+        if data.get("cgroup"):
+            await AttemptCgroup(Path(data["cgroup"])).kill_and_remove(_KILL_WAIT_S)
+        user = _user_of(data)
+        if user is not None:
+            if self.job_users is None or self.job_users.per_attempt:
+                kill_user(user[0])
+            take_back(Path(data["workdir"]))
         Path(found.ref).unlink(missing_ok=True)
 
     def capacity(self) -> Resources:

@@ -1,0 +1,292 @@
+"""The NATS users of an installation: one per service, one per executor id, ``client`` and ``admin``.
+
+Each user may publish and subscribe only where its code does. The subjects come from the contracts
+(``Subjects``: events, commands, logs, buckets) and from the JetStream API calls nats-py makes under
+faststream: bucket and stream look-ups, the user's own durable pull consumers, KV reads, writes and
+watches. Streams and buckets are declared by ``admin`` alone (``trainyard_shared.provision``): no
+other user may create, update, delete or purge a stream, and no user may create, update, delete or
+pull from a durable consumer that is not its own.
+
+Every user but ``admin`` receives replies and deliveries on its own inbox prefix,
+``_INBOX.<user>`` (``inbox_prefix``), and may subscribe there only: a shared ``_INBOX.>`` would let
+any user read the JetStream answers sent to another (job records, tokens, commands).
+
+``render()`` writes the ``authorization`` block of a nats-server config: deploy/nats/natsauth.py
+writes it with passwords as server environment variables, the embedded stack with its generated
+passwords (trainyard_client.stack).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from trainyard_contracts import Subjects
+
+API = "$JS.API"
+
+# who emits which job event (the last token of <prefix>.job.<id>.<event>); "cancelled" and
+# "requeued" have two writers: the scheduler for a job not yet running, the executor for its attempt
+EVENTS_BY_SERVICE: dict[str, tuple[str, ...]] = {
+    "submission": ("submitted", "rejected", "cancel_requested"),
+    # submitted: a copy under the same message id, ahead of queued (the stream keeps one)
+    "scheduler": ("submitted", "queued", "scheduled", "requeued", "cancelled"),
+    "executor": ("running", "succeeded", "failed", "timed_out", "cancelled", "requeued"),
+    "registry": ("model_registered",),
+    "telemetry": (),
+}
+SERVICES = tuple(EVENTS_BY_SERVICE)
+# the services with one user each; executors have one user per executor id (executor_user)
+SINGLE_USER_SERVICES = tuple(s for s in SERVICES if s != "executor")
+
+# the durable consumers of each service: (stream field of StreamNames, durable name)
+DURABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "submission": (("intake", "submission-intake"),),
+    "scheduler": (("jobs", "scheduler-job-requests"),),
+    "registry": (("jobs", "registry-succeeded"),),
+    "telemetry": (("jobs", "telemetry-events"),),
+}
+
+# KV buckets (field of BucketNames, or "tokens") each service writes, and the ones it only reads
+KV_WRITES: dict[str, tuple[str, ...]] = {
+    "submission": ("jobs", "idempotency", "queues", "tokens"),
+    "scheduler": ("jobs", "leases"),
+    "executor": ("jobs",),  # and its own key of the executors bucket (executor_permissions)
+    "registry": ("jobs", "models"),
+    "telemetry": (),
+}
+KV_READS: dict[str, tuple[str, ...]] = {
+    "submission": ("models",),
+    "scheduler": ("executors", "queues"),
+    "executor": (),
+    "registry": (),
+    "telemetry": ("jobs",),
+}
+
+# streams a service reads with short-lived pull consumers the server names (the API's logs and
+# dead letters); no durable consumer lives on them
+EPHEMERAL_PULLS: dict[str, tuple[str, ...]] = {"submission": ("logs", "dlq")}
+
+
+@dataclass
+class Permissions:
+    publish: list[str] = field(default_factory=list)
+    subscribe: list[str] = field(default_factory=list)
+    allow_responses: bool = False
+
+    def add_publish(self, *subjects: str) -> None:
+        self.publish += [s for s in subjects if s not in self.publish]
+
+    def add_subscribe(self, *subjects: str) -> None:
+        self.subscribe += [s for s in subjects if s not in self.subscribe]
+
+
+def inbox_prefix(user: str) -> str:
+    """Where ``user`` gets replies and deliveries (nats-py's ``inbox_prefix``)."""
+    return f"_INBOX.{user}"
+
+
+def executor_user(executor_id: str) -> str:
+    return f"executor-{executor_id}"
+
+
+def executor_durable(executor_id: str) -> str:
+    return f"executor-{executor_id}"  # trainyard_executor.app: the executor's command consumer
+
+
+def tokens_bucket(subjects: Subjects) -> str:
+    return f"{subjects.prefix.replace('-', '_')}_tokens"  # trainyard_submission.tokens
+
+
+def bucket_names(subjects: Subjects) -> dict[str, str]:
+    names = subjects.buckets
+    out = {name: getattr(names, name) for name in names.__dataclass_fields__}
+    out["tokens"] = tokens_bucket(subjects)
+    return out
+
+
+def stream_names(subjects: Subjects) -> dict[str, str]:
+    names = subjects.streams
+    return {name: getattr(names, name) for name in names.__dataclass_fields__}
+
+
+def look_up_streams(perms: Permissions, subjects: Subjects) -> None:
+    """Bind to every stream and bucket (STREAM.INFO): a service waits for the provision step and
+    never declares, updates, deletes or purges one."""
+    perms.add_publish(f"{API}.INFO")
+    for stream in [*stream_names(subjects).values(), *(f"KV_{b}" for b in bucket_names(subjects).values())]:
+        perms.add_publish(f"{API}.STREAM.INFO.{stream}")
+
+
+def read_stream(perms: Permissions, stream: str) -> None:
+    """Ordered (push) consumers the server names: KV watches and key listings, ordered reads. The
+    legacy create subject without a name cannot create or change a named (durable) consumer."""
+    perms.add_publish(
+        f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.INFO.{stream}.*", f"$JS.FC.{stream}.>"
+    )
+
+
+def pull_ephemeral(perms: Permissions, stream: str) -> None:
+    """Pull consumers nats-py names at random, on a stream that holds no durable consumer (so no
+    name can be another user's)."""
+    read_stream(perms, stream)
+    perms.add_publish(
+        f"{API}.CONSUMER.CREATE.{stream}.*",
+        f"{API}.CONSUMER.CREATE.{stream}.*.>",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
+    )
+
+
+def read_bucket(perms: Permissions, bucket: str) -> None:
+    stream = f"KV_{bucket}"
+    perms.add_publish(
+        f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>", f"{API}.STREAM.MSG.GET.{stream}"
+    )
+    read_stream(perms, stream)
+
+
+def durable(perms: Permissions, stream: str, name: str, filter_subject: str | None = None) -> None:
+    """The user's own durable consumer: create it (with ``filter_subject`` only, when given: the
+    server checks that the subject's filter is the consumer's), read its info, pull and ack."""
+    create = f"{API}.CONSUMER.CREATE.{stream}.{name}"
+    perms.add_publish(*((f"{create}.{filter_subject}",) if filter_subject else (create, f"{create}.>")))
+    perms.add_publish(
+        f"{API}.CONSUMER.INFO.{stream}.{name}",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}",
+        f"$JS.ACK.{stream}.{name}.>",
+    )
+
+
+def _base(user: str, service: str, subjects: Subjects) -> Permissions:
+    perms = Permissions()
+    perms.add_subscribe(f"{inbox_prefix(user)}.>")
+    look_up_streams(perms, subjects)
+    perms.add_publish(*(subjects.job_event_kind(event) for event in EVENTS_BY_SERVICE[service]))
+    perms.add_publish(subjects.dlq(service))
+    buckets = bucket_names(subjects)
+    for bucket in KV_WRITES[service]:
+        read_bucket(perms, buckets[bucket])
+        perms.add_publish(f"$KV.{buckets[bucket]}.>")
+    for bucket in KV_READS[service]:
+        read_bucket(perms, buckets[bucket])
+    return perms
+
+
+def service_permissions(service: str, subjects: Subjects) -> Permissions:
+    if service not in SINGLE_USER_SERVICES:
+        raise ValueError(
+            f"unknown service {service!r}: one of {', '.join(SINGLE_USER_SERVICES)}"
+            " (an executor: executor_permissions)"
+        )
+    streams = stream_names(subjects)
+    buckets = bucket_names(subjects)
+    perms = _base(service, service, subjects)
+    for stream_field, name in DURABLES[service]:
+        durable(perms, streams[stream_field], name)
+    for stream_field in EPHEMERAL_PULLS.get(service, ()):
+        pull_ephemeral(perms, streams[stream_field])
+
+    if service == "submission":
+        # questions for the scheduler leader (request/reply), and the intake's answer on the inbox
+        # the submitter named in its Trainyard-Reply-To header; replaying its own dead letters
+        # republishes on the intake subject; reading and removing dead letters; a bucket read
+        # (joblist.BucketReader) removes the ordered consumer it read with: no durable consumer
+        # lives on a bucket's stream
+        perms.add_publish(subjects.scheduler_why, subjects.scheduler_dry_run, "_INBOX.>")
+        perms.add_publish(subjects.intake_submit)
+        perms.add_publish(
+            f"{API}.STREAM.MSG.GET.{streams['dlq']}", f"{API}.STREAM.MSG.DELETE.{streams['dlq']}"
+        )
+        for bucket in (*KV_WRITES["submission"], *KV_READS["submission"]):
+            perms.add_publish(f"{API}.CONSUMER.DELETE.KV_{buckets[bucket]}.*")
+    elif service == "scheduler":
+        perms.add_publish(
+            subjects.exec_command("*", "start"),
+            subjects.exec_command("*", "cancel"),
+            subjects.scheduler_decisions,
+        )
+        # answers to why / dry-run go to the asker's reply subject (allow_responses)
+        perms.add_subscribe(subjects.scheduler_why, subjects.scheduler_dry_run)
+        perms.allow_responses = True
+    elif service == "registry":
+        perms.add_publish(subjects.model_registered("*"))
+    return perms
+
+
+def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
+    """One executor: its own commands (its durable, filtered on ``exec.<id>.*``), its own heartbeat
+    key, the job records and the outcome events, its jobs' logs."""
+    perms = _base(executor_user(executor_id), "executor", subjects)
+    durable(
+        perms,
+        subjects.streams.exec,
+        executor_durable(executor_id),
+        filter_subject=subjects.exec_commands_of(executor_id),
+    )
+    executors = subjects.buckets.executors
+    read_bucket(perms, executors)
+    perms.add_publish(f"$KV.{executors}.{executor_id}", f"{subjects.prefix}.log.>")
+    return perms
+
+
+def client_permissions(subjects: Subjects) -> Permissions:
+    """Another system: submits on the intake subject and follows job events (README example)."""
+    perms = Permissions()
+    perms.add_subscribe(f"{inbox_prefix('client')}.>")
+    perms.add_publish(subjects.intake_submit, f"{API}.INFO", f"{API}.STREAM.NAMES")
+    jobs = subjects.streams.jobs
+    perms.add_publish(f"{API}.STREAM.INFO.{jobs}")
+    read_stream(perms, jobs)
+    return perms
+
+
+def users(subjects: Subjects, executor_ids: Iterable[str] = ()) -> dict[str, Permissions | None]:
+    """Every user and its permissions; ``None``: the operator with no limits (``admin``), which
+    declares the streams and buckets and serves the nats CLI and dead-letter replays."""
+    out: dict[str, Permissions | None] = {s: service_permissions(s, subjects) for s in SINGLE_USER_SERVICES}
+    for executor_id in executor_ids:
+        out[executor_user(executor_id)] = executor_permissions(executor_id, subjects)
+    out["client"] = client_permissions(subjects)
+    out["admin"] = None
+    return out
+
+
+def password_variable(user: str) -> str:
+    return "TRAINYARD_NATS_PASSWORD_" + user.upper().replace("-", "_")
+
+
+def _quoted(items: list[str], indent: str) -> str:
+    return "\n".join(f'{indent}"{item}"' for item in items)
+
+
+def render(
+    subjects: Subjects,
+    executor_ids: Iterable[str],
+    passwords: Mapping[str, str] | None = None,
+    header: Iterable[str] = (),
+) -> str:
+    """The ``authorization`` block. A password is ``passwords[user]`` (quoted) or, without
+    ``passwords``, the server's environment variable ``password_variable(user)``."""
+    lines = [*(f"# {line}" if line else "#" for line in header), "authorization {", "  users = ["]
+    for user, perms in users(subjects, executor_ids).items():
+        password = f'"{passwords[user]}"' if passwords is not None else f"${password_variable(user)}"
+        lines.append(f"    {{ user: {user}, password: {password}")
+        if perms is None:
+            lines.append(
+                "      # the operator: declares streams and buckets; the nats CLI; dead-letter replays"
+            )
+            lines.append("    }")
+            continue
+        lines.append("      permissions: {")
+        lines.append("        publish: { allow: [")
+        lines.append(_quoted(perms.publish, "          "))
+        lines.append("        ] }")
+        lines.append("        subscribe: { allow: [")
+        lines.append(_quoted(perms.subscribe, "          "))
+        lines.append("        ] }")
+        if perms.allow_responses:
+            lines.append("        allow_responses: true")
+        lines.append("      }")
+        lines.append("    }")
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,33 @@
+"""How much the streams keep: the limits an installation may set (``TRAINYARD_*`` variables).
+
+Retention is per stream and bounded everywhere a client (or one busy job) could otherwise grow it
+without end; the oldest messages go first when a limit is reached (``discard: old``).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+class StreamLimits(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
+
+    logs_max_bytes: int = Field(2 * GiB, ge=MiB, description="the logs stream, every job's output")
+    logs_max_age_days: float = Field(7, gt=0, description="how long job output is kept")
+    logs_max_msgs_per_subject: int = Field(
+        100_000,
+        ge=10,
+        description="log chunks kept per attempt (one subject each), oldest dropped first: the "
+        "server's guard behind the executor's per-attempt cap",
+    )
+    logs_max_msg_bytes: int = Field(
+        1 * MiB, ge=64 * 1024, description="the largest log chunk the stream stores"
+    )
+    jobs_max_bytes: int = Field(1 * GiB, ge=MiB, description="the job events stream")
+    jobs_max_age_days: float = Field(30, gt=0, description="how long job events are kept")
+    dlq_max_bytes: int = Field(256 * MiB, ge=MiB, description="the dead-letter stream")
+    dlq_max_age_days: float = Field(30, gt=0, description="how long a dead letter is kept")

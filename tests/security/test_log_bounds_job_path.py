@@ -1,0 +1,56 @@
+"""The log bounds on the real job path: scheduler and executor in this process, jobs as local
+processes, a real nats-server (default ``max_payload``, 1 MiB). A job printing 200 lines of 64 KiB
+gets every line; a job printing past the executor's per-attempt cap gets one truncation marker;
+a third job's logs, running beside them, are intact."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from trainyard_contracts import JobSpec
+from trainyard_executor.app import create_app as executor_app
+from trainyard_executor.settings import ExecutorSettings
+from trainyard_scheduler.app import create_app as scheduler_app
+from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_shared.testkit import running
+
+pytestmark = [pytest.mark.security, pytest.mark.service, pytest.mark.local]
+PY = sys.executable
+CAP = 16 * 1024 * 1024
+
+
+async def test_big_lines_arrive_whole_a_flood_is_capped_and_neighbours_are_intact(common, bus):
+    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    executor = executor_app(
+        common,
+        ExecutorSettings(
+            id="exec-logs",
+            cpu=4,
+            memory=8192,
+            gpu=0,
+            heartbeat_seconds=0.5,
+            lease_seconds=3,
+            grace_seconds=2,
+            log_max_bytes_per_attempt=CAP,
+        ),
+    )
+    big = "import sys\nfor i in range(200): sys.stdout.write('%04d' % i + 'x' * (65536 - 4) + '\\n')"
+    flood = "import sys\nfor i in range(40 * 1024): sys.stdout.write('f' * 1023 + '\\n')"
+    quiet = "for i in range(100): print('quiet', i)"
+    async with running(scheduler), running(executor):
+        jobs = {
+            name: await bus.submit(JobSpec(name=name, command=[PY, "-c", code]))
+            for name, code in (("big", big), ("flood", flood), ("quiet", quiet))
+        }
+        for job_id in jobs.values():
+            await bus.wait_state(job_id, "succeeded", timeout=120)
+    big_lines = [t for t in await bus.log_text(jobs["big"]) if not t.startswith("attempt")]
+    assert big_lines == [f"{i:04d}" + "x" * (65536 - 4) for i in range(200)]
+    flood_lines = await bus.log_text(jobs["flood"])
+    assert flood_lines.count(f"[trainyard: output truncated after {CAP} bytes]") == 1
+    assert sum(len(t) for t in flood_lines if t.startswith("fff")) <= CAP
+    assert any("dropped after the cap" in t for t in flood_lines)
+    quiet_lines = [t for t in await bus.log_text(jobs["quiet"]) if t.startswith("quiet")]
+    assert quiet_lines == [f"quiet {i}" for i in range(100)]

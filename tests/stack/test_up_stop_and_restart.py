@@ -1,0 +1,202 @@
+"""`trainyard up` supervises its processes: Ctrl-C stops everything within the stack's deadline and
+hands running attempts back; a process that crashes is restarted with backoff; one that keeps
+crashing stops the stack (issue 14).
+
+Real parts: `trainyard up` as a child process, nats-server and the five services below it, jobs as
+local processes that write what happens to them into a marker file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainyard_client.stack import EmbeddedStack
+
+from .upcli import Up, alive, free_block, process_tree, until
+
+pytestmark = pytest.mark.stack
+
+CHECKPOINT_SECONDS = 6
+# A job that, told to stop, takes CHECKPOINT_SECONDS to save its work (as a training job saving a
+# checkpoint does) and then exits; its second attempt just finishes.
+JOB_CODE = f"""
+import os, signal, sys, time
+marker = sys.argv[1]
+job, attempt = os.environ['TRAINYARD_JOB_ID'], os.environ['TRAINYARD_ATTEMPT']
+def mark(kind):
+    fd = os.open(marker, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, f'{{kind}} {{job}} {{attempt}} {{os.getpid()}}\\n'.encode())
+    os.close(fd)
+def on_term(signum, frame):
+    mark('term')
+    time.sleep({CHECKPOINT_SECONDS})
+    mark('checkpointed')
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+mark('start')
+if attempt != '1':
+    mark('end')
+    sys.exit(0)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def _spec(n: int, marker: Path) -> dict:
+    return {
+        "name": f"checkpointing-{n}",
+        "command": [sys.executable, "-c", JOB_CODE, str(marker)],
+        "resources": {"cpu": 0.1, "memory": "64Mi"},
+    }
+
+
+def _marks(marker: Path) -> list[tuple[str, str, str, int]]:
+    """(kind, job, attempt, pid) of every line the jobs wrote."""
+    if not marker.exists():
+        return []
+    rows = [line.split() for line in marker.read_text().splitlines()]
+    return [(kind, job, attempt, int(pid)) for kind, job, attempt, pid in rows]
+
+
+def _ports() -> tuple[int, int]:
+    base = free_block(6)
+    return base, base + 5
+
+
+def test_ctrl_c_stops_every_job_in_parallel_and_hands_it_back_before_the_stack_exits(tmp_path):
+    """Two running jobs that each take 6 s to stop: stopped one after the other (the old executor)
+    they outlast the stack's deadline for the executor and the second keeps running after
+    "Trainyard stopped". Now both are told at once, the executor hands both back, then exits."""
+    data, marker = tmp_path / "data", tmp_path / "marker"
+    api_port, nats_port = _ports()
+    up = Up(data, api_port, nats_port).start()
+    try:
+        with up.client() as client:
+            jobs = [client.submit(_spec(n, marker)).job_id for n in range(2)]
+            until(
+                lambda: {m[1] for m in _marks(marker) if m[0] == "start"} == set(jobs), 120, "both jobs run"
+            )
+            until(
+                lambda: all(client.get(j).state.value == "running" for j in jobs), 30, "both recorded running"
+            )
+        below = process_tree(up.pid)
+        job_pids = {m[3] for m in _marks(marker) if m[0] == "start"}
+        assert job_pids <= set(below), "the jobs run below `trainyard up`"
+        up.signal(signal.SIGINT)
+        code = up.wait(timeout=60)
+    finally:
+        up.kill()
+    console = up.console()
+    assert code == 0, console
+    assert "Trainyard stopped" in console
+    still = {pid: cmd for pid, cmd in below.items() if alive(pid)}
+    assert not still, f"left running after `trainyard up` exited: {still}\n{console}"
+    marks = _marks(marker)
+    for job in jobs:  # each job was told to stop, and had its time to save its work
+        assert ("term", job, "1") in [m[:3] for m in marks], marks
+        assert ("checkpointed", job, "1") in [m[:3] for m in marks], marks
+    assert "did not stop within" not in console and "still running after" not in console, console
+
+    up = Up(data, api_port, nats_port).start()  # the attempts were handed back: they run again
+    try:
+        with up.client() as client:
+            for job in jobs:
+                record = client.wait(job, timeout=120)
+                assert record.state.value == "succeeded", record
+                first = record.attempts[0]
+                assert first.state is not None and first.state.value == "requeued", record.attempts
+                assert first.reason == "executor shut down while the attempt ran", record.attempts
+                assert record.attempt == 2
+        up.signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0, up.console()
+    finally:
+        up.kill()
+
+
+def test_a_service_or_nats_killed_is_restarted_and_the_stack_keeps_serving(tmp_path):
+    data = tmp_path / "data"
+    api_port, nats_port = _ports()
+    up = Up(data, api_port, nats_port).start()
+    try:
+        executor = up.child_pid("-m trainyard_executor")
+        assert executor is not None
+        os.kill(executor, signal.SIGKILL)
+        until(lambda: up.said("the executor service exited (code -9); restarting it in 1s"), 30, "said")
+        assert up.said("(restart 1 of 5 within 60s)"), up.console()
+        restarted = until(
+            lambda: (pid := up.child_pid("-m trainyard_executor")) not in (None, executor) and pid,
+            30,
+            "restart",
+        )
+        nats = up.child_pid("nats-server")
+        assert nats is not None
+        os.kill(nats, signal.SIGKILL)
+        until(lambda: up.said("the nats service exited (code -9)"), 30, "nats restart said")
+        until(lambda: up.child_pid("nats-server") not in (None, nats), 60, "nats restarted")
+        with up.client() as client:
+            job = until(lambda: _submit_when_up(client), 120, "the API answers again")
+            record = client.wait(job, timeout=120)
+            assert record.state.value == "succeeded", record
+            assert record.attempts[-1].executor_id is not None
+        assert up.child_pid("-m trainyard_executor") == restarted  # it kept running once back
+        up.signal(signal.SIGINT)
+        code = up.wait(timeout=60)
+    finally:
+        up.kill()
+    assert code == 0, up.console()
+    assert "Trainyard stopped" in up.console() and "a service failed" not in up.console()
+
+
+def _submit_when_up(client) -> str | None:
+    import httpx
+
+    spec = {"name": "after-a-crash", "command": [sys.executable, "-c", "print('still serving')"]}
+    try:
+        return client.submit(spec).job_id
+    except httpx.HTTPError:
+        return None
+
+
+def test_a_service_that_keeps_dying_stops_the_stack_after_its_restarts(tmp_path):
+    data = tmp_path / "data"
+    api_port, nats_port = _ports()
+    up = Up(data, api_port, nats_port, "--max-restarts", "2").start()
+    try:
+        killed: list[int] = []
+        for _ in range(3):
+            pid = until(
+                lambda: (p := up.child_pid("-m trainyard_telemetry")) not in (None, *killed) and p, 60, "up"
+            )
+            below = process_tree(up.pid)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        code = up.wait(timeout=90)
+    finally:
+        up.kill()
+    console = up.console()
+    assert code == 1, console
+    assert console.count("the telemetry service exited (code -9); restarting it in") == 2, console
+    assert "(restart 2 of 2 within 60s)" in console
+    assert "it exited again after 2 restart(s) within 60s: stopping" in console
+    assert "Trainyard stopped (a service failed)" in console
+    assert not [pid for pid in below if alive(pid)], console
+
+
+def test_the_executor_grace_must_fit_in_the_stack_stop_timeout(tmp_path):
+    stack = EmbeddedStack(tmp_path, api_port=None, nats_port=None, stop_timeout=12, env={})
+    with pytest.raises(Exception, match=r"job grace \(10s.*stop timeout \(12s\)"):
+        stack.start()
+    assert stack.service_env()["TRAINYARD_EXECUTOR_GRACE_SECONDS"] == "10.0"
+    fits = EmbeddedStack(
+        tmp_path,
+        api_port=None,
+        nats_port=None,
+        stop_timeout=12,
+        env={"TRAINYARD_EXECUTOR_GRACE_SECONDS": "2"},
+    )
+    fits._check_deadlines()
