@@ -75,7 +75,9 @@ class Outcomes:
         self._changed = asyncio.Event()
 
     async def __aenter__(self) -> Outcomes:
-        self.nc = await nats.connect(self.stack.nats_url, pending_size=512 * 1024 * 1024)
+        self.nc = await nats.connect(
+            self.stack.nats_url, pending_size=512 * 1024 * 1024, **self.stack.nats_connect_options("admin")
+        )
         self.subs = [
             await self.nc.subscribe(
                 f"{self.stack.prefix}.job.*.{kind}", cb=self._on_event, pending_msgs_limit=1_000_000
@@ -124,7 +126,7 @@ class Outcomes:
 
 async def offer_over_bus(stack: EmbeddedStack, rate: float, seconds: float) -> list[str]:
     """Publish to the intake at ``rate``; the accepted job ids come back on a reply subject."""
-    nc = await nats.connect(stack.nats_url)
+    nc = await nats.connect(stack.nats_url, **stack.nats_connect_options("client"))
     js = nc.jetstream()
     inbox = nc.new_inbox()
     replies: list[dict[str, Any]] = []

@@ -91,6 +91,26 @@ def overlapping_runs(runs: Iterable[Run], slack: float = 0.0) -> list[tuple[Run,
     return found
 
 
+def ran_after_completing(runs: Iterable[Run]) -> list[tuple[Run, Run]]:
+    """(completed, again): a run that did the job's work to its end, and another process of the
+    same job that either completed it too or started after it had completed. The work ran twice.
+
+    A run stopped before its end (a Ctrl-C, a preemption, a lost executor) may be followed by
+    another: that is what handing an attempt back means, and it is not counted here."""
+    by_job: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_job[run.job_id].append(run)
+    found = []
+    for job_runs in by_job.values():
+        for done in (r for r in job_runs if r.ended):
+            finished = max(done.times)
+            for other in job_runs:
+                if other is not done and (other.ended or other.start >= finished):
+                    if not (other.ended and (other.start, other.pid) < (done.start, done.pid)):
+                        found.append((done, other))
+    return found
+
+
 @dataclass
 class EventAudit:
     terminal_ids: dict[str, set[str]]
@@ -220,6 +240,11 @@ def audit(
         f.duplicated.append(f"job {job_id}: attempt {attempt} announced {kind} more than once")
     for job_id, attempt in attempts_run_twice(runs):
         f.duplicated.append(f"job {job_id}: attempt {attempt} ran in more than one process")
+    for done, again in ran_after_completing(runs):
+        f.duplicated.append(
+            f"job {done.job_id}: attempt {done.attempt} (pid {done.pid}) completed its work and"
+            f" attempt {again.attempt} (pid {again.pid}) ran it again"
+        )
     for a, b in overlapping_runs(runs):
         f.duplicated.append(
             f"job {a.job_id}: attempt {a.attempt} (pid {a.pid}) and attempt {b.attempt} (pid {b.pid})"

@@ -261,8 +261,9 @@ class Mirror:
     """The job records as the chaos run sees them: a JobView on a connection of its own, plus the
     time this process first saw each state change (what recovery times are measured with)."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, **connect_options: Any) -> None:
         self.url = url
+        self.connect_options = connect_options  # the stack's credentials (admin: reads the records)
         self.subjects = Subjects(prefix)
         self.observations: list[Observation] = []
         self.nc: Any = None
@@ -270,7 +271,9 @@ class Mirror:
         self.view: JobView | None = None
 
     async def start(self) -> None:
-        self.nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        self.nc = await nats.connect(
+            self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, **self.connect_options
+        )
         self.js = self.nc.jetstream(timeout=10)
         kv = await self.js.key_value(self.subjects.buckets.jobs)
         view = JobView(kv)
@@ -481,7 +484,12 @@ class Load:
         try:
             if self.bus_every and seq % self.bus_every == 0:
                 reply = await submit_over_nats(
-                    self.stack.nats_url, spec, prefix=self.stack.prefix, msg_id=self.key(seq), timeout=5
+                    self.stack.nats_url,
+                    spec,
+                    prefix=self.stack.prefix,
+                    msg_id=self.key(seq),
+                    timeout=5,
+                    **self.stack.nats_connect_options("client"),
                 )
                 return str(reply["job_id"]) if reply.get("accepted") else None
             response = await http.post("/v1/jobs", json=spec, headers={"Idempotency-Key": self.key(seq)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .audit import Run, audit, audit_events, overlapping_runs, parse_markers
+from .audit import Run, audit, audit_events, overlapping_runs, parse_markers, ran_after_completing
 
 pytestmark = pytest.mark.unit
 
@@ -139,3 +139,19 @@ def test_a_fenced_attempt_that_announced_its_end_is_a_finding():
 
 def test_run_start_is_its_first_line():
     assert Run("j", 1, 1, [3.0, 1.0, 2.0]).start == 1.0
+
+
+def test_work_that_completed_and_then_ran_again_is_found_but_a_stopped_run_may_be_followed():
+    # j1: attempt 1 stopped by a Ctrl-C before its end, handed back, attempt 2 completed: fine.
+    # j2: attempt 1 completed (its executor was stopped after the job ended), then attempt 2 ran.
+    # j3: two processes both completed the work.
+    runs = parse_markers(
+        ticks("j1", 1, 10, 0.0, 1.0, end=False)
+        + ticks("j1", 2, 11, 5.0, 6.0)
+        + ticks("j2", 1, 20, 0.0, 1.0)
+        + ticks("j2", 2, 21, 5.0, 5.4, end=False)
+        + ticks("j3", 1, 30, 0.0, 1.0)
+        + ticks("j3", 2, 31, 0.5, 1.5)
+    )
+    found = {(a.job_id, a.pid, b.pid) for a, b in ran_after_completing(runs)}
+    assert found == {("j2", 20, 21), ("j3", 30, 31)}

@@ -377,11 +377,12 @@ async def test_no_job_is_lost_or_run_twice_when_every_process_is_killed(tmp_path
         executor_memory=8192,
         env=STACK_ENV,
         ready_timeout=180,
+        more_executor_ids=[SECOND_EXECUTOR],
     )
     began = time.time()
     stack.start()  # blocking, and nothing else runs yet; it stops what it started if it fails
     chaos = ChaosStack(stack)
-    mirror = Mirror(stack.nats_url, stack.prefix)
+    mirror = Mirror(stack.nats_url, stack.prefix, **stack.nats_connect_options("admin"))
     load = Load(stack, marker, rate=RATE)
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []

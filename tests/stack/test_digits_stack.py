@@ -57,7 +57,11 @@ def test_digits_example_runs_and_registers_its_model(stack):
 
 def test_a_bare_nats_submission_runs_like_one_from_the_api(stack):
     spec = {"name": "from-the-bus", "command": ["python", "-c", "print('bus job ran')"]}
-    reply = asyncio.run(submit_over_nats(stack.nats_url, json.dumps(spec), prefix=stack.prefix))
+    reply = asyncio.run(
+        submit_over_nats(
+            stack.nats_url, json.dumps(spec), prefix=stack.prefix, **stack.nats_connect_options()
+        )
+    )
     assert reply["accepted"], reply
     client = stack.client()
     record = client.wait(reply["job_id"], timeout=120)
@@ -74,7 +78,8 @@ def test_a_malformed_event_is_dead_lettered_and_services_keep_serving(stack):
     }
 
     async def poison_and_read() -> dict[str, set[str]]:
-        nc = await nats.connect(stack.nats_url)
+        # the operator: no service user may publish another's events
+        nc = await nats.connect(stack.nats_url, **stack.nats_connect_options("admin"))
         js = nc.jetstream()
         for subject in expected:
             await js.publish(f"{stack.prefix}.job.{subject}", b"\x00 not an event")

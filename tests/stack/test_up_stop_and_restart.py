@@ -19,7 +19,7 @@ from trainyard_client.stack import EmbeddedStack
 
 from .upcli import Up, alive, free_block, process_tree, until
 
-pytestmark = pytest.mark.stack
+pytestmark = [pytest.mark.stack, pytest.mark.local, pytest.mark.timeout(900)]
 
 CHECKPOINT_SECONDS = 6
 # A job that, told to stop, takes CHECKPOINT_SECONDS to save its work (as a training job saving a

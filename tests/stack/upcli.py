@@ -77,14 +77,17 @@ def process_tree(root: int) -> dict[int, str]:
 class Up:
     """One `trainyard up` on a data dir and a block of ports; the console is collected in ``lines``."""
 
-    def __init__(self, data: Path, api_port: int, nats_port: int, *args: str) -> None:
+    def __init__(
+        self, data: Path, api_port: int, nats_port: int, *args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.data, self.api_port, self.nats_port, self.args = data, api_port, nats_port, args
+        self.env = env or {}
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 620) -> Up:
-        env = {**os.environ, "COLUMNS": "200", "TRAINYARD_DATA_DIR": str(self.data)}
+        env = {**os.environ, **self.env, "COLUMNS": "200", "TRAINYARD_DATA_DIR": str(self.data)}
         self.lines = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trainyard_client.cli", "up", "--data-dir", str(self.data),

@@ -967,6 +967,7 @@ def _print_up(stack: Any) -> None:
     grid.add_row("API", stack.api_url)
     grid.add_row("token file", str(stack.token_file))
     grid.add_row("NATS", f"{stack.nats_url}  (monitor {stack.nats_monitor_url}, prefix {stack.prefix})")
+    grid.add_row("NATS users", f"{stack.nats_auth_dir}  (<user>.password; another system: client)")
     for name, url in stack.metrics_urls.items():
         grid.add_row(f"{name} metrics", url)
     grid.add_row("MLflow", stack.mlflow_tracking_uri)

@@ -10,6 +10,12 @@ Everything lives in the data dir: the JetStream store (``nats/``, so a restart k
 API token (``api-token``, written by the submission service on first start), the MLflow store
 (``mlflow/mlflow.db``), the executor's work dirs, and one log file per process (``logs/``).
 
+NATS requires credentials: every service connects as its own user (the users deploy/nats defines,
+one per executor id), with passwords generated into ``nats-auth/`` (0700; files 0600). Before the
+services start, the provision step declares the streams and buckets as ``admin``; the services
+only bind. Code that talks to NATS directly connects with ``stack.nats_connect_options("client")``
+(or ``"admin"``, the operator). The monitor port listens on 127.0.0.1 only.
+
 The services come with the ``stack`` extra (``pip install 'trainyard-client[stack]'``); this
 module imports them (and ``trainyard_shared``) only when a stack starts.
 """
@@ -25,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,7 +146,8 @@ class EmbeddedStack:
     ``restart_policy``: restart a process that exits once the stack is up (``restarts`` lists
     them, ``on_restart`` hears of each) and stop only when one keeps exiting (``failure``);
     ``None`` (the default; ``trainyard up`` passes one): no restarts, ``raise_if_failed`` raises
-    at the first exit.
+    at the first exit. ``more_executor_ids``: executors started beside the stack's own (each gets a
+    NATS user, ``executor-<id>``).
     """
 
     def __init__(
@@ -161,6 +168,7 @@ class EmbeddedStack:
         python: str = sys.executable,
         restart_policy: RestartPolicy | None = None,
         on_restart: RestartListener | None = None,
+        more_executor_ids: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.host = host
@@ -193,6 +201,9 @@ class EmbeddedStack:
             name: ServiceProcess(name, self.ports[name], self.log_dir / f"{name}.log") for name in SERVICES
         }
         self.nats: Any = None
+        self.nats_auth: Any = None  # trainyard_shared.stackauth.StackCredentials, once started
+        # executors started beside the stack's own (tests): each needs a NATS user of its own
+        self.more_executor_ids = tuple(more_executor_ids)
         self._lock: IO[str] | None = None
 
     # where things are
@@ -212,6 +223,16 @@ class EmbeddedStack:
     @property
     def nats_url(self) -> str:
         return f"nats://{self.host}:{self.nats_port}"
+
+    @property
+    def nats_auth_dir(self) -> Path:
+        return self.data_dir / "nats-auth"  # trainyard_shared.stackauth.AUTH_DIR
+
+    def nats_connect_options(self, user: str = "client") -> dict[str, Any]:
+        """``nats.connect(stack.nats_url, **stack.nats_connect_options())``: a user, its password
+        and the inbox prefix it may read (``client``: submit on the intake and follow job events,
+        as another system would; ``admin``: the operator)."""
+        return dict(self._credentials().connect_options(user))
 
     @property
     def nats_monitor_url(self) -> str:
@@ -292,8 +313,10 @@ class EmbeddedStack:
                 monitor_port=self.nats_monitor_port,
                 host=self.host,
                 log_file=self.log_dir / "nats.log",
+                config_file=self._credentials().ensure(self.nats_monitor_port),
             )
             self.nats.start()
+            self._provision()
             env = self.service_env()
             for service in self.services.values():
                 self._spawn(service, env)
@@ -353,7 +376,59 @@ class EmbeddedStack:
                 " running? Choose others with --api-port / --nats-port"
             )
 
+    # NATS: who connects as whom, and the provision step
+
+    def executor_id(self) -> str:
+        """The executor's id (its NATS user is ``executor-<id>``): TRAINYARD_EXECUTOR_ID or the
+        executor's own default."""
+        configured = self.service_env().get("TRAINYARD_EXECUTOR_ID")
+        if configured:
+            return configured
+        from trainyard_executor.settings import ExecutorSettings
+
+        factory = ExecutorSettings.model_fields["id"].default_factory
+        assert factory is not None
+        return str(factory())  # type: ignore[call-arg]
+
+    def _credentials(self) -> Any:
+        if self.nats_auth is None:
+            from trainyard_shared.stackauth import StackCredentials
+
+            executor_ids = [self.executor_id(), *self.more_executor_ids]
+            self.nats_auth = StackCredentials.at(self.data_dir, self.prefix, executor_ids)
+        return self.nats_auth
+
+    def _nats_identity(self, service: str, env: Mapping[str, str]) -> dict[str, str]:
+        """The NATS user and password of ``service`` (an executor: of the id its ``env`` names)."""
+        from trainyard_shared.natsusers import executor_user
+
+        if service != "executor":
+            return self._credentials().service_env(service)
+        executor_id = env.get("TRAINYARD_EXECUTOR_ID") or self.executor_id()
+        return {
+            **self._credentials().service_env(executor_user(executor_id)),
+            "TRAINYARD_EXECUTOR_ID": executor_id,
+        }
+
+    def _provision(self) -> None:
+        """Declare the streams and buckets as the operator (``python -m trainyard_shared.provision``,
+        with the services' environment, so stream limits set there apply)."""
+        env = {**self.service_env(), **self._credentials().service_env("admin")}
+        with open(self.log_dir / "provision.log", "ab") as log:
+            done = subprocess.run(
+                [self.python, "-m", "trainyard_shared.provision"],
+                env=env,
+                cwd=self.data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+            )
+        if done.returncode != 0:
+            raise StackError(f"the provision step failed: {self.log_tail('provision')}")
+
     def _spawn(self, service: ServiceProcess, env: dict[str, str]) -> None:
+        env = {**env, **self._nats_identity(service.name, env)}
         log = open(service.log_path, "ab")  # closed in stop()
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         log.write(f"--- trainyard up: starting {service.name} at {stamp} ---\n".encode())

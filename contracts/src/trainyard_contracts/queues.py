@@ -34,6 +34,9 @@ class QueueConfig(BaseModel):
         description="how much above its nominal quota the queue may borrow from its cohort",
     )
     allow_shell: bool = Field(False, description="accept specs with shell: true")
+    allow_root: bool = Field(
+        False, description="accept specs with run_as_root: true (containers run as root)"
+    )
     max_priority: int = Field(
         0,
         ge=-1000,

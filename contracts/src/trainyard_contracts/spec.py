@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from trainyard_contracts.specsize import spec_size_error
 from trainyard_contracts.units import parse_duration, parse_memory_mb
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -116,6 +117,11 @@ class JobSpec(_Strict):
         min_length=1, description="argv list; run without a shell unless shell is true"
     )
     shell: bool = Field(False, description="run command[0] with /bin/sh -c; command must then be one string")
+    run_as_root: bool = Field(
+        False,
+        description="container backends: run as the image's own user (root) instead of a non-root uid; "
+        "only a queue with allow_root accepts it",
+    )
     image: str | None = Field(None, min_length=1, max_length=512)
     env: dict[EnvName, str] = Field(default_factory=dict)
     secret_env: list[EnvName] = Field(
@@ -365,10 +371,15 @@ def _json_object(text: str | bytes) -> Any:
 
 
 def validate_spec(data: Any) -> JobSpec:
+    """A spec to accept: valid, and small enough that every message carrying it fits (specsize)."""
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(field_errors(exc)) from exc
+    too_large = spec_size_error(spec)
+    if too_large is not None:
+        raise SpecError([too_large])
+    return spec
 
 
 def parse_spec(text: str | bytes) -> JobSpec:

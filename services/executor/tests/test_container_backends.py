@@ -8,144 +8,32 @@ busybox-static (``tests/images/build_busybox.sh``); a fixture builds it when it 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import subprocess
+import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from docker.errors import ImageNotFound, NotFound
 
-from trainyard_executor.backends.base import AttemptLaunch, Resources
+from trainyard_executor.backends.base import Resources
 from trainyard_executor.backends.docker import (
     LABEL_ATTEMPT,
     LABEL_EXECUTOR,
     LABEL_JOB,
     LABEL_RANK,
-    OUTPUTS_MOUNT,
     DockerBackend,
     GangAttempt,
     image_missing_reason,
 )
 from trainyard_executor.core import free_loopback_port
 from trainyard_executor.jobenv import plan_gang
-from trainyard_shared.testkit import running
+from trainyard_executor.testengines import ENGINE_URLS, IMAGE, Lines, gone, make_launch
+from trainyard_shared.testkit import eventually, running
 
-T = TypeVar("T")
-IMAGE = "trainyard-test/busybox:1"
-BUILD_SCRIPT = Path(__file__).parent / "images" / "build_busybox.sh"
-ENGINE_URLS = {
-    "docker": os.environ.get("TRAINYARD_TEST_DOCKER_HOST"),  # None: DOCKER_HOST or the local socket
-    "podman": os.environ.get("TRAINYARD_TEST_PODMAN_SOCKET", "unix:///run/podman/podman.sock"),
-}
-# CI may insist (TRAINYARD_TEST_REQUIRE_ENGINES=docker,podman): then an unreachable engine fails
-REQUIRED = set(filter(None, os.environ.get("TRAINYARD_TEST_REQUIRE_ENGINES", "").split(",")))
-_ready: dict[str, str] = {}  # engine -> "" when usable, else why it is skipped
-
-
-def _engine_ready(engine: str) -> str:
-    """'' when the engine answers and has the test image (built here if missing), else a reason."""
-    if engine in _ready:
-        return _ready[engine]
-    url = ENGINE_URLS[engine]
-    backend = DockerBackend(base_url=url, name=engine)
-    try:
-        backend.client.ping()
-    except Exception as exc:
-        _ready[engine] = f"{engine} engine not reachable at {url or 'DOCKER_HOST/default socket'}: {exc}"
-        return _ready[engine]
-    try:
-        backend.client.images.get(IMAGE)
-    except ImageNotFound:
-        env = dict(os.environ, IMAGE=IMAGE)
-        if engine == "docker" and url:
-            env["DOCKER_HOST"] = url
-        # (podman: the CLI imports into the same local storage the API service serves)
-        built = subprocess.run(
-            ["bash", str(BUILD_SCRIPT), engine], capture_output=True, text=True, env=env, check=False
-        )
-        if built.returncode != 0:
-            pytest.fail(f"could not build {IMAGE} for {engine}: {built.stderr or built.stdout}")
-    _ready[engine] = ""
-    return ""
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("docker", marks=pytest.mark.docker),
-        pytest.param("podman", marks=pytest.mark.podman),
-    ]
-)
-def engine(request: pytest.FixtureRequest) -> str:
-    reason = _engine_ready(request.param)
-    if reason and request.param in REQUIRED:
-        pytest.fail(f"{reason} (required by TRAINYARD_TEST_REQUIRE_ENGINES)")
-    if reason:
-        pytest.skip(reason)
-    return request.param
-
-
-@pytest.fixture
-def backend(engine: str) -> Iterator[DockerBackend]:
-    backend = DockerBackend(
-        base_url=ENGINE_URLS[engine], name=engine, executor_id=f"test-{uuid.uuid4().hex[:8]}"
-    )
-    yield backend
-    for left in backend.list_running(include_stopped=True):  # only after a failed test
-        backend.client.api.remove_container(left.container_id, force=True)
-
-
-def make_launch(tmp_path: Path, argv: list[str], **kw: Any) -> AttemptLaunch:
-    job_id = kw.pop("job_id", "job" + uuid.uuid4().hex[:12])
-    defaults: dict[str, Any] = {
-        "job_id": job_id,
-        "attempt": 1,
-        "argv": argv,
-        "env": {"TRAINYARD_JOB_ID": job_id, "TRAINYARD_ATTEMPT": "1"},
-        "workdir": tmp_path / "work" / job_id / "attempt-1",
-        "timeout_s": None,
-        "grace_s": 5.0,
-        "image": IMAGE,
-        "cpu": 1.0,
-        "memory_mb": 64,
-    }
-    defaults.update(kw)
-    return AttemptLaunch(**defaults)
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.got: list[tuple[str, str]] = []
-
-    async def __call__(self, stream: str, text: str) -> None:
-        self.got.append((stream, text))
-
-    def of(self, stream: str) -> list[str]:
-        return [text for s, text in self.got if s == stream]
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while loop.time() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
-
-
-def gone(backend: DockerBackend, container_id: str) -> bool:
-    try:
-        backend.client.containers.get(container_id)
-    except NotFound:
-        return True
-    return False
+pytest_plugins = ["trainyard_executor.testengines"]  # the engine and backend fixtures
 
 
 # -- the backend against each engine -------------------------------------------------------------
@@ -173,7 +61,8 @@ async def test_success_with_env_and_an_output_file_seen_on_the_host(backend, tmp
     assert outcome.output_dir == launch.workdir / "outputs"  # the host path, for the registry
     assert (outcome.output_dir / "model.txt").read_text() == "weights\n"
     assert lines.of("stdout")[0] == "hello world from j1"
-    assert lines.of("stdout")[1] == "path=/bin home=/root"  # the image's PATH, not the host's
+    # the image's PATH, not the host's; HOME: the engine's for a uid the image has no account of
+    assert lines.of("stdout")[1] == "path=/bin home=/"
     await attempt.release()  # what the executor does once the outcome is recorded
     assert gone(backend, attempt.container_id)
 
@@ -243,7 +132,7 @@ async def test_a_timeout_stops_the_container_and_removes_it(backend, tmp_path):
 async def test_cancel_sends_term_and_waits_out_the_grace_period(backend, tmp_path):
     # sh's trap runs on TERM (the init passes it on) and proves the job got its grace period
     script = (
-        f"trap 'echo got-term > {OUTPUTS_MOUNT}/marker; echo cleaning up; exit 0' TERM;"
+        "trap 'echo got-term > \"$TRAINYARD_OUTPUT_DIR/marker\"; echo cleaning up; exit 0' TERM;"
         "echo ready; sleep 60 & wait"
     )
     lines = Lines()
@@ -300,7 +189,7 @@ async def test_labels_limits_and_list_running_of_a_running_attempt(backend, engi
         assert labels[LABEL_EXECUTOR] == backend.executor_id
         host = attrs["HostConfig"]
         assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 96 * 1024 * 1024
-        assert attrs["Config"]["Env"].count(f"TRAINYARD_OUTPUT_DIR={OUTPUTS_MOUNT}") == 1
+        assert attrs["Config"]["Env"].count("TRAINYARD_OUTPUT_DIR=/trainyard/work/outputs") == 1
         if engine == "podman":
             limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in host["Ulimits"]}
             assert limits["RLIMIT_NOFILE" if "RLIMIT_NOFILE" in limits else "nofile"] == (20000, 20000)
@@ -349,7 +238,7 @@ GANG_RENDEZVOUS = (
 
 
 @pytest.mark.distributed
-async def test_a_gang_runs_one_container_per_rank_that_meet_on_the_host_network(backend, tmp_path):
+async def test_a_gang_runs_one_container_per_rank_that_meet_on_their_own_network(backend, tmp_path):
     launch = make_launch(
         tmp_path, ["sh", "-c", GANG_RENDEZVOUS], gang=plan_gang(2, None, free_loopback_port), memory_mb=64
     )
@@ -359,16 +248,18 @@ async def test_a_gang_runs_one_container_per_rank_that_meet_on_the_host_network(
     outcome = await attempt.wait()
     assert (outcome.kind, outcome.exit_code, outcome.reason) == ("succeeded", 0, "exit code 0"), lines.got
     stdout = lines.of("stdout")
-    assert "[rank 0] env 0 0 2 127.0.0.1" in stdout and "[rank 1] env 1 1 2 127.0.0.1" in stdout
+    # rank 0 is found by its alias on the attempt's network
+    assert "[rank 0] env 0 0 2 trainyard-master" in stdout and "[rank 1] env 1 1 2 trainyard-master" in stdout
     assert "[rank 0] master heard: hello from 1" in stdout and "[rank 1] sent" in stdout
     for rank, container_id in enumerate(attempt.container_ids):
         attrs = backend.client.api.inspect_container(container_id)
         assert attrs["Config"]["Labels"][LABEL_RANK] == str(rank)
         assert attrs["Name"].lstrip("/") == f"trainyard-{launch.job_id}-1-r{rank}"
-        assert attrs["HostConfig"]["NetworkMode"] == "host"
+        assert list(attrs["NetworkSettings"]["Networks"]) == [f"trainyard-{launch.job_id}-1"]
         assert attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024  # the spec's resources, per rank
     await attempt.release()
     assert all(gone(backend, c) for c in attempt.container_ids)
+    assert not backend.client.networks.list(names=[f"trainyard-{launch.job_id}-1"])  # removed with them
 
 
 @pytest.mark.distributed
@@ -418,7 +309,9 @@ async def test_a_timeout_and_a_cancel_end_every_rank(backend, tmp_path):
 async def test_a_gang_left_by_a_dead_executor_is_adopted_whole(backend, engine, tmp_path):
     """Found by its labels after a restart: one attempt with a container per rank, followed to
     its end (lines still tagged by rank), exit codes reported."""
-    script = f'echo "up $RANK"; while [ ! -f {OUTPUTS_MOUNT}/go ]; do sleep 0.1; done; echo "done $RANK"'
+    script = (
+        'echo "up $RANK"; while [ ! -f "$TRAINYARD_OUTPUT_DIR/go" ]; do sleep 0.1; done; echo "done $RANK"'
+    )
     launch = make_launch(tmp_path, ["sh", "-c", script], gang=plan_gang(2, None, free_loopback_port))
     lines = Lines()
     attempt = await backend.start(launch, lines)
@@ -440,18 +333,22 @@ async def test_a_gang_left_by_a_dead_executor_is_adopted_whole(backend, engine, 
     assert {"[rank 0] done 0", "[rank 1] done 1"} <= set(adopted_lines.of("stdout"))
     await adopted.release()
     assert await again.find_attempts() == []
+    assert not backend.client.networks.list(names=[f"trainyard-{launch.job_id}-1"])  # its network too
 
 
 async def test_the_checkpoint_dir_is_mounted_and_outlives_the_attempt(backend, tmp_path):
     """Attempt 1 saves a checkpoint when it is told to stop (SIGTERM, with a grace period);
     attempt 2 of the same job finds it at the same TRAINYARD_CHECKPOINT_DIR."""
-    checkpoints = tmp_path / "checkpoints" / "job-ckpt"
+    # a job id of its own: a fixed one made two runs of the suite on one engine (a busy machine)
+    # share container names, and one run's start removed the other's ended container
+    job_id = "job-ckpt-" + uuid.uuid4().hex[:8]
+    checkpoints = tmp_path / "checkpoints" / job_id
     first = (
         "trap 'echo step=42 > \"$TRAINYARD_CHECKPOINT_DIR/ckpt\"; echo saved; exit 0' TERM;"
         'echo "ready in $TRAINYARD_CHECKPOINT_DIR"; sleep 60 & wait'
     )
     lines = Lines()
-    launch = make_launch(tmp_path, ["sh", "-c", first], job_id="job-ckpt", checkpoint_dir=checkpoints)
+    launch = make_launch(tmp_path, ["sh", "-c", first], job_id=job_id, checkpoint_dir=checkpoints)
     attempt = await backend.start(launch, lines)
 
     async def ready() -> bool:
@@ -466,9 +363,9 @@ async def test_the_checkpoint_dir_is_mounted_and_outlives_the_attempt(backend, t
     second = make_launch(
         tmp_path,
         ["sh", "-c", 'echo "resumed from $(cat "$TRAINYARD_CHECKPOINT_DIR/ckpt")"'],
-        job_id="job-ckpt",
+        job_id=job_id,
         attempt=2,
-        workdir=tmp_path / "work" / "job-ckpt" / "attempt-2",
+        workdir=tmp_path / "work" / job_id / "attempt-2",
         checkpoint_dir=checkpoints,
     )
     resumed = await backend.start(second, again)
@@ -509,7 +406,7 @@ def test_container_config_carries_limits_gpus_labels_and_no_host_paths(tmp_path)
         "LANG": "C.UTF-8",
         "TZ": "UTC",
         "A": "1",
-        "TRAINYARD_OUTPUT_DIR": "/trainyard/outputs",
+        "TRAINYARD_OUTPUT_DIR": "/trainyard/work/outputs",
         "TRAINYARD_WORKDIR": "/trainyard/work",
     }
     assert config["nano_cpus"] == 2_000_000_000  # no more than the engine has
@@ -531,7 +428,11 @@ def test_container_config_carries_limits_gpus_labels_and_no_host_paths(tmp_path)
     assert labels["trainyard.workdir"] == str(launch.workdir.resolve())
     assert labels["trainyard.output_dir"] == str(out.resolve()) and "trainyard.gang" not in labels
     assert "network_mode" not in config  # one rank: the engine's default network
-    assert config["volumes"][str(out.resolve())] == {"bind": "/trainyard/outputs", "mode": "rw"}
+    # one mount: the outputs are reached through the work dir (a second mount of a path inside
+    # it would be resolved by the engine after a rank of the attempt could have replaced it)
+    assert config["volumes"] == {
+        str(launch.workdir.resolve()): {"bind": "/trainyard/work", "mode": "rw,nosuid,nodev"}
+    }
     assert "working_dir" not in config  # the image's own
     with_source = podman.container_config(launch, "img:1", out, launch.workdir / "src")
     assert with_source["working_dir"] == "/trainyard/work/src"
@@ -582,6 +483,47 @@ async def test_what_a_follow_stream_missed_is_read_back_after_the_exit(tmp_path)
     assert outcome.kind == "succeeded" and removed == []  # kept until the outcome is recorded
     await attempt.release()
     assert removed == ["c0ffee"]
+    assert lines.of("stdout") == ["one", "two", "three", "tail"]
+    assert lines.of("stderr") == ["e1", "e2"]
+
+
+class _FollowClosedUnderARead:
+    """A follow stream that does not end when the job exits, and raises when it is closed under
+    a read (what the HTTP client does): the engines' follow mode on a busy machine."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first = first
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.first
+        self.closed.wait(30)
+        raise OSError("read of a closed response")
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class _SlowFollowContainer(_ShortFollowContainer):
+    def logs(self, stream: bool, follow: bool, stdout: bool, stderr: bool) -> Any:
+        chunks = self.stored["stdout" if stdout else "stderr"]
+        return _FollowClosedUnderARead(chunks[0]) if follow else iter(chunks)
+
+
+@pytest.mark.unit
+async def test_a_follow_stream_closed_under_a_read_is_still_caught_up(tmp_path, monkeypatch):
+    """_drain closes a stream that has not ended a while after the exit; the read under way then
+    raises, and what the stream had not delivered must still come from the stored log."""
+    from trainyard_executor.backends import docker as docker_backend
+
+    monkeypatch.setattr(docker_backend, "LOG_DRAIN_S", 0.1)
+    backend = DockerBackend(client_factory=lambda: None, executor_id="e")
+    lines = Lines()
+    attempt = docker_backend.ContainerAttempt(
+        backend, _SlowFollowContainer(), make_launch(tmp_path, ["x"]), tmp_path, lines
+    )
+    outcome = await attempt.wait()
+    assert outcome.kind == "succeeded"
     assert lines.of("stdout") == ["one", "two", "three", "tail"]
     assert lines.of("stderr") == ["e1", "e2"]
 
@@ -809,7 +751,7 @@ async def test_a_restarted_executor_adopts_the_container_of_the_current_attempt(
 
     settings = _settings(engine, monkeypatch)
     subjects = Subjects(prefix)
-    script = f"echo first; while [ ! -f {OUTPUTS_MOUNT}/go ]; do sleep 0.1; done; echo second; exit 0"
+    script = 'echo first; while [ ! -f "$TRAINYARD_OUTPUT_DIR/go" ]; do sleep 0.1; done; echo second; exit 0'
     spec = JobSpec(name="adopted", image=IMAGE, command=["sh", "-c", script], resources={"memory": 64})
     sched, execu = _apps(_common(nats_server, prefix, tmp_path), settings)
     async with running(sched):

@@ -26,9 +26,12 @@ from typing import Any
 
 import pytest
 
+from trainyard_executor.app import settings_for_jobs
 from trainyard_executor.backends import AttemptLaunch, LocalBackend, RuntimeEnvCache
 from trainyard_executor.backends.cgroups import Containment
 from trainyard_executor.backends.jobusers import JobUsers, RunAsError, job_users
+from trainyard_executor.backends.runtime_env import readable_not_writable
+from trainyard_executor.settings import ExecutorSettings
 
 pytestmark = [pytest.mark.local, pytest.mark.security]
 
@@ -267,3 +270,40 @@ async def test_without_a_cgroup_a_setsid_child_is_still_killed_by_its_attempts_u
     finally:
         if pid_alive(grandchild):
             os.kill(grandchild, signal.SIGKILL)
+
+
+def test_a_built_runtime_env_is_readable_by_every_job_and_writable_by_none(tmp_path: Path) -> None:
+    """Whatever the executor's umask (under 0o000 everything pip writes is world-writable,
+    and another team's job could change a venv this one runs), a venv is 0755/0644 before it is
+    put in place; setuid bits and modes like 0o700 (unreadable to jobs) go too."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "lib").mkdir(mode=0o700)
+    (venv / "bin" / "python").write_text("#!/bin/sh\n")
+    (venv / "bin" / "python").chmod(0o4777)
+    (venv / "lib" / "mod.py").write_text("x = 1\n")
+    (venv / "lib" / "mod.py").chmod(0o600)
+    (venv / "bin").chmod(0o777)
+    (venv / "bin" / "link").symlink_to("python")
+
+    readable_not_writable(venv)
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.lstat().st_mode)
+
+    assert {mode(venv), mode(venv / "bin"), mode(venv / "lib")} == {0o755}
+    assert mode(venv / "bin" / "python") == 0o755
+    assert mode(venv / "lib" / "mod.py") == 0o644
+
+
+def test_jobs_of_their_own_users_are_not_handed_the_stacks_local_mlflow_store(data: Path) -> None:
+    """The embedded stack's ``sqlite:///<data>/mlflow/mlflow.db`` is the stack's file: a job of
+    another uid cannot open it (by design), so it is not given to jobs, while a server's URL is."""
+    isolated = LocalBackend(root=data / "executor" / "x", job_users=JobUsers(base=2_200_000_000))
+    shared = LocalBackend(root=data / "executor" / "y")
+    local_store = ExecutorSettings(id="x", mlflow_tracking_uri=f"sqlite:///{data}/mlflow/mlflow.db")
+    server = ExecutorSettings(id="x", mlflow_tracking_uri="http://127.0.0.1:5000")
+
+    assert settings_for_jobs(local_store, isolated).mlflow_tracking_uri is None
+    assert settings_for_jobs(server, isolated).mlflow_tracking_uri == "http://127.0.0.1:5000"
+    assert settings_for_jobs(local_store, shared) is local_store  # jobs as the executor's user

@@ -41,6 +41,7 @@ from trainyard_contracts import (
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import PortRange
 from trainyard_executor.backends.base import AttemptLaunch, Backend, FoundAttempt, RunningAttempt
+from trainyard_executor.backends.hostpaths import read_in, write_in
 from trainyard_executor.gang import (
     conclude_member,
     ended_by_a_member,
@@ -329,6 +330,7 @@ class ExecutorCore:
                 inherited_env=tuple(k for k in (*self.settings.passthrough_env, "PATH") if k not in spec.env),
                 gang=plan_gang(spec.replicas, rendezvous, self.free_port),
                 checkpoint_dir=checkpoints,
+                run_as_root=spec.run_as_root,
             )
             ranks = f", ranks {list(launch.gang.ranks)} of {launch.gang.world_size}" if launch.gang else ""
             await shipper.system(f"attempt {attempt} starting on {self.me}{ranks}: {launch.argv}")
@@ -700,13 +702,13 @@ class ExecutorCore:
 
     def _next_log_generation(self, job_id: str, attempt: int) -> int:
         """1 for the first adoption of an attempt, 2 for the next ... (kept in its work dir)."""
-        path = self.workdir(job_id, attempt) / ".trainyard" / "log-generation"
+        # a container's work dir is the job's: no link it planted is followed
+        workdir = self.workdir(job_id, attempt)
         generation = 1
         with contextlib.suppress(OSError, ValueError):
-            generation = int(path.read_text()) + 1
+            generation = int(read_in(workdir, ".trainyard", "log-generation", limit=64)) + 1
         with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(str(generation))
+            write_in(workdir, ".trainyard", "log-generation", str(generation).encode())
         return generation
 
     async def shutdown(self) -> None:

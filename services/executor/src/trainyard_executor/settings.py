@@ -63,6 +63,13 @@ class ExecutorSettings(HttpSettings):
     container_init: bool = Field(
         True, description="container backends: an init as PID 1 (docker-init, catatonit) passes signals on"
     )
+    container_uid: int = Field(
+        10001, ge=1, description="container backends: the uid a job runs as unless its spec says run_as_root"
+    )
+    container_gid: int = Field(10001, ge=1, description="container backends: the gid a job runs as")
+    container_pids_limit: int = Field(
+        4096, ge=16, description="container backends: most processes and threads a container may have"
+    )
     kube_namespace: str = Field(
         "default",
         description="kubernetes backend: the namespace of its Jobs (give jobs their own, without Secrets)",

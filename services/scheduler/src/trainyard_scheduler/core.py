@@ -22,6 +22,7 @@ from trainyard_contracts import (
     CycleDecisions,
     DryRunAnswer,
     JobCancelled,
+    JobFailed,
     JobQueued,
     JobRecord,
     JobRequeued,
@@ -31,7 +32,6 @@ from trainyard_contracts import (
     JobSubmitted,
     PreemptionDecision,
     QueueConfig,
-    StartAttempt,
     WaitReason,
     WhyAnswer,
     is_job_id,
@@ -55,6 +55,7 @@ from trainyard_scheduler.placement import (
 )
 from trainyard_scheduler.room import attempt_ended, stopping_attempts
 from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.startcommand import start_command, unsendable_reason
 from trainyard_scheduler.unconfirmed import PUBLISH_ERRORS, Unconfirmed
 from trainyard_shared.commands import CommandSender
 from trainyard_shared.events import EventPublisher, Outgoing, publish_in_order
@@ -724,22 +725,35 @@ class SchedulerCore:
                     if member.started_at is None and member.state is None
                 ]
             )
-            limit = self.events.broker.config.connection_state.connection.max_payload
+            room = self.events.broker.config.connection_state.connection.max_payload - HEADERS_ROOM
             for executor_id, rendezvous in starts:
-                fields = dict(
-                    job_id=record.job_id,
-                    attempt=record.attempt,
-                    executor_id=executor_id,
-                    spec=record.spec,
-                    rendezvous=rendezvous,
-                )
-                start = self.commands.outgoing(StartAttempt(**fields, **carried))  # type: ignore[arg-type]
-                if len(start.payload) > limit - HEADERS_ROOM and carried:
-                    # the record carried along only saves the executor a read; without it the
-                    # command is about half the size (a large spec is in both)
-                    start = self.commands.outgoing(StartAttempt(**fields))  # type: ignore[arg-type]
+                start = start_command(self.commands, record, executor_id, rendezvous, carried, room)
+                if start is None:  # can never be sent: the job fails, the pass goes on
+                    sends.extend(await self._fail_unsendable(record, room))
+                    break
                 sends.append(start)
             await self._publish(record.job_id, sends)
+
+    async def _fail_unsendable(self, record: JobRecord, room: int) -> list[Outgoing]:
+        """scheduled -> failed (compare-and-set on this attempt) for a job whose start command
+        cannot fit in a message; its failed event, or nothing if the record moved on."""
+        reason = unsendable_reason(record, room)
+        attempt, now = record.attempt, self.clock()
+        result = await self.store.update(
+            record.job_id,
+            lambda r: (
+                lifecycle.finish(r, JobState.FAILED, now, exit_code=None, reason=reason)
+                if r.state == JobState.SCHEDULED and r.attempt == attempt
+                else None
+            ),
+        )
+        if result is None:
+            return []
+        log.error("a job's start command cannot be sent; failed it", extra={"job_id": record.job_id})
+        failed = JobFailed(
+            job_id=record.job_id, attempt=attempt, executor_id=record.executor_id, reason=reason
+        )
+        return [self.events.outgoing(failed)]
 
     def _revision_of(self, record: JobRecord) -> int | None:
         """The KV revision of exactly this record object, if this scheduler wrote or saw it."""

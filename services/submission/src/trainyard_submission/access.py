@@ -1,7 +1,8 @@
 """Who may do what: pure rules over a principal, a spec or record, and a queue's configuration.
 
 - The admin acts on every queue; a team token only on its own queue (team = queue).
-- ``shell: true`` is accepted only by a queue whose configuration allows it, whoever submits.
+- ``shell: true`` and ``run_as_root: true`` are accepted only by a queue whose configuration allows
+  them, whoever submits.
 """
 
 from __future__ import annotations
@@ -18,19 +19,36 @@ class Forbidden(Exception):
         super().__init__(detail)
 
 
-class ShellRefused(SpecError):
-    """The spec is valid, but its queue does not accept ``shell: true`` (bus: rejected; HTTP: 403)."""
+class QueueRefused(SpecError):
+    """The spec is valid, but its queue does not accept one of its choices (bus: rejected; HTTP: 403
+    with ``detail``)."""
+
+    def __init__(self, queue: str, field: str, detail: str, advice: str) -> None:
+        self.queue, self.detail = queue, detail
+        super().__init__([FieldError(field=field, message=f"{detail}; {advice}")])
+
+
+class ShellRefused(QueueRefused):
+    """``shell: true`` into a queue without ``allow_shell``."""
 
     def __init__(self, queue: str) -> None:
-        self.queue = queue
         super().__init__(
-            [
-                FieldError(
-                    field="shell",
-                    message=f"queue {queue!r} does not allow shell: true; give command as an argv list "
-                    "(or ask an admin to set allow_shell on the queue)",
-                )
-            ]
+            queue,
+            "shell",
+            f"queue {queue!r} does not allow shell: true",
+            "give command as an argv list (or ask an admin to set allow_shell on the queue)",
+        )
+
+
+class RootRefused(QueueRefused):
+    """``run_as_root: true`` into a queue without ``allow_root``."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(
+            queue,
+            "run_as_root",
+            f"queue {queue!r} does not allow run_as_root: true",
+            "containers run as a non-root user (or ask an admin to set allow_root on the queue)",
         )
 
 
@@ -76,6 +94,8 @@ def check_submit(principal: Principal | None, spec: JobSpec, queue: QueueConfig)
         )
     if spec.shell and not queue.allow_shell:
         raise ShellRefused(spec.queue)
+    if spec.run_as_root and not queue.allow_root:
+        raise RootRefused(spec.queue)
 
 
 def check_job(principal: Principal, record: JobRecord, action: str) -> None:

@@ -35,7 +35,7 @@ from trainyard_contracts import (
 from trainyard_contracts.spec import QUEUE_PATTERN, QueueName, capped_errors, field_errors
 from trainyard_submission.access import (
     Forbidden,
-    ShellRefused,
+    QueueRefused,
     check_admin,
     check_job,
     check_list,
@@ -252,10 +252,9 @@ def build_router(state: dict[str, Any]) -> APIRouter:
             result = await service().submit(
                 body, submitted_by=caller.name, idempotency_slot=slot, principal=caller
             )
-        except ShellRefused as exc:
+        except QueueRefused as exc:
             errors = [e.model_dump() for e in exc.errors]
-            detail = f"queue {exc.queue!r} does not allow shell: true"
-            raise Problem(403, "forbidden", detail, queue=exc.queue, errors=errors) from exc
+            raise Problem(403, "forbidden", exc.detail, queue=exc.queue, errors=errors) from exc
         except SpecError as exc:
             errors = [e.model_dump() for e in exc.errors]
             raise Problem(422, "invalid job spec", str(exc), errors=errors) from exc
@@ -289,9 +288,8 @@ def build_router(state: dict[str, Any]) -> APIRouter:
         try:
             spec = place_spec(caller, parse_spec(body))
             check_submit(caller, spec, await queues().effective(spec.queue))
-        except ShellRefused as exc:
-            detail = f"queue {exc.queue!r} does not allow shell: true"
-            raise Problem(403, "forbidden", detail, queue=exc.queue) from exc
+        except QueueRefused as exc:
+            raise Problem(403, "forbidden", exc.detail, queue=exc.queue) from exc
         except SpecError as exc:
             errors = [e.model_dump() for e in exc.errors]
             raise Problem(422, "invalid job spec", str(exc), errors=errors) from exc

@@ -100,6 +100,9 @@ class AttemptLaunch:
     """Several ranks (``replicas > 1``); None: one process, no rendezvous variables."""
     checkpoint_dir: Path | None = None
     """Kept across the attempts of one job (TRAINYARD_CHECKPOINT_DIR); container backends mount it."""
+    run_as_root: bool = False
+    """Container backends: the image's own user instead of the non-root default (spec
+    ``run_as_root``, which only a queue with ``allow_root`` accepts)."""
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,8 @@ The same class serves Docker and Podman (``podman system service`` speaks the Do
 difference that matters is that every Podman container needs explicit nofile/nproc ulimits.
 
 A job with several replicas runs one container per rank (named ``...-r<rank>``, labelled with
-the rank), each with the spec's per-replica limits and torchrun's variables, on the host's network
-(``network_mode: host``): the ranks meet at MASTER_ADDR:MASTER_PORT on the host, which also works
-for a gang split across executors, and needs no user-defined network (Podman's DNS plugin for those
-is not always installed).
+the rank), each with the spec's per-replica limits and torchrun's variables, on a network of the
+attempt's own (:mod:`.gang_network`; a gang split across executors: the host's network).
 
 After an executor restart its containers are found by their labels; the current attempts are
 adopted (logs followed again from the bytes already shipped, their exit reported), the others
@@ -32,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import docker
@@ -46,8 +44,26 @@ from trainyard_executor.backends.base import (
     LineSink,
     Resources,
 )
+from trainyard_executor.backends.container_dirs import META_DIR, prepare_dirs, prepare_source
+from trainyard_executor.backends.container_security import (
+    DEFAULT_PIDS_LIMIT,
+    DEFAULT_UID,
+    hardening,
+    identity,
+    work_mount_mode,
+)
+from trainyard_executor.backends.gang_network import (
+    MASTER_ALIAS,
+    create_network,
+    master_address,
+    network_name,
+    own_network,
+    prune_networks,
+    remove_network,
+)
+from trainyard_executor.backends.hostpaths import read_in, write_in
 from trainyard_executor.backends.local import _pump
-from trainyard_executor.backends.source import SourceError, checkout
+from trainyard_executor.backends.source import SourceError
 
 log = logging.getLogger("trainyard.executor.docker")
 
@@ -65,10 +81,9 @@ LABEL_TIMEOUT = "trainyard.timeout"
 LABEL_GRACE = "trainyard.grace"
 LABEL_WORKDIR = "trainyard.workdir"
 LABEL_OUTPUT_DIR = "trainyard.output_dir"
+NETWORK_LABELS = (LABEL_JOB, LABEL_ATTEMPT, LABEL_EXECUTOR)
 WORK_MOUNT = "/trainyard/work"
-OUTPUTS_MOUNT = "/trainyard/outputs"
 CHECKPOINTS_MOUNT = "/trainyard/checkpoints"
-META_DIR = ".trainyard"
 CURSOR_EVERY_S = 1.0
 # without these every Podman container fails with "error setting rlimit type 7"
 PODMAN_ULIMITS: tuple[tuple[str, int, int], ...] = (("nofile", 20000, 20000), ("nproc", 32768, 32768))
@@ -163,6 +178,10 @@ class FinishedAttempt:
         return None
 
 
+def cursor_name(rank: int | None) -> str:
+    return f"container-{rank or 0}-cursor.json"
+
+
 class ContainerAttempt:
     """One container: one attempt, or one rank of a gang (``rank`` set: lines are tagged)."""
 
@@ -193,7 +212,7 @@ class ContainerAttempt:
         self._streams: list[Any] = []
         self._skip = dict(skip or {})
         self._consumed: dict[str, int] = dict(self._skip)
-        self._cursor_path = launch.workdir / META_DIR / f"container-{rank or 0}-cursor.json"
+        self._cursor_name = cursor_name(rank)
         self._exit = _in_thread(self._wait_blocking, name=f"wait-{launch.job_id}")
         sink = on_line
         if rank is not None:
@@ -233,24 +252,27 @@ class ContainerAttempt:
             loop.call_soon_threadsafe(reader.feed_data, data)
 
         def stream() -> None:
+            skip = self._skip.get(name, 0)  # already shipped by the executor before a restart
+            delivered = 0
             try:
                 chunks = self.container.logs(
                     stream=True, follow=True, stdout=name == "stdout", stderr=name == "stderr"
                 )
                 self._streams.append(chunks)
-                skip = self._skip.get(name, 0)  # already shipped by the executor before a restart
-                delivered = 0
                 for chunk in chunks:
                     if delivered + len(chunk) > skip:
                         feed(chunk[max(0, skip - delivered) :])
                     delivered += len(chunk)
                     self._consumed[name] = max(delivered, skip)
-                # ended (or closed by _drain): the log is whole once the job has exited
+            except Exception as exc:  # closed by _drain while a read was under way, or the engine
+                log.debug("log stream ended", extra={"job_id": self.launch.job_id, "error": str(exc)})
+            try:
+                # ended, failed or closed by _drain: the log is whole once the job has exited
                 self.container.wait()
                 self._catch_up(name, max(delivered, skip), feed)
                 self._consumed[name] = max(delivered, skip, self._consumed.get(name, 0))
             except Exception as exc:  # the engine went away: the wait reports it
-                log.debug("log stream ended", extra={"job_id": self.launch.job_id, "error": str(exc)})
+                log.debug("log not caught up", extra={"job_id": self.launch.job_id, "error": str(exc)})
             finally:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(reader.feed_eof)
@@ -314,11 +336,11 @@ class ContainerAttempt:
             shipped = dict(self._consumed)
 
     def _write_cursor(self, consumed: Mapping[str, int]) -> None:
-        with contextlib.suppress(OSError):
-            self._cursor_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._cursor_path.with_name(self._cursor_path.name + ".tmp")
-            tmp.write_text(json.dumps(dict(consumed)))
-            os.replace(tmp, self._cursor_path)
+        # the work dir is the container's: a link planted there is replaced, never written through
+        try:
+            write_in(self.launch.workdir, META_DIR, self._cursor_name, json.dumps(dict(consumed)).encode())
+        except OSError as exc:
+            log.debug("log cursor not written", extra={"job_id": self.launch.job_id, "error": str(exc)})
 
     async def _wait(self) -> AttemptOutcome:
         timeout = self.launch.timeout_s
@@ -407,6 +429,8 @@ class DockerBackend:
         init: bool = True,
         gpus: int = 0,
         ulimits: tuple[tuple[str, int, int], ...] | None = None,
+        user: tuple[int, int] = (DEFAULT_UID, DEFAULT_UID),
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
     ) -> None:
         if client_factory is None:
 
@@ -426,6 +450,8 @@ class DockerBackend:
         self.init = init
         self.gpus = gpus
         self.ulimits = ulimits if ulimits is not None else (PODMAN_ULIMITS if name == "podman" else ())
+        self.user = user
+        self.pids_limit = pids_limit
         self._capacity: Resources | None = None
         self._capacity_tried = 0.0
 
@@ -492,17 +518,21 @@ class DockerBackend:
         if launch.timeout_s is not None:
             labels[LABEL_TIMEOUT] = f"{launch.timeout_s:g}"
         if output_dir is not None:
-            labels[LABEL_OUTPUT_DIR] = str(output_dir.resolve())
+            labels[LABEL_OUTPUT_DIR] = os.path.abspath(output_dir)  # the job's: never resolved
         return labels
 
-    def container_env(self, launch: AttemptLaunch, workdir: str, local_rank: int = 0) -> dict[str, str]:
+    def container_env(
+        self, launch: AttemptLaunch, workdir: str, local_rank: int = 0, output_dir: str = WORK_MOUNT
+    ) -> dict[str, str]:
         env = {k: v for k, v in launch.env.items() if not (k in HOST_ONLY_ENV and k in launch.inherited_env)}
-        env["TRAINYARD_OUTPUT_DIR"] = OUTPUTS_MOUNT
+        env["TRAINYARD_OUTPUT_DIR"] = output_dir
         env["TRAINYARD_WORKDIR"] = workdir
         if launch.checkpoint_dir is not None:
             env["TRAINYARD_CHECKPOINT_DIR"] = CHECKPOINTS_MOUNT
         if launch.gang is not None:
             env.update(launch.gang.env(local_rank))
+            if own_network(launch.gang):
+                env["MASTER_ADDR"] = MASTER_ALIAS
         return env
 
     def container_config(
@@ -512,28 +542,32 @@ class DockerBackend:
         output_dir: Path,
         source_dir: Path | None,
         local_rank: int = 0,
+        master_ip: str | None = None,
     ) -> dict[str, Any]:
         """The keyword arguments of ``containers.create`` for one attempt, or one rank of a gang
         (pure; no engine call).
 
         argv is the whole command line (it replaces the image's entrypoint, as a Kubernetes
         ``command`` does); without a git source the image's own working dir applies. Every rank
-        gets the spec's resources (they are per replica).
+        gets the spec's resources (they are per replica). Only the work dir and the checkpoint
+        dir are mounted (see :mod:`.container_dirs`); the container is hardened as
+        :mod:`.container_security` says.
         """
         workdir = WORK_MOUNT
         if source_dir is not None:
             workdir = f"{WORK_MOUNT}/{source_dir.relative_to(launch.workdir).as_posix()}"
-        volumes = {
-            str(launch.workdir.resolve()): {"bind": WORK_MOUNT, "mode": "rw"},
-            str(output_dir.resolve()): {"bind": OUTPUTS_MOUNT, "mode": "rw"},
-        }
+        outputs = PurePosixPath(WORK_MOUNT, output_dir.relative_to(launch.workdir).as_posix())
+        mode = work_mount_mode(self.name)
+        # executor-owned paths (the job only ever sees their insides): resolved as given
+        volumes = {str(launch.workdir.resolve()): {"bind": WORK_MOUNT, "mode": mode}}
         if launch.checkpoint_dir is not None:
-            volumes[str(launch.checkpoint_dir.resolve())] = {"bind": CHECKPOINTS_MOUNT, "mode": "rw"}
+            volumes[str(launch.checkpoint_dir.resolve())] = {"bind": CHECKPOINTS_MOUNT, "mode": mode}
+        who = identity(launch.run_as_root, self.user, (os.geteuid(), os.getegid()))
         config: dict[str, Any] = {
             "image": image,
             "entrypoint": launch.argv[:1],
             "command": launch.argv[1:],
-            "environment": self.container_env(launch, workdir, local_rank),
+            "environment": self.container_env(launch, workdir, local_rank, str(outputs)),
             "labels": self.labels(launch, local_rank, output_dir),
             "name": self.container_name(launch, local_rank),
             "detach": True,
@@ -541,9 +575,18 @@ class DockerBackend:
             "tty": False,
             "init": self.init,
             "volumes": volumes,
+            **hardening(launch.run_as_root, self.pids_limit),
         }
-        if launch.gang is not None:
-            # the ranks meet at MASTER_ADDR:MASTER_PORT, an address of the host
+        if who.user is not None:
+            config["user"] = who.user
+        if own_network(launch.gang):
+            config["network"] = network_name(launch.job_id, launch.attempt)
+            if local_rank == 0:
+                config["hostname"] = MASTER_ALIAS
+            else:  # rank 0 started first: its address on the network is known
+                config["extra_hosts"] = {MASTER_ALIAS: master_ip}
+        elif launch.gang is not None:
+            # split across executors: the others reach rank 0 at this host's advertised address
             config["network_mode"] = "host"
         if source_dir is not None:
             config["working_dir"] = workdir
@@ -564,20 +607,15 @@ class DockerBackend:
     async def start(
         self, launch: AttemptLaunch, on_line: LineSink
     ) -> ContainerAttempt | GangAttempt | FinishedAttempt:
-        source_dir = launch.workdir / "src" if launch.source_repo else None
-        output_dir = (source_dir or launch.workdir) / launch.output_subdir
+        output_dir = launch.workdir / launch.output_subdir
         try:
-            launch.workdir.mkdir(parents=True, exist_ok=True)
-            if source_dir is not None and launch.source_repo and not (source_dir / ".git").exists():
-                # checked out on the executor's host, mounted with the work dir
-                await checkout(launch.source_repo, launch.source_commit, source_dir)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            output_dir.chmod(0o777)  # the image's user may not be the executor's
-            if launch.checkpoint_dir is not None:
-                launch.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                launch.checkpoint_dir.chmod(0o777)
+            # checked out on the executor's host, mounted with the work dir
+            source_dir = await prepare_source(launch)
+            owner = identity(launch.run_as_root, self.user, (os.geteuid(), os.getegid())).owner
+            dirs = await _in_thread(prepare_dirs, launch, source_dir, owner, name="prepare")
         except (SourceError, OSError) as exc:
             return FinishedAttempt(f"could not prepare the work dir: {exc}", output_dir)
+        output_dir = dirs.output_dir
         image = launch.image or self.default_image
         if not image:
             return FinishedAttempt(
@@ -594,26 +632,42 @@ class DockerBackend:
             await _in_thread(self.capacity, name="docker-info")
         if launch.gang is not None and not launch.gang.ranks:
             return FinishedAttempt("a gang without ranks", output_dir)
+        return await self._start_containers(launch, image, output_dir, source_dir, on_line)
+
+    async def _start_containers(
+        self, launch: AttemptLaunch, image: str, output_dir: Path, source_dir: Path | None, on_line: LineSink
+    ) -> ContainerAttempt | GangAttempt | FinishedAttempt:
+        """One container, or one per rank on the gang's own network (made first, removed again when
+        the gang does not start whole)."""
+        network = network_name(launch.job_id, launch.attempt) if own_network(launch.gang) else None
         members: list[ContainerAttempt] = []
-        for local_rank in range(len(launch.gang.ranks) if launch.gang else 1):
-            config = self.container_config(launch, image, output_dir, source_dir, local_rank)
-            try:
+        master_ip: str | None = None
+        try:
+            if network is not None:
+                labels = {k: v for k, v in self.labels(launch).items() if k in NETWORK_LABELS}
+                await _in_thread(create_network, self.client, network, labels, name="network")
+            for local_rank in range(len(launch.gang.ranks) if launch.gang else 1):
+                config = self.container_config(launch, image, output_dir, source_dir, local_rank, master_ip)
                 container = await _in_thread(self._create_and_start, config, name=f"start-{launch.job_id}")
-            except (ImageNotFound, _AlreadyRunning, DockerException) as exc:
-                # a gang starts whole or not at all
-                await asyncio.gather(*(self._remove(m.container_id) for m in members))
-                for m in members:
-                    await m.detach()
-                if isinstance(exc, ImageNotFound):
-                    return FinishedAttempt(image_missing_reason(image), output_dir)
-                if isinstance(exc, _AlreadyRunning):
-                    return FinishedAttempt(str(exc), output_dir)
-                return FinishedAttempt(f"could not start the container: {_explain(exc)}", output_dir)
-            rank = launch.gang.ranks[local_rank] if launch.gang else None
-            members.append(ContainerAttempt(self, container, launch, output_dir, on_line, rank=rank))
+                if network is not None and local_rank == 0:
+                    master_ip = master_address(container, network)
+                rank = launch.gang.ranks[local_rank] if launch.gang else None
+                members.append(ContainerAttempt(self, container, launch, output_dir, on_line, rank=rank))
+        except (ImageNotFound, _AlreadyRunning, DockerException, RuntimeError) as exc:
+            # a gang starts whole or not at all
+            await asyncio.gather(*(self._remove(m.container_id) for m in members))
+            for m in members:
+                await m.detach()
+            if network is not None:
+                await _in_thread(remove_network, self.client, network, name="network")
+            if isinstance(exc, ImageNotFound):
+                return FinishedAttempt(image_missing_reason(image), output_dir)
+            if isinstance(exc, _AlreadyRunning):
+                return FinishedAttempt(str(exc), output_dir)
+            return FinishedAttempt(f"could not start the container: {_explain(exc)}", output_dir)
         if launch.gang is None:
             return members[0]
-        return GangAttempt(launch, output_dir, members)
+        return GangAttempt(launch, output_dir, members, network)
 
     def _create_and_start(self, config: Mapping[str, Any]) -> Any:
         client = self.client
@@ -688,14 +742,17 @@ class DockerBackend:
             grace_s=float(labels.get(LABEL_GRACE) or 10.0),
         )
         gang = bool(labels.get(LABEL_GANG))
+        # (Podman's inspect says "bridge" for NetworkMode: the attached networks tell)
+        attached = (containers[0].attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        on_own_network = network_name(found.job_id, found.attempt) in attached
         members = []
         for container in containers:
             tags = container.attrs["Config"].get("Labels") or {}
             rank = int(tags.get(LABEL_RANK) or 0)
-            cursor = workdir / META_DIR / f"container-{rank if gang else 0}-cursor.json"
             try:
-                skip = {str(k): int(v) for k, v in json.loads(cursor.read_text()).items()}
-            except (OSError, ValueError, AttributeError):
+                cursor = read_in(workdir, META_DIR, cursor_name(rank if gang else None), limit=4096)
+                skip = {str(k): int(v) for k, v in json.loads(cursor).items()}
+            except (OSError, ValueError, AttributeError, TypeError):
                 skip = {}
             started = tags.get(LABEL_STARTED)
             members.append(
@@ -712,7 +769,9 @@ class DockerBackend:
             )
         if not gang:
             return members[0]
-        return GangAttempt(launch, output_dir, members)
+        return GangAttempt(
+            launch, output_dir, members, network_name(found.job_id, found.attempt) if on_own_network else None
+        )
 
     async def discard(self, found: FoundAttempt, grace_s: float) -> None:
         """Stop and remove the containers of an attempt that is no longer current."""
@@ -725,6 +784,9 @@ class DockerBackend:
             await self._remove(container_id)
 
         await asyncio.gather(*(stop(cid) for cid in found.ref.split(",")), return_exceptions=True)
+        with contextlib.suppress(DockerException, OSError):
+            name = network_name(found.job_id, found.attempt)
+            await _in_thread(remove_network, self.client, name, name="network")
 
     def list_running(
         self, all_executors: bool = False, include_stopped: bool = False
@@ -773,6 +835,10 @@ class DockerBackend:
 
         victims = running if self.keep_failed else found
         await asyncio.gather(*(reap(c) for c in victims), return_exceptions=True)
+        with contextlib.suppress(DockerException):
+            await _in_thread(
+                prune_networks, self.client, f"{LABEL_EXECUTOR}={self.executor_id}", name="prune"
+            )
         return victims
 
 
@@ -781,8 +847,15 @@ class GangAttempt:
     0 and fails with the first rank that fails (the others are stopped); timeout and cancel stop
     every rank."""
 
-    def __init__(self, launch: AttemptLaunch, output_dir: Path, members: list[ContainerAttempt]) -> None:
+    def __init__(
+        self,
+        launch: AttemptLaunch,
+        output_dir: Path,
+        members: list[ContainerAttempt],
+        network: str | None = None,
+    ) -> None:
         self.launch = launch
+        self.network = network
         self.output_dir = output_dir
         self.members = members
         self.pid: int | None = members[0].pid
@@ -827,6 +900,10 @@ class GangAttempt:
 
     async def release(self) -> None:
         await asyncio.gather(*(m.release() for m in self.members))
+        if self.network is not None:
+            with contextlib.suppress(DockerException, OSError):
+                client = self.members[0].backend.client
+                await _in_thread(remove_network, client, self.network, name="network")
 
     async def detach(self) -> None:
         self._task.cancel()

@@ -27,9 +27,11 @@ from typing import Any, BinaryIO, TypeVar
 
 from ._proc import group_alive, group_members, same_process, signal_group, start_ticks
 from .base import AttemptLaunch, AttemptOutcome, FoundAttempt, LineSink, OutcomeKind, Resources
+from .capacity import detect_capacity
 from .cgroups import AttemptCgroup, Containment, detect_containment
 from .jobfiles import PRIVATE_DIR, hand_over, kill_user, open_private, private_dir, take_back
 from .jobusers import JobUsers, RunAsError
+from .lines import MAX_LINE, READ_CHUNK, LineSplitter, pump_lines
 from .runtime_env import RuntimeEnvCache, RuntimeEnvError
 from .source import SourceError, checkout
 
@@ -37,9 +39,6 @@ __all__ = ["MAX_LINE", "LineSplitter", "LocalAttempt", "LocalBackend", "detect_c
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 * 1024
-"""A longer output line is delivered as several pieces of at most this many bytes."""
-READ_CHUNK = 64 * 1024
 SUPERVISOR = Path(__file__).resolve().parent.parent / "supervise.py"
 META_DIR = ".trainyard"
 """In the attempt's work dir: rank-N.stdout/.stderr/.exit and the log cursor."""
@@ -679,76 +678,6 @@ def _user_of(state: Mapping[str, Any]) -> tuple[int, int] | None:
     return (int(user[0]), int(user[1])) if isinstance(user, list) and len(user) == 2 else None
 
 
-def _safe_cut(data: bytes | bytearray, limit: int) -> int:
-    """A cut point <= ``limit`` (``len(data) > limit``) that does not split a UTF-8 character."""
-    cut = limit
-    for _ in range(3):
-        if data[cut] & 0xC0 != 0x80:  # not a continuation byte: a character starts here
-            return cut
-        cut -= 1
-    return cut if data[cut] & 0xC0 != 0x80 else limit
-
-
-async def _deliver(line: bytes | bytearray, name: str, on_line: LineSink) -> None:
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    while len(line) > MAX_LINE:
-        cut = _safe_cut(line, MAX_LINE)
-        await on_line(name, line[:cut].decode("utf-8", errors="replace"))
-        line = line[cut:]
-    await on_line(name, line.decode("utf-8", errors="replace"))
-
-
-class LineSplitter:
-    """Bytes in, lines out to ``on_line(name, line)``: UTF-8 (invalid bytes replaced), without the
-    "\n" (or "\r\n"). A line longer than :data:`MAX_LINE` bytes is delivered as several pieces of
-    at most MAX_LINE bytes, never splitting a character; memory stays bounded whatever the line
-    length. :meth:`end` delivers a last line without a newline."""
-
-    def __init__(self, name: str, on_line: LineSink) -> None:
-        self.name = name
-        self.on_line = on_line
-        self._buf = bytearray()
-
-    @property
-    def pending(self) -> int:
-        """Bytes fed but not delivered yet (an unfinished line)."""
-        return len(self._buf)
-
-    async def feed(self, chunk: bytes) -> None:
-        buf = self._buf
-        buf += chunk
-        start = 0
-        while (nl := buf.find(b"\n", start)) >= 0:
-            await _deliver(buf[start:nl], self.name, self.on_line)
-            start = nl + 1
-        del buf[:start]
-        while len(buf) > MAX_LINE:
-            cut = _safe_cut(buf, MAX_LINE)
-            await self.on_line(self.name, buf[:cut].decode("utf-8", errors="replace"))
-            del buf[:cut]
-
-    async def end(self) -> None:
-        if self._buf:
-            await _deliver(self._buf, self.name, self.on_line)
-            self._buf = bytearray()
-
-
-async def pump_lines(stream: asyncio.StreamReader, name: str, on_line: LineSink) -> None:
-    """Deliver the lines of ``stream`` to ``on_line(name, line)`` as they arrive, until EOF
-    (split as :class:`LineSplitter` does)."""
-    splitter = LineSplitter(name, on_line)
-    while True:
-        try:
-            chunk = await stream.read(READ_CHUNK)
-        except (ConnectionError, OSError):
-            break
-        if not chunk:
-            break
-        await splitter.feed(chunk)
-    await splitter.end()
-
-
 _pump = pump_lines  # the name the container backends import
 
 
@@ -874,42 +803,3 @@ class LocalBackend:
         if self._capacity is None:
             self._capacity = detect_capacity()
         return self._capacity
-
-
-def detect_capacity() -> Resources:
-    """CPUs this process may run on, total memory (/proc/meminfo), GPUs (``nvidia-smi -L``)."""
-    return Resources(cpu=float(_cpu_count()), memory_mb=_memory_mb(), gpu=_gpu_count())
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _memory_mb() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) // 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
-    except (ValueError, OSError):
-        return 0
-
-
-def _gpu_count() -> int:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return 0
-    try:
-        res = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    if res.returncode != 0:
-        return 0
-    return sum(1 for line in res.stdout.splitlines() if line.startswith("GPU "))

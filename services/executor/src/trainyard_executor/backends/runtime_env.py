@@ -28,7 +28,13 @@ from pathlib import Path
 
 from ._proc import run_captured, tail
 
-__all__ = ["MARKER_NAME", "RuntimeEnvCache", "RuntimeEnvError", "normalise_requirements"]
+__all__ = [
+    "MARKER_NAME",
+    "RuntimeEnvCache",
+    "RuntimeEnvError",
+    "normalise_requirements",
+    "readable_not_writable",
+]
 
 MARKER_NAME = ".trainyard-runtime-env.json"
 """Written into a venv as the last build step; its presence means the venv is complete."""
@@ -131,8 +137,8 @@ class RuntimeEnvCache:
 
     @contextlib.asynccontextmanager
     async def _file_lock(self, key: str) -> AsyncIterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / f".{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(self.root / f".{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             while True:
                 try:
@@ -186,7 +192,9 @@ class RuntimeEnvCache:
                 "build_id": build_id,
                 "created_at": time.time(),
             }
+            await asyncio.to_thread(readable_not_writable, tmp)
             (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+            os.chmod(tmp / MARKER_NAME, 0o644)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -206,6 +214,22 @@ class RuntimeEnvCache:
             detail = tail(res.stderr) or tail(res.stdout) or "(no output)"
             raise RuntimeEnvError(f"{what} failed with exit code {res.returncode}: {detail}")
         return res.stdout
+
+
+def readable_not_writable(root: Path) -> None:
+    """Every directory and file of a built venv readable (and, where it was, executable) by every
+    user and writable by its owner only, whatever the executor's umask: jobs of other users run
+    it, and none may change what another team's job will run."""
+    for directory, _dirs, files in os.walk(root):
+        os.chmod(directory, 0o755)
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                continue
+            mode = os.stat(path).st_mode & 0o7777
+            wanted = 0o755 if mode & 0o111 else 0o644
+            if mode != wanted:
+                os.chmod(path, wanted)
 
 
 def _relocate_scripts(bin_dir: Path, old: str, new: str) -> None:
