@@ -32,6 +32,12 @@ class AttemptInfo(_Model):
     state: JobState | None = None
     exit_code: int | None = None
     reason: str | None = None
+    stopping: bool = Field(
+        False,
+        description="the scheduler ended this attempt in the record (preempted, executor lost) while "
+        "its process may still run; its executor clears it once the process has ended. Its room "
+        "stays counted until then",
+    )
 
 
 class GangMember(_Model):
