@@ -8,6 +8,7 @@ once per engine and is skipped when that engine cannot be reached (unless requir
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from trainyard_executor.backends.docker import DockerBackend
+from trainyard_executor.core import free_loopback_port
+from trainyard_executor.jobenv import plan_gang
 from trainyard_executor.testengines import Lines, make_launch
 
 pytestmark = pytest.mark.security
@@ -134,3 +137,53 @@ async def test_run_as_root_keeps_the_image_user_but_not_mknod_nor_new_privileges
     outcome = await attempt.wait()
     assert outcome.kind == "succeeded", (outcome.reason, lines.got)
     assert lines.of("stdout") == ["0", "NoNewPrivs:\t1", "refused"]
+
+
+# rank 0 listens until a connection brings data; rank 1 sends until a send worked and then fails
+# (rank 0 heard it and stopped listening)
+RENDEZVOUS = (
+    'if [ "$RANK" = 0 ]; then until [ -s /tmp/got ]; do nc -l -p "$MASTER_PORT" > /tmp/got; done;'
+    ' echo "master heard: $(cat /tmp/got)";'
+    "else i=0; sent=0; while [ $i -le 300 ]; do"
+    ' if echo "hello from $RANK" | nc -w 1 "$MASTER_ADDR" "$MASTER_PORT" 2>/dev/null; then sent=1;'
+    " elif [ $sent = 1 ]; then break; fi; i=$((i+1)); sleep 0.1; done;"
+    " [ $sent = 1 ] || exit 9; echo sent; fi"
+)
+
+
+@pytest.mark.distributed
+async def test_a_gangs_ranks_reach_each_other_but_not_the_hosts_loopback(backend: DockerBackend, tmp_path):
+    """NATS, MLflow and the monitor listen on the host's loopback: a listener there (started
+    here) gets no connection from a gang's ranks, which still meet each other at MASTER_ADDR."""
+    connections: list[str] = []
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(str(writer.get_extra_info("peername")))
+        writer.close()
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    probe = (
+        f"if nc -w 2 127.0.0.1 {port} </dev/null 2>/dev/null; then echo reached-host;"
+        " else echo host-unreachable; fi; "
+    )
+    launch = make_launch(
+        tmp_path, ["sh", "-c", probe + RENDEZVOUS], gang=plan_gang(2, None, free_loopback_port)
+    )
+    lines = Lines()
+    try:
+        attempt = await backend.start(launch, lines)
+        outcome = await attempt.wait()
+        await attempt.release()
+    finally:
+        server.close()
+        await server.wait_closed()
+    stdout = lines.of("stdout")
+    assert outcome.kind == "succeeded", (outcome.reason, lines.got)
+    assert sorted(t for t in stdout if "host" in t) == [
+        "[rank 0] host-unreachable",
+        "[rank 1] host-unreachable",
+    ]
+    assert connections == []
+    assert "[rank 0] master heard: hello from 1" in stdout and "[rank 1] sent" in stdout
+    assert not backend.client.networks.list(names=[f"trainyard-{launch.job_id}-1"])

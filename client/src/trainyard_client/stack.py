@@ -275,6 +275,9 @@ class EmbeddedStack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        # a local `source: {repo: .}` (the examples, make demo) is fetched from the folder the stack
+        # was started in, and from nowhere else of this machine (trainyard_shared.gitpolicy)
+        env.setdefault("TRAINYARD_GIT_LOCAL_ROOTS", os.getcwd())
         if not env.get("MLFLOW_TRACKING_URI"):
             env["MLFLOW_TRACKING_URI"] = f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
         for name, port in self.ports.items():

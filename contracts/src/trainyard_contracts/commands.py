@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import JobRecord
@@ -39,7 +39,11 @@ class Rendezvous(BaseModel):
 
 class StartAttempt(_Command):
     type: Literal["start"] = "start"
-    spec: JobSpec
+    spec: JobSpec | None = Field(
+        None,
+        description="the job's spec; None when record is given, which holds it (the spec travels "
+        "once). Always present from schedulers before schema 2 of this command",
+    )
     rendezvous: Rendezvous | None = Field(
         None,
         description="a gang split across executors; None: this executor runs every replica itself "
@@ -52,6 +56,19 @@ class StartAttempt(_Command):
         "compare-and-set, then a read). None from older schedulers: the executor reads the record",
     )
     record_revision: int | None = Field(None, ge=1, description="the KV revision of record")
+
+    @model_validator(mode="after")
+    def _spec_or_record(self) -> StartAttempt:
+        if self.spec is None and self.record is None:
+            raise ValueError("a start command needs the spec or the record that holds it")
+        return self
+
+    @property
+    def job_spec(self) -> JobSpec:
+        """The spec to run: the command's own, else the record's."""
+        spec = self.spec if self.spec is not None else self.record.spec if self.record else None
+        assert spec is not None  # _spec_or_record
+        return spec
 
 
 class CancelAttempt(_Command):

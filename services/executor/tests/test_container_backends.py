@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +238,7 @@ GANG_RENDEZVOUS = (
 
 
 @pytest.mark.distributed
-async def test_a_gang_runs_one_container_per_rank_that_meet_on_the_host_network(backend, tmp_path):
+async def test_a_gang_runs_one_container_per_rank_that_meet_on_their_own_network(backend, tmp_path):
     launch = make_launch(
         tmp_path, ["sh", "-c", GANG_RENDEZVOUS], gang=plan_gang(2, None, free_loopback_port), memory_mb=64
     )
@@ -247,16 +248,18 @@ async def test_a_gang_runs_one_container_per_rank_that_meet_on_the_host_network(
     outcome = await attempt.wait()
     assert (outcome.kind, outcome.exit_code, outcome.reason) == ("succeeded", 0, "exit code 0"), lines.got
     stdout = lines.of("stdout")
-    assert "[rank 0] env 0 0 2 127.0.0.1" in stdout and "[rank 1] env 1 1 2 127.0.0.1" in stdout
+    # rank 0 is found by its alias on the attempt's network
+    assert "[rank 0] env 0 0 2 trainyard-master" in stdout and "[rank 1] env 1 1 2 trainyard-master" in stdout
     assert "[rank 0] master heard: hello from 1" in stdout and "[rank 1] sent" in stdout
     for rank, container_id in enumerate(attempt.container_ids):
         attrs = backend.client.api.inspect_container(container_id)
         assert attrs["Config"]["Labels"][LABEL_RANK] == str(rank)
         assert attrs["Name"].lstrip("/") == f"trainyard-{launch.job_id}-1-r{rank}"
-        assert attrs["HostConfig"]["NetworkMode"] == "host"
+        assert list(attrs["NetworkSettings"]["Networks"]) == [f"trainyard-{launch.job_id}-1"]
         assert attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024  # the spec's resources, per rank
     await attempt.release()
     assert all(gone(backend, c) for c in attempt.container_ids)
+    assert not backend.client.networks.list(names=[f"trainyard-{launch.job_id}-1"])  # removed with them
 
 
 @pytest.mark.distributed
@@ -330,18 +333,22 @@ async def test_a_gang_left_by_a_dead_executor_is_adopted_whole(backend, engine, 
     assert {"[rank 0] done 0", "[rank 1] done 1"} <= set(adopted_lines.of("stdout"))
     await adopted.release()
     assert await again.find_attempts() == []
+    assert not backend.client.networks.list(names=[f"trainyard-{launch.job_id}-1"])  # its network too
 
 
 async def test_the_checkpoint_dir_is_mounted_and_outlives_the_attempt(backend, tmp_path):
     """Attempt 1 saves a checkpoint when it is told to stop (SIGTERM, with a grace period);
     attempt 2 of the same job finds it at the same TRAINYARD_CHECKPOINT_DIR."""
-    checkpoints = tmp_path / "checkpoints" / "job-ckpt"
+    # a job id of its own: a fixed one made two runs of the suite on one engine (a busy machine)
+    # share container names, and one run's start removed the other's ended container
+    job_id = "job-ckpt-" + uuid.uuid4().hex[:8]
+    checkpoints = tmp_path / "checkpoints" / job_id
     first = (
         "trap 'echo step=42 > \"$TRAINYARD_CHECKPOINT_DIR/ckpt\"; echo saved; exit 0' TERM;"
         'echo "ready in $TRAINYARD_CHECKPOINT_DIR"; sleep 60 & wait'
     )
     lines = Lines()
-    launch = make_launch(tmp_path, ["sh", "-c", first], job_id="job-ckpt", checkpoint_dir=checkpoints)
+    launch = make_launch(tmp_path, ["sh", "-c", first], job_id=job_id, checkpoint_dir=checkpoints)
     attempt = await backend.start(launch, lines)
 
     async def ready() -> bool:
@@ -356,9 +363,9 @@ async def test_the_checkpoint_dir_is_mounted_and_outlives_the_attempt(backend, t
     second = make_launch(
         tmp_path,
         ["sh", "-c", 'echo "resumed from $(cat "$TRAINYARD_CHECKPOINT_DIR/ckpt")"'],
-        job_id="job-ckpt",
+        job_id=job_id,
         attempt=2,
-        workdir=tmp_path / "work" / "job-ckpt" / "attempt-2",
+        workdir=tmp_path / "work" / job_id / "attempt-2",
         checkpoint_dir=checkpoints,
     )
     resumed = await backend.start(second, again)
@@ -476,6 +483,47 @@ async def test_what_a_follow_stream_missed_is_read_back_after_the_exit(tmp_path)
     assert outcome.kind == "succeeded" and removed == []  # kept until the outcome is recorded
     await attempt.release()
     assert removed == ["c0ffee"]
+    assert lines.of("stdout") == ["one", "two", "three", "tail"]
+    assert lines.of("stderr") == ["e1", "e2"]
+
+
+class _FollowClosedUnderARead:
+    """A follow stream that does not end when the job exits, and raises when it is closed under
+    a read (what the HTTP client does): the engines' follow mode on a busy machine."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first = first
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.first
+        self.closed.wait(30)
+        raise OSError("read of a closed response")
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class _SlowFollowContainer(_ShortFollowContainer):
+    def logs(self, stream: bool, follow: bool, stdout: bool, stderr: bool) -> Any:
+        chunks = self.stored["stdout" if stdout else "stderr"]
+        return _FollowClosedUnderARead(chunks[0]) if follow else iter(chunks)
+
+
+@pytest.mark.unit
+async def test_a_follow_stream_closed_under_a_read_is_still_caught_up(tmp_path, monkeypatch):
+    """_drain closes a stream that has not ended a while after the exit; the read under way then
+    raises, and what the stream had not delivered must still come from the stored log."""
+    from trainyard_executor.backends import docker as docker_backend
+
+    monkeypatch.setattr(docker_backend, "LOG_DRAIN_S", 0.1)
+    backend = DockerBackend(client_factory=lambda: None, executor_id="e")
+    lines = Lines()
+    attempt = docker_backend.ContainerAttempt(
+        backend, _SlowFollowContainer(), make_launch(tmp_path, ["x"]), tmp_path, lines
+    )
+    outcome = await attempt.wait()
+    assert outcome.kind == "succeeded"
     assert lines.of("stdout") == ["one", "two", "three", "tail"]
     assert lines.of("stderr") == ["e1", "e2"]
 

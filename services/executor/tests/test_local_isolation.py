@@ -26,10 +26,12 @@ from typing import Any
 
 import pytest
 
+from trainyard_executor.app import settings_for_jobs
 from trainyard_executor.backends import AttemptLaunch, LocalBackend, RuntimeEnvCache
 from trainyard_executor.backends.cgroups import Containment
 from trainyard_executor.backends.jobusers import JobUsers, RunAsError, job_users
 from trainyard_executor.backends.runtime_env import readable_not_writable
+from trainyard_executor.settings import ExecutorSettings
 
 pytestmark = [pytest.mark.local, pytest.mark.security]
 
@@ -292,3 +294,16 @@ def test_a_built_runtime_env_is_readable_by_every_job_and_writable_by_none(tmp_p
     assert {mode(venv), mode(venv / "bin"), mode(venv / "lib")} == {0o755}
     assert mode(venv / "bin" / "python") == 0o755
     assert mode(venv / "lib" / "mod.py") == 0o644
+
+
+def test_jobs_of_their_own_users_are_not_handed_the_stacks_local_mlflow_store(data: Path) -> None:
+    """The embedded stack's ``sqlite:///<data>/mlflow/mlflow.db`` is the stack's file: a job of
+    another uid cannot open it (by design), so it is not given to jobs, while a server's URL is."""
+    isolated = LocalBackend(root=data / "executor" / "x", job_users=JobUsers(base=2_200_000_000))
+    shared = LocalBackend(root=data / "executor" / "y")
+    local_store = ExecutorSettings(id="x", mlflow_tracking_uri=f"sqlite:///{data}/mlflow/mlflow.db")
+    server = ExecutorSettings(id="x", mlflow_tracking_uri="http://127.0.0.1:5000")
+
+    assert settings_for_jobs(local_store, isolated).mlflow_tracking_uri is None
+    assert settings_for_jobs(server, isolated).mlflow_tracking_uri == "http://127.0.0.1:5000"
+    assert settings_for_jobs(local_store, shared) is local_store  # jobs as the executor's user

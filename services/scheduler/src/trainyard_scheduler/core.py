@@ -22,6 +22,7 @@ from trainyard_contracts import (
     CycleDecisions,
     DryRunAnswer,
     JobCancelled,
+    JobFailed,
     JobQueued,
     JobRecord,
     JobRequeued,
@@ -31,7 +32,6 @@ from trainyard_contracts import (
     JobSubmitted,
     PreemptionDecision,
     QueueConfig,
-    StartAttempt,
     WaitReason,
     WhyAnswer,
     is_job_id,
@@ -53,7 +53,9 @@ from trainyard_scheduler.placement import (
     Victim,
     plan,
 )
+from trainyard_scheduler.room import attempt_ended, stopping_attempts
 from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.startcommand import start_command, unsendable_reason
 from trainyard_scheduler.unconfirmed import PUBLISH_ERRORS, Unconfirmed
 from trainyard_shared.commands import CommandSender
 from trainyard_shared.events import EventPublisher, Outgoing, publish_in_order
@@ -67,6 +69,10 @@ ASSIGNMENTS_IN_FLIGHT = 64
 # well inside the jobs stream's duplicate window (120 s): a younger submitted-event copy is
 # dropped by the stream if the submission service's one is there already
 SUBMITTED_COPY_UNCHECKED_SECONDS = 60.0
+# a stopped attempt's room is held from its record at most this long past its grace period: its
+# executor kills it at the end of the grace, so a "stopping" mark left behind (a failed write, an
+# executor of an older version) does not hold room for good
+STOPPING_HOLD_SLACK_SECONDS = 30.0
 # a message's headers count against the server's max_payload too (nats-py checks the body only)
 HEADERS_ROOM = 4096
 
@@ -284,8 +290,9 @@ class SchedulerCore:
         """What the policy decides on: pending jobs, what runs where, free room, the queues.
 
         An attempt an executor still runs although its record moved on (a preempted or
-        superseded attempt inside its grace period) still holds its room: it is counted from the
-        executor's heartbeat as an ``ending`` job until the executor reports it gone.
+        superseded attempt inside its grace period) still holds its room as an ``ending`` job:
+        from the record while it is marked ``stopping`` (even before a heartbeat lists it), and
+        from the executor's heartbeat until the record says it ended (room.py).
         """
         online = await self.executors.online(now)
         self.online = online
@@ -318,8 +325,32 @@ class SchedulerCore:
                 )
             )
 
+        def ending(record: JobRecord, attempt: int, executor_id: str, replicas: int) -> None:
+            d = demand_of(record).times(replicas)
+            u = used[executor_id]
+            u[0] += d.cpu
+            u[1] += d.memory
+            u[2] += d.gpu
+            current.add((record.job_id, attempt, executor_id))
+            running.append(
+                RunningJob(
+                    job_id=record.job_id,
+                    attempt=attempt,
+                    executor_id=executor_id,
+                    used=d,
+                    queue=record.spec.queue,
+                    priority=record.spec.priority,
+                    ending=True,
+                )
+            )
+
+        hold = self.settings.preemption_grace_seconds + STOPPING_HOLD_SLACK_SECONDS
         for record in self.view.unfinished():
             spec = record.spec
+            if record.attempt > 1:  # an earlier attempt the scheduler stopped may still run
+                for attempt, eid in stopping_attempts(record, now, hold):
+                    if eid in online and (record.job_id, attempt, eid) not in current:
+                        ending(record, attempt, eid, spec.replicas)
             gang = record.split_gang() if record.gang is not None else None
             if record.state.active and gang is not None:
                 # one row per member executor, with its ranks' room, until its ranks have ended
@@ -355,28 +386,13 @@ class SchedulerCore:
                     # executor (a slow clean-up): its room counts until the executor lets go
                     found = await self.store.get(ref.job_id)
                     record = found[0] if found is not None else None
-                if record is None:
-                    continue
+                if record is None or attempt_ended(record, ref.attempt, eid):
+                    continue  # the record says it ended: its room is free before the next beat
                 # a member of a split gang holds its ranks' room; otherwise (the placement of that
                 # attempt replaced already) the whole gang's, which over-counts for a moment only
                 gang = record.gang
                 member = gang.member(eid) if gang is not None and gang.attempt == ref.attempt else None
-                d = demand_of(record).times(len(member.ranks) if member else record.spec.replicas)
-                u = used[eid]
-                u[0] += d.cpu
-                u[1] += d.memory
-                u[2] += d.gpu
-                running.append(
-                    RunningJob(
-                        job_id=ref.job_id,
-                        attempt=ref.attempt,
-                        executor_id=eid,
-                        used=d,
-                        queue=record.spec.queue,
-                        priority=record.spec.priority,
-                        ending=True,
-                    )
-                )
+                ending(record, ref.attempt, eid, len(member.ranks) if member else record.spec.replicas)
         executors = []
         for eid, beat in sorted(online.items()):
             if beat.draining:  # shutting down: its running rows stay, it gets no room to fill
@@ -601,7 +617,12 @@ class SchedulerCore:
             victim.job_id,
             lambda r: (
                 lifecycle.requeue(
-                    r, now, reason="preempted", counts_as_retry=False, detail=f"preempted: {victim.reason}"
+                    r,
+                    now,
+                    reason="preempted",
+                    counts_as_retry=False,
+                    detail=f"preempted: {victim.reason}",
+                    stopping=True,  # it checkpoints during its grace: its room stays held
                 )
                 if r.state.active and r.attempt == victim.attempt and r.runs_on(victim.executor_id)
                 else None
@@ -704,22 +725,35 @@ class SchedulerCore:
                     if member.started_at is None and member.state is None
                 ]
             )
-            limit = self.events.broker.config.connection_state.connection.max_payload
+            room = self.events.broker.config.connection_state.connection.max_payload - HEADERS_ROOM
             for executor_id, rendezvous in starts:
-                fields = dict(
-                    job_id=record.job_id,
-                    attempt=record.attempt,
-                    executor_id=executor_id,
-                    spec=record.spec,
-                    rendezvous=rendezvous,
-                )
-                start = self.commands.outgoing(StartAttempt(**fields, **carried))  # type: ignore[arg-type]
-                if len(start.payload) > limit - HEADERS_ROOM and carried:
-                    # the record carried along only saves the executor a read; without it the
-                    # command is about half the size (a large spec is in both)
-                    start = self.commands.outgoing(StartAttempt(**fields))  # type: ignore[arg-type]
+                start = start_command(self.commands, record, executor_id, rendezvous, carried, room)
+                if start is None:  # can never be sent: the job fails, the pass goes on
+                    sends.extend(await self._fail_unsendable(record, room))
+                    break
                 sends.append(start)
             await self._publish(record.job_id, sends)
+
+    async def _fail_unsendable(self, record: JobRecord, room: int) -> list[Outgoing]:
+        """scheduled -> failed (compare-and-set on this attempt) for a job whose start command
+        cannot fit in a message; its failed event, or nothing if the record moved on."""
+        reason = unsendable_reason(record, room)
+        attempt, now = record.attempt, self.clock()
+        result = await self.store.update(
+            record.job_id,
+            lambda r: (
+                lifecycle.finish(r, JobState.FAILED, now, exit_code=None, reason=reason)
+                if r.state == JobState.SCHEDULED and r.attempt == attempt
+                else None
+            ),
+        )
+        if result is None:
+            return []
+        log.error("a job's start command cannot be sent; failed it", extra={"job_id": record.job_id})
+        failed = JobFailed(
+            job_id=record.job_id, attempt=attempt, executor_id=record.executor_id, reason=reason
+        )
+        return [self.events.outgoing(failed)]
 
     def _revision_of(self, record: JobRecord) -> int | None:
         """The KV revision of exactly this record object, if this scheduler wrote or saw it."""
@@ -820,6 +854,7 @@ class SchedulerCore:
                     reason="executor_lost",
                     counts_as_retry=False,
                     detail=f"executor {lost} stopped sending heartbeats",
+                    stopping=True,  # it may come back still running it
                 )
                 if r.state.active and r.attempt == attempt and (r.executor_id == lost or r.runs_on(str(lost)))
                 else None

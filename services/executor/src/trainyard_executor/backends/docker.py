@@ -4,10 +4,8 @@ The same class serves Docker and Podman (``podman system service`` speaks the Do
 difference that matters is that every Podman container needs explicit nofile/nproc ulimits.
 
 A job with several replicas runs one container per rank (named ``...-r<rank>``, labelled with
-the rank), each with the spec's per-replica limits and torchrun's variables, on the host's network
-(``network_mode: host``): the ranks meet at MASTER_ADDR:MASTER_PORT on the host, which also works
-for a gang split across executors, and needs no user-defined network (Podman's DNS plugin for those
-is not always installed).
+the rank), each with the spec's per-replica limits and torchrun's variables, on a network of the
+attempt's own (:mod:`.gang_network`; a gang split across executors: the host's network).
 
 After an executor restart its containers are found by their labels; the current attempts are
 adopted (logs followed again from the bytes already shipped, their exit reported), the others
@@ -54,6 +52,15 @@ from trainyard_executor.backends.container_security import (
     identity,
     work_mount_mode,
 )
+from trainyard_executor.backends.gang_network import (
+    MASTER_ALIAS,
+    create_network,
+    master_address,
+    network_name,
+    own_network,
+    prune_networks,
+    remove_network,
+)
 from trainyard_executor.backends.hostpaths import read_in, write_in
 from trainyard_executor.backends.local import _pump
 from trainyard_executor.backends.source import SourceError
@@ -74,6 +81,7 @@ LABEL_TIMEOUT = "trainyard.timeout"
 LABEL_GRACE = "trainyard.grace"
 LABEL_WORKDIR = "trainyard.workdir"
 LABEL_OUTPUT_DIR = "trainyard.output_dir"
+NETWORK_LABELS = (LABEL_JOB, LABEL_ATTEMPT, LABEL_EXECUTOR)
 WORK_MOUNT = "/trainyard/work"
 CHECKPOINTS_MOUNT = "/trainyard/checkpoints"
 CURSOR_EVERY_S = 1.0
@@ -244,24 +252,27 @@ class ContainerAttempt:
             loop.call_soon_threadsafe(reader.feed_data, data)
 
         def stream() -> None:
+            skip = self._skip.get(name, 0)  # already shipped by the executor before a restart
+            delivered = 0
             try:
                 chunks = self.container.logs(
                     stream=True, follow=True, stdout=name == "stdout", stderr=name == "stderr"
                 )
                 self._streams.append(chunks)
-                skip = self._skip.get(name, 0)  # already shipped by the executor before a restart
-                delivered = 0
                 for chunk in chunks:
                     if delivered + len(chunk) > skip:
                         feed(chunk[max(0, skip - delivered) :])
                     delivered += len(chunk)
                     self._consumed[name] = max(delivered, skip)
-                # ended (or closed by _drain): the log is whole once the job has exited
+            except Exception as exc:  # closed by _drain while a read was under way, or the engine
+                log.debug("log stream ended", extra={"job_id": self.launch.job_id, "error": str(exc)})
+            try:
+                # ended, failed or closed by _drain: the log is whole once the job has exited
                 self.container.wait()
                 self._catch_up(name, max(delivered, skip), feed)
                 self._consumed[name] = max(delivered, skip, self._consumed.get(name, 0))
             except Exception as exc:  # the engine went away: the wait reports it
-                log.debug("log stream ended", extra={"job_id": self.launch.job_id, "error": str(exc)})
+                log.debug("log not caught up", extra={"job_id": self.launch.job_id, "error": str(exc)})
             finally:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(reader.feed_eof)
@@ -520,6 +531,8 @@ class DockerBackend:
             env["TRAINYARD_CHECKPOINT_DIR"] = CHECKPOINTS_MOUNT
         if launch.gang is not None:
             env.update(launch.gang.env(local_rank))
+            if own_network(launch.gang):
+                env["MASTER_ADDR"] = MASTER_ALIAS
         return env
 
     def container_config(
@@ -529,6 +542,7 @@ class DockerBackend:
         output_dir: Path,
         source_dir: Path | None,
         local_rank: int = 0,
+        master_ip: str | None = None,
     ) -> dict[str, Any]:
         """The keyword arguments of ``containers.create`` for one attempt, or one rank of a gang
         (pure; no engine call).
@@ -565,8 +579,14 @@ class DockerBackend:
         }
         if who.user is not None:
             config["user"] = who.user
-        if launch.gang is not None:
-            # the ranks meet at MASTER_ADDR:MASTER_PORT, an address of the host
+        if own_network(launch.gang):
+            config["network"] = network_name(launch.job_id, launch.attempt)
+            if local_rank == 0:
+                config["hostname"] = MASTER_ALIAS
+            else:  # rank 0 started first: its address on the network is known
+                config["extra_hosts"] = {MASTER_ALIAS: master_ip}
+        elif launch.gang is not None:
+            # split across executors: the others reach rank 0 at this host's advertised address
             config["network_mode"] = "host"
         if source_dir is not None:
             config["working_dir"] = workdir
@@ -612,26 +632,42 @@ class DockerBackend:
             await _in_thread(self.capacity, name="docker-info")
         if launch.gang is not None and not launch.gang.ranks:
             return FinishedAttempt("a gang without ranks", output_dir)
+        return await self._start_containers(launch, image, output_dir, source_dir, on_line)
+
+    async def _start_containers(
+        self, launch: AttemptLaunch, image: str, output_dir: Path, source_dir: Path | None, on_line: LineSink
+    ) -> ContainerAttempt | GangAttempt | FinishedAttempt:
+        """One container, or one per rank on the gang's own network (made first, removed again when
+        the gang does not start whole)."""
+        network = network_name(launch.job_id, launch.attempt) if own_network(launch.gang) else None
         members: list[ContainerAttempt] = []
-        for local_rank in range(len(launch.gang.ranks) if launch.gang else 1):
-            config = self.container_config(launch, image, output_dir, source_dir, local_rank)
-            try:
+        master_ip: str | None = None
+        try:
+            if network is not None:
+                labels = {k: v for k, v in self.labels(launch).items() if k in NETWORK_LABELS}
+                await _in_thread(create_network, self.client, network, labels, name="network")
+            for local_rank in range(len(launch.gang.ranks) if launch.gang else 1):
+                config = self.container_config(launch, image, output_dir, source_dir, local_rank, master_ip)
                 container = await _in_thread(self._create_and_start, config, name=f"start-{launch.job_id}")
-            except (ImageNotFound, _AlreadyRunning, DockerException) as exc:
-                # a gang starts whole or not at all
-                await asyncio.gather(*(self._remove(m.container_id) for m in members))
-                for m in members:
-                    await m.detach()
-                if isinstance(exc, ImageNotFound):
-                    return FinishedAttempt(image_missing_reason(image), output_dir)
-                if isinstance(exc, _AlreadyRunning):
-                    return FinishedAttempt(str(exc), output_dir)
-                return FinishedAttempt(f"could not start the container: {_explain(exc)}", output_dir)
-            rank = launch.gang.ranks[local_rank] if launch.gang else None
-            members.append(ContainerAttempt(self, container, launch, output_dir, on_line, rank=rank))
+                if network is not None and local_rank == 0:
+                    master_ip = master_address(container, network)
+                rank = launch.gang.ranks[local_rank] if launch.gang else None
+                members.append(ContainerAttempt(self, container, launch, output_dir, on_line, rank=rank))
+        except (ImageNotFound, _AlreadyRunning, DockerException, RuntimeError) as exc:
+            # a gang starts whole or not at all
+            await asyncio.gather(*(self._remove(m.container_id) for m in members))
+            for m in members:
+                await m.detach()
+            if network is not None:
+                await _in_thread(remove_network, self.client, network, name="network")
+            if isinstance(exc, ImageNotFound):
+                return FinishedAttempt(image_missing_reason(image), output_dir)
+            if isinstance(exc, _AlreadyRunning):
+                return FinishedAttempt(str(exc), output_dir)
+            return FinishedAttempt(f"could not start the container: {_explain(exc)}", output_dir)
         if launch.gang is None:
             return members[0]
-        return GangAttempt(launch, output_dir, members)
+        return GangAttempt(launch, output_dir, members, network)
 
     def _create_and_start(self, config: Mapping[str, Any]) -> Any:
         client = self.client
@@ -706,6 +742,9 @@ class DockerBackend:
             grace_s=float(labels.get(LABEL_GRACE) or 10.0),
         )
         gang = bool(labels.get(LABEL_GANG))
+        # (Podman's inspect says "bridge" for NetworkMode: the attached networks tell)
+        attached = (containers[0].attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        on_own_network = network_name(found.job_id, found.attempt) in attached
         members = []
         for container in containers:
             tags = container.attrs["Config"].get("Labels") or {}
@@ -730,7 +769,9 @@ class DockerBackend:
             )
         if not gang:
             return members[0]
-        return GangAttempt(launch, output_dir, members)
+        return GangAttempt(
+            launch, output_dir, members, network_name(found.job_id, found.attempt) if on_own_network else None
+        )
 
     async def discard(self, found: FoundAttempt, grace_s: float) -> None:
         """Stop and remove the containers of an attempt that is no longer current."""
@@ -743,6 +784,9 @@ class DockerBackend:
             await self._remove(container_id)
 
         await asyncio.gather(*(stop(cid) for cid in found.ref.split(",")), return_exceptions=True)
+        with contextlib.suppress(DockerException, OSError):
+            name = network_name(found.job_id, found.attempt)
+            await _in_thread(remove_network, self.client, name, name="network")
 
     def list_running(
         self, all_executors: bool = False, include_stopped: bool = False
@@ -791,6 +835,10 @@ class DockerBackend:
 
         victims = running if self.keep_failed else found
         await asyncio.gather(*(reap(c) for c in victims), return_exceptions=True)
+        with contextlib.suppress(DockerException):
+            await _in_thread(
+                prune_networks, self.client, f"{LABEL_EXECUTOR}={self.executor_id}", name="prune"
+            )
         return victims
 
 
@@ -799,8 +847,15 @@ class GangAttempt:
     0 and fails with the first rank that fails (the others are stopped); timeout and cancel stop
     every rank."""
 
-    def __init__(self, launch: AttemptLaunch, output_dir: Path, members: list[ContainerAttempt]) -> None:
+    def __init__(
+        self,
+        launch: AttemptLaunch,
+        output_dir: Path,
+        members: list[ContainerAttempt],
+        network: str | None = None,
+    ) -> None:
         self.launch = launch
+        self.network = network
         self.output_dir = output_dir
         self.members = members
         self.pid: int | None = members[0].pid
@@ -845,6 +900,10 @@ class GangAttempt:
 
     async def release(self) -> None:
         await asyncio.gather(*(m.release() for m in self.members))
+        if self.network is not None:
+            with contextlib.suppress(DockerException, OSError):
+                client = self.members[0].backend.client
+                await _in_thread(remove_network, client, self.network, name="network")
 
     async def detach(self) -> None:
         self._task.cancel()

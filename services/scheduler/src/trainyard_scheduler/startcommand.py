@@ -1,0 +1,47 @@
+"""The start command for one executor, built to fit the server's ``max_payload``.
+
+The spec travels once: inside the job record when the record goes along (it saves the executor a
+read before its first compare-and-set), else in the command itself. A command that would not fit
+with the record goes without it; one that does not fit even so cannot be sent at all (a record
+stored before specs were bounded, or a server with a small ``max_payload``): ``None``, and the
+scheduler fails that job with the reason instead of retrying a publish that can never succeed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainyard_contracts import JobRecord, StartAttempt
+from trainyard_contracts.commands import Rendezvous
+from trainyard_shared.commands import CommandSender
+from trainyard_shared.events import Outgoing
+
+
+def start_command(
+    commands: CommandSender,
+    record: JobRecord,
+    executor_id: str,
+    rendezvous: Rendezvous | None,
+    carried: dict[str, Any],
+    room: int,
+) -> Outgoing | None:
+    """``room``: the bytes a command's body may take (max_payload less the headers' room)."""
+    fields: dict[str, Any] = {
+        "job_id": record.job_id,
+        "attempt": record.attempt,
+        "executor_id": executor_id,
+        "rendezvous": rendezvous,
+    }
+    if carried:
+        start = commands.outgoing(StartAttempt(**fields, **carried))
+        if len(start.payload) <= room:
+            return start
+    start = commands.outgoing(StartAttempt(**fields, spec=record.spec))
+    return start if len(start.payload) <= room else None
+
+
+def unsendable_reason(record: JobRecord, room: int) -> str:
+    return (
+        f"its start command does not fit in one NATS message ({room} bytes at most): the spec is "
+        "too large to send to an executor; submit it again with less in env, params or labels"
+    )
