@@ -35,7 +35,9 @@ def test_a_device_variable_in_env_is_refused_with_its_name(name):
 
 def test_the_yaml_spec_with_every_gpu_is_refused_naming_env():
     with pytest.raises(SpecError) as info:
-        parse_spec("name: grab\ncommand: ['nvidia-smi']\nresources: {gpu: 1}\nenv: {NVIDIA_VISIBLE_DEVICES: all}\n")
+        parse_spec(
+            "name: grab\ncommand: ['nvidia-smi']\nresources: {gpu: 1}\nenv: {NVIDIA_VISIBLE_DEVICES: all}\n"
+        )
     [error] = info.value.errors
     assert error.field == "env"
     assert "NVIDIA_VISIBLE_DEVICES" in error.message
