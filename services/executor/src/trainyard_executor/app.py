@@ -18,6 +18,7 @@ from trainyard_executor.backends.jobusers import job_users
 from trainyard_executor.backends.local import LocalBackend
 from trainyard_executor.backends.runtime_env import RuntimeEnvCache
 from trainyard_executor.core import ExecutorCore
+from trainyard_executor.jobenv import local_mlflow_store
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_shared.batches import batch_consumer
@@ -83,6 +84,21 @@ def job_needs(settings: ExecutorSettings, data: Path, root: Path, runtime_envs: 
     return [Path(os.path.abspath(p)) for p in needs]
 
 
+def settings_for_jobs(settings: ExecutorSettings, backend: Backend) -> ExecutorSettings:
+    """A local MLflow store (``sqlite:///...``, a path) is the stack's file, which jobs that run
+    as users of their own may not open, by design: it is not handed to them (a job that needs
+    MLflow gets a server's URL, ``TRAINYARD_EXECUTOR_MLFLOW_TRACKING_URI=http://...``)."""
+    uri = settings.mlflow_tracking_uri
+    if getattr(backend, "job_users", None) is None or not uri or not local_mlflow_store(uri):
+        return settings
+    log.warning(
+        "jobs run as users of their own and cannot open the local MLflow store: MLFLOW_TRACKING_URI "
+        "is not given to them (set TRAINYARD_EXECUTOR_MLFLOW_TRACKING_URI to an MLflow server)",
+        extra={"executor_id": settings.id},
+    )
+    return settings.model_copy(update={"mlflow_tracking_uri": None})
+
+
 def describe_isolation(backend: Backend) -> str:
     """What keeps a job's processes together and away from the stack, as the backend says it."""
     describe = getattr(backend, "describe_isolation", None)
@@ -140,7 +156,7 @@ def create_app(
                 settings.log_batch_lines,
                 settings.log_limits(),
             ),
-            settings=settings,
+            settings=settings_for_jobs(settings, backend),
             work_root=data / "executor" / settings.id / "work",
             checkpoint_root=settings.checkpoint_dir or data / "checkpoints",
         )
@@ -197,7 +213,7 @@ def create_app(
         if "core" in state:
             await core().shutdown()
 
-    return build_app(
+    app = build_app(
         sb,
         title="trainyard-executor",
         description="Trainyard executor: runs attempts on its backend (local processes)",
@@ -205,3 +221,5 @@ def create_app(
         after_startup=[start_executor],
         on_shutdown=[stop_executor],
     )
+    app.context.set_global("executor_state", state)  # its core, for tests and diagnostics
+    return app

@@ -51,6 +51,13 @@ def job_env(
     return env
 
 
+def local_mlflow_store(uri: str) -> bool:
+    """Whether an MLflow tracking URI names files on this machine (sqlite, file, a bare path)
+    rather than a server."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    return scheme in ("", "sqlite", "file") or len(scheme) == 1  # one letter: a Windows drive
+
+
 def plan_gang(replicas: int, rendezvous: Rendezvous | None, free_port: Callable[[], int]) -> Gang | None:
     """The ranks this executor runs. A rendezvous from the scheduler names them (a gang split
     across executors); without one every replica runs here and meets on loopback, on a port picked
