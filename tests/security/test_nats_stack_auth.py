@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.security, pytest.mark.stack, pytest.mark.nats_auth]
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     data = tmp_path_factory.mktemp("stack-auth")
-    with EmbeddedStack(data, api_port=None, nats_port=None, ready_timeout=120) as running:
+    # a generous start: the registry imports MLflow, slow on a loaded 2-core machine
+    with EmbeddedStack(data, api_port=None, nats_port=None, ready_timeout=300) as running:
         yield running
 
 

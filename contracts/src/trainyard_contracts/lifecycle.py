@@ -92,13 +92,21 @@ def requeue(
     counts_as_retry: bool,
     exit_code: int | None = None,
     detail: str | None = None,
+    stopping: bool = False,
 ) -> JobRecord:
-    """End the current attempt and queue a new one; executor loss doesn't count as a retry."""
+    """End the current attempt and queue a new one; executor loss doesn't count as a retry.
+    ``stopping``: the attempt's process may still run (the scheduler requeues it while its
+    executor is told to stop it): its room stays counted until the executor says it ended."""
     not_before = (
         now + timedelta(seconds=retry_backoff(record.spec, record.retries_used)) if counts_as_retry else None
     )
     ended = _with_attempt(
-        record, ended_at=now, state=JobState.REQUEUED, exit_code=exit_code, reason=detail or reason
+        record,
+        ended_at=now,
+        state=JobState.REQUEUED,
+        exit_code=exit_code,
+        reason=detail or reason,
+        stopping=stopping,
     )
     return advance(
         record,
@@ -116,3 +124,14 @@ def requeue(
 
 def retries_left(record: JobRecord) -> bool:
     return record.retries_used < record.spec.retries.limit
+
+
+def stopped(record: JobRecord, attempt: int, executor_id: str) -> JobRecord | None:
+    """The record with ``attempt``'s process known to have ended on ``executor_id`` (its
+    ``stopping`` cleared); None when there is nothing to clear."""
+    attempts = list(record.attempts)
+    for index, info in enumerate(attempts):
+        if info.number == attempt and info.stopping and info.executor_id == executor_id:
+            attempts[index] = info.model_copy(update={"stopping": False})
+            return record.model_copy(update={"attempts": attempts})
+    return None

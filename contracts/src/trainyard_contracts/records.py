@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainyard_contracts._time import utcnow
-from trainyard_contracts.spec import JobSpec
+from trainyard_contracts.spec import JobSpec, strip_url_credentials
 from trainyard_contracts.states import JobState
 
 SCHEMA_VERSION = 1
@@ -32,6 +32,12 @@ class AttemptInfo(_Model):
     state: JobState | None = None
     exit_code: int | None = None
     reason: str | None = None
+    stopping: bool = Field(
+        False,
+        description="the scheduler ended this attempt in the record (preempted, executor lost) while "
+        "its process may still run; its executor clears it once the process has ended. Its room "
+        "stays counted until then",
+    )
 
 
 class GangMember(_Model):
@@ -207,6 +213,15 @@ class ModelVersionRecord(_Model):
     metrics: dict[str, float] = Field(default_factory=dict)
     params: dict[str, str] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
+    queue: str | None = Field(
+        None, description="the job's queue (= team): a team token lists only its own queue's versions"
+    )
+
+    @field_validator("git_repo")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # versions registered before credentials were split out of source.repo may still hold one
+        return strip_url_credentials(value) if value else value
 
     @property
     def key(self) -> str:

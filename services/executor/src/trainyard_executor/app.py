@@ -213,7 +213,7 @@ def create_app(
         if "core" in state:
             await core().shutdown()
 
-    return build_app(
+    app = build_app(
         sb,
         title="trainyard-executor",
         description="Trainyard executor: runs attempts on its backend (local processes)",
@@ -221,3 +221,5 @@ def create_app(
         after_startup=[start_executor],
         on_shutdown=[stop_executor],
     )
+    app.context.set_global("executor_state", state)  # its core, for tests and diagnostics
+    return app

@@ -318,7 +318,7 @@ class ExecutorCore:
                 ),
                 workdir=workdir,
                 timeout_s=spec.timeout,
-                source_repo=spec.source.repo if spec.source else None,
+                source_repo=spec.source.clone_url() if spec.source else None,
                 source_commit=spec.source.commit if spec.source else None,
                 runtime_pip=tuple(spec.runtime_env.pip) if spec.runtime_env else (),
                 output_subdir=spec.outputs.path if spec.outputs else "outputs",
@@ -561,6 +561,7 @@ class ExecutorCore:
                     "attempt ended after it was superseded; not recorded",
                     extra={"job_id": job_id, "attempt": attempt},
                 )
+                await self._let_go(job_id, attempt)
                 return None
             result = landed
         before, after = result
@@ -571,6 +572,19 @@ class ExecutorCore:
             event = event.model_copy(update={"executor_id": self.me})  # the member that ended it
         await announce(event)
         return after
+
+    async def _let_go(self, job_id: str, attempt: int) -> None:
+        """Say in the record that a stopped attempt's process has ended here (its ``stopping``
+        mark cleared): the scheduler holds its room until then (scheduler/room.py)."""
+        try:
+            await self._while_the_broker_is_away(
+                lambda: self.store.update(job_id, lambda r: lifecycle.stopped(r, attempt, self.me)), job_id
+            )
+        except BROKER_ERRORS:
+            log.warning(
+                "could not record that a stopped attempt ended; the scheduler frees its room later",
+                extra={"job_id": job_id, "attempt": attempt},
+            )
 
     async def _ship_outcome_lines(self, shipper: LogShipper, line: str, job_id: str) -> None:
         try:
@@ -619,6 +633,11 @@ class ExecutorCore:
                 )
                 discard = getattr(self.backend, "discard")  # noqa: B009 - found implies it
                 await asyncio.gather(*(discard(f, self.settings.grace_seconds) for f in stale))
+            # no attempt the scheduler stopped runs here any more (stale ones were just discarded)
+            for record in records:
+                for info in record.attempts:
+                    if info.stopping and info.executor_id == self.me:
+                        await self._let_go(record.job_id, info.number)
             count = 0
             for record in records:
                 if not record.state.active or not record.runs_on(self.me):
@@ -750,14 +769,16 @@ class ExecutorCore:
                 else None
             ),
         )
-        if result is not None:
-            _, after = result
-            await self.events.emit(
-                JobRequeued(
-                    job_id=record.job_id,
-                    attempt=attempt,
-                    reason="executor_lost",
-                    next_attempt=after.attempt,
-                    detail=detail,
-                )
+        if result is None:  # superseded meanwhile (preempted, executor lost): it has ended here
+            await self._let_go(record.job_id, attempt)
+            return
+        _, after = result
+        await self.events.emit(
+            JobRequeued(
+                job_id=record.job_id,
+                attempt=attempt,
+                reason="executor_lost",
+                next_attempt=after.attempt,
+                detail=detail,
             )
+        )

@@ -19,6 +19,7 @@ from trainyard_contracts import DryRunRequest, JobEvent, JobState, WhyRequest, p
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.leader import LeaderLease
 from trainyard_scheduler.placement import Plan
+from trainyard_scheduler.room import frees_room
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.batches import batch_consumer
 from trainyard_shared.binding import bind_bus
@@ -105,11 +106,15 @@ def create_app(
         view = JobView(buckets.jobs, keep_finished=settings.keep_finished_records)
         store.on_written(view.apply)
         await view.start()
-        # plan again when a job becomes pending, or one ends and frees its capacity
+        # plan again when a job becomes pending, or one ends or a stopped attempt's process has
+        # ended (room.py) and frees its capacity
         view.on_change(
             lambda before, after: (
                 wake.set()
-                if after.state.pending or after.state.terminal or after.state == JobState.SUBMITTED
+                if after.state.pending
+                or after.state.terminal
+                or after.state == JobState.SUBMITTED
+                or frees_room(before, after)
                 else None
             )
         )

@@ -53,6 +53,7 @@ from trainyard_scheduler.placement import (
     Victim,
     plan,
 )
+from trainyard_scheduler.room import attempt_ended, stopping_attempts
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_scheduler.startcommand import start_command, unsendable_reason
 from trainyard_scheduler.unconfirmed import PUBLISH_ERRORS, Unconfirmed
@@ -68,6 +69,10 @@ ASSIGNMENTS_IN_FLIGHT = 64
 # well inside the jobs stream's duplicate window (120 s): a younger submitted-event copy is
 # dropped by the stream if the submission service's one is there already
 SUBMITTED_COPY_UNCHECKED_SECONDS = 60.0
+# a stopped attempt's room is held from its record at most this long past its grace period: its
+# executor kills it at the end of the grace, so a "stopping" mark left behind (a failed write, an
+# executor of an older version) does not hold room for good
+STOPPING_HOLD_SLACK_SECONDS = 30.0
 # a message's headers count against the server's max_payload too (nats-py checks the body only)
 HEADERS_ROOM = 4096
 
@@ -285,8 +290,9 @@ class SchedulerCore:
         """What the policy decides on: pending jobs, what runs where, free room, the queues.
 
         An attempt an executor still runs although its record moved on (a preempted or
-        superseded attempt inside its grace period) still holds its room: it is counted from the
-        executor's heartbeat as an ``ending`` job until the executor reports it gone.
+        superseded attempt inside its grace period) still holds its room as an ``ending`` job:
+        from the record while it is marked ``stopping`` (even before a heartbeat lists it), and
+        from the executor's heartbeat until the record says it ended (room.py).
         """
         online = await self.executors.online(now)
         self.online = online
@@ -319,8 +325,32 @@ class SchedulerCore:
                 )
             )
 
+        def ending(record: JobRecord, attempt: int, executor_id: str, replicas: int) -> None:
+            d = demand_of(record).times(replicas)
+            u = used[executor_id]
+            u[0] += d.cpu
+            u[1] += d.memory
+            u[2] += d.gpu
+            current.add((record.job_id, attempt, executor_id))
+            running.append(
+                RunningJob(
+                    job_id=record.job_id,
+                    attempt=attempt,
+                    executor_id=executor_id,
+                    used=d,
+                    queue=record.spec.queue,
+                    priority=record.spec.priority,
+                    ending=True,
+                )
+            )
+
+        hold = self.settings.preemption_grace_seconds + STOPPING_HOLD_SLACK_SECONDS
         for record in self.view.unfinished():
             spec = record.spec
+            if record.attempt > 1:  # an earlier attempt the scheduler stopped may still run
+                for attempt, eid in stopping_attempts(record, now, hold):
+                    if eid in online and (record.job_id, attempt, eid) not in current:
+                        ending(record, attempt, eid, spec.replicas)
             gang = record.split_gang() if record.gang is not None else None
             if record.state.active and gang is not None:
                 # one row per member executor, with its ranks' room, until its ranks have ended
@@ -356,28 +386,13 @@ class SchedulerCore:
                     # executor (a slow clean-up): its room counts until the executor lets go
                     found = await self.store.get(ref.job_id)
                     record = found[0] if found is not None else None
-                if record is None:
-                    continue
+                if record is None or attempt_ended(record, ref.attempt, eid):
+                    continue  # the record says it ended: its room is free before the next beat
                 # a member of a split gang holds its ranks' room; otherwise (the placement of that
                 # attempt replaced already) the whole gang's, which over-counts for a moment only
                 gang = record.gang
                 member = gang.member(eid) if gang is not None and gang.attempt == ref.attempt else None
-                d = demand_of(record).times(len(member.ranks) if member else record.spec.replicas)
-                u = used[eid]
-                u[0] += d.cpu
-                u[1] += d.memory
-                u[2] += d.gpu
-                running.append(
-                    RunningJob(
-                        job_id=ref.job_id,
-                        attempt=ref.attempt,
-                        executor_id=eid,
-                        used=d,
-                        queue=record.spec.queue,
-                        priority=record.spec.priority,
-                        ending=True,
-                    )
-                )
+                ending(record, ref.attempt, eid, len(member.ranks) if member else record.spec.replicas)
         executors = []
         for eid, beat in sorted(online.items()):
             if beat.draining:  # shutting down: its running rows stay, it gets no room to fill
@@ -602,7 +617,12 @@ class SchedulerCore:
             victim.job_id,
             lambda r: (
                 lifecycle.requeue(
-                    r, now, reason="preempted", counts_as_retry=False, detail=f"preempted: {victim.reason}"
+                    r,
+                    now,
+                    reason="preempted",
+                    counts_as_retry=False,
+                    detail=f"preempted: {victim.reason}",
+                    stopping=True,  # it checkpoints during its grace: its room stays held
                 )
                 if r.state.active and r.attempt == victim.attempt and r.runs_on(victim.executor_id)
                 else None
@@ -834,6 +854,7 @@ class SchedulerCore:
                     reason="executor_lost",
                     counts_as_retry=False,
                     detail=f"executor {lost} stopped sending heartbeats",
+                    stopping=True,  # it may come back still running it
                 )
                 if r.state.active and r.attempt == attempt and (r.executor_id == lost or r.runs_on(str(lost)))
                 else None
