@@ -35,6 +35,7 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
 MAX_COMMAND_BYTES = 128 * 1024
 SECRET_MASK = "***"
+RESERVED_DEVICE_ENV_PREFIXES = ("CUDA_", "NVIDIA_")
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 QueueName = Annotated[str, StringConstraints(pattern=QUEUE_PATTERN)]
@@ -212,6 +213,13 @@ class JobSpec(_Strict):
         reserved = sorted(k for k in value if k.startswith("TRAINYARD_"))
         if reserved:
             raise ValueError(f"names starting with TRAINYARD_ are set by Trainyard: {reserved}")
+        # the executor exposes only the attempt's own GPUs through these; a spec setting them
+        # (NVIDIA_VISIBLE_DEVICES=all) would see every device on the machine
+        devices = sorted(k for k in value if k.startswith(RESERVED_DEVICE_ENV_PREFIXES))
+        if devices:
+            raise ValueError(
+                f"names starting with CUDA_ or NVIDIA_ are set by Trainyard (the attempt's GPUs): {devices}"
+            )
         return value
 
     @field_validator("shell")
