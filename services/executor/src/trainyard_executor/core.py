@@ -42,6 +42,7 @@ from trainyard_contracts import (
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import PortRange
 from trainyard_executor.backends.base import AttemptLaunch, Backend, FoundAttempt, RunningAttempt
+from trainyard_executor.backends.devices import attempt_devices
 from trainyard_executor.backends.hostpaths import read_in, write_in
 from trainyard_executor.gang import (
     conclude_member,
@@ -255,10 +256,14 @@ class ExecutorCore:
         rendezvous = (
             rendezvous_of(record, self.me, cmd.attempt) if record.gang is not None else None
         ) or cmd.rendezvous
+        devices = attempt_devices(
+            cmd.gpus or record.gpu_devices(cmd.attempt, self.me), record.spec.resources.gpu, bool(self.gpus)
+        )
         attempt = LocalAttempt(job_id=record.job_id, attempt=cmd.attempt)
         self.running[record.job_id] = attempt
         attempt.task = asyncio.create_task(
-            self._run(record, cmd.attempt, workdir, attempt, rendezvous), name=f"attempt-{record.job_id}"
+            self._run(record, cmd.attempt, workdir, attempt, rendezvous, devices),
+            name=f"attempt-{record.job_id}",
         )
 
     async def _stop_superseded(self, local: LocalAttempt, reason: str) -> None:
@@ -301,6 +306,7 @@ class ExecutorCore:
         workdir: Path,
         local: LocalAttempt,
         rendezvous: Rendezvous | None = None,
+        gpu_devices: tuple[int, ...] | None = None,
     ) -> None:
         spec = record.spec
         shipper = self.shippers(record.job_id, attempt)
@@ -333,6 +339,7 @@ class ExecutorCore:
                 cpu=spec.resources.cpu,
                 memory_mb=spec.resources.memory,
                 gpu=spec.resources.gpu,
+                gpu_devices=gpu_devices,
                 inherited_env=tuple(k for k in (*self.settings.passthrough_env, "PATH") if k not in spec.env),
                 gang=plan_gang(spec.replicas, rendezvous, self.free_port),
                 checkpoint_dir=checkpoints,
