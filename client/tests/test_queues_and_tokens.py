@@ -89,7 +89,7 @@ def test_sdk_manages_queues_and_tokens_and_a_team_token_is_refused_admin_calls(l
 def test_cli_queues_set_merges_options_and_lists_a_table(live_api, wide_consoles):
     first = cli(
         live_api, ADMIN, "queues", "set", "vision", "--weight", "3", "--cpu", "8", "--memory", "16Gi",
-        "--gpu", "1", "--cohort", "research", "--borrow-cpu", "4", "--no-allow-shell",
+        "--gpu", "1", "--cohort", "research", "--borrow-cpu", "4", "--no-allow-shell", "--allow-root",
     )  # fmt: skip
     assert first.exit_code == 0, first.output
     # only --weight given: the quota and the rest keep their values (read, change, compare-and-set)
@@ -100,7 +100,7 @@ def test_cli_queues_set_merges_options_and_lists_a_table(live_api, wide_consoles
     assert stored is not None
     assert stored.config.weight == 5 and stored.config.quota == Quota(cpu=8, memory=16384, gpu=1)
     assert stored.config.cohort == "research" and stored.config.borrowing_limit.cpu == 4
-    assert stored.config.allow_shell is False
+    assert stored.config.allow_shell is False and stored.config.allow_root is True
 
     # the built-in default queue keeps its own defaults (shell allowed, unlimited borrowing)
     assert cli(live_api, ADMIN, "queues", "set", "default", "--cpu", "unlimited").exit_code == 0

@@ -25,15 +25,20 @@ class Node:
         self.name = name
         self.store = root / name
         self.store.mkdir(parents=True, exist_ok=True)
-        config = self.store / "node.conf"
-        route_urls = ", ".join(f"nats://{HOST}:{port}" for port in routes)
-        config.write_text(
-            f"server_name: {name}\n"
-            "jetstream {\n  max_file_store: 100TB\n}\n"  # its store: -sd (NatsServer)
-            f"cluster {{\n  name: chaos\n  listen: {HOST}:{cluster_port}\n  routes: [{route_urls}]\n}}\n"
-        )
+        self.config = self.store / "node.conf"
+        self.cluster_port, self.routes = cluster_port, routes
         self.server = NatsServer(
-            self.store / "js", host=HOST, config_file=config, log_file=root / f"{name}.log"
+            self.store / "js", host=HOST, config_file=self.config, log_file=root / f"{name}.log"
+        )
+
+    def configure(self, users: str) -> None:
+        """``users``: the installation's ``authorization`` block (the stack's NATS users)."""
+        route_urls = ", ".join(f"nats://{HOST}:{port}" for port in self.routes)
+        self.config.write_text(
+            f"server_name: {self.name}\n"
+            "jetstream {\n  max_file_store: 100TB\n}\n"  # its store: -sd (NatsServer)
+            f"cluster {{\n  name: chaos\n  listen: {HOST}:{self.cluster_port}\n  routes: [{route_urls}]\n}}\n"
+            f"{users}\n"
         )
 
     @property
@@ -69,7 +74,9 @@ class NatsCluster:
     def urls(self) -> list[str]:
         return [node.url for node in self.nodes.values()]
 
-    def start(self) -> None:
+    def start(self, users: str) -> None:
+        for node in self.nodes.values():
+            node.configure(users)
         for node in self.nodes.values():
             node.start()
 
@@ -126,7 +133,8 @@ async def replicas_current(js: Any, stream: str) -> bool:
 
 
 class ClusterStack(EmbeddedStack):
-    """The embedded stack's five services (processes, ports, logs, stop) on a :class:`NatsCluster`."""
+    """The embedded stack's five services (processes, NATS users, provision step, ports, logs,
+    stop) on a :class:`NatsCluster` instead of one nats-server."""
 
     def __init__(self, data_dir: Path, cluster: NatsCluster, env: dict[str, str], **kwargs: Any) -> None:
         super().__init__(
@@ -142,14 +150,23 @@ class ClusterStack(EmbeddedStack):
     def nats_url(self) -> str:
         return ",".join(self.cluster.urls)
 
+    def start_cluster(self) -> None:
+        """The three nodes, with the stack's users (each node serves its own monitor port)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self._credentials().ensure(0).read_text()
+        users = config[config.index("\n") + 1 :]  # without its "http: ..." line
+        self.nats = self.cluster  # EmbeddedStack.stop() stops it after the services
+        self.cluster.start(users)
+
     def start(self) -> ClusterStack:
+        """Once the cluster has formed: provision, then the five services."""
         from trainyard_client.leftovers import Descendants
 
         self._descendants = Descendants()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "mlflow").mkdir(parents=True, exist_ok=True)
-        self.nats = self.cluster  # EmbeddedStack.stop() stops it after the services
         try:
+            self._provision()
             env = self.service_env()
             for service in self.services.values():
                 self._spawn(service, env)

@@ -160,6 +160,8 @@ class ImageStack:
             "TRAINYARD_NATS_URL": "nats://nats:4222",
             "TRAINYARD_PREFIX": self.prefix,
             "TRAINYARD_LOG_LEVEL": "INFO",
+            # the bare clone mounted at /repos is this installation's one allowed local source
+            "TRAINYARD_GIT_LOCAL_ROOTS": str(Path(REPO_MOUNT).parent),
         }
         submission = self._service("submission", common)
         submission.with_env("TRAINYARD_SUBMISSION_TOKEN", self.token)

@@ -158,3 +158,65 @@ async def test_the_bus_intake_applies_the_publishers_identity_and_its_queues_lim
         assert refused(await over_the_bus(nc, subjects, spec(), {"Trainyard-Token": bad}), "Trainyard-Token")
     listed = (await client.get("/v1/jobs?limit=100", headers=auth(ADMIN))).json()["jobs"]
     assert len(listed) == 2  # the two accepted ones; nothing else was created
+
+
+# ------------------------------------------------------------------ credentials and models per team
+
+CREDENTIAL = "ghp_" + uuid.uuid4().hex
+
+
+async def test_a_source_credential_is_never_in_the_records_repo_nor_in_any_model_listing(doors):
+    client, nc, subjects = doors
+    alpha = await team_token(client, "alpha")
+    # a public address literal: the installation's git rule checks the host (no DNS here)
+    repo = f"https://{CREDENTIAL}@93.184.216.34/alpha/private.git"
+    source = {"repo": repo, "commit": "a" * 40}
+    resp = await client.post("/v1/jobs", content=spec(source=source), headers=auth(alpha))
+    assert resp.status_code == 201, resp.text
+    assert CREDENTIAL not in resp.text
+    kv = await nc.jetstream().key_value(subjects.buckets.jobs)
+    stored = json.loads((await kv.get(resp.json()["job_id"])).value)
+    # the record keeps the credential apart (the executor needs it), never in repo
+    assert stored["spec"]["source"]["repo"] == "https://93.184.216.34/alpha/private.git"
+    assert stored["spec"]["source"]["credential"] == CREDENTIAL
+
+
+async def test_a_team_lists_only_its_own_queues_models_and_no_credential(doors):
+    client, nc, subjects = doors
+    alpha = await team_token(client, "alpha")
+    models = await nc.jetstream().key_value(subjects.buckets.models)
+    versions = [
+        {
+            "name": "a-model",
+            "version": 1,
+            "job_id": "j-alpha",
+            "queue": "alpha",
+            "git_repo": "https://h/a.git",
+        },
+        {
+            "name": "b-model",
+            "version": 1,
+            "job_id": "j-beta",
+            "queue": "beta",
+            "git_repo": f"https://{CREDENTIAL}@git.example.org/beta/private.git",
+        },
+        # registered before versions named their queue (and before credentials left the URL)
+        {
+            "name": "old-model",
+            "version": 1,
+            "job_id": "j-old",
+            "git_repo": f"https://oauth2:{CREDENTIAL}@git.example.org/x.git",
+        },
+    ]
+    for v in versions:
+        await models.put(f"{v['name']}.{v['version']}", json.dumps(v).encode())
+
+    as_alpha = await client.get("/v1/models", headers=auth(alpha))
+    assert as_alpha.status_code == 200
+    assert [m["name"] for m in as_alpha.json()["models"]] == ["a-model"]
+    assert (await client.get("/v1/models?name=b-model", headers=auth(alpha))).json()["models"] == []
+    as_admin = await client.get("/v1/models", headers=auth(ADMIN))
+    assert sorted(m["name"] for m in as_admin.json()["models"]) == ["a-model", "b-model", "old-model"]
+    assert CREDENTIAL not in as_admin.text and CREDENTIAL not in as_alpha.text
+    repos = {m["name"]: m["git_repo"] for m in as_admin.json()["models"]}
+    assert repos["b-model"] == "https://git.example.org/beta/private.git"

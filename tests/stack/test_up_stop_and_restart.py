@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from trainyard_client.stack import EmbeddedStack
+from trainyard_client.supervision import RestartPolicy
 
 from .upcli import Up, alive, free_block, process_tree, until
 
@@ -200,3 +201,25 @@ def test_the_executor_grace_must_fit_in_the_stack_stop_timeout(tmp_path):
         env={"TRAINYARD_EXECUTOR_GRACE_SECONDS": "2"},
     )
     fits._check_deadlines()
+
+
+def test_an_embedded_stack_with_a_restart_policy_restarts_and_lists_what_it_restarted(tmp_path):
+    heard: list[tuple[str, int | None]] = []
+    stack = EmbeddedStack(
+        tmp_path / "data",
+        api_port=None,
+        nats_port=None,
+        ready_timeout=600,
+        restart_policy=RestartPolicy(limit=3, backoff_seconds=(0.5,)),
+        on_restart=lambda restart, tail: heard.append((restart.service, restart.exit_code)),
+    )
+    with stack:
+        victim = stack.services["telemetry"].process
+        assert victim is not None
+        victim.kill()
+        until(lambda: stack.services["telemetry"].process is not victim, 30, "telemetry restarted")
+        until(lambda: stack.healthy()["telemetry"], 300, "telemetry healthy again")
+        stack.raise_if_failed()  # one restart is no failure
+        assert [(r.service, r.exit_code, r.number) for r in stack.restarts] == [("telemetry", -9, 1)]
+        assert heard == [("telemetry", -9)]
+    assert not stack.services["telemetry"].alive and not stack.leftovers

@@ -623,6 +623,10 @@ def queues_set(
     allow_shell: Annotated[
         bool | None, typer.Option("--allow-shell/--no-allow-shell", help="accept specs with shell: true")
     ] = None,
+    allow_root: Annotated[
+        bool | None,
+        typer.Option("--allow-root/--no-allow-root", help="accept specs with run_as_root: true (containers)"),
+    ] = None,
     preemptible: Annotated[
         bool | None,
         typer.Option("--preemptible-by-default/--not-preemptible-by-default", help="jobs preemptible"),
@@ -663,6 +667,8 @@ def queues_set(
                 data["cohort"] = cohort or None
             if allow_shell is not None:
                 data["allow_shell"] = allow_shell
+            if allow_root is not None:
+                data["allow_root"] = allow_root
             if preemptible is not None:
                 data["preemptible_by_default"] = preemptible
             if max_priority is not None:
@@ -709,6 +715,7 @@ def _print_queues(entries: list[Any]) -> None:
         "cohort",
         "borrow cpu/mem/gpu",
         "shell",
+        "root",
         "max priority",
         "anonymous bus",
         "revision",
@@ -726,6 +733,7 @@ def _print_queues(entries: list[Any]) -> None:
             escape(entry.config.cohort or "-"),
             f"{_quota_text(b.cpu)}/{_quota_text(b.memory, memory=True)}/{_quota_text(b.gpu)}",
             "yes" if entry.config.allow_shell else "no",
+            "yes" if entry.config.allow_root else "no",
             str(entry.config.max_priority),
             "yes" if entry.config.allow_anonymous_bus else "no",
             str(entry.revision) if entry.revision else "built-in",

@@ -190,7 +190,7 @@ class EmbeddedStack:
         self.restart_policy = restart_policy
         self.on_restart = on_restart
         self.restarts: list[Restart] = []
-        self.failure: ServiceDied | None = None
+        self.failure: StackError | None = None
         self.killed_services: list[str] = []
         self.leftovers: list[Leftover] = []
         self._descendants: Descendants | None = None
@@ -275,6 +275,9 @@ class EmbeddedStack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        # a local `source: {repo: .}` (the examples, make demo) is fetched from the folder the stack
+        # was started in, and from nowhere else of this machine (trainyard_shared.gitpolicy)
+        env.setdefault("TRAINYARD_GIT_LOCAL_ROOTS", os.getcwd())
         if not env.get("MLFLOW_TRACKING_URI"):
             env["MLFLOW_TRACKING_URI"] = f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
         for name, port in self.ports.items():
@@ -494,7 +497,8 @@ class EmbeddedStack:
 
     def raise_if_failed(self) -> None:
         """Raise ``ServiceDied`` once the stack cannot go on: with a restart policy, when a process
-        kept exiting past its limit; without one, at the first exit."""
+        kept exiting past its limit (``StackError`` if supervising itself failed); without one, at
+        the first exit."""
         if self.restart_policy is None:
             self.raise_if_dead()
         elif self.failure is not None:
@@ -503,6 +507,12 @@ class EmbeddedStack:
     # supervision (a thread, once the stack is up)
 
     def _supervise(self, book: RestartBook) -> None:
+        try:
+            self._supervise_until_stopped(book)
+        except Exception as exc:  # a supervisor that died silently would leave crashes unanswered
+            self.failure = StackError(f"supervising the stack failed: {exc!r}")
+
+    def _supervise_until_stopped(self, book: RestartBook) -> None:
         scanned = 0.0
         while not self._stopping.wait(SUPERVISE_POLL_SECONDS):
             now = time.monotonic()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainyard_contracts._time import utcnow
-from trainyard_contracts.spec import JobSpec
+from trainyard_contracts.spec import JobSpec, strip_url_credentials
 from trainyard_contracts.states import JobState
 
 SCHEMA_VERSION = 1
@@ -213,6 +213,15 @@ class ModelVersionRecord(_Model):
     metrics: dict[str, float] = Field(default_factory=dict)
     params: dict[str, str] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
+    queue: str | None = Field(
+        None, description="the job's queue (= team): a team token lists only its own queue's versions"
+    )
+
+    @field_validator("git_repo")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # versions registered before credentials were split out of source.repo may still hold one
+        return strip_url_credentials(value) if value else value
 
     @property
     def key(self) -> str:

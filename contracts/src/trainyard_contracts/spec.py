@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from trainyard_contracts.specsize import spec_size_error
@@ -34,6 +35,7 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
 MAX_COMMAND_BYTES = 128 * 1024
 SECRET_MASK = "***"
+RESERVED_DEVICE_ENV_PREFIXES = ("CUDA_", "NVIDIA_")
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 QueueName = Annotated[str, StringConstraints(pattern=QUEUE_PATTERN)]
@@ -73,6 +75,10 @@ class Retries(_Strict):
 
 
 class Source(_Strict):
+    """Where the code is. A credential written in the URL (``https://token@host/…``) is moved out
+    of ``repo`` into ``credential`` when the spec is read, so ``repo`` (which the registry, MLflow
+    and other teams' model listings show) never holds one; ``credential`` is a secret value."""
+
     repo: str = Field(min_length=1, max_length=4096, description="git URL or path")
     ref: str = Field("HEAD", min_length=1, max_length=256, description="branch, tag or commit")
     commit: str | None = Field(
@@ -80,6 +86,37 @@ class Source(_Strict):
         pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$",
         description="the full commit; resolved from ref at submission when absent",
     )
+    credential: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="the userinfo secret of repo's URL (an http(s) token, an ssh password); a URL "
+        "that carries one is split into repo and this field; secret: masked everywhere it is shown",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credential_out_of_the_url(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("repo"), str):
+            secret = url_credentials(data["repo"])
+            if secret is not None:
+                if data.get("credential") not in (None, secret):
+                    raise ValueError("give the credential either in repo's URL or in credential, not both")
+                data = {**data, "repo": strip_url_credentials(data["repo"]), "credential": secret}
+        return data
+
+    def clone_url(self) -> str:
+        """``repo`` with its credential put back: what git needs to fetch a private repository."""
+        if self.credential is None:
+            return self.repo
+        match = _SCHEME.match(self.repo)
+        if match is None:
+            return self.repo
+        scheme, rest = match.group(1), self.repo[match.end() :]
+        user, at, host = rest.partition("@")
+        if scheme.lower().startswith(("http", "ftp")) or not at:
+            return f"{scheme}{self.credential}@{rest}"
+        return f"{scheme}{user}:{self.credential}@{host}"
 
 
 class Outputs(_Strict):
@@ -176,6 +213,13 @@ class JobSpec(_Strict):
         reserved = sorted(k for k in value if k.startswith("TRAINYARD_"))
         if reserved:
             raise ValueError(f"names starting with TRAINYARD_ are set by Trainyard: {reserved}")
+        # the executor exposes only the attempt's own GPUs through these; a spec setting them
+        # (NVIDIA_VISIBLE_DEVICES=all) would see every device on the machine
+        devices = sorted(k for k in value if k.startswith(RESERVED_DEVICE_ENV_PREFIXES))
+        if devices:
+            raise ValueError(
+                f"names starting with CUDA_ or NVIDIA_ are set by Trainyard (the attempt's GPUs): {devices}"
+            )
         return value
 
     @field_validator("shell")
@@ -195,18 +239,18 @@ class JobSpec(_Strict):
         return value
 
     def secret_values(self) -> list[str]:
-        """What must never be shown: secret env values, credentials in the source URL."""
+        """What must never be shown: secret env values, the source's credential."""
         values = [self.env[name] for name in self.secret_env if self.env.get(name)]
-        credentials = url_credentials(self.source.repo) if self.source else None
-        return [*values, credentials] if credentials else values
+        credential = self.source.credential if self.source else None
+        return [*values, credential] if credential else values
 
     def redacted(self) -> JobSpec:
         """This spec with secret env values and source-URL credentials replaced by ``***``."""
         update: dict[str, Any] = {}
         if self.secret_env:
             update["env"] = {k: (SECRET_MASK if k in self.secret_env else v) for k, v in self.env.items()}
-        if self.source and url_credentials(self.source.repo):
-            update["source"] = self.source.model_copy(update={"repo": redact_url(self.source.repo)})
+        if self.source and self.source.credential:
+            update["source"] = self.source.model_copy(update={"credential": SECRET_MASK})
         return self.model_copy(update=update) if update else self
 
     def argv(self) -> list[str]:
@@ -215,6 +259,7 @@ class JobSpec(_Strict):
 
 
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@]*)@")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)")
 
 
 def url_credentials(url: str) -> str | None:
@@ -252,6 +297,19 @@ MORE_ERRORS_FIELD = "(more)"
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def strip_url_credentials(url: str) -> str:
+    """``url`` without its credentials (see :func:`url_credentials`): ``https://host/…``,
+    ``ssh://git@host/…``."""
+    secret = url_credentials(url)
+    if secret is None:
+        return url
+    match = _USERINFO.match(url)
+    assert match is not None
+    userinfo = match.group(2)
+    kept = "" if userinfo == secret else userinfo[: len(userinfo) - len(secret) - 1] + "@"
+    return match.group(1) + kept + url[match.end() :]
 
 
 class FieldError(BaseModel):

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import tempfile
 import textwrap
 import uuid
@@ -307,3 +308,30 @@ def test_jobs_of_their_own_users_are_not_handed_the_stacks_local_mlflow_store(da
     assert settings_for_jobs(local_store, isolated).mlflow_tracking_uri is None
     assert settings_for_jobs(server, isolated).mlflow_tracking_uri == "http://127.0.0.1:5000"
     assert settings_for_jobs(local_store, shared) is local_store  # jobs as the executor's user
+
+
+async def test_a_job_of_its_own_uid_owns_its_checkout(backend: LocalBackend, data: Path) -> None:
+    """The executor (root) checks the source out; the job reads it and may change it."""
+    repo = data / "repo"
+    repo.mkdir()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@t"
+    for args in (["init", "-q"], ["add", "data.txt"], ["commit", "-qm", "one"]):
+        if args[0] == "add":
+            (repo / "data.txt").write_text("from git")
+        subprocess.run(["git", "-C", str(repo), *args], env=env, check=True, capture_output=True)
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    script = """
+        seen["data"] = open("data.txt").read()
+        probe("change_checkout", write("data.txt"))
+        seen["uid"] = os.getuid()
+        print(json.dumps(seen), flush=True)
+    """
+    lines = Lines()
+    job = launch(data, script, source_repo=str(repo), source_commit=commit)
+    outcome = await (await backend.start(job, lines)).wait()
+    assert outcome.kind == "succeeded", (outcome, lines.got)
+    seen = lines.report()
+    assert seen["data"] == "from git" and seen["change_checkout"] == "allowed" and seen["uid"] != 0

@@ -85,21 +85,23 @@ async def test_bad_paths_and_queries_are_problems_not_crashes(api):
 
 
 async def test_git_arguments_from_the_spec_cannot_run_commands(api, tmp_path):
-    """The repo and ref go to git: the ext:: transport (runs a command) is off, a ref cannot be an
-    option, and the refusal is a field error on source.ref."""
+    """The repo and ref go to git: the ext:: transport (runs a command) is refused by the
+    installation's git rule before git runs (field source.repo), a ref cannot be an option, and
+    that refusal is a field error on source.ref."""
     marker = tmp_path / "pwned"
     repo = tmp_path / "repo"
     repo.mkdir()
     cases = [
-        {"repo": f"ext::sh -c touch% {marker}", "ref": "main"},
-        {"repo": str(repo), "ref": f"--output={marker}"},
-        {"repo": "https://example.invalid/r.git", "ref": "-u"},
-        {"repo": str(repo), "ref": "main\nrm -rf /"},
+        ({"repo": f"ext::sh -c touch% {marker}", "ref": "main"}, "source.repo"),
+        ({"repo": str(repo), "ref": f"--output={marker}"}, "source.ref"),
+        # a public address literal: the rule lets it through (no DNS needed), the ref does not
+        ({"repo": "https://93.184.216.34/r.git", "ref": "-u"}, "source.ref"),
+        ({"repo": str(repo), "ref": "main\nrm -rf /"}, "source.ref"),
     ]
-    for source in cases:
+    for source, field in cases:
         spec = {"name": "git", "command": ["true"], "source": source}
         resp = await api.post("/v1/jobs", json=spec, headers=AUTH)
         assert resp.status_code == 422, (source, resp.text)
-        assert resp.json()["errors"][0]["field"] == "source.ref"
+        assert resp.json()["errors"][0]["field"] == field
     assert not marker.exists()
     assert (await api.get("/v1/jobs", headers=AUTH)).json()["jobs"] == []

@@ -6,6 +6,8 @@ whole session; every test gets its own prefix, so streams, buckets and subjects 
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +15,16 @@ from pathlib import Path
 import pytest
 
 from trainyard_shared.natsserver import NatsServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the tests' git repositories are made under the temp folder (and the examples live in the
+    # checkout): the session allows local sources there, as the embedded stack allows its own
+    # folder (trainyard_shared.gitpolicy); a test of the rule itself passes its own policy
+    os.environ.setdefault(
+        "TRAINYARD_GIT_LOCAL_ROOTS", os.pathsep.join([tempfile.gettempdir(), str(config.rootpath)])
+    )
+
 
 # Every test has its own prefix, so its own streams, and JetStream reserves each logs stream's
 # max_bytes up front: raise the accounting limit so a long session does not run out of it (the

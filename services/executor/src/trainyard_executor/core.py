@@ -318,7 +318,7 @@ class ExecutorCore:
                 ),
                 workdir=workdir,
                 timeout_s=spec.timeout,
-                source_repo=spec.source.repo if spec.source else None,
+                source_repo=spec.source.clone_url() if spec.source else None,
                 source_commit=spec.source.commit if spec.source else None,
                 runtime_pip=tuple(spec.runtime_env.pip) if spec.runtime_env else (),
                 output_subdir=spec.outputs.path if spec.outputs else "outputs",

@@ -51,6 +51,7 @@ def version_record(record: JobRecord, model: RegisteredModel) -> ModelVersionRec
         git_commit=model.git_commit,
         metrics=model.metrics,
         params={k: str(v) for k, v in record.spec.params.items()},
+        queue=record.spec.queue,
     )
 
 

@@ -59,6 +59,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.tracking import MlflowClient
 
+from trainyard_contracts.spec import strip_url_credentials
 from trainyard_registry.outputs import (
     OutputLimits,
     StagedOutputs,
@@ -282,7 +283,9 @@ class MlflowModelStore:
             run = self._fill_run(req, run)  # an earlier delivery created it and then failed
         run_id = run.info.run_id
         git_commit = req.git_commit or run.data.tags.get(GIT_COMMIT_RUN_TAG)
-        git_repo = req.git_repo or run.data.tags.get(GIT_REPO_RUN_TAG)
+        found_repo = req.git_repo or run.data.tags.get(GIT_REPO_RUN_TAG)
+        # a job's own run may have recorded its checkout's remote as it was, credential included
+        git_repo = strip_url_credentials(found_repo) if found_repo else None
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in self._run_tags(req).items()])
 
         model = self._logged_model(req, run)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from trainyard_contracts import FieldError, JobRecord, JobSpec, QueueConfig, SpecError
+from trainyard_contracts import FieldError, JobRecord, JobSpec, ModelVersionRecord, QueueConfig, SpecError
 from trainyard_submission.tokens import Principal
 
 
@@ -119,6 +119,12 @@ def check_list(principal: Principal, queue: str | None) -> str | None:
 def check_admin(principal: Principal, action: str) -> None:
     if not principal.admin:
         raise Forbidden(f"only an admin token may {action} (this token is team {principal.team!r}'s)")
+
+
+def may_read_model(principal: Principal, version: ModelVersionRecord) -> bool:
+    """Model versions are scoped like jobs: a team reads its own queue's (a version registered
+    before versions named their queue is the admin's only)."""
+    return principal.admin or (version.queue is not None and version.queue == principal.team)
 
 
 def public_record(record: JobRecord) -> dict[str, object]:

@@ -41,6 +41,7 @@ from trainyard_submission.access import (
     check_list,
     check_submit,
     mask_values,
+    may_read_model,
     place_spec,
     public_record,
 )
@@ -392,8 +393,10 @@ def build_router(state: dict[str, Any]) -> APIRouter:
         return {"replayed": letter.as_json()}
 
     @router.get("/models", summary="registered model versions, newest first")
-    async def models(name: Annotated[str | None, Query(max_length=128)] = None) -> dict[str, Any]:
-        versions = await service().models(name)
+    async def models(
+        caller: Caller, name: Annotated[str | None, Query(max_length=128)] = None
+    ) -> dict[str, Any]:
+        versions = [v for v in await service().models(name) if may_read_model(caller, v)]
         return {"models": [v.model_dump(mode="json") for v in versions]}
 
     @router.get("/queues", summary="every queue's configuration (built-in default included)")

@@ -28,6 +28,7 @@ from trainyard_contracts import (
 )
 from trainyard_contracts._time import utcnow
 from trainyard_shared.events import EventPublisher
+from trainyard_shared.gitpolicy import GitPolicy, GitSettings
 from trainyard_shared.jobstore import JobStore, RecordExists
 from trainyard_shared.tracing import current_traceparent
 from trainyard_submission.access import check_submit, place_spec
@@ -71,6 +72,7 @@ class SubmissionService:
         git_timeout: float,
         clock: Callable[[], datetime] = utcnow,
         queues: QueueStore | None = None,
+        git_policy: GitPolicy | None = None,
     ) -> None:
         self.store = store
         self.jobs_reader = jobs_reader
@@ -81,6 +83,8 @@ class SubmissionService:
         self.git_timeout = git_timeout
         self.clock = clock
         self.queues = queues
+        # read once: the installation's rule on which repositories may be fetched (gitpolicy.py)
+        self.git_policy = git_policy or GitSettings().policy()
 
     async def submit(
         self,
@@ -107,7 +111,7 @@ class SubmissionService:
                 if found is not None:
                     return Submitted(job_id, found[0], duplicate=True)
                 # claimed by a request that died before creating the record: finish its work
-        spec = await with_resolved_source(spec, self.git_timeout)
+        spec = await with_resolved_source(spec, self.git_timeout, self.git_policy)
         with TRACER.start_as_current_span("trainyard.job", attributes={"trainyard.job_id": job_id}):
             record = lifecycle.new_record(job_id, spec, self.clock(), submitted_by).model_copy(
                 update={"traceparent": current_traceparent()}

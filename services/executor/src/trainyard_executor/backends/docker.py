@@ -45,6 +45,7 @@ from trainyard_executor.backends.base import (
     Resources,
 )
 from trainyard_executor.backends.container_dirs import META_DIR, prepare_dirs, prepare_source
+from trainyard_executor.backends.container_gang import GangAttempt
 from trainyard_executor.backends.container_security import (
     DEFAULT_PIDS_LIMIT,
     DEFAULT_UID,
@@ -659,7 +660,7 @@ class DockerBackend:
             for m in members:
                 await m.detach()
             if network is not None:
-                await _in_thread(remove_network, self.client, network, name="network")
+                await self.drop_network(network)
             if isinstance(exc, ImageNotFound):
                 return FinishedAttempt(image_missing_reason(image), output_dir)
             if isinstance(exc, _AlreadyRunning):
@@ -784,8 +785,11 @@ class DockerBackend:
             await self._remove(container_id)
 
         await asyncio.gather(*(stop(cid) for cid in found.ref.split(",")), return_exceptions=True)
+        await self.drop_network(network_name(found.job_id, found.attempt))
+
+    async def drop_network(self, name: str) -> None:
+        """Remove a gang's network (best effort: one in use stays until :meth:`reap_orphans`)."""
         with contextlib.suppress(DockerException, OSError):
-            name = network_name(found.job_id, found.attempt)
             await _in_thread(remove_network, self.client, name, name="network")
 
     def list_running(
@@ -840,76 +844,6 @@ class DockerBackend:
                 prune_networks, self.client, f"{LABEL_EXECUTOR}={self.executor_id}", name="prune"
             )
         return victims
-
-
-class GangAttempt:
-    """The containers of one attempt's ranks, as one attempt: it succeeds when every rank exits
-    0 and fails with the first rank that fails (the others are stopped); timeout and cancel stop
-    every rank."""
-
-    def __init__(
-        self,
-        launch: AttemptLaunch,
-        output_dir: Path,
-        members: list[ContainerAttempt],
-        network: str | None = None,
-    ) -> None:
-        self.launch = launch
-        self.network = network
-        self.output_dir = output_dir
-        self.members = members
-        self.pid: int | None = members[0].pid
-        self.container_ids = [m.container_id for m in members]
-        self.container_id = self.container_ids[0]
-        self._cancelled = False
-        self._task = asyncio.create_task(self._run(), name=f"gang-{launch.job_id}-{launch.attempt}")
-
-    async def _run(self) -> AttemptOutcome:
-        waits = {asyncio.ensure_future(m.wait()): m for m in self.members}
-        outcomes: dict[int, AttemptOutcome] = {}
-        first_failure: tuple[ContainerAttempt, AttemptOutcome] | None = None
-        pending = set(waits)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                member, outcome = waits[task], task.result()
-                outcomes[id(member)] = outcome
-                if outcome.kind != "succeeded" and first_failure is None and not self._cancelled:
-                    first_failure = (member, outcome)
-                    for other in self.members:
-                        if id(other) not in outcomes:
-                            await other.cancel(self.launch.grace_s)
-        out = self.output_dir
-        first = outcomes[id(self.members[0])]
-        if self._cancelled:
-            return AttemptOutcome("cancelled", first.exit_code, "cancelled", out)
-        if first_failure is not None:
-            member, outcome = first_failure
-            if outcome.kind == "timed_out":
-                return AttemptOutcome("timed_out", outcome.exit_code, outcome.reason, out)
-            return AttemptOutcome("failed", outcome.exit_code, f"rank {member.rank}: {outcome.reason}", out)
-        return AttemptOutcome("succeeded", 0, "exit code 0", out)
-
-    async def wait(self) -> AttemptOutcome:
-        return await asyncio.shield(self._task)
-
-    async def cancel(self, grace_s: float | None = None) -> None:
-        self._cancelled = True
-        for member in self.members:
-            await member.cancel(grace_s)
-
-    async def release(self) -> None:
-        await asyncio.gather(*(m.release() for m in self.members))
-        if self.network is not None:
-            with contextlib.suppress(DockerException, OSError):
-                client = self.members[0].backend.client
-                await _in_thread(remove_network, client, self.network, name="network")
-
-    async def detach(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(*(m.detach() for m in self.members))
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 class _AlreadyRunning(RuntimeError):
