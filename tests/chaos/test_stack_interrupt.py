@@ -31,6 +31,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.local, pytest.mark.timeout(1800)]
 ROUNDS = 3
 JOBS_PER_ROUND = 10
 EXECUTOR_CPU = 2
+WORK_SECONDS = 15.0
+"""Longer than a stop takes: a job that was not stopped is still running when `trainyard up` has
+exited (found as left over), not quietly done."""
 STOP_DEADLINE_SECONDS = 60
 """SIGINT to exit: the stack's own stop timeout (20 s) plus nats-server's stop, with room for a
 loaded machine; not a timing assertion, a bound on waiting."""
@@ -60,7 +63,7 @@ mark('end')
 def _spec(n: int, marker: Path) -> dict:
     return {
         "name": f"interrupt-{n}",
-        "command": [sys.executable, "-c", JOB_CODE, str(marker), f"{3.0 + (n % 5) * 0.5:.1f}"],
+        "command": [sys.executable, "-c", JOB_CODE, str(marker), f"{WORK_SECONDS + (n % 5) * 2.5:.1f}"],
         "resources": {"cpu": 0.25, "memory": 64},
         "labels": {"chaos-seq": str(n)},
     }

@@ -25,6 +25,8 @@ from trainyard_shared.bus import ensure_streams
 from trainyard_shared.streamlimits import StreamLimits
 from trainyard_shared.testkit import Bus
 
+from .logread import stored_chunks, texts
+
 pytestmark = [pytest.mark.security, pytest.mark.service]
 
 KiB = 1024
@@ -32,11 +34,7 @@ MiB = 1024 * KiB
 
 
 async def stored(bus: Bus, subjects: Subjects, job_id: str) -> list:
-    return await bus.messages(subjects.logs_of(job_id), subjects.streams.logs)
-
-
-def texts(msgs: list) -> list[str]:
-    return [line["text"] for m in msgs for line in json.loads(m.data)["lines"]]
+    return await stored_chunks(bus, job_id)
 
 
 async def test_200_lines_of_64_kib_are_stored_whole_in_chunks_under_max_payload(nats_server, prefix, caplog):

@@ -16,6 +16,8 @@ from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.testkit import running
 
+from .logread import final_log_lines
+
 pytestmark = [pytest.mark.security, pytest.mark.service, pytest.mark.local]
 PY = sys.executable
 CAP = 16 * 1024 * 1024
@@ -46,11 +48,11 @@ async def test_big_lines_arrive_whole_a_flood_is_capped_and_neighbours_are_intac
         }
         for job_id in jobs.values():
             await bus.wait_state(job_id, "succeeded", timeout=120)
-    big_lines = [t for t in await bus.log_text(jobs["big"]) if not t.startswith("attempt")]
+    big_lines = [t for t in await final_log_lines(bus, jobs["big"]) if not t.startswith("attempt")]
     assert big_lines == [f"{i:04d}" + "x" * (65536 - 4) for i in range(200)]
-    flood_lines = await bus.log_text(jobs["flood"])
+    flood_lines = await final_log_lines(bus, jobs["flood"])
     assert flood_lines.count(f"[trainyard: output truncated after {CAP} bytes]") == 1
     assert sum(len(t) for t in flood_lines if t.startswith("fff")) <= CAP
     assert any("dropped after the cap" in t for t in flood_lines)
-    quiet_lines = [t for t in await bus.log_text(jobs["quiet"]) if t.startswith("quiet")]
+    quiet_lines = [t for t in await final_log_lines(bus, jobs["quiet"]) if t.startswith("quiet")]
     assert quiet_lines == [f"quiet {i}" for i in range(100)]

@@ -29,6 +29,7 @@ from trainyard_contracts import (
     Capacity,
     Envelope,
     ExecutorHeartbeat,
+    GpuDevice,
     JobCancelled,
     JobRecord,
     JobRequeued,
@@ -138,8 +139,12 @@ class ExecutorCore:
         clock: Callable[[], datetime] = utcnow,
         checkpoint_root: Path | None = None,
         free_port: Callable[[], int] = free_loopback_port,
+        gpus: list[GpuDevice] | None = None,
     ) -> None:
         self.store = store
+        # the devices the scheduler may hand out here (gpus.advertised_gpus); None: the backend
+        # does not discover any, its count is the setting or what it detects
+        self.gpus = gpus
         self.events = events
         self.directory = directory
         self.backend = backend
@@ -177,7 +182,7 @@ class ExecutorCore:
         return Capacity(
             cpu=s.cpu if s.cpu is not None else detected.cpu,
             memory=s.memory if s.memory is not None else detected.memory_mb,
-            gpu=s.gpu if s.gpu is not None else detected.gpu,
+            gpu=len(self.gpus) if self.gpus is not None else s.gpu if s.gpu is not None else detected.gpu,
         )
 
     def heartbeat(self) -> ExecutorHeartbeat:
@@ -193,6 +198,7 @@ class ExecutorCore:
             lease_seconds=self.settings.lease_seconds,
             advertise_host=self.settings.advertise_host,
             rendezvous_ports=self._ports,
+            gpus=self.gpus or [],
         )
 
     async def beat(self) -> None:

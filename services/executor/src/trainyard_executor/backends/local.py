@@ -50,7 +50,9 @@ _ADOPTED_POLL_S = 0.1
 _CURSOR_EVERY_S = 1.0
 _KILL_WAIT_S = 5.0
 _DRAIN_TIMEOUT_S = 5.0
-"""After the ranks are gone, how long the tails may take to deliver what is left in the files."""
+"""After the ranks are gone, how long a tail may go without delivering anything before what is
+left in its file is given up."""
+_DRAIN_MOST_S = 120.0
 
 T = TypeVar("T")
 
@@ -506,9 +508,7 @@ class LocalAttempt:
             if self._user is not None:
                 await asyncio.to_thread(self._take_back)
             finished.set()
-            _, pending = await asyncio.wait(tails, timeout=_DRAIN_TIMEOUT_S)
-            for task in pending:
-                task.cancel()
+            await self._drain(tails)
             cursor.cancel()
             self._write_cursor(self._offsets)
         except BaseException:
@@ -584,6 +584,21 @@ class LocalAttempt:
             rank.killed = rank.killed or not exited.done()
             signal_group(pgid, signal.SIGKILL)
         await exited
+
+    async def _drain(self, tails: list[asyncio.Task[None]]) -> None:
+        """Let the tails deliver what is left in the files, as long as they make progress: a
+        large output shipped under load takes longer than one fixed timeout, and its last lines
+        must not be cut off; tails that moved nothing for ``_DRAIN_TIMEOUT_S`` are cancelled, and
+        all of them after ``_DRAIN_MOST_S`` (a process that escaped the stop may write on)."""
+        pending: set[asyncio.Task[None]] = set(tails)
+        deadline = asyncio.get_running_loop().time() + _DRAIN_MOST_S
+        while pending and asyncio.get_running_loop().time() < deadline:
+            before = dict(self._offsets)
+            _, pending = await asyncio.wait(pending, timeout=_DRAIN_TIMEOUT_S)
+            if pending and self._offsets == before:
+                break
+        for task in pending:
+            task.cancel()
 
     async def _tail(self, rank: _Rank, stream: str, finished: asyncio.Event, tagged: bool) -> None:
         """Follow one of a rank's output files from the shipped offset to its end."""
