@@ -188,6 +188,10 @@ def create_app(
         assert isinstance(store, JobStore)
         # one ordered read of the bucket, not a get per key; recover() adopts the attempts left
         # running on the backend that are still current and stops the others
+        # a sign of life before the recovery: the scheduler does not requeue this executor's
+        # attempts elsewhere while it is back and adopting them (its room is counted from the
+        # records meanwhile; commands wait for the recovery)
+        await executor.beat()
         view = JobView(store.kv)
         await view.start()
         try:
