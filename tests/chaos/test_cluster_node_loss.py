@@ -130,8 +130,14 @@ class BusLoad:
             return
 
     async def settle(self, timeout: float) -> None:
+        """Until every offer is answered, or ``timeout``; an offer still unanswered then is given
+        up (the audit counts it lost)."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
 
 
 @dataclass

@@ -73,7 +73,7 @@ async def test_registry_parks_a_failing_event_after_bounded_redelivery(common, b
         kv = await bus.js.key_value(bus.subjects.buckets.jobs)
         record = lifecycle.new_record(job_id, spec, utcnow(), "test")
         await kv.create(job_id, record.model_dump_json().encode())
-        failing = JobSucceeded(job_id=job_id, outputs_uri=f"file://{tmp_path}/no/such/dir")
+        failing = JobSucceeded(job_id=job_id, outputs_uri=f"file://{tmp_path}/no/such/out")
         await bus.js.publish(failing.subject(bus.subjects), failing.model_dump_json().encode())
         junk = bus.subjects.job("junk", "succeeded")
         await bus.js.publish(junk, b'{"type": "succeeded"}')

@@ -116,7 +116,9 @@ async def test_a_lost_executor_s_attempt_is_requeued_with_a_new_attempt(common, 
         time=utcnow(),
         lease_seconds=2,
     )
-    async with running(scheduler(common)):
+    # the ghost never comes back: known dead 1 s after its lease ran out (default 15 s)
+    settings = SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1, lost_grace_seconds=1)
+    async with running(scheduler_app(common, settings)):
         kv = await bus.js.key_value(bus.subjects.buckets.executors)
         await kv.put("ghost", ghost.model_dump_json().encode())
         job_id = await bus.submit(JobSpec(name="orphan", command=["true"]))

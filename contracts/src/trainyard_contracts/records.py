@@ -168,6 +168,13 @@ class PortRange(_Model):
         return self
 
 
+class GpuDevice(_Model):
+    """One GPU of an executor's machine, as ``nvidia-smi`` numbers it."""
+
+    index: int = Field(ge=0, description="the CUDA/NVML index on its machine")
+    uuid: str = Field(max_length=128, description="the driver's stable id (GPU-...)")
+
+
 class ExecutorHeartbeat(_Model):
     """An executor's lease: kept in the executors bucket, renewed every few seconds."""
 
@@ -192,6 +199,12 @@ class ExecutorHeartbeat(_Model):
     )
     rendezvous_ports: PortRange | None = Field(
         None, description="the ports a split gang's master may listen on here"
+    )
+    gpus: list[GpuDevice] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="the GPUs found on this machine, by index; the scheduler assigns them per attempt "
+        "(empty: none found, an older executor, or a pool whose device plugin assigns them)",
     )
 
     def expired(self, now: datetime) -> bool:

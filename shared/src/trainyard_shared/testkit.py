@@ -127,3 +127,27 @@ class Bus:
 
 def common_settings(nats_url: str, prefix: str, data_dir: Path) -> CommonSettings:
     return CommonSettings(nats_url=nats_url, prefix=prefix, data_dir=data_dir, log_format="text")
+
+
+def fake_nvidia_smi(folder: Path, lines: list[str], expected_args: str, exit_code: int = 0) -> Path:
+    """A stand-in for ``nvidia-smi`` (no GPU exists where the tests run): a script in ``folder``
+    that prints ``lines`` when called with exactly ``expected_args``, and fails otherwise."""
+    script = folder / "nvidia-smi"
+    body = "".join(f"{line}\n" for line in lines)
+    script.write_text(
+        "#!/bin/sh\n"
+        f'[ "$*" = "{expected_args}" ] || {{ echo "unexpected arguments: $*" >&2; exit 2; }}\n'
+        f"cat <<'EOF'\n{body}EOF\n"
+        f"exit {exit_code}\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+def four_gpu_query_lines() -> list[str]:
+    """What ``nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits``
+    prints on a machine with four GPUs."""
+    return [
+        f"{i}, GPU-0a1b2c3d-{str(i) * 4}-0000-0000-00000000000{i}, NVIDIA A100-SXM4-40GB, 40960"
+        for i in range(4)
+    ]

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from faststream.asgi import AsgiFastStream
 
-from trainyard_contracts import EXECUTOR_COMMAND_ADAPTER, ExecutorCommand
+from trainyard_contracts import EXECUTOR_COMMAND_ADAPTER, ExecutorCommand, GpuDevice
 from trainyard_executor.backends.base import Backend, Resources
 from trainyard_executor.backends.jobusers import job_users
 from trainyard_executor.backends.local import LocalBackend
 from trainyard_executor.backends.runtime_env import RuntimeEnvCache
 from trainyard_executor.core import ExecutorCore
+from trainyard_executor.gpus import DISCOVERING_BACKENDS, advertised_gpus, discover_gpus
 from trainyard_executor.jobenv import local_mlflow_store
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.settings import ExecutorSettings
@@ -99,6 +100,23 @@ def settings_for_jobs(settings: ExecutorSettings, backend: Backend) -> ExecutorS
     return settings.model_copy(update={"mlflow_tracking_uri": None})
 
 
+async def executor_gpus(settings: ExecutorSettings) -> list[GpuDevice] | None:
+    """The devices this executor offers (TRAINYARD_EXECUTOR_NVIDIA_SMI, TRAINYARD_EXECUTOR_GPU)."""
+    found = (
+        await asyncio.to_thread(discover_gpus, settings.nvidia_smi)
+        if settings.backend in DISCOVERING_BACKENDS
+        else []
+    )
+    gpus = advertised_gpus(settings.backend, settings.gpu, found)
+    if gpus is not None:
+        log.info(
+            "GPUs offered: %s",
+            [f"{g.index}:{g.uuid}" for g in gpus] or "none",
+            extra={"executor_id": settings.id},
+        )
+    return gpus
+
+
 def describe_isolation(backend: Backend) -> str:
     """What keeps a job's processes together and away from the stack, as the backend says it."""
     describe = getattr(backend, "describe_isolation", None)
@@ -142,6 +160,7 @@ def create_app(
         data = common.resolved_data_dir()
         store = JobStore(buckets.jobs)
         backend = make_backend(settings, data)
+        gpus = await executor_gpus(settings)
         executor = ExecutorCore(
             store=store,
             events=EventPublisher(broker, subjects),
@@ -159,6 +178,7 @@ def create_app(
             settings=settings_for_jobs(settings, backend),
             work_root=data / "executor" / settings.id / "work",
             checkpoint_root=settings.checkpoint_dir or data / "checkpoints",
+            gpus=gpus,
         )
         state["core"] = executor
         state["store"] = store
@@ -168,6 +188,10 @@ def create_app(
         assert isinstance(store, JobStore)
         # one ordered read of the bucket, not a get per key; recover() adopts the attempts left
         # running on the backend that are still current and stops the others
+        # a sign of life before the recovery: the scheduler does not requeue this executor's
+        # attempts elsewhere while it is back and adopting them (its room is counted from the
+        # records meanwhile; commands wait for the recovery)
+        await executor.beat()
         view = JobView(store.kv)
         await view.start()
         try:

@@ -14,6 +14,7 @@ import shutil
 import socket
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +30,7 @@ from trainyard_contracts import (
     Capacity,
     Envelope,
     ExecutorHeartbeat,
+    GpuDevice,
     JobCancelled,
     JobRecord,
     JobRequeued,
@@ -94,6 +96,8 @@ SHUTDOWN_HANDBACK_SECONDS = 5.0
 """At shutdown, how long past the jobs' grace the executor waits for its attempts to be killed,
 their last log lines stored and each handed back, before it exits anyway."""
 
+LAUNCHED_REMEMBERED = 100_000  # attempts this process launched: a half-done start is told apart by it
+
 LOG_SEQ_PER_GENERATION = 1_000_000
 """An adopted attempt's log chunks continue at ``generation * this``: the message ids of the
 chunks a previous run of the executor shipped (``job:attempt:log:seq``) are never reused, so the
@@ -138,8 +142,12 @@ class ExecutorCore:
         clock: Callable[[], datetime] = utcnow,
         checkpoint_root: Path | None = None,
         free_port: Callable[[], int] = free_loopback_port,
+        gpus: list[GpuDevice] | None = None,
     ) -> None:
         self.store = store
+        # the devices the scheduler may hand out here (gpus.advertised_gpus); None: the backend
+        # does not discover any, its count is the setting or what it detects
+        self.gpus = gpus
         self.events = events
         self.directory = directory
         self.backend = backend
@@ -151,6 +159,7 @@ class ExecutorCore:
         self.checkpoint_root = checkpoint_root or work_root.parent / "checkpoints"
         self.free_port = free_port
         self.running: dict[str, LocalAttempt] = {}
+        self.launched: OrderedDict[tuple[str, int], None] = OrderedDict()  # (job, attempt) run here
         self.started_at = clock()
         self.draining = False  # set at shutdown; the lease says so (see shutdown)
         # commands wait for recover(): an attempt is adopted or stopped before any start or
@@ -177,7 +186,7 @@ class ExecutorCore:
         return Capacity(
             cpu=s.cpu if s.cpu is not None else detected.cpu,
             memory=s.memory if s.memory is not None else detected.memory_mb,
-            gpu=s.gpu if s.gpu is not None else detected.gpu,
+            gpu=len(self.gpus) if self.gpus is not None else s.gpu if s.gpu is not None else detected.gpu,
         )
 
     def heartbeat(self) -> ExecutorHeartbeat:
@@ -193,6 +202,7 @@ class ExecutorCore:
             lease_seconds=self.settings.lease_seconds,
             advertise_host=self.settings.advertise_host,
             rendezvous_ports=self._ports,
+            gpus=self.gpus or [],
         )
 
     async def beat(self) -> None:
@@ -214,8 +224,10 @@ class ExecutorCore:
         if cmd.record is not None and cmd.record_revision and cmd.record.job_id == cmd.job_id:
             self.store.remember(cmd.record, cmd.record_revision)  # the CAS tries it: no read first
         now = self.clock()
+        seen: list[JobRecord] = []
 
         def to_running(r: JobRecord) -> JobRecord | None:
+            seen.append(r)
             if not owns(r, self.me, cmd.attempt):
                 return None
             # a member of a split gang starts its ranks once, also after another member started
@@ -232,27 +244,58 @@ class ExecutorCore:
 
         result = await self.store.update(cmd.job_id, to_running)
         if result is None:
-            return  # fenced: not ours any more, or already started
-        before, record = result
+            if not seen or not self._half_started(seen[-1], cmd.attempt):
+                return  # fenced: not ours any more, or already started
+            # our own earlier write made it running, but what follows it never happened (its
+            # event could not be published and the command came again): finish that start
+            log.warning(
+                "finishing a start whose running event was never confirmed", extra={"job_id": cmd.job_id}
+            )
+            result = (seen[-1], seen[-1])
+            announce = True
+        else:
+            announce = result[0].state == JobState.SCHEDULED  # only the start that made it running
+        record = result[1]
         if record.state == JobState.CANCELLED:
             await self.events.emit(
                 JobCancelled(job_id=record.job_id, attempt=cmd.attempt, reason=record.reason or "")
             )
             return
         workdir = self.workdir(record.job_id, cmd.attempt)
-        if before.state == JobState.SCHEDULED:  # only the start that made the job running says so
-            await self.events.emit(
-                JobRunning(
-                    job_id=record.job_id, attempt=cmd.attempt, executor_id=self.me, workdir=str(workdir)
-                )
+        if announce:  # the same message id on every try: the stream keeps one
+            running = JobRunning(
+                job_id=record.job_id, attempt=cmd.attempt, executor_id=self.me, workdir=str(workdir)
             )
+            await self._while_the_broker_is_away(lambda: self.events.emit(running), record.job_id)
         rendezvous = (
             rendezvous_of(record, self.me, cmd.attempt) if record.gang is not None else None
         ) or cmd.rendezvous
         attempt = LocalAttempt(job_id=record.job_id, attempt=cmd.attempt)
+        if record.cancel_requested:  # asked while its start was half done: it stops at once
+            attempt.cancel_reason = "cancelled by request"
+        self._launched(record.job_id, cmd.attempt)
         self.running[record.job_id] = attempt
         attempt.task = asyncio.create_task(
             self._run(record, cmd.attempt, workdir, attempt, rendezvous), name=f"attempt-{record.job_id}"
+        )
+
+    def _launched(self, job_id: str, attempt: int) -> None:
+        """Remember that this process launched (or adopted) the attempt (bounded)."""
+        self.launched[(job_id, attempt)] = None
+        while len(self.launched) > LAUNCHED_REMEMBERED:
+            self.launched.popitem(last=False)
+
+    def _half_started(self, record: JobRecord, attempt: int) -> bool:
+        """The record says ``attempt`` runs here, yet this executor never launched it: a start whose
+        write landed and whose announcement and launch did not (after the recovery, nothing else
+        makes a record running here without launching it)."""
+        return (
+            record.state == JobState.RUNNING
+            and record.attempt == attempt
+            and record.executor_id == self.me
+            and record.gang is None
+            and record.job_id not in self.running
+            and (record.job_id, attempt) not in self.launched
         )
 
     async def _stop_superseded(self, local: LocalAttempt, reason: str) -> None:
@@ -675,6 +718,7 @@ class ExecutorCore:
             local.started -= max(0.0, (self.clock() - info.started_at).total_seconds())
         if record.cancel_requested:
             local.cancel_reason = "cancelled by request"
+        self._launched(record.job_id, found.attempt)
         self.running[record.job_id] = local
         log.warning(
             "adopted an attempt left from before a restart",

@@ -98,7 +98,17 @@ class ExecutorSettings(HttpSettings):
     )
     cpu: float | None = Field(None, gt=0, description="advertised CPUs (default: detected)")
     memory: int | None = Field(None, gt=0, description="advertised MiB (default: detected)")
-    gpu: int | None = Field(None, ge=0, description="advertised GPUs (default: detected)")
+    gpu: int | None = Field(
+        None,
+        ge=0,
+        description="advertised GPUs (default: those found); local/docker/podman: at most those found, "
+        "the lowest indices; kubernetes: the pool's quota",
+    )
+    nvidia_smi: str = Field(
+        "nvidia-smi",
+        max_length=4096,
+        description="the program that lists this machine's GPUs (path or command line); absent: no GPUs",
+    )
     heartbeat_seconds: float = Field(2.0, gt=0)
     lease_seconds: float = Field(15.0, gt=0)
     grace_seconds: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL on cancel")

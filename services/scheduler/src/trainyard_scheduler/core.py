@@ -179,6 +179,9 @@ class SchedulerCore:
         self.online: dict[str, ExecutorHeartbeat] = {}  # from the last snapshot
         # what a written change still owes its followers (unconfirmed.py): retried with backoff
         self.unconfirmed = Unconfirmed()
+        # executor id -> when (monotonic) this leader first saw it without a lease while an attempt
+        # was on it: its attempts are requeued only once it has stayed away lost_grace_seconds
+        self.absent_since: dict[str, float] = {}
 
     async def _publish(self, job_id: str, sends: list[Outgoing]) -> bool:
         """Publish one change's events and commands in order. A failure is the job's own: the
@@ -779,6 +782,13 @@ class SchedulerCore:
             return
         now = self.clock()
         online = await self.executors.online(now)
+        if resend_scheduled:  # a new leader: the grace of an absent executor starts now
+            self.absent_since.clear()
+        for executor_id in [e for e in self.absent_since if e in online]:
+            log.info(
+                "an absent executor is back; its attempts stay with it", extra={"executor_id": executor_id}
+            )
+            del self.absent_since[executor_id]
         confirmed_online: dict[str, ExecutorHeartbeat] | None = None
         for record in self.view.unfinished():
             try:
@@ -809,7 +819,7 @@ class SchedulerCore:
             # the directory may follow a watch: the bucket itself confirms a loss first
             if confirmed_online is None:
                 confirmed_online = await self.executors.online(now, fresh=True)
-            if (lost := self._lost_executor(record, confirmed_online))[0]:
+            if (lost := self._lost_executor(record, confirmed_online))[0] and self._known_dead(lost[1]):
                 await self._requeue_lost(record, now, lost[1])
         elif record.state == JobState.SCHEDULED and (
             resend_scheduled or age > self.settings.start_resend_seconds
@@ -828,6 +838,22 @@ class SchedulerCore:
             # commands): the ranks that run wait for it at the rendezvous
             await self._announce_scheduled(record)
         return confirmed_online
+
+    def _known_dead(self, executor_id: str | None) -> bool:
+        """An executor without a lease is known dead once it has stayed away ``lost_grace_seconds``
+        since this leader first saw it so. Until then it may be restarting: it beats before its
+        recovery, which adopts or ends its own attempts (docs/scheduling.md, "Known dead")."""
+        if executor_id is None:
+            return True
+        loop_time = asyncio.get_running_loop().time()
+        since = self.absent_since.get(executor_id)
+        if since is None:
+            self.absent_since[executor_id] = since = loop_time
+            log.warning(
+                "an executor has no lease; its attempts are requeued if it stays away",
+                extra={"executor_id": executor_id, "grace_seconds": self.settings.lost_grace_seconds},
+            )
+        return loop_time - since >= self.settings.lost_grace_seconds
 
     @staticmethod
     def _lost_executor(record: JobRecord, online: dict[str, ExecutorHeartbeat]) -> tuple[bool, str | None]:

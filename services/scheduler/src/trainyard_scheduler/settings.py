@@ -33,6 +33,13 @@ class SchedulerSettings(HttpSettings):
     preemption_grace_seconds: float = Field(
         30.0, ge=0, le=3600, description="a preempted attempt gets SIGTERM and this long to checkpoint"
     )
+    lost_grace_seconds: float = Field(
+        15.0,
+        ge=0,
+        description="an executor whose lease expired is known dead, and its attempts are requeued, only "
+        "after this long with no heartbeat from it, counted from when this leader first saw it without "
+        "a lease: an executor restarting (same id) adopts its attempts first",
+    )
     replica_id: str = Field(
         default_factory=default_replica_id,
         min_length=1,
