@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["attempt_devices", "rank_devices", "visible_devices_env"]
+from docker.types import DeviceRequest
+
+from trainyard_executor.backends.base import AttemptLaunch
+
+__all__ = [
+    "attempt_devices",
+    "container_devices_env",
+    "gpu_request",
+    "rank_devices",
+    "visible_devices_env",
+]
 
 
 def attempt_devices(
@@ -32,3 +42,22 @@ def visible_devices_env(devices: Sequence[int]) -> dict[str, str]:
     """CUDA's and the NVIDIA runtime's variables for exactly ``devices`` (none: no device)."""
     listed = ",".join(str(d) for d in devices)
     return {"CUDA_VISIBLE_DEVICES": listed, "NVIDIA_VISIBLE_DEVICES": listed or "void"}
+
+
+def container_devices_env(devices: Sequence[int]) -> dict[str, str]:
+    """A container's variables for its host devices ``devices`` (handed over as the device
+    request's ids): the NVIDIA runtime reads host indices; inside, CUDA numbers them from 0, so
+    ``CUDA_VISIBLE_DEVICES`` is set only to hide every device from a job without GPUs (an image
+    such as a CUDA base image may set ``NVIDIA_VISIBLE_DEVICES=all`` itself)."""
+    if devices:
+        return {"NVIDIA_VISIBLE_DEVICES": ",".join(str(d) for d in devices)}
+    return {"NVIDIA_VISIBLE_DEVICES": "void", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def gpu_request(launch: AttemptLaunch, local_rank: int) -> DeviceRequest:
+    """A container rank's GPUs: its own assigned devices by host index; a count (the engine's
+    first N) only when nothing was assigned (an older scheduler, or no devices reported)."""
+    if launch.gpu_devices:
+        own = rank_devices(launch.gpu_devices, launch.gpu, local_rank)
+        return DeviceRequest(device_ids=[str(d) for d in own], capabilities=[["gpu"]])
+    return DeviceRequest(count=launch.gpu, capabilities=[["gpu"]])

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.types import DeviceRequest, Ulimit
+from docker.types import Ulimit
 
 from trainyard_executor.backends.base import (
     AttemptLaunch,
@@ -53,6 +53,7 @@ from trainyard_executor.backends.container_security import (
     identity,
     work_mount_mode,
 )
+from trainyard_executor.backends.devices import container_devices_env, gpu_request, rank_devices
 from trainyard_executor.backends.gang_network import (
     MASTER_ALIAS,
     create_network,
@@ -534,6 +535,8 @@ class DockerBackend:
             env.update(launch.gang.env(local_rank))
             if own_network(launch.gang):
                 env["MASTER_ADDR"] = MASTER_ALIAS
+        if launch.gpu_devices is not None:  # the scheduler's assignment: this rank's own devices
+            env.update(container_devices_env(rank_devices(launch.gpu_devices, launch.gpu, local_rank)))
         return env
 
     def container_config(
@@ -600,7 +603,7 @@ class DockerBackend:
         if launch.memory_mb:
             config["mem_limit"] = f"{max(launch.memory_mb, MIN_MEMORY_MB)}m"
         if launch.gpu > 0:
-            config["device_requests"] = [DeviceRequest(count=launch.gpu, capabilities=[["gpu"]])]
+            config["device_requests"] = [gpu_request(launch, local_rank)]
         if self.ulimits:
             config["ulimits"] = [Ulimit(name=n, soft=s, hard=h) for n, s, h in self.ulimits]
         return config
