@@ -97,8 +97,13 @@ class Up:
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        until(lambda: self.said("Trainyard is up") or self.proc.poll() is not None, timeout, "`trainyard up`")
-        assert self.said("Trainyard is up"), "`trainyard up` did not start:\n" + self.console()
+        try:  # a start that fails (or a test timeout meanwhile) leaves no stack behind
+            proc = self.proc
+            until(lambda: self.said("Trainyard is up") or proc.poll() is not None, timeout, "`trainyard up`")
+            assert self.said("Trainyard is up"), "`trainyard up` did not start:\n" + self.console()
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def _read(self) -> None:

@@ -56,6 +56,12 @@ class StartAttempt(_Command):
         "compare-and-set, then a read). None from older schedulers: the executor reads the record",
     )
     record_revision: int | None = Field(None, ge=1, description="the KV revision of record")
+    gpus: list[int] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="the GPU indices this executor's ranks were assigned, as the record holds them "
+        "(empty: none assigned; the backend then counts GPUs as before)",
+    )
 
     @model_validator(mode="after")
     def _spec_or_record(self) -> StartAttempt:

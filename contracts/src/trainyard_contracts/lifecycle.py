@@ -5,6 +5,7 @@ No I/O here; services load the record, call these, then compare-and-set the resu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,14 +44,15 @@ def _with_attempt(record: JobRecord, **changes: Any) -> list[AttemptInfo]:
     return attempts
 
 
-def schedule(record: JobRecord, executor_id: str, now: datetime) -> JobRecord:
+def schedule(record: JobRecord, executor_id: str, now: datetime, gpus: Sequence[int] = ()) -> JobRecord:
+    """``gpus``: the device indices assigned on ``executor_id`` (gpu_assignment)."""
     return advance(
         record,
         JobState.SCHEDULED,
         now,
         executor_id=executor_id,
         not_before=None,
-        attempts=_with_attempt(record, executor_id=executor_id, scheduled_at=now),
+        attempts=_with_attempt(record, executor_id=executor_id, scheduled_at=now, gpus=list(gpus)),
     )
 
 

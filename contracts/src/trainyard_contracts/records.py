@@ -38,6 +38,12 @@ class AttemptInfo(_Model):
         "its process may still run; its executor clears it once the process has ended. Its room "
         "stays counted until then",
     )
+    gpus: list[int] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="the GPU indices the scheduler assigned this attempt on its executor (empty: "
+        "none, or its executor reports no devices)",
+    )
 
 
 class GangMember(_Model):
@@ -57,6 +63,12 @@ class GangMember(_Model):
     exit_code: int | None = None
     reason: str | None = None
     outputs_uri: str | None = None
+    gpus: list[int] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="the GPU indices assigned to its ranks on this executor: gpu-per-replica "
+        "per rank, in rank order",
+    )
 
 
 class GangPlacement(_Model):
@@ -142,6 +154,18 @@ class JobRecord(_Model):
         if gang is not None:
             return [m.executor_id for m in gang.members]
         return [self.executor_id] if self.executor_id else []
+
+    def gpu_devices(self, attempt: int, executor_id: str) -> list[int]:
+        """The GPU indices ``attempt`` was assigned on ``executor_id`` (a split gang's member's own)."""
+        gang = self.gang
+        if gang is not None and gang.attempt == attempt:
+            member = gang.member(executor_id)
+            if member is not None:
+                return list(member.gpus)
+        for info in self.attempts:
+            if info.number == attempt and info.executor_id == executor_id:
+                return list(info.gpus)
+        return []
 
     def current_attempt(self) -> AttemptInfo | None:
         for info in reversed(self.attempts):

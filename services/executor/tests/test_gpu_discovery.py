@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainyard_contracts import ExecutorHeartbeat, GpuDevice
+from trainyard_executor.backends.devices import attempt_devices, rank_devices, visible_devices_env
 from trainyard_executor.gpus import (
     QUERY_ARGS,
     GpuSettingError,
@@ -66,3 +67,16 @@ def test_an_older_heartbeat_without_gpus_parses_and_a_new_one_round_trips():
     assert old.gpus == []
     new = old.model_copy(update={"gpus": [GpuDevice(index=0, uuid="GPU-x")]})
     assert ExecutorHeartbeat.model_validate_json(new.model_dump_json()).gpus == new.gpus
+
+
+def test_a_rank_sees_only_its_own_slice_and_a_cpu_job_none():
+    assigned = attempt_devices([4, 5, 6, 7], gpu_per_replica=2, machine_has_gpus=True)
+    assert assigned == (4, 5, 6, 7)
+    assert rank_devices(assigned, 2, 0) == (4, 5) and rank_devices(assigned, 2, 1) == (6, 7)
+    assert visible_devices_env((6, 7)) == {"CUDA_VISIBLE_DEVICES": "6,7", "NVIDIA_VISIBLE_DEVICES": "6,7"}
+    # a job without GPUs on a machine with some is told it has none
+    assert attempt_devices([], gpu_per_replica=0, machine_has_gpus=True) == ()
+    assert visible_devices_env(()) == {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}
+    # nothing assigned (an older scheduler) or no GPUs here at all: the environment is left alone
+    assert attempt_devices([], gpu_per_replica=1, machine_has_gpus=True) is None
+    assert attempt_devices([], gpu_per_replica=0, machine_has_gpus=False) is None

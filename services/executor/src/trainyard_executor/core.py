@@ -43,6 +43,7 @@ from trainyard_contracts import (
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import PortRange
 from trainyard_executor.backends.base import AttemptLaunch, Backend, FoundAttempt, RunningAttempt
+from trainyard_executor.backends.devices import attempt_devices
 from trainyard_executor.backends.hostpaths import read_in, write_in
 from trainyard_executor.gang import (
     conclude_member,
@@ -270,13 +271,17 @@ class ExecutorCore:
         rendezvous = (
             rendezvous_of(record, self.me, cmd.attempt) if record.gang is not None else None
         ) or cmd.rendezvous
+        devices = attempt_devices(
+            cmd.gpus or record.gpu_devices(cmd.attempt, self.me), record.spec.resources.gpu, bool(self.gpus)
+        )
         attempt = LocalAttempt(job_id=record.job_id, attempt=cmd.attempt)
         if record.cancel_requested:  # asked while its start was half done: it stops at once
             attempt.cancel_reason = "cancelled by request"
         self._launched(record.job_id, cmd.attempt)
         self.running[record.job_id] = attempt
         attempt.task = asyncio.create_task(
-            self._run(record, cmd.attempt, workdir, attempt, rendezvous), name=f"attempt-{record.job_id}"
+            self._run(record, cmd.attempt, workdir, attempt, rendezvous, devices),
+            name=f"attempt-{record.job_id}",
         )
 
     def _launched(self, job_id: str, attempt: int) -> None:
@@ -338,6 +343,7 @@ class ExecutorCore:
         workdir: Path,
         local: LocalAttempt,
         rendezvous: Rendezvous | None = None,
+        gpu_devices: tuple[int, ...] | None = None,
     ) -> None:
         spec = record.spec
         shipper = self.shippers(record.job_id, attempt)
@@ -370,6 +376,7 @@ class ExecutorCore:
                 cpu=spec.resources.cpu,
                 memory_mb=spec.resources.memory,
                 gpu=spec.resources.gpu,
+                gpu_devices=gpu_devices,
                 inherited_env=tuple(k for k in (*self.settings.passthrough_env, "PATH") if k not in spec.env),
                 gang=plan_gang(spec.replicas, rendezvous, self.free_port),
                 checkpoint_dir=checkpoints,

@@ -42,6 +42,13 @@ from trainyard_contracts._time import utcnow
 from trainyard_contracts.commands import Rendezvous
 from trainyard_contracts.records import ExecutorHeartbeat, GangMember, GangPlacement, PortRange
 from trainyard_scheduler.explain import QueuedJob, count_by_kind, wait_reasons
+from trainyard_scheduler.gpu_assignment import (
+    NotEnoughDevices,
+    assign_devices,
+    placement_needs,
+    reported_devices,
+    with_gang_devices,
+)
 from trainyard_scheduler.placement import (
     Assignment,
     Demand,
@@ -177,6 +184,9 @@ class SchedulerCore:
         self.reasons: dict[str, WaitReason] = {}  # from the last pass: what `why` answers
         self.decided_at: datetime | None = None
         self.online: dict[str, ExecutorHeartbeat] = {}  # from the last snapshot
+        # executor -> GPU indices live attempts hold there: from the last snapshot, plus what this
+        # pass assigned since
+        self.held_gpus: dict[str, set[int]] = {}
         # what a written change still owes its followers (unconfirmed.py): retried with backoff
         self.unconfirmed = Unconfirmed()
         # executor id -> when (monotonic) this leader first saw it without a lease while an attempt
@@ -303,9 +313,11 @@ class SchedulerCore:
         pending: list[PendingJob] = []
         running: list[RunningJob] = []
         current: set[tuple[str, int, str]] = set()
+        self.held_gpus = held_gpus = {eid: set[int]() for eid in online}
 
         def holds(record: JobRecord, executor_id: str, replicas: int) -> None:
             spec = record.spec
+            held_gpus[executor_id].update(record.gpu_devices(record.attempt, executor_id))
             d = demand_of(record).times(replicas)
             u = used[executor_id]
             u[0] += d.cpu
@@ -329,6 +341,7 @@ class SchedulerCore:
             )
 
         def ending(record: JobRecord, attempt: int, executor_id: str, replicas: int) -> None:
+            held_gpus[executor_id].update(record.gpu_devices(attempt, executor_id))
             d = demand_of(record).times(replicas)
             u = used[executor_id]
             u[0] += d.cpu
@@ -665,18 +678,30 @@ class SchedulerCore:
         if not self.may_assign():
             return  # lost the lease during this pass: the new leader plans from here
 
+        devices = reported_devices(self.online)
+        chosen: dict[str, tuple[int, ...]] = {}
+
         def to_scheduled(r: JobRecord) -> JobRecord | None:
+            nonlocal chosen
             if not (awaits_placement(r) and r.attempt == attempt):
+                return None
+            try:  # which GPUs, by index, on each executor of the placement
+                chosen = assign_devices(placement_needs(r, executor_id, gang), devices, self.held_gpus)
+            except NotEnoughDevices as e:
+                log.warning("not placed: %s", e, extra={"job_id": job_id})
                 return None
             if r.state == JobState.SUBMITTED:  # queued and scheduled in one write; both are announced
                 r = lifecycle.advance(r, JobState.QUEUED, now)
-            after = lifecycle.schedule(r, executor_id, now)
+            after = lifecycle.schedule(r, executor_id, now, chosen.get(executor_id, ()))
             # one compare-and-set places every member of a split gang (and drops an older placement)
-            return after if gang is None and r.gang is None else after.model_copy(update={"gang": gang})
+            placed = with_gang_devices(gang, chosen)
+            return after if gang is None and r.gang is None else after.model_copy(update={"gang": placed})
 
         result = await self.store.update(job_id, to_scheduled)
         if result is None:
             return  # someone else moved it first (cancel, another scheduler): nothing to do
+        for eid, indices in chosen.items():
+            self.held_gpus.setdefault(eid, set()).update(indices)
         before, record = result
         await self._announce_scheduled(record, queued=before.state == JobState.SUBMITTED)
 
@@ -730,7 +755,8 @@ class SchedulerCore:
             )
             room = self.events.broker.config.connection_state.connection.max_payload - HEADERS_ROOM
             for executor_id, rendezvous in starts:
-                start = start_command(self.commands, record, executor_id, rendezvous, carried, room)
+                gpus = record.gpu_devices(record.attempt, executor_id)
+                start = start_command(self.commands, record, executor_id, rendezvous, carried, room, gpus)
                 if start is None:  # can never be sent: the job fails, the pass goes on
                     sends.extend(await self._fail_unsendable(record, room))
                     break

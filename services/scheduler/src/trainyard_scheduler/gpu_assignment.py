@@ -11,7 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-__all__ = ["NotEnoughDevices", "assign_devices", "free_devices"]
+from trainyard_contracts import ExecutorHeartbeat, JobRecord
+from trainyard_contracts.records import GangPlacement
+
+__all__ = [
+    "NotEnoughDevices",
+    "assign_devices",
+    "free_devices",
+    "placement_needs",
+    "reported_devices",
+    "with_gang_devices",
+]
 
 
 class NotEnoughDevices(Exception):
@@ -49,3 +59,27 @@ def assign_devices(
             raise NotEnoughDevices(executor_id, needed, free)
         chosen[executor_id] = free[:needed]
     return chosen
+
+
+def placement_needs(record: JobRecord, executor_id: str, gang: GangPlacement | None) -> dict[str, int]:
+    """Executor -> GPUs one attempt of ``record`` uses there: every replica on ``executor_id``, or
+    each member's ranks of a split gang."""
+    per_replica = record.spec.resources.gpu
+    if gang is None:
+        return {executor_id: per_replica * record.spec.replicas}
+    return {m.executor_id: per_replica * len(m.ranks) for m in gang.members}
+
+
+def reported_devices(online: Mapping[str, ExecutorHeartbeat]) -> dict[str, list[int]]:
+    """Executor -> the device indices its heartbeat lists."""
+    return {eid: [g.index for g in beat.gpus] for eid, beat in online.items() if beat.gpus}
+
+
+def with_gang_devices(
+    gang: GangPlacement | None, chosen: Mapping[str, Sequence[int]]
+) -> GangPlacement | None:
+    """The split gang's placement with each member's assigned devices."""
+    if gang is None:
+        return None
+    members = [m.model_copy(update={"gpus": list(chosen.get(m.executor_id, ()))}) for m in gang.members]
+    return gang.model_copy(update={"members": members})

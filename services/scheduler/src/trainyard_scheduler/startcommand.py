@@ -24,13 +24,16 @@ def start_command(
     rendezvous: Rendezvous | None,
     carried: dict[str, Any],
     room: int,
+    gpus: list[int] | None = None,
 ) -> Outgoing | None:
-    """``room``: the bytes a command's body may take (max_payload less the headers' room)."""
+    """``room``: the bytes a command's body may take (max_payload less the headers' room);
+    ``gpus``: the device indices assigned on ``executor_id``, from the record."""
     fields: dict[str, Any] = {
         "job_id": record.job_id,
         "attempt": record.attempt,
         "executor_id": executor_id,
         "rendezvous": rendezvous,
+        "gpus": gpus or [],
     }
     if carried:
         start = commands.outgoing(StartAttempt(**fields, **carried))

@@ -94,6 +94,9 @@ class AttemptLaunch:
     """Memory limit in MiB (0 = none)."""
     gpu: int = 0
     """GPUs to attach."""
+    gpu_devices: tuple[int, ...] | None = None
+    """The GPU indices this executor's ranks may use, ``gpu`` per rank in local-rank order (the
+    scheduler's assignment); ``()`` none; None: nothing assigned, GPUs are counted as before."""
     inherited_env: tuple[str, ...] = ()
     """Keys of ``env`` that came from the executor's own environment rather than the job spec."""
     gang: Gang | None = None

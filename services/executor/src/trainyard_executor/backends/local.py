@@ -29,6 +29,7 @@ from ._proc import group_alive, group_members, same_process, signal_group, start
 from .base import AttemptLaunch, AttemptOutcome, FoundAttempt, LineSink, OutcomeKind, Resources
 from .capacity import detect_capacity
 from .cgroups import AttemptCgroup, Containment, detect_containment
+from .devices import rank_devices, visible_devices_env
 from .jobfiles import PRIVATE_DIR, hand_over, kill_user, open_private, private_dir, take_back
 from .jobusers import JobUsers, RunAsError
 from .lines import MAX_LINE, READ_CHUNK, LineSplitter, pump_lines
@@ -450,6 +451,9 @@ class LocalAttempt:
             return self._outcome("failed", None, f"cannot prepare workdir {self._workdir}: {e}")
         for rank in self._ranks:
             rank_env = env if launch.gang is None else {**env, **launch.gang.env(rank.local_rank)}
+            if launch.gpu_devices is not None:  # only this rank's own devices
+                own = rank_devices(launch.gpu_devices, launch.gpu, rank.local_rank)
+                rank_env = {**rank_env, **visible_devices_env(own)}
             try:
                 await self._spawn(rank, rank_env)
             except BaseException as e:
