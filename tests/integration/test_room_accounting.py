@@ -26,13 +26,13 @@ PY = sys.executable
 SLOW_BEAT = 30.0
 
 # runs until the test creates <dir>/release; on SIGTERM it "checkpoints" (says so, then waits for
-# the same file) before it exits
+# <dir>/checkpoint-done) before it exits
 HOLD = """
 import os, pathlib, signal, sys, time
 d = pathlib.Path(sys.argv[1]); me = os.environ["TRAINYARD_JOB_ID"]
 def checkpoint(*_):
     (d / f"{me}.checkpointing").touch()
-    while not (d / "release").exists():
+    while not (d / "checkpoint-done").exists():
         time.sleep(0.05)
     sys.exit(0)
 signal.signal(signal.SIGTERM, checkpoint)
@@ -126,7 +126,8 @@ async def test_a_preempted_attempt_holds_its_room_while_it_checkpoints(common, b
         assert record.state == JobState.QUEUED, f"placed while the victim still ran: {record.state}"
         assert (await stored_beat(bus, "exec-pre")).running == []
 
-        (tmp_path / "release").touch()
+        (tmp_path / "checkpoint-done").touch()  # the victim ends; the other low job runs on
         await bus.wait_state(high, "scheduled", "running", "succeeded", timeout=SLOW_BEAT * 2 / 3)
         stopped = await bus.record(victim)
         assert stopped.attempt == 2 and not stopped.attempts[0].stopping  # the executor said it ended
+        (tmp_path / "release").touch()
