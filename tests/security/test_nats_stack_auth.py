@@ -128,3 +128,21 @@ def test_another_system_submits_and_follows_a_job_with_the_client_credentials(st
 def test_the_provision_step_ran_as_the_operator(stack):
     log = Path(stack.log_dir) / "provision.log"
     assert "declared" in log.read_text()
+
+
+def test_what_the_stack_keeps_at_rest_is_its_users_alone(stack):
+    """Before, the data dir, the logs, NATS's store and the MLflow database were world-readable
+    (a local user read every job record from NATS's files). The data dir is passable, not
+    listable (the executor's per-attempt uids reach their work dirs through it); the rest is
+    0700 / 0600 once a job has run and been registered."""
+    client = stack.client()
+    job = client.submit({"name": "at-rest", "command": ["python", "-c", "print('kept')"]})
+    assert client.wait(job.job_id, timeout=120).state == "succeeded"
+    assert stat.S_IMODE(stack.data_dir.stat().st_mode) & 0o066 == 0
+    private = [stack.log_dir, stack.data_dir / "mlflow", stack.data_dir / "nats", stack.nats_auth_dir]
+    for top in private:
+        for path in [top, *top.rglob("*")]:
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+    token = stack.data_dir / "api-token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600

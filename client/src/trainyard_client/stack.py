@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from trainyard_client.leftovers import Descendants, Leftover
 
 SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry")
+# what the stack's processes create (logs, the MLflow database, records) is readable by its user only
+PRIVATE_UMASK = 0o077
 INSTALL_HINT = "install trainyard-client[stack]  (pip install 'trainyard-client[stack]')"
 EXECUTOR_HANDBACK_SECONDS = 10.0
 """What the executor needs past its jobs' grace to stop them for good and hand them back (the
@@ -306,8 +308,7 @@ class EmbeddedStack:
         self._check_ports()
         self._descendants = Descendants()
         self._stopping.clear()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+        self._private_dirs()
         self._acquire_lock()
         try:
             self.nats = NatsServer(
@@ -417,11 +418,12 @@ class EmbeddedStack:
         """Declare the streams and buckets as the operator (``python -m trainyard_shared.provision``,
         with the services' environment, so stream limits set there apply)."""
         env = {**self.service_env(), **self._credentials().service_env("admin")}
-        with open(self.log_dir / "provision.log", "ab") as log:
+        with _private_log(self.log_dir / "provision.log") as log:
             done = subprocess.run(
                 [self.python, "-m", "trainyard_shared.provision"],
                 env=env,
                 cwd=self.data_dir,
+                umask=PRIVATE_UMASK,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -430,9 +432,19 @@ class EmbeddedStack:
         if done.returncode != 0:
             raise StackError(f"the provision step failed: {self.log_tail('provision')}")
 
+    def _private_dirs(self) -> None:
+        """The data dir is passable but not listable (0711: the executor's per-attempt uids reach
+        their own work dirs through it); the logs, the MLflow store and NATS's store are the
+        stack's alone (0700), and so is everything its processes create (umask 077)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o711)
+        for private in (self.log_dir, self.data_dir / "mlflow", self.data_dir / "nats"):
+            private.mkdir(parents=True, exist_ok=True)
+            private.chmod(0o700)
+
     def _spawn(self, service: ServiceProcess, env: dict[str, str]) -> None:
         env = {**env, **self._nats_identity(service.name, env)}
-        log = open(service.log_path, "ab")  # closed in stop()
+        log = _private_log(service.log_path)  # closed in stop()
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         log.write(f"--- trainyard up: starting {service.name} at {stamp} ---\n".encode())
         log.flush()
@@ -445,6 +457,7 @@ class EmbeddedStack:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: Ctrl-C reaches only `trainyard up`
+            umask=PRIVATE_UMASK,
         )
 
     def healthy(self) -> dict[str, bool]:
@@ -617,3 +630,10 @@ class EmbeddedStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _private_log(path: Path) -> IO[bytes]:
+    """A log file to append to, readable by the stack's user only (also one an older stack made)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")

@@ -98,8 +98,13 @@ class NatsServer:
             config.write_text(f"jetstream {{\n  max_file_store: {self.max_file_store}\n}}\n")
         if config:
             argv += ["-c", str(config)]
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.process = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True)
+        out = (
+            os.fdopen(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+            if self.log_file
+            else subprocess.DEVNULL
+        )
+        # its store and log readable by this user only: they hold every job record
+        self.process = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True, umask=0o077)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
