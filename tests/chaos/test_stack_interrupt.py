@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.upcli import Up, alive, free_block, process_tree, until
+from trainyard_client.uptest import Up, alive, free_block, process_tree, until
 
 from .audit import TICK_SECONDS, attempts_run_twice, overlapping_runs, parse_markers, ran_after_completing
 

@@ -17,8 +17,7 @@ import pytest
 
 from trainyard_client.stack import EmbeddedStack
 from trainyard_client.supervision import RestartPolicy
-
-from .upcli import Up, alive, free_block, process_tree, until
+from trainyard_client.uptest import Up, alive, free_block, process_tree, until
 
 pytestmark = [pytest.mark.stack, pytest.mark.local, pytest.mark.timeout(900)]
 

@@ -1,4 +1,4 @@
-"""`trainyard up` as a user runs it: a real child process, its console read as it comes, signals
+"""For tests: `trainyard up` as a user runs it: a real child process, its console read as it comes, signals
 sent to it as a terminal would (Ctrl-C is SIGINT to `trainyard up` alone: the services run in
 their own sessions), and the processes below it looked up in /proc."""
 
