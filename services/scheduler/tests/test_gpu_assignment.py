@@ -72,3 +72,31 @@ def test_never_two_live_attempts_on_one_device(reported, ops):
         next_id += 1
     every = [d for ds in live.values() for d in ds]
     assert len(every) == len(set(every))
+
+
+def test_a_split_gang_s_members_each_store_their_own_devices():
+    from datetime import UTC, datetime
+
+    from trainyard_contracts import JobRecord, JobSpec, JobState
+    from trainyard_contracts.records import GangMember, GangPlacement
+    from trainyard_scheduler.gpu_assignment import placement_needs, with_gang_devices
+
+    now = datetime.now(UTC)
+    spec = JobSpec.model_validate({"name": "g", "command": ["true"], "replicas": 3, "resources": {"gpu": 2}})
+    record = JobRecord(job_id="j", spec=spec, state=JobState.QUEUED, submitted_at=now, updated_at=now)
+    gang = GangPlacement(
+        attempt=1,
+        master_addr="10.0.0.1",
+        master_port=29500,
+        members=[GangMember(executor_id="a", ranks=[0, 1]), GangMember(executor_id="b", ranks=[2])],
+    )
+    needs = placement_needs(record, "a", gang)
+    assert needs == {"a": 4, "b": 2}
+    with pytest.raises(NotEnoughDevices):  # b has one free device, its rank needs two
+        assign_devices(needs, {"a": [0, 1, 2, 3], "b": [0, 1]}, {"b": {0}})
+    chosen = assign_devices(needs, {"a": [0, 1, 2, 3], "b": [4, 5, 6]}, {"b": {4}})
+    placed = with_gang_devices(gang, chosen)
+    stored = record.model_copy(update={"gang": placed, "attempt": 1})
+    assert stored.gpu_devices(1, "a") == [0, 1, 2, 3]
+    assert stored.gpu_devices(1, "b") == [5, 6]
+    assert stored.gpu_devices(2, "b") == []  # another attempt holds nothing of this placement
