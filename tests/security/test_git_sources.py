@@ -194,3 +194,29 @@ async def test_the_executor_clones_only_what_the_rule_allows_and_ignores_user_gi
     monkeypatch.setenv("TRAINYARD_GIT_LOCAL_ROOTS", "")  # the default: no local path at all
     with pytest.raises(SourceError, match="local repository paths are not allowed"):
         await checkout(str(roots / "team-repo"), commit, tmp_path / "work" / "again")
+
+
+@pytest.mark.unit
+def test_a_repository_under_an_allowed_root_resolves_whoever_owns_it(tmp_path: Path) -> None:
+    """The e2e stack mounts /repos (root's) into a service running as its own uid: with no
+    gitconfig read, git refused it as "dubious ownership". An allowed root is trusted for that
+    path alone; a repository outside the allowed roots is still refused before git runs."""
+    import os
+
+    from trainyard_submission.sources import resolve_commit
+
+    head = git_repo(tmp_path / "repos" / "team")
+    bare = tmp_path / "repos" / "team.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(tmp_path / "repos" / "team"), str(bare)], check=True)
+    for root, _dirs, files in os.walk(tmp_path / "repos"):
+        for name in [*_dirs, *files, "."]:
+            os.lchown(os.path.join(root, name), 54321, 54321)
+    policy = GitPolicy(local_roots=(tmp_path / "repos",))
+    for repo in (str(tmp_path / "repos" / "team"), f"file://{bare}", str(bare)):
+        checked = check_repo(repo, policy)
+        commit = asyncio.run(resolve_commit(checked.repo, "main", 30, checked.config, checked.fetch_options))
+        assert commit == head, repo
+    asyncio.run(checkout(str(bare), head, tmp_path / "work"))
+    assert (tmp_path / "work" / ".git").is_dir()
+    with pytest.raises(RepoRefused):
+        check_repo(str(tmp_path / "elsewhere"), GitPolicy(local_roots=(tmp_path / "repos",)))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ class Checked:
     repo: str
     local: bool
     config: tuple[str, ...]  # "-c", "name=value", ...
+    fetch_options: tuple[str, ...] = ()  # options of the fetching command (ls-remote, clone)
 
 
 def check_repo(repo: str, policy: GitPolicy) -> Checked:
@@ -129,7 +131,18 @@ def _check_local(repo: str, path: Path, policy: GitPolicy) -> Checked:
     resolved = path.resolve()
     if not any(resolved == root or resolved.is_relative_to(root) for root in policy.local_roots):
         raise RepoRefused("this local path is outside the folders this installation allows")
-    return Checked(repo, local=True, config=tuple(_protocols(policy.schemes, local=True)))
+    # an allowed root is the operator's word that its repositories are trusted, whoever owns them
+    # (a mounted /repos is root's while the service runs as its own uid). git reads no gitconfig
+    # here and clears command-line config for a local transport's upload-pack, so the exception,
+    # for this path only, goes on the upload-pack command (run by git through sh: quoted)
+    trusted = [f"safe.directory={p}" for p in dict.fromkeys((str(resolved), str(path)))]
+    in_sh = " ".join(f"-c {shlex.quote(t)}" for t in trusted)
+    return Checked(
+        repo,
+        local=True,
+        config=(*_protocols(policy.schemes, local=True), *(a for t in trusted for a in ("-c", t))),
+        fetch_options=(f"--upload-pack=git {in_sh} upload-pack",),
+    )
 
 
 def _protocols(schemes: frozenset[str], local: bool) -> list[str]:

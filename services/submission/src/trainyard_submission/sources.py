@@ -48,19 +48,28 @@ def _refused(ref: str, repo: str, why: str) -> SpecError:
     return SpecError([FieldError(field="source.ref", message=f"cannot resolve {ref!r} in {shown}: {why}")])
 
 
-async def resolve_commit(repo: str, ref: str, timeout: float, config: tuple[str, ...] = ()) -> str:
+async def resolve_commit(
+    repo: str, ref: str, timeout: float, config: tuple[str, ...] = (), fetch_options: tuple[str, ...] = ()
+) -> str:
     if FULL_SHA.match(ref):
         return ref
     if ref.startswith("-") or any(ord(c) < 32 for c in ref):
         raise SpecError([FieldError(field="source.ref", message="must be a branch, tag or commit name")])
     if Path(repo).is_dir():
         code, out, err = await _git(
-            "-C", repo, "rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}", timeout=timeout
+            "-C",
+            repo,
+            "rev-parse",
+            "--verify",
+            "--end-of-options",
+            f"{ref}^{{commit}}",
+            timeout=timeout,
+            config=config,
         )
         if code == 0:
             return out.strip()
         raise _refused(ref, repo, err.strip() or "unknown ref")
-    code, out, err = await _git("ls-remote", "--", repo, ref, timeout=timeout, config=config)
+    code, out, err = await _git("ls-remote", *fetch_options, "--", repo, ref, timeout=timeout, config=config)
     lines = [line.split("\t") for line in out.splitlines() if "\t" in line]
     if code != 0 or not lines:
         raise _refused(ref, repo, err.strip() or "no such ref")
@@ -92,5 +101,7 @@ async def with_resolved_source(spec: JobSpec, timeout: float, policy: GitPolicy 
     if spec.source.commit:
         return spec
     # the credential (split out of the URL when the spec was read) is needed to reach the repo
-    commit = await resolve_commit(spec.source.clone_url(), spec.source.ref, timeout, checked.config)
+    commit = await resolve_commit(
+        spec.source.clone_url(), spec.source.ref, timeout, checked.config, checked.fetch_options
+    )
     return spec.model_copy(update={"source": spec.source.model_copy(update={"commit": commit})})

@@ -55,7 +55,17 @@ async def checkout(repo: str, commit: str | None, dest: Path) -> None:
         raise SourceError(f"source repository refused: {exc}") from exc
     dest.parent.mkdir(parents=True, exist_ok=True)
     # "--" so that a repo string starting with "-" cannot be read as an option
-    await _git("clone", "clone", "--quiet", "--no-checkout", "--", repo, str(dest), config=checked.config)
+    await _git(
+        "clone",
+        "clone",
+        "--quiet",
+        "--no-checkout",
+        *checked.fetch_options,
+        "--",
+        repo,
+        str(dest),
+        config=checked.config,
+    )
     clean = strip_url_credentials(repo)
     if clean != repo:  # the checkout (which the job reads) keeps no credential in its remote
         await _git("remote set-url", "-C", str(dest), "remote", "set-url", "origin", clean)
