@@ -516,6 +516,20 @@ def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="JO
 
 
 @app.command()
+def purge(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="JOB")]) -> None:
+    """Remove a finished job: its record and the record's history, its secrets, its logs and its
+    idempotency key (admin, or the job's team)."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        removed = client.purge(job_id)
+    out.print(
+        f"purged [bold]{removed['job_id']}[/]: {removed['record_revisions']} record revisions, "
+        f"{removed['log_chunks']} log chunks, secrets {'removed' if removed['secrets'] else 'none left'}, "
+        f"idempotency key {'removed' if removed['idempotency_entry'] else 'none'}"
+    )
+
+
+@app.command()
 def models(
     ctx: typer.Context,
     name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="one registered model")] = None,

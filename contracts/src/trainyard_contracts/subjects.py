@@ -33,6 +33,7 @@ class BucketNames:
     queues: str
     idempotency: str
     models: str
+    secrets: str
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class Subjects:
             queues=f"{base}_queues",
             idempotency=f"{base}_idempotency",
             models=f"{base}_models",
+            secrets=f"{base}_job_secrets",
         )
 
 

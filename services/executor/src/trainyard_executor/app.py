@@ -28,6 +28,7 @@ from trainyard_shared.bus import streams
 from trainyard_shared.consumers import connect_and_bind
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
 from trainyard_shared.runner import build_app
@@ -179,6 +180,7 @@ def create_app(
             work_root=data / "executor" / settings.id / "work",
             checkpoint_root=settings.checkpoint_dir or data / "checkpoints",
             gpus=gpus,
+            secrets=SecretStore(buckets.secrets),
         )
         state["core"] = executor
         state["store"] = store

@@ -35,6 +35,7 @@ from trainyard_contracts import (
     JobRecord,
     JobRequeued,
     JobRunning,
+    JobSpec,
     JobState,
     Rendezvous,
     StartAttempt,
@@ -60,6 +61,7 @@ from trainyard_executor.outcomes import conclude, event_for, owns
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobsecrets import SecretsMissing, SecretStore
 from trainyard_shared.jobstore import JobStore
 
 log = logging.getLogger("trainyard.executor")
@@ -144,8 +146,11 @@ class ExecutorCore:
         checkpoint_root: Path | None = None,
         free_port: Callable[[], int] = free_loopback_port,
         gpus: list[GpuDevice] | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.store = store
+        # where a job's secret values are kept (a record with secrets_stored holds *** instead)
+        self.secrets = secrets
         # the devices the scheduler may hand out here (gpus.advertised_gpus); None: the backend
         # does not discover any, its count is the setting or what it detects
         self.gpus = gpus
@@ -345,19 +350,19 @@ class ExecutorCore:
         rendezvous: Rendezvous | None = None,
         gpu_devices: tuple[int, ...] | None = None,
     ) -> None:
-        spec = record.spec
         shipper = self.shippers(record.job_id, attempt)
         if record.gang is not None:
             shipper.seq = log_seq_base(record, self.me, attempt)
 
         async def start() -> None:
+            spec = await self._spec_to_run(record)
             checkpoints = self.checkpoint_dir(record.job_id)
             launch = AttemptLaunch(
                 job_id=record.job_id,
                 attempt=attempt,
                 argv=spec.argv(),
                 env=job_env(
-                    record,
+                    record.model_copy(update={"spec": spec}),
                     attempt,
                     self.inherited,
                     self.settings.passthrough_env,
@@ -389,6 +394,14 @@ class ExecutorCore:
                 await local.handle.cancel(self.settings.grace_seconds)
 
         await self._attend(record, attempt, local, shipper, start)
+
+    async def _spec_to_run(self, record: JobRecord) -> JobSpec:
+        """The spec with its secret values put back (raises SecretsMissing: the attempt fails)."""
+        if self.secrets is None:
+            if record.secrets_stored:
+                raise SecretsMissing(f"job {record.job_id}: secrets stored, and no store here")
+            return record.spec
+        return await self.secrets.spec_to_run(record)
 
     async def _attend(
         self,

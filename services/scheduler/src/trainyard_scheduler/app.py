@@ -28,6 +28,7 @@ from trainyard_shared.bus import streams
 from trainyard_shared.commands import CommandSender
 from trainyard_shared.events import EventPublisher, publish_acked
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobsecrets import SecretStore, just_ended_with_secrets
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
 from trainyard_shared.queueview import QueueView
@@ -89,6 +90,14 @@ def create_app(
     )
     leader_gauge.labels(replica=settings.replica_id).set(0)
 
+    forgetting: set[asyncio.Task[bool]] = set()
+
+    def forget_secrets(secrets: SecretStore, job_id: str) -> None:
+        """A job ended: its secret values go (every replica may do it; a purge is idempotent)."""
+        task = asyncio.get_running_loop().create_task(secrets.discard(job_id), name=f"forget-{job_id}")
+        forgetting.add(task)
+        task.add_done_callback(forgetting.discard)
+
     def lease() -> LeaderLease:
         return state["lease"]  # type: ignore[return-value]
 
@@ -120,6 +129,12 @@ def create_app(
         )
         store.read_through(view)
         state["view"] = view
+        secrets = SecretStore(buckets.secrets)
+        view.on_change(
+            lambda before, after: (
+                forget_secrets(secrets, after.job_id) if just_ended_with_secrets(before, after) else None
+            )
+        )
         queue_view = QueueView(buckets.queues)
         await queue_view.start()
         state["queue_view"] = queue_view

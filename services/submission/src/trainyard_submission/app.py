@@ -18,6 +18,7 @@ from trainyard_shared.binding import bind_bus
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.events import EventPublisher
+from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.queueview import QueueView
 from trainyard_shared.settings import CommonSettings
@@ -27,6 +28,7 @@ from trainyard_submission.auth import load_or_create_token
 from trainyard_submission.intake import handle_intake
 from trainyard_submission.joblist import BucketReader
 from trainyard_submission.limits import BodyLimit
+from trainyard_submission.purge import JobPurger
 from trainyard_submission.queues import QueueStore
 from trainyard_submission.service import SubmissionService
 from trainyard_submission.settings import SubmissionSettings
@@ -98,6 +100,8 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         # costs this service no watch delivery per record update
         store = JobStore(buckets.jobs)
         state["js"] = sb.broker.config.connection_state.stream
+        secrets = SecretStore(buckets.secrets)
+        state["purger"] = JobPurger(buckets.jobs, secrets, buckets.idempotency, state["js"], sb.subjects)
         state["service"] = SubmissionService(
             store=store,
             jobs_reader=BucketReader(state["js"], sb.subjects.buckets.jobs),
@@ -105,6 +109,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             models=buckets.models,
             events=EventPublisher(sb.broker, sb.subjects),
             git_timeout=settings.git_timeout_seconds,
+            secrets=secrets,
             queues=state["queues"],
             models_reader=BucketReader(state["js"], sb.subjects.buckets.models),
         )
