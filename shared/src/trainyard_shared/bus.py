@@ -33,6 +33,7 @@ class Streams:
     models: JStream
     dlq: JStream
     scheduler: JStream
+    pipelines: JStream
 
 
 def streams(subjects: Subjects) -> Streams:
@@ -110,6 +111,16 @@ def stream_configs(
             **common,
         ),
         StreamConfig(
+            name=names.pipelines,
+            subjects=[subjects.pipeline_events()],
+            description="pipeline runs' events (the workflow service)",
+            max_age=limits.jobs_max_age_days * DAY,
+            max_bytes=limits.jobs_max_bytes,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=120.0,
+            **common,
+        ),
+        StreamConfig(
             name=names.dlq,
             subjects=[f"{p}.dlq.>"],
             description="messages a service could not handle, with the reason",
@@ -131,6 +142,8 @@ def bucket_configs(subjects: Subjects, replicas: int = 1) -> list[KeyValueConfig
         KeyValueConfig(bucket=names.queues, history=5, replicas=replicas),
         KeyValueConfig(bucket=names.idempotency, history=1, ttl=7 * DAY, replicas=replicas),
         KeyValueConfig(bucket=names.models, history=1, replicas=replicas),
+        # pipeline runs (the workflow service's records); compare-and-set on every change
+        KeyValueConfig(bucket=names.pipelines, history=5, storage=StorageType.FILE, replicas=replicas),
         KeyValueConfig(bucket=tokens_bucket(subjects), history=1, replicas=replicas),
     ]
 
@@ -223,6 +236,7 @@ class Buckets:
     queues: KeyValue
     idempotency: KeyValue
     models: KeyValue
+    pipelines: KeyValue
 
 
 async def open_buckets(
