@@ -1,0 +1,160 @@
+"""Jobs, models and scheduler answers as rich tables and lines on the CLI's console."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from rich.markup import escape
+from rich.table import Table
+
+from trainyard_client import cli
+from trainyard_client.cli.base import styled
+from trainyard_client.cli.formatting import age, clock, metrics_text, short
+from trainyard_client.cli.output import Column, Output, emit, print_data, record_of, structured
+from trainyard_client.sdk import JobSummary
+from trainyard_contracts import DryRunAnswer, JobRecord, ModelVersionRecord, WaitReason
+
+
+def reason_lines(reason: WaitReason | None) -> list[str]:
+    if reason is None:
+        return []
+    lines = [f"[bold]{escape(reason.kind)}[/]: {escape(reason.message)}"]
+    if reason.position is not None:
+        of = f" of {reason.queue_length}" if reason.queue_length else ""
+        lines.append(f"position in its queue: {reason.position}{of}")
+    if reason.estimated_start is not None:
+        lines.append(f"estimated start: {clock(reason.estimated_start)} ({age(reason.estimated_start)})")
+    return lines
+
+
+def print_dry_run(answer: DryRunAnswer) -> None:
+    if answer.would_start:
+        cli.out.print(f"would start now on {', '.join(answer.executors)} (nothing was queued)")
+    else:
+        cli.out.print("would wait (nothing was queued)")
+        for line in reason_lines(answer.reason):
+            cli.out.print(f"  {line}")
+
+
+def _state_style(text: str) -> str:
+    return styled(text)
+
+
+def _model_text(job: JobSummary) -> str:
+    return f"{job.model.name} v{job.model.version}" if job.model else ""
+
+
+def job_columns(now: datetime | None = None) -> list[Column]:
+    at = now or datetime.now(UTC)
+    return [
+        Column("job", lambda j: j.job_id),
+        Column("name", lambda j: j.name, wrap=True),
+        Column("queue", lambda j: j.queue),
+        Column("state", lambda j: j.state.value, style=_state_style),
+        Column("attempt", lambda j: str(j.attempt)),
+        Column("age", lambda j: age(j.submitted_at, at)),
+        Column("exit", lambda j: "-" if j.exit_code is None else str(j.exit_code)),
+        Column("model", _model_text, wrap=True),
+        Column("executor", lambda j: j.executor_id or "-", wide_only=True),
+        Column("reason", lambda j: j.reason or "", wide_only=True, wrap=True),
+    ]
+
+
+def print_jobs(jobs: list[JobSummary], fmt: Output, empty: str) -> None:
+    emit(jobs, job_columns(), fmt, name=lambda j: j.job_id, empty=empty)
+
+
+def _record_rows(record: JobRecord) -> list[tuple[str, str]]:
+    spec = record.spec
+    rows: list[tuple[str, str]] = [
+        ("job", record.job_id),
+        ("name", escape(spec.name)),
+        ("state", styled(record.state) + (" (cancel requested)" if record.cancel_requested else "")),
+        ("queue", f"{escape(spec.queue)} (priority {spec.priority})"),
+        ("command", escape(" ".join(spec.argv()))),
+        (
+            "resources",
+            f"cpu {spec.resources.cpu:g}, memory {spec.resources.memory} MiB, "
+            f"gpu {spec.resources.gpu}, replicas {spec.replicas}",
+        ),
+        ("attempt", f"{record.attempt} (retries used {record.retries_used} of {spec.retries.limit})"),
+        ("executor", escape(record.executor_id or "-")),
+        ("submitted", f"{clock(record.submitted_at)} by {escape(record.submitted_by or '-')}"),
+        ("updated", clock(record.updated_at)),
+    ]
+    if spec.source:
+        source = spec.source
+        rows.append(("source", f"{escape(source.repo)} @ {escape(source.ref)} ({short(source.commit)})"))
+    if record.not_before:
+        rows.append(("not before", clock(record.not_before)))
+    if record.exit_code is not None:
+        rows.append(("exit code", str(record.exit_code)))
+    if record.reason:
+        rows.append(("reason", escape(record.reason)))
+    if record.outputs_uri:
+        rows.append(("outputs", escape(record.outputs_uri)))
+    if record.model:
+        model = record.model
+        rows.append(
+            (
+                "model",
+                f"{escape(model.name)} version {model.version}, commit "
+                f"{short(model.git_commit)}, run {model.run_id or '-'}",
+            )
+        )
+        rows.append(("metrics", escape(metrics_text(model.metrics))))
+    elif spec.outputs and spec.outputs.model:
+        rows.append(("model", f"{escape(spec.outputs.model)} (not registered yet)"))
+    return rows
+
+
+def print_record(record: JobRecord, fmt: Output) -> None:
+    """One job: its record (json, yaml), its id (name), or the detail view."""
+    if structured(fmt):
+        print_data(record_of(record), fmt)
+    elif fmt == Output.NAME:
+        cli.out.print(record.job_id, markup=False)
+    else:
+        show_record(record)
+
+
+def show_record(record: JobRecord) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for key, value in _record_rows(record):
+        grid.add_row(key, value)
+    cli.out.print(grid)
+    if not record.attempts:
+        return
+    table = Table(title="attempts", title_justify="left")
+    for column in ("attempt", "executor", "scheduled", "started", "ended", "state", "exit"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    for info in record.attempts:
+        table.add_row(
+            str(info.number),
+            escape(info.executor_id or "-"),
+            clock(info.scheduled_at, compact=True),
+            clock(info.started_at, compact=True),
+            clock(info.ended_at, compact=True),
+            styled(info.state) if info.state else "-",
+            "-" if info.exit_code is None else str(info.exit_code),
+            escape(info.reason or ""),
+        )
+    cli.out.print(table)
+
+
+MODEL_COLUMNS = (
+    Column("name", lambda v: v.name),
+    Column("version", lambda v: str(v.version)),
+    Column("job", lambda v: v.job_id),
+    Column("git commit", lambda v: short(v.git_commit)),
+    Column("metrics", lambda v: metrics_text(v.metrics), wrap=True),
+    Column("run", lambda v: v.run_id or "-", wide_only=True),
+    Column("created", lambda v: clock(v.created_at), wide_only=True),
+)
+
+
+def print_models(versions: list[ModelVersionRecord], fmt: Output, empty: str) -> None:
+    emit(versions, MODEL_COLUMNS, fmt, name=lambda v: f"{v.name}/{v.version}", empty=empty)
