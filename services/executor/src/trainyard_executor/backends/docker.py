@@ -54,6 +54,7 @@ from trainyard_executor.backends.container_security import (
     work_mount_mode,
 )
 from trainyard_executor.backends.devices import container_devices_env, gpu_request, rank_devices
+from trainyard_executor.backends.finished import FinishedAttempt
 from trainyard_executor.backends.gang_network import (
     MASTER_ALIAS,
     create_network,
@@ -64,8 +65,10 @@ from trainyard_executor.backends.gang_network import (
     remove_network,
 )
 from trainyard_executor.backends.hostpaths import read_in, write_in
-from trainyard_executor.backends.local import _pump
+from trainyard_executor.backends.lines import pump_lines
 from trainyard_executor.backends.source import SourceError
+from trainyard_executor.backends.threads import in_thread
+from trainyard_executor.jobenv import HOST_ONLY_ENV
 
 log = logging.getLogger("trainyard.executor.docker")
 
@@ -89,21 +92,6 @@ CHECKPOINTS_MOUNT = "/trainyard/checkpoints"
 CURSOR_EVERY_S = 1.0
 # without these every Podman container fails with "error setting rlimit type 7"
 PODMAN_ULIMITS: tuple[tuple[str, int, int], ...] = (("nofile", 20000, 20000), ("nproc", 32768, 32768))
-# executor variables that name things on the executor's host: an image has its own
-HOST_ONLY_ENV = frozenset(
-    {
-        "PATH",
-        "HOME",
-        "USER",
-        "LOGNAME",
-        "TMPDIR",
-        "VIRTUAL_ENV",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "REQUESTS_CA_BUNDLE",
-        "PIP_CERT",
-    }
-)
 MIN_MEMORY_MB = 6  # the engine refuses smaller limits
 # after the exit: how long a follow stream may take to end by itself before it is closed (what it
 # had not delivered is then read back from the stored log), and how long that read may take
@@ -125,32 +113,6 @@ class RunningContainer:
     rank: int = 0
 
 
-def _in_thread(fn: Callable[..., T], *args: Any, name: str = "docker", **kwargs: Any) -> asyncio.Future[T]:
-    """Run a blocking call in a daemon thread of its own; its result arrives as a future."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def run() -> None:
-        try:
-            result: Any = fn(*args, **kwargs)
-            ok = True
-        except BaseException as exc:
-            result, ok = exc, False
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
-            loop.call_soon_threadsafe(settle, ok, result)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
-
-
 def _explain(exc: BaseException) -> str:
     if isinstance(exc, APIError) and exc.explanation:
         return str(exc.explanation)
@@ -159,25 +121,6 @@ def _explain(exc: BaseException) -> str:
 
 def image_missing_reason(image: str) -> str:
     return f"image not found: {image} — build or pull it first"
-
-
-class FinishedAttempt:
-    """An attempt that ended before a container ran (no image, refused by the engine, ...)."""
-
-    pid: int | None = None
-    container_id: str | None = None
-
-    def __init__(self, reason: str, output_dir: Path, exit_code: int | None = None) -> None:
-        self.outcome = AttemptOutcome("failed", exit_code, reason, output_dir)
-
-    async def wait(self) -> AttemptOutcome:
-        return self.outcome
-
-    async def cancel(self, grace_s: float | None = None) -> None:
-        return None
-
-    async def release(self) -> None:
-        return None
 
 
 def cursor_name(rank: int | None) -> str:
@@ -215,7 +158,7 @@ class ContainerAttempt:
         self._skip = dict(skip or {})
         self._consumed: dict[str, int] = dict(self._skip)
         self._cursor_name = cursor_name(rank)
-        self._exit = _in_thread(self._wait_blocking, name=f"wait-{launch.job_id}")
+        self._exit = in_thread(self._wait_blocking, name=f"wait-{launch.job_id}")
         sink = on_line
         if rank is not None:
             prefix = f"[rank {rank}] "
@@ -224,7 +167,7 @@ class ContainerAttempt:
                 await on_line(stream, prefix + line)
 
         self._pumps = [
-            asyncio.create_task(_pump(self._follow(name), name, sink)) for name in ("stdout", "stderr")
+            asyncio.create_task(pump_lines(self._follow(name), name, sink)) for name in ("stdout", "stderr")
         ]
         self._cursor_task = asyncio.create_task(self._keep_cursor())
 
@@ -373,7 +316,7 @@ class ContainerAttempt:
     def _stop(self, grace_s: float) -> None:
         """The engine's own stop: its stop signal (SIGTERM), then SIGKILL after the grace."""
         if self._stopping is None and not self._exit.done():
-            self._stopping = _in_thread(
+            self._stopping = in_thread(
                 self.container.stop, timeout=max(0, math.ceil(grace_s)), name=f"stop-{self.launch.job_id}"
             )
 
@@ -616,7 +559,7 @@ class DockerBackend:
             # checked out on the executor's host, mounted with the work dir
             source_dir = await prepare_source(launch)
             owner = identity(launch.run_as_root, self.user, (os.geteuid(), os.getegid())).owner
-            dirs = await _in_thread(prepare_dirs, launch, source_dir, owner, name="prepare")
+            dirs = await in_thread(prepare_dirs, launch, source_dir, owner, name="prepare")
         except (SourceError, OSError) as exc:
             return FinishedAttempt(f"could not prepare the work dir: {exc}", output_dir)
         output_dir = dirs.output_dir
@@ -633,7 +576,7 @@ class DockerBackend:
                 output_dir,
             )
         if self._capacity is None:
-            await _in_thread(self.capacity, name="docker-info")
+            await in_thread(self.capacity, name="docker-info")
         if launch.gang is not None and not launch.gang.ranks:
             return FinishedAttempt("a gang without ranks", output_dir)
         return await self._start_containers(launch, image, output_dir, source_dir, on_line)
@@ -649,10 +592,10 @@ class DockerBackend:
         try:
             if network is not None:
                 labels = {k: v for k, v in self.labels(launch).items() if k in NETWORK_LABELS}
-                await _in_thread(create_network, self.client, network, labels, name="network")
+                await in_thread(create_network, self.client, network, labels, name="network")
             for local_rank in range(len(launch.gang.ranks) if launch.gang else 1):
                 config = self.container_config(launch, image, output_dir, source_dir, local_rank, master_ip)
-                container = await _in_thread(self._create_and_start, config, name=f"start-{launch.job_id}")
+                container = await in_thread(self._create_and_start, config, name=f"start-{launch.job_id}")
                 if network is not None and local_rank == 0:
                     master_ip = master_address(container, network)
                 rank = launch.gang.ranks[local_rank] if launch.gang else None
@@ -701,7 +644,7 @@ class DockerBackend:
 
     async def _remove(self, container_id: str) -> None:
         try:
-            await _in_thread(self._remove_blocking, container_id, name="remove")
+            await in_thread(self._remove_blocking, container_id, name="remove")
         except DockerException as exc:
             log.warning("could not remove a container", extra={"container": container_id, "error": str(exc)})
 
@@ -713,7 +656,7 @@ class DockerBackend:
 
     async def find_attempts(self) -> list[FoundAttempt]:
         """This executor's containers on the engine (running or ended), one entry per attempt."""
-        found = await _in_thread(self.list_running, include_stopped=True, name="list")
+        found = await in_thread(self.list_running, include_stopped=True, name="list")
         attempts: dict[tuple[str, int], list[RunningContainer]] = {}
         for c in found:
             attempts.setdefault((c.job_id, c.attempt), []).append(c)
@@ -730,7 +673,7 @@ class DockerBackend:
     async def adopt(self, found: FoundAttempt, on_line: LineSink) -> ContainerAttempt | GangAttempt:
         """Follow the containers of an attempt a previous run of this executor started."""
         containers = [
-            await _in_thread(self.client.containers.get, cid, name="get") for cid in found.ref.split(",")
+            await in_thread(self.client.containers.get, cid, name="get") for cid in found.ref.split(",")
         ]
         labels = containers[0].attrs["Config"].get("Labels") or {}
         workdir = Path(labels.get(LABEL_WORKDIR) or ".")
@@ -782,7 +725,7 @@ class DockerBackend:
 
         async def stop(container_id: str) -> None:
             with contextlib.suppress(NotFound):
-                await _in_thread(
+                await in_thread(
                     self.client.api.stop, container_id, timeout=max(0, math.ceil(grace_s)), name="stop"
                 )
             await self._remove(container_id)
@@ -793,7 +736,7 @@ class DockerBackend:
     async def drop_network(self, name: str) -> None:
         """Remove a gang's network (best effort: one in use stays until :meth:`reap_orphans`)."""
         with contextlib.suppress(DockerException, OSError):
-            await _in_thread(remove_network, self.client, name, name="network")
+            await in_thread(remove_network, self.client, name, name="network")
 
     def list_running(
         self, all_executors: bool = False, include_stopped: bool = False
@@ -830,12 +773,12 @@ class DockerBackend:
         by the executor's recovery), so an attempt never runs twice at once; stopped ones are
         removed too unless failed containers are kept for debugging.
         """
-        found = await _in_thread(self.list_running, include_stopped=True, name="list")
+        found = await in_thread(self.list_running, include_stopped=True, name="list")
         running = [c for c in found if c.state == "running"]
 
         async def reap(c: RunningContainer) -> None:
             with contextlib.suppress(NotFound):
-                await _in_thread(
+                await in_thread(
                     self.client.api.stop, c.container_id, timeout=max(0, math.ceil(grace_s)), name="stop"
                 )
             await self._remove(c.container_id)
@@ -843,9 +786,7 @@ class DockerBackend:
         victims = running if self.keep_failed else found
         await asyncio.gather(*(reap(c) for c in victims), return_exceptions=True)
         with contextlib.suppress(DockerException):
-            await _in_thread(
-                prune_networks, self.client, f"{LABEL_EXECUTOR}={self.executor_id}", name="prune"
-            )
+            await in_thread(prune_networks, self.client, f"{LABEL_EXECUTOR}={self.executor_id}", name="prune")
         return victims
 
 

@@ -39,7 +39,7 @@ from trainyard_executor.backends.base import (
     LineSink,
     Resources,
 )
-from trainyard_executor.backends.docker import HOST_ONLY_ENV, FinishedAttempt
+from trainyard_executor.backends.finished import FinishedAttempt
 from trainyard_executor.backends.kube_manifests import (
     ANNOT_GRACE,
     ANNOT_JOB,
@@ -71,7 +71,9 @@ from trainyard_executor.backends.kube_status import (
     pod_rank,
     pod_stuck,
 )
-from trainyard_executor.backends.local import LineSplitter
+from trainyard_executor.backends.lines import LineSplitter
+from trainyard_executor.backends.threads import in_thread
+from trainyard_executor.jobenv import HOST_ONLY_ENV
 
 log = logging.getLogger("trainyard.executor.kubernetes")
 
@@ -85,28 +87,6 @@ LOG_RETRY_S = 1.0
 LOG_IDLE_S = 600.0  # a follow request silent this long is made again (skipping what came)
 WATCH_RETRY_S = 1.0
 POOL_SIZE = 128  # every running attempt keeps two watches and one log stream per pod open
-
-
-def _in_thread(fn: Callable[..., T], *args: Any, name: str = "kube", **kwargs: Any) -> asyncio.Future[T]:
-    """Run a blocking call in a daemon thread of its own; its result arrives as a future."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if not future.done():
-            future.set_result(value) if ok else future.set_exception(value)
-
-    def run() -> None:
-        try:
-            result: Any = fn(*args, **kwargs)
-            ok = True
-        except BaseException as exc:
-            result, ok = exc, False
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
-            loop.call_soon_threadsafe(settle, ok, result)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
 
 
 def _explain(exc: BaseException) -> str:
@@ -465,7 +445,7 @@ class KubeAttempt:
 
     async def _refresh_pods(self) -> None:
         try:
-            pods = await _in_thread(self.backend.list_pods, self.launch.job_id, self.launch.attempt)
+            pods = await in_thread(self.backend.list_pods, self.launch.job_id, self.launch.attempt)
         except Exception as exc:
             log.debug("could not list pods", extra={"job": self.name, "error": _explain(exc)})
             return
@@ -481,7 +461,7 @@ class KubeAttempt:
         if self._stop_deadline is None:
             self._stop_deadline = time.time() + grace_s + self.backend.deadline_slack_s
         try:
-            gone = await _in_thread(self.backend.delete_attempt, self.name, grace_s, "Foreground")
+            gone = await in_thread(self.backend.delete_attempt, self.name, grace_s, "Foreground")
         except Exception as exc:
             log.warning("could not delete a Job", extra={"job": self.name, "error": _explain(exc)})
             return
@@ -493,7 +473,7 @@ class KubeAttempt:
         """The outcome is recorded: remove the Job (a failed one stays if so configured)."""
         if self._outcome_kind in ("succeeded", "cancelled") or not self.backend.keep_failed:
             with contextlib.suppress(Exception):
-                await _in_thread(self.backend.delete_attempt, self.name, 0.0, "Background")
+                await in_thread(self.backend.delete_attempt, self.name, 0.0, "Background")
 
     async def detach(self) -> None:
         """Stop following; leave the Job running for the next executor to adopt."""
@@ -591,7 +571,7 @@ class KubernetesBackend:
         except (GangSplitError, ValueError) as exc:
             return FinishedAttempt(str(exc), output_dir)
         try:
-            job = await _in_thread(self._create, manifest, name=f"create-{launch.job_id}")
+            job = await in_thread(self._create, manifest, name=f"create-{launch.job_id}")
         except _NotOurs as exc:
             return FinishedAttempt(str(exc), output_dir)
         except Exception as exc:
@@ -689,7 +669,7 @@ class KubernetesBackend:
 
     async def find_attempts(self) -> list[FoundAttempt]:
         found = []
-        for job in await _in_thread(self.list_jobs, name="list-jobs"):
+        for job in await in_thread(self.list_jobs, name="list-jobs"):
             meta = job["metadata"]
             labels = meta.get("labels") or {}
             end = job_end(job)
@@ -705,7 +685,7 @@ class KubernetesBackend:
 
     async def adopt(self, found: FoundAttempt, on_line: LineSink) -> KubeAttempt:
         """Follow the Job of an attempt a previous run of this executor created."""
-        job = self._raw(await _in_thread(self.batch.read_namespaced_job, found.ref, self.options.namespace))
+        job = self._raw(await in_thread(self.batch.read_namespaced_job, found.ref, self.options.namespace))
         annotations = job["metadata"].get("annotations") or {}
         timeout = annotations.get(ANNOT_TIMEOUT)
         output_dir = Path(annotations.get(ANNOT_OUTPUT_DIR) or ".")
@@ -733,7 +713,7 @@ class KubernetesBackend:
     async def discard(self, found: FoundAttempt, grace_s: float) -> None:
         """Delete the Job of an attempt that is no longer current (its pods get the grace)."""
         try:
-            await _in_thread(self.delete_attempt, found.ref, grace_s, "Foreground", name="discard")
+            await in_thread(self.delete_attempt, found.ref, grace_s, "Foreground", name="discard")
         except Exception as exc:
             log.warning("could not delete a stale Job", extra={"job": found.ref, "error": _explain(exc)})
 

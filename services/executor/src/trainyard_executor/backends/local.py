@@ -697,9 +697,6 @@ def _user_of(state: Mapping[str, Any]) -> tuple[int, int] | None:
     return (int(user[0]), int(user[1])) if isinstance(user, list) and len(user) == 2 else None
 
 
-_pump = pump_lines  # the name the container backends import
-
-
 class LocalBackend:
     """Runs each attempt as a local process group under ``root``."""
 
