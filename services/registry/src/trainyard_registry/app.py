@@ -9,9 +9,9 @@ from trainyard_registry.core import RegistryCore
 from trainyard_registry.outputs import OutputLimits
 from trainyard_registry.settings import RegistrySettings
 from trainyard_shared.batches import batch_consumer
+from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_bind
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.runner import build_app
