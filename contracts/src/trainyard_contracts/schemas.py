@@ -16,8 +16,10 @@ from trainyard_contracts.commands import ExecutorCommand
 from trainyard_contracts.events import IntakeReply, JobEvent, LogChunk
 from trainyard_contracts.queues import QueueConfig
 from trainyard_contracts.records import ExecutorHeartbeat, JobRecord, ModelVersionRecord
+from trainyard_contracts.runs import PipelineEvent, PipelineReply, PipelineRun
 from trainyard_contracts.scheduling import CycleDecisions, DryRunAnswer, WhyAnswer
 from trainyard_contracts.spec import JobSpec
+from trainyard_contracts.workflow import ArraySpec, PipelineSpec, ScheduleSpec, TriggerSpec
 
 SCHEMAS: dict[str, Any] = {
     "job-spec": JobSpec,
@@ -32,6 +34,13 @@ SCHEMAS: dict[str, Any] = {
     "scheduler-cycle": CycleDecisions,
     "scheduler-why": WhyAnswer,
     "scheduler-dry-run": DryRunAnswer,
+    "pipeline-spec": PipelineSpec,
+    "array-spec": ArraySpec,
+    "schedule-spec": ScheduleSpec,
+    "trigger-spec": TriggerSpec,
+    "pipeline-run": PipelineRun,
+    "pipeline-event": PipelineEvent,
+    "pipeline-reply": PipelineReply,
 }
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "schemas"

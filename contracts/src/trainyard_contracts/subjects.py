@@ -23,6 +23,7 @@ class StreamNames:
     models: str
     dlq: str
     scheduler: str
+    pipelines: str
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class BucketNames:
     queues: str
     idempotency: str
     models: str
+    pipelines: str
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,17 @@ class Subjects:
     def scheduler_dry_run(self) -> str:
         return f"{self.prefix}.scheduler.dry-run"
 
+    # pipelines (the workflow service): events per run, and requests from the API (request/reply)
+    def pipeline(self, run_id: str, event: str) -> str:
+        return f"{self.prefix}.pipeline.{run_id}.{event}"
+
+    def pipeline_events(self, run_id: str = "*") -> str:
+        return f"{self.prefix}.pipeline.{run_id}.>" if run_id != "*" else f"{self.prefix}.pipeline.>"
+
+    def workflow_request(self, kind: str) -> str:
+        """``run``, ``status``, ``list``, ``cancel``: what the API asks the workflow service."""
+        return f"{self.prefix}.workflow.{kind}"
+
     # dead letters
     def dlq(self, service: str) -> str:
         return f"{self.prefix}.dlq.{service}"
@@ -111,7 +124,13 @@ class Subjects:
             models=f"{base}_MODELS",
             dlq=f"{base}_DLQ",
             scheduler=f"{base}_SCHEDULER",
+            pipelines=f"{base}_PIPELINES",
         )
+
+    @property
+    def workdirs_bucket(self) -> str:
+        """The Object Store bucket of packed job workdirs (content-addressed: sha256 digests)."""
+        return f"{self.prefix.replace('-', '_')}_workdirs"
 
     @property
     def buckets(self) -> BucketNames:
@@ -123,6 +142,7 @@ class Subjects:
             queues=f"{base}_queues",
             idempotency=f"{base}_idempotency",
             models=f"{base}_models",
+            pipelines=f"{base}_pipelines",
         )
 
 

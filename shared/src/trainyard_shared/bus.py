@@ -1,4 +1,4 @@
-"""The streams and KV buckets of one installation, declared in one place."""
+"""The streams, KV buckets and Object Store buckets of one installation, declared in one place."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class Streams:
     models: JStream
     dlq: JStream
     scheduler: JStream
+    pipelines: JStream
 
 
 def streams(subjects: Subjects) -> Streams:
@@ -111,6 +112,16 @@ def stream_configs(
             **common,
         ),
         StreamConfig(
+            name=names.pipelines,
+            subjects=[subjects.pipeline_events()],
+            description="pipeline runs' events (the workflow service)",
+            max_age=limits.jobs_max_age_days * DAY,
+            max_bytes=limits.jobs_max_bytes,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=120.0,
+            **common,
+        ),
+        StreamConfig(
             name=names.dlq,
             subjects=[f"{p}.dlq.>"],
             description="messages a service could not handle, with the reason",
@@ -132,8 +143,45 @@ def bucket_configs(subjects: Subjects, replicas: int = 1) -> list[KeyValueConfig
         KeyValueConfig(bucket=names.queues, history=5, replicas=replicas),
         KeyValueConfig(bucket=names.idempotency, history=1, ttl=7 * DAY, replicas=replicas),
         KeyValueConfig(bucket=names.models, history=1, replicas=replicas),
+        # pipeline runs (the workflow service's records); compare-and-set on every change
+        KeyValueConfig(bucket=names.pipelines, history=5, storage=StorageType.FILE, replicas=replicas),
         KeyValueConfig(bucket=tokens_bucket(subjects), history=1, replicas=replicas),
     ]
+
+
+def object_store_configs(
+    subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+) -> list[StreamConfig]:
+    """Every Object Store bucket, as the stream nats-py's ``create_object_store`` declares
+    (nats/js/client.py), so the provision step can also bring a changed one back to it."""
+    limits = limits or StreamLimits()
+    return [
+        object_store_stream(
+            subjects.workdirs_bucket,
+            "packed job workdirs, named by their sha256 digest (trainyard_shared.blobs)",
+            max_bytes=limits.workdirs_max_bytes,
+            max_age=limits.workdirs_max_age_days * DAY,
+            replicas=replicas,
+        )
+    ]
+
+
+def object_store_stream(
+    bucket: str, description: str, *, max_bytes: int, max_age: float, replicas: int
+) -> StreamConfig:
+    return StreamConfig(
+        name=f"OBJ_{bucket}",
+        description=description,
+        subjects=[f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"],
+        max_age=max_age,
+        max_bytes=max_bytes,
+        max_consumers=-1,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        discard=DiscardPolicy.NEW,
+        allow_rollup_hdrs=True,
+        allow_direct=True,
+    )
 
 
 def kv_stream_config(config: KeyValueConfig) -> StreamConfig:
@@ -168,7 +216,8 @@ def all_stream_configs(
 ) -> list[StreamConfig]:
     """Every stream of the installation, the buckets' streams included."""
     buckets = [kv_stream_config(config) for config in bucket_configs(subjects, replicas)]
-    return [*stream_configs(subjects, replicas, limits), *buckets]
+    objects = object_store_configs(subjects, replicas, limits)
+    return [*stream_configs(subjects, replicas, limits), *buckets, *objects]
 
 
 async def declare(js: JetStreamContext, configs: list[StreamConfig]) -> None:
@@ -188,6 +237,7 @@ class Buckets:
     queues: KeyValue
     idempotency: KeyValue
     models: KeyValue
+    pipelines: KeyValue
 
 
 async def open_buckets(
@@ -208,6 +258,9 @@ async def open_buckets(
 async def ensure_streams(
     broker: NatsBroker, subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
 ) -> None:
-    """Create or update every stream (not the buckets): the operator's step, and tests'."""
+    """Create or update every stream and Object Store bucket (not the KV buckets): the operator's
+    step, and tests'."""
     js = NatsHandle(broker).jetstream
-    await declare(js, stream_configs(subjects, replicas, limits))
+    await declare(
+        js, [*stream_configs(subjects, replicas, limits), *object_store_configs(subjects, replicas)]
+    )

@@ -1,0 +1,3 @@
+from trainyard_client.cli.app import main
+
+main()

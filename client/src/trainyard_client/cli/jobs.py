@@ -1,0 +1,213 @@
+"""Job commands: submit, why, status, logs, cancel, models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from trainyard_client import cli
+from trainyard_client.cli.base import EXIT_INVALID, api_errors, fail, settings, styled
+
+JOB = typer.Argument(metavar="JOB")
+
+
+def _is_local_path(repo: str) -> bool:
+    """A path rather than a URL: no scheme, not scp-like ``[user@]host:path``."""
+    if "://" in repo or repo.startswith("file:"):
+        return False
+    head, colon, _ = repo.partition(":")
+    return not (colon and "/" not in head and len(head) > 1)
+
+
+def resolve_source(data: dict[str, Any], spec_dir: Path) -> bool:
+    """Make a relative local ``source.repo`` absolute against the spec file's folder."""
+    source = data.get("source")
+    if not isinstance(source, dict):
+        return False
+    repo = source.get("repo")
+    if not isinstance(repo, str) or not repo or not _is_local_path(repo):
+        return False
+    path = Path(repo).expanduser()
+    if path.is_absolute() and path == Path(repo):
+        return False
+    source["repo"] = str((spec_dir / path).resolve())
+    return True
+
+
+def _read_spec(file: Path) -> tuple[str, Any, bool]:
+    """The spec's text, its validated form, and whether the text had to change (a relative repo)."""
+    from rich.markup import escape
+
+    from trainyard_client.cli.base import print_field_errors
+    from trainyard_contracts import SpecError, parse_spec_document, validate_spec
+
+    if str(file) == "-":
+        text, spec_dir = sys.stdin.read(), Path.cwd()
+    else:
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            fail(f"[bold red]cannot read {escape(str(file))}[/]: {escape(exc.strerror or str(exc))}", 2)
+        spec_dir = file.resolve().parent
+    try:
+        data = parse_spec_document(text)
+        changed = resolve_source(data, spec_dir)
+        spec = validate_spec(data)
+    except SpecError as exc:
+        print_field_errors(exc.errors, f"invalid job spec: {file}")
+        raise typer.Exit(EXIT_INVALID) from None
+    if changed:
+        import yaml
+
+        text = yaml.safe_dump(data, sort_keys=False)
+    return text, spec, changed
+
+
+def submit(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="job spec, YAML or JSON ('-' reads stdin)")],
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="follow the job to its end (and its model)")
+    ] = False,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="the same key always returns the same job")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the job id")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="ask what the scheduler would decide now; queue nothing")
+    ] = False,
+) -> None:
+    """Validate a job spec locally, submit it, and print its job id."""
+    body, spec, _ = _read_spec(file)
+    conf = settings(ctx)
+    if dry_run:
+        from trainyard_client.cli.render import print_dry_run
+
+        with api_errors(conf.url), conf.client() as client:
+            print_dry_run(client.dry_run(body))
+        return
+    with api_errors(conf.url), conf.client() as client:
+        result = client.submit(body, idempotency_key=idempotency_key)
+        if quiet:
+            cli.out.print(result.job_id)
+        else:
+            note = " (duplicate: the job this key already submitted)" if result.duplicate else ""
+            cli.out.print(f"job [bold]{result.job_id}[/] {styled(result.state)}{note}")
+        if not wait:
+            return
+        from trainyard_client.cli.follow import follow
+
+        try:
+            code = follow(client, result.job_id, spec.outputs.model if spec.outputs else None)
+        except KeyboardInterrupt:
+            cli.err.print(
+                f"stopped waiting; the job keeps going. `trainyard logs -f {result.job_id}` or"
+                f" `trainyard cancel {result.job_id}`"
+            )
+            raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+def why(ctx: typer.Context, job_id: Annotated[str, JOB]) -> None:
+    """Why a job is still pending: the resource, quota or gang constraint, its place in its queue
+    and an estimated start, as the scheduler leader saw it on its last pass."""
+    from rich.markup import escape
+
+    from trainyard_client.cli.formatting import clock
+    from trainyard_client.cli.render import reason_lines
+
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        answer = client.why(job_id)
+    if not answer.found:
+        fail(f"no such job: {escape(job_id)}", 1)
+    cli.out.print(f"job [bold]{escape(job_id)}[/] {styled(answer.state or 'unknown')}")
+    for line in reason_lines(answer.reason):
+        cli.out.print(f"  {line}")
+    if answer.decided_at is not None:
+        cli.out.print(
+            f"  [dim]as of the scheduler's pass at {clock(answer.decided_at)} (leader {answer.leader})[/]"
+        )
+
+
+def status(
+    ctx: typer.Context,
+    job_id: Annotated[str | None, typer.Argument(metavar="[JOB]", help="one job's details")] = None,
+    state: Annotated[str | None, typer.Option("--state", help="only jobs in this state")] = None,
+    queue: Annotated[str | None, typer.Option("--queue", help="only jobs of this queue")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many")] = 50,
+) -> None:
+    """The list of jobs, newest first, or one job's record."""
+    if state is not None:
+        from trainyard_contracts import JobState
+
+        if state not in {s.value for s in JobState}:
+            fail(f"--state must be one of {', '.join(s.value for s in JobState)}", 2)
+    from trainyard_client.cli import render
+
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        if job_id:
+            render.show_record(client.get(job_id))
+            return
+        jobs = client.list(state=state, queue=queue, limit=limit)
+    if not jobs:
+        cli.out.print("no jobs" + (" matching" if state or queue else " yet"))
+        return
+    render.print_jobs(jobs)
+
+
+def logs(
+    ctx: typer.Context,
+    job_id: Annotated[str, JOB],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
+    attempt: Annotated[int | None, typer.Option("--attempt", min=1, help="one attempt only")] = None,
+) -> None:
+    """A job's output (stdout, stderr and Trainyard's own notes)."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        if not follow:
+            sys.stdout.write(client.logs(job_id, attempt=attempt))
+            sys.stdout.flush()
+            return
+        from trainyard_client.cli.follow import print_log
+
+        current = None
+        try:
+            for event in client.follow_logs(job_id, attempt=attempt):
+                if event.event == "log":
+                    current = print_log(event, current)
+                elif event.event == "end":
+                    cli.err.print(f"[dim]job {job_id} ended: {styled(event.state or 'unknown')}[/]")
+                    break
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
+def cancel(ctx: typer.Context, job_id: Annotated[str, JOB]) -> None:
+    """Ask for a job to stop (queued: at once; running: SIGTERM, then SIGKILL after a grace)."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        record = client.cancel(job_id)
+    cli.out.print(f"cancel requested for [bold]{record.job_id}[/] (now {styled(record.state)})")
+
+
+def models(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="one registered model")] = None,
+) -> None:
+    """Registered model versions with their job, git commit and metrics."""
+    from rich.markup import escape
+
+    from trainyard_client.cli.render import print_models
+
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        versions = client.models(name)
+    if not versions:
+        cli.out.print(f"no registered versions of {escape(name)}" if name else "no registered models yet")
+        return
+    print_models(versions)

@@ -1,0 +1,145 @@
+"""Jobs, models and scheduler answers as rich tables and lines on the CLI's console."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from rich.markup import escape
+from rich.table import Table
+
+from trainyard_client import cli
+from trainyard_client.cli.base import styled
+from trainyard_client.cli.formatting import age, clock, metrics_text, short
+from trainyard_client.sdk import JobSummary
+from trainyard_contracts import DryRunAnswer, JobRecord, ModelVersionRecord, WaitReason
+
+
+def reason_lines(reason: WaitReason | None) -> list[str]:
+    if reason is None:
+        return []
+    lines = [f"[bold]{escape(reason.kind)}[/]: {escape(reason.message)}"]
+    if reason.position is not None:
+        of = f" of {reason.queue_length}" if reason.queue_length else ""
+        lines.append(f"position in its queue: {reason.position}{of}")
+    if reason.estimated_start is not None:
+        lines.append(f"estimated start: {clock(reason.estimated_start)} ({age(reason.estimated_start)})")
+    return lines
+
+
+def print_dry_run(answer: DryRunAnswer) -> None:
+    if answer.would_start:
+        cli.out.print(f"would start now on {', '.join(answer.executors)} (nothing was queued)")
+    else:
+        cli.out.print("would wait (nothing was queued)")
+        for line in reason_lines(answer.reason):
+            cli.out.print(f"  {line}")
+
+
+def print_jobs(jobs: list[JobSummary]) -> None:
+    now = datetime.now(UTC)
+    table = Table()
+    table.add_column("job", no_wrap=True, min_width=16)
+    table.add_column("name", overflow="fold")
+    table.add_column("queue", overflow="fold")
+    for column in ("state", "attempt", "age", "exit"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("model", overflow="fold")
+    for job in jobs:
+        table.add_row(
+            job.job_id,
+            escape(job.name),
+            escape(job.queue),
+            styled(job.state),
+            str(job.attempt),
+            age(job.submitted_at, now),
+            "-" if job.exit_code is None else str(job.exit_code),
+            f"{escape(job.model.name)} v{job.model.version}" if job.model else "",
+        )
+    cli.out.print(table)
+
+
+def _record_rows(record: JobRecord) -> list[tuple[str, str]]:
+    spec = record.spec
+    rows: list[tuple[str, str]] = [
+        ("job", record.job_id),
+        ("name", escape(spec.name)),
+        ("state", styled(record.state) + (" (cancel requested)" if record.cancel_requested else "")),
+        ("queue", f"{escape(spec.queue)} (priority {spec.priority})"),
+        ("command", escape(" ".join(spec.argv()))),
+        (
+            "resources",
+            f"cpu {spec.resources.cpu:g}, memory {spec.resources.memory} MiB, "
+            f"gpu {spec.resources.gpu}, replicas {spec.replicas}",
+        ),
+        ("attempt", f"{record.attempt} (retries used {record.retries_used} of {spec.retries.limit})"),
+        ("executor", escape(record.executor_id or "-")),
+        ("submitted", f"{clock(record.submitted_at)} by {escape(record.submitted_by or '-')}"),
+        ("updated", clock(record.updated_at)),
+    ]
+    if spec.source:
+        source = spec.source
+        rows.append(("source", f"{escape(source.repo)} @ {escape(source.ref)} ({short(source.commit)})"))
+    if record.not_before:
+        rows.append(("not before", clock(record.not_before)))
+    if record.exit_code is not None:
+        rows.append(("exit code", str(record.exit_code)))
+    if record.reason:
+        rows.append(("reason", escape(record.reason)))
+    if record.outputs_uri:
+        rows.append(("outputs", escape(record.outputs_uri)))
+    if record.model:
+        model = record.model
+        rows.append(
+            (
+                "model",
+                f"{escape(model.name)} version {model.version}, commit "
+                f"{short(model.git_commit)}, run {model.run_id or '-'}",
+            )
+        )
+        rows.append(("metrics", escape(metrics_text(model.metrics))))
+    elif spec.outputs and spec.outputs.model:
+        rows.append(("model", f"{escape(spec.outputs.model)} (not registered yet)"))
+    return rows
+
+
+def show_record(record: JobRecord) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for key, value in _record_rows(record):
+        grid.add_row(key, value)
+    cli.out.print(grid)
+    if not record.attempts:
+        return
+    table = Table(title="attempts", title_justify="left")
+    for column in ("attempt", "executor", "scheduled", "started", "ended", "state", "exit"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    for info in record.attempts:
+        table.add_row(
+            str(info.number),
+            escape(info.executor_id or "-"),
+            clock(info.scheduled_at, compact=True),
+            clock(info.started_at, compact=True),
+            clock(info.ended_at, compact=True),
+            styled(info.state) if info.state else "-",
+            "-" if info.exit_code is None else str(info.exit_code),
+            escape(info.reason or ""),
+        )
+    cli.out.print(table)
+
+
+def print_models(versions: list[ModelVersionRecord]) -> None:
+    table = Table()
+    for column in ("name", "version", "job", "git commit"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("metrics", overflow="fold")
+    for version in versions:
+        table.add_row(
+            escape(version.name),
+            str(version.version),
+            version.job_id,
+            short(version.git_commit),
+            escape(metrics_text(version.metrics, "\n")),
+        )
+    cli.out.print(table)

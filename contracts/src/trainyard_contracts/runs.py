@@ -1,0 +1,163 @@
+"""A pipeline run: its record (the workflow service's KV value) and its events.
+
+Events live under ``<prefix>.pipeline.<run_id>.<event>``: one run is watched with
+``<prefix>.pipeline.<run_id>.>``, one kind across runs with ``<prefix>.pipeline.*.<event>``.
+Each is published with a deterministic ``Nats-Msg-Id`` (:meth:`PipelineEnvelope.msg_id`), so a
+service that restarts between its state change and the event never doubles it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from trainyard_contracts._time import utcnow
+from trainyard_contracts.spec import FieldError
+from trainyard_contracts.workflow import RUN_ID_PATTERN, PipelineSpec
+
+RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
+
+
+class StepState(StrEnum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"
+    cancelled = "cancelled"
+
+
+TERMINAL_STEP_STATES = frozenset(
+    {StepState.succeeded, StepState.failed, StepState.skipped, StepState.cancelled}
+)
+
+
+class RunState(StrEnum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class ChildJob(BaseModel):
+    """One job of a step (an array has one per index): submitted under ``key``, known as
+    ``job_id`` once the intake answered, ``outcome`` once it ended."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str = Field(description="the idempotency key it was submitted with (run, step, index, attempt)")
+    job_id: str | None = None
+    outcome: Literal["succeeded", "failed", "cancelled", "timed_out", "rejected"] | None = None
+
+
+class StepRun(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    state: StepState = StepState.pending
+    attempt: int = Field(1, ge=1, description="the step's attempt within the run (a retry adds one)")
+    jobs: dict[int, ChildJob] = Field(default_factory=dict, description="array index (0 alone) -> job")
+    reason: str | None = None
+
+
+class PipelineRun(BaseModel):
+    """The run record: a compare-and-set on its KV revision for every change."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: RunId
+    spec: PipelineSpec
+    state: RunState = RunState.running
+    steps: dict[str, StepRun]
+    cancel_requested: bool = False
+    submitted_by: str | None = None
+    created: datetime = Field(default_factory=utcnow)
+    ended: datetime | None = None
+
+    @classmethod
+    def start(cls, run_id: str, spec: PipelineSpec, submitted_by: str | None = None) -> PipelineRun:
+        return cls(
+            run_id=run_id,
+            spec=spec,
+            steps={step.name: StepRun() for step in spec.steps},
+            submitted_by=submitted_by,
+        )
+
+
+class PipelineEnvelope(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    run_id: RunId
+    time: datetime = Field(default_factory=utcnow)
+
+    def msg_id(self) -> str:
+        return f"pipeline:{self.run_id}:{self._identity()}"
+
+    def _identity(self) -> str:
+        return str(self.type)  # type: ignore[attr-defined]
+
+
+class PipelineStarted(PipelineEnvelope):
+    type: Literal["started"] = "started"
+    pipeline: str
+    steps: list[str]
+    submitted_by: str | None = None
+
+
+class StepSubmitted(PipelineEnvelope):
+    type: Literal["step_submitted"] = "step_submitted"
+    step: str
+    index: int
+    attempt: int
+    job_id: str
+
+    def _identity(self) -> str:
+        return f"{self.type}:{self.step}:{self.index}:{self.attempt}"
+
+
+class StepEnded(PipelineEnvelope):
+    type: Literal["step_ended"] = "step_ended"
+    step: str
+    attempt: int
+    state: StepState
+    reason: str | None = None
+
+    def _identity(self) -> str:
+        return f"{self.type}:{self.step}:{self.attempt}"
+
+
+class PipelineFinished(PipelineEnvelope):
+    type: Literal["finished"] = "finished"
+    state: RunState
+
+
+class PipelineCancelRequested(PipelineEnvelope):
+    type: Literal["cancel_requested"] = "cancel_requested"
+    by: str | None = None
+
+
+PipelineEvent = Annotated[
+    PipelineStarted | StepSubmitted | StepEnded | PipelineFinished | PipelineCancelRequested,
+    Field(discriminator="type"),
+]
+PIPELINE_EVENT_ADAPTER: TypeAdapter[PipelineEvent] = TypeAdapter(PipelineEvent)
+
+
+def parse_pipeline_event(data: bytes | str) -> PipelineEvent:
+    return PIPELINE_EVENT_ADAPTER.validate_json(data)
+
+
+class PipelineReply(BaseModel):
+    """The workflow service's answer to a request (run, status, cancel): the run or field errors."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    run: PipelineRun | None = None
+    runs: list[PipelineRun] = Field(default_factory=list, max_length=1000)
+    errors: list[FieldError] = Field(default_factory=list)
+    status: int = Field(200, description="the HTTP status the API answers with")

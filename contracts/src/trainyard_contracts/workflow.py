@@ -1,0 +1,340 @@
+"""Workflow objects: pipelines (DAGs of job steps), job arrays, schedules and triggers.
+
+Validated strictly, as the job spec is: an unknown field is an error, and each error names the field
+(``steps.1.depends.train``) and what was expected. A pipeline document is read by
+:func:`parse_pipeline`, which substitutes ``${{ params.NAME }}`` before validating, so a parameter
+may stand for a number or a list as well as for part of a string.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from trainyard_contracts.arrays import ArraySyntaxError, parse_array
+from trainyard_contracts.spec import (
+    NAME_PATTERN,
+    FieldError,
+    JobSpec,
+    Name,
+    ParamValue,
+    SpecError,
+    field_errors,
+    parse_spec_document,
+)
+
+STEP_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+RUN_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{5,63}$"
+MAX_STEPS = 500
+MAX_PARAMS = 256
+MAX_SUBJECT_CHARS = 256
+
+StepName = Annotated[str, StringConstraints(pattern=STEP_PATTERN)]
+ParamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
+def _array_syntax(value: str) -> str:
+    try:
+        parse_array(value)
+    except ArraySyntaxError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+ArraySyntax = Annotated[str, AfterValidator(_array_syntax)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Condition(StrEnum):
+    """What a dependency must have ended as (Slurm's afterok / afternotok / afterany)."""
+
+    succeeded = "succeeded"
+    failed = "failed"
+    finished = "finished"
+
+
+class StepSpec(_Strict):
+    """One step: a job, or with ``array`` one job per index (``TRAINYARD_ARRAY_INDEX``)."""
+
+    name: StepName
+    job: JobSpec = Field(description="the step's job spec (the CLI reads `file:` into it)")
+    depends: list[StepName] | dict[StepName, Condition] = Field(
+        default_factory=list,
+        description="a list: every named step succeeded; a mapping: per step succeeded, failed or "
+        "finished (ended in any way but a cancel)",
+    )
+    array: ArraySyntax | None = Field(None, description='Slurm array syntax, e.g. "0-99%8"')
+    cache: bool = Field(False, description="reuse an earlier successful run of the same spec and inputs")
+
+    @field_validator("depends", mode="before")
+    @classmethod
+    def _depends_shape(cls, value: object) -> object:
+        # one clear message instead of one per member of the union
+        if isinstance(value, dict):
+            allowed = [c.value for c in Condition]
+            for dep, condition in value.items():
+                if condition not in allowed:
+                    raise ValueError(f"{dep}: expected one of {', '.join(allowed)} (got {condition!r})")
+        elif not isinstance(value, list):
+            raise ValueError(
+                "expected a list of step names, or a mapping of step name: succeeded|failed|finished"
+            )
+        return value
+
+    def conditions(self) -> dict[str, Condition]:
+        """``depends`` as a mapping: a plain list means every step succeeded."""
+        if isinstance(self.depends, dict):
+            return dict(self.depends)
+        return dict.fromkeys(self.depends, Condition.succeeded)
+
+
+class PipelineSpec(_Strict):
+    name: Name
+    params: dict[ParamName, ParamValue] = Field(
+        default_factory=dict, max_length=MAX_PARAMS, description="defaults; `-p key=value` overrides"
+    )
+    steps: list[StepSpec] = Field(min_length=1, max_length=MAX_STEPS)
+
+    @model_validator(mode="after")
+    def _a_dag(self) -> PipelineSpec:
+        names = [step.name for step in self.steps]
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                raise _field(f"steps.{i}.name", f"step {name!r} is named twice")
+            seen.add(name)
+        for i, step in enumerate(self.steps):
+            for dep in step.conditions():
+                if dep == step.name:
+                    raise _field(f"steps.{i}.depends", "a step cannot depend on itself")
+                if dep not in seen:
+                    raise _field(f"steps.{i}.depends", f"names {dep!r}, which is not a step of this pipeline")
+        cycle = find_cycle({step.name: list(step.conditions()) for step in self.steps})
+        if cycle:
+            raise _field("steps", "the dependencies form a cycle: " + " -> ".join(cycle))
+        return self
+
+    def step(self, name: str) -> StepSpec:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+
+class _FieldProblem(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def _field(field: str, message: str) -> _FieldProblem:
+    return _FieldProblem(field, message)
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str]:
+    """A cycle of ``graph`` (step -> the steps it depends on) as a closed path, or [] if none."""
+    done: set[str] = set()
+    for start in graph:
+        if start in done:
+            continue
+        path: list[str] = []
+        on_path: set[str] = set()
+        stack: list[tuple[str, int]] = [(start, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                path.append(node)
+                on_path.add(node)
+            deps = graph.get(node, [])
+            if i < len(deps):
+                stack.append((node, i + 1))
+                nxt = deps[i]
+                if nxt in on_path:
+                    return [*path[path.index(nxt) :], nxt]
+                if nxt not in done:
+                    stack.append((nxt, 0))
+                continue
+            path.pop()
+            on_path.discard(node)
+            done.add(node)
+    return []
+
+
+class ArraySpec(_Strict):
+    """A job array on its own: one array object, one child job per index."""
+
+    array: ArraySyntax
+    job: JobSpec
+
+
+class ConcurrencyPolicy(StrEnum):
+    allow = "allow"
+    forbid = "forbid"
+    replace = "replace"
+
+
+class ScheduleSpec(_Strict):
+    """A cron schedule (5 fields) in a time zone, starting a pipeline on each tick."""
+
+    name: Name
+    cron: Annotated[str, StringConstraints(max_length=128)]
+    timezone: str = "UTC"
+    concurrency: ConcurrencyPolicy = ConcurrencyPolicy.allow
+    starting_deadline_seconds: int | None = Field(None, ge=1, le=7 * 86400)
+    suspended: bool = False
+    pipeline: PipelineSpec
+    params: dict[ParamName, ParamValue] = Field(default_factory=dict, max_length=MAX_PARAMS)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(
+                'expected 5 cron fields: minute hour day-of-month month day-of-week ("0 3 * * *")'
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Paris)") from None
+        return value
+
+
+class TriggerSpec(_Strict):
+    """A rule on bus subjects: a matching event starts the pipeline, once per dedupe key."""
+
+    name: Name
+    subject: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_*>$-]+(\.[A-Za-z0-9_*>$-]+)*$")] = Field(
+        max_length=MAX_SUBJECT_CHARS
+    )
+    filter: str | None = Field(None, max_length=1024, description="a JMESPath expression on the event")
+    params: dict[ParamName, Annotated[str, StringConstraints(max_length=1024)]] = Field(
+        default_factory=dict, description="parameter -> JMESPath expression on the event"
+    )
+    dedupe_key: str | None = Field(None, max_length=1024, description="JMESPath; one run per value")
+    debounce_seconds: float = Field(0, ge=0, le=86400)
+    pipeline: PipelineSpec
+
+
+_PARAM_REF = re.compile(r"\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def substitute(document: Any, params: dict[str, ParamValue], where: str = "") -> Any:
+    """``${{ params.NAME }}`` replaced in every string of ``document``. A string that is exactly one
+    reference takes the parameter's own type (a number stays a number). An unknown name raises
+    SpecError naming the field it is in."""
+    if isinstance(document, dict):
+        return {key: substitute(value, params, _join(where, key)) for key, value in document.items()}
+    if isinstance(document, list):
+        return [substitute(value, params, _join(where, i)) for i, value in enumerate(document)]
+    if not isinstance(document, str) or "${{" not in document:
+        return document
+    whole = _PARAM_REF.fullmatch(document.strip())
+    if whole:
+        return _param(params, whole.group(1), where)
+    return _PARAM_REF.sub(lambda m: str(_param(params, m.group(1), where)), document)
+
+
+def _join(where: str, key: object) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _param(params: dict[str, ParamValue], name: str, where: str) -> ParamValue:
+    if name not in params:
+        known = ", ".join(sorted(params)) or "none"
+        raise SpecError([FieldError(field=where, message=f"unknown parameter {name!r} (known: {known})")])
+    return params[name]
+
+
+def validate_pipeline(data: Any, params: dict[str, ParamValue] | None = None) -> PipelineSpec:
+    """A pipeline mapping with its parameters substituted (``params`` over the document's own
+    defaults), validated; SpecError names every bad field."""
+    if not isinstance(data, dict):
+        raise SpecError([FieldError(field="(document)", message="expected a mapping of pipeline fields")])
+    defaults = data.get("params") or {}
+    if not isinstance(defaults, dict):
+        raise SpecError([FieldError(field="params", message="expected a mapping of name: value")])
+    values = {**defaults, **(params or {})}
+    body = {key: value for key, value in data.items() if key != "params"}
+    resolved = {**substitute(body, values), **({"params": values} if values else {})}
+    try:
+        return PipelineSpec.model_validate(resolved)
+    except ValidationError as exc:
+        raise SpecError(_pipeline_errors(exc)) from exc
+
+
+def _pipeline_errors(exc: ValidationError) -> list[FieldError]:
+    """pydantic's errors; a DAG problem names its own field instead of the whole document."""
+    out = []
+    for error, raw in zip(field_errors(exc), exc.errors(include_url=False), strict=False):
+        problem = (raw.get("ctx") or {}).get("error")
+        if isinstance(problem, _FieldProblem):
+            out.append(FieldError(field=problem.field, message=problem.message))
+        else:
+            out.append(error)
+    return out
+
+
+def parse_pipeline(text: str | bytes, params: dict[str, ParamValue] | None = None) -> PipelineSpec:
+    """A YAML or JSON pipeline document; raises SpecError naming each bad field."""
+    return validate_pipeline(parse_spec_document(text), params)
+
+
+def parse_param_assignments(items: list[str]) -> dict[str, ParamValue]:
+    """``-p key=value`` arguments; a value that reads as a number or true/false takes that type."""
+    out: dict[str, ParamValue] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", key):
+            raise SpecError([FieldError(field="-p", message=f"expected key=value, got {item!r}")])
+        out[key] = _typed(value)
+    return out
+
+
+def _typed(value: str) -> ParamValue:
+    if value in ("true", "false"):
+        return value == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+__all__ = [
+    "NAME_PATTERN",
+    "RUN_ID_PATTERN",
+    "ArraySpec",
+    "ConcurrencyPolicy",
+    "Condition",
+    "PipelineSpec",
+    "ScheduleSpec",
+    "StepName",
+    "StepSpec",
+    "TriggerSpec",
+    "parse_param_assignments",
+    "parse_pipeline",
+    "substitute",
+    "validate_pipeline",
+]

@@ -1,0 +1,301 @@
+"""The pure core of a pipeline run: decide what happens next, evolve the record with it. No I/O.
+
+``decide(run)`` looks at a run record and says what is due now: submit the next jobs (every index
+of a step whose dependencies are met, up to an array's ``%N`` limit), end a step whose jobs have all
+ended, skip a step whose dependencies can no longer be met, end the run when every step has ended.
+``evolve(run, decision)`` returns the record with the decision applied; ``advance`` folds the two
+until nothing more is due (a skip can make its dependents unmeetable in the same pass).
+
+A submission is recorded before it is sent, under an idempotency key derived from the run, the step,
+the array index and the step's attempt (:func:`idempotency_key`): the service sends every recorded
+submission the intake has not answered yet, again after a restart, and the intake answers a repeated
+key with the job it already made. So a restart never submits a step twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from trainyard_contracts import JobSpec
+from trainyard_contracts.arrays import parse_array
+from trainyard_contracts.runs import (
+    TERMINAL_STEP_STATES,
+    ChildJob,
+    PipelineRun,
+    RunState,
+    StepRun,
+    StepState,
+)
+from trainyard_contracts.workflow import Condition, StepSpec
+
+RUN_LABEL = "trainyard.dev/pipeline-run"
+STEP_LABEL = "trainyard.dev/pipeline-step"
+INDEX_LABEL = "trainyard.dev/array-index"
+ATTEMPT_LABEL = "trainyard.dev/step-attempt"
+
+
+@dataclass(frozen=True)
+class Submit:
+    step: str
+    index: int
+    key: str
+
+
+@dataclass(frozen=True)
+class EndStep:
+    step: str
+    state: StepState
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class EndRun:
+    state: RunState
+
+
+@dataclass(frozen=True)
+class JobKnown:
+    """The intake answered a submission with its job id."""
+
+    step: str
+    index: int
+    key: str
+    job_id: str
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    step: str
+    index: int
+    job_id: str
+    outcome: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    by: str | None = None
+
+
+Decision = Submit | EndStep | EndRun
+Fact = Decision | JobKnown | JobEnded | Cancel
+
+
+def idempotency_key(run_id: str, step: str, index: int, attempt: int) -> str:
+    return f"workflow:{run_id}:{step}:{index}:{attempt}"
+
+
+def indices_of(step: StepSpec) -> tuple[int, ...]:
+    return parse_array(step.array).indices if step.array else (0,)
+
+
+def _max_running(step: StepSpec) -> int | None:
+    return parse_array(step.array).max_running if step.array else None
+
+
+def dependency_verdict(condition: Condition, state: StepState) -> bool | None:
+    """True: met; False: can no longer be met; None: not yet known (the dependency has not ended).
+    ``finished`` is met by any end but a cancel (Slurm's afterany): a skipped step has finished."""
+    if state not in TERMINAL_STEP_STATES:
+        return None
+    if state == StepState.cancelled:
+        return False
+    if condition == Condition.finished:
+        return True
+    return str(state) == str(condition)
+
+
+def decide(run: PipelineRun) -> list[Decision]:
+    """What is due now on ``run``, in a stable order (the spec's step order)."""
+    if run.state != RunState.running:
+        return []
+    if run.cancel_requested:
+        return _cancel_decisions(run)
+    decisions: list[Decision] = []
+    for spec in run.spec.steps:
+        decisions += _step_decisions(run, spec)
+    if not decisions and all(s.state in TERMINAL_STEP_STATES for s in run.steps.values()):
+        decisions.append(EndRun(_run_outcome(run)))
+    return decisions
+
+
+def _cancel_decisions(run: PipelineRun) -> list[Decision]:
+    out: list[Decision] = [
+        EndStep(name, StepState.cancelled, "the run was cancelled")
+        for name, step in run.steps.items()
+        if step.state not in TERMINAL_STEP_STATES
+    ]
+    return [*out, EndRun(RunState.cancelled)]
+
+
+def _step_decisions(run: PipelineRun, spec: StepSpec) -> list[Decision]:
+    step = run.steps[spec.name]
+    if step.state in TERMINAL_STEP_STATES:
+        return []
+    verdicts = [dependency_verdict(c, run.steps[d].state) for d, c in spec.conditions().items()]
+    if False in verdicts:
+        unmet = [
+            f"{d} ({run.steps[d].state.value}, needed {c.value})"
+            for d, c in spec.conditions().items()
+            if dependency_verdict(c, run.steps[d].state) is False
+        ]
+        return [
+            EndStep(spec.name, StepState.skipped, "dependencies can no longer be met: " + ", ".join(unmet))
+        ]
+    if None in verdicts:
+        return []
+    indices = indices_of(spec)
+    if len(step.jobs) == len(indices) and all(job.outcome for job in step.jobs.values()):
+        failed = sorted(i for i, job in step.jobs.items() if job.outcome != "succeeded")
+        if failed:
+            return [EndStep(spec.name, StepState.failed, _failure_reason(step, failed))]
+        return [EndStep(spec.name, StepState.succeeded)]
+    return [
+        Submit(spec.name, index, idempotency_key(run.run_id, spec.name, index, step.attempt))
+        for index in _next_indices(step, indices, _max_running(spec))
+    ]
+
+
+def _failure_reason(step: StepRun, failed: list[int]) -> str:
+    first = step.jobs[failed[0]]
+    shown = ", ".join(str(i) for i in failed[:10]) + (" ..." if len(failed) > 10 else "")
+    return f"{len(failed)} job(s) did not succeed (index {shown}; job {first.job_id} {first.outcome})"
+
+
+def _next_indices(step: StepRun, indices: tuple[int, ...], limit: int | None) -> Iterable[int]:
+    in_flight = sum(1 for job in step.jobs.values() if job.outcome is None)
+    room = len(indices) if limit is None else max(0, limit - in_flight)
+    if room == 0:
+        return []
+    waiting = (i for i in indices if i not in step.jobs)
+    out = []
+    for index in waiting:
+        if len(out) >= room:
+            break
+        out.append(index)
+    return out
+
+
+def _run_outcome(run: PipelineRun) -> RunState:
+    """Failed when a step failed that no other step was waiting on to fail (a handled failure, as
+    Argo's ``depends: task.Failed``, does not fail the run)."""
+    handled = {
+        dep
+        for spec in run.spec.steps
+        for dep, condition in spec.conditions().items()
+        if condition in (Condition.failed, Condition.finished)
+    }
+    unhandled = [n for n, s in run.steps.items() if s.state == StepState.failed and n not in handled]
+    return RunState.failed if unhandled else RunState.succeeded
+
+
+def evolve(run: PipelineRun, fact: Fact, now: datetime | None = None) -> PipelineRun:
+    """``run`` with ``fact`` applied; a fact that no longer applies (already applied, stale job
+    id, ended step) leaves it as it was, so every handler is idempotent."""
+    if isinstance(fact, Cancel):
+        if run.state != RunState.running or run.cancel_requested:
+            return run
+        return run.model_copy(update={"cancel_requested": True})
+    if isinstance(fact, EndRun):
+        if run.state != RunState.running:
+            return run
+        return run.model_copy(update={"state": fact.state, "ended": now})
+    step = run.steps.get(fact.step)
+    if step is None or step.state in TERMINAL_STEP_STATES:
+        return run
+    changed = _evolve_step(step, fact)
+    if changed is step:
+        return run
+    return run.model_copy(update={"steps": {**run.steps, fact.step: changed}})
+
+
+def _evolve_step(step: StepRun, fact: Submit | EndStep | JobKnown | JobEnded) -> StepRun:
+    if isinstance(fact, EndStep):
+        return step.model_copy(update={"state": fact.state, "reason": fact.reason})
+    job = step.jobs.get(fact.index)
+    if isinstance(fact, Submit):
+        if job is not None:
+            return step
+        jobs = {**step.jobs, fact.index: ChildJob(key=fact.key)}
+        return step.model_copy(update={"jobs": jobs, "state": StepState.running})
+    if isinstance(fact, JobKnown):
+        if job is None or job.key != fact.key or job.job_id is not None:
+            return step
+        return step.model_copy(
+            update={"jobs": {**step.jobs, fact.index: job.model_copy(update={"job_id": fact.job_id})}}
+        )
+    # JobEnded: only the job this step submitted, once
+    if job is None or job.job_id != fact.job_id or job.outcome is not None:
+        return step
+    ended = job.model_copy(update={"outcome": fact.outcome})
+    return step.model_copy(update={"jobs": {**step.jobs, fact.index: ended}})
+
+
+def advance(
+    run: PipelineRun, now: datetime | None = None, limit: int = 10_000
+) -> tuple[PipelineRun, list[Decision]]:
+    """Decide and evolve until nothing more is due; returns the record and every decision taken."""
+    taken: list[Decision] = []
+    for _ in range(limit):
+        decisions = decide(run)
+        if not decisions:
+            return run, taken
+        for decision in decisions:
+            run = evolve(run, decision, now)
+        taken += decisions
+    raise RuntimeError("a run did not settle: a bug in decide/evolve")
+
+
+def unanswered(run: PipelineRun) -> list[Submit]:
+    """Submissions recorded but not yet answered with a job id: sent (again) by the service."""
+    if run.state != RunState.running or run.cancel_requested:
+        return []
+    return [
+        Submit(name, index, job.key)
+        for name, step in run.steps.items()
+        if step.state == StepState.running
+        for index, job in step.jobs.items()
+        if job.job_id is None
+    ]
+
+
+def jobs_to_cancel(run: PipelineRun) -> list[str]:
+    """Job ids of a cancelled run's jobs that have not ended."""
+    return [
+        job.job_id
+        for step in run.steps.values()
+        for job in step.jobs.values()
+        if job.job_id is not None and job.outcome is None
+    ]
+
+
+def job_spec_for(run: PipelineRun, step: str, index: int) -> JobSpec:
+    """The job to submit for ``step`` (index ``index`` of an array): the step's spec, labelled with
+    its run, step, index and attempt, so a job record says which run it belongs to."""
+    spec = run.spec.step(step)
+    labels = {
+        **spec.job.labels,
+        RUN_LABEL: run.run_id,
+        STEP_LABEL: step,
+        ATTEMPT_LABEL: str(run.steps[step].attempt),
+    }
+    if spec.array:
+        labels[INDEX_LABEL] = str(index)
+    return spec.job.model_copy(update={"labels": labels})
+
+
+@dataclass(frozen=True)
+class StepRef:
+    run_id: str
+    step: str
+    index: int
+
+
+def step_of(labels: dict[str, str]) -> StepRef | None:
+    """Which run and step a job belongs to, from its labels; None for a job of no pipeline."""
+    run_id, step = labels.get(RUN_LABEL), labels.get(STEP_LABEL)
+    if not run_id or not step:
+        return None
+    index = labels.get(INDEX_LABEL, "0")
+    return StepRef(run_id, step, int(index)) if index.isdigit() else None
