@@ -56,7 +56,7 @@ from trainyard_executor.gang import (
 )
 from trainyard_executor.jobenv import job_env, plan_gang
 from trainyard_executor.logship import LogShipper
-from trainyard_executor.outcomes import conclude, event_for, owns
+from trainyard_executor.outcomes import conclude, event_for, not_started_here, owns
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
@@ -697,6 +697,11 @@ class ExecutorCore:
                 member = member_of(record, self.me, record.attempt) if record.gang is not None else None
                 if member is not None and member.state is not None:
                     continue  # its ranks ended and are recorded; the other members decide the rest
+                if not_started_here(record, member):
+                    # placed here, but never started (a start makes the record running before it
+                    # spawns): its start command is still to come (unacked, or placed after this
+                    # process's first beat; the scheduler resends it too), so it is not lost
+                    continue
                 await self._requeue(record, "executor restarted; the attempt's process is gone")
                 count += 1
             return count
