@@ -240,7 +240,7 @@ def test_every_listing_speaks_json_yaml_and_name_and_pipes_as_plain_columns(tmp_
     assert invoke(fake_api.url, "status", "-o", "name", token=fake_api.token).stdout == f"{job_id}\n"
 
     table = invoke(fake_api.url, "status", token=fake_api.token).stdout.splitlines()
-    assert table[0].split() == ["JOB", "NAME", "QUEUE", "STATE", "ATTEMPT", "AGE", "EXIT", "MODEL"]
+    assert table[0].split() == ["JOB", "NAME", "QUEUE", "STATE", "ATTEMPT", "AGE", "EXIT", "MODEL", "REASON"]
     assert len(table) == 2 and len(table[1]) > 80 and long_name in table[1]
     assert table[1].split()[3] == "succeeded"
     wide = invoke(fake_api.url, "status", "-o", "wide", token=fake_api.token).stdout.splitlines()

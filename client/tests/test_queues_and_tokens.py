@@ -153,3 +153,32 @@ def test_queues_and_tokens_list_as_the_api_records(live_api):
     assert cli(live_api, ADMIN, "tokens", "create", "--team", "vision").exit_code == 0
     tokens = json.loads(cli(live_api, ADMIN, "tokens", "list", "-o", "json").stdout)
     assert "vision" in {t["team"] for t in tokens} and all(t.get("token") is None for t in tokens)
+
+
+def test_status_filters_by_label_name_and_state_on_the_server(live_api):
+    with TrainyardClient(live_api, ADMIN) as admin:
+        ids = {
+            (name, sweep): admin.submit(
+                {"name": name, "command": ["true"], "labels": {"sweep": sweep, "owner": "ana"}}
+            ).job_id
+            for name, sweep in (("a", "lr"), ("b", "lr"), ("c", "bs"))
+        }
+
+    def listed(*args: str) -> set[str]:
+        result = cli(live_api, ADMIN, "status", "-o", "json", *args)
+        assert result.exit_code == 0, result.output
+        return {row["job_id"] for row in json.loads(result.stdout)}
+
+    assert listed("-l", "sweep=lr") == {ids["a", "lr"], ids["b", "lr"]}
+    assert listed("-l", "sweep=lr,owner=ana", "--name", "b") == {ids["b", "lr"]}
+    assert listed("-l", "sweep=lr", "-l", "owner=bob") == set()
+    assert len(listed()) == 3
+    (row,) = json.loads(cli(live_api, ADMIN, "status", "-o", "json", "-l", "sweep=bs").stdout)
+    assert row["labels"] == {"sweep": "bs", "owner": "ana"}
+    assert listed("--state", row["state"], "-l", "sweep=bs") == {ids["c", "bs"]}
+    assert listed("--state", "succeeded") == set()
+    bad = cli(live_api, ADMIN, "status", "-l", "sweep")
+    assert bad.exit_code == 2 and "key=value" in bad.output
+    with TrainyardClient(live_api, ADMIN) as admin, pytest.raises(TrainyardError) as refused:
+        admin._request("GET", "/v1/jobs", params={"label": "nokey"})
+    assert refused.value.status == 422 and "key=value" in refused.value.detail

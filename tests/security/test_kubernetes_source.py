@@ -29,7 +29,7 @@ import pytest
 from kubernetes import client as k8s
 
 from trainyard_executor.backends.base import AttemptLaunch, Resources
-from trainyard_executor.backends.docker import HOST_ONLY_ENV
+from trainyard_executor.backends.kube_attempt import KubeAttempt
 from trainyard_executor.backends.kube_manifests import KubeOptions, companion_metadata, job_manifest
 from trainyard_executor.backends.kube_source import (
     SECRET_KEY,
@@ -37,7 +37,8 @@ from trainyard_executor.backends.kube_source import (
     kube_git_fetch,
     source_secret,
 )
-from trainyard_executor.backends.kubernetes import KubeAttempt, KubernetesBackend
+from trainyard_executor.backends.kubernetes import KubernetesBackend
+from trainyard_executor.jobenv import HOST_ONLY_ENV
 from trainyard_shared.gitpolicy import GitPolicy, RepoRefused
 
 pytestmark = [pytest.mark.security, pytest.mark.kubernetes]

@@ -29,8 +29,8 @@ from trainyard_executor.backends.noop import NoopBackend
 from trainyard_executor.core import ExecutorCore, _requeued_here
 from trainyard_executor.outcomes import conclude, event_for
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import make_broker
-from trainyard_shared.consumers import connect_and_bind
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore

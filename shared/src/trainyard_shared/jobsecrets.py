@@ -5,6 +5,7 @@ See ``trainyard_contracts.jobsecrets`` for why the values are not in the job rec
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from nats.js.errors import KeyNotFoundError, NotFoundError
@@ -82,3 +83,18 @@ def just_ended_with_secrets(before: JobRecord | None, after: JobRecord) -> bool:
     """``after`` is the write that ended a job whose secrets are stored: time to remove them.
     (A record first seen already ended, when a view starts, is left to the bucket's TTL.)"""
     return after.secrets_stored and after.state.terminal and before is not None and not before.state.terminal
+
+
+class ForgetWhenEnded:
+    """A job view listener (``JobView.on_change``): removes a job's secrets in the background
+    once its record ends. Every replica may do it: a purge is idempotent."""
+
+    def __init__(self, secrets: SecretStore) -> None:
+        self.secrets = secrets
+        self.pending: set[asyncio.Task[bool]] = set()
+
+    def __call__(self, before: JobRecord | None, after: JobRecord) -> None:
+        if just_ended_with_secrets(before, after):
+            task = asyncio.get_running_loop().create_task(self.secrets.discard(after.job_id))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from trainyard_client.cli import admin, jobs, simulate, stack
+from trainyard_client.cli import admin, jobs, listing, simulate, stack
 from trainyard_client.cli.base import Settings
 
 GLOBAL_OPTIONS = ("--url", "--token")
@@ -43,6 +43,7 @@ class TrainyardGroup(TyperGroup):
 
 app = typer.Typer(
     cls=TrainyardGroup,
+    rich_markup_mode=None,  # plain help: rich's help formatter alone costs more than the 150 ms budget
     name="trainyard",
     help="Trainyard: submit and follow training jobs, see registered models, run the embedded stack.",
     no_args_is_help=True,
@@ -68,7 +69,16 @@ def main_options(
     ctx.obj = Settings(url or default_url(), token)
 
 
-for command in (jobs.submit, jobs.why, jobs.status, jobs.logs, jobs.cancel, jobs.purge, jobs.models):
+for command in (
+    jobs.submit,
+    jobs.why,
+    listing.status,
+    listing.wait,
+    jobs.logs,
+    jobs.cancel,
+    jobs.purge,
+    jobs.models,
+):
     app.command()(command)
 app.add_typer(admin.dlq, name="dlq")
 app.add_typer(admin.queues, name="queues")

@@ -142,31 +142,6 @@ def why(ctx: typer.Context, job_id: Annotated[str, JOB], output: OutputOption = 
         )
 
 
-def status(
-    ctx: typer.Context,
-    job_id: Annotated[str | None, typer.Argument(metavar="[JOB]", help="one job's details")] = None,
-    state: Annotated[str | None, typer.Option("--state", help="only jobs in this state")] = None,
-    queue: Annotated[str | None, typer.Option("--queue", help="only jobs of this queue")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many")] = 50,
-    output: OutputOption = Output.TABLE,
-) -> None:
-    """The list of jobs, newest first, or one job's record."""
-    if state is not None:
-        from trainyard_contracts import JobState
-
-        if state not in {s.value for s in JobState}:
-            fail(f"--state must be one of {', '.join(s.value for s in JobState)}", 2)
-    from trainyard_client.cli import render
-
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        if job_id:
-            render.print_record(client.get(job_id), output)
-            return
-        jobs = client.list(state=state, queue=queue, limit=limit)
-    render.print_jobs(jobs, output, "no jobs" + (" matching" if state or queue else " yet"))
-
-
 def logs(
     ctx: typer.Context,
     job_id: Annotated[str, JOB],

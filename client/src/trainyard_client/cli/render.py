@@ -44,7 +44,7 @@ def _model_text(job: JobSummary) -> str:
     return f"{job.model.name} v{job.model.version}" if job.model else ""
 
 
-def job_columns(now: datetime | None = None) -> list[Column]:
+def job_columns(reasons: dict[str, str], now: datetime | None = None) -> list[Column]:
     at = now or datetime.now(UTC)
     return [
         Column("job", lambda j: j.job_id),
@@ -55,13 +55,17 @@ def job_columns(now: datetime | None = None) -> list[Column]:
         Column("age", lambda j: age(j.submitted_at, at)),
         Column("exit", lambda j: "-" if j.exit_code is None else str(j.exit_code)),
         Column("model", _model_text, wrap=True),
+        Column("reason", lambda j: reasons.get(j.job_id) or j.reason or "", wrap=True),
         Column("executor", lambda j: j.executor_id or "-", wide_only=True),
-        Column("reason", lambda j: j.reason or "", wide_only=True, wrap=True),
+        Column("labels", lambda j: ",".join(f"{k}={v}" for k, v in j.labels.items()), wide_only=True),
     ]
 
 
-def print_jobs(jobs: list[JobSummary], fmt: Output, empty: str) -> None:
-    emit(jobs, job_columns(), fmt, name=lambda j: j.job_id, empty=empty)
+def print_jobs(
+    jobs: list[JobSummary], fmt: Output, empty: str, reasons: dict[str, str] | None = None
+) -> None:
+    """``reasons``: the scheduler's word on waiting jobs (the REASON column; a finished job's own)."""
+    emit(jobs, job_columns(reasons or {}), fmt, name=lambda j: j.job_id, empty=empty)
 
 
 def _record_rows(record: JobRecord) -> list[tuple[str, str]]:
