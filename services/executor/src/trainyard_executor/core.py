@@ -58,9 +58,9 @@ from trainyard_executor.jobenv import job_env, plan_gang
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.outcomes import conclude, event_for, not_started_here, owns
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import EventPublisher
 
 log = logging.getLogger("trainyard.executor")
 T = TypeVar("T")
