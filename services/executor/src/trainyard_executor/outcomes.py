@@ -17,7 +17,7 @@ from trainyard_contracts import (
 )
 from trainyard_contracts.records import GangMember
 
-_KIND_TO_STATE = {
+KIND_TO_STATE = {
     "succeeded": JobState.SUCCEEDED,
     "failed": JobState.FAILED,
     "timed_out": JobState.TIMED_OUT,
@@ -50,7 +50,7 @@ def conclude(
         record = lifecycle.start(record, now)
     return lifecycle.finish(
         record,
-        _KIND_TO_STATE[kind],
+        KIND_TO_STATE[kind],
         now,
         exit_code=exit_code,
         reason=reason,
