@@ -45,9 +45,9 @@ from trainyard_executor.outcomes import not_started_here, owns
 from trainyard_executor.recording import BROKER_ERRORS
 from trainyard_executor.running import AttemptRunner, LocalAttempt, ShipperFactory
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import EventPublisher
 
 log = logging.getLogger("trainyard.executor")
 T = TypeVar("T")
