@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from faststream.nats import JStream, NatsBroker
 from nats.js import JetStreamContext
@@ -51,7 +52,7 @@ def stream_configs(
     names = subjects.streams
     p = subjects.prefix
     limits = limits or StreamLimits()
-    common = {"storage": StorageType.FILE, "num_replicas": replicas}
+    common: dict[str, Any] = {"storage": StorageType.FILE, "num_replicas": replicas}
     return [
         StreamConfig(
             name=names.jobs,
