@@ -27,6 +27,7 @@ from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
 from trainyard_shared.publishing import EventPublisher
@@ -183,6 +184,7 @@ class ExecutorService:
             work_root=data / "executor" / settings.id / "work",
             checkpoint_root=settings.checkpoint_dir or data / "checkpoints",
             gpus=gpus,
+            secrets=SecretStore(buckets.secrets),
         )
         self._runtime = Runtime(core=executor, store=store)
 

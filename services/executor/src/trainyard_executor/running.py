@@ -19,6 +19,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from trainyard_contracts import (
     JobRecord,
+    JobSpec,
     JobState,
     Rendezvous,
 )
@@ -32,6 +33,7 @@ from trainyard_executor.jobenv import job_env, plan_gang
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.outcomes import owns
 from trainyard_executor.recording import BROKER_ERRORS, AttemptRecorder
+from trainyard_shared.jobsecrets import SecretsMissing, SecretStore
 
 log = logging.getLogger("trainyard.executor")
 
@@ -71,6 +73,7 @@ class AttemptRunner(AttemptRecorder):
     running: dict[str, LocalAttempt]
     launched: OrderedDict[tuple[str, int], None]
     inherited: dict[str, str]
+    secrets: SecretStore | None  # where a job's secret values are kept (None: records hold them)
 
     def workdir(self, job_id: str, attempt: int) -> Path:
         return self.work_root / job_id / f"attempt-{attempt}"
@@ -118,19 +121,19 @@ class AttemptRunner(AttemptRecorder):
         rendezvous: Rendezvous | None = None,
         gpu_devices: tuple[int, ...] | None = None,
     ) -> None:
-        spec = record.spec
         shipper = self.shippers(record.job_id, attempt)
         if record.gang is not None:
             shipper.seq = log_seq_base(record, self.me, attempt)
 
         async def start() -> None:
+            spec = await self._spec_to_run(record)
             checkpoints = self.checkpoint_dir(record.job_id)
             launch = AttemptLaunch(
                 job_id=record.job_id,
                 attempt=attempt,
                 argv=spec.argv(),
                 env=job_env(
-                    record,
+                    record.model_copy(update={"spec": spec}),
                     attempt,
                     self.inherited,
                     self.settings.passthrough_env,
@@ -162,6 +165,14 @@ class AttemptRunner(AttemptRecorder):
                 await local.handle.cancel(self.settings.grace_seconds)
 
         await self._attend(record, attempt, local, shipper, start)
+
+    async def _spec_to_run(self, record: JobRecord) -> JobSpec:
+        """The spec with its secret values put back (raises SecretsMissing: the attempt fails)."""
+        if self.secrets is None:
+            if record.secrets_stored:
+                raise SecretsMissing(f"job {record.job_id}: secrets stored, and no store here")
+            return record.spec
+        return await self.secrets.spec_to_run(record)
 
     async def _attend(
         self,

@@ -19,6 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainyard_executor.backends.base import AttemptLaunch
+from trainyard_executor.backends.kube_source import (
+    GitFetch,
+    checkout_init_container,
+    git_init_container,
+    unchecked_fetch,
+)
 
 GROUP = "trainyard.dev"
 LABEL_JOB = f"{GROUP}/job-id"
@@ -256,8 +262,11 @@ def job_manifest(
     *,
     output_dir: str,
     started_at: float,
+    git: GitFetch | None = None,
 ) -> dict[str, Any]:
-    """The Job of one attempt. Raises :class:`GangSplitError` and ``ValueError`` (no image)."""
+    """The Job of one attempt. Raises :class:`GangSplitError` and ``ValueError`` (no image).
+    ``git``: how its source is fetched (kube_source.kube_git_fetch: the installation's rule
+    checked); None: the default rule, unchecked (the credential stays out of the manifest)."""
     image = launch.image or opts.default_image
     if not image:
         raise ValueError(
@@ -290,9 +299,10 @@ def job_manifest(
         "automountServiceAccountToken": opts.automount_token,
     }
     if launch.source_repo:
+        fetch = git or unchecked_fetch(launch.source_repo)
         pod_spec["initContainers"] = [
-            git_init_container(launch, opts, container_security),
-            checkout_init_container(launch, opts, container_security),
+            git_init_container(fetch, opts.git_image, container_security, name, WORK_MOUNT),
+            checkout_init_container(launch.source_commit, opts.git_image, container_security, WORK_MOUNT),
         ]
     if opts.service_account:
         pod_spec["serviceAccountName"] = opts.service_account
@@ -323,37 +333,9 @@ def job_manifest(
     }
 
 
-def git_init_container(
-    launch: AttemptLaunch, opts: KubeOptions, security: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Clones the job's source into the work volume before the job starts; the commit is checked
-    out by a second init container (two argv commands, no shell in between)."""
-    argv = ["git", "clone", "--quiet", "--no-checkout", str(launch.source_repo), f"{WORK_MOUNT}/src"]
-    return {
-        "name": "source",
-        "image": opts.git_image,
-        "command": argv,
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "securityContext": dict(security),
-        "volumeMounts": [{"name": "work", "mountPath": WORK_MOUNT}],
-    }
-
-
-def checkout_init_container(
-    launch: AttemptLaunch, opts: KubeOptions, security: Mapping[str, Any]
-) -> dict[str, Any]:
-    return {
-        "name": "checkout",
-        "image": opts.git_image,
-        "command": ["git", "-C", f"{WORK_MOUNT}/src", "checkout", "--quiet", launch.source_commit or "HEAD"],
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "securityContext": dict(security),
-        "volumeMounts": [{"name": "work", "mountPath": WORK_MOUNT}],
-    }
-
-
-def _gang_metadata(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str | None) -> dict[str, Any]:
-    """Metadata of an object that lives and dies with a gang's Job (same name and labels)."""
+def companion_metadata(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str | None) -> dict[str, Any]:
+    """Metadata of an object that lives and dies with its Job (same name and labels): a gang's
+    Service and NetworkPolicy, the attempt's source Secret."""
     meta = job["metadata"]
     metadata: dict[str, Any] = {
         "name": meta["name"],
@@ -382,7 +364,7 @@ def gang_selector(job: Mapping[str, Any]) -> dict[str, str]:
 def service_manifest(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str | None) -> dict[str, Any]:
     """The headless Service of a gang: DNS for ``<job>-<index>.<job>``, ready or not (ranks
     rendezvous before anything is ready)."""
-    metadata = _gang_metadata(job, opts, owner_uid)
+    metadata = companion_metadata(job, opts, owner_uid)
     selector = gang_selector(job)
     return {
         "apiVersion": "v1",
@@ -405,7 +387,7 @@ def gang_network_policy(job: Mapping[str, Any], opts: KubeOptions, owner_uid: st
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _gang_metadata(job, opts, owner_uid),
+        "metadata": companion_metadata(job, opts, owner_uid),
         "spec": {
             "podSelector": {"matchLabels": dict(selector)},
             "policyTypes": ["Ingress"],
