@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nats.errors import TimeoutError as NatsTimeoutError
 
@@ -282,7 +283,7 @@ class AttemptRunner(AttemptRecorder):
         loop = asyncio.get_running_loop()
         requeued_seen: float | None = None
         while not local.over:
-            watcher = None
+            watcher: Any = None  # nats-py's KeyWatcher is not annotated
             try:
                 watcher = await self.store.kv.watch(job_id)
                 while not local.over:

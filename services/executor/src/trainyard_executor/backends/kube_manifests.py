@@ -199,6 +199,62 @@ def _security(opts: KubeOptions) -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
+def _storage(launch: AttemptLaunch, claim: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's mounts and volumes: the work dir, and outputs (with checkpoints) on the claim."""
+    mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORK_MOUNT}]
+    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
+    if claim:
+        attempt_dir = f"outputs/{launch.job_id}/attempt-{launch.attempt}"
+        mounts += [
+            {"name": "shared", "mountPath": OUTPUTS_MOUNT, "subPath": attempt_dir},
+            {"name": "shared", "mountPath": CHECKPOINTS_MOUNT, "subPath": f"checkpoints/{launch.job_id}"},
+        ]
+        volumes.append({"name": "shared", "persistentVolumeClaim": {"claimName": claim}})
+    else:
+        mounts.append({"name": "outputs", "mountPath": OUTPUTS_MOUNT})
+        volumes.append({"name": "outputs", "emptyDir": {}})
+    return mounts, volumes
+
+
+def _annotations(launch: AttemptLaunch, output_dir: str, started_at: float, replicas: int) -> dict[str, str]:
+    """What an executor that restarted needs to adopt the Job again."""
+    annotations = {
+        ANNOT_JOB: launch.job_id,
+        ANNOT_GRACE: f"{launch.grace_s:g}",
+        ANNOT_OUTPUT_DIR: output_dir,
+        ANNOT_WORKDIR: str(launch.workdir),
+        ANNOT_STARTED: f"{started_at:.3f}",
+        ANNOT_WORLD: str(replicas),
+    }
+    if launch.timeout_s is not None:
+        annotations[ANNOT_TIMEOUT] = f"{launch.timeout_s:g}"
+    return annotations
+
+
+def _job_container(
+    launch: AttemptLaunch,
+    image: str,
+    env: list[dict[str, str]],
+    security: dict[str, Any],
+    mounts: list[dict[str, Any]],
+    workdir: str,
+) -> dict[str, Any]:
+    """The container that runs the job's command."""
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "command": list(launch.argv),  # replaces the image's entrypoint; never a shell unless asked
+        "env": env,
+        "securityContext": security,
+        "volumeMounts": mounts,
+    }
+    if launch.source_repo:
+        container["workingDir"] = workdir
+    if res := resources(launch):
+        container["resources"] = res
+    return container
+
+
 def job_manifest(
     launch: AttemptLaunch,
     opts: KubeOptions,
@@ -231,30 +287,8 @@ def job_manifest(
     if replicas > 1:
         env += gang_env(name, replicas, opts.master_port)
     pod_security, container_security = _security(opts)
-    mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORK_MOUNT}]
-    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
-    if claim:
-        attempt_dir = f"outputs/{launch.job_id}/attempt-{launch.attempt}"
-        mounts += [
-            {"name": "shared", "mountPath": OUTPUTS_MOUNT, "subPath": attempt_dir},
-            {"name": "shared", "mountPath": CHECKPOINTS_MOUNT, "subPath": f"checkpoints/{launch.job_id}"},
-        ]
-        volumes.append({"name": "shared", "persistentVolumeClaim": {"claimName": claim}})
-    else:
-        mounts.append({"name": "outputs", "mountPath": OUTPUTS_MOUNT})
-        volumes.append({"name": "outputs", "emptyDir": {}})
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": image,
-        "command": list(launch.argv),  # replaces the image's entrypoint; never a shell unless asked
-        "env": env,
-        "securityContext": container_security,
-        "volumeMounts": mounts,
-    }
-    if launch.source_repo:
-        container["workingDir"] = workdir
-    if res := resources(launch):
-        container["resources"] = res
+    mounts, volumes = _storage(launch, claim)
+    container = _job_container(launch, image, env, container_security, mounts, workdir)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": grace,
@@ -285,16 +319,7 @@ def job_manifest(
     if replicas > 1:
         spec.update(completionMode="Indexed", completions=replicas, parallelism=replicas)
         pod_spec["subdomain"] = name
-    annotations = {
-        ANNOT_JOB: launch.job_id,
-        ANNOT_GRACE: f"{launch.grace_s:g}",
-        ANNOT_OUTPUT_DIR: output_dir,
-        ANNOT_WORKDIR: str(launch.workdir),
-        ANNOT_STARTED: f"{started_at:.3f}",
-        ANNOT_WORLD: str(replicas),
-    }
-    if launch.timeout_s is not None:
-        annotations[ANNOT_TIMEOUT] = f"{launch.timeout_s:g}"
+    annotations = _annotations(launch, output_dir, started_at, replicas)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
