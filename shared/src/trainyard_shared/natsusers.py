@@ -56,7 +56,7 @@ KV_WRITES: dict[str, tuple[str, ...]] = {
     "telemetry": (),
 }
 KV_READS: dict[str, tuple[str, ...]] = {
-    "submission": ("models",),
+    "submission": ("models", "executors"),
     "scheduler": ("executors", "queues"),
     "executor": ("secrets",),  # a job's secret values, put back right before it starts
     "registry": (),

@@ -214,3 +214,14 @@ def models(
     print_models(
         versions, output, f"no registered versions of {escape(name)}" if name else "no registered models yet"
     )
+
+
+def executors(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None:
+    """Executors: backend, pool, lease, running attempts, and what each keeps a job from (job
+    user, containment; -o wide: capabilities, gang network, caveats)."""
+    from trainyard_client.cli.render import print_executors
+
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        rows = client.executors()
+    print_executors(rows, output)

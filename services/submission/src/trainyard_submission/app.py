@@ -99,6 +99,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         store = JobStore(buckets.jobs)
         state["js"] = NatsHandle(sb.broker).jetstream
         secrets = SecretStore(buckets.secrets)
+        state["executors_reader"] = BucketReader(state["js"], sb.subjects.buckets.executors)
         state["purger"] = JobPurger(buckets.jobs, secrets, buckets.idempotency, state["js"], sb.subjects)
         state["service"] = SubmissionService(
             store=store,
