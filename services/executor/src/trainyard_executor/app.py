@@ -22,7 +22,9 @@ from trainyard_executor.gpus import DISCOVERING_BACKENDS, advertised_gpus, disco
 from trainyard_executor.jobenv import local_mlflow_store
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.batches import batch_consumer
+from trainyard_shared.blobs import open_store
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.consumers import connect_and_bind
@@ -179,6 +181,11 @@ def create_app(
             work_root=data / "executor" / settings.id / "work",
             checkpoint_root=settings.checkpoint_dir or data / "checkpoints",
             gpus=gpus,
+            workdirs=WorkdirCache(
+                lambda: open_store(broker.config.connection_state.stream, subjects.workdirs_bucket),
+                data / "executor" / settings.id / "workdirs",
+                settings.max_workdir_bytes,
+            ),
         )
         state["core"] = executor
         state["store"] = store

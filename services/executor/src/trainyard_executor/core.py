@@ -35,6 +35,7 @@ from trainyard_contracts import (
     JobRecord,
     JobRequeued,
     JobRunning,
+    JobSpec,
     JobState,
     Rendezvous,
     StartAttempt,
@@ -58,6 +59,8 @@ from trainyard_executor.jobenv import job_env, plan_gang
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.outcomes import conclude, event_for, owns
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_executor.workdirs import WorkdirCache
+from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
@@ -144,8 +147,10 @@ class ExecutorCore:
         checkpoint_root: Path | None = None,
         free_port: Callable[[], int] = free_loopback_port,
         gpus: list[GpuDevice] | None = None,
+        workdirs: WorkdirCache | None = None,
     ) -> None:
         self.store = store
+        self.workdirs = workdirs
         # the devices the scheduler may hand out here (gpus.advertised_gpus); None: the backend
         # does not discover any, its count is the setting or what it detects
         self.gpus = gpus
@@ -352,6 +357,7 @@ class ExecutorCore:
 
         async def start() -> None:
             checkpoints = self.checkpoint_dir(record.job_id)
+            archive = await self._workdir_archive(spec)
             launch = AttemptLaunch(
                 job_id=record.job_id,
                 attempt=attempt,
@@ -369,6 +375,12 @@ class ExecutorCore:
                 timeout_s=spec.timeout,
                 source_repo=spec.source.clone_url() if spec.source else None,
                 source_commit=spec.source.commit if spec.source else None,
+                workdir_archive=archive,
+                workdir_limits=UnpackLimits(
+                    self.settings.max_workdir_bytes,
+                    self.settings.max_workdir_files,
+                    self.settings.max_workdir_bytes,
+                ),
                 runtime_pip=tuple(spec.runtime_env.pip) if spec.runtime_env else (),
                 output_subdir=spec.outputs.path if spec.outputs else "outputs",
                 grace_s=self.settings.grace_seconds,
@@ -389,6 +401,14 @@ class ExecutorCore:
                 await local.handle.cancel(self.settings.grace_seconds)
 
         await self._attend(record, attempt, local, shipper, start)
+
+    async def _workdir_archive(self, spec: JobSpec) -> Path | None:
+        """The spec's packed workdir fetched to this machine, or None when it names none."""
+        if spec.workdir is None or spec.workdir.digest is None:
+            return None
+        if self.workdirs is None:
+            raise RuntimeError("this executor has no access to the workdirs bucket")
+        return await self.workdirs.fetch(spec.workdir.digest)
 
     async def _attend(
         self,

@@ -15,6 +15,7 @@ from prometheus_client import make_asgi_app
 
 from trainyard_shared.batches import batch_consumer
 from trainyard_shared.binding import bind_bus
+from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.events import EventPublisher
@@ -31,6 +32,7 @@ from trainyard_submission.queues import QueueStore
 from trainyard_submission.service import SubmissionService
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_submission.tokens import TokenStore, bucket_name
+from trainyard_submission.workdirs import WorkdirStore
 
 
 def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker:
@@ -98,6 +100,11 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         # costs this service no watch delivery per record update
         store = JobStore(buckets.jobs)
         state["js"] = sb.broker.config.connection_state.stream
+        state["workdirs"] = WorkdirStore(
+            state["js"],
+            sb.subjects.workdirs_bucket,
+            UnpackLimits(settings.max_workdir_bytes, settings.max_workdir_files, settings.max_workdir_bytes),
+        )
         state["service"] = SubmissionService(
             store=store,
             jobs_reader=BucketReader(state["js"], sb.subjects.buckets.jobs),
@@ -107,6 +114,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             git_timeout=settings.git_timeout_seconds,
             queues=state["queues"],
             models_reader=BucketReader(state["js"], sb.subjects.buckets.models),
+            workdirs=state["workdirs"],
         )
         await sb.broker.start()
         await sb.start_pullers()
