@@ -14,6 +14,7 @@ from trainyard_contracts import JobSpec, JobState, Subjects, lifecycle
 from trainyard_shared.bus import ensure_streams, open_buckets, streams
 from trainyard_shared.deadletter import make_dead_letter_middleware
 from trainyard_shared.jobstore import JobStore, RecordExists
+from trainyard_shared.natshandle import NatsHandle
 
 pytestmark = pytest.mark.service
 
@@ -97,7 +98,7 @@ async def test_invalid_and_failing_messages_are_dead_lettered(nats_server, prefi
         await broker.publish({"n": 13}, subjects.job("j2", "ping"), stream=job_stream.name)
         await broker.publish({"n": 1}, subjects.job("j3", "ping"), stream=job_stream.name)
 
-        js = broker.config.connection_state.stream
+        js = NatsHandle(broker).jetstream
 
         async def dlq_count():
             info = await js.stream_info(subjects.streams.dlq)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from faststream.nats import JStream
+from faststream.nats import JStream, NatsBroker
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from trainyard_contracts import Subjects
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.natsusers import tokens_bucket
 from trainyard_shared.streamlimits import StreamLimits
 
@@ -240,26 +241,26 @@ class Buckets:
 
 
 async def open_buckets(
-    broker: object, subjects: Subjects, replicas: int = 1, *, declare_them: bool = True
+    broker: NatsBroker, subjects: Subjects, replicas: int = 1, *, declare_them: bool = True
 ) -> Buckets:
     """Bind to every KV bucket; with ``declare_them`` create (or correct) them first, which only
     the operator identity may do on a server with users (trainyard_shared.provision)."""
     if declare_them:
-        js = broker.config.connection_state.stream  # type: ignore[attr-defined]
+        js = NatsHandle(broker).jetstream
         await declare(js, [kv_stream_config(c) for c in bucket_configs(subjects, replicas)])
     names = subjects.buckets
-    kv = broker.key_value  # type: ignore[attr-defined]
+    kv = broker.key_value
     return Buckets(
         **{name: await kv(getattr(names, name), declare=False) for name in Buckets.__dataclass_fields__}
     )
 
 
 async def ensure_streams(
-    broker: object, subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+    broker: NatsBroker, subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
 ) -> None:
     """Create or update every stream and Object Store bucket (not the KV buckets): the operator's
     step, and tests'."""
-    js = broker.config.connection_state.stream  # type: ignore[attr-defined]
+    js = NatsHandle(broker).jetstream
     await declare(
         js, [*stream_configs(subjects, replicas, limits), *object_store_configs(subjects, replicas)]
     )

@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind
 
 from trainyard_contracts import Envelope, Subjects
 from trainyard_shared.metrics_labels import subject_shape
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.tracing import tracing_enabled
 
 MSG_ID = "Nats-Msg-Id"
@@ -68,7 +69,7 @@ async def publish_acked(
     measurable share of a service's CPU); what that chain added is done here: the trace context
     goes into the headers, in a publish span, when spans are exported.
     """
-    js = broker.config.connection_state.stream
+    js = NatsHandle(broker).jetstream
     if not tracing_enabled():
         return await js.publish(subject, payload, stream=stream, headers=headers)
     span_name = f"{subject_shape(subject)} publish"
@@ -90,7 +91,7 @@ async def publish_in_order(
     the streams drop as duplicates."""
     if tracing_enabled():  # one publish span each, as publish_acked records them
         return list(await asyncio.gather(*(publish_acked(broker, *p) for p in publishes)))
-    js = broker.config.connection_state.stream
+    js = NatsHandle(broker).jetstream
     acks = [
         await js.publish_async(p.subject, p.payload, stream=p.stream, headers=dict(p.headers))
         for p in publishes

@@ -14,12 +14,13 @@ from nats.aio.msg import Msg
 from prometheus_client import make_asgi_app
 
 from trainyard_shared.batches import batch_consumer
-from trainyard_shared.binding import bind_bus
+from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.queueview import QueueView
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing, tracing_enabled
@@ -85,21 +86,18 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         data = common.resolved_data_dir()
         configured = settings.token.get_secret_value() if settings.token else None
         bootstrap = load_or_create_token(data, configured)
-        await sb.broker.connect()
-        buckets = await bind_bus(sb.broker, common)  # the tokens bucket too (bus.bucket_configs)
+        buckets = await connect_and_bind(sb, common)  # the tokens bucket too (bus.bucket_configs)
         tokens_kv = await sb.broker.key_value(bucket_name(sb.subjects.prefix), declare=False)
-        tokens_reader = BucketReader(
-            sb.broker.config.connection_state.stream, bucket_name(sb.subjects.prefix)
-        )
+        tokens_reader = BucketReader(NatsHandle(sb.broker).jetstream, bucket_name(sb.subjects.prefix))
         state["tokens"] = TokenStore(tokens_kv, bootstrap, tokens_reader)
         queue_view = QueueView(buckets.queues)
         await queue_view.start()
-        js = sb.broker.config.connection_state.stream
+        js = NatsHandle(sb.broker).jetstream
         state["queues"] = QueueStore(buckets.queues, queue_view, BucketReader(js, sb.subjects.buckets.queues))
         # no view of the jobs bucket: listing reads it when asked (joblist.py), so the job path
         # costs this service no watch delivery per record update
         store = JobStore(buckets.jobs)
-        state["js"] = sb.broker.config.connection_state.stream
+        state["js"] = NatsHandle(sb.broker).jetstream
         state["workdirs"] = WorkdirStore(
             state["js"],
             sb.subjects.workdirs_bucket,
