@@ -122,9 +122,8 @@ async def test_publishes_in_flight_together_are_stored_in_their_order_once(nats_
     from nats.js.errors import NoStreamResponseError
 
     from trainyard_contracts import JobQueued, JobScheduled, StartAttempt
-    from trainyard_shared.commands import CommandSender
-    from trainyard_shared.events import EventPublisher, Outgoing, publish_in_order
-    from trainyard_shared.testkit import Bus
+    from trainyard_shared.publishing import CommandSender, EventPublisher, Outgoing, publish_in_order
+    from trainyard_shared.testing.helpers import Bus
 
     subjects = Subjects(prefix)
     broker = NatsBroker(nats_server.url)

@@ -16,7 +16,7 @@ from trainyard_contracts import Capacity, ExecutorHeartbeat, Subjects
 from trainyard_shared.bus import open_buckets
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.natshandle import NatsHandle
-from trainyard_shared.testkit import eventually
+from trainyard_shared.testing.helpers import eventually
 
 pytestmark = pytest.mark.service
 

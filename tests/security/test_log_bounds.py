@@ -24,7 +24,7 @@ from trainyard_executor.logship import LogShipper
 from trainyard_shared.bus import ensure_streams
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.streamlimits import StreamLimits
-from trainyard_shared.testkit import Bus
+from trainyard_shared.testing.helpers import Bus
 
 from .logread import stored_chunks, texts
 

@@ -31,7 +31,7 @@ from trainyard_executor.backends.docker import (
 from trainyard_executor.core import free_loopback_port
 from trainyard_executor.jobenv import plan_gang
 from trainyard_executor.testengines import ENGINE_URLS, IMAGE, Lines, gone, make_launch
-from trainyard_shared.testkit import eventually, running
+from trainyard_shared.testing.helpers import eventually, running
 
 pytest_plugins = ["trainyard_executor.testengines"]  # the engine and backend fixtures
 

@@ -615,7 +615,7 @@ async def test_a_job_runs_through_the_services_on_the_kubernetes_backend(
     from trainyard_executor.app import create_app as executor_app
     from trainyard_scheduler.app import create_app as scheduler_app
     from trainyard_scheduler.settings import SchedulerSettings
-    from trainyard_shared.testkit import Bus, common_settings, running
+    from trainyard_shared.testing.helpers import Bus, common_settings, running
 
     monkeypatch.setenv(
         "KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", str(cluster.mock.url).rstrip("/")))

@@ -12,7 +12,7 @@ from trainyard_contracts import Capacity, ExecutorHeartbeat, JobSpec, JobState, 
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import GangMember, GangPlacement, PortRange
 from trainyard_scheduler.core import SchedulerCore
-from trainyard_scheduler.placement import Assignment, RankPlacement
+from trainyard_scheduler.policy import Assignment, RankPlacement
 from trainyard_scheduler.splitgang import rendezvous_port, split_placement
 
 pytestmark = pytest.mark.unit

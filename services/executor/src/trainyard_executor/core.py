@@ -46,9 +46,9 @@ from trainyard_executor.recording import BROKER_ERRORS
 from trainyard_executor.running import AttemptRunner, LocalAttempt, ShipperFactory
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_executor.workdirs import WorkdirCache
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import EventPublisher
 
 log = logging.getLogger("trainyard.executor")
 T = TypeVar("T")

@@ -25,8 +25,8 @@ from trainyard_executor.gang import (
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.outcomes import conclude, event_for, owns
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import EventPublisher
 
 log = logging.getLogger("trainyard.executor")
 T = TypeVar("T")

@@ -10,12 +10,12 @@ from trainyard_contracts import JobSucceeded
 from trainyard_registry.core import RegistryCore
 from trainyard_registry.outputs import OutputLimits
 from trainyard_registry.settings import RegistrySettings
-from trainyard_shared.batches import batch_consumer
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import EventPublisher
+from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
 from trainyard_shared.runtimeslot import RUNTIME, RuntimeSlot
 from trainyard_shared.settings import CommonSettings

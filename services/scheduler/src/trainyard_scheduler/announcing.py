@@ -20,8 +20,8 @@ from trainyard_contracts.commands import Rendezvous
 from trainyard_scheduler.parts import SchedulerParts
 from trainyard_scheduler.startcommand import start_command, unsendable_reason
 from trainyard_scheduler.unconfirmed import PUBLISH_ERRORS
-from trainyard_shared.events import Outgoing, publish_in_order
 from trainyard_shared.natshandle import NatsHandle
+from trainyard_shared.publishing import Outgoing, publish_in_order
 from trainyard_shared.tracing import job_trace
 
 log = logging.getLogger("trainyard.scheduler")

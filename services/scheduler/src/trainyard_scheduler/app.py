@@ -16,9 +16,9 @@ from faststream.nats.annotations import NatsMessage
 from trainyard_contracts import DryRunRequest, JobEvent, WhyRequest, parse_job_event
 from trainyard_scheduler.runtime import SchedulerRuntime, build_runtime, leadership_gauges
 from trainyard_scheduler.settings import SchedulerSettings
-from trainyard_shared.batches import batch_consumer
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
+from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
 from trainyard_shared.runtimeslot import RUNTIME, RuntimeSlot
 from trainyard_shared.settings import CommonSettings

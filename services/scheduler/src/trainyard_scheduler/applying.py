@@ -23,7 +23,7 @@ from trainyard_scheduler.gpu_assignment import (
     with_gang_devices,
 )
 from trainyard_scheduler.jobrequests import JobRequests
-from trainyard_scheduler.placement import (
+from trainyard_scheduler.policy import (
     Assignment,
     Plan,
     Victim,

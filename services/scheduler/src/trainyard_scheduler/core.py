@@ -26,7 +26,7 @@ from trainyard_contracts import (
 from trainyard_contracts.records import ExecutorHeartbeat
 from trainyard_scheduler.applying import Applying
 from trainyard_scheduler.explain import QueuedJob, count_by_kind, wait_reasons
-from trainyard_scheduler.placement import (
+from trainyard_scheduler.policy import (
     Demand,
     PendingJob,
     Plan,

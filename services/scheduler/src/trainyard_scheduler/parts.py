@@ -17,11 +17,10 @@ from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import ExecutorHeartbeat
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_scheduler.unconfirmed import Unconfirmed
-from trainyard_shared.commands import CommandSender
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
+from trainyard_shared.publishing import CommandSender, EventPublisher
 
 
 class SchedulerParts:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.leader import LeaderLease
-from trainyard_scheduler.placement import Plan
+from trainyard_scheduler.policy import Plan
 from trainyard_scheduler.settings import SchedulerSettings
 
 log = logging.getLogger("trainyard.scheduler")

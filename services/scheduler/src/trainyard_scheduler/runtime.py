@@ -10,17 +10,16 @@ from prometheus_client import CollectorRegistry, Gauge
 from trainyard_contracts import JobRecord, JobState
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.leader import LeaderLease, Listener
-from trainyard_scheduler.placement import Plan
 from trainyard_scheduler.planning import PlanningLoop, PublishCycle
+from trainyard_scheduler.policy import Plan
 from trainyard_scheduler.room import frees_room
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker
-from trainyard_shared.commands import CommandSender
-from trainyard_shared.events import EventPublisher, publish_acked
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
+from trainyard_shared.publishing import CommandSender, EventPublisher, publish_acked
 from trainyard_shared.queueview import QueueView
 from trainyard_shared.settings import CommonSettings
 

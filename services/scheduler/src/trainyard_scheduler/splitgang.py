@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 
 from trainyard_contracts.records import ExecutorHeartbeat, GangMember, GangPlacement, PortRange
-from trainyard_scheduler.placement import (
+from trainyard_scheduler.policy import (
     Assignment,
 )
 

@@ -47,7 +47,7 @@ from trainyard_submission.access import (
 )
 from trainyard_submission.deadletters import DeadLetters, LetterNotFound
 from trainyard_submission.logs import read_chunks
-from trainyard_submission.queues import QueueNotFound, QueueStore, RevisionMismatch
+from trainyard_submission.queuestore import QueueNotFound, QueueStore, RevisionMismatch
 from trainyard_submission.service import (
     JobAlreadyFinished,
     JobNotFound,

@@ -13,14 +13,14 @@ from faststream.specification import AsyncAPI
 from nats.aio.msg import Msg
 from prometheus_client import make_asgi_app
 
-from trainyard_shared.batches import batch_consumer
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.natshandle import NatsHandle
+from trainyard_shared.publishing import EventPublisher
+from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.queueview import QueueView
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing, tracing_enabled
@@ -29,7 +29,7 @@ from trainyard_submission.auth import load_or_create_token
 from trainyard_submission.intake import handle_intake
 from trainyard_submission.joblist import BucketReader
 from trainyard_submission.limits import BodyLimit
-from trainyard_submission.queues import QueueStore
+from trainyard_submission.queuestore import QueueStore
 from trainyard_submission.service import SubmissionService
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_submission.tokens import TokenStore, bucket_name

@@ -28,13 +28,13 @@ from trainyard_contracts import (
     parse_spec,
 )
 from trainyard_contracts._time import utcnow
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.gitpolicy import GitPolicy, GitSettings
 from trainyard_shared.jobstore import JobStore, RecordExists
+from trainyard_shared.publishing import EventPublisher
 from trainyard_shared.tracing import current_traceparent
 from trainyard_submission.access import check_submit, place_spec
 from trainyard_submission.joblist import BucketReader, LatestValues, NewestMatches
-from trainyard_submission.queues import QueueStore, builtin
+from trainyard_submission.queuestore import QueueStore, builtin
 from trainyard_submission.sources import with_resolved_source
 from trainyard_submission.tokens import Principal
 from trainyard_submission.workdirs import WorkdirStore

@@ -38,7 +38,7 @@ from trainyard_scheduler.policy.model import (
     WaitKind,
 )
 from trainyard_scheduler.policy.preemption import Preemption
-from trainyard_scheduler.policy.queues import INF
+from trainyard_scheduler.policy.quotas import INF
 from trainyard_scheduler.policy.reasons import ShapeKey, WaitReasons
 from trainyard_scheduler.policy.running import load_running
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from trainyard_scheduler.policy.cluster import EPS, Release, Slots, replicas_in
 from trainyard_scheduler.policy.model import PendingJob, Victim
-from trainyard_scheduler.policy.queues import INF
+from trainyard_scheduler.policy.quotas import INF
 from trainyard_scheduler.policy.running import RunningGroup
 
 if TYPE_CHECKING:

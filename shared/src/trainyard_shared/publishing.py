@@ -1,4 +1,6 @@
-"""Publishing job events: deterministic Nats-Msg-Id, into the jobs stream, acked."""
+"""Publishing job events and executor commands: deterministic Nats-Msg-Id, into their stream, acked.
+
+The models are in ``trainyard_contracts`` (events.py, commands.py); this module sends them."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from faststream.nats import NatsBroker
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
-from trainyard_contracts import Envelope, Subjects
+from trainyard_contracts import CancelAttempt, Envelope, StartAttempt, Subjects, msg_id
 from trainyard_shared.metrics_labels import subject_shape
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.tracing import tracing_enabled
@@ -102,3 +104,25 @@ async def publish_in_order(
     if missing:
         raise nats.errors.TimeoutError
     return [ack.result() for ack in acks]
+
+
+class CommandSender:
+    def __init__(self, broker: NatsBroker, subjects: Subjects) -> None:
+        self.broker = broker
+        self.subjects = subjects
+
+    async def send(self, command: StartAttempt | CancelAttempt) -> None:
+        await publish_acked(self.broker, *self.outgoing(command))
+
+    def outgoing(self, command: StartAttempt | CancelAttempt) -> Outgoing:
+        """The command as a publish (for ``publish_in_order``)."""
+        return Outgoing(
+            self.subjects.exec_command(command.executor_id, command.type),
+            command.model_dump_json().encode(),
+            {
+                # per executor: a gang split across executors gets one start (or cancel) each
+                MSG_ID: msg_id(command.job_id, command.attempt, f"{command.type}@{command.executor_id}"),
+                "content-type": "application/json",
+            },
+            self.subjects.streams.exec,
+        )
