@@ -52,7 +52,7 @@ def make_broker(
     if settings.nats_user:
         password = settings.nats_password.get_secret_value() if settings.nats_password else ""
         security = SASLPlaintext(username=settings.nats_user, password=password)
-    extra = {}
+    extra: dict[str, Any] = {}
     if settings.nats_creds:
         extra["user_credentials"] = str(settings.nats_creds)
     broker = NatsBroker(

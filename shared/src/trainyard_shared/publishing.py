@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import nats.errors
 from faststream.nats import NatsBroker
+from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
@@ -46,6 +47,22 @@ class EventPublisher:
     async def emit(self, event: Envelope, **headers: str) -> Any:
         """Publish and wait for the stream's ack; a duplicate (same msg id) is acked, not stored."""
         return await publish_acked(self.broker, *self.outgoing(event, **headers))
+
+    async def publish_in_order(self, sends: Sequence[Outgoing], timeout: float = 5.0) -> list[Any]:
+        """Publish one decision's events and commands in order, acks awaited together."""
+        return await publish_in_order(self.broker, sends, timeout)
+
+    async def has_event(self, subject: str) -> bool:
+        """Whether the jobs stream still holds a message on ``subject``."""
+        try:
+            await NatsHandle(self.broker).jetstream.get_last_msg(self.stream, subject)
+        except NotFoundError:
+            return False
+        return True
+
+    def max_payload(self) -> int:
+        """The server's limit for one message's body (headers count against it too)."""
+        return NatsHandle(self.broker).max_payload
 
     def outgoing(self, event: Envelope, **headers: str) -> Outgoing:
         """The event as a publish (for ``publish_in_order``). The envelope carries the job's trace

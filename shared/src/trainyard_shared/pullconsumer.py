@@ -450,7 +450,7 @@ class Puller:
             # 408: the request expired; 409: the server ended it (max waiting, consumer deleted,
             # leadership change); 503: no consumer: in every case, the request is over
             if status != "408":
-                self._note_abnormal_end(status, raw.headers.get("Description"))
+                self._note_abnormal_end(status, (raw.headers or {}).get("Description"))
             self._requested = 0
             self._wake.set()
             return

@@ -47,6 +47,7 @@ from trainyard_executor.running import AttemptRunner, LocalAttempt, ShipperFacto
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.publishing import EventPublisher
 
@@ -86,9 +87,11 @@ class ExecutorCore(AttemptRunner):
         free_port: Callable[[], int] = free_loopback_port,
         gpus: list[GpuDevice] | None = None,
         workdirs: WorkdirCache | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.store = store
         self.workdirs = workdirs
+        self.secrets = secrets  # a record with secrets_stored holds *** in place of the values
         # the devices the scheduler may hand out here (gpus.advertised_gpus); None: the backend
         # does not discover any, its count is the setting or what it detects
         self.gpus = gpus

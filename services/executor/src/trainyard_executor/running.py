@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nats.errors import TimeoutError as NatsTimeoutError
 
@@ -34,6 +35,7 @@ from trainyard_executor.outcomes import owns
 from trainyard_executor.recording import BROKER_ERRORS, AttemptRecorder
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.blobs import UnpackLimits
+from trainyard_shared.jobsecrets import SecretsMissing, SecretStore
 
 log = logging.getLogger("trainyard.executor")
 
@@ -74,6 +76,7 @@ class AttemptRunner(AttemptRecorder):
     running: dict[str, LocalAttempt]
     launched: OrderedDict[tuple[str, int], None]
     inherited: dict[str, str]
+    secrets: SecretStore | None  # where a job's secret values are kept (None: records hold them)
 
     def workdir(self, job_id: str, attempt: int) -> Path:
         return self.work_root / job_id / f"attempt-{attempt}"
@@ -121,12 +124,12 @@ class AttemptRunner(AttemptRecorder):
         rendezvous: Rendezvous | None = None,
         gpu_devices: tuple[int, ...] | None = None,
     ) -> None:
-        spec = record.spec
         shipper = self.shippers(record.job_id, attempt)
         if record.gang is not None:
             shipper.seq = log_seq_base(record, self.me, attempt)
 
         async def start() -> None:
+            spec = await self._spec_to_run(record)
             checkpoints = self.checkpoint_dir(record.job_id)
             archive = await self._workdir_archive(spec)
             launch = AttemptLaunch(
@@ -134,7 +137,7 @@ class AttemptRunner(AttemptRecorder):
                 attempt=attempt,
                 argv=spec.argv(),
                 env=job_env(
-                    record,
+                    record.model_copy(update={"spec": spec}),
                     attempt,
                     self.inherited,
                     self.settings.passthrough_env,
@@ -180,6 +183,14 @@ class AttemptRunner(AttemptRecorder):
         if self.workdirs is None:
             raise RuntimeError("this executor has no access to the workdirs bucket")
         return await self.workdirs.fetch(spec.workdir.digest)
+
+    async def _spec_to_run(self, record: JobRecord) -> JobSpec:
+        """The spec with its secret values put back (raises SecretsMissing: the attempt fails)."""
+        if self.secrets is None:
+            if record.secrets_stored:
+                raise SecretsMissing(f"job {record.job_id}: secrets stored, and no store here")
+            return record.spec
+        return await self.secrets.spec_to_run(record)
 
     async def _attend(
         self,
@@ -290,7 +301,7 @@ class AttemptRunner(AttemptRecorder):
         loop = asyncio.get_running_loop()
         requeued_seen: float | None = None
         while not local.over:
-            watcher = None
+            watcher: Any = None  # nats-py's KeyWatcher is not annotated
             try:
                 watcher = await self.store.kv.watch(job_id)
                 while not local.over:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from nats.js.errors import NotFoundError
-
 from trainyard_contracts import (
     Capacity,
     JobFailed,
@@ -20,8 +18,7 @@ from trainyard_contracts.commands import Rendezvous
 from trainyard_scheduler.parts import SchedulerParts
 from trainyard_scheduler.startcommand import start_command, unsendable_reason
 from trainyard_scheduler.unconfirmed import PUBLISH_ERRORS
-from trainyard_shared.natshandle import NatsHandle
-from trainyard_shared.publishing import Outgoing, publish_in_order
+from trainyard_shared.publishing import Outgoing
 from trainyard_shared.tracing import job_trace
 
 log = logging.getLogger("trainyard.scheduler")
@@ -39,7 +36,7 @@ class Announcing(SchedulerParts):
         """Publish one change's events and commands in order. A failure is the job's own: the
         batch is owed and retried promptly (``retry_unconfirmed``), the caller goes on."""
         try:
-            await publish_in_order(self.events.broker, sends)
+            await self.events.publish_in_order(sends)
         except PUBLISH_ERRORS as exc:
             log.warning(
                 "could not announce a job's change; retrying with backoff",
@@ -51,7 +48,7 @@ class Announcing(SchedulerParts):
 
     async def retry_unconfirmed(self) -> int:
         """Publish again what earlier changes still owe (due ones only); how many were confirmed."""
-        return await self.unconfirmed.retry(lambda sends: publish_in_order(self.events.broker, sends))
+        return await self.unconfirmed.retry(lambda sends: self.events.publish_in_order(sends))
 
     async def _queued_events(self, record: JobRecord) -> list[Outgoing]:
         """The job's queued event, its submitted event first (see ``_submitted_first``)."""
@@ -81,12 +78,7 @@ class Announcing(SchedulerParts):
         return [self.events.outgoing(submitted)]
 
     async def _has_event(self, event: JobSubmitted) -> bool:
-        js = NatsHandle(self.events.broker).jetstream
-        try:
-            await js.get_last_msg(self.events.stream, event.subject(self.events.subjects))
-        except NotFoundError:
-            return False
-        return True
+        return await self.events.has_event(event.subject(self.events.subjects))
 
     async def _announce_scheduled(self, record: JobRecord, *, queued: bool = False) -> None:
         """The scheduled event (after the queued one, when this write also queued the job) and the
@@ -136,7 +128,7 @@ class Announcing(SchedulerParts):
                     if member.started_at is None and member.state is None
                 ]
             )
-            room = NatsHandle(self.events.broker).max_payload - HEADERS_ROOM
+            room = self.events.max_payload() - HEADERS_ROOM
             for executor_id, rendezvous in starts:
                 gpus = record.gpu_devices(record.attempt, executor_id)
                 start = start_command(self.commands, record, executor_id, rendezvous, carried, room, gpus)

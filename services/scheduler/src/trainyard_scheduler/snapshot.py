@@ -150,7 +150,7 @@ def _count_record(
                     _running(ledger, record, member.executor_id, len(member.ranks), now)
                 else:
                     ledger.counted.add(AttemptOn(record.job_id, record.attempt, member.executor_id))
-    elif record.state.active and record.executor_id in online:
+    elif record.state.active and record.executor_id is not None and record.executor_id in online:
         _running(ledger, record, record.executor_id, record.spec.replicas, now)
     elif awaits_placement(record):
         return _pending(record)

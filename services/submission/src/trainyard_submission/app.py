@@ -17,6 +17,7 @@ from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
+from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.publishing import EventPublisher
@@ -29,6 +30,7 @@ from trainyard_submission.auth import load_or_create_token
 from trainyard_submission.intake import handle_intake
 from trainyard_submission.joblist import BucketReader
 from trainyard_submission.limits import BodyLimit
+from trainyard_submission.purge import JobPurger
 from trainyard_submission.queuestore import QueueStore
 from trainyard_submission.service import SubmissionService
 from trainyard_submission.settings import SubmissionSettings
@@ -103,6 +105,8 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             sb.subjects.workdirs_bucket,
             UnpackLimits(settings.max_workdir_bytes, settings.max_workdir_files, settings.max_workdir_bytes),
         )
+        secrets = SecretStore(buckets.secrets)
+        state["purger"] = JobPurger(buckets.jobs, secrets, buckets.idempotency, state["js"], sb.subjects)
         state["service"] = SubmissionService(
             store=store,
             jobs_reader=BucketReader(state["js"], sb.subjects.buckets.jobs),
@@ -110,6 +114,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             models=buckets.models,
             events=EventPublisher(sb.broker, sb.subjects),
             git_timeout=settings.git_timeout_seconds,
+            secrets=secrets,
             queues=state["queues"],
             models_reader=BucketReader(state["js"], sb.subjects.buckets.models),
             workdirs=state["workdirs"],

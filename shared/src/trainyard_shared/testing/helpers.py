@@ -29,7 +29,7 @@ async def eventually(
     """Poll ``probe`` until it returns something truthy, or fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    last: Any = None
+    last: T | None = None
     while loop.time() < deadline:
         last = await probe()
         if last:
