@@ -190,7 +190,7 @@ def _say_what_was_killed(stack: Any) -> None:
 def _print_up(stack: Any) -> None:
     from rich.table import Table
 
-    from trainyard_client.sdk import default_url
+    from trainyard_client.connection import default_url
 
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
