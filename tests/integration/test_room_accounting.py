@@ -76,7 +76,7 @@ async def test_room_is_credited_when_the_record_says_the_attempt_ended(common, b
             return (tmp_path / f"{first}.started").exists()
 
         await eventually(started, 30, "the first job's process started")
-        await executor.context.get("executor_state")["core"].beat()  # a heartbeat listing it
+        await executor.context.get("executor").runtime.core.beat()  # a heartbeat listing it
         assert [r.job_id for r in (await stored_beat(bus, "exec-room")).running] == [first]
         second = await bus.submit(JobSpec(name="second", command=["true"]))
         await bus.wait_state(second, "queued")
@@ -114,7 +114,7 @@ async def test_a_preempted_attempt_holds_its_room_while_it_checkpoints(common, b
             return [j for j in low if (tmp_path / f"{j}.checkpointing").exists()]
 
         victim = (await eventually(checkpointing, 30, "a victim checkpointing"))[0]
-        core = scheduler.context.get("scheduler_state")["core"]
+        core = scheduler.context.get("runtime").get().core
         seen: set = set()
 
         async def passes_since():

@@ -31,7 +31,7 @@ from trainyard_executor.backends.docker import (
 from trainyard_executor.core import free_loopback_port
 from trainyard_executor.jobenv import plan_gang
 from trainyard_executor.testengines import ENGINE_URLS, IMAGE, Lines, gone, make_launch
-from trainyard_shared.testkit import eventually, running
+from trainyard_shared.testing.helpers import eventually, running
 
 pytest_plugins = ["trainyard_executor.testengines"]  # the engine and backend fixtures
 
@@ -467,7 +467,7 @@ class _ShortFollowContainer:
 
 @pytest.mark.unit
 async def test_what_a_follow_stream_missed_is_read_back_after_the_exit(tmp_path):
-    from trainyard_executor.backends.docker import ContainerAttempt
+    from trainyard_executor.backends.container_attempt import ContainerAttempt
 
     backend = DockerBackend(client_factory=lambda: None, executor_id="e")
     removed: list[str] = []
@@ -514,12 +514,12 @@ class _SlowFollowContainer(_ShortFollowContainer):
 async def test_a_follow_stream_closed_under_a_read_is_still_caught_up(tmp_path, monkeypatch):
     """_drain closes a stream that has not ended a while after the exit; the read under way then
     raises, and what the stream had not delivered must still come from the stored log."""
-    from trainyard_executor.backends import docker as docker_backend
+    from trainyard_executor.backends import container_attempt
 
-    monkeypatch.setattr(docker_backend, "LOG_DRAIN_S", 0.1)
+    monkeypatch.setattr(container_attempt, "LOG_DRAIN_S", 0.1)
     backend = DockerBackend(client_factory=lambda: None, executor_id="e")
     lines = Lines()
-    attempt = docker_backend.ContainerAttempt(
+    attempt = container_attempt.ContainerAttempt(
         backend, _SlowFollowContainer(), make_launch(tmp_path, ["x"]), tmp_path, lines
     )
     outcome = await attempt.wait()

@@ -20,13 +20,13 @@ from trainyard_executor.backends.noop import NoopBackend
 from trainyard_executor.core import ExecutorCore
 from trainyard_executor.outcomes import not_started_here
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import make_broker
-from trainyard_shared.consumers import connect_and_bind
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import EventPublisher
 from trainyard_shared.settings import CommonSettings
-from trainyard_shared.testkit import Bus
+from trainyard_shared.testing.helpers import Bus
 
 ME = "exec-a"
 NOW = utcnow()

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from faststream.nats import JStream
+from faststream.nats import JStream, NatsBroker
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from trainyard_contracts import Subjects
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.natsusers import tokens_bucket
 from trainyard_shared.streamlimits import StreamLimits
 
 DAY = 86400.0
+JOB_SECRETS_TTL_DAYS = 90
 INTAKE_DUPLICATE_WINDOW = 0.1  # seconds; nats-server refuses less
 
 
@@ -50,7 +53,7 @@ def stream_configs(
     names = subjects.streams
     p = subjects.prefix
     limits = limits or StreamLimits()
-    common = {"storage": StorageType.FILE, "num_replicas": replicas}
+    common: dict[str, Any] = {"storage": StorageType.FILE, "num_replicas": replicas}
     return [
         StreamConfig(
             name=names.jobs,
@@ -145,6 +148,15 @@ def bucket_configs(subjects: Subjects, replicas: int = 1) -> list[KeyValueConfig
         # pipeline runs (the workflow service's records); compare-and-set on every change
         KeyValueConfig(bucket=names.pipelines, history=5, storage=StorageType.FILE, replicas=replicas),
         KeyValueConfig(bucket=tokens_bucket(subjects), history=1, replicas=replicas),
+        # a job's secret values (jobsecrets.py): one revision, removed when the job ends; the
+        # TTL only clears what a missed end left behind (longer than any job's queueing and run)
+        KeyValueConfig(
+            bucket=names.secrets,
+            history=1,
+            ttl=JOB_SECRETS_TTL_DAYS * DAY,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
     ]
 
 
@@ -236,30 +248,31 @@ class Buckets:
     queues: KeyValue
     idempotency: KeyValue
     models: KeyValue
+    secrets: KeyValue
     pipelines: KeyValue
 
 
 async def open_buckets(
-    broker: object, subjects: Subjects, replicas: int = 1, *, declare_them: bool = True
+    broker: NatsBroker, subjects: Subjects, replicas: int = 1, *, declare_them: bool = True
 ) -> Buckets:
     """Bind to every KV bucket; with ``declare_them`` create (or correct) them first, which only
     the operator identity may do on a server with users (trainyard_shared.provision)."""
     if declare_them:
-        js = broker.config.connection_state.stream  # type: ignore[attr-defined]
+        js = NatsHandle(broker).jetstream
         await declare(js, [kv_stream_config(c) for c in bucket_configs(subjects, replicas)])
     names = subjects.buckets
-    kv = broker.key_value  # type: ignore[attr-defined]
+    kv = broker.key_value
     return Buckets(
         **{name: await kv(getattr(names, name), declare=False) for name in Buckets.__dataclass_fields__}
     )
 
 
 async def ensure_streams(
-    broker: object, subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+    broker: NatsBroker, subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
 ) -> None:
     """Create or update every stream and Object Store bucket (not the KV buckets): the operator's
     step, and tests'."""
-    js = broker.config.connection_state.stream  # type: ignore[attr-defined]
+    js = NatsHandle(broker).jetstream
     await declare(
         js, [*stream_configs(subjects, replicas, limits), *object_store_configs(subjects, replicas)]
     )

@@ -85,7 +85,7 @@ async def get_blob(store: ObjectStore, digest: str, max_bytes: int) -> bytes:
         raise BlobTooLarge(f"{digest} is {info.size} bytes, more than the {max_bytes} accepted")
     async with asyncio.timeout(GET_TIMEOUT_S):  # a chunk gone missing would otherwise wait forever
         result = await store.get(digest)
-    data = bytes(result.data)
+    data = bytes(result.data or b"")
     if digest_of(data) != digest:
         raise ValueError(f"the stored bytes of {digest} hash to {digest_of(data)}")
     return data

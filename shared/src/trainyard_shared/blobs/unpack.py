@@ -21,6 +21,7 @@ import posixpath
 import tarfile
 import zlib
 from dataclasses import dataclass
+from typing import IO
 
 __all__ = ["UnpackLimits", "UnsafeArchive", "check_archive", "check_member", "unpack_into"]
 
@@ -121,7 +122,7 @@ class _Budget:
             raise UnsafeArchive(f"more than {self.limits.max_bytes} bytes of content (at {name!r})")
 
 
-def _write_file(fd: int, leaf: str, name: str, source: io.BufferedReader, mode: int, budget: _Budget) -> None:
+def _write_file(fd: int, leaf: str, name: str, source: IO[bytes], mode: int, budget: _Budget) -> None:
     try:
         out = os.open(leaf, _FILE_FLAGS, mode, dir_fd=fd)
     except FileExistsError as exc:
