@@ -47,7 +47,7 @@ from trainyard_submission.access import (
 )
 from trainyard_submission.deadletters import DeadLetters, LetterNotFound
 from trainyard_submission.logs import read_chunks
-from trainyard_submission.purge import JobNotFinished
+from trainyard_submission.purge import JobNotFinished, JobPurger
 from trainyard_submission.queuestore import QueueNotFound, QueueStore, RevisionMismatch
 from trainyard_submission.service import (
     JobAlreadyFinished,
@@ -384,7 +384,8 @@ def build_router(state: dict[str, Any]) -> APIRouter:
             raise Problem(400, "purge=true required", detail, errors=errors)
         record = await job_for(caller, job_id, "purge")
         try:
-            purged = await state["purger"].purge(record, caller.name)
+            purger: JobPurger = state["purger"]
+            purged = await purger.purge(record, caller.name)
         except JobNotFinished as exc:
             raise Problem(409, "job not finished", str(exc)) from exc
         return purged.as_json()

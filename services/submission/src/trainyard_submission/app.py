@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from faststream import FastStream
 from faststream.specification import AsyncAPI
 from nats.aio.msg import Msg
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.blobs import UnpackLimits
@@ -128,7 +129,9 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             await sb.broker.stop()
             await queue_view.stop()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc served with their assets from this service, not a CDN
+    # (an offline or locked-down network otherwise gets a blank page)
+    app = FastAPIOffline(
         title="Trainyard",
         version="0.1.0",
         description="Submit, follow and cancel training jobs; read registered models.",
@@ -141,7 +144,11 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     app.include_router(build_router(state))
     install_openapi(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.mount("/metrics", make_asgi_app(registry=sb.registry))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        # a route, not a mount: a mount answers /metrics with a 307 to /metrics/ and an empty body
+        return Response(generate_latest(sb.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
