@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,7 +53,11 @@ from trainyard_contracts import (
     ModelVersionRecord,
     QueueConfig,
     WhyAnswer,
+    parse_spec_document,
 )
+
+if TYPE_CHECKING:
+    from trainyard_client.workdir import WorkdirUpload
 
 
 @dataclass(frozen=True)
@@ -235,13 +240,53 @@ class TrainyardClient:
         except httpx.TransportError:
             return False
 
+    def upload_workdir(self, folder: str | Path) -> WorkdirUpload:
+        """Pack ``folder`` and upload it unless the API has that digest already (asked first)."""
+        from trainyard_client.workdir import WorkdirUpload, pack_workdir
+
+        packed, commit, diff = pack_workdir(Path(folder).expanduser())
+        path = f"/v1/workdirs/{packed.digest}"
+        try:
+            self._request("HEAD", path)
+            uploaded = False
+        except TrainyardError as exc:
+            if exc.status != 404:
+                raise
+            headers = {"Content-Type": "application/gzip"}
+            uploaded = self._request("PUT", path, content=packed.archive, headers=headers).json()["stored"]
+        return WorkdirUpload(packed.digest, bool(uploaded), commit, diff, packed.files, packed.size)
+
+    def _with_workdir(
+        self, spec: str | bytes | Mapping[str, Any] | JobSpec
+    ) -> str | bytes | Mapping[str, Any] | JobSpec:
+        """``spec`` with a local ``workdir`` folder (relative: to the current directory) uploaded
+        and replaced by its digest; any other spec unchanged."""
+        from trainyard_client.workdir import workdir_path
+
+        if isinstance(spec, JobSpec):
+            if spec.workdir is None or spec.workdir.path is None:
+                return spec
+            data: dict[str, Any] = spec.model_dump(mode="json", exclude_defaults=True)
+        elif isinstance(spec, Mapping):
+            data = dict(spec)
+        else:
+            if b"workdir" not in (spec.encode() if isinstance(spec, str) else spec):
+                return spec
+            data = parse_spec_document(spec)
+        folder = workdir_path(data)
+        if folder is None:
+            return data
+        data["workdir"] = self.upload_workdir(folder).spec_field()
+        return data
+
     def submit(
         self,
         spec: str | bytes | Mapping[str, Any] | JobSpec,
         idempotency_key: str | None = None,
     ) -> SubmitResult:
-        """Submit a spec (YAML/JSON text, a mapping or a JobSpec); 422 raises with field errors."""
-        body, content_type = _spec_body(spec)
+        """Submit a spec (YAML/JSON text, a mapping or a JobSpec); 422 raises with field errors.
+        A local ``workdir`` folder is packed and uploaded first (:meth:`upload_workdir`)."""
+        body, content_type = _spec_body(self._with_workdir(spec))
         headers = {"Content-Type": content_type}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key

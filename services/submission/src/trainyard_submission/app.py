@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from trainyard_shared.binding import connect_and_bind
+from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.jobsecrets import SecretStore
@@ -35,6 +36,7 @@ from trainyard_submission.queuestore import QueueStore
 from trainyard_submission.service import SubmissionService
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_submission.tokens import TokenStore, bucket_name
+from trainyard_submission.workdirs import WorkdirStore
 
 
 def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker:
@@ -99,6 +101,11 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         # costs this service no watch delivery per record update
         store = JobStore(buckets.jobs)
         state["js"] = NatsHandle(sb.broker).jetstream
+        state["workdirs"] = WorkdirStore(
+            state["js"],
+            sb.subjects.workdirs_bucket,
+            UnpackLimits(settings.max_workdir_bytes, settings.max_workdir_files, settings.max_workdir_bytes),
+        )
         secrets = SecretStore(buckets.secrets)
         state["purger"] = JobPurger(buckets.jobs, secrets, buckets.idempotency, state["js"], sb.subjects)
         state["service"] = SubmissionService(
@@ -111,6 +118,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             secrets=secrets,
             queues=state["queues"],
             models_reader=BucketReader(state["js"], sb.subjects.buckets.models),
+            workdirs=state["workdirs"],
         )
         await sb.broker.start()
         await sb.start_pullers()
