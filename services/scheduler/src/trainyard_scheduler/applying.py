@@ -57,8 +57,8 @@ class Applying(JobRequests):
         only moves a job that is still pending at the same attempt, so a stale plan can never
         assign an attempt that another replica has assigned since.
         """
-        # each assignment is its own compare-and-set, so they can be in flight together: a
-        # chain of awaited round trips per job would cap the scheduler near 100 jobs/s
+        # each assignment is its own compare-and-set, so they can be in flight together instead
+        # of one awaited round trip after another (docs/performance.md, "Kept out of the code")
         limit = asyncio.Semaphore(ASSIGNMENTS_IN_FLIGHT)
 
         async def assign(a: Assignment, gang: GangPlacement | None) -> None:
