@@ -66,6 +66,7 @@ def make_broker(
         # faststream's per-message access log ("Received"/"Processed") at DEBUG: at INFO it is two
         # log records per message on the job path
         log_level=logging.DEBUG,
+        logger=logging.getLogger("trainyard.broker"),  # through the root's JSON handler (logs.py)
         middlewares=(
             # spans only when they go somewhere (an OTLP endpoint is set): spans nobody exports
             # cost CPU on every message

@@ -64,12 +64,21 @@ def main_options(
         typer.Option("--token", envvar="TRAINYARD_TOKEN", help="API token (default: <data dir>/api-token)"),
     ] = None,
 ) -> None:
-    from trainyard_client.sdk import default_url
+    from trainyard_client.connection import default_url
 
     ctx.obj = Settings(url or default_url(), token)
 
 
-for command in (jobs.submit, jobs.why, listing.status, listing.wait, jobs.logs, jobs.cancel, jobs.models):
+for command in (
+    jobs.submit,
+    jobs.why,
+    listing.status,
+    listing.wait,
+    jobs.logs,
+    jobs.cancel,
+    jobs.purge,
+    jobs.models,
+):
     app.command()(command)
 app.add_typer(admin.dlq, name="dlq")
 app.add_typer(admin.queues, name="queues")

@@ -7,15 +7,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from faststream import FastStream
 from faststream.specification import AsyncAPI
 from nats.aio.msg import Msg
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from trainyard_shared.binding import connect_and_bind
+from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
+from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.publishing import EventPublisher
@@ -28,10 +31,12 @@ from trainyard_submission.auth import load_or_create_token
 from trainyard_submission.intake import handle_intake
 from trainyard_submission.joblist import BucketReader
 from trainyard_submission.limits import BodyLimit
+from trainyard_submission.purge import JobPurger
 from trainyard_submission.queuestore import QueueStore
 from trainyard_submission.service import SubmissionService
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_submission.tokens import TokenStore, bucket_name
+from trainyard_submission.workdirs import WorkdirStore
 
 
 def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker:
@@ -96,6 +101,13 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         # costs this service no watch delivery per record update
         store = JobStore(buckets.jobs)
         state["js"] = NatsHandle(sb.broker).jetstream
+        state["workdirs"] = WorkdirStore(
+            state["js"],
+            sb.subjects.workdirs_bucket,
+            UnpackLimits(settings.max_workdir_bytes, settings.max_workdir_files, settings.max_workdir_bytes),
+        )
+        secrets = SecretStore(buckets.secrets)
+        state["purger"] = JobPurger(buckets.jobs, secrets, buckets.idempotency, state["js"], sb.subjects)
         state["service"] = SubmissionService(
             store=store,
             jobs_reader=BucketReader(state["js"], sb.subjects.buckets.jobs),
@@ -103,8 +115,10 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             models=buckets.models,
             events=EventPublisher(sb.broker, sb.subjects),
             git_timeout=settings.git_timeout_seconds,
+            secrets=secrets,
             queues=state["queues"],
             models_reader=BucketReader(state["js"], sb.subjects.buckets.models),
+            workdirs=state["workdirs"],
         )
         await sb.broker.start()
         await sb.start_pullers()
@@ -115,7 +129,9 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             await sb.broker.stop()
             await queue_view.stop()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc served with their assets from this service, not a CDN
+    # (an offline or locked-down network otherwise gets a blank page)
+    app = FastAPIOffline(
         title="Trainyard",
         version="0.1.0",
         description="Submit, follow and cancel training jobs; read registered models.",
@@ -128,7 +144,11 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     app.include_router(build_router(state))
     install_openapi(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.mount("/metrics", make_asgi_app(registry=sb.registry))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        # a route, not a mount: a mount answers /metrics with a 307 to /metrics/ and an empty body
+        return Response(generate_latest(sb.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
