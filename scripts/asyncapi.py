@@ -32,9 +32,9 @@ def _payloads() -> dict[str, Any]:
         # parse_job_event reads any job event; the consumer's filter subjects deliver this one
         "scheduler-job-requests": {"cancel_requested": JobCancelRequested},
         "telemetry-events": JobEvent,
-        "submission-intake": None,
+        "submission-intake": None,  # a job spec as YAML or JSON, parsed by the intake itself
         # parse_job_event reads any job event; the filter subjects deliver these outcomes
-        "workflow-job-outcomes": _outcome_models(),  # a job spec as YAML or JSON, parsed by the intake itself
+        "workflow-job-outcomes": _outcome_models(),
     }
 
 
