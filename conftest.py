@@ -1,1 +1,1 @@
-pytest_plugins = ["trainyard_shared.testing"]
+pytest_plugins = ["trainyard_shared.testing.fixtures"]

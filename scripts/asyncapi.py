@@ -1,6 +1,6 @@
 """Write one AsyncAPI document per service, generated from its faststream app (make asyncapi).
 
-The batch consumers (``trainyard_shared.batches.batch_consumer``) are not faststream subscribers:
+The batch consumers (``trainyard_shared.pullconsumer.batch_consumer``) are not faststream subscribers:
 each is a ``Puller`` in its ``ServiceBroker.pullers``, which faststream does not see. Every puller
 of the service is added here as the receive operation faststream would have written for a
 subscriber of the same subject, title and description, with the message model

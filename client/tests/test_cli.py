@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,65 @@ def test_age():
     assert age(now - timedelta(hours=2), now) == "2h"
     assert age(now - timedelta(days=4), now) == "4d"
     assert age(None, now) == "-"
+
+
+@pytest.mark.service
+def test_every_listing_speaks_json_yaml_and_name_and_pipes_as_plain_columns(tmp_path, fake_api):
+    long_name = "digits-" + "x" * 50  # with the other columns, wider than 80: still one line piped
+    path = str(write(tmp_path, GOOD_SPEC.replace("name: digits", f"name: {long_name}")))
+    assert invoke(fake_api.url, "submit", "--wait", path, token=fake_api.token).exit_code == 0
+    (job_id,) = fake_api.jobs
+
+    as_json = invoke(fake_api.url, "status", "-o", "json", token=fake_api.token)
+    assert as_json.exit_code == 0, as_json.output
+    (row,) = json.loads(as_json.stdout)
+    assert row["job_id"] == job_id and row["state"] == "succeeded" and row["name"] == long_name
+    one = json.loads(invoke(fake_api.url, "status", job_id, "-o", "json", token=fake_api.token).stdout)
+    assert one["job_id"] == job_id and one["spec"]["name"] == long_name and one["attempts"]
+    as_yaml = yaml.safe_load(invoke(fake_api.url, "status", "-o", "yaml", token=fake_api.token).stdout)
+    assert as_yaml[0]["job_id"] == job_id
+    assert invoke(fake_api.url, "status", "-o", "name", token=fake_api.token).stdout == f"{job_id}\n"
+
+    table = invoke(fake_api.url, "status", token=fake_api.token).stdout.splitlines()
+    assert table[0].split() == ["JOB", "NAME", "QUEUE", "STATE", "ATTEMPT", "AGE", "EXIT", "MODEL", "REASON"]
+    assert len(table) == 2 and len(table[1]) > 80 and long_name in table[1]
+    assert table[1].split()[3] == "succeeded"
+    wide = invoke(fake_api.url, "status", "-o", "wide", token=fake_api.token).stdout.splitlines()
+    assert "EXECUTOR" in wide[0].split() and "local-fake" in wide[1]
+
+    models = invoke(fake_api.url, "models", "-o", "json", token=fake_api.token)
+    versions = json.loads(models.stdout)
+    assert {v["name"] for v in versions} >= {"digits-classifier"}
+    assert all(isinstance(v["version"], int) and "metrics" in v for v in versions)
+    names = invoke(fake_api.url, "models", "-o", "name", token=fake_api.token).stdout.split()
+    assert names == [f"{v['name']}/{v['version']}" for v in versions]
+    bad = invoke(fake_api.url, "status", "-o", "xml", token=fake_api.token)
+    assert bad.exit_code == 2 and "xml" in bad.output
+
+
+@pytest.mark.service
+def test_url_and_token_work_after_the_subcommand_too(fake_api, closed_port_url):
+    later = runner.invoke(app, ["status", "-o", "json", "--url", fake_api.url, "--token", fake_api.token])
+    assert later.exit_code == 0, later.output
+    assert json.loads(later.stdout) == []
+    equals = runner.invoke(app, ["status", f"--url={closed_port_url}"])
+    assert equals.exit_code == 3 and closed_port_url in equals.output
+
+
+@pytest.mark.unit
+def test_a_table_on_a_terminal_fits_its_width_and_piped_keeps_whole_rows(monkeypatch, capsys):
+    from rich.console import Console
+
+    from trainyard_client import cli
+    from trainyard_client.cli.output import Column, Output, emit
+
+    rows = [{"id": "a1", "text": "word " * 30}]
+    columns = [Column("id", lambda r: r["id"]), Column("text", lambda r: r["text"], wrap=True)]
+    monkeypatch.setattr(cli, "out", Console(width=60, force_terminal=True, color_system=None))
+    emit(rows, columns, Output.TABLE, name=lambda r: r["id"], empty="none")
+    boxed = capsys.readouterr().out.splitlines()
+    assert "│" in boxed[3] and max(len(line) for line in boxed) <= 60 and len(boxed) > 4
+    monkeypatch.setattr(cli, "out", Console(width=60, no_color=True))  # piped
+    emit(rows, columns, Output.TABLE, name=lambda r: r["id"], empty="none")
+    plain = capsys.readouterr().out.splitlines()
+    assert plain == ["ID  TEXT", "a1  " + ("word " * 30).strip()]

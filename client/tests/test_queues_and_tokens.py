@@ -6,6 +6,7 @@ its bootstrap token as the admin token.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -107,7 +108,10 @@ def test_cli_queues_set_merges_options_and_lists_a_table(live_api, wide_consoles
 
     listed = cli(live_api, ADMIN, "queues", "list")
     assert listed.exit_code == 0, listed.output
-    rows = {line.split("│")[1].strip(): line for line in listed.output.splitlines() if line.count("│") > 3}
+    # piped: plain aligned columns, a header line then one line a queue
+    header, *lines = listed.output.splitlines()
+    assert header.split()[:2] == ["QUEUE", "WEIGHT"] and "│" not in listed.output
+    rows = {line.split()[0]: line for line in lines}
     assert "16Gi" in rows["vision"] and "research" in rows["vision"] and " no " in rows["vision"]
     assert " yes " in rows["default"]
 
@@ -137,3 +141,44 @@ def test_cli_tokens_create_list_revoke(live_api, wide_consoles):
     assert cli(live_api, ADMIN, "tokens", "revoke", token_id).exit_code == 0
     gone = cli(live_api, token, "status")
     assert gone.exit_code == 4 and "401" in gone.output
+
+
+def test_queues_and_tokens_list_as_the_api_records(live_api):
+    assert cli(live_api, ADMIN, "queues", "set", "vision", "--weight", "2", "-o", "json").exit_code == 0
+    listed = cli(live_api, ADMIN, "queues", "list", "-o", "json")
+    assert listed.exit_code == 0, listed.output
+    by_name = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert by_name["vision"]["weight"] == 2 and by_name["vision"]["revision"] > 0
+    assert sorted(cli(live_api, ADMIN, "queues", "list", "-o", "name").stdout.split()) == sorted(by_name)
+    assert cli(live_api, ADMIN, "tokens", "create", "--team", "vision").exit_code == 0
+    tokens = json.loads(cli(live_api, ADMIN, "tokens", "list", "-o", "json").stdout)
+    assert "vision" in {t["team"] for t in tokens} and all(t.get("token") is None for t in tokens)
+
+
+def test_status_filters_by_label_name_and_state_on_the_server(live_api):
+    with TrainyardClient(live_api, ADMIN) as admin:
+        ids = {
+            (name, sweep): admin.submit(
+                {"name": name, "command": ["true"], "labels": {"sweep": sweep, "owner": "ana"}}
+            ).job_id
+            for name, sweep in (("a", "lr"), ("b", "lr"), ("c", "bs"))
+        }
+
+    def listed(*args: str) -> set[str]:
+        result = cli(live_api, ADMIN, "status", "-o", "json", *args)
+        assert result.exit_code == 0, result.output
+        return {row["job_id"] for row in json.loads(result.stdout)}
+
+    assert listed("-l", "sweep=lr") == {ids["a", "lr"], ids["b", "lr"]}
+    assert listed("-l", "sweep=lr,owner=ana", "--name", "b") == {ids["b", "lr"]}
+    assert listed("-l", "sweep=lr", "-l", "owner=bob") == set()
+    assert len(listed()) == 3
+    (row,) = json.loads(cli(live_api, ADMIN, "status", "-o", "json", "-l", "sweep=bs").stdout)
+    assert row["labels"] == {"sweep": "bs", "owner": "ana"}
+    assert listed("--state", row["state"], "-l", "sweep=bs") == {ids["c", "bs"]}
+    assert listed("--state", "succeeded") == set()
+    bad = cli(live_api, ADMIN, "status", "-l", "sweep")
+    assert bad.exit_code == 2 and "key=value" in bad.output
+    with TrainyardClient(live_api, ADMIN) as admin, pytest.raises(TrainyardError) as refused:
+        admin._request("GET", "/v1/jobs", params={"label": "nokey"})
+    assert refused.value.status == 422 and "key=value" in refused.value.detail

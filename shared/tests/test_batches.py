@@ -13,11 +13,11 @@ import asyncio
 import pytest
 
 from trainyard_contracts import JobQueued, parse_job_event
-from trainyard_shared.batches import batch_consumer
+from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_bind
-from trainyard_shared.testkit import Bus, common_settings, eventually
+from trainyard_shared.pullconsumer import batch_consumer
+from trainyard_shared.testing.helpers import Bus, common_settings, eventually
 
 pytestmark = [pytest.mark.service]
 

@@ -14,6 +14,7 @@ from trainyard_contracts import JobSpec, JobState, Subjects, lifecycle
 from trainyard_shared.bus import ensure_streams, open_buckets, streams
 from trainyard_shared.deadletter import make_dead_letter_middleware
 from trainyard_shared.jobstore import JobStore, RecordExists
+from trainyard_shared.natshandle import NatsHandle
 
 pytestmark = pytest.mark.service
 
@@ -97,7 +98,7 @@ async def test_invalid_and_failing_messages_are_dead_lettered(nats_server, prefi
         await broker.publish({"n": 13}, subjects.job("j2", "ping"), stream=job_stream.name)
         await broker.publish({"n": 1}, subjects.job("j3", "ping"), stream=job_stream.name)
 
-        js = broker.config.connection_state.stream
+        js = NatsHandle(broker).jetstream
 
         async def dlq_count():
             info = await js.stream_info(subjects.streams.dlq)
@@ -121,9 +122,8 @@ async def test_publishes_in_flight_together_are_stored_in_their_order_once(nats_
     from nats.js.errors import NoStreamResponseError
 
     from trainyard_contracts import JobQueued, JobScheduled, StartAttempt
-    from trainyard_shared.commands import CommandSender
-    from trainyard_shared.events import EventPublisher, Outgoing, publish_in_order
-    from trainyard_shared.testkit import Bus
+    from trainyard_shared.publishing import CommandSender, EventPublisher, Outgoing, publish_in_order
+    from trainyard_shared.testing.helpers import Bus
 
     subjects = Subjects(prefix)
     broker = NatsBroker(nats_server.url)

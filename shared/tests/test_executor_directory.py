@@ -15,7 +15,8 @@ from faststream.nats import NatsBroker
 from trainyard_contracts import Capacity, ExecutorHeartbeat, Subjects
 from trainyard_shared.bus import open_buckets
 from trainyard_shared.executors import ExecutorDirectory
-from trainyard_shared.testkit import eventually
+from trainyard_shared.natshandle import NatsHandle
+from trainyard_shared.testing.helpers import eventually
 
 pytestmark = pytest.mark.service
 
@@ -37,7 +38,7 @@ async def test_reads_see_every_live_heartbeat_and_leave_no_consumer_behind(nats_
             online = await directory.online(datetime.now(UTC))
         assert sorted(online) == ["exec-a", "exec-c"]
 
-        js = broker.config.connection_state.stream
+        js = NatsHandle(broker).jetstream
         stream = f"KV_{subjects.buckets.executors}"
 
         async def no_consumers_left():

@@ -10,7 +10,7 @@ from trainyard_contracts._time import utcnow
 from trainyard_contracts.ids import new_job_id
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
-from trainyard_shared.testkit import Bus, eventually
+from trainyard_shared.testing.helpers import Bus, eventually
 
 pytestmark = pytest.mark.service
 SPEC = JobSpec(name="v", command=["true"])

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from trainyard_shared.kvwatch import KvWatch
-from trainyard_shared.testkit import Bus
+from trainyard_shared.testing.helpers import Bus
 
 
 @pytest.mark.service

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from trainyard_contracts.queues import QueueConfig, Quota
-from trainyard_scheduler.placement import Demand, ExecutorFree, PendingJob, RunningJob, Snapshot, plan
+from trainyard_scheduler.policy import Demand, ExecutorFree, PendingJob, RunningJob, Snapshot, plan
 
 NOW = 1_000_000.0
 SHAPES = [  # (cpu, memory MiB, gpu)

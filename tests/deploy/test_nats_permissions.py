@@ -18,7 +18,7 @@ import pytest
 from nats.errors import NoServersError
 
 from trainyard_contracts import JobEvent, Subjects
-from trainyard_shared.testkit import eventually
+from trainyard_shared.testing.helpers import eventually
 
 from .natsconf import NATS_DIR, ROOT, inbox_of, natsauth, password_for, provisioned, secured_server
 

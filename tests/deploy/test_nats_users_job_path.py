@@ -1,6 +1,6 @@
 """The per-service NATS users are enough: a job's whole path with every service as its own user.
 
-The five services run in this process (trainyard_shared.testkit) against a real
+The five services run in this process (trainyard_shared.testing.helpers) against a real
 nats-server started with deploy/nats/nats.conf, after the provision step (as admin), each connected
 as its own user (the executor as executor-<id>)
 (``CommonSettings(nats_user=..., nats_password=...)``, what TRAINYARD_NATS_USER/PASSWORD set in the
@@ -32,7 +32,7 @@ from trainyard_registry.settings import RegistrySettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.settings import CommonSettings
-from trainyard_shared.testkit import eventually, running
+from trainyard_shared.testing.helpers import eventually, running
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_telemetry.app import create_app as telemetry_app

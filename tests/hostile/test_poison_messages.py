@@ -1,7 +1,7 @@
 """A poison message on each service's consumer: parked on the dead-letter stream with its reason
 after bounded redelivery, and the service keeps serving.
 
-The services run in this process on a real nats-server (trainyard_shared.testkit). The
+The services run in this process on a real nats-server (trainyard_shared.testing.helpers). The
 scheduler's consumer is covered in tests/integration/test_job_path.py; here: executor, registry,
 telemetry and the submission intake (which answers a bad spec with a rejection, not a dead letter).
 """
@@ -22,7 +22,7 @@ from trainyard_registry.app import create_app as registry_app
 from trainyard_registry.settings import RegistrySettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
-from trainyard_shared.testkit import Bus, eventually, running
+from trainyard_shared.testing.helpers import Bus, eventually, running
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_telemetry.app import create_app as telemetry_app

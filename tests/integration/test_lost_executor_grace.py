@@ -45,7 +45,7 @@ async def test_an_executor_back_after_its_lease_expired_keeps_its_attempt(common
         [[_, pid]] = starts(marker)
         beat = await stored_beat(bus)
         expired_at = beat.time + timedelta(seconds=beat.lease_seconds)
-        core = scheduler.context.get("scheduler_state")["core"]
+        core = scheduler.context.get("runtime").get().core
 
         async def reconciled_after_expiry():  # a reconcile runs at least every 5 ticks (1 s)
             return core.decided_at is not None and core.decided_at > expired_at + timedelta(seconds=3)

@@ -114,7 +114,7 @@ async def test_a_preempted_attempt_holds_its_room_while_it_checkpoints(common, b
             return [j for j in low if (tmp_path / f"{j}.checkpointing").exists()]
 
         victim = (await eventually(checkpointing, 30, "a victim checkpointing"))[0]
-        core = scheduler.context.get("scheduler_state")["core"]
+        core = scheduler.context.get("runtime").get().core
         seen: set = set()
 
         async def passes_since():

@@ -68,7 +68,7 @@ async def test_why_reads_a_finished_job_the_scheduler_no_longer_keeps_in_memory(
     async with running(scheduler), running(executor):
         done = await bus.submit(JobSpec(name="done", command=["true"]))
         await bus.wait_state(done, "succeeded")
-        view = scheduler.context.get("scheduler_state")["view"]
+        view = scheduler.context.get("runtime").get().view
 
         async def dropped():
             return view.get(done) is None and done in view.revisions

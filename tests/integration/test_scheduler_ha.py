@@ -43,7 +43,7 @@ class Replica:
                 renew_seconds=1.0,
             ),
         )
-        self.state = self.app.context.get("scheduler_state")
+        self.runtime = self.app.context.get("runtime")
         self.won: list[tuple[str, int]] = []  # (job, attempt) this replica moved to scheduled
 
     def watch_assignments(self) -> None:
@@ -51,14 +51,15 @@ class Replica:
             if record.state == JobState.SCHEDULED:
                 self.won.append((record.job_id, record.attempt))
 
-        self.state["core"].store.on_written(count)
+        self.runtime.get().core.store.on_written(count)
 
     @property
     def lease(self) -> LeaderLease:
-        return self.state["lease"]
+        return self.runtime.get().lease
 
     def gauge(self) -> float | None:
-        return self.state["registry"].get_sample_value("trainyard_scheduler_leader", {"replica": self.name})
+        registry = self.runtime.get().registry
+        return registry.get_sample_value("trainyard_scheduler_leader", {"replica": self.name})
 
     async def leads(self) -> bool:
         return self.gauge() == 1.0 and self.lease.is_leader

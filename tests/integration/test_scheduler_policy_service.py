@@ -42,7 +42,7 @@ async def test_a_queue_at_its_quota_waits_and_says_so(common, bus):
     scheduler, executor = apps(common)
     async with running(scheduler), running(executor):
         await set_queue(bus, QueueConfig(name="team-a", quota=Quota(cpu=1)))
-        queues = scheduler.context.get("scheduler_state")["queue_view"].queues
+        queues = scheduler.context.get("runtime").get().queue_view.queues
 
         async def seen():
             return "team-a" in queues

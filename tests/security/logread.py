@@ -41,7 +41,7 @@ async def final_log_lines(bus, job_id: str, timeout: float = 60) -> list[str]:
     """Every line of a job that ended: the record says it ended before its last chunks may be
     stored (the executor writes both at once; the terminal event waits for the lines), so read
     until the executor's closing line is there."""
-    from trainyard_shared.testkit import eventually
+    from trainyard_shared.testing.helpers import eventually
 
     async def ended() -> list[str] | None:
         lines = await log_lines(bus, job_id)

@@ -1,7 +1,7 @@
 """Each attempt gets its own GPUs, by index (issue 13).
 
 No GPU exists where these tests run: a fake ``nvidia-smi`` in the test's tmp dir answers the
-executor's query with what a 4-GPU machine prints (``trainyard_shared.testkit.fake_nvidia_smi``).
+executor's query with what a 4-GPU machine prints (``trainyard_shared.testing.helpers.fake_nvidia_smi``).
 Everything else is real: a nats-server, the executor service, the local backend.
 
 Before: the executor reported a GPU count only (``nvidia-smi -L``), so nothing could say which
@@ -21,7 +21,7 @@ from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.settings import CommonSettings
-from trainyard_shared.testkit import Bus, eventually, fake_nvidia_smi, four_gpu_query_lines, running
+from trainyard_shared.testing.helpers import Bus, eventually, fake_nvidia_smi, four_gpu_query_lines, running
 
 pytestmark = [pytest.mark.security, pytest.mark.service, pytest.mark.local]
 

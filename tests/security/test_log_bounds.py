@@ -22,8 +22,9 @@ from trainyard_contracts import Subjects
 from trainyard_executor.logbudget import LogLimits
 from trainyard_executor.logship import LogShipper
 from trainyard_shared.bus import ensure_streams
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.streamlimits import StreamLimits
-from trainyard_shared.testkit import Bus
+from trainyard_shared.testing.helpers import Bus
 
 from .logread import stored_chunks, texts
 
@@ -42,7 +43,7 @@ async def test_200_lines_of_64_kib_are_stored_whole_in_chunks_under_max_payload(
     async with NatsBroker(nats_server.url) as broker, Bus(nats_server.url, prefix) as bus:
         await broker.start()
         await ensure_streams(broker, subjects)
-        max_payload = broker.config.connection_state.connection.max_payload
+        max_payload = NatsHandle(broker).max_payload
         shipper = LogShipper(broker, subjects, "jobbig1", 1, flush_seconds=0.2, batch_lines=200)
         lines = [f"{i:04d}" + "x" * (64 * KiB - 4) for i in range(200)]
         with caplog.at_level(logging.WARNING):

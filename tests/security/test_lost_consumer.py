@@ -22,7 +22,7 @@ from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
-from trainyard_shared.testkit import eventually, running
+from trainyard_shared.testing.helpers import eventually, running
 
 pytestmark = [pytest.mark.security, pytest.mark.service, pytest.mark.local]
 PY = sys.executable

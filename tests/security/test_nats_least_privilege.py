@@ -20,7 +20,7 @@ from nats.js.errors import NotFoundError
 
 from trainyard_contracts import Subjects
 from trainyard_shared.natsserver import NatsServer
-from trainyard_shared.testkit import eventually
+from trainyard_shared.testing.helpers import eventually
 
 from ..deploy.natsconf import inbox_of, password_for, provisioned, secured_server
 

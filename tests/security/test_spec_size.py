@@ -28,7 +28,7 @@ from trainyard_contracts.commands import EXECUTOR_COMMAND_ADAPTER
 from trainyard_contracts.spec import JobSpec
 from trainyard_contracts.specsize import MAX_SPEC_BYTES
 from trainyard_scheduler.startcommand import start_command
-from trainyard_shared.commands import CommandSender
+from trainyard_shared.publishing import CommandSender
 from trainyard_shared.settings import CommonSettings
 from trainyard_submission.app import create_app
 from trainyard_submission.settings import SubmissionSettings

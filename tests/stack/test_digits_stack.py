@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import nats
@@ -129,3 +130,44 @@ def test_why_and_dry_run_from_the_cli(stack):
     why = runner.invoke(app, [*base, "why", job.job_id])
     assert why.exit_code == 0, why.output
     assert "not pending: succeeded" in why.output
+
+
+def test_status_says_why_a_job_waits_and_wait_follows_many_jobs(stack):
+    from typer.testing import CliRunner
+
+    from trainyard_client.cli import app
+    from trainyard_contracts import QueueConfig, Quota
+
+    runner = CliRunner()
+    base = ["--url", stack.api_url, "--token", stack.token()]
+    client = stack.client()
+    client.set_queue(QueueConfig(name="capped", quota=Quota(cpu=0.5)), if_revision=0)
+    held = client.submit(
+        {
+            "name": "held",
+            "command": ["true"],
+            "queue": "capped",
+            "resources": {"cpu": 1},
+            "labels": {"p": "why"},
+        }
+    )
+    deadline = time.monotonic() + 60
+    while (answer := client.why(held.job_id)).reason is None or not answer.pending:
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.2)
+    assert answer.reason.kind == "quota", answer
+    table = runner.invoke(app, ["status", "-l", "p=why", *base])  # piped: plain columns
+    assert table.exit_code == 0, table.output
+    header, row = table.stdout.splitlines()
+    assert "REASON" in header.split() and held.job_id in row and "quota: " in row
+    client.cancel(held.job_id)
+
+    quick = [
+        client.submit({"name": f"quick{i}", "command": ["true"], "labels": {"p": "wait"}}) for i in (1, 2)
+    ]
+    waited = runner.invoke(app, [*base, "wait", "-l", "p=wait", "--timeout", "120"])
+    assert waited.exit_code == 0, waited.output
+    assert all(f"{job.job_id} succeeded" in waited.output for job in quick)
+    failing = client.submit({"name": "fails", "command": ["false"]})
+    both = runner.invoke(app, [*base, "wait", quick[0].job_id, failing.job_id, "-q", "--timeout", "120"])
+    assert both.exit_code == 1 and both.output == ""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from trainyard_contracts import (
     DryRunAnswer,
@@ -104,6 +104,7 @@ class JobSummary(BaseModel):
     job_id: str
     name: str
     queue: str
+    labels: dict[str, str] = Field(default_factory=dict)
     state: JobState
     attempt: int = 1
     executor_id: str | None = None
@@ -324,13 +325,23 @@ class TrainyardClient:
         return JobRecord.model_validate(self._request("GET", f"/v1/jobs/{job_id}").json())
 
     def list(
-        self, state: str | JobState | None = None, queue: str | None = None, limit: int | None = None
+        self,
+        state: str | JobState | None = None,
+        queue: str | None = None,
+        limit: int | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[JobSummary]:
+        """Jobs newest first; ``labels``: only jobs carrying every one of them."""
         params: dict[str, Any] = {}
         if state:
             params["state"] = JobState(state).value
         if queue:
             params["queue"] = queue
+        if name:
+            params["name"] = name
+        if labels:
+            params["label"] = [f"{k}={v}" for k, v in labels.items()]
         if limit:
             params["limit"] = limit
         rows = self._request("GET", "/v1/jobs", params=params).json().get("jobs", [])

@@ -23,16 +23,13 @@ module imports them (and ``trainyard_shared``) only when a stack starts.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -40,15 +37,24 @@ from typing import IO, TYPE_CHECKING, Any
 import httpx
 
 from trainyard_client.sdk import TOKEN_FILE, TrainyardClient
+from trainyard_client.stackprocess import (
+    SERVICES,
+    ServiceDied,
+    ServiceProcess,
+    StackError,
+    StackNotInstalled,
+    _free_port,
+    _port_in_use,
+    _private_log,
+    missing_packages,
+)
 from trainyard_client.supervision import Restart, RestartBook, RestartPolicy
 
 if TYPE_CHECKING:
     from trainyard_client.leftovers import Descendants, Leftover
 
-SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry", "workflow")
 # what the stack's processes create (logs, the MLflow database, records) is readable by its user only
 PRIVATE_UMASK = 0o077
-INSTALL_HINT = "install trainyard-client[stack]  (pip install 'trainyard-client[stack]')"
 EXECUTOR_HANDBACK_SECONDS = 10.0
 """What the executor needs past its jobs' grace to stop them for good and hand them back (the
 SIGKILL after the grace, the last log lines, the record and its event): the stack's stop timeout
@@ -59,77 +65,6 @@ SCAN_EVERY_SECONDS = 2.0
 """How often a supervised stack notes the processes below its services (see leftovers.py)."""
 RestartListener = Callable[[Restart, str], None]
 """Told of each exit the stack answers (a restart, or giving up), with the end of that log."""
-
-
-class StackError(RuntimeError):
-    """The stack could not start or keep running."""
-
-
-class StackNotInstalled(StackError):
-    def __init__(self, missing: list[str]) -> None:
-        self.missing = missing
-        super().__init__(f"the embedded stack needs {', '.join(missing)}: {INSTALL_HINT}")
-
-
-class ServiceDied(StackError):
-    """One or more processes of the stack exited; ``tails`` holds the last lines of each log."""
-
-    def __init__(self, dead: list[ServiceProcess], tails: dict[str, str]) -> None:
-        self.dead = dead
-        self.tails = tails
-        self.name = dead[0].name
-        parts = [
-            f"{s.name} (exit code {s.process.returncode if s.process else '?'}, log {s.log_path})"
-            for s in dead
-        ]
-        super().__init__("exited: " + "; ".join(parts))
-
-
-def missing_packages() -> list[str]:
-    """The stack's modules that cannot be imported here (empty when the stack extra is installed)."""
-    wanted = ["trainyard_shared.natsserver", *(f"trainyard_{name}.__main__" for name in SERVICES)]
-    missing = []
-    for module in wanted:
-        try:
-            found = importlib.util.find_spec(module)
-        except ModuleNotFoundError:
-            found = None
-        if found is None:
-            missing.append(module.split(".")[0])
-    return missing
-
-
-def _free_port(host: str) -> int:
-    try:  # below the ephemeral range, so no outgoing connection takes it before we listen
-        from trainyard_shared.natsserver import free_port
-    except ImportError:  # the services are not installed: the stack cannot start anyway
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            return int(sock.getsockname()[1])
-    return free_port(host)
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-@dataclass
-class ServiceProcess:
-    name: str
-    port: int
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    log_file: IO[bytes] | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
 
 class EmbeddedStack:
@@ -630,10 +565,3 @@ class EmbeddedStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _private_log(path: Path) -> IO[bytes]:
-    """A log file to append to, readable by the stack's user only (also one an older stack made)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "ab")

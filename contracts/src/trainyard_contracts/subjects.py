@@ -128,6 +128,11 @@ class Subjects:
         )
 
     @property
+    def workdirs_bucket(self) -> str:
+        """The Object Store bucket of packed job workdirs (content-addressed: sha256 digests)."""
+        return f"{self.prefix.replace('-', '_')}_workdirs"
+
+    @property
     def buckets(self) -> BucketNames:
         base = self.prefix.replace("-", "_")
         return BucketNames(

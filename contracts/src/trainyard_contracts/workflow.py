@@ -186,7 +186,7 @@ class ArraySpec(_Strict):
 class ConcurrencyPolicy(StrEnum):
     allow = "allow"
     forbid = "forbid"
-    replace = "replace"
+    replace = "replace"  # type: ignore[assignment]  # the policy's word; shadows str.replace on purpose
 
 
 class ScheduleSpec(_Strict):

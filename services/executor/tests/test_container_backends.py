@@ -31,7 +31,7 @@ from trainyard_executor.backends.docker import (
 from trainyard_executor.core import free_loopback_port
 from trainyard_executor.jobenv import plan_gang
 from trainyard_executor.testengines import ENGINE_URLS, IMAGE, Lines, gone, make_launch
-from trainyard_shared.testkit import eventually, running
+from trainyard_shared.testing.helpers import eventually, running
 
 pytest_plugins = ["trainyard_executor.testengines"]  # the engine and backend fixtures
 
@@ -467,7 +467,7 @@ class _ShortFollowContainer:
 
 @pytest.mark.unit
 async def test_what_a_follow_stream_missed_is_read_back_after_the_exit(tmp_path):
-    from trainyard_executor.backends.docker import ContainerAttempt
+    from trainyard_executor.backends.container_attempt import ContainerAttempt
 
     backend = DockerBackend(client_factory=lambda: None, executor_id="e")
     removed: list[str] = []
@@ -514,12 +514,12 @@ class _SlowFollowContainer(_ShortFollowContainer):
 async def test_a_follow_stream_closed_under_a_read_is_still_caught_up(tmp_path, monkeypatch):
     """_drain closes a stream that has not ended a while after the exit; the read under way then
     raises, and what the stream had not delivered must still come from the stored log."""
-    from trainyard_executor.backends import docker as docker_backend
+    from trainyard_executor.backends import container_attempt
 
-    monkeypatch.setattr(docker_backend, "LOG_DRAIN_S", 0.1)
+    monkeypatch.setattr(container_attempt, "LOG_DRAIN_S", 0.1)
     backend = DockerBackend(client_factory=lambda: None, executor_id="e")
     lines = Lines()
-    attempt = docker_backend.ContainerAttempt(
+    attempt = container_attempt.ContainerAttempt(
         backend, _SlowFollowContainer(), make_launch(tmp_path, ["x"]), tmp_path, lines
     )
     outcome = await attempt.wait()
@@ -787,18 +787,12 @@ async def test_a_restarted_executor_adopts_the_container_of_the_current_attempt(
 
 @pytest.mark.service
 async def test_a_restarted_executor_stops_a_superseded_container_and_the_job_runs_once_more(
-    engine, nats_server, prefix, nats_js, tmp_path, monkeypatch, request
+    engine, nats_server, prefix, nats_js, tmp_path, monkeypatch
 ):
     """The executor crashed while attempt 1 ran and the scheduler has requeued the job since:
     on start the executor stops that container before it takes any new work, so the job's
-    attempts never run at the same time."""
-    if engine == "podman":
-        # found by the last CI run of session 6, after the isolation and room-accounting work
-        # landed: on podman the superseded container is stopped but attempt 2 is not started
-        # within 60 s (docker passes); still run, reported as XFAIL/XPASS until it is fixed
-        request.node.add_marker(
-            pytest.mark.xfail(reason="podman: attempt 2 not started after a superseded container is stopped")
-        )
+    attempts never run at the same time. (Its first heartbeat may let the scheduler place attempt 2
+    here while it recovers: that attempt is left to its start command, not requeued as lost.)"""
     from trainyard_contracts import JobSpec, JobState, Subjects
 
     settings = _settings(engine, monkeypatch)

@@ -31,9 +31,9 @@ SCRIPT = EXAMPLE / "allreduce.py"
 
 def load_harness() -> Any:
     """The shared test kit (an installed module: no dependence on how pytest names `tests`)."""
-    from trainyard_shared import testkit
+    from trainyard_shared.testing import helpers
 
-    return testkit
+    return helpers
 
 
 def stable_env_dir() -> Path:

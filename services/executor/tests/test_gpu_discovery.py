@@ -17,7 +17,7 @@ from trainyard_executor.gpus import (
     discover_gpus,
     parse_gpu_query,
 )
-from trainyard_shared.testkit import fake_nvidia_smi, four_gpu_query_lines
+from trainyard_shared.testing.helpers import fake_nvidia_smi, four_gpu_query_lines
 
 pytestmark = [pytest.mark.unit, pytest.mark.security]
 

@@ -29,7 +29,7 @@ from kubernetes import client as k8s
 
 from trainyard_executor.app import make_backend
 from trainyard_executor.backends.base import AttemptLaunch, AttemptOutcome, Gang, Resources
-from trainyard_executor.backends.docker import HOST_ONLY_ENV
+from trainyard_executor.backends.kube_attempt import KubeAttempt
 from trainyard_executor.backends.kube_manifests import (
     COMPLETION_INDEX_ANNOT,
     LABEL_ATTEMPT,
@@ -43,7 +43,8 @@ from trainyard_executor.backends.kube_manifests import (
     service_manifest,
 )
 from trainyard_executor.backends.kube_status import deciding_exit, job_end
-from trainyard_executor.backends.kubernetes import KubeAttempt, KubernetesBackend
+from trainyard_executor.backends.kubernetes import KubernetesBackend
+from trainyard_executor.jobenv import HOST_ONLY_ENV
 from trainyard_executor.settings import ExecutorSettings
 
 pytestmark = pytest.mark.kubernetes
@@ -614,7 +615,7 @@ async def test_a_job_runs_through_the_services_on_the_kubernetes_backend(
     from trainyard_executor.app import create_app as executor_app
     from trainyard_scheduler.app import create_app as scheduler_app
     from trainyard_scheduler.settings import SchedulerSettings
-    from trainyard_shared.testkit import Bus, common_settings, running
+    from trainyard_shared.testing.helpers import Bus, common_settings, running
 
     monkeypatch.setenv(
         "KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", str(cluster.mock.url).rstrip("/")))

@@ -11,7 +11,7 @@ from faststream.nats import NatsBroker
 from trainyard_contracts import Subjects
 from trainyard_executor.logship import LogShipper
 from trainyard_shared.bus import ensure_streams
-from trainyard_shared.testkit import Bus, eventually
+from trainyard_shared.testing.helpers import Bus, eventually
 
 pytestmark = pytest.mark.service
 

@@ -26,16 +26,17 @@ from trainyard_contracts import JobRecord, JobSpec, JobState, Subjects, lifecycl
 from trainyard_contracts._time import utcnow
 from trainyard_executor.backends.base import Resources
 from trainyard_executor.backends.noop import NoopBackend
-from trainyard_executor.core import ExecutorCore, _requeued_here
+from trainyard_executor.core import ExecutorCore
 from trainyard_executor.outcomes import conclude, event_for
+from trainyard_executor.recording import requeued_here
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import make_broker
-from trainyard_shared.consumers import connect_and_bind
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import EventPublisher
 from trainyard_shared.settings import CommonSettings
-from trainyard_shared.testkit import Bus
+from trainyard_shared.testing.helpers import Bus
 
 ME = "exec-a"
 NOW = utcnow()
@@ -63,10 +64,10 @@ def stored(record: JobRecord) -> JobRecord:
 def test_a_landed_retry_write_is_recognised_also_after_the_next_attempt_moved_on() -> None:
     written = failed_here(running_here())
     assert written.state == JobState.REQUEUED and written.attempt == 2
-    assert _requeued_here(stored(written), written, 1)
+    assert requeued_here(stored(written), written, 1)
     # the scheduler already placed attempt 2 elsewhere: attempt 1's entry is history, unchanged
     later = lifecycle.schedule(stored(written), "exec-b", NOW + timedelta(seconds=9))
-    assert _requeued_here(later, written, 1)
+    assert requeued_here(later, written, 1)
 
 
 @pytest.mark.unit
@@ -77,22 +78,22 @@ def test_a_requeue_by_anyone_else_is_not_taken_for_ours_even_at_the_same_instant
         record, NOW, reason="executor_lost", counts_as_retry=False, detail=f"executor {ME} stopped"
     )
     preempted = lifecycle.requeue(record, NOW, reason="preempted", counts_as_retry=False, detail="preempted")
-    assert not _requeued_here(stored(lost), written, 1)
-    assert not _requeued_here(stored(preempted), written, 1)
+    assert not requeued_here(stored(lost), written, 1)
+    assert not requeued_here(stored(preempted), written, 1)
     # our own retry at another instant (a second _finish) is not this write either
     again = failed_here(record, NOW + timedelta(microseconds=1))
-    assert not _requeued_here(stored(again), written, 1)
+    assert not requeued_here(stored(again), written, 1)
 
 
 @pytest.mark.unit
 def test_a_write_that_did_not_land_or_was_not_a_retry_is_not_a_requeue_here() -> None:
     record = running_here()
     written = failed_here(record)
-    assert not _requeued_here(stored(record), written, 1)  # the record still shows attempt 1 running
+    assert not requeued_here(stored(record), written, 1)  # the record still shows attempt 1 running
     final = failed_here(running_here(retries=0))
     assert final.state == JobState.FAILED
-    assert not _requeued_here(stored(final), final, 1)  # terminal: _ended_here's case, not this one
-    assert not _requeued_here(stored(written), written, 2)  # another attempt's write
+    assert not requeued_here(stored(final), final, 1)  # terminal: ended_here's case, not this one
+    assert not requeued_here(stored(written), written, 2)  # another attempt's write
 
 
 # -- the executor against a real nats-server ---------------------------------------------------

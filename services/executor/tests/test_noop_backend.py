@@ -16,7 +16,7 @@ pytestmark = pytest.mark.service
 
 
 async def test_a_job_succeeds_on_the_noop_backend_without_running_anything(nats_server, prefix, tmp_path):
-    from trainyard_shared import testkit as harness
+    from trainyard_shared.testing import helpers as harness
 
     common = CommonSettings(nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path, log_format="text")
     marker = tmp_path / "ran"

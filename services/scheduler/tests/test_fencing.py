@@ -31,11 +31,10 @@ from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import ensure_streams, open_buckets
-from trainyard_shared.commands import CommandSender
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
+from trainyard_shared.publishing import CommandSender, EventPublisher
 from trainyard_shared.settings import CommonSettings
 
 pytestmark = pytest.mark.service

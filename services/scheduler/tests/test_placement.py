@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from trainyard_contracts.queues import QueueConfig, Quota
-from trainyard_scheduler.placement import (
+from trainyard_scheduler.policy import (
     Demand,
     ExecutorFree,
     PendingJob,
@@ -315,7 +315,7 @@ def test_every_waiting_job_has_a_structured_reason():
 
 def test_policy_imports_no_broker():
     code = (
-        "import trainyard_scheduler.placement, sys; "
+        "import trainyard_scheduler.policy, sys; "
         "assert not any(m.startswith(('faststream','nats')) for m in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trainyard_contracts.queues import QueueConfig, Quota
-from trainyard_scheduler.placement import Demand, ExecutorFree, PendingJob, RunningJob, Snapshot
+from trainyard_scheduler.policy import Demand, ExecutorFree, PendingJob, RunningJob, Snapshot
 from trainyard_scheduler.policy.cluster import EPS, Cluster, replicas_in
 from trainyard_scheduler.policy.planner import Pass
 

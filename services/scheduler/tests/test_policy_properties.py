@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trainyard_contracts.queues import QueueConfig, Quota
-from trainyard_scheduler.placement import Demand, ExecutorFree, PendingJob, Plan, RunningJob, Snapshot, plan
+from trainyard_scheduler.policy import Demand, ExecutorFree, PendingJob, Plan, RunningJob, Snapshot, plan
 
 pytestmark = pytest.mark.unit
 EPS = 1e-9

@@ -24,13 +24,12 @@ from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import ensure_streams, open_buckets
-from trainyard_shared.commands import CommandSender
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
+from trainyard_shared.publishing import CommandSender, EventPublisher
 from trainyard_shared.settings import CommonSettings
-from trainyard_shared.testkit import Bus, eventually, running
+from trainyard_shared.testing.helpers import Bus, eventually, running
 
 pytestmark = pytest.mark.service
 

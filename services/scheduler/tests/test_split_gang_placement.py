@@ -11,8 +11,9 @@ import pytest
 from trainyard_contracts import Capacity, ExecutorHeartbeat, JobSpec, JobState, lifecycle
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import GangMember, GangPlacement, PortRange
-from trainyard_scheduler.core import SchedulerCore, rendezvous_port, split_placement
-from trainyard_scheduler.placement import Assignment, RankPlacement
+from trainyard_scheduler.core import SchedulerCore
+from trainyard_scheduler.policy import Assignment, RankPlacement
+from trainyard_scheduler.splitgang import rendezvous_port, split_placement
 
 pytestmark = pytest.mark.unit
 NOW = utcnow()

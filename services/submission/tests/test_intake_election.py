@@ -14,7 +14,7 @@ import uuid
 import nats
 import pytest
 
-from trainyard_shared.testkit import eventually
+from trainyard_shared.testing.helpers import eventually
 
 from .conftest import AUTH
 

@@ -21,7 +21,7 @@ from trainyard_contracts import (
 )
 from trainyard_contracts._time import utcnow
 from trainyard_shared.settings import CommonSettings
-from trainyard_shared.testkit import running
+from trainyard_shared.testing.helpers import running
 from trainyard_telemetry.app import create_app
 from trainyard_telemetry.jobstates import JobStates
 from trainyard_telemetry.metrics import JobMetrics

@@ -15,7 +15,7 @@ from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
-from trainyard_shared.testkit import common_settings, eventually, running
+from trainyard_shared.testing.helpers import common_settings, eventually, running
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_workflow.app import create_app as workflow_app

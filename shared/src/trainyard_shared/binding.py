@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
+from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from trainyard_contracts import Subjects
+from trainyard_shared.broker import ServiceBroker
 from trainyard_shared.bus import Buckets, all_stream_configs, ensure_streams, open_buckets
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.settings import CommonSettings
 
 log = logging.getLogger("trainyard.binding")
@@ -59,12 +61,19 @@ async def wait_provisioned(js: JetStreamContext, subjects: Subjects, timeout: fl
         await asyncio.sleep(0.5)
 
 
-async def bind_bus(broker: Any, common: CommonSettings) -> Buckets:
+async def bind_bus(broker: NatsBroker, common: CommonSettings) -> Buckets:
     """On a connected broker: declare (without an identity) or wait for the provision step, then
     bind to the buckets."""
     subjects = common.subjects
     if common.declares_streams:
         await ensure_streams(broker, subjects, common.stream_replicas)
         return await open_buckets(broker, subjects, common.stream_replicas)
-    await wait_provisioned(broker.config.connection_state.stream, subjects, common.provision_wait_seconds)
+    await wait_provisioned(NatsHandle(broker).jetstream, subjects, common.provision_wait_seconds)
     return await open_buckets(broker, subjects, declare_them=False)
+
+
+async def connect_and_bind(sb: ServiceBroker, common: CommonSettings) -> Buckets:
+    """Connect, then bind to the streams and buckets before any subscriber does: every service's
+    first start-up step."""
+    await sb.broker.connect()
+    return await bind_bus(sb.broker, common)

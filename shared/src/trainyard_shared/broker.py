@@ -26,7 +26,7 @@ class ServiceBroker:
     subjects: Subjects
     service: str = "service"
     tracer_provider: TracerProvider | None = None
-    # batch consumers' fetch loops (trainyard_shared.batches.Puller), run beside the broker
+    # batch consumers' fetch loops (trainyard_shared.pullconsumer.Puller), run beside the broker
     pullers: list[Any] = field(default_factory=list)
 
     async def start_pullers(self) -> None:
@@ -52,7 +52,7 @@ def make_broker(
     if settings.nats_user:
         password = settings.nats_password.get_secret_value() if settings.nats_password else ""
         security = SASLPlaintext(username=settings.nats_user, password=password)
-    extra = {}
+    extra: dict[str, Any] = {}
     if settings.nats_creds:
         extra["user_credentials"] = str(settings.nats_creds)
     broker = NatsBroker(

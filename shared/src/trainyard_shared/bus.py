@@ -1,16 +1,18 @@
-"""The streams and KV buckets of one installation, declared in one place."""
+"""The streams, KV buckets and Object Store buckets of one installation, declared in one place."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from faststream.nats import JStream
+from faststream.nats import JStream, NatsBroker
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from trainyard_contracts import Subjects
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.natsusers import tokens_bucket
 from trainyard_shared.streamlimits import StreamLimits
 
@@ -50,7 +52,7 @@ def stream_configs(
     names = subjects.streams
     p = subjects.prefix
     limits = limits or StreamLimits()
-    common = {"storage": StorageType.FILE, "num_replicas": replicas}
+    common: dict[str, Any] = {"storage": StorageType.FILE, "num_replicas": replicas}
     return [
         StreamConfig(
             name=names.jobs,
@@ -148,6 +150,41 @@ def bucket_configs(subjects: Subjects, replicas: int = 1) -> list[KeyValueConfig
     ]
 
 
+def object_store_configs(
+    subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+) -> list[StreamConfig]:
+    """Every Object Store bucket, as the stream nats-py's ``create_object_store`` declares
+    (nats/js/client.py), so the provision step can also bring a changed one back to it."""
+    limits = limits or StreamLimits()
+    return [
+        object_store_stream(
+            subjects.workdirs_bucket,
+            "packed job workdirs, named by their sha256 digest (trainyard_shared.blobs)",
+            max_bytes=limits.workdirs_max_bytes,
+            max_age=limits.workdirs_max_age_days * DAY,
+            replicas=replicas,
+        )
+    ]
+
+
+def object_store_stream(
+    bucket: str, description: str, *, max_bytes: int, max_age: float, replicas: int
+) -> StreamConfig:
+    return StreamConfig(
+        name=f"OBJ_{bucket}",
+        description=description,
+        subjects=[f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"],
+        max_age=max_age,
+        max_bytes=max_bytes,
+        max_consumers=-1,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        discard=DiscardPolicy.NEW,
+        allow_rollup_hdrs=True,
+        allow_direct=True,
+    )
+
+
 def kv_stream_config(config: KeyValueConfig) -> StreamConfig:
     """The stream nats-py's ``create_key_value`` declares for ``config`` (nats/js/client.py), so
     that the provision step can also bring a bucket whose stream was changed back to it
@@ -180,7 +217,8 @@ def all_stream_configs(
 ) -> list[StreamConfig]:
     """Every stream of the installation, the buckets' streams included."""
     buckets = [kv_stream_config(config) for config in bucket_configs(subjects, replicas)]
-    return [*stream_configs(subjects, replicas, limits), *buckets]
+    objects = object_store_configs(subjects, replicas, limits)
+    return [*stream_configs(subjects, replicas, limits), *buckets, *objects]
 
 
 async def declare(js: JetStreamContext, configs: list[StreamConfig]) -> None:
@@ -204,23 +242,26 @@ class Buckets:
 
 
 async def open_buckets(
-    broker: object, subjects: Subjects, replicas: int = 1, *, declare_them: bool = True
+    broker: NatsBroker, subjects: Subjects, replicas: int = 1, *, declare_them: bool = True
 ) -> Buckets:
     """Bind to every KV bucket; with ``declare_them`` create (or correct) them first, which only
     the operator identity may do on a server with users (trainyard_shared.provision)."""
     if declare_them:
-        js = broker.config.connection_state.stream  # type: ignore[attr-defined]
+        js = NatsHandle(broker).jetstream
         await declare(js, [kv_stream_config(c) for c in bucket_configs(subjects, replicas)])
     names = subjects.buckets
-    kv = broker.key_value  # type: ignore[attr-defined]
+    kv = broker.key_value
     return Buckets(
         **{name: await kv(getattr(names, name), declare=False) for name in Buckets.__dataclass_fields__}
     )
 
 
 async def ensure_streams(
-    broker: object, subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+    broker: NatsBroker, subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
 ) -> None:
-    """Create or update every stream (not the buckets): the operator's step, and tests'."""
-    js = broker.config.connection_state.stream  # type: ignore[attr-defined]
-    await declare(js, stream_configs(subjects, replicas, limits))
+    """Create or update every stream and Object Store bucket (not the KV buckets): the operator's
+    step, and tests'."""
+    js = NatsHandle(broker).jetstream
+    await declare(
+        js, [*stream_configs(subjects, replicas, limits), *object_store_configs(subjects, replicas)]
+    )

@@ -29,7 +29,7 @@ def delivery_count(msg: Any, *, raw: bool = False) -> int:
     if not raw:
         msg = getattr(msg, "raw_message", None)
     try:
-        return int(msg.metadata.num_delivered)  # type: ignore[union-attr]
+        return int(msg.metadata.num_delivered)
     except Exception:  # core NATS or in-memory test broker: no metadata
         return 1
 

@@ -72,7 +72,7 @@ class ExecutorDirectory:
                 except ValidationError:
                     continue
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: KeyWatcher.stop is unannotated
         return beats
 
     async def online(self, now: datetime, fresh: bool = False) -> dict[str, ExecutorHeartbeat]:

@@ -118,8 +118,29 @@ def look_up_streams(perms: Permissions, subjects: Subjects) -> None:
     """Bind to every stream and bucket (STREAM.INFO): a service waits for the provision step and
     never declares, updates, deletes or purges one."""
     perms.add_publish(f"{API}.INFO")
-    for stream in [*stream_names(subjects).values(), *(f"KV_{b}" for b in bucket_names(subjects).values())]:
+    for stream in [
+        *stream_names(subjects).values(),
+        *(f"KV_{b}" for b in bucket_names(subjects).values()),
+        f"OBJ_{subjects.workdirs_bucket}",
+    ]:
         perms.add_publish(f"{API}.STREAM.INFO.{stream}")
+
+
+def read_objects(perms: Permissions, bucket: str) -> None:
+    """Read an Object Store bucket (trainyard_shared.blobs): an object's meta (last message on its
+    subject) and its chunks (an ordered consumer the server names)."""
+    stream = f"OBJ_{bucket}"
+    perms.add_publish(
+        f"{API}.STREAM.MSG.GET.{stream}", f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>"
+    )
+    read_stream(perms, stream)
+
+
+def write_objects(perms: Permissions, bucket: str) -> None:
+    """Add objects to an Object Store bucket: its chunks and meta. No purge (that would be a
+    stream change): a blob is put once under its digest and never replaced."""
+    read_objects(perms, bucket)
+    perms.add_publish(f"$O.{bucket}.C.>", f"$O.{bucket}.M.>")
 
 
 def read_stream(perms: Permissions, stream: str) -> None:
@@ -205,6 +226,7 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         )
         for bucket in (*KV_WRITES["submission"], *KV_READS["submission"]):
             perms.add_publish(f"{API}.CONSUMER.DELETE.KV_{buckets[bucket]}.*")
+        write_objects(perms, subjects.workdirs_bucket)  # PUT /v1/workdirs
     elif service == "scheduler":
         perms.add_publish(
             subjects.exec_command("*", "start"),
@@ -238,6 +260,7 @@ def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
     executors = subjects.buckets.executors
     read_bucket(perms, executors)
     perms.add_publish(f"$KV.{executors}.{executor_id}", f"{subjects.prefix}.log.>")
+    read_objects(perms, subjects.workdirs_bucket)  # the jobs' packed workdirs, read only
     return perms
 
 

@@ -31,3 +31,12 @@ class StreamLimits(BaseSettings):
     jobs_max_age_days: float = Field(30, gt=0, description="how long job events are kept")
     dlq_max_bytes: int = Field(256 * MiB, ge=MiB, description="the dead-letter stream")
     dlq_max_age_days: float = Field(30, gt=0, description="how long a dead letter is kept")
+    workdirs_max_bytes: int = Field(
+        2 * GiB,
+        ge=MiB,
+        description="the packed workdirs bucket; full: an upload is refused (discard new), never "
+        "a stored workdir dropped for it",
+    )
+    workdirs_max_age_days: float = Field(
+        30, gt=0, description="how long a packed workdir is kept; a retry after that fails saying so"
+    )

@@ -9,6 +9,8 @@ import typer
 
 from trainyard_client import cli
 from trainyard_client.cli.base import EXIT_INVALID, EXIT_REFUSED, api_errors, fail, settings
+from trainyard_client.cli.formatting import clock
+from trainyard_client.cli.output import Column, Output, OutputOption, emit, print_data, record_of, structured
 
 if TYPE_CHECKING:
     from trainyard_client.sdk import TrainyardClient
@@ -23,6 +25,13 @@ tokens = typer.Typer(
     help="API tokens: one per team (its queue), or admin (needs an admin token).", no_args_is_help=True
 )
 UNLIMITED = ("unlimited", "none", "-")
+DEAD_LETTER_COLUMNS = (
+    Column("seq", lambda d: str(d["seq"])),
+    Column("service", lambda d: d["service"]),
+    Column("subject", lambda d: d["subject"]),
+    Column("deliveries", lambda d: str(d["deliveries"])),
+    Column("reason", lambda d: d["reason"], wrap=True),
+)
 
 
 @dlq.command("list")
@@ -30,30 +39,13 @@ def dlq_list(
     ctx: typer.Context,
     service: Annotated[str | None, typer.Option(help="only this service's letters")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """List dead letters with their reason."""
-    from rich.markup import escape
-    from rich.table import Table
-
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         letters = client.dead_letters(service, limit)
-    if not letters:
-        cli.out.print("no dead letters")
-        return
-    table = Table()
-    for column in ("seq", "service", "subject", "deliveries"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("reason", overflow="fold")
-    for letter in letters:
-        table.add_row(
-            str(letter["seq"]),
-            escape(letter["service"]),
-            escape(letter["subject"]),
-            str(letter["deliveries"]),
-            escape(letter["reason"]),
-        )
-    cli.out.print(table)
+    emit(letters, DEAD_LETTER_COLUMNS, output, name=lambda d: str(d["seq"]), empty="no dead letters")
 
 
 @dlq.command("replay")
@@ -157,6 +149,7 @@ def queues_set(
             help="accept bus submissions without a Trainyard-Token",
         ),
     ] = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Create a queue or change the options given (the rest keep their values; compare-and-set)."""
     from rich.markup import escape
@@ -183,8 +176,9 @@ def queues_set(
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         stored = _set_queue(client, name, changes)
-    cli.out.print(f"queue {escape(name)} set (revision {stored.revision})")
-    _print_queues([stored])
+    if output in (Output.TABLE, Output.WIDE):
+        cli.out.print(f"queue {escape(name)} set (revision {stored.revision})")
+    _print_queues([stored], output)
 
 
 def _quota_text(value: float | int | None, memory: bool = False) -> str:
@@ -195,55 +189,42 @@ def _quota_text(value: float | int | None, memory: bool = False) -> str:
     return f"{value:g}"
 
 
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _borrow_text(entry: Any) -> str:
+    b = entry.config.borrowing_limit
+    return f"{_quota_text(b.cpu)}/{_quota_text(b.memory, memory=True)}/{_quota_text(b.gpu)}"
+
+
 QUEUE_COLUMNS = (
-    "queue",
-    "weight",
-    "cpu",
-    "memory",
-    "gpu",
-    "cohort",
-    "borrow cpu/mem/gpu",
-    "shell",
-    "root",
-    "max priority",
-    "anonymous bus",
-    "revision",
+    Column("queue", lambda e: e.config.name),
+    Column("weight", lambda e: f"{e.config.weight:g}"),
+    Column("cpu", lambda e: _quota_text(e.config.quota.cpu)),
+    Column("memory", lambda e: _quota_text(e.config.quota.memory, memory=True)),
+    Column("gpu", lambda e: _quota_text(e.config.quota.gpu)),
+    Column("cohort", lambda e: e.config.cohort or "-"),
+    Column("borrow cpu/mem/gpu", _borrow_text),
+    Column("shell", lambda e: _yes(e.config.allow_shell)),
+    Column("root", lambda e: _yes(e.config.allow_root)),
+    Column("max priority", lambda e: str(e.config.max_priority)),
+    Column("anonymous bus", lambda e: _yes(e.config.allow_anonymous_bus)),
+    Column("revision", lambda e: str(e.revision) if e.revision else "built-in"),
 )
 
 
-def _print_queues(entries: list[Any]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table()
-    for column in QUEUE_COLUMNS:
-        table.add_column(column, no_wrap=True)
-    for entry in entries:
-        q, b = entry.config.quota, entry.config.borrowing_limit
-        table.add_row(
-            escape(entry.config.name),
-            f"{entry.config.weight:g}",
-            _quota_text(q.cpu),
-            _quota_text(q.memory, memory=True),
-            _quota_text(q.gpu),
-            escape(entry.config.cohort or "-"),
-            f"{_quota_text(b.cpu)}/{_quota_text(b.memory, memory=True)}/{_quota_text(b.gpu)}",
-            "yes" if entry.config.allow_shell else "no",
-            "yes" if entry.config.allow_root else "no",
-            str(entry.config.max_priority),
-            "yes" if entry.config.allow_anonymous_bus else "no",
-            str(entry.revision) if entry.revision else "built-in",
-        )
-    cli.out.print(table)
+def _print_queues(entries: list[Any], output: Output) -> None:
+    emit(entries, QUEUE_COLUMNS, output, name=lambda e: e.config.name, empty="no queues")
 
 
 @queues.command("list")
-def queues_list(ctx: typer.Context) -> None:
+def queues_list(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None:
     """Every queue's configuration (∞: unlimited)."""
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         entries = client.queues()
-    _print_queues(entries)
+    _print_queues(entries, output)
 
 
 @queues.command("delete")
@@ -263,6 +244,7 @@ def tokens_create(
     team: Annotated[str | None, typer.Option(help="the team's queue: the one queue it acts on")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="an admin token instead")] = False,
     description: Annotated[str, typer.Option(help="who or what uses it")] = "",
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Create a token and print it once (only its digest is kept)."""
     from rich.markup import escape
@@ -272,6 +254,9 @@ def tokens_create(
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         created = client.create_token(team=team, admin=admin, description=description)
+    if structured(output):  # the one time the token is in the record
+        print_data(record_of(created), output)
+        return
     cli.err.print(
         f"token {created.token_id} for {'admin' if created.admin else 'team ' + escape(team or '')}"
         " — shown once, store it now:"
@@ -279,27 +264,22 @@ def tokens_create(
     print(created.token)  # plain stdout, so `TOKEN=$(trainyard tokens create ...)` works
 
 
+TOKEN_COLUMNS = (
+    Column("id", lambda t: t.token_id),
+    Column("team", lambda t: "admin" if t.admin else (t.team or "")),
+    Column("created", lambda t: clock(t.created_at)),
+    Column("description", lambda t: t.description, wrap=True),
+)
+
+
 @tokens.command("list")
-def tokens_list(ctx: typer.Context) -> None:
+def tokens_list(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None:
     """Every token's id, team and description (never the token)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from trainyard_client.cli.formatting import clock
-
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         rows = client.tokens()
-    if not rows:
-        cli.out.print("no tokens (the bootstrap admin token is not listed)")
-        return
-    table = Table()
-    for column in ("id", "team", "created", "description"):
-        table.add_column(column, no_wrap=column != "description")
-    for row in rows:
-        who = "admin" if row.admin else escape(row.team or "")
-        table.add_row(row.token_id, who, clock(row.created_at), escape(row.description))
-    cli.out.print(table)
+    empty = "no tokens (the bootstrap admin token is not listed)"
+    emit(rows, TOKEN_COLUMNS, output, name=lambda t: t.token_id, empty=empty)
 
 
 @tokens.command("revoke")

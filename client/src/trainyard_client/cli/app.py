@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from trainyard_client.cli import admin, jobs, simulate, stack
+from trainyard_client.cli import admin, jobs, listing, simulate, stack
 from trainyard_client.cli.base import Settings
 
+GLOBAL_OPTIONS = ("--url", "--token")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """``trainyard status --url U`` means ``trainyard --url U status``: the global options move
+    before the subcommand wherever they were typed (up to a ``--``)."""
+    hoisted: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg in GLOBAL_OPTIONS and i + 1 < len(args):
+            hoisted += args[i : i + 2]
+            i += 2
+            continue
+        if arg.startswith(tuple(f"{o}=" for o in GLOBAL_OPTIONS)):
+            hoisted.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return hoisted + rest
+
+
+class TrainyardGroup(TyperGroup):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
+
+
 app = typer.Typer(
+    cls=TrainyardGroup,
+    rich_markup_mode=None,  # plain help: rich's help formatter alone costs more than the 150 ms budget
     name="trainyard",
     help="Trainyard: submit and follow training jobs, see registered models, run the embedded stack.",
     no_args_is_help=True,
@@ -35,7 +69,7 @@ def main_options(
     ctx.obj = Settings(url or default_url(), token)
 
 
-for command in (jobs.submit, jobs.why, jobs.status, jobs.logs, jobs.cancel, jobs.models):
+for command in (jobs.submit, jobs.why, listing.status, listing.wait, jobs.logs, jobs.cancel, jobs.models):
     app.command()(command)
 app.add_typer(admin.dlq, name="dlq")
 app.add_typer(admin.queues, name="queues")

@@ -10,6 +10,7 @@ import typer
 
 from trainyard_client import cli
 from trainyard_client.cli.base import EXIT_INVALID, api_errors, fail, settings, styled
+from trainyard_client.cli.output import Output, OutputOption, print_data, record_of, structured
 
 JOB = typer.Argument(metavar="JOB")
 
@@ -79,6 +80,7 @@ def submit(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="ask what the scheduler would decide now; queue nothing")
     ] = False,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Validate a job spec locally, submit it, and print its job id."""
     body, spec, _ = _read_spec(file)
@@ -87,11 +89,14 @@ def submit(
         from trainyard_client.cli.render import print_dry_run
 
         with api_errors(conf.url), conf.client() as client:
-            print_dry_run(client.dry_run(body))
+            answer = client.dry_run(body)
+        print_data(record_of(answer), output) if structured(output) else print_dry_run(answer)
         return
     with api_errors(conf.url), conf.client() as client:
         result = client.submit(body, idempotency_key=idempotency_key)
-        if quiet:
+        if structured(output):
+            print_data(record_of(result.job), output)
+        elif quiet or output == Output.NAME:
             cli.out.print(result.job_id)
         else:
             note = " (duplicate: the job this key already submitted)" if result.duplicate else ""
@@ -111,7 +116,7 @@ def submit(
     raise typer.Exit(code)
 
 
-def why(ctx: typer.Context, job_id: Annotated[str, JOB]) -> None:
+def why(ctx: typer.Context, job_id: Annotated[str, JOB], output: OutputOption = Output.TABLE) -> None:
     """Why a job is still pending: the resource, quota or gang constraint, its place in its queue
     and an estimated start, as the scheduler leader saw it on its last pass."""
     from rich.markup import escape
@@ -122,8 +127,12 @@ def why(ctx: typer.Context, job_id: Annotated[str, JOB]) -> None:
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         answer = client.why(job_id)
+    if structured(output):
+        print_data(record_of(answer), output)
     if not answer.found:
         fail(f"no such job: {escape(job_id)}", 1)
+    if structured(output):
+        return
     cli.out.print(f"job [bold]{escape(job_id)}[/] {styled(answer.state or 'unknown')}")
     for line in reason_lines(answer.reason):
         cli.out.print(f"  {line}")
@@ -131,33 +140,6 @@ def why(ctx: typer.Context, job_id: Annotated[str, JOB]) -> None:
         cli.out.print(
             f"  [dim]as of the scheduler's pass at {clock(answer.decided_at)} (leader {answer.leader})[/]"
         )
-
-
-def status(
-    ctx: typer.Context,
-    job_id: Annotated[str | None, typer.Argument(metavar="[JOB]", help="one job's details")] = None,
-    state: Annotated[str | None, typer.Option("--state", help="only jobs in this state")] = None,
-    queue: Annotated[str | None, typer.Option("--queue", help="only jobs of this queue")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many")] = 50,
-) -> None:
-    """The list of jobs, newest first, or one job's record."""
-    if state is not None:
-        from trainyard_contracts import JobState
-
-        if state not in {s.value for s in JobState}:
-            fail(f"--state must be one of {', '.join(s.value for s in JobState)}", 2)
-    from trainyard_client.cli import render
-
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        if job_id:
-            render.show_record(client.get(job_id))
-            return
-        jobs = client.list(state=state, queue=queue, limit=limit)
-    if not jobs:
-        cli.out.print("no jobs" + (" matching" if state or queue else " yet"))
-        return
-    render.print_jobs(jobs)
 
 
 def logs(
@@ -187,17 +169,23 @@ def logs(
             raise typer.Exit(130) from None
 
 
-def cancel(ctx: typer.Context, job_id: Annotated[str, JOB]) -> None:
+def cancel(ctx: typer.Context, job_id: Annotated[str, JOB], output: OutputOption = Output.TABLE) -> None:
     """Ask for a job to stop (queued: at once; running: SIGTERM, then SIGKILL after a grace)."""
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         record = client.cancel(job_id)
+    if output != Output.TABLE and output != Output.WIDE:
+        from trainyard_client.cli.render import print_record
+
+        print_record(record, output)
+        return
     cli.out.print(f"cancel requested for [bold]{record.job_id}[/] (now {styled(record.state)})")
 
 
 def models(
     ctx: typer.Context,
     name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="one registered model")] = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Registered model versions with their job, git commit and metrics."""
     from rich.markup import escape
@@ -207,7 +195,6 @@ def models(
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         versions = client.models(name)
-    if not versions:
-        cli.out.print(f"no registered versions of {escape(name)}" if name else "no registered models yet")
-        return
-    print_models(versions)
+    print_models(
+        versions, output, f"no registered versions of {escape(name)}" if name else "no registered models yet"
+    )

@@ -10,6 +10,7 @@ from rich.table import Table
 from trainyard_client import cli
 from trainyard_client.cli.base import styled
 from trainyard_client.cli.formatting import age, clock, metrics_text, short
+from trainyard_client.cli.output import Column, Output, emit, print_data, record_of, structured
 from trainyard_client.sdk import JobSummary
 from trainyard_contracts import DryRunAnswer, JobRecord, ModelVersionRecord, WaitReason
 
@@ -35,27 +36,36 @@ def print_dry_run(answer: DryRunAnswer) -> None:
             cli.out.print(f"  {line}")
 
 
-def print_jobs(jobs: list[JobSummary]) -> None:
-    now = datetime.now(UTC)
-    table = Table()
-    table.add_column("job", no_wrap=True, min_width=16)
-    table.add_column("name", overflow="fold")
-    table.add_column("queue", overflow="fold")
-    for column in ("state", "attempt", "age", "exit"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("model", overflow="fold")
-    for job in jobs:
-        table.add_row(
-            job.job_id,
-            escape(job.name),
-            escape(job.queue),
-            styled(job.state),
-            str(job.attempt),
-            age(job.submitted_at, now),
-            "-" if job.exit_code is None else str(job.exit_code),
-            f"{escape(job.model.name)} v{job.model.version}" if job.model else "",
-        )
-    cli.out.print(table)
+def _state_style(text: str) -> str:
+    return styled(text)
+
+
+def _model_text(job: JobSummary) -> str:
+    return f"{job.model.name} v{job.model.version}" if job.model else ""
+
+
+def job_columns(reasons: dict[str, str], now: datetime | None = None) -> list[Column]:
+    at = now or datetime.now(UTC)
+    return [
+        Column("job", lambda j: j.job_id),
+        Column("name", lambda j: j.name, wrap=True),
+        Column("queue", lambda j: j.queue),
+        Column("state", lambda j: j.state.value, style=_state_style),
+        Column("attempt", lambda j: str(j.attempt)),
+        Column("age", lambda j: age(j.submitted_at, at)),
+        Column("exit", lambda j: "-" if j.exit_code is None else str(j.exit_code)),
+        Column("model", _model_text, wrap=True),
+        Column("reason", lambda j: reasons.get(j.job_id) or j.reason or "", wrap=True),
+        Column("executor", lambda j: j.executor_id or "-", wide_only=True),
+        Column("labels", lambda j: ",".join(f"{k}={v}" for k, v in j.labels.items()), wide_only=True),
+    ]
+
+
+def print_jobs(
+    jobs: list[JobSummary], fmt: Output, empty: str, reasons: dict[str, str] | None = None
+) -> None:
+    """``reasons``: the scheduler's word on waiting jobs (the REASON column; a finished job's own)."""
+    emit(jobs, job_columns(reasons or {}), fmt, name=lambda j: j.job_id, empty=empty)
 
 
 def _record_rows(record: JobRecord) -> list[tuple[str, str]]:
@@ -102,6 +112,16 @@ def _record_rows(record: JobRecord) -> list[tuple[str, str]]:
     return rows
 
 
+def print_record(record: JobRecord, fmt: Output) -> None:
+    """One job: its record (json, yaml), its id (name), or the detail view."""
+    if structured(fmt):
+        print_data(record_of(record), fmt)
+    elif fmt == Output.NAME:
+        cli.out.print(record.job_id, markup=False)
+    else:
+        show_record(record)
+
+
 def show_record(record: JobRecord) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -129,17 +149,16 @@ def show_record(record: JobRecord) -> None:
     cli.out.print(table)
 
 
-def print_models(versions: list[ModelVersionRecord]) -> None:
-    table = Table()
-    for column in ("name", "version", "job", "git commit"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("metrics", overflow="fold")
-    for version in versions:
-        table.add_row(
-            escape(version.name),
-            str(version.version),
-            version.job_id,
-            short(version.git_commit),
-            escape(metrics_text(version.metrics, "\n")),
-        )
-    cli.out.print(table)
+MODEL_COLUMNS = (
+    Column("name", lambda v: v.name),
+    Column("version", lambda v: str(v.version)),
+    Column("job", lambda v: v.job_id),
+    Column("git commit", lambda v: short(v.git_commit)),
+    Column("metrics", lambda v: metrics_text(v.metrics), wrap=True),
+    Column("run", lambda v: v.run_id or "-", wide_only=True),
+    Column("created", lambda v: clock(v.created_at), wide_only=True),
+)
+
+
+def print_models(versions: list[ModelVersionRecord], fmt: Output, empty: str) -> None:
+    emit(versions, MODEL_COLUMNS, fmt, name=lambda v: f"{v.name}/{v.version}", empty=empty)

@@ -9,6 +9,7 @@ import typer
 
 from trainyard_client import cli
 from trainyard_client.cli.base import EXIT_INVALID, fail
+from trainyard_client.cli.output import Output, OutputOption, print_data, structured
 
 
 def simulate(
@@ -20,7 +21,8 @@ def simulate(
     workload: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, help="YAML workload (see docs/scheduling.md)")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON (-o json)")] = False,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Run the scheduler's policy over a synthetic workload in simulated time (nothing sleeps)."""
     from rich.markup import escape
@@ -42,10 +44,8 @@ def simulate(
     if duration:
         chosen = chosen.model_copy(update={"duration": duration})
     report = run_simulation(chosen, seed=seed)
-    if as_json:
-        import json
-
-        cli.out.print_json(json.dumps(report))
+    if as_json or structured(output):
+        print_data(report, output if structured(output) else Output.JSON)
         return
     _print_simulation(report)
 

@@ -22,14 +22,14 @@ from trainyard_executor.gpus import DISCOVERING_BACKENDS, advertised_gpus, disco
 from trainyard_executor.jobenv import local_mlflow_store
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_shared.batches import batch_consumer
+from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_bind
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
+from trainyard_shared.publishing import EventPublisher
+from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing

@@ -17,14 +17,7 @@ from datetime import datetime
 
 from trainyard_contracts import JobRecord, JobState, Rendezvous, lifecycle
 from trainyard_contracts.records import GangMember
-from trainyard_executor.outcomes import conclude
-
-KIND_TO_STATE = {
-    "succeeded": JobState.SUCCEEDED,
-    "failed": JobState.FAILED,
-    "timed_out": JobState.TIMED_OUT,
-    "cancelled": JobState.CANCELLED,
-}
+from trainyard_executor.outcomes import KIND_TO_STATE, conclude
 
 LOG_SEQ_PER_RANK = 1_000_000_000
 """A member's log chunks start at ``lowest rank * this``: the members of a gang ship to the same

@@ -12,6 +12,22 @@ from trainyard_executor.backends.base import Gang
 
 LOOPBACK = "127.0.0.1"
 
+# executor variables that name things on the executor's host: an image has its own
+HOST_ONLY_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TMPDIR",
+        "VIRTUAL_ENV",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "PIP_CERT",
+    }
+)
+
 
 def job_env(
     record: JobRecord,

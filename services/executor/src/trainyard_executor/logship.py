@@ -35,7 +35,7 @@ from trainyard_executor.logbudget import (
     text_bytes,
     truncated_marker,
 )
-from trainyard_shared.events import MSG_ID, publish_acked
+from trainyard_shared.publishing import MSG_ID, publish_acked
 
 log = logging.getLogger("trainyard.executor.logs")
 

@@ -15,8 +15,9 @@ from trainyard_contracts import (
     JobTimedOut,
     lifecycle,
 )
+from trainyard_contracts.records import GangMember
 
-_KIND_TO_STATE = {
+KIND_TO_STATE = {
     "succeeded": JobState.SUCCEEDED,
     "failed": JobState.FAILED,
     "timed_out": JobState.TIMED_OUT,
@@ -49,7 +50,7 @@ def conclude(
         record = lifecycle.start(record, now)
     return lifecycle.finish(
         record,
-        _KIND_TO_STATE[kind],
+        KIND_TO_STATE[kind],
         now,
         exit_code=exit_code,
         reason=reason,
@@ -97,3 +98,11 @@ def event_for(before: JobRecord, after: JobRecord, duration: float | None) -> En
                 detail=after.reason,
             )
     raise ValueError(f"no event for an attempt that ended in {after.state}")
+
+
+def not_started_here(record: JobRecord, member: GangMember | None) -> bool:
+    """The current attempt was placed on this executor (``member``: its entry in a split gang)
+    but never started here: a start makes the record (or the member) running before it spawns."""
+    if member is not None:
+        return member.started_at is None
+    return record.state == JobState.SCHEDULED

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from faststream.asgi import AsgiFastStream
 
 from trainyard_contracts import JobSucceeded
 from trainyard_registry.core import RegistryCore
 from trainyard_registry.outputs import OutputLimits
 from trainyard_registry.settings import RegistrySettings
-from trainyard_shared.batches import batch_consumer
-from trainyard_shared.broker import make_broker
+from trainyard_shared.binding import connect_and_bind
+from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_bind
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import EventPublisher
+from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
+from trainyard_shared.runtimeslot import RUNTIME, RuntimeSlot
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing
 
@@ -28,14 +31,46 @@ def default_tracking_uri(common: CommonSettings) -> str:
 ACK_WAIT_SECONDS = 30.0
 
 
+@dataclass(frozen=True)
+class RegistryRuntime:
+    """What the handler uses, built once the broker has connected."""
+
+    core: RegistryCore
+
+
+async def build_runtime(
+    sb: ServiceBroker, common: CommonSettings, settings: RegistrySettings
+) -> RegistryRuntime:
+    buckets = await connect_and_bind(sb, common)
+    # MLflow is a heavy import: only when the service starts, not when its app is built
+    from trainyard_registry.mlflow_store import MlflowModelStore
+
+    tracking = settings.tracking_uri or default_tracking_uri(common)
+    limits = OutputLimits(
+        max_file_bytes=settings.max_output_file_bytes,
+        max_total_bytes=settings.max_outputs_bytes,
+        max_entries=settings.max_output_entries,
+    )
+    core = RegistryCore(
+        store=JobStore(buckets.jobs),
+        models_kv=buckets.models,
+        events=EventPublisher(sb.broker, sb.subjects),
+        broker=sb.broker,
+        subjects=sb.subjects,
+        mlflow=MlflowModelStore(tracking, settings.registry_uri, limits),
+        experiment=settings.experiment,
+    )
+    return RegistryRuntime(core)
+
+
 def create_app(
     common: CommonSettings | None = None, settings: RegistrySettings | None = None
 ) -> AsgiFastStream:
     common = common or CommonSettings()
     settings = settings or RegistrySettings()
     sb = make_broker(common, "registry", tracer_provider=setup_tracing("registry"))
-    broker, subjects = sb.broker, sb.subjects
-    state: dict[str, RegistryCore] = {}
+    subjects = sb.subjects
+    slot: RuntimeSlot[RegistryRuntime] = RuntimeSlot("registry")
 
     # a registration can take longer than ack_wait (MLflow, artifact upload): the batch consumer
     # marks unfinished messages "in progress" meanwhile, and a registry killed mid-way has its
@@ -54,34 +89,16 @@ def create_app(
         description="registers the model version of a succeeded job that declared outputs.model",
     )
     async def on_succeeded(event: JobSucceeded) -> None:
-        await state["core"].on_succeeded(event)
+        await slot.get().core.on_succeeded(event)
 
     async def connect() -> None:
-        buckets = await connect_and_bind(sb, common)
-        from trainyard_registry.mlflow_store import MlflowModelStore
+        slot.set(await build_runtime(sb, common, settings))
 
-        tracking = settings.tracking_uri or default_tracking_uri(common)
-        state["core"] = RegistryCore(
-            store=JobStore(buckets.jobs),
-            models_kv=buckets.models,
-            events=EventPublisher(broker, subjects),
-            broker=broker,
-            subjects=subjects,
-            mlflow=MlflowModelStore(
-                tracking,
-                settings.registry_uri,
-                OutputLimits(
-                    max_file_bytes=settings.max_output_file_bytes,
-                    max_total_bytes=settings.max_outputs_bytes,
-                    max_entries=settings.max_output_entries,
-                ),
-            ),
-            experiment=settings.experiment,
-        )
-
-    return build_app(
+    app = build_app(
         sb,
         title="trainyard-registry",
         description="Trainyard registry: model versions in MLflow with git provenance",
         on_startup=[connect],
     )
+    app.context.set_global(RUNTIME, slot)
+    return app

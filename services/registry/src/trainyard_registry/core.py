@@ -24,8 +24,8 @@ from trainyard_contracts import (
     Subjects,
 )
 from trainyard_registry.mlflow_store import MlflowModelStore, ModelRequest, RegisteredModel
-from trainyard_shared.events import MSG_ID, EventPublisher
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import MSG_ID, EventPublisher
 
 log = logging.getLogger("trainyard.registry")
 

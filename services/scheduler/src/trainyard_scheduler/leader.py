@@ -322,7 +322,7 @@ class LeaderLease:
                     self._changed.set()
             finally:
                 with contextlib.suppress(Exception):
-                    await watcher.stop()
+                    await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: KeyWatcher.stop is unannotated
 
         return asyncio.create_task(pump(), name=f"scheduler-lease-watch-{self.replica_id}")
 

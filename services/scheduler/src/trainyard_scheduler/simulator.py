@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainyard_contracts.queues import QueueConfig
-from trainyard_scheduler.placement import Demand, ExecutorFree, PendingJob, RunningJob, Snapshot, plan
+from trainyard_scheduler.policy import Demand, ExecutorFree, PendingJob, RunningJob, Snapshot, plan
 
 
 class _Model(BaseModel):

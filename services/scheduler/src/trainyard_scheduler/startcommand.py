@@ -13,8 +13,7 @@ from typing import Any
 
 from trainyard_contracts import JobRecord, StartAttempt
 from trainyard_contracts.commands import Rendezvous
-from trainyard_shared.commands import CommandSender
-from trainyard_shared.events import Outgoing
+from trainyard_shared.publishing import CommandSender, Outgoing
 
 
 def start_command(

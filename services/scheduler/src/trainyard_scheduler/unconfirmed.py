@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import nats.errors
 
-from trainyard_shared.events import MSG_ID, Outgoing
+from trainyard_shared.publishing import MSG_ID, Outgoing
 
 log = logging.getLogger("trainyard.scheduler")
 

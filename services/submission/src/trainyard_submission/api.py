@@ -47,7 +47,7 @@ from trainyard_submission.access import (
 )
 from trainyard_submission.deadletters import DeadLetters, LetterNotFound
 from trainyard_submission.logs import read_chunks
-from trainyard_submission.queues import QueueNotFound, QueueStore, RevisionMismatch
+from trainyard_submission.queuestore import QueueNotFound, QueueStore, RevisionMismatch
 from trainyard_submission.service import (
     JobAlreadyFinished,
     JobNotFound,
@@ -76,6 +76,7 @@ def summary(record: JobRecord) -> dict[str, Any]:
         "job_id": record.job_id,
         "name": record.spec.name,
         "queue": record.spec.queue,
+        "labels": record.spec.labels,
         "state": record.state.value,
         "attempt": record.attempt,
         "executor_id": record.executor_id,
@@ -85,6 +86,22 @@ def summary(record: JobRecord) -> dict[str, Any]:
         "reason": record.reason,
         "model": record.model.model_dump(mode="json") if record.model else None,
     }
+
+
+def parse_label_selector(selectors: list[str]) -> dict[str, str]:
+    """``["sweep=lr", "team=a"]`` as a mapping; a selector without ``=`` is a 422 naming it."""
+    labels = {}
+    for selector in selectors:
+        key, eq, value = selector.partition("=")
+        if not eq or not key:
+            raise Problem(
+                422,
+                "invalid label selector",
+                f"label {selector!r}: expected key=value",
+                errors=[{"field": "label", "message": f"{selector!r} is not key=value"}],
+            )
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def forbidden(exc: Forbidden) -> Problem:
@@ -309,9 +326,14 @@ def build_router(state: dict[str, Any]) -> APIRouter:
         state_: Annotated[JobState | None, Query(alias="state")] = None,
         queue: Annotated[str | None, Query(max_length=63)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        name: Annotated[str | None, Query(max_length=63)] = None,
+        label: Annotated[
+            list[str] | None, Query(max_length=16, description="key=value; a job must carry every one")
+        ] = None,
     ) -> dict[str, Any]:
         queue = check_list(caller, queue)
-        rows = await service().list(state_.value if state_ else None, queue, limit)
+        labels = parse_label_selector(label or [])
+        rows = await service().list(state_.value if state_ else None, queue, limit, name=name, labels=labels)
         return {"jobs": [summary(r) for r in rows]}
 
     @router.get("/jobs/{job_id}", summary="one job's record")

@@ -13,12 +13,13 @@ from faststream.specification import AsyncAPI
 from nats.aio.msg import Msg
 from prometheus_client import make_asgi_app
 
-from trainyard_shared.batches import batch_consumer
-from trainyard_shared.binding import bind_bus
+from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.natshandle import NatsHandle
+from trainyard_shared.publishing import EventPublisher
+from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.queueview import QueueView
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing, tracing_enabled
@@ -27,7 +28,7 @@ from trainyard_submission.auth import load_or_create_token
 from trainyard_submission.intake import handle_intake
 from trainyard_submission.joblist import BucketReader
 from trainyard_submission.limits import BodyLimit
-from trainyard_submission.queues import QueueStore
+from trainyard_submission.queuestore import QueueStore
 from trainyard_submission.service import SubmissionService
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_submission.tokens import TokenStore, bucket_name
@@ -83,21 +84,18 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         data = common.resolved_data_dir()
         configured = settings.token.get_secret_value() if settings.token else None
         bootstrap = load_or_create_token(data, configured)
-        await sb.broker.connect()
-        buckets = await bind_bus(sb.broker, common)  # the tokens bucket too (bus.bucket_configs)
+        buckets = await connect_and_bind(sb, common)  # the tokens bucket too (bus.bucket_configs)
         tokens_kv = await sb.broker.key_value(bucket_name(sb.subjects.prefix), declare=False)
-        tokens_reader = BucketReader(
-            sb.broker.config.connection_state.stream, bucket_name(sb.subjects.prefix)
-        )
+        tokens_reader = BucketReader(NatsHandle(sb.broker).jetstream, bucket_name(sb.subjects.prefix))
         state["tokens"] = TokenStore(tokens_kv, bootstrap, tokens_reader)
         queue_view = QueueView(buckets.queues)
         await queue_view.start()
-        js = sb.broker.config.connection_state.stream
+        js = NatsHandle(sb.broker).jetstream
         state["queues"] = QueueStore(buckets.queues, queue_view, BucketReader(js, sb.subjects.buckets.queues))
         # no view of the jobs bucket: listing reads it when asked (joblist.py), so the job path
         # costs this service no watch delivery per record update
         store = JobStore(buckets.jobs)
-        state["js"] = sb.broker.config.connection_state.stream
+        state["js"] = NatsHandle(sb.broker).jetstream
         state["service"] = SubmissionService(
             store=store,
             jobs_reader=BucketReader(state["js"], sb.subjects.buckets.jobs),

@@ -26,6 +26,7 @@ from __future__ import annotations
 from faststream.nats import NatsBroker
 
 from trainyard_contracts import FieldError, IntakeReply, SpecError
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_submission.access import Forbidden
 from trainyard_submission.busidentity import bus_name, bus_principal
 from trainyard_submission.service import SubmissionService, idempotency_slot
@@ -61,6 +62,6 @@ async def handle_intake(
     if reply_to:
         # a core NATS publish straight through nats-py: the reply is stored in no stream, and
         # faststream's publish chain (middlewares, serialisation) cost more than the reply itself
-        connection = broker.config.connection_state.connection
+        connection = NatsHandle(broker).client
         await connection.publish(reply_to, reply.model_dump_json().encode())
     return reply

@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainyard_contracts import JobRecord
 
@@ -42,6 +42,8 @@ class _SpecHead(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     queue: str = "default"
+    name: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class RecordHead(BaseModel):
@@ -56,16 +58,25 @@ class RecordHead(BaseModel):
 
 
 class NewestMatches:
-    """The newest ``limit`` records matching ``state`` and ``queue`` (None: any), fed raw values.
+    """The newest ``limit`` records matching ``state``, ``queue`` and ``name`` (None: any) and
+    carrying every one of ``labels``, fed raw values.
 
     Newest means the latest ``submitted_at``, then the greatest job id (the order ``GET /jobs``
     has always answered in). A min-heap of at most ``limit`` entries holds the kept values.
     """
 
-    def __init__(self, state: str | None, queue: str | None, limit: int) -> None:
+    def __init__(
+        self,
+        state: str | None,
+        queue: str | None,
+        limit: int,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.state, self.queue, self.limit = state, queue, limit
+        self.name, self.labels = name, dict(labels or {})
         self._heap: list[tuple[datetime, str, str, bytes]] = []  # (submitted_at, job_id, key, value)
         self._revisions: dict[str, int] = {}  # the revision of each key whose value is kept
         self.seen = 0
@@ -82,9 +93,7 @@ class NewestMatches:
         except ValidationError as exc:
             log.error("unreadable job record", extra={"job_id": key, "error": str(exc)[:500]})
             return
-        if self.state is not None and head.state != self.state:
-            return
-        if self.queue is not None and head.spec.queue != self.queue:
+        if not self._matches(head):
             return
         entry = (head.submitted_at, head.job_id, key, value)
         if len(self._heap) < self.limit:
@@ -95,6 +104,15 @@ class NewestMatches:
         else:
             return
         self._revisions[key] = revision
+
+    def _matches(self, head: RecordHead) -> bool:
+        if self.state is not None and head.state != self.state:
+            return False
+        if self.queue is not None and head.spec.queue != self.queue:
+            return False
+        if self.name is not None and head.spec.name != self.name:
+            return False
+        return all(head.spec.labels.get(k) == v for k, v in self.labels.items())
 
     def discard(self, key: str) -> None:
         """Forget ``key``'s kept value (a newer value replaces it, or the key was deleted)."""

@@ -27,13 +27,13 @@ from trainyard_contracts import (
     parse_spec,
 )
 from trainyard_contracts._time import utcnow
-from trainyard_shared.events import EventPublisher
 from trainyard_shared.gitpolicy import GitPolicy, GitSettings
 from trainyard_shared.jobstore import JobStore, RecordExists
+from trainyard_shared.publishing import EventPublisher
 from trainyard_shared.tracing import current_traceparent
 from trainyard_submission.access import check_submit, place_spec
 from trainyard_submission.joblist import BucketReader, LatestValues, NewestMatches
-from trainyard_submission.queues import QueueStore, builtin
+from trainyard_submission.queuestore import QueueStore, builtin
 from trainyard_submission.sources import with_resolved_source
 from trainyard_submission.tokens import Principal
 
@@ -174,14 +174,21 @@ class SubmissionService:
         return found[0]
 
     async def list(
-        self, state: str | None, queue: str | None, limit: int, timeout: float = 30.0
+        self,
+        state: str | None,
+        queue: str | None,
+        limit: int,
+        timeout: float = 30.0,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[JobRecord]:
-        """The newest ``limit`` records in ``state`` and ``queue`` (None: any), newest first.
+        """The newest ``limit`` records in ``state``, ``queue`` and ``name`` (None: any) that carry
+        every one of ``labels``, newest first.
 
         Reads the bucket on demand (no view follows it: that cost every job four deliveries);
         the cost grows with the number of records stored, see joblist.py.
         """
-        matches = await self.jobs_reader.read(NewestMatches(state, queue, limit), timeout)
+        matches = await self.jobs_reader.read(NewestMatches(state, queue, limit, name, labels), timeout)
         return matches.records()
 
     async def models(self, name: str | None) -> builtins.list[ModelVersionRecord]:

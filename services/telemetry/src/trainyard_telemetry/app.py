@@ -8,11 +8,11 @@ from __future__ import annotations
 from faststream.asgi import AsgiFastStream
 
 from trainyard_contracts import JobEvent, parse_job_event
-from trainyard_shared.batches import batch_consumer
+from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_bind
 from trainyard_shared.jobview import JobView
+from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing

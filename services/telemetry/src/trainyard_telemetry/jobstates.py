@@ -82,10 +82,10 @@ class JobStates:
         known = self.jobs.get(event.job_id)
         if state is None:
             return known
-        attempt = event.next_attempt if event.type == "requeued" else event.attempt  # type: ignore[union-attr]
+        attempt = event.next_attempt if event.type == "requeued" else event.attempt
         if known is None:
             queue = getattr(event, "queue", None) or (
-                event.spec.queue if event.type == "submitted" else UNKNOWN_QUEUE  # type: ignore[union-attr]
+                event.spec.queue if event.type == "submitted" else UNKNOWN_QUEUE
             )
             submitted = event.time if event.type == "submitted" else None
             known = self.jobs[event.job_id] = JobFacts(attempt, state, queue, submitted)

@@ -20,11 +20,11 @@ from faststream.nats.annotations import NatsMessage
 
 from trainyard_contracts import JobEvent, JobRecord, SpecError, parse_job_event
 from trainyard_contracts.runs import PipelineEnvelope, PipelineReply, PipelineRequest
-from trainyard_shared.batches import batch_consumer
+from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.consumers import connect_and_bind
-from trainyard_shared.events import publish_acked
+from trainyard_shared.publishing import publish_acked
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -39,11 +38,11 @@ from docker.types import Ulimit
 
 from trainyard_executor.backends.base import (
     AttemptLaunch,
-    AttemptOutcome,
     FoundAttempt,
     LineSink,
     Resources,
 )
+from trainyard_executor.backends.container_attempt import ContainerAttempt, cursor_name, engine_error
 from trainyard_executor.backends.container_dirs import META_DIR, prepare_dirs, prepare_source
 from trainyard_executor.backends.container_gang import GangAttempt
 from trainyard_executor.backends.container_security import (
@@ -54,6 +53,7 @@ from trainyard_executor.backends.container_security import (
     work_mount_mode,
 )
 from trainyard_executor.backends.devices import container_devices_env, gpu_request, rank_devices
+from trainyard_executor.backends.finished import FinishedAttempt
 from trainyard_executor.backends.gang_network import (
     MASTER_ALIAS,
     create_network,
@@ -63,53 +63,68 @@ from trainyard_executor.backends.gang_network import (
     prune_networks,
     remove_network,
 )
-from trainyard_executor.backends.hostpaths import read_in, write_in
-from trainyard_executor.backends.local import _pump
+from trainyard_executor.backends.hostpaths import read_in
 from trainyard_executor.backends.source import SourceError
+from trainyard_executor.backends.threads import in_thread
+from trainyard_executor.jobenv import HOST_ONLY_ENV
 
 log = logging.getLogger("trainyard.executor.docker")
 
+
 T = TypeVar("T")
 
+
 LABEL_JOB = "trainyard.job_id"
+
+
 LABEL_ATTEMPT = "trainyard.attempt"
+
+
 LABEL_EXECUTOR = "trainyard.executor"
+
+
 LABEL_RANK = "trainyard.rank"
+
+
 LABEL_GANG = "trainyard.gang"
 """A container of a gang: its log lines carry the rank."""
+
+
 LABEL_STARTED = "trainyard.started"
 """Wall-clock time the attempt started: an adopted attempt keeps its timeout."""
+
+
 LABEL_TIMEOUT = "trainyard.timeout"
+
+
 LABEL_GRACE = "trainyard.grace"
+
+
 LABEL_WORKDIR = "trainyard.workdir"
+
+
 LABEL_OUTPUT_DIR = "trainyard.output_dir"
+
+
 NETWORK_LABELS = (LABEL_JOB, LABEL_ATTEMPT, LABEL_EXECUTOR)
+
+
 WORK_MOUNT = "/trainyard/work"
+
+
 CHECKPOINTS_MOUNT = "/trainyard/checkpoints"
-CURSOR_EVERY_S = 1.0
+
+
 # without these every Podman container fails with "error setting rlimit type 7"
 PODMAN_ULIMITS: tuple[tuple[str, int, int], ...] = (("nofile", 20000, 20000), ("nproc", 32768, 32768))
-# executor variables that name things on the executor's host: an image has its own
-HOST_ONLY_ENV = frozenset(
-    {
-        "PATH",
-        "HOME",
-        "USER",
-        "LOGNAME",
-        "TMPDIR",
-        "VIRTUAL_ENV",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "REQUESTS_CA_BUNDLE",
-        "PIP_CERT",
-    }
-)
+
+
 MIN_MEMORY_MB = 6  # the engine refuses smaller limits
-# after the exit: how long a follow stream may take to end by itself before it is closed (what it
-# had not delivered is then read back from the stored log), and how long that read may take
-LOG_DRAIN_S = 5.0
-LOG_CATCH_UP_S = 60.0
+
+
 CAPACITY_RETRY_S = 10.0
+
+
 POOL_SIZE = 64  # each running attempt keeps three connections open (two log streams, one wait)
 
 
@@ -125,295 +140,8 @@ class RunningContainer:
     rank: int = 0
 
 
-def _in_thread(fn: Callable[..., T], *args: Any, name: str = "docker", **kwargs: Any) -> asyncio.Future[T]:
-    """Run a blocking call in a daemon thread of its own; its result arrives as a future."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def run() -> None:
-        try:
-            result: Any = fn(*args, **kwargs)
-            ok = True
-        except BaseException as exc:
-            result, ok = exc, False
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
-            loop.call_soon_threadsafe(settle, ok, result)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
-
-
-def _explain(exc: BaseException) -> str:
-    if isinstance(exc, APIError) and exc.explanation:
-        return str(exc.explanation)
-    return str(exc) or type(exc).__name__
-
-
 def image_missing_reason(image: str) -> str:
     return f"image not found: {image} — build or pull it first"
-
-
-class FinishedAttempt:
-    """An attempt that ended before a container ran (no image, refused by the engine, ...)."""
-
-    pid: int | None = None
-    container_id: str | None = None
-
-    def __init__(self, reason: str, output_dir: Path, exit_code: int | None = None) -> None:
-        self.outcome = AttemptOutcome("failed", exit_code, reason, output_dir)
-
-    async def wait(self) -> AttemptOutcome:
-        return self.outcome
-
-    async def cancel(self, grace_s: float | None = None) -> None:
-        return None
-
-    async def release(self) -> None:
-        return None
-
-
-def cursor_name(rank: int | None) -> str:
-    return f"container-{rank or 0}-cursor.json"
-
-
-class ContainerAttempt:
-    """One container: one attempt, or one rank of a gang (``rank`` set: lines are tagged)."""
-
-    def __init__(
-        self,
-        backend: DockerBackend,
-        container: Any,
-        launch: AttemptLaunch,
-        output_dir: Path,
-        on_line: LineSink,
-        *,
-        rank: int | None = None,
-        started_at: float | None = None,
-        skip: dict[str, int] | None = None,
-    ) -> None:
-        self.backend = backend
-        self.container = container
-        self.container_id: str = container.id
-        self.pid: int | None = (container.attrs.get("State") or {}).get("Pid") or None
-        self.launch = launch
-        self.output_dir = output_dir
-        self.rank = rank
-        self.started_at = started_at if started_at is not None else time.time()
-        self._cancelled = False
-        self._timed_out = False
-        self._outcome_kind: str | None = None
-        self._stopping: asyncio.Future[Any] | None = None
-        self._streams: list[Any] = []
-        self._skip = dict(skip or {})
-        self._consumed: dict[str, int] = dict(self._skip)
-        self._cursor_name = cursor_name(rank)
-        self._exit = _in_thread(self._wait_blocking, name=f"wait-{launch.job_id}")
-        sink = on_line
-        if rank is not None:
-            prefix = f"[rank {rank}] "
-
-            async def sink(stream: str, line: str) -> None:
-                await on_line(stream, prefix + line)
-
-        self._pumps = [
-            asyncio.create_task(_pump(self._follow(name), name, sink)) for name in ("stdout", "stderr")
-        ]
-        self._cursor_task = asyncio.create_task(self._keep_cursor())
-
-    # -- blocking parts (threads) -------------------------------------------------------------
-
-    def _wait_blocking(self) -> tuple[int, str | None, bool]:
-        result = self.container.wait()
-        oom = False
-        try:
-            self.container.reload()
-            oom = bool((self.container.attrs.get("State") or {}).get("OOMKilled"))
-        except NotFound as exc:
-            # removed under us (only this attempt's release() removes it, after the outcome is
-            # recorded: this is another executor's reaper or an operator); podman's wait then
-            # may answer exit code 0 (seen in CI), so its status is not the job's
-            raise ContainerGone("the container was removed before its exit status was read") from exc
-        except DockerException:
-            pass
-        error = (result.get("Error") or {}).get("Message") if isinstance(result.get("Error"), dict) else None
-        return int(result.get("StatusCode", -1)), error, oom
-
-    def _follow(self, name: str) -> asyncio.StreamReader:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-
-        def feed(data: bytes) -> None:
-            loop.call_soon_threadsafe(reader.feed_data, data)
-
-        def stream() -> None:
-            skip = self._skip.get(name, 0)  # already shipped by the executor before a restart
-            delivered = 0
-            try:
-                chunks = self.container.logs(
-                    stream=True, follow=True, stdout=name == "stdout", stderr=name == "stderr"
-                )
-                self._streams.append(chunks)
-                for chunk in chunks:
-                    if delivered + len(chunk) > skip:
-                        feed(chunk[max(0, skip - delivered) :])
-                    delivered += len(chunk)
-                    self._consumed[name] = max(delivered, skip)
-            except Exception as exc:  # closed by _drain while a read was under way, or the engine
-                log.debug("log stream ended", extra={"job_id": self.launch.job_id, "error": str(exc)})
-            try:
-                # ended, failed or closed by _drain: the log is whole once the job has exited
-                self.container.wait()
-                self._catch_up(name, max(delivered, skip), feed)
-                self._consumed[name] = max(delivered, skip, self._consumed.get(name, 0))
-            except Exception as exc:  # the engine went away: the wait reports it
-                log.debug("log not caught up", extra={"job_id": self.launch.job_id, "error": str(exc)})
-            finally:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(reader.feed_eof)
-
-        threading.Thread(target=stream, name=f"logs-{name}-{self.launch.job_id}", daemon=True).start()
-        return reader
-
-    def _catch_up(self, name: str, delivered: int, feed: Callable[[bytes], Any]) -> None:
-        """What a follow stream missed, read back once the job has ended.
-
-        The engines' follow mode now and then ends early: Docker 20.10 drops a last line without a
-        newline (1 run in 3 here), and a stream that ended after its first line was seen once.
-        The stored log is the reference; everything past the bytes already delivered is sent.
-        """
-        seen = 0
-        missed = 0
-        for chunk in self.container.logs(
-            stream=True, follow=False, stdout=name == "stdout", stderr=name == "stderr"
-        ):
-            if seen + len(chunk) > delivered:
-                part = chunk[max(0, delivered - seen) :]
-                missed += len(part)
-                feed(part)
-            seen += len(chunk)
-        self._consumed[name] = max(seen, delivered)
-        if missed:
-            log.info(
-                "log stream caught up after the exit",
-                extra={"job_id": self.launch.job_id, "stream": name, "bytes": missed},
-            )
-
-    # -- the protocol -------------------------------------------------------------------------
-
-    async def wait(self) -> AttemptOutcome:
-        outcome = await self._wait()
-        self._outcome_kind = outcome.kind
-        return outcome
-
-    async def release(self) -> None:
-        """The outcome is recorded: remove the container (a failed one stays if so configured)."""
-        if self._outcome_kind in ("succeeded", "cancelled") or not self.backend.keep_failed:
-            await self.backend._remove(self.container_id)
-
-    async def detach(self) -> None:
-        """Stop following; leave the container running for the next executor to adopt."""
-        self._cursor_task.cancel()
-        for stream in list(self._streams):
-            with contextlib.suppress(Exception):
-                stream.close()
-        for task in self._pumps:
-            task.cancel()
-        await asyncio.gather(self._cursor_task, *self._pumps, return_exceptions=True)
-
-    async def _keep_cursor(self) -> None:
-        """How far each stream has been shipped, one period behind (the last period's lines may
-        still sit in the shipper's batch: after a crash they are sent again rather than lost)."""
-        shipped = dict(self._consumed)
-        while True:
-            await asyncio.sleep(CURSOR_EVERY_S)
-            self._write_cursor(shipped)
-            shipped = dict(self._consumed)
-
-    def _write_cursor(self, consumed: Mapping[str, int]) -> None:
-        # the work dir is the container's: a link planted there is replaced, never written through
-        try:
-            write_in(self.launch.workdir, META_DIR, self._cursor_name, json.dumps(dict(consumed)).encode())
-        except OSError as exc:
-            log.debug("log cursor not written", extra={"job_id": self.launch.job_id, "error": str(exc)})
-
-    async def _wait(self) -> AttemptOutcome:
-        timeout = self.launch.timeout_s
-        if timeout is not None:
-            timeout = max(0.0, self.started_at + timeout - time.time())
-        try:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._exit), timeout)
-            except TimeoutError:
-                self._timed_out = True
-                self._stop(self.launch.grace_s)
-            code, error, oom = await self._exit
-        except Exception as exc:
-            await self._drain()
-            return AttemptOutcome("failed", None, f"lost the container: {_explain(exc)}", self.output_dir)
-        await self._drain()
-        if self._stopping is not None:
-            with contextlib.suppress(Exception):
-                await self._stopping
-        return self._outcome(code, error, oom)
-
-    async def cancel(self, grace_s: float | None = None) -> None:
-        self._cancelled = True
-        self._stop(self.launch.grace_s if grace_s is None else grace_s)
-
-    # -- helpers ------------------------------------------------------------------------------
-
-    def _stop(self, grace_s: float) -> None:
-        """The engine's own stop: its stop signal (SIGTERM), then SIGKILL after the grace."""
-        if self._stopping is None and not self._exit.done():
-            self._stopping = _in_thread(
-                self.container.stop, timeout=max(0, math.ceil(grace_s)), name=f"stop-{self.launch.job_id}"
-            )
-
-    async def _drain(self) -> None:
-        """Every line up to the exit; a stream that does not end by itself is closed (and caught up)."""
-        _, pending = await asyncio.wait(self._pumps, timeout=LOG_DRAIN_S)
-        if pending:
-            for stream in list(self._streams):
-                with contextlib.suppress(Exception):
-                    stream.close()
-            await asyncio.wait(pending, timeout=LOG_CATCH_UP_S)
-            for task in pending:
-                task.cancel()
-        self._cursor_task.cancel()
-        self._write_cursor(self._consumed)
-
-    def _outcome(self, code: int, error: str | None, oom: bool) -> AttemptOutcome:
-        out = self.output_dir
-        if self._timed_out:
-            return AttemptOutcome("timed_out", code, f"timed out after {self.launch.timeout_s:g}s", out)
-        if self._cancelled:
-            return AttemptOutcome("cancelled", code, "cancelled", out)
-        if code == 0:
-            return AttemptOutcome("succeeded", 0, "exit code 0", out)
-        if oom:
-            limit = f" (limit {self.launch.memory_mb} MiB)" if self.launch.memory_mb else ""
-            return AttemptOutcome("failed", code, f"killed: out of memory{limit}, exit code {code}", out)
-        reason = f"exit code {code}"
-        if code in (126, 127):  # what an init or a shell says when it cannot run the program
-            what = "not found" if code == 127 else "not executable"
-            reason += f" (command {what}? argv[0] is {self.launch.argv[0]!r})"
-        if 128 < code <= 128 + 64 and (code - 128) in signal.Signals._value2member_map_:
-            # what an init (or a shell) reports for a child killed by a signal
-            hint = ""
-            if code == 128 + signal.SIGKILL and self.launch.memory_mb:
-                hint = f"; out of memory? limit {self.launch.memory_mb} MiB"
-            reason += f" (killed by signal {signal.Signals(code - 128).name}{hint})"
-        if error:
-            reason += f": {error}"
-        return AttemptOutcome("failed", code, reason, out)
 
 
 class DockerBackend:
@@ -616,7 +344,7 @@ class DockerBackend:
             # checked out on the executor's host, mounted with the work dir
             source_dir = await prepare_source(launch)
             owner = identity(launch.run_as_root, self.user, (os.geteuid(), os.getegid())).owner
-            dirs = await _in_thread(prepare_dirs, launch, source_dir, owner, name="prepare")
+            dirs = await in_thread(prepare_dirs, launch, source_dir, owner, name="prepare")
         except (SourceError, OSError) as exc:
             return FinishedAttempt(f"could not prepare the work dir: {exc}", output_dir)
         output_dir = dirs.output_dir
@@ -633,7 +361,7 @@ class DockerBackend:
                 output_dir,
             )
         if self._capacity is None:
-            await _in_thread(self.capacity, name="docker-info")
+            await in_thread(self.capacity, name="docker-info")
         if launch.gang is not None and not launch.gang.ranks:
             return FinishedAttempt("a gang without ranks", output_dir)
         return await self._start_containers(launch, image, output_dir, source_dir, on_line)
@@ -649,10 +377,10 @@ class DockerBackend:
         try:
             if network is not None:
                 labels = {k: v for k, v in self.labels(launch).items() if k in NETWORK_LABELS}
-                await _in_thread(create_network, self.client, network, labels, name="network")
+                await in_thread(create_network, self.client, network, labels, name="network")
             for local_rank in range(len(launch.gang.ranks) if launch.gang else 1):
                 config = self.container_config(launch, image, output_dir, source_dir, local_rank, master_ip)
-                container = await _in_thread(self._create_and_start, config, name=f"start-{launch.job_id}")
+                container = await in_thread(self._create_and_start, config, name=f"start-{launch.job_id}")
                 if network is not None and local_rank == 0:
                     master_ip = master_address(container, network)
                 rank = launch.gang.ranks[local_rank] if launch.gang else None
@@ -668,7 +396,7 @@ class DockerBackend:
                 return FinishedAttempt(image_missing_reason(image), output_dir)
             if isinstance(exc, _AlreadyRunning):
                 return FinishedAttempt(str(exc), output_dir)
-            return FinishedAttempt(f"could not start the container: {_explain(exc)}", output_dir)
+            return FinishedAttempt(f"could not start the container: {engine_error(exc)}", output_dir)
         if launch.gang is None:
             return members[0]
         return GangAttempt(launch, output_dir, members, network)
@@ -701,7 +429,7 @@ class DockerBackend:
 
     async def _remove(self, container_id: str) -> None:
         try:
-            await _in_thread(self._remove_blocking, container_id, name="remove")
+            await in_thread(self._remove_blocking, container_id, name="remove")
         except DockerException as exc:
             log.warning("could not remove a container", extra={"container": container_id, "error": str(exc)})
 
@@ -713,7 +441,7 @@ class DockerBackend:
 
     async def find_attempts(self) -> list[FoundAttempt]:
         """This executor's containers on the engine (running or ended), one entry per attempt."""
-        found = await _in_thread(self.list_running, include_stopped=True, name="list")
+        found = await in_thread(self.list_running, include_stopped=True, name="list")
         attempts: dict[tuple[str, int], list[RunningContainer]] = {}
         for c in found:
             attempts.setdefault((c.job_id, c.attempt), []).append(c)
@@ -730,7 +458,7 @@ class DockerBackend:
     async def adopt(self, found: FoundAttempt, on_line: LineSink) -> ContainerAttempt | GangAttempt:
         """Follow the containers of an attempt a previous run of this executor started."""
         containers = [
-            await _in_thread(self.client.containers.get, cid, name="get") for cid in found.ref.split(",")
+            await in_thread(self.client.containers.get, cid, name="get") for cid in found.ref.split(",")
         ]
         labels = containers[0].attrs["Config"].get("Labels") or {}
         workdir = Path(labels.get(LABEL_WORKDIR) or ".")
@@ -782,7 +510,7 @@ class DockerBackend:
 
         async def stop(container_id: str) -> None:
             with contextlib.suppress(NotFound):
-                await _in_thread(
+                await in_thread(
                     self.client.api.stop, container_id, timeout=max(0, math.ceil(grace_s)), name="stop"
                 )
             await self._remove(container_id)
@@ -793,7 +521,7 @@ class DockerBackend:
     async def drop_network(self, name: str) -> None:
         """Remove a gang's network (best effort: one in use stays until :meth:`reap_orphans`)."""
         with contextlib.suppress(DockerException, OSError):
-            await _in_thread(remove_network, self.client, name, name="network")
+            await in_thread(remove_network, self.client, name, name="network")
 
     def list_running(
         self, all_executors: bool = False, include_stopped: bool = False
@@ -830,12 +558,12 @@ class DockerBackend:
         by the executor's recovery), so an attempt never runs twice at once; stopped ones are
         removed too unless failed containers are kept for debugging.
         """
-        found = await _in_thread(self.list_running, include_stopped=True, name="list")
+        found = await in_thread(self.list_running, include_stopped=True, name="list")
         running = [c for c in found if c.state == "running"]
 
         async def reap(c: RunningContainer) -> None:
             with contextlib.suppress(NotFound):
-                await _in_thread(
+                await in_thread(
                     self.client.api.stop, c.container_id, timeout=max(0, math.ceil(grace_s)), name="stop"
                 )
             await self._remove(c.container_id)
@@ -843,18 +571,12 @@ class DockerBackend:
         victims = running if self.keep_failed else found
         await asyncio.gather(*(reap(c) for c in victims), return_exceptions=True)
         with contextlib.suppress(DockerException):
-            await _in_thread(
-                prune_networks, self.client, f"{LABEL_EXECUTOR}={self.executor_id}", name="prune"
-            )
+            await in_thread(prune_networks, self.client, f"{LABEL_EXECUTOR}={self.executor_id}", name="prune")
         return victims
 
 
 class _AlreadyRunning(RuntimeError):
     pass
-
-
-class ContainerGone(RuntimeError):
-    """The attempt's container was removed by someone else before its exit was read."""
 
 
 def podman_backend(socket: str = "unix:///run/podman/podman.sock", **kwargs: Any) -> DockerBackend:

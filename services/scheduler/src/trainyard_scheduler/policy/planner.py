@@ -38,7 +38,7 @@ from trainyard_scheduler.policy.model import (
     WaitKind,
 )
 from trainyard_scheduler.policy.preemption import Preemption
-from trainyard_scheduler.policy.queues import INF
+from trainyard_scheduler.policy.quotas import INF
 from trainyard_scheduler.policy.reasons import ShapeKey, WaitReasons
 from trainyard_scheduler.policy.running import load_running
 
@@ -96,12 +96,12 @@ class Pass:
         self.position = [0] * len(self.book.names)
         self.never_fits: set[ShapeKey] = set()
 
-    def run(self) -> Plan:
+    def _by_priority_and_queue(self) -> dict[int, dict[int, list[PendingJob]]]:
+        """The pending jobs by priority, then by queue index (queues first met are booked)."""
         book = self.book
-        pending = self.snapshot.pending
         index = book.index
         classes: dict[int, dict[int, list[PendingJob]]] = {}
-        for job in pending:
+        for job in self.snapshot.pending:
             queues = classes.get(job.priority)
             if queues is None:
                 queues = classes[job.priority] = {}
@@ -113,6 +113,11 @@ class Pass:
                 queues[q] = [job]
             else:
                 jobs.append(job)
+        return classes
+
+    def run(self) -> Plan:
+        book = self.book
+        classes = self._by_priority_and_queue()
         active = self.running.active
         active.update(q for queues in classes.values() for q in queues)
         weights = sum(book.weight[q] for q in active) or 1.0

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from trainyard_scheduler.policy.cluster import EPS, Release, Slots, replicas_in
 from trainyard_scheduler.policy.model import PendingJob, Victim
-from trainyard_scheduler.policy.queues import INF
+from trainyard_scheduler.policy.quotas import INF
 from trainyard_scheduler.policy.running import RunningGroup
 
 if TYPE_CHECKING:
@@ -315,14 +315,11 @@ class VictimSearch:
             return True
         return not self._quota_ok([more(b) for b in back], [more(b) for b in cohort_back])
 
-    def gang(self, eligible: Iterator[Option]) -> list[Option] | None:
-        """Executors first where stopping few jobs frees room for many replicas, until the gang
-        fits; then drop every victim that turned out not to be needed."""
+    def _cheapest_prefixes(self, options: list[Option]) -> list[tuple[float, int, list[Option]]]:
+        """Per executor, the prefix of its victims (least important first) with the most replicas
+        gained per job stopped; the executors where that ratio is best come first."""
         cl = self.p.cluster
         dc, dm, dg, n = self.dc, self.dm, self.dg, self.n
-        options = list(eligible)
-        if self._hopeless(options):
-            return None
         by_executor: dict[int, dict[str, tuple[tuple[RunningGroup, str], list[float]]]] = {}
         for option in options:
             for i, c, m, gp in option[0].rows:
@@ -332,8 +329,6 @@ class VictimSearch:
                 held[0] += c
                 held[1] += m
                 held[2] += gp
-        # per executor: the prefix of its victims (least important first) with the most replicas
-        # gained per job stopped
         steps: list[tuple[float, int, list[Option]]] = []
         for i, held_here in by_executor.items():
             c, m, gp = cl.cpu[i], cl.mem[i], cl.gpu[i]
@@ -353,6 +348,17 @@ class VictimSearch:
             if best is not None:
                 steps.append((-best[0], i, best[1]))
         steps.sort(key=lambda s: (s[0], s[1]))
+        return steps
+
+    def gang(self, eligible: Iterator[Option]) -> list[Option] | None:
+        """Executors first where stopping few jobs frees room for many replicas, until the gang
+        fits; then drop every victim that turned out not to be needed."""
+        cl = self.p.cluster
+        dc, dm, dg, n = self.dc, self.dm, self.dg, self.n
+        options = list(eligible)
+        if self._hopeless(options):
+            return None
+        steps = self._cheapest_prefixes(options)
         base = cl.count(dc, dm, dg, n)
         released: dict[int, list[float]] = {}
         back, cohort_back = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from trainyard_scheduler.policy.cluster import EPS, replicas_in
 from trainyard_scheduler.policy.model import PendingJob, WaitKind
-from trainyard_scheduler.policy.queues import INF
+from trainyard_scheduler.policy.quotas import INF
 
 if TYPE_CHECKING:
     from trainyard_scheduler.policy.planner import Pass

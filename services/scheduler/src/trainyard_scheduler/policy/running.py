@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from trainyard_scheduler.policy.cluster import Cluster, Release
 from trainyard_scheduler.policy.model import Snapshot
-from trainyard_scheduler.policy.queues import INF, QueueBook
+from trainyard_scheduler.policy.quotas import INF, QueueBook
 
 
 class Row(NamedTuple):

@@ -1,12 +1,4 @@
-"""Run attempts as local processes: one process group per rank, restart-safe.
-
-Every rank runs under a tiny supervisor (``supervise.py``) that records the exit status in a file,
-with its stdout and stderr going to files in the attempt's ``.trainyard/`` dir, tailed to the line
-sink. A pid file per attempt (``<root>/attempts/<job>.<attempt>.json``: pids with their start
-times, paths, timeout, start time) lets an executor that restarted find its attempts, check that
-each pid still names the process it started, and adopt them: their output keeps streaming from
-where it had been shipped, and their exit status is reported as if it had never been away.
-"""
+"""One local attempt: its ranks spawned under the supervisor, watched, tailed, stopped; or adopted."""
 
 from __future__ import annotations
 
@@ -21,135 +13,52 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from ._proc import group_alive, group_members, same_process, signal_group, start_ticks
-from .base import AttemptLaunch, AttemptOutcome, FoundAttempt, LineSink, OutcomeKind, Resources
-from .capacity import detect_capacity
-from .cgroups import AttemptCgroup, Containment, detect_containment
-from .devices import rank_devices, visible_devices_env
-from .jobfiles import PRIVATE_DIR, hand_over, kill_user, open_private, private_dir, take_back
-from .jobusers import JobUsers, RunAsError
-from .lines import MAX_LINE, READ_CHUNK, LineSplitter, pump_lines
-from .runtime_env import RuntimeEnvCache, RuntimeEnvError
-from .source import SourceError, checkout
+from trainyard_executor.backends.local.ranks import (
+    GROUP_POLL_S,
+    KILL_WAIT_S,
+    META_DIR,
+    Rank,
+    exit_reason,
+    fmt_s,
+    is_ours,
+    lingers,
+    user_of,
+    write_json,
+)
 
-__all__ = ["MAX_LINE", "LineSplitter", "LocalAttempt", "LocalBackend", "detect_capacity", "pump_lines"]
+from .._proc import group_alive, same_process, signal_group, start_ticks
+from ..base import AttemptLaunch, AttemptOutcome, LineSink, OutcomeKind
+from ..cgroups import AttemptCgroup
+from ..devices import rank_devices, visible_devices_env
+from ..jobfiles import PRIVATE_DIR, hand_over, kill_user, open_private, private_dir, take_back
+from ..jobusers import RunAsError
+from ..lines import READ_CHUNK, LineSplitter
+from ..runtime_env import RuntimeEnvError
+from ..source import SourceError, checkout
+
+if TYPE_CHECKING:
+    from trainyard_executor.backends.local.backend import LocalBackend
+
 
 log = logging.getLogger(__name__)
-
-SUPERVISOR = Path(__file__).resolve().parent.parent / "supervise.py"
-META_DIR = ".trainyard"
-"""In the attempt's work dir: rank-N.stdout/.stderr/.exit and the log cursor."""
+SUPERVISOR = Path(__file__).resolve().parent.parent.parent / "supervise.py"
 CURSOR_NAME = "log-cursor.json"
-_GROUP_POLL_S = 0.05
 _TAIL_POLL_S = 0.05
 """How often a log file that has reached its end is looked at again (regular files never block)."""
 _ADOPTED_POLL_S = 0.1
 _CURSOR_EVERY_S = 1.0
-_KILL_WAIT_S = 5.0
 _DRAIN_TIMEOUT_S = 5.0
 """After the ranks are gone, how long a tail may go without delivering anything before what is
 left in its file is given up."""
 _DRAIN_MOST_S = 120.0
-
 T = TypeVar("T")
 
 
 class _Cancelled(Exception):
     """Internal: the attempt was cancelled while preparing."""
-
-
-def _fmt_s(seconds: float) -> str:
-    return f"{seconds:g}s"
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def _exit_reason(rc: int | None) -> str:
-    if rc is None:
-        return "exit status unknown"
-    if rc < 0:
-        return f"killed by signal {_signal_name(-rc)}"
-    return f"exit code {rc}"
-
-
-@dataclass
-class _Rank:
-    """One rank's process group: its supervisor (the group leader) and the job's argv under it."""
-
-    rank: int
-    local_rank: int
-    stdout: Path
-    stderr: Path
-    exit_file: Path
-    pid: int | None = None
-    start_ticks: int | None = None
-    exited: asyncio.Future[Any] | None = field(default=None, repr=False)
-    proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
-    killed: bool = False
-    """We SIGKILLed its group while the supervisor lived: it could write no exit file."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank,
-            "local_rank": self.local_rank,
-            "stdout": str(self.stdout),
-            "stderr": str(self.stderr),
-            "exit_file": str(self.exit_file),
-            "pid": self.pid,
-            "start_ticks": self.start_ticks,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> _Rank:
-        rank = cls(
-            rank=int(data["rank"]),
-            local_rank=int(data["local_rank"]),
-            stdout=Path(data["stdout"]),
-            stderr=Path(data["stderr"]),
-            exit_file=Path(data["exit_file"]),
-            pid=data.get("pid"),
-            start_ticks=data.get("start_ticks"),
-        )
-        if rank.pid is None:
-            # the executor died between spawning the rank and recording it: the supervisor
-            # recorded itself
-            try:
-                own = json.loads(rank.exit_file.with_suffix(".pid").read_text())
-                rank.pid, rank.start_ticks = int(own["pid"]), int(own["start_ticks"])
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-        return rank
-
-    def status(self) -> tuple[int | None, str | None]:
-        """(exit code, error) once the rank has ended: from its supervisor's exit file, else
-        from what we saw (our own child's status, our SIGKILL), else unknown."""
-        try:
-            data = json.loads(self.exit_file.read_text())
-        except (OSError, ValueError):
-            data = None
-        if isinstance(data, dict):
-            if data.get("error"):
-                return None, str(data["error"])
-            if isinstance(data.get("returncode"), int):
-                return int(data["returncode"]), None
-        if self.proc is not None and self.proc.returncode is not None:
-            return self.proc.returncode, None
-        if self.killed:
-            return -signal.SIGKILL, None
-        return None, "ended while the executor was away; its exit status is unknown"
-
-    def failed(self) -> bool:
-        rc, error = self.status()
-        return error is not None or rc != 0
 
 
 class LocalAttempt:
@@ -179,7 +88,7 @@ class LocalAttempt:
         self._cancel_event = asyncio.Event()
         self._cancel_grace: float | None = None
         self._detached = False
-        self._ranks: list[_Rank] = []
+        self._ranks: list[Rank] = []
         self._offsets: dict[str, int] = {}
         self._started_at = time.time()
         self._owner = f"{launch.job_id}.{launch.attempt}"
@@ -195,11 +104,11 @@ class LocalAttempt:
             self._cwd = Path(adopted["cwd"])
             self._output_dir = Path(adopted["output_dir"])
             self._started_at = float(adopted["started_at"])
-            self._ranks = [_Rank.from_json(r) for r in adopted["ranks"]]
+            self._ranks = [Rank.from_json(r) for r in adopted["ranks"]]
             self.pid = self._ranks[0].pid if self._ranks else None
             self._offsets = self._read_cursor()
             self._cgroup = AttemptCgroup(Path(adopted["cgroup"])) if adopted.get("cgroup") else None
-            self._user = _user_of(adopted)
+            self._user = user_of(adopted)
             if self._user is not None and backend.job_users is not None:
                 backend.job_users.hold(self._user[0], self._owner)
             runner = self._run_adopted()
@@ -357,12 +266,12 @@ class LocalAttempt:
             env["TMPDIR"] = str(tmp)  # /tmp is shared by every user: a file there is easily read
         return env
 
-    def _plan_ranks(self) -> list[_Rank]:
+    def _plan_ranks(self) -> list[Rank]:
         meta = self.meta_dir
         gang = self._launch.gang
         globals_ = gang.ranks if gang is not None else (0,)
         return [
-            _Rank(
+            Rank(
                 rank=rank,
                 local_rank=local,
                 stdout=meta / f"rank-{rank}.stdout",
@@ -392,7 +301,7 @@ class LocalAttempt:
             "checkpoint_dir": str(launch.checkpoint_dir) if launch.checkpoint_dir is not None else None,
             "ranks": [r.to_json() for r in self._ranks],
         }
-        _write_json(self._state_file, state)
+        write_json(self._state_file, state)
 
     def _read_cursor(self) -> dict[str, int]:
         try:
@@ -401,7 +310,7 @@ class LocalAttempt:
             return {}
         return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
-    async def _spawn(self, rank: _Rank, env: dict[str, str]) -> None:
+    async def _spawn(self, rank: Rank, env: dict[str, str]) -> None:
         # local files, opened without blocking to speak of; handed to the child, closed right after
         out = open_private(rank.stdout)
         err = open_private(rank.stderr)
@@ -461,7 +370,7 @@ class LocalAttempt:
                     if started.pid is not None:
                         signal_group(started.pid, signal.SIGKILL)
                 if self._cgroup is not None:
-                    await self._cgroup.kill_and_remove(_KILL_WAIT_S)
+                    await self._cgroup.kill_and_remove(KILL_WAIT_S)
                 self._state_file.unlink(missing_ok=True)
                 if not isinstance(e, OSError):
                     raise
@@ -482,7 +391,7 @@ class LocalAttempt:
         if self._launch.checkpoint_dir is not None:
             take_back(self._launch.checkpoint_dir)
 
-    async def _poll_exit(self, rank: _Rank) -> None:
+    async def _poll_exit(self, rank: Rank) -> None:
         """An adopted rank is not our child: nothing tells us when it ends, so look."""
         if rank.pid is None:
             return
@@ -502,13 +411,13 @@ class LocalAttempt:
         cursor = asyncio.create_task(self._keep_cursor())
         try:
             kind, reason, grace, failed = await self._supervise()
-            stop = [r for r in self._ranks if kind is not None or failed is not None or _lingers(r)]
+            stop = [r for r in self._ranks if kind is not None or failed is not None or lingers(r)]
             await asyncio.gather(
                 *(self._terminate(r, grace if kind is not None else self._launch.grace_s) for r in stop)
             )
             if self._cgroup is not None:
                 # what left the ranks' process groups (a setsid() child) is still in the cgroup
-                await self._cgroup.kill_and_remove(_KILL_WAIT_S)
+                await self._cgroup.kill_and_remove(KILL_WAIT_S)
             if self._user is not None:
                 await asyncio.to_thread(self._take_back)
             finished.set()
@@ -522,7 +431,7 @@ class LocalAttempt:
             if not self._detached:
                 # the supervising task itself was cancelled (e.g. executor shutdown): leave nothing
                 for rank in self._ranks:
-                    if rank.pid is not None and _ours(rank):
+                    if rank.pid is not None and is_ours(rank):
                         signal_group(rank.pid, signal.SIGKILL)
                 if self._cgroup is not None:
                     self._cgroup.kill()
@@ -535,11 +444,11 @@ class LocalAttempt:
             return self._outcome(kind, rc, reason)
         if failed is not None:
             rc, error = failed.status()
-            why = error or _exit_reason(rc)
+            why = error or exit_reason(rc)
             return self._outcome("failed", rc, f"rank {failed.rank}: {why}" if gang else why)
         return self._outcome("succeeded", 0, "exit code 0")
 
-    async def _supervise(self) -> tuple[OutcomeKind | None, str, float, _Rank | None]:
+    async def _supervise(self) -> tuple[OutcomeKind | None, str, float, Rank | None]:
         """Wait for every rank to end, the first to fail, the timeout or a cancel.
 
         Returns (kind for timeout/cancel else None, reason, grace, the rank that failed)."""
@@ -561,7 +470,7 @@ class LocalAttempt:
                 if launch.timeout_s is not None:
                     remaining = self._started_at + launch.timeout_s - time.time()
                     if remaining <= 0:
-                        why = f"timed out after {_fmt_s(launch.timeout_s)}"
+                        why = f"timed out after {fmt_s(launch.timeout_s)}"
                         return "timed_out", why, launch.grace_s, None
                 await asyncio.wait(
                     {*running, cancel_wait}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
@@ -569,10 +478,10 @@ class LocalAttempt:
         finally:
             cancel_wait.cancel()
 
-    async def _terminate(self, rank: _Rank, grace: float) -> None:
+    async def _terminate(self, rank: Rank, grace: float) -> None:
         """SIGTERM the rank's group; SIGKILL it once ``grace`` has passed with anything still alive."""
         pgid = rank.pid
-        if pgid is None or not _ours(rank):
+        if pgid is None or not is_ours(rank):
             return
         exited = rank.exited
         assert exited is not None
@@ -583,7 +492,7 @@ class LocalAttempt:
             await asyncio.wait({exited}, timeout=max(grace, 0.0))
         # the kernel offers no notification for "process group became empty": poll /proc
         while group_alive(pgid) and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(_GROUP_POLL_S)
+            await asyncio.sleep(GROUP_POLL_S)
         if not exited.done() or group_alive(pgid):
             rank.killed = rank.killed or not exited.done()
             signal_group(pgid, signal.SIGKILL)
@@ -604,7 +513,7 @@ class LocalAttempt:
         for task in pending:
             task.cancel()
 
-    async def _tail(self, rank: _Rank, stream: str, finished: asyncio.Event, tagged: bool) -> None:
+    async def _tail(self, rank: Rank, stream: str, finished: asyncio.Event, tagged: bool) -> None:
         """Follow one of a rank's output files from the shipped offset to its end."""
         path = rank.stdout if stream == "stdout" else rank.stderr
         key = path.name
@@ -655,170 +564,11 @@ class LocalAttempt:
 
     def _write_cursor(self, offsets: Mapping[str, int]) -> None:
         try:
-            _write_json(self.meta_dir / CURSOR_NAME, dict(offsets))
+            write_json(self.meta_dir / CURSOR_NAME, dict(offsets))
         except OSError as e:
             log.warning("cannot write the log cursor of %s: %s", self._launch.job_id, e)
-
-
-def _ours(rank: _Rank) -> bool:
-    """Whether the rank's group is still the one we started (a pid is only reused once the group
-    is empty; then it may name a stranger's group, which must not be signalled)."""
-    if rank.pid is None:
-        return False
-    if rank.proc is not None and rank.proc.returncode is None:
-        return True  # our child, not reaped yet: its pid cannot have been reused
-    if same_process(rank.pid, rank.start_ticks):
-        return True
-    # the leader is gone; stragglers it left started after it, a stranger's group only later
-    members = group_members(rank.pid)
-    return bool(members) and rank.start_ticks is not None and all(t >= rank.start_ticks for _, t in members)
-
-
-def _lingers(rank: _Rank) -> bool:
-    """The rank ended but left processes in its group."""
-    return rank.pid is not None and group_alive(rank.pid) and _ours(rank)
 
 
 async def _nap(finished: asyncio.Event) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(finished.wait(), _TAIL_POLL_S)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = open_private(tmp)
-    with open(fd, "w") as f:
-        f.write(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def _user_of(state: Mapping[str, Any]) -> tuple[int, int] | None:
-    user = state.get("user")
-    return (int(user[0]), int(user[1])) if isinstance(user, list) and len(user) == 2 else None
-
-
-_pump = pump_lines  # the name the container backends import
-
-
-class LocalBackend:
-    """Runs each attempt as a local process group under ``root``."""
-
-    name = "local"
-
-    def __init__(
-        self,
-        root: Path,
-        runtime_env_cache: RuntimeEnvCache | None = None,
-        capacity_override: Resources | None = None,
-        containment: Containment | None = None,
-        job_users: JobUsers | None = None,
-    ) -> None:
-        self.root = Path(os.path.abspath(root))
-        self.containment = containment or detect_containment(str(self.root))
-        self.job_users = job_users
-        self.runtime_envs = runtime_env_cache
-        self._capacity_override = capacity_override
-        self._capacity: Resources | None = None
-
-    def describe_isolation(self) -> str:
-        """What keeps a job's processes together (said once when the executor starts)."""
-        users = self.job_users.describe() if self.job_users is not None else "the executor's user"
-        return f"{self.containment.describe()}; jobs run as {users}"
-
-    def resolve_workdir(self, workdir: Path) -> Path:
-        """Absolute workdirs are used as given; relative ones live under ``root``."""
-        return Path(os.path.abspath(workdir if Path(workdir).is_absolute() else self.root / workdir))
-
-    async def start(self, launch: AttemptLaunch, on_line: LineSink) -> LocalAttempt:
-        return LocalAttempt(self, launch, on_line)
-
-    # -- after a restart ----------------------------------------------------------------------
-
-    @property
-    def attempts_dir(self) -> Path:
-        return self.root / "attempts"
-
-    def state_file(self, job_id: str, attempt: int) -> Path:
-        """The attempt's pid file (written once its first rank is about to start)."""
-        self.attempts_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-        return self.attempts_dir / f"{job_id}.{attempt}.json"
-
-    def _load(self, ref: str) -> dict[str, Any]:
-        data = json.loads(Path(ref).read_text())
-        if not isinstance(data, dict) or data.get("version") != 1:
-            raise ValueError("not a pid file of this executor version")
-        return data
-
-    async def find_attempts(self) -> list[FoundAttempt]:
-        """The attempts a previous run of this executor left, running or ended but not recorded."""
-        found = []
-        for path in sorted(self.attempts_dir.glob("*.json")) if self.attempts_dir.is_dir() else []:
-            try:
-                data = self._load(str(path))
-                pids = [r.get("pid") for r in data["ranks"]]
-                found.append(
-                    FoundAttempt(
-                        job_id=str(data["job_id"]),
-                        attempt=int(data["attempt"]),
-                        ref=str(path),
-                        detail=f"pids {pids}",
-                    )
-                )
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.warning("unreadable pid file %s (%s): removed", path, e)
-                path.unlink(missing_ok=True)
-        return found
-
-    async def adopt(self, found: FoundAttempt, on_line: LineSink) -> LocalAttempt:
-        """Watch an attempt a previous run of this executor started (see :meth:`find_attempts`)."""
-        data = self._load(found.ref)
-        launch = AttemptLaunch(
-            job_id=found.job_id,
-            attempt=found.attempt,
-            argv=list(data.get("argv") or []),
-            env={},
-            workdir=Path(data["workdir"]),
-            timeout_s=data.get("timeout_s"),
-            grace_s=float(data.get("grace_s", 10.0)),
-            checkpoint_dir=Path(data["checkpoint_dir"]) if data.get("checkpoint_dir") else None,
-        )
-        return LocalAttempt(self, launch, on_line, adopted=data)
-
-    async def discard(self, found: FoundAttempt, grace_s: float) -> None:
-        """Stop an attempt that is no longer current (SIGTERM, SIGKILL after the grace) and forget it."""
-        try:
-            data = self._load(found.ref)
-        except (OSError, ValueError):
-            Path(found.ref).unlink(missing_ok=True)
-            return
-        ranks = [_Rank.from_json(r) for r in data.get("ranks", [])]
-        live = [r for r in ranks if _ours(r)]
-        for rank in live:
-            assert rank.pid is not None
-            signal_group(rank.pid, signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(grace_s, 0.0)
-        while any(_ours(r) for r in live) and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(_GROUP_POLL_S)
-        for rank in live:
-            if _ours(rank):
-                assert rank.pid is not None
-                signal_group(rank.pid, signal.SIGKILL)
-        deadline = loop.time() + _KILL_WAIT_S  # SIGKILL is delivered asynchronously: see it done
-        while any(_ours(r) for r in live) and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(_GROUP_POLL_S)
-        if data.get("cgroup"):
-            await AttemptCgroup(Path(data["cgroup"])).kill_and_remove(_KILL_WAIT_S)
-        user = _user_of(data)
-        if user is not None:
-            if self.job_users is None or self.job_users.per_attempt:
-                kill_user(user[0])
-            take_back(Path(data["workdir"]))
-        Path(found.ref).unlink(missing_ok=True)
-
-    def capacity(self) -> Resources:
-        if self._capacity_override is not None:
-            return self._capacity_override
-        if self._capacity is None:
-            self._capacity = detect_capacity()
-        return self._capacity

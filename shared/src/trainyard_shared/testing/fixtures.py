@@ -1,6 +1,6 @@
 """Pytest fixtures: a real nats-server on a free loopback port, and a unique subject prefix.
 
-Enable with ``pytest_plugins = ["trainyard_shared.testing"]`` in a conftest. One server serves the
+Enable with ``pytest_plugins = ["trainyard_shared.testing.fixtures"]`` in a conftest. One server serves the
 whole session; every test gets its own prefix, so streams, buckets and subjects never collide.
 """
 
@@ -66,15 +66,15 @@ async def nats_client(nats_server: NatsServer) -> AsyncIterator[object]:
 @pytest.fixture
 def common(nats_server: NatsServer, prefix: str, tmp_path: Path) -> object:
     """The services' common settings for this test's server, prefix and data dir."""
-    from trainyard_shared.testkit import common_settings
+    from trainyard_shared.testing.helpers import common_settings
 
     return common_settings(nats_server.url, prefix, tmp_path / "data")
 
 
 @pytest.fixture
 async def bus(nats_server: NatsServer, prefix: str) -> AsyncIterator[object]:
-    """A plain nats-py client for the test's own reads and writes (``testkit.Bus``)."""
-    from trainyard_shared.testkit import Bus
+    """A plain nats-py client for the test's own reads and writes (``helpers.Bus``)."""
+    from trainyard_shared.testing.helpers import Bus
 
     async with Bus(nats_server.url, prefix) as b:
         yield b

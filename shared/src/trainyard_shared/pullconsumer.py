@@ -1,9 +1,9 @@
 """A durable consumer for the job path: messages pulled as they come, each handled on its own.
 
 faststream runs its middleware chain (acknowledgement, logging, Prometheus, dead letters,
-dependency injection) for every message: measured at roughly half of a consumer's CPU on the job
-path. ``batch_consumer`` pulls with nats-py (see ``Puller``) and gives each message the same
-guarantees ``durable_consumer`` gives it, per message:
+dependency injection) for every message, a large share of a consumer's CPU on the job path.
+``batch_consumer`` pulls with nats-py (see ``Puller``) and gives each message the guarantees of
+a faststream durable consumer with ``NACK_ON_ERROR``, per message:
 
 - a body that does not parse is dead-lettered at once with its reason and acked;
 - a handler that raises is nacked for redelivery, until ``max_deliver``: then it is dead-lettered
@@ -44,6 +44,7 @@ from pydantic import ValidationError
 from trainyard_shared.broker import ServiceBroker
 from trainyard_shared.deadletter import DEFAULT_MAX_DELIVER, park
 from trainyard_shared.metrics_labels import subject_shape
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.redelivery import FailureBudget
 from trainyard_shared.tracing import tracing_enabled
 
@@ -94,9 +95,6 @@ def batch_consumer(
     messages are taken in gathered batches instead of one by one: the first one at once, then what
     came in each ``linger``, which costs both sides far less CPU per message at moderate rates.
     """
-    service = sb.service
-    outcomes = _outcomes(sb.registry)
-    handled, retried, parked = (outcomes.labels(durable, o) for o in ("handled", "retried", "dead_lettered"))
     tracer = None
     if tracing_enabled():
         provider = sb.tracer_provider or trace.get_tracer_provider()
@@ -108,43 +106,8 @@ def batch_consumer(
         config.filter_subjects = list(filter_subjects)
 
     def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def handle(raw: Msg, item: Any) -> None:
-            try:
-                with _traced(tracer, raw):
-                    await (handler(item, raw) if with_message else handler(item))
-            except Exception as exc:
-                await failed(raw, exc)
-                return
-            budget.forget(_sequence(raw))
-            await raw.ack()
-            handled.inc()
-
-        async def failed(raw: Msg, exc: Exception) -> None:
-            delivered = _delivered(raw)
-            verdict = budget.judge(_sequence(raw), delivered, exc, _short(exc))
-            if verdict.park:
-                await park(sb.broker, sb.subjects, service, raw, verdict.reason)
-                await raw.ack()
-                parked.inc()
-                return
-            log.warning(
-                "handler failed; the message will be redelivered",
-                extra={
-                    "consumer": durable,
-                    "deliveries": delivered,
-                    "error": _short(exc),
-                    "transient": verdict.transient,
-                    "delay": verdict.delay,
-                },
-            )
-            await (raw.nak() if verdict.delay is None else raw.nak(delay=verdict.delay))
-            retried.inc()
-
-        async def reject(raw: Msg, exc: BaseException) -> None:
-            await park(sb.broker, sb.subjects, service, raw, f"invalid message: {_short(exc)}")
-            await raw.ack()
-            parked.inc()
-
+        steps = _MessageSteps(sb, durable, handler, with_message, tracer, budget)
+        handle, reject = steps.handle, steps.reject
         lanes = Lanes(handle, concurrency)
         unique = itertools.count()
 
@@ -170,6 +133,63 @@ def batch_consumer(
         return handler
 
     return decorate
+
+
+class _MessageSteps:
+    """What becomes of one message: handled and acked, nacked for redelivery, or dead-lettered."""
+
+    def __init__(
+        self,
+        sb: ServiceBroker,
+        durable: str,
+        handler: Callable[..., Awaitable[Any]],
+        with_message: bool,
+        tracer: trace.Tracer | None,
+        budget: FailureBudget,
+    ) -> None:
+        self.sb, self.durable, self.handler, self.with_message = sb, durable, handler, with_message
+        self.tracer, self.budget = tracer, budget
+        outcomes = _outcomes(sb.registry)
+        self.handled, self.retried, self.parked = (
+            outcomes.labels(durable, o) for o in ("handled", "retried", "dead_lettered")
+        )
+
+    async def handle(self, raw: Msg, item: Any) -> None:
+        try:
+            with _traced(self.tracer, raw):
+                await (self.handler(item, raw) if self.with_message else self.handler(item))
+        except Exception as exc:
+            await self.failed(raw, exc)
+            return
+        self.budget.forget(_sequence(raw))
+        await raw.ack()
+        self.handled.inc()
+
+    async def failed(self, raw: Msg, exc: Exception) -> None:
+        delivered = _delivered(raw)
+        verdict = self.budget.judge(_sequence(raw), delivered, exc, _short(exc))
+        if verdict.park:
+            await park(self.sb.broker, self.sb.subjects, self.sb.service, raw, verdict.reason)
+            await raw.ack()
+            self.parked.inc()
+            return
+        log.warning(
+            "handler failed; the message will be redelivered",
+            extra={
+                "consumer": self.durable,
+                "deliveries": delivered,
+                "error": _short(exc),
+                "transient": verdict.transient,
+                "delay": verdict.delay,
+            },
+        )
+        await (raw.nak() if verdict.delay is None else raw.nak(delay=verdict.delay))
+        self.retried.inc()
+
+    async def reject(self, raw: Msg, exc: BaseException) -> None:
+        await park(self.sb.broker, self.sb.subjects, self.sb.service, raw, f"invalid message: {_short(exc)}")
+        await raw.ack()
+        self.parked.inc()
 
 
 Handle = Callable[[Msg, Any], Awaitable[None]]
@@ -278,7 +298,7 @@ class Puller:
     # -- life ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        nc = self.sb.broker.config.connection_state.connection
+        nc = NatsHandle(self.sb.broker).client
         await self._ensure_consumer()
         self._stopping = False
         self._inbox = nc.new_inbox()
@@ -314,7 +334,7 @@ class Puller:
         nats-py's ``pull_subscribe`` does), except the subjects it takes: a release that narrows
         or widens them updates the consumer, which keeps its place in the stream. ``resume_at``:
         a consumer created again starts at that stream sequence, not at the stream's start."""
-        js = self.sb.broker.config.connection_state.stream
+        js = NatsHandle(self.sb.broker).jetstream
         config = dataclasses.replace(self.config, durable_name=self.durable, name=self.durable)
         if not config.filter_subjects:
             config.filter_subject = self.subject
@@ -343,7 +363,7 @@ class Puller:
         server would stop delivering a message still waiting out an election (redelivery.py)."""
         if current.max_deliver == self.config.max_deliver:
             return
-        js = self.sb.broker.config.connection_state.stream
+        js = NatsHandle(self.sb.broker).jetstream
         await js.add_consumer(
             self.stream, config=dataclasses.replace(current, max_deliver=self.config.max_deliver)
         )
@@ -404,7 +424,7 @@ class Puller:
         await self._request(room, wait=False)
 
     async def _request(self, count: int, *, wait: bool = True) -> None:
-        nc = self.sb.broker.config.connection_state.connection
+        nc = NatsHandle(self.sb.broker).client
         body: dict[str, object] = {"batch": count}
         if wait:
             body["expires"] = int(self.EXPIRES * 1e9)
@@ -430,7 +450,7 @@ class Puller:
             # 408: the request expired; 409: the server ended it (max waiting, consumer deleted,
             # leadership change); 503: no consumer: in every case, the request is over
             if status != "408":
-                self._note_abnormal_end(status, raw.headers.get("Description"))
+                self._note_abnormal_end(status, (raw.headers or {}).get("Description"))
             self._requested = 0
             self._wake.set()
             return

@@ -1,4 +1,6 @@
-"""Publishing job events: deterministic Nats-Msg-Id, into the jobs stream, acked."""
+"""Publishing job events and executor commands: deterministic Nats-Msg-Id, into their stream, acked.
+
+The models are in ``trainyard_contracts`` (events.py, commands.py); this module sends them."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ from typing import Any, NamedTuple
 
 import nats.errors
 from faststream.nats import NatsBroker
+from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
-from trainyard_contracts import Envelope, Subjects
+from trainyard_contracts import CancelAttempt, Envelope, StartAttempt, Subjects, msg_id
 from trainyard_shared.metrics_labels import subject_shape
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.tracing import tracing_enabled
 
 MSG_ID = "Nats-Msg-Id"
@@ -44,6 +48,22 @@ class EventPublisher:
         """Publish and wait for the stream's ack; a duplicate (same msg id) is acked, not stored."""
         return await publish_acked(self.broker, *self.outgoing(event, **headers))
 
+    async def publish_in_order(self, sends: Sequence[Outgoing], timeout: float = 5.0) -> list[Any]:
+        """Publish one decision's events and commands in order, acks awaited together."""
+        return await publish_in_order(self.broker, sends, timeout)
+
+    async def has_event(self, subject: str) -> bool:
+        """Whether the jobs stream still holds a message on ``subject``."""
+        try:
+            await NatsHandle(self.broker).jetstream.get_last_msg(self.stream, subject)
+        except NotFoundError:
+            return False
+        return True
+
+    def max_payload(self) -> int:
+        """The server's limit for one message's body (headers count against it too)."""
+        return NatsHandle(self.broker).max_payload
+
     def outgoing(self, event: Envelope, **headers: str) -> Outgoing:
         """The event as a publish (for ``publish_in_order``). The envelope carries the job's trace
         context too, for readers that drop headers."""
@@ -68,7 +88,7 @@ async def publish_acked(
     measurable share of a service's CPU); what that chain added is done here: the trace context
     goes into the headers, in a publish span, when spans are exported.
     """
-    js = broker.config.connection_state.stream
+    js = NatsHandle(broker).jetstream
     if not tracing_enabled():
         return await js.publish(subject, payload, stream=stream, headers=headers)
     span_name = f"{subject_shape(subject)} publish"
@@ -90,7 +110,7 @@ async def publish_in_order(
     the streams drop as duplicates."""
     if tracing_enabled():  # one publish span each, as publish_acked records them
         return list(await asyncio.gather(*(publish_acked(broker, *p) for p in publishes)))
-    js = broker.config.connection_state.stream
+    js = NatsHandle(broker).jetstream
     acks = [
         await js.publish_async(p.subject, p.payload, stream=p.stream, headers=dict(p.headers))
         for p in publishes
@@ -101,3 +121,25 @@ async def publish_in_order(
     if missing:
         raise nats.errors.TimeoutError
     return [ack.result() for ack in acks]
+
+
+class CommandSender:
+    def __init__(self, broker: NatsBroker, subjects: Subjects) -> None:
+        self.broker = broker
+        self.subjects = subjects
+
+    async def send(self, command: StartAttempt | CancelAttempt) -> None:
+        await publish_acked(self.broker, *self.outgoing(command))
+
+    def outgoing(self, command: StartAttempt | CancelAttempt) -> Outgoing:
+        """The command as a publish (for ``publish_in_order``)."""
+        return Outgoing(
+            self.subjects.exec_command(command.executor_id, command.type),
+            command.model_dump_json().encode(),
+            {
+                # per executor: a gang split across executors gets one start (or cancel) each
+                MSG_ID: msg_id(command.job_id, command.attempt, f"{command.type}@{command.executor_id}"),
+                "content-type": "application/json",
+            },
+            self.subjects.streams.exec,
+        )

@@ -1,6 +1,6 @@
 """Run services in this process against a real nats-server, and watch what they do (test kit).
 
-Imported by the integration, hostile-input and chaos tests as `trainyard_shared.testkit`: an
+Imported by the integration, hostile-input and chaos tests as `trainyard_shared.testing.helpers`: an
 installed module, so no test depends on how pytest names the several `tests` folders.
 """
 
@@ -29,7 +29,7 @@ async def eventually(
     """Poll ``probe`` until it returns something truthy, or fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    last: Any = None
+    last: T | None = None
     while loop.time() < deadline:
         last = await probe()
         if last:

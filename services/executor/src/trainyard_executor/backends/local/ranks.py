@@ -1,0 +1,144 @@
+"""The ranks of a local attempt as its pid file records them, and how their exits read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._proc import group_alive, group_members, same_process
+from ..jobfiles import open_private
+
+log = logging.getLogger(__name__)
+META_DIR = ".trainyard"
+"""In the attempt's work dir: rank-N.stdout/.stderr/.exit and the log cursor."""
+GROUP_POLL_S = 0.05
+KILL_WAIT_S = 5.0
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_reason(rc: int | None) -> str:
+    if rc is None:
+        return "exit status unknown"
+    if rc < 0:
+        return f"killed by signal {signal_name(-rc)}"
+    return f"exit code {rc}"
+
+
+@dataclass
+class Rank:
+    """One rank's process group: its supervisor (the group leader) and the job's argv under it."""
+
+    rank: int
+    local_rank: int
+    stdout: Path
+    stderr: Path
+    exit_file: Path
+    pid: int | None = None
+    start_ticks: int | None = None
+    exited: asyncio.Future[Any] | None = field(default=None, repr=False)
+    proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    killed: bool = False
+    """We SIGKILLed its group while the supervisor lived: it could write no exit file."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "local_rank": self.local_rank,
+            "stdout": str(self.stdout),
+            "stderr": str(self.stderr),
+            "exit_file": str(self.exit_file),
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Rank:
+        rank = cls(
+            rank=int(data["rank"]),
+            local_rank=int(data["local_rank"]),
+            stdout=Path(data["stdout"]),
+            stderr=Path(data["stderr"]),
+            exit_file=Path(data["exit_file"]),
+            pid=data.get("pid"),
+            start_ticks=data.get("start_ticks"),
+        )
+        if rank.pid is None:
+            # the executor died between spawning the rank and recording it: the supervisor
+            # recorded itself
+            try:
+                own = json.loads(rank.exit_file.with_suffix(".pid").read_text())
+                rank.pid, rank.start_ticks = int(own["pid"]), int(own["start_ticks"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return rank
+
+    def status(self) -> tuple[int | None, str | None]:
+        """(exit code, error) once the rank has ended: from its supervisor's exit file, else
+        from what we saw (our own child's status, our SIGKILL), else unknown."""
+        try:
+            data = json.loads(self.exit_file.read_text())
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict):
+            if data.get("error"):
+                return None, str(data["error"])
+            if isinstance(data.get("returncode"), int):
+                return int(data["returncode"]), None
+        if self.proc is not None and self.proc.returncode is not None:
+            return self.proc.returncode, None
+        if self.killed:
+            return -signal.SIGKILL, None
+        return None, "ended while the executor was away; its exit status is unknown"
+
+    def failed(self) -> bool:
+        rc, error = self.status()
+        return error is not None or rc != 0
+
+
+def is_ours(rank: Rank) -> bool:
+    """Whether the rank's group is still the one we started (a pid is only reused once the group
+    is empty; then it may name a stranger's group, which must not be signalled)."""
+    if rank.pid is None:
+        return False
+    if rank.proc is not None and rank.proc.returncode is None:
+        return True  # our child, not reaped yet: its pid cannot have been reused
+    if same_process(rank.pid, rank.start_ticks):
+        return True
+    # the leader is gone; stragglers it left started after it, a stranger's group only later
+    members = group_members(rank.pid)
+    return bool(members) and rank.start_ticks is not None and all(t >= rank.start_ticks for _, t in members)
+
+
+def lingers(rank: Rank) -> bool:
+    """The rank ended but left processes in its group."""
+    return rank.pid is not None and group_alive(rank.pid) and is_ours(rank)
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = open_private(tmp)
+    with open(fd, "w") as f:
+        f.write(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def user_of(state: Mapping[str, Any]) -> tuple[int, int] | None:
+    user = state.get("user")
+    return (int(user[0]), int(user[1])) if isinstance(user, list) and len(user) == 2 else None

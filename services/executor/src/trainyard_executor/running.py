@@ -1,0 +1,327 @@
+"""One attempt on this executor: launched (or adopted), followed to its end, recorded, released."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from trainyard_contracts import (
+    JobRecord,
+    JobState,
+    Rendezvous,
+)
+from trainyard_executor.backends.base import AttemptLaunch, Backend, RunningAttempt
+from trainyard_executor.gang import (
+    ended_by_a_member,
+    log_seq_base,
+    member_of,
+)
+from trainyard_executor.jobenv import job_env, plan_gang
+from trainyard_executor.logship import LogShipper
+from trainyard_executor.outcomes import owns
+from trainyard_executor.recording import BROKER_ERRORS, AttemptRecorder
+
+log = logging.getLogger("trainyard.executor")
+
+
+@dataclass
+class LocalAttempt:
+    job_id: str
+    attempt: int
+    handle: RunningAttempt | None = None
+    task: asyncio.Task[None] | None = None
+    cancel_reason: str | None = None
+    shutting_down: bool = False
+    # set when the attempt is over here: the gang watch ends on it even if its cancel is lost
+    # (Python 3.11's wait_for, inside nats-py's watch, can drop a cancel that lands as an update
+    # arrives; the heartbeat loop had that hang in CI)
+    over: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+LAUNCHED_REMEMBERED = 100_000  # attempts this process launched: a half-done start is told apart by it
+
+ShipperFactory = Callable[[str, int], LogShipper]
+
+
+class AttemptRunner(AttemptRecorder):
+    """Runs the attempts the commands start, each to its recorded end. The base of
+    :class:`~trainyard_executor.core.ExecutorCore`, which owns the state declared here."""
+
+    backend: Backend
+    shippers: ShipperFactory
+    work_root: Path
+    checkpoint_root: Path
+    free_port: Callable[[], int]
+    running: dict[str, LocalAttempt]
+    launched: OrderedDict[tuple[str, int], None]
+    inherited: dict[str, str]
+
+    def workdir(self, job_id: str, attempt: int) -> Path:
+        return self.work_root / job_id / f"attempt-{attempt}"
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        """TRAINYARD_CHECKPOINT_DIR: one per job, kept across its attempts (a resumed attempt
+        finds what the one before saved), removed when the job ends."""
+        return self.checkpoint_root / job_id
+
+    def _launched(self, job_id: str, attempt: int) -> None:
+        """Remember that this process launched (or adopted) the attempt (bounded)."""
+        self.launched[(job_id, attempt)] = None
+        while len(self.launched) > LAUNCHED_REMEMBERED:
+            self.launched.popitem(last=False)
+
+    def _half_started(self, record: JobRecord, attempt: int) -> bool:
+        """The record says ``attempt`` runs here, yet this executor never launched it: a start whose
+        write landed and whose announcement and launch did not (after the recovery, nothing else
+        makes a record running here without launching it)."""
+        return (
+            record.state == JobState.RUNNING
+            and record.attempt == attempt
+            and record.executor_id == self.me
+            and record.gang is None
+            and record.job_id not in self.running
+            and (record.job_id, attempt) not in self.launched
+        )
+
+    async def _stop_superseded(self, local: LocalAttempt, reason: str) -> None:
+        """End an older attempt before a newer one of the same job starts here. One already told
+        to stop (a preemption's cancel, with its grace period) keeps its grace to checkpoint."""
+        if local.cancel_reason is None:
+            local.cancel_reason = reason
+            if local.handle is not None:
+                await local.handle.cancel(self.settings.grace_seconds)
+        if local.task is not None:
+            await asyncio.wait({local.task}, timeout=self.settings.grace_seconds + 3600 + 10)
+
+    async def _run(
+        self,
+        record: JobRecord,
+        attempt: int,
+        workdir: Path,
+        local: LocalAttempt,
+        rendezvous: Rendezvous | None = None,
+        gpu_devices: tuple[int, ...] | None = None,
+    ) -> None:
+        spec = record.spec
+        shipper = self.shippers(record.job_id, attempt)
+        if record.gang is not None:
+            shipper.seq = log_seq_base(record, self.me, attempt)
+
+        async def start() -> None:
+            checkpoints = self.checkpoint_dir(record.job_id)
+            launch = AttemptLaunch(
+                job_id=record.job_id,
+                attempt=attempt,
+                argv=spec.argv(),
+                env=job_env(
+                    record,
+                    attempt,
+                    self.inherited,
+                    self.settings.passthrough_env,
+                    self.settings.mlflow_tracking_uri,
+                    str(Path(sys.executable).parent) if self.settings.python_on_path else None,
+                    checkpoint_dir=checkpoints,
+                ),
+                workdir=workdir,
+                timeout_s=spec.timeout,
+                source_repo=spec.source.clone_url() if spec.source else None,
+                source_commit=spec.source.commit if spec.source else None,
+                runtime_pip=tuple(spec.runtime_env.pip) if spec.runtime_env else (),
+                output_subdir=spec.outputs.path if spec.outputs else "outputs",
+                grace_s=self.settings.grace_seconds,
+                image=spec.image,
+                cpu=spec.resources.cpu,
+                memory_mb=spec.resources.memory,
+                gpu=spec.resources.gpu,
+                gpu_devices=gpu_devices,
+                inherited_env=tuple(k for k in (*self.settings.passthrough_env, "PATH") if k not in spec.env),
+                gang=plan_gang(spec.replicas, rendezvous, self.free_port),
+                checkpoint_dir=checkpoints,
+                run_as_root=spec.run_as_root,
+            )
+            ranks = f", ranks {list(launch.gang.ranks)} of {launch.gang.world_size}" if launch.gang else ""
+            await shipper.system(f"attempt {attempt} starting on {self.me}{ranks}: {launch.argv}")
+            local.handle = await self.backend.start(launch, shipper.line)
+            if local.cancel_reason is not None:
+                await local.handle.cancel(self.settings.grace_seconds)
+
+        await self._attend(record, attempt, local, shipper, start)
+
+    async def _attend(
+        self,
+        record: JobRecord,
+        attempt: int,
+        local: LocalAttempt,
+        shipper: LogShipper,
+        start: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Start (or adopt) an attempt, follow it to its end and record it; an attempt that could
+        not start is recorded as such, one that ran is never turned into "could not run".
+        A member of a split gang also watches the record, to stop its ranks when the attempt ends
+        elsewhere."""
+        watch: asyncio.Task[None] | None = None
+        try:
+            await start()
+            if record.gang is not None and member_of(record, self.me, attempt) is not None:
+                watch = asyncio.create_task(
+                    self._watch_gang(record.job_id, attempt, local), name=f"gang-watch-{record.job_id}"
+                )
+            await self._follow(record, attempt, local, shipper)
+        except asyncio.CancelledError:
+            raise
+        except BROKER_ERRORS as exc:
+            if local.handle is None:
+                await self._could_not_run(record, attempt, local, shipper, exc)
+            else:  # it ran; only recording its end failed, for longer than broker_outage_seconds
+                log.error(
+                    "the attempt's outcome could not be recorded: NATS stayed away",
+                    extra={"job_id": record.job_id, "attempt": attempt, "error": type(exc).__name__},
+                )
+        except Exception as exc:
+            await self._could_not_run(record, attempt, local, shipper, exc)
+        finally:
+            local.over = True
+            if watch is not None:
+                watch.cancel()
+                # bounded: a lost cancel ends the watch at its next update or check instead
+                await asyncio.wait({watch}, timeout=self.settings.gang_check_seconds + 5)
+            with contextlib.suppress(*BROKER_ERRORS):
+                await shipper.close()
+            if self.running.get(record.job_id) is local:
+                del self.running[record.job_id]
+
+    async def _follow(
+        self, record: JobRecord, attempt: int, local: LocalAttempt, shipper: LogShipper
+    ) -> None:
+        """Wait for the attempt's end, then record it (or hand the job back on shutdown)."""
+        assert local.handle is not None
+        outcome = await local.handle.wait()
+        kind, reason = outcome.kind, outcome.reason
+        if kind == "cancelled" and local.cancel_reason:
+            reason = local.cancel_reason
+        # abspath, not resolve(): no filesystem calls per attempt (the work root is absolute already)
+        outputs_uri = Path(os.path.abspath(outcome.output_dir)).as_uri() if outcome.output_dir else None
+        # every line is stored before the terminal event announces it; a broker away at this
+        # moment must not change how the attempt ended, so shipping is retried, then given up.
+        # The lines and the outcome's write go out together; the event waits for both.
+        lines_stored = asyncio.ensure_future(
+            self._ship_outcome_lines(shipper, f"attempt {attempt} ended: {kind} ({reason})", record.job_id)
+        )
+        try:
+            if local.shutting_down and kind == "cancelled":
+                # stopped by the shutdown: handed back. One that ended on its own meanwhile is
+                # recorded as it ended, so work that completed is never run again
+                await lines_stored
+                await self._requeue(record, "executor shut down while the attempt ran")
+                after = None
+            else:
+                after = await self._finish(
+                    record.job_id,
+                    attempt,
+                    kind,
+                    outcome.exit_code,
+                    reason,
+                    outputs_uri,
+                    local.elapsed(),
+                    lines_stored=lines_stored,
+                )
+        finally:
+            await lines_stored
+        if after is not None and after.state.terminal:
+            checkpoints = self.checkpoint_dir(record.job_id)
+            if checkpoints.exists():  # most jobs never write one: no thread hop for nothing
+                await asyncio.to_thread(shutil.rmtree, checkpoints, True)
+        await self._release(local)
+
+    async def _could_not_run(
+        self, record: JobRecord, attempt: int, local: LocalAttempt, shipper: LogShipper, exc: Exception
+    ) -> None:
+        log.exception("attempt could not run", extra={"job_id": record.job_id})
+        await shipper.system(f"attempt {attempt} could not run: {exc}")
+        await shipper.close()
+        await self._finish(
+            record.job_id, attempt, "failed", None, f"could not run: {exc}", None, local.elapsed()
+        )
+        await self._release(local)
+
+    async def _watch_gang(self, job_id: str, attempt: int, local: LocalAttempt) -> None:
+        """Stop this member's ranks once the gang's attempt has ended elsewhere.
+
+        Watches the job's key (and re-reads it every ``gang_check_seconds`` in case the watch
+        stalled). When a member ended the attempt (its ranks failed, timed out or were given up, or
+        the job is terminal) the ranks stop at once with this executor's grace. When the scheduler
+        requeued it (preempted, executor lost) its cancel command normally arrives first with its
+        own grace; if none came, the ranks stop ``gang_check_seconds`` later."""
+        check = self.settings.gang_check_seconds
+        loop = asyncio.get_running_loop()
+        requeued_seen: float | None = None
+        while not local.over:
+            watcher = None
+            try:
+                watcher = await self.store.kv.watch(job_id)
+                while not local.over:
+                    try:
+                        entry = await watcher.updates(timeout=check)
+                    except NatsTimeoutError:
+                        found = await self.store.get(job_id)
+                        record = found[0] if found is not None else None
+                    else:
+                        if entry is None:
+                            continue  # the watch's "caught up" marker
+                        record = JobRecord.model_validate_json(entry.value) if entry.value else None
+                    if record is not None and owns(record, self.me, attempt):
+                        continue
+                    if record is None or ended_by_a_member(record, attempt, self.me):
+                        reason = "the gang's attempt ended on another executor"
+                        if record is not None and record.reason:
+                            reason += f": {record.reason}"
+                        await self._stop_ranks(local, reason)
+                        return
+                    if requeued_seen is None:
+                        requeued_seen = loop.time()
+                    elif loop.time() - requeued_seen >= check:
+                        await self._stop_ranks(local, "the gang's attempt was requeued; no cancel came")
+                        return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker away: watch again after a pause
+                log.warning(
+                    "watching a split gang's record failed; watching again",
+                    extra={"job_id": job_id, "error": type(exc).__name__},
+                )
+                await asyncio.sleep(min(check, 2.0))
+            finally:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+
+    async def _stop_ranks(self, local: LocalAttempt, reason: str) -> None:
+        if local.cancel_reason is None:
+            local.cancel_reason = reason
+        log.info("stopping a split gang's ranks", extra={"job_id": local.job_id, "reason": reason})
+        if local.handle is not None:
+            await local.handle.cancel(self.settings.grace_seconds)
+
+    async def _release(self, local: LocalAttempt) -> None:
+        """The outcome is recorded: a restart must not find the attempt on the backend again."""
+        release = getattr(local.handle, "release", None)
+        if release is not None:
+            try:
+                await release()
+            except Exception:
+                log.exception("could not release an attempt", extra={"job_id": local.job_id})

@@ -1,0 +1,65 @@
+"""What a job asks of the scheduler by its record or an event: to be queued, to be cancelled."""
+
+from __future__ import annotations
+
+from trainyard_contracts import (
+    CancelAttempt,
+    JobCancelled,
+    JobRecord,
+    JobState,
+    lifecycle,
+)
+from trainyard_scheduler.announcing import Announcing
+
+
+class JobRequests(Announcing):
+    """Queue a submitted job; cancel a pending one, or tell an active one's executors to stop it."""
+
+    async def queue(self, job_id: str) -> None:
+        """submitted -> queued (idempotent: a redelivery re-emits the same event, deduplicated)."""
+        now = self.clock()
+        seen: list[JobRecord] = []
+
+        def to_queued(r: JobRecord) -> JobRecord | None:
+            seen.append(r)
+            return lifecycle.advance(r, JobState.QUEUED, now) if r.state == JobState.SUBMITTED else None
+
+        result = await self.store.update(job_id, to_queued)
+        # not the view: with several replicas another one may have queued it a moment ago and
+        # our view may not show that yet, so trust the record the compare-and-set just read
+        record = result[1] if result else (seen[-1] if seen else None)
+        if record is not None and (result or record.state == JobState.QUEUED):
+            await self._publish(job_id, await self._queued_events(record))
+
+    async def cancel(self, job_id: str, by: str | None = None) -> None:
+        """A pending job is cancelled here; an active one gets a cancel command to its executor."""
+        now = self.clock()
+
+        def cancel_pending(r: JobRecord) -> JobRecord | None:
+            if r.state in (JobState.SUBMITTED, JobState.QUEUED, JobState.REQUEUED):
+                return lifecycle.finish(
+                    r, JobState.CANCELLED, now, exit_code=None, reason="cancelled before it ran"
+                )
+            return None
+
+        result = await self.store.update(job_id, cancel_pending)
+        if result is not None:
+            _, after = result
+            cancelled = JobCancelled(job_id=job_id, attempt=after.attempt, reason=after.reason or "", by=by)
+            await self._publish(job_id, [self.events.outgoing(cancelled)])
+            return
+        found = await self.store.get(job_id)
+        if found is None:
+            return
+        record, _ = found
+        if record.state == JobState.CANCELLED:
+            cancelled = JobCancelled(job_id=job_id, attempt=record.attempt, reason=record.reason or "", by=by)
+            await self._publish(job_id, [self.events.outgoing(cancelled)])
+        elif record.state.active and record.executor_id:
+            commands = [  # every member of a split gang
+                self.commands.outgoing(
+                    CancelAttempt(job_id=job_id, attempt=record.attempt, executor_id=executor_id)
+                )
+                for executor_id in record.executors()
+            ]
+            await self._publish(job_id, commands)
