@@ -20,13 +20,14 @@ from faststream.nats.annotations import NatsMessage
 
 from trainyard_contracts import JobEvent, JobRecord, SpecError, parse_job_event
 from trainyard_contracts.runs import PipelineEnvelope, PipelineReply, PipelineRequest
-from trainyard_shared.pullconsumer import batch_consumer
+from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.consumers import connect_and_bind
-from trainyard_shared.publishing import publish_acked
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import publish_acked
+from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
+from trainyard_shared.runtimeslot import RUNTIME, RuntimeSlot
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing
 from trainyard_workflow.intake import IntakeSender
@@ -38,11 +39,33 @@ REQUEST_KINDS = ("run", "status", "list", "cancel")
 
 
 @dataclass
-class Runtime:
-    """The composition root: what the handlers use, built once the broker is connected."""
+class WorkflowRuntime:
+    """The composition root: what the handlers use, built once the broker has connected."""
 
     service: WorkflowService
     reconciler: asyncio.Task[None] | None = None
+
+
+async def build_runtime(
+    sb: ServiceBroker, common: CommonSettings, settings: WorkflowSettings
+) -> WorkflowRuntime:
+    buckets = await connect_and_bind(sb, common)
+    connection = sb.broker.config.connection_state
+    jobs = JobStore(buckets.jobs, remember=0)
+
+    async def read_job(job_id: str) -> JobRecord | None:
+        found = await jobs.get(job_id)
+        return found[0] if found else None
+
+    intake = IntakeSender(
+        connection.connection,
+        connection.stream,
+        sb.subjects.intake_submit,
+        timeout=settings.intake_timeout_seconds,
+        concurrency=settings.submit_concurrency,
+        token=settings.token,
+    )
+    return WorkflowRuntime(WorkflowService(RunStore(buckets.pipelines), read_job, intake, _emitter(sb)))
 
 
 def create_app(
@@ -52,7 +75,7 @@ def create_app(
     settings = settings or WorkflowSettings()
     sb = make_broker(common, "workflow", tracer_provider=setup_tracing("workflow"))
     subjects = sb.subjects
-    runtime: dict[str, Runtime] = {}
+    slot: RuntimeSlot[WorkflowRuntime] = RuntimeSlot("workflow")
 
     @batch_consumer(
         sb,
@@ -70,42 +93,28 @@ def create_app(
         description="a step's job ended: its pipeline run moves on (next steps, skips, the end)",
     )
     async def on_job_outcome(event: JobEvent) -> None:
-        await runtime["rt"].service.on_job_ended(event.job_id, event.type)
+        await slot.get().service.on_job_ended(event.job_id, event.type)
 
     for kind in REQUEST_KINDS:
-        _request_handler(sb, kind, runtime)
+        _request_handler(sb, kind, slot)
 
     async def connect() -> None:
-        buckets = await connect_and_bind(sb, common)
-        connection = sb.broker.config.connection_state
-        jobs = JobStore(buckets.jobs, remember=0)
-
-        async def read_job(job_id: str) -> JobRecord | None:
-            found = await jobs.get(job_id)
-            return found[0] if found else None
-
-        intake = IntakeSender(
-            connection.connection,
-            connection.stream,
-            subjects.intake_submit,
-            timeout=settings.intake_timeout_seconds,
-            concurrency=settings.submit_concurrency,
-            token=settings.token,
-        )
-        runtime["rt"] = Runtime(WorkflowService(RunStore(buckets.pipelines), read_job, intake, _emitter(sb)))
+        slot.set(await build_runtime(sb, common, settings))
 
     async def start_reconciler() -> None:
-        rt = runtime["rt"]
-        rt.reconciler = asyncio.create_task(_reconcile_forever(rt.service, settings.reconcile_seconds))
+        runtime = slot.get()
+        runtime.reconciler = asyncio.create_task(
+            _reconcile_forever(runtime.service, settings.reconcile_seconds)
+        )
 
     async def stop_reconciler() -> None:
-        task = runtime["rt"].reconciler if "rt" in runtime else None
+        task = slot.get().reconciler if slot.started else None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    return build_app(
+    app = build_app(
         sb,
         title="trainyard-workflow",
         description="Trainyard workflow: pipelines (DAGs of jobs) and job arrays on the bus",
@@ -113,6 +122,8 @@ def create_app(
         after_startup=[start_reconciler],
         on_shutdown=[stop_reconciler],
     )
+    app.context.set_global(RUNTIME, slot)
+    return app
 
 
 def _emitter(sb: ServiceBroker) -> Any:
@@ -130,7 +141,7 @@ def _emitter(sb: ServiceBroker) -> Any:
     return emit
 
 
-def _request_handler(sb: ServiceBroker, kind: str, runtime: dict[str, Runtime]) -> None:
+def _request_handler(sb: ServiceBroker, kind: str, slot: RuntimeSlot[WorkflowRuntime]) -> None:
     @sb.broker.subscriber(
         sb.subjects.workflow_request(kind),
         queue="workflow",
@@ -140,7 +151,7 @@ def _request_handler(sb: ServiceBroker, kind: str, runtime: dict[str, Runtime]) 
     )
     async def answer(message: NatsMessage) -> None:
         # the raw body: a request that is not JSON is answered (400), not dead-lettered unanswered
-        reply = await _answer(runtime["rt"].service, kind, message.body)
+        reply = await _answer(slot.get().service, kind, message.body)
         if message.reply_to:
             await sb.broker.publish(reply.model_dump_json(exclude_none=True).encode(), message.reply_to)
 
