@@ -111,7 +111,8 @@ def test_every_job_event_has_a_writer_and_only_known_writers():
 def test_no_user_may_declare_delete_or_purge_a_stream_and_only_admin_is_unlimited():
     """Only the operator declares (the provision step); the one consumer delete left is the
     submission's removal of the ordered consumers it read buckets with (joblist.BucketReader), on
-    buckets' streams, where no durable consumer lives."""
+    buckets' streams, where no durable consumer lives. The one purge: the submission's of the logs
+    stream, filtered on one finished job's subjects (DELETE /v1/jobs/{id}?purge=true)."""
     auth = natsauth()
     users = auth.users(S)
     assert [name for name, perms in users.items() if perms is None] == ["admin"]
@@ -129,7 +130,11 @@ def test_no_user_may_declare_delete_or_purge_a_stream_and_only_admin_is_unlimite
                 subject,
             )
             assert "DURABLE.CREATE" not in subject, (name, subject)
-            assert ".PURGE." not in subject and subject not in (">", "$JS.>", "$JS.API.>"), (name, subject)
+            assert subject not in (">", "$JS.>", "$JS.API.>"), (name, subject)
+            assert ".PURGE." not in subject or (name, subject) == (
+                "submission",
+                f"$JS.API.STREAM.PURGE.{S.streams.logs}",
+            ), (name, subject)
 
 
 @pytest.mark.unit

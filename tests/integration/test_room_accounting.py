@@ -76,7 +76,7 @@ async def test_room_is_credited_when_the_record_says_the_attempt_ended(common, b
             return (tmp_path / f"{first}.started").exists()
 
         await eventually(started, 30, "the first job's process started")
-        await executor.context.get("executor_state")["core"].beat()  # a heartbeat listing it
+        await executor.context.get("executor").runtime.core.beat()  # a heartbeat listing it
         assert [r.job_id for r in (await stored_beat(bus, "exec-room")).running] == [first]
         second = await bus.submit(JobSpec(name="second", command=["true"]))
         await bus.wait_state(second, "queued")

@@ -351,6 +351,13 @@ class TrainyardClient:
         """Request cancellation; a finished job raises TrainyardError with status 409."""
         return JobRecord.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
 
+    def purge(self, job_id: str) -> dict[str, Any]:
+        """Remove a finished job and all that is stored of it (record and its history, secrets,
+        logs, idempotency entry); answers what was removed. A job not finished raises
+        TrainyardError with status 409."""
+        answer = self._request("DELETE", f"/v1/jobs/{job_id}", params={"purge": "true"}).json()
+        return dict(answer["purged"])
+
     def logs(self, job_id: str, attempt: int | None = None) -> str:
         params: dict[str, Any] = {"follow": "false"}
         if attempt is not None:

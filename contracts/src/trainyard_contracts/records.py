@@ -134,6 +134,18 @@ class JobRecord(_Model):
         description="a gang split across executors: every executor of the attempt it names and its "
         "ranks (None: the job runs on executor_id alone)",
     )
+    secrets_stored: bool = Field(
+        False,
+        description="the spec's secret env values and source credential are kept in the job "
+        "secrets bucket, and the spec here holds *** in their place (False: a record written "
+        "before that bucket, whose spec still holds them)",
+    )
+    idempotency_slot: str | None = Field(
+        None,
+        max_length=256,
+        description="the idempotency bucket's key that names this job (a digest of the submitter's "
+        "key), so that purging the job removes it too; None: submitted without a key",
+    )
 
     def split_gang(self) -> GangPlacement | None:
         """The current attempt's split gang, if it has one (a placement of an older attempt is

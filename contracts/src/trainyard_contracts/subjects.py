@@ -34,6 +34,7 @@ class BucketNames:
     queues: str
     idempotency: str
     models: str
+    secrets: str
     pipelines: str
 
 
@@ -142,6 +143,7 @@ class Subjects:
             queues=f"{base}_queues",
             idempotency=f"{base}_idempotency",
             models=f"{base}_models",
+            secrets=f"{base}_job_secrets",
             pipelines=f"{base}_pipelines",
         )
 

@@ -60,7 +60,7 @@ async def all_job_events(js, subjects) -> list[bytes]:
     return out
 
 
-async def test_a_secret_env_value_is_nowhere_but_in_the_record(api, js, caplog, json_logs):
+async def test_a_secret_env_value_is_nowhere_but_in_the_job_secrets_bucket(api, js, caplog, json_logs):
     caplog.set_level(logging.DEBUG)
     subjects = api.app.state.trainyard["subjects"]
     team = (await api.post("/v1/tokens", json={"team": "default"}, headers=AUTH)).json()["token"]
@@ -105,9 +105,13 @@ async def test_a_secret_env_value_is_nowhere_but_in_the_record(api, js, caplog, 
     for record in caplog.records:
         assert SECRET not in json.dumps(record.__dict__, default=str)
 
-    # the record keeps the value: the executor needs it to run the job
-    stored, _ = await api.app.state.trainyard["service"].store.get(job_id)
-    assert isinstance(stored.spec, JobSpec) and stored.spec.env["API_KEY"] == SECRET
+    # the record does not keep the value (jobsecrets.py); the job secrets bucket does, for the
+    # executor, until the job ends
+    service = api.app.state.trainyard["service"]
+    stored, _ = await service.store.get(job_id)
+    assert isinstance(stored.spec, JobSpec) and stored.spec.env["API_KEY"] == "***"
+    assert stored.secrets_stored
+    assert (await service.secrets.spec_to_run(stored)).env["API_KEY"] == SECRET
 
 
 async def test_a_token_in_a_refused_request_is_not_logged(api, caplog, json_logs):

@@ -17,6 +17,7 @@ from trainyard_shared.natsusers import tokens_bucket
 from trainyard_shared.streamlimits import StreamLimits
 
 DAY = 86400.0
+JOB_SECRETS_TTL_DAYS = 90
 INTAKE_DUPLICATE_WINDOW = 0.1  # seconds; nats-server refuses less
 
 
@@ -147,6 +148,15 @@ def bucket_configs(subjects: Subjects, replicas: int = 1) -> list[KeyValueConfig
         # pipeline runs (the workflow service's records); compare-and-set on every change
         KeyValueConfig(bucket=names.pipelines, history=5, storage=StorageType.FILE, replicas=replicas),
         KeyValueConfig(bucket=tokens_bucket(subjects), history=1, replicas=replicas),
+        # a job's secret values (jobsecrets.py): one revision, removed when the job ends; the
+        # TTL only clears what a missed end left behind (longer than any job's queueing and run)
+        KeyValueConfig(
+            bucket=names.secrets,
+            history=1,
+            ttl=JOB_SECRETS_TTL_DAYS * DAY,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
     ]
 
 
@@ -238,6 +248,7 @@ class Buckets:
     queues: KeyValue
     idempotency: KeyValue
     models: KeyValue
+    secrets: KeyValue
     pipelines: KeyValue
 
 

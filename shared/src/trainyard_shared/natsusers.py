@@ -51,7 +51,7 @@ DURABLES: dict[str, tuple[tuple[str, str], ...]] = {
 
 # KV buckets (field of BucketNames, or "tokens") each service writes, and the ones it only reads
 KV_WRITES: dict[str, tuple[str, ...]] = {
-    "submission": ("jobs", "idempotency", "queues", "tokens"),
+    "submission": ("jobs", "idempotency", "queues", "tokens", "secrets"),
     "scheduler": ("jobs", "leases"),
     "executor": ("jobs",),  # and its own key of the executors bucket (executor_permissions)
     "registry": ("jobs", "models"),
@@ -61,7 +61,7 @@ KV_WRITES: dict[str, tuple[str, ...]] = {
 KV_READS: dict[str, tuple[str, ...]] = {
     "submission": ("models",),
     "scheduler": ("executors", "queues"),
-    "executor": (),
+    "executor": ("secrets",),  # a job's secret values, put back right before it starts
     "registry": (),
     "telemetry": ("jobs",),
     "workflow": ("jobs",),
@@ -224,6 +224,9 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         perms.add_publish(
             f"{API}.STREAM.MSG.GET.{streams['dlq']}", f"{API}.STREAM.MSG.DELETE.{streams['dlq']}"
         )
+        # purging a finished job removes its log chunks (DELETE /v1/jobs/{id}?purge=true): NATS
+        # cannot limit a purge's subject filter, so this user could purge any job's logs
+        perms.add_publish(f"{API}.STREAM.PURGE.{streams['logs']}")
         for bucket in (*KV_WRITES["submission"], *KV_READS["submission"]):
             perms.add_publish(f"{API}.CONSUMER.DELETE.KV_{buckets[bucket]}.*")
         write_objects(perms, subjects.workdirs_bucket)  # PUT /v1/workdirs
@@ -236,6 +239,8 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         # answers to why / dry-run go to the asker's reply subject (allow_responses)
         perms.add_subscribe(subjects.scheduler_why, subjects.scheduler_dry_run)
         perms.allow_responses = True
+        # removes a job's secrets when the job ends (a purge is a publish); never reads them
+        perms.add_publish(f"$KV.{buckets['secrets']}.>")
     elif service == "registry":
         perms.add_publish(subjects.model_registered("*"))
     elif service == "workflow":

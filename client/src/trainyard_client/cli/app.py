@@ -69,7 +69,16 @@ def main_options(
     ctx.obj = Settings(url or default_url(), token)
 
 
-for command in (jobs.submit, jobs.why, listing.status, listing.wait, jobs.logs, jobs.cancel, jobs.models):
+for command in (
+    jobs.submit,
+    jobs.why,
+    listing.status,
+    listing.wait,
+    jobs.logs,
+    jobs.cancel,
+    jobs.purge,
+    jobs.models,
+):
     app.command()(command)
 app.add_typer(admin.dlq, name="dlq")
 app.add_typer(admin.queues, name="queues")

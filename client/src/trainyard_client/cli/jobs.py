@@ -1,4 +1,4 @@
-"""Job commands: submit, why, status, logs, cancel, models."""
+"""Job commands: submit, why, status, logs, cancel, purge, models."""
 
 from __future__ import annotations
 
@@ -180,6 +180,22 @@ def cancel(ctx: typer.Context, job_id: Annotated[str, JOB], output: OutputOption
         print_record(record, output)
         return
     cli.out.print(f"cancel requested for [bold]{record.job_id}[/] (now {styled(record.state)})")
+
+
+def purge(ctx: typer.Context, job_id: Annotated[str, JOB], output: OutputOption = Output.TABLE) -> None:
+    """Remove a finished job: its record and the record's history, its secrets, its logs and its
+    idempotency key (admin, or the job's team)."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        removed = client.purge(job_id)
+    if output in (Output.JSON, Output.YAML):
+        print_data({"purged": removed}, output)
+        return
+    cli.out.print(
+        f"purged [bold]{removed['job_id']}[/]: {removed['record_revisions']} record revisions, "
+        f"{removed['log_chunks']} log chunks, secrets {'removed' if removed['secrets'] else 'none left'}, "
+        f"idempotency key {'removed' if removed['idempotency_entry'] else 'none'}"
+    )
 
 
 def models(

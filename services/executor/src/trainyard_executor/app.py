@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 
 from faststream.asgi import AsgiFastStream
@@ -26,6 +27,7 @@ from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
 from trainyard_shared.publishing import EventPublisher
@@ -97,7 +99,8 @@ def settings_for_jobs(settings: ExecutorSettings, backend: Backend) -> ExecutorS
         "is not given to them (set TRAINYARD_EXECUTOR_MLFLOW_TRACKING_URI to an MLflow server)",
         extra={"executor_id": settings.id},
     )
-    return settings.model_copy(update={"mlflow_tracking_uri": None})
+    without_store: ExecutorSettings = settings.model_copy(update={"mlflow_tracking_uri": None})
+    return without_store
 
 
 async def executor_gpus(settings: ExecutorSettings) -> list[GpuDevice] | None:
@@ -123,39 +126,41 @@ def describe_isolation(backend: Backend) -> str:
     return describe() if callable(describe) else backend.name
 
 
-def create_app(
-    common: CommonSettings | None = None, settings: ExecutorSettings | None = None
-) -> AsgiFastStream:
-    common = common or CommonSettings()
-    settings = settings or ExecutorSettings()
-    sb = make_broker(common, "executor", tracer_provider=setup_tracing("executor"))
-    broker, subjects = sb.broker, sb.subjects
-    state: dict[str, object] = {}
+@dataclass(frozen=True)
+class Runtime:
+    """What the executor is made of once connected to NATS: built once, by :meth:`ExecutorService.connect`."""
 
-    def core() -> ExecutorCore:
-        return state["core"]  # type: ignore[return-value]
+    core: ExecutorCore
+    store: JobStore
 
-    @batch_consumer(
-        sb,
-        subjects.exec_commands_of(settings.id),
-        stream=streams(subjects).exec,
-        durable=f"executor-{settings.id}",
-        parse=EXECUTOR_COMMAND_ADAPTER.validate_json,
-        batch=64,
-        # attempts start side by side; one job's start and cancel stay in order
-        concurrency=32,
-        key=lambda command: command.job_id,
-        ack_wait=60,
-        title="executor/commands",
-        description="start and cancel attempts on this executor's backend",
-    )
-    async def on_command(command: ExecutorCommand) -> None:
+
+class ExecutorService:
+    """The executor's composition root: settings and broker from the start, the :class:`Runtime`
+    once connected, the heartbeat while online. Its methods are the app's lifecycle hooks."""
+
+    def __init__(self, common: CommonSettings, settings: ExecutorSettings) -> None:
+        self.common = common
+        self.settings = settings
+        self.sb = make_broker(common, "executor", tracer_provider=setup_tracing("executor"))
+        self._runtime: Runtime | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("the executor is not connected to NATS yet")
+        return self._runtime
+
+    async def on_command(self, command: ExecutorCommand) -> None:
         if command.type == "start":
-            await core().start(command)
+            await self.runtime.core.start(command)
         else:
-            await core().cancel(command)
+            await self.runtime.core.cancel(command)
 
-    async def connect() -> None:
+    async def connect(self) -> None:
+        common, settings, sb = self.common, self.settings, self.sb
+        broker, subjects = sb.broker, sb.subjects
         buckets = await connect_and_bind(sb, common)
         data = common.resolved_data_dir()
         store = JobStore(buckets.jobs)
@@ -179,13 +184,12 @@ def create_app(
             work_root=data / "executor" / settings.id / "work",
             checkpoint_root=settings.checkpoint_dir or data / "checkpoints",
             gpus=gpus,
+            secrets=SecretStore(buckets.secrets),
         )
-        state["core"] = executor
-        state["store"] = store
+        self._runtime = Runtime(core=executor, store=store)
 
-    async def start_executor() -> None:
-        executor, store = core(), state["store"]
-        assert isinstance(store, JobStore)
+    async def start_executor(self) -> None:
+        executor, store = self.runtime.core, self.runtime.store
         # one ordered read of the bucket, not a get per key; recover() adopts the attempts left
         # running on the backend that are still current and stops the others
         # a sign of life before the recovery: the scheduler does not requeue this executor's
@@ -201,49 +205,70 @@ def create_app(
         if recovered:
             log.warning("requeued attempts left over from before a restart", extra={"count": recovered})
         await executor.beat()
-        stopping.clear()
-        state["heartbeat"] = asyncio.create_task(heartbeat_loop(), name="heartbeat")
+        self._stopping.clear()
+        self._heartbeat = asyncio.create_task(self.heartbeat_loop(), name="heartbeat")
         log.info(
             "executor online",
             extra={
-                "executor_id": settings.id,
+                "executor_id": self.settings.id,
                 "capacity": executor.capacity().model_dump(),
                 "isolation": describe_isolation(executor.backend),
             },
         )
 
-    stopping = asyncio.Event()
-
-    async def heartbeat_loop() -> None:
+    async def heartbeat_loop(self) -> None:
         # ends on ``stopping``, not only on cancel: Python 3.11's wait_for (inside nats-py's
         # request) returns the answer and drops a cancel that lands as the answer arrives, and
         # "heartbeat failed" handling would then beat on forever (a shutdown hung in CI this way)
+        stopping = self._stopping
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), settings.heartbeat_seconds)  # renewal period
+                await asyncio.wait_for(stopping.wait(), self.settings.heartbeat_seconds)  # renewal period
             if stopping.is_set():
                 return
             try:
-                await core().beat()
+                await self.runtime.core.beat()
             except Exception:
                 log.exception("heartbeat failed")
 
-    async def stop_executor() -> None:
-        stopping.set()
-        task = state.get("heartbeat")
-        if isinstance(task, asyncio.Task):
+    async def stop_executor(self) -> None:
+        self._stopping.set()
+        task = self._heartbeat
+        if task is not None:
             task.cancel()
             await asyncio.wait({task}, timeout=10)
-        if "core" in state:
-            await core().shutdown()
+        if self._runtime is not None:
+            await self._runtime.core.shutdown()
 
-    app = build_app(
+
+def create_app(
+    common: CommonSettings | None = None, settings: ExecutorSettings | None = None
+) -> AsgiFastStream:
+    service = ExecutorService(common or CommonSettings(), settings or ExecutorSettings())
+    sb, settings = service.sb, service.settings
+    subjects = sb.subjects
+
+    batch_consumer(
+        sb,
+        subjects.exec_commands_of(settings.id),
+        stream=streams(subjects).exec,
+        durable=f"executor-{settings.id}",
+        parse=EXECUTOR_COMMAND_ADAPTER.validate_json,
+        batch=64,
+        # attempts start side by side; one job's start and cancel stay in order
+        concurrency=32,
+        key=lambda command: command.job_id,
+        ack_wait=60,
+        title="executor/commands",
+        description="start and cancel attempts on this executor's backend",
+    )(service.on_command)
+    app: AsgiFastStream = build_app(
         sb,
         title="trainyard-executor",
         description="Trainyard executor: runs attempts on its backend (local processes)",
-        on_startup=[connect],
-        after_startup=[start_executor],
-        on_shutdown=[stop_executor],
+        on_startup=[service.connect],
+        after_startup=[service.start_executor],
+        on_shutdown=[service.stop_executor],
     )
-    app.context.set_global("executor_state", state)  # its core, for tests and diagnostics
+    app.context.set_global("executor", service)  # its Runtime, for tests and diagnostics
     return app

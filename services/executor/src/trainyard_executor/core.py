@@ -46,6 +46,7 @@ from trainyard_executor.recording import BROKER_ERRORS
 from trainyard_executor.running import AttemptRunner, LocalAttempt, ShipperFactory
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.publishing import EventPublisher
 
@@ -84,8 +85,10 @@ class ExecutorCore(AttemptRunner):
         checkpoint_root: Path | None = None,
         free_port: Callable[[], int] = free_loopback_port,
         gpus: list[GpuDevice] | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.store = store
+        self.secrets = secrets  # a record with secrets_stored holds *** in place of the values
         # the devices the scheduler may hand out here (gpus.advertised_gpus); None: the backend
         # does not discover any, its count is the setting or what it detects
         self.gpus = gpus

@@ -28,7 +28,7 @@ KIND_TO_STATE = {
 def owns(record: JobRecord, executor_id: str, attempt: int) -> bool:
     """The fence: only an executor of the current attempt (rank 0's, or a member of its split gang)
     may change the record."""
-    return record.attempt == attempt and record.state.active and record.runs_on(executor_id)
+    return bool(record.attempt == attempt and record.state.active and record.runs_on(executor_id))
 
 
 def conclude(
@@ -105,4 +105,4 @@ def not_started_here(record: JobRecord, member: GangMember | None) -> bool:
     but never started here: a start makes the record (or the member) running before it spawns."""
     if member is not None:
         return member.started_at is None
-    return record.state == JobState.SCHEDULED
+    return bool(record.state == JobState.SCHEDULED)

@@ -37,7 +37,7 @@ BROKER_ERRORS = (TimeoutError, NatsError, ConnectionError)
 
 def ended_here(record: JobRecord, executor_id: str, attempt: int) -> bool:
     """The record shows ``attempt`` ended, on ``executor_id``, in a terminal state."""
-    return record.attempt == attempt and record.state.terminal and record.runs_on(executor_id)
+    return bool(record.attempt == attempt and record.state.terminal and record.runs_on(executor_id))
 
 
 def requeued_here(found: JobRecord, written: JobRecord, attempt: int) -> bool:

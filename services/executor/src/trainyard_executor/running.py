@@ -13,11 +13,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from trainyard_contracts import (
     JobRecord,
+    JobSpec,
     JobState,
     Rendezvous,
 )
@@ -31,6 +33,7 @@ from trainyard_executor.jobenv import job_env, plan_gang
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.outcomes import owns
 from trainyard_executor.recording import BROKER_ERRORS, AttemptRecorder
+from trainyard_shared.jobsecrets import SecretsMissing, SecretStore
 
 log = logging.getLogger("trainyard.executor")
 
@@ -70,6 +73,7 @@ class AttemptRunner(AttemptRecorder):
     running: dict[str, LocalAttempt]
     launched: OrderedDict[tuple[str, int], None]
     inherited: dict[str, str]
+    secrets: SecretStore | None  # where a job's secret values are kept (None: records hold them)
 
     def workdir(self, job_id: str, attempt: int) -> Path:
         return self.work_root / job_id / f"attempt-{attempt}"
@@ -117,19 +121,19 @@ class AttemptRunner(AttemptRecorder):
         rendezvous: Rendezvous | None = None,
         gpu_devices: tuple[int, ...] | None = None,
     ) -> None:
-        spec = record.spec
         shipper = self.shippers(record.job_id, attempt)
         if record.gang is not None:
             shipper.seq = log_seq_base(record, self.me, attempt)
 
         async def start() -> None:
+            spec = await self._spec_to_run(record)
             checkpoints = self.checkpoint_dir(record.job_id)
             launch = AttemptLaunch(
                 job_id=record.job_id,
                 attempt=attempt,
                 argv=spec.argv(),
                 env=job_env(
-                    record,
+                    record.model_copy(update={"spec": spec}),
                     attempt,
                     self.inherited,
                     self.settings.passthrough_env,
@@ -161,6 +165,14 @@ class AttemptRunner(AttemptRecorder):
                 await local.handle.cancel(self.settings.grace_seconds)
 
         await self._attend(record, attempt, local, shipper, start)
+
+    async def _spec_to_run(self, record: JobRecord) -> JobSpec:
+        """The spec with its secret values put back (raises SecretsMissing: the attempt fails)."""
+        if self.secrets is None:
+            if record.secrets_stored:
+                raise SecretsMissing(f"job {record.job_id}: secrets stored, and no store here")
+            return record.spec
+        return await self.secrets.spec_to_run(record)
 
     async def _attend(
         self,
@@ -271,7 +283,7 @@ class AttemptRunner(AttemptRecorder):
         loop = asyncio.get_running_loop()
         requeued_seen: float | None = None
         while not local.over:
-            watcher = None
+            watcher: Any = None  # nats-py's KeyWatcher is not annotated
             try:
                 watcher = await self.store.kv.watch(job_id)
                 while not local.over:

@@ -36,7 +36,8 @@ DEFAULT_PASSTHROUGH = (
 )
 
 
-class ExecutorSettings(HttpSettings):
+# without the workspace's source paths mypy sees shared's HttpSettings (pydantic-settings) as Any
+class ExecutorSettings(HttpSettings):  # type: ignore[misc, unused-ignore]
     model_config = SettingsConfigDict(env_prefix="TRAINYARD_EXECUTOR_", extra="ignore")
 
     port: int = 8702

@@ -17,6 +17,7 @@ from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobsecrets import ForgetWhenEnded, SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
 from trainyard_shared.publishing import CommandSender, EventPublisher, publish_acked
@@ -117,6 +118,7 @@ async def build_runtime(
     store.on_written(view.apply)
     await view.start()
     view.on_change(lambda before, after: wake.set() if wakes_planner(before, after) else None)
+    view.on_change(ForgetWhenEnded(SecretStore(buckets.secrets)))  # a job's secrets go at its end
     store.read_through(view)
     queue_view = QueueView(buckets.queues)
     await queue_view.start()

@@ -47,6 +47,7 @@ from trainyard_submission.access import (
 )
 from trainyard_submission.deadletters import DeadLetters, LetterNotFound
 from trainyard_submission.logs import read_chunks
+from trainyard_submission.purge import JobNotFinished
 from trainyard_submission.queuestore import QueueNotFound, QueueStore, RevisionMismatch
 from trainyard_submission.service import (
     JobAlreadyFinished,
@@ -352,6 +353,19 @@ def build_router(state: dict[str, Any]) -> APIRouter:
             raise Problem(409, "job already finished", str(exc)) from exc
         return JSONResponse(public_record(record), status_code=202)
 
+    @router.delete("/jobs/{job_id}", summary="purge a finished job: record and history, secrets, logs")
+    async def purge_job(job_id: str, caller: Caller, purge: bool = False) -> dict[str, Any]:
+        if not purge:
+            detail = "DELETE removes a finished job and all that is stored of it; say purge=true"
+            errors = [{"field": "purge", "message": "must be true (to stop a job: POST .../cancel)"}]
+            raise Problem(400, "purge=true required", detail, errors=errors)
+        record = await job_for(caller, job_id, "purge")
+        try:
+            purged = await state["purger"].purge(record, caller.name)
+        except JobNotFinished as exc:
+            raise Problem(409, "job not finished", str(exc)) from exc
+        return purged.as_json()
+
     @router.get("/jobs/{job_id}/logs", summary="the job's output; follow=true streams SSE")
     async def job_logs(
         job_id: str,
@@ -361,7 +375,7 @@ def build_router(state: dict[str, Any]) -> APIRouter:
     ) -> Any:
         record = await job_for(caller, job_id, "read the logs of")
         # a job that prints its own secret: the API does not pass the value on
-        secrets = record.spec.secret_values()
+        secrets = await service().secrets.values(record)
         js, subjects = state["js"], state["subjects"]
 
         # the record as last read: read from the bucket only when the log stream has gone quiet

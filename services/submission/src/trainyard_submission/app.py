@@ -16,6 +16,7 @@ from prometheus_client import make_asgi_app
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
+from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.publishing import EventPublisher
@@ -28,6 +29,7 @@ from trainyard_submission.auth import load_or_create_token
 from trainyard_submission.intake import handle_intake
 from trainyard_submission.joblist import BucketReader
 from trainyard_submission.limits import BodyLimit
+from trainyard_submission.purge import JobPurger
 from trainyard_submission.queuestore import QueueStore
 from trainyard_submission.service import SubmissionService
 from trainyard_submission.settings import SubmissionSettings
@@ -96,6 +98,8 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         # costs this service no watch delivery per record update
         store = JobStore(buckets.jobs)
         state["js"] = NatsHandle(sb.broker).jetstream
+        secrets = SecretStore(buckets.secrets)
+        state["purger"] = JobPurger(buckets.jobs, secrets, buckets.idempotency, state["js"], sb.subjects)
         state["service"] = SubmissionService(
             store=store,
             jobs_reader=BucketReader(state["js"], sb.subjects.buckets.jobs),
@@ -103,6 +107,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             models=buckets.models,
             events=EventPublisher(sb.broker, sb.subjects),
             git_timeout=settings.git_timeout_seconds,
+            secrets=secrets,
             queues=state["queues"],
             models_reader=BucketReader(state["js"], sb.subjects.buckets.models),
         )

@@ -108,7 +108,7 @@ class DeadLetters:
         )
         letters: list[DeadLetter] = []
         try:
-            pending = (await sub.consumer_info()).num_pending
+            pending = (await sub.consumer_info()).num_pending or 0
             while pending > 0 and len(letters) < limit:
                 try:
                     msgs = await sub.fetch(min(pending, 256, limit - len(letters)), timeout=2)

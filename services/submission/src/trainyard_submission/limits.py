@@ -45,7 +45,7 @@ class BodyLimit:
                 return
             if not message.get("more_body", False):
                 break
-        replay = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+        replay: list[Message] = [{"type": "http.request", "body": bytes(body), "more_body": False}]
         await self.app(scope, _replay(replay, receive), send)
 
     async def _refuse(self, send: Send) -> None:

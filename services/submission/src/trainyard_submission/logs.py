@@ -34,7 +34,7 @@ async def read_chunks(
     try:
         while True:
             info = await sub.consumer_info()
-            pending = info.num_pending
+            pending = info.num_pending or 0
             if pending == 0:
                 if not follow:
                     return

@@ -73,6 +73,8 @@ class QueueStore:
         return stored.config if stored else builtin(name)
 
     async def list(self) -> list[StoredQueue]:
+        if self.reader is None:
+            raise RuntimeError("listing queues needs a BucketReader of the queues bucket")
         found = {}
         # one ordered read to what was stored when it began; nats-py's kv.keys() can answer
         # "no keys" when its consumer delivered faster than it counted (seen in CI)

@@ -27,7 +27,9 @@ from trainyard_contracts import (
     parse_spec,
 )
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.jobsecrets import split_secrets
 from trainyard_shared.gitpolicy import GitPolicy, GitSettings
+from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore, RecordExists
 from trainyard_shared.publishing import EventPublisher
 from trainyard_shared.tracing import current_traceparent
@@ -70,6 +72,7 @@ class SubmissionService:
         models: KeyValue,
         events: EventPublisher,
         git_timeout: float,
+        secrets: SecretStore,
         clock: Callable[[], datetime] = utcnow,
         queues: QueueStore | None = None,
         git_policy: GitPolicy | None = None,
@@ -85,6 +88,8 @@ class SubmissionService:
         self.queues = queues
         # read once: the installation's rule on which repositories may be fetched (gitpolicy.py)
         self.git_policy = git_policy or GitSettings().policy()
+        # a job's secret values go here, not into its record (jobsecrets.py)
+        self.secrets = secrets
 
     async def submit(
         self,
@@ -112,9 +117,16 @@ class SubmissionService:
                     return Submitted(job_id, found[0], duplicate=True)
                 # claimed by a request that died before creating the record: finish its work
         spec = await with_resolved_source(spec, self.git_timeout, self.git_policy)
+        stored_spec, secrets = split_secrets(spec)
         with TRACER.start_as_current_span("trainyard.job", attributes={"trainyard.job_id": job_id}):
-            record = lifecycle.new_record(job_id, spec, self.clock(), submitted_by).model_copy(
-                update={"traceparent": current_traceparent()}
+            if secrets is not None:  # first: a record that says they are stored finds them
+                await self.secrets.put(job_id, secrets)
+            record = lifecycle.new_record(job_id, stored_spec, self.clock(), submitted_by).model_copy(
+                update={
+                    "traceparent": current_traceparent(),
+                    "secrets_stored": secrets is not None,
+                    "idempotency_slot": idempotency_slot,
+                }
             )
             try:
                 await self.store.create(record)
@@ -122,7 +134,7 @@ class SubmissionService:
                 found = await self.store.get(job_id)
                 assert found is not None
                 return Submitted(job_id, found[0], duplicate=True)
-            # the record keeps the secret values (the executor needs them); the event never does
+            # neither the record nor the event holds a secret value (the record: since jobsecrets)
             try:
                 await self.events.emit(
                     JobSubmitted(job_id=job_id, spec=spec.redacted(), submitted_by=submitted_by)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from trainyard_executor.backends.base import AttemptLaunch, AttemptOutcome
 
 if TYPE_CHECKING:
-    from trainyard_executor.backends.docker import ContainerAttempt
+    from trainyard_executor.backends.container_attempt import ContainerAttempt
 
 __all__ = ["GangAttempt"]
 

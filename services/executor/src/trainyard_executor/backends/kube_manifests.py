@@ -19,6 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainyard_executor.backends.base import AttemptLaunch
+from trainyard_executor.backends.kube_source import (
+    GitFetch,
+    checkout_init_container,
+    git_init_container,
+    unchecked_fetch,
+)
 
 GROUP = "trainyard.dev"
 LABEL_JOB = f"{GROUP}/job-id"
@@ -193,6 +199,62 @@ def _security(opts: KubeOptions) -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
+def _storage(launch: AttemptLaunch, claim: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's mounts and volumes: the work dir, and outputs (with checkpoints) on the claim."""
+    mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORK_MOUNT}]
+    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
+    if claim:
+        attempt_dir = f"outputs/{launch.job_id}/attempt-{launch.attempt}"
+        mounts += [
+            {"name": "shared", "mountPath": OUTPUTS_MOUNT, "subPath": attempt_dir},
+            {"name": "shared", "mountPath": CHECKPOINTS_MOUNT, "subPath": f"checkpoints/{launch.job_id}"},
+        ]
+        volumes.append({"name": "shared", "persistentVolumeClaim": {"claimName": claim}})
+    else:
+        mounts.append({"name": "outputs", "mountPath": OUTPUTS_MOUNT})
+        volumes.append({"name": "outputs", "emptyDir": {}})
+    return mounts, volumes
+
+
+def _annotations(launch: AttemptLaunch, output_dir: str, started_at: float, replicas: int) -> dict[str, str]:
+    """What an executor that restarted needs to adopt the Job again."""
+    annotations = {
+        ANNOT_JOB: launch.job_id,
+        ANNOT_GRACE: f"{launch.grace_s:g}",
+        ANNOT_OUTPUT_DIR: output_dir,
+        ANNOT_WORKDIR: str(launch.workdir),
+        ANNOT_STARTED: f"{started_at:.3f}",
+        ANNOT_WORLD: str(replicas),
+    }
+    if launch.timeout_s is not None:
+        annotations[ANNOT_TIMEOUT] = f"{launch.timeout_s:g}"
+    return annotations
+
+
+def _job_container(
+    launch: AttemptLaunch,
+    image: str,
+    env: list[dict[str, str]],
+    security: dict[str, Any],
+    mounts: list[dict[str, Any]],
+    workdir: str,
+) -> dict[str, Any]:
+    """The container that runs the job's command."""
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "command": list(launch.argv),  # replaces the image's entrypoint; never a shell unless asked
+        "env": env,
+        "securityContext": security,
+        "volumeMounts": mounts,
+    }
+    if launch.source_repo:
+        container["workingDir"] = workdir
+    if res := resources(launch):
+        container["resources"] = res
+    return container
+
+
 def job_manifest(
     launch: AttemptLaunch,
     opts: KubeOptions,
@@ -200,8 +262,11 @@ def job_manifest(
     *,
     output_dir: str,
     started_at: float,
+    git: GitFetch | None = None,
 ) -> dict[str, Any]:
-    """The Job of one attempt. Raises :class:`GangSplitError` and ``ValueError`` (no image)."""
+    """The Job of one attempt. Raises :class:`GangSplitError` and ``ValueError`` (no image).
+    ``git``: how its source is fetched (kube_source.kube_git_fetch: the installation's rule
+    checked); None: the default rule, unchecked (the credential stays out of the manifest)."""
     image = launch.image or opts.default_image
     if not image:
         raise ValueError(
@@ -222,30 +287,8 @@ def job_manifest(
     if replicas > 1:
         env += gang_env(name, replicas, opts.master_port)
     pod_security, container_security = _security(opts)
-    mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORK_MOUNT}]
-    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
-    if claim:
-        attempt_dir = f"outputs/{launch.job_id}/attempt-{launch.attempt}"
-        mounts += [
-            {"name": "shared", "mountPath": OUTPUTS_MOUNT, "subPath": attempt_dir},
-            {"name": "shared", "mountPath": CHECKPOINTS_MOUNT, "subPath": f"checkpoints/{launch.job_id}"},
-        ]
-        volumes.append({"name": "shared", "persistentVolumeClaim": {"claimName": claim}})
-    else:
-        mounts.append({"name": "outputs", "mountPath": OUTPUTS_MOUNT})
-        volumes.append({"name": "outputs", "emptyDir": {}})
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": image,
-        "command": list(launch.argv),  # replaces the image's entrypoint; never a shell unless asked
-        "env": env,
-        "securityContext": container_security,
-        "volumeMounts": mounts,
-    }
-    if launch.source_repo:
-        container["workingDir"] = workdir
-    if res := resources(launch):
-        container["resources"] = res
+    mounts, volumes = _storage(launch, claim)
+    container = _job_container(launch, image, env, container_security, mounts, workdir)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": grace,
@@ -256,9 +299,10 @@ def job_manifest(
         "automountServiceAccountToken": opts.automount_token,
     }
     if launch.source_repo:
+        fetch = git or unchecked_fetch(launch.source_repo)
         pod_spec["initContainers"] = [
-            git_init_container(launch, opts, container_security),
-            checkout_init_container(launch, opts, container_security),
+            git_init_container(fetch, opts.git_image, container_security, name, WORK_MOUNT),
+            checkout_init_container(launch.source_commit, opts.git_image, container_security, WORK_MOUNT),
         ]
     if opts.service_account:
         pod_spec["serviceAccountName"] = opts.service_account
@@ -275,16 +319,7 @@ def job_manifest(
     if replicas > 1:
         spec.update(completionMode="Indexed", completions=replicas, parallelism=replicas)
         pod_spec["subdomain"] = name
-    annotations = {
-        ANNOT_JOB: launch.job_id,
-        ANNOT_GRACE: f"{launch.grace_s:g}",
-        ANNOT_OUTPUT_DIR: output_dir,
-        ANNOT_WORKDIR: str(launch.workdir),
-        ANNOT_STARTED: f"{started_at:.3f}",
-        ANNOT_WORLD: str(replicas),
-    }
-    if launch.timeout_s is not None:
-        annotations[ANNOT_TIMEOUT] = f"{launch.timeout_s:g}"
+    annotations = _annotations(launch, output_dir, started_at, replicas)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -298,37 +333,9 @@ def job_manifest(
     }
 
 
-def git_init_container(
-    launch: AttemptLaunch, opts: KubeOptions, security: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Clones the job's source into the work volume before the job starts; the commit is checked
-    out by a second init container (two argv commands, no shell in between)."""
-    argv = ["git", "clone", "--quiet", "--no-checkout", str(launch.source_repo), f"{WORK_MOUNT}/src"]
-    return {
-        "name": "source",
-        "image": opts.git_image,
-        "command": argv,
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "securityContext": dict(security),
-        "volumeMounts": [{"name": "work", "mountPath": WORK_MOUNT}],
-    }
-
-
-def checkout_init_container(
-    launch: AttemptLaunch, opts: KubeOptions, security: Mapping[str, Any]
-) -> dict[str, Any]:
-    return {
-        "name": "checkout",
-        "image": opts.git_image,
-        "command": ["git", "-C", f"{WORK_MOUNT}/src", "checkout", "--quiet", launch.source_commit or "HEAD"],
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "securityContext": dict(security),
-        "volumeMounts": [{"name": "work", "mountPath": WORK_MOUNT}],
-    }
-
-
-def _gang_metadata(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str | None) -> dict[str, Any]:
-    """Metadata of an object that lives and dies with a gang's Job (same name and labels)."""
+def companion_metadata(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str | None) -> dict[str, Any]:
+    """Metadata of an object that lives and dies with its Job (same name and labels): a gang's
+    Service and NetworkPolicy, the attempt's source Secret."""
     meta = job["metadata"]
     metadata: dict[str, Any] = {
         "name": meta["name"],
@@ -357,7 +364,7 @@ def gang_selector(job: Mapping[str, Any]) -> dict[str, str]:
 def service_manifest(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str | None) -> dict[str, Any]:
     """The headless Service of a gang: DNS for ``<job>-<index>.<job>``, ready or not (ranks
     rendezvous before anything is ready)."""
-    metadata = _gang_metadata(job, opts, owner_uid)
+    metadata = companion_metadata(job, opts, owner_uid)
     selector = gang_selector(job)
     return {
         "apiVersion": "v1",
@@ -380,7 +387,7 @@ def gang_network_policy(job: Mapping[str, Any], opts: KubeOptions, owner_uid: st
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _gang_metadata(job, opts, owner_uid),
+        "metadata": companion_metadata(job, opts, owner_uid),
         "spec": {
             "podSelector": {"matchLabels": dict(selector)},
             "policyTypes": ["Ingress"],

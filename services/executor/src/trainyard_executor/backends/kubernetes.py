@@ -53,6 +53,7 @@ from trainyard_executor.backends.kube_manifests import (
     GangSplitError,
     KubeOptions,
     attempt_selector,
+    companion_metadata,
     executor_selector,
     gang_network_policy,
     job_manifest,
@@ -60,11 +61,13 @@ from trainyard_executor.backends.kube_manifests import (
     label_value,
     service_manifest,
 )
+from trainyard_executor.backends.kube_source import kube_git_fetch, secret_name, source_secret
 from trainyard_executor.backends.kube_status import (
     job_end,
 )
 from trainyard_executor.backends.threads import in_thread
 from trainyard_executor.jobenv import HOST_ONLY_ENV
+from trainyard_shared.gitpolicy import GitPolicy, GitSettings, RepoRefused
 
 log = logging.getLogger("trainyard.executor.kubernetes")
 T = TypeVar("T")
@@ -104,8 +107,11 @@ class KubernetesBackend:
         keep_failed: bool = False,
         deadline_slack_s: float = 30.0,
         watch_idle_s: float = 60.0,
+        git_policy: GitPolicy | None = None,
     ) -> None:
         self._factory = api_client_factory
+        # the installation's rule on git sources (TRAINYARD_GIT_*), applied to the pod's clone
+        self.git_policy = git_policy or GitSettings().policy()
         self._api: k8s.ApiClient | None = None
         self._lock = threading.Lock()
         self.options = options
@@ -164,13 +170,27 @@ class KubernetesBackend:
             )
         started_at = time.time()
         try:
-            manifest = job_manifest(
-                launch, self.options, HOST_ONLY_ENV, output_dir=str(output_dir), started_at=started_at
+            # the installation's git rule, checked here (it resolves the host: in a thread)
+            git = (
+                await in_thread(kube_git_fetch, launch.source_repo, self.git_policy, name="git-rule")
+                if launch.source_repo
+                else None
             )
+            manifest = job_manifest(
+                launch,
+                self.options,
+                HOST_ONLY_ENV,
+                output_dir=str(output_dir),
+                started_at=started_at,
+                git=git,
+            )
+        except RepoRefused as exc:
+            return FinishedAttempt(f"source repository refused: {exc}", output_dir)
         except (GangSplitError, ValueError) as exc:
             return FinishedAttempt(str(exc), output_dir)
+        secret = source_secret(git, companion_metadata(manifest, self.options, None)) if git else None
         try:
-            job = await in_thread(self._create, manifest, name=f"create-{launch.job_id}")
+            job = await in_thread(self._create, manifest, secret, name=f"create-{launch.job_id}")
         except _NotOurs as exc:
             return FinishedAttempt(str(exc), output_dir)
         except Exception as exc:
@@ -187,11 +207,15 @@ class KubernetesBackend:
             skip=_read_cursor(launch.workdir),
         )
 
-    def _create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def _create(self, manifest: dict[str, Any], secret: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create the Job (and a gang's Service). A Job of this very attempt that exists already
-        (a redelivered start, a restart between create and record) is attached to, never doubled."""
+        (a redelivered start, a restart between create and record) is attached to, never doubled.
+        ``secret``: the source credential's Secret, made before the Job (its pod needs it at
+        once) and then owned by it (the garbage collector removes it with the Job)."""
         ns = self.options.namespace
         name = manifest["metadata"]["name"]
+        if secret is not None:
+            self._create_gang_object(self.core.create_namespaced_secret, secret)
         try:
             job = self._raw(self.batch.create_namespaced_job(ns, manifest))  # type: ignore[arg-type]
         except ApiException as exc:
@@ -202,6 +226,10 @@ class KubernetesBackend:
             if owner != manifest["metadata"]["labels"][LABEL_EXECUTOR]:
                 raise _NotOurs(f"a Job named {name} exists and belongs to executor {owner!r}") from exc
             log.warning("attached to the existing Job of this attempt", extra={"job": name})
+        if secret is not None:
+            owned = {"metadata": companion_metadata(manifest, self.options, job["metadata"].get("uid"))}
+            with contextlib.suppress(ApiException):  # unowned, it still goes with the attempt
+                self.core.patch_namespaced_secret(secret["metadata"]["name"], ns, owned)
         if manifest["spec"].get("completionMode") == "Indexed":
             owner = (job.get("metadata") or {}).get("uid")
             try:
@@ -244,6 +272,8 @@ class KubernetesBackend:
             self.core.delete_namespaced_service(name, ns)
         with contextlib.suppress(ApiException):
             self.networking.delete_namespaced_network_policy(name, ns)
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespaced_secret(secret_name(name), ns)
         try:
             self.batch.delete_namespaced_job(
                 name, ns, propagation_policy=propagation, grace_period_seconds=grace
