@@ -219,3 +219,17 @@ async def test_bus_intake_replies_with_job_id_dedups_and_rejects(api, nats_serve
     types = [json.loads(m.data)["type"] for m in await stored_events(js, subjects, rejected["job_id"])]
     assert types == ["rejected"]
     await nc.drain()
+
+
+async def test_metrics_answer_at_once_and_docs_load_with_no_cdn(api):
+    metrics = await api.get("/metrics")  # no trailing slash, as Prometheus and people ask for it
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    assert "# TYPE" in metrics.text
+    docs = await api.get("/docs")
+    assert docs.status_code == 200 and "cdn." not in docs.text and "unpkg" not in docs.text
+    assets = [part.split('"')[1] for part in docs.text.split("src=")[1:] + docs.text.split("href=")[1:]]
+    local = [url for url in assets if url.endswith((".js", ".css"))]
+    assert len(local) == 2 and all(url.startswith("/") for url in local), assets
+    for url in local:
+        served = await api.get(url)
+        assert served.status_code == 200 and len(served.content) > 10_000, url

@@ -66,6 +66,7 @@ def make_broker(
         # faststream's per-message access log ("Received"/"Processed") at DEBUG: at INFO it is two
         # log records per message, a real cost at hundreds of jobs a second
         log_level=logging.DEBUG,
+        logger=logging.getLogger("trainyard.broker"),  # through the root's JSON handler (logs.py)
         middlewares=(
             # spans only when they go somewhere (an OTLP endpoint is set): recording spans that no
             # exporter reads was a fifth of a service's CPU per message

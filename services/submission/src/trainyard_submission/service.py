@@ -21,6 +21,7 @@ from trainyard_contracts import (
     JobRejected,
     JobSubmitted,
     ModelVersionRecord,
+    SpecError,
     is_job_id,
     lifecycle,
     new_job_id,
@@ -38,6 +39,7 @@ from trainyard_submission.joblist import BucketReader, LatestValues, NewestMatch
 from trainyard_submission.queuestore import QueueStore, builtin
 from trainyard_submission.sources import with_resolved_source
 from trainyard_submission.tokens import Principal
+from trainyard_submission.workdirs import WorkdirStore
 
 TRACER = trace.get_tracer("trainyard.submission")
 log = logging.getLogger("trainyard.submission")
@@ -76,6 +78,7 @@ class SubmissionService:
         clock: Callable[[], datetime] = utcnow,
         queues: QueueStore | None = None,
         git_policy: GitPolicy | None = None,
+        workdirs: WorkdirStore | None = None,
     ) -> None:
         self.store = store
         self.jobs_reader = jobs_reader
@@ -88,6 +91,7 @@ class SubmissionService:
         self.queues = queues
         # read once: the installation's rule on which repositories may be fetched (gitpolicy.py)
         self.git_policy = git_policy or GitSettings().policy()
+        self.workdirs = workdirs
         # a job's secret values go here, not into its record (jobsecrets.py)
         self.secrets = secrets
 
@@ -105,6 +109,10 @@ class SubmissionService:
         spec = place_spec(principal, parse_spec(document))
         queue = await self.queues.effective(spec.queue) if self.queues else builtin(spec.queue)
         check_submit(principal, spec, queue)
+        if spec.workdir is not None:
+            if self.workdirs is None:
+                raise SpecError([FieldError(field="workdir", message="this installation stores no workdirs")])
+            await self.workdirs.check_spec(spec)
         job_id = new_job_id()
         if idempotency_slot is not None:
             try:

@@ -38,6 +38,7 @@ from ..jobusers import RunAsError
 from ..lines import READ_CHUNK, LineSplitter
 from ..runtime_env import RuntimeEnvError
 from ..source import SourceError, checkout
+from ..workdir import WorkdirError, unpack_workdir
 
 if TYPE_CHECKING:
     from trainyard_executor.backends.local.backend import LocalBackend
@@ -95,7 +96,8 @@ class LocalAttempt:
         self._user: tuple[int, int] | None = None
         if adopted is None:
             self._workdir = backend.resolve_workdir(launch.workdir)
-            self._cwd = self._workdir / "src" if launch.source_repo else self._workdir
+            has_src = launch.source_repo or launch.workdir_archive
+            self._cwd = self._workdir / "src" if has_src else self._workdir
             self._output_dir = self._cwd / launch.output_subdir
             self._cgroup = backend.containment.attempt(launch.job_id, launch.attempt)
             runner = self._run()
@@ -235,6 +237,11 @@ class LocalAttempt:
                     )
                 except SourceError as e:
                     return self._outcome("failed", None, f"source checkout failed: {e}")
+            elif launch.workdir_archive is not None:
+                try:
+                    await unpack_workdir(launch.workdir_archive, self._workdir, launch.workdir_limits)
+                except WorkdirError as e:
+                    return self._outcome("failed", None, str(e))
             self._output_dir.mkdir(parents=True, exist_ok=True)
             if launch.checkpoint_dir is not None:
                 launch.checkpoint_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
