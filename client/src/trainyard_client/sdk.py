@@ -437,11 +437,29 @@ class TrainyardClient:
         timeout: float | None = None,
         poll: float = 0.5,
         on_change: Callable[[JobRecord], None] | None = None,
+        model: bool = False,
     ) -> JobRecord:
         """Poll until the job is terminal; ``on_change`` sees each new state or attempt.
 
+        ``model=True`` means what ``trainyard submit --wait`` means: a job that succeeded and
+        names ``outputs.model`` is waited for until its model version is registered too (the
+        record's ``model``; up to 60 s more, then ``model`` stays None).
         Raises TimeoutError when ``timeout`` seconds pass first (the job keeps running).
         """
+        record = self._wait_terminal(job_id, timeout, poll, on_change)
+        wants = record.spec.outputs.model if record.spec.outputs else None
+        if model and wants and record.state == JobState.SUCCEEDED and record.model is None:
+            registered = self.wait_for_model(job_id, 60, poll)
+            record = record.model_copy(update={"model": registered})
+        return record
+
+    def _wait_terminal(
+        self,
+        job_id: str,
+        timeout: float | None,
+        poll: float,
+        on_change: Callable[[JobRecord], None] | None,
+    ) -> JobRecord:
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: tuple[JobState, int] | None = None
         while True:

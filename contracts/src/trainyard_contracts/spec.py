@@ -421,11 +421,31 @@ def _field_errors(raw: Iterable[Any]) -> Iterator[FieldError]:
             message = "unknown field" + _did_you_mean(err["loc"])
         elif err["type"] == "missing":
             message = "required field is missing"
+        elif err["type"] in ("model_type", "dict_type"):
+            message = _mapping_hint(err["loc"], err.get("input"))
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         elif message.startswith("String should match pattern"):
             message = f"{message} (got {_clip(repr(err.get('input')), 200)})"
         yield FieldError(field=loc, message=message)
+
+
+# what a scalar given for a mapping field most likely meant ("retries: 3")
+MAPPING_EXAMPLES = {
+    "retries": "{{limit: {value}}}",
+    "resources": "{{cpu: {value}}}",
+    "source": "{{repo: {value}}}",
+    "outputs": "{{model: {value}}}",
+}
+
+
+def _mapping_hint(loc: tuple[int | str, ...], value: Any) -> str:
+    """'retries is a mapping: {limit: 3}' rather than pydantic's 'valid dictionary or instance'."""
+    name = str(loc[-1]) if loc else "(spec)"
+    example = MAPPING_EXAMPLES.get(name)
+    if example and isinstance(value, int | float | str) and not isinstance(value, bool):
+        return f"{name} is a mapping: " + example.format(value=value)
+    return f"{name} is a mapping (key: value), not {type(value).__name__}"
 
 
 def _did_you_mean(loc: tuple[int | str, ...]) -> str:

@@ -9,10 +9,11 @@ from typing import Annotated, Any
 import typer
 
 from trainyard_client import cli
-from trainyard_client.cli.base import EXIT_INVALID, api_errors, fail, settings, styled
+from trainyard_client.cli.base import EXIT_INVALID, EXIT_REFUSED, api_errors, fail, settings, styled
 from trainyard_client.cli.output import Output, OutputOption, print_data, record_of, structured
 
 JOB = typer.Argument(metavar="JOB")
+FINISHED = ("succeeded", "failed", "timed_out", "cancelled", "rejected")
 
 
 def _is_local_path(repo: str) -> bool:
@@ -144,10 +145,14 @@ def submit(
             cli.out.print(f"job [bold]{result.job_id}[/] {styled(result.state)}{note}")
         if not wait:
             return
-        from trainyard_client.cli.follow import follow
+        from trainyard_client.cli.follow import follow, follow_quietly
 
         try:
-            code = follow(client, result.job_id, spec.outputs.model if spec.outputs else None)
+            model = spec.outputs.model if spec.outputs else None
+            if quiet or output != Output.TABLE:  # nothing but the id (or record) printed above
+                code = follow_quietly(client, result.job_id, model)
+            else:
+                code = follow(client, result.job_id, model)
         except KeyboardInterrupt:
             cli.err.print(
                 f"stopped waiting; the job keeps going. `trainyard logs -f {result.job_id}` or"
@@ -171,8 +176,13 @@ def why(ctx: typer.Context, job_id: Annotated[str, JOB], output: OutputOption = 
     if structured(output):
         print_data(record_of(answer), output)
     if not answer.found:
-        fail(f"no such job: {escape(job_id)}", 1)
+        fail(f"no such job: {escape(job_id)}", EXIT_REFUSED)
     if structured(output):
+        return
+    if answer.state in FINISHED:
+        cli.out.print(
+            f"job [bold]{escape(job_id)}[/] has finished: {styled(answer.state)} (nothing to wait for)"
+        )
         return
     cli.out.print(f"job [bold]{escape(job_id)}[/] {styled(answer.state or 'unknown')}")
     for line in reason_lines(answer.reason):
@@ -192,6 +202,11 @@ def logs(
     """A job's output (stdout, stderr and Trainyard's own notes)."""
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
+        if attempt is not None and attempt > (attempts := client.get(job_id).attempt):
+            fail(
+                f"[bold red]job {job_id} has {attempts} attempt(s)[/]: there is no attempt {attempt}",
+                EXIT_REFUSED,
+            )
         if not follow:
             sys.stdout.write(client.logs(job_id, attempt=attempt))
             sys.stdout.flush()
@@ -252,6 +267,6 @@ def models(
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         versions = client.models(name)
-    print_models(
-        versions, output, f"no registered versions of {escape(name)}" if name else "no registered models yet"
-    )
+    if name and not versions:  # a model asked for by name that does not exist is an error (exit 4)
+        fail(f"no registered versions of {escape(name)}", EXIT_REFUSED)
+    print_models(versions, output, "no registered models yet")
