@@ -32,6 +32,7 @@ from trainyard_executor.backends.local.ranks import (
 from .._proc import group_alive, same_process, signal_group, start_ticks
 from ..base import AttemptLaunch, AttemptOutcome, LineSink, OutcomeKind
 from ..cgroups import AttemptCgroup
+from ..cursor import keep_cursor
 from ..devices import rank_devices, visible_devices_env
 from ..jobfiles import PRIVATE_DIR, hand_over, kill_user, open_private, private_dir, take_back
 from ..jobusers import RunAsError
@@ -415,7 +416,7 @@ class LocalAttempt:
             for rank in self._ranks
             for stream in ("stdout", "stderr")
         ]
-        cursor = asyncio.create_task(self._keep_cursor())
+        cursor = asyncio.create_task(keep_cursor(lambda: self._offsets, self._write_cursor, _CURSOR_EVERY_S))
         try:
             kind, reason, grace, failed = await self._supervise()
             stop = [r for r in self._ranks if kind is not None or failed is not None or lingers(r)]
@@ -558,16 +559,6 @@ class LocalAttempt:
         finally:
             if f is not None:
                 f.close()
-
-    async def _keep_cursor(self) -> None:
-        """Persist how far each log file has been shipped, one period behind: the lines delivered
-        in the last period may still sit in the shipper's batch, and after a crash they are sent
-        again rather than lost (at least once)."""
-        shipped = dict(self._offsets)
-        while True:
-            await asyncio.sleep(_CURSOR_EVERY_S)
-            self._write_cursor(shipped)
-            shipped = dict(self._offsets)
 
     def _write_cursor(self, offsets: Mapping[str, int]) -> None:
         try:
