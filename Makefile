@@ -6,7 +6,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
 
-.PHONY: help install demo up test test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
+.PHONY: help install demo up test test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
 
 help:
 	@echo "make demo     start the embedded stack, run the digits example, show its registered model"
@@ -85,7 +85,7 @@ images: install
 # placeholder Secrets (throwaway clusters only).
 KUBECTL ?= kubectl
 K8S := deploy/k8s
-K8S_SERVICES := submission scheduler executor registry telemetry
+K8S_SERVICES := submission scheduler executor registry telemetry workflow
 
 deploy-base:
 	$(KUBECTL) apply -k $(K8S)/base
@@ -119,6 +119,10 @@ clean:
 
 bench: install
 	$(RUN) python tests/bench/bench_e2e.py $(BENCH_ARGS)
+
+# start-up of `trainyard --help` and `trainyard status -o json` against a running stack (budget 0.150 s)
+bench-cli: install
+	$(RUN) python tests/bench/bench_cli.py --out tests/bench/results/cli.json $(BENCH_ARGS)
 
 # decision time of one planning pass, pending x nodes in {1k,10k,100k} x {10,1k,5k}
 bench-scheduler: install

@@ -164,7 +164,9 @@ def test_logs_cancel_and_models(tmp_path, fake_api, wide_consoles):
     assert "job000001fake" in row and "0123456789" in row and "accuracy=0.9722" in row
     assert "0123456789abcdef0123" not in row  # the commit is shortened
     none = invoke(fake_api.url, "models", "nope", token=fake_api.token)
-    assert none.exit_code == 0 and "no registered versions of nope" in none.output
+    assert none.exit_code == 4 and "no registered versions of nope" in none.output
+    beyond = invoke(fake_api.url, "logs", job_id, "--attempt", "2", token=fake_api.token)
+    assert beyond.exit_code == 4 and "has 1 attempt(s)" in beyond.output
 
 
 @pytest.mark.unit
@@ -282,3 +284,18 @@ def test_a_table_on_a_terminal_fits_its_width_and_piped_keeps_whole_rows(monkeyp
     emit(rows, columns, Output.TABLE, name=lambda r: r["id"], empty="none")
     plain = capsys.readouterr().out.splitlines()
     assert plain == ["ID  TEXT", "a1  " + ("word " * 30).strip()]
+
+
+@pytest.mark.service
+def test_a_failed_wait_says_the_exit_code_once_and_quiet_wait_prints_only_the_id(
+    tmp_path, fake_api, wide_consoles
+):
+    fake_api.final_state = "failed"
+    path = str(write(tmp_path, GOOD_SPEC))
+    loud = invoke(fake_api.url, "submit", "--wait", path, token=fake_api.token)
+    assert loud.exit_code == 1
+    (summary,) = [line for line in loud.output.splitlines() if line.startswith("job ") and "failed" in line]
+    assert summary.endswith("failed, exit code 3"), summary  # not "exit code 3: exit code 3"
+    quiet = invoke(fake_api.url, "submit", "-q", "--wait", path, token=fake_api.token)
+    assert quiet.exit_code == 1
+    assert len(quiet.stdout.splitlines()) == 1 and quiet.stdout.strip() in fake_api.jobs

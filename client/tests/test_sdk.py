@@ -169,3 +169,11 @@ def test_parse_sse_handles_comments_multiline_data_and_missing_final_blank():
     lines = [": ping", "", "event: log", "data: a", "data: b", "", "id: 7", "data: plain", ""]
     lines += ["event: end", "data: failed"]
     assert list(parse_sse(iter(lines))) == [("log", "a\nb"), ("message", "plain"), ("end", "failed")]
+
+
+def test_wait_with_model_means_what_the_cli_wait_means(client):
+    """The fake registers the model one read after success: plain wait() returns before it."""
+    first = client.wait(client.submit(SPEC).job_id, poll=0)
+    assert first.state == JobState.SUCCEEDED and first.model is None
+    record = client.wait(client.submit(SPEC).job_id, poll=0, model=True)
+    assert record.model is not None and record.model.name == "digits-classifier"

@@ -110,3 +110,18 @@ def test_compound_durations(h, m, s):
 def test_spec_round_trips_through_json():
     spec = parse_spec(FULL)
     assert JobSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("given", "field", "said"),
+    [
+        ("retries: 3", "retries", "retries is a mapping: {limit: 3}"),
+        ("outputs: digits", "outputs", "outputs is a mapping: {model: digits}"),
+        ("resources: [1, 2]", "resources", "resources is a mapping (key: value), not list"),
+    ],
+)
+def test_a_scalar_where_a_mapping_belongs_says_what_was_meant(given, field, said):
+    with pytest.raises(SpecError) as caught:
+        parse_spec(f"name: a\ncommand: [x]\n{given}\n")
+    assert [(e.field, e.message) for e in caught.value.errors] == [(field, said)]

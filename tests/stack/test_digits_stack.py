@@ -129,7 +129,7 @@ def test_why_and_dry_run_from_the_cli(stack):
     client.wait(job.job_id, timeout=120)
     why = runner.invoke(app, [*base, "why", job.job_id])
     assert why.exit_code == 0, why.output
-    assert "not pending: succeeded" in why.output
+    assert "has finished: succeeded" in why.output and "not pending" not in why.output
 
 
 def test_status_says_why_a_job_waits_and_wait_follows_many_jobs(stack):
@@ -171,3 +171,21 @@ def test_status_says_why_a_job_waits_and_wait_follows_many_jobs(stack):
     failing = client.submit({"name": "fails", "command": ["false"]})
     both = runner.invoke(app, [*base, "wait", quick[0].job_id, failing.job_id, "-q", "--timeout", "120"])
     assert both.exit_code == 1 and both.output == ""
+
+
+def test_service_log_files_are_json_lines_and_idle_polling_is_not_logged(stack):
+    """One format per file (JSON, with faststream's and uvicorn's records too); the banner line
+    `trainyard up` writes before each start is the one exception."""
+    records, other = 0, []
+    for service in ("submission", "scheduler", "executor", "registry", "telemetry"):
+        for line in (stack.log_dir / f"{service}.log").read_text().splitlines():
+            if not line.strip() or line.startswith("--- trainyard up:"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                other.append(f"{service}: {line}")
+                continue
+            assert record["service"] == service and record.get("detail") != "No Messages", line
+            records += 1
+    assert records > 0 and other == []

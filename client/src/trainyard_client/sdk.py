@@ -16,20 +16,36 @@ from __future__ import annotations
 
 import builtins
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+# re-exported: the SDK's public names, kept in a module light enough for the CLI's start-up
+from trainyard_client.connection import (
+    DEFAULT_URL as DEFAULT_URL,
+)
+from trainyard_client.connection import (
+    TOKEN_FILE as TOKEN_FILE,
+)
+from trainyard_client.connection import (
+    TrainyardError,
+    TrainyardUnavailable,
+    default_token,
+    default_url,
+    no_token_hint,
+    problem_error,
+)
+from trainyard_client.connection import (
+    token_file as token_file,
+)
 from trainyard_contracts import (
     DryRunAnswer,
-    FieldError,
     JobRecord,
     JobSpec,
     JobState,
@@ -37,55 +53,11 @@ from trainyard_contracts import (
     ModelVersionRecord,
     QueueConfig,
     WhyAnswer,
+    parse_spec_document,
 )
 
-DEFAULT_URL = "http://127.0.0.1:8700"
-TOKEN_FILE = "api-token"
-
-
-def default_url() -> str:
-    return os.environ.get("TRAINYARD_URL") or DEFAULT_URL
-
-
-def token_file() -> Path:
-    """Where the embedded stack's submission service keeps its generated API token."""
-    return Path(os.environ.get("TRAINYARD_DATA_DIR") or ".trainyard").expanduser() / TOKEN_FILE
-
-
-def default_token() -> str | None:
-    token = os.environ.get("TRAINYARD_TOKEN")
-    if token:
-        return token
-    try:
-        return token_file().read_text().strip() or None
-    except OSError:
-        return None
-
-
-class TrainyardError(Exception):
-    """The API refused a request: an RFC 9457 problem (status, title, detail, field errors)."""
-
-    def __init__(
-        self,
-        status: int,
-        title: str,
-        detail: str = "",
-        errors: list[FieldError] | None = None,
-    ) -> None:
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.errors = list(errors or [])
-        text = f"{status} {title}" if status else title
-        super().__init__(f"{text}: {detail}" if detail else text)
-
-
-class TrainyardUnavailable(TrainyardError):
-    """The server could not be reached (nothing listening, DNS, connection reset, read timeout)."""
-
-    def __init__(self, url: str, detail: str) -> None:
-        self.url = url
-        super().__init__(0, f"cannot reach Trainyard at {url}", detail)
+if TYPE_CHECKING:
+    from trainyard_client.workdir import WorkdirUpload
 
 
 @dataclass(frozen=True)
@@ -155,24 +127,7 @@ class LogEvent:
 
 
 def _problem(response: httpx.Response) -> TrainyardError:
-    title = response.reason_phrase or "error"
-    detail = ""
-    errors: list[FieldError] = []
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        title = str(body.get("title") or title)
-        detail = str(body.get("detail") or "")
-        for item in body.get("errors") or []:
-            if isinstance(item, dict):
-                errors.append(
-                    FieldError(field=str(item.get("field", "?")), message=str(item.get("message", "")))
-                )
-    else:
-        detail = response.text[:500].strip()
-    return TrainyardError(response.status_code, title, detail, errors)
+    return problem_error(response.status_code, response.reason_phrase, response.text)
 
 
 def _spec_body(spec: str | bytes | Mapping[str, Any] | JobSpec) -> tuple[bytes, str]:
@@ -266,13 +221,7 @@ class TrainyardClient:
     def _raise_for(self, response: httpx.Response) -> None:
         if response.is_success:
             return
-        error = _problem(response)
-        if error.status == 401 and not self.token:
-            error.detail += (
-                f" (no token: set TRAINYARD_TOKEN, pass --token, or point TRAINYARD_DATA_DIR at the"
-                f" stack's data dir; looked for {token_file()})"
-            )
-        raise error
+        raise no_token_hint(_problem(response), self.token)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -291,13 +240,53 @@ class TrainyardClient:
         except httpx.TransportError:
             return False
 
+    def upload_workdir(self, folder: str | Path) -> WorkdirUpload:
+        """Pack ``folder`` and upload it unless the API has that digest already (asked first)."""
+        from trainyard_client.workdir import WorkdirUpload, pack_workdir
+
+        packed, commit, diff = pack_workdir(Path(folder).expanduser())
+        path = f"/v1/workdirs/{packed.digest}"
+        try:
+            self._request("HEAD", path)
+            uploaded = False
+        except TrainyardError as exc:
+            if exc.status != 404:
+                raise
+            headers = {"Content-Type": "application/gzip"}
+            uploaded = self._request("PUT", path, content=packed.archive, headers=headers).json()["stored"]
+        return WorkdirUpload(packed.digest, bool(uploaded), commit, diff, packed.files, packed.size)
+
+    def _with_workdir(
+        self, spec: str | bytes | Mapping[str, Any] | JobSpec
+    ) -> str | bytes | Mapping[str, Any] | JobSpec:
+        """``spec`` with a local ``workdir`` folder (relative: to the current directory) uploaded
+        and replaced by its digest; any other spec unchanged."""
+        from trainyard_client.workdir import workdir_path
+
+        if isinstance(spec, JobSpec):
+            if spec.workdir is None or spec.workdir.path is None:
+                return spec
+            data: dict[str, Any] = spec.model_dump(mode="json", exclude_defaults=True)
+        elif isinstance(spec, Mapping):
+            data = dict(spec)
+        else:
+            if b"workdir" not in (spec.encode() if isinstance(spec, str) else spec):
+                return spec
+            data = parse_spec_document(spec)
+        folder = workdir_path(data)
+        if folder is None:
+            return data
+        data["workdir"] = self.upload_workdir(folder).spec_field()
+        return data
+
     def submit(
         self,
         spec: str | bytes | Mapping[str, Any] | JobSpec,
         idempotency_key: str | None = None,
     ) -> SubmitResult:
-        """Submit a spec (YAML/JSON text, a mapping or a JobSpec); 422 raises with field errors."""
-        body, content_type = _spec_body(spec)
+        """Submit a spec (YAML/JSON text, a mapping or a JobSpec); 422 raises with field errors.
+        A local ``workdir`` folder is packed and uploaded first (:meth:`upload_workdir`)."""
+        body, content_type = _spec_body(self._with_workdir(spec))
         headers = {"Content-Type": content_type}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
@@ -453,11 +442,29 @@ class TrainyardClient:
         timeout: float | None = None,
         poll: float = 0.5,
         on_change: Callable[[JobRecord], None] | None = None,
+        model: bool = False,
     ) -> JobRecord:
         """Poll until the job is terminal; ``on_change`` sees each new state or attempt.
 
+        ``model=True`` means what ``trainyard submit --wait`` means: a job that succeeded and
+        names ``outputs.model`` is waited for until its model version is registered too (the
+        record's ``model``; up to 60 s more, then ``model`` stays None).
         Raises TimeoutError when ``timeout`` seconds pass first (the job keeps running).
         """
+        record = self._wait_terminal(job_id, timeout, poll, on_change)
+        wants = record.spec.outputs.model if record.spec.outputs else None
+        if model and wants and record.state == JobState.SUCCEEDED and record.model is None:
+            registered = self.wait_for_model(job_id, 60, poll)
+            record = record.model_copy(update={"model": registered})
+        return record
+
+    def _wait_terminal(
+        self,
+        job_id: str,
+        timeout: float | None,
+        poll: float,
+        on_change: Callable[[JobRecord], None] | None,
+    ) -> JobRecord:
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: tuple[JobState, int] | None = None
         while True:

@@ -138,6 +138,46 @@ class Outputs(_Strict):
         return normal
 
 
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
+
+class Workdir(_Strict):
+    """A local folder the job runs in, as the user sees it, uncommitted edits included.
+
+    In a spec file ``workdir: <path>`` (relative to the spec file's folder for the CLI, to the
+    current directory for the SDK). The CLI/SDK packs the folder (``.gitignore`` and
+    ``.trainyardignore`` honoured), uploads it (``PUT /v1/workdirs/<digest>``) and sends the
+    digest instead: the API takes only ``digest``, never a path, and the bus never the bytes.
+    ``commit`` and ``diff`` say which commit the folder was at and what was changed on top.
+    """
+
+    path: str | None = Field(
+        None, min_length=1, max_length=4096, description="the local folder; replaced by digest on upload"
+    )
+    digest: str | None = Field(
+        None, pattern=DIGEST_PATTERN, description="sha256 of the packed folder in the workdirs bucket"
+    )
+    commit: str | None = Field(
+        None, pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$", description="HEAD of the folder's git checkout"
+    )
+    diff: str | None = Field(
+        None,
+        pattern=DIGEST_PATTERN,
+        description="sha256 of the uncommitted changes (git diff HEAD plus untracked files); none when clean",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_alone(cls, data: object) -> object:
+        return {"path": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _path_or_digest(self) -> Workdir:
+        if self.path is None and self.digest is None:
+            raise ValueError("give the folder (workdir: ./src) or, after an upload, its digest")
+        return self
+
+
 class RuntimeEnv(_Strict):
     """Local backend only: Python requirements installed into a cached venv keyed by their hash."""
 
@@ -178,6 +218,9 @@ class JobSpec(_Strict):
     labels: dict[LabelKey, Annotated[str, StringConstraints(max_length=256)]] = Field(default_factory=dict)
     preemptible: bool = False
     runtime_env: RuntimeEnv | None = None
+    workdir: Workdir | None = Field(
+        None, description="a local folder packed and uploaded by the CLI/SDK; the job runs in it"
+    )
 
     @field_validator("command", mode="before")
     @classmethod
@@ -228,6 +271,13 @@ class JobSpec(_Strict):
         command = info.data.get("command")  # absent when command itself was invalid
         if value and command is not None and len(command) != 1:
             raise ValueError("with shell: true, command must be a list of exactly one string")
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _one_code_source(cls, value: Workdir | None, info: ValidationInfo) -> Workdir | None:
+        if value is not None and info.data.get("source") is not None:
+            raise ValueError("give either source (a git repository) or workdir (a local folder), not both")
         return value
 
     @field_validator("secret_env")
@@ -371,11 +421,31 @@ def _field_errors(raw: Iterable[Any]) -> Iterator[FieldError]:
             message = "unknown field" + _did_you_mean(err["loc"])
         elif err["type"] == "missing":
             message = "required field is missing"
+        elif err["type"] in ("model_type", "dict_type"):
+            message = _mapping_hint(err["loc"], err.get("input"))
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         elif message.startswith("String should match pattern"):
             message = f"{message} (got {_clip(repr(err.get('input')), 200)})"
         yield FieldError(field=loc, message=message)
+
+
+# what a scalar given for a mapping field most likely meant ("retries: 3")
+MAPPING_EXAMPLES = {
+    "retries": "{{limit: {value}}}",
+    "resources": "{{cpu: {value}}}",
+    "source": "{{repo: {value}}}",
+    "outputs": "{{model: {value}}}",
+}
+
+
+def _mapping_hint(loc: tuple[int | str, ...], value: Any) -> str:
+    """'retries is a mapping: {limit: 3}' rather than pydantic's 'valid dictionary or instance'."""
+    name = str(loc[-1]) if loc else "(spec)"
+    example = MAPPING_EXAMPLES.get(name)
+    if example and isinstance(value, int | float | str) and not isinstance(value, bool):
+        return f"{name} is a mapping: " + example.format(value=value)
+    return f"{name} is a mapping (key: value), not {type(value).__name__}"
 
 
 def _did_you_mean(loc: tuple[int | str, ...]) -> str:

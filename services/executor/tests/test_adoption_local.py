@@ -8,13 +8,11 @@ by its pid file and adopts or discards it. Real processes throughout; the integr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,38 +22,11 @@ from trainyard_executor.backends import AttemptLaunch, LocalBackend
 from trainyard_executor.backends.local import META_DIR
 from trainyard_executor.core import free_loopback_port
 from trainyard_executor.jobenv import plan_gang
+from trainyard_executor.testengines import Lines, pid_alive, wait_until
 
-pytestmark = pytest.mark.local
+pytestmark = [pytest.mark.integration, pytest.mark.local]
 
 PY = sys.executable
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.got: list[tuple[str, str]] = []
-
-    async def __call__(self, stream: str, text: str) -> None:
-        self.got.append((stream, text))
-
-    def of(self, stream: str) -> list[str]:
-        return [text for s, text in self.got if s == stream]
-
-
-async def eventually(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 def launch_of(tmp_path: Path, script: str, **kw: Any) -> AttemptLaunch:
@@ -88,7 +59,7 @@ async def started_then_left(root: Path, launch: AttemptLaunch) -> tuple[Any, Lin
     """An attempt started by one executor, which then went away without stopping it."""
     lines = Lines()
     attempt = await LocalBackend(root=root).start(launch, lines)
-    await eventually(lambda: any(t.startswith("first") for t in lines.of("stdout")), "the first line")
+    await wait_until(lambda: any(t.startswith("first") for t in lines.of("stdout")), "the first line")
     await attempt.detach()
     return attempt, lines
 
@@ -119,7 +90,7 @@ async def test_an_attempt_that_ended_while_no_executor_watched_reports_how_it_en
     root = tmp_path / "root"
     old, _ = await started_then_left(root, launch_of(tmp_path, WAIT_FOR_GO))
     (tmp_path / "go").write_text("")
-    await eventually(lambda: old.pid is not None and not pid_alive(old.pid), "the attempt to end alone")
+    await wait_until(lambda: old.pid is not None and not pid_alive(old.pid), "the attempt to end alone")
     again = LocalBackend(root=root)
     [found] = await again.find_attempts()
     lines = Lines()
@@ -157,7 +128,7 @@ async def test_discarding_stops_every_rank_and_forgets_the_attempt(tmp_path: Pat
     launch = launch_of(tmp_path, script, gang=plan_gang(2, None, free_loopback_port))
     lines = Lines()
     attempt = await LocalBackend(root=root).start(launch, lines)
-    await eventually(lambda: len([t for t in lines.of("stdout") if "first" in t]) == 2, "both ranks")
+    await wait_until(lambda: len([t for t in lines.of("stdout") if "first" in t]) == 2, "both ranks")
     await attempt.detach()
     pids = [int(t.split()[-1]) for t in lines.of("stdout")]
     assert all(pid_alive(p) for p in pids)
@@ -186,7 +157,7 @@ async def test_a_reused_pid_is_not_mistaken_for_the_attempt_nor_signalled(tmp_pa
     if state.get("cgroup") or state.get("user"):
         # where the attempt has a cgroup or a uid of its own, its end empties them: the real
         # process went with it (the containment promise, not a signal to the reused pid)
-        await eventually(lambda: not pid_alive(real_pid), "the attempt's cgroup to be emptied")
+        await wait_until(lambda: not pid_alive(real_pid), "the attempt's cgroup to be emptied")
     else:
         os.killpg(real_pid, 9)  # the test's own cleanup of the real attempt
 

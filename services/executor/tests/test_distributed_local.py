@@ -6,11 +6,9 @@ all-reduce is test_distributed_example.py).
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +19,11 @@ from trainyard_executor.backends import AttemptLaunch, LocalBackend
 from trainyard_executor.backends.base import Gang
 from trainyard_executor.core import free_loopback_port
 from trainyard_executor.jobenv import plan_gang
+from trainyard_executor.testengines import Lines, pid_alive, wait_until
 
-pytestmark = [pytest.mark.distributed, pytest.mark.local]
+pytestmark = [pytest.mark.integration, pytest.mark.distributed, pytest.mark.local]
 
 PY = sys.executable
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.got: list[tuple[str, str]] = []
-
-    async def __call__(self, stream: str, text: str) -> None:
-        self.got.append((stream, text))
-
-    def of(self, stream: str) -> list[str]:
-        return [text for s, text in self.got if s == stream]
-
-
-async def eventually(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 def gang_launch(tmp_path: Path, script: str, replicas: int = 2, **kw: Any) -> AttemptLaunch:
@@ -204,7 +175,7 @@ async def test_cancel_sends_every_rank_sigterm_and_each_gets_its_grace(
     """
     lines = Lines()
     attempt = await backend.start(gang_launch(tmp_path, script), lines)
-    await eventually(lambda: len([t for t in lines.of("stdout") if t.endswith("ready")]) == 2, "both ready")
+    await wait_until(lambda: len([t for t in lines.of("stdout") if t.endswith("ready")]) == 2, "both ready")
     await attempt.cancel(grace_s=20)
     outcome = await attempt.wait()
     assert (outcome.kind, outcome.exit_code) == ("cancelled", 0)

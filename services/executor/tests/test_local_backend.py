@@ -11,7 +11,6 @@ import sys
 import sysconfig
 import textwrap
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,41 +26,11 @@ from trainyard_executor.backends import (
 )
 from trainyard_executor.backends.local import MAX_LINE, detect_capacity
 from trainyard_executor.backends.runtime_env import MARKER_NAME
+from trainyard_executor.testengines import Lines, pid_alive, wait_until
 
-pytestmark = pytest.mark.local
+pytestmark = [pytest.mark.integration, pytest.mark.local]
 
 PY = sys.executable
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.got: list[tuple[str, str]] = []
-
-    async def __call__(self, stream: str, text: str) -> None:
-        self.got.append((stream, text))
-
-    def of(self, stream: str) -> list[str]:
-        return [text for s, text in self.got if s == stream]
-
-
-async def eventually(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll ``cond`` until it holds; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    state = stat[stat.rfind(b")") + 2 :].split()[0]
-    return state not in (b"Z", b"X")
 
 
 def make_launch(tmp_path: Path, argv: list[str], **kw: Any) -> AttemptLaunch:
@@ -252,7 +221,7 @@ async def test_cancel_gives_the_job_its_grace_period(backend: LocalBackend, tmp_
     """
     lines = Lines()
     attempt = await backend.start(make_launch(tmp_path, py(script)), lines)
-    await eventually(lambda: "ready" in lines.of("stdout"), "the job to install its handler")
+    await wait_until(lambda: "ready" in lines.of("stdout"), "the job to install its handler")
     await attempt.cancel(grace_s=30)
     outcome = await attempt.wait()
     assert (outcome.kind, outcome.exit_code, outcome.reason) == ("cancelled", 0, "cancelled")
@@ -273,7 +242,7 @@ async def test_a_job_ignoring_sigterm_is_killed_after_the_grace(
     """
     lines = Lines()
     attempt = await backend.start(make_launch(tmp_path, py(script)), lines)
-    await eventually(lambda: "ready" in lines.of("stdout"), "the job to ignore SIGTERM")
+    await wait_until(lambda: "ready" in lines.of("stdout"), "the job to ignore SIGTERM")
     assert attempt.pid is not None and pid_alive(attempt.pid)
     await attempt.cancel(grace_s=0.5)
     outcome = await attempt.wait()

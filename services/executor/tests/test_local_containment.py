@@ -4,13 +4,11 @@ timeout. Real processes and, where the machine has one, a real cgroup v2 hierarc
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +16,9 @@ import pytest
 
 from trainyard_executor.backends import AttemptLaunch, LocalBackend
 from trainyard_executor.supervise import SPAWN_DELAY_VAR
+from trainyard_executor.testengines import pid_alive, wait_until
 
-pytestmark = [pytest.mark.local, pytest.mark.security]
-
-
-async def eventually(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
+pytestmark = [pytest.mark.integration, pytest.mark.local, pytest.mark.security]
 
 
 def launch_of(tmp_path: Path, argv: list[str], **kw: Any) -> AttemptLaunch:
@@ -69,7 +51,7 @@ async def test_a_cancel_before_the_job_is_spawned_reaches_it_as_sigterm(tmp_path
     launch = launch_of(tmp_path, [sys.executable, "-c", script], env={SPAWN_DELAY_VAR: "2"}, grace_s=5.0)
     attempt = await backend.start(launch, noop_sink)
     supervisor_pid_file = launch.workdir / ".trainyard" / "rank-0.pid"
-    await eventually(supervisor_pid_file.exists, "the supervisor to record itself (it then waits)")
+    await wait_until(supervisor_pid_file.exists, "the supervisor to record itself (it then waits)")
 
     await attempt.cancel(5.0)
     outcome = await attempt.wait()
@@ -102,7 +84,7 @@ async def test_a_child_that_calls_setsid_is_stopped_with_the_job(tmp_path: Path,
     pid_file = tmp_path / f"grandchild-{how}.pid"
     launch = launch_of(tmp_path, setsid_script(pid_file), timeout_s=3.0 if how == "timeout" else None)
     attempt = await backend.start(launch, noop_sink)
-    await eventually(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the grandchild")
+    await wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the grandchild")
     grandchild = int(pid_file.read_text())
     assert pid_alive(grandchild)
     try:
@@ -110,7 +92,7 @@ async def test_a_child_that_calls_setsid_is_stopped_with_the_job(tmp_path: Path,
             await attempt.cancel(1.0)
         outcome = await attempt.wait()
         assert outcome.kind == ("cancelled" if how == "cancel" else "timed_out")
-        await eventually(lambda: not pid_alive(grandchild), "the setsid grandchild to be gone", 10.0)
+        await wait_until(lambda: not pid_alive(grandchild), "the setsid grandchild to be gone", 10.0)
         cgroup = backend.containment.attempt(launch.job_id, launch.attempt)
         assert cgroup is not None and not cgroup.path.exists()  # removed once empty
     finally:
@@ -126,14 +108,14 @@ async def test_a_restarted_executor_that_discards_an_attempt_stops_its_setsid_ch
         pytest.skip(f"no cgroup here: {backend.containment.reason}")
     pid_file = tmp_path / "grandchild.pid"
     attempt = await backend.start(launch_of(tmp_path, setsid_script(pid_file)), noop_sink)
-    await eventually(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the grandchild")
+    await wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the grandchild")
     grandchild = int(pid_file.read_text())
     await attempt.detach()
     try:
         restarted = LocalBackend(root=tmp_path / "root")
         (found,) = await restarted.find_attempts()
         await restarted.discard(found, grace_s=1.0)
-        await eventually(lambda: not pid_alive(grandchild), "the setsid grandchild to be gone", 10.0)
+        await wait_until(lambda: not pid_alive(grandchild), "the setsid grandchild to be gone", 10.0)
     finally:
         if pid_alive(grandchild):
             os.kill(grandchild, signal.SIGKILL)

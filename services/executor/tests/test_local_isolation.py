@@ -10,7 +10,6 @@ executor's start-up check reports (``test_auto_falls_back_and_says_which_directo
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -21,7 +20,7 @@ import subprocess
 import tempfile
 import textwrap
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,9 @@ from trainyard_executor.backends.cgroups import Containment
 from trainyard_executor.backends.jobusers import JobUsers, RunAsError, job_users
 from trainyard_executor.backends.runtime_env import readable_not_writable
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_executor.testengines import Lines, pid_alive, wait_until
 
-pytestmark = [pytest.mark.local, pytest.mark.security]
+pytestmark = [pytest.mark.integration, pytest.mark.local, pytest.mark.security]
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 TOKEN = "ty-admin-token-that-no-job-may-read"
@@ -43,35 +43,14 @@ if os.geteuid() != 0 or not os.access(SYSTEM_PYTHON, os.X_OK):
     pytest.skip("needs root (to switch users) and the system python", allow_module_level=True)
 
 
-class Lines:
-    def __init__(self) -> None:
-        self.got: list[tuple[str, str]] = []
-
-    async def __call__(self, stream: str, text: str) -> None:
-        self.got.append((stream, text))
+class ReportLines(Lines):
+    """The job's lines, and the JSON report it prints."""
 
     def report(self) -> dict[str, Any]:
         for stream, text in self.got:
             if stream == "stdout" and text.startswith("{"):
                 return dict(json.loads(text))
         raise AssertionError(f"the job printed no report: {self.got}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat_line[stat_line.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
-
-
-async def eventually(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -158,7 +137,7 @@ async def test_a_job_cannot_read_the_token_the_executors_environment_or_the_runt
         seen["groups"] = os.getgroups()
         print(json.dumps(seen), flush=True)
     """
-    lines = Lines()
+    lines = ReportLines()
     job = launch(data, script, env={"TRAINYARD_CHECKPOINT_DIR": str(data / "checkpoints" / "x")})
     job.env["TRAINYARD_CHECKPOINT_DIR"] = str(job.checkpoint_dir)
     outcome = await (await backend.start(job, lines)).wait()
@@ -181,10 +160,10 @@ async def test_a_job_cannot_read_another_jobs_work_dir(backend: LocalBackend, da
     first = launch(
         data, "open('secret.txt', 'w').write('mine'); print('{}', flush=True); import time; time.sleep(60)"
     )
-    lines_first = Lines()
+    lines_first = ReportLines()
     running = await backend.start(first, lines_first)
     secret = first.workdir / "secret.txt"
-    await eventually(secret.exists, "the first job's secret file")
+    await wait_until(secret.exists, "the first job's secret file")
 
     script = f"""
         probe("read_other", read({str(secret)!r}))
@@ -192,7 +171,7 @@ async def test_a_job_cannot_read_another_jobs_work_dir(backend: LocalBackend, da
         probe("write_other", write({str(first.workdir / "planted.py")!r}))
         print(json.dumps(seen), flush=True)
     """
-    lines = Lines()
+    lines = ReportLines()
     outcome = await (await backend.start(launch(data, script), lines)).wait()
     await running.cancel(1.0)
 
@@ -206,7 +185,7 @@ async def test_what_the_executor_keeps_is_private_and_the_work_dir_is_taken_back
     """At rest: the executor's records 0600 in 0700 directories; once the attempt ends its work dir
     is the executor's again, so the next attempt given the same uid cannot read it."""
     job = launch(data, "print(json.dumps({'uid': os.getuid()}), flush=True)")
-    attempt = await backend.start(job, (lines := Lines()))
+    attempt = await backend.start(job, (lines := ReportLines()))
     outcome = await attempt.wait()
     assert outcome.kind == "succeeded", (outcome, lines.got)
 
@@ -262,12 +241,12 @@ async def test_without_a_cgroup_a_setsid_child_is_still_killed_by_its_attempts_u
         data, f"import subprocess, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(120)"
     )
     job = dataclasses.replace(job, workdir=root / "work" / job.job_id / "attempt-1")
-    attempt = await backend.start(job, Lines())
-    await eventually(lambda: pid_file.read_text().strip() != "", "the grandchild")
+    attempt = await backend.start(job, ReportLines())
+    await wait_until(lambda: pid_file.read_text().strip() != "", "the grandchild")
     grandchild = int(pid_file.read_text())
     try:
         await attempt.cancel(1.0)
-        await eventually(lambda: not pid_alive(grandchild), "the setsid grandchild to be gone", 10.0)
+        await wait_until(lambda: not pid_alive(grandchild), "the setsid grandchild to be gone", 10.0)
     finally:
         if pid_alive(grandchild):
             os.kill(grandchild, signal.SIGKILL)
@@ -329,7 +308,7 @@ async def test_a_job_of_its_own_uid_owns_its_checkout(backend: LocalBackend, dat
         seen["uid"] = os.getuid()
         print(json.dumps(seen), flush=True)
     """
-    lines = Lines()
+    lines = ReportLines()
     job = launch(data, script, source_repo=str(repo), source_commit=commit)
     outcome = await (await backend.start(job, lines)).wait()
     assert outcome.kind == "succeeded", (outcome, lines.got)

@@ -22,6 +22,9 @@ class RedactSecrets(logging.Filter):
 
 
 def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
+    # MLflow otherwise gives its loggers their own plain-text handler when first imported: a
+    # second format in the registry's log file
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level.upper())
@@ -48,5 +51,9 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
         shipper = handler_cls(host, int(port), version=1, tags=["trainyard", service])
         shipper.addFilter(RedactSecrets())
         root.addHandler(shipper)
+    own = logging.getLogger("mlflow")  # when MLflow was imported first, it set up its own handler
+    if own.handlers:
+        own.handlers.clear()
+        own.propagate = True
     for noisy in ("httpx", "httpcore", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -483,7 +483,9 @@ class Puller:
         gone = status == "503" or "consumer deleted" in (detail or "").lower()
         self._consumer_gone = self._consumer_gone or gone
         if self._abnormal_streak == 1:  # once per run of them, not once per request
-            log.warning(
+            # 404 "No Messages" is routine polling of an idle stream: DEBUG, not a warning
+            log.log(
+                logging.DEBUG if status == "404" else logging.WARNING,
                 "pull request ended by the server",
                 extra={"consumer": self.durable, "status": status, "detail": detail},
             )

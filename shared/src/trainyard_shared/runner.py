@@ -38,6 +38,8 @@ def build_app(
 
     app = AsgiFastStream(
         sb.broker,
+        # our root logger (JSON, logs.py), not faststream's own coloured handler: one format per file
+        logger=logging.getLogger("trainyard.app"),
         asgi_routes=[
             ("/metrics", make_asgi_app(registry=sb.registry)),
             ("/healthz", make_ping_asgi(sb.broker, timeout=5.0)),
@@ -57,7 +59,16 @@ def serve(app: AsgiFastStream, http: HttpSettings) -> None:
     and stops the broker and the service's hooks."""
     import uvicorn
 
-    uvicorn.run(app, host=http.host, port=http.port, lifespan="on", log_level="warning", access_log=False)
+    # log_config=None: uvicorn's records go through our JSON root handler, not its coloured one
+    uvicorn.run(
+        app,
+        host=http.host,
+        port=http.port,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        log_config=None,
+    )
 
 
 def run_service(

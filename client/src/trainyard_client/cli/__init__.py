@@ -1,9 +1,15 @@
 """The ``trainyard`` command line. A new command group goes in its own module here (one ``typer.Typer``
 of small commands, heavy imports inside them) and is added to the app in ``app.py``.
 
-Exit codes: 0 success; 1 the job ended failed / timed_out / cancelled / rejected (or the stack
-stopped because a service died); 2 invalid spec or usage; 3 cannot reach the server; 4 the server
-refused the request (401, 404, 409, 5xx ...).
+Exit codes (the same for every command; README "Exit codes"):
+  0    success
+  1    the job (or any job `wait` waited for) ended failed, timed_out, cancelled or rejected;
+       `wait --timeout` passed first; `up`: the stack stopped because a service died
+  2    invalid spec or usage (which field, what was expected)
+  3    cannot reach the server
+  4    not found, forbidden or already ended: any refusal of the server (401, 403, 404, 409,
+       5xx), a job, model or attempt that does not exist
+  130  interrupted (Ctrl-C while following; the job keeps going)
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def main_options(
         typer.Option("--token", envvar="TRAINYARD_TOKEN", help="API token (default: <data dir>/api-token)"),
     ] = None,
 ) -> None:
-    from trainyard_client.sdk import default_url
+    from trainyard_client.connection import default_url
 
     ctx.obj = Settings(url or default_url(), token)
 

@@ -45,7 +45,7 @@ class Settings:
 def settings(ctx: typer.Context) -> Settings:
     obj = ctx.obj
     if not isinstance(obj, Settings):  # a command invoked without the callback (tests)
-        from trainyard_client.sdk import default_url
+        from trainyard_client.connection import default_url
 
         obj = Settings(default_url(), None)
     return obj
@@ -76,19 +76,21 @@ def print_field_errors(errors: list[FieldError], title: str = "invalid job spec"
 @contextlib.contextmanager
 def api_errors(url: str) -> Iterator[None]:
     """Turn SDK errors into a clear message and the CLI's exit codes."""
-    from rich.markup import escape
-
-    from trainyard_client.sdk import TrainyardError, TrainyardUnavailable
+    from trainyard_client.connection import TrainyardError, TrainyardUnavailable
 
     try:
         yield
     except TrainyardUnavailable as exc:
+        from rich.markup import escape
+
         fail(
             f"[bold red]cannot reach Trainyard at {escape(url)}[/] — is `trainyard up` running?"
             f"\n[dim]{escape(exc.detail)}[/]",
             EXIT_UNREACHABLE,
         )
     except TrainyardError as exc:
+        from rich.markup import escape
+
         if exc.status == 422 and exc.errors:
             print_field_errors(exc.errors, f"the server rejected the spec: {exc.title}")
             raise typer.Exit(EXIT_INVALID) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
@@ -31,6 +32,9 @@ def state_lines(record: JobRecord, shown: set[tuple[str, str]]) -> list[str]:
             extra = f" on {escape(record.executor_id)}"
         if state in (JobState.SCHEDULED, JobState.RUNNING, JobState.REQUEUED) and record.attempt > 1:
             extra += f" (attempt {record.attempt})"
+        if state == JobState.REQUEUED and record.not_before is not None:
+            left = (record.not_before - datetime.now(UTC)).total_seconds()
+            extra += f", next try in {max(0, round(left))}s"
         lines.append(f"[dim]{clock(when)}[/]  {styled(state)}{extra}")
     return lines
 
@@ -57,20 +61,32 @@ def follow(client: TrainyardClient, job_id: str, wants_model: str | None) -> int
 
     record = _until_running(client, job_id, show)
     if record.attempts:  # it ran (or tried to): its output, live until it ends
-        _stream_logs(client, job_id)
+        _stream_logs(client, job_id, show)
     with cli.out.status(f"{job_id}: waiting for the end", spinner="dots"):
         record = client.wait(job_id, poll=cli.POLL_SECONDS, on_change=show)
     show(record)
     summary = f"job {job_id} {styled(record.state)}"
+    said = ""
     if record.exit_code is not None:
-        summary += f", exit code {record.exit_code}"
-    if record.reason and record.state != JobState.SUCCEEDED:
-        summary += f": {escape(record.reason)}"
+        said = f"exit code {record.exit_code}"
+        summary += f", {said}"
+    if record.reason and record.state != JobState.SUCCEEDED and record.reason != said:
+        summary += f": {escape(record.reason)}"  # once: a reason that only repeats the code is left out
     cli.out.print(summary)
     if record.state != JobState.SUCCEEDED:
         return EXIT_JOB_FAILED
     if wants_model:
         _wait_for_model(client, record, wants_model)
+    return EXIT_OK
+
+
+def follow_quietly(client: TrainyardClient, job_id: str, wants_model: str | None) -> int:
+    """The same end and exit code as :func:`follow`, printing nothing (``-q --wait``)."""
+    record = client.wait(job_id, poll=cli.POLL_SECONDS)
+    if record.state != JobState.SUCCEEDED:
+        return EXIT_JOB_FAILED
+    if wants_model and record.model is None:
+        client.wait_for_model(job_id, cli.MODEL_WAIT_SECONDS, cli.POLL_SECONDS)
     return EXIT_OK
 
 
@@ -86,12 +102,16 @@ def _until_running(client: TrainyardClient, job_id: str, show: Callable[[JobReco
     return record
 
 
-def _stream_logs(client: TrainyardClient, job_id: str) -> None:
+def _stream_logs(client: TrainyardClient, job_id: str, show: Callable[[JobRecord], None]) -> None:
+    """Every attempt's lines in order; between two attempts, the states that led to the next
+    (requeued, next try in Ns; scheduled; running), so a retry is never silent or out of order."""
     cli.out.rule("logs", style="dim")
     attempt = None
     try:
         for event in client.follow_logs(job_id):
             if event.event == "log":
+                if attempt is not None and event.attempt not in (None, attempt):
+                    show(client.get(job_id))
                 attempt = print_log(event, attempt)
             elif event.event == "end":
                 break

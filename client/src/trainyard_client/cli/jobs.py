@@ -9,10 +9,11 @@ from typing import Annotated, Any
 import typer
 
 from trainyard_client import cli
-from trainyard_client.cli.base import EXIT_INVALID, api_errors, fail, settings, styled
+from trainyard_client.cli.base import EXIT_INVALID, EXIT_REFUSED, api_errors, fail, settings, styled
 from trainyard_client.cli.output import Output, OutputOption, print_data, record_of, structured
 
 JOB = typer.Argument(metavar="JOB")
+FINISHED = ("succeeded", "failed", "timed_out", "cancelled", "rejected")
 
 
 def _is_local_path(repo: str) -> bool:
@@ -43,6 +44,7 @@ def _read_spec(file: Path) -> tuple[str, Any, bool]:
     from rich.markup import escape
 
     from trainyard_client.cli.base import print_field_errors
+    from trainyard_client.workdir import resolve_workdir_path
     from trainyard_contracts import SpecError, parse_spec_document, validate_spec
 
     if str(file) == "-":
@@ -56,6 +58,7 @@ def _read_spec(file: Path) -> tuple[str, Any, bool]:
     try:
         data = parse_spec_document(text)
         changed = resolve_source(data, spec_dir)
+        changed = resolve_workdir_path(data, spec_dir) or changed
         spec = validate_spec(data)
     except SpecError as exc:
         print_field_errors(exc.errors, f"invalid job spec: {file}")
@@ -65,6 +68,41 @@ def _read_spec(file: Path) -> tuple[str, Any, bool]:
 
         text = yaml.safe_dump(data, sort_keys=False)
     return text, spec, changed
+
+
+def _warn_uncommitted_source(spec: Any) -> None:
+    from trainyard_client.workdir import local_repo_edits
+
+    if spec.source is not None and spec.source.commit is None and local_repo_edits(spec.source.repo):
+        cli.err.print(
+            f"[yellow]warning[/]: {spec.source.repo} has uncommitted changes; the job runs its last "
+            "commit without them (use workdir: to run the folder as it is)"
+        )
+
+
+def _upload_workdir(client: Any, body: str, folder: str, quiet: bool) -> dict[str, Any]:
+    """The spec with its workdir folder packed, uploaded (unless the API has it) and replaced by
+    its digest; a folder that cannot be packed stops here, saying what to leave out."""
+    from rich.markup import escape
+
+    from trainyard_contracts import parse_spec_document
+    from trainyard_shared.blobs import PackError
+
+    try:
+        upload = client.upload_workdir(folder)
+    except PackError as exc:
+        fail(f"[bold red]workdir {escape(folder)} cannot be packed[/]: {escape(str(exc))}", EXIT_INVALID)
+    if not quiet:
+        what = "uploaded" if upload.uploaded else "already stored, not sent again"
+        edits = f", uncommitted changes {upload.diff[:19]}" if upload.diff else ""
+        commit = f", commit {upload.commit[:12]}" if upload.commit else ""
+        cli.err.print(
+            f"workdir {escape(folder)}: {upload.files} files, {upload.size / 1024:.1f} KiB, "
+            f"{upload.digest[:19]} {what}{commit}{edits}"
+        )
+    data = parse_spec_document(body)
+    data["workdir"] = upload.spec_field()
+    return data
 
 
 def submit(
@@ -85,6 +123,7 @@ def submit(
     """Validate a job spec locally, submit it, and print its job id."""
     body, spec, _ = _read_spec(file)
     conf = settings(ctx)
+    _warn_uncommitted_source(spec)
     if dry_run:
         from trainyard_client.cli.render import print_dry_run
 
@@ -93,7 +132,10 @@ def submit(
         print_data(record_of(answer), output) if structured(output) else print_dry_run(answer)
         return
     with api_errors(conf.url), conf.client() as client:
-        result = client.submit(body, idempotency_key=idempotency_key)
+        submitted: Any = body
+        if spec.workdir is not None and spec.workdir.path is not None:
+            submitted = _upload_workdir(client, body, spec.workdir.path, quiet or structured(output))
+        result = client.submit(submitted, idempotency_key=idempotency_key)
         if structured(output):
             print_data(record_of(result.job), output)
         elif quiet or output == Output.NAME:
@@ -103,10 +145,14 @@ def submit(
             cli.out.print(f"job [bold]{result.job_id}[/] {styled(result.state)}{note}")
         if not wait:
             return
-        from trainyard_client.cli.follow import follow
+        from trainyard_client.cli.follow import follow, follow_quietly
 
         try:
-            code = follow(client, result.job_id, spec.outputs.model if spec.outputs else None)
+            model = spec.outputs.model if spec.outputs else None
+            if quiet or output != Output.TABLE:  # nothing but the id (or record) printed above
+                code = follow_quietly(client, result.job_id, model)
+            else:
+                code = follow(client, result.job_id, model)
         except KeyboardInterrupt:
             cli.err.print(
                 f"stopped waiting; the job keeps going. `trainyard logs -f {result.job_id}` or"
@@ -130,8 +176,13 @@ def why(ctx: typer.Context, job_id: Annotated[str, JOB], output: OutputOption = 
     if structured(output):
         print_data(record_of(answer), output)
     if not answer.found:
-        fail(f"no such job: {escape(job_id)}", 1)
+        fail(f"no such job: {escape(job_id)}", EXIT_REFUSED)
     if structured(output):
+        return
+    if answer.state in FINISHED:
+        cli.out.print(
+            f"job [bold]{escape(job_id)}[/] has finished: {styled(answer.state)} (nothing to wait for)"
+        )
         return
     cli.out.print(f"job [bold]{escape(job_id)}[/] {styled(answer.state or 'unknown')}")
     for line in reason_lines(answer.reason):
@@ -151,6 +202,11 @@ def logs(
     """A job's output (stdout, stderr and Trainyard's own notes)."""
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
+        if attempt is not None and attempt > (attempts := client.get(job_id).attempt):
+            fail(
+                f"[bold red]job {job_id} has {attempts} attempt(s)[/]: there is no attempt {attempt}",
+                EXIT_REFUSED,
+            )
         if not follow:
             sys.stdout.write(client.logs(job_id, attempt=attempt))
             sys.stdout.flush()
@@ -211,9 +267,9 @@ def models(
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         versions = client.models(name)
-    print_models(
-        versions, output, f"no registered versions of {escape(name)}" if name else "no registered models yet"
-    )
+    if name and not versions:  # a model asked for by name that does not exist is an error (exit 4)
+        fail(f"no registered versions of {escape(name)}", EXIT_REFUSED)
+    print_models(versions, output, "no registered models yet")
 
 
 def executors(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None:

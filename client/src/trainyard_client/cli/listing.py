@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from trainyard_client import cli
 from trainyard_client.cli.base import EXIT_INVALID, EXIT_JOB_FAILED, EXIT_OK, api_errors, fail, settings
-from trainyard_client.cli.output import Output, OutputOption
+from trainyard_client.cli.output import Column, Output, OutputOption, emit
 
 if TYPE_CHECKING:
-    from trainyard_client.sdk import JobSummary, TrainyardClient
-    from trainyard_contracts import WaitReason
+    from trainyard_client.cli.base import Settings
+    from trainyard_client.sdk import TrainyardClient
 
 WAITING_STATES = ("submitted", "queued", "requeued")
 MAX_REASONS = 20  # `why` asked of at most this many waiting jobs per listing
@@ -44,27 +45,38 @@ def check_state(state: str | None) -> None:
         fail(f"--state must be one of {', '.join(s.value for s in JobState)}", EXIT_INVALID)
 
 
-def reason_text(reason: WaitReason, now: float | None = None) -> str:
-    """One short line: what it waits for (a backoff says when it tries again)."""
-    if reason.kind == "backoff" and reason.estimated_start is not None:
-        left = reason.estimated_start.timestamp() - (time.time() if now is None else now)
+def reason_text(reason: dict[str, Any], now: datetime | None = None) -> str:
+    """One short line from a ``WaitReason`` record: what it waits for (a backoff says when it retries)."""
+    kind, start = reason.get("kind", "other"), reason.get("estimated_start")
+    if kind == "backoff" and start:
+        left = (datetime.fromisoformat(start) - (now or datetime.now(UTC))).total_seconds()
         return f"backoff: next try in {max(0, round(left))}s"
-    return f"{reason.kind}: {reason.message}"
+    return f"{kind}: {reason.get('message', '')}"
 
 
-def waiting_reasons(client: TrainyardClient, jobs: list[JobSummary]) -> dict[str, str]:
+def waiting_reasons(conf: Settings, jobs: list[dict[str, Any]]) -> dict[str, str]:
     """The scheduler's last word (``why``) on each waiting job of the listing, capped."""
-    from trainyard_client.sdk import TrainyardError
+    from trainyard_client.connection import TrainyardError, get_json
 
     reasons: dict[str, str] = {}
-    for job in [j for j in jobs if j.state.value in WAITING_STATES][:MAX_REASONS]:
+    for job in [j for j in jobs if j["state"] in WAITING_STATES][:MAX_REASONS]:
         try:
-            answer = client.why(job.job_id)
+            answer = get_json(conf.url, f"/v1/jobs/{job['job_id']}/why", conf.token, [])
         except TrainyardError:  # no leader (each ask would wait out its timeout): no reasons this time
             break
-        if answer.reason is not None and answer.pending:
-            reasons[job.job_id] = reason_text(answer.reason)
+        if answer.get("reason") and answer.get("pending"):
+            reasons[job["job_id"]] = reason_text(answer["reason"])
     return reasons
+
+
+def list_jobs(conf: Settings, filters: dict[str, Any], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """``GET /v1/jobs`` as the API's rows, over the stdlib alone (the listing's start-up budget)."""
+    from trainyard_client.connection import get_json
+
+    params = [(k, str(v)) for k, v in filters.items() if v is not None]
+    params += [("label", f"{k}={v}") for k, v in labels.items()]
+    rows: list[dict[str, Any]] = get_json(conf.url, "/v1/jobs", conf.token, params).get("jobs", [])
+    return rows
 
 
 def status(
@@ -81,22 +93,23 @@ def status(
     """The list of jobs, newest first (REASON: why a waiting job waits), or one job's record."""
     check_state(state)
     labels = parse_selectors(selector)
-    from trainyard_client.cli import render
-
     conf = settings(ctx)
-    filtered = bool(state or queue or name or labels)
-    with api_errors(conf.url), conf.client() as client:
-        if job_id:
-            render.print_record(client.get(job_id), output)
-            return
+    if job_id:
+        from trainyard_client.cli.render import print_record
+
+        with api_errors(conf.url), conf.client() as client:
+            print_record(client.get(job_id), output)
+        return
+    filters = {"state": state, "queue": queue, "name": name, "limit": limit}
+    empty = "no jobs" + (" matching" if state or queue or name or labels else " yet")
+    with api_errors(conf.url):
         while True:
-            jobs = client.list(state=state, queue=queue, limit=limit, name=name, labels=labels)
-            reasons = (
-                {} if output in (Output.JSON, Output.YAML, Output.NAME) else waiting_reasons(client, jobs)
-            )
+            jobs = list_jobs(conf, filters, labels)
+            tabular = output in (Output.TABLE, Output.WIDE)
+            reasons = waiting_reasons(conf, jobs) if tabular else {}
             if watch and cli.out.is_terminal:
                 cli.out.clear()
-            render.print_jobs(jobs, output, "no jobs" + (" matching" if filtered else " yet"), reasons)
+            print_job_rows(jobs, output, empty, reasons)
             if not watch:
                 return
             try:
@@ -105,6 +118,55 @@ def status(
                 raise typer.Exit(EXIT_OK) from None
             if not cli.out.is_terminal:
                 cli.out.print("")
+
+
+def _model_text(job: dict[str, Any]) -> str:
+    model = job.get("model")
+    return f"{model['name']} v{model['version']}" if model else ""
+
+
+def _age_of(job: dict[str, Any], now: datetime) -> str:
+    from trainyard_client.cli.formatting import age
+
+    return age(datetime.fromisoformat(job["submitted_at"]), now)
+
+
+def _exit_text(job: dict[str, Any]) -> str:
+    return "-" if job.get("exit_code") is None else str(job["exit_code"])
+
+
+def _labels_text(job: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in (job.get("labels") or {}).items())
+
+
+def job_columns(reasons: dict[str, str], now: datetime) -> list[Column]:
+    from trainyard_client.cli.base import styled
+
+    return [
+        Column("job", lambda j: j["job_id"]),
+        Column("name", lambda j: j["name"], wrap=True),
+        Column("queue", lambda j: j["queue"]),
+        Column("state", lambda j: j["state"], style=styled),
+        Column("attempt", lambda j: str(j.get("attempt", 1))),
+        Column("age", lambda j: _age_of(j, now)),
+        Column("exit", _exit_text),
+        Column("model", _model_text, wrap=True),
+        Column("reason", lambda j: reasons.get(j["job_id"]) or j.get("reason") or "", wrap=True),
+        Column("executor", lambda j: j.get("executor_id") or "-", wide_only=True),
+        Column(
+            "labels",
+            lambda j: ",".join(f"{k}={v}" for k, v in (j.get("labels") or {}).items()),
+            wide_only=True,
+        ),
+    ]
+
+
+def print_job_rows(
+    jobs: list[dict[str, Any]], fmt: Output, empty: str, reasons: dict[str, str] | None = None
+) -> None:
+    """The API's rows; ``reasons``: the scheduler's word on waiting jobs (else a finished job's own)."""
+    columns = job_columns(reasons or {}, datetime.now(UTC))
+    emit(jobs, columns, fmt, name=lambda j: j["job_id"], empty=empty)
 
 
 def wait(

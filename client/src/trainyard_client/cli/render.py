@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from rich.markup import escape
@@ -12,7 +11,6 @@ from trainyard_client import cli
 from trainyard_client.cli.base import styled
 from trainyard_client.cli.formatting import age, clock, metrics_text, short
 from trainyard_client.cli.output import Column, Output, emit, print_data, record_of, structured
-from trainyard_client.sdk import JobSummary
 from trainyard_contracts import DryRunAnswer, JobRecord, ModelVersionRecord, WaitReason
 
 
@@ -35,38 +33,6 @@ def print_dry_run(answer: DryRunAnswer) -> None:
         cli.out.print("would wait (nothing was queued)")
         for line in reason_lines(answer.reason):
             cli.out.print(f"  {line}")
-
-
-def _state_style(text: str) -> str:
-    return styled(text)
-
-
-def _model_text(job: JobSummary) -> str:
-    return f"{job.model.name} v{job.model.version}" if job.model else ""
-
-
-def job_columns(reasons: dict[str, str], now: datetime | None = None) -> list[Column]:
-    at = now or datetime.now(UTC)
-    return [
-        Column("job", lambda j: j.job_id),
-        Column("name", lambda j: j.name, wrap=True),
-        Column("queue", lambda j: j.queue),
-        Column("state", lambda j: j.state.value, style=_state_style),
-        Column("attempt", lambda j: str(j.attempt)),
-        Column("age", lambda j: age(j.submitted_at, at)),
-        Column("exit", lambda j: "-" if j.exit_code is None else str(j.exit_code)),
-        Column("model", _model_text, wrap=True),
-        Column("reason", lambda j: reasons.get(j.job_id) or j.reason or "", wrap=True),
-        Column("executor", lambda j: j.executor_id or "-", wide_only=True),
-        Column("labels", lambda j: ",".join(f"{k}={v}" for k, v in j.labels.items()), wide_only=True),
-    ]
-
-
-def print_jobs(
-    jobs: list[JobSummary], fmt: Output, empty: str, reasons: dict[str, str] | None = None
-) -> None:
-    """``reasons``: the scheduler's word on waiting jobs (the REASON column; a finished job's own)."""
-    emit(jobs, job_columns(reasons or {}), fmt, name=lambda j: j.job_id, empty=empty)
 
 
 def _record_rows(record: JobRecord) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""``trainyard up``: the whole stack on this machine (nats-server and the five services) until Ctrl-C."""
+"""``trainyard up``: the whole stack on this machine (nats-server and the six services) until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -57,19 +57,20 @@ def up(
         float, typer.Option("--ready-timeout", min=1, help="seconds the services may take to start")
     ] = 90.0,
 ) -> None:
-    """Run the whole stack on this machine (nats-server and the five services) until Ctrl-C.
+    """Run the whole stack on this machine (nats-server and the six services) until Ctrl-C.
 
     A service (or nats-server) that exits is restarted after 1, 2, 4, 8 s; one that exits again
     after --max-restarts restarts within 60 s stops the stack."""
     from rich.markup import escape
 
     from trainyard_client import stack as stack_module
+    from trainyard_client.stackprocess import INSTALL_HINT
     from trainyard_client.supervision import RestartPolicy
 
     missing = stack_module.missing_packages()
     if missing:
         needs = ", ".join(missing)
-        fail(f"[bold red]`trainyard up` needs {needs}[/]: {escape(stack_module.INSTALL_HINT)}", 1)
+        fail(f"[bold red]`trainyard up` needs {needs}[/]: {escape(INSTALL_HINT)}", 1)
     try:
         from trainyard_contracts import Subjects
 
@@ -190,7 +191,7 @@ def _say_what_was_killed(stack: Any) -> None:
 def _print_up(stack: Any) -> None:
     from rich.table import Table
 
-    from trainyard_client.sdk import default_url
+    from trainyard_client.connection import default_url
 
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)

@@ -23,7 +23,9 @@ from trainyard_executor.gpus import DISCOVERING_BACKENDS, advertised_gpus, disco
 from trainyard_executor.jobenv import local_mlflow_store
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.binding import connect_and_bind
+from trainyard_shared.blobs import open_store
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.executors import ExecutorDirectory
@@ -184,6 +186,11 @@ class ExecutorService:
             work_root=data / "executor" / settings.id / "work",
             checkpoint_root=settings.checkpoint_dir or data / "checkpoints",
             gpus=gpus,
+            workdirs=WorkdirCache(
+                lambda: open_store(broker.config.connection_state.stream, subjects.workdirs_bucket),
+                data / "executor" / settings.id / "workdirs",
+                settings.max_workdir_bytes,
+            ),
             secrets=SecretStore(buckets.secrets),
         )
         self._runtime = Runtime(core=executor, store=store)

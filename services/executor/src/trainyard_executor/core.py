@@ -45,6 +45,7 @@ from trainyard_executor.outcomes import not_started_here, owns
 from trainyard_executor.recording import BROKER_ERRORS
 from trainyard_executor.running import AttemptRunner, LocalAttempt, ShipperFactory
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
@@ -85,9 +86,11 @@ class ExecutorCore(AttemptRunner):
         checkpoint_root: Path | None = None,
         free_port: Callable[[], int] = free_loopback_port,
         gpus: list[GpuDevice] | None = None,
+        workdirs: WorkdirCache | None = None,
         secrets: SecretStore | None = None,
     ) -> None:
         self.store = store
+        self.workdirs = workdirs
         self.secrets = secrets  # a record with secrets_stored holds *** in place of the values
         # what the backend keeps a job from, as configured: said in every heartbeat
         isolation = getattr(backend, "isolation", None)

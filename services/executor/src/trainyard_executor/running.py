@@ -33,6 +33,8 @@ from trainyard_executor.jobenv import job_env, plan_gang
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.outcomes import owns
 from trainyard_executor.recording import BROKER_ERRORS, AttemptRecorder
+from trainyard_executor.workdirs import WorkdirCache
+from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.jobsecrets import SecretsMissing, SecretStore
 
 log = logging.getLogger("trainyard.executor")
@@ -70,6 +72,7 @@ class AttemptRunner(AttemptRecorder):
     work_root: Path
     checkpoint_root: Path
     free_port: Callable[[], int]
+    workdirs: WorkdirCache | None
     running: dict[str, LocalAttempt]
     launched: OrderedDict[tuple[str, int], None]
     inherited: dict[str, str]
@@ -128,6 +131,7 @@ class AttemptRunner(AttemptRecorder):
         async def start() -> None:
             spec = await self._spec_to_run(record)
             checkpoints = self.checkpoint_dir(record.job_id)
+            archive = await self._workdir_archive(spec)
             launch = AttemptLaunch(
                 job_id=record.job_id,
                 attempt=attempt,
@@ -145,6 +149,12 @@ class AttemptRunner(AttemptRecorder):
                 timeout_s=spec.timeout,
                 source_repo=spec.source.clone_url() if spec.source else None,
                 source_commit=spec.source.commit if spec.source else None,
+                workdir_archive=archive,
+                workdir_limits=UnpackLimits(
+                    self.settings.max_workdir_bytes,
+                    self.settings.max_workdir_files,
+                    self.settings.max_workdir_bytes,
+                ),
                 runtime_pip=tuple(spec.runtime_env.pip) if spec.runtime_env else (),
                 output_subdir=spec.outputs.path if spec.outputs else "outputs",
                 grace_s=self.settings.grace_seconds,
@@ -165,6 +175,14 @@ class AttemptRunner(AttemptRecorder):
                 await local.handle.cancel(self.settings.grace_seconds)
 
         await self._attend(record, attempt, local, shipper, start)
+
+    async def _workdir_archive(self, spec: JobSpec) -> Path | None:
+        """The spec's packed workdir fetched to this machine, or None when it names none."""
+        if spec.workdir is None or spec.workdir.digest is None:
+            return None
+        if self.workdirs is None:
+            raise RuntimeError("this executor has no access to the workdirs bucket")
+        return await self.workdirs.fetch(spec.workdir.digest)
 
     async def _spec_to_run(self, record: JobRecord) -> JobSpec:
         """The spec with its secret values put back (raises SecretsMissing: the attempt fails)."""

@@ -122,6 +122,10 @@ class ExecutorSettings(HttpSettings):  # type: ignore[misc, unused-ignore]
     runtime_env_dir: Path | None = Field(
         None, description="cache of runtime-env venvs, shareable (default: <data>/runtime-envs)"
     )
+    max_workdir_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="a packed workdir: the archive and its unpacked content"
+    )
+    max_workdir_files: int = Field(10_000, ge=1, description="files and folders in a packed workdir")
     log_flush_seconds: float = Field(0.2, gt=0)
     log_batch_lines: int = Field(200, ge=1)
     log_max_chunk_bytes: int = Field(

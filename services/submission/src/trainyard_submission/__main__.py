@@ -21,6 +21,7 @@ def main() -> None:
         port=settings.port,
         log_level="warning",
         access_log=False,
+        log_config=None,  # uvicorn's records through our JSON root handler, not its coloured one
     )
 
 

@@ -33,7 +33,7 @@ from trainyard_contracts import (
     parse_spec,
 )
 from trainyard_contracts._time import utcnow
-from trainyard_contracts.spec import QUEUE_PATTERN, QueueName, capped_errors, field_errors
+from trainyard_contracts.spec import DIGEST_PATTERN, QUEUE_PATTERN, QueueName, capped_errors, field_errors
 from trainyard_submission.access import (
     Forbidden,
     QueueRefused,
@@ -51,6 +51,7 @@ from trainyard_submission.executorlist import list_executors
 from trainyard_submission.logs import read_chunks
 from trainyard_submission.purge import JobNotFinished, JobPurger
 from trainyard_submission.queuestore import QueueNotFound, QueueStore, RevisionMismatch
+from trainyard_submission.samespec import IdempotencyConflict
 from trainyard_submission.service import (
     JobAlreadyFinished,
     JobNotFound,
@@ -58,6 +59,7 @@ from trainyard_submission.service import (
     idempotency_slot,
 )
 from trainyard_submission.tokens import Principal, TokenNotFound, TokenStore
+from trainyard_submission.workdirs import WorkdirRefused, WorkdirStore
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger("trainyard.submission.api")
@@ -220,6 +222,9 @@ async def admin(caller: Caller, request: Request) -> Principal:
 
 
 Admin = Annotated[Principal, Depends(admin)]
+WorkdirDigest = Annotated[
+    str, Path(pattern=DIGEST_PATTERN, description="sha256:<64 lowercase hex digits> of the packed workdir")
+]
 QueuePath = Annotated[str, Path(pattern=QUEUE_PATTERN, description="the queue's name")]
 IfMatch = Annotated[
     int | None, Header(alias="If-Match", ge=0, description="the revision to replace (0: must not exist)")
@@ -248,17 +253,36 @@ def build_router(state: dict[str, Any]) -> APIRouter:
 
     router = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
 
-    async def read_body(request: Request) -> bytes:
-        limit = state["settings"].max_body_bytes
+    async def read_body(request: Request, limit: int | None = None, what: str = "a job spec") -> bytes:
+        limit = limit or state["settings"].max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise Problem(413, "body too large", f"a job spec is at most {limit} bytes")
-        body = b""
+            raise Problem(413, "body too large", f"{what} is at most {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise Problem(413, "body too large", f"a job spec is at most {limit} bytes")
-        return body
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise Problem(413, "body too large", f"{what} is at most {limit} bytes")
+        return b"".join(chunks)
+
+    def workdirs() -> WorkdirStore:
+        return state["workdirs"]  # type: ignore[no-any-return]
+
+    @router.head("/workdirs/{digest}", summary="204 when this packed workdir is stored, else 404")
+    async def workdir_stored(digest: WorkdirDigest) -> Response:
+        return Response(status_code=204 if await workdirs().exists(digest) else 404)
+
+    @router.put("/workdirs/{digest}", summary="store a packed workdir under its sha256 (idempotent)")
+    async def upload_workdir(digest: WorkdirDigest, request: Request) -> JSONResponse:
+        limit = workdirs().limits.max_archive_bytes
+        body = await read_body(request, limit, "a packed workdir")
+        try:
+            stored = await workdirs().upload(digest, body)
+        except WorkdirRefused as exc:
+            raise Problem(exc.status, "workdir refused", str(exc), digest=digest) from exc
+        return JSONResponse({"digest": digest, "stored": stored}, status_code=201 if stored else 200)
 
     @router.post("/jobs", status_code=201, summary="submit a job spec (JSON or YAML)")
     async def submit(
@@ -279,6 +303,10 @@ def build_router(state: dict[str, Any]) -> APIRouter:
         except SpecError as exc:
             errors = [e.model_dump() for e in exc.errors]
             raise Problem(422, "invalid job spec", str(exc), errors=errors) from exc
+        except IdempotencyConflict as exc:
+            raise Problem(
+                409, "idempotency key reused", str(exc), job_id=exc.job_id, differs=exc.differs
+            ) from exc
         return JSONResponse(
             {
                 "job_id": result.job_id,

@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from faststream import FastStream
 from faststream.specification import AsyncAPI
 from nats.aio.msg import Msg
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from trainyard_shared.binding import connect_and_bind
+from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.jobsecrets import SecretStore
@@ -34,6 +36,7 @@ from trainyard_submission.queuestore import QueueStore
 from trainyard_submission.service import SubmissionService
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_submission.tokens import TokenStore, bucket_name
+from trainyard_submission.workdirs import WorkdirStore
 
 
 def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker:
@@ -98,6 +101,11 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         # costs this service no watch delivery per record update
         store = JobStore(buckets.jobs)
         state["js"] = NatsHandle(sb.broker).jetstream
+        state["workdirs"] = WorkdirStore(
+            state["js"],
+            sb.subjects.workdirs_bucket,
+            UnpackLimits(settings.max_workdir_bytes, settings.max_workdir_files, settings.max_workdir_bytes),
+        )
         secrets = SecretStore(buckets.secrets)
         state["executors_reader"] = BucketReader(state["js"], sb.subjects.buckets.executors)
         state["purger"] = JobPurger(buckets.jobs, secrets, buckets.idempotency, state["js"], sb.subjects)
@@ -111,6 +119,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             secrets=secrets,
             queues=state["queues"],
             models_reader=BucketReader(state["js"], sb.subjects.buckets.models),
+            workdirs=state["workdirs"],
         )
         await sb.broker.start()
         await sb.start_pullers()
@@ -121,7 +130,9 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
             await sb.broker.stop()
             await queue_view.stop()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc served with their assets from this service, not a CDN
+    # (an offline or locked-down network otherwise gets a blank page)
+    app = FastAPIOffline(
         title="Trainyard",
         version="0.1.0",
         description="Submit, follow and cancel training jobs; read registered models.",
@@ -134,7 +145,11 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     app.include_router(build_router(state))
     install_openapi(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.mount("/metrics", make_asgi_app(registry=sb.registry))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        # a route, not a mount: a mount answers /metrics with a 307 to /metrics/ and an empty body
+        return Response(generate_latest(sb.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

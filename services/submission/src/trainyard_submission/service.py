@@ -21,6 +21,7 @@ from trainyard_contracts import (
     JobRejected,
     JobSubmitted,
     ModelVersionRecord,
+    SpecError,
     is_job_id,
     lifecycle,
     new_job_id,
@@ -36,8 +37,10 @@ from trainyard_shared.tracing import current_traceparent
 from trainyard_submission.access import check_submit, place_spec
 from trainyard_submission.joblist import BucketReader, LatestValues, NewestMatches
 from trainyard_submission.queuestore import QueueStore, builtin
+from trainyard_submission.samespec import IdempotencyConflict, spec_differences
 from trainyard_submission.sources import with_resolved_source
 from trainyard_submission.tokens import Principal
+from trainyard_submission.workdirs import WorkdirStore
 
 TRACER = trace.get_tracer("trainyard.submission")
 log = logging.getLogger("trainyard.submission")
@@ -76,6 +79,7 @@ class SubmissionService:
         clock: Callable[[], datetime] = utcnow,
         queues: QueueStore | None = None,
         git_policy: GitPolicy | None = None,
+        workdirs: WorkdirStore | None = None,
     ) -> None:
         self.store = store
         self.jobs_reader = jobs_reader
@@ -88,6 +92,7 @@ class SubmissionService:
         self.queues = queues
         # read once: the installation's rule on which repositories may be fetched (gitpolicy.py)
         self.git_policy = git_policy or GitSettings().policy()
+        self.workdirs = workdirs
         # a job's secret values go here, not into its record (jobsecrets.py)
         self.secrets = secrets
 
@@ -100,11 +105,16 @@ class SubmissionService:
     ) -> Submitted:
         """Validate, admit into the queue, resolve the source, create the record, announce it.
 
-        Raises SpecError (ShellRefused when the queue does not take ``shell: true``) or Forbidden.
+        Raises SpecError (ShellRefused when the queue does not take ``shell: true``), Forbidden, or
+        IdempotencyConflict when the slot already holds a job with a different spec.
         """
         spec = place_spec(principal, parse_spec(document))
         queue = await self.queues.effective(spec.queue) if self.queues else builtin(spec.queue)
         check_submit(principal, spec, queue)
+        if spec.workdir is not None:
+            if self.workdirs is None:
+                raise SpecError([FieldError(field="workdir", message="this installation stores no workdirs")])
+            await self.workdirs.check_spec(spec)
         job_id = new_job_id()
         if idempotency_slot is not None:
             try:
@@ -114,6 +124,9 @@ class SubmissionService:
                 job_id = (entry.value or b"").decode()
                 found = await self.store.get(job_id)
                 if found is not None:
+                    differs = spec_differences(spec, found[0].spec)
+                    if differs:
+                        raise IdempotencyConflict(job_id, differs) from None
                     return Submitted(job_id, found[0], duplicate=True)
                 # claimed by a request that died before creating the record: finish its work
         spec = await with_resolved_source(spec, self.git_timeout, self.git_policy)
@@ -205,7 +218,7 @@ class SubmissionService:
 
     async def models(self, name: str | None) -> builtins.list[ModelVersionRecord]:
         # one ordered read; nats-py's kv.keys() can answer "no keys" when its consumer
-        # delivered before it counted (seen in CI with the queues bucket)
+        # delivered before it counted
         versions = []
         for key, (value, _) in (await self.models_reader.read(LatestValues())).values.items():
             if name is None or key.startswith(f"{name}."):

@@ -8,9 +8,11 @@ reports an :class:`AttemptOutcome`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
+
+from trainyard_shared.blobs import UnpackLimits
 
 __all__ = [
     "Adopting",
@@ -79,6 +81,11 @@ class AttemptLaunch:
     """Git repo (local path or URL) to check out; None = run in ``workdir``."""
     source_commit: str | None = None
     """Commit (or any rev git understands) to check out; None = the repo's HEAD."""
+    workdir_archive: Path | None = None
+    """The job's packed workdir on this machine (spec ``workdir``), unpacked into ``src`` as the
+    job's cwd; exclusive with ``source_repo``."""
+    workdir_limits: UnpackLimits = field(default_factory=UnpackLimits)
+    """Caps on unpacking ``workdir_archive`` (the executor's max_workdir_* settings)."""
     runtime_pip: tuple[str, ...] = ()
     """Pip requirements for a cached venv (Ray runtime_env style)."""
     output_subdir: str = "outputs"

@@ -22,6 +22,7 @@ from trainyard_executor.backends.base import (
     LineSink,
 )
 from trainyard_executor.backends.container_dirs import META_DIR
+from trainyard_executor.backends.cursor import keep_cursor
 from trainyard_executor.backends.hostpaths import write_in
 from trainyard_executor.backends.lines import pump_lines
 from trainyard_executor.backends.threads import in_thread
@@ -96,7 +97,9 @@ class ContainerAttempt:
         self._pumps = [
             asyncio.create_task(pump_lines(self._follow(name), name, sink)) for name in ("stdout", "stderr")
         ]
-        self._cursor_task = asyncio.create_task(self._keep_cursor())
+        self._cursor_task = asyncio.create_task(
+            keep_cursor(lambda: self._consumed, self._write_cursor, CURSOR_EVERY_S)
+        )
 
     # -- blocking parts (threads) -------------------------------------------------------------
 
@@ -197,15 +200,6 @@ class ContainerAttempt:
         for task in self._pumps:
             task.cancel()
         await asyncio.gather(self._cursor_task, *self._pumps, return_exceptions=True)
-
-    async def _keep_cursor(self) -> None:
-        """How far each stream has been shipped, one period behind (the last period's lines may
-        still sit in the shipper's batch: after a crash they are sent again rather than lost)."""
-        shipped = dict(self._consumed)
-        while True:
-            await asyncio.sleep(CURSOR_EVERY_S)
-            self._write_cursor(shipped)
-            shipped = dict(self._consumed)
 
     def _write_cursor(self, consumed: Mapping[str, int]) -> None:
         # the work dir is the container's: a link planted there is replaced, never written through

@@ -21,6 +21,7 @@ from pathlib import Path
 from trainyard_executor.backends.base import AttemptLaunch
 from trainyard_executor.backends.hostpaths import UnsafePath, chown_tree, ensure_dir, open_dir
 from trainyard_executor.backends.source import checkout
+from trainyard_executor.backends.workdir import unpack_workdir
 
 META_DIR = ".trainyard"
 SOURCE_DIR = "src"
@@ -50,6 +51,8 @@ async def prepare_source(launch: AttemptLaunch) -> Path | None:
     launch.workdir.mkdir(parents=True, exist_ok=True)
     with ensure_dir(launch.workdir, META_DIR):
         pass
+    if launch.workdir_archive is not None:
+        return await unpack_workdir(launch.workdir_archive, launch.workdir, launch.workdir_limits)
     if not launch.source_repo:
         return None
     source_dir = launch.workdir / SOURCE_DIR

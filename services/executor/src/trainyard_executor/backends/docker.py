@@ -68,6 +68,7 @@ from trainyard_executor.backends.hostpaths import read_in
 from trainyard_executor.backends.isolation import container_isolation
 from trainyard_executor.backends.source import SourceError
 from trainyard_executor.backends.threads import in_thread
+from trainyard_executor.backends.workdir import WorkdirError
 from trainyard_executor.jobenv import HOST_ONLY_ENV
 
 log = logging.getLogger("trainyard.executor.docker")
@@ -350,7 +351,7 @@ class DockerBackend:
             source_dir = await prepare_source(launch)
             owner = identity(launch.run_as_root, self.user, (os.geteuid(), os.getegid())).owner
             dirs = await in_thread(prepare_dirs, launch, source_dir, owner, name="prepare")
-        except (SourceError, OSError) as exc:
+        except (SourceError, WorkdirError, OSError) as exc:
             return FinishedAttempt(f"could not prepare the work dir: {exc}", output_dir)
         output_dir = dirs.output_dir
         image = launch.image or self.default_image

@@ -21,6 +21,7 @@ from trainyard_executor.backends.base import (
     AttemptOutcome,
     LineSink,
 )
+from trainyard_executor.backends.cursor import keep_cursor
 from trainyard_executor.backends.kube_manifests import (
     CONTAINER,
     LABEL_ATTEMPT,
@@ -191,7 +192,9 @@ class KubeAttempt:
                 f"watch-pods-{name}",
             ),
         ]
-        self._cursor_task = asyncio.create_task(self._keep_cursor())
+        self._cursor_task = asyncio.create_task(
+            keep_cursor(lambda: self._consumed, self._write_cursor, CURSOR_EVERY_S)
+        )
 
     # -- events from the watches (on the loop) ------------------------------------------------
 
@@ -293,15 +296,6 @@ class KubeAttempt:
             await asyncio.wait(pending, timeout=LOG_DRAIN_S)
             for task in pending:
                 task.cancel()
-
-    async def _keep_cursor(self) -> None:
-        """How far each pod's log has been handed on, one period behind (the last period's lines
-        may sit in the shipper's batch: after a crash they are sent again rather than lost)."""
-        shipped = dict(self._consumed)
-        while True:
-            await asyncio.sleep(CURSOR_EVERY_S)
-            self._write_cursor(shipped)
-            shipped = dict(self._consumed)
 
     def _write_cursor(self, consumed: Mapping[str, int]) -> None:
         with contextlib.suppress(OSError):

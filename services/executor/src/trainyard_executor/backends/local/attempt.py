@@ -32,12 +32,14 @@ from trainyard_executor.backends.local.ranks import (
 from .._proc import group_alive, same_process, signal_group, start_ticks
 from ..base import AttemptLaunch, AttemptOutcome, LineSink, OutcomeKind
 from ..cgroups import AttemptCgroup
+from ..cursor import keep_cursor
 from ..devices import rank_devices, visible_devices_env
 from ..jobfiles import PRIVATE_DIR, hand_over, kill_user, open_private, private_dir, take_back
 from ..jobusers import RunAsError
 from ..lines import READ_CHUNK, LineSplitter
 from ..runtime_env import RuntimeEnvError
 from ..source import SourceError, checkout
+from ..workdir import WorkdirError, unpack_workdir
 
 if TYPE_CHECKING:
     from trainyard_executor.backends.local.backend import LocalBackend
@@ -95,7 +97,8 @@ class LocalAttempt:
         self._user: tuple[int, int] | None = None
         if adopted is None:
             self._workdir = backend.resolve_workdir(launch.workdir)
-            self._cwd = self._workdir / "src" if launch.source_repo else self._workdir
+            has_src = launch.source_repo or launch.workdir_archive
+            self._cwd = self._workdir / "src" if has_src else self._workdir
             self._output_dir = self._cwd / launch.output_subdir
             self._cgroup = backend.containment.attempt(launch.job_id, launch.attempt)
             runner = self._run()
@@ -235,6 +238,11 @@ class LocalAttempt:
                     )
                 except SourceError as e:
                     return self._outcome("failed", None, f"source checkout failed: {e}")
+            elif launch.workdir_archive is not None:
+                try:
+                    await unpack_workdir(launch.workdir_archive, self._workdir, launch.workdir_limits)
+                except WorkdirError as e:
+                    return self._outcome("failed", None, str(e))
             self._output_dir.mkdir(parents=True, exist_ok=True)
             if launch.checkpoint_dir is not None:
                 launch.checkpoint_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
@@ -408,7 +416,7 @@ class LocalAttempt:
             for rank in self._ranks
             for stream in ("stdout", "stderr")
         ]
-        cursor = asyncio.create_task(self._keep_cursor())
+        cursor = asyncio.create_task(keep_cursor(lambda: self._offsets, self._write_cursor, _CURSOR_EVERY_S))
         try:
             kind, reason, grace, failed = await self._supervise()
             stop = [r for r in self._ranks if kind is not None or failed is not None or lingers(r)]
@@ -551,16 +559,6 @@ class LocalAttempt:
         finally:
             if f is not None:
                 f.close()
-
-    async def _keep_cursor(self) -> None:
-        """Persist how far each log file has been shipped, one period behind: the lines delivered
-        in the last period may still sit in the shipper's batch, and after a crash they are sent
-        again rather than lost (at least once)."""
-        shipped = dict(self._offsets)
-        while True:
-            await asyncio.sleep(_CURSOR_EVERY_S)
-            self._write_cursor(shipped)
-            shipped = dict(self._offsets)
 
     def _write_cursor(self, offsets: Mapping[str, int]) -> None:
         try:
