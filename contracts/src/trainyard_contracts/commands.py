@@ -46,8 +46,9 @@ class StartAttempt(_Command):
     )
     rendezvous: Rendezvous | None = Field(
         None,
-        description="a gang split across executors; None: this executor runs every replica itself "
-        "with a loopback rendezvous",
+        description="a gang split across executors, when record is not given; None: the record's "
+        "gang holds it (it travels once), or this executor runs every replica itself with a loopback "
+        "rendezvous. Always present for a split gang from schedulers before schema 2 of this command",
     )
     record: JobRecord | None = Field(
         None,

@@ -315,3 +315,21 @@ def test_mlflow_errors_surface_with_the_job_and_model_named(tmp_path: Path) -> N
     assert versions_of(store, name) == []
     [run] = runs_of(store, req.job_id)  # the one run it made is reused, and stays unfinished
     assert run.info.status == "RUNNING"
+
+
+@pytest.mark.service
+def test_a_workdir_job_carries_its_digest_and_uncommitted_diff_on_run_and_version(
+    store: MlflowModelStore, tmp_path: Path
+) -> None:
+    """Provenance of a job that ran a packed folder: the commit it was at, which archive ran, and
+    the hash of the edits on top (issue 16)."""
+    name = model_name()
+    digest, diff = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    req = request(outputs(tmp_path), name, git_repo=None, workdir_digest=digest, workdir_diff=diff)
+    got = store.register(req)
+    tags = store.client.get_run(got.run_id).data.tags
+    assert tags["trainyard.workdir.digest"] == digest and tags["trainyard.workdir.uncommitted_diff"] == diff
+    assert tags["mlflow.source.git.commit"] == COMMIT
+    mv = store.client.get_model_version(name, "1")
+    assert mv.tags["trainyard.workdir.digest"] == digest
+    assert mv.tags["trainyard.workdir.uncommitted_diff"] == diff and mv.tags["git_commit"] == COMMIT

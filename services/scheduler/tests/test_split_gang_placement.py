@@ -6,14 +6,28 @@ the one compare-and-set, and which executor's loss ends the attempt.
 
 from __future__ import annotations
 
-import pytest
+from typing import cast
 
-from trainyard_contracts import Capacity, ExecutorHeartbeat, JobSpec, JobState, lifecycle
+import pytest
+from faststream.nats import NatsBroker
+
+from trainyard_contracts import (
+    Capacity,
+    ExecutorHeartbeat,
+    JobSpec,
+    JobState,
+    StartAttempt,
+    Subjects,
+    lifecycle,
+)
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.commands import Rendezvous
 from trainyard_contracts.records import GangMember, GangPlacement, PortRange
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.policy import Assignment, RankPlacement
 from trainyard_scheduler.splitgang import rendezvous_port, split_placement
+from trainyard_scheduler.startcommand import start_command
+from trainyard_shared.publishing import CommandSender
 
 pytestmark = pytest.mark.unit
 NOW = utcnow()
@@ -89,3 +103,34 @@ def test_any_running_member_s_lost_lease_ends_the_attempt() -> None:
     plain = record.model_copy(update={"gang": None})
     assert SchedulerCore._lost_executor(plain, {"b": beat("b")}) == (True, "a")
     assert plain.executors() == ["a"]
+
+
+def test_a_member_s_start_carries_the_rendezvous_once() -> None:
+    spec = JobSpec(name="g", command=["true"], replicas=2)
+    record = lifecycle.schedule(
+        lifecycle.advance(lifecycle.new_record("j1", spec, NOW, None), JobState.QUEUED, NOW), "a", NOW
+    )
+    gang = GangPlacement(
+        attempt=1,
+        master_addr="10.0.0.1",
+        master_port=29500,
+        members=[GangMember(executor_id="a", ranks=[0]), GangMember(executor_id="b", ranks=[1])],
+    )
+    record = record.model_copy(update={"gang": gang})
+    meet = Rendezvous(master_addr="10.0.0.1", master_port=29500, world_size=2, ranks=[1])
+    commands = CommandSender(cast(NatsBroker, None), Subjects("t"))
+    carried = {"record": record, "record_revision": 3}
+    with_record = start_command(commands, record, "b", meet, carried, 1024 * 1024)
+    assert with_record is not None
+    start = StartAttempt.model_validate_json(with_record.payload)
+    # the record's gang holds it (the executor reads it there); the spec likewise travels once
+    assert start.rendezvous is None and start.spec is None
+    assert start.record is not None and start.record.gang == gang
+    # no room for the record: the command itself carries both
+    room = (
+        len(commands.outgoing(StartAttempt(job_id="j1", attempt=1, executor_id="b", spec=spec)).payload) + 200
+    )
+    alone = start_command(commands, record, "b", meet, carried, room)
+    assert alone is not None
+    start = StartAttempt.model_validate_json(alone.payload)
+    assert start.record is None and start.spec == spec and start.rendezvous == meet

@@ -64,12 +64,12 @@ def make_broker(
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         # faststream's per-message access log ("Received"/"Processed") at DEBUG: at INFO it is two
-        # log records per message, a real cost at hundreds of jobs a second
+        # log records per message on the job path
         log_level=logging.DEBUG,
         logger=logging.getLogger("trainyard.broker"),  # through the root's JSON handler (logs.py)
         middlewares=(
-            # spans only when they go somewhere (an OTLP endpoint is set): recording spans that no
-            # exporter reads was a fifth of a service's CPU per message
+            # spans only when they go somewhere (an OTLP endpoint is set): spans nobody exports
+            # cost CPU on every message
             *([NatsTelemetryMiddleware(tracer_provider=tracer_provider)] if tracing_enabled() else []),
             bounded_prometheus_middleware(registry, f"trainyard-{service}"),
             make_dead_letter_middleware(subjects, service, max_deliver),

@@ -50,10 +50,15 @@ def stream_configs(
     subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
 ) -> list[StreamConfig]:
     """Every stream's config; ``limits``: what they keep (default: from the environment)."""
-    names = subjects.streams
-    p = subjects.prefix
     limits = limits or StreamLimits()
     common: dict[str, Any] = {"storage": StorageType.FILE, "num_replicas": replicas}
+    return [*_job_path_streams(subjects, limits, common), *_record_streams(subjects, limits, common)]
+
+
+def _job_path_streams(subjects: Subjects, limits: StreamLimits, common: dict[str, Any]) -> list[StreamConfig]:
+    """What a job's way through the services uses: its events, its output, commands, intake."""
+    names = subjects.streams
+    p = subjects.prefix
     return [
         StreamConfig(
             name=names.jobs,
@@ -96,6 +101,14 @@ def stream_configs(
             duplicate_window=INTAKE_DUPLICATE_WINDOW,
             **common,
         ),
+    ]
+
+
+def _record_streams(subjects: Subjects, limits: StreamLimits, common: dict[str, Any]) -> list[StreamConfig]:
+    """What is kept for the record: models, the scheduler's decisions, pipelines, dead letters."""
+    names = subjects.streams
+    p = subjects.prefix
+    return [
         StreamConfig(
             name=names.models,
             subjects=[f"{p}.model.>"],

@@ -87,7 +87,7 @@ class RegistryCore:
         uri = event.outputs_uri or record.outputs_uri
         if not uri:
             raise ValueError(f"job {record.job_id} succeeded without an outputs location")
-        source = record.spec.source
+        source, workdir = record.spec.source, record.spec.workdir
         request = ModelRequest(
             job_id=record.job_id,
             attempt=event.attempt,
@@ -97,9 +97,11 @@ class RegistryCore:
             outputs_dir=path_from_uri(uri),
             params=dict(record.spec.params),
             git_repo=source.repo if source else None,
-            git_commit=source.commit if source else None,
+            git_commit=source.commit if source else (workdir.commit if workdir else None),
             experiment=self.experiment,
             outputs_path=outputs.path,
+            workdir_digest=workdir.digest if workdir else None,
+            workdir_diff=workdir.diff if workdir else None,
         )
         # MLflow's client is synchronous: keep it off the event loop
         registered = await asyncio.to_thread(self.mlflow.register, request)

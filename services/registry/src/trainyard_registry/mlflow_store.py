@@ -81,6 +81,10 @@ GIT_COMMIT_RUN_TAG = "mlflow.source.git.commit"
 GIT_REPO_RUN_TAG = "mlflow.source.git.repoURL"
 GIT_COMMIT_VERSION_TAG = "git_commit"
 GIT_REPO_VERSION_TAG = "git_repo"
+# a job that ran a packed workdir (spec workdir): which archive, and the hash of what was not
+# committed on top of git_commit (absent: the folder was clean, or not a git checkout)
+WORKDIR_DIGEST_TAG = "trainyard.workdir.digest"
+WORKDIR_DIFF_TAG = "trainyard.workdir.uncommitted_diff"
 OUTPUTS_SKIPPED_TAG = "trainyard.outputs_skipped"  # what of the outputs was not uploaded, and why
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # the logged model's link to its versions (as MLflow does)
 METRICS_FILE = "metrics.json"
@@ -114,6 +118,8 @@ class ModelRequest:
     # the trailing part of outputs_dir that the job controls (the spec's outputs.path): no symlink
     # is followed there; "" = only outputs_dir's own last component
     outputs_path: str = ""
+    workdir_digest: str | None = None
+    workdir_diff: str | None = None
 
 
 @dataclass(frozen=True)
@@ -296,6 +302,7 @@ class MlflowModelStore:
             version_tags[GIT_COMMIT_VERSION_TAG] = git_commit
         if git_repo:
             version_tags[GIT_REPO_VERSION_TAG] = git_repo
+        version_tags.update(self._workdir_tags(req))
         if staged.skipped:
             version_tags[OUTPUTS_SKIPPED_TAG] = skipped_summary(staged.skipped)
         mv = self.client.create_model_version(
@@ -495,7 +502,12 @@ class MlflowModelStore:
             tags[GIT_COMMIT_RUN_TAG] = req.git_commit
         if req.git_repo:
             tags[GIT_REPO_RUN_TAG] = req.git_repo
-        return tags
+        return {**tags, **MlflowModelStore._workdir_tags(req)}
+
+    @staticmethod
+    def _workdir_tags(req: ModelRequest) -> dict[str, str]:
+        tags = {WORKDIR_DIGEST_TAG: req.workdir_digest} if req.workdir_digest else {}
+        return {**tags, WORKDIR_DIFF_TAG: req.workdir_diff} if req.workdir_diff else tags
 
     @staticmethod
     def _validate(req: ModelRequest) -> None:

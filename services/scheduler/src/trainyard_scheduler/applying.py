@@ -7,9 +7,7 @@ import logging
 from datetime import datetime
 
 from trainyard_contracts import (
-    CancelAttempt,
     JobRecord,
-    JobRequeued,
     JobState,
     WaitReason,
     lifecycle,
@@ -22,7 +20,7 @@ from trainyard_scheduler.gpu_assignment import (
     reported_devices,
     with_gang_devices,
 )
-from trainyard_scheduler.jobrequests import JobRequests
+from trainyard_scheduler.jobrequests import JobRequests, StopOrder
 from trainyard_scheduler.policy import (
     Assignment,
     Plan,
@@ -57,8 +55,8 @@ class Applying(JobRequests):
         only moves a job that is still pending at the same attempt, so a stale plan can never
         assign an attempt that another replica has assigned since.
         """
-        # each assignment is its own compare-and-set, so they can be in flight together: a
-        # chain of awaited round trips per job would cap the scheduler near 100 jobs/s
+        # each assignment is its own compare-and-set, so they can be in flight together instead
+        # of one awaited round trip after another (docs/performance.md, "Kept out of the code")
         limit = asyncio.Semaphore(ASSIGNMENTS_IN_FLIGHT)
 
         async def assign(a: Assignment, gang: GangPlacement | None) -> None:
@@ -123,53 +121,21 @@ class Applying(JobRequests):
         return taken
 
     async def _preempt(self, victim: Victim, now: datetime) -> None:
-        """Requeue the victim's attempt (a new attempt, not a retry), then tell its executor to
-        stop the old one with a grace period; its room stays counted until the executor drops it."""
-        if not self.may_assign():
-            return
-        grace = self.settings.preemption_grace_seconds
-        result = await self.store.update(
-            victim.job_id,
-            lambda r: (
-                lifecycle.requeue(
-                    r,
-                    now,
-                    reason="preempted",
-                    counts_as_retry=False,
-                    detail=f"preempted: {victim.reason}",
-                    stopping=True,  # it checkpoints during its grace: its room stays held
-                )
-                if r.state.active and r.attempt == victim.attempt and r.runs_on(victim.executor_id)
-                else None
-            ),
-        )
-        if result is None:
-            return  # already requeued (a split gang is one victim per member executor)
-        before, after = result
-        log.info(
-            "preempted a running attempt",
-            extra={"job_id": victim.job_id, "attempt": victim.attempt, "for_job": victim.for_job},
-        )
-        requeued = JobRequeued(
-            job_id=victim.job_id,
-            attempt=victim.attempt,
+        """Requeue the victim's attempt, then tell its executor to stop the old one with a grace
+        period (it checkpoints meanwhile); its room stays counted until the executor drops it."""
+        stop = StopOrder(
             reason="preempted",
-            next_attempt=after.attempt,
-            detail=after.reason,
+            detail=f"preempted: {victim.reason}",
+            runs_it=lambda r: r.runs_on(victim.executor_id),
+            cancel_reason=lambda _: f"preempted: {victim.reason}",
+            grace_seconds=self.settings.preemption_grace_seconds,
         )
-        cancels = [  # every member of a split gang
-            self.commands.outgoing(
-                CancelAttempt(
-                    job_id=victim.job_id,
-                    attempt=victim.attempt,
-                    executor_id=executor_id,
-                    reason=f"preempted: {victim.reason}",
-                    grace_seconds=grace,
-                )
+        # None: already requeued (a split gang is one victim per member executor)
+        if await self._stop_and_requeue(victim.job_id, victim.attempt, now, stop) is not None:
+            log.info(
+                "preempted a running attempt",
+                extra={"job_id": victim.job_id, "attempt": victim.attempt, "for_job": victim.for_job},
             )
-            for executor_id in before.executors()
-        ]
-        await self._publish(victim.job_id, [self.events.outgoing(requeued), *cancels])
 
     async def _assign(
         self,

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
 from trainyard_contracts import (
     CancelAttempt,
     JobCancelled,
     JobRecord,
+    JobRequeued,
     JobState,
     lifecycle,
 )
@@ -63,3 +69,63 @@ class JobRequests(Announcing):
                 for executor_id in record.executors()
             ]
             await self._publish(job_id, commands)
+
+    async def _stop_and_requeue(
+        self,
+        job_id: str,
+        attempt: int,
+        now: datetime,
+        stop: StopOrder,
+    ) -> JobRecord | None:
+        """Requeue a running attempt (a new attempt, not a retry) whose process may still run: it
+        is marked stopping, so its room stays held until its executor says it ended; then its
+        requeued event and a cancel to each of its executors. The record before, or None if the
+        attempt moved on (or the lease is gone)."""
+        if not self.may_assign():
+            return None
+        result = await self.store.update(
+            job_id,
+            lambda r: (
+                lifecycle.requeue(
+                    r, now, reason=stop.reason, counts_as_retry=False, detail=stop.detail, stopping=True
+                )
+                if r.state.active and r.attempt == attempt and stop.runs_it(r)
+                else None
+            ),
+        )
+        if result is None:
+            return None
+        before, after = result
+        requeued = JobRequeued(
+            job_id=job_id,
+            attempt=attempt,
+            reason=stop.reason,
+            next_attempt=after.attempt,
+            detail=after.reason,
+        )
+        cancels = [
+            self.commands.outgoing(
+                CancelAttempt(
+                    job_id=job_id,
+                    attempt=attempt,
+                    executor_id=executor_id,
+                    reason=stop.cancel_reason(executor_id),
+                    grace_seconds=stop.grace_seconds,
+                )
+            )
+            for executor_id in before.executors() or stop.fallback_executors
+        ]
+        await self._publish(job_id, [self.events.outgoing(requeued), *cancels])
+        return before
+
+
+@dataclass(frozen=True)
+class StopOrder:
+    """Why and how a running attempt is stopped and requeued by the scheduler."""
+
+    reason: Literal["executor_lost", "preempted"]
+    detail: str
+    runs_it: Callable[[JobRecord], bool]  # the record's attempt still runs where we think it does
+    cancel_reason: Callable[[str], str]  # executor id -> what its cancel command says
+    grace_seconds: float
+    fallback_executors: tuple[str, ...] = ()  # cancelled when the record names none

@@ -7,14 +7,11 @@ import logging
 from datetime import datetime
 
 from trainyard_contracts import (
-    CancelAttempt,
     JobRecord,
-    JobRequeued,
     JobState,
-    lifecycle,
 )
 from trainyard_contracts.records import ExecutorHeartbeat
-from trainyard_scheduler.jobrequests import JobRequests
+from trainyard_scheduler.jobrequests import JobRequests, StopOrder
 
 log = logging.getLogger("trainyard.scheduler")
 
@@ -121,52 +118,22 @@ class Recovery(JobRequests):
         return (False, None)
 
     async def _requeue_lost(self, record: JobRecord, now: datetime, lost: str | None) -> None:
-        if not self.may_assign():
-            return
-        attempt = record.attempt
-        result = await self.store.update(
-            record.job_id,
-            lambda r: (
-                lifecycle.requeue(
-                    r,
-                    now,
-                    reason="executor_lost",
-                    counts_as_retry=False,
-                    detail=f"executor {lost} stopped sending heartbeats",
-                    stopping=True,  # it may come back still running it
-                )
-                if r.state.active and r.attempt == attempt and (r.executor_id == lost or r.runs_on(str(lost)))
-                else None
-            ),
-        )
-        if result is None:
-            return
-        before, after = result
-        log.warning(
-            "requeued the attempt of a lost executor",
-            extra={"job_id": record.job_id, "attempt": attempt, "executor_id": lost},
-        )
-        requeued = JobRequeued(
-            job_id=record.job_id,
-            attempt=attempt,
-            reason="executor_lost",
-            next_attempt=after.attempt,
-            detail=after.reason,
-        )
         # the lost one must not keep running the old attempt if it comes back; the other members
         # of a split gang stop their ranks now (they could not finish without the lost ones)
-        cancels = [
-            self.commands.outgoing(
-                CancelAttempt(
-                    job_id=record.job_id,
-                    attempt=attempt,
-                    executor_id=executor_id,
-                    reason="attempt superseded after executor loss"
-                    if executor_id == lost
-                    else f"the gang lost executor {lost}",
-                    grace_seconds=0,
-                )
+        stop = StopOrder(
+            reason="executor_lost",
+            detail=f"executor {lost} stopped sending heartbeats",
+            runs_it=lambda r: r.executor_id == lost or r.runs_on(str(lost)),
+            cancel_reason=lambda executor_id: (
+                "attempt superseded after executor loss"
+                if executor_id == lost
+                else f"the gang lost executor {lost}"
+            ),
+            grace_seconds=0,
+            fallback_executors=(lost,) if lost else (),
+        )
+        if await self._stop_and_requeue(record.job_id, record.attempt, now, stop) is not None:
+            log.warning(
+                "requeued the attempt of a lost executor",
+                extra={"job_id": record.job_id, "attempt": record.attempt, "executor_id": lost},
             )
-            for executor_id in before.executors() or ([lost] if lost else [])
-        ]
-        await self._publish(record.job_id, [self.events.outgoing(requeued), *cancels])

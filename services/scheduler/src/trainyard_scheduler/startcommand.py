@@ -1,7 +1,8 @@
 """The start command for one executor, built to fit the server's ``max_payload``.
 
-The spec travels once: inside the job record when the record goes along (it saves the executor a
-read before its first compare-and-set), else in the command itself. A command that would not fit
+The spec and a split gang's rendezvous travel once: inside the job record when the record goes
+along (it saves the executor a read before its first compare-and-set; the record's gang holds the
+rendezvous), else in the command itself. A command that would not fit
 with the record goes without it; one that does not fit even so cannot be sent at all (a record
 stored before specs were bounded, or a server with a small ``max_payload``): ``None``, and the
 scheduler fails that job with the reason instead of retrying a publish that can never succeed.
@@ -31,14 +32,13 @@ def start_command(
         "job_id": record.job_id,
         "attempt": record.attempt,
         "executor_id": executor_id,
-        "rendezvous": rendezvous,
         "gpus": gpus or [],
     }
     if carried:
         start = commands.outgoing(StartAttempt(**fields, **carried))
         if len(start.payload) <= room:
             return start
-    start = commands.outgoing(StartAttempt(**fields, spec=record.spec))
+    start = commands.outgoing(StartAttempt(**fields, spec=record.spec, rendezvous=rendezvous))
     return start if len(start.payload) <= room else None
 
 

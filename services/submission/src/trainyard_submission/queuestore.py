@@ -77,7 +77,7 @@ class QueueStore:
             raise RuntimeError("listing queues needs a BucketReader of the queues bucket")
         found = {}
         # one ordered read to what was stored when it began; nats-py's kv.keys() can answer
-        # "no keys" when its consumer delivered faster than it counted (seen in CI)
+        # "no keys" when its consumer delivered faster than it counted
         for key, (value, revision) in (await self.reader.read(LatestValues())).values.items():
             with contextlib.suppress(ValidationError):  # written by hand and broken: built-in
                 found[key] = StoredQueue(QueueConfig.model_validate_json(value), revision)

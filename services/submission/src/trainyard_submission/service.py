@@ -213,7 +213,7 @@ class SubmissionService:
 
     async def models(self, name: str | None) -> builtins.list[ModelVersionRecord]:
         # one ordered read; nats-py's kv.keys() can answer "no keys" when its consumer
-        # delivered before it counted (seen in CI with the queues bucket)
+        # delivered before it counted
         versions = []
         for key, (value, _) in (await self.models_reader.read(LatestValues())).values.items():
             if name is None or key.startswith(f"{name}."):

@@ -168,6 +168,13 @@ class KubernetesBackend:
                 "install the packages in the image",
                 output_dir,
             )
+        if launch.workdir_archive is not None:
+            # never run the job without the folder it names (docs/executors.md, "workdir")
+            return FinishedAttempt(
+                "workdir is not supported by the kubernetes backend yet: give source (a git "
+                "repository) or run the job on a local, docker or podman executor",
+                output_dir,
+            )
         started_at = time.time()
         try:
             # the installation's git rule, checked here (it resolves the host: in a thread)
