@@ -85,7 +85,7 @@ images: install
 # placeholder Secrets (throwaway clusters only).
 KUBECTL ?= kubectl
 K8S := deploy/k8s
-K8S_SERVICES := submission scheduler executor registry telemetry
+K8S_SERVICES := submission scheduler executor registry telemetry workflow
 
 deploy-base:
 	$(KUBECTL) apply -k $(K8S)/base

@@ -18,7 +18,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-SERVICES = ("scheduler", "executor", "registry", "telemetry")
+SERVICES = ("scheduler", "executor", "registry", "telemetry", "workflow")
 
 
 def _payloads() -> dict[str, Any]:
@@ -33,6 +33,19 @@ def _payloads() -> dict[str, Any]:
         "scheduler-job-requests": {"cancel_requested": JobCancelRequested},
         "telemetry-events": JobEvent,
         "submission-intake": None,  # a job spec as YAML or JSON, parsed by the intake itself
+        # parse_job_event reads any job event; the filter subjects deliver these outcomes
+        "workflow-job-outcomes": _outcome_models(),
+    }
+
+
+def _outcome_models() -> dict[str, Any]:
+    from trainyard_contracts import JobCancelled, JobFailed, JobSucceeded, JobTimedOut
+
+    return {
+        "succeeded": JobSucceeded,
+        "failed": JobFailed,
+        "timed_out": JobTimedOut,
+        "cancelled": JobCancelled,
     }
 
 

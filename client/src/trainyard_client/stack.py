@@ -1,4 +1,4 @@
-"""The embedded stack: a nats-server and the five services as child processes on this machine.
+"""The embedded stack: a nats-server and the six services as child processes on this machine.
 
     from trainyard_client.stack import EmbeddedStack
 
@@ -68,11 +68,11 @@ RestartListener = Callable[[Restart, str], None]
 
 
 class EmbeddedStack:
-    """nats-server + submission, scheduler, executor, registry, telemetry as child processes.
+    """nats-server + submission, scheduler, executor, registry, telemetry, workflow as child processes.
 
-    ``api_port`` is the submission service's HTTP port; the scheduler, executor, registry and
-    telemetry serve ``/metrics`` and ``/healthz`` on ``api_port + 1`` .. ``api_port + 4``.
-    ``api_port=None`` (or 0) picks five free ports instead, ``nats_port=None`` a free NATS port.
+    ``api_port`` is the submission service's HTTP port; the scheduler, executor, registry,
+    telemetry and workflow serve ``/metrics`` and ``/healthz`` on ``api_port + 1`` .. ``api_port + 5``.
+    ``api_port=None`` (or 0) picks six free ports instead, ``nats_port=None`` a free NATS port.
     ``env`` adds variables for every service (e.g. ``TRAINYARD_LOG_LEVEL``).
 
     ``stop_timeout``: how long each service may take to stop (they stop side by side); the

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry")
+SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry", "workflow")
 INSTALL_HINT = "install trainyard-client[stack]  (pip install 'trainyard-client[stack]')"
 
 

@@ -161,3 +161,16 @@ class PipelineReply(BaseModel):
     runs: list[PipelineRun] = Field(default_factory=list, max_length=1000)
     errors: list[FieldError] = Field(default_factory=list)
     status: int = Field(200, description="the HTTP status the API answers with")
+
+
+class PipelineRequest(BaseModel):
+    """What the API asks the workflow service on ``<prefix>.workflow.<kind>`` (request/reply):
+    ``run`` (pipeline, params), ``status`` and ``cancel`` (run_id), ``list`` (limit)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pipeline: dict[str, object] | None = Field(None, description="run: the pipeline document")
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=256)
+    run_id: str | None = Field(None, max_length=64)
+    limit: int = Field(100, ge=1, le=1000)
+    by: str | None = Field(None, max_length=256, description="who asks (the API's principal)")

@@ -16,7 +16,7 @@ from trainyard_contracts.commands import ExecutorCommand
 from trainyard_contracts.events import IntakeReply, JobEvent, LogChunk
 from trainyard_contracts.queues import QueueConfig
 from trainyard_contracts.records import ExecutorHeartbeat, JobRecord, ModelVersionRecord
-from trainyard_contracts.runs import PipelineEvent, PipelineReply, PipelineRun
+from trainyard_contracts.runs import PipelineEvent, PipelineReply, PipelineRequest, PipelineRun
 from trainyard_contracts.scheduling import CycleDecisions, DryRunAnswer, WhyAnswer
 from trainyard_contracts.spec import JobSpec
 from trainyard_contracts.workflow import ArraySpec, PipelineSpec, ScheduleSpec, TriggerSpec
@@ -41,6 +41,7 @@ SCHEMAS: dict[str, Any] = {
     "pipeline-run": PipelineRun,
     "pipeline-event": PipelineEvent,
     "pipeline-reply": PipelineReply,
+    "pipeline-request": PipelineRequest,
 }
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "schemas"

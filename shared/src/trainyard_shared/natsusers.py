@@ -34,6 +34,7 @@ EVENTS_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "executor": ("running", "succeeded", "failed", "timed_out", "cancelled", "requeued"),
     "registry": ("model_registered",),
     "telemetry": (),
+    "workflow": (),  # its jobs' events are the services' own: it submits through the intake
 }
 SERVICES = tuple(EVENTS_BY_SERVICE)
 # the services with one user each; executors have one user per executor id (executor_user)
@@ -45,6 +46,7 @@ DURABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "scheduler": (("jobs", "scheduler-job-requests"),),
     "registry": (("jobs", "registry-succeeded"),),
     "telemetry": (("jobs", "telemetry-events"),),
+    "workflow": (("jobs", "workflow-job-outcomes"),),
 }
 
 # KV buckets (field of BucketNames, or "tokens") each service writes, and the ones it only reads
@@ -54,6 +56,7 @@ KV_WRITES: dict[str, tuple[str, ...]] = {
     "executor": ("jobs",),  # and its own key of the executors bucket (executor_permissions)
     "registry": ("jobs", "models"),
     "telemetry": (),
+    "workflow": ("pipelines",),
 }
 KV_READS: dict[str, tuple[str, ...]] = {
     "submission": ("models",),
@@ -61,6 +64,7 @@ KV_READS: dict[str, tuple[str, ...]] = {
     "executor": ("secrets",),  # a job's secret values, put back right before it starts
     "registry": (),
     "telemetry": ("jobs",),
+    "workflow": ("jobs",),
 }
 
 # streams a service reads with short-lived pull consumers the server names (the API's logs and
@@ -214,6 +218,8 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         # (joblist.BucketReader) removes the ordered consumer it read with: no durable consumer
         # lives on a bucket's stream
         perms.add_publish(subjects.scheduler_why, subjects.scheduler_dry_run, "_INBOX.>")
+        # pipeline requests for the workflow service (request/reply)
+        perms.add_publish(subjects.workflow_request("*"))
         perms.add_publish(subjects.intake_submit)
         perms.add_publish(
             f"{API}.STREAM.MSG.GET.{streams['dlq']}", f"{API}.STREAM.MSG.DELETE.{streams['dlq']}"
@@ -237,6 +243,12 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         perms.add_publish(f"$KV.{buckets['secrets']}.>")
     elif service == "registry":
         perms.add_publish(subjects.model_registered("*"))
+    elif service == "workflow":
+        # its steps' jobs go through the intake as any system's do (answers on its own inbox);
+        # its runs' events; the API's requests, answered on the asker's inbox (allow_responses)
+        perms.add_publish(subjects.intake_submit, subjects.pipeline_events())
+        perms.add_subscribe(subjects.workflow_request("*"))
+        perms.allow_responses = True
     return perms
 
 

@@ -1,4 +1,4 @@
-"""``trainyard up``: the whole stack on this machine (nats-server and the five services) until Ctrl-C."""
+"""``trainyard up``: the whole stack on this machine (nats-server and the six services) until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def up(
         float, typer.Option("--ready-timeout", min=1, help="seconds the services may take to start")
     ] = 90.0,
 ) -> None:
-    """Run the whole stack on this machine (nats-server and the five services) until Ctrl-C.
+    """Run the whole stack on this machine (nats-server and the six services) until Ctrl-C.
 
     A service (or nats-server) that exits is restarted after 1, 2, 4, 8 s; one that exits again
     after --max-restarts restarts within 60 s stops the stack."""

@@ -1,0 +1,197 @@
+"""The workflow service: pipeline runs on the bus. One faststream app; handlers stay thin.
+
+- job outcomes (``<prefix>.job.*.{succeeded,failed,timed_out,cancelled}``), through one durable
+  consumer with bounded redelivery: a step's job ended, its run moves on;
+- requests from the API on ``<prefix>.workflow.{run,status,list,cancel}`` (request/reply, one
+  queue group): the submission service keeps the one public URL and token check;
+- a look-over of open runs at start-up and every ``reconcile_seconds``: what a restart left
+  unanswered is sent again under the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from faststream.asgi import AsgiFastStream
+from faststream.nats.annotations import NatsMessage
+
+from trainyard_contracts import JobEvent, JobRecord, SpecError, parse_job_event
+from trainyard_contracts.runs import PipelineEnvelope, PipelineReply, PipelineRequest
+from trainyard_shared.binding import connect_and_bind
+from trainyard_shared.broker import ServiceBroker, make_broker
+from trainyard_shared.bus import streams
+from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import publish_acked
+from trainyard_shared.pullconsumer import batch_consumer
+from trainyard_shared.runner import build_app
+from trainyard_shared.runtimeslot import RUNTIME, RuntimeSlot
+from trainyard_shared.settings import CommonSettings
+from trainyard_shared.tracing import setup_tracing
+from trainyard_workflow.intake import IntakeSender
+from trainyard_workflow.service import JOB_OUTCOMES, WorkflowService
+from trainyard_workflow.settings import WorkflowSettings
+from trainyard_workflow.store import RunNotFound, RunStore
+
+REQUEST_KINDS = ("run", "status", "list", "cancel")
+
+
+@dataclass
+class WorkflowRuntime:
+    """The composition root: what the handlers use, built once the broker has connected."""
+
+    service: WorkflowService
+    reconciler: asyncio.Task[None] | None = None
+
+
+async def build_runtime(
+    sb: ServiceBroker, common: CommonSettings, settings: WorkflowSettings
+) -> WorkflowRuntime:
+    buckets = await connect_and_bind(sb, common)
+    connection = sb.broker.config.connection_state
+    jobs = JobStore(buckets.jobs, remember=0)
+
+    async def read_job(job_id: str) -> JobRecord | None:
+        found = await jobs.get(job_id)
+        return found[0] if found else None
+
+    intake = IntakeSender(
+        connection.connection,
+        connection.stream,
+        sb.subjects.intake_submit,
+        timeout=settings.intake_timeout_seconds,
+        concurrency=settings.submit_concurrency,
+        token=settings.token,
+    )
+    return WorkflowRuntime(WorkflowService(RunStore(buckets.pipelines), read_job, intake, _emitter(sb)))
+
+
+def create_app(
+    common: CommonSettings | None = None, settings: WorkflowSettings | None = None
+) -> AsgiFastStream:
+    common = common or CommonSettings()
+    settings = settings or WorkflowSettings()
+    sb = make_broker(common, "workflow", tracer_provider=setup_tracing("workflow"))
+    subjects = sb.subjects
+    slot: RuntimeSlot[WorkflowRuntime] = RuntimeSlot("workflow")
+
+    @batch_consumer(
+        sb,
+        subjects.all_job_events,
+        stream=streams(subjects).jobs,
+        durable="workflow-job-outcomes",
+        filter_subjects=[subjects.job_event_kind(kind) for kind in JOB_OUTCOMES],
+        parse=parse_job_event,
+        batch=64,
+        concurrency=16,
+        # outcomes of one run's jobs may be handled side by side: each is a compare-and-set on the
+        # run's record, read again on a conflict
+        key=lambda event: event.job_id,
+        title="workflow/job-outcomes",
+        description="a step's job ended: its pipeline run moves on (next steps, skips, the end)",
+    )
+    async def on_job_outcome(event: JobEvent) -> None:
+        await slot.get().service.on_job_ended(event.job_id, event.type)
+
+    for kind in REQUEST_KINDS:
+        _request_handler(sb, kind, slot)
+
+    async def connect() -> None:
+        slot.set(await build_runtime(sb, common, settings))
+
+    async def start_reconciler() -> None:
+        runtime = slot.get()
+        runtime.reconciler = asyncio.create_task(
+            _reconcile_forever(runtime.service, settings.reconcile_seconds)
+        )
+
+    async def stop_reconciler() -> None:
+        task = slot.get().reconciler if slot.started else None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = build_app(
+        sb,
+        title="trainyard-workflow",
+        description="Trainyard workflow: pipelines (DAGs of jobs) and job arrays on the bus",
+        on_startup=[connect],
+        after_startup=[start_reconciler],
+        on_shutdown=[stop_reconciler],
+    )
+    app.context.set_global(RUNTIME, slot)
+    return app
+
+
+def _emitter(sb: ServiceBroker) -> Any:
+    subjects = sb.subjects
+
+    async def emit(event: PipelineEnvelope) -> None:
+        await publish_acked(
+            sb.broker,
+            subjects.pipeline(event.run_id, event.type),  # type: ignore[attr-defined]
+            event.model_dump_json().encode(),
+            {"Nats-Msg-Id": event.msg_id(), "content-type": "application/json"},
+            subjects.streams.pipelines,
+        )
+
+    return emit
+
+
+def _request_handler(sb: ServiceBroker, kind: str, slot: RuntimeSlot[WorkflowRuntime]) -> None:
+    @sb.broker.subscriber(
+        sb.subjects.workflow_request(kind),
+        queue="workflow",
+        title=f"workflow/{kind}",
+        no_reply=True,
+        description=f"the API's {kind} request (PipelineRequest) answered with a PipelineReply",
+    )
+    async def answer(message: NatsMessage) -> None:
+        # the raw body: a request that is not JSON is answered (400), not dead-lettered unanswered
+        reply = await _answer(slot.get().service, kind, message.body)
+        if message.reply_to:
+            await sb.broker.publish(reply.model_dump_json(exclude_none=True).encode(), message.reply_to)
+
+
+async def _answer(service: WorkflowService, kind: str, body: bytes) -> PipelineReply:
+    try:
+        request = PipelineRequest.model_validate_json(body)
+        if kind == "run":
+            run = await service.start(request.pipeline, request.params, request.by)
+            return PipelineReply(ok=True, run=run, status=201)
+        if kind == "list":
+            return PipelineReply(ok=True, runs=await service.runs.listed(request.limit))
+        if not request.run_id:
+            return _error("run_id", "required field is missing", 422)
+        if kind == "status":
+            return PipelineReply(ok=True, run=await service.status(request.run_id))
+        return PipelineReply(ok=True, run=await service.cancel(request.run_id, request.by))
+    except SpecError as exc:
+        return PipelineReply(ok=False, errors=exc.errors, status=422)
+    except RunNotFound as exc:
+        return _error("run_id", f"no pipeline run {exc.args[0]!r}", 404)
+    except ValueError as exc:  # a request that is not a PipelineRequest
+        return _error("(request)", str(exc)[:1000], 400)
+
+
+def _error(field: str, message: str, status: int) -> PipelineReply:
+    from trainyard_contracts import FieldError
+
+    return PipelineReply(ok=False, errors=[FieldError(field=field, message=message)], status=status)
+
+
+async def _reconcile_forever(service: WorkflowService, every: float) -> None:
+    import logging
+
+    log = logging.getLogger("trainyard.workflow")
+    while True:
+        try:
+            await service.reconcile()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("looking over open runs failed; trying again")
+        await asyncio.sleep(every)

@@ -1,0 +1,190 @@
+"""The workflow use cases: start a run, follow its jobs, cancel it, look over open runs.
+
+Collaborators come in (the run store, a reader of job records, the intake sender, the event
+publisher); the decisions are the pure core's (core.py). Every change of a run is one
+compare-and-set of its record; events follow with deterministic message ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from trainyard_contracts import IntakeReply, JobRecord, new_job_id
+from trainyard_contracts._time import utcnow
+from trainyard_contracts.runs import (
+    PipelineEnvelope,
+    PipelineFinished,
+    PipelineRun,
+    PipelineStarted,
+    RunState,
+    StepEnded,
+    StepSubmitted,
+)
+from trainyard_contracts.workflow import validate_pipeline
+from trainyard_workflow.core import (
+    Cancel,
+    Decision,
+    EndRun,
+    EndStep,
+    Fact,
+    JobEnded,
+    JobKnown,
+    Submit,
+    advance,
+    evolve,
+    idempotency_key,
+    job_spec_for,
+    step_of,
+    unanswered,
+)
+from trainyard_workflow.intake import IntakeSender
+from trainyard_workflow.store import RunNotFound, RunStore
+
+log = logging.getLogger("trainyard.workflow")
+JOB_OUTCOMES = ("succeeded", "failed", "timed_out", "cancelled")
+STEP_ATTEMPT_LABEL = "trainyard.dev/step-attempt"
+
+ReadJob = Callable[[str], Awaitable[JobRecord | None]]
+Emit = Callable[[PipelineEnvelope], Awaitable[Any]]
+
+
+class WorkflowService:
+    def __init__(
+        self,
+        runs: RunStore,
+        read_job: ReadJob,
+        intake: IntakeSender,
+        emit: Emit,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.runs, self.read_job, self.intake, self.emit, self.clock = runs, read_job, intake, emit, clock
+
+    async def start(
+        self, document: Any, params: dict[str, Any] | None = None, submitted_by: str | None = None
+    ) -> PipelineRun:
+        """A new run of the pipeline ``document`` (SpecError names each bad field)."""
+        spec = validate_pipeline(document, params)
+        run = PipelineRun.start(new_job_id(), spec, submitted_by)
+        await self.runs.create(run)
+        await self.emit(
+            PipelineStarted(
+                run_id=run.run_id,
+                pipeline=spec.name,
+                steps=[s.name for s in spec.steps],
+                submitted_by=submitted_by,
+            )
+        )
+        return await self.progress(run.run_id)
+
+    async def status(self, run_id: str) -> PipelineRun:
+        found = await self.runs.get(run_id)
+        if found is None:
+            raise RunNotFound(run_id)
+        return found[0]
+
+    async def cancel(self, run_id: str, by: str | None = None) -> PipelineRun:
+        return await self.progress(run_id, [Cancel(by)])
+
+    async def on_job_ended(self, job_id: str, outcome: str) -> None:
+        """A job ended: if it is a step of a run (its labels say which), the run moves on."""
+        record = await self.read_job(job_id)
+        ref = step_of(record.spec.labels) if record is not None else None
+        if ref is None or await self.runs.get(ref.run_id) is None:
+            return
+        assert record is not None
+        attempt = record.spec.labels.get(STEP_ATTEMPT_LABEL, "1")
+        key = idempotency_key(ref.run_id, ref.step, ref.index, int(attempt) if attempt.isdigit() else 1)
+        # the job's labels name the key it was sent under: its id is known even if the intake's
+        # answer was lost with a restart; a job under any other key is not this step's
+        facts: list[Fact] = [
+            JobKnown(ref.step, ref.index, key, job_id),
+            JobEnded(ref.step, ref.index, job_id, outcome),
+        ]
+        await self.progress(ref.run_id, facts)
+
+    async def reconcile(self) -> int:
+        """Look over every open run: resend what the intake has not answered, take what is due."""
+        moved = 0
+        for run_id in await self.runs.run_ids():
+            found = await self.runs.get(run_id)
+            if found is not None and found[0].state == RunState.running:
+                await self.progress(run_id)
+                moved += 1
+        return moved
+
+    async def progress(self, run_id: str, facts: Iterable[Fact] = ()) -> PipelineRun:
+        """Apply ``facts``, take every decision due, announce them, then send the submissions
+        recorded and not yet answered (and what their answers make due), until none is left."""
+        facts = list(facts)
+        while True:
+            run, taken = await self.runs.mutate(run_id, lambda r, applied=facts: self._advance(r, applied))
+            await self._announce_known(run, facts)
+            facts = []
+            await self._announce(run, taken)
+            sends = unanswered(run)
+            if not sends:
+                return run
+            answers = await asyncio.gather(*(self._send(run, s) for s in sends), return_exceptions=True)
+            for submit, answer in zip(sends, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    # sent again on the next look-over (reconcile) under the same key
+                    log.warning("submission not answered", extra={"key": submit.key, "error": repr(answer)})
+                    continue
+                facts += _answer_facts(submit, answer)
+            if not facts:
+                return run
+
+    def _advance(self, run: PipelineRun, facts: list[Fact]) -> tuple[PipelineRun, list[Decision]]:
+        now = self.clock()
+        for fact in facts:
+            run = evolve(run, fact, now)
+        return advance(run, now)
+
+    async def _send(self, run: PipelineRun, submit: Submit) -> IntakeReply:
+        return await self.intake.submit(job_spec_for(run, submit.step, submit.index), submit.key)
+
+    async def _announce_known(self, run: PipelineRun, facts: list[Fact]) -> None:
+        for fact in facts:
+            if not isinstance(fact, JobKnown) or fact.step not in run.steps:
+                continue
+            step = run.steps[fact.step]
+            job = step.jobs.get(fact.index)
+            if job is not None and job.job_id == fact.job_id:
+                # a deterministic message id: the stream keeps one however often it is announced
+                await self.emit(
+                    StepSubmitted(
+                        run_id=run.run_id,
+                        step=fact.step,
+                        index=fact.index,
+                        attempt=step.attempt,
+                        job_id=fact.job_id,
+                    )
+                )
+
+    async def _announce(self, run: PipelineRun, taken: list[Decision]) -> None:
+        for decision in taken:
+            if isinstance(decision, EndStep):
+                attempt = run.steps[decision.step].attempt
+                await self.emit(
+                    StepEnded(
+                        run_id=run.run_id,
+                        step=decision.step,
+                        attempt=attempt,
+                        state=decision.state,
+                        reason=decision.reason,
+                    )
+                )
+            elif isinstance(decision, EndRun):
+                await self.emit(PipelineFinished(run_id=run.run_id, state=decision.state))
+
+
+def _answer_facts(submit: Submit, answer: IntakeReply) -> list[Fact]:
+    known = JobKnown(submit.step, submit.index, submit.key, answer.job_id)
+    if answer.accepted:
+        return [known]
+    # refused at intake (invalid after substitution, a queue it may not use): the step's job failed
+    return [known, JobEnded(submit.step, submit.index, answer.job_id, "rejected")]

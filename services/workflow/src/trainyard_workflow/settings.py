@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from trainyard_shared.settings import HttpSettings
+
+
+class WorkflowSettings(HttpSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_WORKFLOW_", extra="ignore")
+
+    port: int = 8705
+    reconcile_seconds: float = Field(
+        10.0, gt=0, description="how often open runs are looked over (unanswered submissions resent)"
+    )
+    intake_timeout_seconds: float = Field(
+        30.0, gt=0, description="how long one submission waits for the intake"
+    )
+    submit_concurrency: int = Field(64, ge=1, le=1024, description="submissions in flight at once")
+    token: str | None = Field(
+        None,
+        description="an API token the workflow's submissions carry (Trainyard-Token): its team's "
+        "queues and limits apply; without one only queues that allow anonymous bus submissions",
+    )

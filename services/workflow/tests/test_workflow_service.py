@@ -1,0 +1,172 @@
+"""The workflow service on a real nats-server, with the real submission, scheduler and executor
+(local backend: real processes) in this process: pipelines submitted over the bus request, their
+steps through the bus intake, their ends from the job events."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import nats
+import pytest
+
+from trainyard_contracts.runs import PipelineReply, PipelineRun
+from trainyard_executor.app import create_app as executor_app
+from trainyard_executor.settings import ExecutorSettings
+from trainyard_scheduler.app import create_app as scheduler_app
+from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_shared.testing.helpers import common_settings, eventually, running
+from trainyard_submission.app import create_app as submission_app
+from trainyard_submission.settings import SubmissionSettings
+from trainyard_workflow.app import create_app as workflow_app
+from trainyard_workflow.core import RUN_LABEL
+from trainyard_workflow.settings import WorkflowSettings
+
+pytestmark = [pytest.mark.service, pytest.mark.workflow, pytest.mark.local]
+
+FAILING_BRANCH = {
+    "name": "retrain",
+    "params": {"word": "hello"},
+    "steps": [
+        {"name": "prepare", "job": {"name": "prepare", "command": ["echo", "${{ params.word }}"]}},
+        {"name": "train", "depends": ["prepare"], "job": {"name": "train", "command": ["false"]}},
+        {"name": "evaluate", "depends": ["train"], "job": {"name": "evaluate", "command": ["true"]}},
+        {"name": "report", "depends": {"train": "failed"}, "job": {"name": "report", "command": ["true"]}},
+    ],
+}
+
+
+@contextlib.asynccontextmanager
+async def stack(nats_server, prefix, tmp_path, workflow_settings=None):
+    common = common_settings(nats_server.url, prefix, tmp_path / "data")
+    api = submission_app(common, SubmissionSettings(token="workflow-test-token-1"))
+    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2))
+    executor = executor_app(common, ExecutorSettings(id="exec-wf", cpu=4, memory=4096, heartbeat_seconds=0.5))
+    workflow = workflow_app(common, workflow_settings or WorkflowSettings(reconcile_seconds=1))
+    async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
+        nc = await nats.connect(nats_server.url)
+        try:
+            yield Client(nc, prefix)
+        finally:
+            await nc.drain()
+
+
+class Client:
+    """What the API does: a request on <prefix>.workflow.<kind>, a PipelineReply back."""
+
+    def __init__(self, nc, prefix):
+        self.nc, self.prefix = nc, prefix
+
+    async def ask(self, kind: str, **body) -> PipelineReply:
+        msg = await self.nc.request(f"{self.prefix}.workflow.{kind}", json.dumps(body).encode(), timeout=30)
+        return PipelineReply.model_validate_json(msg.data)
+
+    async def ended(self, run_id: str, timeout: float = 60) -> PipelineRun:
+        async def probe():
+            reply = await self.ask("status", run_id=run_id)
+            return reply.run if reply.run and reply.run.state != "running" else None
+
+        return await eventually(probe, timeout, f"run {run_id} ended")
+
+
+async def test_a_failing_branch_skips_its_dependent_and_runs_its_handler(nats_server, prefix, tmp_path, bus):
+    async with stack(nats_server, prefix, tmp_path) as client:
+        started = await client.ask("run", pipeline=FAILING_BRANCH, params={"word": "bonjour"}, by="tester")
+        assert started.ok and started.status == 201 and started.run is not None
+        run = await client.ended(started.run.run_id)
+
+        states = {name: step.state.value for name, step in run.steps.items()}
+        assert states == {
+            "prepare": "succeeded",
+            "train": "failed",
+            "evaluate": "skipped",
+            "report": "succeeded",
+        }
+        assert run.state.value == "succeeded"  # the failure was handled by `report`
+        assert "train (failed, needed succeeded)" in (run.steps["evaluate"].reason or "")
+        prepare_job = run.steps["prepare"].jobs[0].job_id
+        record = await bus.record(prepare_job)
+        assert record.spec.command == ["echo", "bonjour"]  # -p overrides the document's default
+        assert record.spec.labels[RUN_LABEL] == run.run_id
+        assert "bonjour" in await bus.log_text(prepare_job)
+        events = await bus.messages(f"{prefix}.pipeline.{run.run_id}.>", bus.subjects.streams.pipelines)
+        kinds = [json.loads(m.data)["type"] for m in events]
+        assert kinds[0] == "started" and kinds[-1] == "finished"
+        assert kinds.count("step_submitted") == 3 and kinds.count("step_ended") == 4
+
+
+async def test_an_array_step_runs_every_index_under_its_limit(nats_server, prefix, tmp_path, bus):
+    pipeline = {
+        "name": "sweep",
+        "steps": [{"name": "fit", "array": "0-4%2", "job": {"name": "fit", "command": ["true"]}}],
+    }
+    async with stack(nats_server, prefix, tmp_path) as client:
+        started = await client.ask("run", pipeline=pipeline)
+        run = await client.ended(started.run.run_id)
+        assert run.state.value == "succeeded"
+        jobs = run.steps["fit"].jobs
+        assert sorted(jobs) == [0, 1, 2, 3, 4] and len({j.job_id for j in jobs.values()}) == 5
+        listed = await client.ask("list")
+        assert [r.run_id for r in listed.runs] == [run.run_id]
+
+
+async def test_bad_requests_get_field_errors_and_the_service_keeps_answering(nats_server, prefix, tmp_path):
+    async with stack(nats_server, prefix, tmp_path) as client:
+        bad = await client.ask("run", pipeline={"name": "p", "steps": [{"name": "a", "job": {"name": "a"}}]})
+        assert not bad.ok and bad.status == 422
+        assert {e.field for e in bad.errors} == {"steps.0.job.command"}
+        cycle = await client.ask(
+            "run",
+            pipeline={
+                "name": "p",
+                "steps": [
+                    {"name": "a", "depends": ["b"], "job": {"name": "a", "command": ["true"]}},
+                    {"name": "b", "depends": ["a"], "job": {"name": "b", "command": ["true"]}},
+                ],
+            },
+        )
+        assert cycle.status == 422 and cycle.errors[0].field == "steps" and "cycle" in cycle.errors[0].message
+        missing = await client.ask("status", run_id="nosuchrun1")
+        assert missing.status == 404 and missing.errors[0].field == "run_id"
+        garbage = await client.nc.request(f"{client.prefix}.workflow.status", b"{not json", timeout=10)
+        assert PipelineReply.model_validate_json(garbage.data).status == 400
+        assert (await client.ask("list")).ok
+
+
+async def test_a_restart_between_sending_and_recording_never_submits_a_step_twice(
+    nats_server, prefix, tmp_path, bus
+):
+    """What a workflow service killed after sending a step's job, before recording the answer,
+    leaves behind: the run's record with the submission recorded and unanswered, the job in the
+    intake. The service started again sends it under the same key and gets the same job back."""
+    from trainyard_client.bus import submit_over_nats
+    from trainyard_contracts.workflow import validate_pipeline
+    from trainyard_workflow.core import advance, job_spec_for
+
+    spec = validate_pipeline(
+        {"name": "once", "steps": [{"name": "only", "job": {"name": "o", "command": ["true"]}}]}
+    )
+    run, taken = advance(PipelineRun.start("run-crashed1", spec))
+    (submit,) = taken
+    common = common_settings(nats_server.url, prefix, tmp_path / "data")
+    api = submission_app(common, SubmissionSettings(token="workflow-test-token-1"))
+    async with api.router.lifespan_context(api):
+        kv = await bus.js.key_value(bus.subjects.buckets.pipelines)
+        await kv.create(run.run_id, run.model_dump_json().encode())
+        first = await submit_over_nats(
+            nats_server.url,
+            job_spec_for(run, "only", 0).model_dump(mode="json"),
+            prefix=prefix,
+            msg_id=submit.key,
+        )
+    async with stack(nats_server, prefix, tmp_path) as client:
+        ended = await client.ended(run.run_id)
+    assert ended.state.value == "succeeded"
+    assert ended.steps["only"].jobs[0].job_id == first["job_id"]
+    jobs_kv = await bus.js.key_value(bus.subjects.buckets.jobs)
+    labelled = []
+    for key in await jobs_kv.keys():
+        record = await bus.record(key)
+        if record and record.spec.labels.get(RUN_LABEL) == run.run_id:
+            labelled.append(key)
+    assert labelled == [first["job_id"]]

@@ -1,0 +1,79 @@
+"""The workflow service's NATS user is enough, and no more is used: a pipeline with an array step
+runs with every service as its own user (deploy/nats/nats.conf, after the provision step as
+admin). The request comes as the submission service would send it (its user); the workflow submits
+through the intake, follows the job events, writes its bucket and events; the server logs no
+permission violation at all (a refused call a service retried would show there)."""
+
+from __future__ import annotations
+
+import json
+
+import nats
+import pytest
+
+from trainyard_contracts import Subjects
+from trainyard_contracts.runs import PipelineReply
+from trainyard_executor.app import create_app as executor_app
+from trainyard_executor.settings import ExecutorSettings
+from trainyard_scheduler.app import create_app as scheduler_app
+from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_shared.testing.helpers import eventually, running
+from trainyard_submission.app import create_app as submission_app
+from trainyard_submission.settings import SubmissionSettings
+from trainyard_workflow.app import create_app as workflow_app
+from trainyard_workflow.settings import WorkflowSettings
+
+from .natsconf import inbox_of, password_for, provisioned, secured_server, violations
+from .test_nats_users_job_path import as_user
+
+pytestmark = [pytest.mark.nats_auth, pytest.mark.service, pytest.mark.local, pytest.mark.workflow]
+S = Subjects("trainyard")
+PIPELINE = {
+    "name": "perm-pipeline",
+    "steps": [
+        {"name": "a", "job": {"name": "a", "command": ["true"]}},
+        {"name": "b", "depends": ["a"], "array": "0-2%2", "job": {"name": "b", "command": ["true"]}},
+        {"name": "c", "depends": ["b"], "job": {"name": "c", "command": ["false"]}},
+        {"name": "d", "depends": ["c"], "job": {"name": "d", "command": ["true"]}},
+    ],
+}
+
+
+async def test_a_pipeline_runs_with_the_workflow_as_its_own_nats_user(tmp_path):
+    data = tmp_path / "data"
+    with secured_server(tmp_path / "store") as server:
+        await provisioned(server)
+        api = submission_app(as_user(server.url, "submission", data), SubmissionSettings(token="t" * 24))
+        scheduler = scheduler_app(as_user(server.url, "scheduler", data), SchedulerSettings(tick_seconds=0.2))
+        executor = executor_app(
+            as_user(server.url, "executor-exec-auth", data),
+            ExecutorSettings(id="exec-auth", cpu=4, memory=4096, gpu=0, heartbeat_seconds=0.5),
+        )
+        workflow = workflow_app(as_user(server.url, "workflow", data), WorkflowSettings(reconcile_seconds=1))
+        async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
+            asker = await nats.connect(
+                server.url,
+                user="submission",
+                password=password_for("submission"),
+                inbox_prefix=inbox_of("submission"),
+            )
+            try:
+
+                async def ask(kind: str, **body: object) -> PipelineReply:
+                    msg = await asker.request(S.workflow_request(kind), json.dumps(body).encode(), timeout=30)
+                    return PipelineReply.model_validate_json(msg.data)
+
+                started = await ask("run", pipeline=PIPELINE)
+                assert started.ok, started.errors
+
+                async def ended():
+                    reply = await ask("status", run_id=started.run.run_id)
+                    return reply.run if reply.run.state != "running" else None
+
+                run = await eventually(ended, 90, "the pipeline ended")
+            finally:
+                await asker.drain()
+        states = {name: step.state.value for name, step in run.steps.items()}
+        assert states == {"a": "succeeded", "b": "succeeded", "c": "failed", "d": "skipped"}
+        assert run.state.value == "failed" and sorted(run.steps["b"].jobs) == [0, 1, 2]
+        assert violations(server) == []
