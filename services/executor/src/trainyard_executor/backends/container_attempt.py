@@ -24,7 +24,7 @@ from trainyard_executor.backends.base import (
 from trainyard_executor.backends.container_dirs import META_DIR
 from trainyard_executor.backends.cursor import keep_cursor
 from trainyard_executor.backends.hostpaths import write_in
-from trainyard_executor.backends.lines import pump_lines
+from trainyard_executor.backends.lines import drain_pumps, pump_lines
 from trainyard_executor.backends.threads import in_thread
 
 if TYPE_CHECKING:
@@ -243,14 +243,7 @@ class ContainerAttempt:
 
     async def _drain(self) -> None:
         """Every line up to the exit; a stream that does not end by itself is closed (and caught up)."""
-        _, pending = await asyncio.wait(self._pumps, timeout=LOG_DRAIN_S)
-        if pending:
-            for stream in list(self._streams):
-                with contextlib.suppress(Exception):
-                    stream.close()
-            await asyncio.wait(pending, timeout=LOG_CATCH_UP_S)
-            for task in pending:
-                task.cancel()
+        await drain_pumps(self._pumps, self._streams, LOG_DRAIN_S, LOG_CATCH_UP_S)
         self._cursor_task.cancel()
         self._write_cursor(self._consumed)
 
