@@ -43,6 +43,7 @@ LOG_DRAIN_S = 5.0
 
 
 LOG_CATCH_UP_S = 60.0
+WAIT_POLL_S = 300.0
 
 
 def engine_error(exc: BaseException) -> str:
@@ -103,8 +104,23 @@ class ContainerAttempt:
 
     # -- blocking parts (threads) -------------------------------------------------------------
 
+    def _wait_exit(self) -> dict[str, Any]:
+        """The engine's answer to "wait", asked again every ``WAIT_POLL_S`` while the container
+        is still there: no wait can hang an attempt forever (an engine that never answers a wait
+        on a container removed under it), and the engine going away still ends it at once."""
+        while True:
+            try:
+                result: dict[str, Any] = self.container.wait(timeout=WAIT_POLL_S)
+                return result
+            except OSError:  # what the HTTP client raises on a read timeout or a lost connection
+                try:
+                    self.container.reload()
+                except NotFound as exc:
+                    raise ContainerGone("the container was removed before its exit status was read") from exc
+                # still there (a reload on an engine that went away raises): wait again
+
     def _wait_blocking(self) -> tuple[int, str | None, bool]:
-        result = self.container.wait()
+        result = self._wait_exit()
         oom = False
         try:
             self.container.reload()
@@ -143,7 +159,7 @@ class ContainerAttempt:
                 log.debug("log stream ended", extra={"job_id": self.launch.job_id, "error": str(exc)})
             try:
                 # ended, failed or closed by _drain: the log is whole once the job has exited
-                self.container.wait()
+                self._wait_exit()
                 self._catch_up(name, max(delivered, skip), feed)
                 self._consumed[name] = max(delivered, skip, self._consumed.get(name, 0))
             except Exception as exc:  # the engine went away: the wait reports it
