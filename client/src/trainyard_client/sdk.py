@@ -34,10 +34,18 @@ from trainyard_client.connection import (
     TOKEN_FILE as TOKEN_FILE,
 )
 from trainyard_client.connection import (
-    TrainyardError,
-    TrainyardUnavailable,
-    default_token,
-    default_url,
+    TrainyardError as TrainyardError,
+)
+from trainyard_client.connection import (
+    TrainyardUnavailable as TrainyardUnavailable,
+)
+from trainyard_client.connection import (
+    default_token as default_token,
+)
+from trainyard_client.connection import (
+    default_url as default_url,
+)
+from trainyard_client.connection import (
     no_token_hint,
     problem_error,
 )
@@ -425,6 +433,11 @@ class TrainyardClient:
 
     def revoke_token(self, token_id: str) -> None:
         self._request("DELETE", f"/v1/tokens/{token_id}")
+
+    def executors(self) -> builtins.list[dict[str, Any]]:
+        """Every executor's latest heartbeat (``running`` as a count, ``alive``) with its
+        ``isolation``: what its backend keeps a job from (None: an older executor)."""
+        return list(self._request("GET", "/v1/executors").json().get("executors", []))
 
     def models(self, name: str | None = None) -> builtins.list[ModelVersionRecord]:
         params = {"name": name} if name else {}
