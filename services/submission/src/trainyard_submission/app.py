@@ -31,6 +31,7 @@ from trainyard_submission.auth import load_or_create_token
 from trainyard_submission.intake import handle_intake
 from trainyard_submission.joblist import BucketReader
 from trainyard_submission.limits import BodyLimit
+from trainyard_submission.pipelines import build_pipeline_router
 from trainyard_submission.purge import JobPurger
 from trainyard_submission.queuestore import QueueStore
 from trainyard_submission.service import SubmissionService
@@ -142,6 +143,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     )
     install_error_handlers(app)
     app.include_router(build_router(state))
+    app.include_router(build_pipeline_router(state))
     install_openapi(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
