@@ -8,6 +8,7 @@ busybox-static (``tests/images/build_busybox.sh``); a fixture builds it when it 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import threading
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from docker.errors import NotFound
 
 from trainyard_executor.backends.base import Resources
 from trainyard_executor.backends.docker import (
@@ -458,7 +461,7 @@ class _ShortFollowContainer:
         chunks = self.stored["stdout" if stdout else "stderr"]
         return iter(chunks[:1] if follow else chunks)
 
-    def wait(self) -> dict[str, Any]:
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
         return {"StatusCode": 0}
 
     def reload(self) -> None:
@@ -526,6 +529,46 @@ async def test_a_follow_stream_closed_under_a_read_is_still_caught_up(tmp_path, 
     assert outcome.kind == "succeeded"
     assert lines.of("stdout") == ["one", "two", "three", "tail"]
     assert lines.of("stderr") == ["e1", "e2"]
+
+
+class _RemovedUnderAWait(_ShortFollowContainer):
+    """A container removed by someone else while the engine holds a wait on it, which the engine
+    then never answers (a wait without a timeout would block the attempt forever)."""
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        threading.Event().wait(timeout)  # no answer; with no timeout, never
+        raise requests.exceptions.ReadTimeout("no answer")
+
+    def reload(self) -> None:
+        raise NotFound("no such container")
+
+
+@pytest.mark.unit
+async def test_a_wait_the_engine_never_answers_ends_once_the_container_is_gone(tmp_path, monkeypatch):
+    from trainyard_executor.backends import container_attempt
+
+    monkeypatch.setattr(container_attempt, "WAIT_POLL_S", 0.05)
+    monkeypatch.setattr(container_attempt, "LOG_DRAIN_S", 0.1)
+    backend = DockerBackend(client_factory=lambda: None, executor_id="e")
+    attempt = container_attempt.ContainerAttempt(
+        backend, _RemovedUnderAWait(), make_launch(tmp_path, ["x"]), tmp_path, Lines()
+    )
+    outcome = await asyncio.wait_for(attempt.wait(), 30)  # a deadline, not a timing assertion
+    assert outcome.kind == "failed"
+    assert outcome.reason == "lost the container: the container was removed before its exit status was read"
+
+
+async def test_an_attempt_longer_than_one_wait_reports_its_exit_code(backend, tmp_path, monkeypatch):
+    """The wait is asked again every WAIT_POLL_S: an attempt that outlasts several still ends with
+    its own exit code, on both engines."""
+    from trainyard_executor.backends import container_attempt
+
+    monkeypatch.setattr(container_attempt, "WAIT_POLL_S", 1.0)
+    lines = Lines()
+    attempt = await backend.start(make_launch(tmp_path, ["sh", "-c", "sleep 3; echo done; exit 7"]), lines)
+    outcome = await attempt.wait()
+    assert (outcome.kind, outcome.exit_code) == ("failed", 7) and lines.of("stdout") == ["done"]
+    await attempt.release()
 
 
 # -- a job through scheduler and executor on a container engine ------------------------------------

@@ -82,6 +82,24 @@ async def test_idempotency_key_returns_the_same_job(api):
     assert len((await api.get("/v1/jobs", headers=AUTH)).json()["jobs"]) == 1
 
 
+async def test_the_same_idempotency_key_with_another_spec_is_409_naming_what_differs(api):
+    headers = {**AUTH, "Idempotency-Key": "abc-2", "content-type": "application/json"}
+    spec = {"name": "once", "command": ["true"], "env": {"A": "1"}}
+    first = await api.post("/v1/jobs", content=json.dumps(spec), headers=headers)
+    assert first.status_code == 201
+    other = {**spec, "command": ["false"], "resources": {"cpu": 2}}
+    again = await api.post("/v1/jobs", content=json.dumps(other), headers=headers)
+    assert again.status_code == 409, again.text
+    body = again.json()
+    assert body["differs"] == ["command", "resources"] and body["job_id"] == first.json()["job_id"]
+    assert "command, resources" in body["detail"]
+    same_in_yaml = await api.post(
+        "/v1/jobs", content="name: once\ncommand: ['true']\nenv: {A: '1'}\n", headers=headers
+    )
+    assert same_in_yaml.status_code == 200 and same_in_yaml.json()["duplicate"]  # same spec, other text
+    assert len((await api.get("/v1/jobs", headers=AUTH)).json()["jobs"]) == 1
+
+
 async def test_source_ref_resolves_to_a_commit(api, tmp_path):
     repo = tmp_path / "repo"
     env = {

@@ -133,6 +133,8 @@ def read_objects(perms: Permissions, bucket: str) -> None:
     perms.add_publish(
         f"{API}.STREAM.MSG.GET.{stream}", f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>"
     )
+    # nats-py's chunk subscription asks which stream holds the chunks' subject (names only)
+    perms.add_publish(f"{API}.STREAM.NAMES")
     read_stream(perms, stream)
 
 

@@ -49,6 +49,7 @@ from trainyard_submission.deadletters import DeadLetters, LetterNotFound
 from trainyard_submission.logs import read_chunks
 from trainyard_submission.purge import JobNotFinished, JobPurger
 from trainyard_submission.queuestore import QueueNotFound, QueueStore, RevisionMismatch
+from trainyard_submission.samespec import IdempotencyConflict
 from trainyard_submission.service import (
     JobAlreadyFinished,
     JobNotFound,
@@ -300,6 +301,10 @@ def build_router(state: dict[str, Any]) -> APIRouter:
         except SpecError as exc:
             errors = [e.model_dump() for e in exc.errors]
             raise Problem(422, "invalid job spec", str(exc), errors=errors) from exc
+        except IdempotencyConflict as exc:
+            raise Problem(
+                409, "idempotency key reused", str(exc), job_id=exc.job_id, differs=exc.differs
+            ) from exc
         return JSONResponse(
             {
                 "job_id": result.job_id,

@@ -14,33 +14,21 @@ from faststream.specification import AsyncAPI
 from nats.aio.msg import Msg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from trainyard_shared.binding import connect_and_bind
-from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
-from trainyard_shared.jobsecrets import SecretStore
-from trainyard_shared.jobstore import JobStore
-from trainyard_shared.natshandle import NatsHandle
-from trainyard_shared.publishing import EventPublisher
 from trainyard_shared.pullconsumer import batch_consumer
-from trainyard_shared.queueview import QueueView
+from trainyard_shared.runtimeslot import RuntimeSlot
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing, tracing_enabled
 from trainyard_submission.api import build_router, install_error_handlers, install_openapi
-from trainyard_submission.auth import load_or_create_token
 from trainyard_submission.intake import handle_intake
-from trainyard_submission.joblist import BucketReader
 from trainyard_submission.limits import BodyLimit
 from trainyard_submission.pipelines import build_pipeline_router
-from trainyard_submission.purge import JobPurger
-from trainyard_submission.queuestore import QueueStore
-from trainyard_submission.service import SubmissionService
+from trainyard_submission.runtime import SubmissionRuntime, build_runtime
 from trainyard_submission.settings import SubmissionSettings
-from trainyard_submission.tokens import TokenStore, bucket_name
-from trainyard_submission.workdirs import WorkdirStore
 
 
-def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker:
+def build_broker(common: CommonSettings, slot: RuntimeSlot[SubmissionRuntime]) -> ServiceBroker:
     sb = make_broker(common, "submission", tracer_provider=setup_tracing("submission"))
 
     # the body is a spec for parse_spec (a bad one is answered with a rejection, not dead-lettered);
@@ -60,13 +48,14 @@ def build_broker(common: CommonSettings, state: dict[str, Any]) -> ServiceBroker
         "subject in the Trainyard-Reply-To header",
     )
     async def intake(body: bytes, msg: Msg) -> None:
-        await handle_intake(state["service"], sb.broker, body, dict(msg.headers or {}), state["tokens"])
+        runtime = slot.get()
+        await handle_intake(runtime.service, sb.broker, body, dict(msg.headers or {}), runtime.tokens)
 
     return sb
 
 
 def build_asyncapi() -> dict[str, Any]:
-    sb = build_broker(CommonSettings(), {})
+    sb = build_broker(CommonSettings(), RuntimeSlot("submission"))
     app = FastStream(
         sb.broker,
         specification=AsyncAPI(
@@ -81,46 +70,16 @@ def build_asyncapi() -> dict[str, Any]:
 def create_app(common: CommonSettings | None = None, settings: SubmissionSettings | None = None) -> FastAPI:
     common = common or CommonSettings()
     settings = settings or SubmissionSettings()
-    state: dict[str, Any] = {"settings": settings, "subjects": common.subjects}
-    sb = build_broker(common, state)
-    state["broker"] = sb.broker
+    slot: RuntimeSlot[SubmissionRuntime] = RuntimeSlot("submission")
+    sb = build_broker(common, slot)
+    # what api.build_router reads: the settings now, the runtime's parts once it is built
+    state: dict[str, Any] = {"settings": settings, "subjects": common.subjects, "broker": sb.broker}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        data = common.resolved_data_dir()
-        configured = settings.token.get_secret_value() if settings.token else None
-        bootstrap = load_or_create_token(data, configured)
-        buckets = await connect_and_bind(sb, common)  # the tokens bucket too (bus.bucket_configs)
-        tokens_kv = await sb.broker.key_value(bucket_name(sb.subjects.prefix), declare=False)
-        tokens_reader = BucketReader(NatsHandle(sb.broker).jetstream, bucket_name(sb.subjects.prefix))
-        state["tokens"] = TokenStore(tokens_kv, bootstrap, tokens_reader)
-        queue_view = QueueView(buckets.queues)
-        await queue_view.start()
-        js = NatsHandle(sb.broker).jetstream
-        state["queues"] = QueueStore(buckets.queues, queue_view, BucketReader(js, sb.subjects.buckets.queues))
-        # no view of the jobs bucket: listing reads it when asked (joblist.py), so the job path
-        # costs this service no watch delivery per record update
-        store = JobStore(buckets.jobs)
-        state["js"] = NatsHandle(sb.broker).jetstream
-        state["workdirs"] = WorkdirStore(
-            state["js"],
-            sb.subjects.workdirs_bucket,
-            UnpackLimits(settings.max_workdir_bytes, settings.max_workdir_files, settings.max_workdir_bytes),
-        )
-        secrets = SecretStore(buckets.secrets)
-        state["purger"] = JobPurger(buckets.jobs, secrets, buckets.idempotency, state["js"], sb.subjects)
-        state["service"] = SubmissionService(
-            store=store,
-            jobs_reader=BucketReader(state["js"], sb.subjects.buckets.jobs),
-            idempotency=buckets.idempotency,
-            models=buckets.models,
-            events=EventPublisher(sb.broker, sb.subjects),
-            git_timeout=settings.git_timeout_seconds,
-            secrets=secrets,
-            queues=state["queues"],
-            models_reader=BucketReader(state["js"], sb.subjects.buckets.models),
-            workdirs=state["workdirs"],
-        )
+        runtime = await build_runtime(sb, common, settings)
+        slot.set(runtime)
+        state.update(runtime.router_state())
         await sb.broker.start()
         await sb.start_pullers()
         try:
@@ -128,7 +87,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         finally:
             await sb.stop_pullers()
             await sb.broker.stop()
-            await queue_view.stop()
+            await runtime.stop()
 
     # FastAPIOffline: /docs and /redoc served with their assets from this service, not a CDN
     # (an offline or locked-down network otherwise gets a blank page)
@@ -165,4 +124,5 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         return JSONResponse({"status": "unavailable", "detail": "no answer from NATS"}, status_code=503)
 
     app.state.trainyard = state
+    app.state.runtime = slot
     return app

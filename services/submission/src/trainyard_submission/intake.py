@@ -29,6 +29,7 @@ from trainyard_contracts import FieldError, IntakeReply, SpecError
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_submission.access import Forbidden
 from trainyard_submission.busidentity import bus_name, bus_principal
+from trainyard_submission.samespec import IdempotencyConflict
 from trainyard_submission.service import SubmissionService, idempotency_slot
 from trainyard_submission.tokens import TokenStore
 
@@ -54,6 +55,12 @@ async def handle_intake(
     except SpecError as exc:
         job_id = await service.reject(exc.errors, msg_id)
         reply = IntakeReply(accepted=False, job_id=job_id, errors=exc.errors)
+    except IdempotencyConflict as exc:  # the same message id, another spec: no new job, no rejection
+        errors = [
+            FieldError(field=f, message=f"differs from job {exc.job_id}, which this id submitted")
+            for f in exc.differs
+        ]
+        reply = IntakeReply(accepted=False, job_id=exc.job_id, errors=errors)
     except Forbidden as exc:  # the same refusals as HTTP's 403, as field errors
         errors = exc.errors or [FieldError(field="queue", message=exc.detail)]
         job_id = await service.reject(errors, msg_id)

@@ -37,6 +37,7 @@ from trainyard_shared.tracing import current_traceparent
 from trainyard_submission.access import check_submit, place_spec
 from trainyard_submission.joblist import BucketReader, LatestValues, NewestMatches
 from trainyard_submission.queuestore import QueueStore, builtin
+from trainyard_submission.samespec import IdempotencyConflict, spec_differences
 from trainyard_submission.sources import with_resolved_source
 from trainyard_submission.tokens import Principal
 from trainyard_submission.workdirs import WorkdirStore
@@ -104,7 +105,8 @@ class SubmissionService:
     ) -> Submitted:
         """Validate, admit into the queue, resolve the source, create the record, announce it.
 
-        Raises SpecError (ShellRefused when the queue does not take ``shell: true``) or Forbidden.
+        Raises SpecError (ShellRefused when the queue does not take ``shell: true``), Forbidden, or
+        IdempotencyConflict when the slot already holds a job with a different spec.
         """
         spec = place_spec(principal, parse_spec(document))
         queue = await self.queues.effective(spec.queue) if self.queues else builtin(spec.queue)
@@ -122,6 +124,9 @@ class SubmissionService:
                 job_id = (entry.value or b"").decode()
                 found = await self.store.get(job_id)
                 if found is not None:
+                    differs = spec_differences(spec, found[0].spec)
+                    if differs:
+                        raise IdempotencyConflict(job_id, differs) from None
                     return Submitted(job_id, found[0], duplicate=True)
                 # claimed by a request that died before creating the record: finish its work
         spec = await with_resolved_source(spec, self.git_timeout, self.git_policy)

@@ -24,7 +24,7 @@ from trainyard_executor.backends.base import (
 from trainyard_executor.backends.container_dirs import META_DIR
 from trainyard_executor.backends.cursor import keep_cursor
 from trainyard_executor.backends.hostpaths import write_in
-from trainyard_executor.backends.lines import pump_lines
+from trainyard_executor.backends.lines import drain_pumps, pump_lines
 from trainyard_executor.backends.threads import in_thread
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ LOG_DRAIN_S = 5.0
 
 
 LOG_CATCH_UP_S = 60.0
+WAIT_POLL_S = 300.0
 
 
 def engine_error(exc: BaseException) -> str:
@@ -103,8 +104,23 @@ class ContainerAttempt:
 
     # -- blocking parts (threads) -------------------------------------------------------------
 
+    def _wait_exit(self) -> dict[str, Any]:
+        """The engine's answer to "wait", asked again every ``WAIT_POLL_S`` while the container
+        is still there: no wait can hang an attempt forever (an engine that never answers a wait
+        on a container removed under it), and the engine going away still ends it at once."""
+        while True:
+            try:
+                result: dict[str, Any] = self.container.wait(timeout=WAIT_POLL_S)
+                return result
+            except OSError:  # what the HTTP client raises on a read timeout or a lost connection
+                try:
+                    self.container.reload()
+                except NotFound as exc:
+                    raise ContainerGone("the container was removed before its exit status was read") from exc
+                # still there (a reload on an engine that went away raises): wait again
+
     def _wait_blocking(self) -> tuple[int, str | None, bool]:
-        result = self.container.wait()
+        result = self._wait_exit()
         oom = False
         try:
             self.container.reload()
@@ -143,7 +159,7 @@ class ContainerAttempt:
                 log.debug("log stream ended", extra={"job_id": self.launch.job_id, "error": str(exc)})
             try:
                 # ended, failed or closed by _drain: the log is whole once the job has exited
-                self.container.wait()
+                self._wait_exit()
                 self._catch_up(name, max(delivered, skip), feed)
                 self._consumed[name] = max(delivered, skip, self._consumed.get(name, 0))
             except Exception as exc:  # the engine went away: the wait reports it
@@ -243,14 +259,7 @@ class ContainerAttempt:
 
     async def _drain(self) -> None:
         """Every line up to the exit; a stream that does not end by itself is closed (and caught up)."""
-        _, pending = await asyncio.wait(self._pumps, timeout=LOG_DRAIN_S)
-        if pending:
-            for stream in list(self._streams):
-                with contextlib.suppress(Exception):
-                    stream.close()
-            await asyncio.wait(pending, timeout=LOG_CATCH_UP_S)
-            for task in pending:
-                task.cancel()
+        await drain_pumps(self._pumps, self._streams, LOG_DRAIN_S, LOG_CATCH_UP_S)
         self._cursor_task.cancel()
         self._write_cursor(self._consumed)
 

@@ -36,7 +36,7 @@ from trainyard_executor.backends.kube_status import (
     pod_rank,
     pod_stuck,
 )
-from trainyard_executor.backends.lines import LineSplitter
+from trainyard_executor.backends.lines import LineSplitter, drain_pumps
 from trainyard_executor.backends.threads import in_thread
 
 if TYPE_CHECKING:
@@ -285,17 +285,7 @@ class KubeAttempt:
     async def _drain(self) -> None:
         """Every line up to the end; a stream that does not end by itself is closed."""
         self._ended.set()
-        followers = list(self._followers.values())
-        if not followers:
-            return
-        _, pending = await asyncio.wait(followers, timeout=LOG_DRAIN_S)
-        if pending:
-            for resp in list(self._responses):
-                with contextlib.suppress(Exception):
-                    resp.close()
-            await asyncio.wait(pending, timeout=LOG_DRAIN_S)
-            for task in pending:
-                task.cancel()
+        await drain_pumps(list(self._followers.values()), self._responses, LOG_DRAIN_S, LOG_DRAIN_S)
 
     def _write_cursor(self, consumed: Mapping[str, int]) -> None:
         with contextlib.suppress(OSError):

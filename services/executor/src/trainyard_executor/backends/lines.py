@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Collection, Iterable
+from typing import Any
 
 from .base import LineSink
 
-__all__ = ["MAX_LINE", "READ_CHUNK", "LineSplitter", "pump_lines"]
+__all__ = ["MAX_LINE", "READ_CHUNK", "LineSplitter", "drain_pumps", "pump_lines"]
 
 MAX_LINE = 64 * 1024
 """A longer output line is delivered as several pieces of at most this many bytes."""
@@ -81,3 +84,21 @@ async def pump_lines(stream: asyncio.StreamReader, name: str, on_line: LineSink)
             break
         await splitter.feed(chunk)
     await splitter.end()
+
+
+async def drain_pumps(
+    pumps: Collection[asyncio.Task[Any]], streams: Iterable[Any], settle_s: float, then_s: float
+) -> None:
+    """Let an attempt's log pumps end by themselves for ``settle_s``; then close the streams under
+    the ones still running (a read under way raises and ends them) and give those ``then_s``
+    more before they are cancelled."""
+    if not pumps:
+        return
+    _, pending = await asyncio.wait(pumps, timeout=settle_s)
+    if pending:
+        for stream in list(streams):
+            with contextlib.suppress(Exception):
+                stream.close()
+        await asyncio.wait(pending, timeout=then_s)
+        for task in pending:
+            task.cancel()

@@ -1,0 +1,88 @@
+"""The submission service's composition root: what its routes and intake use, built once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from trainyard_shared.binding import connect_and_bind
+from trainyard_shared.blobs import UnpackLimits
+from trainyard_shared.broker import ServiceBroker
+from trainyard_shared.jobsecrets import SecretStore
+from trainyard_shared.jobstore import JobStore
+from trainyard_shared.natshandle import NatsHandle
+from trainyard_shared.publishing import EventPublisher
+from trainyard_shared.queueview import QueueView
+from trainyard_shared.settings import CommonSettings
+from trainyard_submission.auth import load_or_create_token
+from trainyard_submission.joblist import BucketReader
+from trainyard_submission.purge import JobPurger
+from trainyard_submission.queuestore import QueueStore
+from trainyard_submission.service import SubmissionService
+from trainyard_submission.settings import SubmissionSettings
+from trainyard_submission.tokens import TokenStore, bucket_name
+from trainyard_submission.workdirs import WorkdirStore
+
+
+@dataclass
+class SubmissionRuntime:
+    service: SubmissionService
+    tokens: TokenStore
+    queues: QueueStore
+    queue_view: QueueView
+    workdirs: WorkdirStore
+    purger: JobPurger
+    js: JetStreamContext
+
+    def router_state(self) -> dict[str, Any]:
+        """What ``api.build_router`` reads, under the names it reads them by."""
+        return {
+            "service": self.service,
+            "tokens": self.tokens,
+            "queues": self.queues,
+            "workdirs": self.workdirs,
+            "purger": self.purger,
+            "js": self.js,
+        }
+
+    async def stop(self) -> None:
+        await self.queue_view.stop()
+
+
+async def build_runtime(
+    sb: ServiceBroker, common: CommonSettings, settings: SubmissionSettings
+) -> SubmissionRuntime:
+    configured = settings.token.get_secret_value() if settings.token else None
+    bootstrap = load_or_create_token(common.resolved_data_dir(), configured)
+    buckets = await connect_and_bind(sb, common)  # the tokens bucket too (bus.bucket_configs)
+    js = NatsHandle(sb.broker).jetstream
+    names = sb.subjects.buckets
+    tokens_kv = await sb.broker.key_value(bucket_name(sb.subjects.prefix), declare=False)
+    tokens = TokenStore(tokens_kv, bootstrap, BucketReader(js, bucket_name(sb.subjects.prefix)))
+    queue_view = QueueView(buckets.queues)
+    await queue_view.start()
+    queues = QueueStore(buckets.queues, queue_view, BucketReader(js, names.queues))
+    workdirs = WorkdirStore(
+        js,
+        sb.subjects.workdirs_bucket,
+        UnpackLimits(settings.max_workdir_bytes, settings.max_workdir_files, settings.max_workdir_bytes),
+    )
+    secrets = SecretStore(buckets.secrets)
+    purger = JobPurger(buckets.jobs, secrets, buckets.idempotency, js, sb.subjects)
+    service = SubmissionService(
+        # no view of the jobs bucket: listing reads it when asked (joblist.py), so the job path
+        # costs this service no watch delivery per record update
+        store=JobStore(buckets.jobs),
+        jobs_reader=BucketReader(js, names.jobs),
+        idempotency=buckets.idempotency,
+        models=buckets.models,
+        events=EventPublisher(sb.broker, sb.subjects),
+        git_timeout=settings.git_timeout_seconds,
+        secrets=secrets,
+        queues=queues,
+        models_reader=BucketReader(js, names.models),
+        workdirs=workdirs,
+    )
+    return SubmissionRuntime(service, tokens, queues, queue_view, workdirs, purger, js)
