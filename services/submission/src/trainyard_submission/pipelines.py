@@ -9,6 +9,7 @@ around them. A team sees and cancels its own runs only; the admin sees all.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from trainyard_contracts import SpecError
 from trainyard_contracts.runs import PipelineReply, PipelineRequest, PipelineRun
-from trainyard_contracts.workflow import validate_pipeline
+from trainyard_contracts.workflow import RUN_ID_PATTERN, validate_pipeline
 from trainyard_submission.access import QueueRefused, check_submit, place_spec
 from trainyard_submission.api import Caller, Problem, authorised
 from trainyard_submission.tokens import Principal
@@ -46,6 +47,8 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
         return answer
 
     async def visible_run(caller: Principal, run_id: str) -> PipelineRun:
+        if not re.match(RUN_ID_PATTERN, run_id):  # no key the bucket could hold
+            raise Problem(404, "no such pipeline run", run_id[:100])
         run = (await ask("status", PipelineRequest(run_id=run_id))).run
         if run is None or not _may_see(caller, run):
             raise Problem(404, "no such pipeline run", run_id)
