@@ -33,15 +33,20 @@ def trainyard(up: Up, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def finished_run(up: Up, *params: str) -> tuple[dict, dict[str, str]]:
+    """`pipeline run EXAMPLE --wait -o json`: the run and its steps' states (exit 0: it succeeded)."""
+    done = trainyard(up, "pipeline", "run", str(EXAMPLE), *params, "--wait", "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = json.loads(done.stdout)
+    return run, {name: step["state"] for name, step in run["steps"].items()}
+
+
 def test_the_example_pipeline_runs_and_its_failing_branch_skips(tmp_path):
     base = free_block(7)
     up = Up(tmp_path / "data", base, base + 6).start()
     try:
-        ok = trainyard(up, "pipeline", "run", str(EXAMPLE), "--wait", "-o", "json")
-        assert ok.returncode == 0, ok.stdout + ok.stderr
-        run = json.loads(ok.stdout)
+        run, states = finished_run(up)
         assert run["state"] == "succeeded"
-        states = {name: step["state"] for name, step in run["steps"].items()}
         assert states == {
             "prepare": "succeeded",
             "train": "succeeded",
@@ -50,12 +55,7 @@ def test_the_example_pipeline_runs_and_its_failing_branch_skips(tmp_path):
         }
         assert sorted(run["steps"]["train"]["jobs"]) == ["0", "1", "2"]
 
-        failing = trainyard(
-            up, "pipeline", "run", str(EXAMPLE), "-p", "fail_training=1", "--wait", "-o", "json"
-        )
-        assert failing.returncode == 0, failing.stdout + failing.stderr
-        run = json.loads(failing.stdout)
-        states = {name: step["state"] for name, step in run["steps"].items()}
+        run, states = finished_run(up, "-p", "fail_training=1")
         assert states == {
             "prepare": "succeeded",
             "train": "failed",
