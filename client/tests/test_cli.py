@@ -299,3 +299,13 @@ def test_a_failed_wait_says_the_exit_code_once_and_quiet_wait_prints_only_the_id
     quiet = invoke(fake_api.url, "submit", "-q", "--wait", path, token=fake_api.token)
     assert quiet.exit_code == 1
     assert len(quiet.stdout.splitlines()) == 1 and quiet.stdout.strip() in fake_api.jobs
+
+
+@pytest.mark.service
+def test_status_finds_the_token_file_of_the_stack_like_every_other_command(tmp_path, fake_api, monkeypatch):
+    (tmp_path / "api-token").write_text(fake_api.token + "\n")
+    monkeypatch.delenv("TRAINYARD_TOKEN", raising=False)
+    monkeypatch.setenv("TRAINYARD_DATA_DIR", str(tmp_path))
+    listed = runner.invoke(app, ["--url", fake_api.url, "status", "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout) == []

@@ -452,6 +452,11 @@ class TrainyardClient:
     def revoke_token(self, token_id: str) -> None:
         self._request("DELETE", f"/v1/tokens/{token_id}")
 
+    def executors(self) -> builtins.list[dict[str, Any]]:
+        """Every executor's latest heartbeat (``running`` as a count, ``alive``) with its
+        ``isolation``: what its backend keeps a job from (None: an older executor)."""
+        return list(self._request("GET", "/v1/executors").json().get("executors", []))
+
     def models(self, name: str | None = None) -> builtins.list[ModelVersionRecord]:
         params = {"name": name} if name else {}
         rows = self._request("GET", "/v1/models", params=params).json().get("models", [])

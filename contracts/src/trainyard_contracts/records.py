@@ -211,6 +211,32 @@ class GpuDevice(_Model):
     uuid: str = Field(max_length=128, description="the driver's stable id (GPU-...)")
 
 
+class Isolation(_Model):
+    """What an executor's backend keeps a job from, as it is configured and found on its machine
+    (docs/executors.md, "Isolation"): reported in its heartbeat, shown by ``trainyard executors``."""
+
+    job_user: str = Field(
+        max_length=200,
+        description="who a job runs as: 'uid per attempt 200000-200999', 'uid 1000', "
+        "'root', 'container uid 10001:10001', 'image user (root allowed per queue)'...",
+    )
+    root: bool = Field(description="jobs may run as root (uid 0) on this executor")
+    containment: str = Field(
+        max_length=200,
+        description="what holds a job's processes together: 'cgroup v2', 'process group', 'container', 'pod'",
+    )
+    capabilities: str | None = Field(
+        None, max_length=200, description="containers: 'all dropped' or what is kept; None: processes"
+    )
+    no_new_privileges: bool | None = Field(None, description="containers: no-new-privileges set")
+    gang_network: str = Field(
+        max_length=200,
+        description="how a gang's ranks meet: 'loopback of the host' (local), 'bridge network "
+        "per gang', 'network policy per gang'...",
+    )
+    notes: list[str] = Field(default_factory=list, max_length=8, description="caveats, one line each")
+
+
 class ExecutorHeartbeat(_Model):
     """An executor's lease: kept in the executors bucket, renewed every few seconds."""
 
@@ -241,6 +267,10 @@ class ExecutorHeartbeat(_Model):
         max_length=1024,
         description="the GPUs found on this machine, by index; the scheduler assigns them per attempt "
         "(empty: none found, an older executor, or a pool whose device plugin assigns them)",
+    )
+
+    isolation: Isolation | None = Field(
+        None, description="what its backend keeps a job from (None: an older executor, or unknown)"
     )
 
     def expired(self, now: datetime) -> bool:

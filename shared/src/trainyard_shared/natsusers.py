@@ -59,7 +59,7 @@ KV_WRITES: dict[str, tuple[str, ...]] = {
     "workflow": ("pipelines",),
 }
 KV_READS: dict[str, tuple[str, ...]] = {
-    "submission": ("models",),
+    "submission": ("models", "executors"),
     "scheduler": ("executors", "queues"),
     "executor": ("secrets",),  # a job's secret values, put back right before it starts
     "registry": (),

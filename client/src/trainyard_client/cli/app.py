@@ -78,6 +78,7 @@ for command in (
     jobs.cancel,
     jobs.purge,
     jobs.models,
+    jobs.executors,
 ):
     app.command()(command)
 app.add_typer(admin.dlq, name="dlq")

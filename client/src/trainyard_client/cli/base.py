@@ -36,6 +36,12 @@ class Settings:
     url: str
     token: str | None
 
+    def bearer(self) -> str | None:
+        """The token to send: --token / TRAINYARD_TOKEN, else the stack's token file (as the SDK)."""
+        from trainyard_client.connection import default_token
+
+        return self.token if self.token is not None else default_token()
+
     def client(self) -> TrainyardClient:
         from trainyard_client.sdk import TrainyardClient
 

@@ -113,6 +113,8 @@ def _stream_logs(client: TrainyardClient, job_id: str, show: Callable[[JobRecord
                 if attempt is not None and event.attempt not in (None, attempt):
                     show(client.get(job_id))
                 attempt = print_log(event, attempt)
+                if event.stream == "system" and " ended: " in event.text:
+                    show(client.get(job_id))  # an attempt ended: its state now (requeued, next try in Ns)
             elif event.event == "end":
                 break
     except TrainyardUnavailable as exc:

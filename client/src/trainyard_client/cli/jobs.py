@@ -270,3 +270,14 @@ def models(
     if name and not versions:  # a model asked for by name that does not exist is an error (exit 4)
         fail(f"no registered versions of {escape(name)}", EXIT_REFUSED)
     print_models(versions, output, "no registered models yet")
+
+
+def executors(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None:
+    """Executors: backend, pool, lease, running attempts, and what each keeps a job from (job
+    user, containment; -o wide: capabilities, gang network, caveats)."""
+    from trainyard_client.cli.render import print_executors
+
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        rows = client.executors()
+    print_executors(rows, output)

@@ -59,9 +59,10 @@ def waiting_reasons(conf: Settings, jobs: list[dict[str, Any]]) -> dict[str, str
     from trainyard_client.connection import TrainyardError, get_json
 
     reasons: dict[str, str] = {}
+    token = conf.bearer()
     for job in [j for j in jobs if j["state"] in WAITING_STATES][:MAX_REASONS]:
         try:
-            answer = get_json(conf.url, f"/v1/jobs/{job['job_id']}/why", conf.token, [])
+            answer = get_json(conf.url, f"/v1/jobs/{job['job_id']}/why", token, [])
         except TrainyardError:  # no leader (each ask would wait out its timeout): no reasons this time
             break
         if answer.get("reason") and answer.get("pending"):
@@ -75,7 +76,7 @@ def list_jobs(conf: Settings, filters: dict[str, Any], labels: dict[str, str]) -
 
     params = [(k, str(v)) for k, v in filters.items() if v is not None]
     params += [("label", f"{k}={v}") for k, v in labels.items()]
-    rows: list[dict[str, Any]] = get_json(conf.url, "/v1/jobs", conf.token, params).get("jobs", [])
+    rows: list[dict[str, Any]] = get_json(conf.url, "/v1/jobs", conf.bearer(), params).get("jobs", [])
     return rows
 
 
@@ -135,6 +136,13 @@ def _exit_text(job: dict[str, Any]) -> str:
     return "-" if job.get("exit_code") is None else str(job["exit_code"])
 
 
+def _reason_of(job: dict[str, Any], reasons: dict[str, str]) -> str:
+    """Why it waits (the scheduler's word), or why it ended when it did not succeed."""
+    if job["job_id"] in reasons:
+        return reasons[job["job_id"]]
+    return "" if job["state"] == "succeeded" else job.get("reason") or ""
+
+
 def _labels_text(job: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in (job.get("labels") or {}).items())
 
@@ -151,7 +159,7 @@ def job_columns(reasons: dict[str, str], now: datetime) -> list[Column]:
         Column("age", lambda j: _age_of(j, now)),
         Column("exit", _exit_text),
         Column("model", _model_text, wrap=True),
-        Column("reason", lambda j: reasons.get(j["job_id"]) or j.get("reason") or "", wrap=True),
+        Column("reason", lambda j: _reason_of(j, reasons), wrap=True),
         Column("executor", lambda j: j.get("executor_id") or "-", wide_only=True),
         Column(
             "labels",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.markup import escape
 from rich.table import Table
 
@@ -127,3 +129,29 @@ MODEL_COLUMNS = (
 
 def print_models(versions: list[ModelVersionRecord], fmt: Output, empty: str) -> None:
     emit(versions, MODEL_COLUMNS, fmt, name=lambda v: f"{v.name}/{v.version}", empty=empty)
+
+
+def _isolation(row: dict[str, Any], field: str) -> str:
+    isolation = row.get("isolation") or {}
+    value = isolation.get(field)
+    return "?" if value is None else str(value)
+
+
+EXECUTOR_COLUMNS = (
+    Column("executor", lambda r: r["executor_id"]),
+    Column("backend", lambda r: r["backend"]),
+    Column("pool", lambda r: r["pool"]),
+    Column("alive", lambda r: ("draining" if r.get("draining") else "yes") if r["alive"] else "no"),
+    Column("running", lambda r: str(r["running"])),
+    Column("job user", lambda r: _isolation(r, "job_user"), wrap=True),
+    Column("containment", lambda r: _isolation(r, "containment"), wrap=True),
+    Column("capabilities", lambda r: _isolation(r, "capabilities"), wide_only=True),
+    Column("gang network", lambda r: _isolation(r, "gang_network"), wide_only=True, wrap=True),
+    Column(
+        "notes", lambda r: "; ".join((r.get("isolation") or {}).get("notes") or []), wide_only=True, wrap=True
+    ),
+)
+
+
+def print_executors(rows: list[dict[str, Any]], fmt: Output) -> None:
+    emit(rows, EXECUTOR_COLUMNS, fmt, name=lambda r: str(r["executor_id"]), empty="no executors")

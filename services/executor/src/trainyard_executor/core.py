@@ -92,6 +92,9 @@ class ExecutorCore(AttemptRunner):
         self.store = store
         self.workdirs = workdirs
         self.secrets = secrets  # a record with secrets_stored holds *** in place of the values
+        # what the backend keeps a job from, as configured: said in every heartbeat
+        isolation = getattr(backend, "isolation", None)
+        self._isolation = isolation() if callable(isolation) else None
         # the devices the scheduler may hand out here (gpus.advertised_gpus); None: the backend
         # does not discover any, its count is the setting or what it detects
         self.gpus = gpus
@@ -142,6 +145,7 @@ class ExecutorCore(AttemptRunner):
             advertise_host=self.settings.advertise_host,
             rendezvous_ports=self._ports,
             gpus=self.gpus or [],
+            isolation=self._isolation,
         )
 
     async def beat(self) -> None:

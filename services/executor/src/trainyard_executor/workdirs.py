@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nats.js.object_store import ObjectStore
 
-from trainyard_shared.blobs import check_digest, get_blob
+from trainyard_shared.blobs import BlobMissing, BlobTooLarge, check_digest, get_blob
 
 __all__ = ["WorkdirCache"]
 
@@ -42,7 +42,12 @@ class WorkdirCache:
             if path.exists():
                 os.utime(path)
                 return path
-            data = await get_blob(await self._store(), digest, self.max_bytes)
+            try:
+                data = await get_blob(await self._store(), digest, self.max_bytes)
+            except (BlobMissing, BlobTooLarge):
+                raise
+            except Exception as exc:  # NATS away or refusing: say what was being fetched
+                raise RuntimeError(f"could not fetch the packed workdir {digest}: {exc}") from exc
             await asyncio.to_thread(self._write, path, data)
         self._locks.pop(digest, None)
         return path

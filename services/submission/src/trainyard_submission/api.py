@@ -32,6 +32,7 @@ from trainyard_contracts import (
     WhyRequest,
     parse_spec,
 )
+from trainyard_contracts._time import utcnow
 from trainyard_contracts.spec import DIGEST_PATTERN, QUEUE_PATTERN, QueueName, capped_errors, field_errors
 from trainyard_submission.access import (
     Forbidden,
@@ -46,6 +47,7 @@ from trainyard_submission.access import (
     public_record,
 )
 from trainyard_submission.deadletters import DeadLetters, LetterNotFound
+from trainyard_submission.executorlist import list_executors
 from trainyard_submission.logs import read_chunks
 from trainyard_submission.purge import JobNotFinished, JobPurger
 from trainyard_submission.queuestore import QueueNotFound, QueueStore, RevisionMismatch
@@ -463,6 +465,10 @@ def build_router(state: dict[str, Any]) -> APIRouter:
     ) -> dict[str, Any]:
         versions = [v for v in await service().models(name) if may_read_model(caller, v)]
         return {"models": [v.model_dump(mode="json") for v in versions]}
+
+    @router.get("/executors", summary="executors: capacity, lease, running count, what they isolate")
+    async def executors() -> dict[str, Any]:
+        return {"executors": await list_executors(state["executors_reader"], utcnow())}
 
     @router.get("/queues", summary="every queue's configuration (built-in default included)")
     async def list_queues() -> dict[str, Any]:

@@ -35,6 +35,7 @@ class SubmissionRuntime:
     workdirs: WorkdirStore
     purger: JobPurger
     js: JetStreamContext
+    executors_reader: BucketReader  # GET /v1/executors (executorlist.py)
 
     def router_state(self) -> dict[str, Any]:
         """What ``api.build_router`` reads, under the names it reads them by."""
@@ -45,6 +46,7 @@ class SubmissionRuntime:
             "workdirs": self.workdirs,
             "purger": self.purger,
             "js": self.js,
+            "executors_reader": self.executors_reader,
         }
 
     async def stop(self) -> None:
@@ -85,4 +87,5 @@ async def build_runtime(
         models_reader=BucketReader(js, names.models),
         workdirs=workdirs,
     )
-    return SubmissionRuntime(service, tokens, queues, queue_view, workdirs, purger, js)
+    executors = BucketReader(js, names.executors)
+    return SubmissionRuntime(service, tokens, queues, queue_view, workdirs, purger, js, executors)

@@ -36,6 +36,7 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import Ulimit
 
+from trainyard_contracts import Isolation
 from trainyard_executor.backends.base import (
     AttemptLaunch,
     FoundAttempt,
@@ -64,6 +65,7 @@ from trainyard_executor.backends.gang_network import (
     remove_network,
 )
 from trainyard_executor.backends.hostpaths import read_in
+from trainyard_executor.backends.isolation import container_isolation
 from trainyard_executor.backends.source import SourceError
 from trainyard_executor.backends.threads import in_thread
 from trainyard_executor.backends.workdir import WorkdirError
@@ -201,6 +203,9 @@ class DockerBackend:
             return False
 
     # -- capacity -----------------------------------------------------------------------------
+
+    def isolation(self) -> Isolation:
+        return container_isolation(self.name, self.user, self.pids_limit)
 
     def capacity(self) -> Resources:
         """The engine's CPUs and memory (``docker info``); GPUs only as configured.

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from trainyard_contracts import Isolation
 from trainyard_executor.backends.base import (
     AttemptLaunch,
     FoundAttempt,
@@ -37,6 +38,7 @@ from trainyard_executor.backends.base import (
     Resources,
 )
 from trainyard_executor.backends.finished import FinishedAttempt
+from trainyard_executor.backends.isolation import kube_isolation
 from trainyard_executor.backends.kube_attempt import CURSOR_FILE, META_DIR, KubeAttempt, api_error, has_labels
 from trainyard_executor.backends.kube_manifests import (
     ANNOT_GRACE,
@@ -139,6 +141,9 @@ class KubernetesBackend:
     @property
     def networking(self) -> k8s.NetworkingV1Api:
         return k8s.NetworkingV1Api(self.api)
+
+    def isolation(self) -> Isolation:
+        return kube_isolation(self.options.run_as_user, self.options.automount_token)
 
     def capacity(self) -> Resources:
         """The pool's quota as configured: the cluster's nodes are shared, not this executor's."""

@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from trainyard_contracts import Isolation
 from trainyard_executor.backends.local.attempt import LocalAttempt
 from trainyard_executor.backends.local.ranks import GROUP_POLL_S, KILL_WAIT_S, Rank, is_ours, user_of
 
@@ -18,6 +19,7 @@ from .._proc import signal_group
 from ..base import AttemptLaunch, FoundAttempt, LineSink, Resources
 from ..capacity import detect_capacity
 from ..cgroups import AttemptCgroup, Containment, detect_containment
+from ..isolation import local_isolation
 from ..jobfiles import PRIVATE_DIR, kill_user, take_back
 from ..jobusers import JobUsers
 from ..runtime_env import RuntimeEnvCache
@@ -49,6 +51,9 @@ class LocalBackend:
         """What keeps a job's processes together (said once when the executor starts)."""
         users = self.job_users.describe() if self.job_users is not None else "the executor's user"
         return f"{self.containment.describe()}; jobs run as {users}"
+
+    def isolation(self) -> Isolation:
+        return local_isolation(self.containment, self.job_users)
 
     def resolve_workdir(self, workdir: Path) -> Path:
         """Absolute workdirs are used as given; relative ones live under ``root``."""
