@@ -34,10 +34,18 @@ from trainyard_client.connection import (
     TOKEN_FILE as TOKEN_FILE,
 )
 from trainyard_client.connection import (
-    TrainyardError,
-    TrainyardUnavailable,
-    default_token,
-    default_url,
+    TrainyardError as TrainyardError,
+)
+from trainyard_client.connection import (
+    TrainyardUnavailable as TrainyardUnavailable,
+)
+from trainyard_client.connection import (
+    default_token as default_token,
+)
+from trainyard_client.connection import (
+    default_url as default_url,
+)
+from trainyard_client.connection import (
     no_token_hint,
     problem_error,
 )
