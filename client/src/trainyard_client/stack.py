@@ -37,16 +37,32 @@ from typing import IO, TYPE_CHECKING, Any
 import httpx
 
 from trainyard_client.sdk import TOKEN_FILE, TrainyardClient
+from trainyard_client.stackprocess import (  # re-exported: the CLI and tests name them here
+    SERVICES as SERVICES,
+)
 from trainyard_client.stackprocess import (
-    SERVICES,
-    ServiceDied,
-    ServiceProcess,
-    StackError,
-    StackNotInstalled,
-    _free_port,
-    _port_in_use,
+    ServiceDied as ServiceDied,
+)
+from trainyard_client.stackprocess import (
+    ServiceProcess as ServiceProcess,
+)
+from trainyard_client.stackprocess import (
+    StackError as StackError,
+)
+from trainyard_client.stackprocess import (
+    StackNotInstalled as StackNotInstalled,
+)
+from trainyard_client.stackprocess import (
+    _free_port as _free_port,
+)
+from trainyard_client.stackprocess import (
+    _port_in_use as _port_in_use,
+)
+from trainyard_client.stackprocess import (
     _private_log,
-    missing_packages,
+)
+from trainyard_client.stackprocess import (
+    missing_packages as missing_packages,
 )
 from trainyard_client.supervision import Restart, RestartBook, RestartPolicy
 
@@ -342,7 +358,7 @@ class EmbeddedStack:
         from trainyard_shared.natsusers import executor_user
 
         if service != "executor":
-            return self._credentials().service_env(service)
+            return dict(self._credentials().service_env(service))
         executor_id = env.get("TRAINYARD_EXECUTOR_ID") or self.executor_id()
         return {
             **self._credentials().service_env(executor_user(executor_id)),

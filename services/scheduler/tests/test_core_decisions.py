@@ -11,7 +11,15 @@ from datetime import timedelta
 
 import pytest
 
-from trainyard_contracts import Capacity, ExecutorHeartbeat, JobSpec, JobState, Subjects, lifecycle
+from trainyard_contracts import (
+    Capacity,
+    ExecutorHeartbeat,
+    JobSpec,
+    JobState,
+    StartAttempt,
+    Subjects,
+    lifecycle,
+)
 from trainyard_contracts._time import utcnow
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.settings import SchedulerSettings
@@ -154,3 +162,16 @@ def test_expired_heartbeats_are_not_online() -> None:
         time=utcnow() - timedelta(minutes=5),
     )
     assert beat.expired(utcnow())
+
+
+async def test_the_start_carries_the_record_the_scheduling_write_made() -> None:
+    s = Scheduler()
+    await s.online("exec-a")
+    await s.submit("j1")
+    await s.core.plan_pass()
+    start = StartAttempt.model_validate_json(s.events.published[-1].payload)
+    stored = await s.store.get("j1")
+    assert stored is not None
+    # the executor's first compare-and-set needs no read: the record and revision are the stored ones
+    assert start.record == stored[0] and start.record_revision == stored[1]
+    assert start.spec is None  # the spec travels once, inside the record

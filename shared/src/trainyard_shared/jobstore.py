@@ -92,7 +92,10 @@ class JobStore:
         """
         self._view = view
 
-    def _cached(self, job_id: str) -> tuple[JobRecord, int] | None:
+    def known(self, job_id: str) -> tuple[JobRecord, int] | None:
+        """The copy of a record this process trusts first, and its revision: the view's (see
+        :meth:`read_through`) unless this store read or wrote a newer one. The one rule for every
+        cached record: it is tried by compare-and-set, and a stale one costs one failed CAS."""
         remembered = self._memory.get(job_id)
         if self._view is not None:
             record = self._view.records.get(job_id)
@@ -109,7 +112,7 @@ class JobStore:
         Returns (before, after), or None when the record is missing or ``change`` said no (None).
         A "no" from ``change`` on a cached record is checked against the bucket before it stands.
         """
-        cached = self._cached(job_id)
+        cached = self.known(job_id)
         for _ in range(tries):
             from_cache = cached is not None
             current = cached if cached is not None else await self.get(job_id)

@@ -16,12 +16,14 @@ if TYPE_CHECKING:
     from trainyard_client.sdk import TrainyardClient
     from trainyard_contracts import QueueConfig
 
-dlq = typer.Typer(help="Dead letters: messages a service could not handle, and why.", no_args_is_help=True)
-queues = typer.Typer(
+dlq: typer.Typer = typer.Typer(
+    help="Dead letters: messages a service could not handle, and why.", no_args_is_help=True
+)
+queues: typer.Typer = typer.Typer(
     help="Queue configuration: weight, quota, cohort, shell (writes need an admin token).",
     no_args_is_help=True,
 )
-tokens = typer.Typer(
+tokens: typer.Typer = typer.Typer(
     help="API tokens: one per team (its queue), or admin (needs an admin token).", no_args_is_help=True
 )
 UNLIMITED = ("unlimited", "none", "-")
