@@ -67,7 +67,12 @@ async def test_auto_runs_jobs_as_their_own_uid_with_the_executors_packages(data:
     launch = AttemptLaunch(
         job_id=job_id,
         attempt=1,
-        argv=["python", "-c", "import os, pydantic, nats, trainyard_contracts; print('uid', os.getuid(), flush=True)"],
+        # pydantic: a compiled package; trainyard_contracts: an editable install (a .pth of its own)
+        argv=[
+            "python",
+            "-c",
+            "import os, pydantic, trainyard_contracts; print('uid', os.getuid(), flush=True)",
+        ],
         env={"PATH": f"{for_jobs.python_bin}:/usr/bin:/bin", "TRAINYARD_JOB_ID": job_id},
         workdir=data / "executor" / "runas" / "work" / job_id / "attempt-1",
         timeout_s=60,
