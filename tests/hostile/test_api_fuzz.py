@@ -53,6 +53,10 @@ OPERATIONS = [
     ("POST", "/v1/tokens"),
     ("GET", "/v1/tokens"),
     ("DELETE", "/v1/tokens/{token_id}"),
+    ("POST", "/v1/pipelines"),
+    ("GET", "/v1/pipelines"),
+    ("GET", "/v1/pipelines/{run_id}"),
+    ("POST", "/v1/pipelines/{run_id}/cancel"),
 ]
 
 
@@ -98,6 +102,13 @@ def live(nats_server, tmp_path_factory) -> Iterator[Live]:
 # no scheduler runs beside the fuzzed API: the questions for its leader are answered 503 (a
 # problem document, checked like every other error) and nothing else may be a 5xx
 NEEDS_SCHEDULER = {("GET", "/v1/jobs/{job_id}/why"), ("POST", "/v1/jobs/dry-run")}
+# nor a workflow service: the pipeline routes that ask it are answered 503 as well
+NEEDS_WORKFLOW = {
+    ("POST", "/v1/pipelines"),
+    ("GET", "/v1/pipelines"),
+    ("GET", "/v1/pipelines/{run_id}"),
+    ("POST", "/v1/pipelines/{run_id}/cancel"),
+}
 
 
 def assert_one_problem_format(response: Any, label: str, allowed_5xx: frozenset[int] = frozenset()) -> None:
@@ -148,7 +159,7 @@ def test_fuzzed_requests_get_an_answer_in_time_and_errors_are_problems(live, met
             headers["Authorization"] = f"Bearer {token}"
         case.headers = headers
         response = case.call(base_url=live.url, timeout=REQUEST_TIMEOUT)
-        allowed = frozenset({503}) if (method, path) in NEEDS_SCHEDULER else frozenset()
+        allowed = frozenset({503}) if (method, path) in NEEDS_SCHEDULER | NEEDS_WORKFLOW else frozenset()
         assert_one_problem_format(response, f"{method} {path} as {who} ({mode})", allowed)
         seen.append(response.status_code)
 

@@ -66,6 +66,7 @@ from trainyard_contracts import (
 
 if TYPE_CHECKING:
     from trainyard_client.workdir import WorkdirUpload
+    from trainyard_contracts.runs import PipelineRun
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,31 @@ class TrainyardClient:
         return response
 
     # the API
+
+    def run_pipeline(
+        self, pipeline: Mapping[str, Any], params: Mapping[str, Any] | None = None
+    ) -> PipelineRun:
+        """Start a run of ``pipeline`` (the document as a mapping) with ``params`` over its defaults."""
+        from trainyard_contracts.runs import PipelineRun
+
+        body = {"pipeline": dict(pipeline), "params": dict(params or {})}
+        return PipelineRun.model_validate(self._request("POST", "/v1/pipelines", json=body).json())
+
+    def pipeline(self, run_id: str) -> PipelineRun:
+        from trainyard_contracts.runs import PipelineRun
+
+        return PipelineRun.model_validate(self._request("GET", f"/v1/pipelines/{run_id}").json())
+
+    def pipelines(self, limit: int = 100) -> list[PipelineRun]:
+        from trainyard_contracts.runs import PipelineRun
+
+        runs = self._request("GET", "/v1/pipelines", params={"limit": limit}).json()["runs"]
+        return [PipelineRun.model_validate(run) for run in runs]
+
+    def cancel_pipeline(self, run_id: str) -> PipelineRun:
+        from trainyard_contracts.runs import PipelineRun
+
+        return PipelineRun.model_validate(self._request("POST", f"/v1/pipelines/{run_id}/cancel").json())
 
     def health(self) -> bool:
         """True when the API answers ``/healthz``."""

@@ -1,21 +1,25 @@
-"""The executor core's decisions against in-memory fakes of its store, publisher and directory
-(``trainyard_executor.fakes``): fast, no server. The same paths against a real nats-server are in
+"""The executor core's decisions against in-memory fakes: the real JobStore over a MemoryBucket,
+MemoryPublisher and MemoryExecutorDirectory (``trainyard_shared.testing.fakes``) and a recording
+log shipper (``trainyard_executor.fakes``): fast, no server. The same paths against a real nats-server are in
 test_recovery.py, test_lost_ack_retry.py and the service tests; these guard the decisions alone."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from trainyard_contracts import CancelAttempt, JobRecord, JobSpec, JobState, StartAttempt, lifecycle
+from trainyard_contracts import CancelAttempt, JobRecord, JobSpec, JobState, StartAttempt, Subjects, lifecycle
 from trainyard_contracts._time import utcnow
 from trainyard_executor.backends.base import Resources
 from trainyard_executor.backends.noop import NoopBackend
 from trainyard_executor.core import ExecutorCore
-from trainyard_executor.fakes import InMemoryDirectory, InMemoryJobStore, RecordingPublisher, shippers
+from trainyard_executor.fakes import shippers
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_shared.jobstore import JobStore
+from trainyard_shared.testing.fakes import MemoryBucket, MemoryExecutorDirectory, MemoryPublisher
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +27,29 @@ ME = "exec-a"
 NOW = utcnow()
 
 
-def start(store: InMemoryJobStore, job_id: str, attempt: int = 1, executor_id: str = ME) -> StartAttempt:
+class Records:
+    """The jobs bucket in memory, the real JobStore over it, and what was written there."""
+
+    def __init__(self, *records: JobRecord) -> None:
+        self.bucket = MemoryBucket("jobs")
+        for r in records:  # stored as the scheduler's writes left them
+            value = r.model_dump_json().encode()
+            self.bucket.entries[r.job_id] = MemoryBucket.Entry("jobs", r.job_id, value, 1, 0, None, None)
+        self.store = JobStore(self.bucket)
+
+    def record(self, job_id: str) -> JobRecord:
+        return JobRecord.model_validate_json(self.bucket.entries[job_id].value)
+
+    @property
+    def writes(self) -> int:
+        return self.bucket.revision  # the fake counts its writes from 0
+
+
+def types(events: MemoryPublisher) -> list[str]:
+    return [json.loads(p.payload)["type"] for p in events.published]
+
+
+def start(store: Records, job_id: str, attempt: int = 1, executor_id: str = ME) -> StartAttempt:
     """The start command as the scheduler sends it (the spec travels inside the record)."""
     return StartAttempt(job_id=job_id, attempt=attempt, executor_id=executor_id, record=store.record(job_id))
 
@@ -35,15 +61,13 @@ def placed_on(executor_id: str, job_id: str, *, started: bool = False, retries: 
     return lifecycle.start(scheduled, NOW) if started else scheduled
 
 
-def core_with(
-    store: InMemoryJobStore, tmp_path: Path
-) -> tuple[ExecutorCore, RecordingPublisher, dict[Any, Any]]:
+def core_with(store: Records, tmp_path: Path) -> tuple[ExecutorCore, MemoryPublisher, dict[Any, Any]]:
     made, factory = shippers()
-    events = RecordingPublisher()
+    events = MemoryPublisher(Subjects())
     core = ExecutorCore(
-        store=store,  # type: ignore[arg-type]
-        events=events,  # type: ignore[arg-type]
-        directory=InMemoryDirectory(),  # type: ignore[arg-type]
+        store=store.store,
+        events=events,
+        directory=MemoryExecutorDirectory(),
         backend=NoopBackend(Resources(cpu=4, memory_mb=1024, gpu=0)),
         shippers=factory,
         settings=ExecutorSettings(id=ME, backend="noop"),
@@ -53,17 +77,17 @@ def core_with(
 
 
 async def test_a_restart_leaves_a_placed_attempt_to_its_command_and_requeues_a_lost_one(tmp_path) -> None:
-    store = InMemoryJobStore(placed_on(ME, "placed"), placed_on(ME, "lost", started=True))
+    store = Records(placed_on(ME, "placed"), placed_on(ME, "lost", started=True))
     core, events, _ = core_with(store, tmp_path)
     assert await core.recover([store.record("placed"), store.record("lost")]) == 1
     assert (store.record("placed").state, store.record("placed").attempt) == (JobState.SCHEDULED, 1)
     assert (store.record("lost").state, store.record("lost").attempt) == (JobState.REQUEUED, 2)
-    assert events.types() == ["requeued"]
+    assert types(events) == ["requeued"]
     assert core.recovered.is_set()  # commands wait for it
 
 
 async def test_a_start_runs_the_attempt_and_records_its_end(tmp_path) -> None:
-    store = InMemoryJobStore(placed_on(ME, "j1"))
+    store = Records(placed_on(ME, "j1"))
     core, events, made = core_with(store, tmp_path)
     core.recovered.set()
     await core.start(start(store, "j1"))
@@ -71,48 +95,46 @@ async def test_a_start_runs_the_attempt_and_records_its_end(tmp_path) -> None:
     assert task is not None
     await task
     assert store.record("j1").state == JobState.SUCCEEDED
-    assert events.types() == ["running", "succeeded"]
+    assert types(events) == ["running", "succeeded"]
     assert made[("j1", 1)].closed and "j1" not in core.running
     # a redelivered start of an attempt that ended changes nothing
     await core.start(start(store, "j1"))
-    assert "j1" not in core.running and events.types() == ["running", "succeeded"]
+    assert "j1" not in core.running and types(events) == ["running", "succeeded"]
 
 
 async def test_a_start_meant_for_another_executor_or_attempt_writes_nothing(tmp_path) -> None:
-    store = InMemoryJobStore(placed_on("exec-b", "theirs"), placed_on(ME, "mine"))
+    store = Records(placed_on("exec-b", "theirs"), placed_on(ME, "mine"))
     core, events, _ = core_with(store, tmp_path)
     core.recovered.set()
     await core.start(start(store, "theirs", executor_id="exec-b"))  # not addressed here
     await core.start(start(store, "theirs"))  # the record says exec-b
     await core.start(start(store, "mine", attempt=2))  # not the current attempt
-    assert store.writes == 0 and events.events == [] and core.running == {}
+    assert store.writes == 0 and events.published == [] and core.running == {}
 
 
 async def test_a_cancel_of_an_attempt_not_started_yet_cancels_it_in_the_record(tmp_path) -> None:
-    store = InMemoryJobStore(placed_on(ME, "j1"), placed_on("exec-b", "j2"))
+    store = Records(placed_on(ME, "j1"), placed_on("exec-b", "j2"))
     core, events, _ = core_with(store, tmp_path)
     core.recovered.set()
     await core.cancel(CancelAttempt(job_id="j1", attempt=1, executor_id=ME, reason="by the user"))
     assert (store.record("j1").state, store.record("j1").reason) == (JobState.CANCELLED, "by the user")
-    assert events.types() == ["cancelled"]
+    assert types(events) == ["cancelled"]
     # fenced: an attempt placed elsewhere is not this executor's to cancel
     await core.cancel(CancelAttempt(job_id="j2", attempt=1, executor_id=ME))
-    assert store.record("j2").state == JobState.SCHEDULED and events.types() == ["cancelled"]
+    assert store.record("j2").state == JobState.SCHEDULED and types(events) == ["cancelled"]
 
 
 async def test_a_failure_with_a_retry_left_is_requeued_and_one_without_fails_the_job(tmp_path) -> None:
-    store = InMemoryJobStore(
-        placed_on(ME, "retried", started=True, retries=1), placed_on(ME, "final", started=True)
-    )
+    store = Records(placed_on(ME, "retried", started=True, retries=1), placed_on(ME, "final", started=True))
     core, events, _ = core_with(store, tmp_path)
     retried = await core._finish("retried", 1, "failed", 3, "exit code 3", None, 1.0)
     final = await core._finish("final", 1, "failed", 3, "exit code 3", None, 1.0)
     assert retried is not None and (retried.state, retried.attempt) == (JobState.REQUEUED, 2)
     assert final is not None and final.state == JobState.FAILED
-    assert events.types() == ["requeued", "failed"]
+    assert types(events) == ["requeued", "failed"]
     # told again (a lost ack made it try once more): the record keeps how it ended, and the event
     # is announced again as it was (the same message id: the stream keeps one)
     again = await core._finish("final", 1, "succeeded", 0, "exit code 0", None, 1.0)
     assert again is not None and again.state == JobState.FAILED and store.record("final") == again
-    assert events.types() == ["requeued", "failed", "failed"]
-    assert events.events[1].msg_id() == events.events[2].msg_id()
+    assert types(events) == ["requeued", "failed", "failed"]
+    assert events.published[1].headers["Nats-Msg-Id"] == events.published[2].headers["Nats-Msg-Id"]

@@ -170,3 +170,54 @@ async def test_a_restart_between_sending_and_recording_never_submits_a_step_twic
         if record and record.spec.labels.get(RUN_LABEL) == run.run_id:
             labelled.append(key)
     assert labelled == [first["job_id"]]
+
+
+async def test_pipelines_over_http_one_url_one_token(nats_server, prefix, tmp_path):
+    """POST/GET /v1/pipelines on the submission API, answered by the workflow service over NATS:
+    a 3-step pipeline whose middle step fails ends with its last step skipped."""
+    import httpx
+
+    pipeline = {
+        "name": "three",
+        "steps": [
+            {"name": "prepare", "job": {"name": "prepare", "command": ["true"]}},
+            {"name": "train", "depends": ["prepare"], "job": {"name": "train", "command": ["false"]}},
+            {"name": "evaluate", "depends": ["train"], "job": {"name": "evaluate", "command": ["true"]}},
+        ],
+    }
+    common = common_settings(nats_server.url, prefix, tmp_path / "data")
+    api = submission_app(common, SubmissionSettings(token="workflow-test-token-1"))
+    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2))
+    executor = executor_app(common, ExecutorSettings(id="exec-wf", cpu=4, memory=4096, heartbeat_seconds=0.5))
+    workflow = workflow_app(common, WorkflowSettings(reconcile_seconds=1))
+    auth = {"Authorization": "Bearer workflow-test-token-1"}
+    async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=auth) as http:
+            assert (
+                await http.post("/v1/pipelines", json={"pipeline": pipeline}, headers={"Authorization": ""})
+            ).status_code == 401
+            bad = await http.post("/v1/pipelines", json={"pipeline": {**pipeline, "steps": []}})
+            assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "steps"
+            created = await http.post("/v1/pipelines", json={"pipeline": pipeline})
+            assert created.status_code == 201, created.text
+            run_id = created.json()["run_id"]
+
+            async def ended():
+                body = (await http.get(f"/v1/pipelines/{run_id}")).json()
+                return body if body["state"] != "running" else None
+
+            run = await eventually(ended, 60, "the pipeline ended")
+            assert {n: s["state"] for n, s in run["steps"].items()} == {
+                "prepare": "succeeded",
+                "train": "failed",
+                "evaluate": "skipped",
+            }
+            assert run["state"] == "failed" and run["submitted_by"] == "api"
+            listed = (await http.get("/v1/pipelines")).json()["runs"]
+            assert [r["run_id"] for r in listed] == [run_id]
+            assert (await http.get("/v1/pipelines/nosuchrun1")).status_code == 404
+            ended_cancel = await http.post(f"/v1/pipelines/{run_id}/cancel")
+            assert (
+                ended_cancel.status_code == 200 and ended_cancel.json()["state"] == "failed"
+            )  # already ended

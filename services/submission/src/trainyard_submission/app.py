@@ -23,6 +23,7 @@ from trainyard_shared.tracing import setup_tracing, tracing_enabled
 from trainyard_submission.api import build_router, install_error_handlers, install_openapi
 from trainyard_submission.intake import handle_intake
 from trainyard_submission.limits import BodyLimit
+from trainyard_submission.pipelines import build_pipeline_router
 from trainyard_submission.runtime import SubmissionRuntime, build_runtime
 from trainyard_submission.settings import SubmissionSettings
 
@@ -101,6 +102,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     )
     install_error_handlers(app)
     app.include_router(build_router(state))
+    app.include_router(build_pipeline_router(state))
     install_openapi(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 

@@ -1,0 +1,108 @@
+"""``/v1/pipelines``: pipeline runs over HTTP, answered by the workflow service over NATS.
+
+The submission service stays the one public API with the one token check; it asks the workflow
+service on ``<prefix>.workflow.<kind>`` (request/reply) and answers with what it says (docs/
+workflows.md, "How the API reaches the workflow service"). Before a run is asked for, every step's
+job is held to the caller's queue rules, as ``POST /v1/jobs`` holds one job: a pipeline is no way
+around them. A team sees and cancels its own runs only; the admin sees all.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from trainyard_contracts import SpecError
+from trainyard_contracts.runs import PipelineReply, PipelineRequest, PipelineRun
+from trainyard_contracts.workflow import RUN_ID_PATTERN, validate_pipeline
+from trainyard_submission.access import QueueRefused, check_submit, place_spec
+from trainyard_submission.api import Caller, Problem, authorised
+from trainyard_submission.tokens import Principal
+
+WORKFLOW_TIMEOUT_SECONDS = 30.0
+
+
+def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
+    router = APIRouter(prefix="/v1/pipelines", dependencies=[Depends(authorised)], tags=["pipelines"])
+
+    async def ask(kind: str, request: PipelineRequest) -> PipelineReply:
+        try:
+            reply = await state["broker"].request(
+                request.model_dump_json().encode(),
+                state["subjects"].workflow_request(kind),
+                timeout=WORKFLOW_TIMEOUT_SECONDS,
+            )
+        except Exception as exc:  # no responder / timeout
+            raise Problem(
+                503, "workflow unavailable", f"the workflow service did not answer: {type(exc).__name__}"
+            ) from exc
+        answer = PipelineReply.model_validate_json(bytes(reply.body))
+        if not answer.ok:
+            errors = [e.model_dump() for e in answer.errors]
+            detail = "; ".join(f"{e.field}: {e.message}" for e in answer.errors)
+            raise Problem(answer.status, "pipeline request refused", detail, errors=errors)
+        return answer
+
+    async def visible_run(caller: Principal, run_id: str) -> PipelineRun:
+        if not re.match(RUN_ID_PATTERN, run_id):  # no key the bucket could hold
+            raise Problem(404, "no such pipeline run", run_id[:100])
+        run = (await ask("status", PipelineRequest(run_id=run_id))).run
+        if run is None or not _may_see(caller, run):
+            raise Problem(404, "no such pipeline run", run_id)
+        return run
+
+    @router.post("", status_code=201, summary="run a pipeline: {pipeline: <document>, params: {k: v}}")
+    async def run_pipeline(request: Request, caller: Caller) -> JSONResponse:
+        try:
+            body = PipelineRequest.model_validate_json(await request.body())
+        except ValueError as exc:
+            raise Problem(422, "invalid request", str(exc)[:1000]) from exc
+        if body.pipeline is None:
+            raise Problem(422, "invalid request", "pipeline: required field is missing")
+        await _check_steps(state, caller, body)
+        answer = await ask("run", body.model_copy(update={"by": caller.name}))
+        return JSONResponse(_public(answer.run), status_code=201)
+
+    @router.get("", summary="pipeline runs, newest first")
+    async def list_pipelines(
+        caller: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> dict[str, Any]:
+        runs = (await ask("list", PipelineRequest(limit=limit))).runs
+        return {"runs": [_public(run) for run in runs if _may_see(caller, run)]}
+
+    @router.get("/{run_id}", summary="a pipeline run: its steps, their jobs and states")
+    async def get_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:
+        return _public(await visible_run(caller, run_id))
+
+    @router.post("/{run_id}/cancel", summary="cancel a pipeline run: no further step starts")
+    async def cancel_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:
+        await visible_run(caller, run_id)
+        answer = await ask("cancel", PipelineRequest(run_id=run_id, by=caller.name))
+        return _public(answer.run)
+
+    return router
+
+
+async def _check_steps(state: dict[str, Any], caller: Principal, body: PipelineRequest) -> None:
+    try:
+        pipeline = validate_pipeline(body.pipeline, body.params)
+    except SpecError as exc:
+        errors = [e.model_dump() for e in exc.errors]
+        raise Problem(422, "invalid pipeline", str(exc), errors=errors) from exc
+    for i, step in enumerate(pipeline.steps):
+        spec = place_spec(caller, step.job)
+        try:
+            check_submit(caller, spec, await state["queues"].effective(spec.queue))
+        except QueueRefused as exc:
+            raise Problem(403, "forbidden", f"steps.{i}.job: {exc.detail}", queue=exc.queue) from exc
+
+
+def _may_see(caller: Principal, run: PipelineRun) -> bool:
+    return caller.admin or run.submitted_by == caller.name
+
+
+def _public(run: PipelineRun | None) -> dict[str, Any]:
+    return run.model_dump(mode="json") if run is not None else {}
