@@ -160,7 +160,12 @@ class Announcing(SchedulerParts):
         return [self.events.outgoing(failed)]
 
     def _revision_of(self, record: JobRecord) -> int | None:
-        """The KV revision of exactly this record object, if it is the copy the store trusts
-        (JobStore.known): only then does it travel with its start command."""
+        """The KV revision of exactly this record object, if this scheduler wrote or saw it: the
+        copy its store trusts first (JobStore.known), or the one its view holds (a store that does
+        not read through the view)."""
         known = self.store.known(record.job_id)
-        return known[1] if known is not None and known[0] is record else None
+        if known is not None and known[0] is record:
+            return known[1]
+        if self.view.get(record.job_id) is record:
+            return self.view.revisions.get(record.job_id)
+        return None
