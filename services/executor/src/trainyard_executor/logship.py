@@ -87,7 +87,7 @@ class LogShipper:
     async def line(self, stream: str, text: str) -> None:
         """Take one line of output (split when too long for a chunk). Never raises."""
         kind: Literal["stdout", "stderr", "system"] = (
-            stream if stream in ("stdout", "stderr") else "system"  # type: ignore[assignment]
+            "stdout" if stream == "stdout" else "stderr" if stream == "stderr" else "system"
         )
         size = text_bytes(text)
         if kind != "system":

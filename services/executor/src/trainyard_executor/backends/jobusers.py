@@ -143,8 +143,9 @@ def job_users(
         probe_uid: int | None = None
         probe_gid: int | None = None
     else:
-        users = JobUsers(fixed=_named(run_as.strip()))
-        probe_uid, probe_gid = users.fixed  # type: ignore[misc]
+        fixed = _named(run_as.strip())
+        users = JobUsers(fixed=fixed)
+        probe_uid, probe_gid = fixed
     for path in needs:
         blocked = unreachable(path, probe_uid, probe_gid)
         if blocked is None:

@@ -105,7 +105,7 @@ class ResourceWatch:
     def _run(self) -> None:
         selector = ",".join(f"{k}={v}" for k, v in self.labels.items())
         while not self._stopped.is_set():
-            self._watch = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+            self._watch = k8s_watch.Watch()  # type: ignore[no-untyped-call]  # the client is not annotated
             try:
                 for event in self._watch.stream(
                     self.list_fn,

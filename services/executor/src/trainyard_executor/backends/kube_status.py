@@ -62,9 +62,10 @@ def pod_rank(pod: Mapping[str, Any]) -> int:
 
 
 def _job_container(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for status in (pod.get("status") or {}).get("containerStatuses") or ():
+    statuses: list[Mapping[str, Any]] = (pod.get("status") or {}).get("containerStatuses") or []
+    for status in statuses:
         if status.get("name") == CONTAINER:
-            return status  # type: ignore[no-any-return]
+            return status
     return None
 
 

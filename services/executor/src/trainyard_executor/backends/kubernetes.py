@@ -81,6 +81,7 @@ def api_client_from_config(context: str | None = None, config_file: str | None =
     from kubernetes import config as k8s_config
 
     configuration = k8s.Configuration()
+    # (the kubernetes client's config loaders are not annotated)
     try:
         k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
@@ -150,6 +151,7 @@ class KubernetesBackend:
         return self._capacity
 
     def _raw(self, model: Any) -> dict[str, Any]:
+        # the kubernetes client is not annotated
         return self.api.sanitize_for_serialization(model)  # type: ignore[no-any-return,no-untyped-call]
 
     # -- starting -----------------------------------------------------------------------------
@@ -229,6 +231,7 @@ class KubernetesBackend:
         if secret is not None:
             self._create_gang_object(self.core.create_namespaced_secret, secret)
         try:
+            # the client's stubs want a V1Job model; it sends a plain dict as it is
             job = self._raw(self.batch.create_namespaced_job(ns, manifest))  # type: ignore[arg-type]
         except ApiException as exc:
             if exc.status != 409:
