@@ -176,9 +176,11 @@ async def test_a_source_credential_is_never_in_the_records_repo_nor_in_any_model
     assert CREDENTIAL not in resp.text
     kv = await nc.jetstream().key_value(subjects.buckets.jobs)
     stored = json.loads((await kv.get(resp.json()["job_id"])).value)
-    # the record keeps the credential apart (the executor needs it), never in repo
+    # never in repo; nor in the record at all: the job secrets bucket keeps it for the executor
     assert stored["spec"]["source"]["repo"] == "https://93.184.216.34/alpha/private.git"
-    assert stored["spec"]["source"]["credential"] == CREDENTIAL
+    assert stored["spec"]["source"]["credential"] == "***" and stored["secrets_stored"] is True
+    secrets = await nc.jetstream().key_value(subjects.buckets.secrets)
+    assert json.loads((await secrets.get(resp.json()["job_id"])).value)["credential"] == CREDENTIAL
 
 
 async def test_a_team_lists_only_its_own_queues_models_and_no_credential(doors):

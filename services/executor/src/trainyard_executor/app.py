@@ -15,7 +15,8 @@ from faststream.asgi import AsgiFastStream
 
 from trainyard_contracts import EXECUTOR_COMMAND_ADAPTER, ExecutorCommand, GpuDevice
 from trainyard_executor.backends.base import Backend, Resources
-from trainyard_executor.backends.jobusers import job_users
+from trainyard_executor.backends.jobpython import job_python_bin
+from trainyard_executor.backends.jobusers import job_users, unreachable
 from trainyard_executor.backends.local import LocalBackend
 from trainyard_executor.backends.runtime_env import RuntimeEnvCache
 from trainyard_executor.core import ExecutorCore
@@ -52,6 +53,14 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
     if settings.backend == "local":
         root = data / "executor" / settings.id
         runtime_envs = settings.runtime_env_dir or data / "runtime-envs"
+        if settings.python_on_path and settings.python_bin is None and os.geteuid() == 0:
+            # the executor's Python out of job users' reach (under /root) and nothing else in the
+            # way: a Python they can reach, so that per-job users need not fall back to root
+            others = job_needs(
+                settings.model_copy(update={"python_on_path": False}), data, root, runtime_envs
+            )
+            if all(unreachable(p, None, None) is None for p in others):
+                settings = settings.model_copy(update={"python_bin": job_python_bin(runtime_envs)})
         users, note, warn = job_users(
             settings.run_as,
             tag=str(root.absolute()),
@@ -59,7 +68,9 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
             needs=job_needs(settings, data, root, runtime_envs),
         )
         (log.warning if warn else log.info)(note, extra={"executor_id": settings.id})
-        return LocalBackend(root=root, runtime_env_cache=RuntimeEnvCache(runtime_envs), job_users=users)
+        backend = LocalBackend(root=root, runtime_env_cache=RuntimeEnvCache(runtime_envs), job_users=users)
+        backend.python_bin = settings.python_bin  # settings_for_jobs hands it to the attempts
+        return backend
     if settings.backend == "kubernetes":
         from trainyard_executor.backends.kubernetes import kubernetes_backend
 
@@ -84,7 +95,8 @@ def job_needs(settings: ExecutorSettings, data: Path, root: Path, runtime_envs: 
     dirs, the runtime-env cache and, when it gets the executor's Python, that installation."""
     needs = [root / "work", settings.checkpoint_dir or data / "checkpoints", runtime_envs]
     if settings.python_on_path:
-        needs += [Path(sys.executable).parent, Path(os.path.realpath(sys.executable)).parent]
+        python = (settings.python_bin or Path(sys.executable).parent) / "python"
+        needs += [python.parent, Path(os.path.realpath(python)).parent]
         needs += [Path(p) for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}]
     return [Path(os.path.abspath(p)) for p in needs]
 
@@ -93,6 +105,9 @@ def settings_for_jobs(settings: ExecutorSettings, backend: Backend) -> ExecutorS
     """A local MLflow store (``sqlite:///...``, a path) is the stack's file, which jobs that run
     as users of their own may not open, by design: it is not handed to them (a job that needs
     MLflow gets a server's URL, ``TRAINYARD_EXECUTOR_MLFLOW_TRACKING_URI=http://...``)."""
+    python_bin = getattr(backend, "python_bin", None)
+    if python_bin is not None:
+        settings = settings.model_copy(update={"python_bin": python_bin})
     uri = settings.mlflow_tracking_uri
     if getattr(backend, "job_users", None) is None or not uri or not local_mlflow_store(uri):
         return settings

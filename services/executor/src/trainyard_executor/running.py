@@ -142,7 +142,9 @@ class AttemptRunner(AttemptRecorder):
                     self.inherited,
                     self.settings.passthrough_env,
                     self.settings.mlflow_tracking_uri,
-                    str(Path(sys.executable).parent) if self.settings.python_on_path else None,
+                    str(self.settings.python_bin or Path(sys.executable).parent)
+                    if self.settings.python_on_path
+                    else None,
                     checkpoint_dir=checkpoints,
                 ),
                 workdir=workdir,

@@ -161,6 +161,12 @@ class ExecutorSettings(HttpSettings):  # type: ignore[misc, unused-ignore]
     python_on_path: bool = Field(
         True, description="put the executor's own Python environment first on a job's PATH"
     )
+    python_bin: Path | None = Field(
+        None,
+        description="with python_on_path, the folder put first on a job's PATH (default: the "
+        "executor's own venv, or a venv of the system Python reading the same packages when job "
+        "users cannot reach the executor's interpreter: backends/jobpython.py)",
+    )
     advertise_host: str = Field(
         "127.0.0.1",
         description="the address the ranks of a split gang on other executors reach this host at when "

@@ -34,6 +34,11 @@ from __future__ import annotations
 import os
 import sys
 
+# os.execvpe imports warnings lazily (os.get_exec_path): in the child, after the drop to the job's
+# uid, the supervisor's own stdlib may be out of that user's reach (this machine's Python lives under
+# /root, 0700), and the exec failed as "command not executable". Imported here, as root.
+import warnings  # noqa: F401
+
 try:  # the C module under ``signal``: the same functions without importing enum (~4 ms)
     import _signal as signal
 except ImportError:  # not CPython

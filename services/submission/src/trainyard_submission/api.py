@@ -231,30 +231,34 @@ IfMatch = Annotated[
 ]
 
 
-def build_router(state: dict[str, Any]) -> APIRouter:
-    """``state`` holds the service, settings and token once the app has started."""
+class RouteDeps:
+    """What the routes reach once the app has started: the lifespan fills ``state``."""
 
-    def service() -> SubmissionService:
-        return state["service"]  # type: ignore[no-any-return]
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
 
-    def queues() -> QueueStore:
-        return state["queues"]  # type: ignore[no-any-return]
+    def service(self) -> SubmissionService:
+        return self.state["service"]  # type: ignore[no-any-return]
 
-    def tokens() -> TokenStore:
-        return state["tokens"]  # type: ignore[no-any-return]
+    def queues(self) -> QueueStore:
+        return self.state["queues"]  # type: ignore[no-any-return]
 
-    async def job_for(caller: Principal, job_id: str, action: str) -> JobRecord:
+    def tokens(self) -> TokenStore:
+        return self.state["tokens"]  # type: ignore[no-any-return]
+
+    def workdirs(self) -> WorkdirStore:
+        return self.state["workdirs"]  # type: ignore[no-any-return]
+
+    async def job_for(self, caller: Principal, job_id: str, action: str) -> JobRecord:
         try:
-            record = await service().get(job_id)
+            record = await self.service().get(job_id)
         except JobNotFound as exc:
             raise Problem(404, "no such job", job_id) from exc
         check_job(caller, record, action)
         return record
 
-    router = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
-
-    async def read_body(request: Request, limit: int | None = None, what: str = "a job spec") -> bytes:
-        limit = limit or state["settings"].max_body_bytes
+    async def read_body(self, request: Request, limit: int | None = None, what: str = "a job spec") -> bytes:
+        limit = limit or self.state["settings"].max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise Problem(413, "body too large", f"{what} is at most {limit} bytes")
@@ -267,22 +271,58 @@ def build_router(state: dict[str, Any]) -> APIRouter:
                 raise Problem(413, "body too large", f"{what} is at most {limit} bytes")
         return b"".join(chunks)
 
-    def workdirs() -> WorkdirStore:
-        return state["workdirs"]  # type: ignore[no-any-return]
+    async def ask_scheduler(self, subject: str, request: BaseModel) -> bytes:
+        """A question for the scheduler leader (request/reply); 503 when no leader answers."""
+        try:
+            reply = await self.state["broker"].request(
+                request.model_dump_json().encode(),
+                subject,
+                timeout=self.state["settings"].scheduler_timeout_seconds,
+            )
+        except Exception as exc:  # no responder / timeout: no scheduler leader right now
+            raise Problem(
+                503, "scheduler unavailable", f"no scheduler leader answered: {type(exc).__name__}"
+            ) from exc
+        return bytes(reply.body)
+
+
+def build_router(state: dict[str, Any]) -> APIRouter:
+    """``state`` holds the service, settings and token once the app has started."""
+    deps = RouteDeps(state)
+    router = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
+    for add in (
+        add_workdir_routes,
+        add_submit_routes,
+        add_job_routes,
+        add_log_routes,
+        add_read_routes,
+        add_queue_routes,
+        add_token_routes,
+    ):
+        add(router, deps)
+    return router
+
+
+def add_workdir_routes(router: APIRouter, deps: RouteDeps) -> None:
+    """Packed workdirs: stored once under their digest."""
 
     @router.head("/workdirs/{digest}", summary="204 when this packed workdir is stored, else 404")
     async def workdir_stored(digest: WorkdirDigest) -> Response:
-        return Response(status_code=204 if await workdirs().exists(digest) else 404)
+        return Response(status_code=204 if await deps.workdirs().exists(digest) else 404)
 
     @router.put("/workdirs/{digest}", summary="store a packed workdir under its sha256 (idempotent)")
     async def upload_workdir(digest: WorkdirDigest, request: Request) -> JSONResponse:
-        limit = workdirs().limits.max_archive_bytes
-        body = await read_body(request, limit, "a packed workdir")
+        limit = deps.workdirs().limits.max_archive_bytes
+        body = await deps.read_body(request, limit, "a packed workdir")
         try:
-            stored = await workdirs().upload(digest, body)
+            stored = await deps.workdirs().upload(digest, body)
         except WorkdirRefused as exc:
             raise Problem(exc.status, "workdir refused", str(exc), digest=digest) from exc
         return JSONResponse({"digest": digest, "stored": stored}, status_code=201 if stored else 200)
+
+
+def add_submit_routes(router: APIRouter, deps: RouteDeps) -> None:
+    """Submitting, and asking the scheduler about a spec or a job."""
 
     @router.post("/jobs", status_code=201, summary="submit a job spec (JSON or YAML)")
     async def submit(
@@ -290,11 +330,11 @@ def build_router(state: dict[str, Any]) -> APIRouter:
         caller: Caller,
         idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
     ) -> JSONResponse:
-        body = await read_body(request)
+        body = await deps.read_body(request)
         # idempotency keys are per principal: one team cannot learn another's job through a key
         slot = idempotency_slot(f"http.{caller.token_id}", idempotency_key) if idempotency_key else None
         try:
-            result = await service().submit(
+            result = await deps.service().submit(
                 body, submitted_by=caller.name, idempotency_slot=slot, principal=caller
             )
         except QueueRefused as exc:
@@ -317,39 +357,29 @@ def build_router(state: dict[str, Any]) -> APIRouter:
             status_code=200 if result.duplicate else 201,
         )
 
-    async def ask_scheduler(subject: str, request: BaseModel) -> bytes:
-        """A question for the scheduler leader (request/reply); 503 when no leader answers."""
-        try:
-            reply = await state["broker"].request(
-                request.model_dump_json().encode(),
-                subject,
-                timeout=state["settings"].scheduler_timeout_seconds,
-            )
-        except Exception as exc:  # no responder / timeout: no scheduler leader right now
-            raise Problem(
-                503, "scheduler unavailable", f"no scheduler leader answered: {type(exc).__name__}"
-            ) from exc
-        return bytes(reply.body)
-
     @router.post("/jobs/dry-run", summary="what the scheduler would decide now for a spec; nothing is queued")
     async def dry_run(request: Request, caller: Caller) -> JSONResponse:
-        body = await read_body(request)
+        body = await deps.read_body(request)
         try:
             spec = place_spec(caller, parse_spec(body))
-            check_submit(caller, spec, await queues().effective(spec.queue))
+            check_submit(caller, spec, await deps.queues().effective(spec.queue))
         except QueueRefused as exc:
             raise Problem(403, "forbidden", exc.detail, queue=exc.queue) from exc
         except SpecError as exc:
             errors = [e.model_dump() for e in exc.errors]
             raise Problem(422, "invalid job spec", str(exc), errors=errors) from exc
-        answer = await ask_scheduler(state["subjects"].scheduler_dry_run, DryRunRequest(spec=spec))
+        answer = await deps.ask_scheduler(deps.state["subjects"].scheduler_dry_run, DryRunRequest(spec=spec))
         return JSONResponse(DryRunAnswer.model_validate_json(answer).model_dump(mode="json"))
 
     @router.get("/jobs/{job_id}/why", summary="why a job is still pending (the scheduler leader's answer)")
     async def why(job_id: str, caller: Caller) -> JSONResponse:
-        await job_for(caller, job_id, "read")
-        answer = await ask_scheduler(state["subjects"].scheduler_why, WhyRequest(job_id=job_id))
+        await deps.job_for(caller, job_id, "read")
+        answer = await deps.ask_scheduler(deps.state["subjects"].scheduler_why, WhyRequest(job_id=job_id))
         return JSONResponse(WhyAnswer.model_validate_json(answer).model_dump(mode="json"))
+
+
+def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
+    """Listing, reading, cancelling and purging jobs."""
 
     @router.get("/jobs", summary="list jobs, newest first")
     async def list_jobs(
@@ -364,19 +394,21 @@ def build_router(state: dict[str, Any]) -> APIRouter:
     ) -> dict[str, Any]:
         queue = check_list(caller, queue)
         labels = parse_label_selector(label or [])
-        rows = await service().list(state_.value if state_ else None, queue, limit, name=name, labels=labels)
+        rows = await deps.service().list(
+            state_.value if state_ else None, queue, limit, name=name, labels=labels
+        )
         return {"jobs": [summary(r) for r in rows]}
 
     @router.get("/jobs/{job_id}", summary="one job's record")
     async def get_job(job_id: str, caller: Caller) -> JSONResponse:
-        record = await job_for(caller, job_id, "read")
+        record = await deps.job_for(caller, job_id, "read")
         return JSONResponse(public_record(record))
 
     @router.post("/jobs/{job_id}/cancel", status_code=202, summary="request cancellation")
     async def cancel_job(job_id: str, caller: Caller) -> JSONResponse:
-        await job_for(caller, job_id, "cancel")
+        await deps.job_for(caller, job_id, "cancel")
         try:
-            record = await service().cancel(job_id, by=caller.name)
+            record = await deps.service().cancel(job_id, by=caller.name)
         except JobNotFound as exc:
             raise Problem(404, "no such job", job_id) from exc
         except JobAlreadyFinished as exc:
@@ -389,13 +421,17 @@ def build_router(state: dict[str, Any]) -> APIRouter:
             detail = "DELETE removes a finished job and all that is stored of it; say purge=true"
             errors = [{"field": "purge", "message": "must be true (to stop a job: POST .../cancel)"}]
             raise Problem(400, "purge=true required", detail, errors=errors)
-        record = await job_for(caller, job_id, "purge")
+        record = await deps.job_for(caller, job_id, "purge")
         try:
-            purger: JobPurger = state["purger"]
+            purger: JobPurger = deps.state["purger"]
             purged = await purger.purge(record, caller.name)
         except JobNotFinished as exc:
             raise Problem(409, "job not finished", str(exc)) from exc
         return purged.as_json()
+
+
+def add_log_routes(router: APIRouter, deps: RouteDeps) -> None:
+    """A job's output, once or followed (server-sent events)."""
 
     @router.get("/jobs/{job_id}/logs", summary="the job's output; follow=true streams SSE")
     async def job_logs(
@@ -404,10 +440,10 @@ def build_router(state: dict[str, Any]) -> APIRouter:
         attempt: Annotated[int | None, Query(ge=1)] = None,
         follow: bool = False,
     ) -> Any:
-        record = await job_for(caller, job_id, "read the logs of")
+        record = await deps.job_for(caller, job_id, "read the logs of")
         # a job that prints its own secret: the API does not pass the value on
-        secrets = await service().secrets.values(record)
-        js, subjects = state["js"], state["subjects"]
+        secrets = await deps.service().secrets.values(record)
+        js, subjects = deps.state["js"], deps.state["subjects"]
 
         # the record as last read: read from the bucket only when the log stream has gone quiet
         # (read_chunks asks at most once per fetch wait), and the end event names its state
@@ -415,7 +451,7 @@ def build_router(state: dict[str, Any]) -> APIRouter:
 
         async def finished() -> bool:
             try:
-                now = await service().get(job_id)
+                now = await deps.service().get(job_id)
             except JobNotFound:
                 latest[0] = None
                 return True  # removed while followed: nothing more will be written for it
@@ -442,19 +478,23 @@ def build_router(state: dict[str, Any]) -> APIRouter:
 
         return EventSourceResponse(events(), ping=15)
 
+
+def add_read_routes(router: APIRouter, deps: RouteDeps) -> None:
+    """Dead letters, models and executors."""
+
     @router.get("/dlq", summary="dead letters: messages a service could not handle, and why")
     async def dead_letters(
         _: Admin,
         service: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_-]{0,62}$")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
-        letters = await DeadLetters(state["js"], state["subjects"]).list(service, limit)
+        letters = await DeadLetters(deps.state["js"], deps.state["subjects"]).list(service, limit)
         return {"letters": [letter.as_json() for letter in letters]}
 
     @router.post("/dlq/{seq}/replay", summary="publish a dead letter again on its subject")
     async def replay_dead_letter(_: Admin, seq: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> dict[str, Any]:
         try:
-            letter = await DeadLetters(state["js"], state["subjects"]).replay(seq)
+            letter = await DeadLetters(deps.state["js"], deps.state["subjects"]).replay(seq)
         except LetterNotFound as exc:
             raise Problem(404, "no such dead letter", str(seq)) from exc
         return {"replayed": letter.as_json()}
@@ -463,20 +503,24 @@ def build_router(state: dict[str, Any]) -> APIRouter:
     async def models(
         caller: Caller, name: Annotated[str | None, Query(max_length=128)] = None
     ) -> dict[str, Any]:
-        versions = [v for v in await service().models(name) if may_read_model(caller, v)]
+        versions = [v for v in await deps.service().models(name) if may_read_model(caller, v)]
         return {"models": [v.model_dump(mode="json") for v in versions]}
 
     @router.get("/executors", summary="executors: capacity, lease, running count, what they isolate")
     async def executors() -> dict[str, Any]:
-        return {"executors": await list_executors(state["executors_reader"], utcnow())}
+        return {"executors": await list_executors(deps.state["executors_reader"], utcnow())}
+
+
+def add_queue_routes(router: APIRouter, deps: RouteDeps) -> None:
+    """Queue configuration (writes: admin)."""
 
     @router.get("/queues", summary="every queue's configuration (built-in default included)")
     async def list_queues() -> dict[str, Any]:
-        return {"queues": [q.as_json() for q in await queues().list()]}
+        return {"queues": [q.as_json() for q in await deps.queues().list()]}
 
     @router.get("/queues/{name}", summary="one queue's configuration")
     async def get_queue(name: QueuePath) -> dict[str, Any]:
-        stored = await queues().get(name)
+        stored = await deps.queues().get(name)
         if stored is None:
             detail = f"queue {name!r} has no configuration (built-in defaults apply)"
             raise Problem(404, "no such queue", detail)
@@ -497,7 +541,7 @@ def build_router(state: dict[str, Any]) -> APIRouter:
             errors = [e.model_dump() for e in field_errors(exc)]
             raise Problem(422, "invalid queue configuration", "see errors", errors=errors) from exc
         try:
-            stored, created = await queues().put(config, if_match)
+            stored, created = await deps.queues().put(config, if_match)
         except RevisionMismatch as exc:
             raise Problem(412, "queue changed", str(exc), revision=exc.actual) from exc
         return JSONResponse(stored.as_json(), status_code=201 if created else 200)
@@ -505,28 +549,30 @@ def build_router(state: dict[str, Any]) -> APIRouter:
     @router.delete("/queues/{name}", status_code=204, summary="remove a queue's configuration (admin)")
     async def delete_queue(name: QueuePath, _: Admin, if_match: IfMatch = None) -> Response:
         try:
-            await queues().delete(name, if_match)
+            await deps.queues().delete(name, if_match)
         except QueueNotFound as exc:
             raise Problem(404, "no such queue", f"queue {name!r} has no configuration") from exc
         except RevisionMismatch as exc:
             raise Problem(412, "queue changed", str(exc), revision=exc.actual) from exc
         return Response(status_code=204)
 
+
+def add_token_routes(router: APIRouter, deps: RouteDeps) -> None:
+    """API tokens (admin)."""
+
     @router.post("/tokens", status_code=201, summary="create a team or admin token (admin); shown once")
     async def create_token(body: TokenRequest, _: Admin) -> JSONResponse:
-        record, token = await tokens().create(body.team, body.admin, body.description)
+        record, token = await deps.tokens().create(body.team, body.admin, body.description)
         return JSONResponse({**record.public(), "token": token}, status_code=201)
 
     @router.get("/tokens", summary="every token's id, team and description (never the token) (admin)")
     async def list_tokens(_: Admin) -> dict[str, Any]:
-        return {"tokens": [r.public() for r in await tokens().list()]}
+        return {"tokens": [r.public() for r in await deps.tokens().list()]}
 
     @router.delete("/tokens/{token_id}", status_code=204, summary="revoke a token (admin)")
     async def revoke_token(token_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")], _: Admin) -> Response:
         try:
-            await tokens().revoke(token_id)
+            await deps.tokens().revoke(token_id)
         except TokenNotFound as exc:
             raise Problem(404, "no such token", token_id) from exc
         return Response(status_code=204)
-
-    return router

@@ -43,6 +43,7 @@ class LocalBackend:
         self.root = Path(os.path.abspath(root))
         self.containment = containment or detect_containment(str(self.root))
         self.job_users = job_users
+        self.python_bin: Path | None = None  # the Python jobs get on PATH (app.make_backend)
         self.runtime_envs = runtime_env_cache
         self._capacity_override = capacity_override
         self._capacity: Resources | None = None
