@@ -221,3 +221,54 @@ async def test_pipelines_over_http_one_url_one_token(nats_server, prefix, tmp_pa
             assert (
                 ended_cancel.status_code == 200 and ended_cancel.json()["state"] == "failed"
             )  # already ended
+
+
+async def test_cancel_over_http_stops_the_running_step_and_starts_nothing_more(
+    nats_server, prefix, tmp_path, bus
+):
+    import sys
+
+    import httpx
+
+    pipeline = {
+        "name": "long",
+        "steps": [
+            {
+                "name": "sleep",
+                "job": {"name": "sleep", "command": [sys.executable, "-c", "import time; time.sleep(120)"]},
+            },
+            {
+                "name": "after",
+                "depends": {"sleep": "finished"},
+                "job": {"name": "after", "command": ["true"]},
+            },
+        ],
+    }
+    common = common_settings(nats_server.url, prefix, tmp_path / "data")
+    api = submission_app(common, SubmissionSettings(token="workflow-test-token-1"))
+    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2))
+    executor = executor_app(common, ExecutorSettings(id="exec-wf", cpu=4, memory=4096, heartbeat_seconds=0.5))
+    workflow = workflow_app(common, WorkflowSettings(reconcile_seconds=1))
+    auth = {"Authorization": "Bearer workflow-test-token-1"}
+    async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=auth) as http:
+            run_id = (await http.post("/v1/pipelines", json={"pipeline": pipeline})).json()["run_id"]
+
+            async def sleeping():
+                body = (await http.get(f"/v1/pipelines/{run_id}")).json()
+                job = body["steps"]["sleep"]["jobs"].get("0", {}).get("job_id")
+                record = await bus.record(job) if job else None
+                return job if record and record.state.value == "running" else None
+
+            job_id = await eventually(sleeping, 60, "the first step's job running")
+            cancelled = await http.post(f"/v1/pipelines/{run_id}/cancel")
+            assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+            record = await bus.wait_state(job_id, "cancelled", timeout=60)
+            assert record.state.value == "cancelled"
+            run = (await http.get(f"/v1/pipelines/{run_id}")).json()
+            assert {n: s["state"] for n, s in run["steps"].items()} == {
+                "sleep": "cancelled",
+                "after": "cancelled",
+            }
+            assert run["steps"]["after"]["jobs"] == {}  # nothing more was submitted

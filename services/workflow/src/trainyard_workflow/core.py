@@ -260,16 +260,6 @@ def unanswered(run: PipelineRun) -> list[Submit]:
     ]
 
 
-def jobs_to_cancel(run: PipelineRun) -> list[str]:
-    """Job ids of a cancelled run's jobs that have not ended."""
-    return [
-        job.job_id
-        for step in run.steps.values()
-        for job in step.jobs.values()
-        if job.job_id is not None and job.outcome is None
-    ]
-
-
 def job_spec_for(run: PipelineRun, step: str, index: int) -> JobSpec:
     """The job to submit for ``step`` (index ``index`` of an array): the step's spec, labelled with
     its run, step, index and attempt, so a job record says which run it belongs to."""
