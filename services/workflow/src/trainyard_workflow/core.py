@@ -169,7 +169,7 @@ def _next_indices(step: StepRun, indices: tuple[int, ...], limit: int | None) ->
     if room == 0:
         return []
     waiting = (i for i in indices if i not in step.jobs)
-    out = []
+    out: list[int] = []
     for index in waiting:
         if len(out) >= room:
             break
