@@ -69,7 +69,7 @@ test-kubernetes: install
 lint: install
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy contracts/src shared/src services/submission/src services/scheduler/src services/registry/src services/telemetry/src
+	$(RUN) mypy contracts/src shared/src services/submission/src services/scheduler/src services/registry/src services/telemetry/src services/workflow/src
 
 schemas: install
 	$(RUN) python -m trainyard_contracts.schemas

@@ -77,6 +77,15 @@ class PipelineRun(BaseModel):
     created: datetime = Field(default_factory=utcnow)
     ended: datetime | None = None
 
+    def open_job_ids(self) -> list[str]:
+        """Ids of the run's jobs that were submitted and have not ended (what a cancel stops)."""
+        return [
+            job.job_id
+            for step in self.steps.values()
+            for job in step.jobs.values()
+            if job.job_id is not None and job.outcome is None
+        ]
+
     @classmethod
     def start(cls, run_id: str, spec: PipelineSpec, submitted_by: str | None = None) -> PipelineRun:
         return cls(

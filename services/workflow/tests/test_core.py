@@ -19,7 +19,6 @@ from trainyard_workflow.core import (
     evolve,
     idempotency_key,
     job_spec_for,
-    jobs_to_cancel,
     step_of,
     unanswered,
 )
@@ -122,7 +121,7 @@ def test_cancel_ends_every_open_step_and_names_the_jobs_to_cancel():
     run, taken = advance(evolve(run, Cancel("me")))
     assert run.state == RunState.cancelled
     assert {n: s.state for n, s in run.steps.items()} == {"a": StepState.cancelled, "b": StepState.cancelled}
-    assert jobs_to_cancel(run) == ["job-a-0"]
+    assert run.open_job_ids() == ["job-a-0"]
     assert not submits(taken)
 
 

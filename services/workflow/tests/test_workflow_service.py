@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 
+import httpx
 import nats
 import pytest
 
@@ -43,19 +44,23 @@ async def stack(nats_server, prefix, tmp_path, workflow_settings=None):
     scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2))
     executor = executor_app(common, ExecutorSettings(id="exec-wf", cpu=4, memory=4096, heartbeat_seconds=0.5))
     workflow = workflow_app(common, workflow_settings or WorkflowSettings(reconcile_seconds=1))
+    auth = {"Authorization": "Bearer workflow-test-token-1"}
     async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
         nc = await nats.connect(nats_server.url)
+        transport = httpx.ASGITransport(app=api)
         try:
-            yield Client(nc, prefix)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=auth) as http:
+                yield Client(nc, prefix, http)
         finally:
             await nc.drain()
 
 
 class Client:
-    """What the API does: a request on <prefix>.workflow.<kind>, a PipelineReply back."""
+    """What the API does: a request on <prefix>.workflow.<kind>, a PipelineReply back; ``http``:
+    the submission API itself (over ASGI, with the token)."""
 
-    def __init__(self, nc, prefix):
-        self.nc, self.prefix = nc, prefix
+    def __init__(self, nc, prefix, http):
+        self.nc, self.prefix, self.http = nc, prefix, http
 
     async def ask(self, kind: str, **body) -> PipelineReply:
         msg = await self.nc.request(f"{self.prefix}.workflow.{kind}", json.dumps(body).encode(), timeout=30)
@@ -175,8 +180,6 @@ async def test_a_restart_between_sending_and_recording_never_submits_a_step_twic
 async def test_pipelines_over_http_one_url_one_token(nats_server, prefix, tmp_path):
     """POST/GET /v1/pipelines on the submission API, answered by the workflow service over NATS:
     a 3-step pipeline whose middle step fails ends with its last step skipped."""
-    import httpx
-
     pipeline = {
         "name": "three",
         "steps": [
@@ -185,39 +188,72 @@ async def test_pipelines_over_http_one_url_one_token(nats_server, prefix, tmp_pa
             {"name": "evaluate", "depends": ["train"], "job": {"name": "evaluate", "command": ["true"]}},
         ],
     }
-    common = common_settings(nats_server.url, prefix, tmp_path / "data")
-    api = submission_app(common, SubmissionSettings(token="workflow-test-token-1"))
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2))
-    executor = executor_app(common, ExecutorSettings(id="exec-wf", cpu=4, memory=4096, heartbeat_seconds=0.5))
-    workflow = workflow_app(common, WorkflowSettings(reconcile_seconds=1))
-    auth = {"Authorization": "Bearer workflow-test-token-1"}
-    async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
-        transport = httpx.ASGITransport(app=api)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=auth) as http:
-            assert (
-                await http.post("/v1/pipelines", json={"pipeline": pipeline}, headers={"Authorization": ""})
-            ).status_code == 401
-            bad = await http.post("/v1/pipelines", json={"pipeline": {**pipeline, "steps": []}})
-            assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "steps"
-            created = await http.post("/v1/pipelines", json={"pipeline": pipeline})
-            assert created.status_code == 201, created.text
-            run_id = created.json()["run_id"]
+    async with stack(nats_server, prefix, tmp_path) as client:
+        http = client.http
+        assert (
+            await http.post("/v1/pipelines", json={"pipeline": pipeline}, headers={"Authorization": ""})
+        ).status_code == 401
+        bad = await http.post("/v1/pipelines", json={"pipeline": {**pipeline, "steps": []}})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "steps"
+        created = await http.post("/v1/pipelines", json={"pipeline": pipeline})
+        assert created.status_code == 201, created.text
+        run_id = created.json()["run_id"]
 
-            async def ended():
-                body = (await http.get(f"/v1/pipelines/{run_id}")).json()
-                return body if body["state"] != "running" else None
+        async def ended():
+            body = (await http.get(f"/v1/pipelines/{run_id}")).json()
+            return body if body["state"] != "running" else None
 
-            run = await eventually(ended, 60, "the pipeline ended")
-            assert {n: s["state"] for n, s in run["steps"].items()} == {
-                "prepare": "succeeded",
-                "train": "failed",
-                "evaluate": "skipped",
-            }
-            assert run["state"] == "failed" and run["submitted_by"] == "api"
-            listed = (await http.get("/v1/pipelines")).json()["runs"]
-            assert [r["run_id"] for r in listed] == [run_id]
-            assert (await http.get("/v1/pipelines/nosuchrun1")).status_code == 404
-            ended_cancel = await http.post(f"/v1/pipelines/{run_id}/cancel")
-            assert (
-                ended_cancel.status_code == 200 and ended_cancel.json()["state"] == "failed"
-            )  # already ended
+        run = await eventually(ended, 60, "the pipeline ended")
+        assert {n: s["state"] for n, s in run["steps"].items()} == {
+            "prepare": "succeeded",
+            "train": "failed",
+            "evaluate": "skipped",
+        }
+        assert run["state"] == "failed" and run["submitted_by"] == "api"
+        listed = (await http.get("/v1/pipelines")).json()["runs"]
+        assert [r["run_id"] for r in listed] == [run_id]
+        assert (await http.get("/v1/pipelines/nosuchrun1")).status_code == 404
+        ended_cancel = await http.post(f"/v1/pipelines/{run_id}/cancel")
+        assert ended_cancel.status_code == 200 and ended_cancel.json()["state"] == "failed"  # already ended
+
+
+async def test_cancel_over_http_stops_the_running_step_and_starts_nothing_more(
+    nats_server, prefix, tmp_path, bus
+):
+    import sys
+
+    pipeline = {
+        "name": "long",
+        "steps": [
+            {
+                "name": "sleep",
+                "job": {"name": "sleep", "command": [sys.executable, "-c", "import time; time.sleep(120)"]},
+            },
+            {
+                "name": "after",
+                "depends": {"sleep": "finished"},
+                "job": {"name": "after", "command": ["true"]},
+            },
+        ],
+    }
+    async with stack(nats_server, prefix, tmp_path) as client:
+        http = client.http
+        run_id = (await http.post("/v1/pipelines", json={"pipeline": pipeline})).json()["run_id"]
+
+        async def sleeping():
+            body = (await http.get(f"/v1/pipelines/{run_id}")).json()
+            job = body["steps"]["sleep"]["jobs"].get("0", {}).get("job_id")
+            record = await bus.record(job) if job else None
+            return job if record and record.state.value == "running" else None
+
+        job_id = await eventually(sleeping, 60, "the first step's job running")
+        cancelled = await http.post(f"/v1/pipelines/{run_id}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        record = await bus.wait_state(job_id, "cancelled", timeout=60)
+        assert record.state.value == "cancelled"
+        run = (await http.get(f"/v1/pipelines/{run_id}")).json()
+        assert {n: s["state"] for n, s in run["steps"].items()} == {
+            "sleep": "cancelled",
+            "after": "cancelled",
+        }
+        assert run["steps"]["after"]["jobs"] == {}  # nothing more was submitted

@@ -10,7 +10,7 @@ import typer
 
 from trainyard_client import cli
 from trainyard_client.cli.base import EXIT_INVALID, EXIT_JOB_FAILED, EXIT_OK, api_errors, fail, settings
-from trainyard_client.cli.output import Column, Output, OutputOption, emit
+from trainyard_client.cli.output import Column, Output, OutputOption, emit, on_terminal
 
 if TYPE_CHECKING:
     from trainyard_client.cli.base import Settings
@@ -108,7 +108,7 @@ def status(
             jobs = list_jobs(conf, filters, labels)
             tabular = output in (Output.TABLE, Output.WIDE)
             reasons = waiting_reasons(conf, jobs) if tabular else {}
-            if watch and cli.out.is_terminal:
+            if watch and on_terminal():
                 cli.out.clear()
             print_job_rows(jobs, output, empty, reasons)
             if not watch:
@@ -117,7 +117,7 @@ def status(
                 time.sleep(WATCH_SECONDS)
             except KeyboardInterrupt:
                 raise typer.Exit(EXIT_OK) from None
-            if not cli.out.is_terminal:
+            if not on_terminal():
                 cli.out.print("")
 
 

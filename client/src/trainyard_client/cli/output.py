@@ -83,14 +83,21 @@ def emit(
         sys.stdout.flush()
         return
     if not rows:
-        cli.out.print(empty)
+        sys.stdout.write(empty + "\n")  # plain text: "no jobs yet"
         return
     shown = [c for c in columns if fmt == Output.WIDE or not c.wide_only]
     cells = [[column.value(row) for column in shown] for row in rows]
-    if cli.out.is_terminal:
+    if on_terminal():
         _rich_table(shown, cells)
     else:
         plain_table([c.header.upper() for c in shown], cells)
+
+
+def on_terminal() -> bool:
+    """Whether stdout is a terminal: asked of the console when one was made (tests swap it in),
+    else of the stream itself, so a piped listing never loads rich."""
+    console = vars(cli).get("out")
+    return bool(console.is_terminal) if console is not None else sys.stdout.isatty()
 
 
 def _rich_table(columns: Sequence[Column], cells: list[list[str]]) -> None:
@@ -114,5 +121,5 @@ def plain_table(headers: Sequence[str], cells: list[list[str]]) -> None:
     rows = [list(headers), *[[" ".join(v.split()) or "-" for v in row] for row in cells]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     for row in rows:
-        line = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-        cli.out.print(line, markup=False, highlight=False, soft_wrap=True)
+        sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    sys.stdout.flush()

@@ -9,6 +9,7 @@ around them. A team sees and cancels its own runs only; the admin sees all.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from trainyard_contracts.runs import PipelineReply, PipelineRequest, PipelineRun
 from trainyard_contracts.workflow import RUN_ID_PATTERN, validate_pipeline
 from trainyard_submission.access import QueueRefused, check_submit, place_spec
 from trainyard_submission.api import Caller, Problem, authorised
+from trainyard_submission.service import JobAlreadyFinished, JobNotFound, SubmissionService
 from trainyard_submission.tokens import Principal
 
 WORKFLOW_TIMEOUT_SECONDS = 30.0
@@ -77,10 +79,12 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
     async def get_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:
         return _public(await visible_run(caller, run_id))
 
-    @router.post("/{run_id}/cancel", summary="cancel a pipeline run: no further step starts")
+    @router.post("/{run_id}/cancel", summary="cancel a pipeline run: no further step starts, its jobs stop")
     async def cancel_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:
         await visible_run(caller, run_id)
         answer = await ask("cancel", PipelineRequest(run_id=run_id, by=caller.name))
+        if answer.run is not None:
+            await _cancel_open_jobs(state["service"], answer.run, caller.name)
         return _public(answer.run)
 
     return router
@@ -98,6 +102,15 @@ async def _check_steps(state: dict[str, Any], caller: Principal, body: PipelineR
             check_submit(caller, spec, await state["queues"].effective(spec.queue))
         except QueueRefused as exc:
             raise Problem(403, "forbidden", f"steps.{i}.job: {exc.detail}", queue=exc.queue) from exc
+
+
+async def _cancel_open_jobs(service: SubmissionService, run: PipelineRun, by: str) -> None:
+    """The run's jobs that have not ended are cancelled as `trainyard cancel` cancels one: the API
+    owns cancels (the job record's compare-and-set and the cancel_requested event), so the workflow
+    service needs no write on job records."""
+    for job_id in run.open_job_ids():
+        with contextlib.suppress(JobNotFound, JobAlreadyFinished):
+            await service.cancel(job_id, by)
 
 
 def _may_see(caller: Principal, run: PipelineRun) -> bool:

@@ -169,7 +169,7 @@ def _next_indices(step: StepRun, indices: tuple[int, ...], limit: int | None) ->
     if room == 0:
         return []
     waiting = (i for i in indices if i not in step.jobs)
-    out = []
+    out: list[int] = []
     for index in waiting:
         if len(out) >= room:
             break
@@ -257,16 +257,6 @@ def unanswered(run: PipelineRun) -> list[Submit]:
         if step.state == StepState.running
         for index, job in step.jobs.items()
         if job.job_id is None
-    ]
-
-
-def jobs_to_cancel(run: PipelineRun) -> list[str]:
-    """Job ids of a cancelled run's jobs that have not ended."""
-    return [
-        job.job_id
-        for step in run.steps.values()
-        for job in step.jobs.values()
-        if job.job_id is not None and job.outcome is None
     ]
 
 

@@ -8,6 +8,7 @@ compare-and-set of its record; events follow with deterministic message ids.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
@@ -121,7 +122,7 @@ class WorkflowService:
         recorded and not yet answered (and what their answers make due), until none is left."""
         facts = list(facts)
         while True:
-            run, taken = await self.runs.mutate(run_id, lambda r, applied=facts: self._advance(r, applied))
+            run, taken = await self.runs.mutate(run_id, functools.partial(self._advance, facts=facts))
             await self._announce_known(run, facts)
             facts = []
             await self._announce(run, taken)

@@ -67,7 +67,7 @@ class RunStore:
 
     async def listed(self, limit: int = 100) -> list[PipelineRun]:
         """The newest runs first (run ids sort by time), at most ``limit`` (≤ MAX_LISTED)."""
-        out = []
+        out: list[PipelineRun] = []
         for run_id in reversed(await self.run_ids()):
             if len(out) >= min(limit, MAX_LISTED):
                 break
