@@ -177,7 +177,9 @@ def test_the_validation_catches_a_mistake():
 # ---------------------------------------------------------------- what the design needs
 
 
-def test_the_executor_may_touch_only_jobs_pods_logs_services_and_policies_in_the_jobs_namespace(everything):
+def test_the_executor_may_touch_only_jobs_pods_logs_services_policies_and_secrets_in_the_jobs_namespace(
+    everything,
+):
     assert not of_kind(everything, "ClusterRole") and not of_kind(everything, "ClusterRoleBinding")
     (role,) = of_kind(everything, "Role")
     assert role["metadata"]["namespace"] == JOBS_NAMESPACE
@@ -194,11 +196,14 @@ def test_the_executor_may_touch_only_jobs_pods_logs_services_and_policies_in_the
         ("", "pods/log"),
         ("", "services"),
         ("networking.k8s.io", "networkpolicies"),
+        ("", "secrets"),  # the per-attempt Secret holding a git credential for the init container
     }
     assert {(g, r) for g, r, _ in granted} == allowed_resources
     assert not any("*" in item for triple in granted for item in triple)
     assert {v for g, r, v in granted if r == "pods/log"} == {"get"}
     assert {v for g, r, v in granted if r == "pods"} <= {"get", "list", "watch"}
+    # it writes and removes its own Secrets but can never read one back (nor anyone else's)
+    assert {v for g, r, v in granted if r == "secrets"} <= {"create", "patch", "delete"}
     (binding,) = of_kind(everything, "RoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
