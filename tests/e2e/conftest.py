@@ -60,7 +60,7 @@ def images_ready() -> None:
 
 @pytest.fixture(scope="session")
 def image_stack(images_ready, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageStack]:
-    """NATS, MLflow and the five services from their images, for the whole session."""
+    """NATS, MLflow and the six services from their images, for the whole session."""
     stack = ImageStack(tmp_path_factory.mktemp("e2e"))
     try:
         stack.start()

@@ -1,6 +1,6 @@
 """The whole installation from the built images on one Docker network, for the end-to-end tests.
 
-NATS (JetStream), an MLflow server and the five services run as containers started with
+NATS (JetStream), an MLflow server and the six services run as containers started with
 testcontainers; the test process reaches the API, MLflow and NATS through ports published on
 127.0.0.1 only. The executor uses its image's default backend (local: jobs run as processes in its
 container); it and the registry share one named volume at the executor's work root, so the
@@ -34,8 +34,8 @@ from trainyard_shared.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = "0.1.0"
-SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry")
-SERVICE_PORTS = {"submission": 8700, "scheduler": 8701, "executor": 8702, "registry": 8703, "telemetry": 8704}
+SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry", "workflow")
+SERVICE_PORTS = {"submission": 8700, "scheduler": 8701, "executor": 8702, "registry": 8703, "telemetry": 8704, "workflow": 8705}
 NATS_IMAGE = "trainyard/nats:2.15"
 MLFLOW_IMAGE = "trainyard/mlflow:3"
 IMAGES = (NATS_IMAGE, MLFLOW_IMAGE, *(f"trainyard/{svc}:{VERSION}" for svc in SERVICES))
@@ -181,6 +181,7 @@ class ImageStack:
         registry.with_env("MLFLOW_TRACKING_URI", "http://mlflow:5000")
         registry.with_volume_mapping(self.volume, WORK_ROOT, "rw")
         self._service("telemetry", common).with_loopback_port(8704)
+        self._service("workflow", common)
         for svc in SERVICES:
             self.containers[svc].start()
 

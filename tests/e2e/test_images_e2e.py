@@ -1,11 +1,13 @@
-"""End to end on the built images: NATS, MLflow and the five services as containers (testcontainers).
+"""End to end on the built images: NATS, MLflow and the six services as containers (testcontainers).
 
 - the digits example, submitted over HTTP, runs in the executor's container (local backend: a git
   checkout, scikit-learn, an MLflow run tagged by the client's run-context plugin) and its model
   version is in the MLflow server, read through MLflow's own REST API;
 - the scheduler is stopped and started again while a batch of jobs flows (more are submitted while
   it is down): every job ends succeeded, with exactly one ``running`` event per attempt, one
-  terminal event, and no job run twice — counted on the job stream itself.
+  terminal event, and no job run twice — counted on the job stream itself;
+- the three-steps example pipeline runs through the workflow image with training made to fail:
+  the failure handler runs, the step that needed training is skipped, and the run succeeds.
 
 Needs ``make images`` and a Docker engine; skipped loudly without them (failed when CI requires
 docker through TRAINYARD_TEST_REQUIRE_ENGINES).
@@ -74,6 +76,7 @@ def test_each_image_is_labelled_non_root_healthchecked_and_holds_only_its_own_de
         "executor": ["sqlalchemy", "alembic", "trainyard_registry", "trainyard_submission"],
         "registry": ["kubernetes", "trainyard_executor", "trainyard_submission"],  # mlflow brings docker
         "telemetry": ["mlflow", "fastapi", "kubernetes", "docker"],
+        "workflow": ["mlflow", "fastapi", "kubernetes", "docker", "trainyard_executor"],
     }
     try:
         for svc in SERVICES:
@@ -170,6 +173,24 @@ def test_restarting_the_scheduler_mid_run_loses_no_job_and_runs_none_twice(
         terminal = [k for k in kinds if k in TERMINAL]
         assert terminal == ["succeeded"], f"{job}: terminal events {terminal} ({kinds})"
         assert records[job].attempt == 1, f"{job}: attempt {records[job].attempt} ({kinds})"
+
+
+def test_the_example_pipeline_runs_through_the_workflow_image(image_stack: ImageStack, client: TrainyardClient):
+    pipeline = yaml.safe_load((ROOT / "examples/pipelines/three-steps.yaml").read_text())
+    started = client.run_pipeline(pipeline, params={"fail_training": 1})
+
+    def ended():
+        run = client.pipeline(started.run_id)
+        return run if run.state.value != "running" else None
+
+    run = wait_until("the pipeline run ended", ended, 300, lambda: image_stack.logs("workflow"))
+    steps = {name: step.state.value for name, step in run.steps.items()}
+    assert steps == {"prepare": "succeeded", "train": "failed", "evaluate": "skipped", "report": "succeeded"}, (
+        f"{steps}\n{image_stack.logs('workflow')}"
+    )
+    assert run.state.value == "succeeded", run
+    assert len(run.steps["train"].jobs) == 3  # the array of three, each a job of its own
+    assert all(client.get(job.job_id).state.value == "failed" for job in run.steps["train"].jobs.values())
 
 
 def test_no_service_was_refused_by_nats(image_stack: ImageStack, client: TrainyardClient):
