@@ -35,7 +35,14 @@ from trainyard_shared.settings import CommonSettings
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = "0.1.0"
 SERVICES = ("submission", "scheduler", "executor", "registry", "telemetry", "workflow")
-SERVICE_PORTS = {"submission": 8700, "scheduler": 8701, "executor": 8702, "registry": 8703, "telemetry": 8704, "workflow": 8705}
+SERVICE_PORTS = {
+    "submission": 8700,
+    "scheduler": 8701,
+    "executor": 8702,
+    "registry": 8703,
+    "telemetry": 8704,
+    "workflow": 8705,
+}
 NATS_IMAGE = "trainyard/nats:2.15"
 MLFLOW_IMAGE = "trainyard/mlflow:3"
 IMAGES = (NATS_IMAGE, MLFLOW_IMAGE, *(f"trainyard/{svc}:{VERSION}" for svc in SERVICES))

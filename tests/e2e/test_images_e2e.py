@@ -175,7 +175,9 @@ def test_restarting_the_scheduler_mid_run_loses_no_job_and_runs_none_twice(
         assert records[job].attempt == 1, f"{job}: attempt {records[job].attempt} ({kinds})"
 
 
-def test_the_example_pipeline_runs_through_the_workflow_image(image_stack: ImageStack, client: TrainyardClient):
+def test_the_example_pipeline_runs_through_the_workflow_image(
+    image_stack: ImageStack, client: TrainyardClient
+):
     pipeline = yaml.safe_load((ROOT / "examples/pipelines/three-steps.yaml").read_text())
     started = client.run_pipeline(pipeline, params={"fail_training": 1})
 
@@ -185,9 +187,12 @@ def test_the_example_pipeline_runs_through_the_workflow_image(image_stack: Image
 
     run = wait_until("the pipeline run ended", ended, 300, lambda: image_stack.logs("workflow"))
     steps = {name: step.state.value for name, step in run.steps.items()}
-    assert steps == {"prepare": "succeeded", "train": "failed", "evaluate": "skipped", "report": "succeeded"}, (
-        f"{steps}\n{image_stack.logs('workflow')}"
-    )
+    assert steps == {
+        "prepare": "succeeded",
+        "train": "failed",
+        "evaluate": "skipped",
+        "report": "succeeded",
+    }, f"{steps}\n{image_stack.logs('workflow')}"
     assert run.state.value == "succeeded", run
     assert len(run.steps["train"].jobs) == 3  # the array of three, each a job of its own
     assert all(client.get(job.job_id).state.value == "failed" for job in run.steps["train"].jobs.values())

@@ -104,7 +104,13 @@ def test_a_malformed_event_is_dead_lettered_and_services_keep_serving(stack):
     assert asyncio.run(poison_and_read()) == expected
     client = stack.client()
     letters = [x for x in client.dead_letters() if "poison000" in x["subject"]]
-    assert sorted(x["service"] for x in letters) == ["registry", "scheduler", "telemetry", "telemetry", "workflow"]
+    assert sorted(x["service"] for x in letters) == [
+        "registry",
+        "scheduler",
+        "telemetry",
+        "telemetry",
+        "workflow",
+    ]
     assert all(x["reason"].startswith("invalid message") for x in letters)
     job = client.submit({"name": "after-poison", "command": ["true"]})
     assert client.wait(job.job_id, timeout=120).state.value == "succeeded"

@@ -87,8 +87,10 @@ def workdir_path(data: dict[str, Any]) -> str | None:
     workdir = data.get("workdir")
     if isinstance(workdir, str):
         return workdir
-    if isinstance(workdir, dict) and isinstance(workdir.get("path"), str):
-        return workdir["path"]
+    if isinstance(workdir, dict):
+        path = workdir.get("path")
+        if isinstance(path, str):
+            return path
     return None
 
 
