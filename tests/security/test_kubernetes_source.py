@@ -1,5 +1,5 @@
-"""Kubernetes backend: a job's git credential never rides in a container's arguments, and the pod's
-clone obeys the installation's git rule.
+"""Kubernetes backend: a job's git credential never rides in a container's arguments, its secret env
+values are never in the Job object, and the pod's clone obeys the installation's git rule.
 
 No API server can run here (/work/shared/ENVIRONMENT.md). What is shown, on our side of the wire:
 the Job and Secret manifests validated offline against the Kubernetes OpenAPI schemas
@@ -31,11 +31,13 @@ from kubernetes import client as k8s
 from trainyard_executor.backends.base import AttemptLaunch, Resources
 from trainyard_executor.backends.kube_attempt import KubeAttempt
 from trainyard_executor.backends.kube_manifests import KubeOptions, companion_metadata, job_manifest
+from trainyard_executor.backends.kube_secret import GIT_CONFIG_KEY as SECRET_KEY
+from trainyard_executor.backends.kube_secret import attempt_secret, env_key
 from trainyard_executor.backends.kube_source import (
-    SECRET_KEY,
+    GitFetch,
+    git_config_key,
     git_init_container,
     kube_git_fetch,
-    source_secret,
 )
 from trainyard_executor.backends.kubernetes import KubernetesBackend
 from trainyard_executor.jobenv import HOST_ONLY_ENV
@@ -44,17 +46,23 @@ from trainyard_shared.gitpolicy import GitPolicy, RepoRefused
 pytestmark = [pytest.mark.security, pytest.mark.kubernetes]
 
 TOKEN = "ghp-7d1f0c2b-never-in-args"
+API_KEY = "sk-4f3e2d1c-never-in-the-job"
 PUBLIC_REPO = f"https://{TOKEN}@93.184.216.34/team/repo.git"  # a public address: no DNS needed
 OPTS = KubeOptions(namespace="trainyard-jobs", executor_id="kube-sec", default_image="train:1")
 K8S_VERSION = "1.37.0"
 
 
-def launch(tmp_path: Path, repo: str) -> AttemptLaunch:
+def source_secret(fetch: GitFetch, metadata: dict[str, Any], **secret_env: str) -> dict[str, Any] | None:
+    return attempt_secret(metadata, git_config_key=git_config_key(fetch), secret_env=secret_env)
+
+
+def launch(tmp_path: Path, repo: str | None) -> AttemptLaunch:
     return AttemptLaunch(
         job_id="0abc123def456src",
         attempt=1,
         argv=["python", "train.py"],
-        env={"LR": "0.1"},
+        env={"LR": "0.1", "API_KEY": API_KEY},
+        secret_env=("API_KEY",),
         workdir=tmp_path / "w",
         timeout_s=60.0,
         grace_s=5.0,
@@ -72,13 +80,21 @@ def test_the_credential_is_in_a_secret_only_and_the_clone_carries_the_git_rule(t
     job = job_manifest(
         launch(tmp_path, PUBLIC_REPO), OPTS, HOST_ONLY_ENV, output_dir="/o", started_at=1.0, git=fetch
     )
-    secret = source_secret(fetch, companion_metadata(job, OPTS, "uid-1"))
+    secret = source_secret(fetch, companion_metadata(job, OPTS, "uid-1"), API_KEY=API_KEY)
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     assert secret is not None
     kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
 
     assert TOKEN not in json.dumps(job)  # not in args, env values, annotations: nowhere in the Job
+    assert API_KEY not in json.dumps(job)
     assert TOKEN in secret["stringData"][SECRET_KEY]
+    (main,) = job["spec"]["template"]["spec"]["containers"]
+    job_env = {e["name"]: e.get("value", e.get("valueFrom")) for e in main["env"]}
+    assert job_env["LR"] == "0.1"  # only what the spec calls secret moves to the Secret
+    assert job_env["API_KEY"] == {
+        "secretKeyRef": {"name": secret["metadata"]["name"], "key": env_key("API_KEY")}
+    }
+    assert secret["stringData"][env_key("API_KEY")] == API_KEY
     clone = job["spec"]["template"]["spec"]["initContainers"][0]
     argv = clone["command"]
     for option in ("protocol.allow=never", "protocol.ext.allow=never", "protocol.file.allow=never"):
@@ -178,10 +194,22 @@ async def test_the_backend_makes_the_secret_first_owns_it_by_the_job_and_deletes
         posts = [str(r.url) for r in list(mock) if r.method.value == "POST"]
         assert next(p for p in posts if "/secrets" in p or "/jobs" in p).endswith("/secrets")
         job = live("jobs")[attempt.name]
-        secret = live("secrets")[f"{attempt.name}-source"]
-        assert TOKEN not in json.dumps(job)
+        secret = live("secrets")[f"{attempt.name}-secrets"]
+        assert TOKEN not in json.dumps(job) and API_KEY not in json.dumps(job)
         assert TOKEN in secret["stringData"][SECRET_KEY]
+        assert secret["stringData"][env_key("API_KEY")] == API_KEY
         await attempt.cancel(0)
         await asyncio.wait_for(attempt.wait(), 30)
         await attempt.release()
         assert live("secrets") == {}
+
+
+def test_secret_env_without_a_source_still_goes_through_the_secret_and_no_secret_means_none(tmp_path: Path):
+    job = job_manifest(launch(tmp_path, None), OPTS, HOST_ONLY_ENV, output_dir="/o", started_at=1.0)
+    assert API_KEY not in json.dumps(job)
+    secret = attempt_secret(
+        companion_metadata(job, OPTS, "uid-1"), git_config_key=None, secret_env={"API_KEY": API_KEY}
+    )
+    assert secret is not None and secret["stringData"] == {env_key("API_KEY"): API_KEY}
+    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+    assert attempt_secret(companion_metadata(job, OPTS, "uid-1"), git_config_key=None, secret_env={}) is None

@@ -166,6 +166,7 @@ class AttemptRunner(AttemptRecorder):
                 gpu=spec.resources.gpu,
                 gpu_devices=gpu_devices,
                 inherited_env=tuple(k for k in (*self.settings.passthrough_env, "PATH") if k not in spec.env),
+                secret_env=tuple(spec.secret_env),
                 gang=plan_gang(spec.replicas, rendezvous, self.free_port),
                 checkpoint_dir=checkpoints,
                 run_as_root=spec.run_as_root,

@@ -46,6 +46,7 @@ from trainyard_submission.access import (
     place_spec,
     public_record,
 )
+from trainyard_submission.arrayjobs import array_request
 from trainyard_submission.deadletters import DeadLetters, LetterNotFound
 from trainyard_submission.executorlist import list_executors
 from trainyard_submission.logs import read_chunks
@@ -334,6 +335,7 @@ def add_submit_routes(router: APIRouter, deps: RouteDeps) -> None:
         # idempotency keys are per principal: one team cannot learn another's job through a key
         slot = idempotency_slot(f"http.{caller.token_id}", idempotency_key) if idempotency_key else None
         try:
+            array_request(body)  # a caller's array_task is refused here, before any job is made
             result = await deps.service().submit(
                 body, submitted_by=caller.name, idempotency_slot=slot, principal=caller
             )

@@ -106,6 +106,9 @@ class AttemptLaunch:
     scheduler's assignment); ``()`` none; None: nothing assigned, GPUs are counted as before."""
     inherited_env: tuple[str, ...] = ()
     """Keys of ``env`` that came from the executor's own environment rather than the job spec."""
+    secret_env: tuple[str, ...] = ()
+    """Keys of ``env`` whose values are secret (spec ``secret_env``): a backend that writes the env
+    into an object others may read (a Kubernetes Job) keeps them out of it."""
     gang: Gang | None = None
     """Several ranks (``replicas > 1``); None: one process, no rendezvous variables."""
     checkpoint_dir: Path | None = None

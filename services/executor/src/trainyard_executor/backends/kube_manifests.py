@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainyard_executor.backends.base import AttemptLaunch
+from trainyard_executor.backends.kube_secret import env_entries
 from trainyard_executor.backends.kube_source import (
     GitFetch,
     checkout_init_container,
@@ -280,10 +281,11 @@ def job_manifest(
     grace = max(0, math.ceil(launch.grace_s))
     workdir = f"{WORK_MOUNT}/src" if launch.source_repo else WORK_MOUNT
     claim = opts.outputs_claim
-    env = [
-        {"name": k, "value": v}
-        for k, v in container_env(launch, host_only, workdir, checkpoints=claim is not None).items()
-    ]
+    env = env_entries(
+        name,
+        container_env(launch, host_only, workdir, checkpoints=claim is not None),
+        frozenset(launch.secret_env),
+    )
     if replicas > 1:
         env += gang_env(name, replicas, opts.master_port)
     pod_security, container_security = _security(opts)

@@ -2,8 +2,8 @@
 credential in a per-job Secret, never in a container's arguments.
 
 The init container runs ``git <rule's -c options> clone -- <url without credential> <dir>``.
-When the spec carries a credential, a Secret of the attempt (``<job>-source``, owned by its Job)
-holds ``url.<url with credential>.insteadOf``; the container gets it as ``GIT_CONFIG_KEY_0``
+When the spec carries a credential, the attempt's Secret (``<job>-secrets``, kube_secret) holds
+``url.<url with credential>.insteadOf``; the container gets it as ``GIT_CONFIG_KEY_0``
 through a ``secretKeyRef`` (git reads configuration from ``GIT_CONFIG_COUNT``/``KEY_n``/``VALUE_n``),
 so git fetches with the credential while the Job object, the pod spec and ``ps`` show none, and the
 clone's ``origin`` is the URL without it. No shell runs: every container command is an argv.
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainyard_contracts.spec import strip_url_credentials
+from trainyard_executor.backends.kube_secret import GIT_CONFIG_KEY, secret_ref
 from trainyard_shared.gitpolicy import GitPolicy, RepoRefused, check_repo
 
-SECRET_KEY = "git-config-key"
 # git without any gitconfig of the image, no prompt (there is no terminal); HOME for git's own files
 GIT_ENV = {
     "HOME": "/tmp",
@@ -61,8 +61,11 @@ def unchecked_fetch(repo: str, config: tuple[str, ...] = ()) -> GitFetch:
     return GitFetch(clean, tuple(base), repo if clean != repo else None)
 
 
-def secret_name(job_name: str) -> str:
-    return f"{job_name}-source"
+def git_config_key(fetch: GitFetch | None) -> str | None:
+    """The git config key that carries the credential (the attempt's Secret holds it), or None."""
+    if fetch is None or fetch.credential_url is None:
+        return None
+    return f"url.{fetch.credential_url}.insteadOf"
 
 
 def git_init_container(
@@ -73,7 +76,7 @@ def git_init_container(
     argv = ["git", *fetch.config, "clone", "--quiet", "--no-checkout", "--", fetch.url, f"{work_mount}/src"]
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in GIT_ENV.items()]
     if fetch.credential_url is not None:
-        ref = {"secretKeyRef": {"name": secret_name(job_name), "key": SECRET_KEY}}
+        ref = secret_ref(job_name, GIT_CONFIG_KEY)
         env += [
             {"name": "GIT_CONFIG_COUNT", "value": "1"},
             {"name": "GIT_CONFIG_KEY_0", "valueFrom": ref},
@@ -99,19 +102,4 @@ def checkout_init_container(
         "env": [{"name": k, "value": v} for k, v in GIT_ENV.items()],
         "securityContext": dict(security),
         "volumeMounts": [{"name": "work", "mountPath": work_mount}],
-    }
-
-
-def source_secret(fetch: GitFetch, metadata: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The attempt's Secret holding the credential (as the git config key that carries it), or
-    None when the source has none. ``metadata``: the Job's, renamed here."""
-    if fetch.credential_url is None:
-        return None
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {**metadata, "name": secret_name(str(metadata["name"]))},
-        "immutable": True,
-        "stringData": {SECRET_KEY: f"url.{fetch.credential_url}.insteadOf"},
     }

@@ -63,7 +63,8 @@ from trainyard_executor.backends.kube_manifests import (
     label_value,
     service_manifest,
 )
-from trainyard_executor.backends.kube_source import kube_git_fetch, secret_name, source_secret
+from trainyard_executor.backends.kube_secret import attempt_secret, secret_name
+from trainyard_executor.backends.kube_source import git_config_key, kube_git_fetch
 from trainyard_executor.backends.kube_status import (
     job_end,
 )
@@ -202,7 +203,11 @@ class KubernetesBackend:
             return FinishedAttempt(f"source repository refused: {exc}", output_dir)
         except (GangSplitError, ValueError) as exc:
             return FinishedAttempt(str(exc), output_dir)
-        secret = source_secret(git, companion_metadata(manifest, self.options, None)) if git else None
+        secret = attempt_secret(
+            companion_metadata(manifest, self.options, None),
+            git_config_key=git_config_key(git),
+            secret_env={k: launch.env[k] for k in launch.secret_env if k in launch.env},
+        )
         try:
             job = await in_thread(self._create, manifest, secret, name=f"create-{launch.job_id}")
         except _NotOurs as exc:
@@ -224,7 +229,7 @@ class KubernetesBackend:
     def _create(self, manifest: dict[str, Any], secret: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create the Job (and a gang's Service). A Job of this very attempt that exists already
         (a redelivered start, a restart between create and record) is attached to, never doubled.
-        ``secret``: the source credential's Secret, made before the Job (its pod needs it at
+        ``secret``: the attempt's Secret (kube_secret), made before the Job (its pod needs it at
         once) and then owned by it (the garbage collector removes it with the Job)."""
         ns = self.options.namespace
         name = manifest["metadata"]["name"]
