@@ -3,6 +3,7 @@ with a token), scheduler, local executor (real processes) and workflow service i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 import nats
 import pytest
+import uvicorn
 
 from trainyard_contracts.runs import PipelineReply, PipelineRun
 from trainyard_executor.app import create_app as executor_app
@@ -30,8 +32,14 @@ class WorkflowClient:
     """What the API does: a request on <prefix>.workflow.<kind>, a PipelineReply back; ``http``:
     the submission API itself (over ASGI, with the token)."""
 
-    def __init__(self, nc, prefix, http):
-        self.nc, self.prefix, self.http = nc, prefix, http
+    token = TOKEN
+
+    def __init__(self, nc, prefix, http, api):
+        self.nc, self.prefix, self.http, self.api = nc, prefix, http, api
+
+    def served(self):
+        """The API on a real socket: ``async with client.served() as url``."""
+        return served(self.api)
 
     async def ask(self, kind: str, **body) -> PipelineReply:
         msg = await self.nc.request(f"{self.prefix}.workflow.{kind}", json.dumps(body).encode(), timeout=30)
@@ -58,9 +66,28 @@ async def _stack(nats_server, prefix, tmp_path, workflow_settings=None) -> Async
         transport = httpx.ASGITransport(app=api)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=auth) as http:
-                yield WorkflowClient(nc, prefix, http)
+                yield WorkflowClient(nc, prefix, http, api)
         finally:
             await nc.drain()
+
+
+@contextlib.asynccontextmanager
+async def served(app) -> AsyncIterator[str]:
+    """``app`` on a real socket (127.0.0.1, a free port), for clients that speak plain HTTP; its
+    lifespan is the stack's, already running."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None))
+    task = asyncio.create_task(server.serve())
+    try:
+
+        async def listening():
+            return server.started or None
+
+        await eventually(listening, 30, "the API listening")
+        (sock,) = [s for srv in server.servers for s in srv.sockets]
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 @pytest.fixture

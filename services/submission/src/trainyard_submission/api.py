@@ -335,7 +335,9 @@ def add_submit_routes(router: APIRouter, deps: RouteDeps) -> None:
         # idempotency keys are per principal: one team cannot learn another's job through a key
         slot = idempotency_slot(f"http.{caller.token_id}", idempotency_key) if idempotency_key else None
         try:
-            array_request(body)  # a caller's array_task is refused here, before any job is made
+            array = array_request(body)  # a caller's array_task is refused here
+            if array is not None:  # the workflow service makes the array's jobs, not this route
+                return await deps.state["submit_array"](caller, array)  # type: ignore[no-any-return]
             result = await deps.service().submit(
                 body, submitted_by=caller.name, idempotency_slot=slot, principal=caller
             )

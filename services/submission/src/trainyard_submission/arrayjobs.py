@@ -13,7 +13,7 @@ from typing import Any
 
 from trainyard_contracts import FieldError, SpecError
 from trainyard_contracts.arrays import ArraySyntaxError, parse_array
-from trainyard_contracts.spec import parse_spec_document
+from trainyard_contracts.spec import parse_spec_document, validate_spec
 
 ARRAY_FIELD = "array"
 ARRAY_TASK_FIELD = "array_task"
@@ -57,4 +57,5 @@ def array_request(body: str | bytes) -> ArrayRequest | None:
         message = str(exc) if isinstance(exc, ArraySyntaxError) else expected
         raise SpecError([FieldError(field=ARRAY_FIELD, message=message)]) from None
     job = {k: v for k, v in document.items() if k != ARRAY_FIELD}
+    validate_spec(job)  # each child's errors named as for one job (command, not steps.0.job.command)
     return ArrayRequest(text, job)
