@@ -185,6 +185,7 @@ def audit(
     model_versions: Mapping[str, int],
     model_jobs: Iterable[int],
     fenced: Mapping[str, int] | None = None,
+    frozen_at: float | None = None,
 ) -> Findings:
     """Everything the run must show: each offered job exists once and ended once, ran as the record
     says, never twice at once, and a succeeded job with a model output has exactly one version.
@@ -193,6 +194,9 @@ def audit(
     ``records``: job id -> the record (JSON dict) from the jobs bucket.
     ``model_versions``: job id -> how many model versions in the registry's store carry it.
     ``fenced``: job id -> the attempt a frozen executor ran and must not have recorded.
+    ``frozen_at``: when that executor froze. A fenced attempt whose process had done its work
+    before then, but whose executor froze before recording it, is run again by design (nobody
+    can know the work was done): a note, not a duplicate. Any other run after completion is.
     """
     f = Findings(
         offered=len(offered),
@@ -241,6 +245,16 @@ def audit(
     for job_id, attempt in attempts_run_twice(runs):
         f.duplicated.append(f"job {job_id}: attempt {attempt} ran in more than one process")
     for done, again in ran_after_completing(runs):
+        if (
+            frozen_at is not None
+            and (fenced or {}).get(done.job_id) == done.attempt
+            and max(done.times) < frozen_at
+        ):
+            f.notes.append(
+                f"job {done.job_id}: attempt {done.attempt} (pid {done.pid}) did its work but its executor"
+                f" froze before recording it; attempt {again.attempt} (pid {again.pid}) ran it again"
+            )
+            continue
         f.duplicated.append(
             f"job {done.job_id}: attempt {done.attempt} (pid {done.pid}) completed its work and"
             f" attempt {again.attempt} (pid {again.pid}) ran it again"

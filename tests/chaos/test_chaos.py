@@ -1,11 +1,13 @@
 """Chaos: kill every process of the embedded stack under a steady load, and audit what happened.
 
-Real parts only: nats-server with its file store, the five services as processes, every job a real
+Real parts only: nats-server with its file store, the six services as processes, every job a real
 local process that appends its runs to a marker file. In turn: ``kill -9`` of each service and a
-restart on the same data dir and ports; ``kill -9`` of nats-server and a restart on its store; a
-second executor, then one of the two frozen (SIGSTOP, with its jobs) until its attempts moved to
-the other, then thawed; the same events published twice. A consumer that dies before its ack is
-what every ``kill -9`` under load does (the batch in hand is redelivered to the restarted service).
+restart on the same data dir and ports (the workflow service while an array of six is half
+submitted: afterwards each index has exactly one job and the run succeeds); ``kill -9`` of
+nats-server and a restart on its store; a second executor, then one of the two frozen (SIGSTOP, with its
+jobs) until its attempts moved to the other, then thawed; the same events published twice. A
+consumer that dies before its ack is what every ``kill -9`` under load does (the batch in hand is
+redelivered to the restarted service).
 
 Then the audit (``audit.py``) over the whole jobs stream, the job records, the marker file and
 MLflow's store: every offered job exists once and ended once, no attempt ran twice, no two runs of
@@ -29,7 +31,7 @@ from typing import Any
 import pytest
 
 from trainyard_client.stack import SERVICES, EmbeddedStack
-from trainyard_contracts import ExecutorHeartbeat
+from trainyard_contracts import ExecutorHeartbeat, JobRecord
 from trainyard_registry.app import ACK_WAIT_SECONDS as REGISTRY_ACK_WAIT_SECONDS
 
 from .audit import audit, audit_events, parse_markers
@@ -164,6 +166,71 @@ async def kill_and_restart(chaos: ChaosStack, mirror: Mirror, load: Load, name: 
     return rec
 
 
+ARRAY_SIZE = 6
+
+
+def pipeline_under_fault(marker: Path) -> dict[str, Any]:
+    """One array step (six children, two at a time): the workflow service is killed while it is
+    between children; each child is a marker-writing job, audited like every other job."""
+    job = job_spec(0, marker, 1.5)
+    job.update(name="chaos-array", labels={"chaos-pipeline": "1"})
+    return {"name": "chaos-array", "steps": [{"name": "work", "array": f"0-{ARRAY_SIZE - 1}%2", "job": job}]}
+
+
+async def kill_workflow_mid_array(
+    chaos: ChaosStack, mirror: Mirror, marker: Path
+) -> tuple[Recovery, list[str]]:
+    """``kill -9`` the workflow service mid-array (some children submitted, some not yet), restart
+    it, wait for the run to finish. Findings: an index with no job or more than one, a run that did
+    not succeed (the audit of the job records covers each child's runs)."""
+    with chaos.stack.client() as api:
+        run_id = (await asyncio.to_thread(api.run_pipeline, pipeline_under_fault(marker))).run_id
+
+        def children() -> dict[str, list[str]]:
+            by_index: dict[str, list[str]] = {}
+            for job_id, record in mirror.records().items():
+                labels = record.spec.labels or {}
+                if labels.get("trainyard.dev/pipeline-run") == run_id:
+                    by_index.setdefault(labels.get("trainyard.dev/array-index", "?"), []).append(job_id)
+            return by_index
+
+        await until(lambda: 1 <= len(children()) < ARRAY_SIZE, 60, "the array half submitted", poll=0.05)
+        killed = chaos.kill("workflow")
+        chaos.restart("workflow")
+        rec = Recovery(fault="kill -9 + restart (mid-array)", target="workflow", fault_at=killed)
+        await until(lambda: chaos.healthy("workflow"), RECOVERY_TIMEOUT, "workflow healthy again", poll=0.1)
+        rec.healthy_s = since(killed, time.time())
+
+        async def finished() -> float | None:
+            run = await asyncio.to_thread(api.pipeline, run_id)
+            return time.time() if run.state.value != "running" else None
+
+        rec.progress = "the array in flight finished"
+        rec.progress_s = since(
+            killed, await until(finished, RECOVERY_TIMEOUT, "the pipeline run finished", 0.2)
+        )
+        run = await asyncio.to_thread(api.pipeline, run_id)
+    by_index = children()
+    findings = [f"pipeline {run_id}: ended {run.state.value}"] if run.state.value != "succeeded" else []
+    for index in map(str, range(ARRAY_SIZE)):
+        jobs = by_index.get(index, [])
+        if len(jobs) != 1:
+            findings.append(f"pipeline {run_id}: array index {index} has {len(jobs)} jobs {sorted(jobs)}")
+    rec.note = f"{sum(map(len, by_index.values()))} child jobs for {ARRAY_SIZE} indices"
+    return rec, findings
+
+
+def settled(record: JobRecord) -> dict[str, Any]:
+    """The record as a fenced attempt must leave it: all of it but the attempts' ``stopping``
+    marks, which the thawed executor clears once their processes are gone (it says so; the
+    scheduler holds their room until then) without recording anything of what they did."""
+    data = record.model_dump(mode="json")
+    data.pop("model", None)  # the registry's, for the attempt that succeeded elsewhere
+    for info in data.get("attempts", []):
+        info.pop("stopping", None)
+    return data
+
+
 async def kill_broker(chaos: ChaosStack, mirror: Mirror) -> Recovery:
     killed = chaos.kill_nats()
 
@@ -269,7 +336,7 @@ async def freeze_an_executor(
         if records[job].attempt > attempt:
             fenced[job] = attempt
     assert frozen_probes <= set(fenced), "a frozen long attempt was not superseded"
-    revisions = {job: mirror.view.revisions[job] for job in fenced}  # type: ignore[union-attr]
+    before = {job: settled(records[job]) for job in fenced}
 
     # back from the dead: the old attempts must be killed, and nothing they do recorded
     chaos.thaw(frozen)
@@ -294,9 +361,17 @@ async def freeze_an_executor(
         )
 
     await until(forgotten, 60, f"{victim} no longer holds the fenced attempts")
-    after = {job: mirror.view.revisions[job] for job in fenced}  # type: ignore[union-attr]
-    changed = {job for job in fenced if after[job] != revisions[job]}
-    assert not changed, f"a fenced attempt changed a record after it came back: {sorted(changed)}"
+    after = mirror.records()
+    changed = {
+        job: {
+            k: (v, settled(after[job]).get(k))
+            for k, v in before[job].items()
+            if settled(after[job]).get(k) != v
+        }
+        for job in fenced
+        if settled(after[job]) != before[job]
+    }
+    assert not changed, f"a fenced attempt changed a record after it came back: {changed}"
     release.touch()  # now the long attempts on the survivor may end
     rec.note = (
         f"{len(fenced)} attempts fenced ({len(frozen_probes)} long); after SIGCONT their processes"
@@ -388,6 +463,7 @@ async def test_no_job_is_lost_or_run_twice_when_every_process_is_killed(tmp_path
     tasks: list[asyncio.Task[None]] = []
     recoveries: list[Recovery] = []
     fenced: dict[str, int] = {}
+    workflow_findings: list[str] = []
     try:
         await mirror.start()
         tasks = [
@@ -398,6 +474,10 @@ async def test_no_job_is_lost_or_run_twice_when_every_process_is_killed(tmp_path
         telemetry_back = time.time()
         for name in SERVICES:
             phase(f"kill -9 {name}")
+            if name == "workflow":
+                recovery, workflow_findings = await kill_workflow_mid_array(chaos, mirror, marker)
+                recoveries.append(recovery)
+                continue
             recoveries.append(await kill_and_restart(chaos, mirror, load, name))
             if name == "telemetry":
                 telemetry_back = time.time()
@@ -466,6 +546,7 @@ async def test_no_job_is_lost_or_run_twice_when_every_process_is_killed(tmp_path
             model_versions=versions,
             model_jobs=load.model_seqs,
             fenced=fenced,
+            frozen_at=next((r.fault_at for r in recoveries if r.fault.startswith("SIGSTOP")), None),
         )
     except BaseException:
         print(chaos.log_tails())
@@ -497,6 +578,7 @@ async def test_no_job_is_lost_or_run_twice_when_every_process_is_killed(tmp_path
         "fenced_attempts": len(fenced),
         "duplicate_deliveries": dup_checks,
         "audit": summary,
+        "workflow_mid_array": workflow_findings,
         "recoveries": [asdict(r) for r in recoveries],
     }
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
@@ -507,10 +589,11 @@ async def test_no_job_is_lost_or_run_twice_when_every_process_is_killed(tmp_path
         f" runs {summary['runs']}, events {len(events)}, submit retries {load.failures};"
         f" lost {summary['lost']}, duplicated {summary['duplicated']}"
     )
-    for line in findings.lost + findings.duplicated:
+    for line in findings.lost + findings.duplicated + workflow_findings:
         print("  ", line)
     assert summary["succeeded"] == summary["jobs"], "every chaos job should succeed"
     assert not dup_checks["records_changed"] and dup_checks["new_runs"] == 0
     assert not dup_checks["telemetry_delta"]
     assert not dup_checks["model_versions_changed"]
     assert findings.lost == [] and findings.duplicated == []
+    assert workflow_findings == [], "the array the workflow service was killed in: one job per index"
