@@ -29,6 +29,14 @@ class RunStore:
     async def create(self, run: PipelineRun) -> int:
         return int(await self.kv.create(run.run_id, run.model_dump_json().encode()))
 
+    async def create_once(self, run: PipelineRun) -> bool:
+        """Create ``run``; False when a run with its id exists already."""
+        try:
+            await self.create(run)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
     async def get(self, run_id: str) -> tuple[PipelineRun, int] | None:
         try:
             entry = await self.kv.get(run_id)
