@@ -60,6 +60,8 @@ OPERATIONS = [
     ("GET", "/v1/pipelines"),
     ("GET", "/v1/pipelines/{run_id}"),
     ("POST", "/v1/pipelines/{run_id}/cancel"),
+    ("GET", "/v1/arrays/{array_id}"),
+    ("POST", "/v1/arrays/{array_id}/cancel"),
 ]
 
 
@@ -111,6 +113,8 @@ NEEDS_WORKFLOW = {
     ("GET", "/v1/pipelines"),
     ("GET", "/v1/pipelines/{run_id}"),
     ("POST", "/v1/pipelines/{run_id}/cancel"),
+    ("GET", "/v1/arrays/{array_id}"),
+    ("POST", "/v1/arrays/{array_id}/cancel"),
 }
 
 

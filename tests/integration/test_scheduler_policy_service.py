@@ -9,7 +9,15 @@ import sys
 
 import pytest
 
-from trainyard_contracts import JobSpec, QueueConfig, Quota, WhyAnswer, WhyRequest
+from trainyard_contracts import (
+    DryRunAnswer,
+    DryRunRequest,
+    JobSpec,
+    QueueConfig,
+    Quota,
+    WhyAnswer,
+    WhyRequest,
+)
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.app import create_app as scheduler_app
@@ -63,6 +71,18 @@ async def test_a_queue_at_its_quota_waits_and_says_so(common, bus):
         assert "team-a" in answer.reason.message and answer.reason.position == 1
         # the executor has room (2 cpu, 1 used): only the quota holds it back
         assert (await bus.record(second)).state.value == "queued"
+
+        # a dry run of the same spec applies the same policy: the queue's quota, not just the room
+        reply = await bus.nc.request(
+            bus.subjects.scheduler_dry_run,
+            DryRunRequest(spec=JobSpec(name="q3", queue="team-a", command=["true"], resources={"cpu": 1}))
+            .model_dump_json()
+            .encode(),
+            timeout=5,
+        )
+        dry = DryRunAnswer.model_validate_json(reply.data)
+        assert not dry.would_start and dry.reason is not None
+        assert dry.reason.kind == "quota" and "team-a" in dry.reason.message
 
 
 async def test_a_higher_priority_job_preempts_a_preemptible_one_which_comes_back(common, bus):

@@ -66,6 +66,7 @@ from trainyard_contracts import (
 
 if TYPE_CHECKING:
     from trainyard_client.workdir import WorkdirUpload
+    from trainyard_contracts.arrayview import ArrayStatus
     from trainyard_contracts.runs import PipelineRun
 
 
@@ -266,6 +267,21 @@ class TrainyardClient:
         from trainyard_contracts.runs import PipelineRun
 
         return PipelineRun.model_validate(self._request("POST", f"/v1/pipelines/{run_id}/cancel").json())
+
+    def submit_array(self, spec: str | bytes | Mapping[str, Any]) -> ArrayStatus:
+        """Submit a job spec with ``array: "0-99%8"``: one array object, its jobs made by the
+        workflow service; 422 names ``array`` for bad syntax."""
+        body, content_type = _spec_body(spec)
+        answer = self._request("POST", "/v1/jobs", content=body, headers={"Content-Type": content_type})
+        return _array_status(answer.json())
+
+    def array(self, array_id: str) -> ArrayStatus:
+        """An array's jobs counted per state."""
+        return _array_status(self._request("GET", f"/v1/arrays/{array_id}").json())
+
+    def cancel_array(self, array_id: str) -> ArrayStatus:
+        """Stop every job of the array; no more start."""
+        return _array_status(self._request("POST", f"/v1/arrays/{array_id}/cancel").json())
 
     def health(self) -> bool:
         """True when the API answers ``/healthz``."""
@@ -522,3 +538,11 @@ class TrainyardClient:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(poll)
+
+
+def _array_status(data: dict[str, Any]) -> ArrayStatus:
+    from trainyard_contracts.arrayview import ArrayStatus
+
+    if data.get("kind") != "array":
+        raise ValueError("the API answered with a job, not an array: the spec has no array field")
+    return ArrayStatus.model_validate({k: v for k, v in data.items() if k != "kind"})

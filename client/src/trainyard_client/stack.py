@@ -341,9 +341,9 @@ class EmbeddedStack:
             return configured
         from trainyard_executor.settings import ExecutorSettings
 
-        factory = ExecutorSettings.model_fields["id"].default_factory
-        assert factory is not None
-        return str(factory())  # type: ignore[call-arg]
+        field = ExecutorSettings.model_fields["id"]
+        default = field.get_default(call_default_factory=True, validated_data={})
+        return str(default)
 
     def _credentials(self) -> Any:
         if self.nats_auth is None:
@@ -540,9 +540,10 @@ class EmbeddedStack:
         self._due.clear()
         running = [s for s in self.services.values() if s.alive]
         self._scan()
-        for service in running:
+        for process in (service.process for service in running):
             with contextlib.suppress(ProcessLookupError):
-                service.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+                if process is not None:
+                    process.send_signal(signal.SIGTERM)
         self.killed_services = self._wait_or_kill(running, time.monotonic() + self.stop_timeout)
         for service in self.services.values():
             if service.log_file is not None:
@@ -565,8 +566,10 @@ class EmbeddedStack:
         waiting = list(running)
         while waiting and time.monotonic() < deadline:
             self._scan()  # before a service is gone, its orphans are no longer below it
+            first = waiting[0].process
             with contextlib.suppress(subprocess.TimeoutExpired):
-                waiting[0].process.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))  # type: ignore[union-attr]
+                if first is not None:
+                    first.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
             waiting = [s for s in waiting if s.alive]
         self._scan()
         for service in waiting:

@@ -7,6 +7,7 @@ numbers from 0 to ``MAX_ARRAY_INDEX``; an array holds at most ``MAX_ARRAY_SIZE``
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ class ArrayIndices:
         return len(self.indices)
 
 
+# decided again on every step of a run and for each of its jobs: parse each text once
+@functools.lru_cache(maxsize=256)
 def parse_array(text: str) -> ArrayIndices:
     """``"0-99%8"`` to indices 0..99 with at most 8 running; ArraySyntaxError says what is wrong."""
     if not isinstance(text, str) or not text.strip():

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from trainyard_contracts.arrays import MAX_ARRAY_INDEX, MAX_ARRAY_SIZE
 from trainyard_contracts.specsize import spec_size_error
 from trainyard_contracts.units import parse_duration, parse_memory_mb
 
@@ -186,6 +187,15 @@ class RuntimeEnv(_Strict):
     )
 
 
+class ArrayTask(_Strict):
+    """Which job of an array this is: set by the workflow service on each child job it submits,
+    never by a user (``POST /v1/jobs`` refuses it); the executor turns it into
+    ``TRAINYARD_ARRAY_INDEX`` and ``TRAINYARD_ARRAY_COUNT``."""
+
+    index: int = Field(ge=0, le=MAX_ARRAY_INDEX, description="this job's index (Slurm's SLURM_ARRAY_TASK_ID)")
+    count: int = Field(ge=1, le=MAX_ARRAY_SIZE, description="how many jobs the array has")
+
+
 class JobSpec(_Strict):
     name: Name
     queue: QueueName = "default"
@@ -220,6 +230,11 @@ class JobSpec(_Strict):
     runtime_env: RuntimeEnv | None = None
     workdir: Workdir | None = Field(
         None, description="a local folder packed and uploaded by the CLI/SDK; the job runs in it"
+    )
+    array_task: ArrayTask | None = Field(
+        None,
+        description="set by the workflow service on a job of an array (its index and the array's "
+        "size); a submission over HTTP cannot set it (give array: on the spec instead)",
     )
 
     @field_validator("command", mode="before")

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from trainyard_client import cli
+from trainyard_client.cli.arrays import is_array
 from trainyard_client.cli.base import EXIT_INVALID, EXIT_REFUSED, api_errors, fail, settings, styled
 from trainyard_client.cli.output import Output, OutputOption, print_data, record_of, structured
 
@@ -43,6 +44,7 @@ def _read_spec(file: Path) -> tuple[str, Any, bool]:
     """The spec's text, its validated form, and whether the text had to change (a relative repo)."""
     from rich.markup import escape
 
+    from trainyard_client.cli.arrays import check_array_field
     from trainyard_client.cli.base import print_field_errors
     from trainyard_client.workdir import resolve_workdir_path
     from trainyard_contracts import SpecError, parse_spec_document, validate_spec
@@ -59,7 +61,8 @@ def _read_spec(file: Path) -> tuple[str, Any, bool]:
         data = parse_spec_document(text)
         changed = resolve_source(data, spec_dir)
         changed = resolve_workdir_path(data, spec_dir) or changed
-        spec = validate_spec(data)
+        check_array_field(data)
+        spec = validate_spec({k: v for k, v in data.items() if k != "array"})
     except SpecError as exc:
         print_field_errors(exc.errors, f"invalid job spec: {file}")
         raise typer.Exit(EXIT_INVALID) from None
@@ -135,6 +138,11 @@ def submit(
         submitted: Any = body
         if spec.workdir is not None and spec.workdir.path is not None:
             submitted = _upload_workdir(client, body, spec.workdir.path, quiet or structured(output))
+        if is_array(submitted):
+            from trainyard_client.cli.arrays import show_array
+
+            show_array(client.submit_array(submitted), output)
+            return
         result = client.submit(submitted, idempotency_key=idempotency_key)
         if structured(output):
             print_data(record_of(result.job), output)

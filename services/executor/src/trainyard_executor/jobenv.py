@@ -56,6 +56,10 @@ def job_env(
             "MLFLOW_DISABLE_TELEMETRY": spec.env.get("MLFLOW_DISABLE_TELEMETRY", "true"),
         }
     )
+    if spec.array_task is not None:
+        # Slurm's SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT: set by the workflow service only
+        env["TRAINYARD_ARRAY_INDEX"] = str(spec.array_task.index)
+        env["TRAINYARD_ARRAY_COUNT"] = str(spec.array_task.count)
     if spec.source is not None:
         env["TRAINYARD_GIT_REPO"] = spec.source.repo
         if spec.source.commit:

@@ -36,8 +36,7 @@ DEFAULT_PASSTHROUGH = (
 )
 
 
-# without the workspace's source paths mypy sees shared's HttpSettings (pydantic-settings) as Any
-class ExecutorSettings(HttpSettings):  # type: ignore[misc, unused-ignore]
+class ExecutorSettings(HttpSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINYARD_EXECUTOR_", extra="ignore")
 
     port: int = 8702

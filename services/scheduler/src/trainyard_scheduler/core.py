@@ -27,14 +27,12 @@ from trainyard_contracts.records import ExecutorHeartbeat
 from trainyard_scheduler.applying import Applying
 from trainyard_scheduler.explain import QueuedJob, count_by_kind, wait_reasons
 from trainyard_scheduler.policy import (
-    Demand,
-    PendingJob,
     Plan,
     Snapshot,
     plan,
 )
 from trainyard_scheduler.recovery import Recovery
-from trainyard_scheduler.snapshot import awaits_placement, observe
+from trainyard_scheduler.snapshot import awaits_placement, observe, pending_job
 
 log = logging.getLogger("trainyard.scheduler")
 # a stopped attempt's room is held from its record at most this long past its grace period: its
@@ -155,15 +153,7 @@ class SchedulerCore(Applying, Recovery):
         now = self.clock()
         snapshot = await self.snapshot(now)
         probe_id = "dry-run-" + new_job_id()
-        r = spec.resources
-        probe = PendingJob(
-            job_id=probe_id,
-            attempt=1,
-            priority=spec.priority,
-            submitted_at=now.timestamp(),
-            demand=Demand(cpu=r.cpu, memory=r.memory, gpu=r.gpu),
-            replicas=spec.replicas,
-        )
+        probe = pending_job(probe_id, spec, now.timestamp())
         decisions = plan(dataclasses.replace(snapshot, pending=(*snapshot.pending, probe)), now.timestamp())
         executors = sorted(
             {p.executor_id for a in decisions.assignments if a.job_id == probe_id for p in a.ranks}

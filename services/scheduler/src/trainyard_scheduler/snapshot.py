@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from trainyard_contracts import JobRecord, JobState, QueueConfig
+from trainyard_contracts import JobRecord, JobSpec, JobState, QueueConfig
 from trainyard_contracts.records import ExecutorHeartbeat
 from trainyard_scheduler.policy import Demand, ExecutorFree, PendingJob, RunningJob, Snapshot
 from trainyard_scheduler.room import attempt_ended, stopping_attempts
@@ -116,19 +116,29 @@ def _ending(ledger: RoomLedger, record: JobRecord, at: AttemptOn, replicas: int)
     )
 
 
-def _pending(record: JobRecord) -> PendingJob:
-    spec = record.spec
+def pending_job(
+    job_id: str, spec: JobSpec, submitted_at: float, attempt: int = 1, not_before: float | None = None
+) -> PendingJob:
+    """What the policy sees of a spec awaiting placement; the dry run's probe is built here too, so
+    it meets the same quotas, gangs and timeouts as a submitted job."""
+    r = spec.resources
     return PendingJob(
-        job_id=record.job_id,
-        attempt=record.attempt,
+        job_id=job_id,
+        attempt=attempt,
         priority=spec.priority,
-        submitted_at=record.submitted_at.timestamp(),
-        demand=demand_of(record),
+        submitted_at=submitted_at,
+        demand=Demand(cpu=r.cpu, memory=r.memory, gpu=r.gpu),
         replicas=spec.replicas,
-        not_before=record.not_before.timestamp() if record.not_before else None,
+        not_before=not_before,
         queue=spec.queue,
         timeout=spec.timeout,
     )
+
+
+def _pending(record: JobRecord) -> PendingJob:
+    not_before = record.not_before.timestamp() if record.not_before else None
+    submitted_at = record.submitted_at.timestamp()
+    return pending_job(record.job_id, record.spec, submitted_at, record.attempt, not_before)
 
 
 def _count_record(

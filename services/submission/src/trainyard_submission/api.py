@@ -46,6 +46,7 @@ from trainyard_submission.access import (
     place_spec,
     public_record,
 )
+from trainyard_submission.arrayjobs import array_request
 from trainyard_submission.deadletters import DeadLetters, LetterNotFound
 from trainyard_submission.executorlist import list_executors
 from trainyard_submission.logs import read_chunks
@@ -334,6 +335,9 @@ def add_submit_routes(router: APIRouter, deps: RouteDeps) -> None:
         # idempotency keys are per principal: one team cannot learn another's job through a key
         slot = idempotency_slot(f"http.{caller.token_id}", idempotency_key) if idempotency_key else None
         try:
+            array = array_request(body)  # a caller's array_task is refused here
+            if array is not None:  # the workflow service makes the array's jobs, not this route
+                return await deps.state["submit_array"](caller, array)  # type: ignore[no-any-return]
             result = await deps.service().submit(
                 body, submitted_by=caller.name, idempotency_slot=slot, principal=caller
             )
@@ -362,7 +366,7 @@ def add_submit_routes(router: APIRouter, deps: RouteDeps) -> None:
         body = await deps.read_body(request)
         try:
             spec = place_spec(caller, parse_spec(body))
-            check_submit(caller, spec, await deps.queues().effective(spec.queue))
+            check_submit(caller, spec, await deps.queues().require(spec.queue))
         except QueueRefused as exc:
             raise Problem(403, "forbidden", exc.detail, queue=exc.queue) from exc
         except SpecError as exc:
@@ -562,6 +566,12 @@ def add_token_routes(router: APIRouter, deps: RouteDeps) -> None:
 
     @router.post("/tokens", status_code=201, summary="create a team or admin token (admin); shown once")
     async def create_token(body: TokenRequest, _: Admin) -> JSONResponse:
+        if body.team is not None:
+            try:
+                await deps.queues().require(body.team, field="team")
+            except SpecError as exc:
+                errors = [e.model_dump() for e in exc.errors]
+                raise Problem(422, "unknown team", str(exc), errors=errors) from exc
         record, token = await deps.tokens().create(body.team, body.admin, body.description)
         return JSONResponse({**record.public(), "token": token}, status_code=201)
 

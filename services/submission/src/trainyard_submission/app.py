@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from trainyard_shared.runtimeslot import RuntimeSlot
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing, tracing_enabled
 from trainyard_submission.api import build_router, install_error_handlers, install_openapi
+from trainyard_submission.arrayroutes import build_array_router, submit_array
 from trainyard_submission.intake import handle_intake
 from trainyard_submission.limits import BodyLimit
 from trainyard_submission.pipelines import build_pipeline_router
@@ -103,6 +105,8 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     install_error_handlers(app)
     app.include_router(build_router(state))
     app.include_router(build_pipeline_router(state))
+    app.include_router(build_array_router(state))
+    state["submit_array"] = functools.partial(submit_array, state)
     install_openapi(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 

@@ -10,6 +10,7 @@ around them. A team sees and cancels its own runs only; the admin sees all.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from typing import Annotated, Any
 
@@ -27,34 +28,48 @@ from trainyard_submission.tokens import Principal
 WORKFLOW_TIMEOUT_SECONDS = 30.0
 
 
+async def ask_workflow(state: dict[str, Any], kind: str, request: PipelineRequest) -> PipelineReply:
+    """The workflow service's answer; a refusal is raised as its Problem, no answer as a 503."""
+    try:
+        reply = await state["broker"].request(
+            request.model_dump_json().encode(),
+            state["subjects"].workflow_request(kind),
+            timeout=WORKFLOW_TIMEOUT_SECONDS,
+        )
+    except Exception as exc:  # no responder / timeout
+        raise Problem(
+            503, "workflow unavailable", f"the workflow service did not answer: {type(exc).__name__}"
+        ) from exc
+    answer = PipelineReply.model_validate_json(bytes(reply.body))
+    if not answer.ok:
+        errors = [e.model_dump() for e in answer.errors]
+        detail = "; ".join(f"{e.field}: {e.message}" for e in answer.errors)
+        raise Problem(answer.status, "pipeline request refused", detail, errors=errors)
+    return answer
+
+
+async def visible_run(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineRun:
+    """The run ``caller`` may see (its own, or any for the admin); 404 otherwise."""
+    if not re.match(RUN_ID_PATTERN, run_id):  # no key the bucket could hold
+        raise Problem(404, "no such pipeline run", run_id[:100])
+    run = (await ask_workflow(state, "status", PipelineRequest(run_id=run_id))).run
+    if run is None or not _may_see(caller, run):
+        raise Problem(404, "no such pipeline run", run_id)
+    return run
+
+
+async def cancel_run(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineRun | None:
+    """The workflow service ends the run, then its open jobs are cancelled here."""
+    await visible_run(state, caller, run_id)
+    answer = await ask_workflow(state, "cancel", PipelineRequest(run_id=run_id, by=caller.name))
+    if answer.run is not None:
+        await _cancel_open_jobs(state["service"], answer.run, caller.name)
+    return answer.run
+
+
 def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
     router = APIRouter(prefix="/v1/pipelines", dependencies=[Depends(authorised)], tags=["pipelines"])
-
-    async def ask(kind: str, request: PipelineRequest) -> PipelineReply:
-        try:
-            reply = await state["broker"].request(
-                request.model_dump_json().encode(),
-                state["subjects"].workflow_request(kind),
-                timeout=WORKFLOW_TIMEOUT_SECONDS,
-            )
-        except Exception as exc:  # no responder / timeout
-            raise Problem(
-                503, "workflow unavailable", f"the workflow service did not answer: {type(exc).__name__}"
-            ) from exc
-        answer = PipelineReply.model_validate_json(bytes(reply.body))
-        if not answer.ok:
-            errors = [e.model_dump() for e in answer.errors]
-            detail = "; ".join(f"{e.field}: {e.message}" for e in answer.errors)
-            raise Problem(answer.status, "pipeline request refused", detail, errors=errors)
-        return answer
-
-    async def visible_run(caller: Principal, run_id: str) -> PipelineRun:
-        if not re.match(RUN_ID_PATTERN, run_id):  # no key the bucket could hold
-            raise Problem(404, "no such pipeline run", run_id[:100])
-        run = (await ask("status", PipelineRequest(run_id=run_id))).run
-        if run is None or not _may_see(caller, run):
-            raise Problem(404, "no such pipeline run", run_id)
-        return run
+    ask = functools.partial(ask_workflow, state)
 
     @router.post("", status_code=201, summary="run a pipeline: {pipeline: <document>, params: {k: v}}")
     async def run_pipeline(request: Request, caller: Caller) -> JSONResponse:
@@ -64,7 +79,7 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
             raise Problem(422, "invalid request", str(exc)[:1000]) from exc
         if body.pipeline is None:
             raise Problem(422, "invalid request", "pipeline: required field is missing")
-        await _check_steps(state, caller, body)
+        await check_steps(state, caller, body)
         answer = await ask("run", body.model_copy(update={"by": caller.name}))
         return JSONResponse(_public(answer.run), status_code=201)
 
@@ -77,20 +92,16 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
 
     @router.get("/{run_id}", summary="a pipeline run: its steps, their jobs and states")
     async def get_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:
-        return _public(await visible_run(caller, run_id))
+        return _public(await visible_run(state, caller, run_id))
 
     @router.post("/{run_id}/cancel", summary="cancel a pipeline run: no further step starts, its jobs stop")
     async def cancel_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:
-        await visible_run(caller, run_id)
-        answer = await ask("cancel", PipelineRequest(run_id=run_id, by=caller.name))
-        if answer.run is not None:
-            await _cancel_open_jobs(state["service"], answer.run, caller.name)
-        return _public(answer.run)
+        return _public(await cancel_run(state, caller, run_id))
 
     return router
 
 
-async def _check_steps(state: dict[str, Any], caller: Principal, body: PipelineRequest) -> None:
+async def check_steps(state: dict[str, Any], caller: Principal, body: PipelineRequest) -> None:
     try:
         pipeline = validate_pipeline(body.pipeline, body.params)
     except SpecError as exc:

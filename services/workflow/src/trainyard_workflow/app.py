@@ -167,7 +167,7 @@ def _emitter(sb: ServiceBroker) -> Any:
     async def emit(event: PipelineEnvelope) -> None:
         await publish_acked(
             sb.broker,
-            subjects.pipeline(event.run_id, event.type),  # type: ignore[attr-defined]
+            subjects.pipeline(event.run_id, event.type),
             event.model_dump_json().encode(),
             {"Nats-Msg-Id": event.msg_id(), "content-type": "application/json"},
             subjects.streams.pipelines,

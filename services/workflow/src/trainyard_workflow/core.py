@@ -28,6 +28,7 @@ from trainyard_contracts.runs import (
     StepRun,
     StepState,
 )
+from trainyard_contracts.spec import ArrayTask
 from trainyard_contracts.workflow import Condition, StepSpec
 
 RUN_LABEL = "trainyard.dev/pipeline-run"
@@ -262,7 +263,8 @@ def unanswered(run: PipelineRun) -> list[Submit]:
 
 def job_spec_for(run: PipelineRun, step: str, index: int) -> JobSpec:
     """The job to submit for ``step`` (index ``index`` of an array): the step's spec, labelled with
-    its run, step, index and attempt, so a job record says which run it belongs to."""
+    its run, step, index and attempt, so a job record says which run it belongs to; an array's job
+    also carries its index and the array's size (``array_task``: its TRAINYARD_ARRAY_* env)."""
     spec = run.spec.step(step)
     labels = {
         **spec.job.labels,
@@ -270,9 +272,11 @@ def job_spec_for(run: PipelineRun, step: str, index: int) -> JobSpec:
         STEP_LABEL: step,
         ATTEMPT_LABEL: str(run.steps[step].attempt),
     }
-    if spec.array:
-        labels[INDEX_LABEL] = str(index)
-    return spec.job.model_copy(update={"labels": labels})
+    if not spec.array:
+        return spec.job.model_copy(update={"labels": labels})
+    labels[INDEX_LABEL] = str(index)
+    task = ArrayTask(index=index, count=len(indices_of(spec)))
+    return spec.job.model_copy(update={"labels": labels, "array_task": task})
 
 
 @dataclass(frozen=True)
