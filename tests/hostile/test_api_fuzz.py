@@ -62,6 +62,13 @@ OPERATIONS = [
     ("POST", "/v1/pipelines/{run_id}/cancel"),
     ("GET", "/v1/arrays/{array_id}"),
     ("POST", "/v1/arrays/{array_id}/cancel"),
+    ("POST", "/v1/schedules"),
+    ("GET", "/v1/schedules"),
+    ("GET", "/v1/schedules/{name}"),
+    ("DELETE", "/v1/schedules/{name}"),
+    ("POST", "/v1/schedules/{name}/suspend"),
+    ("POST", "/v1/schedules/{name}/resume"),
+    ("POST", "/v1/schedules/{name}/backfill"),
 ]
 
 
@@ -115,6 +122,13 @@ NEEDS_WORKFLOW = {
     ("POST", "/v1/pipelines/{run_id}/cancel"),
     ("GET", "/v1/arrays/{array_id}"),
     ("POST", "/v1/arrays/{array_id}/cancel"),
+    ("POST", "/v1/schedules"),
+    ("GET", "/v1/schedules"),
+    ("GET", "/v1/schedules/{name}"),
+    ("DELETE", "/v1/schedules/{name}"),
+    ("POST", "/v1/schedules/{name}/suspend"),
+    ("POST", "/v1/schedules/{name}/resume"),
+    ("POST", "/v1/schedules/{name}/backfill"),
 }
 
 
