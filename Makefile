@@ -5,9 +5,9 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 PYTEST_ARGS ?=
-# every workspace package's source, found rather than listed, so a new service is type-checked
-# from its first commit (tests/docs/test_lint_coverage.py holds this to the workspace members)
-TYPED_SOURCES := contracts/src shared/src client/src $(wildcard services/*/src)
+# every workspace package's source, found rather than listed, so a new service is type-checked and
+# compiled from its first commit (tests/docs/test_lint_coverage.py holds this to the workspace members)
+PACKAGE_SOURCES := contracts/src shared/src client/src $(wildcard services/*/src)
 
 .PHONY: help install demo up test test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli bench-workflow clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
 
@@ -24,7 +24,11 @@ install: .venv/.installed
 .venv/.installed: uv.lock pyproject.toml */pyproject.toml services/*/pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv || \
 		python3 -m pip install --quiet --break-system-packages uv
-	$(UV) sync --all-packages --frozen
+	$(UV) sync --all-packages --frozen --compile-bytecode
+	@# uv compiles site-packages only; the workspace's own packages are installed editable, so their
+	@# bytecode is written here too: the first CLI call (or any, with PYTHONDONTWRITEBYTECODE set)
+	@# then loads .pyc instead of compiling every module it imports
+	$(RUN) python -m compileall -q $(PACKAGE_SOURCES)
 	@touch $@
 
 demo: install
@@ -72,7 +76,7 @@ test-kubernetes: install
 lint: install
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy $(TYPED_SOURCES)
+	$(RUN) mypy $(PACKAGE_SOURCES)
 
 schemas: install
 	$(RUN) python -m trainyard_contracts.schemas

@@ -124,6 +124,9 @@ def test_cli_queues_set_merges_options_and_lists_a_table(live_api, wide_consoles
 
 
 def test_cli_tokens_create_list_revoke(live_api, wide_consoles):
+    unknown = cli(live_api, ADMIN, "tokens", "create", "--team", "alpha")
+    assert unknown.exit_code == 2 and "unknown queue 'alpha'" in unknown.output, unknown.output
+    assert cli(live_api, ADMIN, "queues", "set", "alpha").exit_code == 0
     created = cli(live_api, ADMIN, "tokens", "create", "--team", "alpha", "--description", "alpha CI")
     assert created.exit_code == 0, created.output
     token = next(line for line in created.output.splitlines() if line.startswith("ty_"))

@@ -95,7 +95,7 @@ async def test_the_container_runs_as_a_non_root_user_without_privileges(backend,
         "id -u; id -g; grep -E '^(CapEff|CapBnd|NoNewPrivs):' /proc/self/status;"
         " grep ' /trainyard/work ' /proc/self/mountinfo;"
         ' echo m > "$TRAINYARD_OUTPUT_DIR/model"; echo c > "$TRAINYARD_CHECKPOINT_DIR/ckpt";'
-        " echo w > /trainyard/work/scratch; sleep 30"
+        " echo w > /trainyard/work/scratch; echo written; sleep 30"
     )
     checkpoints = tmp_path / "checkpoints" / "job-priv"
     launch = make_launch(tmp_path, ["sh", "-c", script], checkpoint_dir=checkpoints)
@@ -108,6 +108,11 @@ async def test_the_container_runs_as_a_non_root_user_without_privileges(backend,
         assert not host.get("CapAdd")  # (Podman lists every dropped capability instead of ALL)
         assert any(o.startswith("no-new-privileges") for o in host["SecurityOpt"])
         assert host["PidsLimit"] == 4096
+        # stopped only once its files are written (a loaded machine may not have run them yet)
+        deadline = asyncio.get_running_loop().time() + 60
+        while "written" not in lines.of("stdout"):
+            assert asyncio.get_running_loop().time() < deadline, ("the job wrote nothing in 60 s", lines.got)
+            await asyncio.sleep(0.05)
     finally:
         await attempt.cancel(0)
     outcome = await attempt.wait()

@@ -61,7 +61,9 @@ async def test_a_finished_job_is_purged_with_its_history_secrets_logs_and_idempo
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api")
             async with client:
                 for queue in ("vision", "audio"):
-                    await client.put(f"/v1/queues/{queue}", json={"cpu": 4}, headers=ADMIN)
+                    # a team's queue first: a token for a team with no queue is refused
+                    made = await client.put(f"/v1/queues/{queue}", json={"quota": {"cpu": 4}}, headers=ADMIN)
+                    assert made.status_code == 201, made.text
                 vision = {"Authorization": "Bearer " + await token(client, "vision")}
                 audio = {"Authorization": "Bearer " + await token(client, "audio")}
                 keyed = {**vision, "Idempotency-Key": "nightly-1"}

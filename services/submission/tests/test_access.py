@@ -30,6 +30,9 @@ def spec(queue: str | None = None, **extra) -> str:
 
 
 async def new_token(api, team: str | None = None, admin: bool = False) -> tuple[str, dict]:
+    """A token; a team's queue is configured first (a token for a team with no queue is refused)."""
+    if team is not None:
+        assert (await api.put(f"/v1/queues/{team}", json={}, headers=AUTH)).status_code in (200, 201)
     body = {"admin": True} if admin else {"team": team, "description": f"{team} CI"}
     resp = await api.post("/v1/tokens", json=body, headers=AUTH)
     assert resp.status_code == 201, resp.text
@@ -185,7 +188,8 @@ async def test_shell_is_refused_by_a_queue_that_does_not_allow_it_on_http_and_on
     assert ok.status_code == 201, ok.text
     assert (await api.put("/v1/queues/locked", json={"allow_shell": False}, headers=AUTH)).status_code == 201
 
-    for queue in ["locked", "unconfigured"]:  # an unconfigured queue has allow_shell false
+    assert (await api.put("/v1/queues/plain", json={}, headers=AUTH)).status_code == 201
+    for queue in ["locked", "plain"]:  # a queue configured without allow_shell refuses it
         resp = await api.post("/v1/jobs", json={**shell_spec, "queue": queue}, headers=AUTH)
         problem = assert_forbidden(resp, f"queue {queue!r} does not allow shell")
         assert problem["queue"] == queue and problem["errors"][0]["field"] == "shell"

@@ -366,7 +366,7 @@ def add_submit_routes(router: APIRouter, deps: RouteDeps) -> None:
         body = await deps.read_body(request)
         try:
             spec = place_spec(caller, parse_spec(body))
-            check_submit(caller, spec, await deps.queues().effective(spec.queue))
+            check_submit(caller, spec, await deps.queues().require(spec.queue))
         except QueueRefused as exc:
             raise Problem(403, "forbidden", exc.detail, queue=exc.queue) from exc
         except SpecError as exc:
@@ -566,6 +566,12 @@ def add_token_routes(router: APIRouter, deps: RouteDeps) -> None:
 
     @router.post("/tokens", status_code=201, summary="create a team or admin token (admin); shown once")
     async def create_token(body: TokenRequest, _: Admin) -> JSONResponse:
+        if body.team is not None:
+            try:
+                await deps.queues().require(body.team, field="team")
+            except SpecError as exc:
+                errors = [e.model_dump() for e in exc.errors]
+                raise Problem(422, "unknown team", str(exc), errors=errors) from exc
         record, token = await deps.tokens().create(body.team, body.admin, body.description)
         return JSONResponse({**record.public(), "token": token}, status_code=201)
 

@@ -14,7 +14,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from trainyard_contracts import DEFAULT_QUEUE, QueueConfig
+from trainyard_contracts import DEFAULT_QUEUE, FieldError, QueueConfig, SpecError
 from trainyard_shared.queueview import QueueView
 from trainyard_submission.joblist import BucketReader, LatestValues
 
@@ -30,6 +30,27 @@ class StoredQueue:
 
 class QueueNotFound(LookupError):
     pass
+
+
+# the known queues an error lists, at most: the message stays one readable line
+KNOWN_SHOWN = 20
+
+
+class UnknownQueue(SpecError):
+    """A queue no admin configured (``default`` always exists): a job there would run under
+    defaults nobody chose, a token for it would act on nothing (HTTP 422, bus: rejected)."""
+
+    def __init__(self, name: str, known: list[str], field: str = "queue") -> None:
+        shown = ", ".join(known[:KNOWN_SHOWN]) + (", ..." if len(known) > KNOWN_SHOWN else "")
+        super().__init__(
+            [
+                FieldError(
+                    field=field,
+                    message=f"unknown queue {name!r}; known queues: {shown} (an admin creates one with "
+                    f"`trainyard queues set {name}` or PUT /v1/queues/{name})",
+                )
+            ]
+        )
 
 
 class RevisionMismatch(RuntimeError):
@@ -71,6 +92,27 @@ class QueueStore:
             return self.view.get(name) or builtin(name)
         stored = await self.get(name)
         return stored.config if stored else builtin(name)
+
+    async def require(self, name: str, field: str = "queue") -> QueueConfig:
+        """The configuration of a queue that exists: ``default`` or one an admin wrote; otherwise
+        UnknownQueue naming ``field`` and the known queues."""
+        if self.view is not None and self.view.ready.is_set():
+            config = self.view.get(name)
+        else:
+            stored = await self.get(name)
+            config = stored.config if stored else None
+        if config is not None:
+            return config
+        if name == DEFAULT_QUEUE.name:
+            return DEFAULT_QUEUE
+        raise UnknownQueue(name, await self.names(), field)
+
+    async def names(self) -> list[str]:
+        if self.view is not None and self.view.ready.is_set():
+            return sorted({DEFAULT_QUEUE.name, *self.view.queues})
+        if self.reader is None:
+            return [DEFAULT_QUEUE.name]
+        return [q.config.name for q in await self.list()]
 
     async def list(self) -> list[StoredQueue]:
         if self.reader is None:

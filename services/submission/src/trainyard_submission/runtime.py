@@ -10,6 +10,7 @@ from nats.js import JetStreamContext
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker
+from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.natshandle import NatsHandle
@@ -51,6 +52,8 @@ class SubmissionRuntime:
 
     async def stop(self) -> None:
         await self.queue_view.stop()
+        if self.service.executors is not None:
+            await self.service.executors.stop()
 
 
 async def build_runtime(
@@ -65,6 +68,8 @@ async def build_runtime(
     tokens = TokenStore(tokens_kv, bootstrap, BucketReader(js, bucket_name(sb.subjects.prefix)))
     queue_view = QueueView(buckets.queues)
     await queue_view.start()
+    executor_directory = ExecutorDirectory(buckets.executors)
+    await executor_directory.start()
     queues = QueueStore(buckets.queues, queue_view, BucketReader(js, names.queues))
     workdirs = WorkdirStore(
         js,
@@ -86,6 +91,7 @@ async def build_runtime(
         queues=queues,
         models_reader=BucketReader(js, names.models),
         workdirs=workdirs,
+        executors=executor_directory,
     )
     executors = BucketReader(js, names.executors)
     return SubmissionRuntime(service, tokens, queues, queue_view, workdirs, purger, js, executors)

@@ -19,6 +19,7 @@ from trainyard_contracts import (
     JobCancelRequested,
     JobRecord,
     JobRejected,
+    JobSpec,
     JobSubmitted,
     ModelVersionRecord,
     SpecError,
@@ -29,12 +30,14 @@ from trainyard_contracts import (
 )
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.jobsecrets import split_secrets
+from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.gitpolicy import GitPolicy, GitSettings
 from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore, RecordExists
 from trainyard_shared.publishing import EventPublisher
 from trainyard_shared.tracing import current_traceparent
 from trainyard_submission.access import check_submit, place_spec
+from trainyard_submission.fitcheck import unfittable
 from trainyard_submission.joblist import BucketReader, LatestValues, NewestMatches
 from trainyard_submission.queuestore import QueueStore, builtin
 from trainyard_submission.samespec import IdempotencyConflict, spec_differences
@@ -80,6 +83,7 @@ class SubmissionService:
         queues: QueueStore | None = None,
         git_policy: GitPolicy | None = None,
         workdirs: WorkdirStore | None = None,
+        executors: ExecutorDirectory | None = None,
     ) -> None:
         self.store = store
         self.jobs_reader = jobs_reader
@@ -93,6 +97,8 @@ class SubmissionService:
         # read once: the installation's rule on which repositories may be fetched (gitpolicy.py)
         self.git_policy = git_policy or GitSettings().policy()
         self.workdirs = workdirs
+        # the online executors' capacities: a spec none of them could ever hold is refused (fitcheck.py)
+        self.executors = executors
         # a job's secret values go here, not into its record (jobsecrets.py)
         self.secrets = secrets
 
@@ -109,8 +115,9 @@ class SubmissionService:
         IdempotencyConflict when the slot already holds a job with a different spec.
         """
         spec = place_spec(principal, parse_spec(document))
-        queue = await self.queues.effective(spec.queue) if self.queues else builtin(spec.queue)
+        queue = await self.queues.require(spec.queue) if self.queues else builtin(spec.queue)
         check_submit(principal, spec, queue)
+        await self.check_fits(spec)
         if spec.workdir is not None:
             if self.workdirs is None:
                 raise SpecError([FieldError(field="workdir", message="this installation stores no workdirs")])
@@ -161,6 +168,15 @@ class SubmissionService:
                     extra={"job_id": job_id, "error": type(exc).__name__},
                 )
         return Submitted(job_id, record, duplicate=False)
+
+    async def check_fits(self, spec: JobSpec) -> None:
+        """Raise SpecError when no online executor could ever hold one replica of ``spec``."""
+        if self.executors is None:
+            return
+        online = await self.executors.online(self.clock())
+        errors = unfittable(spec, (beat.capacity for beat in online.values()))
+        if errors:
+            raise SpecError(errors)
 
     async def reject(self, errors: list[FieldError], intake_id: str | None) -> str:
         job_id = new_job_id()

@@ -25,7 +25,7 @@ from trainyard_contracts.runs import (
     StepEnded,
     StepSubmitted,
 )
-from trainyard_contracts.workflow import validate_pipeline
+from trainyard_contracts.workflow import PipelineSpec, validate_pipeline
 from trainyard_workflow.core import (
     Cancel,
     Decision,
@@ -70,16 +70,23 @@ class WorkflowService:
     ) -> PipelineRun:
         """A new run of the pipeline ``document`` (SpecError names each bad field)."""
         spec = validate_pipeline(document, params)
-        run = PipelineRun.start(new_job_id(), spec, submitted_by)
-        await self.runs.create(run)
-        await self.emit(
-            PipelineStarted(
-                run_id=run.run_id,
-                pipeline=spec.name,
-                steps=[s.name for s in spec.steps],
-                submitted_by=submitted_by,
+        return await self.start_spec(new_job_id(), spec, submitted_by)
+
+    async def start_spec(
+        self, run_id: str, spec: PipelineSpec, submitted_by: str | None = None
+    ) -> PipelineRun:
+        """A run of ``spec`` under ``run_id``, once: a run id that exists already (a schedule's
+        tick started again after a restart) is that run, moved on, not a second one."""
+        run = PipelineRun.start(run_id, spec, submitted_by)
+        if await self.runs.create_once(run):
+            await self.emit(
+                PipelineStarted(
+                    run_id=run.run_id,
+                    pipeline=spec.name,
+                    steps=[s.name for s in spec.steps],
+                    submitted_by=submitted_by,
+                )
             )
-        )
         # answered once its first submissions are recorded: sending them (10,000 for an array)
         # goes on after the answer; a restart resends what is recorded and unanswered
         recorded, taken = await self.runs.mutate(run.run_id, functools.partial(self._advance, facts=[]))

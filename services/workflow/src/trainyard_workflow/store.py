@@ -59,6 +59,14 @@ class RunStore:
         value = RunHead(run=head, chunks=names).model_dump_json().encode()
         return int(await self.kv.create(run.run_id, value))
 
+    async def create_once(self, run: PipelineRun) -> bool:
+        """Create ``run``; False when a run with its id exists already."""
+        try:
+            await self.create(run)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
     async def get(self, run_id: str) -> tuple[PipelineRun, int] | None:
         found = await self._read(run_id)
         return None if found is None else (found.run, found.revision)
