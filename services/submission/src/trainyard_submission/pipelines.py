@@ -58,23 +58,29 @@ async def ask_workflow_for(
     return answer
 
 
-async def visible_run(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineRun:
-    """The run ``caller`` may see (its own, or any for the admin); 404 otherwise."""
+async def visible_reply(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineReply:
+    """The workflow's answer about a run ``caller`` may see (its own, or any for the admin); 404
+    otherwise."""
     if not re.match(RUN_ID_PATTERN, run_id):  # no key the bucket could hold
         raise Problem(404, "no such pipeline run", run_id[:100])
-    run = (await ask_workflow(state, "status", PipelineRequest(run_id=run_id))).run
-    if run is None or not _may_see(caller, run):
+    answer = await ask_workflow(state, "status", PipelineRequest(run_id=run_id))
+    if answer.run is None or not _may_see(caller, answer.run):
         raise Problem(404, "no such pipeline run", run_id)
+    return answer
+
+
+async def visible_run(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineRun:
+    run = (await visible_reply(state, caller, run_id)).run
+    assert run is not None  # visible_reply answers 404 otherwise
     return run
 
 
-async def cancel_run(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineRun | None:
+async def cancel_run(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineReply:
     """The workflow service ends the run, then its open jobs are cancelled here."""
     await visible_run(state, caller, run_id)
     answer = await ask_workflow(state, "cancel", PipelineRequest(run_id=run_id, by=caller.name))
-    if answer.run is not None:
-        await _cancel_open_jobs(state["service"], answer.run, caller.name)
-    return answer.run
+    await _cancel_open_jobs(state["service"], answer.open_job_ids, caller.name)
+    return answer
 
 
 def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
@@ -106,7 +112,7 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
 
     @router.post("/{run_id}/cancel", summary="cancel a pipeline run: no further step starts, its jobs stop")
     async def cancel_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:
-        return _public(await cancel_run(state, caller, run_id))
+        return _public((await cancel_run(state, caller, run_id)).run)
 
     return router
 
@@ -125,11 +131,11 @@ async def check_steps(state: dict[str, Any], caller: Principal, body: PipelineRe
             raise Problem(403, "forbidden", f"steps.{i}.job: {exc.detail}", queue=exc.queue) from exc
 
 
-async def _cancel_open_jobs(service: SubmissionService, run: PipelineRun, by: str) -> None:
+async def _cancel_open_jobs(service: SubmissionService, open_job_ids: list[str], by: str) -> None:
     """The run's jobs that have not ended are cancelled as `trainyard cancel` cancels one: the API
     owns cancels (the job record's compare-and-set and the cancel_requested event), so the workflow
     service needs no write on job records."""
-    for job_id in run.open_job_ids():
+    for job_id in open_job_ids:
         with contextlib.suppress(JobNotFound, JobAlreadyFinished):
             await service.cancel(job_id, by)
 

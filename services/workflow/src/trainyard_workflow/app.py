@@ -24,7 +24,14 @@ from faststream.nats.annotations import NatsMessage
 
 from trainyard_contracts import JobEvent, JobRecord, SpecError, parse_job_event
 from trainyard_contracts._time import utcnow
-from trainyard_contracts.runs import PipelineEnvelope, PipelineReply, PipelineRequest
+from trainyard_contracts.runs import (
+    MAX_OPEN_JOBS,
+    MAX_REPLY_JOBS,
+    PipelineEnvelope,
+    PipelineReply,
+    PipelineRequest,
+    PipelineRun,
+)
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
@@ -143,6 +150,7 @@ def create_app(
     async def stop_reconciler() -> None:
         if slot.started:
             await slot.get().ticker.stop()
+            await slot.get().service.stop()
         task = slot.get().reconciler if slot.started else None
         if task is not None:
             task.cancel()
@@ -195,21 +203,38 @@ async def _answer(service: WorkflowService, kind: str, body: bytes) -> PipelineR
     try:
         request = PipelineRequest.model_validate_json(body)
         if kind == "run":
-            run = await service.start(request.pipeline, request.params, request.by)
-            return PipelineReply(ok=True, run=run, status=201)
+            return _run_reply(await service.start(request.pipeline, request.params, request.by), 201)
         if kind == "list":
-            return PipelineReply(ok=True, runs=await service.runs.listed(request.limit))
+            runs = await service.runs.listed(request.limit)
+            return PipelineReply(ok=True, runs=[run.trimmed(LISTED_JOBS) for run in runs])
         if not request.run_id:
             return _error("run_id", "required field is missing", 422)
         if kind == "status":
-            return PipelineReply(ok=True, run=await service.status(request.run_id))
-        return PipelineReply(ok=True, run=await service.cancel(request.run_id, request.by))
+            return _run_reply(await service.status(request.run_id))
+        return _run_reply(await service.cancel(request.run_id, request.by))
     except SpecError as exc:
         return PipelineReply(ok=False, errors=exc.errors, status=422)
     except RunNotFound as exc:
         return _error("run_id", f"no pipeline run {exc.args[0]!r}", 404)
     except ValueError as exc:  # a request that is not a PipelineRequest
         return _error("(request)", str(exc)[:1000], 400)
+
+
+LISTED_JOBS = 10  # per step of each listed run: a list of 1,000 runs still fits a message
+
+
+def _run_reply(run: PipelineRun, status: int = 200) -> PipelineReply:
+    """One run, bounded to fit a message: its jobs trimmed per step, with every step's counts and
+    the ids a cancel stops beside it."""
+    shown = run.trimmed(MAX_REPLY_JOBS)
+    return PipelineReply(
+        ok=True,
+        run=shown,
+        status=status,
+        counts=run.job_counts(),
+        open_job_ids=run.open_job_ids()[:MAX_OPEN_JOBS],
+        trimmed=shown is not run,
+    )
 
 
 def _error(field: str, message: str, status: int) -> PipelineReply:
