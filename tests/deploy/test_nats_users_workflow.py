@@ -41,6 +41,16 @@ PIPELINE = {
 }
 
 
+async def as_submission(server):
+    """A connection as the submission service's user: how the API asks the workflow service."""
+    return await nats.connect(
+        server.url,
+        user="submission",
+        password=password_for("submission"),
+        inbox_prefix=inbox_of("submission"),
+    )
+
+
 async def test_a_pipeline_runs_with_the_workflow_as_its_own_nats_user(tmp_path):
     data = tmp_path / "data"
     with secured_server(tmp_path / "store") as server:
@@ -53,12 +63,7 @@ async def test_a_pipeline_runs_with_the_workflow_as_its_own_nats_user(tmp_path):
         )
         workflow = workflow_app(as_user(server.url, "workflow", data), WorkflowSettings(reconcile_seconds=1))
         async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
-            asker = await nats.connect(
-                server.url,
-                user="submission",
-                password=password_for("submission"),
-                inbox_prefix=inbox_of("submission"),
-            )
+            asker = await as_submission(server)
             try:
 
                 async def ask(kind: str, **body: object) -> PipelineReply:
@@ -102,12 +107,7 @@ async def test_a_schedule_fires_with_the_workflow_as_its_own_nats_user(tmp_path)
         settings = WorkflowSettings(schedule_tick_seconds=0.05, replica_id="perm")
         workflow = workflow_app(as_user(server.url, "workflow", data), settings, clock)
         async with api.router.lifespan_context(api), running(workflow):
-            asker = await nats.connect(
-                server.url,
-                user="submission",
-                password=password_for("submission"),
-                inbox_prefix=inbox_of("submission"),
-            )
+            asker = await as_submission(server)
             try:
 
                 async def ask(verb: str, **body: object) -> ScheduleReply:

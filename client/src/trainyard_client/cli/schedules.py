@@ -118,17 +118,19 @@ def get(ctx: typer.Context, name: Annotated[str, NAME], output: OutputOption = O
 @schedule.command("suspend")
 def suspend(ctx: typer.Context, name: Annotated[str, NAME], output: OutputOption = Output.TABLE) -> None:
     """Suspend: ticks are dropped until it is resumed."""
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        _show(client.suspend_schedule(name), output)
+    _set_suspended(ctx, name, True, output)
 
 
 @schedule.command("resume")
 def resume(ctx: typer.Context, name: Annotated[str, NAME], output: OutputOption = Output.TABLE) -> None:
     """Resume from now: what the suspension dropped does not fire (backfill starts it)."""
+    _set_suspended(ctx, name, False, output)
+
+
+def _set_suspended(ctx: typer.Context, name: str, suspended: bool, output: Output) -> None:
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
-        _show(client.resume_schedule(name), output)
+        _show(client.suspend_schedule(name) if suspended else client.resume_schedule(name), output)
 
 
 @schedule.command("delete")
