@@ -1,4 +1,5 @@
-"""`make lint` type-checks every package of the workspace, and mypy reads each one from source.
+"""`make lint` type-checks every package of the workspace, and mypy reads each one from source;
+`make install` compiles every package's bytecode.
 
 A package left out of the mypy run is silently unchecked; one left out of `mypy_path` is read from
 its installed copy, which has no py.typed, so every import of it becomes Any. Both happened before
@@ -26,18 +27,26 @@ def workspace_sources() -> set[str]:
     return {(package / "src").relative_to(ROOT).as_posix() for package in packages}
 
 
-def mypy_arguments() -> list[str]:
-    """The paths `make lint` hands to mypy, read from make's dry run (nothing is executed)."""
-    dry_run = subprocess.run(
-        ["make", "--no-print-directory", "-n", "-C", str(ROOT), "lint"],
+def dry_run(*make_args: str) -> list[str]:
+    """The commands make would run (``-n``: nothing is executed)."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", "-C", str(ROOT), *make_args],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout
-    lines = [line for line in dry_run.splitlines() if " mypy " in f"{line} "]
-    assert len(lines) == 1, f"expected one mypy command in `make -n lint`, got {lines}"
-    words = shlex.split(lines[0])
-    return words[words.index("mypy") + 1 :]
+    ).stdout.splitlines()
+
+
+def arguments_after(command: str, lines: list[str]) -> list[str]:
+    found = [line for line in lines if f" {command} " in f" {line} "]
+    assert len(found) == 1, f"expected one {command} command, got {found}"
+    words = shlex.split(found[0])
+    return [w for w in words[words.index(command) + 1 :] if not w.startswith("-")]
+
+
+def mypy_arguments() -> list[str]:
+    """The paths `make lint` hands to mypy."""
+    return arguments_after("mypy", dry_run("lint"))
 
 
 def test_every_workspace_package_has_a_src_folder() -> None:
@@ -57,3 +66,13 @@ def test_mypy_reads_every_package_from_source() -> None:
     mypy_path = set(config["tool"]["mypy"]["mypy_path"].split(":"))
     missing = workspace_sources() - mypy_path
     assert not missing, f"[tool.mypy] mypy_path lacks {sorted(missing)}: they would be read as Any"
+
+
+def test_make_install_compiles_the_bytecode_of_the_dependencies_and_of_every_package() -> None:
+    """With bytecode written at install, the first CLI call loads .pyc (issue 16: start-up time;
+    this environment sets PYTHONDONTWRITEBYTECODE, so nothing else would ever write it)."""
+    lines = dry_run("-B", ".venv/.installed")  # -B: as on a fresh clone, whatever is installed
+    assert any(" sync " in line and "--compile-bytecode" in line.split() for line in lines), lines
+    compiled = {path.rstrip("/") for path in arguments_after("compileall", lines)}
+    missing = workspace_sources() - compiled
+    assert not missing, f"`make install` does not compile {sorted(missing)}"

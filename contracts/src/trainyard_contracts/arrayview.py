@@ -7,16 +7,13 @@ as counts, never as a list of up to 10,000 jobs.
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainyard_contracts.arrays import parse_array
 from trainyard_contracts.runs import PipelineRun, RunState
 
 ARRAY_STEP = "array"
-CHILD_STATES = ("not_started", "submitted", "succeeded", "failed", "timed_out", "cancelled", "rejected")
 
 
 class ArrayStatus(BaseModel):
@@ -43,21 +40,18 @@ def is_array_run(run: PipelineRun) -> bool:
     return len(steps) == 1 and steps[0].name == ARRAY_STEP and steps[0].array is not None
 
 
-def array_status(run: PipelineRun) -> ArrayStatus:
+def array_status(run: PipelineRun, counts: dict[str, int] | None = None) -> ArrayStatus:
+    """The array ``run`` is; ``counts``: the step's, when ``run`` was trimmed to fit a reply."""
     spec = run.spec.steps[0]
-    step = run.steps[spec.name]
-    count = parse_array(spec.array or "0").count
-    tally: Counter[str] = Counter(job.outcome or "submitted" for job in step.jobs.values())
-    counts = {state: tally.get(state, 0) for state in CHILD_STATES}
-    counts["not_started"] = count - len(step.jobs)
+    counts = counts if counts is not None else run.job_counts()[spec.name]
     return ArrayStatus(
         array_id=run.run_id,
         name=run.spec.name,
         array=spec.array or "",
         state=run.state,
-        count=count,
+        count=sum(counts.values()),
         counts=counts,
-        reason=step.reason,
+        reason=run.steps[spec.name].reason,
         submitted_by=run.submitted_by,
         created=run.created,
         ended=run.ended,

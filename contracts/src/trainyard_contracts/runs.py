@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.arrays import parse_array
 from trainyard_contracts.spec import FieldError
 from trainyard_contracts.workflow import RUN_ID_PATTERN, PipelineSpec
 
@@ -63,6 +64,11 @@ class StepRun(BaseModel):
     reason: str | None = None
 
 
+CHILD_STATES = ("not_started", "submitted", "succeeded", "failed", "timed_out", "cancelled", "rejected")
+MAX_REPLY_JOBS = 1000  # per step, in a reply (a 10,000-job array's run is over a megabyte)
+MAX_OPEN_JOBS = 10_000
+
+
 class PipelineRun(BaseModel):
     """The run record: a compare-and-set on its KV revision for every change."""
 
@@ -76,6 +82,30 @@ class PipelineRun(BaseModel):
     submitted_by: str | None = None
     created: datetime = Field(default_factory=utcnow)
     ended: datetime | None = None
+
+    def trimmed(self, max_jobs: int) -> PipelineRun:
+        """This run with at most ``max_jobs`` jobs per step (the lowest indices), for a reply that
+        must fit a message; :meth:`job_counts` says how many there are in all."""
+        if all(len(step.jobs) <= max_jobs for step in self.steps.values()):
+            return self
+        steps = {
+            name: step.model_copy(update={"jobs": dict(sorted(step.jobs.items())[:max_jobs])})
+            for name, step in self.steps.items()
+        }
+        return self.model_copy(update={"steps": steps})
+
+    def job_counts(self) -> dict[str, dict[str, int]]:
+        """Per step, its jobs per state: not_started (not submitted yet), submitted (queued or
+        running), then how each ended (succeeded, failed, timed_out, cancelled, rejected)."""
+        out: dict[str, dict[str, int]] = {}
+        for spec in self.spec.steps:
+            jobs = self.steps[spec.name].jobs
+            counts = dict.fromkeys(CHILD_STATES, 0)
+            counts["not_started"] = (parse_array(spec.array).count if spec.array else 1) - len(jobs)
+            for job in jobs.values():
+                counts[job.outcome or "submitted"] += 1
+            out[spec.name] = counts
+        return out
 
     def open_job_ids(self) -> list[str]:
         """Ids of the run's jobs that were submitted and have not ended (what a cancel stops)."""
@@ -174,6 +204,15 @@ class PipelineReply(BaseModel):
     runs: list[PipelineRun] = Field(default_factory=list, max_length=1000)
     errors: list[FieldError] = Field(default_factory=list)
     status: int = Field(200, description="the HTTP status the API answers with")
+    counts: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="run's steps: jobs per state, all of them (run.jobs may be trimmed)"
+    )
+    open_job_ids: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_OPEN_JOBS,
+        description="run's jobs not ended (what a cancel stops)",
+    )
+    trimmed: bool = Field(False, description=f"run holds at most {MAX_REPLY_JOBS} jobs per step")
 
 
 class PipelineRequest(BaseModel):

@@ -17,6 +17,7 @@ from trainyard_contracts.events import IntakeReply, JobEvent, LogChunk
 from trainyard_contracts.queues import QueueConfig
 from trainyard_contracts.records import ExecutorHeartbeat, JobRecord, ModelVersionRecord
 from trainyard_contracts.runs import PipelineEvent, PipelineReply, PipelineRequest, PipelineRun
+from trainyard_contracts.schedules import ScheduleRecord, ScheduleReply, ScheduleRequest
 from trainyard_contracts.scheduling import CycleDecisions, DryRunAnswer, WhyAnswer
 from trainyard_contracts.spec import JobSpec
 from trainyard_contracts.workflow import ArraySpec, PipelineSpec, ScheduleSpec, TriggerSpec
@@ -42,6 +43,9 @@ SCHEMAS: dict[str, Any] = {
     "pipeline-event": PipelineEvent,
     "pipeline-reply": PipelineReply,
     "pipeline-request": PipelineRequest,
+    "schedule-record": ScheduleRecord,
+    "schedule-request": ScheduleRequest,
+    "schedule-reply": ScheduleReply,
 }
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "schemas"

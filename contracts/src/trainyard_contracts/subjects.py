@@ -36,6 +36,7 @@ class BucketNames:
     models: str
     secrets: str
     pipelines: str
+    schedules: str
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class Subjects:
             models=f"{base}_models",
             secrets=f"{base}_job_secrets",
             pipelines=f"{base}_pipelines",
+            schedules=f"{base}_schedules",
         )
 
 

@@ -160,6 +160,8 @@ def bucket_configs(subjects: Subjects, replicas: int = 1) -> list[KeyValueConfig
         KeyValueConfig(bucket=names.models, history=1, replicas=replicas),
         # pipeline runs (the workflow service's records); compare-and-set on every change
         KeyValueConfig(bucket=names.pipelines, history=5, storage=StorageType.FILE, replicas=replicas),
+        # schedules (the workflow service's): the last tick each handled moves by compare-and-set
+        KeyValueConfig(bucket=names.schedules, history=5, storage=StorageType.FILE, replicas=replicas),
         KeyValueConfig(bucket=tokens_bucket(subjects), history=1, replicas=replicas),
         # a job's secret values (jobsecrets.py): one revision, removed when the job ends; the
         # TTL only clears what a missed end left behind (longer than any job's queueing and run)
@@ -263,6 +265,7 @@ class Buckets:
     models: KeyValue
     secrets: KeyValue
     pipelines: KeyValue
+    schedules: KeyValue
 
 
 async def open_buckets(

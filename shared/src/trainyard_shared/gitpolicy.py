@@ -92,8 +92,9 @@ def check_repo(repo: str, policy: GitPolicy) -> Checked:
             f"scheme {helper.group('helper').lower()!r} is not allowed here (a git remote helper)"
         )
     match = _SCHEME.match(repo)
-    if match is None and _SCP_LIKE.match(repo) and not repo.startswith(("/", ".")):
-        scheme, host, port = "ssh", _SCP_LIKE.match(repo).group("host").strip("[]"), 22  # type: ignore[union-attr]
+    scp_like = _SCP_LIKE.match(repo)
+    if match is None and scp_like and not repo.startswith(("/", ".")):
+        scheme, host, port = "ssh", scp_like.group("host").strip("[]"), 22
     elif match is None:
         return _check_local(repo, Path(repo), policy)
     else:

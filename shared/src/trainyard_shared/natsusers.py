@@ -49,6 +49,8 @@ DURABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "workflow": (("jobs", "workflow-job-outcomes"),),
 }
 
+SCHEDULE_LEASE_KEY = "workflow-schedules"  # trainyard_workflow.ticker
+
 # KV buckets (field of BucketNames, or "tokens") each service writes, and the ones it only reads
 KV_WRITES: dict[str, tuple[str, ...]] = {
     "submission": ("jobs", "idempotency", "queues", "tokens", "secrets"),
@@ -56,7 +58,7 @@ KV_WRITES: dict[str, tuple[str, ...]] = {
     "executor": ("jobs",),  # and its own key of the executors bucket (executor_permissions)
     "registry": ("jobs", "models"),
     "telemetry": (),
-    "workflow": ("pipelines",),
+    "workflow": ("pipelines", "schedules"),  # and its own key of the leases bucket
 }
 KV_READS: dict[str, tuple[str, ...]] = {
     "submission": ("models", "executors"),
@@ -251,6 +253,9 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         perms.add_publish(subjects.intake_submit, subjects.pipeline_events())
         perms.add_subscribe(subjects.workflow_request("*"))
         perms.allow_responses = True
+        # the schedule ticker's lease, one key: never the scheduler's
+        read_bucket(perms, subjects.buckets.leases)
+        perms.add_publish(f"$KV.{subjects.buckets.leases}.{SCHEDULE_LEASE_KEY}")
     return perms
 
 

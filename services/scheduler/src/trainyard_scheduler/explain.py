@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import get_args
+from typing import Protocol, get_args
 
 from trainyard_contracts import WaitReason
 from trainyard_contracts.scheduling import WaitKind
@@ -60,8 +60,19 @@ def positions(pending: Iterable[QueuedJob]) -> dict[str, tuple[int, int]]:
     return out
 
 
+class WaitingEntry(Protocol):
+    """What every policy ``waiting`` entry has; ``kind``, ``detail`` and ``estimated_start`` are
+    read when an entry has them."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
 def wait_reasons(
-    waiting: Iterable[object],
+    waiting: Iterable[WaitingEntry],
     pending: Iterable[QueuedJob],
 ) -> dict[str, WaitReason]:
     """The policy's ``waiting`` entries (``job_id``, ``reason`` and, when the policy gives them,
@@ -69,8 +80,7 @@ def wait_reasons(
     where = positions(pending)
     out: dict[str, WaitReason] = {}
     for entry in waiting:
-        job_id: str = entry.job_id  # type: ignore[attr-defined]
-        message: str = entry.reason  # type: ignore[attr-defined]
+        job_id, message = entry.job_id, entry.reason
         detail = getattr(entry, "detail", None)
         kind = getattr(detail, "kind", None) or getattr(entry, "kind", None) or kind_of(message)
         start = getattr(detail, "estimated_start", None) or getattr(entry, "estimated_start", None)

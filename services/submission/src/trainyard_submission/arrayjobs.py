@@ -13,11 +13,11 @@ from typing import Any
 
 from trainyard_contracts import FieldError, SpecError
 from trainyard_contracts.arrays import ArraySyntaxError, parse_array
+from trainyard_contracts.arrayview import ARRAY_STEP
 from trainyard_contracts.spec import parse_spec_document, validate_spec
 
 ARRAY_FIELD = "array"
 ARRAY_TASK_FIELD = "array_task"
-ARRAY_STEP = "array"
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from trainyard_contracts.arrayview import ArrayStatus, array_status, is_array_run
-from trainyard_contracts.runs import PipelineRequest, PipelineRun
+from trainyard_contracts.arrayview import ARRAY_STEP, ArrayStatus, array_status, is_array_run
+from trainyard_contracts.runs import PipelineReply, PipelineRequest
 from trainyard_submission.api import Caller, Problem, authorised
 from trainyard_submission.arrayjobs import ArrayRequest
-from trainyard_submission.pipelines import ask_workflow, cancel_run, check_steps, visible_run
+from trainyard_submission.pipelines import ask_workflow, cancel_run, check_steps, visible_reply
 from trainyard_submission.tokens import Principal
 
 
@@ -25,7 +25,7 @@ async def submit_array(state: dict[str, Any], caller: Principal, array: ArrayReq
     request = PipelineRequest(pipeline=array.pipeline(), by=caller.name)
     await check_steps(state, caller, request)
     answer = await ask_workflow(state, "run", request)
-    return JSONResponse(_public(_status(answer.run)), status_code=201)
+    return JSONResponse(_public(_status(answer)), status_code=201)
 
 
 def build_array_router(state: dict[str, Any]) -> APIRouter:
@@ -43,17 +43,18 @@ def build_array_router(state: dict[str, Any]) -> APIRouter:
     return router
 
 
-async def _visible_array(state: dict[str, Any], caller: Principal, array_id: str) -> PipelineRun:
-    run = await visible_run(state, caller, array_id)
-    if not is_array_run(run):
+async def _visible_array(state: dict[str, Any], caller: Principal, array_id: str) -> PipelineReply:
+    answer = await visible_reply(state, caller, array_id)
+    if answer.run is None or not is_array_run(answer.run):
         raise Problem(404, "no such array", f"{array_id} is a pipeline run: see /v1/pipelines/{array_id}")
-    return run
+    return answer
 
 
-def _status(run: PipelineRun | None) -> ArrayStatus:
-    if run is None:
+def _status(answer: PipelineReply) -> ArrayStatus:
+    if answer.run is None:
         raise Problem(503, "workflow unavailable", "the workflow service answered without the array")
-    return array_status(run)
+    # the run's jobs may be trimmed to fit the reply; its counts are whole
+    return array_status(answer.run, answer.counts.get(ARRAY_STEP))
 
 
 def _public(status: ArrayStatus) -> dict[str, Any]:

@@ -8,7 +8,6 @@ Either way the answer is a 413 problem document.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -72,11 +71,11 @@ class BodyLimit:
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
-    pending: list[Any] = list(messages)
+    pending: list[Message] = list(messages)
 
     async def replayed() -> Message:
         if pending:
-            return pending.pop(0)  # type: ignore[no-any-return]
+            return pending.pop(0)
         return await receive()
 
     return replayed

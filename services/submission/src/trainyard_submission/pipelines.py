@@ -12,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from trainyard_contracts import SpecError
 from trainyard_contracts.runs import PipelineReply, PipelineRequest, PipelineRun
+from trainyard_contracts.schedules import ScheduleReply
 from trainyard_contracts.workflow import RUN_ID_PATTERN, validate_pipeline
 from trainyard_submission.access import QueueRefused, check_submit, place_spec
 from trainyard_submission.api import Caller, Problem, authorised
@@ -26,9 +28,16 @@ from trainyard_submission.service import JobAlreadyFinished, JobNotFound, Submis
 from trainyard_submission.tokens import Principal
 
 WORKFLOW_TIMEOUT_SECONDS = 30.0
+Reply = TypeVar("Reply", PipelineReply, ScheduleReply)
 
 
 async def ask_workflow(state: dict[str, Any], kind: str, request: PipelineRequest) -> PipelineReply:
+    return await ask_workflow_for(state, kind, request, PipelineReply)
+
+
+async def ask_workflow_for(
+    state: dict[str, Any], kind: str, request: BaseModel, reply_model: type[Reply]
+) -> Reply:
     """The workflow service's answer; a refusal is raised as its Problem, no answer as a 503."""
     try:
         reply = await state["broker"].request(
@@ -40,31 +49,38 @@ async def ask_workflow(state: dict[str, Any], kind: str, request: PipelineReques
         raise Problem(
             503, "workflow unavailable", f"the workflow service did not answer: {type(exc).__name__}"
         ) from exc
-    answer = PipelineReply.model_validate_json(bytes(reply.body))
+    answer = reply_model.model_validate_json(bytes(reply.body))
     if not answer.ok:
         errors = [e.model_dump() for e in answer.errors]
         detail = "; ".join(f"{e.field}: {e.message}" for e in answer.errors)
-        raise Problem(answer.status, "pipeline request refused", detail, errors=errors)
+        what = "schedule" if kind.startswith("schedule-") else "pipeline"
+        raise Problem(answer.status, f"{what} request refused", detail, errors=errors)
+    return answer
+
+
+async def visible_reply(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineReply:
+    """The workflow's answer about a run ``caller`` may see (its own, or any for the admin); 404
+    otherwise."""
+    if not re.match(RUN_ID_PATTERN, run_id):  # no key the bucket could hold
+        raise Problem(404, "no such pipeline run", run_id[:100])
+    answer = await ask_workflow(state, "status", PipelineRequest(run_id=run_id))
+    if answer.run is None or not _may_see(caller, answer.run):
+        raise Problem(404, "no such pipeline run", run_id)
     return answer
 
 
 async def visible_run(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineRun:
-    """The run ``caller`` may see (its own, or any for the admin); 404 otherwise."""
-    if not re.match(RUN_ID_PATTERN, run_id):  # no key the bucket could hold
-        raise Problem(404, "no such pipeline run", run_id[:100])
-    run = (await ask_workflow(state, "status", PipelineRequest(run_id=run_id))).run
-    if run is None or not _may_see(caller, run):
-        raise Problem(404, "no such pipeline run", run_id)
+    run = (await visible_reply(state, caller, run_id)).run
+    assert run is not None  # visible_reply answers 404 otherwise
     return run
 
 
-async def cancel_run(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineRun | None:
+async def cancel_run(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineReply:
     """The workflow service ends the run, then its open jobs are cancelled here."""
     await visible_run(state, caller, run_id)
     answer = await ask_workflow(state, "cancel", PipelineRequest(run_id=run_id, by=caller.name))
-    if answer.run is not None:
-        await _cancel_open_jobs(state["service"], answer.run, caller.name)
-    return answer.run
+    await _cancel_open_jobs(state["service"], answer.open_job_ids, caller.name)
+    return answer
 
 
 def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
@@ -96,7 +112,7 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
 
     @router.post("/{run_id}/cancel", summary="cancel a pipeline run: no further step starts, its jobs stop")
     async def cancel_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:
-        return _public(await cancel_run(state, caller, run_id))
+        return _public((await cancel_run(state, caller, run_id)).run)
 
     return router
 
@@ -115,11 +131,11 @@ async def check_steps(state: dict[str, Any], caller: Principal, body: PipelineRe
             raise Problem(403, "forbidden", f"steps.{i}.job: {exc.detail}", queue=exc.queue) from exc
 
 
-async def _cancel_open_jobs(service: SubmissionService, run: PipelineRun, by: str) -> None:
+async def _cancel_open_jobs(service: SubmissionService, open_job_ids: list[str], by: str) -> None:
     """The run's jobs that have not ended are cancelled as `trainyard cancel` cancels one: the API
     owns cancels (the job record's compare-and-set and the cancel_requested event), so the workflow
     service needs no write on job records."""
-    for job_id in run.open_job_ids():
+    for job_id in open_job_ids:
         with contextlib.suppress(JobNotFound, JobAlreadyFinished):
             await service.cancel(job_id, by)
 

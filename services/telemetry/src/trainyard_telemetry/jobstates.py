@@ -92,8 +92,9 @@ class JobStates:
             return known
         if event.type == "submitted" and known.submitted_at is None:
             known.submitted_at = event.time
-        if known.queue == UNKNOWN_QUEUE and getattr(event, "queue", None):
-            known.queue = event.queue  # type: ignore[union-attr]
+        queue = getattr(event, "queue", None)
+        if known.queue == UNKNOWN_QUEUE and isinstance(queue, str) and queue:
+            known.queue = queue
         if known.behind(attempt, state):
             known.attempt, known.state = attempt, state
         return known

@@ -5,25 +5,38 @@
 - requests from the API on ``<prefix>.workflow.{run,status,list,cancel}`` (request/reply, one
   queue group): the submission service keeps the one public URL and token check;
 - a look-over of open runs at start-up and every ``reconcile_seconds``: what a restart left
-  unanswered is sent again under the same idempotency key.
+  unanswered is sent again under the same idempotency key;
+- schedules: the API's ``schedule-<verb>`` requests (schedule_routes.py) and a ticker that fires
+  each due tick once, on the replica holding the schedule lease (schedule_ticker.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from faststream.asgi import AsgiFastStream
 from faststream.nats.annotations import NatsMessage
 
 from trainyard_contracts import JobEvent, JobRecord, SpecError, parse_job_event
-from trainyard_contracts.runs import PipelineEnvelope, PipelineReply, PipelineRequest
+from trainyard_contracts._time import utcnow
+from trainyard_contracts.runs import (
+    MAX_OPEN_JOBS,
+    MAX_REPLY_JOBS,
+    PipelineEnvelope,
+    PipelineReply,
+    PipelineRequest,
+    PipelineRun,
+)
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.leader import LeaderLease
 from trainyard_shared.publishing import publish_acked
 from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
@@ -31,6 +44,10 @@ from trainyard_shared.runtimeslot import RUNTIME, RuntimeSlot
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing
 from trainyard_workflow.intake import IntakeSender
+from trainyard_workflow.schedule_routes import register_schedule_handlers
+from trainyard_workflow.schedule_store import ScheduleStore
+from trainyard_workflow.schedule_ticker import SCHEDULE_LEASE_KEY, ScheduleTicker
+from trainyard_workflow.schedules import ScheduleService
 from trainyard_workflow.service import JOB_OUTCOMES, WorkflowService
 from trainyard_workflow.settings import WorkflowSettings
 from trainyard_workflow.store import RunNotFound, RunStore
@@ -43,11 +60,16 @@ class WorkflowRuntime:
     """The composition root: what the handlers use, built once the broker has connected."""
 
     service: WorkflowService
+    schedules: ScheduleService
+    ticker: ScheduleTicker
     reconciler: asyncio.Task[None] | None = None
 
 
 async def build_runtime(
-    sb: ServiceBroker, common: CommonSettings, settings: WorkflowSettings
+    sb: ServiceBroker,
+    common: CommonSettings,
+    settings: WorkflowSettings,
+    clock: Callable[[], datetime] = utcnow,
 ) -> WorkflowRuntime:
     buckets = await connect_and_bind(sb, common)
     connection = sb.broker.config.connection_state
@@ -65,12 +87,28 @@ async def build_runtime(
         concurrency=settings.submit_concurrency,
         token=settings.token,
     )
-    return WorkflowRuntime(WorkflowService(RunStore(buckets.pipelines), read_job, intake, _emitter(sb)))
+    runs = RunStore(buckets.pipelines)
+    service = WorkflowService(runs, read_job, intake, _emitter(sb), clock)
+    schedules = ScheduleService(
+        ScheduleStore(buckets.schedules), runs, service.start_spec, service.cancel, clock
+    )
+    lease = LeaderLease(
+        buckets.leases,
+        settings.replica_id,
+        lease_seconds=settings.schedule_lease_seconds,
+        key=SCHEDULE_LEASE_KEY,  # on the wall clock, whatever clock the schedules read
+    )
+    return WorkflowRuntime(
+        service, schedules, ScheduleTicker(schedules, lease, settings.schedule_tick_seconds)
+    )
 
 
 def create_app(
-    common: CommonSettings | None = None, settings: WorkflowSettings | None = None
+    common: CommonSettings | None = None,
+    settings: WorkflowSettings | None = None,
+    clock: Callable[[], datetime] = utcnow,
 ) -> AsgiFastStream:
+    """``clock``: what schedules read the time from (a test's simulated clock)."""
     common = common or CommonSettings()
     settings = settings or WorkflowSettings()
     sb = make_broker(common, "workflow", tracer_provider=setup_tracing("workflow"))
@@ -97,17 +135,22 @@ def create_app(
 
     for kind in REQUEST_KINDS:
         _request_handler(sb, kind, slot)
+    register_schedule_handlers(sb, lambda: slot.get().schedules)
 
     async def connect() -> None:
-        slot.set(await build_runtime(sb, common, settings))
+        slot.set(await build_runtime(sb, common, settings, clock))
 
     async def start_reconciler() -> None:
         runtime = slot.get()
         runtime.reconciler = asyncio.create_task(
             _reconcile_forever(runtime.service, settings.reconcile_seconds)
         )
+        runtime.ticker.start()
 
     async def stop_reconciler() -> None:
+        if slot.started:
+            await slot.get().ticker.stop()
+            await slot.get().service.stop()
         task = slot.get().reconciler if slot.started else None
         if task is not None:
             task.cancel()
@@ -160,21 +203,38 @@ async def _answer(service: WorkflowService, kind: str, body: bytes) -> PipelineR
     try:
         request = PipelineRequest.model_validate_json(body)
         if kind == "run":
-            run = await service.start(request.pipeline, request.params, request.by)
-            return PipelineReply(ok=True, run=run, status=201)
+            return _run_reply(await service.start(request.pipeline, request.params, request.by), 201)
         if kind == "list":
-            return PipelineReply(ok=True, runs=await service.runs.listed(request.limit))
+            runs = await service.runs.listed(request.limit)
+            return PipelineReply(ok=True, runs=[run.trimmed(LISTED_JOBS) for run in runs])
         if not request.run_id:
             return _error("run_id", "required field is missing", 422)
         if kind == "status":
-            return PipelineReply(ok=True, run=await service.status(request.run_id))
-        return PipelineReply(ok=True, run=await service.cancel(request.run_id, request.by))
+            return _run_reply(await service.status(request.run_id))
+        return _run_reply(await service.cancel(request.run_id, request.by))
     except SpecError as exc:
         return PipelineReply(ok=False, errors=exc.errors, status=422)
     except RunNotFound as exc:
         return _error("run_id", f"no pipeline run {exc.args[0]!r}", 404)
     except ValueError as exc:  # a request that is not a PipelineRequest
         return _error("(request)", str(exc)[:1000], 400)
+
+
+LISTED_JOBS = 10  # per step of each listed run: a list of 1,000 runs still fits a message
+
+
+def _run_reply(run: PipelineRun, status: int = 200) -> PipelineReply:
+    """One run, bounded to fit a message: its jobs trimmed per step, with every step's counts and
+    the ids a cancel stops beside it."""
+    shown = run.trimmed(MAX_REPLY_JOBS)
+    return PipelineReply(
+        ok=True,
+        run=shown,
+        status=status,
+        counts=run.job_counts(),
+        open_job_ids=run.open_job_ids()[:MAX_OPEN_JOBS],
+        trimmed=shown is not run,
+    )
 
 
 def _error(field: str, message: str, status: int) -> PipelineReply:

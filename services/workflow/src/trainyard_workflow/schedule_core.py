@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 from cronsim import CronSim, CronSimError
 
 from trainyard_contracts.ids import _base36
+from trainyard_contracts.schedules import MAX_ACTIVE_RUNS, MAX_PENDING_TICKS, ScheduleRecord
 from trainyard_contracts.workflow import ConcurrencyPolicy, ScheduleSpec
 
 MAX_FIRED_PER_PASS = 100  # under allow; the rest stay due and fire on the next pass
@@ -156,3 +157,69 @@ def tick_run_id(schedule: str, tick: datetime) -> str:
     millis = int(tick.astimezone(UTC).timestamp() * 1000)
     digest = int.from_bytes(hashlib.sha256(schedule.encode()).digest()[:8], "big")
     return _base36(millis, 9) + _base36(digest, 7)
+
+
+# -- the schedule's record: each function is the pure change one compare-and-set applies --------
+
+
+def record_pass(
+    record: ScheduleRecord, now: datetime, running: Sequence[str]
+) -> tuple[ScheduleRecord, TickPlan]:
+    """One pass of the ticker: the plan's ticks become ``pending`` (their runs are started after
+    this change is stored, so a crash in between starts them on the next pass, under the same run
+    ids), ``last_tick`` moves on, the drops are counted; runs no longer going are forgotten."""
+    plan = plan_ticks(record.spec, record.last_tick, now, running)
+    going = [run_id for run_id in record.active_runs if run_id in running]
+    changed = record.model_copy(
+        update={
+            "last_tick": plan.last_tick,
+            "pending": _merged(record.pending, plan.fire),
+            "active_runs": going,
+            "missed": record.missed + plan.missed,
+            "forbidden": record.forbidden + plan.forbidden,
+            "replaced": record.replaced + plan.replaced,
+            "suspended_ticks": record.suspended_ticks + plan.suspended,
+        }
+    )
+    return changed, plan
+
+
+def record_started(record: ScheduleRecord, tick: datetime, run_id: str) -> tuple[ScheduleRecord, bool]:
+    """The run of a pending tick exists: it leaves ``pending`` (once; a repeat changes nothing)."""
+    if tick not in record.pending:
+        return record, False
+    active = [*[r for r in record.active_runs if r != run_id], run_id][-MAX_ACTIVE_RUNS:]
+    changed = record.model_copy(
+        update={
+            "pending": [t for t in record.pending if t != tick],
+            "active_runs": active,
+            "fired": record.fired + 1,
+            "last_run_id": run_id,
+        }
+    )
+    return changed, True
+
+
+def record_backfill(record: ScheduleRecord, ticks: Sequence[datetime]) -> tuple[ScheduleRecord, None]:
+    """A backfill's ticks (those whose run does not exist yet) join ``pending`` whatever the
+    concurrency policy: it was asked for."""
+    pending = _merged(record.pending, ticks)
+    if len(pending) > MAX_PENDING_TICKS:
+        raise ValueError(
+            f"{len(pending)} ticks would wait to start, more than {MAX_PENDING_TICKS}: backfill less at once"
+        )
+    return record.model_copy(update={"pending": pending}), None
+
+
+def record_suspended(record: ScheduleRecord, suspended: bool, now: datetime) -> tuple[ScheduleRecord, None]:
+    """Suspend or resume. A resume starts from ``now``: what the suspension held back does not
+    fire (backfill does, on request), even if no pass ran while it was suspended."""
+    spec = record.spec.model_copy(update={"suspended": suspended})
+    last = record.last_tick if suspended else max(record.last_tick, now)
+    if spec == record.spec:
+        return record, None
+    return record.model_copy(update={"spec": spec, "last_tick": last}), None
+
+
+def _merged(pending: Sequence[datetime], ticks: Sequence[datetime]) -> list[datetime]:
+    return sorted({*pending, *ticks})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from trainyard_contracts.runs import (
     StepEnded,
     StepSubmitted,
 )
-from trainyard_contracts.workflow import validate_pipeline
+from trainyard_contracts.workflow import PipelineSpec, validate_pipeline
 from trainyard_workflow.core import (
     Cancel,
     Decision,
@@ -36,7 +36,7 @@ from trainyard_workflow.core import (
     JobKnown,
     Submit,
     advance,
-    evolve,
+    evolve_all,
     idempotency_key,
     job_spec_for,
     step_of,
@@ -63,23 +63,52 @@ class WorkflowService:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.runs, self.read_job, self.intake, self.emit, self.clock = runs, read_job, intake, emit, clock
+        self._background: set[asyncio.Task[Any]] = set()
 
     async def start(
         self, document: Any, params: dict[str, Any] | None = None, submitted_by: str | None = None
     ) -> PipelineRun:
         """A new run of the pipeline ``document`` (SpecError names each bad field)."""
         spec = validate_pipeline(document, params)
-        run = PipelineRun.start(new_job_id(), spec, submitted_by)
-        await self.runs.create(run)
-        await self.emit(
-            PipelineStarted(
-                run_id=run.run_id,
-                pipeline=spec.name,
-                steps=[s.name for s in spec.steps],
-                submitted_by=submitted_by,
+        return await self.start_spec(new_job_id(), spec, submitted_by)
+
+    async def start_spec(
+        self, run_id: str, spec: PipelineSpec, submitted_by: str | None = None
+    ) -> PipelineRun:
+        """A run of ``spec`` under ``run_id``, once: a run id that exists already (a schedule's
+        tick started again after a restart) is that run, moved on, not a second one."""
+        run = PipelineRun.start(run_id, spec, submitted_by)
+        if await self.runs.create_once(run):
+            await self.emit(
+                PipelineStarted(
+                    run_id=run.run_id,
+                    pipeline=spec.name,
+                    steps=[s.name for s in spec.steps],
+                    submitted_by=submitted_by,
+                )
             )
-        )
-        return await self.progress(run.run_id)
+        # answered once its first submissions are recorded: sending them (10,000 for an array)
+        # goes on after the answer; a restart resends what is recorded and unanswered
+        recorded, taken = await self.runs.mutate(run.run_id, functools.partial(self._advance, facts=[]))
+        await self._announce(recorded, taken)
+        self._in_background(self.progress(run.run_id))
+        return recorded
+
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # the look-over (reconcile) takes the run up again
+            log.warning("moving a run on failed", extra={"error": repr(task.exception())})
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     async def status(self, run_id: str) -> PipelineRun:
         found = await self.runs.get(run_id)
@@ -141,9 +170,7 @@ class WorkflowService:
 
     def _advance(self, run: PipelineRun, facts: list[Fact]) -> tuple[PipelineRun, list[Decision]]:
         now = self.clock()
-        for fact in facts:
-            run = evolve(run, fact, now)
-        return advance(run, now)
+        return advance(evolve_all(run, facts, now), now)
 
     async def _send(self, run: PipelineRun, submit: Submit) -> IntakeReply:
         return await self.intake.submit(job_spec_for(run, submit.step, submit.index), submit.key)

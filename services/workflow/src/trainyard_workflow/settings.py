@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import socket
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -21,4 +24,15 @@ class WorkflowSettings(HttpSettings):
         None,
         description="an API token the workflow's submissions carry (Trainyard-Token): its team's "
         "queues and limits apply; without one only queues that allow anonymous bus submissions",
+    )
+    replica_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        min_length=1,
+        description="this replica's name in the schedule ticker's lease",
+    )
+    schedule_tick_seconds: float = Field(
+        5.0, gt=0, le=60, description="how often the lease holder looks for due schedule ticks"
+    )
+    schedule_lease_seconds: float = Field(
+        10.0, gt=0, description="the schedule ticker's lease; a standby takes over after it"
     )

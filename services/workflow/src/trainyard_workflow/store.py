@@ -1,14 +1,31 @@
-"""Pipeline runs in their KV bucket: created once, every change a compare-and-set."""
+"""Pipeline runs in their KV bucket: created once, every change a compare-and-set of the head.
+
+A run is stored as a head (``<run_id>``) and its child jobs in chunks (``<run_id>.<step>.<n>.<gen>``,
+runchunks.py), so that a 10,000-index array fits NATS' max_payload. A change writes new chunk
+generations first, then the head naming them with a compare-and-set: the head is the commit.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from trainyard_contracts.runs import PipelineRun
+from trainyard_workflow.runchunks import (
+    CHUNK_ADAPTER,
+    ChunkJobs,
+    RunHead,
+    chunk_key,
+    join,
+    new_generation,
+    split,
+)
 
 T = TypeVar("T")
 MAX_LISTED = 1000
@@ -22,39 +39,65 @@ class RunConflict(RuntimeError):
     """The run kept changing under us; the caller's message is redelivered."""
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A run as read: whole, its head, the chunks the head names, the head's revision."""
+
+    run: PipelineRun
+    head: RunHead
+    chunks: dict[str, ChunkJobs]
+    revision: int
+
+
 class RunStore:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     async def create(self, run: PipelineRun) -> int:
-        return int(await self.kv.create(run.run_id, run.model_dump_json().encode()))
+        head, chunks = split(run)
+        names = await self._write_chunks(run.run_id, chunks)
+        value = RunHead(run=head, chunks=names).model_dump_json().encode()
+        return int(await self.kv.create(run.run_id, value))
+
+    async def create_once(self, run: PipelineRun) -> bool:
+        """Create ``run``; False when a run with its id exists already."""
+        try:
+            await self.create(run)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
 
     async def get(self, run_id: str) -> tuple[PipelineRun, int] | None:
-        try:
-            entry = await self.kv.get(run_id)
-        except KeyNotFoundError:
-            return None
-        if entry.value is None:
-            return None
-        return PipelineRun.model_validate_json(entry.value), int(entry.revision or 0)
+        found = await self._read(run_id)
+        return None if found is None else (found.run, found.revision)
 
     async def mutate(
         self, run_id: str, change: Callable[[PipelineRun], tuple[PipelineRun, T]], tries: int = 20
     ) -> tuple[PipelineRun, T]:
-        """Apply a pure ``change`` by compare-and-set, reading again on a conflict; an unchanged
-        record is not written."""
+        """Apply a pure ``change`` by compare-and-set of the head, reading again on a conflict; an
+        unchanged record is not written, an unchanged chunk not written again."""
         for _ in range(tries):
-            found = await self.get(run_id)
+            found = await self._read(run_id)
             if found is None:
                 raise RunNotFound(run_id)
-            run, revision = found
+            run, head = found.run, found.head
             changed, result = change(run)
             if changed == run:
                 return run, result
+            new_head, chunks = split(changed)
+            dirty = {name: jobs for name, jobs in chunks.items() if found.chunks.get(name) != jobs}
+            written = await self._write_chunks(run_id, dirty)
+            names = {**head.chunks, **written}
             try:
-                await self.kv.update(run_id, changed.model_dump_json().encode(), last=revision)
+                await self.kv.update(
+                    run_id,
+                    RunHead(run=new_head, chunks=names).model_dump_json().encode(),
+                    last=found.revision,
+                )
             except KeyWrongLastSequenceError:
+                await self._remove(run_id, written)  # no head names them
                 continue
+            await self._remove(run_id, {n: g for n, g in head.chunks.items() if n in written})
             return changed, result
         raise RunConflict(f"run {run_id} changed under {tries} compare-and-sets in a row")
 
@@ -63,7 +106,7 @@ class RunStore:
             keys = await self.kv.keys()
         except NoKeysError:
             return []
-        return sorted(keys)
+        return sorted(k for k in keys if "." not in k)  # heads only, not their chunks
 
     async def listed(self, limit: int = 100) -> list[PipelineRun]:
         """The newest runs first (run ids sort by time), at most ``limit`` (≤ MAX_LISTED)."""
@@ -75,3 +118,40 @@ class RunStore:
             if found is not None:
                 out.append(found[0])
         return out
+
+    async def _read(self, run_id: str) -> Stored | None:
+        try:
+            entry = await self.kv.get(run_id)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        revision = int(entry.revision or 0)
+        if b'"chunks"' not in entry.value and b'"run_id"' in entry.value[:40]:
+            # a record written before chunks: the whole run in one value, its jobs inline
+            legacy = PipelineRun.model_validate_json(entry.value)
+            return Stored(legacy, RunHead(run=split(legacy)[0]), {}, revision)
+        head = RunHead.model_validate_json(entry.value)
+        keys = [chunk_key(run_id, name, gen) for name, gen in head.chunks.items()]
+        values = await asyncio.gather(*(self.kv.get(key) for key in keys))
+        chunks = {
+            name: CHUNK_ADAPTER.validate_json(value.value or b"{}")
+            for name, value in zip(head.chunks, values, strict=True)
+        }
+        return Stored(join(head.run, chunks), head, chunks, revision)
+
+    async def _write_chunks(self, run_id: str, chunks: dict[str, ChunkJobs]) -> dict[str, str]:
+        """Each chunk under a new generation's key; the generations written, by chunk name."""
+        names = {name: new_generation() for name in chunks}
+        await asyncio.gather(
+            *(
+                self.kv.create(chunk_key(run_id, name, names[name]), CHUNK_ADAPTER.dump_json(jobs))
+                for name, jobs in chunks.items()
+            )
+        )
+        return names
+
+    async def _remove(self, run_id: str, names: dict[str, str]) -> None:
+        for name, generation in names.items():
+            with contextlib.suppress(Exception):  # a leftover key is harmless: no head names it
+                await self.kv.purge(chunk_key(run_id, name, generation))

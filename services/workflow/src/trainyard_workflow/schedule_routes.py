@@ -1,0 +1,82 @@
+"""The API's schedule requests on ``<prefix>.workflow.schedule-<verb>`` (request/reply, the
+workflow's queue group), answered with a ScheduleReply: bad input gets 400/404/409/422 naming the
+field, never a dead letter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faststream.nats.annotations import NatsMessage
+
+from trainyard_contracts import FieldError, SpecError
+from trainyard_contracts.schedules import SCHEDULE_VERBS, ScheduleReply, ScheduleRequest
+from trainyard_shared.broker import ServiceBroker
+from trainyard_workflow.schedule_store import ScheduleExists, ScheduleNotFound
+from trainyard_workflow.schedules import ScheduleService
+
+
+def schedule_request_kind(verb: str) -> str:
+    return f"schedule-{verb}"
+
+
+def register_schedule_handlers(sb: ServiceBroker, schedules: Any) -> None:
+    """``schedules()`` gives the ScheduleService once the runtime is built."""
+    for verb in SCHEDULE_VERBS:
+        _handler(sb, verb, schedules)
+
+
+def _handler(sb: ServiceBroker, verb: str, schedules: Any) -> None:
+    kind = schedule_request_kind(verb)
+
+    @sb.broker.subscriber(
+        sb.subjects.workflow_request(kind),
+        queue="workflow",
+        title=f"workflow/{kind}",
+        no_reply=True,
+        description=f"the API's schedule {verb} request (ScheduleRequest) answered with a ScheduleReply",
+    )
+    async def answer(message: NatsMessage) -> None:
+        reply = await answer_schedule_request(schedules(), verb, message.body)
+        if message.reply_to:
+            await sb.broker.publish(reply.model_dump_json(exclude_none=True).encode(), message.reply_to)
+
+
+async def answer_schedule_request(service: ScheduleService, verb: str, body: bytes) -> ScheduleReply:
+    try:
+        request = ScheduleRequest.model_validate_json(body)
+        if verb == "create":
+            return ScheduleReply(
+                ok=True, status=201, schedule=await service.create(request.schedule, request.by)
+            )
+        if verb == "list":
+            return ScheduleReply(ok=True, schedules=await service.schedules.listed(request.limit))
+        if not request.name:
+            return _error("name", "required field is missing", 422)
+        return await _answer_named(service, verb, request)
+    except SpecError as exc:
+        return ScheduleReply(ok=False, errors=exc.errors, status=422)
+    except ScheduleNotFound as exc:
+        return _error("name", f"no schedule {exc.args[0]!r}", 404)
+    except ScheduleExists as exc:
+        return _error("name", f"a schedule {exc.args[0]!r} exists already (delete it first)", 409)
+    except ValueError as exc:  # not a ScheduleRequest, or a backfill too large
+        return _error("(request)", str(exc)[:1000], 400)
+
+
+async def _answer_named(service: ScheduleService, verb: str, request: ScheduleRequest) -> ScheduleReply:
+    name = request.name or ""
+    if verb == "get":
+        return ScheduleReply(ok=True, schedule=await service.get(name))
+    if verb in ("suspend", "resume"):
+        return ScheduleReply(ok=True, schedule=await service.suspend(name, verb == "suspend"))
+    if verb == "delete":
+        await service.delete(name)
+        return ScheduleReply(ok=True)
+    if request.start is None or request.end is None:
+        return _error("start" if request.start is None else "end", "required for a backfill", 422)
+    run_ids = await service.backfill(name, request.start, request.end)
+    return ScheduleReply(ok=True, schedule=await service.get(name), run_ids=run_ids)
+
+
+def _error(field: str, message: str, status: int) -> ScheduleReply:
+    return ScheduleReply(ok=False, errors=[FieldError(field=field, message=message)], status=status)

@@ -1,0 +1,91 @@
+"""The run store on a real nats-server: a 10,000-index array's run is a head and chunks, each
+value under max_payload; changes are compare-and-sets of the head that write only what changed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from trainyard_contracts.runs import PipelineRun
+from trainyard_contracts.workflow import validate_pipeline
+from trainyard_workflow.core import JobEnded, JobKnown, advance, evolve, evolve_all
+from trainyard_workflow.runchunks import CHUNK_JOBS, join, split
+from trainyard_workflow.store import RunStore
+
+pytestmark = [pytest.mark.workflow]
+
+
+def _array_run(array: str = "0-9999") -> PipelineRun:
+    step = {"name": "train", "array": array, "job": {"name": "train", "command": ["true"]}}
+    spec = validate_pipeline({"name": "big", "steps": [step]})
+    run, _ = advance(PipelineRun.start("0mx6rnys55u4iz76", spec))
+    return run
+
+
+@pytest.mark.unit
+def test_a_run_cut_into_a_head_and_chunks_joins_back_whole():
+    run = _array_run("0-9999:3,20000-20010")
+    head, chunks = split(run)
+    assert all(not step.jobs for step in head.steps.values())
+    assert all(len(jobs) <= CHUNK_JOBS for jobs in chunks.values())
+    assert sum(len(jobs) for jobs in chunks.values()) == len(run.steps["train"].jobs) == 3345
+    assert join(head, chunks) == run
+
+
+@pytest.mark.unit
+def test_evolving_many_facts_at_once_is_evolving_them_one_by_one():
+    run = _array_run("0-9%4")
+    jobs = run.steps["train"].jobs
+    facts = [
+        JobKnown("train", 0, jobs[0].key, "job-a"),
+        JobKnown("train", 0, jobs[0].key, "job-b"),  # a second answer for the same key: stale
+        JobEnded("train", 0, "job-a", "succeeded"),
+        JobEnded("train", 1, "job-x", "failed"),  # a job this step never had
+        JobKnown("train", 2, "workflow:other:fit:2:1", "job-c"),  # another run's key
+        JobKnown("train", 3, jobs[3].key, "job-d"),
+    ]
+    one_by_one = run
+    for fact in facts:
+        one_by_one = evolve(one_by_one, fact)
+    assert evolve_all(run, facts) == one_by_one
+    assert (
+        one_by_one.steps["train"].jobs[0].outcome == "succeeded"
+        and one_by_one.steps["train"].jobs[2].job_id is None
+    )
+
+
+@pytest.mark.service
+async def test_a_ten_thousand_index_array_is_stored_in_values_under_max_payload(bus):
+    from nats.js.api import KeyValueConfig
+
+    # as the provision step makes it (shared/bus.py): a file bucket keeping 5 revisions
+    kv = await bus.js.create_key_value(KeyValueConfig(bucket=f"{bus.subjects.buckets.pipelines}", history=5))
+    store = RunStore(kv)
+    submitted = _array_run()
+    answers = [
+        JobKnown("train", i, job.key, f"job{i:016d}") for i, job in submitted.steps["train"].jobs.items()
+    ]
+    done = [JobEnded("train", a.index, a.job_id, "succeeded") for a in answers if a.index not in (17, 4321)]
+    run = evolve_all(submitted, [*answers, *done])  # as the array nears its end
+    assert len(run.model_dump_json()) > bus.nc.max_payload  # what one record would have been
+    await store.create(run)
+    sizes = [len((await kv.get(key)).value) for key in await kv.keys()]
+    assert len(sizes) == 1 + 10_000 // CHUNK_JOBS and max(sizes) < bus.nc.max_payload / 8
+    got, _ = await store.get(run.run_id)
+    assert got == run
+    assert await store.run_ids() == [run.run_id]
+
+    def ended(r: PipelineRun, index: int):
+        return evolve(r, JobEnded("train", index, f"job{index:016d}", "failed")), None
+
+    # two writers at once: each a compare-and-set of the head, the loser reads again, both land
+    await asyncio.gather(
+        store.mutate(run.run_id, lambda r: ended(r, 4321)),
+        store.mutate(run.run_id, lambda r: ended(r, 17)),
+    )
+    got, _ = await store.get(run.run_id)
+    jobs = got.steps["train"].jobs
+    assert jobs[4321].outcome == "failed" and jobs[17].outcome == "failed" and jobs[18].outcome == "succeeded"
+    # only the changed chunks got new keys; the ones they replaced, and any a loser wrote, are gone
+    assert len(await kv.keys()) == 1 + 10_000 // CHUNK_JOBS
