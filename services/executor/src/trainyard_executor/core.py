@@ -13,7 +13,7 @@ import os
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,7 +41,7 @@ from trainyard_executor.gang import (
     rendezvous_of,
     start_member,
 )
-from trainyard_executor.outcomes import not_started_here, owns
+from trainyard_executor.outcomes import event_for, not_started_here, owns
 from trainyard_executor.recording import BROKER_ERRORS
 from trainyard_executor.running import AttemptRunner, LocalAttempt, ShipperFactory
 from trainyard_executor.settings import ExecutorSettings
@@ -292,9 +292,33 @@ class ExecutorCore(AttemptRunner):
                     continue
                 await self._requeue(record, "executor restarted; the attempt's process is gone")
                 count += 1
+            await self._announce_ends_left_unsaid(records)
             return count
         finally:
             self.recovered.set()
+
+    async def _announce_ends_left_unsaid(self, records: list[JobRecord]) -> None:
+        """A kill between an attempt's terminal write and its event leaves the record ended here
+        and no event: nothing else would say it (registry, workflow and followers wait on the
+        event). Announced now with the event's own message id, once the jobs stream shows none."""
+        horizon = self.clock() - timedelta(seconds=self.settings.reannounce_seconds)
+        for record in records:
+            if not record.state.terminal or record.gang is not None or record.executor_id != self.me:
+                continue
+            if record.updated_at < horizon:
+                continue
+            event = event_for(record, record, None)
+            try:
+                if await self.events.has_event(event.subject(self.events.subjects)):
+                    continue
+                await self.events.emit(event)
+            except BROKER_ERRORS:
+                log.warning("could not announce an attempt that ended here", extra={"job_id": record.job_id})
+                continue
+            log.warning(
+                "announced the end of an attempt that a restart left unsaid",
+                extra={"job_id": record.job_id, "attempt": record.attempt, "state": record.state.value},
+            )
 
     async def _adopt(self, record: JobRecord | None, found: FoundAttempt) -> bool:
         """Watch an attempt a previous run of this executor started; False if it cannot be."""
