@@ -7,12 +7,14 @@ permission violation at all (a refused call a service retried would show there).
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import nats
 import pytest
 
 from trainyard_contracts import Subjects
 from trainyard_contracts.runs import PipelineReply
+from trainyard_contracts.schedules import ScheduleReply
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.app import create_app as scheduler_app
@@ -39,6 +41,16 @@ PIPELINE = {
 }
 
 
+async def as_submission(server):
+    """A connection as the submission service's user: how the API asks the workflow service."""
+    return await nats.connect(
+        server.url,
+        user="submission",
+        password=password_for("submission"),
+        inbox_prefix=inbox_of("submission"),
+    )
+
+
 async def test_a_pipeline_runs_with_the_workflow_as_its_own_nats_user(tmp_path):
     data = tmp_path / "data"
     with secured_server(tmp_path / "store") as server:
@@ -51,12 +63,7 @@ async def test_a_pipeline_runs_with_the_workflow_as_its_own_nats_user(tmp_path):
         )
         workflow = workflow_app(as_user(server.url, "workflow", data), WorkflowSettings(reconcile_seconds=1))
         async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
-            asker = await nats.connect(
-                server.url,
-                user="submission",
-                password=password_for("submission"),
-                inbox_prefix=inbox_of("submission"),
-            )
+            asker = await as_submission(server)
             try:
 
                 async def ask(kind: str, **body: object) -> PipelineReply:
@@ -76,4 +83,52 @@ async def test_a_pipeline_runs_with_the_workflow_as_its_own_nats_user(tmp_path):
         states = {name: step.state.value for name, step in run.steps.items()}
         assert states == {"a": "succeeded", "b": "succeeded", "c": "failed", "d": "skipped"}
         assert run.state.value == "failed" and sorted(run.steps["b"].jobs) == [0, 1, 2]
+        assert violations(server) == []
+
+
+class SimulatedClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def test_a_schedule_fires_with_the_workflow_as_its_own_nats_user(tmp_path):
+    """Its schedules bucket and its own lease key (never the scheduler's) are enough: a tick fires,
+    a backfill starts its ticks, suspend and delete work, and the server logs no violation."""
+    data = tmp_path / "data"
+    start = datetime(2026, 6, 1, 10, 0, 30, tzinfo=UTC)
+    clock = SimulatedClock(start)
+    schedule = {"name": "perm-every-minute", "cron": "* * * * *", "pipeline": PIPELINE}
+    with secured_server(tmp_path / "store") as server:
+        await provisioned(server)
+        api = submission_app(as_user(server.url, "submission", data), SubmissionSettings(token="t" * 24))
+        settings = WorkflowSettings(schedule_tick_seconds=0.05, replica_id="perm")
+        workflow = workflow_app(as_user(server.url, "workflow", data), settings, clock)
+        async with api.router.lifespan_context(api), running(workflow):
+            asker = await as_submission(server)
+            try:
+
+                async def ask(verb: str, **body: object) -> ScheduleReply:
+                    subject = S.workflow_request(f"schedule-{verb}")
+                    msg = await asker.request(subject, json.dumps(body, default=str).encode(), timeout=30)
+                    return ScheduleReply.model_validate_json(msg.data)
+
+                assert (await ask("create", schedule=schedule)).status == 201
+                clock.now = start + timedelta(minutes=1)
+
+                async def fired():
+                    record = (await ask("get", name="perm-every-minute")).schedule
+                    return record if record is not None and record.fired == 1 and not record.pending else None
+
+                await eventually(fired, 30, "the tick fired")
+                before = start.replace(second=0)
+                window = {"start": before - timedelta(minutes=3), "end": before - timedelta(minutes=2)}
+                backfilled = await ask("backfill", name="perm-every-minute", **window)
+                assert backfilled.ok and len(backfilled.run_ids or []) == 2, backfilled.errors
+                assert (await ask("suspend", name="perm-every-minute")).ok
+                assert (await ask("delete", name="perm-every-minute")).ok
+            finally:
+                await asker.drain()
         assert violations(server) == []

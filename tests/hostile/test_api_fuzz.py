@@ -35,6 +35,16 @@ pytestmark = pytest.mark.service
 EXAMPLES = 40
 REQUEST_TIMEOUT = 15.0
 ADMIN = "fuzz-admin-token"
+# every schedule route asks the workflow service
+SCHEDULE_OPERATIONS = [
+    ("POST", "/v1/schedules"),
+    ("GET", "/v1/schedules"),
+    ("GET", "/v1/schedules/{name}"),
+    ("DELETE", "/v1/schedules/{name}"),
+    ("POST", "/v1/schedules/{name}/suspend"),
+    ("POST", "/v1/schedules/{name}/resume"),
+    ("POST", "/v1/schedules/{name}/backfill"),
+]
 OPERATIONS = [
     ("POST", "/v1/jobs"),
     ("GET", "/v1/jobs"),
@@ -62,6 +72,7 @@ OPERATIONS = [
     ("POST", "/v1/pipelines/{run_id}/cancel"),
     ("GET", "/v1/arrays/{array_id}"),
     ("POST", "/v1/arrays/{array_id}/cancel"),
+    *SCHEDULE_OPERATIONS,
 ]
 
 
@@ -115,6 +126,7 @@ NEEDS_WORKFLOW = {
     ("POST", "/v1/pipelines/{run_id}/cancel"),
     ("GET", "/v1/arrays/{array_id}"),
     ("POST", "/v1/arrays/{array_id}/cancel"),
+    *SCHEDULE_OPERATIONS,
 }
 
 

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from trainyard_client.workdir import WorkdirUpload
     from trainyard_contracts.arrayview import ArrayStatus
     from trainyard_contracts.runs import PipelineRun
+    from trainyard_contracts.schedules import ScheduleRecord
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,40 @@ class TrainyardClient:
         from trainyard_contracts.runs import PipelineRun
 
         return PipelineRun.model_validate(self._request("POST", f"/v1/pipelines/{run_id}/cancel").json())
+
+    def create_schedule(self, schedule: Mapping[str, Any]) -> ScheduleRecord:
+        """Create a schedule (cron, timezone, concurrency, starting_deadline_seconds, pipeline,
+        params); 422 names the bad field, 409 when the name is taken."""
+        return self._schedule("POST", "/v1/schedules", json=dict(schedule))
+
+    def schedule(self, name: str) -> ScheduleRecord:
+        return self._schedule("GET", f"/v1/schedules/{name}")
+
+    def schedules(self, limit: int = 100) -> list[ScheduleRecord]:
+        from trainyard_contracts.schedules import ScheduleRecord
+
+        found = self._request("GET", "/v1/schedules", params={"limit": limit}).json()["schedules"]
+        return [ScheduleRecord.model_validate(s) for s in found]
+
+    def suspend_schedule(self, name: str) -> ScheduleRecord:
+        return self._schedule("POST", f"/v1/schedules/{name}/suspend")
+
+    def resume_schedule(self, name: str) -> ScheduleRecord:
+        return self._schedule("POST", f"/v1/schedules/{name}/resume")
+
+    def delete_schedule(self, name: str) -> None:
+        self._request("DELETE", f"/v1/schedules/{name}")
+
+    def backfill_schedule(self, name: str, start: datetime, end: datetime) -> list[str]:
+        """Start the schedule's ticks in ``[start, end]`` once each; the run ids they name."""
+        body = {"from": start.isoformat(), "to": end.isoformat()}
+        answer = self._request("POST", f"/v1/schedules/{name}/backfill", json=body).json()
+        return list(answer["run_ids"])
+
+    def _schedule(self, method: str, path: str, **kwargs: Any) -> ScheduleRecord:
+        from trainyard_contracts.schedules import ScheduleRecord
+
+        return ScheduleRecord.model_validate(self._request(method, path, **kwargs).json())
 
     def submit_array(self, spec: str | bytes | Mapping[str, Any]) -> ArrayStatus:
         """Submit a job spec with ``array: "0-99%8"``: one array object, its jobs made by the

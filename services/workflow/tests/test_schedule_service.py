@@ -189,3 +189,39 @@ async def test_backfill_starts_the_missed_ticks_once_and_leaves_fired_ones_alone
 async def _last_tick_reached(bus, tick: datetime) -> bool:
     record = (await ask(bus, "schedule-get", name=NAME)).schedule
     return record is not None and record.last_tick >= tick
+
+
+async def test_schedules_over_http_need_a_token_and_go_through_the_workflow_service(
+    nats_server, prefix, tmp_path, bus
+):
+    """The submission API (over ASGI) asks the workflow service over NATS request-reply."""
+    import httpx
+
+    clock = SimulatedClock(START)
+    api = submission_app(
+        common_settings(nats_server.url, prefix, tmp_path / "api"), SubmissionSettings(token="sched-admin-1")
+    )
+    auth = {"Authorization": "Bearer sched-admin-1"}
+    async with api.router.lifespan_context(api), replica(nats_server, prefix, tmp_path, clock, "a"):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            assert (await http.get("/v1/schedules")).status_code == 401
+            bad = await http.post("/v1/schedules", json={**SCHEDULE, "cron": "0 3 * *"}, headers=auth)
+            assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "cron"
+            made = await http.post("/v1/schedules", json=SCHEDULE, headers=auth)
+            assert made.status_code == 201 and made.json()["spec"]["name"] == NAME
+            suspended = await http.post(f"/v1/schedules/{NAME}/suspend", headers=auth)
+            assert suspended.json()["spec"]["suspended"] is True
+            resumed = await http.post(f"/v1/schedules/{NAME}/resume", headers=auth)
+            assert resumed.json()["spec"]["suspended"] is False
+            window = {"from": "2026-06-01T11:58:00+02:00", "to": "2026-06-01T11:59:00+02:00"}
+            filled = await http.post(f"/v1/schedules/{NAME}/backfill", json=window, headers=auth)
+            assert filled.status_code == 200 and len(filled.json()["run_ids"]) == 2
+            assert (
+                await http.post(f"/v1/schedules/{NAME}/backfill", json={}, headers=auth)
+            ).status_code == 422
+            listed = await http.get("/v1/schedules", headers=auth)
+            assert [s["spec"]["name"] for s in listed.json()["schedules"]] == [NAME]
+            assert (await http.delete(f"/v1/schedules/{NAME}", headers=auth)).status_code == 200
+            assert (await http.get(f"/v1/schedules/{NAME}", headers=auth)).status_code == 404
+            assert (await http.get("/v1/schedules/..bad..", headers=auth)).status_code == 404

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from trainyard_client.cli import admin, arrays, jobs, listing, pipelines, simulate, stack
+from trainyard_client.cli import admin, arrays, jobs, listing, pipelines, schedules, simulate, stack
 from trainyard_client.cli.base import Settings
 
 GLOBAL_OPTIONS = ("--url", "--token")
@@ -85,6 +85,7 @@ app.add_typer(admin.dlq, name="dlq")
 app.add_typer(admin.queues, name="queues")
 app.add_typer(admin.tokens, name="tokens")
 app.add_typer(pipelines.pipeline, name="pipeline")
+app.add_typer(schedules.schedule, name="schedule")
 app.add_typer(arrays.array, name="array")
 app.command()(stack.up)
 app.command()(simulate.simulate)

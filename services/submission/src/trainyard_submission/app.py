@@ -27,6 +27,7 @@ from trainyard_submission.intake import handle_intake
 from trainyard_submission.limits import BodyLimit
 from trainyard_submission.pipelines import build_pipeline_router
 from trainyard_submission.runtime import SubmissionRuntime, build_runtime
+from trainyard_submission.schedules import build_schedule_router
 from trainyard_submission.settings import SubmissionSettings
 
 
@@ -105,6 +106,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     install_error_handlers(app)
     app.include_router(build_router(state))
     app.include_router(build_pipeline_router(state))
+    app.include_router(build_schedule_router(state))
     app.include_router(build_array_router(state))
     state["submit_array"] = functools.partial(submit_array, state)
     install_openapi(app)

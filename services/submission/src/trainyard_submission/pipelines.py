@@ -12,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from trainyard_contracts import SpecError
 from trainyard_contracts.runs import PipelineReply, PipelineRequest, PipelineRun
+from trainyard_contracts.schedules import ScheduleReply
 from trainyard_contracts.workflow import RUN_ID_PATTERN, validate_pipeline
 from trainyard_submission.access import QueueRefused, check_submit, place_spec
 from trainyard_submission.api import Caller, Problem, authorised
@@ -26,9 +28,16 @@ from trainyard_submission.service import JobAlreadyFinished, JobNotFound, Submis
 from trainyard_submission.tokens import Principal
 
 WORKFLOW_TIMEOUT_SECONDS = 30.0
+Reply = TypeVar("Reply", PipelineReply, ScheduleReply)
 
 
 async def ask_workflow(state: dict[str, Any], kind: str, request: PipelineRequest) -> PipelineReply:
+    return await ask_workflow_for(state, kind, request, PipelineReply)
+
+
+async def ask_workflow_for(
+    state: dict[str, Any], kind: str, request: BaseModel, reply_model: type[Reply]
+) -> Reply:
     """The workflow service's answer; a refusal is raised as its Problem, no answer as a 503."""
     try:
         reply = await state["broker"].request(
@@ -40,11 +49,12 @@ async def ask_workflow(state: dict[str, Any], kind: str, request: PipelineReques
         raise Problem(
             503, "workflow unavailable", f"the workflow service did not answer: {type(exc).__name__}"
         ) from exc
-    answer = PipelineReply.model_validate_json(bytes(reply.body))
+    answer = reply_model.model_validate_json(bytes(reply.body))
     if not answer.ok:
         errors = [e.model_dump() for e in answer.errors]
         detail = "; ".join(f"{e.field}: {e.message}" for e in answer.errors)
-        raise Problem(answer.status, "pipeline request refused", detail, errors=errors)
+        what = "schedule" if kind.startswith("schedule-") else "pipeline"
+        raise Problem(answer.status, f"{what} request refused", detail, errors=errors)
     return answer
 
 
