@@ -89,3 +89,19 @@ async def test_a_ten_thousand_index_array_is_stored_in_values_under_max_payload(
     assert jobs[4321].outcome == "failed" and jobs[17].outcome == "failed" and jobs[18].outcome == "succeeded"
     # only the changed chunks got new keys; the ones they replaced, and any a loser wrote, are gone
     assert len(await kv.keys()) == 1 + 10_000 // CHUNK_JOBS
+
+
+@pytest.mark.service
+async def test_a_read_racing_a_commit_reads_the_newer_head_not_a_purged_chunk(bus):
+    from nats.js.api import KeyValueConfig
+
+    kv = await bus.js.create_key_value(KeyValueConfig(bucket=bus.subjects.buckets.pipelines, history=5))
+    store = RunStore(kv)
+    run = _array_run("0-999")
+    await store.create(run)
+    stale = (await store._read(run.run_id)).head  # what a reader had when the commit came
+    key = run.steps["train"].jobs[5].key
+    await store.mutate(run.run_id, lambda r: (evolve(r, JobKnown("train", 5, key, "job5")), None))
+    assert await store._read_chunks(run.run_id, stale) is None  # its chunk was replaced and purged
+    got, _ = await store.get(run.run_id)
+    assert got.steps["train"].jobs[5].job_id == "job5"

@@ -4,24 +4,15 @@ steps through the bus intake, their ends from the job events."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 
-import httpx
-import nats
 import pytest
 
 from trainyard_contracts.runs import PipelineReply, PipelineRun
-from trainyard_executor.app import create_app as executor_app
-from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
-from trainyard_shared.testing.helpers import common_settings, eventually, running
+from trainyard_shared.testing.helpers import common_settings, eventually
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
-from trainyard_workflow.app import create_app as workflow_app
 from trainyard_workflow.core import RUN_LABEL
-from trainyard_workflow.settings import WorkflowSettings
 
 pytestmark = [pytest.mark.service, pytest.mark.workflow, pytest.mark.local]
 
@@ -37,45 +28,8 @@ FAILING_BRANCH = {
 }
 
 
-@contextlib.asynccontextmanager
-async def stack(nats_server, prefix, tmp_path, workflow_settings=None):
-    common = common_settings(nats_server.url, prefix, tmp_path / "data")
-    api = submission_app(common, SubmissionSettings(token="workflow-test-token-1"))
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2))
-    executor = executor_app(common, ExecutorSettings(id="exec-wf", cpu=4, memory=4096, heartbeat_seconds=0.5))
-    workflow = workflow_app(common, workflow_settings or WorkflowSettings(reconcile_seconds=1))
-    auth = {"Authorization": "Bearer workflow-test-token-1"}
-    async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
-        nc = await nats.connect(nats_server.url)
-        transport = httpx.ASGITransport(app=api)
-        try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=auth) as http:
-                yield Client(nc, prefix, http)
-        finally:
-            await nc.drain()
-
-
-class Client:
-    """What the API does: a request on <prefix>.workflow.<kind>, a PipelineReply back; ``http``:
-    the submission API itself (over ASGI, with the token)."""
-
-    def __init__(self, nc, prefix, http):
-        self.nc, self.prefix, self.http = nc, prefix, http
-
-    async def ask(self, kind: str, **body) -> PipelineReply:
-        msg = await self.nc.request(f"{self.prefix}.workflow.{kind}", json.dumps(body).encode(), timeout=30)
-        return PipelineReply.model_validate_json(msg.data)
-
-    async def ended(self, run_id: str, timeout: float = 60) -> PipelineRun:
-        async def probe():
-            reply = await self.ask("status", run_id=run_id)
-            return reply.run if reply.run and reply.run.state != "running" else None
-
-        return await eventually(probe, timeout, f"run {run_id} ended")
-
-
-async def test_a_failing_branch_skips_its_dependent_and_runs_its_handler(nats_server, prefix, tmp_path, bus):
-    async with stack(nats_server, prefix, tmp_path) as client:
+async def test_a_failing_branch_skips_its_dependent_and_runs_its_handler(prefix, bus, workflow_stack):
+    async with workflow_stack() as client:
         started = await client.ask("run", pipeline=FAILING_BRANCH, params={"word": "bonjour"}, by="tester")
         assert started.ok and started.status == 201 and started.run is not None
         run = await client.ended(started.run.run_id)
@@ -100,12 +54,12 @@ async def test_a_failing_branch_skips_its_dependent_and_runs_its_handler(nats_se
         assert kinds.count("step_submitted") == 3 and kinds.count("step_ended") == 4
 
 
-async def test_an_array_step_runs_every_index_under_its_limit(nats_server, prefix, tmp_path, bus):
+async def test_an_array_step_runs_every_index_under_its_limit(workflow_stack):
     pipeline = {
         "name": "sweep",
         "steps": [{"name": "fit", "array": "0-4%2", "job": {"name": "fit", "command": ["true"]}}],
     }
-    async with stack(nats_server, prefix, tmp_path) as client:
+    async with workflow_stack() as client:
         started = await client.ask("run", pipeline=pipeline)
         run = await client.ended(started.run.run_id)
         assert run.state.value == "succeeded"
@@ -115,8 +69,8 @@ async def test_an_array_step_runs_every_index_under_its_limit(nats_server, prefi
         assert [r.run_id for r in listed.runs] == [run.run_id]
 
 
-async def test_bad_requests_get_field_errors_and_the_service_keeps_answering(nats_server, prefix, tmp_path):
-    async with stack(nats_server, prefix, tmp_path) as client:
+async def test_bad_requests_get_field_errors_and_the_service_keeps_answering(prefix, workflow_stack):
+    async with workflow_stack() as client:
         bad = await client.ask("run", pipeline={"name": "p", "steps": [{"name": "a", "job": {"name": "a"}}]})
         assert not bad.ok and bad.status == 422
         assert {e.field for e in bad.errors} == {"steps.0.job.command"}
@@ -139,7 +93,7 @@ async def test_bad_requests_get_field_errors_and_the_service_keeps_answering(nat
 
 
 async def test_a_restart_between_sending_and_recording_never_submits_a_step_twice(
-    nats_server, prefix, tmp_path, bus
+    nats_server, prefix, tmp_path, bus, workflow_stack
 ):
     """What a workflow service killed after sending a step's job, before recording the answer,
     leaves behind: the run's record with the submission recorded and unanswered, the job in the
@@ -164,7 +118,7 @@ async def test_a_restart_between_sending_and_recording_never_submits_a_step_twic
             prefix=prefix,
             msg_id=submit.key,
         )
-    async with stack(nats_server, prefix, tmp_path) as client:
+    async with workflow_stack() as client:
         ended = await client.ended(run.run_id)
     assert ended.state.value == "succeeded"
     assert ended.steps["only"].jobs[0].job_id == first["job_id"]
@@ -177,7 +131,7 @@ async def test_a_restart_between_sending_and_recording_never_submits_a_step_twic
     assert labelled == [first["job_id"]]
 
 
-async def test_pipelines_over_http_one_url_one_token(nats_server, prefix, tmp_path):
+async def test_pipelines_over_http_one_url_one_token(workflow_stack):
     """POST/GET /v1/pipelines on the submission API, answered by the workflow service over NATS:
     a 3-step pipeline whose middle step fails ends with its last step skipped."""
     pipeline = {
@@ -188,7 +142,7 @@ async def test_pipelines_over_http_one_url_one_token(nats_server, prefix, tmp_pa
             {"name": "evaluate", "depends": ["train"], "job": {"name": "evaluate", "command": ["true"]}},
         ],
     }
-    async with stack(nats_server, prefix, tmp_path) as client:
+    async with workflow_stack() as client:
         http = client.http
         assert (
             await http.post("/v1/pipelines", json={"pipeline": pipeline}, headers={"Authorization": ""})
@@ -217,9 +171,7 @@ async def test_pipelines_over_http_one_url_one_token(nats_server, prefix, tmp_pa
         assert ended_cancel.status_code == 200 and ended_cancel.json()["state"] == "failed"  # already ended
 
 
-async def test_cancel_over_http_stops_the_running_step_and_starts_nothing_more(
-    nats_server, prefix, tmp_path, bus
-):
+async def test_cancel_over_http_stops_the_running_step_and_starts_nothing_more(bus, workflow_stack):
     import sys
 
     pipeline = {
@@ -236,7 +188,7 @@ async def test_cancel_over_http_stops_the_running_step_and_starts_nothing_more(
             },
         ],
     }
-    async with stack(nats_server, prefix, tmp_path) as client:
+    async with workflow_stack() as client:
         http = client.http
         run_id = (await http.post("/v1/pipelines", json={"pipeline": pipeline})).json()["run_id"]
 

@@ -119,26 +119,38 @@ class RunStore:
                 out.append(found[0])
         return out
 
-    async def _read(self, run_id: str) -> Stored | None:
-        try:
-            entry = await self.kv.get(run_id)
-        except KeyNotFoundError:
-            return None
-        if entry.value is None:
-            return None
-        revision = int(entry.revision or 0)
-        if b'"chunks"' not in entry.value and b'"run_id"' in entry.value[:40]:
-            # a record written before chunks: the whole run in one value, its jobs inline
-            legacy = PipelineRun.model_validate_json(entry.value)
-            return Stored(legacy, RunHead(run=split(legacy)[0]), {}, revision)
-        head = RunHead.model_validate_json(entry.value)
+    async def _read(self, run_id: str, tries: int = 20) -> Stored | None:
+        for _ in range(tries):
+            try:
+                entry = await self.kv.get(run_id)
+            except KeyNotFoundError:
+                return None
+            if entry.value is None:
+                return None
+            revision = int(entry.revision or 0)
+            if b'"chunks"' not in entry.value and b'"run_id"' in entry.value[:40]:
+                # a record written before chunks: the whole run in one value, its jobs inline
+                legacy = PipelineRun.model_validate_json(entry.value)
+                return Stored(legacy, RunHead(run=split(legacy)[0]), {}, revision)
+            head = RunHead.model_validate_json(entry.value)
+            chunks = await self._read_chunks(run_id, head)
+            if chunks is not None:
+                return Stored(join(head.run, chunks), head, chunks, revision)
+        raise RunConflict(f"run {run_id} changed under {tries} reads in a row")
+
+    async def _read_chunks(self, run_id: str, head: RunHead) -> dict[str, ChunkJobs] | None:
+        """The chunks ``head`` names; None when one is gone: a newer head replaced it since
+        (then the head is read again)."""
         keys = [chunk_key(run_id, name, gen) for name, gen in head.chunks.items()]
-        values = await asyncio.gather(*(self.kv.get(key) for key in keys))
-        chunks = {
-            name: CHUNK_ADAPTER.validate_json(value.value or b"{}")
-            for name, value in zip(head.chunks, values, strict=True)
-        }
-        return Stored(join(head.run, chunks), head, chunks, revision)
+        values = await asyncio.gather(*(self.kv.get(key) for key in keys), return_exceptions=True)
+        chunks: dict[str, ChunkJobs] = {}
+        for name, value in zip(head.chunks, values, strict=True):
+            if isinstance(value, KeyNotFoundError):  # KeyDeletedError too: purged after a commit
+                return None
+            if isinstance(value, BaseException):
+                raise value
+            chunks[name] = CHUNK_ADAPTER.validate_json(value.value or b"{}")
+        return chunks
 
     async def _write_chunks(self, run_id: str, chunks: dict[str, ChunkJobs]) -> dict[str, str]:
         """Each chunk under a new generation's key; the generations written, by chunk name."""
