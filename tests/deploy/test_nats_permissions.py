@@ -284,3 +284,18 @@ def test_the_server_refuses_to_start_without_the_passwords(tmp_path: Path):
     )
     assert done.returncode != 0
     assert "TRAINYARD_NATS_PASSWORD_" in done.stdout + done.stderr
+
+
+async def test_an_executor_may_look_up_whether_an_end_was_announced(server, streams_declared):
+    """After a restart an executor asks the jobs stream whether an attempt's end event is there
+    (ExecutorCore._announce_ends_left_unsaid): a look-up of one message, refused before (the
+    deployed user timed out on it and its connection was broken)."""
+    from nats.js.errors import NotFoundError
+
+    conn = await connect(server, "executor-exec-a")
+    try:
+        with pytest.raises(NotFoundError):  # the stream answers: no such event (not a refusal)
+            await conn.nc.jetstream().get_last_msg("TRAINYARD_JOBS", S.job("0never0announced", "succeeded"))
+        assert not conn.errors
+    finally:
+        await conn.nc.close()

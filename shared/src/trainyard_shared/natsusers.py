@@ -261,7 +261,7 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
 
 def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
     """One executor: its own commands (its durable, filtered on ``exec.<id>.*``), its own heartbeat
-    key, the job records and the outcome events, its jobs' logs."""
+    key, the job records and the outcome events (and a look-up of one), its jobs' logs."""
     perms = _base(executor_user(executor_id), "executor", subjects)
     durable(
         perms,
@@ -273,6 +273,9 @@ def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
     read_bucket(perms, executors)
     perms.add_publish(f"$KV.{executors}.{executor_id}", f"{subjects.prefix}.log.>")
     read_objects(perms, subjects.workdirs_bucket)  # the jobs' packed workdirs, read only
+    # whether an attempt's end is on the jobs stream (after a restart, an end written but never
+    # announced is announced): reading one message, which carries no secret (specs are masked)
+    perms.add_publish(f"{API}.STREAM.MSG.GET.{subjects.streams.jobs}")
     return perms
 
 

@@ -312,9 +312,12 @@ class ExecutorCore(AttemptRunner):
                 if await self.events.has_event(event.subject(self.events.subjects)):
                     continue
                 await self.events.emit(event)
-            except BROKER_ERRORS:
-                log.warning("could not announce an attempt that ended here", extra={"job_id": record.job_id})
-                continue
+            except BROKER_ERRORS as exc:  # one unanswered look-up: the rest would wait the same
+                log.warning(
+                    "could not look over the attempts that ended here; their ends stay unannounced",
+                    extra={"job_id": record.job_id, "error": type(exc).__name__},
+                )
+                return
             log.warning(
                 "announced the end of an attempt that a restart left unsaid",
                 extra={"job_id": record.job_id, "attempt": record.attempt, "state": record.state.value},
