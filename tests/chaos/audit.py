@@ -194,9 +194,11 @@ def audit(
     ``records``: job id -> the record (JSON dict) from the jobs bucket.
     ``model_versions``: job id -> how many model versions in the registry's store carry it.
     ``fenced``: job id -> the attempt a frozen executor ran and must not have recorded.
-    ``frozen_at``: when that executor froze. A fenced attempt whose process had done its work
-    before then, but whose executor froze before recording it, is run again by design (nobody
-    can know the work was done): a note, not a duplicate. Any other run after completion is.
+    ``frozen_at``: when that executor froze. A fenced attempt's work done twice is a note, not a
+    duplicate: done before the freeze but never recorded, the next attempt must do it again
+    (nobody can know it was done); or finished after the thaw, in the moment before its executor
+    stops it (a paused machine resumes its jobs with it). What is recorded stays once (the fenced
+    rules below). Any other run after completion is a duplicate.
     """
     f = Findings(
         offered=len(offered),
@@ -245,14 +247,16 @@ def audit(
     for job_id, attempt in attempts_run_twice(runs):
         f.duplicated.append(f"job {job_id}: attempt {attempt} ran in more than one process")
     for done, again in ran_after_completing(runs):
-        if (
-            frozen_at is not None
-            and (fenced or {}).get(done.job_id) == done.attempt
-            and max(done.times) < frozen_at
-        ):
+        if (fenced or {}).get(done.job_id) == done.attempt:
+            # a fenced attempt's work is never recorded; the pause it was in lets it run twice
+            when = (
+                "before its executor froze, never recorded"
+                if frozen_at is not None and max(done.times) < frozen_at
+                else "after the thaw, before its executor stopped it (not recorded)"
+            )
             f.notes.append(
-                f"job {done.job_id}: attempt {done.attempt} (pid {done.pid}) did its work but its executor"
-                f" froze before recording it; attempt {again.attempt} (pid {again.pid}) ran it again"
+                f"job {done.job_id}: fenced attempt {done.attempt} (pid {done.pid}) did its work {when};"
+                f" attempt {again.attempt} (pid {again.pid}) did it too"
             )
             continue
         f.duplicated.append(

@@ -157,10 +157,11 @@ def test_work_that_completed_and_then_ran_again_is_found_but_a_stopped_run_may_b
     assert found == {("j2", 20, 21), ("j3", 30, 31)}
 
 
-def test_work_done_before_its_executor_froze_unrecorded_is_run_again_by_design_anything_else_is_twice():
-    """Attempt 1 did its work (100.0-100.6) and its executor froze at 101.0 before recording it:
-    attempt 2 on another executor must run it again. Had the executor frozen before the work
-    ended, or had the attempt not been the fenced one, the second run is work done twice."""
+def test_a_fenced_attempts_work_done_twice_is_a_note_any_other_run_after_completion_is_a_duplicate():
+    """Attempt 1 did its work (100.0-100.6), fenced: its executor froze at 101.0 before recording
+    it (or, with frozen_at 100.3, it finished after the thaw); attempt 2 on another executor did it
+    again. Neither is recorded twice, so it is a note; the same runs of an attempt that was not
+    fenced are work done twice."""
     runs = parse_markers(ticks("j1", 1, 11, 100.0, 100.6) + ticks("j1", 2, 12, 110.0, 110.6))
     common = dict(
         offered={1: "j1"},
@@ -170,7 +171,8 @@ def test_work_done_before_its_executor_froze_unrecorded_is_run_again_by_design_a
         model_versions={},
         model_jobs=[],
     )
-    by_design = audit(**common, fenced={"j1": 1}, frozen_at=101.0)
-    assert by_design.duplicated == [] and any("froze before recording it" in n for n in by_design.notes)
-    assert audit(**common, fenced={"j1": 1}, frozen_at=100.3).duplicated  # it froze mid-work
+    before = audit(**common, fenced={"j1": 1}, frozen_at=101.0)
+    assert before.duplicated == [] and any("before its executor froze" in n for n in before.notes)
+    after = audit(**common, fenced={"j1": 1}, frozen_at=100.3)
+    assert after.duplicated == [] and any("after the thaw" in n for n in after.notes)
     assert audit(**common, fenced={}, frozen_at=101.0).duplicated  # not the fenced attempt

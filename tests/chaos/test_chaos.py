@@ -591,6 +591,8 @@ async def test_no_job_is_lost_or_run_twice_when_every_process_is_killed(tmp_path
     )
     for line in findings.lost + findings.duplicated + workflow_findings:
         print("  ", line)
+    for line in findings.notes:
+        print("   note:", line)
     assert summary["succeeded"] == summary["jobs"], "every chaos job should succeed"
     assert not dup_checks["records_changed"] and dup_checks["new_runs"] == 0
     assert not dup_checks["telemetry_delta"]
