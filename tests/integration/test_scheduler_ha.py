@@ -21,6 +21,7 @@ from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.leader import LEASE_KEY, LeaderLease, Lease
 from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_shared.tasks import cancel_and_wait
 
 from .harness import Bus, eventually, running
 
@@ -131,7 +132,9 @@ async def test_the_standby_takes_over_and_no_job_is_lost_or_run_twice(common, bu
         if how == "graceful":
             await hosted_a.stop()
         else:
-            a.lease.task.cancel()  # stops renewing and acting, releases nothing
+            # stops renewing and acting, releases nothing (cancelled until it ends: one cancel can
+            # be lost in Python 3.11's wait_for, and the replica would live on)
+            await cancel_and_wait(a.lease.task)
         # jobs keep coming while there is no leader
         jobs += [await bus.submit(JobSpec(name=f"ha-{BEFORE + i}", command=["true"])) for i in range(DURING)]
         await eventually(b.leads, TAKEOVER_DEADLINE, f"sched-b leads after the leader's {how} stop")

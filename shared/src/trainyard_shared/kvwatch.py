@@ -20,6 +20,8 @@ from typing import Any
 
 from nats.js.kv import KeyValue
 
+from trainyard_shared.tasks import cancel_and_wait
+
 
 class KvWatch:
     def __init__(self, kv: KeyValue, on_entry: Callable[[Any], None], name: str) -> None:
@@ -53,10 +55,7 @@ class KvWatch:
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: KeyWatcher.stop is unannotated
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await cancel_and_wait(self._task)
         self.ready.clear()
         self._marker.clear()
 

@@ -40,6 +40,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainyard_contracts._time import utcnow
+from trainyard_shared.tasks import cancel_and_wait
 
 log = logging.getLogger("trainyard.leader")
 
@@ -242,10 +243,7 @@ class LeaderLease:
     async def stop(self, release: bool = True) -> None:
         """Stop the loop and (by default) release the lease so a standby takes over at once."""
         self._stopping = True
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await cancel_and_wait(self.task)
         if release:
             await self.release()
         elif self._leader:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +41,7 @@ from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
 from trainyard_shared.runtimeslot import RUNTIME, RuntimeSlot
 from trainyard_shared.settings import CommonSettings
+from trainyard_shared.tasks import cancel_and_wait
 from trainyard_shared.tracing import setup_tracing
 from trainyard_workflow.intake import IntakeSender
 from trainyard_workflow.schedule_routes import register_schedule_handlers
@@ -152,10 +152,7 @@ def create_app(
             await slot.get().ticker.stop()
             await slot.get().service.stop()
         task = slot.get().reconciler if slot.started else None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)  # cancelled again until it ends: one cancel can be lost
 
     app = build_app(
         sb,

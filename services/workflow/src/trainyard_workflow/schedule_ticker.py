@@ -5,11 +5,11 @@ schedules.py); the lease keeps replicas from racing over every key on every pass
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from trainyard_shared.leader import LeaderLease
 from trainyard_shared.natsusers import SCHEDULE_LEASE_KEY
+from trainyard_shared.tasks import cancel_and_wait
 from trainyard_workflow.schedules import ScheduleService
 
 log = logging.getLogger("trainyard.workflow.schedules")
@@ -27,10 +27,7 @@ class ScheduleTicker:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await cancel_and_wait(self.task)
         await self.lease.stop(release=True)
 
     async def _run(self) -> None:

@@ -26,6 +26,7 @@ from trainyard_contracts.runs import (
     StepSubmitted,
 )
 from trainyard_contracts.workflow import PipelineSpec, validate_pipeline
+from trainyard_shared.tasks import cancel_and_wait
 from trainyard_workflow.core import (
     Cancel,
     Decision,
@@ -106,9 +107,7 @@ class WorkflowService:
             log.warning("moving a run on failed", extra={"error": repr(task.exception())})
 
     async def stop(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*(cancel_and_wait(task) for task in list(self._background)))
 
     async def status(self, run_id: str) -> PipelineRun:
         found = await self.runs.get(run_id)
