@@ -172,8 +172,11 @@ class ImageStack:
         }
         submission = self._service("submission", common)
         submission.with_env("TRAINYARD_SUBMISSION_TOKEN", self.token)
+        # as deployed: the two services that sign and check admitted jobs share a key, nobody else
+        admission_key = secrets.token_urlsafe(32)
+        submission.with_env("TRAINYARD_ADMISSION_KEY", admission_key)
         submission.with_volume_mapping(str(repo), REPO_MOUNT, "ro").with_loopback_port(8700)
-        self._service("scheduler", common)
+        self._service("scheduler", common).with_env("TRAINYARD_ADMISSION_KEY", admission_key)
         executor = self._service("executor", common)
         executor.with_envs(
             TRAINYARD_EXECUTOR_ID=EXECUTOR_ID,

@@ -146,3 +146,25 @@ def test_what_the_stack_keeps_at_rest_is_its_users_alone(stack):
             assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
     token = stack.data_dir / "api-token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
+
+
+def test_only_the_submission_service_and_the_scheduler_hold_the_admission_key(stack):
+    """The key that signs admitted jobs (docs/security.md, "Only admitted jobs are placed") is
+    generated into the credentials folder (0600, checked above) and given to those two processes;
+    the executor, which may still write job records, and every other service never see it, even
+    when it is in the environment `trainyard up` was started from."""
+    key = (stack.nats_auth_dir / "admission.key").read_text().strip()
+    assert len(key) >= 32
+    holders = set()
+    for name, service in stack.services.items():
+        environ = Path(f"/proc/{service.process.pid}/environ").read_bytes().split(b"\0")
+        if f"TRAINYARD_ADMISSION_KEY={key}".encode() in environ:
+            holders.add(name)
+        else:
+            assert not any(v.startswith(b"TRAINYARD_ADMISSION_KEY=") for v in environ), name
+    assert holders == {"submission", "scheduler"}
+    # a key in the shell `trainyard up` starts from reaches no process but the generated one's two
+    shell = {**stack.service_env(), "TRAINYARD_ADMISSION_KEY": "from-the-shell-0123456789"}
+    for name in stack.services:
+        given = stack.process_env(name, shell).get("TRAINYARD_ADMISSION_KEY")
+        assert given == (key if name in ("submission", "scheduler") else None), name

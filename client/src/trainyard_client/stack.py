@@ -393,8 +393,15 @@ class EmbeddedStack:
             private.mkdir(parents=True, exist_ok=True)
             private.chmod(0o700)
 
+    def process_env(self, service: str, env: Mapping[str, str]) -> dict[str, str]:
+        """``env`` as ``service``'s process gets it: its NATS identity added; the admission key
+        only for the two services that hold it, even when it is in the environment `trainyard up`
+        was started from (the executor, and so a job, must never read it)."""
+        env = {k: v for k, v in env.items() if k != "TRAINYARD_ADMISSION_KEY"}
+        return {**env, **self._nats_identity(service, env)}
+
     def _spawn(self, service: ServiceProcess, env: dict[str, str]) -> None:
-        env = {**env, **self._nats_identity(service.name, env)}
+        env = self.process_env(service.name, env)
         log = _private_log(service.log_path)  # closed in stop()
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         log.write(f"--- trainyard up: starting {service.name} at {stamp} ---\n".encode())

@@ -146,6 +146,13 @@ class JobRecord(_Model):
         description="the idempotency bucket's key that names this job (a digest of the submitter's "
         "key), so that purging the job removes it too; None: submitted without a key",
     )
+    admission: str | None = Field(
+        None,
+        max_length=128,
+        description="the submission service's signature of what it admitted (trainyard_contracts."
+        "admission): the scheduler places only records whose signature verifies, when an admission "
+        "key is configured; None: written without one",
+    )
 
     def split_gang(self) -> GangPlacement | None:
         """The current attempt's split gang, if it has one (a placement of an older attempt is

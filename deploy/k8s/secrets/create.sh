@@ -4,6 +4,7 @@
 # the service that uses it). Values never reach the terminal or a file.
 #   trainyard-nats-user-<user>  key "password"  (NATS reads all of them; each service its own)
 #   trainyard-api-token         key "token"     (the submission API's admin bearer token)
+#   trainyard-admission-key     key "key"       (submission and scheduler only: docs/security.md)
 set -euo pipefail
 KUBECTL="${KUBECTL:-kubectl}"
 NAMESPACE="${K8S_NAMESPACE:-trainyard}"
@@ -29,4 +30,5 @@ for user in "${USERS[@]}"; do
     ensure "trainyard-nats-user-$user" password
 done
 ensure trainyard-api-token token
+ensure trainyard-admission-key key  # submission signs admitted jobs, the scheduler checks
 echo "the admin API token: kubectl -n $NAMESPACE get secret trainyard-api-token -o jsonpath='{.data.token}' | base64 -d"

@@ -39,6 +39,13 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field("json", description="json or text")
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas (3 in a cluster)")
+    admission_key: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="the key the submission service signs what it admits with, and the scheduler "
+        "checks before placing a job (trainyard_contracts.admission); only those two services get "
+        "it. None: nothing signed, nothing checked (the scheduler says so at start)",
+    )
     gc_young_threshold: int = Field(
         50_000,
         ge=0,
@@ -49,6 +56,10 @@ class CommonSettings(BaseSettings):
     @property
     def subjects(self) -> Subjects:
         return Subjects(self.prefix)
+
+    @property
+    def admission_key_bytes(self) -> bytes | None:
+        return self.admission_key.get_secret_value().encode() if self.admission_key else None
 
     @property
     def inbox_prefix(self) -> str:

@@ -21,6 +21,8 @@ from trainyard_contracts import Subjects
 from trainyard_shared.natsusers import inbox_prefix, render, users
 
 AUTH_DIR = "nats-auth"
+ADMISSION_KEY_ENV = "TRAINYARD_ADMISSION_KEY"
+ADMISSION_KEY_HOLDERS = ("submission", "scheduler")  # signs what it admits; checks before placing
 MONITOR_HOST = "127.0.0.1"  # nats-server's monitor has no authentication: loopback only, always
 
 
@@ -71,12 +73,30 @@ class StackCredentials:
         _write_private(self.server_config, f'http: "{MONITOR_HOST}:{monitor_port}"\n{text}')
         return self.server_config
 
+    @property
+    def admission_key_file(self) -> Path:
+        return self.directory / "admission.key"
+
+    def admission_key(self) -> str:
+        """The key the submission service signs admitted jobs with and the scheduler checks
+        (trainyard_contracts.admission): generated once, kept across restarts (a restart must
+        still place the jobs admitted before it), 0600."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.admission_key_file
+        if not path.is_file() or path.is_symlink() or not path.read_text().strip():
+            _write_private(path, secrets.token_urlsafe(32) + "\n")
+        return path.read_text().strip()
+
     def password(self, user: str) -> str:
         return self.password_file(user).read_text().strip()
 
     def service_env(self, user: str) -> dict[str, str]:
-        """The variables that make a service connect as ``user``."""
-        return {"TRAINYARD_NATS_USER": user, "TRAINYARD_NATS_PASSWORD": self.password(user)}
+        """The variables that make a service connect as ``user``; the submission service and the
+        scheduler also get the admission key, and no other service does."""
+        env = {"TRAINYARD_NATS_USER": user, "TRAINYARD_NATS_PASSWORD": self.password(user)}
+        if user in ADMISSION_KEY_HOLDERS:
+            env[ADMISSION_KEY_ENV] = self.admission_key()
+        return env
 
     def connect_options(self, user: str) -> dict[str, Any]:
         """nats-py ``connect`` keywords for ``user`` (its inbox prefix is the only one it may read)."""

@@ -151,9 +151,14 @@ class Applying(JobRequests):
         devices = reported_devices(self.online)
         chosen: dict[str, tuple[int, ...]] = {}
 
+        not_admitted = False
+
         def to_scheduled(r: JobRecord) -> JobRecord | None:
-            nonlocal chosen
+            nonlocal chosen, not_admitted
             if not (awaits_placement(r) and r.attempt == attempt):
+                return None
+            if not self.admission.admits(r):  # the record written, not the one planned from
+                not_admitted = True
                 return None
             try:  # which GPUs, by index, on each executor of the placement
                 chosen = assign_devices(placement_needs(r, executor_id, gang), devices, self.held_gpus)
@@ -168,6 +173,9 @@ class Applying(JobRequests):
             return after if gang is None and r.gang is None else after.model_copy(update={"gang": placed})
 
         result = await self.store.update(job_id, to_scheduled)
+        if not_admitted:
+            await self.refuse_unadmitted([job_id])
+            return
         if result is None:
             return  # someone else moved it first (cancel, another scheduler): nothing to do
         for eid, indices in chosen.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 
 from trainyard_contracts import (
@@ -55,7 +56,7 @@ class SchedulerCore(Applying, Recovery):
         self.online = online
         finished = await self._finished_still_held(online)
         observed = observe(
-            self.view.unfinished(),
+            self._admitted(self.view.unfinished()),
             online,
             now,
             lookup=lambda job_id: self.view.get(job_id) or finished.get(job_id),
@@ -64,6 +65,23 @@ class SchedulerCore(Applying, Recovery):
         )
         self.held_gpus = observed.held_gpus
         return observed.snapshot
+
+    def _admitted(self, records: Iterable[JobRecord]) -> list[JobRecord]:
+        """``records`` without the waiting ones the submission service did not admit (they are
+        cancelled after the pass: ``refuse_unadmitted``)."""
+        if not self.admission.enforced:
+            return list(records)
+        kept, refused, waiting = [], set(), []
+        for record in records:
+            if awaits_placement(record):
+                waiting.append(record.job_id)
+                if not self.admission.admits(record, self.view.revisions.get(record.job_id)):
+                    refused.add(record.job_id)
+                    continue
+            kept.append(record)
+        self.admission.keep_only(waiting)
+        self.unadmitted = refused
+        return kept
 
     async def _finished_still_held(self, online: dict[str, ExecutorHeartbeat]) -> dict[str, JobRecord]:
         """Records of jobs finished long enough ago to be out of the view's memory that an
@@ -101,7 +119,10 @@ class SchedulerCore(Applying, Recovery):
         now = self.clock()
         if not self.may_assign():
             return Plan((), ())
-        return await self.apply(await self.decide(now), now)
+        decisions = await self.apply(await self.decide(now), now)
+        if self.unadmitted:
+            await self.refuse_unadmitted(sorted(self.unadmitted))
+        return decisions
 
     async def decide(self, now: datetime) -> Plan:
         decisions = plan(await self.snapshot(now), now.timestamp())

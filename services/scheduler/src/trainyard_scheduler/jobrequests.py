@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,10 @@ from trainyard_contracts import (
     JobState,
     lifecycle,
 )
+from trainyard_scheduler.admission import NOT_ADMITTED
 from trainyard_scheduler.announcing import Announcing
+
+admission_log = logging.getLogger("trainyard.scheduler.admission")
 
 
 class JobRequests(Announcing):
@@ -26,11 +30,22 @@ class JobRequests(Announcing):
         now = self.clock()
         seen: list[JobRecord] = []
 
+        not_admitted = False
+
         def to_queued(r: JobRecord) -> JobRecord | None:
+            nonlocal not_admitted
             seen.append(r)
-            return lifecycle.advance(r, JobState.QUEUED, now) if r.state == JobState.SUBMITTED else None
+            if r.state != JobState.SUBMITTED:
+                return None
+            if not self.admission.admits(r):
+                not_admitted = True
+                return None
+            return lifecycle.advance(r, JobState.QUEUED, now)
 
         result = await self.store.update(job_id, to_queued)
+        if not_admitted:
+            await self.refuse_unadmitted([job_id])
+            return
         # not the view: with several replicas another one may have queued it a moment ago and
         # our view may not show that yet, so trust the record the compare-and-set just read
         record = result[1] if result else (seen[-1] if seen else None)
@@ -69,6 +84,37 @@ class JobRequests(Announcing):
                 for executor_id in record.executors()
             ]
             await self._publish(job_id, commands)
+
+    async def refuse_unadmitted(self, job_ids: list[str]) -> None:
+        """Cancel each waiting job whose record the submission service did not admit (its
+        signature is missing or does not match: written or changed outside the submission service)."""
+        now = self.clock()
+        for job_id in job_ids:
+
+            def cancel_it(r: JobRecord) -> JobRecord | None:
+                if not (r.state.pending or r.state == JobState.SUBMITTED) or self.admission.admits(r):
+                    return None
+                return lifecycle.finish(r, JobState.CANCELLED, now, exit_code=None, reason=NOT_ADMITTED)
+
+            result = await self.store.update(job_id, cancel_it)
+            if result is None:
+                continue
+            before, after = result
+            # an audit line: who it claims to be from, which queue; never its spec
+            admission_log.error(
+                "a job record the submission service did not admit was cancelled",
+                extra={
+                    "job_id": job_id,
+                    "queue": before.spec.queue,
+                    "priority": before.spec.priority,
+                    "claimed_submitted_by": before.submitted_by,
+                    "signed": before.admission is not None,
+                },
+            )
+            cancelled = JobCancelled(
+                job_id=job_id, attempt=after.attempt, reason=NOT_ADMITTED, by="scheduler"
+            )
+            await self._publish(job_id, [self.events.outgoing(cancelled)])
 
     async def _stop_and_requeue(
         self,

@@ -15,6 +15,7 @@ from trainyard_contracts import (
 )
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import ExecutorHeartbeat
+from trainyard_scheduler.admission import AdmissionGate
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_scheduler.unconfirmed import Unconfirmed
 from trainyard_shared.executors import ExecutorDirectory
@@ -37,8 +38,12 @@ class SchedulerParts:
         clock: Callable[[], datetime] = utcnow,
         may_assign: Callable[[], bool] = lambda: True,
         queue_configs: Callable[[], tuple[QueueConfig, ...]] = tuple,
+        admission: AdmissionGate | None = None,
     ) -> None:
         self.queue_configs = queue_configs
+        # only what the submission service admitted is placed (admission.py)
+        self.admission = admission or AdmissionGate(None)
+        self.unadmitted: set[str] = set()  # waiting records the last snapshot left out
         self.store = store
         self.view = view
         self.events = events

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge
 
 from trainyard_contracts import JobRecord, JobState
+from trainyard_scheduler.admission import AdmissionGate
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.leader import LeaderLease, Listener
 from trainyard_scheduler.planning import PlanningLoop, PublishCycle
@@ -23,6 +25,8 @@ from trainyard_shared.jobview import JobView
 from trainyard_shared.publishing import CommandSender, EventPublisher, publish_acked
 from trainyard_shared.queueview import QueueView
 from trainyard_shared.settings import CommonSettings
+
+log = logging.getLogger("trainyard.scheduler")
 
 
 @dataclass
@@ -83,6 +87,16 @@ def wakes_planner(before: JobRecord | None, after: JobRecord) -> bool:
     )
 
 
+def admission_gate(common: CommonSettings) -> AdmissionGate:
+    key = common.admission_key_bytes
+    if key is None:
+        log.warning(
+            "no admission key (TRAINYARD_ADMISSION_KEY): job records are placed without checking "
+            "that the submission service admitted them (docs/security.md)"
+        )
+    return AdmissionGate(key)
+
+
 def cycle_publisher(
     sb: ServiceBroker, settings: SchedulerSettings, lease: LeaderLease, core: SchedulerCore
 ) -> PublishCycle:
@@ -140,6 +154,7 @@ async def build_runtime(
         settings,
         may_assign=lambda: lease.is_leader,
         queue_configs=queue_view.configs,
+        admission=admission_gate(common),
     )
     planning = PlanningLoop(core, lease, settings, wake, cycle_publisher(sb, settings, lease, core))
     return SchedulerRuntime(sb.registry, core, view, queue_view, lease, directory, planning)

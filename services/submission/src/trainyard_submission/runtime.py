@@ -92,6 +92,7 @@ async def build_runtime(
         models_reader=BucketReader(js, names.models),
         workdirs=workdirs,
         executors=executor_directory,
+        admission_key=common.admission_key_bytes,
     )
     executors = BucketReader(js, names.executors)
     return SubmissionRuntime(service, tokens, queues, queue_view, workdirs, purger, js, executors)

@@ -29,6 +29,7 @@ from trainyard_contracts import (
     parse_spec,
 )
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.admission import signed
 from trainyard_contracts.jobsecrets import split_secrets
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.gitpolicy import GitPolicy, GitSettings
@@ -84,6 +85,7 @@ class SubmissionService:
         git_policy: GitPolicy | None = None,
         workdirs: WorkdirStore | None = None,
         executors: ExecutorDirectory | None = None,
+        admission_key: bytes | None = None,
     ) -> None:
         self.store = store
         self.jobs_reader = jobs_reader
@@ -101,6 +103,8 @@ class SubmissionService:
         self.executors = executors
         # a job's secret values go here, not into its record (jobsecrets.py)
         self.secrets = secrets
+        # what it admits is signed; the scheduler places only what verifies (admission.py)
+        self.admission_key = admission_key
 
     async def submit(
         self,
@@ -148,6 +152,8 @@ class SubmissionService:
                     "idempotency_slot": idempotency_slot,
                 }
             )
+            if self.admission_key is not None:
+                record = signed(record, self.admission_key)
             try:
                 await self.store.create(record)
             except RecordExists:

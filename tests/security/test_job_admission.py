@@ -1,0 +1,164 @@
+"""Only what the submission service admitted is placed: a job record written with an executor's
+NATS credentials (which may still write job records, docs/security.md) never runs.
+
+Submission, scheduler and executor run in this process against a real nats-server started with the
+deployed users (deploy/nats), each connected as its own user; the submission service and the
+scheduler hold the admission key, the executor does not. The forger is a plain nats-py client
+logged in as the executor's user: what a stolen executor password, or a job that reached the
+executor's credentials, can do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from trainyard_contracts import JobRecord, JobSpec, Subjects, lifecycle, new_job_id
+from trainyard_contracts._time import utcnow
+from trainyard_executor.app import create_app as executor_app
+from trainyard_executor.settings import ExecutorSettings
+from trainyard_scheduler.admission import NOT_ADMITTED
+from trainyard_scheduler.app import create_app as scheduler_app
+from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_shared.settings import CommonSettings
+from trainyard_shared.testing.helpers import eventually, running
+from trainyard_submission.app import create_app as submission_app
+from trainyard_submission.settings import SubmissionSettings
+
+from ..deploy.natsconf import inbox_of, password_for, provisioned, secured_server
+
+pytestmark = [pytest.mark.security, pytest.mark.service, pytest.mark.local]
+
+S = Subjects("trainyard")
+TOKEN = "admission-test-token-0123456789"
+KEY = "admission-test-key-not-for-executors"
+EXECUTOR = "exec-auth"
+FORGER = f"executor-{EXECUTOR}"
+
+
+def as_user(url: str, user: str, data: Path, *, key: str | None = None) -> CommonSettings:
+    return CommonSettings(
+        nats_url=url,
+        nats_user=user,
+        nats_password=password_for(user),
+        prefix="trainyard",
+        data_dir=data,
+        log_format="text",
+        admission_key=key,
+    )
+
+
+@contextlib.asynccontextmanager
+async def stack(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    with secured_server(tmp_path / "store") as server:
+        await provisioned(server)
+        data = tmp_path / "data"
+        api = submission_app(
+            as_user(server.url, "submission", data, key=KEY), SubmissionSettings(token=TOKEN)
+        )
+        scheduler = scheduler_app(
+            as_user(server.url, "scheduler", data, key=KEY),
+            SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1),
+        )
+        executor = executor_app(
+            as_user(server.url, FORGER, data),
+            ExecutorSettings(id=EXECUTOR, cpu=1, memory=2048, gpu=0, heartbeat_seconds=0.5, grace_seconds=2),
+        )
+        forger = await nats.connect(
+            server.url, user=FORGER, password=password_for(FORGER), inbox_prefix=inbox_of(FORGER)
+        )
+        try:
+            async with api.router.lifespan_context(api), running(scheduler), running(executor):
+                transport = httpx.ASGITransport(app=api)
+                headers = {"Authorization": f"Bearer {TOKEN}"}
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://api", headers=headers
+                ) as http:
+                    yield http, await forger.jetstream().key_value(S.buckets.jobs)
+        finally:
+            await forger.close()
+
+
+async def record_of(jobs_kv: Any, job_id: str) -> tuple[JobRecord, int]:
+    entry = await jobs_kv.get(job_id)
+    return JobRecord.model_validate_json(entry.value), entry.revision
+
+
+async def ended(jobs_kv: Any, job_id: str, timeout: float = 60) -> JobRecord:
+    async def probe() -> JobRecord | None:
+        record, _ = await record_of(jobs_kv, job_id)
+        return record if record.state.terminal else None
+
+    return await eventually(probe, timeout, f"job {job_id} ended")
+
+
+def marker_job(marker: Path) -> list[str]:
+    return [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ran')"]
+
+
+async def test_a_record_written_with_executor_credentials_is_cancelled_and_never_runs(tmp_path):
+    marker = tmp_path / "forged-ran"
+    async with stack(tmp_path) as (http, jobs_kv):
+        # an admitted job runs: the signature the submission service wrote verifies
+        response = await http.post(
+            "/v1/jobs", json={"name": "fine", "command": [sys.executable, "-c", "pass"]}
+        )
+        assert response.status_code == 201, response.text
+        fine = await ended(jobs_kv, response.json()["job_id"])
+        assert (
+            fine.state.value == "succeeded" and fine.admission and fine.admission.startswith("hmac-sha256:")
+        )
+
+        # the executor's user may write the jobs bucket: it creates a job past admission, at a
+        # priority no queue allows, and with a signature of its own making
+        spec = JobSpec(name="forged", command=marker_job(marker), priority=1000)
+        unsigned = lifecycle.new_record(new_job_id(), spec, utcnow(), "admin")
+        guessed = unsigned.model_copy(update={"job_id": new_job_id(), "admission": "hmac-sha256:" + "0" * 64})
+        for forged in (unsigned, guessed):
+            await jobs_kv.create(forged.job_id, forged.model_dump_json().encode())
+        for forged in (unsigned, guessed):
+            record = await ended(jobs_kv, forged.job_id)
+            assert record.state.value == "cancelled" and record.reason == NOT_ADMITTED
+            assert record.executor_id is None
+            assert all(a.scheduled_at is None and a.started_at is None for a in record.attempts)
+    assert not marker.exists()
+
+
+async def test_a_waiting_jobs_spec_rewritten_after_admission_is_cancelled_not_run(tmp_path):
+    marker = tmp_path / "rewritten-ran"
+    async with stack(tmp_path) as (http, jobs_kv):
+        # the only CPU is held, so the second job waits in the queue
+        blocker = (
+            await http.post(
+                "/v1/jobs", json={"name": "hold", "command": ["sleep", "60"], "resources": {"cpu": 1}}
+            )
+        ).json()["job_id"]
+        waiting = (
+            await http.post("/v1/jobs", json={"name": "wait", "command": ["true"], "resources": {"cpu": 1}})
+        ).json()["job_id"]
+
+        async def queued_behind_the_blocker() -> JobRecord | None:
+            held, _ = await record_of(jobs_kv, blocker)
+            record, _ = await record_of(jobs_kv, waiting)
+            return record if held.state.value == "running" and record.state.value == "queued" else None
+
+        await eventually(queued_behind_the_blocker, 60, "a job queued behind a running one")
+        # the forger keeps the signature and swaps the command (compare-and-set, as a service would)
+        record, revision = await record_of(jobs_kv, waiting)
+        rewritten = record.model_copy(
+            update={"spec": record.spec.model_copy(update={"command": marker_job(marker)})}
+        )
+        await jobs_kv.update(waiting, rewritten.model_dump_json().encode(), last=revision)
+
+        record = await ended(jobs_kv, waiting)
+        assert record.state.value == "cancelled" and record.reason == NOT_ADMITTED
+        assert (await http.post(f"/v1/jobs/{blocker}/cancel")).status_code in (200, 202)
+        assert (await ended(jobs_kv, blocker)).state.value == "cancelled"
+    assert not marker.exists()
