@@ -162,3 +162,28 @@ async def test_a_waiting_jobs_spec_rewritten_after_admission_is_cancelled_not_ru
         assert (await http.post(f"/v1/jobs/{blocker}/cancel")).status_code in (200, 202)
         assert (await ended(jobs_kv, blocker)).state.value == "cancelled"
     assert not marker.exists()
+
+
+async def test_an_admitted_job_with_a_secret_that_fails_once_is_retried_and_succeeds(tmp_path):
+    """The signature covers what was admitted, not what moves: a retry (the executor writes
+    ``requeued``, the scheduler places the next attempt) still verifies, and so does a spec whose
+    secret value lives in the secrets bucket (the record holds ``***``, as signed)."""
+    first = tmp_path / "first-attempt-done"
+    code = (
+        "import os, sys; from pathlib import Path; p = Path(sys.argv[1]); "
+        "assert os.environ['DB_PASSWORD'] == 'pw-admitted'; "
+        "sys.exit(0) if p.exists() else (p.write_text('1'), sys.exit(3))"
+    )
+    spec = {
+        "name": "retried",
+        "command": [sys.executable, "-c", code, str(first)],
+        "env": {"DB_PASSWORD": "pw-admitted"},
+        "secret_env": ["DB_PASSWORD"],
+        "retries": {"limit": 2, "backoff": 0},
+    }
+    async with stack(tmp_path) as (http, jobs_kv):
+        response = await http.post("/v1/jobs", json=spec)
+        assert response.status_code == 201, response.text
+        record = await ended(jobs_kv, response.json()["job_id"])
+        assert record.state.value == "succeeded", record.reason
+        assert record.attempt == 2 and record.spec.env["DB_PASSWORD"] == "***"
