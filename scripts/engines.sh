@@ -44,7 +44,7 @@ wait_for() {  # wait_for SECONDS WHAT CMD...: poll until CMD succeeds
 if [[ " $ENGINES " == *" docker "* ]]; then
     if ! docker info >/dev/null 2>&1; then
         echo "== starting dockerd (log: $LOGDIR/dockerd.log)"
-        nohup dockerd >"$LOGDIR/dockerd.log" 2>&1 &
+        (cd / && exec nohup dockerd >"$LOGDIR/dockerd.log" 2>&1) &  # from /, as podman below
         wait_for 60 dockerd docker info
     fi
     echo "docker: $(docker version --format '{{.Server.Version}}')"
@@ -54,7 +54,9 @@ if [[ " $ENGINES " == *" podman "* ]]; then
     if ! curl -sf --unix-socket "$PODMAN_SOCK" http://d/_ping >/dev/null 2>&1; then
         echo "== starting podman system service on $PODMAN_SOCK (log: $LOGDIR/podman.log)"
         mkdir -p "$(dirname "$PODMAN_SOCK")"
-        nohup podman system service --time=0 "unix://$PODMAN_SOCK" >"$LOGDIR/podman.log" 2>&1 &
+        # started from /: conmon inherits the service's working directory and fails every container
+        # ("Failed to get working directory") once the clone it was started from is removed
+        (cd / && exec nohup podman system service --time=0 "unix://$PODMAN_SOCK" >"$LOGDIR/podman.log" 2>&1) &
         wait_for 60 "podman service" curl -sf --unix-socket "$PODMAN_SOCK" http://d/_ping
     fi
     echo "podman: $(podman version --format '{{.Server.Version}}' 2>/dev/null || podman --version)"
