@@ -86,8 +86,16 @@ def _free_block(size: int) -> int:
 def _children(pid: int) -> dict[int, str]:
     found = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        # a thread (or a child) may end between the listing and the read: what is gone is no child
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except FileNotFoundError:
+                continue
             found[int(child)] = cmdline
     return found
 
