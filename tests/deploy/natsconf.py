@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from trainyard_shared.natsserver import NatsServer
 
@@ -98,4 +99,19 @@ async def provisioned(server: NatsServer, prefix: str = "trainyard") -> None:
         CommonSettings(
             nats_url=server.url, nats_user="admin", nats_password=password_for("admin"), prefix=prefix
         )
+    )
+
+
+def as_user(server_url: str, user: str, data: Path, *, key: str | None = None) -> Any:
+    from trainyard_shared.settings import CommonSettings
+
+    """``user``'s settings; ``key``: the admission key (the submission service and scheduler only)."""
+    return CommonSettings(
+        nats_url=server_url,
+        nats_user=user,
+        nats_password=password_for(user),
+        prefix="trainyard",
+        data_dir=data,
+        log_format="text",
+        admission_key=key,
     )

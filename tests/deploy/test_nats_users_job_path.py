@@ -31,30 +31,18 @@ from trainyard_registry.app import create_app as registry_app
 from trainyard_registry.settings import RegistrySettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
-from trainyard_shared.settings import CommonSettings
 from trainyard_shared.testing.helpers import eventually, running
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_telemetry.app import create_app as telemetry_app
 
-from .natsconf import inbox_of, password_for, provisioned, secured_server, violations
+from .natsconf import as_user, inbox_of, password_for, provisioned, secured_server, violations
 
 pytestmark = [pytest.mark.nats_auth, pytest.mark.service, pytest.mark.local]
 
 S = Subjects("trainyard")
 TOKEN = "nats-users-token-0123456789"
 PY = sys.executable
-
-
-def as_user(server_url: str, user: str, data: Path) -> CommonSettings:
-    return CommonSettings(
-        nats_url=server_url,
-        nats_user=user,
-        nats_password=password_for(user),
-        prefix="trainyard",
-        data_dir=data,
-        log_format="text",
-    )
 
 
 @contextlib.asynccontextmanager

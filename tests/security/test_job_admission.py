@@ -27,12 +27,11 @@ from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.admission import NOT_ADMITTED
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
-from trainyard_shared.settings import CommonSettings
 from trainyard_shared.testing.helpers import eventually, running
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
 
-from ..deploy.natsconf import inbox_of, password_for, provisioned, secured_server
+from ..deploy.natsconf import as_user, inbox_of, password_for, provisioned, secured_server
 
 pytestmark = [pytest.mark.security, pytest.mark.service, pytest.mark.local]
 
@@ -41,18 +40,6 @@ TOKEN = "admission-test-token-0123456789"
 KEY = "admission-test-key-not-for-executors"
 EXECUTOR = "exec-auth"
 FORGER = f"executor-{EXECUTOR}"
-
-
-def as_user(url: str, user: str, data: Path, *, key: str | None = None) -> CommonSettings:
-    return CommonSettings(
-        nats_url=url,
-        nats_user=user,
-        nats_password=password_for(user),
-        prefix="trainyard",
-        data_dir=data,
-        log_format="text",
-        admission_key=key,
-    )
 
 
 @contextlib.asynccontextmanager
