@@ -100,6 +100,19 @@ def _children(pid: int) -> dict[int, str]:
     return found
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stops a `trainyard up` a failed test left running: SIGTERM first, so it stops its
+    services (a SIGKILL would orphan nats-server and the six services), SIGKILL if it hangs."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _start_up(
     data: Path, api_port: int, nats_port: int, *args: str
 ) -> tuple[subprocess.Popen[str], list[str]]:
@@ -134,9 +147,7 @@ def test_trainyard_up_serves_stops_on_sigterm_and_stops_everything_when_a_servic
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     assert proc.returncode == 0, rest
     assert "Trainyard stopped" in rest
     assert all(_gone(pid) for pid in children)
@@ -152,9 +163,7 @@ def test_trainyard_up_serves_stops_on_sigterm_and_stops_everything_when_a_servic
         os.kill(scheduler, signal.SIGKILL)
         rest, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     assert proc.returncode == 1, rest
     assert "the scheduler service exited" in rest
     assert "Trainyard stopped (a service failed)" in rest

@@ -56,6 +56,9 @@ from trainyard_client.stackprocess import (
     _free_port as _free_port,
 )
 from trainyard_client.stackprocess import (
+    _free_port_besides as _free_port_besides,
+)
+from trainyard_client.stackprocess import (
     _port_in_use as _port_in_use,
 )
 from trainyard_client.stackprocess import (
@@ -126,12 +129,17 @@ class EmbeddedStack:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.host = host
         self.prefix = prefix
-        self.nats_port = nats_port or _free_port(host)
-        self.nats_monitor_port = nats_monitor_port or _free_port(host)
+        # the ports asked for first, then free ones that are none of them: a free port is only
+        # free until somebody listens, and a random monitor port once fell on a service's port
+        chosen = [port for port in (nats_port, nats_monitor_port) if port]
+        if api_port:
+            chosen += [api_port + offset for offset in range(len(SERVICES))]
+        self.nats_port = nats_port or _free_port_besides(host, chosen)
+        self.nats_monitor_port = nats_monitor_port or _free_port_besides(host, chosen)
         if api_port:
             ports = [api_port + offset for offset in range(len(SERVICES))]
         else:
-            ports = [_free_port(host) for _ in SERVICES]
+            ports = [_free_port_besides(host, chosen) for _ in SERVICES]
         self.ports: dict[str, int] = dict(zip(SERVICES, ports, strict=True))
         self.executor_cpu = executor_cpu
         self.executor_memory = executor_memory

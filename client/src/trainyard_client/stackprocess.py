@@ -62,6 +62,17 @@ def _free_port(host: str) -> int:
     return free_port(host)
 
 
+def _free_port_besides(host: str, chosen: list[int]) -> int:
+    """A free port that is none of ``chosen`` (ports promised but not listened on yet), which it
+    joins."""
+    for _ in range(100):
+        port = _free_port(host)
+        if port not in chosen:
+            chosen.append(port)
+            return port
+    raise StackError(f"no free port on {host} besides {len(chosen)} already chosen")
+
+
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
