@@ -69,6 +69,8 @@ class NatsServer:
         self.host = host
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
+        while not monitor_port and self.monitor_port == self.port:  # not listened on yet: pick again
+            self.monitor_port = free_port()
         self.config_file = config_file
         self.log_file = log_file
         self.max_file_store = max_file_store
