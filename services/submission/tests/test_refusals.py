@@ -86,12 +86,14 @@ async def test_a_spec_no_executor_could_hold_is_refused_with_the_largest_offer(a
 
     await eventually(both_seen, 10, "the submission service seeing both executors")
 
-    too_big = await api.post("/v1/jobs", json=spec(resources={"cpu": 64, "memory": "16Gi"}), headers=AUTH)
-    assert too_big.status_code == 422, too_big.text
-    errors = {e["field"]: e["message"] for e in too_big.json()["errors"]}
-    assert set(errors) == {"resources.cpu", "resources.memory"}
-    assert "the largest has 2 (2 executor(s) online)" in errors["resources.cpu"]
-    assert "the largest has 8192 MiB" in errors["resources.memory"]
+    # the dry run refuses it as the submit does (it used to say "would wait: too_large")
+    for route in ("/v1/jobs/dry-run", "/v1/jobs"):
+        too_big = await api.post(route, json=spec(resources={"cpu": 64, "memory": "16Gi"}), headers=AUTH)
+        assert too_big.status_code == 422, too_big.text
+        errors = {e["field"]: e["message"] for e in too_big.json()["errors"]}
+        assert set(errors) == {"resources.cpu", "resources.memory"}
+        assert "the largest has 2 (2 executor(s) online)" in errors["resources.cpu"]
+        assert "the largest has 8192 MiB" in errors["resources.memory"]
 
     # each resource fits some executor, but no one executor holds them together
     apart = await api.post("/v1/jobs", json=spec(resources={"cpu": 2, "gpu": 1}), headers=AUTH)

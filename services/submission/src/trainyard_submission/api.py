@@ -30,7 +30,6 @@ from trainyard_contracts import (
     SpecError,
     WhyAnswer,
     WhyRequest,
-    parse_spec,
 )
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.spec import DIGEST_PATTERN, QUEUE_PATTERN, QueueName, capped_errors, field_errors
@@ -40,10 +39,8 @@ from trainyard_submission.access import (
     check_admin,
     check_job,
     check_list,
-    check_submit,
     mask_values,
     may_read_model,
-    place_spec,
     public_record,
 )
 from trainyard_submission.arrayjobs import array_request
@@ -365,10 +362,10 @@ def add_submit_routes(router: APIRouter, deps: RouteDeps) -> None:
     async def dry_run(request: Request, caller: Caller) -> JSONResponse:
         body = await deps.read_body(request)
         try:
-            spec = place_spec(caller, parse_spec(body))
-            check_submit(caller, spec, await deps.queues().require(spec.queue))
+            spec = await deps.service().admissible(body, caller)
         except QueueRefused as exc:
-            raise Problem(403, "forbidden", exc.detail, queue=exc.queue) from exc
+            errors = [e.model_dump() for e in exc.errors]
+            raise Problem(403, "forbidden", exc.detail, queue=exc.queue, errors=errors) from exc
         except SpecError as exc:
             errors = [e.model_dump() for e in exc.errors]
             raise Problem(422, "invalid job spec", str(exc), errors=errors) from exc

@@ -118,14 +118,7 @@ class SubmissionService:
         Raises SpecError (ShellRefused when the queue does not take ``shell: true``), Forbidden, or
         IdempotencyConflict when the slot already holds a job with a different spec.
         """
-        spec = place_spec(principal, parse_spec(document))
-        queue = await self.queues.require(spec.queue) if self.queues else builtin(spec.queue)
-        check_submit(principal, spec, queue)
-        await self.check_fits(spec)
-        if spec.workdir is not None:
-            if self.workdirs is None:
-                raise SpecError([FieldError(field="workdir", message="this installation stores no workdirs")])
-            await self.workdirs.check_spec(spec)
+        spec = await self.admissible(document, principal)
         job_id = new_job_id()
         if idempotency_slot is not None:
             try:
@@ -174,6 +167,21 @@ class SubmissionService:
                     extra={"job_id": job_id, "error": type(exc).__name__},
                 )
         return Submitted(job_id, record, duplicate=False)
+
+    async def admissible(self, document: str | bytes, principal: Principal | None) -> JobSpec:
+        """The spec as it would be stored, after every check a submission passes before it is
+        (the dry run runs the same ones, so it never says "would start" where a submit is refused).
+
+        Raises SpecError, ShellRefused or Forbidden."""
+        spec = place_spec(principal, parse_spec(document))
+        queue = await self.queues.require(spec.queue) if self.queues else builtin(spec.queue)
+        check_submit(principal, spec, queue)
+        await self.check_fits(spec)
+        if spec.workdir is not None:
+            if self.workdirs is None:
+                raise SpecError([FieldError(field="workdir", message="this installation stores no workdirs")])
+            await self.workdirs.check_spec(spec)
+        return spec
 
     async def check_fits(self, spec: JobSpec) -> None:
         """Raise SpecError when no online executor could ever hold one replica of ``spec``."""
