@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from trainyard_client import cli
-from trainyard_client.cli.base import api_errors, settings, styled
-from trainyard_client.cli.output import Output, OutputOption, print_data
+from trainyard_client.cli.base import styled
+from trainyard_client.cli.output import Output
+from trainyard_client.cli.records import add_named_command, print_one
 
-array = typer.Typer(help="Job arrays: one spec, N jobs (docs/workflows.md).", no_args_is_help=True)
+array: typer.Typer = typer.Typer(
+    help="Job arrays: one spec, N jobs (docs/workflows.md).", no_args_is_help=True
+)
 ARRAY = typer.Argument(metavar="ARRAY", help="the array id")
 
 
@@ -37,32 +39,32 @@ def is_array(submitted: Any) -> bool:
 
 
 def show_array(status: Any, fmt: Output) -> None:
-    if fmt in (Output.JSON, Output.YAML):
-        print_data({"kind": "array", **status.model_dump(mode="json")}, fmt)
-        return
-    if fmt == Output.NAME:
-        cli.out.print(status.array_id)
-        return
+    data = {"kind": "array", **status.model_dump(mode="json")}
+    print_one(fmt, data, status.array_id, lambda: _summary(status))
+
+
+def _summary(status: Any) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in status.counts.items() if n)
-    cli.out.print(
+    line = (
         f"array [bold]{status.array_id}[/] {status.name} [{status.array}] {styled(status.state.value)}: "
         f"{status.count} jobs ({counts})"
     )
-    if status.reason:
-        cli.out.print(f"  {status.reason}")
+    return f"{line}\n  {status.reason}" if status.reason else line
 
 
-@array.command("status")
-def status(ctx: typer.Context, array_id: Annotated[str, ARRAY], output: OutputOption = Output.TABLE) -> None:
-    """An array's jobs counted per state."""
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        show_array(client.array(array_id), output)
-
-
-@array.command("cancel")
-def cancel(ctx: typer.Context, array_id: Annotated[str, ARRAY], output: OutputOption = Output.TABLE) -> None:
-    """Cancel every job of the array; no more start."""
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        show_array(client.cancel_array(array_id), output)
+add_named_command(
+    array,
+    "status",
+    ARRAY,
+    "An array's jobs counted per state.",
+    lambda c, array_id: c.array(array_id),
+    show_array,
+)
+add_named_command(
+    array,
+    "cancel",
+    ARRAY,
+    "Cancel every job of the array; no more start.",
+    lambda client, array_id: client.cancel_array(array_id),
+    show_array,
+)

@@ -8,29 +8,24 @@ from typing import Annotated, Any
 
 import typer
 
-from trainyard_client import cli
-from trainyard_client.cli.base import EXIT_INVALID, EXIT_JOB_FAILED, api_errors, fail, settings, styled
-from trainyard_client.cli.output import Output, OutputOption, print_data
+from trainyard_client.cli.base import EXIT_INVALID, EXIT_JOB_FAILED, api_errors, settings, styled
+from trainyard_client.cli.output import Output, OutputOption
+from trainyard_client.cli.records import add_list_command, add_named_command, print_one, read_text
 
-pipeline = typer.Typer(help="Pipelines: DAGs of job steps (docs/workflows.md).", no_args_is_help=True)
+pipeline: typer.Typer = typer.Typer(
+    help="Pipelines: DAGs of job steps (docs/workflows.md).", no_args_is_help=True
+)
 RUN = typer.Argument(metavar="RUN", help="the run id")
 WAIT_POLL_SECONDS = 1.0
 
 
 def _read_pipeline(file: Path, assignments: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The document and the -p values, both checked here first: errors name the field at once."""
-    from rich.markup import escape
-
     from trainyard_client.cli.base import print_field_errors
     from trainyard_contracts import SpecError, parse_spec_document
     from trainyard_contracts.workflow import parse_param_assignments, validate_pipeline
 
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        fail(
-            f"[bold red]cannot read {escape(str(file))}[/]: {escape(exc.strerror or str(exc))}", EXIT_INVALID
-        )
+    text = read_text(file)
     try:
         document = parse_spec_document(text)
         params = parse_param_assignments(assignments)
@@ -42,12 +37,10 @@ def _read_pipeline(file: Path, assignments: list[str]) -> tuple[dict[str, Any], 
 
 
 def _show(run: Any, fmt: Output) -> None:
-    if fmt in (Output.JSON, Output.YAML):
-        print_data(run.model_dump(mode="json"), fmt)
-        return
-    if fmt == Output.NAME:
-        cli.out.print(run.run_id)
-        return
+    print_one(fmt, run.model_dump(mode="json"), run.run_id, lambda: _tree(run))
+
+
+def _tree(run: Any) -> Any:
     from rich.markup import escape
     from rich.tree import Tree
 
@@ -59,7 +52,7 @@ def _show(run: Any, fmt: Output) -> None:
         deps = f" ← {', '.join(step.conditions())}" if step.conditions() else ""
         reason = f" [dim]{escape(state.reason)}[/]" if state.reason else ""
         tree.add(f"{escape(step.name)} {styled(state.state.value)}{deps} [dim]{jobs}{more}[/]{reason}")
-    cli.out.print(tree)
+    return tree
 
 
 @pipeline.command("run")
@@ -85,39 +78,27 @@ def run_pipeline(
         raise typer.Exit(EXIT_JOB_FAILED)
 
 
-@pipeline.command("status")
-def status(ctx: typer.Context, run_id: Annotated[str, RUN], output: OutputOption = Output.TABLE) -> None:
-    """A run's steps, their states and jobs."""
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        _show(client.pipeline(run_id), output)
-
-
-@pipeline.command("list")
-def list_runs(
-    ctx: typer.Context,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
-    output: OutputOption = Output.TABLE,
-) -> None:
-    """Pipeline runs, newest first."""
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        runs = client.pipelines(limit)
-    if output in (Output.JSON, Output.YAML):
-        print_data([run.model_dump(mode="json") for run in runs], output)
-        return
-    for run in runs:
-        if output == Output.NAME:
-            cli.out.print(run.run_id)
-        else:
-            cli.out.print(
-                f"{run.run_id}  {run.spec.name}  {styled(run.state.value)}  {run.created:%Y-%m-%d %H:%M:%S}"
-            )
-
-
-@pipeline.command("cancel")
-def cancel(ctx: typer.Context, run_id: Annotated[str, RUN], output: OutputOption = Output.TABLE) -> None:
-    """Cancel a run: no further step starts."""
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        _show(client.cancel_pipeline(run_id), output)
+add_named_command(
+    pipeline,
+    "status",
+    RUN,
+    "A run's steps, their states and jobs.",
+    lambda c, run_id: c.pipeline(run_id),
+    _show,
+)
+add_list_command(
+    pipeline,
+    "Pipeline runs, newest first.",
+    lambda client, limit: client.pipelines(limit),
+    lambda run: run.run_id,
+    lambda run: f"{run.run_id}  {run.spec.name}  {styled(run.state.value)}  {run.created:%Y-%m-%d %H:%M:%S}",
+    default_limit=50,
+)
+add_named_command(
+    pipeline,
+    "cancel",
+    RUN,
+    "Cancel a run: no further step starts.",
+    lambda client, run_id: client.cancel_pipeline(run_id),
+    _show,
+)

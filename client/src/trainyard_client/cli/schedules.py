@@ -10,34 +10,21 @@ from typing import Annotated, Any
 import typer
 
 from trainyard_client import cli
-from trainyard_client.cli.base import EXIT_INVALID, api_errors, fail, settings
+from trainyard_client.cli.base import EXIT_INVALID, fail
 from trainyard_client.cli.output import Output, OutputOption, print_data
+from trainyard_client.cli.records import (
+    add_delete_command,
+    add_list_command,
+    add_named_command,
+    print_one,
+    read_mapping,
+    show_fetched,
+)
 
-schedule = typer.Typer(
+schedule: typer.Typer = typer.Typer(
     help="Schedules: a pipeline on a cron, in a time zone (docs/workflows.md).", no_args_is_help=True
 )
 NAME = typer.Argument(metavar="NAME", help="the schedule's name")
-
-
-def _read_schedule(file: Path) -> dict[str, Any]:
-    """The document, parsed here (YAML or JSON); its fields are checked by the service (422)."""
-    from rich.markup import escape
-
-    from trainyard_contracts import SpecError, parse_spec_document
-
-    try:
-        document = parse_spec_document(file.read_text())
-    except OSError as exc:
-        fail(
-            f"[bold red]cannot read {escape(str(file))}[/]: {escape(exc.strerror or str(exc))}", EXIT_INVALID
-        )
-    except SpecError as exc:
-        fail(f"[bold red]invalid schedule: {escape(str(file))}[/]: {escape(str(exc))}", EXIT_INVALID)
-    if not isinstance(document, dict):
-        fail(
-            f"[bold red]invalid schedule: {escape(str(file))}[/]: expected a mapping of fields", EXIT_INVALID
-        )
-    return document
 
 
 def _when(value: str, option: str) -> datetime:
@@ -55,13 +42,7 @@ def _when(value: str, option: str) -> datetime:
 
 
 def _show(record: Any, fmt: Output) -> None:
-    if fmt in (Output.JSON, Output.YAML):
-        print_data(record.model_dump(mode="json"), fmt)
-        return
-    if fmt == Output.NAME:
-        cli.out.print(record.spec.name)
-        return
-    cli.out.print(_line(record))
+    print_one(fmt, record.model_dump(mode="json"), record.spec.name, lambda: _line(record))
 
 
 def _line(record: Any) -> str:
@@ -84,65 +65,48 @@ def create(
     output: OutputOption = Output.TABLE,
 ) -> None:
     """Create a schedule; its first run is its first tick from now."""
-    document = _read_schedule(file)
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        _show(client.create_schedule(document), output)
+    document = read_mapping(file, "schedule")
+    show_fetched(ctx, lambda client: client.create_schedule(document), _show, output)
 
 
-@schedule.command("list")
-def list_schedules(
-    ctx: typer.Context,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
-    output: OutputOption = Output.TABLE,
-) -> None:
-    """Schedules, by name."""
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        found = client.schedules(limit)
-    if output in (Output.JSON, Output.YAML):
-        print_data([s.model_dump(mode="json") for s in found], output)
-        return
-    for record in found:
-        cli.out.print(record.spec.name if output == Output.NAME else _line(record))
-
-
-@schedule.command("get")
-def get(ctx: typer.Context, name: Annotated[str, NAME], output: OutputOption = Output.TABLE) -> None:
-    """A schedule: its cron, state, last tick, fired and dropped ticks."""
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        _show(client.schedule(name), output)
-
-
-@schedule.command("suspend")
-def suspend(ctx: typer.Context, name: Annotated[str, NAME], output: OutputOption = Output.TABLE) -> None:
-    """Suspend: ticks are dropped until it is resumed."""
-    _set_suspended(ctx, name, True, output)
-
-
-@schedule.command("resume")
-def resume(ctx: typer.Context, name: Annotated[str, NAME], output: OutputOption = Output.TABLE) -> None:
-    """Resume from now: what the suspension dropped does not fire (backfill starts it)."""
-    _set_suspended(ctx, name, False, output)
-
-
-def _set_suspended(ctx: typer.Context, name: str, suspended: bool, output: Output) -> None:
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        _show(client.suspend_schedule(name) if suspended else client.resume_schedule(name), output)
-
-
-@schedule.command("delete")
-def delete(ctx: typer.Context, name: Annotated[str, NAME], output: OutputOption = Output.TABLE) -> None:
-    """Delete a schedule; the runs it started go on."""
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        client.delete_schedule(name)
-    if output in (Output.JSON, Output.YAML):
-        print_data({"name": name, "deleted": True}, output)
-    else:
-        cli.out.print(name if output == Output.NAME else f"deleted schedule {name}")
+add_list_command(
+    schedule,
+    "Schedules, by name.",
+    lambda client, limit: client.schedules(limit),
+    lambda record: record.spec.name,
+    _line,
+)
+add_named_command(
+    schedule,
+    "get",
+    NAME,
+    "A schedule: its cron, state, last tick, fired and dropped ticks.",
+    lambda client, name: client.schedule(name),
+    _show,
+)
+add_named_command(
+    schedule,
+    "suspend",
+    NAME,
+    "Suspend: ticks are dropped until it is resumed.",
+    lambda client, name: client.suspend_schedule(name),
+    _show,
+)
+add_named_command(
+    schedule,
+    "resume",
+    NAME,
+    "Resume from now: what the suspension dropped does not fire (backfill starts it).",
+    lambda client, name: client.resume_schedule(name),
+    _show,
+)
+add_delete_command(
+    schedule,
+    "schedule",
+    NAME,
+    "Delete a schedule; the runs it started go on.",
+    lambda client, name: client.delete_schedule(name),
+)
 
 
 @schedule.command("backfill")
@@ -155,11 +119,17 @@ def backfill(
 ) -> None:
     """Start the ticks between --from and --to once each (a tick that fired is not started again)."""
     first, last = _when(start, "--from"), _when(end, "--to")
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        run_ids = client.backfill_schedule(name, first, last)
-    if output in (Output.JSON, Output.YAML):
-        print_data({"name": name, "run_ids": run_ids}, output)
+    show_fetched(
+        ctx,
+        lambda client: client.backfill_schedule(name, first, last),
+        lambda run_ids, fmt: _print_run_ids(name, run_ids, fmt),
+        output,
+    )
+
+
+def _print_run_ids(name: str, run_ids: list[str], fmt: Output) -> None:
+    if fmt in (Output.JSON, Output.YAML):
+        print_data({"name": name, "run_ids": run_ids}, fmt)
         return
     for run_id in run_ids:
         cli.out.print(run_id)

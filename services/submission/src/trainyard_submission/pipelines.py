@@ -12,50 +12,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from trainyard_contracts import SpecError
 from trainyard_contracts.runs import PipelineReply, PipelineRequest, PipelineRun
-from trainyard_contracts.schedules import ScheduleReply
 from trainyard_contracts.workflow import RUN_ID_PATTERN, validate_pipeline
 from trainyard_submission.access import QueueRefused, check_submit, place_spec
 from trainyard_submission.api import Caller, Problem, authorised
 from trainyard_submission.service import JobAlreadyFinished, JobNotFound, SubmissionService
 from trainyard_submission.tokens import Principal
-
-WORKFLOW_TIMEOUT_SECONDS = 30.0
-Reply = TypeVar("Reply", PipelineReply, ScheduleReply)
+from trainyard_submission.workflowask import ask_workflow_for, may_see, public, visible_public
 
 
 async def ask_workflow(state: dict[str, Any], kind: str, request: PipelineRequest) -> PipelineReply:
     return await ask_workflow_for(state, kind, request, PipelineReply)
-
-
-async def ask_workflow_for(
-    state: dict[str, Any], kind: str, request: BaseModel, reply_model: type[Reply]
-) -> Reply:
-    """The workflow service's answer; a refusal is raised as its Problem, no answer as a 503."""
-    try:
-        reply = await state["broker"].request(
-            request.model_dump_json().encode(),
-            state["subjects"].workflow_request(kind),
-            timeout=WORKFLOW_TIMEOUT_SECONDS,
-        )
-    except Exception as exc:  # no responder / timeout
-        raise Problem(
-            503, "workflow unavailable", f"the workflow service did not answer: {type(exc).__name__}"
-        ) from exc
-    answer = reply_model.model_validate_json(bytes(reply.body))
-    if not answer.ok:
-        errors = [e.model_dump() for e in answer.errors]
-        detail = "; ".join(f"{e.field}: {e.message}" for e in answer.errors)
-        what = "schedule" if kind.startswith("schedule-") else "pipeline"
-        raise Problem(answer.status, f"{what} request refused", detail, errors=errors)
-    return answer
 
 
 async def visible_reply(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineReply:
@@ -64,7 +37,7 @@ async def visible_reply(state: dict[str, Any], caller: Principal, run_id: str) -
     if not re.match(RUN_ID_PATTERN, run_id):  # no key the bucket could hold
         raise Problem(404, "no such pipeline run", run_id[:100])
     answer = await ask_workflow(state, "status", PipelineRequest(run_id=run_id))
-    if answer.run is None or not _may_see(caller, answer.run):
+    if answer.run is None or not may_see(caller, answer.run.submitted_by):
         raise Problem(404, "no such pipeline run", run_id)
     return answer
 
@@ -97,22 +70,22 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
             raise Problem(422, "invalid request", "pipeline: required field is missing")
         await check_steps(state, caller, body)
         answer = await ask("run", body.model_copy(update={"by": caller.name}))
-        return JSONResponse(_public(answer.run), status_code=201)
+        return JSONResponse(public(answer.run), status_code=201)
 
     @router.get("", summary="pipeline runs, newest first")
     async def list_pipelines(
         caller: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> dict[str, Any]:
         runs = (await ask("list", PipelineRequest(limit=limit))).runs
-        return {"runs": [_public(run) for run in runs if _may_see(caller, run)]}
+        return {"runs": visible_public(caller, runs, lambda run: run.submitted_by)}
 
     @router.get("/{run_id}", summary="a pipeline run: its steps, their jobs and states")
     async def get_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:
-        return _public(await visible_run(state, caller, run_id))
+        return public(await visible_run(state, caller, run_id))
 
     @router.post("/{run_id}/cancel", summary="cancel a pipeline run: no further step starts, its jobs stop")
     async def cancel_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:
-        return _public((await cancel_run(state, caller, run_id)).run)
+        return public((await cancel_run(state, caller, run_id)).run)
 
     return router
 
@@ -138,11 +111,3 @@ async def _cancel_open_jobs(service: SubmissionService, open_job_ids: list[str],
     for job_id in open_job_ids:
         with contextlib.suppress(JobNotFound, JobAlreadyFinished):
             await service.cancel(job_id, by)
-
-
-def _may_see(caller: Principal, run: PipelineRun) -> bool:
-    return caller.admin or run.submitted_by == caller.name
-
-
-def _public(run: PipelineRun | None) -> dict[str, Any]:
-    return run.model_dump(mode="json") if run is not None else {}

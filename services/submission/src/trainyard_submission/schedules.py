@@ -8,7 +8,6 @@ is. A team sees and changes its own schedules only; the admin all of them.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from datetime import datetime
 from typing import Annotated, Any
@@ -21,8 +20,9 @@ from trainyard_contracts.runs import PipelineRequest
 from trainyard_contracts.schedules import ScheduleRecord, ScheduleReply, ScheduleRequest
 from trainyard_contracts.spec import NAME_PATTERN
 from trainyard_submission.api import Caller, Problem, authorised
-from trainyard_submission.pipelines import ask_workflow_for, check_steps
+from trainyard_submission.pipelines import check_steps
 from trainyard_submission.tokens import Principal
+from trainyard_submission.workflowask import ask_workflow_for, json_object, may_see, public, visible_public
 
 
 class BackfillBody(BaseModel):
@@ -38,35 +38,35 @@ def build_schedule_router(state: dict[str, Any]) -> APIRouter:
 
     @router.post("", status_code=201, summary="create a schedule: cron, timezone, concurrency, pipeline")
     async def create_schedule(request: Request, caller: Caller) -> JSONResponse:
-        document = await _json_object(request)
+        document = await json_object(request, "schedule")
         pipeline, params = document.get("pipeline"), document.get("params") or {}
         if isinstance(pipeline, dict) and isinstance(params, dict):
             await check_steps(
                 state, caller, PipelineRequest.model_validate({"pipeline": pipeline, "params": params})
             )
         answer = await ask("create", ScheduleRequest(schedule=document, by=caller.name))
-        return JSONResponse(_public(answer.schedule), status_code=201)
+        return JSONResponse(public(answer.schedule), status_code=201)
 
     @router.get("", summary="schedules, by name")
     async def list_schedules(
         caller: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> dict[str, Any]:
         found = (await ask("list", ScheduleRequest(limit=limit))).schedules or []
-        return {"schedules": [_public(s) for s in found if _may_see(caller, s)]}
+        return {"schedules": visible_public(caller, found, lambda s: s.created_by)}
 
     @router.get("/{name}", summary="a schedule: its spec, last tick, runs and dropped ticks")
     async def get_schedule(name: str, caller: Caller) -> dict[str, Any]:
-        return _public(await _visible(state, caller, name))
+        return public(await _visible(state, caller, name))
 
     @router.post("/{name}/suspend", summary="suspend a schedule: its ticks are dropped until resumed")
     async def suspend_schedule(name: str, caller: Caller) -> dict[str, Any]:
         await _visible(state, caller, name)
-        return _public((await ask("suspend", ScheduleRequest(name=name, by=caller.name))).schedule)
+        return public((await ask("suspend", ScheduleRequest(name=name, by=caller.name))).schedule)
 
     @router.post("/{name}/resume", summary="resume a schedule from now (backfill starts what it missed)")
     async def resume_schedule(name: str, caller: Caller) -> dict[str, Any]:
         await _visible(state, caller, name)
-        return _public((await ask("resume", ScheduleRequest(name=name, by=caller.name))).schedule)
+        return public((await ask("resume", ScheduleRequest(name=name, by=caller.name))).schedule)
 
     @router.delete("/{name}", summary="delete a schedule; the runs it started go on")
     async def delete_schedule(name: str, caller: Caller) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def build_schedule_router(state: dict[str, Any]) -> APIRouter:
         answer = await ask(
             "backfill", ScheduleRequest(name=name, start=body.start, end=body.end, by=caller.name)
         )
-        return {"schedule": _public(answer.schedule), "run_ids": answer.run_ids or []}
+        return {"schedule": public(answer.schedule), "run_ids": answer.run_ids or []}
 
     return router
 
@@ -97,24 +97,6 @@ async def _visible(state: dict[str, Any], caller: Principal, name: str) -> Sched
     if not re.match(NAME_PATTERN, name):
         raise Problem(404, "no such schedule", name[:100])
     record = (await _ask(state, "get", ScheduleRequest(name=name))).schedule
-    if record is None or not _may_see(caller, record):
+    if record is None or not may_see(caller, record.created_by):
         raise Problem(404, "no such schedule", name)
     return record
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        document = json.loads(await request.body())
-    except ValueError as exc:
-        raise Problem(422, "invalid request", f"the body is not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise Problem(422, "invalid request", "expected a schedule document (a JSON object)")
-    return document
-
-
-def _may_see(caller: Principal, record: ScheduleRecord) -> bool:
-    return caller.admin or record.created_by == caller.name
-
-
-def _public(record: ScheduleRecord | None) -> dict[str, Any]:
-    return record.model_dump(mode="json") if record is not None else {}
