@@ -33,6 +33,12 @@ from trainyard_contracts.events import (
     parse_job_event,
 )
 from trainyard_contracts.ids import is_job_id, new_job_id
+from trainyard_contracts.metrics import (
+    METRIC_NAME_PATTERN,
+    MetricPoint,
+    MetricsBatch,
+    metric_name_error,
+)
 from trainyard_contracts.queues import DEFAULT_QUEUE, QueueConfig, Quota
 from trainyard_contracts.records import (
     AttemptInfo,
@@ -81,6 +87,7 @@ __all__ = [
     "DEFAULT_QUEUE",
     "EXECUTOR_COMMAND_ADAPTER",
     "JOB_EVENT_ADAPTER",
+    "METRIC_NAME_PATTERN",
     "TERMINAL_EVENT_TYPES",
     "TERMINAL_STATES",
     "TRANSITIONS",
@@ -117,6 +124,8 @@ __all__ = [
     "JobTimedOut",
     "LogChunk",
     "LogLine",
+    "MetricPoint",
+    "MetricsBatch",
     "ModelRef",
     "ModelRegistered",
     "ModelVersionRecord",
@@ -137,6 +146,7 @@ __all__ = [
     "WhyRequest",
     "can_transition",
     "is_job_id",
+    "metric_name_error",
     "msg_id",
     "new_job_id",
     "parse_job_event",

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 
 from trainyard_contracts.commands import ExecutorCommand
 from trainyard_contracts.events import IntakeReply, JobEvent, LogChunk
+from trainyard_contracts.metrics import MetricsBatch
 from trainyard_contracts.queues import QueueConfig
 from trainyard_contracts.records import ExecutorHeartbeat, JobRecord, ModelVersionRecord
 from trainyard_contracts.runs import PipelineEvent, PipelineReply, PipelineRequest, PipelineRun
@@ -30,6 +31,7 @@ SCHEMAS: dict[str, Any] = {
     "executor-command": ExecutorCommand,
     "executor-heartbeat": ExecutorHeartbeat,
     "log-chunk": LogChunk,
+    "metrics-batch": MetricsBatch,
     "intake-reply": IntakeReply,
     "queue-config": QueueConfig,
     "scheduler-cycle": CycleDecisions,

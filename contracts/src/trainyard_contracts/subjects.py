@@ -24,6 +24,7 @@ class StreamNames:
     dlq: str
     scheduler: str
     pipelines: str
+    metrics: str
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,13 @@ class Subjects:
     def logs_of(self, job_id: str) -> str:
         return f"{self.prefix}.log.{job_id}.*"
 
+    # live training metrics (what a job reports through trainyard.report, batched by its executor)
+    def metrics(self, job_id: str, attempt: int | str) -> str:
+        return f"{self.prefix}.metrics.{job_id}.{attempt}"
+
+    def metrics_of(self, job_id: str = "*") -> str:
+        return f"{self.prefix}.metrics.{job_id}.*" if job_id != "*" else f"{self.prefix}.metrics.>"
+
     # executor commands
     def exec_command(self, executor_id: str, kind: str) -> str:
         return f"{self.prefix}.exec.{executor_id}.{kind}"
@@ -127,6 +135,7 @@ class Subjects:
             dlq=f"{base}_DLQ",
             scheduler=f"{base}_SCHEDULER",
             pipelines=f"{base}_PIPELINES",
+            metrics=f"{base}_METRICS",
         )
 
     @property

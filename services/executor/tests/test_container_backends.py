@@ -411,6 +411,9 @@ def test_container_config_carries_limits_gpus_labels_and_no_host_paths(tmp_path)
         "A": "1",
         "TRAINYARD_OUTPUT_DIR": "/trainyard/work/outputs",
         "TRAINYARD_WORKDIR": "/trainyard/work",
+        # trainyard.report(): the reporter and its file, in the mounted work dir
+        "TRAINYARD_METRICS_FILE": "/trainyard/work/.trainyard-metrics.jsonl",
+        "PYTHONPATH": "/trainyard/work/.trainyard-py",
     }
     assert config["nano_cpus"] == 2_000_000_000  # no more than the engine has
     assert config["mem_limit"] == "6m"  # the engine's minimum

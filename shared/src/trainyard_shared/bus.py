@@ -37,6 +37,7 @@ class Streams:
     dlq: JStream
     scheduler: JStream
     pipelines: JStream
+    metrics: JStream
 
 
 def streams(subjects: Subjects) -> Streams:
@@ -79,6 +80,18 @@ def _job_path_streams(subjects: Subjects, limits: StreamLimits, common: dict[str
             max_msgs_per_subject=limits.logs_max_msgs_per_subject,
             max_msg_size=limits.logs_max_msg_bytes,
             discard=DiscardPolicy.OLD,
+            **common,
+        ),
+        StreamConfig(
+            name=names.metrics,
+            subjects=[subjects.metrics_of()],
+            description="training metrics jobs report (trainyard.report), in batches per attempt",
+            max_age=limits.metrics_max_age_days * DAY,
+            max_bytes=limits.metrics_max_bytes,
+            max_msgs_per_subject=limits.metrics_max_msgs_per_subject,
+            max_msg_size=limits.metrics_max_msg_bytes,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=120.0,
             **common,
         ),
         StreamConfig(

@@ -45,7 +45,7 @@ DURABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "submission": (("intake", "submission-intake"),),
     "scheduler": (("jobs", "scheduler-job-requests"),),
     "registry": (("jobs", "registry-succeeded"),),
-    "telemetry": (("jobs", "telemetry-events"),),
+    "telemetry": (("jobs", "telemetry-events"), ("metrics", "telemetry-metrics")),
     "workflow": (("jobs", "workflow-job-outcomes"),),
 }
 
@@ -71,7 +71,7 @@ KV_READS: dict[str, tuple[str, ...]] = {
 
 # streams a service reads with short-lived pull consumers the server names (the API's logs and
 # dead letters); no durable consumer lives on them
-EPHEMERAL_PULLS: dict[str, tuple[str, ...]] = {"submission": ("logs", "dlq")}
+EPHEMERAL_PULLS: dict[str, tuple[str, ...]] = {"submission": ("logs", "dlq", "metrics")}
 
 
 @dataclass
@@ -261,7 +261,9 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
 
 def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
     """One executor: its own commands (its durable, filtered on ``exec.<id>.*``), its own heartbeat
-    key, the job records and the outcome events (and a look-up of one), its jobs' logs."""
+    key, the job records and the outcome events (and a look-up of one), its jobs' logs and metrics
+    (any job's, as for logs: which executor runs a job is decided at run time, and the server's
+    permissions are static)."""
     perms = _base(executor_user(executor_id), "executor", subjects)
     durable(
         perms,
@@ -271,7 +273,7 @@ def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
     )
     executors = subjects.buckets.executors
     read_bucket(perms, executors)
-    perms.add_publish(f"$KV.{executors}.{executor_id}", f"{subjects.prefix}.log.>")
+    perms.add_publish(f"$KV.{executors}.{executor_id}", f"{subjects.prefix}.log.>", subjects.metrics_of())
     read_objects(perms, subjects.workdirs_bucket)  # the jobs' packed workdirs, read only
     # whether an attempt's end is on the jobs stream (after a restart, an end written but never
     # announced is announced): reading one message, which carries no secret (specs are masked)

@@ -27,6 +27,20 @@ class StreamLimits(BaseSettings):
     logs_max_msg_bytes: int = Field(
         1 * MiB, ge=64 * 1024, description="the largest log chunk the stream stores"
     )
+    metrics_max_bytes: int = Field(
+        1 * GiB, ge=MiB, description="the metrics stream, every job's reported training metrics"
+    )
+    metrics_max_age_days: float = Field(7, gt=0, description="how long reported metrics are kept")
+    metrics_max_msgs_per_subject: int = Field(
+        10_000,
+        ge=10,
+        description="metric batches kept per attempt (one subject each), oldest dropped first: with "
+        "metrics_max_msg_bytes, what one attempt can hold of the stream (10,000 x 64 KiB = 625 MiB "
+        "at most; a batch a second, about 2.8 hours of a job that reports without pause)",
+    )
+    metrics_max_msg_bytes: int = Field(
+        64 * 1024, ge=4096, description="the largest metrics batch the stream stores (executors cut under it)"
+    )
     jobs_max_bytes: int = Field(1 * GiB, ge=MiB, description="the job events stream")
     jobs_max_age_days: float = Field(30, gt=0, description="how long job events are kept")
     dlq_max_bytes: int = Field(256 * MiB, ge=MiB, description="the dead-letter stream")

@@ -23,6 +23,7 @@ from trainyard_executor.core import ExecutorCore
 from trainyard_executor.gpus import DISCOVERING_BACKENDS, advertised_gpus, discover_gpus
 from trainyard_executor.jobenv import local_mlflow_store
 from trainyard_executor.logship import LogShipper
+from trainyard_executor.metricship import MetricsShipper
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.binding import connect_and_bind
@@ -197,6 +198,20 @@ class ExecutorService:
                 settings.log_batch_lines,
                 settings.log_limits(),
             ),
+            metrics=(
+                lambda job_id, attempt, workdir, note: MetricsShipper(
+                    broker,
+                    subjects,
+                    job_id,
+                    attempt,
+                    workdir,
+                    note,
+                    settings.metrics_limits(),
+                    settings.metrics_ship_limits(),
+                )
+            )
+            if settings.metrics_enabled
+            else None,
             settings=settings_for_jobs(settings, backend),
             work_root=data / "executor" / settings.id / "work",
             checkpoint_root=settings.checkpoint_dir or data / "checkpoints",

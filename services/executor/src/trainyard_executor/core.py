@@ -43,7 +43,7 @@ from trainyard_executor.gang import (
 )
 from trainyard_executor.outcomes import event_for, not_started_here, owns
 from trainyard_executor.recording import BROKER_ERRORS
-from trainyard_executor.running import AttemptRunner, LocalAttempt, ShipperFactory
+from trainyard_executor.running import AttemptRunner, LocalAttempt, MetricsFactory, ShipperFactory
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.executors import ExecutorDirectory
@@ -88,8 +88,10 @@ class ExecutorCore(AttemptRunner):
         gpus: list[GpuDevice] | None = None,
         workdirs: WorkdirCache | None = None,
         secrets: SecretStore | None = None,
+        metrics: MetricsFactory | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.workdirs = workdirs
         self.secrets = secrets  # a record with secrets_stored holds *** in place of the values
         # what the backend keeps a job from, as configured: said in every heartbeat

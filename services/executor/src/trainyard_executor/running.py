@@ -31,6 +31,7 @@ from trainyard_executor.gang import (
 )
 from trainyard_executor.jobenv import job_env, plan_gang
 from trainyard_executor.logship import LogShipper
+from trainyard_executor.metricship import MetricsShipper, Note
 from trainyard_executor.outcomes import owns
 from trainyard_executor.recording import BROKER_ERRORS, AttemptRecorder
 from trainyard_executor.workdirs import WorkdirCache
@@ -53,6 +54,7 @@ class LocalAttempt:
     # arrives; the heartbeat loop had that hang in CI)
     over: bool = False
     started: float = field(default_factory=time.monotonic)
+    metrics: MetricsShipper | None = None  # what the job reports (trainyard.report), to the bus
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -61,6 +63,8 @@ class LocalAttempt:
 LAUNCHED_REMEMBERED = 100_000  # attempts this process launched: a half-done start is told apart by it
 
 ShipperFactory = Callable[[str, int], LogShipper]
+MetricsFactory = Callable[[str, int, Path, Note], MetricsShipper]
+"""(job id, attempt, the attempt's work dir on this host, where notes for the job's log go)"""
 
 
 class AttemptRunner(AttemptRecorder):
@@ -69,6 +73,7 @@ class AttemptRunner(AttemptRecorder):
 
     backend: Backend
     shippers: ShipperFactory
+    metrics: MetricsFactory | None  # None: metrics are not read (or the backend shares no work dir)
     work_root: Path
     checkpoint_root: Path
     free_port: Callable[[], int]
@@ -179,6 +184,13 @@ class AttemptRunner(AttemptRecorder):
 
         await self._attend(record, attempt, local, shipper, start)
 
+    def _follow_metrics(self, job_id: str, attempt: int, local: LocalAttempt, shipper: LogShipper) -> None:
+        """Read what the job reports while it runs, on backends whose work dir is on this host."""
+        if self.metrics is None or not getattr(self.backend, "reads_job_metrics", False):
+            return
+        local.metrics = self.metrics(job_id, attempt, self.workdir(job_id, attempt), shipper.system)
+        local.metrics.start()
+
     async def _workdir_archive(self, spec: JobSpec) -> Path | None:
         """The spec's packed workdir fetched to this machine, or None when it names none."""
         if spec.workdir is None or spec.workdir.digest is None:
@@ -210,6 +222,7 @@ class AttemptRunner(AttemptRecorder):
         watch: asyncio.Task[None] | None = None
         try:
             await start()
+            self._follow_metrics(record.job_id, attempt, local, shipper)
             if record.gang is not None and member_of(record, self.me, attempt) is not None:
                 watch = asyncio.create_task(
                     self._watch_gang(record.job_id, attempt, local), name=f"gang-watch-{record.job_id}"
@@ -229,6 +242,8 @@ class AttemptRunner(AttemptRecorder):
             await self._could_not_run(record, attempt, local, shipper, exc)
         finally:
             local.over = True
+            if local.metrics is not None:
+                await local.metrics.stop()
             if watch is not None:
                 watch.cancel()
                 # bounded: a lost cancel ends the watch at its next update or check instead
@@ -244,6 +259,8 @@ class AttemptRunner(AttemptRecorder):
         """Wait for the attempt's end, then record it (or hand the job back on shutdown)."""
         assert local.handle is not None
         outcome = await local.handle.wait()
+        if local.metrics is not None:  # the job's last reports go out before its end is told
+            await local.metrics.stop()
         kind, reason = outcome.kind, outcome.reason
         if kind == "cancelled" and local.cancel_reason:
             reason = local.cancel_reason

@@ -7,6 +7,8 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from trainyard_executor.logbudget import LogLimits
+from trainyard_executor.metricsfile import MetricsLimits
+from trainyard_executor.metricship import ShipLimits
 from trainyard_shared.settings import HttpSettings
 
 DEFAULT_PASSTHROUGH = (
@@ -150,6 +152,37 @@ class ExecutorSettings(HttpSettings):
         description="output held in memory while the logs stream does not take chunks; past it dropped "
         "and counted",
     )
+
+    metrics_enabled: bool = Field(
+        True, description="read what jobs report (trainyard.report) and publish it on the metrics stream"
+    )
+    metrics_flush_seconds: float = Field(
+        1.0, ge=0.05, description="how often a job's metrics file is read and its new points published"
+    )
+    metrics_max_names: int = Field(
+        64, ge=1, le=10_000, description="distinct metric names an attempt may report; more are dropped"
+    )
+    metrics_max_points_per_flush: int = Field(
+        2000, ge=1, description="points published per look at an attempt's file; more are thinned out"
+    )
+    metrics_max_msg_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        description="largest metrics batch (bytes); at most the stream's TRAINYARD_METRICS_MAX_MSG_BYTES",
+    )
+    metrics_max_bytes_per_attempt: int = Field(
+        64 * 1024 * 1024, ge=1024, description="bytes of an attempt's metrics file read at most"
+    )
+
+    def metrics_limits(self) -> MetricsLimits:
+        return MetricsLimits(max_names=self.metrics_max_names, max_bytes=self.metrics_max_bytes_per_attempt)
+
+    def metrics_ship_limits(self) -> ShipLimits:
+        return ShipLimits(
+            flush_seconds=self.metrics_flush_seconds,
+            max_points=self.metrics_max_points_per_flush,
+            max_msg_bytes=self.metrics_max_msg_bytes,
+        )
 
     def log_limits(self) -> LogLimits:
         return LogLimits(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from trainyard_executor.backends.base import AttemptLaunch
 from trainyard_executor.backends.hostpaths import UnsafePath, chown_tree, ensure_dir, open_dir
+from trainyard_executor.backends.jobmetrics import install_reporter
 from trainyard_executor.backends.source import checkout
 from trainyard_executor.backends.workdir import unpack_workdir
 
@@ -83,6 +84,7 @@ def prepare_dirs(
                 os.fchown(out_fd, *owner)
         finally:
             os.close(out_fd)
+        install_reporter(work_fd)  # trainyard.report(): the executor's, readable by the job
         if owner is not None:
             os.fchown(work_fd, *owner)  # the job's scratch space (/trainyard/work)
     if launch.checkpoint_dir is not None:

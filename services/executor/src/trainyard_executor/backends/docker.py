@@ -66,6 +66,7 @@ from trainyard_executor.backends.gang_network import (
 )
 from trainyard_executor.backends.hostpaths import read_in
 from trainyard_executor.backends.isolation import container_isolation
+from trainyard_executor.backends.jobmetrics import metrics_env
 from trainyard_executor.backends.source import SourceError
 from trainyard_executor.backends.threads import in_thread
 from trainyard_executor.backends.workdir import WorkdirError
@@ -149,6 +150,8 @@ def image_missing_reason(image: str) -> str:
 
 class DockerBackend:
     """Attempts as containers on a Docker (or Podman, ``name="podman"``) engine."""
+
+    reads_job_metrics = True  # the work dir is mounted from this host (backends/jobmetrics.py)
 
     def __init__(
         self,
@@ -263,6 +266,7 @@ class DockerBackend:
         env = {k: v for k, v in launch.env.items() if not (k in HOST_ONLY_ENV and k in launch.inherited_env)}
         env["TRAINYARD_OUTPUT_DIR"] = output_dir
         env["TRAINYARD_WORKDIR"] = workdir
+        metrics_env(env, WORK_MOUNT)
         if launch.checkpoint_dir is not None:
             env["TRAINYARD_CHECKPOINT_DIR"] = CHECKPOINTS_MOUNT
         if launch.gang is not None:

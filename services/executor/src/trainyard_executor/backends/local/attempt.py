@@ -35,6 +35,7 @@ from ..cgroups import AttemptCgroup
 from ..cursor import keep_cursor
 from ..devices import rank_devices, visible_devices_env
 from ..jobfiles import PRIVATE_DIR, hand_over, kill_user, open_private, private_dir, take_back
+from ..jobmetrics import install_reporter, metrics_env
 from ..jobusers import RunAsError
 from ..lines import READ_CHUNK, LineSplitter
 from ..runtime_env import RuntimeEnvError
@@ -244,6 +245,7 @@ class LocalAttempt:
                 except WorkdirError as e:
                     return self._outcome("failed", None, str(e))
             self._output_dir.mkdir(parents=True, exist_ok=True)
+            install_reporter(self._workdir)  # trainyard.report(); handed over with the work dir
             if launch.checkpoint_dir is not None:
                 launch.checkpoint_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
             tmp = await asyncio.to_thread(
@@ -270,6 +272,7 @@ class LocalAttempt:
         env["PATH"] = path
         env["TRAINYARD_OUTPUT_DIR"] = str(self._output_dir)
         env["TRAINYARD_WORKDIR"] = str(self._cwd)  # the job's cwd: the checkout when there is one
+        metrics_env(env, str(self._workdir))
         if tmp is not None and ("TMPDIR" not in env or "TMPDIR" in launch.inherited_env):
             env["TMPDIR"] = str(tmp)  # /tmp is shared by every user: a file there is easily read
         return env

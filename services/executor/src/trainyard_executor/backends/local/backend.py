@@ -31,6 +31,7 @@ class LocalBackend:
     """Runs each attempt as a local process group under ``root``."""
 
     name = "local"
+    reads_job_metrics = True  # the job's work dir is on this host (backends/jobmetrics.py)
 
     def __init__(
         self,

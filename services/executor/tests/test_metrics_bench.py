@@ -1,0 +1,61 @@
+"""What trainyard.report costs (``pytest -m bench -s services/executor/tests/test_metrics_bench.py``).
+
+The job's side: ``report()`` calls of the real reporter module. The executor's side: the CPU its
+process spends reading the metrics file, parsing, batching and publishing those reports to a real
+nats-server (the acks awaited), and how many messages that makes. Printed as JSON; no assertion on
+time (the numbers go to docs/insight.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+
+import pytest
+from faststream.nats import NatsBroker
+
+from trainyard_contracts import Subjects
+from trainyard_executor.backends.jobmetrics import REPORTER
+from trainyard_executor.metricship import MetricsShipper
+from trainyard_shared.bus import ensure_streams
+
+pytestmark = [pytest.mark.bench, pytest.mark.insight]
+
+
+async def _note(text: str) -> None:
+    return None
+
+
+@pytest.mark.parametrize("reports", [1000, 10_000])
+async def test_cost_of_reports(nats_server, prefix, tmp_path, monkeypatch, reports):
+    spec = importlib.util.spec_from_file_location("trainyard_reporter_bench", REPORTER)
+    assert spec is not None and spec.loader is not None
+    reporter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reporter)
+    subjects = Subjects(prefix)
+    monkeypatch.setenv("TRAINYARD_METRICS_FILE", str(tmp_path / ".trainyard-metrics.jsonl"))
+    async with NatsBroker(nats_server.url) as broker:
+        await broker.start()
+        await ensure_streams(broker, subjects)
+        shipper = MetricsShipper(broker, subjects, "benchjob", 1, tmp_path, _note)
+        shipper.start()
+        job_cpu = time.process_time()
+        for step in range(reports):
+            reporter.report(step, loss=1.0 / (step + 1), accuracy=step / reports, lr=0.001)
+        job_cpu = time.process_time() - job_cpu
+        executor_cpu = time.process_time()
+        await shipper.stop()  # reads what is left, publishes, waits for the acks
+        executor_cpu = time.process_time() - executor_cpu
+    result = {
+        "reports": reports,
+        "values_per_report": 3,
+        "messages": shipper.published,
+        "points_stored": shipper.points,
+        "job_cpu_ms_per_1000_reports": round(job_cpu * 1000 * 1000 / reports, 2),
+        "executor_cpu_ms_per_1000_reports": round(executor_cpu * 1000 * 1000 / reports, 2),
+    }
+    print(json.dumps(result))
+    # a burst over the rate limit (max_points per look) is thinned, evenly, the last point kept
+    assert 0 < shipper.points <= reports
+    assert shipper.points == reports or reports > shipper.ship.max_points
