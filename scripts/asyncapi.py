@@ -22,7 +22,7 @@ SERVICES = ("scheduler", "executor", "registry", "telemetry", "workflow")
 
 
 def _payloads() -> dict[str, Any]:
-    from trainyard_contracts import ExecutorCommand, JobCancelRequested, JobEvent, JobSucceeded
+    from trainyard_contracts import ExecutorCommand, JobCancelRequested, JobEvent, JobSucceeded, MetricsBatch
 
     return {
         # what each batch consumer's parse reads, by its durable (a pattern); None: raw bytes; a
@@ -32,6 +32,7 @@ def _payloads() -> dict[str, Any]:
         # parse_job_event reads any job event; the consumer's filter subjects deliver this one
         "scheduler-job-requests": {"cancel_requested": JobCancelRequested},
         "telemetry-events": JobEvent,
+        "telemetry-metrics": MetricsBatch,
         "submission-intake": None,  # a job spec as YAML or JSON, parsed by the intake itself
         # parse_job_event reads any job event; the filter subjects deliver these outcomes
         "workflow-job-outcomes": _outcome_models(),

@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from trainyard_client.sdk import TrainyardClient, TrainyardError
 from trainyard_executor.app import create_app as executor_app
-from trainyard_executor.core import free_loopback_port
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_executor.testengines import ENGINE_URLS, IMAGE
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.blobs import digest_of
+from trainyard_shared.testing.helpers import serving_http
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
 
@@ -42,30 +41,13 @@ PY = sys.executable
 
 
 @contextlib.asynccontextmanager
-async def api_on_a_port(app: Any) -> AsyncIterator[str]:
-    port = free_loopback_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(30):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-@contextlib.asynccontextmanager
 async def services(
     nats_server: Any, prefix: str, tmp_path: Path, executor: ExecutorSettings, **api: Any
 ) -> AsyncIterator[TrainyardClient]:
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
     app = submission_app(common, SubmissionSettings(token=TOKEN, port=0, **api))
     scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2))
-    async with api_on_a_port(app) as url, running(scheduler), running(executor_app(common, executor)):
+    async with serving_http(app) as url, running(scheduler), running(executor_app(common, executor)):
         with TrainyardClient(url, TOKEN) as client:
             yield client
 

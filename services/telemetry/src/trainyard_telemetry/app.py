@@ -1,4 +1,5 @@
-"""The telemetry service: every job event into Prometheus metrics; nothing on the job path.
+"""The telemetry service: every job event into Prometheus metrics, and the latest values running jobs
+report (``trainyard.report``); nothing on the job path.
 
 Its consumer is durable, so after a restart it catches up from where it stopped.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
 
-from trainyard_contracts import JobEvent, parse_job_event
+from trainyard_contracts import JobEvent, MetricsBatch, parse_job_event
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
@@ -27,7 +28,7 @@ def create_app(
     settings = settings or TelemetrySettings()
     sb = make_broker(common, "telemetry", tracer_provider=setup_tracing("telemetry"))
     subjects = sb.subjects
-    metrics = JobMetrics(sb.registry)
+    metrics = JobMetrics(sb.registry, live=settings.live_limits())
 
     # five events per job: counting one is cheap, faststream's per-message chain was not
     @batch_consumer(
@@ -44,6 +45,21 @@ def create_app(
     )
     async def on_job_event(event: JobEvent) -> None:
         metrics.observe(event)
+
+    # what running jobs report (trainyard.report): the latest value per job and name, live.py
+    @batch_consumer(
+        sb,
+        subjects.metrics_of(),
+        stream=streams(subjects).metrics,
+        durable="telemetry-metrics",
+        parse=MetricsBatch.model_validate_json,
+        batch=256,
+        linger=0.1,
+        title="telemetry/job-metrics",
+        description="the latest value of each metric a running job reports, as Prometheus gauges",
+    )
+    async def on_metrics(batch: MetricsBatch) -> None:
+        metrics.live.observe(batch)
 
     async def connect() -> None:
         buckets = await connect_and_bind(sb, common)

@@ -11,11 +11,12 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from trainyard_contracts import TERMINAL_EVENT_TYPES, JobEvent, JobState
 from trainyard_telemetry.jobstates import JobStates
+from trainyard_telemetry.live import LiveLimits, LiveMetrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 RUN_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 48 * 3600)
@@ -38,7 +39,9 @@ class _Seen:
 
 
 class JobMetrics:
-    def __init__(self, registry: CollectorRegistry, states: JobStates | None = None):
+    def __init__(
+        self, registry: CollectorRegistry, states: JobStates | None = None, live: LiveLimits | None = None
+    ):
         self.events = Counter("trainyard_job_events", "job events seen, by type", ["type"], registry=registry)
         self.submit_to_start = Histogram(
             "trainyard_job_submit_to_start_seconds",
@@ -57,9 +60,13 @@ class JobMetrics:
         self._seen = _Seen()
         self.states = states if states is not None else JobStates()
         registry.register(_StateCollector(self.states))
+        self.live = LiveMetrics(self.states, live)
+        registry.register(_LiveCollector(self.live))
 
     def observe(self, event: JobEvent) -> bool:
         facts = self.states.apply(event)  # idempotent: only what moves a job forward is taken
+        if event.type in TERMINAL_EVENT_TYPES:
+            self.live.forget(event.job_id)
         if not self._seen.first_time(event.event_id):
             return False
         self.events.labels(event.type).inc()
@@ -90,3 +97,35 @@ class _StateCollector(Collector):
         for name, count in sorted(depth.items()):
             queue.add_metric([name], count)
         yield queue
+
+
+class _LiveCollector(Collector):
+    """What running jobs report (live.py): series only while a job runs."""
+
+    def __init__(self, live: LiveMetrics) -> None:
+        self._live = live
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        values = GaugeMetricFamily(
+            "trainyard_job_metric",
+            "the latest value a running job reported (trainyard.report), by metric name",
+            labels=["job_id", "queue", "name"],
+        )
+        steps = GaugeMetricFamily(
+            "trainyard_job_metric_step", "the latest step a running job reported", labels=["job_id", "queue"]
+        )
+        for job_id, queue, latest in self._live.running():
+            steps.add_metric([job_id, queue], latest.step)
+            for name, (_, value) in sorted(latest.values.items()):
+                values.add_metric([job_id, queue, name], value)
+        yield values
+        yield steps
+        dropped = CounterMetricFamily(
+            "trainyard_job_metric_dropped",
+            "reported values not exposed: names over a job's limit or not allowed, jobs over the limit, "
+            "batches of jobs that ended",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._live.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped

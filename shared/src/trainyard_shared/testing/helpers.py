@@ -11,7 +11,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import nats
 from nats.js.api import DeliverPolicy
@@ -50,6 +50,32 @@ async def running(app: Any, timeout: float = 60.0) -> AsyncIterator[Any]:
         if started is not None:
             await asyncio.wait_for(started.wait(), timeout)
         yield app
+
+
+@contextlib.asynccontextmanager
+async def serving_http(app: Any, lifespan: Literal["auto", "on", "off"] = "auto") -> AsyncIterator[str]:
+    """``app`` (ASGI) served by uvicorn on a free loopback port: its base URL. ``lifespan="off"``
+    for an app already started with :func:`running`."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(30):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 class Bus:

@@ -1,0 +1,56 @@
+"""Telemetry's /metrics, scraped over HTTP: a running job's reported values are gauges while it runs
+and gone after it ends."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from trainyard_contracts import JobSpec
+from trainyard_shared.testing.helpers import eventually, running, serving_http
+from trainyard_telemetry.app import create_app as telemetry_app
+
+from .jobs import PY, executor, scheduler
+
+pytestmark = [pytest.mark.insight, pytest.mark.service, pytest.mark.local]
+
+JOB = (
+    "import os, time, trainyard\n"
+    "trainyard.report(1, loss=0.5)\n"
+    "trainyard.report(2, loss=0.25, accuracy=0.75)\n"
+    "go = os.path.join(os.environ['TRAINYARD_WORKDIR'], 'go')\n"
+    "deadline = time.time() + 60\n"
+    "while not os.path.exists(go) and time.time() < deadline:\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+async def test_a_running_jobs_metrics_are_gauges_until_it_ends(common, bus):
+    telemetry = telemetry_app(common)
+    async with (
+        running(scheduler(common)),
+        running(executor(common)),
+        running(telemetry),
+        serving_http(telemetry, lifespan="off") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        job_id = await bus.submit(JobSpec(name="gauged", command=[PY, "-c", JOB], queue="default"))
+        loss = f'trainyard_job_metric{{job_id="{job_id}",name="loss",queue="default"}} 0.25'
+        accuracy = f'trainyard_job_metric{{job_id="{job_id}",name="accuracy",queue="default"}} 0.75'
+        step = f'trainyard_job_metric_step{{job_id="{job_id}",queue="default"}} 2.0'
+
+        async def scraped_while_running() -> str | None:
+            text = (await http.get("/metrics")).text
+            return text if loss in text else None
+
+        text = await eventually(scraped_while_running, 30, "the job's gauges on /metrics")
+        assert accuracy in text and step in text
+        assert (await bus.record(job_id)).state.value == "running"  # type: ignore[union-attr]
+        workdir = common.resolved_data_dir() / "executor" / "exec-m" / "work" / job_id / "attempt-1"
+        (workdir / "go").touch()
+        await bus.wait_state(job_id, "succeeded")
+
+        async def gone() -> bool:
+            return job_id not in (await http.get("/metrics")).text
+
+        await eventually(gone, 30, "the job's series gone from /metrics after it ended")
