@@ -46,7 +46,7 @@ from trainyard_submission.access import (
 from trainyard_submission.arrayjobs import array_request
 from trainyard_submission.deadletters import DeadLetters, LetterNotFound
 from trainyard_submission.executorlist import list_executors
-from trainyard_submission.logs import read_chunks
+from trainyard_submission.logs import JobOutput
 from trainyard_submission.purge import JobNotFinished, JobPurger
 from trainyard_submission.queuestore import QueueNotFound, QueueStore, RevisionMismatch
 from trainyard_submission.samespec import IdempotencyConflict
@@ -444,22 +444,8 @@ def add_log_routes(router: APIRouter, deps: RouteDeps) -> None:
         record = await deps.job_for(caller, job_id, "read the logs of")
         # a job that prints its own secret: the API does not pass the value on
         secrets = await deps.service().secrets.values(record)
-        js, subjects = deps.state["js"], deps.state["subjects"]
-
-        # the record as last read: read from the bucket only when the log stream has gone quiet
-        # (read_chunks asks at most once per fetch wait), and the end event names its state
-        latest: list[JobRecord | None] = [record]
-
-        async def finished() -> bool:
-            try:
-                now = await deps.service().get(job_id)
-            except JobNotFound:
-                latest[0] = None
-                return True  # removed while followed: nothing more will be written for it
-            latest[0] = now
-            return bool(now.state.terminal)
-
-        chunks = read_chunks(js, subjects, job_id, attempt, follow, finished)
+        output = JobOutput(deps.service(), deps.state["js"], deps.state["subjects"], record)
+        chunks = output.chunks(attempt, follow)
         if not follow:
             lines = [mask_values(line.text, secrets) async for chunk in chunks for line in chunk.lines]
             return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""))
@@ -474,8 +460,7 @@ def add_log_routes(router: APIRouter, deps: RouteDeps) -> None:
                         "time": line.time.isoformat(),
                     }
                     yield {"event": "log", "data": json.dumps(data)}
-            last = latest[0]
-            yield {"event": "end", "data": last.state.value if last else "unknown"}
+            yield {"event": "end", "data": output.end_state()}
 
         return EventSourceResponse(events(), ping=15)
 

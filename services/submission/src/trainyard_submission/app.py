@@ -29,6 +29,7 @@ from trainyard_submission.pipelines import build_pipeline_router
 from trainyard_submission.runtime import SubmissionRuntime, build_runtime
 from trainyard_submission.schedules import build_schedule_router
 from trainyard_submission.settings import SubmissionSettings
+from trainyard_submission.ui import install_ui
 
 
 def build_broker(common: CommonSettings, slot: RuntimeSlot[SubmissionRuntime]) -> ServiceBroker:
@@ -109,6 +110,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     app.include_router(build_schedule_router(state))
     app.include_router(build_array_router(state))
     state["submit_array"] = functools.partial(submit_array, state)
+    install_ui(app, state)  # the web UI under /ui (docs/ui.md)
     install_openapi(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 

@@ -22,7 +22,7 @@ import contextlib
 import heapq
 import logging
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -57,12 +57,43 @@ class RecordHead(BaseModel):
     spec: _SpecHead
 
 
+class Reversed:
+    """A sort key that orders the other way round (the heap keeps the oldest when asked to)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: tuple[datetime, str]) -> None:
+        self.key = key
+
+    def __lt__(self, other: Reversed) -> bool:
+        return other.key < self.key
+
+    def __le__(self, other: Reversed) -> bool:
+        return other.key <= self.key
+
+    def __gt__(self, other: Reversed) -> bool:
+        return other.key > self.key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reversed) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+# (submitted_at, job id), or that wrapped in Reversed: the two never meet in one comparison
+Rank = Any
+
+
 class NewestMatches:
     """The newest ``limit`` records matching ``state``, ``queue`` and ``name`` (None: any) and
     carrying every one of ``labels``, fed raw values.
 
     Newest means the latest ``submitted_at``, then the greatest job id (the order ``GET /jobs``
-    has always answered in). A min-heap of at most ``limit`` entries holds the kept values.
+    has always answered in); ``oldest_first`` turns the order round. ``past`` is a page boundary
+    (``submitted_at``, job id): only records after it in that order are kept (keyset paging: the
+    next page starts past the last row shown). A min-heap of at most ``limit`` entries, ranked so
+    that its top is the first to drop, holds the kept values.
     """
 
     def __init__(
@@ -72,14 +103,21 @@ class NewestMatches:
         limit: int,
         name: str | None = None,
         labels: dict[str, str] | None = None,
+        oldest_first: bool = False,
+        past: tuple[datetime, str] | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.state, self.queue, self.limit = state, queue, limit
         self.name, self.labels = name, dict(labels or {})
-        self._heap: list[tuple[datetime, str, str, bytes]] = []  # (submitted_at, job_id, key, value)
+        self.oldest_first = oldest_first
+        self._past = self._rank(past) if past is not None else None
+        self._heap: list[tuple[Rank, str, bytes]] = []  # (rank, key, value)
         self._revisions: dict[str, int] = {}  # the revision of each key whose value is kept
         self.seen = 0
+
+    def _rank(self, key: tuple[datetime, str]) -> Rank:
+        return Reversed(key) if self.oldest_first else key
 
     def offer(self, key: str, value: bytes, revision: int = 0) -> None:
         self.seen += 1
@@ -95,12 +133,15 @@ class NewestMatches:
             return
         if not self._matches(head):
             return
-        entry = (head.submitted_at, head.job_id, key, value)
+        rank = self._rank((head.submitted_at, head.job_id))
+        if self._past is not None and not rank < self._past:
+            return  # on a page before this one
+        entry = (rank, key, value)
         if len(self._heap) < self.limit:
             heapq.heappush(self._heap, entry)
-        elif entry[:2] > self._heap[0][:2]:
+        elif rank > self._heap[0][0]:
             evicted = heapq.heapreplace(self._heap, entry)
-            self._revisions.pop(evicted[2], None)
+            self._revisions.pop(evicted[1], None)
         else:
             return
         self._revisions[key] = revision
@@ -117,17 +158,18 @@ class NewestMatches:
     def discard(self, key: str) -> None:
         """Forget ``key``'s kept value (a newer value replaces it, or the key was deleted)."""
         if self._revisions.pop(key, None) is not None:
-            self._heap = [entry for entry in self._heap if entry[2] != key]
+            self._heap = [entry for entry in self._heap if entry[1] != key]
             heapq.heapify(self._heap)
 
     def records(self) -> list[JobRecord]:
-        """The kept records, newest first (a value that is not a valid record is left out)."""
+        """The kept records in order, newest first unless ``oldest_first`` (a value that is not a
+        valid record is left out)."""
         rows = []
-        for _, job_id, _, value in sorted(self._heap, key=lambda e: e[:2], reverse=True):
+        for _, key, value in sorted(self._heap, key=lambda e: e[0], reverse=True):
             try:
                 rows.append(JobRecord.model_validate_json(value))
             except ValidationError as exc:
-                log.error("unreadable job record", extra={"job_id": job_id, "error": str(exc)[:500]})
+                log.error("unreadable job record", extra={"job_id": key, "error": str(exc)[:500]})
         return rows
 
 

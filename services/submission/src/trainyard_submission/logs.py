@@ -9,7 +9,8 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from trainyard_contracts import LogChunk, Subjects
+from trainyard_contracts import JobRecord, LogChunk, Subjects
+from trainyard_submission.service import JobNotFound, SubmissionService
 
 
 async def read_chunks(
@@ -51,3 +52,33 @@ async def read_chunks(
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+class JobOutput:
+    """One job's output for a reader (the API's logs route, the UI's log pane): its chunks, once
+    or followed to the end, and the record as last read, so that the end names the job's state.
+
+    The record is read from the bucket only when the log stream has gone quiet (``read_chunks``
+    asks at most once per fetch wait)."""
+
+    def __init__(
+        self, service: SubmissionService, js: JetStreamContext, subjects: Subjects, record: JobRecord
+    ):
+        self.service, self.js, self.subjects = service, js, subjects
+        self.job_id = record.job_id
+        self.latest: JobRecord | None = record  # None: removed while followed
+
+    async def finished(self) -> bool:
+        try:
+            now = await self.service.get(self.job_id)
+        except JobNotFound:
+            self.latest = None
+            return True  # removed while followed: nothing more will be written for it
+        self.latest = now
+        return bool(now.state.terminal)
+
+    def chunks(self, attempt: int | None, follow: bool) -> AsyncIterator[LogChunk]:
+        return read_chunks(self.js, self.subjects, self.job_id, attempt, follow, self.finished)
+
+    def end_state(self) -> str:
+        return self.latest.state.value if self.latest else "unknown"

@@ -236,14 +236,18 @@ class SubmissionService:
         timeout: float = 30.0,
         name: str | None = None,
         labels: dict[str, str] | None = None,
+        oldest_first: bool = False,
+        past: tuple[datetime, str] | None = None,
     ) -> list[JobRecord]:
         """The newest ``limit`` records in ``state``, ``queue`` and ``name`` (None: any) that carry
-        every one of ``labels``, newest first.
+        every one of ``labels``, newest first (``oldest_first``: the oldest, oldest first), after
+        the page boundary ``past`` (``submitted_at``, job id) when one is given.
 
         Reads the bucket on demand (no view follows it: that cost every job four deliveries);
         the cost grows with the number of records stored, see joblist.py.
         """
-        matches = await self.jobs_reader.read(NewestMatches(state, queue, limit, name, labels), timeout)
+        wanted = NewestMatches(state, queue, limit, name, labels, oldest_first=oldest_first, past=past)
+        matches = await self.jobs_reader.read(wanted, timeout)
         return matches.records()
 
     async def models(self, name: str | None) -> builtins.list[ModelVersionRecord]:

@@ -1,0 +1,28 @@
+"""The web UI, served by the submission service under ``/ui`` (docs/ui.md).
+
+Server-rendered Jinja2 pages with htmx (vendored in ``static/``, nothing from a CDN) and
+server-sent events for the live parts. The pages call the same service functions and access rules
+as the JSON API (``api.RouteDeps``, ``access``), never a copy of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from trainyard_submission.ui.pages import SignInRequired, build_ui_router, to_sign_in
+
+STATIC = Path(__file__).parent / "static"
+
+
+def install_ui(app: FastAPI, state: dict[str, Any]) -> None:
+    """Mount the UI's pages and its static files on the submission app."""
+    app.include_router(build_ui_router(state))
+    app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
+    app.add_exception_handler(SignInRequired, to_sign_in)  # type: ignore[arg-type]
+
+
+__all__ = ["install_ui"]

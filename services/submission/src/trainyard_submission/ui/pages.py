@@ -1,0 +1,439 @@
+"""The UI's routes: thin, as the API's are. Each reads the signed-in principal from the session
+cookie, calls what the JSON API calls (``RouteDeps``, the access rules, the service) and renders
+a template. Every POST is a form checked for origin and CSRF token (session.py)."""
+
+from __future__ import annotations
+
+import html
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import yaml
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sse_starlette.sse import EventSourceResponse
+from starlette.datastructures import FormData
+
+from trainyard_contracts import JobRecord, JobState, SpecError, WhyAnswer, WhyRequest
+from trainyard_contracts._time import utcnow
+from trainyard_submission.access import Forbidden, check_list, mask_values
+from trainyard_submission.api import Problem, RouteDeps, forbidden, parse_label_selector
+from trainyard_submission.executorlist import list_executors
+from trainyard_submission.logs import JobOutput
+from trainyard_submission.service import JobAlreadyFinished, JobNotFound, idempotency_slot
+from trainyard_submission.tokens import Principal
+from trainyard_submission.ui.paging import Page, PageRequest, parse_cursor
+from trainyard_submission.ui.session import (
+    COOKIE_PATH,
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    SIGN_IN_COOKIE,
+    SessionCookie,
+    new_session,
+    new_sign_in_nonce,
+    nonce_matches,
+    parse_session,
+    safe_next,
+    same_origin,
+)
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+STATES = [s.value for s in JobState]
+
+# no script or style from anywhere else, no framing; the pages hold a CSRF token and a team's data
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+    "form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class SignInRequired(Exception):
+    """No valid session: the page asked for is shown after sign-in."""
+
+    def __init__(self, next_path: str) -> None:
+        self.next_path = next_path
+
+
+async def to_sign_in(request: Request, exc: SignInRequired) -> Response:
+    url = "/ui/sign-in?" + urlencode({"next": exc.next_path})
+    if request.headers.get("HX-Request"):  # a fragment: htmx follows HX-Redirect, not a 303
+        return Response(status_code=401, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking: the token's principal and the session it signed in with."""
+
+    principal: Principal
+    session: SessionCookie
+
+    @property
+    def csrf(self) -> str:
+        return self.session.csrf()
+
+    @property
+    def who(self) -> str:
+        return "admin" if self.principal.admin else f"team {self.principal.team}"
+
+
+async def viewer(request: Request) -> Viewer:
+    session = parse_session(request.cookies.get(SESSION_COOKIE))
+    principal = None
+    if session is not None:
+        principal = await request.app.state.trainyard["tokens"].authenticate(f"Bearer {session.token}")
+    if session is None or principal is None:
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise SignInRequired(path)
+    return Viewer(principal, session)
+
+
+Viewed = Annotated[Viewer, Depends(viewer)]
+
+
+class FormRefused(Exception):
+    pass
+
+
+async def checked_form(request: Request, seen: Viewer) -> FormData:
+    """A state-changing form's fields, once its origin and CSRF token are checked."""
+    form = await request.form()
+    presented = form.get(CSRF_FIELD)
+    if not same_origin(request.headers.get("origin"), request.headers.get("host")):
+        raise FormRefused("the form came from another site")
+    if not seen.session.accepts(presented if isinstance(presented, str) else None):
+        raise FormRefused("the form's CSRF token is missing or not this session's")
+    return form
+
+
+def render(
+    request: Request, template: str, seen: Viewer | None, status: int = 200, **context: Any
+) -> HTMLResponse:
+    context.update(viewer=seen, csrf=seen.csrf if seen else "", csrf_field=CSRF_FIELD, states=STATES)
+    response = TEMPLATES.TemplateResponse(request, template, context, status_code=status)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def refused(request: Request, seen: Viewer | None, detail: str, status: int = 403) -> HTMLResponse:
+    return render(request, "error.html", seen, status=status, title="Refused", detail=detail)
+
+
+def spec_yaml(record: JobRecord) -> str:
+    """The spec as submitted, secrets masked, defaults left out (what a person wrote)."""
+    spec = record.spec.redacted().model_dump(mode="json", exclude_defaults=True)
+    return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=100)
+
+
+def log_lines_html(lines: Iterable[tuple[str, str]]) -> str:
+    """One SSE event's fragment: a line each, stderr marked (escaped: a job's output is hostile)."""
+    return "".join(f'<span class="line {stream}">{html.escape(text)}\n</span>' for stream, text in lines)
+
+
+def build_ui_router(state: dict[str, Any]) -> APIRouter:
+    deps = RouteDeps(state)
+    router = APIRouter(prefix="/ui", include_in_schema=False)
+    add_session_routes(router)
+    add_job_list_routes(router, deps)
+    add_job_routes(router, deps)
+    add_overview_routes(router, deps)
+    return router
+
+
+def add_session_routes(router: APIRouter) -> None:
+    @router.get("")
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/ui/jobs", status_code=303)
+
+    @router.get("/sign-in")
+    async def sign_in_page(request: Request, next: str | None = None) -> HTMLResponse:
+        nonce = new_sign_in_nonce()
+        response = render(request, "sign_in.html", None, next=safe_next(next), nonce=nonce, error=None)
+        set_cookie(request, response, SIGN_IN_COOKIE, nonce, max_age=3600)
+        return response
+
+    @router.post("/sign-in")
+    async def sign_in(request: Request) -> Response:
+        form = await request.form()
+        token, nonce, target = (str(form.get(k) or "") for k in ("token", "nonce", "next"))
+        target = safe_next(target)
+        if not same_origin(request.headers.get("origin"), request.headers.get("host")) or not nonce_matches(
+            request.cookies.get(SIGN_IN_COOKIE), nonce
+        ):
+            return refused(
+                request, None, "the sign-in form came from another site, or is stale: sign in again"
+            )
+        principal = await request.app.state.trainyard["tokens"].authenticate(f"Bearer {token.strip()}")
+        if principal is None:
+            fresh = new_sign_in_nonce()
+            response = render(
+                request,
+                "sign_in.html",
+                None,
+                status=401,
+                next=target,
+                nonce=fresh,
+                error="That token is not valid.",
+            )
+            set_cookie(request, response, SIGN_IN_COOKIE, fresh, max_age=3600)
+            return response
+        signed_in = RedirectResponse(target, status_code=303)
+        session = new_session(token.strip()).value()
+        set_cookie(request, signed_in, SESSION_COOKIE, session, max_age=SESSION_SECONDS)
+        signed_in.delete_cookie(SIGN_IN_COOKIE, path=COOKIE_PATH)
+        return signed_in
+
+    @router.post("/sign-out")
+    async def sign_out(request: Request, seen: Viewed) -> Response:
+        try:
+            await checked_form(request, seen)
+        except FormRefused as exc:
+            return refused(request, seen, str(exc))
+        response = RedirectResponse("/ui/sign-in", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+        return response
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
+    @router.get("/jobs")
+    async def jobs_page(
+        request: Request,
+        seen: Viewed,
+        state: str | None = None,
+        queue: Annotated[str | None, Query(max_length=63)] = None,
+        name: Annotated[str | None, Query(max_length=63)] = None,
+        label: Annotated[str | None, Query(max_length=512)] = None,
+        order: str = "newest",
+        cursor: Annotated[str | None, Query(max_length=128)] = None,
+        back: bool = False,
+        size: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> HTMLResponse:
+        wanted = PageRequest(
+            state=state or None,
+            queue=queue or None,
+            name=name or None,
+            label=label or None,
+            oldest_first=order == "oldest",
+            cursor=cursor or None,
+            back=back,
+            size=size,
+        )
+        queues = [q.config.name for q in await deps.queues().list()]
+        if not seen.principal.admin:
+            queues = [q for q in queues if q == seen.principal.team]
+        try:
+            if wanted.state is not None and wanted.state not in STATES:
+                raise Problem(422, "invalid state", f"state must be one of {', '.join(STATES)}")
+            allowed_queue = check_list(seen.principal, wanted.queue)
+            labels = parse_label_selector((wanted.label or "").replace(",", " ").split())
+            past = parse_cursor(wanted.cursor)
+            rows = await deps.service().list(
+                wanted.state,
+                allowed_queue,
+                wanted.size + 1,
+                name=wanted.name,
+                labels=labels,
+                oldest_first=wanted.oldest_first != wanted.back,
+                past=past,
+            )
+        except Forbidden as exc:
+            return render_jobs(request, seen, wanted, queues, error=forbidden(exc).detail, status=403)
+        except Problem as exc:
+            return render_jobs(
+                request, seen, wanted, queues, error=exc.detail or exc.title, status=exc.status
+            )
+        return render_jobs(request, seen, wanted, queues, page=Page.of(wanted, rows))
+
+    def render_jobs(
+        request: Request,
+        seen: Viewer,
+        wanted: PageRequest,
+        queues: list[str],
+        page: Page | None = None,
+        error: str | None = None,
+        status: int = 200,
+    ) -> HTMLResponse:
+        return render(
+            request, "jobs.html", seen, status=status, wanted=wanted, queues=queues, page=page, error=error
+        )
+
+
+def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
+    async def readable(seen: Viewer, job_id: str, action: str = "read") -> JobRecord:
+        """The job if this viewer may ``action`` it: the API's own lookup and access rule."""
+        return await deps.job_for(seen.principal, job_id, action)
+
+    async def job_or_refusal(
+        request: Request, seen: Viewer, job_id: str, action: str = "read"
+    ) -> JobRecord | HTMLResponse:
+        try:
+            return await readable(seen, job_id, action)
+        except Problem as exc:
+            return refused(request, seen, exc.detail or exc.title, status=exc.status)
+        except Forbidden as exc:
+            return refused(request, seen, exc.detail, status=403)
+
+    @router.get("/jobs/{job_id}")
+    async def job_page(request: Request, job_id: str, seen: Viewed) -> HTMLResponse:
+        record = await job_or_refusal(request, seen, job_id)
+        if isinstance(record, HTMLResponse):
+            return record
+        return render(
+            request,
+            "job.html",
+            seen,
+            job=record,
+            spec=spec_yaml(record),
+            resubmit_nonce=secrets.token_urlsafe(12),
+            may_resubmit=not record.secrets_stored,
+        )
+
+    @router.get("/jobs/{job_id}/summary")
+    async def job_summary(request: Request, job_id: str, seen: Viewed) -> HTMLResponse:
+        record = await job_or_refusal(request, seen, job_id)
+        if isinstance(record, HTMLResponse):
+            return record
+        return render(request, "_job_summary.html", seen, job=record)
+
+    @router.get("/jobs/{job_id}/why")
+    async def job_why(request: Request, job_id: str, seen: Viewed) -> HTMLResponse:
+        record = await job_or_refusal(request, seen, job_id)
+        if isinstance(record, HTMLResponse):
+            return record
+        why: WhyAnswer | None = None
+        error = None
+        try:
+            answer = await deps.ask_scheduler(deps.state["subjects"].scheduler_why, WhyRequest(job_id=job_id))
+            why = WhyAnswer.model_validate_json(answer)
+        except Problem as exc:
+            error = exc.detail
+        return render(request, "_why.html", seen, job=record, why=why, error=error)
+
+    @router.post("/jobs/{job_id}/cancel")
+    async def cancel(request: Request, job_id: str, seen: Viewed) -> Response:
+        try:
+            await checked_form(request, seen)
+        except FormRefused as exc:
+            return refused(request, seen, str(exc))
+        record = await job_or_refusal(request, seen, job_id, "cancel")
+        if isinstance(record, HTMLResponse):
+            return record
+        try:
+            await deps.service().cancel(job_id, by=seen.principal.name)
+        except JobNotFound:
+            return refused(request, seen, f"no such job: {job_id}", status=404)
+        except JobAlreadyFinished:
+            pass  # it ended meanwhile: its page says how
+        return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+    @router.post("/jobs/{job_id}/resubmit")
+    async def resubmit(request: Request, job_id: str, seen: Viewed) -> Response:
+        try:
+            form = await checked_form(request, seen)
+        except FormRefused as exc:
+            return refused(request, seen, str(exc))
+        record = await job_or_refusal(request, seen, job_id)
+        if isinstance(record, HTMLResponse):
+            return record
+        if record.secrets_stored:
+            detail = "this job's spec holds secrets the UI does not show: submit it again with the CLI"
+            return refused(request, seen, detail, status=409)
+        # one job per rendered form: a double click or a reload of the POST makes no second job
+        slot = idempotency_slot(f"ui.{seen.principal.token_id}", f"{job_id}:{form.get('nonce')}")
+        try:
+            submitted = await deps.service().submit(
+                spec_yaml(record),
+                submitted_by=seen.principal.name,
+                idempotency_slot=slot,
+                principal=seen.principal,
+            )
+        except (SpecError, Forbidden) as exc:
+            return refused(request, seen, str(exc), status=422)
+        return RedirectResponse(f"/ui/jobs/{submitted.job_id}", status_code=303)
+
+    @router.get("/jobs/{job_id}/logs.txt")
+    async def logs_text(request: Request, job_id: str, seen: Viewed) -> Response:
+        record = await job_or_refusal(request, seen, job_id)
+        if isinstance(record, HTMLResponse):
+            return record
+        secrets_ = await deps.service().secrets.values(record)
+        output = JobOutput(deps.service(), deps.state["js"], deps.state["subjects"], record)
+        lines = [
+            mask_values(line.text, secrets_)
+            async for chunk in output.chunks(None, False)
+            for line in chunk.lines
+        ]
+        headers = {"Content-Disposition": f'attachment; filename="{job_id}.log"', **SECURITY_HEADERS}
+        return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""), headers=headers)
+
+    @router.get("/jobs/{job_id}/logs/stream")
+    async def logs_stream(request: Request, job_id: str, seen: Viewed) -> Response:
+        record = await job_or_refusal(request, seen, job_id)
+        if isinstance(record, HTMLResponse):
+            return record
+        secrets_ = await deps.service().secrets.values(record)
+        output = JobOutput(deps.service(), deps.state["js"], deps.state["subjects"], record)
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            async for chunk in output.chunks(None, True):
+                lines = [(line.stream, mask_values(line.text, secrets_)) for line in chunk.lines]
+                yield {"event": "log", "data": log_lines_html(lines)}
+            ended = html.escape(output.end_state())
+            yield {"event": "end", "data": f'<p class="ended">The job ended: <strong>{ended}</strong>.</p>'}
+
+        return EventSourceResponse(events(), ping=15, headers={"Cache-Control": "no-store"})
+
+
+def add_overview_routes(router: APIRouter, deps: RouteDeps) -> None:
+    @router.get("/queues")
+    async def queues_page(request: Request, seen: Viewed) -> HTMLResponse:
+        queues = [q.as_json() for q in await deps.queues().list()]
+        return render(request, "queues.html", seen, queues=queues)
+
+    @router.get("/executors")
+    async def executors_page(request: Request, seen: Viewed) -> HTMLResponse:
+        now = utcnow()
+        executors = await list_executors(deps.state["executors_reader"], now)
+        return render(request, "executors.html", seen, executors=executors, now=now)
+
+
+def when(value: datetime | str | None) -> str:
+    """A time as the pages show it: UTC, to the second."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def number(value: float | int | None) -> str:
+    """A quantity without a needless ``.0`` (quotas and capacities are floats in the models)."""
+    if value is None:
+        return "∞"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+TEMPLATES.env.filters["when"] = when
+TEMPLATES.env.filters["number"] = number

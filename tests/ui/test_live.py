@@ -1,0 +1,81 @@
+"""A job's page while the job runs: live logs, why another waits, cancel — in a real browser, with
+the real scheduler and a local executor in process on the session's nats-server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from playwright.async_api import expect
+
+from trainyard_contracts import QueueConfig
+from trainyard_contracts.queues import Quota
+from trainyard_submission.tokens import BOOTSTRAP_ID, Principal
+
+from .conftest import PY, UiStack, screenshot, ui_stack
+
+pytestmark = [
+    pytest.mark.ui,
+    pytest.mark.service,
+    pytest.mark.local,
+    pytest.mark.asyncio(loop_scope="session"),
+]
+ADMIN = Principal(BOOTSTRAP_ID, admin=True, team=None)
+LINE = "hello from the job, line 1"
+# prints a line, then runs until cancelled
+TALKER = f"import time; print({LINE!r}, flush=True); time.sleep(300)"
+
+
+async def submit(ui: UiStack, name: str, queue: str = "default", cpu: float = 1) -> str:
+    spec = {"name": name, "queue": queue, "command": [PY, "-c", TALKER], "resources": {"cpu": cpu}}
+    submitted = await ui.runtime.service.submit(json.dumps(spec), submitted_by="api", principal=ADMIN)
+    return submitted.job_id
+
+
+async def test_a_running_jobs_log_line_appears_and_a_waiting_job_says_why(
+    context, nats_server, prefix, tmp_path
+):
+    async with ui_stack(nats_server, prefix, tmp_path, jobs_run=True) as ui:
+        await ui.runtime.queues.put(QueueConfig(name="slim", quota=Quota(cpu=1)))
+        talker = await submit(ui, "talker", queue="slim")
+        waiter = await submit(ui, "waiter", queue="slim")
+        page = await ui.page(context)
+        await ui.sign_in(page)
+
+        await page.goto(f"{ui.base}/ui/jobs/{talker}")
+        await expect(page.locator("#log-lines")).to_contain_text(LINE, timeout=30_000)
+        await expect(page.locator("#summary dl .state")).to_have_text("running", timeout=30_000)
+        await screenshot(page, "job-running-logs")
+
+        # the second job of the queue waits for the queue's quota, and its page says so
+        await page.goto(f"{ui.base}/ui/jobs/{waiter}")
+        why = page.locator("p.why")
+        await expect(why).to_contain_text("quota", timeout=30_000)
+        await expect(page.locator("#log-lines")).to_be_empty()
+        await screenshot(page, "job-waiting-why")
+
+        await page.goto(f"{ui.base}/ui/executors")
+        row = page.locator("tr", has_text="exec-ui")
+        await expect(row).to_contain_text("alive")
+        await expect(row.locator("td").nth(4)).to_have_text("1")  # the talker
+        await screenshot(page, "executors")
+        await page.goto(f"{ui.base}/ui/queues")
+        await expect(page.locator("tr", has_text="slim")).to_contain_text("1 / ∞ / ∞")
+        await screenshot(page, "queues")
+
+
+async def test_cancel_from_the_page_ends_the_job(context, nats_server, prefix, tmp_path):
+    async with ui_stack(nats_server, prefix, tmp_path, jobs_run=True) as ui:
+        job = await submit(ui, "to-cancel")
+        page = await ui.page(context)
+        await ui.sign_in(page)
+        await page.goto(f"{ui.base}/ui/jobs/{job}")
+        await expect(page.locator("#log-lines")).to_contain_text(LINE, timeout=30_000)
+
+        await page.get_by_role("button", name="Cancel job").click()
+        # the facts refresh until the job has ended; the log pane's stream names the end
+        await expect(page.locator("#summary dl .state")).to_have_text("cancelled", timeout=30_000)
+        await expect(page.locator("#log-end")).to_contain_text("ended: cancelled", timeout=30_000)
+        await expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
+        assert (await ui.runtime.service.get(job)).state.value == "cancelled"
+        await screenshot(page, "job-cancelled")
