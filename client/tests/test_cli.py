@@ -65,6 +65,7 @@ def test_submit_prints_the_job_id_and_makes_a_relative_repo_absolute(tmp_path, f
     assert result.exit_code == 0, result.output
     (job_id,) = fake_api.jobs
     assert job_id in result.output
+    assert f"{fake_api.url}/ui/jobs/{job_id}" in result.output  # the job's page in the web UI
     sent = yaml.safe_load(fake_api.requests[-1]["body"])
     assert sent["source"] == {"repo": str(tmp_path.resolve()), "ref": "main"}
     assert sent["command"] == ["python", "train.py"]
@@ -133,6 +134,7 @@ def test_status_list_and_one_job(tmp_path, fake_api, wide_consoles):
     detail = invoke(fake_api.url, "status", job_id, token=fake_api.token)
     assert detail.exit_code == 0, detail.output
     assert "attempts" in detail.output and "local-fake" in detail.output
+    assert f"{fake_api.url}/ui/jobs/{job_id}" in detail.output
     assert "digits-classifier version 3" in detail.output and "accuracy=0.9722" in detail.output
 
     missing = invoke(fake_api.url, "status", "nosuchjob1", token=fake_api.token)

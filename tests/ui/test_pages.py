@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import pytest
+from playwright.async_api import expect
 
-from trainyard_contracts import JobState, QueueConfig
+from trainyard_contracts import JobState, LogChunk, LogLine, QueueConfig
+from trainyard_contracts._time import utcnow
 
 from .conftest import ADMIN_TOKEN, screenshot, ui_stack
 from .seeding import record, seed
@@ -147,3 +149,103 @@ async def test_a_team_token_sees_only_its_own_queue(context, nats_server, prefix
         # a team's own job reads as for the admin
         response = await page.goto(f"{ui.base}/ui/jobs/{ours[0].job_id}")
         assert response.status == 200 and await page.inner_text("h1") == "ours-0"
+
+
+async def test_submit_again_makes_one_new_job_with_the_same_spec(context, nats_server, prefix, tmp_path):
+    async with ui_stack(nats_server, prefix, tmp_path) as ui:
+        (old,) = await seed(ui.runtime.service.store, [record(7, state=JobState.FAILED)])
+        page = await ui.page(context)
+        await ui.sign_in(page)
+        await page.goto(f"{ui.base}/ui/jobs/{old.job_id}")
+        form = page.locator("form[action$='/resubmit']")
+        fields = {
+            name: await form.locator(f"input[name={name}]").get_attribute("value")
+            for name in ("csrf", "nonce")
+        }
+        await form.get_by_role("button", name="Submit again").click()
+        await page.wait_for_url(f"{ui.base}/ui/jobs/**")
+        new_id = page.url.rsplit("/", 1)[1]
+        assert new_id != old.job_id and await page.inner_text("h1") == old.spec.name
+        new = await ui.runtime.service.get(new_id)
+        assert new.spec.command == old.spec.command and new.spec.labels == old.spec.labels
+        await screenshot(page, "job-submitted-again")
+
+        # the same rendered form posted again (a double click, a resent POST): the same job
+        again = await page.request.post(
+            f"{ui.base}/ui/jobs/{old.job_id}/resubmit",
+            form=fields,
+            headers={"Origin": ui.base},
+            max_redirects=0,
+        )
+        assert again.status == 303 and again.headers["location"] == f"/ui/jobs/{new_id}"
+
+
+async def test_a_revoked_token_is_signed_out_at_once(context, nats_server, prefix, tmp_path):
+    async with ui_stack(nats_server, prefix, tmp_path) as ui:
+        await ui.runtime.queues.put(QueueConfig(name="team-a"))
+        created, token = await ui.runtime.tokens.create("team-a", admin=False)
+        page = await ui.page(context)
+        await ui.sign_in(page, token)
+        await page.goto(f"{ui.base}/ui/queues")
+        assert await page.inner_text("h1") == "Queues"
+        await ui.runtime.tokens.revoke(created.token_id)
+        await page.reload()
+        assert "/ui/sign-in?next=%2Fui%2Fqueues" in page.url
+
+
+async def test_keyboard_alone_signs_in_and_opens_a_job_in_dark_mode(browser, nats_server, prefix, tmp_path):
+    async with ui_stack(nats_server, prefix, tmp_path) as ui:
+        (job,) = await seed(ui.runtime.service.store, [record(3, state=JobState.SUCCEEDED)])
+        dark = await browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme="dark")
+        try:
+            page = await ui.page(dark)
+            await page.goto(f"{ui.base}/ui/jobs")
+            # the sign-in form has the focus: type the token, Enter
+            await page.keyboard.type(ADMIN_TOKEN)
+            await page.keyboard.press("Enter")
+            await page.wait_for_url(f"{ui.base}/ui/jobs")
+
+            async def focused() -> str:
+                return await page.evaluate("document.activeElement.textContent.trim()")
+
+            await page.keyboard.press("Tab")
+            assert await focused() == "Skip to content"
+            for _ in range(40):  # through the header and the filters to the first job's link
+                await page.keyboard.press("Tab")
+                if await focused() == job.spec.name:
+                    break
+            assert await focused() == job.spec.name
+            await page.keyboard.press("Enter")
+            await page.wait_for_url(f"{ui.base}/ui/jobs/{job.job_id}")
+            background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+            assert background == "rgb(15, 20, 25)"  # the dark palette, from the system's preference
+            await screenshot(page, "job-dark")
+        finally:
+            await dark.close()
+
+
+async def test_a_jobs_output_is_shown_as_text_never_as_markup(context, nats_server, prefix, tmp_path):
+    async with ui_stack(nats_server, prefix, tmp_path) as ui:
+        (job,) = await seed(ui.runtime.service.store, [record(5, state=JobState.SUCCEEDED)])
+        hostile = '<img src="x" id="pwned"><script>document.title="pwned"</script>'
+        chunk = LogChunk(
+            job_id=job.job_id,
+            attempt=1,
+            seq=0,
+            lines=[
+                LogLine(stream="stdout", text=hostile, time=utcnow()),
+                LogLine(stream="stderr", text="a warning", time=utcnow()),
+            ],
+        )
+        subjects = ui.app.state.trainyard["subjects"]
+        await ui.runtime.js.publish(subjects.log(job.job_id, 1), chunk.model_dump_json().encode())
+        page = await ui.page(context)
+        await ui.sign_in(page)
+        await page.goto(f"{ui.base}/ui/jobs/{job.job_id}")
+        await expect(page.locator("#log-end")).to_contain_text("ended: succeeded")
+        await expect(page.locator("#log-lines")).to_contain_text(hostile)
+        assert await page.locator("#pwned").count() == 0 and await page.title() != "pwned"
+        await expect(page.locator("#log-lines .stderr")).to_have_text("a warning\n")
+        download = await page.request.get(f"{ui.base}/ui/jobs/{job.job_id}/logs.txt")
+        assert download.status == 200 and await download.text() == f"{hostile}\na warning\n"
+        await screenshot(page, "job-hostile-output")

@@ -31,3 +31,8 @@ def metrics_text(metrics: dict[str, float], sep: str = ", ") -> str:
 
 def short(commit: str | None) -> str:
     return commit[:10] if commit else "-"
+
+
+def job_page(api_url: str, job_id: str) -> str:
+    """The job's page in the web UI, served beside the API (docs/ui.md)."""
+    return f"{api_url.rstrip('/')}/ui/jobs/{job_id}"

@@ -11,6 +11,7 @@ import typer
 from trainyard_client import cli
 from trainyard_client.cli.arrays import is_array
 from trainyard_client.cli.base import EXIT_INVALID, EXIT_REFUSED, api_errors, fail, settings, styled
+from trainyard_client.cli.formatting import job_page
 from trainyard_client.cli.output import Output, OutputOption, print_data, record_of, structured
 
 JOB = typer.Argument(metavar="JOB")
@@ -151,6 +152,7 @@ def submit(
         else:
             note = " (duplicate: the job this key already submitted)" if result.duplicate else ""
             cli.out.print(f"job [bold]{result.job_id}[/] {styled(result.state)}{note}")
+            cli.out.print(f"  {job_page(conf.url, result.job_id)}", markup=False, highlight=False)
         if not wait:
             return
         from trainyard_client.cli.follow import follow, follow_quietly

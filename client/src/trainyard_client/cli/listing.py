@@ -10,6 +10,7 @@ import typer
 
 from trainyard_client import cli
 from trainyard_client.cli.base import EXIT_INVALID, EXIT_JOB_FAILED, EXIT_OK, api_errors, fail, settings
+from trainyard_client.cli.formatting import job_page
 from trainyard_client.cli.output import Column, Output, OutputOption, emit, on_terminal
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def status(
         from trainyard_client.cli.render import print_record
 
         with api_errors(conf.url), conf.client() as client:
-            print_record(client.get(job_id), output)
+            print_record(client.get(job_id), output, page=job_page(conf.url, job_id))
         return
     filters = {"state": state, "queue": queue, "name": name, "limit": limit}
     empty = "no jobs" + (" matching" if state or queue or name or labels else " yet")

@@ -79,22 +79,25 @@ def _record_rows(record: JobRecord) -> list[tuple[str, str]]:
     return rows
 
 
-def print_record(record: JobRecord, fmt: Output) -> None:
-    """One job: its record (json, yaml), its id (name), or the detail view."""
+def print_record(record: JobRecord, fmt: Output, page: str | None = None) -> None:
+    """One job: its record (json, yaml), its id (name), or the detail view (with ``page``: the
+    link to the job's page in the web UI)."""
     if structured(fmt):
         print_data(record_of(record), fmt)
     elif fmt == Output.NAME:
         cli.out.print(record.job_id, markup=False)
     else:
-        show_record(record)
+        show_record(record, page)
 
 
-def show_record(record: JobRecord) -> None:
+def show_record(record: JobRecord, page: str | None = None) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
     for key, value in _record_rows(record):
         grid.add_row(key, value)
+    if page:
+        grid.add_row("page", escape(page))
     cli.out.print(grid)
     if not record.attempts:
         return
