@@ -57,6 +57,7 @@ from trainyard_contracts import (
     JobRecord,
     JobSpec,
     JobState,
+    MetricsBatch,
     ModelRef,
     ModelVersionRecord,
     QueueConfig,
@@ -440,20 +441,41 @@ class TrainyardClient:
 
     def follow_logs(self, job_id: str, attempt: int | None = None) -> Iterator[LogEvent]:
         """The job's log lines as they are written, then one ``end`` event with the final state."""
+        for event, data in self._follow(f"/v1/jobs/{job_id}/logs", attempt):
+            yield _log_event(event, data)
+
+    def metrics(self, job_id: str, attempt: int | None = None, last: int | None = None) -> dict[str, Any]:
+        """What the job reported with ``trainyard.report``: ``points`` (the newest ``last``, each
+        with ``attempt``, ``step``, ``time``, ``values``), ``total``, ``dropped`` and ``state``."""
+        params: dict[str, Any] = {"follow": "false"}
+        if attempt is not None:
+            params["attempt"] = attempt
+        if last is not None:
+            params["last"] = last
+        return dict(self._request("GET", f"/v1/jobs/{job_id}/metrics", params=params).json())
+
+    def follow_metrics(self, job_id: str, attempt: int | None = None) -> Iterator[MetricsBatch | str]:
+        """The job's reported metrics batch by batch as they are published (those stored first),
+        then its final state (a ``str``) once it has ended."""
+        for event, data in self._follow(f"/v1/jobs/{job_id}/metrics", attempt):
+            if event == "metrics":
+                yield MetricsBatch.model_validate_json(data)
+            elif event == "end":
+                yield data
+
+    def _follow(self, path: str, attempt: int | None) -> Iterator[tuple[str, str]]:
+        """The server-sent events of a followed read (``follow=true``)."""
         params: dict[str, Any] = {"follow": "true"}
         if attempt is not None:
             params["attempt"] = attempt
         timeout = httpx.Timeout(self.timeout, read=None)
         headers = {"Accept": "text/event-stream"}
         try:
-            with self._http.stream(
-                "GET", f"/v1/jobs/{job_id}/logs", params=params, headers=headers, timeout=timeout
-            ) as response:
+            with self._http.stream("GET", path, params=params, headers=headers, timeout=timeout) as response:
                 if not response.is_success:
                     response.read()
                     self._raise_for(response)
-                for event, data in parse_sse(response.iter_lines()):
-                    yield _log_event(event, data)
+                yield from parse_sse(response.iter_lines())
         except httpx.TransportError as exc:
             raise TrainyardUnavailable(self.url, str(exc) or type(exc).__name__) from exc
 

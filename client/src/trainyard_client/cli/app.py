@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from trainyard_client.cli import admin, arrays, jobs, listing, pipelines, schedules, simulate, stack
+from trainyard_client.cli import admin, arrays, insight, jobs, listing, pipelines, schedules, simulate, stack
 from trainyard_client.cli.base import Settings
 
 GLOBAL_OPTIONS = ("--url", "--token")
@@ -75,6 +75,7 @@ for command in (
     listing.status,
     listing.wait,
     jobs.logs,
+    insight.metrics,
     jobs.cancel,
     jobs.purge,
     jobs.models,

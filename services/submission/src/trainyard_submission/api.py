@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -432,7 +433,7 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
 
 
 def add_log_routes(router: APIRouter, deps: RouteDeps) -> None:
-    """A job's output, once or followed (server-sent events)."""
+    """A job's output and its reported metrics, once or followed (server-sent events)."""
 
     @router.get("/jobs/{job_id}/logs", summary="the job's output; follow=true streams SSE")
     async def job_logs(
@@ -460,6 +461,44 @@ def add_log_routes(router: APIRouter, deps: RouteDeps) -> None:
                         "time": line.time.isoformat(),
                     }
                     yield {"event": "log", "data": json.dumps(data)}
+            yield {"event": "end", "data": output.end_state()}
+
+        return EventSourceResponse(events(), ping=15)
+
+    @router.get(
+        "/jobs/{job_id}/metrics",
+        summary="what the job reported with trainyard.report: its last points; follow=true streams SSE",
+    )
+    async def job_metrics(
+        job_id: str,
+        caller: Caller,
+        attempt: Annotated[int | None, Query(ge=1)] = None,
+        follow: bool = False,
+        last: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    ) -> Any:
+        record = await deps.job_for(caller, job_id, "read the metrics of")
+        output = JobOutput(deps.service(), deps.state["js"], deps.state["subjects"], record)
+        batches = output.metric_batches(attempt, follow)
+        if not follow:
+            # the newest ``last`` points in memory, however many the stream holds
+            points: deque[dict[str, Any]] = deque(maxlen=last)
+            dropped: dict[int, int] = {}
+            total = 0
+            async for batch in batches:
+                dropped[batch.attempt] = max(dropped.get(batch.attempt, 0), batch.dropped)
+                total += len(batch.points)
+                points.extend({"attempt": batch.attempt, **p.model_dump()} for p in batch.points)
+            return {
+                "job_id": job_id,
+                "state": record.state.value,
+                "points": list(points),
+                "total": total,
+                "dropped": sum(dropped.values()),
+            }
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            async for batch in batches:
+                yield {"event": "metrics", "data": batch.model_dump_json()}
             yield {"event": "end", "data": output.end_state()}
 
         return EventSourceResponse(events(), ping=15)

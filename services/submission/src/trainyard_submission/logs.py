@@ -1,4 +1,5 @@
-"""Reading a job's output back from the logs stream, once or following it to the end."""
+"""Reading a job's output (logs stream) and reported metrics (metrics stream) back, once or
+following them to the end."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from trainyard_contracts import JobRecord, LogChunk, Subjects
+from trainyard_contracts import JobRecord, LogChunk, MetricsBatch, Subjects
 from trainyard_submission.service import JobNotFound, SubmissionService
 
 
@@ -25,9 +26,37 @@ async def read_chunks(
     true and nothing more is stored (the executor flushes its last chunk before the end event).
     ``finished`` is asked only when nothing is pending, at most once per fetch wait."""
     subject = subjects.log(job_id, attempt) if attempt is not None else subjects.logs_of(job_id)
+    async for data in read_messages(js, subjects.streams.logs, subject, follow, finished):
+        yield LogChunk.model_validate_json(data)
+
+
+async def read_metric_batches(
+    js: JetStreamContext,
+    subjects: Subjects,
+    job_id: str,
+    attempt: int | None,
+    follow: bool,
+    finished: Callable[[], Awaitable[bool]],
+) -> AsyncIterator[MetricsBatch]:
+    """A job's reported metrics (``trainyard.report``), batch by batch, as :func:`read_chunks`
+    reads its output (the executor publishes the last batch before the end event)."""
+    subject = subjects.metrics(job_id, attempt) if attempt is not None else subjects.metrics_of(job_id)
+    async for data in read_messages(js, subjects.streams.metrics, subject, follow, finished):
+        yield MetricsBatch.model_validate_json(data)
+
+
+async def read_messages(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    follow: bool,
+    finished: Callable[[], Awaitable[bool]],
+) -> AsyncIterator[bytes]:
+    """The bodies stored on ``subject`` in order, with a consumer the server names (removed after);
+    with ``follow``, until ``finished()`` and nothing more is pending."""
     sub = await js.pull_subscribe(
         subject,
-        stream=subjects.streams.logs,
+        stream=stream,
         config=ConsumerConfig(
             deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=60.0
         ),
@@ -40,7 +69,7 @@ async def read_chunks(
                 if not follow:
                     return
                 if await finished():
-                    # one last look: the final chunk may have landed with the end event
+                    # one last look: the final message may have landed with the end event
                     if (await sub.consumer_info()).num_pending == 0:
                         return
             try:
@@ -48,15 +77,16 @@ async def read_chunks(
             except nats.errors.TimeoutError:
                 continue
             for msg in msgs:
-                yield LogChunk.model_validate_json(msg.data)
+                yield msg.data
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
 
 
 class JobOutput:
-    """One job's output for a reader (the API's logs route, the UI's log pane): its chunks, once
-    or followed to the end, and the record as last read, so that the end names the job's state.
+    """One job's output for a reader (the API's logs and metrics routes, the UI's log pane): its
+    chunks (or metric batches), once or followed to the end, and the record as last read, so that
+    the end names the job's state.
 
     The record is read from the bucket only when the log stream has gone quiet (``read_chunks``
     asks at most once per fetch wait)."""
@@ -79,6 +109,10 @@ class JobOutput:
 
     def chunks(self, attempt: int | None, follow: bool) -> AsyncIterator[LogChunk]:
         return read_chunks(self.js, self.subjects, self.job_id, attempt, follow, self.finished)
+
+    def metric_batches(self, attempt: int | None, follow: bool) -> AsyncIterator[MetricsBatch]:
+        """What the job reported (``trainyard.report``), read as its chunks are."""
+        return read_metric_batches(self.js, self.subjects, self.job_id, attempt, follow, self.finished)
 
     def end_state(self) -> str:
         return self.latest.state.value if self.latest else "unknown"
