@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # compiled from its first commit (tests/docs/test_lint_coverage.py holds this to the workspace members)
 PACKAGE_SOURCES := contracts/src shared/src client/src $(wildcard services/*/src)
 
-.PHONY: help install demo up test test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli bench-workflow clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
+.PHONY: help install demo up test test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli bench-workflow bench-ui clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
 
 help:
 	@echo "make demo     start the embedded stack, run the digits example, show its registered model"
@@ -134,6 +134,10 @@ bench-cli: install
 # time to accept a 10,000-index job array over HTTP (goal <= 2 s), on the embedded stack
 bench-workflow: install
 	$(RUN) python tests/bench/bench_workflow.py --out tests/bench/results/workflow.json $(BENCH_ARGS)
+
+# the web UI's jobs page with 100,000 jobs in the store (issue 20: jobs_page_ms_at_100k, goal <= 300 ms)
+bench-ui: install
+	$(RUN) pytest -m bench tests/ui/test_jobs_page_bench.py -p no:cacheprovider $(PYTEST_ARGS)
 
 # decision time of one planning pass, pending x nodes in {1k,10k,100k} x {10,1k,5k}
 bench-scheduler: install

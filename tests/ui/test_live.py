@@ -24,6 +24,17 @@ ADMIN = Principal(BOOTSTRAP_ID, admin=True, team=None)
 LINE = "hello from the job, line 1"
 # prints a line, then runs until cancelled
 TALKER = f"import time; print({LINE!r}, flush=True); time.sleep(300)"
+# the page's EventSources, kept where the test can reach them (htmx keeps its own out of sight)
+KEEP_EVENT_SOURCES = """
+window.__sources = [];
+window.EventSource = class extends window.EventSource {
+  constructor(...args) { super(...args); window.__sources.push(this); }
+};
+"""
+# what a dropped connection looks like to the page: the source closed, its error handler called
+DROP_LOG_STREAM = """
+() => { const source = window.__sources.at(-1); source.close(); source.onerror(new Event("error")); }
+"""
 
 
 async def submit(ui: UiStack, name: str, queue: str = "default", cpu: float = 1) -> str:
@@ -40,12 +51,20 @@ async def test_a_running_jobs_log_line_appears_and_a_waiting_job_says_why(
         talker = await submit(ui, "talker", queue="slim")
         waiter = await submit(ui, "waiter", queue="slim")
         page = await ui.page(context)
+        await page.add_init_script(KEEP_EVENT_SOURCES)
         await ui.sign_in(page)
 
         await page.goto(f"{ui.base}/ui/jobs/{talker}")
         await expect(page.locator("#log-lines")).to_contain_text(LINE, timeout=30_000)
         await expect(page.locator("#summary dl .state")).to_have_text("running", timeout=30_000)
         await screenshot(page, "job-running-logs")
+
+        # the connection drops and the page reconnects: the output is replayed, not doubled
+        async with page.expect_response(lambda r: r.url.endswith("/logs/stream"), timeout=30_000):
+            await page.evaluate(DROP_LOG_STREAM)
+        await expect(page.locator("#log-lines")).to_contain_text(LINE, timeout=30_000)
+        shown = (await page.locator("#log-lines").inner_text()).splitlines()
+        assert shown.count(LINE) == 1, shown  # the job's line once (the executor's first line names it too)
 
         # the second job of the queue waits for the queue's quota, and its page says so
         await page.goto(f"{ui.base}/ui/jobs/{waiter}")

@@ -373,13 +373,23 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
             return refused(request, seen, str(exc), status=422)
         return RedirectResponse(f"/ui/jobs/{submitted.job_id}", status_code=303)
 
-    @router.get("/jobs/{job_id}/logs.txt")
-    async def logs_text(request: Request, job_id: str, seen: Viewed) -> Response:
+    async def output_of(
+        request: Request, seen: Viewer, job_id: str
+    ) -> tuple[JobOutput, list[str]] | HTMLResponse:
+        """The job's output and the secret values it is masked of, if this viewer may read it."""
         record = await job_or_refusal(request, seen, job_id)
         if isinstance(record, HTMLResponse):
             return record
+        # a job that prints its own secret: the page does not pass the value on, as the API does not
         secrets_ = await deps.service().secrets.values(record)
-        output = JobOutput(deps.service(), deps.state["js"], deps.state["subjects"], record)
+        return JobOutput(deps.service(), deps.state["js"], deps.state["subjects"], record), secrets_
+
+    @router.get("/jobs/{job_id}/logs.txt")
+    async def logs_text(request: Request, job_id: str, seen: Viewed) -> Response:
+        found = await output_of(request, seen, job_id)
+        if isinstance(found, HTMLResponse):
+            return found
+        output, secrets_ = found
         lines = [
             mask_values(line.text, secrets_)
             async for chunk in output.chunks(None, False)
@@ -390,13 +400,15 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
 
     @router.get("/jobs/{job_id}/logs/stream")
     async def logs_stream(request: Request, job_id: str, seen: Viewed) -> Response:
-        record = await job_or_refusal(request, seen, job_id)
-        if isinstance(record, HTMLResponse):
-            return record
-        secrets_ = await deps.service().secrets.values(record)
-        output = JobOutput(deps.service(), deps.state["js"], deps.state["subjects"], record)
+        found = await output_of(request, seen, job_id)
+        if isinstance(found, HTMLResponse):
+            return found
+        output, secrets_ = found
 
         async def events() -> AsyncIterator[dict[str, str]]:
+            # the pane is emptied first (a comment: an event without data is not dispatched), so
+            # that the extension's reconnect after a dropped connection replays, not doubles
+            yield {"event": "reset", "data": "<!-- output from the start -->"}
             async for chunk in output.chunks(None, True):
                 lines = [(line.stream, mask_values(line.text, secrets_)) for line in chunk.lines]
                 yield {"event": "log", "data": log_lines_html(lines)}

@@ -1,0 +1,78 @@
+"""What the UI's jobs page costs with 100,000 jobs in the store (``pytest -m bench tests/ui``;
+``make bench-ui``): the figure `jobs_page_ms_at_100k` of issue 20, written to
+``tests/bench/results/ui.json``. No timing is asserted: the machine is shared.
+
+The records are written straight into the jobs bucket (as the listing benchmark does); the page is
+asked in process over ASGI, so the time is the server's: the bucket read, the page's rows parsed,
+the HTML rendered. The page reads the whole bucket (docs/ui.md, "Paging and what it costs").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from trainyard_contracts._time import utcnow
+from trainyard_shared.settings import CommonSettings
+from trainyard_submission.app import create_app
+from trainyard_submission.settings import SubmissionSettings
+from trainyard_submission.ui.session import SESSION_COOKIE, new_session
+
+from .seeding import record
+
+pytestmark = [pytest.mark.bench, pytest.mark.service]
+RECORDS = int(os.environ.get("TRAINYARD_BENCH_UI_JOBS", "100000"))
+OUT = Path(__file__).resolve().parents[1] / "bench" / "results" / "ui.json"
+TOKEN = "bench-ui-token-0123456789"
+
+
+async def test_jobs_page_with_100k_jobs(nats_server, prefix, tmp_path, capsys):
+    common = CommonSettings(nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path / "d")
+    app = create_app(common, SubmissionSettings(token=TOKEN))
+    async with app.router.lifespan_context(app):
+        trainyard = app.state.trainyard
+        js, bucket = trainyard["js"], trainyard["subjects"].buckets.jobs
+        start = utcnow()
+        for batch in range(0, RECORDS, 1000):
+            rows = [
+                record(i).model_copy(update={"job_id": f"bench{i:08d}"}) for i in range(batch, batch + 1000)
+            ]
+            await asyncio.gather(
+                *(js.publish(f"$KV.{bucket}.{r.job_id}", r.model_dump_json().encode()) for r in rows)
+            )
+        seeded = (utcnow() - start).total_seconds()
+        cookies = {SESSION_COOKIE: new_session(TOKEN).value()}
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ui", cookies=cookies) as http:
+            figures = {}
+            for label, query in [
+                ("first_page", ""),
+                ("state_failed", "?state=failed"),
+                ("label_and_oldest_first", "?label=sweep%3Dlr&order=oldest"),
+            ]:
+                times = []
+                for _ in range(3):
+                    began = time.perf_counter()
+                    page = await http.get(f"/ui/jobs{query}")
+                    times.append((time.perf_counter() - began) * 1e3)
+                    assert page.status_code == 200 and page.text.count('<code class="id">') == 50
+                figures[label] = round(statistics.median(times), 1)
+    result = {
+        "jobs_in_store": RECORDS,
+        "jobs_page_ms_at_100k": figures["first_page"] if RECORDS == 100_000 else None,
+        "median_ms_of_3": figures,
+        "target_ms": 300,
+        "seeding_seconds": round(seeded, 1),
+        "what": "GET /ui/jobs server time (in process over ASGI), 50 rows, the whole bucket read per page",
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    with capsys.disabled():
+        print(f"\n{json.dumps(result, indent=2)}")
