@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from trainyard_client.cli import app as cli_app
 from trainyard_client.sdk import TrainyardClient, TrainyardError
 from trainyard_contracts import MetricsBatch, QueueConfig
-from trainyard_shared.testing.helpers import running, serving_http
+from trainyard_shared.testing.helpers import eventually, running, serving_http
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
 
-from .jobs import PY, executor, scheduler
+from .jobs import PY, batches, executor, scheduler
 
 pytestmark = [pytest.mark.insight, pytest.mark.service, pytest.mark.local]
 TOKEN = "metrics-token-123456"
@@ -90,3 +90,49 @@ async def test_a_teams_job_metrics_are_read_once_followed_and_shown_by_the_cli(c
     assert any(line.strip().startswith("loss") for line in followed_cli.output.splitlines())
     batches = [MetricsBatch.model_validate_json(line) for line in lines_cli.output.splitlines()]
     assert [p.step for b in batches for p in b.points] == list(range(20))
+
+
+WAITING = (
+    "import os, time, trainyard\n"
+    "for step in range(3):\n"
+    "    trainyard.report(step, loss=1.0 / (step + 1))\n"
+    "time.sleep(0.5)\n"
+    "trainyard.report(3, loss=0.125, accuracy=0.5)\n"
+    "go = os.path.join(os.environ['TRAINYARD_WORKDIR'], 'go')\n"
+    "deadline = time.time() + 60\n"
+    "while not os.path.exists(go) and time.time() < deadline:\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+async def test_top_shows_running_jobs_with_their_newest_point(common, bus):
+    api = submission_app(common, SubmissionSettings(token=TOKEN, port=0))
+    async with serving_http(api) as url, running(scheduler(common)), running(executor(common)):
+        with TrainyardClient(url, TOKEN) as client:
+            job_id = (
+                await asyncio.to_thread(client.submit, {"name": "topped", "command": [PY, "-c", WAITING]})
+            ).job_id
+
+            async def newest() -> dict | None:
+                answer = await asyncio.to_thread(client.metrics, job_id, None, None, True)
+                return answer if answer["points"] and answer["points"][-1]["step"] == 3 else None
+
+            latest = await eventually(newest, 30, "the job's step 3 in its newest batch")
+            stored = await batches(bus, job_id)
+            runner = CliRunner()
+            base = ["--url", url, "--token", TOKEN]
+            as_json = await asyncio.to_thread(runner.invoke, cli_app, [*base, "top", "-o", "json"])
+            as_table = await asyncio.to_thread(runner.invoke, cli_app, [*base, "top", "--once"])
+            workdir = common.resolved_data_dir() / "executor" / "exec-m" / "work" / job_id / "attempt-1"
+            (workdir / "go").touch()
+            await asyncio.to_thread(client.wait, job_id, 60, 0.2)
+            after = await asyncio.to_thread(runner.invoke, cli_app, [*base, "top", "-o", "json"])
+    # the newest batch only, not the history (how the executor cut the batches depends on timing)
+    assert [p["step"] for p in latest["points"]] == [p["step"] for p in stored[-1]["points"]]
+    assert latest["total"] == len(stored[-1]["points"])
+    assert as_json.exit_code == 0, as_json.output
+    [row] = json.loads(as_json.output)["jobs"]
+    assert (row["job_id"], row["step"], row["metrics"]) == (job_id, 3, {"loss": 0.125, "accuracy": 0.5})
+    assert as_table.exit_code == 0, as_table.output
+    assert job_id in as_table.output and "accuracy=0.5 loss=0.125" in as_table.output
+    assert json.loads(after.output)["jobs"] == []

@@ -444,10 +444,13 @@ class TrainyardClient:
         for event, data in self._follow(f"/v1/jobs/{job_id}/logs", attempt):
             yield _log_event(event, data)
 
-    def metrics(self, job_id: str, attempt: int | None = None, last: int | None = None) -> dict[str, Any]:
+    def metrics(
+        self, job_id: str, attempt: int | None = None, last: int | None = None, latest: bool = False
+    ) -> dict[str, Any]:
         """What the job reported with ``trainyard.report``: ``points`` (the newest ``last``, each
-        with ``attempt``, ``step``, ``time``, ``values``), ``total``, ``dropped`` and ``state``."""
-        params: dict[str, Any] = {"follow": "false"}
+        with ``attempt``, ``step``, ``time``, ``values``), ``total``, ``dropped`` and ``state``;
+        ``latest``: from the newest batch only (cheap whatever the job's history)."""
+        params: dict[str, Any] = {"follow": "false", "latest": "true" if latest else "false"}
         if attempt is not None:
             params["attempt"] = attempt
         if last is not None:

@@ -76,6 +76,7 @@ for command in (
     listing.wait,
     jobs.logs,
     insight.metrics,
+    insight.top,
     jobs.cancel,
     jobs.purge,
     jobs.models,

@@ -141,3 +141,95 @@ def _follow(client: Any, job_id: str, attempt: int | None, output: Output) -> No
                 for point in item.points:
                     board.add(item.attempt, point.step, point.values)
             live.update(board.table(_title(board, job_id, state)))
+
+
+TOP_SECONDS = 2.0
+TOP_VALUES = 6  # metrics shown per job (alphabetical); -o json has them all
+
+
+def top(
+    ctx: typer.Context,
+    queue: Annotated[str | None, typer.Option("--queue", help="only jobs of this queue")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200, help="at most this many jobs")] = 20,
+    once: Annotated[bool, typer.Option("--once", help="print once instead of refreshing")] = False,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Running jobs with the latest metrics each reported, refreshing every 2 s until Ctrl-C."""
+    from trainyard_client.cli.output import on_terminal
+
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        if output in (Output.JSON, Output.YAML):
+            print_data({"jobs": top_rows(client, queue, limit)}, output)
+            return
+        if once or not on_terminal():
+            cli.out.print(top_table(top_rows(client, queue, limit)))
+            return
+        import time
+
+        from rich.live import Live
+
+        try:
+            with Live(top_table(top_rows(client, queue, limit)), console=cli.out, screen=False) as live:
+                while True:
+                    time.sleep(TOP_SECONDS)
+                    live.update(top_table(top_rows(client, queue, limit)))
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
+
+
+def top_rows(client: Any, queue: str | None, limit: int) -> list[dict[str, Any]]:
+    """Each running job (newest first) with its newest reported point: one listing, then one
+    cheap read per job (the newest batch only)."""
+    from trainyard_client.sdk import TrainyardError
+
+    rows = []
+    for job in client.list(state="running", queue=queue, limit=limit):
+        try:
+            points = client.metrics(job.job_id, latest=True)["points"]
+        except TrainyardError:  # ended and purged meanwhile
+            points = []
+        point = points[-1] if points else None
+        rows.append(
+            {
+                "job_id": job.job_id,
+                "name": job.name,
+                "queue": job.queue,
+                "attempt": job.attempt,
+                "executor_id": job.executor_id,
+                "submitted_at": job.submitted_at.isoformat(),
+                "step": point["step"] if point else None,
+                "metrics": point["values"] if point else {},
+            }
+        )
+    return rows
+
+
+def top_table(rows: list[dict[str, Any]]) -> Any:
+    from datetime import datetime
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from trainyard_client.cli.formatting import age
+
+    table = Table(box=None, pad_edge=False)
+    for header in ("JOB", "NAME", "QUEUE", "EXECUTOR", "AGE", "STEP", "METRICS"):
+        table.add_column(header, justify="right" if header == "STEP" else "left", no_wrap=header != "METRICS")
+    for row in rows:
+        values = sorted(row["metrics"].items())
+        shown = " ".join(f"{name}={value:.4g}" for name, value in values[:TOP_VALUES])
+        if len(values) > TOP_VALUES:
+            shown += f" (+{len(values) - TOP_VALUES})"
+        table.add_row(
+            row["job_id"],
+            escape(row["name"]),
+            row["queue"],
+            escape(row["executor_id"] or "-"),
+            age(datetime.fromisoformat(row["submitted_at"])),
+            "-" if row["step"] is None else str(row["step"]),
+            escape(shown) if shown else "[dim]no metrics reported[/]",
+        )
+    if not rows:
+        table.add_row("[dim]no running jobs[/]", "", "", "", "", "", "")
+    return table

@@ -475,10 +475,12 @@ def add_log_routes(router: APIRouter, deps: RouteDeps) -> None:
         attempt: Annotated[int | None, Query(ge=1)] = None,
         follow: bool = False,
         last: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+        latest: bool = False,
     ) -> Any:
         record = await deps.job_for(caller, job_id, "read the metrics of")
         output = JobOutput(deps.service(), deps.state["js"], deps.state["subjects"], record)
-        batches = output.metric_batches(attempt, follow)
+        # latest=true: only the newest batch is read (trainyard top asks this of every running job)
+        batches = output.metric_batches(attempt, follow, latest)
         if not follow:
             # the newest ``last`` points in memory, however many the stream holds
             points: deque[dict[str, Any]] = deque(maxlen=last)

@@ -37,11 +37,14 @@ async def read_metric_batches(
     attempt: int | None,
     follow: bool,
     finished: Callable[[], Awaitable[bool]],
+    latest: bool = False,
 ) -> AsyncIterator[MetricsBatch]:
     """A job's reported metrics (``trainyard.report``), batch by batch, as :func:`read_chunks`
-    reads its output (the executor publishes the last batch before the end event)."""
+    reads its output (the executor publishes the last batch before the end event); ``latest``:
+    only the newest batch (what ``trainyard top`` shows), however many are stored."""
     subject = subjects.metrics(job_id, attempt) if attempt is not None else subjects.metrics_of(job_id)
-    async for data in read_messages(js, subjects.streams.metrics, subject, follow, finished):
+    policy = DeliverPolicy.LAST if latest and not follow else DeliverPolicy.ALL
+    async for data in read_messages(js, subjects.streams.metrics, subject, follow, finished, policy):
         yield MetricsBatch.model_validate_json(data)
 
 
@@ -51,15 +54,15 @@ async def read_messages(
     subject: str,
     follow: bool,
     finished: Callable[[], Awaitable[bool]],
+    policy: DeliverPolicy = DeliverPolicy.ALL,
 ) -> AsyncIterator[bytes]:
-    """The bodies stored on ``subject`` in order, with a consumer the server names (removed after);
-    with ``follow``, until ``finished()`` and nothing more is pending."""
+    """The bodies stored on ``subject`` in order (from the newest one with ``DeliverPolicy.LAST``),
+    with a consumer the server names (removed after); with ``follow``, until ``finished()`` and
+    nothing more is pending."""
     sub = await js.pull_subscribe(
         subject,
         stream=stream,
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=60.0
-        ),
+        config=ConsumerConfig(deliver_policy=policy, ack_policy=AckPolicy.NONE, inactive_threshold=60.0),
     )
     try:
         while True:
@@ -110,9 +113,13 @@ class JobOutput:
     def chunks(self, attempt: int | None, follow: bool) -> AsyncIterator[LogChunk]:
         return read_chunks(self.js, self.subjects, self.job_id, attempt, follow, self.finished)
 
-    def metric_batches(self, attempt: int | None, follow: bool) -> AsyncIterator[MetricsBatch]:
+    def metric_batches(
+        self, attempt: int | None, follow: bool, latest: bool = False
+    ) -> AsyncIterator[MetricsBatch]:
         """What the job reported (``trainyard.report``), read as its chunks are."""
-        return read_metric_batches(self.js, self.subjects, self.job_id, attempt, follow, self.finished)
+        return read_metric_batches(
+            self.js, self.subjects, self.job_id, attempt, follow, self.finished, latest
+        )
 
     def end_state(self) -> str:
         return self.latest.state.value if self.latest else "unknown"
