@@ -12,9 +12,11 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from trainyard_contracts.audit import AuditEntry
 from trainyard_contracts.commands import ExecutorCommand
 from trainyard_contracts.events import IntakeReply, JobEvent, LogChunk
 from trainyard_contracts.metrics import MetricsBatch
+from trainyard_contracts.modelregistry import AliasRecord, RegistryReply, RegistryRequest
 from trainyard_contracts.queues import QueueConfig
 from trainyard_contracts.records import ExecutorHeartbeat, JobRecord, ModelVersionRecord
 from trainyard_contracts.runs import PipelineEvent, PipelineReply, PipelineRequest, PipelineRun
@@ -48,6 +50,10 @@ SCHEMAS: dict[str, Any] = {
     "schedule-record": ScheduleRecord,
     "schedule-request": ScheduleRequest,
     "schedule-reply": ScheduleReply,
+    "registry-request": RegistryRequest,
+    "registry-reply": RegistryReply,
+    "model-alias": AliasRecord,
+    "audit-entry": AuditEntry,
 }
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "schemas"

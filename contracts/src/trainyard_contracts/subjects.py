@@ -25,6 +25,7 @@ class StreamNames:
     scheduler: str
     pipelines: str
     metrics: str
+    audit: str
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class BucketNames:
     secrets: str
     pipelines: str
     schedules: str
+    aliases: str
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,17 @@ class Subjects:
         """``run``, ``status``, ``list``, ``cancel``: what the API asks the workflow service."""
         return f"{self.prefix}.workflow.{kind}"
 
+    # the registry's requests from the API (request/reply): alias, version, promote, rollback, compare
+    def registry_request(self, kind: str) -> str:
+        return f"{self.prefix}.registry.{kind}"
+
+    # the audit stream: one subject per service, so a service can append only as itself
+    def audit(self, service: str, action: str) -> str:
+        return f"{self.prefix}.audit.{service}.{action}"
+
+    def audit_of(self, service: str = "*") -> str:
+        return f"{self.prefix}.audit.{service}.>" if service != "*" else f"{self.prefix}.audit.>"
+
     # dead letters
     def dlq(self, service: str) -> str:
         return f"{self.prefix}.dlq.{service}"
@@ -136,6 +149,7 @@ class Subjects:
             scheduler=f"{base}_SCHEDULER",
             pipelines=f"{base}_PIPELINES",
             metrics=f"{base}_METRICS",
+            audit=f"{base}_AUDIT",
         )
 
     @property
@@ -156,6 +170,7 @@ class Subjects:
             secrets=f"{base}_job_secrets",
             pipelines=f"{base}_pipelines",
             schedules=f"{base}_schedules",
+            aliases=f"{base}_model_aliases",
         )
 
 

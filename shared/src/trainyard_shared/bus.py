@@ -12,12 +12,15 @@ from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from trainyard_contracts import Subjects
+from trainyard_contracts.audit import MAX_AUDIT_ENTRY_BYTES
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.natsusers import tokens_bucket
 from trainyard_shared.streamlimits import StreamLimits
 
 DAY = 86400.0
 JOB_SECRETS_TTL_DAYS = 90
+AUDIT_MAX_AGE_DAYS = 400  # a year and a month: a yearly review still finds last year's entries
+AUDIT_MAX_BYTES = 1024**3
 INTAKE_DUPLICATE_WINDOW = 0.1  # seconds; nats-server refuses less
 
 
@@ -38,6 +41,7 @@ class Streams:
     scheduler: JStream
     pipelines: JStream
     metrics: JStream
+    audit: JStream
 
 
 def streams(subjects: Subjects) -> Streams:
@@ -150,6 +154,20 @@ def _record_streams(subjects: Subjects, limits: StreamLimits, common: dict[str, 
             **common,
         ),
         StreamConfig(
+            name=names.audit,
+            subjects=[subjects.audit_of()],
+            description="who changed what (promotions, rollbacks): append-only, no delete, no purge",
+            max_age=AUDIT_MAX_AGE_DAYS * DAY,
+            max_bytes=AUDIT_MAX_BYTES,
+            max_msg_size=MAX_AUDIT_ENTRY_BYTES,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=120.0,
+            # nobody, the operator included, removes an entry: only the age and size limits end one
+            deny_delete=True,
+            deny_purge=True,
+            **common,
+        ),
+        StreamConfig(
             name=names.dlq,
             subjects=[f"{p}.dlq.>"],
             description="messages a service could not handle, with the reason",
@@ -176,6 +194,8 @@ def bucket_configs(subjects: Subjects, replicas: int = 1) -> list[KeyValueConfig
         # schedules (the workflow service's): the last tick each handled moves by compare-and-set
         KeyValueConfig(bucket=names.schedules, history=5, storage=StorageType.FILE, replicas=replicas),
         KeyValueConfig(bucket=tokens_bucket(subjects), history=1, replicas=replicas),
+        # model aliases (the registry's): holder and previous holders per alias, compare-and-set
+        KeyValueConfig(bucket=names.aliases, history=5, storage=StorageType.FILE, replicas=replicas),
         # a job's secret values (jobsecrets.py): one revision, removed when the job ends; the
         # TTL only clears what a missed end left behind (longer than any job's queueing and run)
         KeyValueConfig(
@@ -279,6 +299,7 @@ class Buckets:
     secrets: KeyValue
     pipelines: KeyValue
     schedules: KeyValue
+    aliases: KeyValue
 
 
 async def open_buckets(

@@ -56,7 +56,7 @@ KV_WRITES: dict[str, tuple[str, ...]] = {
     "submission": ("jobs", "idempotency", "queues", "tokens", "secrets"),
     "scheduler": ("jobs", "leases"),
     "executor": ("jobs",),  # and its own key of the executors bucket (executor_permissions)
-    "registry": ("jobs", "models"),
+    "registry": ("jobs", "models", "aliases"),
     "telemetry": (),
     "workflow": ("pipelines", "schedules"),  # and its own key of the leases bucket
 }
@@ -71,7 +71,11 @@ KV_READS: dict[str, tuple[str, ...]] = {
 
 # streams a service reads with short-lived pull consumers the server names (the API's logs and
 # dead letters); no durable consumer lives on them
-EPHEMERAL_PULLS: dict[str, tuple[str, ...]] = {"submission": ("logs", "dlq", "metrics")}
+EPHEMERAL_PULLS: dict[str, tuple[str, ...]] = {"submission": ("logs", "dlq", "metrics", "audit")}
+# the services that append to the audit stream, each on its own <prefix>.audit.<service>.> only:
+# publishing is all they may do there (the stream denies deletes and purges; no service may
+# update or delete a stream)
+AUDIT_WRITERS = ("registry",)
 
 
 @dataclass
@@ -192,6 +196,8 @@ def _base(user: str, service: str, subjects: Subjects) -> Permissions:
     look_up_streams(perms, subjects)
     perms.add_publish(*(subjects.job_event_kind(event) for event in EVENTS_BY_SERVICE[service]))
     perms.add_publish(subjects.dlq(service))
+    if service in AUDIT_WRITERS:
+        perms.add_publish(subjects.audit_of(service))
     buckets = bucket_names(subjects)
     for bucket in KV_WRITES[service]:
         read_bucket(perms, buckets[bucket])
@@ -222,8 +228,9 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         # (joblist.BucketReader) removes the ordered consumer it read with: no durable consumer
         # lives on a bucket's stream
         perms.add_publish(subjects.scheduler_why, subjects.scheduler_dry_run, "_INBOX.>")
-        # pipeline requests for the workflow service (request/reply)
-        perms.add_publish(subjects.workflow_request("*"))
+        # pipeline requests for the workflow service, model alias and version requests for the
+        # registry (request/reply)
+        perms.add_publish(subjects.workflow_request("*"), subjects.registry_request("*"))
         perms.add_publish(subjects.intake_submit)
         perms.add_publish(
             f"{API}.STREAM.MSG.GET.{streams['dlq']}", f"{API}.STREAM.MSG.DELETE.{streams['dlq']}"
@@ -247,6 +254,9 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         perms.add_publish(f"$KV.{buckets['secrets']}.>")
     elif service == "registry":
         perms.add_publish(subjects.model_registered("*"))
+        # the API's alias, version and compare requests, answered on the asker's inbox
+        perms.add_subscribe(subjects.registry_request("*"))
+        perms.allow_responses = True
     elif service == "workflow":
         # its steps' jobs go through the intake as any system's do (answers on its own inbox);
         # its runs' events; the API's requests, answered on the asker's inbox (allow_responses)

@@ -7,7 +7,18 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from trainyard_client.cli import admin, arrays, insight, jobs, listing, pipelines, schedules, simulate, stack
+from trainyard_client.cli import (
+    admin,
+    arrays,
+    insight,
+    jobs,
+    listing,
+    models,
+    pipelines,
+    schedules,
+    simulate,
+    stack,
+)
 from trainyard_client.cli.base import Settings
 
 GLOBAL_OPTIONS = ("--url", "--token")
@@ -79,10 +90,11 @@ for command in (
     insight.top,
     jobs.cancel,
     jobs.purge,
-    jobs.models,
-    jobs.executors,
 ):
     app.command()(command)
+app.add_typer(models.models, name="models")
+app.command()(jobs.executors)
+app.command()(models.audit)
 app.add_typer(admin.dlq, name="dlq")
 app.add_typer(admin.queues, name="queues")
 app.add_typer(admin.tokens, name="tokens")

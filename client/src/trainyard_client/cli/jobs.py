@@ -1,4 +1,4 @@
-"""Job commands: submit, why, status, logs, cancel, purge, models."""
+"""Job commands: submit, why, status, logs, cancel, purge, executors."""
 
 from __future__ import annotations
 
@@ -262,24 +262,6 @@ def purge(ctx: typer.Context, job_id: Annotated[str, JOB], output: OutputOption 
         f"{removed['log_chunks']} log chunks, secrets {'removed' if removed['secrets'] else 'none left'}, "
         f"idempotency key {'removed' if removed['idempotency_entry'] else 'none'}"
     )
-
-
-def models(
-    ctx: typer.Context,
-    name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="one registered model")] = None,
-    output: OutputOption = Output.TABLE,
-) -> None:
-    """Registered model versions with their job, git commit and metrics."""
-    from rich.markup import escape
-
-    from trainyard_client.cli.render import print_models
-
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        versions = client.models(name)
-    if name and not versions:  # a model asked for by name that does not exist is an error (exit 4)
-        fail(f"no registered versions of {escape(name)}", EXIT_REFUSED)
-    print_models(versions, output, "no registered models yet")
 
 
 def executors(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None:

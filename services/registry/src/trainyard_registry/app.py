@@ -7,15 +7,20 @@ from dataclasses import dataclass
 from faststream.asgi import AsgiFastStream
 
 from trainyard_contracts import JobSucceeded
+from trainyard_contracts._time import utcnow
+from trainyard_contracts.modelregistry import REGISTRY_KINDS, RegistryReply
 from trainyard_registry.core import RegistryCore
 from trainyard_registry.outputs import OutputLimits
+from trainyard_registry.requests import AliasStore, RegistryRequests
 from trainyard_registry.settings import RegistrySettings
+from trainyard_shared.auditlog import AuditLog
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.publishing import EventPublisher
 from trainyard_shared.pullconsumer import batch_consumer
+from trainyard_shared.responder import answer_requests
 from trainyard_shared.runner import build_app
 from trainyard_shared.runtimeslot import RUNTIME, RuntimeSlot
 from trainyard_shared.settings import CommonSettings
@@ -36,6 +41,7 @@ class RegistryRuntime:
     """What the handler uses, built once the broker has connected."""
 
     core: RegistryCore
+    requests: RegistryRequests
 
 
 async def build_runtime(
@@ -51,16 +57,24 @@ async def build_runtime(
         max_total_bytes=settings.max_outputs_bytes,
         max_entries=settings.max_output_entries,
     )
+    mlflow = MlflowModelStore(tracking, settings.registry_uri, limits)
     core = RegistryCore(
         store=JobStore(buckets.jobs),
         models_kv=buckets.models,
         events=EventPublisher(sb.broker, sb.subjects),
         broker=sb.broker,
         subjects=sb.subjects,
-        mlflow=MlflowModelStore(tracking, settings.registry_uri, limits),
+        mlflow=mlflow,
         experiment=settings.experiment,
     )
-    return RegistryRuntime(core)
+    requests = RegistryRequests(
+        AliasStore(buckets.aliases),
+        mlflow,
+        JobStore(buckets.jobs),
+        AuditLog(sb.broker, sb.subjects, "registry"),
+        utcnow,
+    )
+    return RegistryRuntime(core, requests)
 
 
 def create_app(
@@ -91,6 +105,9 @@ def create_app(
     async def on_succeeded(event: JobSucceeded) -> None:
         await slot.get().core.on_succeeded(event)
 
+    for kind in REGISTRY_KINDS:
+        _request_handler(sb, kind, slot)
+
     async def connect() -> None:
         slot.set(await build_runtime(sb, common, settings))
 
@@ -102,3 +119,17 @@ def create_app(
     )
     app.context.set_global(RUNTIME, slot)
     return app
+
+
+def _request_handler(sb: ServiceBroker, kind: str, slot: RuntimeSlot[RegistryRuntime]) -> None:
+    async def answer(body: bytes) -> RegistryReply:
+        return await slot.get().requests.answer(kind, body)
+
+    answer_requests(
+        sb,
+        sb.subjects.registry_request(kind),
+        "registry",
+        f"registry/{kind}",
+        f"the API's {kind} request (RegistryRequest) answered with a RegistryReply",
+        answer,
+    )

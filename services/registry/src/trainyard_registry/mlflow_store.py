@@ -31,6 +31,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -59,6 +60,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.tracking import MlflowClient
 
+from trainyard_contracts.modelregistry import VersionInfo
 from trainyard_contracts.spec import strip_url_credentials
 from trainyard_registry.outputs import (
     OutputLimits,
@@ -94,6 +96,8 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _FILTER_SAFE = re.compile(r"^[A-Za-z0-9._:-]+$")
 _EXPERIMENT_BATCH = 100  # experiment ids per search_runs call
 _LOCK_STRIPES = 64
+MAX_SHOWN_ENTRIES = 200  # params or metrics of a version in one answer
+MAX_SHOWN_VALUE = 500  # characters of a param's value in one answer
 DEFAULT_OUTPUT_LIMITS = OutputLimits(
     max_file_bytes=2 * 1024**3, max_total_bytes=10 * 1024**3, max_entries=10_000
 )
@@ -259,6 +263,58 @@ class MlflowModelStore:
             raise MlflowStoreError(
                 f"listing model versions of {name or 'all models'}: {exc.message}"
             ) from exc
+
+    def version_info(self, name: str, version: int) -> VersionInfo | None:
+        """One version with its run's params and metrics and its provenance tags; None if absent."""
+        try:
+            try:
+                mv = self.client.get_model_version(name, str(version))
+            except MlflowException as exc:
+                if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                    return None
+                raise
+            run = self._run_or_none(mv.run_id)
+            data = run.data if run is not None else None
+            tags = dict(data.tags) if data is not None else {}
+            params = dict(data.params) if data is not None else {}
+            metrics = dict(data.metrics) if data is not None else {}
+        except MlflowException as exc:
+            raise MlflowStoreError(f"model {name!r} v{version}: {exc.message}") from exc
+        return VersionInfo(
+            name=mv.name,
+            version=int(mv.version),
+            job_id=mv.tags.get(JOB_ID_TAG),
+            queue=tags.get(QUEUE_TAG),
+            run_id=mv.run_id or None,
+            model_id=mv.model_id or mv.tags.get(MODEL_ID_TAG),
+            source=mv.source or None,
+            git_repo=mv.tags.get(GIT_REPO_VERSION_TAG),
+            git_commit=mv.tags.get(GIT_COMMIT_VERSION_TAG),
+            workdir_digest=mv.tags.get(WORKDIR_DIGEST_TAG),
+            uncommitted_diff=mv.tags.get(WORKDIR_DIFF_TAG),
+            # bounded: the answer travels in one NATS message
+            params={k: v[:MAX_SHOWN_VALUE] for k, v in sorted(params.items())[:MAX_SHOWN_ENTRIES]},
+            metrics=dict(sorted(metrics.items())[:MAX_SHOWN_ENTRIES]),
+            aliases=sorted(mv.aliases or []),
+            created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000.0, UTC),
+        )
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        """MLflow's ``models:/name@alias`` points at ``version`` (idempotent)."""
+        try:
+            self.client.set_registered_model_alias(name, alias, str(version))
+        except MlflowException as exc:
+            raise MlflowStoreError(f"setting {name}@{alias} to v{version}: {exc.message}") from exc
+
+    def _run_or_none(self, run_id: str | None) -> Run | None:
+        if not run_id:
+            return None
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+            return None
 
     # ------------------------------------------------------------------ steps
 

@@ -7,7 +7,8 @@ from trainyard_shared.settings import HttpSettings
 
 
 class RegistrySettings(HttpSettings):
-    model_config = SettingsConfigDict(env_prefix="TRAINYARD_REGISTRY_", extra="ignore")
+    # populate_by_name: RegistrySettings(tracking_uri=...) is honoured, not only the environment
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_REGISTRY_", extra="ignore", populate_by_name=True)
 
     port: int = 8703
     tracking_uri: str | None = Field(

@@ -285,6 +285,19 @@ class RouteDeps:
         return bytes(reply.body)
 
 
+async def ask_service(
+    state: dict[str, Any], subject: str, payload: bytes, timeout: float, service: str
+) -> bytes:
+    """Another service's answer on ``subject`` (request/reply); no answer in time is a 503."""
+    try:
+        reply = await state["broker"].request(payload, subject, timeout=timeout)
+    except Exception as exc:  # no responder / timeout
+        raise Problem(
+            503, f"{service} unavailable", f"the {service} service did not answer: {type(exc).__name__}"
+        ) from exc
+    return bytes(reply.body)
+
+
 def build_router(state: dict[str, Any]) -> APIRouter:
     """``state`` holds the service, settings and token once the app has started."""
     deps = RouteDeps(state)

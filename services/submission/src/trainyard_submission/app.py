@@ -25,6 +25,7 @@ from trainyard_submission.api import build_router, install_error_handlers, insta
 from trainyard_submission.arrayroutes import build_array_router, submit_array
 from trainyard_submission.intake import handle_intake
 from trainyard_submission.limits import BodyLimit
+from trainyard_submission.modelroutes import build_model_router
 from trainyard_submission.pipelines import build_pipeline_router
 from trainyard_submission.runtime import SubmissionRuntime, build_runtime
 from trainyard_submission.schedules import build_schedule_router
@@ -109,6 +110,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     app.include_router(build_pipeline_router(state))
     app.include_router(build_schedule_router(state))
     app.include_router(build_array_router(state))
+    app.include_router(build_model_router(state))
     state["submit_array"] = functools.partial(submit_array, state)
     install_ui(app, state)  # the web UI under /ui (docs/ui.md)
     install_openapi(app)

@@ -4,6 +4,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from trainyard_shared.settings import HttpSettings
+from trainyard_submission.aliasrules import DEFAULT_ALIAS_RULES, AliasRule
 
 
 class SubmissionSettings(HttpSettings):
@@ -21,4 +22,11 @@ class SubmissionSettings(HttpSettings):
     max_workdir_files: int = Field(10_000, ge=1, description="files and folders in a packed workdir")
     scheduler_timeout_seconds: float = Field(
         5.0, gt=0, le=60, description="how long `why` and dry runs wait for the scheduler leader"
+    )
+    alias_rules: list[AliasRule] = Field(
+        default_factory=lambda: list(DEFAULT_ALIAS_RULES),
+        description="who may move which model alias, first match wins (aliasrules.py, docs/models.md)",
+    )
+    registry_timeout_seconds: float = Field(
+        30.0, gt=0, le=120, description="how long model alias and version requests wait for the registry"
     )

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from trainyard_contracts.runs import PipelineReply
 from trainyard_contracts.schedules import ScheduleReply
-from trainyard_submission.api import Problem
+from trainyard_submission.api import Problem, ask_service
 from trainyard_submission.tokens import Principal
 
 WORKFLOW_TIMEOUT_SECONDS = 30.0
@@ -31,17 +31,10 @@ async def ask_workflow_for(
     state: dict[str, Any], kind: str, request: BaseModel, reply_model: type[Reply]
 ) -> Reply:
     """The workflow service's answer; a refusal is raised as its Problem, no answer as a 503."""
-    try:
-        reply = await state["broker"].request(
-            request.model_dump_json().encode(),
-            state["subjects"].workflow_request(kind),
-            timeout=WORKFLOW_TIMEOUT_SECONDS,
-        )
-    except Exception as exc:  # no responder / timeout
-        raise Problem(
-            503, "workflow unavailable", f"the workflow service did not answer: {type(exc).__name__}"
-        ) from exc
-    answer = reply_model.model_validate_json(bytes(reply.body))
+    subject = state["subjects"].workflow_request(kind)
+    payload = request.model_dump_json().encode()
+    body = await ask_service(state, subject, payload, WORKFLOW_TIMEOUT_SECONDS, "workflow")
+    answer = reply_model.model_validate_json(body)
     if not answer.ok:
         errors = [e.model_dump() for e in answer.errors]
         detail = "; ".join(f"{e.field}: {e.message}" for e in answer.errors)

@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any
 
 from faststream.asgi import AsgiFastStream
-from faststream.nats.annotations import NatsMessage
 
 from trainyard_contracts import JobEvent, JobRecord, SpecError, parse_job_event
 from trainyard_contracts._time import utcnow
@@ -38,6 +37,7 @@ from trainyard_shared.jobstore import JobStore
 from trainyard_shared.leader import LeaderLease
 from trainyard_shared.publishing import publish_acked
 from trainyard_shared.pullconsumer import batch_consumer
+from trainyard_shared.responder import answer_requests
 from trainyard_shared.runner import build_app
 from trainyard_shared.runtimeslot import RUNTIME, RuntimeSlot
 from trainyard_shared.settings import CommonSettings
@@ -182,18 +182,17 @@ def _emitter(sb: ServiceBroker) -> Any:
 
 
 def _request_handler(sb: ServiceBroker, kind: str, slot: RuntimeSlot[WorkflowRuntime]) -> None:
-    @sb.broker.subscriber(
+    async def answer(body: bytes) -> PipelineReply:
+        return await _answer(slot.get().service, kind, body)
+
+    answer_requests(
+        sb,
         sb.subjects.workflow_request(kind),
-        queue="workflow",
-        title=f"workflow/{kind}",
-        no_reply=True,
-        description=f"the API's {kind} request (PipelineRequest) answered with a PipelineReply",
+        "workflow",
+        f"workflow/{kind}",
+        f"the API's {kind} request (PipelineRequest) answered with a PipelineReply",
+        answer,
     )
-    async def answer(message: NatsMessage) -> None:
-        # the raw body: a request that is not JSON is answered (400), not dead-lettered unanswered
-        reply = await _answer(slot.get().service, kind, message.body)
-        if message.reply_to:
-            await sb.broker.publish(reply.model_dump_json(exclude_none=True).encode(), message.reply_to)
 
 
 async def _answer(service: WorkflowService, kind: str, body: bytes) -> PipelineReply:

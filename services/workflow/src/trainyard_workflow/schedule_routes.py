@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from faststream.nats.annotations import NatsMessage
-
 from trainyard_contracts import FieldError, SpecError
 from trainyard_contracts.schedules import SCHEDULE_VERBS, ScheduleReply, ScheduleRequest
 from trainyard_shared.broker import ServiceBroker
+from trainyard_shared.responder import answer_requests
 from trainyard_workflow.schedule_store import ScheduleExists, ScheduleNotFound
 from trainyard_workflow.schedules import ScheduleService
 
@@ -28,17 +27,17 @@ def register_schedule_handlers(sb: ServiceBroker, schedules: Any) -> None:
 def _handler(sb: ServiceBroker, verb: str, schedules: Any) -> None:
     kind = schedule_request_kind(verb)
 
-    @sb.broker.subscriber(
+    async def answer(body: bytes) -> ScheduleReply:
+        return await answer_schedule_request(schedules(), verb, body)
+
+    answer_requests(
+        sb,
         sb.subjects.workflow_request(kind),
-        queue="workflow",
-        title=f"workflow/{kind}",
-        no_reply=True,
-        description=f"the API's schedule {verb} request (ScheduleRequest) answered with a ScheduleReply",
+        "workflow",
+        f"workflow/{kind}",
+        f"the API's schedule {verb} request (ScheduleRequest) answered with a ScheduleReply",
+        answer,
     )
-    async def answer(message: NatsMessage) -> None:
-        reply = await answer_schedule_request(schedules(), verb, message.body)
-        if message.reply_to:
-            await sb.broker.publish(reply.model_dump_json(exclude_none=True).encode(), message.reply_to)
 
 
 async def answer_schedule_request(service: ScheduleService, verb: str, body: bytes) -> ScheduleReply:

@@ -1,0 +1,188 @@
+"""Model versions as version control: aliases (MLflow 3's ``models:/name@alias``), their history,
+comparisons, and the requests the API sends the registry service for them.
+
+The registry service owns MLflow and the alias state; the API asks it on
+``<prefix>.registry.<kind>`` (request/reply, :class:`RegistryRequest` in, :class:`RegistryReply`
+out) and never talks to MLflow itself (docs/models.md).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from trainyard_contracts._time import utcnow
+from trainyard_contracts.spec import FieldError
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+# MLflow's own rule for aliases, narrowed to what is also a KV key and a subject token: "latest"
+# and v<digits> are MLflow's version references, never aliases
+ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+_VERSION_REFERENCE = re.compile(r"^(latest|v[0-9]+)$")
+METRIC_PATTERN = r"^[A-Za-z0-9_.:/ -]{1,250}$"
+MAX_ALIAS_HISTORY = 50  # previous holders kept in the alias record (the audit stream keeps all)
+
+RegistryKind = Literal["alias", "version", "promote", "rollback", "compare"]
+REGISTRY_KINDS: tuple[RegistryKind, ...] = ("alias", "version", "promote", "rollback", "compare")
+
+
+class Identity(BaseModel):
+    """Who asked for a change, as the API authenticated them (never the token, only its id)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(max_length=128, description="api, api:<team>:<token id> or api:admin:<token id>")
+    token_id: str = Field(max_length=64)
+    team: str | None = Field(None, max_length=63)
+    admin: bool = False
+
+
+class IfBetter(BaseModel):
+    """Promote only when the candidate's metric beats the current holder's by ``min_delta``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: str = Field(pattern=METRIC_PATTERN)
+    lower_is_better: bool = False
+    min_delta: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class RegistryRequest(BaseModel):
+    """What the API asks the registry service (``kind`` is the subject's last token)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="the registered model")
+    alias: str | None = Field(None, pattern=ALIAS_PATTERN)
+    version: int | None = Field(None, ge=1, description="promote/version: the version; compare: the first")
+    other_version: int | None = Field(None, ge=1, description="compare: the second version")
+    expected_revision: int | None = Field(
+        None, ge=0, description="the alias record's revision the caller decided on (0: unset); else 409"
+    )
+    if_better: IfBetter | None = None
+    by: Identity | None = None
+
+    @field_validator("alias")
+    @classmethod
+    def _not_a_version_reference(cls, value: str | None) -> str | None:
+        return check_alias(value) if value is not None else None
+
+
+def check_alias(alias: str) -> str:
+    """An alias name MLflow accepts: not ``latest`` nor ``v<digits>`` (its version references)."""
+    if _VERSION_REFERENCE.match(alias):
+        raise ValueError(f"{alias!r} is MLflow's reference to a version, not an alias name")
+    return alias
+
+
+class VersionInfo(BaseModel):
+    """One model version as MLflow and Trainyard recorded it: what ``compare`` sets side by side."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    version: int
+    job_id: str | None = None
+    queue: str | None = Field(None, description="the job's queue (= team): who owns the version")
+    run_id: str | None = None
+    model_id: str | None = None
+    source: str | None = None
+    git_repo: str | None = None
+    git_commit: str | None = None
+    workdir_digest: str | None = Field(None, description="the packed workdir the job ran (sha256)")
+    uncommitted_diff: str | None = Field(None, description="hash of what was not committed on top")
+    image: str | None = Field(None, description="the job's container image, if its record is still kept")
+    params: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    aliases: list[str] = Field(default_factory=list)
+    created_at: datetime | None = None
+
+
+class AliasHolder(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: int = Field(ge=1)
+    set_at: datetime = Field(default_factory=utcnow)
+    by: str = Field("", max_length=128)
+
+
+class AliasRecord(BaseModel):
+    """The registry's record of one alias (KV ``<name>.<alias>`` in the aliases bucket): the holder
+    and the holders before it, newest last. Every change is a compare-and-set on its revision.
+
+    ``applied`` is False between the compare-and-set and MLflow's alias plus the audit entry: the
+    next request on the alias finishes what a crash interrupted."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    alias: str
+    current: AliasHolder | None = None
+    history: list[AliasHolder] = Field(default_factory=list, max_length=MAX_ALIAS_HISTORY)
+    applied: bool = True
+    last_action: Literal["promote", "rollback"] | None = None
+
+
+class AliasState(BaseModel):
+    """An alias as answered: the record and the KV revision to send back as expected_revision."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    alias: str
+    version: int | None = None
+    set_at: datetime | None = None
+    by: str | None = None
+    history: list[AliasHolder] = Field(default_factory=list)
+    revision: int = Field(0, ge=0, description="0: the alias was never set")
+
+
+class RegistryReply(BaseModel):
+    """The registry's answer: ``ok`` with what was asked for, or ``status`` and field errors."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    ok: bool
+    status: int = 200
+    errors: list[FieldError] = Field(default_factory=list)
+    state: AliasState | None = None
+    version: VersionInfo | None = Field(
+        None, description="the version asked for (promote: the candidate; rollback: the one restored)"
+    )
+    holder: VersionInfo | None = Field(None, description="the alias's holder before the change")
+    versions: list[VersionInfo] = Field(default_factory=list, description="compare: both versions")
+    changed: bool = False
+    reason: str | None = Field(None, description="why a change was or was not made (--if-better)")
+
+
+class AliasChange(BaseModel):
+    """The API's answer to a promotion or a rollback."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    changed: bool = Field(
+        description="false: --if-better found the version not better, or it held it already"
+    )
+    reason: str | None = None
+    state: AliasState | None = None
+    version: VersionInfo | None = Field(None, description="the version promoted, or restored by a rollback")
+    previous: VersionInfo | None = Field(None, description="the alias's holder before the request")
+
+
+class AliasView(BaseModel):
+    """The API's answer to ``GET /v1/models/{name}/aliases/{alias}``: the alias and its holder."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    state: AliasState
+    version: VersionInfo | None = None
+
+
+class Comparison(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    versions: list[VersionInfo]

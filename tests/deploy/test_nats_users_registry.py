@@ -1,0 +1,121 @@
+"""Model aliases and the audit stream with every service as its own NATS user (deploy/nats/nats.conf,
+after the provision step as admin): a promotion goes API -> registry -> MLflow -> audit stream
+with no permission violation, and no service's user (nor the operator) can delete, purge or
+rewrite what the audit stream holds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+
+import httpx
+import nats
+import pytest
+
+from trainyard_contracts import Subjects
+from trainyard_registry.app import create_app as registry_app
+from trainyard_registry.mlflow_store import MlflowModelStore, ModelRequest
+from trainyard_registry.settings import RegistrySettings
+from trainyard_shared.testing.helpers import running
+from trainyard_submission.app import create_app as submission_app
+from trainyard_submission.settings import SubmissionSettings
+
+from .natsconf import as_user, inbox_of, password_for, provisioned, secured_server, violations
+
+pytestmark = [pytest.mark.nats_auth, pytest.mark.service, pytest.mark.registry, pytest.mark.security]
+S = Subjects("trainyard")
+TOKEN = "a" * 24
+
+
+def register(store: MlflowModelStore, tmp_path, job_id: str, accuracy: float) -> int:
+    out = tmp_path / job_id
+    out.mkdir()
+    (out / "model.pkl").write_bytes(pickle.dumps([1]))
+    (out / "metrics.json").write_text(json.dumps({"accuracy": accuracy}))
+    request = ModelRequest(
+        job_id=job_id,
+        attempt=1,
+        queue="default",
+        job_name="train",
+        model_name="perm-model",
+        outputs_dir=out,
+        params={},
+        git_repo=None,
+        git_commit=None,
+    )
+    return store.register(request).version
+
+
+async def connect_as(server, user: str) -> nats.NATS:
+    return await nats.connect(
+        server.url,
+        user=user,
+        password=password_for(user),
+        inbox_prefix=inbox_of(user),
+        max_reconnect_attempts=0,
+    )
+
+
+async def test_promotions_are_audited_and_no_user_can_remove_or_rewrite_an_entry(tmp_path):
+    data = tmp_path / "data"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = await asyncio.to_thread(MlflowModelStore, tracking)
+    v1 = await asyncio.to_thread(register, store, tmp_path, "jobpermalias01", 0.9)
+    v2 = await asyncio.to_thread(register, store, tmp_path, "jobpermalias02", 0.95)
+    with secured_server(tmp_path / "store") as server:
+        await provisioned(server)
+        api = submission_app(as_user(server.url, "submission", data), SubmissionSettings(token=TOKEN))
+        registry = registry_app(
+            as_user(server.url, "registry", data), RegistrySettings(tracking_uri=tracking)
+        )
+        async with api.router.lifespan_context(api), running(registry):
+            transport = httpx.ASGITransport(app=api)
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=auth) as http:
+                for version in (v1, v2):
+                    promoted = await http.post(
+                        "/v1/models/perm-model/aliases/production", json={"version": version}
+                    )
+                    assert promoted.status_code == 200, promoted.text
+                back = await http.post("/v1/models/perm-model/aliases/production/rollback")
+                assert back.status_code == 200, back.text
+                entries = (await http.get("/v1/audit")).json()["entries"]
+        assert [e["action"] for e in entries] == ["model.promote", "model.promote", "model.rollback"]
+        assert violations(server) == []
+
+        stream = S.streams.audit
+        admin = await connect_as(server, "admin")
+        try:
+            before = (await admin.jetstream().stream_info(stream)).state.messages
+            assert before == 3
+            for user in ("registry", "submission"):
+                nc = await connect_as(server, user)
+                js = nc.jetstream(timeout=1)
+                try:
+                    with pytest.raises(Exception):  # noqa: B017 - refused: a permission violation, no answer
+                        await js.delete_msg(stream, 1)
+                    with pytest.raises(Exception):  # noqa: B017
+                        await js.purge_stream(stream)
+                    with pytest.raises(Exception):  # noqa: B017
+                        await js.delete_stream(stream)
+                finally:
+                    await nc.close()
+            # a service appends as itself only: the submission user cannot write the registry's subject
+            nc = await connect_as(server, "submission")
+            try:
+                with pytest.raises(Exception):  # noqa: B017
+                    await nc.jetstream(timeout=1).publish(S.audit("registry", "model_promote"), b"{}")
+            finally:
+                await nc.close()
+            # the stream itself refuses removals, whoever asks: the operator too
+            ajs = admin.jetstream(timeout=5)
+            with pytest.raises(nats.js.errors.Error):
+                await ajs.delete_msg(stream, 1)
+            with pytest.raises(nats.js.errors.Error):
+                await ajs.purge_stream(stream)
+            info = await ajs.stream_info(stream)
+            assert info.state.messages == before
+            assert info.config.deny_delete and info.config.deny_purge
+        finally:
+            await admin.close()
