@@ -149,6 +149,8 @@ async def test_a_team_token_sees_only_its_own_queue(context, nats_server, prefix
         # a team's own job reads as for the admin
         response = await page.goto(f"{ui.base}/ui/jobs/{ours[0].job_id}")
         assert response.status == 200 and await page.inner_text("h1") == "ours-0"
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await screenshot(page, "job-phone")
 
 
 async def test_submit_again_makes_one_new_job_with_the_same_spec(context, nats_server, prefix, tmp_path):
