@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import expect
 
-from trainyard_contracts import JobState, LogChunk, LogLine, QueueConfig
+from trainyard_contracts import JobState, LogChunk, LogLine, ModelVersionRecord, QueueConfig
 from trainyard_contracts._time import utcnow
 
 from .conftest import ADMIN_TOKEN, screenshot, ui_stack
@@ -251,3 +251,31 @@ async def test_a_jobs_output_is_shown_as_text_never_as_markup(context, nats_serv
         download = await page.request.get(f"{ui.base}/ui/jobs/{job.job_id}/logs.txt")
         assert download.status == 200 and await download.text() == f"{hostile}\na warning\n"
         await screenshot(page, "job-hostile-output")
+
+
+async def test_models_show_a_teams_own_versions_and_link_to_their_jobs(
+    context, nats_server, prefix, tmp_path
+):
+    async with ui_stack(nats_server, prefix, tmp_path) as ui:
+        await ui.runtime.queues.put(QueueConfig(name="team-a"))
+        _, team_a_token = await ui.runtime.tokens.create("team-a", admin=False)
+        (job,) = await seed(ui.runtime.service.store, [record(1, queue="team-a", state=JobState.SUCCEEDED)])
+        models = await ui.runtime.js.key_value(ui.app.state.trainyard["subjects"].buckets.models)
+        ours = ModelVersionRecord(
+            name="digits", version=3, job_id=job.job_id, queue="team-a", metrics={"accuracy": 0.97222}
+        )
+        theirs = ModelVersionRecord(name="secret-model", version=1, job_id="0000000000000", queue="team-b")
+        for version in (ours, theirs):
+            await models.put(version.key, version.model_dump_json().encode())
+        page = await ui.page(context)
+        await ui.sign_in(page, team_a_token)
+        await page.get_by_role("link", name="Models").click()
+        await page.wait_for_url("**/ui/models")
+        rows = page.locator("table.models tbody tr")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_contain_text("digits")
+        await expect(rows.first).to_contain_text("accuracy=0.9722")
+        assert "secret-model" not in await page.content()
+        await screenshot(page, "models-team")
+        await rows.first.get_by_role("link", name=job.job_id).click()
+        await page.wait_for_url(f"{ui.base}/ui/jobs/{job.job_id}")

@@ -22,7 +22,7 @@ from starlette.datastructures import FormData
 
 from trainyard_contracts import JobRecord, JobState, SpecError, WhyAnswer, WhyRequest
 from trainyard_contracts._time import utcnow
-from trainyard_submission.access import Forbidden, check_list, mask_values
+from trainyard_submission.access import Forbidden, check_list, mask_values, may_read_model
 from trainyard_submission.api import Problem, RouteDeps, forbidden, parse_label_selector
 from trainyard_submission.executorlist import list_executors
 from trainyard_submission.logs import JobOutput
@@ -423,6 +423,14 @@ def add_overview_routes(router: APIRouter, deps: RouteDeps) -> None:
     async def queues_page(request: Request, seen: Viewed) -> HTMLResponse:
         queues = [q.as_json() for q in await deps.queues().list()]
         return render(request, "queues.html", seen, queues=queues)
+
+    @router.get("/models")
+    async def models_page(
+        request: Request, seen: Viewed, name: Annotated[str | None, Query(max_length=128)] = None
+    ) -> HTMLResponse:
+        # GET /v1/models' rule: a team reads its own queue's versions
+        versions = [v for v in await deps.service().models(name or None) if may_read_model(seen.principal, v)]
+        return render(request, "models.html", seen, versions=versions, name=name or "")
 
     @router.get("/executors")
     async def executors_page(request: Request, seen: Viewed) -> HTMLResponse:
