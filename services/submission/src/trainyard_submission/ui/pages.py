@@ -327,8 +327,8 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
         try:
             answer = await deps.ask_scheduler(deps.state["subjects"].scheduler_why, WhyRequest(job_id=job_id))
             why = WhyAnswer.model_validate_json(answer)
-        except Problem as exc:
-            error = exc.detail
+        except Problem as exc:  # 503: no scheduler leader answered
+            error = f"The scheduler did not answer ({exc.detail}); asked again every 5 s."
         return render(request, "_why.html", seen, job=record, why=why, error=error)
 
     @router.post("/jobs/{job_id}/cancel")
