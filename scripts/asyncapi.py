@@ -23,6 +23,7 @@ SERVICES = ("scheduler", "executor", "registry", "telemetry", "workflow")
 
 def _payloads() -> dict[str, Any]:
     from trainyard_contracts import ExecutorCommand, JobCancelRequested, JobEvent, JobSucceeded, MetricsBatch
+    from trainyard_contracts.reports import ExecutorReport
 
     return {
         # what each batch consumer's parse reads, by its durable (a pattern); None: raw bytes; a
@@ -31,6 +32,7 @@ def _payloads() -> dict[str, Any]:
         "registry-succeeded": JobSucceeded,
         # parse_job_event reads any job event; the consumer's filter subjects deliver this one
         "scheduler-job-requests": {"cancel_requested": JobCancelRequested},
+        "scheduler-exec-reports": ExecutorReport,  # what executors report, on their own subjects
         "telemetry-events": JobEvent,
         "telemetry-metrics": MetricsBatch,
         "submission-intake": None,  # a job spec as YAML or JSON, parsed by the intake itself

@@ -222,8 +222,9 @@ async def kill_workflow_mid_array(
 
 def settled(record: JobRecord) -> dict[str, Any]:
     """The record as a fenced attempt must leave it: all of it but the attempts' ``stopping``
-    marks, which the thawed executor clears once their processes are gone (it says so; the
-    scheduler holds their room until then) without recording anything of what they did."""
+    marks, which the scheduler clears once the thawed executor reports their processes gone (it
+    holds their room until then; a stale attempt's end report does nothing else), without
+    recording anything of what they did."""
     data = record.model_dump(mode="json")
     data.pop("model", None)  # the registry's, for the attempt that succeeded elsewhere
     for info in data.get("attempts", []):

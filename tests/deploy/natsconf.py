@@ -115,3 +115,34 @@ def as_user(server_url: str, user: str, data: Path, *, key: str | None = None) -
         log_format="text",
         admission_key=key,
     )
+
+
+@contextlib.asynccontextmanager
+async def job_path_as_users(server: NatsServer, data: Path, *, executor_id: str, token: str, key: str) -> Any:
+    """The submission service (its API over ASGI: yields an authorised client), the scheduler and
+    one executor in this process, each connected to ``server`` as its own user; the submission
+    service and the scheduler hold the admission key ``key``."""
+    import httpx
+
+    from trainyard_executor.app import create_app as executor_app
+    from trainyard_executor.settings import ExecutorSettings
+    from trainyard_scheduler.app import create_app as scheduler_app
+    from trainyard_scheduler.settings import SchedulerSettings
+    from trainyard_shared.testing.helpers import running
+    from trainyard_submission.app import create_app as submission_app
+    from trainyard_submission.settings import SubmissionSettings
+
+    api = submission_app(as_user(server.url, "submission", data, key=key), SubmissionSettings(token=token))
+    scheduler = scheduler_app(
+        as_user(server.url, "scheduler", data, key=key),
+        SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1),
+    )
+    executor = executor_app(
+        as_user(server.url, f"executor-{executor_id}", data),
+        ExecutorSettings(id=executor_id, cpu=1, memory=2048, gpu=0, heartbeat_seconds=0.5, grace_seconds=2),
+    )
+    async with api.router.lifespan_context(api), running(scheduler), running(executor):
+        transport = httpx.ASGITransport(app=api)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers) as http:
+            yield http

@@ -159,8 +159,11 @@ REFUSED_PUBLISH = [
     ("submission", S.exec_command("exec-a", "start")),  # only the scheduler commands executors
     ("submission", S.exec_command("exec-a", "cancel")),
     ("submission", S.job(JOB, "running")),
-    ("scheduler", S.job(JOB, "succeeded")),  # only an executor reports an outcome
-    ("scheduler", S.job(JOB, "running")),
+    ("executor-exec-a", S.job(JOB, "succeeded")),  # it reports; the scheduler announces
+    ("executor-exec-a", S.job(JOB, "running")),
+    ("executor-exec-a", "$KV.trainyard_jobs." + JOB),  # reads the job records, never writes them
+    ("executor-exec-a", S.exec_report("exec-b", JOB)),  # reports for itself only
+    ("scheduler", S.exec_report("exec-a", JOB)),  # only an executor reports
     ("registry", S.job(JOB, "succeeded")),
     ("registry", S.exec_command("exec-a", "start")),
     ("executor-exec-a", S.exec_command("exec-b", "start")),
@@ -178,7 +181,9 @@ ALLOWED_PUBLISH = [
     ("scheduler", S.job(JOB, "submitted")),  # its copy ahead of queued, same message id
     ("scheduler", S.job(JOB, "queued")),
     ("scheduler", S.exec_command("exec-a", "start")),
-    ("executor-exec-a", S.job(JOB, "succeeded")),
+    ("scheduler", S.job(JOB, "succeeded")),  # from an executor's report
+    ("scheduler", S.job(JOB, "running")),
+    ("executor-exec-a", S.exec_report("exec-a", JOB)),
     ("executor-exec-a", S.log(JOB, 1)),
     ("executor-exec-a", "$KV.trainyard_executors.exec-a"),  # its own heartbeat
     ("registry", S.job(JOB, "model_registered")),
@@ -286,13 +291,13 @@ def test_the_server_refuses_to_start_without_the_passwords(tmp_path: Path):
     assert "TRAINYARD_NATS_PASSWORD_" in done.stdout + done.stderr
 
 
-async def test_an_executor_may_look_up_whether_an_end_was_announced(server, streams_declared):
-    """After a restart an executor asks the jobs stream whether an attempt's end event is there
-    (ExecutorCore._announce_ends_left_unsaid): a look-up of one message, refused before (the
-    deployed user timed out on it and its connection was broken)."""
+async def test_the_scheduler_may_look_up_whether_an_event_was_announced(server, streams_declared):
+    """The scheduler asks the jobs stream whether an event is there (a report applied before comes
+    again: ReportApplier._announce_unsaid; an old job's submitted copy): a look-up of one message,
+    which its user was refused before (the look-up timed out and broke its connection)."""
     from nats.js.errors import NotFoundError
 
-    conn = await connect(server, "executor-exec-a")
+    conn = await connect(server, "scheduler")
     try:
         with pytest.raises(NotFoundError):  # the stream answers: no such event (not a refusal)
             await conn.nc.jetstream().get_last_msg("TRAINYARD_JOBS", S.job("0never0announced", "succeeded"))

@@ -1,11 +1,11 @@
-"""Only what the submission service admitted is placed: a job record written with an executor's
-NATS credentials (which may still write job records, docs/security.md) never runs.
+"""Only what the submission service admitted is placed: a job record written by another service
+that may write job records (the registry, for its model reference; docs/security.md) never runs.
 
 Submission, scheduler and executor run in this process against a real nats-server started with the
 deployed users (deploy/nats), each connected as its own user; the submission service and the
-scheduler hold the admission key, the executor does not. The forger is a plain nats-py client
-logged in as the executor's user: what a stolen executor password, or a job that reached the
-executor's credentials, can do.
+scheduler hold the admission key, the executor and the registry do not. The forger is a plain
+nats-py client logged in as the registry's user: what its stolen password can do. (An executor's
+user may not write job records at all: tests/security/test_executor_reports.py.)
 """
 
 from __future__ import annotations
@@ -22,16 +22,10 @@ import pytest
 
 from trainyard_contracts import JobRecord, JobSpec, Subjects, lifecycle, new_job_id
 from trainyard_contracts._time import utcnow
-from trainyard_executor.app import create_app as executor_app
-from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.admission import NOT_ADMITTED
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
-from trainyard_shared.testing.helpers import eventually, running
-from trainyard_submission.app import create_app as submission_app
-from trainyard_submission.settings import SubmissionSettings
+from trainyard_shared.testing.helpers import eventually
 
-from ..deploy.natsconf import as_user, inbox_of, password_for, provisioned, secured_server
+from ..deploy.natsconf import inbox_of, job_path_as_users, password_for, provisioned, secured_server
 
 pytestmark = [pytest.mark.security, pytest.mark.service, pytest.mark.local]
 
@@ -39,36 +33,21 @@ S = Subjects("trainyard")
 TOKEN = "admission-test-token-0123456789"
 KEY = "admission-test-key-not-for-executors"
 EXECUTOR = "exec-auth"
-FORGER = f"executor-{EXECUTOR}"
+FORGER = "registry"
 
 
 @contextlib.asynccontextmanager
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     with secured_server(tmp_path / "store") as server:
         await provisioned(server)
-        data = tmp_path / "data"
-        api = submission_app(
-            as_user(server.url, "submission", data, key=KEY), SubmissionSettings(token=TOKEN)
-        )
-        scheduler = scheduler_app(
-            as_user(server.url, "scheduler", data, key=KEY),
-            SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1),
-        )
-        executor = executor_app(
-            as_user(server.url, FORGER, data),
-            ExecutorSettings(id=EXECUTOR, cpu=1, memory=2048, gpu=0, heartbeat_seconds=0.5, grace_seconds=2),
-        )
         forger = await nats.connect(
             server.url, user=FORGER, password=password_for(FORGER), inbox_prefix=inbox_of(FORGER)
         )
         try:
-            async with api.router.lifespan_context(api), running(scheduler), running(executor):
-                transport = httpx.ASGITransport(app=api)
-                headers = {"Authorization": f"Bearer {TOKEN}"}
-                async with httpx.AsyncClient(
-                    transport=transport, base_url="http://api", headers=headers
-                ) as http:
-                    yield http, await forger.jetstream().key_value(S.buckets.jobs)
+            async with job_path_as_users(
+                server, tmp_path / "data", executor_id=EXECUTOR, token=TOKEN, key=KEY
+            ) as http:
+                yield http, await forger.jetstream().key_value(S.buckets.jobs)
         finally:
             await forger.close()
 
@@ -90,7 +69,7 @@ def marker_job(marker: Path) -> list[str]:
     return [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ran')"]
 
 
-async def test_a_record_written_with_executor_credentials_is_cancelled_and_never_runs(tmp_path):
+async def test_a_record_written_with_registry_credentials_is_cancelled_and_never_runs(tmp_path):
     marker = tmp_path / "forged-ran"
     async with stack(tmp_path) as (http, jobs_kv):
         # an admitted job runs: the signature the submission service wrote verifies
@@ -103,7 +82,7 @@ async def test_a_record_written_with_executor_credentials_is_cancelled_and_never
             fine.state.value == "succeeded" and fine.admission and fine.admission.startswith("hmac-sha256:")
         )
 
-        # the executor's user may write the jobs bucket: it creates a job past admission, at a
+        # the registry's user may write the jobs bucket: it creates a job past admission, at a
         # priority no queue allows, and with a signature of its own making
         spec = JobSpec(name="forged", command=marker_job(marker), priority=1000)
         unsigned = lifecycle.new_record(new_job_id(), spec, utcnow(), "admin")
@@ -152,9 +131,9 @@ async def test_a_waiting_jobs_spec_rewritten_after_admission_is_cancelled_not_ru
 
 
 async def test_an_admitted_job_with_a_secret_that_fails_once_is_retried_and_succeeds(tmp_path):
-    """The signature covers what was admitted, not what moves: a retry (the executor writes
-    ``requeued``, the scheduler places the next attempt) still verifies, and so does a spec whose
-    secret value lives in the secrets bucket (the record holds ``***``, as signed)."""
+    """The signature covers what was admitted, not what moves: a retry (the scheduler writes
+    ``requeued`` from the executor's report, then places the next attempt) still verifies, and so
+    does a spec whose secret value lives in the secrets bucket (the record holds ``***``, as signed)."""
     first = tmp_path / "first-attempt-done"
     code = (
         "import os, sys; from pathlib import Path; p = Path(sys.argv[1]); "

@@ -19,6 +19,7 @@ from trainyard_contracts.metrics import MetricsBatch
 from trainyard_contracts.modelregistry import AliasRecord, RegistryReply, RegistryRequest
 from trainyard_contracts.queues import QueueConfig
 from trainyard_contracts.records import ExecutorHeartbeat, JobRecord, ModelVersionRecord
+from trainyard_contracts.reports import ExecutorReport
 from trainyard_contracts.runs import PipelineEvent, PipelineReply, PipelineRequest, PipelineRun
 from trainyard_contracts.schedules import ScheduleRecord, ScheduleReply, ScheduleRequest
 from trainyard_contracts.scheduling import CycleDecisions, DryRunAnswer, WhyAnswer
@@ -32,6 +33,7 @@ SCHEMAS: dict[str, Any] = {
     "model-version": ModelVersionRecord,
     "executor-command": ExecutorCommand,
     "executor-heartbeat": ExecutorHeartbeat,
+    "executor-report": ExecutorReport,
     "log-chunk": LogChunk,
     "metrics-batch": MetricsBatch,
     "intake-reply": IntakeReply,

@@ -26,6 +26,7 @@ class StreamNames:
     pipelines: str
     metrics: str
     audit: str
+    reports: str
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,17 @@ class Subjects:
     def exec_commands_of(self, executor_id: str) -> str:
         return f"{self.prefix}.exec.{executor_id}.*"
 
+    # what executors report about their attempts (the scheduler writes the records from it)
+    def exec_report(self, executor_id: str, job_id: str) -> str:
+        return f"{self.prefix}.exec-report.{executor_id}.{job_id}"
+
+    def exec_reports_of(self, executor_id: str) -> str:
+        return f"{self.prefix}.exec-report.{executor_id}.*"
+
+    @property
+    def all_exec_reports(self) -> str:
+        return f"{self.prefix}.exec-report.>"
+
     # models
     def model_registered(self, model_name: str) -> str:
         return f"{self.prefix}.model.{model_name}.registered"
@@ -150,6 +162,7 @@ class Subjects:
             pipelines=f"{base}_PIPELINES",
             metrics=f"{base}_METRICS",
             audit=f"{base}_AUDIT",
+            reports=f"{base}_EXEC_REPORTS",
         )
 
     @property

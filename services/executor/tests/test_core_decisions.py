@@ -16,7 +16,7 @@ from trainyard_contracts._time import utcnow
 from trainyard_executor.backends.base import Resources
 from trainyard_executor.backends.noop import NoopBackend
 from trainyard_executor.core import ExecutorCore
-from trainyard_executor.fakes import shippers
+from trainyard_executor.fakes import AppliedAtOnce, shippers
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.testing.fakes import MemoryBucket, MemoryExecutorDirectory, MemoryPublisher
@@ -66,7 +66,7 @@ def core_with(store: Records, tmp_path: Path) -> tuple[ExecutorCore, MemoryPubli
     events = MemoryPublisher(Subjects())
     core = ExecutorCore(
         store=store.store,
-        events=events,
+        reports=AppliedAtOnce(store.store, events),  # the scheduler's rule applies each report
         directory=MemoryExecutorDirectory(),
         backend=NoopBackend(Resources(cpu=4, memory_mb=1024, gpu=0)),
         shippers=factory,
@@ -127,14 +127,21 @@ async def test_a_cancel_of_an_attempt_not_started_yet_cancels_it_in_the_record(t
 async def test_a_failure_with_a_retry_left_is_requeued_and_one_without_fails_the_job(tmp_path) -> None:
     store = Records(placed_on(ME, "retried", started=True, retries=1), placed_on(ME, "final", started=True))
     core, events, _ = core_with(store, tmp_path)
-    retried = await core._finish("retried", 1, "failed", 3, "exit code 3", None, 1.0)
-    final = await core._finish("final", 1, "failed", 3, "exit code 3", None, 1.0)
-    assert retried is not None and (retried.state, retried.attempt) == (JobState.REQUEUED, 2)
-    assert final is not None and final.state == JobState.FAILED
+    await core._finish("retried", 1, "failed", 3, "exit code 3", None, 1.0)
+    await core._finish("final", 1, "failed", 3, "exit code 3", None, 1.0)
+    retried, final = store.record("retried"), store.record("final")
+    assert (retried.state, retried.attempt) == (JobState.REQUEUED, 2)
+    assert final.state == JobState.FAILED
     assert types(events) == ["requeued", "failed"]
-    # told again (a lost ack made it try once more): the record keeps how it ended, and the event
-    # is announced again as it was (the same message id: the stream keeps one)
-    again = await core._finish("final", 1, "succeeded", 0, "exit code 0", None, 1.0)
-    assert again is not None and again.state == JobState.FAILED and store.record("final") == again
-    assert types(events) == ["requeued", "failed", "failed"]
-    assert events.published[1].headers["Nats-Msg-Id"] == events.published[2].headers["Nats-Msg-Id"]
+    # reported again (a lost publish ack made it send once more): applied twice is a no-op, and
+    # its event, on the stream already, is not announced again
+    reports = core.reports
+    assert isinstance(reports, AppliedAtOnce)
+    await reports.applier.apply(reports.sent[-1])
+    assert store.record("final") == final and types(events) == ["requeued", "failed"]
+    # redelivered to the scheduler after it died between its write and the event (here: the
+    # event taken off the stream): the event is announced as it would have been
+    events.published.pop()
+    await reports.applier.apply(reports.sent[-1])
+    assert store.record("final") == final and types(events) == ["requeued", "failed"]
+    assert json.loads(events.published[-1].payload)["job_id"] == "final"

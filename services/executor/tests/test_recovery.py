@@ -18,6 +18,7 @@ from trainyard_contracts._time import utcnow
 from trainyard_executor.backends.base import Resources
 from trainyard_executor.backends.noop import NoopBackend
 from trainyard_executor.core import ExecutorCore
+from trainyard_executor.fakes import AppliedAtOnce
 from trainyard_executor.outcomes import not_started_here
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_shared.binding import connect_and_bind
@@ -57,9 +58,11 @@ async def test_a_restart_requeues_a_lost_running_attempt_and_leaves_a_placed_one
     try:
         for record in (placed, lost):
             await buckets.jobs.create(record.job_id, record.model_dump_json().encode())
+        store = JobStore(buckets.jobs)
         core = ExecutorCore(
-            store=JobStore(buckets.jobs),
-            events=EventPublisher(sb.broker, sb.subjects),
+            store=store,
+            # the scheduler's rule applies each report at once (no scheduler process here)
+            reports=AppliedAtOnce(store, EventPublisher(sb.broker, sb.subjects)),
             directory=ExecutorDirectory(buckets.executors),
             backend=NoopBackend(Resources(cpu=4, memory_mb=1024, gpu=0)),
             shippers=lambda job_id, attempt: None,  # type: ignore[arg-type,return-value]  # recover ships none

@@ -22,6 +22,8 @@ JOB_SECRETS_TTL_DAYS = 90
 AUDIT_MAX_AGE_DAYS = 400  # a year and a month: a yearly review still finds last year's entries
 AUDIT_MAX_BYTES = 1024**3
 INTAKE_DUPLICATE_WINDOW = 0.1  # seconds; nats-server refuses less
+REPORTS_MAX_BYTES = 256 * 1024**2
+REPORT_MAX_MSG_BYTES = 64 * 1024  # a report's free text is clipped far below (contracts/reports.py)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Streams:
     pipelines: JStream
     metrics: JStream
     audit: JStream
+    reports: JStream
 
 
 def streams(subjects: Subjects) -> Streams:
@@ -116,6 +119,20 @@ def _job_path_streams(subjects: Subjects, limits: StreamLimits, common: dict[str
             # the service answers a repeated id with its job; the stream would drop the repeat
             # unanswered, so its window is the server's minimum (submission/intake.py)
             duplicate_window=INTAKE_DUPLICATE_WINDOW,
+            **common,
+        ),
+        StreamConfig(
+            name=names.reports,
+            subjects=[subjects.all_exec_reports],
+            description="what executors report about their attempts; the scheduler writes the records",
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_age=DAY,
+            max_bytes=REPORTS_MAX_BYTES,
+            max_msg_size=REPORT_MAX_MSG_BYTES,
+            # a report waits for the scheduler; a full stream refuses new ones (the executor
+            # tries again) rather than dropping ones not applied yet
+            discard=DiscardPolicy.NEW,
+            duplicate_window=120.0,
             **common,
         ),
     ]

@@ -25,13 +25,24 @@ from trainyard_contracts import Subjects
 
 API = "$JS.API"
 
-# who emits which job event (the last token of <prefix>.job.<id>.<event>); "cancelled" and
-# "requeued" have two writers: the scheduler for a job not yet running, the executor for its attempt
+# who emits which job event (the last token of <prefix>.job.<id>.<event>). An executor emits none:
+# it reports on its own subjects and the scheduler, which writes the record from the report,
+# announces the change (trainyard_shared.reports)
 EVENTS_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "submission": ("submitted", "rejected", "cancel_requested"),
     # submitted: a copy under the same message id, ahead of queued (the stream keeps one)
-    "scheduler": ("submitted", "queued", "scheduled", "requeued", "cancelled"),
-    "executor": ("running", "succeeded", "failed", "timed_out", "cancelled", "requeued"),
+    "scheduler": (
+        "submitted",
+        "queued",
+        "scheduled",
+        "requeued",
+        "cancelled",
+        "running",
+        "succeeded",
+        "failed",
+        "timed_out",
+    ),
+    "executor": (),
     "registry": ("model_registered",),
     "telemetry": (),
     "workflow": (),  # its jobs' events are the services' own: it submits through the intake
@@ -40,10 +51,12 @@ SERVICES = tuple(EVENTS_BY_SERVICE)
 # the services with one user each; executors have one user per executor id (executor_user)
 SINGLE_USER_SERVICES = tuple(s for s in SERVICES if s != "executor")
 
+REPORTS_DURABLE = "scheduler-exec-reports"  # trainyard_scheduler.app: executors' reports
+
 # the durable consumers of each service: (stream field of StreamNames, durable name)
 DURABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "submission": (("intake", "submission-intake"),),
-    "scheduler": (("jobs", "scheduler-job-requests"),),
+    "scheduler": (("jobs", "scheduler-job-requests"), ("reports", REPORTS_DURABLE)),
     "registry": (("jobs", "registry-succeeded"),),
     "telemetry": (("jobs", "telemetry-events"), ("metrics", "telemetry-metrics")),
     "workflow": (("jobs", "workflow-job-outcomes"),),
@@ -55,7 +68,8 @@ SCHEDULE_LEASE_KEY = "workflow-schedules"  # trainyard_workflow.ticker
 KV_WRITES: dict[str, tuple[str, ...]] = {
     "submission": ("jobs", "idempotency", "queues", "tokens", "secrets"),
     "scheduler": ("jobs", "leases"),
-    "executor": ("jobs",),  # and its own key of the executors bucket (executor_permissions)
+    # its own key of the executors bucket only (executor_permissions): no job record (it reports)
+    "executor": (),
     "registry": ("jobs", "models", "aliases"),
     "telemetry": (),
     "workflow": ("pipelines", "schedules"),  # and its own key of the leases bucket
@@ -63,7 +77,9 @@ KV_WRITES: dict[str, tuple[str, ...]] = {
 KV_READS: dict[str, tuple[str, ...]] = {
     "submission": ("models", "executors"),
     "scheduler": ("executors", "queues"),
-    "executor": ("secrets",),  # a job's secret values, put back right before it starts
+    # the job records (its attempts' records, watched until its report is applied) and a job's
+    # secret values, put back right before it starts
+    "executor": ("jobs", "secrets"),
     "registry": (),
     "telemetry": ("jobs",),
     "workflow": ("jobs",),
@@ -252,6 +268,9 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         perms.allow_responses = True
         # removes a job's secrets when the job ends (a purge is a publish); never reads them
         perms.add_publish(f"$KV.{buckets['secrets']}.>")
+        # whether an event is on the jobs stream (an old job's submitted copy; the event of a
+        # report applied before, redelivered): reading one message, which carries no secret
+        perms.add_publish(f"{API}.STREAM.MSG.GET.{streams['jobs']}")
     elif service == "registry":
         perms.add_publish(subjects.model_registered("*"))
         # the API's alias, version and compare requests, answered on the asker's inbox
@@ -271,9 +290,9 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
 
 def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
     """One executor: its own commands (its durable, filtered on ``exec.<id>.*``), its own heartbeat
-    key, the job records and the outcome events (and a look-up of one), its jobs' logs and metrics
-    (any job's, as for logs: which executor runs a job is decided at run time, and the server's
-    permissions are static)."""
+    key, its own report subjects (``exec-report.<id>.*``: the subject proves which executor
+    spoke), the job records read only, its jobs' logs and metrics (any job's, as for logs: which
+    executor runs a job is decided at run time, and the server's permissions are static)."""
     perms = _base(executor_user(executor_id), "executor", subjects)
     durable(
         perms,
@@ -284,10 +303,8 @@ def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
     executors = subjects.buckets.executors
     read_bucket(perms, executors)
     perms.add_publish(f"$KV.{executors}.{executor_id}", f"{subjects.prefix}.log.>", subjects.metrics_of())
+    perms.add_publish(subjects.exec_reports_of(executor_id))
     read_objects(perms, subjects.workdirs_bucket)  # the jobs' packed workdirs, read only
-    # whether an attempt's end is on the jobs stream (after a restart, an end written but never
-    # announced is announced): reading one message, which carries no secret (specs are masked)
-    perms.add_publish(f"{API}.STREAM.MSG.GET.{subjects.streams.jobs}")
     return perms
 
 

@@ -5,6 +5,7 @@ The models are in ``trainyard_contracts`` (events.py, commands.py); this module 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -59,6 +60,14 @@ class EventPublisher:
         except NotFoundError:
             return False
         return True
+
+    async def announced_attempt(self, subject: str) -> int | None:
+        """The attempt of the last event the jobs stream holds on ``subject``, None if it holds none."""
+        try:
+            msg = await NatsHandle(self.broker).jetstream.get_last_msg(self.stream, subject)
+        except NotFoundError:
+            return None
+        return int(json.loads(msg.data or b"{}").get("attempt") or 0)
 
     def max_payload(self) -> int:
         """The server's limit for one message's body (headers count against it too)."""

@@ -24,6 +24,7 @@ from trainyard_executor.gpus import DISCOVERING_BACKENDS, advertised_gpus, disco
 from trainyard_executor.jobenv import local_mlflow_store
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.metricship import MetricsShipper
+from trainyard_executor.reporting import BusReporter
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.binding import connect_and_bind
@@ -34,7 +35,6 @@ from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
-from trainyard_shared.publishing import EventPublisher
 from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
@@ -186,7 +186,7 @@ class ExecutorService:
         gpus = await executor_gpus(settings)
         executor = ExecutorCore(
             store=store,
-            events=EventPublisher(broker, subjects),
+            reports=BusReporter(broker, subjects, store),
             directory=ExecutorDirectory(buckets.executors),
             backend=backend,
             shippers=lambda job_id, attempt: LogShipper(

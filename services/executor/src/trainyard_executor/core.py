@@ -13,7 +13,7 @@ import os
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,9 +23,7 @@ from trainyard_contracts import (
     Capacity,
     ExecutorHeartbeat,
     GpuDevice,
-    JobCancelled,
     JobRecord,
-    JobRunning,
     JobState,
     StartAttempt,
     lifecycle,
@@ -39,17 +37,17 @@ from trainyard_executor.gang import (
     log_seq_base,
     member_of,
     rendezvous_of,
-    start_member,
 )
-from trainyard_executor.outcomes import event_for, not_started_here, owns
+from trainyard_executor.outcomes import not_started_here, owns, start_verdict
 from trainyard_executor.recording import BROKER_ERRORS
+from trainyard_executor.reporting import Reporter
 from trainyard_executor.running import AttemptRunner, LocalAttempt, MetricsFactory, ShipperFactory
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
-from trainyard_shared.publishing import EventPublisher
+from trainyard_shared.reports import apply_report
 
 log = logging.getLogger("trainyard.executor")
 T = TypeVar("T")
@@ -76,7 +74,7 @@ class ExecutorCore(AttemptRunner):
     def __init__(
         self,
         store: JobStore,
-        events: EventPublisher,
+        reports: Reporter,
         directory: ExecutorDirectory,
         backend: Backend,
         shippers: ShipperFactory,
@@ -100,7 +98,7 @@ class ExecutorCore(AttemptRunner):
         # the devices the scheduler may hand out here (gpus.advertised_gpus); None: the backend
         # does not discover any, its count is the setting or what it detects
         self.gpus = gpus
-        self.events = events
+        self.reports = reports
         self.directory = directory
         self.backend = backend
         self.shippers = shippers
@@ -167,51 +165,34 @@ class ExecutorCore(AttemptRunner):
             # runs twice at once
             await self._stop_superseded(local, f"superseded by attempt {cmd.attempt}")
         if cmd.record is not None and cmd.record_revision and cmd.record.job_id == cmd.job_id:
-            self.store.remember(cmd.record, cmd.record_revision)  # the CAS tries it: no read first
-        now = self.clock()
-        seen: list[JobRecord] = []
-
-        def to_running(r: JobRecord) -> JobRecord | None:
-            seen.append(r)
-            if not owns(r, self.me, cmd.attempt):
-                return None
-            # a member of a split gang starts its ranks once, also after another member started
-            member = member_of(r, self.me, cmd.attempt) if r.gang is not None else None
-            if member is None and r.state != JobState.SCHEDULED:
-                return None
-            if member is not None and (member.started_at is not None or member.state is not None):
-                return None
-            if r.cancel_requested:
-                return lifecycle.finish(
-                    r, JobState.CANCELLED, now, exit_code=None, reason="cancelled before it ran"
-                )
-            return lifecycle.start(r, now) if member is None else start_member(r, self.me, now)
-
-        result = await self.store.update(cmd.job_id, to_running)
-        if result is None:
-            if not seen or not self._half_started(seen[-1], cmd.attempt):
-                return  # fenced: not ours any more, or already started
-            # our own earlier write made it running, but what follows it never happened (its
-            # event could not be published and the command came again): finish that start
-            log.warning(
-                "finishing a start whose running event was never confirmed", extra={"job_id": cmd.job_id}
+            self.store.remember(cmd.record, cmd.record_revision)  # what it knows: no read first
+        record = await self._startable(cmd.job_id, cmd.attempt)
+        if record is None:
+            return  # fenced: not ours any more, or already started
+        if not self._half_started(record, cmd.attempt):
+            report = self._report(
+                "start", cmd.job_id, cmd.attempt, workdir=str(self.workdir(cmd.job_id, cmd.attempt))
             )
-            result = (seen[-1], seen[-1])
-            announce = True
+            await self.reports.send(report)
+            # the scheduler applies it; runs only once the record says so (a timeout: the command
+            # is tried again later, and the same report is dropped by the stream as a re-send)
+            verdict, record = await self.reports.settle(
+                cmd.job_id, start_verdict(self.me, cmd.attempt), self.settings.report_settle_seconds
+            )
+            if verdict != "run":
+                if (
+                    verdict == "gone"
+                    and record is not None
+                    and lifecycle.stopped(record, cmd.attempt, self.me)
+                ):
+                    await self._let_go(cmd.job_id, cmd.attempt)  # started, then stopped before it ran
+                return
         else:
-            announce = result[0].state == JobState.SCHEDULED  # only the start that made it running
-        record = result[1]
-        if record.state == JobState.CANCELLED:
-            await self.events.emit(
-                JobCancelled(job_id=record.job_id, attempt=cmd.attempt, reason=record.reason or "")
-            )
-            return
+            # our start was applied, but its launch never happened (the command came again after
+            # the wait for it ran out): finish that start
+            log.warning("finishing a start whose launch never happened", extra={"job_id": cmd.job_id})
+        assert record is not None
         workdir = self.workdir(record.job_id, cmd.attempt)
-        if announce:  # the same message id on every try: the stream keeps one
-            running = JobRunning(
-                job_id=record.job_id, attempt=cmd.attempt, executor_id=self.me, workdir=str(workdir)
-            )
-            await self._while_the_broker_is_away(lambda: self.events.emit(running), record.job_id)
         rendezvous = (
             rendezvous_of(record, self.me, cmd.attempt) if record.gang is not None else None
         ) or cmd.rendezvous
@@ -228,6 +209,23 @@ class ExecutorCore(AttemptRunner):
             name=f"attempt-{record.job_id}",
         )
 
+    async def _startable(self, job_id: str, attempt: int) -> JobRecord | None:
+        """The record, if a start of ``attempt`` here would change it or its start was applied
+        and never launched; the copy this executor knows first, the bucket's when that says no."""
+        known = self.store.known(job_id)
+        for found in (known, None):
+            if found is None:
+                found = await self.store.get(job_id)
+                if found is None:
+                    return None
+            record = found[0]
+            probe = self._report("start", job_id, attempt)
+            if apply_report(record, probe) is not None or self._half_started(record, attempt):
+                return record
+            if known is None:
+                return None
+        return None
+
     async def cancel(self, cmd: CancelAttempt) -> None:
         await self.recovered.wait()
         local = self.running.get(cmd.job_id)
@@ -236,18 +234,14 @@ class ExecutorCore(AttemptRunner):
             if local.handle is not None:
                 await local.handle.cancel(cmd.grace_seconds)
             return
-        # not running here: if the record still says it is ours and scheduled, cancel it there
-        now = self.clock()
-        result = await self.store.update(
-            cmd.job_id,
-            lambda r: (
-                lifecycle.finish(r, JobState.CANCELLED, now, exit_code=None, reason=cmd.reason)
-                if owns(r, self.me, cmd.attempt) and r.state == JobState.SCHEDULED
-                else None
-            ),
-        )
-        if result is not None:
-            await self.events.emit(JobCancelled(job_id=cmd.job_id, attempt=cmd.attempt, reason=cmd.reason))
+        # not running here: if the record still says it is ours and scheduled, it is cancelled
+        # there (the scheduler applies the report, fenced on this executor and attempt)
+        found = await self.store.get(cmd.job_id)
+        if found is None:
+            return
+        record = found[0]
+        if owns(record, self.me, cmd.attempt) and record.state == JobState.SCHEDULED:
+            await self._send(self._report("cancelled", cmd.job_id, cmd.attempt, reason=cmd.reason))
 
     # -- one attempt --------------------------------------------------------------------------
 
@@ -294,53 +288,25 @@ class ExecutorCore(AttemptRunner):
                     continue
                 await self._requeue(record, "executor restarted; the attempt's process is gone")
                 count += 1
-            await self._announce_ends_left_unsaid(records)
             return count
         finally:
             self.recovered.set()
 
-    async def _announce_ends_left_unsaid(self, records: list[JobRecord]) -> None:
-        """A kill between an attempt's terminal write and its event leaves the record ended here
-        and no event: nothing else would say it (registry, workflow and followers wait on the
-        event). Announced now with the event's own message id, once the jobs stream shows none."""
-        horizon = self.clock() - timedelta(seconds=self.settings.reannounce_seconds)
-        for record in records:
-            if not record.state.terminal or record.gang is not None or record.executor_id != self.me:
-                continue
-            if record.updated_at < horizon:
-                continue
-            event = event_for(record, record, None)
-            try:
-                if await self.events.has_event(event.subject(self.events.subjects)):
-                    continue
-                await self.events.emit(event)
-            except BROKER_ERRORS as exc:  # one unanswered look-up: the rest would wait the same
-                log.warning(
-                    "could not look over the attempts that ended here; their ends stay unannounced",
-                    extra={"job_id": record.job_id, "error": type(exc).__name__},
-                )
-                return
-            log.warning(
-                "announced the end of an attempt that a restart left unsaid",
-                extra={"job_id": record.job_id, "attempt": record.attempt, "state": record.state.value},
-            )
-
     async def _adopt(self, record: JobRecord | None, found: FoundAttempt) -> bool:
         """Watch an attempt a previous run of this executor started; False if it cannot be."""
         assert record is not None
-        if record.state == JobState.SCHEDULED:  # crashed between spawning and recording it
-            now = self.clock()
-            moved = await self.store.update(
-                record.job_id,
-                lambda r: (
-                    lifecycle.start(r, now)
-                    if owns(r, self.me, found.attempt) and r.state == JobState.SCHEDULED
-                    else None
-                ),
-            )
-            if moved is None:
+        if record.state == JobState.SCHEDULED:  # crashed between spawning and its start applied
+            if not owns(record, self.me, found.attempt):
                 return False
-            record = moved[1]
+            await self._send(self._report("start", record.job_id, found.attempt, adopted=True))
+            verdict, moved = await self.reports.settle(
+                record.job_id,
+                start_verdict(self.me, found.attempt, adopted=True),
+                self.settings.report_settle_seconds,
+            )
+            if verdict != "run" or moved is None:
+                return False
+            record = moved
         local = LocalAttempt(job_id=record.job_id, attempt=found.attempt)
         info = record.current_attempt()
         if info is not None and info.started_at is not None:

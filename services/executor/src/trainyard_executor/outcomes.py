@@ -1,103 +1,50 @@
-"""How an attempt's end changes the job: pure, so retries and fencing are tested without I/O."""
+"""How an attempt's end changes the job: the pure rules live in trainyard_shared.attemptrecord
+(the scheduler applies them to executors' reports); this executor's own decisions are here."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from typing import Literal
 
-from trainyard_contracts import (
-    Envelope,
-    JobCancelled,
-    JobFailed,
-    JobRecord,
-    JobRequeued,
-    JobState,
-    JobSucceeded,
-    JobTimedOut,
-    lifecycle,
-)
+from trainyard_contracts import JobRecord, JobState
 from trainyard_contracts.records import GangMember
+from trainyard_shared.attemptrecord import KIND_TO_STATE, conclude, event_for, member_of, owns
 
-KIND_TO_STATE = {
-    "succeeded": JobState.SUCCEEDED,
-    "failed": JobState.FAILED,
-    "timed_out": JobState.TIMED_OUT,
-    "cancelled": JobState.CANCELLED,
-}
+__all__ = [
+    "KIND_TO_STATE",
+    "StartVerdict",
+    "conclude",
+    "event_for",
+    "not_started_here",
+    "owns",
+    "start_verdict",
+]
 
-
-def owns(record: JobRecord, executor_id: str, attempt: int) -> bool:
-    """The fence: only an executor of the current attempt (rank 0's, or a member of its split gang)
-    may change the record."""
-    return bool(record.attempt == attempt and record.state.active and record.runs_on(executor_id))
-
-
-def conclude(
-    record: JobRecord,
-    kind: str,
-    *,
-    exit_code: int | None,
-    reason: str,
-    outputs_uri: str | None,
-    now: datetime,
-) -> JobRecord:
-    """The record after the attempt ended. A failure with retries left is requeued with backoff;
-    a timeout is final (a job that hit its limit would hit it again)."""
-    if kind == "failed" and lifecycle.retries_left(record):
-        return lifecycle.requeue(
-            record, now, reason="retry", counts_as_retry=True, exit_code=exit_code, detail=reason
-        )
-    if record.state == JobState.SCHEDULED and kind != "failed":
-        record = lifecycle.start(record, now)
-    return lifecycle.finish(
-        record,
-        KIND_TO_STATE[kind],
-        now,
-        exit_code=exit_code,
-        reason=reason,
-        outputs_uri=outputs_uri if kind == "succeeded" else None,
-    )
+# what the record says of a start this executor reported: run it; it was cancelled before it ran;
+# it is not this executor's (any more)
+StartVerdict = tuple[Literal["run", "cancelled", "gone"], JobRecord | None]
 
 
-def event_for(before: JobRecord, after: JobRecord, duration: float | None) -> Envelope:
-    attempt = before.attempt
-    common = {"job_id": after.job_id, "attempt": attempt}
-    executor_id = before.executor_id
-    match after.state:
-        case JobState.SUCCEEDED:
-            return JobSucceeded(
-                **common,
-                executor_id=executor_id,
-                exit_code=after.exit_code or 0,
-                outputs_uri=after.outputs_uri,
-                duration_seconds=duration,
-                declares_model=bool(after.spec.outputs and after.spec.outputs.model),
-            )
-        case JobState.FAILED:
-            return JobFailed(
-                **common,
-                executor_id=executor_id,
-                exit_code=after.exit_code,
-                reason=after.reason or "failed",
-                duration_seconds=duration,
-            )
-        case JobState.TIMED_OUT:
-            return JobTimedOut(
-                **common,
-                executor_id=executor_id,
-                reason=after.reason or "timed out",
-                duration_seconds=duration,
-            )
-        case JobState.CANCELLED:
-            return JobCancelled(**common, reason=after.reason or "cancelled")
-        case JobState.REQUEUED:
-            return JobRequeued(
-                **common,
-                reason="retry",
-                next_attempt=after.attempt,
-                not_before=after.not_before,
-                detail=after.reason,
-            )
-    raise ValueError(f"no event for an attempt that ended in {after.state}")
+def start_verdict(
+    executor_id: str, attempt: int, *, adopted: bool = False
+) -> Callable[[JobRecord | None], StartVerdict | None]:
+    """Reads the record after a start report: None while the scheduler has not applied it."""
+
+    def decide(record: JobRecord | None) -> StartVerdict | None:
+        if record is None:
+            return ("gone", None)
+        if owns(record, executor_id, attempt):
+            member = member_of(record, executor_id, attempt) if record.gang is not None else None
+            if member is None or adopted:
+                return ("run", record) if record.state == JobState.RUNNING else None
+            if member.started_at is not None:
+                return ("run", record)
+            return None if member.state is None else ("gone", record)
+        if record.attempt == attempt and record.state == JobState.CANCELLED and record.runs_on(executor_id):
+            return ("cancelled", record)
+        return ("gone", record)
+
+    return decide
 
 
 def not_started_here(record: JobRecord, member: GangMember | None) -> bool:

@@ -13,9 +13,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from trainyard_contracts import (
     JobRecord,
@@ -23,6 +20,7 @@ from trainyard_contracts import (
     JobState,
     Rendezvous,
 )
+from trainyard_contracts.reports import URI_MAX
 from trainyard_executor.backends.base import AttemptLaunch, Backend, RunningAttempt
 from trainyard_executor.gang import (
     ended_by_a_member,
@@ -34,6 +32,7 @@ from trainyard_executor.logship import LogShipper
 from trainyard_executor.metricship import MetricsShipper, Note
 from trainyard_executor.outcomes import owns
 from trainyard_executor.recording import BROKER_ERRORS, AttemptRecorder
+from trainyard_executor.reporting import record_changes
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.jobsecrets import SecretsMissing, SecretStore
@@ -266,21 +265,26 @@ class AttemptRunner(AttemptRecorder):
             reason = local.cancel_reason
         # abspath, not resolve(): no filesystem calls per attempt (the work root is absolute already)
         outputs_uri = Path(os.path.abspath(outcome.output_dir)).as_uri() if outcome.output_dir else None
-        # every line is stored before the terminal event announces it; a broker away at this
-        # moment must not change how the attempt ended, so shipping is retried, then given up.
-        # The lines and the outcome's write go out together; the event waits for both.
+        if outputs_uri is not None and len(outputs_uri) > URI_MAX:
+            log.warning(
+                "the outputs' path is too long to report; none reported", extra={"job_id": record.job_id}
+            )
+            outputs_uri = None
+        # every line is stored before the end is reported (the scheduler announces it); a broker
+        # away at this moment must not change how the attempt ended, so shipping is retried, then
+        # given up
         lines_stored = asyncio.ensure_future(
             self._ship_outcome_lines(shipper, f"attempt {attempt} ended: {kind} ({reason})", record.job_id)
         )
+        reported_end = not (local.shutting_down and kind == "cancelled")
         try:
-            if local.shutting_down and kind == "cancelled":
+            if not reported_end:
                 # stopped by the shutdown: handed back. One that ended on its own meanwhile is
-                # recorded as it ended, so work that completed is never run again
+                # reported as it ended, so work that completed is never run again
                 await lines_stored
                 await self._requeue(record, "executor shut down while the attempt ran")
-                after = None
             else:
-                after = await self._finish(
+                await self._finish(
                     record.job_id,
                     attempt,
                     kind,
@@ -292,11 +296,13 @@ class AttemptRunner(AttemptRecorder):
                 )
         finally:
             await lines_stored
-        if after is not None and after.state.terminal:
-            checkpoints = self.checkpoint_dir(record.job_id)
-            if checkpoints.exists():  # most jobs never write one: no thread hop for nothing
-                await asyncio.to_thread(shutil.rmtree, checkpoints, True)
         await self._release(local)
+        checkpoints = self.checkpoint_dir(record.job_id)
+        # most jobs never write one: no wait for the record for nothing. A job that goes on to
+        # another attempt (a retry, preempted) keeps them for it
+        if reported_end and not local.shutting_down and checkpoints.exists():
+            if await self._ended_for_good(record.job_id, attempt):
+                await asyncio.to_thread(shutil.rmtree, checkpoints, True)
 
     async def _could_not_run(
         self, record: JobRecord, attempt: int, local: LocalAttempt, shipper: LogShipper, exc: Exception
@@ -321,32 +327,24 @@ class AttemptRunner(AttemptRecorder):
         loop = asyncio.get_running_loop()
         requeued_seen: float | None = None
         while not local.over:
-            watcher: Any = None  # nats-py's KeyWatcher is not annotated
             try:
-                watcher = await self.store.kv.watch(job_id)
-                while not local.over:
-                    try:
-                        entry = await watcher.updates(timeout=check)
-                    except NatsTimeoutError:
-                        found = await self.store.get(job_id)
-                        record = found[0] if found is not None else None
-                    else:
-                        if entry is None:
-                            continue  # the watch's "caught up" marker
-                        record = JobRecord.model_validate_json(entry.value) if entry.value else None
-                    if record is not None and owns(record, self.me, attempt):
-                        continue
-                    if record is None or ended_by_a_member(record, attempt, self.me):
-                        reason = "the gang's attempt ended on another executor"
-                        if record is not None and record.reason:
-                            reason += f": {record.reason}"
-                        await self._stop_ranks(local, reason)
-                        return
-                    if requeued_seen is None:
-                        requeued_seen = loop.time()
-                    elif loop.time() - requeued_seen >= check:
-                        await self._stop_ranks(local, "the gang's attempt was requeued; no cancel came")
-                        return
+                async with contextlib.aclosing(record_changes(self.store, job_id, check)) as changes:
+                    async for record in changes:
+                        if local.over:
+                            return
+                        if record is not None and owns(record, self.me, attempt):
+                            continue
+                        if record is None or ended_by_a_member(record, attempt, self.me):
+                            reason = "the gang's attempt ended on another executor"
+                            if record is not None and record.reason:
+                                reason += f": {record.reason}"
+                            await self._stop_ranks(local, reason)
+                            return
+                        if requeued_seen is None:
+                            requeued_seen = loop.time()
+                        elif loop.time() - requeued_seen >= check:
+                            await self._stop_ranks(local, "the gang's attempt was requeued; no cancel came")
+                            return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the broker away: watch again after a pause
@@ -355,10 +353,6 @@ class AttemptRunner(AttemptRecorder):
                     extra={"job_id": job_id, "error": type(exc).__name__},
                 )
                 await asyncio.sleep(min(check, 2.0))
-            finally:
-                if watcher is not None:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()
 
     async def _stop_ranks(self, local: LocalAttempt, reason: str) -> None:
         if local.cancel_reason is None:

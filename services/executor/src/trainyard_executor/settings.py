@@ -117,11 +117,11 @@ class ExecutorSettings(HttpSettings):
     broker_outage_seconds: float = Field(
         300.0, gt=0, description="how long an attempt's end is retried while NATS does not answer"
     )
-    reannounce_seconds: float = Field(
-        600.0,
-        ge=0,
-        description="after a restart, attempts that ended here this recently and whose end event is "
-        "missing from the jobs stream are announced (a kill between the write and the event)",
+    report_settle_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="how long a start waits for the scheduler to apply its report (the record says "
+        "running) before its command is tried again later",
     )
     checkpoint_dir: Path | None = Field(
         None, description="TRAINYARD_CHECKPOINT_DIR roots, one dir per job (default: <data>/checkpoints)"

@@ -12,17 +12,23 @@ import asyncio
 
 from faststream.asgi import AsgiFastStream
 from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
 
 from trainyard_contracts import DryRunRequest, JobEvent, WhyRequest, parse_job_event
+from trainyard_contracts.reports import ExecutorReport
 from trainyard_scheduler.runtime import SchedulerRuntime, build_runtime, leadership_gauges
 from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
+from trainyard_shared.deadletter import park
+from trainyard_shared.natsusers import REPORTS_DURABLE
 from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
 from trainyard_shared.runtimeslot import RUNTIME, RuntimeSlot
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing
+
+NOT_ITS_SUBJECT = "the report names another executor or job than its subject"
 
 
 def subscribe_requests(sb: ServiceBroker, slot: RuntimeSlot[SchedulerRuntime], replica: str) -> None:
@@ -48,6 +54,36 @@ def subscribe_requests(sb: ServiceBroker, slot: RuntimeSlot[SchedulerRuntime], r
     async def on_job_event(event: JobEvent) -> None:
         if event.type == "cancel_requested":
             await slot.get().core.cancel(event.job_id, event.by)
+
+    # executors' reports: every replica applies them (one shared durable consumer, so each is
+    # handled once), safe from any replica because each is a compare-and-set fenced on the
+    # reporting executor and attempt (trainyard_shared.reports)
+    @batch_consumer(
+        sb,
+        subjects.all_exec_reports,
+        stream=streams(subjects).reports,
+        durable=REPORTS_DURABLE,
+        parse=ExecutorReport.model_validate_json,
+        batch=256,
+        concurrency=64,
+        key=lambda report: report.job_id,  # one job's reports in the order its executors sent them
+        with_message=True,
+        title="scheduler/exec-reports",
+        description="what executors report about their attempts, written into the job records",
+    )
+    async def on_report(report: ExecutorReport, raw: Msg) -> None:
+        # the subject proves who spoke (an executor may publish on its own subjects only): a body
+        # that names another executor or job is refused
+        if raw.subject != subjects.exec_report(report.executor_id, report.job_id):
+            await park(
+                sb.broker,
+                subjects,
+                sb.service,
+                raw,
+                "the report names another executor or job than its subject",
+            )
+            return
+        await slot.get().reports.apply(report)
 
     # questions for the leader: every replica listens (no queue group), only the leader answers,
     # so a request never lands on a standby that would leave it unanswered

@@ -24,6 +24,7 @@ from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
 from trainyard_shared.publishing import CommandSender, EventPublisher, publish_acked
 from trainyard_shared.queueview import QueueView
+from trainyard_shared.reports import ReportApplier
 from trainyard_shared.settings import CommonSettings
 
 log = logging.getLogger("trainyard.scheduler")
@@ -38,6 +39,7 @@ class SchedulerRuntime:
     lease: LeaderLease
     directory: ExecutorDirectory
     planning: PlanningLoop
+    reports: ReportApplier
 
     def start(self) -> None:
         self.planning.start()
@@ -157,4 +159,5 @@ async def build_runtime(
         admission=admission_gate(common),
     )
     planning = PlanningLoop(core, lease, settings, wake, cycle_publisher(sb, settings, lease, core))
-    return SchedulerRuntime(sb.registry, core, view, queue_view, lease, directory, planning)
+    reports = ReportApplier(store, core.events)
+    return SchedulerRuntime(sb.registry, core, view, queue_view, lease, directory, planning, reports)

@@ -15,6 +15,7 @@ redelivery, watches), only about what a core decides and writes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -102,6 +103,10 @@ class MemoryPublisher(EventPublisher):
 
     async def has_event(self, subject: str) -> bool:
         return any(p.subject == subject for p in self.published)
+
+    async def announced_attempt(self, subject: str) -> int | None:
+        last = next((p for p in reversed(self.published) if p.subject == subject), None)
+        return None if last is None else int(json.loads(last.payload).get("attempt") or 0)
 
     def max_payload(self) -> int:
         return self.payload_limit

@@ -1,0 +1,86 @@
+"""How the executor reports its attempts (it does not write job records) and learns the outcome.
+
+A report goes on the executor's own subject into the reports stream (acknowledged, so it is kept
+until the scheduler applies it); where the executor must know the record before it goes on (a start
+runs only once the record says ``running``), it watches the job's key until the record decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Protocol, TypeVar
+
+import nats.errors
+from faststream.nats import NatsBroker
+
+from trainyard_contracts import JobRecord, Subjects
+from trainyard_contracts.reports import ExecutorReport
+from trainyard_shared.jobstore import JobStore
+from trainyard_shared.publishing import MSG_ID, publish_acked
+
+T = TypeVar("T")
+# what the record says to a waiting executor: None while it does not decide yet
+Decide = Callable[[JobRecord | None], T | None]
+RECHECK_SECONDS = 2.0  # a watch that stalls is backed by a read this often
+
+
+class Reporter(Protocol):
+    async def send(self, report: ExecutorReport) -> None:
+        """Publish ``report`` durably (returns once the stream holds it)."""
+
+    async def settle(self, job_id: str, decide: Decide[T], timeout: float) -> T:
+        """What ``decide`` makes of the job's record once it decides; raises
+        ``nats.errors.TimeoutError`` when it has not after ``timeout`` seconds."""
+
+
+class BusReporter:
+    """Reports on ``<prefix>.exec-report.<executor_id>.<job_id>``; settles by watching the key."""
+
+    def __init__(self, broker: NatsBroker, subjects: Subjects, store: JobStore) -> None:
+        self.broker = broker
+        self.subjects = subjects
+        self.store = store
+
+    async def send(self, report: ExecutorReport) -> None:
+        await publish_acked(
+            self.broker,
+            self.subjects.exec_report(report.executor_id, report.job_id),
+            report.model_dump_json().encode(),
+            {MSG_ID: report.msg_id(), "content-type": "application/json"},
+            self.subjects.streams.reports,
+        )
+
+    async def settle(self, job_id: str, decide: Decide[T], timeout: float) -> T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with contextlib.aclosing(record_changes(self.store, job_id, RECHECK_SECONDS)) as changes:
+            async for record in changes:
+                verdict = decide(record)
+                if verdict is not None:
+                    return verdict
+                if loop.time() >= deadline:
+                    break
+        raise nats.errors.TimeoutError
+
+
+async def record_changes(store: JobStore, job_id: str, recheck: float) -> AsyncGenerator[JobRecord | None]:
+    """The job's record (None: gone) now and at each change, through a KV watch on its key, and
+    read again every ``recheck`` seconds in case the watch stalls. Use with ``contextlib.aclosing``
+    so the watch stops when the reader does."""
+    watcher: Any = await store.kv.watch(job_id)  # nats-py's KeyWatcher is not annotated
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=recheck)
+            except nats.errors.TimeoutError:
+                found = await store.get(job_id)
+                yield found[0] if found is not None else None
+                continue
+            if entry is None:
+                continue  # the watch's "caught up" marker
+            yield JobRecord.model_validate_json(entry.value) if entry.value else None
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
