@@ -80,15 +80,19 @@ async def test_promotions_are_audited_and_no_user_can_remove_or_rewrite_an_entry
                     assert promoted.status_code == 200, promoted.text
                 back = await http.post("/v1/models/perm-model/aliases/production/rollback")
                 assert back.status_code == 200, back.text
+                # the submission service's own changes, as its own user
+                assert (await http.put("/v1/queues/perm-team", json={})).status_code == 201
                 entries = (await http.get("/v1/audit")).json()["entries"]
-        assert [e["action"] for e in entries] == ["model.promote", "model.promote", "model.rollback"]
+        actions = ["model.promote", "model.promote", "model.rollback", "queue.put"]
+        assert [e["action"] for e in entries] == actions
+        assert [e["service"] for e in entries] == ["registry"] * 3 + ["submission"]
         assert violations(server) == []
 
         stream = S.streams.audit
         admin = await connect_as(server, "admin")
         try:
             before = (await admin.jetstream().stream_info(stream)).state.messages
-            assert before == 3
+            assert before == 4
             for user in ("registry", "submission"):
                 nc = await connect_as(server, user)
                 js = nc.jetstream(timeout=1)

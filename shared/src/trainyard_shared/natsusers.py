@@ -91,7 +91,7 @@ EPHEMERAL_PULLS: dict[str, tuple[str, ...]] = {"submission": ("logs", "dlq", "me
 # the services that append to the audit stream, each on its own <prefix>.audit.<service>.> only:
 # publishing is all they may do there (the stream denies deletes and purges; no service may
 # update or delete a stream)
-AUDIT_WRITERS = ("registry",)
+AUDIT_WRITERS = ("registry", "submission")
 
 
 @dataclass

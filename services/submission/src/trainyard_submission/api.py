@@ -33,6 +33,7 @@ from trainyard_contracts import (
     WhyRequest,
 )
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.audit import AuditEntry
 from trainyard_contracts.spec import DIGEST_PATTERN, QUEUE_PATTERN, QueueName, capped_errors, field_errors
 from trainyard_submission.access import (
     Forbidden,
@@ -62,6 +63,7 @@ from trainyard_submission.workdirs import WorkdirRefused, WorkdirStore
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger("trainyard.submission.api")
+audit_log = logging.getLogger("trainyard.submission.audit")
 
 
 class Problem(Exception):
@@ -248,6 +250,32 @@ class RouteDeps:
     def workdirs(self) -> WorkdirStore:
         return self.state["workdirs"]  # type: ignore[no-any-return]
 
+    async def audit(
+        self,
+        caller: Principal,
+        action: str,
+        target: str,
+        after: dict[str, Any] | None = None,
+        detail: str = "",
+    ) -> None:
+        """An entry on the audit stream for a change just made (docs/models.md, "The audit stream").
+        The change stands if the entry cannot be appended: that is logged with the entry instead."""
+        entry = AuditEntry(
+            service="submission",
+            action=action,
+            actor=caller.name,
+            token_id=caller.token_id,
+            team=caller.team,
+            admin=caller.admin,
+            target=target,
+            after=after,
+            detail=detail,
+        )
+        try:
+            await self.state["audit"].append(entry)
+        except Exception:
+            audit_log.exception("audit entry not appended", extra={"entry": entry.model_dump(mode="json")})
+
     async def job_for(self, caller: Principal, job_id: str, action: str) -> JobRecord:
         try:
             record = await self.service().get(job_id)
@@ -428,6 +456,7 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
             raise Problem(404, "no such job", job_id) from exc
         except JobAlreadyFinished as exc:
             raise Problem(409, "job already finished", str(exc)) from exc
+        await deps.audit(caller, "job.cancel", f"job:{job_id}", {"state": record.state.value})
         return JSONResponse(public_record(record), status_code=202)
 
     @router.delete("/jobs/{job_id}", summary="purge a finished job: record and history, secrets, logs")
@@ -442,6 +471,7 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
             purged = await purger.purge(record, caller.name)
         except JobNotFinished as exc:
             raise Problem(409, "job not finished", str(exc)) from exc
+        await deps.audit(caller, "job.purge", f"job:{job_id}", purged.as_json()["purged"])  # type: ignore[arg-type]
         return purged.as_json()
 
 
@@ -567,7 +597,9 @@ def add_queue_routes(router: APIRouter, deps: RouteDeps) -> None:
         return stored.as_json()
 
     @router.put("/queues/{name}", summary="create or replace a queue's configuration (admin)")
-    async def put_queue(name: QueuePath, body: QueueBody, _: Admin, if_match: IfMatch = None) -> JSONResponse:
+    async def put_queue(
+        name: QueuePath, body: QueueBody, caller: Admin, if_match: IfMatch = None
+    ) -> JSONResponse:
         if body.name is not None and body.name != name:
             raise Problem(
                 422,
@@ -584,16 +616,19 @@ def add_queue_routes(router: APIRouter, deps: RouteDeps) -> None:
             stored, created = await deps.queues().put(config, if_match)
         except RevisionMismatch as exc:
             raise Problem(412, "queue changed", str(exc), revision=exc.actual) from exc
+        what = "created" if created else "replaced"
+        await deps.audit(caller, "queue.put", f"queue:{name}", stored.as_json(), detail=what)
         return JSONResponse(stored.as_json(), status_code=201 if created else 200)
 
     @router.delete("/queues/{name}", status_code=204, summary="remove a queue's configuration (admin)")
-    async def delete_queue(name: QueuePath, _: Admin, if_match: IfMatch = None) -> Response:
+    async def delete_queue(name: QueuePath, caller: Admin, if_match: IfMatch = None) -> Response:
         try:
             await deps.queues().delete(name, if_match)
         except QueueNotFound as exc:
             raise Problem(404, "no such queue", f"queue {name!r} has no configuration") from exc
         except RevisionMismatch as exc:
             raise Problem(412, "queue changed", str(exc), revision=exc.actual) from exc
+        await deps.audit(caller, "queue.delete", f"queue:{name}")
         return Response(status_code=204)
 
 
@@ -601,7 +636,7 @@ def add_token_routes(router: APIRouter, deps: RouteDeps) -> None:
     """API tokens (admin)."""
 
     @router.post("/tokens", status_code=201, summary="create a team or admin token (admin); shown once")
-    async def create_token(body: TokenRequest, _: Admin) -> JSONResponse:
+    async def create_token(body: TokenRequest, caller: Admin) -> JSONResponse:
         if body.team is not None:
             try:
                 await deps.queues().require(body.team, field="team")
@@ -609,6 +644,9 @@ def add_token_routes(router: APIRouter, deps: RouteDeps) -> None:
                 errors = [e.model_dump() for e in exc.errors]
                 raise Problem(422, "unknown team", str(exc), errors=errors) from exc
         record, token = await deps.tokens().create(body.team, body.admin, body.description)
+        await deps.audit(
+            caller, "token.create", f"token:{record.token_id}", {"team": record.team, "admin": record.admin}
+        )
         return JSONResponse({**record.public(), "token": token}, status_code=201)
 
     @router.get("/tokens", summary="every token's id, team and description (never the token) (admin)")
@@ -616,9 +654,14 @@ def add_token_routes(router: APIRouter, deps: RouteDeps) -> None:
         return {"tokens": [r.public() for r in await deps.tokens().list()]}
 
     @router.delete("/tokens/{token_id}", status_code=204, summary="revoke a token (admin)")
-    async def revoke_token(token_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")], _: Admin) -> Response:
+    async def revoke_token(
+        token_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")], caller: Admin
+    ) -> Response:
         try:
-            await deps.tokens().revoke(token_id)
+            revoked = await deps.tokens().revoke(token_id)
         except TokenNotFound as exc:
             raise Problem(404, "no such token", token_id) from exc
+        await deps.audit(
+            caller, "token.revoke", f"token:{token_id}", {"team": revoked.team, "admin": revoked.admin}
+        )
         return Response(status_code=204)

@@ -7,6 +7,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from trainyard_shared.auditlog import AuditLog
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker
@@ -37,6 +38,7 @@ class SubmissionRuntime:
     purger: JobPurger
     js: JetStreamContext
     executors_reader: BucketReader  # GET /v1/executors (executorlist.py)
+    audit: AuditLog  # the changes made through the API (cancel, purge, queues, tokens)
 
     def router_state(self) -> dict[str, Any]:
         """What ``api.build_router`` reads, under the names it reads them by."""
@@ -48,6 +50,7 @@ class SubmissionRuntime:
             "purger": self.purger,
             "js": self.js,
             "executors_reader": self.executors_reader,
+            "audit": self.audit,
         }
 
     async def stop(self) -> None:
@@ -95,4 +98,5 @@ async def build_runtime(
         admission_key=common.admission_key_bytes,
     )
     executors = BucketReader(js, names.executors)
-    return SubmissionRuntime(service, tokens, queues, queue_view, workdirs, purger, js, executors)
+    audit = AuditLog(sb.broker, sb.subjects, "submission")
+    return SubmissionRuntime(service, tokens, queues, queue_view, workdirs, purger, js, executors, audit)

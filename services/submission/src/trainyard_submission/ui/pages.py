@@ -341,7 +341,9 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
         if isinstance(record, HTMLResponse):
             return record
         try:
-            await deps.service().cancel(job_id, by=seen.principal.name)
+            cancelled = await deps.service().cancel(job_id, by=seen.principal.name)
+            after = {"state": cancelled.state.value}
+            await deps.audit(seen.principal, "job.cancel", f"job:{job_id}", after, detail="web UI")
         except JobNotFound:
             return refused(request, seen, f"no such job: {job_id}", status=404)
         except JobAlreadyFinished:
