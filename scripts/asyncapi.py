@@ -22,7 +22,14 @@ SERVICES = ("scheduler", "executor", "registry", "telemetry", "workflow")
 
 
 def _payloads() -> dict[str, Any]:
-    from trainyard_contracts import ExecutorCommand, JobCancelRequested, JobEvent, JobSucceeded, MetricsBatch
+    from trainyard_contracts import (
+        ExecutorCommand,
+        JobCancelRequested,
+        JobEvent,
+        JobSucceeded,
+        MetricsBatch,
+        ModelRegistered,
+    )
     from trainyard_contracts.reports import ExecutorReport
 
     return {
@@ -38,6 +45,9 @@ def _payloads() -> dict[str, Any]:
         "submission-intake": None,  # a job spec as YAML or JSON, parsed by the intake itself
         # parse_job_event reads any job event; the filter subjects deliver these outcomes
         "workflow-job-outcomes": _outcome_models(),
+        # any JSON another system publishes on a subject triggers may follow (read by the trigger)
+        "workflow-trigger-events": None,
+        "workflow-model-triggers": ModelRegistered,
     }
 
 

@@ -27,6 +27,7 @@ class StreamNames:
     metrics: str
     audit: str
     reports: str
+    triggers: str
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class BucketNames:
     pipelines: str
     schedules: str
     aliases: str
+    triggers: str
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,11 @@ class Subjects:
     def audit_of(self, service: str = "*") -> str:
         return f"{self.prefix}.audit.{service}.>" if service != "*" else f"{self.prefix}.audit.>"
 
+    @property
+    def trigger_events(self) -> str:
+        """Events published for triggers under the installation's prefix (always allowed)."""
+        return f"{self.prefix}.trigger.>"
+
     # dead letters
     def dlq(self, service: str) -> str:
         return f"{self.prefix}.dlq.{service}"
@@ -163,6 +170,7 @@ class Subjects:
             metrics=f"{base}_METRICS",
             audit=f"{base}_AUDIT",
             reports=f"{base}_EXEC_REPORTS",
+            triggers=f"{base}_TRIGGERS",
         )
 
     @property
@@ -184,6 +192,7 @@ class Subjects:
             pipelines=f"{base}_pipelines",
             schedules=f"{base}_schedules",
             aliases=f"{base}_model_aliases",
+            triggers=f"{base}_triggers",
         )
 
 

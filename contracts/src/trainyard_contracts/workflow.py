@@ -220,20 +220,42 @@ class ScheduleSpec(_Strict):
         return value
 
 
+JmesPath = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
 class TriggerSpec(_Strict):
-    """A rule on bus subjects: a matching event starts the pipeline, once per dedupe key."""
+    """A rule on bus subjects: a matching event starts the pipeline with parameters taken from the
+    event, once per dedupe value, once per debounce window (docs/workflows.md, "Triggers").
+
+    ``pipeline`` is the pipeline document as written: it is checked with its own defaults when the
+    trigger is created, and the event's parameters are substituted into it when the trigger fires.
+    """
 
     name: Name
     subject: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_*>$-]+(\.[A-Za-z0-9_*>$-]+)*$")] = Field(
-        max_length=MAX_SUBJECT_CHARS
+        max_length=MAX_SUBJECT_CHARS,
+        description="a NATS subject, wildcards allowed, within the operator's allow-list",
     )
-    filter: str | None = Field(None, max_length=1024, description="a JMESPath expression on the event")
-    params: dict[ParamName, Annotated[str, StringConstraints(max_length=1024)]] = Field(
-        default_factory=dict, description="parameter -> JMESPath expression on the event"
+    filter: JmesPath | None = Field(
+        None, description="a JMESPath expression on the event's JSON body: the event counts when it is truthy"
     )
-    dedupe_key: str | None = Field(None, max_length=1024, description="JMESPath; one run per value")
-    debounce_seconds: float = Field(0, ge=0, le=86400)
-    pipeline: PipelineSpec
+    params: dict[ParamName, JmesPath] = Field(
+        default_factory=dict,
+        max_length=MAX_PARAMS,
+        description="pipeline parameter -> JMESPath expression on the event (a string, number or "
+        "true/false; null leaves the pipeline's default)",
+    )
+    dedupe_key: JmesPath | None = Field(
+        None, description="JMESPath on the event: one run per value, ever (without it: one per event)"
+    )
+    debounce_seconds: float = Field(
+        0,
+        ge=0,
+        le=86400,
+        description="trailing debounce: the first matching event opens a window this long, and the "
+        "last event in it fires, once, when it closes",
+    )
+    pipeline: dict[str, Any] = Field(description="the pipeline document (as for `pipeline run`)")
 
 
 _PARAM_REF = re.compile(r"\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")

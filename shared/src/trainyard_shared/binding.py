@@ -66,7 +66,9 @@ async def bind_bus(broker: NatsBroker, common: CommonSettings) -> Buckets:
     bind to the buckets."""
     subjects = common.subjects
     if common.declares_streams:
-        await ensure_streams(broker, subjects, common.stream_replicas)
+        await ensure_streams(
+            broker, subjects, common.stream_replicas, trigger_subjects=common.trigger_subjects
+        )
         return await open_buckets(broker, subjects, common.stream_replicas)
     await wait_provisioned(NatsHandle(broker).jetstream, subjects, common.provision_wait_seconds)
     return await open_buckets(broker, subjects, declare_them=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ class Streams:
     metrics: JStream
     audit: JStream
     reports: JStream
+    triggers: JStream
 
 
 def streams(subjects: Subjects) -> Streams:
@@ -55,12 +57,41 @@ def streams(subjects: Subjects) -> Streams:
 
 
 def stream_configs(
-    subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+    subjects: Subjects,
+    replicas: int = 1,
+    limits: StreamLimits | None = None,
+    trigger_subjects: Sequence[str] = (),
 ) -> list[StreamConfig]:
-    """Every stream's config; ``limits``: what they keep (default: from the environment)."""
+    """Every stream's config; ``limits``: what they keep (default: from the environment);
+    ``trigger_subjects``: other systems' subjects the triggers stream stores (CommonSettings)."""
     limits = limits or StreamLimits()
     common: dict[str, Any] = {"storage": StorageType.FILE, "num_replicas": replicas}
-    return [*_job_path_streams(subjects, limits, common), *_record_streams(subjects, limits, common)]
+    return [
+        *_job_path_streams(subjects, limits, common),
+        *_record_streams(subjects, limits, common),
+        trigger_stream(subjects, trigger_subjects, common),
+    ]
+
+
+TRIGGER_EVENTS_MAX_BYTES = 256 * 1024**2
+TRIGGER_EVENT_MAX_MSG_BYTES = 1024**2  # what the stream stores; a trigger reads at most 64 KiB
+
+
+def trigger_stream(subjects: Subjects, foreign: Sequence[str], common: dict[str, Any]) -> StreamConfig:
+    """Events triggers may follow: ``<prefix>.trigger.>`` and the operator's allow-list of other
+    systems' subjects (a plain publish to them is stored here, so the workflow service reads them
+    durably). Bounded: a week, 256 MiB, oldest dropped first."""
+    return StreamConfig(
+        name=subjects.streams.triggers,
+        subjects=[subjects.trigger_events, *foreign],
+        description="events triggers may follow: <prefix>.trigger.> and the allowed foreign subjects",
+        max_age=7 * DAY,
+        max_bytes=TRIGGER_EVENTS_MAX_BYTES,
+        max_msg_size=TRIGGER_EVENT_MAX_MSG_BYTES,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=120.0,
+        **common,
+    )
 
 
 def _job_path_streams(subjects: Subjects, limits: StreamLimits, common: dict[str, Any]) -> list[StreamConfig]:
@@ -210,6 +241,8 @@ def bucket_configs(subjects: Subjects, replicas: int = 1) -> list[KeyValueConfig
         KeyValueConfig(bucket=names.pipelines, history=5, storage=StorageType.FILE, replicas=replicas),
         # schedules (the workflow service's): the last tick each handled moves by compare-and-set
         KeyValueConfig(bucket=names.schedules, history=5, storage=StorageType.FILE, replicas=replicas),
+        # triggers (the workflow service's): the events each looked at move by compare-and-set
+        KeyValueConfig(bucket=names.triggers, history=5, storage=StorageType.FILE, replicas=replicas),
         KeyValueConfig(bucket=tokens_bucket(subjects), history=1, replicas=replicas),
         # model aliases (the registry's): holder and previous holders per alias, compare-and-set
         KeyValueConfig(bucket=names.aliases, history=5, storage=StorageType.FILE, replicas=replicas),
@@ -288,12 +321,15 @@ def kv_stream_config(config: KeyValueConfig) -> StreamConfig:
 
 
 def all_stream_configs(
-    subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+    subjects: Subjects,
+    replicas: int = 1,
+    limits: StreamLimits | None = None,
+    trigger_subjects: Sequence[str] = (),
 ) -> list[StreamConfig]:
     """Every stream of the installation, the buckets' streams included."""
     buckets = [kv_stream_config(config) for config in bucket_configs(subjects, replicas)]
     objects = object_store_configs(subjects, replicas, limits)
-    return [*stream_configs(subjects, replicas, limits), *buckets, *objects]
+    return [*stream_configs(subjects, replicas, limits, trigger_subjects), *buckets, *objects]
 
 
 async def declare(js: JetStreamContext, configs: list[StreamConfig]) -> None:
@@ -317,6 +353,7 @@ class Buckets:
     pipelines: KeyValue
     schedules: KeyValue
     aliases: KeyValue
+    triggers: KeyValue
 
 
 async def open_buckets(
@@ -335,11 +372,14 @@ async def open_buckets(
 
 
 async def ensure_streams(
-    broker: NatsBroker, subjects: Subjects, replicas: int = 1, limits: StreamLimits | None = None
+    broker: NatsBroker,
+    subjects: Subjects,
+    replicas: int = 1,
+    limits: StreamLimits | None = None,
+    trigger_subjects: Sequence[str] = (),
 ) -> None:
     """Create or update every stream and Object Store bucket (not the KV buckets): the operator's
     step, and tests'."""
     js = NatsHandle(broker).jetstream
-    await declare(
-        js, [*stream_configs(subjects, replicas, limits), *object_store_configs(subjects, replicas)]
-    )
+    streams = stream_configs(subjects, replicas, limits, trigger_subjects)
+    await declare(js, [*streams, *object_store_configs(subjects, replicas)])

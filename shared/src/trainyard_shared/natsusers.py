@@ -52,6 +52,8 @@ SERVICES = tuple(EVENTS_BY_SERVICE)
 SINGLE_USER_SERVICES = tuple(s for s in SERVICES if s != "executor")
 
 REPORTS_DURABLE = "scheduler-exec-reports"  # trainyard_scheduler.app: executors' reports
+TRIGGER_EVENTS_DURABLE = "workflow-trigger-events"  # trainyard_workflow.app
+MODEL_TRIGGERS_DURABLE = "workflow-model-triggers"  # its filter: <prefix>.model.*.registered
 
 # the durable consumers of each service: (stream field of StreamNames, durable name)
 DURABLES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -59,7 +61,8 @@ DURABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "scheduler": (("jobs", "scheduler-job-requests"), ("reports", REPORTS_DURABLE)),
     "registry": (("jobs", "registry-succeeded"),),
     "telemetry": (("jobs", "telemetry-events"), ("metrics", "telemetry-metrics")),
-    "workflow": (("jobs", "workflow-job-outcomes"),),
+    # its triggers: the triggers stream (foreign subjects) and, filtered, the model events
+    "workflow": (("jobs", "workflow-job-outcomes"), ("triggers", TRIGGER_EVENTS_DURABLE)),
 }
 
 SCHEDULE_LEASE_KEY = "workflow-schedules"  # trainyard_workflow.ticker
@@ -72,7 +75,7 @@ KV_WRITES: dict[str, tuple[str, ...]] = {
     "executor": (),
     "registry": ("jobs", "models", "aliases"),
     "telemetry": (),
-    "workflow": ("pipelines", "schedules"),  # and its own key of the leases bucket
+    "workflow": ("pipelines", "schedules", "triggers"),  # and its own key of the leases bucket
 }
 KV_READS: dict[str, tuple[str, ...]] = {
     "submission": ("models", "executors"),
@@ -285,6 +288,8 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         # the schedule ticker's lease, one key: never the scheduler's
         read_bucket(perms, subjects.buckets.leases)
         perms.add_publish(f"$KV.{subjects.buckets.leases}.{SCHEDULE_LEASE_KEY}")
+        # triggers on Trainyard's own model events: a durable on the models stream, filtered to them
+        durable(perms, streams["models"], MODEL_TRIGGERS_DURABLE, subjects.model_registered("*"))
     return perms
 
 
@@ -309,10 +314,12 @@ def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
 
 
 def client_permissions(subjects: Subjects) -> Permissions:
-    """Another system: submits on the intake subject and follows job events (README example)."""
+    """Another system: submits on the intake subject, follows job events (README example) and
+    publishes events for triggers under ``<prefix>.trigger.>``."""
     perms = Permissions()
     perms.add_subscribe(f"{inbox_prefix('client')}.>")
     perms.add_publish(subjects.intake_submit, f"{API}.INFO", f"{API}.STREAM.NAMES")
+    perms.add_publish(subjects.trigger_events)
     jobs = subjects.streams.jobs
     perms.add_publish(f"{API}.STREAM.INFO.{jobs}")
     read_stream(perms, jobs)

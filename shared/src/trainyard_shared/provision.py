@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import nats
@@ -27,9 +28,12 @@ from trainyard_shared.settings import CommonSettings
 log = logging.getLogger("trainyard.provision")
 
 
-async def provision(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> list[str]:
-    """Create or correct every stream and bucket; returns the stream names."""
-    configs = all_stream_configs(subjects, replicas)
+async def provision(
+    js: JetStreamContext, subjects: Subjects, replicas: int = 1, trigger_subjects: Sequence[str] = ()
+) -> list[str]:
+    """Create or correct every stream and bucket; returns the stream names. ``trigger_subjects``:
+    the operator's allow-list of other systems' subjects, stored in the triggers stream."""
+    configs = all_stream_configs(subjects, replicas, trigger_subjects=trigger_subjects)
     await declare(js, configs)
     return [str(config.name) for config in configs]
 
@@ -56,7 +60,12 @@ async def provision_with(settings: CommonSettings, timeout: float = 30.0) -> lis
         name="trainyard-provision",
     )
     try:
-        return await provision(nc.jetstream(timeout=timeout), settings.subjects, settings.stream_replicas)
+        return await provision(
+            nc.jetstream(timeout=timeout),
+            settings.subjects,
+            settings.stream_replicas,
+            settings.trigger_subjects,
+        )
     finally:
         await nc.close()
 

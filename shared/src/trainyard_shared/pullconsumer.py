@@ -85,6 +85,7 @@ def batch_consumer(
     with_message: bool = False,
     key: Callable[[Any], object] | None = None,
     linger: float = 0.0,
+    max_ack_pending: int | None = None,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Decorate ``async def handler(item)`` (or ``handler(item, raw_msg)`` with ``with_message``).
 
@@ -94,6 +95,8 @@ def batch_consumer(
     its own lane. ``linger`` (seconds): for consumers off the job path (telemetry, the registry),
     messages are taken in gathered batches instead of one by one: the first one at once, then what
     came in each ``linger``, which costs both sides far less CPU per message at moderate rates.
+    ``max_ack_pending``: the server's bound on messages delivered and not acked, over every
+    replica (1: one at a time, in stream order, across replicas).
     """
     tracer = None
     if tracing_enabled():
@@ -102,6 +105,8 @@ def batch_consumer(
     # the server's bound covers transient failures too; max_deliver bounds a message's own
     budget = FailureBudget(max_deliver)
     config = ConsumerConfig(max_deliver=budget.server_max_deliver, ack_wait=ack_wait)
+    if max_ack_pending is not None:
+        config.max_ack_pending = max_ack_pending
     if filter_subjects:
         config.filter_subjects = list(filter_subjects)
 

@@ -7,11 +7,13 @@ class with its own prefix (``TRAINYARD_SCHEDULER_`` ...).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trainyard_contracts import Subjects
+from trainyard_contracts.subjectpatterns import foreign_pattern_problem
 
 
 class CommonSettings(BaseSettings):
@@ -52,6 +54,29 @@ class CommonSettings(BaseSettings):
         description="Python's youngest-generation GC threshold for a service process (0: Python's "
         "default, 700); see docs/performance.md, garbage collection",
     )
+
+    trigger_subjects: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        max_length=64,
+        description="subject patterns of other systems' events that triggers may follow, comma-"
+        "separated (datasets.>,ci.*.done): the triggers stream stores them, and a trigger on any "
+        "other subject is refused. <prefix>.trigger.> and <prefix>.model.*.registered are always allowed",
+    )
+
+    @field_validator("trigger_subjects", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _foreign_subjects_only(self) -> CommonSettings:
+        for pattern in self.trigger_subjects:
+            problem = foreign_pattern_problem(pattern, self.prefix)
+            if problem:
+                raise ValueError(f"trigger_subjects: {pattern!r}: {problem}")
+        return self
 
     @property
     def subjects(self) -> Subjects:

@@ -7,7 +7,9 @@
 - a look-over of open runs at start-up and every ``reconcile_seconds``: what a restart left
   unanswered is sent again under the same idempotency key;
 - schedules: the API's ``schedule-<verb>`` requests (schedule_routes.py) and a ticker that fires
-  each due tick once, on the replica holding the schedule lease (schedule_ticker.py).
+  each due tick once, on the replica holding the schedule lease (schedule_ticker.py);
+- triggers: the API's ``trigger-<verb>`` requests (trigger_routes.py), durable consumers of the
+  events triggers follow, and the ticker's pass that fires closed debounce windows (triggers.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from faststream.asgi import AsgiFastStream
+from nats.aio.msg import Msg
 
 from trainyard_contracts import JobEvent, JobRecord, SpecError, parse_job_event
 from trainyard_contracts._time import utcnow
@@ -35,6 +38,7 @@ from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.leader import LeaderLease
+from trainyard_shared.natsusers import MODEL_TRIGGERS_DURABLE, TRIGGER_EVENTS_DURABLE
 from trainyard_shared.publishing import publish_acked
 from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.responder import answer_requests
@@ -51,6 +55,9 @@ from trainyard_workflow.schedules import ScheduleService
 from trainyard_workflow.service import JOB_OUTCOMES, WorkflowService
 from trainyard_workflow.settings import WorkflowSettings
 from trainyard_workflow.store import RunNotFound, RunStore
+from trainyard_workflow.trigger_core import Event
+from trainyard_workflow.trigger_routes import register_trigger_handlers
+from trainyard_workflow.triggers import TriggerService, TriggerStore, allowed_patterns
 
 REQUEST_KINDS = ("run", "status", "list", "cancel")
 
@@ -61,6 +68,7 @@ class WorkflowRuntime:
 
     service: WorkflowService
     schedules: ScheduleService
+    triggers: TriggerService
     ticker: ScheduleTicker
     reconciler: asyncio.Task[None] | None = None
 
@@ -98,9 +106,15 @@ async def build_runtime(
         lease_seconds=settings.schedule_lease_seconds,
         key=SCHEDULE_LEASE_KEY,  # on the wall clock, whatever clock the schedules read
     )
-    return WorkflowRuntime(
-        service, schedules, ScheduleTicker(schedules, lease, settings.schedule_tick_seconds)
+    triggers = TriggerService(
+        TriggerStore(buckets.triggers),
+        runs,
+        service.start_spec,
+        allowed_patterns(sb.subjects, common.trigger_subjects),
+        clock,
     )
+    ticker = ScheduleTicker([schedules.tick, triggers.tick], lease, settings.schedule_tick_seconds)
+    return WorkflowRuntime(service, schedules, triggers, ticker)
 
 
 def create_app(
@@ -136,6 +150,8 @@ def create_app(
     for kind in REQUEST_KINDS:
         _request_handler(sb, kind, slot)
     register_schedule_handlers(sb, lambda: slot.get().schedules)
+    register_trigger_handlers(sb, lambda: slot.get().triggers)
+    _trigger_consumers(sb, common, slot)
 
     async def connect() -> None:
         slot.set(await build_runtime(sb, common, settings, clock))
@@ -164,6 +180,42 @@ def create_app(
     )
     app.context.set_global(RUNTIME, slot)
     return app
+
+
+def _trigger_consumers(sb: ServiceBroker, common: CommonSettings, slot: RuntimeSlot[WorkflowRuntime]) -> None:
+    """The events triggers follow: the triggers stream (``<prefix>.trigger.>`` and the operator's
+    allow-list of other systems' subjects) and Trainyard's own model events. One message
+    unacknowledged at a time over every replica: each trigger sees its events in stream order."""
+    subjects = sb.subjects
+    bound = streams(subjects)
+    sources = (
+        (
+            bound.triggers,
+            subjects.trigger_events,
+            TRIGGER_EVENTS_DURABLE,
+            [subjects.trigger_events, *common.trigger_subjects],
+        ),
+        (bound.models, subjects.model_registered("*"), MODEL_TRIGGERS_DURABLE, None),
+    )
+    for stream, subject, durable, filters in sources:
+
+        @batch_consumer(
+            sb,
+            subject,
+            stream=stream,
+            durable=durable,
+            filter_subjects=filters,
+            parse=bytes,  # the body as it came: a bad event is counted on its triggers, not dead-lettered
+            with_message=True,
+            batch=1,
+            max_ack_pending=1,
+            title=f"workflow/{durable}",
+            description="an event on a subject triggers follow: each matching trigger starts its pipeline",
+        )
+        async def on_trigger_event(body: bytes, raw: Msg) -> None:
+            meta = raw.metadata
+            event = Event(stream=meta.stream, seq=meta.sequence.stream, subject=raw.subject, body=body)
+            await slot.get().triggers.on_event(event, meta.timestamp)
 
 
 def _emitter(sb: ServiceBroker) -> Any:

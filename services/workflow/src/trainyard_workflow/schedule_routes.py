@@ -4,13 +4,13 @@ field, never a dead letter."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from trainyard_contracts import FieldError, SpecError
 from trainyard_contracts.schedules import SCHEDULE_VERBS, ScheduleReply, ScheduleRequest
 from trainyard_shared.broker import ServiceBroker
 from trainyard_shared.responder import answer_requests
-from trainyard_workflow.schedule_store import ScheduleExists, ScheduleNotFound
+from trainyard_workflow.replies import answer_named, refusal
 from trainyard_workflow.schedules import ScheduleService
 
 
@@ -41,25 +41,17 @@ def _handler(sb: ServiceBroker, verb: str, schedules: Any) -> None:
 
 
 async def answer_schedule_request(service: ScheduleService, verb: str, body: bytes) -> ScheduleReply:
-    try:
-        request = ScheduleRequest.model_validate_json(body)
-        if verb == "create":
-            return ScheduleReply(
-                ok=True, status=201, schedule=await service.create(request.schedule, request.by)
-            )
-        if verb == "list":
-            return ScheduleReply(ok=True, schedules=await service.schedules.listed(request.limit))
-        if not request.name:
-            return _error("name", "required field is missing", 422)
-        return await _answer_named(service, verb, request)
-    except SpecError as exc:
-        return ScheduleReply(ok=False, errors=exc.errors, status=422)
-    except ScheduleNotFound as exc:
-        return _error("name", f"no schedule {exc.args[0]!r}", 404)
-    except ScheduleExists as exc:
-        return _error("name", f"a schedule {exc.args[0]!r} exists already (delete it first)", 409)
-    except ValueError as exc:  # not a ScheduleRequest, or a backfill too large
-        return _error("(request)", str(exc)[:1000], 400)
+    return await answer_named(ScheduleReply, "schedule", body, functools.partial(_answer, service, verb))
+
+
+async def _answer(service: ScheduleService, verb: str, request: ScheduleRequest) -> ScheduleReply:
+    if verb == "create":
+        return ScheduleReply(ok=True, status=201, schedule=await service.create(request.schedule, request.by))
+    if verb == "list":
+        return ScheduleReply(ok=True, schedules=await service.schedules.listed(request.limit))
+    if not request.name:
+        return refusal(ScheduleReply, "name", "required field is missing", 422)
+    return await _answer_named(service, verb, request)
 
 
 async def _answer_named(service: ScheduleService, verb: str, request: ScheduleRequest) -> ScheduleReply:
@@ -72,10 +64,7 @@ async def _answer_named(service: ScheduleService, verb: str, request: ScheduleRe
         await service.delete(name)
         return ScheduleReply(ok=True)
     if request.start is None or request.end is None:
-        return _error("start" if request.start is None else "end", "required for a backfill", 422)
+        field = "start" if request.start is None else "end"
+        return refusal(ScheduleReply, field, "required for a backfill", 422)
     run_ids = await service.backfill(name, request.start, request.end)
     return ScheduleReply(ok=True, schedule=await service.get(name), run_ids=run_ids)
-
-
-def _error(field: str, message: str, status: int) -> ScheduleReply:
-    return ScheduleReply(ok=False, errors=[FieldError(field=field, message=message)], status=status)

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from trainyard_contracts.runs import PipelineRun
+from trainyard_workflow.named_store import listed_keys
 from trainyard_workflow.runchunks import (
     CHUNK_ADAPTER,
     ChunkJobs,
@@ -102,20 +103,8 @@ class RunStore:
         raise RunConflict(f"run {run_id} changed under {tries} compare-and-sets in a row")
 
     async def run_ids(self, tries: int = 5) -> list[str]:
-        # nats-py's keys() can answer "no keys" for a bucket that holds some (its watcher may see
-        # no pending message right after it is created: a listing was once empty in CI right after
-        # a run was stored); "none" is believed only when the bucket also says it holds nothing
-        # but delete markers, or after a few tries
-        for attempt in range(tries):
-            try:
-                keys = await self.kv.keys()
-            except NoKeysError:
-                if attempt + 1 < tries and (await self.kv.status()).values > 0:
-                    await asyncio.sleep(0.05)
-                    continue
-                return []
-            return sorted(k for k in keys if "." not in k)  # heads only, not their chunks
-        return []
+        keys = await listed_keys(self.kv, tries)
+        return sorted(k for k in keys if "." not in k)  # heads only, not their chunks
 
     async def listed(self, limit: int = 100) -> list[PipelineRun]:
         """The newest runs first (run ids sort by time), at most ``limit`` (≤ MAX_LISTED)."""

@@ -1,0 +1,45 @@
+"""Answers to the API's requests on named objects (schedules, triggers): ``create``, ``list`` and
+the verbs on one name, with refusals as status and field (the handlers: trainyard_shared.responder)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from trainyard_contracts import FieldError, SpecError
+from trainyard_contracts.schedules import ScheduleReply, ScheduleRequest
+from trainyard_contracts.triggers import TriggerReply, TriggerRequest
+from trainyard_workflow.named_store import RecordExists, RecordNotFound
+
+Reply = TypeVar("Reply", ScheduleReply, TriggerReply)
+
+
+def refusal(reply: type[Reply], field: str, message: str, status: int) -> Reply:
+    return reply(ok=False, errors=[FieldError(field=field, message=message)], status=status)
+
+
+async def answer_named(
+    reply: type[Reply], kind: str, body: bytes, answer: Callable[[Any], Awaitable[Reply]]
+) -> Reply:
+    """``answer(request)`` for a request on a named object (a schedule, a trigger), the body read
+    as ``reply``'s request model; a refusal is answered with its status and the field: 422 (a bad
+    field), 404 (no such name), 409 (the name is taken), 400 (not a request)."""
+    request_model = REQUESTS[reply]
+    try:
+        return await answer(request_model.model_validate_json(body))
+    except SpecError as exc:
+        return reply(ok=False, errors=exc.errors, status=422)
+    except RecordNotFound as exc:
+        return refusal(reply, "name", f"no {kind} {exc.args[0]!r}", 404)
+    except RecordExists as exc:
+        return refusal(reply, "name", f"a {kind} {exc.args[0]!r} exists already (delete it first)", 409)
+    except ValueError as exc:  # not a request, or a limit reached
+        return refusal(reply, "(request)", str(exc)[:1000], 400)
+
+
+REQUESTS: dict[type[BaseModel], type[BaseModel]] = {
+    ScheduleReply: ScheduleRequest,
+    TriggerReply: TriggerRequest,
+}

@@ -1,0 +1,198 @@
+"""Triggers: create, list, get, delete, and what an event on a trigger's subject starts.
+
+Each matching event fires at most once, across restarts and replicas (docs/workflows.md,
+"Triggers"):
+- the events come from durable consumers that hold one unacknowledged message at a time over all
+  replicas (the triggers stream; the models stream, filtered to ``model.*.registered``), so every
+  trigger sees them in stream order;
+- for every trigger whose subject the event matches, one compare-and-set records the event's
+  sequence as looked at, with what it did (counted, or a fire stored as ``pending`` under a run
+  id derived from the trigger and the dedupe value or the event's sequence): the same event
+  delivered again changes nothing;
+- the run is created under that id with a KV create, which fails if the run exists: a fire
+  pending after a crash is started again as the same run (by the event's handler, or by the
+  ticker on the lease holder, which also fires debounce windows that closed);
+- then the fire leaves ``pending`` (compare-and-set again).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from trainyard_contracts import FieldError, SpecError, Subjects
+from trainyard_contracts._time import utcnow
+from trainyard_contracts.runs import PipelineRun
+from trainyard_contracts.spec import field_errors
+from trainyard_contracts.subjectpatterns import pattern_within, subject_matches
+from trainyard_contracts.triggers import PendingFire, TriggerRecord
+from trainyard_contracts.workflow import PipelineSpec, TriggerSpec, validate_pipeline
+from trainyard_workflow.named_store import NamedStore, RecordNotFound
+from trainyard_workflow.store import RunStore
+from trainyard_workflow.trigger_core import (
+    Bad,
+    Compiled,
+    Event,
+    Invalid,
+    Matched,
+    compile_trigger,
+    dedupe_run_id,
+    due_fires,
+    evaluate,
+    read_event,
+    record_event,
+    record_fired,
+    record_not_fired,
+)
+
+log = logging.getLogger("trainyard.workflow.triggers")
+
+MAX_TRIGGERS = 1000
+StartRun = Callable[[str, PipelineSpec, str], Awaitable[PipelineRun]]
+
+
+class TriggerStore(NamedStore[TriggerRecord]):
+    def __init__(self, kv: Any) -> None:
+        super().__init__(kv, TriggerRecord, lambda record: record.spec.name, "trigger", MAX_TRIGGERS)
+
+
+def allowed_patterns(subjects: Subjects, foreign: list[str]) -> list[str]:
+    """What triggers may follow: ``<prefix>.trigger.>``, Trainyard's own model events, and the
+    operator's allow-list of other systems' subjects (CommonSettings.trigger_subjects)."""
+    return [subjects.trigger_events, subjects.model_registered("*"), *foreign]
+
+
+def validate_trigger(document: Any, allowed: list[str]) -> TriggerSpec:
+    """A trigger document; SpecError names every bad field: a subject outside ``allowed``, an
+    expression that does not parse, a pipeline that is not valid with its own defaults."""
+    if not isinstance(document, dict):
+        raise SpecError([FieldError(field="(document)", message="expected a mapping of trigger fields")])
+    try:
+        spec = TriggerSpec.model_validate(document)
+    except ValidationError as exc:
+        raise SpecError(field_errors(exc)) from None
+    if not any(pattern_within(spec.subject, pattern) for pattern in allowed):
+        message = f"not a subject triggers may follow here; allowed: {', '.join(allowed)}"
+        raise SpecError(
+            [FieldError(field="subject", message=message + " (the operator's TRAINYARD_TRIGGER_SUBJECTS)")]
+        )
+    compile_trigger(spec)
+    try:
+        validate_pipeline(spec.pipeline)  # with its own defaults: give every parameter one
+    except SpecError as exc:
+        raise SpecError(
+            [FieldError(field=f"pipeline.{e.field}", message=e.message) for e in exc.errors]
+        ) from None
+    return spec
+
+
+class TriggerService:
+    def __init__(
+        self,
+        triggers: TriggerStore,
+        runs: RunStore,
+        start_run: StartRun,
+        allowed: list[str],
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.triggers, self.runs, self.start_run = triggers, runs, start_run
+        self.allowed, self.clock = allowed, clock
+        self._compiled: dict[tuple[str, datetime], Compiled] = {}
+
+    async def create(self, document: Any, by: str | None = None) -> TriggerRecord:
+        spec = validate_trigger(document, self.allowed)
+        record = TriggerRecord(spec=spec, created=self.clock(), created_by=by)
+        await self.triggers.create(record)
+        return record
+
+    async def get(self, name: str) -> TriggerRecord:
+        found = await self.triggers.get(name)
+        if found is None:
+            raise RecordNotFound(name)
+        return found[0]
+
+    async def delete(self, name: str) -> None:
+        """The trigger goes; runs it started go on."""
+        await self.triggers.delete(name)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def on_event(self, event: Event, published: datetime) -> list[str]:
+        """An event from a stream triggers read: every trigger on its subject looks at it; the
+        runs started at once (no debounce)."""
+        data: Any = None
+        started: list[str] = []
+        for name in await self.triggers.names():
+            found = await self.triggers.get(name)
+            if found is None or not subject_matches(found[0].spec.subject, event.subject):
+                continue
+            record = found[0]
+            if published < record.created:
+                continue  # published before the trigger existed (a backlog read late)
+            if data is None:
+                data = read_event(event.body)
+            started += await self._look_at(record, event, data)
+        return started
+
+    async def _look_at(self, record: TriggerRecord, event: Event, data: Any) -> list[str]:
+        name = record.spec.name
+        outcome = evaluate(self._compile(record), data)
+        by_value = dedupe_run_id(record, outcome) if isinstance(outcome, Matched) else None
+        exists = by_value is not None and await self.runs.get(by_value) is not None
+        change = functools.partial(
+            record_event, event=event, outcome=outcome, now=self.clock(), run_exists=exists
+        )
+        try:
+            _, due = await self.triggers.mutate(name, change)
+        except RecordNotFound:
+            return []  # deleted meanwhile
+        if isinstance(outcome, (Bad, Invalid)):
+            log.warning(
+                "trigger event not fired",
+                extra={"trigger": name, "subject": event.subject, "seq": event.seq, "reason": outcome.reason},
+            )
+        return [run_id for fire in due if (run_id := await self.fire(name, fire))]
+
+    def _compile(self, record: TriggerRecord) -> Compiled:
+        key = (record.spec.name, record.created)
+        if key not in self._compiled:
+            if len(self._compiled) > 2 * 1000:
+                self._compiled.clear()
+            self._compiled[key] = compile_trigger(record.spec)
+        return self._compiled[key]
+
+    async def fire(self, name: str, fire: PendingFire) -> str | None:
+        """Start the run of ``fire`` (once: the run id is the fire's), then take it out of pending."""
+        record = await self.get(name)
+        try:
+            pipeline = validate_pipeline(record.spec.pipeline, fire.params)
+        except SpecError as exc:
+            await self.triggers.mutate(
+                name, functools.partial(record_not_fired, run_id=fire.run_id, reason=str(exc))
+            )
+            return None
+        await self.start_run(fire.run_id, pipeline, f"trigger:{name}")
+        await self.triggers.mutate(name, functools.partial(record_fired, run_id=fire.run_id))
+        return fire.run_id
+
+    async def tick(self) -> list[str]:
+        """The ticker's pass: every trigger's fires that are due (debounce windows that closed,
+        fires a crash left pending)."""
+        started: list[str] = []
+        now = self.clock()
+        for name in await self.triggers.names():
+            try:
+                found = await self.triggers.get(name)
+                for fire in due_fires(found[0], now) if found else []:
+                    if run_id := await self.fire(name, fire):
+                        started.append(run_id)
+            except RecordNotFound:
+                continue  # deleted meanwhile
+            except Exception:
+                log.exception("a trigger's pass failed; trying again next pass", extra={"trigger": name})
+        return started
