@@ -44,6 +44,11 @@ SCHEDULE_OPERATIONS = [
     ("POST", "/v1/schedules/{name}/suspend"),
     ("POST", "/v1/schedules/{name}/resume"),
     ("POST", "/v1/schedules/{name}/backfill"),
+    # and every trigger route
+    ("POST", "/v1/triggers"),
+    ("GET", "/v1/triggers"),
+    ("GET", "/v1/triggers/{name}"),
+    ("DELETE", "/v1/triggers/{name}"),
 ]
 OPERATIONS = [
     ("POST", "/v1/jobs"),

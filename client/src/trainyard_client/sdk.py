@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from trainyard_contracts.modelregistry import AliasChange, AliasView, VersionInfo
     from trainyard_contracts.runs import PipelineRun
     from trainyard_contracts.schedules import ScheduleRecord
+    from trainyard_contracts.triggers import TriggerRecord
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,30 @@ class TrainyardClient:
         from trainyard_contracts.schedules import ScheduleRecord
 
         return ScheduleRecord.model_validate(self._request(method, path, **kwargs).json())
+
+    def create_trigger(self, trigger: Mapping[str, Any]) -> TriggerRecord:
+        """Create a trigger (subject, filter, params, dedupe_key, debounce_seconds, pipeline); 422
+        names the bad field (a subject outside the operator's allow-list: ``subject``), 409 when
+        the name is taken."""
+        from trainyard_contracts.triggers import TriggerRecord
+
+        return TriggerRecord.model_validate(self._request("POST", "/v1/triggers", json=dict(trigger)).json())
+
+    def trigger(self, name: str) -> TriggerRecord:
+        """A trigger with what it did with events: fired, filtered, deduplicated, debounced..."""
+        from trainyard_contracts.triggers import TriggerRecord
+
+        return TriggerRecord.model_validate(self._request("GET", f"/v1/triggers/{name}").json())
+
+    def triggers(self, limit: int = 100) -> list[TriggerRecord]:
+        from trainyard_contracts.triggers import TriggerRecord
+
+        found = self._request("GET", "/v1/triggers", params={"limit": limit}).json()["triggers"]
+        return [TriggerRecord.model_validate(t) for t in found]
+
+    def delete_trigger(self, name: str) -> None:
+        """The trigger goes; the runs it started go on."""
+        self._request("DELETE", f"/v1/triggers/{name}")
 
     def submit_array(self, spec: str | bytes | Mapping[str, Any]) -> ArrayStatus:
         """Submit a job spec with ``array: "0-99%8"``: one array object, its jobs made by the

@@ -113,6 +113,9 @@ async def test_a_plain_publisher_starts_the_pipeline_with_the_events_parameters_
     stack = Stack(fresh_nats_server, prefix, tmp_path, ["datasets.>"])
     publisher = await nats.connect(fresh_nats_server.url)
     async with Bus(fresh_nats_server.url, prefix) as bus, stack.intake(), stack.replica():
+        # stored before the trigger exists (acked by the stream): never fires it
+        earlier = {"kind": "full", "version": "v5", "rows": 999}
+        await bus.js.publish("datasets.digits.published", json.dumps(earlier).encode())
         await create(
             bus,
             subject="datasets.digits.published",
@@ -131,8 +134,10 @@ async def test_a_plain_publisher_starts_the_pipeline_with_the_events_parameters_
     (run,) = runs
     assert run.spec.params == {"version": "v7", "rows": 1797}
     assert run.spec.steps[0].job.command == ["echo", "data v7"]
-    # the two events on its subject looked at; the other subject's is no business of this trigger
-    assert record.seen == {f"{prefix.upper().replace('-', '_')}_TRIGGERS": 2}
+    # the three events on its subject looked at (the first as published before the trigger); the
+    # other subject's is no business of this trigger
+    assert record.seen[f"{prefix.upper().replace('-', '_')}_TRIGGERS"] == 3
+    assert record.fired == 1 and record.filtered == 1
 
 
 async def test_the_same_dedupe_value_twice_starts_one_run(nats_server, prefix, tmp_path):

@@ -78,6 +78,23 @@ def read_mapping(file: Path, kind: str) -> dict[str, Any]:
     return document
 
 
+def add_create_command(
+    group: typer.Typer,
+    kind: str,
+    help_text: str,
+    create: Callable[[TrainyardClient, dict[str, Any]], Any],
+    show: Callable[[Any, Output], None],
+) -> None:
+    """``<group> create FILE [-o ...]``: the document (YAML or JSON) read here, checked by the service."""
+
+    def create_command(ctx: typer.Context, file: Path, output: Output = Output.TABLE) -> None:
+        document = read_mapping(file, kind)
+        show_fetched(ctx, lambda client: create(client, document), show, output)
+
+    argument = typer.Argument(metavar="FILE", help=f"the {kind} document (YAML or JSON)")
+    _command(group, "create", help_text, create_command, file=Annotated[Path, argument])
+
+
 def add_list_command(
     group: typer.Typer,
     help_text: str,

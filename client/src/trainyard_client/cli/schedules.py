@@ -4,7 +4,6 @@ resume NAME | delete NAME | backfill NAME --from T --to T``, each with ``-o json
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,11 +12,11 @@ from trainyard_client import cli
 from trainyard_client.cli.base import EXIT_INVALID, fail
 from trainyard_client.cli.output import Output, OutputOption, print_data
 from trainyard_client.cli.records import (
+    add_create_command,
     add_delete_command,
     add_list_command,
     add_named_command,
     print_one,
-    read_mapping,
     show_fetched,
 )
 
@@ -58,17 +57,13 @@ def _line(record: Any) -> str:
     )
 
 
-@schedule.command("create")
-def create(
-    ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="the schedule document (YAML or JSON)")],
-    output: OutputOption = Output.TABLE,
-) -> None:
-    """Create a schedule; its first run is its first tick from now."""
-    document = read_mapping(file, "schedule")
-    show_fetched(ctx, lambda client: client.create_schedule(document), _show, output)
-
-
+add_create_command(
+    schedule,
+    "schedule",
+    "Create a schedule; its first run is its first tick from now.",
+    lambda client, document: client.create_schedule(document),
+    _show,
+)
 add_list_command(
     schedule,
     "Schedules, by name.",

@@ -90,6 +90,13 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
     return router
 
 
+async def check_pipeline(
+    state: dict[str, Any], caller: Principal, pipeline: dict[str, Any], params: dict[str, Any]
+) -> None:
+    """A schedule's or trigger's pipeline held to its creator's queue rules (with ``params``)."""
+    await check_steps(state, caller, PipelineRequest.model_validate({"pipeline": pipeline, "params": params}))
+
+
 async def check_steps(state: dict[str, Any], caller: Principal, body: PipelineRequest) -> None:
     try:
         pipeline = validate_pipeline(body.pipeline, body.params)

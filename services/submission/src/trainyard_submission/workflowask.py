@@ -9,21 +9,26 @@ service"). A team sees and changes its own objects only; the admin all of them.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Request
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from trainyard_contracts.runs import PipelineReply
 from trainyard_contracts.schedules import ScheduleReply
-from trainyard_submission.api import Problem, ask_service
+from trainyard_contracts.spec import NAME_PATTERN
+from trainyard_contracts.triggers import TriggerReply
+from trainyard_submission.api import Caller, Problem, ask_service
 from trainyard_submission.tokens import Principal
 
 WORKFLOW_TIMEOUT_SECONDS = 30.0
 
 
-Reply = TypeVar("Reply", PipelineReply, ScheduleReply)
+Reply = TypeVar("Reply", PipelineReply, ScheduleReply, TriggerReply)
 Item = TypeVar("Item", bound=BaseModel)
 
 
@@ -67,3 +72,64 @@ async def json_object(request: Request, kind: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise Problem(422, "invalid request", f"expected a {kind} document (a JSON object)")
     return document
+
+
+NamedReply = TypeVar("NamedReply", ScheduleReply, TriggerReply)
+CheckPipeline = Callable[[Principal, dict[str, Any], dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class NamedObjects(Generic[NamedReply]):
+    """A kind of named object the workflow service owns (``schedule``, ``trigger``): asked on
+    ``<prefix>.workflow.<kind>-<verb>``, its reply holding it as ``<kind>`` and a list as
+    ``<kind>s``, owned by ``created_by``."""
+
+    state: dict[str, Any]
+    kind: str
+    reply: type[NamedReply]
+    request: type[BaseModel]
+
+    async def ask(self, verb: str, **fields: Any) -> NamedReply:
+        return await ask_workflow_for(self.state, f"{self.kind}-{verb}", self.request(**fields), self.reply)
+
+    async def visible(self, caller: Principal, name: str) -> Any:
+        """The object ``caller`` may see (its own, or any for the admin); 404 otherwise."""
+        if not re.match(NAME_PATTERN, name):  # no key the bucket could hold
+            raise Problem(404, f"no such {self.kind}", name[:100])
+        record = getattr(await self.ask("get", name=name), self.kind)
+        if record is None or not may_see(caller, record.created_by):
+            raise Problem(404, f"no such {self.kind}", name)
+        return record
+
+    def add_routes(
+        self, router: APIRouter, check: CheckPipeline, *, created: str, listed: str, shown: str, deleted: str
+    ) -> None:
+        """``POST ""`` (its pipeline held to the creator's queue rules first, with the document's
+        ``params``, as a run of it is), ``GET ""`` (the caller's, by name), ``GET /{name}``,
+        ``DELETE /{name}``."""
+
+        @router.post("", status_code=201, summary=created)
+        async def create_named(request: Request, caller: Caller) -> JSONResponse:
+            document = await json_object(request, self.kind)
+            pipeline, params = document.get("pipeline"), document.get("params") or {}
+            if isinstance(pipeline, dict) and isinstance(params, dict):
+                await check(caller, pipeline, params)
+            answer = await self.ask("create", **{self.kind: document, "by": caller.name})
+            return JSONResponse(public(getattr(answer, self.kind)), status_code=201)
+
+        @router.get("", summary=listed)
+        async def list_named(
+            caller: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+        ) -> dict[str, Any]:
+            found = getattr(await self.ask("list", limit=limit), f"{self.kind}s") or []
+            return {f"{self.kind}s": visible_public(caller, found, lambda r: r.created_by)}
+
+        @router.get("/{name}", summary=shown)
+        async def get_named(name: str, caller: Caller) -> dict[str, Any]:
+            return public(await self.visible(caller, name))
+
+        @router.delete("/{name}", summary=deleted)
+        async def delete_named(name: str, caller: Caller) -> dict[str, Any]:
+            await self.visible(caller, name)
+            await self.ask("delete", name=name, by=caller.name)
+            return {"name": name, "deleted": True}

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +39,7 @@ from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.leader import LeaderLease
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.natsusers import MODEL_TRIGGERS_DURABLE, TRIGGER_EVENTS_DURABLE
 from trainyard_shared.publishing import publish_acked
 from trainyard_shared.pullconsumer import batch_consumer
@@ -111,6 +113,7 @@ async def build_runtime(
         runs,
         service.start_spec,
         allowed_patterns(sb.subjects, common.trigger_subjects),
+        functools.partial(_trigger_stream_heads, sb),
         clock,
     )
     ticker = ScheduleTicker([schedules.tick, triggers.tick], lease, settings.schedule_tick_seconds)
@@ -215,7 +218,14 @@ def _trigger_consumers(sb: ServiceBroker, common: CommonSettings, slot: RuntimeS
         async def on_trigger_event(body: bytes, raw: Msg) -> None:
             meta = raw.metadata
             event = Event(stream=meta.stream, seq=meta.sequence.stream, subject=raw.subject, body=body)
-            await slot.get().triggers.on_event(event, meta.timestamp)
+            await slot.get().triggers.on_event(event)
+
+
+async def _trigger_stream_heads(sb: ServiceBroker) -> dict[str, int]:
+    """The last sequence of each stream triggers read (a new trigger starts after them)."""
+    js = NatsHandle(sb.broker).jetstream
+    names = (sb.subjects.streams.triggers, sb.subjects.streams.models)
+    return {name: int((await js.stream_info(name)).state.last_seq or 0) for name in names}
 
 
 def _emitter(sb: ServiceBroker) -> Any:

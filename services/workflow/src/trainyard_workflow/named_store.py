@@ -34,7 +34,8 @@ async def listed_keys(kv: KeyValue, tries: int = 5) -> list[str]:
     nothing but delete markers, or after a few tries."""
     for attempt in range(tries):
         try:
-            return list(await kv.keys())
+            # a key changed while it is listed may be listed twice
+            return sorted(set(await kv.keys()))
         except NoKeysError:
             if attempt + 1 < tries and (await kv.status()).values > 0:
                 await asyncio.sleep(0.05)
@@ -91,7 +92,7 @@ class NamedStore(Generic[R]):
         await self.kv.delete(name)
 
     async def names(self) -> list[str]:
-        return sorted(await listed_keys(self.kv))
+        return await listed_keys(self.kv)
 
     async def listed(self, limit: int = 100) -> list[R]:
         out: list[R] = []

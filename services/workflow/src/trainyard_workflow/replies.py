@@ -4,7 +4,7 @@ the verbs on one name, with refusals as status and field (the handlers: trainyar
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -21,14 +21,28 @@ def refusal(reply: type[Reply], field: str, message: str, status: int) -> Reply:
 
 
 async def answer_named(
-    reply: type[Reply], kind: str, body: bytes, answer: Callable[[Any], Awaitable[Reply]]
+    reply: type[Reply],
+    kind: str,
+    verb: str,
+    body: bytes,
+    objects: NamedObjects,
+    named: Callable[[Any], Awaitable[Reply]],
 ) -> Reply:
-    """``answer(request)`` for a request on a named object (a schedule, a trigger), the body read
-    as ``reply``'s request model; a refusal is answered with its status and the field: 422 (a bad
-    field), 404 (no such name), 409 (the name is taken), 400 (not a request)."""
-    request_model = REQUESTS[reply]
+    """The answer to ``verb`` on a named object (a schedule, a trigger), the body read as
+    ``reply``'s request model: ``create`` and ``list`` here, the verbs on one name by ``named``.
+    A refusal is answered with its status and the field: 422 (a bad field), 404 (no such name),
+    409 (the name is taken), 400 (not a request)."""
     try:
-        return await answer(request_model.model_validate_json(body))
+        request: Any = REQUESTS[reply].model_validate_json(body)
+        if verb == "create":
+            return reply(
+                ok=True, status=201, **{kind: await objects.create(getattr(request, kind), request.by)}
+            )
+        if verb == "list":
+            return reply(ok=True, **{f"{kind}s": await objects.store.listed(request.limit)})
+        if not request.name:
+            return refusal(reply, "name", "required field is missing", 422)
+        return await named(request)
     except SpecError as exc:
         return reply(ok=False, errors=exc.errors, status=422)
     except RecordNotFound as exc:
@@ -37,6 +51,15 @@ async def answer_named(
         return refusal(reply, "name", f"a {kind} {exc.args[0]!r} exists already (delete it first)", 409)
     except ValueError as exc:  # not a request, or a limit reached
         return refusal(reply, "(request)", str(exc)[:1000], 400)
+
+
+class NamedObjects(Protocol):
+    """A service of named objects: creates them and keeps them in a store."""
+
+    @property
+    def store(self) -> Any: ...
+
+    async def create(self, document: Any, by: str | None = None) -> Any: ...
 
 
 REQUESTS: dict[type[BaseModel], type[BaseModel]] = {

@@ -41,17 +41,8 @@ def _handler(sb: ServiceBroker, verb: str, schedules: Any) -> None:
 
 
 async def answer_schedule_request(service: ScheduleService, verb: str, body: bytes) -> ScheduleReply:
-    return await answer_named(ScheduleReply, "schedule", body, functools.partial(_answer, service, verb))
-
-
-async def _answer(service: ScheduleService, verb: str, request: ScheduleRequest) -> ScheduleReply:
-    if verb == "create":
-        return ScheduleReply(ok=True, status=201, schedule=await service.create(request.schedule, request.by))
-    if verb == "list":
-        return ScheduleReply(ok=True, schedules=await service.schedules.listed(request.limit))
-    if not request.name:
-        return refusal(ScheduleReply, "name", "required field is missing", 422)
-    return await _answer_named(service, verb, request)
+    named = functools.partial(_answer_named, service, verb)
+    return await answer_named(ScheduleReply, "schedule", verb, body, service, named)
 
 
 async def _answer_named(service: ScheduleService, verb: str, request: ScheduleRequest) -> ScheduleReply:

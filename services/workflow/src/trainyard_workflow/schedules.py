@@ -91,6 +91,10 @@ class ScheduleService:
         await self.schedules.create(record)
         return record
 
+    @property
+    def store(self) -> Any:
+        return self.schedules
+
     async def get(self, name: str) -> ScheduleRecord:
         found = await self.schedules.get(name)
         if found is None:

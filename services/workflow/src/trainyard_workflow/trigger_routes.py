@@ -10,7 +10,7 @@ from collections.abc import Callable
 from trainyard_contracts.triggers import TRIGGER_VERBS, TriggerReply, TriggerRequest
 from trainyard_shared.broker import ServiceBroker
 from trainyard_shared.responder import answer_requests
-from trainyard_workflow.replies import answer_named, refusal
+from trainyard_workflow.replies import answer_named
 from trainyard_workflow.triggers import TriggerService
 
 
@@ -33,19 +33,12 @@ async def _answer(triggers: Callable[[], TriggerService], verb: str, body: bytes
 
 
 async def answer_trigger_request(service: TriggerService, verb: str, body: bytes) -> TriggerReply:
-    return await answer_named(
-        TriggerReply, "trigger", body, functools.partial(_answer_request, service, verb)
-    )
+    named = functools.partial(_answer_named, service, verb)
+    return await answer_named(TriggerReply, "trigger", verb, body, service, named)
 
 
-async def _answer_request(service: TriggerService, verb: str, request: TriggerRequest) -> TriggerReply:
-    if verb == "create":
-        return TriggerReply(ok=True, status=201, trigger=await service.create(request.trigger, request.by))
-    if verb == "list":
-        return TriggerReply(ok=True, triggers=await service.triggers.listed(request.limit))
-    if not request.name:
-        return refusal(TriggerReply, "name", "required field is missing", 422)
+async def _answer_named(service: TriggerService, verb: str, request: TriggerRequest) -> TriggerReply:
     if verb == "get":
-        return TriggerReply(ok=True, trigger=await service.get(request.name))
-    await service.delete(request.name)
+        return TriggerReply(ok=True, trigger=await service.get(request.name or ""))
+    await service.delete(request.name or "")
     return TriggerReply(ok=True)

@@ -54,6 +54,7 @@ log = logging.getLogger("trainyard.workflow.triggers")
 
 MAX_TRIGGERS = 1000
 StartRun = Callable[[str, PipelineSpec, str], Awaitable[PipelineRun]]
+StreamHeads = Callable[[], Awaitable[dict[str, int]]]  # the last sequence of each stream triggers read
 
 
 class TriggerStore(NamedStore[TriggerRecord]):
@@ -98,17 +99,25 @@ class TriggerService:
         runs: RunStore,
         start_run: StartRun,
         allowed: list[str],
+        stream_heads: StreamHeads,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.triggers, self.runs, self.start_run = triggers, runs, start_run
-        self.allowed, self.clock = allowed, clock
+        self.allowed, self.stream_heads, self.clock = allowed, stream_heads, clock
         self._compiled: dict[tuple[str, datetime], Compiled] = {}
 
     async def create(self, document: Any, by: str | None = None) -> TriggerRecord:
         spec = validate_trigger(document, self.allowed)
-        record = TriggerRecord(spec=spec, created=self.clock(), created_by=by)
+        # what the streams hold already was published before the trigger: looked at, not fired (a
+        # sequence, not a time: the server's clock and ours may differ)
+        heads = await self.stream_heads()
+        record = TriggerRecord(spec=spec, seen=heads, created=self.clock(), created_by=by)
         await self.triggers.create(record)
         return record
+
+    @property
+    def store(self) -> Any:
+        return self.triggers
 
     async def get(self, name: str) -> TriggerRecord:
         found = await self.triggers.get(name)
@@ -122,7 +131,7 @@ class TriggerService:
 
     # -- events -----------------------------------------------------------------------------------
 
-    async def on_event(self, event: Event, published: datetime) -> list[str]:
+    async def on_event(self, event: Event) -> list[str]:
         """An event from a stream triggers read: every trigger on its subject looks at it; the
         runs started at once (no debounce)."""
         data: Any = None
@@ -132,8 +141,8 @@ class TriggerService:
             if found is None or not subject_matches(found[0].spec.subject, event.subject):
                 continue
             record = found[0]
-            if published < record.created:
-                continue  # published before the trigger existed (a backlog read late)
+            if event.seq <= record.seen.get(event.stream, 0):
+                continue  # looked at already, or published before the trigger existed
             if data is None:
                 data = read_event(event.body)
             started += await self._look_at(record, event, data)

@@ -1,0 +1,34 @@
+"""``/v1/triggers``: event triggers over HTTP, answered by the workflow service on
+``<prefix>.workflow.trigger-<verb>`` (request/reply), as ``/v1/schedules`` is (schedules.py).
+
+A trigger's pipeline is held to the creator's queue rules when it is created (with the pipeline's
+own defaults; the event's parameters come later). A team sees and deletes its own triggers only;
+the admin all of them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from trainyard_contracts.triggers import TriggerReply, TriggerRequest
+from trainyard_submission.api import authorised
+from trainyard_submission.pipelines import check_pipeline
+from trainyard_submission.workflowask import NamedObjects
+
+
+def build_trigger_router(state: dict[str, Any]) -> APIRouter:
+    router = APIRouter(prefix="/v1/triggers", dependencies=[Depends(authorised)], tags=["triggers"])
+    triggers = NamedObjects(state, "trigger", TriggerReply, TriggerRequest)
+
+    triggers.add_routes(
+        router,
+        functools.partial(check_pipeline, state),
+        created="create a trigger: subject, filter, params and dedupe_key (JMESPath), debounce, pipeline",
+        listed="triggers, by name, with what they did with events (fired, filtered, deduplicated...)",
+        shown="a trigger: its spec, the runs it fired and the events it turned away",
+        deleted="delete a trigger; the runs it started go on",
+    )
+    return router

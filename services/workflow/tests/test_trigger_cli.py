@@ -1,0 +1,81 @@
+"""``trainyard trigger …`` and ``/v1/triggers`` against the real submission API (uvicorn on
+127.0.0.1) and the real workflow service on a real nats-server; the CLI runs in a thread, as a
+user's terminal would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+from trainyard_shared.testing.helpers import common_settings, eventually, running
+from trainyard_submission.app import create_app as submission_app
+from trainyard_submission.settings import SubmissionSettings
+from trainyard_workflow.app import create_app as workflow_app
+from trainyard_workflow.settings import WorkflowSettings
+
+from .conftest import served
+from .test_schedule_cli import trainyard
+
+pytestmark = [pytest.mark.service, pytest.mark.workflow]
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "pipelines" / "on-digits-published.yaml"
+TOKEN = "schedule-cli-admin-1"  # test_schedule_cli.trainyard's
+
+
+async def test_the_example_trigger_from_the_cli_fires_on_a_plain_event_and_teams_see_their_own(
+    nats_server, prefix, tmp_path
+):
+    foreign = f"ext-{prefix}"
+    document = EXAMPLE.read_text().replace("datasets.digits.published", f"{foreign}.digits.published")
+    trigger_file = tmp_path / "trigger.yaml"
+    trigger_file.write_text(document.replace("debounce_seconds: 30", "debounce_seconds: 0"))
+
+    def common(name):
+        settings = common_settings(nats_server.url, prefix, tmp_path / name)
+        return settings.model_copy(update={"trigger_subjects": [f"{foreign}.>"]})
+
+    api = submission_app(common("api"), SubmissionSettings(token=TOKEN))
+    workflow = workflow_app(common("wf"), WorkflowSettings(schedule_tick_seconds=0.05, replica_id="cli"))
+    async with api.router.lifespan_context(api), served(api) as url, running(workflow):
+        created = await trainyard(url, "trigger", "create", str(trigger_file), "-o", "json")
+        assert created.exit_code == 0, created.output
+        assert json.loads(created.output)["spec"]["dedupe_key"] == "version"
+        outside = tmp_path / "outside.yaml"
+        outside.write_text(document.replace(f"{foreign}.digits.published", f"{prefix}.job.*.succeeded"))
+        refused = await trainyard(url, "trigger", "create", str(outside))
+        assert refused.exit_code == 2 and "subject" in refused.output
+
+        publisher = await nats.connect(nats_server.url)
+        event = {"kind": "full", "version": "2026-12-03", "rows": 1797}
+        await publisher.publish(f"{foreign}.digits.published", json.dumps(event).encode())
+        await publisher.flush()
+        await publisher.close()
+
+        async def fired():
+            shown = await trainyard(url, "trigger", "get", "retrain-on-digits", "-o", "json")
+            record = json.loads(shown.output)
+            return record if record["fired"] == 1 and not record["pending"] else None
+
+        record = await eventually(fired, 30, "the event fired the trigger")
+        run = await trainyard(url, "pipeline", "status", record["last_run_id"], "-o", "json")
+        assert json.loads(run.output)["spec"]["params"] == {"version": "2026-12-03", "rows": 1797}
+        listed = await trainyard(url, "trigger", "list")
+        assert "retrain-on-digits" in listed.output and "fired 1" in listed.output
+
+        # a team token sees none of the admin's triggers and cannot delete them
+        made = await trainyard(url, "tokens", "create", "--team", "default", "-o", "json")
+        assert made.exit_code == 0, made.output
+        team = json.loads(made.output)["token"]
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {team}"}) as http:
+            assert (await http.get("/v1/triggers")).json() == {"triggers": []}
+            assert (await http.delete("/v1/triggers/retrain-on-digits")).status_code == 404
+        async with httpx.AsyncClient(base_url=url) as anonymous:
+            assert (await anonymous.get("/v1/triggers")).status_code == 401
+
+        deleted = await trainyard(url, "trigger", "delete", "retrain-on-digits", "-o", "json")
+        assert json.loads(deleted.output) == {"name": "retrain-on-digits", "deleted": True}
+        gone = await trainyard(url, "trigger", "get", "retrain-on-digits")
+        assert gone.exit_code == 4
