@@ -57,6 +57,7 @@ OPERATIONS = [
     ("DELETE", "/v1/jobs/{job_id}"),
     ("POST", "/v1/jobs/{job_id}/cancel"),
     ("GET", "/v1/jobs/{job_id}/logs"),
+    ("GET", "/v1/jobs/{job_id}/metrics"),
     ("GET", "/v1/jobs/{job_id}/why"),
     ("POST", "/v1/jobs/dry-run"),
     ("GET", "/v1/dlq"),
