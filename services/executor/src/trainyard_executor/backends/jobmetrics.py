@@ -1,4 +1,5 @@
-"""What a job needs to report metrics (``import trainyard; trainyard.report(step, loss=...)``):
+"""What a job needs to report metrics (``import trainyard; trainyard.report(step, loss=...)``, or
+MLflow's ``log_metric``, forwarded by the ``sitecustomize`` beside it):
 the reporter module on its ``PYTHONPATH`` and ``TRAINYARD_METRICS_FILE``, both in the attempt's
 work dir, which the local backend runs the job in and the container backends mount. The executor
 reads the file from the host side (:mod:`trainyard_executor.metricship`).
@@ -20,11 +21,13 @@ from trainyard_executor.metricsfile import METRICS_FILE
 
 REPORTER_DIR = ".trainyard-py"
 REPORTER = Path(__file__).resolve().parent.parent / "reporter" / "trainyard.py"
+# MLflow's metrics to trainyard.report as they are logged (chains to the sitecustomize it shadows)
+MLFLOW_FORWARDER = REPORTER.with_name("sitecustomize.py")
 
 
 @functools.cache
-def _reporter_source() -> bytes:
-    return REPORTER.read_bytes()
+def _source(path: Path) -> bytes:
+    return path.read_bytes()
 
 
 def metrics_env(env: dict[str, str], job_workdir: str) -> None:
@@ -39,6 +42,7 @@ def install_reporter(workdir: Path | int, owner: tuple[int, int] | None = None) 
     """``<workdir>/.trainyard-py/trainyard.py``, readable by the job whatever the executor's umask;
     no link followed (raises OSError, UnsafePath for a link)."""
     with ensure_dir(workdir, REPORTER_DIR, mode=0o755, owner=owner) as fd:
-        write_file(fd, "trainyard.py", _reporter_source(), 0o644)
-        os.chmod("trainyard.py", 0o644, dir_fd=fd)  # just put there by us: not a link
+        for source in (REPORTER, MLFLOW_FORWARDER):
+            write_file(fd, source.name, _source(source), 0o644)
+            os.chmod(source.name, 0o644, dir_fd=fd)  # just put there by us: not a link
         os.fchmod(fd, 0o755)
