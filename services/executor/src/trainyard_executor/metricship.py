@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import secrets
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from trainyard_shared.publishing import MSG_ID, publish_acked
 log = logging.getLogger("trainyard.executor.metrics")
 
 HEADROOM = 1024  # headers (the message id) count against the stream's max_msg_size and max_payload
+STOP_WAIT = 30.0  # seconds the look in progress may take to finish at the attempt's end
 FINAL_LOOKS = 64  # at the end, reads of what is left in the file (each up to read_bytes)
 
 Note = Callable[[str], Awaitable[None]]
@@ -125,6 +127,8 @@ class MetricsShipper:
         self._noted_refusal: str | None = None
         self._noted_exhausted = False
         self._task: asyncio.Task[None] | None = None
+        self._reading = threading.Lock()
+        self._stopping = asyncio.Event()
 
     @property
     def dropped(self) -> int:
@@ -139,9 +143,14 @@ class MetricsShipper:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # the loop ends after the look it is in (cancelling it mid-look would lose what that
+        # look had read); a look is bounded (read_bytes, and a publish times out)
+        self._stopping.set()
+        await asyncio.wait({task}, timeout=STOP_WAIT)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         try:
             for _ in range(FINAL_LOOKS):
                 if not await self.look():
@@ -156,8 +165,11 @@ class MetricsShipper:
             log.exception("metrics of an attempt could not be finished", extra={"job_id": self.job_id})
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.ship.flush_seconds)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.ship.flush_seconds)
+            if self._stopping.is_set():
+                return
             try:
                 await self.look()
                 await self._send()
@@ -167,32 +179,44 @@ class MetricsShipper:
                 log.exception("metrics of an attempt could not be read", extra={"job_id": self.job_id})
 
     async def look(self) -> bool:
-        """Read and batch what the job appended since the last look; whether anything was read."""
-        data, restarted = await asyncio.to_thread(self.file.read)
+        """Read and batch what the job appended since the last look; whether anything was read.
+        Reading, parsing and encoding run in a thread: a megabyte of reports is tens of
+        milliseconds of CPU, which the executor's event loop (heartbeats, other attempts) must
+        not wait for."""
+        most = min(self.ship.max_msg_bytes, self._max_payload()) - HEADROOM  # headers count too
+        taken = await asyncio.to_thread(self._take, most)
         await self._note_file()
-        if restarted:
-            self.parser.restart()
-        if not data:
+        if taken is None:
             return False
-        points = self.parser.feed(data)
         if self.parser.dropped.count and not self._noted_drop:
             self._noted_drop = True
             await self.note(f"[trainyard: metrics: a report was dropped: {self.parser.dropped.first}]")
-        kept = thin(points, self.ship.max_points)
-        self._thinned += len(points) - len(kept)
-        if kept:
-            most = min(self.ship.max_msg_bytes, self._max_payload()) - HEADROOM  # headers count too
-            payloads = batches(
-                self.job_id, self.attempt, self.seq, [point_json(p) for p in kept], self.dropped, most
-            )
-            for payload, count in payloads:
-                msg_id = f"{self.job_id}:{self.attempt}:metrics:{self._run}:{self.seq}"
-                self._pending.append((msg_id, payload, count))
-                self.seq += 1
-            while len(self._pending) > self.ship.max_pending:
-                self._pending.popleft()
-                self._lost += 1
+        for payload, count in taken:
+            msg_id = f"{self.job_id}:{self.attempt}:metrics:{self._run}:{self.seq}"
+            self._pending.append((msg_id, payload, count))
+            self.seq += 1
+        while len(self._pending) > self.ship.max_pending:
+            self._pending.popleft()
+            self._lost += 1
         return True
+
+    def _take(self, most: int) -> list[tuple[bytes, int]] | None:
+        """(In a thread.) The new reports as batch payloads numbered from ``seq``; None when
+        nothing was read. Serialised: a look cancelled while its thread runs must not overlap the
+        next one (the parser and the file offset are one reader's)."""
+        with self._reading:
+            data, restarted = self.file.read()
+            if restarted:
+                self.parser.restart()
+            if not data:
+                return None
+            points = self.parser.feed(data)
+            kept = thin(points, self.ship.max_points)
+            self._thinned += len(points) - len(kept)
+            if not kept:
+                return []
+            encoded = [point_json(p) for p in kept]
+            return batches(self.job_id, self.attempt, self.seq, encoded, self.dropped, most)
 
     async def _note_file(self) -> None:
         refused = self.file.refused
