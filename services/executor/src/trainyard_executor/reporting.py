@@ -2,7 +2,8 @@
 
 A report goes on the executor's own subject into the reports stream (acknowledged, so it is kept
 until the scheduler applies it); where the executor must know the record before it goes on (a start
-runs only once the record says ``running``), it watches the job's key until the record decides.
+runs only once the record says ``running``), it reads the job's key until the record decides: after
+5 ms, then at a doubling pause up to 0.5 s.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from trainyard_shared.publishing import MSG_ID, publish_acked
 T = TypeVar("T")
 # what the record says to a waiting executor: None while it does not decide yet
 Decide = Callable[[JobRecord | None], T | None]
-RECHECK_SECONDS = 2.0  # a watch that stalls is backed by a read this often
+FIRST_READ_SECONDS = 0.005  # after a report, the record is read again this soon, then ever later
+LAST_READ_SECONDS = 0.5
 
 
 class Reporter(Protocol):
@@ -53,16 +55,21 @@ class BusReporter:
         )
 
     async def settle(self, job_id: str, decide: Decide[T], timeout: float) -> T:
+        # reads of the key (a direct get each), not a watch: a watch is a consumer on the jobs
+        # bucket's stream per start, which under load met the server's consumer limit (starts
+        # dead-lettered) and cost more than the few reads the scheduler's ~ms takes
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with contextlib.aclosing(record_changes(self.store, job_id, RECHECK_SECONDS)) as changes:
-            async for record in changes:
-                verdict = decide(record)
-                if verdict is not None:
-                    return verdict
-                if loop.time() >= deadline:
-                    break
-        raise nats.errors.TimeoutError
+        pause = FIRST_READ_SECONDS
+        while True:
+            found = await self.store.get(job_id)
+            verdict = decide(found[0] if found is not None else None)
+            if verdict is not None:
+                return verdict
+            if loop.time() + pause > deadline:
+                raise nats.errors.TimeoutError
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LAST_READ_SECONDS)
 
 
 async def record_changes(store: JobStore, job_id: str, recheck: float) -> AsyncGenerator[JobRecord | None]:
