@@ -279,9 +279,10 @@ def audit(
         entries = client.audit(start, who, model, limit)
 
     def change(e: Any) -> str:
-        before = (e.before or {}).get("version")
-        after = (e.after or {}).get("version")
-        return f"v{before or '-'} -> v{after or '-'}" if e.action.startswith("model.") else "-"
+        if not e.action.startswith("model."):
+            return e.detail or "-"
+        before, after = (e.before or {}).get("version"), (e.after or {}).get("version")
+        return f"{f'v{before}' if before else 'unset'} -> v{after}"
 
     columns = (
         Column("time", lambda e: f"{e.time:%Y-%m-%d %H:%M:%S}"),
