@@ -7,32 +7,18 @@ import json
 import sys
 from typing import Any
 
-from trainyard_executor.app import create_app as executor_app
-from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.testing.helpers import Bus
 
+from ..integration.test_job_path import executor as job_path_executor
+from ..integration.test_job_path import scheduler
+
+__all__ = ["PY", "batches", "executor", "points", "scheduler"]
 PY = sys.executable
 
 
-def scheduler(common: Any) -> Any:
-    return scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
-
-
 def executor(common: Any, name: str = "exec-m", **kw: Any) -> Any:
-    settings = ExecutorSettings(
-        id=name,
-        cpu=4,
-        memory=8192,
-        gpu=0,
-        heartbeat_seconds=0.5,
-        lease_seconds=3,
-        grace_seconds=2,
-        metrics_flush_seconds=0.2,
-        **kw,
-    )
-    return executor_app(common, settings)
+    """The job-path tests' executor, reading jobs' metrics files five times a second."""
+    return job_path_executor(common, name, **{"metrics_flush_seconds": 0.2, **kw})
 
 
 async def batches(bus: Bus, job_id: str) -> list[dict[str, Any]]:
