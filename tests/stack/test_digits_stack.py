@@ -125,13 +125,18 @@ def test_why_and_dry_run_from_the_cli(stack):
     runner = CliRunner()
     base = ["--url", stack.api_url, "--token", stack.token()]
     spec = stack.data_dir / "probe.yaml"
+    # a spec no executor could hold is refused by the dry run as by a submit (a 422 naming the field)
     spec.write_text('name: probe\ncommand: ["true"]\nresources: {cpu: 4000}\n')
+    too_large = runner.invoke(app, [*base, "submit", "--dry-run", str(spec)])
+    assert too_large.exit_code != 0, too_large.output
+    assert "resources.cpu" in too_large.output and "more than any executor offers" in too_large.output
+    spec.write_text('name: probe\ncommand: ["true"]\nresources: {cpu: 0.1}\n')
     try:
         dry = runner.invoke(app, [*base, "submit", "--dry-run", str(spec)])
     finally:
         spec.unlink()
     assert dry.exit_code == 0, dry.output
-    assert "would wait (nothing was queued)" in dry.output and "too_large" in dry.output
+    assert "(nothing was queued)" in dry.output and "would " in dry.output
     client = stack.client()
     assert not [j for j in client.list() if j.name == "probe"]  # nothing was queued
 
