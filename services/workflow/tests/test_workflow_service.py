@@ -149,6 +149,16 @@ async def test_pipelines_over_http_one_url_one_token(workflow_stack):
         ).status_code == 401
         bad = await http.post("/v1/pipelines", json={"pipeline": {**pipeline, "steps": []}})
         assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "steps"
+        # a step naming a queue that does not exist is refused with the run, not when its turn comes
+        steps = [
+            *pipeline["steps"][:2],
+            {**pipeline["steps"][2], "job": {**pipeline["steps"][2]["job"], "queue": "nosuch"}},
+        ]
+        unknown = await http.post("/v1/pipelines", json={"pipeline": {**pipeline, "steps": steps}})
+        assert unknown.status_code == 422, unknown.text
+        [error] = unknown.json()["errors"]
+        assert error["field"] == "steps.2.job.queue" and "unknown queue 'nosuch'" in error["message"]
+        assert (await http.get("/v1/pipelines")).json()["runs"] == []
         created = await http.post("/v1/pipelines", json={"pipeline": pipeline})
         assert created.status_code == 201, created.text
         run_id = created.json()["run_id"]

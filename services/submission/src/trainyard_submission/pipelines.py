@@ -103,12 +103,18 @@ async def check_steps(state: dict[str, Any], caller: Principal, body: PipelineRe
     except SpecError as exc:
         errors = [e.model_dump() for e in exc.errors]
         raise Problem(422, "invalid pipeline", str(exc), errors=errors) from exc
+    # what a submit of each step would refuse is refused now, naming the step, not when the step's
+    # turn comes (an unknown queue, a spec no executor could hold)
     for i, step in enumerate(pipeline.steps):
         spec = place_spec(caller, step.job)
         try:
-            check_submit(caller, spec, await state["queues"].effective(spec.queue))
+            check_submit(caller, spec, await state["queues"].require(spec.queue))
+            await state["service"].check_fits(spec)
         except QueueRefused as exc:
             raise Problem(403, "forbidden", f"steps.{i}.job: {exc.detail}", queue=exc.queue) from exc
+        except SpecError as exc:
+            errors = [{**e.model_dump(), "field": f"steps.{i}.job.{e.field}"} for e in exc.errors]
+            raise Problem(422, "invalid pipeline", f"steps.{i}.job: {exc}", errors=errors) from exc
 
 
 async def _cancel_open_jobs(service: SubmissionService, open_job_ids: list[str], by: str) -> None:
