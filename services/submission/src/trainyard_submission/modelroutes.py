@@ -8,6 +8,7 @@ checked on, so the registry refuses it (409) if the alias moved in between.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -97,12 +98,22 @@ def _change(answer: RegistryReply) -> AliasChange:
     )
 
 
+Ask = Callable[..., Awaitable[RegistryReply]]
+
+
 def build_model_router(state: dict[str, Any]) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(authorised)], tags=["models"])
 
     async def ask(kind: str, **fields: Any) -> RegistryReply:
         return await ask_registry(state, kind, RegistryRequest(**fields))
 
+    _add_read_routes(router, ask)
+    _add_alias_change_routes(router, ask, state)
+    _add_audit_route(router, state)
+    return router
+
+
+def _add_read_routes(router: APIRouter, ask: Ask) -> None:
     @router.get("/models/{name}/versions/{version}", summary="one model version: params, metrics, provenance")
     async def get_version(name: ModelName, version: VersionNumber, caller: Caller) -> VersionInfo:
         found = _visible(caller, (await ask("version", name=name, version=version)).version)
@@ -120,6 +131,20 @@ def build_model_router(state: dict[str, Any]) -> APIRouter:
             raise Problem(404, "not found", f"model {name!r} has no alias {alias!r}")
         return AliasView(state=answer.state, version=answer.holder)
 
+    @router.get("/models/{name}/compare", summary="two versions side by side: params, metrics, provenance")
+    async def compare(
+        name: ModelName,
+        caller: Caller,
+        a: Annotated[int, Query(ge=1, le=2**31 - 1, description="the first version")],
+        b: Annotated[int, Query(ge=1, le=2**31 - 1, description="the second version")],
+    ) -> Comparison:
+        versions = (await ask("compare", name=name, version=a, other_version=b)).versions
+        if any(_visible(caller, v) is None for v in versions):
+            raise Problem(404, "not found", f"model {name!r}: version {a} or {b} is not yours to read")
+        return Comparison(name=name, versions=versions)
+
+
+def _add_alias_change_routes(router: APIRouter, ask: Ask, state: dict[str, Any]) -> None:
     @router.post("/models/{name}/aliases/{alias}", summary="promote: point the alias at a version")
     async def promote(name: ModelName, alias: AliasName, body: PromoteBody, caller: Caller) -> AliasChange:
         current = await ask("alias", name=name, alias=_alias_or_422(alias), version=body.version)
@@ -157,18 +182,8 @@ def build_model_router(state: dict[str, Any]) -> APIRouter:
         )
         return _change(answer)
 
-    @router.get("/models/{name}/compare", summary="two versions side by side: params, metrics, provenance")
-    async def compare(
-        name: ModelName,
-        caller: Caller,
-        a: Annotated[int, Query(ge=1, le=2**31 - 1, description="the first version")],
-        b: Annotated[int, Query(ge=1, le=2**31 - 1, description="the second version")],
-    ) -> Comparison:
-        versions = (await ask("compare", name=name, version=a, other_version=b)).versions
-        if any(_visible(caller, v) is None for v in versions):
-            raise Problem(404, "not found", f"model {name!r}: version {a} or {b} is not yours to read")
-        return Comparison(name=name, versions=versions)
 
+def _add_audit_route(router: APIRouter, state: dict[str, Any]) -> None:
     @router.get("/audit", summary="the audit stream: who promoted or rolled back what, and when")
     async def audit(
         caller: Caller,
@@ -188,5 +203,3 @@ def build_model_router(state: dict[str, Any]) -> APIRouter:
             raise Problem(422, "invalid request", "since: give the offset too (+01:00, or Z for UTC)")
         entries = await read_audit(state["js"], state["subjects"], keep, since, limit)
         return {"entries": [e.model_dump(mode="json") for e in entries]}
-
-    return router
