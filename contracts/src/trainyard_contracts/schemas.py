@@ -24,6 +24,7 @@ from trainyard_contracts.runs import PipelineEvent, PipelineReply, PipelineReque
 from trainyard_contracts.schedules import ScheduleRecord, ScheduleReply, ScheduleRequest
 from trainyard_contracts.scheduling import CycleDecisions, DryRunAnswer, WhyAnswer
 from trainyard_contracts.spec import JobSpec
+from trainyard_contracts.sweeps import SweepRecord, SweepReply, SweepRequest, SweepSpec
 from trainyard_contracts.workflow import ArraySpec, PipelineSpec, ScheduleSpec, TriggerSpec
 
 SCHEMAS: dict[str, Any] = {
@@ -56,6 +57,10 @@ SCHEMAS: dict[str, Any] = {
     "registry-reply": RegistryReply,
     "model-alias": AliasRecord,
     "audit-entry": AuditEntry,
+    "sweep-spec": SweepSpec,
+    "sweep-record": SweepRecord,
+    "sweep-request": SweepRequest,
+    "sweep-reply": SweepReply,
 }
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "schemas"
