@@ -21,6 +21,7 @@ from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runtimeslot import RuntimeSlot
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing, tracing_enabled
+from trainyard_submission.adminroutes import build_admin_router
 from trainyard_submission.api import build_router, install_error_handlers, install_openapi
 from trainyard_submission.arrayroutes import build_array_router, submit_array
 from trainyard_submission.intake import handle_intake
@@ -108,6 +109,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     )
     install_error_handlers(app)
     app.include_router(build_router(state))
+    app.include_router(build_admin_router(state))
     app.include_router(build_pipeline_router(state))
     app.include_router(build_schedule_router(state))
     app.include_router(build_trigger_router(state))
