@@ -145,7 +145,9 @@ def build_ui_router(state: dict[str, Any]) -> APIRouter:
     router = APIRouter(prefix="/ui", include_in_schema=False)
     add_session_routes(router)
     add_job_list_routes(router, deps)
-    add_job_routes(router, deps)
+    add_job_page_routes(router, deps)
+    add_job_action_routes(router, deps)
+    add_job_output_routes(router, deps)
     add_overview_routes(router, deps)
     return router
 
@@ -280,24 +282,23 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
         )
 
 
-def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
-    async def readable(seen: Viewer, job_id: str, action: str = "read") -> JobRecord:
-        """The job if this viewer may ``action`` it: the API's own lookup and access rule."""
+async def job_or_refusal(
+    deps: RouteDeps, request: Request, seen: Viewer, job_id: str, action: str = "read"
+) -> JobRecord | HTMLResponse:
+    """The job if this viewer may ``action`` it (the API's own lookup and access rule), else the
+    page that says why not."""
+    try:
         return await deps.job_for(seen.principal, job_id, action)
+    except Problem as exc:
+        return refused(request, seen, exc.detail or exc.title, status=exc.status)
+    except Forbidden as exc:
+        return refused(request, seen, exc.detail, status=403)
 
-    async def job_or_refusal(
-        request: Request, seen: Viewer, job_id: str, action: str = "read"
-    ) -> JobRecord | HTMLResponse:
-        try:
-            return await readable(seen, job_id, action)
-        except Problem as exc:
-            return refused(request, seen, exc.detail or exc.title, status=exc.status)
-        except Forbidden as exc:
-            return refused(request, seen, exc.detail, status=403)
 
+def add_job_page_routes(router: APIRouter, deps: RouteDeps) -> None:
     @router.get("/jobs/{job_id}")
     async def job_page(request: Request, job_id: str, seen: Viewed) -> HTMLResponse:
-        record = await job_or_refusal(request, seen, job_id)
+        record = await job_or_refusal(deps, request, seen, job_id)
         if isinstance(record, HTMLResponse):
             return record
         return render(
@@ -312,14 +313,14 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
 
     @router.get("/jobs/{job_id}/summary")
     async def job_summary(request: Request, job_id: str, seen: Viewed) -> HTMLResponse:
-        record = await job_or_refusal(request, seen, job_id)
+        record = await job_or_refusal(deps, request, seen, job_id)
         if isinstance(record, HTMLResponse):
             return record
         return render(request, "_job_summary.html", seen, job=record)
 
     @router.get("/jobs/{job_id}/why")
     async def job_why(request: Request, job_id: str, seen: Viewed) -> HTMLResponse:
-        record = await job_or_refusal(request, seen, job_id)
+        record = await job_or_refusal(deps, request, seen, job_id)
         if isinstance(record, HTMLResponse):
             return record
         why: WhyAnswer | None = None
@@ -331,13 +332,15 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
             error = f"The scheduler did not answer ({exc.detail}); asked again every 5 s."
         return render(request, "_why.html", seen, job=record, why=why, error=error)
 
+
+def add_job_action_routes(router: APIRouter, deps: RouteDeps) -> None:
     @router.post("/jobs/{job_id}/cancel")
     async def cancel(request: Request, job_id: str, seen: Viewed) -> Response:
         try:
             await checked_form(request, seen)
         except FormRefused as exc:
             return refused(request, seen, str(exc))
-        record = await job_or_refusal(request, seen, job_id, "cancel")
+        record = await job_or_refusal(deps, request, seen, job_id, "cancel")
         if isinstance(record, HTMLResponse):
             return record
         try:
@@ -356,7 +359,7 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
             form = await checked_form(request, seen)
         except FormRefused as exc:
             return refused(request, seen, str(exc))
-        record = await job_or_refusal(request, seen, job_id)
+        record = await job_or_refusal(deps, request, seen, job_id)
         if isinstance(record, HTMLResponse):
             return record
         if record.secrets_stored:
@@ -375,11 +378,13 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
             return refused(request, seen, str(exc), status=422)
         return RedirectResponse(f"/ui/jobs/{submitted.job_id}", status_code=303)
 
+
+def add_job_output_routes(router: APIRouter, deps: RouteDeps) -> None:
     async def output_of(
         request: Request, seen: Viewer, job_id: str
     ) -> tuple[JobOutput, list[str]] | HTMLResponse:
         """The job's output and the secret values it is masked of, if this viewer may read it."""
-        record = await job_or_refusal(request, seen, job_id)
+        record = await job_or_refusal(deps, request, seen, job_id)
         if isinstance(record, HTMLResponse):
             return record
         # a job that prints its own secret: the page does not pass the value on, as the API does not
