@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from trainyard_client import TrainyardClient
-from trainyard_client.stack import SERVICES, EmbeddedStack, ServiceDied, _port_in_use
+from trainyard_client.stack import SERVICES, EmbeddedStack, ServiceDied
+from trainyard_client.stackprocess import port_in_use
 
 pytestmark = [
     pytest.mark.stack,
@@ -78,7 +79,7 @@ def test_embedded_stack_runs_a_job_and_keeps_it_across_a_restart(tmp_path):
 def _free_block(size: int) -> int:
     """The first of ``size`` consecutive free ports, below the usual ephemeral range."""
     for base in random.sample(range(20000, 30000, 10), 200):
-        if not any(_port_in_use("127.0.0.1", port) for port in range(base, base + size)):
+        if not any(port_in_use("127.0.0.1", port) for port in range(base, base + size)):
             return base
     raise AssertionError("no block of free ports")
 

@@ -27,7 +27,8 @@ import nats
 from nats.js.api import DeliverPolicy
 
 from trainyard_client.bus import submit_over_nats
-from trainyard_client.stack import EmbeddedStack, ServiceProcess, _free_port
+from trainyard_client.stack import EmbeddedStack, ServiceProcess
+from trainyard_client.stackprocess import free_port
 from trainyard_contracts import JobRecord, Subjects
 from trainyard_shared.jobview import JobView
 
@@ -174,7 +175,7 @@ class ChaosStack:
 
     def start_executor(self, executor_id: str, env: dict[str, str]) -> ServiceProcess:
         """A second executor process with its own id, port and log."""
-        port = _free_port(self.stack.host)
+        port = free_port(self.stack.host)
         service = ServiceProcess("executor", port, self.stack.log_dir / f"executor-{executor_id}.log")
         self.extra_executors[executor_id] = service
         self.stack._spawn(

@@ -19,7 +19,7 @@ from collections.abc import Awaitable
 
 import pytest
 
-from trainyard_client.stack import _free_port
+from trainyard_client.stackprocess import free_port
 from trainyard_contracts import JobSpec, JobState, JobSucceeded, lifecycle
 from trainyard_contracts._time import utcnow
 from trainyard_executor.app import create_app as executor_app
@@ -152,7 +152,7 @@ async def test_after_kill_9_of_the_executor_no_two_runs_of_a_job_overlap(nats_se
         "TRAINYARD_PREFIX": prefix,
         "TRAINYARD_DATA_DIR": str(tmp_path / "data"),
         "TRAINYARD_EXECUTOR_ID": "orphan-test",
-        "TRAINYARD_EXECUTOR_PORT": str(_free_port("127.0.0.1")),
+        "TRAINYARD_EXECUTOR_PORT": str(free_port("127.0.0.1")),
         "TRAINYARD_EXECUTOR_HEARTBEAT_SECONDS": "0.5",
         "TRAINYARD_EXECUTOR_LEASE_SECONDS": "3",
         "TRAINYARD_LOG_FORMAT": "text",
@@ -247,7 +247,7 @@ async def test_a_succeeded_event_delivered_twice_announces_its_model_once(nats_s
 async def test_the_submission_service_is_unhealthy_while_the_broker_is_gone(fresh_nats_server, tmp_path):
     import httpx
 
-    port = _free_port("127.0.0.1")
+    port = free_port("127.0.0.1")
     env = {
         **os.environ,
         "TRAINYARD_NATS_URL": fresh_nats_server.url,

@@ -37,40 +37,32 @@ from typing import IO, TYPE_CHECKING, Any
 import httpx
 
 from trainyard_client.sdk import TOKEN_FILE, TrainyardClient
-from trainyard_client.stackprocess import (  # re-exported: the CLI and tests name them here
-    SERVICES as SERVICES,
-)
 from trainyard_client.stackprocess import (
-    ServiceDied as ServiceDied,
-)
-from trainyard_client.stackprocess import (
-    ServiceProcess as ServiceProcess,
-)
-from trainyard_client.stackprocess import (
-    StackError as StackError,
-)
-from trainyard_client.stackprocess import (
-    StackNotInstalled as StackNotInstalled,
-)
-from trainyard_client.stackprocess import (
-    _free_port as _free_port,
-)
-from trainyard_client.stackprocess import (
-    _free_port_besides as _free_port_besides,
-)
-from trainyard_client.stackprocess import (
-    _port_in_use as _port_in_use,
-)
-from trainyard_client.stackprocess import (
-    _private_log,
-)
-from trainyard_client.stackprocess import (
-    missing_packages as missing_packages,
+    SERVICES,
+    ServiceDied,
+    ServiceProcess,
+    StackError,
+    StackNotInstalled,
+    free_port_besides,
+    missing_packages,
+    port_in_use,
+    private_log,
 )
 from trainyard_client.supervision import Restart, RestartBook, RestartPolicy
 
 if TYPE_CHECKING:
     from trainyard_client.leftovers import Descendants, Leftover
+
+# re-exported: the CLI and the tests name them here
+__all__ = [
+    "SERVICES",
+    "EmbeddedStack",
+    "ServiceDied",
+    "ServiceProcess",
+    "StackError",
+    "StackNotInstalled",
+    "missing_packages",
+]
 
 # what the stack's processes create (logs, the MLflow database, records) is readable by its user only
 PRIVATE_UMASK = 0o077
@@ -134,12 +126,12 @@ class EmbeddedStack:
         chosen = [port for port in (nats_port, nats_monitor_port) if port]
         if api_port:
             chosen += [api_port + offset for offset in range(len(SERVICES))]
-        self.nats_port = nats_port or _free_port_besides(host, chosen)
-        self.nats_monitor_port = nats_monitor_port or _free_port_besides(host, chosen)
+        self.nats_port = nats_port or free_port_besides(host, chosen)
+        self.nats_monitor_port = nats_monitor_port or free_port_besides(host, chosen)
         if api_port:
             ports = [api_port + offset for offset in range(len(SERVICES))]
         else:
-            ports = [_free_port_besides(host, chosen) for _ in SERVICES]
+            ports = [free_port_besides(host, chosen) for _ in SERVICES]
         self.ports: dict[str, int] = dict(zip(SERVICES, ports, strict=True))
         self.executor_cpu = executor_cpu
         self.executor_memory = executor_memory
@@ -332,7 +324,7 @@ class EmbeddedStack:
 
     def _check_ports(self) -> None:
         wanted = {"nats": self.nats_port, "nats monitor": self.nats_monitor_port, **self.ports}
-        busy = [f"{port} ({name})" for name, port in wanted.items() if _port_in_use(self.host, port)]
+        busy = [f"{port} ({name})" for name, port in wanted.items() if port_in_use(self.host, port)]
         if busy:
             raise StackError(
                 f"port(s) {', '.join(busy)} on {self.host} already in use: is another Trainyard"
@@ -377,7 +369,7 @@ class EmbeddedStack:
         """Declare the streams and buckets as the operator (``python -m trainyard_shared.provision``,
         with the services' environment, so stream limits set there apply)."""
         env = {**self.service_env(), **self._credentials().service_env("admin")}
-        with _private_log(self.log_dir / "provision.log") as log:
+        with private_log(self.log_dir / "provision.log") as log:
             done = subprocess.run(
                 [self.python, "-m", "trainyard_shared.provision"],
                 env=env,
@@ -410,7 +402,7 @@ class EmbeddedStack:
 
     def _spawn(self, service: ServiceProcess, env: dict[str, str]) -> None:
         env = self.process_env(service.name, env)
-        log = _private_log(service.log_path)  # closed in stop()
+        log = private_log(service.log_path)  # closed in stop()
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         log.write(f"--- trainyard up: starting {service.name} at {stamp} ---\n".encode())
         log.flush()

@@ -52,7 +52,7 @@ def missing_packages() -> list[str]:
     return missing
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     try:  # below the ephemeral range, so no outgoing connection takes it before we listen
         from trainyard_shared.natsserver import free_port
     except ImportError:  # the services are not installed: the stack cannot start anyway
@@ -62,18 +62,18 @@ def _free_port(host: str) -> int:
     return free_port(host)
 
 
-def _free_port_besides(host: str, chosen: list[int]) -> int:
+def free_port_besides(host: str, chosen: list[int]) -> int:
     """A free port that is none of ``chosen`` (ports promised but not listened on yet), which it
     joins."""
     for _ in range(100):
-        port = _free_port(host)
+        port = free_port(host)
         if port not in chosen:
             chosen.append(port)
             return port
     raise StackError(f"no free port on {host} besides {len(chosen)} already chosen")
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -96,7 +96,7 @@ class ServiceProcess:
         return self.process is not None and self.process.poll() is None
 
 
-def _private_log(path: Path) -> IO[bytes]:
+def private_log(path: Path) -> IO[bytes]:
     """A log file to append to, readable by the stack's user only (also one an older stack made)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(fd, 0o600)

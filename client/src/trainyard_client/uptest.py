@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from trainyard_client import TrainyardClient
-from trainyard_client.stack import _port_in_use
+from trainyard_client.stackprocess import port_in_use
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ def until(probe: Callable[[], T | None], timeout: float, what: str, poll: float 
 def free_block(size: int) -> int:
     """The first of ``size`` consecutive free loopback ports, below the usual ephemeral range."""
     for base in random.sample(range(20000, 30000, 10), 200):
-        if not any(_port_in_use("127.0.0.1", port) for port in range(base, base + size)):
+        if not any(port_in_use("127.0.0.1", port) for port in range(base, base + size)):
             return base
     raise AssertionError("no block of free ports")
 
