@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import Capacity
 from trainyard_contracts.spec import FieldError, JobSpec
+from trainyard_contracts.stepoutputs import StepOutputs
 from trainyard_contracts.subjects import Subjects, msg_id
 
 EVENT_SCHEMA_VERSION = 1
@@ -79,6 +80,9 @@ class JobSucceeded(Envelope):
     executor_id: str | None = None
     exit_code: int = 0
     outputs_uri: str | None = None
+    outputs: StepOutputs | None = Field(
+        None, description="what the job wrote to outputs.json (name -> value; at most 64 KiB)"
+    )
     duration_seconds: float | None = None
     declares_model: bool | None = Field(
         None,

@@ -12,6 +12,7 @@ from typing import Any
 from trainyard_contracts.records import AttemptInfo, JobRecord
 from trainyard_contracts.spec import JobSpec
 from trainyard_contracts.states import JobState, check_transition
+from trainyard_contracts.stepoutputs import StepOutputs
 
 
 def new_record(job_id: str, spec: JobSpec, now: datetime, submitted_by: str | None) -> JobRecord:
@@ -68,6 +69,7 @@ def finish(
     exit_code: int | None,
     reason: str | None,
     outputs_uri: str | None = None,
+    outputs: StepOutputs | None = None,
 ) -> JobRecord:
     """End the current attempt in a terminal state."""
     return advance(
@@ -77,6 +79,7 @@ def finish(
         exit_code=exit_code,
         reason=reason,
         outputs_uri=outputs_uri,
+        outputs=outputs,
         attempts=_with_attempt(record, ended_at=now, state=target, exit_code=exit_code, reason=reason),
     )
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.spec import JobSpec, strip_url_credentials
 from trainyard_contracts.states import JobState
+from trainyard_contracts.stepoutputs import StepOutputs
 
 SCHEMA_VERSION = 1
 
@@ -63,6 +64,7 @@ class GangMember(_Model):
     exit_code: int | None = None
     reason: str | None = None
     outputs_uri: str | None = None
+    outputs: StepOutputs | None = None
     gpus: list[int] = Field(
         default_factory=list,
         max_length=1024,
@@ -124,6 +126,9 @@ class JobRecord(_Model):
     reason: str | None = None
     exit_code: int | None = None
     outputs_uri: str | None = None
+    outputs: StepOutputs | None = Field(
+        None, description="what the job wrote to outputs.json when it succeeded (name -> value)"
+    )
     model: ModelRef | None = None
     submitted_by: str | None = None
     traceparent: str | None = Field(None, description="W3C trace context: one job, one trace")

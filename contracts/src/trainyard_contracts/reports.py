@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainyard_contracts.stepoutputs import StepOutputs
+
 ReportKind = Literal["start", "end", "handback", "cancelled", "stopped"]
 EndKind = Literal["succeeded", "failed", "timed_out", "cancelled"]
 
@@ -49,6 +51,9 @@ class ExecutorReport(BaseModel):
     exit_code: int | None = None
     reason: str = Field("", max_length=REASON_MAX)
     outputs_uri: str | None = Field(None, max_length=URI_MAX)
+    outputs: StepOutputs | None = Field(
+        None, description="end, succeeded: the job's outputs.json (trainyard_contracts.stepoutputs)"
+    )
     duration_seconds: float | None = Field(None, ge=0)
     workdir: str | None = Field(None, max_length=URI_MAX, description="start: where the attempt runs")
     adopted: bool = False

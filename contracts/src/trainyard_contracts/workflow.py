@@ -35,6 +35,7 @@ from trainyard_contracts.spec import (
     field_errors,
     parse_spec_document,
 )
+from trainyard_contracts.stepoutputs import output_refs
 
 STEP_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 RUN_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{5,63}$"
@@ -128,6 +129,9 @@ class PipelineSpec(_Strict):
         cycle = find_cycle({step.name: list(step.conditions()) for step in self.steps})
         if cycle:
             raise _field("steps", "the dependencies form a cycle: " + " -> ".join(cycle))
+        arrays = {step.name for step in self.steps if step.array}
+        for i, step in enumerate(self.steps):
+            _check_output_refs(i, step, arrays)
         return self
 
     def step(self, name: str) -> StepSpec:
@@ -135,6 +139,64 @@ class PipelineSpec(_Strict):
             if step.name == name:
                 return step
         raise KeyError(name)
+
+
+OUTPUT_REF_FIELDS = ("command", "env", "params")
+
+
+def step_output_refs(job: JobSpec) -> dict[str, list[tuple[str, str]]]:
+    """Every ``${{ steps.<step>.outputs.<name> }}`` in ``job``, by field (``command.0``,
+    ``env.NAME``, ``image``, ...); ValueError (naming the field) for a misspelt one."""
+    found: dict[str, list[tuple[str, str]]] = {}
+
+    def walk(value: object, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, _join(where, key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, _join(where, index))
+        elif isinstance(value, str) and "${{" in value:
+            try:
+                refs = output_refs(value)
+            except ValueError as exc:
+                raise _field(where, str(exc)) from None
+            if refs:
+                found[where] = refs
+
+    walk(job.model_dump(mode="json", exclude_defaults=True), "")
+    return found
+
+
+def _check_output_refs(i: int, step: StepSpec, arrays: set[str]) -> None:
+    """A step's references to outputs: in command, env or params only (never text a shell reads),
+    each to a single-job step it depends on with ``succeeded`` (so the value exists when it runs)."""
+    conditions = step.conditions()
+    try:
+        refs = step_output_refs(step.job)
+    except _FieldProblem as problem:
+        raise _field(f"steps.{i}.job.{problem.field}", problem.message) from None
+    for where, pairs in refs.items():
+        field = f"steps.{i}.job.{where}"
+        root = where.split(".", 1)[0]
+        if root not in OUTPUT_REF_FIELDS:
+            raise _field(field, "a step's outputs may be used in command, env and params only")
+        if root == "command" and step.job.shell:
+            raise _field(
+                field,
+                'a shell would read the value as code: pass it in env and use "$NAME" in the command',
+            )
+        for ref_step, _ in pairs:
+            if conditions.get(ref_step) != Condition.succeeded:
+                raise _field(
+                    field,
+                    f"refers to step {ref_step!r}, which this step does not depend on with succeeded "
+                    "(only then are its outputs there)",
+                )
+            if ref_step in arrays:
+                raise _field(
+                    field, f"step {ref_step!r} is an array: one value per step is passed on, not per job"
+                )
 
 
 class _FieldProblem(ValueError):

@@ -23,6 +23,7 @@ from trainyard_contracts import (
     lifecycle,
 )
 from trainyard_contracts.records import GangMember
+from trainyard_contracts.stepoutputs import StepOutputs
 
 KIND_TO_STATE = {
     "succeeded": JobState.SUCCEEDED,
@@ -46,6 +47,7 @@ def conclude(
     reason: str,
     outputs_uri: str | None,
     now: datetime,
+    outputs: StepOutputs | None = None,
 ) -> JobRecord:
     """The record after the attempt ended. A failure with retries left is requeued with backoff;
     a timeout is final (a job that hit its limit would hit it again)."""
@@ -62,6 +64,7 @@ def conclude(
         exit_code=exit_code,
         reason=reason,
         outputs_uri=outputs_uri if kind == "succeeded" else None,
+        outputs=outputs if kind == "succeeded" else None,
     )
 
 
@@ -76,6 +79,7 @@ def event_for(before: JobRecord, after: JobRecord, duration: float | None) -> En
                 executor_id=executor_id,
                 exit_code=after.exit_code or 0,
                 outputs_uri=after.outputs_uri,
+                outputs=after.outputs,
                 duration_seconds=duration,
                 declares_model=bool(after.spec.outputs and after.spec.outputs.model),
             )
@@ -138,6 +142,7 @@ def conclude_member(
     reason: str,
     outputs_uri: str | None,
     now: datetime,
+    outputs: StepOutputs | None = None,
 ) -> JobRecord:
     """The record after this member's ranks ended. A success waits for the other members; any
     other end is the attempt's end (with a retry if one is left, as :func:`conclude` decides)."""
@@ -151,6 +156,7 @@ def conclude_member(
         exit_code=exit_code,
         reason=reason,
         outputs_uri=outputs_uri if kind == "succeeded" else None,
+        outputs=outputs if kind == "succeeded" else None,
     )
     placed = record.model_copy(update={"gang": gang, "updated_at": now})
     if kind == "succeeded":
@@ -164,6 +170,7 @@ def conclude_member(
             reason=master.reason or reason,
             outputs_uri=master.outputs_uri,  # rank 0's outputs are the job's
             now=now,
+            outputs=master.outputs,
         )
     detail = f"{executor_id} (ranks {member.ranks}): {reason}"
     return conclude(placed, kind, exit_code=exit_code, reason=detail, outputs_uri=None, now=now)

@@ -82,6 +82,7 @@ def apply_report(record: JobRecord, report: ExecutorReport) -> JobRecord | None:
                 reason=report.reason,
                 outputs_uri=report.outputs_uri,
                 now=now,
+                outputs=report.outputs,
             )
         case "handback":
             given_back = leave_member(record, me, now, report.reason) if member is not None else record

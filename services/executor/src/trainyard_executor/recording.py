@@ -14,6 +14,7 @@ from nats.errors import Error as NatsError
 
 from trainyard_contracts import JobRecord
 from trainyard_contracts.reports import ExecutorReport, ReportKind, clip
+from trainyard_contracts.stepoutputs import OutputValue
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.reporting import Reporter
 from trainyard_executor.settings import ExecutorSettings
@@ -71,6 +72,7 @@ class AttemptRecorder:
         outputs_uri: str | None,
         duration: float,
         lines_stored: Awaitable[object] | None = None,
+        outputs: dict[str, OutputValue] | None = None,
     ) -> None:
         """Report how the attempt ended; ``lines_stored``: the attempt's last log lines on their
         way, stored before the report (a reader of the end event the scheduler announces finds
@@ -83,6 +85,7 @@ class AttemptRecorder:
             exit_code=exit_code,
             reason=reason,
             outputs_uri=outputs_uri,
+            outputs=outputs,
             duration_seconds=max(0.0, duration),
         )
         if lines_stored is not None:

@@ -31,6 +31,7 @@ from trainyard_executor.jobenv import job_env, plan_gang
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.metricship import MetricsShipper, Note
 from trainyard_executor.outcomes import owns
+from trainyard_executor.outputsfile import read_outputs
 from trainyard_executor.recording import BROKER_ERRORS, AttemptRecorder
 from trainyard_executor.reporting import record_changes
 from trainyard_executor.workdirs import WorkdirCache
@@ -270,12 +271,15 @@ class AttemptRunner(AttemptRecorder):
                 "the outputs' path is too long to report; none reported", extra={"job_id": record.job_id}
             )
             outputs_uri = None
+        outputs, refused = None, None
+        if kind == "succeeded" and outcome.output_dir:
+            job_part = record.spec.outputs.path if record.spec.outputs else "outputs"
+            outputs, refused = await asyncio.to_thread(read_outputs, Path(outcome.output_dir), job_part)
+        ended = f"attempt {attempt} ended: {kind} ({reason})" + (f"; {refused}" if refused else "")
         # every line is stored before the end is reported (the scheduler announces it); a broker
         # away at this moment must not change how the attempt ended, so shipping is retried, then
         # given up
-        lines_stored = asyncio.ensure_future(
-            self._ship_outcome_lines(shipper, f"attempt {attempt} ended: {kind} ({reason})", record.job_id)
-        )
+        lines_stored = asyncio.ensure_future(self._ship_outcome_lines(shipper, ended, record.job_id))
         reported_end = not (local.shutting_down and kind == "cancelled")
         try:
             if not reported_end:
@@ -293,6 +297,7 @@ class AttemptRunner(AttemptRecorder):
                     outputs_uri,
                     local.elapsed(),
                     lines_stored=lines_stored,
+                    outputs=outputs,
                 )
         finally:
             await lines_stored

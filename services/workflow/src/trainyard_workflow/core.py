@@ -14,7 +14,8 @@ key with the job it already made. So a restart never submits a step twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,8 +29,9 @@ from trainyard_contracts.runs import (
     StepRun,
     StepState,
 )
-from trainyard_contracts.spec import ArrayTask
-from trainyard_contracts.workflow import Condition, StepSpec
+from trainyard_contracts.spec import ArrayTask, ParamValue
+from trainyard_contracts.stepoutputs import STEP_OUTPUT_REF, OutputValue
+from trainyard_contracts.workflow import Condition, StepSpec, step_output_refs
 
 RUN_LABEL = "trainyard.dev/pipeline-run"
 STEP_LABEL = "trainyard.dev/pipeline-step"
@@ -297,22 +299,78 @@ def unanswered(run: PipelineRun) -> list[Submit]:
     ]
 
 
-def job_spec_for(run: PipelineRun, step: str, index: int) -> JobSpec:
-    """The job to submit for ``step`` (index ``index`` of an array): the step's spec, labelled with
-    its run, step, index and attempt, so a job record says which run it belongs to; an array's job
-    also carries its index and the array's size (``array_task``: its TRAINYARD_ARRAY_* env)."""
+class OutputMissing(Exception):
+    """A step refers to an output its dependency did not report: the step fails, not submitted."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+
+
+def referenced_steps(spec: StepSpec) -> set[str]:
+    """The steps whose outputs ``spec`` uses (checked when the pipeline was read)."""
+    return {ref for refs in step_output_refs(spec.job).values() for ref, _ in refs}
+
+
+def with_outputs(job: JobSpec, outputs: Mapping[str, Mapping[str, OutputValue] | None]) -> JobSpec:
+    """``job`` with every ``${{ steps.<s>.outputs.<n> }}`` replaced by the value step ``s``
+    reported (``outputs``: per step, its job's outputs; None: it reported none). Literal text,
+    never read by a shell (a shell step may use them in env only); a params value that is exactly
+    one reference takes the value's type. OutputMissing names the field of a value not there."""
+    if not step_output_refs(job):
+        return job
+
+    def value(match: re.Match[str], where: str) -> OutputValue:
+        step, name = match.group(1), match.group(2)
+        reported = outputs.get(step)
+        if reported is None:
+            raise OutputMissing(
+                where, f"step {step!r} reported no outputs (no outputs.json, or one refused: see its log)"
+            )
+        if name not in reported:
+            known = ", ".join(sorted(reported)) or "none"
+            raise OutputMissing(where, f"step {step!r} reported no output {name!r} (it reported: {known})")
+        return reported[name]
+
+    def text(template: str, where: str) -> str:
+        return STEP_OUTPUT_REF.sub(lambda m: _as_text(value(m, where)), template)
+
+    def typed(template: ParamValue, where: str) -> ParamValue:
+        if not isinstance(template, str):
+            return template
+        whole = STEP_OUTPUT_REF.fullmatch(template.strip())
+        return value(whole, where) if whole else text(template, where)
+
+    return job.model_copy(
+        update={
+            "command": [text(arg, f"command.{i}") for i, arg in enumerate(job.command)],
+            "env": {name: text(v, f"env.{name}") for name, v in job.env.items()},
+            "params": {name: typed(v, f"params.{name}") for name, v in job.params.items()},
+        }
+    )
+
+
+def _as_text(value: OutputValue) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def job_spec_for(run: PipelineRun, step: str, index: int, job: JobSpec | None = None) -> JobSpec:
+    """The job to submit for ``step`` (index ``index`` of an array): the step's spec (``job``: as
+    :func:`with_outputs` filled it in), labelled with its run, step, index and attempt, so a job
+    record says which run it belongs to; an array's job also carries its index and the array's size
+    (``array_task``: its TRAINYARD_ARRAY_* env)."""
     spec = run.spec.step(step)
+    job = job or spec.job
     labels = {
-        **spec.job.labels,
+        **job.labels,
         RUN_LABEL: run.run_id,
         STEP_LABEL: step,
         ATTEMPT_LABEL: str(run.steps[step].attempt),
     }
     if not spec.array:
-        return spec.job.model_copy(update={"labels": labels})
+        return job.model_copy(update={"labels": labels})
     labels[INDEX_LABEL] = str(index)
     task = ArrayTask(index=index, count=len(indices_of(spec)))
-    return spec.job.model_copy(update={"labels": labels, "array_task": task})
+    return job.model_copy(update={"labels": labels, "array_task": task})
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime
 from typing import Any
 
-from trainyard_contracts import IntakeReply, JobRecord, new_job_id
+from trainyard_contracts import IntakeReply, JobRecord, JobSpec, new_job_id
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.runs import (
     PipelineEnvelope,
@@ -23,8 +23,10 @@ from trainyard_contracts.runs import (
     PipelineStarted,
     RunState,
     StepEnded,
+    StepState,
     StepSubmitted,
 )
+from trainyard_contracts.stepoutputs import OutputValue
 from trainyard_contracts.workflow import PipelineSpec, validate_pipeline
 from trainyard_shared.tasks import cancel_and_wait
 from trainyard_workflow.core import (
@@ -35,13 +37,16 @@ from trainyard_workflow.core import (
     Fact,
     JobEnded,
     JobKnown,
+    OutputMissing,
     Submit,
     advance,
     evolve_all,
     idempotency_key,
     job_spec_for,
+    referenced_steps,
     step_of,
     unanswered,
+    with_outputs,
 )
 from trainyard_workflow.intake import IntakeSender
 from trainyard_workflow.store import RunNotFound, RunStore
@@ -157,8 +162,13 @@ class WorkflowService:
             sends = unanswered(run)
             if not sends:
                 return run
-            answers = await asyncio.gather(*(self._send(run, s) for s in sends), return_exceptions=True)
-            for submit, answer in zip(sends, answers, strict=True):
+            jobs = {name: await self._step_job(run, name) for name in dict.fromkeys(s.step for s in sends)}
+            facts += [job for job in jobs.values() if isinstance(job, EndStep)]
+            sendable = [s for s in sends if isinstance(jobs[s.step], JobSpec)]
+            answers = await asyncio.gather(
+                *(self._send(run, s, jobs[s.step]) for s in sendable), return_exceptions=True
+            )
+            for submit, answer in zip(sendable, answers, strict=True):
                 if isinstance(answer, BaseException):
                     # sent again on the next look-over (reconcile) under the same key
                     log.warning("submission not answered", extra={"key": submit.key, "error": repr(answer)})
@@ -171,11 +181,49 @@ class WorkflowService:
         now = self.clock()
         return advance(evolve_all(run, facts, now), now)
 
-    async def _send(self, run: PipelineRun, submit: Submit) -> IntakeReply:
-        return await self.intake.submit(job_spec_for(run, submit.step, submit.index), submit.key)
+    async def _step_job(self, run: PipelineRun, step: str) -> JobSpec | EndStep | None:
+        """The step's job with the outputs it uses filled in; EndStep (failed) when one is not
+        there; None when a job record could not be read now (the look-over tries again)."""
+        spec = run.spec.step(step)
+        needed = referenced_steps(spec)
+        if not needed:
+            return spec.job
+        try:
+            outputs = {name: await self._outputs_of(run, name) for name in needed}
+        except Exception as exc:
+            log.warning("outputs not read", extra={"run_id": run.run_id, "step": step, "error": repr(exc)})
+            return None
+        try:
+            return with_outputs(spec.job, outputs)
+        except OutputMissing as missing:
+            return EndStep(step, StepState.failed, str(missing))
+
+    async def _outputs_of(self, run: PipelineRun, step: str) -> dict[str, OutputValue] | None:
+        """What the (single) job of ``step`` reported in outputs.json, from its job record."""
+        job = run.steps[step].jobs.get(0)
+        record = await self.read_job(job.job_id) if job is not None and job.job_id else None
+        return record.outputs if record is not None else None
+
+    async def _send(self, run: PipelineRun, submit: Submit, job: JobSpec | EndStep | None) -> IntakeReply:
+        assert isinstance(job, JobSpec)
+        return await self.intake.submit(job_spec_for(run, submit.step, submit.index, job), submit.key)
 
     async def _announce_known(self, run: PipelineRun, facts: list[Fact]) -> None:
         for fact in facts:
+            if isinstance(fact, EndStep) and fact.step in run.steps:
+                # a step failed before its submission (an output it uses is not there)
+                step = run.steps[fact.step]
+                if step.state == fact.state and step.reason == fact.reason:
+                    await self.emit(
+                        StepEnded(
+                            run_id=run.run_id,
+                            step=fact.step,
+                            attempt=step.attempt,
+                            state=fact.state,
+                            reason=fact.reason,
+                        )
+                    )
+                continue
             if not isinstance(fact, JobKnown) or fact.step not in run.steps:
                 continue
             step = run.steps[fact.step]

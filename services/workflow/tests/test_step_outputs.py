@@ -1,0 +1,178 @@
+"""Step outputs: what a job's outputs.json may hold, where a pipeline may use them, and how they
+are filled into a later step's job (literal text, never a shell's)."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainyard_contracts.spec import SpecError
+from trainyard_contracts.stepoutputs import OUTPUTS_MAX_BYTES, OutputsError, parse_outputs
+from trainyard_contracts.workflow import validate_pipeline
+from trainyard_workflow.core import OutputMissing, referenced_steps, with_outputs
+
+pytestmark = [pytest.mark.unit, pytest.mark.workflow]
+
+
+def test_outputs_json_is_a_flat_object_of_names_to_scalars():
+    assert parse_outputs(b'{"accuracy": 0.97, "split": "s3://x", "best": true, "n": 3}') == {
+        "accuracy": 0.97,
+        "split": "s3://x",
+        "best": True,
+        "n": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"[1, 2]", "JSON object"),
+        (b'{"a": {"b": 1}}', "string, number or true/false"),
+        (b'{"a": [1]}', "string, number or true/false"),
+        (b'{"a": null}', "string, number or true/false"),
+        (b'{"a": NaN}', "not JSON"),
+        (b'{"bad name": 1}', "must match"),
+        (b'{"a": "x\\u0000y"}', "NUL"),
+        (b"\xff\xfe", "UTF-8"),
+        (b'{"a": "' + b"x" * OUTPUTS_MAX_BYTES + b'"}', "over"),
+    ],
+)
+def test_anything_else_is_refused_whole_with_the_reason(data, says):
+    with pytest.raises(OutputsError, match=says):
+        parse_outputs(data)
+
+
+def pipeline(*steps: dict) -> dict:
+    return {"name": "p", "steps": list(steps)}
+
+
+def step(name: str, command: list[str], **rest) -> dict:
+    return {"name": name, "job": {"name": name, "command": command, **rest.pop("job", {})}, **rest}
+
+
+PREPARE = step("prepare", ["true"])
+
+
+def errors(document: dict) -> dict[str, str]:
+    with pytest.raises(SpecError) as caught:
+        validate_pipeline(document)
+    return {e.field: e.message for e in caught.value.errors}
+
+
+def test_a_step_may_use_the_outputs_of_a_step_it_depends_on_in_command_env_and_params():
+    spec = validate_pipeline(
+        pipeline(
+            PREPARE,
+            step(
+                "train",
+                ["python", "train.py", "--split=${{ steps.prepare.outputs.split }}"],
+                depends=["prepare"],
+                job={
+                    "env": {"ROWS": "${{ steps.prepare.outputs.rows }}"},
+                    "params": {"rows": "${{steps.prepare.outputs.rows}}"},
+                },
+            ),
+        )
+    )
+    assert referenced_steps(spec.step("train")) == {"prepare"}
+    assert referenced_steps(spec.step("prepare")) == set()
+
+
+@pytest.mark.parametrize(
+    ("train", "field", "says"),
+    [
+        (
+            step("train", ["echo", "${{ steps.prepare.outputs.a }}"]),
+            "steps.1.job.command.1",
+            "does not depend",
+        ),
+        (
+            step("train", ["echo", "${{ steps.prepare.outputs.a }}"], depends={"prepare": "finished"}),
+            "steps.1.job.command.1",
+            "does not depend on with succeeded",
+        ),
+        (
+            step("train", ["echo ${{ steps.prepare.outputs.a }}"], depends=["prepare"], job={"shell": True}),
+            "steps.1.job.command.0",
+            "a shell would read the value",
+        ),
+        (
+            step("train", ["true"], depends=["prepare"], job={"image": "${{ steps.prepare.outputs.a }}"}),
+            "steps.1.job.image",
+            "command, env and params only",
+        ),
+        (
+            step("train", ["echo", "${{ steps.prepare.output.a }}"], depends=["prepare"]),
+            "steps.1.job.command.1",
+            "reads",
+        ),
+    ],
+)
+def test_a_reference_that_could_not_be_met_or_would_reach_a_shell_is_refused_naming_its_field(
+    train, field, says
+):
+    found = errors(pipeline(PREPARE, train))
+    assert field in found and says in found[field], found
+
+
+def test_the_outputs_of_an_array_step_are_not_passed_on():
+    found = errors(
+        pipeline(
+            step("fit", ["true"], array="0-2"),
+            step("pick", ["echo", "${{ steps.fit.outputs.a }}"], depends=["fit"]),
+        )
+    )
+    assert "is an array" in found["steps.1.job.command.1"]
+
+
+def test_a_shell_step_may_take_a_value_in_env_where_the_shell_does_not_parse_it():
+    spec = validate_pipeline(
+        pipeline(
+            PREPARE,
+            step(
+                "train",
+                ['echo "$SPLIT"'],
+                depends=["prepare"],
+                job={"shell": True, "env": {"SPLIT": "${{ steps.prepare.outputs.split }}"}},
+            ),
+        )
+    )
+    filled = with_outputs(spec.step("train").job, {"prepare": {"split": "$(rm -rf /); `id`"}})
+    assert filled.env["SPLIT"] == "$(rm -rf /); `id`"  # the value as written, for "$SPLIT" to read
+    assert filled.command == ['echo "$SPLIT"']
+
+
+def test_values_are_filled_in_as_literal_text_and_a_whole_params_reference_keeps_its_type():
+    spec = validate_pipeline(
+        pipeline(
+            PREPARE,
+            step(
+                "train",
+                ["python", "t.py", "--c=${{ steps.prepare.outputs.c }}", "${{ steps.prepare.outputs.note }}"],
+                depends=["prepare"],
+                job={
+                    "env": {"BEST": "${{ steps.prepare.outputs.best }}"},
+                    "params": {
+                        "c": "${{ steps.prepare.outputs.c }}",
+                        "label": "c=${{ steps.prepare.outputs.c }}",
+                    },
+                },
+            ),
+        )
+    )
+    outputs = {"prepare": {"c": 0.5, "best": True, "note": "a b; ${{ params.x }} $(id)"}}
+    job = with_outputs(spec.step("train").job, outputs)
+    assert job.command == ["python", "t.py", "--c=0.5", "a b; ${{ params.x }} $(id)"]
+    assert job.env == {"BEST": "true"}
+    assert job.params == {"c": 0.5, "label": "c=0.5"}
+
+
+def test_an_output_that_is_not_there_names_the_field_and_what_was_reported():
+    spec = validate_pipeline(
+        pipeline(PREPARE, step("train", ["echo", "${{ steps.prepare.outputs.split }}"], depends=["prepare"]))
+    )
+    with pytest.raises(
+        OutputMissing, match=r"command.1: step 'prepare' reported no output 'split' \(it reported: rows\)"
+    ):
+        with_outputs(spec.step("train").job, {"prepare": {"rows": 3}})
+    with pytest.raises(OutputMissing, match="reported no outputs"):
+        with_outputs(spec.step("train").job, {"prepare": None})

@@ -1,0 +1,71 @@
+"""Step outputs on a real nats-server with the real submission, scheduler, local executor (real
+processes) and workflow service: a job's outputs.json reaches its record and its succeeded event,
+and a later step's job is submitted with the values filled in; a value not there fails the step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = [pytest.mark.service, pytest.mark.workflow, pytest.mark.local]
+
+WRITE_OUTPUTS = (
+    "import json, os; "
+    "json.dump({'split': 'a b; $(id)', 'rows': 1797}, "
+    "open(os.path.join(os.environ['TRAINYARD_OUTPUT_DIR'], 'outputs.json'), 'w'))"
+)
+PIPELINE = {
+    "name": "outputs",
+    "steps": [
+        {"name": "prepare", "job": {"name": "prepare", "command": ["python3", "-c", WRITE_OUTPUTS]}},
+        {
+            "name": "train",
+            "depends": ["prepare"],
+            "job": {
+                "name": "train",
+                "command": [
+                    "echo",
+                    "${{ steps.prepare.outputs.split }}",
+                    "--rows=${{ steps.prepare.outputs.rows }}",
+                ],
+                "params": {"rows": "${{ steps.prepare.outputs.rows }}"},
+            },
+        },
+        {
+            "name": "evaluate",
+            "depends": ["train"],
+            "job": {"name": "evaluate", "command": ["echo", "${{ steps.train.outputs.accuracy }}"]},
+        },
+    ],
+}
+
+
+async def test_outputs_pass_to_the_next_step_and_a_missing_one_fails_its_step(prefix, bus, workflow_stack):
+    async with workflow_stack() as client:
+        started = await client.ask("run", pipeline=PIPELINE, by="tester")
+        assert started.ok and started.run is not None
+        run = await client.ended(started.run.run_id)
+
+        prepare = await bus.record(run.steps["prepare"].jobs[0].job_id)
+        assert prepare.outputs == {"split": "a b; $(id)", "rows": 1797}
+        train_id = run.steps["train"].jobs[0].job_id
+        train = await bus.record(train_id)
+        # literal: one argv item, as written, no shell in between
+        assert train.spec.command == ["echo", "a b; $(id)", "--rows=1797"]
+        assert train.spec.params == {"rows": 1797}
+        assert any("a b; $(id) --rows=1797" in line for line in await bus.log_text(train_id))
+        assert train.outputs is None  # it wrote none
+
+        assert run.steps["evaluate"].state.value == "failed"
+        assert run.steps["evaluate"].jobs[0].job_id is None  # never submitted
+        assert "step 'train' reported no outputs" in (run.steps["evaluate"].reason or "")
+        assert run.state.value == "failed"
+
+        events = await bus.messages(f"{prefix}.job.{prepare.job_id}.succeeded", bus.subjects.streams.jobs)
+        assert json.loads(events[-1].data)["outputs"] == {"split": "a b; $(id)", "rows": 1797}
+        ended = await bus.messages(
+            f"{prefix}.pipeline.{run.run_id}.step_ended", bus.subjects.streams.pipelines
+        )
+        evaluate_end = [json.loads(m.data) for m in ended if json.loads(m.data)["step"] == "evaluate"]
+        assert evaluate_end and evaluate_end[0]["state"] == "failed"
