@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # compiled from its first commit (tests/docs/test_lint_coverage.py holds this to the workspace members)
 PACKAGE_SOURCES := contracts/src shared/src client/src $(wildcard services/*/src)
 
-.PHONY: help install demo up test test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli bench-workflow bench-ui clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
+.PHONY: help install demo up test test-kubeflow kfp-venv test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli bench-workflow bench-ui clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
 
 help:
 	@echo "make demo     start the embedded stack, run the digits example, show its registered model"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint     ruff + mypy"
 	@echo "make images   the Docker images, no registry needed; make test-e2e: tests on them"
 	@echo "make schemas  regenerate contracts/schemas/*.json; make asyncapi: docs/asyncapi/*.json"
+	@echo "make test-kubeflow  the kfp export (its own venv: make kfp-venv) and the TrainJob backend"
 
 install: .venv/.installed
 
@@ -72,6 +73,21 @@ test-distributed: install
 # the kubernetes backend: manifests validated offline, the client side against kmock (no cluster)
 test-kubernetes: install
 	$(RUN) pytest -m kubernetes $(PYTEST_ARGS)
+
+# Kubeflow (docs/kubeflow.md): the kfp SDK gets a venv of its own (it pins kubernetes<31 and
+# protobuf<7, the workspace holds newer); --seed: kfp.local's tasks run `python -m pip`
+KFP_VENV ?= $(HOME)/.cache/trainyard/kfp-venv
+kfp-venv: $(KFP_VENV)/.installed
+
+$(KFP_VENV)/.installed:
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) venv -q --seed --python "$$(command -v python3)" $(KFP_VENV)
+	$(UV) pip install -q --python $(KFP_VENV)/bin/python kfp==2.17.3
+	@touch $@
+
+# the export compiled by kfp and run by kfp.local; the TrainJob backend against the emulator
+test-kubeflow: install kfp-venv
+	TRAINYARD_KFP_PYTHON=$(KFP_VENV)/bin/python TRAINYARD_TEST_REQUIRE_KFP=1 $(RUN) pytest -m kubeflow $(PYTEST_ARGS)
 
 lint: install
 	$(RUN) ruff check .

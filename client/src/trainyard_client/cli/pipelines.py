@@ -1,14 +1,25 @@
-"""Pipeline commands: ``trainyard pipeline run FILE [-p k=v] [--wait]``, ``status``, ``list``, ``cancel``."""
+"""Pipeline commands: ``trainyard pipeline run FILE [-p k=v] [--wait]``, ``status``, ``list``, ``cancel``,
+``export --to kfp``."""
 
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from trainyard_client.cli.base import EXIT_INVALID, EXIT_JOB_FAILED, api_errors, settings, styled
+from trainyard_client import cli
+from trainyard_client.cli.base import (
+    EXIT_INVALID,
+    EXIT_JOB_FAILED,
+    EXIT_UNREACHABLE,
+    api_errors,
+    fail,
+    settings,
+    styled,
+)
 from trainyard_client.cli.output import Output, OutputOption
 from trainyard_client.cli.records import add_list_command, add_named_command, print_one, read_text
 
@@ -21,6 +32,12 @@ WAIT_POLL_SECONDS = 1.0
 
 def _read_pipeline(file: Path, assignments: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The document and the -p values, both checked here first: errors name the field at once."""
+    document, params, _ = _read_pipeline_spec(file, assignments)
+    return document, params
+
+
+def _read_pipeline_spec(file: Path, assignments: list[str]) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """As _read_pipeline, with the validated PipelineSpec (parameters substituted) too."""
     from trainyard_client.cli.base import print_field_errors
     from trainyard_contracts import SpecError, parse_spec_document
     from trainyard_contracts.workflow import parse_param_assignments, validate_pipeline
@@ -29,11 +46,11 @@ def _read_pipeline(file: Path, assignments: list[str]) -> tuple[dict[str, Any], 
     try:
         document = parse_spec_document(text)
         params = parse_param_assignments(assignments)
-        validate_pipeline(document, params)
+        spec = validate_pipeline(document, params)
     except SpecError as exc:
         print_field_errors(exc.errors, f"invalid pipeline: {file}")
         raise typer.Exit(EXIT_INVALID) from None
-    return document, params
+    return document, params, spec
 
 
 def _show(run: Any, fmt: Output) -> None:
@@ -76,6 +93,64 @@ def run_pipeline(
     _show(run, output)
     if wait and run.state.value != "succeeded":
         raise typer.Exit(EXIT_JOB_FAILED)
+
+
+class ExportTarget(StrEnum):
+    kfp = "kfp"
+
+
+@pipeline.command("export")
+def export_pipeline(
+    file: Annotated[Path, typer.Argument(help="the pipeline document (YAML or JSON)")],
+    to: Annotated[ExportTarget, typer.Option("--to", help="the format: kfp (Kubeflow Pipelines IR YAML)")],
+    out: Annotated[
+        Path | None, typer.Option("-o", "--output", help="write the YAML here (default: stdout)")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("-p", "--param", help="key=value over the defaults")
+    ] = None,
+    default_image: Annotated[
+        str | None,
+        typer.Option(
+            "--default-image", help="image of the steps that name none (default: kfp's python:3.11)"
+        ),
+    ] = None,
+) -> None:
+    """Write a pipeline in another system's format, here to run it there (docs/kubeflow.md).
+
+    Parameters are substituted now (defaults, then -p). Exit 2 naming each field the target
+    cannot express; exit 3 when the kfp SDK is not installed (the message says how to get it)."""
+    from rich.markup import escape
+
+    from trainyard_client.cli.base import print_field_errors
+    from trainyard_client.kfpexport import KfpMissing, compile_plan, find_kfp_python, plan_kfp
+    from trainyard_contracts import SpecError
+
+    _, _, spec = _read_pipeline_spec(file, param or [])
+    try:
+        plan = plan_kfp(spec, default_image)
+    except SpecError as exc:
+        print_field_errors(exc.errors, f"cannot export {file} to {to.value}")
+        raise typer.Exit(EXIT_INVALID) from None
+    try:
+        python = find_kfp_python()
+    except KfpMissing as exc:
+        fail(f"[bold red]{escape(str(exc))}[/]", EXIT_UNREACHABLE)
+    try:
+        text = compile_plan(plan, python)
+    except RuntimeError as exc:
+        fail(escape(str(exc)), EXIT_INVALID)
+    if plan.dropped:
+        cli.err.print(
+            "[dim]not exported (Trainyard's scheduling and registry only): "
+            + escape(", ".join(plan.dropped))
+            + "[/]"
+        )
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        cli.err.print(f"wrote {escape(str(out))} ({len(plan.document['steps'])} steps, kfp IR YAML)")
 
 
 add_named_command(
