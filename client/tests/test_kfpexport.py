@@ -106,6 +106,16 @@ def test_what_kfp_cannot_express_is_refused_naming_the_step_and_field() -> None:
     assert "image" in errors["steps.3.job.runtime_env"]
 
 
+def test_a_step_using_another_steps_outputs_is_refused() -> None:
+    errors = _errors(
+        _spec(
+            _step("a"),
+            _step("b", depends=["a"], job={"env": {"LR": "${{ steps.a.outputs.lr }}"}}),
+        )
+    )
+    assert "outputs" in errors["steps.1.job.env.LR"]
+
+
 def test_one_replica_written_out_is_not_a_gang() -> None:
     assert plan_kfp(_spec(_step("a", job={"replicas": 1}))).document["steps"][0]["name"] == "a"
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from trainyard_contracts import FieldError, SpecError
 from trainyard_contracts.arrays import parse_array
-from trainyard_contracts.workflow import Condition, PipelineSpec, StepSpec
+from trainyard_contracts.workflow import Condition, PipelineSpec, StepSpec, step_output_refs
 
 KFP_VERSION = "2.17.3"
 # where `make kfp-venv` (and `make test-kubeflow`) build the SDK's own venv
@@ -102,6 +102,14 @@ def _plan_step(
             errors.append(FieldError(field=field, message=REFUSED_JOB_FIELDS[name]))
         elif name not in MAPPED_JOB_FIELDS:
             errors.append(FieldError(field=field, message="not exported to KFP by this version"))
+    for where in sorted(step_output_refs(job)):
+        errors.append(
+            FieldError(
+                field=f"{at}.job.{where}",
+                message="uses a step's outputs, which this export does not pass on (KFP would need them as "
+                "component outputs): keep this pipeline in Trainyard",
+            )
+        )
     after, ignore_upstream_failure = _trigger(step, at, errors)
     argv = ["/bin/sh", "-c", job.command[0]] if job.shell else list(job.command)
     array = None
