@@ -48,6 +48,7 @@ def _payloads() -> dict[str, Any]:
         # any JSON another system publishes on a subject triggers may follow (read by the trigger)
         "workflow-trigger-events": None,
         "workflow-model-triggers": ModelRegistered,
+        "workflow-sweep-metrics": MetricsBatch,  # what running jobs report: sweep trials' objective
     }
 
 

@@ -132,3 +132,59 @@ async def test_a_schedule_fires_with_the_workflow_as_its_own_nats_user(tmp_path)
             finally:
                 await asker.drain()
         assert violations(server) == []
+
+
+async def test_a_sweep_prunes_a_trial_with_the_workflow_as_its_own_nats_user(tmp_path):
+    """Its sweeps bucket, its durable on the metrics stream, the last batch of a trial's metrics
+    (one message read) and the cancel_requested event of a pruned trial's job are enough."""
+    from trainyard_contracts.sweeps import SweepReply
+
+    script = (
+        "import sys, time, trainyard\n"
+        "x = float(sys.argv[1])\n"
+        "for step in range(300):\n"
+        "    trainyard.report(step, score=x)\n"
+        "    time.sleep(0 if x >= 5 else 0.2)\n"
+    )
+    sweep = {
+        "name": "perm-sweep",
+        "job": {"name": "perm-trial", "command": ["python3", "-c", script, "${{ params.x }}"]},
+        "space": {"x": {"type": "categorical", "choices": [10, 0]}},
+        "objective": {"metric": "score", "direction": "maximize"},
+        "sampler": {"type": "grid"},
+        "pruner": {"type": "median", "n_startup_trials": 1},
+        "max_trials": 2,
+        "max_parallel": 1,
+    }
+    data = tmp_path / "data"
+    with secured_server(tmp_path / "store") as server:
+        await provisioned(server)
+        api = submission_app(as_user(server.url, "submission", data), SubmissionSettings(token="t" * 24))
+        scheduler = scheduler_app(as_user(server.url, "scheduler", data), SchedulerSettings(tick_seconds=0.2))
+        executor = executor_app(
+            as_user(server.url, "executor-exec-auth", data),
+            ExecutorSettings(id="exec-auth", cpu=4, memory=4096, gpu=0, heartbeat_seconds=0.5),
+        )
+        workflow = workflow_app(as_user(server.url, "workflow", data), WorkflowSettings(reconcile_seconds=1))
+        async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
+            asker = await as_submission(server)
+            try:
+
+                async def ask(verb: str, **body: object) -> SweepReply:
+                    subject = S.workflow_request(f"sweep-{verb}")
+                    msg = await asker.request(subject, json.dumps(body).encode(), timeout=30)
+                    return SweepReply.model_validate_json(msg.data)
+
+                created = await ask("create", sweep=sweep)
+                assert created.ok, created.errors
+
+                async def ended():
+                    found = (await ask("get", name=created.sweep.sweep_id)).sweep
+                    return found if found.state != "running" else None
+
+                done = await eventually(ended, 120, "the sweep ended")
+            finally:
+                await asker.drain()
+        assert [t.state.value for t in done.trials] == ["complete", "pruned"]
+        assert done.trials[0].value == 10.0
+        assert violations(server) == []

@@ -120,10 +120,17 @@ class JobRequeued(Envelope):
     detail: str | None = None
 
 
+CANCEL_REQUESTED_REASON = "cancelled by request"
+
+
 class JobCancelRequested(Envelope):
+    """A cancel asked for (the API's, or a sweep's pruner with ``reason: pruned``): the job ends
+    ``cancelled`` with ``reason`` (a pending job's with "cancelled before it ran" unless the
+    request gave a reason of its own)."""
+
     type: Literal["cancel_requested"] = "cancel_requested"
     by: str | None = None
-    reason: str = "cancelled by request"
+    reason: str = Field(CANCEL_REQUESTED_REASON, max_length=256)
 
 
 class ModelRegistered(Envelope):

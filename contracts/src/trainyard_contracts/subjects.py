@@ -43,6 +43,7 @@ class BucketNames:
     schedules: str
     aliases: str
     triggers: str
+    sweeps: str
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ class Subjects:
             schedules=f"{base}_schedules",
             aliases=f"{base}_model_aliases",
             triggers=f"{base}_triggers",
+            sweeps=f"{base}_sweeps",
         )
 
 

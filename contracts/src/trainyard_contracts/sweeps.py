@@ -7,8 +7,9 @@ the workflow service asks Optuna for each trial's parameters, submits the trial 
 substituted (``${{ params.NAME }}``, as in pipelines) and keeps every trial in a
 :class:`SweepRecord` (its KV value, every change a compare-and-set).
 
-Requests go on ``<prefix>.workflow.sweep-<verb>`` (request/reply): ``run`` (sweep), ``list``
-(limit), ``status``/``cancel`` (sweep_id). Answers are a :class:`SweepReply`.
+Requests go on ``<prefix>.workflow.sweep-<verb>`` (request/reply, as schedules and triggers do):
+``create`` (sweep), ``list`` (limit), ``get``/``cancel`` (name: the sweep's id). Answers are a
+:class:`SweepReply`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ MAX_TRIALS = 500
 MAX_PARALLEL = 64
 MAX_INTERMEDIATE = 64  # intermediate values kept per trial (for pruning); later steps: the last value only
 MAX_GRID = 100_000  # points of a grid search space
-SWEEP_VERBS = ("run", "list", "status", "cancel")
+SWEEP_VERBS = ("create", "list", "get", "cancel")
 PRUNED_REASON = "pruned"  # a pruned trial's job ends `cancelled` with this reason
 
 # labels on a trial's job: which sweep and trial it is (the metrics and outcomes are matched by them)
@@ -310,8 +311,8 @@ def _text(value: object) -> object:
 class SweepRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sweep: dict[str, Any] | None = Field(None, description="run: the sweep document")
-    sweep_id: str | None = Field(None, max_length=64)
+    sweep: dict[str, Any] | None = Field(None, description="create: the sweep document")
+    name: str | None = Field(None, max_length=64, description="get, cancel: the sweep's id")
     limit: int = Field(100, ge=1, le=1000)
     by: str | None = Field(None, max_length=256, description="who asks (the API's principal)")
 
@@ -323,7 +324,6 @@ class SweepReply(BaseModel):
     status: int = 200
     sweep: SweepRecord | None = None
     sweeps: list[SweepRecord] | None = None
-    open_job_ids: list[str] = Field(default_factory=list, description="cancel: the trials' jobs still open")
     errors: list[FieldError] = Field(default_factory=list)
 
 

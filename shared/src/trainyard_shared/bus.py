@@ -243,6 +243,8 @@ def bucket_configs(subjects: Subjects, replicas: int = 1) -> list[KeyValueConfig
         KeyValueConfig(bucket=names.schedules, history=5, storage=StorageType.FILE, replicas=replicas),
         # triggers (the workflow service's): the events each looked at move by compare-and-set
         KeyValueConfig(bucket=names.triggers, history=5, storage=StorageType.FILE, replicas=replicas),
+        # sweeps (the workflow service's): the record is the study's journal, compare-and-set
+        KeyValueConfig(bucket=names.sweeps, history=5, storage=StorageType.FILE, replicas=replicas),
         KeyValueConfig(bucket=tokens_bucket(subjects), history=1, replicas=replicas),
         # model aliases (the registry's): holder and previous holders per alias, compare-and-set
         KeyValueConfig(bucket=names.aliases, history=5, storage=StorageType.FILE, replicas=replicas),
@@ -354,6 +356,7 @@ class Buckets:
     schedules: KeyValue
     aliases: KeyValue
     triggers: KeyValue
+    sweeps: KeyValue
 
 
 async def open_buckets(

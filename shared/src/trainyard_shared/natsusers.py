@@ -45,7 +45,9 @@ EVENTS_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "executor": (),
     "registry": ("model_registered",),
     "telemetry": (),
-    "workflow": (),  # its jobs' events are the services' own: it submits through the intake
+    # its jobs' other events are the services' own (it submits through the intake); it asks for
+    # a sweep trial's cancel (the pruner's, or a sweep's end) as the API asks for one
+    "workflow": ("cancel_requested",),
 }
 SERVICES = tuple(EVENTS_BY_SERVICE)
 # the services with one user each; executors have one user per executor id (executor_user)
@@ -54,6 +56,7 @@ SINGLE_USER_SERVICES = tuple(s for s in SERVICES if s != "executor")
 REPORTS_DURABLE = "scheduler-exec-reports"  # trainyard_scheduler.app: executors' reports
 TRIGGER_EVENTS_DURABLE = "workflow-trigger-events"  # trainyard_workflow.app
 MODEL_TRIGGERS_DURABLE = "workflow-model-triggers"  # its filter: <prefix>.model.*.registered
+SWEEP_METRICS_DURABLE = "workflow-sweep-metrics"  # trainyard_workflow.app: trials' reports
 
 # the durable consumers of each service: (stream field of StreamNames, durable name)
 DURABLES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -62,7 +65,11 @@ DURABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "registry": (("jobs", "registry-succeeded"),),
     "telemetry": (("jobs", "telemetry-events"), ("metrics", "telemetry-metrics")),
     # its triggers: the triggers stream (foreign subjects) and, filtered, the model events
-    "workflow": (("jobs", "workflow-job-outcomes"), ("triggers", TRIGGER_EVENTS_DURABLE)),
+    "workflow": (
+        ("jobs", "workflow-job-outcomes"),
+        ("triggers", TRIGGER_EVENTS_DURABLE),
+        ("metrics", SWEEP_METRICS_DURABLE),  # what sweep trials report (the pruner's input)
+    ),
 }
 
 SCHEDULE_LEASE_KEY = "workflow-schedules"  # trainyard_workflow.ticker
@@ -75,7 +82,7 @@ KV_WRITES: dict[str, tuple[str, ...]] = {
     "executor": (),
     "registry": ("jobs", "models", "aliases"),
     "telemetry": (),
-    "workflow": ("pipelines", "schedules", "triggers"),  # and its own key of the leases bucket
+    "workflow": ("pipelines", "schedules", "triggers", "sweeps"),  # and its own key of the leases bucket
 }
 KV_READS: dict[str, tuple[str, ...]] = {
     "submission": ("models", "executors"),
@@ -290,6 +297,8 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         perms.add_publish(f"$KV.{subjects.buckets.leases}.{SCHEDULE_LEASE_KEY}")
         # triggers on Trainyard's own model events: a durable on the models stream, filtered to them
         durable(perms, streams["models"], MODEL_TRIGGERS_DURABLE, subjects.model_registered("*"))
+        # a sweep trial's objective when its job ended: the last batch of its metrics (one message)
+        perms.add_publish(f"{API}.STREAM.MSG.GET.{streams['metrics']}")
     return perms
 
 

@@ -53,7 +53,7 @@ def subscribe_requests(sb: ServiceBroker, slot: RuntimeSlot[SchedulerRuntime], r
     )
     async def on_job_event(event: JobEvent) -> None:
         if event.type == "cancel_requested":
-            await slot.get().core.cancel(event.job_id, event.by)
+            await slot.get().core.cancel(event.job_id, event.by, event.reason)
 
     # executors' reports: every replica applies them (one shared durable consumer, so each is
     # handled once), safe from any replica because each is a compare-and-set fenced on the

@@ -16,6 +16,7 @@ from trainyard_contracts import (
     JobState,
     lifecycle,
 )
+from trainyard_contracts.events import CANCEL_REQUESTED_REASON
 from trainyard_scheduler.admission import NOT_ADMITTED
 from trainyard_scheduler.announcing import Announcing
 
@@ -52,14 +53,17 @@ class JobRequests(Announcing):
         if record is not None and (result or record.state == JobState.QUEUED):
             await self._publish(job_id, await self._queued_events(record))
 
-    async def cancel(self, job_id: str, by: str | None = None) -> None:
-        """A pending job is cancelled here; an active one gets a cancel command to its executor."""
+    async def cancel(self, job_id: str, by: str | None = None, reason: str | None = None) -> None:
+        """A pending job is cancelled here; an active one gets a cancel command to its executor.
+        ``reason``: what the job's end says, when the request gave one of its own (a sweep's
+        pruner: ``pruned``); otherwise "cancelled before it ran" / "cancelled by request"."""
         now = self.clock()
+        reason = None if reason == CANCEL_REQUESTED_REASON else reason
 
         def cancel_pending(r: JobRecord) -> JobRecord | None:
             if r.state in (JobState.SUBMITTED, JobState.QUEUED, JobState.REQUEUED):
                 return lifecycle.finish(
-                    r, JobState.CANCELLED, now, exit_code=None, reason="cancelled before it ran"
+                    r, JobState.CANCELLED, now, exit_code=None, reason=reason or "cancelled before it ran"
                 )
             return None
 
@@ -79,7 +83,12 @@ class JobRequests(Announcing):
         elif record.state.active and record.executor_id:
             commands = [  # every member of a split gang
                 self.commands.outgoing(
-                    CancelAttempt(job_id=job_id, attempt=record.attempt, executor_id=executor_id)
+                    CancelAttempt(
+                        job_id=job_id,
+                        attempt=record.attempt,
+                        executor_id=executor_id,
+                        reason=reason or CANCEL_REQUESTED_REASON,
+                    )
                 )
                 for executor_id in record.executors()
             ]

@@ -9,14 +9,16 @@
 - schedules: the API's ``schedule-<verb>`` requests (schedule_routes.py) and a ticker that fires
   each due tick once, on the replica holding the schedule lease (schedule_ticker.py);
 - triggers: the API's ``trigger-<verb>`` requests (trigger_routes.py), durable consumers of the
-  events triggers follow, and the ticker's pass that fires closed debounce windows (triggers.py).
+  events triggers follow, and the ticker's pass that fires closed debounce windows (triggers.py);
+- sweeps: the API's ``sweep-<verb>`` requests (sweep_routes.py), trials' reports from the metrics
+  stream (a durable consumer) and their jobs' outcomes, the look-over (sweeps.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,8 +26,9 @@ from typing import Any
 from faststream.asgi import AsgiFastStream
 from nats.aio.msg import Msg
 
-from trainyard_contracts import JobEvent, JobRecord, SpecError, parse_job_event
+from trainyard_contracts import JobEvent, JobRecord, MetricsBatch, SpecError, parse_job_event
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.events import JobCancelRequested
 from trainyard_contracts.runs import (
     MAX_OPEN_JOBS,
     MAX_REPLY_JOBS,
@@ -40,7 +43,7 @@ from trainyard_shared.bus import streams
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.leader import LeaderLease
 from trainyard_shared.natshandle import NatsHandle
-from trainyard_shared.natsusers import MODEL_TRIGGERS_DURABLE, TRIGGER_EVENTS_DURABLE
+from trainyard_shared.natsusers import MODEL_TRIGGERS_DURABLE, SWEEP_METRICS_DURABLE, TRIGGER_EVENTS_DURABLE
 from trainyard_shared.publishing import publish_acked
 from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.responder import answer_requests
@@ -57,6 +60,8 @@ from trainyard_workflow.schedules import ScheduleService
 from trainyard_workflow.service import JOB_OUTCOMES, WorkflowService
 from trainyard_workflow.settings import WorkflowSettings
 from trainyard_workflow.store import RunNotFound, RunStore
+from trainyard_workflow.sweep_routes import register_sweep_handlers
+from trainyard_workflow.sweeps import SweepService, SweepStore, trial_of
 from trainyard_workflow.trigger_core import Event
 from trainyard_workflow.trigger_routes import register_trigger_handlers
 from trainyard_workflow.triggers import TriggerService, TriggerStore, allowed_patterns
@@ -71,6 +76,7 @@ class WorkflowRuntime:
     service: WorkflowService
     schedules: ScheduleService
     triggers: TriggerService
+    sweeps: SweepService
     ticker: ScheduleTicker
     reconciler: asyncio.Task[None] | None = None
 
@@ -116,8 +122,16 @@ async def build_runtime(
         functools.partial(_trigger_stream_heads, sb),
         clock,
     )
+    sweeps = SweepService(
+        SweepStore(buckets.sweeps),
+        read_job,
+        intake,
+        functools.partial(_ask_cancel, sb),
+        functools.partial(_last_batch, sb),
+        clock,
+    )
     ticker = ScheduleTicker([schedules.tick, triggers.tick], lease, settings.schedule_tick_seconds)
-    return WorkflowRuntime(service, schedules, triggers, ticker)
+    return WorkflowRuntime(service, schedules, triggers, sweeps, ticker)
 
 
 def create_app(
@@ -148,12 +162,34 @@ def create_app(
         description="a step's job ended: its pipeline run moves on (next steps, skips, the end)",
     )
     async def on_job_outcome(event: JobEvent) -> None:
-        await slot.get().service.on_job_ended(event.job_id, event.type)
+        runtime = slot.get()
+        record = await runtime.service.read_job(event.job_id)
+        if trial_of(record) is not None:
+            await runtime.sweeps.on_job_ended(record, event.type)
+        else:
+            await runtime.service.on_job_ended(event.job_id, event.type, record)
+
+    @batch_consumer(
+        sb,
+        subjects.metrics_of(),
+        stream=streams(subjects).metrics,
+        durable=SWEEP_METRICS_DURABLE,
+        parse=MetricsBatch.model_validate_json,
+        batch=64,
+        concurrency=8,
+        key=lambda batch: batch.job_id,  # one job's batches in order
+        linger=0.2,  # off the job path: gathered, fewer pulls
+        title="workflow/sweep-metrics",
+        description="what running jobs report: a sweep trial's objective values go to its pruner",
+    )
+    async def on_metrics(batch: MetricsBatch) -> None:
+        await slot.get().sweeps.on_metrics(batch)
 
     for kind in REQUEST_KINDS:
         _request_handler(sb, kind, slot)
     register_schedule_handlers(sb, lambda: slot.get().schedules)
     register_trigger_handlers(sb, lambda: slot.get().triggers)
+    register_sweep_handlers(sb, lambda: slot.get().sweeps)
     _trigger_consumers(sb, common, slot)
 
     async def connect() -> None:
@@ -162,7 +198,9 @@ def create_app(
     async def start_reconciler() -> None:
         runtime = slot.get()
         runtime.reconciler = asyncio.create_task(
-            _reconcile_forever(runtime.service, settings.reconcile_seconds)
+            _reconcile_forever(
+                [runtime.service.reconcile, runtime.sweeps.reconcile], settings.reconcile_seconds
+            )
         )
         runtime.ticker.start()
 
@@ -301,15 +339,44 @@ def _error(field: str, message: str, status: int) -> PipelineReply:
     return PipelineReply(ok=False, errors=[FieldError(field=field, message=message)], status=status)
 
 
-async def _reconcile_forever(service: WorkflowService, every: float) -> None:
+async def _reconcile_forever(looks: list[Callable[[], Awaitable[int]]], every: float) -> None:
     import logging
 
     log = logging.getLogger("trainyard.workflow")
     while True:
-        try:
-            await service.reconcile()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("looking over open runs failed; trying again")
+        for look in looks:
+            try:
+                await look()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("looking over open runs and sweeps failed; trying again")
         await asyncio.sleep(every)
+
+
+async def _ask_cancel(sb: ServiceBroker, job_id: str, attempt: int, by: str, reason: str) -> None:
+    """A sweep trial's job cancelled as the API asks for one: the cancel_requested event, which
+    the scheduler acts on (the job ends ``cancelled`` with ``reason``)."""
+    event = JobCancelRequested(job_id=job_id, attempt=attempt, by=by, reason=reason)
+    await publish_acked(
+        sb.broker,
+        sb.subjects.job(job_id, event.type),
+        event.model_dump_json().encode(),
+        {"Nats-Msg-Id": event.msg_id(), "content-type": "application/json"},
+        sb.subjects.streams.jobs,
+    )
+
+
+async def _last_batch(sb: ServiceBroker, job_id: str, attempt: int) -> MetricsBatch | None:
+    """The last batch of a job attempt's reports (one message read), or None."""
+    from nats.js.errors import NotFoundError
+
+    js = NatsHandle(sb.broker).jetstream
+    try:
+        msg = await js.get_last_msg(sb.subjects.streams.metrics, sb.subjects.metrics(job_id, attempt))
+    except NotFoundError:
+        return None
+    try:
+        return MetricsBatch.model_validate_json(msg.data or b"")
+    except ValueError:
+        return None

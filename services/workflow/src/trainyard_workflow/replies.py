@@ -1,4 +1,4 @@
-"""Answers to the API's requests on named objects (schedules, triggers): ``create``, ``list`` and
+"""Answers to the API's requests on named objects (schedules, triggers, sweeps): ``create``, ``list`` and
 the verbs on one name, with refusals as status and field (the handlers: trainyard_shared.responder)."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from pydantic import BaseModel
 
 from trainyard_contracts import FieldError, SpecError
 from trainyard_contracts.schedules import ScheduleReply, ScheduleRequest
+from trainyard_contracts.sweeps import SweepReply, SweepRequest
 from trainyard_contracts.triggers import TriggerReply, TriggerRequest
 from trainyard_workflow.named_store import RecordExists, RecordNotFound
 
-Reply = TypeVar("Reply", ScheduleReply, TriggerReply)
+Reply = TypeVar("Reply", ScheduleReply, TriggerReply, SweepReply)
 
 
 def refusal(reply: type[Reply], field: str, message: str, status: int) -> Reply:
@@ -65,4 +66,5 @@ class NamedObjects(Protocol):
 REQUESTS: dict[type[BaseModel], type[BaseModel]] = {
     ScheduleReply: ScheduleRequest,
     TriggerReply: TriggerRequest,
+    SweepReply: SweepRequest,
 }

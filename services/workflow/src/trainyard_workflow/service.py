@@ -123,9 +123,10 @@ class WorkflowService:
     async def cancel(self, run_id: str, by: str | None = None) -> PipelineRun:
         return await self.progress(run_id, [Cancel(by)])
 
-    async def on_job_ended(self, job_id: str, outcome: str) -> None:
-        """A job ended: if it is a step of a run (its labels say which), the run moves on."""
-        record = await self.read_job(job_id)
+    async def on_job_ended(self, job_id: str, outcome: str, known: JobRecord | None = None) -> None:
+        """A job ended: if it is a step of a run (its labels say which), the run moves on.
+        ``known``: its record, read already."""
+        record = known if known is not None else await self.read_job(job_id)
         ref = step_of(record.spec.labels) if record is not None else None
         if ref is None or await self.runs.get(ref.run_id) is None:
             return

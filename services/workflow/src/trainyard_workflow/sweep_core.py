@@ -196,10 +196,13 @@ def evolve(record: SweepRecord, fact: Fact, now: datetime) -> SweepRecord:
 def _ended(record: SweepRecord, trial: Trial, fact: JobEnded, now: datetime) -> Trial:
     metric = record.spec.objective.metric
     update: dict[str, object] = {"job_id": fact.job_id, "ended_at": now}
+    value = fact.value
+    if value is None and trial.intermediate:  # not in the job's last batch: the last value seen
+        value = trial.intermediate[max(trial.intermediate)]
     if trial.state == TrialState.pruning or (fact.outcome == "cancelled" and fact.reason == PRUNED_REASON):
         update.update(state=TrialState.pruned, reason=trial.reason or PRUNED_REASON)
-    elif fact.outcome == "succeeded" and fact.value is not None:
-        update.update(state=TrialState.complete, value=fact.value, reason=None)
+    elif fact.outcome == "succeeded" and value is not None:
+        update.update(state=TrialState.complete, value=value, reason=None)
     elif fact.outcome == "succeeded":
         update.update(state=TrialState.failed, reason=f"the job succeeded but reported no {metric!r}")
     else:
