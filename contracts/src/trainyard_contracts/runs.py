@@ -82,6 +82,7 @@ class PipelineRun(BaseModel):
     submitted_by: str | None = None
     created: datetime = Field(default_factory=utcnow)
     ended: datetime | None = None
+    attempt: int = Field(1, ge=1, description="the run's attempt: `pipeline retry` adds one")
 
     def trimmed(self, max_jobs: int) -> PipelineRun:
         """This run with at most ``max_jobs`` jobs per step (the lowest indices), for a reply that
@@ -176,6 +177,11 @@ class StepEnded(PipelineEnvelope):
 class PipelineFinished(PipelineEnvelope):
     type: Literal["finished"] = "finished"
     state: RunState
+    attempt: int = Field(1, ge=1, description="the run's attempt that finished")
+
+    def _identity(self) -> str:
+        # the first attempt keeps the id it always had; a retried run finishes once per attempt
+        return self.type if self.attempt == 1 else f"{self.type}:{self.attempt}"
 
 
 class PipelineCancelRequested(PipelineEnvelope):
@@ -183,8 +189,25 @@ class PipelineCancelRequested(PipelineEnvelope):
     by: str | None = None
 
 
+class PipelineRetried(PipelineEnvelope):
+    """``pipeline retry``: the run goes on as ``attempt``; ``steps`` run again (succeeded ones kept)."""
+
+    type: Literal["retried"] = "retried"
+    attempt: int = Field(ge=2)
+    steps: list[str]
+    by: str | None = None
+
+    def _identity(self) -> str:
+        return f"{self.type}:{self.attempt}"
+
+
 PipelineEvent = Annotated[
-    PipelineStarted | StepSubmitted | StepEnded | PipelineFinished | PipelineCancelRequested,
+    PipelineStarted
+    | StepSubmitted
+    | StepEnded
+    | PipelineFinished
+    | PipelineCancelRequested
+    | PipelineRetried,
     Field(discriminator="type"),
 ]
 PIPELINE_EVENT_ADAPTER: TypeAdapter[PipelineEvent] = TypeAdapter(PipelineEvent)
@@ -217,7 +240,8 @@ class PipelineReply(BaseModel):
 
 class PipelineRequest(BaseModel):
     """What the API asks the workflow service on ``<prefix>.workflow.<kind>`` (request/reply):
-    ``run`` (pipeline, params), ``status`` and ``cancel`` (run_id), ``list`` (limit)."""
+    ``run`` (pipeline, params), ``status`` and ``cancel`` (run_id), ``retry`` (run_id, and
+    ``attempt``: the run's attempt the caller saw end), ``list`` (limit)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -225,4 +249,7 @@ class PipelineRequest(BaseModel):
     params: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=256)
     run_id: str | None = Field(None, max_length=64)
     limit: int = Field(100, ge=1, le=1000)
+    attempt: int | None = Field(
+        None, ge=1, description="retry: the attempt seen to end; an answer for it again is the same retry"
+    )
     by: str | None = Field(None, max_length=256, description="who asks (the API's principal)")

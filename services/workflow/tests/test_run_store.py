@@ -105,3 +105,26 @@ async def test_a_read_racing_a_commit_reads_the_newer_head_not_a_purged_chunk(bu
     assert await store._read_chunks(run.run_id, stale) is None  # its chunk was replaced and purged
     got, _ = await store.get(run.run_id)
     assert got.steps["train"].jobs[5].job_id == "job5"
+
+
+@pytest.mark.service
+async def test_a_retry_that_drops_a_whole_chunk_of_jobs_reads_back_without_them(bus):
+    from nats.js.api import KeyValueConfig
+
+    from trainyard_workflow.core import retry
+
+    kv = await bus.js.create_key_value(KeyValueConfig(bucket=bus.subjects.buckets.pipelines, history=5))
+    store = RunStore(kv)
+    submitted = _array_run("0-999")
+    answers = [JobKnown("train", i, job.key, f"job{i}") for i, job in submitted.steps["train"].jobs.items()]
+    ends = [JobEnded("train", i, f"job{i}", "succeeded" if i < CHUNK_JOBS else "failed") for i in range(1000)]
+    failed, _ = advance(evolve_all(submitted, [*answers, *ends]))
+    assert failed.state.value == "failed"
+    await store.create(failed)
+
+    await store.mutate(failed.run_id, lambda r: (retry(r), None))
+    got, _ = await store.get(failed.run_id)
+    # the failed indices' chunk is named no more: they are not submitted, not succeeded, not there
+    assert sorted(got.steps["train"].jobs) == list(range(CHUNK_JOBS))
+    assert got.steps["train"].attempt == 2 and got.attempt == 2
+    assert len(await kv.keys()) == 2  # the head and the one chunk left

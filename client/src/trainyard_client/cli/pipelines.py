@@ -1,5 +1,5 @@
-"""Pipeline commands: ``trainyard pipeline run FILE [-p k=v] [--wait]``, ``status``, ``list``, ``cancel``,
-``export --to kfp``."""
+"""Pipeline commands: ``trainyard pipeline run FILE [-p k=v] [--wait]``, ``status``, ``list``,
+``cancel``, ``retry RUN [--wait]``, ``export --to kfp``."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def _tree(run: Any) -> Any:
     from rich.markup import escape
     from rich.tree import Tree
 
-    tree = Tree(f"[bold]{escape(run.spec.name)}[/] {run.run_id} {styled(run.state.value)}")
+    again = f" (attempt {run.attempt})" if run.attempt > 1 else ""
+    tree = Tree(f"[bold]{escape(run.spec.name)}[/] {run.run_id} {styled(run.state.value)}{again}")
     for step in run.spec.steps:
         state = run.steps[step.name]
         jobs = ", ".join(j.job_id or "…" for _, j in sorted(state.jobs.items())[:5])
@@ -86,10 +87,7 @@ def run_pipeline(
     document, params = _read_pipeline(file, param or [])
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
-        run = client.run_pipeline(document, params)
-        while wait and run.state.value == "running":
-            time.sleep(WAIT_POLL_SECONDS)
-            run = client.pipeline(run.run_id)
+        run = _waited(client, client.run_pipeline(document, params), wait)
     _show(run, output)
     if wait and run.state.value != "succeeded":
         raise typer.Exit(EXIT_JOB_FAILED)
@@ -151,6 +149,31 @@ def export_pipeline(
     else:
         out.write_text(text)
         cli.err.print(f"wrote {escape(str(out))} ({len(plan.document['steps'])} steps, kfp IR YAML)")
+
+
+@pipeline.command("retry")
+def retry_pipeline(
+    ctx: typer.Context,
+    run_id: Annotated[str, RUN],
+    wait: Annotated[bool, typer.Option("--wait", help="follow the run until it ends")] = False,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Run a failed or cancelled run again from the steps that did not succeed (succeeded steps
+    keep their jobs and outputs); with --wait, exit 1 unless it succeeded."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        seen = client.pipeline(run_id)  # the attempt retried: asking twice is one retry
+        run = _waited(client, client.retry_pipeline(run_id, seen.attempt), wait)
+    _show(run, output)
+    if wait and run.state.value != "succeeded":
+        raise typer.Exit(EXIT_JOB_FAILED)
+
+
+def _waited(client: Any, run: Any, wait: bool) -> Any:
+    while wait and run.state.value == "running":
+        time.sleep(WAIT_POLL_SECONDS)
+        run = client.pipeline(run.run_id)
+    return run
 
 
 add_named_command(

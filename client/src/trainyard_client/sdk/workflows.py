@@ -43,6 +43,17 @@ class WorkflowCalls(HttpClient):
 
         return PipelineRun.model_validate(self._request("POST", f"/v1/pipelines/{run_id}/cancel").json())
 
+    def retry_pipeline(self, run_id: str, attempt: int | None = None) -> PipelineRun:
+        """Run a failed or cancelled run again from the steps that did not succeed (409 when it
+        is running or succeeded). ``attempt``: the run's attempt you saw end; asking again for the
+        same attempt (a lost answer) is the same retry, answered with the run as it is."""
+        from trainyard_contracts.runs import PipelineRun
+
+        body = {} if attempt is None else {"attempt": attempt}
+        return PipelineRun.model_validate(
+            self._request("POST", f"/v1/pipelines/{run_id}/retry", json=body).json()
+        )
+
     def create_schedule(self, schedule: Mapping[str, Any]) -> ScheduleRecord:
         """Create a schedule (cron, timezone, concurrency, starting_deadline_seconds, pipeline,
         params); 422 names the bad field, 409 when the name is taken."""

@@ -16,15 +16,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from trainyard_contracts import SpecError
 from trainyard_contracts.runs import PipelineReply, PipelineRequest, PipelineRun
-from trainyard_contracts.workflow import RUN_ID_PATTERN, validate_pipeline
+from trainyard_contracts.workflow import RUN_ID_PATTERN, PipelineSpec, validate_pipeline
 from trainyard_submission.access import QueueRefused, check_submit, place_spec
 from trainyard_submission.api import Caller, Problem, authorised
 from trainyard_submission.service import JobAlreadyFinished, JobNotFound, SubmissionService
 from trainyard_submission.tokens import Principal
 from trainyard_submission.workflowask import ask_workflow_for, may_see, public, visible_public
+
+
+class RetryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    attempt: int | None = Field(None, ge=1, description="the run's attempt seen to end")
 
 
 async def ask_workflow(state: dict[str, Any], kind: str, request: PipelineRequest) -> PipelineReply:
@@ -87,6 +94,22 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
     async def cancel_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:
         return public((await cancel_run(state, caller, run_id)).run)
 
+    @router.post(
+        "/{run_id}/retry",
+        summary="retry a failed or cancelled run from the steps that did not succeed; body "
+        '{"attempt": N}: the attempt seen to end (asking again for it is the same retry)',
+    )
+    async def retry_pipeline(run_id: str, request: Request, caller: Caller) -> dict[str, Any]:
+        try:
+            seen = RetryRequest.model_validate_json(await request.body() or b"{}")
+        except ValueError as exc:
+            raise Problem(422, "invalid request", str(exc)[:1000]) from exc
+        run = await visible_run(state, caller, run_id)
+        # the steps run again as the caller's jobs: held to the queue rules as they stand now
+        await check_spec_steps(state, caller, run.spec)
+        ask_retry = PipelineRequest(run_id=run_id, attempt=seen.attempt, by=caller.name)
+        return public((await ask("retry", ask_retry)).run)
+
     return router
 
 
@@ -103,6 +126,10 @@ async def check_steps(state: dict[str, Any], caller: Principal, body: PipelineRe
     except SpecError as exc:
         errors = [e.model_dump() for e in exc.errors]
         raise Problem(422, "invalid pipeline", str(exc), errors=errors) from exc
+    await check_spec_steps(state, caller, pipeline)
+
+
+async def check_spec_steps(state: dict[str, Any], caller: Principal, pipeline: PipelineSpec) -> None:
     # what a submit of each step would refuse is refused now, naming the step, not when the step's
     # turn comes (an unknown queue, a spec no executor could hold)
     for i, step in enumerate(pipeline.steps):

@@ -2,7 +2,7 @@
 
 - job outcomes (``<prefix>.job.*.{succeeded,failed,timed_out,cancelled}``), through one durable
   consumer with bounded redelivery: a step's job ended, its run moves on;
-- requests from the API on ``<prefix>.workflow.{run,status,list,cancel}`` (request/reply, one
+- requests from the API on ``<prefix>.workflow.{run,status,list,cancel,retry}`` (request/reply, one
   queue group): the submission service keeps the one public URL and token check;
 - a look-over of open runs at start-up and every ``reconcile_seconds``: what a restart left
   unanswered is sent again under the same idempotency key;
@@ -52,6 +52,7 @@ from trainyard_shared.runtimeslot import RUNTIME, RuntimeSlot
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tasks import cancel_and_wait
 from trainyard_shared.tracing import setup_tracing
+from trainyard_workflow.core import RetryRefused
 from trainyard_workflow.intake import IntakeSender
 from trainyard_workflow.schedule_routes import register_schedule_handlers
 from trainyard_workflow.schedule_store import ScheduleStore
@@ -66,7 +67,7 @@ from trainyard_workflow.trigger_core import Event
 from trainyard_workflow.trigger_routes import register_trigger_handlers
 from trainyard_workflow.triggers import TriggerService, TriggerStore, allowed_patterns
 
-REQUEST_KINDS = ("run", "status", "list", "cancel")
+REQUEST_KINDS = ("run", "status", "list", "cancel", "retry")
 
 
 @dataclass
@@ -307,11 +308,15 @@ async def _answer(service: WorkflowService, kind: str, body: bytes) -> PipelineR
             return _error("run_id", "required field is missing", 422)
         if kind == "status":
             return _run_reply(await service.status(request.run_id))
+        if kind == "retry":
+            return _run_reply(await service.retry(request.run_id, request.by, request.attempt))
         return _run_reply(await service.cancel(request.run_id, request.by))
     except SpecError as exc:
         return PipelineReply(ok=False, errors=exc.errors, status=422)
     except RunNotFound as exc:
         return _error("run_id", f"no pipeline run {exc.args[0]!r}", 404)
+    except RetryRefused as exc:
+        return _error("run_id", str(exc), 409)
     except ValueError as exc:  # a request that is not a PipelineRequest
         return _error("(request)", str(exc)[:1000], 400)
 

@@ -286,6 +286,49 @@ def advance(
     raise RuntimeError("a run did not settle: a bug in decide/evolve")
 
 
+class RetryRefused(Exception):
+    """A run that cannot be retried now (still running, or it succeeded)."""
+
+
+def retry(run: PipelineRun, seen_attempt: int | None = None) -> PipelineRun:
+    """The run as its next attempt: every step that did not succeed is pending again under its
+    next step attempt (so its jobs get new idempotency keys), keeping the jobs of an array step's
+    indices that succeeded; succeeded steps keep their jobs and outputs. ``seen_attempt``: the
+    attempt the caller saw end; a run past it was retried already, and is answered as it is (a
+    retry asked twice is one retry)."""
+    if seen_attempt is not None and run.attempt > seen_attempt:
+        return run
+    if seen_attempt is not None and seen_attempt > run.attempt:
+        raise RetryRefused(f"the run has had no attempt {seen_attempt}: it is at attempt {run.attempt}")
+    if run.state == RunState.running:
+        raise RetryRefused("the run is still running: cancel it first, or wait for its end")
+    if run.state == RunState.succeeded:
+        raise RetryRefused("the run succeeded: nothing to retry")
+    steps = {
+        name: step
+        if step.state == StepState.succeeded
+        else StepRun(
+            attempt=step.attempt + 1,
+            jobs={i: job for i, job in step.jobs.items() if job.outcome == "succeeded"},
+        )
+        for name, step in run.steps.items()
+    }
+    return run.model_copy(
+        update={
+            "state": RunState.running,
+            "steps": steps,
+            "cancel_requested": False,
+            "ended": None,
+            "attempt": run.attempt + 1,
+        }
+    )
+
+
+def retried_steps(before: PipelineRun, after: PipelineRun) -> list[str]:
+    """The steps a retry runs again (in the spec's order)."""
+    return [s.name for s in after.spec.steps if after.steps[s.name].attempt > before.steps[s.name].attempt]
+
+
 def unanswered(run: PipelineRun) -> list[Submit]:
     """Submissions recorded but not yet answered with a job id: sent (again) by the service."""
     if run.state != RunState.running or run.cancel_requested:

@@ -19,6 +19,7 @@ from trainyard_contracts._time import utcnow
 from trainyard_contracts.runs import (
     PipelineEnvelope,
     PipelineFinished,
+    PipelineRetried,
     PipelineRun,
     PipelineStarted,
     RunState,
@@ -44,6 +45,8 @@ from trainyard_workflow.core import (
     idempotency_key,
     job_spec_for,
     referenced_steps,
+    retried_steps,
+    retry,
     step_of,
     unanswered,
     with_outputs,
@@ -122,6 +125,25 @@ class WorkflowService:
 
     async def cancel(self, run_id: str, by: str | None = None) -> PipelineRun:
         return await self.progress(run_id, [Cancel(by)])
+
+    async def retry(self, run_id: str, by: str | None = None, seen_attempt: int | None = None) -> PipelineRun:
+        """The failed or cancelled run again, from the steps that did not succeed (RetryRefused
+        otherwise): one compare-and-set makes the next attempt and records its first submissions;
+        the sends go on after the answer, as for a new run."""
+        before: list[PipelineRun] = []
+
+        def change(run: PipelineRun) -> tuple[PipelineRun, list[Decision]]:
+            before[:] = [run]
+            again = retry(run, seen_attempt)
+            return (run, []) if again is run else self._advance(again, [])
+
+        recorded, taken = await self.runs.mutate(run_id, change)
+        if recorded.attempt > before[0].attempt:
+            steps = retried_steps(before[0], recorded)
+            await self.emit(PipelineRetried(run_id=run_id, attempt=recorded.attempt, steps=steps, by=by))
+            await self._announce(recorded, taken)
+            self._in_background(self.progress(run_id))
+        return recorded
 
     async def on_job_ended(self, job_id: str, outcome: str, known: JobRecord | None = None) -> None:
         """A job ended: if it is a step of a run (its labels say which), the run moves on.
@@ -255,7 +277,9 @@ class WorkflowService:
                     )
                 )
             elif isinstance(decision, EndRun):
-                await self.emit(PipelineFinished(run_id=run.run_id, state=decision.state))
+                await self.emit(
+                    PipelineFinished(run_id=run.run_id, state=decision.state, attempt=run.attempt)
+                )
 
 
 def _answer_facts(submit: Submit, answer: IntakeReply) -> list[Fact]:

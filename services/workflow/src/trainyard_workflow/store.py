@@ -88,7 +88,8 @@ class RunStore:
             new_head, chunks = split(changed)
             dirty = {name: jobs for name, jobs in chunks.items() if found.chunks.get(name) != jobs}
             written = await self._write_chunks(run_id, dirty)
-            names = {**head.chunks, **written}
+            # a chunk left with no jobs (a retry drops the jobs that did not succeed) is named no more
+            names = {**{n: g for n, g in head.chunks.items() if n in chunks}, **written}
             try:
                 await self.kv.update(
                     run_id,
@@ -98,7 +99,9 @@ class RunStore:
             except KeyWrongLastSequenceError:
                 await self._remove(run_id, written)  # no head names them
                 continue
-            await self._remove(run_id, {n: g for n, g in head.chunks.items() if n in written})
+            await self._remove(
+                run_id, {n: g for n, g in head.chunks.items() if n in written or n not in chunks}
+            )
             return changed, result
         raise RunConflict(f"run {run_id} changed under {tries} compare-and-sets in a row")
 
