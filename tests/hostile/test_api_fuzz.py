@@ -49,6 +49,11 @@ SCHEDULE_OPERATIONS = [
     ("GET", "/v1/triggers"),
     ("GET", "/v1/triggers/{name}"),
     ("DELETE", "/v1/triggers/{name}"),
+    # and every sweep route
+    ("POST", "/v1/sweeps"),
+    ("GET", "/v1/sweeps"),
+    ("GET", "/v1/sweeps/{name}"),
+    ("POST", "/v1/sweeps/{name}/cancel"),
 ]
 # every model route but the listing asks the registry service
 MODEL_OPERATIONS = [

@@ -18,6 +18,7 @@ from trainyard_client.cli import (
     schedules,
     simulate,
     stack,
+    sweeps,
     triggers,
 )
 from trainyard_client.cli.base import Settings
@@ -102,6 +103,7 @@ app.add_typer(admin.tokens, name="tokens")
 app.add_typer(pipelines.pipeline, name="pipeline")
 app.add_typer(schedules.schedule, name="schedule")
 app.add_typer(triggers.trigger, name="trigger")
+app.add_typer(sweeps.sweep, name="sweep")
 app.add_typer(arrays.array, name="array")
 app.command()(stack.up)
 app.command()(simulate.simulate)

@@ -1,4 +1,4 @@
-"""Workflows: pipeline runs, schedules, triggers and job arrays (the workflow service's objects)."""
+"""Workflows: pipeline runs, schedules, triggers, job arrays and sweeps (the workflow service's objects)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from trainyard_contracts.arrayview import ArrayStatus
     from trainyard_contracts.runs import PipelineRun
     from trainyard_contracts.schedules import ScheduleRecord
+    from trainyard_contracts.sweeps import SweepRecord
     from trainyard_contracts.triggers import TriggerRecord
 
 
@@ -111,6 +112,31 @@ class WorkflowCalls(HttpClient):
     def delete_trigger(self, name: str) -> None:
         """The trigger goes; the runs it started go on."""
         self._request("DELETE", f"/v1/triggers/{name}")
+
+    def run_sweep(self, sweep: Mapping[str, Any]) -> SweepRecord:
+        """Start a sweep (job template, space, objective, limits, sampler, pruner); 422 names the
+        bad field (``space.lr.high``, ``job.resources.cpu``)."""
+        return self._sweep("POST", "/v1/sweeps", json=dict(sweep))
+
+    def sweep(self, sweep_id: str) -> SweepRecord:
+        """A sweep with its trials; ``record.ranked()`` orders them by the objective,
+        ``record.best_trial()`` is the best completed one."""
+        return self._sweep("GET", f"/v1/sweeps/{sweep_id}")
+
+    def sweeps(self, limit: int = 100) -> list[SweepRecord]:
+        from trainyard_contracts.sweeps import SweepRecord
+
+        found = self._request("GET", "/v1/sweeps", params={"limit": limit}).json()["sweeps"]
+        return [SweepRecord.model_validate(s) for s in found]
+
+    def cancel_sweep(self, sweep_id: str) -> SweepRecord:
+        """No further trial starts; the trials' jobs still open are cancelled."""
+        return self._sweep("POST", f"/v1/sweeps/{sweep_id}/cancel")
+
+    def _sweep(self, method: str, path: str, **kwargs: Any) -> SweepRecord:
+        from trainyard_contracts.sweeps import SweepRecord
+
+        return SweepRecord.model_validate(self._request(method, path, **kwargs).json())
 
     def submit_array(self, spec: str | bytes | Mapping[str, Any]) -> ArrayStatus:
         """Submit a job spec with ``array: "0-99%8"``: one array object, its jobs made by the

@@ -31,6 +31,7 @@ from trainyard_submission.pipelines import build_pipeline_router
 from trainyard_submission.runtime import SubmissionRuntime, build_runtime
 from trainyard_submission.schedules import build_schedule_router
 from trainyard_submission.settings import SubmissionSettings
+from trainyard_submission.sweeps import build_sweep_router
 from trainyard_submission.triggers import build_trigger_router
 from trainyard_submission.ui import install_ui
 
@@ -113,6 +114,7 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
     app.include_router(build_pipeline_router(state))
     app.include_router(build_schedule_router(state))
     app.include_router(build_trigger_router(state))
+    app.include_router(build_sweep_router(state))
     app.include_router(build_array_router(state))
     app.include_router(build_model_router(state))
     state["submit_array"] = functools.partial(submit_array, state)

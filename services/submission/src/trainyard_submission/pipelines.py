@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainyard_contracts import SpecError
+from trainyard_contracts import JobSpec, SpecError
 from trainyard_contracts.runs import PipelineReply, PipelineRequest, PipelineRun
 from trainyard_contracts.workflow import RUN_ID_PATTERN, PipelineSpec, validate_pipeline
 from trainyard_submission.access import QueueRefused, check_submit, place_spec
@@ -120,6 +121,17 @@ async def check_pipeline(
     await check_steps(state, caller, PipelineRequest.model_validate({"pipeline": pipeline, "params": params}))
 
 
+def pipeline_document_check(state: dict[str, Any]) -> Callable[[Principal, dict[str, Any]], Awaitable[None]]:
+    """The check of a schedule or trigger document: its ``pipeline`` with its ``params``."""
+
+    async def check(caller: Principal, document: dict[str, Any]) -> None:
+        pipeline, params = document.get("pipeline"), document.get("params") or {}
+        if isinstance(pipeline, dict) and isinstance(params, dict):
+            await check_pipeline(state, caller, pipeline, params)
+
+    return check
+
+
 async def check_steps(state: dict[str, Any], caller: Principal, body: PipelineRequest) -> None:
     try:
         pipeline = validate_pipeline(body.pipeline, body.params)
@@ -133,15 +145,22 @@ async def check_spec_steps(state: dict[str, Any], caller: Principal, pipeline: P
     # what a submit of each step would refuse is refused now, naming the step, not when the step's
     # turn comes (an unknown queue, a spec no executor could hold)
     for i, step in enumerate(pipeline.steps):
-        spec = place_spec(caller, step.job)
-        try:
-            check_submit(caller, spec, await state["queues"].require(spec.queue))
-            await state["service"].check_fits(spec)
-        except QueueRefused as exc:
-            raise Problem(403, "forbidden", f"steps.{i}.job: {exc.detail}", queue=exc.queue) from exc
-        except SpecError as exc:
-            errors = [{**e.model_dump(), "field": f"steps.{i}.job.{e.field}"} for e in exc.errors]
-            raise Problem(422, "invalid pipeline", f"steps.{i}.job: {exc}", errors=errors) from exc
+        await check_job(state, caller, step.job, f"steps.{i}.job", "pipeline")
+
+
+async def check_job(state: dict[str, Any], caller: Principal, job: JobSpec, where: str, kind: str) -> None:
+    """What a submit of ``job`` by ``caller`` would refuse, refused now naming ``where`` (a
+    pipeline's step, a sweep's template): 403 for a queue it may not use, 422 for an unknown queue
+    or a spec no online executor could hold."""
+    spec = place_spec(caller, job)
+    try:
+        check_submit(caller, spec, await state["queues"].require(spec.queue))
+        await state["service"].check_fits(spec)
+    except QueueRefused as exc:
+        raise Problem(403, "forbidden", f"{where}: {exc.detail}", queue=exc.queue) from exc
+    except SpecError as exc:
+        errors = [{**e.model_dump(), "field": f"{where}.{e.field}"} for e in exc.errors]
+        raise Problem(422, f"invalid {kind}", f"{where}: {exc}", errors=errors) from exc
 
 
 async def _cancel_open_jobs(service: SubmissionService, open_job_ids: list[str], by: str) -> None:

@@ -7,7 +7,6 @@ is. A team sees and changes its own schedules only; the admin all of them.
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainyard_contracts.schedules import ScheduleReply, ScheduleRequest
 from trainyard_submission.api import Caller, Problem, authorised
-from trainyard_submission.pipelines import check_pipeline
+from trainyard_submission.pipelines import pipeline_document_check
 from trainyard_submission.workflowask import NamedObjects, public
 
 
@@ -33,7 +32,7 @@ def build_schedule_router(state: dict[str, Any]) -> APIRouter:
 
     schedules.add_routes(
         router,
-        functools.partial(check_pipeline, state),
+        pipeline_document_check(state),
         created="create a schedule: cron, timezone, concurrency, pipeline",
         listed="schedules, by name",
         shown="a schedule: its spec, last tick, runs and dropped ticks",

@@ -8,14 +8,13 @@ the admin all of them.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from fastapi import APIRouter, Depends
 
 from trainyard_contracts.triggers import TriggerReply, TriggerRequest
 from trainyard_submission.api import authorised
-from trainyard_submission.pipelines import check_pipeline
+from trainyard_submission.pipelines import pipeline_document_check
 from trainyard_submission.workflowask import NamedObjects
 
 
@@ -25,7 +24,7 @@ def build_trigger_router(state: dict[str, Any]) -> APIRouter:
 
     triggers.add_routes(
         router,
-        functools.partial(check_pipeline, state),
+        pipeline_document_check(state),
         created="create a trigger: subject, filter, params and dedupe_key (JMESPath), debounce, pipeline",
         listed="triggers, by name, with what they did with events (fired, filtered, deduplicated...)",
         shown="a trigger: its spec, the runs it fired and the events it turned away",

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from trainyard_contracts.runs import PipelineReply
 from trainyard_contracts.schedules import ScheduleReply
 from trainyard_contracts.spec import NAME_PATTERN
+from trainyard_contracts.sweeps import SweepReply
 from trainyard_contracts.triggers import TriggerReply
 from trainyard_submission.api import Caller, Problem, ask_service
 from trainyard_submission.tokens import Principal
@@ -28,7 +29,7 @@ from trainyard_submission.tokens import Principal
 WORKFLOW_TIMEOUT_SECONDS = 30.0
 
 
-Reply = TypeVar("Reply", PipelineReply, ScheduleReply, TriggerReply)
+Reply = TypeVar("Reply", PipelineReply, ScheduleReply, TriggerReply, SweepReply)
 Item = TypeVar("Item", bound=BaseModel)
 
 
@@ -74,13 +75,14 @@ async def json_object(request: Request, kind: str) -> dict[str, Any]:
     return document
 
 
-NamedReply = TypeVar("NamedReply", ScheduleReply, TriggerReply)
-CheckPipeline = Callable[[Principal, dict[str, Any], dict[str, Any]], Awaitable[None]]
+NamedReply = TypeVar("NamedReply", ScheduleReply, TriggerReply, SweepReply)
+CheckDocument = Callable[[Principal, dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class NamedObjects(Generic[NamedReply]):
-    """A kind of named object the workflow service owns (``schedule``, ``trigger``): asked on
+    """A kind of named object the workflow service owns (``schedule``, ``trigger``, ``sweep``,
+    named by its id): asked on
     ``<prefix>.workflow.<kind>-<verb>``, its reply holding it as ``<kind>`` and a list as
     ``<kind>s``, owned by ``created_by``."""
 
@@ -102,18 +104,23 @@ class NamedObjects(Generic[NamedReply]):
         return record
 
     def add_routes(
-        self, router: APIRouter, check: CheckPipeline, *, created: str, listed: str, shown: str, deleted: str
+        self,
+        router: APIRouter,
+        check: CheckDocument,
+        *,
+        created: str,
+        listed: str,
+        shown: str,
+        deleted: str | None,
     ) -> None:
-        """``POST ""`` (its pipeline held to the creator's queue rules first, with the document's
-        ``params``, as a run of it is), ``GET ""`` (the caller's, by name), ``GET /{name}``,
-        ``DELETE /{name}``."""
+        """``POST ""`` (the document held to the creator's queue rules first by ``check``: the
+        jobs it will submit, as a run of a pipeline is), ``GET ""`` (the caller's, by name),
+        ``GET /{name}``, and with ``deleted`` ``DELETE /{name}``."""
 
         @router.post("", status_code=201, summary=created)
         async def create_named(request: Request, caller: Caller) -> JSONResponse:
             document = await json_object(request, self.kind)
-            pipeline, params = document.get("pipeline"), document.get("params") or {}
-            if isinstance(pipeline, dict) and isinstance(params, dict):
-                await check(caller, pipeline, params)
+            await check(caller, document)
             answer = await self.ask("create", **{self.kind: document, "by": caller.name})
             return JSONResponse(public(getattr(answer, self.kind)), status_code=201)
 
@@ -127,6 +134,9 @@ class NamedObjects(Generic[NamedReply]):
         @router.get("/{name}", summary=shown)
         async def get_named(name: str, caller: Caller) -> dict[str, Any]:
             return public(await self.visible(caller, name))
+
+        if deleted is None:
+            return
 
         @router.delete("/{name}", summary=deleted)
         async def delete_named(name: str, caller: Caller) -> dict[str, Any]:
