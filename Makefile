@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # compiled from its first commit (tests/docs/test_lint_coverage.py holds this to the workspace members)
 PACKAGE_SOURCES := contracts/src shared/src client/src $(wildcard services/*/src)
 
-.PHONY: help install demo up test test-kubeflow kfp-venv test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli bench-workflow bench-ui clean images validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
+.PHONY: help install demo up test test-kubeflow kfp-venv test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli bench-workflow bench-ui clean images test-airflow validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
 
 help:
 	@echo "make demo     start the embedded stack, run the digits example, show its registered model"
@@ -19,6 +19,7 @@ help:
 	@echo "make images   the Docker images, no registry needed; make test-e2e: tests on them"
 	@echo "make schemas  regenerate contracts/schemas/*.json; make asyncapi: docs/asyncapi/*.json"
 	@echo "make test-kubeflow  the kfp export (its own venv: make kfp-venv) and the TrainJob backend"
+	@echo "make test-airflow  the Airflow provider (integrations/airflow) in its own venv, docs/airflow.md"
 
 install: .venv/.installed
 
@@ -69,6 +70,14 @@ test-chaos: install
 # gangs on every backend and the torch all-reduce example (builds its venv once, ~/.cache/trainyard)
 test-distributed: install
 	$(RUN) pytest -m distributed $(PYTEST_ARGS)
+
+# the Airflow provider (integrations/airflow, docs/airflow.md) in its own venv under ~/.cache/trainyard
+# (Airflow 3.3 pins FastAPI below the services'); its tests start the embedded stack with .venv's python
+AIRFLOW_VENV ?= $(HOME)/.cache/trainyard/airflow-venv
+test-airflow: install
+	@UV="$(UV)" bash integrations/airflow/venv.sh "$(AIRFLOW_VENV)"
+	cd integrations/airflow && TRAINYARD_WORKSPACE_PYTHON="$(CURDIR)/.venv/bin/python" \
+		"$(AIRFLOW_VENV)/bin/python" -m pytest $(PYTEST_ARGS)
 
 # the kubernetes backend: manifests validated offline, the client side against kmock (no cluster)
 test-kubernetes: install
