@@ -150,3 +150,34 @@ async def test_a_report_about_a_job_another_executor_runs_changes_nothing(tmp_pa
             return record.state.value == "cancelled"
 
         await eventually(cancelled, 60, "the job cancelled")
+
+
+async def test_the_applied_word_reaches_its_own_executor_only(tmp_path: Path):
+    """The scheduler tells an executor its report is applied on ``exec-applied.<id>``; another
+    executor's credentials may not listen there (what it learns would be another's job ids)."""
+    with secured_server(tmp_path / "store") as server:
+        await provisioned(server)
+        job_id = new_job_id()
+        async with (
+            connected(server, "scheduler") as scheduler,
+            connected(server, f"executor-{VICTIM}") as victim,
+            connected(server, f"executor-{THIEF}") as thief,
+        ):
+            heard: list[bytes] = []
+
+            async def hear(msg: Any) -> None:
+                heard.append(msg.data)
+
+            await victim.nc.subscribe(S.exec_applied(VICTIM), cb=hear)
+            await victim.nc.flush()
+            await thief.nc.subscribe(S.exec_applied(VICTIM))
+            await refusal(thief, S.exec_applied(VICTIM))
+
+            await scheduler.nc.publish(S.exec_applied(VICTIM), job_id.encode())
+            await scheduler.nc.flush()
+
+            async def delivered() -> bool:
+                return heard == [job_id.encode()]
+
+            await eventually(delivered, 10, "the victim executor's wake-up")
+            assert not scheduler.errors

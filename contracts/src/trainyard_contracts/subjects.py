@@ -108,6 +108,15 @@ class Subjects:
     def all_exec_reports(self) -> str:
         return f"{self.prefix}.exec-report.>"
 
+    # the scheduler's word to an executor that it applied one of its reports (core NATS: a wake-up
+    # for the executor's read of the record, which stays the truth; the body is the job id)
+    def exec_applied(self, executor_id: str) -> str:
+        return f"{self.prefix}.exec-applied.{executor_id}"
+
+    @property
+    def all_exec_applied(self) -> str:
+        return f"{self.prefix}.exec-applied.*"
+
     # models
     def model_registered(self, model_name: str) -> str:
         return f"{self.prefix}.model.{model_name}.registered"

@@ -202,3 +202,35 @@ async def test_a_stale_report_is_dropped_and_logged(caplog: pytest.LogCaptureFix
     assert bucket.revision == 0 and events.published == []  # nothing written, nothing announced
     dropped = [r for r in caplog.records if "dropped a report" in r.getMessage()]
     assert dropped and getattr(dropped[0], "executor_id", None) == ME
+
+
+@pytest.mark.unit
+async def test_the_reporting_executor_is_told_once_its_report_is_written_applied_or_not() -> None:
+    """The executor waits on the record after a start report; the scheduler's word wakes it (the
+    record still decides: a stale report's word makes it read that the attempt is not its own)."""
+    record = placed(started=False)
+    bucket = MemoryBucket("jobs")
+    await bucket.put(record.job_id, record.model_dump_json().encode())
+    told: list[tuple[str, str, int]] = []
+
+    async def notify(got: ExecutorReport) -> None:
+        told.append((got.executor_id, got.job_id, got.attempt))
+
+    applier = ReportApplier(JobStore(bucket), MemoryPublisher(), notify=notify)
+    assert await applier.apply(report("start")) is not None
+    assert await applier.apply(report("start", executor=OTHER)) is None  # not OTHER's attempt
+    assert told == [(ME, "j1", 1), (OTHER, "j1", 1)]
+
+
+@pytest.mark.unit
+async def test_a_word_that_cannot_be_sent_does_not_fail_the_report() -> None:
+    record = placed(started=False)
+    bucket = MemoryBucket("jobs")
+    await bucket.put(record.job_id, record.model_dump_json().encode())
+
+    async def broken(_: ExecutorReport) -> None:
+        raise nats.errors.ConnectionClosedError
+
+    applier = ReportApplier(JobStore(bucket), MemoryPublisher(), notify=broken)
+    applied = await applier.apply(report("start"))
+    assert applied is not None and applied.state == JobState.RUNNING

@@ -272,6 +272,7 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
             subjects.exec_command("*", "start"),
             subjects.exec_command("*", "cancel"),
             subjects.scheduler_decisions,
+            subjects.all_exec_applied,  # "your report is applied": a wake-up for its executor
         )
         # answers to why / dry-run go to the asker's reply subject (allow_responses)
         perms.add_subscribe(subjects.scheduler_why, subjects.scheduler_dry_run)
@@ -318,6 +319,7 @@ def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
     read_bucket(perms, executors)
     perms.add_publish(f"$KV.{executors}.{executor_id}", f"{subjects.prefix}.log.>", subjects.metrics_of())
     perms.add_publish(subjects.exec_reports_of(executor_id))
+    perms.add_subscribe(subjects.exec_applied(executor_id))  # the scheduler's wake-up, its own only
     read_objects(perms, subjects.workdirs_bucket)  # the jobs' packed workdirs, read only
     return perms
 

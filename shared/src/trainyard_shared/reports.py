@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats.errors
 
@@ -38,6 +39,8 @@ from trainyard_shared.jobstore import JobStore
 from trainyard_shared.publishing import EventPublisher
 
 log = logging.getLogger("trainyard.reports")
+Notify = Callable[[ExecutorReport], Awaitable[object]]
+"""Tells the reporting executor that its report was applied (the scheduler: a core NATS publish)."""
 
 CANCELLED_BEFORE_IT_RAN = "cancelled before it ran"
 # what a publish raises while NATS or a stream does not answer
@@ -168,10 +171,17 @@ class ReportApplier:
     revision and fenced on the reporting executor and attempt, so two replicas (or a report and
     the leader's own writes) never both move the same attempt."""
 
-    def __init__(self, store: JobStore, events: EventPublisher, outage_seconds: float = 300.0) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        events: EventPublisher,
+        outage_seconds: float = 300.0,
+        notify: Notify | None = None,
+    ) -> None:
         self.store = store
         self.events = events
         self.outage_seconds = outage_seconds
+        self.notify = notify
 
     async def apply(self, report: ExecutorReport) -> JobRecord | None:
         """The record after ``report``; None when it changed nothing (logged when stale)."""
@@ -182,6 +192,9 @@ class ReportApplier:
             return apply_report(record, report)
 
         result = await self.store.update(report.job_id, change)
+        # before the events: the executor waits on the record (a start runs once it is applied),
+        # not on them; applied or not, the record now says what became of the report
+        await self._notify(report)
         if result is None:
             owed = owed_after_applied(seen[-1], report) if seen else []
             if owed:
@@ -204,6 +217,14 @@ class ReportApplier:
         if owed:
             await self._announce(report.job_id, owed)
         return after
+
+    async def _notify(self, report: ExecutorReport) -> None:
+        if self.notify is None:
+            return
+        try:
+            await self.notify(report)
+        except Exception:  # a wake-up only: the executor reads the record again anyway
+            log.debug("could not tell the executor its report is applied", exc_info=True)
 
     async def _announce(self, job_id: str, owed: list[Envelope]) -> None:
         """Publish a change's events, tried again while the jobs stream does not answer (a

@@ -2,8 +2,10 @@
 
 A report goes on the executor's own subject into the reports stream (acknowledged, so it is kept
 until the scheduler applies it); where the executor must know the record before it goes on (a start
-runs only once the record says ``running``), it reads the job's key until the record decides: after
-5 ms, then at a doubling pause up to 0.5 s.
+runs only once the record says ``running``), it reads the job's key until the record decides. The
+scheduler says when it has applied a report (``<prefix>.exec-applied.<executor_id>``, core NATS),
+which wakes the reader at once; without that word (lost, or an older scheduler) the key is read
+again after 50 ms, then at a doubling pause up to 0.5 s.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from trainyard_shared.publishing import MSG_ID, publish_acked
 T = TypeVar("T")
 # what the record says to a waiting executor: None while it does not decide yet
 Decide = Callable[[JobRecord | None], T | None]
-FIRST_READ_SECONDS = 0.005  # after a report, the record is read again this soon, then ever later
+FIRST_READ_SECONDS = 0.05  # unless woken, the record is read again this soon, then ever later
 LAST_READ_SECONDS = 0.5
 
 
@@ -44,6 +46,12 @@ class BusReporter:
         self.broker = broker
         self.subjects = subjects
         self.store = store
+        self._readers: dict[str, set[asyncio.Event]] = {}  # job id -> the settles waiting on it
+
+    def applied(self, job_id: str) -> None:
+        """The scheduler applied a report of ``job_id``: its waiting readers read the record now."""
+        for woken in self._readers.get(job_id, ()):
+            woken.set()
 
     async def send(self, report: ExecutorReport) -> None:
         await publish_acked(
@@ -61,15 +69,30 @@ class BusReporter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         pause = FIRST_READ_SECONDS
-        while True:
-            found = await self.store.get(job_id)
-            verdict = decide(found[0] if found is not None else None)
-            if verdict is not None:
-                return verdict
-            if loop.time() + pause > deadline:
-                raise nats.errors.TimeoutError
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, LAST_READ_SECONDS)
+        # listening before the first read: a word that comes between the read and the wait is kept
+        woken = asyncio.Event()
+        self._readers.setdefault(job_id, set()).add(woken)
+        try:
+            while True:
+                found = await self.store.get(job_id)
+                verdict = decide(found[0] if found is not None else None)
+                if verdict is not None:
+                    return verdict
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise nats.errors.TimeoutError
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(pause, left))
+                if woken.is_set():
+                    woken.clear()
+                else:
+                    pause = min(pause * 2, LAST_READ_SECONDS)
+        finally:
+            readers = self._readers.get(job_id)
+            if readers is not None:
+                readers.discard(woken)
+                if not readers:
+                    del self._readers[job_id]
 
 
 async def record_changes(store: JobStore, job_id: str, recheck: float) -> AsyncGenerator[JobRecord | None]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge
 
 from trainyard_contracts import JobRecord, JobState
+from trainyard_contracts.reports import ExecutorReport
 from trainyard_scheduler.admission import AdmissionGate
 from trainyard_scheduler.core import SchedulerCore
 from trainyard_scheduler.leader import LeaderLease, Listener
@@ -119,6 +121,11 @@ def cycle_publisher(
     return publish_cycle
 
 
+async def tell_applied(sb: ServiceBroker, report: ExecutorReport) -> None:
+    """Wake the executor waiting on this report's record (core NATS; it reads the record)."""
+    await sb.broker.publish(report.job_id, sb.subjects.exec_applied(report.executor_id))
+
+
 async def build_runtime(
     sb: ServiceBroker,
     common: CommonSettings,
@@ -159,5 +166,5 @@ async def build_runtime(
         admission=admission_gate(common),
     )
     planning = PlanningLoop(core, lease, settings, wake, cycle_publisher(sb, settings, lease, core))
-    reports = ReportApplier(store, core.events)
+    reports = ReportApplier(store, core.events, notify=functools.partial(tell_applied, sb))
     return SchedulerRuntime(sb.registry, core, view, queue_view, lease, directory, planning, reports)
