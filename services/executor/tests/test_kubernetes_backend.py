@@ -25,10 +25,9 @@ from typing import Any
 import kmock
 import kubernetes_validate
 import pytest
-from kubernetes import client as k8s
 
 from trainyard_executor.app import make_backend
-from trainyard_executor.backends.base import AttemptLaunch, AttemptOutcome, Gang, Resources
+from trainyard_executor.backends.base import AttemptOutcome, Gang, Resources
 from trainyard_executor.backends.kube_attempt import KubeAttempt
 from trainyard_executor.backends.kube_manifests import (
     COMPLETION_INDEX_ANNOT,
@@ -45,6 +44,11 @@ from trainyard_executor.backends.kube_manifests import (
 from trainyard_executor.backends.kube_status import deciding_exit, job_end
 from trainyard_executor.backends.kubernetes import KubernetesBackend
 from trainyard_executor.jobenv import HOST_ONLY_ENV
+from trainyard_executor.kubeemulator import SAMPLE_IMAGE as IMAGE
+from trainyard_executor.kubeemulator import Lines, backend_on
+from trainyard_executor.kubeemulator import sample_launch as _launch
+from trainyard_executor.kubeemulator import whole_gang as _gang
+from trainyard_executor.kubeemulator import write_kubeconfig as _kubeconfig
 from trainyard_executor.settings import ExecutorSettings
 
 pytestmark = pytest.mark.kubernetes
@@ -52,31 +56,7 @@ pytestmark = pytest.mark.kubernetes
 K8S_VERSION = "1.37.0"
 NS = "trainyard"
 EXECUTOR = "kube-test"
-IMAGE = "registry.example/train:1"
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-
-def _launch(tmp_path: Path, job_id: str = "0abc123def456xyz", attempt: int = 1, **kw: Any) -> AttemptLaunch:
-    base: dict[str, Any] = {
-        "job_id": job_id,
-        "attempt": attempt,
-        "argv": ["python", "train.py", "--epochs", "3"],
-        "env": {"PATH": "/executor/venv/bin:/usr/bin", "LR": "0.1", "TRAINYARD_JOB_ID": job_id},
-        "workdir": tmp_path / job_id / f"attempt-{attempt}",
-        "timeout_s": 90.5,
-        "grace_s": 7.0,
-        "image": IMAGE,
-        "cpu": 1.5,
-        "memory_mb": 2048,
-        "gpu": 2,
-        "inherited_env": ("PATH",),
-    }
-    base.update(kw)
-    return AttemptLaunch(**base)
-
-
-def _gang(n: int) -> Gang:
-    return Gang(master_addr="127.0.0.1", master_port=12345, world_size=n, ranks=tuple(range(n)))
 
 
 OPTS = KubeOptions(namespace=NS, executor_id=EXECUTOR, default_image=IMAGE)
@@ -264,14 +244,8 @@ class Cluster:
         self.mock = mock
 
     def backend(self, **kw: Any) -> KubernetesBackend:
-        url = str(self.mock.url).rstrip("/")
-        kw.setdefault("watch_idle_s", 2.0)
-        return KubernetesBackend(
-            lambda: k8s.ApiClient(k8s.Configuration(host=url)),
-            OPTS,
-            Resources(cpu=64.0, memory_mb=262144, gpu=8),
-            **kw,
-        )
+        backend: KubernetesBackend = backend_on(self.mock, KubernetesBackend, OPTS, **kw)
+        return backend
 
     def jobs(self) -> dict[str, dict[str, Any]]:
         found = {}
@@ -331,14 +305,6 @@ async def cluster() -> AsyncIterator[Cluster]:
         for resource in ("batch/v1/jobs", "v1/pods", "v1/services", "networking.k8s.io/v1/networkpolicies"):
             mock.resources[resource] = {}
         yield Cluster(mock)
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    async def __call__(self, stream: str, line: str) -> None:
-        self.lines.append(line)
 
 
 async def _wait(attempt: Any) -> AttemptOutcome:
@@ -590,17 +556,6 @@ def test_selected_by_settings_with_the_pools_quota_as_capacity(tmp_path: Path) -
 
 
 # -- through the services: scheduler + executor on a real nats-server, the API from kmock ------
-
-
-def _kubeconfig(path: Path, server: str) -> Path:
-    """A kubeconfig naming the emulator: the executor finds its cluster as a deployment would."""
-    path.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
-        f"clusters:\n- name: kmock\n  cluster:\n    server: {server}\n"
-        "users:\n- name: tester\n  user: {}\n"
-        "contexts:\n- name: kmock\n  context:\n    cluster: kmock\n    user: tester\n"
-    )
-    return path
 
 
 @pytest.mark.service

@@ -44,7 +44,8 @@ log = logging.getLogger("trainyard.executor")
 
 
 def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
-    """The one backend of this executor (TRAINYARD_EXECUTOR_BACKEND=local|docker|podman|noop)."""
+    """The one backend of this executor (TRAINYARD_EXECUTOR_BACKEND=local|docker|podman|kubernetes|
+    kubeflow|noop)."""
     if settings.backend == "noop":
         from trainyard_executor.backends.noop import NoopBackend
 
@@ -76,6 +77,10 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
         from trainyard_executor.backends.kubernetes import kubernetes_backend
 
         return kubernetes_backend(settings, data)
+    if settings.backend == "kubeflow":
+        from trainyard_executor.backends.kubeflow import kubeflow_backend
+
+        return kubeflow_backend(settings, data)
     from trainyard_executor.backends.docker import DockerBackend
 
     return DockerBackend(

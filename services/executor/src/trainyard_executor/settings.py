@@ -48,7 +48,7 @@ class ExecutorSettings(HttpSettings):
         description="unique per executor; its command subject and lease key",
     )
     pool: str = "default"
-    backend: str = Field("local", pattern="^(local|docker|podman|kubernetes|noop)$")
+    backend: str = Field("local", pattern="^(local|docker|podman|kubernetes|kubeflow|noop)$")
     docker_host: str | None = Field(
         None, description="the docker backend's engine URL (default: DOCKER_HOST or the local socket)"
     )
@@ -97,6 +97,17 @@ class ExecutorSettings(HttpSettings):
     )
     kube_run_as_user: int = Field(
         1000, ge=0, description="kubernetes backend: pods' non-root uid; 0: the image's user"
+    )
+    kubeflow_runtime: str = Field(
+        "torch-distributed", min_length=1, description="kubeflow backend: the training runtime TrainJobs name"
+    )
+    kubeflow_runtime_kind: str = Field(
+        "ClusterTrainingRuntime",
+        pattern="^(ClusterTrainingRuntime|TrainingRuntime)$",
+        description="kubeflow backend: a cluster-wide runtime or one of the namespace",
+    )
+    kubeflow_container: str = Field(
+        "node", min_length=1, description="kubeflow backend: the runtime's trainer container (exit code, log)"
     )
     cpu: float | None = Field(None, gt=0, description="advertised CPUs (default: detected)")
     memory: int | None = Field(None, gt=0, description="advertised MiB (default: detected)")

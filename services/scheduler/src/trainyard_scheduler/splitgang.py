@@ -35,11 +35,12 @@ def split_placement(
         beat = online.get(p.executor_id)
         if beat is None:
             return f"executor {p.executor_id} is gone"
-        if beat.backend == "kubernetes":
-            # a Kubernetes executor runs a gang as one Indexed Job: all ranks or none
+        if beat.backend in ("kubernetes", "kubeflow"):
+            # a Kubernetes executor runs a gang as one Indexed Job, a Kubeflow one as one TrainJob:
+            # all ranks or none
             return (
                 f"the gang needs {assignment.world_size} ranks on one executor; {p.executor_id} runs "
-                "gangs whole (kubernetes)"
+                f"gangs whole ({beat.backend})"
             )
     beat = online[master.executor_id]
     if beat.advertise_host is None or beat.rendezvous_ports is None:

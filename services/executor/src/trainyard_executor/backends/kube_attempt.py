@@ -23,7 +23,6 @@ from trainyard_executor.backends.base import (
 )
 from trainyard_executor.backends.cursor import keep_cursor
 from trainyard_executor.backends.kube_manifests import (
-    CONTAINER,
     LABEL_ATTEMPT,
     LABEL_JOB,
     label_value,
@@ -173,10 +172,12 @@ class KubeAttempt:
         self._ended = threading.Event()
         self._cursor_path = launch.workdir / META_DIR / CURSOR_FILE
         labels = {LABEL_JOB: label_value(launch.job_id), LABEL_ATTEMPT: str(launch.attempt)}
+        # the backend says which object an attempt is (a Job, a TrainJob) and how its pods are labelled
+        self._pod_labels = backend.pod_labels(name, labels)
         ns = backend.options.namespace
         self._watches = [
             ResourceWatch(
-                backend.batch.list_namespaced_job,
+                backend.attempt_list_fn,
                 ns,
                 labels,
                 self._on_job,
@@ -186,7 +187,7 @@ class KubeAttempt:
             ResourceWatch(
                 backend.core.list_namespaced_pod,
                 ns,
-                labels,
+                self._pod_labels,
                 self._on_pod,
                 backend.watch_idle_s,
                 f"watch-pods-{name}",
@@ -213,7 +214,11 @@ class KubeAttempt:
             return
         if kind != "DELETED" or name not in self.pods:
             self.pods[name] = obj  # a deleted pod keeps its last state (its exit code)
-        if name not in self._followers and pod_loggable(obj) and not self._ended.is_set():
+        if (
+            name not in self._followers
+            and pod_loggable(obj, self.backend.container)
+            and not self._ended.is_set()
+        ):
             self._followers[name] = asyncio.create_task(self._follow(name, pod_rank(obj)))
         self._changed.set()
 
@@ -239,7 +244,7 @@ class KubeAttempt:
                     return self.backend.core.read_namespaced_pod_log(
                         pod,
                         self.backend.options.namespace,
-                        container=CONTAINER,
+                        container=self.backend.container,
                         follow=True,
                         _preload_content=False,
                         _request_timeout=(10, LOG_IDLE_S),
@@ -349,7 +354,7 @@ class KubeAttempt:
         if self._cancelled or self._timed_out:
             return self._stopped_outcome() if self.job_gone else None
         end = job_end(self.job) if self.job is not None else None
-        exit_ = deciding_exit(self.pods.values())
+        exit_ = deciding_exit(self.pods.values(), self.backend.container)
         if end is not None and end.kind == "succeeded":
             return AttemptOutcome("succeeded", 0, "exit code 0", out)
         if end is not None and end.kind == "timed_out":
@@ -369,7 +374,7 @@ class KubeAttempt:
         return None
 
     def _stopped_outcome(self) -> AttemptOutcome:
-        exit_ = deciding_exit(self.pods.values())
+        exit_ = deciding_exit(self.pods.values(), self.backend.container)
         code = exit_.exit_code if exit_ else None
         if self._timed_out:
             return AttemptOutcome(
@@ -379,7 +384,7 @@ class KubeAttempt:
 
     async def _refresh_pods(self) -> None:
         try:
-            pods = await in_thread(self.backend.list_pods, self.launch.job_id, self.launch.attempt)
+            pods = await in_thread(self.backend.list_pods, self._pod_labels)
         except Exception as exc:
             log.debug("could not list pods", extra={"job": self.name, "error": api_error(exc)})
             return

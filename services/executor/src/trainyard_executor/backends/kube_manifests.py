@@ -217,7 +217,9 @@ def _storage(launch: AttemptLaunch, claim: str | None) -> tuple[list[dict[str, A
     return mounts, volumes
 
 
-def _annotations(launch: AttemptLaunch, output_dir: str, started_at: float, replicas: int) -> dict[str, str]:
+def attempt_annotations(
+    launch: AttemptLaunch, output_dir: str, started_at: float, replicas: int
+) -> dict[str, str]:
     """What an executor that restarted needs to adopt the Job again."""
     annotations = {
         ANNOT_JOB: launch.job_id,
@@ -321,7 +323,7 @@ def job_manifest(
     if replicas > 1:
         spec.update(completionMode="Indexed", completions=replicas, parallelism=replicas)
         pod_spec["subdomain"] = name
-    annotations = _annotations(launch, output_dir, started_at, replicas)
+    annotations = attempt_annotations(launch, output_dir, started_at, replicas)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -61,17 +61,17 @@ def pod_rank(pod: Mapping[str, Any]) -> int:
         return 0
 
 
-def _job_container(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def _job_container(pod: Mapping[str, Any], container: str) -> Mapping[str, Any] | None:
     statuses: list[Mapping[str, Any]] = (pod.get("status") or {}).get("containerStatuses") or []
     for status in statuses:
-        if status.get("name") == CONTAINER:
+        if status.get("name") == container:
             return status
     return None
 
 
-def pod_exit(pod: Mapping[str, Any]) -> PodExit | None:
-    """The job container's exit, once it terminated."""
-    status = _job_container(pod)
+def pod_exit(pod: Mapping[str, Any], container: str = CONTAINER) -> PodExit | None:
+    """The job container's exit, once it terminated (``container``: its name in the pod)."""
+    status = _job_container(pod, container)
     if status is None:
         return None
     terminated = (status.get("state") or {}).get("terminated")
@@ -97,18 +97,18 @@ def pod_stuck(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
-def pod_loggable(pod: Mapping[str, Any]) -> bool:
+def pod_loggable(pod: Mapping[str, Any], container: str = CONTAINER) -> bool:
     """The job container has started (running or ended): its log can be read."""
-    status = _job_container(pod)
+    status = _job_container(pod, container)
     if status is None:
         return (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
     state = status.get("state") or {}
     return bool(state.get("running") or state.get("terminated"))
 
 
-def deciding_exit(pods: Iterable[Mapping[str, Any]]) -> PodExit | None:
+def deciding_exit(pods: Iterable[Mapping[str, Any]], container: str = CONTAINER) -> PodExit | None:
     """The exit that explains the attempt: the lowest-ranked failure, else rank 0's exit."""
-    exits = sorted((e for p in pods if (e := pod_exit(p)) is not None), key=lambda e: e.rank)
+    exits = sorted((e for p in pods if (e := pod_exit(p, container)) is not None), key=lambda e: e.rank)
     failures = [e for e in exits if e.exit_code != 0]
     if failures:
         return failures[0]

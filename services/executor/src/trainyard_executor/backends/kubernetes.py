@@ -17,6 +17,7 @@ Nodes are not ours: the capacity this executor advertises is the pool's quota fr
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -48,13 +49,13 @@ from trainyard_executor.backends.kube_manifests import (
     ANNOT_TIMEOUT,
     ANNOT_WORKDIR,
     ANNOT_WORLD,
+    CONTAINER,
     LABEL_ATTEMPT,
     LABEL_EXECUTOR,
     LABEL_GANG,
     LABEL_JOB,
     GangSplitError,
     KubeOptions,
-    attempt_selector,
     companion_metadata,
     executor_selector,
     gang_network_policy,
@@ -100,6 +101,10 @@ class KubernetesBackend:
     """Attempts as Jobs in one namespace of a cluster this executor does not own."""
 
     name = "kubernetes"
+    kind = "Job"
+    """What an attempt is here, in messages."""
+    container = CONTAINER
+    """The container that runs the job in each pod: its exit code and log are the attempt's."""
 
     def __init__(
         self,
@@ -144,6 +149,21 @@ class KubernetesBackend:
     def networking(self) -> k8s.NetworkingV1Api:
         return k8s.NetworkingV1Api(self.api)
 
+    # -- what an attempt is (the kubeflow backend's TrainJob answers these differently) ----------
+
+    @property
+    def attempt_list_fn(self) -> Callable[..., Any]:
+        """list (and watch) the attempts' objects: ``fn(namespace, label_selector=...)``."""
+        return self.batch.list_namespaced_job
+
+    def pod_labels(self, name: str, labels: dict[str, str]) -> dict[str, str]:
+        """The labels of the attempt's pods (``labels``: the attempt's own): a Job's pod template
+        carries the attempt's labels."""
+        return labels
+
+    def read_attempt(self, name: str) -> dict[str, Any]:
+        return self._raw(self.batch.read_namespaced_job(name, self.options.namespace))
+
     def isolation(self) -> Isolation:
         return kube_isolation(self.options.run_as_user, self.options.automount_token)
 
@@ -164,60 +184,46 @@ class KubernetesBackend:
             return self.outputs_mount / "outputs" / launch.job_id / f"attempt-{launch.attempt}"
         return launch.workdir / launch.output_subdir
 
-    async def start(self, launch: AttemptLaunch, on_line: LineSink) -> KubeAttempt | FinishedAttempt:
-        output_dir = self.output_dir(launch)
+    def refusal(self, launch: AttemptLaunch) -> str | None:
+        """Why this backend cannot run the attempt as it is, or None; the work dir is made."""
         try:
             launch.workdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            return FinishedAttempt(f"could not prepare the work dir: {exc}", output_dir)
+            return f"could not prepare the work dir: {exc}"
         if launch.runtime_pip:
-            return FinishedAttempt(
-                "runtime_env.pip is not supported by the kubernetes backend: "
-                "install the packages in the image",
-                output_dir,
+            return (
+                f"runtime_env.pip is not supported by the {self.name} backend: "
+                "install the packages in the image"
             )
         if launch.workdir_archive is not None:
             # never run the job without the folder it names (docs/executors.md, "workdir")
-            return FinishedAttempt(
-                "workdir is not supported by the kubernetes backend yet: give source (a git "
-                "repository) or run the job on a local, docker or podman executor",
-                output_dir,
+            return (
+                f"workdir is not supported by the {self.name} backend yet: give source (a git "
+                "repository) or run the job on a local, docker or podman executor"
             )
+        return None
+
+    async def start(self, launch: AttemptLaunch, on_line: LineSink) -> KubeAttempt | FinishedAttempt:
+        output_dir = self.output_dir(launch)
+        if (refused := self.refusal(launch)) is not None:
+            return FinishedAttempt(refused, output_dir)
         started_at = time.time()
         try:
-            # the installation's git rule, checked here (it resolves the host: in a thread)
-            git = (
-                await in_thread(kube_git_fetch, launch.source_repo, self.git_policy, name="git-rule")
-                if launch.source_repo
-                else None
-            )
-            manifest = job_manifest(
-                launch,
-                self.options,
-                HOST_ONLY_ENV,
-                output_dir=str(output_dir),
-                started_at=started_at,
-                git=git,
-            )
+            create = await self.prepare(launch, str(output_dir), started_at)
         except RepoRefused as exc:
             return FinishedAttempt(f"source repository refused: {exc}", output_dir)
         except (GangSplitError, ValueError) as exc:
             return FinishedAttempt(str(exc), output_dir)
-        secret = attempt_secret(
-            companion_metadata(manifest, self.options, None),
-            git_config_key=git_config_key(git),
-            secret_env={k: launch.env[k] for k in launch.secret_env if k in launch.env},
-        )
         try:
-            job = await in_thread(self._create, manifest, secret, name=f"create-{launch.job_id}")
-        except _NotOurs as exc:
+            made = await in_thread(create, name=f"create-{launch.job_id}")
+        except NotOurs as exc:
             return FinishedAttempt(str(exc), output_dir)
         except Exception as exc:
-            return FinishedAttempt(f"could not create the Job: {api_error(exc)}", output_dir)
-        annotations = job["metadata"].get("annotations") or {}
+            return FinishedAttempt(f"could not create the {self.kind}: {api_error(exc)}", output_dir)
+        annotations = made["metadata"].get("annotations") or {}
         return KubeAttempt(
             self,
-            job["metadata"]["name"],
+            made["metadata"]["name"],
             launch,
             output_dir,
             on_line,
@@ -225,6 +231,28 @@ class KubernetesBackend:
             started_at=float(annotations.get(ANNOT_STARTED) or started_at),
             skip=_read_cursor(launch.workdir),
         )
+
+    async def prepare(
+        self, launch: AttemptLaunch, output_dir: str, started_at: float
+    ) -> Callable[[], dict[str, Any]]:
+        """The attempt's objects, checked and built; returns the blocking call that creates them
+        (and answers the attempt's object as it exists). Raises what :meth:`start` turns into a
+        failed attempt: RepoRefused, GangSplitError, ValueError."""
+        # the installation's git rule, checked here (it resolves the host: in a thread)
+        git = (
+            await in_thread(kube_git_fetch, launch.source_repo, self.git_policy, name="git-rule")
+            if launch.source_repo
+            else None
+        )
+        manifest = job_manifest(
+            launch, self.options, HOST_ONLY_ENV, output_dir=output_dir, started_at=started_at, git=git
+        )
+        secret = attempt_secret(
+            companion_metadata(manifest, self.options, None),
+            git_config_key=git_config_key(git),
+            secret_env={k: launch.env[k] for k in launch.secret_env if k in launch.env},
+        )
+        return functools.partial(self._create, manifest, secret)
 
     def _create(self, manifest: dict[str, Any], secret: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create the Job (and a gang's Service). A Job of this very attempt that exists already
@@ -235,17 +263,11 @@ class KubernetesBackend:
         name = manifest["metadata"]["name"]
         if secret is not None:
             self._create_gang_object(self.core.create_namespaced_secret, secret)
-        try:
-            # the client's stubs want a V1Job model; it sends a plain dict as it is
-            job = self._raw(self.batch.create_namespaced_job(ns, manifest))  # type: ignore[arg-type]
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            job = self._raw(self.batch.read_namespaced_job(name, ns))
-            owner = ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_EXECUTOR)
-            if owner != manifest["metadata"]["labels"][LABEL_EXECUTOR]:
-                raise _NotOurs(f"a Job named {name} exists and belongs to executor {owner!r}") from exc
-            log.warning("attached to the existing Job of this attempt", extra={"job": name})
+        # the client's stubs want a V1Job model; it sends a plain dict as it is
+        job = self.create_or_attach(
+            lambda: self._raw(self.batch.create_namespaced_job(ns, manifest)),  # type: ignore[arg-type]
+            manifest,
+        )
         if secret is not None:
             owned = {"metadata": companion_metadata(manifest, self.options, job["metadata"].get("uid"))}
             with contextlib.suppress(ApiException):  # unowned, it still goes with the attempt
@@ -266,6 +288,28 @@ class KubernetesBackend:
                 raise
         return job
 
+    def create_or_attach(
+        self, create: Callable[[], dict[str, Any] | None], manifest: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The attempt's object as created, or as it exists when this executor made it before (a
+        redelivered start, a restart between create and record): attached to, never doubled. One
+        of the same name that another executor made is refused (:class:`NotOurs`)."""
+        name = manifest["metadata"]["name"]
+        try:
+            created = create()
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            found = self.read_attempt(name)
+            owner = ((found.get("metadata") or {}).get("labels") or {}).get(LABEL_EXECUTOR)
+            if owner != manifest["metadata"]["labels"][LABEL_EXECUTOR]:
+                kind = manifest.get("kind", "Job")
+                raise NotOurs(f"a {kind} named {name} exists and belongs to executor {owner!r}") from exc
+            log.warning("attached to the existing object of this attempt", extra={"job": name})
+            return found
+        # an API may answer a create with no body: what was sent is what exists
+        return created or manifest
+
     def _create_gang_object(self, create: Callable[..., Any], body: dict[str, Any]) -> None:
         """One of a gang's companions (its Service, its NetworkPolicy); one that exists is this
         attempt's own (same name), from an earlier start."""
@@ -277,12 +321,10 @@ class KubernetesBackend:
 
     # -- blocking helpers (threads) -----------------------------------------------------------
 
-    def list_pods(self, job_id: str, attempt: int) -> list[dict[str, Any]]:
-        pods = self.core.list_namespaced_pod(
-            self.options.namespace, label_selector=attempt_selector(job_id, attempt)
-        )
-        want = {LABEL_JOB: label_value(job_id), LABEL_ATTEMPT: str(attempt)}
-        return [p for p in (self._raw(i) for i in pods.items) if has_labels(p, want)]
+    def list_pods(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        pods = self.core.list_namespaced_pod(self.options.namespace, label_selector=selector)
+        return [p for p in (self._raw(i) for i in pods.items) if has_labels(p, labels)]
 
     def delete_attempt(self, name: str, grace_s: float, propagation: str) -> bool:
         """Delete a Job (pods after their grace) and its Service; True if the Job is gone now."""
@@ -294,12 +336,19 @@ class KubernetesBackend:
             self.networking.delete_namespaced_network_policy(name, ns)
         with contextlib.suppress(ApiException):
             self.core.delete_namespaced_secret(secret_name(name), ns)
-        try:
-            self.batch.delete_namespaced_job(
+        return self.gone_after(
+            lambda: self.batch.delete_namespaced_job(
                 name, ns, propagation_policy=propagation, grace_period_seconds=grace
-            )
-            # Foreground: the Job stays (with a deletionTimestamp) until its pods are gone
-            self.batch.read_namespaced_job(name, ns)
+            ),
+            name,
+        )
+
+    def gone_after(self, delete: Callable[[], object], name: str) -> bool:
+        """Delete the attempt's object; True if it is gone now (Foreground: it stays, with a
+        deletionTimestamp, until its pods are gone)."""
+        try:
+            delete()
+            self.read_attempt(name)
         except ApiException as exc:
             if exc.status == 404:
                 return True
@@ -334,7 +383,7 @@ class KubernetesBackend:
 
     async def adopt(self, found: FoundAttempt, on_line: LineSink) -> KubeAttempt:
         """Follow the Job of an attempt a previous run of this executor created."""
-        job = self._raw(await in_thread(self.batch.read_namespaced_job, found.ref, self.options.namespace))
+        job = await in_thread(self.read_attempt, found.ref, name="read-attempt")
         annotations = job["metadata"].get("annotations") or {}
         timeout = annotations.get(ANNOT_TIMEOUT)
         output_dir = Path(annotations.get(ANNOT_OUTPUT_DIR) or ".")
@@ -367,8 +416,8 @@ class KubernetesBackend:
             log.warning("could not delete a stale Job", extra={"job": found.ref, "error": api_error(exc)})
 
 
-class _NotOurs(RuntimeError):
-    pass
+class NotOurs(RuntimeError):
+    """An object of the attempt's name exists and another executor made it."""
 
 
 def _read_cursor(workdir: Path) -> dict[str, int]:
@@ -379,13 +428,28 @@ def _read_cursor(workdir: Path) -> dict[str, int]:
         return {}
 
 
-def kubernetes_backend(settings: Any, data: Path) -> KubernetesBackend:
-    """The backend of TRAINYARD_EXECUTOR_BACKEND=kubernetes, from the executor's settings."""
+def pool_quota(settings: Any, backend: str) -> Resources:
+    """What a cluster backend advertises: the pool's quota from the settings (the nodes are shared)."""
     if settings.cpu is None or settings.memory is None:
         raise ValueError(
-            "the kubernetes backend advertises the pool's quota, not a machine's: set "
+            f"the {backend} backend advertises the pool's quota, not a machine's: set "
             "TRAINYARD_EXECUTOR_CPU and TRAINYARD_EXECUTOR_MEMORY (and TRAINYARD_EXECUTOR_GPU)"
         )
+    return Resources(cpu=float(settings.cpu), memory_mb=int(settings.memory), gpu=int(settings.gpu or 0))
+
+
+B = TypeVar("B", bound="KubernetesBackend")
+
+
+def kubernetes_backend(settings: Any, data: Path) -> KubernetesBackend:
+    """The backend of TRAINYARD_EXECUTOR_BACKEND=kubernetes, from the executor's settings."""
+    return cluster_backend(KubernetesBackend, settings)
+
+
+def cluster_backend(kind: type[B], settings: Any, **extra: Any) -> B:
+    """A backend of this family (kubernetes, kubeflow) from the executor's settings; ``extra``:
+    the arguments only ``kind`` takes."""
+    capacity = pool_quota(settings, kind.name)
     options = KubeOptions(
         namespace=settings.kube_namespace,
         executor_id=settings.id,
@@ -395,13 +459,23 @@ def kubernetes_backend(settings: Any, data: Path) -> KubernetesBackend:
         outputs_claim=settings.kube_outputs_claim,
         automount_token=settings.kube_automount_token,
     )
-    return KubernetesBackend(
+    return kind(
         lambda: api_client_from_config(settings.kube_context),
         options,
-        Resources(cpu=float(settings.cpu), memory_mb=int(settings.memory), gpu=int(settings.gpu or 0)),
+        capacity,
         outputs_mount=settings.kube_outputs_mount,
         keep_failed=settings.keep_failed_containers,
+        **extra,
     )
 
 
-__all__ = ["KubeAttempt", "KubernetesBackend", "api_client_from_config", "job_name", "kubernetes_backend"]
+__all__ = [
+    "KubeAttempt",
+    "KubernetesBackend",
+    "NotOurs",
+    "api_client_from_config",
+    "cluster_backend",
+    "job_name",
+    "kubernetes_backend",
+    "pool_quota",
+]

@@ -1,0 +1,378 @@
+"""The kubeflow backend: an attempt as a Kubeflow Trainer v2 TrainJob.
+
+No cluster and no Kubeflow Trainer can run on this machine. The stand-ins (trainyard_executor.
+kubeemulator): kmock's in-memory Kubernetes API, which the official client talks to for real, and
+``TrainerStandIn``, a small controller of ours that turns a TrainJob into pods and conditions as the
+Trainer, JobSet and the kubelet would. So these tests show the client side (what the backend
+creates, patches, watches, reads and deletes, and what it concludes from conditions and pods)
+against a stand-in, not a real Trainer's behaviour; the TrainJob manifest is checked field by field
+against the v1alpha1 API (no offline schema for the CRD is at hand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from trainyard_executor.app import make_backend
+from trainyard_executor.backends.base import AttemptLaunch, AttemptOutcome, Gang, Resources
+from trainyard_executor.backends.kube_attempt import KubeAttempt
+from trainyard_executor.backends.kube_manifests import (
+    ANNOT_TIMEOUT,
+    LABEL_ATTEMPT,
+    LABEL_EXECUTOR,
+    LABEL_JOB,
+    GangSplitError,
+    KubeOptions,
+    job_name,
+)
+from trainyard_executor.backends.kube_trainjob import TrainerOptions, trainjob_manifest
+from trainyard_executor.backends.kubeflow import KubeflowBackend
+from trainyard_executor.jobenv import HOST_ONLY_ENV
+from trainyard_executor.kubeemulator import (
+    SAMPLE_IMAGE as IMAGE,
+)
+from trainyard_executor.kubeemulator import (
+    TRAINJOBS_RESOURCE,
+    Lines,
+    NodeRun,
+    Script,
+    TrainerStandIn,
+    TrainJobFails,
+    backend_on,
+    emulator,
+    trainer_stand_in,
+    write_kubeconfig,
+)
+from trainyard_executor.kubeemulator import (
+    sample_launch as _launch,
+)
+from trainyard_executor.kubeemulator import (
+    whole_gang as _gang,
+)
+from trainyard_executor.settings import ExecutorSettings
+
+pytestmark = pytest.mark.kubeflow
+
+NS = "trainyard"
+EXECUTOR = "kubeflow-test"
+OPTS = KubeOptions(namespace=NS, executor_id=EXECUTOR)
+
+
+def _manifest(launch: AttemptLaunch, trainer: TrainerOptions | None = None) -> dict[str, Any]:
+    return trainjob_manifest(
+        launch, OPTS, trainer or TrainerOptions(), HOST_ONLY_ENV, output_dir="/out", started_at=1.0
+    )
+
+
+# -- the TrainJob, pure ------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_a_trainjob_is_created_suspended_with_runtime_nodes_resources_env_and_deadline(
+    tmp_path: Path,
+) -> None:
+    launch = _launch(tmp_path, gang=_gang(3))
+    trainer = TrainerOptions(runtime="torch-gpu", runtime_kind="TrainingRuntime")
+    tj = _manifest(launch, trainer)
+
+    assert (tj["apiVersion"], tj["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert tj["metadata"]["name"] == job_name(launch.job_id, 1)
+    assert tj["metadata"]["labels"] == {
+        LABEL_JOB: launch.job_id,
+        LABEL_ATTEMPT: "1",
+        LABEL_EXECUTOR: EXECUTOR,
+    }
+    assert tj["metadata"]["annotations"][ANNOT_TIMEOUT] == "90.5"
+    spec = tj["spec"]
+    assert spec["suspend"] is True
+    assert spec["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "TrainingRuntime",
+        "name": "torch-gpu",
+    }
+    assert spec["activeDeadlineSeconds"] == 91  # rounded up, never shorter than asked
+    trainer_spec = spec["trainer"]
+    assert trainer_spec["image"] == IMAGE and trainer_spec["command"] == launch.argv
+    assert trainer_spec["numNodes"] == 3
+    limits = {"cpu": "1500m", "memory": "2048Mi", "nvidia.com/gpu": "2"}
+    assert trainer_spec["resourcesPerNode"] == {"requests": limits, "limits": limits}
+    env = {e["name"]: e["value"] for e in trainer_spec["env"]}
+    assert env["LR"] == "0.1" and env["TRAINYARD_JOB_ID"] == launch.job_id
+    assert "PATH" not in env  # the executor's PATH names its host, not the image
+    assert "RANK" not in env and "MASTER_ADDR" not in env  # the runtime's rendezvous, not ours
+
+
+@pytest.mark.unit
+def test_no_timeout_no_deadline_and_a_split_gang_or_no_image_is_refused(tmp_path: Path) -> None:
+    plain = _manifest(_launch(tmp_path, timeout_s=None, gang=None))
+    assert "activeDeadlineSeconds" not in plain["spec"] and plain["spec"]["trainer"]["numNodes"] == 1
+    split = Gang(master_addr="10.0.0.1", master_port=29500, world_size=4, ranks=(2, 3))
+    with pytest.raises(GangSplitError):
+        _manifest(_launch(tmp_path, gang=split))
+    with pytest.raises(ValueError, match="needs an image"):
+        _manifest(_launch(tmp_path, image=None))
+
+
+@pytest.mark.unit
+def test_selected_by_settings_with_its_runtime_and_the_pools_quota(tmp_path: Path) -> None:
+    settings = ExecutorSettings(
+        backend="kubeflow",
+        id="kf-pool",
+        cpu=32,
+        memory=131072,
+        gpu=4,
+        kube_namespace="ml",
+        kubeflow_runtime="torch-gpu",
+    )
+    backend = make_backend(settings, tmp_path)  # no API call yet: the client is made on first use
+    assert isinstance(backend, KubeflowBackend) and backend.name == "kubeflow"
+    assert backend.capacity() == Resources(cpu=32.0, memory_mb=131072, gpu=4)
+    assert backend.trainer.runtime == "torch-gpu" and backend.container == "node"
+    assert backend.options.namespace == "ml"
+    with pytest.raises(ValueError, match="TRAINYARD_EXECUTOR_CPU"):
+        make_backend(ExecutorSettings(backend="kubeflow", id="kf-pool"), tmp_path)
+
+
+# -- the client side, against kmock and the stand-in Trainer -------------------------------------
+
+
+class Cluster:
+    """kmock with the TrainJob kind, and the stand-in Trainer following ``script``."""
+
+    def __init__(self, mock: Any) -> None:
+        self.mock = mock
+        self.script: Script = lambda tj: [NodeRun(0)] * tj["spec"]["trainer"]["numNodes"]
+
+    def backend(self, **kw: Any) -> KubeflowBackend:
+        backend: KubeflowBackend = backend_on(self.mock, KubeflowBackend, OPTS, **kw)
+        return backend
+
+    def trainjobs(self) -> dict[str, dict[str, Any]]:
+        return TrainerStandIn(self.mock, NS, self.script).trainjobs()
+
+    def pods(self) -> list[str]:
+        return [
+            n for (r, _ns, n), o in list(self.mock.objects.items()) if r.plural == "pods" and not o.deleted
+        ]
+
+    def requests(self, method: str, fragment: str) -> list[Any]:
+        return [r for r in list(self.mock) if r.method.value == method and fragment in str(r.url)]
+
+    async def until(self, what: Any, deadline_s: float = 15.0) -> Any:
+        end = asyncio.get_running_loop().time() + deadline_s
+        while not (value := what()):
+            assert asyncio.get_running_loop().time() < end, "condition not met in time"
+            await asyncio.sleep(0.02)
+        return value
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    async with emulator(TRAINJOBS_RESOURCE) as mock:
+        state = Cluster(mock)
+        async with trainer_stand_in(mock, NS, lambda tj: state.script(tj)):
+            yield state
+
+
+async def _wait(attempt: Any) -> AttemptOutcome:
+    return await asyncio.wait_for(attempt.wait(), 30)
+
+
+async def test_a_trainjob_is_created_suspended_resumed_and_completes_with_its_log(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Against kmock and the stand-in Trainer: create (suspended), resume, Complete, log, release."""
+    cluster.script = lambda tj: [NodeRun(0, b"epoch 1\nepoch 2\nno newline at the end")]
+    backend = cluster.backend()
+    lines = Lines()
+    attempt = await backend.start(_launch(tmp_path), lines)
+    assert isinstance(attempt, KubeAttempt)
+    outcome = await _wait(attempt)
+
+    assert (outcome.kind, outcome.exit_code, outcome.reason) == ("succeeded", 0, "exit code 0")
+    assert lines.lines == ["epoch 1", "epoch 2", "no newline at the end"]
+    (create,) = cluster.requests("POST", "/trainjobs")
+    (resume,) = [
+        r for r in cluster.requests("PATCH", f"/trainjobs/{attempt.name}") if "/status" not in str(r.url)
+    ]
+    assert list(cluster.mock).index(create) < list(cluster.mock).index(resume)
+    assert create.data["spec"]["suspend"] is True  # created suspended...
+    assert resume.data == {"spec": {"suspend": False}}  # ...then resumed
+    follow = cluster.requests("GET", "/log")
+    assert follow and "container=node" in str(follow[0].url)
+    await attempt.release()
+    assert cluster.trainjobs() == {}
+    await cluster.until(lambda: not cluster.pods())  # the stand-in's garbage collection
+
+
+async def test_a_failed_node_fails_the_attempt_with_its_rank_and_exit_code(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Against kmock and the stand-in Trainer: two nodes, the second exits 3; logs tagged by rank."""
+    cluster.script = lambda tj: [NodeRun(0, b"hello from 0\n"), NodeRun(3, b"hello from 1\n")]
+    lines = Lines()
+    attempt = await cluster.backend().start(_launch(tmp_path, gang=_gang(2)), lines)
+    outcome = await _wait(attempt)
+    assert (outcome.kind, outcome.exit_code, outcome.reason) == ("failed", 3, "rank 1 exit code 3")
+    assert sorted(lines.lines) == ["[rank 0] hello from 0", "[rank 1] hello from 1"]
+    assert cluster.trainjobs()[attempt.name]["spec"]["trainer"]["numNodes"] == 2
+
+
+async def test_a_failed_condition_without_pods_gives_its_reason(cluster: Cluster, tmp_path: Path) -> None:
+    """Against kmock and the stand-in Trainer: the TrainJob fails before any pod (a runtime that
+    does not exist): the condition's reason and message are the attempt's."""
+    cluster.script = lambda tj: TrainJobFails(
+        "TrainingRuntimeNotFound", "ClusterTrainingRuntime torch-distributed not found"
+    )
+    attempt = await cluster.backend().start(_launch(tmp_path), Lines())
+    outcome = await _wait(attempt)
+    assert outcome.kind == "failed" and outcome.exit_code is None
+    assert (
+        outcome.reason
+        == "job failed: TrainingRuntimeNotFound: ClusterTrainingRuntime torch-distributed not found"
+    )
+
+
+async def test_the_deadline_ends_a_trainjob_as_timed_out(cluster: Cluster, tmp_path: Path) -> None:
+    """Against kmock and the stand-in Trainer (which enforces activeDeadlineSeconds): Failed with
+    DeadlineExceeded is timed_out."""
+    cluster.script = lambda tj: [NodeRun(None, b"still training\n")]
+    attempt = await cluster.backend().start(_launch(tmp_path, timeout_s=0.5), Lines())
+    outcome = await _wait(attempt)
+    assert (outcome.kind, outcome.reason) == ("timed_out", "timed out after 0.5s")
+
+
+async def test_cancel_deletes_the_trainjob_with_the_grace(cluster: Cluster, tmp_path: Path) -> None:
+    """Against kmock and the stand-in Trainer: cancel = delete (foreground, grace), then cancelled."""
+    cluster.script = lambda tj: [NodeRun(None, b"step 1\n")]
+    lines = Lines()
+    attempt = await cluster.backend().start(_launch(tmp_path), lines)
+    assert isinstance(attempt, KubeAttempt)
+    await cluster.until(lambda: lines.lines)
+    await attempt.cancel()
+    outcome = await _wait(attempt)
+    assert outcome.kind == "cancelled"
+    (delete,) = cluster.requests("DELETE", f"/trainjobs/{attempt.name}")
+    assert "propagationPolicy=Foreground" in str(delete.url) and "gracePeriodSeconds=7" in str(delete.url)
+    assert cluster.trainjobs() == {}
+
+
+async def test_source_secret_env_and_workdir_are_refused_before_anything_is_created(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    backend = cluster.backend()
+    archive = tmp_path / "wd.tar.gz"
+    archive.write_bytes(b"")
+    refused = {
+        "source": _launch(tmp_path, source_repo="https://git.example/r.git", source_commit="abc"),
+        "secret_env": _launch(tmp_path, secret_env=("LR",)),
+        "workdir": _launch(tmp_path, workdir_archive=archive),
+    }
+    for field, launch in refused.items():
+        outcome = await _wait(await backend.start(launch, Lines()))
+        assert (
+            outcome.kind == "failed" and f"{field} is not supported by the kubeflow backend" in outcome.reason
+        )
+    assert cluster.requests("POST", "/trainjobs") == []
+
+
+async def test_after_a_restart_a_trainjob_left_suspended_is_found_resumed_and_followed(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Against kmock and the stand-in Trainer: the executor stopped between create and resume (the
+    TrainJob is made here as it would have left it); a new one finds it by label, adopts it and
+    resumes it, and the stand-in then runs it. Another executor's TrainJob is not found."""
+    cluster.script = lambda tj: [NodeRun(0, b"ran after the restart\n")]
+    launch = _launch(tmp_path, attempt=2)
+    for owner in (EXECUTOR, "someone-else"):
+        opts = KubeOptions(namespace=NS, executor_id=owner)
+        body = trainjob_manifest(
+            _launch(tmp_path, attempt=2, job_id=launch.job_id if owner == EXECUTOR else "0other0000000001"),
+            opts,
+            TrainerOptions(),
+            HOST_ONLY_ENV,
+            output_dir=str(tmp_path / "out"),
+            started_at=time.time(),  # the executor's own deadline counts from it
+        )
+        resp = await cluster.mock.post(
+            f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs", json=body
+        )
+        assert resp.status == 200, await resp.text()
+    await cluster.until(lambda: all(tj.get("status") for tj in cluster.trainjobs().values()))  # Suspended
+    assert cluster.pods() == []  # suspended: nothing runs
+
+    backend = cluster.backend()
+    (found,) = await backend.find_attempts()
+    assert (found.job_id, found.attempt, found.ref) == (launch.job_id, 2, job_name(launch.job_id, 2))
+    lines = Lines()
+    adopted = await backend.adopt(found, lines)
+    assert adopted.launch.timeout_s == 90.5
+    outcome = await _wait(adopted)
+    assert outcome.kind == "succeeded" and lines.lines == ["ran after the restart"]
+
+
+async def test_a_second_start_attaches_and_another_executors_trainjob_is_not_taken(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.script = lambda tj: [NodeRun(None)]
+    launch = _launch(tmp_path)
+    first = await cluster.backend().start(launch, Lines())
+    second = await cluster.backend().start(launch, Lines())
+    assert isinstance(first, KubeAttempt) and isinstance(second, KubeAttempt) and first.name == second.name
+    assert len(cluster.trainjobs()) == 1
+    url = str(cluster.mock.url).rstrip("/")
+    other = KubeflowBackend(
+        lambda: k8s.ApiClient(k8s.Configuration(host=url)),
+        KubeOptions(namespace=NS, executor_id="someone-else"),
+        Resources(1.0, 1, 0),
+    )
+    outcome = await _wait(await other.start(launch, Lines()))
+    assert outcome.kind == "failed" and "belongs to executor" in outcome.reason
+    for attempt in (first, second):
+        await attempt.detach()
+
+
+# -- through the services: scheduler + executor on a real nats-server ---------------------------
+
+
+@pytest.mark.service
+async def test_a_job_runs_through_the_services_as_a_trainjob(
+    cluster: Cluster, nats_server: Any, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against kmock and the stand-in Trainer: the scheduler places a 2-replica job on a kubeflow
+    executor found through a kubeconfig; the executor runs it as one TrainJob of two nodes, ships
+    their logs and records the outcome."""
+    from trainyard_contracts import JobSpec
+    from trainyard_executor.app import create_app as executor_app
+    from trainyard_scheduler.app import create_app as scheduler_app
+    from trainyard_scheduler.settings import SchedulerSettings
+    from trainyard_shared.testing.helpers import Bus, common_settings, running
+
+    server = str(cluster.mock.url).rstrip("/")
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", server)))
+    monkeypatch.setenv("TRAINYARD_EXECUTOR_BACKEND", "kubeflow")
+    cluster.script = lambda tj: [NodeRun(0, f"node {i} loss 0.25\n".encode()) for i in range(2)]
+    settings = ExecutorSettings(
+        id="kf-svc", cpu=16, memory=65536, gpu=0, kube_namespace=NS, heartbeat_seconds=0.5, grace_seconds=2
+    )
+    common = common_settings(nats_server.url, prefix, tmp_path / "data")
+    sched = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    spec = JobSpec(name="on-kubeflow", image=IMAGE, command=["torchrun", "train.py"], replicas=2, timeout=600)
+    async with Bus(nats_server.url, prefix) as bus, running(sched), running(executor_app(common, settings)):
+        job_id = await bus.submit(spec)
+        record = await bus.wait_state(job_id, "succeeded", "failed", "timed_out", "cancelled")
+        assert record.state.value == "succeeded", record.reason
+        assert record.attempts[0].executor_id == "kf-svc"
+        (create,) = cluster.requests("POST", "/trainjobs")
+        sent = create.data
+        assert sent["metadata"]["labels"][LABEL_JOB] == job_id
+        assert sent["spec"]["trainer"]["numNodes"] == 2 and sent["spec"]["activeDeadlineSeconds"] == 600
+        assert {"[rank 0] node 0 loss 0.25", "[rank 1] node 1 loss 0.25"} <= set(await bus.log_text(job_id))
+        await cluster.until(lambda: not cluster.trainjobs())  # released once the outcome was recorded
