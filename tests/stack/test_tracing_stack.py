@@ -1,7 +1,8 @@
-"""One job is one trace across services, exported over OTLP/HTTP.
+"""One job is one trace across services and into the training code, exported over OTLP/HTTP.
 
 No OpenTelemetry collector can run here; a real HTTP listener on loopback stands in for it and
-decodes exactly the protobuf requests the services' OTLP exporters send.
+decodes exactly the protobuf requests the services' OTLP exporters send. The job is a Python
+script that makes a span of its own with the context the executor hands it (``TRACEPARENT``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,24 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from trainyard_client.stack import EmbeddedStack
 
-pytestmark = pytest.mark.stack
+pytestmark = [pytest.mark.stack, pytest.mark.insight]
+
+# what a training script does to join its job's trace (docs/insight.md, "Traces into the job")
+TRAINING_SCRIPT = """
+import os
+from opentelemetry import propagate
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+provider = TracerProvider(resource=Resource.create({"service.name": "training-script"}))
+provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter()))
+parent = propagate.extract({"traceparent": os.environ["TRACEPARENT"]})
+with provider.get_tracer("train").start_as_current_span("train.epoch", context=parent):
+    pass
+provider.shutdown()
+"""
 
 
 class Collector(BaseHTTPRequestHandler):
@@ -39,7 +57,7 @@ class Collector(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_job_is_one_trace_across_services(tmp_path):
+def test_a_job_is_one_trace_across_services_and_into_the_training_code(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
@@ -49,22 +67,27 @@ def test_a_job_is_one_trace_across_services(tmp_path):
             tmp_path / "ty", api_port=None, nats_port=None, env=env, ready_timeout=120
         ) as stack:
             client = stack.client()
-            job = client.submit({"name": "traced", "command": ["true"]})
+            job = client.submit(
+                {
+                    "name": "traced",
+                    "command": ["python", "-c", TRAINING_SCRIPT],
+                    "env": {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+                }
+            )
             assert client.wait(job.job_id, timeout=120).state.value == "succeeded"
             deadline = time.monotonic() + 30
             services_per_trace: dict[str, set[str]] = defaultdict(set)
             while time.monotonic() < deadline:
                 services_per_trace.clear()
                 for service, trace_id, name in list(Collector.spans):
-                    if job.job_id in name or ".job." in name or ".exec." in name:
+                    if job.job_id in name or ".job." in name or ".exec." in name or name == "train.epoch":
                         services_per_trace[trace_id].add(service)
                 widest = max(services_per_trace.values(), key=len, default=set())
-                if {"trainyard-scheduler", "trainyard-executor"} <= widest:
+                if {"trainyard-scheduler", "trainyard-executor", "training-script"} <= widest:
                     break
                 time.sleep(0.2)  # polling the collector's inbox, with a deadline
     finally:
         server.shutdown()
     widest = max(services_per_trace.values(), key=len, default=set())
-    assert {"trainyard-submission", "trainyard-scheduler", "trainyard-executor"} <= widest, dict(
-        services_per_trace
-    )
+    wanted = {"trainyard-submission", "trainyard-scheduler", "trainyard-executor", "training-script"}
+    assert wanted <= widest, dict(services_per_trace)

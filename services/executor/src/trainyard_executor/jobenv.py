@@ -37,7 +37,10 @@ def job_env(
     mlflow_tracking_uri: str | None,
     python_bin: str | None = None,
     checkpoint_dir: Path | None = None,
+    traceparent: str | None = None,
 ) -> dict[str, str]:
+    """``traceparent``: the W3C trace context the job's own spans join (``TRACEPARENT``), unless
+    its spec sets one."""
     spec = record.spec
     env = {k: executor_env[k] for k in passthrough if k in executor_env}
     if python_bin:
@@ -68,6 +71,8 @@ def job_env(
         env["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
     if checkpoint_dir is not None:
         env["TRAINYARD_CHECKPOINT_DIR"] = str(checkpoint_dir)
+    if traceparent and "TRACEPARENT" not in spec.env:
+        env["TRACEPARENT"] = traceparent
     return env
 
 

@@ -37,6 +37,7 @@ from trainyard_executor.reporting import record_changes
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.jobsecrets import SecretsMissing, SecretStore
+from trainyard_shared.tracing import current_traceparent
 
 log = logging.getLogger("trainyard.executor")
 
@@ -151,6 +152,8 @@ class AttemptRunner(AttemptRecorder):
                     if self.settings.python_on_path
                     else None,
                     checkpoint_dir=checkpoints,
+                    # the start command's span when the executor traces, else the submission's
+                    traceparent=current_traceparent() or record.traceparent,
                 ),
                 workdir=workdir,
                 timeout_s=spec.timeout,
