@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # make demo: the embedded stack on a fresh data dir, the digits example with --wait, its model.
+# make demo-sweep (scripts/demo.sh sweep): the same stack, a sweep of the RL example (CEM on
+# CartPole), its trial table and the best trial's registered model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${TRAINYARD_DEMO_DIR:-.trainyard-demo}
@@ -30,9 +32,20 @@ until grep -q "Trainyard is up" "$DATA/up.log" 2>/dev/null; do
 done
 cat "$DATA/up.log"
 
-echo "== submitting examples/digits/job.yaml"
-$RUN trainyard submit examples/digits/job.yaml --wait
+if [[ "${1:-digits}" == sweep ]]; then
+  export COLUMNS=${COLUMNS:-160}   # the trial table's columns, also in a log without a terminal
+  echo "== running the sweep examples/rl/cem/sweep.yaml (8 trials, 2 at once, ASHA pruning)"
+  sweep_id=$($RUN trainyard sweep run examples/rl/cem/sweep.yaml --wait -o name) || {
+    echo "the sweep did not succeed"; $RUN trainyard sweep list; exit 1; }
+  echo "== trials of sweep $sweep_id, best mean return first"
+  $RUN trainyard sweep status "$sweep_id"
+  echo "== the best trial and its registered model"
+  $RUN trainyard sweep best "$sweep_id"
+else
+  echo "== submitting examples/digits/job.yaml"
+  $RUN trainyard submit examples/digits/job.yaml --wait
 
-echo "== registered models"
-$RUN trainyard models digits-classifier
+  echo "== registered models"
+  $RUN trainyard models digits-classifier
+fi
 echo "== demo finished in $(( $(date +%s) - start )) s"

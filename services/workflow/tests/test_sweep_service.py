@@ -83,13 +83,15 @@ class Sweeps:
 
 
 @contextlib.asynccontextmanager
-async def jobs_side(nats_server, prefix, tmp_path) -> AsyncIterator[Sweeps]:
-    """The API, scheduler and executor; the workflow service is started by each test."""
+async def jobs_side(nats_server, prefix, tmp_path, **executor) -> AsyncIterator[Sweeps]:
+    """The API, scheduler and executor (``executor``: more of its settings); the workflow service
+    is started by each test."""
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
     api = submission_app(common, SubmissionSettings(token="sweep-test-token-1"))
     scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2))
-    executor = executor_app(common, ExecutorSettings(id="exec-sw", cpu=4, memory=4096, heartbeat_seconds=0.5))
-    async with api.router.lifespan_context(api), running(scheduler), running(executor):
+    settings = ExecutorSettings(id="exec-sw", cpu=4, memory=4096, heartbeat_seconds=0.5, **executor)
+    executor_side = executor_app(common, settings)
+    async with api.router.lifespan_context(api), running(scheduler), running(executor_side):
         nc = await nats.connect(nats_server.url)
         try:
             yield Sweeps(nc, prefix)

@@ -83,7 +83,11 @@ def run_sweep(
 ) -> None:
     """Start a sweep; with --wait, follow it (the trial table and the best so far) and exit 1
     unless it succeeded."""
+    from trainyard_client.cli.jobs import resolve_source
+
     document = read_mapping(file, "sweep")
+    if isinstance(document.get("job"), dict):  # a relative source.repo: against the file's folder
+        resolve_source(document["job"], file.resolve().parent)
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         record = client.run_sweep(document)
