@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trainyard_contracts import MetricsBatch
 from trainyard_contracts.sweeps import PRUNED_REASON
 
 from .test_sweep_service import jobs_side, workflow
@@ -49,7 +50,10 @@ async def test_the_cem_example_sweep_learns_cartpole_and_asha_judges_its_trials(
     complete = [t for t in sweep.trials if t.state == "complete"]
     assert complete and {t.state for t in sweep.trials} <= {"complete", "pruned"}
     for trial in complete:  # 20 iterations reported; the objective is the last one's mean return
-        assert trial.last_step == 19 and trial.value == trial.intermediate[19]
+        last = await bus.js.get_last_msg(bus.subjects.streams.metrics, bus.subjects.metrics(trial.job_id, 1))
+        points = MetricsBatch.model_validate_json(last.data).points
+        point = [p for p in points if "mean_return" in p.values][-1]
+        assert point.step == 19 and trial.value == point.values["mean_return"]
     best = sweep.best_trial()
     assert best.value == max(t.value for t in complete) and best.value > 20  # random play: ~20
     for trial in sweep.trials:
