@@ -95,6 +95,7 @@ kfp-venv: $(KFP_VENV)/.installed
 
 $(KFP_VENV)/.installed:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	rm -rf $(KFP_VENV)  # a venv without the marker is a broken build: start again
 	$(UV) venv -q --seed --python "$$(command -v python3)" $(KFP_VENV)
 	$(UV) pip install -q --python $(KFP_VENV)/bin/python kfp==2.17.3
 	@touch $@
