@@ -73,6 +73,8 @@ def test_the_placement_puts_rank_0_s_executor_first_with_its_address() -> None:
 def test_a_split_it_cannot_run_says_why() -> None:
     kube = split_placement(split(), {"a": beat("a", backend="kubernetes"), "b": beat("b")}, {})
     assert isinstance(kube, str) and "kubernetes" in kube
+    kubeflow = split_placement(split(), {"a": beat("a"), "b": beat("b", backend="kubeflow")}, {})
+    assert isinstance(kubeflow, str) and "runs gangs whole (kubeflow)" in kubeflow  # one TrainJob
     old = split_placement(split(), {"a": beat("a"), "b": beat("b", host=None)}, {})
     assert isinstance(old, str) and "no rendezvous address" in old
     full = split_placement(split(), {"a": beat("a"), "b": beat("b")}, {"10.0.0.1": {29500, 29501, 29502}})
