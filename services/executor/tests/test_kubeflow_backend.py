@@ -5,8 +5,9 @@ kubeemulator): kmock's in-memory Kubernetes API, which the official client talks
 ``TrainerStandIn``, a small controller of ours that turns a TrainJob into pods and conditions as the
 Trainer, JobSet and the kubelet would. So these tests show the client side (what the backend
 creates, patches, watches, reads and deletes, and what it concludes from conditions and pods)
-against a stand-in, not a real Trainer's behaviour; the TrainJob manifest is checked field by field
-against the v1alpha1 API (no offline schema for the CRD is at hand).
+against a stand-in, not a real Trainer's behaviour. The TrainJob manifest is checked against the
+Trainer API's own models (``kubeflow-trainer-api`` 2.3, generated from the Trainer's OpenAPI, strict
+types): it must survive a round trip through them unchanged, so a misspelt or mistyped field fails.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubeflow_trainer_api.models.trainer_v1alpha1_train_job import TrainerV1alpha1TrainJob
 from kubernetes import client as k8s
 
 from trainyard_executor.app import make_backend
@@ -66,9 +68,13 @@ OPTS = KubeOptions(namespace=NS, executor_id=EXECUTOR)
 
 
 def _manifest(launch: AttemptLaunch, trainer: TrainerOptions | None = None) -> dict[str, Any]:
-    return trainjob_manifest(
+    manifest = trainjob_manifest(
         launch, OPTS, trainer or TrainerOptions(), HOST_ONLY_ENV, output_dir="/out", started_at=1.0
     )
+    # the Trainer API's models keep every field they know, and raise on a wrong type
+    parsed = TrainerV1alpha1TrainJob.from_dict(manifest)
+    assert parsed is not None and parsed.to_dict() == manifest
+    return manifest
 
 
 # -- the TrainJob, pure ------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def trainjob_manifest(
         "trainer": trainer_spec,
     }
     if launch.timeout_s is not None:
-        # from the TrainJob's creation, suspended time included: the scheduler admitted it already
+        # the Trainer counts it from the TrainJob's start, reset when it is resumed: here, from admission
         spec["activeDeadlineSeconds"] = max(1, math.ceil(launch.timeout_s))
     return {
         "apiVersion": f"{TRAINER_GROUP}/{TRAINER_VERSION}",
