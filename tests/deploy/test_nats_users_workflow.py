@@ -6,8 +6,11 @@ permission violation at all (a refused call a service retried would show there).
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import nats
 import pytest
@@ -51,7 +54,10 @@ async def as_submission(server):
     )
 
 
-async def test_a_pipeline_runs_with_the_workflow_as_its_own_nats_user(tmp_path):
+@contextlib.asynccontextmanager
+async def every_service_as_its_own_user(tmp_path) -> AsyncIterator[tuple[Any, Any]]:
+    """The API, scheduler, an executor and the workflow service, each as its own NATS user, on a
+    secured server (provisioned as admin); yields the server and a connection as the API asks."""
     data = tmp_path / "data"
     with secured_server(tmp_path / "store") as server:
         await provisioned(server)
@@ -65,25 +71,30 @@ async def test_a_pipeline_runs_with_the_workflow_as_its_own_nats_user(tmp_path):
         async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
             asker = await as_submission(server)
             try:
-
-                async def ask(kind: str, **body: object) -> PipelineReply:
-                    msg = await asker.request(S.workflow_request(kind), json.dumps(body).encode(), timeout=30)
-                    return PipelineReply.model_validate_json(msg.data)
-
-                started = await ask("run", pipeline=PIPELINE)
-                assert started.ok, started.errors
-
-                async def ended():
-                    reply = await ask("status", run_id=started.run.run_id)
-                    return reply.run if reply.run.state != "running" else None
-
-                run = await eventually(ended, 90, "the pipeline ended")
+                yield server, asker
             finally:
                 await asker.drain()
-        states = {name: step.state.value for name, step in run.steps.items()}
-        assert states == {"a": "succeeded", "b": "succeeded", "c": "failed", "d": "skipped"}
-        assert run.state.value == "failed" and sorted(run.steps["b"].jobs) == [0, 1, 2]
-        assert violations(server) == []
+
+
+async def test_a_pipeline_runs_with_the_workflow_as_its_own_nats_user(tmp_path):
+    async with every_service_as_its_own_user(tmp_path) as (server, asker):
+
+        async def ask(kind: str, **body: object) -> PipelineReply:
+            msg = await asker.request(S.workflow_request(kind), json.dumps(body).encode(), timeout=30)
+            return PipelineReply.model_validate_json(msg.data)
+
+        started = await ask("run", pipeline=PIPELINE)
+        assert started.ok, started.errors
+
+        async def ended():
+            reply = await ask("status", run_id=started.run.run_id)
+            return reply.run if reply.run.state != "running" else None
+
+        run = await eventually(ended, 90, "the pipeline ended")
+    states = {name: step.state.value for name, step in run.steps.items()}
+    assert states == {"a": "succeeded", "b": "succeeded", "c": "failed", "d": "skipped"}
+    assert run.state.value == "failed" and sorted(run.steps["b"].jobs) == [0, 1, 2]
+    assert violations(server) == []
 
 
 class SimulatedClock:
@@ -156,35 +167,21 @@ async def test_a_sweep_prunes_a_trial_with_the_workflow_as_its_own_nats_user(tmp
         "max_trials": 2,
         "max_parallel": 1,
     }
-    data = tmp_path / "data"
-    with secured_server(tmp_path / "store") as server:
-        await provisioned(server)
-        api = submission_app(as_user(server.url, "submission", data), SubmissionSettings(token="t" * 24))
-        scheduler = scheduler_app(as_user(server.url, "scheduler", data), SchedulerSettings(tick_seconds=0.2))
-        executor = executor_app(
-            as_user(server.url, "executor-exec-auth", data),
-            ExecutorSettings(id="exec-auth", cpu=4, memory=4096, gpu=0, heartbeat_seconds=0.5),
-        )
-        workflow = workflow_app(as_user(server.url, "workflow", data), WorkflowSettings(reconcile_seconds=1))
-        async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
-            asker = await as_submission(server)
-            try:
+    async with every_service_as_its_own_user(tmp_path) as (server, asker):
 
-                async def ask(verb: str, **body: object) -> SweepReply:
-                    subject = S.workflow_request(f"sweep-{verb}")
-                    msg = await asker.request(subject, json.dumps(body).encode(), timeout=30)
-                    return SweepReply.model_validate_json(msg.data)
+        async def ask(verb: str, **body: object) -> SweepReply:
+            subject = S.workflow_request(f"sweep-{verb}")
+            msg = await asker.request(subject, json.dumps(body).encode(), timeout=30)
+            return SweepReply.model_validate_json(msg.data)
 
-                created = await ask("create", sweep=sweep)
-                assert created.ok, created.errors
+        created = await ask("create", sweep=sweep)
+        assert created.ok, created.errors
 
-                async def ended():
-                    found = (await ask("get", name=created.sweep.sweep_id)).sweep
-                    return found if found.state != "running" else None
+        async def ended():
+            found = (await ask("get", name=created.sweep.sweep_id)).sweep
+            return found if found.state != "running" else None
 
-                done = await eventually(ended, 120, "the sweep ended")
-            finally:
-                await asker.drain()
-        assert [t.state.value for t in done.trials] == ["complete", "pruned"]
-        assert done.trials[0].value == 10.0
-        assert violations(server) == []
+        done = await eventually(ended, 120, "the sweep ended")
+    assert [t.state.value for t in done.trials] == ["complete", "pruned"]
+    assert done.trials[0].value == 10.0
+    assert violations(server) == []

@@ -3,7 +3,8 @@ the verbs on one name, with refusals as status and field (the handlers: trainyar
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -12,6 +13,8 @@ from trainyard_contracts import FieldError, SpecError
 from trainyard_contracts.schedules import ScheduleReply, ScheduleRequest
 from trainyard_contracts.sweeps import SweepReply, SweepRequest
 from trainyard_contracts.triggers import TriggerReply, TriggerRequest
+from trainyard_shared.broker import ServiceBroker
+from trainyard_shared.responder import answer_requests
 from trainyard_workflow.named_store import RecordExists, RecordNotFound
 
 Reply = TypeVar("Reply", ScheduleReply, TriggerReply, SweepReply)
@@ -52,6 +55,40 @@ async def answer_named(
         return refusal(reply, "name", f"a {kind} {exc.args[0]!r} exists already (delete it first)", 409)
     except ValueError as exc:  # not a request, or a limit reached
         return refusal(reply, "(request)", str(exc)[:1000], 400)
+
+
+Named = Callable[[Any, str, Any], Awaitable[Any]]  # (service, verb, request) -> the reply
+
+
+def register_named_handlers(
+    sb: ServiceBroker,
+    reply: type[Reply],
+    kind: str,
+    verbs: Iterable[str],
+    objects: Callable[[], NamedObjects],
+    named: Named,
+) -> None:
+    """Answer the API's ``<kind>-<verb>`` requests on ``<prefix>.workflow.<kind>-<verb>``
+    (request/reply, the workflow's queue group) with ``reply``s: ``create`` and ``list`` by
+    :func:`answer_named`, the verbs on one name by ``named(service, verb, request)``.
+    ``objects()`` gives the service once the runtime is built."""
+    for verb in verbs:
+        subject_kind = f"{kind}-{verb}"
+        answer_requests(
+            sb,
+            sb.subjects.workflow_request(subject_kind),
+            "workflow",
+            f"workflow/{subject_kind}",
+            f"the API's {kind} {verb} request ({REQUESTS[reply].__name__}) answered with a {reply.__name__}",
+            functools.partial(_answer_verb, reply, kind, verb, objects, named),
+        )
+
+
+async def _answer_verb(
+    reply: type[Reply], kind: str, verb: str, objects: Callable[[], NamedObjects], named: Named, body: bytes
+) -> Reply:
+    service = objects()
+    return await answer_named(reply, kind, verb, body, service, functools.partial(named, service, verb))
 
 
 class NamedObjects(Protocol):

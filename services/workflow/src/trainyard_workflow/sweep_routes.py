@@ -4,34 +4,17 @@ dead letter."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 from trainyard_contracts.sweeps import SWEEP_VERBS, SweepReply, SweepRequest
 from trainyard_shared.broker import ServiceBroker
-from trainyard_shared.responder import answer_requests
-from trainyard_workflow.replies import answer_named
+from trainyard_workflow.replies import register_named_handlers
 from trainyard_workflow.sweeps import SweepService
 
 
 def register_sweep_handlers(sb: ServiceBroker, sweeps: Callable[[], SweepService]) -> None:
     """``sweeps()`` gives the SweepService once the runtime is built."""
-    for verb in SWEEP_VERBS:
-        kind = f"sweep-{verb}"
-        answer_requests(
-            sb,
-            sb.subjects.workflow_request(kind),
-            "workflow",
-            f"workflow/{kind}",
-            f"the API's sweep {verb} request (SweepRequest) answered with a SweepReply",
-            functools.partial(_answer, sweeps, verb),
-        )
-
-
-async def _answer(sweeps: Callable[[], SweepService], verb: str, body: bytes) -> SweepReply:
-    service = sweeps()
-    named = functools.partial(_answer_named, service, verb)
-    return await answer_named(SweepReply, "sweep", verb, body, service, named)
+    register_named_handlers(sb, SweepReply, "sweep", SWEEP_VERBS, sweeps, _answer_named)
 
 
 async def _answer_named(service: SweepService, verb: str, request: SweepRequest) -> SweepReply:

@@ -4,37 +4,17 @@ field, never a dead letter."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 from trainyard_contracts.triggers import TRIGGER_VERBS, TriggerReply, TriggerRequest
 from trainyard_shared.broker import ServiceBroker
-from trainyard_shared.responder import answer_requests
-from trainyard_workflow.replies import answer_named
+from trainyard_workflow.replies import register_named_handlers
 from trainyard_workflow.triggers import TriggerService
 
 
 def register_trigger_handlers(sb: ServiceBroker, triggers: Callable[[], TriggerService]) -> None:
     """``triggers()`` gives the TriggerService once the runtime is built."""
-    for verb in TRIGGER_VERBS:
-        kind = f"trigger-{verb}"
-        answer_requests(
-            sb,
-            sb.subjects.workflow_request(kind),
-            "workflow",
-            f"workflow/{kind}",
-            f"the API's trigger {verb} request (TriggerRequest) answered with a TriggerReply",
-            functools.partial(_answer, triggers, verb),
-        )
-
-
-async def _answer(triggers: Callable[[], TriggerService], verb: str, body: bytes) -> TriggerReply:
-    return await answer_trigger_request(triggers(), verb, body)
-
-
-async def answer_trigger_request(service: TriggerService, verb: str, body: bytes) -> TriggerReply:
-    named = functools.partial(_answer_named, service, verb)
-    return await answer_named(TriggerReply, "trigger", verb, body, service, named)
+    register_named_handlers(sb, TriggerReply, "trigger", TRIGGER_VERBS, triggers, _answer_named)
 
 
 async def _answer_named(service: TriggerService, verb: str, request: TriggerRequest) -> TriggerReply:
