@@ -157,6 +157,23 @@ def test_a_job_without_its_own_run_gets_a_run_with_params_metrics_and_tags(
 
 
 @pytest.mark.service
+@pytest.mark.sweep
+def test_a_sweep_trials_model_carries_its_sweep_and_trial_on_run_and_version(
+    store: MlflowModelStore, tmp_path: Path
+) -> None:
+    from trainyard_contracts.sweeps import SWEEP_LABEL, TRIAL_LABEL
+    from trainyard_registry.core import lineage_of
+
+    lineage = lineage_of({SWEEP_LABEL: "0mx7gilrd5ytnk74", TRIAL_LABEL: "3", "team": "ml"})
+    assert lineage == {"trainyard.sweep": "0mx7gilrd5ytnk74", "trainyard.sweep_trial": "3"}
+    name = model_name()
+    got = store.register(request(outputs(tmp_path, {"mean_return": 476.5}), name, lineage=lineage))
+    mv = store.client.get_model_version(name, str(got.version))
+    assert (mv.tags["trainyard.sweep"], mv.tags["trainyard.sweep_trial"]) == ("0mx7gilrd5ytnk74", "3")
+    assert store.client.get_run(got.run_id).data.tags["trainyard.sweep"] == "0mx7gilrd5ytnk74"
+
+
+@pytest.mark.service
 def test_registering_the_same_job_again_returns_the_same_version_and_creates_nothing(
     store: MlflowModelStore, tmp_path: Path
 ) -> None:

@@ -23,6 +23,7 @@ from trainyard_contracts import (
     ModelVersionRecord,
     Subjects,
 )
+from trainyard_contracts.sweeps import SWEEP_LABEL, TRIAL_LABEL
 from trainyard_registry.mlflow_store import MlflowModelStore, ModelRequest, RegisteredModel
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.publishing import MSG_ID, EventPublisher
@@ -102,6 +103,7 @@ class RegistryCore:
             outputs_path=outputs.path,
             workdir_digest=workdir.digest if workdir else None,
             workdir_diff=workdir.diff if workdir else None,
+            lineage=lineage_of(record.spec.labels),
         )
         # MLflow's client is synchronous: keep it off the event loop
         registered = await asyncio.to_thread(self.mlflow.register, request)
@@ -143,3 +145,12 @@ class RegistryCore:
             extra={"job_id": record.job_id, "model": version.name, "version": version.version},
         )
         return version
+
+
+# a sweep trial's job (its labels, set by the workflow service) -> the model version's tags
+LINEAGE_TAGS = {SWEEP_LABEL: "trainyard.sweep", TRIAL_LABEL: "trainyard.sweep_trial"}
+
+
+def lineage_of(labels: dict[str, str]) -> dict[str, str]:
+    """The tags saying what made a job: the sweep and trial it was (docs/workflows.md, "Sweeps")."""
+    return {tag: labels[label] for label, tag in LINEAGE_TAGS.items() if label in labels}

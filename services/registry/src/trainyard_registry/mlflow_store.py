@@ -30,7 +30,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,8 @@ class ModelRequest:
     outputs_path: str = ""
     workdir_digest: str | None = None
     workdir_diff: str | None = None
+    # what made the job, on the run and the version: a sweep trial's sweep id and trial number
+    lineage: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,7 @@ class MlflowModelStore:
         if git_repo:
             version_tags[GIT_REPO_VERSION_TAG] = git_repo
         version_tags.update(self._workdir_tags(req))
+        version_tags.update(req.lineage)
         if staged.skipped:
             version_tags[OUTPUTS_SKIPPED_TAG] = skipped_summary(staged.skipped)
         mv = self.client.create_model_version(
@@ -558,7 +561,7 @@ class MlflowModelStore:
             tags[GIT_COMMIT_RUN_TAG] = req.git_commit
         if req.git_repo:
             tags[GIT_REPO_RUN_TAG] = req.git_repo
-        return {**tags, **MlflowModelStore._workdir_tags(req)}
+        return {**tags, **MlflowModelStore._workdir_tags(req), **req.lineage}
 
     @staticmethod
     def _workdir_tags(req: ModelRequest) -> dict[str, str]:
