@@ -32,6 +32,7 @@ from trainyard_executor.backends.kube_manifests import (
     LABEL_JOB,
     GangSplitError,
     KubeOptions,
+    companion_metadata,
     job_name,
 )
 from trainyard_executor.backends.kube_trainjob import TrainerOptions, trainjob_manifest
@@ -113,6 +114,13 @@ def test_a_trainjob_is_created_suspended_with_runtime_nodes_resources_env_and_de
     assert env["LR"] == "0.1" and env["TRAINYARD_JOB_ID"] == launch.job_id
     assert "PATH" not in env  # the executor's PATH names its host, not the image
     assert "RANK" not in env and "MASTER_ADDR" not in env  # the runtime's rendezvous, not ours
+    # the attempt's Secret is owned by the TrainJob: the garbage collector removes it with it
+    (owner,) = companion_metadata(tj, OPTS, "uid-1")["ownerReferences"]
+    assert (owner["apiVersion"], owner["kind"], owner["uid"]) == (
+        "trainer.kubeflow.org/v1alpha1",
+        "TrainJob",
+        "uid-1",
+    )
 
 
 @pytest.mark.unit
@@ -270,7 +278,7 @@ async def test_cancel_deletes_the_trainjob_with_the_grace(cluster: Cluster, tmp_
     assert cluster.trainjobs() == {}
 
 
-async def test_source_secret_env_and_workdir_are_refused_before_anything_is_created(
+async def test_source_and_workdir_are_refused_before_anything_is_created(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     backend = cluster.backend()
@@ -278,7 +286,6 @@ async def test_source_secret_env_and_workdir_are_refused_before_anything_is_crea
     archive.write_bytes(b"")
     refused = {
         "source": _launch(tmp_path, source_repo="https://git.example/r.git", source_commit="abc"),
-        "secret_env": _launch(tmp_path, secret_env=("LR",)),
         "workdir": _launch(tmp_path, workdir_archive=archive),
     }
     for field, launch in refused.items():
@@ -287,6 +294,29 @@ async def test_source_secret_env_and_workdir_are_refused_before_anything_is_crea
             outcome.kind == "failed" and f"{field} is not supported by the kubeflow backend" in outcome.reason
         )
     assert cluster.requests("POST", "/trainjobs") == []
+
+
+async def test_secret_env_goes_to_a_secret_of_the_attempt_never_into_the_trainjob(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Against kmock and the stand-in Trainer: the value is in the attempt's Secret (owned by the
+    TrainJob), the TrainJob only refers to it; both go when the outcome is recorded."""
+    token = "s3cr3t-value-42"
+    launch = _launch(tmp_path, env={"API_TOKEN": token, "LR": "0.1"}, secret_env=("API_TOKEN",))
+    attempt = await cluster.backend().start(launch, Lines())
+    assert isinstance(attempt, KubeAttempt)
+    assert (await _wait(attempt)).kind == "succeeded"
+    (sent,) = [r.data for r in cluster.requests("POST", "/trainjobs")]
+    assert token not in str(sent)
+    env = {e["name"]: e for e in sent["spec"]["trainer"]["env"]}
+    ref = {"secretKeyRef": {"name": f"{attempt.name}-secrets", "key": "env.API_TOKEN"}}
+    assert env["API_TOKEN"] == {"name": "API_TOKEN", "valueFrom": ref} and env["LR"]["value"] == "0.1"
+    (secret,) = [r.data for r in cluster.requests("POST", "/secrets")]
+    assert secret["stringData"] == {"env.API_TOKEN": token}
+    (owned,) = [r.data for r in cluster.requests("PATCH", f"/secrets/{attempt.name}-secrets")]
+    assert owned["metadata"]["labels"][LABEL_JOB] == launch.job_id
+    await attempt.release()
+    assert cluster.requests("DELETE", f"/secrets/{attempt.name}-secrets")
 
 
 async def test_after_a_restart_a_trainjob_left_suspended_is_found_resumed_and_followed(

@@ -338,8 +338,8 @@ def job_manifest(
 
 
 def companion_metadata(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str | None) -> dict[str, Any]:
-    """Metadata of an object that lives and dies with its Job (same name and labels): a gang's
-    Service and NetworkPolicy, the attempt's source Secret."""
+    """Metadata of an object that lives and dies with its Job (or TrainJob: same name and labels):
+    a gang's Service and NetworkPolicy, the attempt's Secret."""
     meta = job["metadata"]
     metadata: dict[str, Any] = {
         "name": meta["name"],
@@ -349,8 +349,8 @@ def companion_metadata(job: Mapping[str, Any], opts: KubeOptions, owner_uid: str
     if owner_uid:  # deleted with its Job by the garbage collector
         metadata["ownerReferences"] = [
             {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
+                "apiVersion": job.get("apiVersion", "batch/v1"),
+                "kind": job.get("kind", "Job"),
                 "name": meta["name"],
                 "uid": owner_uid,
                 "blockOwnerDeletion": False,

@@ -23,6 +23,7 @@ from trainyard_executor.backends.kube_manifests import (
     job_name,
     resources,
 )
+from trainyard_executor.backends.kube_secret import env_entries
 
 TRAINER_GROUP = "trainer.kubeflow.org"
 TRAINER_VERSION = "v1alpha1"
@@ -64,13 +65,15 @@ def trainjob_manifest(
             "TRAINYARD_EXECUTOR_DEFAULT_IMAGE"
         )
     nodes = check_gang(launch)
+    name = job_name(launch.job_id, launch.attempt)
     env = container_env(launch, host_only, WORKDIR, checkpoints=False)
     env["TRAINYARD_OUTPUT_DIR"] = OUTPUT_DIR
     trainer_spec: dict[str, Any] = {
         "image": image,
         "command": list(launch.argv),  # replaces the image's entrypoint; a shell only when asked
         "numNodes": nodes,
-        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+        # secret values by reference to the attempt's Secret (kube_secret), never in the TrainJob
+        "env": env_entries(name, dict(sorted(env.items())), frozenset(launch.secret_env)),
     }
     if per_node := resources(launch):
         trainer_spec["resourcesPerNode"] = per_node
@@ -86,7 +89,7 @@ def trainjob_manifest(
         "apiVersion": f"{TRAINER_GROUP}/{TRAINER_VERSION}",
         "kind": "TrainJob",
         "metadata": {
-            "name": job_name(launch.job_id, launch.attempt),
+            "name": name,
             "namespace": opts.namespace,
             "labels": attempt_labels(launch.job_id, launch.attempt, opts.executor_id),
             "annotations": attempt_annotations(launch, output_dir, started_at, nodes),

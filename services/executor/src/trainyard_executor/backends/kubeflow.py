@@ -36,6 +36,7 @@ from trainyard_executor.backends.kube_manifests import (
     executor_selector,
     label_value,
 )
+from trainyard_executor.backends.kube_secret import secret_name
 from trainyard_executor.backends.kube_trainjob import (
     JOBSET_NAME_LABEL,
     RESUME,
@@ -83,7 +84,7 @@ class KubeflowBackend(KubernetesBackend):
             notes=[
                 f"pods come from the {self.trainer.runtime_kind} {self.trainer.runtime}: its "
                 "securityContext and service account apply",
-                "the container's env values are plain values in the TrainJob object",
+                "env values are plain values in the TrainJob, secret_env's in a Secret per attempt",
             ],
         )
 
@@ -118,11 +119,6 @@ class KubeflowBackend(KubernetesBackend):
                 "source is not supported by the kubeflow backend: build the code into the image "
                 "(a TrainJob's runtime runs no clone before the trainer)"
             )
-        if launch.secret_env:
-            return (
-                "secret_env is not supported by the kubeflow backend yet: its values would be plain "
-                "values in the TrainJob; run the job on a kubernetes executor"
-            )
         return None
 
     async def prepare(
@@ -131,9 +127,9 @@ class KubeflowBackend(KubernetesBackend):
         manifest = trainjob_manifest(
             launch, self.options, self.trainer, HOST_ONLY_ENV, output_dir=output_dir, started_at=started_at
         )
-        return functools.partial(self._create_and_resume, manifest)
+        return functools.partial(self._create_and_resume, manifest, self.secret_of(manifest, launch))
 
-    def _create_and_resume(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def _create_and_resume(self, manifest: dict[str, Any], secret: dict[str, Any] | None) -> dict[str, Any]:
         ns = self.options.namespace
         trainjob = self.create_or_attach(
             lambda: _as_dict(
@@ -142,6 +138,7 @@ class KubeflowBackend(KubernetesBackend):
                 )
             ),
             manifest,
+            secret,
         )
         self.resume(manifest["metadata"]["name"])
         return trainjob
@@ -156,6 +153,8 @@ class KubeflowBackend(KubernetesBackend):
 
     def delete_attempt(self, name: str, grace_s: float, propagation: str) -> bool:
         """Delete the TrainJob (its JobSet and pods go with it); True if it is gone now."""
+        with contextlib.suppress(ApiException):  # owned by the TrainJob; gone now, not at the GC's pace
+            self.core.delete_namespaced_secret(secret_name(name), self.options.namespace)
         return self.gone_after(
             lambda: self.custom.delete_namespaced_custom_object(
                 TRAINER_GROUP,

@@ -65,7 +65,7 @@ from trainyard_executor.backends.kube_manifests import (
     service_manifest,
 )
 from trainyard_executor.backends.kube_secret import attempt_secret, secret_name
-from trainyard_executor.backends.kube_source import git_config_key, kube_git_fetch
+from trainyard_executor.backends.kube_source import GitFetch, git_config_key, kube_git_fetch
 from trainyard_executor.backends.kube_status import (
     job_end,
 )
@@ -247,12 +247,17 @@ class KubernetesBackend:
         manifest = job_manifest(
             launch, self.options, HOST_ONLY_ENV, output_dir=output_dir, started_at=started_at, git=git
         )
-        secret = attempt_secret(
+        return functools.partial(self._create, manifest, self.secret_of(manifest, launch, git))
+
+    def secret_of(
+        self, manifest: dict[str, Any], launch: AttemptLaunch, git: GitFetch | None = None
+    ) -> dict[str, Any] | None:
+        """The attempt's Secret (kube_secret): its secret env values and source credential."""
+        return attempt_secret(
             companion_metadata(manifest, self.options, None),
             git_config_key=git_config_key(git),
             secret_env={k: launch.env[k] for k in launch.secret_env if k in launch.env},
         )
-        return functools.partial(self._create, manifest, secret)
 
     def _create(self, manifest: dict[str, Any], secret: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create the Job (and a gang's Service). A Job of this very attempt that exists already
@@ -261,17 +266,12 @@ class KubernetesBackend:
         once) and then owned by it (the garbage collector removes it with the Job)."""
         ns = self.options.namespace
         name = manifest["metadata"]["name"]
-        if secret is not None:
-            self._create_gang_object(self.core.create_namespaced_secret, secret)
         # the client's stubs want a V1Job model; it sends a plain dict as it is
         job = self.create_or_attach(
             lambda: self._raw(self.batch.create_namespaced_job(ns, manifest)),  # type: ignore[arg-type]
             manifest,
+            secret,
         )
-        if secret is not None:
-            owned = {"metadata": companion_metadata(manifest, self.options, job["metadata"].get("uid"))}
-            with contextlib.suppress(ApiException):  # unowned, it still goes with the attempt
-                self.core.patch_namespaced_secret(secret["metadata"]["name"], ns, owned)
         if manifest["spec"].get("completionMode") == "Indexed":
             owner = (job.get("metadata") or {}).get("uid")
             try:
@@ -289,11 +289,28 @@ class KubernetesBackend:
         return job
 
     def create_or_attach(
-        self, create: Callable[[], dict[str, Any] | None], manifest: dict[str, Any]
+        self,
+        create: Callable[[], dict[str, Any] | None],
+        manifest: dict[str, Any],
+        secret: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The attempt's object as created, or as it exists when this executor made it before (a
         redelivered start, a restart between create and record): attached to, never doubled. One
-        of the same name that another executor made is refused (:class:`NotOurs`)."""
+        of the same name that another executor made is refused (:class:`NotOurs`). ``secret``:
+        the attempt's Secret, made before the object (its pods need it at once) and then owned by
+        it (the garbage collector removes it with the object)."""
+        if secret is not None:
+            self._create_gang_object(self.core.create_namespaced_secret, secret)
+        made = self._create_or_attach(create, manifest)
+        if secret is not None:
+            owned = {"metadata": companion_metadata(manifest, self.options, made["metadata"].get("uid"))}
+            with contextlib.suppress(ApiException):  # unowned, it still goes with the attempt
+                self.core.patch_namespaced_secret(secret["metadata"]["name"], self.options.namespace, owned)
+        return made
+
+    def _create_or_attach(
+        self, create: Callable[[], dict[str, Any] | None], manifest: dict[str, Any]
+    ) -> dict[str, Any]:
         name = manifest["metadata"]["name"]
         try:
             created = create()
