@@ -43,6 +43,7 @@ from trainyard_contracts.queues import DEFAULT_QUEUE, QueueConfig, Quota
 from trainyard_contracts.records import (
     AttemptInfo,
     AttemptRef,
+    AttemptUsage,
     Capacity,
     ExecutorHeartbeat,
     GpuDevice,
@@ -94,6 +95,7 @@ __all__ = [
     "AssignmentDecision",
     "AttemptInfo",
     "AttemptRef",
+    "AttemptUsage",
     "CancelAttempt",
     "Capacity",
     "CycleDecisions",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from trainyard_contracts.records import AttemptInfo, JobRecord
+from trainyard_contracts.records import AttemptInfo, AttemptUsage, JobRecord
 from trainyard_contracts.spec import JobSpec
 from trainyard_contracts.states import JobState, check_transition
 from trainyard_contracts.stepoutputs import StepOutputs
@@ -140,3 +140,15 @@ def stopped(record: JobRecord, attempt: int, executor_id: str) -> JobRecord | No
             attempts[index] = info.model_copy(update={"stopping": False})
             return record.model_copy(update={"attempts": attempts})
     return None
+
+
+def used(record: JobRecord, attempt: int, usage: AttemptUsage) -> JobRecord:
+    """The record with what ``attempt`` used added to its entry (each member of a split gang
+    reports its own: CPU adds up, the peak is the larger)."""
+    attempts = list(record.attempts)
+    for index, info in enumerate(attempts):
+        if info.number == attempt:
+            total = usage if info.usage is None else info.usage.plus(usage)
+            attempts[index] = info.model_copy(update={"usage": total})
+            return record.model_copy(update={"attempts": attempts})
+    return record

@@ -24,6 +24,22 @@ class Capacity(_Model):
     gpu: int = Field(0, ge=0)
 
 
+class AttemptUsage(_Model):
+    """What an attempt's processes used, as its executor measured them (docs/insight.md)."""
+
+    cpu_seconds: float = Field(ge=0, description="user + system CPU time of the job's processes")
+    peak_memory_bytes: int = Field(
+        ge=0, description="the largest resident set any one of the job's processes reached"
+    )
+
+    def plus(self, other: AttemptUsage) -> AttemptUsage:
+        """Both together (the members of a split gang): CPU adds up, the peak is the larger."""
+        return AttemptUsage(
+            cpu_seconds=self.cpu_seconds + other.cpu_seconds,
+            peak_memory_bytes=max(self.peak_memory_bytes, other.peak_memory_bytes),
+        )
+
+
 class AttemptInfo(_Model):
     number: int = Field(ge=1)
     executor_id: str | None = None
@@ -44,6 +60,9 @@ class AttemptInfo(_Model):
         max_length=1024,
         description="the GPU indices the scheduler assigned this attempt on its executor (empty: "
         "none, or its executor reports no devices)",
+    )
+    usage: AttemptUsage | None = Field(
+        None, description="what the attempt used, once it ended (None: its backend does not measure)"
     )
 
 

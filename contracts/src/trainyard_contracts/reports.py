@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainyard_contracts.records import AttemptUsage
 from trainyard_contracts.stepoutputs import StepOutputs
 
 ReportKind = Literal["start", "end", "handback", "cancelled", "stopped"]
@@ -55,6 +56,7 @@ class ExecutorReport(BaseModel):
         None, description="end, succeeded: the job's outputs.json (trainyard_contracts.stepoutputs)"
     )
     duration_seconds: float | None = Field(None, ge=0)
+    usage: AttemptUsage | None = Field(None, description="end: what the attempt's processes used")
     workdir: str | None = Field(None, max_length=URI_MAX, description="start: where the attempt runs")
     adopted: bool = False
 

@@ -79,7 +79,7 @@ def apply_report(record: JobRecord, report: ExecutorReport) -> JobRecord | None:
                 if member is not None
                 else functools.partial(conclude, record)
             )
-            return end(
+            ended = end(
                 report.outcome or "failed",
                 exit_code=report.exit_code,
                 reason=report.reason,
@@ -87,6 +87,7 @@ def apply_report(record: JobRecord, report: ExecutorReport) -> JobRecord | None:
                 now=now,
                 outputs=report.outputs,
             )
+            return ended if report.usage is None else lifecycle.used(ended, report.attempt, report.usage)
         case "handback":
             given_back = leave_member(record, me, now, report.reason) if member is not None else record
             return lifecycle.requeue(

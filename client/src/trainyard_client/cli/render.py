@@ -102,7 +102,17 @@ def show_record(record: JobRecord, page: str | None = None) -> None:
     if not record.attempts:
         return
     table = Table(title="attempts", title_justify="left")
-    for column in ("attempt", "executor", "scheduled", "started", "ended", "state", "exit"):
+    for column in (
+        "attempt",
+        "executor",
+        "scheduled",
+        "started",
+        "ended",
+        "state",
+        "exit",
+        "cpu s",
+        "peak mem",
+    ):
         table.add_column(column, no_wrap=True)
     table.add_column("reason", overflow="fold")
     for info in record.attempts:
@@ -114,6 +124,8 @@ def show_record(record: JobRecord, page: str | None = None) -> None:
             clock(info.ended_at, compact=True),
             styled(info.state) if info.state else "-",
             "-" if info.exit_code is None else str(info.exit_code),
+            "-" if info.usage is None else f"{info.usage.cpu_seconds:.1f}",
+            "-" if info.usage is None else f"{info.usage.peak_memory_bytes / 2**20:.0f} MiB",
             escape(info.reason or ""),
         )
     cli.out.print(table)

@@ -301,6 +301,7 @@ class AttemptRunner(AttemptRecorder):
                     local.elapsed(),
                     lines_stored=lines_stored,
                     outputs=outputs,
+                    usage=outcome.usage,
                 )
         finally:
             await lines_stored

@@ -7,7 +7,8 @@ The local backend starts every rank under this, as the leader of the rank's own 
 with stdout and stderr already pointing at the rank's log files. An executor that restarts cannot
 wait() on processes it did not spawn; it polls them, tails their log files, and reads their exit
 status from EXIT_FILE, which this writes atomically as JSON: ``{"returncode": N}`` (negative: the
-signal that ended the job) or ``{"error": "command not found: ..."}``. Before it starts the job it
+signal that ended the job; with ``cpu_seconds`` and ``max_rss_kib``, what it used, from ``wait4``)
+or ``{"error": "command not found: ..."}``. Before it starts the job it
 writes its own pid and start time next to it (EXIT_FILE with ``.pid`` for ``.exit``), so an
 executor killed the moment after spawning it still finds the rank.
 
@@ -259,9 +260,14 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         _record_error(exit_file, f"cannot start {command[0]}: {exc}")
         return 126
-    _, status = os.waitpid(pid, 0)  # retried by Python when a signal interrupts it (PEP 475)
+    # wait4: the job's status and what it used (with the descendants it reaped); retried by Python
+    # when a signal interrupts it (PEP 475)
+    _, status, usage = os.wait4(pid, 0)
     returncode = os.waitstatus_to_exitcode(status)  # negative: the signal that ended it
-    _record(exit_file, f'{{"returncode": {returncode}}}')
+    cpu = usage.ru_utime + usage.ru_stime
+    # ru_maxrss: KiB on Linux, the largest resident set of the job or any descendant it reaped
+    used = f'"cpu_seconds": {cpu:.3f}, "max_rss_kib": {usage.ru_maxrss}'
+    _record(exit_file, f'{{"returncode": {returncode}, {used}}}')
     return returncode if returncode >= 0 else 128 - returncode
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from trainyard_contracts.records import AttemptUsage
 from trainyard_shared.blobs import UnpackLimits
 
 __all__ = [
@@ -126,6 +127,8 @@ class AttemptOutcome:
     reason: str
     """Human readable, e.g. "exit code 3", "timed out after 5s", "cancelled"."""
     output_dir: Path
+    usage: AttemptUsage | None = None
+    """What the attempt's processes used (None: this backend does not measure it)."""
 
 
 @dataclass(frozen=True)

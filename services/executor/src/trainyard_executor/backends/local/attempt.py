@@ -25,6 +25,7 @@ from trainyard_executor.backends.local.ranks import (
     fmt_s,
     is_ours,
     lingers,
+    ranks_usage,
     user_of,
     write_json,
 )
@@ -168,7 +169,13 @@ class LocalAttempt:
     # ------------------------------------------------------------------------------- internals
 
     def _outcome(self, kind: OutcomeKind, exit_code: int | None, reason: str) -> AttemptOutcome:
-        return AttemptOutcome(kind=kind, exit_code=exit_code, reason=reason, output_dir=self._output_dir)
+        return AttemptOutcome(
+            kind=kind,
+            exit_code=exit_code,
+            reason=reason,
+            output_dir=self._output_dir,
+            usage=ranks_usage(self._ranks),
+        )
 
     async def _emit(self, stream: str, line: str) -> None:
         # serialised, so the sink is never re-entered; a failing sink is logged, never fatal

@@ -7,10 +7,12 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trainyard_contracts.records import AttemptUsage
 
 from .._proc import group_alive, group_members, same_process
 from ..jobfiles import open_private
@@ -107,6 +109,18 @@ class Rank:
             return -signal.SIGKILL, None
         return None, "ended while the executor was away; its exit status is unknown"
 
+    def usage(self) -> AttemptUsage | None:
+        """What the rank's job used, from its supervisor's exit file (None: not recorded, e.g.
+        the rank was SIGKILLed with its supervisor)."""
+        try:
+            data = json.loads(self.exit_file.read_text())
+            cpu, rss = float(data["cpu_seconds"]), int(data["max_rss_kib"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if cpu < 0 or rss < 0:
+            return None
+        return AttemptUsage(cpu_seconds=cpu, peak_memory_bytes=rss * 1024)
+
     def failed(self) -> bool:
         rc, error = self.status()
         return error is not None or rc != 0
@@ -142,3 +156,13 @@ def write_json(path: Path, data: Any) -> None:
 def user_of(state: Mapping[str, Any]) -> tuple[int, int] | None:
     user = state.get("user")
     return (int(user[0]), int(user[1])) if isinstance(user, list) and len(user) == 2 else None
+
+
+def ranks_usage(ranks: Sequence[Rank]) -> AttemptUsage | None:
+    """What an attempt's ranks used together (those whose use was recorded; None: none was)."""
+    total: AttemptUsage | None = None
+    for rank in ranks:
+        used = rank.usage()
+        if used is not None:
+            total = used if total is None else total.plus(used)
+    return total
