@@ -150,3 +150,18 @@ def test_the_cli_says_how_to_get_kfp_when_it_is_missing(
 def test_the_makefile_builds_the_sdk_version_the_exporter_names() -> None:
     makefile = (Path(__file__).parents[2] / "Makefile").read_text()
     assert f"kfp=={KFP_VERSION}" in makefile
+
+
+def test_the_pipeline_in_docs_kubeflow_md_exports() -> None:
+    """The copy-paste example of docs/kubeflow.md stays one the exporter accepts, as it says."""
+    import re
+
+    import yaml
+
+    page = (Path(__file__).parents[2] / "docs" / "kubeflow.md").read_text()
+    document = re.search(r"cat > /tmp/etl.yaml <<'EOF'\n(.*?)\nEOF", page, re.S)
+    assert document is not None
+    spec = validate_pipeline(yaml.safe_load(document.group(1)), {"rows": 500})
+    steps = {s["name"]: s for s in plan_kfp(spec).document["steps"]}
+    assert steps["extract"]["argv"][-1] == "print('extracted 500 rows')"
+    assert steps["fit"]["array"]["parallelism"] == 2 and steps["report"]["kind"] == "container"
