@@ -164,4 +164,4 @@ def test_the_pipeline_in_docs_kubeflow_md_exports() -> None:
     spec = validate_pipeline(yaml.safe_load(document.group(1)), {"rows": 500})
     steps = {s["name"]: s for s in plan_kfp(spec).document["steps"]}
     assert steps["extract"]["argv"][-1] == "print('extracted 500 rows')"
-    assert steps["fit"]["array"]["parallelism"] == 2 and steps["report"]["kind"] == "container"
+    assert steps["fit"]["array"]["parallelism"] == 2 and steps["report"]["ignore_upstream_failure"]
