@@ -9,12 +9,13 @@ PYTEST_ARGS ?=
 # compiled from its first commit (tests/docs/test_lint_coverage.py holds this to the workspace members)
 PACKAGE_SOURCES := contracts/src shared/src client/src $(wildcard services/*/src)
 
-.PHONY: help install demo demo-sweep up test test-kubeflow kfp-venv test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli bench-workflow bench-ui clean images test-airflow validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
+.PHONY: help install demo demo-sweep demo-pipeline up test test-kubeflow kfp-venv test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli bench-workflow bench-ui clean images test-airflow validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
 
 help:
 	@echo "make demo     start the embedded stack, run the digits example, show its registered model"
 	@echo "make test     unit, service and stack tests against a real nats-server (what CI runs)"
 	@echo "make demo-sweep  the same stack, a sweep of the RL example (CEM on CartPole), its trial table and best model"
+	@echo "make demo-pipeline  the same stack, the retrain pipeline (step outputs), the model it chose"
 	@echo "make up       start the embedded stack and leave it running (Ctrl-C stops it)"
 	@echo "make lint     ruff + mypy"
 	@echo "make images   the Docker images, no registry needed; make test-e2e: tests on them"
@@ -40,6 +41,10 @@ demo: install
 # a sweep of examples/rl/cem (Optuna TPE, ASHA pruning) on the embedded stack (docs/workflows.md)
 demo-sweep: install
 	@UV="$(UV)" bash scripts/demo.sh sweep
+
+# examples/pipelines/retrain.yaml on the embedded stack: its steps and the model version it chose
+demo-pipeline: install
+	@UV="$(UV)" bash scripts/demo.sh pipeline
 
 up: install
 	$(RUN) trainyard up

@@ -53,13 +53,14 @@ def _payloads() -> dict[str, Any]:
 
 
 def _outcome_models() -> dict[str, Any]:
-    from trainyard_contracts import JobCancelled, JobFailed, JobSucceeded, JobTimedOut
+    from trainyard_contracts import JobCancelled, JobFailed, JobSucceeded, JobTimedOut, ModelRegistered
 
     return {
         "succeeded": JobSucceeded,
         "failed": JobFailed,
         "timed_out": JobTimedOut,
         "cancelled": JobCancelled,
+        "model_registered": ModelRegistered,  # a step's model version: the steps using it may go
     }
 
 

@@ -2,12 +2,15 @@
 # make demo: the embedded stack on a fresh data dir, the digits example with --wait, its model.
 # make demo-sweep (scripts/demo.sh sweep): the same stack, a sweep of the RL example (CEM on
 # CartPole), its trial table and the best trial's registered model.
+# make demo-pipeline (scripts/demo.sh pipeline): the same stack, examples/pipelines/retrain.yaml
+# with --wait, its steps, the version it registered, promoted to production if it beats the holder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${TRAINYARD_DEMO_DIR:-.trainyard-demo}
 API_PORT=${TRAINYARD_DEMO_API_PORT:-8700}
 NATS_PORT=${TRAINYARD_DEMO_NATS_PORT:-4250}
-export TRAINYARD_URL="http://127.0.0.1:${API_PORT}" TRAINYARD_DATA_DIR="$PWD/$DATA"
+[[ "$DATA" == /* ]] || DATA_ABS="$PWD/$DATA"
+export TRAINYARD_URL="http://127.0.0.1:${API_PORT}" TRAINYARD_DATA_DIR="${DATA_ABS:-$DATA}"
 RUN="${UV:-uv} run --frozen"
 start=$(date +%s)
 
@@ -41,6 +44,25 @@ if [[ "${1:-digits}" == sweep ]]; then
   $RUN trainyard sweep status "$sweep_id"
   echo "== the best trial and its registered model"
   $RUN trainyard sweep best "$sweep_id"
+elif [[ "${1:-digits}" == pipeline ]]; then
+  echo "== running examples/pipelines/retrain.yaml (prepare -> train x2 -> evaluate -> register -> announce)"
+  if ! $RUN trainyard pipeline run examples/pipelines/retrain.yaml --wait -o json >"$DATA/retrain.json"; then
+    cat "$DATA/retrain.json"; echo "the pipeline did not succeed"; exit 1
+  fi
+  field() { $RUN python -c 'import json, sys; d = json.load(open(sys.argv[1]))
+for key in sys.argv[2:]: d = d[key]
+print(d)' "$@"; }
+  run_id=$(field "$DATA/retrain.json" run_id)
+  echo "== the run's steps"
+  $RUN trainyard pipeline status "$run_id"
+  $RUN trainyard status "$(field "$DATA/retrain.json" steps register jobs 0 job_id)" -o json >"$DATA/register.json"
+  version=$(field "$DATA/register.json" model version)
+  echo "== the chosen model: digits-classifier version $version (C=$(field "$DATA/register.json" outputs C), accuracy $(field "$DATA/register.json" outputs accuracy))"
+  $RUN trainyard logs "$(field "$DATA/retrain.json" steps announce jobs 0 job_id)" | grep "^registered digits-classifier" || true
+  echo "== promoting it to production if it beats the current holder"
+  $RUN trainyard models promote digits-classifier "$version" --alias production --if-better accuracy
+  echo "== registered models"
+  $RUN trainyard models digits-classifier
 else
   echo "== submitting examples/digits/job.yaml"
   $RUN trainyard submit examples/digits/job.yaml --wait

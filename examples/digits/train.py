@@ -2,10 +2,11 @@
 
     python examples/digits/train.py --C 1.0 --max-iter 200 [--seed 0] [--model logistic-regression|svc]
 
-Writes ``model.pkl`` and ``metrics.json`` (flat name -> number) into ``$TRAINYARD_OUTPUT_DIR``
-(default ``./outputs``). When ``MLFLOW_TRACKING_URI`` is set it also logs params and metrics to an
-MLflow run; inside a Trainyard job that run carries the job's tags (``trainyard.job_id``, the git
-commit, ...) through the client's run-context provider, and the registry adopts it.
+Writes ``model.pkl``, ``metrics.json`` (flat name -> number) and ``outputs.json`` (accuracy,
+f1_macro and C, for a pipeline's later steps) into ``$TRAINYARD_OUTPUT_DIR`` (default
+``./outputs``). When ``MLFLOW_TRACKING_URI`` is set it also logs params and metrics to an MLflow
+run; inside a Trainyard job that run carries the job's tags (``trainyard.job_id``, the git commit,
+...) through the client's run-context provider, and the registry adopts it.
 """
 
 from __future__ import annotations
@@ -111,7 +112,10 @@ def train(args: argparse.Namespace, output_dir: Path) -> dict[str, float]:
     with open(output_dir / "model.pkl", "wb") as f:
         pickle.dump(model, f)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    print(f"step 3/3 saved model.pkl and metrics.json to {output_dir}", flush=True)
+    # what a pipeline's later steps may use: ${{ steps.<this step>.outputs.accuracy }}
+    outputs = {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"], "C": args.C}
+    (output_dir / "outputs.json").write_text(json.dumps(outputs) + "\n", encoding="utf-8")
+    print(f"step 3/3 saved model.pkl, metrics.json and outputs.json to {output_dir}", flush=True)
     return metrics
 
 

@@ -176,3 +176,47 @@ def test_an_output_that_is_not_there_names_the_field_and_what_was_reported():
         with_outputs(spec.step("train").job, {"prepare": {"rows": 3}})
     with pytest.raises(OutputMissing, match="reported no outputs"):
         with_outputs(spec.step("train").job, {"prepare": None})
+
+
+def _record(**changes):
+    from datetime import UTC, datetime
+
+    from trainyard_contracts import JobRecord, JobSpec, JobState
+
+    spec = JobSpec.model_validate(
+        {
+            "name": "train",
+            "command": ["true"],
+            **({"outputs": {"model": "digits"}} if changes.pop("model_job", False) else {}),
+        }
+    )
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    return JobRecord(
+        job_id="job-1", spec=spec, state=JobState.SUCCEEDED, submitted_at=now, updated_at=now, **changes
+    )
+
+
+def test_a_registered_model_adds_its_name_and_version_over_what_the_job_wrote():
+    from datetime import timedelta
+
+    from trainyard_contracts import ModelRef
+    from trainyard_workflow.core import ModelNotYet, outputs_of_record
+
+    wait = timedelta(minutes=5)
+    plain = _record(outputs={"accuracy": 0.9})
+    assert outputs_of_record(plain, plain.updated_at, wait) == {"accuracy": 0.9}
+    assert outputs_of_record(_record(), plain.updated_at, wait) is None
+
+    waiting = _record(model_job=True, outputs={"accuracy": 0.9, "model_version": 99})
+    with pytest.raises(ModelNotYet):  # the registry has not said yet: its dependents wait
+        outputs_of_record(waiting, waiting.updated_at + timedelta(seconds=30), wait)
+    # a registry away for longer: they go on without it (and fail naming the missing output)
+    assert outputs_of_record(waiting, waiting.updated_at + wait, wait) == {"accuracy": 0.9}
+
+    registered = waiting.model_copy(update={"model": ModelRef(name="digits", version=3)})
+    # the registry's version, never the one the job wrote itself
+    assert outputs_of_record(registered, registered.updated_at, wait) == {
+        "accuracy": 0.9,
+        "model_name": "digits",
+        "model_version": 3,
+    }

@@ -45,12 +45,24 @@ def _read_pipeline_spec(file: Path, assignments: list[str]) -> tuple[dict[str, A
     text = read_text(file)
     try:
         document = parse_spec_document(text)
+        _resolve_step_sources(document, Path.cwd() if str(file) == "-" else file.resolve().parent)
         params = parse_param_assignments(assignments)
         spec = validate_pipeline(document, params)
     except SpecError as exc:
         print_field_errors(exc.errors, f"invalid pipeline: {file}")
         raise typer.Exit(EXIT_INVALID) from None
     return document, params, spec
+
+
+def _resolve_step_sources(document: Any, spec_dir: Path) -> None:
+    """A step's relative local ``source.repo`` made absolute against the pipeline file's folder,
+    as ``submit`` does for a job spec (``repo: ../..`` in examples/pipelines/retrain.yaml)."""
+    from trainyard_client.cli.jobs import resolve_source
+
+    steps = document.get("steps") if isinstance(document, dict) else None
+    for step in steps if isinstance(steps, list) else []:
+        if isinstance(step, dict) and isinstance(step.get("job"), dict):
+            resolve_source(step["job"], spec_dir)
 
 
 def _show(run: Any, fmt: Output) -> None:

@@ -152,7 +152,7 @@ def create_app(
         subjects.all_job_events,
         stream=streams(subjects).jobs,
         durable="workflow-job-outcomes",
-        filter_subjects=[subjects.job_event_kind(kind) for kind in JOB_OUTCOMES],
+        filter_subjects=[subjects.job_event_kind(kind) for kind in (*JOB_OUTCOMES, "model_registered")],
         parse=parse_job_event,
         batch=64,
         concurrency=16,
@@ -165,6 +165,9 @@ def create_app(
     async def on_job_outcome(event: JobEvent) -> None:
         runtime = slot.get()
         record = await runtime.service.read_job(event.job_id)
+        if event.type == "model_registered":  # a step's model version: its dependents may go
+            await runtime.service.on_model_registered(record)
+            return
         if trial_of(record) is not None:
             await runtime.sweeps.on_job_ended(record, event.type)
         else:

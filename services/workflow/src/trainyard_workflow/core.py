@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from trainyard_contracts import JobSpec
+from trainyard_contracts import JobRecord, JobSpec
 from trainyard_contracts.arrays import parse_array
 from trainyard_contracts.runs import (
     TERMINAL_STEP_STATES,
@@ -390,6 +390,29 @@ def with_outputs(job: JobSpec, outputs: Mapping[str, Mapping[str, OutputValue] |
             "params": {name: typed(v, f"params.{name}") for name, v in job.params.items()},
         }
     )
+
+
+MODEL_OUTPUTS = ("model_name", "model_version")
+
+
+class ModelNotYet(Exception):
+    """A step's job names a model to register and the registry has not said its version yet."""
+
+
+def outputs_of_record(
+    record: JobRecord, now: datetime, model_wait: timedelta
+) -> dict[str, OutputValue] | None:
+    """A succeeded step's outputs as its dependents see them: what its job wrote to outputs.json,
+    and, for a job that registers a model, ``model_name`` and ``model_version`` as the registry
+    recorded them (never the job's own: a job cannot say which version it became). The registry
+    registers after the job's end: ModelNotYet until it has, for ``model_wait`` after the record's
+    last change (a registry away longer: the dependents go on without them)."""
+    outputs = {k: v for k, v in (record.outputs or {}).items() if k not in MODEL_OUTPUTS}
+    if record.model is not None:
+        outputs.update(model_name=record.model.name, model_version=record.model.version)
+    elif record.spec.outputs and record.spec.outputs.model and now - record.updated_at < model_wait:
+        raise ModelNotYet(record.job_id)
+    return outputs or None
 
 
 def _as_text(value: OutputValue) -> str:

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from trainyard_contracts import IntakeReply, JobRecord, JobSpec, new_job_id
@@ -38,12 +38,14 @@ from trainyard_workflow.core import (
     Fact,
     JobEnded,
     JobKnown,
+    ModelNotYet,
     OutputMissing,
     Submit,
     advance,
     evolve_all,
     idempotency_key,
     job_spec_for,
+    outputs_of_record,
     referenced_steps,
     retried_steps,
     retry,
@@ -70,8 +72,10 @@ class WorkflowService:
         intake: IntakeSender,
         emit: Emit,
         clock: Callable[[], datetime] = utcnow,
+        model_wait: timedelta = timedelta(minutes=5),
     ) -> None:
         self.runs, self.read_job, self.intake, self.emit, self.clock = runs, read_job, intake, emit, clock
+        self.model_wait = model_wait
         self._background: set[asyncio.Task[Any]] = set()
 
     async def start(
@@ -213,6 +217,8 @@ class WorkflowService:
             return spec.job
         try:
             outputs = {name: await self._outputs_of(run, name) for name in needed}
+        except ModelNotYet:
+            return None  # its model_registered event moves the run on (or the look-over)
         except Exception as exc:
             log.warning("outputs not read", extra={"run_id": run.run_id, "step": step, "error": repr(exc)})
             return None
@@ -222,10 +228,16 @@ class WorkflowService:
             return EndStep(step, StepState.failed, str(missing))
 
     async def _outputs_of(self, run: PipelineRun, step: str) -> dict[str, OutputValue] | None:
-        """What the (single) job of ``step`` reported in outputs.json, from its job record."""
+        """What the (single) job of ``step`` reported, from its job record (core.outputs_of_record)."""
         job = run.steps[step].jobs.get(0)
         record = await self.read_job(job.job_id) if job is not None and job.job_id else None
-        return record.outputs if record is not None else None
+        return outputs_of_record(record, self.clock(), self.model_wait) if record is not None else None
+
+    async def on_model_registered(self, record: JobRecord | None) -> None:
+        """A step's job got its model version: the steps waiting for it may go now."""
+        ref = step_of(record.spec.labels) if record is not None else None
+        if ref is not None and await self.runs.get(ref.run_id) is not None:
+            await self.progress(ref.run_id)
 
     async def _send(self, run: PipelineRun, submit: Submit, job: JobSpec | EndStep | None) -> IntakeReply:
         assert isinstance(job, JobSpec)
