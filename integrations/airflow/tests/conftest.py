@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[2]
@@ -30,6 +31,11 @@ os.environ.update(
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_home}/airflow.db",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        # one key for this process and the airflow commands it starts: trigger kwargs are stored
+        # encrypted (each process would otherwise make up its own)
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+        # an asset's watchers become triggers only for DAGs that are not paused
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
     }
 )
 

@@ -209,6 +209,7 @@ class TrainyardModelRegisteredTrigger(BaseEventTrigger):
                     known = [v for v in versions if v.get("name") == self.model_name]
                     if last is None:
                         last = max((int(v["version"]) for v in known), default=0)
+                        self.log.info("model %s: versions above %d fire", self.model_name, last)
                     for version in sorted(known, key=lambda v: int(v["version"])):
                         if int(version["version"]) > last:
                             last = int(version["version"])

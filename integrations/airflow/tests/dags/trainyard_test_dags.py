@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Asset, AssetWatcher
 
 from trainyard_airflow.operators import TrainyardJobOperator, TrainyardPipelineOperator
 from trainyard_airflow.sensors import TrainyardJobSensor
+from trainyard_airflow.triggers import TrainyardModelRegisteredTrigger
 
 START = datetime(2026, 1, 1)
 SMALL = {"cpu": 0.1, "memory": "64Mi"}
@@ -61,3 +62,22 @@ with DAG("trainyard_pipeline", start_date=START, schedule=None, catchup=False):
 
 with DAG("trainyard_sensor", start_date=START, schedule=None, catchup=False):
     TrainyardJobSensor(task_id="wait", job_id="{{ dag_run.conf['job_id'] }}", poke_interval=1, timeout=300)
+
+# a DAG run per new version of a model: the triggerer runs the watcher (test_asset_watcher.py)
+ASSET_MODEL = "airflow-asset-model"
+new_model = Asset(
+    "trainyard-model-airflow-asset-model",
+    uri=f"trainyard://models/{ASSET_MODEL}",
+    watchers=[
+        AssetWatcher(
+            name="model_registered",
+            trigger=TrainyardModelRegisteredTrigger(ASSET_MODEL, poll_interval=0.5, after_version=0),
+        )
+    ],
+)
+
+with DAG("trainyard_on_new_model", start_date=START, schedule=[new_model], catchup=False):
+    TrainyardJobSensor(
+        task_id="made_by",
+        job_id="{{ (triggering_asset_events.values() | first | first).extra['payload']['job_id'] }}",
+    )
