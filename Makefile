@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # compiled from its first commit (tests/docs/test_lint_coverage.py holds this to the workspace members)
 PACKAGE_SOURCES := contracts/src shared/src client/src $(wildcard services/*/src)
 
-.PHONY: help install demo demo-sweep demo-pipeline up test test-kubeflow kfp-venv test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli bench-workflow bench-ui clean images test-airflow validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
+.PHONY: help install demo demo-sweep demo-pipeline up test test-rl test-kubeflow kfp-venv test-unit test-service test-security test-stack test-e2e test-chaos lint schemas asyncapi bench bench-scheduler bench-cli bench-workflow bench-ui clean images test-airflow validate-deploy deploy-base deploy-nats deploy-secrets deploy-monitoring deploy-all deploy-dev
 
 help:
 	@echo "make demo     start the embedded stack, run the digits example, show its registered model"
@@ -22,6 +22,7 @@ help:
 	@echo "make schemas  regenerate contracts/schemas/*.json; make asyncapi: docs/asyncapi/*.json"
 	@echo "make test-kubeflow  the kfp export (its own venv: make kfp-venv) and the TrainJob backend"
 	@echo "make test-airflow  the Airflow provider (integrations/airflow) in its own venv, docs/airflow.md"
+	@echo "make test-rl  the TF-Agents example (a ~1.9 GB runtime_env venv, cached), swept"
 
 install: .venv/.installed
 
@@ -38,9 +39,15 @@ install: .venv/.installed
 demo: install
 	@UV="$(UV)" bash scripts/demo.sh
 
-# a sweep of examples/rl/cem (Optuna TPE, ASHA pruning) on the embedded stack (docs/workflows.md)
+# a sweep of examples/rl/cem (Optuna TPE, ASHA pruning) on the embedded stack (docs/workflows.md);
+# RL=tfagents: of the TF-Agents DQN (examples/rl/cartpole, its ~1.9 GB venv built once)
 demo-sweep: install
-	@UV="$(UV)" bash scripts/demo.sh sweep
+	@UV="$(UV)" RL="$(RL)" bash scripts/demo.sh sweep
+
+# the TF-Agents example through its runtime_env, swept (marker rl; the venv cached under
+# ~/.cache/trainyard/runtime-envs, ~1.9 GB)
+test-rl: install
+	$(RUN) pytest -m rl $(PYTEST_ARGS)
 
 # examples/pipelines/retrain.yaml on the embedded stack: its steps and the model version it chose
 demo-pipeline: install
@@ -51,8 +58,8 @@ up: install
 
 # the end-to-end tests (built images, `make images`) join in when a Docker engine answers
 test: install
-	@if docker info >/dev/null 2>&1; then marks="not chaos and not bench"; else \
-		marks="not e2e and not chaos and not bench"; \
+	@if docker info >/dev/null 2>&1; then marks="not chaos and not bench and not rl"; else \
+		marks="not e2e and not chaos and not bench and not rl"; \
 		echo "!!! NO DOCKER ENGINE: the end-to-end tests (e2e) are NOT run (scripts/engines.sh starts one) !!!"; \
 	fi; \
 	echo "pytest -m \"$$marks\" $(PYTEST_ARGS)"; \

@@ -37,10 +37,12 @@ cat "$DATA/up.log"
 
 if [[ "${1:-digits}" == sweep ]]; then
   export COLUMNS=${COLUMNS:-160}   # the trial table's columns, also in a log without a terminal
-  echo "== running the sweep examples/rl/cem/sweep.yaml (8 trials, 2 at once, ASHA pruning)"
-  sweep_id=$($RUN trainyard sweep run examples/rl/cem/sweep.yaml --wait -o name) || {
+  sweep_file=examples/rl/cem/sweep.yaml
+  if [[ "${RL:-}" == tfagents ]]; then sweep_file=examples/rl/cartpole/sweep.yaml; fi
+  echo "== running the sweep $sweep_file (TPE, 2 trials at once, ASHA pruning)"
+  sweep_id=$($RUN trainyard sweep run "$sweep_file" --wait -o name) || {
     echo "the sweep did not succeed"; $RUN trainyard sweep list; exit 1; }
-  echo "== trials of sweep $sweep_id, best mean return first"
+  echo "== trials of sweep $sweep_id, best objective first"
   $RUN trainyard sweep status "$sweep_id"
   echo "== the best trial and its registered model"
   $RUN trainyard sweep best "$sweep_id"
