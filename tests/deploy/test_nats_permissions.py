@@ -111,8 +111,9 @@ def test_every_job_event_has_a_writer_and_only_known_writers():
 def test_no_user_may_declare_delete_or_purge_a_stream_and_only_admin_is_unlimited():
     """Only the operator declares (the provision step); the one consumer delete left is the
     submission's removal of the ordered consumers it read buckets with (joblist.BucketReader), on
-    buckets' streams, where no durable consumer lives. The one purge: the submission's of the logs
-    stream, filtered on one finished job's subjects (DELETE /v1/jobs/{id}?purge=true)."""
+    buckets' streams, where no durable consumer lives. The purges: the submission's of the logs
+    stream, filtered on one finished job's subjects (DELETE /v1/jobs/{id}?purge=true), and the jobs
+    index writers' of the entry a job left (jobindex.py)."""
     auth = natsauth()
     users = auth.users(S)
     assert [name for name, perms in users.items() if perms is None] == ["admin"]
@@ -131,10 +132,12 @@ def test_no_user_may_declare_delete_or_purge_a_stream_and_only_admin_is_unlimite
             )
             assert "DURABLE.CREATE" not in subject, (name, subject)
             assert subject not in (">", "$JS.>", "$JS.API.>"), (name, subject)
-            assert ".PURGE." not in subject or (name, subject) == (
-                "submission",
-                f"$JS.API.STREAM.PURGE.{S.streams.logs}",
-            ), (name, subject)
+            assert ".PURGE." not in subject or (name, subject) in {
+                ("submission", f"$JS.API.STREAM.PURGE.{S.streams.logs}"),
+                # the jobs index's writers remove the entry of the state a job left
+                ("submission", f"$JS.API.STREAM.PURGE.{S.streams.jobindex}"),
+                ("scheduler", f"$JS.API.STREAM.PURGE.{S.streams.jobindex}"),
+            }, (name, subject)
 
 
 @pytest.mark.unit
@@ -173,6 +176,9 @@ REFUSED_PUBLISH = [
     ("client", "$KV.trainyard_jobs." + JOB),
     ("telemetry", "$JS.API.STREAM.DELETE.TRAINYARD_JOBS"),
     ("submission", "$JS.API.STREAM.PURGE.TRAINYARD_JOBS"),
+    ("registry", "trainyard.jobidx.default.running." + JOB),  # the index is its writers' alone
+    ("executor-exec-a", "trainyard.jobidx.default.running." + JOB),
+    ("client", "$JS.API.DIRECT.GET.TRAINYARD_JOBIDX"),
 ]
 
 ALLOWED_PUBLISH = [
@@ -190,6 +196,8 @@ ALLOWED_PUBLISH = [
     ("registry", S.model_registered("digits")),
     ("telemetry", S.dlq("telemetry")),
     ("client", S.intake_submit),
+    ("scheduler", "trainyard.jobidx.default.running." + JOB),
+    ("submission", "trainyard.jobidx.default.submitted." + JOB),
 ]
 
 

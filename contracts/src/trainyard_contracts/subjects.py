@@ -28,6 +28,7 @@ class StreamNames:
     audit: str
     reports: str
     triggers: str
+    jobindex: str  # the jobs index (trainyard_shared.jobindex): entries <prefix>.jobidx.<queue>.<state>.<job>
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,11 @@ class Subjects:
         """Events published for triggers under the installation's prefix (always allowed)."""
         return f"{self.prefix}.trigger.>"
 
+    # the jobs index (trainyard_shared.jobindex)
+    @property
+    def job_index(self) -> str:
+        return f"{self.prefix}.jobidx.>"
+
     # dead letters
     def dlq(self, service: str) -> str:
         return f"{self.prefix}.dlq.{service}"
@@ -181,6 +187,7 @@ class Subjects:
             audit=f"{base}_AUDIT",
             reports=f"{base}_EXEC_REPORTS",
             triggers=f"{base}_TRIGGERS",
+            jobindex=f"{base}_JOBIDX",
         )
 
     @property

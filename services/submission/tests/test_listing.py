@@ -215,7 +215,7 @@ async def test_a_listing_while_records_change_lists_each_job_once(api):
                 return
             r = records[turn % len(records)]
             moved = r.model_copy(update={"state": states[turn % len(states)]})
-            await store.kv.put(r.job_id, moved.model_dump_json().encode())
+            await store.update(r.job_id, lambda _, m=moved: m)  # as the scheduler writes: the index kept
 
     writer = asyncio.create_task(rewrite_until_listed())
     try:

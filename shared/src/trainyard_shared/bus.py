@@ -14,6 +14,7 @@ from nats.js.kv import KeyValue
 
 from trainyard_contracts import Subjects
 from trainyard_contracts.audit import MAX_AUDIT_ENTRY_BYTES
+from trainyard_contracts.specsize import MAX_SPEC_BYTES
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.natsusers import tokens_bucket
 from trainyard_shared.streamlimits import StreamLimits
@@ -25,6 +26,8 @@ AUDIT_MAX_BYTES = 1024**3
 INTAKE_DUPLICATE_WINDOW = 0.1  # seconds; nats-server refuses less
 REPORTS_MAX_BYTES = 256 * 1024**2
 REPORT_MAX_MSG_BYTES = 64 * 1024  # a report's free text is clipped far below (contracts/reports.py)
+# an index entry: ids, name and labels, which the spec's own bound holds
+JOB_INDEX_MAX_MSG_BYTES = MAX_SPEC_BYTES + 4096
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,20 @@ def _record_streams(subjects: Subjects, limits: StreamLimits, common: dict[str, 
             # nobody, the operator included, removes an entry: only the age and size limits end one
             deny_delete=True,
             deny_purge=True,
+            **common,
+        ),
+        StreamConfig(
+            name=names.jobindex,
+            subjects=[subjects.job_index],
+            description="the jobs index: one entry per job in its current queue and state "
+            "(trainyard_shared.jobindex), written before each record change, read by the job lists",
+            max_msgs_per_subject=1,
+            max_msg_size=JOB_INDEX_MAX_MSG_BYTES,
+            # as many entries as records (the bucket keeps every job): full, the entries stored
+            # first go (old jobs leave the lists) rather than a state change being refused
+            max_bytes=limits.job_index_max_bytes,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
             **common,
         ),
         StreamConfig(

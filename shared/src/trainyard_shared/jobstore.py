@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -12,6 +12,18 @@ from nats.js.kv import KeyValue
 from trainyard_contracts import JobRecord
 
 Change = Callable[[JobRecord], JobRecord | None]
+
+
+class RecordIndex(Protocol):
+    """Told of each record whose queue or state changes (trainyard_shared.jobindex.JobIndex)."""
+
+    async def enter(self, record: JobRecord) -> int: ...
+
+    async def leave(self, before: JobRecord, entered_seq: int) -> None: ...
+
+
+def _moves(before: JobRecord, after: JobRecord) -> bool:
+    return before.state != after.state or before.spec.queue != after.spec.queue
 
 
 class RecordExists(Exception):
@@ -27,10 +39,15 @@ class JobStore:
     next compare-and-set of the same job on them instead of reading the bucket first (an executor
     writes running, then the outcome: the second write needs no read). Like a view read through
     (:meth:`read_through`), a remembered record that is out of date costs one failed CAS, never a
-    wrong write."""
+    wrong write.
 
-    def __init__(self, kv: KeyValue, remember: int = 4096) -> None:
+    ``index``: the jobs index the writes keep current (an entry for the new queue and state before
+    each compare-and-set that changes them, the old one removed after: jobindex.py).
+    """
+
+    def __init__(self, kv: KeyValue, remember: int = 4096, index: RecordIndex | None = None) -> None:
         self.kv = kv
+        self.index = index
         self._written: list[Callable[[JobRecord, int], None]] = []
         self._view: Any = None
         self._remember = remember
@@ -66,6 +83,8 @@ class JobStore:
             callback(record, revision)
 
     async def create(self, record: JobRecord) -> int:
+        if self.index is not None:  # first: a record always has its entry
+            await self.index.enter(record)
         try:
             revision = await self.kv.create(record.job_id, record.model_dump_json().encode())
         except KeyWrongLastSequenceError as exc:
@@ -128,10 +147,15 @@ class JobStore:
                         cached = fresh
                         continue
                 return None
+            entered = None
+            if self.index is not None and _moves(before, after):
+                entered = await self.index.enter(after)  # first: a record always has its entry
             try:
                 new_revision = await self.kv.update(job_id, after.model_dump_json().encode(), last=revision)
             except KeyWrongLastSequenceError:
-                continue
+                continue  # the entry just written is stale unless the job gets there: readers skip it
             self._notify(after, new_revision)
+            if entered is not None and self.index is not None:
+                await self.index.leave(before, entered)
             return before, after
         raise CasConflict(f"job {job_id}: record changed {tries} times while updating")

@@ -233,6 +233,26 @@ def _base(user: str, service: str, subjects: Subjects) -> Permissions:
     return perms
 
 
+# who writes job records' states, and so keeps the jobs index (trainyard_shared.jobindex)
+JOB_INDEX_WRITERS = ("submission", "scheduler")
+
+
+def write_job_index(perms: Permissions, subjects: Subjects) -> None:
+    """Write the jobs index: an entry per state change, and the removal of the entry the job left
+    (a purge filtered on that job's subject; NATS cannot limit a purge's filter, so this user could
+    empty the index, which the records rebuild: jobindex.py)."""
+    stream = subjects.streams.jobindex
+    perms.add_publish(subjects.job_index, f"{API}.STREAM.PURGE.{stream}")
+
+
+def read_job_index(perms: Permissions, subjects: Subjects) -> None:
+    """Read the jobs index: batched direct gets, the last message of its built marker, and an
+    ordered consumer for a read of every entry of a filter (oldest first)."""
+    stream = subjects.streams.jobindex
+    perms.add_publish(f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>")
+    read_stream(perms, stream)
+
+
 def service_permissions(service: str, subjects: Subjects) -> Permissions:
     if service not in SINGLE_USER_SERVICES:
         raise ValueError(
@@ -246,6 +266,8 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         durable(perms, streams[stream_field], name)
     for stream_field in EPHEMERAL_PULLS.get(service, ()):
         pull_ephemeral(perms, streams[stream_field])
+    if service in JOB_INDEX_WRITERS:
+        write_job_index(perms, subjects)
 
     if service == "submission":
         # questions for the scheduler leader (request/reply), and the intake's answer on the inbox
@@ -267,6 +289,7 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         for bucket in (*KV_WRITES["submission"], *KV_READS["submission"]):
             perms.add_publish(f"{API}.CONSUMER.DELETE.KV_{buckets[bucket]}.*")
         write_objects(perms, subjects.workdirs_bucket)  # PUT /v1/workdirs
+        read_job_index(perms, subjects)  # GET /v1/jobs, the UI's jobs table
     elif service == "scheduler":
         perms.add_publish(
             subjects.exec_command("*", "start"),

@@ -43,6 +43,12 @@ class StreamLimits(BaseSettings):
     )
     jobs_max_bytes: int = Field(1 * GiB, ge=MiB, description="the job events stream")
     jobs_max_age_days: float = Field(30, gt=0, description="how long job events are kept")
+    job_index_max_bytes: int = Field(
+        4 * GiB,
+        ge=MiB,
+        description="the jobs index (one small entry per job, ~300 bytes: about 14 million jobs); "
+        "full: the entries stored first are dropped (those jobs leave the job lists, not the bucket)",
+    )
     dlq_max_bytes: int = Field(256 * MiB, ge=MiB, description="the dead-letter stream")
     dlq_max_age_days: float = Field(30, gt=0, description="how long a dead letter is kept")
     workdirs_max_bytes: int = Field(

@@ -21,9 +21,11 @@ from trainyard_scheduler.settings import SchedulerSettings
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobindex import JobIndex
 from trainyard_shared.jobsecrets import ForgetWhenEnded, SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.publishing import CommandSender, EventPublisher, publish_acked
 from trainyard_shared.queueview import QueueView
 from trainyard_shared.reports import ReportApplier
@@ -134,7 +136,9 @@ async def build_runtime(
     on_leadership: Listener,
 ) -> SchedulerRuntime:
     buckets = await connect_and_bind(sb, common)
-    store = JobStore(buckets.jobs)
+    # the jobs index: every state change the scheduler writes keeps it (jobindex.py)
+    handle = NatsHandle(sb.broker)
+    store = JobStore(buckets.jobs, index=JobIndex(handle.client, handle.jetstream, sb.subjects))
     # finished jobs beyond the most recent ones are not kept: the bucket holds every job the
     # installation ever ran (docs/scheduling.md, "Memory")
     view = JobView(buckets.jobs, keep_finished=settings.keep_finished_records)

@@ -50,6 +50,10 @@ class JobPurger:
         chunks = await self._purge_logs(job_id)
         slot = await self._purge_idempotency(record)
         await self.jobs.purge(job_id)  # last: a purge that failed half way can be asked again
+        # its entries in the jobs index after the record (a reader skips an entry without one)
+        await self.js.purge_stream(
+            self.subjects.streams.jobindex, subject=f"{self.subjects.prefix}.jobidx.*.*.{job_id}"
+        )
         purged = Purged(job_id, revisions, secrets, chunks, slot)
         log.info("job purged", extra={"job_id": job_id, "by": by, **asdict(purged)})
         return purged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobindex import JobIndex
 from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.natshandle import NatsHandle
@@ -26,6 +28,8 @@ from trainyard_submission.service import SubmissionService
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_submission.tokens import TokenStore, bucket_name
 from trainyard_submission.workdirs import WorkdirStore
+
+log = logging.getLogger("trainyard.submission")
 
 
 @dataclass
@@ -81,10 +85,13 @@ async def build_runtime(
     )
     secrets = SecretStore(buckets.secrets)
     purger = JobPurger(buckets.jobs, secrets, buckets.idempotency, js, sb.subjects)
+    handle = NatsHandle(sb.broker)
+    index = JobIndex(handle.client, js, sb.subjects, settings.index_clock_skew_seconds)
     service = SubmissionService(
-        # no view of the jobs bucket: listing reads it when asked (joblist.py), so the job path
-        # costs this service no watch delivery per record update
-        store=JobStore(buckets.jobs),
+        # no view of the jobs bucket: listing reads the jobs index (jobindex.py), which every
+        # record writer keeps, so the job path costs this service no watch delivery per update
+        store=JobStore(buckets.jobs, index=index),
+        index=index,
         jobs_reader=BucketReader(js, names.jobs),
         idempotency=buckets.idempotency,
         models=buckets.models,
@@ -97,6 +104,9 @@ async def build_runtime(
         executors=executor_directory,
         admission_key=common.admission_key_bytes,
     )
+    built = await index.ensure_built(service.all_records)
+    if built is not None:
+        log.info("jobs index built from the records", extra={"records": built})
     executors = BucketReader(js, names.executors)
     audit = AuditLog(sb.broker, sb.subjects, "submission")
     return SubmissionRuntime(service, tokens, queues, queue_view, workdirs, purger, js, executors, audit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import hashlib
 import logging
@@ -13,6 +14,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
+from pydantic import ValidationError
 
 from trainyard_contracts import (
     FieldError,
@@ -33,6 +35,7 @@ from trainyard_contracts.admission import signed
 from trainyard_contracts.jobsecrets import split_secrets
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.gitpolicy import GitPolicy, GitSettings
+from trainyard_shared.jobindex import IndexQuery, JobIndex, to_ns
 from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore, RecordExists
 from trainyard_shared.publishing import EventPublisher
@@ -86,6 +89,7 @@ class SubmissionService:
         workdirs: WorkdirStore | None = None,
         executors: ExecutorDirectory | None = None,
         admission_key: bytes | None = None,
+        index: JobIndex | None = None,
     ) -> None:
         self.store = store
         self.jobs_reader = jobs_reader
@@ -105,6 +109,8 @@ class SubmissionService:
         self.secrets = secrets
         # what it admits is signed; the scheduler places only what verifies (admission.py)
         self.admission_key = admission_key
+        # the jobs index the listings read (jobindex.py); without it a listing reads the bucket
+        self.index = index
 
     async def submit(
         self,
@@ -243,12 +249,42 @@ class SubmissionService:
         every one of ``labels``, newest first (``oldest_first``: the oldest, oldest first), after
         the page boundary ``past`` (``submitted_at``, job id) when one is given.
 
-        Reads the bucket on demand (no view follows it: that cost every job four deliveries);
-        the cost grows with the number of records stored, see joblist.py.
+        Reads the jobs index (jobindex.py): a page reads the index entries of its queue and state
+        near its boundary, then its rows' records by key. Without an index it reads the whole
+        bucket (joblist.py).
         """
+        if self.index is not None:
+            query = IndexQuery(
+                queue,
+                state,
+                name,
+                dict(labels or {}),
+                limit,
+                oldest_first,
+                (to_ns(past[0]), past[1]) if past is not None else None,
+            )
+            async with asyncio.timeout(timeout):
+                return await self.index.page(query, self._record_or_none)
         wanted = NewestMatches(state, queue, limit, name, labels, oldest_first=oldest_first, past=past)
         matches = await self.jobs_reader.read(wanted, timeout)
         return matches.records()
+
+    async def _record_or_none(self, job_id: str) -> JobRecord | None:
+        try:
+            found = await self.store.get(job_id)
+        except ValidationError:
+            return None
+        return found[0] if found is not None else None
+
+    async def all_records(self) -> builtins.list[JobRecord]:
+        """Every record in the bucket (one read of all of it: the index's first build)."""
+        records = []
+        for key, (value, _) in (await self.jobs_reader.read(LatestValues(), timeout=600.0)).values.items():
+            try:
+                records.append(JobRecord.model_validate_json(value))
+            except ValidationError:
+                log.error("unreadable job record", extra={"job_id": key})
+        return records
 
     async def models(self, name: str | None) -> builtins.list[ModelVersionRecord]:
         # one ordered read; nats-py's kv.keys() can answer "no keys" when its consumer

@@ -16,6 +16,12 @@ class SubmissionSettings(HttpSettings):
     )
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     git_timeout_seconds: float = Field(20.0, gt=0)
+    index_clock_skew_seconds: float = Field(
+        0.25,
+        ge=0,
+        description="how far this service's clock may run ahead of nats-server's: a newest-first job "
+        "list reads the jobs index back to this much before its last row's submission time (jobindex.py)",
+    )
     max_workdir_bytes: int = Field(
         100 * 1024 * 1024, ge=1024, description="a packed workdir: the upload and its unpacked content"
     )

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import nats
+from nats.errors import NoRespondersError
 from nats.js.api import DeliverPolicy
 
 from trainyard_contracts import JobRecord, JobSpec, JobSubmitted, Subjects, lifecycle, new_job_id
 from trainyard_contracts._time import utcnow
+from trainyard_shared.jobindex import JobIndex
 from trainyard_shared.settings import CommonSettings
 
 T = TypeVar("T")
@@ -108,6 +110,8 @@ class Bus:
         job_id = new_job_id()
         kv = await self.js.key_value(self.subjects.buckets.jobs)
         record = lifecycle.new_record(job_id, spec, utcnow(), "test")
+        with contextlib.suppress(NoRespondersError):  # its jobs index entry, when the stream exists
+            await JobIndex(self.nc, self.js, self.subjects).enter(record)
         await kv.create(job_id, record.model_dump_json().encode())
         event = JobSubmitted(job_id=job_id, spec=spec, submitted_by="test")
         await self.js.publish(

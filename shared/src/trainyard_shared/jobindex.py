@@ -1,0 +1,455 @@
+"""The jobs index: which jobs are in which queue and state, kept by the services that write records,
+read by the job list pages (``GET /v1/jobs``, the web UI's jobs table) without reading every record.
+
+Structure (docs/performance.md, "The jobs index"): one stream, ``<P>_JOBIDX``, one subject per job
+and state, ``<p>.jobidx.<queue>.<state>.<job_id>``, at most one message each
+(``max_msgs_per_subject=1``). The message is a small entry: the job's id, queue, state, submission
+time (ns), name and labels, so that filters on them need no record read. A listing of a queue
+and/or a state is a subject filter (``<p>.jobidx.<queue|*>.<state|*>.*``), read with batched
+direct gets by stream sequence; nothing else is scanned.
+
+Writing (:class:`JobIndex.enter` / :class:`JobIndex.leave`, called by ``JobStore`` around each
+compare-and-set that changes a record's queue or state):
+
+1. the entry for the new state is published *before* the record's compare-and-set,
+2. the record is written,
+3. the entry of the old state is purged, only the messages stored before step 1's (a purge
+   filtered on the old subject, up to step 1's sequence: a later return to that state, whose entry
+   is newer, is kept).
+
+So every crash point leaves extra entries, never a missing one. The invariant a reader relies on:
+**every record has an entry for its current queue and state; an entry whose record is missing or
+says another queue, state or submission time is stale and skipped** (read-time verification). A
+stale entry comes from a compare-and-set that lost (its state never happened) or a crash between
+the steps; the job's next entry in that state replaces it (one message per subject), and its
+next state change removes it.
+
+Order: the rows are ordered by (submission time, job id), newest first, as ``GET /v1/jobs``
+always was. The stream orders entries by when they were written, not by submission time (a job
+enters ``failed`` long after it was submitted), so a newest-first page reads the filter backwards in
+windows of sequences and stops when no older entry can rank higher: every entry stored before a
+window's first sequence was stored before the server's time there, and its job was submitted before
+its entry was stored (the submission time is taken before the record and its first entry are
+written), give or take how far the submitting service's clock runs ahead of nats-server's
+(``clock_skew_seconds``). Oldest first has no such bound (an old job can
+enter a state now), so it reads every entry of the filter. Entries are read without headers
+(``no_hdr``): nats-py's header parsing cost more than all the rest of a read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
+from pydantic_core import from_json
+
+from trainyard_contracts import JobRecord, Subjects
+
+log = logging.getLogger("trainyard.jobindex")
+
+END = 2**63  # read to the end of the stream
+READ_CHUNK = 512  # entries asked per direct get request
+FIRST_WINDOW = 256  # stream sequences a newest-first page reads first (then half as many more each time)
+MAX_SELECTIONS = 8  # a page's selections when entries keep changing under it (then: what verified)
+
+
+def to_ns(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    job_id: str
+    queue: str
+    state: str
+    submitted_ns: int
+    name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, record: JobRecord) -> IndexEntry:
+        return cls(
+            record.job_id,
+            record.spec.queue,
+            record.state.value,
+            to_ns(record.submitted_at),
+            record.spec.name or "",
+            dict(record.spec.labels),
+        )
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"j": self.job_id, "q": self.queue, "s": self.state, "t": self.submitted_ns}
+        if self.name:
+            body["n"] = self.name
+        if self.labels:
+            body["l"] = self.labels
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> IndexEntry:
+        body = from_json(data)  # pydantic's parser: a page may read thousands
+        return cls(body["j"], body["q"], body["s"], int(body["t"]), body.get("n", ""), body.get("l") or {})
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Its subject's tokens: at most one entry per key is stored."""
+        return (self.queue, self.state, self.job_id)
+
+    @property
+    def rank(self) -> tuple[int, str]:
+        return (self.submitted_ns, self.job_id)
+
+    def describes(self, record: JobRecord) -> bool:
+        """Whether ``record`` is still what this entry says (else the entry is stale)."""
+        return (
+            record.state.value == self.state
+            and record.spec.queue == self.queue
+            and to_ns(record.submitted_at) == self.submitted_ns
+        )
+
+
+@dataclass(frozen=True)
+class IndexQuery:
+    """What a page asks: filters (None: any), how many rows, the order and the page boundary
+    (``past``: rows strictly after this (submission ns, job id) in the page's order)."""
+
+    queue: str | None = None
+    state: str | None = None
+    name: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    limit: int = 100
+    oldest_first: bool = False
+    past: tuple[int, str] | None = None
+
+    def matches(self, entry: IndexEntry) -> bool:
+        if self.name is not None and entry.name != self.name:
+            return False
+        if not all(entry.labels.get(k) == v for k, v in self.labels.items()):
+            return False
+        if self.past is not None:
+            return entry.rank > self.past if self.oldest_first else entry.rank < self.past
+        return True
+
+
+class Best:
+    """The first ``want`` entries of a query's order among those offered (pure; a bounded heap).
+    An entry offered again (read twice by overlapping reads) counts once."""
+
+    def __init__(self, query: IndexQuery, want: int, skip: set[tuple[str, str, str]]) -> None:
+        self.query, self.want, self.skip = query, want, skip
+        self._heap: list[tuple[Any, tuple[str, str, str], IndexEntry]] = []  # top: the first to drop
+        self._kept: set[tuple[str, str, str]] = set()
+        self.seen = 0
+
+    def _key(self, entry: IndexEntry) -> Any:
+        # newest first keeps the greatest ranks: the heap's top is the least; oldest first the other way
+        return (-entry.submitted_ns, _Desc(entry.job_id)) if self.query.oldest_first else entry.rank
+
+    def offer(self, entry: IndexEntry) -> None:
+        self.seen += 1
+        key = entry.key
+        if key in self.skip or key in self._kept or not self.query.matches(entry):
+            return
+        item = (self._key(entry), key, entry)
+        if len(self._heap) < self.want:
+            heapq.heappush(self._heap, item)
+        elif item[0] > self._heap[0][0]:
+            self._kept.discard(heapq.heapreplace(self._heap, item)[1])
+        else:
+            return
+        self._kept.add(key)
+
+    @property
+    def full(self) -> bool:
+        return len(self._heap) >= self.want
+
+    def floor_ns(self) -> int:
+        """The submission time of the last kept entry (the one a better entry would push out)."""
+        return self._heap[0][2].submitted_ns
+
+    def entries(self) -> list[IndexEntry]:
+        return [e for _, _, e in sorted(self._heap, key=lambda item: item[0], reverse=True)]
+
+
+class _Desc:
+    """A string ordered backwards (the job id breaks ties the other way round, oldest first)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Desc) -> bool:
+        return other.value < self.value
+
+    def __gt__(self, other: _Desc) -> bool:
+        return other.value > self.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Desc) and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+RecordReader = Callable[[str], Awaitable[JobRecord | None]]
+
+
+class JobIndex:
+    """Writes and reads the jobs index stream (see the module's docstring for the invariant)."""
+
+    def __init__(
+        self, nc: Client, js: JetStreamContext, subjects: Subjects, clock_skew_seconds: float = 0.25
+    ) -> None:
+        self.nc, self.js, self.subjects = nc, js, subjects
+        self.stream = subjects.streams.jobindex
+        self.skew_ns = int(clock_skew_seconds * 1e9)
+
+    def subject(self, queue: str, state: str, job_id: str) -> str:
+        return f"{self.subjects.prefix}.jobidx.{queue}.{state}.{job_id}"
+
+    def filter(self, queue: str | None, state: str | None) -> str:
+        return f"{self.subjects.prefix}.jobidx.{queue or '*'}.{state or '*'}.*"
+
+    # -- writing --------------------------------------------------------------------------------
+
+    async def enter(self, record: JobRecord) -> int:
+        """Publish ``record``'s entry for its queue and state (before its compare-and-set); the
+        stream sequence it got."""
+        entry = IndexEntry.of(record)
+        ack = await self.js.publish(self.subject(entry.queue, entry.state, entry.job_id), entry.encode())
+        if ack.stream != self.stream:
+            raise RuntimeError(f"index entry stored in {ack.stream}, not {self.stream}")
+        return ack.seq
+
+    async def leave(self, before: JobRecord, entered_seq: int) -> None:
+        """Remove ``before``'s entry (the state the record left): the messages on its subject stored
+        before the new entry (``entered_seq``), so a later return to that state keeps its entry.
+
+        Sent without waiting for the answer (a round trip less per state change): a purge that
+        fails only leaves a stale entry, which readers skip and the job's next change removes.
+        """
+        subject = self.subject(before.spec.queue, before.state.value, before.job_id)
+        request = json.dumps({"filter": subject, "seq": entered_seq}).encode()
+        try:
+            await self.nc.publish(f"$JS.API.STREAM.PURGE.{self.stream}", request, reply=self.nc.new_inbox())
+        except Exception as exc:
+            log.warning("index entry not removed", extra={"job_id": before.job_id, "error": repr(exc)})
+
+    async def rebuild(self, records: Iterable[JobRecord]) -> int:
+        """Write an entry for each record (a lost index, or records from before the index existed),
+        oldest submission first; entries already there are replaced by the same. The number written."""
+        ordered = sorted(records, key=lambda r: (r.submitted_at, r.job_id))
+        for start in range(0, len(ordered), 256):
+            await asyncio.gather(*(self.enter(r) for r in ordered[start : start + 256]))
+        return len(ordered)
+
+    @property
+    def built_marker(self) -> str:
+        """A subject no entry filter matches (three tokens after the prefix, not five): present once
+        the index covers every record written before it (:meth:`ensure_built`)."""
+        return f"{self.subjects.prefix}.jobidx.built"
+
+    async def built(self) -> bool:
+        try:
+            await self.js.get_msg(self.stream, subject=self.built_marker, direct=True)
+        except NotFoundError:
+            return False
+        return True
+
+    async def ensure_built(self, read_records: Callable[[], Awaitable[list[JobRecord]]]) -> int | None:
+        """Build the index from the records once (an installation from before it, or an index lost):
+        when the marker is missing, write every record's entry, then the marker. Writers running
+        meanwhile write their own entries, so none is missed. The number written, or None."""
+        if await self.built():
+            return None
+        written = await self.rebuild(await read_records())
+        await self.js.publish(self.built_marker, b"", stream=self.stream)
+        return written
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def page(self, query: IndexQuery, read_record: RecordReader) -> list[JobRecord]:
+        """The ``query.limit`` first records of the query's order, each verified against its
+        record (a stale entry is skipped).
+
+        A job has one rank (its submission time and id) in every state, so a job whose entry was
+        stale here has its current entry among the candidates unless it was written while they
+        were read: then they are selected again, without the stale entries.
+        """
+        skip: set[tuple[str, str, str]] = set()
+        rows: list[JobRecord] = []
+        for _ in range(MAX_SELECTIONS):
+            want = query.limit + len(skip)
+            entries = await self.select(query, want, skip)
+            jobs = list(dict.fromkeys(e.job_id for e in entries))
+            records = dict(zip(jobs, await asyncio.gather(*(read_record(j) for j in jobs)), strict=True))
+            rows, stale, listed = [], [], set()
+            for entry in entries:
+                record = records[entry.job_id]
+                if record is not None and entry.job_id not in listed and entry.describes(record):
+                    rows.append(record)
+                    listed.add(entry.job_id)
+                else:
+                    stale.append(entry)
+            skip.update(e.key for e in stale)
+            settled = all(e.job_id in listed or records[e.job_id] is None for e in stale)
+            if settled and (len(rows) >= query.limit or len(entries) < want):
+                break
+        return rows[: query.limit]
+
+    async def select(
+        self, query: IndexQuery, want: int, skip: set[tuple[str, str, str]] | None = None
+    ) -> list[IndexEntry]:
+        """The first ``want`` entries in the query's order (not yet verified against records)."""
+        best = Best(query, want, skip or set())
+        subject = self.filter(query.queue, query.state)
+        state = (await self.js.stream_info(self.stream)).state
+        if state.messages == 0:
+            return []
+        first, last = state.first_seq, state.last_seq
+        if query.oldest_first:  # no bound on what a later entry holds: every entry is read
+            await self.read_all(subject, last, best.offer)
+        else:
+            await self._read_newest(query, subject, first, last, best)
+        # a job that changed state during the read may have had its old entry removed before the
+        # read got there, its new one stored past ``last``: the entries stored since are read to
+        # the end (a job's newest entry is stored before its previous one is removed, so it is
+        # always ahead of the read)
+        for entry in await self.read_range(subject, last + 1, END):
+            best.offer(entry)
+        return best.entries()
+
+    async def _read_newest(self, query: IndexQuery, subject: str, first: int, last: int, best: Best) -> None:
+        # a filter costs the server a walk of the block's matching subjects per entry read: where
+        # most entries match, reading all of them and filtering here is cheaper (~4x, measured)
+        on_server = query.state is not None
+        high, window = last, FIRST_WINDOW
+        while high >= first:
+            low = max(first, high - window + 1)
+            if on_server:
+                entries = await self.read_range(subject, low, high)
+            else:
+                read = await self.read_range(None, low, high)
+                entries = [e for e in read if query.queue is None or e.queue == query.queue]
+                on_server = len(entries) * 4 < len(read)  # a small queue among others: let the server filter
+            for entry in entries:
+                best.offer(entry)
+            # every entry stored before this window was stored before the server's time at its
+            # start, and its job submitted before it was stored (give or take the clocks' skew)
+            if best.full and low > first and best.floor_ns() > await self.stored_at(low) + self.skew_ns:
+                break
+            high, window = low - 1, window * 3 // 2
+
+    async def read_all(self, subject: str, last: int, offer: Callable[[IndexEntry], None]) -> None:
+        """Every entry on ``subject`` (a filter) stored up to ``last``, through one ordered consumer:
+        a batched direct get from the start of a large index costs the server a walk of every
+        subject per message, a consumer only a filter match."""
+        done = asyncio.Event()
+
+        async def on_message(msg: Msg) -> None:
+            if done.is_set():
+                return
+            meta = msg.metadata
+            try:
+                offer(IndexEntry.decode(msg.data))
+            except (KeyError, ValueError) as exc:
+                log.error("unreadable index entry", extra={"error": repr(exc)[:300]})
+            if meta.num_pending == 0 or meta.sequence.stream >= last:
+                done.set()
+
+        sub = await self.js.subscribe(
+            subject,
+            stream=self.stream,
+            cb=on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold=10.0,  # the server removes it this long after the read
+        )
+        try:
+            info = await sub.consumer_info()
+            if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
+                return  # nothing on the filter: no delivery will say so
+            await done.wait()
+        finally:
+            await sub.unsubscribe()
+
+    async def stored_at(self, seq: int) -> int:
+        """The server's time (ns) when the message at ``seq`` (or the next one there) was stored."""
+        request = {"seq": seq, "next_by_subj": f"{self.subjects.prefix}.jobidx.>"}
+        reply = await self.nc.request(
+            f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), timeout=10.0
+        )
+        stamp = (reply.headers or {}).get("Nats-Time-Stamp")
+        return _ns(stamp) if stamp else 0
+
+    async def read_range(self, subject: str | None, low: int, high: int) -> list[IndexEntry]:
+        """The entries on ``subject`` (a filter; None: all) stored from sequence ``low`` through ``high``, in
+        order, and maybe some stored after ``high`` (a read asks for a number of entries, not a
+        range; :class:`Best` counts an entry read twice once)."""
+        out: list[IndexEntry] = []
+        start = low
+        while start <= high:
+            batch = min(READ_CHUNK, high - start + 1)
+            chunk, reached = await self._direct_batch(subject, start, batch)
+            out += chunk
+            if len(chunk) < batch or reached >= high:
+                break  # the server had no more, or the range is covered
+            start = reached + 1
+        return out
+
+    async def _direct_batch(
+        self, subject: str | None, start: int, batch: int
+    ) -> tuple[list[IndexEntry], int]:
+        """One batched direct get (ADR-31) without headers (nats-py's header parsing would cost
+        more than the rest of the read): up to ``batch`` entries on ``subject`` from ``start``, and
+        the sequence of the last one (the end-of-batch status carries it)."""
+        inbox = self.nc.new_inbox()
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        out: list[IndexEntry] = []
+
+        async def on_message(msg: Msg) -> None:
+            if msg.headers:  # a status: the end of the batch (204), or nothing there (404)
+                if not done.done():
+                    done.set_result(int(msg.headers.get("Nats-Last-Sequence", 0) or 0))
+                return
+            if not msg.data:
+                return  # the built marker
+            try:
+                out.append(IndexEntry.decode(msg.data))
+            except (KeyError, ValueError) as exc:
+                log.error("unreadable index entry", extra={"error": repr(exc)[:300]})
+
+        sub = await self.nc.subscribe(inbox, cb=on_message)
+        try:
+            request: dict[str, Any] = {"batch": batch, "seq": start, "no_hdr": True}
+            if subject is not None:
+                request["next_by_subj"] = subject
+            await self.nc.publish(
+                f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox
+            )
+            reached = await asyncio.wait_for(done, 10.0)
+        finally:
+            await sub.unsubscribe()
+        return out, reached
+
+
+def _ns(stamp: str) -> int:
+    """A direct get's ``Nats-Time-Stamp`` (RFC 3339, nanoseconds) as ns since the epoch."""
+    whole, _, rest = stamp.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(whole).replace(tzinfo=UTC)
+    return to_ns(seconds) + int((rest + "000000000")[:9] if rest else 0)

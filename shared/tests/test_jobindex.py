@@ -1,0 +1,188 @@
+"""The jobs index (jobindex.py) against a real nats-server: kept by JobStore's writes, right under
+concurrent transitions, a stale entry skipped, pages complete and non-overlapping while jobs are
+added, and a lost index rebuilt from the records."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from faststream.nats import NatsBroker
+
+from trainyard_contracts import JobRecord, JobSpec, JobState, Subjects, lifecycle
+from trainyard_shared.bus import ensure_streams, open_buckets
+from trainyard_shared.jobindex import IndexEntry, IndexQuery, JobIndex, to_ns
+from trainyard_shared.jobstore import JobStore
+from trainyard_shared.natshandle import NatsHandle
+from trainyard_shared.testing.helpers import eventually
+
+pytestmark = pytest.mark.service
+
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def record(i: int, queue: str = "default", state: JobState = JobState.SUBMITTED, **labels: str) -> JobRecord:
+    spec = JobSpec(name=f"job-{i}", queue=queue, command=["true"], labels=labels)
+    fresh = lifecycle.new_record(f"idx{i:06d}", spec, BASE + timedelta(seconds=i), "test")
+    return fresh.model_copy(update={"state": state})
+
+
+class Index:
+    def __init__(self, index: JobIndex, store: JobStore) -> None:
+        self.index, self.store = index, store
+
+    async def read(self, job_id: str) -> JobRecord | None:
+        found = await self.store.get(job_id)
+        return found[0] if found else None
+
+    async def ids(self, **query) -> list[str]:
+        return [r.job_id for r in await self.index.page(IndexQuery(**query), self.read)]
+
+
+@pytest.fixture
+async def indexed(nats_server, prefix):
+    subjects = Subjects(prefix)
+    broker = NatsBroker(nats_server.url)
+    async with broker:
+        await broker.start()
+        await ensure_streams(broker, subjects)
+        buckets = await open_buckets(broker, subjects)
+        handle = NatsHandle(broker)
+        index = JobIndex(handle.client, handle.jetstream, subjects)
+        yield Index(index, JobStore(buckets.jobs, index=index))
+
+
+def newest_first(records: list[JobRecord]) -> list[str]:
+    return [r.job_id for r in sorted(records, key=lambda r: (r.submitted_at, r.job_id), reverse=True)]
+
+
+async def test_the_index_follows_each_transition_and_lists_in_submission_order(indexed):
+    records = [record(i, queue="alpha" if i % 3 else "beta") for i in range(40)]
+    random.Random(7).shuffle(records)  # written in any order: listed by submission time
+    await asyncio.gather(*(indexed.store.create(r) for r in records))
+    for r in records[:10]:
+        await indexed.store.update(r.job_id, lambda x: lifecycle.advance(x, JobState.QUEUED, BASE))
+    moved = {r.job_id for r in records[:10]}
+
+    assert await indexed.ids(limit=100) == newest_first(records)
+    assert await indexed.ids(limit=5) == newest_first(records)[:5]
+    assert await indexed.ids(state="queued", limit=100) == [j for j in newest_first(records) if j in moved]
+    assert await indexed.ids(state="submitted", queue="beta", limit=100) == [
+        r.job_id
+        for r in sorted(records, key=lambda r: r.submitted_at, reverse=True)
+        if r.job_id not in moved and r.spec.queue == "beta"
+    ]
+    assert await indexed.ids(oldest_first=True, limit=3) == newest_first(records)[::-1][:3]
+
+    # one entry per job: the entries of the states a job left are removed (without waiting)
+    async def entries() -> int | None:
+        count = (await indexed.index.js.stream_info(indexed.index.stream)).state.messages
+        return count if count == len(records) else None
+
+    assert await eventually(entries, timeout=10.0) == len(records)
+
+
+async def test_concurrent_transitions_leave_one_entry_per_job_in_its_final_state(indexed):
+    jobs = [record(i) for i in range(30)]
+    await asyncio.gather(*(indexed.store.create(r) for r in jobs))
+
+    async def walk(job: JobRecord) -> None:
+        # two writers race each job: one queues and runs it, the other cancels it while it can
+        async def run() -> None:
+            for state in (JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING):
+                await indexed.store.update(
+                    job.job_id, lambda r, s=state: None if r.state.terminal else lifecycle.advance(r, s, BASE)
+                )
+
+        async def cancel() -> None:
+            await indexed.store.update(
+                job.job_id,
+                lambda r: None if r.state.terminal else lifecycle.advance(r, JobState.CANCELLED, BASE),
+            )
+
+        await asyncio.gather(run(), cancel())
+
+    await asyncio.gather(*(walk(j) for j in jobs))
+
+    finals = {r.job_id: r.state.value for r in [await indexed.read(j.job_id) for j in jobs] if r}
+    listed = {}
+    for state in ("submitted", "queued", "scheduled", "running", "cancelled"):
+        for job_id in await indexed.ids(state=state, limit=100):
+            assert job_id not in listed, f"{job_id} listed in {listed[job_id]} and {state}"
+            listed[job_id] = state
+    assert listed == finals
+    assert sorted(await indexed.ids(limit=100)) == sorted(finals)
+
+
+async def test_a_stale_entry_is_skipped_and_a_missing_record_is_not_listed(indexed):
+    jobs = [record(i) for i in range(5)]
+    await asyncio.gather(*(indexed.store.create(r) for r in jobs))
+    # an entry written before a compare-and-set that never happened (a writer that lost, or died)
+    await indexed.index.enter(jobs[4].model_copy(update={"state": JobState.RUNNING}))
+    # a record removed behind the index's back
+    await indexed.store.kv.delete(jobs[3].job_id)
+
+    assert await indexed.ids(state="running") == []
+    assert await indexed.ids(limit=3) == [jobs[4].job_id, jobs[2].job_id, jobs[1].job_id]
+    # the stale entry's job still lists in its real state, once
+    assert (await indexed.ids(limit=10)).count(jobs[4].job_id) == 1
+
+
+async def test_pages_are_complete_and_do_not_overlap_while_jobs_are_added(indexed):
+    first = [record(i) for i in range(0, 200, 2)]  # even seconds
+    await asyncio.gather(*(indexed.store.create(r) for r in first))
+    seen: list[str] = []
+    past = None
+    added: list[JobRecord] = []
+    while True:
+        page = await indexed.index.page(IndexQuery(limit=17, past=past), indexed.read)
+        seen += [r.job_id for r in page]
+        if len(page) < 17:
+            break
+        last = page[-1]
+        past = (to_ns(last.submitted_at), last.job_id)
+        # jobs submitted meanwhile: one newer than every page, one older than the boundary
+        # (odd seconds, between jobs there at the start)
+        newer, older = record(1000 + len(added)), record(int(last.job_id[3:]) - 1)
+        added.append(newer)
+        await asyncio.gather(indexed.store.create(newer), indexed.store.create(older))
+
+    assert len(seen) == len(set(seen))  # no row twice
+    assert set(r.job_id for r in first) <= set(seen)  # every job there at the start, once
+    assert not {r.job_id for r in added} & set(seen)  # a newer job is on the first page, not later ones
+
+
+async def test_a_lost_index_is_rebuilt_from_the_records(indexed):
+    jobs = [record(i, state=[JobState.QUEUED, JobState.FAILED][i % 2]) for i in range(20)]
+    await asyncio.gather(*(indexed.store.create(r) for r in jobs))
+    await indexed.index.js.purge_stream(indexed.index.stream)  # the index is lost
+    assert await indexed.ids(limit=100) == []
+    assert not await indexed.index.built()
+
+    async def every_record() -> list[JobRecord]:
+        return [r for r in [await indexed.read(j.job_id) for j in jobs] if r]
+
+    assert await indexed.index.ensure_built(every_record) == 20
+    assert await indexed.index.ensure_built(every_record) is None  # once
+    assert await indexed.ids(limit=100) == newest_first(jobs)
+    assert await indexed.ids(state="failed", limit=100) == newest_first(
+        [j for j in jobs if j.state.value == "failed"]
+    )
+
+
+@pytest.mark.unit
+def test_an_entry_round_trips_and_knows_its_record():
+    r = record(3, queue="beta", sweep="lr")
+    again = IndexEntry.decode(IndexEntry.of(r).encode())
+    assert (again.job_id, again.queue, again.state, again.name, again.labels) == (
+        r.job_id,
+        "beta",
+        "submitted",
+        "job-3",
+        {"sweep": "lr"},
+    )
+    assert again.describes(r)
+    assert not again.describes(r.model_copy(update={"state": JobState.QUEUED}))
+    assert IndexQuery(labels={"sweep": "bs"}).matches(again) is False
