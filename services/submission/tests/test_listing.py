@@ -225,3 +225,30 @@ async def test_a_listing_while_records_change_lists_each_job_once(api):
         await writer
     for rows in listings:
         assert len(rows) == len(set(rows)) == len(records)
+
+
+@pytest.mark.service
+async def test_the_api_pages_through_every_job_with_a_cursor_in_either_order(api):
+    store = api.app.state.trainyard["service"].store
+    start = utcnow() - timedelta(days=1)
+    records = [record(i, start, STATES[i % len(STATES)], "default") for i in range(23)]
+    for r in records:
+        await store.create(r)
+
+    async def every_page(**params) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        for _ in range(10):
+            query = {**params, **({"cursor": cursor} if cursor else {})}
+            answer = (await api.get("/v1/jobs", params=query, headers=AUTH)).json()
+            seen += [row["job_id"] for row in answer["jobs"]]
+            cursor = answer["next_cursor"]
+            if cursor is None:
+                return seen
+        raise AssertionError("more pages than jobs")
+
+    assert await every_page(limit=5) == expected(records, limit=100)
+    assert await every_page(limit=4, order="oldest") == expected(records, limit=100)[::-1]
+    assert await every_page(limit=2, state="failed") == expected(records, state="failed")
+    bad = await api.get("/v1/jobs", params={"cursor": "not a cursor"}, headers=AUTH)
+    assert bad.status_code == 422

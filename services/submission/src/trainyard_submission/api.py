@@ -10,7 +10,8 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -74,6 +75,26 @@ def problem_response(status: int, title: str, detail: str = "", **extra: Any) ->
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+CURSOR_SEPARATOR = "~"
+
+
+def cursor_of(record: JobRecord) -> str:
+    """A page boundary: opaque to clients (the row's submission time and job id)."""
+    return f"{record.submitted_at.isoformat()}{CURSOR_SEPARATOR}{record.job_id}"
+
+
+def parse_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    if cursor is None:
+        return None
+    at, sep, job_id = cursor.rpartition(CURSOR_SEPARATOR)
+    try:
+        if not sep or not job_id:
+            raise ValueError(cursor)
+        return datetime.fromisoformat(at), job_id
+    except ValueError as exc:
+        raise Problem(422, "invalid page", "the page link is malformed: start from the first page") from exc
 
 
 def summary(record: JobRecord) -> dict[str, Any]:
@@ -411,13 +432,26 @@ def add_job_routes(router: APIRouter, deps: RouteDeps) -> None:
         label: Annotated[
             list[str] | None, Query(max_length=16, description="key=value; a job must carry every one")
         ] = None,
+        order: Annotated[Literal["newest", "oldest"], Query(description="by submission time")] = "newest",
+        cursor: Annotated[
+            str | None,
+            Query(max_length=128, description="the previous page's next_cursor: the rows after it"),
+        ] = None,
     ) -> dict[str, Any]:
         queue = check_list(caller, queue)
         labels = parse_label_selector(label or [])
         rows = await deps.service().list(
-            state_.value if state_ else None, queue, limit, name=name, labels=labels
+            state_.value if state_ else None,
+            queue,
+            limit,
+            name=name,
+            labels=labels,
+            oldest_first=order == "oldest",
+            past=parse_cursor(cursor),
         )
-        return {"jobs": [summary(r) for r in rows]}
+        # a full page may have a next one: its cursor; fewer rows than asked: the last page
+        next_cursor = cursor_of(rows[-1]) if rows and len(rows) == limit else None
+        return {"jobs": [summary(r) for r in rows], "next_cursor": next_cursor}
 
     @router.get("/jobs/{job_id}", summary="one job's record")
     async def get_job(job_id: str, caller: Caller) -> JSONResponse:

@@ -8,29 +8,12 @@ opposite order and turned round. No offset is counted, so a page costs the same 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
 from urllib.parse import urlencode
 
 from trainyard_contracts import JobRecord
-from trainyard_submission.api import Problem
+from trainyard_submission.api import cursor_of, parse_cursor
 
-SEPARATOR = "~"
-
-
-def cursor_of(record: JobRecord) -> str:
-    return f"{record.submitted_at.isoformat()}{SEPARATOR}{record.job_id}"
-
-
-def parse_cursor(cursor: str | None) -> tuple[datetime, str] | None:
-    if cursor is None:
-        return None
-    at, sep, job_id = cursor.rpartition(SEPARATOR)
-    try:
-        if not sep or not job_id:
-            raise ValueError(cursor)
-        return datetime.fromisoformat(at), job_id
-    except ValueError as exc:
-        raise Problem(422, "invalid page", "the page link is malformed: start from the first page") from exc
+__all__ = ["Page", "PageRequest", "cursor_of", "parse_cursor"]
 
 
 @dataclass(frozen=True)
