@@ -28,7 +28,7 @@ from trainyard_contracts.spec import FieldError, JobSpec, Name, ParamValue, Spec
 
 MAX_SPACE = 32  # parameters in a search space
 MAX_CHOICES = 100  # values of one categorical parameter
-MAX_TRIALS = 500
+MAX_TRIALS = 200  # a record of 200 trials, each with its intermediate values, stays under 1 MiB
 MAX_PARALLEL = 64
 MAX_INTERMEDIATE = 64  # intermediate values kept per trial (for pruning); later steps: the last value only
 MAX_GRID = 100_000  # points of a grid search space

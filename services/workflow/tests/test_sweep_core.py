@@ -229,3 +229,28 @@ def test_intermediate_values_are_bounded_and_keep_the_latest():
     kept = rec.trials[0].intermediate
     assert len(kept) == MAX_INTERMEDIATE and max(kept) == 499 and rec.trials[0].last_step == 499
     assert sorted(kept)[: MAX_INTERMEDIATE - 1] == list(range(MAX_INTERMEDIATE - 1))
+
+
+def test_the_largest_sweep_record_fits_a_nats_message():
+    """max_trials trials, each with MAX_INTERMEDIATE values and long parameters: under 1 MiB, the
+    server's default max_payload (the record is one KV value)."""
+    from trainyard_contracts.sweeps import MAX_TRIALS, Trial
+
+    rec = record(max_trials=MAX_TRIALS)
+    trials = [
+        Trial(
+            number=n,
+            params={"lr": 0.012345678901234567, "width": 64, "act": "relu" * 8},
+            key=f"sweep:{rec.sweep_id}:{n}",
+            job_id="0mx7gilttsdovc5g",
+            state=TrialState.complete,
+            value=123.456789012345,
+            intermediate={step * 1000: 1234.56789012345 for step in range(MAX_INTERMEDIATE)},
+            last_step=10**9,
+            rungs={f"completed_rung_{k}": 1.2345678901234 for k in range(4)},
+            reason="pruned at step 1000000000",
+        )
+        for n in range(MAX_TRIALS)
+    ]
+    full = rec.model_copy(update={"trials": trials})
+    assert len(full.model_dump_json().encode()) < 1024 * 1024
