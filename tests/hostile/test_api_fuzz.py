@@ -49,6 +49,8 @@ SCHEDULE_OPERATIONS = [
     ("GET", "/v1/triggers"),
     ("GET", "/v1/triggers/{name}"),
     ("DELETE", "/v1/triggers/{name}"),
+    ("POST", "/v1/triggers/{name}/suspend"),
+    ("POST", "/v1/triggers/{name}/resume"),
     # and every sweep route
     ("POST", "/v1/sweeps"),
     ("GET", "/v1/sweeps"),

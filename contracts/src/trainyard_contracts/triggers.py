@@ -1,7 +1,8 @@
 """A trigger's record (the workflow service's KV value) and the API's trigger requests.
 
 Requests go on ``<prefix>.workflow.trigger-<verb>`` (request/reply, as schedules do): ``create``
-(trigger), ``list`` (limit), ``get``/``delete`` (name). Answers are a :class:`TriggerReply`.
+(trigger), ``list`` (limit), ``get``/``delete``/``suspend``/``resume`` (name). Answers are a
+:class:`TriggerReply`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from trainyard_contracts.spec import FieldError, ParamValue
 from trainyard_contracts.workflow import TriggerSpec
 
 MAX_PENDING_FIRES = 100  # decided to fire, their run not yet known to exist
-TRIGGER_VERBS = ("create", "list", "get", "delete")
+TRIGGER_VERBS = ("create", "list", "get", "delete", "suspend", "resume")
 
 
 class PendingFire(BaseModel):
@@ -51,6 +52,7 @@ class TriggerRecord(BaseModel):
     debounced: int = Field(0, description="events folded into a window another event had opened")
     invalid: int = Field(0, description="events whose parameters did not make a valid pipeline")
     bad_events: int = Field(0, description="events on the subject that were not JSON, or too large")
+    suspended_events: int = Field(0, description="events on the subject while it was suspended: never fired")
     last_run_id: str | None = None
     last_error: str | None = Field(None, description="why the last invalid or bad event was not fired")
     created: datetime = Field(default_factory=utcnow)

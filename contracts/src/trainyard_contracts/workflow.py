@@ -317,6 +317,9 @@ class TriggerSpec(_Strict):
         description="trailing debounce: the first matching event opens a window this long, and the "
         "last event in it fires, once, when it closes",
     )
+    suspended: bool = Field(
+        False, description="events that arrive while suspended are counted, never fired (trigger resume)"
+    )
     pipeline: dict[str, Any] = Field(description="the pipeline document (as for `pipeline run`)")
 
 

@@ -65,6 +65,34 @@ async def test_the_example_trigger_from_the_cli_fires_on_a_plain_event_and_teams
         listed = await trainyard(url, "trigger", "list")
         assert "retrain-on-digits" in listed.output and "fired 1" in listed.output
 
+        # suspended: an event is counted and fires nothing, then or after the resume
+        suspended = await trainyard(url, "trigger", "suspend", "retrain-on-digits", "-o", "json")
+        assert suspended.exit_code == 0 and json.loads(suspended.output)["spec"]["suspended"] is True
+
+        async def publish(version: str) -> None:
+            publisher = await nats.connect(nats_server.url)
+            body = {**event, "version": version}
+            await publisher.publish(f"{foreign}.digits.published", json.dumps(body).encode())
+            await publisher.flush()
+            await publisher.close()
+
+        async def counted(field: str, value: int):
+            async def probe():
+                shown = await trainyard(url, "trigger", "get", "retrain-on-digits", "-o", "json")
+                record = json.loads(shown.output)
+                return record if record[field] == value and not record["pending"] else None
+
+            return await eventually(probe, 30, f"{field} {value}")
+
+        await publish("while-suspended")
+        assert (await counted("suspended_events", 1))["fired"] == 1
+        resumed = await trainyard(url, "trigger", "resume", "retrain-on-digits")
+        assert resumed.exit_code == 0 and "active" in resumed.output
+        await publish("after-resume")
+        record = await counted("fired", 2)
+        run = await trainyard(url, "pipeline", "status", record["last_run_id"], "-o", "json")
+        assert json.loads(run.output)["spec"]["params"]["version"] == "after-resume"
+
         # a team token sees none of the admin's triggers and cannot delete them
         made = await trainyard(url, "tokens", "create", "--team", "default", "-o", "json")
         assert made.exit_code == 0, made.output

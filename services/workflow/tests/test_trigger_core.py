@@ -25,6 +25,7 @@ from trainyard_workflow.trigger_core import (
     read_event,
     record_event,
     record_fired,
+    record_suspended,
 )
 
 pytestmark = [pytest.mark.unit, pytest.mark.workflow]
@@ -107,6 +108,22 @@ def test_an_event_delivered_again_changes_nothing_and_a_fire_counts_once():
     fired, changed = record_fired(once, due[0].run_id)
     assert changed and fired.fired == 1 and fired.pending == []
     assert record_fired(fired, due[0].run_id) == (fired, False)
+
+
+def test_a_suspended_trigger_counts_events_and_fires_none_of_them_after_a_resume():
+    record = TriggerRecord(spec=spec(params={"version": "v"}), created=NOW)
+    suspended, _ = record_suspended(record, True)
+    assert record_suspended(suspended, True) == (suspended, None)  # asked twice: the same
+    matched = outcome(record.spec, {"v": "v1"})
+    dropped, due = record_event(suspended, event(7, {"v": "v1"}), matched, NOW, run_exists=False)
+    assert due == [] and dropped.suspended_events == 1 and dropped.seen == {"S": 7} and dropped.fired == 0
+    resumed, _ = record_suspended(dropped, False)
+    # the event that came while suspended is looked at already: delivered again, it fires nothing
+    assert record_event(resumed, event(7, {"v": "v1"}), matched, NOW, run_exists=False)[1] == []
+    _, due = record_event(
+        resumed, event(8, {"v": "v2"}), outcome(record.spec, {"v": "v2"}), NOW, run_exists=False
+    )
+    assert [f.params for f in due] == [{"version": "v2"}]
 
 
 def test_the_same_dedupe_value_names_the_same_run_and_is_counted_once_it_exists():

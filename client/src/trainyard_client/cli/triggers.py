@@ -1,5 +1,5 @@
-"""Trigger commands: ``trainyard trigger create FILE | list | get NAME | delete NAME``, each with
-``-o json``."""
+"""Trigger commands: ``trainyard trigger create FILE | list | get NAME | suspend NAME | resume
+NAME | delete NAME``, each with ``-o json``."""
 
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ def _line(record: Any) -> str:
     debounce = f" debounce {spec.debounce_seconds:g}s" if spec.debounce_seconds else ""
     turned_away = (
         f"filtered {record.filtered}, deduplicated {record.deduplicated}, debounced {record.debounced}, "
-        f"invalid {record.invalid}, bad {record.bad_events}"
+        f"invalid {record.invalid}, bad {record.bad_events}, while suspended {record.suspended_events}"
     )
     last = f"  last run {record.last_run_id}" if record.last_run_id else ""
+    state = "[yellow]suspended[/]" if spec.suspended else "[green]active[/]"
     return (
-        f"{escape(spec.name)}  {escape(spec.subject)}{debounce}  fired {record.fired}  "
+        f"{escape(spec.name)}  {state}  {escape(spec.subject)}{debounce}  fired {record.fired}  "
         f"[dim]{turned_away}{last}[/]"
     )
 
@@ -62,6 +63,22 @@ add_named_command(
     NAME,
     "A trigger: its rule, the runs it fired and the events it turned away.",
     lambda client, name: client.trigger(name),
+    _show,
+)
+add_named_command(
+    trigger,
+    "suspend",
+    NAME,
+    "Suspend: events on its subject are counted, never fired, until it is resumed.",
+    lambda client, name: client.suspend_trigger(name),
+    _show,
+)
+add_named_command(
+    trigger,
+    "resume",
+    NAME,
+    "Resume: events from now on fire again (none that came while it was suspended).",
+    lambda client, name: client.resume_trigger(name),
     _show,
 )
 add_delete_command(

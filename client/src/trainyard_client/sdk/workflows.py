@@ -113,6 +113,18 @@ class WorkflowCalls(HttpClient):
         """The trigger goes; the runs it started go on."""
         self._request("DELETE", f"/v1/triggers/{name}")
 
+    def suspend_trigger(self, name: str) -> TriggerRecord:
+        """Events on its subject are counted (``suspended_events``), never fired, until resumed."""
+        from trainyard_contracts.triggers import TriggerRecord
+
+        return TriggerRecord.model_validate(self._request("POST", f"/v1/triggers/{name}/suspend").json())
+
+    def resume_trigger(self, name: str) -> TriggerRecord:
+        """Events from now on fire again; none that came while it was suspended."""
+        from trainyard_contracts.triggers import TriggerRecord
+
+        return TriggerRecord.model_validate(self._request("POST", f"/v1/triggers/{name}/resume").json())
+
     def run_sweep(self, sweep: Mapping[str, Any]) -> SweepRecord:
         """Start a sweep (job template, space, objective, limits, sampler, pruner); 422 names the
         bad field (``space.lr.high``, ``job.resources.cpu``)."""

@@ -39,15 +39,11 @@ def build_schedule_router(state: dict[str, Any]) -> APIRouter:
         deleted="delete a schedule; the runs it started go on",
     )
 
-    @router.post("/{name}/suspend", summary="suspend a schedule: its ticks are dropped until resumed")
-    async def suspend_schedule(name: str, caller: Caller) -> dict[str, Any]:
-        await schedules.visible(caller, name)
-        return public((await schedules.ask("suspend", name=name, by=caller.name)).schedule)
-
-    @router.post("/{name}/resume", summary="resume a schedule from now (backfill starts what it missed)")
-    async def resume_schedule(name: str, caller: Caller) -> dict[str, Any]:
-        await schedules.visible(caller, name)
-        return public((await schedules.ask("resume", name=name, by=caller.name)).schedule)
+    schedules.add_suspend_routes(
+        router,
+        suspended="suspend a schedule: its ticks are dropped until resumed",
+        resumed="resume a schedule from now (backfill starts what it missed)",
+    )
 
     @router.post("/{name}/backfill", summary="start the ticks between from and to (inclusive), once each")
     async def backfill_schedule(name: str, request: Request, caller: Caller) -> dict[str, Any]:

@@ -30,4 +30,9 @@ def build_trigger_router(state: dict[str, Any]) -> APIRouter:
         shown="a trigger: its spec, the runs it fired and the events it turned away",
         deleted="delete a trigger; the runs it started go on",
     )
+    triggers.add_suspend_routes(
+        router,
+        suspended="suspend a trigger: events on its subject are counted, never fired, until resumed",
+        resumed="resume a trigger: events from now on fire again (none that came while suspended)",
+    )
     return router

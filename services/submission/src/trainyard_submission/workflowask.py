@@ -143,3 +143,16 @@ class NamedObjects(Generic[NamedReply]):
             await self.visible(caller, name)
             await self.ask("delete", name=name, by=caller.name)
             return {"name": name, "deleted": True}
+
+    def add_suspend_routes(self, router: APIRouter, *, suspended: str, resumed: str) -> None:
+        """``POST /{name}/suspend`` and ``/resume`` (on the caller's own, or any for the admin)."""
+
+        @router.post("/{name}/suspend", summary=suspended)
+        async def suspend_named(name: str, caller: Caller) -> dict[str, Any]:
+            await self.visible(caller, name)
+            return public(getattr(await self.ask("suspend", name=name, by=caller.name), self.kind))
+
+        @router.post("/{name}/resume", summary=resumed)
+        async def resume_named(name: str, caller: Caller) -> dict[str, Any]:
+            await self.visible(caller, name)
+            return public(getattr(await self.ask("resume", name=name, by=caller.name), self.kind))

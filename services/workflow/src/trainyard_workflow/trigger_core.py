@@ -164,6 +164,8 @@ def record_event(
     if event.seq <= record.seen.get(event.stream, 0):
         return record, []  # looked at before: delivered again
     seen = {**record.seen, event.stream: event.seq}
+    if record.spec.suspended:  # dropped, as a suspended schedule's ticks are: a resume fires none of it
+        return record.model_copy(update={"seen": seen, "suspended_events": record.suspended_events + 1}), []
     if isinstance(outcome, Bad):
         return record.model_copy(
             update={"seen": seen, "bad_events": record.bad_events + 1, "last_error": outcome.reason}
@@ -175,6 +177,12 @@ def record_event(
             update={"seen": seen, "invalid": record.invalid + 1, "last_error": outcome.reason}
         ), []
     return _matched(record.model_copy(update={"seen": seen}), event, outcome, now, run_exists)
+
+
+def record_suspended(record: TriggerRecord, suspended: bool) -> tuple[TriggerRecord, None]:
+    """``trigger suspend|resume``: the events from now on are dropped, or looked at again. Fires
+    decided before a suspension (a debounce window open) still start."""
+    return record.model_copy(update={"spec": record.spec.model_copy(update={"suspended": suspended})}), None
 
 
 def dedupe_run_id(record: TriggerRecord, outcome: Matched) -> str | None:

@@ -20,5 +20,7 @@ def register_trigger_handlers(sb: ServiceBroker, triggers: Callable[[], TriggerS
 async def _answer_named(service: TriggerService, verb: str, request: TriggerRequest) -> TriggerReply:
     if verb == "get":
         return TriggerReply(ok=True, trigger=await service.get(request.name or ""))
+    if verb in ("suspend", "resume"):
+        return TriggerReply(ok=True, trigger=await service.suspend(request.name or "", verb == "suspend"))
     await service.delete(request.name or "")
     return TriggerReply(ok=True)

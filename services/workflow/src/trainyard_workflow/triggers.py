@@ -48,6 +48,7 @@ from trainyard_workflow.trigger_core import (
     record_event,
     record_fired,
     record_not_fired,
+    record_suspended,
 )
 
 log = logging.getLogger("trainyard.workflow.triggers")
@@ -128,6 +129,11 @@ class TriggerService:
     async def delete(self, name: str) -> None:
         """The trigger goes; runs it started go on."""
         await self.triggers.delete(name)
+
+    async def suspend(self, name: str, suspended: bool) -> TriggerRecord:
+        """Suspend or resume (compare-and-set; asked twice, the same)."""
+        record, _ = await self.triggers.mutate(name, functools.partial(record_suspended, suspended=suspended))
+        return record
 
     # -- events -----------------------------------------------------------------------------------
 
