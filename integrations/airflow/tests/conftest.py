@@ -87,8 +87,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield found
     finally:
         proc.stdin.close()  # the server stops the stack when its stdin closes
+        stop(proc, first_wait=90)
+
+
+def stop(proc: subprocess.Popen, first_wait: float = 0) -> None:  # type: ignore[type-arg]
+    """End a process a test started: SIGTERM (after ``first_wait`` seconds for it to end on its
+    own), then SIGKILL if it is still there a minute later."""
+    for step in ("wait", "terminate", "kill"):
+        if proc.poll() is not None:
+            return
+        if step != "wait":
+            getattr(proc, step)()
         try:
-            proc.wait(timeout=90)
+            proc.wait(timeout=first_wait if step == "wait" else 60)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            proc.wait(timeout=60)
+            continue

@@ -5,13 +5,13 @@ scheduled on that asset (no scheduler runs here to start it)."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import stop
 from test_model_events import _register
 
 pytestmark = pytest.mark.airflow
@@ -63,12 +63,7 @@ def test_a_new_model_version_is_an_asset_event_that_queues_the_dag(stack, airflo
             time.sleep(0.5)
         queued = _queued_runs()
     finally:
-        triggerer.send_signal(signal.SIGTERM)
-        try:
-            triggerer.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            triggerer.kill()
-            triggerer.wait()
+        stop(triggerer)
         log.close()
     (event,) = events
     payload = event["payload"]

@@ -72,11 +72,22 @@ def test_a_pipeline_task_succeeds_and_fails_with_its_run(stack, airflow_db):
     assert run["state"] == "failed" and run["steps"]["train"]["state"] == "failed"
 
 
-def test_the_sensor_follows_a_job_another_system_submitted(stack, airflow_db):
-    spec = {"name": "elsewhere", "command": ["python3", "-c", "print('x')"],
+@pytest.mark.parametrize("dag_id", ["trainyard_sensor", "trainyard_sensor_poke"])
+def test_the_sensor_follows_a_job_another_system_submitted(stack, airflow_db, dag_id):
+    spec = {"name": "elsewhere", "command": ["python3", "-c", "import sys, time; time.sleep(1); sys.exit(4)"],
             "resources": {"cpu": 0.1, "memory": "64Mi"}}  # fmt: skip
     with _api(stack) as api:
-        job_id = api.post("/v1/jobs", json=spec).json()["job_id"]
-    run = _dag("trainyard_sensor").test(run_conf={"job_id": job_id})
+        failing = api.post("/v1/jobs", json=spec).json()["job_id"]
+        spec["command"] = ["python3", "-c", "import time; time.sleep(1)"]
+        succeeding = api.post("/v1/jobs", json=spec).json()["job_id"]
+    run = _dag(dag_id).test(run_conf={"job_id": succeeding})
     assert _task_states(run) == {"wait": "success"}
-    assert run.get_task_instances()[0].xcom_pull(task_ids="wait")["job_id"] == job_id
+    assert _dag(dag_id).test(run_conf={"job_id": failing}).get_task_instances()[0].state == "failed"
+
+
+def test_a_spec_the_api_refuses_fails_the_task_naming_the_field(stack, airflow_db, capfd):
+    run = _dag("trainyard_job_rejected").test()
+    assert _task_states(run) == {"train": "failed"}
+    assert "422 invalid job spec: resources.cpu: Input should be greater than 0" in "".join(
+        capfd.readouterr()
+    )

@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from conftest import HERE
+from conftest import HERE, stop
 
 pytestmark = pytest.mark.airflow
 
@@ -41,9 +41,7 @@ def test_sigterm_to_a_running_task_cancels_its_job_and_fails_the_task(stack, air
             proc.wait(timeout=180)
             record = api.get(f"/v1/jobs/{job['job_id']}").json()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
     output = (tmp_path / "dag.log").read_text()
     assert record["state"] == "cancelled", record

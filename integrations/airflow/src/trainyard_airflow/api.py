@@ -44,6 +44,9 @@ class ApiSettings:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
+    def client_options(self) -> dict[str, Any]:
+        return {"base_url": self.url.rstrip("/"), "headers": self.headers(), "timeout": self.timeout}
+
     def job_page(self, job_id: str) -> str:
         """The job's page in the web UI (docs/ui.md)."""
         return f"{self.url.rstrip('/')}/ui/jobs/{job_id}"
@@ -118,14 +121,9 @@ def log_line(data: str) -> str:
 class TrainyardApi:
     """The synchronous calls (a worker running an operator's ``execute`` or ``on_kill``)."""
 
-    def __init__(self, settings: ApiSettings, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
-        self._http = httpx.Client(
-            base_url=settings.url.rstrip("/"),
-            headers=settings.headers(),
-            timeout=settings.timeout,
-            transport=transport,
-        )
+        self._http = httpx.Client(**settings.client_options())
 
     def close(self) -> None:
         self._http.close()
@@ -198,14 +196,9 @@ class TrainyardApi:
 class AsyncTrainyardApi:
     """The asynchronous calls (a trigger in the triggerer's event loop)."""
 
-    def __init__(self, settings: ApiSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
-        self._http = httpx.AsyncClient(
-            base_url=settings.url.rstrip("/"),
-            headers=settings.headers(),
-            timeout=settings.timeout,
-            transport=transport,
-        )
+        self._http = httpx.AsyncClient(**settings.client_options())
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -63,6 +63,14 @@ with DAG("trainyard_pipeline", start_date=START, schedule=None, catchup=False):
 with DAG("trainyard_sensor", start_date=START, schedule=None, catchup=False):
     TrainyardJobSensor(task_id="wait", job_id="{{ dag_run.conf['job_id'] }}", poke_interval=1, timeout=300)
 
+with DAG("trainyard_sensor_poke", start_date=START, schedule=None, catchup=False):
+    TrainyardJobSensor(
+        task_id="wait", job_id="{{ dag_run.conf['job_id'] }}", deferrable=False, poke_interval=1, timeout=300
+    )
+
+with DAG("trainyard_job_rejected", start_date=START, schedule=None, catchup=False):
+    TrainyardJobOperator(task_id="train", spec={"name": "bad", "command": ["true"], "resources": {"cpu": -1}})
+
 # a DAG run per new version of a model: the triggerer runs the watcher (test_asset_watcher.py)
 ASSET_MODEL = "airflow-asset-model"
 new_model = Asset(
