@@ -249,15 +249,7 @@ class WorkflowService:
                 # a step failed before its submission (an output it uses is not there)
                 step = run.steps[fact.step]
                 if step.state == fact.state and step.reason == fact.reason:
-                    await self.emit(
-                        StepEnded(
-                            run_id=run.run_id,
-                            step=fact.step,
-                            attempt=step.attempt,
-                            state=fact.state,
-                            reason=fact.reason,
-                        )
-                    )
+                    await self._step_ended(run, fact)
                 continue
             if not isinstance(fact, JobKnown) or fact.step not in run.steps:
                 continue
@@ -278,20 +270,17 @@ class WorkflowService:
     async def _announce(self, run: PipelineRun, taken: list[Decision]) -> None:
         for decision in taken:
             if isinstance(decision, EndStep):
-                attempt = run.steps[decision.step].attempt
-                await self.emit(
-                    StepEnded(
-                        run_id=run.run_id,
-                        step=decision.step,
-                        attempt=attempt,
-                        state=decision.state,
-                        reason=decision.reason,
-                    )
-                )
+                await self._step_ended(run, decision)
             elif isinstance(decision, EndRun):
                 await self.emit(
                     PipelineFinished(run_id=run.run_id, state=decision.state, attempt=run.attempt)
                 )
+
+    async def _step_ended(self, run: PipelineRun, end: EndStep) -> None:
+        attempt = run.steps[end.step].attempt
+        await self.emit(
+            StepEnded(run_id=run.run_id, step=end.step, attempt=attempt, state=end.state, reason=end.reason)
+        )
 
 
 def _answer_facts(submit: Submit, answer: IntakeReply) -> list[Fact]:
