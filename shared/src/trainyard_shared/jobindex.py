@@ -157,7 +157,7 @@ class Best:
 
     def _key(self, entry: IndexEntry) -> Any:
         # newest first keeps the greatest ranks: the heap's top is the least; oldest first the other way
-        return (-entry.submitted_ns, _Desc(entry.job_id)) if self.query.oldest_first else entry.rank
+        return Reversed(entry.rank) if self.query.oldest_first else entry.rank
 
     def offer(self, entry: IndexEntry) -> None:
         self.seen += 1
@@ -185,25 +185,29 @@ class Best:
         return [e for _, _, e in sorted(self._heap, key=lambda item: item[0], reverse=True)]
 
 
-class _Desc:
-    """A string ordered backwards (the job id breaks ties the other way round, oldest first)."""
+class Reversed:
+    """A rank (a time, then a job id) that orders the other way round: a heap that keeps the
+    greatest keeps the oldest with it."""
 
-    __slots__ = ("value",)
+    __slots__ = ("key",)
 
-    def __init__(self, value: str) -> None:
-        self.value = value
+    def __init__(self, key: tuple[Any, str]) -> None:
+        self.key = key
 
-    def __lt__(self, other: _Desc) -> bool:
-        return other.value < self.value
+    def __lt__(self, other: Reversed) -> bool:
+        return other.key < self.key
 
-    def __gt__(self, other: _Desc) -> bool:
-        return other.value > self.value
+    def __le__(self, other: Reversed) -> bool:
+        return other.key <= self.key
+
+    def __gt__(self, other: Reversed) -> bool:
+        return other.key > self.key
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Desc) and self.value == other.value
+        return isinstance(other, Reversed) and self.key == other.key
 
     def __hash__(self) -> int:
-        return hash(self.value)
+        return hash(self.key)
 
 
 RecordReader = Callable[[str], Awaitable[JobRecord | None]]

@@ -30,6 +30,7 @@ from nats.js.api import DeliverPolicy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainyard_contracts import JobRecord
+from trainyard_shared.jobindex import Reversed
 
 log = logging.getLogger("trainyard.submission.joblist")
 
@@ -55,30 +56,6 @@ class RecordHead(BaseModel):
     state: str
     submitted_at: datetime
     spec: _SpecHead
-
-
-class Reversed:
-    """A sort key that orders the other way round (the heap keeps the oldest when asked to)."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: tuple[datetime, str]) -> None:
-        self.key = key
-
-    def __lt__(self, other: Reversed) -> bool:
-        return other.key < self.key
-
-    def __le__(self, other: Reversed) -> bool:
-        return other.key <= self.key
-
-    def __gt__(self, other: Reversed) -> bool:
-        return other.key > self.key
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Reversed) and self.key == other.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
 
 
 # (submitted_at, job id), or that wrapped in Reversed: the two never meet in one comparison
