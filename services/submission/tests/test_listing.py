@@ -252,3 +252,25 @@ async def test_the_api_pages_through_every_job_with_a_cursor_in_either_order(api
     assert await every_page(limit=2, state="failed") == expected(records, state="failed")
     bad = await api.get("/v1/jobs", params={"cursor": "not a cursor"}, headers=AUTH)
     assert bad.status_code == 422
+
+
+@pytest.mark.service
+async def test_records_from_before_the_index_are_listed_after_a_restart(nats_server, prefix, tmp_path, js):
+    """An installation whose records were written before the jobs index existed (or whose index
+    was lost): the service builds the index from the bucket when it starts."""
+    common = CommonSettings(nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path / "d")
+    start = utcnow() - timedelta(days=1)
+    records = [record(i, start, STATES[i % len(STATES)], QUEUES[i % len(QUEUES)]) for i in range(12)]
+    app = create_app(common, SubmissionSettings(token=TOKEN))
+    async with app.router.lifespan_context(app):  # declares the streams and buckets
+        kv = app.state.trainyard["service"].store.kv
+        for r in records:  # straight into the bucket: no index entry
+            await kv.put(r.job_id, r.model_dump_json().encode())
+    await js.purge_stream(common.subjects.streams.jobindex)  # no entry, no built marker
+
+    app = create_app(common, SubmissionSettings(token=TOKEN))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            assert await listed(client) == expected(records)
+            assert await listed(client, state="failed") == expected(records, state="failed")
