@@ -212,3 +212,49 @@ async def test_an_executor_can_neither_command_nor_read_another_executor(server,
         await admin.js.consumer_info(EXEC, "executor-exec-a")  # the spy consumer was never made
     # and A's own consumer, on its own commands, is allowed
     await own_durable(server, "executor-exec-a", EXEC, "executor-exec-a", S.exec_commands_of("exec-a"))
+
+
+async def test_the_jobs_index_is_written_by_its_writers_and_read_by_the_submission_alone(server, admin):
+    """The scheduler writes an entry and removes the one a job left; the submission service reads
+    (batched direct gets, the ordered read of oldest first, the built marker); an executor may
+    neither write nor read it. No permission violation on the way."""
+    from datetime import UTC, datetime
+
+    from trainyard_contracts import JobSpec, JobState, lifecycle
+    from trainyard_shared.jobindex import IndexQuery, JobIndex
+
+    spec = JobSpec(name="idx", command=["true"])
+    record = lifecycle.new_record("idxperm0001", spec, datetime.now(UTC), "test")
+    running = record.model_copy(update={"state": JobState.RUNNING})
+    records = {record.job_id: running}
+
+    async def read(job_id: str) -> Any:
+        return records.get(job_id)
+
+    async with connected(server, "scheduler") as scheduler, connected(server, "submission") as submission:
+        writer = JobIndex(scheduler.nc, scheduler.js, S)
+        await writer.enter(record)
+        entered = await writer.enter(running)
+        await writer.leave(record, entered)  # not waited for: the reader finds one entry
+
+        reader = JobIndex(submission.nc, submission.js, S)
+
+        async def one_entry() -> list[str] | None:
+            ids = [e.job_id for e in await reader.select(IndexQuery(), 10)]
+            return (
+                ids
+                if ids == [record.job_id] and not await reader.select(IndexQuery(state="submitted"), 10)
+                else None
+            )
+
+        assert await eventually(one_entry, 10, "the entry of the state left removed") == [record.job_id]
+        oldest = await reader.page(IndexQuery(oldest_first=True), read)
+        assert [r.job_id for r in oldest] == [record.job_id]
+        assert not await reader.built()
+        assert not scheduler.errors and not submission.errors
+
+    async with connected(server, "executor-exec-a") as executor:
+        await attempt(
+            executor, executor.js.publish(writer.subject("default", "running", "x"), b"{}"), "jobidx"
+        )
+        await attempt(executor, JobIndex(executor.nc, executor.js, S).select(IndexQuery(), 1), "JOBIDX")
