@@ -45,6 +45,7 @@ class Stack:
     url: str
     token: str
     data: Path
+    api_pid: int  # the submission service's process (the HTTP API), as first started
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +80,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         proc.wait(timeout=60)
         pytest.fail("the embedded stack did not start:\n" + (data / "stack.err").read_text()[-4000:])
     answer = json.loads(line)
-    found = Stack(url=answer["url"], token=answer["token"], data=data / "data")
+    found = Stack(url=answer["url"], token=answer["token"], data=data / "data", api_pid=answer["api_pid"])
     os.environ["AIRFLOW_CONN_TRAINYARD_DEFAULT"] = json.dumps(
         {"conn_type": "trainyard", "host": found.url, "password": found.token}
     )

@@ -5,7 +5,9 @@ user marks the deferred task failed) cancels the job."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 
 import httpx
 import pytest
@@ -106,3 +108,25 @@ async def test_a_job_the_sensor_follows_is_never_cancelled_by_it(stack):
     await trigger.on_kill()
     event = await _first_event(TrainyardJobTrigger(job_id, poll_interval=0.5, echo_logs=False))
     assert event["state"] == "succeeded"
+
+
+async def test_when_the_log_stream_breaks_the_trigger_polls_through_the_apis_restart(stack, capfd):
+    """The API killed while the trigger follows the log (last: the stack's supervisor restarts it
+    for whatever runs after): the stream breaks, the trigger polls, through the connection errors
+    of the restart, until the job (which ran on meanwhile) has ended."""
+    code = "import time\nfor i in range(12):\n    print(f'tick {i}', flush=True); time.sleep(0.5)"
+    job_id = _submit(stack, code)
+    trigger = TrainyardJobTrigger(job_id, poll_interval=0.5)
+    following = asyncio.create_task(_first_event(trigger, timeout=300))
+    seen = ""
+    deadline = asyncio.get_running_loop().time() + 120
+    while "[attempt 1 stdout] tick 0" not in seen:  # the trigger is reading the stream
+        assert asyncio.get_running_loop().time() < deadline, seen[-2000:]
+        assert not following.done()
+        await asyncio.sleep(0.1)
+        seen += "".join(capfd.readouterr())
+    os.kill(stack.api_pid, signal.SIGKILL)
+    event = await following
+    seen += "".join(capfd.readouterr())
+    assert f"following job {job_id}'s log stopped" in seen
+    assert event["job_id"] == job_id and event["state"] == "succeeded"
