@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -27,3 +28,9 @@ def new_job_id(now: float | None = None) -> str:
 
 def is_job_id(value: str) -> bool:
     return bool(_JOB_ID.match(value))
+
+
+def idempotency_slot(namespace: str, key: str) -> str:
+    """The idempotency bucket's key for a submitter's ``key`` (``intake`` for the bus intake's
+    ``Nats-Msg-Id``), kept on the job record: it says which key a job was submitted under."""
+    return f"{namespace}.{hashlib.sha256(key.encode()).hexdigest()[:40]}"

@@ -254,3 +254,26 @@ def test_the_largest_sweep_record_fits_a_nats_message():
     ]
     full = rec.model_copy(update={"trials": trials})
     assert len(full.model_dump_json().encode()) < 1024 * 1024
+
+
+def test_a_job_is_a_trial_only_when_submitted_under_the_trials_key():
+    """Labels are anyone's to write: a team's job labelled as another sweep's trial is no trial;
+    the trial's own job (through the intake under sweep:<id>:<n>) is."""
+    from trainyard_contracts import JobSpec
+    from trainyard_contracts.ids import idempotency_slot
+    from trainyard_contracts.lifecycle import new_record
+    from trainyard_workflow.sweeps import trial_of
+
+    spec = JobSpec.model_validate(
+        {"name": "t", "command": ["true"], "labels": {SWEEP_LABEL: "sweep-test-1", TRIAL_LABEL: "2"}}
+    )
+    record = new_record("job-aaaaaa", spec, NOW, "team-a")
+    assert trial_of(record) is None  # no key: an HTTP submission
+    forged = record.model_copy(
+        update={"idempotency_slot": idempotency_slot("http.tok", "sweep:sweep-test-1:2")}
+    )
+    assert trial_of(forged) is None
+    other = record.model_copy(update={"idempotency_slot": idempotency_slot("intake", "sweep:sweep-test-1:3")})
+    assert trial_of(other) is None
+    own = record.model_copy(update={"idempotency_slot": idempotency_slot("intake", "sweep:sweep-test-1:2")})
+    assert trial_of(own) == ("sweep-test-1", 2)

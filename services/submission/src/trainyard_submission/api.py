@@ -34,6 +34,7 @@ from trainyard_contracts import (
 )
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.audit import AuditEntry
+from trainyard_contracts.ids import idempotency_slot
 from trainyard_contracts.spec import DIGEST_PATTERN, QUEUE_PATTERN, capped_errors
 from trainyard_submission.access import (
     Forbidden,
@@ -56,7 +57,6 @@ from trainyard_submission.service import (
     JobAlreadyFinished,
     JobNotFound,
     SubmissionService,
-    idempotency_slot,
 )
 from trainyard_submission.tokens import Principal, TokenStore
 from trainyard_submission.workdirs import WorkdirRefused, WorkdirStore

@@ -26,11 +26,12 @@ from __future__ import annotations
 from faststream.nats import NatsBroker
 
 from trainyard_contracts import FieldError, IntakeReply, SpecError
+from trainyard_contracts.ids import idempotency_slot
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_submission.access import Forbidden
 from trainyard_submission.busidentity import bus_name, bus_principal
 from trainyard_submission.samespec import IdempotencyConflict
-from trainyard_submission.service import SubmissionService, idempotency_slot
+from trainyard_submission.service import SubmissionService
 from trainyard_submission.tokens import TokenStore
 
 REPLY_HEADER = "Trainyard-Reply-To"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,10 +65,6 @@ class Submitted:
     job_id: str
     record: JobRecord
     duplicate: bool
-
-
-def idempotency_slot(namespace: str, key: str) -> str:
-    return f"{namespace}.{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
 
 class SubmissionService:

@@ -23,6 +23,7 @@ from typing import Any
 
 from trainyard_contracts import IntakeReply, JobRecord, MetricsBatch, new_job_id
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.ids import idempotency_slot
 from trainyard_contracts.sweeps import (
     PRUNED_REASON,
     SWEEP_LABEL,
@@ -46,6 +47,7 @@ from trainyard_workflow.sweep_core import (
     JobKnown,
     Reported,
     advance,
+    trial_key,
     unanswered,
 )
 
@@ -66,12 +68,18 @@ class SweepStore(NamedStore[SweepRecord]):
 
 
 def trial_of(record: JobRecord | None) -> tuple[str, int] | None:
-    """The (sweep, trial) a job is, from its labels."""
+    """The (sweep, trial) a job is: its labels name them, and it was submitted through the bus
+    intake under that trial's key. Labels alone are anyone's to write: a job a team labelled as
+    another's trial is no trial (it cannot end, report for or be pruned as one)."""
     if record is None:
         return None
     labels = record.spec.labels
     sweep_id, number = labels.get(SWEEP_LABEL), labels.get(TRIAL_LABEL, "")
-    return (sweep_id, int(number)) if sweep_id and number.isdigit() else None
+    if not sweep_id or not number.isdigit():
+        return None
+    if record.idempotency_slot != idempotency_slot("intake", trial_key(sweep_id, int(number))):
+        return None
+    return sweep_id, int(number)
 
 
 class SweepService:

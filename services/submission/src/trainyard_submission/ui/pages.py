@@ -22,11 +22,12 @@ from starlette.datastructures import FormData
 
 from trainyard_contracts import JobRecord, JobState, SpecError, WhyAnswer, WhyRequest
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.ids import idempotency_slot
 from trainyard_submission.access import Forbidden, check_list, mask_values, may_read_model
 from trainyard_submission.api import Problem, RouteDeps, forbidden, parse_label_selector
 from trainyard_submission.executorlist import list_executors
 from trainyard_submission.logs import JobOutput
-from trainyard_submission.service import JobAlreadyFinished, JobNotFound, idempotency_slot
+from trainyard_submission.service import JobAlreadyFinished, JobNotFound
 from trainyard_submission.tokens import Principal
 from trainyard_submission.ui.paging import Page, PageRequest, parse_cursor
 from trainyard_submission.ui.session import (
