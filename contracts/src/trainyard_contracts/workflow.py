@@ -291,6 +291,7 @@ class TriggerSpec(_Strict):
 
     ``pipeline`` is the pipeline document as written: it is checked with its own defaults when the
     trigger is created, and the event's parameters are substituted into it when the trigger fires.
+    ``job`` instead: a job spec, run as a one-step pipeline (:func:`job_pipeline`).
     """
 
     name: Name
@@ -320,7 +321,38 @@ class TriggerSpec(_Strict):
     suspended: bool = Field(
         False, description="events that arrive while suspended are counted, never fired (trigger resume)"
     )
-    pipeline: dict[str, Any] = Field(description="the pipeline document (as for `pipeline run`)")
+    pipeline: dict[str, Any] | None = Field(None, description="the pipeline document (as for `pipeline run`)")
+    job: dict[str, Any] | None = Field(
+        None,
+        description="instead of pipeline: a job spec (as for `submit`), its params the defaults the "
+        "event's parameters replace; run as a one-step pipeline whose step is named job",
+    )
+
+    @model_validator(mode="after")
+    def _pipeline_or_job(self) -> TriggerSpec:
+        if (self.pipeline is None) == (self.job is None):
+            raise ValueError("give either pipeline (a pipeline document) or job (a job spec), not both")
+        return self
+
+    def pipeline_document(self) -> dict[str, Any]:
+        """What a fire runs: ``pipeline``, or ``job`` as a one-step pipeline."""
+        return self.pipeline if self.pipeline is not None else job_pipeline(self.job or {})
+
+
+JOB_STEP = "job"
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def job_pipeline(job: dict[str, Any]) -> dict[str, Any]:
+    """A job spec as the one-step pipeline a trigger runs (decision: a run, as an array is, so the
+    trigger's run ids, dedupe and ``pipeline status`` work unchanged). The job's ``params`` are
+    the pipeline's defaults, and each comes back into the job's params as ``${{ params.NAME }}``,
+    so an event's value lands there as well as in any other reference in the job."""
+    own = job.get("params")
+    own = own if isinstance(own, dict) else {}
+    params = {k: v for k, v in own.items() if _PARAM_NAME.match(str(k))}
+    step_job = {**job, "params": {**own, **{k: f"${{{{ params.{k} }}}}" for k in params}}} if params else job
+    return {"name": job.get("name"), "params": params, "steps": [{"name": JOB_STEP, "job": step_job}]}
 
 
 _PARAM_REF = re.compile(r"\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")

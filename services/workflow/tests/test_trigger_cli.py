@@ -93,6 +93,38 @@ async def test_the_example_trigger_from_the_cli_fires_on_a_plain_event_and_teams
         run = await trainyard(url, "pipeline", "status", record["last_run_id"], "-o", "json")
         assert json.loads(run.output)["spec"]["params"]["version"] == "after-resume"
 
+        # a trigger may start a single job: a one-step pipeline run whose step is named job
+        job_trigger = tmp_path / "job-trigger.yaml"
+        job_trigger.write_text(
+            json.dumps(
+                {
+                    "name": "one-job",
+                    "subject": f"{foreign}.digits.published",
+                    "params": {"version": "version"},
+                    "job": {
+                        "name": "one-job",
+                        "command": ["echo", "${{ params.version }}"],
+                        "params": {"version": "x"},
+                    },
+                }
+            )
+        )
+        made_job = await trainyard(url, "trigger", "create", str(job_trigger), "-o", "json")
+        assert made_job.exit_code == 0, made_job.output
+        await publish("for-the-job")
+
+        async def job_fired():
+            shown = json.loads((await trainyard(url, "trigger", "get", "one-job", "-o", "json")).output)
+            return shown if shown["fired"] == 1 and not shown["pending"] else None
+
+        fired_job = await eventually(job_fired, 30, "the job trigger fired")
+        one = json.loads(
+            (await trainyard(url, "pipeline", "status", fired_job["last_run_id"], "-o", "json")).output
+        )
+        [step] = one["spec"]["steps"]
+        assert step["name"] == "job" and step["job"]["command"] == ["echo", "for-the-job"]
+        assert step["job"]["params"] == {"version": "for-the-job"}
+
         # a team token sees none of the admin's triggers and cannot delete them
         made = await trainyard(url, "tokens", "create", "--team", "default", "-o", "json")
         assert made.exit_code == 0, made.output

@@ -154,3 +154,37 @@ def test_a_debounce_window_fires_once_when_it_closes_with_the_last_events_parame
         record, event(9, body), outcome(record.spec, body), NOW + timedelta(seconds=80), False
     )
     assert len(later.pending) == 2 and later.pending[1].run_id != window.run_id
+
+
+JOB = {
+    "name": "retrain-digits",
+    "command": ["python", "train.py", "--version=${{ params.version }}"],
+    "params": {"version": "none", "rows": 0, "model-kind": "logreg"},
+}
+
+
+def test_a_trigger_runs_a_pipeline_or_a_job_never_both_nor_neither():
+    with pytest.raises(ValueError, match="either pipeline"):
+        TriggerSpec.model_validate({"name": "t", "subject": "datasets.>", "pipeline": PIPELINE, "job": JOB})
+    with pytest.raises(ValueError, match="either pipeline"):
+        TriggerSpec.model_validate({"name": "t", "subject": "datasets.>"})
+
+
+def test_a_job_trigger_runs_the_job_as_a_one_step_pipeline_with_the_events_parameters():
+    from trainyard_contracts.workflow import validate_pipeline
+    from trainyard_workflow.triggers import validate_trigger
+
+    document = {"name": "t", "subject": "datasets.>", "params": {"version": "v", "rows": "n"}, "job": JOB}
+    trigger = validate_trigger(document, ["datasets.>"])
+    matched = outcome(trigger, {"v": "v7", "n": 1797})
+    assert isinstance(matched, Matched) and matched.params == {"version": "v7", "rows": 1797}
+    pipeline = validate_pipeline(trigger.pipeline_document(), matched.params)
+    [step] = pipeline.steps
+    assert step.name == "job" and pipeline.name == "retrain-digits"
+    assert step.job.command == ["python", "train.py", "--version=v7"]
+    # the job's own params are the defaults the event replaces (a name no parameter can have stays)
+    assert step.job.params == {"version": "v7", "rows": 1797, "model-kind": "logreg"}
+
+    with pytest.raises(SpecError) as bad:
+        validate_trigger({**document, "job": {**JOB, "command": []}}, ["datasets.>"])
+    assert [e.field for e in bad.value.errors] == ["job.command"]

@@ -13,9 +13,26 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from trainyard_contracts.triggers import TriggerReply, TriggerRequest
+from trainyard_contracts.workflow import job_pipeline
 from trainyard_submission.api import authorised
-from trainyard_submission.pipelines import pipeline_document_check
-from trainyard_submission.workflowask import NamedObjects
+from trainyard_submission.pipelines import check_pipeline, pipeline_document_check
+from trainyard_submission.tokens import Principal
+from trainyard_submission.workflowask import CheckDocument, NamedObjects
+
+
+def trigger_document_check(state: dict[str, Any]) -> CheckDocument:
+    """A trigger's pipeline, or its ``job`` as the one-step pipeline it runs (with the job's own
+    params as the defaults), held to the creator's queue rules."""
+    pipeline_check = pipeline_document_check(state)
+
+    async def check(caller: Principal, document: dict[str, Any]) -> None:
+        job = document.get("job")
+        if isinstance(job, dict) and "pipeline" not in document:
+            await check_pipeline(state, caller, job_pipeline(job), {})
+        else:
+            await pipeline_check(caller, document)
+
+    return check
 
 
 def build_trigger_router(state: dict[str, Any]) -> APIRouter:
@@ -24,7 +41,7 @@ def build_trigger_router(state: dict[str, Any]) -> APIRouter:
 
     triggers.add_routes(
         router,
-        pipeline_document_check(state),
+        trigger_document_check(state),
         created="create a trigger: subject, filter, params and dedupe_key (JMESPath), debounce, pipeline",
         listed="triggers, by name, with what they did with events (fired, filtered, deduplicated...)",
         shown="a trigger: its spec, the runs it fired and the events it turned away",

@@ -139,7 +139,7 @@ def evaluate(compiled: Compiled, data: Any) -> Outcome:
     except JMESPathError as exc:
         return Invalid(f"evaluating the trigger on the event: {_one_line(exc)[:300]}")
     try:
-        validate_pipeline(compiled.spec.pipeline, params)
+        validate_pipeline(compiled.spec.pipeline_document(), params)
     except SpecError as exc:
         return Invalid(f"the pipeline with the event's parameters: {str(exc)[:300]}")
     return Matched(params, dedupe_value)

@@ -31,7 +31,7 @@ from trainyard_contracts.runs import PipelineRun
 from trainyard_contracts.spec import field_errors
 from trainyard_contracts.subjectpatterns import pattern_within, subject_matches
 from trainyard_contracts.triggers import PendingFire, TriggerRecord
-from trainyard_contracts.workflow import PipelineSpec, TriggerSpec, validate_pipeline
+from trainyard_contracts.workflow import JOB_STEP, PipelineSpec, TriggerSpec, validate_pipeline
 from trainyard_workflow.named_store import NamedStore, RecordNotFound
 from trainyard_workflow.store import RunStore
 from trainyard_workflow.trigger_core import (
@@ -85,12 +85,20 @@ def validate_trigger(document: Any, allowed: list[str]) -> TriggerSpec:
         )
     compile_trigger(spec)
     try:
-        validate_pipeline(spec.pipeline)  # with its own defaults: give every parameter one
+        validate_pipeline(spec.pipeline_document())  # with its own defaults: give every parameter one
     except SpecError as exc:
         raise SpecError(
-            [FieldError(field=f"pipeline.{e.field}", message=e.message) for e in exc.errors]
+            [FieldError(field=_field_of(spec, e.field), message=e.message) for e in exc.errors]
         ) from None
     return spec
+
+
+def _field_of(spec: TriggerSpec, field: str) -> str:
+    """A field of the pipeline a trigger runs, as the trigger document names it."""
+    if spec.job is None:
+        return f"pipeline.{field}"
+    step = f"steps.0.{JOB_STEP}."
+    return "job." + (field[len(step) :] if field.startswith(step) else field)
 
 
 class TriggerService:
@@ -185,7 +193,7 @@ class TriggerService:
         """Start the run of ``fire`` (once: the run id is the fire's), then take it out of pending."""
         record = await self.get(name)
         try:
-            pipeline = validate_pipeline(record.spec.pipeline, fire.params)
+            pipeline = validate_pipeline(record.spec.pipeline_document(), fire.params)
         except SpecError as exc:
             await self.triggers.mutate(
                 name, functools.partial(record_not_fired, run_id=fire.run_id, reason=str(exc))
