@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,10 +24,17 @@ REPO = HERE.parents[2]
 
 # Airflow reads its configuration on import: the environment is set before any test imports it
 _home = Path(tempfile.mkdtemp(prefix="trainyard-airflow-home-"))
+# the dags folder: this folder's dags/ and docs/airflow.md's copy-paste example (it must run too)
+DAGS = _home / "dags"
+DAGS.mkdir()
+for dag_file in (HERE / "dags").glob("*.py"):
+    shutil.copy(dag_file, DAGS / dag_file.name)
+_example = (REPO / "docs" / "airflow.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+(DAGS / "docs_example.py").write_text(_example)
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(HERE / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_home}/airflow.db",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
@@ -38,6 +46,10 @@ os.environ.update(
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
     }
 )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_home, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ pytestmark = pytest.mark.airflow
 
 def _dag(dag_id: str):  # type: ignore[no-untyped-def]
     from airflow.dag_processing.dagbag import DagBag
-    from conftest import HERE
+    from conftest import DAGS
 
-    bag = DagBag(dag_folder=str(HERE / "dags"))
+    bag = DagBag(dag_folder=str(DAGS))
     assert not bag.import_errors, bag.import_errors
     return bag.get_dag(dag_id)
 
@@ -91,3 +91,14 @@ def test_a_spec_the_api_refuses_fails_the_task_naming_the_field(stack, airflow_d
     assert "422 invalid job spec: resources.cpu: Input should be greater than 0" in "".join(
         capfd.readouterr()
     )
+
+
+def test_the_copy_paste_example_of_docs_airflow_md_runs(stack, airflow_db):
+    run = _dag("train_digits").test()
+    assert _task_states(run) == {"train": "success", "evaluate": "success"}
+    tis = {ti.task_id: ti for ti in run.get_task_instances()}
+    job_id = tis["train"].xcom_pull(task_ids="train")["job_id"]
+    run_id = tis["evaluate"].xcom_pull(task_ids="evaluate", key="trainyard_run_id")
+    with _api(stack) as api:
+        score = api.get(f"/v1/pipelines/{run_id}").json()["steps"]["score"]["jobs"]["0"]["job_id"]
+        assert f"scoring the model of job {job_id}" in api.get(f"/v1/jobs/{score}/logs").text
