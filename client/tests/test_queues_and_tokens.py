@@ -176,6 +176,15 @@ def test_status_filters_by_label_name_and_state_on_the_server(live_api):
     assert listed("-l", "sweep=lr,owner=ana", "--name", "b") == {ids["b", "lr"]}
     assert listed("-l", "sweep=lr", "-l", "owner=bob") == set()
     assert len(listed()) == 3
+
+    def in_order(*args: str) -> list[str]:
+        return [
+            row["job_id"] for row in json.loads(cli(live_api, ADMIN, "status", "-o", "json", *args).stdout)
+        ]
+
+    submitted = [ids["a", "lr"], ids["b", "lr"], ids["c", "bs"]]
+    assert in_order("--oldest", "--limit", "2") == submitted[:2]
+    assert in_order("--limit", "2") == submitted[::-1][:2]
     (row,) = json.loads(cli(live_api, ADMIN, "status", "-o", "json", "-l", "sweep=bs").stdout)
     assert row["labels"] == {"sweep": "bs", "owner": "ana"}
     assert listed("--state", row["state"], "-l", "sweep=bs") == {ids["c", "bs"]}

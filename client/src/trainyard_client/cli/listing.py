@@ -89,10 +89,12 @@ def status(
     name: Annotated[str | None, typer.Option("--name", help="only jobs of this name")] = None,
     selector: SelectorOption = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many")] = 50,
+    oldest: Annotated[bool, typer.Option("--oldest", help="the oldest first (by submission time)")] = False,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh every 2 s until Ctrl-C")] = False,
     output: OutputOption = Output.TABLE,
 ) -> None:
-    """The list of jobs, newest first (REASON: why a waiting job waits), or one job's record."""
+    """The list of jobs, newest first (--oldest: oldest first; REASON: why a waiting job waits), or
+    one job's record."""
     check_state(state)
     labels = parse_selectors(selector)
     conf = settings(ctx)
@@ -102,7 +104,13 @@ def status(
         with api_errors(conf.url), conf.client() as client:
             print_record(client.get(job_id), output, page=job_page(conf.url, job_id))
         return
-    filters = {"state": state, "queue": queue, "name": name, "limit": limit}
+    filters = {
+        "state": state,
+        "queue": queue,
+        "name": name,
+        "limit": limit,
+        "order": "oldest" if oldest else None,
+    }
     empty = "no jobs" + (" matching" if state or queue or name or labels else " yet")
     with api_errors(conf.url):
         while True:
