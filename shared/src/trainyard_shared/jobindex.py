@@ -22,7 +22,10 @@ So every crash point leaves extra entries, never a missing one. The invariant a 
 says another queue, state or submission time is stale and skipped** (read-time verification). A
 stale entry comes from a compare-and-set that lost (its state never happened) or a crash between
 the steps; the job's next entry in that state replaces it (one message per subject), and its
-next state change removes it.
+next state change removes it. One whose state the job never reaches again (a lost race to a state
+the job then skipped) stays, and costs each page that meets it one more selection; the scheduler
+leader is the only writer of states, so such races come with a leader change or a crash. Removing
+them on read (with a writer's timestamp in the entry to leave a write in flight alone) is left.
 
 Order: the rows are ordered by (submission time, job id), newest first, as ``GET /v1/jobs``
 always was. The stream orders entries by when they were written, not by submission time (a job
