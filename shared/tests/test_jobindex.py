@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -186,3 +187,26 @@ def test_an_entry_round_trips_and_knows_its_record():
     assert again.describes(r)
     assert not again.describes(r.model_copy(update={"state": JobState.QUEUED}))
     assert IndexQuery(labels={"sweep": "bs"}).matches(again) is False
+
+
+async def test_a_reader_removes_a_stale_entry_written_long_ago_and_keeps_a_young_one(indexed):
+    jobs = [record(i) for i in range(3)]
+    await asyncio.gather(*(indexed.store.create(r) for r in jobs))
+    js, subjects = indexed.index.js, indexed.index.subjects
+    old, young = jobs[0], jobs[1]
+    # a lost race to "running" two minutes ago, and one a moment ago (its writer may still be at it)
+    long_ago = IndexEntry.of(old.model_copy(update={"state": JobState.RUNNING}), time.time_ns() - 120 * 10**9)
+    just_now = IndexEntry.of(young.model_copy(update={"state": JobState.RUNNING}), time.time_ns())
+    for entry in (long_ago, just_now):
+        await js.publish(indexed.index.subject(entry.queue, entry.state, entry.job_id), entry.encode())
+
+    assert await indexed.ids(state="running") == []
+
+    async def only_the_young_one_left() -> bool:
+        info = await js.stream_info(
+            indexed.index.stream, subjects_filter=f"{subjects.prefix}.jobidx.*.running.*"
+        )
+        return set(info.state.subjects or {}) == {indexed.index.subject("default", "running", young.job_id)}
+
+    assert await eventually(only_the_young_one_left, 10.0, "the old stale entry removed")
+    assert await indexed.ids(limit=10) == newest_first(jobs)

@@ -23,9 +23,9 @@ says another queue, state or submission time is stale and skipped** (read-time v
 stale entry comes from a compare-and-set that lost (its state never happened) or a crash between
 the steps; the job's next entry in that state replaces it (one message per subject), and its
 next state change removes it. One whose state the job never reaches again (a lost race to a state
-the job then skipped) stays, and costs each page that meets it one more selection; the scheduler
-leader is the only writer of states, so such races come with a leader change or a crash. Removing
-them on read (with a writer's timestamp in the entry to leave a write in flight alone) is left.
+the job then skipped) would stay: a reader removes a stale entry written more than a minute ago
+(each entry carries its writer's clock, ``w``; a younger one may belong to a compare-and-set in
+flight), by a purge of its subject below the sequence the reader started from.
 
 Order: the rows are ordered by (submission time, job id), newest first, as ``GET /v1/jobs``
 always was. The stream orders entries by when they were written, not by submission time (a job
@@ -45,6 +45,7 @@ import asyncio
 import heapq
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ log = logging.getLogger("trainyard.jobindex")
 END = 2**63  # read to the end of the stream
 READ_CHUNK = 512  # entries asked per direct get request
 FIRST_WINDOW = 256  # stream sequences a newest-first page reads first (then half as many more each time)
+STALE_GRACE_NS = 60 * 10**9
 MAX_SELECTIONS = 8  # a page's selections when entries keep changing under it (then: what verified)
 
 
@@ -82,9 +84,10 @@ class IndexEntry:
     submitted_ns: int
     name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    written_ns: int = 0  # the writer's clock when it wrote the entry (a stale one is removed later)
 
     @classmethod
-    def of(cls, record: JobRecord) -> IndexEntry:
+    def of(cls, record: JobRecord, written_ns: int = 0) -> IndexEntry:
         return cls(
             record.job_id,
             record.spec.queue,
@@ -92,6 +95,7 @@ class IndexEntry:
             to_ns(record.submitted_at),
             record.spec.name or "",
             dict(record.spec.labels),
+            written_ns,
         )
 
     def encode(self) -> bytes:
@@ -100,12 +104,22 @@ class IndexEntry:
             body["n"] = self.name
         if self.labels:
             body["l"] = self.labels
+        if self.written_ns:
+            body["w"] = self.written_ns
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> IndexEntry:
         body = from_json(data)  # pydantic's parser: a page may read thousands
-        return cls(body["j"], body["q"], body["s"], int(body["t"]), body.get("n", ""), body.get("l") or {})
+        return cls(
+            body["j"],
+            body["q"],
+            body["s"],
+            int(body["t"]),
+            body.get("n", ""),
+            body.get("l") or {},
+            int(body.get("w", 0)),
+        )
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -237,7 +251,7 @@ class JobIndex:
     async def enter(self, record: JobRecord) -> int:
         """Publish ``record``'s entry for its queue and state (before its compare-and-set); the
         stream sequence it got."""
-        entry = IndexEntry.of(record)
+        entry = IndexEntry.of(record, time.time_ns())
         ack = await self.js.publish(self.subject(entry.queue, entry.state, entry.job_id), entry.encode())
         if ack.stream != self.stream:
             raise RuntimeError(f"index entry stored in {ack.stream}, not {self.stream}")
@@ -250,12 +264,17 @@ class JobIndex:
         Sent without waiting for the answer (a round trip less per state change): a purge that
         fails only leaves a stale entry, which readers skip and the job's next change removes.
         """
-        subject = self.subject(before.spec.queue, before.state.value, before.job_id)
-        request = json.dumps({"filter": subject, "seq": entered_seq}).encode()
+        await self._purge_before(
+            self.subject(before.spec.queue, before.state.value, before.job_id), entered_seq
+        )
+
+    async def _purge_before(self, subject: str, seq: int) -> None:
+        """Ask the server to remove what ``subject`` holds below ``seq``, not waiting for its answer."""
+        request = json.dumps({"filter": subject, "seq": seq}).encode()
         try:
             await self.nc.publish(f"$JS.API.STREAM.PURGE.{self.stream}", request, reply=self.nc.new_inbox())
         except Exception as exc:
-            log.warning("index entry not removed", extra={"job_id": before.job_id, "error": repr(exc)})
+            log.warning("index entry not removed", extra={"subject": subject, "error": repr(exc)})
 
     async def rebuild(self, records: Iterable[JobRecord]) -> int:
         """Write an entry for each record (a lost index, or records from before the index existed),
@@ -302,7 +321,7 @@ class JobIndex:
         rows: list[JobRecord] = []
         for _ in range(MAX_SELECTIONS):
             want = query.limit + len(skip)
-            entries = await self.select(query, want, skip)
+            entries, began = await self._select(query, want, skip)
             jobs = list(dict.fromkeys(e.job_id for e in entries))
             records = dict(zip(jobs, await asyncio.gather(*(read_record(j) for j in jobs)), strict=True))
             rows, stale, listed = [], [], set()
@@ -314,20 +333,36 @@ class JobIndex:
                 else:
                     stale.append(entry)
             skip.update(e.key for e in stale)
+            await self._remove_stale(stale, began + 1)
             settled = all(e.job_id in listed or records[e.job_id] is None for e in stale)
             if settled and (len(rows) >= query.limit or len(entries) < want):
                 break
         return rows[: query.limit]
 
+    async def _remove_stale(self, stale: list[IndexEntry], below: int) -> None:
+        """Remove entries found stale that were written more than STALE_GRACE_NS ago (a younger one
+        may belong to a compare-and-set in flight), only messages stored below ``below`` (when the
+        selection began): an entry written again since for the same job and state is kept."""
+        now_ns = time.time_ns()
+        for entry in stale:
+            if entry.written_ns and now_ns - entry.written_ns > STALE_GRACE_NS:
+                await self._purge_before(self.subject(entry.queue, entry.state, entry.job_id), below)
+
     async def select(
         self, query: IndexQuery, want: int, skip: set[tuple[str, str, str]] | None = None
     ) -> list[IndexEntry]:
         """The first ``want`` entries in the query's order (not yet verified against records)."""
+        return (await self._select(query, want, skip))[0]
+
+    async def _select(
+        self, query: IndexQuery, want: int, skip: set[tuple[str, str, str]] | None
+    ) -> tuple[list[IndexEntry], int]:
+        """:meth:`select`, and the stream's last sequence when it began."""
         best = Best(query, want, skip or set())
         subject = self.filter(query.queue, query.state)
         state = (await self.js.stream_info(self.stream)).state
         if state.messages == 0:
-            return []
+            return [], state.last_seq
         first, last = state.first_seq, state.last_seq
         if query.oldest_first:  # no bound on what a later entry holds: every entry is read
             await self.read_all(subject, last, best.offer)
@@ -339,7 +374,7 @@ class JobIndex:
         # always ahead of the read)
         for entry in await self.read_range(subject, last + 1, END):
             best.offer(entry)
-        return best.entries()
+        return best.entries(), last
 
     async def _read_newest(self, query: IndexQuery, subject: str, first: int, last: int, best: Best) -> None:
         # a filter costs the server a walk of the block's matching subjects per entry read: where
