@@ -69,3 +69,26 @@ async def test_outputs_pass_to_the_next_step_and_a_missing_one_fails_its_step(pr
         )
         evaluate_end = [json.loads(m.data) for m in ended if json.loads(m.data)["step"] == "evaluate"]
         assert evaluate_end and evaluate_end[0]["state"] == "failed"
+
+
+async def test_outputs_at_the_size_limit_reach_the_record(bus, workflow_stack):
+    """64 KiB of outputs travel in the executor's report of the attempt's end: the reports stream
+    takes a message that size (it refused anything over 64 KiB in all before)."""
+    from trainyard_contracts.stepoutputs import OUTPUTS_MAX_BYTES
+
+    size = OUTPUTS_MAX_BYTES - 100
+    write = (
+        "import json, os; "
+        f"json.dump({{'blob': 'x' * {size}}}, "
+        "open(os.path.join(os.environ['TRAINYARD_OUTPUT_DIR'], 'outputs.json'), 'w'))"
+    )
+    pipeline = {
+        "name": "big",
+        "steps": [{"name": "big", "job": {"name": "big", "command": ["python3", "-c", write]}}],
+    }
+    async with workflow_stack() as client:
+        started = await client.ask("run", pipeline=pipeline, by="tester")
+        run = await client.ended(started.run.run_id)
+        assert run.state.value == "succeeded"
+        record = await bus.record(run.steps["big"].jobs[0].job_id)
+        assert record.outputs is not None and len(record.outputs["blob"]) == size

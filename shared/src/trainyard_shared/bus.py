@@ -25,7 +25,9 @@ AUDIT_MAX_AGE_DAYS = 400  # a year and a month: a yearly review still finds last
 AUDIT_MAX_BYTES = 1024**3
 INTAKE_DUPLICATE_WINDOW = 0.1  # seconds; nats-server refuses less
 REPORTS_MAX_BYTES = 256 * 1024**2
-REPORT_MAX_MSG_BYTES = 64 * 1024  # a report's free text is clipped far below (contracts/reports.py)
+# a report's free text is clipped far below (contracts/reports.py); an end carries the job's
+# outputs.json too, up to 64 KiB (contracts/stepoutputs.py)
+REPORT_MAX_MSG_BYTES = 128 * 1024
 # an index entry: ids, name and labels, which the spec's own bound holds
 JOB_INDEX_MAX_MSG_BYTES = MAX_SPEC_BYTES + 4096
 
