@@ -185,6 +185,10 @@ def test_status_filters_by_label_name_and_state_on_the_server(live_api):
     submitted = [ids["a", "lr"], ids["b", "lr"], ids["c", "bs"]]
     assert in_order("--oldest", "--limit", "2") == submitted[:2]
     assert in_order("--limit", "2") == submitted[::-1][:2]
+    with TrainyardClient(live_api, ADMIN) as admin:  # the SDK pages with the API's cursor
+        assert [j.job_id for j in admin.each(page_size=1)] == submitted[::-1]
+        assert [j.job_id for j in admin.each(oldest_first=True, page_size=2)] == submitted
+        assert [j.job_id for j in admin.list(limit=1, oldest_first=True)] == submitted[:1]
     (row,) = json.loads(cli(live_api, ADMIN, "status", "-o", "json", "-l", "sweep=bs").stdout)
     assert row["labels"] == {"sweep": "bs", "owner": "ana"}
     assert listed("--state", row["state"], "-l", "sweep=bs") == {ids["c", "bs"]}

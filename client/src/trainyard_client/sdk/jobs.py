@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -178,8 +179,40 @@ class JobCalls(HttpClient):
         limit: int | None = None,
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
+        oldest_first: bool = False,
     ) -> list[JobSummary]:
-        """Jobs newest first; ``labels``: only jobs carrying every one of them."""
+        """Jobs newest first (``oldest_first``: the other way); ``labels``: only jobs carrying every one."""
+        rows, _ = self._page(self._list_params(state, queue, limit, name, labels, oldest_first))
+        return rows
+
+    def each(
+        self,
+        state: str | JobState | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        oldest_first: bool = False,
+        page_size: int = 500,
+    ) -> Iterator[JobSummary]:
+        """Every matching job, page after page (the API's ``next_cursor``): each job once, however
+        many there are; jobs submitted meanwhile may or may not be among them."""
+        params = self._list_params(state, queue, page_size, name, labels, oldest_first)
+        while True:
+            rows, cursor = self._page(params)
+            yield from rows
+            if cursor is None:
+                return
+            params = {**params, "cursor": cursor}
+
+    @staticmethod
+    def _list_params(
+        state: str | JobState | None,
+        queue: str | None,
+        limit: int | None,
+        name: str | None,
+        labels: Mapping[str, str] | None,
+        oldest_first: bool,
+    ) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if state:
             params["state"] = JobState(state).value
@@ -191,8 +224,13 @@ class JobCalls(HttpClient):
             params["label"] = [f"{k}={v}" for k, v in labels.items()]
         if limit:
             params["limit"] = limit
-        rows = self._request("GET", "/v1/jobs", params=params).json().get("jobs", [])
-        return [JobSummary.model_validate(row) for row in rows]
+        if oldest_first:
+            params["order"] = "oldest"
+        return params
+
+    def _page(self, params: dict[str, Any]) -> tuple[builtins.list[JobSummary], str | None]:
+        answer = self._request("GET", "/v1/jobs", params=params).json()
+        return [JobSummary.model_validate(row) for row in answer.get("jobs", [])], answer.get("next_cursor")
 
     def cancel(self, job_id: str) -> JobRecord:
         """Request cancellation; a finished job raises TrainyardError with status 409."""
