@@ -232,3 +232,29 @@ def _check_array_limits(run: PipelineRun, spec: PipelineSpec) -> None:
             limit = int(s.array.split("%")[1])
             open_jobs = sum(1 for j in run.steps[s.name].jobs.values() if j.outcome is None)
             assert open_jobs <= limit
+
+
+@pytest.mark.security
+def test_a_job_is_a_step_only_when_the_intake_took_it_under_the_steps_key():
+    """Labels are anyone's to write: a team's job labelled as another run's step (sent over HTTP,
+    or under another key) is no step; the step's own job (the bus intake, its key) is."""
+    from datetime import UTC, datetime
+
+    from trainyard_contracts import JobSpec
+    from trainyard_contracts.ids import idempotency_slot
+    from trainyard_contracts.lifecycle import new_record
+    from trainyard_workflow.core import idempotency_key, submitted_under
+
+    key = idempotency_key("run-aaaa", "train", 0, 1)
+    record = new_record(
+        "job-forged", JobSpec(name="t", command=["true"]), datetime(2026, 12, 3, tzinfo=UTC), "b"
+    )
+    assert not submitted_under(record, key)  # no key at all
+    over_http = record.model_copy(update={"idempotency_slot": idempotency_slot("http.tok", key)})
+    assert not submitted_under(over_http, key)
+    another = record.model_copy(
+        update={"idempotency_slot": idempotency_slot("intake", idempotency_key("run-aaaa", "train", 0, 2))}
+    )
+    assert not submitted_under(another, key)
+    own = record.model_copy(update={"idempotency_slot": idempotency_slot("intake", key)})
+    assert submitted_under(own, key)

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from trainyard_contracts import JobRecord, JobSpec
 from trainyard_contracts.arrays import parse_array
+from trainyard_contracts.ids import idempotency_slot
 from trainyard_contracts.runs import (
     TERMINAL_STEP_STATES,
     ChildJob,
@@ -453,3 +454,9 @@ def step_of(labels: dict[str, str]) -> StepRef | None:
         return None
     index = labels.get(INDEX_LABEL, "0")
     return StepRef(run_id, step, int(index)) if index.isdigit() else None
+
+
+def submitted_under(record: JobRecord, key: str) -> bool:
+    """Whether the job came through the bus intake under ``key`` (its record's idempotency slot
+    says so): what the workflow service sends a step's job under. Its labels alone prove nothing."""
+    return record.idempotency_slot == idempotency_slot("intake", key)

@@ -50,6 +50,7 @@ from trainyard_workflow.core import (
     retried_steps,
     retry,
     step_of,
+    submitted_under,
     unanswered,
     with_outputs,
 )
@@ -150,8 +151,8 @@ class WorkflowService:
         return recorded
 
     async def on_job_ended(self, job_id: str, outcome: str, known: JobRecord | None = None) -> None:
-        """A job ended: if it is a step of a run (its labels say which), the run moves on.
-        ``known``: its record, read already."""
+        """A job ended: if it is a step of a run (its labels say which, and it came through the
+        bus intake under that step's key), the run moves on. ``known``: its record, read already."""
         record = known if known is not None else await self.read_job(job_id)
         ref = step_of(record.spec.labels) if record is not None else None
         if ref is None or await self.runs.get(ref.run_id) is None:
@@ -159,6 +160,12 @@ class WorkflowService:
         assert record is not None
         attempt = record.spec.labels.get(STEP_ATTEMPT_LABEL, "1")
         key = idempotency_key(ref.run_id, ref.step, ref.index, int(attempt) if attempt.isdigit() else 1)
+        if not submitted_under(record, key):
+            # labels are anyone's to write: a team's job labelled as another's step is no step
+            log.warning(
+                "a job labelled as a pipeline step was not submitted as one", extra={"job_id": job_id}
+            )
+            return
         # the job's labels name the key it was sent under: its id is known even if the intake's
         # answer was lost with a restart; a job under any other key is not this step's
         facts: list[Fact] = [
