@@ -166,7 +166,6 @@ class ExecutorService:
         self.settings = settings
         self.sb = make_broker(common, "executor", tracer_provider=setup_tracing("executor"))
         self._runtime: Runtime | None = None
-        self.reporter: BusReporter | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -175,10 +174,6 @@ class ExecutorService:
         if self._runtime is None:
             raise RuntimeError("the executor is not connected to NATS yet")
         return self._runtime
-
-    async def on_applied(self, job_id: str) -> None:
-        if self.reporter is not None:
-            self.reporter.applied(job_id)
 
     async def on_command(self, command: ExecutorCommand) -> None:
         if command.type == "start":
@@ -192,7 +187,8 @@ class ExecutorService:
         buckets = await connect_and_bind(sb, common)
         data = common.resolved_data_dir()
         store = JobStore(buckets.jobs)
-        reporter = self.reporter = BusReporter(broker, subjects, store)
+        reporter = BusReporter(broker, subjects, store)
+        await reporter.listen(self.settings.id)
         backend = make_backend(settings, data)
         gpus = await executor_gpus(settings)
         executor = ExecutorCore(
@@ -310,13 +306,6 @@ def create_app(
         title="executor/commands",
         description="start and cancel attempts on this executor's backend",
     )(service.on_command)
-    # a wake-up only (the record is read for the truth): core NATS, no ack, no redelivery
-    sb.broker.subscriber(
-        subjects.exec_applied(settings.id),
-        no_reply=True,
-        title="executor/exec-applied",
-        description="the scheduler applied one of this executor's reports: read that job's record now",
-    )(service.on_applied)
     app: AsgiFastStream = build_app(
         sb,
         title="trainyard-executor",

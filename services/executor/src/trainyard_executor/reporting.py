@@ -17,10 +17,12 @@ from typing import Any, Protocol, TypeVar
 
 import nats.errors
 from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
 
 from trainyard_contracts import JobRecord, Subjects
 from trainyard_contracts.reports import ExecutorReport
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.publishing import MSG_ID, publish_acked
 
 T = TypeVar("T")
@@ -47,6 +49,15 @@ class BusReporter:
         self.subjects = subjects
         self.store = store
         self._readers: dict[str, set[asyncio.Event]] = {}  # job id -> the settles waiting on it
+
+    async def listen(self, executor_id: str) -> None:
+        """Hear the scheduler's word on ``exec-applied.<executor_id>``: a plain core subscription
+        with a callback (no handler machinery: it is on every start's path, and only wakes)."""
+
+        async def heard(msg: Msg) -> None:
+            self.applied(msg.data.decode(errors="replace"))
+
+        await NatsHandle(self.broker).client.subscribe(self.subjects.exec_applied(executor_id), cb=heard)
 
     def applied(self, job_id: str) -> None:
         """The scheduler applied a report of ``job_id``: its waiting readers read the record now."""
