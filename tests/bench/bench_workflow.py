@@ -134,7 +134,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 if i == args.repeat - 1 and args.ended_timeout > 0:
                     ended = all_ended(http, array_id, t0, args.ended_timeout)
             overheads = (
-                step_overheads(http, args.dag_layers, 10, args.ended_timeout) if args.dag_layers else []
+                step_overheads(http, args.dag_layers, args.dag_width, args.ended_timeout)
+                if args.dag_layers
+                else []
             )
     return {
         "array_size": args.size,
