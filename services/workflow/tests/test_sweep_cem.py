@@ -59,7 +59,11 @@ async def test_the_cem_example_sweep_learns_cartpole_and_asha_judges_its_trials(
     for trial in sweep.trials:
         record = await bus.record(trial.job_id)
         if trial.state == "pruned":
-            assert record.state.value == "cancelled" and record.reason == PRUNED_REASON
+            # cancelled as pruned, or it finished before the cancel reached it: still pruned, as
+            # docs/workflows.md says (a loaded machine makes that race common)
+            assert (record.state.value, record.reason) == ("cancelled", PRUNED_REASON) or (
+                record.state.value == "succeeded"
+            ), (record.state, record.reason)
         else:
             assert (
                 record.state.value == "succeeded"
