@@ -37,10 +37,29 @@ class IntakeSender:
         self.nc, self.js, self.subject = nc, js, subject
         self.timeout, self.token = timeout, token
         self._slots = asyncio.Semaphore(concurrency)
+        self._in_flight: dict[str, asyncio.Task[IntakeReply]] = {}
 
     async def submit(self, spec: JobSpec, key: str) -> IntakeReply:
         """The intake's answer for ``spec`` under ``key``; TimeoutError when none came in time
-        (sending the same key again later is safe)."""
+        (sending the same key again later is safe). A key already on its way is not sent again:
+        the caller waits for that send's answer (the outcomes of one run's steps, handled side by
+        side, each send the run's unanswered submissions; a second send of a key inside the intake
+        stream's duplicate window is refused as a duplicate and retried until the window passed)."""
+        sending = self._in_flight.get(key)
+        if sending is None:
+            sending = asyncio.ensure_future(self._submit(spec, key))
+            self._in_flight[key] = sending
+            sending.add_done_callback(lambda done: self._forget(key, done))
+        # one caller giving up (cancelled) does not cancel the send the others wait for
+        return await asyncio.shield(sending)
+
+    def _forget(self, key: str, done: asyncio.Task[IntakeReply]) -> None:
+        if self._in_flight.get(key) is done:
+            del self._in_flight[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: a failed send nobody waits for any more is not logged
+
+    async def _submit(self, spec: JobSpec, key: str) -> IntakeReply:
         async with self._slots, asyncio.timeout(self.timeout):
             inbox = self.nc.new_inbox()
             replies = await self.nc.subscribe(inbox, max_msgs=1)

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -65,6 +66,15 @@ ReadJob = Callable[[str], Awaitable[JobRecord | None]]
 Emit = Callable[[PipelineEnvelope], Awaitable[Any]]
 
 
+@dataclass
+class RunTurn:
+    """Who moves a run now (``lock``), the facts waiting for the next turn, and how many wait."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: list[Fact] = field(default_factory=list)
+    callers: int = 0
+
+
 class WorkflowService:
     def __init__(
         self,
@@ -77,6 +87,7 @@ class WorkflowService:
     ) -> None:
         self.runs, self.read_job, self.intake, self.emit, self.clock = runs, read_job, intake, emit, clock
         self.model_wait = model_wait
+        self._turns: dict[str, RunTurn] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     async def start(
@@ -186,8 +197,30 @@ class WorkflowService:
 
     async def progress(self, run_id: str, facts: Iterable[Fact] = ()) -> PipelineRun:
         """Apply ``facts``, take every decision due, announce them, then send the submissions
-        recorded and not yet answered (and what their answers make due), until none is left."""
-        facts = list(facts)
+        recorded and not yet answered (and what their answers make due), until none is left.
+
+        One run moves one caller at a time, and whoever has the turn applies every fact waiting
+        for it in one compare-and-set: the outcomes of a wide layer of steps, handled side by side,
+        would otherwise each rewrite the run and lose the compare-and-set to one another. A caller
+        returns once its facts are written (by itself or by the turn before); a turn that fails
+        leaves the facts it took for the next."""
+        turn = self._turns.setdefault(run_id, RunTurn())
+        turn.waiting.extend(facts)
+        turn.callers += 1
+        try:
+            async with turn.lock:
+                taken, turn.waiting = turn.waiting, []
+                try:
+                    return await self._progress(run_id, taken)
+                except BaseException:
+                    turn.waiting[:0] = taken
+                    raise
+        finally:
+            turn.callers -= 1
+            if not turn.callers:
+                del self._turns[run_id]
+
+    async def _progress(self, run_id: str, facts: list[Fact]) -> PipelineRun:
         while True:
             run, taken = await self.runs.mutate(run_id, functools.partial(self._advance, facts=facts))
             await self._announce_known(run, facts)
