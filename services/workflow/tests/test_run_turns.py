@@ -1,0 +1,84 @@
+"""One run moves one caller at a time; the turn applies every fact waiting for it.
+
+The outcomes of a wide layer of steps are handled side by side (the outcome consumer's lanes are
+per job). Each used to rewrite the run at once, and they lost the compare-and-set to one another
+(a 10-wide DAG met ``RunConflict`` after 20 tries); now they take turns, and a turn takes the
+facts of those waiting behind it. The run store here records who is inside ``mutate`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from trainyard_contracts.runs import PipelineRun
+from trainyard_contracts.workflow import PipelineSpec
+from trainyard_workflow.core import JobEnded
+from trainyard_workflow.service import WorkflowService
+
+pytestmark = [pytest.mark.unit, pytest.mark.workflow]
+RUN = "run-turns-1"
+
+
+def ended_run() -> PipelineRun:
+    spec = PipelineSpec.model_validate(
+        {"name": "p", "steps": [{"name": "a", "job": {"name": "a", "command": ["true"]}}]}
+    )
+    return PipelineRun.start(RUN, spec).model_copy(update={"state": "succeeded"})
+
+
+class CountingRuns:
+    """A run store whose ``mutate`` notes the facts it was given and how many callers are inside."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.inside = self.most_inside = 0
+        self.applied: list[Any] = []
+        self.fail_first = fail_first
+
+    async def mutate(self, run_id: str, change: Any) -> tuple[PipelineRun, list[Any]]:
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        try:
+            await asyncio.sleep(0.01)  # a read and a write on the bus take this long or more
+            if self.fail_first:
+                self.fail_first = False
+                raise ConnectionError("the bucket did not answer")
+            self.applied.extend(change.keywords["facts"])
+            return ended_run(), []
+        finally:
+            self.inside -= 1
+
+
+async def _noop(*_: Any) -> None:
+    return None
+
+
+def service(runs: CountingRuns) -> WorkflowService:
+    return WorkflowService(runs, read_job=_noop, intake=None, emit=_noop)  # type: ignore[arg-type]
+
+
+def fact(i: int) -> JobEnded:
+    return JobEnded("a", i, f"job-{i}", "succeeded")
+
+
+async def test_callers_take_turns_and_every_fact_is_applied_once() -> None:
+    runs = CountingRuns()
+    workflow = service(runs)
+    await asyncio.gather(*(workflow.progress(RUN, [fact(i)]) for i in range(10)))
+    assert runs.most_inside == 1
+    assert sorted(runs.applied, key=lambda f: f.index) == [fact(i) for i in range(10)]
+    assert workflow._turns == {}  # nothing kept once nobody waits
+
+
+async def test_a_failed_turn_leaves_its_facts_for_the_next() -> None:
+    runs = CountingRuns(fail_first=True)
+    workflow = service(runs)
+    first = asyncio.create_task(workflow.progress(RUN, [fact(0)]))
+    await asyncio.sleep(0)  # the first caller has its turn
+    second = asyncio.create_task(workflow.progress(RUN, [fact(1)]))
+    with pytest.raises(ConnectionError):
+        await first
+    await second
+    assert sorted(runs.applied, key=lambda f: f.index) == [fact(0), fact(1)]
