@@ -210,3 +210,19 @@ async def test_a_reader_removes_a_stale_entry_written_long_ago_and_keeps_a_young
 
     assert await eventually(only_the_young_one_left, 10.0, "the old stale entry removed")
     assert await indexed.ids(limit=10) == newest_first(jobs)
+
+
+async def test_a_job_that_moved_on_while_a_page_was_read_is_listed_from_its_record(indexed):
+    """Its entry is stale and its new one not read (here: never written, the record rewritten
+    behind the index's back, as a page reading while a writer moves the job sees it): a page whose
+    filters its record still passes lists it, once, where its rank puts it; one whose filters it no
+    longer passes does not."""
+    jobs = [record(i) for i in range(3)]
+    await asyncio.gather(*(indexed.store.create(r) for r in jobs))
+    moved = jobs[1].model_copy(update={"state": JobState.RUNNING})
+    await indexed.store.kv.put(moved.job_id, moved.model_dump_json().encode())
+
+    assert await indexed.ids(limit=10) == newest_first(jobs)
+    assert await indexed.ids(state="submitted", limit=10) == [jobs[2].job_id, jobs[0].job_id]
+    assert await indexed.ids(queue="default", limit=10) == newest_first(jobs)
+    assert await indexed.ids(queue="other", limit=10) == []

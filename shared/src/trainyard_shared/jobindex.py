@@ -152,6 +152,16 @@ class IndexQuery:
     oldest_first: bool = False
     past: tuple[int, str] | None = None
 
+    def holds(self, record: JobRecord, entry: IndexEntry) -> bool:
+        """Whether ``record`` itself belongs on this page where ``entry`` (its job's, stale: the
+        job moved on while the page was read) ranks it: its queue and state pass the filters and
+        its rank is the entry's. The record is the truth, so such a job is listed from it."""
+        return (
+            (self.queue is None or record.spec.queue == self.queue)
+            and (self.state is None or record.state.value == self.state)
+            and to_ns(record.submitted_at) == entry.submitted_ns
+        )
+
     def matches(self, entry: IndexEntry) -> bool:
         if self.name is not None and entry.name != self.name:
             return False
@@ -327,11 +337,18 @@ class JobIndex:
             rows, stale, listed = [], [], set()
             for entry in entries:
                 record = records[entry.job_id]
-                if record is not None and entry.job_id not in listed and entry.describes(record):
+                fresh = record is not None and entry.describes(record)
+                if not fresh:
+                    stale.append(entry)
+                # a job that moved on while the page was read is listed from its record when the
+                # record still belongs here (its new entry may be written after this selection)
+                if (
+                    record is not None
+                    and entry.job_id not in listed
+                    and (fresh or query.holds(record, entry))
+                ):
                     rows.append(record)
                     listed.add(entry.job_id)
-                else:
-                    stale.append(entry)
             skip.update(e.key for e in stale)
             await self._remove_stale(stale, began + 1)
             settled = all(e.job_id in listed or records[e.job_id] is None for e in stale)
