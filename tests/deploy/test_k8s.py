@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_registry.settings import RegistrySettings
@@ -52,6 +53,10 @@ ROOTS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
 SERVICEMONITOR_SCHEMA = json.loads(
     (Path(__file__).parent / "schemas" / "servicemonitor.schema.json").read_text()
 )
+PROMETHEUSRULE_SCHEMA = json.loads(
+    (Path(__file__).parent / "schemas" / "prometheusrule.schema.json").read_text()
+)
+OPERATOR_SCHEMAS = {"ServiceMonitor": SERVICEMONITOR_SCHEMA, "PrometheusRule": PROMETHEUSRULE_SCHEMA}
 
 
 def rel(path: Path) -> str:
@@ -155,7 +160,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(root: Path):
     checked = 0
     for obj in render_python(root):
         if obj["apiVersion"] == "monitoring.coreos.com/v1":
-            jsonschema.validate(obj, SERVICEMONITOR_SCHEMA)
+            jsonschema.validate(obj, OPERATOR_SCHEMAS[obj["kind"]])
         else:
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
         checked += 1
@@ -172,6 +177,18 @@ def test_the_validation_catches_a_mistake():
     monitor["spec"]["endpoints"][0]["intervall"] = "15s"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(monitor, SERVICEMONITOR_SCHEMA)
+    rule = of_kind(render_python(K8S / "monitoring"), "PrometheusRule")[0]
+    rule["spec"]["groups"][0]["rules"][0]["expresion"] = "up"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(rule, PROMETHEUSRULE_SCHEMA)
+
+
+def test_the_operators_alert_rules_are_the_ones_compose_loads():
+    """deploy/k8s/monitoring/prometheusrules.yaml carries deploy/prometheus/rules/trainyard.yml's
+    groups (written twice: a kustomization cannot embed a file in a custom resource)."""
+    (rule,) = of_kind(render_python(K8S / "monitoring"), "PrometheusRule")
+    compose_rules = yaml.safe_load((K8S.parent / "prometheus" / "rules" / "trainyard.yml").read_text())
+    assert rule["spec"]["groups"] == compose_rules["groups"]
 
 
 # ---------------------------------------------------------------- what the design needs

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from trainyard_contracts import (
+    JobRequeued,
     JobRunning,
     JobSpec,
     JobState,
@@ -103,6 +104,21 @@ async def _until(predicate, timeout: float = 15.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met before the deadline")
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.unit
+def test_requeues_are_counted_by_queue_and_reason_once():
+    """The executor-lost alert (deploy/prometheus/rules) reads this counter."""
+    registry = CollectorRegistry()
+    states = JobStates()
+    states.seed([record(queue="gpu")])
+    metrics = JobMetrics(registry, states)
+    lost = JobRequeued(job_id="job0000001", attempt=1, reason="executor_lost", next_attempt=2)
+    assert metrics.observe(lost) is True
+    assert metrics.observe(lost) is False  # redelivered: not counted again
+    metrics.observe(JobRequeued(job_id="job0000001", attempt=2, reason="retry", next_attempt=3))
+    assert sample(registry, "trainyard_job_requeues_total", queue="gpu", reason="executor_lost") == 1
+    assert sample(registry, "trainyard_job_requeues_total", queue="gpu", reason="retry") == 1
 
 
 @pytest.mark.unit

@@ -57,6 +57,12 @@ class JobMetrics:
             buckets=RUN_BUCKETS,
             registry=registry,
         )
+        self.requeues = Counter(
+            "trainyard_job_requeues",
+            "attempts sent back to the queue, by queue and reason (retry, executor_lost, preempted)",
+            ["queue", "reason"],
+            registry=registry,
+        )
         self._seen = _Seen()
         self.states = states if states is not None else JobStates()
         registry.register(_StateCollector(self.states))
@@ -78,6 +84,8 @@ class JobMetrics:
             duration = getattr(event, "duration_seconds", None)
             if duration is not None:
                 self.run_time.labels(queue, event.type).observe(duration)
+        elif event.type == "requeued":
+            self.requeues.labels(queue, event.reason).inc()
         return True
 
 
