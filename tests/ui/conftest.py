@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
@@ -31,6 +32,8 @@ from trainyard_shared.testing.helpers import common_settings, eventually, runnin
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.runtime import SubmissionRuntime
 from trainyard_submission.settings import SubmissionSettings
+from trainyard_workflow.app import create_app as workflow_app
+from trainyard_workflow.settings import WorkflowSettings
 
 ADMIN_TOKEN = "ui-admin-token-0123456789"
 SCREENSHOTS = Path(__file__).parent / "screenshots"
@@ -91,6 +94,10 @@ class UiStack:
     def runtime(self) -> SubmissionRuntime:
         return self.app.state.runtime.get()  # type: ignore[no-any-return]
 
+    def api(self, token: str = ADMIN_TOKEN) -> httpx.AsyncClient:
+        """The JSON API on the same socket, with ``token``."""
+        return httpx.AsyncClient(base_url=self.base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
     async def sign_in(self, page: Any, token: str = ADMIN_TOKEN) -> None:
         await page.goto(f"{self.base}/ui/sign-in")
         await page.fill("#token", token)
@@ -100,11 +107,12 @@ class UiStack:
 
 @contextlib.asynccontextmanager
 async def ui_stack(
-    nats_server: Any, prefix: str, tmp_path: Path, jobs_run: bool = False
+    nats_server: Any, prefix: str, tmp_path: Path, jobs_run: bool = False, workflows: bool = False
 ) -> AsyncIterator[UiStack]:
     """The submission app served on a free loopback port; ``jobs_run``: with a scheduler and a
-    local executor (in process) so that jobs start. Entered in the test's own task (anyio's
-    cancel scopes must be left by the task that entered them)."""
+    local executor (in process) so that jobs start; ``workflows``: with the workflow service (in
+    process) for pipelines, sweeps, schedules and triggers. Entered in the test's own task
+    (anyio's cancel scopes must be left by the task that entered them)."""
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
     app = submission_app(common, SubmissionSettings(token=ADMIN_TOKEN))
     async with contextlib.AsyncExitStack() as stack:
@@ -117,6 +125,10 @@ async def ui_stack(
             )
             await stack.enter_async_context(running(scheduler))
             await stack.enter_async_context(running(executor))
+        if workflows:
+            await stack.enter_async_context(
+                running(workflow_app(common, WorkflowSettings(reconcile_seconds=1)))
+            )
         port = free_port()
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", timeout_graceful_shutdown=2

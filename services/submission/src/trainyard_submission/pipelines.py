@@ -26,7 +26,7 @@ from trainyard_submission.access import QueueRefused, check_submit, place_spec
 from trainyard_submission.api import Caller, Problem, authorised
 from trainyard_submission.service import JobAlreadyFinished, JobNotFound, SubmissionService
 from trainyard_submission.tokens import Principal
-from trainyard_submission.workflowask import ask_workflow_for, may_see, public, visible_public
+from trainyard_submission.workflowask import ask_workflow_for, may_see, public
 
 
 class RetryRequest(BaseModel):
@@ -54,6 +54,12 @@ async def visible_run(state: dict[str, Any], caller: Principal, run_id: str) -> 
     run = (await visible_reply(state, caller, run_id)).run
     assert run is not None  # visible_reply answers 404 otherwise
     return run
+
+
+async def visible_runs(state: dict[str, Any], caller: Principal, limit: int = 100) -> list[PipelineRun]:
+    """The runs ``caller`` may see (its own, or all for the admin), newest first."""
+    runs = (await ask_workflow(state, "list", PipelineRequest(limit=limit))).runs
+    return [run for run in runs if may_see(caller, run.submitted_by)]
 
 
 async def cancel_run(state: dict[str, Any], caller: Principal, run_id: str) -> PipelineReply:
@@ -84,8 +90,7 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
     async def list_pipelines(
         caller: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> dict[str, Any]:
-        runs = (await ask("list", PipelineRequest(limit=limit))).runs
-        return {"runs": visible_public(caller, runs, lambda run: run.submitted_by)}
+        return {"runs": [public(run) for run in await visible_runs(state, caller, limit)]}
 
     @router.get("/{run_id}", summary="a pipeline run: its steps, their jobs and states")
     async def get_pipeline(run_id: str, caller: Caller) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -30,7 +30,6 @@ WORKFLOW_TIMEOUT_SECONDS = 30.0
 
 
 Reply = TypeVar("Reply", PipelineReply, ScheduleReply, TriggerReply, SweepReply)
-Item = TypeVar("Item", bound=BaseModel)
 
 
 async def ask_workflow_for(
@@ -55,13 +54,6 @@ def may_see(caller: Principal, owner: str | None) -> bool:
 
 def public(record: BaseModel | None) -> dict[str, Any]:
     return record.model_dump(mode="json") if record is not None else {}
-
-
-def visible_public(
-    caller: Principal, records: Iterable[Item], owner: Callable[[Item], str | None]
-) -> list[dict[str, Any]]:
-    """The public form of the records ``caller`` may see, in their order."""
-    return [public(r) for r in records if may_see(caller, owner(r))]
 
 
 async def json_object(request: Request, kind: str) -> dict[str, Any]:
@@ -103,6 +95,16 @@ class NamedObjects(Generic[NamedReply]):
             raise Problem(404, f"no such {self.kind}", name)
         return record
 
+    async def listed(self, caller: Principal, limit: int = 100) -> list[Any]:
+        """The objects ``caller`` may see, by name (its own, or all for the admin)."""
+        found = getattr(await self.ask("list", limit=limit), f"{self.kind}s") or []
+        return [r for r in found if may_see(caller, r.created_by)]
+
+    async def suspend(self, caller: Principal, name: str, verb: str) -> Any:
+        """``verb`` (suspend or resume) the object ``caller`` may see; its record after."""
+        await self.visible(caller, name)
+        return getattr(await self.ask(verb, name=name, by=caller.name), self.kind)
+
     def add_routes(
         self,
         router: APIRouter,
@@ -128,8 +130,7 @@ class NamedObjects(Generic[NamedReply]):
         async def list_named(
             caller: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100
         ) -> dict[str, Any]:
-            found = getattr(await self.ask("list", limit=limit), f"{self.kind}s") or []
-            return {f"{self.kind}s": visible_public(caller, found, lambda r: r.created_by)}
+            return {f"{self.kind}s": [public(r) for r in await self.listed(caller, limit)]}
 
         @router.get("/{name}", summary=shown)
         async def get_named(name: str, caller: Caller) -> dict[str, Any]:
@@ -149,10 +150,8 @@ class NamedObjects(Generic[NamedReply]):
 
         @router.post("/{name}/suspend", summary=suspended)
         async def suspend_named(name: str, caller: Caller) -> dict[str, Any]:
-            await self.visible(caller, name)
-            return public(getattr(await self.ask("suspend", name=name, by=caller.name), self.kind))
+            return public(await self.suspend(caller, name, "suspend"))
 
         @router.post("/{name}/resume", summary=resumed)
         async def resume_named(name: str, caller: Caller) -> dict[str, Any]:
-            await self.visible(caller, name)
-            return public(getattr(await self.ask("resume", name=name, by=caller.name), self.kind))
+            return public(await self.suspend(caller, name, "resume"))

@@ -1,0 +1,169 @@
+"""The UI's workflow pages: pipeline runs (with their DAG), sweeps (trials and the objective plot),
+schedules and triggers (with suspend and resume).
+
+Each route asks what the JSON API asks, through the API's own functions: ``pipelines.visible_runs``
+and ``visible_run`` (a team sees its own runs), ``NamedObjects.visible``, ``listed`` and
+``suspend`` (its own sweeps, schedules and triggers), so the UI holds no copy of who may see what.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from trainyard_contracts.runs import PipelineRun
+from trainyard_contracts.schedules import ScheduleReply, ScheduleRequest
+from trainyard_contracts.sweeps import Direction, SweepRecord, SweepReply, SweepRequest, Trial
+from trainyard_contracts.triggers import TriggerReply, TriggerRequest
+from trainyard_submission.api import Problem
+from trainyard_submission.pipelines import visible_run, visible_runs
+from trainyard_submission.ui.pages import FormRefused, Viewed, Viewer, checked_form, refused, render
+from trainyard_submission.ui.svg import Chart, Series, dag_svg, line_chart
+from trainyard_submission.workflowask import NamedObjects
+
+RUNS_SHOWN = 100
+Verb = Literal["suspend", "resume"]
+
+
+def add_workflow_routes(router: APIRouter, state: dict[str, Any]) -> None:
+    sweeps = NamedObjects(state, "sweep", SweepReply, SweepRequest)
+    named: dict[str, NamedObjects[Any]] = {
+        "schedules": NamedObjects(state, "schedule", ScheduleReply, ScheduleRequest),
+        "triggers": NamedObjects(state, "trigger", TriggerReply, TriggerRequest),
+    }
+
+    async def shown(request: Request, seen: Viewer, template: str, **context: Any) -> HTMLResponse:
+        return render(request, template, seen, **context)
+
+    @router.get("/pipelines")
+    async def pipelines_page(request: Request, seen: Viewed) -> HTMLResponse:
+        try:
+            runs = await visible_runs(state, seen.principal, RUNS_SHOWN)
+        except Problem as exc:
+            return refused(request, seen, exc.detail or exc.title, status=exc.status)
+        return await shown(request, seen, "pipelines.html", runs=runs)
+
+    async def run_or_refusal(request: Request, seen: Viewer, run_id: str) -> PipelineRun | HTMLResponse:
+        try:
+            return await visible_run(state, seen.principal, run_id)
+        except Problem as exc:
+            return refused(request, seen, exc.detail or exc.title, status=exc.status)
+
+    @router.get("/pipelines/{run_id}")
+    async def pipeline_page(request: Request, run_id: str, seen: Viewed) -> HTMLResponse:
+        run = await run_or_refusal(request, seen, run_id)
+        if isinstance(run, HTMLResponse):
+            return run
+        return await shown(request, seen, "pipeline.html", run=run, dag=dag_svg(run), counts=run.job_counts())
+
+    @router.get("/pipelines/{run_id}/dag")
+    async def pipeline_dag(request: Request, run_id: str, seen: Viewed) -> HTMLResponse:
+        run = await run_or_refusal(request, seen, run_id)
+        if isinstance(run, HTMLResponse):
+            return run
+        return await shown(
+            request, seen, "_pipeline_dag.html", run=run, dag=dag_svg(run), counts=run.job_counts()
+        )
+
+    @router.get("/sweeps")
+    async def sweeps_page(request: Request, seen: Viewed) -> HTMLResponse:
+        try:
+            found = await sweeps.listed(seen.principal)
+        except Problem as exc:
+            return refused(request, seen, exc.detail or exc.title, status=exc.status)
+        return await shown(request, seen, "sweeps.html", sweeps=found)
+
+    async def sweep_or_refusal(request: Request, seen: Viewer, sweep_id: str) -> SweepRecord | HTMLResponse:
+        try:
+            found: SweepRecord = await sweeps.visible(seen.principal, sweep_id)
+        except Problem as exc:
+            return refused(request, seen, exc.detail or exc.title, status=exc.status)
+        return found
+
+    @router.get("/sweeps/{sweep_id}")
+    async def sweep_page(request: Request, sweep_id: str, seen: Viewed) -> HTMLResponse:
+        sweep = await sweep_or_refusal(request, seen, sweep_id)
+        if isinstance(sweep, HTMLResponse):
+            return sweep
+        return await shown(request, seen, "sweep.html", **sweep_context(sweep))
+
+    @router.get("/sweeps/{sweep_id}/trials")
+    async def sweep_trials(request: Request, sweep_id: str, seen: Viewed) -> HTMLResponse:
+        sweep = await sweep_or_refusal(request, seen, sweep_id)
+        if isinstance(sweep, HTMLResponse):
+            return sweep
+        return await shown(request, seen, "_sweep_trials.html", **sweep_context(sweep))
+
+    @router.get("/schedules")
+    async def schedules_page(request: Request, seen: Viewed) -> HTMLResponse:
+        try:
+            schedules = await named["schedules"].listed(seen.principal)
+            triggers = await named["triggers"].listed(seen.principal)
+        except Problem as exc:
+            return refused(request, seen, exc.detail or exc.title, status=exc.status)
+        return await shown(request, seen, "schedules.html", schedules=schedules, triggers=triggers)
+
+    async def suspend_or_resume(request: Request, kind: str, name: str, verb: str, seen: Viewer) -> Response:
+        try:
+            await checked_form(request, seen)
+        except FormRefused as exc:
+            return refused(request, seen, str(exc))
+        try:
+            await named[kind].suspend(seen.principal, name, verb)
+        except Problem as exc:
+            return refused(request, seen, exc.detail or exc.title, status=exc.status)
+        return RedirectResponse("/ui/schedules", status_code=303)
+
+    @router.post("/schedules/{name}/{verb}")
+    async def schedule_action(request: Request, name: str, verb: Verb, seen: Viewed) -> Response:
+        return await suspend_or_resume(request, "schedules", name, verb, seen)
+
+    @router.post("/triggers/{name}/{verb}")
+    async def trigger_action(request: Request, name: str, verb: Verb, seen: Viewed) -> Response:
+        return await suspend_or_resume(request, "triggers", name, verb, seen)
+
+
+def ranked(trials: list[Trial], direction: Direction) -> list[Trial]:
+    """Trials with an objective value best first, then the others by number."""
+    sign = -1 if direction == Direction.maximize else 1
+    scored = sorted(
+        (t for t in trials if t.value is not None), key=lambda t: (sign * (t.value or 0), t.number)
+    )
+    return scored + sorted((t for t in trials if t.value is None), key=lambda t: t.number)
+
+
+def objective_chart(sweep: SweepRecord) -> Chart:
+    """Each trial's objective by its number, and the best value so far."""
+    maximize = sweep.spec.objective.direction == Direction.maximize
+    points = sorted(
+        (t.number, t.value) for t in sweep.trials if t.value is not None and math.isfinite(t.value)
+    )
+    best: list[tuple[float, float]] = []
+    for number, value in points:
+        if not best or (value > best[-1][1] if maximize else value < best[-1][1]):
+            best.append((number, value))
+        else:
+            best.append((number, best[-1][1]))
+    metric = sweep.spec.objective.metric
+    return Chart(
+        title=f"{metric} over trials ({sweep.spec.objective.direction.value})",
+        x_label="trial",
+        y_label=metric,
+        series=[
+            Series("trial", "s-trial", [(float(n), v) for n, v in points], dots=True),
+            Series("best so far", "s-best", best),
+        ],
+        x_ticks=[(float(n), str(n)) for n, _ in points] if len(points) <= 20 else [],
+    )
+
+
+def sweep_context(sweep: SweepRecord) -> dict[str, Any]:
+    return {
+        "sweep": sweep,
+        "trials": ranked(sweep.trials, sweep.spec.objective.direction),
+        "params": list(sweep.spec.space),
+        "plot": line_chart(objective_chart(sweep)),
+    }
