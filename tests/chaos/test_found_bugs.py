@@ -22,27 +22,14 @@ import pytest
 from trainyard_client.stackprocess import free_port
 from trainyard_contracts import JobSpec, JobState, JobSucceeded, lifecycle
 from trainyard_contracts._time import utcnow
-from trainyard_executor.app import create_app as executor_app
-from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_executor.testkit import quick_executor
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import Bus, common_settings, running
 
 from .harness import process_alive, until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.local, pytest.mark.timeout(300)]
 PY = sys.executable
-
-
-def scheduler(common):
-    return scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
-
-
-def executor(common, name="exec-a"):
-    settings = ExecutorSettings(
-        id=name, cpu=4, memory=8192, gpu=0, heartbeat_seconds=0.5, lease_seconds=3, grace_seconds=2
-    )
-    return executor_app(common, settings)
 
 
 async def test_an_attempt_that_ends_while_the_broker_is_away_still_succeeds(
@@ -54,8 +41,8 @@ async def test_an_attempt_that_ends_while_the_broker_is_away_still_succeeds(
     code = "import sys, time; print('working', flush=True); time.sleep(1.5); open(sys.argv[1], 'w').close()"
     async with (
         Bus(fresh_nats_server.url, prefix) as bus,
-        running(scheduler(common)),
-        running(executor(common)),
+        running(quick_scheduler(common)),
+        running(quick_executor(common)),
     ):
         job_id = await bus.submit(JobSpec(name="blip", command=[PY, "-c", code, str(ended)]))
         await bus.wait_state(job_id, "running")
@@ -169,7 +156,7 @@ async def test_after_kill_9_of_the_executor_no_two_runs_of_a_job_overlap(nats_se
     second: subprocess.Popen[bytes] | None = None
     orphan = 0
     try:
-        async with Bus(nats_server.url, prefix) as bus, running(scheduler(common)):
+        async with Bus(nats_server.url, prefix) as bus, running(quick_scheduler(common)):
             job_id = await bus.submit(JobSpec(name="orphan", command=[PY, "-c", ORPHAN_JOB, str(pids)]))
             await until((pids / "attempt-1").exists, 60, "attempt 1 running")
             orphan = int((pids / "attempt-1").read_text())

@@ -20,8 +20,7 @@ from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_registry.app import create_app as registry_app
 from trainyard_registry.settings import RegistrySettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import Bus, eventually, running
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
@@ -49,7 +48,7 @@ async def caught_up(bus: Bus, stream: str, durable: str, seq: int) -> None:
 
 
 async def test_executor_parks_a_poison_command_and_still_runs_jobs(common, bus):
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    scheduler = quick_scheduler(common)
     settings = ExecutorSettings(id="exec-p", cpu=2, memory=2048, heartbeat_seconds=0.5, lease_seconds=3)
     executor = executor_app(common, settings)
     async with running(scheduler), running(executor):

@@ -18,8 +18,7 @@ import pytest
 
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import Bus, common_settings, running
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
@@ -41,7 +40,7 @@ async def test_the_job_gets_its_secret_and_no_event_log_or_answer_shows_it(
     caplog.set_level(logging.DEBUG)
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
     api = submission_app(common, SubmissionSettings(token="admin"))
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    scheduler = quick_scheduler(common)
     executor = executor_app(common, ExecutorSettings(id="exec-s", cpu=2, memory=2048, heartbeat_seconds=0.5))
     auth = {"Authorization": "Bearer admin"}
     spec = {

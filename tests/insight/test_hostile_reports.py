@@ -13,9 +13,10 @@ import json
 import pytest
 
 from trainyard_contracts import JobSpec, MetricsBatch
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import running
 
-from .jobs import PY, batches, executor, points, scheduler
+from .jobs import PY, batches, executor, points
 
 pytestmark = [pytest.mark.insight, pytest.mark.service, pytest.mark.local, pytest.mark.security]
 
@@ -49,7 +50,7 @@ for step in range(300):
 async def test_garbage_huge_lines_nan_and_ten_thousand_names_are_dropped_and_a_neighbour_is_intact(
     common, bus
 ):
-    async with running(scheduler(common)), running(executor(common, metrics_max_names=32)):
+    async with running(quick_scheduler(common)), running(executor(common, metrics_max_names=32)):
         hostile = await bus.submit(JobSpec(name="hostile", command=[PY, "-c", HOSTILE]))
         neighbour = await bus.submit(JobSpec(name="neighbour", command=[PY, "-c", NEIGHBOUR]))
         await asyncio.gather(
@@ -89,7 +90,7 @@ async def test_a_link_or_a_fifo_in_place_of_the_metrics_file_is_not_followed(com
         "trainyard.report(1, after=1.0)\n"
         "time.sleep(0.5)\n"
     )
-    async with running(scheduler(common)), running(executor(common)):
+    async with running(quick_scheduler(common)), running(executor(common)):
         linked = await bus.submit(JobSpec(name="link", command=[PY, "-c", link_job]))
         fifo = await bus.submit(JobSpec(name="fifo", command=[PY, "-c", fifo_job]))
         await asyncio.gather(

@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 from trainyard_client.cli import app as cli_app
 from trainyard_client.sdk import TrainyardClient, TrainyardError
 from trainyard_contracts import MetricsBatch, QueueConfig
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import eventually, running, serving_http
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
 
-from .jobs import PY, batches, executor, scheduler
+from .jobs import PY, batches, executor
 
 pytestmark = [pytest.mark.insight, pytest.mark.service, pytest.mark.local]
 TOKEN = "metrics-token-123456"
@@ -40,7 +41,7 @@ def follow_to_the_end(client: TrainyardClient, job_id: str) -> list[MetricsBatch
 
 async def test_a_teams_job_metrics_are_read_once_followed_and_shown_by_the_cli(common, bus):
     api = submission_app(common, SubmissionSettings(token=TOKEN, port=0))
-    async with serving_http(api) as url, running(scheduler(common)), running(executor(common)):
+    async with serving_http(api) as url, running(quick_scheduler(common)), running(executor(common)):
         with TrainyardClient(url, TOKEN) as admin:
             for team in ("alpha", "beta"):
                 await asyncio.to_thread(admin.set_queue, QueueConfig(name=team))
@@ -107,7 +108,7 @@ WAITING = (
 
 async def test_top_shows_running_jobs_with_their_newest_point(common, bus):
     api = submission_app(common, SubmissionSettings(token=TOKEN, port=0))
-    async with serving_http(api) as url, running(scheduler(common)), running(executor(common)):
+    async with serving_http(api) as url, running(quick_scheduler(common)), running(executor(common)):
         with TrainyardClient(url, TOKEN) as client:
             job_id = (
                 await asyncio.to_thread(client.submit, {"name": "topped", "command": [PY, "-c", WAITING]})

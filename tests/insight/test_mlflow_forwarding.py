@@ -12,9 +12,10 @@ import pytest
 
 from trainyard_contracts import JobSpec
 from trainyard_executor.backends.jobmetrics import MLFLOW_FORWARDER, install_reporter
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import running
 
-from .jobs import PY, executor, points, scheduler
+from .jobs import PY, executor, points
 
 pytestmark = [pytest.mark.insight]
 
@@ -30,7 +31,7 @@ JOB = (
 @pytest.mark.service
 @pytest.mark.local
 async def test_mlflow_metrics_reach_the_stream(common, bus):
-    async with running(scheduler(common)), running(executor(common)):
+    async with running(quick_scheduler(common)), running(executor(common)):
         job_id = await bus.submit(JobSpec(name="mlflowed", command=[PY, "-c", JOB]))
         await bus.wait_state(job_id, "succeeded", timeout=120)
         got = await points(bus, job_id)

@@ -11,11 +11,12 @@ import httpx
 import pytest
 
 from trainyard_contracts import JobSpec
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.natsserver import free_port
 from trainyard_shared.testing.helpers import eventually, running, serving_http
 from trainyard_telemetry.app import create_app as telemetry_app
 
-from .jobs import PY, executor, scheduler
+from .jobs import PY, executor
 
 pytestmark = [
     pytest.mark.insight,
@@ -60,7 +61,7 @@ def start_prometheus(folder: Path, target: str) -> tuple[subprocess.Popen[bytes]
 async def test_prometheus_sees_a_running_jobs_metric_and_not_after_it_ended(common, bus, tmp_path):
     telemetry = telemetry_app(common)
     async with (
-        running(scheduler(common)),
+        running(quick_scheduler(common)),
         running(executor(common)),
         running(telemetry),
         serving_http(telemetry, lifespan="off") as telemetry_url,

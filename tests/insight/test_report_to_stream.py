@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from trainyard_contracts import JobSpec, MetricsBatch
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import eventually, running
 
-from .jobs import PY, batches, executor, points, scheduler
+from .jobs import PY, batches, executor, points
 
 pytestmark = [pytest.mark.insight, pytest.mark.service, pytest.mark.local]
 
@@ -25,7 +26,7 @@ async def test_reports_arrive_on_the_metrics_stream_in_order_while_the_job_runs(
         "    time.sleep(0.05)\n"
         "trainyard.report(5, loss=0.125)\n"
     )
-    async with running(scheduler(common)), running(executor(common)):
+    async with running(quick_scheduler(common)), running(executor(common)):
         job_id = await bus.submit(JobSpec(name="reporter", command=[PY, "-c", code]))
         await bus.wait_state(job_id, "running")
 
@@ -53,7 +54,7 @@ async def test_a_thousand_reports_are_a_handful_of_messages(common, bus):
         "for step in range(1000):\n"
         "    trainyard.report(step, loss=1.0 / (step + 1), lr=0.001)\n"
     )
-    async with running(scheduler(common)), running(executor(common)):
+    async with running(quick_scheduler(common)), running(executor(common)):
         job_id = await bus.submit(JobSpec(name="many", command=[PY, "-c", code]))
         await bus.wait_state(job_id, "succeeded")
         stored = await batches(bus, job_id)

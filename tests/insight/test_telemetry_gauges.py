@@ -7,10 +7,11 @@ import httpx
 import pytest
 
 from trainyard_contracts import JobSpec
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import eventually, running, serving_http
 from trainyard_telemetry.app import create_app as telemetry_app
 
-from .jobs import PY, executor, scheduler
+from .jobs import PY, executor
 
 pytestmark = [pytest.mark.insight, pytest.mark.service, pytest.mark.local]
 
@@ -28,7 +29,7 @@ JOB = (
 async def test_a_running_jobs_metrics_are_gauges_until_it_ends(common, bus):
     telemetry = telemetry_app(common)
     async with (
-        running(scheduler(common)),
+        running(quick_scheduler(common)),
         running(executor(common)),
         running(telemetry),
         serving_http(telemetry, lifespan="off") as url,

@@ -212,18 +212,10 @@ async def test_a_stopped_attempt_checkpoints_in_its_grace_period_and_the_next_at
     """SIGTERM with a grace period (here: the executor is stopped and hands the job back; the
     same path as any cancel with ``grace_seconds``), TRAINYARD_CHECKPOINT_DIR kept per job."""
     from trainyard_executor.app import create_app
-    from trainyard_executor.settings import ExecutorSettings
+    from trainyard_executor.testkit import quick_executor_settings
 
     def executor():
-        settings = ExecutorSettings(
-            id="exec-ckpt",
-            cpu=4,
-            memory=8192,
-            gpu=0,
-            heartbeat_seconds=0.5,
-            lease_seconds=5,
-            grace_seconds=10,
-        )
+        settings = quick_executor_settings("exec-ckpt", lease_seconds=5, grace_seconds=10)
         return create_app(common, settings)
 
     async with running(scheduler(common)):

@@ -20,33 +20,15 @@ from trainyard_contracts import (
     lifecycle,
 )
 from trainyard_contracts._time import utcnow
-from trainyard_executor.app import create_app as executor_app
-from trainyard_executor.settings import ExecutorSettings
+from trainyard_executor.testkit import quick_executor
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 
 from .harness import eventually, running
 
 pytestmark = [pytest.mark.service, pytest.mark.local]
 PY = sys.executable
-
-
-def scheduler(common):
-    return scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
-
-
-def executor(common, name="exec-a", **kw):
-    settings = ExecutorSettings(
-        id=name,
-        cpu=4,
-        memory=8192,
-        gpu=0,
-        heartbeat_seconds=0.5,
-        lease_seconds=3,
-        grace_seconds=2,
-        **kw,
-    )
-    return executor_app(common, settings)
 
 
 async def test_a_job_runs_and_succeeds_with_its_logs_and_outputs(common, bus):
@@ -55,7 +37,7 @@ async def test_a_job_runs_and_succeeds_with_its_logs_and_outputs(common, bus):
         "print('to stderr', file=sys.stderr);"
         "open(os.path.join(os.environ['TRAINYARD_OUTPUT_DIR'], 'model.txt'), 'w').write('w')"
     )
-    async with running(scheduler(common)), running(executor(common)):
+    async with running(quick_scheduler(common)), running(quick_executor(common)):
         job_id = await bus.submit(
             JobSpec(name="hello", command=[PY, "-c", code], outputs={"model": "m", "path": "out"})
         )
@@ -75,7 +57,7 @@ async def test_a_job_runs_and_succeeds_with_its_logs_and_outputs(common, bus):
 
 
 async def test_a_failure_is_retried_then_fails_with_its_exit_code(common, bus):
-    async with running(scheduler(common)), running(executor(common)):
+    async with running(quick_scheduler(common)), running(quick_executor(common)):
         job_id = await bus.submit(
             JobSpec(
                 name="flaky",
@@ -90,7 +72,7 @@ async def test_a_failure_is_retried_then_fails_with_its_exit_code(common, bus):
 
 
 async def test_timeout_and_cancel(common, bus):
-    async with running(scheduler(common)), running(executor(common)):
+    async with running(quick_scheduler(common)), running(quick_executor(common)):
         slow = await bus.submit(JobSpec(name="slow", command=["sleep", "60"], timeout=1))
         long = await bus.submit(JobSpec(name="long", command=["sleep", "60"]))
         await bus.wait_state(long, "running")
@@ -126,14 +108,14 @@ async def test_a_lost_executor_s_attempt_is_requeued_with_a_new_attempt(common, 
         assert first.executor_id == "ghost" and first.attempt == 1
         requeued = await bus.wait_state(job_id, "requeued", "queued", timeout=20)
         assert requeued.attempt == 2 and requeued.retries_used == 0
-        async with running(executor(common, name="exec-b")):
+        async with running(quick_executor(common, "exec-b")):
             done = await bus.wait_state(job_id, "succeeded")
     assert done.attempt == 2 and done.executor_id == "exec-b"
     assert "requeued" in await bus.event_types(job_id)
 
 
 async def test_a_malformed_event_is_dead_lettered_and_service_keeps_serving(common, bus):
-    async with running(scheduler(common)), running(executor(common)):
+    async with running(quick_scheduler(common)), running(quick_executor(common)):
         # the scheduler consumes cancel requests (submitted jobs reach it through the KV watch)
         await bus.js.publish(bus.subjects.job("junk", "cancel_requested"), b"{this is not json")
         await bus.js.publish(bus.subjects.job("junk2", "cancel_requested"), b'{"type": "cancel_requested"}')
@@ -163,14 +145,14 @@ SECOND_ATTEMPT_ONLY = (
 
 
 async def test_stopping_an_executor_hands_its_attempt_back_to_the_queue(common, bus):
-    async with running(scheduler(common)):
-        async with running(executor(common)):
+    async with running(quick_scheduler(common)):
+        async with running(quick_executor(common)):
             job_id = await bus.submit(JobSpec(name="handback", command=[PY, "-c", SECOND_ATTEMPT_ONLY]))
             await bus.wait_state(job_id, "running")
         handed_back = await bus.record(job_id)
         assert handed_back.state == JobState.REQUEUED and handed_back.attempt == 2
         assert handed_back.retries_used == 0  # not the job's fault
-        async with running(executor(common)):
+        async with running(quick_executor(common)):
             done = await bus.wait_state(job_id, "succeeded")
     assert done.attempt == 2
     assert [a.state for a in done.attempts] == [JobState.REQUEUED, JobState.SUCCEEDED]
@@ -178,7 +160,7 @@ async def test_stopping_an_executor_hands_its_attempt_back_to_the_queue(common, 
 
 async def test_an_executor_restarted_after_a_crash_requeues_what_it_no_longer_runs(common, bus):
     """The record says attempt 1 runs on exec-a, but exec-a has just started: it cannot be."""
-    async with running(scheduler(common)):
+    async with running(quick_scheduler(common)):
         job_id = await bus.submit(JobSpec(name="crashed", command=[PY, "-c", SECOND_ATTEMPT_ONLY]))
         await bus.wait_state(job_id, "queued")
         kv = await bus.js.key_value(bus.subjects.buckets.jobs)
@@ -187,7 +169,7 @@ async def test_an_executor_restarted_after_a_crash_requeues_what_it_no_longer_ru
         now = utcnow()
         orphan = lifecycle.start(lifecycle.schedule(record, "exec-a", now), now)
         await kv.update(job_id, orphan.model_dump_json().encode(), last=entry.revision)
-        async with running(executor(common)):
+        async with running(quick_executor(common)):
             done = await bus.wait_state(job_id, "succeeded")
     assert done.attempt == 2 and done.attempts[0].state == JobState.REQUEUED
     # whoever sees it first requeues it: the restarted executor (it does not run attempt 1), or

@@ -16,8 +16,7 @@ import pytest
 from trainyard_contracts import ExecutorHeartbeat, JobSpec, JobState
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 
 from .harness import Bus, eventually, running
 
@@ -43,7 +42,7 @@ while not (d / "release").exists():
 
 
 def apps(common, executor_id: str, cpu: int):
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    scheduler = quick_scheduler(common)
     executor = executor_app(
         common,
         ExecutorSettings(

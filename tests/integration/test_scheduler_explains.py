@@ -13,6 +13,7 @@ from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 
 from .harness import Bus, eventually, running
 
@@ -21,7 +22,7 @@ PY = sys.executable
 
 
 def apps(common):
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    scheduler = quick_scheduler(common)
     executor = executor_app(
         common,
         ExecutorSettings(id="exec-x", cpu=2, memory=4096, gpu=0, heartbeat_seconds=0.5, lease_seconds=3),

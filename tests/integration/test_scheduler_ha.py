@@ -17,7 +17,7 @@ import pytest
 
 from trainyard_contracts import JobRecord, JobSpec, JobState
 from trainyard_executor.app import create_app as executor_app
-from trainyard_executor.settings import ExecutorSettings
+from trainyard_executor.testkit import quick_executor_settings
 from trainyard_scheduler.app import create_app as scheduler_app
 from trainyard_scheduler.leader import LEASE_KEY, LeaderLease, Lease
 from trainyard_scheduler.settings import SchedulerSettings
@@ -67,9 +67,7 @@ class Replica:
 
 
 def executor(common):
-    settings = ExecutorSettings(
-        id="exec-ha", cpu=2, memory=8192, gpu=0, heartbeat_seconds=0.5, lease_seconds=3, grace_seconds=2
-    )
+    settings = quick_executor_settings("exec-ha", cpu=2)
     return executor_app(common, settings)
 
 

@@ -24,8 +24,7 @@ import pytest
 from trainyard_contracts import JobSpec, JobState
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 
 from .harness import Bus, eventually, running
 
@@ -137,7 +136,7 @@ def out(tmp_path: Path) -> Path:
 
 
 def scheduler(common):
-    return scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    return quick_scheduler(common)
 
 
 async def test_a_gang_split_across_two_executors_runs_and_succeeds(common, bus, out):

@@ -19,8 +19,7 @@ import yaml
 from trainyard_contracts import JobSpec, JobState
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 
 from .harness import Bus, common_settings, running
 
@@ -69,7 +68,7 @@ async def test_the_all_reduce_example_split_across_two_executors(nats_server, pr
     assert spec.replicas == 2 and spec.resources.cpu == 1
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
     port = free_port()
-    sched = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    sched = quick_scheduler(common)
     async with (
         Bus(nats_server.url, prefix) as bus,
         running(sched),

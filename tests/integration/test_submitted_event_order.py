@@ -16,16 +16,11 @@ import pytest
 from trainyard_contracts import JobSpec, JobSubmitted, lifecycle
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.ids import new_job_id
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 
 from .harness import Bus, running
 
 pytestmark = [pytest.mark.service]
-
-
-def scheduler(common):
-    return scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
 
 
 SPEC = JobSpec(name="order", command=["true"], env={"TOKEN": "s3cret", "MODE": "fast"}, secret_env=["TOKEN"])
@@ -52,7 +47,7 @@ async def publish_submitted(bus: Bus, job_id: str, *, with_msg_id: bool = True) 
 
 
 async def test_a_job_whose_submitted_event_never_came_still_starts_with_one(common, bus):
-    async with running(scheduler(common)):
+    async with running(quick_scheduler(common)):
         job_id = await write_record(bus)
         await bus.wait_state(job_id, "queued")
     events = await job_events(bus, job_id)
@@ -65,7 +60,7 @@ async def test_a_job_whose_submitted_event_never_came_still_starts_with_one(comm
 
 
 async def test_a_late_submitted_event_is_dropped_as_the_copy_the_scheduler_published(common, bus):
-    async with running(scheduler(common)):
+    async with running(quick_scheduler(common)):
         job_id = await write_record(bus)
         await bus.wait_state(job_id, "queued")
         await publish_submitted(bus, job_id)  # the submission service, slower than the planner
@@ -76,10 +71,10 @@ async def test_an_old_record_is_checked_against_the_stream_before_a_copy_is_publ
     """Past the duplicate window the stream would keep a second copy, so for a record older than
     the scheduler's bound the stream is read first. The test's event goes without a message id,
     so only that read (not the stream's deduplication) can keep the copy out."""
-    async with running(scheduler(common)):
+    async with running(quick_scheduler(common)):
         pass  # the streams and buckets exist from here
     job_id = await write_record(bus, age=timedelta(minutes=5))
     await publish_submitted(bus, job_id, with_msg_id=False)
-    async with running(scheduler(common)):
+    async with running(quick_scheduler(common)):
         await bus.wait_state(job_id, "queued")
     assert [e["type"] for e in await job_events(bus, job_id)] == ["submitted", "queued"]

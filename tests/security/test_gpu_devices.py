@@ -18,8 +18,7 @@ from trainyard_contracts import ExecutorHeartbeat, JobCancelRequested, JobRecord
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.gpus import QUERY_ARGS
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.testing.helpers import Bus, eventually, fake_nvidia_smi, four_gpu_query_lines, running
 
@@ -91,7 +90,7 @@ async def test_jobs_running_at_once_see_disjoint_devices_and_a_cpu_job_sees_none
 ):
     smi = fake_nvidia_smi(tmp_path, four_gpu_query_lines(), " ".join(QUERY_ARGS))
     common = CommonSettings(nats_url=nats_server.url, prefix=prefix, data_dir=tmp_path, log_format="text")
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    scheduler = quick_scheduler(common)
     gpus_of = {"one-a": 1, "one-b": 1, "two": 2, "cpu": 0}
     async with (
         Bus(nats_server.url, prefix) as bus,

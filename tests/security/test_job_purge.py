@@ -17,8 +17,7 @@ from nats.js.errors import KeyNotFoundError
 
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import Bus, common_settings, running
 from trainyard_submission.app import create_app as submission_app
 from trainyard_submission.settings import SubmissionSettings
@@ -53,7 +52,7 @@ async def test_a_finished_job_is_purged_with_its_history_secrets_logs_and_idempo
     caplog.set_level(logging.INFO)
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
     api = submission_app(common, SubmissionSettings(token="admin"))
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    scheduler = quick_scheduler(common)
     executor = executor_app(common, ExecutorSettings(id="exec-p", cpu=2, memory=2048, heartbeat_seconds=0.5))
     async with Bus(nats_server.url, prefix) as bus, api.router.lifespan_context(api):
         subjects = bus.subjects

@@ -17,9 +17,8 @@ import pytest
 
 from trainyard_contracts import JobSpec
 from trainyard_executor.app import create_app as executor_app
-from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_executor.testkit import quick_executor_settings
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import eventually, running
 
 pytestmark = [pytest.mark.security, pytest.mark.service, pytest.mark.local]
@@ -42,10 +41,10 @@ async def test_stopping_the_executor_stops_a_jobs_setsid_child_and_hands_the_job
     job = (
         f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(300)"
     )
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    scheduler = quick_scheduler(common)
     executor = executor_app(
         common,
-        ExecutorSettings(id="exec-stop", cpu=4, memory=8192, gpu=0, heartbeat_seconds=0.5, grace_seconds=1),
+        quick_executor_settings("exec-stop", lease_seconds=15, grace_seconds=1),
     )
     grandchild = None
     try:

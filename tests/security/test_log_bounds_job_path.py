@@ -11,9 +11,8 @@ import pytest
 
 from trainyard_contracts import JobSpec
 from trainyard_executor.app import create_app as executor_app
-from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_executor.testkit import quick_executor_settings
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import running
 
 from .logread import final_log_lines
@@ -24,19 +23,10 @@ CAP = 16 * 1024 * 1024
 
 
 async def test_big_lines_arrive_whole_a_flood_is_capped_and_neighbours_are_intact(common, bus):
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    scheduler = quick_scheduler(common)
     executor = executor_app(
         common,
-        ExecutorSettings(
-            id="exec-logs",
-            cpu=4,
-            memory=8192,
-            gpu=0,
-            heartbeat_seconds=0.5,
-            lease_seconds=3,
-            grace_seconds=2,
-            log_max_bytes_per_attempt=CAP,
-        ),
+        quick_executor_settings("exec-logs", log_max_bytes_per_attempt=CAP),
     )
     big = "import sys\nfor i in range(200): sys.stdout.write('%04d' % i + 'x' * (65536 - 4) + '\\n')"
     flood = "import sys\nfor i in range(40 * 1024): sys.stdout.write('f' * 1023 + '\\n')"

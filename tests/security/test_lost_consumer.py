@@ -19,9 +19,8 @@ import pytest
 
 from trainyard_contracts import JobSpec
 from trainyard_executor.app import create_app as executor_app
-from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_executor.testkit import quick_executor_settings
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import eventually, running
 
 pytestmark = [pytest.mark.security, pytest.mark.service, pytest.mark.local]
@@ -29,12 +28,10 @@ PY = sys.executable
 
 
 def stack(common):
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    scheduler = quick_scheduler(common)
     executor = executor_app(
         common,
-        ExecutorSettings(
-            id="exec-lost", cpu=4, memory=8192, gpu=0, heartbeat_seconds=0.5, lease_seconds=3, grace_seconds=2
-        ),
+        quick_executor_settings("exec-lost"),
     )
     return scheduler, executor
 

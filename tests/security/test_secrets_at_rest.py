@@ -19,8 +19,7 @@ from trainyard_contracts import JobSpec, Subjects
 from trainyard_contracts.jobsecrets import split_secrets, with_secrets
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.natsusers import users
 from trainyard_shared.testing.helpers import Bus, common_settings, eventually, running
 from trainyard_submission.app import create_app as submission_app
@@ -74,7 +73,7 @@ async def test_no_revision_of_the_record_holds_the_secret_and_it_is_gone_when_th
 ):
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
     api = submission_app(common, SubmissionSettings(token="admin"))
-    scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    scheduler = quick_scheduler(common)
     executor = executor_app(common, ExecutorSettings(id="exec-r", cpu=2, memory=2048, heartbeat_seconds=0.5))
     subjects = Subjects(prefix)
     async with Bus(nats_server.url, prefix) as bus, api.router.lifespan_context(api):

@@ -25,8 +25,7 @@ import uvicorn
 
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_scheduler.app import create_app as scheduler_app
-from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.natsserver import free_port
 from trainyard_shared.testing.helpers import common_settings, eventually, running
 from trainyard_submission.app import create_app as submission_app
@@ -118,7 +117,7 @@ async def ui_stack(
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(app.router.lifespan_context(app))
         if jobs_run:
-            scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+            scheduler = quick_scheduler(common)
             executor = executor_app(
                 common,
                 ExecutorSettings(id="exec-ui", cpu=4, memory=4096, heartbeat_seconds=0.5, lease_seconds=3),

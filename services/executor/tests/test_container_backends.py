@@ -620,17 +620,13 @@ async def nats_js(nats_server) -> AsyncIterator[Any]:
 
 
 def _settings(engine: str, monkeypatch: pytest.MonkeyPatch, executor_id: str | None = None) -> Any:
-    from trainyard_executor.settings import ExecutorSettings
+    from trainyard_executor.testkit import quick_executor_settings
 
     monkeypatch.setenv("TRAINYARD_EXECUTOR_BACKEND", engine)  # as a deployment selects it
-    settings = ExecutorSettings(
-        id=executor_id or f"exec-{engine}-{uuid.uuid4().hex[:6]}",
+    settings = quick_executor_settings(
+        executor_id or f"exec-{engine}-{uuid.uuid4().hex[:6]}",
         cpu=2,
         memory=2048,
-        gpu=0,
-        heartbeat_seconds=0.5,
-        lease_seconds=3,
-        grace_seconds=2,
         docker_host=ENGINE_URLS["docker"],
         podman_socket=ENGINE_URLS["podman"],
     )
@@ -640,10 +636,9 @@ def _settings(engine: str, monkeypatch: pytest.MonkeyPatch, executor_id: str | N
 
 def _apps(common: Any, settings: Any) -> tuple[Any, Any]:
     from trainyard_executor.app import create_app as executor_app
-    from trainyard_scheduler.app import create_app as scheduler_app
-    from trainyard_scheduler.settings import SchedulerSettings
+    from trainyard_scheduler.testkit import quick_scheduler
 
-    sched = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    sched = quick_scheduler(common)
     return sched, executor_app(common, settings)
 
 

@@ -99,22 +99,12 @@ async def test_the_example_job_runs_through_scheduler_and_executor(
     harness = load_harness()
     Bus, common_settings, running = harness.Bus, harness.common_settings, harness.running
     from trainyard_executor.app import create_app as executor_app
-    from trainyard_executor.settings import ExecutorSettings
-    from trainyard_scheduler.app import create_app as scheduler_app
-    from trainyard_scheduler.settings import SchedulerSettings
+    from trainyard_executor.testkit import quick_executor_settings
+    from trainyard_scheduler.testkit import quick_scheduler
 
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
-    settings = ExecutorSettings(
-        id="exec-dist",
-        cpu=4,
-        memory=8192,
-        gpu=0,
-        heartbeat_seconds=0.5,
-        lease_seconds=10,
-        grace_seconds=2,
-        runtime_env_dir=stable_env_dir(),
-    )
-    sched = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    settings = quick_executor_settings("exec-dist", lease_seconds=10, runtime_env_dir=stable_env_dir())
+    sched = quick_scheduler(common)
     async with Bus(nats_server.url, prefix) as bus, running(sched), running(executor_app(common, settings)):
         job_id = await bus.submit(example_spec())
         record = await bus.wait_state(job_id, "succeeded", "failed", "timed_out", "cancelled", timeout=900)

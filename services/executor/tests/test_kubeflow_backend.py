@@ -387,8 +387,7 @@ async def test_a_job_runs_through_the_services_as_a_trainjob(
     their logs and records the outcome."""
     from trainyard_contracts import JobSpec
     from trainyard_executor.app import create_app as executor_app
-    from trainyard_scheduler.app import create_app as scheduler_app
-    from trainyard_scheduler.settings import SchedulerSettings
+    from trainyard_scheduler.testkit import quick_scheduler
     from trainyard_shared.testing.helpers import Bus, common_settings, running
 
     server = str(cluster.mock.url).rstrip("/")
@@ -399,7 +398,7 @@ async def test_a_job_runs_through_the_services_as_a_trainjob(
         id="kf-svc", cpu=16, memory=65536, gpu=0, kube_namespace=NS, heartbeat_seconds=0.5, grace_seconds=2
     )
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
-    sched = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    sched = quick_scheduler(common)
     spec = JobSpec(name="on-kubeflow", image=IMAGE, command=["torchrun", "train.py"], replicas=2, timeout=600)
     async with Bus(nats_server.url, prefix) as bus, running(sched), running(executor_app(common, settings)):
         job_id = await bus.submit(spec)

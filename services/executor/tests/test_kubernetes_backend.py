@@ -567,8 +567,7 @@ async def test_a_job_runs_through_the_services_on_the_kubernetes_backend(
     kubeconfig; the executor creates the Job, ships the pod's log and records the outcome."""
     from trainyard_contracts import JobSpec
     from trainyard_executor.app import create_app as executor_app
-    from trainyard_scheduler.app import create_app as scheduler_app
-    from trainyard_scheduler.settings import SchedulerSettings
+    from trainyard_scheduler.testkit import quick_scheduler
     from trainyard_shared.testing.helpers import Bus, common_settings, running
 
     monkeypatch.setenv(
@@ -579,7 +578,7 @@ async def test_a_job_runs_through_the_services_on_the_kubernetes_backend(
         id="kube-svc", cpu=16, memory=65536, gpu=0, kube_namespace=NS, heartbeat_seconds=0.5, grace_seconds=2
     )
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
-    sched = scheduler_app(common, SchedulerSettings(tick_seconds=0.2, submitted_grace_seconds=1))
+    sched = quick_scheduler(common)
     spec = JobSpec(
         name="on-kube", image=IMAGE, command=["python", "train.py"], timeout=600, resources={"cpu": 2}
     )
