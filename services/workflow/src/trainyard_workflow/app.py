@@ -144,8 +144,51 @@ def create_app(
     common = common or CommonSettings()
     settings = settings or WorkflowSettings()
     sb = make_broker(common, "workflow", tracer_provider=setup_tracing("workflow"))
-    subjects = sb.subjects
     slot: RuntimeSlot[WorkflowRuntime] = RuntimeSlot("workflow")
+
+    _job_consumers(sb, slot)
+    for kind in REQUEST_KINDS:
+        _request_handler(sb, kind, slot)
+    register_schedule_handlers(sb, lambda: slot.get().schedules)
+    register_trigger_handlers(sb, lambda: slot.get().triggers)
+    register_sweep_handlers(sb, lambda: slot.get().sweeps)
+    _trigger_consumers(sb, common, slot)
+
+    async def connect() -> None:
+        slot.set(await build_runtime(sb, common, settings, clock))
+
+    async def start_reconciler() -> None:
+        runtime = slot.get()
+        runtime.reconciler = asyncio.create_task(
+            _reconcile_forever(
+                [runtime.service.reconcile, runtime.sweeps.reconcile], settings.reconcile_seconds
+            )
+        )
+        runtime.ticker.start()
+
+    async def stop_reconciler() -> None:
+        if slot.started:
+            await slot.get().ticker.stop()
+            await slot.get().service.stop()
+        task = slot.get().reconciler if slot.started else None
+        await cancel_and_wait(task)  # cancelled again until it ends: one cancel can be lost
+
+    app = build_app(
+        sb,
+        title="trainyard-workflow",
+        description="Trainyard workflow: pipelines (DAGs of jobs) and job arrays on the bus",
+        on_startup=[connect],
+        after_startup=[start_reconciler],
+        on_shutdown=[stop_reconciler],
+    )
+    app.context.set_global(RUNTIME, slot)
+    return app
+
+
+def _job_consumers(sb: ServiceBroker, slot: RuntimeSlot[WorkflowRuntime]) -> None:
+    """What the service follows of jobs: their outcomes (steps, array items, sweep trials move on)
+    and what running jobs report (a sweep trial's objective values)."""
+    subjects = sb.subjects
 
     @batch_consumer(
         sb,
@@ -188,43 +231,6 @@ def create_app(
     )
     async def on_metrics(batch: MetricsBatch) -> None:
         await slot.get().sweeps.on_metrics(batch)
-
-    for kind in REQUEST_KINDS:
-        _request_handler(sb, kind, slot)
-    register_schedule_handlers(sb, lambda: slot.get().schedules)
-    register_trigger_handlers(sb, lambda: slot.get().triggers)
-    register_sweep_handlers(sb, lambda: slot.get().sweeps)
-    _trigger_consumers(sb, common, slot)
-
-    async def connect() -> None:
-        slot.set(await build_runtime(sb, common, settings, clock))
-
-    async def start_reconciler() -> None:
-        runtime = slot.get()
-        runtime.reconciler = asyncio.create_task(
-            _reconcile_forever(
-                [runtime.service.reconcile, runtime.sweeps.reconcile], settings.reconcile_seconds
-            )
-        )
-        runtime.ticker.start()
-
-    async def stop_reconciler() -> None:
-        if slot.started:
-            await slot.get().ticker.stop()
-            await slot.get().service.stop()
-        task = slot.get().reconciler if slot.started else None
-        await cancel_and_wait(task)  # cancelled again until it ends: one cancel can be lost
-
-    app = build_app(
-        sb,
-        title="trainyard-workflow",
-        description="Trainyard workflow: pipelines (DAGs of jobs) and job arrays on the bus",
-        on_startup=[connect],
-        after_startup=[start_reconciler],
-        on_shutdown=[stop_reconciler],
-    )
-    app.context.set_global(RUNTIME, slot)
-    return app
 
 
 def _trigger_consumers(sb: ServiceBroker, common: CommonSettings, slot: RuntimeSlot[WorkflowRuntime]) -> None:
