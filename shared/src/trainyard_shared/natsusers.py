@@ -90,7 +90,7 @@ KV_READS: dict[str, tuple[str, ...]] = {
     # the job records (its attempts' records, watched until its report is applied) and a job's
     # secret values, put back right before it starts
     "executor": ("jobs", "secrets"),
-    "registry": (),
+    "registry": ("executors",),  # a version's lineage: the backend of the executor that ran it
     "telemetry": ("jobs",),
     "workflow": ("jobs",),
 }

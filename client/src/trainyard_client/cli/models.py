@@ -1,4 +1,4 @@
-"""Model commands: ``trainyard models [list] [NAME] | promote | rollback | show | compare`` and
+"""Model commands: ``trainyard models [list] [NAME] | promote | rollback | show | compare | lineage`` and
 ``trainyard audit``, each with ``-o json`` (docs/models.md)."""
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from trainyard_client.cli.base import EXIT_INVALID, EXIT_REFUSED, api_errors, fa
 from trainyard_client.cli.output import Column, Output, OutputOption, emit, print_data, structured
 
 if TYPE_CHECKING:
-    from trainyard_contracts.modelregistry import AliasChange, AliasState, VersionInfo
+    from trainyard_contracts.modelregistry import (
+        AliasChange,
+        AliasState,
+        DatasetRef,
+        ModelLineage,
+        VersionInfo,
+    )
 
 
 class ModelsGroup(TyperGroup):
@@ -29,7 +35,7 @@ class ModelsGroup(TyperGroup):
 
 models = typer.Typer(
     cls=ModelsGroup,
-    help="Registered model versions; aliases (promote, rollback), show, compare (docs/models.md).",
+    help="Registered model versions; aliases (promote, rollback), show, compare, lineage (docs/models.md).",
 )
 NAME = typer.Argument(metavar="NAME", help="the registered model")
 ALIAS = typer.Option("--alias", "-a", help="the alias (MLflow's models:/NAME@ALIAS)")
@@ -167,18 +173,65 @@ def compare(
     emit(rows, columns, output, name=lambda r: str(r[0]), empty="nothing to compare")
 
 
-COMPARED_FIELDS = (
-    "job_id",
-    "queue",
-    "run_id",
-    "git_repo",
-    "git_commit",
-    "uncommitted_diff",
-    "workdir_digest",
-    "image",
-    "aliases",
-    "created_at",
-)
+@models.command("lineage")
+def lineage(
+    ctx: typer.Context,
+    name: Annotated[str, NAME],
+    version: Annotated[int, typer.Argument(min=1, help="the version")],
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Where VERSION came from: job, attempt, executor and backend, commit, pipeline run or sweep,
+    image digest, runtime-env lock, and its input datasets with digests."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        found = client.model_lineage(name, version)
+    if structured(output):
+        print_data(found.model_dump(mode="json"), output)
+        return
+    _print_lineage(found)
+
+
+def _print_lineage(found: ModelLineage) -> None:
+    from rich.markup import escape
+
+    def either(*values: object) -> str:
+        return " ".join(str(v) for v in values if v) or "-"
+
+    rows = [
+        ("version", f"{found.name} v{found.version}"),
+        ("job", either(found.job_id, f"attempt {found.attempt}" if found.attempt else None)),
+        ("queue", found.queue or "-"),
+        ("executor", either(found.executor_id, f"({found.backend})" if found.backend else None)),
+        ("git", f"{found.git_repo or '-'} @ {found.git_commit or '-'}"),
+        ("uncommitted diff", found.uncommitted_diff or "-"),
+        ("workdir", found.workdir_digest or "-"),
+        (
+            "pipeline run",
+            either(found.pipeline_run, f"step {found.pipeline_step}" if found.pipeline_step else None),
+        ),
+        ("sweep", either(found.sweep, f"trial {found.sweep_trial}" if found.sweep_trial else None)),
+        ("image", either(found.image, found.image_digest)),
+        ("runtime lock", found.runtime_lock or "-"),
+        ("run", found.run_id or "-"),
+        ("logged model", found.model_id or "-"),
+    ]
+    columns = (Column("field", lambda r: r[0]), Column("value", lambda r: r[1], wrap=True))
+    emit(rows, columns, Output.TABLE, name=lambda r: r[0], empty="")
+    if not found.datasets:
+        cli.out.print("no input datasets recorded")
+        return
+    dataset_columns = (
+        Column("dataset", lambda d: d.name),
+        Column("digest", lambda d: d.digest or "-"),
+        Column("context", lambda d: d.context or "-"),
+        Column("source", lambda d: d.source or "-", wrap=True),
+    )
+    cli.out.print(f"[bold]input datasets of {escape(found.name)} v{found.version}[/]")
+    emit(found.datasets, dataset_columns, Output.TABLE, name=lambda d: d.name, empty="")
+
+
+def datasets_text(datasets: list[DatasetRef]) -> str:
+    return ", ".join(f"{d.name}@{d.digest or '?'}" for d in datasets) or "-"
 
 
 def compared_rows(a: VersionInfo, b: VersionInfo) -> list[tuple[str, str, str]]:
@@ -195,10 +248,22 @@ def compared_rows(a: VersionInfo, b: VersionInfo) -> list[tuple[str, str, str]]:
             return ", ".join(str(v) for v in value) or "-"
         return str(value)
 
-    fields = ("job_id", "queue", "run_id", "git_repo", "git_commit", "uncommitted_diff", "workdir_digest")
-    rows = [
-        (f, text(getattr(a, f)), text(getattr(b, f))) for f in (*fields, "image", "aliases", "created_at")
-    ]
+    fields = (
+        "job_id",
+        "queue",
+        "run_id",
+        "git_repo",
+        "git_commit",
+        "uncommitted_diff",
+        "workdir_digest",
+        "image",
+        "image_digest",
+        "runtime_lock",
+        "aliases",
+        "created_at",
+    )
+    rows = [(f, text(getattr(a, f)), text(getattr(b, f))) for f in fields]
+    rows.append(("datasets", datasets_text(a.datasets), datasets_text(b.datasets)))
     for param in sorted(a.params.keys() | b.params.keys()):
         rows.append((f"params.{param}", text(a.params.get(param)), text(b.params.get(param))))
     for metric in sorted(a.metrics.keys() | b.metrics.keys()):
@@ -252,7 +317,9 @@ def _print_version(info: VersionInfo) -> None:
         ("git", f"{info.git_repo or '-'} @ {info.git_commit or '-'}"),
         ("workdir", info.workdir_digest or "-"),
         ("uncommitted diff", info.uncommitted_diff or "-"),
-        ("image", info.image or "-"),
+        ("image", " ".join(x for x in (info.image, info.image_digest) if x) or "-"),
+        ("runtime lock", info.runtime_lock or "-"),
+        ("datasets", datasets_text(info.datasets)),
         ("run", info.run_id or "-"),
         ("metrics", metrics_text(info.metrics)),
         ("params", ", ".join(f"{k}={v}" for k, v in info.params.items()) or "-"),

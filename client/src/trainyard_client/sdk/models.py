@@ -11,7 +11,7 @@ from trainyard_contracts import ModelVersionRecord
 
 if TYPE_CHECKING:
     from trainyard_contracts.audit import AuditEntry
-    from trainyard_contracts.modelregistry import AliasChange, AliasView, VersionInfo
+    from trainyard_contracts.modelregistry import AliasChange, AliasView, ModelLineage, VersionInfo
 
 
 class ModelCalls(HttpClient):
@@ -73,6 +73,15 @@ class ModelCalls(HttpClient):
 
         return VersionInfo.model_validate(
             self._request("GET", f"/v1/models/{name}/versions/{version}").json()
+        )
+
+    def model_lineage(self, name: str, version: int) -> ModelLineage:
+        """Where a version came from: its job and attempt, the executor and backend, the commit,
+        the pipeline run or sweep, the image and runtime lock, its input datasets with digests."""
+        from trainyard_contracts.modelregistry import ModelLineage
+
+        return ModelLineage.model_validate(
+            self._request("GET", f"/v1/models/{name}/versions/{version}/lineage").json()
         )
 
     def compare_models(self, name: str, first: int, second: int) -> tuple[VersionInfo, VersionInfo]:

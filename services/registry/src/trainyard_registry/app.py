@@ -66,6 +66,7 @@ async def build_runtime(
         subjects=sb.subjects,
         mlflow=mlflow,
         experiment=settings.experiment,
+        executors=buckets.executors,
     )
     requests = RegistryRequests(
         AliasStore(buckets.aliases),

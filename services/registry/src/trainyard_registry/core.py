@@ -13,9 +13,12 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from faststream.nats import NatsBroker
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
 from trainyard_contracts import (
+    ExecutorHeartbeat,
     JobRecord,
     JobSucceeded,
     ModelRef,
@@ -24,7 +27,18 @@ from trainyard_contracts import (
     Subjects,
 )
 from trainyard_contracts.sweeps import SWEEP_LABEL, TRIAL_LABEL
-from trainyard_registry.mlflow_store import MlflowModelStore, ModelRequest, RegisteredModel
+from trainyard_registry.mlflow_store import (
+    BACKEND_TAG,
+    EXECUTOR_TAG,
+    IMAGE_TAG,
+    PIPELINE_RUN_TAG,
+    PIPELINE_STEP_TAG,
+    SWEEP_TAG,
+    SWEEP_TRIAL_TAG,
+    MlflowModelStore,
+    ModelRequest,
+    RegisteredModel,
+)
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.publishing import MSG_ID, EventPublisher
 
@@ -66,6 +80,7 @@ class RegistryCore:
         subjects: Subjects,
         mlflow: MlflowModelStore,
         experiment: str,
+        executors: KeyValue | None = None,
     ) -> None:
         self.store = store
         self.models_kv = models_kv
@@ -74,6 +89,7 @@ class RegistryCore:
         self.subjects = subjects
         self.mlflow = mlflow
         self.experiment = experiment
+        self.executors = executors
 
     async def on_succeeded(self, event: JobSucceeded) -> ModelVersionRecord | None:
         if event.declares_model is False:
@@ -103,7 +119,7 @@ class RegistryCore:
             outputs_path=outputs.path,
             workdir_digest=workdir.digest if workdir else None,
             workdir_diff=workdir.diff if workdir else None,
-            lineage=lineage_of(record.spec.labels),
+            lineage=await self._lineage(record, event),
         )
         # MLflow's client is synchronous: keep it off the event loop
         registered = await asyncio.to_thread(self.mlflow.register, request)
@@ -146,11 +162,51 @@ class RegistryCore:
         )
         return version
 
+    async def _lineage(self, record: JobRecord, event: JobSucceeded) -> dict[str, str]:
+        """What made the version, as tags: the labels the workflow service set, the executor that
+        ran the attempt and its backend, the image."""
+        tags = lineage_of(record.spec.labels)
+        executor_id = event.executor_id or next(
+            (a.executor_id for a in record.attempts if a.number == event.attempt), None
+        )
+        if executor_id:
+            tags[EXECUTOR_TAG] = executor_id
+            backend = await self._backend_of(executor_id)
+            if backend:
+                tags[BACKEND_TAG] = backend
+        if record.spec.image:
+            tags[IMAGE_TAG] = record.spec.image
+        return tags
 
-# a sweep trial's job (its labels, set by the workflow service) -> the model version's tags
-LINEAGE_TAGS = {SWEEP_LABEL: "trainyard.sweep", TRIAL_LABEL: "trainyard.sweep_trial"}
+    async def _backend_of(self, executor_id: str) -> str | None:
+        """The executor's backend from its heartbeat (None once it is gone: not recorded)."""
+        if self.executors is None:
+            return None
+        try:
+            entry = await self.executors.get(executor_id)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        try:
+            return ExecutorHeartbeat.model_validate_json(entry.value).backend
+        except ValidationError:
+            return None
+
+
+# labels the workflow service puts on the jobs it submits (trainyard_workflow.core RUN_LABEL,
+# STEP_LABEL; contracts.sweeps for a sweep's trials) -> the version's tags
+PIPELINE_RUN_LABEL = "trainyard.dev/pipeline-run"
+PIPELINE_STEP_LABEL = "trainyard.dev/pipeline-step"
+LINEAGE_TAGS = {
+    SWEEP_LABEL: SWEEP_TAG,
+    TRIAL_LABEL: SWEEP_TRIAL_TAG,
+    PIPELINE_RUN_LABEL: PIPELINE_RUN_TAG,
+    PIPELINE_STEP_LABEL: PIPELINE_STEP_TAG,
+}
 
 
 def lineage_of(labels: dict[str, str]) -> dict[str, str]:
-    """The tags saying what made a job: the sweep and trial it was (docs/workflows.md, "Sweeps")."""
+    """The tags saying what made a job: the pipeline run and step, the sweep and trial it was
+    (docs/workflows.md, "Sweeps")."""
     return {tag: labels[label] for label, tag in LINEAGE_TAGS.items() if label in labels}

@@ -41,6 +41,9 @@ from urllib.parse import quote
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
     LoggedModel,
     LoggedModelOutput,
     LoggedModelStatus,
@@ -60,8 +63,16 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.tracking import MlflowClient
 
-from trainyard_contracts.modelregistry import VersionInfo
+from trainyard_contracts.modelregistry import MAX_DATASETS, DatasetRef, VersionInfo
 from trainyard_contracts.spec import strip_url_credentials
+from trainyard_registry.datasets import (
+    CONTEXT_TAG,
+    DIGEST_TAG,
+    MLFLOW_DIGEST_CHARS,
+    from_mlflow,
+    mlflow_source,
+    read_datasets_file,
+)
 from trainyard_registry.outputs import (
     OutputLimits,
     StagedOutputs,
@@ -90,6 +101,16 @@ WORKDIR_DIFF_TAG = "trainyard.workdir.uncommitted_diff"
 OUTPUTS_SKIPPED_TAG = "trainyard.outputs_skipped"  # what of the outputs was not uploaded, and why
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # the logged model's link to its versions (as MLflow does)
 METRICS_FILE = "metrics.json"
+# where the version came from (docs/models.md, "Lineage"), on the run and the version
+EXECUTOR_TAG = "trainyard.executor"
+BACKEND_TAG = "trainyard.backend"
+IMAGE_TAG = "trainyard.image"
+IMAGE_DIGEST_TAG = "trainyard.image_digest"
+RUNTIME_LOCK_TAG = "trainyard.runtime_lock"
+PIPELINE_RUN_TAG = "trainyard.pipeline_run"
+PIPELINE_STEP_TAG = "trainyard.pipeline_step"
+SWEEP_TAG = "trainyard.sweep"
+SWEEP_TRIAL_TAG = "trainyard.sweep_trial"
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # job ids are [a-z0-9-]; anything quoted into an MLflow filter string must not hold a quote
@@ -179,6 +200,10 @@ def read_metrics_file(outputs_dir: Path) -> dict[str, float]:
             continue
         metrics[str(key)] = float(value)
     return metrics
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
 
 
 def _check_filter_value(what: str, value: str) -> str:
@@ -276,6 +301,7 @@ class MlflowModelStore:
                     return None
                 raise
             run = self._run_or_none(mv.run_id)
+            datasets = self._run_datasets(run)
             data = run.data if run is not None else None
             tags = dict(data.tags) if data is not None else {}
             params = dict(data.params) if data is not None else {}
@@ -294,6 +320,17 @@ class MlflowModelStore:
             git_commit=mv.tags.get(GIT_COMMIT_VERSION_TAG),
             workdir_digest=mv.tags.get(WORKDIR_DIGEST_TAG),
             uncommitted_diff=mv.tags.get(WORKDIR_DIFF_TAG),
+            image=mv.tags.get(IMAGE_TAG),
+            image_digest=mv.tags.get(IMAGE_DIGEST_TAG),
+            runtime_lock=mv.tags.get(RUNTIME_LOCK_TAG),
+            attempt=_int_or_none(mv.tags.get(ATTEMPT_TAG)),
+            executor_id=mv.tags.get(EXECUTOR_TAG),
+            backend=mv.tags.get(BACKEND_TAG),
+            pipeline_run=mv.tags.get(PIPELINE_RUN_TAG),
+            pipeline_step=mv.tags.get(PIPELINE_STEP_TAG),
+            sweep=mv.tags.get(SWEEP_TAG),
+            sweep_trial=mv.tags.get(SWEEP_TRIAL_TAG),
+            datasets=datasets,
             # bounded: the answer travels in one NATS message
             params={k: v[:MAX_SHOWN_VALUE] for k, v in sorted(params.items())[:MAX_SHOWN_ENTRIES]},
             metrics=dict(sorted(metrics.items())[:MAX_SHOWN_ENTRIES]),
@@ -307,6 +344,38 @@ class MlflowModelStore:
             self.client.set_registered_model_alias(name, alias, str(version))
         except MlflowException as exc:
             raise MlflowStoreError(f"setting {name}@{alias} to v{version}: {exc.message}") from exc
+
+    @staticmethod
+    def _run_datasets(run: Run | None) -> list[DatasetRef]:
+        """The run's dataset inputs (``mlflow.log_input`` in the job, ``trainyard.dataset`` logged
+        by the registry), in the order MLflow gives them."""
+        if run is None or run.inputs is None:
+            return []
+        found: list[DatasetRef] = []
+        for item in run.inputs.dataset_inputs[:MAX_DATASETS]:
+            ds = item.dataset
+            tags = {t.key: t.value for t in item.tags or []}
+            found.append(from_mlflow(ds.name, ds.digest, ds.source, ds.source_type, tags))
+        return found
+
+    def _log_datasets(self, run_id: str, datasets: list[DatasetRef]) -> None:
+        """The job's recorded datasets as its run's dataset inputs (MLflow keeps one of each name
+        and digest per run: a repeat changes nothing)."""
+        inputs = []
+        for ref in datasets:
+            digest = ref.digest or "unknown"
+            tags = [InputTag(CONTEXT_TAG, ref.context or "training")]
+            if ref.digest:
+                tags.append(InputTag(DIGEST_TAG, ref.digest))
+            dataset = Dataset(
+                name=ref.name,
+                digest=digest[-MLFLOW_DIGEST_CHARS:] if len(digest) > MLFLOW_DIGEST_CHARS else digest,
+                source_type=ref.source_type or "local",
+                source=mlflow_source(ref),
+            )
+            inputs.append(DatasetInput(dataset, tags))
+        for i in range(0, len(inputs), 50):
+            self.client.log_inputs(run_id, datasets=inputs[i : i + 50])
 
     def _run_or_none(self, run_id: str | None) -> Run | None:
         if not run_id:
@@ -351,6 +420,7 @@ class MlflowModelStore:
         # a job's own run may have recorded its checkout's remote as it was, credential included
         git_repo = strip_url_credentials(found_repo) if found_repo else None
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in self._run_tags(req).items()])
+        self._log_datasets(run_id, read_datasets_file(req.outputs_dir))
 
         model = self._logged_model(req, run)
         self._ensure_registered_model(req.model_name)

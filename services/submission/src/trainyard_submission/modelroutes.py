@@ -24,6 +24,7 @@ from trainyard_contracts.modelregistry import (
     Comparison,
     Identity,
     IfBetter,
+    ModelLineage,
     RegistryReply,
     RegistryRequest,
     VersionInfo,
@@ -120,6 +121,13 @@ def _add_read_routes(router: APIRouter, ask: Ask) -> None:
         if found is None:
             raise Problem(404, "not found", f"model {name!r} has no version {version}")
         return found
+
+    @router.get(
+        "/models/{name}/versions/{version}/lineage",
+        summary="where a version came from: job, attempt, executor, code, pipeline, image, datasets",
+    )
+    async def get_lineage(name: ModelName, version: VersionNumber, caller: Caller) -> ModelLineage:
+        return ModelLineage.of(await get_version(name, version, caller))
 
     @router.get("/models/{name}/aliases/{alias}", summary="an alias: its holder and previous holders")
     async def get_alias(name: ModelName, alias: AliasName, caller: Caller) -> AliasView:

@@ -1,4 +1,5 @@
-"""Live training metrics from inside a Trainyard job: ``trainyard.report(step, loss=0.25, acc=0.9)``.
+"""Live training metrics from inside a Trainyard job: ``trainyard.report(step, loss=0.25, acc=0.9)``;
+the job's input datasets: ``trainyard.dataset("digits", "data/digits.csv")``.
 
 The executor puts this file on every job's ``PYTHONPATH`` (a copy in the attempt's work dir), so
 ``import trainyard`` works in any interpreter and any image without installing anything. It uses
@@ -13,16 +14,26 @@ publishes the points in batches. The job never holds bus credentials.
   what is kept: names must match ``^[A-Za-z_][A-Za-z0-9_.:/-]{0,63}$``, values must be finite
   numbers, and an attempt keeps at most a bounded number of names (what breaks a rule is dropped
   and counted in the job's log).
+
+``dataset(name, path_or_uri, digest=None)`` records an input dataset: one JSON line appended to
+``datasets.jsonl`` in the job's outputs folder (``TRAINYARD_OUTPUT_DIR``, set on every backend),
+which the registry reads when it registers the job's model and links to the version
+(docs/models.md, "Lineage"). Without ``digest`` a local file's or folder's content is hashed
+(sha256; a folder: every file's path and hash, in order); a URI without a digest is recorded
+without one. It returns the digest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 import time
 
-__all__ = ["report"]
+__all__ = ["dataset", "report"]
+
+DATASETS_FILE = "datasets.jsonl"  # in the outputs folder: the registry reads it (registry/datasets.py)
 
 _lock = threading.Lock()
 _fd: int | None = None
@@ -44,3 +55,56 @@ def report(step: int, **metrics: float) -> None:
             _fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             _opened = path
         os.write(_fd, data)
+
+
+def dataset(
+    name: str, path_or_uri: object, digest: str | None = None, context: str = "training"
+) -> str | None:
+    """Record an input dataset of this job (its model version's lineage); returns its digest."""
+    source = os.fspath(path_or_uri) if isinstance(path_or_uri, os.PathLike) else str(path_or_uri)
+    local = "://" not in source and os.path.exists(source)
+    if digest is None and local:
+        digest = content_digest(source)
+    outputs = os.environ.get("TRAINYARD_OUTPUT_DIR")
+    if not outputs or not os.environ.get("TRAINYARD_JOB_ID") or os.environ.get("TRAINYARD_RANK", "0") != "0":
+        return digest  # outside a job (or not rank 0): nothing recorded
+    entry = {
+        "name": str(name),
+        "source": os.path.abspath(source) if local else source,
+        "source_type": "local" if local else (source.split("://", 1)[0] if "://" in source else "local"),
+        "digest": digest,
+        "context": str(context),
+        "time": round(time.time(), 3),
+    }
+    os.makedirs(outputs, exist_ok=True)
+    data = (json.dumps(entry) + "\n").encode()
+    fd = os.open(
+        os.path.join(outputs, DATASETS_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+    )
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return digest
+
+
+def content_digest(path: str) -> str:
+    """``sha256:<hex>`` of a file's bytes, or of a folder's files (relative path and hash each)."""
+    if os.path.isfile(path):
+        return "sha256:" + _file_sha256(path)
+    outer = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for file in sorted(files):
+            full = os.path.join(root, file)
+            rel = os.path.relpath(full, path).replace(os.sep, "/")
+            outer.update(f"{rel}\0{_file_sha256(full)}\n".encode())
+    return "sha256:" + outer.hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
