@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from services.registry.tests.test_models_cli import trainyard
 from trainyard_contracts import Capacity, ExecutorHeartbeat, JobRecord, JobState, JobSucceeded, Subjects
 from trainyard_contracts.records import AttemptInfo
 from trainyard_contracts.spec import parse_spec
-from services.registry.tests.test_models_cli import trainyard
 from trainyard_shared.testing.helpers import eventually
 
 pytestmark = [pytest.mark.service, pytest.mark.registry]
@@ -44,7 +44,8 @@ JOB = textwrap.dedent(
     digest = trainyard.dataset("digits-train", sys.argv[1])
     trainyard.dataset("labels", "s3://bucket/labels.parquet", digest="md5:0123abcd", context="training")
     with mlflow.start_run():
-        holdout = MetaDataset(HTTPDatasetSource("https://example.com/holdout.csv"), name="holdout", digest="h0ld0ut1")
+        source = HTTPDatasetSource("https://example.com/holdout.csv")
+        holdout = MetaDataset(source, name="holdout", digest="h0ld0ut1")
         mlflow.log_input(holdout, context="validation")
         mlflow.log_metric("accuracy", 0.93)
     out = pathlib.Path(os.environ["TRAINYARD_OUTPUT_DIR"])
@@ -169,7 +170,8 @@ async def test_a_job_that_records_datasets_has_them_with_digests_in_its_versions
         again = (await s.http.get(f"/v1/models/lineage-digits/versions/{version}/lineage")).json()
         assert sorted(d["name"] for d in again["datasets"]) == sorted(datasets)
 
-        compared = (await s.http.get("/v1/models/lineage-digits/compare", params={"a": version, "b": version}))
+        both = {"a": version, "b": version}
+        compared = await s.http.get("/v1/models/lineage-digits/compare", params=both)
         assert compared.json()["versions"][0]["datasets"] == lineage["datasets"]
 
         # the CLI: a table (the datasets with their digests), -o json, and compare's datasets row
