@@ -92,6 +92,8 @@ def _plan_step(
     for name in sorted(step.model_fields_set - set(MAPPED_STEP_FIELDS)):
         errors.append(FieldError(field=f"{at}.{name}", message="not exported to KFP by this version"))
     job = step.job
+    if job is None:  # a sweep step: refused above, `sweep` is no field KFP has
+        return {}
     for name in sorted(job.model_fields_set):
         field = f"{at}.job.{name}"
         if name in DROPPED_JOB_FIELDS:

@@ -109,11 +109,13 @@ class PipelineRun(BaseModel):
         return out
 
     def open_job_ids(self) -> list[str]:
-        """Ids of the run's jobs that were submitted and have not ended (what a cancel stops)."""
+        """Ids of the run's jobs that were submitted and have not ended (what a cancel stops). A
+        sweep step's "job" is its sweep: the workflow service cancels it, and it its trials."""
         return [
             job.job_id
-            for step in self.steps.values()
-            for job in step.jobs.values()
+            for spec in self.spec.steps
+            if spec.sweep is None
+            for job in self.steps[spec.name].jobs.values()
             if job.job_id is not None and job.outcome is None
         ]
 

@@ -220,6 +220,18 @@ class Trial(BaseModel):
     ended_at: datetime | None = None
 
 
+class SweepOwner(BaseModel):
+    """The pipeline step a sweep is (docs/workflows.md, "A sweep as a step"): the run, the step and
+    the step's attempt that started it. The sweep's id derives from them, so a step taken again
+    never starts a second sweep."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    step: str
+    attempt: int = Field(ge=1)
+
+
 class SweepRecord(BaseModel):
     """One sweep and its trials; every change is a compare-and-set on its KV revision."""
 
@@ -227,6 +239,7 @@ class SweepRecord(BaseModel):
 
     sweep_id: str
     spec: SweepSpec
+    owner: SweepOwner | None = Field(None, description="the pipeline step this sweep is, if it is one")
     state: SweepState = SweepState.running
     trials: list[Trial] = Field(default_factory=list)
     reason: str | None = None
@@ -264,23 +277,42 @@ def validate_sweep(document: Any) -> SweepSpec:
         spec = SweepSpec.model_validate(document)
     except ValidationError as exc:
         raise SpecError(field_errors(exc)) from None
-    errors = _space_errors(spec)
+    errors = sweep_problems(spec)
+    if errors:
+        raise SpecError(errors)
     if spec.max_parallel > spec.max_trials:
         spec = spec.model_copy(update={"max_parallel": spec.max_trials})
+    return spec
+
+
+def sweep_problems(spec: SweepSpec) -> list[FieldError]:
+    """What a well-formed sweep may still get wrong (its space, its grid, its job template with a
+    sample point), each naming its field; [] for a sweep that can run."""
+    errors = _space_errors(spec)
     if not errors and spec.sampler.type == SamplerKind.grid:
         try:
             grid_points(spec.space)
         except ValueError as exc:
             errors.append(FieldError(field="space", message=str(exc)))
     if errors:
-        raise SpecError(errors)
-    trial_job(spec, sample_params(spec.space), "sweep-check", 0)  # the template, with a sample point
-    return spec
+        return errors
+    try:
+        trial_job(spec, sample_params(spec.space), "sweep-check", 0)  # the template, with a sample point
+    except SpecError as exc:
+        return list(exc.errors)
+    return []
 
 
-def trial_job(spec: SweepSpec, params: dict[str, ParamValue], sweep_id: str, number: int) -> JobSpec:
+def trial_job(
+    spec: SweepSpec,
+    params: dict[str, ParamValue],
+    sweep_id: str,
+    number: int,
+    labels: dict[str, str] | None = None,
+) -> JobSpec:
     """Trial ``number``'s job: the template with ``params`` substituted, the parameters in its
-    ``params`` (MLflow logs them) and labels naming the sweep and trial. SpecError names the field
+    ``params`` (MLflow logs them) and labels naming the sweep and trial (and ``labels``: the
+    pipeline run and step of a sweep that is a step). SpecError names the field
     (``job.command.2``)."""
     from trainyard_contracts.workflow import substitute
 
@@ -291,9 +323,10 @@ def trial_job(spec: SweepSpec, params: dict[str, ParamValue], sweep_id: str, num
             body["command"] = [_text(arg) for arg in body["command"]]
         if isinstance(body.get("env"), dict):
             body["env"] = {name: _text(value) for name, value in body["env"].items()}
-        labels = {**(body.get("labels") or {}), SWEEP_LABEL: sweep_id, TRIAL_LABEL: str(number)}
+        own = {**(body.get("labels") or {}), **(labels or {})}
+        own.update({SWEEP_LABEL: sweep_id, TRIAL_LABEL: str(number)})
         job = JobSpec.model_validate(
-            {**body, "params": {**(body.get("params") or {}), **params}, "labels": labels}
+            {**body, "params": {**(body.get("params") or {}), **params}, "labels": own}
         )
     except ValidationError as exc:
         raise SpecError(
@@ -342,6 +375,7 @@ __all__ = [
     "PrunerSpec",
     "SamplerKind",
     "SamplerSpec",
+    "SweepOwner",
     "SweepRecord",
     "SweepReply",
     "SweepRequest",
@@ -351,6 +385,7 @@ __all__ = [
     "TrialState",
     "grid_points",
     "sample_params",
+    "sweep_problems",
     "trial_job",
     "validate_sweep",
 ]

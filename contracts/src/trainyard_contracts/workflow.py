@@ -36,12 +36,19 @@ from trainyard_contracts.spec import (
     parse_spec_document,
 )
 from trainyard_contracts.stepoutputs import output_refs
+from trainyard_contracts.sweeps import SweepSpec, sweep_problems
 
 STEP_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 RUN_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{5,63}$"
 MAX_STEPS = 500
 MAX_PARAMS = 256
 MAX_SUBJECT_CHARS = 256
+
+# labels on a step's job (and on the trials of a sweep that is a step): which run and step it is
+RUN_LABEL = "trainyard.dev/pipeline-run"
+STEP_LABEL = "trainyard.dev/pipeline-step"
+# what a sweep step passes on besides its best trial's parameters (each under its own name)
+SWEEP_STEP_OUTPUTS = ("sweep_id", "trial", "objective", "job_id", "model_name", "model_version")
 
 StepName = Annotated[str, StringConstraints(pattern=STEP_PATTERN)]
 ParamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
@@ -71,10 +78,16 @@ class Condition(StrEnum):
 
 
 class StepSpec(_Strict):
-    """One step: a job, or with ``array`` one job per index (``TRAINYARD_ARRAY_INDEX``)."""
+    """One step: a job, or with ``array`` one job per index (``TRAINYARD_ARRAY_INDEX``), or a
+    ``sweep``: a hyperparameter search that succeeds with its best trial."""
 
     name: StepName
-    job: JobSpec = Field(description="the step's job spec (the CLI reads `file:` into it)")
+    job: JobSpec | None = Field(None, description="the step's job spec (the CLI reads `file:` into it)")
+    sweep: SweepSpec | None = Field(
+        None,
+        description="instead of job: a sweep (as for `sweep run`; the CLI reads `file:` into it), "
+        "started by the run; its outputs are the best trial's parameters, objective, job and model",
+    )
     depends: list[StepName] | dict[StepName, Condition] = Field(
         default_factory=list,
         description="a list: every named step succeeded; a mapping: per step succeeded, failed or "
@@ -131,6 +144,7 @@ class PipelineSpec(_Strict):
             raise _field("steps", "the dependencies form a cycle: " + " -> ".join(cycle))
         arrays = {step.name for step in self.steps if step.array}
         for i, step in enumerate(self.steps):
+            _check_kind(i, step)
             _check_output_refs(i, step, arrays)
         return self
 
@@ -168,9 +182,33 @@ def step_output_refs(job: JobSpec) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
+def _check_kind(i: int, step: StepSpec) -> None:
+    """A step is a job or a sweep; a sweep step is one sweep (no array), whose template uses no
+    other step's outputs and whose parameters do not shadow the step's own outputs."""
+    if (step.job is None) == (step.sweep is None):
+        raise _field(f"steps.{i}.job", "give job (a job spec) or sweep (a sweep), one of the two")
+    if step.sweep is None:
+        return
+    where = f"steps.{i}.sweep"
+    if step.array:
+        raise _field(f"steps.{i}.array", "a sweep step is one sweep: its trials are its jobs")
+    for problem in sweep_problems(step.sweep):
+        raise _field(f"{where}.{problem.field}", problem.message)
+    if re.search(r"\$\{\{\s*steps\.", step.sweep.model_dump_json()):
+        raise _field(f"{where}.job", "a sweep step cannot use other steps' outputs (not yet)")
+    for name in step.sweep.space:
+        if name in SWEEP_STEP_OUTPUTS:
+            raise _field(
+                f"{where}.space.{name}",
+                f"{name!r} is one of the step's own outputs ({', '.join(SWEEP_STEP_OUTPUTS)}): rename it",
+            )
+
+
 def _check_output_refs(i: int, step: StepSpec, arrays: set[str]) -> None:
     """A step's references to outputs: in command, env or params only (never text a shell reads),
     each to a single-job step it depends on with ``succeeded`` (so the value exists when it runs)."""
+    if step.job is None:
+        return
     conditions = step.conditions()
     try:
         refs = step_output_refs(step.job)
@@ -358,20 +396,43 @@ def job_pipeline(job: dict[str, Any]) -> dict[str, Any]:
 _PARAM_REF = re.compile(r"\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
-def substitute(document: Any, params: dict[str, ParamValue], where: str = "") -> Any:
+def substitute(
+    document: Any, params: dict[str, ParamValue], where: str = "", keep: frozenset[str] = frozenset()
+) -> Any:
     """``${{ params.NAME }}`` replaced in every string of ``document``. A string that is exactly one
     reference takes the parameter's own type (a number stays a number). An unknown name raises
-    SpecError naming the field it is in."""
+    SpecError naming the field it is in. A name in ``keep`` is left as written (a sweep step's own
+    parameters: each trial's values, substituted when the trial is submitted)."""
     if isinstance(document, dict):
-        return {key: substitute(value, params, _join(where, key)) for key, value in document.items()}
+        return {key: substitute(value, params, _join(where, key), keep) for key, value in document.items()}
     if isinstance(document, list):
-        return [substitute(value, params, _join(where, i)) for i, value in enumerate(document)]
+        return [substitute(value, params, _join(where, i), keep) for i, value in enumerate(document)]
     if not isinstance(document, str) or "${{" not in document:
         return document
     whole = _PARAM_REF.fullmatch(document.strip())
-    if whole:
+    if whole and whole.group(1) not in keep:
         return _param(params, whole.group(1), where)
-    return _PARAM_REF.sub(lambda m: str(_param(params, m.group(1), where)), document)
+    return _PARAM_REF.sub(
+        lambda m: m.group(0) if m.group(1) in keep else str(_param(params, m.group(1), where)), document
+    )
+
+
+def _substitute_steps(body: dict[str, Any], values: dict[str, ParamValue]) -> dict[str, Any]:
+    """The pipeline body with its parameters substituted; in a sweep step, the names of the sweep's
+    own space are left for its trials (they win over a pipeline parameter of the same name)."""
+    steps = body.get("steps")
+    out: dict[str, Any] = substitute({k: v for k, v in body.items() if k != "steps"}, values)
+    if "steps" not in body:
+        return out
+    if not isinstance(steps, list):
+        return {**out, "steps": substitute(steps, values, "steps")}
+    done = []
+    for i, step in enumerate(steps):
+        sweep = step.get("sweep") if isinstance(step, dict) else None
+        space = sweep.get("space") if isinstance(sweep, dict) else None
+        keep = frozenset(str(name) for name in space) if isinstance(space, dict) else frozenset()
+        done.append(substitute(step, values, f"steps.{i}", keep))
+    return {**out, "steps": done}
 
 
 def _join(where: str, key: object) -> str:
@@ -395,7 +456,7 @@ def validate_pipeline(data: Any, params: dict[str, ParamValue] | None = None) ->
         raise SpecError([FieldError(field="params", message="expected a mapping of name: value")])
     values = {**defaults, **(params or {})}
     body = {key: value for key, value in data.items() if key != "params"}
-    resolved = {**substitute(body, values), **({"params": values} if values else {})}
+    resolved = {**_substitute_steps(body, values), **({"params": values} if values else {})}
     try:
         return PipelineSpec.model_validate(resolved)
     except ValidationError as exc:
@@ -444,6 +505,9 @@ def _typed(value: str) -> ParamValue:
 __all__ = [
     "NAME_PATTERN",
     "RUN_ID_PATTERN",
+    "RUN_LABEL",
+    "STEP_LABEL",
+    "SWEEP_STEP_OUTPUTS",
     "ArraySpec",
     "ConcurrencyPolicy",
     "Condition",

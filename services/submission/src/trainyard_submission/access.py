@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from trainyard_contracts import FieldError, JobRecord, JobSpec, ModelVersionRecord, QueueConfig, SpecError
 from trainyard_submission.tokens import Principal
 
@@ -57,6 +59,15 @@ def place_spec(principal: Principal | None, spec: JobSpec) -> JobSpec:
     if principal is None or principal.admin or "queue" in spec.model_fields_set:
         return spec
     return spec.model_copy(update={"queue": principal.team})
+
+
+def place_job_document(principal: Principal | None, job: Any) -> Any:
+    """A job document (a pipeline step's, a sweep's template) in the queue :func:`place_spec` puts
+    a submitted spec in: a team token's without a queue goes to the team's. The workflow service
+    submits it later with its own identity, which places nothing."""
+    if principal is None or principal.admin or not isinstance(job, dict) or "queue" in job:
+        return job
+    return {**job, "queue": principal.team}
 
 
 def check_submit(principal: Principal | None, spec: JobSpec, queue: QueueConfig) -> None:

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trainyard_contracts import JobSpec, SpecError
 from trainyard_contracts.runs import PipelineReply, PipelineRequest, PipelineRun
+from trainyard_contracts.sweeps import sample_params, trial_job
 from trainyard_contracts.workflow import RUN_ID_PATTERN, PipelineSpec, validate_pipeline
-from trainyard_submission.access import QueueRefused, check_submit, place_spec
+from trainyard_submission.access import QueueRefused, check_submit, place_job_document, place_spec
 from trainyard_submission.api import Caller, Problem, authorised
 from trainyard_submission.service import JobAlreadyFinished, JobNotFound, SubmissionService
 from trainyard_submission.tokens import Principal
@@ -82,6 +83,7 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
             raise Problem(422, "invalid request", str(exc)[:1000]) from exc
         if body.pipeline is None:
             raise Problem(422, "invalid request", "pipeline: required field is missing")
+        body = body.model_copy(update={"pipeline": place_pipeline(caller, body.pipeline)})
         await check_steps(state, caller, body)
         answer = await ask("run", body.model_copy(update={"by": caller.name}))
         return JSONResponse(public(answer.run), status_code=201)
@@ -137,6 +139,24 @@ def pipeline_document_check(state: dict[str, Any]) -> Callable[[Principal, dict[
     return check
 
 
+def place_pipeline(caller: Principal, pipeline: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline with each step's job (a sweep step's template) in the queue the caller's own
+    submission would land in (a team's, when it names none): the workflow service submits them
+    with its identity, not the caller's."""
+    steps = pipeline.get("steps")
+    if not isinstance(steps, list):
+        return pipeline
+    placed = []
+    for step in steps:
+        if isinstance(step, dict) and isinstance(step.get("sweep"), dict):
+            sweep = step["sweep"]
+            step = {**step, "sweep": {**sweep, "job": place_job_document(caller, sweep.get("job"))}}
+        elif isinstance(step, dict) and "job" in step:
+            step = {**step, "job": place_job_document(caller, step["job"])}
+        placed.append(step)
+    return {**pipeline, "steps": placed}
+
+
 async def check_steps(state: dict[str, Any], caller: Principal, body: PipelineRequest) -> None:
     try:
         pipeline = validate_pipeline(body.pipeline, body.params)
@@ -150,7 +170,11 @@ async def check_spec_steps(state: dict[str, Any], caller: Principal, pipeline: P
     # what a submit of each step would refuse is refused now, naming the step, not when the step's
     # turn comes (an unknown queue, a spec no executor could hold)
     for i, step in enumerate(pipeline.steps):
-        await check_job(state, caller, step.job, f"steps.{i}.job", "pipeline")
+        if step.sweep is not None:  # its trials' jobs: the template with a sample point
+            trial = trial_job(step.sweep, sample_params(step.sweep.space), "check", 0)
+            await check_job(state, caller, trial, f"steps.{i}.sweep.job", "pipeline")
+        elif step.job is not None:
+            await check_job(state, caller, step.job, f"steps.{i}.job", "pipeline")
 
 
 async def check_job(state: dict[str, Any], caller: Principal, job: JobSpec, where: str, kind: str) -> None:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends
 
 from trainyard_contracts import SpecError
 from trainyard_contracts.sweeps import SweepReply, SweepRequest, sample_params, trial_job, validate_sweep
+from trainyard_submission.access import place_job_document
 from trainyard_submission.api import Caller, Problem, authorised
 from trainyard_submission.pipelines import check_job
 from trainyard_submission.tokens import Principal
@@ -24,7 +25,10 @@ def build_sweep_router(state: dict[str, Any]) -> APIRouter:
     router = APIRouter(prefix="/v1/sweeps", dependencies=[Depends(authorised)], tags=["sweeps"])
     sweeps = NamedObjects(state, "sweep", SweepReply, SweepRequest)
 
-    async def check(caller: Principal, document: dict[str, Any]) -> None:
+    async def check(caller: Principal, document: dict[str, Any]) -> dict[str, Any]:
+        # the trials land where the creator's own jobs would (a team's queue when none is named)
+        if "job" in document:
+            document = {**document, "job": place_job_document(caller, document["job"])}
         try:
             spec = validate_sweep(document)
         except SpecError as exc:
@@ -32,6 +36,7 @@ def build_sweep_router(state: dict[str, Any]) -> APIRouter:
             raise Problem(422, "invalid sweep", str(exc), errors=errors) from exc
         job = trial_job(spec, sample_params(spec.space), "check", 0)
         await check_job(state, caller, job, "job", "sweep")
+        return document
 
     sweeps.add_routes(
         router,

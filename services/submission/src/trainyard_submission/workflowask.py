@@ -68,7 +68,8 @@ async def json_object(request: Request, kind: str) -> dict[str, Any]:
 
 
 NamedReply = TypeVar("NamedReply", ScheduleReply, TriggerReply, SweepReply)
-CheckDocument = Callable[[Principal, dict[str, Any]], Awaitable[None]]
+# a document held to the creator's queue rules; it may answer the document placed (a team's queue)
+CheckDocument = Callable[[Principal, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class NamedObjects(Generic[NamedReply]):
         @router.post("", status_code=201, summary=created)
         async def create_named(request: Request, caller: Caller) -> JSONResponse:
             document = await json_object(request, self.kind)
-            await check(caller, document)
+            document = await check(caller, document) or document
             answer = await self.ask("create", **{self.kind: document, "by": caller.name})
             return JSONResponse(public(getattr(answer, self.kind)), status_code=201)
 

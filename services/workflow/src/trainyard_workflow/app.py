@@ -131,6 +131,9 @@ async def build_runtime(
         functools.partial(_last_batch, sb),
         clock,
     )
+    # a sweep as a pipeline step: the run starts it, its end moves the run on
+    service.sweeps = sweeps
+    sweeps.on_owned_end, sweeps.owner_wants = service.on_sweep_ended, service.sweep_wanted
     ticker = ScheduleTicker([schedules.tick, triggers.tick], lease, settings.schedule_tick_seconds)
     return WorkflowRuntime(service, schedules, triggers, sweeps, ticker)
 

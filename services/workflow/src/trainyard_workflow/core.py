@@ -14,6 +14,7 @@ key with the job it already made. So a restart never submits a step twice.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,10 +33,9 @@ from trainyard_contracts.runs import (
 )
 from trainyard_contracts.spec import ArrayTask, ParamValue
 from trainyard_contracts.stepoutputs import STEP_OUTPUT_REF, OutputValue
-from trainyard_contracts.workflow import Condition, StepSpec, step_output_refs
+from trainyard_contracts.sweeps import SweepRecord, SweepState
+from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL, Condition, StepSpec, step_output_refs
 
-RUN_LABEL = "trainyard.dev/pipeline-run"
-STEP_LABEL = "trainyard.dev/pipeline-step"
 INDEX_LABEL = "trainyard.dev/array-index"
 ATTEMPT_LABEL = "trainyard.dev/step-attempt"
 
@@ -153,7 +153,8 @@ def _step_decisions(run: PipelineRun, spec: StepSpec) -> list[Decision]:
     if len(step.jobs) == len(indices) and all(job.outcome for job in step.jobs.values()):
         failed = sorted(i for i, job in step.jobs.items() if job.outcome != "succeeded")
         if failed:
-            return [EndStep(spec.name, StepState.failed, _failure_reason(step, failed))]
+            reason = _failure_reason(step, failed, sweep=spec.sweep is not None)
+            return [EndStep(spec.name, StepState.failed, reason)]
         return [EndStep(spec.name, StepState.succeeded)]
     return [
         Submit(spec.name, index, idempotency_key(run.run_id, spec.name, index, step.attempt))
@@ -161,8 +162,10 @@ def _step_decisions(run: PipelineRun, spec: StepSpec) -> list[Decision]:
     ]
 
 
-def _failure_reason(step: StepRun, failed: list[int]) -> str:
+def _failure_reason(step: StepRun, failed: list[int], sweep: bool = False) -> str:
     first = step.jobs[failed[0]]
+    if sweep:
+        return f"the sweep {first.job_id} {first.outcome} (trainyard sweep status {first.job_id})"
     shown = ", ".join(str(i) for i in failed[:10]) + (" ..." if len(failed) > 10 else "")
     return f"{len(failed)} job(s) did not succeed (index {shown}; job {first.job_id} {first.outcome})"
 
@@ -352,6 +355,8 @@ class OutputMissing(Exception):
 
 def referenced_steps(spec: StepSpec) -> set[str]:
     """The steps whose outputs ``spec`` uses (checked when the pipeline was read)."""
+    if spec.job is None:
+        return set()
     return {ref for refs in step_output_refs(spec.job).values() for ref, _ in refs}
 
 
@@ -427,6 +432,7 @@ def job_spec_for(run: PipelineRun, step: str, index: int, job: JobSpec | None = 
     (``array_task``: its TRAINYARD_ARRAY_* env)."""
     spec = run.spec.step(step)
     job = job or spec.job
+    assert job is not None, "a sweep step is started as a sweep, not submitted as a job"
     labels = {
         **job.labels,
         RUN_LABEL: run.run_id,
@@ -460,3 +466,47 @@ def submitted_under(record: JobRecord, key: str) -> bool:
     """Whether the job came through the bus intake under ``key`` (its record's idempotency slot
     says so): what the workflow service sends a step's job under. Its labels alone prove nothing."""
     return record.idempotency_slot == idempotency_slot("intake", key)
+
+
+# -- a sweep as a step ---------------------------------------------------------------------------
+
+
+def sweep_id_for(key: str) -> str:
+    """The id of the sweep a sweep step's attempt starts (``key``: the step's idempotency key,
+    from the run, the step and the step's attempt): the same every time the step is taken, so a
+    step taken again (a redelivery, a restart, the look-over) never starts a second sweep."""
+    return "sw" + hashlib.sha256(key.encode()).hexdigest()[:18]
+
+
+def sweep_facts(step: str, key: str, sweep: SweepRecord) -> list[Fact]:
+    """What a sweep says about its step: its id (the step's "job"), and its end once it ended:
+    ``succeeded`` with a best trial; otherwise how it ended (a sweep that succeeded with no best
+    trial failed its step)."""
+    facts: list[Fact] = [JobKnown(step, 0, key, sweep.sweep_id)]
+    if sweep.state == SweepState.running:
+        return facts
+    if sweep.state == SweepState.succeeded:
+        outcome = "succeeded" if sweep.best_trial() is not None else "failed"
+    else:
+        outcome = "cancelled" if sweep.state == SweepState.cancelled else "failed"
+    return [*facts, JobEnded(step, 0, sweep.sweep_id, outcome)]
+
+
+def sweep_outputs(
+    sweep: SweepRecord, best_job: JobRecord | None, now: datetime, model_wait: timedelta
+) -> dict[str, OutputValue] | None:
+    """A succeeded sweep step's outputs: its best trial's parameters (each under its own name),
+    ``objective``, ``trial``, ``job_id``, ``sweep_id``, and the model the best trial's job
+    registered (``model_name``, ``model_version``: ModelNotYet until the registry has said it,
+    as for a job step)."""
+    best = sweep.best_trial()
+    if best is None or best.value is None:
+        return None
+    outputs: dict[str, OutputValue] = {**best.params}
+    outputs.update(sweep_id=sweep.sweep_id, trial=best.number, objective=best.value)
+    if best.job_id:
+        outputs["job_id"] = best.job_id
+    if best_job is not None:
+        model = outputs_of_record(best_job, now, model_wait) or {}
+        outputs.update({name: model[name] for name in MODEL_OUTPUTS if name in model})
+    return outputs

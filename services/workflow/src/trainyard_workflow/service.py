@@ -13,9 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from trainyard_contracts import IntakeReply, JobRecord, JobSpec, new_job_id
+from trainyard_contracts import IntakeReply, JobRecord, JobSpec, SpecError, new_job_id
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.runs import (
     PipelineEnvelope,
@@ -29,6 +29,7 @@ from trainyard_contracts.runs import (
     StepSubmitted,
 )
 from trainyard_contracts.stepoutputs import OutputValue
+from trainyard_contracts.sweeps import SweepOwner, SweepRecord, SweepSpec
 from trainyard_contracts.workflow import PipelineSpec, validate_pipeline
 from trainyard_shared.tasks import cancel_and_wait
 from trainyard_workflow.core import (
@@ -52,6 +53,9 @@ from trainyard_workflow.core import (
     retry,
     step_of,
     submitted_under,
+    sweep_facts,
+    sweep_id_for,
+    sweep_outputs,
     unanswered,
     with_outputs,
 )
@@ -64,6 +68,18 @@ STEP_ATTEMPT_LABEL = "trainyard.dev/step-attempt"
 
 ReadJob = Callable[[str], Awaitable[JobRecord | None]]
 Emit = Callable[[PipelineEnvelope], Awaitable[Any]]
+
+
+class Sweeps(Protocol):
+    """What a sweep step needs of the sweeps (sweeps.SweepService)."""
+
+    async def start_owned(
+        self, sweep_id: str, spec: SweepSpec, by: str | None, owner: SweepOwner
+    ) -> SweepRecord: ...
+
+    async def status(self, sweep_id: str) -> SweepRecord: ...
+
+    async def cancel(self, sweep_id: str, by: str | None = None) -> SweepRecord: ...
 
 
 @dataclass
@@ -87,6 +103,7 @@ class WorkflowService:
     ) -> None:
         self.runs, self.read_job, self.intake, self.emit, self.clock = runs, read_job, intake, emit, clock
         self.model_wait = model_wait
+        self.sweeps: Sweeps | None = None  # set by the composition root (a sweep step starts one)
         self._turns: dict[str, RunTurn] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -191,9 +208,58 @@ class WorkflowService:
         for run_id in await self.runs.run_ids():
             found = await self.runs.get(run_id)
             if found is not None and found[0].state == RunState.running:
-                await self.progress(run_id)
+                await self.progress(run_id, await self._sweep_ends(found[0]))
                 moved += 1
         return moved
+
+    # -- sweep steps ---------------------------------------------------------------------------
+
+    async def _sweep_ends(self, run: PipelineRun) -> list[Fact]:
+        """The ends of the run's sweep steps' sweeps (a crash may have lost their word)."""
+        facts: list[Fact] = []
+        for spec in run.spec.steps:
+            job = run.steps[spec.name].jobs.get(0)
+            if spec.sweep is None or self.sweeps is None or job is None or not job.job_id or job.outcome:
+                continue
+            try:
+                facts += sweep_facts(spec.name, job.key, await self.sweeps.status(job.job_id))
+            except Exception as exc:
+                log.warning("sweep not read", extra={"sweep_id": job.job_id, "error": repr(exc)})
+        return facts
+
+    async def on_sweep_ended(self, sweep: SweepRecord) -> None:
+        """A sweep that is a step ended: its run moves on (in the background: the sweep may end
+        inside the run's own turn, while its step starts it)."""
+        owner = sweep.owner
+        if owner is None:
+            return
+        key = idempotency_key(owner.run_id, owner.step, 0, owner.attempt)
+        self._in_background(self.progress(owner.run_id, sweep_facts(owner.step, key, sweep)))
+
+    async def sweep_wanted(self, sweep: SweepRecord) -> bool:
+        """Whether a sweep that is a step is still wanted: its run's step is running under the
+        attempt that started it (a cancel of the run whose word to the sweep a crash lost: no)."""
+        owner = sweep.owner
+        if owner is None:
+            return True
+        found = await self.runs.get(owner.run_id)
+        step = found[0].steps.get(owner.step) if found is not None else None
+        return step is not None and step.attempt == owner.attempt and step.state == StepState.running
+
+    async def _start_sweep(self, run: PipelineRun, submit: Submit) -> list[Fact]:
+        """A sweep step's "submission": its sweep, started once under an id derived from the
+        step's key (taken again, the same sweep)."""
+        spec = run.spec.step(submit.step).sweep
+        assert spec is not None and self.sweeps is not None
+        owner = SweepOwner(run_id=run.run_id, step=submit.step, attempt=run.steps[submit.step].attempt)
+        try:
+            sweep = await self.sweeps.start_owned(sweep_id_for(submit.key), spec, run.submitted_by, owner)
+        except SpecError as exc:
+            return [EndStep(submit.step, StepState.failed, f"the sweep was refused: {exc}"[:1000])]
+        except Exception as exc:  # started again on the next look-over, under the same id
+            log.warning("sweep not started", extra={"key": submit.key, "error": repr(exc)})
+            return []
+        return sweep_facts(submit.step, submit.key, sweep)
 
     async def progress(self, run_id: str, facts: Iterable[Fact] = ()) -> PipelineRun:
         """Apply ``facts``, take every decision due, announce them, then send the submissions
@@ -229,6 +295,10 @@ class WorkflowService:
             sends = unanswered(run)
             if not sends:
                 return run
+            sweeps = [s for s in sends if run.spec.step(s.step).sweep is not None]
+            sends = [s for s in sends if run.spec.step(s.step).sweep is None]
+            for submit in sweeps:
+                facts += await self._start_sweep(run, submit)
             jobs = {name: await self._step_job(run, name) for name in dict.fromkeys(s.step for s in sends)}
             facts += [job for job in jobs.values() if isinstance(job, EndStep)]
             sendable = [s for s in sends if isinstance(jobs[s.step], JobSpec)]
@@ -262,14 +332,23 @@ class WorkflowService:
         except Exception as exc:
             log.warning("outputs not read", extra={"run_id": run.run_id, "step": step, "error": repr(exc)})
             return None
+        assert spec.job is not None  # a sweep step is started, not submitted (_start_sweep)
         try:
             return with_outputs(spec.job, outputs)
         except OutputMissing as missing:
             return EndStep(step, StepState.failed, str(missing))
 
     async def _outputs_of(self, run: PipelineRun, step: str) -> dict[str, OutputValue] | None:
-        """What the (single) job of ``step`` reported, from its job record (core.outputs_of_record)."""
+        """What the (single) job of ``step`` reported, from its job record (core.outputs_of_record);
+        a sweep step's, from its sweep and its best trial's job record (core.sweep_outputs)."""
         job = run.steps[step].jobs.get(0)
+        if run.spec.step(step).sweep is not None and self.sweeps is not None:
+            if job is None or not job.job_id:
+                return None
+            sweep = await self.sweeps.status(job.job_id)
+            best = sweep.best_trial()
+            best_job = await self.read_job(best.job_id) if best is not None and best.job_id else None
+            return sweep_outputs(sweep, best_job, self.clock(), self.model_wait)
         record = await self.read_job(job.job_id) if job is not None and job.job_id else None
         return outputs_of_record(record, self.clock(), self.model_wait) if record is not None else None
 
@@ -317,10 +396,23 @@ class WorkflowService:
                 )
 
     async def _step_ended(self, run: PipelineRun, end: EndStep) -> None:
+        await self._stop_sweep(run, end)
         attempt = run.steps[end.step].attempt
         await self.emit(
             StepEnded(run_id=run.run_id, step=end.step, attempt=attempt, state=end.state, reason=end.reason)
         )
+
+    async def _stop_sweep(self, run: PipelineRun, end: EndStep) -> None:
+        """A sweep step ended before its sweep (the run cancelled): the sweep is cancelled, and
+        its trials' jobs with it. Lost in a crash, the sweeps' look-over asks sweep_wanted."""
+        job = run.steps[end.step].jobs.get(0)
+        if run.spec.step(end.step).sweep is None or self.sweeps is None or job is None or not job.job_id:
+            return
+        if job.outcome is None:
+            try:
+                await self.sweeps.cancel(job.job_id, f"pipeline:{run.run_id}")
+            except Exception as exc:
+                log.warning("sweep not cancelled", extra={"sweep_id": job.job_id, "error": repr(exc)})
 
 
 def _answer_facts(submit: Submit, answer: IntakeReply) -> list[Fact]:

@@ -28,15 +28,18 @@ from trainyard_contracts.sweeps import (
     PRUNED_REASON,
     SWEEP_LABEL,
     TRIAL_LABEL,
+    SweepOwner,
     SweepRecord,
+    SweepSpec,
     SweepState,
     TrialState,
     trial_job,
     validate_sweep,
 )
+from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL
 from trainyard_workflow import sweep_engine
 from trainyard_workflow.intake import IntakeSender
-from trainyard_workflow.named_store import NamedStore, RecordNotFound
+from trainyard_workflow.named_store import NamedStore, RecordExists, RecordNotFound
 from trainyard_workflow.sweep_core import (
     CancelJob,
     CancelSweep,
@@ -60,6 +63,7 @@ OPTUNA = Engine(sweep_engine.ask, sweep_engine.should_prune)
 ReadJob = Callable[[str], Awaitable[JobRecord | None]]
 CancelJobs = Callable[[str, int, str, str], Awaitable[None]]  # job id, attempt, by, reason
 LastBatch = Callable[[str, int], Awaitable[MetricsBatch | None]]  # a job attempt's last batch
+OwnerHook = Callable[[SweepRecord], Awaitable[Any]]  # a sweep that is a pipeline step: its run's side
 
 
 class SweepStore(NamedStore[SweepRecord]):
@@ -96,6 +100,10 @@ class SweepService:
         self.sweeps, self.read_job, self.intake = store, read_job, intake
         self.cancel_job, self.last_batch, self.clock, self.engine = cancel_job, last_batch, clock, engine
         self._trials: OrderedDict[str, tuple[str, int] | None] = OrderedDict()
+        # a sweep that is a pipeline step (owner): its end moves its run on; the look-over asks
+        # whether its step still wants it (a run's cancel whose word a crash lost)
+        self.on_owned_end: OwnerHook | None = None
+        self.owner_wants: Callable[[SweepRecord], Awaitable[bool]] | None = None
 
     @property
     def store(self) -> SweepStore:
@@ -108,6 +116,19 @@ class SweepService:
         record = SweepRecord(sweep_id=new_job_id(), spec=spec, created=self.clock(), created_by=by)
         await self.sweeps.create(record)
         return await self.progress(record.sweep_id)
+
+    async def start_owned(
+        self, sweep_id: str, spec: SweepSpec, by: str | None, owner: SweepOwner
+    ) -> SweepRecord:
+        """The sweep a pipeline step starts, under the id its step's key gives: started once,
+        however often the step is taken (the existing sweep is answered, moved on)."""
+        spec = validate_sweep(spec.model_dump(mode="json"))
+        record = SweepRecord(sweep_id=sweep_id, spec=spec, created=self.clock(), created_by=by, owner=owner)
+        try:
+            await self.sweeps.create(record)
+        except RecordExists:
+            pass
+        return await self.progress(sweep_id)
 
     async def status(self, sweep_id: str) -> SweepRecord:
         found = await self.sweeps.get(sweep_id)
@@ -187,7 +208,11 @@ class SweepService:
             if found is None or found[0].state != SweepState.running:
                 continue
             try:
-                await self.progress(sweep_id, again=True)
+                if self.owner_wants is not None and not await self.owner_wants(found[0]):
+                    owner = found[0].owner
+                    await self.cancel(sweep_id, f"pipeline:{owner.run_id}" if owner else None)
+                else:
+                    await self.progress(sweep_id, again=True)
             except RecordNotFound:
                 continue
             moved += 1
@@ -216,6 +241,8 @@ class SweepService:
             for number in unanswered(record):
                 facts += await self._send(record, number)
             if not facts:
+                if record.state != SweepState.running and record.owner and self.on_owned_end:
+                    await self.on_owned_end(record)
                 return record
 
     def _advance(self, record: SweepRecord, facts: list[Fact]) -> tuple[SweepRecord, list[Decision]]:
@@ -232,7 +259,9 @@ class SweepService:
     async def _send(self, record: SweepRecord, number: int) -> list[Fact]:
         trial = record.trials[number]
         try:
-            spec = trial_job(record.spec, trial.params, record.sweep_id, number)
+            owner = record.owner
+            labels = {RUN_LABEL: owner.run_id, STEP_LABEL: owner.step} if owner else None
+            spec = trial_job(record.spec, trial.params, record.sweep_id, number, labels)
             answer: IntakeReply = await self.intake.submit(spec, trial.key)
         except Exception as exc:  # sent again on the next look-over under the same key
             log.warning("trial not submitted", extra={"key": trial.key, "error": repr(exc)})
