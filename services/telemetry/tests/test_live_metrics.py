@@ -90,3 +90,34 @@ def test_a_new_attempt_starts_from_nothing():
     metrics.observe(JobRunning(job_id="jobC", executor_id="e", attempt=2))
     metrics.live.observe(batch("jobC", (0, {"loss": 0.9}), attempt=2))
     assert value(registry, "jobC", "loss") == 0.9 and value(registry, "jobC", "acc") is None
+
+
+def test_resource_samples_are_always_taken_and_summed_per_queue_against_what_jobs_asked():
+    """The executor's sys.* names pass an allow pattern and the name limit (they are its few), do
+    not move the job's step (a sample's step is its time), and make the queue's requested-vs-used
+    view together with what each job asked for (its replicas together)."""
+    registry = CollectorRegistry()
+    metrics = JobMetrics(registry, live=LiveLimits(max_names=1, allow="loss"))
+    resources = {"cpu": 2, "memory": 1024}
+    spec = JobSpec(name="x", command=["true"], queue="vision", replicas=2, resources=resources)
+    metrics.observe(JobSubmitted(job_id="jobA", spec=spec))
+    metrics.observe(JobRunning(job_id="jobA", executor_id="e"))
+    started(metrics, "jobB")  # asked for the default 1 core, 512 MiB; its use not sampled
+    sample = {"sys.cpu": 0.5, "sys.cpu_seconds": 12.0, "sys.rss_bytes": 300.0 * 2**20}
+    metrics.live.observe(batch("jobA", (3, {"loss": 0.5}), (1_764_770_000, sample)))
+    assert value(registry, "jobA", "sys.cpu") == 0.5 and value(registry, "jobA", "loss") == 0.5
+    assert registry.get_sample_value("trainyard_job_metric_step", {"job_id": "jobA", "queue": "vision"}) == 3
+    assert metrics.live.dropped["names"] == 0
+
+    def gauge(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert gauge("trainyard_job_requested", job_id="jobA", queue="vision", resource="cpu") == 4
+    memory = gauge("trainyard_job_requested", job_id="jobA", queue="vision", resource="memory_bytes")
+    assert memory == 2 * 2**30
+    # the queue's view holds the sampled job only: jobB's request has no use to set against it
+    assert gauge("trainyard_queue_requested", queue="vision", resource="cpu") == 4
+    assert gauge("trainyard_queue_used", queue="vision", resource="cpu") == 0.5
+    assert gauge("trainyard_queue_used", queue="vision", resource="memory_bytes") == 300 * 2**20
+    metrics.observe(JobSucceeded(job_id="jobA"))
+    assert gauge("trainyard_queue_used", queue="vision", resource="cpu") is None

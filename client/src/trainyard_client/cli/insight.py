@@ -145,6 +145,7 @@ def _follow(client: Any, job_id: str, attempt: int | None, output: Output) -> No
 
 TOP_SECONDS = 2.0
 TOP_VALUES = 6  # metrics shown per job (alphabetical); -o json has them all
+SYSTEM_PREFIX = "sys."  # the executor's resource samples (docs/insight.md): CPU and MEM columns
 
 
 def top(
@@ -189,7 +190,11 @@ def top_rows(client: Any, queue: str | None, limit: int) -> list[dict[str, Any]]
             points = client.metrics(job.job_id, latest=True)["points"]
         except TrainyardError:  # ended and purged meanwhile
             points = []
-        point = points[-1] if points else None
+        # the executor's resource samples (sys.*) travel among the job's points: apart here
+        reported = [p for p in points if not all(name.startswith(SYSTEM_PREFIX) for name in p["values"])]
+        sampled = [p for p in points if any(name.startswith(SYSTEM_PREFIX) for name in p["values"])]
+        point = reported[-1] if reported else None
+        use = sampled[-1]["values"] if sampled else {}
         rows.append(
             {
                 "job_id": job.job_id,
@@ -200,9 +205,16 @@ def top_rows(client: Any, queue: str | None, limit: int) -> list[dict[str, Any]]
                 "submitted_at": job.submitted_at.isoformat(),
                 "step": point["step"] if point else None,
                 "metrics": point["values"] if point else {},
+                "cpu": use.get("sys.cpu"),
+                "rss_bytes": use.get("sys.rss_bytes"),
             }
         )
     return rows
+
+
+def resources(row: dict[str, Any]) -> tuple[str, str]:
+    cpu, rss = row.get("cpu"), row.get("rss_bytes")
+    return ("-" if cpu is None else f"{cpu:.2f}", "-" if rss is None else f"{rss / 2**20:.0f}Mi")
 
 
 def top_table(rows: list[dict[str, Any]]) -> Any:
@@ -214,8 +226,21 @@ def top_table(rows: list[dict[str, Any]]) -> Any:
     from trainyard_client.cli.formatting import age
 
     table = Table(box=None, pad_edge=False)
-    for header in ("JOB", "NAME", "QUEUE", "EXECUTOR", "AGE", "STEP", "METRICS"):
-        table.add_column(header, justify="right" if header == "STEP" else "left", no_wrap=header != "METRICS")
+    # CPU (cores in use) and MEM (resident) where the executor samples them (docs/insight.md)
+    sampled = any(row.get("cpu") is not None or row.get("rss_bytes") is not None for row in rows)
+    headers = (
+        "JOB",
+        "NAME",
+        "QUEUE",
+        "EXECUTOR",
+        "AGE",
+        *(("CPU", "MEM") if sampled else ()),
+        "STEP",
+        "METRICS",
+    )
+    for header in headers:
+        right = header in ("CPU", "MEM", "STEP")
+        table.add_column(header, justify="right" if right else "left", no_wrap=header != "METRICS")
     for row in rows:
         values = sorted(row["metrics"].items())
         shown = " ".join(f"{name}={value:.4g}" for name, value in values[:TOP_VALUES])
@@ -227,9 +252,10 @@ def top_table(rows: list[dict[str, Any]]) -> Any:
             row["queue"],
             escape(row["executor_id"] or "-"),
             age(datetime.fromisoformat(row["submitted_at"])),
+            *(resources(row) if sampled else ()),
             "-" if row["step"] is None else str(row["step"]),
             escape(shown) if shown else "[dim]no metrics reported[/]",
         )
     if not rows:
-        table.add_row("[dim]no running jobs[/]", "", "", "", "", "", "")
+        table.add_row("[dim]no running jobs[/]", *([""] * (len(headers) - 1)))
     return table

@@ -206,7 +206,7 @@ class ExecutorService:
                 settings.log_limits(),
             ),
             metrics=(
-                lambda job_id, attempt, workdir, note: MetricsShipper(
+                lambda job_id, attempt, workdir, note, reader: MetricsShipper(
                     broker,
                     subjects,
                     job_id,
@@ -215,6 +215,7 @@ class ExecutorService:
                     note,
                     settings.metrics_limits(),
                     settings.metrics_ship_limits(),
+                    settings.sampler(reader),
                 )
             )
             if settings.metrics_enabled

@@ -31,6 +31,9 @@ from typing import Any
 from trainyard_contracts import MetricPoint, metric_name_error
 from trainyard_contracts.metrics import MAX_STEP
 
+SYSTEM_PREFIX = "sys."
+"""Metric names the executor publishes itself (sampling.py); a job's reports under it are dropped."""
+
 METRICS_FILE = ".trainyard-metrics.jsonl"
 """In the attempt's work dir (the job's own: it writes there as its uid)."""
 
@@ -139,6 +142,8 @@ class MetricsParser:
             error = metric_name_error(name)
             if error is not None:
                 return error
+            if name.startswith(SYSTEM_PREFIX):
+                return f"metric {name!r}: names under {SYSTEM_PREFIX!r} are the executor's (resource use)"
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"metric {name!r}: not a number"
         if not math.isfinite(value):

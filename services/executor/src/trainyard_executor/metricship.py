@@ -26,6 +26,7 @@ from faststream.nats import NatsBroker
 
 from trainyard_contracts import MetricPoint, Subjects
 from trainyard_executor.metricsfile import MetricsFile, MetricsLimits, MetricsParser
+from trainyard_executor.sampling import ResourceSampler
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.publishing import MSG_ID, publish_acked
 
@@ -104,6 +105,7 @@ class MetricsShipper:
         note: Note,
         limits: MetricsLimits | None = None,
         ship: ShipLimits | None = None,
+        sampler: ResourceSampler | None = None,
     ) -> None:
         self.broker = broker
         self.subject = subjects.metrics(job_id, attempt)
@@ -115,6 +117,7 @@ class MetricsShipper:
         self.limits = limits or MetricsLimits()
         self.file = MetricsFile(workdir, self.limits)
         self.parser = MetricsParser(self.limits)
+        self.sampler = sampler  # the attempt's resource use, a point every few seconds while it runs
         self.seq = 0
         self.published = 0  # batches stored
         self.points = 0  # points stored
@@ -201,18 +204,24 @@ class MetricsShipper:
         return True
 
     def _take(self, most: int) -> list[tuple[bytes, int]] | None:
-        """(In a thread.) The new reports as batch payloads numbered from ``seq``; None when
-        nothing was read. Serialised: a look cancelled while its thread runs must not overlap the
-        next one (the parser and the file offset are one reader's)."""
+        """(In a thread.) The new reports, and the resource sample when one is due, as batch
+        payloads numbered from ``seq``; None when nothing was read or sampled. Serialised: a look
+        cancelled while its thread runs must not overlap the next one (the parser and the file
+        offset are one reader's). No sample once the attempt is stopping: its processes are gone."""
         with self._reading:
             data, restarted = self.file.read()
             if restarted:
                 self.parser.restart()
-            if not data:
+            sampled = None
+            if self.sampler is not None and not self._stopping.is_set() and self.sampler.due():
+                sampled = self.sampler.sample()
+            if not data and sampled is None:
                 return None
-            points = self.parser.feed(data)
+            points = self.parser.feed(data) if data else []
             kept = thin(points, self.ship.max_points)
             self._thinned += len(points) - len(kept)
+            if sampled is not None:
+                kept.append(sampled)
             if not kept:
                 return []
             encoded = [point_json(p) for p in kept]

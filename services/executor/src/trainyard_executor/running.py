@@ -34,6 +34,7 @@ from trainyard_executor.outcomes import owns
 from trainyard_executor.outputsfile import read_outputs
 from trainyard_executor.recording import BROKER_ERRORS, AttemptRecorder
 from trainyard_executor.reporting import record_changes
+from trainyard_executor.sampling import Reader
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.jobsecrets import SecretsMissing, SecretStore
@@ -64,8 +65,9 @@ class LocalAttempt:
 LAUNCHED_REMEMBERED = 100_000  # attempts this process launched: a half-done start is told apart by it
 
 ShipperFactory = Callable[[str, int], LogShipper]
-MetricsFactory = Callable[[str, int, Path, Note], MetricsShipper]
-"""(job id, attempt, the attempt's work dir on this host, where notes for the job's log go)"""
+MetricsFactory = Callable[[str, int, Path, Note, Reader | None], MetricsShipper]
+"""(job id, attempt, the attempt's work dir on this host, where notes for the job's log go, how
+to read the attempt's resource use: None where the backend cannot)"""
 
 
 class AttemptRunner(AttemptRecorder):
@@ -191,7 +193,8 @@ class AttemptRunner(AttemptRecorder):
         """Read what the job reports while it runs, on backends whose work dir is on this host."""
         if self.metrics is None or not getattr(self.backend, "reads_job_metrics", False):
             return
-        local.metrics = self.metrics(job_id, attempt, self.workdir(job_id, attempt), shipper.system)
+        reader: Reader | None = getattr(local.handle, "read_usage", None)
+        local.metrics = self.metrics(job_id, attempt, self.workdir(job_id, attempt), shipper.system, reader)
         local.metrics.start()
 
     async def _workdir_archive(self, spec: JobSpec) -> Path | None:

@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 from trainyard_executor.logbudget import LogLimits
 from trainyard_executor.metricsfile import MetricsLimits
 from trainyard_executor.metricship import ShipLimits
+from trainyard_executor.sampling import Reader, ResourceSampler
 from trainyard_shared.settings import HttpSettings
 
 DEFAULT_PASSTHROUGH = (
@@ -184,6 +185,19 @@ class ExecutorSettings(HttpSettings):
     metrics_max_bytes_per_attempt: int = Field(
         64 * 1024 * 1024, ge=1024, description="bytes of an attempt's metrics file read at most"
     )
+
+    sample_seconds: float = Field(
+        5.0,
+        ge=0.0,
+        description="how often a running attempt's CPU and memory are sampled and published with its "
+        "metrics (sys.cpu, sys.cpu_seconds, sys.rss_bytes); 0 turns sampling off",
+    )
+
+    def sampler(self, reader: Reader | None) -> ResourceSampler | None:
+        """The attempt's resource sampler, or None (sampling off, or a backend that cannot read)."""
+        if reader is None or self.sample_seconds <= 0:
+            return None
+        return ResourceSampler(reader, self.sample_seconds)
 
     def metrics_limits(self) -> MetricsLimits:
         return MetricsLimits(max_names=self.metrics_max_names, max_bytes=self.metrics_max_bytes_per_attempt)

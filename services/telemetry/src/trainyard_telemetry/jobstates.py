@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from trainyard_contracts import JobEvent, JobRecord, JobState
+from trainyard_contracts import JobEvent, JobRecord, JobSpec, JobState
 
 DEFAULT_QUEUE = "default"
 UNKNOWN_QUEUE = "unknown"  # a job first seen through an event that does not name its queue
@@ -54,12 +54,20 @@ class JobFacts:
     state: JobState
     queue: str
     submitted_at: datetime | None
+    cpu: float = 0.0
+    """Cores the job asked for, every replica together (0: not known, first seen after submitted)."""
+    memory_bytes: int = 0
 
     def behind(self, attempt: int, state: JobState) -> bool:
         """(attempt, state) is further on than what is known."""
         if self.state.terminal:
             return False
         return (attempt, STEP[state]) > (self.attempt, STEP[self.state])
+
+
+def requested(spec: JobSpec) -> tuple[float, int]:
+    """(cores, memory bytes) a job asks for, its replicas together."""
+    return spec.resources.cpu * spec.replicas, spec.resources.memory * 1024 * 1024 * spec.replicas
 
 
 class JobStates:
@@ -70,7 +78,9 @@ class JobStates:
         for r in records:
             known = self.jobs.get(r.job_id)
             if known is None or known.behind(r.attempt, r.state):
-                self.jobs[r.job_id] = JobFacts(r.attempt, r.state, r.spec.queue, r.submitted_at)
+                self.jobs[r.job_id] = JobFacts(
+                    r.attempt, r.state, r.spec.queue, r.submitted_at, *requested(r.spec)
+                )
 
     def get(self, job_id: str) -> JobFacts | None:
         return self.jobs.get(job_id)
@@ -88,10 +98,14 @@ class JobStates:
                 event.spec.queue if event.type == "submitted" else UNKNOWN_QUEUE
             )
             submitted = event.time if event.type == "submitted" else None
-            known = self.jobs[event.job_id] = JobFacts(attempt, state, queue, submitted)
+            asked = requested(event.spec) if event.type == "submitted" else (0.0, 0)
+            known = self.jobs[event.job_id] = JobFacts(attempt, state, queue, submitted, *asked)
             return known
-        if event.type == "submitted" and known.submitted_at is None:
-            known.submitted_at = event.time
+        if event.type == "submitted":
+            if known.submitted_at is None:
+                known.submitted_at = event.time
+            if not known.cpu:
+                known.cpu, known.memory_bytes = requested(event.spec)
         queue = getattr(event, "queue", None)
         if known.queue == UNKNOWN_QUEUE and isinstance(queue, str) and queue:
             known.queue = queue

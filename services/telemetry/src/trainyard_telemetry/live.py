@@ -20,12 +20,18 @@ from dataclasses import dataclass, field
 from trainyard_contracts import JobState, MetricsBatch
 from trainyard_telemetry.jobstates import UNKNOWN_QUEUE, JobStates
 
+SYSTEM_PREFIX = "sys."
+"""Names the executor publishes (its resource samples: sys.cpu, sys.cpu_seconds, sys.rss_bytes)."""
+CPU = "sys.cpu"
+RSS = "sys.rss_bytes"
+
 
 @dataclass(slots=True)
 class JobLatest:
     attempt: int
     step: int = -1
     values: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (step, value)
+    names: int = 0  # the job's own names among them (the executor's sys.* do not count)
 
 
 @dataclass(frozen=True)
@@ -62,16 +68,19 @@ class LiveMetrics:
             self.jobs.popitem(last=False)
             self.dropped["jobs"] += 1
         for point in batch.points:
-            latest.step = max(latest.step, point.step)
+            if not all(name.startswith(SYSTEM_PREFIX) for name in point.values):
+                # a resource sample's step is its time (the executor's), not a training step
+                latest.step = max(latest.step, point.step)
             for name, value in point.values.items():
                 held = latest.values.get(name)
-                if held is None:
-                    if len(latest.values) >= self.limits.max_names or (
+                if held is None and not name.startswith(SYSTEM_PREFIX):  # the executor's few: always
+                    if latest.names >= self.limits.max_names or (
                         self._allow is not None and not self._allow.fullmatch(name)
                     ):
                         self.dropped["names"] += 1
                         continue
-                elif held[0] > point.step:
+                    latest.names += 1
+                elif held is not None and held[0] > point.step:
                     continue
                 latest.values[name] = (point.step, value)
 

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from trainyard_contracts import TERMINAL_EVENT_TYPES, JobEvent, JobState
 from trainyard_telemetry.jobstates import JobStates
-from trainyard_telemetry.live import LiveLimits, LiveMetrics
+from trainyard_telemetry.live import CPU, RSS, LiveLimits, LiveMetrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 RUN_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 48 * 3600)
@@ -122,12 +122,48 @@ class _LiveCollector(Collector):
         steps = GaugeMetricFamily(
             "trainyard_job_metric_step", "the latest step a running job reported", labels=["job_id", "queue"]
         )
+        requested = GaugeMetricFamily(
+            "trainyard_job_requested",
+            "what a running job asked for, its replicas together: cpu (cores), memory_bytes",
+            labels=["job_id", "queue", "resource"],
+        )
+        queue_requested: dict[tuple[str, str], float] = {}
+        queue_used: dict[tuple[str, str], float] = {}
         for job_id, queue, latest in self._live.running():
-            steps.add_metric([job_id, queue], latest.step)
+            if latest.step >= 0:
+                steps.add_metric([job_id, queue], latest.step)
             for name, (_, value) in sorted(latest.values.items()):
                 values.add_metric([job_id, queue, name], value)
+            facts = self._live.states.get(job_id)
+            if facts is None or not facts.cpu:
+                continue
+            requested.add_metric([job_id, queue, "cpu"], facts.cpu)
+            requested.add_metric([job_id, queue, "memory_bytes"], facts.memory_bytes)
+            cpu, rss = latest.values.get(CPU), latest.values.get(RSS)
+            if cpu is None or rss is None:
+                continue  # its use is not sampled (yet, or on this backend): not in the queue's view
+            for resource, asked, used in (
+                ("cpu", facts.cpu, cpu[1]),
+                ("memory_bytes", facts.memory_bytes, rss[1]),
+            ):
+                queue_requested[queue, resource] = queue_requested.get((queue, resource), 0.0) + asked
+                queue_used[queue, resource] = queue_used.get((queue, resource), 0.0) + used
         yield values
         yield steps
+        yield requested
+        for name, sums, what in (
+            ("trainyard_queue_requested", queue_requested, "asked for"),
+            ("trainyard_queue_used", queue_used, "using now (sampled)"),
+        ):
+            family = GaugeMetricFamily(
+                name,
+                f"what the running jobs of a queue whose use is sampled are {what}: cpu (cores), "
+                "memory_bytes",
+                labels=["queue", "resource"],
+            )
+            for (queue, resource), total in sorted(sums.items()):
+                family.add_metric([queue, resource], total)
+            yield family
         dropped = CounterMetricFamily(
             "trainyard_job_metric_dropped",
             "reported values not exposed: names over a job's limit or not allowed, jobs over the limit, "

@@ -30,6 +30,7 @@ from trainyard_executor.backends.local.ranks import (
     write_json,
 )
 
+from ...sampling import Reading, read_cgroup, read_process_groups
 from .._proc import group_alive, same_process, signal_group, start_ticks
 from ..base import AttemptLaunch, AttemptOutcome, LineSink, OutcomeKind
 from ..cgroups import AttemptCgroup
@@ -165,6 +166,16 @@ class LocalAttempt:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+    def read_usage(self) -> Reading | None:
+        """(Blocking: the metrics shipper calls it in a worker thread.) What the attempt's
+        processes use now: its cgroup's files where it has one, else its ranks' process groups
+        (sampling.py). None before the ranks started or once they are gone."""
+        if self._cgroup is not None:
+            reading = read_cgroup(self._cgroup.path)
+            if reading is not None:
+                return reading
+        return read_process_groups(rank.pid for rank in self._ranks if rank.pid is not None)
 
     # ------------------------------------------------------------------------------- internals
 

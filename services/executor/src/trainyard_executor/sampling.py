@@ -1,0 +1,139 @@
+"""What an attempt uses while it runs: CPU and resident memory, sampled every few seconds and
+published with the job's own metrics under reserved names (docs/insight.md, "Resource use").
+
+Readers, by what the backend has:
+
+- a cgroup v2 directory per attempt (local backend where there is one): ``cpu.stat``'s
+  ``usage_usec`` (there whether or not the cpu controller is enabled) and ``memory.current`` where
+  the memory controller is enabled, else the resident sets of the processes in ``cgroup.procs``;
+- the ranks' process groups otherwise: every living process of the groups but their leaders (the
+  rank supervisors, which are ours), from ``/proc/<pid>/stat``: user + system CPU of each, with
+  what its waited-for children used (``cutime``, ``cstime``), and its resident set.
+
+Every file read is the kernel's (cgroupfs, procfs): nothing the job can plant a link in is opened.
+A process that leaves the groups (``setsid()``) is not seen without a cgroup; what a process used
+before it exited counts only once its parent waited for it. Pure but for those reads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainyard_contracts import MetricPoint
+
+CPU = "sys.cpu"  # cores in use over the last interval (CPU seconds per second)
+CPU_SECONDS = "sys.cpu_seconds"  # user + system CPU seconds so far
+RSS = "sys.rss_bytes"  # resident memory of the job's processes together, now
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass(frozen=True)
+class Reading:
+    cpu_seconds: float
+    rss_bytes: int
+
+
+Reader = Callable[[], Reading | None]
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat's fields from the state on (field 3), or None (gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _cpu_and_rss(fields: list[bytes]) -> tuple[float, int]:
+    # fields[11..14]: utime stime cutime cstime (ticks); fields[21]: rss (pages)
+    ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return ticks / _TICKS, int(fields[21]) * _PAGE
+
+
+def read_process_groups(pgids: Iterable[int]) -> Reading | None:
+    """The processes of the groups ``pgids`` but their leaders, together (None: no such process)."""
+    groups = set(pgids)
+    if not groups:
+        return None
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    cpu, rss, seen = 0.0, 0, False
+    for name in entries:
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        fields = _stat(pid)
+        if fields is None or len(fields) < 22 or fields[0] in (b"Z", b"X"):
+            continue
+        if int(fields[2]) in groups and pid not in groups:
+            used, resident = _cpu_and_rss(fields)
+            cpu, rss, seen = cpu + used, rss + resident, True
+    return Reading(cpu, rss) if seen else None
+
+
+def read_cgroup(path: Path) -> Reading | None:
+    """An attempt's cgroup v2 directory: its CPU from ``cpu.stat``, its memory from
+    ``memory.current`` or, without the memory controller, its processes' resident sets."""
+    try:
+        stat = (path / "cpu.stat").read_text()
+    except OSError:
+        return None
+    usec = 0
+    for line in stat.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            usec = int(value)
+    try:
+        rss = int((path / "memory.current").read_text())
+    except (OSError, ValueError):
+        rss = 0
+        try:
+            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            pids = []
+        for pid in pids:
+            fields = _stat(pid)
+            if fields is not None and len(fields) >= 22:
+                rss += _cpu_and_rss(fields)[1]
+    return Reading(usec / 1_000_000, rss)
+
+
+class ResourceSampler:
+    """Turns readings into points (``sys.cpu``, ``sys.cpu_seconds``, ``sys.rss_bytes``) and keeps
+    the peak. A point's step is the second (since the epoch) it was taken at: it grows across an
+    executor restart, so a reader that keeps the latest value by step takes the new ones."""
+
+    def __init__(self, read: Reader, every_seconds: float, clock: Callable[[], float] = time.time) -> None:
+        self.read = read
+        self.every = every_seconds
+        self.clock = clock
+        self.peak_rss_bytes = 0
+        self._last: tuple[float, float] | None = None  # (when, cpu seconds)
+        self._due = 0.0
+
+    def due(self) -> bool:
+        return self.clock() >= self._due
+
+    def sample(self) -> MetricPoint | None:
+        """A reading as a point, or None when there is nothing to read (the job is gone)."""
+        now = self.clock()
+        self._due = now + self.every
+        reading = self.read()
+        if reading is None:
+            return None
+        self.peak_rss_bytes = max(self.peak_rss_bytes, reading.rss_bytes)
+        values = {CPU_SECONDS: reading.cpu_seconds, RSS: float(reading.rss_bytes)}
+        if self._last is not None and now > self._last[0]:
+            values[CPU] = max(reading.cpu_seconds - self._last[1], 0.0) / (now - self._last[0])
+        self._last = (now, reading.cpu_seconds)
+        return MetricPoint.model_construct(step=int(now), time=now, values=values)

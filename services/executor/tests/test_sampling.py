@@ -1,0 +1,113 @@
+"""The resource sampler's readers and arithmetic (sampling.py): a cgroup v2 directory (recorded
+files: this machine has cgroup v1 only), a real process group, and points from readings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainyard_executor.metricsfile import MetricsLimits, MetricsParser
+from trainyard_executor.sampling import (
+    CPU,
+    CPU_SECONDS,
+    RSS,
+    Reading,
+    ResourceSampler,
+    read_cgroup,
+    read_process_groups,
+)
+
+pytestmark = [pytest.mark.unit, pytest.mark.insight]
+
+MIB = 1024 * 1024
+# what a cgroup v2 attempt directory holds (recorded from a kernel 6.1 host, controllers off but cpu)
+CPU_STAT = "usage_usec 2534012\nuser_usec 2100000\nsystem_usec 434012\nnr_periods 0\nnr_throttled 0\n"
+
+
+def test_a_cgroup_with_the_memory_controller_reads_cpu_stat_and_memory_current(tmp_path: Path):
+    (tmp_path / "cpu.stat").write_text(CPU_STAT)
+    (tmp_path / "memory.current").write_text("314572800\n")
+    assert read_cgroup(tmp_path) == Reading(cpu_seconds=2.534012, rss_bytes=314572800)
+
+
+def test_a_cgroup_without_the_memory_controller_sums_its_processes_resident_sets(tmp_path: Path):
+    (tmp_path / "cpu.stat").write_text(CPU_STAT)
+    (tmp_path / "cgroup.procs").write_text(f"{os.getpid()}\n999999999\n")  # one gone: skipped
+    reading = read_cgroup(tmp_path)
+    assert reading is not None and reading.cpu_seconds == 2.534012
+    own = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert own / 2 < reading.rss_bytes < own * 2
+
+
+def test_no_cgroup_directory_reads_nothing(tmp_path: Path):
+    assert read_cgroup(tmp_path / "gone") is None
+
+
+def test_a_process_group_is_read_without_its_leader():
+    """A leader (standing in for the rank supervisor) with a child that makes 100 MiB resident
+    and burns CPU: the reading is the child's, not the leader's nor this process's."""
+    child = (
+        "import sys, time\n"
+        "block = bytearray(b'x') * (100 * 1024 * 1024)\n"
+        "deadline = time.process_time() + 0.3\n"
+        "while time.process_time() < deadline: pass\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    leader = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert leader.stdout is not None and leader.stdout.readline() == b"ready\n"
+        reading = read_process_groups([leader.pid])
+        assert reading is not None
+        assert 100 * MIB <= reading.rss_bytes < 400 * MIB
+        assert reading.cpu_seconds >= 0.3
+        assert read_process_groups([]) is None
+    finally:
+        assert leader.stdin is not None
+        leader.stdin.close()
+        leader.wait(timeout=30)
+    assert read_process_groups([leader.pid]) is None  # all gone
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_764_770_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_samples_give_cores_in_use_between_readings_and_the_peak():
+    readings = iter([Reading(10.0, 300 * MIB), Reading(13.0, 500 * MIB), Reading(13.5, 200 * MIB), None])
+    clock = Clock()
+    sampler = ResourceSampler(lambda: next(readings), every_seconds=2.0, clock=clock)
+    assert sampler.due()
+    first = sampler.sample()
+    assert first is not None and CPU not in first.values  # one reading: no rate yet
+    assert first.values == {CPU_SECONDS: 10.0, RSS: 300 * MIB} and first.step == int(clock.now)
+    assert not sampler.due()
+    clock.now += 2.0
+    assert sampler.due()
+    second = sampler.sample()
+    assert second is not None and second.values[CPU] == 1.5  # 3 CPU seconds in 2 s
+    clock.now += 5.0
+    third = sampler.sample()
+    assert third is not None and third.values[CPU] == pytest.approx(0.1)
+    assert sampler.peak_rss_bytes == 500 * MIB
+    assert sampler.sample() is None  # the job is gone
+
+
+def test_a_job_cannot_report_under_the_executors_names():
+    parser = MetricsParser(MetricsLimits())
+    [point] = parser.feed(b'{"step": 1, "time": 1.0, "values": {"loss": 0.5, "sys.rss_bytes": 1}}\n')
+    assert point.values == {"loss": 0.5}
+    assert parser.dropped.count == 1 and "sys." in (parser.dropped.first or "")
