@@ -116,10 +116,7 @@ class Cluster:
         """The first executor from i on where the shape fits; len(ids) when none. Exactly the
         plain scan, with blocks skipped whose bound says none of them fits."""
         n = len(self.ids)
-        if long:
-            cpu, mem, gpu = self.lcpu, self.lmem, self.lgpu
-        else:
-            cpu, mem, gpu = self.cpu, self.mem, self.gpu
+        cpu, mem, gpu = self.room_lists(long)
         # up to the end of i's block, one by one
         while i < n and (cpu[i] + EPS < dc or mem[i] < dm or gpu[i] < dg):
             i += 1
@@ -148,14 +145,17 @@ class Cluster:
         if i < 0:
             top = self._start_best
             i = n if dc > top[0] + EPS or dm > top[1] or dg > top[2] else 0
-        if long:
-            cpu, mem, gpu = self.lcpu, self.lmem, self.lgpu
-        else:
-            cpu, mem, gpu = self.cpu, self.mem, self.gpu
+        cpu, mem, gpu = self.room_lists(long)
         if i < n and (cpu[i] + EPS < dc or mem[i] < dm or gpu[i] < dg):
             i = self._scan(i, dc, dm, dg, long)
         self._cursor[key] = i
         return i if i < n else -1
+
+    def room_lists(self, long: bool) -> tuple[list[float], list[float], list[float]]:
+        """Free CPU, memory and GPU per executor, for a long job (outside the shadow) or any."""
+        if long:
+            return self.lcpu, self.lmem, self.lgpu
+        return self.cpu, self.mem, self.gpu
 
     def room(self, i: int, long: bool) -> tuple[float, float, float]:
         if long:
@@ -181,7 +181,7 @@ class Cluster:
         slots: Slots = []
         total = 0
         size = len(self.ids)
-        cpu, mem, gpu = (self.lcpu, self.lmem, self.lgpu) if long else (self.cpu, self.mem, self.gpu)
+        cpu, mem, gpu = self.room_lists(long)
         hc, hm, hg = dc > 0, dm > 0, dg > 0
         while i < size:
             c, m, g = cpu[i], mem[i], gpu[i]
@@ -200,25 +200,14 @@ class Cluster:
 
     def place_one(self, dc: float, dm: float, dg: float, long: bool) -> int:
         """find(n=1) and take in one step: the executor index taken, or -1 (nothing taken)."""
-        key = (dc, dm, dg, long)
-        n = len(self.ids)
-        i = self._cursor.get(key, -1)
+        i = self._first(dc, dm, dg, long)
         if i < 0:
-            top = self._start_best
-            i = n if dc > top[0] + EPS or dm > top[1] or dg > top[2] else 0
-        if long:
-            cpu, mem, gpu = self.lcpu, self.lmem, self.lgpu
-        else:
-            cpu, mem, gpu = self.cpu, self.mem, self.gpu
-        if i < n and (cpu[i] + EPS < dc or mem[i] < dm or gpu[i] < dg):
-            i = self._scan(i, dc, dm, dg, long)
-        self._cursor[key] = i
-        if i >= n:
-            self._cap[key] = 0
+            self._cap[(dc, dm, dg, long)] = 0
             return -1
         if self.shadow:
             self.take([(i, 1)], dc, dm, dg, long)
         else:
+            cpu, mem, gpu = self.room_lists(long)
             cpu[i] -= dc
             mem[i] -= dm
             gpu[i] -= dg
