@@ -35,11 +35,17 @@ def subject_shape(subject: str) -> str:
     return ".".join(tokens)
 
 
-class _Bounded(NatsMetricsSettingsProvider):
-    __slots__ = ()
+class _ShapedSubjects:
+    """faststream's own provider, with each subject reduced to its shape."""
+
+    __slots__ = ("inner", "messaging_system")
+
+    def __init__(self, inner: NatsMetricsSettingsProvider | BatchNatsMetricsSettingsProvider) -> None:
+        self.inner = inner
+        self.messaging_system = inner.messaging_system
 
     def get_consume_attrs_from_message(self, msg: Any) -> Any:
-        attrs = super().get_consume_attrs_from_message(msg)
+        attrs = self.inner.get_consume_attrs_from_message(msg)
         attrs["destination_name"] = subject_shape(attrs["destination_name"])
         return attrs
 
@@ -47,19 +53,8 @@ class _Bounded(NatsMetricsSettingsProvider):
         return subject_shape(cmd.destination)
 
 
-class _BoundedBatch(BatchNatsMetricsSettingsProvider):
-    __slots__ = ()
-
-    def get_consume_attrs_from_message(self, msg: Any) -> Any:
-        attrs = super().get_consume_attrs_from_message(msg)
-        attrs["destination_name"] = subject_shape(attrs["destination_name"])
-        return attrs
-
-    def get_publish_destination_name_from_cmd(self, cmd: Any) -> str:
-        return subject_shape(cmd.destination)
-
-
-_SINGLE, _BATCH = _Bounded(), _BoundedBatch()
+_SINGLE = _ShapedSubjects(NatsMetricsSettingsProvider())
+_BATCH = _ShapedSubjects(BatchNatsMetricsSettingsProvider())
 
 
 def _provider(msg: Msg | Sequence[Msg] | None) -> Any:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -69,6 +70,19 @@ audit_log = logging.getLogger("trainyard.submission.audit")
 class Problem(Exception):
     def __init__(self, status: int, title: str, detail: str = "", **extra: Any) -> None:
         self.status, self.title, self.detail, self.extra = status, title, detail, extra
+
+
+@contextmanager
+def refusals_as_problems(what: str = "job spec") -> Iterator[None]:
+    """A queue's refusal is 403 and an invalid ``what`` 422, each with its field errors."""
+    try:
+        yield
+    except QueueRefused as exc:
+        errors = [e.model_dump() for e in exc.errors]
+        raise Problem(403, "forbidden", exc.detail, queue=exc.queue, errors=errors) from exc
+    except SpecError as exc:
+        errors = [e.model_dump() for e in exc.errors]
+        raise Problem(422, f"invalid {what}", str(exc), errors=errors) from exc
 
 
 def problem_response(status: int, title: str, detail: str = "", **extra: Any) -> JSONResponse:
@@ -372,18 +386,13 @@ def add_submit_routes(router: APIRouter, deps: RouteDeps) -> None:
         # idempotency keys are per principal: one team cannot learn another's job through a key
         slot = idempotency_slot(f"http.{caller.token_id}", idempotency_key) if idempotency_key else None
         try:
-            array = array_request(body)  # a caller's array_task is refused here
-            if array is not None:  # the workflow service makes the array's jobs, not this route
-                return await deps.state["submit_array"](caller, array)  # type: ignore[no-any-return]
-            result = await deps.service().submit(
-                body, submitted_by=caller.name, idempotency_slot=slot, principal=caller
-            )
-        except QueueRefused as exc:
-            errors = [e.model_dump() for e in exc.errors]
-            raise Problem(403, "forbidden", exc.detail, queue=exc.queue, errors=errors) from exc
-        except SpecError as exc:
-            errors = [e.model_dump() for e in exc.errors]
-            raise Problem(422, "invalid job spec", str(exc), errors=errors) from exc
+            with refusals_as_problems():
+                array = array_request(body)  # a caller's array_task is refused here
+                if array is not None:  # the workflow service makes the array's jobs, not this route
+                    return await deps.state["submit_array"](caller, array)  # type: ignore[no-any-return]
+                result = await deps.service().submit(
+                    body, submitted_by=caller.name, idempotency_slot=slot, principal=caller
+                )
         except IdempotencyConflict as exc:
             raise Problem(
                 409, "idempotency key reused", str(exc), job_id=exc.job_id, differs=exc.differs
@@ -401,14 +410,8 @@ def add_submit_routes(router: APIRouter, deps: RouteDeps) -> None:
     @router.post("/jobs/dry-run", summary="what the scheduler would decide now for a spec; nothing is queued")
     async def dry_run(request: Request, caller: Caller) -> JSONResponse:
         body = await deps.read_body(request)
-        try:
+        with refusals_as_problems():
             spec = await deps.service().admissible(body, caller)
-        except QueueRefused as exc:
-            errors = [e.model_dump() for e in exc.errors]
-            raise Problem(403, "forbidden", exc.detail, queue=exc.queue, errors=errors) from exc
-        except SpecError as exc:
-            errors = [e.model_dump() for e in exc.errors]
-            raise Problem(422, "invalid job spec", str(exc), errors=errors) from exc
         answer = await deps.ask_scheduler(deps.state["subjects"].scheduler_dry_run, DryRunRequest(spec=spec))
         return JSONResponse(DryRunAnswer.model_validate_json(answer).model_dump(mode="json"))
 

@@ -24,7 +24,7 @@ from trainyard_contracts.runs import PipelineReply, PipelineRequest, PipelineRun
 from trainyard_contracts.sweeps import sample_params, trial_job
 from trainyard_contracts.workflow import RUN_ID_PATTERN, PipelineSpec, validate_pipeline
 from trainyard_submission.access import QueueRefused, check_submit, place_job_document, place_spec
-from trainyard_submission.api import Caller, Problem, authorised
+from trainyard_submission.api import Caller, Problem, authorised, refusals_as_problems
 from trainyard_submission.service import JobAlreadyFinished, JobNotFound, SubmissionService
 from trainyard_submission.tokens import Principal
 from trainyard_submission.workflowask import ask_workflow_for, may_see, public
@@ -158,11 +158,8 @@ def place_pipeline(caller: Principal, pipeline: dict[str, Any]) -> dict[str, Any
 
 
 async def check_steps(state: dict[str, Any], caller: Principal, body: PipelineRequest) -> None:
-    try:
+    with refusals_as_problems("pipeline"):
         pipeline = validate_pipeline(body.pipeline, body.params)
-    except SpecError as exc:
-        errors = [e.model_dump() for e in exc.errors]
-        raise Problem(422, "invalid pipeline", str(exc), errors=errors) from exc
     await check_spec_steps(state, caller, pipeline)
 
 

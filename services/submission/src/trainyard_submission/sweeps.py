@@ -12,10 +12,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from trainyard_contracts import SpecError
 from trainyard_contracts.sweeps import SweepReply, SweepRequest, sample_params, trial_job, validate_sweep
 from trainyard_submission.access import place_job_document
-from trainyard_submission.api import Caller, Problem, authorised
+from trainyard_submission.api import Caller, authorised, refusals_as_problems
 from trainyard_submission.pipelines import check_job
 from trainyard_submission.tokens import Principal
 from trainyard_submission.workflowask import NamedObjects, public
@@ -29,11 +28,8 @@ def build_sweep_router(state: dict[str, Any]) -> APIRouter:
         # the trials land where the creator's own jobs would (a team's queue when none is named)
         if "job" in document:
             document = {**document, "job": place_job_document(caller, document["job"])}
-        try:
+        with refusals_as_problems("sweep"):
             spec = validate_sweep(document)
-        except SpecError as exc:
-            errors = [e.model_dump() for e in exc.errors]
-            raise Problem(422, "invalid sweep", str(exc), errors=errors) from exc
         job = trial_job(spec, sample_params(spec.space), "check", 0)
         await check_job(state, caller, job, "job", "sweep")
         return document
