@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -274,3 +274,34 @@ class Comparison(BaseModel):
 
     name: str
     versions: list[VersionInfo]
+
+
+# MLflow's model registry webhooks the registry bridges to the bus: "<entity>.<action>" as MLflow
+# names them -> the last token of the subject <prefix>.model.<name>.<event>
+MLFLOW_EVENTS = {
+    "registered_model.created": "registered_model_created",
+    "model_version.created": "model_version_created",
+    "model_version_alias.created": "model_version_alias_created",
+    "model_version_alias.deleted": "model_version_alias_deleted",
+}
+
+
+class MlflowModelEvent(BaseModel):
+    """A change made in MLflow's model registry, as its webhook said it (docs/models.md, "MLflow's
+    own events"): published on ``<prefix>.model.<name>.<event>``, one message per delivery."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    delivery_id: str = Field(max_length=64, description="MLflow's X-MLflow-Delivery-Id (the message id)")
+    event: str = Field(description="model_version_alias_created, model_version_created, ...")
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="the registered model")
+    version: int | None = Field(None, ge=1)
+    alias: str | None = Field(None, max_length=256)
+    sent_at: datetime | None = Field(None, description="when MLflow sent it (its payload's timestamp)")
+    received_at: datetime = Field(default_factory=utcnow)
+    by_trainyard: bool = Field(
+        False,
+        description="the change was Trainyard's own (a version the registry registered, an alias it "
+        "moved): MLflow tells of those too",
+    )
+    data: dict[str, Any] = Field(default_factory=dict, description="MLflow's payload (bounded in size)")

@@ -122,6 +122,10 @@ class Subjects:
     def model_registered(self, model_name: str) -> str:
         return f"{self.prefix}.model.{model_name}.registered"
 
+    def model_event(self, model_name: str, event: str) -> str:
+        """A change made in MLflow (its webhook): ``event`` as in modelregistry.MLFLOW_EVENTS."""
+        return f"{self.prefix}.model.{model_name}.{event}"
+
     # the scheduler: decisions per planning pass (a stream), questions to the leader (request/reply)
     @property
     def scheduler_decisions(self) -> str:

@@ -37,6 +37,7 @@ class ModelStack:
     prefix: str
     nc: nats.NATS
     outputs: Path
+    registry: object  # the registry service's app, started (serve it with serving_http, lifespan off)
 
     def served(self) -> contextlib.AbstractAsyncContextManager[str]:
         """The API on a real socket, for the CLI; its lifespan is the stack's, already running."""
@@ -83,13 +84,18 @@ def new_store(folder: Path) -> MlflowModelStore:
 
 @contextlib.asynccontextmanager
 async def model_stack(
-    nats_url: str, prefix: str, tmp_path: Path, store: MlflowModelStore
+    nats_url: str,
+    prefix: str,
+    tmp_path: Path,
+    store: MlflowModelStore,
+    registry_settings: RegistrySettings | None = None,
 ) -> AsyncIterator[ModelStack]:
     """``store``: the MLflow store the registry serves (one per test module: creating one runs
     MLflow's migrations, seconds); each test uses model names of its own."""
     common = common_settings(nats_url, prefix, tmp_path / "data")
     tracking = store.tracking_uri
-    registry = registry_app(common, RegistrySettings(tracking_uri=tracking))
+    settings = registry_settings or RegistrySettings()
+    registry = registry_app(common, settings.model_copy(update={"tracking_uri": tracking}))
     api = submission_app(common, SubmissionSettings(token=ADMIN_TOKEN))
     async with api.router.lifespan_context(api), running(registry):
         nc = await nats.connect(nats_url)
@@ -97,6 +103,6 @@ async def model_stack(
         auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=auth) as http:
-                yield ModelStack(http, api, store, prefix, nc, tmp_path / "outputs")
+                yield ModelStack(http, api, store, prefix, nc, tmp_path / "outputs", registry)
         finally:
             await nc.drain()

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from trainyard_contracts import Subjects
+from trainyard_contracts.modelregistry import MLFLOW_EVENTS
 
 API = "$JS.API"
 
@@ -307,6 +308,8 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         perms.add_publish(f"{API}.STREAM.MSG.GET.{streams['jobs']}")
     elif service == "registry":
         perms.add_publish(subjects.model_registered("*"))
+        # changes made in MLflow directly, as its webhooks tell them (one subject per event kind)
+        perms.add_publish(*(subjects.model_event("*", event) for event in MLFLOW_EVENTS.values()))
         # the API's alias, version and compare requests, answered on the asker's inbox
         perms.add_subscribe(subjects.registry_request("*"))
         perms.allow_responses = True

@@ -349,7 +349,7 @@ def audit(
         if not e.action.startswith("model."):
             return e.detail or "-"
         before, after = (e.before or {}).get("version"), (e.after or {}).get("version")
-        return f"{f'v{before}' if before else 'unset'} -> v{after}"
+        return f"{f'v{before}' if before else 'unset'} -> {f'v{after}' if after else 'unset'}"
 
     columns = (
         Column("time", lambda e: f"{e.time:%Y-%m-%d %H:%M:%S}"),

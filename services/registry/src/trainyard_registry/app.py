@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from faststream.asgi import AsgiFastStream
 
 from trainyard_contracts import JobSucceeded
 from trainyard_contracts._time import utcnow
-from trainyard_contracts.modelregistry import REGISTRY_KINDS, RegistryReply
+from trainyard_contracts.modelregistry import REGISTRY_KINDS, MlflowModelEvent, RegistryReply
 from trainyard_registry.core import RegistryCore
 from trainyard_registry.outputs import OutputLimits
 from trainyard_registry.requests import AliasStore, RegistryRequests
 from trainyard_registry.settings import RegistrySettings
+from trainyard_registry.webhooks import PATH as WEBHOOK_PATH
+from trainyard_registry.webhooks import MlflowEvents, WebhookReceiver, webhook_asgi
 from trainyard_shared.auditlog import AuditLog
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.jobstore import JobStore
-from trainyard_shared.publishing import EventPublisher
+from trainyard_shared.publishing import MSG_ID, EventPublisher, publish_acked
 from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.responder import answer_requests
 from trainyard_shared.runner import build_app
@@ -42,6 +45,7 @@ class RegistryRuntime:
 
     core: RegistryCore
     requests: RegistryRequests
+    mlflow_events: MlflowEvents
 
 
 async def build_runtime(
@@ -68,14 +72,16 @@ async def build_runtime(
         experiment=settings.experiment,
         executors=buckets.executors,
     )
-    requests = RegistryRequests(
-        AliasStore(buckets.aliases),
-        mlflow,
-        JobStore(buckets.jobs),
-        AuditLog(sb.broker, sb.subjects, "registry"),
-        utcnow,
-    )
-    return RegistryRuntime(core, requests)
+    aliases, audit = AliasStore(buckets.aliases), AuditLog(sb.broker, sb.subjects, "registry")
+    requests = RegistryRequests(aliases, mlflow, JobStore(buckets.jobs), audit, utcnow)
+
+    async def publish(event: MlflowModelEvent) -> None:
+        subject = sb.subjects.model_event(event.name, event.event)
+        headers = {MSG_ID: f"mlflow:{event.delivery_id}", "content-type": "application/json"}
+        payload = event.model_dump_json().encode()
+        await publish_acked(sb.broker, subject, payload, headers, sb.subjects.streams.models)
+
+    return RegistryRuntime(core, requests, MlflowEvents(aliases, audit, publish, utcnow))
 
 
 def create_app(
@@ -119,6 +125,13 @@ def create_app(
         on_startup=[connect],
     )
     app.context.set_global(RUNTIME, slot)
+    if settings.webhook_secret is not None:
+        receiver = WebhookReceiver(
+            settings.webhook_secret.get_secret_value(),
+            settings.webhook_max_age_seconds,
+            lambda: slot.get().mlflow_events if slot.started else None,
+        )
+        app.mount(WEBHOOK_PATH, webhook_asgi(receiver, settings.webhook_max_bytes, time.time))
     return app
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from trainyard_shared.settings import HttpSettings
@@ -28,4 +28,14 @@ class RegistrySettings(HttpSettings):
     )
     max_output_entries: int = Field(
         10_000, ge=1, description="files and folders of a job's outputs read at most"
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="MLflow webhooks -> the bus: the secret MLflow signs with (X-MLflow-Signature); "
+        "set, the registry's HTTP server (host/port above, loopback by default) takes POST "
+        "/mlflow/webhook; unset, no receiver",
+    )
+    webhook_max_bytes: int = Field(64 * 1024, ge=1024, le=1024**2, description="a larger delivery is refused")
+    webhook_max_age_seconds: float = Field(
+        300.0, gt=0, description="a delivery whose X-MLflow-Timestamp is further off is refused (replays)"
     )
