@@ -308,13 +308,13 @@ def trial_job(
     params: dict[str, ParamValue],
     sweep_id: str,
     number: int,
-    labels: dict[str, str] | None = None,
+    owner: SweepOwner | None = None,
 ) -> JobSpec:
     """Trial ``number``'s job: the template with ``params`` substituted, the parameters in its
-    ``params`` (MLflow logs them) and labels naming the sweep and trial (and ``labels``: the
-    pipeline run and step of a sweep that is a step). SpecError names the field
-    (``job.command.2``)."""
-    from trainyard_contracts.workflow import substitute
+    ``params`` (MLflow logs them) and labels naming the sweep and trial, and for a sweep that is a
+    pipeline step (``owner``) its run and step (the registry tags the trial's model with all four).
+    SpecError names the field (``job.command.2``)."""
+    from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL, substitute
 
     try:
         body = substitute(spec.job, params, "job")
@@ -323,8 +323,9 @@ def trial_job(
             body["command"] = [_text(arg) for arg in body["command"]]
         if isinstance(body.get("env"), dict):
             body["env"] = {name: _text(value) for name, value in body["env"].items()}
-        own = {**(body.get("labels") or {}), **(labels or {})}
-        own.update({SWEEP_LABEL: sweep_id, TRIAL_LABEL: str(number)})
+        own = {**(body.get("labels") or {}), SWEEP_LABEL: sweep_id, TRIAL_LABEL: str(number)}
+        if owner is not None:
+            own.update({RUN_LABEL: owner.run_id, STEP_LABEL: owner.step})
         job = JobSpec.model_validate(
             {**body, "params": {**(body.get("params") or {}), **params}, "labels": own}
         )

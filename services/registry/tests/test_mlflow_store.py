@@ -174,6 +174,41 @@ def test_a_sweep_trials_model_carries_its_sweep_and_trial_on_run_and_version(
 
 
 @pytest.mark.service
+@pytest.mark.sweep
+def test_the_best_trial_of_a_sweep_step_carries_its_sweep_and_pipeline_run(
+    store: MlflowModelStore, tmp_path: Path
+) -> None:
+    """A sweep that is a pipeline step: its trials' jobs (as the workflow service makes them)
+    carry the run and step too, so the best trial's version names the sweep and the run."""
+    from trainyard_contracts.sweeps import SweepOwner, trial_job, validate_sweep
+    from trainyard_registry.core import lineage_of
+
+    sweep = validate_sweep(
+        {
+            "name": "cem",
+            "job": {"name": "cem", "command": ["true", "${{ params.lr }}"], "outputs": {"model": "cem"}},
+            "space": {"lr": {"type": "float", "low": 0.01, "high": 0.1}},
+            "objective": {"metric": "mean_return", "direction": "maximize"},
+        }
+    )
+    owner = SweepOwner(run_id="0mx7ger5efpkyc6s", step="search", attempt=1)
+    job = trial_job(sweep, {"lr": 0.05}, "sw0123456789abcdef01", 4, owner)
+    lineage = lineage_of(job.labels)
+    name = model_name()
+    got = store.register(request(outputs(tmp_path, {"mean_return": 500.0}), name, lineage=lineage))
+    tags = store.client.get_model_version(name, str(got.version)).tags
+    assert tags["trainyard.sweep"] == "sw0123456789abcdef01" and tags["trainyard.sweep_trial"] == "4"
+    assert (
+        tags["trainyard.pipeline_run"] == "0mx7ger5efpkyc6s" and tags["trainyard.pipeline_step"] == "search"
+    )
+    run_tags = store.client.get_run(got.run_id).data.tags
+    assert (run_tags["trainyard.sweep"], run_tags["trainyard.pipeline_run"]) == (
+        "sw0123456789abcdef01",
+        "0mx7ger5efpkyc6s",
+    )
+
+
+@pytest.mark.service
 def test_registering_the_same_job_again_returns_the_same_version_and_creates_nothing(
     store: MlflowModelStore, tmp_path: Path
 ) -> None:

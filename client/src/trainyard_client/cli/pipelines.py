@@ -56,13 +56,40 @@ def _read_pipeline_spec(file: Path, assignments: list[str]) -> tuple[dict[str, A
 
 def _resolve_step_sources(document: Any, spec_dir: Path) -> None:
     """A step's relative local ``source.repo`` made absolute against the pipeline file's folder,
-    as ``submit`` does for a job spec (``repo: ../..`` in examples/pipelines/retrain.yaml)."""
+    as ``submit`` does for a job spec (``repo: ../..`` in examples/pipelines/retrain.yaml). A sweep
+    step's ``file:`` (a sweep file, relative to the pipeline's folder) is read into it, the step's
+    other keys over the file's (``max_trials: 2``); its job's source is resolved against the sweep
+    file's own folder, as ``sweep run`` resolves it."""
     from trainyard_client.cli.jobs import resolve_source
 
     steps = document.get("steps") if isinstance(document, dict) else None
-    for step in steps if isinstance(steps, list) else []:
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
         if isinstance(step, dict) and isinstance(step.get("job"), dict):
             resolve_source(step["job"], spec_dir)
+        sweep = step.get("sweep") if isinstance(step, dict) else None
+        if not isinstance(sweep, dict):
+            continue
+        sweep_dir = spec_dir
+        if "file" in sweep:
+            sweep, sweep_dir = _read_sweep_file(sweep, spec_dir, f"steps.{i}.sweep.file")
+            step["sweep"] = sweep
+        if isinstance(sweep.get("job"), dict):
+            resolve_source(sweep["job"], sweep_dir)
+
+
+def _read_sweep_file(sweep: dict[str, Any], spec_dir: Path, where: str) -> tuple[dict[str, Any], Path]:
+    from trainyard_contracts import FieldError, SpecError, parse_spec_document
+
+    path = spec_dir / str(sweep["file"])
+    try:
+        loaded = parse_spec_document(path.read_bytes())
+    except OSError as exc:
+        raise SpecError([FieldError(field=where, message=f"cannot read {path}: {exc.strerror}")]) from None
+    except SpecError as exc:
+        raise SpecError([FieldError(field=where, message=f"{path}: {exc}")]) from None
+    if not isinstance(loaded, dict):
+        raise SpecError([FieldError(field=where, message=f"{path}: expected a sweep document (a mapping)")])
+    return {**loaded, **{k: v for k, v in sweep.items() if k != "file"}}, path.resolve().parent
 
 
 def _show(run: Any, fmt: Output) -> None:
@@ -78,6 +105,7 @@ def _tree(run: Any) -> Any:
     for step in run.spec.steps:
         state = run.steps[step.name]
         jobs = ", ".join(j.job_id or "…" for _, j in sorted(state.jobs.items())[:5])
+        jobs = f"sweep {jobs}" if step.sweep is not None and jobs else jobs
         more = f" (+{len(state.jobs) - 5})" if len(state.jobs) > 5 else ""
         deps = f" ← {', '.join(step.conditions())}" if step.conditions() else ""
         reason = f" [dim]{escape(state.reason)}[/]" if state.reason else ""

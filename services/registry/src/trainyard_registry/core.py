@@ -27,6 +27,7 @@ from trainyard_contracts import (
     Subjects,
 )
 from trainyard_contracts.sweeps import SWEEP_LABEL, TRIAL_LABEL
+from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL
 from trainyard_registry.mlflow_store import (
     BACKEND_TAG,
     EXECUTOR_TAG,
@@ -194,15 +195,13 @@ class RegistryCore:
             return None
 
 
-# labels the workflow service puts on the jobs it submits (trainyard_workflow.core RUN_LABEL,
-# STEP_LABEL; contracts.sweeps for a sweep's trials) -> the version's tags
-PIPELINE_RUN_LABEL = "trainyard.dev/pipeline-run"
-PIPELINE_STEP_LABEL = "trainyard.dev/pipeline-step"
+# labels the workflow service puts on the jobs it submits (a pipeline's steps; a sweep's trials,
+# with the run and step of a sweep that is a step) -> the version's tags
 LINEAGE_TAGS = {
     SWEEP_LABEL: SWEEP_TAG,
     TRIAL_LABEL: SWEEP_TRIAL_TAG,
-    PIPELINE_RUN_LABEL: PIPELINE_RUN_TAG,
-    PIPELINE_STEP_LABEL: PIPELINE_STEP_TAG,
+    RUN_LABEL: PIPELINE_RUN_TAG,
+    STEP_LABEL: PIPELINE_STEP_TAG,
 }
 
 

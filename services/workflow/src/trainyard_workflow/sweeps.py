@@ -36,7 +36,6 @@ from trainyard_contracts.sweeps import (
     trial_job,
     validate_sweep,
 )
-from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL
 from trainyard_workflow import sweep_engine
 from trainyard_workflow.intake import IntakeSender
 from trainyard_workflow.named_store import NamedStore, RecordExists, RecordNotFound
@@ -259,9 +258,7 @@ class SweepService:
     async def _send(self, record: SweepRecord, number: int) -> list[Fact]:
         trial = record.trials[number]
         try:
-            owner = record.owner
-            labels = {RUN_LABEL: owner.run_id, STEP_LABEL: owner.step} if owner else None
-            spec = trial_job(record.spec, trial.params, record.sweep_id, number, labels)
+            spec = trial_job(record.spec, trial.params, record.sweep_id, number, record.owner)
             answer: IntakeReply = await self.intake.submit(spec, trial.key)
         except Exception as exc:  # sent again on the next look-over under the same key
             log.warning("trial not submitted", extra={"key": trial.key, "error": repr(exc)})
