@@ -239,10 +239,16 @@ def test_grafana_provisions_the_dashboard_on_the_datasource_it_names(compose):
     assert f"./deploy/grafana/dashboards:{path}:ro" in compose["services"]["grafana"]["volumes"]
     import json
 
-    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/trainyard.json").read_text())
-    for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
-        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+    boards = {p.name: json.loads(p.read_text()) for p in (ROOT / "deploy/grafana/dashboards").glob("*.json")}
+    assert {"trainyard.json", "training-job.json"} <= set(boards)  # the folder is provisioned whole
+    assert len({board["uid"] for board in boards.values()}) == len(boards)
+    for board in boards.values():
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+            assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+        for variable in board.get("templating", {}).get("list", []):
+            assert variable["datasource"]["uid"] == source["uid"], variable["name"]
+    dashboard = boards["trainyard.json"]
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("state", "per second", "latency", "submit to start"):
         assert topic in titles, f"no panel about {topic}"
