@@ -55,6 +55,23 @@ def test_the_dag_colours_steps_by_state_counts_an_array_and_escapes_names() -> N
     assert 'data-step="prep" data-state="succeeded"' in picture and "edge-failed" in picture
 
 
+def test_a_sweep_steps_box_names_and_links_its_sweep() -> None:
+    from trainyard_contracts.runs import ChildJob
+
+    sweep_spec = {
+        "name": "s",
+        "job": {"name": "t", "command": ["true", "${{ params.x }}"]},
+        "space": {"x": {"type": "float", "low": 0, "high": 1}},
+        "objective": {"metric": "loss", "direction": "minimize"},
+    }
+    spec = validate_pipeline({"name": "p", "steps": [{"name": "search", "sweep": sweep_spec}]}, {})
+    run = PipelineRun.start("run-0002", spec)
+    job = ChildJob(key="workflow:run-0002:search:0:1", job_id="sw0123")
+    steps = {"search": run.steps["search"].model_copy(update={"state": StepState.running, "jobs": {0: job}})}
+    (box,) = dag_steps(run.model_copy(update={"steps": steps}))
+    assert (box.detail, box.href) == ("sweep sw0123", "/ui/sweeps/sw0123")
+
+
 def sweep(values: list[float | None], direction: str) -> SweepRecord:
     spec = validate_sweep(
         {

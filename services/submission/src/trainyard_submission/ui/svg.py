@@ -17,9 +17,8 @@ from urllib.parse import urlencode
 from markupsafe import Markup
 
 from trainyard_contracts.runs import TERMINAL_STEP_STATES, PipelineRun
+from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL  # a step's jobs' labels
 
-# the labels the workflow service gives a step's jobs (trainyard_workflow.core)
-RUN_LABEL, STEP_LABEL = "trainyard.dev/pipeline-run", "trainyard.dev/pipeline-step"
 BOX_W, BOX_H, GAP_X, GAP_Y, PAD = 190, 58, 56, 18, 10
 
 
@@ -75,12 +74,14 @@ def dag_steps(run: PipelineRun) -> list[DagStep]:
             failed = c["failed"] + c["timed_out"] + c["cancelled"] + c["rejected"]
             detail = f"{c['succeeded']} done · {failed} failed · {total} total"
         else:
+            kind = "sweep" if spec.sweep is not None else "job"  # a sweep step's "job" is its sweep
             detail = (
-                f"job {job_ids[0]}"
+                f"{kind} {job_ids[0]}"
                 if job_ids
-                else ("no job" if step.state in TERMINAL_STEP_STATES else "no job yet")
+                else (f"no {kind}" if step.state in TERMINAL_STEP_STATES else f"no {kind} yet")
             )
-        href = f"/ui/jobs/{job_ids[0]}" if len(job_ids) == 1 and not spec.array else None
+        page = "sweeps" if spec.sweep is not None else "jobs"
+        href = f"/ui/{page}/{job_ids[0]}" if len(job_ids) == 1 and not spec.array else None
         if spec.array and job_ids:  # the array's jobs: the jobs table, filtered by their labels
             labels = f"{RUN_LABEL}={run.run_id} {STEP_LABEL}={spec.name}"
             href = "/ui/jobs?" + urlencode({"label": labels})
