@@ -35,10 +35,12 @@ class CountingRuns:
     def __init__(self, fail_first: bool = False) -> None:
         self.inside = self.most_inside = 0
         self.applied: list[Any] = []
+        self.turns = 0
         self.fail_first = fail_first
 
     async def mutate(self, run_id: str, change: Any) -> tuple[PipelineRun, list[Any]]:
         self.inside += 1
+        self.turns += 1
         self.most_inside = max(self.most_inside, self.inside)
         try:
             await asyncio.sleep(0.01)  # a read and a write on the bus take this long or more
@@ -82,3 +84,22 @@ async def test_a_failed_turn_leaves_its_facts_for_the_next() -> None:
         await first
     await second
     assert sorted(runs.applied, key=lambda f: f.index) == [fact(0), fact(1)]
+
+
+async def test_a_caller_whose_facts_a_turn_applied_returns_without_a_turn_of_its_own() -> None:
+    runs = CountingRuns()
+    workflow = service(runs)
+    await asyncio.gather(*(workflow.progress(RUN, [fact(i)]) for i in range(10)))
+    # the first caller's turn, then one turn for the nine that waited behind it
+    assert runs.turns == 2
+    assert sorted(runs.applied, key=lambda f: f.index) == [fact(i) for i in range(10)]
+
+
+async def test_a_caller_that_came_during_a_turn_takes_the_next() -> None:
+    runs = CountingRuns()
+    workflow = service(runs)
+    first = asyncio.create_task(workflow.progress(RUN, [fact(0)]))
+    await asyncio.sleep(0)  # the first caller has its turn
+    assert runs.inside == 1
+    await asyncio.gather(first, workflow.progress(RUN))  # a look-over with no facts comes now
+    assert runs.turns == 2  # the turn under way began before it came: it looks again itself

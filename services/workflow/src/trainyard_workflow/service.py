@@ -84,11 +84,17 @@ class Sweeps(Protocol):
 
 @dataclass
 class RunTurn:
-    """Who moves a run now (``lock``), the facts waiting for the next turn, and how many wait."""
+    """Who moves a run now (``lock``), the facts waiting for the next turn, and how many wait.
+
+    Callers are numbered as they come (``arrived``); ``served`` is the number of the last caller
+    whose facts a turn that ended well applied (its run as it left it: ``served_run``)."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: list[Fact] = field(default_factory=list)
     callers: int = 0
+    arrived: int = 0
+    served: int = 0
+    served_run: PipelineRun | None = None
 
 
 class WorkflowService:
@@ -269,18 +275,29 @@ class WorkflowService:
         for it in one compare-and-set: the outcomes of a wide layer of steps, handled side by side,
         would otherwise each rewrite the run and lose the compare-and-set to one another. A caller
         returns once its facts are written (by itself or by the turn before); a turn that fails
-        leaves the facts it took for the next."""
+        leaves the facts it took for the next.
+
+        A caller whose turn comes after a turn that began once it had arrived and ended well
+        returns that turn's run at once: its facts were written, and what they made due sent, by
+        that turn (a wide layer's outcomes take one turn, not one each)."""
         turn = self._turns.setdefault(run_id, RunTurn())
         turn.waiting.extend(facts)
         turn.callers += 1
+        turn.arrived += 1
+        me = turn.arrived
         try:
             async with turn.lock:
+                if turn.served >= me and turn.served_run is not None:
+                    return turn.served_run
                 taken, turn.waiting = turn.waiting, []
+                serving = turn.arrived  # every caller so far: their facts are in ``taken``
                 try:
-                    return await self._progress(run_id, taken)
+                    run = await self._progress(run_id, taken)
                 except BaseException:
                     turn.waiting[:0] = taken
                     raise
+                turn.served, turn.served_run = serving, run
+                return run
         finally:
             turn.callers -= 1
             if not turn.callers:
