@@ -128,3 +128,60 @@ async def test_a_retry_that_drops_a_whole_chunk_of_jobs_reads_back_without_them(
     assert sorted(got.steps["train"].jobs) == list(range(CHUNK_JOBS))
     assert got.steps["train"].attempt == 2 and got.attempt == 2
     assert len(await kv.keys()) == 2  # the head and the one chunk left
+
+
+class CountingGets:
+    """The bucket, counting the values read from it."""
+
+    def __init__(self, kv):
+        self.kv, self.gets = kv, 0
+
+    async def get(self, key):
+        self.gets += 1
+        return await self.kv.get(key)
+
+    def __getattr__(self, name):
+        return getattr(self.kv, name)
+
+
+@pytest.mark.service
+async def test_a_run_read_again_is_its_head_and_the_chunks_another_writer_changed(bus):
+    from nats.js.api import KeyValueConfig
+
+    kv = await bus.js.create_key_value(KeyValueConfig(bucket=bus.subjects.buckets.pipelines, history=5))
+    mine, other = CountingGets(kv), CountingGets(kv)
+    store, replica = RunStore(mine), RunStore(other)  # two replicas of the service on one bucket
+    run = _array_run("0-1999")  # a head and 4 chunks
+    await store.create(run)
+    assert (await store.get(run.run_id))[0] == run
+    mine.gets = 0
+    assert (await store.get(run.run_id))[0] == run
+    assert mine.gets == 1  # the head: the chunks it names were written by this store
+
+    key = run.steps["train"].jobs[5].key
+    await replica.mutate(run.run_id, lambda r: (evolve(r, JobKnown("train", 5, key, "job5")), None))
+    mine.gets = 0
+    got, _ = await store.get(run.run_id)
+    assert got.steps["train"].jobs[5].job_id == "job5" and got == (await replica.get(run.run_id))[0]
+    assert mine.gets == 2  # the head and the one chunk the other replica wrote anew
+    assert await store.exists(run.run_id) and not await store.exists("0mx6rnys55u4zzzz")
+
+
+@pytest.mark.unit
+def test_the_chunk_cache_keeps_at_most_its_jobs_dropping_the_least_recently_used():
+    from trainyard_contracts.runs import ChildJob
+    from trainyard_workflow.store import ChunkCache
+
+    def chunk(n: int):
+        return {i: ChildJob(key=f"k{i}") for i in range(n)}
+
+    cache = ChunkCache(max_jobs=10)
+    cache.put("a", chunk(4))
+    cache.put("b", chunk(4))
+    assert cache.get("a") is not None  # a used last: b goes first
+    cache.put("c", chunk(4))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+    cache.put("a", chunk(6))  # the same key again counts once
+    assert len(cache) == 2 and cache.get("c") is not None
+    cache.drop("c")
+    assert len(cache) == 1 and cache.get("c") is None

@@ -189,7 +189,7 @@ class WorkflowService:
         bus intake under that step's key), the run moves on. ``known``: its record, read already."""
         record = known if known is not None else await self.read_job(job_id)
         ref = step_of(record.spec.labels) if record is not None else None
-        if ref is None or await self.runs.get(ref.run_id) is None:
+        if ref is None or not await self.runs.exists(ref.run_id):
             return
         assert record is not None
         attempt = record.spec.labels.get(STEP_ATTEMPT_LABEL, "1")
@@ -372,7 +372,7 @@ class WorkflowService:
     async def on_model_registered(self, record: JobRecord | None) -> None:
         """A step's job got its model version: the steps waiting for it may go now."""
         ref = step_of(record.spec.labels) if record is not None else None
-        if ref is not None and await self.runs.get(ref.run_id) is not None:
+        if ref is not None and await self.runs.exists(ref.run_id):
             await self.progress(ref.run_id)
 
     async def _send(self, run: PipelineRun, submit: Submit, job: JobSpec | EndStep | None) -> IntakeReply:

@@ -3,12 +3,17 @@
 A run is stored as a head (``<run_id>``) and its child jobs in chunks (``<run_id>.<step>.<n>.<gen>``,
 runchunks.py), so that a 10,000-index array fits NATS' max_payload. A change writes new chunk
 generations first, then the head naming them with a compare-and-set: the head is the commit.
+
+A chunk's key is written once (a new generation for every change), so its value, once read or
+written, is kept (``ChunkCache``): reading a run is its head and the chunks another writer changed
+since, not one get per step of a 500-step DAG on every turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -50,9 +55,42 @@ class Stored:
     revision: int
 
 
+class ChunkCache:
+    """Chunks by key, the least recently used dropped past ``max_jobs`` jobs in all. Safe to keep
+    across writers and replicas: a key is never written twice, so what it held it holds."""
+
+    def __init__(self, max_jobs: int = 50_000) -> None:
+        self.max_jobs = max_jobs
+        self._chunks: OrderedDict[str, ChunkJobs] = OrderedDict()
+        self._jobs = 0
+
+    def get(self, key: str) -> ChunkJobs | None:
+        chunk = self._chunks.get(key)
+        if chunk is not None:
+            self._chunks.move_to_end(key)
+        return chunk
+
+    def put(self, key: str, chunk: ChunkJobs) -> None:
+        self.drop(key)
+        self._chunks[key] = chunk
+        self._jobs += len(chunk)
+        while self._jobs > self.max_jobs and self._chunks:
+            _, oldest = self._chunks.popitem(last=False)
+            self._jobs -= len(oldest)
+
+    def drop(self, key: str) -> None:
+        chunk = self._chunks.pop(key, None)
+        if chunk is not None:
+            self._jobs -= len(chunk)
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+
 class RunStore:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, cache: ChunkCache | None = None) -> None:
         self.kv = kv
+        self.cache = cache if cache is not None else ChunkCache()
 
     async def create(self, run: PipelineRun) -> int:
         head, chunks = split(run)
@@ -67,6 +105,14 @@ class RunStore:
         except KeyWrongLastSequenceError:
             return False
         return True
+
+    async def exists(self, run_id: str) -> bool:
+        """Whether a run ``run_id`` is stored (its head alone is read)."""
+        try:
+            entry = await self.kv.get(run_id)
+        except KeyNotFoundError:
+            return False
+        return entry.value is not None
 
     async def get(self, run_id: str) -> tuple[PipelineRun, int] | None:
         found = await self._read(run_id)
@@ -142,16 +188,21 @@ class RunStore:
     async def _read_chunks(self, run_id: str, head: RunHead) -> dict[str, ChunkJobs] | None:
         """The chunks ``head`` names; None when one is gone: a newer head replaced it since
         (then the head is read again)."""
-        keys = [chunk_key(run_id, name, gen) for name, gen in head.chunks.items()]
-        values = await asyncio.gather(*(self.kv.get(key) for key in keys), return_exceptions=True)
+        keys = {name: chunk_key(run_id, name, gen) for name, gen in head.chunks.items()}
         chunks: dict[str, ChunkJobs] = {}
-        for name, value in zip(head.chunks, values, strict=True):
+        for name, key in keys.items():
+            if (kept := self.cache.get(key)) is not None:
+                chunks[name] = kept
+        missing = [name for name in keys if name not in chunks]
+        values = await asyncio.gather(*(self.kv.get(keys[name]) for name in missing), return_exceptions=True)
+        for name, value in zip(missing, values, strict=True):
             if isinstance(value, KeyNotFoundError):  # KeyDeletedError too: purged after a commit
                 return None
             if isinstance(value, BaseException):
                 raise value
             chunks[name] = CHUNK_ADAPTER.validate_json(value.value or b"{}")
-        return chunks
+            self.cache.put(keys[name], chunks[name])
+        return {name: chunks[name] for name in keys}
 
     async def _write_chunks(self, run_id: str, chunks: dict[str, ChunkJobs]) -> dict[str, str]:
         """Each chunk under a new generation's key; the generations written, by chunk name."""
@@ -162,9 +213,12 @@ class RunStore:
                 for name, jobs in chunks.items()
             )
         )
+        for name, jobs in chunks.items():
+            self.cache.put(chunk_key(run_id, name, names[name]), jobs)
         return names
 
     async def _remove(self, run_id: str, names: dict[str, str]) -> None:
         for name, generation in names.items():
+            self.cache.drop(chunk_key(run_id, name, generation))
             with contextlib.suppress(Exception):  # a leftover key is harmless: no head names it
                 await self.kv.purge(chunk_key(run_id, name, generation))
