@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from trainyard_contracts import IntakeReply
 from trainyard_contracts.runs import PipelineRun
 from trainyard_contracts.workflow import PipelineSpec
-from trainyard_workflow.core import JobEnded
+from trainyard_workflow.core import JobEnded, advance
 from trainyard_workflow.service import WorkflowService
 
 pytestmark = [pytest.mark.unit, pytest.mark.workflow]
@@ -32,9 +33,11 @@ def ended_run() -> PipelineRun:
 class CountingRuns:
     """A run store whose ``mutate`` notes the facts it was given and how many callers are inside."""
 
-    def __init__(self, fail_first: bool = False) -> None:
+    def __init__(self, fail_first: bool = False, run: PipelineRun | None = None) -> None:
+        self.run = run
         self.inside = self.most_inside = 0
         self.applied: list[Any] = []
+        self.wrote = asyncio.Event()  # set on every change written
         self.turns = 0
         self.fail_first = fail_first
 
@@ -48,7 +51,8 @@ class CountingRuns:
                 self.fail_first = False
                 raise ConnectionError("the bucket did not answer")
             self.applied.extend(change.keywords["facts"])
-            return ended_run(), []
+            self.wrote.set()
+            return (self.run or ended_run()), []
         finally:
             self.inside -= 1
 
@@ -103,3 +107,35 @@ async def test_a_caller_that_came_during_a_turn_takes_the_next() -> None:
     assert runs.inside == 1
     await asyncio.gather(first, workflow.progress(RUN))  # a look-over with no facts comes now
     assert runs.turns == 2  # the turn under way began before it came: it looks again itself
+
+
+class HeldIntake:
+    """An intake that answers only when the test lets it."""
+
+    def __init__(self) -> None:
+        self.sent, self.answer = asyncio.Event(), asyncio.Event()
+
+    async def submit(self, spec: Any, key: str) -> IntakeReply:
+        self.sent.set()
+        await self.answer.wait()
+        return IntakeReply(accepted=True, job_id="job-a")
+
+
+async def test_facts_that_come_while_a_turn_waits_for_the_intake_are_applied_meanwhile() -> None:
+    spec = PipelineSpec.model_validate(
+        {"name": "p", "steps": [{"name": "a", "job": {"name": "a", "command": ["true"]}}]}
+    )
+    submitted, _ = advance(PipelineRun.start(RUN, spec))  # a's job recorded, not yet answered
+    runs = CountingRuns(run=submitted)
+    intake = HeldIntake()
+    workflow = WorkflowService(runs, read_job=_noop, intake=intake, emit=_noop)  # type: ignore[arg-type]
+    sending = asyncio.create_task(workflow.progress(RUN))
+    await asyncio.wait_for(intake.sent.wait(), 30)
+    runs.wrote.clear()
+    # the run is not held behind the send: another caller's fact is written before the answer
+    other = asyncio.create_task(workflow.progress(RUN, [fact(7)]))
+    await asyncio.wait_for(runs.wrote.wait(), 30)
+    assert fact(7) in runs.applied and not sending.done()
+    runs.run = None  # the answer applied, the run ends (this store does not evolve it)
+    intake.answer.set()
+    await asyncio.wait_for(asyncio.gather(sending, other), 30)

@@ -271,53 +271,25 @@ class WorkflowService:
         """Apply ``facts``, take every decision due, announce them, then send the submissions
         recorded and not yet answered (and what their answers make due), until none is left.
 
-        One run moves one caller at a time, and whoever has the turn applies every fact waiting
-        for it in one compare-and-set: the outcomes of a wide layer of steps, handled side by side,
-        would otherwise each rewrite the run and lose the compare-and-set to one another. A caller
-        returns once its facts are written (by itself or by the turn before); a turn that fails
-        leaves the facts it took for the next.
-
-        A caller whose turn comes after a turn that began once it had arrived and ended well
-        returns that turn's run at once: its facts were written, and what they made due sent, by
-        that turn (a wide layer's outcomes take one turn, not one each)."""
-        turn = self._turns.setdefault(run_id, RunTurn())
-        turn.waiting.extend(facts)
-        turn.callers += 1
-        turn.arrived += 1
-        me = turn.arrived
-        try:
-            async with turn.lock:
-                if turn.served >= me and turn.served_run is not None:
-                    return turn.served_run
-                taken, turn.waiting = turn.waiting, []
-                serving = turn.arrived  # every caller so far: their facts are in ``taken``
-                try:
-                    run = await self._progress(run_id, taken)
-                except BaseException:
-                    turn.waiting[:0] = taken
-                    raise
-                turn.served, turn.served_run = serving, run
-                return run
-        finally:
-            turn.callers -= 1
-            if not turn.callers:
-                del self._turns[run_id]
-
-    async def _progress(self, run_id: str, facts: list[Fact]) -> PipelineRun:
-        while True:
-            run, taken = await self.runs.mutate(run_id, functools.partial(self._advance, facts=facts))
-            await self._announce_known(run, facts)
-            facts = []
-            await self._announce(run, taken)
+        One run moves one caller at a time (``_turn``), and whoever has the turn applies every fact
+        waiting for it in one compare-and-set: the outcomes of a wide layer of steps, handled side
+        by side, would otherwise each rewrite the run and lose the compare-and-set to one another.
+        The turn is the compare-and-set and its announcements only: the sends (an intake round
+        trip each) go on after it, so the facts that come meanwhile are not held behind them (a key
+        on its way is not sent twice: IntakeSender). A caller whose facts another's turn applied
+        returns at once: that turn's caller announces and sends what they made due."""
+        run, moved = await self._turn(run_id, list(facts))
+        while moved:
             sends = unanswered(run)
             if not sends:
-                return run
+                break
             sweeps = [s for s in sends if run.spec.step(s.step).sweep is not None]
             sends = [s for s in sends if run.spec.step(s.step).sweep is None]
+            answered: list[Fact] = []
             for submit in sweeps:
-                facts += await self._start_sweep(run, submit)
+                answered += await self._start_sweep(run, submit)
             jobs = {name: await self._step_job(run, name) for name in dict.fromkeys(s.step for s in sends)}
-            facts += [job for job in jobs.values() if isinstance(job, EndStep)]
+            answered += [job for job in jobs.values() if isinstance(job, EndStep)]
             sendable = [s for s in sends if isinstance(jobs[s.step], JobSpec)]
             answers = await asyncio.gather(
                 *(self._send(run, s, jobs[s.step]) for s in sendable), return_exceptions=True
@@ -327,9 +299,46 @@ class WorkflowService:
                     # sent again on the next look-over (reconcile) under the same key
                     log.warning("submission not answered", extra={"key": submit.key, "error": repr(answer)})
                     continue
-                facts += _answer_facts(submit, answer)
-            if not facts:
-                return run
+                answered += _answer_facts(submit, answer)
+            if not answered:
+                break
+            run, moved = await self._turn(run_id, answered)
+        return run
+
+    async def _turn(self, run_id: str, facts: list[Fact]) -> tuple[PipelineRun, bool]:
+        """The run with ``facts`` applied, and whether this caller's own turn applied them.
+
+        A caller whose turn comes after a turn that began once it had arrived, and ended well,
+        returns that turn's run at once: its facts were written by that turn (a wide layer's
+        outcomes take one turn, not one each). A turn that fails leaves the facts it took for the
+        next."""
+        turn = self._turns.setdefault(run_id, RunTurn())
+        turn.waiting.extend(facts)
+        turn.callers += 1
+        turn.arrived += 1
+        me = turn.arrived
+        try:
+            async with turn.lock:
+                if turn.served >= me and turn.served_run is not None:
+                    return turn.served_run, False
+                taken, turn.waiting = turn.waiting, []
+                serving = turn.arrived  # every caller so far: their facts are in ``taken``
+                try:
+                    run, decided = await self.runs.mutate(
+                        run_id, functools.partial(self._advance, facts=taken)
+                    )
+                    # announced in the order of the compare-and-sets, before the next turn's
+                    await self._announce_known(run, taken)
+                    await self._announce(run, decided)
+                except BaseException:
+                    turn.waiting[:0] = taken
+                    raise
+                turn.served, turn.served_run = serving, run
+                return run, True
+        finally:
+            turn.callers -= 1
+            if not turn.callers:
+                del self._turns[run_id]
 
     def _advance(self, run: PipelineRun, facts: list[Fact]) -> tuple[PipelineRun, list[Decision]]:
         now = self.clock()
