@@ -31,6 +31,9 @@ class MemoryRuns:
     async def get(self, run_id: str) -> tuple[PipelineRun, int] | None:
         return (self.run, 1) if run_id == self.run.run_id else None
 
+    async def exists(self, run_id: str) -> bool:
+        return run_id == self.run.run_id
+
     async def mutate(self, run_id: str, change: Any) -> tuple[PipelineRun, Any]:
         self.run, result = change(self.run)
         return self.run, result
