@@ -113,6 +113,40 @@ def _tree(run: Any) -> Any:
     return tree
 
 
+def _plan(spec: Any) -> Any:
+    """What a run of ``spec`` would do, step by step, parameters substituted: each step's job (its
+    queue and command), array, or sweep (its trials, space, objective, sampler and pruner)."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    tree = Tree(f"[bold]{escape(spec.name)}[/] [dim](dry run: nothing submitted)[/]")
+    for step in spec.steps:
+        deps = f" ← {', '.join(step.conditions())}" if step.conditions() else ""
+        if step.sweep is not None:
+            sweep = step.sweep
+            space = ", ".join(sweep.space)
+            what = (
+                f"sweep {escape(sweep.name)}: {sweep.max_trials} trials, {sweep.max_parallel} at once, "
+                f"over {escape(space)}; {sweep.objective.direction.value} {escape(sweep.objective.metric)}; "
+                f"sampler {sweep.sampler.type.value}, pruner {sweep.pruner.type.value}; "
+                f"queue {_queue(sweep.job.get('queue'))}"
+            )
+        else:
+            job = step.job
+            array = f"array {step.array} of " if step.array else ""
+            queue = _queue(job.queue if "queue" in job.model_fields_set else None)
+            what = f"{array}job {escape(job.name)}, queue {queue}: {escape(' '.join(job.command))}"
+        tree.add(f"{escape(step.name)}{deps} [dim]{what}[/]")
+    return tree
+
+
+def _queue(named: Any) -> str:
+    from rich.markup import escape
+
+    # none named: the API places it where the runner's own jobs go
+    return escape(str(named)) if named else "default (a team token: the team's)"
+
+
 @pipeline.command("run")
 def run_pipeline(
     ctx: typer.Context,
@@ -121,10 +155,19 @@ def run_pipeline(
         list[str] | None, typer.Option("-p", "--param", help="key=value over the defaults")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the run until it ends")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="check the document and show its steps (sweep steps too); run nothing"
+        ),
+    ] = False,
     output: OutputOption = Output.TABLE,
 ) -> None:
     """Start a run of a pipeline; with --wait, exit 1 unless it succeeded."""
-    document, params = _read_pipeline(file, param or [])
+    document, params, spec = _read_pipeline_spec(file, param or [])
+    if dry_run:  # checked here only: the API holds the steps to the queue rules when it runs
+        print_one(output, spec.model_dump(mode="json", exclude_unset=True), spec.name, lambda: _plan(spec))
+        return
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         run = _waited(client, client.run_pipeline(document, params), wait)
