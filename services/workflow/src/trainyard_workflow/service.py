@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from trainyard_contracts import IntakeReply, JobRecord, JobSpec, SpecError, new_job_id
+from trainyard_contracts import IntakeReply, JobRecord, JobSpec, new_job_id
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.runs import (
     PipelineEnvelope,
@@ -260,7 +260,7 @@ class WorkflowService:
         owner = SweepOwner(run_id=run.run_id, step=submit.step, attempt=run.steps[submit.step].attempt)
         try:
             sweep = await self.sweeps.start_owned(sweep_id_for(submit.key), spec, run.submitted_by, owner)
-        except SpecError as exc:
+        except ValueError as exc:  # an invalid sweep (SpecError), or the store's limit of sweeps
             return [EndStep(submit.step, StepState.failed, f"the sweep was refused: {exc}"[:1000])]
         except Exception as exc:  # started again on the next look-over, under the same id
             log.warning("sweep not started", extra={"key": submit.key, "error": repr(exc)})
