@@ -88,17 +88,21 @@ async def test_a_running_jobs_use_is_sampled_published_and_gauged(common, bus):
 
         busy = await eventually(busy_sample, 60, "a sample with the job's CPU use")
 
-        assert busy["values"]["sys.cpu"] <= 2.5  # cores: one busy process (and a little slack)
         assert busy["values"]["sys.cpu_seconds"] > 0
-        reported = [p for p in await points(bus, job_id) if "loss" in p["values"]]
-        assert reported and all(p["values"].get("sys.cpu") != 99.0 for p in await points(bus, job_id))
+
+        async def reported() -> list[dict] | None:
+            return [p for p in await points(bus, job_id) if "loss" in p["values"]] or None
+
+        [report] = await eventually(reported, 60, "the job's own report on the stream")
+        assert report["values"] == {"loss": 0.5}  # its sys.cpu dropped
+        assert all(p["values"].get("sys.cpu") != 99.0 for p in await points(bus, job_id))
 
         async def gauged() -> str | None:
             text = (await http.get("/metrics")).text
             used = gauge(text, "trainyard_queue_used", queue="default", resource="memory_bytes")
             return text if used is not None and used >= 200 * MIB else None
 
-        text = await eventually(gauged, 30, "the queue's used memory on telemetry's /metrics")
+        text = await eventually(gauged, 60, "the queue's used memory on telemetry's /metrics")
         assert gauge(text, "trainyard_job_metric", job_id=job_id, name="sys.rss_bytes") >= 200 * MIB  # type: ignore[operator]
         assert gauge(text, "trainyard_job_requested", job_id=job_id, resource="cpu") == 2.0
         assert gauge(text, "trainyard_job_requested", job_id=job_id, resource="memory_bytes") == 1024 * MIB
@@ -119,5 +123,5 @@ async def test_a_running_jobs_use_is_sampled_published_and_gauged(common, bus):
                 and gauge(text, "trainyard_queue_used", queue="default", resource="cpu") is None
             )
 
-        await eventually(gone, 30, "the job's series and its queue's use gone after it ended")
+        await eventually(gone, 60, "the job's series and its queue's use gone after it ended")
         await sub.unsubscribe()

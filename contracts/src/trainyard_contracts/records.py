@@ -29,7 +29,9 @@ class AttemptUsage(_Model):
 
     cpu_seconds: float = Field(ge=0, description="user + system CPU time of the job's processes")
     peak_memory_bytes: int = Field(
-        ge=0, description="the largest resident set any one of the job's processes reached"
+        ge=0,
+        description="the largest resident set measured: any one of the job's processes at its end, or "
+        "all of them together in a sample taken while it ran (where the executor samples)",
     )
 
     def plus(self, other: AttemptUsage) -> AttemptUsage:

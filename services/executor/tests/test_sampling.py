@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from trainyard_contracts import AttemptUsage
 from trainyard_executor.metricsfile import MetricsLimits, MetricsParser
 from trainyard_executor.sampling import (
     CPU,
@@ -19,6 +20,7 @@ from trainyard_executor.sampling import (
     ResourceSampler,
     read_cgroup,
     read_process_groups,
+    with_samples,
 )
 
 pytestmark = [pytest.mark.unit, pytest.mark.insight]
@@ -111,3 +113,14 @@ def test_a_job_cannot_report_under_the_executors_names():
     [point] = parser.feed(b'{"step": 1, "time": 1.0, "values": {"loss": 0.5, "sys.rss_bytes": 1}}\n')
     assert point.values == {"loss": 0.5}
     assert parser.dropped.count == 1 and "sys." in (parser.dropped.first or "")
+
+
+def test_the_record_gets_the_larger_of_the_end_measure_and_the_samples():
+    sampler = ResourceSampler(lambda: Reading(4.0, 300 * MIB), every_seconds=1.0, clock=Clock())
+    assert with_samples(None, None) is None
+    assert with_samples(None, sampler) is None  # nothing sampled yet
+    sampler.sample()
+    at_end = AttemptUsage(cpu_seconds=5.0, peak_memory_bytes=200 * MIB)  # the largest one process
+    assert with_samples(at_end, sampler) == AttemptUsage(cpu_seconds=5.0, peak_memory_bytes=300 * MIB)
+    # a rank killed with its supervisor has no end measure: the samples are what is known
+    assert with_samples(None, sampler) == AttemptUsage(cpu_seconds=4.0, peak_memory_bytes=300 * MIB)

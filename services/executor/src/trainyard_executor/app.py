@@ -72,6 +72,8 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
         (log.warning if warn else log.info)(note, extra={"executor_id": settings.id})
         backend = LocalBackend(root=root, runtime_env_cache=RuntimeEnvCache(runtime_envs), job_users=users)
         backend.python_bin = settings.python_bin  # settings_for_jobs hands it to the attempts
+        backend.memory_limit = settings.local_memory_limit
+        backend.memory_check_seconds = settings.local_memory_check_seconds
         return backend
     if settings.backend == "kubernetes":
         from trainyard_executor.backends.kubernetes import kubernetes_backend

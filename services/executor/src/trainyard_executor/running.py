@@ -34,7 +34,7 @@ from trainyard_executor.outcomes import owns
 from trainyard_executor.outputsfile import read_outputs
 from trainyard_executor.recording import BROKER_ERRORS, AttemptRecorder
 from trainyard_executor.reporting import record_changes
-from trainyard_executor.sampling import Reader
+from trainyard_executor.sampling import Reader, with_samples
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.jobsecrets import SecretsMissing, SecretStore
@@ -304,7 +304,7 @@ class AttemptRunner(AttemptRecorder):
                     local.elapsed(),
                     lines_stored=lines_stored,
                     outputs=outputs,
-                    usage=outcome.usage,
+                    usage=with_samples(outcome.usage, local.metrics.sampler if local.metrics else None),
                 )
         finally:
             await lines_stored

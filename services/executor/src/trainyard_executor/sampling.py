@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainyard_contracts import MetricPoint
+from trainyard_contracts import AttemptUsage, MetricPoint
 
 CPU = "sys.cpu"  # cores in use over the last interval (CPU seconds per second)
 CPU_SECONDS = "sys.cpu_seconds"  # user + system CPU seconds so far
@@ -118,6 +118,7 @@ class ResourceSampler:
         self.every = every_seconds
         self.clock = clock
         self.peak_rss_bytes = 0
+        self.cpu_seconds = 0.0  # the latest reading's
         self._last: tuple[float, float] | None = None  # (when, cpu seconds)
         self._due = 0.0
 
@@ -126,14 +127,30 @@ class ResourceSampler:
 
     def sample(self) -> MetricPoint | None:
         """A reading as a point, or None when there is nothing to read (the job is gone)."""
-        now = self.clock()
-        self._due = now + self.every
         reading = self.read()
+        now = self.clock()  # after the read: the counters are of about now (a slow read skews less)
+        self._due = now + self.every
         if reading is None:
             return None
         self.peak_rss_bytes = max(self.peak_rss_bytes, reading.rss_bytes)
+        self.cpu_seconds = max(self.cpu_seconds, reading.cpu_seconds)
         values = {CPU_SECONDS: reading.cpu_seconds, RSS: float(reading.rss_bytes)}
         if self._last is not None and now > self._last[0]:
             values[CPU] = max(reading.cpu_seconds - self._last[1], 0.0) / (now - self._last[0])
         self._last = (now, reading.cpu_seconds)
         return MetricPoint.model_construct(step=int(now), time=now, values=values)
+
+
+def with_samples(usage: AttemptUsage | None, sampler: ResourceSampler | None) -> AttemptUsage | None:
+    """The attempt's use at its end (the rank supervisors' ``wait4``) with what sampling saw: the
+    larger CPU time and peak (the processes together can hold more than the largest one alone).
+    A rank killed with its supervisor (the memory limit) has no end measure: the samples are it."""
+    if sampler is None or not sampler.peak_rss_bytes:
+        return usage
+    sampled = AttemptUsage(cpu_seconds=sampler.cpu_seconds, peak_memory_bytes=sampler.peak_rss_bytes)
+    if usage is None:
+        return sampled
+    return AttemptUsage(
+        cpu_seconds=max(usage.cpu_seconds, sampled.cpu_seconds),
+        peak_memory_bytes=max(usage.peak_memory_bytes, sampled.peak_memory_bytes),
+    )

@@ -186,6 +186,15 @@ class ExecutorSettings(HttpSettings):
         64 * 1024 * 1024, ge=1024, description="bytes of an attempt's metrics file read at most"
     )
 
+    local_memory_limit: bool = Field(
+        False,
+        description="local backend: kill an attempt whose processes together hold more resident memory "
+        "than its spec's resources.memory (per rank), checked every local_memory_check_seconds; it fails "
+        "'killed: out of memory'",
+    )
+    local_memory_check_seconds: float = Field(
+        1.0, gt=0, description="how often the local memory limit is checked (a spike in between escapes it)"
+    )
     sample_seconds: float = Field(
         5.0,
         ge=0.0,

@@ -501,11 +501,36 @@ class LocalAttempt:
                     if remaining <= 0:
                         why = f"timed out after {fmt_s(launch.timeout_s)}"
                         return "timed_out", why, launch.grace_s, None
+                limit = self._memory_limit_bytes()
+                if limit:
+                    over = await self._over_memory(limit)
+                    if over is not None:
+                        return "failed", over, 0.0, None  # killed at once, as the kernel would
+                    every = self._backend.memory_check_seconds
+                    remaining = every if remaining is None else min(remaining, every)
                 await asyncio.wait(
                     {*running, cancel_wait}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
         finally:
             cancel_wait.cancel()
+
+    def _memory_limit_bytes(self) -> int:
+        """The attempt's memory limit here (0: none): what its spec asks per replica, for each rank
+        on this executor, when the backend enforces it (TRAINYARD_EXECUTOR_LOCAL_MEMORY_LIMIT)."""
+        if not self._backend.memory_limit or not self._launch.memory_mb:
+            return 0
+        return self._launch.memory_mb * 1024 * 1024 * max(len(self._ranks), 1)
+
+    async def _over_memory(self, limit: int) -> str | None:
+        """The out-of-memory reason when the attempt's processes hold more than ``limit``."""
+        reading = await asyncio.to_thread(self.read_usage)
+        if reading is None or reading.rss_bytes <= limit:
+            return None
+        mib = 1024 * 1024
+        return (
+            f"killed: out of memory ({reading.rss_bytes // mib} MiB resident over the limit of "
+            f"{limit // mib} MiB, resources.memory)"
+        )
 
     async def _terminate(self, rank: Rank, grace: float) -> None:
         """SIGTERM the rank's group; SIGKILL it once ``grace`` has passed with anything still alive."""

@@ -48,6 +48,10 @@ class LocalBackend:
         self.runtime_envs = runtime_env_cache
         self._capacity_override = capacity_override
         self._capacity: Resources | None = None
+        # the memory limit (settings' local_memory_limit): an attempt whose processes together hold
+        # more resident memory than its spec asks is killed and fails "out of memory"
+        self.memory_limit = False
+        self.memory_check_seconds = 1.0
 
     def describe_isolation(self) -> str:
         """What keeps a job's processes together (said once when the executor starts)."""
