@@ -7,12 +7,17 @@ shown by reading it from inside. The executor's side reads the file on the host 
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from trainyard_executor.metricsfile import MetricsFile, MetricsLimits, MetricsParser
+from trainyard_executor.sampling import ResourceSampler, with_samples
 from trainyard_executor.testengines import Lines, make_launch
 
 pytestmark = [pytest.mark.insight, pytest.mark.integration]
+MIB = 1024 * 1024
 pytest_plugins = ["trainyard_executor.testengines"]  # the engine and backend fixtures
 
 
@@ -35,3 +40,42 @@ async def test_a_container_job_writes_its_metrics_file_in_the_mounted_work_dir(b
     data, _ = MetricsFile(launch.workdir, MetricsLimits()).read()
     assert [(p.step, p.values) for p in parser.feed(data)] == [(1, {"loss": 0.5}), (2, {"loss": 0.25})]
     await attempt.release()
+
+
+# a 200 MiB shell variable, held while it sleeps (not the last command: ash would exec it and
+# free the shell); ~400 MiB at most while the variable grows
+HOLD_200_MIB = "x=$(yes | head -c 209715200); echo held; sleep 120; echo ${#x}"
+
+
+async def test_a_docker_jobs_memory_is_sampled_from_the_engines_stats(backend, engine, tmp_path):
+    """The executor's sampler reads a container's use through its engine's stats API: a job that
+    holds 200 MiB is sampled at 200 MiB or more, and the attempt's peak (what goes on the record)
+    is that. Podman's stats through its Docker-compatible API are not checked here."""
+    if engine != "docker":
+        pytest.skip("checked on docker; podman's compatible stats are not verified yet")
+    launch = make_launch(tmp_path, ["sh", "-c", HOLD_200_MIB], memory_mb=1024)
+    lines = Lines()
+    attempt = await backend.start(launch, lines)
+    sampler = ResourceSampler(attempt.read_usage, every_seconds=0.5)
+    try:
+
+        async def held() -> bool:
+            await asyncio.to_thread(sampler.sample)
+            return sampler.peak_rss_bytes >= 200 * MIB
+
+        await wait_until_async(held, "a stats sample of 200 MiB", timeout=120)
+        assert sampler.peak_rss_bytes < 1024 * MIB  # the container's, within its limit
+    finally:
+        await attempt.cancel(0)
+        outcome = await attempt.wait()
+        await attempt.release()
+    usage = with_samples(outcome.usage, sampler)
+    assert usage is not None and usage.peak_memory_bytes >= 200 * MIB
+
+
+async def wait_until_async(probe: Any, what: str, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await probe():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(0.2)

@@ -20,6 +20,7 @@ from trainyard_executor.sampling import (
     ResourceSampler,
     read_cgroup,
     read_process_groups,
+    stats_reading,
     with_samples,
 )
 
@@ -124,3 +125,22 @@ def test_the_record_gets_the_larger_of_the_end_measure_and_the_samples():
     assert with_samples(at_end, sampler) == AttemptUsage(cpu_seconds=5.0, peak_memory_bytes=300 * MIB)
     # a rank killed with its supervisor has no end measure: the samples are what is known
     assert with_samples(None, sampler) == AttemptUsage(cpu_seconds=4.0, peak_memory_bytes=300 * MIB)
+
+
+# the engines' stats answers (GET /containers/<id>/stats?stream=false), cut to the fields read; shaped
+# as Docker's API reference documents them (no engine runs on this machine to record one)
+STATS_CGROUP_V1 = {
+    "cpu_stats": {"cpu_usage": {"total_usage": 1_500_000_000}, "online_cpus": 2},
+    "memory_stats": {"usage": 230 * MIB, "limit": 512 * MIB, "stats": {"total_inactive_file": 20 * MIB}},
+}
+STATS_CGROUP_V2 = {
+    "cpu_stats": {"cpu_usage": {"total_usage": 250_000_000}},
+    "memory_stats": {"usage": 210 * MIB, "stats": {"inactive_file": 4 * MIB, "anon": 200 * MIB}},
+}
+STATS_EXITED = {"cpu_stats": {"cpu_usage": {"total_usage": 0}}, "memory_stats": {}}
+
+
+def test_an_engines_stats_read_as_docker_stats_counts_memory():
+    assert stats_reading(STATS_CGROUP_V1) == Reading(cpu_seconds=1.5, rss_bytes=210 * MIB)
+    assert stats_reading(STATS_CGROUP_V2) == Reading(cpu_seconds=0.25, rss_bytes=206 * MIB)
+    assert stats_reading(STATS_EXITED) is None

@@ -6,6 +6,7 @@ Readers, by what the backend has:
 - a cgroup v2 directory per attempt (local backend where there is one): ``cpu.stat``'s
   ``usage_usec`` (there whether or not the cpu controller is enabled) and ``memory.current`` where
   the memory controller is enabled, else the resident sets of the processes in ``cgroup.procs``;
+- a container's engine (Docker, Podman): one stats read (``stream=false``) per interval;
 - the ranks' process groups otherwise: every living process of the groups but their leaders (the
   rank supervisors, which are ours), from ``/proc/<pid>/stat``: user + system CPU of each, with
   what its waited-for children used (``cutime``, ``cstime``), and its resident set.
@@ -19,9 +20,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trainyard_contracts import AttemptUsage, MetricPoint
 
@@ -106,6 +108,21 @@ def read_cgroup(path: Path) -> Reading | None:
             if fields is not None and len(fields) >= 22:
                 rss += _cpu_and_rss(fields)[1]
     return Reading(usec / 1_000_000, rss)
+
+
+def stats_reading(stats: Mapping[str, Any]) -> Reading | None:
+    """A Docker/Podman stats answer (``GET /containers/<id>/stats?stream=false``) as a reading:
+    CPU from ``cpu_stats.cpu_usage.total_usage`` (nanoseconds), memory as ``docker stats`` counts
+    it, the usage less the inactive page cache (``total_inactive_file`` on cgroup v1,
+    ``inactive_file`` on v2). None for a container that no longer runs (no usage)."""
+    memory = stats.get("memory_stats") or {}
+    usage = memory.get("usage")
+    if not isinstance(usage, int):
+        return None
+    detail = memory.get("stats") or {}
+    cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+    cpu = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage") or 0
+    return Reading(cpu_seconds=int(cpu) / 1e9, rss_bytes=max(usage - int(cache or 0), 0))
 
 
 class ResourceSampler:

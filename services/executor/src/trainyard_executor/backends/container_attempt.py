@@ -26,6 +26,7 @@ from trainyard_executor.backends.cursor import keep_cursor
 from trainyard_executor.backends.hostpaths import write_in
 from trainyard_executor.backends.lines import drain_pumps, pump_lines
 from trainyard_executor.backends.threads import in_thread
+from trainyard_executor.sampling import Reading, stats_reading
 
 if TYPE_CHECKING:
     from trainyard_executor.backends.docker import DockerBackend
@@ -194,6 +195,16 @@ class ContainerAttempt:
                 "log stream caught up after the exit",
                 extra={"job_id": self.launch.job_id, "stream": name, "bytes": missed},
             )
+
+    def read_usage(self) -> Reading | None:
+        """(Blocking: the metrics shipper calls it in a worker thread, once per sample interval.)
+        The container's CPU and memory from one stats read of its engine (sampling.py); None when
+        the engine does not answer or the container no longer runs."""
+        try:
+            stats = self.container.stats(stream=False)
+        except (DockerException, OSError, ValueError):
+            return None
+        return stats_reading(stats) if isinstance(stats, dict) else None
 
     # -- the protocol -------------------------------------------------------------------------
 
