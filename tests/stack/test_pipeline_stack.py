@@ -34,11 +34,18 @@ def trainyard(up: Up, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def finished_run(up: Up, *params: str) -> tuple[dict, dict[str, str]]:
-    """`pipeline run EXAMPLE --wait -o json`: the run and its steps' states (exit 0: it succeeded)."""
+    """`pipeline run EXAMPLE --wait -o json`: the run and its steps' states (exit 0: it succeeded).
+    Not on a terminal, the wait says each step's changes on stderr, a line each, and the end."""
     done = trainyard(up, "pipeline", "run", str(EXAMPLE), *params, "--wait", "-o", "json")
     assert done.returncode == 0, done.stdout + done.stderr
     run = json.loads(done.stdout)
-    return run, {name: step["state"] for name, step in run["steps"].items()}
+    states = {name: step["state"] for name, step in run["steps"].items()}
+    lines = [line.split(" ", 1)[1] for line in done.stderr.splitlines()]  # after the time
+    for name, state in states.items():
+        assert any(line.startswith(f"{name} {state}") for line in lines), (name, state, done.stderr)
+    assert any(line.startswith("train ") and "/3 done" in line for line in lines), done.stderr
+    assert lines[-1] == f"run {run['run_id']} {run['state']}"
+    return run, states
 
 
 def test_the_example_pipeline_runs_and_its_failing_branch_skips(tmp_path):
@@ -68,6 +75,9 @@ def test_the_example_pipeline_runs_and_its_failing_branch_skips(tmp_path):
         assert len(json.loads(listed.stdout)) == 2
         shown = trainyard(up, "pipeline", "status", run["run_id"])
         assert shown.returncode == 0 and "evaluate" in shown.stdout and "skipped" in shown.stdout
+        watched = trainyard(up, "pipeline", "status", run["run_id"], "--watch")  # ended: at once
+        assert watched.returncode == 0 and "evaluate skipped" in watched.stdout
+        assert f"run {run['run_id']} succeeded" in watched.stdout
         bad = trainyard(up, "pipeline", "run", str(EXAMPLE), "-p", "oops")
         assert bad.returncode == 2 and "key=value" in bad.stderr + bad.stdout
     finally:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -170,7 +169,7 @@ def run_pipeline(
         return
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
-        run = _waited(client, client.run_pipeline(document, params), wait)
+        run = _waited(client, client.run_pipeline(document, params), wait, output)
     _show(run, output)
     if wait and run.state.value != "succeeded":
         raise typer.Exit(EXIT_JOB_FAILED)
@@ -246,27 +245,42 @@ def retry_pipeline(
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
         seen = client.pipeline(run_id)  # the attempt retried: asking twice is one retry
-        run = _waited(client, client.retry_pipeline(run_id, seen.attempt), wait)
+        run = _waited(client, client.retry_pipeline(run_id, seen.attempt), wait, output)
     _show(run, output)
     if wait and run.state.value != "succeeded":
         raise typer.Exit(EXIT_JOB_FAILED)
 
 
-def _waited(client: Any, run: Any, wait: bool) -> Any:
-    while wait and run.state.value == "running":
-        time.sleep(WAIT_POLL_SECONDS)
-        run = client.pipeline(run.run_id)
-    return run
+def _waited(client: Any, run: Any, wait: bool, output: Output = Output.TABLE) -> Any:
+    """Until the run ends (``wait``): on a terminal a live table of its steps, else a line per
+    step change (on stderr when stdout is for -o json|yaml|name)."""
+    if not wait:
+        return run
+    from trainyard_client.cli.pipeline_watch import follow
+
+    table = output == Output.TABLE
+    live = table and cli.out.is_terminal
+
+    def say(line: str) -> None:
+        typer.echo(line, err=not table)
+
+    return follow(client, run, live, say, poll=WAIT_POLL_SECONDS)
 
 
-add_named_command(
-    pipeline,
-    "status",
-    RUN,
-    "A run's steps, their states and jobs.",
-    lambda c, run_id: c.pipeline(run_id),
-    _show,
-)
+@pipeline.command("status")
+def pipeline_status(
+    ctx: typer.Context,
+    run_id: Annotated[str, RUN],
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="follow the run until it ends")] = False,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """A run's steps, their states and jobs; with --watch, followed until the run ends."""
+    conf = settings(ctx)
+    with api_errors(conf.url), conf.client() as client:
+        run = _waited(client, client.pipeline(run_id), watch, output)
+    _show(run, output)
+
+
 add_list_command(
     pipeline,
     "Pipeline runs, newest first.",
