@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from trainyard_contracts.records import AttemptInfo, AttemptUsage, JobRecord
+from trainyard_contracts.records import AttemptInfo, AttemptRuntime, AttemptUsage, JobRecord
 from trainyard_contracts.spec import JobSpec
 from trainyard_contracts.states import JobState, check_transition
 from trainyard_contracts.stepoutputs import StepOutputs
@@ -140,6 +140,15 @@ def stopped(record: JobRecord, attempt: int, executor_id: str) -> JobRecord | No
             attempts[index] = info.model_copy(update={"stopping": False})
             return record.model_copy(update={"attempts": attempts})
     return None
+
+
+def ran_in(record: JobRecord, attempt: int, runtime: AttemptRuntime) -> JobRecord:
+    """The record with what ``attempt`` ran in (its image digest, runtime-env lock) on its entry."""
+    attempts = [
+        info.model_copy(update={"runtime": runtime}) if info.number == attempt else info
+        for info in record.attempts
+    ]
+    return record.model_copy(update={"attempts": attempts})
 
 
 def used(record: JobRecord, attempt: int, usage: AttemptUsage) -> JobRecord:

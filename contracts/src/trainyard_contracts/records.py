@@ -42,6 +42,19 @@ class AttemptUsage(_Model):
         )
 
 
+class AttemptRuntime(_Model):
+    """What an attempt ran in, as its executor saw it: a version's lineage (docs/models.md)."""
+
+    image_digest: str | None = Field(
+        None, max_length=200, description="the image the container ran, by content (sha256:...)"
+    )
+    runtime_lock: str | None = Field(
+        None,
+        max_length=200,
+        description="the runtime env (runtime_env.pip) as installed: sha256 of its packages (pip freeze)",
+    )
+
+
 class AttemptInfo(_Model):
     number: int = Field(ge=1)
     executor_id: str | None = None
@@ -65,6 +78,9 @@ class AttemptInfo(_Model):
     )
     usage: AttemptUsage | None = Field(
         None, description="what the attempt used, once it ended (None: its backend does not measure)"
+    )
+    runtime: AttemptRuntime | None = Field(
+        None, description="the image digest and runtime-env lock it ran with, once it ended (None: unknown)"
     )
 
 

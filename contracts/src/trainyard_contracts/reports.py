@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainyard_contracts.records import AttemptUsage
+from trainyard_contracts.records import AttemptRuntime, AttemptUsage
 from trainyard_contracts.stepoutputs import StepOutputs
 
 ReportKind = Literal["start", "end", "handback", "cancelled", "stopped"]
@@ -57,6 +57,7 @@ class ExecutorReport(BaseModel):
     )
     duration_seconds: float | None = Field(None, ge=0)
     usage: AttemptUsage | None = Field(None, description="end: what the attempt's processes used")
+    runtime: AttemptRuntime | None = Field(None, description="end: the image digest and runtime-env lock")
     workdir: str | None = Field(None, max_length=URI_MAX, description="start: where the attempt runs")
     adopted: bool = False
 

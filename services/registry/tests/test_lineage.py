@@ -25,11 +25,12 @@ import pytest
 
 from services.registry.tests.test_models_cli import trainyard
 from trainyard_contracts import Capacity, ExecutorHeartbeat, JobRecord, JobState, JobSucceeded, Subjects
-from trainyard_contracts.records import AttemptInfo
+from trainyard_contracts.records import AttemptInfo, AttemptRuntime
 from trainyard_contracts.spec import parse_spec
 from trainyard_shared.testing.helpers import eventually
 
 pytestmark = [pytest.mark.service, pytest.mark.registry]
+RUNTIME = AttemptRuntime(image_digest="sha256:" + "1" * 64, runtime_lock="sha256:" + "2" * 64)
 REPORTER = Path(__file__).resolve().parents[2] / "executor" / "src" / "trainyard_executor" / "reporter"
 
 JOB = textwrap.dedent(
@@ -108,7 +109,8 @@ async def succeed(s, job_id: str, outputs: Path, labels: dict[str, str]) -> None
         submitted_at=now,
         updated_at=now,
         outputs_uri=outputs.as_uri(),
-        attempts=[AttemptInfo(number=1, executor_id="exec-lineage")],
+        # what its executor reported it ran in (an end report puts it there: test_attempt_runtime)
+        attempts=[AttemptInfo(number=1, executor_id="exec-lineage", runtime=RUNTIME)],
     )
     await (await js.key_value(subjects.buckets.jobs)).put(job_id, record.model_dump_json().encode())
     heartbeat = ExecutorHeartbeat(
@@ -151,6 +153,10 @@ async def test_a_job_that_records_datasets_has_them_with_digests_in_its_versions
         assert (lineage["executor_id"], lineage["backend"]) == ("exec-lineage", "local")
         assert (lineage["pipeline_run"], lineage["pipeline_step"]) == ("run42", "train")
         assert lineage["git_commit"] == "a" * 40 and lineage["model_id"]
+        assert (lineage["image_digest"], lineage["runtime_lock"]) == (
+            RUNTIME.image_digest,
+            RUNTIME.runtime_lock,
+        )
         datasets = {d["name"]: d for d in lineage["datasets"]}
         assert set(datasets) == {"digits-train", "labels", "holdout"}
         assert datasets["digits-train"]["digest"] == expected
@@ -184,6 +190,7 @@ async def test_a_job_that_records_datasets_has_them_with_digests_in_its_versions
         table = await trainyard(url, "models", "compare", "lineage-digits", str(version), str(version))
         row = next(line for line in table.stdout.splitlines() if line.split()[1:2] == ["datasets"])
         assert "holdout@h0ld0ut1" in " ".join(table.stdout.split()), row
+        assert RUNTIME.runtime_lock in table.stdout and RUNTIME.image_digest in table.stdout
 
 
 async def test_the_lineage_of_a_missing_version_is_404(stack) -> None:

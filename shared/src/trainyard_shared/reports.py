@@ -87,6 +87,8 @@ def apply_report(record: JobRecord, report: ExecutorReport) -> JobRecord | None:
                 now=now,
                 outputs=report.outputs,
             )
+            if report.runtime is not None:
+                ended = lifecycle.ran_in(ended, report.attempt, report.runtime)
             return ended if report.usage is None else lifecycle.used(ended, report.attempt, report.usage)
         case "handback":
             given_back = leave_member(record, me, now, report.reason) if member is not None else record

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from nats.errors import Error as NatsError
 
 from trainyard_contracts import JobRecord
-from trainyard_contracts.records import AttemptUsage
+from trainyard_contracts.records import AttemptRuntime, AttemptUsage
 from trainyard_contracts.reports import ExecutorReport, ReportKind, clip
 from trainyard_contracts.stepoutputs import OutputValue
 from trainyard_executor.logship import LogShipper
@@ -75,6 +75,7 @@ class AttemptRecorder:
         lines_stored: Awaitable[object] | None = None,
         outputs: dict[str, OutputValue] | None = None,
         usage: AttemptUsage | None = None,
+        runtime: AttemptRuntime | None = None,
     ) -> None:
         """Report how the attempt ended; ``lines_stored``: the attempt's last log lines on their
         way, stored before the report (a reader of the end event the scheduler announces finds
@@ -90,6 +91,7 @@ class AttemptRecorder:
             outputs=outputs,
             duration_seconds=max(0.0, duration),
             usage=usage,
+            runtime=runtime,
         )
         if lines_stored is not None:
             await lines_stored

@@ -305,6 +305,7 @@ class AttemptRunner(AttemptRecorder):
                     lines_stored=lines_stored,
                     outputs=outputs,
                     usage=with_samples(outcome.usage, local.metrics.sampler if local.metrics else None),
+                    runtime=outcome.runtime,
                 )
         finally:
             await lines_stored

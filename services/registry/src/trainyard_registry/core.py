@@ -31,9 +31,11 @@ from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL
 from trainyard_registry.mlflow_store import (
     BACKEND_TAG,
     EXECUTOR_TAG,
+    IMAGE_DIGEST_TAG,
     IMAGE_TAG,
     PIPELINE_RUN_TAG,
     PIPELINE_STEP_TAG,
+    RUNTIME_LOCK_TAG,
     SWEEP_TAG,
     SWEEP_TRIAL_TAG,
     MlflowModelStore,
@@ -167,9 +169,8 @@ class RegistryCore:
         """What made the version, as tags: the labels the workflow service set, the executor that
         ran the attempt and its backend, the image."""
         tags = lineage_of(record.spec.labels)
-        executor_id = event.executor_id or next(
-            (a.executor_id for a in record.attempts if a.number == event.attempt), None
-        )
+        attempt = next((a for a in record.attempts if a.number == event.attempt), None)
+        executor_id = event.executor_id or (attempt.executor_id if attempt else None)
         if executor_id:
             tags[EXECUTOR_TAG] = executor_id
             backend = await self._backend_of(executor_id)
@@ -177,6 +178,11 @@ class RegistryCore:
                 tags[BACKEND_TAG] = backend
         if record.spec.image:
             tags[IMAGE_TAG] = record.spec.image
+        runtime = attempt.runtime if attempt else None  # as its executor reported it
+        if runtime is not None and runtime.image_digest:
+            tags[IMAGE_DIGEST_TAG] = runtime.image_digest
+        if runtime is not None and runtime.runtime_lock:
+            tags[RUNTIME_LOCK_TAG] = runtime.runtime_lock
         return tags
 
     async def _backend_of(self, executor_id: str) -> str | None:

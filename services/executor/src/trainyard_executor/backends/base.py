@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from trainyard_contracts.records import AttemptUsage
+from trainyard_contracts.records import AttemptRuntime, AttemptUsage
 from trainyard_shared.blobs import UnpackLimits
 
 __all__ = [
@@ -129,6 +129,8 @@ class AttemptOutcome:
     output_dir: Path
     usage: AttemptUsage | None = None
     """What the attempt's processes used (None: this backend does not measure it)."""
+    runtime: AttemptRuntime | None = None
+    """The image digest and runtime-env lock it ran with (None: neither known)."""
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from docker.errors import APIError, DockerException, NotFound
 
+from trainyard_contracts.records import AttemptRuntime
 from trainyard_executor.backends.base import (
     AttemptLaunch,
     AttemptOutcome,
@@ -36,6 +39,7 @@ log = logging.getLogger("trainyard.executor.docker")
 
 
 CURSOR_EVERY_S = 1.0
+IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
 
 
 # after the exit: how long a follow stream may take to end by itself before it is closed (what it
@@ -211,6 +215,12 @@ class ContainerAttempt:
     async def wait(self) -> AttemptOutcome:
         outcome = await self._wait()
         self._outcome_kind = outcome.kind
+        # the image the container ran, by content: its id (sha256:...), from the container's own
+        # inspect (the tag it was started by may point elsewhere since)
+        image = (getattr(self.container, "attrs", None) or {}).get("Image")
+        if isinstance(image, str) and IMAGE_ID.match(image):
+            digest = image if ":" in image else f"sha256:{image}"  # Podman may leave the algorithm out
+            return dataclasses.replace(outcome, runtime=AttemptRuntime(image_digest=digest))
         return outcome
 
     async def release(self) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "RuntimeEnvError",
     "normalise_requirements",
     "readable_not_writable",
+    "runtime_lock",
 ]
 
 MARKER_NAME = ".trainyard-runtime-env.json"
@@ -184,12 +185,17 @@ class RuntimeEnvCache:
                 [py, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q", *reqs],
                 "pip install",
             )
+            # what was resolved and installed (the parent's packages it sees included): the lock a
+            # model version's lineage names
+            frozen = await self._check([py, "-m", "pip", "freeze", "--all"], "pip freeze")
+            packages = sorted(line.strip() for line in frozen.splitlines() if line.strip())
             await asyncio.to_thread(_relocate_scripts, tmp / "bin", str(tmp), str(final))
             marker = {
                 "key": key,
                 "requirements": list(reqs),
                 "python": info["python"],
                 "build_id": build_id,
+                "lock": "sha256:" + hashlib.sha256("\n".join(packages).encode()).hexdigest(),
                 "created_at": time.time(),
             }
             await asyncio.to_thread(readable_not_writable, tmp)
@@ -214,6 +220,15 @@ class RuntimeEnvCache:
             detail = tail(res.stderr) or tail(res.stdout) or "(no output)"
             raise RuntimeEnvError(f"{what} failed with exit code {res.returncode}: {detail}")
         return res.stdout
+
+
+def runtime_lock(venv_bin: Path) -> str | None:
+    """The lock of the venv whose ``bin`` this is (its marker's; None for a venv built before)."""
+    try:
+        lock = json.loads((venv_bin.parent / MARKER_NAME).read_text()).get("lock")
+    except (OSError, ValueError):
+        return None
+    return lock if isinstance(lock, str) else None
 
 
 def readable_not_writable(root: Path) -> None:

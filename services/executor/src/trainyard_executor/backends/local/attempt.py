@@ -16,6 +16,7 @@ from collections.abc import Coroutine, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
+from trainyard_contracts.records import AttemptRuntime
 from trainyard_executor.backends.local.ranks import (
     GROUP_POLL_S,
     KILL_WAIT_S,
@@ -40,7 +41,7 @@ from ..jobfiles import PRIVATE_DIR, hand_over, kill_user, open_private, private_
 from ..jobmetrics import install_reporter, metrics_env
 from ..jobusers import RunAsError
 from ..lines import READ_CHUNK, LineSplitter
-from ..runtime_env import RuntimeEnvError
+from ..runtime_env import RuntimeEnvError, runtime_lock
 from ..source import SourceError, checkout
 from ..workdir import WorkdirError, unpack_workdir
 
@@ -94,6 +95,7 @@ class LocalAttempt:
         self._cancel_grace: float | None = None
         self._detached = False
         self._ranks: list[Rank] = []
+        self._runtime: AttemptRuntime | None = None  # the runtime env's lock, once it is ready
         self._offsets: dict[str, int] = {}
         self._started_at = time.time()
         self._owner = f"{launch.job_id}.{launch.attempt}"
@@ -186,6 +188,7 @@ class LocalAttempt:
             reason=reason,
             output_dir=self._output_dir,
             usage=ranks_usage(self._ranks),
+            runtime=self._runtime,
         )
 
     async def _emit(self, stream: str, line: str) -> None:
@@ -279,6 +282,8 @@ class LocalAttempt:
                 venv_bin = await self._unless_cancelled(cache.ensure(launch.runtime_pip))
             except RuntimeEnvError as e:
                 return self._outcome("failed", None, f"runtime env setup failed: {e}")
+            lock = runtime_lock(venv_bin) if venv_bin is not None else None
+            self._runtime = AttemptRuntime(runtime_lock=lock) if lock else None
 
         env = dict(launch.env)
         path = env.get("PATH")
