@@ -55,3 +55,26 @@ def test_a_line_per_step_change_with_its_job_duration_and_array_counts():
     )
     lines = changed_lines(seen, step_views(run, {"job-p": ended}, T0 + timedelta(seconds=9)))
     assert lines == ["prep succeeded job job-p 2.0s", "fit running 0/3 done, 1 failed"]
+
+
+@pytest.mark.sweep
+def test_a_sweep_steps_line_names_its_sweep_and_reads_no_job_record():
+    from trainyard_client.cli.pipeline_watch import JobTimes
+
+    sweep = {
+        "name": "s",
+        "job": {"name": "t", "command": ["true", "${{ params.lr }}"]},
+        "space": {"lr": {"type": "float", "low": 0.01, "high": 0.1}},
+        "objective": {"metric": "loss", "direction": "minimize"},
+    }
+    run, _ = advance(
+        PipelineRun.start(
+            "run-watch-2", validate_pipeline({"name": "p", "steps": [{"name": "search", "sweep": sweep}]})
+        )
+    )
+    key = run.steps["search"].jobs[0].key
+    run, _ = advance(evolve_all(run, [JobKnown("search", 0, key, "sw0123")]))
+    assert changed_lines({}, step_views(run, {}, T0)) == ["search running sweep sw0123"]
+    read: list[str] = []
+    JobTimes(lambda job_id: read.append(job_id)).refresh(run)
+    assert read == []  # a sweep is no job: nothing to read, no 404 per poll

@@ -29,6 +29,7 @@ class StepView:
     failed: int
     total: int
     reason: str | None
+    sweep: bool = False  # a sweep step: its "job" is its sweep (trainyard sweep status ID)
 
     @property
     def change(self) -> tuple[str, str | None, int, int]:
@@ -60,6 +61,7 @@ def step_views(run: Any, records: dict[str, Any], now: datetime) -> list[StepVie
                 failed=failed,
                 total=total,
                 reason=step.reason,
+                sweep=spec.sweep is not None,
             )
         )
     return views
@@ -80,7 +82,7 @@ def describe(view: StepView) -> str:
     if view.total > 1:
         parts.append(f"{view.done}/{view.total} done, {view.failed} failed")
     elif view.job_id:
-        parts.append(f"job {view.job_id}")
+        parts.append(f"{'sweep' if view.sweep else 'job'} {view.job_id}")
     if view.seconds is not None:
         parts.append(f"{view.seconds:.1f}s")
     if view.reason:
@@ -113,7 +115,7 @@ def live_table(run: Any, views: list[StepView]) -> Any:
         table.add_row(
             escape(view.name),
             styled(view.state),
-            view.job_id or "",
+            (f"sweep {view.job_id}" if view.sweep else view.job_id) if view.job_id else "",
             f"{view.seconds:.1f}s" if view.seconds is not None else "",
             jobs,
             f"[dim]{escape(view.reason)}[/]" if view.reason else "",
@@ -129,8 +131,10 @@ class JobTimes:
         self.records: dict[str, Any] = {}
 
     def refresh(self, run: Any) -> dict[str, Any]:
-        for step in run.steps.values():
-            job = step.jobs.get(0) if len(step.jobs) == 1 else None
+        for spec in run.spec.steps:
+            step = run.steps[spec.name]
+            # a sweep step's "job" is its sweep: no job record to read
+            job = step.jobs.get(0) if len(step.jobs) == 1 and spec.sweep is None else None
             if job is None or not job.job_id:
                 continue
             kept = self.records.get(job.job_id)
