@@ -95,29 +95,29 @@ async def test_a_sweep_step_hands_its_best_trial_to_the_next_step(bus, workflow_
         assert [s.sweep_id for s in listed] == [sweep_id]  # taken again by the look-over: still one
 
 
+SLOW_TRIAL = {
+    "name": "slow-trial",
+    "command": [sys.executable, "-c", "import time; time.sleep(120)", "${{ params.x }}"],
+}
+
+
+async def _running_trial(client, bus, run_id):
+    """(sweep id, job id) once the run's sweep step's first trial's job runs, else None."""
+    reply = await client.ask("status", run_id=run_id)
+    job = reply.run.steps["search"].jobs.get(0)
+    sweep = (await ask_sweep(client, "get", name=job.job_id)).sweep if job and job.job_id else None
+    trial = sweep.trials[0].job_id if sweep and sweep.trials and sweep.trials[0].job_id else None
+    record = await bus.record(trial) if trial else None
+    return (sweep.sweep_id, trial) if record and record.state.value == "running" else None
+
+
 async def test_cancelling_the_run_cancels_its_sweep_and_the_trials_jobs(bus, workflow_stack):
-    slow = {
-        "name": "slow",
-        "steps": [
-            sweep_step(
-                job={
-                    "name": "slow-trial",
-                    "command": [sys.executable, "-c", "import time; time.sleep(120)", "${{ params.x }}"],
-                },
-                max_trials=1,
-            )
-        ],
-    }
+    slow = {"name": "slow", "steps": [sweep_step(job=SLOW_TRIAL, max_trials=1)]}
     async with workflow_stack() as client:
         run_id = (await client.http.post("/v1/pipelines", json={"pipeline": slow})).json()["run_id"]
 
         async def trial_running():
-            reply = await client.ask("status", run_id=run_id)
-            sweep_id = reply.run.steps["search"].jobs.get(0) and reply.run.steps["search"].jobs[0].job_id
-            sweep = (await ask_sweep(client, "get", name=sweep_id)).sweep if sweep_id else None
-            job = sweep.trials[0].job_id if sweep and sweep.trials and sweep.trials[0].job_id else None
-            record = await bus.record(job) if job else None
-            return (sweep_id, job) if record and record.state.value == "running" else None
+            return await _running_trial(client, bus, run_id)
 
         sweep_id, job_id = await eventually(trial_running, 60, "the sweep's trial running")
         cancelled = await client.http.post(f"/v1/pipelines/{run_id}/cancel")
@@ -127,6 +127,32 @@ async def test_cancelling_the_run_cancels_its_sweep_and_the_trials_jobs(bus, wor
         assert sweep.state.value == "cancelled"
         run = await client.ask("status", run_id=run_id)
         assert run.run.steps["search"].state.value == "cancelled"
+
+
+async def test_a_sweep_whose_step_ended_without_a_word_is_cancelled_by_the_look_over(bus, workflow_stack):
+    """A crash between the run's cancel and the sweep's: the run's record says the step ended
+    while its sweep still runs. The sweeps' look-over finds the step no longer wants it."""
+    from trainyard_contracts.runs import RunState, StepState
+    from trainyard_workflow.store import RunStore
+
+    slow = {"name": "slow", "steps": [sweep_step(job=SLOW_TRIAL, max_trials=1)]}
+    async with workflow_stack() as client:
+        run_id = (await client.ask("run", pipeline=slow)).run.run_id
+
+        async def trial_running():
+            return await _running_trial(client, bus, run_id)
+
+        sweep_id, job_id = await eventually(trial_running, 60, "the sweep's trial running")
+        runs = RunStore(await bus.js.key_value(bus.subjects.buckets.pipelines))
+
+        def ended_without_a_word(run):
+            step = run.steps["search"].model_copy(update={"state": StepState.cancelled})
+            return run.model_copy(update={"state": RunState.cancelled, "steps": {"search": step}}), None
+
+        await runs.mutate(run_id, ended_without_a_word)
+        assert (await bus.wait_state(job_id, "cancelled", timeout=60)).state.value == "cancelled"
+        sweep = (await ask_sweep(client, "get", name=sweep_id)).sweep
+        assert sweep.state.value == "cancelled"
 
 
 async def test_a_failed_sweep_fails_its_step_and_a_retry_starts_a_new_sweep(tmp_path, bus, workflow_stack):
