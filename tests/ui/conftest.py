@@ -25,6 +25,8 @@ import uvicorn
 
 from trainyard_executor.app import create_app as executor_app
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_registry.app import create_app as registry_app
+from trainyard_registry.settings import RegistrySettings
 from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.natsserver import free_port
 from trainyard_shared.testing.helpers import common_settings, eventually, running
@@ -106,11 +108,17 @@ class UiStack:
 
 @contextlib.asynccontextmanager
 async def ui_stack(
-    nats_server: Any, prefix: str, tmp_path: Path, jobs_run: bool = False, workflows: bool = False
+    nats_server: Any,
+    prefix: str,
+    tmp_path: Path,
+    jobs_run: bool = False,
+    workflows: bool = False,
+    registry_uri: str | None = None,
 ) -> AsyncIterator[UiStack]:
     """The submission app served on a free loopback port; ``jobs_run``: with a scheduler and a
     local executor (in process) so that jobs start; ``workflows``: with the workflow service (in
-    process) for pipelines, sweeps, schedules and triggers. Entered in the test's own task
+    process) for pipelines, sweeps, schedules and triggers; ``registry_uri``: with the registry
+    service (in process) on that MLflow store, for model aliases. Entered in the test's own task
     (anyio's cancel scopes must be left by the task that entered them)."""
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
     app = submission_app(common, SubmissionSettings(token=ADMIN_TOKEN))
@@ -124,6 +132,9 @@ async def ui_stack(
             )
             await stack.enter_async_context(running(scheduler))
             await stack.enter_async_context(running(executor))
+        if registry_uri is not None:
+            registry = registry_app(common, RegistrySettings(tracking_uri=registry_uri))
+            await stack.enter_async_context(running(registry))
         if workflows:
             await stack.enter_async_context(
                 running(workflow_app(common, WorkflowSettings(reconcile_seconds=1)))

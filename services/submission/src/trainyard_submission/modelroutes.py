@@ -108,19 +108,62 @@ def build_model_router(state: dict[str, Any]) -> APIRouter:
     async def ask(kind: str, **fields: Any) -> RegistryReply:
         return await ask_registry(state, kind, RegistryRequest(**fields))
 
-    _add_read_routes(router, ask)
+    _add_read_routes(router, state)
     _add_alias_change_routes(router, ask, state)
     _add_audit_route(router, state)
     return router
 
 
-def _add_read_routes(router: APIRouter, ask: Ask) -> None:
+async def read_version(state: dict[str, Any], caller: Principal, name: str, version: int) -> VersionInfo:
+    """One version ``caller`` may read; 404 otherwise."""
+    answer = await ask_registry(state, "version", RegistryRequest(name=name, version=version))
+    found = _visible(caller, answer.version)
+    if found is None:
+        raise Problem(404, "not found", f"model {name!r} has no version {version}")
+    return found
+
+
+async def read_alias(state: dict[str, Any], caller: Principal, name: str, alias: str) -> AliasView:
+    """An alias (holder, history, revision) of a version ``caller`` may read; 404 otherwise."""
+    answer = await ask_registry(state, "alias", RegistryRequest(name=name, alias=_alias_or_422(alias)))
+    assert answer.state is not None
+    if answer.holder is not None and _visible(caller, answer.holder) is None:
+        raise Problem(404, "not found", f"model {name!r} has no alias {alias!r}")
+    if answer.state.version is None:
+        raise Problem(404, "not found", f"model {name!r} has no alias {alias!r}")
+    return AliasView(state=answer.state, version=answer.holder)
+
+
+async def compare_versions(state: dict[str, Any], caller: Principal, name: str, a: int, b: int) -> Comparison:
+    """Versions ``a`` and ``b`` side by side, both readable by ``caller``; 404 otherwise."""
+    request = RegistryRequest(name=name, version=a, other_version=b)
+    versions = (await ask_registry(state, "compare", request)).versions
+    if any(_visible(caller, v) is None for v in versions):
+        raise Problem(404, "not found", f"model {name!r}: version {a} or {b} is not yours to read")
+    return Comparison(name=name, versions=versions)
+
+
+async def rollback_alias(
+    state: dict[str, Any], caller: Principal, name: str, alias: str, expected_revision: int | None
+) -> AliasChange:
+    """The alias's previous holder again, if ``caller`` may move it there (Forbidden otherwise);
+    refused (409) if the alias moved since ``expected_revision``."""
+    current = await ask_registry(state, "alias", RegistryRequest(name=name, alias=_alias_or_422(alias)))
+    assert current.state is not None
+    # the rules are checked on what would be restored (with nothing to restore, on the holder:
+    # the registry then says why there is nothing to roll back, to whom may move it)
+    target = current.version or current.holder
+    if target is not None:
+        check_alias_change(caller, state["settings"].alias_rules, name, alias, target, current.holder)
+    expected = expected_revision if expected_revision is not None else current.state.revision
+    request = RegistryRequest(name=name, alias=alias, expected_revision=expected, by=identity(caller))
+    return _change(await ask_registry(state, "rollback", request))
+
+
+def _add_read_routes(router: APIRouter, state: dict[str, Any]) -> None:
     @router.get("/models/{name}/versions/{version}", summary="one model version: params, metrics, provenance")
     async def get_version(name: ModelName, version: VersionNumber, caller: Caller) -> VersionInfo:
-        found = _visible(caller, (await ask("version", name=name, version=version)).version)
-        if found is None:
-            raise Problem(404, "not found", f"model {name!r} has no version {version}")
-        return found
+        return await read_version(state, caller, name, version)
 
     @router.get(
         "/models/{name}/versions/{version}/lineage",
@@ -131,13 +174,7 @@ def _add_read_routes(router: APIRouter, ask: Ask) -> None:
 
     @router.get("/models/{name}/aliases/{alias}", summary="an alias: its holder and previous holders")
     async def get_alias(name: ModelName, alias: AliasName, caller: Caller) -> AliasView:
-        answer = await ask("alias", name=name, alias=_alias_or_422(alias))
-        assert answer.state is not None
-        if answer.holder is not None and _visible(caller, answer.holder) is None:
-            raise Problem(404, "not found", f"model {name!r} has no alias {alias!r}")
-        if answer.state.version is None:
-            raise Problem(404, "not found", f"model {name!r} has no alias {alias!r}")
-        return AliasView(state=answer.state, version=answer.holder)
+        return await read_alias(state, caller, name, alias)
 
     @router.get("/models/{name}/compare", summary="two versions side by side: params, metrics, provenance")
     async def compare(
@@ -146,10 +183,7 @@ def _add_read_routes(router: APIRouter, ask: Ask) -> None:
         a: Annotated[int, Query(ge=1, le=2**31 - 1, description="the first version")],
         b: Annotated[int, Query(ge=1, le=2**31 - 1, description="the second version")],
     ) -> Comparison:
-        versions = (await ask("compare", name=name, version=a, other_version=b)).versions
-        if any(_visible(caller, v) is None for v in versions):
-            raise Problem(404, "not found", f"model {name!r}: version {a} or {b} is not yours to read")
-        return Comparison(name=name, versions=versions)
+        return await compare_versions(state, caller, name, a, b)
 
 
 def _add_alias_change_routes(router: APIRouter, ask: Ask, state: dict[str, Any]) -> None:
@@ -176,19 +210,8 @@ def _add_alias_change_routes(router: APIRouter, ask: Ask, state: dict[str, Any])
     async def rollback(
         name: ModelName, alias: AliasName, caller: Caller, body: RollbackBody | None = None
     ) -> AliasChange:
-        current = await ask("alias", name=name, alias=_alias_or_422(alias))
-        assert current.state is not None
-        # the rules are checked on what would be restored (with nothing to restore, on the holder:
-        # the registry then says why there is nothing to roll back, to whom may move it)
-        target = current.version or current.holder
-        if target is not None:
-            check_alias_change(caller, state["settings"].alias_rules, name, alias, target, current.holder)
         given = body.expected_revision if body is not None else None
-        expected = given if given is not None else current.state.revision
-        answer = await ask(
-            "rollback", name=name, alias=alias, expected_revision=expected, by=identity(caller)
-        )
-        return _change(answer)
+        return await rollback_alias(state, caller, name, alias, given)
 
 
 def _add_audit_route(router: APIRouter, state: dict[str, Any]) -> None:

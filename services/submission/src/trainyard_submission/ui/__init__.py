@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from trainyard_submission.ui.models import add_model_routes
 from trainyard_submission.ui.pages import SignInRequired, build_ui_router, to_sign_in
 from trainyard_submission.ui.workflows import add_workflow_routes
 
@@ -23,6 +24,7 @@ def install_ui(app: FastAPI, state: dict[str, Any]) -> None:
     """Mount the UI's pages and its static files on the submission app."""
     router = build_ui_router(state)
     add_workflow_routes(router, state)
+    add_model_routes(router, state)
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
     app.add_exception_handler(SignInRequired, to_sign_in)  # type: ignore[arg-type]
