@@ -121,7 +121,8 @@ async def ui_stack(
     service (in process) on that MLflow store, for model aliases. Entered in the test's own task
     (anyio's cancel scopes must be left by the task that entered them)."""
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
-    app = submission_app(common, SubmissionSettings(token=ADMIN_TOKEN))
+    # the queue chart sampled twice a second: a test sees its lines within seconds
+    app = submission_app(common, SubmissionSettings(token=ADMIN_TOKEN, ui_queue_sample_seconds=0.5))
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(app.router.lifespan_context(app))
         if jobs_run:

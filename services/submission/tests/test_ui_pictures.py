@@ -1,13 +1,16 @@
 """The web UI's pictures, pure: a pipeline run's DAG laid out by dependency depth, a sweep's
-trials best first, a chart's axis."""
+trials best first, a chart's axis, a queue's bounded history and its charts."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from trainyard_contracts.runs import PipelineRun, StepState
 from trainyard_contracts.sweeps import Direction, SweepRecord, Trial, TrialState, validate_sweep
 from trainyard_contracts.workflow import validate_pipeline
+from trainyard_submission.ui.queuestats import QueueHistory, QueueNow
 from trainyard_submission.ui.svg import (
     Chart,
     Series,
@@ -15,7 +18,9 @@ from trainyard_submission.ui.svg import (
     dag_svg,
     line_chart,
     nice_ceiling,
+    queue_charts,
     step_columns,
+    tick_minutes,
 )
 from trainyard_submission.ui.workflows import objective_chart, ranked
 
@@ -41,6 +46,16 @@ def test_the_dag_colours_steps_by_state_counts_an_array_and_escapes_names() -> N
                     "job": {"name": "fit", "command": ["true"]},
                 },
                 {"name": "on-fail", "depends": {"fit": "failed"}, "job": {"name": "x", "command": ["true"]}},
+                {
+                    "name": "tune",
+                    "depends": ["prep"],
+                    "sweep": {
+                        "name": "tune",
+                        "job": {"name": "t", "command": ["true"]},
+                        "space": {"x": {"type": "float", "low": 0, "high": 1}},
+                        "objective": {"metric": "loss", "direction": "minimize"},
+                    },
+                },
             ],
         },
         {},
@@ -51,6 +66,7 @@ def test_the_dag_colours_steps_by_state_counts_an_array_and_escapes_names() -> N
     laid = {s.name: s for s in dag_steps(run)}
     assert [laid[n].column for n in ("prep", "fit", "on-fail")] == [0, 1, 2]
     assert laid["fit"].detail == "0 done · 0 failed · 4 total" and laid["prep"].state == "succeeded"
+    assert laid["tune"].detail == "no sweep yet" and laid["tune"].column == 1
     picture = str(dag_svg(run))
     assert 'data-step="prep" data-state="succeeded"' in picture and "edge-failed" in picture
 
@@ -107,3 +123,18 @@ def test_a_chart_axis_tops_at_a_round_number_and_takes_no_points() -> None:
     assert [nice_ceiling(v) for v in (0, 0.7, 3, 11, 4500)] == [1, 1, 5, 20, 5000]
     empty = line_chart(Chart("nothing yet", "time", "jobs", [Series("depth", "s-depth", [])]))
     assert "<svg" in str(empty) and "polyline" not in str(empty)
+
+
+def test_a_queues_history_keeps_its_newest_samples_and_counts_a_drained_queue_as_zero() -> None:
+    history = QueueHistory(keep=3)
+    t0 = datetime(2026, 12, 3, tzinfo=UTC)
+    for i in range(5):
+        waiting = QueueNow(pending=i, oldest_pending_ns=int((t0.timestamp() - 60) * 1e9))
+        history.add(t0 + timedelta(minutes=i), {"busy": waiting}, known=["default"])
+    assert [s.pending for s in history.of("busy")] == [2, 3, 4]  # bounded: the newest 3
+    assert history.of("busy")[-1].longest_wait_seconds == 5 * 60
+    assert [s.pending for s in history.of("default")] == [0, 0, 0]
+    depth, wait = queue_charts("busy", history.of("busy"))
+    assert "polyline" in str(depth) and "-1 min" in str(depth) and "longest wait" in str(wait)
+    assert queue_charts("none", []) == ("", "")
+    assert tick_minutes(300) == [240, 120] and tick_minutes(0.5) == []

@@ -33,7 +33,7 @@ from trainyard_submission.schedules import build_schedule_router
 from trainyard_submission.settings import SubmissionSettings
 from trainyard_submission.sweeps import build_sweep_router
 from trainyard_submission.triggers import build_trigger_router
-from trainyard_submission.ui import install_ui
+from trainyard_submission.ui import install_ui, start_queue_sampler
 
 
 def build_broker(common: CommonSettings, slot: RuntimeSlot[SubmissionRuntime]) -> ServiceBroker:
@@ -90,9 +90,11 @@ def create_app(common: CommonSettings | None = None, settings: SubmissionSetting
         state.update(runtime.router_state())
         await sb.broker.start()
         await sb.start_pullers()
+        sampler = start_queue_sampler(state, runtime, settings)  # the web UI's queue chart
         try:
             yield
         finally:
+            await sampler.stop()
             await sb.stop_pullers()
             await sb.broker.stop()
             await runtime.stop()

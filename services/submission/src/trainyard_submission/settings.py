@@ -36,3 +36,9 @@ class SubmissionSettings(HttpSettings):
     registry_timeout_seconds: float = Field(
         30.0, gt=0, le=120, description="how long model alias and version requests wait for the registry"
     )
+    ui_queue_sample_seconds: float = Field(
+        60.0, ge=0.1, le=3600, description="the web UI's queue chart: how often each queue is sampled"
+    )
+    ui_queue_history_hours: float = Field(
+        6.0, gt=0, le=48, description="the web UI's queue chart: how far back it reaches (kept in memory)"
+    )

@@ -13,11 +13,35 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from trainyard_submission.runtime import SubmissionRuntime
+from trainyard_submission.settings import SubmissionSettings
 from trainyard_submission.ui.models import add_model_routes
 from trainyard_submission.ui.pages import SignInRequired, build_ui_router, to_sign_in
+from trainyard_submission.ui.queuestats import QueueSampler
 from trainyard_submission.ui.workflows import add_workflow_routes
 
 STATIC = Path(__file__).parent / "static"
+
+
+def start_queue_sampler(
+    state: dict[str, Any], runtime: SubmissionRuntime, settings: SubmissionSettings
+) -> QueueSampler:
+    """Sample every queue's depth and longest wait for the queues page's chart (queuestats.py)."""
+    index = runtime.service.index
+    assert index is not None  # the service's runtime always builds one
+
+    def queue_names() -> list[str]:
+        return ["default", *runtime.queue_view.queues]
+
+    sampler = QueueSampler(
+        index,
+        runtime.service.store,
+        queue_names,
+        settings.ui_queue_sample_seconds,
+        settings.ui_queue_history_hours,
+    )
+    state["queue_sampler"] = sampler
+    return sampler.start()
 
 
 def install_ui(app: FastAPI, state: dict[str, Any]) -> None:
@@ -30,4 +54,4 @@ def install_ui(app: FastAPI, state: dict[str, Any]) -> None:
     app.add_exception_handler(SignInRequired, to_sign_in)  # type: ignore[arg-type]
 
 
-__all__ = ["install_ui"]
+__all__ = ["install_ui", "start_queue_sampler"]

@@ -4,7 +4,9 @@ a template. Every POST is a form checked for origin and CSRF token (session.py).
 
 from __future__ import annotations
 
+import asyncio
 import html
+import re
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from trainyard_submission.logs import JobOutput
 from trainyard_submission.service import JobAlreadyFinished, JobNotFound
 from trainyard_submission.tokens import Principal
 from trainyard_submission.ui.paging import Page, PageRequest, parse_cursor
+from trainyard_submission.ui.queuestats import executor_allocations, queues_now
 from trainyard_submission.ui.session import (
     COOKIE_PATH,
     CSRF_FIELD,
@@ -44,7 +47,9 @@ from trainyard_submission.ui.session import (
     safe_next,
     same_origin,
 )
+from trainyard_submission.ui.svg import queue_charts
 
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 STATES = [s.value for s in JobState]
 
@@ -269,6 +274,24 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
             )
         return render_jobs(request, seen, wanted, queues, page=Page.of(wanted, rows))
 
+    @router.get("/jobs/rows")
+    async def live_rows(
+        request: Request, seen: Viewed, ids: Annotated[str, Query(max_length=20_000)] = ""
+    ) -> HTMLResponse:
+        """The table's rows of jobs that had not ended, as they are now (swapped in out of band),
+        and the poller again for those still not ended; each row as ``job_for`` allows it."""
+        wanted = [i for i in dict.fromkeys(ids.split(",")) if JOB_ID.fullmatch(i)][:500]
+
+        async def readable(job_id: str) -> JobRecord | None:
+            try:
+                return await deps.job_for(seen.principal, job_id, "read")
+            except (Problem, Forbidden):
+                return None  # gone, or not this viewer's: its row stays as it was
+
+        rows = [r for r in await asyncio.gather(*map(readable, wanted)) if r is not None]
+        live = [r.job_id for r in rows if not r.state.terminal]
+        return render(request, "_jobs_rows.html", seen, rows=rows, live=live)
+
     def render_jobs(
         request: Request,
         seen: Viewer,
@@ -430,7 +453,14 @@ def add_overview_routes(router: APIRouter, deps: RouteDeps) -> None:
     @router.get("/queues")
     async def queues_page(request: Request, seen: Viewed) -> HTMLResponse:
         queues = [q.as_json() for q in await deps.queues().list()]
-        return render(request, "queues.html", seen, queues=queues)
+        # what waits and runs in a queue is its team's, as the jobs table is: a team sees its own
+        now = await queues_now(deps.state["service"].index, deps.state["service"].store)
+        mine = [str(q["name"]) for q in queues if seen.principal.admin or q["name"] == seen.principal.team]
+        sampler = deps.state.get("queue_sampler")
+        charts = {name: queue_charts(name, sampler.history.of(name) if sampler else []) for name in mine}
+        return render(
+            request, "queues.html", seen, queues=queues, now=now, mine=mine, charts=charts, at=utcnow()
+        )
 
     @router.get("/models")
     async def models_page(
@@ -444,7 +474,8 @@ def add_overview_routes(router: APIRouter, deps: RouteDeps) -> None:
     async def executors_page(request: Request, seen: Viewed) -> HTMLResponse:
         now = utcnow()
         executors = await list_executors(deps.state["executors_reader"], now)
-        return render(request, "executors.html", seen, executors=executors, now=now)
+        held = await executor_allocations(deps.state["executors_reader"], deps.state["service"].store)
+        return render(request, "executors.html", seen, executors=executors, now=now, held=held)
 
 
 def when(value: datetime | str | None) -> str:

@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from trainyard_contracts.runs import TERMINAL_STEP_STATES, PipelineRun
 from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL  # a step's jobs' labels
+from trainyard_submission.ui.queuestats import Sample
 
 BOX_W, BOX_H, GAP_X, GAP_Y, PAD = 190, 58, 56, 18, 10
 
@@ -227,3 +228,40 @@ def line_chart(chart: Chart) -> Markup:
 def short(value: float) -> str:
     """An axis number: few digits."""
     return f"{value:.4g}"
+
+
+def queue_charts(queue: str, samples: Sequence[Sample]) -> tuple[Markup, Markup]:
+    """A queue's depth and its longest wait over the sampled hours (x: minutes before now)."""
+    if not samples:
+        return Markup(""), Markup("")
+    end = samples[-1].at
+    ago = [((s.at - end).total_seconds() / 60, s) for s in samples]
+    span = -ago[0][0]
+    ticks = [(-m, f"-{m:g} min" if m < 120 else f"-{m / 60:g} h") for m in tick_minutes(span)] + [
+        (0.0, "now")
+    ]
+    depth = Chart(
+        f"{queue}: jobs waiting",
+        "time",
+        "jobs waiting",
+        [Series("waiting", "s-depth", [(x, float(s.pending)) for x, s in ago])],
+        ticks,
+        height=180,
+    )
+    wait = Chart(
+        f"{queue}: longest wait",
+        "time",
+        "longest wait (min)",
+        [Series("longest wait", "s-wait", [(x, s.longest_wait_seconds / 60) for x, s in ago])],
+        ticks,
+        height=180,
+    )
+    return line_chart(depth), line_chart(wait)
+
+
+def tick_minutes(span: float) -> list[float]:
+    """Two or three round marks (in minutes before now) within ``span`` minutes."""
+    for step in (1, 5, 10, 15, 30, 60, 120, 240, 480, 960):
+        if span / step <= 3:
+            return [step * k for k in range(int(span // step), 0, -1)]
+    return []
