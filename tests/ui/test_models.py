@@ -1,6 +1,7 @@
 """A model's page in a real browser: its aliases with their history, "Roll back" (refused for a
 team token on production, as the API refuses it; done for the admin, the alias moving back in the
-registry), and two versions compared, on the real registry service and a real MLflow SQLite store."""
+registry), two versions compared, and a version's lineage, on the real registry service and a
+real MLflow SQLite store."""
 
 from __future__ import annotations
 
@@ -95,3 +96,12 @@ async def test_an_alias_rolled_back_from_the_page_moves_back_and_a_team_may_not_
         await expect(accuracy).to_have_class("differs")
         await expect(accuracy.locator("td")).to_have_text(["0.91", "0.95"])
         await screenshot(page, "model-compare")
+
+        # a version's page: where it came from, as GET …/lineage says
+        await page.goto(f"{ui.base}/ui/models/digits")
+        await page.get_by_role("link", name=f"v{v1}", exact=True).click()
+        await page.wait_for_url(f"{ui.base}/ui/models/digits/versions/{v1}")
+        lineage = page.locator("table.lineage")
+        await expect(lineage.locator("tr", has_text="Code")).to_contain_text("https://example.com/ml.git")
+        await expect(lineage.locator("tr", has_text="Job")).to_contain_text("queue team-a")
+        await screenshot(page, "model-version-lineage")

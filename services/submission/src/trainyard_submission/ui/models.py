@@ -1,9 +1,10 @@
 """The UI's model pages: a model's versions and aliases (with their history), "Roll back" on an
-alias, and two versions compared side by side.
+alias, two versions compared side by side, and a version with its lineage.
 
 Every read and the rollback go through the API's own functions (``modelroutes.read_version``,
-``read_alias``, ``compare_versions``, ``rollback_alias``): the same registry requests, the same
-alias rules (a team token may not move ``production`` by default: 403 here as there).
+``read_alias``, ``compare_versions``, ``rollback_alias``; the lineage built as ``GET …/lineage``
+builds it): the same registry requests, the same alias rules (a team token may not move
+``production`` by default: 403 here as there).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from trainyard_contracts.modelregistry import ALIAS_PATTERN, MODEL_NAME_PATTERN, AliasView, VersionInfo
+from trainyard_contracts.modelregistry import (
+    ALIAS_PATTERN,
+    MODEL_NAME_PATTERN,
+    AliasView,
+    ModelLineage,
+    VersionInfo,
+)
 from trainyard_submission.access import Forbidden, may_read_model
 from trainyard_submission.api import Problem, RouteDeps
 from trainyard_submission.modelroutes import compare_versions, read_alias, read_version, rollback_alias
@@ -59,6 +66,17 @@ def add_model_routes(router: APIRouter, state: dict[str, Any]) -> None:
         return render(
             request, "compare.html", seen, name=name, a=a, b=b, rows=comparison_rows(compared.versions)
         )
+
+    @router.get("/models/{name}/versions/{version}")
+    async def version_page(
+        request: Request, name: ModelName, version: Annotated[int, Path(ge=1, le=2**31 - 1)], seen: Viewed
+    ) -> HTMLResponse:
+        # GET /v1/models/{name}/versions/{version}/lineage's answer: the version, then its lineage
+        try:
+            found = await read_version(state, seen.principal, name, version)
+        except Problem as exc:
+            return refused(request, seen, exc.detail or exc.title, status=exc.status)
+        return render(request, "version.html", seen, name=name, v=found, lineage=ModelLineage.of(found))
 
     @router.post("/models/{name}/aliases/{alias}/rollback")
     async def rollback(request: Request, name: ModelName, alias: AliasName, seen: Viewed) -> Response:
