@@ -130,6 +130,7 @@ class QueueSampler:
         self.queue_names = queue_names  # the configured queues (sampled at 0 while empty)
         self.history = QueueHistory(int(hours * 3600 / every))
         self.task: asyncio.Task[None] | None = None
+        self.stopping = False
 
     def start(self) -> QueueSampler:
         self.task = asyncio.create_task(self._run(), name="ui-queue-sampler")
@@ -140,7 +141,7 @@ class QueueSampler:
         self.history.add(datetime.now(UTC), now, self.queue_names())
 
     async def _run(self) -> None:
-        while True:
+        while not self.stopping:
             try:
                 await self.sample()
             except Exception as exc:  # a slow or lost NATS connection: the next sample tries again
@@ -148,10 +149,12 @@ class QueueSampler:
             await asyncio.sleep(self.every)
 
     async def stop(self) -> None:
+        """End the task; a cancellation a NATS call turns into another error ends it too (the
+        loop checks ``stopping``), and the service's shutdown never waits on it for long."""
+        self.stopping = True
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await asyncio.wait({self.task}, timeout=5)
 
 
 def replicas_on(record: JobRecord, executor_id: str) -> int:
