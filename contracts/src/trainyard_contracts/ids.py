@@ -30,6 +30,18 @@ def is_job_id(value: str) -> bool:
     return bool(_JOB_ID.match(value))
 
 
+WORKFLOW_INTAKE = "intake.workflow"  # the namespace of keys published on Subjects.intake_workflow
+
+
+def intake_namespace(workflow_channel: bool, token_id: str | None) -> str:
+    """Whose keys a bus submission's ``Nats-Msg-Id`` is among: the workflow service's (its own
+    subject), a token's (the sender named one), or anonymous senders' (``intake``). One sender's key
+    never answers with another's job."""
+    if workflow_channel:
+        return WORKFLOW_INTAKE
+    return "intake" if token_id is None else f"intake.{token_id}"
+
+
 def idempotency_slot(namespace: str, key: str) -> str:
     """The idempotency bucket's key for a submitter's ``key`` (``intake`` for the bus intake's
     ``Nats-Msg-Id``), kept on the job record: it says which key a job was submitted under."""

@@ -77,6 +77,16 @@ class Subjects:
     def intake_submit(self) -> str:
         return f"{self.prefix}.intake.submit"
 
+    @property
+    def intake_workflow(self) -> str:
+        """The workflow service's own intake: only its NATS user may publish here, so the keys of
+        the jobs it submits (a step's, a trial's) are its own, never taken first by another sender."""
+        return f"{self.prefix}.intake.workflow"
+
+    @property
+    def all_intake(self) -> str:
+        return f"{self.prefix}.intake.>"
+
     # logs
     def log(self, job_id: str, attempt: int | str) -> str:
         return f"{self.prefix}.log.{job_id}.{attempt}"

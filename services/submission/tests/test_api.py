@@ -239,6 +239,43 @@ async def test_bus_intake_replies_with_job_id_dedups_and_rejects(api, nats_serve
     await nc.drain()
 
 
+async def test_bus_intake_message_ids_are_each_senders_own(api, nats_server):
+    """The same Nats-Msg-Id from another sender is another submission, never an answer with the
+    first sender's job: anonymous senders, a token's, and the workflow service's own subject (whose
+    keys name pipeline steps and sweep trials) each have their own ids."""
+    subjects = subjects_of(api)
+    assert (await api.put("/v1/queues/alpha", json={}, headers=AUTH)).status_code in (200, 201)
+    made = await api.post("/v1/tokens", json={"team": "alpha"}, headers=AUTH)
+    assert made.status_code == 201, made.text
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    inbox = nc.new_inbox()
+    replies = await nc.subscribe(inbox)
+    msg_id = uuid.uuid4().hex
+
+    async def send(subject: str, body: bytes, **headers: str) -> dict:
+        # a new Nats-Msg-Id each time: the stream's own dedup would drop a repeat unanswered
+        await js.publish(
+            subject,
+            body,
+            headers={"Nats-Msg-Id": uuid.uuid4().hex, "Trainyard-Original-Msg-Id": msg_id, **headers},
+        )
+        return json.loads((await replies.next_msg(timeout=10)).data)
+
+    reply_to = {"Trainyard-Reply-To": inbox}
+    anonymous = await send(subjects.intake_submit, SPEC.encode(), **reply_to)
+    again = await send(subjects.intake_submit, SPEC.encode(), **reply_to)
+    assert anonymous["accepted"] and again["job_id"] == anonymous["job_id"] and again["duplicate"]
+    with_token = await send(
+        subjects.intake_submit, SPEC.encode(), **reply_to, **{"Trainyard-Token": made.json()["token"]}
+    )
+    workflow = await send(subjects.intake_workflow, SPEC.encode(), **reply_to)
+    for other in (with_token, workflow):
+        assert other["accepted"] and not other["duplicate"], other
+    assert len({anonymous["job_id"], with_token["job_id"], workflow["job_id"]}) == 3
+    await nc.drain()
+
+
 async def test_metrics_answer_at_once_and_docs_load_with_no_cdn(api):
     metrics = await api.get("/metrics")  # no trailing slash, as Prometheus and people ask for it
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")

@@ -241,7 +241,7 @@ def test_a_job_is_a_step_only_when_the_intake_took_it_under_the_steps_key():
     from datetime import UTC, datetime
 
     from trainyard_contracts import JobSpec
-    from trainyard_contracts.ids import idempotency_slot
+    from trainyard_contracts.ids import WORKFLOW_INTAKE, idempotency_slot
     from trainyard_contracts.lifecycle import new_record
     from trainyard_workflow.core import idempotency_key, submitted_under
 
@@ -252,9 +252,14 @@ def test_a_job_is_a_step_only_when_the_intake_took_it_under_the_steps_key():
     assert not submitted_under(record, key)  # no key at all
     over_http = record.model_copy(update={"idempotency_slot": idempotency_slot("http.tok", key)})
     assert not submitted_under(over_http, key)
+    for namespace in ("intake", "intake.tok"):  # another bus sender, the step's key
+        over_bus = record.model_copy(update={"idempotency_slot": idempotency_slot(namespace, key)})
+        assert not submitted_under(over_bus, key)
     another = record.model_copy(
-        update={"idempotency_slot": idempotency_slot("intake", idempotency_key("run-aaaa", "train", 0, 2))}
+        update={
+            "idempotency_slot": idempotency_slot(WORKFLOW_INTAKE, idempotency_key("run-aaaa", "train", 0, 2))
+        }
     )
     assert not submitted_under(another, key)
-    own = record.model_copy(update={"idempotency_slot": idempotency_slot("intake", key)})
+    own = record.model_copy(update={"idempotency_slot": idempotency_slot(WORKFLOW_INTAKE, key)})
     assert submitted_under(own, key)

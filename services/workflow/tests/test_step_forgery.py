@@ -1,5 +1,6 @@
-"""A job is a pipeline step only when the bus intake took it under the step's key: labels are
-anyone's to write. The window a forged job could use is a step whose submission is recorded and
+"""A job is a pipeline step only when the workflow service's own intake subject took it under the
+step's key: labels are anyone's to write, and any other sender may publish the step's key on the
+general intake subject. The window a forged job could use is a step whose submission is recorded and
 not answered yet (the intake slow, or its answer lost with a restart): the step's job id is not
 known, so the first outcome labelled as that step would otherwise be taken as its job's."""
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from trainyard_contracts import JobRecord, JobSpec
-from trainyard_contracts.ids import idempotency_slot
+from trainyard_contracts.ids import WORKFLOW_INTAKE, idempotency_slot
 from trainyard_contracts.lifecycle import new_record
 from trainyard_contracts.runs import PipelineRun
 from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL, validate_pipeline
@@ -75,13 +76,18 @@ async def test_a_job_labelled_as_a_step_is_no_step_until_the_intake_took_it_unde
     for forged in (
         labelled("job-http", step, index, idempotency_slot("http.tok", key)),  # over HTTP, the step's key
         labelled("job-nokey", step, index, None),
-        labelled("job-other", step, index, idempotency_slot("intake", idempotency_key(RUN, step, index, 2))),
+        # the general bus intake, the step's key: an anonymous sender's, and a token's
+        labelled("job-bus", step, index, idempotency_slot("intake", key)),
+        labelled("job-bus-token", step, index, idempotency_slot("intake.tok", key)),
+        labelled(
+            "job-other", step, index, idempotency_slot(WORKFLOW_INTAKE, idempotency_key(RUN, step, index, 2))
+        ),
     ):
         await workflow.on_job_ended(forged.job_id, "succeeded", forged)
         job = runs.run.steps[step].jobs[index]
         assert (job.job_id, job.outcome) == (None, None), forged.job_id
         assert runs.run.steps[step].state.value == "running"
-    own = labelled("job-own", step, index, idempotency_slot("intake", key))
+    own = labelled("job-own", step, index, idempotency_slot(WORKFLOW_INTAKE, key))
     await workflow.on_job_ended(own.job_id, "succeeded", own)
     job = runs.run.steps[step].jobs[index]
     assert (job.job_id, job.outcome) == ("job-own", "succeeded")

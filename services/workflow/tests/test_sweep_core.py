@@ -260,7 +260,7 @@ def test_a_job_is_a_trial_only_when_submitted_under_the_trials_key():
     """Labels are anyone's to write: a team's job labelled as another sweep's trial is no trial;
     the trial's own job (through the intake under sweep:<id>:<n>) is."""
     from trainyard_contracts import JobSpec
-    from trainyard_contracts.ids import idempotency_slot
+    from trainyard_contracts.ids import WORKFLOW_INTAKE, idempotency_slot
     from trainyard_contracts.lifecycle import new_record
     from trainyard_workflow.sweeps import trial_of
 
@@ -273,7 +273,16 @@ def test_a_job_is_a_trial_only_when_submitted_under_the_trials_key():
         update={"idempotency_slot": idempotency_slot("http.tok", "sweep:sweep-test-1:2")}
     )
     assert trial_of(forged) is None
-    other = record.model_copy(update={"idempotency_slot": idempotency_slot("intake", "sweep:sweep-test-1:3")})
+    for namespace in ("intake", "intake.tok"):  # another bus sender, the trial's key
+        over_bus = record.model_copy(
+            update={"idempotency_slot": idempotency_slot(namespace, "sweep:sweep-test-1:2")}
+        )
+        assert trial_of(over_bus) is None
+    other = record.model_copy(
+        update={"idempotency_slot": idempotency_slot(WORKFLOW_INTAKE, "sweep:sweep-test-1:3")}
+    )
     assert trial_of(other) is None
-    own = record.model_copy(update={"idempotency_slot": idempotency_slot("intake", "sweep:sweep-test-1:2")})
+    own = record.model_copy(
+        update={"idempotency_slot": idempotency_slot(WORKFLOW_INTAKE, "sweep:sweep-test-1:2")}
+    )
     assert trial_of(own) == ("sweep-test-1", 2)

@@ -98,7 +98,6 @@ async def test_a_restart_between_sending_and_recording_never_submits_a_step_twic
     """What a workflow service killed after sending a step's job, before recording the answer,
     leaves behind: the run's record with the submission recorded and unanswered, the job in the
     intake. The service started again sends it under the same key and gets the same job back."""
-    from trainyard_client.bus import submit_over_nats
     from trainyard_contracts.workflow import validate_pipeline
     from trainyard_workflow.core import advance, job_spec_for
 
@@ -112,12 +111,13 @@ async def test_a_restart_between_sending_and_recording_never_submits_a_step_twic
     async with api.router.lifespan_context(api):
         kv = await bus.js.key_value(bus.subjects.buckets.pipelines)
         await kv.create(run.run_id, run.model_dump_json().encode())
-        first = await submit_over_nats(
-            nats_server.url,
-            job_spec_for(run, "only", 0).model_dump(mode="json"),
-            prefix=prefix,
-            msg_id=submit.key,
-        )
+        # as the workflow service sends it: on its own intake subject, under the step's key
+        inbox = bus.nc.new_inbox()
+        replies = await bus.nc.subscribe(inbox, max_msgs=1)
+        body = job_spec_for(run, "only", 0).model_dump_json().encode()
+        headers = {"Nats-Msg-Id": submit.key, "Trainyard-Reply-To": inbox}
+        await bus.js.publish(bus.subjects.intake_workflow, body, headers=headers)
+        first = json.loads((await replies.next_msg(timeout=30)).data)
     async with workflow_stack() as client:
         ended = await client.ended(run.run_id)
     assert ended.state.value == "succeeded"

@@ -148,7 +148,7 @@ def _job_path_streams(subjects: Subjects, limits: StreamLimits, common: dict[str
         ),
         StreamConfig(
             name=names.intake,
-            subjects=[subjects.intake_submit],
+            subjects=[subjects.intake_submit, subjects.intake_workflow],
             description="job specs submitted over the bus (the submission service dedups on Nats-Msg-Id)",
             retention=RetentionPolicy.WORK_QUEUE,
             max_age=DAY,

@@ -273,14 +273,14 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
     if service == "submission":
         # questions for the scheduler leader (request/reply), and the intake's answer on the inbox
         # the submitter named in its Trainyard-Reply-To header; replaying its own dead letters
-        # republishes on the intake subject; reading and removing dead letters; a bucket read
+        # republishes on the intake subjects; reading and removing dead letters; a bucket read
         # (joblist.BucketReader) removes the ordered consumer it read with: no durable consumer
         # lives on a bucket's stream
         perms.add_publish(subjects.scheduler_why, subjects.scheduler_dry_run, "_INBOX.>")
         # pipeline requests for the workflow service, model alias and version requests for the
         # registry (request/reply)
         perms.add_publish(subjects.workflow_request("*"), subjects.registry_request("*"))
-        perms.add_publish(subjects.intake_submit)
+        perms.add_publish(subjects.intake_submit, subjects.intake_workflow)
         perms.add_publish(
             f"{API}.STREAM.MSG.GET.{streams['dlq']}", f"{API}.STREAM.MSG.DELETE.{streams['dlq']}"
         )
@@ -314,9 +314,10 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         perms.add_subscribe(subjects.registry_request("*"))
         perms.allow_responses = True
     elif service == "workflow":
-        # its steps' jobs go through the intake as any system's do (answers on its own inbox);
+        # its steps' and trials' jobs go through its own intake subject, which no other user may
+        # publish to, so no sender can take a step's key first (answers on its own inbox);
         # its runs' events; the API's requests, answered on the asker's inbox (allow_responses)
-        perms.add_publish(subjects.intake_submit, subjects.pipeline_events())
+        perms.add_publish(subjects.intake_workflow, subjects.pipeline_events())
         perms.add_subscribe(subjects.workflow_request("*"))
         perms.allow_responses = True
         # the schedule ticker's lease, one key: never the scheduler's

@@ -43,7 +43,7 @@ def build_broker(common: CommonSettings, slot: RuntimeSlot[SubmissionRuntime]) -
     # submissions are independent, so a batch of them is admitted side by side
     @batch_consumer(
         sb,
-        sb.subjects.intake_submit,
+        sb.subjects.all_intake,
         stream=streams(sb.subjects).intake,
         durable="submission-intake",
         parse=bytes,
@@ -57,7 +57,10 @@ def build_broker(common: CommonSettings, slot: RuntimeSlot[SubmissionRuntime]) -
     )
     async def intake(body: bytes, msg: Msg) -> None:
         runtime = slot.get()
-        await handle_intake(runtime.service, sb.broker, body, dict(msg.headers or {}), runtime.tokens)
+        from_workflow = msg.subject == sb.subjects.intake_workflow
+        await handle_intake(
+            runtime.service, sb.broker, body, dict(msg.headers or {}), runtime.tokens, from_workflow
+        )
 
     return sb
 

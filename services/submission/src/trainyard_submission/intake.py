@@ -9,6 +9,9 @@ From a bare nats-py script::
 
 A publisher names its identity with an API token in the ``Trainyard-Token`` header; without one
 the spec is accepted only into a queue that allows anonymous bus submissions (busidentity.py).
+Message ids are per sender: a token's ids, anonymous senders' ids, and the workflow service's (on
+its own subject, ``<prefix>.intake.workflow``, which only its NATS user may publish to) are apart,
+so the same id from another sender never answers with someone else's job.
 
 Deduplication is this service's, not the stream's: the idempotency bucket maps the id to its job
 for good, so the same id published again (a publisher retrying after a timeout) is delivered here
@@ -26,7 +29,7 @@ from __future__ import annotations
 from faststream.nats import NatsBroker
 
 from trainyard_contracts import FieldError, IntakeReply, SpecError
-from trainyard_contracts.ids import idempotency_slot
+from trainyard_contracts.ids import idempotency_slot, intake_namespace
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_submission.access import Forbidden
 from trainyard_submission.busidentity import bus_name, bus_principal
@@ -44,11 +47,14 @@ async def handle_intake(
     body: bytes,
     headers: dict[str, str],
     tokens: TokenStore | None = None,
+    workflow_channel: bool = False,
 ) -> IntakeReply:
+    """``workflow_channel``: published on the workflow service's own subject (its keys are its own)."""
     msg_id = headers.get(ORIGINAL_ID_HEADER) or headers.get("Nats-Msg-Id")
-    slot = idempotency_slot("intake", msg_id) if msg_id else None
     try:
         principal = await bus_principal(tokens, headers)
+        namespace = intake_namespace(workflow_channel, principal.token_id if principal else None)
+        slot = idempotency_slot(namespace, msg_id) if msg_id else None
         result = await service.submit(
             body, submitted_by=bus_name(principal), idempotency_slot=slot, principal=principal
         )

@@ -99,7 +99,7 @@ async def build_runtime(
     intake = IntakeSender(
         connection.connection,
         connection.stream,
-        sb.subjects.intake_submit,
+        sb.subjects.intake_workflow,
         timeout=settings.intake_timeout_seconds,
         concurrency=settings.submit_concurrency,
         token=settings.token,

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from trainyard_contracts import JobRecord, JobSpec
 from trainyard_contracts.arrays import parse_array
-from trainyard_contracts.ids import idempotency_slot
+from trainyard_contracts.ids import WORKFLOW_INTAKE, idempotency_slot
 from trainyard_contracts.runs import (
     TERMINAL_STEP_STATES,
     ChildJob,
@@ -463,9 +463,10 @@ def step_of(labels: dict[str, str]) -> StepRef | None:
 
 
 def submitted_under(record: JobRecord, key: str) -> bool:
-    """Whether the job came through the bus intake under ``key`` (its record's idempotency slot
-    says so): what the workflow service sends a step's job under. Its labels alone prove nothing."""
-    return record.idempotency_slot == idempotency_slot("intake", key)
+    """Whether the workflow service submitted the job under ``key``: its record's idempotency slot
+    is in the namespace of the workflow's own intake subject, which no other sender may publish to.
+    Its labels alone prove nothing."""
+    return record.idempotency_slot == idempotency_slot(WORKFLOW_INTAKE, key)
 
 
 # -- a sweep as a step ---------------------------------------------------------------------------

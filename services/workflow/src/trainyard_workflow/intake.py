@@ -1,6 +1,9 @@
-"""Submissions through the bus intake, as any other system submits (submission/intake.py).
+"""Submissions through the bus intake, as other systems submit (submission/intake.py), on the
+workflow service's own subject.
 
-Each job is published on ``<prefix>.intake.submit`` with its idempotency key as ``Nats-Msg-Id``
+Each job is published on ``<prefix>.intake.workflow`` (only the workflow's NATS user may publish
+there, so no other sender can submit under one of its keys first) with its idempotency key as
+``Nats-Msg-Id``
 and an inbox of ours in ``Trainyard-Reply-To``. The submission service maps the key to its job for
 good: the same key sent again (after a restart, or a lost reply) is answered with the same job and
 ``duplicate: true``, never a second job.

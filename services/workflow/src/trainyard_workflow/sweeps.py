@@ -23,7 +23,6 @@ from typing import Any
 
 from trainyard_contracts import IntakeReply, JobRecord, MetricsBatch, new_job_id
 from trainyard_contracts._time import utcnow
-from trainyard_contracts.ids import idempotency_slot
 from trainyard_contracts.sweeps import (
     PRUNED_REASON,
     SWEEP_LABEL,
@@ -37,6 +36,7 @@ from trainyard_contracts.sweeps import (
     validate_sweep,
 )
 from trainyard_workflow import sweep_engine
+from trainyard_workflow.core import submitted_under
 from trainyard_workflow.intake import IntakeSender
 from trainyard_workflow.named_store import NamedStore, RecordExists, RecordNotFound
 from trainyard_workflow.sweep_core import (
@@ -80,7 +80,7 @@ def trial_of(record: JobRecord | None) -> tuple[str, int] | None:
     sweep_id, number = labels.get(SWEEP_LABEL), labels.get(TRIAL_LABEL, "")
     if not sweep_id or not number.isdigit():
         return None
-    if record.idempotency_slot != idempotency_slot("intake", trial_key(sweep_id, int(number))):
+    if not submitted_under(record, trial_key(sweep_id, int(number))):
         return None
     return sweep_id, int(number)
 
