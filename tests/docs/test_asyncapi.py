@@ -72,7 +72,20 @@ BATCH_CONSUMERS = [
         "telemetry.job-events:Message:Payload",
         {"JobSubmitted", "JobSucceeded", "JobRequeued", "ModelRegistered"},
     ),
-    ("submission", "submission/intake", "trainyard.intake.submit", "submission.intake:Message:Payload", None),
+    (
+        "submission",
+        "submission/intake/submit",
+        "trainyard.intake.submit",
+        "submission.intake.submit:Message:Payload",
+        None,
+    ),
+    (
+        "submission",
+        "submission/intake/workflow",
+        "trainyard.intake.workflow",
+        "submission.intake.workflow:Message:Payload",
+        None,
+    ),
 ]
 
 

@@ -83,10 +83,6 @@ class Subjects:
         the jobs it submits (a step's, a trial's) are its own, never taken first by another sender."""
         return f"{self.prefix}.intake.workflow"
 
-    @property
-    def all_intake(self) -> str:
-        return f"{self.prefix}.intake.>"
-
     # logs
     def log(self, job_id: str, attempt: int | str) -> str:
         return f"{self.prefix}.log.{job_id}.{attempt}"

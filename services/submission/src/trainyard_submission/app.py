@@ -43,16 +43,19 @@ def build_broker(common: CommonSettings, slot: RuntimeSlot[SubmissionRuntime]) -
     # submissions are independent, so a batch of them is admitted side by side
     @batch_consumer(
         sb,
-        sb.subjects.all_intake,
+        sb.subjects.intake_submit,
         stream=streams(sb.subjects).intake,
         durable="submission-intake",
+        # other systems' subject, and the workflow service's own (its keys apart: intake.py)
+        filter_subjects=[sb.subjects.intake_submit, sb.subjects.intake_workflow],
         parse=bytes,
         batch=128,
         concurrency=64,
         ack_wait=60,
         with_message=True,
         title="submission/intake",
-        description="a job spec (YAML or JSON) from another system; answers IntakeReply on the "
+        description="a job spec (YAML or JSON) from another system (the workflow service on its own "
+        "subject); answers IntakeReply on the "
         "subject in the Trainyard-Reply-To header",
     )
     async def intake(body: bytes, msg: Msg) -> None:
