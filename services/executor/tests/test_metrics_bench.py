@@ -13,6 +13,8 @@ import importlib.util
 import json
 import os
 import time
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from faststream.nats import NatsBroker
@@ -29,14 +31,20 @@ async def _note(text: str) -> None:
     return None
 
 
-@pytest.mark.parametrize("reports", [1000, 10_000])
-async def test_cost_of_reports(nats_server, prefix, tmp_path, monkeypatch, reports):
+def load_reporter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The real reporter module (what a job imports), writing to a metrics file in ``tmp_path``."""
     spec = importlib.util.spec_from_file_location("trainyard_reporter_bench", REPORTER)
     assert spec is not None and spec.loader is not None
     reporter = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reporter)
-    subjects = Subjects(prefix)
     monkeypatch.setenv("TRAINYARD_METRICS_FILE", str(tmp_path / ".trainyard-metrics.jsonl"))
+    return reporter
+
+
+@pytest.mark.parametrize("reports", [1000, 10_000])
+async def test_cost_of_reports(nats_server, prefix, tmp_path, monkeypatch, reports):
+    reporter = load_reporter(tmp_path, monkeypatch)
+    subjects = Subjects(prefix)
     async with NatsBroker(nats_server.url) as broker:
         await broker.start()
         await ensure_streams(broker, subjects)
@@ -73,12 +81,8 @@ async def test_cost_of_paced_reports_and_of_sampling(nats_server, prefix, tmp_pa
     from trainyard_executor.metricship import ShipLimits
     from trainyard_executor.sampling import ResourceSampler, read_process_groups
 
-    spec = importlib.util.spec_from_file_location("trainyard_reporter_paced", REPORTER)
-    assert spec is not None and spec.loader is not None
-    reporter = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reporter)
+    reporter = load_reporter(tmp_path, monkeypatch)
     subjects = Subjects(prefix)
-    monkeypatch.setenv("TRAINYARD_METRICS_FILE", str(tmp_path / ".trainyard-metrics.jsonl"))
     reports = 1000
     idle = time.process_time()  # the pacing loop alone (subtracted: it is not the executor's)
     for _ in range(reports):

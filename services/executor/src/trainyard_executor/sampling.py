@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trainyard_contracts import AttemptUsage, MetricPoint
+from trainyard_executor.procfs import stat_fields
 
 CPU = "sys.cpu"  # cores in use over the last interval (CPU seconds per second)
 CPU_SECONDS = "sys.cpu_seconds"  # user + system CPU seconds so far
@@ -42,16 +43,6 @@ class Reading:
 
 
 Reader = Callable[[], Reading | None]
-
-
-def _stat(pid: int) -> list[bytes] | None:
-    """/proc/<pid>/stat's fields from the state on (field 3), or None (gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rfind(b")") + 2 :].split()
 
 
 def _cpu_and_rss(fields: list[bytes]) -> tuple[float, int]:
@@ -74,7 +65,7 @@ def read_process_groups(pgids: Iterable[int]) -> Reading | None:
         if not name.isdigit():
             continue
         pid = int(name)
-        fields = _stat(pid)
+        fields = stat_fields(pid)
         if fields is None or len(fields) < 22 or fields[0] in (b"Z", b"X"):
             continue
         if int(fields[2]) in groups and pid not in groups:
@@ -104,7 +95,7 @@ def read_cgroup(path: Path) -> Reading | None:
         except (OSError, ValueError):
             pids = []
         for pid in pids:
-            fields = _stat(pid)
+            fields = stat_fields(pid)
             if fields is not None and len(fields) >= 22:
                 rss += _cpu_and_rss(fields)[1]
     return Reading(usec / 1_000_000, rss)

@@ -9,6 +9,8 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from trainyard_executor.procfs import stat_fields
+
 
 @dataclass(frozen=True)
 class Captured:
@@ -60,21 +62,10 @@ async def run_captured(argv: Sequence[str], *, env: Mapping[str, str] | None = N
 # -- processes by /proc (Linux): identity across an executor restart, process-group membership --------
 
 
-def _stat_fields(pid: int) -> list[bytes] | None:
-    """Fields of /proc/<pid>/stat after "(comm)": [state, ppid, pgrp, ...]; None if no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # "pid (comm) state ppid pgrp ..." — comm may contain spaces and parentheses
-    return stat[stat.rfind(b")") + 2 :].split()
-
-
 def start_ticks(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks since boot (stat field 22): with the pid it names one
     process for good, since a pid can be reused but not at the same start time."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None or len(fields) < 20:
         return None
     return int(fields[19])
@@ -82,7 +73,7 @@ def start_ticks(pid: int) -> int | None:
 
 def same_process(pid: int, ticks: int | None) -> bool:
     """Whether ``pid`` is still the (living, non-zombie) process that started at ``ticks``."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None or fields[0] in (b"Z", b"X"):
         return False
     return ticks is None or (len(fields) >= 20 and int(fields[19]) == ticks)
@@ -98,7 +89,7 @@ def group_members(pgid: int) -> list[tuple[int, int]]:
     for name in entries:
         if not name.isdigit():
             continue
-        fields = _stat_fields(int(name))
+        fields = stat_fields(int(name))
         if fields is None or len(fields) < 20 or fields[0] in (b"Z", b"X"):
             continue
         if int(fields[2]) == pgid:
