@@ -1,0 +1,49 @@
+"""`trainyard top`'s table (pure): CPU and MEM columns where the executor samples use, none where
+no running job has a sample; the job's own values apart from the executor's sys.* samples."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from trainyard_client.cli.insight import top_table
+
+pytestmark = [pytest.mark.unit, pytest.mark.insight]
+
+
+def row(**kw: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "job_id": "0mx7b2k1q8c0w3zd",
+        "name": "topped",
+        "queue": "default",
+        "attempt": 1,
+        "executor_id": "exec-m",
+        "submitted_at": "2026-12-03T15:00:00+00:00",
+        "step": 3,
+        "metrics": {"loss": 0.125},
+        "cpu": None,
+        "rss_bytes": None,
+    }
+    return {**base, **kw}
+
+
+def shown(rows: list[dict[str, object]]) -> str:
+    out = io.StringIO()
+    Console(file=out, width=200).print(top_table(rows))
+    return out.getvalue()
+
+
+def test_cpu_and_mem_columns_appear_with_a_sample():
+    text = shown([row(cpu=0.9712, rss_bytes=200 * 2**20), row(job_id="other", step=None, metrics={})])
+    header = text.splitlines()[0].split()
+    assert header == ["JOB", "NAME", "QUEUE", "EXECUTOR", "AGE", "CPU", "MEM", "STEP", "METRICS"]
+    assert "0.97" in text and "200Mi" in text and "loss=0.125" in text
+    assert "no metrics reported" in text  # the other job: its use unknown ("-"), nothing reported
+
+
+def test_no_resource_columns_when_nothing_is_sampled():
+    header = shown([row()]).splitlines()[0].split()
+    assert header == ["JOB", "NAME", "QUEUE", "EXECUTOR", "AGE", "STEP", "METRICS"]
+    assert "no running jobs" in shown([])
