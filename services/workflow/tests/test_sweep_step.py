@@ -200,3 +200,25 @@ async def test_a_teams_sweep_and_pipeline_steps_land_in_the_teams_queue(workflow
                 ] == "team-a"
         await http.post(f"/v1/sweeps/{sweep['sweep_id']}/cancel", headers=team)
         await http.post(f"/v1/pipelines/{run['run_id']}/cancel", headers=team)
+        # schedules and triggers store their pipelines (or job) placed the same way
+        schedule = {"name": "team-nightly", "cron": "0 3 * * *", "suspended": True, "pipeline": pipeline}
+        created = await http.post("/v1/schedules", json=schedule, headers=team)
+        assert created.status_code == 201, created.text
+        trigger = {
+            "name": "team-on",
+            "subject": f"{client.prefix}.trigger.team",
+            "job": {"name": "j", "command": ["true"]},
+        }
+        fired = await http.post("/v1/triggers", json=trigger, headers=team)
+        assert fired.status_code == 201, fired.text
+        for made in (created.json(), fired.json()):
+            assert set(queues(made)) == {"team-a"}, made
+
+
+def queues(document) -> list[str]:
+    """Every ``queue`` named anywhere in ``document``."""
+    if isinstance(document, dict):
+        return [q for k, v in document.items() for q in ([v] if k == "queue" else queues(v))]
+    if isinstance(document, list):
+        return [q for item in document for q in queues(item)]
+    return []

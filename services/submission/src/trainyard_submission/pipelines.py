@@ -128,13 +128,18 @@ async def check_pipeline(
     await check_steps(state, caller, PipelineRequest.model_validate({"pipeline": pipeline, "params": params}))
 
 
-def pipeline_document_check(state: dict[str, Any]) -> Callable[[Principal, dict[str, Any]], Awaitable[None]]:
-    """The check of a schedule or trigger document: its ``pipeline`` with its ``params``."""
+def pipeline_document_check(
+    state: dict[str, Any],
+) -> Callable[[Principal, dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """The check of a schedule or trigger document: its ``pipeline`` with its ``params``; answers
+    the document with the pipeline's steps placed in the creator's queue (place_pipeline)."""
 
-    async def check(caller: Principal, document: dict[str, Any]) -> None:
+    async def check(caller: Principal, document: dict[str, Any]) -> dict[str, Any]:
         pipeline, params = document.get("pipeline"), document.get("params") or {}
         if isinstance(pipeline, dict) and isinstance(params, dict):
-            await check_pipeline(state, caller, pipeline, params)
+            document = {**document, "pipeline": place_pipeline(caller, pipeline)}
+            await check_pipeline(state, caller, document["pipeline"], params)
+        return document
 
     return check
 

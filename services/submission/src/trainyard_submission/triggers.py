@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends
 
 from trainyard_contracts.triggers import TriggerReply, TriggerRequest
 from trainyard_contracts.workflow import job_pipeline
+from trainyard_submission.access import place_job_document
 from trainyard_submission.api import authorised
 from trainyard_submission.pipelines import check_pipeline, pipeline_document_check
 from trainyard_submission.tokens import Principal
@@ -25,12 +26,13 @@ def trigger_document_check(state: dict[str, Any]) -> CheckDocument:
     params as the defaults), held to the creator's queue rules."""
     pipeline_check = pipeline_document_check(state)
 
-    async def check(caller: Principal, document: dict[str, Any]) -> None:
+    async def check(caller: Principal, document: dict[str, Any]) -> dict[str, Any]:
         job = document.get("job")
         if isinstance(job, dict) and "pipeline" not in document:
-            await check_pipeline(state, caller, job_pipeline(job), {})
-        else:
-            await pipeline_check(caller, document)
+            document = {**document, "job": place_job_document(caller, job)}
+            await check_pipeline(state, caller, job_pipeline(document["job"]), {})
+            return document
+        return await pipeline_check(caller, document)
 
     return check
 
