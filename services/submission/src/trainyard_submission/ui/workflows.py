@@ -14,7 +14,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from trainyard_contracts.runs import PipelineRun
 from trainyard_contracts.schedules import ScheduleReply, ScheduleRequest
 from trainyard_contracts.sweeps import Direction, SweepRecord, SweepReply, SweepRequest, Trial
 from trainyard_contracts.triggers import TriggerReply, TriggerRequest
@@ -35,38 +34,29 @@ def add_workflow_routes(router: APIRouter, state: dict[str, Any]) -> None:
         "triggers": NamedObjects(state, "trigger", TriggerReply, TriggerRequest),
     }
 
-    async def shown(request: Request, seen: Viewer, template: str, **context: Any) -> HTMLResponse:
-        return render(request, template, seen, **context)
-
     @router.get("/pipelines")
     async def pipelines_page(request: Request, seen: Viewed) -> HTMLResponse:
         try:
             runs = await visible_runs(state, seen.principal, RUNS_SHOWN)
         except Problem as exc:
             return refused(request, seen, exc.detail or exc.title, status=exc.status)
-        return await shown(request, seen, "pipelines.html", runs=runs)
+        return render(request, "pipelines.html", seen, runs=runs)
 
-    async def run_or_refusal(request: Request, seen: Viewer, run_id: str) -> PipelineRun | HTMLResponse:
+    async def run_shown(request: Request, seen: Viewer, run_id: str, template: str) -> HTMLResponse:
+        """The run ``seen`` may see in ``template`` (the page, or its part refreshed while it runs)."""
         try:
-            return await visible_run(state, seen.principal, run_id)
+            run = await visible_run(state, seen.principal, run_id)
         except Problem as exc:
             return refused(request, seen, exc.detail or exc.title, status=exc.status)
+        return render(request, template, seen, run=run, dag=dag_svg(run), counts=run.job_counts())
 
     @router.get("/pipelines/{run_id}")
     async def pipeline_page(request: Request, run_id: str, seen: Viewed) -> HTMLResponse:
-        run = await run_or_refusal(request, seen, run_id)
-        if isinstance(run, HTMLResponse):
-            return run
-        return await shown(request, seen, "pipeline.html", run=run, dag=dag_svg(run), counts=run.job_counts())
+        return await run_shown(request, seen, run_id, "pipeline.html")
 
     @router.get("/pipelines/{run_id}/dag")
     async def pipeline_dag(request: Request, run_id: str, seen: Viewed) -> HTMLResponse:
-        run = await run_or_refusal(request, seen, run_id)
-        if isinstance(run, HTMLResponse):
-            return run
-        return await shown(
-            request, seen, "_pipeline_dag.html", run=run, dag=dag_svg(run), counts=run.job_counts()
-        )
+        return await run_shown(request, seen, run_id, "_pipeline_dag.html")
 
     @router.get("/sweeps")
     async def sweeps_page(request: Request, seen: Viewed) -> HTMLResponse:
@@ -74,28 +64,23 @@ def add_workflow_routes(router: APIRouter, state: dict[str, Any]) -> None:
             found = await sweeps.listed(seen.principal)
         except Problem as exc:
             return refused(request, seen, exc.detail or exc.title, status=exc.status)
-        return await shown(request, seen, "sweeps.html", sweeps=found)
+        return render(request, "sweeps.html", seen, sweeps=found)
 
-    async def sweep_or_refusal(request: Request, seen: Viewer, sweep_id: str) -> SweepRecord | HTMLResponse:
+    async def sweep_shown(request: Request, seen: Viewer, sweep_id: str, template: str) -> HTMLResponse:
+        """The sweep ``seen`` may see in ``template`` (the page, or its part refreshed while it runs)."""
         try:
-            found: SweepRecord = await sweeps.visible(seen.principal, sweep_id)
+            sweep: SweepRecord = await sweeps.visible(seen.principal, sweep_id)
         except Problem as exc:
             return refused(request, seen, exc.detail or exc.title, status=exc.status)
-        return found
+        return render(request, template, seen, **sweep_context(sweep))
 
     @router.get("/sweeps/{sweep_id}")
     async def sweep_page(request: Request, sweep_id: str, seen: Viewed) -> HTMLResponse:
-        sweep = await sweep_or_refusal(request, seen, sweep_id)
-        if isinstance(sweep, HTMLResponse):
-            return sweep
-        return await shown(request, seen, "sweep.html", **sweep_context(sweep))
+        return await sweep_shown(request, seen, sweep_id, "sweep.html")
 
     @router.get("/sweeps/{sweep_id}/trials")
     async def sweep_trials(request: Request, sweep_id: str, seen: Viewed) -> HTMLResponse:
-        sweep = await sweep_or_refusal(request, seen, sweep_id)
-        if isinstance(sweep, HTMLResponse):
-            return sweep
-        return await shown(request, seen, "_sweep_trials.html", **sweep_context(sweep))
+        return await sweep_shown(request, seen, sweep_id, "_sweep_trials.html")
 
     @router.get("/schedules")
     async def schedules_page(request: Request, seen: Viewed) -> HTMLResponse:
@@ -104,7 +89,7 @@ def add_workflow_routes(router: APIRouter, state: dict[str, Any]) -> None:
             triggers = await named["triggers"].listed(seen.principal)
         except Problem as exc:
             return refused(request, seen, exc.detail or exc.title, status=exc.status)
-        return await shown(request, seen, "schedules.html", schedules=schedules, triggers=triggers)
+        return render(request, "schedules.html", seen, schedules=schedules, triggers=triggers)
 
     async def suspend_or_resume(request: Request, kind: str, name: str, verb: str, seen: Viewer) -> Response:
         try:
