@@ -94,39 +94,50 @@ class DatasetRef(BaseModel):
     context: str | None = Field(None, max_length=64, description="training, validation, test, ...")
 
 
-class VersionInfo(BaseModel):
-    """One model version as MLflow and Trainyard recorded it: what ``compare`` sets side by side."""
+class ModelLineage(BaseModel):
+    """Where a version came from: the job and attempt, the executor and its backend, the code,
+    the pipeline run or sweep, the image and runtime environment, the input datasets."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     name: str
     version: int
     job_id: str | None = None
+    attempt: int | None = Field(None, description="the job's attempt that made the version")
+    executor_id: str | None = None
+    backend: str | None = Field(None, description="the executor's backend: local, docker, kubernetes...")
     queue: str | None = Field(None, description="the job's queue (= team): who owns the version")
     run_id: str | None = None
-    model_id: str | None = None
-    source: str | None = None
+    model_id: str | None = Field(None, description="MLflow 3's LoggedModel (its source run is run_id)")
     git_repo: str | None = None
     git_commit: str | None = None
-    workdir_digest: str | None = Field(None, description="the packed workdir the job ran (sha256)")
     uncommitted_diff: str | None = Field(None, description="hash of what was not committed on top")
+    workdir_digest: str | None = Field(None, description="the packed workdir the job ran (sha256)")
+    pipeline_run: str | None = Field(None, description="the pipeline run whose step ran the job")
+    pipeline_step: str | None = None
+    sweep: str | None = Field(None, description="the sweep whose trial the job was")
+    sweep_trial: str | None = None
     image: str | None = Field(None, description="the job's container image")
     image_digest: str | None = Field(None, description="the image the executor ran (sha256), container jobs")
     runtime_lock: str | None = Field(
         None, description="hash of the resolved runtime environment (runtime_env.pip) the job ran in"
     )
-    attempt: int | None = Field(None, description="the job's attempt that made the version")
-    executor_id: str | None = None
-    backend: str | None = Field(None, description="the executor's backend: local, docker, kubernetes...")
-    pipeline_run: str | None = Field(None, description="the pipeline run whose step ran the job")
-    pipeline_step: str | None = None
-    sweep: str | None = Field(None, description="the sweep whose trial the job was")
-    sweep_trial: str | None = None
     datasets: list[DatasetRef] = Field(default_factory=list, max_length=MAX_DATASETS)
+    created_at: datetime | None = None
+
+    @classmethod
+    def of(cls, info: ModelLineage) -> ModelLineage:
+        """The lineage part of a version's answer."""
+        return cls(**{name: getattr(info, name) for name in ModelLineage.model_fields})
+
+
+class VersionInfo(ModelLineage):
+    """One model version as MLflow and Trainyard recorded it: what ``compare`` sets side by side."""
+
+    source: str | None = None
     params: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     aliases: list[str] = Field(default_factory=list)
-    created_at: datetime | None = None
 
 
 class AliasHolder(BaseModel):
@@ -207,66 +218,6 @@ class AliasView(BaseModel):
 
     state: AliasState
     version: VersionInfo | None = None
-
-
-LINEAGE_FIELDS = (
-    "name",
-    "version",
-    "job_id",
-    "attempt",
-    "executor_id",
-    "backend",
-    "queue",
-    "run_id",
-    "model_id",
-    "git_repo",
-    "git_commit",
-    "uncommitted_diff",
-    "workdir_digest",
-    "pipeline_run",
-    "pipeline_step",
-    "sweep",
-    "sweep_trial",
-    "image",
-    "image_digest",
-    "runtime_lock",
-    "datasets",
-    "created_at",
-)
-
-
-class ModelLineage(BaseModel):
-    """Where a version came from: the job and attempt, the executor and its backend, the code,
-    the pipeline run or sweep, the image and runtime environment, the input datasets."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    name: str
-    version: int
-    job_id: str | None = None
-    attempt: int | None = None
-    executor_id: str | None = None
-    backend: str | None = None
-    queue: str | None = None
-    run_id: str | None = None
-    model_id: str | None = Field(None, description="MLflow 3's LoggedModel (its source run is run_id)")
-    git_repo: str | None = None
-    git_commit: str | None = None
-    uncommitted_diff: str | None = None
-    workdir_digest: str | None = None
-    pipeline_run: str | None = None
-    pipeline_step: str | None = None
-    sweep: str | None = None
-    sweep_trial: str | None = None
-    image: str | None = None
-    image_digest: str | None = None
-    runtime_lock: str | None = None
-    datasets: list[DatasetRef] = Field(default_factory=list)
-    created_at: datetime | None = None
-
-    @classmethod
-    def of(cls, info: VersionInfo) -> ModelLineage:
-        return cls(**{name: getattr(info, name) for name in LINEAGE_FIELDS})
 
 
 class Comparison(BaseModel):
