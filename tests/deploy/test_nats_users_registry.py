@@ -123,3 +123,51 @@ async def test_promotions_are_audited_and_no_user_can_remove_or_rewrite_an_entry
             assert info.config.deny_delete and info.config.deny_purge
         finally:
             await admin.close()
+
+
+async def test_a_change_made_in_mlflow_reaches_the_bus_as_the_registry_user(tmp_path):
+    """MLflow's webhook (a delivery signed as mlflow.webhooks.delivery signs it) through the
+    registry's receiver, with the registry as its deployed NATS user: on the models stream and in
+    the audit stream, no permission violation."""
+    import time
+    import uuid
+
+    from pydantic import SecretStr
+
+    from trainyard_registry.webhooks import signature
+    from trainyard_shared.testing.helpers import serving_http
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    body = json.dumps(
+        {
+            "entity": "model_version_alias",
+            "action": "created",
+            "data": {"name": "perm-hook", "alias": "production", "version": "3"},
+        }
+    )
+    delivery, stamp = uuid.uuid4().hex, str(int(time.time()))
+    headers = {
+        "X-MLflow-Delivery-Id": delivery,
+        "X-MLflow-Timestamp": stamp,
+        "X-MLflow-Signature": signature("hook-secret", delivery, stamp, body),
+    }
+    with secured_server(tmp_path / "store") as server:
+        await provisioned(server)
+        settings = RegistrySettings(tracking_uri=tracking, webhook_secret=SecretStr("hook-secret"))
+        registry = registry_app(as_user(server.url, "registry", tmp_path / "data"), settings)
+        async with running(registry), serving_http(registry, lifespan="off") as url:
+            async with httpx.AsyncClient(timeout=30) as http:
+                answer = await http.post(f"{url}/mlflow/webhook", content=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        admin = await connect_as(server, "admin")
+        try:
+            js = admin.jetstream(timeout=5)
+            told = await js.get_last_msg(
+                S.streams.models, S.model_event("perm-hook", "model_version_alias_created")
+            )
+            assert json.loads(told.data)["delivery_id"] == delivery
+            entry = await js.get_last_msg(S.streams.audit, S.audit("registry", "model_promote"))
+            assert json.loads(entry.data)["actor"] == "mlflow"
+        finally:
+            await admin.close()
+        assert violations(server) == []
