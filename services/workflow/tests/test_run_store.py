@@ -157,6 +157,8 @@ async def test_a_run_read_again_is_its_head_and_the_chunks_another_writer_change
     mine.gets = 0
     assert (await store.get(run.run_id))[0] == run
     assert mine.gets == 1  # the head: the chunks it names were written by this store
+    # a revision's head is parsed once (parsing validates the whole pipeline again)
+    assert (await store._read(run.run_id)).head is (await store._read(run.run_id)).head
 
     key = run.steps["train"].jobs[5].key
     await replica.mutate(run.run_id, lambda r: (evolve(r, JobKnown("train", 5, key, "job5")), None))

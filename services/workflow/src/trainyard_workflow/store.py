@@ -88,9 +88,28 @@ class ChunkCache:
 
 
 class RunStore:
-    def __init__(self, kv: KeyValue, cache: ChunkCache | None = None) -> None:
+    def __init__(self, kv: KeyValue, cache: ChunkCache | None = None, max_heads: int = 256) -> None:
         self.kv = kv
         self.cache = cache if cache is not None else ChunkCache()
+        # a head as parsed, by run and revision: a revision's value never changes, and parsing a
+        # head validates its whole pipeline (the DAG, every output reference) again
+        self._heads: OrderedDict[str, tuple[int, RunHead]] = OrderedDict()
+        self.max_heads = max_heads
+
+    def _parsed_head(self, run_id: str, revision: int, value: bytes) -> RunHead:
+        kept = self._heads.get(run_id)
+        if kept is not None and kept[0] == revision:
+            self._heads.move_to_end(run_id)
+            return kept[1]
+        head = RunHead.model_validate_json(value)
+        self._keep_head(run_id, revision, head)
+        return head
+
+    def _keep_head(self, run_id: str, revision: int, head: RunHead) -> None:
+        self._heads[run_id] = (revision, head)
+        self._heads.move_to_end(run_id)
+        while len(self._heads) > self.max_heads:
+            self._heads.popitem(last=False)
 
     async def create(self, run: PipelineRun) -> int:
         head, chunks = split(run)
@@ -136,15 +155,15 @@ class RunStore:
             written = await self._write_chunks(run_id, dirty)
             # a chunk left with no jobs (a retry drops the jobs that did not succeed) is named no more
             names = {**{n: g for n, g in head.chunks.items() if n in chunks}, **written}
+            written_head = RunHead(run=new_head, chunks=names)
             try:
-                await self.kv.update(
-                    run_id,
-                    RunHead(run=new_head, chunks=names).model_dump_json().encode(),
-                    last=found.revision,
+                revision = await self.kv.update(
+                    run_id, written_head.model_dump_json().encode(), last=found.revision
                 )
             except KeyWrongLastSequenceError:
                 await self._remove(run_id, written)  # no head names them
                 continue
+            self._keep_head(run_id, int(revision), written_head)
             await self._remove(
                 run_id, {n: g for n, g in head.chunks.items() if n in written or n not in chunks}
             )
@@ -179,7 +198,7 @@ class RunStore:
                 # a record written before chunks: the whole run in one value, its jobs inline
                 legacy = PipelineRun.model_validate_json(entry.value)
                 return Stored(legacy, RunHead(run=split(legacy)[0]), {}, revision)
-            head = RunHead.model_validate_json(entry.value)
+            head = self._parsed_head(run_id, revision, entry.value)
             chunks = await self._read_chunks(run_id, head)
             if chunks is not None:
                 return Stored(join(head.run, chunks), head, chunks, revision)
