@@ -124,6 +124,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "TRAINYARD_EXECUTOR_CPU": "4096",
         "TRAINYARD_EXECUTOR_MEMORY": str(1024 * 1024 * 16),
     }
+    from bench_e2e import machine_speed  # this script's folder is on the path
+
+    speed_before = machine_speed()
     accepts: list[float] = []
     ended: float | None = None
     with EmbeddedStack(data, api_port=None, nats_port=None, env=env, ready_timeout=180) as stack:
@@ -161,7 +164,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "intake after the answer, as the service always does; repeats after the first run while the "
         "earlier arrays' jobs are still being sent; the DAG runs after the arrays ended (or their "
         "timeout), its steps on noop",
-        "machine": {"cpus": _cpus(), "python": sys.version.split()[0]},
+        "machine": {
+            "cpus": _cpus(),
+            "python": sys.version.split()[0],
+            "speed_ms_before": speed_before,  # a fixed Python loop (bench_e2e): lower is faster
+            "speed_ms_after": machine_speed(),
+        },
     }
 
 
