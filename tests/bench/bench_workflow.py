@@ -21,7 +21,8 @@ executor's end report is applied) to the moment its own job was submitted (its r
 intake). What is in between: the job event reaching the workflow service, its decision and
 compare-and-set on the run, and the bus intake. Both times are on this one machine's clock.
 
-Usage: python tests/bench/bench_workflow.py [--size 10000] [--repeat 3] [--dag-layers 50] [--out FILE]
+Usage: python tests/bench/bench_workflow.py [--size 10000] [--repeat 3] [--ended-timeout 300]
+       [--dag-layers 50] [--dag-width 10] [--dag-timeout 900] [--out FILE]
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 if i == args.repeat - 1 and args.ended_timeout > 0:
                     ended = all_ended(http, array_id, t0, args.ended_timeout)
             overheads = (
-                step_overheads(http, args.dag_layers, args.dag_width, args.ended_timeout)
+                step_overheads(http, args.dag_layers, args.dag_width, args.dag_timeout)
                 if args.dag_layers
                 else []
             )
@@ -188,6 +189,7 @@ if __name__ == "__main__":
     parser.add_argument("--ended-timeout", type=float, default=300.0)
     parser.add_argument("--dag-layers", type=int, default=50, help="layers of the DAG (0: no DAG)")
     parser.add_argument("--dag-width", type=int, default=10, help="steps in each layer")
+    parser.add_argument("--dag-timeout", type=float, default=900.0, help="seconds the DAG may take")
     parser.add_argument("--out", type=Path, default=OUT)
     arguments = parser.parse_args()
     result = main(arguments)
