@@ -60,6 +60,7 @@ SCHEDULE_OPERATIONS = [
 # every model route but the listing asks the registry service
 MODEL_OPERATIONS = [
     ("GET", "/v1/models/{name}/versions/{version}"),
+    ("GET", "/v1/models/{name}/versions/{version}/lineage"),
     ("GET", "/v1/models/{name}/aliases/{alias}"),
     ("POST", "/v1/models/{name}/aliases/{alias}"),
     ("POST", "/v1/models/{name}/aliases/{alias}/rollback"),
