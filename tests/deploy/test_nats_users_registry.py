@@ -15,7 +15,8 @@ import pytest
 
 from trainyard_contracts import Subjects
 from trainyard_registry.app import create_app as registry_app
-from trainyard_registry.mlflow_store import MlflowModelStore, ModelRequest
+from trainyard_registry.mlflow_names import ModelRequest
+from trainyard_registry.mlflow_store import MlflowModelStore
 from trainyard_registry.settings import RegistrySettings
 from trainyard_shared.testing.helpers import running
 from trainyard_submission.app import create_app as submission_app

@@ -13,13 +13,8 @@ import pytest
 
 from trainyard_contracts import JobSpec, lifecycle
 from trainyard_registry.core import version_record
-from trainyard_registry.mlflow_store import (
-    GIT_REPO_RUN_TAG,
-    GIT_REPO_VERSION_TAG,
-    JOB_ID_TAG,
-    MlflowModelStore,
-    ModelRequest,
-)
+from trainyard_registry.mlflow_names import GIT_REPO_RUN_TAG, GIT_REPO_VERSION_TAG, JOB_ID_TAG, ModelRequest
+from trainyard_registry.mlflow_store import MlflowModelStore
 
 pytestmark = [pytest.mark.security, pytest.mark.service]
 

@@ -12,7 +12,8 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from trainyard_registry.mlflow_store import OUTPUTS_SKIPPED_TAG, MlflowModelStore, ModelRequest
+from trainyard_registry.mlflow_names import OUTPUTS_SKIPPED_TAG, ModelRequest
+from trainyard_registry.mlflow_store import MlflowModelStore
 from trainyard_registry.outputs import OutputLimits, OutputsRefused
 
 pytestmark = [pytest.mark.security, pytest.mark.service]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from trainyard_contracts import JobRecord, JobSpec, JobState, lifecycle, new_job_id
 from trainyard_contracts._time import utcnow
-from trainyard_registry.mlflow_store import MlflowModelStore, ModelRequest
+from trainyard_registry.mlflow_names import ModelRequest
+from trainyard_registry.mlflow_store import MlflowModelStore
 from trainyard_shared.jobstore import JobStore
 
 STATES = [JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED]

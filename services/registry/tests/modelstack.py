@@ -20,7 +20,8 @@ import httpx
 import nats
 
 from trainyard_registry.app import create_app as registry_app
-from trainyard_registry.mlflow_store import MlflowModelStore, ModelRequest
+from trainyard_registry.mlflow_names import ModelRequest
+from trainyard_registry.mlflow_store import MlflowModelStore
 from trainyard_registry.settings import RegistrySettings
 from trainyard_shared.testing.helpers import common_settings, running, serving_http
 from trainyard_submission.app import create_app as submission_app

@@ -18,7 +18,8 @@ from types import ModuleType
 
 import pytest
 
-from trainyard_registry.mlflow_store import MlflowModelStore, ModelRequest
+from trainyard_registry.mlflow_names import ModelRequest
+from trainyard_registry.mlflow_store import MlflowModelStore
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "digits"

@@ -15,13 +15,9 @@ from mlflow.entities import LoggedModel, LoggedModelStatus, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from trainyard_registry.mlflow_store import (
-    MlflowModelStore,
-    MlflowStoreError,
-    ModelRequest,
-    read_metrics_file,
-    sqlite_artifact_dir,
-)
+from trainyard_registry.mlflow_names import MlflowStoreError, ModelRequest
+from trainyard_registry.mlflow_store import MlflowModelStore, sqlite_artifact_dir
+from trainyard_registry.outputs import read_metrics_file
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -28,7 +28,7 @@ from trainyard_contracts import (
 )
 from trainyard_contracts.sweeps import SWEEP_LABEL, TRIAL_LABEL
 from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL
-from trainyard_registry.mlflow_store import (
+from trainyard_registry.mlflow_names import (
     BACKEND_TAG,
     EXECUTOR_TAG,
     IMAGE_DIGEST_TAG,
@@ -38,10 +38,10 @@ from trainyard_registry.mlflow_store import (
     RUNTIME_LOCK_TAG,
     SWEEP_TAG,
     SWEEP_TRIAL_TAG,
-    MlflowModelStore,
     ModelRequest,
     RegisteredModel,
 )
+from trainyard_registry.mlflow_store import MlflowModelStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.publishing import MSG_ID, EventPublisher
 

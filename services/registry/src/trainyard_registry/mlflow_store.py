@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import tempfile
@@ -30,7 +29,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,44 +72,45 @@ from trainyard_registry.datasets import (
     mlflow_source,
     read_datasets_file,
 )
+from trainyard_registry.mlflow_names import (
+    ATTEMPT_TAG,
+    BACKEND_TAG,
+    CREATED_BY_REGISTRY,
+    CREATED_BY_TAG,
+    EXECUTOR_TAG,
+    GIT_COMMIT_RUN_TAG,
+    GIT_COMMIT_VERSION_TAG,
+    GIT_REPO_RUN_TAG,
+    GIT_REPO_VERSION_TAG,
+    IMAGE_DIGEST_TAG,
+    IMAGE_TAG,
+    JOB_ID_TAG,
+    JOB_NAME_TAG,
+    MODEL_ID_TAG,
+    MODEL_VERSIONS_TAG,
+    OUTPUTS_SKIPPED_TAG,
+    PIPELINE_RUN_TAG,
+    PIPELINE_STEP_TAG,
+    QUEUE_TAG,
+    RUNTIME_LOCK_TAG,
+    SWEEP_TAG,
+    SWEEP_TRIAL_TAG,
+    WORKDIR_DIFF_TAG,
+    WORKDIR_DIGEST_TAG,
+    MlflowStoreError,
+    ModelRequest,
+    RegisteredModel,
+)
 from trainyard_registry.outputs import (
     OutputLimits,
     StagedOutputs,
     open_outputs_dir,
+    read_metrics_file,
     skipped_summary,
     stage_outputs,
 )
 
 log = logging.getLogger("trainyard.registry.mlflow")
-
-JOB_ID_TAG = "trainyard.job_id"
-ATTEMPT_TAG = "trainyard.attempt"
-QUEUE_TAG = "trainyard.queue"
-JOB_NAME_TAG = "trainyard.job_name"
-MODEL_ID_TAG = "trainyard.model_id"
-CREATED_BY_TAG = "trainyard.created_by"
-CREATED_BY_REGISTRY = "registry"
-GIT_COMMIT_RUN_TAG = "mlflow.source.git.commit"
-GIT_REPO_RUN_TAG = "mlflow.source.git.repoURL"
-GIT_COMMIT_VERSION_TAG = "git_commit"
-GIT_REPO_VERSION_TAG = "git_repo"
-# a job that ran a packed workdir (spec workdir): which archive, and the hash of what was not
-# committed on top of git_commit (absent: the folder was clean, or not a git checkout)
-WORKDIR_DIGEST_TAG = "trainyard.workdir.digest"
-WORKDIR_DIFF_TAG = "trainyard.workdir.uncommitted_diff"
-OUTPUTS_SKIPPED_TAG = "trainyard.outputs_skipped"  # what of the outputs was not uploaded, and why
-MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # the logged model's link to its versions (as MLflow does)
-METRICS_FILE = "metrics.json"
-# where the version came from (docs/models.md, "Lineage"), on the run and the version
-EXECUTOR_TAG = "trainyard.executor"
-BACKEND_TAG = "trainyard.backend"
-IMAGE_TAG = "trainyard.image"
-IMAGE_DIGEST_TAG = "trainyard.image_digest"
-RUNTIME_LOCK_TAG = "trainyard.runtime_lock"
-PIPELINE_RUN_TAG = "trainyard.pipeline_run"
-PIPELINE_STEP_TAG = "trainyard.pipeline_step"
-SWEEP_TAG = "trainyard.sweep"
-SWEEP_TRIAL_TAG = "trainyard.sweep_trial"
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # job ids are [a-z0-9-]; anything quoted into an MLflow filter string must not hold a quote
@@ -122,44 +122,6 @@ MAX_SHOWN_VALUE = 500  # characters of a param's value in one answer
 DEFAULT_OUTPUT_LIMITS = OutputLimits(
     max_file_bytes=2 * 1024**3, max_total_bytes=10 * 1024**3, max_entries=10_000
 )
-
-
-class MlflowStoreError(RuntimeError):
-    """An MLflow call failed while registering or reading models (the cause is chained)."""
-
-
-@dataclass(frozen=True)
-class ModelRequest:
-    job_id: str
-    attempt: int
-    queue: str
-    job_name: str
-    model_name: str  # registered-model name, matches [A-Za-z0-9_-]+
-    outputs_dir: Path  # directory the job wrote its model into (local filesystem)
-    params: dict[str, str | int | float | bool]  # the job spec's params
-    git_repo: str | None
-    git_commit: str | None
-    experiment: str = "trainyard"
-    # the trailing part of outputs_dir that the job controls (the spec's outputs.path): no symlink
-    # is followed there; "" = only outputs_dir's own last component
-    outputs_path: str = ""
-    workdir_digest: str | None = None
-    workdir_diff: str | None = None
-    # what made the job, on the run and the version: a sweep trial's sweep id and trial number
-    lineage: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RegisteredModel:
-    name: str
-    version: int
-    run_id: str
-    model_id: str | None
-    source: str
-    job_id: str
-    git_commit: str | None
-    metrics: dict[str, float]
-    created_at: float  # epoch seconds
 
 
 def sqlite_db_path(tracking_uri: str) -> Path | None:
@@ -178,28 +140,6 @@ def sqlite_artifact_dir(tracking_uri: str) -> Path | None:
     """``<db dir>/mlartifacts`` for a ``sqlite:///`` file store, else None (the server decides)."""
     db = sqlite_db_path(tracking_uri)
     return db.parent / "mlartifacts" if db is not None else None
-
-
-def read_metrics_file(outputs_dir: Path) -> dict[str, float]:
-    """The job's ``metrics.json`` (a flat JSON object of name -> number); {} when it is absent."""
-    path = outputs_dir / METRICS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON file: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"{path}: expected a JSON object of metric name -> number, got {type(data).__name__}"
-        )
-    metrics: dict[str, float] = {}
-    for key, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            log.warning("%s: metric %r is not a finite number (%r); not logged", path, key, value)
-            continue
-        metrics[str(key)] = float(value)
-    return metrics
 
 
 def _int_or_none(text: str | None) -> int | None:

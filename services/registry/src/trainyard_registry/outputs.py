@@ -15,15 +15,22 @@ was checked is never read.
 from __future__ import annotations
 
 import errno
+import json
+import logging
+import math
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from trainyard_registry.mlflow_names import METRICS_FILE
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO put where a file was is not waited on (it is then refused as not regular)
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CHUNK = 1024 * 1024
+
+log = logging.getLogger("trainyard.registry.outputs")
 
 
 class OutputsRefused(ValueError):
@@ -169,3 +176,25 @@ def skipped_summary(skipped: list[tuple[str, str]], limit: int = 4000) -> str:
         lines.append(line)
         size += len(line) + 1
     return "\n".join(lines)
+
+
+def read_metrics_file(outputs_dir: Path) -> dict[str, float]:
+    """The job's ``metrics.json`` (a flat JSON object of name -> number); {} when it is absent."""
+    path = outputs_dir / METRICS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON file: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: expected a JSON object of metric name -> number, got {type(data).__name__}"
+        )
+    metrics: dict[str, float] = {}
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            log.warning("%s: metric %r is not a finite number (%r); not logged", path, key, value)
+            continue
+        metrics[str(key)] = float(value)
+    return metrics

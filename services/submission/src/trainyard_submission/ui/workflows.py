@@ -28,12 +28,12 @@ Verb = Literal["suspend", "resume"]
 
 
 def add_workflow_routes(router: APIRouter, state: dict[str, Any]) -> None:
-    sweeps = NamedObjects(state, "sweep", SweepReply, SweepRequest)
-    named: dict[str, NamedObjects[Any]] = {
-        "schedules": NamedObjects(state, "schedule", ScheduleReply, ScheduleRequest),
-        "triggers": NamedObjects(state, "trigger", TriggerReply, TriggerRequest),
-    }
+    _add_pipeline_routes(router, state)
+    _add_sweep_routes(router, state)
+    _add_schedule_routes(router, state)
 
+
+def _add_pipeline_routes(router: APIRouter, state: dict[str, Any]) -> None:
     @router.get("/pipelines")
     async def pipelines_page(request: Request, seen: Viewed) -> HTMLResponse:
         try:
@@ -58,6 +58,10 @@ def add_workflow_routes(router: APIRouter, state: dict[str, Any]) -> None:
     async def pipeline_dag(request: Request, run_id: str, seen: Viewed) -> HTMLResponse:
         return await run_shown(request, seen, run_id, "_pipeline_dag.html")
 
+
+def _add_sweep_routes(router: APIRouter, state: dict[str, Any]) -> None:
+    sweeps = NamedObjects(state, "sweep", SweepReply, SweepRequest)
+
     @router.get("/sweeps")
     async def sweeps_page(request: Request, seen: Viewed) -> HTMLResponse:
         try:
@@ -81,6 +85,13 @@ def add_workflow_routes(router: APIRouter, state: dict[str, Any]) -> None:
     @router.get("/sweeps/{sweep_id}/trials")
     async def sweep_trials(request: Request, sweep_id: str, seen: Viewed) -> HTMLResponse:
         return await sweep_shown(request, seen, sweep_id, "_sweep_trials.html")
+
+
+def _add_schedule_routes(router: APIRouter, state: dict[str, Any]) -> None:
+    named: dict[str, NamedObjects[Any]] = {
+        "schedules": NamedObjects(state, "schedule", ScheduleReply, ScheduleRequest),
+        "triggers": NamedObjects(state, "trigger", TriggerReply, TriggerRequest),
+    }
 
     @router.get("/schedules")
     async def schedules_page(request: Request, seen: Viewed) -> HTMLResponse:

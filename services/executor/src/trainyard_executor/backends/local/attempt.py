@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Coroutine, Mapping
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from trainyard_contracts.records import AttemptRuntime
 from trainyard_executor.backends.local.ranks import (
@@ -40,10 +40,10 @@ from ..devices import rank_devices, visible_devices_env
 from ..jobfiles import PRIVATE_DIR, hand_over, kill_user, open_private, private_dir, take_back
 from ..jobmetrics import install_reporter, metrics_env
 from ..jobusers import RunAsError
-from ..lines import READ_CHUNK, LineSplitter
 from ..runtime_env import RuntimeEnvError, runtime_lock
 from ..source import SourceError, checkout
 from ..workdir import WorkdirError, unpack_workdir
+from .output import drain, follow_output
 
 if TYPE_CHECKING:
     from trainyard_executor.backends.local.backend import LocalBackend
@@ -52,14 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SUPERVISOR = Path(__file__).resolve().parent.parent.parent / "supervise.py"
 CURSOR_NAME = "log-cursor.json"
-_TAIL_POLL_S = 0.05
-"""How often a log file that has reached its end is looked at again (regular files never block)."""
 _ADOPTED_POLL_S = 0.1
 _CURSOR_EVERY_S = 1.0
-_DRAIN_TIMEOUT_S = 5.0
-"""After the ranks are gone, how long a tail may go without delivering anything before what is
-left in its file is given up."""
-_DRAIN_MOST_S = 120.0
 T = TypeVar("T")
 
 
@@ -438,7 +432,7 @@ class LocalAttempt:
         finished = asyncio.Event()
         gang = self._launch.gang is not None or len(self._ranks) > 1
         tails = [
-            asyncio.create_task(self._tail(rank, stream, finished, gang))
+            asyncio.create_task(follow_output(rank, stream, finished, self._offsets, self._emit, tagged=gang))
             for rank in self._ranks
             for stream in ("stdout", "stderr")
         ]
@@ -455,7 +449,7 @@ class LocalAttempt:
             if self._user is not None:
                 await asyncio.to_thread(self._take_back)
             finished.set()
-            await self._drain(tails)
+            await drain(tails, self._offsets)
             cursor.cancel()
             self._write_cursor(self._offsets)
         except BaseException:
@@ -557,67 +551,8 @@ class LocalAttempt:
             signal_group(pgid, signal.SIGKILL)
         await exited
 
-    async def _drain(self, tails: list[asyncio.Task[None]]) -> None:
-        """Let the tails deliver what is left in the files, as long as they make progress: a
-        large output shipped under load takes longer than one fixed timeout, and its last lines
-        must not be cut off; tails that moved nothing for ``_DRAIN_TIMEOUT_S`` are cancelled, and
-        all of them after ``_DRAIN_MOST_S`` (a process that escaped the stop may write on)."""
-        pending: set[asyncio.Task[None]] = set(tails)
-        deadline = asyncio.get_running_loop().time() + _DRAIN_MOST_S
-        while pending and asyncio.get_running_loop().time() < deadline:
-            before = dict(self._offsets)
-            _, pending = await asyncio.wait(pending, timeout=_DRAIN_TIMEOUT_S)
-            if pending and self._offsets == before:
-                break
-        for task in pending:
-            task.cancel()
-
-    async def _tail(self, rank: Rank, stream: str, finished: asyncio.Event, tagged: bool) -> None:
-        """Follow one of a rank's output files from the shipped offset to its end."""
-        path = rank.stdout if stream == "stdout" else rank.stderr
-        key = path.name
-        prefix = f"[rank {rank.rank}] "
-
-        async def deliver(name: str, line: str) -> None:
-            await self._emit(name, prefix + line if tagged else line)
-
-        splitter = LineSplitter(stream, deliver)
-        offset = self._offsets.get(key, 0)
-        f: BinaryIO | None = None
-        try:
-            while True:
-                final = finished.is_set()  # read first: what was written before the end is read below
-                if f is None:
-                    try:
-                        f = open(path, "rb")  # noqa: ASYNC230 - a local file, kept open while tailing
-                        f.seek(offset)
-                    except FileNotFoundError:
-                        if final:
-                            break
-                        await _nap(finished)
-                        continue
-                chunk = f.read(READ_CHUNK)
-                if chunk:
-                    offset += len(chunk)
-                    await splitter.feed(chunk)
-                    self._offsets[key] = offset - splitter.pending
-                    continue
-                if final:
-                    break
-                await _nap(finished)
-            await splitter.end()
-            self._offsets[key] = offset
-        finally:
-            if f is not None:
-                f.close()
-
     def _write_cursor(self, offsets: Mapping[str, int]) -> None:
         try:
             write_json(self.meta_dir / CURSOR_NAME, dict(offsets))
         except OSError as e:
             log.warning("cannot write the log cursor of %s: %s", self._launch.job_id, e)
-
-
-async def _nap(finished: asyncio.Event) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(finished.wait(), _TAIL_POLL_S)
