@@ -49,7 +49,7 @@ async def test_a_failed_run_is_retried_from_its_failed_step_keeping_the_step_tha
 
             retried = await trainyard(url, client.token, "pipeline", "retry", run_id, "--wait", "-o", "json")
             assert retried.exit_code == 0, retried.output
-            run = json.loads(retried.output)
+            run = json.loads(retried.stdout)  # the step lines of --wait go to stderr under -o json
             assert run["state"] == "succeeded" and run["attempt"] == 2
             steps = run["steps"]
             assert steps["first"]["jobs"]["0"]["job_id"] == failed.steps["first"].jobs[0].job_id  # kept
