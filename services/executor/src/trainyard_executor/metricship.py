@@ -208,13 +208,15 @@ class MetricsShipper:
         payloads numbered from ``seq``; None when nothing was read or sampled. Serialised: a look
         cancelled while its thread runs must not overlap the next one (the parser and the file
         offset are one reader's). No sample once the attempt is stopping: its processes are gone."""
+        sampled = None
+        if self.sampler is not None and not self._stopping.is_set() and self.sampler.due():
+            # outside the reading lock: an engine's stats answer may take up to its client's
+            # timeout, and the attempt's last looks (which never sample) must not wait for it
+            sampled = self.sampler.sample()
         with self._reading:
             data, restarted = self.file.read()
             if restarted:
                 self.parser.restart()
-            sampled = None
-            if self.sampler is not None and not self._stopping.is_set() and self.sampler.due():
-                sampled = self.sampler.sample()
             if not data and sampled is None:
                 return None
             points = self.parser.feed(data) if data else []
