@@ -259,6 +259,14 @@ def audit(
                 f" attempt {again.attempt} (pid {again.pid}) did it too"
             )
             continue
+        if (fenced or {}).get(again.job_id) == again.attempt and not again.ended:
+            # its process was frozen with its executor before it could write its start, and wrote
+            # it after the thaw, until its executor stopped it: a paused machine resumes its jobs
+            f.notes.append(
+                f"job {again.job_id}: fenced attempt {again.attempt} (pid {again.pid}) resumed after the"
+                f" thaw and was stopped before its end; attempt {done.attempt} (pid {done.pid}) did the work"
+            )
+            continue
         f.duplicated.append(
             f"job {done.job_id}: attempt {done.attempt} (pid {done.pid}) completed its work and"
             f" attempt {again.attempt} (pid {again.pid}) ran it again"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from .audit import Run, audit, audit_events, overlapping_runs, parse_markers, ran_after_completing
@@ -176,3 +178,29 @@ def test_a_fenced_attempts_work_done_twice_is_a_note_any_other_run_after_complet
     after = audit(**common, fenced={"j1": 1}, frozen_at=100.3)
     assert after.duplicated == [] and any("after the thaw" in n for n in after.notes)
     assert audit(**common, fenced={}, frozen_at=101.0).duplicated  # not the fenced attempt
+
+
+def test_a_fenced_attempt_resumed_after_the_other_completed_is_a_note_unless_it_completed_too():
+    """Attempt 1's process was frozen with its executor before it wrote its start; attempt 2 did
+    the work on another executor (110.0-110.6); after the thaw attempt 1 wrote lines (120.0-120.4)
+    until its executor stopped it. Nothing is recorded twice and the work did not run twice to its
+    end: a note. Had it reached its end, or not been fenced, the work ran twice."""
+    stopped = parse_markers(ticks("j1", 2, 12, 110.0, 110.6) + ticks("j1", 1, 11, 120.0, 120.4, end=False))
+    completed = parse_markers(ticks("j1", 2, 12, 110.0, 110.6) + ticks("j1", 1, 11, 120.0, 120.6))
+
+    def audited(runs: list[Run], fenced: dict[str, int]) -> Any:
+        return audit(
+            offered={1: "j1"},
+            records={"j1": good_record("j1", 1, attempt=2)},
+            events=audit_events([event("j1", "succeeded", attempt=2)]),
+            runs=runs,
+            model_versions={},
+            model_jobs=[],
+            fenced=fenced,
+            frozen_at=101.0,
+        )
+
+    resumed = audited(stopped, {"j1": 1})
+    assert resumed.duplicated == [] and any("resumed after the thaw" in n for n in resumed.notes)
+    assert audited(stopped, {}).duplicated  # not fenced: attempt 1 ran after the work was done
+    assert audited(completed, {"j1": 1}).duplicated  # fenced, yet it did the work again to its end

@@ -336,6 +336,19 @@ async def freeze_an_executor(
     for job, attempt in on_victim.items():
         if records[job].attempt > attempt:
             fenced[job] = attempt
+    # the mirror may have lagged at the freeze: an attempt placed on the victim before it froze and
+    # ended by the scheduler after is fenced too (only settled jobs: their records must not change)
+    for job, r in records.items():
+        for info in r.attempts:
+            if (
+                r.state.terminal
+                and info.executor_id == victim
+                and info.number < r.attempt
+                and info.scheduled_at is not None
+                and info.scheduled_at.timestamp() < frozen_at
+                and (info.ended_at is None or info.ended_at.timestamp() >= frozen_at)
+            ):
+                fenced.setdefault(job, info.number)
     assert frozen_probes <= set(fenced), "a frozen long attempt was not superseded"
     before = {job: settled(records[job]) for job in fenced}
 

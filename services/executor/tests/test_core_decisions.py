@@ -145,3 +145,52 @@ async def test_a_failure_with_a_retry_left_is_requeued_and_one_without_fails_the
     await reports.applier.apply(reports.sent[-1])
     assert store.record("final") == final and types(events) == ["requeued", "failed"]
     assert json.loads(events.published[-1].payload)["job_id"] == "final"
+
+
+async def test_a_stalled_start_spawns_nothing_when_its_attempt_was_given_away(tmp_path) -> None:
+    """The chaos run's frozen executor (SIGSTOP between the record saying "running here" and the
+    spawn): meanwhile its lease lapsed and the scheduler requeued the attempt (its process may
+    still run: ``stopping``). After the thaw the start must not spawn: the work would run twice."""
+    store = Records(placed_on(ME, "j1"))
+    core, events, made = core_with(store, tmp_path)
+    spawned: list[str] = []
+    real_start = core.backend.start
+
+    async def spawn(launch: Any, on_line: Any) -> Any:
+        spawned.append(launch.job_id)
+        return await real_start(launch, on_line)
+
+    core.backend.start = spawn  # type: ignore[method-assign]
+    make_shipper = core.shippers
+
+    def stalling_shipper(job_id: str, attempt: int) -> Any:
+        shipper = make_shipper(job_id, attempt)
+        say = shipper.system
+
+        async def system(text: str) -> None:
+            await say(text)
+            if "starting on" in text:  # the last step before the spawn: the executor stalls here
+                core.running[job_id].started -= 3600
+                # what the scheduler wrote while this executor was away
+                await store.store.update(
+                    job_id,
+                    lambda r: lifecycle.requeue(
+                        r, utcnow(), reason="executor lost", counts_as_retry=False, stopping=True
+                    ),
+                )
+
+        shipper.system = system
+        return shipper
+
+    core.shippers = stalling_shipper
+    core.recovered.set()
+    await core.start(start(store, "j1"))
+    task = core.running["j1"].task
+    assert task is not None
+    await task
+    assert spawned == []
+    record = store.record("j1")
+    assert (record.state, record.attempt) == (JobState.REQUEUED, 2)
+    assert not record.attempts[0].stopping  # told: nothing of attempt 1 runs here
+    assert types(events) == ["running"]
+    assert any("not started" in text for _, text in made[("j1", 1)].lines)

@@ -62,6 +62,10 @@ class LocalAttempt:
         return time.monotonic() - self.started
 
 
+class AttemptSuperseded(Exception):
+    """The attempt's record moved on (another attempt, another executor) before it spawned."""
+
+
 LAUNCHED_REMEMBERED = 100_000  # attempts this process launched: a half-done start is told apart by it
 
 ShipperFactory = Callable[[str, int], LogShipper]
@@ -183,6 +187,7 @@ class AttemptRunner(AttemptRecorder):
             )
             ranks = f", ranks {list(launch.gang.ranks)} of {launch.gang.world_size}" if launch.gang else ""
             await shipper.system(f"attempt {attempt} starting on {self.me}{ranks}: {launch.argv}")
+            await self._still_ours(record.job_id, attempt, local)
             local.handle = await self.backend.start(launch, shipper.line)
             if local.cancel_reason is not None:
                 await local.handle.cancel(self.settings.grace_seconds)
@@ -204,6 +209,17 @@ class AttemptRunner(AttemptRecorder):
         if self.workdirs is None:
             raise RuntimeError("this executor has no access to the workdirs bucket")
         return await self.workdirs.fetch(spec.workdir.digest)
+
+    async def _still_ours(self, job_id: str, attempt: int, local: LocalAttempt) -> None:
+        """Raise :class:`AttemptSuperseded` when a start that took longer than a heartbeat since
+        the record said "running here" finds the attempt given away. A frozen or starved executor
+        misses its lease, and the scheduler runs the job elsewhere meanwhile: spawning then would do
+        its work twice. A start without such a stall spawns without a read."""
+        if local.elapsed() <= self.settings.heartbeat_seconds:
+            return
+        found = await self.store.get(job_id)
+        if found is None or not owns(found[0], self.me, attempt):
+            raise AttemptSuperseded(f"attempt {attempt} was given away while its start was stalled")
 
     async def _spec_to_run(self, record: JobRecord) -> JobSpec:
         """The spec with its secret values put back (raises SecretsMissing: the attempt fails)."""
@@ -236,6 +252,12 @@ class AttemptRunner(AttemptRecorder):
             await self._follow(record, attempt, local, shipper)
         except asyncio.CancelledError:
             raise
+        except AttemptSuperseded as exc:
+            # not ours to record: the scheduler ended it in the record; it only waits to hear that
+            # nothing runs here (its room stays counted until then)
+            log.warning("a stalled start found its attempt given away", extra={"job_id": record.job_id})
+            await shipper.system(f"attempt {attempt} not started: {exc}")
+            await self._let_go(record.job_id, attempt)
         except BROKER_ERRORS as exc:
             if local.handle is None:
                 await self._could_not_run(record, attempt, local, shipper, exc)
