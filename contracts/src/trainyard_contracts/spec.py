@@ -11,7 +11,7 @@ import itertools
 import json
 import posixpath
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any
 
 import yaml
@@ -340,16 +340,25 @@ def url_credentials(url: str) -> str | None:
     return password if colon and password else None
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its credentials (see :func:`url_credentials`) replaced by ``***``."""
+def _with_userinfo(url: str, replace: Callable[[str, str], str]) -> str:
+    """``url`` with its userinfo and the ``@`` after it replaced by ``replace(userinfo, secret)``;
+    ``url`` itself when it holds no credentials (see :func:`url_credentials`)."""
     secret = url_credentials(url)
     if secret is None:
         return url
     match = _USERINFO.match(url)
     assert match is not None
-    userinfo = match.group(2)
-    masked = SECRET_MASK if userinfo == secret else userinfo[: len(userinfo) - len(secret)] + SECRET_MASK
-    return match.group(1) + masked + "@" + url[match.end() :]
+    return match.group(1) + replace(match.group(2), secret) + url[match.end() :]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its credentials (see :func:`url_credentials`) replaced by ``***``."""
+
+    def masked(userinfo: str, secret: str) -> str:
+        kept = "" if userinfo == secret else userinfo[: len(userinfo) - len(secret)]
+        return kept + SECRET_MASK + "@"
+
+    return _with_userinfo(url, masked)
 
 
 # what one refusal reports, whatever the input (as Kubernetes does): the first errors, then a count;
@@ -367,14 +376,11 @@ def _clip(text: str, limit: int) -> str:
 def strip_url_credentials(url: str) -> str:
     """``url`` without its credentials (see :func:`url_credentials`): ``https://host/…``,
     ``ssh://git@host/…``."""
-    secret = url_credentials(url)
-    if secret is None:
-        return url
-    match = _USERINFO.match(url)
-    assert match is not None
-    userinfo = match.group(2)
-    kept = "" if userinfo == secret else userinfo[: len(userinfo) - len(secret) - 1] + "@"
-    return match.group(1) + kept + url[match.end() :]
+
+    def kept(userinfo: str, secret: str) -> str:
+        return "" if userinfo == secret else userinfo[: len(userinfo) - len(secret) - 1] + "@"
+
+    return _with_userinfo(url, kept)
 
 
 class FieldError(BaseModel):
