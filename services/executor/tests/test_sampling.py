@@ -138,9 +138,32 @@ STATS_CGROUP_V2 = {
     "memory_stats": {"usage": 210 * MIB, "stats": {"inactive_file": 4 * MIB, "anon": 200 * MIB}},
 }
 STATS_EXITED = {"cpu_stats": {"cpu_usage": {"total_usage": 0}}, "memory_stats": {}}
+# recorded from podman 4.3's Docker-compatible API (GET /v1.40/containers/<id>/stats?stream=false,
+# rootful, cgroup v1), cut to the sections read: no memory_stats.stats (so no inactive file cache to
+# take off: its usage is the cgroup's memory.usage_in_bytes), and an empty body once it has exited
+STATS_PODMAN = {
+    "cpu_stats": {
+        "cpu_usage": {
+            "total_usage": 898578354,
+            "percpu_usage": [449934587, 448643767],
+            "usage_in_kernelmode": 277981254,
+            "usage_in_usermode": 620597100,
+        },
+        "system_cpu_usage": 49973925596418,
+        "online_cpus": 2,
+        "cpu": 0,
+    },
+    "precpu_stats": {"cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0}},
+    "memory_stats": {"usage": 368640, "limit": 268435456},
+    "pids_stats": {"current": 1},
+}
 
 
 def test_an_engines_stats_read_as_docker_stats_counts_memory():
     assert stats_reading(STATS_CGROUP_V1) == Reading(cpu_seconds=1.5, rss_bytes=210 * MIB)
     assert stats_reading(STATS_CGROUP_V2) == Reading(cpu_seconds=0.25, rss_bytes=206 * MIB)
     assert stats_reading(STATS_EXITED) is None
+
+
+def test_podmans_compatible_stats_read_the_same_way():
+    assert stats_reading(STATS_PODMAN) == Reading(cpu_seconds=0.898578354, rss_bytes=368640)
