@@ -128,6 +128,12 @@ class Subjects:
     def model_registered(self, model_name: str) -> str:
         return f"{self.prefix}.model.{model_name}.registered"
 
+    @property
+    def all_model_events(self) -> str:
+        """Every model event (the models stream's subjects): Trainyard's ``registered`` and the
+        changes MLflow's webhooks tell."""
+        return f"{self.prefix}.model.>"
+
     def model_event(self, model_name: str, event: str) -> str:
         """A change made in MLflow (its webhook): ``event`` as in modelregistry.MLFLOW_EVENTS."""
         return f"{self.prefix}.model.{model_name}.{event}"

@@ -26,7 +26,9 @@ from trainyard_registry.mlflow_store import MlflowModelStore
 from trainyard_registry.settings import RegistrySettings
 from trainyard_registry.webhooks import signature
 from trainyard_shared.natsserver import free_port
-from trainyard_shared.testing.helpers import eventually, serving_http
+from trainyard_shared.testing.helpers import common_settings, eventually, running, serving_http
+from trainyard_workflow.app import create_app as workflow_app
+from trainyard_workflow.settings import WorkflowSettings
 
 pytestmark = [pytest.mark.service, pytest.mark.registry, pytest.mark.timeout(300)]
 SECRET = "webhook-test-secret-" + uuid.uuid4().hex
@@ -179,6 +181,61 @@ async def test_changes_made_in_mlflow_arrive_on_the_bus_in_the_alias_history_and
         ]
         gone = await s.http.get(f"/v1/models/{name}/aliases/production")
         assert gone.status_code == 404
+
+
+@pytest.mark.workflow
+async def test_an_alias_set_in_mlflow_starts_the_pipeline_of_a_trigger_on_that_alias(
+    webhook_stack, mlflow_server, nats_server, prefix, tmp_path
+) -> None:
+    """MLflow's own client sets ``production``; its webhook reaches the registry, the bus carries
+    ``model.<name>.model_version_alias_created``, and the workflow service's trigger filtered on
+    that alias starts its pipeline with the version as a parameter. ``staging``, set the same way
+    first, is filtered out."""
+    name = f"wh-{uuid.uuid4().hex[:8]}"
+    common = common_settings(nats_server.url, prefix, tmp_path / "workflow")
+    trigger = {
+        "name": f"deploy-{name}",
+        "subject": f"{prefix}.model.{name}.model_version_alias_created",
+        "filter": "alias == 'production'",
+        "params": {"version": "to_string(version)"},
+        "pipeline": {
+            "name": "deploy",
+            "params": {"version": "0"},
+            "steps": [
+                {"name": "deploy", "job": {"name": "deploy", "command": ["echo", "v${{ params.version }}"]}}
+            ],
+        },
+    }
+    async with (
+        webhook_stack as s,
+        serving_http(s.registry, lifespan="off") as registry_url,
+        running(workflow_app(common, WorkflowSettings(reconcile_seconds=1))),
+    ):
+        created = await s.http.post("/v1/triggers", json=trigger)
+        assert created.status_code == 201, created.text
+        client = MlflowClient(tracking_uri=mlflow_server)
+        await asyncio.to_thread(
+            client.create_webhook,
+            f"trainyard-{name}",
+            f"{registry_url}/mlflow/webhook",
+            EVENTS,
+            secret=SECRET,
+        )
+        await asyncio.to_thread(client.create_registered_model, name)
+        version = await asyncio.to_thread(version_in_mlflow, client, name)
+        await asyncio.to_thread(client.set_registered_model_alias, name, "staging", version)
+        await asyncio.to_thread(client.set_registered_model_alias, name, "production", version)
+
+        async def fired():
+            record = (await s.http.get(f"/v1/triggers/deploy-{name}")).json()
+            return record if record["fired"] else None
+
+        record = await eventually(fired, timeout=90, what="the trigger's run")
+        assert record["filtered"] >= 1  # staging: an alias event, not the one the filter wants
+        run = (await s.http.get(f"/v1/pipelines/{record['last_run_id']}")).json()
+        assert run["spec"]["params"]["version"] == version, run
+        assert run["spec"]["steps"][0]["job"]["command"] == ["echo", f"v{version}"]
+        assert run["submitted_by"] == f"trigger:deploy-{name}"
 
 
 async def test_deliveries_not_signed_with_the_secret_too_old_or_too_large_are_refused(

@@ -181,7 +181,7 @@ def _record_streams(subjects: Subjects, limits: StreamLimits, common: dict[str, 
     return [
         StreamConfig(
             name=names.models,
-            subjects=[f"{p}.model.>"],
+            subjects=[subjects.all_model_events],
             description="model versions registered",
             max_age=365 * DAY,
             duplicate_window=120.0,

@@ -56,7 +56,7 @@ SINGLE_USER_SERVICES = tuple(s for s in SERVICES if s != "executor")
 
 REPORTS_DURABLE = "scheduler-exec-reports"  # trainyard_scheduler.app: executors' reports
 TRIGGER_EVENTS_DURABLE = "workflow-trigger-events"  # trainyard_workflow.app
-MODEL_TRIGGERS_DURABLE = "workflow-model-triggers"  # its filter: <prefix>.model.*.registered
+MODEL_TRIGGERS_DURABLE = "workflow-model-triggers"  # its filter: <prefix>.model.>
 SWEEP_METRICS_DURABLE = "workflow-sweep-metrics"  # trainyard_workflow.app: trials' reports
 
 # the durable consumers of each service: (stream field of StreamNames, durable name)
@@ -323,8 +323,9 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         # the schedule ticker's lease, one key: never the scheduler's
         read_bucket(perms, subjects.buckets.leases)
         perms.add_publish(f"$KV.{subjects.buckets.leases}.{SCHEDULE_LEASE_KEY}")
-        # triggers on Trainyard's own model events: a durable on the models stream, filtered to them
-        durable(perms, streams["models"], MODEL_TRIGGERS_DURABLE, subjects.model_registered("*"))
+        # triggers on model events (Trainyard's registrations, MLflow's changes told by its
+        # webhooks): a durable on the models stream, filtered to its subjects; never a subscription
+        durable(perms, streams["models"], MODEL_TRIGGERS_DURABLE, subjects.all_model_events)
         # a sweep trial's objective when its job ended: the last batch of its metrics (one message)
         perms.add_publish(f"{API}.STREAM.MSG.GET.{streams['metrics']}")
     return perms

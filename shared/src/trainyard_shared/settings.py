@@ -60,7 +60,7 @@ class CommonSettings(BaseSettings):
         max_length=64,
         description="subject patterns of other systems' events that triggers may follow, comma-"
         "separated (datasets.>,ci.*.done): the triggers stream stores them, and a trigger on any "
-        "other subject is refused. <prefix>.trigger.> and <prefix>.model.*.registered are always allowed",
+        "other subject is refused. <prefix>.trigger.> and <prefix>.model.> are always allowed",
     )
 
     @field_validator("trigger_subjects", mode="before")

@@ -238,7 +238,7 @@ def _job_consumers(sb: ServiceBroker, slot: RuntimeSlot[WorkflowRuntime]) -> Non
 
 def _trigger_consumers(sb: ServiceBroker, common: CommonSettings, slot: RuntimeSlot[WorkflowRuntime]) -> None:
     """The events triggers follow: the triggers stream (``<prefix>.trigger.>`` and the operator's
-    allow-list of other systems' subjects) and Trainyard's own model events. One message
+    allow-list of other systems' subjects) and the model events (Trainyard's and MLflow's). One message
     unacknowledged at a time over every replica: each trigger sees its events in stream order."""
     subjects = sb.subjects
     bound = streams(subjects)
@@ -249,7 +249,7 @@ def _trigger_consumers(sb: ServiceBroker, common: CommonSettings, slot: RuntimeS
             TRIGGER_EVENTS_DURABLE,
             [subjects.trigger_events, *common.trigger_subjects],
         ),
-        (bound.models, subjects.model_registered("*"), MODEL_TRIGGERS_DURABLE, None),
+        (bound.models, subjects.all_model_events, MODEL_TRIGGERS_DURABLE, None),
     )
     for stream, subject, durable, filters in sources:
 

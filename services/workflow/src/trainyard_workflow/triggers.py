@@ -3,7 +3,8 @@
 Each matching event fires at most once, across restarts and replicas (docs/workflows.md,
 "Triggers"):
 - the events come from durable consumers that hold one unacknowledged message at a time over all
-  replicas (the triggers stream; the models stream, filtered to ``model.*.registered``), so every
+  replicas (the triggers stream; the models stream: ``model.<name>.registered`` and MLflow's
+  changes its webhooks tell, ``model.<name>.model_version_alias_created`` ...), so every
   trigger sees them in stream order;
 - for every trigger whose subject the event matches, one compare-and-set records the event's
   sequence as looked at, with what it did (counted, or a fire stored as ``pending`` under a run
@@ -64,9 +65,10 @@ class TriggerStore(NamedStore[TriggerRecord]):
 
 
 def allowed_patterns(subjects: Subjects, foreign: list[str]) -> list[str]:
-    """What triggers may follow: ``<prefix>.trigger.>``, Trainyard's own model events, and the
-    operator's allow-list of other systems' subjects (CommonSettings.trigger_subjects)."""
-    return [subjects.trigger_events, subjects.model_registered("*"), *foreign]
+    """What triggers may follow: ``<prefix>.trigger.>``, the model events (a version registered,
+    and what MLflow's webhooks tell: an alias set or deleted, a version or model created in MLflow),
+    and the operator's allow-list of other systems' subjects (CommonSettings.trigger_subjects)."""
+    return [subjects.trigger_events, subjects.all_model_events, *foreign]
 
 
 def validate_trigger(document: Any, allowed: list[str]) -> TriggerSpec:
