@@ -226,3 +226,35 @@ async def test_a_job_that_moved_on_while_a_page_was_read_is_listed_from_its_reco
     assert await indexed.ids(state="submitted", limit=10) == [jobs[2].job_id, jobs[0].job_id]
     assert await indexed.ids(queue="default", limit=10) == newest_first(jobs)
     assert await indexed.ids(queue="other", limit=10) == []
+
+
+async def test_counts_are_the_servers_and_follow_concurrent_transitions(indexed):
+    """``JobIndex.count``: the waiting jobs of a queue counted without reading them, right after
+    writers race every job (each moved once, by compare-and-set, whoever wins)."""
+    jobs = [record(i, queue="alpha" if i % 4 else "beta") for i in range(60)]
+    await asyncio.gather(*(indexed.store.create(r) for r in jobs))
+    assert (await indexed.index.count("alpha", "submitted"))[0] == 45
+    count, first = await indexed.index.count("beta", "submitted")
+    assert count == 15 and first is not None and first.queue == "beta"
+    assert await indexed.index.count("alpha", "requeued") == (0, None)
+
+    def queue(r: JobRecord) -> JobRecord | None:
+        return lifecycle.advance(r, JobState.QUEUED, BASE) if r.state is JobState.SUBMITTED else None
+
+    # two writers each try to queue every second job: one compare-and-set wins, the other sees it done
+    moved = jobs[::2]
+    await asyncio.gather(*(indexed.store.update(j.job_id, queue) for j in moved + moved))
+
+    async def settled() -> tuple[int, int] | None:
+        # the entries of the state left are removed without waiting: the count follows a moment later
+        counts = [
+            (await indexed.index.count(q, s))[0] for q in ("alpha", "beta") for s in ("submitted", "queued")
+        ]
+        return (counts[0] + counts[2], counts[1] + counts[3]) if counts[0] + counts[2] == 30 else None
+
+    assert await eventually(settled, 10.0, "the entries of the state left removed") == (30, 30)
+    in_beta = [(await indexed.index.count("beta", s))[0] for s in ("submitted", "queued")]
+    assert in_beta == [
+        sum(1 for j in jobs[1::2] if j.spec.queue == "beta"),
+        sum(1 for j in moved if j.spec.queue == "beta"),
+    ]

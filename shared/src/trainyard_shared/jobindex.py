@@ -447,6 +447,25 @@ class JobIndex:
         finally:
             await sub.unsubscribe()
 
+    async def count(self, queue: str | None, state: str | None) -> tuple[int, IndexEntry | None]:
+        """How many entries ``queue`` and ``state`` hold (None: any), and the one stored first,
+        without reading them: one batched direct get of the first entry on the filter, whose
+        ``Nats-Num-Pending`` is the server's count of the entries after it (from its per-subject
+        state, not a walk of the messages). Unverified, as a page's entries are before their
+        records are read: a stale entry counts until it is removed (the module's docstring)."""
+        request = {"seq": 1, "batch": 1, "next_by_subj": self.filter(queue, state)}
+        reply = await self.nc.request(
+            f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), timeout=10.0
+        )
+        headers = reply.headers or {}
+        if not reply.data or headers.get("Status"):  # 404: nothing on the filter
+            return 0, None
+        try:
+            first: IndexEntry | None = IndexEntry.decode(reply.data)
+        except (KeyError, ValueError):
+            first = None
+        return int(headers.get("Nats-Num-Pending", 0) or 0) + 1, first
+
     async def stored_at(self, seq: int) -> int:
         """The server's time (ns) when the message at ``seq`` (or the next one there) was stored."""
         request = {"seq": seq, "next_by_subj": f"{self.subjects.prefix}.jobidx.>"}

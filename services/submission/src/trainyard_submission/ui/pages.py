@@ -450,17 +450,24 @@ def add_job_output_routes(router: APIRouter, deps: RouteDeps) -> None:
 
 
 def add_overview_routes(router: APIRouter, deps: RouteDeps) -> None:
-    @router.get("/queues")
-    async def queues_page(request: Request, seen: Viewed) -> HTMLResponse:
+    async def queues_now_view(seen: Viewer) -> dict[str, Any]:
         queues = [q.as_json() for q in await deps.queues().list()]
+        service = deps.state["service"]
+        now = await queues_now(service.index, service.store, [str(q["name"]) for q in queues])
         # what waits and runs in a queue is its team's, as the jobs table is: a team sees its own
-        now = await queues_now(deps.state["service"].index, deps.state["service"].store)
         mine = [str(q["name"]) for q in queues if seen.principal.admin or q["name"] == seen.principal.team]
         sampler = deps.state.get("queue_sampler")
         charts = {name: queue_charts(name, sampler.history.of(name) if sampler else []) for name in mine}
-        return render(
-            request, "queues.html", seen, queues=queues, now=now, mine=mine, charts=charts, at=utcnow()
-        )
+        return {"queues": queues, "now": now, "mine": mine, "charts": charts, "at": utcnow()}
+
+    @router.get("/queues")
+    async def queues_page(request: Request, seen: Viewed) -> HTMLResponse:
+        return render(request, "queues.html", seen, **await queues_now_view(seen))
+
+    @router.get("/queues/now")
+    async def queues_now_part(request: Request, seen: Viewed) -> HTMLResponse:
+        """The queues page's numbers and charts as they are now (the page asks every 5 s)."""
+        return render(request, "_queues_now.html", seen, **await queues_now_view(seen))
 
     @router.get("/models")
     async def models_page(

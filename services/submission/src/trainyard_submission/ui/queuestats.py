@@ -1,9 +1,10 @@
 """The queues page's numbers: each queue's usage against its quota and its pending jobs now, and a
 bounded history of its depth and longest wait for the chart (docs/ui.md, "Queue charts").
 
-Now: the jobs index's entries of the pending states (submitted, queued, requeued) count each
-queue's waiting jobs and date its oldest; the entries of the holding states (scheduled, running)
-name the jobs whose records say what they hold (resources times replicas), summed per queue as the
+Now: each queue's waiting jobs are counted by the server, not read (``JobIndex.count``: one
+request per queue and pending state, whatever the backlog), and the first entry stored in each of
+those states dates its longest wait; the entries of the holding states (scheduled, running) name
+the jobs whose records say what they hold (resources times replicas), summed per queue as the
 scheduler sums them for a quota. Entries are not checked against records for the counts (a stale
 entry lives a moment; the chart is a picture, not an invoice); holding records are read, at most
 ``MAX_HOLDING_READ``.
@@ -63,14 +64,23 @@ async def index_entries(index: JobIndex, states: Iterable[str]) -> list[IndexEnt
     return found
 
 
-async def queues_now(index: JobIndex, store: JobStore) -> dict[str, QueueNow]:
-    """Each queue with a pending or holding job: its counts and what its holding jobs use."""
+async def queues_now(index: JobIndex, store: JobStore, queue_names: Iterable[str]) -> dict[str, QueueNow]:
+    """Each of ``queue_names`` (and any queue with a holding job): its counts and what its holding
+    jobs use. The waiting jobs are counted, not read: a backlog of any size costs the same."""
     out: dict[str, QueueNow] = {}
-    for entry in await index_entries(index, PENDING_STATES):
-        now = out.setdefault(entry.queue, QueueNow())
-        now.pending += 1
-        if now.oldest_pending_ns is None or entry.submitted_ns < now.oldest_pending_ns:
-            now.oldest_pending_ns = entry.submitted_ns
+    names = list(dict.fromkeys(queue_names))
+    asked = [(q, s) for q in names for s in PENDING_STATES]
+    for (queue, _state), (count, first) in zip(
+        asked, await asyncio.gather(*(index.count(q, s) for q, s in asked)), strict=True
+    ):
+        now = out.setdefault(queue, QueueNow())
+        now.pending += count
+        # the entry stored first in a state: the job that has waited longest in it, whose
+        # submission dates the queue's wait (a requeued job keeps its submission time)
+        if first is not None and (
+            now.oldest_pending_ns is None or first.submitted_ns < now.oldest_pending_ns
+        ):
+            now.oldest_pending_ns = first.submitted_ns
     holding = await index_entries(index, HOLDING_STATES)
     job_ids = list(dict.fromkeys(e.job_id for e in holding))[:MAX_HOLDING_READ]
     for found in await asyncio.gather(*(store.get(j) for j in job_ids)):
@@ -137,7 +147,7 @@ class QueueSampler:
         return self
 
     async def sample(self) -> None:
-        now = await queues_now(self.index, self.store)
+        now = await queues_now(self.index, self.store, self.queue_names())
         self.history.add(datetime.now(UTC), now, self.queue_names())
 
     async def _run(self) -> None:
