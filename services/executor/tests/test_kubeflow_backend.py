@@ -203,7 +203,9 @@ async def test_a_trainjob_is_created_suspended_resumed_and_completes_with_its_lo
     cluster: Cluster, tmp_path: Path
 ) -> None:
     """Against kmock and the stand-in Trainer: create (suspended), resume, Complete, log, release."""
-    cluster.script = lambda tj: [NodeRun(0, b"epoch 1\nepoch 2\nno newline at the end")]
+    digest = "sha256:" + "7f" * 32
+    image_id = f"registry.example/train@{digest}"
+    cluster.script = lambda tj: [NodeRun(0, b"epoch 1\nepoch 2\nno newline at the end", image_id=image_id)]
     backend = cluster.backend()
     lines = Lines()
     attempt = await backend.start(_launch(tmp_path), lines)
@@ -211,6 +213,7 @@ async def test_a_trainjob_is_created_suspended_resumed_and_completes_with_its_lo
     outcome = await _wait(attempt)
 
     assert (outcome.kind, outcome.exit_code, outcome.reason) == ("succeeded", 0, "exit code 0")
+    assert outcome.runtime is not None and outcome.runtime.image_digest == digest  # the node's imageID
     assert lines.lines == ["epoch 1", "epoch 2", "no newline at the end"]
     (create,) = cluster.requests("POST", "/trainjobs")
     (resume,) = [

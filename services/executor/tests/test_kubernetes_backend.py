@@ -41,7 +41,7 @@ from trainyard_executor.backends.kube_manifests import (
     label_value,
     service_manifest,
 )
-from trainyard_executor.backends.kube_status import deciding_exit, job_end
+from trainyard_executor.backends.kube_status import deciding_exit, image_digest, job_end
 from trainyard_executor.backends.kubernetes import KubernetesBackend
 from trainyard_executor.jobenv import HOST_ONLY_ENV
 from trainyard_executor.kubeemulator import SAMPLE_IMAGE as IMAGE
@@ -188,6 +188,26 @@ def test_conditions_and_container_states_map_to_outcome_kinds() -> None:
     assert exit_ is not None and (exit_.rank, exit_.exit_code) == (1, 1)
 
 
+@pytest.mark.unit
+def test_the_image_digest_is_read_from_the_job_containers_image_id_as_runtimes_write_it() -> None:
+    digest = "sha256:" + "ab" * 32
+    for image_id in (
+        f"registry.example/train@{digest}",  # containerd, CRI-O: the registry's manifest digest
+        f"docker-pullable://registry.example/train@{digest}",  # dockershim
+        digest,  # an image the node has only locally: its image id
+    ):
+        assert image_digest([_pod("p0", 0, exit_code=0, image_id=image_id)]) == digest, image_id
+    # the lowest rank that says speaks for a gang; no digest, or none at all: nothing
+    other = "sha256:" + "cd" * 32
+    gang = [_pod("p1", 1, image_id=other), _pod("p0", 0, image_id=""), _pod("p2", 2, image_id=digest)]
+    assert image_digest(gang) == other
+    assert image_digest([_pod("p0", 0, image_id="registry.example/train:1")]) is None
+    assert image_digest([_pod("p0", 0, waiting="ErrImagePull")]) is None
+    assert (
+        image_digest([_pod("p0", 0, image_id=f"registry.example/train@{digest}")], container="node") is None
+    )
+
+
 # -- the client side against kmock -----------------------------------------------------------
 
 
@@ -199,6 +219,7 @@ def _pod(
     reason: str = "",
     labels: Any = None,
     waiting: str | None = None,
+    image_id: str = "",
 ) -> dict[str, Any]:
     state: dict[str, Any] = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
     if exit_code is not None:
@@ -227,7 +248,7 @@ def _pod(
                 {
                     "name": "job",
                     "image": IMAGE,
-                    "imageID": "",
+                    "imageID": image_id,
                     "ready": False,
                     "restartCount": 0,
                     "state": state,
@@ -322,11 +343,15 @@ async def test_a_job_that_completes_succeeds_with_its_log(cluster: Cluster, tmp_
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 91
     assert job["metadata"]["namespace"] == NS
 
-    await cluster.run_pod(job, 0, b"epoch 1\nepoch 2\nno newline at the end", exit_code=0)
+    digest = "sha256:" + "5e" * 32  # the kubelet's imageID: the tag resolved when the container was made
+    await cluster.run_pod(
+        job, 0, b"epoch 1\nepoch 2\nno newline at the end", exit_code=0, image_id=f"{IMAGE}@{digest}"
+    )
     await cluster.set_job_condition(attempt.name, "Complete", "")
     outcome = await _wait(attempt)
 
     assert (outcome.kind, outcome.exit_code, outcome.reason) == ("succeeded", 0, "exit code 0")
+    assert outcome.runtime is not None and outcome.runtime.image_digest == digest  # lineage: what ran
     assert lines.lines == ["epoch 1", "epoch 2", "no newline at the end"]
     follow = cluster.requests("GET", "/log")
     assert follow and "follow=true" in str(follow[0].url) and "container=job" in str(follow[0].url)

@@ -109,6 +109,8 @@ class NodeRun:
     log: bytes = b""
     reason: str = ""
     """The terminated container's reason (default Completed / Error); OOMKilled, ..."""
+    image_id: str = ""
+    """The container status's imageID as a kubelet sets it (``repo@sha256:...``); empty: unknown."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def pod_object(
                 {
                     "name": container,
                     "image": image,
-                    "imageID": "",
+                    "imageID": run.image_id,
                     "ready": False,
                     "restartCount": 0,
                     "state": state,

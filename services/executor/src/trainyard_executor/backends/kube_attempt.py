@@ -1,9 +1,11 @@
-"""One attempt as a Kubernetes Job: its watches, its pods' logs and their cursor, its verdict."""
+"""One attempt as a Kubernetes Job: its watches, its pods' logs and their cursor, its verdict and
+the image it ran by content (the job container's ``imageID``: ``AttemptRuntime.image_digest``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
+from trainyard_contracts.records import AttemptRuntime
 from trainyard_executor.backends.base import (
     AttemptLaunch,
     AttemptOutcome,
@@ -30,6 +33,7 @@ from trainyard_executor.backends.kube_manifests import (
 from trainyard_executor.backends.kube_status import (
     deciding_exit,
     failure_reason,
+    image_digest,
     job_end,
     pod_loggable,
     pod_rank,
@@ -322,7 +326,11 @@ class KubeAttempt:
                 await self._cursor_task
             self._write_cursor(self._consumed)
         self._outcome_kind = outcome.kind
-        return outcome
+        # what the attempt ran in, by content (lineage): the pods' last state has been read
+        digest = image_digest(self.pods.values(), self.backend.container)
+        return (
+            dataclasses.replace(outcome, runtime=AttemptRuntime(image_digest=digest)) if digest else outcome
+        )
 
     async def _wait(self) -> AttemptOutcome:
         refreshed = False

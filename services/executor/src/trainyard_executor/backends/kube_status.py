@@ -8,6 +8,7 @@ condition before the deadline, so it ends the attempt as well.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,28 @@ def pod_exit(pod: Mapping[str, Any], container: str = CONTAINER) -> PodExit | No
         reason=terminated.get("reason") or "",
         message=terminated.get("message") or "",
     )
+
+
+# the digest at the end of a container status's imageID: ``sha256:<hex>`` (an image the node has
+# only locally), ``<repo>@sha256:<hex>`` (containerd, CRI-O), ``docker-pullable://<repo>@sha256:<hex>``
+_IMAGE_DIGEST = re.compile(r"(?:^|[@/])(sha256:[0-9a-f]{64})$")
+
+
+def image_digest(pods: Iterable[Mapping[str, Any]], container: str = CONTAINER) -> str | None:
+    """The image the job container ran, by content: the ``sha256:`` digest of its status's
+    ``imageID``, which the kubelet sets from what the runtime resolved the tag to when the
+    container was created (a tag moved since does not change it). The lowest rank that has one
+    speaks for a gang (its pods are made from one template). For an image pulled from a registry it
+    is the registry's manifest digest (``repo@sha256:...``, what ``image@sha256:...`` pulls again),
+    for an image the node has only locally its image id, as Docker's backend reports. None when no
+    pod says (a pod that never started, a runtime that leaves it empty)."""
+    ranked = sorted(pods, key=pod_rank)
+    for pod in ranked:
+        status = _job_container(pod, container)
+        found = _IMAGE_DIGEST.search(str((status or {}).get("imageID") or ""))
+        if found:
+            return found.group(1)
+    return None
 
 
 def pod_stuck(pod: Mapping[str, Any]) -> str | None:
