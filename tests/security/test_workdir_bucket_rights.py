@@ -31,3 +31,26 @@ async def test_submission_adds_executors_read_others_cannot(server, admin):  # n
         await attempt(
             submission, submission.js.purge_stream(f"OBJ_{BUCKET}"), f"$JS.API.STREAM.PURGE.OBJ_{BUCKET}"
         )
+
+
+async def test_step_outputs_are_put_by_an_executor_read_by_another_and_by_no_other_service(
+    server,  # noqa: F811
+    admin,  # noqa: F811
+):
+    """The step outputs bucket ($TRAINYARD_INPUTS): the executor that ran a step stores its packed
+    outputs folder, the executor of a dependent reads it; the submission and telemetry users can
+    neither add nor read one (a step's outputs are its run's)."""
+    bucket = S.step_outputs_bucket
+    data = b"a step's packed outputs folder, as far as the bucket knows"
+    async with connected(server, "executor-exec-a") as executor:
+        digest, stored = await put_blob(await open_store(executor.js, bucket), data)
+        assert stored
+    async with connected(server, "executor-exec-b") as other:
+        assert await get_blob(await open_store(other.js, bucket), digest, max_bytes=1024) == data
+    async with connected(server, "submission") as submission:
+        await attempt(submission, submission.js.publish(f"$O.{bucket}.M.forged", b"{}"), f"$O.{bucket}.M.")
+        store = await open_store(submission.js, bucket)
+        await attempt(submission, store.get_info(digest), f"$JS.API.STREAM.MSG.GET.OBJ_{bucket}")
+    async with connected(server, "telemetry") as telemetry:
+        store = await open_store(telemetry.js, bucket)
+        await attempt(telemetry, store.get_info(digest), f"$JS.API.STREAM.MSG.GET.OBJ_{bucket}")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import Capacity
-from trainyard_contracts.spec import FieldError, JobSpec
+from trainyard_contracts.spec import DIGEST_PATTERN, FieldError, JobSpec
 from trainyard_contracts.stepoutputs import StepOutputs
 from trainyard_contracts.subjects import Subjects, msg_id
 
@@ -82,6 +82,12 @@ class JobSucceeded(Envelope):
     outputs_uri: str | None = None
     outputs: StepOutputs | None = Field(
         None, description="what the job wrote to outputs.json (name -> value; at most 64 KiB)"
+    )
+    outputs_digest: str | None = Field(
+        None,
+        pattern=DIGEST_PATTERN,
+        description="a pipeline step with dependents: sha256 of its packed outputs folder in the "
+        "step outputs bucket",
     )
     duration_seconds: float | None = None
     declares_model: bool | None = Field(

@@ -70,6 +70,7 @@ def finish(
     reason: str | None,
     outputs_uri: str | None = None,
     outputs: StepOutputs | None = None,
+    outputs_digest: str | None = None,
 ) -> JobRecord:
     """End the current attempt in a terminal state."""
     return advance(
@@ -80,6 +81,7 @@ def finish(
         reason=reason,
         outputs_uri=outputs_uri,
         outputs=outputs,
+        outputs_digest=outputs_digest,
         attempts=_with_attempt(record, ended_at=now, state=target, exit_code=exit_code, reason=reason),
     )
 

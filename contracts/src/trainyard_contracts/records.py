@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainyard_contracts._time import utcnow
-from trainyard_contracts.spec import JobSpec, strip_url_credentials
+from trainyard_contracts.spec import DIGEST_PATTERN, JobSpec, strip_url_credentials
 from trainyard_contracts.states import JobState
 from trainyard_contracts.stepoutputs import StepOutputs
 
@@ -102,6 +102,7 @@ class GangMember(_Model):
     reason: str | None = None
     outputs_uri: str | None = None
     outputs: StepOutputs | None = None
+    outputs_digest: str | None = Field(None, pattern=DIGEST_PATTERN)
     gpus: list[int] = Field(
         default_factory=list,
         max_length=1024,
@@ -165,6 +166,12 @@ class JobRecord(_Model):
     outputs_uri: str | None = None
     outputs: StepOutputs | None = Field(
         None, description="what the job wrote to outputs.json when it succeeded (name -> value)"
+    )
+    outputs_digest: str | None = Field(
+        None,
+        pattern=DIGEST_PATTERN,
+        description="a pipeline step with dependents that succeeded: sha256 of its packed outputs "
+        "folder in the step outputs bucket (its dependents' $TRAINYARD_INPUTS/<step>/)",
     )
     model: ModelRef | None = None
     submitted_by: str | None = None

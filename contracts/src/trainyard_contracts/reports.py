@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainyard_contracts.records import AttemptRuntime, AttemptUsage
+from trainyard_contracts.spec import DIGEST_PATTERN
 from trainyard_contracts.stepoutputs import StepOutputs
 
 ReportKind = Literal["start", "end", "handback", "cancelled", "stopped"]
@@ -54,6 +55,12 @@ class ExecutorReport(BaseModel):
     outputs_uri: str | None = Field(None, max_length=URI_MAX)
     outputs: StepOutputs | None = Field(
         None, description="end, succeeded: the job's outputs.json (trainyard_contracts.stepoutputs)"
+    )
+    outputs_digest: str | None = Field(
+        None,
+        pattern=DIGEST_PATTERN,
+        description="end, succeeded, a pipeline step with dependents (spec pass_outputs): sha256 of "
+        "its packed outputs folder in the step outputs bucket",
     )
     duration_seconds: float | None = Field(None, ge=0)
     usage: AttemptUsage | None = Field(None, description="end: what the attempt's processes used")

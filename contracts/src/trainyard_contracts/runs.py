@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.arrays import parse_array
-from trainyard_contracts.spec import FieldError
+from trainyard_contracts.spec import DIGEST_PATTERN, FieldError
 from trainyard_contracts.workflow import RUN_ID_PATTERN, PipelineSpec
 
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
@@ -53,6 +53,12 @@ class ChildJob(BaseModel):
     key: str = Field(description="the idempotency key it was submitted with (run, step, index, attempt)")
     job_id: str | None = None
     outcome: Literal["succeeded", "failed", "cancelled", "timed_out", "rejected"] | None = None
+    outputs_digest: str | None = Field(
+        None,
+        pattern=DIGEST_PATTERN,
+        description="succeeded, and later steps depend on it: its packed outputs folder (their "
+        "$TRAINYARD_INPUTS/<step>/)",
+    )
 
 
 class StepRun(BaseModel):

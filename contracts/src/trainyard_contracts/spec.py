@@ -179,6 +179,24 @@ class Workdir(_Strict):
         return self
 
 
+MAX_STEP_INPUTS = 1024
+STEP_INPUT_PATH_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}(/(0|[1-9][0-9]{0,5}))?$"
+
+
+class StepInput(_Strict):
+    """One upstream step's outputs folder handed to a pipeline step: unpacked by the executor at
+    ``$TRAINYARD_INPUTS/<path>/`` before the job starts. Set by the workflow service, never by a
+    user (``POST /v1/jobs`` refuses ``inputs``); docs/workflows.md, "Step inputs"."""
+
+    path: str = Field(
+        pattern=STEP_INPUT_PATH_PATTERN,
+        description="the upstream step's name, or <step>/<index> for one job of an array step",
+    )
+    digest: str = Field(
+        pattern=DIGEST_PATTERN, description="sha256 of its packed outputs folder in the step outputs bucket"
+    )
+
+
 class RuntimeEnv(_Strict):
     """Local backend only: Python requirements installed into a cached venv keyed by their hash."""
 
@@ -235,6 +253,18 @@ class JobSpec(_Strict):
         None,
         description="set by the workflow service on a job of an array (its index and the array's "
         "size); a submission over HTTP cannot set it (give array: on the spec instead)",
+    )
+    inputs: list[StepInput] = Field(
+        default_factory=list,
+        max_length=MAX_STEP_INPUTS,
+        description="set by the workflow service on a pipeline step: its dependencies' outputs "
+        "folders, unpacked under $TRAINYARD_INPUTS; a submission over HTTP cannot set it",
+    )
+    pass_outputs: bool = Field(
+        False,
+        description="set by the workflow service on a pipeline step that later steps depend on: the "
+        "executor packs the outputs folder of a succeeded attempt for them; a submission over HTTP "
+        "cannot set it",
     )
 
     @field_validator("command", mode="before")

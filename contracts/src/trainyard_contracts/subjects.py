@@ -212,6 +212,12 @@ class Subjects:
         return f"{self.prefix.replace('-', '_')}_workdirs"
 
     @property
+    def step_outputs_bucket(self) -> str:
+        """The Object Store bucket of pipeline steps' packed outputs folders (sha256 digests):
+        what their dependents find under ``$TRAINYARD_INPUTS/<step>/``."""
+        return f"{self.prefix.replace('-', '_')}_step_outputs"
+
+    @property
     def buckets(self) -> BucketNames:
         base = self.prefix.replace("-", "_")
         return BucketNames(

@@ -48,6 +48,7 @@ def conclude(
     outputs_uri: str | None,
     now: datetime,
     outputs: StepOutputs | None = None,
+    outputs_digest: str | None = None,
 ) -> JobRecord:
     """The record after the attempt ended. A failure with retries left is requeued with backoff;
     a timeout is final (a job that hit its limit would hit it again)."""
@@ -65,6 +66,7 @@ def conclude(
         reason=reason,
         outputs_uri=outputs_uri if kind == "succeeded" else None,
         outputs=outputs if kind == "succeeded" else None,
+        outputs_digest=outputs_digest if kind == "succeeded" else None,
     )
 
 
@@ -80,6 +82,7 @@ def event_for(before: JobRecord, after: JobRecord, duration: float | None) -> En
                 exit_code=after.exit_code or 0,
                 outputs_uri=after.outputs_uri,
                 outputs=after.outputs,
+                outputs_digest=after.outputs_digest,
                 duration_seconds=duration,
                 declares_model=bool(after.spec.outputs and after.spec.outputs.model),
             )
@@ -143,6 +146,7 @@ def conclude_member(
     outputs_uri: str | None,
     now: datetime,
     outputs: StepOutputs | None = None,
+    outputs_digest: str | None = None,
 ) -> JobRecord:
     """The record after this member's ranks ended. A success waits for the other members; any
     other end is the attempt's end (with a retry if one is left, as :func:`conclude` decides)."""
@@ -157,6 +161,7 @@ def conclude_member(
         reason=reason,
         outputs_uri=outputs_uri if kind == "succeeded" else None,
         outputs=outputs if kind == "succeeded" else None,
+        outputs_digest=outputs_digest if kind == "succeeded" else None,
     )
     placed = record.model_copy(update={"gang": gang, "updated_at": now})
     if kind == "succeeded":
@@ -171,6 +176,7 @@ def conclude_member(
             outputs_uri=master.outputs_uri,  # rank 0's outputs are the job's
             now=now,
             outputs=master.outputs,
+            outputs_digest=master.outputs_digest,
         )
     detail = f"{executor_id} (ranks {member.ranks}): {reason}"
     return conclude(placed, kind, exit_code=exit_code, reason=detail, outputs_uri=None, now=now)

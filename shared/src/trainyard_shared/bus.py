@@ -292,7 +292,14 @@ def object_store_configs(
             max_bytes=limits.workdirs_max_bytes,
             max_age=limits.workdirs_max_age_days * DAY,
             replicas=replicas,
-        )
+        ),
+        object_store_stream(
+            subjects.step_outputs_bucket,
+            "pipeline steps' packed outputs folders, named by their sha256 digest ($TRAINYARD_INPUTS)",
+            max_bytes=limits.step_outputs_max_bytes,
+            max_age=limits.step_outputs_max_age_days * DAY,
+            replicas=replicas,
+        ),
     ]
 
 

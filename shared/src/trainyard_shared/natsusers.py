@@ -155,6 +155,7 @@ def look_up_streams(perms: Permissions, subjects: Subjects) -> None:
         *stream_names(subjects).values(),
         *(f"KV_{b}" for b in bucket_names(subjects).values()),
         f"OBJ_{subjects.workdirs_bucket}",
+        f"OBJ_{subjects.step_outputs_bucket}",
     ]:
         perms.add_publish(f"{API}.STREAM.INFO.{stream}")
 
@@ -349,6 +350,9 @@ def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
     perms.add_publish(subjects.exec_reports_of(executor_id))
     perms.add_subscribe(subjects.exec_applied(executor_id))  # the scheduler's wake-up, its own only
     read_objects(perms, subjects.workdirs_bucket)  # the jobs' packed workdirs, read only
+    # pipeline steps' outputs folders: packed and put by the step's executor, read by its
+    # dependents' (put once by digest, never purged: a blob is never replaced)
+    write_objects(perms, subjects.step_outputs_bucket)
     return perms
 
 

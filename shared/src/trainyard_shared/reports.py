@@ -86,6 +86,7 @@ def apply_report(record: JobRecord, report: ExecutorReport) -> JobRecord | None:
                 outputs_uri=report.outputs_uri,
                 now=now,
                 outputs=report.outputs,
+                outputs_digest=report.outputs_digest,
             )
             if report.runtime is not None:
                 ended = lifecycle.ran_in(ended, report.attempt, report.runtime)

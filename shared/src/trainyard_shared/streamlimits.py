@@ -60,3 +60,15 @@ class StreamLimits(BaseSettings):
     workdirs_max_age_days: float = Field(
         30, gt=0, description="how long a packed workdir is kept; a retry after that fails saying so"
     )
+    step_outputs_max_bytes: int = Field(
+        2 * GiB,
+        ge=MiB,
+        description="the pipeline steps' packed outputs folders ($TRAINYARD_INPUTS); full: a step's "
+        "attempt that cannot store its folder fails saying so (discard new), none stored is dropped",
+    )
+    step_outputs_max_age_days: float = Field(
+        30,
+        gt=0,
+        description="how long a step's packed outputs folder is kept; a dependent started (or "
+        "retried) after that fails saying it is not stored",
+    )

@@ -4,6 +4,8 @@ A spec with ``array`` is not a job: it asks the workflow service for one array o
 pipeline run whose step is the array, docs/workflows.md "Job arrays"), and the workflow service
 submits every child job. ``array_task`` (which child a job is) is the workflow service's to set:
 a caller giving it is refused, so ``TRAINYARD_ARRAY_INDEX`` always means what Trainyard says.
+So are ``inputs`` and ``pass_outputs`` (a pipeline step's upstream outputs folders, and whether
+its own are packed): a caller naming a digest would read a folder that is not its run's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,36 @@ from trainyard_contracts.spec import parse_spec_document, validate_spec
 
 ARRAY_FIELD = "array"
 ARRAY_TASK_FIELD = "array_task"
+WORKFLOW_ONLY_FIELDS = {
+    ARRAY_TASK_FIELD: "is set by Trainyard on each job of an array; "
+    'to run an array give array: "0-99%8" (Slurm syntax) instead',
+    "inputs": "is set by Trainyard on a pipeline step (its dependencies' outputs folders, "
+    "$TRAINYARD_INPUTS); run a pipeline to pass a folder from one job to the next",
+    "pass_outputs": "is set by Trainyard on a pipeline step that later steps depend on",
+}
+
+
+def workflow_only_errors(document: object) -> list[FieldError]:
+    """The fields of a job spec document only the workflow service sets, each as a field error."""
+    if not isinstance(document, dict):
+        return []
+    return [
+        FieldError(field=name, message=why) for name, why in WORKFLOW_ONLY_FIELDS.items() if name in document
+    ]
+
+
+def refuse_workflow_fields(body: str | bytes) -> None:
+    """SpecError when a submission (not the workflow service's) sets a field only it may set. Most
+    bodies name none: checked on the raw text first, parsed only when one may be there."""
+    raw = body.encode() if isinstance(body, str) else body
+    if not any(name.encode() in raw for name in WORKFLOW_ONLY_FIELDS):
+        return
+    try:
+        errors = workflow_only_errors(parse_spec_document(body))
+    except SpecError:
+        return  # not a document: the submission's own parse says why
+    if errors:
+        raise SpecError(errors)
 
 
 @dataclass(frozen=True)
@@ -35,18 +67,11 @@ class ArrayRequest:
 
 def array_request(body: str | bytes) -> ArrayRequest | None:
     """The array ``body`` asks for, None for a plain job; SpecError names ``array`` (bad syntax)
-    or ``array_task`` (set by a caller)."""
+    or a field only the workflow service sets (``array_task``, ``inputs``, ``pass_outputs``)."""
     document = parse_spec_document(body)
-    if ARRAY_TASK_FIELD in document:
-        raise SpecError(
-            [
-                FieldError(
-                    field=ARRAY_TASK_FIELD,
-                    message="is set by Trainyard on each job of an array; "
-                    'to run an array give array: "0-99%8" (Slurm syntax) instead',
-                )
-            ]
-        )
+    errors = workflow_only_errors(document)
+    if errors:
+        raise SpecError(errors)
     if ARRAY_FIELD not in document:
         return None
     text = document[ARRAY_FIELD]

@@ -32,6 +32,7 @@ from trainyard_contracts import FieldError, IntakeReply, SpecError
 from trainyard_contracts.ids import idempotency_slot, intake_namespace
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_submission.access import Forbidden
+from trainyard_submission.arrayjobs import refuse_workflow_fields
 from trainyard_submission.busidentity import bus_name, bus_principal
 from trainyard_submission.samespec import IdempotencyConflict
 from trainyard_submission.service import SubmissionService
@@ -55,6 +56,8 @@ async def handle_intake(
         principal = await bus_principal(tokens, headers)
         namespace = intake_namespace(workflow_channel, principal.token_id if principal else None)
         slot = idempotency_slot(namespace, msg_id) if msg_id else None
+        if not workflow_channel:
+            refuse_workflow_fields(body)
         result = await service.submit(
             body, submitted_by=bus_name(principal), idempotency_slot=slot, principal=principal
         )

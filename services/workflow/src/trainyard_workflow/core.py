@@ -31,7 +31,7 @@ from trainyard_contracts.runs import (
     StepRun,
     StepState,
 )
-from trainyard_contracts.spec import ArrayTask, ParamValue
+from trainyard_contracts.spec import MAX_STEP_INPUTS, ArrayTask, ParamValue, StepInput
 from trainyard_contracts.stepoutputs import STEP_OUTPUT_REF, OutputValue
 from trainyard_contracts.sweeps import SweepRecord, SweepState
 from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL, Condition, StepSpec, step_output_refs
@@ -75,6 +75,8 @@ class JobEnded:
     index: int
     job_id: str
     outcome: str
+    outputs_digest: str | None = None
+    """succeeded: its packed outputs folder, when later steps depend on it (spec pass_outputs)"""
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,8 @@ def _job_after(job: ChildJob | None, fact: Submit | JobKnown | JobEnded) -> Chil
     # JobEnded: only the job this step submitted, once
     if job is None or job.job_id != fact.job_id or job.outcome is not None:
         return None
-    return job.model_copy(update={"outcome": fact.outcome})
+    digest = fact.outputs_digest if fact.outcome == "succeeded" else None
+    return job.model_copy(update={"outcome": fact.outcome, "outputs_digest": digest})
 
 
 def evolve_all(run: PipelineRun, facts: Iterable[Fact], now: datetime | None = None) -> PipelineRun:
@@ -396,6 +399,33 @@ def with_outputs(job: JobSpec, outputs: Mapping[str, Mapping[str, OutputValue] |
             "params": {name: typed(v, f"params.{name}") for name, v in job.params.items()},
         }
     )
+
+
+def has_dependents(run: PipelineRun, step: str) -> bool:
+    """Whether a later step depends on ``step``: then its job packs its outputs folder for them."""
+    return any(step in other.depends for other in run.spec.steps)  # a list or a mapping of names
+
+
+def step_inputs(run: PipelineRun, step: str) -> list[StepInput] | EndStep:
+    """The outputs folders ``step`` gets under ``$TRAINYARD_INPUTS``: one per dependency whose job
+    reported one (``<dep>``), one per index of an array dependency (``<dep>/<index>``); only the
+    step's own dependencies. A dependency that failed, was skipped, or packed nothing has no entry
+    (its folder is absent, not empty). More than MAX_STEP_INPUTS: the step fails, saying so."""
+    inputs: list[StepInput] = []
+    for dep in run.spec.step(step).conditions():
+        spec, jobs = run.spec.step(dep), run.steps[dep].jobs
+        for index, job in sorted(jobs.items()):
+            if job.outputs_digest is not None:
+                path = f"{dep}/{index}" if spec.array else dep
+                inputs.append(StepInput(path=path, digest=job.outputs_digest))
+    if len(inputs) > MAX_STEP_INPUTS:
+        return EndStep(
+            step,
+            StepState.failed,
+            f"its dependencies passed {len(inputs)} outputs folders, more than the "
+            f"{MAX_STEP_INPUTS} a step takes under $TRAINYARD_INPUTS",
+        )
+    return inputs
 
 
 MODEL_OUTPUTS = ("model_name", "model_version")

@@ -45,12 +45,14 @@ from trainyard_workflow.core import (
     Submit,
     advance,
     evolve_all,
+    has_dependents,
     idempotency_key,
     job_spec_for,
     outputs_of_record,
     referenced_steps,
     retried_steps,
     retry,
+    step_inputs,
     step_of,
     submitted_under,
     sweep_facts,
@@ -204,7 +206,7 @@ class WorkflowService:
         # answer was lost with a restart; a job under any other key is not this step's
         facts: list[Fact] = [
             JobKnown(ref.step, ref.index, key, job_id),
-            JobEnded(ref.step, ref.index, job_id, outcome),
+            JobEnded(ref.step, ref.index, job_id, outcome, record.outputs_digest),
         ]
         await self.progress(ref.run_id, facts)
 
@@ -346,7 +348,18 @@ class WorkflowService:
 
     async def _step_job(self, run: PipelineRun, step: str) -> JobSpec | EndStep | None:
         """The step's job with the outputs it uses filled in; EndStep (failed) when one is not
-        there; None when a job record could not be read now (the look-over tries again)."""
+        there; None when a job record could not be read now (the look-over tries again). It
+        carries its dependencies' outputs folders (``inputs``) and, when later steps depend on it,
+        ``pass_outputs``."""
+        inputs = step_inputs(run, step)
+        if isinstance(inputs, EndStep):
+            return inputs
+        job = await self._with_outputs(run, step)
+        if not isinstance(job, JobSpec):
+            return job
+        return job.model_copy(update={"inputs": inputs, "pass_outputs": has_dependents(run, step)})
+
+    async def _with_outputs(self, run: PipelineRun, step: str) -> JobSpec | EndStep | None:
         spec = run.spec.step(step)
         needed = referenced_steps(spec)
         if not needed:
