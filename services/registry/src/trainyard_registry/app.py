@@ -11,6 +11,7 @@ from trainyard_contracts import JobSucceeded
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.modelregistry import REGISTRY_KINDS, MlflowModelEvent, RegistryReply
 from trainyard_registry.core import RegistryCore
+from trainyard_registry.deferred import DeferredModelStore, ModelStore, create_sqlite_store
 from trainyard_registry.outputs import OutputLimits
 from trainyard_registry.requests import AliasStore, RegistryRequests
 from trainyard_registry.settings import RegistrySettings
@@ -52,16 +53,21 @@ async def build_runtime(
     sb: ServiceBroker, common: CommonSettings, settings: RegistrySettings
 ) -> RegistryRuntime:
     buckets = await connect_and_bind(sb, common)
-    # MLflow is a heavy import: only when the service starts, not when its app is built
-    from trainyard_registry.mlflow_store import MlflowModelStore
-
     tracking = settings.tracking_uri or default_tracking_uri(common)
     limits = OutputLimits(
         max_file_bytes=settings.max_output_file_bytes,
         max_total_bytes=settings.max_outputs_bytes,
         max_entries=settings.max_output_entries,
     )
-    mlflow = MlflowModelStore(tracking, settings.registry_uri, limits)
+    await create_sqlite_store(tracking)
+
+    def build() -> ModelStore:
+        # MLflow is a heavy import: only once a registration or a version question needs it
+        from trainyard_registry.mlflow_store import MlflowModelStore
+
+        return MlflowModelStore(tracking, settings.registry_uri, limits)
+
+    mlflow = DeferredModelStore(build)
     core = RegistryCore(
         store=JobStore(buckets.jobs),
         models_kv=buckets.models,

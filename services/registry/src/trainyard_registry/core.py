@@ -28,6 +28,7 @@ from trainyard_contracts import (
 )
 from trainyard_contracts.sweeps import SWEEP_LABEL, TRIAL_LABEL
 from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL
+from trainyard_registry.deferred import ModelStore
 from trainyard_registry.mlflow_names import (
     BACKEND_TAG,
     EXECUTOR_TAG,
@@ -41,7 +42,6 @@ from trainyard_registry.mlflow_names import (
     ModelRequest,
     RegisteredModel,
 )
-from trainyard_registry.mlflow_store import MlflowModelStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.publishing import MSG_ID, EventPublisher
 
@@ -81,7 +81,7 @@ class RegistryCore:
         events: EventPublisher,
         broker: NatsBroker,
         subjects: Subjects,
-        mlflow: MlflowModelStore,
+        mlflow: ModelStore,
         experiment: str,
         executors: KeyValue | None = None,
     ) -> None:

@@ -72,3 +72,21 @@ class RegisteredModel:
     git_commit: str | None
     metrics: dict[str, float]
     created_at: float  # epoch seconds
+
+
+def sqlite_db_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (absolute), else None."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(tracking_uri).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).resolve()
+
+
+def sqlite_artifact_dir(tracking_uri: str) -> Path | None:
+    """``<db dir>/mlartifacts`` for a ``sqlite:///`` file store, else None (the server decides)."""
+    db = sqlite_db_path(tracking_uri)
+    return db.parent / "mlartifacts" if db is not None else None

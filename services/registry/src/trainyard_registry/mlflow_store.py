@@ -100,6 +100,7 @@ from trainyard_registry.mlflow_names import (
     MlflowStoreError,
     ModelRequest,
     RegisteredModel,
+    sqlite_artifact_dir,
 )
 from trainyard_registry.outputs import (
     OutputLimits,
@@ -122,24 +123,6 @@ MAX_SHOWN_VALUE = 500  # characters of a param's value in one answer
 DEFAULT_OUTPUT_LIMITS = OutputLimits(
     max_file_bytes=2 * 1024**3, max_total_bytes=10 * 1024**3, max_entries=10_000
 )
-
-
-def sqlite_db_path(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` tracking URI (absolute), else None."""
-    if not tracking_uri.startswith("sqlite:"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    database = make_url(tracking_uri).database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database).resolve()
-
-
-def sqlite_artifact_dir(tracking_uri: str) -> Path | None:
-    """``<db dir>/mlartifacts`` for a ``sqlite:///`` file store, else None (the server decides)."""
-    db = sqlite_db_path(tracking_uri)
-    return db.parent / "mlartifacts" if db is not None else None
 
 
 def _int_or_none(text: str | None) -> int | None:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -37,11 +36,9 @@ from trainyard_registry.aliases import (
     rolled_back,
     state_of,
 )
+from trainyard_registry.deferred import ModelStore
 from trainyard_shared.auditlog import AuditLog
 from trainyard_shared.jobstore import JobStore
-
-if TYPE_CHECKING:  # MLflow is a heavy import: only when the service starts (app.build_runtime)
-    from trainyard_registry.mlflow_store import MlflowModelStore
 
 log = logging.getLogger("trainyard.registry.requests")
 
@@ -83,7 +80,7 @@ class RegistryRequests:
     def __init__(
         self,
         aliases: AliasStore,
-        mlflow: MlflowModelStore,
+        mlflow: ModelStore,
         jobs: JobStore,
         audit: AuditLog,
         clock: Callable[[], datetime],
