@@ -25,7 +25,7 @@ print(sorted(m for m in sys.modules if m == "mlflow" or m.startswith("mlflow."))
 """
 
 
-def test_the_service_creates_a_new_store_in_a_child_and_keeps_mlflow_out_of_its_memory(tmp_path: Path) -> None:
+def test_a_new_store_is_created_by_a_child_and_mlflow_stays_out_of_the_service(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow/mlflow.db"
     done = subprocess.run(
         [sys.executable, "-c", STARTS_LIKE_THE_SERVICE, uri], capture_output=True, text=True, timeout=300
