@@ -98,18 +98,39 @@ def no_token_hint(error: TrainyardError, token: str | None) -> TrainyardError:
 def get_json(
     url: str, path: str, token: str | None, params: list[tuple[str, str]], timeout: float = 30
 ) -> Any:
-    """``GET url+path?params`` as JSON with the SDK's headers and errors, using only the stdlib."""
+    """``GET url+path?params`` as JSON with the SDK's headers and errors, using only the stdlib
+    (a plain socket for http://, see ``plain_http``; urllib for the rest)."""
+    from urllib.parse import urlencode, urlsplit
+
+    from trainyard_client import plain_http
+
+    query = urlencode(params)
+    target = f"{url.rstrip('/')}{path}" + (f"?{query}" if query else "")
+    headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    split = urlsplit(target)
+    if plain_http.usable(split):
+        try:
+            answer = plain_http.get(split, headers, timeout)
+        except OSError as exc:
+            raise TrainyardUnavailable(url.rstrip("/"), str(exc) or type(exc).__name__) from exc
+        if not 300 <= answer.status < 400:  # a redirect: urllib follows it
+            if answer.status >= 400:
+                body = answer.body.decode("utf-8", "replace")
+                raise no_token_hint(problem_error(answer.status, answer.reason, body), token)
+            return json.loads(answer.body)
+    return _urllib_get_json(url, target, headers, token, timeout)
+
+
+def _urllib_get_json(
+    url: str, target: str, headers: dict[str, str], token: str | None, timeout: float
+) -> Any:
     import http.client
     import urllib.error
-    import urllib.parse
     import urllib.request
 
-    query = urllib.parse.urlencode(params)
-    request = urllib.request.Request(f"{url.rstrip('/')}{path}" + (f"?{query}" if query else ""))
-    request.add_header("Accept", "application/json")
-    request.add_header("User-Agent", USER_AGENT)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    request = urllib.request.Request(target, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())

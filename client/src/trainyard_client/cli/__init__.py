@@ -22,6 +22,9 @@ MODEL_WAIT_SECONDS = 60.0
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from trainyard_client.cli.formatting import age
+    from trainyard_client.cli.jobs import _is_local_path, resolve_source
+
     out: Console
     err: Console
 
@@ -35,11 +38,19 @@ def __getattr__(name: str) -> Any:
         console = Console(highlight=False, stderr=name == "err")
         globals()[name] = console
         return console
+    if name in LATER:  # loaded when asked for: a command module is imported only when it runs
+        import importlib
+
+        return getattr(importlib.import_module(LATER[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+LATER = {
+    "age": "trainyard_client.cli.formatting",
+    "_is_local_path": "trainyard_client.cli.jobs",
+    "resolve_source": "trainyard_client.cli.jobs",
+}
+
 from trainyard_client.cli.app import app, main  # noqa: E402
-from trainyard_client.cli.formatting import age  # noqa: E402
-from trainyard_client.cli.jobs import _is_local_path, resolve_source  # noqa: E402
 
 __all__ = ["MODEL_WAIT_SECONDS", "POLL_SECONDS", "_is_local_path", "age", "app", "main", "resolve_source"]
