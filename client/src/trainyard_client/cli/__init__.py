@@ -1,5 +1,5 @@
 """The ``trainyard`` command line. A new command group goes in its own module here (one ``typer.Typer``
-of small commands, heavy imports inside them) and is added to the app in ``app.py``.
+of small commands, heavy imports inside them) and is named in ``COMMANDS`` in ``app.py``.
 
 Exit codes (the same for every command; README "Exit codes"):
   0    success
