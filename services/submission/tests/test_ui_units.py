@@ -93,3 +93,37 @@ def test_a_malformed_cursor_is_a_clear_refusal() -> None:
     with pytest.raises(Problem) as refused:
         parse_cursor("not-a-cursor")
     assert refused.value.status == 422
+
+
+def test_the_first_pages_new_rows_are_its_filters_newer_jobs_and_bounded() -> None:
+    from trainyard_contracts import JobState
+    from trainyard_shared.jobindex import IndexEntry, IndexQuery, to_ns
+    from trainyard_submission.ui.livejobs import MAX_NEW_ROWS, NewRows
+
+    def job(i: int, state: JobState = JobState.SUBMITTED, **labels: str):
+        spec = JobSpec(name=f"j{i}", command=["true"], labels=labels)
+        return lifecycle.new_record(f"job{i:04d}", spec, T0 + timedelta(seconds=i), "api").model_copy(
+            update={"state": state}
+        )
+
+    top = job(10)
+    rows = NewRows(IndexQuery(labels={"team": "a"}), (to_ns(top.submitted_at), top.job_id))
+    older, other, new = job(5, team="a"), job(11, team="b"), job(12, team="a")
+    assert not rows.offer(IndexEntry.of(older))  # below the page's top: the page's rows do not move
+    assert not rows.offer(IndexEntry.of(other))  # not the page's label
+    assert rows.offer(IndexEntry.of(new)) and rows.take() == [new.job_id]
+    rows.read(new.job_id, new)
+    later = new.model_copy(update={"state": JobState.RUNNING})
+    assert rows.offer(IndexEntry.of(later))  # an added job moved: read again, whatever its state
+    rows.read(new.job_id, rows.take() and later)
+    assert [r.state for r in rows.rows()] == [JobState.RUNNING]
+    rows.read(other.job_id, other)  # a stale entry's record not in the filters is not added
+    assert len(rows.rows()) == 1
+
+    for i in range(100, 100 + 2 * MAX_NEW_ROWS):
+        if rows.offer(IndexEntry.of(job(i, team="a"))):
+            (job_id,) = rows.take()
+            rows.read(job_id, job(i, team="a"))
+    assert len(rows.rows()) == MAX_NEW_ROWS and rows.more
+    # the first ones that came stay (a row never leaves); the page says there are more
+    assert rows.rows()[0].job_id == f"job{100 + MAX_NEW_ROWS - 2:04d}"

@@ -25,13 +25,15 @@ from starlette.datastructures import FormData
 from trainyard_contracts import JobRecord, JobState, SpecError, WhyAnswer, WhyRequest
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.ids import idempotency_slot
+from trainyard_shared.jobindex import IndexQuery, to_ns
 from trainyard_submission.access import Forbidden, check_list, mask_values, may_read_model
 from trainyard_submission.api import Problem, RouteDeps, forbidden, parse_label_selector
 from trainyard_submission.executorlist import list_executors
 from trainyard_submission.logs import JobOutput
 from trainyard_submission.service import JobAlreadyFinished, JobNotFound
 from trainyard_submission.tokens import Principal
-from trainyard_submission.ui.paging import Page, PageRequest, parse_cursor
+from trainyard_submission.ui.livejobs import NewRows, new_rows
+from trainyard_submission.ui.paging import Page, PageRequest, cursor_of, parse_cursor
 from trainyard_submission.ui.queuestats import executor_allocations, queues_now
 from trainyard_submission.ui.session import (
     COOKIE_PATH,
@@ -257,6 +259,9 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
             allowed_queue = check_list(seen.principal, wanted.queue)
             labels = parse_label_selector((wanted.label or "").replace(",", " ").split())
             past = parse_cursor(wanted.cursor)
+            # the first page, newest first, streams its new rows from the index as it was read
+            index = deps.state["service"].index
+            since = (await index.js.stream_info(index.stream)).state.last_seq if wanted.live else None
             rows = await deps.service().list(
                 wanted.state,
                 allowed_queue,
@@ -272,7 +277,47 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
             return render_jobs(
                 request, seen, wanted, queues, error=exc.detail or exc.title, status=exc.status
             )
-        return render_jobs(request, seen, wanted, queues, page=Page.of(wanted, rows))
+        page = Page.of(wanted, rows)
+        live = wanted.live_url(since, cursor_of(page.rows[0]) if page.rows else None) if wanted.live else None
+        return render_jobs(request, seen, wanted, queues, page=page, live_url=live)
+
+    @router.get("/jobs/live")
+    async def live_new_rows(
+        request: Request,
+        seen: Viewed,
+        state: str | None = None,
+        queue: Annotated[str | None, Query(max_length=63)] = None,
+        name: Annotated[str | None, Query(max_length=63)] = None,
+        label: Annotated[str | None, Query(max_length=512)] = None,
+        since: Annotated[int | None, Query(ge=0)] = None,
+        top: Annotated[str | None, Query(max_length=128)] = None,
+    ) -> Response:
+        """The first page's new rows, as server-sent events (livejobs.py): every row added so far
+        in each event, each job read as ``job_for`` allows it."""
+        try:
+            if state and state not in STATES:
+                raise Problem(422, "invalid state", f"state must be one of {', '.join(STATES)}")
+            labels = parse_label_selector((label or "").replace(",", " ").split())
+            query = IndexQuery(check_list(seen.principal, queue or None), state or None, name or None, labels)
+            past = parse_cursor(top or None)
+        except Forbidden as exc:
+            return refused(request, seen, forbidden(exc).detail)
+        except Problem as exc:
+            return refused(request, seen, exc.detail or exc.title, status=exc.status)
+        rows = NewRows(query, (to_ns(past[0]), past[1]) if past else None)
+
+        async def readable(job_id: str) -> JobRecord | None:
+            try:
+                return await deps.job_for(seen.principal, job_id, "read")
+            except (Problem, Forbidden):
+                return None
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            template = TEMPLATES.get_template("_jobs_new.html")
+            async for added in new_rows(deps.state["service"].index, rows, since, readable):
+                yield {"event": "rows", "data": template.render(rows=added, more=rows.more)}
+
+        return EventSourceResponse(events(), ping=15, headers={"Cache-Control": "no-store"})
 
     @router.get("/jobs/rows")
     async def live_rows(
@@ -300,9 +345,18 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
         page: Page | None = None,
         error: str | None = None,
         status: int = 200,
+        live_url: str | None = None,
     ) -> HTMLResponse:
         return render(
-            request, "jobs.html", seen, status=status, wanted=wanted, queues=queues, page=page, error=error
+            request,
+            "jobs.html",
+            seen,
+            status=status,
+            wanted=wanted,
+            queues=queues,
+            page=page,
+            error=error,
+            live_url=live_url,
         )
 
 

@@ -43,6 +43,22 @@ class PageRequest:
         shown = {k: v for k, v in query.items() if v}
         return "/ui/jobs" + (f"?{urlencode(shown)}" if shown else "")
 
+    @property
+    def live(self) -> bool:
+        """Whether the page's new rows stream in: the first page, newest first (livejobs.py)."""
+        return self.cursor is None and not self.oldest_first and not self.back
+
+    def live_url(self, since: int | None, top: str | None) -> str:
+        """The stream of this page's new rows: its filters, the index sequence it was read at and
+        its first row (``top``: None when the page was empty)."""
+        query = {"state": self.state, "queue": self.queue, "name": self.name, "label": self.label}
+        shown = {k: v for k, v in query.items() if v}
+        if since is not None:
+            shown["since"] = str(since)
+        if top is not None:
+            shown["top"] = top
+        return "/ui/jobs/live" + (f"?{urlencode(shown)}" if shown else "")
+
     def first(self) -> str:
         return self.url(cursor=None, back=False)
 
