@@ -36,7 +36,7 @@ S = Subjects("trainyard")
 PIPELINE = {
     "name": "perm-pipeline",
     "steps": [
-        {"name": "a", "job": {"name": "a", "command": ["true"]}},
+        {"name": "a", "cache": True, "job": {"name": "a", "command": ["true"]}},  # its step cache bucket
         {"name": "b", "depends": ["a"], "array": "0-2%2", "job": {"name": "b", "command": ["true"]}},
         {"name": "c", "depends": ["b"], "job": {"name": "c", "command": ["false"]}},
         {"name": "d", "depends": ["c"], "job": {"name": "d", "command": ["true"]}},
@@ -83,17 +83,22 @@ async def test_a_pipeline_runs_with_the_workflow_as_its_own_nats_user(tmp_path):
             msg = await asker.request(S.workflow_request(kind), json.dumps(body).encode(), timeout=30)
             return PipelineReply.model_validate_json(msg.data)
 
-        started = await ask("run", pipeline=PIPELINE)
-        assert started.ok, started.errors
+        async def run_once():
+            started = await ask("run", pipeline=PIPELINE)
+            assert started.ok, started.errors
 
-        async def ended():
-            reply = await ask("status", run_id=started.run.run_id)
-            return reply.run if reply.run.state != "running" else None
+            async def ended():
+                reply = await ask("status", run_id=started.run.run_id)
+                return reply.run if reply.run.state != "running" else None
 
-        run = await eventually(ended, 90, "the pipeline ended")
+            return await eventually(ended, 90, "the pipeline ended")
+
+        run = await run_once()
+        again = await run_once()  # step a from the step cache: read and written as its user
     states = {name: step.state.value for name, step in run.steps.items()}
     assert states == {"a": "succeeded", "b": "succeeded", "c": "failed", "d": "skipped"}
     assert run.state.value == "failed" and sorted(run.steps["b"].jobs) == [0, 1, 2]
+    assert again.steps["a"].cache is not None and again.steps["a"].cache.state == "hit"
     assert violations(server) == []
 
 

@@ -61,6 +61,20 @@ class ChildJob(BaseModel):
     )
 
 
+class StepCache(BaseModel):
+    """A ``cache: true`` step's use of the step cache: ``lookup`` while the workflow service looks
+    (nothing is submitted before it has), then ``hit`` (the step's jobs are ``from_run``'s, nothing
+    submitted) or ``miss`` (its jobs run; a success is remembered under ``key``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: Literal["lookup", "hit", "miss"]
+    key: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the rendered spec and inputs"
+    )
+    from_run: str | None = Field(None, max_length=64, description="hit: the run whose step's jobs are reused")
+
+
 class StepRun(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -68,6 +82,7 @@ class StepRun(BaseModel):
     attempt: int = Field(1, ge=1, description="the step's attempt within the run (a retry adds one)")
     jobs: dict[int, ChildJob] = Field(default_factory=dict, description="array index (0 alone) -> job")
     reason: str | None = None
+    cache: StepCache | None = Field(None, description="`cache: true` steps: the lookup and its answer")
 
 
 CHILD_STATES = ("not_started", "submitted", "succeeded", "failed", "timed_out", "cancelled", "rejected")
@@ -89,6 +104,9 @@ class PipelineRun(BaseModel):
     created: datetime = Field(default_factory=utcnow)
     ended: datetime | None = None
     attempt: int = Field(1, ge=1, description="the run's attempt: `pipeline retry` adds one")
+    no_cache: bool = Field(
+        False, description="`--no-cache`: cached steps run (and are remembered) without a lookup"
+    )
 
     def trimmed(self, max_jobs: int) -> PipelineRun:
         """This run with at most ``max_jobs`` jobs per step (the lowest indices), for a reply that
@@ -126,12 +144,15 @@ class PipelineRun(BaseModel):
         ]
 
     @classmethod
-    def start(cls, run_id: str, spec: PipelineSpec, submitted_by: str | None = None) -> PipelineRun:
+    def start(
+        cls, run_id: str, spec: PipelineSpec, submitted_by: str | None = None, no_cache: bool = False
+    ) -> PipelineRun:
         return cls(
             run_id=run_id,
             spec=spec,
             steps={step.name: StepRun() for step in spec.steps},
             submitted_by=submitted_by,
+            no_cache=no_cache,
         )
 
 
@@ -177,6 +198,9 @@ class StepEnded(PipelineEnvelope):
     attempt: int
     state: StepState
     reason: str | None = None
+    cached_from: str | None = Field(
+        None, max_length=64, description="a cache hit: the run whose step's jobs it reused (none submitted)"
+    )
 
     def _identity(self) -> str:
         return f"{self.type}:{self.step}:{self.attempt}"
@@ -261,3 +285,4 @@ class PipelineRequest(BaseModel):
         None, ge=1, description="retry: the attempt seen to end; an answer for it again is the same retry"
     )
     by: str | None = Field(None, max_length=256, description="who asks (the API's principal)")
+    no_cache: bool = Field(False, description="run: no step-cache lookups (`pipeline run --no-cache`)")

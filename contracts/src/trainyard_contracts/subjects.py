@@ -45,6 +45,7 @@ class BucketNames:
     aliases: str
     triggers: str
     sweeps: str
+    step_cache: str
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,7 @@ class Subjects:
             aliases=f"{base}_model_aliases",
             triggers=f"{base}_triggers",
             sweeps=f"{base}_sweeps",
+            step_cache=f"{base}_step_cache",
         )
 
 

@@ -94,7 +94,11 @@ class StepSpec(_Strict):
         "finished (ended in any way but a cancel)",
     )
     array: ArraySyntax | None = Field(None, description='Slurm array syntax, e.g. "0-99%8"')
-    cache: bool = Field(False, description="reuse an earlier successful run of the same spec and inputs")
+    cache: bool = Field(
+        False,
+        description="reuse an earlier successful run of the same rendered spec and inputs, by the "
+        "same submitter into the same queue (docs/workflows.md, Step caching)",
+    )
 
     @field_validator("depends", mode="before")
     @classmethod
@@ -146,6 +150,7 @@ class PipelineSpec(_Strict):
         for i, step in enumerate(self.steps):
             _check_kind(i, step)
             _check_output_refs(i, step, arrays)
+            _check_cache(i, step)
         return self
 
     def step(self, name: str) -> StepSpec:
@@ -202,6 +207,24 @@ def _check_kind(i: int, step: StepSpec) -> None:
                 f"{where}.space.{name}",
                 f"{name!r} is one of the step's own outputs ({', '.join(SWEEP_STEP_OUTPUTS)}): rename it",
             )
+
+
+MAX_CACHED_INDICES = 1000  # a cache entry names every job of the step: it stays a small value
+
+
+def _check_cache(i: int, step: StepSpec) -> None:
+    """``cache: true`` on a job step (an array of at most MAX_CACHED_INDICES too); a sweep step's
+    result is a search, not one job's: not cached."""
+    if not step.cache:
+        return
+    if step.sweep is not None:
+        raise _field(f"steps.{i}.cache", "a sweep step is not cached: its trials are a search, run it again")
+    if step.array and parse_array(step.array).count > MAX_CACHED_INDICES:
+        raise _field(
+            f"steps.{i}.cache",
+            f"an array step of at most {MAX_CACHED_INDICES} indices may be cached "
+            "(a cache entry names every job)",
+        )
 
 
 def _check_output_refs(i: int, step: StepSpec, arrays: set[str]) -> None:

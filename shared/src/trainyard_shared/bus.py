@@ -21,6 +21,12 @@ from trainyard_shared.streamlimits import StreamLimits
 
 DAY = 86400.0
 JOB_SECRETS_TTL_DAYS = 90
+# the step cache (the workflow service's, docs/workflows.md "Step caching"): a cache, so bounded
+# by entries and bytes with the oldest entries out first, and each entry kept 30 days
+STEP_CACHE_TTL_DAYS = 30
+STEP_CACHE_MAX_ENTRIES = 100_000
+STEP_CACHE_MAX_BYTES = 256 * 1024 * 1024
+STEP_CACHE_MAX_VALUE_BYTES = 256 * 1024
 AUDIT_MAX_AGE_DAYS = 400  # a year and a month: a yearly review still finds last year's entries
 AUDIT_MAX_BYTES = 1024**3
 INTAKE_DUPLICATE_WINDOW = 0.1  # seconds; nats-server refuses less
@@ -264,6 +270,16 @@ def bucket_configs(subjects: Subjects, replicas: int = 1) -> list[KeyValueConfig
         KeyValueConfig(bucket=names.triggers, history=5, storage=StorageType.FILE, replicas=replicas),
         # sweeps (the workflow service's): the record is the study's journal, compare-and-set
         KeyValueConfig(bucket=names.sweeps, history=5, storage=StorageType.FILE, replicas=replicas),
+        # the step cache (the workflow service's): rendered step spec + inputs -> the jobs that ran
+        KeyValueConfig(
+            bucket=names.step_cache,
+            history=1,
+            ttl=STEP_CACHE_TTL_DAYS * DAY,
+            max_bytes=STEP_CACHE_MAX_BYTES,
+            max_value_size=STEP_CACHE_MAX_VALUE_BYTES,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
         KeyValueConfig(bucket=tokens_bucket(subjects), history=1, replicas=replicas),
         # model aliases (the registry's): holder and previous holders per alias, compare-and-set
         KeyValueConfig(bucket=names.aliases, history=5, storage=StorageType.FILE, replicas=replicas),
@@ -348,6 +364,18 @@ def kv_stream_config(config: KeyValueConfig) -> StreamConfig:
     )
 
 
+def bucket_stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
+    """The streams of every KV bucket: as nats-py declares them, and the step cache's as a cache
+    (at most STEP_CACHE_MAX_ENTRIES entries; full, the oldest go rather than a write refused)."""
+    out = []
+    for config in bucket_configs(subjects, replicas):
+        stream = kv_stream_config(config)
+        if config.bucket == subjects.buckets.step_cache:
+            stream.discard, stream.max_msgs = DiscardPolicy.OLD, STEP_CACHE_MAX_ENTRIES
+        out.append(stream)
+    return out
+
+
 def all_stream_configs(
     subjects: Subjects,
     replicas: int = 1,
@@ -355,7 +383,7 @@ def all_stream_configs(
     trigger_subjects: Sequence[str] = (),
 ) -> list[StreamConfig]:
     """Every stream of the installation, the buckets' streams included."""
-    buckets = [kv_stream_config(config) for config in bucket_configs(subjects, replicas)]
+    buckets = bucket_stream_configs(subjects, replicas)
     objects = object_store_configs(subjects, replicas, limits)
     return [*stream_configs(subjects, replicas, limits, trigger_subjects), *buckets, *objects]
 
@@ -383,6 +411,7 @@ class Buckets:
     aliases: KeyValue
     triggers: KeyValue
     sweeps: KeyValue
+    step_cache: KeyValue
 
 
 async def open_buckets(
@@ -392,7 +421,7 @@ async def open_buckets(
     the operator identity may do on a server with users (trainyard_shared.provision)."""
     if declare_them:
         js = NatsHandle(broker).jetstream
-        await declare(js, [kv_stream_config(c) for c in bucket_configs(subjects, replicas)])
+        await declare(js, bucket_stream_configs(subjects, replicas))
     names = subjects.buckets
     kv = broker.key_value
     return Buckets(

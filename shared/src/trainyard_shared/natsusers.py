@@ -83,7 +83,8 @@ KV_WRITES: dict[str, tuple[str, ...]] = {
     "executor": (),
     "registry": ("jobs", "models", "aliases"),
     "telemetry": (),
-    "workflow": ("pipelines", "schedules", "triggers", "sweeps"),  # and its own key of the leases bucket
+    # and its own key of the leases bucket
+    "workflow": ("pipelines", "schedules", "triggers", "sweeps", "step_cache"),
 }
 KV_READS: dict[str, tuple[str, ...]] = {
     "submission": ("models", "executors"),

@@ -30,6 +30,7 @@ class StepView:
     total: int
     reason: str | None
     sweep: bool = False  # a sweep step: its "job" is its sweep (trainyard sweep status ID)
+    cached_from: str | None = None  # a step cache hit: its jobs are this run's, none submitted
 
     @property
     def change(self) -> tuple[str, str | None, int, int]:
@@ -50,7 +51,9 @@ def step_views(run: Any, records: dict[str, Any], now: datetime) -> list[StepVie
         failed = sum(mine[k] for k in ("failed", "timed_out", "cancelled", "rejected"))
         job = step.jobs.get(0) if total == 1 else None
         job_id = job.job_id if job is not None else None
-        record = records.get(job_id) if job_id else None
+        cache = getattr(step, "cache", None)
+        cached_from = cache.from_run if cache is not None and cache.state == "hit" else None
+        record = records.get(job_id) if job_id and cached_from is None else None
         views.append(
             StepView(
                 name=spec.name,
@@ -62,6 +65,7 @@ def step_views(run: Any, records: dict[str, Any], now: datetime) -> list[StepVie
                 total=total,
                 reason=step.reason,
                 sweep=spec.sweep is not None,
+                cached_from=cached_from,
             )
         )
     return views
@@ -79,6 +83,8 @@ def _seconds(record: Any, now: datetime) -> float:
 def describe(view: StepView) -> str:
     """A step in one line of plain text (for a log)."""
     parts = [view.name, view.state]
+    if view.cached_from:
+        parts.append(f"cached from {view.cached_from}")
     if view.total > 1:
         parts.append(f"{view.done}/{view.total} done, {view.failed} failed")
     elif view.job_id:
@@ -114,7 +120,7 @@ def live_table(run: Any, views: list[StepView]) -> Any:
         jobs = f"{view.done}/{view.total}" + (f" ({view.failed} failed)" if view.failed else "")
         table.add_row(
             escape(view.name),
-            styled(view.state),
+            styled(view.state) + (" [cyan](cached)[/]" if view.cached_from else ""),
             (f"sweep {view.job_id}" if view.sweep else view.job_id) if view.job_id else "",
             f"{view.seconds:.1f}s" if view.seconds is not None else "",
             jobs,

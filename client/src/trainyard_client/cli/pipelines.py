@@ -108,8 +108,19 @@ def _tree(run: Any) -> Any:
         more = f" (+{len(state.jobs) - 5})" if len(state.jobs) > 5 else ""
         deps = f" ← {', '.join(step.conditions())}" if step.conditions() else ""
         reason = f" [dim]{escape(state.reason)}[/]" if state.reason else ""
-        tree.add(f"{escape(step.name)} {styled(state.state.value)}{deps} [dim]{jobs}{more}[/]{reason}")
+        shown = f"{styled(state.state.value)}{_cached(state)}"
+        tree.add(f"{escape(step.name)} {shown}{deps} [dim]{jobs}{more}[/]{reason}")
     return tree
+
+
+def _cached(step: Any) -> str:
+    """`` (cached from RUN)`` for a step the step cache answered (its jobs are that run's)."""
+    from rich.markup import escape
+
+    cache = getattr(step, "cache", None)
+    if cache is None or cache.state != "hit":
+        return ""
+    return f" [cyan](cached from {escape(cache.from_run or '?')})[/]"
 
 
 def _plan(spec: Any) -> Any:
@@ -160,6 +171,10 @@ def run_pipeline(
             "--dry-run", help="check the document and show its steps (sweep steps too); run nothing"
         ),
     ] = False,
+    no_cache: Annotated[
+        bool,
+        typer.Option("--no-cache", help="run the `cache: true` steps without looking in the step cache"),
+    ] = False,
     output: OutputOption = Output.TABLE,
 ) -> None:
     """Start a run of a pipeline; with --wait, exit 1 unless it succeeded."""
@@ -169,7 +184,7 @@ def run_pipeline(
         return
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
-        run = _waited(client, client.run_pipeline(document, params), wait, output)
+        run = _waited(client, client.run_pipeline(document, params, no_cache=no_cache), wait, output)
     _show(run, output)
     if wait and run.state.value != "succeeded":
         raise typer.Exit(EXIT_JOB_FAILED)

@@ -20,12 +20,15 @@ class WorkflowCalls(HttpClient):
     """The workflow calls of :class:`~trainyard_client.sdk.TrainyardClient`."""
 
     def run_pipeline(
-        self, pipeline: Mapping[str, Any], params: Mapping[str, Any] | None = None
+        self, pipeline: Mapping[str, Any], params: Mapping[str, Any] | None = None, no_cache: bool = False
     ) -> PipelineRun:
-        """Start a run of ``pipeline`` (the document as a mapping) with ``params`` over its defaults."""
+        """Start a run of ``pipeline`` (the document as a mapping) with ``params`` over its defaults;
+        ``no_cache``: its ``cache: true`` steps run without a look in the step cache."""
         from trainyard_contracts.runs import PipelineRun
 
-        body = {"pipeline": dict(pipeline), "params": dict(params or {})}
+        body: dict[str, Any] = {"pipeline": dict(pipeline), "params": dict(params or {})}
+        if no_cache:
+            body["no_cache"] = True
         return PipelineRun.model_validate(self._request("POST", "/v1/pipelines", json=body).json())
 
     def pipeline(self, run_id: str) -> PipelineRun:

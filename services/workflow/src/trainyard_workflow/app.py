@@ -60,6 +60,7 @@ from trainyard_workflow.schedule_ticker import SCHEDULE_LEASE_KEY, ScheduleTicke
 from trainyard_workflow.schedules import ScheduleService
 from trainyard_workflow.service import JOB_OUTCOMES, WorkflowService
 from trainyard_workflow.settings import WorkflowSettings
+from trainyard_workflow.stepcache import StepCacheStore
 from trainyard_workflow.store import RunNotFound, RunStore
 from trainyard_workflow.sweep_routes import register_sweep_handlers
 from trainyard_workflow.sweeps import SweepService, SweepStore, trial_of
@@ -105,7 +106,9 @@ async def build_runtime(
         token=settings.token,
     )
     runs = RunStore(buckets.pipelines)
-    service = WorkflowService(runs, read_job, intake, _emitter(sb), clock)
+    service = WorkflowService(
+        runs, read_job, intake, _emitter(sb), clock, cache=StepCacheStore(buckets.step_cache)
+    )
     schedules = ScheduleService(
         ScheduleStore(buckets.schedules), runs, service.start_spec, service.cancel, clock
     )
@@ -312,7 +315,8 @@ async def _answer(service: WorkflowService, kind: str, body: bytes) -> PipelineR
     try:
         request = PipelineRequest.model_validate_json(body)
         if kind == "run":
-            return _run_reply(await service.start(request.pipeline, request.params, request.by), 201)
+            started = await service.start(request.pipeline, request.params, request.by, request.no_cache)
+            return _run_reply(started, 201)
         if kind == "list":
             runs = await service.runs.listed(request.limit)
             return PipelineReply(ok=True, runs=[run.trimmed(LISTED_JOBS) for run in runs])

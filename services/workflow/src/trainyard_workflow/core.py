@@ -28,6 +28,7 @@ from trainyard_contracts.runs import (
     ChildJob,
     PipelineRun,
     RunState,
+    StepCache,
     StepRun,
     StepState,
 )
@@ -84,8 +85,36 @@ class Cancel:
     by: str | None = None
 
 
-Decision = Submit | EndStep | EndRun
-Fact = Decision | JobKnown | JobEnded | Cancel
+@dataclass(frozen=True)
+class LookUp:
+    """A ``cache: true`` step is due: the service looks in the step cache before anything is
+    submitted (docs/workflows.md, Step caching)."""
+
+    step: str
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """The step cache holds a success of this step's rendered spec and inputs: the step's jobs
+    are that run's (every one succeeded), nothing is submitted."""
+
+    step: str
+    key: str
+    from_run: str
+    jobs: Mapping[int, ChildJob]
+
+
+@dataclass(frozen=True)
+class CacheMiss:
+    """Nothing usable in the step cache (or ``--no-cache``): the step's jobs run, and a success is
+    remembered under ``key``."""
+
+    step: str
+    key: str
+
+
+Decision = Submit | EndStep | EndRun | LookUp
+Fact = Decision | JobKnown | JobEnded | Cancel | CacheHit | CacheMiss
 
 
 def idempotency_key(run_id: str, step: str, index: int, attempt: int) -> str:
@@ -151,6 +180,9 @@ def _step_decisions(run: PipelineRun, spec: StepSpec) -> list[Decision]:
         ]
     if None in verdicts:
         return []
+    if spec.cache and (step.cache is None or step.cache.state == "lookup"):
+        # nothing is submitted before the lookup's answer is recorded (a hit submits nothing)
+        return [LookUp(spec.name)] if step.cache is None else []
     indices = indices_of(spec)
     if len(step.jobs) == len(indices) and all(job.outcome for job in step.jobs.values()):
         failed = sorted(i for i, job in step.jobs.items() if job.outcome != "succeeded")
@@ -219,9 +251,13 @@ def evolve(run: PipelineRun, fact: Fact, now: datetime | None = None) -> Pipelin
     return run.model_copy(update={"steps": {**run.steps, fact.step: changed}})
 
 
-def _evolve_step(step: StepRun, fact: Submit | EndStep | JobKnown | JobEnded) -> StepRun:
+def _evolve_step(
+    step: StepRun, fact: Submit | EndStep | JobKnown | JobEnded | LookUp | CacheHit | CacheMiss
+) -> StepRun:
     if isinstance(fact, EndStep):
         return step.model_copy(update={"state": fact.state, "reason": fact.reason})
+    if isinstance(fact, LookUp | CacheHit | CacheMiss):
+        return _cache_step(step, fact)
     job = _job_after(step.jobs.get(fact.index), fact)
     if job is None:
         return step
@@ -229,6 +265,21 @@ def _evolve_step(step: StepRun, fact: Submit | EndStep | JobKnown | JobEnded) ->
     if isinstance(fact, Submit):
         update["state"] = StepState.running
     return step.model_copy(update=update)
+
+
+def _cache_step(step: StepRun, fact: LookUp | CacheHit | CacheMiss) -> StepRun:
+    """The step with the cache fact applied: a lookup once, then its one answer (a second
+    answer, a redelivered one, changes nothing)."""
+    if isinstance(fact, LookUp):
+        return (
+            step if step.cache is not None else step.model_copy(update={"cache": StepCache(state="lookup")})
+        )
+    if step.cache is None or step.cache.state != "lookup":
+        return step
+    if isinstance(fact, CacheMiss):
+        return step.model_copy(update={"cache": StepCache(state="miss", key=fact.key)})
+    cache = StepCache(state="hit", key=fact.key, from_run=fact.from_run)
+    return step.model_copy(update={"cache": cache, "jobs": dict(fact.jobs)})
 
 
 def _job_after(job: ChildJob | None, fact: Submit | JobKnown | JobEnded) -> ChildJob | None:
@@ -334,6 +385,17 @@ def retry(run: PipelineRun, seen_attempt: int | None = None) -> PipelineRun:
 def retried_steps(before: PipelineRun, after: PipelineRun) -> list[str]:
     """The steps a retry runs again (in the spec's order)."""
     return [s.name for s in after.spec.steps if after.steps[s.name].attempt > before.steps[s.name].attempt]
+
+
+def pending_lookups(run: PipelineRun) -> list[str]:
+    """The ``cache: true`` steps waiting for the service's look in the step cache."""
+    if run.state != RunState.running or run.cancel_requested:
+        return []
+    return [
+        name
+        for name, step in run.steps.items()
+        if step.cache is not None and step.cache.state == "lookup" and step.state not in TERMINAL_STEP_STATES
+    ]
 
 
 def unanswered(run: PipelineRun) -> list[Submit]:

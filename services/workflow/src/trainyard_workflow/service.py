@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from trainyard_contracts import IntakeReply, JobRecord, JobSpec, new_job_id
+from trainyard_contracts import IntakeReply, JobRecord, JobSpec, JobState, new_job_id
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.runs import (
     PipelineEnvelope,
@@ -30,9 +30,11 @@ from trainyard_contracts.runs import (
 )
 from trainyard_contracts.stepoutputs import OutputValue
 from trainyard_contracts.sweeps import SweepOwner, SweepRecord, SweepSpec
-from trainyard_contracts.workflow import PipelineSpec, validate_pipeline
+from trainyard_contracts.workflow import MAX_CACHED_INDICES, PipelineSpec, validate_pipeline
 from trainyard_shared.tasks import cancel_and_wait
 from trainyard_workflow.core import (
+    CacheHit,
+    CacheMiss,
     Cancel,
     Decision,
     EndRun,
@@ -49,6 +51,7 @@ from trainyard_workflow.core import (
     idempotency_key,
     job_spec_for,
     outputs_of_record,
+    pending_lookups,
     referenced_steps,
     retried_steps,
     retry,
@@ -62,6 +65,7 @@ from trainyard_workflow.core import (
     with_outputs,
 )
 from trainyard_workflow.intake import IntakeSender
+from trainyard_workflow.stepcache import CacheEntry, StepCacheStore, cache_key, job_identity
 from trainyard_workflow.store import RunNotFound, RunStore
 
 log = logging.getLogger("trainyard.workflow")
@@ -108,26 +112,33 @@ class WorkflowService:
         emit: Emit,
         clock: Callable[[], datetime] = utcnow,
         model_wait: timedelta = timedelta(minutes=5),
+        cache: StepCacheStore | None = None,
     ) -> None:
         self.runs, self.read_job, self.intake, self.emit, self.clock = runs, read_job, intake, emit, clock
         self.model_wait = model_wait
+        self.cache = cache  # None: every lookup misses and nothing is remembered
         self.sweeps: Sweeps | None = None  # set by the composition root (a sweep step starts one)
         self._turns: dict[str, RunTurn] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     async def start(
-        self, document: Any, params: dict[str, Any] | None = None, submitted_by: str | None = None
+        self,
+        document: Any,
+        params: dict[str, Any] | None = None,
+        submitted_by: str | None = None,
+        no_cache: bool = False,
     ) -> PipelineRun:
-        """A new run of the pipeline ``document`` (SpecError names each bad field)."""
+        """A new run of the pipeline ``document`` (SpecError names each bad field); ``no_cache``:
+        its ``cache: true`` steps run without looking in the step cache."""
         spec = validate_pipeline(document, params)
-        return await self.start_spec(new_job_id(), spec, submitted_by)
+        return await self.start_spec(new_job_id(), spec, submitted_by, no_cache)
 
     async def start_spec(
-        self, run_id: str, spec: PipelineSpec, submitted_by: str | None = None
+        self, run_id: str, spec: PipelineSpec, submitted_by: str | None = None, no_cache: bool = False
     ) -> PipelineRun:
         """A run of ``spec`` under ``run_id``, once: a run id that exists already (a schedule's
         tick started again after a restart) is that run, moved on, not a second one."""
-        run = PipelineRun.start(run_id, spec, submitted_by)
+        run = PipelineRun.start(run_id, spec, submitted_by, no_cache)
         if await self.runs.create_once(run):
             await self.emit(
                 PipelineStarted(
@@ -282,12 +293,14 @@ class WorkflowService:
         returns at once: that turn's caller announces and sends what they made due."""
         run, moved = await self._turn(run_id, list(facts))
         while moved:
-            sends = unanswered(run)
-            if not sends:
+            sends, lookups = unanswered(run), pending_lookups(run)
+            if not sends and not lookups:
                 break
             sweeps = [s for s in sends if run.spec.step(s.step).sweep is not None]
             sends = [s for s in sends if run.spec.step(s.step).sweep is None]
             answered: list[Fact] = []
+            for step in lookups:
+                answered += await self._look_up(run, step)
             for submit in sweeps:
                 answered += await self._start_sweep(run, submit)
             jobs = {name: await self._step_job(run, name) for name in dict.fromkeys(s.step for s in sends)}
@@ -345,6 +358,91 @@ class WorkflowService:
     def _advance(self, run: PipelineRun, facts: list[Fact]) -> tuple[PipelineRun, list[Decision]]:
         now = self.clock()
         return advance(evolve_all(run, facts, now), now)
+
+    # -- the step cache (stepcache.py) -----------------------------------------------------------
+
+    async def _look_up(self, run: PipelineRun, step: str) -> list[Fact]:
+        """A ``cache: true`` step's look in the step cache, under the key of its job as it would be
+        submitted and its inputs: a hit whose jobs' records still say succeeded reuses them, any
+        other answer is a miss (a cache that cannot be read too: the step runs). [] when something
+        cannot be read now (a record, a model not registered yet): the look-over looks again."""
+        job = await self._step_job(run, step)
+        if not isinstance(job, JobSpec):
+            return [job] if isinstance(job, EndStep) else []
+        spec = run.spec.step(step)
+        try:
+            inputs = {dep: await self._input_of(run, dep) for dep in spec.conditions()}
+        except ModelNotYet:
+            return []
+        except Exception as exc:
+            log.warning("inputs not read", extra={"run_id": run.run_id, "step": step, "error": repr(exc)})
+            return []
+        key = cache_key(owner=run.submitted_by, job=job, array=spec.array, inputs=inputs)
+        if run.no_cache or self.cache is None:
+            return [CacheMiss(step, key)]
+        try:
+            found = await self.cache.get(key)
+            if found is not None and await self._still_there(found[0]):
+                return [CacheHit(step, key, found[0].run_id, found[0].jobs)]
+            if found is not None:  # its jobs' records are gone: the entry with them
+                await self.cache.forget(key, found[1])
+        except Exception as exc:
+            log.warning("the step cache not read: the step runs", extra={"key": key, "error": repr(exc)})
+        return [CacheMiss(step, key)]
+
+    async def _input_of(self, run: PipelineRun, dep: str) -> dict[str, Any]:
+        """A dependency as it goes into a dependent's cache key: its state, and for one that
+        succeeded what each of its jobs hands on (an array over MAX_CACHED_INDICES: its job ids,
+        so a dependent hits only when that array was itself reused)."""
+        step = run.steps[dep]
+        if step.state != StepState.succeeded:
+            return {"state": step.state.value}
+        if not run.spec.step(dep).array:
+            return {"state": "succeeded", "jobs": [job_identity(await self._outputs_of(run, dep))]}
+        jobs = [job for _, job in sorted(step.jobs.items())]
+        if len(jobs) > MAX_CACHED_INDICES:
+            return {"state": "succeeded", "job_ids": [job.job_id for job in jobs]}
+        records = await asyncio.gather(*(self.read_job(job.job_id or "") for job in jobs))
+        now = self.clock()
+        identities = [
+            job_identity(outputs_of_record(r, now, self.model_wait) if r is not None else None)
+            for r in records
+        ]
+        return {"state": "succeeded", "jobs": identities}
+
+    async def _still_there(self, entry: CacheEntry) -> bool:
+        """Whether every job a cache entry names still has its record, succeeded (the records
+        hold the outputs later steps read)."""
+        if not entry.jobs or any(
+            job.job_id is None or job.outcome != "succeeded" for job in entry.jobs.values()
+        ):
+            return False
+        records = await asyncio.gather(*(self.read_job(job.job_id or "") for job in entry.jobs.values()))
+        return all(r is not None and r.state == JobState.SUCCEEDED for r in records)
+
+    async def _remember(self, run: PipelineRun, name: str) -> None:
+        """A ``cache: true`` step that ran and succeeded: its jobs under its key (a hit, or a
+        step that never looked, is not remembered). Lost in a crash, the next success writes it."""
+        step = run.steps[name]
+        if self.cache is None or step.cache is None or step.cache.state != "miss" or not step.cache.key:
+            return
+        try:
+            single = step.jobs.get(0) if not run.spec.step(name).array else None
+            record = await self.read_job(single.job_id) if single is not None and single.job_id else None
+            entry = CacheEntry(
+                key=step.cache.key,
+                run_id=run.run_id,
+                step=name,
+                attempt=step.attempt,
+                jobs=step.jobs,
+                outputs=record.outputs if record is not None else None,
+            )
+            await self.cache.remember(entry)
+        except Exception as exc:
+            log.warning(
+                "a step's success not remembered",
+                extra={"run_id": run.run_id, "step": name, "error": repr(exc)},
+            )
 
     async def _step_job(self, run: PipelineRun, step: str) -> JobSpec | EndStep | None:
         """The step's job with the outputs it uses filled in; EndStep (failed) when one is not
@@ -436,9 +534,19 @@ class WorkflowService:
 
     async def _step_ended(self, run: PipelineRun, end: EndStep) -> None:
         await self._stop_sweep(run, end)
-        attempt = run.steps[end.step].attempt
+        step = run.steps[end.step]
+        if end.state == StepState.succeeded:
+            await self._remember(run, end.step)
+        hit = step.cache.from_run if step.cache is not None and step.cache.state == "hit" else None
         await self.emit(
-            StepEnded(run_id=run.run_id, step=end.step, attempt=attempt, state=end.state, reason=end.reason)
+            StepEnded(
+                run_id=run.run_id,
+                step=end.step,
+                attempt=step.attempt,
+                state=end.state,
+                reason=end.reason,
+                cached_from=hit,
+            )
         )
 
     async def _stop_sweep(self, run: PipelineRun, end: EndStep) -> None:

@@ -1,0 +1,133 @@
+"""The step cache on a real nats-server with the real submission, scheduler, local executor (real
+processes) and workflow service: a ``cache: true`` step whose rendered spec and inputs match an
+earlier success of the same submitter reuses its job (none submitted); a changed spec, a changed
+input, another team and ``no_cache`` run it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+pytestmark = [pytest.mark.service, pytest.mark.workflow, pytest.mark.local]
+
+WRITE_SPLIT = (
+    "import json, os, sys; "
+    "out = os.path.join(os.environ['TRAINYARD_OUTPUT_DIR'], 'outputs.json'); "
+    "json.dump({'split': sys.argv[1]}, open(out, 'w'))"
+)
+PIPELINE = {
+    "name": "cached",
+    "params": {"split": "v1", "lr": "0.1"},
+    "steps": [
+        # not cached: it runs every time; what it hands on is what train's key holds
+        {
+            "name": "prepare",
+            "job": {"name": "prepare", "command": ["python3", "-c", WRITE_SPLIT, "${{ params.split }}"]},
+        },
+        {
+            "name": "train",
+            "depends": ["prepare"],  # its outputs are an input, though train does not name them
+            "cache": True,
+            "job": {"name": "train", "command": ["echo", "lr=${{ params.lr }}"]},
+        },
+    ],
+}
+
+
+async def _run(client, by: str, **extra):
+    started = await client.ask("run", pipeline=PIPELINE, by=by, **extra)
+    assert started.ok, started.errors
+    return await client.ended(started.run.run_id)
+
+
+async def test_a_cached_step_reuses_its_earlier_job_and_what_differs_misses(prefix, bus, workflow_stack):
+    async with workflow_stack() as client:
+        first = await _run(client, "team-a")
+        assert first.state.value == "succeeded"
+        train = first.steps["train"]
+        assert train.cache is not None and train.cache.state == "miss" and train.cache.key
+        ran = train.jobs[0].job_id
+
+        again = await _run(client, "team-a")  # prepare runs again and hands on the same split
+        assert again.state.value == "succeeded"
+        assert again.steps["prepare"].jobs[0].job_id != first.steps["prepare"].jobs[0].job_id
+        hit = again.steps["train"]
+        assert hit.state.value == "succeeded"
+        assert hit.cache is not None and hit.cache.state == "hit" and hit.cache.from_run == first.run_id
+        assert hit.jobs[0].job_id == ran  # the earlier job: none submitted
+        pipeline_events = bus.subjects.streams.pipelines
+        submitted = await bus.messages(f"{prefix}.pipeline.{again.run_id}.step_submitted", pipeline_events)
+        assert [json.loads(m.data)["step"] for m in submitted] == ["prepare"]
+        ended = await bus.messages(f"{prefix}.pipeline.{again.run_id}.step_ended", pipeline_events)
+        train_end = [json.loads(m.data) for m in ended if json.loads(m.data)["step"] == "train"]
+        assert train_end[0]["state"] == "succeeded" and train_end[0]["cached_from"] == first.run_id
+
+        # what differs misses: another input (prepare's split), the spec (lr), another team; and
+        # no_cache does not look (it runs, and its success is remembered)
+        other_input, other_spec, other_team, unlooked = await asyncio.gather(
+            client.ask("run", pipeline=PIPELINE, by="team-a", params={"split": "v2"}),
+            client.ask("run", pipeline=PIPELINE, by="team-a", params={"lr": "0.2"}),
+            client.ask("run", pipeline=PIPELINE, by="team-b"),
+            client.ask("run", pipeline=PIPELINE, by="team-a", no_cache=True),
+        )
+        runs = [await client.ended(r.run.run_id) for r in (other_input, other_spec, other_team, unlooked)]
+        for run in runs:
+            step = run.steps["train"]
+            assert run.state.value == "succeeded" and step.cache is not None
+            assert step.cache.state == "miss", run.run_id
+            assert step.jobs[0].job_id != ran
+        assert runs[3].steps["train"].cache.key == train.cache.key  # the same key, not looked up
+        assert len({run.steps["train"].cache.key for run in runs[:3]} | {train.cache.key}) == 4
+
+        latest = await _run(client, "team-a")  # the no_cache run's success replaced the entry
+        assert latest.steps["train"].cache.state == "hit"
+        assert latest.steps["train"].cache.from_run == runs[3].run_id
+        record = await bus.record(latest.steps["train"].jobs[0].job_id)
+        assert record is not None and record.spec.labels["trainyard.dev/pipeline-run"] == runs[3].run_id
+
+
+async def test_an_entry_whose_job_record_is_gone_misses_and_is_removed(prefix, bus, workflow_stack):
+    async with workflow_stack() as client:
+        first = await _run(client, "team-a")
+        key = first.steps["train"].cache.key
+        jobs = await bus.js.key_value(bus.subjects.buckets.jobs)
+        await jobs.purge(first.steps["train"].jobs[0].job_id)  # the record went (a purge, retention)
+
+        again = await _run(client, "team-a")
+        assert again.steps["train"].cache.state == "miss"
+        assert again.steps["train"].jobs[0].job_id != first.steps["train"].jobs[0].job_id
+        cache = await bus.js.key_value(bus.subjects.buckets.step_cache)
+        entry = json.loads((await cache.get(key)).value)
+        assert entry["run_id"] == again.run_id  # the stale entry removed, the new success written
+
+
+async def test_the_cli_shows_a_hit_and_no_cache_runs_the_step(tmp_path, workflow_stack):
+    from typer.testing import CliRunner
+
+    from trainyard_client.cli import app as cli_app
+
+    async def trainyard(url: str, token: str, *args: str):
+        return await asyncio.to_thread(CliRunner().invoke, cli_app, ["--url", url, "--token", token, *args])
+
+    file = tmp_path / "cached.json"
+    file.write_text(json.dumps(PIPELINE))
+    async with workflow_stack() as client, client.served() as url:
+        first = await trainyard(url, client.token, "pipeline", "run", str(file), "--wait", "-o", "json")
+        assert first.exit_code == 0, first.output
+        first_run = json.loads(first.stdout)
+
+        hit = await trainyard(url, client.token, "pipeline", "run", str(file), "--wait")
+        assert hit.exit_code == 0, hit.output
+        assert f"cached from {first_run['run_id']}" in hit.output  # the live lines and the tree
+
+        forced = await trainyard(
+            url, client.token, "pipeline", "run", str(file), "--no-cache", "--wait", "-o", "json"
+        )
+        assert forced.exit_code == 0, forced.output
+        run = json.loads(forced.stdout)
+        assert run["no_cache"] is True and run["steps"]["train"]["cache"]["state"] == "miss"
+        assert (
+            run["steps"]["train"]["jobs"]["0"]["job_id"] != first_run["steps"]["train"]["jobs"]["0"]["job_id"]
+        )
