@@ -122,6 +122,20 @@ def test_the_key_follows_the_spec_the_inputs_and_the_owner_and_nothing_else():
             inputs={"prepare": {"state": "succeeded", "jobs": [job_identity({"split": "v2", "rows": 3})]}},
         ),
         cache_key(owner="team-a", job=job(), array=None, inputs={"prepare": {"state": "failed"}}),
+        # the dependencies' outputs folders ($TRAINYARD_INPUTS) are in the job as it is submitted
+        cache_key(
+            owner="team-a",
+            job=job(inputs=[{"path": "prepare", "digest": "sha256:" + "1" * 64}]),
+            array=None,
+            inputs=inputs,
+        ),
+        cache_key(
+            owner="team-a",
+            job=job(inputs=[{"path": "prepare", "digest": "sha256:" + "2" * 64}]),
+            array=None,
+            inputs=inputs,
+        ),
+        cache_key(owner="team-a", job=job(pass_outputs=True), array=None, inputs=inputs),
     ]
     assert len({base, *different}) == 1 + len(different)
     # a source credential is a secret, not what the job computes: it does not change the key
