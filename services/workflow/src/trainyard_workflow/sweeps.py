@@ -23,6 +23,7 @@ from typing import Any
 
 from trainyard_contracts import IntakeReply, JobRecord, MetricsBatch, new_job_id
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.spec import ParamValue
 from trainyard_contracts.sweeps import (
     PRUNED_REASON,
     SWEEP_LABEL,
@@ -35,7 +36,6 @@ from trainyard_contracts.sweeps import (
     trial_job,
     validate_sweep,
 )
-from trainyard_workflow import sweep_engine
 from trainyard_workflow.core import submitted_under
 from trainyard_workflow.intake import IntakeSender
 from trainyard_workflow.named_store import NamedStore, RecordExists, RecordNotFound
@@ -57,7 +57,22 @@ log = logging.getLogger("trainyard.workflow.sweeps")
 
 MAX_SWEEPS = 1000
 KNOWN_JOBS = 10_000  # jobs remembered as a trial's (or not) for the metrics stream
-OPTUNA = Engine(sweep_engine.ask, sweep_engine.should_prune)
+
+
+def _optuna_ask(record: SweepRecord, count: int) -> list[dict[str, ParamValue]]:
+    # Optuna and NumPy (~15 MB resident): imported once a sweep asks, not by an idle service
+    from trainyard_workflow import sweep_engine
+
+    return sweep_engine.ask(record, count)
+
+
+def _optuna_should_prune(record: SweepRecord, number: int) -> tuple[bool, dict[str, float]]:
+    from trainyard_workflow import sweep_engine
+
+    return sweep_engine.should_prune(record, number)
+
+
+OPTUNA = Engine(_optuna_ask, _optuna_should_prune)
 
 ReadJob = Callable[[str], Awaitable[JobRecord | None]]
 CancelJobs = Callable[[str, int, str, str], Awaitable[None]]  # job id, attempt, by, reason
