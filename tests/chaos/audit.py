@@ -13,6 +13,7 @@ it is split there: a frozen process does not execute.
 from __future__ import annotations
 
 import itertools
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -298,3 +299,86 @@ def audit(
         if int(record.get("attempt", 0)) <= attempt:
             f.lost.append(f"job {job_id}: the fenced attempt {attempt} was never superseded")
     return f
+
+
+# -- a pipeline run (the workflow service killed mid-retry) ---------------------------------------
+
+RUN_LABEL, STEP_LABEL = "trainyard.dev/pipeline-run", "trainyard.dev/pipeline-step"
+INDEX_LABEL, STEP_ATTEMPT_LABEL = "trainyard.dev/array-index", "trainyard.dev/step-attempt"
+OUTPUT_REF = re.compile(r"\$\{\{\s*steps\.([a-z0-9][a-z0-9_-]*)\.outputs\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def run_jobs(run_id: str, records: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, int, int], list[str]]:
+    """The run's job records by (step, array index, step attempt): what the workflow service
+    submitted for it, however its answers went."""
+    out: dict[tuple[str, int, int], list[str]] = defaultdict(list)
+    for job_id, record in records.items():
+        labels = record.get("spec", {}).get("labels") or {}
+        if labels.get(RUN_LABEL) != run_id:
+            continue
+        key = (
+            labels[STEP_LABEL],
+            int(labels.get(INDEX_LABEL, "0")),
+            int(labels.get(STEP_ATTEMPT_LABEL, "1")),
+        )
+        out[key].append(job_id)
+    return out
+
+
+def audit_pipeline_run(
+    *,
+    run: Mapping[str, Any],
+    pipeline: Mapping[str, Any],
+    records: Mapping[str, Mapping[str, Any]],
+    kept: Iterable[str] = (),
+) -> list[str]:
+    """What a run (its reply as JSON) must show after any crash: each (step, index, step attempt)
+    submitted once; the steps a retry kept (``kept``: they had succeeded) never submitted again;
+    the run's jobs the ones it names; and every ``${{ steps.X.outputs.Y }}`` in a step's command
+    filled in with the value X's job, the one the run names, reported (its record's outputs)."""
+    findings: list[str] = []
+    submitted = run_jobs(str(run["run_id"]), records)
+    for (step, index, attempt), jobs in sorted(submitted.items()):
+        if len(jobs) > 1:
+            findings.append(
+                f"step {step}[{index}] attempt {attempt}: submitted {len(jobs)} times {sorted(jobs)}"
+            )
+    for step in kept:
+        again = sorted(k for k in submitted if k[0] == step and k[2] > 1)
+        if again:
+            findings.append(f"step {step}: succeeded before the retry, submitted again as {again}")
+    named: dict[str, dict[int, str]] = {}
+    for step, state in run["steps"].items():
+        named[step] = {int(i): job["job_id"] for i, job in state["jobs"].items() if job.get("job_id")}
+        attempt = int(state.get("attempt", 1))
+        for index, job_id in named[step].items():
+            labels = records.get(job_id, {}).get("spec", {}).get("labels") or {}
+            if labels.get(RUN_LABEL) == run["run_id"] and int(labels.get(STEP_ATTEMPT_LABEL, "1")) != attempt:
+                findings.append(f"step {step}[{index}]: the run names {job_id} of another step attempt")
+    for spec in pipeline["steps"]:
+        template = (spec.get("job") or {}).get("command") or []
+        for index, job_id in named.get(spec["name"], {}).items():
+            try:
+                expected = [_filled(arg, named, records) for arg in template]
+            except LookupError as missing:
+                findings.append(f"step {spec['name']}[{index}]: {missing.args[0]}")
+                continue
+            got = records.get(job_id, {}).get("spec", {}).get("command")
+            if got != expected:
+                findings.append(f"step {spec['name']}[{index}]: job {job_id} ran {got}, expected {expected}")
+    return findings
+
+
+def _filled(
+    arg: str, named: Mapping[str, Mapping[int, str]], records: Mapping[str, Mapping[str, Any]]
+) -> str:
+    def value(match: re.Match[str]) -> str:
+        step, name = match.group(1), match.group(2)
+        job_id = named.get(step, {}).get(0)
+        outputs = records.get(job_id or "", {}).get("outputs") or {}
+        if name not in outputs:
+            raise LookupError(f"step {step}'s job {job_id} reported no output {name!r}")
+        found = outputs[name]
+        return ("true" if found else "false") if isinstance(found, bool) else str(found)
+
+    return OUTPUT_REF.sub(value, arg)

@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from .audit import Run, audit, audit_events, overlapping_runs, parse_markers, ran_after_completing
+from .audit import (
+    Run,
+    audit,
+    audit_events,
+    audit_pipeline_run,
+    overlapping_runs,
+    parse_markers,
+    ran_after_completing,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -204,3 +212,64 @@ def test_a_fenced_attempt_resumed_after_the_other_completed_is_a_note_unless_it_
     assert resumed.duplicated == [] and any("resumed after the thaw" in n for n in resumed.notes)
     assert audited(stopped, {}).duplicated  # not fenced: attempt 1 ran after the work was done
     assert audited(completed, {"j1": 1}).duplicated  # fenced, yet it did the work again to its end
+
+
+# -- a pipeline run after a crash (audit_pipeline_run) ---------------------------------------------
+
+PIPELINE = {
+    "name": "p",
+    "steps": [
+        {"name": "prepare", "job": {"command": ["prep"]}},
+        {"name": "flaky", "job": {"command": ["fit", "--token=${{ steps.prepare.outputs.token }}"]}},
+        {"name": "fan", "array": "0-1", "job": {"command": ["use", "${{ steps.flaky.outputs.own }}"]}},
+    ],
+}
+
+
+def step_record(step: str, attempt: int, command: list[str], index: int | None = None, **more: Any) -> dict:
+    labels = {
+        "trainyard.dev/pipeline-run": "run-1",
+        "trainyard.dev/pipeline-step": step,
+        "trainyard.dev/step-attempt": str(attempt),
+    }
+    if index is not None:
+        labels["trainyard.dev/array-index"] = str(index)
+    return {"spec": {"labels": labels, "command": command}, **more}
+
+
+def retried_run() -> tuple[dict, dict]:
+    records = {
+        "p1": step_record("prepare", 1, ["prep"], outputs={"token": "t-1"}),
+        "f1": step_record("flaky", 1, ["fit", "--token=t-1"]),
+        "f2": step_record("flaky", 2, ["fit", "--token=t-1"], outputs={"own": "f2"}),
+        "a0": step_record("fan", 2, ["use", "f2"], index=0),
+        "a1": step_record("fan", 2, ["use", "f2"], index=1),
+    }
+    run = {
+        "run_id": "run-1",
+        "steps": {
+            "prepare": {"attempt": 1, "jobs": {"0": {"job_id": "p1"}}},
+            "flaky": {"attempt": 2, "jobs": {"0": {"job_id": "f2"}}},
+            "fan": {"attempt": 2, "jobs": {"0": {"job_id": "a0"}, "1": {"job_id": "a1"}}},
+        },
+    }
+    return run, records
+
+
+def test_a_clean_retried_run_has_no_findings():
+    run, records = retried_run()
+    assert audit_pipeline_run(run=run, pipeline=PIPELINE, records=records, kept=["prepare"]) == []
+
+
+def test_a_step_submitted_twice_a_kept_step_run_again_and_a_wrong_value_are_found():
+    run, records = retried_run()
+    records["a0-again"] = step_record("fan", 2, ["use", "f2"], index=0)  # a second job, one key
+    records["p2"] = step_record("prepare", 2, ["prep"], outputs={"token": "t-2"})  # kept, yet ran
+    records["a1"]["spec"]["command"] = ["use", "f1"]  # the failed attempt's value handed on
+    findings = audit_pipeline_run(run=run, pipeline=PIPELINE, records=records, kept=["prepare"])
+    assert any("fan[0] attempt 2: submitted 2 times" in f for f in findings), findings
+    assert any("prepare: succeeded before the retry, submitted again" in f for f in findings), findings
+    assert any("fan[1]: job a1 ran ['use', 'f1']" in f for f in findings), findings
+    run["steps"]["flaky"]["jobs"]["0"]["job_id"] = "f1"  # the run names the failed attempt's job
+    findings = audit_pipeline_run(run=run, pipeline=PIPELINE, records=records)
+    assert any("flaky[0]: the run names f1 of another step attempt" in f for f in findings), findings
