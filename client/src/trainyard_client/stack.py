@@ -8,7 +8,8 @@
 
 Everything lives in the data dir: the JetStream store (``nats/``, so a restart keeps every job), the
 API token (``api-token``, written by the submission service on first start), the MLflow store
-(``mlflow/mlflow.db``), the executor's work dirs, and one log file per process (``logs/``).
+(``mlflow/mlflow.db``; ``mlflow_server=True``: served by a real ``mlflow server`` for MLflow's
+webhooks, mlflowserver.py), the executor's work dirs, and one log file per process (``logs/``).
 
 NATS requires credentials: every service connects as its own user (the users deploy/nats defines,
 one per executor id), with passwords generated into ``nats-auth/`` (0700; files 0600). Before the
@@ -36,6 +37,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 
+from trainyard_client.mlflowserver import MlflowServer
 from trainyard_client.sdk import TOKEN_FILE, TrainyardClient
 from trainyard_client.stackprocess import (
     SERVICES,
@@ -43,6 +45,7 @@ from trainyard_client.stackprocess import (
     ServiceProcess,
     StackError,
     StackNotInstalled,
+    check_grace,
     free_port_besides,
     missing_packages,
     port_in_use,
@@ -95,7 +98,8 @@ class EmbeddedStack:
     them, ``on_restart`` hears of each) and stop only when one keeps exiting (``failure``);
     ``None`` (the default; ``trainyard up`` passes one): no restarts, ``raise_if_failed`` raises
     at the first exit. ``more_executor_ids``: executors started beside the stack's own (each gets a
-    NATS user, ``executor-<id>``).
+    NATS user, ``executor-<id>``). ``mlflow_server``: MLflow behind a real ``mlflow server`` with
+    its webhooks to the registry (mlflowserver.py; off: the SQLite file, no server).
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class EmbeddedStack:
         restart_policy: RestartPolicy | None = None,
         on_restart: RestartListener | None = None,
         more_executor_ids: Sequence[str] = (),
+        mlflow_server: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.host = host
@@ -133,6 +138,8 @@ class EmbeddedStack:
         else:
             ports = [free_port_besides(host, chosen) for _ in SERVICES]
         self.ports: dict[str, int] = dict(zip(SERVICES, ports, strict=True))
+        mlflow_port = free_port_besides(host, chosen) if mlflow_server else 0
+        self.mlflow = MlflowServer(self.data_dir, host, mlflow_port, python) if mlflow_server else None
         self.executor_cpu = executor_cpu
         self.executor_memory = executor_memory
         self.executor_gpu = executor_gpu
@@ -231,7 +238,9 @@ class EmbeddedStack:
         # a local `source: {repo: .}` (the examples, make demo) is fetched from the folder the stack
         # was started in, and from nowhere else of this machine (trainyard_shared.gitpolicy)
         env.setdefault("TRAINYARD_GIT_LOCAL_ROOTS", os.getcwd())
-        if not env.get("MLFLOW_TRACKING_URI"):
+        if self.mlflow is not None:
+            env["MLFLOW_TRACKING_URI"] = self.mlflow.url
+        elif not env.get("MLFLOW_TRACKING_URI"):
             env["MLFLOW_TRACKING_URI"] = f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
         for name, port in self.ports.items():
             env[f"TRAINYARD_{name.upper()}_HOST"] = self.host
@@ -271,10 +280,14 @@ class EmbeddedStack:
                 config_file=self._credentials().ensure(self.nats_monitor_port),
             )
             self.nats.start()
+            if self.mlflow is not None:  # it takes seconds to start: meanwhile, the rest
+                self.mlflow.launch(PRIVATE_UMASK)
             self._provision()
             env = self.service_env()
             for service in self.services.values():
                 self._spawn(service, env)
+            if self.mlflow is not None:  # its webhook, with the secret the registry was given
+                self.mlflow.connect(self.ready_timeout, f"{self.host}:{self.ports['registry']}")
             self.wait_ready(self.ready_timeout)
         except BaseException:
             self.stop()
@@ -290,18 +303,7 @@ class EmbeddedStack:
 
     def _check_deadlines(self) -> None:
         raw = self.service_env()["TRAINYARD_EXECUTOR_GRACE_SECONDS"]
-        try:
-            grace = float(raw)
-        except ValueError:
-            raise StackError(
-                f"TRAINYARD_EXECUTOR_GRACE_SECONDS must be a number of seconds, got {raw!r}"
-            ) from None
-        if grace + EXECUTOR_HANDBACK_SECONDS > self.stop_timeout:
-            raise StackError(
-                f"the executor's job grace ({grace:g}s, TRAINYARD_EXECUTOR_GRACE_SECONDS) plus"
-                f" {EXECUTOR_HANDBACK_SECONDS:g}s to hand its attempts back must fit in the stack's"
-                f" stop timeout ({self.stop_timeout:g}s): lower the grace or raise the stop timeout"
-            )
+        check_grace(raw, EXECUTOR_HANDBACK_SECONDS, self.stop_timeout)
 
     def _acquire_lock(self) -> None:
         try:
@@ -398,6 +400,8 @@ class EmbeddedStack:
         only for the two services that hold it, even when it is in the environment `trainyard up`
         was started from (the executor, and so a job, must never read it)."""
         env = {k: v for k, v in env.items() if k != "TRAINYARD_ADMISSION_KEY"}
+        if service == "registry" and self.mlflow is not None:  # never logged, never another's
+            env["TRAINYARD_REGISTRY_WEBHOOK_SECRET"] = self.mlflow.webhook_secret
         return {**env, **self._nats_identity(service, env)}
 
     def _spawn(self, service: ServiceProcess, env: dict[str, str]) -> None:
@@ -557,6 +561,8 @@ class EmbeddedStack:
                 service.log_file.close()
                 service.log_file = None
         self.leftovers = self._descendants.kill_living() if self._descendants is not None else []
+        if self.mlflow is not None:
+            self.mlflow.stop(self.stop_timeout)
         if self.nats is not None:
             self.nats.stop()
         if self._lock is not None:

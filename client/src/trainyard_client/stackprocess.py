@@ -52,6 +52,23 @@ def missing_packages() -> list[str]:
     return missing
 
 
+def check_grace(raw: str, handback: float, stop_timeout: float) -> None:
+    """The executor's job grace (``raw``, TRAINYARD_EXECUTOR_GRACE_SECONDS) plus ``handback`` must
+    fit in the stack's stop timeout, else the executor is killed before it hands its jobs back."""
+    try:
+        grace = float(raw)
+    except ValueError:
+        raise StackError(
+            f"TRAINYARD_EXECUTOR_GRACE_SECONDS must be a number of seconds, got {raw!r}"
+        ) from None
+    if grace + handback > stop_timeout:
+        raise StackError(
+            f"the executor's job grace ({grace:g}s, TRAINYARD_EXECUTOR_GRACE_SECONDS) plus"
+            f" {handback:g}s to hand its attempts back must fit in the stack's"
+            f" stop timeout ({stop_timeout:g}s): lower the grace or raise the stop timeout"
+        )
+
+
 def free_port(host: str) -> int:
     try:  # below the ephemeral range, so no outgoing connection takes it before we listen
         from trainyard_shared.natsserver import free_port

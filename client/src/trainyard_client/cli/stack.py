@@ -56,6 +56,15 @@ def up(
     ready_timeout: Annotated[
         float, typer.Option("--ready-timeout", min=1, help="seconds the services may take to start")
     ] = 90.0,
+    mlflow_server: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow-server",
+            envvar="TRAINYARD_MLFLOW_SERVER",
+            help="serve MLflow with a real `mlflow server` (seconds to start) whose webhooks tell the"
+            " registry of changes made in MLflow directly (default: a SQLite file, no webhooks)",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole stack on this machine (nats-server and the six services) until Ctrl-C.
 
@@ -89,6 +98,7 @@ def up(
         ready_timeout=ready_timeout,
         restart_policy=RestartPolicy(limit=max_restarts),
         on_restart=_say_restart,
+        mlflow_server=mlflow_server,
     )
     raise typer.Exit(_run_until_stopped(stack, max_restarts))
 
@@ -202,7 +212,8 @@ def _print_up(stack: Any) -> None:
     grid.add_row("NATS users", f"{stack.nats_auth_dir}  (<user>.password; another system: client)")
     for name, url in stack.metrics_urls.items():
         grid.add_row(f"{name} metrics", url)
-    grid.add_row("MLflow", stack.mlflow_tracking_uri)
+    webhooks = "  (mlflow server; its webhooks to the registry)" if stack.mlflow is not None else ""
+    grid.add_row("MLflow", stack.mlflow_tracking_uri + webhooks)
     grid.add_row("logs", str(stack.log_dir))
     cli.out.print("[bold green]Trainyard is up[/]")
     cli.out.print(grid)
