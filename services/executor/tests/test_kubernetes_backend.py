@@ -641,3 +641,15 @@ async def test_a_workdir_job_is_refused_not_run_without_its_folder(cluster: Clus
     outcome = await _wait(attempt)
     assert outcome.kind == "failed" and "workdir is not supported by the kubernetes backend" in outcome.reason
     assert cluster.jobs() == {}
+
+
+@pytest.mark.workflow
+async def test_a_step_with_inputs_is_refused_not_run_without_them(cluster: Cluster, tmp_path: Path) -> None:
+    """The kubernetes backend does not carry $TRAINYARD_INPUTS yet (docs/workflows.md, "Step
+    inputs"): a step whose dependencies passed it folders fails saying so; no Job is created."""
+    backend = cluster.backend()
+    attempt = await backend.start(_launch(tmp_path, inputs_dir=tmp_path / "inputs"), Lines())
+    outcome = await _wait(attempt)
+    assert outcome.kind == "failed" and "$TRAINYARD_INPUTS" in outcome.reason
+    assert "not supported by the kubernetes backend" in outcome.reason
+    assert cluster.jobs() == {}

@@ -54,11 +54,16 @@ class WorkflowClient:
 
 
 @contextlib.asynccontextmanager
-async def _stack(nats_server, prefix, tmp_path, workflow_settings=None) -> AsyncIterator[WorkflowClient]:
+async def _stack(
+    nats_server, prefix, tmp_path, workflow_settings=None, executor_settings=None
+) -> AsyncIterator[WorkflowClient]:
     common = common_settings(nats_server.url, prefix, tmp_path / "data")
     api = submission_app(common, SubmissionSettings(token=TOKEN))
     scheduler = scheduler_app(common, SchedulerSettings(tick_seconds=0.2))
-    executor = executor_app(common, ExecutorSettings(id="exec-wf", cpu=4, memory=4096, heartbeat_seconds=0.5))
+    executor = executor_app(
+        common,
+        executor_settings or ExecutorSettings(id="exec-wf", cpu=4, memory=4096, heartbeat_seconds=0.5),
+    )
     workflow = workflow_app(common, workflow_settings or WorkflowSettings(reconcile_seconds=1))
     auth = {"Authorization": f"Bearer {TOKEN}"}
     async with api.router.lifespan_context(api), running(scheduler), running(executor), running(workflow):
@@ -92,5 +97,6 @@ async def served(app) -> AsyncIterator[str]:
 
 @pytest.fixture
 def workflow_stack(nats_server, prefix, tmp_path):
-    """``async with workflow_stack() as client`` (optionally with WorkflowSettings)."""
+    """``async with workflow_stack() as client`` (optionally with WorkflowSettings, and
+    ExecutorSettings: another backend, other limits)."""
     return functools.partial(_stack, nats_server, prefix, tmp_path)

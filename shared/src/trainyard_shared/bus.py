@@ -440,4 +440,4 @@ async def ensure_streams(
     step, and tests'."""
     js = NatsHandle(broker).jetstream
     streams = stream_configs(subjects, replicas, limits, trigger_subjects)
-    await declare(js, [*streams, *object_store_configs(subjects, replicas)])
+    await declare(js, [*streams, *object_store_configs(subjects, replicas, limits)])

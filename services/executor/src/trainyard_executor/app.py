@@ -26,9 +26,10 @@ from trainyard_executor.logship import LogShipper
 from trainyard_executor.metricship import MetricsShipper
 from trainyard_executor.reporting import BusReporter
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_executor.stepfolders import StepFolders, archive_cap
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.binding import connect_and_bind
-from trainyard_shared.blobs import open_store
+from trainyard_shared.blobs import PackLimits, open_store
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.executors import ExecutorDirectory
@@ -193,6 +194,7 @@ class ExecutorService:
         await reporter.listen(self.settings.id)
         backend = make_backend(settings, data)
         gpus = await executor_gpus(settings)
+        step_pack_limits = PackLimits(settings.max_step_outputs_bytes, settings.max_step_outputs_files)
         executor = ExecutorCore(
             store=store,
             reports=reporter,
@@ -232,6 +234,17 @@ class ExecutorService:
                 settings.max_workdir_bytes,
             ),
             secrets=SecretStore(buckets.secrets),
+            step_folders=StepFolders(
+                lambda: open_store(broker.config.connection_state.stream, subjects.step_outputs_bucket),
+                WorkdirCache(
+                    lambda: open_store(broker.config.connection_state.stream, subjects.step_outputs_bucket),
+                    data / "executor" / settings.id / "step-outputs",
+                    archive_cap(step_pack_limits),
+                    what="packed outputs folder",
+                ),
+                step_pack_limits,
+                settings.max_step_inputs_bytes,
+            ),
         )
         self._runtime = Runtime(core=executor, store=store)
 

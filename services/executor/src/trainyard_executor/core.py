@@ -43,6 +43,7 @@ from trainyard_executor.recording import BROKER_ERRORS
 from trainyard_executor.reporting import Reporter
 from trainyard_executor.running import AttemptRunner, LocalAttempt, MetricsFactory, ShipperFactory
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_executor.stepfolders import StepFolders
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobsecrets import SecretStore
@@ -87,10 +88,12 @@ class ExecutorCore(AttemptRunner):
         workdirs: WorkdirCache | None = None,
         secrets: SecretStore | None = None,
         metrics: MetricsFactory | None = None,
+        step_folders: StepFolders | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.workdirs = workdirs
+        self.step_folders = step_folders
         self.secrets = secrets  # a record with secrets_stored holds *** in place of the values
         # what the backend keeps a job from, as configured: said in every heartbeat
         isolation = getattr(backend, "isolation", None)

@@ -38,6 +38,7 @@ def job_env(
     python_bin: str | None = None,
     checkpoint_dir: Path | None = None,
     traceparent: str | None = None,
+    inputs_dir: Path | None = None,
 ) -> dict[str, str]:
     """``traceparent``: the W3C trace context the job's own spans join (``TRACEPARENT``), unless
     its spec sets one."""
@@ -71,6 +72,8 @@ def job_env(
         env["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
     if checkpoint_dir is not None:
         env["TRAINYARD_CHECKPOINT_DIR"] = str(checkpoint_dir)
+    if inputs_dir is not None:  # a pipeline step's dependencies' outputs folders, one per step
+        env["TRAINYARD_INPUTS"] = str(inputs_dir)
     if traceparent and "TRACEPARENT" not in spec.env:
         env["TRACEPARENT"] = traceparent
     return env

@@ -22,15 +22,22 @@ from trainyard_contracts.stepoutputs import (
 from trainyard_executor.backends.hostpaths import ensure_dir, read_file
 
 
+def job_part_of(output_dir: Path, job_part: str) -> tuple[Path, str]:
+    """``(root, rel)``: the executor's part of ``output_dir`` (trusted, opened as it is) and the
+    job's (``job_part``, the spec's ``outputs.path``: components the job may have replaced with
+    links, opened one at a time without following any)."""
+    parts = tuple(p for p in PurePosixPath(job_part).parts if p not in ("", "."))
+    if parts and tuple(output_dir.parts[-len(parts) :]) == parts:
+        return Path(*output_dir.parts[: -len(parts)]), "/".join(parts)
+    # an executor's own outputs folder (a shared claim): only its last component is the job's
+    return output_dir.parent, output_dir.name
+
+
 def read_outputs(output_dir: Path, job_part: str) -> tuple[dict[str, OutputValue] | None, str | None]:
     """``(outputs, None)``; ``(None, None)`` when the job wrote no outputs.json; ``(None, why)``
     when it wrote one that is refused. ``job_part``: the spec's ``outputs.path``, the components
     of ``output_dir`` the job may have replaced (what comes before is the executor's)."""
-    parts = tuple(p for p in PurePosixPath(job_part).parts if p not in ("", "."))
-    if parts and tuple(output_dir.parts[-len(parts) :]) == parts:
-        root, rel = Path(*output_dir.parts[: -len(parts)]), "/".join(parts)
-    else:  # an executor's own outputs folder (a shared claim): only its last component is the job's
-        root, rel = output_dir.parent, output_dir.name
+    root, rel = job_part_of(output_dir, job_part)
     try:
         with ensure_dir(root, rel, create=False) as fd:
             data = read_file(fd, OUTPUTS_FILE, OUTPUTS_MAX_BYTES + 1)

@@ -76,6 +76,7 @@ class AttemptRecorder:
         outputs: dict[str, OutputValue] | None = None,
         usage: AttemptUsage | None = None,
         runtime: AttemptRuntime | None = None,
+        outputs_digest: str | None = None,
     ) -> None:
         """Report how the attempt ended; ``lines_stored``: the attempt's last log lines on their
         way, stored before the report (a reader of the end event the scheduler announces finds
@@ -89,6 +90,7 @@ class AttemptRecorder:
             reason=reason,
             outputs_uri=outputs_uri,
             outputs=outputs,
+            outputs_digest=outputs_digest,
             duration_seconds=max(0.0, duration),
             usage=usage,
             runtime=runtime,

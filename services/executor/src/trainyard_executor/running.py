@@ -35,6 +35,8 @@ from trainyard_executor.outputsfile import read_outputs
 from trainyard_executor.recording import BROKER_ERRORS, AttemptRecorder
 from trainyard_executor.reporting import record_changes
 from trainyard_executor.sampling import Reader, with_samples
+from trainyard_executor.stepfolders import INPUTS_SUFFIX, StepFolders, StepFoldersError
+from trainyard_executor.stepfolders import remove as remove_folder
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.jobsecrets import SecretsMissing, SecretStore
@@ -89,9 +91,14 @@ class AttemptRunner(AttemptRecorder):
     launched: OrderedDict[tuple[str, int], None]
     inherited: dict[str, str]
     secrets: SecretStore | None  # where a job's secret values are kept (None: records hold them)
+    step_folders: StepFolders | None  # pipeline steps' outputs folders, packed and unpacked
 
     def workdir(self, job_id: str, attempt: int) -> Path:
         return self.work_root / job_id / f"attempt-{attempt}"
+
+    def inputs_dir(self, job_id: str, attempt: int) -> Path:
+        """$TRAINYARD_INPUTS of an attempt: beside its work dir, not in it (mounted read-only)."""
+        return self.work_root / job_id / f"attempt-{attempt}{INPUTS_SUFFIX}"
 
     def checkpoint_dir(self, job_id: str) -> Path:
         """TRAINYARD_CHECKPOINT_DIR: one per job, kept across its attempts (a resumed attempt
@@ -144,6 +151,7 @@ class AttemptRunner(AttemptRecorder):
             spec = await self._spec_to_run(record)
             checkpoints = self.checkpoint_dir(record.job_id)
             archive = await self._workdir_archive(spec)
+            inputs = await self._step_inputs(record.job_id, attempt, spec)
             launch = AttemptLaunch(
                 job_id=record.job_id,
                 attempt=attempt,
@@ -158,6 +166,7 @@ class AttemptRunner(AttemptRecorder):
                     if self.settings.python_on_path
                     else None,
                     checkpoint_dir=checkpoints,
+                    inputs_dir=inputs,
                     # the start command's span when the executor traces, else the submission's
                     traceparent=current_traceparent() or record.traceparent,
                 ),
@@ -184,6 +193,7 @@ class AttemptRunner(AttemptRecorder):
                 gang=plan_gang(spec.replicas, rendezvous, self.free_port),
                 checkpoint_dir=checkpoints,
                 run_as_root=spec.run_as_root,
+                inputs_dir=inputs,
             )
             ranks = f", ranks {list(launch.gang.ranks)} of {launch.gang.world_size}" if launch.gang else ""
             await shipper.system(f"attempt {attempt} starting on {self.me}{ranks}: {launch.argv}")
@@ -220,6 +230,30 @@ class AttemptRunner(AttemptRecorder):
         found = await self.store.get(job_id)
         if found is None or not owns(found[0], self.me, attempt):
             raise AttemptSuperseded(f"attempt {attempt} was given away while its start was stalled")
+
+    async def _step_inputs(self, job_id: str, attempt: int, spec: JobSpec) -> Path | None:
+        """The outputs folders of the step's dependencies unpacked into the attempt's inputs
+        folder ($TRAINYARD_INPUTS), or None when the spec names none."""
+        if not spec.inputs:
+            return None
+        if self.step_folders is None:
+            raise RuntimeError("this executor has no access to the step outputs bucket")
+        return await self.step_folders.prepare(spec.inputs, self.inputs_dir(job_id, attempt))
+
+    async def _pass_outputs(self, record: JobRecord, attempt: int, output_dir: Path) -> str | None:
+        """A succeeded step's outputs folder stored for its dependents: its digest; None when the
+        spec does not ask (no later step depends on it), the backend keeps the folder elsewhere
+        (kubernetes), or this member of a split gang does not run rank 0 (whose outputs are the
+        job's). StepFoldersError: the attempt fails with it."""
+        if not record.spec.pass_outputs or not getattr(self.backend, "work_dir_on_host", False):
+            return None
+        member = member_of(record, self.me, attempt) if record.gang is not None else None
+        if member is not None and 0 not in member.ranks:
+            return None
+        if self.step_folders is None:
+            raise StepFoldersError("this executor has no access to the step outputs bucket")
+        job_part = record.spec.outputs.path if record.spec.outputs else "outputs"
+        return await self.step_folders.share(output_dir, job_part)
 
     async def _spec_to_run(self, record: JobRecord) -> JobSpec:
         """The spec with its secret values put back (raises SecretsMissing: the attempt fails)."""
@@ -303,6 +337,12 @@ class AttemptRunner(AttemptRecorder):
         if kind == "succeeded" and outcome.output_dir:
             job_part = record.spec.outputs.path if record.spec.outputs else "outputs"
             outputs, refused = await asyncio.to_thread(read_outputs, Path(outcome.output_dir), job_part)
+        outputs_digest = None
+        if kind == "succeeded" and outcome.output_dir:
+            try:
+                outputs_digest = await self._pass_outputs(record, attempt, Path(outcome.output_dir))
+            except StepFoldersError as exc:  # the job ran well; its dependents would miss the folder
+                kind, reason, outputs = "failed", str(exc), None
         ended = f"attempt {attempt} ended: {kind} ({reason})" + (f"; {refused}" if refused else "")
         # every line is stored before the end is reported (the scheduler announces it); a broker
         # away at this moment must not change how the attempt ended, so shipping is retried, then
@@ -328,10 +368,13 @@ class AttemptRunner(AttemptRecorder):
                     outputs=outputs,
                     usage=with_samples(outcome.usage, local.metrics.sampler if local.metrics else None),
                     runtime=outcome.runtime,
+                    outputs_digest=outputs_digest,
                 )
         finally:
             await lines_stored
         await self._release(local)
+        # its process has ended (a handed-back one too: a next attempt unpacks its own)
+        await asyncio.to_thread(remove_folder, self.inputs_dir(record.job_id, attempt))
         checkpoints = self.checkpoint_dir(record.job_id)
         # most jobs never write one: no wait for the record for nothing. A job that goes on to
         # another attempt (a retry, preempted) keeps them for it
@@ -349,6 +392,7 @@ class AttemptRunner(AttemptRecorder):
             record.job_id, attempt, "failed", None, f"could not run: {exc}", None, local.elapsed()
         )
         await self._release(local)
+        await asyncio.to_thread(remove_folder, self.inputs_dir(record.job_id, attempt))
 
     async def _watch_gang(self, job_id: str, attempt: int, local: LocalAttempt) -> None:
         """Stop this member's ranks once the gang's attempt has ended elsewhere.

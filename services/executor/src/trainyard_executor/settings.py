@@ -145,6 +145,20 @@ class ExecutorSettings(HttpSettings):
         100 * 1024 * 1024, ge=1024, description="a packed workdir: the archive and its unpacked content"
     )
     max_workdir_files: int = Field(10_000, ge=1, description="files and folders in a packed workdir")
+    max_step_outputs_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1024,
+        description="a pipeline step's outputs folder passed to its dependents ($TRAINYARD_INPUTS): "
+        "its files' content at most; over it the step's attempt fails naming the biggest files",
+    )
+    max_step_outputs_files: int = Field(
+        10_000, ge=1, description="files and folders in a step's outputs folder passed to its dependents"
+    )
+    max_step_inputs_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=1024,
+        description="all the outputs folders one attempt unpacks under $TRAINYARD_INPUTS, together",
+    )
     log_flush_seconds: float = Field(0.2, gt=0)
     log_batch_lines: int = Field(200, ge=1)
     log_max_chunk_bytes: int = Field(

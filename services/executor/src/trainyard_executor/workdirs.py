@@ -23,9 +23,15 @@ __all__ = ["WorkdirCache"]
 
 class WorkdirCache:
     def __init__(
-        self, store: Callable[[], Awaitable[ObjectStore]], root: Path, max_bytes: int, keep: int = 32
+        self,
+        store: Callable[[], Awaitable[ObjectStore]],
+        root: Path,
+        max_bytes: int,
+        keep: int = 32,
+        what: str = "packed workdir",
     ) -> None:
         self._store = store
+        self.what = what
         self.root = root
         self.max_bytes = max_bytes
         self.keep = keep
@@ -47,7 +53,7 @@ class WorkdirCache:
             except (BlobMissing, BlobTooLarge):
                 raise
             except Exception as exc:  # NATS away or refusing: say what was being fetched
-                raise RuntimeError(f"could not fetch the packed workdir {digest}: {exc}") from exc
+                raise RuntimeError(f"could not fetch the {self.what} {digest}: {exc}") from exc
             await asyncio.to_thread(self._write, path, data)
         self._locks.pop(digest, None)
         return path

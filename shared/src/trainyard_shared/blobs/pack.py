@@ -171,7 +171,8 @@ def pack_dir(root: Path, limits: PackLimits | None = None) -> Packed:
         for rel, info in walk.entries:
             entry = _tar_info(rel, info, root)
             if entry.isreg():
-                with open(root / rel, "rb") as f:
+                # a file seen as a file when walked: never a link put in its place since
+                with open(os.open(root / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
                     data = f.read(limits.max_bytes + 1)
                 entry.size = len(data)  # a file that changed size while packing: what was read
                 tar.addfile(entry, io.BytesIO(data))

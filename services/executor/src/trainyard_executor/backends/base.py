@@ -117,6 +117,9 @@ class AttemptLaunch:
     run_as_root: bool = False
     """Container backends: the image's own user instead of the non-root default (spec
     ``run_as_root``, which only a queue with ``allow_root`` accepts)."""
+    inputs_dir: Path | None = None
+    """A pipeline step's dependencies' outputs folders, unpacked on this host by the executor
+    (``TRAINYARD_INPUTS``; stepfolders.py); container backends mount it read-only."""
 
 
 @dataclass(frozen=True)

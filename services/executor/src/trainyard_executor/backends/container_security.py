@@ -52,3 +52,8 @@ def work_mount_mode(engine: str) -> str:
     mode"): there ``no-new-privileges`` stands in for nosuid and the dropped ``MKNOD`` plus the
     device cgroup for nodev."""
     return "rw,nosuid,nodev" if engine == "podman" else "rw"
+
+
+def inputs_mount_mode(engine: str) -> str:
+    """The inputs folder's bind mount ($TRAINYARD_INPUTS): read-only, else as :func:`work_mount_mode`."""
+    return "ro,nosuid,nodev" if engine == "podman" else "ro"

@@ -51,6 +51,7 @@ from trainyard_executor.backends.container_security import (
     DEFAULT_UID,
     hardening,
     identity,
+    inputs_mount_mode,
     work_mount_mode,
 )
 from trainyard_executor.backends.devices import container_devices_env, gpu_request, rank_devices
@@ -117,6 +118,7 @@ WORK_MOUNT = "/trainyard/work"
 
 
 CHECKPOINTS_MOUNT = "/trainyard/checkpoints"
+INPUTS_MOUNT = "/trainyard/inputs"  # TRAINYARD_INPUTS: the dependencies' outputs folders, read-only
 
 
 # without these every Podman container fails with "error setting rlimit type 7"
@@ -152,6 +154,7 @@ class DockerBackend:
     """Attempts as containers on a Docker (or Podman, ``name="podman"``) engine."""
 
     reads_job_metrics = True  # the work dir is mounted from this host (backends/jobmetrics.py)
+    work_dir_on_host = True  # a step's outputs folder is packed here for its dependents
 
     def __init__(
         self,
@@ -269,6 +272,8 @@ class DockerBackend:
         metrics_env(env, WORK_MOUNT)
         if launch.checkpoint_dir is not None:
             env["TRAINYARD_CHECKPOINT_DIR"] = CHECKPOINTS_MOUNT
+        if launch.inputs_dir is not None:
+            env["TRAINYARD_INPUTS"] = INPUTS_MOUNT
         if launch.gang is not None:
             env.update(launch.gang.env(local_rank))
             if own_network(launch.gang):
@@ -304,6 +309,11 @@ class DockerBackend:
         volumes = {str(launch.workdir.resolve()): {"bind": WORK_MOUNT, "mode": mode}}
         if launch.checkpoint_dir is not None:
             volumes[str(launch.checkpoint_dir.resolve())] = {"bind": CHECKPOINTS_MOUNT, "mode": mode}
+        if launch.inputs_dir is not None:  # the executor's own folder, never a path the job chose
+            volumes[str(launch.inputs_dir.resolve())] = {
+                "bind": INPUTS_MOUNT,
+                "mode": inputs_mount_mode(self.name),
+            }
         who = identity(launch.run_as_root, self.user, (os.geteuid(), os.getegid()))
         config: dict[str, Any] = {
             "image": image,

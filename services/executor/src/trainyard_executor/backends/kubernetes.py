@@ -201,6 +201,12 @@ class KubernetesBackend:
                 f"workdir is not supported by the {self.name} backend yet: give source (a git "
                 "repository) or run the job on a local, docker or podman executor"
             )
+        if launch.inputs_dir is not None:
+            # never run a step without the folders its dependencies passed it (docs/workflows.md)
+            return (
+                f"$TRAINYARD_INPUTS (the outputs folders of the step's dependencies) is not supported "
+                f"by the {self.name} backend yet: run the step on a local, docker or podman executor"
+            )
         return None
 
     async def start(self, launch: AttemptLaunch, on_line: LineSink) -> KubeAttempt | FinishedAttempt:

@@ -32,6 +32,7 @@ class LocalBackend:
 
     name = "local"
     reads_job_metrics = True  # the job's work dir is on this host (backends/jobmetrics.py)
+    work_dir_on_host = True  # a step's outputs folder is packed here for its dependents
 
     def __init__(
         self,
