@@ -64,7 +64,11 @@ DURABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "submission": (("intake", "submission-intake"),),
     "scheduler": (("jobs", "scheduler-job-requests"), ("reports", REPORTS_DURABLE)),
     "registry": (("jobs", "registry-succeeded"),),
-    "telemetry": (("jobs", "telemetry-events"), ("metrics", "telemetry-metrics")),
+    "telemetry": (
+        ("jobs", "telemetry-events"),
+        ("metrics", "telemetry-metrics"),
+        ("logs", "telemetry-logs"),  # job output to Logstash, when turned on (joblogs.py)
+    ),
     # its triggers: the triggers stream (foreign subjects) and, filtered, the model events
     "workflow": (
         ("jobs", "workflow-job-outcomes"),

@@ -86,6 +86,7 @@ def batch_consumer(
     key: Callable[[Any], object] | None = None,
     linger: float = 0.0,
     max_ack_pending: int | None = None,
+    deliver_new: bool = False,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Decorate ``async def handler(item)`` (or ``handler(item, raw_msg)`` with ``with_message``).
 
@@ -96,7 +97,9 @@ def batch_consumer(
     messages are taken in gathered batches instead of one by one: the first one at once, then what
     came in each ``linger``, which costs both sides far less CPU per message at moderate rates.
     ``max_ack_pending``: the server's bound on messages delivered and not acked, over every
-    replica (1: one at a time, in stream order, across replicas).
+    replica (1: one at a time, in stream order, across replicas). ``deliver_new``: a consumer
+    made now starts with what is stored from now on, not with the stream's history (one that
+    exists keeps its place).
     """
     tracer = None
     if tracing_enabled():
@@ -107,6 +110,8 @@ def batch_consumer(
     config = ConsumerConfig(max_deliver=budget.server_max_deliver, ack_wait=ack_wait)
     if max_ack_pending is not None:
         config.max_ack_pending = max_ack_pending
+    if deliver_new:
+        config.deliver_policy = DeliverPolicy.NEW
     if filter_subjects:
         config.filter_subjects = list(filter_subjects)
 

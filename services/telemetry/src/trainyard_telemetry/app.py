@@ -6,9 +6,11 @@ Its consumer is durable, so after a restart it catches up from where it stopped.
 
 from __future__ import annotations
 
+import asyncio
+
 from faststream.asgi import AsgiFastStream
 
-from trainyard_contracts import JobEvent, MetricsBatch, parse_job_event
+from trainyard_contracts import JobEvent, LogChunk, MetricsBatch, parse_job_event
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
@@ -17,6 +19,7 @@ from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing
+from trainyard_telemetry.joblogs import JobContext, JobOutputShipper, logstash_handler
 from trainyard_telemetry.metrics import JobMetrics
 from trainyard_telemetry.settings import TelemetrySettings
 
@@ -61,6 +64,32 @@ def create_app(
     async def on_metrics(batch: MetricsBatch) -> None:
         metrics.live.observe(batch)
 
+    shipper: JobOutputShipper | None = None
+    if settings.job_output_to_logstash:
+        host, port = settings.logstash_address()
+        shipper = JobOutputShipper(
+            lambda: logstash_handler(host, port), sb.registry, settings.job_output_limits()
+        )
+        to_logstash = shipper
+
+        # job output lines to Logstash (joblogs.py): handed to a bounded queue, never waited for
+        @batch_consumer(
+            sb,
+            subjects.logs_of("*"),
+            stream=streams(subjects).logs,
+            durable="telemetry-logs",
+            parse=LogChunk.model_validate_json,
+            batch=256,
+            linger=0.1,
+            deliver_new=True,  # turned on: from then on, not the stream's whole history at once
+            title="telemetry/job-output",
+            description="job output lines to Logstash with ECS fields, when turned on",
+        )
+        async def on_log_chunk(chunk: LogChunk) -> None:
+            facts = metrics.states.get(chunk.job_id)
+            job = JobContext(queue=facts.queue, gang=facts.gang) if facts is not None else JobContext()
+            to_logstash.offer(chunk, job)
+
     async def connect() -> None:
         buckets = await connect_and_bind(sb, common)
         # one ordered read of the records, then the events keep the facts current (jobstates.py)
@@ -71,11 +100,21 @@ def create_app(
         finally:
             await view.stop()
 
+    async def start_shipping() -> None:
+        if shipper is not None:
+            shipper.start()
+
+    async def stop_shipping() -> None:
+        if shipper is not None:
+            await asyncio.to_thread(shipper.stop)
+
     app = build_app(
         sb,
         title="trainyard-telemetry",
         description="Trainyard telemetry: job metrics for Prometheus, catch-up from the stream",
-        on_startup=[connect],
+        on_startup=[start_shipping, connect],
+        on_shutdown=[stop_shipping],
     )
     app.context.set_global("telemetry_metrics", metrics)
+    app.context.set_global("telemetry_job_output", shipper)
     return app

@@ -57,6 +57,8 @@ class JobFacts:
     cpu: float = 0.0
     """Cores the job asked for, every replica together (0: not known, first seen after submitted)."""
     memory_bytes: int = 0
+    gang: bool = False
+    """Several replicas (known from the spec): the executor tags each output line with its rank."""
 
     def behind(self, attempt: int, state: JobState) -> bool:
         """(attempt, state) is further on than what is known."""
@@ -79,7 +81,7 @@ class JobStates:
             known = self.jobs.get(r.job_id)
             if known is None or known.behind(r.attempt, r.state):
                 self.jobs[r.job_id] = JobFacts(
-                    r.attempt, r.state, r.spec.queue, r.submitted_at, *requested(r.spec)
+                    r.attempt, r.state, r.spec.queue, r.submitted_at, *requested(r.spec), r.spec.replicas > 1
                 )
 
     def get(self, job_id: str) -> JobFacts | None:
@@ -99,13 +101,15 @@ class JobStates:
             )
             submitted = event.time if event.type == "submitted" else None
             asked = requested(event.spec) if event.type == "submitted" else (0.0, 0)
-            known = self.jobs[event.job_id] = JobFacts(attempt, state, queue, submitted, *asked)
+            gang = event.type == "submitted" and event.spec.replicas > 1
+            known = self.jobs[event.job_id] = JobFacts(attempt, state, queue, submitted, *asked, gang)
             return known
         if event.type == "submitted":
             if known.submitted_at is None:
                 known.submitted_at = event.time
             if not known.cpu:
                 known.cpu, known.memory_bytes = requested(event.spec)
+            known.gang = event.spec.replicas > 1
         queue = getattr(event, "queue", None)
         if known.queue == UNKNOWN_QUEUE and isinstance(queue, str) and queue:
             known.queue = queue

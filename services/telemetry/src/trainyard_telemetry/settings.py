@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from trainyard_shared.settings import HttpSettings
+from trainyard_telemetry.joblogs import JobOutputLimits
 from trainyard_telemetry.live import LiveLimits
 
 
@@ -20,6 +23,35 @@ class TelemetrySettings(HttpSettings):
     metrics_allow: str | None = Field(
         None, description="a regular expression a metric name must match in full to be exposed"
     )
+
+    job_output_to_logstash: bool = Field(
+        False,
+        description="ship job output lines (the logs stream) to Logstash at LOGSTASH_HOST:LOGSTASH_PORT "
+        "over TCP, with ECS fields (docs/insight.md)",
+    )
+    logstash_host: str | None = Field(None, description="where job output goes (default: LOGSTASH_HOST)")
+    logstash_port: int | None = Field(None, description="its TCP port (default: LOGSTASH_PORT)")
+    job_output_queue_lines: int = Field(
+        10_000, ge=1, description="job output lines waiting for Logstash at most; past it they are dropped"
+    )
+    job_output_queue_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="bytes of job output waiting for Logstash at most"
+    )
+
+    def logstash_address(self) -> tuple[str, int]:
+        """Logstash's (host, port) for job output: these settings, else the services' own
+        LOGSTASH_HOST / LOGSTASH_PORT; a clear error when shipping is on and neither names one."""
+        host = self.logstash_host or os.environ.get("LOGSTASH_HOST")
+        port = self.logstash_port or os.environ.get("LOGSTASH_PORT")
+        if not host or not port:
+            raise ValueError(
+                "TRAINYARD_TELEMETRY_JOB_OUTPUT_TO_LOGSTASH is on but no Logstash is named: set "
+                "LOGSTASH_HOST and LOGSTASH_PORT (or TRAINYARD_TELEMETRY_LOGSTASH_HOST/_PORT)"
+            )
+        return host, int(port)
+
+    def job_output_limits(self) -> JobOutputLimits:
+        return JobOutputLimits(max_lines=self.job_output_queue_lines, max_bytes=self.job_output_queue_bytes)
 
     def live_limits(self) -> LiveLimits:
         return LiveLimits(
