@@ -47,3 +47,30 @@ def test_no_resource_columns_when_nothing_is_sampled():
     header = shown([row()]).splitlines()[0].split()
     assert header == ["JOB", "NAME", "QUEUE", "EXECUTOR", "AGE", "STEP", "METRICS"]
     assert "no running jobs" in shown([])
+
+
+def test_the_attempts_table_shows_gpu_hours_only_where_gpus_were_sampled(monkeypatch):
+    from datetime import UTC, datetime
+
+    from trainyard_client import cli
+    from trainyard_client.cli.render import show_record
+    from trainyard_contracts import AttemptInfo, AttemptUsage, JobRecord, JobSpec, JobState
+
+    def attempts_table(*usages: AttemptUsage) -> str:
+        out = io.StringIO()
+        monkeypatch.setattr(cli, "out", Console(file=out, width=200), raising=False)
+        record = JobRecord(
+            job_id="0mx7b2k1q8c0w3zd",
+            spec=JobSpec(name="g", command=["true"]),
+            state=JobState.SUCCEEDED,
+            submitted_at=datetime.now(UTC),
+            updated_at=datetime.now(UTC),
+            attempts=[AttemptInfo(number=n + 1, usage=u) for n, u in enumerate(usages)],
+        )
+        show_record(record)
+        return out.getvalue()[out.getvalue().index("attempts") :]
+
+    cpu_only = AttemptUsage(cpu_seconds=1.0, peak_memory_bytes=2**20)
+    assert "gpu h" not in attempts_table(cpu_only)
+    text = attempts_table(cpu_only, AttemptUsage(cpu_seconds=1.0, peak_memory_bytes=2**20, gpu_seconds=5400))
+    assert "gpu h" in text and "1.50" in text

@@ -34,12 +34,34 @@ class AttemptUsage(_Model):
         "all of them together in a sample taken while it ran (where the executor samples)",
     )
 
+    gpu_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="GPU time in use, the attempt's devices together (NVML's utilisation over the "
+        "samples: one GPU fully busy for an hour is 3600; GPU-hours = gpu_seconds / 3600); absent "
+        "when no GPU was sampled",
+    )
+    peak_gpu_memory_bytes: int | None = Field(
+        None, ge=0, description="the most device memory used in a sample, the attempt's devices together"
+    )
+
     def plus(self, other: AttemptUsage) -> AttemptUsage:
-        """Both together (the members of a split gang): CPU adds up, the peak is the larger."""
+        """Both together (the members of a split gang): CPU and GPU time add up, the peaks are
+        the larger."""
         return AttemptUsage(
             cpu_seconds=self.cpu_seconds + other.cpu_seconds,
             peak_memory_bytes=max(self.peak_memory_bytes, other.peak_memory_bytes),
+            gpu_seconds=_sum_known(self.gpu_seconds, other.gpu_seconds),
+            peak_gpu_memory_bytes=_max_known(self.peak_gpu_memory_bytes, other.peak_gpu_memory_bytes),
         )
+
+
+def _sum_known(a: float | None, b: float | None) -> float | None:
+    return None if a is None and b is None else (a or 0.0) + (b or 0.0)
+
+
+def _max_known(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else max(a or 0, b or 0)
 
 
 class AttemptRuntime(_Model):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,13 @@ from trainyard_executor.sampling import (
     RSS,
     Reading,
     ResourceSampler,
+    moved,
     read_cgroup,
     read_process_groups,
     stats_reading,
     with_samples,
 )
+from trainyard_executor.testkit import Clock
 
 pytestmark = [pytest.mark.unit, pytest.mark.insight]
 
@@ -79,14 +82,6 @@ def test_a_process_group_is_read_without_its_leader():
         leader.stdin.close()
         leader.wait(timeout=30)
     assert read_process_groups([leader.pid]) is None  # all gone
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_764_770_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_samples_give_cores_in_use_between_readings_and_the_peak():
@@ -167,3 +162,39 @@ def test_an_engines_stats_read_as_docker_stats_counts_memory():
 
 def test_podmans_compatible_stats_read_the_same_way():
     assert stats_reading(STATS_PODMAN) == Reading(cpu_seconds=0.898578354, rss_bytes=368640)
+
+
+def sent_in_an_hour(readings: Callable[[int], Reading], idle_seconds: float) -> int:
+    """How many of an hour's samples (every 5 s) a job that reports nothing publishes."""
+    clock = Clock()
+    tick = iter(range(10**6))
+    sampler = ResourceSampler(lambda: readings(next(tick)), 5.0, clock=clock, idle_seconds=idle_seconds)
+    sent = 0
+    for _ in range(720):
+        point = sampler.sample()
+        assert point is not None
+        if sampler.worth_sending(point):
+            sampler.sent(point)
+            sent += 1
+        clock.now += 5
+    return sent
+
+
+def test_a_steady_silent_job_publishes_a_sample_a_minute_not_every_five_seconds():
+    # one busy core (5 CPU seconds per 5 s, with a little jitter) and 200 MiB, give or take 1 MiB
+    def steady(i: int) -> Reading:
+        return Reading(cpu_seconds=i * 5.0 + (i % 3) * 0.05, rss_bytes=200 * MIB + (i % 2) * MIB)
+
+    assert sent_in_an_hour(steady, idle_seconds=0) == 720  # uncoalesced: every sample
+    # the first, the second (sys.cpu appears), then one a minute: 61 of 720
+    assert sent_in_an_hour(steady, idle_seconds=60) == 61
+
+
+def test_a_sample_that_moved_is_sent_at_once():
+    def growing(i: int) -> Reading:  # memory doubling every minute: every sample moves > 5 %
+        return Reading(cpu_seconds=i * 5.0, rss_bytes=int(200 * MIB * 2 ** (i / 12)))
+
+    assert sent_in_an_hour(growing, idle_seconds=60) == 720
+    assert moved({CPU: 1.0, RSS: 100.0 * MIB}, {CPU: 1.5, RSS: 100.0 * MIB})  # half a core more
+    assert not moved({CPU: 1.0, RSS: 100.0 * MIB}, {CPU: 1.05, RSS: 104.0 * MIB})
+    assert moved({RSS: 100.0 * MIB}, {CPU: 0.2, RSS: 100.0 * MIB})  # a value appeared

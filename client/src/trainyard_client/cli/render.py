@@ -114,8 +114,13 @@ def show_record(record: JobRecord, page: str | None = None) -> None:
         "peak mem",
     ):
         table.add_column(column, no_wrap=True)
+    # GPU-hours only where an attempt's GPUs were sampled (NVML, docs/insight.md)
+    gpus = any(info.usage is not None and info.usage.gpu_seconds is not None for info in record.attempts)
+    if gpus:
+        table.add_column("gpu h", no_wrap=True)
     table.add_column("reason", overflow="fold")
     for info in record.attempts:
+        gpu_hours = () if not gpus else (_gpu_hours(info.usage.gpu_seconds if info.usage else None),)
         table.add_row(
             str(info.number),
             escape(info.executor_id or "-"),
@@ -126,9 +131,14 @@ def show_record(record: JobRecord, page: str | None = None) -> None:
             "-" if info.exit_code is None else str(info.exit_code),
             "-" if info.usage is None else f"{info.usage.cpu_seconds:.1f}",
             "-" if info.usage is None else f"{info.usage.peak_memory_bytes / 2**20:.0f} MiB",
+            *gpu_hours,
             escape(info.reason or ""),
         )
     cli.out.print(table)
+
+
+def _gpu_hours(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 3600:.2f}"
 
 
 MODEL_COLUMNS = (

@@ -24,6 +24,7 @@ from trainyard_executor.gpus import DISCOVERING_BACKENDS, advertised_gpus, disco
 from trainyard_executor.jobenv import local_mlflow_store
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.metricship import MetricsShipper
+from trainyard_executor.nvml import Nvml
 from trainyard_executor.reporting import BusReporter
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_executor.stepfolders import StepFolders, archive_cap
@@ -195,6 +196,7 @@ class ExecutorService:
         backend = make_backend(settings, data)
         gpus = await executor_gpus(settings)
         step_pack_limits = PackLimits(settings.max_step_outputs_bytes, settings.max_step_outputs_files)
+        nvml = Nvml()  # initialised by the first attempt with devices (none: no GPU figures)
         executor = ExecutorCore(
             store=store,
             reports=reporter,
@@ -210,7 +212,7 @@ class ExecutorService:
                 settings.log_limits(),
             ),
             metrics=(
-                lambda job_id, attempt, workdir, note, reader: MetricsShipper(
+                lambda job_id, attempt, workdir, note, reader, gpus: MetricsShipper(
                     broker,
                     subjects,
                     job_id,
@@ -219,7 +221,7 @@ class ExecutorService:
                     note,
                     settings.metrics_limits(),
                     settings.metrics_ship_limits(),
-                    settings.sampler(reader),
+                    settings.sampler(reader, nvml.reader(gpus) if gpus else None),
                 )
             )
             if settings.metrics_enabled

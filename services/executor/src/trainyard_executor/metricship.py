@@ -217,9 +217,15 @@ class MetricsShipper:
             data, restarted = self.file.read()
             if restarted:
                 self.parser.restart()
+            points = self.parser.feed(data) if data else []
+            if sampled is not None and self.sampler is not None:
+                # a sample rides along with the job's reports; alone only when worth a message
+                if points or self.sampler.worth_sending(sampled):
+                    self.sampler.sent(sampled)
+                else:
+                    sampled = None
             if not data and sampled is None:
                 return None
-            points = self.parser.feed(data) if data else []
             kept = thin(points, self.ship.max_points)
             self._thinned += len(points) - len(kept)
             if sampled is not None:

@@ -71,7 +71,8 @@ class AttemptSuperseded(Exception):
 LAUNCHED_REMEMBERED = 100_000  # attempts this process launched: a half-done start is told apart by it
 
 ShipperFactory = Callable[[str, int], LogShipper]
-MetricsFactory = Callable[[str, int, Path, Note, Reader | None], MetricsShipper]
+# (job id, attempt, work dir, note, usage reader, the attempt's GPU indices here) -> its shipper
+MetricsFactory = Callable[[str, int, Path, Note, Reader | None, tuple[int, ...]], MetricsShipper]
 """(job id, attempt, the attempt's work dir on this host, where notes for the job's log go, how
 to read the attempt's resource use: None where the backend cannot)"""
 
@@ -204,12 +205,19 @@ class AttemptRunner(AttemptRecorder):
 
         await self._attend(record, attempt, local, shipper, start)
 
-    def _follow_metrics(self, job_id: str, attempt: int, local: LocalAttempt, shipper: LogShipper) -> None:
+    def _follow_metrics(
+        self, record: JobRecord, attempt: int, local: LocalAttempt, shipper: LogShipper
+    ) -> None:
         """Read what the job reports while it runs, on backends whose work dir is on this host."""
         if self.metrics is None or not getattr(self.backend, "reads_job_metrics", False):
             return
+        job_id = record.job_id
         reader: Reader | None = getattr(local.handle, "read_usage", None)
-        local.metrics = self.metrics(job_id, attempt, self.workdir(job_id, attempt), shipper.system, reader)
+        # its own devices (the scheduler's assignment), sampled through NVML (nvml.py)
+        gpus = tuple(record.gpu_devices(attempt, self.me)) if record.spec.resources.gpu else ()
+        local.metrics = self.metrics(
+            job_id, attempt, self.workdir(job_id, attempt), shipper.system, reader, gpus
+        )
         local.metrics.start()
 
     async def _workdir_archive(self, spec: JobSpec) -> Path | None:
@@ -278,7 +286,7 @@ class AttemptRunner(AttemptRecorder):
         watch: asyncio.Task[None] | None = None
         try:
             await start()
-            self._follow_metrics(record.job_id, attempt, local, shipper)
+            self._follow_metrics(record, attempt, local, shipper)
             if record.gang is not None and member_of(record, self.me, attempt) is not None:
                 watch = asyncio.create_task(
                     self._watch_gang(record.job_id, attempt, local), name=f"gang-watch-{record.job_id}"

@@ -26,11 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from trainyard_contracts import AttemptUsage, MetricPoint
+from trainyard_executor.nvml import GpuReading
 from trainyard_executor.procfs import stat_fields
 
 CPU = "sys.cpu"  # cores in use over the last interval (CPU seconds per second)
 CPU_SECONDS = "sys.cpu_seconds"  # user + system CPU seconds so far
 RSS = "sys.rss_bytes"  # resident memory of the job's processes together, now
+GPU = "sys.gpu"  # GPUs busy now, the attempt's devices together (NVML's utilisation, nvml.py)
+GPU_MEMORY = "sys.gpu_memory_bytes"  # device memory used now, its devices together
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -43,6 +46,7 @@ class Reading:
 
 
 Reader = Callable[[], Reading | None]
+GpuRead = Callable[[], GpuReading | None]
 
 
 def _cpu_and_rss(fields: list[bytes]) -> tuple[float, int]:
@@ -117,17 +121,33 @@ def stats_reading(stats: Mapping[str, Any]) -> Reading | None:
 
 
 class ResourceSampler:
-    """Turns readings into points (``sys.cpu``, ``sys.cpu_seconds``, ``sys.rss_bytes``) and keeps
-    the peak. A point's step is the second (since the epoch) it was taken at: it grows across an
+    """Turns readings into points (``sys.cpu``, ``sys.cpu_seconds``, ``sys.rss_bytes``, and
+    ``sys.gpu``, ``sys.gpu_memory_bytes`` where the attempt has GPUs) and keeps the peaks. A
+    point's step is the second (since the epoch) it was taken at: it grows across an
     executor restart, so a reader that keeps the latest value by step takes the new ones."""
 
-    def __init__(self, read: Reader, every_seconds: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        read: Reader,
+        every_seconds: float,
+        clock: Callable[[], float] = time.time,
+        gpu: GpuRead | None = None,
+        idle_seconds: float = 0.0,
+    ) -> None:
         self.read = read
         self.every = every_seconds
+        # a sample like the last one sent waits up to this long (0: every sample is sent)
+        self.idle_seconds = idle_seconds
+        self._sent: tuple[float, dict[str, float]] | None = None  # (when, values) of the last sent
         self.clock = clock
+        self.gpu = gpu  # the attempt's devices through NVML, where it has some (nvml.py)
         self.peak_rss_bytes = 0
         self.cpu_seconds = 0.0  # the latest reading's
+        self.gpu_sampled = False
+        self.gpu_seconds = 0.0  # GPU time in use so far: the samples' utilisation over time
+        self.peak_gpu_memory_bytes = 0
         self._last: tuple[float, float] | None = None  # (when, cpu seconds)
+        self._last_gpu: tuple[float, float] | None = None  # (when, GPUs busy)
         self._due = 0.0
 
     def due(self) -> bool:
@@ -146,7 +166,57 @@ class ResourceSampler:
         if self._last is not None and now > self._last[0]:
             values[CPU] = max(reading.cpu_seconds - self._last[1], 0.0) / (now - self._last[0])
         self._last = (now, reading.cpu_seconds)
+        gpu = self.gpu() if self.gpu is not None else None
+        if gpu is not None:
+            values[GPU], values[GPU_MEMORY] = gpu.busy, float(gpu.memory_bytes)
+            self._take_gpu(now, gpu)
         return MetricPoint.model_construct(step=int(now), time=now, values=values)
+
+    def worth_sending(self, point: MetricPoint) -> bool:
+        """Whether a sample goes out on its own (without a report of the job's to ride with):
+        the first, one that moved (``moved``), or one ``idle_seconds`` after the last sent; the
+        ones between are read (peaks, CPU time) but not published. A steady job that reports
+        nothing: one batch a minute instead of one per interval."""
+        if self._sent is None or self.idle_seconds <= 0:
+            return True
+        when, values = self._sent
+        return point.time - when >= self.idle_seconds or moved(values, point.values)
+
+    def sent(self, point: MetricPoint) -> None:
+        self._sent = (point.time, dict(point.values))
+
+    def _take_gpu(self, now: float, gpu: GpuReading) -> None:
+        """GPU time in use: each interval between two samples counts the mean of their
+        utilisation (NVML's figure is of the last second or less: a job busy only between two
+        samples is missed, one idle only between them is counted busy)."""
+        self.gpu_sampled = True
+        self.peak_gpu_memory_bytes = max(self.peak_gpu_memory_bytes, gpu.memory_bytes)
+        if self._last_gpu is not None and now > self._last_gpu[0]:
+            self.gpu_seconds += (self._last_gpu[1] + gpu.busy) / 2 * (now - self._last_gpu[0])
+        self._last_gpu = (now, gpu.busy)
+
+
+# how far a value moves before a sample is worth a message of its own: (absolute, relative)
+_MOVES: dict[str, tuple[float, float]] = {
+    CPU: (0.1, 0.1),  # a tenth of a core, or 10 %
+    RSS: (8 * 1024 * 1024, 0.05),  # 8 MiB, or 5 %
+    GPU: (0.1, 0.1),
+    GPU_MEMORY: (64 * 1024 * 1024, 0.05),
+}
+
+
+def moved(before: Mapping[str, float], now: Mapping[str, float]) -> bool:
+    """A value appeared or moved by more than both its absolute and relative step (CPU seconds
+    always grow: not compared)."""
+    for name, (absolute, relative) in _MOVES.items():
+        if name not in now:
+            continue
+        if name not in before:
+            return True
+        step = abs(now[name] - before[name])
+        if step > absolute and step > relative * abs(before[name]):
+            return True
+    return False
 
 
 def with_samples(usage: AttemptUsage | None, sampler: ResourceSampler | None) -> AttemptUsage | None:
@@ -155,10 +225,14 @@ def with_samples(usage: AttemptUsage | None, sampler: ResourceSampler | None) ->
     A rank killed with its supervisor (the memory limit) has no end measure: the samples are it."""
     if sampler is None or not sampler.peak_rss_bytes:
         return usage
-    sampled = AttemptUsage(cpu_seconds=sampler.cpu_seconds, peak_memory_bytes=sampler.peak_rss_bytes)
+    gpu: dict[str, Any] = {}
+    if sampler.gpu_sampled:  # GPU figures only from samples (NVML): none at the end
+        gpu = {"gpu_seconds": sampler.gpu_seconds, "peak_gpu_memory_bytes": sampler.peak_gpu_memory_bytes}
+    sampled = AttemptUsage(cpu_seconds=sampler.cpu_seconds, peak_memory_bytes=sampler.peak_rss_bytes, **gpu)
     if usage is None:
         return sampled
     return AttemptUsage(
         cpu_seconds=max(usage.cpu_seconds, sampled.cpu_seconds),
         peak_memory_bytes=max(usage.peak_memory_bytes, sampled.peak_memory_bytes),
+        **gpu,
     )

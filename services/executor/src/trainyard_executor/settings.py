@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 from trainyard_executor.logbudget import LogLimits
 from trainyard_executor.metricsfile import MetricsLimits
 from trainyard_executor.metricship import ShipLimits
+from trainyard_executor.nvml import GpuReader
 from trainyard_executor.sampling import Reader, ResourceSampler
 from trainyard_shared.settings import HttpSettings
 
@@ -216,11 +217,24 @@ class ExecutorSettings(HttpSettings):
         "metrics (sys.cpu, sys.cpu_seconds, sys.rss_bytes); 0 turns sampling off",
     )
 
-    def sampler(self, reader: Reader | None) -> ResourceSampler | None:
-        """The attempt's resource sampler, or None (sampling off, or a backend that cannot read)."""
+    sample_idle_seconds: float = Field(
+        60.0,
+        ge=0.0,
+        description="a sample that did not move (CPU, memory, GPU) and has no report of the job's to "
+        "ride with is published only this long after the last one sent (0: every sample)",
+    )
+
+    def sampler(self, reader: Reader | None, gpu: GpuReader | None = None) -> ResourceSampler | None:
+        """The attempt's resource sampler, or None (sampling off, or a backend that cannot read);
+        ``gpu``: its devices through NVML, where it has some."""
         if reader is None or self.sample_seconds <= 0:
             return None
-        return ResourceSampler(reader, self.sample_seconds)
+        return ResourceSampler(
+            reader,
+            self.sample_seconds,
+            gpu=gpu.read if gpu is not None else None,
+            idle_seconds=self.sample_idle_seconds,
+        )
 
     def metrics_limits(self) -> MetricsLimits:
         return MetricsLimits(max_names=self.metrics_max_names, max_bytes=self.metrics_max_bytes_per_attempt)
