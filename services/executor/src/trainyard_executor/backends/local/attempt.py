@@ -43,6 +43,7 @@ from ..jobusers import RunAsError
 from ..runtime_env import RuntimeEnvError, runtime_lock
 from ..source import SourceError, checkout
 from ..workdir import WorkdirError, unpack_workdir
+from .oom import cgroup_oom_kills, machine_oom_kills, name_oom
 from .output import drain, follow_output
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class LocalAttempt:
         self._runtime: AttemptRuntime | None = None  # the runtime env's lock, once it is ready
         self._offsets: dict[str, int] = {}
         self._started_at = time.time()
+        self._machine_ooms = machine_oom_kills()  # the kernel's OOM kills so far (oom.py)
+        self._oom_kills: int | None = None  # counted in its cgroup, read before it is removed
         self._owner = f"{launch.job_id}.{launch.attempt}"
         self._user: tuple[int, int] | None = None
         if adopted is None:
@@ -444,6 +447,7 @@ class LocalAttempt:
                 *(self._terminate(r, grace if kind is not None else self._launch.grace_s) for r in stop)
             )
             if self._cgroup is not None:
+                self._oom_kills = cgroup_oom_kills(self._cgroup.path)  # gone with the cgroup
                 # what left the ranks' process groups (a setsid() child) is still in the cgroup
                 await self._cgroup.kill_and_remove(KILL_WAIT_S)
             if self._user is not None:
@@ -472,7 +476,7 @@ class LocalAttempt:
             return self._outcome(kind, rc, reason)
         if failed is not None:
             rc, error = failed.status()
-            why = error or exit_reason(rc)
+            why = error or self._named_oom(rc, exit_reason(rc))
             return self._outcome("failed", rc, f"rank {failed.rank}: {why}" if gang else why)
         return self._outcome("succeeded", 0, "exit code 0")
 
@@ -512,6 +516,12 @@ class LocalAttempt:
                 )
         finally:
             cancel_wait.cancel()
+
+    def _named_oom(self, rc: int | None, why: str) -> str:
+        """``why`` with the kernel's OOM killer named, where it can be known (oom.py)."""
+        now, before = machine_oom_kills(), self._machine_ooms
+        on_machine = now - before if now is not None and before is not None else None
+        return name_oom(rc, why, self._oom_kills, on_machine)
 
     def _memory_limit_bytes(self) -> int:
         """The attempt's memory limit here (0: none): what its spec asks per replica, for each rank
