@@ -59,3 +59,18 @@ async def test_a_replayed_intake_letter_answers_its_publisher_with_its_first_id(
         assert reply == {**first, "duplicate": True}
     finally:
         await nc.drain()
+
+
+@pytest.mark.security
+@pytest.mark.workflow
+async def test_a_bus_submission_naming_step_inputs_is_refused(api, nats_server):
+    """Only the workflow service (on its own intake subject) names a pipeline step's inputs: a
+    digest there is a folder another run's step stored (docs/workflows.md, "Step inputs")."""
+    prefix = api.app.state.trainyard["subjects"].prefix
+    forged = SPEC + f"inputs: [{{path: prepare, digest: 'sha256:{'a' * 64}'}}]\npass_outputs: true\n"
+    reply = await submit_over_nats(nats_server.url, forged, prefix=prefix, msg_id=f"ext-{uuid.uuid4().hex}")
+    assert not reply["accepted"]
+    assert sorted(e["field"] for e in reply["errors"]) == ["inputs", "pass_outputs"]
+    # over HTTP too
+    answer = await api.post("/v1/jobs", content=forged, headers={**AUTH, "Content-Type": "application/yaml"})
+    assert answer.status_code == 422 and "inputs" in answer.text
