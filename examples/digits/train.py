@@ -6,7 +6,9 @@ Writes ``model.pkl``, ``metrics.json`` (flat name -> number) and ``outputs.json`
 f1_macro and C, for a pipeline's later steps) into ``$TRAINYARD_OUTPUT_DIR`` (default
 ``./outputs``). When ``MLFLOW_TRACKING_URI`` is set it also logs params and metrics to an MLflow
 run; inside a Trainyard job that run carries the job's tags (``trainyard.job_id``, the git commit,
-...) through the client's run-context provider, and the registry adopts it.
+...) through the client's run-context provider, and the registry adopts it. Inside a job it also
+records its input data set (scikit-learn's ``digits.csv.gz``, by content) with the in-job helper
+``trainyard.dataset``: ``trainyard models lineage digits-classifier V`` lists it.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def train(args: argparse.Namespace, output_dir: Path) -> dict[str, float]:
 
     started = time.monotonic()
     x, y = load_digits(return_X_y=True)
+    record_dataset()
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=args.test_size, random_state=args.seed, stratify=y
     )
@@ -117,6 +120,20 @@ def train(args: argparse.Namespace, output_dir: Path) -> dict[str, float]:
     (output_dir / "outputs.json").write_text(json.dumps(outputs) + "\n", encoding="utf-8")
     print(f"step 3/3 saved model.pkl, metrics.json and outputs.json to {output_dir}", flush=True)
     return metrics
+
+
+def record_dataset() -> None:
+    """The data this version was trained on, in its lineage (the helper the executor puts on a
+    job's PYTHONPATH; outside a job there is none, and nothing to record)."""
+    try:
+        import trainyard  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    import sklearn.datasets
+
+    bundled = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+    digest = trainyard.dataset("sklearn-digits", bundled, context="training")
+    print(f"dataset: sklearn-digits {digest}", flush=True)
 
 
 def log_to_mlflow(args: argparse.Namespace, metrics: dict[str, float]) -> None:
