@@ -95,6 +95,17 @@ async def test_a_pipeline_runs_with_the_workflow_as_its_own_nats_user(tmp_path):
 
         run = await run_once()
         again = await run_once()  # step a from the step cache: read and written as its user
+        # a hit asks whether an earlier step's outputs folder is still stored: its meta only
+        from trainyard_shared.blobs.store import has_blob, open_store
+
+        workflow_nc = await nats.connect(
+            server.url, user="workflow", password=password_for("workflow"), inbox_prefix=inbox_of("workflow")
+        )
+        try:
+            store = await open_store(workflow_nc.jetstream(), S.step_outputs_bucket)
+            assert await has_blob(store, "sha256:" + "0" * 64) is False
+        finally:
+            await workflow_nc.drain()
     states = {name: step.state.value for name, step in run.steps.items()}
     assert states == {"a": "succeeded", "b": "succeeded", "c": "failed", "d": "skipped"}
     assert run.state.value == "failed" and sorted(run.steps["b"].jobs) == [0, 1, 2]

@@ -131,3 +131,32 @@ async def test_the_cli_shows_a_hit_and_no_cache_runs_the_step(tmp_path, workflow
         assert (
             run["steps"]["train"]["jobs"]["0"]["job_id"] != first_run["steps"]["train"]["jobs"]["0"]["job_id"]
         )
+
+
+async def test_a_hit_needs_the_earlier_outputs_folder_still_stored(bus, workflow_stack):
+    """An entry whose job packed an outputs folder is used only while that blob is in the step
+    outputs bucket (its dependents' $TRAINYARD_INPUTS): a blob is kept from its first put."""
+    from trainyard_shared.blobs.store import open_store, put_blob
+
+    async with workflow_stack() as client:
+        first = await _run(client, "team-a")
+        key = first.steps["train"].cache.key
+        cache = await bus.js.key_value(bus.subjects.buckets.step_cache)
+        entry = json.loads((await cache.get(key)).value)
+
+        async def with_digest(digest: str) -> None:
+            entry["jobs"]["0"]["outputs_digest"] = digest
+            await cache.put(key, json.dumps(entry).encode())
+
+        store = await open_store(bus.js, bus.subjects.step_outputs_bucket)
+        digest, _ = await put_blob(store, b"a packed outputs folder")
+        await with_digest("sha256:" + "0" * 64)  # a folder no longer stored (expired)
+        gone = await _run(client, "team-a")
+        assert gone.steps["train"].cache.state == "miss"
+        assert gone.steps["train"].jobs[0].job_id != first.steps["train"].jobs[0].job_id
+
+        entry = json.loads((await cache.get(key)).value)  # the miss's success, written again
+        await with_digest(digest)
+        kept = await _run(client, "team-a")
+        assert kept.steps["train"].cache.state == "hit"
+        assert kept.steps["train"].jobs[0].outputs_digest == digest  # handed on to its dependents

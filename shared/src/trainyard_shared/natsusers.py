@@ -165,13 +165,20 @@ def look_up_streams(perms: Permissions, subjects: Subjects) -> None:
         perms.add_publish(f"{API}.STREAM.INFO.{stream}")
 
 
-def read_objects(perms: Permissions, bucket: str) -> None:
-    """Read an Object Store bucket (trainyard_shared.blobs): an object's meta (last message on its
-    subject) and its chunks (an ordered consumer the server names)."""
+def object_meta(perms: Permissions, bucket: str) -> None:
+    """Read an Object Store bucket's objects' meta (the last message on its subject): whether a
+    blob is there, not its bytes."""
     stream = f"OBJ_{bucket}"
     perms.add_publish(
         f"{API}.STREAM.MSG.GET.{stream}", f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>"
     )
+
+
+def read_objects(perms: Permissions, bucket: str) -> None:
+    """Read an Object Store bucket (trainyard_shared.blobs): an object's meta (last message on its
+    subject) and its chunks (an ordered consumer the server names)."""
+    stream = f"OBJ_{bucket}"
+    object_meta(perms, bucket)
     # nats-py's chunk subscription asks which stream holds the chunks' subject (names only)
     perms.add_publish(f"{API}.STREAM.NAMES")
     read_stream(perms, stream)
@@ -334,6 +341,9 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         durable(perms, streams["models"], MODEL_TRIGGERS_DURABLE, subjects.all_model_events)
         # a sweep trial's objective when its job ended: the last batch of its metrics (one message)
         perms.add_publish(f"{API}.STREAM.MSG.GET.{streams['metrics']}")
+        # a step cache hit: whether the earlier jobs' outputs folders are still stored (an
+        # object's meta, one message; never its chunks)
+        object_meta(perms, subjects.step_outputs_bucket)
     return perms
 
 

@@ -107,7 +107,13 @@ async def build_runtime(
     )
     runs = RunStore(buckets.pipelines)
     service = WorkflowService(
-        runs, read_job, intake, _emitter(sb), clock, cache=StepCacheStore(buckets.step_cache)
+        runs,
+        read_job,
+        intake,
+        _emitter(sb),
+        clock,
+        cache=StepCacheStore(buckets.step_cache),
+        blob_stored=functools.partial(_blob_stored, sb),
     )
     schedules = ScheduleService(
         ScheduleStore(buckets.schedules), runs, service.start_spec, service.cancel, clock
@@ -273,6 +279,14 @@ def _trigger_consumers(sb: ServiceBroker, common: CommonSettings, slot: RuntimeS
             meta = raw.metadata
             event = Event(stream=meta.stream, seq=meta.sequence.stream, subject=raw.subject, body=body)
             await slot.get().triggers.on_event(event)
+
+
+async def _blob_stored(sb: ServiceBroker, digest: str) -> bool:
+    """Whether the step outputs bucket holds the blob ``digest`` (its meta, one message)."""
+    from trainyard_shared.blobs.store import has_blob, open_store
+
+    js = NatsHandle(sb.broker).jetstream
+    return await has_blob(await open_store(js, sb.subjects.step_outputs_bucket), digest)
 
 
 async def _trigger_stream_heads(sb: ServiceBroker) -> dict[str, int]:

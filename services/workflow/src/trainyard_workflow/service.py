@@ -113,10 +113,13 @@ class WorkflowService:
         clock: Callable[[], datetime] = utcnow,
         model_wait: timedelta = timedelta(minutes=5),
         cache: StepCacheStore | None = None,
+        blob_stored: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.runs, self.read_job, self.intake, self.emit, self.clock = runs, read_job, intake, emit, clock
         self.model_wait = model_wait
         self.cache = cache  # None: every lookup misses and nothing is remembered
+        # whether a step's outputs folder is still in the step outputs bucket (a hit hands it on)
+        self.blob_stored = blob_stored
         self.sweeps: Sweeps | None = None  # set by the composition root (a sweep step starts one)
         self._turns: dict[str, RunTurn] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -412,13 +415,21 @@ class WorkflowService:
 
     async def _still_there(self, entry: CacheEntry) -> bool:
         """Whether every job a cache entry names still has its record, succeeded (the records
-        hold the outputs later steps read)."""
-        if not entry.jobs or any(
-            job.job_id is None or job.outcome != "succeeded" for job in entry.jobs.values()
-        ):
+        hold the outputs later steps read), and its outputs folder, if it packed one, is still
+        stored (its dependents' $TRAINYARD_INPUTS: a blob is kept from its first put, not from
+        the job that found it there)."""
+        jobs = list(entry.jobs.values())
+        if not jobs or any(job.job_id is None or job.outcome != "succeeded" for job in jobs):
             return False
-        records = await asyncio.gather(*(self.read_job(job.job_id or "") for job in entry.jobs.values()))
-        return all(r is not None and r.state == JobState.SUCCEEDED for r in records)
+        records = await asyncio.gather(*(self.read_job(job.job_id or "") for job in jobs))
+        if not all(r is not None and r.state == JobState.SUCCEEDED for r in records):
+            return False
+        digests = sorted({job.outputs_digest for job in jobs if job.outputs_digest})
+        if not digests:
+            return True
+        if self.blob_stored is None:
+            return False
+        return all(await asyncio.gather(*(self.blob_stored(d) for d in digests)))
 
     async def _remember(self, run: PipelineRun, name: str) -> None:
         """A ``cache: true`` step that ran and succeeded: its jobs under its key (a hit, or a
