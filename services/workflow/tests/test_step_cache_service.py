@@ -160,3 +160,37 @@ async def test_a_hit_needs_the_earlier_outputs_folder_still_stored(bus, workflow
         kept = await _run(client, "team-a")
         assert kept.steps["train"].cache.state == "hit"
         assert kept.steps["train"].jobs[0].outputs_digest == digest  # handed on to its dependents
+
+
+async def test_a_cached_steps_outputs_folder_reaches_the_next_runs_dependents(bus, workflow_stack):
+    """A hit hands its dependents the earlier job's outputs folder ($TRAINYARD_INPUTS), as the
+    step that ran would have: the folder it packed, not a new one."""
+    write = 'mkdir -p "$TRAINYARD_OUTPUT_DIR/data" && '
+    write += 'echo "made by $TRAINYARD_JOB_ID" > "$TRAINYARD_OUTPUT_DIR/data/made.txt"'
+    read = 'echo "read: $(cat "$TRAINYARD_INPUTS/prepare/data/made.txt")"'
+    pipeline = {
+        "name": "cached-folder",
+        "steps": [
+            {"name": "prepare", "cache": True, "job": {"name": "prepare", "command": [write], "shell": True}},
+            {
+                "name": "read",
+                "depends": ["prepare"],
+                "job": {"name": "read", "command": [read], "shell": True},
+            },
+        ],
+    }
+    async with workflow_stack() as client:
+        runs = []
+        for _ in range(2):
+            started = await client.ask("run", pipeline=pipeline, by="team-a")
+            runs.append(await client.ended(started.run.run_id, timeout=120))
+        first, second = runs
+        assert [r.state.value for r in runs] == ["succeeded", "succeeded"]
+        made = first.steps["prepare"].jobs[0]
+        assert made.outputs_digest is not None
+        hit = second.steps["prepare"]
+        assert hit.cache.state == "hit" and hit.jobs[0].job_id == made.job_id
+        assert hit.jobs[0].outputs_digest == made.outputs_digest
+        reader = await bus.record(second.steps["read"].jobs[0].job_id)
+        assert [i.digest for i in reader.spec.inputs] == [made.outputs_digest]
+        assert any(f"read: made by {made.job_id}" in line for line in await bus.log_text(reader.job_id))
