@@ -107,6 +107,13 @@ async def _listed(store):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.service
+async def test_no_outputs_folder_passes_nothing_and_fails_nothing(folders, tmp_path):
+    out = outputs_of(tmp_path, {})
+    out.rmdir()  # the job removed the folder made for it
+    assert await folders.share(out, "outputs") is None
+
+
+@pytest.mark.service
 async def test_a_folder_over_the_cap_names_its_biggest_files(folders, tmp_path):
     out = outputs_of(tmp_path, {"weights.bin": b"\x00" * 100_000, "small.txt": b"s"})
     with pytest.raises(StepFoldersError, match=r"passed to later steps: .*weights\.bin"):

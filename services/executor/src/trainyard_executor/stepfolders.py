@@ -47,6 +47,10 @@ __all__ = ["INPUTS_SUFFIX", "StepFolders", "StepFoldersError", "archive_cap", "p
 INPUTS_SUFFIX = ".inputs"
 
 
+class NothingToPass(Exception):
+    """The job left no outputs folder (it removed the one made for it): nothing is passed on."""
+
+
 class StepFoldersError(RuntimeError):
     """An outputs folder could not be passed on, or an input could not be put in place: the
     message says which and why (the attempt fails with it)."""
@@ -65,7 +69,7 @@ def pack_outputs(output_dir: Path, job_part: str, limits: PackLimits) -> Packed:
         with ensure_dir(root, rel, create=False) as fd:
             return pack_dir(Path(f"/proc/self/fd/{fd}"), limits)
     except FileNotFoundError:
-        raise PackError(f"the outputs folder {job_part!r} is not there") from None
+        raise NothingToPass(job_part) from None
     except OSError as exc:  # a link where a folder should be (UnsafePath), or unreadable
         raise PackError(f"the outputs folder {job_part!r} cannot be read: {exc}") from exc
 
@@ -79,10 +83,13 @@ class StepFolders:
     pack_limits: PackLimits
     max_inputs_bytes: int
 
-    async def share(self, output_dir: Path, job_part: str) -> str:
-        """Pack and store the outputs folder; its digest (StepFoldersError saying why not)."""
+    async def share(self, output_dir: Path, job_part: str) -> str | None:
+        """Pack and store the outputs folder; its digest (StepFoldersError saying why not), None
+        when the job left no folder (its dependents find none: absent, as for a failed step)."""
         try:
             packed = await asyncio.to_thread(pack_outputs, output_dir, job_part, self.pack_limits)
+        except NothingToPass:
+            return None
         except PackError as exc:
             raise StepFoldersError(f"the outputs folder could not be passed to later steps: {exc}") from exc
         try:
