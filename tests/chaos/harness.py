@@ -41,15 +41,22 @@ PY = sys.executable
 # argv: marker file, seconds of work, release file ('' = none), 'model' to write a model output.
 # Attempt 1 of a job given a release file holds until that file exists (a long-running attempt
 # for the fencing scenario); every later attempt just works its seconds.
-JOB_CODE = f"""
-import os, sys, time
-marker, seconds, release = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+MARKING = """
+import json, os, sys, time
+marker = sys.argv[1]
 job, attempt, pid = os.environ['TRAINYARD_JOB_ID'], os.environ['TRAINYARD_ATTEMPT'], os.getpid()
 def mark(kind):
     fd = os.open(marker, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, f'{{kind}} {{job}} {{attempt}} {{pid}} {{time.time():.6f}}\\n'.encode())
+    os.write(fd, f'{kind} {job} {attempt} {pid} {time.time():.6f}\\n'.encode())
     os.close(fd)
 mark('start')
+"""
+"""A chaos job's first lines: ``mark(kind)`` appends a marker line (argv[1] is the marker file),
+and the run's ``start`` is marked."""
+JOB_CODE = (
+    MARKING
+    + f"""
+seconds, release = float(sys.argv[2]), sys.argv[3]
 until = time.time() + seconds
 hold = release and attempt == '1'
 while time.time() < until or (hold and not os.path.exists(release) and time.time() < until + 300):
@@ -62,6 +69,7 @@ if sys.argv[4:] == ['model']:
     open(os.path.join(out, 'metrics.json'), 'w').write('{{"score": 1.0}}')
 mark('end')
 """
+)
 MODEL_NAME = "chaos-model"
 
 

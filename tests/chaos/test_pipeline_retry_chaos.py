@@ -35,7 +35,7 @@ from .audit import (
     parse_markers,
     run_jobs,
 )
-from .harness import PY, ChaosStack, Mirror, until
+from .harness import MARKING, PY, ChaosStack, Mirror, until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.local, pytest.mark.timeout(600)]
 
@@ -44,15 +44,10 @@ RECOVERY_TIMEOUT = 120.0
 FAN = 4
 # argv: marker, seconds of work, a file that must exist ('' = none), then what the step is handed
 # (its ${{ steps.X.outputs.Y }} filled in: in argv so the audit compares it with the record)
-STEP_CODE = f"""
-import json, os, sys, time
-marker, seconds, needed = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-job, attempt, pid = os.environ['TRAINYARD_JOB_ID'], os.environ['TRAINYARD_ATTEMPT'], os.getpid()
-def mark(kind):
-    fd = os.open(marker, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, f'{{kind}} {{job}} {{attempt}} {{pid}} {{time.time():.6f}}\\n'.encode())
-    os.close(fd)
-mark('start')
+STEP_CODE = (
+    MARKING
+    + f"""
+seconds, needed = float(sys.argv[2]), sys.argv[3]
 if needed and not os.path.exists(needed):
     sys.exit(3)
 until = time.time() + seconds
@@ -63,6 +58,7 @@ out = os.path.join(os.environ['TRAINYARD_OUTPUT_DIR'], 'outputs.json')
 json.dump({{'token': 'token-' + job, 'own': job}}, open(out, 'w'))
 mark('end')
 """
+)
 
 
 def step(
