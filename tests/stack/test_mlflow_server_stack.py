@@ -21,19 +21,9 @@ from trainyard_client.mlflowserver import MlflowServer
 from trainyard_client.stack import PRIVATE_UMASK, EmbeddedStack
 from trainyard_registry.webhooks import WebhookRefused, verify
 from trainyard_shared.natsserver import free_port
+from trainyard_shared.testing.helpers import version_in_mlflow
 
 pytestmark = [pytest.mark.stack, pytest.mark.registry, pytest.mark.timeout(600)]
-
-
-def version_in_mlflow(client: MlflowClient, name: str) -> str:
-    """A version made with MLflow's own client, as a user outside Trainyard would."""
-    experiment = client.create_experiment(f"outside-{uuid.uuid4().hex[:8]}")
-    run = client.create_run(experiment)
-    model = client.create_logged_model(experiment_id=experiment, name=name, source_run_id=run.info.run_id)
-    mv = client.create_model_version(
-        name, source=model.artifact_location, run_id=run.info.run_id, model_id=model.model_id
-    )
-    return str(mv.version)
 
 
 def environ(pid: int) -> dict[str, str]:

@@ -26,7 +26,13 @@ from trainyard_registry.mlflow_store import MlflowModelStore
 from trainyard_registry.settings import RegistrySettings
 from trainyard_registry.webhooks import signature
 from trainyard_shared.natsserver import free_port
-from trainyard_shared.testing.helpers import common_settings, eventually, running, serving_http
+from trainyard_shared.testing.helpers import (
+    common_settings,
+    eventually,
+    running,
+    serving_http,
+    version_in_mlflow,
+)
 from trainyard_workflow.app import create_app as workflow_app
 from trainyard_workflow.settings import WorkflowSettings
 
@@ -106,16 +112,15 @@ class Received:
         return [body for subject, body in self.messages if subject.endswith("." + event)]
 
 
-def version_in_mlflow(client: MlflowClient, name: str) -> str:
-    """A version made with MLflow's own client, as a user outside Trainyard would (MLflow 3: a
-    logged model first)."""
-    experiment = client.create_experiment(f"outside-{uuid.uuid4().hex[:8]}")
-    run = client.create_run(experiment)
-    model = client.create_logged_model(experiment_id=experiment, name=name, source_run_id=run.info.run_id)
-    mv = client.create_model_version(
-        name, source=model.artifact_location, run_id=run.info.run_id, model_id=model.model_id
+async def webhook_and_version(tracking: str, registry_url: str, name: str) -> tuple[MlflowClient, str]:
+    """With MLflow's own client: the webhook to the registry's receiver, then ``name`` and a version
+    of it made in MLflow; the client and the version."""
+    client = MlflowClient(tracking_uri=tracking)
+    await asyncio.to_thread(
+        client.create_webhook, f"trainyard-{name}", f"{registry_url}/mlflow/webhook", EVENTS, secret=SECRET
     )
-    return str(mv.version)
+    await asyncio.to_thread(client.create_registered_model, name)
+    return client, await asyncio.to_thread(version_in_mlflow, client, name)
 
 
 async def test_changes_made_in_mlflow_arrive_on_the_bus_in_the_alias_history_and_the_audit(
@@ -125,16 +130,7 @@ async def test_changes_made_in_mlflow_arrive_on_the_bus_in_the_alias_history_and
     received = Received()
     async with webhook_stack as s, serving_http(s.registry, lifespan="off") as registry_url:
         await s.nc.jetstream().subscribe(f"{s.prefix}.model.{name}.>", cb=received.on, ordered_consumer=True)
-        client = MlflowClient(tracking_uri=mlflow_server)
-        await asyncio.to_thread(
-            client.create_webhook,
-            f"trainyard-{name}",
-            f"{registry_url}/mlflow/webhook",
-            EVENTS,
-            secret=SECRET,
-        )
-        await asyncio.to_thread(client.create_registered_model, name)
-        version = await asyncio.to_thread(version_in_mlflow, client, name)
+        client, version = await webhook_and_version(mlflow_server, registry_url, name)
         await asyncio.to_thread(client.set_registered_model_alias, name, "production", version)
 
         async def alias_set():
@@ -213,16 +209,7 @@ async def test_an_alias_set_in_mlflow_starts_the_pipeline_of_a_trigger_on_that_a
     ):
         created = await s.http.post("/v1/triggers", json=trigger)
         assert created.status_code == 201, created.text
-        client = MlflowClient(tracking_uri=mlflow_server)
-        await asyncio.to_thread(
-            client.create_webhook,
-            f"trainyard-{name}",
-            f"{registry_url}/mlflow/webhook",
-            EVENTS,
-            secret=SECRET,
-        )
-        await asyncio.to_thread(client.create_registered_model, name)
-        version = await asyncio.to_thread(version_in_mlflow, client, name)
+        client, version = await webhook_and_version(mlflow_server, registry_url, name)
         await asyncio.to_thread(client.set_registered_model_alias, name, "staging", version)
         await asyncio.to_thread(client.set_registered_model_alias, name, "production", version)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -181,3 +182,15 @@ def four_gpu_query_lines() -> list[str]:
         f"{i}, GPU-0a1b2c3d-{str(i) * 4}-0000-0000-00000000000{i}, NVIDIA A100-SXM4-40GB, 40960"
         for i in range(4)
     ]
+
+
+def version_in_mlflow(client: Any, name: str) -> str:
+    """A version made with MLflow's own client, as a user outside Trainyard would (MLflow 3: a
+    logged model first). ``client``: an ``mlflow.MlflowClient`` (MLflow is not imported here)."""
+    experiment = client.create_experiment(f"outside-{uuid.uuid4().hex[:8]}")
+    run = client.create_run(experiment)
+    model = client.create_logged_model(experiment_id=experiment, name=name, source_run_id=run.info.run_id)
+    mv = client.create_model_version(
+        name, source=model.artifact_location, run_id=run.info.run_id, model_id=model.model_id
+    )
+    return str(mv.version)
