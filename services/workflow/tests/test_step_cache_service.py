@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -103,7 +104,7 @@ async def test_an_entry_whose_job_record_is_gone_misses_and_is_removed(prefix, b
         assert entry["run_id"] == again.run_id  # the stale entry removed, the new success written
 
 
-async def test_the_cli_shows_a_hit_and_no_cache_runs_the_step(tmp_path, workflow_stack):
+async def test_the_cli_shows_a_hit_and_no_cache_runs_the_step(workflow_stack):
     from typer.testing import CliRunner
 
     from trainyard_client.cli import app as cli_app
@@ -111,8 +112,7 @@ async def test_the_cli_shows_a_hit_and_no_cache_runs_the_step(tmp_path, workflow
     async def trainyard(url: str, token: str, *args: str):
         return await asyncio.to_thread(CliRunner().invoke, cli_app, ["--url", url, "--token", token, *args])
 
-    file = tmp_path / "cached.json"
-    file.write_text(json.dumps(PIPELINE))
+    file = Path(__file__).parents[3] / "examples" / "pipelines" / "cached.yaml"  # the docs' example
     async with workflow_stack() as client, client.served() as url:
         first = await trainyard(url, client.token, "pipeline", "run", str(file), "--wait", "-o", "json")
         assert first.exit_code == 0, first.output

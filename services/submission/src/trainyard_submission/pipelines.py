@@ -75,7 +75,12 @@ def build_pipeline_router(state: dict[str, Any]) -> APIRouter:
     router = APIRouter(prefix="/v1/pipelines", dependencies=[Depends(authorised)], tags=["pipelines"])
     ask = functools.partial(ask_workflow, state)
 
-    @router.post("", status_code=201, summary="run a pipeline: {pipeline: <document>, params: {k: v}}")
+    @router.post(
+        "",
+        status_code=201,
+        summary="run a pipeline: {pipeline: <document>, params: {k: v}, no_cache: false} (no_cache: "
+        "cache: true steps run without a look in the step cache)",
+    )
     async def run_pipeline(request: Request, caller: Caller) -> JSONResponse:
         try:
             body = PipelineRequest.model_validate_json(await request.body())
