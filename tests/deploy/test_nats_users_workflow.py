@@ -201,3 +201,54 @@ async def test_a_sweep_prunes_a_trial_with_the_workflow_as_its_own_nats_user(tmp
     assert [t.state.value for t in done.trials] == ["complete", "pruned"]
     assert done.trials[0].value == 10.0
     assert violations(server) == []
+
+
+async def test_a_trigger_on_an_alias_set_in_mlflow_fires_with_the_workflow_as_its_own_nats_user(tmp_path):
+    """Its durable on the models stream, filtered to ``<prefix>.model.>``, reads MLflow's events as
+    the registry publishes them (its own user): a trigger filtered on ``production`` fires once."""
+    from trainyard_contracts.triggers import TriggerReply
+
+    data = tmp_path / "data"
+    trigger = {
+        "name": "perm-on-production",
+        "subject": S.model_event("*", "model_version_alias_created"),
+        "filter": "alias == 'production'",
+        "pipeline": PIPELINE,
+    }
+    with secured_server(tmp_path / "store") as server:
+        await provisioned(server)
+        api = submission_app(as_user(server.url, "submission", data), SubmissionSettings(token="t" * 24))
+        workflow = workflow_app(as_user(server.url, "workflow", data), WorkflowSettings(reconcile_seconds=1))
+        async with api.router.lifespan_context(api), running(workflow):
+            asker = await as_submission(server)
+            registry = await nats.connect(
+                server.url,
+                user="registry",
+                password=password_for("registry"),
+                inbox_prefix=inbox_of("registry"),
+            )
+            try:
+
+                async def ask(verb: str, **body: object) -> TriggerReply:
+                    msg = await asker.request(
+                        S.workflow_request(f"trigger-{verb}"), json.dumps(body).encode(), timeout=30
+                    )
+                    return TriggerReply.model_validate_json(msg.data)
+
+                assert (await ask("create", trigger=trigger)).status == 201
+                for alias in ("staging", "production"):
+                    event = {"name": "digits", "alias": alias, "version": 2, "by_trainyard": False}
+                    subject = S.model_event("digits", "model_version_alias_created")
+                    await registry.jetstream().publish(subject, json.dumps(event).encode())
+
+                async def fired():
+                    record = (await ask("get", name="perm-on-production")).trigger
+                    return (
+                        record if record is not None and record.fired == 1 and record.filtered == 1 else None
+                    )
+
+                await eventually(fired, 30, "the trigger fired on production, filtered staging")
+            finally:
+                await registry.drain()
+                await asker.drain()
+        assert violations(server) == []
