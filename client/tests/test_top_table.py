@@ -25,6 +25,7 @@ def row(**kw: object) -> dict[str, object]:
         "metrics": {"loss": 0.125},
         "cpu": None,
         "rss_bytes": None,
+        "gpu": None,
     }
     return {**base, **kw}
 
@@ -74,3 +75,11 @@ def test_the_attempts_table_shows_gpu_hours_only_where_gpus_were_sampled(monkeyp
     assert "gpu h" not in attempts_table(cpu_only)
     text = attempts_table(cpu_only, AttemptUsage(cpu_seconds=1.0, peak_memory_bytes=2**20, gpu_seconds=5400))
     assert "gpu h" in text and "1.50" in text
+
+
+def test_a_gpu_column_appears_where_a_running_job_has_gpus_sampled():
+    assert "GPU" not in shown([row(cpu=0.5, rss_bytes=2**20)]).splitlines()[0].split()
+    text = shown([row(cpu=0.5, rss_bytes=2**20, gpu=1.74), row(job_id="other", cpu=0.1, rss_bytes=2**20)])
+    header, first, second = text.splitlines()[:3]
+    assert header.split().index("GPU") == header.split().index("MEM") + 1
+    assert "1.74" in first and "1.74" not in second

@@ -207,6 +207,7 @@ def top_rows(client: Any, queue: str | None, limit: int) -> list[dict[str, Any]]
                 "metrics": point["values"] if point else {},
                 "cpu": use.get("sys.cpu"),
                 "rss_bytes": use.get("sys.rss_bytes"),
+                "gpu": use.get("sys.gpu"),  # GPUs busy (NVML), where the job has GPUs
             }
         )
     return rows
@@ -228,6 +229,7 @@ def top_table(rows: list[dict[str, Any]]) -> Any:
     table = Table(box=None, pad_edge=False)
     # CPU (cores in use) and MEM (resident) where the executor samples them (docs/insight.md)
     sampled = any(row.get("cpu") is not None or row.get("rss_bytes") is not None for row in rows)
+    gpus = any(row.get("gpu") is not None for row in rows)  # GPUs busy, where sampled through NVML
     headers = (
         "JOB",
         "NAME",
@@ -235,11 +237,12 @@ def top_table(rows: list[dict[str, Any]]) -> Any:
         "EXECUTOR",
         "AGE",
         *(("CPU", "MEM") if sampled else ()),
+        *(("GPU",) if gpus else ()),
         "STEP",
         "METRICS",
     )
     for header in headers:
-        right = header in ("CPU", "MEM", "STEP")
+        right = header in ("CPU", "MEM", "GPU", "STEP")
         table.add_column(header, justify="right" if right else "left", no_wrap=header != "METRICS")
     for row in rows:
         values = sorted(row["metrics"].items())
@@ -253,6 +256,7 @@ def top_table(rows: list[dict[str, Any]]) -> Any:
             escape(row["executor_id"] or "-"),
             age(datetime.fromisoformat(row["submitted_at"])),
             *(resources(row) if sampled else ()),
+            *(("-" if row.get("gpu") is None else f"{row['gpu']:.2f}",) if gpus else ()),
             "-" if row["step"] is None else str(row["step"]),
             escape(shown) if shown else "[dim]no metrics reported[/]",
         )
