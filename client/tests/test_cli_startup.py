@@ -23,8 +23,20 @@ from trainyard_client.cli import app
 from trainyard_client.cli.app import COMMANDS, command_target, main_options
 from trainyard_client.connection import TrainyardError, TrainyardUnavailable, get_json
 
-# the heavy ones a read path must not pay for (each cost milliseconds to tens of them to import)
-HEAVY = ("pydantic", "httpx", "rich", "yaml", "trainyard_contracts", "email", "ssl", "http.client")
+# the heavy ones a read path must not pay for (each cost milliseconds to tens of them to import),
+# and entry-point scanning (importlib.metadata, pkg_resources: a walk of every installed package)
+HEAVY = (
+    "pydantic",
+    "httpx",
+    "rich",
+    "yaml",
+    "trainyard_contracts",
+    "email",
+    "ssl",
+    "http.client",
+    "importlib.metadata",
+    "pkg_resources",
+)
 
 # runs the CLI's entry point as `trainyard ARGS...` does, then says what was imported and built
 PROBE = """
@@ -56,7 +68,7 @@ def probe(*args: str) -> tuple[str, dict[str, Any]]:
 
 
 def heavy_in(modules: list[str]) -> list[str]:
-    return [m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY]
+    return [m for m in modules if any(m == heavy or m.startswith(f"{heavy}.") for heavy in HEAVY)]
 
 
 @pytest.mark.unit
