@@ -11,12 +11,19 @@ competed for the CPU). The budget is a median wall time of 0.150 s for each.
 
 Two floors are timed the same way beside them, so a loaded run still says what is the CLI's own:
 the interpreter's start-up (``python -c pass``) and typer's import (``python -c "import typer"``).
-The machine is shared: ``--idle-load 1.0 --idle-wait 600`` waits (up to that many seconds) before
-each command until the 1-minute load average is below 1.0, for an idle-moment figure; each row says
-whether it got one (``idle``).
+
+The machine is shared, so three ways to a figure other processes cannot move (each row names the
+one used):
+- ``--idle-load 1.0 --idle-wait 600``: before each command, wait (at most that many seconds) until
+  the 1-minute load average is below 1.0; the row says whether it got there (``idle``).
+- ``--realtime``: each timed process runs under SCHED_FIFO (``chrt -f 10``, root only), so no other
+  process takes its CPU: what an idle machine gives the CLI's own process (the API answering
+  ``status`` still runs at normal priority). A shortcut: the row says so (``scheduling``).
+- ``--instructions``: each command once under valgrind (callgrind), its instructions executed.
 
 Output: JSON to tests/bench/results/cli.json (or --out).
-Usage: python tests/bench/bench_cli.py [--runs 15] [--warmup 3] [--idle-load L --idle-wait S] [--out PATH]
+Usage: python tests/bench/bench_cli.py [--runs 15] [--warmup 3] [--idle-load L --idle-wait S]
+       [--realtime] [--instructions] [--out PATH]
 """
 
 from __future__ import annotations
@@ -54,8 +61,21 @@ def wait_for_idle(load: float | None, seconds: float) -> bool | None:
     return True
 
 
+def instructions(argv: list[str], env: dict[str, str]) -> int:
+    """Instructions executed by one run (valgrind's callgrind, "Collected : N")."""
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    return int(done.stderr.rpartition("Collected : ")[2].split()[0])
+
+
 def time_runs(
-    argv: list[str], env: dict[str, str], runs: int, warmup: int, shown: str | None = None
+    argv: list[str], env: dict[str, str], runs: int, warmup: int, shown: str, budgeted: bool
 ) -> dict[str, object]:
     walls, cpus = [], []
     load_before = os.getloadavg()[0]
@@ -71,9 +91,9 @@ def time_runs(
             walls.append(wall)
             cpus.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
     median = statistics.median(walls)
-    budget = {} if shown else {"within_budget": median <= BUDGET_SECONDS}  # the floors have none
+    budget = {"within_budget": median <= BUDGET_SECONDS} if budgeted else {}  # the floors have none
     return {
-        "command": shown or " ".join(["trainyard", *argv[1:]]),
+        "command": shown,
         "runs": runs,
         "median_seconds": round(median, 4),
         "min_seconds": round(min(walls), 4),
@@ -112,6 +132,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("tests/bench/results/cli.json"))
     parser.add_argument("--idle-load", type=float, default=None, help="wait for a load average below this")
     parser.add_argument("--idle-wait", type=float, default=600, help="at most this many seconds each")
+    parser.add_argument("--instructions", action="store_true", help="count each one's under valgrind")
+    parser.add_argument("--realtime", action="store_true", help="time each under SCHED_FIFO (chrt -f 10)")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     command = trainyard_command()
@@ -133,8 +155,16 @@ def main() -> None:
         results = []
         for argv, shown in timed:
             idle = wait_for_idle(args.idle_load, args.idle_wait)
-            row = time_runs(argv, env, args.runs, args.warmup, shown)
-            results.append(row if idle is None else {**row, "idle": idle})
+            prefix = ["chrt", "-f", "10"] if args.realtime else []
+            name = shown or " ".join(["trainyard", *argv[1:]])
+            row = time_runs([*prefix, *argv], env, args.runs, args.warmup, name, budgeted=shown is None)
+            if args.realtime:
+                row["scheduling"] = "SCHED_FIFO (chrt -f 10): as on an idle machine"
+            if idle is not None:
+                row["idle"] = idle
+            if args.instructions:
+                row["instructions"] = instructions(argv, env)
+            results.append(row)
         results.append(time_api(stack.api_url, stack.token(), args.runs))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
