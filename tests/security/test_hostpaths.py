@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from trainyard_executor.backends.hostpaths import UnsafePath, open_dir, read_in, write_in
+from trainyard_shared.hostpaths import UnsafePath, open_dir, read_in, write_in
 
 pytestmark = [pytest.mark.security, pytest.mark.unit]
 

@@ -32,7 +32,6 @@ from trainyard_contracts._time import utcnow
 from trainyard_contracts.records import PortRange
 from trainyard_executor.backends.base import Backend, FoundAttempt
 from trainyard_executor.backends.devices import attempt_devices
-from trainyard_executor.backends.hostpaths import read_in, write_in
 from trainyard_executor.gang import (
     log_seq_base,
     member_of,
@@ -46,6 +45,7 @@ from trainyard_executor.settings import ExecutorSettings
 from trainyard_executor.stepfolders import StepFolders
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.hostpaths import read_in, write_in
 from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.reports import apply_report

@@ -3,7 +3,7 @@
 The folder is the job's: ``outputs`` itself, or ``outputs.json``, may be a link it planted to a
 host file. The folder is opened below the attempt's work dir one component at a time and the file
 with ``O_NOFOLLOW``, regular files only, at most one byte over the limit
-(``trainyard_executor.backends.hostpaths``); what is read is checked by
+(``trainyard_shared.hostpaths``); what is read is checked by
 :func:`trainyard_contracts.stepoutputs.parse_outputs`. A file that is refused is reported as a
 note for the job's log, never raised: the attempt succeeded either way.
 """
@@ -19,7 +19,7 @@ from trainyard_contracts.stepoutputs import (
     OutputValue,
     parse_outputs,
 )
-from trainyard_executor.backends.hostpaths import ensure_dir, read_file
+from trainyard_shared.hostpaths import ensure_dir, read_file
 
 
 def job_part_of(output_dir: Path, job_part: str) -> tuple[Path, str]:

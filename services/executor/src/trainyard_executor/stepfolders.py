@@ -28,7 +28,6 @@ from pathlib import Path
 from nats.js.object_store import ObjectStore
 
 from trainyard_contracts.spec import StepInput
-from trainyard_executor.backends.hostpaths import ensure_dir
 from trainyard_executor.outputsfile import job_part_of
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.blobs import (
@@ -41,6 +40,7 @@ from trainyard_shared.blobs import (
     put_blob,
     unpack_into,
 )
+from trainyard_shared.hostpaths import ensure_dir
 
 __all__ = ["INPUTS_SUFFIX", "StepFolders", "StepFoldersError", "archive_cap", "pack_outputs"]
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from trainyard_registry.mlflow_names import METRICS_FILE
+from trainyard_shared.hostpaths import UnsafePath, open_dir
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO put where a file was is not waited on (it is then refused as not regular)
@@ -63,26 +64,11 @@ def open_outputs_dir(outputs_dir: Path, job_part: str) -> int:
         raise OutputsRefused(f"outputs directory {outputs_dir} does not end in the job's {job_part!r}")
     workdir = Path(*outputs_dir.parts[: -len(parts)])
     try:
-        fd = os.open(workdir, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        return open_dir(workdir, PurePosixPath(*parts))
+    except UnsafePath as exc:
+        raise OutputsRefused(f"outputs directory {outputs_dir}: {exc} (a symlink is not followed)") from exc
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"outputs directory {outputs_dir} does not exist") from exc
-    try:
-        for part in parts:
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError as exc:
-                raise FileNotFoundError(f"outputs directory {outputs_dir} does not exist") from exc
-            except OSError as exc:
-                raise OutputsRefused(
-                    f"outputs directory {outputs_dir}: {part!r} is not a folder (a symlink is not "
-                    f"followed): {exc.strerror}"
-                ) from exc
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def stage_outputs(outputs_fd: int, dest: Path, limits: OutputLimits) -> StagedOutputs:

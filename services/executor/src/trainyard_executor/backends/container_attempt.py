@@ -26,10 +26,10 @@ from trainyard_executor.backends.base import (
 )
 from trainyard_executor.backends.container_dirs import META_DIR
 from trainyard_executor.backends.cursor import keep_cursor
-from trainyard_executor.backends.hostpaths import write_in
 from trainyard_executor.backends.lines import drain_pumps, pump_lines
 from trainyard_executor.backends.threads import in_thread
 from trainyard_executor.sampling import Reading, stats_reading
+from trainyard_shared.hostpaths import write_in
 
 if TYPE_CHECKING:
     from trainyard_executor.backends.docker import DockerBackend

@@ -7,9 +7,9 @@ work tree would be resolved by the engine when a container starts, and a rank of
 that is already running could by then have replaced a component of it with a link.
 
 Everything below the work dir is the job's (its repository, what it writes), so it is walked
-without following links (:mod:`.hostpaths`), nothing is chmodded, and the directories the job must
-write to are given to the container's uid (when the executor runs as root; otherwise the container
-runs as the executor's own uid and nothing changes hands).
+without following links (:mod:`trainyard_shared.hostpaths`), nothing is chmodded, and the
+directories the job must write to are given to the container's uid (when the executor runs as
+root; otherwise the container runs as the executor's own uid and nothing changes hands).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainyard_executor.backends.base import AttemptLaunch
-from trainyard_executor.backends.hostpaths import UnsafePath, chown_tree, ensure_dir, open_dir
 from trainyard_executor.backends.jobmetrics import install_reporter
 from trainyard_executor.backends.source import checkout
 from trainyard_executor.backends.workdir import unpack_workdir
+from trainyard_shared.hostpaths import UnsafePath, chown_tree, ensure_dir, open_dir
 
 META_DIR = ".trainyard"
 SOURCE_DIR = "src"

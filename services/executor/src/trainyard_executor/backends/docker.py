@@ -65,13 +65,13 @@ from trainyard_executor.backends.gang_network import (
     prune_networks,
     remove_network,
 )
-from trainyard_executor.backends.hostpaths import read_in
 from trainyard_executor.backends.isolation import container_isolation
 from trainyard_executor.backends.jobmetrics import metrics_env
 from trainyard_executor.backends.source import SourceError
 from trainyard_executor.backends.threads import in_thread
 from trainyard_executor.backends.workdir import WorkdirError
 from trainyard_executor.jobenv import HOST_ONLY_ENV
+from trainyard_shared.hostpaths import read_in
 
 log = logging.getLogger("trainyard.executor.docker")
 

@@ -16,8 +16,8 @@ import functools
 import os
 from pathlib import Path
 
-from trainyard_executor.backends.hostpaths import ensure_dir, write_file
 from trainyard_executor.metricsfile import METRICS_FILE
+from trainyard_shared.hostpaths import ensure_dir, write_file
 
 REPORTER_DIR = ".trainyard-py"
 REPORTER = Path(__file__).resolve().parent.parent / "reporter" / "trainyard.py"

@@ -2,8 +2,8 @@
 
 The archive is the user's (hostile input): trainyard_shared.blobs checks each member and writes
 below a directory descriptor without following links. ``src`` is opened from the attempt's work
-dir with :mod:`.hostpaths` (no link followed: an earlier run of the same attempt dir may have left
-one there) and starts empty every time, so a re-run never mixes two trees.
+dir with :mod:`trainyard_shared.hostpaths` (no link followed: an earlier run of the same attempt
+dir may have left one there) and starts empty every time, so a re-run never mixes two trees.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import shutil
 from pathlib import Path
 
 from trainyard_shared.blobs import UnpackLimits, UnsafeArchive, unpack_into
-
-from .hostpaths import ensure_dir
+from trainyard_shared.hostpaths import ensure_dir
 
 __all__ = ["WorkdirError", "unpack_workdir"]
 
