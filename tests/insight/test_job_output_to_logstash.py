@@ -108,6 +108,7 @@ def chunk(job_id: str, lines: int, seq: int = 0) -> LogChunk:
     )
 
 
+@pytest.mark.integration
 def test_lines_past_the_queues_cap_are_dropped_and_counted_never_waited_for(listener):
     """The sender thread is not started: nothing leaves, so the queue fills. Offering returns
     at once and drops what does not fit, counted; once started, the queued lines go out."""
@@ -123,6 +124,7 @@ def test_lines_past_the_queues_cap_are_dropped_and_counted_never_waited_for(list
     assert shipper.shipped == 10
 
 
+@pytest.mark.integration
 def test_a_line_logstash_does_not_take_is_counted_as_unsent():
     """No one listens on the port: python-logstash's handler cannot connect and drops the line."""
     shipper = JobOutputShipper(lambda: logstash_handler("127.0.0.1", free_port()))
@@ -132,6 +134,7 @@ def test_a_line_logstash_does_not_take_is_counted_as_unsent():
     assert shipper.dropped["unsent"] == 3 and shipper.shipped == 0
 
 
+@pytest.mark.unit
 def test_turned_on_without_a_logstash_named_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("LOGSTASH_HOST", raising=False)
     monkeypatch.delenv("LOGSTASH_PORT", raising=False)
