@@ -12,7 +12,7 @@ from faststream.asgi import AsgiFastStream
 
 from trainyard_contracts import JobEvent, LogChunk, MetricsBatch, parse_job_event
 from trainyard_shared.binding import connect_and_bind
-from trainyard_shared.broker import make_broker
+from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.jobview import JobView
 from trainyard_shared.pullconsumer import batch_consumer
@@ -64,31 +64,7 @@ def create_app(
     async def on_metrics(batch: MetricsBatch) -> None:
         metrics.live.observe(batch)
 
-    shipper: JobOutputShipper | None = None
-    if settings.job_output_to_logstash:
-        host, port = settings.logstash_address()
-        shipper = JobOutputShipper(
-            lambda: logstash_handler(host, port), sb.registry, settings.job_output_limits()
-        )
-        to_logstash = shipper
-
-        # job output lines to Logstash (joblogs.py): handed to a bounded queue, never waited for
-        @batch_consumer(
-            sb,
-            subjects.logs_of("*"),
-            stream=streams(subjects).logs,
-            durable="telemetry-logs",
-            parse=LogChunk.model_validate_json,
-            batch=256,
-            linger=0.1,
-            deliver_new=True,  # turned on: from then on, not the stream's whole history at once
-            title="telemetry/job-output",
-            description="job output lines to Logstash with ECS fields, when turned on",
-        )
-        async def on_log_chunk(chunk: LogChunk) -> None:
-            facts = metrics.states.get(chunk.job_id)
-            job = JobContext(queue=facts.queue, gang=facts.gang) if facts is not None else JobContext()
-            to_logstash.offer(chunk, job)
+    shipper = _job_output_consumer(sb, settings, metrics)
 
     async def connect() -> None:
         buckets = await connect_and_bind(sb, common)
@@ -118,3 +94,36 @@ def create_app(
     app.context.set_global("telemetry_metrics", metrics)
     app.context.set_global("telemetry_job_output", shipper)
     return app
+
+
+def _job_output_consumer(
+    sb: ServiceBroker, settings: TelemetrySettings, metrics: JobMetrics
+) -> JobOutputShipper | None:
+    """Job output lines to Logstash (joblogs.py), when turned on: handed to a bounded queue,
+    never waited for. None when off (no consumer is declared)."""
+    if not settings.job_output_to_logstash:
+        return None
+    subjects = sb.subjects
+    host, port = settings.logstash_address()
+    shipper = JobOutputShipper(
+        lambda: logstash_handler(host, port), sb.registry, settings.job_output_limits()
+    )
+
+    @batch_consumer(
+        sb,
+        subjects.logs_of("*"),
+        stream=streams(subjects).logs,
+        durable="telemetry-logs",
+        parse=LogChunk.model_validate_json,
+        batch=256,
+        linger=0.1,
+        deliver_new=True,  # turned on: from then on, not the stream's whole history at once
+        title="telemetry/job-output",
+        description="job output lines to Logstash with ECS fields, when turned on",
+    )
+    async def on_log_chunk(chunk: LogChunk) -> None:
+        facts = metrics.states.get(chunk.job_id)
+        job = JobContext(queue=facts.queue, gang=facts.gang) if facts is not None else JobContext()
+        shipper.offer(chunk, job)
+
+    return shipper

@@ -80,56 +80,29 @@ T = TypeVar("T")
 
 
 LABEL_JOB = "trainyard.job_id"
-
-
 LABEL_ATTEMPT = "trainyard.attempt"
-
-
 LABEL_EXECUTOR = "trainyard.executor"
-
-
 LABEL_RANK = "trainyard.rank"
-
-
 LABEL_GANG = "trainyard.gang"
 """A container of a gang: its log lines carry the rank."""
-
-
 LABEL_STARTED = "trainyard.started"
 """Wall-clock time the attempt started: an adopted attempt keeps its timeout."""
-
-
 LABEL_TIMEOUT = "trainyard.timeout"
-
-
 LABEL_GRACE = "trainyard.grace"
-
-
 LABEL_WORKDIR = "trainyard.workdir"
-
-
 LABEL_OUTPUT_DIR = "trainyard.output_dir"
-
 
 NETWORK_LABELS = (LABEL_JOB, LABEL_ATTEMPT, LABEL_EXECUTOR)
 
-
 WORK_MOUNT = "/trainyard/work"
-
-
 CHECKPOINTS_MOUNT = "/trainyard/checkpoints"
 INPUTS_MOUNT = "/trainyard/inputs"  # TRAINYARD_INPUTS: the dependencies' outputs folders, read-only
-
 
 # without these every Podman container fails with "error setting rlimit type 7"
 PODMAN_ULIMITS: tuple[tuple[str, int, int], ...] = (("nofile", 20000, 20000), ("nproc", 32768, 32768))
 
-
 MIN_MEMORY_MB = 6  # the engine refuses smaller limits
-
-
 CAPACITY_RETRY_S = 10.0
-
 
 POOL_SIZE = 64  # each running attempt keeps three connections open (two log streams, one wait)
 
