@@ -154,6 +154,9 @@ def test_a_chunked_answer_is_joined_and_a_short_one_refused():
         plain_http.parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n[1")
 
 
+HOLD_OPEN = threading.Event()  # set when the test ends: until then /held answers keep the connection
+
+
 class Answers(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -167,7 +170,7 @@ class Answers(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        if self.path.startswith("/chunked"):
+        if self.path.startswith(("/chunked", "/held/chunked")):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
@@ -175,6 +178,15 @@ class Answers(BaseHTTPRequestHandler):
             for part in (body[:5], body[5:]):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
+            self.hold()
+            return
+        if self.path.startswith("/held/sized"):
+            body = b'{"whole": true}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.hold()
             return
         body = b'{"title": "no such job", "detail": "x1", "status": 404}'
         self.send_response(404)
@@ -183,6 +195,12 @@ class Answers(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def hold(self) -> None:
+        """A server that ignores ``Connection: close``: the connection stays open after the answer."""
+        if self.path.startswith("/held"):
+            self.wfile.flush()
+            HOLD_OPEN.wait(120)
+
 
 @pytest.fixture
 def answers_url() -> Iterator[str]:
@@ -190,7 +208,9 @@ def answers_url() -> Iterator[str]:
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
+    HOLD_OPEN.clear()
     yield f"http://127.0.0.1:{server.server_address[1]}"
+    HOLD_OPEN.set()
     server.shutdown()
 
 
@@ -206,6 +226,13 @@ def test_get_json_reads_chunks_follows_a_redirect_and_keeps_the_errors(answers_u
     assert (refused.value.status, refused.value.title, refused.value.detail) == (404, "no such job", "x1")
     with pytest.raises(TrainyardUnavailable):
         get_json(closed_port_url, "/v1/jobs", "tok", [])
+
+
+@pytest.mark.integration
+def test_a_whole_answer_is_read_without_waiting_for_the_server_to_close(answers_url):
+    # were the client to read until the close, each would raise its read timeout (exit code 3)
+    assert get_json(answers_url, "/held/sized", None, [], timeout=20) == {"whole": True}
+    assert get_json(answers_url, "/held/chunked", None, [], timeout=20)["path"] == "/held/chunked"
 
 
 @pytest.mark.unit

@@ -52,27 +52,53 @@ def get(target: SplitResult, headers: dict[str, str], timeout: float) -> Answer:
 
 
 def _read_all(conn: socket.socket) -> bytes:
-    chunks, size = [], 0
+    """Until the answer is whole (its length, or the last chunk) or the server closes: a server
+    that keeps the connection open despite ``Connection: close`` costs no timeout."""
+    data = bytearray()
     while chunk := conn.recv(65536):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
+        data += chunk
+        if len(data) > MAX_ANSWER_BYTES:
             raise MalformedAnswer(f"answer larger than {MAX_ANSWER_BYTES} bytes")
-    return b"".join(chunks)
+        if _whole(data):
+            break
+    return bytes(data)
+
+
+def _whole(data: bytearray) -> bool:
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0:
+        return False
+    fields = _fields(bytes(data[:head_end]))
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        if not data.endswith(b"0\r\n\r\n"):  # cheap: the last chunk (no trailers) may be there
+            return False
+        try:
+            dechunk(bytes(data[head_end + 4 :]))
+        except MalformedAnswer:  # those bytes were inside a chunk
+            return False
+        return True
+    length = fields.get("content-length", "")
+    return length.isdigit() and len(data) - head_end - 4 >= int(length)
+
+
+def _fields(head: bytes) -> dict[str, str]:
+    """The header fields of an answer's head (after its status line), names in lower case."""
+    fields = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return fields
 
 
 def parse(data: bytes) -> Answer:
-    """An HTTP/1.x answer read until the server closed: status, reason and the (de-chunked) body."""
+    """A whole HTTP/1.x answer: status, reason and the (de-chunked) body."""
     head, separator, rest = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status_line = head.decode("latin-1").split("\r\n")[0]
     version, _, status_reason = status_line.partition(" ")
     code, _, reason = status_reason.partition(" ")
     if not separator or not version.startswith("HTTP/1.") or not code.isdigit():
         raise MalformedAnswer(f"not an HTTP answer: {status_line[:80]!r}")
-    fields = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        fields[name.strip().lower()] = value.strip()
+    fields = _fields(head)
     if "chunked" in fields.get("transfer-encoding", "").lower():
         return Answer(int(code), reason, dechunk(rest))
     length = fields.get("content-length")
