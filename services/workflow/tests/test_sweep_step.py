@@ -14,7 +14,8 @@ import pytest
 from trainyard_contracts.sweeps import SweepReply
 from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL
 from trainyard_shared.testing.helpers import eventually
-from trainyard_workflow.core import idempotency_key, sweep_id_for
+from trainyard_workflow.core import idempotency_key
+from trainyard_workflow.sweep_step import sweep_id_for
 
 pytestmark = [pytest.mark.service, pytest.mark.workflow, pytest.mark.sweep, pytest.mark.local]
 

@@ -12,15 +12,9 @@ import pytest
 from trainyard_contracts.runs import PipelineRun
 from trainyard_contracts.sweeps import SweepOwner, SweepRecord, SweepSpec, SweepState, Trial, TrialState
 from trainyard_contracts.workflow import validate_pipeline
-from trainyard_workflow.core import (
-    JobEnded,
-    JobKnown,
-    idempotency_key,
-    sweep_facts,
-    sweep_id_for,
-    sweep_outputs,
-)
+from trainyard_workflow.core import JobEnded, JobKnown, idempotency_key
 from trainyard_workflow.service import WorkflowService
+from trainyard_workflow.sweep_step import sweep_facts, sweep_id_for, sweep_outputs
 
 from .test_step_forgery import MemoryRuns
 

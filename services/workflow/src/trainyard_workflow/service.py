@@ -58,15 +58,13 @@ from trainyard_workflow.core import (
     step_inputs,
     step_of,
     submitted_under,
-    sweep_facts,
-    sweep_id_for,
-    sweep_outputs,
     unanswered,
     with_outputs,
 )
 from trainyard_workflow.intake import IntakeSender
 from trainyard_workflow.stepcache import CacheEntry, StepCacheStore, cache_key, job_identity
 from trainyard_workflow.store import RunNotFound, RunStore
+from trainyard_workflow.sweep_step import sweep_facts, sweep_id_for, sweep_outputs
 
 log = logging.getLogger("trainyard.workflow")
 JOB_OUTCOMES = ("succeeded", "failed", "timed_out", "cancelled")
@@ -488,7 +486,7 @@ class WorkflowService:
 
     async def _outputs_of(self, run: PipelineRun, step: str) -> dict[str, OutputValue] | None:
         """What the (single) job of ``step`` reported, from its job record (core.outputs_of_record);
-        a sweep step's, from its sweep and its best trial's job record (core.sweep_outputs)."""
+        a sweep step's, from its sweep and its best trial's job record (sweep_step.sweep_outputs)."""
         job = run.steps[step].jobs.get(0)
         if run.spec.step(step).sweep is not None and self.sweeps is not None:
             if job is None or not job.job_id:
