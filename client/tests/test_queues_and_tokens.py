@@ -198,3 +198,15 @@ def test_status_filters_by_label_name_and_state_on_the_server(live_api):
     with TrainyardClient(live_api, ADMIN) as admin, pytest.raises(TrainyardError) as refused:
         admin._request("GET", "/v1/jobs", params={"label": "nokey"})
     assert refused.value.status == 422 and "key=value" in refused.value.detail
+
+
+def test_cli_queues_set_metric_names_narrows_and_clears(live_api):
+    narrowed = cli(live_api, ADMIN, "queues", "set", "vision", "--metric-names", "loss, eval/*", "-o", "json")
+    assert narrowed.exit_code == 0, narrowed.output
+    with TrainyardClient(live_api, ADMIN) as admin:
+        assert admin.get_queue("vision").config.metric_names == ["loss", "eval/*"]  # type: ignore[union-attr]
+    bad = cli(live_api, ADMIN, "queues", "set", "vision", "--metric-names", "loss rate")
+    assert bad.exit_code == 2 and "metric_names" in bad.output
+    assert cli(live_api, ADMIN, "queues", "set", "vision", "--metric-names", "").exit_code == 0
+    with TrainyardClient(live_api, ADMIN) as admin:
+        assert admin.get_queue("vision").config.metric_names is None  # type: ignore[union-attr]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from trainyard_contracts import JobSpec
+from trainyard_contracts import JobSpec, QueueConfig
 from trainyard_scheduler.testkit import quick_scheduler
 from trainyard_shared.testing.helpers import eventually, running, serving_http
 from trainyard_telemetry.app import create_app as telemetry_app
@@ -55,3 +55,39 @@ async def test_a_running_jobs_metrics_are_gauges_until_it_ends(common, bus):
             return job_id not in (await http.get("/metrics")).text
 
         await eventually(gone, 30, "the job's series gone from /metrics after it ended")
+
+
+async def test_a_queues_metric_names_narrow_what_its_running_jobs_show(common, bus):
+    """The queue's ``metric_names`` (watched from the queues bucket) hide ``accuracy`` while it is
+    set; cleared, the same running job shows it from the next scrape."""
+    telemetry = telemetry_app(common)
+    async with (
+        running(quick_scheduler(common)),
+        running(executor(common)),
+        running(telemetry),
+        serving_http(telemetry, lifespan="off") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        kv = await bus.js.key_value(bus.subjects.buckets.queues)
+        await kv.put("vision", QueueConfig(name="vision", metric_names=["loss"]).model_dump_json().encode())
+        live = telemetry.context.get("telemetry_metrics").live
+
+        async def watched() -> bool:
+            return bool(live.queue_patterns("vision") == ["loss"])
+
+        await eventually(watched, 30, "telemetry's view of the queue's metric_names")
+        job_id = await bus.submit(JobSpec(name="narrowed", command=[PY, "-c", JOB], queue="vision"))
+        loss = f'trainyard_job_metric{{job_id="{job_id}",name="loss",queue="vision"}} 0.25'
+        accuracy = f'trainyard_job_metric{{job_id="{job_id}",name="accuracy",queue="vision"}} 0.75'
+
+        async def scraped(line: str) -> str | None:
+            text = (await http.get("/metrics")).text
+            return text if line in text else None
+
+        text = await eventually(lambda: scraped(loss), 30, "the job's loss on /metrics")
+        assert accuracy not in text
+        await kv.put("vision", QueueConfig(name="vision").model_dump_json().encode())
+        await eventually(lambda: scraped(accuracy), 30, "accuracy shown once the queue no longer narrows")
+        workdir = common.resolved_data_dir() / "executor" / "exec-m" / "work" / job_id / "attempt-1"
+        (workdir / "go").touch()
+        await bus.wait_state(job_id, "succeeded")

@@ -7,9 +7,17 @@ the other queues in proportion to its weight (dominant-resource fair share).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from trainyard_contracts.spec import QueueName
+
+MAX_METRIC_PATTERNS = 64
+MetricPattern = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/\-*?\[\]!]+$")
+]
+"""A shell-style pattern of metric names (``loss``, ``eval/*``, ``acc?``): fnmatch, case-sensitive."""
 
 
 class Quota(BaseModel):
@@ -50,6 +58,13 @@ class QueueConfig(BaseModel):
         "follow the token's rights)",
     )
     preemptible_by_default: bool = False
+    metric_names: list[MetricPattern] | None = Field(
+        None,
+        max_length=MAX_METRIC_PATTERNS,
+        description="the metric names a running job of this queue shows in Prometheus with its job "
+        "id, as shell-style patterns (None: every name the installation allows; []: none; the "
+        "executor's sys.* samples are always shown)",
+    )
 
 
 DEFAULT_QUEUE = QueueConfig(

@@ -121,3 +121,19 @@ def test_resource_samples_are_always_taken_and_summed_per_queue_against_what_job
     assert gauge("trainyard_queue_used", queue="vision", resource="memory_bytes") == 300 * 2**20
     metrics.observe(JobSucceeded(job_id="jobA"))
     assert gauge("trainyard_queue_used", queue="vision", resource="cpu") is None
+
+
+def test_a_queues_metric_names_narrow_what_its_jobs_show_from_the_next_scrape():
+    registry = CollectorRegistry()
+    metrics = JobMetrics(registry)
+    patterns: dict[str, list[str] | None] = {"vision": ["loss", "eval/*"]}
+    metrics.live.queue_patterns = lambda queue: patterns.get(queue)
+    started(metrics, "jobA")
+    reported = {"loss": 0.5, "acc": 0.9, "eval/f1": 0.8, "evaluation": 1.0, "sys.cpu": 1.5}
+    metrics.live.observe(batch("jobA", (1, reported)))
+    shown = {name for name in reported if value(registry, "jobA", name) is not None}
+    assert shown == {"loss", "eval/f1", "sys.cpu"}  # the executor's samples always
+    patterns["vision"] = []  # the queue shows none of its jobs' own names now
+    assert {name for name in reported if value(registry, "jobA", name) is not None} == {"sys.cpu"}
+    patterns["vision"] = None  # not narrowed: every name the installation allows
+    assert {name for name in reported if value(registry, "jobA", name) is not None} == set(reported)

@@ -97,7 +97,7 @@ KV_READS: dict[str, tuple[str, ...]] = {
     # secret values, put back right before it starts
     "executor": ("jobs", "secrets"),
     "registry": ("executors",),  # a version's lineage: the backend of the executor that ran it
-    "telemetry": ("jobs",),
+    "telemetry": ("jobs", "queues"),  # a queue's metric_names (which reported names it shows)
     "workflow": ("jobs",),
 }
 

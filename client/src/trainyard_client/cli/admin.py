@@ -151,6 +151,13 @@ def queues_set(
             help="accept bus submissions without a Trainyard-Token",
         ),
     ] = None,
+    metric_names: Annotated[
+        str | None,
+        typer.Option(
+            help="metric names its running jobs show in Prometheus, comma-separated shell-style "
+            "patterns (loss,eval/*); '' for every name",
+        ),
+    ] = None,
     output: OutputOption = Output.TABLE,
 ) -> None:
     """Create a queue or change the options given (the rest keep their values; compare-and-set)."""
@@ -168,6 +175,8 @@ def queues_set(
     changes: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     if cohort == "":
         changes["cohort"] = None
+    if metric_names is not None:
+        changes["metric_names"] = [p.strip() for p in metric_names.split(",") if p.strip()] or None
     changes["quota"] = {
         k: _amount(v, f"--{k}", k == "memory") for k, v in (("cpu", cpu), ("memory", memory), ("gpu", gpu))
     }

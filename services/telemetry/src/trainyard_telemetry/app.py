@@ -16,6 +16,7 @@ from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.jobview import JobView
 from trainyard_shared.pullconsumer import batch_consumer
+from trainyard_shared.queueview import QueueView
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing
@@ -66,6 +67,8 @@ def create_app(
 
     shipper = _job_output_consumer(sb, settings, metrics)
 
+    queues: list[QueueView] = []
+
     async def connect() -> None:
         buckets = await connect_and_bind(sb, common)
         # one ordered read of the records, then the events keep the facts current (jobstates.py)
@@ -75,6 +78,15 @@ def create_app(
             metrics.states.seed(view.all())
         finally:
             await view.stop()
+        # a queue's metric_names narrow what its running jobs show (live.py), watched as changed
+        queue_view = QueueView(buckets.queues)
+        await queue_view.start()
+        queues.append(queue_view)
+        metrics.live.queue_patterns = lambda name: c.metric_names if (c := queue_view.get(name)) else None
+
+    async def stop_watching() -> None:
+        for queue_view in queues:
+            await queue_view.stop()
 
     async def start_shipping() -> None:
         if shipper is not None:
@@ -89,7 +101,7 @@ def create_app(
         title="trainyard-telemetry",
         description="Trainyard telemetry: job metrics for Prometheus, catch-up from the stream",
         on_startup=[start_shipping, connect],
-        on_shutdown=[stop_shipping],
+        on_shutdown=[stop_shipping, stop_watching],
     )
     app.context.set_global("telemetry_metrics", metrics)
     app.context.set_global("telemetry_job_output", shipper)

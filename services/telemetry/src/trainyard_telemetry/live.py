@@ -7,14 +7,17 @@ gone from the next scrape, with nothing to remove by hand (Prometheus marks them
 as label values are what Prometheus' guidance on cardinality warns about, so they are bounded:
 at most ``max_jobs`` jobs (the least recently updated one is forgotten first) and ``max_names``
 names per job (a queue's first names win; ``allow``, a pattern, narrows which), so at most
-``max_jobs x (max_names + 1)`` series. Pure: no I/O.
+``max_jobs x (max_names + 1)`` series. A queue's ``metric_names`` (shell-style patterns) narrows
+further what its jobs show. Pure: no I/O (the queue's patterns come from a callable).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import re
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from trainyard_contracts import JobState, MetricsBatch
@@ -42,9 +45,28 @@ class LiveLimits:
     """A regular expression names must match in full to be exposed (None: every name)."""
 
 
+QueuePatterns = Callable[[str], Sequence[str] | None]
+"""A queue's ``metric_names`` (None: the queue does not narrow them)."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or r"(?!)")
+
+
+def queue_allows(patterns: Sequence[str] | None, name: str) -> bool:
+    """Whether a queue with these ``metric_names`` shows ``name`` (the executor's sys.* always)."""
+    if patterns is None or name.startswith(SYSTEM_PREFIX):
+        return True
+    return _matcher(tuple(patterns)).match(name) is not None
+
+
 class LiveMetrics:
-    def __init__(self, states: JobStates, limits: LiveLimits | None = None) -> None:
+    def __init__(
+        self, states: JobStates, limits: LiveLimits | None = None, queue_patterns: QueuePatterns | None = None
+    ) -> None:
         self.states = states
+        self.queue_patterns: QueuePatterns = queue_patterns or (lambda queue: None)
         self.limits = limits or LiveLimits()
         self._allow = re.compile(self.limits.allow) if self.limits.allow else None
         self.jobs: OrderedDict[str, JobLatest] = OrderedDict()
@@ -87,6 +109,12 @@ class LiveMetrics:
     def forget(self, job_id: str) -> None:
         """The job ended: its values are not kept (its series already left with its state)."""
         self.jobs.pop(job_id, None)
+
+    def shown(self, queue: str) -> Callable[[str], bool]:
+        """Which of a job's names its queue shows (asked at scrape time, so a change of the
+        queue's ``metric_names`` applies from the next scrape, to jobs already running too)."""
+        patterns = self.queue_patterns(queue)
+        return lambda name: queue_allows(patterns, name)
 
     def running(self) -> Iterator[tuple[str, str, JobLatest]]:
         """(job id, queue, latest) of the jobs that run now; forgets those known to have ended."""

@@ -132,8 +132,10 @@ class _LiveCollector(Collector):
         for job_id, queue, latest in self._live.running():
             if latest.step >= 0:
                 steps.add_metric([job_id, queue], latest.step)
+            shown = self._live.shown(queue)
             for name, (_, value) in sorted(latest.values.items()):
-                values.add_metric([job_id, queue, name], value)
+                if shown(name):
+                    values.add_metric([job_id, queue, name], value)
             facts = self._live.states.get(job_id)
             if facts is None or not facts.cpu:
                 continue
