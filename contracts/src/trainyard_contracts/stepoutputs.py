@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import StringConstraints
@@ -30,18 +31,37 @@ StepOutputs = dict[OutputName, OutputValue]
 
 _NAME = re.compile(OUTPUT_NAME_PATTERN)
 STEP_OUTPUT_REF = re.compile(
-    r"\$\{\{\s*steps\.([a-z0-9][a-z0-9_-]{0,62})\.outputs\.([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}"
+    r"\$\{\{\s*steps\.([a-z0-9][a-z0-9_-]{0,62})\.outputs(?:\[(\d{1,7})\])?\.([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}"
 )
-"""``${{ steps.<step>.outputs.<name> }}`` in a pipeline step's command, env or params."""
+"""``${{ steps.<step>.outputs.<name> }}`` in a pipeline step's command, env or params; of an array
+step, ``${{ steps.<step>.outputs[<index>].<name> }}`` for one index, or without the index every
+index's value as a JSON list in index order. Groups: step, index (or None), name."""
 _ANY_STEP_REF = re.compile(r"\$\{\{\s*steps\.")
 
 
-def output_refs(text: str) -> list[tuple[str, str]]:
-    """The (step, name) pairs ``text`` refers to; ValueError for a ``${{ steps.`` that is not
-    one (a misspelt reference is an error, not text left as it is)."""
-    refs = [(m.group(1), m.group(2)) for m in STEP_OUTPUT_REF.finditer(text)]
+@dataclass(frozen=True)
+class OutputRef:
+    """One reference: a step, the output's name, and for one index of an array step that index."""
+
+    step: str
+    name: str
+    index: int | None = None
+
+
+def output_ref(match: re.Match[str]) -> OutputRef:
+    index = match.group(2)
+    return OutputRef(match.group(1), match.group(3), int(index) if index is not None else None)
+
+
+def output_refs(text: str) -> list[OutputRef]:
+    """The references ``text`` holds; ValueError for a ``${{ steps.`` that is not one (a
+    misspelt reference is an error, not text left as it is)."""
+    refs = [output_ref(m) for m in STEP_OUTPUT_REF.finditer(text)]
     if len(_ANY_STEP_REF.findall(text)) != len(refs):
-        raise ValueError("a reference to a step's output reads ${{ steps.<step>.outputs.<name> }}")
+        raise ValueError(
+            "a reference to a step's output reads ${{ steps.<step>.outputs.<name> }} "
+            "(of one index of an array step: ${{ steps.<step>.outputs[<index>].<name> }})"
+        )
     return refs
 
 
@@ -84,9 +104,11 @@ __all__ = [
     "OUTPUT_NAME_PATTERN",
     "STEP_OUTPUT_REF",
     "OutputName",
+    "OutputRef",
     "OutputValue",
     "OutputsError",
     "StepOutputs",
+    "output_ref",
     "output_refs",
     "parse_outputs",
 ]

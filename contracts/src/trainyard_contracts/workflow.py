@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainyard_contracts.arrays import ArraySyntaxError, parse_array
+from trainyard_contracts.arrays import ArrayIndices, ArraySyntaxError, parse_array
 from trainyard_contracts.spec import (
     NAME_PATTERN,
     FieldError,
@@ -35,7 +35,7 @@ from trainyard_contracts.spec import (
     field_errors,
     parse_spec_document,
 )
-from trainyard_contracts.stepoutputs import output_refs
+from trainyard_contracts.stepoutputs import OutputRef, output_refs
 from trainyard_contracts.sweeps import SweepSpec, sweep_problems
 
 STEP_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -146,7 +146,7 @@ class PipelineSpec(_Strict):
         cycle = find_cycle({step.name: list(step.conditions()) for step in self.steps})
         if cycle:
             raise _field("steps", "the dependencies form a cycle: " + " -> ".join(cycle))
-        arrays = {step.name for step in self.steps if step.array}
+        arrays = {step.name: parse_array(step.array) for step in self.steps if step.array}
         for i, step in enumerate(self.steps):
             _check_kind(i, step)
             _check_output_refs(i, step, arrays)
@@ -163,10 +163,10 @@ class PipelineSpec(_Strict):
 OUTPUT_REF_FIELDS = ("command", "env", "params")
 
 
-def step_output_refs(job: JobSpec) -> dict[str, list[tuple[str, str]]]:
+def step_output_refs(job: JobSpec) -> dict[str, list[OutputRef]]:
     """Every ``${{ steps.<step>.outputs.<name> }}`` in ``job``, by field (``command.0``,
     ``env.NAME``, ``image``, ...); ValueError (naming the field) for a misspelt one."""
-    found: dict[str, list[tuple[str, str]]] = {}
+    found: dict[str, list[OutputRef]] = {}
 
     def walk(value: object, where: str) -> None:
         if isinstance(value, dict):
@@ -227,9 +227,13 @@ def _check_cache(i: int, step: StepSpec) -> None:
         )
 
 
-def _check_output_refs(i: int, step: StepSpec, arrays: set[str]) -> None:
+MAX_LISTED_INDICES = 1000  # an array's values as one JSON list: it must fit in a job spec
+
+
+def _check_output_refs(i: int, step: StepSpec, arrays: dict[str, ArrayIndices]) -> None:
     """A step's references to outputs: in command, env or params only (never text a shell reads),
-    each to a single-job step it depends on with ``succeeded`` (so the value exists when it runs)."""
+    each to a step it depends on with ``succeeded`` (so the value exists when it runs); an index
+    only of an array step, and one of its indices."""
     if step.job is None:
         return
     conditions = step.conditions()
@@ -237,7 +241,7 @@ def _check_output_refs(i: int, step: StepSpec, arrays: set[str]) -> None:
         refs = step_output_refs(step.job)
     except _FieldProblem as problem:
         raise _field(f"steps.{i}.job.{problem.field}", problem.message) from None
-    for where, pairs in refs.items():
+    for where, found in refs.items():
         field = f"steps.{i}.job.{where}"
         root = where.split(".", 1)[0]
         if root not in OUTPUT_REF_FIELDS:
@@ -247,17 +251,40 @@ def _check_output_refs(i: int, step: StepSpec, arrays: set[str]) -> None:
                 field,
                 'a shell would read the value as code: pass it in env and use "$NAME" in the command',
             )
-        for ref_step, _ in pairs:
-            if conditions.get(ref_step) != Condition.succeeded:
+        for ref in found:
+            if conditions.get(ref.step) != Condition.succeeded:
                 raise _field(
                     field,
-                    f"refers to step {ref_step!r}, which this step does not depend on with succeeded "
+                    f"refers to step {ref.step!r}, which this step does not depend on with succeeded "
                     "(only then are its outputs there)",
                 )
-            if ref_step in arrays:
-                raise _field(
-                    field, f"step {ref_step!r} is an array: one value per step is passed on, not per job"
-                )
+            _check_array_ref(field, ref, arrays.get(ref.step))
+
+
+def _check_array_ref(field: str, ref: OutputRef, array: ArrayIndices | None) -> None:
+    """``outputs[<index>]`` names one of an array step's indices; an array's values as a list
+    stay small enough to fill into a job spec."""
+    if array is None:
+        if ref.index is not None:
+            raise _field(
+                field,
+                f"step {ref.step!r} is not an array: write ${{{{ steps.{ref.step}.outputs.{ref.name} }}}}",
+            )
+        return
+    if ref.index is not None and ref.index not in array.indices:
+        raise _field(field, f"step {ref.step!r} has no index {ref.index} (its array is {_span(array)})")
+    if ref.index is None and array.count > MAX_LISTED_INDICES:
+        raise _field(
+            field,
+            f"step {ref.step!r} is an array of {array.count} indices: its values come as one list of at "
+            f"most {MAX_LISTED_INDICES}; name one index (outputs[<index>].{ref.name}) or pass them in "
+            "its outputs folder ($TRAINYARD_INPUTS)",
+        )
+
+
+def _span(array: ArrayIndices) -> str:
+    first, last = array.indices[0], array.indices[-1]
+    return f"{first}-{last}, {array.count} indices" if array.count > 1 else str(first)
 
 
 class _FieldProblem(ValueError):

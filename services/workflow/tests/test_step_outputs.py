@@ -8,7 +8,7 @@ import pytest
 from trainyard_contracts.spec import SpecError
 from trainyard_contracts.stepoutputs import OUTPUTS_MAX_BYTES, OutputsError, parse_outputs
 from trainyard_contracts.workflow import validate_pipeline
-from trainyard_workflow.core import OutputMissing, referenced_steps, with_outputs
+from trainyard_workflow.step_values import OutputMissing, referenced_steps, with_outputs
 
 pytestmark = [pytest.mark.unit, pytest.mark.workflow]
 
@@ -112,16 +112,6 @@ def test_a_reference_that_could_not_be_met_or_would_reach_a_shell_is_refused_nam
 ):
     found = errors(pipeline(PREPARE, train))
     assert field in found and says in found[field], found
-
-
-def test_the_outputs_of_an_array_step_are_not_passed_on():
-    found = errors(
-        pipeline(
-            step("fit", ["true"], array="0-2"),
-            step("pick", ["echo", "${{ steps.fit.outputs.a }}"], depends=["fit"]),
-        )
-    )
-    assert "is an array" in found["steps.1.job.command.1"]
 
 
 def test_a_shell_step_may_take_a_value_in_env_where_the_shell_does_not_parse_it():

@@ -14,7 +14,6 @@ key with the job it already made. So a restart never submits a step twice.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,9 +30,9 @@ from trainyard_contracts.runs import (
     StepRun,
     StepState,
 )
-from trainyard_contracts.spec import MAX_STEP_INPUTS, ArrayTask, ParamValue, StepInput
-from trainyard_contracts.stepoutputs import STEP_OUTPUT_REF, OutputValue
-from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL, Condition, StepSpec, step_output_refs
+from trainyard_contracts.spec import MAX_STEP_INPUTS, ArrayTask, StepInput
+from trainyard_contracts.stepoutputs import OutputValue
+from trainyard_contracts.workflow import RUN_LABEL, STEP_LABEL, Condition, StepSpec
 
 INDEX_LABEL = "trainyard.dev/array-index"
 ATTEMPT_LABEL = "trainyard.dev/step-attempt"
@@ -409,58 +408,6 @@ def unanswered(run: PipelineRun) -> list[Submit]:
     ]
 
 
-class OutputMissing(Exception):
-    """A step refers to an output its dependency did not report: the step fails, not submitted."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-
-
-def referenced_steps(spec: StepSpec) -> set[str]:
-    """The steps whose outputs ``spec`` uses (checked when the pipeline was read)."""
-    if spec.job is None:
-        return set()
-    return {ref for refs in step_output_refs(spec.job).values() for ref, _ in refs}
-
-
-def with_outputs(job: JobSpec, outputs: Mapping[str, Mapping[str, OutputValue] | None]) -> JobSpec:
-    """``job`` with every ``${{ steps.<s>.outputs.<n> }}`` replaced by the value step ``s``
-    reported (``outputs``: per step, its job's outputs; None: it reported none). Literal text,
-    never read by a shell (a shell step may use them in env only); a params value that is exactly
-    one reference takes the value's type. OutputMissing names the field of a value not there."""
-    if not step_output_refs(job):
-        return job
-
-    def value(match: re.Match[str], where: str) -> OutputValue:
-        step, name = match.group(1), match.group(2)
-        reported = outputs.get(step)
-        if reported is None:
-            raise OutputMissing(
-                where, f"step {step!r} reported no outputs (no outputs.json, or one refused: see its log)"
-            )
-        if name not in reported:
-            known = ", ".join(sorted(reported)) or "none"
-            raise OutputMissing(where, f"step {step!r} reported no output {name!r} (it reported: {known})")
-        return reported[name]
-
-    def text(template: str, where: str) -> str:
-        return STEP_OUTPUT_REF.sub(lambda m: _as_text(value(m, where)), template)
-
-    def typed(template: ParamValue, where: str) -> ParamValue:
-        if not isinstance(template, str):
-            return template
-        whole = STEP_OUTPUT_REF.fullmatch(template.strip())
-        return value(whole, where) if whole else text(template, where)
-
-    return job.model_copy(
-        update={
-            "command": [text(arg, f"command.{i}") for i, arg in enumerate(job.command)],
-            "env": {name: text(v, f"env.{name}") for name, v in job.env.items()},
-            "params": {name: typed(v, f"params.{name}") for name, v in job.params.items()},
-        }
-    )
-
-
 def has_dependents(run: PipelineRun, step: str) -> bool:
     """Whether a later step depends on ``step``: then its job packs its outputs folder for them."""
     return any(step in other.depends for other in run.spec.steps)  # a list or a mapping of names
@@ -509,10 +456,6 @@ def outputs_of_record(
     elif record.spec.outputs and record.spec.outputs.model and now - record.updated_at < model_wait:
         raise ModelNotYet(record.job_id)
     return outputs or None
-
-
-def _as_text(value: OutputValue) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def job_spec_for(run: PipelineRun, step: str, index: int, job: JobSpec | None = None) -> JobSpec:

@@ -43,7 +43,6 @@ from trainyard_workflow.core import (
     JobEnded,
     JobKnown,
     ModelNotYet,
-    OutputMissing,
     Submit,
     advance,
     evolve_all,
@@ -52,16 +51,15 @@ from trainyard_workflow.core import (
     job_spec_for,
     outputs_of_record,
     pending_lookups,
-    referenced_steps,
     retried_steps,
     retry,
     step_inputs,
     step_of,
     submitted_under,
     unanswered,
-    with_outputs,
 )
 from trainyard_workflow.intake import IntakeSender
+from trainyard_workflow.step_values import OutputMissing, StepValues, referenced_steps, with_outputs
 from trainyard_workflow.stepcache import CacheEntry, StepCacheStore, cache_key, job_identity
 from trainyard_workflow.store import RunNotFound, RunStore
 from trainyard_workflow.sweep_step import sweep_facts, sweep_id_for, sweep_outputs
@@ -400,16 +398,10 @@ class WorkflowService:
             return {"state": step.state.value}
         if not run.spec.step(dep).array:
             return {"state": "succeeded", "jobs": [job_identity(await self._outputs_of(run, dep))]}
-        jobs = [job for _, job in sorted(step.jobs.items())]
-        if len(jobs) > MAX_CACHED_INDICES:
-            return {"state": "succeeded", "job_ids": [job.job_id for job in jobs]}
-        records = await asyncio.gather(*(self.read_job(job.job_id or "") for job in jobs))
-        now = self.clock()
-        identities = [
-            job_identity(outputs_of_record(r, now, self.model_wait) if r is not None else None)
-            for r in records
-        ]
-        return {"state": "succeeded", "jobs": identities}
+        if len(step.jobs) > MAX_CACHED_INDICES:
+            return {"state": "succeeded", "job_ids": [job.job_id for _, job in sorted(step.jobs.items())]}
+        per_index = await self._outputs_per_index(run, dep)
+        return {"state": "succeeded", "jobs": [job_identity(per_index[i]) for i in sorted(per_index)]}
 
     async def _still_there(self, entry: CacheEntry) -> bool:
         """Whether every job a cache entry names still has its record, succeeded (the records
@@ -471,8 +463,12 @@ class WorkflowService:
         needed = referenced_steps(spec)
         if not needed:
             return spec.job
+        arrays = frozenset(name for name in needed if run.spec.step(name).array)
         try:
-            outputs = {name: await self._outputs_of(run, name) for name in needed}
+            outputs: dict[str, StepValues] = {
+                name: await (self._outputs_per_index if name in arrays else self._outputs_of)(run, name)
+                for name in needed
+            }
         except ModelNotYet:
             return None  # its model_registered event moves the run on (or the look-over)
         except Exception as exc:
@@ -480,7 +476,7 @@ class WorkflowService:
             return None
         assert spec.job is not None  # a sweep step is started, not submitted (_start_sweep)
         try:
-            return with_outputs(spec.job, outputs)
+            return with_outputs(spec.job, outputs, arrays)
         except OutputMissing as missing:
             return EndStep(step, StepState.failed, str(missing))
 
@@ -497,6 +493,18 @@ class WorkflowService:
             return sweep_outputs(sweep, best_job, self.clock(), self.model_wait)
         record = await self.read_job(job.job_id) if job is not None and job.job_id else None
         return outputs_of_record(record, self.clock(), self.model_wait) if record is not None else None
+
+    async def _outputs_per_index(
+        self, run: PipelineRun, step: str
+    ) -> dict[int, dict[str, OutputValue] | None]:
+        """What each job of an array step reported, by index (core.outputs_of_record)."""
+        jobs = sorted(run.steps[step].jobs.items())
+        records = await asyncio.gather(*(self.read_job(job.job_id or "") for _, job in jobs))
+        now = self.clock()
+        return {
+            index: outputs_of_record(record, now, self.model_wait) if record is not None else None
+            for (index, _), record in zip(jobs, records, strict=True)
+        }
 
     async def on_model_registered(self, record: JobRecord | None) -> None:
         """A step's job got its model version: the steps waiting for it may go now."""
