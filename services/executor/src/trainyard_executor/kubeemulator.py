@@ -14,6 +14,12 @@ script gives, its log served), then the ``Complete`` or ``Failed`` condition the
 for; ``activeDeadlineSeconds`` fails it with ``DeadlineExceeded``; a suspended one gets
 ``Suspended``; deleting a TrainJob deletes its pods. What a real Trainer does beyond that
 (runtimes, JobSet's restarts and success policy, PET_* rendezvous variables) is not emulated.
+
+:func:`put_pod_metrics` is **a stand-in for metrics-server**: it stores a pod's PodMetrics
+(``metrics.k8s.io/v1beta1``, the object metrics-server answers with, usage per container as
+quantity strings, a timestamp and a window) in the emulator, which then serves it on the same path
+as the real aggregated API. No scraping, no kubelet: the test says what the pods use and when.
+Without it the emulator answers 404 for a pod's metrics, as a cluster without metrics-server does.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from trainyard_executor.backends.kube_manifests import COMPLETION_INDEX_ANNOT
 from trainyard_executor.backends.kube_trainjob import JOBSET_NAME_LABEL, TRAINER_GROUP, TRAINER_VERSION
 
 TRAINJOBS_RESOURCE = f"{TRAINER_GROUP}/{TRAINER_VERSION}/trainjobs"
+METRICS_RESOURCE = "metrics.k8s.io/v1beta1/pods"
 BUILTIN_RESOURCES = ("batch/v1/jobs", "v1/pods", "v1/services", "networking.k8s.io/v1/networkpolicies")
 TICK_S = 0.02
 SAMPLE_IMAGE = "registry.example/train:1"
@@ -282,3 +289,35 @@ async def trainer_stand_in(mock: Any, namespace: str, script: Script) -> AsyncIt
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def pod_metrics_object(
+    name: str, namespace: str, usage: dict[str, tuple[str, str]], timestamp: str, window: str = "15s"
+) -> dict[str, Any]:
+    """A PodMetrics object as metrics-server answers it; ``usage``: container -> (cpu, memory)."""
+    return {
+        "apiVersion": "metrics.k8s.io/v1beta1",
+        "kind": "PodMetrics",
+        "metadata": {"name": name, "namespace": namespace},
+        "timestamp": timestamp,
+        "window": window,
+        "containers": [{"name": c, "usage": {"cpu": cpu, "memory": mem}} for c, (cpu, mem) in usage.items()],
+    }
+
+
+async def put_pod_metrics(
+    mock: Any,
+    namespace: str,
+    pod: str,
+    usage: dict[str, tuple[str, str]],
+    timestamp: str,
+    window: str = "15s",
+) -> None:
+    """The stand-in metrics-server's scrape of ``pod`` (see the module's docstring): its PodMetrics
+    made or replaced."""
+    body = pod_metrics_object(pod, namespace, usage, timestamp, window)
+    path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods"
+    resp = await mock.post(path, json=body)
+    if resp.status == 409:
+        resp = await mock.patch(f"{path}/{pod}", json=body)  # (the emulator has no PUT)
+    assert resp.status == 200, await resp.text()

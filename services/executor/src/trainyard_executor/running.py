@@ -208,11 +208,13 @@ class AttemptRunner(AttemptRecorder):
     def _follow_metrics(
         self, record: JobRecord, attempt: int, local: LocalAttempt, shipper: LogShipper
     ) -> None:
-        """Read what the job reports while it runs, on backends whose work dir is on this host."""
-        if self.metrics is None or not getattr(self.backend, "reads_job_metrics", False):
+        """Read what the job reports while it runs, on backends whose work dir is on this host, and
+        sample its resource use where the attempt can be read (Kubernetes: its pods' metrics only)."""
+        reader: Reader | None = getattr(local.handle, "read_usage", None)
+        reads_files = getattr(self.backend, "reads_job_metrics", False)
+        if self.metrics is None or not (reads_files or reader is not None):
             return
         job_id = record.job_id
-        reader: Reader | None = getattr(local.handle, "read_usage", None)
         # its own devices (the scheduler's assignment), sampled through NVML (nvml.py)
         gpus = tuple(record.gpu_devices(attempt, self.me)) if record.spec.resources.gpu else ()
         local.metrics = self.metrics(

@@ -7,6 +7,7 @@ Readers, by what the backend has:
   ``usage_usec`` (there whether or not the cpu controller is enabled) and ``memory.current`` where
   the memory controller is enabled, else the resident sets of the processes in ``cgroup.procs``;
 - a container's engine (Docker, Podman): one stats read (``stream=false``) per interval;
+- a Kubernetes attempt's pods: the metrics API's PodMetrics (backends/kube_usage.py);
 - the ranks' process groups otherwise: every living process of the groups but their leaders (the
   rank supervisors, which are ours), from ``/proc/<pid>/stat``: user + system CPU of each, with
   what its waited-for children used (``cutime``, ``cstime``), and its resident set.
@@ -43,6 +44,9 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 class Reading:
     cpu_seconds: float
     rss_bytes: int
+    cpu_cores: float | None = None
+    """Cores in use now as the source gives them (a rate: Kubernetes' metrics API); None: the
+    sampler derives it from ``cpu_seconds`` between two readings."""
 
 
 Reader = Callable[[], Reading | None]
@@ -163,7 +167,9 @@ class ResourceSampler:
         self.peak_rss_bytes = max(self.peak_rss_bytes, reading.rss_bytes)
         self.cpu_seconds = max(self.cpu_seconds, reading.cpu_seconds)
         values = {CPU_SECONDS: reading.cpu_seconds, RSS: float(reading.rss_bytes)}
-        if self._last is not None and now > self._last[0]:
+        if reading.cpu_cores is not None:
+            values[CPU] = reading.cpu_cores
+        elif self._last is not None and now > self._last[0]:
             values[CPU] = max(reading.cpu_seconds - self._last[1], 0.0) / (now - self._last[0])
         self._last = (now, reading.cpu_seconds)
         gpu = self.gpu() if self.gpu is not None else None

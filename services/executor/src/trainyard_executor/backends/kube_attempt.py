@@ -39,6 +39,7 @@ from trainyard_executor.backends.kube_status import (
     pod_rank,
     pod_stuck,
 )
+from trainyard_executor.backends.kube_usage import PodMetricsReader
 from trainyard_executor.backends.lines import LineSplitter, drain_pumps
 from trainyard_executor.backends.threads import in_thread
 
@@ -163,6 +164,11 @@ class KubeAttempt:
         self.job: dict[str, Any] | None = None
         self.job_gone = False
         self.pods: dict[str, dict[str, Any]] = {}
+        self._live_pods: tuple[str, ...] = ()  # pods not deleted, for the usage reader's thread
+        # the pods' CPU and memory from the metrics API, read by the metrics shipper (kube_usage.py)
+        self.read_usage = PodMetricsReader(
+            backend.pod_metrics, lambda: self._live_pods, backend.metrics_notes
+        )
         self._changed = asyncio.Event()
         self._cancelled = False
         self._timed_out = False
@@ -218,6 +224,8 @@ class KubeAttempt:
             return
         if kind != "DELETED" or name not in self.pods:
             self.pods[name] = obj  # a deleted pod keeps its last state (its exit code)
+        live = set(self._live_pods) - {name} if kind == "DELETED" else {*self._live_pods, name}
+        self._live_pods = tuple(sorted(live))  # replaced whole: the reader's thread sees one or the other
         if (
             name not in self._followers
             and pod_loggable(obj, self.backend.container)

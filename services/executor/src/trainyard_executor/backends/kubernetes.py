@@ -69,6 +69,12 @@ from trainyard_executor.backends.kube_source import GitFetch, git_config_key, ku
 from trainyard_executor.backends.kube_status import (
     job_end,
 )
+from trainyard_executor.backends.kube_usage import (
+    METRICS_GROUP,
+    METRICS_PLURAL,
+    METRICS_VERSION,
+    MetricsApiNotes,
+)
 from trainyard_executor.backends.threads import in_thread
 from trainyard_executor.jobenv import HOST_ONLY_ENV
 from trainyard_shared.gitpolicy import GitPolicy, GitSettings, RepoRefused
@@ -129,6 +135,7 @@ class KubernetesBackend:
         self.keep_failed = keep_failed
         self.deadline_slack_s = deadline_slack_s
         self.watch_idle_s = watch_idle_s
+        self.metrics_notes = MetricsApiNotes()  # the one log line of a cluster without metrics-server
 
     @property
     def api(self) -> k8s.ApiClient:
@@ -343,6 +350,18 @@ class KubernetesBackend:
                 raise
 
     # -- blocking helpers (threads) -----------------------------------------------------------
+
+    def pod_metrics(self, pod: str) -> dict[str, Any]:
+        """(Blocking.) The pod's PodMetrics from the resource metrics API (kube_usage.py)."""
+        answer = k8s.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            METRICS_GROUP,
+            METRICS_VERSION,
+            self.options.namespace,
+            METRICS_PLURAL,
+            pod,
+            _request_timeout=(5, 10),
+        )
+        return answer if isinstance(answer, dict) else {}
 
     def list_pods(self, labels: dict[str, str]) -> list[dict[str, Any]]:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
