@@ -10,6 +10,7 @@ cluster. How often a real metrics-server scrapes, and what its windows really ar
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -136,12 +137,12 @@ def test_the_sampler_publishes_the_apis_rate_as_sys_cpu() -> None:
 # -- the client side against kmock, metrics-server stood in -----------------------------------
 
 
-async def _running_pods(mock: Any, attempt: KubeAttempt, job: dict[str, Any], ranks: int) -> list[str]:
+async def _running_pods(mock: Any, job: dict[str, Any], ranks: int) -> list[str]:
     """The Job controller's and kubelet's part: the attempt's pods, running."""
     labels = job["spec"]["template"]["metadata"]["labels"]
     names = []
     for rank in range(ranks):
-        name = f"{attempt.name}-{rank}-x7k2p"
+        name = f"{job['metadata']['name']}-{rank}-x7k2p"
         body = pod_object(
             name, NS, rank, container="job", image=SAMPLE_IMAGE, labels=labels, run=NodeRun(exit_code=None)
         )
@@ -149,6 +150,13 @@ async def _running_pods(mock: Any, attempt: KubeAttempt, job: dict[str, Any], ra
         assert resp.status == 200, await resp.text()
         names.append(name)
     return names
+
+
+async def _complete(mock: Any, name: str) -> None:
+    """The Job controller's part: the Job's Complete condition."""
+    body = {"status": {"conditions": [{"type": "Complete", "status": "True", "reason": ""}]}}
+    resp = await mock.patch(f"/apis/batch/v1/namespaces/{NS}/jobs/{name}/status", json=body)
+    assert resp.status == 200, await resp.text()
 
 
 async def _until(what: Callable[[], Any], deadline_s: float = 15.0) -> Any:
@@ -180,7 +188,7 @@ async def test_a_gangs_pods_are_read_from_the_metrics_api_and_summed(
     attempt = await backend.start(sample_launch(tmp_path, gang=whole_gang(2)), Lines())
     assert isinstance(attempt, KubeAttempt)
     job = await _until(lambda: _jobs(mock).get(attempt.name))
-    pods = await _running_pods(mock, attempt, job, 2)
+    pods = await _running_pods(mock, job, 2)
     await put_pod_metrics(mock, NS, pods[0], {"job": ("250m", "204800Ki")}, "2026-12-03T18:00:15Z")
     await put_pod_metrics(mock, NS, pods[1], {"job": ("1234567n", "1Gi")}, "2026-12-03T18:00:15Z")
     await _until(lambda: len(attempt._live_pods) == 2)
@@ -213,16 +221,81 @@ async def test_without_a_metrics_api_there_are_no_samples_one_log_line_and_the_a
     attempt = await backend.start(sample_launch(tmp_path), Lines())
     assert isinstance(attempt, KubeAttempt)
     job = await _until(lambda: _jobs(mock).get(attempt.name))
-    await _running_pods(mock, attempt, job, 1)
+    await _running_pods(mock, job, 1)
     await _until(lambda: attempt._live_pods)
     with caplog.at_level(logging.INFO, logger="trainyard.executor.kubernetes"):
         readings = [await asyncio.to_thread(attempt.read_usage) for _ in range(NOTE_AFTER * 3)]
     assert readings == [None] * (NOTE_AFTER * 3)
     noted = [r for r in caplog.records if "metrics API" in r.getMessage()]
     assert len(noted) == 1 and getattr(noted[0], "status", None) == 404
-    body = {"status": {"conditions": [{"type": "Complete", "status": "True", "reason": ""}]}}
-    resp = await mock.patch(f"/apis/batch/v1/namespaces/{NS}/jobs/{attempt.name}/status", json=body)
-    assert resp.status == 200
+    await _complete(mock, attempt.name)
     outcome = await asyncio.wait_for(attempt.wait(), 30)
     assert outcome.kind == "succeeded"
     await attempt.release()
+
+
+@pytest.mark.kubernetes
+@pytest.mark.service
+async def test_a_kubernetes_jobs_samples_reach_its_metrics_and_its_record(
+    nats_server: Any, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Client side only, against kmock with a stand-in for metrics-server: scheduler and executor
+    on a real nats-server; the executor samples the running pod through the metrics API, publishes
+    ``sys.*`` points on the job's metrics stream and records the peak and the integrated CPU
+    seconds on the attempt."""
+    from trainyard_contracts import JobSpec
+    from trainyard_executor.app import create_app as executor_app
+    from trainyard_executor.kubeemulator import write_kubeconfig
+    from trainyard_executor.settings import ExecutorSettings
+    from trainyard_scheduler.testkit import quick_scheduler
+    from trainyard_shared.testing.helpers import Bus, common_settings, eventually, running
+
+    async with emulator() as mock:
+        monkeypatch.setenv(
+            "KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", str(mock.url).rstrip("/")))
+        )
+        monkeypatch.setenv("TRAINYARD_EXECUTOR_BACKEND", "kubernetes")
+        settings = ExecutorSettings(
+            id="kube-usage",
+            cpu=16,
+            memory=65536,
+            gpu=0,
+            kube_namespace=NS,
+            heartbeat_seconds=0.5,
+            sample_seconds=0.2,
+            sample_idle_seconds=0,
+        )
+        common = common_settings(nats_server.url, prefix, tmp_path / "data")
+        spec = JobSpec(
+            name="sampled", image=SAMPLE_IMAGE, command=["python", "train.py"], resources={"cpu": 1}
+        )
+        async with Bus(nats_server.url, prefix) as bus, running(quick_scheduler(common)):
+            async with running(executor_app(common, settings)):
+                job_id = await bus.submit(spec)
+                job = await _until(lambda: next(iter(_jobs(mock).values()), None), deadline_s=30)
+                [pod] = await _running_pods(mock, job, 1)
+                await put_pod_metrics(mock, NS, pod, {"job": ("500m", "300Mi")}, "2026-12-03T18:00:15Z")
+
+                async def sampled() -> list[dict[str, Any]] | None:
+                    msgs = await bus.messages(bus.subjects.metrics(job_id, 1), bus.subjects.streams.metrics)
+                    found = [p for m in msgs for p in json.loads(m.data)["points"] if RSS in p["values"]]
+                    return found or None
+
+                [point, *_] = await eventually(sampled, 30, "a sys.* point on the job's metrics")
+                assert point["values"][RSS] == 300 * KI * KI and point["values"][CPU] == 0.5
+                await put_pod_metrics(mock, NS, pod, {"job": ("1", "200Mi")}, "2026-12-03T18:00:30Z")
+                await eventually(
+                    lambda: _cpu_seconds_reached(bus, job_id, 0.5 * 15 + 15), 30, "the second scrape sampled"
+                )
+                await _complete(mock, job["metadata"]["name"])
+                record = await bus.wait_state(job_id, "succeeded", "failed", "timed_out", "cancelled")
+        assert record.state.value == "succeeded", record.reason
+        usage = record.attempts[0].usage
+        assert usage is not None and usage.peak_memory_bytes == 300 * KI * KI
+        assert usage.cpu_seconds == pytest.approx(0.5 * 15 + 15)
+
+
+async def _cpu_seconds_reached(bus: Any, job_id: str, seconds: float) -> bool:
+    msgs = await bus.messages(bus.subjects.metrics(job_id, 1), bus.subjects.streams.metrics)
+    points = [p for m in msgs for p in json.loads(m.data)["points"]]
+    return any(p["values"].get(CPU_SECONDS, 0) >= seconds for p in points)
