@@ -77,12 +77,13 @@ async def test_the_index_follows_each_transition_and_lists_in_submission_order(i
     ]
     assert await indexed.ids(oldest_first=True, limit=3) == newest_first(records)[::-1][:3]
 
-    # one entry per job: the entries of the states a job left are removed (without waiting)
+    # one entry per job (and its arrival entry): the entries of the states a job left are removed
+    # (without waiting)
     async def entries() -> int | None:
         count = (await indexed.index.js.stream_info(indexed.index.stream)).state.messages
-        return count if count == len(records) else None
+        return count if count == 2 * len(records) else None
 
-    assert await eventually(entries, timeout=10.0) == len(records)
+    assert await eventually(entries, timeout=10.0) == 2 * len(records)
 
 
 async def test_concurrent_transitions_leave_one_entry_per_job_in_its_final_state(indexed):
@@ -258,3 +259,117 @@ async def test_counts_are_the_servers_and_follow_concurrent_transitions(indexed)
         sum(1 for j in jobs[1::2] if j.spec.queue == "beta"),
         sum(1 for j in moved if j.spec.queue == "beta"),
     ]
+
+
+async def test_oldest_first_walks_the_arrival_entries_and_agrees_with_a_full_read(indexed, monkeypatch):
+    """Records created now (their arrival entries on time) in shuffled concurrent batches, moved
+    on, one created late with an old submission time: every oldest-first page, paged through, is
+    the records in submission order, with and without filters, the walk and the full read alike."""
+    from trainyard_shared import jobindex, jobindex_oldest
+
+    # on time within 0.2 s, not 5: the walk hands out the early batches before it has read the later
+    monkeypatch.setattr(jobindex, "ARRIVAL_LATE_NS", 200_000_000)
+    jobs: list[JobRecord] = []
+    for start in range(0, 240, 30):
+        now = datetime.now(UTC)  # stamped as the service stamps a submission, just before it
+        batch = [
+            record(i, queue="alpha" if i % 3 else "beta", sweep="lr" if i % 5 == 0 else "bs").model_copy(
+                update={"submitted_at": now + timedelta(microseconds=i)}
+            )
+            for i in range(start, start + 30)
+        ]
+        jobs += batch
+        random.Random(start).shuffle(batch)
+        await asyncio.gather(*(indexed.store.create(r) for r in batch))
+    late = record(999, queue="beta", sweep="lr")  # submitted long ago, created now: late
+    await indexed.store.create(late)
+    jobs.append(late)
+    await indexed.index.ensure_built(lambda: asyncio.sleep(0, []))  # the markers (nothing to rebuild)
+    for r in jobs[::4]:  # moved on: later entries of their new state
+        await indexed.store.update(r.job_id, lambda x: lifecycle.advance(x, JobState.QUEUED, BASE))
+    finals = {r.job_id: r for r in [await indexed.read(j.job_id) for j in jobs] if r}
+
+    async def paged(**query) -> list[str]:
+        seen: list[str] = []
+        past = None
+        while True:
+            page = await indexed.index.page(
+                IndexQuery(limit=23, oldest_first=True, past=past, **query), indexed.read
+            )
+            seen += [r.job_id for r in page]
+            if len(page) < 23:
+                return seen
+            past = (to_ns(page[-1].submitted_at), page[-1].job_id)
+
+    def expected(**query) -> list[str]:
+        kept = [
+            r
+            for r in finals.values()
+            if all(
+                {"queue": r.spec.queue, "state": r.state.value}.get(k, r.spec.labels.get(k)) == v
+                for k, v in query.items()
+            )
+        ]
+        return [r.job_id for r in sorted(kept, key=lambda r: (r.submitted_at, r.job_id))]
+
+    handed_early: list[int] = []
+    real = indexed.index.stored_at
+
+    async def stored_at(seq: int) -> int:
+        handed_early.append(seq)  # a bound asked for: the walk did not read everything first
+        return await real(seq)
+
+    monkeypatch.setattr(indexed.index, "stored_at", stored_at)
+    monkeypatch.setattr(jobindex_oldest, "STATE_READ_AT_MOST", 0)  # a state filter walks too
+    monkeypatch.setattr(jobindex_oldest, "FIRST_WINDOW", 64)  # several windows, bounds between
+    for query in ({}, {"queue": "beta"}, {"state": "queued"}, {"queue": "alpha", "state": "submitted"}):
+        assert await paged(**query) == expected(**query), query
+    assert handed_early  # the arrival entries were walked in windows, with bounds between
+    labelled = await indexed.index.page(
+        IndexQuery(labels={"sweep": "lr"}, limit=5, oldest_first=True), indexed.read
+    )
+    assert [r.job_id for r in labelled] == [
+        late.job_id,
+        *[j.job_id for j in jobs[:-1] if j.spec.labels["sweep"] == "lr"][:4],
+    ]
+
+
+async def test_a_read_of_every_entry_ends_when_the_entries_it_was_to_read_are_removed(indexed):
+    """``read_all``'s consumer counted the entries when it began; removed under it (jobs moving on,
+    their old entries purged) they are never delivered, and no delivery says the read is over: the
+    read must end anyway, not wait for ever (the queues page and its sampler read this way)."""
+    index = indexed.index
+    entries = [IndexEntry.of(record(i, state=JobState.RUNNING), time.time_ns()) for i in range(20_000)]
+    for start in range(0, len(entries), 1000):
+        await asyncio.gather(
+            *(
+                index.js.publish(index.subject(e.queue, e.state, e.job_id), e.encode())
+                for e in entries[start : start + 1000]
+            )
+        )
+    last = (await index.js.stream_info(index.stream)).state.last_seq
+    read: list[IndexEntry] = []
+    purge: list[asyncio.Task[object]] = []
+
+    def offer(entry: IndexEntry) -> None:
+        read.append(entry)
+        if not purge:  # every job moves on while the read has begun
+            purge.append(
+                asyncio.ensure_future(
+                    index.js.purge_stream(index.stream, subject=index.filter(None, "running"))
+                )
+            )
+
+    await asyncio.wait_for(index.read_all(index.filter(None, "running"), last, offer), 60)
+    await purge[0]
+    assert 0 < len(read) <= len(entries)
+
+
+async def test_a_read_from_the_start_of_the_stream_reads_past_its_markers(indexed):
+    """The built markers are the stream's first messages and hold no entry: an unfiltered read of
+    more than one batch from there read the first batch only, and a page lost every job after it."""
+    await indexed.index.ensure_built(lambda: asyncio.sleep(0, []))  # the markers, first
+    jobs = [record(i) for i in range(1000)]  # 2,000 entries (each with its arrival entry)
+    for start in range(0, len(jobs), 100):
+        await asyncio.gather(*(indexed.store.create(r) for r in jobs[start : start + 100]))
+    assert await indexed.ids(limit=1000) == newest_first(jobs)

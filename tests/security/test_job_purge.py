@@ -92,6 +92,11 @@ async def test_a_finished_job_is_purged_with_its_history_secrets_logs_and_idempo
         after = await values_in_history(bus, subjects.buckets.jobs, job_id)
         logs_left = await bus.log_text(job_id)
         slow_record = await bus.record(slow_id)
+        # its jobs index entries went too: its state's and its arrival entry (a job's id is in no other)
+        index_info = await bus.js.stream_info(
+            subjects.streams.jobindex, subjects_filter=f"{subjects.prefix}.jobidx.>"
+        )
+        index_left = [s for s in index_info.state.subjects or {} if job_id in s]
 
     assert no_flag.status_code == 400 and no_flag.json()["errors"][0]["field"] == "purge"
     assert other_team.status_code == 403, other_team.text
@@ -102,7 +107,7 @@ async def test_a_finished_job_is_purged_with_its_history_secrets_logs_and_idempo
     assert answer["job_id"] == job_id and answer["record_revisions"] == len(before) >= 4
     assert answer["log_chunks"] >= 1  # (its secrets: removed when it ended, or by the purge)
     assert answer["idempotency_entry"] is True
-    assert after == [] and logs_left == []
+    assert after == [] and logs_left == [] and index_left == []
     assert after_get.status_code == 404
     assert again.status_code == 201 and again.json()["job_id"] != job_id  # the key is free again
     audit = [r for r in caplog.records if r.getMessage() == "job purged"]

@@ -117,8 +117,18 @@ def test_the_first_pages_new_rows_are_its_filters_newer_jobs_and_bounded() -> No
     assert rows.offer(IndexEntry.of(later))  # an added job moved: read again, whatever its state
     rows.read(new.job_id, rows.take() and later)
     assert [r.state for r in rows.rows()] == [JobState.RUNNING]
-    rows.read(other.job_id, other)  # a stale entry's record not in the filters is not added
-    assert len(rows.rows()) == 1
+    # an entry's record not in the page's filters (the entry said team=a) is not added
+    claimed = job(13, team="a")
+    assert rows.offer(IndexEntry.of(claimed)) and rows.take() == [claimed.job_id]
+    rows.read(claimed.job_id, job(13, team="b"))
+    assert len(rows.rows()) == 1 and not rows.to_read
+    # an entry is written before its record: not there yet, the record is read again
+    early = job(14, team="a")
+    assert rows.offer(IndexEntry.of(early))
+    rows.read(early.job_id, None)
+    assert rows.take() == [early.job_id]
+    rows.read(early.job_id, early)
+    assert [r.job_id for r in rows.rows()] == [early.job_id, new.job_id] and not rows.to_read
 
     for i in range(100, 100 + 2 * MAX_NEW_ROWS):
         if rows.offer(IndexEntry.of(job(i, team="a"))):
@@ -126,4 +136,4 @@ def test_the_first_pages_new_rows_are_its_filters_newer_jobs_and_bounded() -> No
             rows.read(job_id, job(i, team="a"))
     assert len(rows.rows()) == MAX_NEW_ROWS and rows.more
     # the first ones that came stay (a row never leaves); the page says there are more
-    assert rows.rows()[0].job_id == f"job{100 + MAX_NEW_ROWS - 2:04d}"
+    assert rows.rows()[0].job_id == f"job{100 + MAX_NEW_ROWS - 3:04d}"

@@ -34,14 +34,14 @@ windows of sequences and stops when no older entry can rank higher: every entry 
 window's first sequence was stored before the server's time there, and its job was submitted before
 its entry was stored (the submission time is taken before the record and its first entry are
 written), give or take how far the submitting service's clock runs ahead of nats-server's
-(``clock_skew_seconds``). Oldest first has no such bound (an old job can
-enter a state now), so it reads every entry of the filter. Entries are read without headers
-(``no_hdr``): nats-py's header parsing cost more than all the rest of a read.
+(``clock_skew_seconds``). Oldest first walks the arrival entries (jobindex_oldest.py): a state's
+have no such bound. Entries are read without headers (``no_hdr``): nats-py's parsing costs more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import logging
@@ -66,6 +66,10 @@ END = 2**63  # read to the end of the stream
 READ_CHUNK = 512  # entries asked per direct get request
 FIRST_WINDOW = 256  # stream sequences a newest-first page reads first (then half as many more each time)
 STALE_GRACE_NS = 60 * 10**9
+# an arrival entry acknowledged within this of its job's submission is on time: one stored later in
+# the stream holds a submission at most this (and the clocks' skew) before it (jobindex_oldest.py)
+ARRIVAL_LATE_NS = 2 * 10**9
+READ_ALL_QUIET_SECONDS = 1.0  # a read of every entry with no delivery this long asks the server why
 MAX_SELECTIONS = 8  # a page's selections when entries keep changing under it (then: what verified)
 
 
@@ -85,9 +89,10 @@ class IndexEntry:
     name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     written_ns: int = 0  # the writer's clock when it wrote the entry (a stale one is removed later)
+    arrival: bool = False  # a job's arrival entry (its state: the one it was created in), not a state's
 
     @classmethod
-    def of(cls, record: JobRecord, written_ns: int = 0) -> IndexEntry:
+    def of(cls, record: JobRecord, written_ns: int = 0, arrival: bool = False) -> IndexEntry:
         return cls(
             record.job_id,
             record.spec.queue,
@@ -96,6 +101,7 @@ class IndexEntry:
             record.spec.name or "",
             dict(record.spec.labels),
             written_ns,
+            arrival,
         )
 
     def encode(self) -> bytes:
@@ -106,6 +112,8 @@ class IndexEntry:
             body["l"] = self.labels
         if self.written_ns:
             body["w"] = self.written_ns
+        if self.arrival:
+            body["a"] = 1
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -119,6 +127,7 @@ class IndexEntry:
             body.get("n", ""),
             body.get("l") or {},
             int(body.get("w", 0)),
+            bool(body.get("a")),
         )
 
     @property
@@ -249,12 +258,21 @@ class JobIndex:
         self.nc, self.js, self.subjects = nc, js, subjects
         self.stream = subjects.streams.jobindex
         self.skew_ns = int(clock_skew_seconds * 1e9)
+        self._arrivals_built = False
 
     def subject(self, queue: str, state: str, job_id: str) -> str:
         return f"{self.subjects.prefix}.jobidx.{queue}.{state}.{job_id}"
 
     def filter(self, queue: str | None, state: str | None) -> str:
         return f"{self.subjects.prefix}.jobidx.{queue or '*'}.{state or '*'}.*"
+
+    def arrival_subject(self, queue: str, job_id: str, late: bool = False) -> str:
+        """Two tokens after ``jobidx`` (a state's entry has three: no state filter matches it), four late."""
+        tail = f"late.{queue}.{job_id}.arrival" if late else f"{queue}.{job_id}"
+        return f"{self.subjects.prefix}.jobidx.{tail}"
+
+    def arrivals_filter(self, queue: str | None, late: bool = False) -> str:
+        return self.arrival_subject(queue or "*", "*", late)
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -266,6 +284,20 @@ class JobIndex:
         if ack.stream != self.stream:
             raise RuntimeError(f"index entry stored in {ack.stream}, not {self.stream}")
         return ack.seq
+
+    async def arrive(self, record: JobRecord) -> None:
+        """Publish ``record``'s arrival entry, once, at its creation (jobindex_oldest.py): on time if
+        stored within ARRIVAL_LATE_NS of its submission (as the ack's time or the server's stamp say)."""
+        submitted = to_ns(record.submitted_at)
+        entry = IndexEntry.of(record, time.time_ns(), arrival=True)
+        if entry.written_ns - submitted <= ARRIVAL_LATE_NS:
+            ack = await self.js.publish(self.arrival_subject(entry.queue, entry.job_id), entry.encode())
+            if (
+                time.time_ns() - submitted <= ARRIVAL_LATE_NS
+                or await self.stored_at(ack.seq) - submitted <= ARRIVAL_LATE_NS
+            ):
+                return  # stored before the acknowledgement came (or the server says when)
+        await self.js.publish(self.arrival_subject(entry.queue, entry.job_id, late=True), entry.encode())
 
     async def leave(self, before: JobRecord, entered_seq: int) -> None:
         """Remove ``before``'s entry (the state the record left): the messages on its subject stored
@@ -286,12 +318,14 @@ class JobIndex:
         except Exception as exc:
             log.warning("index entry not removed", extra={"subject": subject, "error": repr(exc)})
 
-    async def rebuild(self, records: Iterable[JobRecord]) -> int:
-        """Write an entry for each record (a lost index, or records from before the index existed),
-        oldest submission first; entries already there are replaced by the same. The number written."""
+    async def rebuild(self, records: Iterable[JobRecord], states: bool = True) -> int:
+        """Write an entry and an arrival entry for each record (a lost index, or records from
+        before the index existed; ``states=False``: the arrival entries only), oldest submission
+        first; entries already there are replaced by the same. The number of records."""
         ordered = sorted(records, key=lambda r: (r.submitted_at, r.job_id))
         for start in range(0, len(ordered), 256):
-            await asyncio.gather(*(self.enter(r) for r in ordered[start : start + 256]))
+            batch = ordered[start : start + 256]
+            await asyncio.gather(*(self.arrive(r) for r in batch), *(self.enter(r) for r in batch if states))
         return len(ordered)
 
     @property
@@ -300,21 +334,36 @@ class JobIndex:
         the index covers every record written before it (:meth:`ensure_built`)."""
         return f"{self.subjects.prefix}.jobidx.built"
 
-    async def built(self) -> bool:
+    @property
+    def arrivals_marker(self) -> str:
+        """Present once every record written before it has its arrival entry (:meth:`ensure_built`)."""
+        return f"{self.subjects.prefix}.jobidx.arrivals"
+
+    async def built(self, marker: str | None = None) -> bool:
         try:
-            await self.js.get_msg(self.stream, subject=self.built_marker, direct=True)
+            await self.js.get_msg(self.stream, subject=marker or self.built_marker, direct=True)
         except NotFoundError:
             return False
         return True
 
+    async def arrivals_built(self) -> bool:
+        if not self._arrivals_built:  # oldest-first pages walk arrival entries once they are all there
+            self._arrivals_built = await self.built(self.arrivals_marker)
+        return self._arrivals_built
+
     async def ensure_built(self, read_records: Callable[[], Awaitable[list[JobRecord]]]) -> int | None:
         """Build the index from the records once (an installation from before it, or an index lost):
-        when the marker is missing, write every record's entry, then the marker. Writers running
-        meanwhile write their own entries, so none is missed. The number written, or None."""
+        when the marker is missing, write every record's entry and arrival entry, then the markers;
+        an index from before arrival entries gets those. Writers running meanwhile write their own
+        entries, so none is missed. The number of records written, or None."""
         if await self.built():
-            return None
-        written = await self.rebuild(await read_records())
-        await self.js.publish(self.built_marker, b"", stream=self.stream)
+            if await self.built(self.arrivals_marker):
+                return None
+            written = await self.rebuild(await read_records(), states=False)
+        else:
+            written = await self.rebuild(await read_records())
+            await self.js.publish(self.built_marker, b"", stream=self.stream)
+        await self.js.publish(self.arrivals_marker, b"", stream=self.stream)
         return written
 
     # -- reading --------------------------------------------------------------------------------
@@ -327,6 +376,12 @@ class JobIndex:
         stale here has its current entry among the candidates unless it was written while they
         were read: then they are selected again, without the stale entries.
         """
+        if query.oldest_first:  # a walk of the arrival entries where it is cheaper (jobindex_oldest.py)
+            from trainyard_shared.jobindex_oldest import oldest_page
+
+            walked = await oldest_page(self, query, read_record)
+            if walked is not None:
+                return walked
         skip: set[tuple[str, str, str]] = set()
         rows: list[JobRecord] = []
         for _ in range(MAX_SELECTIONS):
@@ -404,7 +459,9 @@ class JobIndex:
                 entries = await self.read_range(subject, low, high)
             else:
                 read = await self.read_range(None, low, high)
-                entries = [e for e in read if query.queue is None or e.queue == query.queue]
+                entries = [
+                    e for e in read if not e.arrival and (query.queue is None or e.queue == query.queue)
+                ]
                 on_server = len(entries) * 4 < len(read)  # a small queue among others: let the server filter
             for entry in entries:
                 best.offer(entry)
@@ -417,10 +474,17 @@ class JobIndex:
     async def read_all(self, subject: str, last: int, offer: Callable[[IndexEntry], None]) -> None:
         """Every entry on ``subject`` (a filter) stored up to ``last``, through one ordered consumer:
         a batched direct get from the start of a large index costs the server a walk of every
-        subject per message, a consumer only a filter match."""
+        subject per message, a consumer only a filter match.
+
+        The read ends with the delivery that says nothing is pending, or, when none will (the
+        entries still to deliver were removed under the read: jobs moving on), once a quiet moment
+        finds the consumer with nothing pending and nothing undelivered here."""
         done = asyncio.Event()
+        delivered = 0
 
         async def on_message(msg: Msg) -> None:
+            nonlocal delivered
+            delivered += 1
             if done.is_set():
                 return
             meta = msg.metadata
@@ -443,16 +507,20 @@ class JobIndex:
             info = await sub.consumer_info()
             if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
                 return  # nothing on the filter: no delivery will say so
-            await done.wait()
+            while not done.is_set():
+                seen = delivered
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), READ_ALL_QUIET_SECONDS)
+                if done.is_set() or delivered != seen or sub.pending_msgs:
+                    continue
+                if not (await sub.consumer_info()).num_pending and delivered == seen and not sub.pending_msgs:
+                    return  # what was pending was removed: no delivery will say the read is over
         finally:
             await sub.unsubscribe()
 
     async def count(self, queue: str | None, state: str | None) -> tuple[int, IndexEntry | None]:
-        """How many entries ``queue`` and ``state`` hold (None: any), and the one stored first,
-        without reading them: one batched direct get of the first entry on the filter, whose
-        ``Nats-Num-Pending`` is the server's count of the entries after it (from its per-subject
-        state, not a walk of the messages). Unverified, as a page's entries are before their
-        records are read: a stale entry counts until it is removed (the module's docstring)."""
+        """How many entries ``queue`` and ``state`` hold (None: any), and the first stored: one direct
+        get, whose ``Nats-Num-Pending`` is the server's count after it (unverified: stale ones count)."""
         request = {"seq": 1, "batch": 1, "next_by_subj": self.filter(queue, state)}
         reply = await self.nc.request(
             f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), timeout=10.0
@@ -485,8 +553,8 @@ class JobIndex:
             batch = min(READ_CHUNK, high - start + 1)
             chunk, reached = await self._direct_batch(subject, start, batch)
             out += chunk
-            if len(chunk) < batch or reached >= high:
-                break  # the server had no more, or the range is covered
+            if not chunk or reached >= high or (subject is not None and len(chunk) < batch):
+                break  # no more, or the range covered (unfiltered, a marker is a message, not an entry)
             start = reached + 1
         return out
 
@@ -529,5 +597,4 @@ class JobIndex:
 def _ns(stamp: str) -> int:
     """A direct get's ``Nats-Time-Stamp`` (RFC 3339, nanoseconds) as ns since the epoch."""
     whole, _, rest = stamp.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(whole).replace(tzinfo=UTC)
-    return to_ns(seconds) + int((rest + "000000000")[:9] if rest else 0)
+    return to_ns(datetime.fromisoformat(whole).replace(tzinfo=UTC)) + int((rest + "000000000")[:9])

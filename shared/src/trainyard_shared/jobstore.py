@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -18,6 +19,8 @@ class RecordIndex(Protocol):
     """Told of each record whose queue or state changes (trainyard_shared.jobindex.JobIndex)."""
 
     async def enter(self, record: JobRecord) -> int: ...
+
+    async def arrive(self, record: JobRecord) -> None: ...
 
     async def leave(self, before: JobRecord, entered_seq: int) -> None: ...
 
@@ -83,8 +86,8 @@ class JobStore:
             callback(record, revision)
 
     async def create(self, record: JobRecord) -> int:
-        if self.index is not None:  # first: a record always has its entry
-            await self.index.enter(record)
+        if self.index is not None:  # first: a record always has its entries (its state's, its arrival)
+            await asyncio.gather(self.index.enter(record), self.index.arrive(record))
         try:
             revision = await self.kv.create(record.job_id, record.model_dump_json().encode())
         except KeyWrongLastSequenceError as exc:
@@ -150,6 +153,8 @@ class JobStore:
             entered = None
             if self.index is not None and _moves(before, after):
                 entered = await self.index.enter(after)  # first: a record always has its entry
+                if before.spec.queue != after.spec.queue:  # (no service moves a job today)
+                    await self.index.arrive(after)
             try:
                 new_revision = await self.kv.update(job_id, after.model_dump_json().encode(), last=revision)
             except KeyWrongLastSequenceError:

@@ -50,10 +50,15 @@ class JobPurger:
         chunks = await self._purge_logs(job_id)
         slot = await self._purge_idempotency(record)
         await self.jobs.purge(job_id)  # last: a purge that failed half way can be asked again
-        # its entries in the jobs index after the record (a reader skips an entry without one)
-        await self.js.purge_stream(
-            self.subjects.streams.jobindex, subject=f"{self.subjects.prefix}.jobidx.*.*.{job_id}"
-        )
+        # its entries in the jobs index after the record (a reader skips an entry without one):
+        # its state's, its arrival entry, a late arrival entry (jobindex.py)
+        index_of = f"{self.subjects.prefix}.jobidx"
+        for subject in (
+            f"{index_of}.*.*.{job_id}",
+            f"{index_of}.*.{job_id}",
+            f"{index_of}.late.*.{job_id}.arrival",
+        ):
+            await self.js.purge_stream(self.subjects.streams.jobindex, subject=subject)
         purged = Purged(job_id, revisions, secrets, chunks, slot)
         log.info("job purged", extra={"job_id": job_id, "by": by, **asdict(purged)})
         return purged

@@ -112,7 +112,8 @@ class Bus:
         kv = await self.js.key_value(self.subjects.buckets.jobs)
         record = lifecycle.new_record(job_id, spec, utcnow(), "test")
         with contextlib.suppress(NoRespondersError):  # its jobs index entry, when the stream exists
-            await JobIndex(self.nc, self.js, self.subjects).enter(record)
+            index = JobIndex(self.nc, self.js, self.subjects)
+            await asyncio.gather(index.enter(record), index.arrive(record))
         await kv.create(job_id, record.model_dump_json().encode())
         event = JobSubmitted(job_id=job_id, spec=spec, submitted_by="test")
         await self.js.publish(

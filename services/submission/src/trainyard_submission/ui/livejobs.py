@@ -21,6 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import anyio
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -31,6 +32,7 @@ log = logging.getLogger("trainyard.ui.live")
 
 MAX_NEW_ROWS = 50
 EVERY_SECONDS = 0.5
+MAX_TRIES = 10  # reads of a record behind its entry (every EVERY_SECONDS) before it is let be
 
 
 @dataclass
@@ -43,13 +45,15 @@ class NewRows:
     query: IndexQuery
     top: tuple[int, str] | None
     added: dict[str, JobRecord] = field(default_factory=dict)
-    to_read: set[str] = field(default_factory=set)  # new candidates and added jobs that moved
+    # jobs whose records are to be read: new candidates and added jobs that moved, each with its
+    # newest entry and how many reads found the record behind it
+    to_read: dict[str, tuple[IndexEntry, int]] = field(default_factory=dict)
     more: bool = False  # jobs beyond the cap were left out: the page says to reload
 
     def offer(self, entry: IndexEntry) -> bool:
         """Note an index entry; whether a record is to be read for it."""
         if entry.job_id in self.added:
-            self.to_read.add(entry.job_id)  # an added job moved: its row is drawn again
+            self.to_read[entry.job_id] = (entry, 0)  # an added job moved: its row is drawn again
             return True
         if self.top is not None and entry.rank <= self.top:
             return False  # on this page or a later one: the page's rows do not move
@@ -57,29 +61,29 @@ class NewRows:
             return False
         if not self.query.matches(entry):  # name and labels, from the entry
             return False
-        if entry.job_id in self.to_read:
-            return False
-        if len(self.added) + len(self.to_read) >= MAX_NEW_ROWS:
+        if entry.job_id not in self.to_read and len(self.added) + len(self.to_read) >= MAX_NEW_ROWS:
             self.more = True
             return False
-        self.to_read.add(entry.job_id)
+        self.to_read[entry.job_id] = (entry, 0)
         return True
 
     def take(self) -> list[str]:
-        wanted, self.to_read = sorted(self.to_read), set()
-        return wanted
+        return sorted(self.to_read)
 
     def read(self, job_id: str, record: JobRecord | None) -> None:
-        """A record read for an offered entry (None: gone, or not this viewer's). A new job is added
-        when its record is in the page's filters (its entry may be stale); an added job's row is
-        kept whatever its state now, as the page's own rows are."""
-        if job_id in self.added:
-            if record is not None:
-                self.added[job_id] = record
-            return
-        if record is None or not self.passes(record):
-            return
-        self.added[job_id] = record
+        """A record read for an offered entry (None: gone, or not this viewer's). An entry is
+        written before its record: a record not there yet, or behind its entry, is read again
+        (at most ``MAX_TRIES`` times; a stale entry's never catches up). A new job is added when
+        its record is in the page's filters; an added job's row is kept whatever its state now,
+        as the page's own rows are."""
+        entry, tries = self.to_read.pop(job_id)
+        if record is None or not entry.describes(record):
+            if tries + 1 < MAX_TRIES:
+                self.to_read.setdefault(job_id, (entry, tries + 1))
+            if record is None:
+                return
+        if job_id in self.added or self.passes(record):
+            self.added[job_id] = record
 
     def passes(self, record: JobRecord) -> bool:
         query = self.query
@@ -138,6 +142,10 @@ async def new_rows(
                 rows.read(job_id, record)
             yield rows.rows()
             await asyncio.sleep(EVERY_SECONDS)  # a burst of entries is one event
+            if rows.to_read:  # records that were behind their entries: read again
+                woken.set()
     finally:
-        with contextlib.suppress(Exception):
+        # the page closed: this runs in a cancelled scope, so shielded (bounded), or the consumer
+        # would stay subscribed here until the connection ends
+        with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
             await sub.unsubscribe()

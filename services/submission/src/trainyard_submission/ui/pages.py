@@ -8,7 +8,7 @@ import asyncio
 import html
 import re
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -226,25 +226,63 @@ def set_cookie(request: Request, response: Response, name: str, value: str, max_
     )
 
 
+@dataclass(frozen=True)
+class JobFilters:
+    """The jobs table's filters, as its page and its live rows are asked for them."""
+
+    state: str | None
+    queue: str | None
+    name: str | None
+    label: str | None
+
+    def query(self, principal: Principal) -> IndexQuery:
+        """What the viewer may list of them (a team: its own queue); Problem or Forbidden if not."""
+        if self.state is not None and self.state not in STATES:
+            raise Problem(422, "invalid state", f"state must be one of {', '.join(STATES)}")
+        labels = parse_label_selector((self.label or "").replace(",", " ").split())
+        return IndexQuery(check_list(principal, self.queue), self.state, self.name, labels)
+
+
+def job_filters(
+    state: str | None = None,
+    queue: Annotated[str | None, Query(max_length=63)] = None,
+    name: Annotated[str | None, Query(max_length=63)] = None,
+    label: Annotated[str | None, Query(max_length=512)] = None,
+) -> JobFilters:
+    return JobFilters(state or None, queue or None, name or None, label or None)
+
+
+Filters = Annotated[JobFilters, Depends(job_filters)]
+
+
+def readable_by(deps: RouteDeps, seen: Viewer) -> Callable[[str], Awaitable[JobRecord | None]]:
+    """A job's record as ``job_for`` lets this viewer read it; None: gone, or not the viewer's."""
+
+    async def readable(job_id: str) -> JobRecord | None:
+        try:
+            return await deps.job_for(seen.principal, job_id, "read")
+        except (Problem, Forbidden):
+            return None
+
+    return readable
+
+
 def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
     @router.get("/jobs")
     async def jobs_page(
         request: Request,
         seen: Viewed,
-        state: str | None = None,
-        queue: Annotated[str | None, Query(max_length=63)] = None,
-        name: Annotated[str | None, Query(max_length=63)] = None,
-        label: Annotated[str | None, Query(max_length=512)] = None,
+        filters: Filters,
         order: str = "newest",
         cursor: Annotated[str | None, Query(max_length=128)] = None,
         back: bool = False,
         size: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> HTMLResponse:
         wanted = PageRequest(
-            state=state or None,
-            queue=queue or None,
-            name=name or None,
-            label=label or None,
+            state=filters.state,
+            queue=filters.queue,
+            name=filters.name,
+            label=filters.label,
             oldest_first=order == "oldest",
             cursor=cursor or None,
             back=back,
@@ -254,20 +292,17 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
         if not seen.principal.admin:
             queues = [q for q in queues if q == seen.principal.team]
         try:
-            if wanted.state is not None and wanted.state not in STATES:
-                raise Problem(422, "invalid state", f"state must be one of {', '.join(STATES)}")
-            allowed_queue = check_list(seen.principal, wanted.queue)
-            labels = parse_label_selector((wanted.label or "").replace(",", " ").split())
+            query = filters.query(seen.principal)
             past = parse_cursor(wanted.cursor)
             # the first page, newest first, streams its new rows from the index as it was read
             index = deps.state["service"].index
             since = (await index.js.stream_info(index.stream)).state.last_seq if wanted.live else None
             rows = await deps.service().list(
-                wanted.state,
-                allowed_queue,
+                query.state,
+                query.queue,
                 wanted.size + 1,
-                name=wanted.name,
-                labels=labels,
+                name=query.name,
+                labels=query.labels,
                 oldest_first=wanted.oldest_first != wanted.back,
                 past=past,
             )
@@ -285,20 +320,14 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
     async def live_new_rows(
         request: Request,
         seen: Viewed,
-        state: str | None = None,
-        queue: Annotated[str | None, Query(max_length=63)] = None,
-        name: Annotated[str | None, Query(max_length=63)] = None,
-        label: Annotated[str | None, Query(max_length=512)] = None,
+        filters: Filters,
         since: Annotated[int | None, Query(ge=0)] = None,
         top: Annotated[str | None, Query(max_length=128)] = None,
     ) -> Response:
         """The first page's new rows, as server-sent events (livejobs.py): every row added so far
         in each event, each job read as ``job_for`` allows it."""
         try:
-            if state and state not in STATES:
-                raise Problem(422, "invalid state", f"state must be one of {', '.join(STATES)}")
-            labels = parse_label_selector((label or "").replace(",", " ").split())
-            query = IndexQuery(check_list(seen.principal, queue or None), state or None, name or None, labels)
+            query = filters.query(seen.principal)
             past = parse_cursor(top or None)
         except Forbidden as exc:
             return refused(request, seen, forbidden(exc).detail)
@@ -306,15 +335,9 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
             return refused(request, seen, exc.detail or exc.title, status=exc.status)
         rows = NewRows(query, (to_ns(past[0]), past[1]) if past else None)
 
-        async def readable(job_id: str) -> JobRecord | None:
-            try:
-                return await deps.job_for(seen.principal, job_id, "read")
-            except (Problem, Forbidden):
-                return None
-
         async def events() -> AsyncIterator[dict[str, str]]:
             template = TEMPLATES.get_template("_jobs_new.html")
-            async for added in new_rows(deps.state["service"].index, rows, since, readable):
+            async for added in new_rows(deps.state["service"].index, rows, since, readable_by(deps, seen)):
                 yield {"event": "rows", "data": template.render(rows=added, more=rows.more)}
 
         return EventSourceResponse(events(), ping=15, headers={"Cache-Control": "no-store"})
@@ -326,14 +349,8 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
         """The table's rows of jobs that had not ended, as they are now (swapped in out of band),
         and the poller again for those still not ended; each row as ``job_for`` allows it."""
         wanted = [i for i in dict.fromkeys(ids.split(",")) if JOB_ID.fullmatch(i)][:500]
-
-        async def readable(job_id: str) -> JobRecord | None:
-            try:
-                return await deps.job_for(seen.principal, job_id, "read")
-            except (Problem, Forbidden):
-                return None  # gone, or not this viewer's: its row stays as it was
-
-        rows = [r for r in await asyncio.gather(*map(readable, wanted)) if r is not None]
+        # a job gone, or not this viewer's: its row stays as it was
+        rows = [r for r in await asyncio.gather(*map(readable_by(deps, seen), wanted)) if r is not None]
         live = [r.job_id for r in rows if not r.state.terminal]
         return render(request, "_jobs_rows.html", seen, rows=rows, live=live)
 
