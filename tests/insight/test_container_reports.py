@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from trainyard_executor.backends.container_gang import GangAttempt
+from trainyard_executor.core import free_loopback_port
+from trainyard_executor.jobenv import plan_gang
 from trainyard_executor.metricsfile import MetricsFile, MetricsLimits, MetricsParser
 from trainyard_executor.sampling import ResourceSampler, with_samples
 from trainyard_executor.testengines import Lines, make_launch
@@ -71,6 +74,37 @@ async def test_a_containers_memory_is_sampled_from_the_engines_stats(backend, en
         await attempt.release()
     usage = with_samples(outcome.usage, sampler)
     assert usage is not None and usage.peak_memory_bytes >= 200 * MIB
+
+
+# 100 MiB held by each rank (up to twice that while the variable grows: waited out by "held")
+HOLD_100_MIB = "x=$(yes | head -c 104857600); echo held; sleep 120; echo ${#x}"
+
+
+@pytest.mark.distributed
+async def test_a_container_gangs_ranks_are_sampled_together(backend, engine, tmp_path):
+    """A gang on one engine is sampled as one attempt: every rank's container through its
+    engine's stats, summed. Two ranks holding 100 MiB each read 200 MiB or more together, while
+    each rank alone reads less than that."""
+    gang = plan_gang(2, None, free_loopback_port)
+    launch = make_launch(tmp_path, ["sh", "-c", HOLD_100_MIB], gang=gang, memory_mb=512)
+    lines = Lines()
+    attempt = await backend.start(launch, lines)
+    assert isinstance(attempt, GangAttempt), lines.got
+    try:
+
+        async def both_held() -> bool:
+            return sorted(lines.of("stdout")) == ["[rank 0] held", "[rank 1] held"]
+
+        await wait_until_async(both_held, "both ranks holding their 100 MiB", timeout=120)
+        together = await asyncio.to_thread(attempt.read_usage)
+        alone = [await asyncio.to_thread(m.read_usage) for m in attempt.members]
+        assert together is not None and together.rss_bytes >= 200 * MIB, together
+        assert all(r is not None and 100 * MIB <= r.rss_bytes < 200 * MIB for r in alone), alone
+        assert together.rss_bytes < 1024 * MIB  # the gang's, not the engine's host
+    finally:
+        await attempt.cancel(0)
+        await attempt.wait()
+        await attempt.release()
 
 
 async def wait_until_async(probe: Any, what: str, timeout: float) -> None:

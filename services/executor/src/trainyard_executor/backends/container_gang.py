@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainyard_executor.backends.base import AttemptLaunch, AttemptOutcome
+from trainyard_executor.sampling import Reading
 
 if TYPE_CHECKING:
     from trainyard_executor.backends.container_attempt import ContainerAttempt
@@ -35,6 +38,8 @@ class GangAttempt:
         self.container_ids = [m.container_id for m in members]
         self.container_id = self.container_ids[0]
         self._cancelled = False
+        self._cpu_seconds: dict[int, float] = {}  # rank index -> its container's latest CPU seconds
+        self._reading = threading.Lock()
         self._task = asyncio.create_task(self._run(), name=f"gang-{launch.job_id}-{launch.attempt}")
 
     async def _run(self) -> AttemptOutcome:
@@ -62,6 +67,22 @@ class GangAttempt:
                 return AttemptOutcome("timed_out", outcome.exit_code, outcome.reason, out)
             return AttemptOutcome("failed", outcome.exit_code, f"rank {member.rank}: {outcome.reason}", out)
         return AttemptOutcome("succeeded", 0, "exit code 0", out)
+
+    def read_usage(self) -> Reading | None:
+        """(Blocking: the metrics shipper calls it in a worker thread, once per sample interval.)
+        The gang's containers together, each read through its engine's stats as a single
+        container is (sampling.py): memory is the sum of the ranks' now, CPU seconds the sum of
+        each rank's latest, so a rank that exited first keeps what it used. The ranks are read at
+        once (a stats answer takes the engine a second or two). None when no rank answers."""
+        with self._reading, ThreadPoolExecutor(len(self.members), thread_name_prefix="gang-stats") as pool:
+            readings = list(pool.map(lambda m: m.read_usage(), self.members))
+            rss, seen = 0, False
+            for index, reading in enumerate(readings):
+                if reading is None:
+                    continue
+                self._cpu_seconds[index] = max(self._cpu_seconds.get(index, 0.0), reading.cpu_seconds)
+                rss, seen = rss + reading.rss_bytes, True
+            return Reading(sum(self._cpu_seconds.values()), rss) if seen else None
 
     async def wait(self) -> AttemptOutcome:
         return await asyncio.shield(self._task)
