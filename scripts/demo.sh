@@ -47,7 +47,7 @@ if [[ "${1:-digits}" == sweep ]]; then
   echo "== the best trial and its registered model"
   $RUN trainyard sweep best "$sweep_id"
 elif [[ "${1:-digits}" == pipeline ]]; then
-  echo "== running examples/pipelines/retrain.yaml (prepare -> train x2 -> evaluate -> register -> announce)"
+  echo "== running examples/pipelines/retrain.yaml (prepare -> train, an array of 3 -> evaluate -> register -> announce)"
   if ! $RUN trainyard pipeline run examples/pipelines/retrain.yaml --wait -o json >"$DATA/retrain.json"; then
     cat "$DATA/retrain.json"; echo "the pipeline did not succeed"; exit 1
   fi
