@@ -1,6 +1,8 @@
 """Step outputs on a real nats-server with the real submission, scheduler, local executor (real
 processes) and workflow service: a job's outputs.json reaches its record and its succeeded event,
-and a later step's job is submitted with the values filled in; a value not there fails the step."""
+and a later step's job is submitted with the values filled in; a value not there fails the step.
+An array step's indices each write outputs.json, and a dependent gets every index's value as a
+JSON list and one index's by number."""
 
 from __future__ import annotations
 
@@ -92,3 +94,44 @@ async def test_outputs_at_the_size_limit_reach_the_record(bus, workflow_stack):
         assert run.state.value == "succeeded"
         record = await bus.record(run.steps["big"].jobs[0].job_id)
         assert record.outputs is not None and len(record.outputs["blob"]) == size
+
+
+WRITE_PER_INDEX = (
+    "import json, os; i = int(os.environ['TRAINYARD_ARRAY_INDEX']); "
+    "json.dump({'acc': i / 10, 'c': f'c{i}'}, "
+    "open(os.path.join(os.environ['TRAINYARD_OUTPUT_DIR'], 'outputs.json'), 'w'))"
+)
+ARRAY_PIPELINE = {
+    "name": "array-outputs",
+    "steps": [
+        {
+            "name": "fit",
+            "array": "0-2",
+            "job": {"name": "fit", "command": ["python3", "-c", WRITE_PER_INDEX]},
+        },
+        {
+            "name": "pick",
+            "depends": ["fit"],
+            "job": {
+                "name": "pick",
+                "command": ["echo", "${{ steps.fit.outputs.acc }}", "${{ steps.fit.outputs[2].c }}"],
+                "params": {"best": "${{ steps.fit.outputs[2].acc }}"},
+            },
+        },
+    ],
+}
+
+
+async def test_a_dependent_reads_every_index_as_a_list_and_one_index_by_number(bus, workflow_stack):
+    async with workflow_stack() as client:
+        started = await client.ask("run", pipeline=ARRAY_PIPELINE, by="tester")
+        assert started.ok and started.run is not None
+        run = await client.ended(started.run.run_id)
+        assert run.state.value == "succeeded", run.steps
+
+        pick_id = run.steps["pick"].jobs[0].job_id
+        pick = await bus.record(pick_id)
+        assert pick.spec.command == ["echo", "[0.0,0.1,0.2]", "c2"]
+        assert json.loads(pick.spec.command[1]) == [0.0, 0.1, 0.2]  # ordered by index
+        assert pick.spec.params == {"best": 0.2}
+        assert any("[0.0,0.1,0.2] c2" in line for line in await bus.log_text(pick_id))
