@@ -205,6 +205,10 @@ async def test_a_gangs_pods_are_read_from_the_metrics_api_and_summed(
     metrics_path = "/apis/metrics.k8s.io/v1beta1/"
     gets = [r for r in list(mock) if r.method.value == "GET" and metrics_path in str(r.url)]
     assert {str(r.url).rsplit("/", 1)[-1] for r in gets} == set(pods)
+    ended = {"status": {"phase": "Succeeded"}}  # that rank is done
+    resp = await mock.patch(f"/api/v1/namespaces/{NS}/pods/{pods[1]}/status", json=ended)
+    assert resp.status == 200, await resp.text()
+    await _until(lambda: attempt._live_pods == (pods[0],))  # no more GETs for an ended pod
     await attempt.cancel(0.0)
     outcome = await asyncio.wait_for(attempt.wait(), 30)
     assert outcome.kind == "cancelled"

@@ -224,7 +224,9 @@ class KubeAttempt:
             return
         if kind != "DELETED" or name not in self.pods:
             self.pods[name] = obj  # a deleted pod keeps its last state (its exit code)
-        live = set(self._live_pods) - {name} if kind == "DELETED" else {*self._live_pods, name}
+        # the pods the metrics API can answer for: not deleted, not ended (metrics-server drops those)
+        ended = kind == "DELETED" or (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        live = set(self._live_pods) - {name} if ended else {*self._live_pods, name}
         self._live_pods = tuple(sorted(live))  # replaced whole: the reader's thread sees one or the other
         if (
             name not in self._followers
