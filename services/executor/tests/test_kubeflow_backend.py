@@ -50,6 +50,7 @@ from trainyard_executor.kubeemulator import (
     TrainJobFails,
     backend_on,
     emulator,
+    put_pod_metrics,
     trainer_stand_in,
     write_kubeconfig,
 )
@@ -279,6 +280,26 @@ async def test_cancel_deletes_the_trainjob_with_the_grace(cluster: Cluster, tmp_
     (delete,) = cluster.requests("DELETE", f"/trainjobs/{attempt.name}")
     assert "propagationPolicy=Foreground" in str(delete.url) and "gracePeriodSeconds=7" in str(delete.url)
     assert cluster.trainjobs() == {}
+
+
+@pytest.mark.insight
+async def test_a_trainjobs_node_pods_are_sampled_together_from_the_metrics_api(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Against kmock, the stand-in Trainer and ``put_pod_metrics`` (a stand-in for metrics-server):
+    a TrainJob's attempt reads its node pods' PodMetrics (the ``node`` containers) and sums them,
+    as a Job's does (kube_usage.py)."""
+    cluster.script = lambda tj: [NodeRun(None, b"up\n"), NodeRun(None, b"up\n")]
+    attempt = await cluster.backend().start(_launch(tmp_path, gang=_gang(2)), Lines())
+    assert isinstance(attempt, KubeAttempt)
+    pods = await cluster.until(lambda: len(attempt._live_pods) == 2 and attempt._live_pods)
+    for pod, cpu in zip(pods, ("250m", "750m"), strict=True):
+        await put_pod_metrics(cluster.mock, NS, pod, {"node": (cpu, "64Mi")}, "2026-12-03T18:00:15Z")
+    reading = await asyncio.to_thread(attempt.read_usage)
+    assert reading is not None
+    assert (reading.cpu_cores, reading.rss_bytes, reading.cpu_seconds) == (1.0, 128 * 1024 * 1024, 15.0)
+    await attempt.cancel()
+    assert (await _wait(attempt)).kind == "cancelled"
 
 
 async def test_source_and_workdir_are_refused_before_anything_is_created(
