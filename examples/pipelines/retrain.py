@@ -137,7 +137,19 @@ def register(args: argparse.Namespace) -> None:
         model = pickle.load(f)
     metrics = score(model)
     shutil.copyfile(source, output_dir() / "model.pkl")
+    record_split()
     write_outputs({"C": args.C, **metrics}, metrics)
+
+
+def record_split() -> None:
+    """The data this version was trained and scored on (prepare's split, by content), in its
+    lineage: the in-job helper the executor puts on a job's PYTHONPATH; none outside a job."""
+    try:
+        import trainyard  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    digest = trainyard.dataset("digits-split", input_dir("prepare") / SPLIT, context="training")
+    print(f"dataset: digits-split {digest}", flush=True)
 
 
 def c_values(text: str) -> list[float]:

@@ -51,6 +51,10 @@ def test_the_retrain_example_hands_its_data_and_models_on_as_folders(tmp_path):
         assert "--C=0.1" in register.spec.command and register.spec.params["C"] == 0.1
         assert register.outputs["accuracy"] == accuracies[1]  # the model evaluate chose, scored again
         assert register.model is not None and register.model.name == "digits-classifier"
+        lineage = trainyard(
+            up, "models", "lineage", "digits-classifier", str(register.model.version), "-o", "json"
+        )
+        assert lineage.returncode == 0 and "digits-split" in lineage.stdout, lineage.stdout + lineage.stderr
         announced = f"registered digits-classifier version {register.model.version} (accuracy"
         assert announced in " ".join(job["announce"].spec.command)
     finally:
