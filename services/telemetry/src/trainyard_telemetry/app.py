@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from faststream.asgi import AsgiFastStream
+from nats.js.kv import KeyValue
 
 from trainyard_contracts import JobEvent, LogChunk, MetricsBatch, parse_job_event
 from trainyard_shared.binding import connect_and_bind
@@ -78,11 +79,7 @@ def create_app(
             metrics.states.seed(view.all())
         finally:
             await view.stop()
-        # a queue's metric_names narrow what its running jobs show (live.py), watched as changed
-        queue_view = QueueView(buckets.queues)
-        await queue_view.start()
-        queues.append(queue_view)
-        metrics.live.queue_patterns = lambda name: c.metric_names if (c := queue_view.get(name)) else None
+        queues.append(await _watch_queues(buckets.queues, metrics))
 
     async def stop_watching() -> None:
         for queue_view in queues:
@@ -139,3 +136,12 @@ def _job_output_consumer(
         shipper.offer(chunk, job)
 
     return shipper
+
+
+async def _watch_queues(kv: KeyValue, metrics: JobMetrics) -> QueueView:
+    """The queue configurations, watched: a queue's ``metric_names`` narrow which names its
+    running jobs show (live.py), from the next scrape after a change."""
+    view = QueueView(kv)
+    await view.start()
+    metrics.live.queue_patterns = lambda name: c.metric_names if (c := view.get(name)) else None
+    return view

@@ -153,6 +153,7 @@ def build_ui_router(state: dict[str, Any]) -> APIRouter:
     router = APIRouter(prefix="/ui", include_in_schema=False)
     add_session_routes(router)
     add_job_list_routes(router, deps)
+    add_live_job_routes(router, deps)
     add_job_page_routes(router, deps)
     add_job_action_routes(router, deps)
     add_job_output_routes(router, deps)
@@ -316,6 +317,10 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
         live = wanted.live_url(since, cursor_of(page.rows[0]) if page.rows else None) if wanted.live else None
         return render_jobs(request, seen, wanted, queues, page=page, live_url=live)
 
+
+def add_live_job_routes(router: APIRouter, deps: RouteDeps) -> None:
+    """The jobs table's live parts: new rows as server-sent events, unfinished rows refreshed."""
+
     @router.get("/jobs/live")
     async def live_new_rows(
         request: Request,
@@ -354,27 +359,28 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
         live = [r.job_id for r in rows if not r.state.terminal]
         return render(request, "_jobs_rows.html", seen, rows=rows, live=live)
 
-    def render_jobs(
-        request: Request,
-        seen: Viewer,
-        wanted: PageRequest,
-        queues: list[str],
-        page: Page | None = None,
-        error: str | None = None,
-        status: int = 200,
-        live_url: str | None = None,
-    ) -> HTMLResponse:
-        return render(
-            request,
-            "jobs.html",
-            seen,
-            status=status,
-            wanted=wanted,
-            queues=queues,
-            page=page,
-            error=error,
-            live_url=live_url,
-        )
+
+def render_jobs(
+    request: Request,
+    seen: Viewer,
+    wanted: PageRequest,
+    queues: list[str],
+    page: Page | None = None,
+    error: str | None = None,
+    status: int = 200,
+    live_url: str | None = None,
+) -> HTMLResponse:
+    return render(
+        request,
+        "jobs.html",
+        seen,
+        status=status,
+        wanted=wanted,
+        queues=queues,
+        page=page,
+        error=error,
+        live_url=live_url,
+    )
 
 
 async def job_or_refusal(
