@@ -3,6 +3,10 @@ and gone after it ends."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
 import httpx
 import pytest
 
@@ -26,7 +30,9 @@ JOB = (
 )
 
 
-async def test_a_running_jobs_metrics_are_gauges_until_it_ends(common, bus):
+@contextlib.asynccontextmanager
+async def telemetry_beside_a_job_path(common: Any) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """A scheduler, an executor and telemetry, its /metrics served over HTTP on loopback."""
     telemetry = telemetry_app(common)
     async with (
         running(quick_scheduler(common)),
@@ -35,6 +41,11 @@ async def test_a_running_jobs_metrics_are_gauges_until_it_ends(common, bus):
         serving_http(telemetry, lifespan="off") as url,
         httpx.AsyncClient(base_url=url) as http,
     ):
+        yield telemetry, http
+
+
+async def test_a_running_jobs_metrics_are_gauges_until_it_ends(common, bus):
+    async with telemetry_beside_a_job_path(common) as (_, http):
         job_id = await bus.submit(JobSpec(name="gauged", command=[PY, "-c", JOB], queue="default"))
         loss = f'trainyard_job_metric{{job_id="{job_id}",name="loss",queue="default"}} 0.25'
         accuracy = f'trainyard_job_metric{{job_id="{job_id}",name="accuracy",queue="default"}} 0.75'
@@ -60,14 +71,7 @@ async def test_a_running_jobs_metrics_are_gauges_until_it_ends(common, bus):
 async def test_a_queues_metric_names_narrow_what_its_running_jobs_show(common, bus):
     """The queue's ``metric_names`` (watched from the queues bucket) hide ``accuracy`` while it is
     set; cleared, the same running job shows it from the next scrape."""
-    telemetry = telemetry_app(common)
-    async with (
-        running(quick_scheduler(common)),
-        running(executor(common)),
-        running(telemetry),
-        serving_http(telemetry, lifespan="off") as url,
-        httpx.AsyncClient(base_url=url) as http,
-    ):
+    async with telemetry_beside_a_job_path(common) as (telemetry, http):
         kv = await bus.js.key_value(bus.subjects.buckets.queues)
         await kv.put("vision", QueueConfig(name="vision", metric_names=["loss"]).model_dump_json().encode())
         live = telemetry.context.get("telemetry_metrics").live
