@@ -65,28 +65,13 @@ test: install
 	echo "pytest -m \"$$marks\" $(PYTEST_ARGS)"; \
 	$(RUN) pytest -m "$$marks" $(PYTEST_ARGS)
 
-test-e2e: install
-	$(RUN) pytest -m e2e $(PYTEST_ARGS)
-
-test-unit: install
-	$(RUN) pytest -m unit $(PYTEST_ARGS)
-
-test-service: install
-	$(RUN) pytest -m service $(PYTEST_ARGS)
-
-# least privilege and bounds (docs/security.md, the threat table); also part of `make test`
-test-security: install
-	$(RUN) pytest -m security $(PYTEST_ARGS)
-
-test-stack: install
-	$(RUN) pytest -m stack $(PYTEST_ARGS)
-
-test-chaos: install
-	$(RUN) pytest -m chaos $(PYTEST_ARGS)
-
-# gangs on every backend and the torch all-reduce example (builds its venv once, ~/.cache/trainyard)
-test-distributed: install
-	$(RUN) pytest -m distributed $(PYTEST_ARGS)
+# one target per pytest marker: `make test-security` runs `pytest -m security`. security: least
+# privilege and bounds (docs/security.md, the threat table), also part of `make test`;
+# distributed: gangs on every backend and the torch all-reduce example (builds its venv once,
+# ~/.cache/trainyard)
+MARKER_TESTS := test-e2e test-unit test-service test-security test-stack test-chaos test-distributed
+$(MARKER_TESTS): test-%: install
+	$(RUN) pytest -m $* $(PYTEST_ARGS)
 
 # the Airflow provider (integrations/airflow, docs/airflow.md) in its own venv under ~/.cache/trainyard
 # (Airflow 3.3 pins FastAPI below the services'); its tests start the embedded stack with .venv's python

@@ -16,18 +16,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-WaitKind = Literal[
-    "backoff",  # a retry waits for its backoff
+# what the scheduler's placement policy says of a job it did not start (its pass's reasons)
+PlannedWaitKind = Literal[
+    "backoff",  # a retry waits for its backoff: not before estimated_start
     "quota",  # the queue's quota (borrowing included) would be exceeded
-    "reserved",  # holds the reservation: starts when the room it waits for frees up
+    "reserved",  # holds the reservation: starts when the room it waits for frees up (estimated_start)
     "preempting",  # running jobs are being stopped to make room for it
     "backfill",  # there is room now, but taking it would delay the reserved job
     "capacity",  # no executor has room now
     "gang",  # not all replicas of the gang fit at once
     "too_large",  # does not fit even when every running job has ended
     "no_executor",  # no executor is online
-    "other",
 ]
+# "other": what the service says where no pass spoke (not planned yet, not pending)
+WaitKind = Literal[PlannedWaitKind, "other"]
 
 
 class WaitReason(_Model):

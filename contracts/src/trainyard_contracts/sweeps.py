@@ -24,7 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.metrics import METRIC_NAME_PATTERN
-from trainyard_contracts.spec import FieldError, JobSpec, Name, ParamValue, SpecError, field_errors
+from trainyard_contracts.spec import (
+    FieldError,
+    JobSpec,
+    Name,
+    ParamValue,
+    SpecError,
+    field_errors,
+    model_of_document,
+)
 
 MAX_SPACE = 32  # parameters in a search space
 MAX_CHOICES = 100  # values of one categorical parameter
@@ -271,12 +279,7 @@ class SweepRecord(BaseModel):
 
 def validate_sweep(document: Any) -> SweepSpec:
     """A sweep document; SpecError names every bad field (``space.lr.low``, ``job.resources.cpu``)."""
-    if not isinstance(document, dict):
-        raise SpecError([FieldError(field="(document)", message="expected a mapping of sweep fields")])
-    try:
-        spec = SweepSpec.model_validate(document)
-    except ValidationError as exc:
-        raise SpecError(field_errors(exc)) from None
+    spec = model_of_document(SweepSpec, document, "sweep")
     errors = sweep_problems(spec)
     if errors:
         raise SpecError(errors)

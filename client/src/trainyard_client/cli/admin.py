@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -241,12 +242,19 @@ def queues_list(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None
 @queues.command("delete")
 def queues_delete(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME")]) -> None:
     """Remove a queue's configuration (its jobs stay; built-in defaults apply again)."""
+    _act_on(ctx, lambda client: client.delete_queue(name), "queue", name, "deleted")
+
+
+def _act_on(
+    ctx: typer.Context, act: Callable[[TrainyardClient], object], kind: str, name: str, done: str
+) -> None:
+    """One call that changes the named thing, then a line that says so (``queue q1 deleted``)."""
     from rich.markup import escape
 
     conf = settings(ctx)
     with api_errors(conf.url), conf.client() as client:
-        client.delete_queue(name)
-    cli.out.print(f"queue {escape(name)} deleted")
+        act(client)
+    cli.out.print(f"{kind} {escape(name)} {done}")
 
 
 @tokens.command("create")
@@ -296,9 +304,4 @@ def tokens_list(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None
 @tokens.command("revoke")
 def tokens_revoke(ctx: typer.Context, token_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Revoke a token at once (every replica checks the bucket on each request)."""
-    from rich.markup import escape
-
-    conf = settings(ctx)
-    with api_errors(conf.url), conf.client() as client:
-        client.revoke_token(token_id)
-    cli.out.print(f"token {escape(token_id)} revoked")
+    _act_on(ctx, lambda client: client.revoke_token(token_id), "token", token_id, "revoked")

@@ -24,12 +24,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from trainyard_contracts import FieldError, SpecError, Subjects
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.runs import PipelineRun
-from trainyard_contracts.spec import field_errors
+from trainyard_contracts.spec import model_of_document
 from trainyard_contracts.subjectpatterns import pattern_within, subject_matches
 from trainyard_contracts.triggers import PendingFire, TriggerRecord
 from trainyard_contracts.workflow import JOB_STEP, PipelineSpec, TriggerSpec, validate_pipeline
@@ -74,12 +72,7 @@ def allowed_patterns(subjects: Subjects, foreign: list[str]) -> list[str]:
 def validate_trigger(document: Any, allowed: list[str]) -> TriggerSpec:
     """A trigger document; SpecError names every bad field: a subject outside ``allowed``, an
     expression that does not parse, a pipeline that is not valid with its own defaults."""
-    if not isinstance(document, dict):
-        raise SpecError([FieldError(field="(document)", message="expected a mapping of trigger fields")])
-    try:
-        spec = TriggerSpec.model_validate(document)
-    except ValidationError as exc:
-        raise SpecError(field_errors(exc)) from None
+    spec = model_of_document(TriggerSpec, document, "trigger")
     if not any(pattern_within(spec.subject, pattern) for pattern in allowed):
         message = f"not a subject triggers may follow here; allowed: {', '.join(allowed)}"
         raise SpecError(

@@ -8,9 +8,10 @@ and no reservation estimate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from trainyard_contracts.queues import QueueConfig
+from trainyard_contracts.scheduling import PlannedWaitKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,17 +129,8 @@ class Victim:
     for_job: str
 
 
-WaitKind = Literal[
-    "backoff",  # retry backoff: not before estimated_start
-    "quota",  # the queue's quota (borrowing included) would be exceeded
-    "reserved",  # holds this pass's reservation: starts at estimated_start (None: unknown)
-    "preempting",  # running jobs are being stopped to make room for it
-    "backfill",  # there is room now, but taking it would delay the reserved job
-    "capacity",  # no executor has room now
-    "gang",  # not all replicas of the gang fit at once
-    "too_large",  # does not fit even when every running job has ended
-    "no_executor",  # no executor is online
-]
+# what the pass says of a job it did not start: the contracts' list, which the API's answers carry
+WaitKind = PlannedWaitKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +138,7 @@ class WaitReason:
     kind: WaitKind
     message: str
     position: int  # 1-based among the waiting jobs of its queue, in scheduling order
-    estimated_start: float | None
+    estimated_start: float | None  # backoff: its end; reserved: when the room frees up (None: unknown)
 
 
 class Waiting(NamedTuple):
