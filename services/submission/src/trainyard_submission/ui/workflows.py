@@ -9,6 +9,7 @@ and ``visible_run`` (a team sees its own runs), ``NamedObjects.visible``, ``list
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -42,21 +43,13 @@ def _add_pipeline_routes(router: APIRouter, state: dict[str, Any]) -> None:
             return refused(request, seen, exc.detail or exc.title, status=exc.status)
         return render(request, "pipelines.html", seen, runs=runs)
 
-    async def run_shown(request: Request, seen: Viewer, run_id: str, template: str) -> HTMLResponse:
-        """The run ``seen`` may see in ``template`` (the page, or its part refreshed while it runs)."""
-        try:
-            run = await visible_run(state, seen.principal, run_id)
-        except Problem as exc:
-            return refused(request, seen, exc.detail or exc.title, status=exc.status)
-        return render(request, template, seen, run=run, dag=dag_svg(run), counts=run.job_counts())
+    async def shown_run_context(seen: Viewer, run_id: str) -> dict[str, Any]:
+        run = await visible_run(state, seen.principal, run_id)
+        return {"run": run, "dag": dag_svg(run), "counts": run.job_counts()}
 
-    @router.get("/pipelines/{run_id}")
-    async def pipeline_page(request: Request, run_id: str, seen: Viewed) -> HTMLResponse:
-        return await run_shown(request, seen, run_id, "pipeline.html")
-
-    @router.get("/pipelines/{run_id}/dag")
-    async def pipeline_dag(request: Request, run_id: str, seen: Viewed) -> HTMLResponse:
-        return await run_shown(request, seen, run_id, "_pipeline_dag.html")
+    _add_shown_routes(
+        router, "/pipelines/{key}", shown_run_context, "pipeline.html", ("/dag", "_pipeline_dag.html")
+    )
 
 
 def _add_sweep_routes(router: APIRouter, state: dict[str, Any]) -> None:
@@ -70,21 +63,40 @@ def _add_sweep_routes(router: APIRouter, state: dict[str, Any]) -> None:
             return refused(request, seen, exc.detail or exc.title, status=exc.status)
         return render(request, "sweeps.html", seen, sweeps=found)
 
-    async def sweep_shown(request: Request, seen: Viewer, sweep_id: str, template: str) -> HTMLResponse:
-        """The sweep ``seen`` may see in ``template`` (the page, or its part refreshed while it runs)."""
+    async def shown_sweep_context(seen: Viewer, sweep_id: str) -> dict[str, Any]:
+        sweep: SweepRecord = await sweeps.visible(seen.principal, sweep_id)
+        return sweep_context(sweep)
+
+    _add_shown_routes(
+        router, "/sweeps/{key}", shown_sweep_context, "sweep.html", ("/trials", "_sweep_trials.html")
+    )
+
+
+def _add_shown_routes(
+    router: APIRouter,
+    path: str,
+    context_of: Callable[[Viewer, str], Awaitable[dict[str, Any]]],
+    page: str,
+    part: tuple[str, str],
+) -> None:
+    """One thing's page at ``path`` and the part of it refreshed while it runs at ``path`` +
+    ``part[0]`` (template ``part[1]``); ``context_of`` raises Problem where the viewer may not see
+    it (a team sees its own), which the page shows."""
+
+    async def shown(request: Request, seen: Viewer, key: str, template: str) -> HTMLResponse:
         try:
-            sweep: SweepRecord = await sweeps.visible(seen.principal, sweep_id)
+            context = await context_of(seen, key)
         except Problem as exc:
             return refused(request, seen, exc.detail or exc.title, status=exc.status)
-        return render(request, template, seen, **sweep_context(sweep))
+        return render(request, template, seen, **context)
 
-    @router.get("/sweeps/{sweep_id}")
-    async def sweep_page(request: Request, sweep_id: str, seen: Viewed) -> HTMLResponse:
-        return await sweep_shown(request, seen, sweep_id, "sweep.html")
+    @router.get(path)
+    async def whole_page(request: Request, key: str, seen: Viewed) -> HTMLResponse:
+        return await shown(request, seen, key, page)
 
-    @router.get("/sweeps/{sweep_id}/trials")
-    async def sweep_trials(request: Request, sweep_id: str, seen: Viewed) -> HTMLResponse:
-        return await sweep_shown(request, seen, sweep_id, "_sweep_trials.html")
+    @router.get(path + part[0])
+    async def refreshed_part(request: Request, key: str, seen: Viewed) -> HTMLResponse:
+        return await shown(request, seen, key, part[1])
 
 
 def _add_schedule_routes(router: APIRouter, state: dict[str, Any]) -> None:
