@@ -12,7 +12,7 @@ import json
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -462,20 +462,6 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     """pydantic's errors as field errors, capped (:func:`capped_errors`) before any is formatted."""
     shown = itertools.islice(exc.errors(include_url=False), MAX_REPORTED_ERRORS)
     return capped_errors(_field_errors(shown), total=exc.error_count())
-
-
-_Document = TypeVar("_Document", bound=BaseModel)
-
-
-def model_of_document(model: type[_Document], document: Any, kind: str) -> _Document:
-    """A document (a mapping, YAML or JSON already read) as ``model``; SpecError names every bad
-    field, or says the document is not a mapping of ``kind`` fields."""
-    if not isinstance(document, dict):
-        raise SpecError([FieldError(field="(document)", message=f"expected a mapping of {kind} fields")])
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        raise SpecError(field_errors(exc)) from None
 
 
 def _field_errors(raw: Iterable[Any]) -> Iterator[FieldError]:

@@ -23,16 +23,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.documents import model_of_document
 from trainyard_contracts.metrics import METRIC_NAME_PATTERN
-from trainyard_contracts.spec import (
-    FieldError,
-    JobSpec,
-    Name,
-    ParamValue,
-    SpecError,
-    field_errors,
-    model_of_document,
-)
+from trainyard_contracts.spec import FieldError, JobSpec, Name, ParamValue, SpecError, field_errors
 
 MAX_SPACE = 32  # parameters in a search space
 MAX_CHOICES = 100  # values of one categorical parameter

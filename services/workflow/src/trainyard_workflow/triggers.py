@@ -26,8 +26,8 @@ from typing import Any
 
 from trainyard_contracts import FieldError, SpecError, Subjects
 from trainyard_contracts._time import utcnow
+from trainyard_contracts.documents import model_of_document
 from trainyard_contracts.runs import PipelineRun
-from trainyard_contracts.spec import model_of_document
 from trainyard_contracts.subjectpatterns import pattern_within, subject_matches
 from trainyard_contracts.triggers import PendingFire, TriggerRecord
 from trainyard_contracts.workflow import JOB_STEP, PipelineSpec, TriggerSpec, validate_pipeline
