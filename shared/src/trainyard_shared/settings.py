@@ -6,6 +6,8 @@ class with its own prefix (``TRAINYARD_SCHEDULER_`` ...).
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -102,6 +104,11 @@ class CommonSettings(BaseSettings):
         path = self.data_dir.expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def default_replica_id() -> str:
+    """A replica's name in a lease when its settings name none: host and process."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class HttpSettings(BaseSettings):

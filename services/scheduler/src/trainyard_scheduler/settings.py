@@ -1,16 +1,9 @@
 from __future__ import annotations
 
-import os
-import socket
-
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from trainyard_shared.settings import HttpSettings
-
-
-def default_replica_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+from trainyard_shared.settings import HttpSettings, default_replica_id
 
 
 class SchedulerSettings(HttpSettings):

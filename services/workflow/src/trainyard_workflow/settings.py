@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import os
-import socket
-
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from trainyard_shared.settings import HttpSettings
+from trainyard_shared.settings import HttpSettings, default_replica_id
 
 
 class WorkflowSettings(HttpSettings):
@@ -26,7 +23,7 @@ class WorkflowSettings(HttpSettings):
         "queues and limits apply; without one only queues that allow anonymous bus submissions",
     )
     replica_id: str = Field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        default_factory=default_replica_id,
         min_length=1,
         description="this replica's name in the schedule ticker's lease",
     )
