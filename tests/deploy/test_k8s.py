@@ -215,6 +215,7 @@ def test_the_executor_may_touch_only_jobs_pods_logs_services_policies_and_secret
         ("networking.k8s.io", "networkpolicies"),
         ("", "secrets"),  # the per-attempt Secret holding a git credential for the init container
         ("metrics.k8s.io", "pods"),  # the pods' CPU and memory (PodMetrics), read only
+        ("", "configmaps"),  # the reporter's files, mounted read-only in job pods: create only
     }
     assert {(g, r) for g, r, _ in granted} == allowed_resources
     assert not any("*" in item for triple in granted for item in triple)
@@ -223,6 +224,7 @@ def test_the_executor_may_touch_only_jobs_pods_logs_services_policies_and_secret
     assert {v for g, r, v in granted if g == "metrics.k8s.io"} == {"get"}
     # it writes and removes its own Secrets but can never read one back (nor anyone else's)
     assert {v for g, r, v in granted if r == "secrets"} <= {"create", "patch", "delete"}
+    assert {v for g, r, v in granted if r == "configmaps"} == {"create"}
     (binding,) = of_kind(everything, "RoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",

@@ -16,6 +16,7 @@ No API server can run on this machine (see /work/shared/ENVIRONMENT.md). Two sta
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +50,7 @@ from trainyard_executor.kubeemulator import Lines, backend_on
 from trainyard_executor.kubeemulator import sample_launch as _launch
 from trainyard_executor.kubeemulator import whole_gang as _gang
 from trainyard_executor.kubeemulator import write_kubeconfig as _kubeconfig
+from trainyard_executor.metricstream import MARK
 from trainyard_executor.settings import ExecutorSettings
 
 pytestmark = pytest.mark.kubernetes
@@ -323,7 +325,13 @@ class Cluster:
 async def cluster() -> AsyncIterator[Cluster]:
     async with kmock.KubernetesEmulator() as mock, kmock.Server(mock):
         # a real API lists an empty kind as []; the emulator only knows kinds declared or seen
-        for resource in ("batch/v1/jobs", "v1/pods", "v1/services", "networking.k8s.io/v1/networkpolicies"):
+        for resource in (
+            "batch/v1/jobs",
+            "v1/pods",
+            "v1/services",
+            "v1/configmaps",
+            "networking.k8s.io/v1/networkpolicies",
+        ):
             mock.resources[resource] = {}
         yield Cluster(mock)
 
@@ -583,6 +591,22 @@ def test_selected_by_settings_with_the_pools_quota_as_capacity(tmp_path: Path) -
 # -- through the services: scheduler + executor on a real nats-server, the API from kmock ------
 
 
+def _kube_executor(
+    cluster: Cluster, nats_server: Any, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, ExecutorSettings]:
+    """The common settings and a kubernetes executor's, which finds kmock through a kubeconfig."""
+    from trainyard_shared.testing.helpers import common_settings
+
+    monkeypatch.setenv(
+        "KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", str(cluster.mock.url).rstrip("/")))
+    )
+    monkeypatch.setenv("TRAINYARD_EXECUTOR_BACKEND", "kubernetes")
+    settings = ExecutorSettings(
+        id="kube-svc", cpu=16, memory=65536, gpu=0, kube_namespace=NS, heartbeat_seconds=0.5, grace_seconds=2
+    )
+    return common_settings(nats_server.url, prefix, tmp_path / "data"), settings
+
+
 @pytest.mark.service
 async def test_a_job_runs_through_the_services_on_the_kubernetes_backend(
     cluster: Cluster, nats_server: Any, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -593,16 +617,9 @@ async def test_a_job_runs_through_the_services_on_the_kubernetes_backend(
     from trainyard_contracts import JobSpec
     from trainyard_executor.app import create_app as executor_app
     from trainyard_scheduler.testkit import quick_scheduler
-    from trainyard_shared.testing.helpers import Bus, common_settings, running
+    from trainyard_shared.testing.helpers import Bus, running
 
-    monkeypatch.setenv(
-        "KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", str(cluster.mock.url).rstrip("/")))
-    )
-    monkeypatch.setenv("TRAINYARD_EXECUTOR_BACKEND", "kubernetes")
-    settings = ExecutorSettings(
-        id="kube-svc", cpu=16, memory=65536, gpu=0, kube_namespace=NS, heartbeat_seconds=0.5, grace_seconds=2
-    )
-    common = common_settings(nats_server.url, prefix, tmp_path / "data")
+    common, settings = _kube_executor(cluster, nats_server, prefix, tmp_path, monkeypatch)
     sched = quick_scheduler(common)
     spec = JobSpec(
         name="on-kube", image=IMAGE, command=["python", "train.py"], timeout=600, resources={"cpu": 2}
@@ -629,6 +646,66 @@ async def test_a_job_runs_through_the_services_on_the_kubernetes_backend(
             ]
             assert {"loss 0.5", "loss 0.25"} <= set(await bus.log_text(job_id))
             await cluster.until(lambda: not cluster.jobs())  # released once the outcome was recorded
+
+
+def _report(step: int, **values: float) -> bytes:
+    """A report as the reporter writes it on the pod's stderr (reporter/trainyard.py)."""
+    return MARK + json.dumps({"step": step, "time": 1.0 + step, "values": values}).encode() + b"\n"
+
+
+@pytest.mark.service
+@pytest.mark.insight
+async def test_reports_on_the_pods_log_reach_the_metrics_stream_in_order_and_never_the_jobs_log(
+    cluster: Cluster, nats_server: Any, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Client side only, against kmock (the test plays the kubelet: the pod's log is served whole,
+    with the reporter's marked lines in it as ``trainyard.report`` writes them, including one mid-way
+    through a progress bar; a hostile 1 MiB marked line and a forged one). On a real nats-server the
+    points arrive on the attempt's metrics stream in order, the job's log has its own lines and no
+    marked one, the drops are counted in it, and the pod mounts the reporter from its ConfigMap."""
+    from trainyard_contracts import JobSpec
+    from trainyard_executor.app import create_app as executor_app
+    from trainyard_scheduler.testkit import quick_scheduler
+    from trainyard_shared.testing.helpers import Bus, running
+
+    common, settings = _kube_executor(cluster, nats_server, prefix, tmp_path, monkeypatch)
+    hostile = MARK + b'{"step": 1, "values": {"x": "' + b"A" * (1024 * 1024) + b'"}}\n'
+    log = b"".join(
+        [
+            b"epoch 0\n",
+            *(_report(i, loss=1.0 / (i + 1)) for i in range(5)),
+            b"10%|#",  # a progress bar without its newline: the next report comes mid-line
+            _report(5, loss=0.1),
+            hostile,
+            MARK + b"forged\n",
+            b"epoch 1\n",
+            *(_report(i, loss=0.05) for i in range(6, 10)),
+        ]
+    )
+    spec = JobSpec(name="reports", image=IMAGE, command=["python", "train.py"], resources={"cpu": 1})
+    async with Bus(nats_server.url, prefix) as bus, running(quick_scheduler(common)):
+        async with running(executor_app(common, settings)):
+            job_id = await bus.submit(spec)
+            job = await cluster.until(lambda: next(iter(cluster.jobs().values()), None), deadline_s=30)
+            pod = job["spec"]["template"]["spec"]
+            env = _env(pod["containers"][0])
+            assert env["TRAINYARD_METRICS_STREAM"] == "stderr" and env["PYTHONPATH"] == "/trainyard/py"
+            (config,) = [o.raw for (r, _n, _k), o in cluster.mock.objects.items() if r.plural == "configmaps"]
+            volume = {"name": config["metadata"]["name"], "optional": True, "defaultMode": 0o444}
+            assert {"name": "trainyard-py", "configMap": volume} in pod["volumes"]
+            await cluster.run_pod(job, 0, log, exit_code=0)
+            await cluster.set_job_condition(job["metadata"]["name"], "Complete", "")
+            record = await bus.wait_state(job_id, "succeeded", "failed", "timed_out", "cancelled")
+            assert record.state.value == "succeeded", record.reason
+            batches = await bus.messages(bus.subjects.metrics_of(job_id), bus.subjects.streams.metrics)
+            text = await bus.log_text(job_id)
+    points = [p for m in batches for p in json.loads(m.data)["points"] if "loss" in p["values"]]
+    assert [p["step"] for p in points] == list(range(10))  # in order, none lost
+    assert points[0]["values"] == {"loss": 1.0} and points[9]["time"] == 10.0
+    assert not [line for line in text if "\x1e" in line or "trainyard.metric" in line]
+    # the job's bytes as it wrote them: its open progress bar goes on with its next output
+    assert {"epoch 0", "10%|#epoch 1"} <= set(text)
+    assert any("2 reported values or lines dropped" in line for line in text), text
 
 
 async def test_a_workdir_job_is_refused_not_run_without_its_folder(cluster: Cluster, tmp_path: Path) -> None:

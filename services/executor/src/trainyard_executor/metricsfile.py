@@ -26,7 +26,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from trainyard_contracts import MetricPoint, metric_name_error
 from trainyard_contracts.metrics import MAX_STEP
@@ -155,6 +155,18 @@ class MetricsParser:
         return None
 
 
+class ReportSource(Protocol):
+    """Where a shipper reads an attempt's reports: its metrics file, or what was diverted from its
+    log (:class:`~trainyard_executor.metricstream.ReportBuffer`)."""
+
+    limits: MetricsLimits
+    dropped: Dropped  # what the source itself left out (the parser counts the rest)
+    refused: str | None
+    exhausted: bool
+
+    def read(self) -> tuple[bytes, bool]: ...
+
+
 class MetricsFile:
     """Reads what a job appended to its metrics file since the last look, link-safe and bounded."""
 
@@ -166,6 +178,7 @@ class MetricsFile:
         self.total = 0  # bytes read from the file(s) in all
         self.refused: str | None = None  # why the file is not read (a link, not a regular file)
         self.exhausted = False  # max_bytes read
+        self.dropped = Dropped()  # nothing: a file's lines are all the parser's to judge
         self._inode: tuple[int, int] | None = None
 
     def read(self) -> tuple[bytes, bool]:

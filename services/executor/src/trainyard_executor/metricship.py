@@ -25,7 +25,7 @@ from pathlib import Path
 from faststream.nats import NatsBroker
 
 from trainyard_contracts import MetricPoint, Subjects
-from trainyard_executor.metricsfile import MetricsFile, MetricsLimits, MetricsParser
+from trainyard_executor.metricsfile import MetricsFile, MetricsLimits, MetricsParser, ReportSource
 from trainyard_executor.sampling import ResourceSampler
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.publishing import MSG_ID, publish_acked
@@ -101,7 +101,7 @@ class MetricsShipper:
         subjects: Subjects,
         job_id: str,
         attempt: int,
-        workdir: Path,
+        workdir: Path | ReportSource,
         note: Note,
         limits: MetricsLimits | None = None,
         ship: ShipLimits | None = None,
@@ -115,7 +115,14 @@ class MetricsShipper:
         self.note = note
         self.ship = ship or ShipLimits()
         self.limits = limits or MetricsLimits()
-        self.file = MetricsFile(workdir, self.limits)
+        # the attempt's work dir on this host (its metrics file), or what its backend diverts from
+        # its log (Kubernetes: metricstream.py); the same parser and limits either way
+        self.file: ReportSource
+        if isinstance(workdir, Path):
+            self.file = MetricsFile(workdir, self.limits)
+        else:
+            self.file = workdir
+            self.file.limits = self.limits
         self.parser = MetricsParser(self.limits)
         self.sampler = sampler  # the attempt's resource use, a point every few seconds while it runs
         self.seq = 0
@@ -135,7 +142,11 @@ class MetricsShipper:
 
     @property
     def dropped(self) -> int:
-        return self.parser.dropped.count + self._thinned
+        return self.parser.dropped.count + self.file.dropped.count + self._thinned
+
+    @property
+    def first_drop(self) -> str | None:
+        return self.file.dropped.first or self.parser.dropped.first
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"metrics-{self.job_id}-{self.attempt}")
@@ -160,7 +171,7 @@ class MetricsShipper:
                     break
             await self._send()
             if self.dropped:
-                first = self.parser.dropped.first or "thinned out over the rate limit"
+                first = self.first_drop or "thinned out over the rate limit"
                 await self.note(
                     f"[trainyard: metrics: {self.dropped} reported values or lines dropped (first: {first})]"
                 )
@@ -189,11 +200,11 @@ class MetricsShipper:
         most = min(self.ship.max_msg_bytes, self._max_payload()) - HEADROOM  # headers count too
         taken = await asyncio.to_thread(self._take, most)
         await self._note_file()
+        if self.first_drop is not None and not self._noted_drop:
+            self._noted_drop = True
+            await self.note(f"[trainyard: metrics: a report was dropped: {self.first_drop}]")
         if taken is None:
             return False
-        if self.parser.dropped.count and not self._noted_drop:
-            self._noted_drop = True
-            await self.note(f"[trainyard: metrics: a report was dropped: {self.parser.dropped.first}]")
         for payload, count in taken:
             msg_id = f"{self.job_id}:{self.attempt}:metrics:{self._run}:{self.seq}"
             self._pending.append((msg_id, payload, count))

@@ -29,6 +29,7 @@ from trainyard_executor.gang import (
 )
 from trainyard_executor.jobenv import job_env, plan_gang
 from trainyard_executor.logship import LogShipper
+from trainyard_executor.metricsfile import ReportSource
 from trainyard_executor.metricship import MetricsShipper, Note
 from trainyard_executor.outcomes import owns
 from trainyard_executor.outputsfile import read_outputs
@@ -72,9 +73,12 @@ LAUNCHED_REMEMBERED = 100_000  # attempts this process launched: a half-done sta
 
 ShipperFactory = Callable[[str, int], LogShipper]
 # (job id, attempt, work dir, note, usage reader, the attempt's GPU indices here) -> its shipper
-MetricsFactory = Callable[[str, int, Path, Note, Reader | None, tuple[int, ...]], MetricsShipper]
-"""(job id, attempt, the attempt's work dir on this host, where notes for the job's log go, how
-to read the attempt's resource use: None where the backend cannot)"""
+MetricsFactory = Callable[
+    [str, int, Path | ReportSource, Note, Reader | None, tuple[int, ...]], MetricsShipper
+]
+"""(job id, attempt, the attempt's work dir on this host or the reports its backend diverts from
+its log, where notes for the job's log go, how to read the attempt's resource use: None where the
+backend cannot)"""
 
 
 class AttemptRunner(AttemptRecorder):
@@ -208,18 +212,19 @@ class AttemptRunner(AttemptRecorder):
     def _follow_metrics(
         self, record: JobRecord, attempt: int, local: LocalAttempt, shipper: LogShipper
     ) -> None:
-        """Read what the job reports while it runs, on backends whose work dir is on this host, and
+        """Read what the job reports while it runs: its metrics file on backends whose work dir is
+        on this host, else what the attempt diverts from its log (Kubernetes: ``reports``); and
         sample its resource use where the attempt can be read (Kubernetes: its pods' metrics only)."""
         reader: Reader | None = getattr(local.handle, "read_usage", None)
+        diverted: ReportSource | None = getattr(local.handle, "reports", None)
         reads_files = getattr(self.backend, "reads_job_metrics", False)
-        if self.metrics is None or not (reads_files or reader is not None):
+        if self.metrics is None or not (reads_files or reader is not None or diverted is not None):
             return
         job_id = record.job_id
         # its own devices (the scheduler's assignment), sampled through NVML (nvml.py)
         gpus = tuple(record.gpu_devices(attempt, self.me)) if record.spec.resources.gpu else ()
-        local.metrics = self.metrics(
-            job_id, attempt, self.workdir(job_id, attempt), shipper.system, reader, gpus
-        )
+        source = diverted if diverted is not None else self.workdir(job_id, attempt)
+        local.metrics = self.metrics(job_id, attempt, source, shipper.system, reader, gpus)
         local.metrics.start()
 
     async def _workdir_archive(self, spec: JobSpec) -> Path | None:

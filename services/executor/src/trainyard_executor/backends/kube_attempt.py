@@ -42,6 +42,7 @@ from trainyard_executor.backends.kube_status import (
 from trainyard_executor.backends.kube_usage import PodMetricsReader
 from trainyard_executor.backends.lines import LineSplitter, drain_pumps
 from trainyard_executor.backends.threads import in_thread
+from trainyard_executor.metricstream import MarkedLines, ReportBuffer
 
 if TYPE_CHECKING:
     from trainyard_executor.backends.kubernetes import KubernetesBackend
@@ -169,6 +170,8 @@ class KubeAttempt:
         self.read_usage = PodMetricsReader(
             backend.pod_metrics, lambda: self._live_pods, backend.metrics_notes
         )
+        # what the job reports (trainyard.report: marked lines on its log), read by the metrics shipper
+        self.reports = ReportBuffer()
         self._changed = asyncio.Event()
         self._cancelled = False
         self._timed_out = False
@@ -247,6 +250,9 @@ class KubeAttempt:
             await on_line(stream, prefix + line)
 
         splitter = LineSplitter("stdout", sink)  # the API merges stdout and stderr
+        # reports out of the log before it is split (a 1 MiB marked line is never a log line); in a
+        # gang only rank 0 reports
+        marked = MarkedLines(self.reports, keep=rank == 0, who=f"rank {rank}")
         chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         already = self._skip.get(pod, 0)
@@ -298,7 +304,9 @@ class KubeAttempt:
         threading.Thread(target=stream, name=f"logs-{pod}", daemon=True).start()
         while (chunk := await chunks.get()) is not None:
             self._consumed[pod] = self._consumed.get(pod, 0) + len(chunk)
-            await splitter.feed(chunk)
+            if plain := marked.feed(chunk):
+                await splitter.feed(plain)
+        await splitter.feed(marked.end())
         await splitter.end()
 
     async def _drain(self) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainyard_executor.backends.base import AttemptLaunch
+from trainyard_executor.backends.kube_reporter import reporter_env, reporter_volume
 from trainyard_executor.backends.kube_secret import env_entries
 from trainyard_executor.backends.kube_source import (
     GitFetch,
@@ -201,9 +202,11 @@ def _security(opts: KubeOptions) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _storage(launch: AttemptLaunch, claim: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The pod's mounts and volumes: the work dir, and outputs (with checkpoints) on the claim."""
-    mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORK_MOUNT}]
-    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
+    """The pod's mounts and volumes: the work dir, the reporter (read-only), and outputs (with
+    checkpoints) on the claim."""
+    reporter_mount, reporter = reporter_volume()
+    mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORK_MOUNT}, reporter_mount]
+    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}, reporter]
     if claim:
         attempt_dir = f"outputs/{launch.job_id}/attempt-{launch.attempt}"
         mounts += [
@@ -285,7 +288,8 @@ def job_manifest(
     claim = opts.outputs_claim
     env = env_entries(
         name,
-        container_env(launch, host_only, workdir, checkpoints=claim is not None),
+        # import trainyard: reports as marked lines on stderr (kube_reporter)
+        reporter_env(container_env(launch, host_only, workdir, checkpoints=claim is not None)),
         frozenset(launch.secret_env),
     )
     if replicas > 1:

@@ -23,6 +23,7 @@ from trainyard_executor.backends.kube_manifests import (
     job_name,
     resources,
 )
+from trainyard_executor.backends.kube_reporter import STREAM_ENV
 from trainyard_executor.backends.kube_secret import env_entries
 
 TRAINER_GROUP = "trainer.kubeflow.org"
@@ -68,6 +69,9 @@ def trainjob_manifest(
     name = job_name(launch.job_id, launch.attempt)
     env = container_env(launch, host_only, WORKDIR, checkpoints=False)
     env["TRAINYARD_OUTPUT_DIR"] = OUTPUT_DIR
+    # reports as marked lines on stderr, which the executor takes out of rank 0's log; the reporter
+    # itself is not mounted here (a TrainJob has no volumes of ours): an image that carries it reports
+    env.update(STREAM_ENV)
     trainer_spec: dict[str, Any] = {
         "image": image,
         "command": list(launch.argv),  # replaces the image's entrypoint; a shell only when asked

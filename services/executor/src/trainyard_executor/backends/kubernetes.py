@@ -64,6 +64,7 @@ from trainyard_executor.backends.kube_manifests import (
     label_value,
     service_manifest,
 )
+from trainyard_executor.backends.kube_reporter import reporter_config_map, reporter_config_map_name
 from trainyard_executor.backends.kube_secret import attempt_secret, secret_name
 from trainyard_executor.backends.kube_source import GitFetch, git_config_key, kube_git_fetch
 from trainyard_executor.backends.kube_status import (
@@ -136,6 +137,8 @@ class KubernetesBackend:
         self.deadline_slack_s = deadline_slack_s
         self.watch_idle_s = watch_idle_s
         self.metrics_notes = MetricsApiNotes()  # the one log line of a cluster without metrics-server
+        self._reporter_ready = False  # the reporter's ConfigMap exists (kube_reporter)
+        self._reporter_refused = False
 
     @property
     def api(self) -> k8s.ApiClient:
@@ -279,6 +282,7 @@ class KubernetesBackend:
         once) and then owned by it (the garbage collector removes it with the Job)."""
         ns = self.options.namespace
         name = manifest["metadata"]["name"]
+        self._ensure_reporter()
         # the client's stubs want a V1Job model; it sends a plain dict as it is
         job = self.create_or_attach(
             lambda: self._raw(self.batch.create_namespaced_job(ns, manifest)),  # type: ignore[arg-type]
@@ -300,6 +304,28 @@ class KubernetesBackend:
                     self.batch.delete_namespaced_job(name, ns, propagation_policy="Background")
                 raise
         return job
+
+    def _ensure_reporter(self) -> None:
+        """The ConfigMap of the reporter's files (kube_reporter), made once per version: one that
+        exists is the same content (its name is its digest). A refusal is said once and the Job
+        still made (its volume is optional; only ``import trainyard`` fails in it)."""
+        if self._reporter_ready:
+            return
+        try:
+            self.core.create_namespaced_config_map(
+                self.options.namespace,
+                reporter_config_map(self.options.namespace),  # type: ignore[arg-type]  # a dict is sent as it is
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                if not self._reporter_refused:
+                    self._reporter_refused = True
+                    log.warning(
+                        "could not create the reporter's ConfigMap: import trainyard fails in jobs",
+                        extra={"configmap": reporter_config_map_name(), "error": api_error(exc)},
+                    )
+                return
+        self._reporter_ready = True
 
     def create_or_attach(
         self,

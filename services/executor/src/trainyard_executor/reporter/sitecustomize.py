@@ -106,6 +106,7 @@ def _chain() -> None:
     spec.loader.exec_module(module)
 
 
-if os.environ.get("TRAINYARD_METRICS_FILE") and os.environ.get("TRAINYARD_MLFLOW_METRICS", "1") != "0":
+_IN_A_JOB = os.environ.get("TRAINYARD_METRICS_FILE") or os.environ.get("TRAINYARD_METRICS_STREAM") == "stderr"
+if _IN_A_JOB and os.environ.get("TRAINYARD_MLFLOW_METRICS", "1") != "0":
     sys.meta_path.insert(0, _Finder())
 _chain()

@@ -5,10 +5,12 @@ The executor puts this file on every job's ``PYTHONPATH`` (a copy in the attempt
 ``import trainyard`` works in any interpreter and any image without installing anything. It uses
 the standard library only and talks to no service: each call appends one JSON line to the file
 named by ``TRAINYARD_METRICS_FILE`` (in the attempt's work dir); the executor reads that file and
-publishes the points in batches. The job never holds bus credentials.
+publishes the points in batches. The job never holds bus credentials. Where the work dir is not on
+the executor's host (Kubernetes: ``TRAINYARD_METRICS_STREAM=stderr``) the line goes to the job's
+stderr instead, behind a marker (:data:`MARK`), with one unbuffered write; the executor takes
+such lines out of the pod's log and reads them as it reads the file.
 
-- Outside a job (no ``TRAINYARD_METRICS_FILE``) ``report`` does nothing, so a script runs the same
-  on a laptop.
+- Outside a job (neither variable) ``report`` does nothing, so a script runs the same on a laptop.
 - In a distributed job only rank 0 reports (``TRAINYARD_RANK``); the other ranks' calls do nothing.
 - A call costs one ``json.dumps`` and one ``write`` (about 10 microseconds); the executor decides
   what is kept: names must match ``^[A-Za-z_][A-Za-z0-9_.:/-]{0,63}$``, values must be finite
@@ -35,6 +37,10 @@ __all__ = ["dataset", "report"]
 
 DATASETS_FILE = "datasets.jsonl"  # in the outputs folder: the registry reads it (registry/datasets.py)
 
+MARK = b"\x1etrainyard.metric "
+"""Starts a report on stderr (an ASCII record separator, then a name no program prints by chance)."""
+STDERR = 2
+
 _lock = threading.Lock()
 _fd: int | None = None
 _opened: str | None = None
@@ -43,11 +49,23 @@ _opened: str | None = None
 def report(step: int, **metrics: float) -> None:
     """Record ``metrics`` (name=value, numbers) at training step ``step`` (an int >= 0)."""
     path = os.environ.get("TRAINYARD_METRICS_FILE")
-    if not path or os.environ.get("TRAINYARD_RANK", "0") != "0" or not metrics:
+    to_stderr = os.environ.get("TRAINYARD_METRICS_STREAM") == "stderr"
+    if not (path or to_stderr) or os.environ.get("TRAINYARD_RANK", "0") != "0" or not metrics:
         return
     values = {name: float(value) for name, value in metrics.items()}  # TypeError: not a number
     line = json.dumps({"step": int(step), "time": round(time.time(), 3), "values": values})
     data = (line + "\n").encode()
+    if to_stderr:
+        # one write of the whole line, past sys.stderr's buffer: it reaches the log whole and at
+        # once, whatever the job does with sys.stderr; a leading newline would end a line the job
+        # left open (a progress bar), but the executor finds the marker anywhere in a line
+        with _lock:
+            rest = memoryview(MARK + data)
+            while rest:  # one write; more only if a signal cut it short
+                rest = rest[os.write(STDERR, rest) :]
+        return
+    if path is None:
+        return
     global _fd, _opened
     with _lock:
         if _fd is None or _opened != path:
