@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trainyard_contracts import Subjects
 from trainyard_contracts.subjectpatterns import foreign_pattern_problem
+
+if TYPE_CHECKING:
+    from trainyard_shared.blobs.unpack import UnpackLimits
 
 
 class CommonSettings(BaseSettings):
@@ -104,6 +107,23 @@ class CommonSettings(BaseSettings):
         path = self.data_dir.expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+class WorkdirLimitSettings(BaseSettings):
+    """A packed workdir's bounds, the same for the service that takes the upload (submission) and
+    the one that unpacks it for a job (executor); each reads them under its own prefix."""
+
+    max_workdir_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="a packed workdir: the archive and its unpacked content"
+    )
+    max_workdir_files: int = Field(10_000, ge=1, description="files and folders in a packed workdir")
+
+    @property
+    def workdir_limits(self) -> UnpackLimits:
+        """The archive and its unpacked content are each held to ``max_workdir_bytes``."""
+        from trainyard_shared.blobs.unpack import UnpackLimits
+
+        return UnpackLimits(self.max_workdir_bytes, self.max_workdir_files, self.max_workdir_bytes)
 
 
 def default_replica_id() -> str:

@@ -39,7 +39,6 @@ from trainyard_executor.sampling import Reader, with_samples
 from trainyard_executor.stepfolders import INPUTS_SUFFIX, StepFolders, StepFoldersError
 from trainyard_executor.stepfolders import remove as remove_folder
 from trainyard_executor.workdirs import WorkdirCache
-from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.jobsecrets import SecretsMissing, SecretStore
 from trainyard_shared.tracing import current_traceparent
 
@@ -180,11 +179,7 @@ class AttemptRunner(AttemptRecorder):
                 source_repo=spec.source.clone_url() if spec.source else None,
                 source_commit=spec.source.commit if spec.source else None,
                 workdir_archive=archive,
-                workdir_limits=UnpackLimits(
-                    self.settings.max_workdir_bytes,
-                    self.settings.max_workdir_files,
-                    self.settings.max_workdir_bytes,
-                ),
+                workdir_limits=self.settings.workdir_limits,
                 runtime_pip=tuple(spec.runtime_env.pip) if spec.runtime_env else (),
                 output_subdir=spec.outputs.path if spec.outputs else "outputs",
                 grace_s=self.settings.grace_seconds,

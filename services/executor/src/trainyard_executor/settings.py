@@ -11,7 +11,7 @@ from trainyard_executor.metricsfile import MetricsLimits
 from trainyard_executor.metricship import ShipLimits
 from trainyard_executor.nvml import GpuReader
 from trainyard_executor.sampling import Reader, ResourceSampler
-from trainyard_shared.settings import HttpSettings
+from trainyard_shared.settings import HttpSettings, WorkdirLimitSettings
 
 DEFAULT_PASSTHROUGH = (
     "PATH",
@@ -40,7 +40,7 @@ DEFAULT_PASSTHROUGH = (
 )
 
 
-class ExecutorSettings(HttpSettings):
+class ExecutorSettings(HttpSettings, WorkdirLimitSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINYARD_EXECUTOR_", extra="ignore")
 
     port: int = 8702
@@ -142,10 +142,6 @@ class ExecutorSettings(HttpSettings):
     runtime_env_dir: Path | None = Field(
         None, description="cache of runtime-env venvs, shareable (default: <data>/runtime-envs)"
     )
-    max_workdir_bytes: int = Field(
-        100 * 1024 * 1024, ge=1024, description="a packed workdir: the archive and its unpacked content"
-    )
-    max_workdir_files: int = Field(10_000, ge=1, description="files and folders in a packed workdir")
     max_step_outputs_bytes: int = Field(
         100 * 1024 * 1024,
         ge=1024,

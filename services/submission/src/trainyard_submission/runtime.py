@@ -10,7 +10,6 @@ from nats.js import JetStreamContext
 
 from trainyard_shared.auditlog import AuditLog
 from trainyard_shared.binding import connect_and_bind
-from trainyard_shared.blobs import UnpackLimits
 from trainyard_shared.broker import ServiceBroker
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobindex import JobIndex
@@ -81,7 +80,7 @@ async def build_runtime(
     workdirs = WorkdirStore(
         js,
         sb.subjects.workdirs_bucket,
-        UnpackLimits(settings.max_workdir_bytes, settings.max_workdir_files, settings.max_workdir_bytes),
+        settings.workdir_limits,
     )
     secrets = SecretStore(buckets.secrets)
     purger = JobPurger(buckets.jobs, secrets, buckets.idempotency, js, sb.subjects)

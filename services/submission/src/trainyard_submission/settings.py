@@ -3,11 +3,11 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from trainyard_shared.settings import HttpSettings
+from trainyard_shared.settings import HttpSettings, WorkdirLimitSettings
 from trainyard_submission.aliasrules import DEFAULT_ALIAS_RULES, AliasRule
 
 
-class SubmissionSettings(HttpSettings):
+class SubmissionSettings(HttpSettings, WorkdirLimitSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINYARD_SUBMISSION_", extra="ignore")
 
     port: int = 8700
@@ -22,10 +22,6 @@ class SubmissionSettings(HttpSettings):
         description="how far this service's clock may run ahead of nats-server's: a newest-first job "
         "list reads the jobs index back to this much before its last row's submission time (jobindex.py)",
     )
-    max_workdir_bytes: int = Field(
-        100 * 1024 * 1024, ge=1024, description="a packed workdir: the upload and its unpacked content"
-    )
-    max_workdir_files: int = Field(10_000, ge=1, description="files and folders in a packed workdir")
     scheduler_timeout_seconds: float = Field(
         5.0, gt=0, le=60, description="how long `why` and dry runs wait for the scheduler leader"
     )
