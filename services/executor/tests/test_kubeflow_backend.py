@@ -60,6 +60,7 @@ from trainyard_executor.kubeemulator import (
 from trainyard_executor.kubeemulator import (
     whole_gang as _gang,
 )
+from trainyard_executor.metricstream import MARK
 from trainyard_executor.settings import ExecutorSettings
 
 pytestmark = pytest.mark.kubeflow
@@ -241,6 +242,26 @@ async def test_a_failed_node_fails_the_attempt_with_its_rank_and_exit_code(
     assert (outcome.kind, outcome.exit_code, outcome.reason) == ("failed", 3, "rank 1 exit code 3")
     assert sorted(lines.lines) == ["[rank 0] hello from 0", "[rank 1] hello from 1"]
     assert cluster.trainjobs()[attempt.name]["spec"]["trainer"]["numNodes"] == 2
+
+
+@pytest.mark.insight
+async def test_rank_0s_reports_are_taken_out_of_its_log_and_another_ranks_dropped(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Against kmock and the stand-in Trainer: a TrainJob's nodes are the same KubeAttempt's pods, so
+    rank 0's marked lines go to the attempt's reports and another rank's are dropped and counted;
+    neither reaches the job's log. (The reporter is not mounted in a TrainJob: docs/insight.md.)"""
+    report = MARK + b'{"step": 4, "time": 1.0, "values": {"loss": 0.5}}\n'
+    cluster.script = lambda tj: [NodeRun(0, b"a\n" + report + b"b\n"), NodeRun(0, report + b"c\n")]
+    lines = Lines()
+    attempt = await cluster.backend().start(_launch(tmp_path, gang=_gang(2)), lines)
+    assert isinstance(attempt, KubeAttempt)
+    env = {e["name"]: e.get("value") for e in cluster.trainjobs()[attempt.name]["spec"]["trainer"]["env"]}
+    assert env["TRAINYARD_METRICS_STREAM"] == "stderr"
+    assert (await _wait(attempt)).kind == "succeeded"
+    assert sorted(lines.lines) == ["[rank 0] a", "[rank 0] b", "[rank 1] c"]
+    assert attempt.reports.read()[0] == report[len(MARK) :]
+    assert attempt.reports.dropped.first == "a report from rank 1 (only rank 0 reports)"
 
 
 async def test_a_failed_condition_without_pods_gives_its_reason(cluster: Cluster, tmp_path: Path) -> None:

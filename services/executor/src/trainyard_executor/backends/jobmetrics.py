@@ -2,7 +2,8 @@
 MLflow's ``log_metric``, forwarded by the ``sitecustomize`` beside it):
 the reporter module on its ``PYTHONPATH`` and ``TRAINYARD_METRICS_FILE``, both in the attempt's
 work dir, which the local backend runs the job in and the container backends mount. The executor
-reads the file from the host side (:mod:`trainyard_executor.metricship`).
+reads the file from the host side (:mod:`trainyard_executor.metricship`). Kubernetes pods get the
+same two files from a ConfigMap and report on stderr instead (:mod:`.kube_reporter`).
 
 Why a file in the work dir, not the bus: a job is hostile and never gets NATS credentials; the
 work dir is already the job's own, on every backend that shares it with the host. Why a copy of
