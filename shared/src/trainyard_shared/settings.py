@@ -131,6 +131,10 @@ def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+# a replica's name in a lease (the scheduler's leader lease, the workflow's ticker lease)
+ReplicaId = Annotated[str, Field(default_factory=default_replica_id, min_length=1)]
+
+
 class HttpSettings(BaseSettings):
     """Where a service serves /metrics and /healthz (and, for submission, the API)."""
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from trainyard_shared.settings import HttpSettings, default_replica_id
+from trainyard_shared.settings import HttpSettings, ReplicaId
 
 
 class SchedulerSettings(HttpSettings):
@@ -33,10 +33,8 @@ class SchedulerSettings(HttpSettings):
         "after this long with no heartbeat from it, counted from when this leader first saw it without "
         "a lease: an executor restarting (same id) adopts its attempts first",
     )
-    replica_id: str = Field(
-        default_factory=default_replica_id,
-        min_length=1,
-        description="this replica's name in the leader lease (default hostname-pid)",
+    replica_id: ReplicaId = Field(
+        description="this replica's name in the leader lease (default hostname-pid)"
     )
     lease_seconds: float = Field(
         3.0, gt=0, description="the leader lease lasts this long; a standby takes over after it"

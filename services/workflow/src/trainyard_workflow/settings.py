@@ -3,7 +3,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from trainyard_shared.settings import HttpSettings, default_replica_id
+from trainyard_shared.settings import HttpSettings, ReplicaId
 
 
 class WorkflowSettings(HttpSettings):
@@ -22,10 +22,8 @@ class WorkflowSettings(HttpSettings):
         description="an API token the workflow's submissions carry (Trainyard-Token): its team's "
         "queues and limits apply; without one only queues that allow anonymous bus submissions",
     )
-    replica_id: str = Field(
-        default_factory=default_replica_id,
-        min_length=1,
-        description="this replica's name in the schedule ticker's lease",
+    replica_id: ReplicaId = Field(
+        description="this replica's name in the schedule ticker's lease (default hostname-pid)"
     )
     schedule_tick_seconds: float = Field(
         5.0, gt=0, le=60, description="how often the lease holder looks for due schedule ticks"
