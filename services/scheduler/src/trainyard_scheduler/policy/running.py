@@ -8,12 +8,11 @@ readings decide the same (tests/test_policy_indexes.py compares them).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from trainyard_scheduler.policy.cluster import Cluster, Release
-from trainyard_scheduler.policy.model import RunningJob, Snapshot
+from trainyard_scheduler.policy.model import Snapshot
 from trainyard_scheduler.policy.quotas import INF, QueueBook
 
 
@@ -87,23 +86,6 @@ def load_running(snapshot: Snapshot, cluster: Cluster, now: float, *, grouped: b
     return _load_groups(snapshot, cluster, now)
 
 
-def _placed_rows(
-    running: Sequence[RunningJob], index: Mapping[str, int], totals: list[float]
-) -> Iterator[tuple[RunningJob, int, float, float, float]]:
-    """Each row on an executor of the pass's cluster, with that executor's index and the row's
-    cpu, memory and gpu, added to ``totals`` (the cluster's whole room: free plus running) on the
-    way; a row on an executor the cluster does not hold (offline) is passed over."""
-    for r in running:
-        i = index.get(r.executor_id)
-        if i is None:
-            continue
-        u = r.used
-        totals[0] += u.cpu
-        totals[1] += u.memory
-        totals[2] += u.gpu
-        yield r, i, u.cpu, u.memory, u.gpu
-
-
 def _load_one_row_jobs(snapshot: Snapshot, cluster: Cluster, now: float) -> RunningLoad | None:
     """The common case, in one look at each row: every running job holds one row (on an online
     executor) and executor ids are unique. Only jobs that can be stopped (preemptible or already
@@ -124,7 +106,15 @@ def _load_one_row_jobs(snapshot: Snapshot, cluster: Cluster, now: float) -> Runn
     active: set[int] = set()
     default = book.preemptible_default
     queue_of = book.index
-    for r, i, c, m, gp in _placed_rows(running, index, totals):
+    for r in running:
+        i = index.get(r.executor_id)
+        if i is None:
+            continue
+        u = r.used
+        c, m, gp = u.cpu, u.memory, u.gpu
+        totals[0] += c
+        totals[1] += m
+        totals[2] += gp
         cap_cpu[i] += c
         cap_mem[i] += m
         cap_gpu[i] += gp
@@ -167,7 +157,17 @@ def _load_groups(snapshot: Snapshot, cluster: Cluster, now: float) -> RunningLoa
     book = QueueBook(snapshot.queues, (0.0, 0.0, 0.0))
     totals = [sum(cluster.cpu), sum(cluster.mem), sum(cluster.gpu)]
     groups: dict[str, RunningGroup] = {}
-    for r, i, c, m, gp in _placed_rows(snapshot.running, index, totals):
+    # the same walk over rows as _load_one_row_jobs, inline here too: a per-row generator shared by
+    # both costs a measurable share of the pass (docs/performance.md, "Kept out of the code")
+    for r in snapshot.running:
+        i = index.get(r.executor_id)
+        if i is None:
+            continue
+        u = r.used
+        c, m, gp = u.cpu, u.memory, u.gpu
+        totals[0] += c
+        totals[1] += m
+        totals[2] += gp
         g = groups.get(r.job_id)
         if g is None:
             q = book.of(r.queue)
