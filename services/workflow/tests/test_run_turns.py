@@ -41,7 +41,9 @@ class CountingRuns:
         self.turns = 0
         self.fail_first = fail_first
 
-    async def mutate(self, run_id: str, change: Any) -> tuple[PipelineRun, list[Any]]:
+    async def mutate(
+        self, run_id: str, change: Any, before_write: Any = None
+    ) -> tuple[PipelineRun, list[Any]]:
         self.inside += 1
         self.turns += 1
         self.most_inside = max(self.most_inside, self.inside)

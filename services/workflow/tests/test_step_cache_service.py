@@ -155,7 +155,8 @@ async def test_a_hit_needs_the_earlier_outputs_folder_still_stored(bus, workflow
         assert gone.steps["train"].cache.state == "miss"
         assert gone.steps["train"].jobs[0].job_id != first.steps["train"].jobs[0].job_id
 
-        entry = json.loads((await cache.get(key)).value)  # the miss's success, written again
+        entry = json.loads((await cache.get(key)).value)  # written before the run's state was
+        assert entry["run_id"] == gone.run_id  # the miss's success, written again
         await with_digest(digest)
         kept = await _run(client, "team-a")
         assert kept.steps["train"].cache.state == "hit"

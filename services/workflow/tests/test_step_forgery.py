@@ -35,8 +35,11 @@ class MemoryRuns:
     async def exists(self, run_id: str) -> bool:
         return run_id == self.run.run_id
 
-    async def mutate(self, run_id: str, change: Any) -> tuple[PipelineRun, Any]:
-        self.run, result = change(self.run)
+    async def mutate(self, run_id: str, change: Any, before_write: Any = None) -> tuple[PipelineRun, Any]:
+        changed, result = change(self.run)
+        if before_write is not None:
+            await before_write(changed, result)
+        self.run = changed
         return self.run, result
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from trainyard_contracts import IntakeReply, JobRecord, JobSpec, JobState, new_job_id
+from trainyard_contracts import IntakeReply, JobRecord, JobSpec, new_job_id
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.runs import (
     PipelineEnvelope,
@@ -60,7 +60,7 @@ from trainyard_workflow.core import (
 )
 from trainyard_workflow.intake import IntakeSender
 from trainyard_workflow.step_values import OutputMissing, StepValues, referenced_steps, with_outputs
-from trainyard_workflow.stepcache import CacheEntry, StepCacheStore, cache_key, job_identity
+from trainyard_workflow.stepcache import StepCache, StepCacheStore, cache_key, job_identity
 from trainyard_workflow.store import RunNotFound, RunStore
 from trainyard_workflow.sweep_step import sweep_facts, sweep_id_for, sweep_outputs
 
@@ -113,9 +113,9 @@ class WorkflowService:
     ) -> None:
         self.runs, self.read_job, self.intake, self.emit, self.clock = runs, read_job, intake, emit, clock
         self.model_wait = model_wait
-        self.cache = cache  # None: every lookup misses and nothing is remembered
-        # whether a step's outputs folder is still in the step outputs bucket (a hit hands it on)
-        self.blob_stored = blob_stored
+        # cache None: every look misses and nothing is remembered; blob_stored: whether a step's
+        # outputs folder is still in the step outputs bucket (a hit hands it on)
+        self.step_cache = StepCache(cache, read_job, blob_stored)
         self.sweeps: Sweeps | None = None  # set by the composition root (a sweep step starts one)
         self._turns: dict[str, RunTurn] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -149,7 +149,9 @@ class WorkflowService:
             )
         # answered once its first submissions are recorded: sending them (10,000 for an array)
         # goes on after the answer; a restart resends what is recorded and unanswered
-        recorded, taken = await self.runs.mutate(run.run_id, functools.partial(self._advance, facts=[]))
+        recorded, taken = await self.runs.mutate(
+            run.run_id, functools.partial(self._advance, facts=[]), before_write=self._remember_successes
+        )
         await self._announce(recorded, taken)
         self._in_background(self.progress(run.run_id))
         return recorded
@@ -188,7 +190,7 @@ class WorkflowService:
             again = retry(run, seen_attempt)
             return (run, []) if again is run else self._advance(again, [])
 
-        recorded, taken = await self.runs.mutate(run_id, change)
+        recorded, taken = await self.runs.mutate(run_id, change, before_write=self._remember_successes)
         if recorded.attempt > before[0].attempt:
             steps = retried_steps(before[0], recorded)
             await self.emit(PipelineRetried(run_id=run_id, attempt=recorded.attempt, steps=steps, by=by))
@@ -339,7 +341,9 @@ class WorkflowService:
                 serving = turn.arrived  # every caller so far: their facts are in ``taken``
                 try:
                     run, decided = await self.runs.mutate(
-                        run_id, functools.partial(self._advance, facts=taken)
+                        run_id,
+                        functools.partial(self._advance, facts=taken),
+                        before_write=self._remember_successes,
                     )
                     # announced in the order of the compare-and-sets, before the next turn's
                     await self._announce_known(run, taken)
@@ -377,17 +381,15 @@ class WorkflowService:
             log.warning("inputs not read", extra={"run_id": run.run_id, "step": step, "error": repr(exc)})
             return []
         key = cache_key(owner=run.submitted_by, job=job, array=spec.array, inputs=inputs)
-        if run.no_cache or self.cache is None:
-            return [CacheMiss(step, key)]
-        try:
-            found = await self.cache.get(key)
-            if found is not None and await self._still_there(found[0]):
-                return [CacheHit(step, key, found[0].run_id, found[0].jobs)]
-            if found is not None:  # its jobs' records are gone: the entry with them
-                await self.cache.forget(key, found[1])
-        except Exception as exc:
-            log.warning("the step cache not read: the step runs", extra={"key": key, "error": repr(exc)})
-        return [CacheMiss(step, key)]
+        found = None if run.no_cache else await self.step_cache.look(key)
+        return [CacheHit(step, key, found.run_id, found.jobs) if found is not None else CacheMiss(step, key)]
+
+    async def _remember_successes(self, run: PipelineRun, decided: list[Decision]) -> None:
+        """The ``cache: true`` steps a turn ends succeeded, remembered before the turn writes the
+        run: a run seen ended has its entries, so a run started right after it hits."""
+        for decision in decided:
+            if isinstance(decision, EndStep) and decision.state == StepState.succeeded:
+                await self.step_cache.remember(run, decision.step)
 
     async def _input_of(self, run: PipelineRun, dep: str) -> dict[str, Any]:
         """A dependency as it goes into a dependent's cache key: its state, and for one that
@@ -402,48 +404,6 @@ class WorkflowService:
             return {"state": "succeeded", "job_ids": [job.job_id for _, job in sorted(step.jobs.items())]}
         per_index = await self._outputs_per_index(run, dep)
         return {"state": "succeeded", "jobs": [job_identity(per_index[i]) for i in sorted(per_index)]}
-
-    async def _still_there(self, entry: CacheEntry) -> bool:
-        """Whether every job a cache entry names still has its record, succeeded (the records
-        hold the outputs later steps read), and its outputs folder, if it packed one, is still
-        stored (its dependents' $TRAINYARD_INPUTS: a blob is kept from its first put, not from
-        the job that found it there)."""
-        jobs = list(entry.jobs.values())
-        if not jobs or any(job.job_id is None or job.outcome != "succeeded" for job in jobs):
-            return False
-        records = await asyncio.gather(*(self.read_job(job.job_id or "") for job in jobs))
-        if not all(r is not None and r.state == JobState.SUCCEEDED for r in records):
-            return False
-        digests = sorted({job.outputs_digest for job in jobs if job.outputs_digest})
-        if not digests:
-            return True
-        if self.blob_stored is None:
-            return False
-        return all(await asyncio.gather(*(self.blob_stored(d) for d in digests)))
-
-    async def _remember(self, run: PipelineRun, name: str) -> None:
-        """A ``cache: true`` step that ran and succeeded: its jobs under its key (a hit, or a
-        step that never looked, is not remembered). Lost in a crash, the next success writes it."""
-        step = run.steps[name]
-        if self.cache is None or step.cache is None or step.cache.state != "miss" or not step.cache.key:
-            return
-        try:
-            single = step.jobs.get(0) if not run.spec.step(name).array else None
-            record = await self.read_job(single.job_id) if single is not None and single.job_id else None
-            entry = CacheEntry(
-                key=step.cache.key,
-                run_id=run.run_id,
-                step=name,
-                attempt=step.attempt,
-                jobs=step.jobs,
-                outputs=record.outputs if record is not None else None,
-            )
-            await self.cache.remember(entry)
-        except Exception as exc:
-            log.warning(
-                "a step's success not remembered",
-                extra={"run_id": run.run_id, "step": name, "error": repr(exc)},
-            )
 
     async def _step_job(self, run: PipelineRun, step: str) -> JobSpec | EndStep | None:
         """The step's job with the outputs it uses filled in; EndStep (failed) when one is not
@@ -552,8 +512,6 @@ class WorkflowService:
     async def _step_ended(self, run: PipelineRun, end: EndStep) -> None:
         await self._stop_sweep(run, end)
         step = run.steps[end.step]
-        if end.state == StepState.succeeded:
-            await self._remember(run, end.step)
         hit = step.cache.from_run if step.cache is not None and step.cache.state == "hit" else None
         await self.emit(
             StepEnded(

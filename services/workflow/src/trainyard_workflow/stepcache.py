@@ -10,15 +10,17 @@ a hit reuses them (their records hold the outputs later steps read), so nothing 
 
 ``StepCacheStore`` keeps the entries in the workflow service's own KV bucket
 (``<prefix>_step_cache``: bounded in entries and bytes, oldest out first, each entry kept
-``STEP_CACHE_TTL_DAYS``).
+``STEP_CACHE_TTL_DAYS``). ``StepCache`` is how the workflow service uses them: a look that finds
+an entry only while its jobs can still be reused, and a success remembered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -26,9 +28,9 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainyard_contracts import JobSpec
+from trainyard_contracts import JobRecord, JobSpec, JobState
 from trainyard_contracts._time import utcnow
-from trainyard_contracts.runs import ChildJob
+from trainyard_contracts.runs import ChildJob, PipelineRun
 from trainyard_contracts.stepoutputs import OutputValue
 
 log = logging.getLogger("trainyard.workflow")
@@ -108,3 +110,75 @@ class StepCacheStore:
             await self.kv.delete(key, last=revision)
         except KeyWrongLastSequenceError:
             pass  # written again since: that entry stays
+
+
+class StepCache:
+    """The step cache as the workflow service uses it: a look under a step's key finds an entry
+    only while the jobs it names can still be reused, and a step that ran and succeeded is
+    remembered. ``store`` None: every look misses and nothing is remembered."""
+
+    def __init__(
+        self,
+        store: StepCacheStore | None,
+        read_job: Callable[[str], Awaitable[JobRecord | None]],
+        blob_stored: Callable[[str], Awaitable[bool]] | None,
+    ) -> None:
+        self.store, self.read_job, self.blob_stored = store, read_job, blob_stored
+
+    async def look(self, key: str) -> CacheEntry | None:
+        """The entry under ``key`` whose jobs' records still say succeeded; None for any other
+        answer (a cache that cannot be read too: the step runs). An entry whose jobs are gone is
+        removed with them."""
+        if self.store is None:
+            return None
+        try:
+            found = await self.store.get(key)
+            if found is not None and await self.still_there(found[0]):
+                return found[0]
+            if found is not None:
+                await self.store.forget(key, found[1])
+        except Exception as exc:
+            log.warning("the step cache not read: the step runs", extra={"key": key, "error": repr(exc)})
+        return None
+
+    async def still_there(self, entry: CacheEntry) -> bool:
+        """Whether every job a cache entry names still has its record, succeeded (the records
+        hold the outputs later steps read), and its outputs folder, if it packed one, is still
+        stored (its dependents' $TRAINYARD_INPUTS: a blob is kept from its first put, not from
+        the job that found it there)."""
+        jobs = list(entry.jobs.values())
+        if not jobs or any(job.job_id is None or job.outcome != "succeeded" for job in jobs):
+            return False
+        records = await asyncio.gather(*(self.read_job(job.job_id or "") for job in jobs))
+        if not all(r is not None and r.state == JobState.SUCCEEDED for r in records):
+            return False
+        digests = sorted({job.outputs_digest for job in jobs if job.outputs_digest})
+        if not digests:
+            return True
+        if self.blob_stored is None:
+            return False
+        return all(await asyncio.gather(*(self.blob_stored(d) for d in digests)))
+
+    async def remember(self, run: PipelineRun, name: str) -> None:
+        """A ``cache: true`` step that ran and succeeded: its jobs under its key (a hit, or a
+        step that never looked, is not remembered). Lost in a crash, the next success writes it."""
+        step = run.steps[name]
+        if self.store is None or step.cache is None or step.cache.state != "miss" or not step.cache.key:
+            return
+        try:
+            single = step.jobs.get(0) if not run.spec.step(name).array else None
+            record = await self.read_job(single.job_id) if single is not None and single.job_id else None
+            entry = CacheEntry(
+                key=step.cache.key,
+                run_id=run.run_id,
+                step=name,
+                attempt=step.attempt,
+                jobs=step.jobs,
+                outputs=record.outputs if record is not None else None,
+            )
+            await self.store.remember(entry)
+        except Exception as exc:
+            log.warning(
+                "a step's success not remembered",
+                extra={"run_id": run.run_id, "step": name, "error": repr(exc)},
+            )

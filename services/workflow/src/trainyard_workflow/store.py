@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -138,10 +138,16 @@ class RunStore:
         return None if found is None else (found.run, found.revision)
 
     async def mutate(
-        self, run_id: str, change: Callable[[PipelineRun], tuple[PipelineRun, T]], tries: int = 20
+        self,
+        run_id: str,
+        change: Callable[[PipelineRun], tuple[PipelineRun, T]],
+        tries: int = 20,
+        before_write: Callable[[PipelineRun, T], Awaitable[None]] | None = None,
     ) -> tuple[PipelineRun, T]:
         """Apply a pure ``change`` by compare-and-set of the head, reading again on a conflict; an
-        unchanged record is not written, an unchanged chunk not written again."""
+        unchanged record is not written, an unchanged chunk not written again. ``before_write``
+        gets each changed run before its head is written (what must hold before anyone reads the
+        new state; on a conflict it runs again with the next try's change, so it is idempotent)."""
         for _ in range(tries):
             found = await self._read(run_id)
             if found is None:
@@ -150,6 +156,8 @@ class RunStore:
             changed, result = change(run)
             if changed == run:
                 return run, result
+            if before_write is not None:
+                await before_write(changed, result)
             new_head, chunks = split(changed)
             dirty = {name: jobs for name, jobs in chunks.items() if found.chunks.get(name) != jobs}
             written = await self._write_chunks(run_id, dirty)
