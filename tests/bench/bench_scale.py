@@ -53,6 +53,7 @@ from typing import Any
 import httpx
 
 from trainyard_client.stack import EmbeddedStack
+from trainyard_client.stackprocess import StackError
 
 OUT = Path(__file__).parent / "results" / "scale.json"
 REPO = Path(__file__).resolve().parents[2]
@@ -227,10 +228,11 @@ def shape(
     listing_target = TARGETS["listing_ms"]
     for step in steps:
         step["listing_met"] = all(v["median_ms"] <= listing_target for v in step["listing"].values())
-        step["restart_met"] = step["restart_ready_s"] <= TARGETS["restart_ready_s"]
+        ready = step["restart_ready_s"]
+        step["restart_met"] = ready is not None and ready <= TARGETS["restart_ready_s"]
     growth: dict[str, float | None] = {}
     if steps:
-        last = steps[-1]["rss_mb_after_restart"]
+        last = steps[-1].get("rss_mb_after_restart") or steps[-1]["rss_mb"]
         for name, before in idle.items():
             after = last.get(name)
             growth[name] = round(after / before - 1, 3) if before and after is not None else None
@@ -267,8 +269,9 @@ def start_stack(data: Path, env: dict[str, str]) -> tuple[EmbeddedStack, float]:
 
 def measure_step(
     stack: EmbeddedStack, data: Path, env: dict[str, str], args: argparse.Namespace, first: int, target: int
-) -> tuple[EmbeddedStack, dict[str, Any]]:
-    """Seed up to ``target`` records, measure, restart everything, measure again."""
+) -> tuple[EmbeddedStack | None, dict[str, Any]]:
+    """Seed up to ``target`` records, measure, restart everything, measure again (no stack
+    returned: it did not start again, ``restart_failed`` says why)."""
     began = time.perf_counter()
     in_store = asyncio.run(seed(stack, first, target, args.concurrency))
     seeded = time.perf_counter() - began
@@ -284,8 +287,15 @@ def measure_step(
         "rss_mb": stack_rss(stack),
         "load_average_1m_before_restart": round(os.getloadavg()[0], 2),
     }
+    print(json.dumps(row), flush=True)
     stack.stop()
-    stack, row["restart_ready_s"] = start_stack(data, env)
+    try:
+        stack, row["restart_ready_s"] = start_stack(data, env)
+    except StackError as exc:  # written down, not raised: what failed with this history is a finding
+        row["restart_ready_s"] = None
+        row["restart_failed"] = {"error": str(exc), "log_tails": getattr(exc, "tails", {})}
+        print(json.dumps(row["restart_failed"], indent=2), flush=True)
+        return None, row
     with api_client(stack) as http:
         row["first_listing_after_restart"] = timed_get(http, LISTINGS["api_queue_limit_50"], 1)
     time.sleep(args.settle)
@@ -320,8 +330,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if why is not None:
                 not_measured.update({str(t): why for t in targets if t >= target})
                 break
-            stack, row = measure_step(stack, data, env, args, records, target)
+            restarted, row = measure_step(stack, data, env, args, records, target)
             steps.append(row)
+            if restarted is None:
+                not_measured.update(
+                    {
+                        str(t): "the stack did not start again at the step before"
+                        for t in targets
+                        if t > target
+                    }
+                )
+                break
+            stack = restarted
             records = target
             rate = sum(s["seeded_records"] for s in steps) / sum(s["seeding_seconds"] for s in steps)
     finally:
