@@ -82,3 +82,55 @@ async def test_a_marker_that_comes_early_does_not_make_the_watch_ready():
     await asyncio.wait_for(starting, 5)
     assert watch.ready.is_set() and seen == ["job1"]
     await watch.stop()
+
+
+class SlowBucket:
+    """A bucket read slowly: ``count`` entries, ``gap`` seconds apart (a large history on a loaded
+    machine), then the caught-up marker, or none (``stall``: the read stops after the first
+    entry). A stand-in for the watcher only: a real server cannot be made to send slowly on demand."""
+
+    def __init__(self, count: int, gap: float, stall: bool = False) -> None:
+        self.count, self.gap, self.stall = count, gap, stall
+
+    async def watchall(self):
+        bucket = self
+
+        class Watcher:
+            def __aiter__(self):
+                return self._gen()
+
+            async def _gen(self):
+                for revision in range(1, bucket.count + 1):
+                    yield SimpleNamespace(key=f"job{revision}", value=b"x", revision=revision, operation=None)
+                    if bucket.stall:
+                        await asyncio.Event().wait()
+                    await asyncio.sleep(bucket.gap)
+                yield None
+                await asyncio.Event().wait()
+
+            async def stop(self):
+                return None
+
+        return Watcher()
+
+    async def status(self):
+        state = SimpleNamespace(messages=self.count, last_seq=self.count)
+        return SimpleNamespace(stream_info=SimpleNamespace(state=state))
+
+
+@pytest.mark.unit
+async def test_a_read_longer_than_the_timeout_that_keeps_moving_gets_ready():
+    seen: list[str] = []
+    watch = KvWatch(SlowBucket(count=40, gap=0.05), lambda e: seen.append(e.key), "test")  # type: ignore[arg-type]
+    await watch.start(timeout=0.5)  # the whole read takes ~2 s: four times the timeout
+    assert watch.ready.is_set() and len(seen) == 40
+    await watch.stop()
+
+
+@pytest.mark.unit
+async def test_a_read_that_stalls_fails_after_the_timeout():
+    watch = KvWatch(SlowBucket(count=40, gap=0.05, stall=True), lambda e: None, "test")  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError, match="no entry of the bucket"):
+        await watch.start(timeout=0.5)
+    assert not watch.ready.is_set() and watch.entries == 1
+    await watch.stop()

@@ -30,15 +30,31 @@ class KvWatch:
         self.name = name
         self.ready = asyncio.Event()
         self.newest_revision = 0  # of anything handed over, a delete too
+        self.entries = 0  # handed over so far
         self._marker = asyncio.Event()
         self._seen = asyncio.Event()  # set whenever newest_revision moves
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
+        """Read what the bucket holds, then ``ready``. ``timeout`` bounds a stretch with no entry
+        handed over, not the whole read: a history of 50,000 records took over 30 s to read on a
+        loaded machine, and a fixed deadline made the scheduler exit at every restart; a read
+        that stalls still fails (TimeoutError)."""
         self._watcher = await self.kv.watchall()
         self._task = asyncio.create_task(self._run(), name=self.name)
-        await asyncio.wait_for(self._caught_up(), timeout)
+        caught_up = asyncio.create_task(self._caught_up(), name=f"{self.name}-caught-up")
+        try:
+            while True:
+                handed = self.entries
+                done, _ = await asyncio.wait({caught_up}, timeout=timeout)
+                if done:
+                    caught_up.result()
+                    break
+                if self.entries == handed:
+                    raise TimeoutError(f"{self.name}: no entry of the bucket in {timeout:g} s")
+        finally:
+            await cancel_and_wait(caught_up)
         self.ready.set()
 
     async def _caught_up(self) -> None:
@@ -65,6 +81,7 @@ class KvWatch:
             if entry is None:  # nats-py: what the bucket held at start has been sent (see above)
                 self._marker.set()
                 continue
+            self.entries += 1
             revision = entry.revision or 0
             if revision > self.newest_revision:
                 self.newest_revision = revision
