@@ -17,21 +17,34 @@ Closed loop (drain): N jobs submitted at once, time from the first submit to all
 Every run audits lost jobs (offered but never terminal) and duplicated runs (more than one started
 attempt for a job that nothing requeued).
 
-Usage: python tests/bench/bench_e2e.py [--backends noop,local] [--rates 50,200,500,1000]
-       [--channels bus,http] [--seconds 10] [--drain 1000,10000]
+Issue 23's parts (each on a fresh stack): ``local``, a drain of 1,000 `true` jobs on the local
+backend; ``sustained``, 1,000 jobs/s offered over the bus for 60 s, noop backend; ``docker`` and
+``podman``, 200 containers of the test image drained through that backend and, in the same run, the
+engine's own ``run --rm IMAGE true`` loop (e2e_engines.py). ``summary`` holds the five figures issue
+23 names (e2e_summary.py), each with its target, whether met and the load average around it.
+``--only`` runs some parts and merges them into the existing file (the other keys are kept).
+
+Usage: python tests/bench/bench_e2e.py [--only runs,local,sustained,docker,podman]
+       [--backends noop,local] [--rates 50,200,500,1000] [--channels bus,http] [--seconds 10]
+       [--drain 1000,10000] [--local-jobs 1000] [--sustained-rate 1000] [--sustained-seconds 60]
+       [--containers 200] [--engine-concurrency 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +53,10 @@ import nats
 
 from trainyard_client.stack import EmbeddedStack
 from trainyard_contracts import JobRecord, JobState
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repo's tests package
+from tests.bench import e2e_engines
+from tests.bench.e2e_summary import PATH, summarize, table
 
 NOOP = {"name": "noop", "command": ["true"], "resources": {"cpu": 0.01, "memory": 1}}
 OUT = Path(__file__).parent / "results" / "e2e.json"
@@ -124,8 +141,10 @@ class Outcomes:
         await self.nc.drain()
 
 
-async def offer_over_bus(stack: EmbeddedStack, rate: float, seconds: float) -> list[str]:
-    """Publish to the intake at ``rate``; the accepted job ids come back on a reply subject."""
+async def offer_over_bus(
+    stack: EmbeddedStack, rate: float, seconds: float, spec: dict[str, Any] = NOOP
+) -> list[str]:
+    """Publish ``spec`` to the intake at ``rate``; the accepted job ids come back on a reply subject."""
     nc = await nats.connect(stack.nats_url, **stack.nats_connect_options("client"))
     js = nc.jetstream()
     inbox = nc.new_inbox()
@@ -139,7 +158,7 @@ async def offer_over_bus(stack: EmbeddedStack, rate: float, seconds: float) -> l
             all_replied.set()
 
     await nc.subscribe(inbox, cb=on_reply)
-    body = json.dumps(NOOP).encode()
+    body = json.dumps(spec).encode()
     start = time.perf_counter()
     pending: list[asyncio.Future[Any]] = []
     for i in range(total):
@@ -297,10 +316,12 @@ async def run_rate(
     }
 
 
-async def run_drain(stack: EmbeddedStack, outcomes: Outcomes, n: int) -> dict[str, Any]:
+async def run_drain(
+    stack: EmbeddedStack, outcomes: Outcomes, n: int, spec: dict[str, Any] = NOOP
+) -> dict[str, Any]:
     before = cpu_seconds(stack)
     t0 = time.perf_counter()
-    job_ids = await offer_over_bus(stack, rate=1e9, seconds=n / 1e9)
+    job_ids = await offer_over_bus(stack, rate=1e9, seconds=n / 1e9, spec=spec)
     await outcomes.wait_for(job_ids, timeout=900)
     after = cpu_seconds(stack)
     recs = await outcomes.records(job_ids)
@@ -318,35 +339,54 @@ async def run_drain(stack: EmbeddedStack, outcomes: Outcomes, n: int) -> dict[st
             if k in ("refused", "lost", "duplicated", "succeeded")
         },
         "cpu_ms_per_job": cpu_ms_per_job(before, after, len(recs)),
+        "not_succeeded": not_succeeded(recs),
     }
 
 
-async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
-    data = Path(tempfile.mkdtemp(prefix=f"trainyard-bench-{backend}-"))
-    env = {
+def not_succeeded(recs: list[JobRecord]) -> dict[str, int]:
+    """How many jobs ended otherwise than succeeded, by state and reason (first 120 characters)."""
+    return dict(
+        Counter(f"{r.state.value}: {(r.reason or '')[:120]}" for r in recs if r.state.value != "succeeded")
+    )
+
+
+def stack_env(backend: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
         "TRAINYARD_LOG_LEVEL": "WARNING",
         "TRAINYARD_EXECUTOR_BACKEND": backend,
         "TRAINYARD_EXECUTOR_CPU": str(EXECUTOR_CPUS),
         "TRAINYARD_EXECUTOR_MEMORY": str(1024 * 1024 * 16),
-    }
+    } | (extra or {})
+
+
+@contextlib.asynccontextmanager
+async def warm_stack(
+    backend: str, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[EmbeddedStack, Outcomes]]:
+    """A fresh embedded stack on ``backend``, warmed by 5 jobs (imports, consumers, connections)."""
+    with tempfile.TemporaryDirectory(
+        prefix=f"trainyard-bench-{backend}-", ignore_cleanup_errors=True
+    ) as data:
+        env = stack_env(backend, extra_env)
+        with EmbeddedStack(Path(data), api_port=None, nats_port=None, env=env, ready_timeout=180) as stack:
+            async with Outcomes(stack) as outcomes:
+                await run_rate(stack, outcomes, 5, 1, "bus")
+                yield stack, outcomes
+
+
+async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"backend": backend, "rates": [], "drains": []}
-    with EmbeddedStack(data, api_port=None, nats_port=None, env=env, ready_timeout=180) as stack:
-        async with Outcomes(stack) as outcomes:
-            await run_rate(stack, outcomes, 5, 1, "bus")  # warm-up: imports, consumers, connections
-            for rate in args.rates:
-                for via in args.channels:
-                    result = await run_rate(stack, outcomes, rate, args.seconds, via)
-                    out["rates"].append(result)
-                    print(
-                        json.dumps(
-                            {"backend": backend, **{k: v for k, v in result.items() if k != "stages"}}
-                        ),
-                        flush=True,
-                    )
-            for n in args.drain:
-                result = await run_drain(stack, outcomes, n)
-                out["drains"].append(result)
-                print(json.dumps({"backend": backend, **result}), flush=True)
+    async with warm_stack(backend) as (stack, outcomes):
+        for rate in args.rates:
+            for via in args.channels:
+                result = await run_rate(stack, outcomes, rate, args.seconds, via)
+                out["rates"].append(result)
+                shown = {k: v for k, v in result.items() if k != "stages"}
+                print(json.dumps({"backend": backend, **shown}), flush=True)
+        for n in args.drain:
+            result = await run_drain(stack, outcomes, n)
+            out["drains"].append(result)
+            print(json.dumps({"backend": backend, **result}), flush=True)
     return out
 
 
@@ -370,25 +410,44 @@ def machine_speed() -> float:
     return round(best * 1000, 2)
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    speed_before = machine_speed()
-    results: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "speed_ms_before": speed_before,
-        },
-        "path": "embedded stack, JetStream file storage, one replica per service, loopback; "
-        f"shortcut: the executor advertises {EXECUTOR_CPUS} CPUs so placement never waits",
-        "backends": {
-            "noop": "the executor's no-op backend: an attempt completes at once, no process is spawned",
-            "local": "a real local process per job (`true`)",
-        },
-        "runs": [],
+def conditions_now() -> dict[str, Any]:
+    """When, at which commit, the load average (1, 5, 15 min) and the machine's speed, now."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False, cwd=OUT.parent
+    ).stdout.strip()
+    return {
+        "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": commit or None,
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "speed_ms": machine_speed(),
     }
+
+
+async def part_runs(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The open-loop rates and drains per backend (``runs``, issue 6's headline fields).
+
+    A backend measured now replaces its entry in ``runs``; the other backends' entries are kept.
+    Each new entry carries its own ``conditions`` (load average and machine speed around it, the
+    arguments); an entry without them is described by the file's prose ``conditions``."""
+    fresh = []
     for backend in args.backends:
-        results["runs"].append(await run_backend(backend, args))
-    results["machine"]["speed_ms_after"] = machine_speed()
+        before = conditions_now()
+        run = await run_backend(backend, args)
+        arguments = {k: getattr(args, k) for k in ("rates", "channels", "seconds", "drain")}
+        fresh.append(run | {"conditions": {"before": before, "after": conditions_now(), "args": arguments}})
+    kept = [run for run in results.get("runs") or [] if run.get("backend") not in args.backends]
+    results.update(
+        {
+            "path": f"{PATH}; shortcut: the executor advertises {EXECUTOR_CPUS} CPUs, placement never waits",
+            "backends": {
+                "noop": "the executor's no-op backend: an attempt completes at once, no process is spawned",
+                "local": "a real local process per job (`true`)",
+                "docker": "a container per job (the test image), through the Docker API",
+                "podman": "a container per job (the test image), through Podman's Docker-compatible API",
+            },
+            "runs": fresh + kept,
+        }
+    )
     # the headline fields (issue 6) from the first backend measured
     headline = results["runs"][0]
     results["rates"] = [
@@ -400,54 +459,108 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         last = headline["drains"][-1]
         results.update({k: last[k] for k in ("drain_jobs", "drain_seconds", "lost", "duplicated")})
         results["drain_backend"] = headline["backend"]
+
+
+async def part_local(args: argparse.Namespace) -> dict[str, Any]:
+    """A drain of ``--local-jobs`` `true` jobs on a fresh local-backend stack (issue 23)."""
+    async with warm_stack("local") as (stack, outcomes):
+        return {"drain": await run_drain(stack, outcomes, args.local_jobs)}
+
+
+async def part_sustained(args: argparse.Namespace) -> dict[str, Any]:
+    """``--sustained-rate`` jobs/s offered over the bus for ``--sustained-seconds``, noop backend."""
+    async with warm_stack("noop") as (stack, outcomes):
+        return {"rate": await run_rate(stack, outcomes, args.sustained_rate, args.sustained_seconds, "bus")}
+
+
+async def part_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
+    """N containers through Trainyard's backend, then the engine's own `run --rm` loops, same run."""
+    reason = e2e_engines.engine_unavailable(engine)
+    if reason:
+        return {"skipped": reason}
+    n = args.containers
+    spec = {
+        "name": f"bench-{engine}",
+        "command": ["true"],
+        "image": e2e_engines.IMAGE,
+        "resources": {"cpu": 1.0, "memory": 64},
+    }
+    async with warm_stack(engine, {"TRAINYARD_EXECUTOR_DEFAULT_IMAGE": e2e_engines.IMAGE}) as (
+        stack,
+        outcomes,
+    ):
+        trainyard = await run_drain(stack, outcomes, n, spec)
+    print(json.dumps({"backend": engine, **trainyard}), flush=True)
+    # the executor starts every container at once (placement never waits): the concurrent loop
+    # runs as many at a time, bounded by --engine-concurrency
+    concurrency = min(n, args.engine_concurrency)
+    loops = {
+        "sequential": await e2e_engines.run_loop(engine, n, 1),
+        "concurrent": await e2e_engines.run_loop(engine, n, concurrency),
+    }
+    print(json.dumps({"engine": engine, **loops}), flush=True)
+    return {"image": e2e_engines.IMAGE, "job_spec": spec, "trainyard": trainyard, "engine": loops}
+
+
+PARTS = ("runs", "local", "sustained", "docker", "podman")
+
+
+async def main(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """Run the parts in ``args.only`` and merge them into ``results`` (the file's previous keys)."""
+    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]} | {
+        k: v for k, v in (results.get("machine") or {}).items() if k not in ("cpus", "python")
+    }
+    parts = results.setdefault("parts", {})
+    for name in args.only:
+        print(f"== part {name}", file=sys.stderr, flush=True)
+        if name == "runs":
+            speed_before = machine_speed()
+            await part_runs(args, results)
+            results["machine"].update(speed_ms_before=speed_before, speed_ms_after=machine_speed())
+            continue
+        before = conditions_now()
+        if name in ("docker", "podman"):
+            part = await part_engine(name, args)
+        else:
+            part = await (part_local(args) if name == "local" else part_sustained(args))
+        parts[name] = part | {"conditions": {"before": before, "after": conditions_now()}}
+    results["summary"] = summarize(results)
     return results
-
-
-def table(results: dict[str, Any]) -> str:
-    machine = results.get("machine", {})
-    rows = [
-        f"machine speed (ms for a fixed Python loop, lower is faster): "
-        f"{machine.get('speed_ms_before')} before, {machine.get('speed_ms_after')} after"
-    ]
-    for run in results["runs"]:
-        rows.append(f"backend {run['backend']}")
-        rows.append(
-            "  via   offered  achieved  p50_ms  p90_ms  p99_ms  refused  lost  dup   "
-            "cpu ms/job: sub sched exec reg tel nats = total"
-        )
-        for r in run["rates"]:
-            rows.append(
-                f"  {r['via']:<5} {r['offered_rate']:>7g} {r['achieved_rate']:>9} {r['p50_ms']!s:>7} "
-                f"{r['p90_ms']!s:>7} {r['p99_ms']!s:>7} {r['refused']:>8} {r['lost']:>5} {r['duplicated']:>4}"
-                f"   {cpu_row(r['cpu_ms_per_job'])}"
-            )
-        for d in run["drains"]:
-            rows.append(
-                f"  drain {d['drain_jobs']} jobs: {d['drain_seconds']} s ({d['drain_rate']} jobs/s), "
-                f"lost {d['lost']}, duplicated {d['duplicated']}; cpu ms/job {cpu_row(d['cpu_ms_per_job'])}"
-            )
-    return "\n".join(rows)
-
-
-def cpu_row(cpu: dict[str, float]) -> str:
-    names = ("submission", "scheduler", "executor", "registry", "telemetry", "nats-server")
-    return " ".join(f"{cpu.get(n, 0):.2f}" for n in names) + f" = {cpu.get('total', 0):.2f}"
 
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 
 
+def _parts(text: str) -> list[str]:
+    names = [x for x in text.split(",") if x]
+    unknown = sorted(set(names) - set(PARTS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
+    return names
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", type=_parts, default=list(PARTS), help=f"parts to run, of {','.join(PARTS)}"
+    )
     parser.add_argument("--backends", type=lambda s: s.split(","), default=["noop", "local"])
     parser.add_argument("--rates", type=_floats, default=[50.0, 200.0, 500.0, 1000.0])
     parser.add_argument("--channels", type=lambda s: s.split(","), default=["bus", "http"])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--drain", type=lambda s: [int(x) for x in s.split(",") if x], default=[1000, 10000])
+    parser.add_argument("--local-jobs", type=int, default=1000, help="part local: jobs drained")
+    parser.add_argument("--sustained-rate", type=float, default=1000.0, help="part sustained: jobs/s offered")
+    parser.add_argument("--sustained-seconds", type=float, default=60.0, help="part sustained: for how long")
+    parser.add_argument("--containers", type=int, default=200, help="parts docker/podman: containers drained")
+    parser.add_argument(
+        "--engine-concurrency", type=int, default=200, help="parts docker/podman: the concurrent loop's width"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     arguments = parser.parse_args()
-    outcome = asyncio.run(main(arguments))
+    previous = json.loads(arguments.out.read_text()) if arguments.out.exists() else {}
+    outcome = asyncio.run(main(arguments, previous))
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(outcome, indent=2) + "\n")
     print(table(outcome))
