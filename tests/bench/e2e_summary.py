@@ -133,7 +133,17 @@ def sustained_60s_rate(results: dict[str, Any]) -> dict[str, Any]:
     met = achieved is not None and achieved >= 1000 and run.get("lost") == 0 and run.get("duplicated") == 0
     audit = {
         k: run.get(k)
-        for k in ("via", "offered_rate", "seconds", "offered", "accepted", "succeeded", "lost", "duplicated")
+        for k in (
+            "via",
+            "offered_rate",
+            "seconds",
+            "offered",
+            "accepted",
+            "publish_errors",
+            "succeeded",
+            "lost",
+            "duplicated",
+        )
     }
     return _entry(
         key, achieved, met, {"backend": "noop", **audit, "p99_ms": run.get("p99_ms"), **_conditions(part)}
