@@ -4,7 +4,7 @@ following them to the end."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -43,9 +43,16 @@ async def read_metric_batches(
     reads its output (the executor publishes the last batch before the end event); ``latest``:
     only the newest batch (what ``trainyard top`` shows), however many are stored."""
     subject = subjects.metrics(job_id, attempt) if attempt is not None else subjects.metrics_of(job_id)
-    policy = DeliverPolicy.LAST if latest and not follow else DeliverPolicy.ALL
-    async for data in read_messages(js, subjects.streams.metrics, subject, follow, finished, policy):
-        yield MetricsBatch.model_validate_json(data)
+    newest_only = latest and not follow
+    policy = DeliverPolicy.LAST if newest_only else DeliverPolicy.ALL
+    messages = read_messages(js, subjects.streams.metrics, subject, follow, finished, policy)
+    async with contextlib.aclosing(messages):  # its consumer is removed at once, not at GC
+        async for data in messages:
+            yield MetricsBatch.model_validate_json(data)
+            if newest_only:
+                # the newest batch alone: one that lands while it is read is the next answer's
+                # (CI saw two batches joined into one answer, the second newer than the "newest")
+                return
 
 
 async def read_messages(
@@ -55,7 +62,7 @@ async def read_messages(
     follow: bool,
     finished: Callable[[], Awaitable[bool]],
     policy: DeliverPolicy = DeliverPolicy.ALL,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The bodies stored on ``subject`` in order (from the newest one with ``DeliverPolicy.LAST``),
     with a consumer the server names (removed after); with ``follow``, until ``finished()`` and
     nothing more is pending."""
