@@ -490,15 +490,7 @@ class WorkflowService:
             job = step.jobs.get(fact.index)
             if job is not None and job.job_id == fact.job_id:
                 # a deterministic message id: the stream keeps one however often it is announced
-                await self.emit(
-                    StepSubmitted(
-                        run_id=run.run_id,
-                        step=fact.step,
-                        index=fact.index,
-                        attempt=step.attempt,
-                        job_id=fact.job_id,
-                    )
-                )
+                await self._emit_step(run, fact.step, StepSubmitted, index=fact.index, job_id=fact.job_id)
 
     async def _announce(self, run: PipelineRun, taken: list[Decision]) -> None:
         for decision in taken:
@@ -513,16 +505,13 @@ class WorkflowService:
         await self._stop_sweep(run, end)
         step = run.steps[end.step]
         hit = step.cache.from_run if step.cache is not None and step.cache.state == "hit" else None
-        await self.emit(
-            StepEnded(
-                run_id=run.run_id,
-                step=end.step,
-                attempt=step.attempt,
-                state=end.state,
-                reason=end.reason,
-                cached_from=hit,
-            )
-        )
+        await self._emit_step(run, end.step, StepEnded, state=end.state, reason=end.reason, cached_from=hit)
+
+    async def _emit_step(
+        self, run: PipelineRun, step: str, event: type[StepSubmitted | StepEnded], **fields: Any
+    ) -> None:
+        """A step's event names its run, the step and the step's attempt as the run holds it now."""
+        await self.emit(event(run_id=run.run_id, step=step, attempt=run.steps[step].attempt, **fields))
 
     async def _stop_sweep(self, run: PipelineRun, end: EndStep) -> None:
         """A sweep step ended before its sweep (the run cancelled): the sweep is cancelled, and
