@@ -9,7 +9,7 @@ from trainyard_contracts import JobSpec, JobState, lifecycle
 from trainyard_contracts._time import utcnow
 from trainyard_contracts.ids import new_job_id
 from trainyard_shared.jobstore import JobStore
-from trainyard_shared.jobview import JobView
+from trainyard_shared.jobview import JobView, RecordPeek
 from trainyard_shared.testing.helpers import Bus, eventually
 
 pytestmark = pytest.mark.service
@@ -81,5 +81,38 @@ async def test_without_a_bound_every_record_stays(jobs):
 
         await eventually(caught_up, 10, "the view seeing every write")
         assert set(view.records) == set(ids) and not view.live
+    finally:
+        await view.stop()
+
+
+async def test_a_view_keeping_no_finished_record_reads_only_the_finished_ones_it_asks_for(jobs):
+    """A start-up read of a long history (executor, telemetry): the view holds the live jobs only,
+    and a finished record is read in full, and shown to listeners, only when ``read_finished``
+    asks for it on its peek; the others keep just their revision."""
+    store = JobStore(jobs, remember=0)
+    ids = [await new_job(store) for _ in range(30)]
+    for job_id in ids[1:29]:
+        await finish(store, job_id)
+    now = utcnow()
+    await store.update(
+        ids[0], lambda r: lifecycle.finish(r, JobState.REJECTED, now, exit_code=None, reason="t")
+    )
+    peeked: list[JobState] = []
+
+    def read_finished(peek: RecordPeek) -> bool:
+        peeked.append(peek.state)
+        return peek.state == JobState.REJECTED
+
+    seen: list[str] = []
+    view = JobView(jobs, keep_finished=0, read_finished=read_finished)
+    view.on_change(lambda _before, after: seen.append(after.job_id))
+    await view.start()
+    try:
+        assert set(view.records) == {ids[29]} and set(view.live) == {ids[29]}
+        assert sorted(peeked) == sorted([JobState.CANCELLED] * 28 + [JobState.REJECTED])
+        assert sorted(seen) == sorted([ids[0], ids[29]])
+        assert len(view.revisions) == 30  # a late, older entry of a finished job is still ignored
+        view.apply(lifecycle.new_record(ids[3], SPEC, utcnow(), "t"), 1)
+        assert ids[3] not in view.live
     finally:
         await view.stop()

@@ -11,9 +11,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from trainyard_contracts import JobRecord
+from trainyard_contracts import JobRecord, JobState
 from trainyard_shared.kvwatch import KvWatch
 
 log = logging.getLogger("trainyard.jobview")
@@ -21,14 +21,42 @@ log = logging.getLogger("trainyard.jobview")
 Listener = Callable[[JobRecord | None, JobRecord], None]
 
 
+class _Peek(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class AttemptPeek(_Peek):
+    executor_id: str | None = None
+    stopping: bool = False
+
+
+class RecordPeek(_Peek):
+    """What :class:`JobView` reads of a record before the rest: its state and its attempts'
+    executor and stopping mark. ~10x cheaper than reading the whole record (7 against 80 us a
+    record): most of a long-lived bucket is finished jobs a view drops at once."""
+
+    state: JobState
+    attempts: list[AttemptPeek] = []
+
+
 class JobView:
     """``keep_finished``: how many finished (terminal) records stay in memory, the most recently
     finished ones; None keeps every record. A long-lived installation's bucket holds every job it
     ever ran, and a view that kept them all grew without bound (~6 KB per record). A finished job
     dropped from memory keeps its revision (so a late, older entry of it is still ignored), and
-    :meth:`get` answers None for it: callers that need it read the bucket."""
+    :meth:`get` answers None for it: callers that need it read the bucket.
 
-    def __init__(self, kv: KeyValue, keep_finished: int | None = None) -> None:
+    ``read_finished``: a view that keeps no finished record (``keep_finished=0``) reads a finished
+    one only if this says yes on its :class:`RecordPeek`; the others keep just their revision and
+    no listener sees them (None reads every record). A start-up read of the live jobs so costs the
+    live jobs, not the history."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        keep_finished: int | None = None,
+        read_finished: Callable[[RecordPeek], bool] | None = None,
+    ) -> None:
         self.kv = kv
         self.records: dict[str, JobRecord] = {}
         # the jobs not yet terminal: what planning and reconciling look at, so a pass costs the
@@ -36,6 +64,7 @@ class JobView:
         self.live: dict[str, JobRecord] = {}
         self.revisions: dict[str, int] = {}
         self.keep_finished = keep_finished
+        self.read_finished = read_finished if keep_finished == 0 else None
         self._finished: OrderedDict[str, None] = OrderedDict()  # in the order they finished
         self._listeners: list[Listener] = []
         self._watch = KvWatch(kv, self._on_entry, "jobview")
@@ -68,11 +97,23 @@ class JobView:
         if revision <= self.revisions.get(key, 0):
             return
         try:
+            if self.read_finished is not None:
+                peek = RecordPeek.model_validate_json(entry.value or b"")
+                if peek.state.terminal and not self.read_finished(peek):
+                    self._pass_over(key, revision)
+                    return
             record = JobRecord.model_validate_json(entry.value or b"")
         except ValidationError as exc:
             log.error("unreadable job record", extra={"job_id": key, "error": str(exc)[:500]})
             return
         self.apply(record, revision)
+
+    def _pass_over(self, key: str, revision: int) -> None:
+        """A finished record not read: only its revision stays (as for one dropped)."""
+        self.records.pop(key, None)
+        self.live.pop(key, None)
+        self._finished.pop(key, None)
+        self.revisions[key] = revision
 
     def apply(self, record: JobRecord, revision: int) -> None:
         """Take a record at ``revision`` unless the view already holds a newer one.

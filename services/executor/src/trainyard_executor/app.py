@@ -27,6 +27,7 @@ from trainyard_executor.metricship import MetricsShipper
 from trainyard_executor.nvml import Nvml
 from trainyard_executor.reporting import BusReporter
 from trainyard_executor.settings import ExecutorSettings
+from trainyard_executor.startupread import records_to_recover
 from trainyard_executor.stepfolders import StepFolders, archive_cap
 from trainyard_executor.workdirs import WorkdirCache
 from trainyard_shared.binding import connect_and_bind
@@ -36,7 +37,6 @@ from trainyard_shared.bus import streams
 from trainyard_shared.executors import ExecutorDirectory
 from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
-from trainyard_shared.jobview import JobView
 from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
@@ -258,12 +258,7 @@ class ExecutorService:
         # attempts elsewhere while it is back and adopting them (its room is counted from the
         # records meanwhile; commands wait for the recovery)
         await executor.beat()
-        view = JobView(store.kv)
-        await view.start()
-        try:
-            recovered = await executor.recover(view.all())
-        finally:
-            await view.stop()
+        recovered = await executor.recover(await records_to_recover(store.kv, self.settings.id))
         if recovered:
             log.warning("requeued attempts left over from before a restart", extra={"count": recovered})
         await executor.beat()

@@ -22,6 +22,7 @@ from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
 from trainyard_shared.tracing import setup_tracing
 from trainyard_telemetry.joblogs import JobContext, JobOutputShipper, logstash_handler
+from trainyard_telemetry.jobstates import JobStates
 from trainyard_telemetry.metrics import JobMetrics
 from trainyard_telemetry.settings import TelemetrySettings
 
@@ -73,12 +74,9 @@ def create_app(
     async def connect() -> None:
         buckets = await connect_and_bind(sb, common)
         # one ordered read of the records, then the events keep the facts current (jobstates.py)
-        view = JobView(buckets.jobs)
+        view = job_states_view(buckets.jobs, metrics.states)
         await view.start()
-        try:
-            metrics.states.seed(view.all())
-        finally:
-            await view.stop()
+        await view.stop()
         queues.append(await _watch_queues(buckets.queues, metrics))
 
     async def stop_watching() -> None:
@@ -103,6 +101,15 @@ def create_app(
     app.context.set_global("telemetry_metrics", metrics)
     app.context.set_global("telemetry_job_output", shipper)
     return app
+
+
+def job_states_view(kv: KeyValue, states: JobStates) -> JobView:
+    """The start-up read of the jobs bucket: each record's facts are taken as it is read, and the
+    view keeps no finished record. It kept every one before (~8.5 KB each: 65 -> 281 MB at 25,000
+    records), the facts alone are what telemetry keeps."""
+    view = JobView(kv, keep_finished=0)
+    view.on_change(lambda _before, after: states.seed((after,)))
+    return view
 
 
 def _job_output_consumer(
