@@ -502,8 +502,8 @@ async def part_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
     ):
         trainyard = await run_drain(stack, outcomes, n, spec)
     print(json.dumps({"backend": engine, **trainyard}), flush=True)
-    # the executor starts every container at once (placement never waits): the concurrent loop
-    # runs as many at a time, bounded by --engine-concurrency
+    # placement never waits, the executor makes and starts TRAINYARD_EXECUTOR_CONTAINER_ENGINE_CALLS
+    # (4) at a time (docs/executors.md): the concurrent loop runs --engine-concurrency at a time
     concurrency = min(n, args.engine_concurrency)
     loops = {
         "sequential": await e2e_engines.run_loop(engine, n, 1),

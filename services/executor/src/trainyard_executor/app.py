@@ -86,6 +86,7 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
 
         return kubeflow_backend(settings, data)
     from trainyard_executor.backends.docker import DockerBackend
+    from trainyard_executor.backends.engine_calls import EngineCallPolicy
 
     return DockerBackend(
         base_url=settings.docker_host if settings.backend == "docker" else settings.podman_socket,
@@ -97,6 +98,11 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
         gpus=settings.gpu or 0,
         user=(settings.container_uid, settings.container_gid),
         pids_limit=settings.container_pids_limit,
+        engine_calls=EngineCallPolicy(
+            concurrency=settings.container_engine_calls,
+            call_timeout_s=settings.container_engine_call_timeout_seconds,
+            start_deadline_s=settings.container_start_deadline_seconds,
+        ),
     )
 
 

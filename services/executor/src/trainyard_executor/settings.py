@@ -74,6 +74,24 @@ class ExecutorSettings(HttpSettings, WorkdirLimitSettings):
     container_pids_limit: int = Field(
         4096, ge=16, description="container backends: most processes and threads a container may have"
     )
+    container_engine_calls: int = Field(
+        4,
+        ge=1,
+        description="container backends: containers being made and started at once on the engine (a drain "
+        "of hundreds queues here, not at a loaded engine)",
+    )
+    container_engine_call_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="container backends: the read timeout of one engine call (a timed-out "
+        "create or start is asked again)",
+    )
+    container_start_deadline_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="container backends: one container's create and start, retries included, "
+        "before the attempt fails naming the engine call",
+    )
     kube_namespace: str = Field(
         "default",
         description="kubernetes backend: the namespace of its Jobs (give jobs their own, without Secrets)",

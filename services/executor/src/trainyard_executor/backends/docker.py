@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.types import Ulimit
 
 from trainyard_contracts import Isolation
@@ -55,6 +55,7 @@ from trainyard_executor.backends.container_security import (
     work_mount_mode,
 )
 from trainyard_executor.backends.devices import container_devices_env, gpu_request, rank_devices
+from trainyard_executor.backends.engine_calls import AlreadyRunning, EngineCallPolicy, EngineStarts
 from trainyard_executor.backends.finished import FinishedAttempt
 from trainyard_executor.backends.gang_network import (
     MASTER_ALIAS,
@@ -143,13 +144,18 @@ class DockerBackend:
         ulimits: tuple[tuple[str, int, int], ...] | None = None,
         user: tuple[int, int] = (DEFAULT_UID, DEFAULT_UID),
         pids_limit: int = DEFAULT_PIDS_LIMIT,
+        engine_calls: EngineCallPolicy | None = None,
     ) -> None:
+        policy = engine_calls or EngineCallPolicy()
         if client_factory is None:
 
             def client_factory() -> Any:
+                # the read timeout of a plain call (streams and waits set their own)
                 if base_url:
-                    return docker.DockerClient(base_url=base_url, max_pool_size=POOL_SIZE)
-                return docker.from_env(max_pool_size=POOL_SIZE)
+                    return docker.DockerClient(
+                        base_url=base_url, max_pool_size=POOL_SIZE, timeout=policy.call_timeout_s
+                    )
+                return docker.from_env(max_pool_size=POOL_SIZE, timeout=policy.call_timeout_s)
 
         self._factory = client_factory
         self._client: Any = None
@@ -164,6 +170,7 @@ class DockerBackend:
         self.ulimits = ulimits if ulimits is not None else (PODMAN_ULIMITS if name == "podman" else ())
         self.user = user
         self.pids_limit = pids_limit
+        self.starts = EngineStarts(policy)  # the bound on creates/starts, and their retries
         self._capacity: Resources | None = None
         self._capacity_tried = 0.0
 
@@ -378,7 +385,7 @@ class DockerBackend:
                     master_ip = master_address(container, network)
                 rank = launch.gang.ranks[local_rank] if launch.gang else None
                 members.append(ContainerAttempt(self, container, launch, output_dir, on_line, rank=rank))
-        except (ImageNotFound, _AlreadyRunning, DockerException, RuntimeError) as exc:
+        except (ImageNotFound, AlreadyRunning, DockerException, RuntimeError, OSError) as exc:
             # a gang starts whole or not at all
             await asyncio.gather(*(self._remove(m.container_id) for m in members))
             for m in members:
@@ -387,7 +394,7 @@ class DockerBackend:
                 await self.drop_network(network)
             if isinstance(exc, ImageNotFound):
                 return FinishedAttempt(image_missing_reason(image), output_dir)
-            if isinstance(exc, _AlreadyRunning):
+            if isinstance(exc, AlreadyRunning):
                 return FinishedAttempt(str(exc), output_dir)
             return FinishedAttempt(f"could not start the container: {engine_error(exc)}", output_dir)
         if launch.gang is None:
@@ -395,30 +402,8 @@ class DockerBackend:
         return GangAttempt(launch, output_dir, members, network)
 
     def _create_and_start(self, config: Mapping[str, Any]) -> Any:
-        client = self.client
-        client.images.get(config["image"])  # ImageNotFound before anything is created
-        try:
-            container = client.containers.create(**config)
-        except APIError as exc:
-            # Docker answers a name in use with 409, Podman with 500 "... already in use"
-            if exc.status_code != 409 and "already in use" not in str(exc.explanation or ""):
-                raise
-            # a container of this very attempt exists: never run an attempt twice at once
-            old = client.containers.get(config["name"])
-            if old.status in ("running", "restarting", "paused"):
-                raise _AlreadyRunning(
-                    f"attempt already runs in container {old.short_id} ({config['name']})"
-                ) from exc
-            old.remove(force=True)
-            container = client.containers.create(**config)
-        try:
-            container.start()
-            container.reload()
-        except BaseException:
-            with contextlib.suppress(DockerException):
-                container.remove(force=True)
-            raise
-        return container
+        owner = {key: config["labels"][key] for key in NETWORK_LABELS}
+        return self.starts.create_and_start(lambda: self.client, config, owner)
 
     async def _remove(self, container_id: str) -> None:
         try:
@@ -566,10 +551,6 @@ class DockerBackend:
         with contextlib.suppress(DockerException):
             await in_thread(prune_networks, self.client, f"{LABEL_EXECUTOR}={self.executor_id}", name="prune")
         return victims
-
-
-class _AlreadyRunning(RuntimeError):
-    pass
 
 
 def podman_backend(socket: str = "unix:///run/podman/podman.sock", **kwargs: Any) -> DockerBackend:
