@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+# first: nats-py without the aiohttp it needs only for WebSocket servers (docs/performance.md)
+import trainyard_shared.sparenats  # noqa: F401
+
+# isort: split
 from trainyard_executor.app import create_app
 from trainyard_executor.settings import ExecutorSettings
 from trainyard_shared.runner import run_service

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+# first: nats-py without the aiohttp it needs only for WebSocket servers (docs/performance.md)
+import trainyard_shared.sparenats  # noqa: F401
+
+# isort: split
 import uvicorn
 
 from trainyard_shared.gctune import tune_gc
