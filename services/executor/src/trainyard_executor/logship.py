@@ -26,6 +26,7 @@ from faststream.nats import NatsBroker
 
 from trainyard_contracts import LogChunk, LogLine, Subjects
 from trainyard_contracts._time import utcnow
+from trainyard_executor.attemptstream import AttemptStream
 from trainyard_executor.logbudget import (
     LINE_OVERHEAD,
     LogLimits,
@@ -35,7 +36,6 @@ from trainyard_executor.logbudget import (
     text_bytes,
     truncated_marker,
 )
-from trainyard_shared.publishing import MSG_ID, publish_acked
 
 log = logging.getLogger("trainyard.executor.logs")
 
@@ -43,7 +43,7 @@ MAX_LINE = 64 * 1024
 RETRY_MOST = 5.0  # seconds between attempts to store a chunk while the stream does not take it
 
 
-class LogShipper:
+class LogShipper(AttemptStream):
     def __init__(
         self,
         broker: NatsBroker,
@@ -54,11 +54,7 @@ class LogShipper:
         batch_lines: int,
         limits: LogLimits | None = None,
     ) -> None:
-        self.broker = broker
-        self.subject = subjects.log(job_id, attempt)
-        self.stream = subjects.streams.logs
-        self.job_id = job_id
-        self.attempt = attempt
+        super().__init__(broker, subjects.log(job_id, attempt), subjects.streams.logs, job_id, attempt)
         self.flush_seconds = flush_seconds
         self.batch_lines = batch_lines
         self.limits = limits or LogLimits()
@@ -157,13 +153,7 @@ class LogShipper:
                     self._unsent = self._next_chunk()
                 chunk, payload = self._unsent
                 try:
-                    await publish_acked(
-                        self.broker,
-                        self.subject,
-                        payload,
-                        {MSG_ID: f"{self.job_id}:{self.attempt}:log:{chunk.seq}"},
-                        self.stream,
-                    )
+                    await self.publish(payload, f"{self.job_id}:{self.attempt}:log:{chunk.seq}")
                 except Exception as exc:
                     self._note_failure(exc)
                     raise

@@ -25,10 +25,10 @@ from pathlib import Path
 from faststream.nats import NatsBroker
 
 from trainyard_contracts import MetricPoint, Subjects
+from trainyard_executor.attemptstream import AttemptStream
 from trainyard_executor.metricsfile import MetricsFile, MetricsLimits, MetricsParser, ReportSource
 from trainyard_executor.sampling import ResourceSampler
 from trainyard_shared.natshandle import NatsHandle
-from trainyard_shared.publishing import MSG_ID, publish_acked
 
 log = logging.getLogger("trainyard.executor.metrics")
 
@@ -94,7 +94,7 @@ def batches(
     return out
 
 
-class MetricsShipper:
+class MetricsShipper(AttemptStream):
     def __init__(
         self,
         broker: NatsBroker,
@@ -107,11 +107,7 @@ class MetricsShipper:
         ship: ShipLimits | None = None,
         sampler: ResourceSampler | None = None,
     ) -> None:
-        self.broker = broker
-        self.subject = subjects.metrics(job_id, attempt)
-        self.stream = subjects.streams.metrics
-        self.job_id = job_id
-        self.attempt = attempt
+        super().__init__(broker, subjects.metrics(job_id, attempt), subjects.streams.metrics, job_id, attempt)
         self.note = note
         self.ship = ship or ShipLimits()
         self.limits = limits or MetricsLimits()
@@ -261,7 +257,7 @@ class MetricsShipper:
         while self._pending:
             msg_id, payload, count = self._pending[0]
             try:
-                await publish_acked(self.broker, self.subject, payload, {MSG_ID: msg_id}, self.stream)
+                await self.publish(payload, msg_id)
             except Exception as exc:
                 if not self._warned:  # once per attempt: a stream away must not flood the log
                     self._warned = True
