@@ -20,6 +20,12 @@ from trainyard_contracts.subjectpatterns import foreign_pattern_problem
 if TYPE_CHECKING:
     from trainyard_shared.blobs.unpack import UnpackLimits
 
+# A duration setting (how long, how often): more than zero. The constraint is said once here; each
+# field keeps its own default and description (pydantic merges the two).
+Seconds = Annotated[float, Field(gt=0)]
+# A size setting in bytes: a KiB at least.
+Bytes = Annotated[int, Field(ge=1024)]
+
 
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
@@ -38,8 +44,8 @@ class CommonSettings(BaseSettings):
         description="declare streams and buckets at start-up; default: only without a NATS user or "
         "credentials (with one, the provision step declares them and the service binds)",
     )
-    provision_wait_seconds: float = Field(
-        120.0, gt=0, description="how long a binding service waits for the provision step"
+    provision_wait_seconds: Seconds = Field(
+        120.0, description="how long a binding service waits for the provision step"
     )
     prefix: str = Field("trainyard", description="subject prefix; two installs can share a NATS")
     data_dir: Path = Field(Path(".trainyard"), description="embedded state: tokens, work dirs")
@@ -113,8 +119,8 @@ class WorkdirLimitSettings(BaseSettings):
     """A packed workdir's bounds, the same for the service that takes the upload (submission) and
     the one that unpacks it for a job (executor); each reads them under its own prefix."""
 
-    max_workdir_bytes: int = Field(
-        100 * 1024 * 1024, ge=1024, description="a packed workdir: the archive and its unpacked content"
+    max_workdir_bytes: Bytes = Field(
+        100 * 1024 * 1024, description="a packed workdir: the archive and its unpacked content"
     )
     max_workdir_files: int = Field(10_000, ge=1, description="files and folders in a packed workdir")
 

@@ -11,7 +11,7 @@ from trainyard_executor.metricsfile import MetricsLimits
 from trainyard_executor.metricship import ShipLimits
 from trainyard_executor.nvml import GpuReader
 from trainyard_executor.sampling import Reader, ResourceSampler
-from trainyard_shared.settings import HttpSettings, WorkdirLimitSettings
+from trainyard_shared.settings import Bytes, HttpSettings, Seconds, WorkdirLimitSettings
 
 DEFAULT_PASSTHROUGH = (
     "PATH",
@@ -142,15 +142,14 @@ class ExecutorSettings(HttpSettings, WorkdirLimitSettings):
         max_length=4096,
         description="the program that lists this machine's GPUs (path or command line); absent: no GPUs",
     )
-    heartbeat_seconds: float = Field(2.0, gt=0)
-    lease_seconds: float = Field(15.0, gt=0)
+    heartbeat_seconds: Seconds = 2.0
+    lease_seconds: Seconds = 15.0
     grace_seconds: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL on cancel")
-    broker_outage_seconds: float = Field(
-        300.0, gt=0, description="how long an attempt's end is retried while NATS does not answer"
+    broker_outage_seconds: Seconds = Field(
+        300.0, description="how long an attempt's end is retried while NATS does not answer"
     )
-    report_settle_seconds: float = Field(
+    report_settle_seconds: Seconds = Field(
         60.0,
-        gt=0,
         description="how long a start waits for the scheduler to apply its report (the record says "
         "running) before its command is tried again later",
     )
@@ -160,30 +159,27 @@ class ExecutorSettings(HttpSettings, WorkdirLimitSettings):
     runtime_env_dir: Path | None = Field(
         None, description="cache of runtime-env venvs, shareable (default: <data>/runtime-envs)"
     )
-    max_step_outputs_bytes: int = Field(
+    max_step_outputs_bytes: Bytes = Field(
         100 * 1024 * 1024,
-        ge=1024,
         description="a pipeline step's outputs folder passed to its dependents ($TRAINYARD_INPUTS): "
         "its files' content at most; over it the step's attempt fails naming the biggest files",
     )
     max_step_outputs_files: int = Field(
         10_000, ge=1, description="files and folders in a step's outputs folder passed to its dependents"
     )
-    max_step_inputs_bytes: int = Field(
+    max_step_inputs_bytes: Bytes = Field(
         1024 * 1024 * 1024,
-        ge=1024,
         description="all the outputs folders one attempt unpacks under $TRAINYARD_INPUTS, together",
     )
-    log_flush_seconds: float = Field(0.2, gt=0)
+    log_flush_seconds: Seconds = 0.2
     log_batch_lines: int = Field(200, ge=1)
     log_max_chunk_bytes: int = Field(
         256 * 1024,
         ge=4096,
         description="largest log chunk (JSON bytes); the server's max_payload less 4 KiB when smaller",
     )
-    log_max_bytes_per_attempt: int = Field(
+    log_max_bytes_per_attempt: Bytes = Field(
         64 * 1024 * 1024,
-        ge=1024,
         description="an attempt's output stored at most; past it one truncation marker line, the rest "
         "dropped and counted",
     )
@@ -211,8 +207,8 @@ class ExecutorSettings(HttpSettings, WorkdirLimitSettings):
         ge=4096,
         description="largest metrics batch (bytes); at most the stream's TRAINYARD_METRICS_MAX_MSG_BYTES",
     )
-    metrics_max_bytes_per_attempt: int = Field(
-        64 * 1024 * 1024, ge=1024, description="bytes of an attempt's metrics file read at most"
+    metrics_max_bytes_per_attempt: Bytes = Field(
+        64 * 1024 * 1024, description="bytes of an attempt's metrics file read at most"
     )
 
     local_memory_limit: bool = Field(
@@ -221,8 +217,8 @@ class ExecutorSettings(HttpSettings, WorkdirLimitSettings):
         "than its spec's resources.memory (per rank), checked every local_memory_check_seconds; it fails "
         "'killed: out of memory'",
     )
-    local_memory_check_seconds: float = Field(
-        1.0, gt=0, description="how often the local memory limit is checked (a spike in between escapes it)"
+    local_memory_check_seconds: Seconds = Field(
+        1.0, description="how often the local memory limit is checked (a spike in between escapes it)"
     )
     sample_seconds: float = Field(
         5.0,
@@ -288,9 +284,8 @@ class ExecutorSettings(HttpSettings, WorkdirLimitSettings):
     )
     rendezvous_port_first: int = Field(29500, ge=1, le=65535, description="split gangs' MASTER_PORT range")
     rendezvous_port_last: int = Field(29999, ge=1, le=65535, description="(inclusive; open it between hosts)")
-    gang_check_seconds: float = Field(
+    gang_check_seconds: Seconds = Field(
         10.0,
-        gt=0,
         description="a member of a split gang re-reads the job record this often besides watching it, and "
         "stops its ranks this long after the scheduler requeued the attempt if no cancel came",
     )

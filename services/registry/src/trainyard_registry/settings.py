@@ -3,7 +3,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from trainyard_shared.settings import HttpSettings
+from trainyard_shared.settings import Bytes, HttpSettings, Seconds
 
 
 class RegistrySettings(HttpSettings):
@@ -35,7 +35,7 @@ class RegistrySettings(HttpSettings):
         "set, the registry's HTTP server (host/port above, loopback by default) takes POST "
         "/mlflow/webhook; unset, no receiver",
     )
-    webhook_max_bytes: int = Field(64 * 1024, ge=1024, le=1024**2, description="a larger delivery is refused")
-    webhook_max_age_seconds: float = Field(
-        300.0, gt=0, description="a delivery whose X-MLflow-Timestamp is further off is refused (replays)"
+    webhook_max_bytes: Bytes = Field(64 * 1024, le=1024**2, description="a larger delivery is refused")
+    webhook_max_age_seconds: Seconds = Field(
+        300.0, description="a delivery whose X-MLflow-Timestamp is further off is refused (replays)"
     )

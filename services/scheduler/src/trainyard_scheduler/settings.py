@@ -3,25 +3,25 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from trainyard_shared.settings import HttpSettings, ReplicaId
+from trainyard_shared.settings import HttpSettings, ReplicaId, Seconds
 
 
 class SchedulerSettings(HttpSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINYARD_SCHEDULER_", extra="ignore")
 
     port: int = 8701
-    tick_seconds: float = Field(1.0, gt=0, description="planning pass at least this often")
+    tick_seconds: Seconds = Field(1.0, description="planning pass at least this often")
     keep_finished_records: int = Field(
         10_000,
         ge=0,
         description="finished jobs' records kept in memory (the most recently finished); older ones "
         "are read from the jobs bucket when asked about",
     )
-    start_resend_seconds: float = Field(
-        20.0, gt=0, description="re-send a start command when a scheduled job has not started"
+    start_resend_seconds: Seconds = Field(
+        20.0, description="re-send a start command when a scheduled job has not started"
     )
-    submitted_grace_seconds: float = Field(
-        5.0, gt=0, description="a record left in submitted this long is queued by the reconciler"
+    submitted_grace_seconds: Seconds = Field(
+        5.0, description="a record left in submitted this long is queued by the reconciler"
     )
     preemption_grace_seconds: float = Field(
         30.0, ge=0, le=3600, description="a preempted attempt gets SIGTERM and this long to checkpoint"
@@ -36,8 +36,8 @@ class SchedulerSettings(HttpSettings):
     replica_id: ReplicaId = Field(
         description="this replica's name in the leader lease (default hostname-pid)"
     )
-    lease_seconds: float = Field(
-        3.0, gt=0, description="the leader lease lasts this long; a standby takes over after it"
+    lease_seconds: Seconds = Field(
+        3.0, description="the leader lease lasts this long; a standby takes over after it"
     )
     renew_seconds: float | None = Field(
         None, gt=0, description="the leader renews its lease this often (default lease_seconds / 3)"

@@ -5,7 +5,7 @@ import os
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from trainyard_shared.settings import HttpSettings
+from trainyard_shared.settings import Bytes, HttpSettings
 from trainyard_telemetry.joblogs import JobOutputLimits
 from trainyard_telemetry.live import LiveLimits
 
@@ -34,8 +34,8 @@ class TelemetrySettings(HttpSettings):
     job_output_queue_lines: int = Field(
         10_000, ge=1, description="job output lines waiting for Logstash at most; past it they are dropped"
     )
-    job_output_queue_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="bytes of job output waiting for Logstash at most"
+    job_output_queue_bytes: Bytes = Field(
+        16 * 1024 * 1024, description="bytes of job output waiting for Logstash at most"
     )
 
     def logstash_address(self) -> tuple[str, int]:
