@@ -14,47 +14,6 @@ from trainyard_contracts import JobRecord, LogChunk, MetricsBatch, Subjects
 from trainyard_submission.service import JobNotFound, SubmissionService
 
 
-async def read_chunks(
-    js: JetStreamContext,
-    subjects: Subjects,
-    job_id: str,
-    attempt: int | None,
-    follow: bool,
-    finished: Callable[[], Awaitable[bool]],
-) -> AsyncIterator[LogChunk]:
-    """Chunks in order. Without ``follow``: what is stored now. With it: until ``finished()`` is
-    true and nothing more is stored (the executor flushes its last chunk before the end event).
-    ``finished`` is asked only when nothing is pending, at most once per fetch wait."""
-    subject = subjects.log(job_id, attempt) if attempt is not None else subjects.logs_of(job_id)
-    async for data in read_messages(js, subjects.streams.logs, subject, follow, finished):
-        yield LogChunk.model_validate_json(data)
-
-
-async def read_metric_batches(
-    js: JetStreamContext,
-    subjects: Subjects,
-    job_id: str,
-    attempt: int | None,
-    follow: bool,
-    finished: Callable[[], Awaitable[bool]],
-    latest: bool = False,
-) -> AsyncIterator[MetricsBatch]:
-    """A job's reported metrics (``trainyard.report``), batch by batch, as :func:`read_chunks`
-    reads its output (the executor publishes the last batch before the end event); ``latest``:
-    only the newest batch (what ``trainyard top`` shows), however many are stored."""
-    subject = subjects.metrics(job_id, attempt) if attempt is not None else subjects.metrics_of(job_id)
-    newest_only = latest and not follow
-    policy = DeliverPolicy.LAST if newest_only else DeliverPolicy.ALL
-    messages = read_messages(js, subjects.streams.metrics, subject, follow, finished, policy)
-    async with contextlib.aclosing(messages):  # its consumer is removed at once, not at GC
-        async for data in messages:
-            yield MetricsBatch.model_validate_json(data)
-            if newest_only:
-                # the newest batch alone: one that lands while it is read is the next answer's
-                # (CI saw two batches joined into one answer, the second newer than the "newest")
-                return
-
-
 async def read_messages(
     js: JetStreamContext,
     stream: str,
@@ -98,7 +57,7 @@ class JobOutput:
     chunks (or metric batches), once or followed to the end, and the record as last read, so that
     the end names the job's state.
 
-    The record is read from the bucket only when the log stream has gone quiet (``read_chunks``
+    The record is read from the bucket only when the log stream has gone quiet (``chunks``
     asks at most once per fetch wait)."""
 
     def __init__(
@@ -117,16 +76,33 @@ class JobOutput:
         self.latest = now
         return bool(now.state.terminal)
 
-    def chunks(self, attempt: int | None, follow: bool) -> AsyncIterator[LogChunk]:
-        return read_chunks(self.js, self.subjects, self.job_id, attempt, follow, self.finished)
+    async def chunks(self, attempt: int | None, follow: bool) -> AsyncIterator[LogChunk]:
+        """Chunks in order. Without ``follow``: what is stored now. With it: until ``finished()`` is
+        true and nothing more is stored (the executor flushes its last chunk before the end event).
+        ``finished`` is asked only when nothing is pending, at most once per fetch wait."""
+        subjects, job_id = self.subjects, self.job_id
+        subject = subjects.log(job_id, attempt) if attempt is not None else subjects.logs_of(job_id)
+        async for data in read_messages(self.js, subjects.streams.logs, subject, follow, self.finished):
+            yield LogChunk.model_validate_json(data)
 
-    def metric_batches(
+    async def metric_batches(
         self, attempt: int | None, follow: bool, latest: bool = False
     ) -> AsyncIterator[MetricsBatch]:
-        """What the job reported (``trainyard.report``), read as its chunks are."""
-        return read_metric_batches(
-            self.js, self.subjects, self.job_id, attempt, follow, self.finished, latest
-        )
+        """What the job reported (``trainyard.report``), batch by batch, read as its chunks are (the
+        executor publishes the last batch before the end event); ``latest``: only the newest batch
+        (what ``trainyard top`` shows), however many are stored."""
+        subjects, job_id = self.subjects, self.job_id
+        subject = subjects.metrics(job_id, attempt) if attempt is not None else subjects.metrics_of(job_id)
+        newest_only = latest and not follow
+        policy = DeliverPolicy.LAST if newest_only else DeliverPolicy.ALL
+        messages = read_messages(self.js, subjects.streams.metrics, subject, follow, self.finished, policy)
+        async with contextlib.aclosing(messages):  # its consumer is removed at once, not at GC
+            async for data in messages:
+                yield MetricsBatch.model_validate_json(data)
+                if newest_only:
+                    # the newest batch alone: one that lands while it is read is the next answer's
+                    # (CI saw two batches joined into one answer, the second newer than the "newest")
+                    return
 
     def end_state(self) -> str:
         return self.latest.state.value if self.latest else "unknown"

@@ -107,6 +107,8 @@ async def viewer(request: Request) -> Viewer:
 
 
 Viewed = Annotated[Viewer, Depends(viewer)]
+# what a route on a job's output answers, given the job, its output and the secret values to mask
+OutputAnswer = Callable[[str, JobOutput, list[str]], Awaitable[Response]]
 
 
 class FormRefused(Exception):
@@ -481,23 +483,22 @@ def add_job_action_routes(router: APIRouter, deps: RouteDeps) -> None:
 
 
 def add_job_output_routes(router: APIRouter, deps: RouteDeps) -> None:
-    async def output_of(
-        request: Request, seen: Viewer, job_id: str
-    ) -> tuple[JobOutput, list[str]] | HTMLResponse:
-        """The job's output and the secret values it is masked of, if this viewer may read it."""
-        record = await job_or_refusal(deps, request, seen, job_id)
-        if isinstance(record, HTMLResponse):
-            return record
-        # a job that prints its own secret: the page does not pass the value on, as the API does not
-        secrets_ = await deps.service().secrets.values(record)
-        return JobOutput(deps.service(), deps.state["js"], deps.state["subjects"], record), secrets_
+    def add_output_route(path: str, answer: OutputAnswer) -> None:
+        """A route on a job's output: the job page's refusal if this viewer may not read the job,
+        else ``answer`` with the output and the secret values it is masked of."""
 
-    @router.get("/jobs/{job_id}/logs.txt")
-    async def logs_text(request: Request, job_id: str, seen: Viewed) -> Response:
-        found = await output_of(request, seen, job_id)
-        if isinstance(found, HTMLResponse):
-            return found
-        output, secrets_ = found
+        async def route(request: Request, job_id: str, seen: Viewed) -> Response:
+            record = await job_or_refusal(deps, request, seen, job_id)
+            if isinstance(record, HTMLResponse):
+                return record
+            # a job that prints its own secret: the page does not pass the value on, as the API does not
+            secrets_ = await deps.service().secrets.values(record)
+            output = JobOutput(deps.service(), deps.state["js"], deps.state["subjects"], record)
+            return await answer(job_id, output, secrets_)
+
+        router.add_api_route(path, route, methods=["GET"], name=answer.__name__)
+
+    async def logs_text(job_id: str, output: JobOutput, secrets_: list[str]) -> Response:
         lines = [
             mask_values(line.text, secrets_)
             async for chunk in output.chunks(None, False)
@@ -506,13 +507,7 @@ def add_job_output_routes(router: APIRouter, deps: RouteDeps) -> None:
         headers = {"Content-Disposition": f'attachment; filename="{job_id}.log"', **SECURITY_HEADERS}
         return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""), headers=headers)
 
-    @router.get("/jobs/{job_id}/logs/stream")
-    async def logs_stream(request: Request, job_id: str, seen: Viewed) -> Response:
-        found = await output_of(request, seen, job_id)
-        if isinstance(found, HTMLResponse):
-            return found
-        output, secrets_ = found
-
+    async def logs_stream(job_id: str, output: JobOutput, secrets_: list[str]) -> Response:
         async def events() -> AsyncIterator[dict[str, str]]:
             # the pane is emptied first (a comment: an event without data is not dispatched), so
             # that the extension's reconnect after a dropped connection replays, not doubles
@@ -524,6 +519,9 @@ def add_job_output_routes(router: APIRouter, deps: RouteDeps) -> None:
             yield {"event": "end", "data": f'<p class="ended">The job ended: <strong>{ended}</strong>.</p>'}
 
         return EventSourceResponse(events(), ping=15, headers={"Cache-Control": "no-store"})
+
+    add_output_route("/jobs/{job_id}/logs.txt", logs_text)
+    add_output_route("/jobs/{job_id}/logs/stream", logs_stream)
 
 
 def add_overview_routes(router: APIRouter, deps: RouteDeps) -> None:
