@@ -383,3 +383,8 @@ class ModelVersionRecord(_Model):
     @property
     def key(self) -> str:
         return f"{self.name}.{self.version}"
+
+    def ref(self) -> ModelRef:
+        """What the job's record and the registered event say of this version: its fields a
+        :class:`ModelRef` has."""
+        return ModelRef.model_validate(self.model_dump(include=set(ModelRef.model_fields)))

@@ -15,7 +15,8 @@ from mlflow.entities import LoggedModel, LoggedModelStatus, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from trainyard_registry.mlflow_names import MlflowStoreError, ModelRequest
+from trainyard_contracts.modelregistry import VersionInfo
+from trainyard_registry.mlflow_names import VERSION_TAGS, MlflowStoreError, ModelRequest
 from trainyard_registry.mlflow_store import MlflowModelStore, sqlite_artifact_dir
 from trainyard_registry.outputs import read_metrics_file
 
@@ -83,6 +84,11 @@ def versions_of(store: MlflowModelStore, name: str) -> list[ModelVersion]:
 
 
 @pytest.mark.unit
+def test_each_lineage_tag_a_version_is_read_by_fills_a_field_of_its_answer() -> None:
+    # the answer ignores unknown names (extra="ignore"): a misspelt field would be dropped unseen
+    assert set(VERSION_TAGS) <= set(VersionInfo.model_fields) - {"name", "version"}
+
+
 def test_metrics_file_is_read_as_floats_and_non_numbers_are_left_out(tmp_path: Path) -> None:
     (tmp_path / "metrics.json").write_text(
         json.dumps({"accuracy": 0.97, "epochs": 3, "note": "x", "flag": True, "nan": None})

@@ -21,7 +21,6 @@ from trainyard_contracts import (
     ExecutorHeartbeat,
     JobRecord,
     JobSucceeded,
-    ModelRef,
     ModelRegistered,
     ModelVersionRecord,
     Subjects,
@@ -128,24 +127,15 @@ class RegistryCore:
         registered = await asyncio.to_thread(self.mlflow.register, request)
         version = version_record(record, registered)
         await self.models_kv.put(version.key, version.model_dump_json().encode())
-        ref = ModelRef(
-            name=version.name,
-            version=version.version,
-            run_id=version.run_id,
-            metrics=version.metrics,
-            git_commit=version.git_commit,
-        )
+        ref = version.ref()
         await self.store.update(
             record.job_id, lambda r: r.model_copy(update={"model": ref}) if r.model != ref else None
         )
         registered_event = ModelRegistered(
             job_id=record.job_id,
             attempt=event.attempt,
-            model_name=version.name,
-            version=version.version,
-            run_id=version.run_id,
-            metrics=version.metrics,
-            git_commit=version.git_commit,
+            model_name=ref.name,
+            **ref.model_dump(exclude={"name"}),
             # the same announcement on every delivery: a redelivered or replayed succeeded event
             # repeats it with the same id, so readers that deduplicate by id count it once
             event_id=uuid.uuid5(

@@ -34,6 +34,24 @@ PIPELINE_RUN_TAG = "trainyard.pipeline_run"
 PIPELINE_STEP_TAG = "trainyard.pipeline_step"
 SWEEP_TAG = "trainyard.sweep"
 SWEEP_TRIAL_TAG = "trainyard.sweep_trial"
+# the lineage a version's own tags hold as they are, by the field of VersionInfo they fill (the
+# store reads them so; a test checks each is a field)
+VERSION_TAGS = {
+    "job_id": JOB_ID_TAG,
+    "git_repo": GIT_REPO_VERSION_TAG,
+    "git_commit": GIT_COMMIT_VERSION_TAG,
+    "workdir_digest": WORKDIR_DIGEST_TAG,
+    "uncommitted_diff": WORKDIR_DIFF_TAG,
+    "image": IMAGE_TAG,
+    "image_digest": IMAGE_DIGEST_TAG,
+    "runtime_lock": RUNTIME_LOCK_TAG,
+    "executor_id": EXECUTOR_TAG,
+    "backend": BACKEND_TAG,
+    "pipeline_run": PIPELINE_RUN_TAG,
+    "pipeline_step": PIPELINE_STEP_TAG,
+    "sweep": SWEEP_TAG,
+    "sweep_trial": SWEEP_TRIAL_TAG,
+}
 
 
 class MlflowStoreError(RuntimeError):

@@ -74,27 +74,19 @@ from trainyard_registry.datasets import (
 )
 from trainyard_registry.mlflow_names import (
     ATTEMPT_TAG,
-    BACKEND_TAG,
     CREATED_BY_REGISTRY,
     CREATED_BY_TAG,
-    EXECUTOR_TAG,
     GIT_COMMIT_RUN_TAG,
     GIT_COMMIT_VERSION_TAG,
     GIT_REPO_RUN_TAG,
     GIT_REPO_VERSION_TAG,
-    IMAGE_DIGEST_TAG,
-    IMAGE_TAG,
     JOB_ID_TAG,
     JOB_NAME_TAG,
     MODEL_ID_TAG,
     MODEL_VERSIONS_TAG,
     OUTPUTS_SKIPPED_TAG,
-    PIPELINE_RUN_TAG,
-    PIPELINE_STEP_TAG,
     QUEUE_TAG,
-    RUNTIME_LOCK_TAG,
-    SWEEP_TAG,
-    SWEEP_TRIAL_TAG,
+    VERSION_TAGS,
     WORKDIR_DIFF_TAG,
     WORKDIR_DIGEST_TAG,
     MlflowStoreError,
@@ -231,34 +223,22 @@ class MlflowModelStore:
             metrics = dict(data.metrics) if data is not None else {}
         except MlflowException as exc:
             raise MlflowStoreError(f"model {name!r} v{version}: {exc.message}") from exc
+        lineage: dict[str, Any] = {field: mv.tags.get(tag) for field, tag in VERSION_TAGS.items()}
         return VersionInfo(
             name=mv.name,
             version=int(mv.version),
-            job_id=mv.tags.get(JOB_ID_TAG),
             queue=tags.get(QUEUE_TAG),
             run_id=mv.run_id or None,
             model_id=mv.model_id or mv.tags.get(MODEL_ID_TAG),
             source=mv.source or None,
-            git_repo=mv.tags.get(GIT_REPO_VERSION_TAG),
-            git_commit=mv.tags.get(GIT_COMMIT_VERSION_TAG),
-            workdir_digest=mv.tags.get(WORKDIR_DIGEST_TAG),
-            uncommitted_diff=mv.tags.get(WORKDIR_DIFF_TAG),
-            image=mv.tags.get(IMAGE_TAG),
-            image_digest=mv.tags.get(IMAGE_DIGEST_TAG),
-            runtime_lock=mv.tags.get(RUNTIME_LOCK_TAG),
             attempt=_int_or_none(mv.tags.get(ATTEMPT_TAG)),
-            executor_id=mv.tags.get(EXECUTOR_TAG),
-            backend=mv.tags.get(BACKEND_TAG),
-            pipeline_run=mv.tags.get(PIPELINE_RUN_TAG),
-            pipeline_step=mv.tags.get(PIPELINE_STEP_TAG),
-            sweep=mv.tags.get(SWEEP_TAG),
-            sweep_trial=mv.tags.get(SWEEP_TRIAL_TAG),
             datasets=datasets,
             # bounded: the answer travels in one NATS message
             params={k: v[:MAX_SHOWN_VALUE] for k, v in sorted(params.items())[:MAX_SHOWN_ENTRIES]},
             metrics=dict(sorted(metrics.items())[:MAX_SHOWN_ENTRIES]),
             aliases=sorted(mv.aliases or []),
             created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000.0, UTC),
+            **lineage,
         )
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
