@@ -19,6 +19,7 @@ import pytest
 from faststream.nats import NatsBroker
 
 from trainyard_contracts import Subjects
+from trainyard_executor.attemptstream import AttemptStream
 from trainyard_executor.logbudget import LogLimits
 from trainyard_executor.logship import LogShipper
 from trainyard_shared.bus import ensure_streams
@@ -44,7 +45,9 @@ async def test_200_lines_of_64_kib_are_stored_whole_in_chunks_under_max_payload(
         await broker.start()
         await ensure_streams(broker, subjects)
         max_payload = NatsHandle(broker).max_payload
-        shipper = LogShipper(broker, subjects, "jobbig1", 1, flush_seconds=0.2, batch_lines=200)
+        shipper = LogShipper(
+            AttemptStream.of(broker, subjects, "logs", "jobbig1", 1), flush_seconds=0.2, batch_lines=200
+        )
         lines = [f"{i:04d}" + "x" * (64 * KiB - 4) for i in range(200)]
         with caplog.at_level(logging.WARNING):
             for text in lines:
@@ -61,7 +64,9 @@ async def test_a_line_longer_than_a_chunk_is_split_not_cut(nats_server, prefix):
     async with NatsBroker(nats_server.url) as broker, Bus(nats_server.url, prefix) as bus:
         await broker.start()
         await ensure_streams(broker, subjects)
-        shipper = LogShipper(broker, subjects, "jobbig2", 1, flush_seconds=0.2, batch_lines=200)
+        shipper = LogShipper(
+            AttemptStream.of(broker, subjects, "logs", "jobbig2", 1), flush_seconds=0.2, batch_lines=200
+        )
         long_line = "".join(chr(0x41 + i % 26) for i in range(3 * MiB)) + "é" * 1000
         await shipper.line("stdout", long_line)
         await shipper.close()
@@ -82,7 +87,10 @@ async def test_a_stream_that_does_not_take_chunks_costs_bounded_memory_and_one_w
     async with NatsBroker(nats_server.url) as broker, Bus(nats_server.url, prefix) as bus:
         await broker.start()
         shipper = LogShipper(
-            broker, subjects, "jobaway", 1, flush_seconds=0.05, batch_lines=50, limits=limits
+            AttemptStream.of(broker, subjects, "logs", "jobaway", 1),
+            flush_seconds=0.05,
+            batch_lines=50,
+            limits=limits,
         )
         most_held = 0
         with caplog.at_level(logging.WARNING, logger="trainyard.executor.logs"):
@@ -109,15 +117,14 @@ async def test_past_the_cap_one_marker_the_rest_counted_and_other_jobs_are_intac
         await broker.start()
         await ensure_streams(broker, subjects)
         loud = LogShipper(
-            broker,
-            subjects,
-            "jobloud",
-            1,
+            AttemptStream.of(broker, subjects, "logs", "jobloud", 1),
             flush_seconds=0.2,
             batch_lines=200,
             limits=LogLimits(max_bytes=cap),
         )
-        quiet = LogShipper(broker, subjects, "jobquiet", 1, flush_seconds=0.2, batch_lines=200)
+        quiet = LogShipper(
+            AttemptStream.of(broker, subjects, "logs", "jobquiet", 1), flush_seconds=0.2, batch_lines=200
+        )
         for i in range(5 * 1024):  # 5 MiB of 1 KiB lines
             await loud.line("stdout", f"{i:05d}" + "z" * (KiB - 5))
             if i % 50 == 0:

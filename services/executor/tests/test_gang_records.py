@@ -19,7 +19,7 @@ from trainyard_executor.gang import (
     rendezvous_of,
     start_member,
 )
-from trainyard_executor.outcomes import owns
+from trainyard_executor.outcomes import AttemptEnd, owns
 
 pytestmark = pytest.mark.unit
 NOW = utcnow()
@@ -83,26 +83,18 @@ def running(retries: int = 0) -> JobRecord:
 
 
 def test_the_job_succeeds_when_the_last_member_succeeds_with_rank_0_s_outputs() -> None:
-    one = conclude_member(
-        running(), "b", "succeeded", exit_code=0, reason="exit code 0", outputs_uri="file:///b", now=NOW
-    )
+    one = conclude_member(running(), "b", AttemptEnd("succeeded", 0, "exit code 0", "file:///b"), NOW)
     assert one.state == JobState.RUNNING  # a waits
     assert one.gang.member("b").state == JobState.SUCCEEDED  # type: ignore[union-attr]
-    both = conclude_member(
-        one, "a", "succeeded", exit_code=0, reason="exit code 0", outputs_uri="file:///a", now=NOW
-    )
+    both = conclude_member(one, "a", AttemptEnd("succeeded", 0, "exit code 0", "file:///a"), NOW)
     assert both.state == JobState.SUCCEEDED and both.outputs_uri == "file:///a" and both.exit_code == 0
 
 
 def test_any_member_s_failure_fails_the_attempt_and_a_retry_requeues_it() -> None:
-    failed = conclude_member(
-        running(), "b", "failed", exit_code=3, reason="rank 2: exit code 3", outputs_uri=None, now=NOW
-    )
+    failed = conclude_member(running(), "b", AttemptEnd("failed", 3, "rank 2: exit code 3"), NOW)
     assert failed.state == JobState.FAILED and failed.exit_code == 3
     assert failed.reason == "b (ranks [2]): rank 2: exit code 3"
-    retried = conclude_member(
-        running(retries=1), "b", "failed", exit_code=3, reason="exit code 3", outputs_uri=None, now=NOW
-    )
+    retried = conclude_member(running(retries=1), "b", AttemptEnd("failed", 3, "exit code 3"), NOW)
     assert retried.state == JobState.REQUEUED and retried.attempt == 2 and retried.retries_used == 1
     # the old placement stays as history, but fences no one into attempt 2
     assert retried.gang is not None and retried.gang.attempt == 1 and retried.split_gang() is None
@@ -112,11 +104,9 @@ def test_any_member_s_failure_fails_the_attempt_and_a_retry_requeues_it() -> Non
 def test_a_member_stops_when_another_member_ended_the_attempt_not_on_a_scheduler_requeue() -> None:
     record = running(retries=1)
     assert not ended_by_a_member(record, 1, "a")  # still running: nothing to stop
-    failed = conclude_member(record, "b", "failed", exit_code=3, reason="x", outputs_uri=None, now=NOW)
+    failed = conclude_member(record, "b", AttemptEnd("failed", 3, "x"), NOW)
     assert ended_by_a_member(failed, 1, "a")  # retried: b's ranks failed
-    final = conclude_member(
-        running(), "b", "timed_out", exit_code=None, reason="t", outputs_uri=None, now=NOW
-    )
+    final = conclude_member(running(), "b", AttemptEnd("timed_out", None, "t"), NOW)
     assert ended_by_a_member(final, 1, "a")  # terminal
     preempted = lifecycle.requeue(record, NOW, reason="preempted", counts_as_retry=False)
     assert not ended_by_a_member(preempted, 1, "a")  # the scheduler's cancel brings the grace

@@ -9,6 +9,7 @@ import pytest
 from faststream.nats import NatsBroker
 
 from trainyard_contracts import Subjects
+from trainyard_executor.attemptstream import AttemptStream
 from trainyard_executor.logship import LogShipper
 from trainyard_shared.bus import ensure_streams
 from trainyard_shared.testing.helpers import Bus, eventually
@@ -26,7 +27,9 @@ async def test_lines_go_out_in_one_chunk_at_close_and_on_the_timer(nats_server, 
     async with NatsBroker(nats_server.url) as broker, Bus(nats_server.url, prefix) as bus:
         await broker.start()
         await ensure_streams(broker, subjects)
-        shipper = LogShipper(broker, subjects, "jobship1", 1, flush_seconds=0.2, batch_lines=100)
+        shipper = LogShipper(
+            AttemptStream.of(broker, subjects, "logs", "jobship1", 1), flush_seconds=0.2, batch_lines=100
+        )
         await shipper.line("stdout", "one")
         await shipper.line("stderr", "two")
 
@@ -51,7 +54,9 @@ async def test_a_chunk_whose_publish_failed_is_sent_again_whole(nats_server, pre
     subjects = Subjects(prefix)
     async with NatsBroker(nats_server.url) as broker, Bus(nats_server.url, prefix) as bus:
         await broker.start()
-        shipper = LogShipper(broker, subjects, "jobship2", 1, flush_seconds=60, batch_lines=2)
+        shipper = LogShipper(
+            AttemptStream.of(broker, subjects, "logs", "jobship2", 1), flush_seconds=60, batch_lines=2
+        )
         await shipper.line("stdout", "a")
         await shipper.line("stdout", "b")  # the batch is full: a flush, which fails
         assert shipper._unsent is not None  # kept, to be sent again as is

@@ -20,6 +20,7 @@ import pytest
 from faststream.nats import NatsBroker
 
 from trainyard_contracts import Subjects
+from trainyard_executor.attemptstream import AttemptStream
 from trainyard_executor.backends.jobmetrics import REPORTER
 from trainyard_executor.metricship import MetricsShipper
 from trainyard_shared.bus import ensure_streams
@@ -48,7 +49,9 @@ async def test_cost_of_reports(nats_server, prefix, tmp_path, monkeypatch, repor
     async with NatsBroker(nats_server.url) as broker:
         await broker.start()
         await ensure_streams(broker, subjects)
-        shipper = MetricsShipper(broker, subjects, "benchjob", 1, tmp_path, _note)
+        shipper = MetricsShipper(
+            AttemptStream.of(broker, subjects, "metrics", "benchjob", 1), tmp_path, _note
+        )
         shipper.start()
         job_cpu = time.process_time()
         for step in range(reports):
@@ -94,10 +97,7 @@ async def test_cost_of_paced_reports_and_of_sampling(nats_server, prefix, tmp_pa
         await broker.start()
         await ensure_streams(broker, subjects)
         shipper = MetricsShipper(
-            broker,
-            subjects,
-            "pacedjob",
-            1,
+            AttemptStream.of(broker, subjects, "metrics", "pacedjob", 1),
             tmp_path,
             _note,
             ship=ShipLimits(flush_seconds=1.0),

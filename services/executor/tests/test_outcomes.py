@@ -8,7 +8,7 @@ import pytest
 
 from trainyard_contracts import JobRequeued, JobSpec, JobState, JobSucceeded, lifecycle
 from trainyard_executor.jobenv import job_env
-from trainyard_executor.outcomes import conclude, event_for, owns
+from trainyard_executor.outcomes import AttemptEnd, conclude, event_for, owns
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
@@ -23,22 +23,19 @@ def running(retries=0, **spec):
 
 def test_failure_with_retries_left_is_requeued_then_final():
     r = running(retries=1)
-    after = conclude(r, "failed", exit_code=3, reason="exit code 3", outputs_uri=None, now=NOW)
+    after = conclude(r, AttemptEnd("failed", 3, "exit code 3"), NOW)
     assert after.state == JobState.REQUEUED and after.attempt == 2 and after.retries_used == 1
     event = event_for(r, after, 1.0)
     assert isinstance(event, JobRequeued) and event.attempt == 1 and event.next_attempt == 2
     again = lifecycle.start(lifecycle.schedule(after, "exec-a", NOW), NOW)
-    final = conclude(again, "failed", exit_code=3, reason="exit code 3", outputs_uri=None, now=NOW)
+    final = conclude(again, AttemptEnd("failed", 3, "exit code 3"), NOW)
     assert final.state == JobState.FAILED and final.exit_code == 3
 
 
 def test_timeout_is_final_even_with_retries_and_success_keeps_outputs():
     r = running(retries=3)
-    assert (
-        conclude(r, "timed_out", exit_code=None, reason="t", outputs_uri=None, now=NOW).state
-        == JobState.TIMED_OUT
-    )
-    ok = conclude(r, "succeeded", exit_code=0, reason="ok", outputs_uri="file:///o", now=NOW)
+    assert conclude(r, AttemptEnd("timed_out", None, "t"), NOW).state == JobState.TIMED_OUT
+    ok = conclude(r, AttemptEnd("succeeded", 0, "ok", "file:///o"), NOW)
     assert ok.outputs_uri == "file:///o"
     assert isinstance(event_for(r, ok, 2.0), JobSucceeded)
 
@@ -48,7 +45,7 @@ def test_a_success_says_whether_there_is_a_model_to_register():
     plain = running()
     with_model = running(outputs={"model": "digits"})
     for record, declared in ((plain, False), (with_model, True)):
-        ok = conclude(record, "succeeded", exit_code=0, reason="ok", outputs_uri="file:///o", now=NOW)
+        ok = conclude(record, AttemptEnd("succeeded", 0, "ok", "file:///o"), NOW)
         event = event_for(record, ok, 1.0)
         assert isinstance(event, JobSucceeded) and event.declares_model is declared
 
@@ -58,7 +55,7 @@ def test_fence_on_executor_and_attempt():
     assert owns(r, "exec-a", 1)
     assert not owns(r, "exec-b", 1)
     assert not owns(r, "exec-a", 2)
-    done = conclude(r, "succeeded", exit_code=0, reason="", outputs_uri=None, now=NOW)
+    done = conclude(r, AttemptEnd("succeeded", 0, ""), NOW)
     assert not owns(done, "exec-a", 1)
 
 

@@ -9,6 +9,7 @@ the job succeeds with the last one; any other end of a member ends the attempt.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from trainyard_contracts import (
@@ -23,6 +24,7 @@ from trainyard_contracts import (
     lifecycle,
 )
 from trainyard_contracts.records import GangMember
+from trainyard_contracts.reports import ExecutorReport
 from trainyard_contracts.stepoutputs import StepOutputs
 
 KIND_TO_STATE = {
@@ -39,34 +41,55 @@ def owns(record: JobRecord, executor_id: str, attempt: int) -> bool:
     return bool(record.attempt == attempt and record.state.active and record.runs_on(executor_id))
 
 
-def conclude(
-    record: JobRecord,
-    kind: str,
-    *,
-    exit_code: int | None,
-    reason: str,
-    outputs_uri: str | None,
-    now: datetime,
-    outputs: StepOutputs | None = None,
-    outputs_digest: str | None = None,
-) -> JobRecord:
+@dataclass(frozen=True)
+class AttemptEnd:
+    """How an attempt, or a split gang member's ranks, ended: what its executor's end report says.
+    ``kind`` is one of KIND_TO_STATE's; the outputs count only for a success."""
+
+    kind: str
+    exit_code: int | None
+    reason: str
+    outputs_uri: str | None = None
+    outputs: StepOutputs | None = None
+    outputs_digest: str | None = None
+
+    @classmethod
+    def reported(cls, report: ExecutorReport) -> AttemptEnd:
+        return cls(
+            report.outcome or "failed",
+            report.exit_code,
+            report.reason,
+            report.outputs_uri,
+            report.outputs,
+            report.outputs_digest,
+        )
+
+    def kept(self) -> AttemptEnd:
+        """This end as the record keeps it: a success with its outputs, any other end without."""
+        if self.kind == "succeeded":
+            return self
+        return replace(self, outputs_uri=None, outputs=None, outputs_digest=None)
+
+
+def conclude(record: JobRecord, end: AttemptEnd, now: datetime) -> JobRecord:
     """The record after the attempt ended. A failure with retries left is requeued with backoff;
     a timeout is final (a job that hit its limit would hit it again)."""
-    if kind == "failed" and lifecycle.retries_left(record):
+    if end.kind == "failed" and lifecycle.retries_left(record):
         return lifecycle.requeue(
-            record, now, reason="retry", counts_as_retry=True, exit_code=exit_code, detail=reason
+            record, now, reason="retry", counts_as_retry=True, exit_code=end.exit_code, detail=end.reason
         )
-    if record.state == JobState.SCHEDULED and kind != "failed":
+    if record.state == JobState.SCHEDULED and end.kind != "failed":
         record = lifecycle.start(record, now)
+    kept = end.kept()
     return lifecycle.finish(
         record,
-        KIND_TO_STATE[kind],
+        KIND_TO_STATE[end.kind],
         now,
-        exit_code=exit_code,
-        reason=reason,
-        outputs_uri=outputs_uri if kind == "succeeded" else None,
-        outputs=outputs if kind == "succeeded" else None,
-        outputs_digest=outputs_digest if kind == "succeeded" else None,
+        exit_code=kept.exit_code,
+        reason=kept.reason,
+        outputs_uri=kept.outputs_uri,
+        outputs=kept.outputs,
+        outputs_digest=kept.outputs_digest,
     )
 
 
@@ -136,50 +159,32 @@ def start_member(record: JobRecord, executor_id: str, now: datetime) -> JobRecor
     return None
 
 
-def conclude_member(
-    record: JobRecord,
-    executor_id: str,
-    kind: str,
-    *,
-    exit_code: int | None,
-    reason: str,
-    outputs_uri: str | None,
-    now: datetime,
-    outputs: StepOutputs | None = None,
-    outputs_digest: str | None = None,
-) -> JobRecord:
+def conclude_member(record: JobRecord, executor_id: str, end: AttemptEnd, now: datetime) -> JobRecord:
     """The record after this member's ranks ended. A success waits for the other members; any
     other end is the attempt's end (with a retry if one is left, as :func:`conclude` decides)."""
     gang = record.gang
     member = member_of(record, executor_id, record.attempt)
     assert gang is not None and member is not None, "conclude_member needs a member of the attempt"
+    kept = end.kept()
     gang = gang.with_member(
         executor_id,
         ended_at=now,
-        state=KIND_TO_STATE[kind],
-        exit_code=exit_code,
-        reason=reason,
-        outputs_uri=outputs_uri if kind == "succeeded" else None,
-        outputs=outputs if kind == "succeeded" else None,
-        outputs_digest=outputs_digest if kind == "succeeded" else None,
+        state=KIND_TO_STATE[end.kind],
+        exit_code=kept.exit_code,
+        reason=kept.reason,
+        outputs_uri=kept.outputs_uri,
+        outputs=kept.outputs,
+        outputs_digest=kept.outputs_digest,
     )
     placed = record.model_copy(update={"gang": gang, "updated_at": now})
-    if kind == "succeeded":
+    if end.kind == "succeeded":
         if any(m.state is None for m in gang.members):
             return placed  # the others still run
         master = next(m for m in gang.members if 0 in m.ranks)
-        return conclude(
-            placed,
-            "succeeded",
-            exit_code=0,
-            reason=master.reason or reason,
-            outputs_uri=master.outputs_uri,  # rank 0's outputs are the job's
-            now=now,
-            outputs=master.outputs,
-            outputs_digest=master.outputs_digest,
-        )
-    detail = f"{executor_id} (ranks {member.ranks}): {reason}"
-    return conclude(placed, kind, exit_code=exit_code, reason=detail, outputs_uri=None, now=now)
+        outputs = (master.outputs_uri, master.outputs, master.outputs_digest)  # rank 0's are the job's
+        return conclude(placed, AttemptEnd("succeeded", 0, master.reason or end.reason, *outputs), now)
+    detail = f"{executor_id} (ranks {member.ranks}): {end.reason}"
+    return conclude(placed, AttemptEnd(end.kind, end.exit_code, detail), now)
 
 
 def leave_member(record: JobRecord, executor_id: str, now: datetime, reason: str) -> JobRecord:

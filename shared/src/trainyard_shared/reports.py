@@ -10,7 +10,6 @@ the executor's own compare-and-set was (the record must name that executor and t
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -27,6 +26,7 @@ from trainyard_contracts import (
 )
 from trainyard_contracts.reports import ExecutorReport
 from trainyard_shared.attemptrecord import (
+    AttemptEnd,
     conclude,
     conclude_member,
     event_for,
@@ -74,20 +74,11 @@ def apply_report(record: JobRecord, report: ExecutorReport) -> JobRecord | None:
             if member is not None and member.state is not None:
                 return None  # this member's end is recorded already
             # a member of a split gang: its ranks' end, and the attempt's end as the rules say
-            end = (
-                functools.partial(conclude_member, record, me)
-                if member is not None
-                else functools.partial(conclude, record)
-            )
-            ended = end(
-                report.outcome or "failed",
-                exit_code=report.exit_code,
-                reason=report.reason,
-                outputs_uri=report.outputs_uri,
-                now=now,
-                outputs=report.outputs,
-                outputs_digest=report.outputs_digest,
-            )
+            end = AttemptEnd.reported(report)
+            if member is not None:
+                ended = conclude_member(record, me, end, now)
+            else:
+                ended = conclude(record, end, now)
             if report.runtime is not None:
                 ended = lifecycle.ran_in(ended, report.attempt, report.runtime)
             return ended if report.usage is None else lifecycle.used(ended, report.attempt, report.usage)

@@ -14,6 +14,7 @@ from pathlib import Path
 from faststream.asgi import AsgiFastStream
 
 from trainyard_contracts import EXECUTOR_COMMAND_ADAPTER, ExecutorCommand, GpuDevice
+from trainyard_executor.attemptstream import AttemptStream
 from trainyard_executor.backends.base import Backend, Resources
 from trainyard_executor.backends.jobpython import job_python_bin
 from trainyard_executor.backends.jobusers import job_users, unreachable
@@ -209,20 +210,14 @@ class ExecutorService:
             directory=ExecutorDirectory(buckets.executors),
             backend=backend,
             shippers=lambda job_id, attempt: LogShipper(
-                broker,
-                subjects,
-                job_id,
-                attempt,
+                AttemptStream.of(broker, subjects, "logs", job_id, attempt),
                 settings.log_flush_seconds,
                 settings.log_batch_lines,
                 settings.log_limits(),
             ),
             metrics=(
                 lambda job_id, attempt, workdir, note, reader, gpus: MetricsShipper(
-                    broker,
-                    subjects,
-                    job_id,
-                    attempt,
+                    AttemptStream.of(broker, subjects, "metrics", job_id, attempt),
                     workdir,
                     note,
                     settings.metrics_limits(),

@@ -24,7 +24,7 @@ from typing import Literal
 
 from faststream.nats import NatsBroker
 
-from trainyard_contracts import LogChunk, LogLine, Subjects
+from trainyard_contracts import LogChunk, LogLine
 from trainyard_contracts._time import utcnow
 from trainyard_executor.attemptstream import AttemptStream
 from trainyard_executor.logbudget import (
@@ -43,22 +43,19 @@ MAX_LINE = 64 * 1024
 RETRY_MOST = 5.0  # seconds between attempts to store a chunk while the stream does not take it
 
 
-class LogShipper(AttemptStream):
+class LogShipper:
     def __init__(
         self,
-        broker: NatsBroker,
-        subjects: Subjects,
-        job_id: str,
-        attempt: int,
+        to: AttemptStream,
         flush_seconds: float,
         batch_lines: int,
         limits: LogLimits | None = None,
     ) -> None:
-        super().__init__(broker, subjects.log(job_id, attempt), subjects.streams.logs, job_id, attempt)
+        self.to = to  # the attempt, and its subject on the logs stream
         self.flush_seconds = flush_seconds
         self.batch_lines = batch_lines
         self.limits = limits or LogLimits()
-        self.chunk_bytes = chunk_limit(self.limits.max_chunk_bytes, _max_payload(broker))
+        self.chunk_bytes = chunk_limit(self.limits.max_chunk_bytes, _max_payload(to.broker))
         self.seq = 0
         self.lines = 0
         self.output_bytes = 0  # the job's own output taken so far (stdout and stderr)
@@ -153,7 +150,7 @@ class LogShipper(AttemptStream):
                     self._unsent = self._next_chunk()
                 chunk, payload = self._unsent
                 try:
-                    await self.publish(payload, f"{self.job_id}:{self.attempt}:log:{chunk.seq}")
+                    await self.to.publish(payload, f"{self.to.job_id}:{self.to.attempt}:log:{chunk.seq}")
                 except Exception as exc:
                     self._note_failure(exc)
                     raise
@@ -168,7 +165,7 @@ class LogShipper(AttemptStream):
             lines = self._buffer[:count]
             if count == 1 and len(lines[0].text) > 1:
                 lines = [cut_to_fit(lines[0], self.chunk_bytes)]
-            chunk = LogChunk(job_id=self.job_id, attempt=self.attempt, seq=self.seq, lines=lines)
+            chunk = LogChunk(job_id=self.to.job_id, attempt=self.to.attempt, seq=self.seq, lines=lines)
             payload = chunk.model_dump_json().encode()
             if len(payload) <= self.chunk_bytes or count == 1:
                 break
@@ -187,8 +184,8 @@ class LogShipper(AttemptStream):
                 "log chunks of this attempt are not being stored; holding at most %d bytes and trying again",
                 self.limits.max_buffered,
                 extra={
-                    "job_id": self.job_id,
-                    "attempt": self.attempt,
+                    "job_id": self.to.job_id,
+                    "attempt": self.to.attempt,
                     "error": f"{type(exc).__name__}: {exc}",
                 },
             )

@@ -22,9 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from faststream.nats import NatsBroker
-
-from trainyard_contracts import MetricPoint, Subjects
+from trainyard_contracts import MetricPoint
 from trainyard_executor.attemptstream import AttemptStream
 from trainyard_executor.metricsfile import MetricsFile, MetricsLimits, MetricsParser, ReportSource
 from trainyard_executor.sampling import ResourceSampler
@@ -94,20 +92,17 @@ def batches(
     return out
 
 
-class MetricsShipper(AttemptStream):
+class MetricsShipper:
     def __init__(
         self,
-        broker: NatsBroker,
-        subjects: Subjects,
-        job_id: str,
-        attempt: int,
+        to: AttemptStream,
         workdir: Path | ReportSource,
         note: Note,
         limits: MetricsLimits | None = None,
         ship: ShipLimits | None = None,
         sampler: ResourceSampler | None = None,
     ) -> None:
-        super().__init__(broker, subjects.metrics(job_id, attempt), subjects.streams.metrics, job_id, attempt)
+        self.to = to  # the attempt, and its subject on the metrics stream
         self.note = note
         self.ship = ship or ShipLimits()
         self.limits = limits or MetricsLimits()
@@ -145,7 +140,7 @@ class MetricsShipper(AttemptStream):
         return self.file.dropped.first or self.parser.dropped.first
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=f"metrics-{self.job_id}-{self.attempt}")
+        self._task = asyncio.create_task(self._loop(), name=f"metrics-{self.to.job_id}-{self.to.attempt}")
 
     async def stop(self) -> None:
         """The attempt ended: what is left in the file is published (bounded), then a note of
@@ -172,7 +167,7 @@ class MetricsShipper(AttemptStream):
                     f"[trainyard: metrics: {self.dropped} reported values or lines dropped (first: {first})]"
                 )
         except Exception:
-            log.exception("metrics of an attempt could not be finished", extra={"job_id": self.job_id})
+            log.exception("metrics of an attempt could not be finished", extra={"job_id": self.to.job_id})
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -186,7 +181,7 @@ class MetricsShipper(AttemptStream):
             except asyncio.CancelledError:
                 raise
             except Exception:  # never into the attempt; the next look tries again
-                log.exception("metrics of an attempt could not be read", extra={"job_id": self.job_id})
+                log.exception("metrics of an attempt could not be read", extra={"job_id": self.to.job_id})
 
     async def look(self) -> bool:
         """Read and batch what the job appended since the last look; whether anything was read.
@@ -202,7 +197,7 @@ class MetricsShipper(AttemptStream):
         if taken is None:
             return False
         for payload, count in taken:
-            msg_id = f"{self.job_id}:{self.attempt}:metrics:{self._run}:{self.seq}"
+            msg_id = f"{self.to.job_id}:{self.to.attempt}:metrics:{self._run}:{self.seq}"
             self._pending.append((msg_id, payload, count))
             self.seq += 1
         while len(self._pending) > self.ship.max_pending:
@@ -240,7 +235,7 @@ class MetricsShipper(AttemptStream):
             if not kept:
                 return []
             encoded = [point_json(p) for p in kept]
-            return batches(self.job_id, self.attempt, self.seq, encoded, self.dropped, most)
+            return batches(self.to.job_id, self.to.attempt, self.seq, encoded, self.dropped, most)
 
     async def _note_file(self) -> None:
         refused = self.file.refused
@@ -257,13 +252,13 @@ class MetricsShipper(AttemptStream):
         while self._pending:
             msg_id, payload, count = self._pending[0]
             try:
-                await self.publish(payload, msg_id)
+                await self.to.publish(payload, msg_id)
             except Exception as exc:
                 if not self._warned:  # once per attempt: a stream away must not flood the log
                     self._warned = True
                     log.warning(
                         "metrics of this attempt are not being stored; holding a few batches",
-                        extra={"job_id": self.job_id, "error": f"{type(exc).__name__}: {exc}"},
+                        extra={"job_id": self.to.job_id, "error": f"{type(exc).__name__}: {exc}"},
                     )
                 return
             self._pending.popleft()
@@ -272,6 +267,6 @@ class MetricsShipper(AttemptStream):
 
     def _max_payload(self) -> int:
         try:
-            return NatsHandle(self.broker).max_payload
+            return NatsHandle(self.to.broker).max_payload
         except Exception:
             return 1024 * 1024

@@ -8,10 +8,11 @@ from typing import Literal
 
 from trainyard_contracts import JobRecord, JobState
 from trainyard_contracts.records import GangMember
-from trainyard_shared.attemptrecord import KIND_TO_STATE, conclude, event_for, member_of, owns
+from trainyard_shared.attemptrecord import KIND_TO_STATE, AttemptEnd, conclude, event_for, member_of, owns
 
 __all__ = [
     "KIND_TO_STATE",
+    "AttemptEnd",
     "StartVerdict",
     "conclude",
     "event_for",

@@ -34,19 +34,11 @@ def key(name: str, alias: str) -> str:
 
 
 def state_of(record: AliasRecord | None, name: str, alias: str, revision: int) -> AliasState:
-    if record is None or record.current is None:
-        history = record.history if record is not None else []
-        return AliasState(name=name, alias=alias, history=history, revision=revision)
-    current = record.current
-    return AliasState(
-        name=name,
-        alias=alias,
-        version=current.version,
-        set_at=current.set_at,
-        by=current.by,
-        history=record.history,
-        revision=revision,
-    )
+    """The alias as answered: its holder's version, set_at and by (none: never set, or cleared)."""
+    if record is None:
+        return AliasState(name=name, alias=alias, revision=revision)
+    holder = record.current.model_dump() if record.current is not None else {}
+    return AliasState(name=name, alias=alias, history=record.history, revision=revision, **holder)
 
 
 def check_expected(expected: int | None, revision: int, record: AliasRecord | None) -> None:

@@ -7,6 +7,7 @@ Observations are idempotent: an event redelivered after a crash is counted once 
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -42,26 +43,26 @@ class JobMetrics:
     def __init__(
         self, registry: CollectorRegistry, states: JobStates | None = None, live: LiveLimits | None = None
     ):
-        self.events = Counter("trainyard_job_events", "job events seen, by type", ["type"], registry=registry)
-        self.submit_to_start = Histogram(
+        # every series here goes into the service's registry (what /metrics serves)
+        counter = functools.partial(Counter, registry=registry)
+        histogram = functools.partial(Histogram, registry=registry)
+        self.events = counter("trainyard_job_events", "job events seen, by type", ["type"])
+        self.submit_to_start = histogram(
             "trainyard_job_submit_to_start_seconds",
             "from submitted to running, per attempt",
             ["queue"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
-        self.run_time = Histogram(
+        self.run_time = histogram(
             "trainyard_job_run_seconds",
             "run time of attempts that ended, by outcome",
             ["queue", "outcome"],
             buckets=RUN_BUCKETS,
-            registry=registry,
         )
-        self.requeues = Counter(
+        self.requeues = counter(
             "trainyard_job_requeues",
             "attempts sent back to the queue, by queue and reason (retry, executor_lost, preempted)",
             ["queue", "reason"],
-            registry=registry,
         )
         self._seen = _Seen()
         self.states = states if states is not None else JobStates()
