@@ -116,3 +116,31 @@ async def test_a_view_keeping_no_finished_record_reads_only_the_finished_ones_it
         assert ids[3] not in view.live
     finally:
         await view.stop()
+
+
+async def test_the_first_read_reads_in_full_only_the_finished_records_it_keeps(jobs):
+    """A restart with a long history: of the finished records the bucket holds, only the
+    ``keep_finished`` latest are read in full and reach the listeners; the older ones are peeked
+    at and keep their revision."""
+    store = JobStore(jobs, remember=0)
+    ids = [await new_job(store) for _ in range(12)]
+    for job_id in ids[:10]:
+        await finish(store, job_id)
+    seen: list[tuple[str | None, str]] = []
+    view = JobView(jobs, keep_finished=3)
+    view.on_change(lambda before, after: seen.append((before and before.job_id, after.job_id)))
+    await view.start()
+    try:
+        assert set(view.records) == {*ids[7:10], *ids[10:]}
+        assert sorted(seen) == sorted((None, job_id) for job_id in [*ids[7:10], *ids[10:]])
+        assert len(view.revisions) == 12
+        view.apply(lifecycle.new_record(ids[1], SPEC, utcnow(), "t"), 1)  # late and older: ignored
+        assert ids[1] not in view.live
+        await finish(store, ids[11])  # after the first read, every finished record is read
+
+        async def dropped_oldest():
+            return ids[7] not in view.records and ids[11] in view.records
+
+        await eventually(dropped_oldest, 10, "the view taking a job that ends after its first read")
+    finally:
+        await view.stop()

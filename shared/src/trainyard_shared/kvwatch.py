@@ -24,9 +24,16 @@ from trainyard_shared.tasks import cancel_and_wait
 
 
 class KvWatch:
-    def __init__(self, kv: KeyValue, on_entry: Callable[[Any], None], name: str) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        on_entry: Callable[[Any], None],
+        name: str,
+        before_ready: Callable[[], None] | None = None,
+    ) -> None:
         self.kv = kv
         self.on_entry = on_entry
+        self.before_ready = before_ready  # runs once the start's read is handed over, before ``ready``
         self.name = name
         self.ready = asyncio.Event()
         self.newest_revision = 0  # of anything handed over, a delete too
@@ -55,6 +62,8 @@ class KvWatch:
                     raise TimeoutError(f"{self.name}: no entry of the bucket in {timeout:g} s")
         finally:
             await cancel_and_wait(caught_up)
+        if self.before_ready is not None:
+            self.before_ready()
         self.ready.set()
 
     async def _caught_up(self) -> None:
