@@ -440,3 +440,24 @@ def test_the_service_monitors_scrape_every_service_and_nats(everything):
                 ]
                 scraped.add(service["metadata"]["name"])
     assert set(SERVICES) | {"nats-headless"} <= scraped
+
+
+def test_only_job_pods_marked_as_fetching_reach_nats_and_the_executor_holds_the_fetcher_password(everything):
+    """A job pod whose init container fetches its packed workdir or steps' outputs (kube_fetch)
+    reaches NATS' client port, marked by the executor; any other job pod does not. The executor
+    gets the fetcher's password from its own Secret (it copies it into each such attempt's)."""
+    from trainyard_executor.backends.kube_fetch import FETCH_LABEL
+
+    (rule, *_) = named(everything, "NetworkPolicy", "nats")["spec"]["ingress"]
+    jobs = [peer for peer in rule["from"] if "namespaceSelector" in peer]
+    assert jobs == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": JOBS_NAMESPACE}},
+            "podSelector": {"matchLabels": {FETCH_LABEL: "true"}},
+        }
+    ]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 4222}]
+    env = env_of(named(everything, "Deployment", "executor")["spec"]["template"]["spec"]["containers"][0])
+    ref = env["TRAINYARD_EXECUTOR_KUBE_FETCH_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "trainyard-nats-user-fetcher", "key": "password"}
+    assert env["TRAINYARD_EXECUTOR_KUBE_FETCH_IMAGE"]["value"].startswith("trainyard/executor:")

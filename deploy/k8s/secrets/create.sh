@@ -9,7 +9,7 @@ set -euo pipefail
 KUBECTL="${KUBECTL:-kubectl}"
 NAMESPACE="${K8S_NAMESPACE:-trainyard}"
 # one user per executor id (deploy/nats/natsauth.py, K8S_EXECUTORS)
-USERS=(submission scheduler executor-k8s-default registry telemetry workflow client admin)
+USERS=(submission scheduler executor-k8s-default registry telemetry workflow client fetcher admin)
 
 # letters and digits, a letter first: nats-server reads a password from the environment as config
 # text, where a leading digit makes a number and punctuation may end the token

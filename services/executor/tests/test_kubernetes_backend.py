@@ -706,27 +706,3 @@ async def test_reports_on_the_pods_log_reach_the_metrics_stream_in_order_and_nev
     # the job's bytes as it wrote them: its open progress bar goes on with its next output
     assert {"epoch 0", "10%|#epoch 1"} <= set(text)
     assert any("2 reported values or lines dropped" in line for line in text), text
-
-
-async def test_a_workdir_job_is_refused_not_run_without_its_folder(cluster: Cluster, tmp_path: Path) -> None:
-    """Client side only, against kmock: the kubernetes backend does not carry packed workdirs yet
-    (docs/executors.md, "workdir"), so such an attempt fails saying so and no Job is created."""
-    backend = cluster.backend()
-    archive = tmp_path / "wd.tar.gz"
-    archive.write_bytes(b"")
-    attempt = await backend.start(_launch(tmp_path, workdir_archive=archive), Lines())
-    outcome = await _wait(attempt)
-    assert outcome.kind == "failed" and "workdir is not supported by the kubernetes backend" in outcome.reason
-    assert cluster.jobs() == {}
-
-
-@pytest.mark.workflow
-async def test_a_step_with_inputs_is_refused_not_run_without_them(cluster: Cluster, tmp_path: Path) -> None:
-    """The kubernetes backend does not carry $TRAINYARD_INPUTS yet (docs/workflows.md, "Step
-    inputs"): a step whose dependencies passed it folders fails saying so; no Job is created."""
-    backend = cluster.backend()
-    attempt = await backend.start(_launch(tmp_path, inputs_dir=tmp_path / "inputs"), Lines())
-    outcome = await _wait(attempt)
-    assert outcome.kind == "failed" and "$TRAINYARD_INPUTS" in outcome.reason
-    assert "not supported by the kubernetes backend" in outcome.reason
-    assert cluster.jobs() == {}

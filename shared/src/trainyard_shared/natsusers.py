@@ -1,4 +1,5 @@
-"""The NATS users of an installation: one per service, one per executor id, ``client`` and ``admin``.
+"""The NATS users of an installation: one per service, one per executor id, ``client``, ``fetcher``
+and ``admin``.
 
 Each user may publish and subscribe only where its code does. The subjects come from the contracts
 (``Subjects``: events, commands, logs, buckets) and from the JetStream API calls nats-py makes under
@@ -371,6 +372,22 @@ def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
     return perms
 
 
+FETCHER_USER = "fetcher"
+
+
+def fetcher_permissions(subjects: Subjects) -> Permissions:
+    """The init container of a Kubernetes job pod (``python -m trainyard_executor.fetch``): reads a
+    packed workdir and steps' outputs folders by digest, and nothing else: no put, no purge, no
+    other stream or bucket, no job record, no event. It runs in the job's pod, so whatever it may
+    do, a job that read its password could too (the password is referenced by that container alone)."""
+    perms = Permissions()
+    perms.add_subscribe(f"{inbox_prefix(FETCHER_USER)}.>")
+    for bucket in (subjects.workdirs_bucket, subjects.step_outputs_bucket):
+        perms.add_publish(f"{API}.STREAM.INFO.OBJ_{bucket}")
+        read_objects(perms, bucket)
+    return perms
+
+
 def client_permissions(subjects: Subjects) -> Permissions:
     """Another system: submits on the intake subject, follows job events (README example) and
     publishes events for triggers under ``<prefix>.trigger.>``."""
@@ -391,6 +408,7 @@ def users(subjects: Subjects, executor_ids: Iterable[str] = ()) -> dict[str, Per
     for executor_id in executor_ids:
         out[executor_user(executor_id)] = executor_permissions(executor_id, subjects)
     out["client"] = client_permissions(subjects)
+    out[FETCHER_USER] = fetcher_permissions(subjects)
     out["admin"] = None
     return out
 

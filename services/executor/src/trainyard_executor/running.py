@@ -154,8 +154,10 @@ class AttemptRunner(AttemptRecorder):
         async def start() -> None:
             spec = await self._spec_to_run(record)
             checkpoints = self.checkpoint_dir(record.job_id)
-            archive = await self._workdir_archive(spec)
-            inputs = await self._step_inputs(record.job_id, attempt, spec)
+            # a backend that fetches them where the job runs (Kubernetes) is given the digests
+            in_pod = getattr(self.backend, "fetches_in_pod", False)
+            archive = None if in_pod else await self._workdir_archive(spec)
+            inputs = None if in_pod else await self._step_inputs(record.job_id, attempt, spec)
             launch = AttemptLaunch(
                 job_id=record.job_id,
                 attempt=attempt,
@@ -194,6 +196,9 @@ class AttemptRunner(AttemptRecorder):
                 checkpoint_dir=checkpoints,
                 run_as_root=spec.run_as_root,
                 inputs_dir=inputs,
+                workdir_digest=spec.workdir.digest if spec.workdir else None,
+                input_digests=tuple((entry.path, entry.digest) for entry in spec.inputs),
+                pass_outputs=spec.pass_outputs,
             )
             ranks = f", ranks {list(launch.gang.ranks)} of {launch.gang.world_size}" if launch.gang else ""
             await shipper.system(f"attempt {attempt} starting on {self.me}{ranks}: {launch.argv}")
@@ -253,9 +258,12 @@ class AttemptRunner(AttemptRecorder):
     async def _pass_outputs(self, record: JobRecord, attempt: int, output_dir: Path) -> str | None:
         """A succeeded step's outputs folder stored for its dependents: its digest; None when the
         spec does not ask (no later step depends on it), the backend keeps the folder elsewhere
-        (kubernetes), or this member of a split gang does not run rank 0 (whose outputs are the
-        job's). StepFoldersError: the attempt fails with it."""
-        if not record.spec.pass_outputs or not getattr(self.backend, "work_dir_on_host", False):
+        (a cluster backend without an outputs claim this executor mounts: refused at start), or
+        this member of a split gang does not run rank 0 (whose outputs are the job's).
+        StepFoldersError: the attempt fails with it."""
+        backend = self.backend
+        readable = getattr(backend, "work_dir_on_host", False) or getattr(backend, "outputs_on_host", False)
+        if not record.spec.pass_outputs or not readable:
             return None
         member = member_of(record, self.me, attempt) if record.gang is not None else None
         if member is not None and 0 not in member.ranks:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from trainyard_executor.logbudget import LogLimits
@@ -111,6 +111,22 @@ class ExecutorSettings(HttpSettings, WorkdirLimitSettings):
     kube_outputs_mount: Path | None = Field(
         None,
         description="kubernetes backend: where this executor mounts kube_outputs_claim (outputs read back)",
+    )
+    kube_fetch_image: str | None = Field(
+        None,
+        description="kubernetes backend: the executor's image, run as the init container that fetches a "
+        "job's packed workdir and steps' outputs into its pod (unset: such jobs are refused)",
+    )
+    kube_fetch_nats_url: str | None = Field(
+        None, description="kubernetes backend: NATS as job pods reach it (default: nats_url)"
+    )
+    kube_fetch_nats_user: str = Field(
+        "fetcher", min_length=1, description="kubernetes backend: the fetch init container's NATS user"
+    )
+    kube_fetch_nats_password: SecretStr | None = Field(
+        None,
+        description="kubernetes backend: that user's password, put in each such attempt's Secret for "
+        "the init container alone (unset: such jobs are refused)",
     )
     kube_ttl_seconds: int | None = Field(
         3600, ge=0, description="kubernetes backend: ttlSecondsAfterFinished"

@@ -21,7 +21,7 @@ import asyncio
 import os
 import shutil
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from trainyard_shared.blobs import (
 )
 from trainyard_shared.hostpaths import ensure_dir
 
-__all__ = ["INPUTS_SUFFIX", "StepFolders", "StepFoldersError", "archive_cap", "pack_outputs"]
+__all__ = ["INPUTS_SUFFIX", "StepFolders", "StepFoldersError", "archive_cap", "pack_outputs", "unpack_inputs"]
 
 INPUTS_SUFFIX = ".inputs"
 
@@ -120,25 +120,34 @@ class StepFolders:
         remove(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(folder, 0o755)
-        budget = self.max_inputs_bytes  # checked after each (one over it is at most one folder's cap)
-        limits = UnpackLimits(
-            max_bytes=self.pack_limits.max_bytes,
-            max_files=self.pack_limits.max_files,
-            max_archive_bytes=archive_cap(self.pack_limits),
-        )
-        with ensure_dir(folder, ".", create=False) as top:
-            for entry, archive in archives:
-                with ensure_dir(top, entry.path, create=True, mode=0o755) as fd:
-                    try:
-                        unpack_into(archive.read_bytes(), fd, limits)
-                    except UnsafeArchive as exc:
-                        why = f"the outputs of step {entry.path} are refused: {exc}"
-                        raise StepFoldersError(why) from exc
-                    budget -= _content_bytes(fd)
-                if budget < 0:
-                    raise StepFoldersError(
-                        f"the inputs hold more than the {self.max_inputs_bytes} bytes an attempt takes"
-                    )
+        loaded = ((entry.path, archive.read_bytes()) for entry, archive in archives)  # one at a time
+        unpack_inputs(folder, loaded, self.pack_limits, self.max_inputs_bytes)
+
+
+def unpack_inputs(
+    folder: Path, archives: Iterable[tuple[str, bytes]], pack_limits: PackLimits, max_inputs_bytes: int
+) -> None:
+    """(Blocking.) Each ``(path, archive)`` unpacked as hostile input into ``folder/<path>/`` (an
+    existing, empty folder), together at most ``max_inputs_bytes``; StepFoldersError says which
+    was refused. The executor's own unpacking and a Kubernetes pod's init container (fetch.py)."""
+    budget = max_inputs_bytes  # checked after each (one over it is at most one folder's cap)
+    limits = UnpackLimits(
+        max_bytes=pack_limits.max_bytes,
+        max_files=pack_limits.max_files,
+        max_archive_bytes=archive_cap(pack_limits),
+    )
+    with ensure_dir(folder, ".", create=False) as top:
+        for path, archive in archives:
+            with ensure_dir(top, path, create=True, mode=0o755) as fd:
+                try:
+                    unpack_into(archive, fd, limits)
+                except UnsafeArchive as exc:
+                    raise StepFoldersError(f"the outputs of step {path} are refused: {exc}") from exc
+                budget -= _content_bytes(fd)
+            if budget < 0:
+                raise StepFoldersError(
+                    f"the inputs hold more than the {max_inputs_bytes} bytes an attempt takes"
+                )
 
 
 def _content_bytes(dir_fd: int) -> int:

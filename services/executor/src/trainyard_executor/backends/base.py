@@ -120,6 +120,14 @@ class AttemptLaunch:
     inputs_dir: Path | None = None
     """A pipeline step's dependencies' outputs folders, unpacked on this host by the executor
     (``TRAINYARD_INPUTS``; stepfolders.py); container backends mount it read-only."""
+    workdir_digest: str | None = None
+    """The spec's packed workdir by digest, for a backend that fetches it where the job runs
+    (Kubernetes: ``fetches_in_pod``; ``workdir_archive`` is None then)."""
+    input_digests: tuple[tuple[str, str], ...] = ()
+    """The spec's ``inputs`` as ``(step path, digest)``, for a backend that fetches them where the
+    job runs (Kubernetes; ``inputs_dir`` is None then)."""
+    pass_outputs: bool = False
+    """The spec's ``pass_outputs``: a later step depends on this one's outputs folder."""
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from trainyard_executor.backends.kube_status import (
     deciding_exit,
     failure_reason,
     image_digest,
+    init_failure,
     job_end,
     pod_loggable,
     pod_rank,
@@ -388,9 +389,9 @@ class KubeAttempt:
             return AttemptOutcome("timed_out", code, f"timed out after {self.launch.timeout_s or 0:g}s", out)
         if end is not None:
             code = exit_.exit_code if exit_ else None
-            return AttemptOutcome(
-                "failed", code, failure_reason(end, exit_, self.gang, self.launch.memory_mb), out
-            )
+            before = init_failure(self.pods.values()) if exit_ is None else None
+            reason = before or failure_reason(end, exit_, self.gang, self.launch.memory_mb)
+            return AttemptOutcome("failed", code, reason, out)
         for pod in self.pods.values():
             if (stuck := pod_stuck(pod)) is not None:
                 self._stuck = True

@@ -19,6 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainyard_executor.backends.base import AttemptLaunch
+from trainyard_executor.backends.kube_fetch import (
+    FETCH_LABEL,
+    INPUTS_MOUNT,
+    FetchOptions,
+    fetch_init_container,
+    inputs_storage,
+    needs_fetch,
+)
 from trainyard_executor.backends.kube_reporter import reporter_env, reporter_volume
 from trainyard_executor.backends.kube_secret import env_entries
 from trainyard_executor.backends.kube_source import (
@@ -75,6 +83,9 @@ class KubeOptions:
     """Mount the pod's service account token. Off: a job is hostile and gets no API credentials."""
     master_port: int = DEFAULT_MASTER_PORT
     image_pull_secret: str | None = None
+    fetch: FetchOptions | None = None
+    """How a pod fetches its packed workdir and steps' outputs (kube_fetch); None: such an attempt
+    is refused."""
 
 
 class GangSplitError(ValueError):
@@ -146,6 +157,10 @@ def container_env(
     env = {k: v for k, v in launch.env.items() if not (k in host_only and k in launch.inherited_env)}
     env["TRAINYARD_OUTPUT_DIR"] = OUTPUTS_MOUNT
     env["TRAINYARD_WORKDIR"] = workdir
+    if launch.input_digests:  # the inputs volume, read-only (kube_fetch)
+        env["TRAINYARD_INPUTS"] = INPUTS_MOUNT
+    else:
+        env.pop("TRAINYARD_INPUTS", None)
     if checkpoints:
         env["TRAINYARD_CHECKPOINT_DIR"] = CHECKPOINTS_MOUNT
     else:
@@ -202,11 +217,12 @@ def _security(opts: KubeOptions) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _storage(launch: AttemptLaunch, claim: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The pod's mounts and volumes: the work dir, the reporter (read-only), and outputs (with
-    checkpoints) on the claim."""
+    """The pod's mounts and volumes: the work dir, the reporter (read-only), a step's inputs
+    (read-only), and outputs (with checkpoints) on the claim."""
     reporter_mount, reporter = reporter_volume()
-    mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORK_MOUNT}, reporter_mount]
-    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}, reporter]
+    inputs_mounts, inputs_volumes = inputs_storage(launch)
+    mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORK_MOUNT}, reporter_mount, *inputs_mounts]
+    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}, reporter, *inputs_volumes]
     if claim:
         attempt_dir = f"outputs/{launch.job_id}/attempt-{launch.attempt}"
         mounts += [
@@ -254,11 +270,47 @@ def _job_container(
         "securityContext": security,
         "volumeMounts": mounts,
     }
-    if launch.source_repo:
+    if workdir != WORK_MOUNT:  # the job's source: cloned or unpacked into src
         container["workingDir"] = workdir
     if res := resources(launch):
         container["resources"] = res
     return container
+
+
+def init_containers(
+    launch: AttemptLaunch, opts: KubeOptions, name: str, security: dict[str, Any], git: GitFetch | None
+) -> list[dict[str, Any]]:
+    """What runs before the job: its git source's clone and checkout (or its packed workdir), and
+    its steps' outputs folders, fetched (kube_fetch). ValueError: a fetch with no options."""
+    containers: list[dict[str, Any]] = []
+    if launch.source_repo:
+        fetch = git or unchecked_fetch(launch.source_repo)
+        containers += [
+            git_init_container(fetch, opts.git_image, security, name, WORK_MOUNT),
+            checkout_init_container(launch.source_commit, opts.git_image, security, WORK_MOUNT),
+        ]
+    if needs_fetch(launch):
+        if opts.fetch is None:
+            raise ValueError(FETCH_UNSET)
+        containers.append(
+            fetch_init_container(launch, opts.fetch, security, name, WORK_MOUNT, resources(launch))
+        )
+    return containers
+
+
+FETCH_UNSET = (
+    "this kubernetes executor cannot fetch a packed workdir or steps' outputs into a pod: set "
+    "TRAINYARD_EXECUTOR_KUBE_FETCH_IMAGE and TRAINYARD_EXECUTOR_KUBE_FETCH_NATS_PASSWORD "
+    "(docs/executors.md, workdir on Kubernetes)"
+)
+
+
+def pod_labels(launch: AttemptLaunch, labels: Mapping[str, str]) -> dict[str, str]:
+    """The attempt's labels, and the mark the NATS NetworkPolicy admits on a pod that fetches."""
+    out = dict(labels)
+    if needs_fetch(launch):
+        out[FETCH_LABEL] = "true"
+    return out
 
 
 def job_manifest(
@@ -284,7 +336,7 @@ def job_manifest(
     if replicas > 1:
         labels[LABEL_GANG] = "true"
     grace = max(0, math.ceil(launch.grace_s))
-    workdir = f"{WORK_MOUNT}/src" if launch.source_repo else WORK_MOUNT
+    workdir = f"{WORK_MOUNT}/src" if launch.source_repo or launch.workdir_digest else WORK_MOUNT
     claim = opts.outputs_claim
     env = env_entries(
         name,
@@ -306,19 +358,15 @@ def job_manifest(
         "enableServiceLinks": False,
         "automountServiceAccountToken": opts.automount_token,
     }
-    if launch.source_repo:
-        fetch = git or unchecked_fetch(launch.source_repo)
-        pod_spec["initContainers"] = [
-            git_init_container(fetch, opts.git_image, container_security, name, WORK_MOUNT),
-            checkout_init_container(launch.source_commit, opts.git_image, container_security, WORK_MOUNT),
-        ]
+    if init := init_containers(launch, opts, name, container_security, git):
+        pod_spec["initContainers"] = init
     if opts.service_account:
         pod_spec["serviceAccountName"] = opts.service_account
     if opts.image_pull_secret:
         pod_spec["imagePullSecrets"] = [{"name": opts.image_pull_secret}]
     spec: dict[str, Any] = {
         "backoffLimit": 0,
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        "template": {"metadata": {"labels": pod_labels(launch, labels)}, "spec": pod_spec},
     }
     if launch.timeout_s is not None:
         spec["activeDeadlineSeconds"] = max(1, math.ceil(launch.timeout_s))

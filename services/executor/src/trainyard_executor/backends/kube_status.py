@@ -120,6 +120,20 @@ def pod_stuck(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def init_failure(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """An init container that failed, so the job never ran (a clone, a fetch refused): its name,
+    exit code and termination message (the fetch writes its reason there), or None."""
+    for pod in sorted(pods, key=pod_rank):
+        for status in (pod.get("status") or {}).get("initContainerStatuses") or ():
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            code = terminated.get("exitCode")
+            if code is not None and code != 0:
+                message = str(terminated.get("message") or "").strip()[:500]
+                why = f"init container {status.get('name')} failed (exit code {code})"
+                return why + (f": {message}" if message else "")
+    return None
+
+
 def pod_loggable(pod: Mapping[str, Any], container: str = CONTAINER) -> bool:
     """The job container has started (running or ended): its log can be read."""
     status = _job_container(pod, container)

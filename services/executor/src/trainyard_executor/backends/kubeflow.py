@@ -66,6 +66,10 @@ class KubeflowBackend(KubernetesBackend):
         self.trainer = trainer or TrainerOptions()
         self.container = self.trainer.container
 
+    @property
+    def outputs_on_host(self) -> bool:
+        return False  # (fetch_refusal: a step that passes its outputs is refused)
+
     def output_dir(self, launch: AttemptLaunch) -> Path:
         """The local work dir's: the TrainJob's pods mount no claim of the executor's (their
         outputs stay in the pods)."""
@@ -118,6 +122,24 @@ class KubeflowBackend(KubernetesBackend):
             return (
                 "source is not supported by the kubeflow backend: build the code into the image "
                 "(a TrainJob's runtime runs no clone before the trainer)"
+            )
+        return None
+
+    def fetch_refusal(self, launch: AttemptLaunch) -> str | None:
+        """A TrainJob's pods are the Trainer's: no init container of ours fetches into them, and
+        no claim of the executor's holds their outputs."""
+        if launch.workdir_digest is not None:
+            # never run the job without the folder it names (docs/executors.md, "workdir")
+            return (
+                "workdir is not supported by the kubeflow backend: build the code into the image, "
+                "or run the job on a kubernetes, local, docker or podman executor"
+            )
+        if launch.input_digests or launch.pass_outputs:
+            # never run a step without the folders its dependencies passed it (docs/workflows.md)
+            return (
+                "$TRAINYARD_INPUTS (a pipeline step's outputs folder passed to the steps that depend "
+                "on it) is not supported by the kubeflow backend: run the step on a kubernetes, "
+                "local, docker or podman executor"
             )
         return None
 

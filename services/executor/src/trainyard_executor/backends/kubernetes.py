@@ -41,6 +41,7 @@ from trainyard_executor.backends.base import (
 from trainyard_executor.backends.finished import FinishedAttempt
 from trainyard_executor.backends.isolation import kube_isolation
 from trainyard_executor.backends.kube_attempt import CURSOR_FILE, META_DIR, KubeAttempt, api_error, has_labels
+from trainyard_executor.backends.kube_fetch import fetch_options, needs_fetch
 from trainyard_executor.backends.kube_manifests import (
     ANNOT_GRACE,
     ANNOT_JOB,
@@ -50,6 +51,7 @@ from trainyard_executor.backends.kube_manifests import (
     ANNOT_WORKDIR,
     ANNOT_WORLD,
     CONTAINER,
+    FETCH_UNSET,
     LABEL_ATTEMPT,
     LABEL_EXECUTOR,
     LABEL_GANG,
@@ -112,6 +114,8 @@ class KubernetesBackend:
     """What an attempt is here, in messages."""
     container = CONTAINER
     """The container that runs the job in each pod: its exit code and log are the attempt's."""
+    fetches_in_pod = True
+    """A packed workdir and steps' outputs are fetched by the pod (kube_fetch), not by the executor."""
 
     def __init__(
         self,
@@ -205,19 +209,27 @@ class KubernetesBackend:
                 f"runtime_env.pip is not supported by the {self.name} backend: "
                 "install the packages in the image"
             )
-        if launch.workdir_archive is not None:
-            # never run the job without the folder it names (docs/executors.md, "workdir")
+        return self.fetch_refusal(launch)
+
+    def fetch_refusal(self, launch: AttemptLaunch) -> str | None:
+        """Why the attempt's packed workdir, inputs or outputs folder cannot be carried, or None."""
+        if needs_fetch(launch) and self.options.fetch is None:
+            # never run the job without the folders it names (docs/executors.md, "workdir")
+            return FETCH_UNSET
+        if launch.pass_outputs and not self.outputs_on_host:
+            # its dependents would run without its outputs folder (docs/workflows.md)
             return (
-                f"workdir is not supported by the {self.name} backend yet: give source (a git "
-                "repository) or run the job on a local, docker or podman executor"
-            )
-        if launch.inputs_dir is not None:
-            # never run a step without the folders its dependencies passed it (docs/workflows.md)
-            return (
-                f"$TRAINYARD_INPUTS (the outputs folders of the step's dependencies) is not supported "
-                f"by the {self.name} backend yet: run the step on a local, docker or podman executor"
+                f"this step's outputs folder is passed to later steps ($TRAINYARD_INPUTS), which "
+                f"the {self.name} backend packs from its outputs claim: set "
+                "TRAINYARD_EXECUTOR_KUBE_OUTPUTS_CLAIM and TRAINYARD_EXECUTOR_KUBE_OUTPUTS_MOUNT"
             )
         return None
+
+    @property
+    def outputs_on_host(self) -> bool:
+        """This executor reads the attempts' outputs folders (the claim, mounted here): a step's
+        is packed for its dependents as on the host backends."""
+        return self.outputs_mount is not None and bool(self.options.outputs_claim)
 
     async def start(self, launch: AttemptLaunch, on_line: LineSink) -> KubeAttempt | FinishedAttempt:
         output_dir = self.output_dir(launch)
@@ -269,10 +281,12 @@ class KubernetesBackend:
         self, manifest: dict[str, Any], launch: AttemptLaunch, git: GitFetch | None = None
     ) -> dict[str, Any] | None:
         """The attempt's Secret (kube_secret): its secret env values and source credential."""
+        fetch = self.options.fetch
         return attempt_secret(
             companion_metadata(manifest, self.options, None),
             git_config_key=git_config_key(git),
             secret_env={k: launch.env[k] for k in launch.secret_env if k in launch.env},
+            fetch_password=fetch.password if fetch is not None and needs_fetch(launch) else None,
         )
 
     def _create(self, manifest: dict[str, Any], secret: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -526,6 +540,7 @@ def cluster_backend(kind: type[B], settings: Any, **extra: Any) -> B:
         run_as_user=settings.kube_run_as_user or None,
         outputs_claim=settings.kube_outputs_claim,
         automount_token=settings.kube_automount_token,
+        fetch=fetch_options(settings),
     )
     return kind(
         lambda: api_client_from_config(settings.kube_context),

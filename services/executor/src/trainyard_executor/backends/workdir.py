@@ -16,7 +16,7 @@ from pathlib import Path
 from trainyard_shared.blobs import UnpackLimits, UnsafeArchive, unpack_into
 from trainyard_shared.hostpaths import ensure_dir
 
-__all__ = ["WorkdirError", "unpack_workdir"]
+__all__ = ["WorkdirError", "unpack_source", "unpack_workdir"]
 
 SOURCE_DIR = "src"
 
@@ -35,7 +35,12 @@ def _fresh_dir(work_fd: int, name: str) -> None:
 
 
 def _unpack(archive: Path, work_dir: Path, limits: UnpackLimits) -> Path:
-    data = archive.read_bytes()
+    return unpack_source(archive.read_bytes(), work_dir, limits)
+
+
+def unpack_source(data: bytes, work_dir: Path, limits: UnpackLimits) -> Path:
+    """(Blocking.) A packed workdir's bytes unpacked into ``work_dir/src`` (made empty first), as
+    the host backends do and a Kubernetes pod's init container (trainyard_executor.fetch)."""
     with ensure_dir(work_dir, ".", create=False) as work_fd:
         _fresh_dir(work_fd, SOURCE_DIR)
         with ensure_dir(work_fd, SOURCE_DIR, create=False) as src_fd:
