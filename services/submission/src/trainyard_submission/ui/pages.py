@@ -310,14 +310,12 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
                 past=past,
             )
         except Forbidden as exc:
-            return render_jobs(request, seen, wanted, queues, error=forbidden(exc).detail, status=403)
+            return JobsView(wanted, queues, error=forbidden(exc).detail).render(request, seen, 403)
         except Problem as exc:
-            return render_jobs(
-                request, seen, wanted, queues, error=exc.detail or exc.title, status=exc.status
-            )
+            return JobsView(wanted, queues, error=exc.detail or exc.title).render(request, seen, exc.status)
         page = Page.of(wanted, rows)
         live = wanted.live_url(since, cursor_of(page.rows[0]) if page.rows else None) if wanted.live else None
-        return render_jobs(request, seen, wanted, queues, page=page, live_url=live)
+        return JobsView(wanted, queues, page=page, live_url=live).render(request, seen)
 
 
 def add_live_job_routes(router: APIRouter, deps: RouteDeps) -> None:
@@ -362,27 +360,19 @@ def add_live_job_routes(router: APIRouter, deps: RouteDeps) -> None:
         return render(request, "_jobs_rows.html", seen, rows=rows, live=live)
 
 
-def render_jobs(
-    request: Request,
-    seen: Viewer,
-    wanted: PageRequest,
-    queues: list[str],
-    page: Page | None = None,
-    error: str | None = None,
-    status: int = 200,
-    live_url: str | None = None,
-) -> HTMLResponse:
-    return render(
-        request,
-        "jobs.html",
-        seen,
-        status=status,
-        wanted=wanted,
-        queues=queues,
-        page=page,
-        error=error,
-        live_url=live_url,
-    )
+@dataclass(frozen=True)
+class JobsView:
+    """What the jobs page shows: the request as read, the queues its filter offers, and a page of
+    rows with its live URL, or the error that stands in their place."""
+
+    wanted: PageRequest
+    queues: list[str]
+    page: Page | None = None
+    error: str | None = None
+    live_url: str | None = None
+
+    def render(self, request: Request, seen: Viewer, status: int = 200) -> HTMLResponse:
+        return render(request, "jobs.html", seen, status=status, **vars(self))
 
 
 async def job_or_refusal(
