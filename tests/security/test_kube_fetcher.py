@@ -152,3 +152,55 @@ async def test_the_fetcher_reads_the_two_buckets_and_nothing_else(server, admin)
         await fetcher.nc.publish(event, b"{}")
         await fetcher.nc.flush()
         await refusal(fetcher, event)
+
+
+async def test_the_init_container_of_a_real_manifest_fetches_with_its_secret(server, admin, tmp_path: Path):  # noqa: F811
+    """The Job the kubernetes backend makes, run as a kubelet would run its ``fetch`` init container
+    (the test is that kubelet: the command as written, the env with its ``secretKeyRef`` resolved
+    from the attempt's Secret, the pod's volumes as folders): the step's folder arrives, and the job
+    container's env references nothing of the Secret but what the job's own secrets are."""
+    from trainyard_executor.backends.base import Resources
+    from trainyard_executor.backends.kube_fetch import FETCH_CONTAINER, FetchOptions
+    from trainyard_executor.backends.kube_manifests import KubeOptions, job_manifest
+    from trainyard_executor.backends.kubernetes import KubernetesBackend
+    from trainyard_executor.jobenv import HOST_ONLY_ENV
+    from trainyard_executor.kubeemulator import sample_launch
+
+    prep = pack_dir(_folder(tmp_path / "prep", {"split/train.csv": "x,y\n"}))
+    await put_blob(await open_store(admin.js, S.step_outputs_bucket), prep.archive)
+    fetch = FetchOptions(
+        image="trainyard/executor:test",
+        nats_url=server.url,
+        prefix=S.prefix,
+        password=password_for("fetcher"),
+    )
+    opts = KubeOptions(namespace="trainyard-jobs", default_image="python:3.11-slim", fetch=fetch)
+    launch = sample_launch(tmp_path, input_digests=(("prepare", prep.digest),))
+    manifest = job_manifest(launch, opts, HOST_ONLY_ENV, output_dir="/out", started_at=1.0)
+    backend = KubernetesBackend(lambda: None, opts, Resources(cpu=1.0, memory_mb=1024, gpu=0))  # type: ignore[arg-type,return-value]
+    secret = backend.secret_of(manifest, launch)
+    assert secret is not None
+    (init,) = manifest["spec"]["template"]["spec"]["initContainers"]
+    assert init["name"] == FETCH_CONTAINER
+    volumes = {"/trainyard/inputs": tmp_path / "pod-inputs", "/trainyard/work": tmp_path / "pod-work"}
+    for folder in volumes.values():
+        folder.mkdir()
+    argv = [str(volumes.get(a, a)) for a in init["command"]]
+    argv[0] = sys.executable  # the image's python: this test's
+    env = dict(os.environ)
+    for entry in init["env"]:
+        ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+        assert ref is None or ref["name"] == secret["metadata"]["name"]
+        env[entry["name"]] = secret["stringData"][ref["key"]] if ref else entry["value"]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [*argv, "--termination-log", str(tmp_path / "log")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "pod-inputs/prepare/split/train.csv").read_text() == "x,y\n"
+    (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    assert not [e for e in container["env"] if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]]
