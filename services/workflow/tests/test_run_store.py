@@ -71,7 +71,8 @@ async def test_a_ten_thousand_index_array_is_stored_in_values_under_max_payload(
     assert len(run.model_dump_json()) > bus.nc.max_payload  # what one record would have been
     await store.create(run)
     sizes = [len((await kv.get(key)).value) for key in await kv.keys()]
-    assert len(sizes) == 1 + 10_000 // CHUNK_JOBS and max(sizes) < bus.nc.max_payload / 8
+    # the head, its spec's key, the chunks
+    assert len(sizes) == 2 + 10_000 // CHUNK_JOBS and max(sizes) < bus.nc.max_payload / 8
     got, _ = await store.get(run.run_id)
     assert got == run
     assert await store.run_ids() == [run.run_id]
@@ -88,7 +89,7 @@ async def test_a_ten_thousand_index_array_is_stored_in_values_under_max_payload(
     jobs = got.steps["train"].jobs
     assert jobs[4321].outcome == "failed" and jobs[17].outcome == "failed" and jobs[18].outcome == "succeeded"
     # only the changed chunks got new keys; the ones they replaced, and any a loser wrote, are gone
-    assert len(await kv.keys()) == 1 + 10_000 // CHUNK_JOBS
+    assert len(await kv.keys()) == 2 + 10_000 // CHUNK_JOBS
 
 
 @pytest.mark.service
@@ -127,7 +128,7 @@ async def test_a_retry_that_drops_a_whole_chunk_of_jobs_reads_back_without_them(
     # the failed indices' chunk is named no more: they are not submitted, not succeeded, not there
     assert sorted(got.steps["train"].jobs) == list(range(CHUNK_JOBS))
     assert got.steps["train"].attempt == 2 and got.attempt == 2
-    assert len(await kv.keys()) == 2  # the head and the one chunk left
+    assert len(await kv.keys()) == 3  # the head, its spec and the one chunk left
 
 
 class CountingGets:
@@ -167,6 +168,9 @@ async def test_a_run_read_again_is_its_head_and_the_chunks_another_writer_change
     assert got.steps["train"].jobs[5].job_id == "job5" and got == (await replica.get(run.run_id))[0]
     assert mine.gets == 2  # the head and the one chunk the other replica wrote anew
     assert await store.exists(run.run_id) and not await store.exists("0mx6rnys55u4zzzz")
+    mine.gets = 0
+    assert await store.exists(run.run_id) and mine.gets == 0  # a run it has read: no get (a run stays)
+    assert await RunStore(kv).exists(run.run_id)  # a store that never read it asks the bucket
 
 
 @pytest.mark.unit
@@ -187,3 +191,77 @@ def test_the_chunk_cache_keeps_at_most_its_jobs_dropping_the_least_recently_used
     assert len(cache) == 2 and cache.get("c") is not None
     cache.drop("c")
     assert len(cache) == 1 and cache.get("c") is None
+
+
+def _dag_run(layers: int = 50, width: int = 10) -> PipelineRun:
+    """The bench's DAG (tests/bench/bench_workflow.py): 50 layers of 10, two dependencies each."""
+    steps = [
+        {
+            "name": f"s{layer}-{i}",
+            "depends": sorted({f"s{layer - 1}-{i}", f"s{layer - 1}-{(i + 1) % width}"}) if layer else [],
+            "job": {"name": "step", "command": ["true"]},
+        }
+        for layer in range(layers)
+        for i in range(width)
+    ]
+    run, _ = advance(
+        PipelineRun.start("0mx6rnys55u4dag1", validate_pipeline({"name": "dag", "steps": steps}))
+    )
+    return run
+
+
+@pytest.mark.service
+async def test_the_pipeline_spec_is_written_once_and_the_head_carries_the_steps_states_only(bus):
+    from nats.js.api import KeyValueConfig
+
+    from trainyard_workflow.runchunks import RunHead, spec_key
+
+    kv = await bus.js.create_key_value(KeyValueConfig(bucket=bus.subjects.buckets.pipelines, history=5))
+    mine = CountingGets(kv)
+    store, replica = RunStore(mine), RunStore(kv)
+    run = _dag_run()
+    await store.create(run)
+    spec_revision = (await kv.get(spec_key(run.run_id))).revision
+    head = (await kv.get(run.run_id)).value
+    # what the head was with the spec inline, against what it is
+    inline = RunHead(run=split(run)[0], chunks={}).model_dump_json().encode()
+    assert len(head) * 4 < len(inline) and b"command" not in head
+    assert (await replica.get(run.run_id))[0] == run  # another replica reads it whole
+
+    for i in range(3):
+        job = run.steps[f"s0-{i}"].jobs[0]
+        await store.mutate(
+            run.run_id, lambda r, i=i, k=job.key: (evolve(r, JobKnown(f"s0-{i}", 0, k, f"j{i}")), None)
+        )
+    assert (await kv.get(spec_key(run.run_id))).revision == spec_revision  # not written again
+    mine.gets = 0
+    got, _ = await store.get(run.run_id)
+    assert mine.gets == 1 and got.steps["s0-2"].jobs[0].job_id == "j2"  # the head alone, nor the spec
+    assert (await replica.get(run.run_id))[0] == got
+
+
+@pytest.mark.service
+async def test_a_head_stored_with_its_spec_inline_reads_and_moves_on(bus):
+    """A run stored before the spec had its own key (its head: RunHead's JSON, the spec inline)
+    reads as it was; its first change writes the spec's key and a head in the new form."""
+    from nats.js.api import KeyValueConfig
+
+    from trainyard_workflow.runchunks import RunHead, spec_key
+
+    kv = await bus.js.create_key_value(KeyValueConfig(bucket=bus.subjects.buckets.pipelines, history=5))
+    run = _dag_run(layers=3, width=4)
+    head, chunks = split(run)
+    names = {name: f"old{n}" for n, name in enumerate(chunks)}
+    for name, jobs in chunks.items():
+        from trainyard_workflow.runchunks import CHUNK_ADAPTER, chunk_key
+
+        await kv.create(chunk_key(run.run_id, name, names[name]), CHUNK_ADAPTER.dump_json(jobs))
+    await kv.create(run.run_id, RunHead(run=head, chunks=names).model_dump_json().encode())
+    store = RunStore(kv)
+    assert (await store.get(run.run_id))[0] == run
+
+    key = run.steps["s0-1"].jobs[0].key
+    changed, _ = await store.mutate(run.run_id, lambda r: (evolve(r, JobKnown("s0-1", 0, key, "j1")), None))
+    assert (await kv.get(run.run_id)).value.startswith(b'{"spec":')
+    assert (await kv.get(spec_key(run.run_id))).value == run.spec.model_dump_json().encode()
+    assert (await RunStore(kv).get(run.run_id))[0] == changed  # a fresh reader: the new form

@@ -44,7 +44,7 @@ from trainyard_shared.jobstore import JobStore
 from trainyard_shared.leader import LeaderLease
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.natsusers import MODEL_TRIGGERS_DURABLE, SWEEP_METRICS_DURABLE, TRIGGER_EVENTS_DURABLE
-from trainyard_shared.publishing import publish_acked
+from trainyard_shared.publishing import Outgoing, publish_acked, publish_in_order
 from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.responder import answer_requests
 from trainyard_shared.runner import build_app
@@ -114,6 +114,7 @@ async def build_runtime(
         clock,
         cache=StepCacheStore(buckets.step_cache),
         blob_stored=functools.partial(_blob_stored, sb),
+        emit_many=_many_emitter(sb),
     )
     schedules = ScheduleService(
         ScheduleStore(buckets.schedules), runs, service.start_spec, service.cancel, clock
@@ -297,18 +298,30 @@ async def _trigger_stream_heads(sb: ServiceBroker) -> dict[str, int]:
 
 
 def _emitter(sb: ServiceBroker) -> Any:
-    subjects = sb.subjects
-
     async def emit(event: PipelineEnvelope) -> None:
-        await publish_acked(
-            sb.broker,
-            subjects.pipeline(event.run_id, event.type),
-            event.model_dump_json().encode(),
-            {"Nats-Msg-Id": event.msg_id(), "content-type": "application/json"},
-            subjects.streams.pipelines,
-        )
+        await publish_acked(sb.broker, *_outgoing(sb, event))
 
     return emit
+
+
+def _many_emitter(sb: ServiceBroker) -> Any:
+    """A turn's events published in their order, their acks awaited together: one round trip
+    before its submissions go, not one per event."""
+
+    async def emit_many(events: list[PipelineEnvelope]) -> None:
+        if events:
+            await publish_in_order(sb.broker, [_outgoing(sb, event) for event in events])
+
+    return emit_many
+
+
+def _outgoing(sb: ServiceBroker, event: PipelineEnvelope) -> Outgoing:
+    return Outgoing(
+        sb.subjects.pipeline(event.run_id, event.type),
+        event.model_dump_json().encode(),
+        {"Nats-Msg-Id": event.msg_id(), "content-type": "application/json"},
+        sb.subjects.streams.pipelines,
+    )
 
 
 def _request_handler(sb: ServiceBroker, kind: str, slot: RuntimeSlot[WorkflowRuntime]) -> None:

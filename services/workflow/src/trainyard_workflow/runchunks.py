@@ -6,16 +6,23 @@ chunks of at most ``CHUNK_JOBS`` (by the index's position in the step's array). 
 changed in place: a change writes a new generation under a new key and the head names it, so the
 compare-and-set of the head alone commits the whole change (a writer that loses the race leaves
 only keys no head names, which it removes).
+
+The run's pipeline spec is not in the head: it never changes, so it is written once, under its own
+key (``<run_id>.spec``), and the head names it (``head_bytes``/``parse_head``). A head written
+before that holds the whole spec inline (``RunHead``'s JSON) and still reads.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import secrets
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
 
 from trainyard_contracts.runs import ChildJob, PipelineRun, StepRun
+from trainyard_contracts.workflow import PipelineSpec
 from trainyard_workflow.core import indices_of
 
 CHUNK_JOBS = 500
@@ -31,6 +38,45 @@ class RunHead(BaseModel):
 
     run: PipelineRun
     chunks: dict[str, str] = {}
+
+
+# the run as its head holds it: every field of PipelineRun but the spec (jobs are in the chunks)
+RunWithoutSpec: type[BaseModel] = create_model(
+    "RunWithoutSpec",
+    __config__=ConfigDict(frozen=True),
+    **{name: (f.annotation, f) for name, f in PipelineRun.model_fields.items() if name != "spec"},  # type: ignore[call-overload]
+)
+CHUNK_NAMES: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
+
+
+def spec_key(run_id: str) -> str:
+    """The key of a run's pipeline spec, written once when the run is created."""
+    return f"{run_id}.spec"
+
+
+def head_bytes(head: RunHead) -> bytes:
+    """The head as stored: the key of its spec, its chunks, the run without spec and jobs."""
+    run = head.run.model_dump_json(exclude={"spec"})
+    chunks = json.dumps(head.chunks, separators=(",", ":"))
+    return f'{{"spec":{json.dumps(spec_key(head.run.run_id))},"chunks":{chunks},"run":{run}}}'.encode()
+
+
+def spec_named(value: bytes) -> str | None:
+    """The spec key a stored head names; None for a head written with its spec inline."""
+    start = len(b'{"spec":"')
+    if not value.startswith(b'{"spec":"'):
+        return None
+    # head_bytes writes it first; a run id (and so its spec key) holds no quote or escape
+    return value[start : value.index(b'"', start)].decode()
+
+
+def parse_head(value: bytes, spec: PipelineSpec) -> RunHead:
+    """A head as stored by ``head_bytes``, with its run's ``spec`` (read from its own key)."""
+    raw: dict[str, Any] = json.loads(value)
+    fields = RunWithoutSpec.model_validate(raw["run"])
+    # the fields are validated above and the spec when it was read: nothing is validated twice
+    run = PipelineRun.model_construct(spec=spec, **dict(fields))
+    return RunHead(run=run, chunks=CHUNK_NAMES.validate_python(raw["chunks"]))
 
 
 def chunk_key(run_id: str, chunk: str, generation: str) -> str:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from trainyard_contracts import IntakeReply, JobRecord, JobSpec, new_job_id
 from trainyard_contracts._time import utcnow
@@ -70,6 +70,8 @@ STEP_ATTEMPT_LABEL = "trainyard.dev/step-attempt"
 
 ReadJob = Callable[[str], Awaitable[JobRecord | None]]
 Emit = Callable[[PipelineEnvelope], Awaitable[Any]]
+EmitMany = Callable[[list[PipelineEnvelope]], Awaitable[Any]]
+StepEvent = TypeVar("StepEvent", StepSubmitted, StepEnded)
 
 
 class Sweeps(Protocol):
@@ -110,8 +112,11 @@ class WorkflowService:
         model_wait: timedelta = timedelta(minutes=5),
         cache: StepCacheStore | None = None,
         blob_stored: Callable[[str], Awaitable[bool]] | None = None,
+        emit_many: EmitMany | None = None,
     ) -> None:
         self.runs, self.read_job, self.intake, self.emit, self.clock = runs, read_job, intake, emit, clock
+        # several events in order, their acks awaited together (None: ``emit`` each in turn)
+        self.emit_many = emit_many
         self.model_wait = model_wait
         # cache None: every look misses and nothing is remembered; blob_stored: whether a step's
         # outputs folder is still in the step outputs bucket (a hit hands it on)
@@ -346,8 +351,7 @@ class WorkflowService:
                         before_write=self._remember_successes,
                     )
                     # announced in the order of the compare-and-sets, before the next turn's
-                    await self._announce_known(run, taken)
-                    await self._announce(run, decided)
+                    await self._announce(run, decided, taken)
                 except BaseException:
                     turn.waiting[:0] = taken
                     raise
@@ -476,42 +480,49 @@ class WorkflowService:
         assert isinstance(job, JobSpec)
         return await self.intake.submit(job_spec_for(run, submit.step, submit.index, job), submit.key)
 
-    async def _announce_known(self, run: PipelineRun, facts: list[Fact]) -> None:
+    async def _announce(self, run: PipelineRun, taken: list[Decision], facts: Iterable[Fact] = ()) -> None:
+        """The events of a turn: what its ``facts`` made known, then what it decided, in that
+        order, published together and their acks awaited together (one round trip, not one each)."""
+        events = [*await self._known_events(run, facts), *await self._decided_events(run, taken)]
+        if self.emit_many is not None:
+            await self.emit_many(events)
+            return
+        for event in events:
+            await self.emit(event)
+
+    async def _known_events(self, run: PipelineRun, facts: Iterable[Fact]) -> list[PipelineEnvelope]:
+        events: list[PipelineEnvelope] = []
         for fact in facts:
             if isinstance(fact, EndStep) and fact.step in run.steps:
                 # a step failed before its submission (an output it uses is not there)
                 step = run.steps[fact.step]
                 if step.state == fact.state and step.reason == fact.reason:
-                    await self._step_ended(run, fact)
+                    events.append(await self._step_ended(run, fact))
                 continue
             if not isinstance(fact, JobKnown) or fact.step not in run.steps:
                 continue
-            step = run.steps[fact.step]
-            job = step.jobs.get(fact.index)
+            job = run.steps[fact.step].jobs.get(fact.index)
             if job is not None and job.job_id == fact.job_id:
                 # a deterministic message id: the stream keeps one however often it is announced
-                await self._emit_step(run, fact.step, StepSubmitted, index=fact.index, job_id=fact.job_id)
+                events.append(
+                    _step_event(run, fact.step, StepSubmitted, index=fact.index, job_id=fact.job_id)
+                )
+        return events
 
-    async def _announce(self, run: PipelineRun, taken: list[Decision]) -> None:
+    async def _decided_events(self, run: PipelineRun, taken: list[Decision]) -> list[PipelineEnvelope]:
+        events: list[PipelineEnvelope] = []
         for decision in taken:
             if isinstance(decision, EndStep):
-                await self._step_ended(run, decision)
+                events.append(await self._step_ended(run, decision))
             elif isinstance(decision, EndRun):
-                await self.emit(
-                    PipelineFinished(run_id=run.run_id, state=decision.state, attempt=run.attempt)
-                )
+                events.append(PipelineFinished(run_id=run.run_id, state=decision.state, attempt=run.attempt))
+        return events
 
-    async def _step_ended(self, run: PipelineRun, end: EndStep) -> None:
+    async def _step_ended(self, run: PipelineRun, end: EndStep) -> StepEnded:
         await self._stop_sweep(run, end)
         step = run.steps[end.step]
         hit = step.cache.from_run if step.cache is not None and step.cache.state == "hit" else None
-        await self._emit_step(run, end.step, StepEnded, state=end.state, reason=end.reason, cached_from=hit)
-
-    async def _emit_step(
-        self, run: PipelineRun, step: str, event: type[StepSubmitted | StepEnded], **fields: Any
-    ) -> None:
-        """A step's event names its run, the step and the step's attempt as the run holds it now."""
-        await self.emit(event(run_id=run.run_id, step=step, attempt=run.steps[step].attempt, **fields))
+        return _step_event(run, end.step, StepEnded, state=end.state, reason=end.reason, cached_from=hit)
 
     async def _stop_sweep(self, run: PipelineRun, end: EndStep) -> None:
         """A sweep step ended before its sweep (the run cancelled): the sweep is cancelled, and
@@ -524,6 +535,11 @@ class WorkflowService:
                 await self.sweeps.cancel(job.job_id, f"pipeline:{run.run_id}")
             except Exception as exc:
                 log.warning("sweep not cancelled", extra={"sweep_id": job.job_id, "error": repr(exc)})
+
+
+def _step_event(run: PipelineRun, step: str, event: type[StepEvent], **fields: Any) -> StepEvent:
+    """A step's event names its run, the step and the step's attempt as the run holds it now."""
+    return event(run_id=run.run_id, step=step, attempt=run.steps[step].attempt, **fields)
 
 
 def _answer_facts(submit: Submit, answer: IntakeReply) -> list[Fact]:

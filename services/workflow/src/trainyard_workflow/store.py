@@ -7,6 +7,11 @@ generations first, then the head naming them with a compare-and-set: the head is
 A chunk's key is written once (a new generation for every change), so its value, once read or
 written, is kept (``ChunkCache``): reading a run is its head and the chunks another writer changed
 since, not one get per step of a 500-step DAG on every turn.
+
+The run's pipeline spec is written once, under its own key, when the run is created (runchunks.py,
+``spec_key``): a head carries the steps' states only (a 500-step DAG's head: 39 KB, not 287 KB
+written and read on every turn). A head written before that, with the spec inline, still reads;
+its first change writes the spec's key, then a head in the new form.
 """
 
 from __future__ import annotations
@@ -22,14 +27,19 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from trainyard_contracts.runs import PipelineRun
+from trainyard_contracts.workflow import PipelineSpec
 from trainyard_workflow.named_store import listed_keys
 from trainyard_workflow.runchunks import (
     CHUNK_ADAPTER,
     ChunkJobs,
     RunHead,
     chunk_key,
+    head_bytes,
     join,
     new_generation,
+    parse_head,
+    spec_key,
+    spec_named,
     split,
 )
 
@@ -53,6 +63,7 @@ class Stored:
     head: RunHead
     chunks: dict[str, ChunkJobs]
     revision: int
+    spec_stored: bool = True  # False: a head from before the spec had its own key
 
 
 class ChunkCache:
@@ -95,15 +106,42 @@ class RunStore:
         # head validates its whole pipeline (the DAG, every output reference) again
         self._heads: OrderedDict[str, tuple[int, RunHead]] = OrderedDict()
         self.max_heads = max_heads
+        # a run's spec by its key: written once, never changed
+        self._specs: OrderedDict[str, PipelineSpec] = OrderedDict()
 
-    def _parsed_head(self, run_id: str, revision: int, value: bytes) -> RunHead:
+    async def _parsed_head(self, run_id: str, revision: int, value: bytes) -> RunHead:
         kept = self._heads.get(run_id)
         if kept is not None and kept[0] == revision:
             self._heads.move_to_end(run_id)
             return kept[1]
-        head = RunHead.model_validate_json(value)
+        named = spec_named(value)
+        if named is None:  # written before the spec had its own key: the spec inline
+            head = RunHead.model_validate_json(value)
+        else:
+            head = parse_head(value, await self._spec(named))
         self._keep_head(run_id, revision, head)
         return head
+
+    async def _spec(self, key: str) -> PipelineSpec:
+        spec = self._specs.get(key)
+        if spec is None:
+            entry = await self.kv.get(key)  # written before any head that names it
+            spec = PipelineSpec.model_validate_json(entry.value or b"")
+            self._keep_spec(key, spec)
+        self._specs.move_to_end(key)
+        return spec
+
+    def _keep_spec(self, key: str, spec: PipelineSpec) -> None:
+        self._specs[key] = spec
+        while len(self._specs) > self.max_heads:
+            self._specs.popitem(last=False)
+
+    async def _write_spec(self, run: PipelineRun) -> None:
+        """The run's spec under its own key, once (a writer that finds it there: the same spec)."""
+        key = spec_key(run.run_id)
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self.kv.create(key, run.spec.model_dump_json().encode())
+        self._keep_spec(key, run.spec)
 
     def _keep_head(self, run_id: str, revision: int, head: RunHead) -> None:
         self._heads[run_id] = (revision, head)
@@ -113,9 +151,9 @@ class RunStore:
 
     async def create(self, run: PipelineRun) -> int:
         head, chunks = split(run)
+        await self._write_spec(run)
         names = await self._write_chunks(run.run_id, chunks)
-        value = RunHead(run=head, chunks=names).model_dump_json().encode()
-        return int(await self.kv.create(run.run_id, value))
+        return int(await self.kv.create(run.run_id, head_bytes(RunHead(run=head, chunks=names))))
 
     async def create_once(self, run: PipelineRun) -> bool:
         """Create ``run``; False when a run with its id exists already."""
@@ -126,7 +164,10 @@ class RunStore:
         return True
 
     async def exists(self, run_id: str) -> bool:
-        """Whether a run ``run_id`` is stored (its head alone is read)."""
+        """Whether a run ``run_id`` is stored (its head alone is read; none when this store has
+        read or written it: a run is never deleted, and every outcome of a step asks)."""
+        if run_id in self._heads:
+            return True
         try:
             entry = await self.kv.get(run_id)
         except KeyNotFoundError:
@@ -156,6 +197,10 @@ class RunStore:
             changed, result = change(run)
             if changed == run:
                 return run, result
+            if changed.spec is not run.spec and changed.spec != run.spec:
+                raise ValueError(f"run {run_id}: a change may not change its pipeline")
+            if not found.spec_stored:
+                await self._write_spec(run)
             if before_write is not None:
                 await before_write(changed, result)
             new_head, chunks = split(changed)
@@ -165,9 +210,7 @@ class RunStore:
             names = {**{n: g for n, g in head.chunks.items() if n in chunks}, **written}
             written_head = RunHead(run=new_head, chunks=names)
             try:
-                revision = await self.kv.update(
-                    run_id, written_head.model_dump_json().encode(), last=found.revision
-                )
+                revision = await self.kv.update(run_id, head_bytes(written_head), last=found.revision)
             except KeyWrongLastSequenceError:
                 await self._remove(run_id, written)  # no head names them
                 continue
@@ -205,11 +248,12 @@ class RunStore:
             if b'"chunks"' not in entry.value and b'"run_id"' in entry.value[:40]:
                 # a record written before chunks: the whole run in one value, its jobs inline
                 legacy = PipelineRun.model_validate_json(entry.value)
-                return Stored(legacy, RunHead(run=split(legacy)[0]), {}, revision)
-            head = self._parsed_head(run_id, revision, entry.value)
+                return Stored(legacy, RunHead(run=split(legacy)[0]), {}, revision, spec_stored=False)
+            head = await self._parsed_head(run_id, revision, entry.value)
             chunks = await self._read_chunks(run_id, head)
             if chunks is not None:
-                return Stored(join(head.run, chunks), head, chunks, revision)
+                stored = spec_named(entry.value) is not None
+                return Stored(join(head.run, chunks), head, chunks, revision, spec_stored=stored)
         raise RunConflict(f"run {run_id} changed under {tries} reads in a row")
 
     async def _read_chunks(self, run_id: str, head: RunHead) -> dict[str, ChunkJobs] | None:
@@ -245,7 +289,10 @@ class RunStore:
         return names
 
     async def _remove(self, run_id: str, names: dict[str, str]) -> None:
-        for name, generation in names.items():
-            self.cache.drop(chunk_key(run_id, name, generation))
-            with contextlib.suppress(Exception):  # a leftover key is harmless: no head names it
-                await self.kv.purge(chunk_key(run_id, name, generation))
+        """Purge chunks no head names any more, side by side (a turn of a wide DAG replaces ten
+        chunks: ten round trips one after another were most of its compare-and-set's time)."""
+        keys = [chunk_key(run_id, name, generation) for name, generation in names.items()]
+        for key in keys:
+            self.cache.drop(key)
+        # a leftover key is harmless: no head names it
+        await asyncio.gather(*(self.kv.purge(key) for key in keys), return_exceptions=True)
