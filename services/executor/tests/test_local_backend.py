@@ -26,6 +26,7 @@ from trainyard_executor.backends import (
     RuntimeEnvError,
 )
 from trainyard_executor.backends.local import MAX_LINE, detect_capacity
+from trainyard_executor.backends.local.forkserver_client import ForkServer
 from trainyard_executor.backends.runtime_env import MARKER_NAME
 from trainyard_executor.testengines import Lines, pid_alive, wait_until
 
@@ -53,9 +54,14 @@ def py(script: str) -> list[str]:
     return [PY, "-c", textwrap.dedent(script)]
 
 
-@pytest.fixture
-def backend(tmp_path: Path) -> LocalBackend:
-    return LocalBackend(root=tmp_path / "root")
+@pytest.fixture(params=["interpreter", "forked"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> LocalBackend:
+    """Each rank's supervisor as its own interpreter, and forked by the fork server
+    (settings' local_fork_server): every test here holds for both."""
+    backend = LocalBackend(root=tmp_path / "root")
+    if request.param == "forked":
+        backend.fork_server = ForkServer()
+    return backend
 
 
 async def run(backend: LocalBackend, launch: AttemptLaunch) -> tuple[AttemptOutcome, Lines]:

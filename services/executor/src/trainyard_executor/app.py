@@ -19,6 +19,7 @@ from trainyard_executor.backends.base import Backend, Resources
 from trainyard_executor.backends.jobpython import job_python_bin
 from trainyard_executor.backends.jobusers import job_users, unreachable
 from trainyard_executor.backends.local import LocalBackend
+from trainyard_executor.backends.local.forkserver_client import ForkServer
 from trainyard_executor.backends.runtime_env import RuntimeEnvCache
 from trainyard_executor.core import ExecutorCore
 from trainyard_executor.gpus import DISCOVERING_BACKENDS, advertised_gpus, discover_gpus
@@ -77,6 +78,8 @@ def make_backend(settings: ExecutorSettings, data: Path) -> Backend:
         backend.python_bin = settings.python_bin  # settings_for_jobs hands it to the attempts
         backend.memory_limit = settings.local_memory_limit
         backend.memory_check_seconds = settings.local_memory_check_seconds
+        if settings.local_fork_server:
+            backend.fork_server = ForkServer()
         return backend
     if settings.backend == "kubernetes":
         from trainyard_executor.backends.kubernetes import kubernetes_backend

@@ -233,6 +233,12 @@ class ExecutorSettings(HttpSettings, WorkdirLimitSettings):
         "than its spec's resources.memory (per rank), checked every local_memory_check_seconds; it fails "
         "'killed: out of memory'",
     )
+    local_fork_server: bool = Field(
+        False,
+        description="local backend: fork each rank's supervisor from one long-lived process instead of "
+        "starting an interpreter per rank (~1 ms of CPU against 8-15 ms; docs/performance.md, 'Where a "
+        "local job's time goes'); a rank it cannot take starts the old way",
+    )
     local_memory_check_seconds: Seconds = Field(
         1.0, description="how often the local memory limit is checked (a spike in between escapes it)"
     )

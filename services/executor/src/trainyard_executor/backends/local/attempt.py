@@ -43,6 +43,7 @@ from ..jobusers import RunAsError
 from ..runtime_env import RuntimeEnvError, runtime_lock
 from ..source import SourceError, checkout
 from ..workdir import WorkdirError, unpack_workdir
+from .forkserver_client import ForkServerUnavailable
 from .oom import cgroup_oom_kills, machine_oom_kills, name_oom
 from .output import drain, follow_output
 
@@ -342,20 +343,33 @@ class LocalAttempt:
         return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     async def _spawn(self, rank: Rank, env: dict[str, str]) -> None:
+        supervisor_args = [
+            str(rank.exit_file),
+            *(("--cgroup", str(self._cgroup.path)) if self._cgroup is not None else ()),
+            *(("--user", f"{self._user[0]}:{self._user[1]}") if self._user is not None else ()),
+            "--",
+            *self._launch.argv,
+        ]
         # local files, opened without blocking to speak of; handed to the child, closed right after
         out = open_private(rank.stdout)
         err = open_private(rank.stderr)
         try:
+            forks = self._backend.fork_server
+            if forks is not None:
+                with contextlib.suppress(ForkServerUnavailable):
+                    forked = await forks.spawn(
+                        supervisor_args, cwd=self._cwd, env=env, stdout=out, stderr=err
+                    )
+                    rank.pid, rank.start_ticks = forked.pid, forked.start_ticks
+                    rank.exited = forked.exited
+                    forked.exited.add_done_callback(lambda done: _note_forked_exit(rank, done))
+                    return
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-I",
                 "-S",
                 str(SUPERVISOR),
-                str(rank.exit_file),
-                *(("--cgroup", str(self._cgroup.path)) if self._cgroup is not None else ()),
-                *(("--user", f"{self._user[0]}:{self._user[1]}") if self._user is not None else ()),
-                "--",
-                *self._launch.argv,
+                *supervisor_args,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -566,3 +580,8 @@ class LocalAttempt:
             write_json(self.meta_dir / CURSOR_NAME, dict(offsets))
         except OSError as e:
             log.warning("cannot write the log cursor of %s: %s", self._launch.job_id, e)
+
+
+def _note_forked_exit(rank: Rank, exited: asyncio.Future[int | None]) -> None:
+    if not exited.cancelled() and exited.exception() is None:
+        rank.forked_returncode = exited.result()

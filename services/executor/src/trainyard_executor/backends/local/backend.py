@@ -23,6 +23,7 @@ from ..isolation import local_isolation
 from ..jobfiles import PRIVATE_DIR, kill_user, take_back
 from ..jobusers import JobUsers
 from ..runtime_env import RuntimeEnvCache
+from .forkserver_client import ForkServer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class LocalBackend:
         # more resident memory than its spec asks is killed and fails "out of memory"
         self.memory_limit = False
         self.memory_check_seconds = 1.0
+        # settings' local_fork_server: ranks forked by one long-lived supervisor process instead
+        # of an interpreter each (forkserver.py); None: every rank its own interpreter
+        self.fork_server: ForkServer | None = None
 
     def describe_isolation(self) -> str:
         """What keeps a job's processes together (said once when the executor starts)."""

@@ -56,6 +56,8 @@ class Rank:
     start_ticks: int | None = None
     exited: asyncio.Future[Any] | None = field(default=None, repr=False)
     proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    forked_returncode: int | None = None
+    """The supervisor's exit code as the fork server reaped it (a forked rank has no ``proc``)."""
     killed: bool = False
     """We SIGKILLed its group while the supervisor lived: it could write no exit file."""
 
@@ -105,6 +107,8 @@ class Rank:
                 return int(data["returncode"]), None
         if self.proc is not None and self.proc.returncode is not None:
             return self.proc.returncode, None
+        if self.forked_returncode is not None:
+            return self.forked_returncode, None
         if self.killed:
             return -signal.SIGKILL, None
         return None, "ended while the executor was away; its exit status is unknown"
