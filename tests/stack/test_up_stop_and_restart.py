@@ -222,3 +222,26 @@ def test_an_embedded_stack_with_a_restart_policy_restarts_and_lists_what_it_rest
         assert [(r.service, r.exit_code, r.number) for r in stack.restarts] == [("telemetry", -9, 1)]
         assert heard == [("telemetry", -9)]
     assert not stack.services["telemetry"].alive and not stack.leftovers
+
+
+def test_with_the_fork_server_jobs_run_through_it_and_the_stack_stops_leaving_nothing(tmp_path):
+    """TRAINYARD_EXECUTOR_LOCAL_FORK_SERVER=true on `trainyard up`: the executor's ranks are forked
+    by its fork server, and the executor closes the fork server when it stops, so the stop finds
+    no process left behind (docs/executors.md, "The fork server")."""
+    stack = EmbeddedStack(
+        tmp_path / "data",
+        api_port=None,
+        nats_port=None,
+        ready_timeout=600,
+        env={"TRAINYARD_EXECUTOR_LOCAL_FORK_SERVER": "true"},
+    )
+    with stack:
+        with stack.client() as client:
+            spec = {"name": "forked", "command": ["true"]}
+            done = client.wait(client.submit(spec).job_id, timeout=300)
+        assert done.state == "succeeded", done.reason
+        executor = stack.services["executor"].process
+        assert executor is not None
+        servers = [pid for pid, command in process_tree(executor.pid).items() if "forkserver.py" in command]
+        assert len(servers) == 1  # the rank went through it
+    assert not stack.killed_services and not stack.leftovers

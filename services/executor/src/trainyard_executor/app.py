@@ -300,6 +300,9 @@ class ExecutorService:
             await asyncio.wait({task}, timeout=10)
         if self._runtime is not None:
             await self._runtime.core.shutdown()
+            forks = getattr(self._runtime.core.backend, "fork_server", None)
+            if forks is not None:  # it ends now, not a moment after us (trainyard up counts leftovers)
+                await forks.close()
 
 
 def create_app(
