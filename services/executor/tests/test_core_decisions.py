@@ -6,6 +6,7 @@ test_recovery.py, test_lost_ack_retry.py and the service tests; these guard the 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,53 @@ async def test_a_failure_with_a_retry_left_is_requeued_and_one_without_fails_the
     await reports.applier.apply(reports.sent[-1])
     assert store.record("final") == final and types(events) == ["requeued", "failed"]
     assert json.loads(events.published[-1].payload)["job_id"] == "final"
+
+
+async def test_a_stalled_start_with_its_lease_held_throughout_spawns_without_reading_its_record(
+    tmp_path,
+) -> None:
+    """A start that queued longer than a heartbeat (a drain) while the executor renewed its lease
+    all along: nothing can have been given away for a lost executor, so it spawns without a read."""
+    store = Records(placed_on(ME, "j1"))
+    core, _events, _made = core_with(store, tmp_path)
+    spawned: list[str] = []
+    reads: list[str] = []
+    real_start, real_get = core.backend.start, core.store.get
+
+    async def spawn(launch: Any, on_line: Any) -> Any:
+        spawned.append(launch.job_id)
+        return await real_start(launch, on_line)
+
+    async def get(job_id: str) -> Any:
+        reads.append(job_id)
+        return await real_get(job_id)
+
+    core.backend.start = spawn  # type: ignore[method-assign]
+    make_shipper = core.shippers
+
+    def slow_shipper(job_id: str, attempt: int) -> Any:
+        shipper = make_shipper(job_id, attempt)
+        say = shipper.system
+
+        async def system(text: str) -> None:
+            await say(text)
+            if "starting on" in text:  # the last step before the spawn: it queued this long
+                local = core.running[job_id]
+                local.started -= 3600
+                # and the lease renewed all along meanwhile (the renewals themselves elided)
+                core.lease.held_since, core.lease.last_asked = local.started - 1, time.monotonic()
+                core.store.get = get  # type: ignore[method-assign]
+
+        shipper.system = system
+        return shipper
+
+    core.shippers = slow_shipper
+    core.recovered.set()
+    await core.start(start(store, "j1"))
+    task = core.running["j1"].task
+    assert task is not None
+    await task
+    assert spawned == ["j1"] and reads == []
 
 
 async def test_a_stalled_start_spawns_nothing_when_its_attempt_was_given_away(tmp_path) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
@@ -37,6 +38,7 @@ from trainyard_executor.gang import (
     member_of,
     rendezvous_of,
 )
+from trainyard_executor.leasewatch import LeaseWatch
 from trainyard_executor.outcomes import not_started_here, owns, start_verdict
 from trainyard_executor.recording import BROKER_ERRORS
 from trainyard_executor.reporting import Reporter
@@ -115,6 +117,7 @@ class ExecutorCore(AttemptRunner):
         self.launched: OrderedDict[tuple[str, int], None] = OrderedDict()  # (job, attempt) run here
         self.started_at = clock()
         self.draining = False  # set at shutdown; the lease says so (see shutdown)
+        self.lease = LeaseWatch(settings.lease_seconds)
         # commands wait for recover(): an attempt is adopted or stopped before any start or
         # cancel about the same job is handled
         self.recovered = asyncio.Event()
@@ -152,7 +155,9 @@ class ExecutorCore(AttemptRunner):
         )
 
     async def beat(self) -> None:
+        asked = time.monotonic()
         await self.directory.put(self.heartbeat())
+        self.lease.renewed(asked, time.monotonic())
 
     # -- commands -----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from trainyard_executor.gang import (
     member_of,
 )
 from trainyard_executor.jobenv import job_env, plan_gang
+from trainyard_executor.leasewatch import LeaseWatch
 from trainyard_executor.logship import LogShipper
 from trainyard_executor.metricsfile import ReportSource
 from trainyard_executor.metricship import MetricsShipper, Note
@@ -85,6 +86,7 @@ class AttemptRunner(AttemptRecorder):
     :class:`~trainyard_executor.core.ExecutorCore`, which owns the state declared here."""
 
     backend: Backend
+    lease: LeaseWatch  # this executor's renewals as it saw them
     shippers: ShipperFactory
     metrics: MetricsFactory | None  # None: metrics are not read (or the backend shares no work dir)
     work_root: Path
@@ -239,8 +241,9 @@ class AttemptRunner(AttemptRecorder):
         """Raise :class:`AttemptSuperseded` when a start that took longer than a heartbeat since
         the record said "running here" finds the attempt given away. A frozen or starved executor
         misses its lease, and the scheduler runs the job elsewhere meanwhile: spawning then would do
-        its work twice. A start without such a stall spawns without a read."""
-        if local.elapsed() <= self.settings.heartbeat_seconds:
+        its work twice. A start without such a stall, or with the lease held throughout it
+        (leasewatch.py), spawns without a read."""
+        if local.elapsed() <= self.settings.heartbeat_seconds or self.lease.held_throughout(local.started):
             return
         found = await self.store.get(job_id)
         if found is None or not owns(found[0], self.me, attempt):
