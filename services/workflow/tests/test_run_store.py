@@ -238,6 +238,14 @@ async def test_the_pipeline_spec_is_written_once_and_the_head_carries_the_steps_
     got, _ = await store.get(run.run_id)
     assert mine.gets == 1 and got.steps["s0-2"].jobs[0].job_id == "j2"  # the head alone, nor the spec
     assert (await replica.get(run.run_id))[0] == got
+    # the run it wrote last, at the revision it wrote, is returned as written (not joined again)
+    assert (await store.get(run.run_id))[0] is got
+    job = run.steps["s0-3"].jobs[0]
+    moved, _ = await replica.mutate(
+        run.run_id, lambda r: (evolve(r, JobKnown("s0-3", 0, job.key, "j3")), None)
+    )
+    again, _ = await store.get(run.run_id)  # another writer's revision: read and joined
+    assert again == moved and again is not got and again.steps["s0-3"].jobs[0].job_id == "j3"
 
 
 @pytest.mark.service

@@ -99,13 +99,20 @@ class ChunkCache:
 
 
 class RunStore:
-    def __init__(self, kv: KeyValue, cache: ChunkCache | None = None, max_heads: int = 256) -> None:
+    def __init__(
+        self, kv: KeyValue, cache: ChunkCache | None = None, max_heads: int = 256, max_written: int = 16
+    ) -> None:
         self.kv = kv
         self.cache = cache if cache is not None else ChunkCache()
         # a head as parsed, by run and revision: a revision's value never changes, and parsing a
         # head validates its whole pipeline (the DAG, every output reference) again
         self._heads: OrderedDict[str, tuple[int, RunHead]] = OrderedDict()
         self.max_heads = max_heads
+        # the runs this store wrote last, whole, by run: a read that finds the head at the revision
+        # written returns it as it was (rebuilding it from head and chunks was 500 model_copys
+        # of a 500-step DAG on every turn); few, as one may hold 10,000 jobs
+        self._written: OrderedDict[str, Stored] = OrderedDict()
+        self.max_written = max_written
         # a run's spec by its key: written once, never changed
         self._specs: OrderedDict[str, PipelineSpec] = OrderedDict()
 
@@ -153,7 +160,10 @@ class RunStore:
         head, chunks = split(run)
         await self._write_spec(run)
         names = await self._write_chunks(run.run_id, chunks)
-        return int(await self.kv.create(run.run_id, head_bytes(RunHead(run=head, chunks=names))))
+        written_head = RunHead(run=head, chunks=names)
+        revision = int(await self.kv.create(run.run_id, head_bytes(written_head)))
+        self._keep_written(Stored(run, written_head, chunks, revision))
+        return revision
 
     async def create_once(self, run: PipelineRun) -> bool:
         """Create ``run``; False when a run with its id exists already."""
@@ -215,6 +225,7 @@ class RunStore:
                 await self._remove(run_id, written)  # no head names them
                 continue
             self._keep_head(run_id, int(revision), written_head)
+            self._keep_written(Stored(changed, written_head, chunks, int(revision)))
             await self._remove(
                 run_id, {n: g for n, g in head.chunks.items() if n in written or n not in chunks}
             )
@@ -236,6 +247,13 @@ class RunStore:
                 out.append(found[0])
         return out
 
+    def _keep_written(self, stored: Stored) -> None:
+        run_id = stored.run.run_id
+        self._written[run_id] = stored
+        self._written.move_to_end(run_id)
+        while len(self._written) > self.max_written:
+            self._written.popitem(last=False)
+
     async def _read(self, run_id: str, tries: int = 20) -> Stored | None:
         for _ in range(tries):
             try:
@@ -245,6 +263,10 @@ class RunStore:
             if entry.value is None:
                 return None
             revision = int(entry.revision or 0)
+            written = self._written.get(run_id)
+            if written is not None and written.revision == revision:
+                self._written.move_to_end(run_id)
+                return written
             if b'"chunks"' not in entry.value and b'"run_id"' in entry.value[:40]:
                 # a record written before chunks: the whole run in one value, its jobs inline
                 legacy = PipelineRun.model_validate_json(entry.value)
