@@ -109,10 +109,26 @@ def test_no_policy_lets_every_job_reach_every_other(everything: list[dict[str, A
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
 
 
-def test_nats_admits_no_client_from_the_jobs_namespace(everything: list[dict[str, Any]]) -> None:
-    """A podSelector without a namespaceSelector matches pods of the policy's own namespace only;
-    the client port must not be opened to another namespace."""
+FETCHING_PODS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "trainyard-jobs"}},
+    "podSelector": {"matchLabels": {"trainyard.dev/fetches-blobs": "true"}},
+}
+
+
+def test_nats_admits_from_the_jobs_namespace_only_the_pods_that_fetch_blobs(
+    everything: list[dict[str, Any]],
+) -> None:
+    """A podSelector without a namespaceSelector matches pods of the policy's own namespace only.
+    The client port is opened to one other namespace's pods, and only in one peer that ANDs both
+    selectors: the jobs' pods the executor labels because their init container fetches a workdir
+    or a step's inputs as the read-only user ``fetcher`` (docs/executors.md). A namespaceSelector
+    alone, or the two in separate peers, would open it to every job pod."""
     (nats,) = [o for o in everything if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "nats"]
-    for rule in nats["spec"]["ingress"]:
-        if any(p["port"] == 4222 for p in rule["ports"]):
-            assert all("namespaceSelector" not in peer for peer in rule["from"])
+    across = [
+        peer
+        for rule in nats["spec"]["ingress"]
+        if any(p["port"] == 4222 for p in rule["ports"])
+        for peer in rule["from"]
+        if "namespaceSelector" in peer
+    ]
+    assert across == [FETCHING_PODS]
