@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,41 @@ async def test_a_failure_with_a_retry_left_is_requeued_and_one_without_fails_the
     assert json.loads(events.published[-1].payload)["job_id"] == "final"
 
 
+def stall_before_spawn(core: Any, on_stall: Callable[[str], Awaitable[None]]) -> list[str]:
+    """Make the start stall at its last step before the spawn: ``on_stall(job_id)`` runs there
+    (after the start's "starting on" line). Returns the jobs the backend was then asked to spawn."""
+    spawned: list[str] = []
+    real_start, make_shipper = core.backend.start, core.shippers
+
+    async def spawn(launch: Any, on_line: Any) -> Any:
+        spawned.append(launch.job_id)
+        return await real_start(launch, on_line)
+
+    def stalling_shipper(job_id: str, attempt: int) -> Any:
+        shipper = make_shipper(job_id, attempt)
+        say = shipper.system
+
+        async def system(text: str) -> None:
+            await say(text)
+            if "starting on" in text:
+                await on_stall(job_id)
+
+        shipper.system = system
+        return shipper
+
+    core.backend.start = spawn
+    core.shippers = stalling_shipper
+    return spawned
+
+
+async def start_to_its_end(core: Any, store: Records, job_id: str) -> None:
+    core.recovered.set()
+    await core.start(start(store, job_id))
+    task = core.running[job_id].task
+    assert task is not None
+    await task
+
+
 async def test_a_stalled_start_with_its_lease_held_throughout_spawns_without_reading_its_record(
     tmp_path,
 ) -> None:
@@ -155,43 +191,22 @@ async def test_a_stalled_start_with_its_lease_held_throughout_spawns_without_rea
     all along: nothing can have been given away for a lost executor, so it spawns without a read."""
     store = Records(placed_on(ME, "j1"))
     core, _events, _made = core_with(store, tmp_path)
-    spawned: list[str] = []
     reads: list[str] = []
-    real_start, real_get = core.backend.start, core.store.get
-
-    async def spawn(launch: Any, on_line: Any) -> Any:
-        spawned.append(launch.job_id)
-        return await real_start(launch, on_line)
+    real_get = core.store.get
 
     async def get(job_id: str) -> Any:
         reads.append(job_id)
         return await real_get(job_id)
 
-    core.backend.start = spawn  # type: ignore[method-assign]
-    make_shipper = core.shippers
+    async def queued_long(job_id: str) -> None:
+        local = core.running[job_id]
+        local.started -= 3600
+        # and the lease renewed all along meanwhile (the renewals themselves elided)
+        core.lease.held_since, core.lease.last_asked = local.started - 1, time.monotonic()
+        core.store.get = get  # type: ignore[method-assign]
 
-    def slow_shipper(job_id: str, attempt: int) -> Any:
-        shipper = make_shipper(job_id, attempt)
-        say = shipper.system
-
-        async def system(text: str) -> None:
-            await say(text)
-            if "starting on" in text:  # the last step before the spawn: it queued this long
-                local = core.running[job_id]
-                local.started -= 3600
-                # and the lease renewed all along meanwhile (the renewals themselves elided)
-                core.lease.held_since, core.lease.last_asked = local.started - 1, time.monotonic()
-                core.store.get = get  # type: ignore[method-assign]
-
-        shipper.system = system
-        return shipper
-
-    core.shippers = slow_shipper
-    core.recovered.set()
-    await core.start(start(store, "j1"))
-    task = core.running["j1"].task
-    assert task is not None
-    await task
+    spawned = stall_before_spawn(core, queued_long)
+    await start_to_its_end(core, store, "j1")
     assert spawned == ["j1"] and reads == []
 
 
@@ -201,41 +216,19 @@ async def test_a_stalled_start_spawns_nothing_when_its_attempt_was_given_away(tm
     still run: ``stopping``). After the thaw the start must not spawn: the work would run twice."""
     store = Records(placed_on(ME, "j1"))
     core, events, made = core_with(store, tmp_path)
-    spawned: list[str] = []
-    real_start = core.backend.start
 
-    async def spawn(launch: Any, on_line: Any) -> Any:
-        spawned.append(launch.job_id)
-        return await real_start(launch, on_line)
+    async def frozen(job_id: str) -> None:
+        core.running[job_id].started -= 3600
+        # what the scheduler wrote while this executor was away
+        await store.store.update(
+            job_id,
+            lambda r: lifecycle.requeue(
+                r, utcnow(), reason="executor lost", counts_as_retry=False, stopping=True
+            ),
+        )
 
-    core.backend.start = spawn  # type: ignore[method-assign]
-    make_shipper = core.shippers
-
-    def stalling_shipper(job_id: str, attempt: int) -> Any:
-        shipper = make_shipper(job_id, attempt)
-        say = shipper.system
-
-        async def system(text: str) -> None:
-            await say(text)
-            if "starting on" in text:  # the last step before the spawn: the executor stalls here
-                core.running[job_id].started -= 3600
-                # what the scheduler wrote while this executor was away
-                await store.store.update(
-                    job_id,
-                    lambda r: lifecycle.requeue(
-                        r, utcnow(), reason="executor lost", counts_as_retry=False, stopping=True
-                    ),
-                )
-
-        shipper.system = system
-        return shipper
-
-    core.shippers = stalling_shipper
-    core.recovered.set()
-    await core.start(start(store, "j1"))
-    task = core.running["j1"].task
-    assert task is not None
-    await task
+    spawned = stall_before_spawn(core, frozen)
+    await start_to_its_end(core, store, "j1")
     assert spawned == []
     record = store.record("j1")
     assert (record.state, record.attempt) == (JobState.REQUEUED, 2)
