@@ -28,7 +28,8 @@ import httpx
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
-from trainyard_shared.natsusers import inbox_prefix, password_variable
+from trainyard_contracts import Subjects
+from trainyard_shared.natsusers import inbox_prefix, password_variable, users
 from trainyard_shared.provision import provision_with
 from trainyard_shared.settings import CommonSettings
 
@@ -51,9 +52,9 @@ WORK_ROOT = "/var/lib/trainyard/executor"  # the executor's work dirs: <data_dir
 # the deployed config has one NATS user per executor id: the compose executor's (executor-docker-compose)
 EXECUTOR_ID = "docker-compose"
 NATS_CONFIG = ROOT / "deploy" / "nats" / "nats.conf"  # includes auth.conf: one user per service
-NATS_USERS = tuple(
-    f"executor-{EXECUTOR_ID}" if s == "executor" else s for s in (*SERVICES, "client", "admin")
-)
+# every user the deployed config names (its password variables must all be set, or nats-server
+# does not start): the services', this executor id's, client, fetcher and admin
+NATS_USERS = tuple(users(Subjects(), [EXECUTOR_ID]))
 
 
 def nats_user(service: str) -> str:
