@@ -172,7 +172,9 @@ class EngineStarts:
                 ours = all(labels.get(key) == value for key, value in owner.items())
                 if tries > 1 and ours and not has_started(old.attrs):
                     # an earlier create of this start landed but its answer was lost: that one
-                    log.info("container found made by a create whose answer was lost", extra={"name": name})
+                    log.info(
+                        "container found made by a create whose answer was lost", extra={"container": name}
+                    )
                     return old
                 old.remove(force=True)  # a stopped one of an earlier start of this attempt
                 return client.containers.create(**config)
