@@ -124,6 +124,16 @@ async def test_death_by_signal_is_failed_with_a_negative_code(backend: LocalBack
     assert (outcome.kind, outcome.exit_code, outcome.reason) == ("failed", -9, "killed by signal SIGKILL")
 
 
+async def test_a_job_starts_with_no_signal_ignored(backend: LocalBackend, tmp_path: Path) -> None:
+    """Python ignores SIGPIPE and SIGXFSZ at start-up and an ignored signal stays ignored across
+    exec: the job (grep, exec'd by the rank's supervisor) must start with both at their default."""
+    outcome, lines = await run(backend, make_launch(tmp_path, ["grep", "^SigIgn:", "/proc/self/status"]))
+    assert outcome.kind == "succeeded", lines.got
+    ignored = int(lines.of("stdout")[0].split()[1], 16)
+    assert ignored & (1 << (13 - 1)) == 0, "SIGPIPE ignored"
+    assert ignored & (1 << (25 - 1)) == 0, "SIGXFSZ ignored"
+
+
 async def test_command_not_found_fails_cleanly(backend: LocalBackend, tmp_path: Path) -> None:
     outcome, lines = await run(backend, make_launch(tmp_path, ["trainyard-no-such-command", "--x"]))
     assert outcome.kind == "failed" and outcome.exit_code is None

@@ -10,9 +10,17 @@ its own interpreter, so what a rank does (its process group and session, cgroup,
 spawn, the exit records) is unchanged.
 
 Both descriptors are ``SOCK_SEQPACKET`` sockets (one message per request, descriptors alongside).
-A request is JSON ``{"id", "argv", "cwd", "env"}`` with two descriptors, the rank's stdout and
-stderr; the answer on the event socket is ``{"id", "pid", "start_ticks"}`` once the child leads
-its own session, or ``{"id", "errno", "error"}`` when it could not start. When a child ends, this
+A request is JSON ``{"id", "argv", "cwd", "env", "record"}`` with two descriptors, the rank's
+stdout and stderr; the answer on the event socket is ``{"id", "pid", "start_ticks"}`` once the child
+leads its own session, or ``{"id", "errno", "error"}`` when it could not start.
+
+``record`` is the rank's pid record (the ``.pid`` the supervisor writes next to its exit file), and
+the child's first act is to *claim* it: its pid written to a file of its own, hard-linked to
+``record`` (``link`` fails if anything is there, a symlink included). If the link fails, the child
+ends without running anything: the executor gave the request up and claimed the record itself
+(the fork server died or was frozen before it answered, or the attempt was cancelled), so a
+request the executor no longer waits for never runs a job, and one that did run is found by its
+record. Exactly one of the two claims wins. When a child ends, this
 process reaps it and says ``{"exited": pid, "returncode": N}``. It ends when the executor closes
 the request socket; children still running then live on (their exits are read from their exit
 files, as an executor that restarted reads them).
@@ -57,15 +65,38 @@ def _start_ticks(pid: int) -> int | None:
         return None
 
 
+def _claim(record: str) -> None:
+    """Hard-link this process's pid record at ``record``; FileExistsError when something is there
+    (the executor's own claim: it gave this request up)."""
+    ticks = _start_ticks(os.getpid())
+    text = f'{{"pid": {os.getpid()}, "start_ticks": {"null" if ticks is None else ticks}}}'
+    mine = f"{record}.{os.getpid()}.claim"
+    fd = os.open(mine, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    try:
+        os.link(mine, record)
+    finally:
+        os.unlink(mine)
+
+
 def _become_rank(request: dict[str, Any], out: int, err: int, keep_out: list[int], ready: int) -> int:
-    """In the child: a session of its own, stdio, cwd and env as the rank's, then say so on
-    ``ready`` (empty on success, an errno otherwise) and supervise."""
+    """In the child: the rank's pid record claimed, a session of its own, stdio, cwd and env as the
+    rank's, then say so on ``ready`` (empty on success, "ERRNO reason" otherwise) and supervise."""
     signal.set_wakeup_fd(-1)
     for sig in _SUPERVISOR_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     for fd in keep_out:
         os.close(fd)
     try:
+        try:
+            _claim(request["record"])
+        except FileExistsError as exc:
+            raise FileExistsError(
+                exc.errno, "its pid record exists: the executor gave the request up"
+            ) from exc
         os.setsid()
         null = os.open(os.devnull, os.O_RDONLY)
         for source, target in ((null, 0), (out, 1), (err, 2)):
@@ -75,14 +106,16 @@ def _become_rank(request: dict[str, Any], out: int, err: int, keep_out: list[int
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-    except OSError as exc:
-        os.write(ready, str(exc.errno or 1).encode())
+    except BaseException as exc:  # whatever it was, the job does not run and the parent hears why
+        errno = getattr(exc, "errno", None) or 0
+        os.write(ready, f"{errno} {getattr(exc, 'strerror', None) or exc}".encode())
         return 126
     os.close(ready)
     return int(SUPERVISOR.main(request["argv"]))  # type: ignore[attr-defined]
 
 
 def _fork_rank(request: dict[str, Any], fds: list[int], keep_out: list[int]) -> dict[str, Any]:
+    """Fork the rank's supervisor; the caller closes ``fds`` (the child has its own copies)."""
     out, err = fds
     ready_r, ready_w = os.pipe()
     pid = os.fork()
@@ -94,16 +127,42 @@ def _fork_rank(request: dict[str, Any], fds: list[int], keep_out: list[int]) -> 
         finally:
             os._exit(code & 0xFF)
     os.close(ready_w)
-    os.close(out)
-    os.close(err)
     try:
-        failed = os.read(ready_r, 32)  # empty: the child closed it, set up (or it died)
+        failed = os.read(ready_r, 4096)  # empty: the child closed it, set up (or it died)
     finally:
         os.close(ready_r)
     if failed:
-        code = int(failed)
-        return {"id": request["id"], "errno": code, "error": os.strerror(code)}
+        errno, _, error = failed.decode(errors="replace").partition(" ")
+        return {"id": request["id"], "errno": int(errno), "error": error}
     return {"id": request["id"], "pid": pid, "start_ticks": _start_ticks(pid)}
+
+
+def _request_id(message: bytes) -> int | None:
+    try:
+        request = json.loads(message)
+    except ValueError:
+        return None
+    return request.get("id") if isinstance(request, dict) and isinstance(request.get("id"), int) else None
+
+
+def _parse_request(message: bytes, fds: list[int]) -> dict[str, Any]:
+    """The request, checked before anything forks: a malformed one is answered, never half-run."""
+    request = json.loads(message)
+    if not isinstance(request, dict) or not isinstance(request.get("id"), int):
+        raise ValueError("a JSON object with an integer id expected")
+    if len(fds) != 2:
+        raise ValueError(f"2 descriptors (stdout, stderr) expected, {len(fds)} came")
+    argv, env = request.get("argv"), request.get("env")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ValueError("argv: a list of strings expected")
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ValueError("env: an object of strings expected")
+    for key in ("cwd", "record"):
+        if not isinstance(request.get(key), str) or not os.path.isabs(request[key]):
+            raise ValueError(f"{key}: an absolute path expected")
+    return request
 
 
 def _reap(events: socket.socket) -> None:
@@ -121,19 +180,21 @@ def _reap(events: socket.socket) -> None:
 def _answer(requests: socket.socket, events: socket.socket, keep_out: list[int]) -> bool:
     """One request; False once the executor has closed its end."""
     message, fds, _flags, _addr = socket.recv_fds(requests, MAX_REQUEST, 2)
-    if not message:
-        return False
-    request: Any = None
     try:
-        request = json.loads(message)
-        if not isinstance(request, dict) or len(fds) != 2:
-            raise ValueError(f"a JSON object and 2 descriptors (stdout, stderr) expected, {len(fds)} came")
-        answer = _fork_rank(request, fds, keep_out)
-    except (ValueError, KeyError, TypeError, OSError) as exc:
-        for fd in fds:
+        if not message:
+            return False
+        try:
+            request = _parse_request(message, fds)
+            answer = _fork_rank(request, fds, keep_out)
+        except (ValueError, OSError) as exc:
+            answer = {
+                "id": _request_id(message),
+                "errno": getattr(exc, "errno", None) or 0,
+                "error": str(exc),
+            }
+    finally:
+        for fd in fds:  # here and only here, once: the child has its own copies
             os.close(fd)
-        request_id = request.get("id") if isinstance(request, dict) else None
-        answer = {"id": request_id, "errno": 0, "error": str(exc)}
     events.send(json.dumps(answer).encode())
     return True
 

@@ -234,10 +234,11 @@ class ExecutorSettings(HttpSettings, WorkdirLimitSettings):
         "'killed: out of memory'",
     )
     local_fork_server: bool = Field(
-        False,
+        True,
         description="local backend: fork each rank's supervisor from one long-lived process instead of "
         "starting an interpreter per rank (~1 ms of CPU against 8-15 ms; docs/performance.md, 'Where a "
-        "local job's time goes'); a rank it cannot take starts the old way",
+        "local job's time goes'); a rank whose request it could not take starts the old way; false: "
+        "every rank its own interpreter",
     )
     local_memory_check_seconds: Seconds = Field(
         1.0, description="how often the local memory limit is checked (a spike in between escapes it)"

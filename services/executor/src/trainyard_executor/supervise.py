@@ -46,6 +46,10 @@ except ImportError:  # not CPython
     import signal
 
 SUPERVISED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+JOB_DEFAULT_SIGNALS = (*SUPERVISED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ)
+"""At their default in the job: Python ignores SIGPIPE and SIGXFSZ at start-up, and an ignored
+signal stays ignored across exec, so a job's ``yes | head`` or file-size limit behaved unlike the
+same command from a shell."""
 SPAWN_DELAY_VAR = "TRAINYARD_TEST_SUPERVISOR_SPAWN_DELAY"
 """Test hook: seconds (at most 10) to wait before starting the job, which makes the window
 before the spawn wide enough for a test to land a signal in it. Only delays the job's own start."""
@@ -128,7 +132,7 @@ def _spawn(command: list[str], user: tuple[int, int] | None) -> int:
                 command,
                 os.environ,
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
-                setsigdef=SUPERVISED_SIGNALS,
+                setsigdef=JOB_DEFAULT_SIGNALS,
                 setsigmask=old_mask,
             )
         else:
@@ -160,7 +164,7 @@ def _fork_exec_as(command: list[str], user: tuple[int, int], mask: object) -> in
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
-            for sig in SUPERVISED_SIGNALS:
+            for sig in JOB_DEFAULT_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.execvpe(command[0], command, os.environ)

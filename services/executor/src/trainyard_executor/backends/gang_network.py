@@ -25,11 +25,13 @@ from typing import Any
 from docker.errors import APIError, NotFound
 
 from trainyard_executor.backends.base import Gang
+from trainyard_executor.backends.engine_calls import transient
 
 log = logging.getLogger("trainyard.executor.docker")
 
 __all__ = [
     "MASTER_ALIAS",
+    "NetworkNotOurs",
     "create_network",
     "master_address",
     "network_name",
@@ -50,10 +52,16 @@ def network_name(job_id: str, attempt: int) -> str:
     return f"trainyard-{job_id}-{attempt}"
 
 
+class NetworkNotOurs(RuntimeError):
+    """A network by the attempt's name that is not this attempt's: its ranks never join it."""
+
+
 def create_network(client: Any, name: str, labels: dict[str, str]) -> None:
-    """The gang's bridge network; one left by a start of the same attempt is reused. Blocking."""
+    """The gang's bridge network. Idempotent (it is asked again when an answer is lost): one by
+    this name with these labels was made by a start of this attempt (a create whose answer was
+    lost, a redelivered start) and is reused; one by this name without them is refused. Blocking."""
     try:
-        client.networks.get(name)
+        _reuse_ours(client, name, labels)
         return
     except NotFound:
         pass
@@ -62,25 +70,41 @@ def create_network(client: Any, name: str, labels: dict[str, str]) -> None:
     except APIError as exc:  # created meanwhile by a redelivered start
         if exc.status_code != 409 and "already exists" not in str(exc.explanation or ""):
             raise
+        _reuse_ours(client, name, labels)
 
 
-def master_address(container: Any, name: str) -> str:
-    """Rank 0's address on the gang's network (the container has started). Blocking."""
+def _reuse_ours(client: Any, name: str, labels: dict[str, str]) -> None:
+    found = client.networks.get(name)
+    have = found.attrs.get("Labels") or {}
+    if any(have.get(key) != value for key, value in labels.items()):
+        raise NetworkNotOurs(f"network {name} exists and is not this attempt's (labels {have})")
+
+
+def master_address(container: Any, name: str) -> str | None:
+    """Rank 0's address on the gang's network, as inspected once it started; None when rank 0 had
+    already ended by then (a short job: the engine clears an ended container's address). The other
+    ranks then start without its entry: nothing would answer at that address any more, and the
+    gang's outcome comes from its ranks' exits as for any gang. Blocking."""
     networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
     address = (networks.get(name) or {}).get("IPAddress")
-    if not address:
-        raise RuntimeError(f"rank 0 has no address on network {name}")
-    return str(address)
+    if address:
+        return str(address)
+    if not (container.attrs.get("State") or {}).get("Running", True):
+        return None
+    raise RuntimeError(f"rank 0 has no address on network {name}")
 
 
 def remove_network(client: Any, name: str) -> None:
     """Best effort: a network still in use (a failed container kept for debugging) stays until
-    the executor's next start prunes it. Blocking."""
+    the executor's next start prunes it; one already gone is removed; a transient failure is
+    raised (to be asked again). Blocking."""
     try:
         client.api.remove_network(name)
     except NotFound:
         pass
     except APIError as exc:
+        if transient(exc):
+            raise
         log.info("gang network not removed", extra={"network": name, "error": str(exc.explanation or exc)})
 
 

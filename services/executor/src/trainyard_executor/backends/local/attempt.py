@@ -94,7 +94,7 @@ class LocalAttempt:
         self._runtime: AttemptRuntime | None = None  # the runtime env's lock, once it is ready
         self._offsets: dict[str, int] = {}
         self._started_at = time.time()
-        self._machine_ooms = machine_oom_kills()  # the kernel's OOM kills so far (oom.py)
+        self._machine_ooms: int | None = None  # the kernel's OOM kills before it ran (oom.py)
         self._oom_kills: int | None = None  # counted in its cgroup, read before it is removed
         self._owner = f"{launch.job_id}.{launch.attempt}"
         self._user: tuple[int, int] | None = None
@@ -115,6 +115,7 @@ class LocalAttempt:
             self._offsets = self._read_cursor()
             self._cgroup = AttemptCgroup(Path(adopted["cgroup"])) if adopted.get("cgroup") else None
             self._user = user_of(adopted)
+            self._machine_ooms = machine_oom_kills()
             if self._user is not None and backend.job_users is not None:
                 backend.job_users.hold(self._user[0], self._owner)
             runner = self._run_adopted()
@@ -154,8 +155,7 @@ class LocalAttempt:
 
     async def release(self) -> None:
         """The outcome is recorded: a restarted executor must not find this attempt any more."""
-        with contextlib.suppress(FileNotFoundError):
-            self._state_file.unlink()
+        await asyncio.to_thread(self._state_file.unlink, missing_ok=True)
         if self._user is not None and self._backend.job_users is not None:
             self._backend.job_users.release(self._user[0], self._owner)
 
@@ -248,7 +248,8 @@ class LocalAttempt:
             except RunAsError as e:
                 return self._outcome("failed", None, str(e))
         try:
-            self._workdir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+            if launch.source_repo or launch.workdir_archive is not None:
+                await asyncio.to_thread(self._workdir.mkdir, mode=PRIVATE_DIR, parents=True, exist_ok=True)
             if launch.source_repo:
                 if self._cwd.exists():  # a re-run of the same attempt dir starts from a fresh checkout
                     await asyncio.to_thread(shutil.rmtree, self._cwd)
@@ -263,13 +264,7 @@ class LocalAttempt:
                     await unpack_workdir(launch.workdir_archive, self._workdir, launch.workdir_limits)
                 except WorkdirError as e:
                     return self._outcome("failed", None, str(e))
-            self._output_dir.mkdir(parents=True, exist_ok=True)
-            install_reporter(self._workdir)  # trainyard.report(); handed over with the work dir
-            if launch.checkpoint_dir is not None:
-                launch.checkpoint_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-            tmp = await asyncio.to_thread(
-                hand_over, self._backend.root, self._workdir, launch.checkpoint_dir, self._user, META_DIR
-            )
+            tmp = await asyncio.to_thread(self._lay_out)
         except OSError as e:
             return self._outcome("failed", None, f"cannot prepare workdir {self._workdir}: {e}")
 
@@ -297,6 +292,33 @@ class LocalAttempt:
         if tmp is not None and ("TMPDIR" not in env or "TMPDIR" in launch.inherited_env):
             env["TMPDIR"] = str(tmp)  # /tmp is shared by every user: a file there is easily read
         return env
+
+    def _lay_out(self) -> Path | None:
+        """(Blocking: one worker-thread call per attempt, its file system calls off the event
+        loop.) The work dir's folders and the reporter, handed over to the job's user; returns
+        its private temporary directory (jobfiles.hand_over)."""
+        launch = self._launch
+        self._machine_ooms = machine_oom_kills()  # /proc/vmstat: before the ranks start
+        self._workdir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        self._output_dir.mkdir(parents=True, exist_ok=True)
+        install_reporter(self._workdir)  # trainyard.report(); handed over with the work dir
+        if launch.checkpoint_dir is not None:
+            launch.checkpoint_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        return hand_over(self._backend.root, self._workdir, launch.checkpoint_dir, self._user, META_DIR)
+
+    def _before_spawn(self) -> None:
+        """(Blocking: one worker-thread call per attempt.) The bookkeeping dir made ours and
+        emptied of a re-run's records, the cgroup made, and the pid file written before anything
+        runs: a restart finds the attempt even mid-spawn."""
+        private_dir(self.meta_dir)
+        for rank in self._ranks:  # a re-run of the same attempt dir: nothing from before counts
+            rank.exit_file.unlink(missing_ok=True)
+            rank.exit_file.with_suffix(".pid").unlink(missing_ok=True)
+        (self.meta_dir / CURSOR_NAME).unlink(missing_ok=True)
+        if self._cgroup is not None:
+            self._cgroup.create()
+        self._started_at = time.time()
+        self._write_state()
 
     def _plan_ranks(self) -> list[Rank]:
         meta = self.meta_dir
@@ -391,16 +413,7 @@ class LocalAttempt:
             return self._outcome("cancelled", None, "cancelled")
         self._ranks = self._plan_ranks()
         try:
-            private_dir(self.meta_dir)
-            for rank in self._ranks:  # a re-run of the same attempt dir: nothing from before counts
-                rank.exit_file.unlink(missing_ok=True)
-                rank.exit_file.with_suffix(".pid").unlink(missing_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                (self.meta_dir / CURSOR_NAME).unlink()
-            if self._cgroup is not None:
-                self._cgroup.create()
-            self._started_at = time.time()
-            self._write_state()  # before anything runs: a restart finds the attempt even mid-spawn
+            await asyncio.to_thread(self._before_spawn)
         except OSError as e:
             return self._outcome("failed", None, f"cannot prepare workdir {self._workdir}: {e}")
         for rank in self._ranks:
@@ -422,7 +435,7 @@ class LocalAttempt:
                 return self._outcome("failed", None, f"cannot start rank {rank.rank}: {e}")
             if self.pid is None:
                 self.pid = rank.pid
-            self._write_state()
+            await asyncio.to_thread(self._write_state)  # its pid and start time, for a restart
         return await self._watch()
 
     def _take_back(self) -> None:
@@ -469,7 +482,7 @@ class LocalAttempt:
             finished.set()
             await drain(tails, self._offsets)
             cursor.cancel()
-            self._write_cursor(self._offsets)
+            await asyncio.to_thread(self._write_cursor, dict(self._offsets))
         except BaseException:
             cursor.cancel()
             for task in tails:

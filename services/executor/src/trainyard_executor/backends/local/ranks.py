@@ -16,6 +16,7 @@ from trainyard_contracts.records import AttemptUsage
 
 from .._proc import group_alive, group_members, same_process
 from ..jobfiles import open_private
+from .forkserver_client import claim_record
 
 log = logging.getLogger(__name__)
 META_DIR = ".trainyard"
@@ -84,13 +85,15 @@ class Rank:
             start_ticks=data.get("start_ticks"),
         )
         if rank.pid is None:
-            # the executor died between spawning the rank and recording it: the supervisor
-            # recorded itself
+            # the executor died between asking for the rank and recording it: the supervisor
+            # recorded itself, or the record is claimed now, so that a request still queued at
+            # the fork server when the executor died never runs the rank (its child's claim fails)
             try:
-                own = json.loads(rank.exit_file.with_suffix(".pid").read_text())
-                rank.pid, rank.start_ticks = int(own["pid"]), int(own["start_ticks"])
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
+                recorded = claim_record(rank.exit_file.with_suffix(".pid"))
+            except OSError:  # unreadable, or its folder gone: not started, as before
+                recorded = None
+            if recorded is not None:
+                rank.pid, rank.start_ticks = recorded
         return rank
 
     def status(self) -> tuple[int | None, str | None]:
