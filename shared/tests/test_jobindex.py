@@ -10,13 +10,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from faststream.nats import NatsBroker
 
-from trainyard_contracts import JobRecord, JobSpec, JobState, Subjects, lifecycle
-from trainyard_shared.bus import ensure_streams, open_buckets
+from trainyard_contracts import JobRecord, JobSpec, JobState, lifecycle
 from trainyard_shared.jobindex import IndexEntry, IndexQuery, JobIndex, to_ns
 from trainyard_shared.jobstore import JobStore
-from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.testing.helpers import eventually
 
 pytestmark = pytest.mark.service
@@ -43,16 +40,8 @@ class Index:
 
 
 @pytest.fixture
-async def indexed(nats_server, prefix):
-    subjects = Subjects(prefix)
-    broker = NatsBroker(nats_server.url)
-    async with broker:
-        await broker.start()
-        await ensure_streams(broker, subjects)
-        buckets = await open_buckets(broker, subjects)
-        handle = NatsHandle(broker)
-        index = JobIndex(handle.client, handle.jetstream, subjects)
-        yield Index(index, JobStore(buckets.jobs, index=index))
+def indexed(indexed_jobs):
+    return Index(*indexed_jobs)
 
 
 def newest_first(records: list[JobRecord]) -> list[str]:

@@ -214,14 +214,16 @@ async def test_an_executor_can_neither_command_nor_read_another_executor(server,
     await own_durable(server, "executor-exec-a", EXEC, "executor-exec-a", S.exec_commands_of("exec-a"))
 
 
-async def test_the_jobs_index_is_written_by_its_writers_and_read_by_the_submission_alone(server, admin):
+async def test_the_jobs_index_is_written_by_its_writers_and_read_by_its_readers(server, admin):
     """The scheduler writes an entry and removes the one a job left; the submission service reads
-    (batched direct gets, the ordered read of oldest first, the built marker); an executor may
-    neither write nor read it. No permission violation on the way."""
+    (batched direct gets, the ordered read of oldest first, the built marker); the scheduler,
+    telemetry and an executor read the live jobs' entries at start-up (liveread.py: they read
+    every record otherwise), and an executor may not write it. No permission violation on the way."""
     from datetime import UTC, datetime
 
     from trainyard_contracts import JobSpec, JobState, lifecycle
     from trainyard_shared.jobindex import IndexQuery, JobIndex
+    from trainyard_shared.liveread import live_job_ids
 
     spec = JobSpec(name="idx", command=["true"])
     record = lifecycle.new_record("idxperm0001", spec, datetime.now(UTC), "test")
@@ -253,8 +255,13 @@ async def test_the_jobs_index_is_written_by_its_writers_and_read_by_the_submissi
         assert not await reader.built()
         assert not scheduler.errors and not submission.errors
 
+    for reader_user in ("scheduler", "telemetry", "executor-exec-a"):
+        async with connected(server, reader_user) as start_reader:
+            index = JobIndex(start_reader.nc, start_reader.js, S)
+            assert await live_job_ids(index) == {record.job_id}, reader_user
+            assert not await index.built()
+            assert not start_reader.errors, reader_user
     async with connected(server, "executor-exec-a") as executor:
         await attempt(
             executor, executor.js.publish(writer.subject("default", "running", "x"), b"{}"), "jobidx"
         )
-        await attempt(executor, JobIndex(executor.nc, executor.js, S).select(IndexQuery(), 1), "JOBIDX")

@@ -48,7 +48,7 @@ def make_dead_letter_middleware(
                 ValueError,
                 RecursionError,
             ) as exc:
-                await self._park(msg, f"invalid message: {_short(exc)}")
+                await self._park(msg, f"invalid message: {short_error(exc)}")
                 raise AckMessage() from exc
             except AckMessage:
                 raise
@@ -56,7 +56,7 @@ def make_dead_letter_middleware(
                 delivered = delivery_count(msg)
                 if delivered < max_deliver or not _is_jetstream(msg):
                     raise
-                await self._park(msg, f"failed {delivered} times, last: {_short(exc)}")
+                await self._park(msg, f"failed {delivered} times, last: {short_error(exc)}")
                 raise AckMessage() from exc
 
         async def _park(self, msg: Any, reason: str) -> None:
@@ -122,6 +122,7 @@ def _is_jetstream(msg: Any) -> bool:
         return False
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """An exception in one line, bounded (for logs and dead letters)."""
     text = str(exc).replace("\n", " ")
     return f"{type(exc).__name__}: {text[:1500]}"

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from trainyard_contracts import JobRecord, JobState
 from trainyard_shared.kvwatch import KvWatch
+from trainyard_shared.liveread import LiveRead
 
 log = logging.getLogger("trainyard.jobview")
 
@@ -87,7 +88,15 @@ class JobView:
         """The newest bucket revision the watch has handed over (a delete too)."""
         return self._watch.newest_revision
 
-    async def start(self, timeout: float = 30.0) -> None:
+    async def start(self, timeout: float = 30.0, live: LiveRead | None = None) -> None:
+        """Read the bucket, then follow it. ``live``: the live jobs read from the jobs index
+        (liveread.py) are the start instead, and the watch follows from where the bucket stood
+        before them; no finished record is read (a restart costs the live jobs, not the history)."""
+        if live is not None:
+            for entry in live.entries:
+                self._on_entry(entry)
+            await self._watch.start_after(live.last_seq)
+            return
         if self.keep_finished:
             self._held = OrderedDict()
         await self._watch.start(timeout)

@@ -18,9 +18,15 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from nats.js.kv import KeyValue
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from trainyard_shared.tasks import cancel_and_wait
+
+# a tail's message headers as the operation nats-py's watcher names (nats-server 2.11+ marks an
+# expiry or removal by the server with Nats-Marker-Reason instead of KV-Operation)
+TAIL_OPERATIONS = {"MaxAge": KV_PURGE, "Purge": KV_PURGE, "Remove": KV_DEL}
 
 
 class KvWatch:
@@ -41,6 +47,7 @@ class KvWatch:
         self._marker = asyncio.Event()
         self._seen = asyncio.Event()  # set whenever newest_revision moves
         self._watcher: KeyValue.KeyWatcher | None = None
+        self._tail: Any = None  # the subscription of start_after (nats-py's is unannotated)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
@@ -66,6 +73,48 @@ class KvWatch:
             self.before_ready()
         self.ready.set()
 
+    async def start_after(self, last_seq: int) -> None:
+        """Hand over every change stored after ``last_seq`` (one ordered consumer from the next
+        sequence), ``ready`` at once: what the bucket held up to ``last_seq`` the caller has read
+        otherwise (liveread.py). ``newest_revision`` starts there, so a wait for the view to reach
+        the bucket's last sequence (the scheduler's catch-up) does not wait for old revisions."""
+        kv: Any = self.kv  # nats-py keeps the bucket's stream, subject prefix and context private
+        self.newest_revision = last_seq
+        prefix: str = kv._pre
+
+        async def on_message(msg: Msg) -> None:
+            reason = (msg.headers or {}).get(KV_OP) or (msg.headers or {}).get("Nats-Marker-Reason")
+            meta = msg.metadata
+            self._hand_over(
+                KeyValue.Entry(
+                    bucket=kv._name,
+                    key=msg.subject[len(prefix) :],
+                    value=msg.data,
+                    revision=meta.sequence.stream,
+                    delta=meta.num_pending,
+                    created=None,
+                    operation=TAIL_OPERATIONS.get(reason or "", reason),
+                )
+            )
+
+        self._tail = await kv._js.subscribe(
+            f"{prefix}>",
+            stream=kv._stream,
+            cb=on_message,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last_seq + 1),
+            inactive_threshold=300.0,
+        )
+        self.ready.set()
+
+    def _hand_over(self, entry: KeyValue.Entry) -> None:
+        self.entries += 1
+        revision = entry.revision or 0
+        if revision > self.newest_revision:
+            self.newest_revision = revision
+            self._seen.set()
+        self.on_entry(entry)
+
     async def _caught_up(self) -> None:
         await self._marker.wait()
         status = await self.kv.status()
@@ -77,6 +126,10 @@ class KvWatch:
             await self._seen.wait()
 
     async def stop(self) -> None:
+        if self._tail is not None:
+            with contextlib.suppress(Exception):
+                await self._tail.unsubscribe()
+            self._tail = None
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: KeyWatcher.stop is unannotated
@@ -90,9 +143,4 @@ class KvWatch:
             if entry is None:  # nats-py: what the bucket held at start has been sent (see above)
                 self._marker.set()
                 continue
-            self.entries += 1
-            revision = entry.revision or 0
-            if revision > self.newest_revision:
-                self.newest_revision = revision
-                self._seen.set()
-            self.on_entry(entry)
+            self._hand_over(entry)

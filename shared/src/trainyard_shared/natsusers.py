@@ -250,6 +250,9 @@ def _base(user: str, service: str, subjects: Subjects) -> Permissions:
 
 # who writes job records' states, and so keeps the jobs index (trainyard_shared.jobindex)
 JOB_INDEX_WRITERS = ("submission", "scheduler")
+# who starts from the live jobs the index names instead of reading every record (liveread.py);
+# the executors too (executor_permissions). Its entries say no more than the records these read.
+JOB_INDEX_START_READERS = ("scheduler", "telemetry")
 
 
 def write_job_index(perms: Permissions, subjects: Subjects) -> None:
@@ -283,6 +286,8 @@ def service_permissions(service: str, subjects: Subjects) -> Permissions:
         pull_ephemeral(perms, streams[stream_field])
     if service in JOB_INDEX_WRITERS:
         write_job_index(perms, subjects)
+    if service in JOB_INDEX_START_READERS:
+        read_job_index(perms, subjects)
 
     if service == "submission":
         # questions for the scheduler leader (request/reply), and the intake's answer on the inbox
@@ -365,6 +370,7 @@ def executor_permissions(executor_id: str, subjects: Subjects) -> Permissions:
     perms.add_publish(f"$KV.{executors}.{executor_id}", f"{subjects.prefix}.log.>", subjects.metrics_of())
     perms.add_publish(subjects.exec_reports_of(executor_id))
     perms.add_subscribe(subjects.exec_applied(executor_id))  # the scheduler's wake-up, its own only
+    read_job_index(perms, subjects)  # its start-up read of the live jobs (liveread.py)
     read_objects(perms, subjects.workdirs_bucket)  # the jobs' packed workdirs, read only
     # pipeline steps' outputs folders: packed and put by the step's executor, read by its
     # dependents' (put once by digest, never purged: a blob is never replaced)

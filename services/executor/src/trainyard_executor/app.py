@@ -37,8 +37,10 @@ from trainyard_shared.blobs import PackLimits, open_store
 from trainyard_shared.broker import make_broker
 from trainyard_shared.bus import streams
 from trainyard_shared.executors import ExecutorDirectory
+from trainyard_shared.jobindex import JobIndex
 from trainyard_shared.jobsecrets import SecretStore
 from trainyard_shared.jobstore import JobStore
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.runner import build_app
 from trainyard_shared.settings import CommonSettings
@@ -256,13 +258,22 @@ class ExecutorService:
 
     async def start_executor(self) -> None:
         executor, store = self.runtime.core, self.runtime.store
-        # one ordered read of the bucket, not a get per key; recover() adopts the attempts left
-        # running on the backend that are still current and stops the others
+        # the live jobs from the jobs index (startupread.py), not the history; recover() adopts
+        # the attempts left running on the backend that are still current and stops the others
         # a sign of life before the recovery: the scheduler does not requeue this executor's
         # attempts elsewhere while it is back and adopting them (its room is counted from the
         # records meanwhile; commands wait for the recovery)
         await executor.beat()
-        recovered = await executor.recover(await records_to_recover(store.kv, self.settings.id))
+        finder = getattr(executor.backend, "find_attempts", None)
+        found = await finder() if finder is not None else []
+        handle = NatsHandle(self.sb.broker)
+        records = await records_to_recover(
+            store.kv,
+            self.settings.id,
+            JobIndex(handle.client, handle.jetstream, self.sb.subjects),
+            on_backend=[item.job_id for item in found],
+        )
+        recovered = await executor.recover(records, found)
         if recovered:
             log.warning("requeued attempts left over from before a restart", extra={"count": recovered})
         await executor.beat()

@@ -255,13 +255,15 @@ class ExecutorCore(AttemptRunner):
 
     # -- recovery -----------------------------------------------------------------------------
 
-    async def recover(self, records: list[JobRecord]) -> int:
+    async def recover(self, records: list[JobRecord], found: list[FoundAttempt] | None = None) -> int:
         """After a restart: adopt what still runs on the backend and is current, stop what is not,
-        requeue what the records say runs here but does not. Returns how many were requeued."""
+        requeue what the records say runs here but does not. Returns how many were requeued.
+        ``found``: the backend's attempts, when the caller has listed them already."""
         try:
             by_id = {r.job_id: r for r in records}
-            finder = getattr(self.backend, "find_attempts", None)
-            found: list[FoundAttempt] = await finder() if finder is not None else []
+            if found is None:
+                finder = getattr(self.backend, "find_attempts", None)
+                found = await finder() if finder is not None else []
             stale: list[FoundAttempt] = []
             for item in found:
                 record = by_id.get(item.job_id)

@@ -84,13 +84,14 @@ class SchedulerCore(Applying, Recovery):
         return kept
 
     async def _finished_still_held(self, online: dict[str, ExecutorHeartbeat]) -> dict[str, JobRecord]:
-        """Records of jobs finished long enough ago to be out of the view's memory that an
-        executor still reports (a slow clean-up): their room counts until the executor lets go."""
+        """Records of jobs finished long enough ago to be out of the view's memory (or before
+        this process started: its start reads the live jobs only) that an executor still reports
+        (a slow clean-up): their room counts until the executor lets go."""
         found: dict[str, JobRecord] = {}
         for beat in online.values():
             for ref in beat.running:
                 job_id = ref.job_id
-                if job_id in found or self.view.get(job_id) is not None or job_id not in self.view.revisions:
+                if job_id in found or self.view.get(job_id) is not None:
                     continue
                 read = await self.store.get(job_id)
                 if read is not None:

@@ -25,6 +25,7 @@ from trainyard_shared.jobindex import JobIndex
 from trainyard_shared.jobsecrets import ForgetWhenEnded, SecretStore
 from trainyard_shared.jobstore import JobStore
 from trainyard_shared.jobview import JobView
+from trainyard_shared.liveread import read_live
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.publishing import CommandSender, EventPublisher, publish_acked
 from trainyard_shared.queueview import QueueView
@@ -138,12 +139,14 @@ async def build_runtime(
     buckets = await connect_and_bind(sb, common)
     # the jobs index: every state change the scheduler writes keeps it (jobindex.py)
     handle = NatsHandle(sb.broker)
-    store = JobStore(buckets.jobs, index=JobIndex(handle.client, handle.jetstream, sb.subjects))
+    index = JobIndex(handle.client, handle.jetstream, sb.subjects)
+    store = JobStore(buckets.jobs, index=index)
     # finished jobs beyond the most recent ones are not kept: the bucket holds every job the
-    # installation ever ran (docs/scheduling.md, "Memory")
+    # installation ever ran (docs/scheduling.md, "Memory"); a start reads the live ones only, from
+    # the jobs index (liveread.py: a restart costs the live jobs, not the history)
     view = JobView(buckets.jobs, keep_finished=settings.keep_finished_records)
     store.on_written(view.apply)
-    await view.start()
+    await view.start(live=await read_live(buckets.jobs, index))
     view.on_change(lambda before, after: wake.set() if wakes_planner(before, after) else None)
     view.on_change(ForgetWhenEnded(SecretStore(buckets.secrets)))  # a job's secrets go at its end
     store.read_through(view)

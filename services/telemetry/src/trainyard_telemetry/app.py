@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from collections.abc import Callable
 
 from faststream.asgi import AsgiFastStream
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
 from trainyard_contracts import JobEvent, LogChunk, MetricsBatch, parse_job_event
+from trainyard_contracts.states import TERMINAL_STATES
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker, make_broker
 from trainyard_shared.bus import streams
+from trainyard_shared.jobindex import JobIndex
 from trainyard_shared.kvwatch import KvWatch
+from trainyard_shared.liveread import read_live
+from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.queueview import QueueView
 from trainyard_shared.runner import build_app
@@ -77,10 +83,14 @@ def create_app(
 
     async def connect() -> None:
         buckets = await connect_and_bind(sb, common)
-        # one ordered read of the records, then the events keep the facts current (jobstates.py)
-        watch = job_states_watch(buckets.jobs, metrics.states)
-        await watch.start()
-        await watch.stop()
+        # the live jobs' records and the finished ones' counts, then the events keep the facts
+        # current (jobstates.py); with no built index, one ordered read of every record
+        handle = NatsHandle(sb.broker)
+        index = JobIndex(handle.client, handle.jetstream, sb.subjects)
+        if not await start_from_index(buckets.jobs, index, metrics.states):
+            watch = job_states_watch(buckets.jobs, metrics.states)
+            await watch.start()
+            await watch.stop()
         queues.append(await _watch_queues(buckets.queues, metrics))
 
     async def stop_watching() -> None:
@@ -107,10 +117,29 @@ def create_app(
     return app
 
 
-def job_states_watch(kv: KeyValue, states: JobStates) -> KvWatch:
-    """The start-up read of the jobs bucket: each record's facts (``RecordFacts``, not the whole
-    record) are taken as it is read, and nothing else is kept. A view of whole records kept every
-    one before (~8.5 KB each: 65 -> 281 MB at 25,000 records)."""
+async def start_from_index(kv: KeyValue, index: JobIndex, states: JobStates) -> bool:
+    """The start-up read from the jobs index (liveread.py): the facts of the live jobs, and how
+    many jobs each finished state holds, counted by the server from the index's entries, taken
+    before the live jobs are read (a job finishing in between is counted once, by its event).
+    False: no built index (the caller reads every record). What a count gives up against the facts:
+    a stale entry (a compare-and-set that lost, rare) counts, and a job's finished event delivered
+    again after the restart (one not acknowledged before the stop) counts it a second time."""
+    if not await index.built():
+        return False
+    finished = Counter({state.value: (await index.count(None, state.value))[0] for state in TERMINAL_STATES})
+    live = await read_live(kv, index)
+    if live is None:
+        return False
+    take = _facts_taker(states, live_only=True)
+    for entry in live.entries:
+        take(entry)
+    states.finished_before = finished
+    return True
+
+
+def _facts_taker(states: JobStates, live_only: bool) -> Callable[[KeyValue.Entry], None]:
+    """Each record's facts into ``states`` (``live_only``: not a finished one's, which the index's
+    counts hold: a stale live entry whose record says it finished)."""
 
     def take(entry: KeyValue.Entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE):
@@ -120,9 +149,17 @@ def job_states_watch(kv: KeyValue, states: JobStates) -> KvWatch:
         except ValidationError as exc:
             log.error("unreadable job record", extra={"job_id": entry.key, "error": str(exc)[:500]})
             return
-        states.seed((facts,))
+        if not (live_only and facts.state.terminal):
+            states.seed((facts,))
 
-    return KvWatch(kv, take, "telemetry-jobs")
+    return take
+
+
+def job_states_watch(kv: KeyValue, states: JobStates) -> KvWatch:
+    """The start-up read of the jobs bucket when the index is not built: each record's facts
+    (``RecordFacts``, not the whole record) are taken as it is read, and nothing else is kept. A
+    view of whole records kept every one before (~8.5 KB each: 65 -> 281 MB at 25,000 records)."""
+    return KvWatch(kv, _facts_taker(states, live_only=False), "telemetry-jobs")
 
 
 def _job_output_consumer(

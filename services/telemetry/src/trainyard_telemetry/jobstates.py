@@ -99,6 +99,9 @@ def requested(spec: JobSpec | SpecFacts) -> tuple[float, int]:
 class JobStates:
     def __init__(self) -> None:
         self.jobs: dict[str, JobFacts] = {}
+        # jobs finished before a start from the jobs index, by state (the index's counts): their
+        # facts are not read, only counted (app.py, ``start_from_index``)
+        self.finished_before: Counter[str] = Counter()
 
     def seed(self, records: Iterable[JobRecord | RecordFacts]) -> None:
         for r in records:
@@ -145,7 +148,7 @@ class JobStates:
         """(jobs by state, pending jobs by queue). Every queue a known job belongs to has an entry,
         0 when nothing waits in it (and ``default`` always): a queue that drained reads 0 instead
         of losing its series, which a dashboard or an alert would show as stale."""
-        by_state: Counter[str] = Counter()
+        by_state: Counter[str] = Counter(self.finished_before)
         depth: Counter[str] = Counter({DEFAULT_QUEUE: 0})
         for facts in self.jobs.values():
             by_state[facts.state.value] += 1

@@ -78,3 +78,26 @@ async def bus(nats_server: NatsServer, prefix: str) -> AsyncIterator[object]:
 
     async with Bus(nats_server.url, prefix) as b:
         yield b
+
+
+@pytest.fixture
+async def indexed_jobs(nats_server: NatsServer, prefix: str) -> AsyncIterator[tuple[object, object]]:
+    """The declared streams and buckets of this test's prefix: (``JobIndex``, a ``JobStore`` of the
+    jobs bucket that keeps that index), as the submission service and the scheduler write."""
+    from faststream.nats import NatsBroker
+
+    from trainyard_contracts import Subjects
+    from trainyard_shared.bus import ensure_streams, open_buckets
+    from trainyard_shared.jobindex import JobIndex
+    from trainyard_shared.jobstore import JobStore
+    from trainyard_shared.natshandle import NatsHandle
+
+    subjects = Subjects(prefix)
+    broker = NatsBroker(nats_server.url)
+    async with broker:
+        await broker.start()
+        await ensure_streams(broker, subjects)
+        buckets = await open_buckets(broker, subjects)
+        handle = NatsHandle(broker)
+        index = JobIndex(handle.client, handle.jetstream, subjects)
+        yield index, JobStore(buckets.jobs, index=index)
