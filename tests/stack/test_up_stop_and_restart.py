@@ -118,6 +118,26 @@ def test_ctrl_c_stops_every_job_in_parallel_and_hands_it_back_before_the_stack_e
         up.kill()
 
 
+def test_up_started_with_sigint_ignored_stops_on_sigint_as_on_sigterm(tmp_path):
+    """`trainyard up &` in a script: the shell starts it with SIGINT ignored and Python then
+    installs no KeyboardInterrupt, so Ctrl-C / `kill -INT` did nothing (only SIGTERM stopped it).
+    It installs its own SIGINT handler: the same clean stop, nothing left running below it."""
+    api_port, nats_port = _ports()
+    up = Up(tmp_path / "data", api_port, nats_port, sigint_ignored=True).start()
+    try:
+        below = process_tree(up.pid)
+        assert any("nats-server" in cmd for cmd in below.values()), below
+        up.signal(signal.SIGINT)
+        code = up.wait(timeout=120)
+    finally:
+        up.kill()
+    console = up.console()
+    assert code == 0, console
+    assert "Trainyard stopped" in console, console
+    still = {pid: cmd for pid, cmd in below.items() if alive(pid)}
+    assert not still, f"left running after `trainyard up` exited: {still}\n{console}"
+
+
 def test_a_service_or_nats_killed_is_restarted_and_the_stack_keeps_serving(tmp_path):
     data = tmp_path / "data"
     api_port, nats_port = _ports()
@@ -225,16 +245,10 @@ def test_an_embedded_stack_with_a_restart_policy_restarts_and_lists_what_it_rest
 
 
 def test_with_the_fork_server_jobs_run_through_it_and_the_stack_stops_leaving_nothing(tmp_path):
-    """TRAINYARD_EXECUTOR_LOCAL_FORK_SERVER=true on `trainyard up`: the executor's ranks are forked
+    """`trainyard up` as it comes (the fork server on by default): the executor's ranks are forked
     by its fork server, and the executor closes the fork server when it stops, so the stop finds
     no process left behind (docs/executors.md, "The fork server")."""
-    stack = EmbeddedStack(
-        tmp_path / "data",
-        api_port=None,
-        nats_port=None,
-        ready_timeout=600,
-        env={"TRAINYARD_EXECUTOR_LOCAL_FORK_SERVER": "true"},
-    )
+    stack = EmbeddedStack(tmp_path / "data", api_port=None, nats_port=None, ready_timeout=600)
     with stack:
         with stack.client() as client:
             spec = {"name": "forked", "command": ["true"]}

@@ -78,10 +78,17 @@ class Up:
     """One `trainyard up` on a data dir and a block of ports; the console is collected in ``lines``."""
 
     def __init__(
-        self, data: Path, api_port: int, nats_port: int, *args: str, env: dict[str, str] | None = None
+        self,
+        data: Path,
+        api_port: int,
+        nats_port: int,
+        *args: str,
+        env: dict[str, str] | None = None,
+        sigint_ignored: bool = False,
     ) -> None:
         self.data, self.api_port, self.nats_port, self.args = data, api_port, nats_port, args
         self.env = env or {}
+        self.sigint_ignored = sigint_ignored  # as `trainyard up &` in a script starts it
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
@@ -89,12 +96,14 @@ class Up:
     def start(self, timeout: float = 620) -> Up:
         env = {**os.environ, **self.env, "COLUMNS": "200", "TRAINYARD_DATA_DIR": str(self.data)}
         self.lines = []
+        argv = [sys.executable, "-m", "trainyard_client.cli", "up", "--data-dir", str(self.data),
+                "--api-port", str(self.api_port), "--nats-port", str(self.nats_port),
+                "--ready-timeout", "600", *self.args]  # fmt: skip
+        if self.sigint_ignored:  # exec keeps an ignored signal ignored
+            argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *argv]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trainyard_client.cli", "up", "--data-dir", str(self.data),
-             "--api-port", str(self.api_port), "--nats-port", str(self.nats_port),
-             "--ready-timeout", "600", *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )  # fmt: skip
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         try:  # a start that fails (or a test timeout meanwhile) leaves no stack behind

@@ -1,5 +1,6 @@
 """A loaded engine must not turn into failed attempts (issue 23): the container backends' creates
-and starts are bounded per executor, retried when they time out, and idempotent.
+and starts, a gang's network create and the removes at release are bounded per executor, retried
+when they time out, and idempotent.
 
 The engine is real (Docker, and Podman through its Docker API). What makes it "slow" is an honest
 stand-in: a small unix-socket proxy, in this file, in front of the engine's real socket. It passes
@@ -7,7 +8,7 @@ every byte through and parses only the requests, so it can (a) count the creates
 flight at the engine (sent, no answer yet), (b) withhold the answer to the first create or start
 after the engine has done it, until the client gives up on it (its read timeout closes the
 connection) — exactly what a loaded engine answering after the timeout looks like — and (c)
-swallow a kind of request altogether (an engine that never answers).
+swallow a kind of request altogether, or only its first (an engine that never answers).
 """
 
 from __future__ import annotations
@@ -26,13 +27,22 @@ from typing import Any
 import docker
 import pytest
 
-from trainyard_executor.backends.docker import LABEL_JOB, DockerBackend, image_missing_reason
+from trainyard_executor.backends.container_gang import GangAttempt
+from trainyard_executor.backends.docker import (
+    LABEL_EXECUTOR,
+    LABEL_JOB,
+    DockerBackend,
+    image_missing_reason,
+)
 from trainyard_executor.backends.engine_calls import EngineCallPolicy, has_started, transient
+from trainyard_executor.backends.gang_network import network_name, prune_networks
+from trainyard_executor.core import free_loopback_port
+from trainyard_executor.jobenv import plan_gang
 from trainyard_executor.testengines import ENGINE_URLS, Lines, make_launch
 
 pytest_plugins = ["trainyard_executor.testengines"]  # the engine fixture
 
-WATCHED = ("create", "start")
+WATCHED = ("create", "start", "network", "remove", "network remove")
 
 
 def request_kind(head: bytes) -> str:
@@ -44,6 +54,12 @@ def request_kind(head: bytes) -> str:
         return "start"
     if method == b"GET" and b"/images/" in path and path.endswith(b"/json"):
         return "image"
+    if method == b"POST" and path.endswith(b"/networks/create"):
+        return "network"
+    if method == b"DELETE" and b"/containers/" in path:
+        return "remove"
+    if method == b"DELETE" and b"/networks/" in path:
+        return "network remove"
     return "other"
 
 
@@ -55,6 +71,7 @@ class EngineProxy:
         self.listen = listen
         self.drop_first: set[str] = set()  # the first answer of these kinds is withheld
         self.swallow: set[str] = set()  # requests of these kinds never reach the engine
+        self.swallow_first: set[str] = set()  # the first request of these kinds never reaches it
         self.forwarded: Counter[str] = Counter()
         self.statuses: dict[str, list[int]] = {kind: [] for kind in WATCHED}
         self.in_flight = 0
@@ -126,6 +143,9 @@ class EngineProxy:
             self.forwarded[kind] += 1
             if kind in self.swallow:
                 return False
+            if kind in self.swallow_first:
+                self.swallow_first.discard(kind)
+                return False
             if kind in self.drop_first and kind not in self._dropped:
                 self._dropped.add(kind)
                 conn["withhold"] = True
@@ -193,6 +213,7 @@ def slow_backend(engine: str, proxy: EngineProxy) -> Iterator[DockerBackend]:
     yield backend
     for left in backend.list_running(include_stopped=True):
         backend.client.api.remove_container(left.container_id, force=True)
+    prune_networks(backend.client, f"{LABEL_EXECUTOR}={backend.executor_id}")  # after a failed test
 
 
 def containers_of(backend: DockerBackend, job_id: str) -> list[Any]:
@@ -281,6 +302,95 @@ async def test_an_engine_that_never_answers_fails_the_start_by_its_deadline_nami
     assert "the engine call 'create' failed" in outcome.reason and "start deadline of 3s" in outcome.reason
     assert proxy.forwarded["create"] >= 2  # asked again before the deadline
     assert containers_of(backend, launch.job_id) == []
+
+
+def networks_named(backend: DockerBackend, name: str) -> list[Any]:
+    return [n for n in backend.client.networks.list(names=[name]) if n.name == name]
+
+
+# rank 0 lives until rank 1 runs: its address on the gang's network is read after it started,
+# and a container that has exited has none
+RANK_0_WAITS = (
+    'if [ "$RANK" = 0 ]; then i=0; while [ ! -f "$TRAINYARD_OUTPUT_DIR/up" ] && [ $i -lt 600 ];'
+    ' do sleep 0.1; i=$((i+1)); done; else touch "$TRAINYARD_OUTPUT_DIR/up"; fi; echo "rank $RANK"'
+)
+
+
+def gang_launch(tmp_path: Any) -> Any:
+    return make_launch(tmp_path, ["sh", "-c", RANK_0_WAITS], gang=plan_gang(2, None, free_loopback_port))
+
+
+@pytest.mark.distributed
+async def test_a_gang_network_create_answered_after_the_read_timeout_is_found_and_reused(
+    slow_backend, proxy, tmp_path
+):
+    proxy.drop_first = {"network"}
+    launch = gang_launch(tmp_path)
+    lines = Lines()
+    attempt = await slow_backend.start(launch, lines)
+    assert isinstance(attempt, GangAttempt), attempt.outcome.reason
+    outcome = await attempt.wait()
+    assert outcome.kind == "succeeded", (outcome.reason, lines.got)
+    assert sorted(lines.of("stdout")) == ["[rank 0] rank 0", "[rank 1] rank 1"]
+    # the engine made the network of the unanswered create; the retry found it by its name and
+    # labels and made no other
+    name = network_name(launch.job_id, launch.attempt)
+    assert proxy.statuses["network"] == [201] and len(networks_named(slow_backend, name)) == 1
+    await attempt.release()
+    assert networks_named(slow_backend, name) == []
+
+
+@pytest.mark.distributed
+async def test_a_network_by_the_attempts_name_that_is_not_its_own_is_refused_and_left(
+    slow_backend, proxy, tmp_path
+):
+    launch = gang_launch(tmp_path)
+    name = network_name(launch.job_id, launch.attempt)
+    foreign = slow_backend.client.networks.create(name, driver="bridge", labels={"someone": "else"})
+    try:
+        outcome = await (await slow_backend.start(launch, Lines())).wait()
+        assert outcome.kind == "failed"
+        assert f"network {name} exists and is not this attempt's" in outcome.reason, outcome.reason
+        assert proxy.forwarded["create"] == 0  # no rank joined it
+        assert [n.id for n in networks_named(slow_backend, name)] == [foreign.id]  # not removed
+    finally:
+        foreign.remove()
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("lost", ["request", "answer"])
+async def test_a_remove_at_release_that_times_out_is_asked_again_until_the_container_is_gone(
+    slow_backend, proxy, tmp_path, lost
+):
+    """``request``: the engine never got the first remove (the retry removes the container);
+    ``answer``: it removed it, the answer was lost (the retry's "no such container" is done)."""
+    launch = gang_launch(tmp_path)
+    attempt = await slow_backend.start(launch, Lines())
+    assert isinstance(attempt, GangAttempt), attempt.outcome.reason
+    assert (await attempt.wait()).kind == "succeeded"
+    if lost == "request":
+        proxy.swallow_first = {"remove"}
+    else:
+        proxy.drop_first = {"remove"}
+    await attempt.release()
+    assert containers_of(slow_backend, launch.job_id) == []
+    assert proxy.forwarded["remove"] == 3  # two ranks, one asked again
+    assert networks_named(slow_backend, network_name(launch.job_id, launch.attempt)) == []
+
+
+@pytest.mark.distributed
+async def test_gangs_started_and_released_together_keep_every_engine_call_within_the_bound(
+    slow_backend, proxy, tmp_path
+):
+    launches = [gang_launch(tmp_path) for _ in range(4)]
+    attempts = await asyncio.gather(*(slow_backend.start(launch, Lines()) for launch in launches))
+    outcomes = await asyncio.gather(*(attempt.wait() for attempt in attempts))
+    assert [o.kind for o in outcomes] == ["succeeded"] * 4, [o.reason for o in outcomes]
+    await asyncio.gather(*(attempt.release() for attempt in attempts))
+    assert proxy.forwarded["network"] == 4 and proxy.forwarded["remove"] == 8
+    assert proxy.forwarded["network remove"] == 4
+    assert 1 <= proxy.max_in_flight <= slow_backend.starts.policy.concurrency == 2
+    assert all(containers_of(slow_backend, launch.job_id) == [] for launch in launches)
 
 
 @pytest.mark.unit

@@ -26,7 +26,7 @@ class ServiceBroker:
     subjects: Subjects
     service: str = "service"
     tracer_provider: TracerProvider | None = None
-    # batch consumers' fetch loops (trainyard_shared.pullconsumer.Puller), run beside the broker
+    # batch consumers' fetch loops (trainyard_shared.puller.Puller), run beside the broker
     pullers: list[Any] = field(default_factory=list)
 
     async def start_pullers(self) -> None:

@@ -104,7 +104,7 @@ def up(
 
 
 def _run_until_stopped(stack: EmbeddedStack, max_restarts: int) -> int:
-    """Start the stack, watch it until Ctrl-C / SIGTERM or a death, stop it; the exit code."""
+    """Start the stack, watch it until Ctrl-C / SIGINT / SIGTERM or a death, stop it; the exit code."""
     from rich.markup import escape
 
     from trainyard_client import stack as stack_module
@@ -112,6 +112,9 @@ def _run_until_stopped(stack: EmbeddedStack, max_restarts: int) -> int:
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT explicitly too: started in the background by a non-interactive shell, SIGINT comes
+    # ignored, Python then installs no KeyboardInterrupt, and Ctrl-C / `kill -INT` did nothing
+    previous_int = signal.signal(signal.SIGINT, on_term)
     previous = signal.signal(signal.SIGTERM, on_term)
     code = EXIT_OK
     started = False
@@ -139,7 +142,7 @@ def _run_until_stopped(stack: EmbeddedStack, max_restarts: int) -> int:
                 stack.stop()
             _say_what_was_killed(stack)
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous)
     if started:
         cli.out.print("Trainyard stopped" + ("" if code == EXIT_OK else " (a service failed)"))

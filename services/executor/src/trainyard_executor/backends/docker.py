@@ -55,7 +55,12 @@ from trainyard_executor.backends.container_security import (
     work_mount_mode,
 )
 from trainyard_executor.backends.devices import container_devices_env, gpu_request, rank_devices
-from trainyard_executor.backends.engine_calls import AlreadyRunning, EngineCallPolicy, EngineStarts
+from trainyard_executor.backends.engine_calls import (
+    AlreadyRunning,
+    EngineCallFailed,
+    EngineCallPolicy,
+    EngineStarts,
+)
 from trainyard_executor.backends.finished import FinishedAttempt
 from trainyard_executor.backends.gang_network import (
     MASTER_ALIAS,
@@ -315,7 +320,7 @@ class DockerBackend:
             config["network"] = network_name(launch.job_id, launch.attempt)
             if local_rank == 0:
                 config["hostname"] = MASTER_ALIAS
-            else:  # rank 0 started first: its address on the network is known
+            elif master_ip is not None:  # rank 0 started first: its address on the network is known
                 config["extra_hosts"] = {MASTER_ALIAS: master_ip}
         elif launch.gang is not None:
             # split across executors: the others reach rank 0 at this host's advertised address
@@ -374,10 +379,18 @@ class DockerBackend:
         network = network_name(launch.job_id, launch.attempt) if own_network(launch.gang) else None
         members: list[ContainerAttempt] = []
         master_ip: str | None = None
+        made_network = False  # (one by its name that is not this attempt's is never removed)
         try:
             if network is not None:
                 labels = {k: v for k, v in self.labels(launch).items() if k in NETWORK_LABELS}
-                await in_thread(create_network, self.client, network, labels, name="network")
+                await in_thread(
+                    self.starts.in_slot,
+                    "network create",
+                    lambda: self.client,
+                    lambda client: create_network(client, network, labels),
+                    name="network",
+                )
+                made_network = True
             for local_rank in range(len(launch.gang.ranks) if launch.gang else 1):
                 config = self.container_config(launch, image, output_dir, source_dir, local_rank, master_ip)
                 container = await in_thread(self._create_and_start, config, name=f"start-{launch.job_id}")
@@ -390,7 +403,7 @@ class DockerBackend:
             await asyncio.gather(*(self._remove(m.container_id) for m in members))
             for m in members:
                 await m.detach()
-            if network is not None:
+            if network is not None and made_network:
                 await self.drop_network(network)
             if isinstance(exc, ImageNotFound):
                 return FinishedAttempt(image_missing_reason(image), output_dir)
@@ -406,14 +419,19 @@ class DockerBackend:
         return self.starts.create_and_start(lambda: self.client, config, owner)
 
     async def _remove(self, container_id: str) -> None:
-        try:
-            await in_thread(self._remove_blocking, container_id, name="remove")
-        except DockerException as exc:
-            log.warning("could not remove a container", extra={"container": container_id, "error": str(exc)})
+        """Remove a container, in a slot, asked again while the engine fails transiently; one
+        already gone is removed. One that still fails is left to the start-up reaper."""
 
-    def _remove_blocking(self, container_id: str) -> None:
-        with contextlib.suppress(NotFound):
-            self.client.api.remove_container(container_id, force=True, v=True)
+        def remove(client: Any) -> None:
+            with contextlib.suppress(NotFound):
+                client.api.remove_container(container_id, force=True, v=True)
+
+        try:
+            await in_thread(
+                self.starts.in_slot, "remove", lambda: self.client, remove, "remove", name="remove"
+            )
+        except (DockerException, EngineCallFailed, OSError) as exc:
+            log.warning("could not remove a container", extra={"container": container_id, "error": str(exc)})
 
     # -- after a restart ----------------------------------------------------------------------
 
@@ -498,8 +516,15 @@ class DockerBackend:
 
     async def drop_network(self, name: str) -> None:
         """Remove a gang's network (best effort: one in use stays until :meth:`reap_orphans`)."""
-        with contextlib.suppress(DockerException, OSError):
-            await in_thread(remove_network, self.client, name, name="network")
+        with contextlib.suppress(DockerException, EngineCallFailed, OSError):
+            await in_thread(
+                self.starts.in_slot,
+                "network remove",
+                lambda: self.client,
+                lambda client: remove_network(client, name),
+                "remove",
+                name="network",
+            )
 
     def list_running(
         self, all_executors: bool = False, include_stopped: bool = False

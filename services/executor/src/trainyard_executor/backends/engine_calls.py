@@ -14,7 +14,10 @@ attempt failed (issue 23: 107 of 200 on a loaded Docker). So:
   container's state says it started (a short job may already have exited: starting it again would
   run it twice);
 - a definite error (image missing, a spec the engine refuses) fails at once with its message, and
-  a start that runs out of time fails with one naming the engine call.
+  a start that runs out of time fails with one naming the engine call;
+- a gang's network create and the removes at release take a slot too and are retried the same way
+  (:meth:`EngineStarts.in_slot`), idempotent by what they find: a network by the attempt's name
+  with its labels is reused, a remove of a container already gone is done.
 """
 
 from __future__ import annotations
@@ -128,8 +131,20 @@ class EngineStarts:
                 raise
             return container
 
-    def call(self, what: str, fn: Callable[[], T], deadline: float) -> T:
-        """``fn()``, asked again with backoff while it fails transiently and the deadline allows."""
+    def in_slot(
+        self, what: str, connect: Callable[[], Any], fn: Callable[[Any], T], deadline_of: str = "start"
+    ) -> T:
+        """(Blocking.) ``fn(client)`` in one slot, asked again as :meth:`call` does, within the
+        deadline of a start (``fn`` must be idempotent: it may have been done when its answer
+        was lost)."""
+        with self._slots:
+            deadline = time.monotonic() + self.policy.start_deadline_s
+            client = self.call("connect", connect, deadline, deadline_of)
+            return self.call(what, lambda: fn(client), deadline, deadline_of)
+
+    def call(self, what: str, fn: Callable[[], T], deadline: float, deadline_of: str = "start") -> T:
+        """``fn()``, asked again with backoff while it fails transiently and the deadline allows
+        (``deadline_of``: what the deadline is, for the message)."""
         delay = self.policy.backoff_first_s
         tries = 0
         while True:
@@ -142,9 +157,9 @@ class EngineStarts:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise EngineCallFailed(
-                        f"the engine call {what!r} failed {tries} time(s) within the start deadline of "
-                        f"{self.policy.start_deadline_s:g}s (read timeout {self.policy.call_timeout_s:g}s); "
-                        f"last: {exc}"
+                        f"the engine call {what!r} failed {tries} time(s) within the {deadline_of} "
+                        f"deadline of {self.policy.start_deadline_s:g}s "
+                        f"(read timeout {self.policy.call_timeout_s:g}s); last: {exc}"
                     ) from exc
                 log.info("engine call asked again", extra={"call": what, "try": tries, "error": str(exc)})
                 time.sleep(min(left, delay * random.uniform(0.5, 1.0)))  # backoff, jittered
