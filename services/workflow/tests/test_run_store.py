@@ -173,6 +173,37 @@ async def test_a_run_read_again_is_its_head_and_the_chunks_another_writer_change
     assert await RunStore(kv).exists(run.run_id)  # a store that never read it asks the bucket
 
 
+@pytest.mark.service
+async def test_a_change_sets_against_the_head_it_holds_and_reads_only_when_another_wrote(bus):
+    from nats.js.api import KeyValueConfig
+
+    kv = await bus.js.create_key_value(KeyValueConfig(bucket=bus.subjects.buckets.pipelines, history=5))
+    mine = CountingGets(kv)
+    store, replica = RunStore(mine), RunStore(kv)  # two replicas of the service on one bucket
+    run = _array_run("0-1999")
+    jobs = run.steps["train"].jobs
+
+    def known(index: int):
+        return lambda r: (evolve(r, JobKnown("train", index, jobs[index].key, f"job{index}")), None)
+
+    await store.create(run)
+    mine.gets = 0
+    await store.mutate(run.run_id, known(1))
+    assert mine.gets == 0  # the head it wrote last: set against its revision, not read first
+
+    await replica.mutate(run.run_id, known(5))  # the head this store holds is stale now
+    moved, _ = await store.mutate(run.run_id, known(7))
+    assert mine.gets >= 1  # its compare-and-set failed: the head was read, the change made again
+    stored, _ = await RunStore(kv).get(run.run_id)
+    assert stored == moved
+    assert [stored.steps["train"].jobs[i].job_id for i in (1, 5, 7)] == ["job1", "job5", "job7"]
+
+    await replica.mutate(run.run_id, known(9))
+    # nothing to change on the copy it holds is no answer (the copy may be stale): the head is read
+    unchanged, _ = await store.mutate(run.run_id, lambda r: (r, None))
+    assert unchanged.steps["train"].jobs[9].job_id == "job9"
+
+
 @pytest.mark.unit
 def test_the_chunk_cache_keeps_at_most_its_jobs_dropping_the_least_recently_used():
     from trainyard_contracts.runs import ChildJob
@@ -208,6 +239,23 @@ def _dag_run(layers: int = 50, width: int = 10) -> PipelineRun:
         PipelineRun.start("0mx6rnys55u4dag1", validate_pipeline({"name": "dag", "steps": steps}))
     )
     return run
+
+
+@pytest.mark.unit
+def test_a_run_split_like_the_run_it_was_changed_from_is_the_same_split():
+    before = _array_run("0-1999")  # one step, 4 chunks, beside a DAG's many steps below
+    dag = _dag_run(layers=5, width=4)
+    for run in (before, dag):
+        first = run.steps[next(iter(run.steps))]
+        facts = [JobKnown(name, 0, first.jobs[0].key, "j0") for name in [next(iter(run.steps))]]
+        changed = evolve_all(run, facts)
+        changed, _ = advance(evolve_all(changed, [JobEnded(next(iter(run.steps)), 0, "j0", "succeeded")]))
+        head, chunks = split(run)
+        like = split(changed, (run, head, chunks))
+        assert like == split(changed)
+        assert join(*like) == changed
+    untouched = list(dag.steps)[-1]
+    assert like[0].steps[untouched] is head.steps[untouched]  # taken as it was, not copied again
 
 
 @pytest.mark.service

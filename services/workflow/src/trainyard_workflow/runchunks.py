@@ -87,18 +87,32 @@ def new_generation() -> str:
     return secrets.token_hex(6)
 
 
-def split(run: PipelineRun) -> tuple[PipelineRun, dict[str, ChunkJobs]]:
-    """The run without its jobs, and its jobs per chunk name."""
+def split(
+    run: PipelineRun, like: tuple[PipelineRun, PipelineRun, dict[str, ChunkJobs]] | None = None
+) -> tuple[PipelineRun, dict[str, ChunkJobs]]:
+    """The run without its jobs, and its jobs per chunk name. ``like``: a run this one was changed
+    from, with its own split (head, chunks): a step that is the very object it was there is taken
+    from that split as it is (a turn changes a few of a 500-step DAG's steps, not all)."""
+    before, before_head, before_chunks = like if like is not None else (None, None, {})
+    kept: dict[str, dict[str, ChunkJobs]] = {}
+    for name, jobs in before_chunks.items():
+        kept.setdefault(name.rsplit(".", 1)[0], {})[name] = jobs
+    specs = {spec.name: spec for spec in run.spec.steps}
     chunks: dict[str, ChunkJobs] = {}
-    for spec in run.spec.steps:
-        jobs = run.steps[spec.name].jobs
-        if not jobs:
+    steps: dict[str, StepRun] = {}
+    for name, step in run.steps.items():
+        if before is not None and before_head is not None and before.steps.get(name) is step:
+            steps[name] = before_head.steps[name]
+            chunks.update(kept.get(name, {}))
+            continue
+        steps[name] = step.model_copy(update={"jobs": {}})
+        spec = specs.get(name)
+        if not step.jobs or spec is None:
             continue
         indices = indices_of(spec)
-        for index, job in jobs.items():
+        for index, job in step.jobs.items():
             position = bisect.bisect_left(indices, index)
-            chunks.setdefault(f"{spec.name}.{position // CHUNK_JOBS}", {})[index] = job
-    steps = {name: step.model_copy(update={"jobs": {}}) for name, step in run.steps.items()}
+            chunks.setdefault(f"{name}.{position // CHUNK_JOBS}", {})[index] = job
     return run.model_copy(update={"steps": steps}), chunks
 
 

@@ -45,6 +45,7 @@ from trainyard_workflow.core import (
     ModelNotYet,
     Submit,
     advance,
+    changed_steps,
     evolve_all,
     has_dependents,
     idempotency_key,
@@ -363,8 +364,12 @@ class WorkflowService:
                 del self._turns[run_id]
 
     def _advance(self, run: PipelineRun, facts: list[Fact]) -> tuple[PipelineRun, list[Decision]]:
+        """``facts`` applied and what they make due decided: on the steps they changed and their
+        dependents only (the run as stored was advanced when written); without facts (a start, a
+        retry, the look-over), on every step."""
         now = self.clock()
-        return advance(evolve_all(run, facts, now), now)
+        evolved = evolve_all(run, facts, now)
+        return advance(evolved, now, touched=changed_steps(run, evolved) if facts else None)
 
     # -- the step cache (stepcache.py) -----------------------------------------------------------
 

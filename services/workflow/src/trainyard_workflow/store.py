@@ -12,12 +12,18 @@ The run's pipeline spec is written once, under its own key, when the run is crea
 ``spec_key``): a head carries the steps' states only (a 500-step DAG's head: 39 KB, not 287 KB
 written and read on every turn). A head written before that, with the spec inline, still reads;
 its first change writes the spec's key, then a head in the new form.
+
+A change sets against the run this store wrote or read last (its revision), without reading the
+head first; only when that compare-and-set fails (another writer's head came since) is the head
+read and the change made again. The compare-and-set is the commit either way: a stale copy costs
+a failed try, never a change lost or applied twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -195,17 +201,23 @@ class RunStore:
         tries: int = 20,
         before_write: Callable[[PipelineRun, T], Awaitable[None]] | None = None,
     ) -> tuple[PipelineRun, T]:
-        """Apply a pure ``change`` by compare-and-set of the head, reading again on a conflict; an
-        unchanged record is not written, an unchanged chunk not written again. ``before_write``
+        """Apply a pure ``change`` by compare-and-set of the head, first against the run as this
+        store last wrote or read it (no get), reading again on a conflict; an unchanged record is
+        not written (a held copy that ``change`` leaves as it is is read again first: it may be
+        stale), an unchanged chunk not written again. ``before_write``
         gets each changed run before its head is written (what must hold before anyone reads the
         new state; on a conflict it runs again with the next try's change, so it is idempotent)."""
+        held = self._written.get(run_id)  # as this store last wrote or read it: no get first
         for _ in range(tries):
-            found = await self._read(run_id)
+            found = held if held is not None else await self._read(run_id)
             if found is None:
                 raise RunNotFound(run_id)
             run, head = found.run, found.head
             changed, result = change(run)
             if changed == run:
+                if held is not None:  # nothing to do on a copy that may be stale: read the head
+                    held = None
+                    continue
                 return run, result
             if changed.spec is not run.spec and changed.spec != run.spec:
                 raise ValueError(f"run {run_id}: a change may not change its pipeline")
@@ -213,7 +225,9 @@ class RunStore:
                 await self._write_spec(run)
             if before_write is not None:
                 await before_write(changed, result)
-            new_head, chunks = split(changed)
+            # the steps the change left as they were: as the run's last split has them
+            like = (run, head.run, found.chunks) if found.spec_stored else None  # (jobs inline: not)
+            new_head, chunks = split(changed, like)
             dirty = {name: jobs for name, jobs in chunks.items() if found.chunks.get(name) != jobs}
             written = await self._write_chunks(run_id, dirty)
             # a chunk left with no jobs (a retry drops the jobs that did not succeed) is named no more
@@ -223,6 +237,7 @@ class RunStore:
                 revision = await self.kv.update(run_id, head_bytes(written_head), last=found.revision)
             except KeyWrongLastSequenceError:
                 await self._remove(run_id, written)  # no head names them
+                held = None  # another writer's head came since: read it
                 continue
             self._keep_head(run_id, int(revision), written_head)
             self._keep_written(Stored(changed, written_head, chunks, int(revision)))
@@ -274,8 +289,11 @@ class RunStore:
             head = await self._parsed_head(run_id, revision, entry.value)
             chunks = await self._read_chunks(run_id, head)
             if chunks is not None:
-                stored = spec_named(entry.value) is not None
-                return Stored(join(head.run, chunks), head, chunks, revision, spec_stored=stored)
+                found = Stored(join(head.run, chunks), head, chunks, revision)
+                if spec_named(entry.value) is None:
+                    return dataclasses.replace(found, spec_stored=False)
+                self._keep_written(found)  # the next change sets against it, without a get
+                return found
         raise RunConflict(f"run {run_id} changed under {tries} reads in a row")
 
     async def _read_chunks(self, run_id: str, head: RunHead) -> dict[str, ChunkJobs] | None:
