@@ -68,6 +68,22 @@ def _ports() -> tuple[int, int]:
     return base, base + 6
 
 
+def _interrupt_and_check_clean_stop(up: Up, below: dict[int, str], timeout: float) -> str:
+    """SIGINT to `trainyard up`; it exits 0 within ``timeout`` saying it stopped, and nothing of
+    ``below`` (its process tree before) is left running. Returns its console."""
+    try:
+        up.signal(signal.SIGINT)
+        code = up.wait(timeout=timeout)
+    finally:
+        up.kill()
+    console = up.console()
+    assert code == 0, console
+    assert "Trainyard stopped" in console, console
+    still = {pid: cmd for pid, cmd in below.items() if alive(pid)}
+    assert not still, f"left running after `trainyard up` exited: {still}\n{console}"
+    return console
+
+
 def test_ctrl_c_stops_every_job_in_parallel_and_hands_it_back_before_the_stack_exits(tmp_path):
     """Two running jobs that each take 6 s to stop: stopped one after the other (the old executor)
     they outlast the stack's deadline for the executor and the second keeps running after
@@ -87,15 +103,10 @@ def test_ctrl_c_stops_every_job_in_parallel_and_hands_it_back_before_the_stack_e
         below = process_tree(up.pid)
         job_pids = {m[3] for m in _marks(marker) if m[0] == "start"}
         assert job_pids <= set(below), "the jobs run below `trainyard up`"
-        up.signal(signal.SIGINT)
-        code = up.wait(timeout=60)
-    finally:
+    except BaseException:
         up.kill()
-    console = up.console()
-    assert code == 0, console
-    assert "Trainyard stopped" in console
-    still = {pid: cmd for pid, cmd in below.items() if alive(pid)}
-    assert not still, f"left running after `trainyard up` exited: {still}\n{console}"
+        raise
+    console = _interrupt_and_check_clean_stop(up, below, timeout=60)
     marks = _marks(marker)
     for job in jobs:  # each job was told to stop, and had its time to save its work
         assert ("term", job, "1") in [m[:3] for m in marks], marks
@@ -127,15 +138,10 @@ def test_up_started_with_sigint_ignored_stops_on_sigint_as_on_sigterm(tmp_path):
     try:
         below = process_tree(up.pid)
         assert any("nats-server" in cmd for cmd in below.values()), below
-        up.signal(signal.SIGINT)
-        code = up.wait(timeout=120)
-    finally:
+    except BaseException:
         up.kill()
-    console = up.console()
-    assert code == 0, console
-    assert "Trainyard stopped" in console, console
-    still = {pid: cmd for pid, cmd in below.items() if alive(pid)}
-    assert not still, f"left running after `trainyard up` exited: {still}\n{console}"
+        raise
+    _interrupt_and_check_clean_stop(up, below, timeout=120)
 
 
 def test_a_service_or_nats_killed_is_restarted_and_the_stack_keeps_serving(tmp_path):
