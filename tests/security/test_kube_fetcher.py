@@ -11,13 +11,16 @@ standing for the pod's volumes (no kubelet runs here)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import io
+import json
 import os
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,15 +190,10 @@ async def test_the_init_container_of_a_real_manifest_fetches_with_its_secret(ser
         folder.mkdir()
     argv = [str(volumes.get(a, a)) for a in init["command"]]
     argv[0] = sys.executable  # the image's python: this test's
-    env = dict(os.environ)
-    for entry in init["env"]:
-        ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
-        assert ref is None or ref["name"] == secret["metadata"]["name"]
-        env[entry["name"]] = secret["stringData"][ref["key"]] if ref else entry["value"]
     done = await asyncio.to_thread(
         subprocess.run,
         [*argv, "--termination-log", str(tmp_path / "log")],
-        env=env,
+        env=_as_the_kubelet_sets(init, secret),
         capture_output=True,
         text=True,
         timeout=120,
@@ -204,3 +202,70 @@ async def test_the_init_container_of_a_real_manifest_fetches_with_its_secret(ser
     assert (tmp_path / "pod-inputs/prepare/split/train.csv").read_text() == "x,y\n"
     (container,) = manifest["spec"]["template"]["spec"]["containers"]
     assert not [e for e in container["env"] if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]]
+
+
+def _as_the_kubelet_sets(container: dict[str, Any], secret: dict[str, Any]) -> dict[str, str]:
+    """The container's env as the kubelet gives it: each ``secretKeyRef`` resolved from the
+    attempt's Secret (the only Secret it may name)."""
+    env = dict(os.environ)
+    for entry in container["env"]:
+        ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+        assert ref is None or ref["name"] == secret["metadata"]["name"]
+        env[entry["name"]] = secret["stringData"][ref["key"]] if ref else entry["value"]
+    return env
+
+
+async def test_the_fetch_container_a_kubeflow_runtime_declares_fetches_from_the_trainjobs_patch(
+    server,  # noqa: F811
+    admin,  # noqa: F811
+    tmp_path: Path,
+):
+    """The TrainJob the kubeflow backend makes for a step with inputs: its runtime patch gives the
+    init container the runtime declares (fixed argv ``... fetch --plan-from-env``) the plan in its
+    env and the password by reference to the attempt's Secret. Run as a kubelet would run it
+    (the test is that kubelet): the step's folder arrives; with no plan, it exits 0 having fetched
+    nothing (the runtime runs it in every TrainJob's pods)."""
+    from trainyard_executor.backends.base import Resources
+    from trainyard_executor.backends.kube_fetch import FetchOptions
+    from trainyard_executor.backends.kube_manifests import KubeOptions
+    from trainyard_executor.backends.kube_trainjob import TrainerOptions, trainjob_manifest
+    from trainyard_executor.backends.kubeflow import KubeflowBackend
+    from trainyard_executor.fetch import MODULE, PLAN_FROM_ENV, PLAN_VARIABLE
+    from trainyard_executor.jobenv import HOST_ONLY_ENV
+    from trainyard_executor.kubeemulator import sample_launch
+
+    prep = pack_dir(_folder(tmp_path / "prep", {"split/train.csv": "x,y\n"}))
+    await put_blob(await open_store(admin.js, S.step_outputs_bucket), prep.archive)
+    fetch = FetchOptions(
+        image="unused", nats_url=server.url, prefix=S.prefix, password=password_for("fetcher")
+    )
+    opts = KubeOptions(namespace="trainyard", default_image="python:3.11-slim", fetch=fetch)
+    trainer = TrainerOptions(fetch_container="trainyard-fetch")
+    launch = sample_launch(tmp_path, input_digests=(("prepare", prep.digest),))
+    manifest = trainjob_manifest(
+        launch, opts, trainer, HOST_ONLY_ENV, output_dir="/out", started_at=1.0, fetch=fetch
+    )
+    backend = KubeflowBackend(lambda: None, opts, Resources(cpu=1.0, memory_mb=1024, gpu=0), trainer=trainer)  # type: ignore[arg-type,return-value]
+    secret = backend.secret_of(manifest, launch)
+    assert secret is not None
+    assert password_for("fetcher") not in json.dumps(manifest)
+    (patch,) = manifest["spec"]["runtimePatches"]
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    (init,) = job["template"]["spec"]["template"]["spec"]["initContainers"]
+    assert init["name"] == "trainyard-fetch"
+    env = _as_the_kubelet_sets(init, secret)
+    pod_inputs = tmp_path / "pod-inputs"
+    pod_inputs.mkdir()
+    plan = [str(pod_inputs) if a == "/trainyard/inputs" else a for a in json.loads(env[PLAN_VARIABLE])]
+    env[PLAN_VARIABLE] = json.dumps([*plan, "--termination-log", str(tmp_path / "log")])
+    runtime_argv = [sys.executable, "-m", MODULE, PLAN_FROM_ENV]  # what the runtime declares
+    run = functools.partial(subprocess.run, runtime_argv, capture_output=True, text=True, timeout=120)
+    done = await asyncio.to_thread(run, env=env)
+    assert done.returncode == 0, done.stderr
+    assert password_for("fetcher") not in done.stdout + done.stderr
+    assert (pod_inputs / "prepare/split/train.csv").read_text() == "x,y\n"
+
+    idle = await asyncio.to_thread(run, env={k: v for k, v in env.items() if k != PLAN_VARIABLE})
+    assert idle.returncode == 0 and "nothing to fetch" in idle.stderr, idle.stderr
+    bad = await asyncio.to_thread(run, env={**env, PLAN_VARIABLE: '{"not": "a list"}'})
+    assert bad.returncode == 2 and PLAN_VARIABLE in bad.stderr, bad.stderr

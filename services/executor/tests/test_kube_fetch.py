@@ -26,6 +26,7 @@ from trainyard_executor.backends.kube_fetch import (
 )
 from trainyard_executor.backends.kube_manifests import KubeOptions, job_manifest
 from trainyard_executor.backends.kube_secret import FETCH_PASSWORD_KEY
+from trainyard_executor.backends.kube_trainjob import TrainerOptions
 from trainyard_executor.backends.kubeflow import KubeflowBackend
 from trainyard_executor.backends.kubernetes import KubernetesBackend
 from trainyard_executor.fetch import FetchLimits, parse
@@ -223,16 +224,31 @@ async def test_a_step_that_passes_its_outputs_needs_the_outputs_claim(mock: Any,
     ("field", "value", "said"),
     [
         ("workdir_digest", WORKDIR, "workdir is not supported by the kubeflow backend"),
-        ("input_digests", (("prep", PREP),), "$TRAINYARD_INPUTS"),
+        ("input_digests", (("prep", PREP),), "TRAINYARD_EXECUTOR_KUBEFLOW_FETCH_CONTAINER"),
         ("pass_outputs", True, "$TRAINYARD_INPUTS"),
     ],
 )
-async def test_kubeflow_still_refuses_workdirs_and_step_folders(
+async def test_kubeflow_refuses_workdirs_outputs_passed_on_and_inputs_without_the_runtimes_fetch(
     mock: Any, tmp_path: Path, field: str, value: Any, said: str
 ) -> None:
-    """A TrainJob's pods are the Trainer's: no init container of ours runs in them (even with the
-    fetch settings and a claim), so such an attempt fails saying so."""
+    """A TrainJob's pods are the Trainer's: inputs reach them only through the fetch init container
+    the runtime declares (kube_fetch.trainjob_fetch_patch), a workdir and a claim not at all (even
+    with the fetch settings and a claim), so such an attempt fails saying so."""
     claimed = KubeOptions(namespace=NS, default_image=SAMPLE_IMAGE, fetch=FETCH, outputs_claim="c")
     backend = backend_on(mock, KubeflowBackend, claimed, outputs_mount=tmp_path / "claim")
     refused = backend.refusal(_launch(tmp_path, **{field: value}))
     assert refused is not None and said in refused and "kubeflow" in refused
+    declared = backend_on(
+        mock,
+        KubeflowBackend,
+        claimed,
+        outputs_mount=tmp_path / "claim",
+        trainer=TrainerOptions(fetch_container="trainyard-fetch"),
+    )
+    still = declared.refusal(_launch(tmp_path, **{field: value}))
+    assert (still is None) == (field == "input_digests"), still
+    unset = KubeOptions(namespace=NS, default_image=SAMPLE_IMAGE)
+    no_fetch = backend_on(mock, KubeflowBackend, unset, trainer=TrainerOptions(fetch_container="f"))
+    assert (no_fetch.refusal(_launch(tmp_path, **{field: value})) or "").startswith(
+        "this kubernetes executor cannot fetch"
+    ) == (field == "input_digests")

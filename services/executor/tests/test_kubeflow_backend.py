@@ -13,6 +13,7 @@ types): it must survive a round trip through them unchanged, so a misspelt or mi
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from kubernetes import client as k8s
 from trainyard_executor.app import make_backend
 from trainyard_executor.backends.base import AttemptLaunch, AttemptOutcome, Gang, Resources
 from trainyard_executor.backends.kube_attempt import KubeAttempt
+from trainyard_executor.backends.kube_fetch import FETCH_LABEL, FetchOptions
 from trainyard_executor.backends.kube_manifests import (
     ANNOT_TIMEOUT,
     LABEL_ATTEMPT,
@@ -36,7 +38,9 @@ from trainyard_executor.backends.kube_manifests import (
     job_name,
 )
 from trainyard_executor.backends.kube_trainjob import TrainerOptions, trainjob_manifest
-from trainyard_executor.backends.kubeflow import KubeflowBackend
+from trainyard_executor.backends.kubeflow import KubeflowBackend, dropped_patches
+from trainyard_executor.fetch import PLAN_VARIABLE
+from trainyard_executor.fetch import parse as fetch_parse
 from trainyard_executor.jobenv import HOST_ONLY_ENV
 from trainyard_executor.kubeemulator import (
     SAMPLE_IMAGE as IMAGE,
@@ -134,6 +138,67 @@ def test_no_timeout_no_deadline_and_a_split_gang_or_no_image_is_refused(tmp_path
         _manifest(_launch(tmp_path, gang=split))
     with pytest.raises(ValueError, match="needs an image"):
         _manifest(_launch(tmp_path, image=None))
+
+
+@pytest.mark.unit
+def test_a_step_with_inputs_patches_the_runtimes_fetch_container_and_mounts_them_read_only(
+    tmp_path: Path,
+) -> None:
+    """The runtime patch (strict round trip through the Trainer API's models in ``_manifest``):
+    the declared init container gets the plan in its env, which parses back to what the executor
+    means, and the password only by reference; the trainer mounts the inputs read-only and is
+    told where; the pods carry the mark the NATS NetworkPolicy admits. Without inputs, no patch."""
+    fetch = FetchOptions(image="unused", nats_url="nats://nats.trainyard:4222", prefix="ty", password="pw-9")
+    prep, shard = "sha256:" + "2b" * 32, "sha256:" + "3c" * 32
+    launch = _launch(tmp_path, input_digests=(("prep", prep), ("train/1", shard)))
+    trainer = TrainerOptions(fetch_container="trainyard-fetch")
+    tj = trainjob_manifest(
+        launch, OPTS, trainer, HOST_ONLY_ENV, output_dir="/out", started_at=1.0, fetch=fetch
+    )
+    parsed = TrainerV1alpha1TrainJob.from_dict(tj)
+    assert parsed is not None and parsed.to_dict() == tj
+    assert "pw-9" not in json.dumps(tj)
+    (patch,) = tj["spec"]["runtimePatches"]
+    assert patch["manager"] == "trainyard.dev/executor"
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == "node"
+    pod = job["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"] == {FETCH_LABEL: "true"}
+    (init,) = pod["spec"]["initContainers"]
+    env = {e["name"]: e for e in init["env"]}
+    plan = fetch_parse(json.loads(env[PLAN_VARIABLE]["value"]))
+    assert plan.inputs == (("prep", prep), ("train/1", shard)) and plan.workdir is None
+    assert (plan.nats_url, plan.prefix, plan.inputs_dir) == (fetch.nats_url, "ty", "/trainyard/inputs")
+    secret_ref = env["TRAINYARD_FETCH_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert secret_ref["name"] == f"{tj['metadata']['name']}-secrets"
+    assert init["volumeMounts"] == [{"name": "inputs", "mountPath": "/trainyard/inputs"}]
+    (node,) = pod["spec"]["containers"]
+    assert node == {
+        "name": "node",
+        "volumeMounts": [{"name": "inputs", "mountPath": "/trainyard/inputs", "readOnly": True}],
+    }
+    assert pod["spec"]["volumes"] == [{"name": "inputs", "emptyDir": {}}]
+    trainer_env = {e["name"]: e.get("value") for e in tj["spec"]["trainer"]["env"]}
+    assert trainer_env["TRAINYARD_INPUTS"] == "/trainyard/inputs"
+    assert "runtimePatches" not in _manifest(_launch(tmp_path), trainer)["spec"]
+
+
+@pytest.mark.unit
+def test_a_trainjob_stored_without_its_runtime_patches_is_caught(tmp_path: Path) -> None:
+    """An older Trainer's API prunes ``runtimePatches``: the stored object says so, and the
+    executor must not resume pods that would run without the step's inputs."""
+    fetch = FetchOptions(image="unused", nats_url="nats://n:4222", prefix="ty", password="pw")
+    launch = _launch(tmp_path, input_digests=(("prep", "sha256:" + "2b" * 32),))
+    trainer = TrainerOptions(fetch_container="trainyard-fetch")
+    sent = trainjob_manifest(
+        launch, OPTS, trainer, HOST_ONLY_ENV, output_dir="/o", started_at=1.0, fetch=fetch
+    )
+    pruned = {**sent, "spec": {k: v for k, v in sent["spec"].items() if k != "runtimePatches"}}
+    said = dropped_patches(sent, pruned)
+    assert said is not None and "Trainer API 2.3" in said
+    assert dropped_patches(sent, sent) is None
+    plain = _manifest(_launch(tmp_path))
+    assert dropped_patches(plain, plain) is None
 
 
 @pytest.mark.unit
@@ -361,6 +426,28 @@ async def test_secret_env_goes_to_a_secret_of_the_attempt_never_into_the_trainjo
     assert owned["metadata"]["labels"][LABEL_JOB] == launch.job_id
     await attempt.release()
     assert cluster.requests("DELETE", f"/secrets/{attempt.name}-secrets")
+
+
+async def test_a_step_with_inputs_runs_as_a_trainjob_whose_secret_alone_holds_the_fetch_password(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Against kmock and the stand-in Trainer (which does not run init containers): the TrainJob
+    is created with the runtime patch, the fetcher's password is in the attempt's Secret and
+    nowhere in the TrainJob, and the attempt runs to its end."""
+    fetch = FetchOptions(image="unused", nats_url="nats://nats:4222", prefix="ty", password="pw-fetch-77")
+    opts = KubeOptions(namespace=NS, executor_id=EXECUTOR, fetch=fetch)
+    trainer = TrainerOptions(fetch_container="trainyard-fetch")
+    backend = backend_on(cluster.mock, KubeflowBackend, opts, trainer=trainer)
+    launch = _launch(tmp_path, input_digests=(("prep", "sha256:" + "2b" * 32),))
+    attempt = await backend.start(launch, Lines())
+    assert isinstance(attempt, KubeAttempt), attempt
+    assert (await _wait(attempt)).kind == "succeeded"
+    (sent,) = [r.data for r in cluster.requests("POST", "/trainjobs")]
+    assert "pw-fetch-77" not in json.dumps(sent)
+    assert [p["manager"] for p in sent["spec"]["runtimePatches"]] == ["trainyard.dev/executor"]
+    (secret,) = [r.data for r in cluster.requests("POST", "/secrets")]
+    assert "pw-fetch-77" in secret["stringData"].values()
+    await attempt.release()
 
 
 async def test_after_a_restart_a_trainjob_left_suspended_is_found_resumed_and_followed(

@@ -16,17 +16,27 @@ dir>/<step>/``), no link followed, every cap applied to what is actually read.
 Exit 0: all in place. Exit 1: the reason on stderr and in the container's termination message
 (``/dev/termination-log``, which the kubelet puts in the pod's status), so the attempt fails
 naming it. Exit 2: a malformed argv. The password is never printed.
+
+    python -m trainyard_executor.fetch --plan-from-env
+
+The same, its arguments read from ``TRAINYARD_FETCH_PLAN`` (a JSON list of strings) instead: for a
+Kubeflow training runtime that declares this init container with that fixed argv, since a
+TrainJob's runtime patch may set a container's env and mounts but not its command
+(backends/kube_fetch.trainjob_fetch_patch). Unset or empty: nothing to fetch, exit 0 (the runtime
+runs it in every TrainJob's pods, with inputs or not).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import nats
 from nats.js import JetStreamContext
@@ -48,6 +58,8 @@ from trainyard_shared.natsusers import FETCHER_USER, inbox_prefix
 
 USER_VARIABLE = "TRAINYARD_FETCH_NATS_USER"
 PASSWORD_VARIABLE = "TRAINYARD_FETCH_NATS_PASSWORD"
+PLAN_VARIABLE = "TRAINYARD_FETCH_PLAN"
+PLAN_FROM_ENV = "--plan-from-env"
 TERMINATION_LOG = "/dev/termination-log"
 MODULE = "trainyard_executor.fetch"
 MESSAGE_MAX = 3500  # the kubelet keeps 4096 bytes of a termination message
@@ -110,14 +122,18 @@ class FetchPlan:
 
     def argv(self, python: str = "python") -> list[str]:
         """The init container's command."""
-        argv = [python, "-m", MODULE, "--nats-url", self.nats_url, "--prefix", self.prefix]
+        return [python, "-m", MODULE, *self.arguments()]
+
+    def arguments(self) -> list[str]:
+        """What follows the program (the argv, or ``TRAINYARD_FETCH_PLAN`` as a JSON list)."""
+        args = ["--nats-url", self.nats_url, "--prefix", self.prefix]
         if self.workdir is not None:
-            argv += ["--workdir", self.workdir, "--work-dir", self.work_dir]
+            args += ["--workdir", self.workdir, "--work-dir", self.work_dir]
         for path, digest in self.inputs:
-            argv += ["--input", f"{path}={digest}"]
+            args += ["--input", f"{path}={digest}"]
         if self.inputs:
-            argv += ["--inputs-dir", self.inputs_dir]
-        return [*argv, "--limits", self.limits.as_arg(), "--timeout", f"{self.timeout_s:g}"]
+            args += ["--inputs-dir", self.inputs_dir]
+        return [*args, "--limits", self.limits.as_arg(), "--timeout", f"{self.timeout_s:g}"]
 
 
 def _input(text: str) -> tuple[str, str]:
@@ -242,8 +258,35 @@ def _say(message: str, termination_log: str) -> None:
         pass  # not in a pod (or no termination log): stderr said it
 
 
+def plan_from_env(environ: Mapping[str, str]) -> list[str] | None:
+    """The arguments ``TRAINYARD_FETCH_PLAN`` holds (None: unset or empty, nothing to fetch);
+    SystemExit 2 naming the variable when it is not a JSON list of strings."""
+    text = environ.get(PLAN_VARIABLE, "").strip()
+    if not text:
+        return None
+    try:
+        args = json.loads(text)
+    except ValueError as exc:
+        _exit_malformed(f"{PLAN_VARIABLE} is not JSON: {exc}")
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        _exit_malformed(f"{PLAN_VARIABLE} must be a JSON list of strings, got {text[:200]!r}")
+    return args
+
+
+def _exit_malformed(message: str) -> NoReturn:
+    print(f"python -m {MODULE}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    plan = parse(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == [PLAN_FROM_ENV]:
+        found = plan_from_env(os.environ)
+        if found is None:
+            print(f"trainyard fetch: nothing to fetch ({PLAN_VARIABLE} is not set)", file=sys.stderr)
+            return 0
+        args = found
+    plan = parse(args)
     termination_log = plan.termination_log
     user = os.environ.get(USER_VARIABLE) or FETCHER_USER
     password = os.environ.get(PASSWORD_VARIABLE)

@@ -145,6 +145,13 @@ class ExecutorSettings(HttpSettings, WorkdirLimitSettings):
     kubeflow_container: str = Field(
         "node", min_length=1, description="kubeflow backend: the runtime's trainer container (exit code, log)"
     )
+    kubeflow_fetch_container: str | None = Field(
+        None,
+        min_length=1,
+        description="kubeflow backend: the init container the training runtime declares to fetch steps' "
+        "outputs folders (python -m trainyard_executor.fetch --plan-from-env; unset: steps with inputs "
+        "are refused)",
+    )
     cpu: float | None = Field(None, gt=0, description="advertised CPUs (default: detected)")
     memory: int | None = Field(None, gt=0, description="advertised MiB (default: detected)")
     gpu: int | None = Field(

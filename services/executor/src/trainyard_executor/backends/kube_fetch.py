@@ -16,17 +16,26 @@ pods of the jobs namespace (deploy/k8s/base/nats/policy.yaml), no other job pod.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainyard_executor.backends.base import AttemptLaunch
 from trainyard_executor.backends.kube_secret import FETCH_PASSWORD_KEY, secret_ref
-from trainyard_executor.fetch import PASSWORD_VARIABLE, USER_VARIABLE, FetchLimits, FetchPlan
+from trainyard_executor.fetch import (
+    PASSWORD_VARIABLE,
+    PLAN_VARIABLE,
+    USER_VARIABLE,
+    FetchLimits,
+    FetchPlan,
+)
 from trainyard_shared.natsusers import FETCHER_USER
 from trainyard_shared.settings import CommonSettings
 
 FETCH_CONTAINER = "fetch"
+# the runtime patch's owner in a TrainJob (Trainer's runtimePatches are keyed by manager)
+PATCH_MANAGER = "trainyard.dev/executor"
 FETCH_LABEL = "trainyard.dev/fetches-blobs"
 INPUTS_MOUNT = "/trainyard/inputs"
 INPUTS_VOLUME = "inputs"
@@ -130,3 +139,45 @@ def fetch_options(settings: Any, common: CommonSettings | None = None) -> FetchO
             settings.max_step_inputs_bytes,
         ),
     )
+
+
+def trainjob_fetch_patch(
+    launch: AttemptLaunch,
+    opts: FetchOptions,
+    job_name: str,
+    *,
+    fetch_container: str,
+    trainer_container: str,
+) -> dict[str, Any]:
+    """A TrainJob's runtime patch (``spec.runtimePatches[]``) that gives its pods the steps'
+    outputs folders. The Trainer lets a patch set a container's env and mounts, not its command,
+    and only of a container the runtime declares: so the runtime declares the init container
+    ``fetch_container`` (the executor's image, ``python -m trainyard_executor.fetch
+    --plan-from-env``; docs/kubeflow.md), and this patch hands it the plan in its env, the
+    password by reference to the attempt's Secret, and the inputs volume, which the trainer
+    container mounts read-only. The patch targets the replicated job named as the trainer
+    container (``node`` in Kubeflow's runtimes)."""
+    plan = fetch_plan(launch, opts, work_mount="/trainyard/work")
+    fetcher = {
+        "name": fetch_container,
+        "env": [
+            {"name": PLAN_VARIABLE, "value": json.dumps(plan.arguments())},
+            {"name": USER_VARIABLE, "value": opts.user},
+            {"name": PASSWORD_VARIABLE, "valueFrom": secret_ref(job_name, FETCH_PASSWORD_KEY)},
+        ],
+        "volumeMounts": [{"name": INPUTS_VOLUME, "mountPath": INPUTS_MOUNT}],
+    }
+    mounts, volumes = inputs_storage(launch)
+    pod = {
+        "metadata": {"labels": {FETCH_LABEL: "true"}},
+        "spec": {
+            "volumes": volumes,
+            "initContainers": [fetcher],
+            "containers": [{"name": trainer_container, "volumeMounts": mounts}],
+        },
+    }
+    replicated = {"name": trainer_container, "template": {"spec": {"template": pod}}}
+    return {
+        "manager": PATCH_MANAGER,
+        "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [replicated]}}},
+    }

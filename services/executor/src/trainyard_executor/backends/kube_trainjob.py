@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainyard_executor.backends.base import AttemptLaunch
+from trainyard_executor.backends.kube_fetch import FetchOptions, trainjob_fetch_patch
 from trainyard_executor.backends.kube_manifests import (
     KubeOptions,
     attempt_annotations,
@@ -46,6 +47,9 @@ class TrainerOptions:
     container: str = "node"
     """The runtime's trainer container (``node`` in Kubeflow's torch runtimes): its exit code and
     log are the attempt's."""
+    fetch_container: str | None = None
+    """The init container the runtime declares for Trainyard's fetch of steps' outputs folders
+    (kube_fetch.trainjob_fetch_patch); None: the runtime has none, and such steps are refused."""
 
 
 def trainjob_manifest(
@@ -56,9 +60,12 @@ def trainjob_manifest(
     *,
     output_dir: str,
     started_at: float,
+    fetch: FetchOptions | None = None,
 ) -> dict[str, Any]:
     """The TrainJob of one attempt, suspended. ValueError when no image is known; GangSplitError
-    for a gang the scheduler split (a TrainJob runs every node of it)."""
+    for a gang the scheduler split (a TrainJob runs every node of it). ``fetch``: how the pods
+    fetch steps' outputs folders (needed when the attempt has inputs; kubeflow.py refuses it
+    otherwise)."""
     image = launch.image or opts.default_image
     if not image:
         raise ValueError(
@@ -86,6 +93,15 @@ def trainjob_manifest(
         "runtimeRef": {"apiGroup": TRAINER_GROUP, "kind": trainer.runtime_kind, "name": trainer.runtime},
         "trainer": trainer_spec,
     }
+    if launch.input_digests:
+        if fetch is None or trainer.fetch_container is None:
+            raise ValueError(
+                "an attempt with inputs needs the fetch options and the runtime's fetch init container"
+            )
+        patch = trainjob_fetch_patch(
+            launch, fetch, name, fetch_container=trainer.fetch_container, trainer_container=trainer.container
+        )
+        spec["runtimePatches"] = [patch]
     if launch.timeout_s is not None:
         # the Trainer counts it from the TrainJob's start, reset when it is resumed: here, from admission
         spec["activeDeadlineSeconds"] = max(1, math.ceil(launch.timeout_s))

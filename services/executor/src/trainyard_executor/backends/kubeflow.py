@@ -32,6 +32,7 @@ from trainyard_contracts import Isolation
 from trainyard_executor.backends.base import AttemptLaunch, FoundAttempt, LineSink
 from trainyard_executor.backends.kube_attempt import KubeAttempt, has_labels
 from trainyard_executor.backends.kube_manifests import (
+    FETCH_UNSET,
     LABEL_EXECUTOR,
     executor_selector,
     label_value,
@@ -126,28 +127,46 @@ class KubeflowBackend(KubernetesBackend):
         return None
 
     def fetch_refusal(self, launch: AttemptLaunch) -> str | None:
-        """A TrainJob's pods are the Trainer's: no init container of ours fetches into them, and
-        no claim of the executor's holds their outputs."""
+        """A TrainJob's pods are the Trainer's: steps' outputs folders reach them only through the
+        init container the runtime declares for it (kube_fetch.trainjob_fetch_patch), a packed
+        workdir not at all (the trainer's working dir cannot be patched), and no claim of the
+        executor's holds their outputs."""
         if launch.workdir_digest is not None:
             # never run the job without the folder it names (docs/executors.md, "workdir")
             return (
                 "workdir is not supported by the kubeflow backend: build the code into the image, "
                 "or run the job on a kubernetes, local, docker or podman executor"
             )
-        if launch.input_digests or launch.pass_outputs:
+        if launch.pass_outputs:
+            # its dependents would run without its outputs folder (docs/workflows.md)
+            return (
+                "this step's outputs folder is passed to later steps ($TRAINYARD_INPUTS), which the "
+                "kubeflow backend cannot pack (a TrainJob's pods mount no claim of the executor's): "
+                "run the step on a kubernetes, local, docker or podman executor"
+            )
+        if launch.input_digests and self.trainer.fetch_container is None:
             # never run a step without the folders its dependencies passed it (docs/workflows.md)
             return (
-                "$TRAINYARD_INPUTS (a pipeline step's outputs folder passed to the steps that depend "
-                "on it) is not supported by the kubeflow backend: run the step on a kubernetes, "
-                "local, docker or podman executor"
+                "$TRAINYARD_INPUTS (the outputs folders of the steps this one depends on) needs a "
+                "training runtime that declares Trainyard's fetch init container: declare it "
+                '(docs/kubeflow.md, "Step inputs") and set TRAINYARD_EXECUTOR_KUBEFLOW_FETCH_CONTAINER, '
+                "or run the step on a kubernetes, local, docker or podman executor"
             )
+        if launch.input_digests and self.options.fetch is None:
+            return FETCH_UNSET
         return None
 
     async def prepare(
         self, launch: AttemptLaunch, output_dir: str, started_at: float
     ) -> Callable[[], dict[str, Any]]:
         manifest = trainjob_manifest(
-            launch, self.options, self.trainer, HOST_ONLY_ENV, output_dir=output_dir, started_at=started_at
+            launch,
+            self.options,
+            self.trainer,
+            HOST_ONLY_ENV,
+            output_dir=output_dir,
+            started_at=started_at,
+            fetch=self.options.fetch,
         )
         return functools.partial(self._create_and_resume, manifest, self.secret_of(manifest, launch))
 
@@ -162,6 +181,11 @@ class KubeflowBackend(KubernetesBackend):
             manifest,
             secret,
         )
+        if (dropped := dropped_patches(manifest, trainjob)) is not None:
+            # a Trainer whose API has no runtimePatches prunes them: the pods would run without
+            # the step's inputs, so the TrainJob (still suspended) goes and the attempt fails
+            self.delete_attempt(manifest["metadata"]["name"], 0, "Background")
+            raise RuntimeError(dropped)
         self.resume(manifest["metadata"]["name"])
         return trainjob
 
@@ -214,6 +238,19 @@ class KubeflowBackend(KubernetesBackend):
         return attempt
 
 
+def dropped_patches(sent: dict[str, Any], stored: dict[str, Any]) -> str | None:
+    """Why the TrainJob as the API server stored it lacks the runtime patches it was sent with, or
+    None: a Trainer older than API 2.3 (``runtimePatches``) prunes the field it does not know."""
+    want = (sent.get("spec") or {}).get("runtimePatches")
+    if not want or (stored.get("spec") or {}).get("runtimePatches"):
+        return None
+    return (
+        "the TrainJob was stored without its runtimePatches (the fetch of the step's inputs): "
+        "this cluster's Kubeflow Trainer does not know the field (it needs Trainer API 2.3 or "
+        "newer); run the step on a kubernetes, local, docker or podman executor"
+    )
+
+
 def _as_dict(answer: object) -> dict[str, Any]:
     """A custom objects API answer (JSON, unannotated by the client); {} for an empty body."""
     return answer if isinstance(answer, dict) else {}
@@ -226,8 +263,9 @@ def kubeflow_backend(settings: Any, data: Path) -> KubeflowBackend:
         runtime=settings.kubeflow_runtime,
         runtime_kind=settings.kubeflow_runtime_kind,
         container=settings.kubeflow_container,
+        fetch_container=settings.kubeflow_fetch_container,
     )
     return cluster_backend(KubeflowBackend, settings, trainer=trainer)
 
 
-__all__ = ["KubeflowBackend", "TrainerOptions", "kubeflow_backend"]
+__all__ = ["KubeflowBackend", "TrainerOptions", "dropped_patches", "kubeflow_backend"]
