@@ -28,6 +28,7 @@ from trainyard_executor.backends import (
 from trainyard_executor.backends.local import MAX_LINE, detect_capacity
 from trainyard_executor.backends.local.forkserver_client import ForkServer
 from trainyard_executor.backends.runtime_env import MARKER_NAME
+from trainyard_executor.supervise import EXIT_DELAY_VAR
 from trainyard_executor.testengines import Lines, pid_alive, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.local]
@@ -249,6 +250,26 @@ async def test_cancel_gives_the_job_its_grace_period(backend: LocalBackend, tmp_
     assert lines.of("stdout") == ["ready", "cleaned up"]
     await attempt.cancel()  # once ended, a no-op
     assert await attempt.wait() == outcome
+
+
+async def test_a_cancel_that_comes_after_the_job_ended_with_0_finds_it_done(
+    backend: LocalBackend, tmp_path: Path
+) -> None:
+    """The job has exited 0 and its supervisor recorded it, but the executor has not heard yet
+    (the test hook keeps the supervisor a moment, as a poll's delay does) when the cancel comes:
+    a shutdown at that instant handed the attempt back and the completed work ran again (chaos,
+    test_stack_interrupt). Now the supervisor's record says no stop reached the job, and the
+    attempt ends as it did: succeeded. (A job that exits 0 once told to stop is still
+    cancelled: test_cancel_gives_the_job_its_grace_period.)"""
+    launch = make_launch(tmp_path, ["true"])
+    launch = replace(launch, env={**launch.env, EXIT_DELAY_VAR: "3"})
+    attempt = await backend.start(launch, Lines())
+    exit_file = launch.workdir / ".trainyard" / "rank-0.exit"
+    await wait_until(exit_file.exists, "the supervisor to record the job's end")
+    await attempt.cancel(grace_s=0.2)
+    outcome = await attempt.wait()
+    assert (outcome.kind, outcome.exit_code) == ("succeeded", 0), outcome
+    assert "signalled" not in json.loads(exit_file.read_text())
 
 
 async def test_a_job_ignoring_sigterm_is_killed_after_the_grace(

@@ -7,8 +7,9 @@ The local backend starts every rank under this, as the leader of the rank's own 
 with stdout and stderr already pointing at the rank's log files. An executor that restarts cannot
 wait() on processes it did not spawn; it polls them, tails their log files, and reads their exit
 status from EXIT_FILE, which this writes atomically as JSON: ``{"returncode": N}`` (negative: the
-signal that ended the job; with ``cpu_seconds`` and ``max_rss_kib``, what it used, from ``wait4``)
-or ``{"error": "command not found: ..."}``. Before it starts the job it
+signal that ended the job; with ``cpu_seconds`` and ``max_rss_kib``, what it used, from ``wait4``,
+and ``"signalled": true`` when a stop signal reached this process while the job lived) or
+``{"error": "command not found: ..."}``. Before it starts the job it
 writes its own pid and start time next to it (EXIT_FILE with ``.pid`` for ``.exit``), so an
 executor killed the moment after spawning it still finds the rank.
 
@@ -53,10 +54,15 @@ same command from a shell."""
 SPAWN_DELAY_VAR = "TRAINYARD_TEST_SUPERVISOR_SPAWN_DELAY"
 """Test hook: seconds (at most 10) to wait before starting the job, which makes the window
 before the spawn wide enough for a test to land a signal in it. Only delays the job's own start."""
+EXIT_DELAY_VAR = "TRAINYARD_TEST_SUPERVISOR_EXIT_DELAY"
+"""Test hook: seconds (at most 10) to stay after the job's end is recorded, which makes the window
+between a job's own end and the executor hearing of it wide enough for a test to cancel in it."""
 
 _job_pid = 0
 """The job's pid once it exists; signals that came before it are kept in ``_early``."""
 _early: list[int] = []
+_told = False
+"""A supervised signal came while the job existed: the executor stopped it (the group got it)."""
 
 
 def _record(path: str, text: str) -> None:
@@ -104,8 +110,11 @@ def _remember(signum: int, frame: object) -> None:
     """A handler (not SIG_IGN, which exec would pass on to the job). Once the job exists it gets
     the signal from the group and this process only stays to record the job's end; a signal that
     came before the job existed is kept and passed on to it the moment it does."""
+    global _told
     if not _job_pid:
         _early.append(signum)
+    else:
+        _told = True
 
 
 def _run_pending_handlers() -> None:
@@ -225,8 +234,8 @@ def _parse(argv: list[str]) -> tuple[str, str | None, tuple[int, int] | None, li
     return exit_file, cgroup, user, rest[1:]
 
 
-def _test_spawn_delay() -> None:
-    delay = os.environ.get(SPAWN_DELAY_VAR)
+def _test_delay(variable: str) -> None:
+    delay = os.environ.get(variable)
     if delay:
         import time
 
@@ -252,7 +261,7 @@ def main(argv: list[str]) -> int:
             _record_error(exit_file, f"cannot join the attempt's cgroup {cgroup}: {exc}")
             return 126
     _close_on_exec_beyond_stdio()
-    _test_spawn_delay()
+    _test_delay(SPAWN_DELAY_VAR)
     try:
         pid = _spawn(command, user)
     except FileNotFoundError:
@@ -267,11 +276,17 @@ def main(argv: list[str]) -> int:
     # wait4: the job's status and what it used (with the descendants it reaped); retried by Python
     # when a signal interrupts it (PEP 475)
     _, status, usage = os.wait4(pid, 0)
+    # a stop that reached the group before the job's end was heard has run its handler by now;
+    # one that comes later is for a job that had ended on its own (the executor reports that end
+    # as it was, not as a stop: supervision.ended_on_its_own)
+    _run_pending_handlers()
+    told = ', "signalled": true' if _told else ""
     returncode = os.waitstatus_to_exitcode(status)  # negative: the signal that ended it
     cpu = usage.ru_utime + usage.ru_stime
     # ru_maxrss: KiB on Linux, the largest resident set of the job or any descendant it reaped
     used = f'"cpu_seconds": {cpu:.3f}, "max_rss_kib": {usage.ru_maxrss}'
-    _record(exit_file, f'{{"returncode": {returncode}, {used}}}')
+    _record(exit_file, f'{{"returncode": {returncode}, {used}{told}}}')
+    _test_delay(EXIT_DELAY_VAR)
     return returncode if returncode >= 0 else 128 - returncode
 
 

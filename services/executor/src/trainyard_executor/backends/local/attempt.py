@@ -27,6 +27,7 @@ from trainyard_executor.backends.local.ranks import (
     is_ours,
     lingers,
     ranks_usage,
+    stop_that_counted,
     user_of,
     write_json,
 )
@@ -384,7 +385,7 @@ class LocalAttempt:
                     )
                     rank.pid, rank.start_ticks = forked.pid, forked.start_ticks
                     rank.exited = forked.exited
-                    forked.exited.add_done_callback(lambda done: _note_forked_exit(rank, done))
+                    forked.exited.add_done_callback(rank.note_forked_exit)
                     return
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -498,7 +499,7 @@ class LocalAttempt:
                     self._take_back()
             raise
         first = self._ranks[0]
-        if kind is not None:
+        if (kind := stop_that_counted(kind, self._ranks)) is not None:
             rc, _ = first.status()
             return self._outcome(kind, rc, reason)
         if failed is not None:
@@ -593,8 +594,3 @@ class LocalAttempt:
             write_json(self.meta_dir / CURSOR_NAME, dict(offsets))
         except OSError as e:
             log.warning("cannot write the log cursor of %s: %s", self._launch.job_id, e)
-
-
-def _note_forked_exit(rank: Rank, exited: asyncio.Future[int | None]) -> None:
-    if not exited.cancelled() and exited.exception() is None:
-        rank.forked_returncode = exited.result()

@@ -15,6 +15,7 @@ from typing import Any
 from trainyard_contracts.records import AttemptUsage
 
 from .._proc import group_alive, group_members, same_process
+from ..base import OutcomeKind
 from ..jobfiles import open_private
 from .forkserver_client import claim_record
 
@@ -96,13 +97,27 @@ class Rank:
                 rank.pid, rank.start_ticks = recorded
         return rank
 
+    def note_forked_exit(self, exited: asyncio.Future[int | None]) -> None:
+        """The fork server reaped the supervisor (a done callback of its exit)."""
+        if not exited.cancelled() and exited.exception() is None:
+            self.forked_returncode = exited.result()
+
+    def _exit_record(self) -> Any:
+        try:
+            return json.loads(self.exit_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def ended_on_its_own(self) -> bool:
+        """Its job exited 0 before any stop reached the group: the supervisor recorded that end,
+        and no signal it got while the job lived (``signalled``)."""
+        data = self._exit_record()
+        return isinstance(data, dict) and data.get("returncode") == 0 and not data.get("signalled")
+
     def status(self) -> tuple[int | None, str | None]:
         """(exit code, error) once the rank has ended: from its supervisor's exit file, else
         from what we saw (our own child's status, our SIGKILL), else unknown."""
-        try:
-            data = json.loads(self.exit_file.read_text())
-        except (OSError, ValueError):
-            data = None
+        data = self._exit_record()
         if isinstance(data, dict):
             if data.get("error"):
                 return None, str(data["error"])
@@ -145,6 +160,17 @@ def is_ours(rank: Rank) -> bool:
     # the leader is gone; stragglers it left started after it, a stranger's group only later
     members = group_members(rank.pid)
     return bool(members) and rank.start_ticks is not None and all(t >= rank.start_ticks for _, t in members)
+
+
+def stop_that_counted(kind: OutcomeKind | None, ranks: Sequence[Rank]) -> OutcomeKind | None:
+    """How a stopped attempt ended: ``kind`` (cancelled, timed out, ...), or None (as it ended on
+    its own) for a cancel that came after every rank's job had already exited 0, which the executor
+    hears of only a poll later. A shutdown then reports the work as done instead of handing it back
+    to run again; a job that exits 0 once told to stop is still cancelled (the record says it was
+    told)."""
+    if kind == "cancelled" and ranks and all(rank.ended_on_its_own() for rank in ranks):
+        return None
+    return kind
 
 
 def lingers(rank: Rank) -> bool:
