@@ -13,6 +13,7 @@ from trainyard_contracts.arrays import MAX_ARRAY_SIZE, ArraySyntaxError, parse_a
 from trainyard_contracts.workflow import (
     ArraySpec,
     Condition,
+    PipelineSpec,
     ScheduleSpec,
     find_cycle,
     parse_param_assignments,
@@ -188,3 +189,32 @@ def test_find_cycle_returns_a_real_cycle_or_the_graph_is_acyclic(graph):
 
         for node in graph:
             visit(node)
+
+
+class _CountedSteps(list):  # type: ignore[type-arg]
+    """The steps, counting the walks over them."""
+
+    walks = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        _CountedSteps.walks += 1
+        return super().__iter__()
+
+
+def test_a_step_is_looked_up_by_name_without_a_walk_over_the_steps():
+    steps = [{"name": f"s{i}", "job": {"name": f"s{i}", "command": ["true"]}} for i in range(50)]
+    spec = PipelineSpec.model_validate({"name": "p", "steps": steps})
+    counted = PipelineSpec.model_construct(name="p", params={}, steps=_CountedSteps(spec.steps))
+    _CountedSteps.walks = 0
+    for _ in range(3):
+        assert [counted.step(f"s{i}").name for i in range(50)] == [f"s{i}" for i in range(50)]
+    assert _CountedSteps.walks <= 1  # the map, made once (a walk per lookup was 150)
+    with pytest.raises(KeyError):
+        counted.step("nope")
+    assert counted.model_dump() == spec.model_dump() and counted == spec  # the map is no field
+    # a copy with other steps answers from its own steps, not from the map it was copied with
+    other = counted.model_copy(update={"steps": spec.steps[:1]})
+    assert other.step("s0") is spec.steps[0]
+    with pytest.raises(KeyError):
+        other.step("s1")
+    assert "_steps_by_name" not in PipelineSpec.model_json_schema()["properties"]

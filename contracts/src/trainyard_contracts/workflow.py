@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -154,10 +155,19 @@ class PipelineSpec(_Strict):
         return self
 
     def step(self, name: str) -> StepSpec:
-        for step in self.steps:
-            if step.name == name:
-                return step
-        raise KeyError(name)
+        """The step named ``name`` (KeyError if none), by a map of the steps made once: the
+        workflow service looks steps up on every send and decision of a 500-step DAG."""
+        steps, by_name = self._steps_by_name
+        if steps is not self.steps:  # a model_copy(update={"steps": ...}) carries the old map
+            self.__dict__.pop("_steps_by_name", None)
+            steps, by_name = self._steps_by_name
+        return by_name[name]
+
+    @cached_property
+    def _steps_by_name(self) -> tuple[list[StepSpec], dict[str, StepSpec]]:
+        # not a field: neither dumped nor in the JSON schema, and pydantic's equality compares
+        # fields only
+        return self.steps, {step.name: step for step in self.steps}
 
 
 OUTPUT_REF_FIELDS = ("command", "env", "params")
