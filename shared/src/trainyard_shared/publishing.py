@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, NamedTuple
 
 import nats.errors
@@ -117,13 +117,32 @@ async def publish_in_order(
     Raises the first error in that order, or ``nats.errors.TimeoutError`` if an ack is missing
     after ``timeout``; the caller's retry publishes all again under the same message ids, which
     the streams drop as duplicates."""
+    return await (await publish_begun(broker, publishes, timeout))
+
+
+async def publish_begun(
+    broker: NatsBroker, publishes: Sequence[Outgoing], timeout: float = 5.0
+) -> Coroutine[Any, Any, list[Any]]:
+    """``publish_in_order`` in two halves: the publishes are written in order when this returns,
+    and what it returns checks their acks when awaited (raising as ``publish_in_order`` does), so
+    the caller's next sends need not wait a round trip for them."""
     if tracing_enabled():  # one publish span each, as publish_acked records them
-        return list(await asyncio.gather(*(publish_acked(broker, *p) for p in publishes)))
+        return _done(list(await asyncio.gather(*(publish_acked(broker, *p) for p in publishes))))
     js = NatsHandle(broker).jetstream
     acks = [
         await js.publish_async(p.subject, p.payload, stream=p.stream, headers=dict(p.headers))
         for p in publishes
     ]
+    return _acks_of(acks, timeout)
+
+
+async def _done(results: list[Any]) -> list[Any]:
+    return results
+
+
+async def _acks_of(acks: list[asyncio.Future[Any]], timeout: float) -> list[Any]:
+    if not acks:
+        return []
     _, missing = await asyncio.wait(acks, timeout=timeout)
     for ack in missing:
         ack.cancel()  # nats-py forgets it (its done callback)

@@ -44,7 +44,7 @@ from trainyard_shared.jobstore import JobStore
 from trainyard_shared.leader import LeaderLease
 from trainyard_shared.natshandle import NatsHandle
 from trainyard_shared.natsusers import MODEL_TRIGGERS_DURABLE, SWEEP_METRICS_DURABLE, TRIGGER_EVENTS_DURABLE
-from trainyard_shared.publishing import Outgoing, publish_acked, publish_in_order
+from trainyard_shared.publishing import Outgoing, publish_acked, publish_begun
 from trainyard_shared.pullconsumer import batch_consumer
 from trainyard_shared.responder import answer_requests
 from trainyard_shared.runner import build_app
@@ -305,12 +305,11 @@ def _emitter(sb: ServiceBroker) -> Any:
 
 
 def _many_emitter(sb: ServiceBroker) -> Any:
-    """A turn's events published in their order, their acks awaited together: one round trip
-    before its submissions go, not one per event."""
+    """A turn's events published in their order; what it returns awaits their acks together
+    (one round trip, not one per event; the turn's submissions go before it is awaited)."""
 
-    async def emit_many(events: list[PipelineEnvelope]) -> None:
-        if events:
-            await publish_in_order(sb.broker, [_outgoing(sb, event) for event in events])
+    async def emit_many(events: list[PipelineEnvelope]) -> Awaitable[Any]:
+        return await publish_begun(sb.broker, [_outgoing(sb, event) for event in events])
 
     return emit_many
 

@@ -71,7 +71,8 @@ STEP_ATTEMPT_LABEL = "trainyard.dev/step-attempt"
 
 ReadJob = Callable[[str], Awaitable[JobRecord | None]]
 Emit = Callable[[PipelineEnvelope], Awaitable[Any]]
-EmitMany = Callable[[list[PipelineEnvelope]], Awaitable[Any]]
+# several events published in order when it returns; awaiting what it returns checks their acks
+EmitMany = Callable[[list[PipelineEnvelope]], Awaitable[Awaitable[Any]]]
 StepEvent = TypeVar("StepEvent", StepSubmitted, StepEnded)
 
 
@@ -116,7 +117,7 @@ class WorkflowService:
         emit_many: EmitMany | None = None,
     ) -> None:
         self.runs, self.read_job, self.intake, self.emit, self.clock = runs, read_job, intake, emit, clock
-        # several events in order, their acks awaited together (None: ``emit`` each in turn)
+        # several events in order, their acks checked together after (None: ``emit`` each in turn)
         self.emit_many = emit_many
         self.model_wait = model_wait
         # cache None: every look misses and nothing is remembered; blob_stored: whether a step's
@@ -298,42 +299,56 @@ class WorkflowService:
         trip each) go on after it, so the facts that come meanwhile are not held behind them (a key
         on its way is not sent twice: IntakeSender). A caller whose facts another's turn applied
         returns at once: that turn's caller announces and sends what they made due."""
-        run, moved = await self._turn(run_id, list(facts))
-        while moved:
-            sends, lookups = unanswered(run), pending_lookups(run)
-            if not sends and not lookups:
-                break
-            sweeps = [s for s in sends if run.spec.step(s.step).sweep is not None]
-            sends = [s for s in sends if run.spec.step(s.step).sweep is None]
-            answered: list[Fact] = []
-            for step in lookups:
-                answered += await self._look_up(run, step)
-            for submit in sweeps:
-                answered += await self._start_sweep(run, submit)
-            jobs = {name: await self._step_job(run, name) for name in dict.fromkeys(s.step for s in sends)}
-            answered += [job for job in jobs.values() if isinstance(job, EndStep)]
-            sendable = [s for s in sends if isinstance(jobs[s.step], JobSpec)]
-            answers = await asyncio.gather(
-                *(self._send(run, s, jobs[s.step]) for s in sendable), return_exceptions=True
-            )
-            for submit, answer in zip(sendable, answers, strict=True):
-                if isinstance(answer, BaseException):
-                    # sent again on the next look-over (reconcile) under the same key
-                    log.warning("submission not answered", extra={"key": submit.key, "error": repr(answer)})
-                    continue
-                answered += _answer_facts(submit, answer)
+        run, answering = await self._turn(run_id, list(facts))
+        while answering is not None:
+            answered = await answering
             if not answered:
                 break
-            run, moved = await self._turn(run_id, answered)
+            run, answering = await self._turn(run_id, answered)
         return run
 
-    async def _turn(self, run_id: str, facts: list[Fact]) -> tuple[PipelineRun, bool]:
-        """The run with ``facts`` applied, and whether this caller's own turn applied them.
+    async def _answers(self, run: PipelineRun) -> list[Fact]:
+        """Send the submissions ``run`` records and has no answer for (look in the step cache,
+        start sweeps); what the answers make known, for the next turn."""
+        sends, lookups = unanswered(run), pending_lookups(run)
+        if not sends and not lookups:
+            return []
+        sweeps = [s for s in sends if run.spec.step(s.step).sweep is not None]
+        sends = [s for s in sends if run.spec.step(s.step).sweep is None]
+        answered: list[Fact] = []
+        for step in lookups:
+            answered += await self._look_up(run, step)
+        for submit in sweeps:
+            answered += await self._start_sweep(run, submit)
+        jobs = {name: await self._step_job(run, name) for name in dict.fromkeys(s.step for s in sends)}
+        answered += [job for job in jobs.values() if isinstance(job, EndStep)]
+        sendable = [s for s in sends if isinstance(jobs[s.step], JobSpec)]
+        answers = await asyncio.gather(
+            *(self._send(run, s, jobs[s.step]) for s in sendable), return_exceptions=True
+        )
+        for submit, answer in zip(sendable, answers, strict=True):
+            if isinstance(answer, BaseException):
+                # sent again on the next look-over (reconcile) under the same key
+                log.warning("submission not answered", extra={"key": submit.key, "error": repr(answer)})
+                continue
+            answered += _answer_facts(submit, answer)
+        return answered
+
+    async def _turn(
+        self, run_id: str, facts: list[Fact]
+    ) -> tuple[PipelineRun, asyncio.Task[list[Fact]] | None]:
+        """The run with ``facts`` applied and, when this caller's own turn applied them, its
+        sends under way (``_answers``; None: another's turn applied them).
 
         A caller whose turn comes after a turn that began once it had arrived, and ended well,
         returns that turn's run at once: its facts were written by that turn (a wide layer's
         outcomes take one turn, not one each). A turn that fails leaves the facts it took for the
-        next."""
+        next.
+
+        The sends start once the turn's announcements are written, before their acks are back (a
+        round trip less before a step's job exists); the turn still ends well only once the acks
+        are: a missing ack fails it as before (its facts left for the next turn, the sends' answers
+        dropped: a key sent again is answered with the same job)."""
         turn = self._turns.setdefault(run_id, RunTurn())
         turn.waiting.extend(facts)
         turn.callers += 1
@@ -342,7 +357,7 @@ class WorkflowService:
         try:
             async with turn.lock:
                 if turn.served >= me and turn.served_run is not None:
-                    return turn.served_run, False
+                    return turn.served_run, None
                 taken, turn.waiting = turn.waiting, []
                 serving = turn.arrived  # every caller so far: their facts are in ``taken``
                 try:
@@ -352,12 +367,18 @@ class WorkflowService:
                         before_write=self._remember_successes,
                     )
                     # announced in the order of the compare-and-sets, before the next turn's
-                    await self._announce(run, decided, taken)
+                    acks = await self._publish(run, decided, taken)
+                    answering = asyncio.ensure_future(self._answers(run))
+                    try:
+                        await acks
+                    except BaseException:
+                        await cancel_and_wait(answering)
+                        raise
                 except BaseException:
                     turn.waiting[:0] = taken
                     raise
                 turn.served, turn.served_run = serving, run
-                return run, True
+                return run, answering
         finally:
             turn.callers -= 1
             if not turn.callers:
@@ -486,14 +507,20 @@ class WorkflowService:
         return await self.intake.submit(job_spec_for(run, submit.step, submit.index, job), submit.key)
 
     async def _announce(self, run: PipelineRun, taken: list[Decision], facts: Iterable[Fact] = ()) -> None:
+        await (await self._publish(run, taken, facts))
+
+    async def _publish(
+        self, run: PipelineRun, taken: list[Decision], facts: Iterable[Fact] = ()
+    ) -> Awaitable[Any]:
         """The events of a turn: what its ``facts`` made known, then what it decided, in that
-        order, published together and their acks awaited together (one round trip, not one each)."""
+        order, published together; awaiting what this returns checks their acks together (one
+        round trip, not one each)."""
         events = [*await self._known_events(run, facts), *await self._decided_events(run, taken)]
         if self.emit_many is not None:
-            await self.emit_many(events)
-            return
+            return await self.emit_many(events)
         for event in events:
             await self.emit(event)
+        return asyncio.sleep(0)
 
     async def _known_events(self, run: PipelineRun, facts: Iterable[Fact]) -> list[PipelineEnvelope]:
         events: list[PipelineEnvelope] = []
