@@ -14,6 +14,7 @@ import pytest
 from trainyard_contracts import (
     Capacity,
     ExecutorHeartbeat,
+    JobRecord,
     JobSpec,
     JobState,
     StartAttempt,
@@ -175,3 +176,28 @@ async def test_the_start_carries_the_record_the_scheduling_write_made() -> None:
     # the executor's first compare-and-set needs no read: the record and revision are the stored ones
     assert start.record == stored[0] and start.record_revision == stored[1]
     assert start.spec is None  # the spec travels once, inside the record
+
+
+async def test_the_start_carries_the_record_when_the_watch_delivered_the_write_first() -> None:
+    """The view's KV watch often hands it the scheduling write before the write's acknowledgement
+    comes back: the view then holds an equal record parsed from the watch, not the object the
+    write made. The start still carries the record (the executor's start needs no read)."""
+    s = Scheduler()
+    bucket, view = s.store.kv, s.view
+    real_update = bucket.update
+
+    async def watched_first(
+        key: str, value: bytes, last: int | None = None, validate_keys: bool = True
+    ) -> int:
+        revision = await real_update(key, value, last, validate_keys)
+        view.apply(JobRecord.model_validate_json(value), revision)  # what the watch delivers
+        return revision
+
+    bucket.update = watched_first  # type: ignore[method-assign]
+    await s.online("exec-a")
+    await s.submit("j1")
+    await s.core.plan_pass()
+    start = StartAttempt.model_validate_json(s.events.published[-1].payload)
+    stored = await s.store.get("j1")
+    assert stored is not None and stored[0].state == JobState.SCHEDULED
+    assert start.record == stored[0] and start.record_revision == stored[1]

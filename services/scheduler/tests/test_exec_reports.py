@@ -211,15 +211,17 @@ async def test_the_reporting_executor_is_told_once_its_report_is_written_applied
     record = placed(started=False)
     bucket = MemoryBucket("jobs")
     await bucket.put(record.job_id, record.model_dump_json().encode())
-    told: list[tuple[str, str, int]] = []
+    told: list[tuple[str, str, int, str | None, int]] = []
 
-    async def notify(got: ExecutorReport) -> None:
-        told.append((got.executor_id, got.job_id, got.attempt))
+    async def notify(got: ExecutorReport, known: tuple[JobRecord, int] | None) -> None:
+        assert known is not None
+        told.append((got.executor_id, got.job_id, got.attempt, known[0].state.value, known[1]))
 
     applier = ReportApplier(JobStore(bucket), MemoryPublisher(), notify=notify)
     assert await applier.apply(report("start")) is not None
     assert await applier.apply(report("start", executor=OTHER)) is None  # not OTHER's attempt
-    assert told == [(ME, "j1", 1), (OTHER, "j1", 1)]
+    # each word carries the record as written (or as it stands) and its revision
+    assert told == [(ME, "j1", 1, "running", 2), (OTHER, "j1", 1, "running", 2)]
 
 
 @pytest.mark.unit
@@ -228,7 +230,7 @@ async def test_a_word_that_cannot_be_sent_does_not_fail_the_report() -> None:
     bucket = MemoryBucket("jobs")
     await bucket.put(record.job_id, record.model_dump_json().encode())
 
-    async def broken(_: ExecutorReport) -> None:
+    async def broken(_: ExecutorReport, __: tuple[JobRecord, int] | None) -> None:
         raise nats.errors.ConnectionClosedError
 
     applier = ReportApplier(JobStore(bucket), MemoryPublisher(), notify=broken)

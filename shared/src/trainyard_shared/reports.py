@@ -39,8 +39,9 @@ from trainyard_shared.jobstore import JobStore
 from trainyard_shared.publishing import EventPublisher
 
 log = logging.getLogger("trainyard.reports")
-Notify = Callable[[ExecutorReport], Awaitable[object]]
-"""Tells the reporting executor that its report was applied (the scheduler: a core NATS publish)."""
+Notify = Callable[[ExecutorReport, tuple[JobRecord, int] | None], Awaitable[object]]
+"""Tells the reporting executor that its report was applied, with the record and revision this
+store knows after it (the scheduler: a core NATS publish, appliedword.py)."""
 
 CANCELLED_BEFORE_IT_RAN = "cancelled before it ran"
 # what a publish raises while NATS or a stream does not answer
@@ -189,7 +190,7 @@ class ReportApplier:
         result = await self.store.update(report.job_id, change)
         # before the events: the executor waits on the record (a start runs once it is applied),
         # not on them; applied or not, the record now says what became of the report
-        await self._notify(report)
+        await self._notify(report, self.store.known(report.job_id))
         if result is None:
             owed = owed_after_applied(seen[-1], report) if seen else []
             if owed:
@@ -213,11 +214,11 @@ class ReportApplier:
             await self._announce(report.job_id, owed)
         return after
 
-    async def _notify(self, report: ExecutorReport) -> None:
+    async def _notify(self, report: ExecutorReport, known: tuple[JobRecord, int] | None) -> None:
         if self.notify is None:
             return
         try:
-            await self.notify(report)
+            await self.notify(report, known)
         except Exception:  # a wake-up only: the executor reads the record again anyway
             log.debug("could not tell the executor its report is applied", exc_info=True)
 

@@ -161,11 +161,14 @@ class Announcing(SchedulerParts):
 
     def _revision_of(self, record: JobRecord) -> int | None:
         """The KV revision of exactly this record object, if this scheduler wrote or saw it: the
-        copy its store trusts first (JobStore.known), or the one its view holds (a store that does
-        not read through the view)."""
-        known = self.store.known(record.job_id)
-        if known is not None and known[0] is record:
-            return known[1]
+        copy its store wrote or read last (JobStore.remembered), the one it trusts first
+        (JobStore.known), or the one its view holds (a store that does not read through the view).
+        The store's own copy first: the view's watch often delivers the write before the write's
+        acknowledgement, and then the view holds an equal record parsed from the watch, not this
+        object (the start went without its record, and the executor read the key)."""
+        for known in (self.store.remembered(record.job_id), self.store.known(record.job_id)):
+            if known is not None and known[0] is record:
+                return known[1]
         if self.view.get(record.job_id) is record:
             return self.view.revisions.get(record.job_id)
         return None

@@ -18,6 +18,7 @@ from trainyard_scheduler.planning import PlanningLoop, PublishCycle
 from trainyard_scheduler.policy import Plan
 from trainyard_scheduler.room import frees_room
 from trainyard_scheduler.settings import SchedulerSettings
+from trainyard_shared import appliedword
 from trainyard_shared.binding import connect_and_bind
 from trainyard_shared.broker import ServiceBroker
 from trainyard_shared.executors import ExecutorDirectory
@@ -124,9 +125,13 @@ def cycle_publisher(
     return publish_cycle
 
 
-async def tell_applied(sb: ServiceBroker, report: ExecutorReport) -> None:
-    """Wake the executor waiting on this report's record (core NATS; it reads the record)."""
-    await sb.broker.publish(report.job_id, sb.subjects.exec_applied(report.executor_id))
+async def tell_applied(
+    sb: ServiceBroker, report: ExecutorReport, known: tuple[JobRecord, int] | None
+) -> None:
+    """Wake the executor waiting on this report's record and tell it what the record is now
+    (core NATS, trainyard_shared.appliedword)."""
+    subject = sb.subjects.exec_applied(report.executor_id)
+    await appliedword.publish(NatsHandle(sb.broker).client, subject, report.job_id, known)
 
 
 async def build_runtime(
