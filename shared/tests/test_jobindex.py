@@ -362,3 +362,74 @@ async def test_a_read_from_the_start_of_the_stream_reads_past_its_markers(indexe
     for start in range(0, len(jobs), 100):
         await asyncio.gather(*(indexed.store.create(r) for r in jobs[start : start + 100]))
     assert await indexed.ids(limit=1000) == newest_first(jobs)
+
+
+def direct_gets(index: JobIndex, monkeypatch) -> list[str]:
+    """The direct get requests ``index`` sends from now on (each a round trip to the server; a
+    request is published through ``publish`` too)."""
+    sent: list[str] = []
+    publish = index.nc.publish
+
+    async def counted(subject: str, *args, **kwargs):
+        if subject.startswith("$JS.API.DIRECT.GET."):
+            sent.append(args[0].decode() if args else subject)
+        return await publish(subject, *args, **kwargs)
+
+    monkeypatch.setattr(index.nc, "publish", counted)
+    return sent
+
+
+async def test_a_state_with_few_entries_is_read_in_one_request_not_window_by_window(indexed, monkeypatch):
+    """A state holding at most a request's worth of entries (none running in a history of
+    finished jobs) is read from its first entry at once: the windows back to the stream's start,
+    never filling the page, cost a round trip each (issue 23: 16 of them at 100 000 records)."""
+    from trainyard_shared import jobindex
+
+    monkeypatch.setattr(jobindex, "FIRST_WINDOW", 8)  # the history spans many windows
+    running = [record(i, state=JobState.RUNNING) for i in range(3)]
+    finished = [record(10 + i, state=JobState.SUCCEEDED) for i in range(150)]
+    for r in running:  # stored first: the oldest entries of the stream
+        await indexed.store.create(r)
+    await asyncio.gather(*(indexed.store.create(r) for r in finished))
+    gets = direct_gets(indexed.index, monkeypatch)
+
+    assert await indexed.ids(state="running", limit=50) == newest_first(running)
+    assert len(gets) <= 3, gets  # the count, the state's entries, the entries stored since
+    gets.clear()
+    assert await indexed.ids(state="cancelled", limit=50) == []
+    assert len(gets) <= 2, gets  # the count says none; the entries stored since
+    # a state with more entries than that is still read window by window, newest first
+    assert await indexed.ids(state="succeeded", limit=5) == newest_first(finished)[:5]
+
+
+async def test_a_windows_entries_and_the_servers_time_at_its_start_are_asked_together(indexed, monkeypatch):
+    """A newest-first page asks each window's entries and the server's time at the window's start
+    at once: a round trip per window, not two one after the other (issue 23)."""
+    from trainyard_shared import jobindex
+
+    monkeypatch.setattr(jobindex, "FIRST_WINDOW", 8)
+    jobs = [record(i) for i in range(120)]
+    await asyncio.gather(*(indexed.store.create(r) for r in jobs))
+    index = indexed.index
+    reading = 0
+    stamps_alone: list[int] = []
+    read_range, stored_at = index.read_range, index.stored_at
+
+    async def counted_read(*args, **kwargs):
+        nonlocal reading
+        reading += 1
+        try:
+            return await read_range(*args, **kwargs)
+        finally:
+            reading -= 1
+
+    async def counted_stamp(seq: int) -> int:
+        if not reading:
+            stamps_alone.append(seq)
+        return await stored_at(seq)
+
+    monkeypatch.setattr(index, "read_range", counted_read)
+    monkeypatch.setattr(index, "stored_at", counted_stamp)
+
+    assert await indexed.ids(limit=5) == newest_first(jobs)[:5]
+    assert stamps_alone == []

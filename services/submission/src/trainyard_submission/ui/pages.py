@@ -30,6 +30,7 @@ from trainyard_submission.access import Forbidden, check_list, mask_values, may_
 from trainyard_submission.api import Problem, RouteDeps, forbidden, parse_label_selector
 from trainyard_submission.executorlist import list_executors
 from trainyard_submission.logs import JobOutput
+from trainyard_submission.queuestore import StoredQueue
 from trainyard_submission.service import JobAlreadyFinished, JobNotFound
 from trainyard_submission.tokens import Principal
 from trainyard_submission.ui.livejobs import NewRows, new_rows
@@ -270,6 +271,12 @@ def readable_by(deps: RouteDeps, seen: Viewer) -> Callable[[str], Awaitable[JobR
     return readable
 
 
+def viewer_queues(stored: list[StoredQueue], seen: Viewer) -> list[str]:
+    """The queues a viewer's filter offers: every queue to an admin, a team's own to the team."""
+    names = [q.config.name for q in stored]
+    return names if seen.principal.admin else [q for q in names if q == seen.principal.team]
+
+
 def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
     @router.get("/jobs")
     async def jobs_page(
@@ -291,9 +298,8 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
             back=back,
             size=size,
         )
-        queues = [q.config.name for q in await deps.queues().list()]
-        if not seen.principal.admin:
-            queues = [q for q in queues if q == seen.principal.team]
+        # the queue filter's choices are read while the page's rows are, not before them
+        queues_read = asyncio.create_task(deps.queues().list())
         try:
             query = filters.query(seen.principal)
             past = parse_cursor(wanted.cursor)
@@ -310,9 +316,15 @@ def add_job_list_routes(router: APIRouter, deps: RouteDeps) -> None:
                 past=past,
             )
         except Forbidden as exc:
+            queues = viewer_queues(await queues_read, seen)
             return JobsView(wanted, queues, error=forbidden(exc).detail).render(request, seen, 403)
         except Problem as exc:
+            queues = viewer_queues(await queues_read, seen)
             return JobsView(wanted, queues, error=exc.detail or exc.title).render(request, seen, exc.status)
+        except BaseException:
+            queues_read.cancel()
+            raise
+        queues = viewer_queues(await queues_read, seen)
         page = Page.of(wanted, rows)
         live = wanted.live_url(since, cursor_of(page.rows[0]) if page.rows else None) if wanted.live else None
         return JobsView(wanted, queues, page=page, live_url=live).render(request, seen)
