@@ -254,7 +254,7 @@ def cpu_seconds(stack: EmbeddedStack) -> dict[str, float]:
     """User + system CPU seconds of each service process (from /proc; the jobs are not included)."""
     tick = os.sysconf("SC_CLK_TCK")
     usage = {}
-    processes = {name: s.process for name, s in stack.services.items()}
+    processes = {name: s.process for name, s in stack.processes.items()}  # co-hosted: once
     processes["nats-server"] = getattr(stack.nats, "process", None)
     for name, process in processes.items():
         if process is None:

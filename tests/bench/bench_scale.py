@@ -94,7 +94,8 @@ def rss_mb(pid: int) -> float | None:
 def stack_rss(stack: EmbeddedStack) -> dict[str, float | None]:
     """RSS of nats-server and of each service process, and their total."""
     pids = {"nats-server": stack.nats.process.pid}
-    pids.update({name: s.process.pid for name, s in stack.services.items() if s.process is not None})
+    # by process: the co-hosted services share one (counted once)
+    pids.update({name: s.process.pid for name, s in stack.processes.items() if s.process is not None})
     figures = {name: rss_mb(pid) for name, pid in pids.items()}
     figures["total"] = round(sum(v for v in figures.values() if v is not None), 1)
     return figures

@@ -467,6 +467,7 @@ async def test_no_job_is_lost_or_run_twice_when_every_process_is_killed(tmp_path
         env=STACK_ENV,
         ready_timeout=180,
         more_executor_ids=[SECOND_EXECUTOR],
+        cohost=False,  # each service killed and restarted alone (the co-hosted three die together)
     )
     began = time.time()
     stack.start()  # blocking, and nothing else runs yet; it stops what it started if it fails

@@ -36,6 +36,23 @@ def test_a_services_app_imports_no_heavy_library_it_needs_only_on_a_rare_path(se
     assert done.stdout.strip() == "[]"
 
 
+COHOSTED_PROBE = """
+import sys
+from trainyard_shared.cohost import entries
+entries(["registry", "telemetry", "workflow"])
+print(sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[1:])))
+"""
+
+
+def test_the_process_hosting_three_services_imports_no_heavy_library_either() -> None:
+    """`trainyard up`'s co-hosted process (trainyard_shared.cohost): its three entries together."""
+    done = subprocess.run(
+        [sys.executable, "-c", COHOSTED_PROBE, *HEAVY], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 SPARED_THEN_LOADED = """
 import sys
 import trainyard_scheduler.__main__

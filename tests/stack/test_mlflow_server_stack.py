@@ -70,10 +70,12 @@ def test_an_alias_set_in_mlflow_reaches_the_registry_through_the_stacks_own_webh
         client.promote_model(name, version, "staging")
         assert mlflow.get_model_version_by_alias(name, "staging").version == str(version)
 
-        # the secret: in the registry's process environment only, in no log
-        pids = {s.name: s.process.pid for s in stack.services.values() if s.process is not None}
+        # the secret: in the registry's process environment only (the process it shares with
+        # telemetry and the workflow service, README "Processes"), in no log
+        pids = {name: s.process.pid for name, s in stack.services.items() if s.process is not None}
         assert environ(pids["registry"]).get("TRAINYARD_REGISTRY_WEBHOOK_SECRET") == secret
-        for other in ("executor", "submission", "workflow"):
+        for other in ("executor", "submission", "scheduler"):
+            assert pids[other] != pids["registry"]
             assert secret not in "\0".join(environ(pids[other]).values()), other
         for log in stack.log_dir.glob("*.log"):
             assert secret.encode() not in log.read_bytes(), log

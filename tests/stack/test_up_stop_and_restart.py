@@ -22,6 +22,8 @@ from trainyard_client.uptest import Up, alive, free_block, process_tree, until
 pytestmark = [pytest.mark.stack, pytest.mark.local, pytest.mark.timeout(900)]
 
 CHECKPOINT_SECONDS = 6
+COHOSTED = "-m trainyard_shared.cohost"
+"""The command line of the process hosting the registry, telemetry and the workflow service."""
 # A job that, told to stop, takes CHECKPOINT_SECONDS to save its work (as a training job saving a
 # checkpoint does) and then exits; its second attempt just finishes.
 JOB_CODE = f"""
@@ -196,7 +198,9 @@ def test_a_service_that_keeps_dying_stops_the_stack_after_its_restarts(tmp_path)
         killed: list[int] = []
         for _ in range(3):
             pid = until(
-                lambda: (p := up.child_pid("-m trainyard_telemetry")) not in (None, *killed) and p, 60, "up"
+                lambda: (p := up.child_pid("-m trainyard_shared.cohost")) not in (None, *killed) and p,
+                60,
+                "up",
             )
             below = process_tree(up.pid)
             os.kill(pid, signal.SIGKILL)
@@ -206,7 +210,10 @@ def test_a_service_that_keeps_dying_stops_the_stack_after_its_restarts(tmp_path)
         up.kill()
     console = up.console()
     assert code == 1, console
-    assert console.count("the telemetry service exited (code -9); restarting it in") == 2, console
+    # telemetry runs in one process with the registry and the workflow service (co-hosted)
+    assert console.count("the registry+telemetry+workflow service exited (code -9); restarting it in") == 2, (
+        console
+    )
     assert "(restart 2 of 2 within 60s)" in console
     assert "it exited again after 2 restart(s) within 60s: stopping" in console
     assert "Trainyard stopped (a service failed)" in console
@@ -245,8 +252,10 @@ def test_an_embedded_stack_with_a_restart_policy_restarts_and_lists_what_it_rest
         until(lambda: stack.services["telemetry"].process is not victim, 30, "telemetry restarted")
         until(lambda: stack.healthy()["telemetry"], 300, "telemetry healthy again")
         stack.raise_if_failed()  # one restart is no failure
-        assert [(r.service, r.exit_code, r.number) for r in stack.restarts] == [("telemetry", -9, 1)]
-        assert heard == [("telemetry", -9)]
+        group = "registry+telemetry+workflow"  # telemetry's process hosts the three (co-hosted)
+        assert [(r.service, r.exit_code, r.number) for r in stack.restarts] == [(group, -9, 1)]
+        assert heard == [(group, -9)]
+        assert stack.healthy()["registry"] and stack.healthy()["workflow"]
     assert not stack.services["telemetry"].alive and not stack.leftovers
 
 

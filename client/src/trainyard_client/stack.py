@@ -47,9 +47,12 @@ from trainyard_client.stackprocess import (
     StackNotInstalled,
     check_grace,
     free_port_besides,
+    lock_data_dir,
+    log_tail,
     missing_packages,
     port_in_use,
     private_log,
+    service_processes,
 )
 from trainyard_client.supervision import Restart, RestartBook, RestartPolicy
 
@@ -122,6 +125,7 @@ class EmbeddedStack:
         on_restart: RestartListener | None = None,
         more_executor_ids: Sequence[str] = (),
         mlflow_server: bool = False,
+        cohost: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.host = host
@@ -157,9 +161,9 @@ class EmbeddedStack:
         self._supervisor: threading.Thread | None = None
         self._stopping = threading.Event()
         self._due: dict[str, float] = {}
-        self.services = {
-            name: ServiceProcess(name, self.ports[name], self.log_dir / f"{name}.log") for name in SERVICES
-        }
+        # by process name; ``services`` by service name (co-hosted ones share their process)
+        self.processes = service_processes(self.ports, self.log_dir, cohost)
+        self.services = {name: proc for proc in self.processes.values() for name in proc.services}
         self.nats: Any = None
         self.nats_auth: Any = None  # trainyard_shared.stackauth.StackCredentials, once started
         # executors started beside the stack's own (tests): each needs a NATS user of its own
@@ -284,7 +288,7 @@ class EmbeddedStack:
                 self.mlflow.launch(PRIVATE_UMASK)
             self._provision()
             env = self.service_env()
-            for service in self.services.values():
+            for service in self.processes.values():
                 self._spawn(service, env)
             if self.mlflow is not None:  # its webhook, with the secret the registry was given
                 self.mlflow.connect(self.ready_timeout, f"{self.host}:{self.ports['registry']}")
@@ -306,23 +310,7 @@ class EmbeddedStack:
         check_grace(raw, EXECUTOR_HANDBACK_SECONDS, self.stop_timeout)
 
     def _acquire_lock(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return
-        handle = open(self.data_dir / "stack.lock", "a+")  # held for the stack's life
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            handle.close()
-            raise StackError(
-                f"another `trainyard up` is using {self.data_dir}; stop it first or choose another --data-dir"
-            ) from exc
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._lock = handle
+        self._lock = lock_data_dir(self.data_dir)
 
     def _check_ports(self) -> None:
         wanted = {"nats": self.nats_port, "nats monitor": self.nats_monitor_port, **self.ports}
@@ -404,15 +392,28 @@ class EmbeddedStack:
             env["TRAINYARD_REGISTRY_WEBHOOK_SECRET"] = self.mlflow.webhook_secret
         return {**env, **self._nats_identity(service, env)}
 
+    def hosted_env(self, service: ServiceProcess, env: Mapping[str, str]) -> dict[str, str]:
+        """``env`` as ``service``'s process gets it; one that hosts several services gets each one's
+        NATS identity as ``TRAINYARD_<SERVICE>_NATS_USER``/``_PASSWORD`` (runner.nats_identity)."""
+        if not service.hosts:
+            return self.process_env(service.name, env)
+        merged = {k: v for k, v in env.items() if k != "TRAINYARD_ADMISSION_KEY"}
+        for name in service.hosts:
+            own = self.process_env(name, env)
+            for key in ("USER", "PASSWORD"):
+                merged[f"TRAINYARD_{name.upper()}_NATS_{key}"] = own.pop(f"TRAINYARD_NATS_{key}")
+            merged.update(own)  # what else is its own (the registry's webhook secret)
+        return merged
+
     def _spawn(self, service: ServiceProcess, env: dict[str, str]) -> None:
-        env = self.process_env(service.name, env)
+        env = self.hosted_env(service, env)
         log = private_log(service.log_path)  # closed in stop()
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         log.write(f"--- trainyard up: starting {service.name} at {stamp} ---\n".encode())
         log.flush()
         service.log_file = log
         service.process = subprocess.Popen(
-            [self.python, "-m", f"trainyard_{service.name}"],
+            service.argv(self.python),
             env=env,
             cwd=self.data_dir,
             stdin=subprocess.DEVNULL,
@@ -447,7 +448,7 @@ class EmbeddedStack:
 
     def dead(self) -> list[ServiceProcess]:
         """Services whose process has exited (nats-server counts as one, named ``nats``)."""
-        gone = [s for s in self.services.values() if s.process is not None and s.process.poll() is not None]
+        gone = [s for s in self.processes.values() if s.process is not None and s.process.poll() is not None]
         process = getattr(self.nats, "process", None)
         if process is not None and process.poll() is not None:
             nats = ServiceProcess("nats", self.nats_port, self.log_dir / "nats.log", process)
@@ -460,15 +461,7 @@ class EmbeddedStack:
             raise ServiceDied(dead, {s.name: self.log_tail(s.name) for s in dead})
 
     def log_tail(self, name: str, lines: int = 25) -> str:
-        path = self.log_dir / f"{name}.log"
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - 64 * 1024))
-                text = handle.read().decode(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_dir / f"{name}.log", lines)
 
     def raise_if_failed(self) -> None:
         """Raise ``ServiceDied`` once the stack cannot go on: with a restart policy, when a process
@@ -527,14 +520,14 @@ class EmbeddedStack:
             except RuntimeError:
                 pass  # it exited again at once: the next pass counts that exit
             return
-        service = self.services[name]
+        service = self.processes[name]
         if service.log_file is not None:
             service.log_file.close()
             service.log_file = None
         self._spawn(service, self.service_env())
 
     def _service_pids(self) -> list[int]:
-        return [s.process.pid for s in self.services.values() if s.process is not None and s.alive]
+        return [s.process.pid for s in self.processes.values() if s.process is not None and s.alive]
 
     # stopping
 
@@ -549,14 +542,14 @@ class EmbeddedStack:
             self._supervisor.join()
             self._supervisor = None
         self._due.clear()
-        running = [s for s in self.services.values() if s.alive]
+        running = [s for s in self.processes.values() if s.alive]
         self._scan()
         for process in (service.process for service in running):
             with contextlib.suppress(ProcessLookupError):
                 if process is not None:
                     process.send_signal(signal.SIGTERM)
         self.killed_services = self._wait_or_kill(running, time.monotonic() + self.stop_timeout)
-        for service in self.services.values():
+        for service in self.processes.values():
             if service.log_file is not None:
                 service.log_file.close()
                 service.log_file = None

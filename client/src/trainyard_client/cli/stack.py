@@ -28,6 +28,17 @@ def _memory(value: str | None) -> int | None:
         raise typer.BadParameter(str(exc), param_hint="--executor-memory") from None
 
 
+ProcessPerService = Annotated[
+    bool,
+    typer.Option(
+        "--process-per-service",
+        envvar="TRAINYARD_PROCESS_PER_SERVICE",
+        help="run the registry, telemetry and workflow services as three processes (default: one"
+        " process hosts the three, ~110 MB less when idle; each keeps its own NATS user and port)",
+    ),
+]
+
+
 def up(
     data_dir: Annotated[
         Path, typer.Option("--data-dir", envvar="TRAINYARD_DATA_DIR", help="all state and logs")
@@ -65,6 +76,7 @@ def up(
             " registry of changes made in MLflow directly (default: a SQLite file, no webhooks)",
         ),
     ] = False,
+    process_per_service: ProcessPerService = False,
 ) -> None:
     """Run the whole stack on this machine (nats-server and the six services) until Ctrl-C.
 
@@ -99,6 +111,7 @@ def up(
         restart_policy=RestartPolicy(limit=max_restarts),
         on_restart=_say_restart,
         mlflow_server=mlflow_server,
+        cohost=not process_per_service,
     )
     raise typer.Exit(_run_until_stopped(stack, max_restarts))
 

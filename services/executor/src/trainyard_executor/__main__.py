@@ -6,11 +6,13 @@ import trainyard_shared.sparenats  # noqa: F401
 # isort: split
 from trainyard_executor.app import create_app
 from trainyard_executor.settings import ExecutorSettings
-from trainyard_shared.runner import run_service
+from trainyard_shared.runner import ServiceEntry, run_service
+
+ENTRY = ServiceEntry("executor", create_app, ExecutorSettings)
 
 
 def main() -> None:
-    run_service("executor", create_app, ExecutorSettings)
+    run_service(ENTRY)
 
 
 if __name__ == "__main__":

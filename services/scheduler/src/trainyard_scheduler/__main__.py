@@ -6,11 +6,13 @@ import trainyard_shared.sparenats  # noqa: F401
 # isort: split
 from trainyard_scheduler.app import create_app
 from trainyard_scheduler.settings import SchedulerSettings
-from trainyard_shared.runner import run_service
+from trainyard_shared.runner import ServiceEntry, run_service
+
+ENTRY = ServiceEntry("scheduler", create_app, SchedulerSettings)
 
 
 def main() -> None:
-    run_service("scheduler", create_app, SchedulerSettings)
+    run_service(ENTRY)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,15 @@ from __future__ import annotations
 import trainyard_shared.sparenats  # noqa: F401
 
 # isort: split
-from trainyard_shared.runner import run_service
+from trainyard_shared.runner import ServiceEntry, run_service
 from trainyard_telemetry.app import create_app
 from trainyard_telemetry.settings import TelemetrySettings
 
+ENTRY = ServiceEntry("telemetry", create_app, TelemetrySettings)
+
 
 def main() -> None:
-    run_service("telemetry", create_app, TelemetrySettings)
+    run_service(ENTRY)
 
 
 if __name__ == "__main__":

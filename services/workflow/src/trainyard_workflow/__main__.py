@@ -4,13 +4,15 @@ from __future__ import annotations
 import trainyard_shared.sparenats  # noqa: F401
 
 # isort: split
-from trainyard_shared.runner import run_service
+from trainyard_shared.runner import ServiceEntry, run_service
 from trainyard_workflow.app import create_app
 from trainyard_workflow.settings import WorkflowSettings
 
+ENTRY = ServiceEntry("workflow", create_app, WorkflowSettings)
+
 
 def main() -> None:
-    run_service("workflow", create_app, WorkflowSettings)
+    run_service(ENTRY)
 
 
 if __name__ == "__main__":
