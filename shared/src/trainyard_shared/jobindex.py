@@ -391,7 +391,8 @@ class JobIndex(IndexReads):
                 entries = [
                     e for e in read if not e.arrival and (query.queue is None or e.queue == query.queue)
                 ]
-                on_server = len(entries) * 4 < len(read)  # a small queue among others: let the server filter
+                # a small queue among others (a quarter of the state entries): let the server filter
+                on_server = len(entries) * 4 < len(read)
             for entry in entries:
                 best.offer(entry)
             # every entry stored before this window was stored before the server's time at its
@@ -406,6 +407,8 @@ class JobIndex(IndexReads):
         """The entries stored from ``low`` through ``high`` (on ``subject``; None: all) and the
         server's time at ``low`` (0 at the stream's first sequence), asked together: a round trip
         a page waits for costs a turn of a loaded machine's scheduler besides the server's time."""
+        # read unfiltered, the arrival entries are skipped undecoded (a filter matches none)
+        entries = self.read_range(subject, low, high, arrivals=False)
         if low <= first:
-            return await self.read_range(subject, low, high), 0
-        return await asyncio.gather(self.read_range(subject, low, high), self.stored_at(low))
+            return await entries, 0
+        return await asyncio.gather(entries, self.stored_at(low))
